@@ -1,0 +1,1 @@
+"""Experiments: bundled data, models, sweeps and benchmarks built on ikkuna_tune."""

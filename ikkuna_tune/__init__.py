@@ -1,0 +1,41 @@
+"""ikkuna_tune: see inside neural-network training across a Ray Tune sweep, and act on it."""
+
+from ikkuna_tune.exporter import EVAL_TAG, PROBE_TAG, Exporter
+from ikkuna_tune.messages import (
+    DATA_KINDS,
+    DEFAULT_TAG,
+    META_KINDS,
+    Message,
+    MessageBundle,
+    MessageBus,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+)
+from ikkuna_tune.subscribers import (
+    CallbackSubscriber,
+    Subscriber,
+    Subscription,
+    SynchronizedSubscription,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATA_KINDS",
+    "DEFAULT_TAG",
+    "EVAL_TAG",
+    "META_KINDS",
+    "PROBE_TAG",
+    "CallbackSubscriber",
+    "Exporter",
+    "Message",
+    "MessageBundle",
+    "MessageBus",
+    "ModuleMessage",
+    "NamedModule",
+    "NetworkMessage",
+    "Subscriber",
+    "Subscription",
+    "SynchronizedSubscription",
+]

@@ -1,0 +1,378 @@
+"""Messages, bundles and the per-trial message bus.
+
+Everything that flows through training is published as a :class:`Message` on a
+:class:`MessageBus`. Data kinds belong to one layer (a :class:`ModuleMessage`), meta kinds to the
+whole network (a :class:`NetworkMessage`). Each bus owns its topics: subscribers add the topics
+they publish to the bus they are attached to, and nothing is shared between buses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from ikkuna_tune.exporter import Exporter
+    from ikkuna_tune.subscribers.base import Subscriber, Subscription
+
+__all__ = [
+    "DATA_KINDS",
+    "DEFAULT_TAG",
+    "META_KINDS",
+    "Message",
+    "MessageBundle",
+    "MessageBus",
+    "ModuleMessage",
+    "NamedModule",
+    "NetworkMessage",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Kinds published once per tracked layer (ModuleMessage).
+DATA_KINDS: tuple[str, ...] = (
+    "weights",
+    "weight_gradients",
+    "weight_updates",
+    "biases",
+    "bias_gradients",
+    "bias_updates",
+    "activations",
+    "layer_gradients",
+)
+#: Kinds published once per step or epoch for the whole network (NetworkMessage).
+META_KINDS: tuple[str, ...] = (
+    "batch_started",
+    "batch_finished",
+    "epoch_started",
+    "epoch_finished",
+    "input_data",
+    "input_labels",
+    "network_output",
+    "loss",
+    "layer_frozen",
+)
+#: Tag of the messages of ordinary training steps.
+DEFAULT_TAG = "default"
+
+TopicType = Literal["DATA", "META"]
+
+
+@dataclass(frozen=True, eq=False)
+class NamedModule:
+    """A module together with its name from ``model.named_modules()`` (e.g. ``'features.0'``)."""
+
+    name: str
+    module: torch.nn.Module = field(repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NamedModule) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published item.
+
+    Attributes:
+        kind: what the data is (``'weights'``, ``'loss'``, ``'weights_norm2'``, ...).
+        tag: which pass produced it (``'default'`` for training steps, the probe's tag otherwise).
+        global_step: training steps since the start (0-based); evaluation passes keep the step
+            of the last training step.
+        train_step: training step within the current epoch (0-based).
+        epoch: the epoch (0-based).
+        data: the payload, usually a tensor left on its device.
+    """
+
+    kind: str
+    tag: str
+    global_step: int
+    train_step: int
+    epoch: int
+    data: Any
+
+    @property
+    def key(self) -> str | None:
+        """The identifier messages are grouped by: the module name, or ``None`` for the network."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkMessage(Message):
+    """A message about the whole network (loss, labels, step events, network-wide metrics)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleMessage(Message):
+    """A message about one layer; ``module`` names it."""
+
+    module: NamedModule = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, NamedModule):
+            raise ValueError(
+                f"Expected `module` to be a NamedModule but got {type(self.module).__name__}"
+            )
+
+    @property
+    def key(self) -> str | None:
+        return self.module.name
+
+
+class MessageBundle:
+    """The messages of several kinds for one identifier (a layer or the network) in one step.
+
+    Index a bundle by kind to get that message's data; ``bundle.messages[kind]`` gives the
+    message itself.
+    """
+
+    def __init__(self, key: str | None, kinds: Iterable[str]) -> None:
+        self.key = key
+        self.kinds: tuple[str, ...] = tuple(kinds)
+        self.messages: dict[str, Message] = {}
+
+    def add_message(self, message: Message) -> None:
+        """Add a message; a second message of the same kind in one bundle is an error."""
+        if message.kind not in self.kinds:
+            raise ValueError(
+                f"Expected a message of kind {self.kinds} but got kind {message.kind!r}"
+            )
+        if message.key != self.key:
+            raise ValueError(f"Expected a message for {self.key!r} but got one for {message.key!r}")
+        if message.kind in self.messages:
+            raise ValueError(f"This bundle already holds a {message.kind!r} message")
+        if self.messages:
+            step = next(iter(self.messages.values())).global_step
+            if message.global_step != step:
+                raise ValueError(
+                    f"Expected a message of step {step} but got step {message.global_step}"
+                )
+        self.messages[message.kind] = message
+
+    def complete(self) -> bool:
+        """Whether a message of every kind has arrived."""
+        return len(self.messages) == len(self.kinds)
+
+    def __getitem__(self, kind: str) -> Any:
+        try:
+            return self.messages[kind].data
+        except KeyError:
+            raise KeyError(
+                f"No {kind!r} message in this bundle; it holds {list(self.messages)}"
+            ) from None
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.messages
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages.values())
+
+    def _first(self) -> Message:
+        if not self.messages:
+            raise ValueError("This bundle is empty")
+        return next(iter(self.messages.values()))
+
+    @property
+    def module(self) -> NamedModule | None:
+        first = self._first()
+        return first.module if isinstance(first, ModuleMessage) else None
+
+    @property
+    def global_step(self) -> int:
+        return self._first().global_step
+
+    @property
+    def train_step(self) -> int:
+        return self._first().train_step
+
+    @property
+    def epoch(self) -> int:
+        return self._first().epoch
+
+    @property
+    def tag(self) -> str:
+        return self._first().tag
+
+    def __repr__(self) -> str:
+        return f"MessageBundle(key={self.key!r}, kinds={list(self.messages)}/{list(self.kinds)})"
+
+
+class MessageBus:
+    """Routes messages from publishers (the Exporter, subscribers) to subscriptions.
+
+    Each bus starts with the built-in kinds and learns the topics its subscribers publish through
+    :meth:`register_topic`. Subscribing to a kind the bus does not know raises ``ValueError``.
+    """
+
+    def __init__(self, name: str = "bus") -> None:
+        self.name = name
+        self._data_kinds: set[str] = set(DATA_KINDS)
+        self._meta_kinds: set[str] = set(META_KINDS)
+        self._topic_owners: dict[str, object] = {}
+        self._subscribers: list[Subscriber] = []
+        self._by_kind: dict[str, list[Subscription]] = {}
+        self.exporter: Exporter | None = None
+
+    # ---------------------------------------------------------------- topics
+    @property
+    def data_kinds(self) -> frozenset[str]:
+        """Per-layer kinds this bus knows (built-in and registered)."""
+        return frozenset(self._data_kinds)
+
+    @property
+    def meta_kinds(self) -> frozenset[str]:
+        """Network-wide kinds this bus knows (built-in and registered)."""
+        return frozenset(self._meta_kinds)
+
+    @property
+    def known_kinds(self) -> frozenset[str]:
+        return frozenset(self._data_kinds | self._meta_kinds)
+
+    @property
+    def published_topics(self) -> dict[str, object]:
+        """Topics registered by subscribers, mapped to the subscriber that publishes each."""
+        return dict(self._topic_owners)
+
+    def register_topic(self, topic: str, type: TopicType = "DATA", owner: object = None) -> None:
+        """Add a topic that some subscriber publishes.
+
+        Raises:
+            ValueError: on an empty name, an unknown type, or a topic another publisher owns.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"Expected a non-empty topic name but got {topic!r}")
+        if type not in ("DATA", "META"):
+            raise ValueError(f"Expected topic type 'DATA' or 'META' but got {type!r}")
+        if topic in DATA_KINDS or topic in META_KINDS:
+            raise ValueError(f"{topic!r} is a built-in kind and cannot be registered again")
+        current = self._topic_owners.get(topic)
+        if current is not None and current is not owner:
+            raise ValueError(f"Topic {topic!r} is already published by {current!r}")
+        self._topic_owners[topic] = owner
+        (self._data_kinds if type == "DATA" else self._meta_kinds).add(topic)
+
+    def deregister_topic(self, topic: str) -> None:
+        """Remove a registered topic (built-in kinds stay)."""
+        if topic in self._topic_owners:
+            del self._topic_owners[topic]
+            self._data_kinds.discard(topic)
+            self._meta_kinds.discard(topic)
+
+    def check_kinds(self, kinds: Iterable[str]) -> None:
+        """Raise ``ValueError`` naming the known kinds if any of ``kinds`` is unknown."""
+        unknown = [k for k in kinds if k not in self._data_kinds and k not in self._meta_kinds]
+        if unknown:
+            raise ValueError(
+                f"Unknown message kind(s) {unknown}; this bus knows {sorted(self.known_kinds)}"
+            )
+
+    # ----------------------------------------------------------- subscribers
+    @property
+    def subscribers(self) -> tuple[Subscriber, ...]:
+        return tuple(self._subscribers)
+
+    def register_subscriber(self, subscriber: Subscriber) -> None:
+        """Attach a subscriber: check its kinds, then route messages of those kinds to it."""
+        subscriber.attach(self)
+
+    def _add(self, subscriber: Subscriber) -> None:
+        for subscription in subscriber.subscriptions:
+            self.check_kinds(subscription.kinds)
+            if self.exporter is not None:
+                self.exporter.check_kinds(subscription.kinds)
+        self._subscribers.append(subscriber)
+        for subscription in subscriber.subscriptions:
+            subscription.bind(self)
+            for kind in subscription.routed_kinds:
+                self._by_kind.setdefault(kind, []).append(subscription)
+        self._changed()
+
+    def deregister_subscriber(self, subscriber: Subscriber) -> None:
+        """Detach a subscriber; it receives nothing more and its topics are removed."""
+        subscriber.detach()
+
+    def _remove(self, subscriber: Subscriber) -> None:
+        if subscriber not in self._subscribers:
+            raise ValueError(f"{subscriber!r} is not registered on this bus")
+        self._subscribers.remove(subscriber)
+        for kind, subscriptions in list(self._by_kind.items()):
+            kept = [s for s in subscriptions if s.subscriber is not subscriber]
+            if kept:
+                self._by_kind[kind] = kept
+            else:
+                del self._by_kind[kind]
+        for topic, owner in list(self._topic_owners.items()):
+            if owner is subscriber:
+                self.deregister_topic(topic)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.exporter is not None:
+            self.exporter._sync_hooks()
+
+    def subscribed_kinds(self, tag: str | None = None) -> frozenset[str]:
+        """Kinds that at least one subscription wants (optionally: under ``tag``)."""
+        if tag is None:
+            return frozenset(self._by_kind)
+        return frozenset(
+            kind
+            for kind, subscriptions in self._by_kind.items()
+            if any(s.accepts_tag(tag) for s in subscriptions)
+        )
+
+    def wants(self, kind: str, tag: str = DEFAULT_TAG) -> bool:
+        """Whether any subscription would receive a message of ``kind`` under ``tag``."""
+        subscriptions = self._by_kind.get(kind)
+        return bool(subscriptions) and any(s.accepts_tag(tag) for s in subscriptions)
+
+    # ------------------------------------------------------------ publishing
+    def publish(self, message: Message) -> None:
+        """Deliver ``message`` to every subscription of its kind (synchronously)."""
+        for subscription in self._by_kind.get(message.kind, ()):
+            subscription.receive_message(message)
+
+    def publish_network_message(
+        self,
+        kind: str,
+        data: Any = None,
+        *,
+        global_step: int,
+        train_step: int,
+        epoch: int,
+        tag: str = DEFAULT_TAG,
+    ) -> None:
+        if kind not in self._meta_kinds:
+            raise ValueError(
+                f"Expected a meta kind {sorted(self._meta_kinds)} but got {kind!r}; "
+                "register it with register_topic(kind, 'META') first"
+            )
+        if kind in self._by_kind:
+            self.publish(NetworkMessage(kind, tag, global_step, train_step, epoch, data))
+
+    def publish_module_message(
+        self,
+        kind: str,
+        module: NamedModule,
+        data: Any,
+        *,
+        global_step: int,
+        train_step: int,
+        epoch: int,
+        tag: str = DEFAULT_TAG,
+    ) -> None:
+        if kind not in self._data_kinds:
+            raise ValueError(
+                f"Expected a data kind {sorted(self._data_kinds)} but got {kind!r}; "
+                "register it with register_topic(kind, 'DATA') first"
+            )
+        if kind in self._by_kind:
+            self.publish(ModuleMessage(kind, tag, global_step, train_step, epoch, data, module))
+
+    def __repr__(self) -> str:
+        return f"MessageBus({self.name!r}, subscribers={len(self._subscribers)})"

@@ -1,0 +1,10 @@
+"""Subscribers: turn messages into metrics and publish them back on the bus."""
+
+from ikkuna_tune.subscribers.base import (
+    CallbackSubscriber,
+    Subscriber,
+    Subscription,
+    SynchronizedSubscription,
+)
+
+__all__ = ["CallbackSubscriber", "Subscriber", "Subscription", "SynchronizedSubscription"]

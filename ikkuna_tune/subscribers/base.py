@@ -1,0 +1,292 @@
+"""Subscriptions (what a subscriber wants) and the subscriber base classes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    Message,
+    MessageBundle,
+    MessageBus,
+    ModuleMessage,
+    NamedModule,
+    TopicType,
+)
+
+__all__ = ["CallbackSubscriber", "Subscriber", "Subscription", "SynchronizedSubscription"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_kinds(kinds: object) -> tuple[str, ...]:
+    if isinstance(kinds, str) or not isinstance(kinds, Iterable):
+        raise ValueError(f"Expected `kinds` to be a list of message kinds but got {kinds!r}")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ValueError("Expected `kinds` to name at least one message kind but got none")
+    for kind in kinds:
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"Expected every kind to be a non-empty string but got {kind!r}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"Expected distinct kinds but got {list(kinds)}")
+    return kinds
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be an integer >= 1 but got {value!r}")
+    return value
+
+
+class Subscription:
+    """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
+
+    Args:
+        subscriber: the subscriber that receives the messages.
+        kinds: the message kinds to receive.
+        tag: only messages with this tag are received; ``None`` receives every tag.
+        subsample: process only every ``subsample``-th message per (layer, kind), starting with
+            the first. Counted separately for every kind, so ``subsample=10`` also keeps only every
+            tenth ``epoch_finished``.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        kinds: Sequence[str],
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+    ) -> None:
+        self.kinds = _check_kinds(kinds)
+        if tag is not None and (not isinstance(tag, str) or not tag):
+            raise ValueError(f"Expected `tag` to be a non-empty string or None but got {tag!r}")
+        self.tag = tag
+        self.subsample = check_positive_int("subsample", subsample)
+        self.subscriber = subscriber
+        self.counter: dict[tuple[str | None, str], int] = {}
+
+    @property
+    def routed_kinds(self) -> tuple[str, ...]:
+        """Kinds the bus must deliver to this subscription."""
+        return self.kinds
+
+    def bind(self, message_bus: MessageBus) -> None:
+        """Called on attaching to ``message_bus``, after its kinds are checked."""
+
+    def accepts_tag(self, tag: str) -> bool:
+        return self.tag is None or self.tag == tag
+
+    def receive_message(self, message: Message) -> None:
+        """Filter by tag and subsample, then hand the message on."""
+        if self.tag is not None and message.tag != self.tag:
+            return
+        key = (message.key, message.kind)
+        count = self.counter.get(key, 0)
+        self.counter[key] = count + 1
+        if count % self.subsample == 0:
+            self._handle_message(message)
+
+    def _handle_message(self, message: Message) -> None:
+        self.subscriber.receive_message(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kinds={list(self.kinds)}, tag={self.tag!r}, "
+            f"subsample={self.subsample})"
+        )
+
+
+class SynchronizedSubscription(Subscription):
+    """Collects the messages of one step into one :class:`MessageBundle` per identifier.
+
+    The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
+    handed to the subscriber as soon as it holds a message of every kind for that step.
+    ``subsample=k`` keeps every k-th complete bundle per identifier. A bundle that is still
+    incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        kinds: Sequence[str],
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+    ) -> None:
+        super().__init__(subscriber, kinds, tag, subsample)
+        self._open: dict[str | None, MessageBundle] = {}
+        self._rounds: dict[str | None, int] = {}
+        self._layer_kinds: tuple[str, ...] = self.kinds
+        self._network_kinds: tuple[str, ...] = self.kinds
+
+    def bind(self, message_bus: MessageBus) -> None:
+        data = message_bus.data_kinds
+        self._layer_kinds = tuple(k for k in self.kinds if k in data)
+        self._network_kinds = tuple(k for k in self.kinds if k not in data)
+
+    def receive_message(self, message: Message) -> None:
+        if self.tag is not None and message.tag != self.tag:
+            return
+        key = message.key
+        bundle = self._open.get(key)
+        if bundle is not None and bundle.global_step != message.global_step:
+            logger.debug("Dropping incomplete %r of step %d", bundle, bundle.global_step)
+            bundle = None
+        if bundle is None:
+            kinds = self._network_kinds if key is None else self._layer_kinds
+            bundle = self._open[key] = MessageBundle(key, kinds)
+        # a second message of a kind within one step (gradient accumulation) replaces the first
+        bundle.messages.pop(message.kind, None)
+        bundle.add_message(message)
+        if bundle.complete():
+            del self._open[key]
+            count = self._rounds.get(key, 0)
+            self._rounds[key] = count + 1
+            if count % self.subsample == 0:
+                self.subscriber.receive_message(bundle)
+
+
+class Subscriber:
+    """Base class: receives messages (or bundles) and turns them into metrics.
+
+    Subclasses build their subscriptions, call ``super().__init__``, declare the topics they
+    publish with :meth:`_add_publication`, and override :meth:`compute`. A subscriber can be
+    created without a bus and attached later (:meth:`attach`); :meth:`detach` removes it.
+    """
+
+    def __init__(
+        self, subscriptions: Sequence[Subscription], message_bus: MessageBus | None = None
+    ) -> None:
+        subscriptions = list(subscriptions)
+        if not subscriptions:
+            raise ValueError("Expected at least one Subscription but got none")
+        for subscription in subscriptions:
+            if not isinstance(subscription, Subscription):
+                raise ValueError(
+                    f"Expected Subscription objects but got {type(subscription).__name__}"
+                )
+            if subscription.subscriber is not self:
+                raise ValueError("Each Subscription must be created for this subscriber")
+        self.subscriptions = subscriptions
+        self._publications: dict[str, TopicType] = {}
+        self.message_bus: MessageBus | None = None
+        if message_bus is not None:
+            self.attach(message_bus)
+
+    # --------------------------------------------------------------- wiring
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind this subscriber receives."""
+        return tuple(k for s in self.subscriptions for k in s.kinds)
+
+    @property
+    def publications(self) -> dict[str, TopicType]:
+        """Topics this subscriber publishes, with their type (``'DATA'`` or ``'META'``)."""
+        return dict(self._publications)
+
+    def _add_publication(self, topic: str, type: TopicType = "DATA") -> None:
+        """Declare a topic this subscriber publishes (registered on the bus it is attached to)."""
+        if type not in ("DATA", "META"):
+            raise ValueError(f"Expected topic type 'DATA' or 'META' but got {type!r}")
+        self._publications[topic] = type
+        if self.message_bus is not None:
+            self.message_bus.register_topic(topic, type, owner=self)
+
+    def attach(self, message_bus: MessageBus) -> None:
+        """Register this subscriber and its topics on ``message_bus``.
+
+        Raises:
+            ValueError: if already attached, or if a subscribed kind is unknown to the bus.
+        """
+        if not isinstance(message_bus, MessageBus):
+            raise ValueError(f"Expected a MessageBus but got {type(message_bus).__name__}")
+        if self.message_bus is not None:
+            raise ValueError(f"{self!r} is already attached to {self.message_bus!r}")
+        registered: list[str] = []
+        try:
+            for topic, type_ in self._publications.items():
+                message_bus.register_topic(topic, type_, owner=self)
+                registered.append(topic)
+            message_bus._add(self)
+        except ValueError:
+            for topic in registered:
+                message_bus.deregister_topic(topic)
+            raise
+        self.message_bus = message_bus
+
+    def detach(self) -> None:
+        """Remove this subscriber (and its topics) from its bus."""
+        if self.message_bus is None:
+            return
+        self.message_bus._remove(self)
+        self.message_bus = None
+
+    # ------------------------------------------------------------ receiving
+    def receive_message(self, message_or_bundle: Message | MessageBundle) -> None:
+        """Entry point for subscriptions; calls :meth:`compute`."""
+        self.compute(message_or_bundle)
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        """Turn one message (or, with a SynchronizedSubscription, one bundle) into a metric."""
+        raise NotImplementedError(f"{type(self).__name__} must override compute()")
+
+    # ----------------------------------------------------------- publishing
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        source: Message | MessageBundle,
+        module: NamedModule | None = None,
+    ) -> None:
+        """Publish ``data`` under ``topic`` with the step, epoch and tag of ``source``.
+
+        The result is a per-layer message when ``module`` is given or ``source`` is about a layer,
+        and a network message otherwise.
+        """
+        bus = self.message_bus
+        if bus is None:
+            return
+        if topic not in self._publications:
+            raise ValueError(
+                f"{type(self).__name__} publishes {sorted(self._publications)}, not {topic!r}"
+            )
+        if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
+            module = source.module
+        steps = {
+            "global_step": source.global_step,
+            "train_step": source.train_step,
+            "epoch": source.epoch,
+            "tag": source.tag,
+        }
+        if module is not None and self._publications[topic] == "DATA":
+            bus.publish_module_message(topic, module, data, **steps)
+        else:
+            bus.publish_network_message(topic, data, **steps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kinds={list(self.kinds)})"
+
+
+class CallbackSubscriber(Subscriber):
+    """Calls ``callback(message)`` for each message (each bundle, if ``synchronized``)."""
+
+    def __init__(
+        self,
+        kinds: Sequence[str],
+        callback: Callable[[Any], None],
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        synchronized: bool = False,
+    ) -> None:
+        if not callable(callback):
+            raise ValueError(f"Expected `callback` to be callable but got {callback!r}")
+        self.callback = callback
+        cls = SynchronizedSubscription if synchronized else Subscription
+        super().__init__([cls(self, kinds, tag, subsample)], message_bus)
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        self.callback(message_or_bundle)

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny conv + linear model and a batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv(1->3, 3x3) -> relu -> flatten -> linear(48 -> 5) on 6x6 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+@pytest.fixture
+def tiny() -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)

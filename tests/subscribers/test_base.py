@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ikkuna_tune as ik
+
+
+def _train(model, opt, exporter, batch, steps=1):
+    x, y = batch
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_subsample_must_be_positive_int(bad) -> None:
+    with pytest.raises(ValueError, match="`subsample` to be an integer >= 1"):
+        ik.CallbackSubscriber(["loss"], print, subsample=bad)
+
+
+@pytest.mark.parametrize("bad", [[], "loss", ["loss", "loss"], [""]])
+def test_kinds_must_be_a_nonempty_list_of_distinct_names(bad) -> None:
+    with pytest.raises(ValueError, match="kind"):
+        ik.CallbackSubscriber(bad, print)
+
+
+def test_callback_must_be_callable() -> None:
+    with pytest.raises(ValueError, match="`callback` to be callable"):
+        ik.CallbackSubscriber(["loss"], 3)  # type: ignore[arg-type]
+
+
+def test_subsample_counts_per_module_and_kind(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = []
+    ik.CallbackSubscriber(
+        ["weights", "loss"], lambda m: got.append((m.kind, m.key, m.global_step)), bus, subsample=3
+    )
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        _train(tiny, opt, exporter, batch, steps=7)
+    steps = {(k, key): [s for kk, kkey, s in got if (kk, kkey) == (k, key)] for k, key, _ in got}
+    assert steps == {
+        ("weights", "conv"): [0, 3, 6],
+        ("weights", "fc"): [0, 3, 6],
+        ("loss", None): [0, 3, 6],
+    }
+
+
+def test_tag_filters_messages(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    train, evals, every = [], [], []
+    ik.CallbackSubscriber(["activations"], train.append, bus)
+    ik.CallbackSubscriber(["activations"], evals.append, bus, tag="eval")
+    ik.CallbackSubscriber(["activations"], every.append, bus, tag=None)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        _train(tiny, opt, exporter, batch)
+        tiny.eval()
+        with torch.no_grad():
+            tiny(batch[0])
+    assert {m.tag for m in train} == {"default"} and len(train) == 2
+    assert {m.tag for m in evals} == {"eval"} and len(evals) == 2
+    assert len(every) == 4
+
+
+def test_synchronized_subscription_bundles_one_step_per_module(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    bundles = []
+    ik.CallbackSubscriber(
+        ["weight_gradients", "weight_updates", "loss"], bundles.append, bus, synchronized=True
+    )
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        _train(tiny, opt, exporter, batch, steps=2)
+    by_step = [(b.key or "", b.global_step, sorted(m.kind for m in b)) for b in bundles]
+    assert sorted(by_step) == sorted(
+        [
+            ("", 0, ["loss"]),
+            ("conv", 0, ["weight_gradients", "weight_updates"]),
+            ("fc", 0, ["weight_gradients", "weight_updates"]),
+            ("", 1, ["loss"]),
+            ("conv", 1, ["weight_gradients", "weight_updates"]),
+            ("fc", 1, ["weight_gradients", "weight_updates"]),
+        ]
+    )
+    assert all(b.complete() for b in bundles)
+    # SGD without momentum: the update is -lr * gradient, inside each bundle
+    for b in bundles:
+        if b.key is not None:
+            torch.testing.assert_close(b["weight_updates"], -0.1 * b["weight_gradients"])
+
+
+def test_synchronized_subsample_keeps_every_kth_bundle(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    bundles = []
+    ik.CallbackSubscriber(
+        ["weights", "weight_updates"], bundles.append, bus, synchronized=True, subsample=2
+    )
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        _train(tiny, opt, exporter, batch, steps=5)
+    assert sorted((b.key, b.global_step) for b in bundles) == [
+        ("conv", 0), ("conv", 2), ("conv", 4), ("fc", 0), ("fc", 2), ("fc", 4)
+    ]  # fmt: skip
+
+
+def test_incomplete_bundles_of_a_frozen_layer_are_dropped(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    bundles = []
+    ik.CallbackSubscriber(["weights", "weight_gradients"], bundles.append, bus, synchronized=True)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        exporter.freeze("conv")
+        _train(tiny, opt, exporter, batch, steps=2)
+    assert [(b.key, b.global_step) for b in bundles] == [("fc", 0), ("fc", 1)]
+
+
+def test_detached_subscriber_receives_nothing(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = []
+    sub = ik.CallbackSubscriber(["loss"], got.append, bus)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        _train(tiny, opt, exporter, batch)
+        sub.detach()
+        assert sub.message_bus is None and bus.subscribers == ()
+        _train(tiny, opt, exporter, batch)
+    assert len(got) == 1
+    with pytest.raises(ValueError, match="not registered"):
+        bus._remove(sub)
+
+
+def test_attach_twice_raises() -> None:
+    bus = ik.MessageBus()
+    sub = ik.CallbackSubscriber(["loss"], print, bus)
+    with pytest.raises(ValueError, match="already attached"):
+        sub.attach(ik.MessageBus())
+
+
+def test_publish_derived_topic_keeps_step_and_module(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+
+    class SumOfWeights(ik.Subscriber):
+        def __init__(self) -> None:
+            super().__init__([ik.Subscription(self, ["weights"])])
+            self._add_publication("weights_sum")
+
+        def compute(self, message) -> None:
+            self.publish("weights_sum", message.data.sum(), message)
+
+    SumOfWeights().attach(bus)
+    got = []
+    ik.CallbackSubscriber(["weights_sum"], got.append, bus)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+        _train(tiny, opt, exporter, batch)
+    assert [(m.key, m.global_step) for m in got] == [("conv", 0), ("fc", 0)]
+    torch.testing.assert_close(got[0].data, before["conv.weight"].sum())
+    torch.testing.assert_close(got[1].data, before["fc.weight"].sum())
+
+
+def test_subscriber_requires_its_own_subscriptions() -> None:
+    other = ik.CallbackSubscriber(["loss"], print)
+
+    class Bad(ik.Subscriber):
+        def __init__(self) -> None:
+            super().__init__([ik.Subscription(other, ["loss"])])
+
+    with pytest.raises(ValueError, match="created for this subscriber"):
+        Bad()
+    with pytest.raises(ValueError, match="at least one Subscription"):
+        ik.Subscriber([])
