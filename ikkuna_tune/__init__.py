@@ -14,6 +14,7 @@ from ikkuna_tune.messages import (
 )
 from ikkuna_tune.subscribers import (
     CallbackSubscriber,
+    PlotSubscriber,
     Subscriber,
     Subscription,
     SynchronizedSubscription,
@@ -35,6 +36,7 @@ __all__ = [
     "ModuleMessage",
     "NamedModule",
     "NetworkMessage",
+    "PlotSubscriber",
     "Subscriber",
     "Subscription",
     "SynchronizedSubscription",

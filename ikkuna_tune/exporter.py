@@ -183,6 +183,7 @@ class Exporter:
         if self._closed:
             return
         self._finish_step()
+        self.message_bus.flush()
         for handle in self._base_handles:
             handle.remove()
         self._base_handles.clear()
@@ -376,6 +377,7 @@ class Exporter:
         self._publish_meta("epoch_finished")
         self._epoch_open = False
         self.epoch += 1
+        self.message_bus.flush()
 
     @contextmanager
     def probe(self, tag: str = PROBE_TAG) -> Iterator[nn.Module]:

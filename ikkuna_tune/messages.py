@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
 
 if TYPE_CHECKING:
     from ikkuna_tune.exporter import Exporter
@@ -208,10 +211,17 @@ class MessageBus:
 
     Each bus starts with the built-in kinds and learns the topics its subscribers publish through
     :meth:`register_topic`. Subscribing to a kind the bus does not know raises ``ValueError``.
+
+    Args:
+        name: a name for logs.
+        log_dir: where the ``'tb'`` backend of this bus writes its event files (default: a new
+            ``runs/<date>_<host>`` directory, as tensorboardX chooses).
     """
 
-    def __init__(self, name: str = "bus") -> None:
+    def __init__(self, name: str = "bus", log_dir: str | Path | None = None) -> None:
         self.name = name
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self._backends: dict[str, Backend] = {}
         self._data_kinds: set[str] = set(DATA_KINDS)
         self._meta_kinds: set[str] = set(META_KINDS)
         self._topic_owners: dict[str, object] = {}
@@ -373,6 +383,28 @@ class MessageBus:
             )
         if kind in self._by_kind:
             self.publish(ModuleMessage(kind, tag, global_step, train_step, epoch, data, module))
+
+    # -------------------------------------------------------------- backends
+    def backend(self, name: str | None) -> Backend:
+        """The backend ``name`` of this bus (one per bus, shared by its subscribers)."""
+        if name is None:
+            return NullBackend()
+        if name not in BACKENDS:
+            raise ValueError(f"Expected a backend in {list(BACKENDS)} but got {name!r}")
+        if name not in self._backends:
+            self._backends[name] = TensorBoardBackend(self.log_dir)
+        return self._backends[name]
+
+    def flush(self) -> None:
+        """Write what the backends of this bus have buffered."""
+        for backend in self._backends.values():
+            backend.flush()
+
+    def close(self) -> None:
+        """Flush and close the backends of this bus."""
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
 
     def __repr__(self) -> str:
         return f"MessageBus({self.name!r}, subscribers={len(self._subscribers)})"

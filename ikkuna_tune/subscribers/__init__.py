@@ -2,9 +2,16 @@
 
 from ikkuna_tune.subscribers.base import (
     CallbackSubscriber,
+    PlotSubscriber,
     Subscriber,
     Subscription,
     SynchronizedSubscription,
 )
 
-__all__ = ["CallbackSubscriber", "Subscriber", "Subscription", "SynchronizedSubscription"]
+__all__ = [
+    "CallbackSubscriber",
+    "PlotSubscriber",
+    "Subscriber",
+    "Subscription",
+    "SynchronizedSubscription",
+]

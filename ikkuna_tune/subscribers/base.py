@@ -6,6 +6,9 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
+
+from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     Message,
@@ -16,7 +19,13 @@ from ikkuna_tune.messages import (
     TopicType,
 )
 
-__all__ = ["CallbackSubscriber", "Subscriber", "Subscription", "SynchronizedSubscription"]
+__all__ = [
+    "CallbackSubscriber",
+    "PlotSubscriber",
+    "Subscriber",
+    "Subscription",
+    "SynchronizedSubscription",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -290,3 +299,67 @@ class CallbackSubscriber(Subscriber):
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         self.callback(message_or_bundle)
+
+
+class PlotSubscriber(Subscriber):
+    """A subscriber whose scalar results are also drawn by a backend.
+
+    Every scalar it publishes is sent to the backend as ``'{topic}/{layer}'`` (or ``'{topic}'``
+    for network-wide results) at the message's global step. The backend buffers tensors and writes
+    them when the bus is flushed (end of epoch, Tune report), so drawing costs no per-step sync.
+
+    Args:
+        subscriptions: as for :class:`Subscriber`.
+        message_bus: as for :class:`Subscriber`.
+        plot_config: optional ``title``, ``xlabel``, ``ylabel``, ``ylims`` for plots.
+        backend: ``'tb'`` (TensorBoard event files in the bus's ``log_dir``) or ``None``.
+    """
+
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        message_bus: MessageBus | None = None,
+        plot_config: dict[str, Any] | None = None,
+        backend: str | None = "tb",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"Expected `backend` to be one of {list(BACKENDS)} but got {backend!r}"
+            )
+        if plot_config is not None:
+            if not isinstance(plot_config, dict):
+                raise ValueError(f"Expected `plot_config` to be a dict but got {plot_config!r}")
+            unknown = set(plot_config) - {"title", "xlabel", "ylabel", "ylims"}
+            if unknown:
+                raise ValueError(
+                    f"Unknown plot_config keys {sorted(unknown)}; "
+                    "expected title, xlabel, ylabel, ylims"
+                )
+        self.plot_config = dict(plot_config or {})
+        self.backend_name = backend
+        self.backend: Backend = NullBackend()
+        super().__init__(subscriptions, message_bus)
+
+    def attach(self, message_bus: MessageBus) -> None:
+        super().attach(message_bus)
+        self.backend = message_bus.backend(self.backend_name)
+
+    def detach(self) -> None:
+        super().detach()
+        self.backend = NullBackend()
+
+    def publish(
+        self,
+        topic: str,
+        data: Any,
+        source: Message | MessageBundle,
+        module: NamedModule | None = None,
+    ) -> None:
+        super().publish(topic, data, source, module)
+        if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
+            if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
+                module = source.module
+            name = (
+                module.name if module is not None and self._publications[topic] == "DATA" else None
+            )
+            self.backend.add_scalar(safe_tag(topic, name), data, source.global_step)

@@ -1,0 +1,113 @@
+"""Where subscribers draw their metrics: TensorBoard event files (tensorboardX) or nowhere.
+
+Backends buffer tensors on their device and turn them into Python numbers only in
+:meth:`Backend.flush` (one host synchronisation per flush, not one per value), which the Exporter
+calls at the end of every epoch and the Tune integration at every report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["BACKENDS", "Backend", "NullBackend", "TensorBoardBackend", "safe_tag", "to_numbers"]
+
+logger = logging.getLogger(__name__)
+
+#: Names accepted wherever a backend is chosen.
+BACKENDS = ("tb", None)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+def safe_tag(*parts: str | None) -> str:
+    """Join ``parts`` with '/' into a TensorBoard tag, replacing characters it does not allow."""
+    return "/".join(_UNSAFE.sub("_", p) for p in parts if p)
+
+
+def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:
+    """The values of ``(tag, value, step)`` items as floats, one host transfer per device."""
+    numbers: list[float] = [0.0] * len(items)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, value, _) in enumerate(items):
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(i)
+        else:
+            numbers[i] = float(value)
+    for indices in by_device.values():
+        stacked = torch.stack([items[i][1].detach().reshape(()).double() for i in indices])
+        for i, number in zip(indices, stacked.tolist()):
+            numbers[i] = number
+    return numbers
+
+
+class Backend:
+    """Receives scalars and histograms; the base class draws nothing."""
+
+    def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
+        """Record ``value`` (a 0-d tensor or number) under ``tag`` at ``step``."""
+
+    def add_histogram(
+        self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
+    ) -> None:
+        """Record a histogram: bin ``counts``, bin ``edges`` (len(counts) + 1) and
+        ``stats = [min, max, count, sum, sum of squares]``, all tensors."""
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+
+    def close(self) -> None:
+        """Flush and release files."""
+
+
+class NullBackend(Backend):
+    """Draws nothing (``backend=None``); computing never depends on a backend."""
+
+
+class TensorBoardBackend(Backend):
+    """Writes tensorboardX event files in one run directory, buffering values until flushed."""
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(None if log_dir is None else str(log_dir))
+        self.log_dir = Path(self.writer.logdir)
+        self._scalars: list[tuple[str, Any, int]] = []
+        self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+
+    def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
+        self._scalars.append((tag, value, step))
+
+    def add_histogram(
+        self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
+    ) -> None:
+        self._histograms.append((tag, counts, edges, stats, step))
+
+    def flush(self) -> None:
+        if self._scalars:
+            for (tag, _, step), number in zip(self._scalars, to_numbers(self._scalars)):
+                self.writer.add_scalar(tag, number, step)
+            self._scalars.clear()
+        for tag, counts, edges, stats, step in self._histograms:
+            lo, hi, num, total, squares = stats.detach().double().cpu().tolist()
+            self.writer.add_histogram_raw(
+                tag,
+                min=lo,
+                max=hi,
+                num=int(num),
+                sum=total,
+                sum_squares=squares,
+                bucket_limits=edges[1:].detach().double().cpu().numpy(),
+                bucket_counts=counts.detach().double().cpu().numpy(),
+                global_step=step,
+            )
+        self._histograms.clear()
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ikkuna_tune as ik
+from ikkuna_tune.backends import safe_tag, to_numbers
+
+
+class WeightSum(ik.PlotSubscriber):
+    def __init__(self, backend: str | None = "tb") -> None:
+        super().__init__([ik.Subscription(self, ["weights"])], backend=backend)
+        self._add_publication("weights_sum")
+
+    def compute(self, message) -> None:
+        self.publish("weights_sum", message.data.sum(), message)
+
+
+def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path / "run")
+    WeightSum().attach(bus)
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    expected = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        for _ in range(3):
+            expected.append(tiny.conv.weight.detach().sum().item())
+            opt.zero_grad()
+            tiny(batch[0]).sum().backward()
+            opt.step()
+        exporter.epoch_finished()
+    bus.close()
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"weights_sum/conv", "weights_sum/fc"}
+    got = events.Scalars("weights_sum/conv")
+    assert [e.step for e in got] == [0, 1, 2]
+    assert [e.value for e in got] == pytest.approx(expected, rel=1e-5)
+
+
+def test_no_backend_draws_nothing(tmp_path) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path)
+    WeightSum(backend=None).attach(bus)
+    bus.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_backend_and_plot_config() -> None:
+    with pytest.raises(ValueError, match="`backend` to be one of"):
+        WeightSum(backend="matplotlib")
+    with pytest.raises(ValueError, match="Unknown plot_config keys"):
+        ik.PlotSubscriber([], plot_config={"colour": 1})
+
+
+def test_safe_tag_and_numbers() -> None:
+    assert safe_tag("weights_norm2", "features.0 (conv)") == "weights_norm2/features.0__conv_"
+    assert safe_tag("loss", None) == "loss"
+    items = [("a", torch.tensor(1.5), 0), ("b", 2, 0), ("c", torch.tensor([3.0]), 0)]
+    assert to_numbers(items) == [1.5, 2.0, 3.0]
