@@ -242,6 +242,23 @@ class Subscriber:
         """Turn one message (or, with a SynchronizedSubscription, one bundle) into a metric."""
         raise NotImplementedError(f"{type(self).__name__} must override compute()")
 
+    # ----------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """State worth keeping across a restore (tensors may stay on their device).
+
+        Subclasses with such state (previous activations, power-iteration vectors, counters)
+        override this and :meth:`load_state_dict`; the Tune integration stores it in the trial's
+        checkpoint.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} keeps no state but was given keys {sorted(state)}"
+            )
+
     # ----------------------------------------------------------- publishing
     def publish(
         self,
