@@ -1,0 +1,25 @@
+"""Pure maths on tensors: the quantities subscribers publish, tested on their own."""
+
+from ikkuna_tune.functional.accuracy import accuracy, correct, predictions
+from ikkuna_tune.functional.stats import (
+    histogram,
+    mean,
+    norm,
+    norm_ratio,
+    projection_ratio,
+    spectral_norm,
+    variance,
+)
+
+__all__ = [
+    "accuracy",
+    "correct",
+    "histogram",
+    "mean",
+    "norm",
+    "norm_ratio",
+    "predictions",
+    "projection_ratio",
+    "spectral_norm",
+    "variance",
+]

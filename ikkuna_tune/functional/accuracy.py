@@ -1,0 +1,62 @@
+"""Classification accuracy from network outputs and targets, computed on the device."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["accuracy", "correct", "predictions"]
+
+
+def predictions(output: torch.Tensor) -> torch.Tensor:
+    """Predicted classes of a batch of outputs.
+
+    ``output`` of shape ``(N, C)`` with ``C > 1`` (logits or probabilities, more dimensions after
+    ``C`` allowed, as for :func:`torch.nn.functional.cross_entropy`): the arg-max over dimension
+    1. Shape ``(N,)`` or ``(N, 1)``: one logit per sample for binary classification, predicting
+    class 1 where it is positive.
+    """
+    if output.dim() == 0:
+        raise ValueError("Expected a batch of outputs but got a 0-d tensor")
+    if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
+        return (output.reshape(-1) > 0).long()
+    return output.argmax(dim=1)
+
+
+def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.is_floating_point() and target.dim() == output.dim() and output.dim() > 1:
+        if target.shape[1] == output.shape[1] and output.shape[1] > 1:
+            return target.argmax(dim=1)  # one-hot or soft labels
+    return target
+
+
+def _hits(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    pred = predictions(output)
+    target = _targets(output, target)
+    if pred.numel() != target.numel():
+        raise ValueError(
+            f"Expected one target per prediction ({tuple(pred.shape)}) but got targets of "
+            f"shape {tuple(target.shape)}"
+        )
+    return (pred.reshape(-1) == target.reshape(-1).to(pred.device)).sum(), pred.numel()
+
+
+def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How many predictions of ``output`` (see :func:`predictions`) equal ``target``.
+
+    ``target`` holds class indices, or one-hot / soft labels shaped like ``output`` (their
+    arg-max is the class). Returns a 0-d int64 tensor on ``output``'s device.
+
+    Raises:
+        ValueError: if predictions and targets do not have the same number of entries.
+    """
+    return _hits(output, target)[0]
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of correct predictions in one batch, as a 0-d float tensor.
+
+    Every sample (every position, for outputs with spatial dimensions) counts once; an empty
+    batch has accuracy 0.
+    """
+    hits, total = _hits(output, target)
+    return hits.float() / max(1, total)

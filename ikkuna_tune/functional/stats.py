@@ -1,0 +1,190 @@
+"""Statistics of single tensors: norms, mean, variance, norm ratios and the spectral norm.
+
+Pure functions on tensors. Every result is a tensor on the input's device (0-d for scalars); none
+of them turns a tensor into a Python number, so none forces a host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "histogram",
+    "mean",
+    "norm",
+    "norm_ratio",
+    "projection_ratio",
+    "spectral_norm",
+    "variance",
+]
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if it holds floating-point (or complex) numbers, else ``x`` as float32."""
+    return x if x.is_floating_point() or x.is_complex() else x.float()
+
+
+def _check_order(order: float) -> float:
+    if isinstance(order, bool) or not isinstance(order, (int, float)) or not order > 0:
+        raise ValueError(f"Expected argument `order` to be a positive number but got {order!r}")
+    return order
+
+
+def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
+    """The ``order``-norm of all entries of ``x`` taken as one vector.
+
+    ``(sum |x_i|^order)^(1/order)``; for a matrix and ``order=2`` this is the Frobenius norm.
+    ``order=math.inf`` gives the largest absolute entry.
+
+    Raises:
+        ValueError: if ``order`` is not a positive number.
+    """
+    return torch.linalg.vector_norm(_as_float(x), ord=_check_order(order))
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """The arithmetic mean of all entries of ``x``."""
+    return _as_float(x).mean()
+
+
+def variance(x: torch.Tensor) -> torch.Tensor:
+    """The unbiased sample variance of all entries of ``x``: ``sum (x_i - mean)^2 / (n - 1)``.
+
+    NaN when ``x`` has fewer than two entries (as in :func:`torch.var`).
+    """
+    x = _as_float(x)
+    if x.numel() < 2:
+        return torch.full((), math.nan, dtype=x.dtype, device=x.device)
+    return torch.var(x, correction=1)
+
+
+def norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``||numerator||_2 / ||denominator||_2``, the ratio of the L2 norms of two tensors.
+
+    With ``numerator`` a step's weight update and ``denominator`` the weights that step started
+    from, this is the update-to-weight ratio. Infinite (or NaN for 0/0) when the denominator is 0.
+    """
+    return norm(numerator) / norm(denominator)
+
+
+def projection_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``<numerator, denominator> / ||denominator||_2^2``: the signed component of ``numerator``
+    along ``denominator``, relative to the length of ``denominator``.
+
+    Its absolute value is at most :func:`norm_ratio` (equal when the two are parallel). For a
+    weight update it is negative when the step shrinks the weights (weight decay) and positive
+    when it grows them. Both tensors must have the same number of entries.
+    """
+    a = _as_float(numerator).reshape(-1)
+    b = _as_float(denominator).reshape(-1)
+    if a.numel() != b.numel():
+        raise ValueError(
+            f"Expected tensors with the same number of entries but got {a.numel()} and {b.numel()}"
+        )
+    return torch.dot(a, b) / torch.dot(b, b)
+
+
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.linalg.vector_norm(x).clamp_min(eps)
+
+
+def initial_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A fixed pseudo-random unit vector of length ``n`` (the same on every call).
+
+    Drawn from a private generator so that starting a power iteration never consumes the global
+    random state the training loop relies on (dropout, shuffling).
+    """
+    generator = torch.Generator().manual_seed(0x5EED)
+    u = torch.randn(n, generator=generator, dtype=torch.float64)
+    return _normalize(u, 1e-12).to(device=device, dtype=dtype)
+
+
+def spectral_norm(
+    x: torch.Tensor,
+    u: torch.Tensor | None = None,
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimate the largest singular value of ``x`` by power iteration.
+
+    ``x`` is taken as the matrix ``x.reshape(x.shape[0], -1)`` (output dimension first, as
+    :func:`torch.nn.utils.spectral_norm` does for linear and conv weights). Each iteration does
+    ``v = normalize(W^T u)``, ``u = normalize(W v)``; the estimate is ``sigma = u^T W v``, a lower
+    bound that converges to the spectral norm. Pass the returned ``u`` into the next call on the
+    same (slowly changing) matrix, and one iteration per call tracks it closely.
+
+    Args:
+        x: the tensor (at least one dimension; a vector is a one-column matrix).
+        u: the left singular vector estimate from the previous call, of length ``x.shape[0]``, or
+            ``None`` to start from :func:`initial_vector`. A vector of another length, device or
+            dtype is replaced or converted.
+        n_power_iterations: iterations to run (>= 1).
+        eps: guards the normalisations against division by zero.
+
+    Returns:
+        ``(sigma, u)``: the estimate as a 0-d tensor and the updated unit vector ``u``.
+
+    Raises:
+        ValueError: for a 0-d ``x`` or ``n_power_iterations < 1``.
+    """
+    if (
+        isinstance(n_power_iterations, bool)
+        or not isinstance(n_power_iterations, int)
+        or n_power_iterations < 1
+    ):
+        raise ValueError(
+            "Expected argument `n_power_iterations` to be an integer >= 1 but got "
+            f"{n_power_iterations!r}"
+        )
+    if x.dim() < 1:
+        raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
+    x = _as_float(x).detach()
+    w = x.reshape(x.shape[0], -1)
+    if u is None or u.shape != (w.shape[0],):
+        u = initial_vector(w.shape[0], w.device, w.dtype)
+    else:
+        u = u.detach().to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        v = _normalize(torch.mv(w.t(), u), eps)
+        for i in range(n_power_iterations):
+            if i > 0:
+                v = _normalize(torch.mv(w.t(), u), eps)
+            u = _normalize(torch.mv(w, v), eps)
+        sigma = torch.dot(u, torch.mv(w, v))
+    return sigma, u
+
+
+def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bin the entries of ``x`` into ``bins`` equal-width bins between its minimum and maximum.
+
+    Computed on ``x``'s device without reading any value back to the host.
+
+    Returns:
+        ``(counts, edges, stats)``: ``bins`` counts, ``bins + 1`` edges (float), and
+        ``stats = [min, max, count, sum, sum of squares]`` as one float tensor (TensorBoard's
+        histogram summary needs these).
+
+    Raises:
+        ValueError: if ``bins < 1`` or ``x`` is empty.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"Expected argument `bins` to be an integer >= 1 but got {bins!r}")
+    if x.numel() == 0:
+        raise ValueError("Expected a non-empty tensor to bin but got one with no entries")
+    flat = _as_float(x).detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    lo, hi = torch.aminmax(flat)
+    # min=max=0 makes histc take the data's own range, without a host round trip
+    counts = torch.histc(flat, bins=bins, min=0, max=0)
+    # histc widens a constant input's range to [value - 1, value + 1]; the edges follow it
+    constant = hi == lo
+    first = torch.where(constant, lo - 1, lo)
+    last = torch.where(constant, hi + 1, hi)
+    steps = torch.arange(bins + 1, device=flat.device, dtype=flat.dtype) / bins
+    edges = first + (last - first) * steps
+    n = flat.new_full((), flat.numel())
+    stats = torch.stack([lo, hi, n, flat.sum(), flat.pow(2).sum()])
+    return counts, edges, stats

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ikkuna_tune import functional as F
+from ikkuna_tune.functional.stats import initial_vector
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(6, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3.5, math.inf])
+def test_norm_is_the_vector_norm_of_all_entries(x, order) -> None:
+    expected = x.flatten().abs().pow(order).sum().pow(1 / order) if order != math.inf else None
+    if expected is None:
+        expected = x.abs().max()
+    torch.testing.assert_close(F.norm(x, order), expected)
+    assert F.norm(x, order).dim() == 0
+
+
+def test_frobenius_norm_of_a_matrix() -> None:
+    m = torch.randn(5, 4)
+    torch.testing.assert_close(F.norm(m), torch.linalg.matrix_norm(m, ord="fro"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "2", None])
+def test_norm_order_must_be_positive(bad) -> None:
+    with pytest.raises(ValueError, match="`order` to be a positive number but got"):
+        F.norm(torch.ones(3), bad)
+
+
+def test_mean_and_unbiased_variance(x) -> None:
+    values = x.flatten().tolist()
+    m = sum(values) / len(values)
+    v = sum((a - m) ** 2 for a in values) / (len(values) - 1)
+    assert F.mean(x).item() == pytest.approx(m, abs=1e-6)
+    assert F.variance(x).item() == pytest.approx(v, rel=1e-5)
+
+
+def test_integer_input_and_single_entry() -> None:
+    labels = torch.tensor([0, 1, 2, 3])
+    assert F.mean(labels).item() == 1.5
+    assert F.variance(labels).item() == pytest.approx(5 / 3)
+    assert math.isnan(F.variance(torch.tensor([2.0])).item())
+
+
+def test_norm_ratio_and_projection_ratio() -> None:
+    a = torch.tensor([3.0, 4.0])
+    b = torch.tensor([0.0, 10.0])
+    assert F.norm_ratio(a, b).item() == pytest.approx(0.5)
+    assert F.projection_ratio(a, b).item() == pytest.approx(0.4)  # 40 / 100
+    assert F.projection_ratio(-0.1 * b, b).item() == pytest.approx(-0.1)
+    assert abs(F.projection_ratio(a, b).item()) <= F.norm_ratio(a, b).item()
+    with pytest.raises(ValueError, match="same number of entries"):
+        F.projection_ratio(torch.ones(2), torch.ones(3))
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (16, 3, 3, 3), (4, 20)])
+def test_spectral_norm_converges_to_the_largest_singular_value(shape) -> None:
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    expected = torch.linalg.matrix_norm(w.reshape(shape[0], -1), ord=2)
+    sigma, u = F.spectral_norm(w, n_power_iterations=300)
+    # gaussian matrices can have nearly equal top singular values ((16, 27): 8.272 vs 8.264),
+    # where power iteration converges slowly; the estimate is a lower bound
+    torch.testing.assert_close(sigma, expected, rtol=1e-3, atol=0)
+    assert sigma.item() <= expected.item() * (1 + 1e-12)
+    assert u.shape == (shape[0],) and u.norm().item() == pytest.approx(1.0)
+
+
+def test_spectral_norm_persistent_vector_tracks_the_matrix() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    u = None
+    for _ in range(100):  # one iteration per call, as during training
+        sigma, u = F.spectral_norm(w, u)
+    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(w, ord=2), rtol=1e-6, atol=0)
+    # the estimate never exceeds the true value (it is u^T W v with unit u, v)
+    first, _ = F.spectral_norm(w)
+    assert first.item() <= torch.linalg.matrix_norm(w, ord=2).item() + 1e-12
+
+
+def test_spectral_norm_matches_torch_spectral_norm_update() -> None:
+    """Same power iteration as torch.nn.utils.parametrizations.spectral_norm (dim 0)."""
+    w = torch.randn(7, 4, dtype=torch.float64)
+    u0 = initial_vector(7, w.device, w.dtype)
+    # torch's update: v = normalize(W^T u), u = normalize(W v), sigma = u . (W v)
+    v = torch.nn.functional.normalize(w.t() @ u0, dim=0, eps=1e-12)
+    u1 = torch.nn.functional.normalize(w @ v, dim=0, eps=1e-12)
+    sigma, u = F.spectral_norm(w, u0, n_power_iterations=1)
+    torch.testing.assert_close(u, u1)
+    torch.testing.assert_close(sigma, torch.dot(u1, w @ v))
+
+
+def test_spectral_norm_replaces_a_vector_of_the_wrong_length_and_checks_arguments() -> None:
+    w = torch.randn(5, 5)
+    _, u = F.spectral_norm(w, torch.ones(3))
+    assert u.shape == (5,)
+    with pytest.raises(ValueError, match="`n_power_iterations` to be an integer >= 1 but got 0"):
+        F.spectral_norm(w, n_power_iterations=0)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        F.spectral_norm(torch.tensor(1.0))
+
+
+def test_initial_vector_leaves_the_global_random_state_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    initial_vector(10, torch.device("cpu"), torch.float32)
+    F.spectral_norm(torch.randn(4, 4, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_histogram_counts_edges_and_stats() -> None:
+    x = torch.tensor([0.0, 1.0, 1.5, 2.0, 4.0])
+    counts, edges, stats = F.histogram(x, bins=4)
+    torch.testing.assert_close(edges, torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
+    torch.testing.assert_close(counts, torch.tensor([1.0, 2.0, 1.0, 1.0]))
+    torch.testing.assert_close(stats, torch.tensor([0.0, 4.0, 5.0, 8.5, 23.25]))
+    # the same counts as binning by hand with the returned edges
+    by_hand = torch.bucketize(x, edges[1:-1], right=True).bincount(minlength=4).float()
+    torch.testing.assert_close(counts, by_hand)
+
+
+def test_histogram_of_a_constant_and_bad_arguments() -> None:
+    counts, edges, _ = F.histogram(torch.full((3,), 2.0), bins=2)
+    torch.testing.assert_close(edges, torch.tensor([1.0, 2.0, 3.0]))
+    assert counts.sum().item() == 3
+    with pytest.raises(ValueError, match="`bins` to be an integer >= 1 but got 0"):
+        F.histogram(torch.ones(3), bins=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        F.histogram(torch.ones(0))
