@@ -1,6 +1,7 @@
 """ikkuna_tune: see inside neural-network training across a Ray Tune sweep, and act on it."""
 
 from ikkuna_tune.exporter import EVAL_TAG, PROBE_TAG, Exporter
+from ikkuna_tune.functional.svcca import cca, svcca_similarity
 from ikkuna_tune.messages import (
     DATA_KINDS,
     DEFAULT_TAG,
@@ -40,4 +41,6 @@ __all__ = [
     "Subscriber",
     "Subscription",
     "SynchronizedSubscription",
+    "cca",
+    "svcca_similarity",
 ]

@@ -10,9 +10,11 @@ from ikkuna_tune.functional.stats import (
     spectral_norm,
     variance,
 )
+from ikkuna_tune.functional.svcca import cca, svcca_similarity
 
 __all__ = [
     "accuracy",
+    "cca",
     "correct",
     "histogram",
     "mean",
@@ -21,5 +23,6 @@ __all__ = [
     "predictions",
     "projection_ratio",
     "spectral_norm",
+    "svcca_similarity",
     "variance",
 ]

@@ -1,0 +1,334 @@
+r"""Canonical correlation analysis (CCA) and SVCCA between activation matrices.
+
+Both functions take two activation matrices ``x`` (n_samples, p) and ``y`` (n_samples, q) whose
+rows are the same data points (the same probe images, say) seen by two layers, or by one layer at
+two points in training.
+
+**CCA.** Centre the columns. The canonical correlations are the cosines of the principal angles
+between the column spaces :math:`\mathcal{X} = \operatorname{span}(x)` and
+:math:`\mathcal{Y} = \operatorname{span}(y)` in :math:`\mathbb{R}^{n}`: the first is
+:math:`\rho_1 = \max \operatorname{corr}(x a, y b)` over weight vectors :math:`a, b`, each next
+one the same maximum over directions uncorrelated with the earlier ones. The textbook route takes
+the singular values of :math:`\Sigma_{xx}^{-1/2} \Sigma_{xy} \Sigma_{yy}^{-1/2}`, which squares the
+condition number of the data and needs the inverse of covariance matrices that are singular as soon
+as a neuron is dead (constant) or duplicated. Here no covariance matrix is ever formed: if
+:math:`Q_x` and :math:`Q_y` are orthonormal bases of the two column spaces, the canonical
+correlations are exactly the singular values of :math:`Q_x^T Q_y` (Björck and Golub, 1973).
+
+**Bases, with rank pruning.** A tall centred matrix is factored as :math:`x = Q R` (Householder QR)
+and the small square factor as :math:`R = W \operatorname{diag}(s) V^T` (SVD), so
+:math:`x = (Q W) \operatorname{diag}(s) V^T` is the thin SVD of ``x`` and the columns of
+:math:`Q W` belong to the singular values :math:`s`. Directions with
+:math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1` carry no information (they are rounding noise of
+dead or duplicated neurons), and keeping them would report spurious correlations of 1, so they are
+dropped. A wide matrix (fewer samples than features) is decomposed by SVD directly. Instead of
+forming :math:`Q W` explicitly the correlations are taken from
+:math:`W_x^T (Q_x^T Q_y) W_y` restricted to the kept columns, which has the same singular values.
+
+**SVCCA** (Raghu et al., 2017) first reduces each side to its leading singular directions, the
+fewest whose squared singular values reach the fraction ``keep`` of the total variance, then runs
+CCA between the reduced sets and averages the canonical correlations. As the thin SVD's left
+singular vectors are already an orthonormal basis of the reduced set, the SVD of the reduction *is*
+the orthonormalisation step: one factorisation per side.
+
+Everything is computed in float64 on the device of the input (a torch tensor may live on a GPU);
+the canonical correlations are clipped to :math:`[0, 1]`.
+
+**More features than samples.** Centred data spans at most ``n - 1`` dimensions. Two subspaces of
+dimension :math:`r_x` and :math:`r_y` of that space share at least
+:math:`r_x + r_y - (n - 1)` dimensions, so at least that many canonical correlations are exactly 1
+whatever the data; when both sides have rank ``n - 1`` every canonical correlation is 1. The
+functions return these values (no error): they are correct for the matrices given, but measure the
+shortage of samples, not similarity. Use more samples than features (for SVCCA: more samples than
+the directions kept), or fold convolution outputs so that every position is a sample.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import overload
+
+import numpy as np
+import torch
+
+__all__ = ["cca", "svcca_similarity", "svcca_similarity_or_nan"]
+
+_EPS = float(torch.finfo(torch.float64).eps)
+
+
+# ------------------------------------------------------------------------------------- input
+def _check_keep(keep: float) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"Expected argument `keep` to be a number in (0, 1] but got {keep!r}")
+    return float(keep)
+
+
+def _as_tensor(a: object, name: str, device: torch.device | None) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"Expected `{name}` to hold real numbers but got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    else:
+        raise ValueError(
+            f"Expected `{name}` to be a torch.Tensor or a numpy.ndarray but got {type(a).__name__}"
+        )
+    if t.is_complex():
+        raise ValueError(f"Expected `{name}` to hold real numbers but got dtype {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(
+            f"Expected `{name}` to be a matrix of shape (n_samples, n_features) but got shape "
+            f"{tuple(t.shape)}"
+        )
+    return t.to(device=device, dtype=torch.float64)
+
+
+def _prepare(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Both inputs as float64 tensors on one device, checked; and whether to return NumPy."""
+    numpy_out = not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor)
+    device = next((a.device for a in (x, y) if isinstance(a, torch.Tensor)), None)
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.device != y.device:
+        raise ValueError(f"Expected `x` and `y` on one device but got {x.device} and {y.device}")
+    xt = _as_tensor(x, "x", device)
+    yt = _as_tensor(y, "y", device)
+    if xt.shape[0] != yt.shape[0]:
+        raise ValueError(
+            "Expected `x` and `y` to have the same number of samples (rows) but got "
+            f"{xt.shape[0]} and {yt.shape[0]}"
+        )
+    if xt.shape[0] < 2:
+        raise ValueError(f"Expected at least 2 samples (rows) but got {xt.shape[0]}")
+    for name, t in (("x", xt), ("y", yt)):
+        if t.shape[1] < 1:
+            raise ValueError(f"Expected `{name}` to have at least one feature (column)")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"Expected `{name}` to hold finite values but it has NaN or inf")
+    return xt, yt, numpy_out
+
+
+# ------------------------------------------------------------------------------- the maths
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """Subtract column means; zero the columns that are constant (dead neurons).
+
+    The mean is subtracted twice: the second pass removes the rounding residue of the first,
+    which would otherwise survive as a tiny component along the all-ones vector, identical in
+    every centred matrix, and show up as a spurious canonical correlation of 1. A column whose
+    centred norm is at rounding level relative to its largest entry is constant up to rounding
+    and set to exactly zero.
+    """
+    n = x.shape[0]
+    scale = x.abs().amax(dim=0)
+    x = x - x.mean(dim=0, keepdim=True)
+    x = x - x.mean(dim=0, keepdim=True)
+    dead = torch.linalg.vector_norm(x, dim=0) <= 4 * n * _EPS * scale
+    return x.masked_fill(dead, 0.0)
+
+
+def _equilibrate(x: torch.Tensor) -> torch.Tensor:
+    """Scale every non-zero column to unit length (the column space is unchanged).
+
+    CCA does not depend on the scale of single features, so this makes the rank decision
+    independent of it: a legitimately small-scale neuron is not mistaken for rounding noise.
+    """
+    norms = torch.linalg.vector_norm(x, dim=0)
+    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _factor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(Q, W, s)`` with ``x = Q W diag(s) V^T``, ``Q`` orthonormal columns, ``W`` orthogonal.
+
+    ``s`` is descending. For a tall matrix ``Q`` comes from a Householder QR and ``W``, ``s`` from
+    the SVD of the small triangular factor; for a wide one ``Q`` holds the left singular vectors
+    and ``W`` is the identity (returned as ``None``).
+    """
+    n, p = x.shape
+    if n > p:
+        q, r = torch.linalg.qr(x, mode="reduced")
+        w, s, _ = torch.linalg.svd(r)
+        return q, w, s
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    return u, None, s
+
+
+def _rank_mask(s: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Which singular values are above rounding level (relative to the largest)."""
+    tol = max(shape) * _EPS * s[:1]
+    return (s > tol) & (s > 0)
+
+
+def _variance_mask(s: torch.Tensor, keep: float) -> torch.Tensor:
+    """The leading directions whose variance (``s**2``) first reaches ``keep`` of the total.
+
+    Direction ``i`` is kept while the variance of the directions before it is still short of
+    the target, so the smallest such prefix is kept.
+    """
+    v = s * s
+    before = torch.cumsum(v, dim=0) - v
+    return before < keep * v.sum()
+
+
+def _correlations(
+    fx: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
+    fy: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
+    mx: torch.Tensor,
+    my: torch.Tensor,
+    slice_kept: bool,
+) -> torch.Tensor:
+    """Singular values of ``B_x^T B_y`` where ``B`` are the kept columns of ``Q W``.
+
+    With ``slice_kept`` the kept columns (a prefix, since ``s`` is descending) are cut out, which
+    reads their number back to the host; otherwise the dropped columns are zeroed, giving the same
+    non-zero singular values padded with zeros, and no host synchronisation.
+    """
+    (qx, wx, _), (qy, wy, _) = fx, fy
+    if slice_kept:
+        kx, ky = int(mx.sum()), int(my.sum())
+        if wx is None:
+            qx = qx[:, :kx]
+        else:
+            wx = wx[:, :kx]
+        if wy is None:
+            qy = qy[:, :ky]
+        else:
+            wy = wy[:, :ky]
+    else:
+        if wx is None:
+            qx = qx * mx
+        else:
+            wx = wx * mx
+        if wy is None:
+            qy = qy * my
+        else:
+            wy = wy * my
+    m = qx.T @ qy
+    if wx is not None:
+        m = wx.T @ m
+    if wy is not None:
+        m = m @ wy
+    if m.numel() == 0:
+        return m.new_zeros(0)
+    return torch.linalg.svdvals(m).clamp_(0.0, 1.0)
+
+
+def _svcca(
+    x: torch.Tensor, y: torch.Tensor, keep: float, slice_kept: bool | None = None
+) -> torch.Tensor:
+    """SVCCA of two checked float64 matrices, as a 0-d tensor.
+
+    By default the kept directions are sliced out on a CPU (reading their count costs nothing
+    there) and masked on other devices, so that this issues no host synchronisation of its own.
+    """
+    if slice_kept is None:
+        slice_kept = x.device.type == "cpu"
+    xc, yc = _centre(x), _centre(y)
+    fx, fy = _factor(xc), _factor(yc)
+    mx = _rank_mask(fx[2], tuple(x.shape)) & _variance_mask(fx[2], keep)
+    my = _rank_mask(fy[2], tuple(y.shape)) & _variance_mask(fy[2], keep)
+    rho = _correlations(fx, fy, mx, my, slice_kept)
+    k = torch.minimum(mx.sum(), my.sum()).clamp_min(1).to(rho.dtype)
+    # the padded zeros add nothing to the sum; rank(B_x^T B_y) <= min(k_x, k_y)
+    return rho.sum() / k
+
+
+def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99) -> torch.Tensor:
+    """:func:`svcca_similarity` for the training loop: NaN instead of an error, no host sync.
+
+    ``x`` and ``y`` are activation matrices already on one device (any floating dtype). If
+    either holds a NaN or an infinity the result is NaN; the check stays on the device, so
+    (on a GPU) the caller decides when to read the value. Shapes are not validated beyond what
+    the linear algebra needs: pass at least 2 matching rows.
+    """
+    keep = _check_keep(keep)
+    x = x.detach().to(torch.float64)
+    y = y.detach().to(device=x.device, dtype=torch.float64)
+    finite = torch.isfinite(x).all() & torch.isfinite(y).all()
+    zero = x.new_zeros(())
+    value = _svcca(torch.where(finite, x, zero), torch.where(finite, y, zero), keep)
+    return torch.where(finite, value, torch.full_like(value, math.nan))
+
+
+# -------------------------------------------------------------------------------- public API
+@overload
+def cca(x: torch.Tensor, y: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+@overload
+def cca(x: np.ndarray, y: torch.Tensor) -> torch.Tensor: ...
+@overload
+def cca(x: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """The canonical correlations between ``x`` (n, p) and ``y`` (n, q), in descending order.
+
+    Computed without covariance matrices (see the module docstring): centre, drop constant
+    columns, scale columns to unit length, find orthonormal bases of both column spaces with
+    rank pruning (QR and an SVD of the triangular factor), and take the singular values of the
+    product of the bases, clipped to [0, 1].
+
+    There are ``min(rank x, rank y)`` correlations, where rank counts the directions of the
+    centred data above rounding level: dead (constant) and duplicated neurons add none, so they
+    neither fail nor report spurious correlations of 1. With more features than samples see the
+    module docstring: many (or all) correlations are 1 by dimension counting.
+
+    Args:
+        x: activations of shape (n_samples, n_features), a torch tensor (any device) or a NumPy
+            array, any real dtype; computed in float64.
+        y: the same n_samples seen by another layer (or checkpoint).
+
+    Returns:
+        A 1-d float64 tensor on the input's device if either input is a torch tensor (a NumPy
+        input is moved to that tensor's device), else a 1-d float64 ``numpy.ndarray``. Empty when
+        one side has no variation at all.
+
+    Raises:
+        ValueError: for inputs that are not matrices, hold NaN or inf, have different numbers of
+            rows or fewer than two, or live on different devices.
+    """
+    xt, yt, numpy_out = _prepare(x, y)
+    xc, yc = _equilibrate(_centre(xt)), _equilibrate(_centre(yt))
+    fx, fy = _factor(xc), _factor(yc)
+    rho = _correlations(
+        fx, fy, _rank_mask(fx[2], tuple(xt.shape)), _rank_mask(fy[2], tuple(yt.shape)), True
+    )
+    return rho.cpu().numpy() if numpy_out else rho
+
+
+@overload
+def svcca_similarity(
+    x: torch.Tensor, y: torch.Tensor | np.ndarray, keep: float = 0.99
+) -> torch.Tensor: ...
+@overload
+def svcca_similarity(x: np.ndarray, y: torch.Tensor, keep: float = 0.99) -> torch.Tensor: ...
+@overload
+def svcca_similarity(x: np.ndarray, y: np.ndarray, keep: float = 0.99) -> np.float64: ...
+def svcca_similarity(
+    x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, keep: float = 0.99
+) -> torch.Tensor | np.float64:
+    """SVCCA similarity: the mean canonical correlation of the leading singular directions.
+
+    Each side is centred, its constant columns dropped, and reduced by a thin SVD to the fewest
+    leading directions whose variance (squared singular values) reaches ``keep`` of the total;
+    directions at rounding level are never kept. The result is the mean of the
+    ``min(k_x, k_y)`` canonical correlations between the two reduced sets, a number in [0, 1]:
+    1 when the reduced subspaces coincide (e.g. ``y`` is an invertible linear map of ``x``, such
+    as a rotation or scaling of it), near 0 for unrelated data with many more samples than kept
+    directions (for independent random data it is roughly ``sqrt(k / n)``). Zero when either side
+    has no variation. With more kept directions than samples the value is biased towards 1; see
+    the module docstring.
+
+    Args:
+        x: activations (n_samples, n_features), torch tensor (any device) or NumPy array, any
+            real dtype; computed in float64 on the tensor's device.
+        y: the same samples at another layer or checkpoint.
+        keep: fraction of each side's variance the kept directions explain, in (0, 1]; 1 keeps
+            every direction above rounding level (plain mean CCA).
+
+    Returns:
+        A 0-d float64 tensor on the input's device if either input is a torch tensor, else a
+        ``numpy.float64``.
+
+    Raises:
+        ValueError: for ``keep`` outside (0, 1], and for the inputs as in :func:`cca`.
+    """
+    keep = _check_keep(keep)
+    xt, yt, numpy_out = _prepare(x, y)
+    value = _svcca(xt, yt, keep)
+    return np.float64(value.item()) if numpy_out else value

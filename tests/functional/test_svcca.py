@@ -1,0 +1,291 @@
+"""CCA and SVCCA against a textbook covariance-based CCA and against known invariances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ikkuna_tune as ik
+from ikkuna_tune import functional as F
+from ikkuna_tune.functional.svcca import _svcca, svcca_similarity_or_nan
+
+
+def _textbook_cca(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Canonical correlations as in the textbooks: singular values of
+    Sxx^(-1/2) Sxy Syy^(-1/2), with inverse square roots from eigendecompositions."""
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    sxx, syy, sxy = x.T @ x, y.T @ y, x.T @ y
+
+    def inv_sqrt(s: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(s)
+        return (v / np.sqrt(w)) @ v.T
+
+    return np.linalg.svd(inv_sqrt(sxx) @ sxy @ inv_sqrt(syy), compute_uv=False)
+
+
+def _textbook_svcca(x: np.ndarray, y: np.ndarray, keep: float) -> float:
+    """Raghu et al.: keep the top singular directions explaining `keep` of the variance, then
+    the mean textbook canonical correlation of the reduced sets."""
+
+    def reduce(a: np.ndarray) -> np.ndarray:
+        a = a - a.mean(0)
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        frac = np.cumsum(s**2) / np.sum(s**2)
+        k = int(np.searchsorted(frac, keep) + 1)
+        return u[:, :k] * s[:k]
+
+    return float(np.mean(_textbook_cca(reduce(x), reduce(y))))
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _related(n: int = 600, p: int = 8, q: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-conditioned x and a noisy linear read-out y of it (correlations spread in (0, 1))."""
+    rng = _rng(seed)
+    x = rng.standard_normal((n, p)) @ rng.standard_normal((p, p)) + 3.0
+    y = x @ rng.standard_normal((p, q)) + rng.standard_normal((n, q)) * np.linspace(0.5, 8, q)
+    return x, y
+
+
+def _orthogonal(p: int, seed: int) -> np.ndarray:
+    q, _ = np.linalg.qr(_rng(seed).standard_normal((p, p)))
+    return q
+
+
+# ----------------------------------------------------------------------- textbook agreement
+def test_cca_agrees_with_textbook_cca_on_well_conditioned_data() -> None:
+    x, y = _related()
+    ours = F.cca(torch.from_numpy(x), torch.from_numpy(y))
+    expected = _textbook_cca(x, y)
+    assert ours.shape == (6,)
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
+    assert 0.05 < expected.min() and expected.max() < 0.999  # a non-trivial spread
+    assert torch.all(ours[:-1] >= ours[1:])  # descending
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.99, 0.9, 0.6])
+def test_svcca_agrees_with_textbook_svcca(keep) -> None:
+    x, y = _related(p=12, q=10, seed=1)
+    ours = F.svcca_similarity(torch.from_numpy(x), torch.from_numpy(y), keep=keep)
+    assert ours.dim() == 0
+    assert ours.item() == pytest.approx(_textbook_svcca(x, y, keep), abs=1e-6)
+
+
+def test_svcca_with_keep_one_is_the_mean_canonical_correlation() -> None:
+    x, y = _related(seed=2)
+    assert F.svcca_similarity(x, y, keep=1.0) == pytest.approx(_textbook_cca(x, y).mean(), abs=1e-9)
+
+
+def test_masked_and_sliced_kept_directions_agree() -> None:
+    # the masked form is what runs on GPUs (no host synchronisation); check it here on the CPU
+    for seed, keep in [(3, 0.99), (4, 0.7), (5, 1.0)]:
+        x, y = (torch.from_numpy(a) for a in _related(p=10, q=7, seed=seed))
+        sliced = _svcca(x, y, keep, slice_kept=True)
+        masked = _svcca(x, y, keep, slice_kept=False)
+        torch.testing.assert_close(masked, sliced, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- invariances
+@pytest.mark.parametrize("scale", [1e-6, 0.5, 1e6])
+def test_rotated_and_scaled_copy_has_similarity_one(scale) -> None:
+    x, _ = _related(p=16, seed=6)
+    rotated = scale * x @ _orthogonal(16, 7)
+    for a, b in [(x, rotated), (rotated, x)]:
+        assert F.svcca_similarity(a, b) == pytest.approx(1.0, abs=1e-9)
+        np.testing.assert_allclose(F.cca(a, b), np.ones(16), rtol=0, atol=1e-9)
+
+
+def test_similarity_to_another_matrix_is_unchanged_by_rotating_and_scaling_either_side() -> None:
+    x, y = _related(p=10, q=9, seed=8)
+    base = F.svcca_similarity(x, y)
+    base_cca = F.cca(x, y)
+    assert 0.2 < base < 0.99
+    for a, b in [
+        (3.0 * x @ _orthogonal(10, 9), y),
+        (x, 1e-3 * y @ _orthogonal(9, 10)),
+        (x @ _orthogonal(10, 11), 50.0 * y @ _orthogonal(9, 12)),
+    ]:
+        assert F.svcca_similarity(a, b) == pytest.approx(base, abs=1e-9)
+        np.testing.assert_allclose(F.cca(a, b), base_cca, rtol=0, atol=1e-9)
+
+
+def test_cca_is_invariant_to_any_invertible_map_of_the_features() -> None:
+    x, y = _related(seed=13)
+    mixed = x @ _rng(14).standard_normal((8, 8)) * np.logspace(-4, 4, 8)
+    np.testing.assert_allclose(F.cca(mixed, y), F.cca(x, y), rtol=0, atol=1e-7)
+
+
+def test_independent_random_matrices_give_a_small_value_shrinking_with_samples() -> None:
+    values = []
+    for n in (200, 2000, 20000):
+        rng = _rng(n)
+        x, y = rng.standard_normal((n, 10)), rng.standard_normal((n, 10))
+        value = float(F.svcca_similarity(x, y))
+        # for independent data the canonical correlations are of order sqrt(p / n)
+        assert value < 3 * math.sqrt(10 / n)
+        values.append(value)
+    assert values[0] > values[1] > values[2]
+
+
+# ---------------------------------------------------------------------- ill-conditioned data
+def _ill(x: np.ndarray, seed: int) -> np.ndarray:
+    """x (float32) with 30% extra dead neurons (constant, some large) and 20% duplicates."""
+    rng = _rng(seed)
+    n, p = x.shape
+    dead = np.tile(rng.choice([0.0, 1.0, -3.5, 1e4], size=int(0.3 * p) + 1), (n, 1))
+    dup = x[:, rng.choice(p, size=int(0.2 * p) + 1)]
+    return rng.permutation(np.hstack([x, dead, dup]), axis=1).astype(np.float32)
+
+
+def test_dead_and_duplicated_neurons_change_nothing() -> None:
+    x, y = _related(p=10, q=8, seed=15)
+    x, y = x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)
+    xi, yi = _ill(x, 16), _ill(y, 17)
+    np.testing.assert_allclose(F.cca(xi, yi), F.cca(x, y), rtol=0, atol=1e-6)
+    assert F.svcca_similarity(xi, yi, keep=1.0) == pytest.approx(
+        F.svcca_similarity(x, y, keep=1.0), abs=1e-6
+    )
+
+
+def test_dead_neurons_do_not_correlate_spuriously() -> None:
+    # two unrelated layers that both have a dead neuron: a constant column left over after
+    # centring would be a shared direction and report a correlation of 1
+    rng = _rng(18)
+    x = np.hstack([rng.standard_normal((500, 5)), np.full((500, 1), 1e6)]).astype(np.float32)
+    y = np.hstack([rng.standard_normal((500, 5)), np.full((500, 1), 0.1)]).astype(np.float32)
+    rho = F.cca(x, y)
+    assert rho.shape == (5,)
+    assert rho.max() < 0.3
+
+
+def _ill_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = _rng(19)
+    base = rng.standard_normal((300, 20))
+    low_rank = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 40))
+    return {
+        "dead_and_duplicated": (_ill(base, 20), _ill(np.tanh(base @ rng.random((20, 20))), 21)),
+        "all_dead_one_side": (np.full((300, 4), 2.0), base),
+        "rank_deficient": (low_rank, low_rank + 1e-3 * rng.standard_normal((300, 40))),
+        "more_features_than_samples": (
+            rng.standard_normal((30, 80)),
+            rng.standard_normal((30, 50)),
+        ),
+        "float32_nearly_collinear": (
+            (base[:, :1] + 1e-6 * base[:, 1:]).astype(np.float32),
+            base.astype(np.float32),
+        ),
+        "huge_offset_small_variance": (1e5 + 1e-3 * base, base),
+        "relu_like": (np.maximum(base, 0), np.maximum(base @ rng.standard_normal((20, 20)), 0)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_ill_cases()))
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_ill_conditioned_input_gives_finite_values_in_unit_interval(case, as_tensor) -> None:
+    x, y = _ill_cases()[case]
+    if as_tensor:
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+    for keep in (0.99, 1.0):
+        value = float(F.svcca_similarity(x, y, keep=keep))
+        assert math.isfinite(value) and 0.0 <= value <= 1.0
+    rho = np.asarray(F.cca(x, y))
+    assert np.all(np.isfinite(rho)) and np.all((rho >= 0) & (rho <= 1))
+
+
+def test_no_variation_gives_zero_and_no_correlations() -> None:
+    x = np.ones((10, 3))
+    y = _rng(22).standard_normal((10, 2))
+    assert F.svcca_similarity(x, y) == 0.0
+    assert F.cca(x, y).shape == (0,)
+
+
+def test_more_features_than_samples_correlate_fully_by_dimension_counting() -> None:
+    # 20 centred samples span 19 dimensions; two 19-dimensional subspaces of them coincide
+    rng = _rng(23)
+    rho = F.cca(rng.standard_normal((20, 40)), rng.standard_normal((20, 30)))
+    np.testing.assert_allclose(rho, np.ones(19), atol=1e-9)
+
+
+# -------------------------------------------------------------------------- types and errors
+def test_return_types() -> None:
+    x, y = _related(seed=24)
+    assert isinstance(F.svcca_similarity(x, y), np.float64)
+    assert isinstance(F.cca(x, y), np.ndarray) and F.cca(x, y).dtype == np.float64
+    tx = torch.from_numpy(x).float()
+    for a, b in [(tx, y), (x, tx), (tx, tx)]:
+        value = F.svcca_similarity(a, b)
+        assert isinstance(value, torch.Tensor) and value.dim() == 0
+        assert value.dtype == torch.float64 and value.device == tx.device
+        assert F.cca(a, b).dtype == torch.float64
+    # float32 input is computed in float64 (the result is that of the rounded values)
+    assert F.svcca_similarity(tx, y).item() == pytest.approx(
+        F.svcca_similarity(x.astype(np.float32).astype(np.float64), y), abs=1e-12
+    )
+
+
+def test_exported_from_the_package() -> None:
+    assert ik.cca is F.cca
+    assert ik.svcca_similarity is F.svcca_similarity
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, math.nan, True, "0.99", None])
+def test_keep_must_be_in_unit_interval(bad) -> None:
+    x, y = _related(seed=25)
+    with pytest.raises(ValueError, match=r"`keep` to be a number in \(0, 1\] but got"):
+        F.svcca_similarity(x, y, keep=bad)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("side", [0, 1])
+def test_non_finite_input_raises(bad, side) -> None:
+    xy = list(_related(seed=26))
+    xy[side] = xy[side].copy()
+    xy[side][3, 1] = bad
+    name = "xy"[side]
+    for fn in (F.cca, F.svcca_similarity):
+        with pytest.raises(ValueError, match=f"`{name}` to hold finite values"):
+            fn(*xy)
+        with pytest.raises(ValueError, match=f"`{name}` to hold finite values"):
+            fn(*(torch.from_numpy(a) for a in xy))
+
+
+def test_mismatched_sample_counts_raise() -> None:
+    x, y = _related(seed=27)
+    for fn in (F.cca, F.svcca_similarity):
+        with pytest.raises(ValueError, match="same number of samples .* got 600 and 599"):
+            fn(x, y[:-1])
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.ones(5), r"matrix of shape \(n_samples, n_features\) but got shape \(5,\)"),
+        (np.ones((5, 2, 2)), r"but got shape \(5, 2, 2\)"),
+        (np.ones((1, 3)), "at least 2 samples"),
+        (np.ones((5, 0)), "at least one feature"),
+        ([[1.0, 2.0], [3.0, 4.0]], "torch.Tensor or a numpy.ndarray but got list"),
+        (np.array([["a", "b"], ["c", "d"]]), "real numbers"),
+        (torch.ones(5, 2, dtype=torch.complex64), "real numbers"),
+    ],
+)
+def test_invalid_matrices_raise(x, match) -> None:
+    y = np.ones((len(x), 2)) if len(x) else np.ones((5, 2))
+    for fn in (F.cca, F.svcca_similarity):
+        with pytest.raises(ValueError, match=match):
+            fn(x, y)
+
+
+def test_or_nan_variant_returns_nan_for_non_finite_and_agrees_otherwise() -> None:
+    x, y = (torch.from_numpy(a).float() for a in _related(seed=28))
+    torch.testing.assert_close(svcca_similarity_or_nan(x, y), F.svcca_similarity(x, y))
+    y[0, 0] = math.inf
+    assert math.isnan(svcca_similarity_or_nan(x, y).item())
+    x[1, 1] = math.nan
+    assert math.isnan(svcca_similarity_or_nan(y[:, :3], x).item())
