@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "correct", "predictions"]
+__all__ = ["accuracy", "correct", "count_correct", "predictions"]
 
 
 def predictions(output: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,10 @@ def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def _hits(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(correct, total)``: the number of correct predictions as a 0-d int64 tensor on the
+    device (see :func:`correct`), and the number of predictions as a Python int (known from the
+    shapes, so no synchronisation). Sum both over batches for a dataset's accuracy."""
     pred = predictions(output)
     target = _targets(output, target)
     if pred.numel() != target.numel():
@@ -49,7 +52,7 @@ def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if predictions and targets do not have the same number of entries.
     """
-    return _hits(output, target)[0]
+    return count_correct(output, target)[0]
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -58,5 +61,5 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Every sample (every position, for outputs with spatial dimensions) counts once; an empty
     batch has accuracy 0.
     """
-    hits, total = _hits(output, target)
+    hits, total = count_correct(output, target)
     return hits.float() / max(1, total)

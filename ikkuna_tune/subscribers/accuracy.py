@@ -1,0 +1,294 @@
+"""Loss and accuracy: the training loss, the accuracy of each training batch, and the accuracy
+over a held-out data set evaluated through the Exporter's probe."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ikkuna_tune import functional as F
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus
+from ikkuna_tune.subscribers.base import (
+    PlotSubscriber,
+    Subscription,
+    SynchronizedSubscription,
+    check_positive_int,
+)
+from ikkuna_tune.subscribers.stats import _plot_config
+
+__all__ = ["LossSubscriber", "TestAccuracySubscriber", "TrainAccuracySubscriber"]
+
+logger = logging.getLogger(__name__)
+
+
+class LossSubscriber(PlotSubscriber):
+    """Draws the training loss at every step (its mean, if the loss is not a scalar).
+
+    The loss is already on the bus as the built-in ``loss`` kind, so this subscriber publishes
+    no new topic; it sends ``loss`` to the backend.
+
+    Args:
+        message_bus: attach to this bus right away.
+        tag: receive only messages with this tag (``None``: every tag).
+        subsample: draw every ``subsample``-th loss.
+        ylims: optional y-axis limits for plots.
+        backend: ``'tb'`` or ``None``.
+    """
+
+    def __init__(
+        self,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+    ) -> None:
+        super().__init__(
+            [Subscription(self, ["loss"], tag, subsample)],
+            message_bus,
+            _plot_config("Loss", "Loss", ylims),
+            backend,
+        )
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        data = message_or_bundle.data if isinstance(message_or_bundle, Message) else None
+        if isinstance(data, torch.Tensor):
+            value = data.detach() if data.numel() == 1 else data.detach().float().mean()
+            self.backend.add_scalar("loss", value, message_or_bundle.global_step)
+
+
+class TrainAccuracySubscriber(PlotSubscriber):
+    """The accuracy of each training batch: the fraction of samples whose arg-max output equals
+    the label (:func:`ikkuna_tune.functional.accuracy`).
+
+    Needs ``network_output`` and ``input_labels`` of the same step (publish labels with
+    :meth:`Exporter.wrap_loss` or :meth:`Exporter.publish_labels`). Publishes ``train_accuracy``
+    (network-wide, a 0-d tensor) per step.
+
+    Arguments as for :class:`LossSubscriber`.
+    """
+
+    def __init__(
+        self,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+    ) -> None:
+        super().__init__(
+            [SynchronizedSubscription(self, ["network_output", "input_labels"], tag, subsample)],
+            None,
+            _plot_config("Train accuracy", "Accuracy", ylims),
+            backend,
+        )
+        self._add_publication("train_accuracy", "META")
+        if message_bus is not None:
+            self.attach(message_bus)
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if isinstance(message_or_bundle, MessageBundle):
+            bundle = message_or_bundle
+            accuracy = F.accuracy(bundle["network_output"], bundle["input_labels"])
+            self.publish("train_accuracy", accuracy, bundle)
+
+
+def _module_of(forward_fn: Callable[..., Any]) -> nn.Module | None:
+    if isinstance(forward_fn, nn.Module):
+        return forward_fn
+    owner = getattr(forward_fn, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+@contextmanager
+def _evaluating(model: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no gradients; every module's training flag restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()] if model is not None else []
+    if model is not None:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _device_of(model: nn.Module | None) -> torch.device | None:
+    if model is None:
+        return None
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
+
+
+class TestAccuracySubscriber(PlotSubscriber):
+    """The accuracy over a whole held-out data set, evaluated every ``frequency`` training
+    batches (or at the end of every epoch).
+
+    Evaluation runs inside :meth:`Exporter.probe` (eval mode, ``torch.no_grad()``, its messages
+    under ``probe_tag``, step counters and weight-update bookkeeping untouched, every module's
+    training flag restored). Accuracy is correct predictions over all samples of the data set,
+    not a mean of batch means. Publishes ``test_accuracy`` (network-wide, a 0-d tensor, at the
+    step of the batch that triggered it).
+
+    Args:
+        dataset: a torch ``Dataset`` of ``(input, label)`` pairs, or a ``DataLoader`` over one.
+        forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
+            the bus this subscriber is attached to.
+        batch_size: batch size for a ``Dataset`` (default 256); not allowed with a DataLoader.
+        message_bus: attach to this bus right away.
+        frequency: evaluate after every ``frequency``-th training batch, or ``'epoch'`` to
+            evaluate at every ``epoch_finished``.
+        ylims: optional y-axis limits for plots.
+        tag: tag of the training messages that trigger evaluation.
+        subsample: count only every ``subsample``-th trigger message.
+        backend: ``'tb'`` or ``None``.
+        probe_tag: tag of the evaluation passes' own messages.
+        device: where to move each batch; by default the device of the model's parameters (when
+            the model is known), else the batch is passed on as it is.
+
+    Raises:
+        ValueError: for invalid arguments; when attached to a bus without an Exporter and no
+            ``forward_fn`` was given.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(
+        self,
+        dataset: Dataset[Any] | DataLoader[Any],
+        forward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        batch_size: int | None = None,
+        message_bus: MessageBus | None = None,
+        frequency: int | str = 100,
+        ylims: tuple[float, float] | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        backend: str | None = "tb",
+        probe_tag: str = "test",
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(dataset, DataLoader):
+            if batch_size is not None:
+                raise ValueError(
+                    "Expected `batch_size` to be None with a DataLoader (its own batch size is "
+                    f"used) but got {batch_size!r}"
+                )
+            loader: DataLoader[Any] = dataset
+        elif isinstance(dataset, Dataset):
+            size = check_positive_int("batch_size", 256 if batch_size is None else batch_size)
+            loader = DataLoader(dataset, batch_size=size, shuffle=False)
+        else:
+            raise ValueError(
+                "Expected `dataset` to be a torch Dataset or DataLoader but got "
+                f"{type(dataset).__name__}"
+            )
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
+        if frequency != "epoch":
+            if isinstance(frequency, str):
+                raise ValueError(
+                    f"Expected `frequency` to be an integer >= 1 or 'epoch' but got {frequency!r}"
+                )
+            check_positive_int("frequency", frequency)
+        if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
+            raise ValueError(
+                f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
+            )
+        self.loader = loader
+        self.forward_fn = forward_fn
+        self.frequency = frequency
+        self.probe_tag = probe_tag
+        self.device = None if device is None else torch.device(device)
+        self._batches = 0
+        self._model: nn.Module | None = None
+        trigger = "epoch_finished" if frequency == "epoch" else "batch_finished"
+        super().__init__(
+            [Subscription(self, [trigger], tag, subsample)],
+            None,
+            _plot_config("Test accuracy", "Accuracy", ylims),
+            backend,
+        )
+        self._add_publication("test_accuracy", "META")
+        if message_bus is not None:
+            self.attach(message_bus)
+
+    @property
+    def dataset(self) -> Dataset[Any]:
+        """The data set accuracy is computed over."""
+        return self.loader.dataset
+
+    def attach(self, message_bus: MessageBus) -> None:
+        if (
+            isinstance(message_bus, MessageBus)
+            and self.forward_fn is None
+            and message_bus.exporter is None
+        ):
+            raise ValueError(
+                "TestAccuracySubscriber has no model to evaluate: pass `forward_fn`, or attach "
+                f"it to a bus that already has an Exporter ({message_bus!r} has none; create "
+                "Exporter(model, optimizer, message_bus) first)"
+            )
+        super().attach(message_bus)
+        if message_bus.exporter is not None:
+            self._model = message_bus.exporter.model
+
+    def detach(self) -> None:
+        super().detach()
+        self._model = None
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if not isinstance(message_or_bundle, Message):
+            return
+        if message_or_bundle.kind == "batch_finished":
+            self._batches += 1
+            if self._batches % self.frequency:  # type: ignore[operator]
+                return
+        self.publish("test_accuracy", self.evaluate(), message_or_bundle)
+
+    def evaluate(self) -> torch.Tensor:
+        """The accuracy over the whole data set now, as a 0-d tensor (nothing is published)."""
+        bus = self.message_bus
+        exporter = bus.exporter if bus is not None else None
+        model: nn.Module | None
+        if self.forward_fn is not None:
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = self.forward_fn
+            model = _module_of(self.forward_fn)
+        else:
+            model = exporter.model if exporter is not None else self._model
+            forward = model
+        if forward is None:
+            raise RuntimeError(
+                "TestAccuracySubscriber has no model to evaluate: pass `forward_fn` or attach it "
+                "to a bus with an Exporter"
+            )
+        device = self.device if self.device is not None else _device_of(model)
+        probe = exporter.probe(self.probe_tag) if exporter is not None else nullcontext()
+        # the probe puts the Exporter's model in eval mode; any other model is handled here
+        other = None if exporter is not None and model is exporter.model else model
+        hits: torch.Tensor | None = None
+        total = 0
+        with probe, _evaluating(other):
+            for batch in self.loader:
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise ValueError(
+                        "Expected the test data to yield (inputs, labels) batches but got "
+                        f"{type(batch).__name__}"
+                    )
+                inputs, labels = batch[0], batch[1]
+                if device is not None:
+                    inputs = inputs.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                batch_hits, batch_total = F.count_correct(forward(inputs), labels)
+                hits = batch_hits if hits is None else hits + batch_hits
+                total += batch_total
+        if hits is None:
+            raise ValueError("The test data set is empty")
+        return hits.float() / total

@@ -1,0 +1,233 @@
+"""Loss and accuracy subscribers against accuracy counted by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ikkuna_tune as ik
+
+
+def _by_hand(model, x, y) -> float:
+    """Accuracy of ``model`` on (x, y), one sample at a time, in plain Python."""
+    hits = 0
+    for xi, yi in zip(x, y):
+        row = model(xi[None])[0].tolist()
+        hits += int(row.index(max(row)) == int(yi))
+    return hits / len(y)
+
+
+class DropNet(nn.Module):
+    """TinyNet with dropout, so eval and train mode give different outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.fixture
+def test_set() -> TensorDataset:
+    g = torch.Generator().manual_seed(5)
+    # 10 samples in batches of 4 (4, 4, 2): a mean of batch means would weigh them wrongly
+    return TensorDataset(
+        torch.randn(10, 1, 6, 6, generator=g), torch.randint(0, 5, (10,), generator=g)
+    )
+
+
+def test_train_accuracy_and_loss_match_the_batch(tmp_path, tiny, batch) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path)
+    train_acc = ik.TrainAccuracySubscriber(bus)
+    ik.LossSubscriber(bus)
+    assert train_acc.publications == {"train_accuracy": "META"}
+    assert "train_accuracy" in bus.meta_kinds
+    got = []
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: got.append((m.key, m.global_step, m.data)), bus
+    )
+    x, y = batch
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    expected_acc, expected_loss = [], []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(3):
+            opt.zero_grad()
+            out = tiny(x)
+            rows = out.detach().tolist()
+            expected_acc.append(
+                sum(r.index(max(r)) == t for r, t in zip(rows, y.tolist())) / len(y)
+            )
+            loss = loss_fn(out, y)
+            expected_loss.append(loss.item())
+            loss.backward()
+            opt.step()
+        exporter.epoch_finished()
+    bus.close()
+    assert [(k, s) for k, s, _ in got] == [(None, 0), (None, 1), (None, 2)]
+    assert all(d.dim() == 0 for *_, d in got)
+    assert [d.item() for *_, d in got] == pytest.approx(expected_acc)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train_accuracy", "loss"}
+    assert [e.value for e in events.Scalars("train_accuracy")] == pytest.approx(expected_acc)
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(expected_loss, rel=1e-6)
+    assert [e.step for e in events.Scalars("loss")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("as_loader", [False, True])
+def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loader) -> None:
+    torch.manual_seed(0)
+    model = DropNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = ik.MessageBus()
+    updates, probe_outputs = [], []
+    ik.CallbackSubscriber(["weight_updates"], lambda m: updates.append(m.data.abs().sum()), bus)
+    ik.CallbackSubscriber(["network_output"], probe_outputs.append, bus, tag="test")
+    got, expected, modes = [], [], []
+    x, y = batch
+    exporter = ik.Exporter(model, opt, bus)
+    data = DataLoader(test_set, batch_size=4) if as_loader else test_set
+    sub = ik.TestAccuracySubscriber(data, batch_size=None if as_loader else 4, message_bus=bus,
+                                    frequency=2, backend=None)  # fmt: skip
+    ik.CallbackSubscriber(["test_accuracy"], lambda m: got.append((m.global_step, m.data)), bus)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    for step in range(5):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        modes.append(model.training and model.drop.training)
+        if step % 2 == 1:
+            model.eval()
+            with torch.no_grad():
+                expected.append(_by_hand(model, *test_set.tensors))
+            model.train()
+    exporter.close()
+    assert [s for s, _ in got] == [1, 3]  # after the 2nd and 4th batch, at their steps
+    assert all(d.dim() == 0 for _, d in got)
+    assert [d.item() for _, d in got] == pytest.approx(expected)
+    assert all(modes)  # the model is back in training mode after each evaluation
+    assert exporter.global_step == 4 and exporter.train_step == 4
+    assert all(u.item() > 0 for u in updates)  # evaluation never zeroes the next update
+    assert len(probe_outputs) == 2 * 3 and {m.tag for m in probe_outputs} == {"test"}
+    assert sub.evaluate().item() == pytest.approx(_by_hand(model.eval(), *test_set.tensors))
+
+
+def test_test_accuracy_weights_samples_not_batches(test_set) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5))
+    sub = ik.TestAccuracySubscriber(test_set, model, batch_size=4, backend=None)
+    x, y = test_set.tensors
+    with torch.no_grad():
+        batch_means = [
+            (model(x[i : i + 4]).argmax(1) == y[i : i + 4]).float().mean().item()
+            for i in range(0, 10, 4)
+        ]
+        exact = _by_hand(model, x, y)
+    assert sub.evaluate().item() == pytest.approx(exact)
+    assert exact != pytest.approx(sum(batch_means) / len(batch_means))  # the test can tell
+
+
+def test_test_accuracy_per_epoch(tiny, batch, test_set) -> None:
+    bus = ik.MessageBus()
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    got = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        ik.TestAccuracySubscriber(test_set, message_bus=bus, frequency="epoch", backend=None)
+        ik.CallbackSubscriber(
+            ["test_accuracy"], lambda m: got.append((m.epoch, m.global_step)), bus
+        )
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(2):
+            for _ in range(3):
+                opt.zero_grad()
+                loss_fn(tiny(batch[0]), batch[1]).backward()
+                opt.step()
+            exporter.epoch_finished()
+    assert got == [(0, 2), (1, 5)]
+
+
+def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
+    torch.manual_seed(0)
+    model = DropNet()
+    model.train()
+    sub = ik.TestAccuracySubscriber(test_set, model.forward, backend=None)
+    sub.attach(ik.MessageBus())  # no Exporter needed with a forward_fn
+    value = sub.evaluate()
+    assert model.training and model.drop.training
+    assert value.item() == pytest.approx(_by_hand(model.eval(), *test_set.tensors))
+
+
+def test_test_accuracy_needs_a_model_at_attach(test_set) -> None:
+    sub = ik.TestAccuracySubscriber(test_set, backend=None)
+    with pytest.raises(ValueError, match="no model to evaluate: pass `forward_fn`, or attach"):
+        sub.attach(ik.MessageBus())
+    with pytest.raises(ValueError, match="no model to evaluate"):
+        ik.TestAccuracySubscriber(test_set, message_bus=ik.MessageBus())
+    assert sub.message_bus is None
+    with pytest.raises(RuntimeError, match="no model to evaluate"):
+        sub.evaluate()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"frequency": 0}, "`frequency` to be an integer >= 1 but got 0"),
+        ({"frequency": "weekly"}, "`frequency` to be an integer >= 1 or 'epoch' but got 'weekly'"),
+        ({"frequency": 2.5}, "`frequency` to be an integer >= 1"),
+        ({"batch_size": 0}, "`batch_size` to be an integer >= 1 but got 0"),
+        ({"forward_fn": 3}, "`forward_fn` to be callable or None"),
+        ({"probe_tag": "default"}, "`probe_tag` to be a tag other than 'default'"),
+        ({"ylims": (0, 0)}, "`ylims` to be None or a pair"),
+        ({"subsample": -1}, "`subsample` to be an integer >= 1"),
+    ],
+)
+def test_test_accuracy_validation(test_set, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ik.TestAccuracySubscriber(test_set, **kwargs)
+
+
+def test_test_accuracy_data_arguments(test_set) -> None:
+    with pytest.raises(
+        ValueError, match="`dataset` to be a torch Dataset or DataLoader but got list"
+    ):
+        ik.TestAccuracySubscriber([1, 2, 3])
+    with pytest.raises(ValueError, match="`batch_size` to be None with a DataLoader"):
+        ik.TestAccuracySubscriber(DataLoader(test_set), batch_size=4)
+    with pytest.raises(ValueError, match="`subsample` to be an integer >= 1"):
+        ik.TrainAccuracySubscriber(subsample=0)
+    with pytest.raises(ValueError, match="`ylims`"):
+        ik.LossSubscriber(ylims=[1])
+
+
+def test_accuracy_subscribers_deepcopy_while_detached(tiny, batch, test_set) -> None:
+    templates = [
+        ik.LossSubscriber(),
+        ik.TrainAccuracySubscriber(),
+        ik.TestAccuracySubscriber(test_set, frequency=1),
+    ]
+    from_loader = ik.TestAccuracySubscriber(DataLoader(test_set, batch_size=3), frequency="epoch")
+    copies = [copy.deepcopy(t) for t in templates]
+    bus = ik.MessageBus()
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    got = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        for c in copies:
+            c.backend_name = None
+            c.attach(bus)
+        ik.CallbackSubscriber(["test_accuracy"], lambda m: got.append(m.data), bus)
+        opt.zero_grad()
+        exporter.wrap_loss(F.cross_entropy)(tiny(batch[0]), batch[1]).backward()
+        opt.step()
+    assert len(got) == 1 and all(t.message_bus is None for t in templates)
+    loader_copy = copy.deepcopy(from_loader)
+    loader_copy.forward_fn = tiny
+    assert loader_copy.evaluate().item() == pytest.approx(got[0].item())

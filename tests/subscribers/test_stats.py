@@ -1,0 +1,372 @@
+"""Statistic subscribers against the same quantities computed from plain tensors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+
+LAYERS = ("conv", "fc")
+
+
+def _collect(bus, topic, tag="default"):
+    """(key, global_step, data) of every message published under ``topic``."""
+    got = []
+    ik.CallbackSubscriber([topic], lambda m: got.append((m.key, m.global_step, m.data)), bus, tag)
+    return got
+
+
+def _train(model, bus, batch, steps=3, lr=0.1, momentum=0.9, weight_decay=0.01):
+    """Train ``steps`` steps; return per step the parameters before/after and the gradients."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    x, y = batch
+    record = []
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(steps):
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.zero_grad()
+            output = model(x)
+            loss = loss_fn(output, y)
+            loss.backward()
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            after = {n: p.detach().clone() for n, p in model.named_parameters()}
+            record.append(
+                {
+                    "before": before,
+                    "grads": grads,
+                    "after": after,
+                    "loss": loss.detach(),
+                    "output": output.detach(),
+                }
+            )
+        exporter.epoch_finished()
+    return record
+
+
+def _values(got, key):
+    return [d for k, _, d in got if k == key]
+
+
+def test_norm_mean_variance_match_plain_tensors(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    subs = [
+        ik.NormSubscriber("weights", bus, backend=None),
+        ik.NormSubscriber("weight_gradients", bus, backend=None, order=1),
+        ik.NormSubscriber("weights", bus, backend=None, order=math.inf),
+        ik.MeanSubscriber("weights", bus, backend=None),
+        ik.VarianceSubscriber("weight_gradients", bus, backend=None),
+    ]
+    assert [s.topic for s in subs] == [
+        "weights_norm2",
+        "weight_gradients_norm1",
+        "weights_norminf",
+        "weights_mean",
+        "weight_gradients_variance",
+    ]
+    got = {s.topic: _collect(bus, s.topic) for s in subs}
+    record = _train(tiny, bus, batch)
+    for layer in LAYERS:
+        w = [r["before"][f"{layer}.weight"] for r in record]
+        g = [r["grads"][f"{layer}.weight"] for r in record]
+        cases = {
+            "weights_norm2": [torch.linalg.vector_norm(t) for t in w],
+            "weight_gradients_norm1": [t.abs().sum() for t in g],
+            "weights_norminf": [t.abs().max() for t in w],
+            "weights_mean": [t.sum() / t.numel() for t in w],
+            "weight_gradients_variance": [((t - t.mean()) ** 2).sum() / (t.numel() - 1) for t in g],
+        }
+        for topic, expected in cases.items():
+            values = _values(got[topic], layer)
+            assert all(v.dim() == 0 for v in values)
+            torch.testing.assert_close(torch.stack(values), torch.stack(expected))
+    # one message per layer and step, at the right steps
+    assert sorted((k, s) for k, s, _ in got["weights_norm2"]) == [
+        (layer, step) for layer in LAYERS for step in range(3)
+    ]
+
+
+def test_topics_are_per_layer_or_network_wide(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    norm = ik.NormSubscriber("weights", bus, backend=None)
+    loss_norm = ik.NormSubscriber("loss", bus, backend=None)
+    assert bus.published_topics == {"weights_norm2": norm, "loss_norm2": loss_norm}
+    assert "weights_norm2" in bus.data_kinds and "loss_norm2" in bus.meta_kinds
+    got = _collect(bus, "loss_norm2")
+    record = _train(tiny, bus, batch, steps=2)
+    assert [(k, s) for k, s, _ in got] == [(None, 0), (None, 1)]
+    torch.testing.assert_close(torch.stack([d for *_, d in got]), torch.stack(
+        [r["loss"].abs() for r in record]
+    ))  # fmt: skip
+    norm.detach()
+    assert "weights_norm2" not in bus.known_kinds
+
+
+def test_ratio_is_update_over_the_weights_the_step_started_from(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+    bias_ratio = ik.RatioSubscriber(["bias_updates", "biases"], bus, backend=None)
+    assert ratio.topic == "weight_updates_weights_ratio"
+    assert bias_ratio.topic == "bias_updates_biases_ratio"
+    got = _collect(bus, ratio.topic)
+    got_bias = _collect(bus, bias_ratio.topic)
+    record = _train(tiny, bus, batch, steps=3)
+    for layer in LAYERS:
+        for name, collected in ((f"{layer}.weight", got), (f"{layer}.bias", got_bias)):
+            # brute force: ||W_after - W_before|| / ||W_before|| from clones around opt.step()
+            expected = [
+                torch.linalg.vector_norm(r["after"][name] - r["before"][name])
+                / torch.linalg.vector_norm(r["before"][name])
+                for r in record
+            ]
+            torch.testing.assert_close(
+                torch.stack(_values(collected, layer)), torch.stack(expected)
+            )
+    # the post-update weights would give a different number: the test can tell them apart
+    r = record[0]
+    post = torch.linalg.vector_norm(r["after"]["fc.weight"] - r["before"]["fc.weight"])
+    post = post / torch.linalg.vector_norm(r["after"]["fc.weight"])
+    assert not torch.allclose(post, _values(got, "fc")[0], rtol=1e-6, atol=0)
+
+
+def test_signed_ratio_is_the_projection_on_the_starting_weights(batch) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    bus = ik.MessageBus()
+    signed = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, absolute=False)
+    got = _collect(bus, signed.topic)
+    record = _train(model, bus, batch, steps=3, weight_decay=0.5)
+    for layer in LAYERS:
+        w = f"{layer}.weight"
+        expected = [
+            ((r["after"][w] - r["before"][w]) * r["before"][w]).sum() / (r["before"][w] ** 2).sum()
+            for r in record
+        ]
+        torch.testing.assert_close(torch.stack(_values(got, layer)), torch.stack(expected))
+    assert _values(got, "conv")[0].item() < 0  # strong weight decay shrinks the weights
+
+
+def test_ratio_subsample_keeps_every_kth_step(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=2)
+    got = _collect(bus, ratio.topic)
+    record = _train(tiny, bus, batch, steps=5)
+    assert sorted((k, s) for k, s, _ in got) == [
+        (layer, step) for layer in LAYERS for step in (0, 2, 4)
+    ]
+    expected = [
+        torch.linalg.vector_norm(
+            record[s]["after"]["conv.weight"] - record[s]["before"]["conv.weight"]
+        )
+        / torch.linalg.vector_norm(record[s]["before"]["conv.weight"])
+        for s in (0, 2, 4)
+    ]
+    torch.testing.assert_close(torch.stack(_values(got, "conv")), torch.stack(expected))
+
+
+def test_message_mean_is_the_mean_over_layers_of_one_step(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    mean = ik.MessageMeanSubscriber("weights_norm2", bus, backend=None)
+    assert mean.topic == "weights_norm2_message_mean"
+    assert bus.published_topics["weights_norm2_message_mean"] is mean
+    assert "weights_norm2_message_mean" in bus.meta_kinds
+    got = _collect(bus, mean.topic)
+    record = _train(tiny, bus, batch, steps=3)
+    assert [(k, s) for k, s, _ in got] == [(None, 0), (None, 1), (None, 2)]
+    expected = [
+        (
+            torch.linalg.vector_norm(r["before"]["conv.weight"])
+            + torch.linalg.vector_norm(r["before"]["fc.weight"])
+        )
+        / 2
+        for r in record
+    ]
+    torch.testing.assert_close(torch.stack([d for *_, d in got]), torch.stack(expected))
+
+
+def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
+    with pytest.raises(ValueError, match="per-layer kind .* network kind 'loss'"):
+        ik.MessageMeanSubscriber("loss")
+    bus = ik.MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    with pytest.raises(ValueError, match="'train_accuracy' is a network kind"):
+        ik.MessageMeanSubscriber("train_accuracy", bus)
+    assert "train_accuracy_message_mean" not in bus.known_kinds
+    ik.MessageMeanSubscriber("weights", bus, backend=None)
+    with pytest.raises(ValueError, match="expects one number per message but 'weights' carries"):
+        _train(tiny, bus, batch, steps=1)
+
+
+def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=60)
+    assert spectral.topic == "weights_spectral_norm"
+    got = _collect(bus, spectral.topic)
+    record = _train(tiny, bus, batch, steps=2, lr=0.01)
+    for layer in LAYERS:
+        expected = [
+            torch.linalg.matrix_norm(r["before"][f"{layer}.weight"].flatten(1), ord=2)
+            for r in record
+        ]
+        torch.testing.assert_close(
+            torch.stack(_values(got, layer)), torch.stack(expected), rtol=1e-4, atol=0
+        )
+    state = spectral.state_dict()
+    assert set(state["u"]) == set(LAYERS)
+    assert state["u"]["conv"].shape == (3,) and state["u"]["fc"].shape == (5,)
+    # a fresh subscriber loaded with the state continues exactly where the old one stopped
+    restored = ik.SpectralNormSubscriber("weights", backend=None, n_power_iterations=1)
+    restored.load_state_dict(copy.deepcopy(state))
+    original = ik.SpectralNormSubscriber("weights", backend=None, n_power_iterations=1)
+    original.load_state_dict(state)
+    w = tiny.fc.weight.detach()
+    msg = ik.ModuleMessage("weights", "default", 0, 0, 0, w, ik.NamedModule("fc", tiny.fc))
+    out = []
+    for sub in (restored, original):
+        b = ik.MessageBus()
+        sub.attach(b)
+        ik.CallbackSubscriber([sub.topic], lambda m: out.append(m.data), b)
+        b.publish(msg)
+    torch.testing.assert_close(out[0], out[1])
+    with pytest.raises(ValueError, match=r"Expected a state \{'u'"):
+        restored.load_state_dict({"v": {}})
+
+
+def test_histograms_reach_tensorboard_and_publish_nothing(tmp_path, tiny, batch) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path)
+    hist = ik.HistogramSubscriber("weight_gradients", bus, bins=8)
+    per_epoch = ik.HistogramSubscriber("weights", bus, bins=4, per_epoch=True)
+    assert hist.publications == {} and per_epoch.publications == {}
+    record = _train(tiny, bus, batch, steps=3)
+    bus.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    assert set(events.Tags()["histograms"]) == {
+        "weight_gradients_histogram/conv",
+        "weight_gradients_histogram/fc",
+        "weights_histogram/conv",
+        "weights_histogram/fc",
+    }
+    grads = events.Histograms("weight_gradients_histogram/fc")
+    assert [h.step for h in grads] == [0, 1, 2]
+    g = record[1]["grads"]["fc.weight"]
+    value = grads[1].histogram_value
+    assert value.num == g.numel()
+    assert value.min == pytest.approx(g.min().item()) and value.max == pytest.approx(g.max().item())
+    assert value.sum == pytest.approx(g.sum().item(), abs=1e-5)
+    expected = torch.histc(g, bins=8, min=g.min().item(), max=g.max().item())
+    assert list(value.bucket) == pytest.approx(expected.tolist())
+    assert [h.step for h in events.Histograms("weights_histogram/conv")] == [0]  # one epoch
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda: ik.NormSubscriber("weights", order=0),
+            "`order` to be a positive number but got 0",
+        ),
+        (lambda: ik.NormSubscriber("weights", order=-1), "`order` to be a positive number"),
+        (lambda: ik.NormSubscriber("weights", order="2"), "`order` to be a positive number"),
+        (lambda: ik.NormSubscriber("batch_started"), "carries a tensor .* 'batch_started'"),
+        (lambda: ik.MeanSubscriber(""), "`kind` to be a message kind"),
+        (lambda: ik.VarianceSubscriber(3), "`kind` to be a message kind .* got 3"),
+        (lambda: ik.NormSubscriber("weights", subsample=0), "`subsample` to be an integer >= 1"),
+        (lambda: ik.NormSubscriber("weights", ylims=(1, 0)), "`ylims` to be None or a pair"),
+        (lambda: ik.NormSubscriber("weights", backend="png"), "`backend` to be one of"),
+        (lambda: ik.RatioSubscriber(["weights"]), "exactly two message kinds"),
+        (lambda: ik.RatioSubscriber(["a", "b", "c"]), "exactly two message kinds"),
+        (lambda: ik.RatioSubscriber("weights"), "exactly two message kinds"),
+        (lambda: ik.RatioSubscriber(["weights", "weights"]), "two different kinds"),
+        (lambda: ik.RatioSubscriber(["weights", "loss"]), "two per-layer kinds or two network"),
+        (lambda: ik.RatioSubscriber(["weights", "epoch_finished"]), "event kind"),
+        (lambda: ik.RatioSubscriber(["weight_updates", "weights"], absolute=1), "`absolute`"),
+        (
+            lambda: ik.SpectralNormSubscriber("weights", n_power_iterations=0),
+            "`n_power_iterations` to be an integer >= 1 but got 0",
+        ),
+        (lambda: ik.HistogramSubscriber("weights", bins=0), "`bins` to be an integer >= 1"),
+        (lambda: ik.HistogramSubscriber("weights", per_epoch="yes"), "`per_epoch`"),
+        (lambda: ik.MessageMeanSubscriber("epoch_started"), "event kind"),
+    ],
+)
+def test_constructor_validation(make, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_unknown_kind_is_rejected_at_attach() -> None:
+    bus = ik.MessageBus()
+    with pytest.raises(ValueError, match=r"Unknown message kind\(s\) \['weihgts'\]"):
+        ik.NormSubscriber("weihgts", bus)
+    assert bus.published_topics == {} and bus.subscribers == ()
+    with pytest.raises(ValueError, match="Unknown message kind"):
+        ik.RatioSubscriber(["weight_updates", "wieghts"], bus)
+    bus.register_topic("layer_topic", "DATA", owner="test")
+    bus.register_topic("network_topic", "META", owner="test")
+    with pytest.raises(ValueError, match="never share a bundle"):
+        ik.RatioSubscriber(["layer_topic", "network_topic"], bus)
+
+
+def test_subscribers_deepcopy_while_detached(tiny, batch) -> None:
+    templates = [
+        ik.NormSubscriber("weights"),
+        ik.MeanSubscriber("weights"),
+        ik.VarianceSubscriber("weights"),
+        ik.RatioSubscriber(["weight_updates", "weights"]),
+        ik.SpectralNormSubscriber("weights"),
+        ik.HistogramSubscriber("weights"),
+    ]
+    copies = [copy.deepcopy(t) for t in templates]
+    bus = ik.MessageBus()
+    for c in copies:
+        c.backend_name = None
+        c.attach(bus)
+        assert all(s.subscriber is c for s in c.subscriptions)
+    got = _collect(bus, "weights_norm2")
+    _train(tiny, bus, batch, steps=1)
+    assert len(got) == 2
+    assert all(t.message_bus is None for t in templates)
+    # the template itself can still be attached elsewhere
+    templates[0].attach(ik.MessageBus())
+
+
+def test_scalars_reach_tensorboard_with_safe_tags(tmp_path, tiny, batch) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path)
+    ik.NormSubscriber("weights", bus)
+    ik.RatioSubscriber(["weight_updates", "weights"], bus)
+    ik.NormSubscriber("weights", bus, backend=None, order=1)  # computes, draws nothing
+    ik.MessageMeanSubscriber("weights_norm2", bus)
+    record = _train(tiny, bus, batch, steps=3)
+    bus.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {
+        "weights_norm2/conv",
+        "weights_norm2/fc",
+        "weight_updates_weights_ratio/conv",
+        "weight_updates_weights_ratio/fc",
+        "weights_norm2_message_mean",
+    }
+    got = events.Scalars("weights_norm2/fc")
+    assert [e.step for e in got] == [0, 1, 2]
+    expected = [torch.linalg.vector_norm(r["before"]["fc.weight"]).item() for r in record]
+    assert [e.value for e in got] == pytest.approx(expected, rel=1e-6)
+    ratio = events.Scalars("weight_updates_weights_ratio/conv")
+    expected = [
+        (
+            torch.linalg.vector_norm(r["after"]["conv.weight"] - r["before"]["conv.weight"])
+            / torch.linalg.vector_norm(r["before"]["conv.weight"])
+        ).item()
+        for r in record
+    ]
+    assert [e.value for e in ratio] == pytest.approx(expected, rel=1e-5)
