@@ -1,6 +1,6 @@
 """Pure maths on tensors: the quantities subscribers publish, tested on their own."""
 
-from ikkuna_tune.functional.accuracy import accuracy, correct, predictions
+from ikkuna_tune.functional.accuracy import accuracy, correct, count_correct, predictions
 from ikkuna_tune.functional.stats import (
     histogram,
     mean,
@@ -16,6 +16,7 @@ __all__ = [
     "accuracy",
     "cca",
     "correct",
+    "count_correct",
     "histogram",
     "mean",
     "norm",
