@@ -30,6 +30,7 @@ from ikkuna_tune.subscribers import (
     TrainAccuracySubscriber,
     VarianceSubscriber,
 )
+from ikkuna_tune.tune import instrument, local_results, report, watch
 
 __version__ = "0.1.0"
 
@@ -62,5 +63,9 @@ __all__ = [
     "TrainAccuracySubscriber",
     "VarianceSubscriber",
     "cca",
+    "instrument",
+    "local_results",
+    "report",
     "svcca_similarity",
+    "watch",
 ]

@@ -1,0 +1,139 @@
+"""``instrument`` a Tune trainable; ``watch`` a model and ``report`` from inside it."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ikkuna_tune.exporter import Exporter
+from ikkuna_tune.tune.session import (
+    SubscriberSpec,
+    TrialSession,
+    current_session,
+    fresh_subscribers,
+)
+
+__all__ = ["instrument", "local_results", "report", "watch"]
+
+logger = logging.getLogger(__name__)
+
+_last_local: list[list[dict[str, Any]]] = [[]]
+
+
+def _check_picklable(spec: object) -> None:
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(spec)
+    except Exception as error:
+        raise ValueError(
+            f"Expected `subscribers` that can be pickled (Ray ships them to every trial) but "
+            f"pickling failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def instrument(
+    trainable: Callable[..., Any], subscribers: SubscriberSpec | None = None
+) -> Callable[..., Any]:
+    """Wrap a Tune function trainable so each trial runs its own bus and subscribers.
+
+    Inside the trainable call :func:`watch` once the model exists, and :func:`report` in place of
+    ``tune.report``. Every subscriber output is then reported as a Tune metric, nested per layer
+    (``{"self_similarity": {"conv1": 0.99}}``, which Tune shows as ``self_similarity/conv1``).
+
+    Args:
+        trainable: a function ``f(config)`` (extra keyword arguments pass through, as
+            ``tune.with_parameters`` needs).
+        subscribers: subscriber objects used as templates (deep-copied for every trial, never
+            shared, also with ``reuse_actors=True``), or a function ``config -> subscribers``.
+
+    Returns:
+        A function trainable with the same ``__name__``, accepted by ``tune.run``,
+        ``tune.Tuner``, ``tune.with_resources`` and ``tune.with_parameters``. Called directly
+        with a config (no Ray), it runs the trial locally and :func:`local_results` gives its
+        reports.
+    """
+    if inspect.isclass(trainable) or not callable(trainable):
+        raise ValueError(
+            f"Expected a function trainable `f(config)` but got {trainable!r}; class "
+            "trainables are not supported"
+        )
+    if subscribers is not None and not callable(subscribers):
+        if isinstance(subscribers, (str, bytes)) or not hasattr(subscribers, "__iter__"):
+            raise ValueError(
+                f"Expected `subscribers` to be a list of subscribers or a function "
+                f"config -> list but got {subscribers!r}"
+            )
+        subscribers = list(subscribers)
+    _check_picklable(subscribers)
+    if subscribers is not None and not callable(subscribers):
+        fresh_subscribers(subscribers, {})  # validates the templates now, not in every trial
+
+    def instrumented(config: dict[str, Any], **kwargs: Any) -> Any:
+        if current_session() is not None:
+            raise RuntimeError("An instrumented trainable is already running in this thread")
+        session = TrialSession(fresh_subscribers(subscribers, config), config)
+        session.activate()
+        try:
+            return trainable(config, **kwargs)
+        finally:
+            if not session.in_tune:
+                _last_local[0] = session.results
+            session.close()
+
+    instrumented.__name__ = getattr(trainable, "__name__", "trainable")
+    instrumented.__qualname__ = getattr(trainable, "__qualname__", instrumented.__name__)
+    instrumented.__doc__ = trainable.__doc__
+    instrumented.__module__ = getattr(trainable, "__module__", __name__)
+    instrumented._ikkuna_trainable = trainable  # type: ignore[attr-defined]
+    return instrumented
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    depth: int | None = None,
+    module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
+    log_dir: str | Path | None = None,
+) -> Exporter:
+    """Create this trial's Exporter on ``model`` and bind the trial's subscribers to it.
+
+    Restores frozen layers and subscriber state from the trial's checkpoint when Tune restores
+    the trial. Outside an instrumented trainable it starts a local session without subscribers.
+    TensorBoard files go to the trial directory (or ``log_dir``). Returns the Exporter.
+    """
+    session = current_session()
+    if session is None:
+        logger.info("watch() outside an instrumented trainable: running without subscribers")
+        session = TrialSession([], {})
+        session.activate()
+    return session.watch(model, optimizer, depth, module_filter, log_dir)
+
+
+def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
+    """Report ``metrics`` plus every subscriber output, in place of ``tune.report``.
+
+    Takes the same arguments as ``tune.report``. Subscriber outputs are turned into numbers
+    with one host synchronisation. ikkuna_tune's own state goes into ``checkpoint`` beside the
+    user's files. Outside Tune the merged metrics are logged and kept (see
+    :func:`local_results`). Returns the merged metrics.
+    """
+    session = current_session()
+    if session is None or session.exporter is None:
+        raise RuntimeError("report() was called before watch(model, ...): call watch first")
+    return session.report(metrics, checkpoint)
+
+
+def local_results() -> list[dict[str, Any]]:
+    """The reports of the latest trial run outside Tune (or of the running local session)."""
+    session = current_session()
+    if session is not None and not session.in_tune:
+        return list(session.results)
+    return list(_last_local[0])

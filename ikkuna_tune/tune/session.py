@@ -1,0 +1,239 @@
+"""One trial's bus, Exporter and subscribers, and what it reports."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ikkuna_tune.exporter import Exporter
+from ikkuna_tune.messages import MessageBus
+from ikkuna_tune.subscribers.base import Subscriber
+from ikkuna_tune.tune.collector import MetricCollector, StepTimer
+
+__all__ = ["RESERVED_KEYS", "STATE_FILE", "TrialSession", "current_session"]
+
+logger = logging.getLogger(__name__)
+
+#: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
+STATE_FILE = "ikkuna_tune_state.pt"
+#: Metric names ikkuna_tune adds to every report.
+RESERVED_KEYS = ("frozen", "frozen_fraction", "step_seconds")
+
+SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
+
+_current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", default=None)
+
+
+def current_session() -> TrialSession | None:
+    """The session of the trial running in this thread, if any."""
+    return _current.get()
+
+
+def _tune_context() -> Any | None:
+    """Tune's context when running inside a Tune trial, else None."""
+    try:
+        from ray import tune
+
+        with warnings.catch_warnings():  # outside Tune, Ray warns and returns None
+            warnings.simplefilter("ignore")
+            context = tune.get_context()
+            return context if context.get_trial_id() is not None else None
+    except Exception:  # not inside Tune, or Ray not initialised
+        return None
+
+
+def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> list[Subscriber]:
+    """New, unshared subscribers for one trial: deep copies of templates, or ``spec(config)``."""
+    if spec is None:
+        return []
+    made = spec(config) if callable(spec) else copy.deepcopy(list(spec))
+    made = list(made)
+    for subscriber in made:
+        if not isinstance(subscriber, Subscriber):
+            raise ValueError(
+                f"Expected subscribers to be Subscriber objects but got {type(subscriber).__name__}"
+            )
+        if subscriber.message_bus is not None:
+            raise ValueError(f"{subscriber!r} is already attached to a bus; pass unattached ones")
+    return made
+
+
+class TrialSession:
+    """Everything ikkuna_tune keeps for one trial.
+
+    Created by the trainable that :func:`~ikkuna_tune.instrument` returns (or implicitly by
+    :func:`~ikkuna_tune.watch` outside one); :meth:`watch` binds it to a model.
+    """
+
+    def __init__(self, subscribers: list[Subscriber], config: dict[str, Any]) -> None:
+        self.subscribers = subscribers
+        self.config = config
+        self.context = _tune_context()
+        self.trial_id: str | None = self.context.get_trial_id() if self.context else None
+        self.bus: MessageBus | None = None
+        self.exporter: Exporter | None = None
+        self.collector: MetricCollector | None = None
+        self.timer: StepTimer | None = None
+        self.results: list[dict[str, Any]] = []
+        #: called with the session after every report (the scheduler's mailbox hooks in here)
+        self.after_report: list[Callable[[TrialSession], None]] = []
+        self._token: Any = None
+
+    @property
+    def in_tune(self) -> bool:
+        return self.context is not None
+
+    # ------------------------------------------------------------ lifecycle
+    def activate(self) -> None:
+        self._token = _current.set(self)
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
+        if self.bus is not None:
+            for subscriber in list(self.bus.subscribers):
+                subscriber.detach()
+            self.bus.close()
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+
+    def watch(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        depth: int | None = None,
+        module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
+        log_dir: str | Path | None = None,
+    ) -> Exporter:
+        if self.exporter is not None:
+            raise RuntimeError(
+                "watch() was already called in this trial; call it once, after building the model"
+            )
+        if log_dir is None and self.context is not None:
+            log_dir = self.context.get_trial_dir()
+        bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
+        exporter = Exporter(model, optimizer, bus, depth=depth, module_filter=module_filter)
+        try:
+            for subscriber in self.subscribers:
+                subscriber.attach(bus)
+            self.timer = StepTimer(bus)
+            topics = [t for s in self.subscribers for t in s.publications]
+            self.collector = MetricCollector(topics) if topics else None
+            if self.collector is not None:
+                self.collector.attach(bus)
+        except Exception:
+            exporter.close()
+            for subscriber in list(bus.subscribers):
+                subscriber.detach()
+            raise
+        self.bus, self.exporter = bus, exporter
+        self._restore()
+        return exporter
+
+    # ------------------------------------------------------------ reporting
+    def output_names(self) -> set[str]:
+        names = {t for s in self.subscribers for t in s.publications}
+        return names | set(RESERVED_KEYS)
+
+    def merge(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The user's metrics plus every subscriber output, as Python numbers."""
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"Expected `metrics` to be a dict but got {type(metrics).__name__}")
+        clashes = sorted(set(metrics) & self.output_names())
+        if clashes:
+            raise ValueError(
+                f"Metric name(s) {clashes} collide with ikkuna_tune outputs; rename them "
+                f"(taken: {sorted(self.output_names())})"
+            )
+        assert self.exporter is not None and self.bus is not None
+        self.bus.flush()
+        merged = dict(metrics)
+        if self.collector is not None:
+            merged.update(self.collector.collect())
+        exporter = self.exporter
+        merged["frozen"] = {name: int(name in exporter.frozen) for name in exporter.modules}
+        merged["frozen_fraction"] = exporter.frozen_parameter_fraction()
+        step_seconds = self.timer.pop_mean() if self.timer is not None else None
+        if step_seconds is not None:
+            merged["step_seconds"] = step_seconds
+        return merged
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
+        if self.exporter is None:
+            raise RuntimeError(
+                "report() was called before watch(model, ...): call ikkuna_tune.watch first"
+            )
+        merged = self.merge(metrics)
+        if self.in_tune:
+            from ray import tune
+
+            if checkpoint is not None:
+                self._save(checkpoint)
+            tune.report(merged, checkpoint=checkpoint)
+        else:
+            if checkpoint is not None:
+                self._save(checkpoint)
+            self.results.append(merged)
+            logger.info("report %d: %s", len(self.results), merged)
+        for hook in list(self.after_report):
+            hook(self)
+        return merged
+
+    # ---------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        assert self.exporter is not None
+        return {
+            "exporter": self.exporter.state_dict(),
+            "subscribers": [s.state_dict() for s in self.subscribers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.exporter is not None
+        saved = state.get("subscribers", [])
+        if len(saved) != len(self.subscribers):
+            raise ValueError(
+                f"The checkpoint holds state for {len(saved)} subscribers but this trial has "
+                f"{len(self.subscribers)}"
+            )
+        self.exporter.load_state_dict(state["exporter"])
+        for subscriber, sub_state in zip(self.subscribers, saved):
+            subscriber.load_state_dict(sub_state)
+
+    def _save(self, checkpoint: Any) -> None:
+        from ray import tune
+
+        if not isinstance(checkpoint, tune.Checkpoint):
+            raise ValueError(
+                f"Expected `checkpoint` to be a ray.tune.Checkpoint but got "
+                f"{type(checkpoint).__name__}"
+            )
+        directory = Path(checkpoint.path)
+        if not directory.is_dir():
+            raise ValueError(
+                f"Expected a checkpoint in a local directory (Checkpoint.from_directory) but "
+                f"{checkpoint.path!r} is not one"
+            )
+        torch.save(self.state_dict(), directory / STATE_FILE)
+
+    def _restore(self) -> None:
+        if not self.in_tune:
+            return
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            path = Path(directory) / STATE_FILE
+            if path.exists():
+                self.load_state_dict(torch.load(path, weights_only=True))
+                logger.info("Restored ikkuna_tune state from %s", checkpoint.path)

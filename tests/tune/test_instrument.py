@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from ray import tune
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+from tests.tune.trainables import StepCount, WeightSum, data, train_tiny
+
+LAYERS = ("conv", "fc")
+
+
+def _weight_sums(config: dict, iterations: int, steps: int = 2) -> list[dict[str, float]]:
+    """Brute force: the layers' weight sums seen by the last step of each iteration."""
+    torch.manual_seed(config.get("seed", 0))
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    x, y = data()
+    sums = []
+    for _ in range(iterations):
+        for _ in range(steps):
+            seen = {n: getattr(model, n).weight.detach().sum().item() for n in LAYERS}
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        sums.append(seen)
+    return sums
+
+
+def test_standalone_run_reports_nested_metrics_without_ray() -> None:
+    config = {"lr": 0.1, "iterations": 3}
+    trainable = ik.instrument(train_tiny, [WeightSum(), StepCount()])
+    trainable(config)
+    results = ik.local_results()
+    assert [r["iteration"] for r in results] == [0, 1, 2]
+    assert [r["steps_seen"] for r in results] == [2.0, 4.0, 6.0]
+    for result, expected in zip(results, _weight_sums(config, 3)):
+        assert result["weight_sum"] == pytest.approx(expected, rel=1e-5)
+        assert result["frozen"] == {"conv": 0, "fc": 0}
+        assert result["frozen_fraction"] == 0.0 and result["step_seconds"] > 0
+
+
+def test_plain_trainable_runs_without_instrument() -> None:
+    ik.tune.instrument(lambda c: None)  # lambdas are fine trainables
+    config = {"lr": 0.1, "iterations": 2, "freeze_at_iteration": 0}
+    ik.instrument(train_tiny)(config)
+    results = ik.local_results()
+    assert [r["frozen"] for r in results] == [{"conv": 1, "fc": 0}, {"conv": 1, "fc": 0}]
+    assert results[0]["frozen_fraction"] == pytest.approx(30 / 275)
+
+
+def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_path) -> None:
+    config = {"lr": tune.grid_search([0.1, 0.3]), "iterations": 3}
+    trainable = ik.instrument(train_tiny, [WeightSum(backend="tb"), StepCount()])
+    assert trainable.__name__ == "train_tiny"
+    analysis = tune.run(
+        trainable, config=config, storage_path=str(tmp_path), verbose=0, reuse_actors=True
+    )
+    assert len(analysis.trials) == 2
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+        assert df["iteration"].tolist() == [0, 1, 2]
+        # nothing shared between trials even though the actor is reused
+        assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0]
+        expected = _weight_sums({"lr": trial.config["lr"]}, 3)
+        for layer in LAYERS:
+            assert df[f"weight_sum/{layer}"].tolist() == pytest.approx(
+                [e[layer] for e in expected], rel=1e-5
+            )
+            assert df[f"frozen/{layer}"].tolist() == [0, 0, 0]
+        assert trial.last_result["weight_sum"].keys() == set(LAYERS)
+        # the trial's own TensorBoard events land in its directory
+        events = EventAccumulator(str(Path(trial.local_path)))
+        events.Reload()
+        assert {"weight_sum/conv", "weight_sum/fc"} <= set(events.Tags()["scalars"])
+        assert [e.step for e in events.Scalars("weight_sum/conv")] == list(range(6))
+
+
+def test_tuner_with_resources_and_parameters(ray_session, tmp_path) -> None:
+    def spec(config):
+        return [StepCount()]
+
+    trainable = tune.with_resources(
+        tune.with_parameters(ik.instrument(_train_with_data, spec), scale=2.0), {"cpu": 1}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"lr": tune.grid_search([0.1, 0.2])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        tune_config=tune.TuneConfig(reuse_actors=True),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    df = grid.get_dataframe()
+    assert sorted(df["scaled_lr"].tolist()) == [0.2, 0.4]
+    for result in grid:
+        history = result.metrics_dataframe.sort_values("training_iteration")
+        assert history["steps_seen"].tolist() == [1.0, 2.0]
+        assert history["frozen/conv"].tolist() == [0, 0]
+
+
+def _train_with_data(config: dict, scale: float) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    ik.watch(model, opt)
+    x, y = data()
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        ik.report({"scaled_lr": scale * config["lr"]})
+
+
+def test_crash_and_restore_keeps_frozen_layers_and_every_iteration(ray_session, tmp_path) -> None:
+    config = {
+        "lr": 0.1,
+        "iterations": 5,
+        "checkpoint": True,
+        "freeze_at_iteration": 0,
+        "crash_marker": str(tmp_path / "crashed"),
+    }
+    analysis = tune.run(
+        ik.instrument(train_tiny, [StepCount()]),
+        config=config,
+        storage_path=str(tmp_path),
+        verbose=0,
+        max_failures=1,
+    )
+    assert (tmp_path / "crashed").exists()  # it did crash once
+    trial = analysis.trials[0]
+    assert trial.status == "TERMINATED"
+    df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5]
+    assert df["iteration"].tolist() == [0, 1, 2, 3, 4]
+    assert df["frozen/conv"].tolist() == [1, 1, 1, 1, 1]
+    # subscriber state came back from the checkpoint: the count goes on, it does not restart
+    assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
+
+
+# ---------------------------------------------------------------- misuse
+
+
+def test_report_before_watch_and_watch_twice() -> None:
+    def early(config):
+        ik.report({"x": 1})
+
+    with pytest.raises(RuntimeError, match=r"report\(\) was called before watch"):
+        ik.instrument(early)({})
+
+    def twice(config):
+        model = TinyNet()
+        ik.watch(model)
+        ik.watch(model)
+
+    with pytest.raises(RuntimeError, match=r"watch\(\) was already called"):
+        ik.instrument(twice)({})
+
+
+def test_metric_name_colliding_with_an_output() -> None:
+    def clash(config):
+        ik.watch(TinyNet())
+        ik.report({config["name"]: 1.0})
+
+    for name in ("steps_seen", "frozen"):
+        with pytest.raises(ValueError, match=rf"Metric name\(s\) \['{name}'\] collide"):
+            ik.instrument(clash, [StepCount()])({"name": name})
+
+
+def test_subscriber_spec_that_cannot_be_pickled() -> None:
+    locked = StepCount()
+    locked.lock = threading.Lock()
+    with pytest.raises(ValueError, match="can be pickled.*pickling failed"):
+        ik.instrument(train_tiny, [locked])
+
+
+def test_bad_trainables_and_specs() -> None:
+    class Trainable(tune.Trainable):
+        pass
+
+    with pytest.raises(ValueError, match="Expected a function trainable"):
+        ik.instrument(Trainable)
+    with pytest.raises(ValueError, match="list of subscribers or a function"):
+        ik.instrument(train_tiny, StepCount())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Subscriber objects but got int"):
+        ik.instrument(train_tiny, [3])  # type: ignore[list-item]
+    attached = StepCount()
+    attached.attach(ik.MessageBus())
+    with pytest.raises(ValueError, match="already attached to a bus"):
+        ik.instrument(train_tiny, [attached])

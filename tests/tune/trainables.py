@@ -1,0 +1,89 @@
+"""Trainables and subscribers for the Tune tests (importable by Ray workers)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ray import tune
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+
+
+class WeightSum(ik.PlotSubscriber):
+    """Publishes the sum of each layer's weights at every step (a value easy to recompute)."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__([ik.Subscription(self, ["weights"])], backend=backend)
+        self._add_publication("weight_sum")
+
+    def compute(self, message) -> None:
+        self.publish("weight_sum", message.data.sum(), message)
+
+
+class StepCount(ik.Subscriber):
+    """Counts the steps it saw (state that must survive a restore) and publishes the count."""
+
+    def __init__(self) -> None:
+        super().__init__([ik.Subscription(self, ["batch_finished"])])
+        self._add_publication("steps_seen", "META")
+        self.count = 0
+
+    def compute(self, message) -> None:
+        self.count += 1
+        self.publish("steps_seen", torch.tensor(float(self.count)), message)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+
+
+def data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+def train_tiny(config: dict[str, Any]) -> None:
+    """A few SGD steps per iteration on TinyNet; optionally checkpoints, freezes, crashes once."""
+    torch.manual_seed(config.get("seed", 0))
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "model.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["iteration"] + 1
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    x, y = data()
+    for iteration in range(start, config["iterations"]):
+        for _ in range(config.get("steps", 2)):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        exporter.epoch_finished()
+        if iteration == config.get("freeze_at_iteration"):
+            exporter.freeze("conv")
+        crash_marker = config.get("crash_marker")
+        if crash_marker and iteration == 2 and not os.path.exists(crash_marker):
+            Path(crash_marker).touch()
+            raise RuntimeError("simulated crash")
+        if config.get("checkpoint"):
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "iteration": iteration},
+                    Path(d) / "model.pt",
+                )
+                ik.report({"iteration": iteration}, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            ik.report({"iteration": iteration})
