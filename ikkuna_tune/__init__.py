@@ -34,6 +34,16 @@ from ikkuna_tune.tune import instrument, local_results, report, watch
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # the scheduler imports ray.tune's schedulers: load it only when asked for
+    if name == "SVCCAScheduler":
+        from ikkuna_tune.tune.scheduler import SVCCAScheduler
+
+        return SVCCAScheduler
+    raise AttributeError(f"module 'ikkuna_tune' has no attribute {name!r}")
+
+
 __all__ = [
     "DATA_KINDS",
     "DEFAULT_TAG",
@@ -55,6 +65,7 @@ __all__ = [
     "NormSubscriber",
     "PlotSubscriber",
     "RatioSubscriber",
+    "SVCCAScheduler",
     "SpectralNormSubscriber",
     "Subscriber",
     "Subscription",

@@ -17,6 +17,7 @@ from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.messages import MessageBus
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
+from ikkuna_tune.tune.mailbox import TrialInbox
 
 __all__ = ["RESERVED_KEYS", "STATE_FILE", "TrialSession", "current_session"]
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
-RESERVED_KEYS = ("frozen", "frozen_fraction", "step_seconds")
+RESERVED_KEYS = ("frozen", "frozen_fraction", "step_seconds", "step_seconds_unfrozen")
 
 SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
 
@@ -83,6 +84,11 @@ class TrialSession:
         self.collector: MetricCollector | None = None
         self.timer: StepTimer | None = None
         self.results: list[dict[str, Any]] = []
+        #: mean step time measured while no layer was frozen: (total seconds, reports)
+        self._unfrozen_time = (0.0, 0)
+        self.inbox: TrialInbox | None = None
+        if self.context is not None and self.trial_id is not None:
+            self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
         #: called with the session after every report (the scheduler's mailbox hooks in here)
         self.after_report: list[Callable[[TrialSession], None]] = []
         self._token: Any = None
@@ -165,6 +171,12 @@ class TrialSession:
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         if step_seconds is not None:
             merged["step_seconds"] = step_seconds
+            if not exporter.frozen:
+                total, count = self._unfrozen_time
+                self._unfrozen_time = (total + step_seconds, count + 1)
+        total, count = self._unfrozen_time
+        if count:
+            merged["step_seconds_unfrozen"] = total / count
         return merged
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
@@ -186,7 +198,19 @@ class TrialSession:
             logger.info("report %d: %s", len(self.results), merged)
         for hook in list(self.after_report):
             hook(self)
+        if self.inbox is not None:
+            self.apply(self.inbox.take())
         return merged
+
+    def apply(self, directives: list[dict[str, Any]]) -> None:
+        """Carry out the scheduler's directives (``{"freeze": [layer, ...]}``)."""
+        assert self.exporter is not None
+        for directive in directives:
+            for name in directive.get("freeze", ()):
+                try:
+                    self.exporter.freeze(name)
+                except ValueError as error:
+                    logger.warning("Not freezing %r as the scheduler asked: %s", name, error)
 
     # ---------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -194,6 +218,7 @@ class TrialSession:
         return {
             "exporter": self.exporter.state_dict(),
             "subscribers": [s.state_dict() for s in self.subscribers],
+            "unfrozen_time": list(self._unfrozen_time),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -205,6 +230,8 @@ class TrialSession:
                 f"{len(self.subscribers)}"
             )
         self.exporter.load_state_dict(state["exporter"])
+        total, count = state.get("unfrozen_time", (0.0, 0))
+        self._unfrozen_time = (float(total), int(count))
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)
 

@@ -45,6 +45,34 @@ class StepCount(ik.Subscriber):
         self.count = state["count"]
 
 
+class WeightCosine(ik.Subscriber):
+    """``self_similarity`` per layer: cosine between its weights now and at the last epoch end.
+
+    A cheap, exact stand-in for SVCCA when testing the scheduler: it reaches 1.0 as a layer
+    stops changing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__([ik.Subscription(self, ["epoch_finished"])])
+        self._add_publication("self_similarity")
+        self.previous: dict[str, torch.Tensor] = {}
+
+    def compute(self, message) -> None:
+        exporter = self.message_bus.exporter
+        for name, named in exporter.modules.items():
+            weight = named.module.weight.detach().flatten().clone()
+            if name in self.previous:
+                similarity = F.cosine_similarity(weight, self.previous[name], dim=0)
+                self.publish("self_similarity", similarity, message, module=named)
+            self.previous[name] = weight
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"previous": self.previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.previous = state["previous"]
+
+
 def data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g)
@@ -69,11 +97,13 @@ def train_tiny(config: dict[str, Any]) -> None:
     for iteration in range(start, config["iterations"]):
         for _ in range(config.get("steps", 2)):
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
+            loss = loss_fn(model(x), y)
+            loss.backward()
             opt.step()
         exporter.epoch_finished()
         if iteration == config.get("freeze_at_iteration"):
             exporter.freeze("conv")
+        metrics = {"iteration": iteration, "loss": loss.item(), "node": node_id()}
         crash_marker = config.get("crash_marker")
         if crash_marker and iteration == 2 and not os.path.exists(crash_marker):
             Path(crash_marker).touch()
@@ -84,6 +114,12 @@ def train_tiny(config: dict[str, Any]) -> None:
                     {"model": model.state_dict(), "opt": opt.state_dict(), "iteration": iteration},
                     Path(d) / "model.pt",
                 )
-                ik.report({"iteration": iteration}, checkpoint=tune.Checkpoint.from_directory(d))
+                ik.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
-            ik.report({"iteration": iteration})
+            ik.report(metrics)
+
+
+def node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
