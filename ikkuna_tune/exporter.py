@@ -33,6 +33,7 @@ _PARAM_KINDS = {
 }
 _UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
 _GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
+_NOT_RECORDED = object()
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
@@ -85,7 +86,9 @@ class Exporter:
     A training step is a forward pass of the model in training mode with gradients enabled.
     Other forward passes (eval mode, ``torch.no_grad()``, :meth:`probe`) publish under their own
     tag and move no counter. Hooks are registered only for kinds some subscriber wants; removing
-    subscribers removes hooks. Nothing here turns a tensor into a Python number.
+    subscribers removes hooks. An update that every subscription would thin out by subsampling
+    is not computed: its message is published with ``data=None`` so the counts stay right.
+    Nothing here turns a tensor into a Python number.
 
     Args:
         model: the network to watch.
@@ -151,7 +154,7 @@ class Exporter:
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
         self._frozen: list[str] = []
-        self._update_before: dict[tuple[str, str], torch.Tensor] = {}
+        self._update_before: dict[tuple[str, str], torch.Tensor | None] = {}
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
         self._closed = False
@@ -324,21 +327,27 @@ class Exporter:
             self._publish_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
 
     def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        will_process = self.message_bus.will_process
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
             for name, named in self.modules.items():
                 param = getattr(named.module, attr, None)
                 if isinstance(param, nn.Parameter) and param.requires_grad:
-                    self._update_before[(name, kind)] = param.detach().clone()
+                    # an update every subscription would skip (subsampling) is not computed
+                    self._update_before[(name, kind)] = (
+                        param.detach().clone() if will_process(kind, name) else None
+                    )
 
     def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
             for name, named in self.modules.items():
-                before = self._update_before.pop((name, kind), None)
+                before = self._update_before.pop((name, kind), _NOT_RECORDED)
                 param = getattr(named.module, attr, None)
-                if before is not None and isinstance(param, torch.Tensor):
-                    self._publish_layer(kind, named, param.detach() - before, DEFAULT_TAG)
+                if before is _NOT_RECORDED or not isinstance(param, torch.Tensor):
+                    continue
+                update = None if before is None else param.detach() - before
+                self._publish_layer(kind, named, update, DEFAULT_TAG)
         self._stepped = True
         self._finish_step()
 

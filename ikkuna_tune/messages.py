@@ -341,6 +341,18 @@ class MessageBus:
         subscriptions = self._by_kind.get(kind)
         return bool(subscriptions) and any(s.accepts_tag(tag) for s in subscriptions)
 
+    def will_process(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+        """Whether a message of ``kind`` for ``key`` (a layer name or ``None``) published now
+        under ``tag`` would be looked at by any subscription (after tag and subsample filters).
+
+        Publishers skip computing the data of messages nobody will look at and publish them with
+        ``data=None``, so that subsampling counts stay right.
+        """
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions:
+            return False
+        return any(s.will_process(key, kind, tag) for s in subscriptions)
+
     # ------------------------------------------------------------ publishing
     def publish(self, message: Message) -> None:
         """Deliver ``message`` to every subscription of its kind (synchronously)."""

@@ -102,6 +102,20 @@ class Subscription:
     def _handle_message(self, message: Message) -> None:
         self.subscriber.receive_message(message)
 
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the next message of ``kind`` for ``key`` (a layer name, or ``None`` for the
+        network) under ``tag`` would reach the subscriber, or be thinned out by tag or subsample.
+
+        Publishers use it to skip computing data nobody looks at (the message is still published,
+        so the counts stay right). A subclass that overrides :meth:`receive_message` must
+        override this as well; until it does, the answer is always ``True``.
+        """
+        if self.tag is not None and tag != self.tag:
+            return False
+        if type(self).receive_message is not Subscription.receive_message:
+            return True
+        return self.counter.get((key, kind), 0) % self.subsample == 0
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(kinds={list(self.kinds)}, tag={self.tag!r}, "
@@ -135,6 +149,15 @@ class SynchronizedSubscription(Subscription):
         data = message_bus.data_kinds
         self._layer_kinds = tuple(k for k in self.kinds if k in data)
         self._network_kinds = tuple(k for k in self.kinds if k not in data)
+
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the bundle the next message for ``key`` joins would be delivered."""
+        if self.tag is not None and tag != self.tag:
+            return False
+        if type(self).receive_message is not SynchronizedSubscription.receive_message:
+            return True
+        # the count of completed bundles of `key` changes only when this bundle completes
+        return self._rounds.get(key, 0) % self.subsample == 0
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
@@ -355,6 +378,7 @@ class PlotSubscriber(Subscriber):
         self.plot_config = dict(plot_config or {})
         self.backend_name = backend
         self.backend: Backend = NullBackend()
+        self._tags: dict[tuple[str, str | None], str] = {}
         super().__init__(subscriptions, message_bus)
 
     def attach(self, message_bus: MessageBus) -> None:
@@ -379,4 +403,7 @@ class PlotSubscriber(Subscriber):
             name = (
                 module.name if module is not None and self._publications[topic] == "DATA" else None
             )
-            self.backend.add_scalar(safe_tag(topic, name), data, source.global_step)
+            tag = self._tags.get((topic, name))
+            if tag is None:
+                tag = self._tags[(topic, name)] = safe_tag(topic, name)
+            self.backend.add_scalar(tag, data, source.global_step)

@@ -26,6 +26,7 @@ from ikkuna_tune.messages import (
     Message,
     MessageBundle,
     MessageBus,
+    ModuleMessage,
     TopicType,
 )
 from ikkuna_tune.subscribers.base import (
@@ -334,15 +335,34 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         super().__init__(subscriber, kinds, tag, subsample)
         self.snapshot = snapshot
 
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        if self.tag is not None and tag != self.tag:
+            return False
+        # a bundle is delivered iff the completed-round count is a multiple of `subsample` when it
+        # completes; that count cannot change before this message's bundle completes
+        return self._rounds.get(key, 0) % self.subsample == 0
+
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
             return
-        # a bundle is delivered iff the completed-round count is a multiple of `subsample` when it
-        # completes; that count cannot change before this message's bundle completes
-        if self._rounds.get(message.key, 0) % self.subsample == 0 and isinstance(
-            message.data, torch.Tensor
+        data = message.data
+        if (
+            isinstance(data, torch.Tensor)
+            and self._rounds.get(message.key, 0) % self.subsample == 0
         ):
-            message = dataclasses.replace(message, data=self.snapshot(message.data))
+            data = self.snapshot(data)
+            if isinstance(message, ModuleMessage):
+                message = ModuleMessage(
+                    message.kind,
+                    message.tag,
+                    message.global_step,
+                    message.train_step,
+                    message.epoch,
+                    data,
+                    message.module,
+                )
+            else:
+                message = dataclasses.replace(message, data=data)
         super().receive_message(message)
 
 
@@ -393,6 +413,7 @@ class RatioSubscriber(PlotSubscriber):
         if not isinstance(absolute, bool):
             raise ValueError(f"Expected `absolute` to be True or False but got {absolute!r}")
         self.absolute = absolute
+        self._ratio_kinds = (k1, k2)
         self.topic = f"{k1}_{k2}_ratio"
         subscription = _SnapshotSynchronizedSubscription(
             self, [k1, k2], tag, subsample, F.norm if absolute else _snapshot
@@ -423,7 +444,7 @@ class RatioSubscriber(PlotSubscriber):
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, MessageBundle):
             return
-        k1, k2 = self.kinds
+        k1, k2 = self._ratio_kinds
         if self.absolute:  # the bundle holds the norms taken on arrival
             ratio = message_or_bundle[k1] / message_or_bundle[k2]
         else:

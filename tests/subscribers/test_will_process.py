@@ -1,0 +1,80 @@
+"""Publishers skip computing what every subscription would thin out (``will_process``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import ikkuna_tune as ik
+
+
+def test_will_process_follows_tag_and_subsample() -> None:
+    bus = ik.MessageBus()
+    sub = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=3)
+    (subscription,) = sub.subscriptions
+    pattern = []
+    for step in range(7):
+        pattern.append(bus.will_process("weights", "fc"))
+        msg = ik.ModuleMessage(
+            "weights", "default", step, step, 0, None, ik.NamedModule("fc", None)
+        )
+        bus.publish(msg)
+    assert pattern == [True, False, False, True, False, False, True]
+    assert not bus.will_process("weights", "fc", tag="eval")
+    assert not bus.will_process("biases", "fc")  # nobody subscribed
+    assert subscription.will_process("conv", "weights", "default")  # counted per layer
+
+
+def test_synchronized_will_process_counts_bundles() -> None:
+    bus = ik.MessageBus()
+    sub = ik.CallbackSubscriber(["weights", "weight_updates"], lambda b: None, bus,
+                                synchronized=True, subsample=2)  # fmt: skip
+    fc = ik.NamedModule("fc", None)
+    pattern = []
+    for step in range(4):
+        for kind in ("weights", "weight_updates"):
+            pattern.append(bus.will_process(kind, "fc"))
+            bus.publish(ik.ModuleMessage(kind, "default", step, step, 0, None, fc))
+    assert pattern == [True, True, False, False, True, True, False, False]
+    assert sub.subscriptions[0].will_process("fc", "weights", "probe") is False
+
+
+def test_unknown_subscription_subclass_is_assumed_to_look() -> None:
+    class Everything(ik.Subscription):
+        def receive_message(self, message) -> None:
+            self.subscriber.receive_message(message)
+
+    sub = ik.CallbackSubscriber(["weights"], lambda m: None, subsample=5)
+    custom = Everything(sub, ["weights"], subsample=5)
+    custom.counter[("fc", "weights")] = 1
+    assert custom.will_process("fc", "weights", "default")
+
+
+def test_skipped_updates_are_published_without_data(tiny, batch) -> None:
+    class Recorder(ik.Subscription):
+        """Sees every message, but declares it never looks at the data."""
+
+        def receive_message(self, message) -> None:
+            seen.append((message.key, message.global_step, message.data))
+
+        def will_process(self, key, kind, tag) -> bool:
+            return False
+
+    seen: list = []
+    bus = ik.MessageBus()
+    ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=2)
+    holder = ik.CallbackSubscriber(["loss"], lambda m: None)
+    holder.subscriptions.append(Recorder(holder, ["weight_updates"]))
+    holder.attach(bus)
+    got = []
+    ik.CallbackSubscriber([ratio.topic], lambda m: got.append(m.global_step), bus)
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(5):
+            opt.zero_grad()
+            loss_fn(tiny(batch[0]), batch[1]).backward()
+            opt.step()
+    computed = {(k, s): d is not None for k, s, d in seen}
+    assert computed == {(k, s): s % 2 == 0 for k in ("conv", "fc") for s in range(5)}
+    assert got == [0, 0, 2, 2, 4, 4]
