@@ -91,14 +91,20 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def initial_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A fixed pseudo-random unit vector of length ``n`` (the same on every call).
+    """A fixed pseudo-random unit vector of length ``n`` on ``device`` (the same on every call).
 
     Drawn from a private generator so that starting a power iteration never consumes the global
-    random state the training loop relies on (dropout, shuffling).
+    random state the training loop relies on (dropout, shuffling). Drawn on ``device`` itself
+    where it has a generator, so no host-to-device copy (and synchronisation) is needed.
     """
-    generator = torch.Generator().manual_seed(0x5EED)
-    u = torch.randn(n, generator=generator, dtype=torch.float64)
-    return _normalize(u, 1e-12).to(device=device, dtype=dtype)
+    device = torch.device(device)
+    try:
+        generator = torch.Generator(device=device).manual_seed(0x5EED)
+        u = torch.randn(n, generator=generator, device=device, dtype=torch.float32)
+    except RuntimeError:  # a device without its own generator: draw on the CPU
+        generator = torch.Generator().manual_seed(0x5EED)
+        u = torch.randn(n, generator=generator, dtype=torch.float32).to(device)
+    return _normalize(u.to(dtype), 1e-12)
 
 
 def spectral_norm(
@@ -159,7 +165,8 @@ def spectral_norm(
 def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bin the entries of ``x`` into ``bins`` equal-width bins between its minimum and maximum.
 
-    Computed on ``x``'s device without reading any value back to the host.
+    Computed on ``x``'s device without reading any value back to the host (the same bins as
+    ``torch.histc(x, bins, x.min(), x.max())``, which would need the range as Python numbers).
 
     Returns:
         ``(counts, edges, stats)``: ``bins`` counts, ``bins + 1`` edges (float), and
@@ -177,12 +184,14 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
     lo, hi = torch.aminmax(flat)
-    # min=max=0 makes histc take the data's own range, without a host round trip
-    counts = torch.histc(flat, bins=bins, min=0, max=0)
-    # histc widens a constant input's range to [value - 1, value + 1]; the edges follow it
+    # like torch.histc, a constant input is binned over [value - 1, value + 1]
     constant = hi == lo
     first = torch.where(constant, lo - 1, lo)
     last = torch.where(constant, hi + 1, hi)
+    # bin by hand: torch.histc and torch.bincount read the range or the size back to the host
+    index = ((flat - first) * (bins / (last - first))).floor_().clamp_(0, bins - 1).long()
+    counts = torch.zeros(bins, device=flat.device, dtype=flat.dtype)
+    counts.index_add_(0, index, torch.ones_like(flat))
     steps = torch.arange(bins + 1, device=flat.device, dtype=flat.dtype) / bins
     edges = first + (last - first) * steps
     n = flat.new_full((), flat.numel())

@@ -134,3 +134,13 @@ def test_histogram_of_a_constant_and_bad_arguments() -> None:
         F.histogram(torch.ones(3), bins=0)
     with pytest.raises(ValueError, match="non-empty"):
         F.histogram(torch.ones(0))
+
+
+@pytest.mark.parametrize("bins", [1, 7, 64])
+def test_histogram_matches_torch_histc_over_the_data_range(bins) -> None:
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(bins))
+    counts, edges, _ = F.histogram(x, bins=bins)
+    expected = torch.histc(x, bins=bins, min=x.min().item(), max=x.max().item())
+    torch.testing.assert_close(counts, expected)
+    torch.testing.assert_close(edges[[0, -1]], torch.stack([x.min(), x.max()]))
+    assert counts.sum().item() == 1000
