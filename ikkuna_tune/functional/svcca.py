@@ -15,21 +15,29 @@ as a neuron is dead (constant) or duplicated. Here no covariance matrix is ever 
 :math:`Q_x` and :math:`Q_y` are orthonormal bases of the two column spaces, the canonical
 correlations are exactly the singular values of :math:`Q_x^T Q_y` (Björck and Golub, 1973).
 
-**Bases, with rank pruning.** A tall centred matrix is factored as :math:`x = Q R` (Householder QR)
-and the small square factor as :math:`R = W \operatorname{diag}(s) V^T` (SVD), so
-:math:`x = (Q W) \operatorname{diag}(s) V^T` is the thin SVD of ``x`` and the columns of
-:math:`Q W` belong to the singular values :math:`s`. Directions with
+**Bases, with rank pruning.** One Householder QR of the side-by-side matrix
+:math:`[x, y] = Q [R_x, R_y]` (only ``R`` is computed; ``Q`` is never formed) puts both sides in
+one orthonormal coordinate system. The thin SVDs of the small blocks,
+:math:`R_x = W_x \operatorname{diag}(s_x) V_x^T` and likewise for ``y``, give the thin SVDs
+:math:`x = (Q W_x) \operatorname{diag}(s_x) V_x^T`, so :math:`Q W_x` and :math:`Q W_y` are
+orthonormal bases of the two column spaces and :math:`(Q W_x)^T (Q W_y) = W_x^T W_y`: after the
+QR nothing depends on the number of samples. Directions with
 :math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1` carry no information (they are rounding noise of
 dead or duplicated neurons), and keeping them would report spurious correlations of 1, so they are
-dropped. A wide matrix (fewer samples than features) is decomposed by SVD directly. Instead of
-forming :math:`Q W` explicitly the correlations are taken from
-:math:`W_x^T (Q_x^T Q_y) W_y` restricted to the kept columns, which has the same singular values.
+dropped. Householder QR is backward stable column by column, so the two sides' scales do not
+interfere (each side is also scaled to unit norm first).
 
 **SVCCA** (Raghu et al., 2017) first reduces each side to its leading singular directions, the
 fewest whose squared singular values reach the fraction ``keep`` of the total variance, then runs
 CCA between the reduced sets and averages the canonical correlations. As the thin SVD's left
 singular vectors are already an orthonormal basis of the reduced set, the SVD of the reduction *is*
-the orthonormalisation step: one factorisation per side.
+the orthonormalisation step: the canonical correlations are the singular values of
+:math:`W_x^T W_y` restricted to the kept columns.
+
+Cost for ``n`` samples and ``p = q`` features: one QR of an ``n x 2p`` matrix (about
+:math:`8 n p^2` flops) and SVDs of ``p``-sized matrices; the covariance route needs
+:math:`6 n p^2` for the covariances alone plus a pseudo-inverse, two eigendecompositions and an
+SVD of ``p x p`` matrices, and for SVCCA first a full SVD of each side.
 
 Everything is computed in float64 on the device of the input (a torch tensor may live on a GPU);
 the canonical correlations are clipped to :math:`[0, 1]`.
@@ -135,20 +143,31 @@ def _equilibrate(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def _factor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """``(Q, W, s)`` with ``x = Q W diag(s) V^T``, ``Q`` orthonormal columns, ``W`` orthogonal.
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` scaled to Frobenius norm 1 (left alone if zero): CCA does not see the scale."""
+    norm = torch.linalg.matrix_norm(x)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
-    ``s`` is descending. For a tall matrix ``Q`` comes from a Householder QR and ``W``, ``s`` from
-    the SVD of the small triangular factor; for a wide one ``Q`` holds the left singular vectors
-    and ``W`` is the identity (returned as ``None``).
+
+def _factor(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Left singular vectors and singular values of both sides, in one coordinate system.
+
+    One Householder QR of ``[x, y]`` (R factor only, ``Q`` is never formed) gives
+    ``x = Q R_x`` and ``y = Q R_y`` with the same ``Q`` (n, m) of orthonormal columns,
+    ``m = min(n, p + q)``. The thin SVDs ``R_x = W_x diag(s_x) V_x^T`` and
+    ``R_y = W_y diag(s_y) V_y^T`` are small, and ``x = (Q W_x) diag(s_x) V_x^T`` is the thin SVD
+    of ``x`` (likewise for ``y``). Since ``Q`` has orthonormal columns,
+    ``(Q W_x)^T (Q W_y) = W_x^T W_y``: products of the bases never involve ``n``.
+
+    ``R_x`` is upper trapezoidal, so only its first ``min(m, p)`` rows can be non-zero, and
+    ``W_x`` is returned for those rows only. Returns ``(w_x, s_x, w_y, s_y)``, ``s`` descending.
     """
-    n, p = x.shape
-    if n > p:
-        q, r = torch.linalg.qr(x, mode="reduced")
-        w, s, _ = torch.linalg.svd(r)
-        return q, w, s
-    u, s, _ = torch.linalg.svd(x, full_matrices=False)
-    return u, None, s
+    p = x.shape[1]
+    r = torch.linalg.qr(torch.cat([_unit(x), _unit(y)], dim=1), mode="r").R
+    rows_x = min(r.shape[0], p)
+    wx, sx, _ = torch.linalg.svd(r[:rows_x, :p], full_matrices=False)
+    wy, sy, _ = torch.linalg.svd(r[:, p:], full_matrices=False)
+    return wx, sx, wy, sy
 
 
 def _rank_mask(s: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -169,43 +188,19 @@ def _variance_mask(s: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def _correlations(
-    fx: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
-    fy: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
-    mx: torch.Tensor,
-    my: torch.Tensor,
-    slice_kept: bool,
+    wx: torch.Tensor, wy: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, slice_kept: bool
 ) -> torch.Tensor:
-    """Singular values of ``B_x^T B_y`` where ``B`` are the kept columns of ``Q W``.
+    """Singular values of ``B_x^T B_y``, ``B`` the kept columns of ``W``, clipped to [0, 1].
 
     With ``slice_kept`` the kept columns (a prefix, since ``s`` is descending) are cut out, which
     reads their number back to the host; otherwise the dropped columns are zeroed, giving the same
     non-zero singular values padded with zeros, and no host synchronisation.
     """
-    (qx, wx, _), (qy, wy, _) = fx, fy
     if slice_kept:
-        kx, ky = int(mx.sum()), int(my.sum())
-        if wx is None:
-            qx = qx[:, :kx]
-        else:
-            wx = wx[:, :kx]
-        if wy is None:
-            qy = qy[:, :ky]
-        else:
-            wy = wy[:, :ky]
+        wx, wy = wx[:, : int(mx.sum())], wy[:, : int(my.sum())]
     else:
-        if wx is None:
-            qx = qx * mx
-        else:
-            wx = wx * mx
-        if wy is None:
-            qy = qy * my
-        else:
-            wy = wy * my
-    m = qx.T @ qy
-    if wx is not None:
-        m = wx.T @ m
-    if wy is not None:
-        m = m @ wy
+        wx, wy = wx * mx, wy * my
+    m = wx.T @ wy[: wx.shape[0]]
     if m.numel() == 0:
         return m.new_zeros(0)
     return torch.linalg.svdvals(m).clamp_(0.0, 1.0)
@@ -221,11 +216,10 @@ def _svcca(
     """
     if slice_kept is None:
         slice_kept = x.device.type == "cpu"
-    xc, yc = _centre(x), _centre(y)
-    fx, fy = _factor(xc), _factor(yc)
-    mx = _rank_mask(fx[2], tuple(x.shape)) & _variance_mask(fx[2], keep)
-    my = _rank_mask(fy[2], tuple(y.shape)) & _variance_mask(fy[2], keep)
-    rho = _correlations(fx, fy, mx, my, slice_kept)
+    wx, sx, wy, sy = _factor(_centre(x), _centre(y))
+    mx = _rank_mask(sx, tuple(x.shape)) & _variance_mask(sx, keep)
+    my = _rank_mask(sy, tuple(y.shape)) & _variance_mask(sy, keep)
+    rho = _correlations(wx, wy, mx, my, slice_kept)
     k = torch.minimum(mx.sum(), my.sum()).clamp_min(1).to(rho.dtype)
     # the padded zeros add nothing to the sum; rank(B_x^T B_y) <= min(k_x, k_y)
     return rho.sum() / k
@@ -283,11 +277,9 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
             rows or fewer than two, or live on different devices.
     """
     xt, yt, numpy_out = _prepare(x, y)
-    xc, yc = _equilibrate(_centre(xt)), _equilibrate(_centre(yt))
-    fx, fy = _factor(xc), _factor(yc)
-    rho = _correlations(
-        fx, fy, _rank_mask(fx[2], tuple(xt.shape)), _rank_mask(fy[2], tuple(yt.shape)), True
-    )
+    wx, sx, wy, sy = _factor(_equilibrate(_centre(xt)), _equilibrate(_centre(yt)))
+    mx, my = _rank_mask(sx, tuple(xt.shape)), _rank_mask(sy, tuple(yt.shape))
+    rho = _correlations(wx, wy, mx, my, slice_kept=True)
     return rho.cpu().numpy() if numpy_out else rho
 
 
