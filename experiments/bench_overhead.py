@@ -2,7 +2,7 @@
 
 Trains :class:`~experiments.models.DeepCNN` (``--depth 2`` is SmallCNN: conv 16 -> conv 32 ->
 fc 64 -> fc 10) on the 5,000-image MNIST subset with SGD (momentum 0.9, batch 64) for a fixed
-number of steps, alternating in one process between
+number of steps, three times in one process:
 
 * ``plain``: no Exporter at all;
 * ``every``: the standard set every step: weight and gradient norms of every layer, the
@@ -10,17 +10,19 @@ number of steps, alternating in one process between
   end of every epoch, as in real use);
 * ``sub16``: the same set with ``subsample=16``.
 
-Each run starts from the same initial weights and batches; the order of the three runs rotates
-every repeat. Step times (zero_grad, forward, loss, backward, step, and the epoch-end flush of
-the backend on the steps that end an epoch; on CUDA between two synchronisations) are pooled per
-variant after dropping each run's warm-up steps. ``ratio`` and ``ratio_subsample16`` are ratios
-of median wall-clock step times; ``*_mean`` use means (they include the flushes), ``*_cpu`` the
-thread CPU time (less sensitive to other processes on a shared CPU). On CUDA a separate, untimed
-run per variant counts host synchronisations with ``torch.cuda.set_sync_debug_mode('warn')``
-(``syncs_per_step``: every step; includes the flushes at epoch ends and at close).
+The three runs start from the same weights, see the same batches and alternate in blocks of
+``--block`` steps (the order rotating every block), so that whatever else the machine is doing
+falls on all three alike. A step is zero_grad, forward, loss, backward, optimizer step, and on
+the step that ends an epoch the Exporter's ``epoch_finished`` (which flushes the backend); on
+CUDA it is timed between two synchronisations. The first block of each run is warm-up and
+dropped. ``ratio`` and ``ratio_subsample16`` are ratios of median wall-clock step times;
+``*_mean`` use mean times (they include the epoch-end flushes), ``*_cpu`` the thread CPU time.
+On CUDA, one more untimed run per variant counts host synchronisations with
+``torch.cuda.set_sync_debug_mode('warn')`` (``syncs_per_step``; the epoch-end flushes and the
+final flush included).
 
-Run: ``python -m experiments.bench_overhead --depth 2`` (and ``--depth 8`` for the cost per
-layer). The last line printed is one JSON object.
+Run: ``python -m experiments.bench_overhead --depth 2`` and ``--depth 8`` (how the cost grows
+with the number of layers). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -75,45 +77,71 @@ def standard_set(bus: ik.MessageBus, subsample: int) -> None:
     ik.TrainAccuracySubscriber(bus, subsample=subsample)
 
 
-def run(
-    variant: str,
+class Run:
+    """One training run of ``variant`` that can be advanced a few steps at a time."""
+
+    def __init__(
+        self,
+        variant: str,
+        init: dict[str, torch.Tensor],
+        args: argparse.Namespace,
+        device: torch.device,
+        log_dir: str,
+    ) -> None:
+        self.model = DeepCNN(depth=args.depth, width=args.width).to(device)
+        self.model.load_state_dict(init)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.steps_per_epoch = args.steps_per_epoch
+        self.step_count = 0
+        self.exporter: ik.Exporter | None = None
+        self.loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
+        if variant != "plain":
+            bus = ik.MessageBus(variant, log_dir=f"{log_dir}/{variant}")
+            standard_set(bus, 16 if variant == "sub16" else 1)
+            self.exporter = ik.Exporter(self.model, self.opt, bus)
+            self.loss_fn = self.exporter.wrap_loss(F.cross_entropy)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        self.loss_fn(self.model(x), y).backward()
+        self.opt.step()
+        self.step_count += 1
+        if self.exporter is not None and self.step_count % self.steps_per_epoch == 0:
+            self.exporter.epoch_finished()  # flushes the backend: the per-epoch cost counts
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
+            self.exporter.message_bus.close()
+
+
+def time_runs(
     init: dict[str, torch.Tensor],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     args: argparse.Namespace,
     device: torch.device,
     log_dir: str,
-    synchronize: bool = True,
-) -> list[tuple[float, float]]:
-    """Train one run of ``variant``; return (wall-clock, thread CPU) time of every step in s."""
-    model = DeepCNN(depth=args.depth, width=args.width).to(device)
-    model.load_state_dict(init)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    timed_on_cuda = synchronize and device.type == "cuda"
-    sync: Callable[[], None] = torch.cuda.synchronize if timed_on_cuda else lambda: None
-    exporter = None
-    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
-    if variant != "plain":
-        bus = ik.MessageBus(variant, log_dir=f"{log_dir}/{variant}")
-        standard_set(bus, 16 if variant == "sub16" else 1)
-        exporter = ik.Exporter(model, opt, bus)
-        loss_fn = exporter.wrap_loss(F.cross_entropy)
-    times = []
-    sync()
-    for step, (x, y) in enumerate(batches):
-        start = time.perf_counter()
-        cpu_start = time.thread_time()
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if exporter is not None and (step + 1) % args.steps_per_epoch == 0:
-            exporter.epoch_finished()  # flushes the backend: the per-epoch cost is included
-        sync()
-        times.append((time.perf_counter() - start, time.thread_time() - cpu_start))
-    if exporter is not None:
-        exporter.close()
-        exporter.message_bus.close()
-    return times
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and thread-CPU seconds of every step after warm-up, per variant."""
+    runs = {v: Run(v, init, args, device, log_dir) for v in VARIANTS}
+    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for block, start in enumerate(range(0, args.steps, args.block)):
+        order = VARIANTS[block % 3 :] + VARIANTS[: block % 3]
+        for variant in order:
+            run = runs[variant]
+            for x, y in batches[start : start + args.block]:
+                sync()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                run.step(x, y)
+                sync()
+                if block > 0:
+                    wall[variant].append(time.perf_counter() - t0)
+                    cpu[variant].append(time.thread_time() - c0)
+    for run in runs.values():
+        run.close()
+    return wall, cpu
 
 
 def count_syncs(
@@ -125,11 +153,15 @@ def count_syncs(
     log_dir: str,
 ) -> int:
     """Host synchronisations during one untimed run of ``variant`` (CUDA only)."""
+    run = Run(variant, init, args, device, f"{log_dir}/syncs")
+    torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            run(variant, init, batches, args, device, log_dir, synchronize=False)
+            for x, y in batches:
+                run.step(x, y)
+            run.close()
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message).lower() for w in caught)
@@ -139,16 +171,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--depth", type=int, default=2, help="convolutions (2: SmallCNN)")
     parser.add_argument("--width", type=int, default=16, help="channels of the first conv")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
-    parser.add_argument("--warmup", type=int, default=10, help="steps dropped from each run")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per variant")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per run")
+    parser.add_argument("--block", type=int, default=20, help="steps per turn of each run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps-per-epoch", type=int, default=62, help="4,000 images / 64")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     args = parser.parse_args(argv)
-    if args.steps <= args.warmup:
-        parser.error("--steps must exceed --warmup")
+    if args.block < 1 or args.steps < 2 * args.block:
+        parser.error("need --block >= 1 and --steps >= 2 * --block (the first block is warm-up)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     device = torch.device(args.device)
@@ -157,23 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     init = {k: v.to(device) for k, v in DeepCNN(args.depth, width=args.width).state_dict().items()}
     batches = load_batches(args.steps, args.batch_size, device)
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as log_dir:
-        for r in range(args.repeats):
-            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
-            for variant in order:
-                step_times = run(variant, init, batches, args, device, log_dir)[args.warmup :]
-                wall[variant].extend(t for t, _ in step_times)
-                cpu[variant].extend(c for _, c in step_times)
-                log.info(
-                    "repeat %d %-5s median %.3f ms wall, %.3f ms cpu",
-                    r,
-                    variant,
-                    1e3 * statistics.median(t for t, _ in step_times),
-                    1e3 * statistics.median(c for _, c in step_times),
-                )
-        syncs: dict[str, float] | None = None
+        wall, cpu = time_runs(init, batches, args, device, log_dir)
+        syncs = None
         if device.type == "cuda":
             syncs = {
                 v: count_syncs(v, init, batches, args, device, log_dir) / args.steps
@@ -182,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     median = {v: statistics.median(t) for v, t in wall.items()}
     mean = {v: statistics.fmean(t) for v, t in wall.items()}
     median_cpu = {v: statistics.median(t) for v, t in cpu.items()}
+    for v in VARIANTS:
+        log.info("%-5s median %.3f ms wall, %.3f ms cpu", v, 1e3 * median[v], 1e3 * median_cpu[v])
     layers = len(ik.exporter.select_modules(DeepCNN(args.depth, width=args.width)))
     result: dict[str, Any] = {
         "ratio": round(median["every"] / median["plain"], 4),
@@ -191,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_cpu": round(median_cpu["every"] / median_cpu["plain"], 4),
         "ratio_subsample16_cpu": round(median_cpu["sub16"] / median_cpu["plain"], 4),
         "steps": args.steps,
-        "repeats": args.repeats,
+        "timed_steps": len(wall["plain"]),
+        "block": args.block,
         "layers": layers,
         "depth": args.depth,
         "width": args.width,
@@ -199,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": args.device,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "median_ms": {v: round(1e3 * m, 4) for v, m in median.items()},
-        "median_cpu_ms": {v: round(1e3 * m, 4) for v, m in median_cpu.items()},
+        "overhead_ms_per_layer": round(1e3 * (median["every"] - median["plain"]) / layers, 4),
         "torch": torch.__version__,
     }
     if syncs is not None:
