@@ -1,0 +1,174 @@
+"""``ikkuna-tune``: the command line. It parses arguments and calls plain functions.
+
+``ikkuna-tune compare EXPERIMENT_DIR`` draws the comparison of a finished experiment
+(:func:`ikkuna_tune.compare.compare_experiment`); ``ikkuna-tune demo`` runs the demo sweep
+(:func:`ikkuna_tune.demo.run_demo`). Mistakes the user can fix (a wrong path, an unknown
+metric, an empty experiment, an unreachable cluster) print one line to stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["EXIT_USAGE", "build_parser", "main"]
+
+#: Exit code for errors the user can fix (as argparse uses for bad arguments).
+EXIT_USAGE = 2
+PROG = "ikkuna-tune"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="See inside neural-network training across a Ray Tune sweep, and act on it.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress; show tracebacks of errors"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # ------------------------------------------------------------------ compare
+    compare = commands.add_parser(
+        "compare",
+        help="plot and summarise a finished experiment",
+        description="Draw per-layer small multiples of a metric, the layer freeze timeline and "
+        "a per-trial summary of a finished Tune experiment (read from disk; Ray need not run).",
+    )
+    compare.add_argument(
+        "experiment", metavar="EXPERIMENT_DIR", help="experiment directory (<storage>/<name>)"
+    )
+    compare.add_argument(
+        "--metric", default="self_similarity", help="metric to plot per layer (self_similarity)"
+    )
+    compare.add_argument(
+        "--color-by",
+        default="lr",
+        help="config parameter that colours the trials (lr); 'none' colours by trial",
+    )
+    compare.add_argument(
+        "--summary-metric",
+        default=None,
+        help="network-wide metric whose best value the summary shows "
+        "(default: test_accuracy when reported)",
+    )
+    compare.add_argument(
+        "--mode", choices=("max", "min"), default="max", help="best is max or min (max)"
+    )
+    compare.add_argument(
+        "-o", "--out", default=".", metavar="DIR", help="output directory (current directory)"
+    )
+    compare.set_defaults(handler=_compare)
+
+    # --------------------------------------------------------------------- demo
+    # The demo sweep lives in ikkuna_tune.demo (imported only when this command runs):
+    # run_demo(address=, quick=, storage_path=, out_dir=) returns a mapping with "summary"
+    # (the compare.summary table), "files" and "experiment" (its path), which are printed.
+    demo = commands.add_parser(
+        "demo",
+        help="run the demo sweep with SVCCAScheduler and compare its trials",
+        description="Run a real sweep with SVCCAScheduler on bundled data, then print the "
+        "summary and write the plots.",
+    )
+    demo.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)",
+    )
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster sweep")
+    demo.add_argument(
+        "--storage-path", default=None, help="where Tune writes the experiment (Tune's default)"
+    )
+    demo.add_argument(
+        "-o", "--out", default=".", metavar="DIR", help="output directory (current directory)"
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ikkuna_tune.compare import compare_experiment
+
+    color_by = None if args.color_by.lower() == "none" else args.color_by
+    comparison = compare_experiment(
+        args.experiment,
+        args.out,
+        metric=args.metric,
+        color_by=color_by,
+        summary_metric=args.summary_metric,
+        mode=args.mode,
+    )
+    _print_summary(comparison.summary)
+    for path in comparison.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from ikkuna_tune.demo import run_demo
+    except ModuleNotFoundError as error:
+        if error.name != "ikkuna_tune.demo":
+            raise
+        raise _UsageError("the demo is not available in this installation") from error
+    result = run_demo(
+        address=args.address, quick=args.quick, storage_path=args.storage_path, out_dir=args.out
+    )
+    if isinstance(result, Mapping):
+        if result.get("summary") is not None:
+            _print_summary(result["summary"])
+        for path in result.get("files", ()):
+            print(f"wrote {path}")
+        if result.get("experiment"):
+            print(f"experiment: {result['experiment']}")
+            print(f"TensorBoard logs: tensorboard --logdir {result['experiment']}")
+    elif result is not None:
+        print(result)
+    return 0
+
+
+def _print_summary(table: Any) -> None:
+    shown = table.copy()
+    shown["frozen_layers"] = [" ".join(names) or "-" for names in shown["frozen_layers"]]
+    print(shown.to_string(index=False))
+
+
+class _UsageError(Exception):
+    """An error the user can fix, reported as one line."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ikkuna-tune`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its usage message
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except (ValueError, OSError, ConnectionError, _UsageError) as error:
+        if args.verbose:
+            raise
+        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

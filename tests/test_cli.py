@@ -1,0 +1,151 @@
+"""The `ikkuna-tune` command line without Ray (hand-written experiment files).
+
+End to end on a real Tune run: tests/tune/test_compare_experiment.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ikkuna_tune.cli import main
+from tests.experiment_files import handmade, write_trial
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], command: str, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"ikkuna-tune {command}: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_compare_end_to_end(tmp_path, capsys) -> None:
+    experiment = handmade(tmp_path)
+    out = tmp_path / "out"
+    argv = ["compare", str(experiment), "--metric", "sim", "--color-by", "model/width"]
+    assert main([*argv, "--summary-metric", "loss", "--mode", "min", "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "freeze_timeline.png",
+        "layers_sim.png",
+        "summary.csv",
+    ]
+    table = pd.read_csv(out / "summary.csv")
+    assert table["trial_id"].tolist() == ["aaaaa_00000", "aaaaa_00001", "aaaaa_00002"]
+    assert table["best_loss"].tolist() == pytest.approx([0.51, 1.1, 0.25])
+    printed = capsys.readouterr().out
+    assert "best_loss" in printed and "aaaaa_00002" in printed and "stem" in printed
+
+
+def test_compare_color_by_none_and_default_out_dir(tmp_path, monkeypatch) -> None:
+    experiment = handmade(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(experiment), "--metric", "loss", "--color-by", "none"]) == 0
+    assert (tmp_path / "layers_loss.png").exists() and (tmp_path / "summary.csv").exists()
+    assert "best_iteration" not in pd.read_csv(tmp_path / "summary.csv").columns
+
+
+def test_compare_errors_are_one_line_with_exit_code_2(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    _one_error_line(capsys, "compare", "missing does not exist")
+
+    assert main(["compare", str(tmp_path), "-o", str(out)]) == 2
+    _one_error_line(capsys, "compare", "is not a Tune experiment directory")
+
+    experiment = handmade(tmp_path)
+    assert main(["compare", str(experiment), "--metric", "nope", "-o", str(out)]) == 2
+    _one_error_line(capsys, "compare", "Unknown metric 'nope'; per-layer metrics: frozen, sim;")
+
+    argv = ["compare", str(experiment), "--metric", "sim", "--color-by", "x", "-o", str(out)]
+    assert main(argv) == 2
+    _one_error_line(capsys, "compare", "config columns: lr, model/width")
+
+    argv = ["compare", str(experiment), "--metric", "sim", "--summary-metric", "sim"]
+    assert main([*argv, "-o", str(out)]) == 2
+    _one_error_line(capsys, "compare", "'sim' is reported per layer")
+
+    empty = tmp_path / "empty"
+    write_trial(empty, "train_ccccc_00000_0", {"lr": 0.1}, [])
+    assert main(["compare", str(empty), "-o", str(out)]) == 2
+    _one_error_line(capsys, "compare", "has no results: 1 trial(s), none reported a result")
+    assert not out.exists()  # nothing is written when the arguments are wrong
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output directory should be")
+    assert main(["compare", str(experiment), "--metric", "sim", "-o", str(blocked)]) == 2
+    _one_error_line(capsys, "compare", "blocked")
+
+
+def test_usage_errors_exit_with_2(capsys) -> None:
+    assert main([]) == 2
+    assert "compare" in capsys.readouterr().err
+    assert main(["compare"]) == 2
+    assert "EXPERIMENT_DIR" in capsys.readouterr().err
+    assert main(["compare", "x", "--mode", "best"]) == 2
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_verbose_shows_the_traceback(tmp_path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        main(["-v", "compare", str(tmp_path / "missing")])
+
+
+@pytest.fixture
+def fake_demo(monkeypatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+
+    def run_demo(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        if kwargs["address"] == "bad:1":
+            raise ConnectionError("Could not connect to Ray at bad:1\nmore detail")
+        if kwargs["quick"]:
+            return "the demo summary"
+        table = pd.DataFrame({"trial_id": ["t1"], "frozen_layers": [["conv1", "conv2"]]})
+        return {"experiment": "/r/ikkuna_demo", "summary": table, "files": ["o/summary.csv"]}
+
+    module = types.ModuleType("ikkuna_tune.demo")
+    module.run_demo = run_demo  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ikkuna_tune.demo", module)
+    return calls
+
+
+def test_demo_passes_its_arguments(fake_demo, monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert main(["demo", "--quick", "--storage-path", str(tmp_path), "-o", "plots"]) == 0
+    assert fake_demo == [
+        {
+            "address": "ray://head:10001",
+            "quick": True,
+            "storage_path": str(tmp_path),
+            "out_dir": "plots",
+        }
+    ]
+    assert "the demo summary" in capsys.readouterr().out
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert main(["demo"]) == 0
+    assert fake_demo[-1] == {"address": None, "quick": False, "storage_path": None, "out_dir": "."}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split() == ["t1", "conv1", "conv2"]  # the summary table
+    assert printed[2:] == [
+        "wrote o/summary.csv",
+        "experiment: /r/ikkuna_demo",
+        "TensorBoard logs: tensorboard --logdir /r/ikkuna_demo",
+    ]
+    assert main(["demo", "--address", "bad:1"]) == 2
+    _one_error_line(capsys, "demo", "Could not connect to Ray at bad:1")
+
+
+def test_demo_missing_is_one_line(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ikkuna_tune.demo", None)
+    assert main(["demo"]) == 2
+    _one_error_line(capsys, "demo", "the demo is not available")

@@ -1,0 +1,307 @@
+"""ikkuna_tune.compare on hand-written experiment files (no Ray); see tests/experiment_files.py.
+
+The same functions on a real Tune run: tests/tune/test_compare_experiment.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm, to_rgba
+
+from ikkuna_tune import compare
+from tests.experiment_files import FROZEN_STEP, LAYERS, STEP, handmade, write_trial
+
+LRS = {"aaaaa_00000": 0.01, "aaaaa_00001": 0.1, "aaaaa_00002": 1.0}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    return handmade(tmp_path_factory.mktemp("handmade"))
+
+
+@pytest.fixture(scope="module")
+def df(experiment) -> pd.DataFrame:
+    return compare.load(experiment)
+
+
+def _rows(df: pd.DataFrame, trial_id: str, metric: str, layer: str | None = None) -> pd.DataFrame:
+    rows = df[(df["trial_id"] == trial_id) & (df["metric"] == metric)]
+    return rows[rows["layer"] == layer] if layer else rows[rows["layer"].isna()]
+
+
+def test_load_makes_one_tidy_row_per_reported_number(df) -> None:
+    assert list(df.columns) == [
+        "trial_id",
+        "lr",
+        "model/width",
+        "training_iteration",
+        "metric",
+        "layer",
+        "value",
+    ]
+    assert compare.config_columns(df) == ["lr", "model/width"]
+    assert compare.metrics(df, per_layer=True) == ["frozen", "sim"]
+    assert compare.metrics(df, per_layer=False) == [
+        "frozen_fraction",
+        "loss",
+        "step_seconds",
+        "step_seconds_unfrozen",
+        "time_this_iter_s",
+    ]
+    # 4 + 2 + 3 reports (the repeated iteration counts once), 5 network-wide + 6 per-layer each
+    assert len(df) == (4 + 2 + 3) * (5 + 2 * len(LAYERS))
+    assert df.groupby("trial_id")["lr"].first().to_dict() == LRS
+    assert df.groupby("trial_id")["model/width"].first().tolist() == [8, 16, 8]
+    loss = _rows(df, "aaaaa_00000", "loss")
+    assert loss["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert loss["value"].tolist() == pytest.approx([2 / i + 0.01 for i in range(1, 5)])
+    sim = _rows(df, "aaaaa_00001", "sim", "block.0")
+    assert sim["value"].tolist() == pytest.approx([0.08, 0.08])
+    frozen = _rows(df, "aaaaa_00000", "frozen", "stem")
+    assert frozen["value"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert df["value"].dtype == float and df["training_iteration"].dtype == "int64"
+
+
+def test_layers_follow_the_reported_network_order(df) -> None:
+    assert compare.layers(df) == LAYERS  # not alphabetical, not the order `sim` reports
+    assert compare.layers(df, "sim") == LAYERS
+    first = df[(df["trial_id"] == "aaaaa_00000") & (df["training_iteration"] == 1)]
+    assert first.loc[first["metric"] == "sim", "layer"].tolist() == ["head", "stem", "block.0"]
+
+
+def test_repeated_iterations_and_half_written_lines(experiment, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert "Skipping unreadable line 5" in caplog.text
+    loss = _rows(df, "aaaaa_00002", "loss")
+    assert loss["training_iteration"].tolist() == [1, 2, 3]
+    assert loss["value"].tolist() == pytest.approx([3.0, 0.25, 2 / 3 + 1.0])  # the restored 2
+
+
+def test_trial_facts_in_attrs(df, experiment) -> None:
+    trials = df.attrs["trials"]
+    assert list(trials) == list(LRS)
+    assert trials["aaaaa_00000"] == {
+        "config": {"lr": 0.01, "model/width": 8},
+        "status": None,  # no experiment_state file and no error file: unknown
+        "failed": False,
+        "stopped_by_tune": False,
+        "path": str(experiment / "train_aaaaa_00000_0_lr=0.01"),
+        "results": 4,
+    }
+    assert trials["aaaaa_00001"]["stopped_by_tune"]
+    assert trials["aaaaa_00002"]["results"] == 3
+
+
+def test_failed_trials_with_and_without_results(tmp_path) -> None:
+    experiment = handmade(tmp_path)
+    config = {"lr": 0.5, "model": {"width": 8}}
+    write_trial(experiment, "train_bbbbb_00000_3", config, [], error=True)
+    from tests.experiment_files import report
+
+    write_trial(experiment, "train_bbbbb_00001_4", config, [report("x_1", config, 1)], error=True)
+    df = compare.load(experiment)
+    assert df.attrs["trials"]["bbbbb_00000"]["results"] == 0  # trial id from the directory name
+    assert set(df["trial_id"]) == {*LRS, "x_1"}
+    table = compare.summary(df, metric="loss", mode="min").set_index("trial_id")
+    assert table.loc["bbbbb_00000", "iterations_run"] == 0
+    assert math.isnan(table.loc["bbbbb_00000", "best_loss"])
+    for trial_id in ("bbbbb_00000", "x_1"):
+        assert table.loc[trial_id, "status"] == "ERROR" and table.loc[trial_id, "failed"]
+        assert not table.loc[trial_id, "stopped_early"]
+    assert table.loc["x_1", "iterations_run"] == 1
+
+
+def test_summary_matches_hand_computation(df) -> None:
+    table = compare.summary(df, metric="loss", mode="min")
+    assert list(table.columns) == [
+        "trial_id",
+        "lr",
+        "model/width",
+        "status",
+        "failed",
+        "iterations_run",
+        "best_loss",
+        "best_iteration",
+        "stopped_early",
+        "frozen_layers",
+        "frozen_fraction",
+        "compute_saved",
+    ]
+    table = table.set_index("trial_id")
+    assert table["iterations_run"].tolist() == [4, 2, 3]
+    assert table["best_loss"].tolist() == pytest.approx([2 / 4 + 0.01, 2 / 2 + 0.1, 0.25])
+    assert table["best_iteration"].tolist() == [4, 2, 2]
+    # only the trial Tune stopped before the longest trial's 4 iterations; lr=1.0 ended itself
+    assert table["stopped_early"].tolist() == [False, True, False]
+    assert table["frozen_layers"].tolist() == [["stem"], [], []]
+    assert table["frozen_fraction"].tolist() == [0.25, 0.0, 0.0]
+    steps = [STEP, STEP, FROZEN_STEP, FROZEN_STEP]
+    saved = 1 - sum(steps) / (len(steps) * STEP)
+    assert table["compute_saved"].tolist() == pytest.approx([saved, 0.0, 0.0])
+    assert saved == pytest.approx(0.25)
+    highest = compare.summary(df, metric="loss", mode="max").set_index("trial_id")
+    assert highest["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])
+    assert highest["best_iteration"].tolist() == [1, 1, 1]
+    assert "best_iteration" not in compare.summary(df).columns
+
+
+def test_summary_of_a_hand_made_frame_without_trial_facts() -> None:
+    """A tidy frame built by hand (no ``attrs``); a config parameter named like a column."""
+    rows = [
+        ("a", "x", 1, "acc", None, 0.5),
+        ("a", "x", 2, "acc", None, 0.7),
+        ("a", "x", 1, "frozen", "l1", 0.0),
+        ("a", "x", 2, "frozen", "l1", 1.0),
+        ("a", "x", 2, "frozen", "l2", 0.0),
+        ("b", "y", 1, "acc", None, 0.9),
+    ]
+    df = pd.DataFrame(
+        rows, columns=["trial_id", "status", "training_iteration", "metric", "layer", "value"]
+    )
+    table = compare.summary(df, metric="acc").set_index("trial_id")
+    assert table.loc["a", "config/status"] == "x" and table.loc["a", "status"] is None
+    assert table.loc["a", "best_acc"] == 0.7 and table.loc["a", "best_iteration"] == 2
+    assert table.loc["b", "best_acc"] == 0.9 and table.loc["b", "iterations_run"] == 1
+    assert table.loc["a", "frozen_layers"] == ["l1"] and table.loc["b", "frozen_layers"] == []
+    assert not table["stopped_early"].any() and not table["failed"].any()
+    assert math.isnan(table.loc["a", "compute_saved"])
+
+
+# ----------------------------------------------------------------------------------- plots
+def test_plot_layers_one_axes_per_layer_in_network_order(df) -> None:
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    (colorbar,) = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert colorbar.get_ylabel() == "lr"
+    assert [ax.get_title() for ax in panels] == LAYERS
+    norm = LogNorm(0.01, 1.0)  # positive and spanning a factor >= 10: log scale
+    for ax, layer in zip(panels, LAYERS):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("training_iteration", "sim")
+        lines = ax.get_lines()
+        assert [line.get_gid() for line in lines] == list(LRS)
+        for line in lines:
+            rows = _rows(df, line.get_gid(), "sim", layer)
+            assert list(line.get_xdata()) == rows["training_iteration"].tolist()
+            assert list(line.get_ydata()) == rows["value"].tolist()
+            expected = colormaps["viridis"](norm(LRS[line.get_gid()]))
+            assert to_rgba(line.get_color()) == pytest.approx(expected)
+
+
+def test_plot_layers_linear_and_categorical_colours(df) -> None:
+    figure = compare.plot_layers(df, metric="sim", color_by="model/width", columns=2)
+    assert len(figure.axes) == 4  # 2 x 2 grid less the unused one, plus the colorbar
+    colours = {line.get_gid(): to_rgba(line.get_color()) for line in figure.axes[0].get_lines()}
+    viridis = colormaps["viridis"]
+    assert colours["aaaaa_00000"] == pytest.approx(viridis(0.0))  # width 8 of 8..16
+    assert colours["aaaaa_00001"] == pytest.approx(viridis(1.0))
+    assert colours["aaaaa_00002"] == colours["aaaaa_00000"]
+
+    categorical = df.assign(optimizer=df["trial_id"].map({"aaaaa_00000": "adam"}))
+    figure = compare.plot_layers(categorical, metric="loss", color_by="optimizer")
+    (ax,) = figure.axes
+    assert ax.get_title() == "loss" and len(ax.get_lines()) == 3
+    (legend,) = figure.legends
+    assert legend.get_title().get_text() == "optimizer"
+    assert [t.get_text() for t in legend.get_texts()] == ["adam", "(missing)"]
+    colours = [to_rgba(line.get_color()) for line in ax.get_lines()]
+    assert colours[0] == pytest.approx(colormaps["tab10"](0)) and colours[1] == colours[2]
+
+
+def test_freeze_timeline(df) -> None:
+    figure = compare.plot_freeze_timeline(df)
+    (ax,) = figure.axes
+    assert ax.get_title() == "Layer freeze timeline"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("training_iteration", "trial")
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(LRS)
+    marks = {line.get_label(): line for line in ax.get_lines()}
+    assert [name for name in marks if not name.startswith("_")] == [*LAYERS, "stopped early"]
+    assert list(marks["stem"].get_xdata()) == [3] and list(marks["stem"].get_ydata()) == [0]
+    assert len(marks["head"].get_xdata()) == 0
+    assert list(marks["stopped early"].get_xdata()) == [2]
+    assert list(marks["stopped early"].get_ydata()) == [1]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [*LAYERS, "stopped early"]
+    assert compare.freeze_iterations(df) == {"aaaaa_00000": {"stem": 3}}
+
+    by_width = compare.plot_freeze_timeline(df, color_by="model/width")
+    labels = [t.get_text() for t in by_width.axes[0].get_yticklabels()]
+    assert labels == [
+        "aaaaa_00000 (model/width=8)",
+        "aaaaa_00002 (model/width=8)",
+        "aaaaa_00001 (model/width=16)",
+    ]
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_load_errors_are_one_clear_line(experiment, tmp_path) -> None:
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    cases = [
+        (tmp_path / "nowhere", "Experiment directory .*nowhere does not exist"),
+        (file, "Expected an experiment directory but .*file.txt is not a directory"),
+        (tmp_path, "is not a Tune experiment directory .no trial directories with params"),
+        (experiment.parent, "it holds the experiments sweep: pass one of them"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            compare.load(path)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="ExperimentAnalysis or a ray.tune.ResultGrid but got int"):
+        compare.load(42)
+
+    empty = tmp_path / "empty"
+    write_trial(empty, "train_ccccc_00000_0", {"lr": 0.1}, [])
+    write_trial(empty, "train_ccccc_00001_1", {"lr": 0.2}, [], error=True)
+    (empty / "train_ccccc_00002_2").mkdir()
+    (empty / "train_ccccc_00002_2" / "params.json").write_text(json.dumps({"lr": 0.3}))
+    with pytest.raises(ValueError, match=r"has no results: 3 trial\(s\), none reported a result"):
+        compare.load(empty)
+
+
+def test_unknown_metric_and_color_by_name_what_is_available(df) -> None:
+    message = (
+        r"Unknown metric 'nope'; per-layer metrics: frozen, sim; network-wide metrics: "
+        r"frozen_fraction, loss, step_seconds, step_seconds_unfrozen, time_this_iter_s$"
+    )
+    with pytest.raises(ValueError, match=message):
+        compare.plot_layers(df, metric="nope")
+    with pytest.raises(ValueError, match=message):
+        compare.summary(df, metric="nope")
+    message = r"^Unknown color_by parameter 'x'; config columns: lr, model/width$"
+    with pytest.raises(ValueError, match=message):
+        compare.plot_layers(df, metric="sim", color_by="x")
+    with pytest.raises(ValueError, match=message):
+        compare.plot_freeze_timeline(df, color_by="x")
+    with pytest.raises(ValueError, match="'sim' is reported per layer; pick a network-wide"):
+        compare.summary(df, metric="sim")
+    with pytest.raises(ValueError, match="Expected `mode` to be 'max' or 'min' but got 'best'"):
+        compare.summary(df, metric="loss", mode="best")
+    with pytest.raises(ValueError, match="Expected `columns` to be a positive integer"):
+        compare.plot_layers(df, metric="sim", columns=0)
+    with pytest.raises(ValueError, match="tidy DataFrame of compare.load"):
+        compare.plot_layers(pd.DataFrame({"a": [1]}))
+    with pytest.raises(ValueError, match="No frozen/<layer> metrics in the results"):
+        compare.plot_freeze_timeline(df[df["metric"] != "frozen"])
+
+
+def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
+    out = tmp_path / "report"
+    files = compare.write_report(df, out, metric="loss", color_by=None, summary_metric="loss")
+    assert files == [out / "layers_loss.png", out / "freeze_timeline.png", out / "summary.csv"]
+    assert all(path.stat().st_size for path in files)
+    written = pd.read_csv(out / "summary.csv")
+    assert written["frozen_layers"].fillna("").tolist() == ["stem", "", ""]
+    assert written["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])  # mode="max"
+    without_frozen = df[df["metric"] != "frozen"]
+    files = compare.write_report(without_frozen, tmp_path / "plain", metric="sim")
+    assert [path.name for path in files] == ["layers_sim.png", "summary.csv"]
+    with pytest.raises(ValueError, match="Unknown metric 'x'"):
+        compare.write_report(df, tmp_path / "never", metric="x")
+    assert not (tmp_path / "never").exists()
