@@ -14,6 +14,7 @@ from ikkuna_tune.messages import (
     NetworkMessage,
 )
 from ikkuna_tune.subscribers import (
+    BatchedSVCCASubscriber,
     CallbackSubscriber,
     HistogramSubscriber,
     LossSubscriber,
@@ -25,6 +26,7 @@ from ikkuna_tune.subscribers import (
     SpectralNormSubscriber,
     Subscriber,
     Subscription,
+    SVCCASubscriber,
     SynchronizedSubscription,
     TestAccuracySubscriber,
     TrainAccuracySubscriber,
@@ -50,6 +52,7 @@ __all__ = [
     "EVAL_TAG",
     "META_KINDS",
     "PROBE_TAG",
+    "BatchedSVCCASubscriber",
     "CallbackSubscriber",
     "Exporter",
     "HistogramSubscriber",
@@ -66,6 +69,7 @@ __all__ = [
     "PlotSubscriber",
     "RatioSubscriber",
     "SVCCAScheduler",
+    "SVCCASubscriber",
     "SpectralNormSubscriber",
     "Subscriber",
     "Subscription",

@@ -21,8 +21,10 @@ from ikkuna_tune.subscribers.stats import (
     SpectralNormSubscriber,
     VarianceSubscriber,
 )
+from ikkuna_tune.subscribers.svcca import BatchedSVCCASubscriber, SVCCASubscriber
 
 __all__ = [
+    "BatchedSVCCASubscriber",
     "CallbackSubscriber",
     "HistogramSubscriber",
     "LossSubscriber",
@@ -31,6 +33,7 @@ __all__ = [
     "NormSubscriber",
     "PlotSubscriber",
     "RatioSubscriber",
+    "SVCCASubscriber",
     "SpectralNormSubscriber",
     "Subscriber",
     "Subscription",

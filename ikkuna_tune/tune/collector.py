@@ -58,10 +58,14 @@ class MetricCollector(Subscriber):
 
 
 class StepTimer(Subscriber):
-    """Wall-clock seconds per training step (``batch_started`` to ``batch_finished``)."""
+    """Wall-clock seconds per training step (``batch_started`` to ``batch_finished``).
+
+    The first step of a trial (warm-up: allocations, first kernel launches) is not counted.
+    """
 
     def __init__(self, message_bus: MessageBus | None = None) -> None:
         self._started: float | None = None
+        self._warm = False
         self.total = 0.0
         self.steps = 0
         super().__init__([Subscription(self, ["batch_started", "batch_finished"])], message_bus)
@@ -70,6 +74,9 @@ class StepTimer(Subscriber):
         now = time.perf_counter()
         if message_or_bundle.kind == "batch_started":  # type: ignore[union-attr]
             self._started = now
+        elif self._started is not None and not self._warm:
+            self._warm = True
+            self._started = None
         elif self._started is not None:
             self.total += now - self._started
             self.steps += 1

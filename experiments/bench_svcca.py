@@ -1,0 +1,309 @@
+"""Benchmark: ``svcca_similarity``/``cca`` against a covariance-based CCA written here.
+
+The reference is the textbook route that google/svcca takes, in float64 NumPy: centre, form the
+covariance matrices, invert ``Sigma_xx`` and ``Sigma_yy`` with ``pinv``, take their square roots
+from ``eigh`` (inverse square roots), and read the canonical correlations off the singular values
+of ``Sigma_xx^-1/2 Sigma_xy Sigma_yy^-1/2``. Its SVCCA first reduces each side by a thin SVD to
+the directions that explain ``keep`` of the variance, as Raghu et al. (2017) do. The reference is
+written charitably: negative rounding-level eigenvalues are clipped to 0 before the square root,
+and the last SVD computes no singular vectors.
+
+Cases: activations with a power-law spectrum (singular values ~ i^-0.75, so about half to
+four-fifths of the directions explain 99% of the variance) of shapes (500, 64), (2000, 512),
+(10000, 500) and (5000, 1024); ``y`` is a noisy linear map of ``x``, as for one layer at two
+checkpoints. The ill-conditioned set has the same shapes in float32 with 30% dead (constant)
+and 20% duplicated neurons. For those the exact answer is known by construction: dead and
+duplicated neurons add nothing to the column space, so the canonical correlations are those of
+the live, distinct columns (well-conditioned, so the reference computes them reliably).
+
+A run *fails* when it raises, returns non-finite values, returns correlations outside [0, 1]
+(by more than 1e-6), or, on the ill-conditioned set, is further than 1e-3 from the exact answer.
+Times are medians over ``--repeats`` runs, reference and ours interleaved so that load from
+other processes hits both alike. ``speedup`` is reference time / our time per (case, function)
+on the CPU; ``speedup_median`` is the median over all cases where the reference did not fail.
+``max_abs_diff`` is the largest difference between the two results where the reference did not
+fail. With ``--device cuda`` our functions are also timed on the GPU (data already on the
+device, synchronised before and after each call) and compared with the same CPU reference.
+
+The last line printed is one JSON object with the summary.
+
+Run: ``python -m experiments.bench_svcca [--device cuda] [--repeats 5] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ikkuna_tune.functional import cca, svcca_similarity
+
+SHAPES: tuple[tuple[int, int], ...] = ((500, 64), (2000, 512), (10000, 500), (5000, 1024))
+QUICK_SHAPES: tuple[tuple[int, int], ...] = ((300, 16), (800, 64))
+KEEP = 0.99
+DEAD = 0.3
+DUPLICATED = 0.2
+FAIL_TRUTH = 1e-3
+FAIL_RANGE = 1e-6
+
+
+# ------------------------------------------------------------------------------ reference
+def _inv_sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """Inverse square root of a covariance matrix: sqrt of its pseudo-inverse, via eigh."""
+    w, v = np.linalg.eigh(np.linalg.pinv(sigma))
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def reference_cca(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Canonical correlations from covariance matrices (pinv + eigh + SVD), float64 NumPy."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    n = x.shape[0]
+    sxx, syy, sxy = x.T @ x / (n - 1), y.T @ y / (n - 1), x.T @ y / (n - 1)
+    arr = _inv_sqrt_psd(sxx) @ sxy @ _inv_sqrt_psd(syy)
+    return np.linalg.svd(arr, compute_uv=False)
+
+
+def _reference_reduce(a: np.ndarray, keep: float) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    a = a - a.mean(axis=0)
+    u, s, _ = np.linalg.svd(a, full_matrices=False)
+    frac = np.cumsum(s**2) / np.sum(s**2)
+    k = int(np.searchsorted(frac, keep) + 1)
+    return u[:, :k] * s[:k]
+
+
+def reference_svcca(x: np.ndarray, y: np.ndarray, keep: float = KEEP) -> float:
+    """SVCCA: SVD reduction to ``keep`` of the variance, then the covariance-based CCA."""
+    return float(np.mean(reference_cca(_reference_reduce(x, keep), _reference_reduce(y, keep))))
+
+
+# ---------------------------------------------------------------------------------- data
+def power_law_pair(n: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` with singular values ~ i^-0.75 in random directions; ``y`` a noisy map of it."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    spectrum = np.arange(1, p + 1) ** -0.75
+    x = (rng.standard_normal((n, p)) * spectrum) @ rotation + rng.standard_normal(p)
+    mix = np.eye(p) + 0.3 * rng.standard_normal((p, p)) / math.sqrt(p)
+    y = x @ mix + 0.02 * rng.standard_normal((n, p))
+    return x, y
+
+
+def ill_conditioned(a: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ill, live)``: float32 with 30% dead and 20% duplicated neurons out of ``a.shape[1]``,
+    and its live distinct columns (as float64) which span the same space."""
+    rng = np.random.default_rng(seed)
+    n, p = a.shape
+    n_dead, n_dup = round(DEAD * p), round(DUPLICATED * p)
+    live = a[:, : p - n_dead - n_dup].astype(np.float32)
+    dead = np.tile(rng.choice([0.0, 0.0, 1.0, 2.5], size=n_dead).astype(np.float32), (n, 1))
+    dup = live[:, rng.choice(live.shape[1], size=n_dup)]
+    ill = np.hstack([live, dead, dup])[:, rng.permutation(p)]
+    return np.ascontiguousarray(ill), live.astype(np.float64)
+
+
+# ------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any, str | None]:
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        out = fn()
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        _sync(device)
+    except Exception as error:  # a failure is a result here, not a crash
+        return time.perf_counter() - start, None, f"{type(error).__name__}: {error}"[:120]
+    return time.perf_counter() - start, out, None
+
+
+def _status(out: Any, error: str | None, truth: Any) -> str:
+    if error is not None:
+        return "error"
+    values = np.atleast_1d(np.asarray(out, dtype=np.float64))
+    if not np.all(np.isfinite(values)):
+        return "nonfinite"
+    if np.any(values < -FAIL_RANGE) or np.any(values > 1 + FAIL_RANGE):
+        return "out_of_range"
+    if truth is not None and _diff(values, truth) > FAIL_TRUTH:
+        return "wrong"
+    return "ok"
+
+
+def _diff(a: Any, b: Any) -> float:
+    a = np.atleast_1d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_1d(np.asarray(b, dtype=np.float64))
+    if a.size != b.size:  # missing canonical correlations count as 0 (null directions)
+        size = max(a.size, b.size)
+        a, b = np.pad(a, (0, size - a.size)), np.pad(b, (0, size - b.size))
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+@dataclass
+class Case:
+    name: str
+    function: str
+    x: np.ndarray
+    y: np.ndarray
+    truth: Any = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _ours(function: str) -> Callable[..., Any]:
+    return cca if function == "cca" else svcca_similarity
+
+
+def _reference(function: str) -> Callable[..., Any]:
+    return reference_cca if function == "cca" else reference_svcca
+
+
+def run_case(case: Case, repeats: int, gpu: torch.device | None) -> dict[str, Any]:
+    cpu = torch.device("cpu")
+    ref_fn, our_fn = _reference(case.function), _ours(case.function)
+    ref_times, our_times = [], []
+    ref_out = our_out = None
+    ref_err = our_err = None
+    # one untimed warm-up each, then interleaved timed runs
+    _timed(lambda: ref_fn(case.x, case.y), cpu)
+    _timed(lambda: our_fn(case.x, case.y), cpu)
+    for _ in range(repeats):
+        t, ref_out, ref_err = _timed(lambda: ref_fn(case.x, case.y), cpu)
+        ref_times.append(t)
+        t, our_out, our_err = _timed(lambda: our_fn(case.x, case.y), cpu)
+        our_times.append(t)
+    result: dict[str, Any] = {
+        "case": case.name,
+        "function": case.function,
+        "shape": list(case.x.shape),
+        "dtype": str(case.x.dtype),
+        "ref_s": statistics.median(ref_times),
+        "ours_s": statistics.median(our_times),
+        "ref_status": _status(ref_out, ref_err, case.truth),
+        "ours_status": _status(our_out, our_err, case.truth),
+    }
+    if ref_err:
+        result["ref_error"] = ref_err
+    if our_err:
+        result["ours_error"] = our_err
+    result["speedup"] = result["ref_s"] / result["ours_s"]
+    if result["ref_status"] == "ok" and our_out is not None:
+        result["abs_diff"] = _diff(ref_out, our_out)
+    if case.truth is not None:
+        if our_out is not None:
+            result["ours_vs_truth"] = _diff(our_out, case.truth)
+        if ref_out is not None:
+            result["ref_vs_truth"] = _diff(ref_out, case.truth)
+    if gpu is not None:
+        xg = torch.from_numpy(case.x).to(gpu)
+        yg = torch.from_numpy(case.y).to(gpu)
+        _timed(lambda: our_fn(xg, yg), gpu)
+        gpu_times = []
+        gpu_out = gpu_err = None
+        for _ in range(repeats):
+            t, gpu_out, gpu_err = _timed(lambda: our_fn(xg, yg), gpu)
+            gpu_times.append(t)
+        result["gpu_s"] = statistics.median(gpu_times)
+        result["gpu_speedup"] = result["ref_s"] / result["gpu_s"]
+        result["gpu_status"] = _status(gpu_out, gpu_err, case.truth)
+        if our_out is not None and gpu_out is not None:
+            result["gpu_vs_cpu_diff"] = _diff(gpu_out, our_out)
+    return result
+
+
+def build_cases(shapes: tuple[tuple[int, int], ...], seed: int) -> list[Case]:
+    cases: list[Case] = []
+    for i, (n, p) in enumerate(shapes):
+        x, y = power_law_pair(n, p, seed + i)
+        for function in ("svcca", "cca"):
+            cases.append(Case(f"powerlaw_{n}x{p}", function, x, y))
+        xi, x_live = ill_conditioned(x, seed + 100 + i)
+        yi, y_live = ill_conditioned(y, seed + 200 + i)
+        cases.append(Case(f"ill_{n}x{p}", "svcca", xi, yi))
+        cases.append(Case(f"ill_{n}x{p}", "cca", xi, yi, truth=reference_cca(x_live, y_live)))
+    return cases
+
+
+def summarise(results: list[dict[str, Any]], device: str, repeats: int) -> dict[str, Any]:
+    converged = [r for r in results if r["ref_status"] == "ok"]
+    summary: dict[str, Any] = {
+        "speedup_median": statistics.median(r["speedup"] for r in converged) if converged else None,
+        "speedup_min": min((r["speedup"] for r in converged), default=None),
+        "speedup_median_svcca": _median_of(converged, "svcca", "speedup"),
+        "speedup_median_cca": _median_of(converged, "cca", "speedup"),
+        "max_abs_diff": max((r.get("abs_diff", math.inf) for r in converged), default=None),
+        "failures_reference": sum(r["ref_status"] != "ok" for r in results),
+        "failures_ours": sum(r["ours_status"] != "ok" for r in results),
+        "max_ours_vs_truth": max(
+            (r["ours_vs_truth"] for r in results if "ours_vs_truth" in r), default=None
+        ),
+        "cases": len(results),
+        "repeats": repeats,
+        "device": device,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    if any("gpu_s" in r for r in results):
+        gpu = [r for r in converged if "gpu_s" in r]
+        summary["gpu_speedup_median"] = statistics.median(r["gpu_speedup"] for r in gpu)
+        summary["gpu_failures"] = sum(r.get("gpu_status") != "ok" for r in results)
+        summary["gpu_max_diff_vs_cpu"] = max(r.get("gpu_vs_cpu_diff", math.inf) for r in results)
+        summary["gpu_name"] = torch.cuda.get_device_name(0)
+    return summary
+
+
+def _median_of(results: list[dict[str, Any]], function: str, key: str) -> float | None:
+    values = [r[key] for r in results if r["function"] == function]
+    return statistics.median(values) if values else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS/LAPACK threads (both)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was given but torch sees no CUDA device")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(args.threads)
+        except ImportError:
+            pass
+    gpu = torch.device("cuda") if args.device == "cuda" else None
+    results = []
+    for case in build_cases(QUICK_SHAPES if args.quick else SHAPES, args.seed):
+        result = run_case(case, args.repeats, gpu)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    summary = summarise(results, args.device, args.repeats)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""SVCCA self-similarity: how much each layer's representation still changes between checkpoints.
+
+At every checkpoint a fixed probe set is pushed through the model (through
+:meth:`Exporter.probe`: eval mode, no gradients, its own tag, step counters untouched), each
+tracked layer's activations are recorded, and SVCCA
+(:func:`ikkuna_tune.functional.svcca_similarity`) between them and the previous checkpoint's
+activations is published as ``self_similarity``. A
+value near 1 means the layer computes (up to an invertible linear map of its leading directions)
+what it computed one checkpoint ago: it has converged, and may be frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ikkuna_tune.backends import to_numbers
+from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus, ModuleMessage
+from ikkuna_tune.subscribers.base import (
+    CallbackSubscriber,
+    PlotSubscriber,
+    Subscription,
+    check_positive_int,
+)
+
+if TYPE_CHECKING:
+    from ikkuna_tune.exporter import Exporter
+
+__all__ = ["BatchedSVCCASubscriber", "SVCCASubscriber"]
+
+logger = logging.getLogger(__name__)
+
+#: The topic both subscribers publish: one 0-d tensor per layer and checkpoint.
+TOPIC = "self_similarity"
+
+
+# ------------------------------------------------------------------------------ validation
+def _check_frequency(frequency: object) -> int | str:
+    if frequency == "epoch":
+        return "epoch"
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise ValueError(
+            f"Expected `frequency` to be an integer >= 1 or 'epoch' but got {frequency!r}"
+        )
+    return frequency
+
+
+def _check_freeze_at(freeze_at: object) -> float | None:
+    if freeze_at is None:
+        return None
+    if (
+        isinstance(freeze_at, bool)
+        or not isinstance(freeze_at, (int, float))
+        or not 0 < freeze_at <= 1
+    ):
+        raise ValueError(
+            f"Expected `freeze_at` to be a number in (0, 1] or None but got {freeze_at!r}"
+        )
+    return float(freeze_at)
+
+
+def _check_ylims(ylims: object) -> tuple[float, float] | None:
+    if ylims is None:
+        return None
+    if (
+        not isinstance(ylims, (tuple, list))
+        or len(ylims) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ylims)
+        or not ylims[0] < ylims[1]
+    ):
+        raise ValueError(f"Expected `ylims` to be (low, high) with low < high but got {ylims!r}")
+    return (float(ylims[0]), float(ylims[1]))
+
+
+def _draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``n`` distinct indices drawn with ``seed`` (sorted) and the inputs at them, stacked."""
+    if not isinstance(dataset, (Dataset, torch.Tensor)):
+        raise ValueError(
+            "Expected `dataset` to be a torch Dataset or a tensor of inputs but got "
+            f"{type(dataset).__name__}"
+        )
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"Expected `dataset` to have a length (a map-style Dataset) but got {dataset!r}"
+        ) from None
+    if n > size:
+        raise ValueError(f"Expected `n` to be at most the data set size {size} but got {n}")
+    indices = np.sort(np.random.default_rng(seed).choice(size, size=n, replace=False))
+    if isinstance(dataset, torch.Tensor):
+        return indices, dataset[torch.from_numpy(indices)].detach().clone()
+    items = []
+    for i in indices.tolist():
+        item = dataset[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        if not isinstance(item, torch.Tensor):
+            raise ValueError(
+                f"Expected data set items to be tensors or (input, ...) tuples but item {i} is "
+                f"{type(item).__name__}"
+            )
+        items.append(item)
+    return indices, torch.stack(items)
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return None
+
+
+class BatchedSVCCASubscriber(PlotSubscriber):
+    r"""Publishes each tracked layer's SVCCA self-similarity between consecutive checkpoints.
+
+    **Probe set.** ``n`` points drawn once, without replacement, from ``dataset`` with ``seed``;
+    only their inputs are kept (so a copy of this subscriber does not copy the data set).
+
+    **Checkpoints.** At every ``epoch_finished`` (``frequency='epoch'``) or every ``frequency``-th
+    ``batch_finished`` of training messages with tag ``tag``, the probe set is pushed through the
+    model in batches of ``batch_size`` inside :meth:`Exporter.probe` (eval mode,
+    ``torch.no_grad()``, messages tagged ``probe_tag``, step counters and weight-update
+    bookkeeping untouched). The layers' activations arrive as ``activations`` messages under
+    ``probe_tag``; the hooks that produce them exist only during the probe.
+
+    **Activation matrices.** A layer output of shape (N, F) gives N rows. A convolution output
+    (N, C, \*S) is folded to (N * prod(S), C): every spatial position of every probe point is a
+    data point and the channels are the features (for ``nn.Linear`` on (N, \*S, F) inputs the
+    last dimension holds the features). When that gives more than ``max_positions`` rows, a
+    fixed random subset of ``max_positions`` rows is used (the same at every checkpoint, seeded
+    by ``seed`` and the layer's name). Only the kept rows of each batch are copied into a
+    per-layer buffer, so memory peaks at one batch of activations plus the buffers of this and
+    the previous checkpoint.
+
+    **Publishing.** ``self_similarity`` (per layer, a 0-d float64 tensor on the activations'
+    device) is SVCCA with ``keep`` between this checkpoint's and the previous checkpoint's
+    activations; the first checkpoint only records. It is published with the step and epoch of
+    the message that triggered the checkpoint. A layer whose activations are not finite gets
+    NaN, with a logged warning; training goes on. Each checkpoint reads the similarities back to
+    the host once (one synchronisation with the device per checkpoint), to warn about NaN and to
+    decide on freezing.
+
+    **Freezing** (``freeze_at``, for use without Tune): a layer whose self-similarity reaches
+    ``freeze_at`` is frozen with :meth:`Exporter.freeze`, from the input side: a layer is frozen
+    only when every tracked layer before it (in the Exporter's order) is frozen, and never if it
+    holds the last trainable parameters. Only a frozen prefix saves backward computation.
+
+    Args:
+        dataset: a map-style torch ``Dataset`` whose items are inputs or ``(input, ...)`` tuples,
+            or a tensor of inputs (first dimension: samples).
+        n: probe set size (at least 2, at most the data set size).
+        batch_size: probe points per forward pass.
+        forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
+            the bus. It must run the Exporter's model, whose hooks record the activations.
+        message_bus: attach to this bus right away (its Exporter should exist already).
+        tag: tag of the training messages that trigger checkpoints (``None``: any tag).
+        probe_tag: tag of the probe passes' messages.
+        frequency: ``'epoch'``, or an integer k to check every k training steps.
+        freeze_at: similarity in (0, 1] at which to freeze a layer, or ``None`` (no freezing).
+        keep: fraction of variance SVCCA keeps on each side, in (0, 1].
+        max_positions: at most this many rows per folded (convolution) layer.
+        seed: seeds the probe set and the position subsets.
+        ylims: optional y-axis limits for plots.
+        backend: ``'tb'`` or ``None``.
+        device: where to send the probe inputs; by default the device of the model's parameters.
+
+    Raises:
+        ValueError: for invalid arguments, and when attached to a bus with no Exporter while no
+            ``forward_fn`` was given.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any] | torch.Tensor,
+        n: int,
+        batch_size: int,
+        forward_fn: Callable[[torch.Tensor], Any] | None = None,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        probe_tag: str = "svcca",
+        frequency: int | str = "epoch",
+        freeze_at: float | None = None,
+        keep: float = 0.99,
+        max_positions: int = 5000,
+        seed: int = 0,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+        device: torch.device | str | None = None,
+    ) -> None:
+        n = check_positive_int("n", n)
+        if n < 2:
+            raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
+        if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
+            raise ValueError(
+                f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
+            )
+        self.frequency = _check_frequency(frequency)
+        self.freeze_at = _check_freeze_at(freeze_at)
+        self.keep = _check_keep(keep)
+        self.max_positions = check_positive_int("max_positions", max_positions)
+        if self.max_positions < 2:
+            raise ValueError(
+                f"Expected `max_positions` to be an integer >= 2 but got {max_positions!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"Expected `seed` to be an integer >= 0 but got {seed!r}")
+        limits = _check_ylims(ylims)
+        self.n = n
+        self.seed = seed
+        self.forward_fn = forward_fn
+        self.probe_tag = probe_tag
+        self.device = None if device is None else torch.device(device)
+        self.indices, self.probe_inputs = _draw_probe(dataset, n, seed)
+        self._batches = 0
+        self._previous: dict[str, torch.Tensor] | None = None
+        self._selections: dict[tuple[str, int], tuple[np.ndarray, dict[torch.device, torch.Tensor]]]
+        self._selections = {}
+        trigger = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
+        plot_config: dict[str, Any] = {
+            "title": "SVCCA self-similarity",
+            "xlabel": "Train step",
+            "ylabel": "Self-similarity",
+        }
+        if limits is not None:
+            plot_config["ylims"] = limits
+        super().__init__([Subscription(self, [trigger], tag)], None, plot_config, backend)
+        self._add_publication(TOPIC, "DATA")
+        if message_bus is not None:
+            self.attach(message_bus)
+
+    # --------------------------------------------------------------------------- wiring
+    def attach(self, message_bus: MessageBus) -> None:
+        if (
+            isinstance(message_bus, MessageBus)
+            and self.forward_fn is None
+            and message_bus.exporter is None
+        ):
+            raise ValueError(
+                f"{type(self).__name__} has no model to probe: pass `forward_fn`, or attach it to "
+                f"a bus that already has an Exporter ({message_bus!r} has none; create "
+                "Exporter(model, optimizer, message_bus) first)"
+            )
+        super().attach(message_bus)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if not isinstance(message_or_bundle, Message):
+            return
+        if message_or_bundle.kind == "batch_finished":
+            self._batches += 1
+            if self._batches % self.frequency:  # type: ignore[operator]
+                return
+        self.checkpoint(message_or_bundle)
+
+    def checkpoint(self, source: Message | MessageBundle) -> dict[str, float]:
+        """Record the probe activations, publish the self-similarities, freeze converged layers.
+
+        ``source`` supplies the step, epoch and tag of the published messages. Returns the
+        similarities as Python floats by layer name (empty at the first checkpoint).
+        """
+        exporter = self._exporter()
+        current = self.record()
+        previous, self._previous = self._previous, current
+        if previous is None:
+            return {}
+        names = []
+        for name, now in current.items():
+            before = previous.get(name)
+            if before is None:
+                continue
+            if before.shape != now.shape:
+                logger.warning(
+                    "Layer %r: activations of shape %s cannot be compared with the previous "
+                    "checkpoint's %s; skipped",
+                    name,
+                    tuple(now.shape),
+                    tuple(before.shape),
+                )
+                continue
+            names.append(name)
+        if not names:
+            return {}
+        similarities = [
+            svcca_similarity_or_nan(current[name], previous[name], self.keep) for name in names
+        ]
+        # the one host synchronisation of this checkpoint (one per device)
+        values = dict(zip(names, to_numbers([(n, s, 0) for n, s in zip(names, similarities)])))
+        for name, similarity in zip(names, similarities):
+            if math.isnan(values[name]):
+                logger.warning(
+                    "Layer %r has non-finite activations at step %d; publishing NaN "
+                    "self-similarity",
+                    name,
+                    source.global_step,
+                )
+            self.publish(TOPIC, similarity, source, module=exporter.modules[name])
+        if self.freeze_at is not None:
+            self._freeze(values)
+        return values
+
+    def _exporter(self) -> Exporter:
+        bus = self.message_bus
+        exporter = bus.exporter if bus is not None else None
+        if exporter is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs an Exporter on its bus to record activations"
+            )
+        return exporter
+
+    def record(self) -> dict[str, torch.Tensor]:
+        """Push the probe set through the model now; the activation matrices by layer name.
+
+        Each matrix has one row per probe point (per kept position, for folded layers) and one
+        column per feature (channel). Nothing is published and no state changes.
+        """
+        exporter = self._exporter()
+        model = exporter.model
+        forward = self.forward_fn if self.forward_fn is not None else model
+        device = self.device if self.device is not None else _device_of(model)
+        buffers: dict[str, torch.Tensor] = {}
+        position = [0]  # index of the first probe point of the running batch
+
+        def keep_rows(message: Message) -> None:
+            if isinstance(message, ModuleMessage):
+                self._store(buffers, message, position[0])
+
+        recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
+        recorder.attach(exporter.message_bus)
+        try:
+            with exporter.probe(self.probe_tag):
+                for start in range(0, self.n, self.batch_size):
+                    position[0] = start
+                    batch = self.probe_inputs[start : start + self.batch_size]
+                    if device is not None:
+                        batch = batch.to(device, non_blocking=True)
+                    forward(batch)
+        finally:
+            recorder.detach()
+        return buffers
+
+    # ------------------------------------------------------------------- activation rows
+    def _store(self, buffers: dict[str, torch.Tensor], message: ModuleMessage, start: int) -> None:
+        """Copy the kept rows of one batch's activations of one layer into its buffer."""
+        name = message.module.name
+        data = message.data
+        if not isinstance(data, torch.Tensor) or data.dim() == 0:
+            if name not in buffers:
+                logger.warning("Layer %r does not output a tensor; no self-similarity", name)
+            return
+        act = data.detach()
+        batch = act.shape[0]
+        if act.dim() == 1:
+            act = act.unsqueeze(1)
+        if act.dim() == 2:
+            rows, total, features = act, self.n, act.shape[1]
+            lo, hi = start, start + batch
+        else:
+            if isinstance(message.module.module, nn.Linear):
+                act = act.reshape(batch, -1, act.shape[-1])  # (B, P, F): features last
+                features_last = True
+            else:
+                act = act.reshape(batch, act.shape[1], -1)  # (B, C, P): channels first
+                features_last = False
+            positions = act.shape[1] if features_last else act.shape[2]
+            features = act.shape[2] if features_last else act.shape[1]
+            total = self.n * positions
+            chosen = self._selection(name, total)
+            if chosen is None:
+                flat = act if features_last else act.transpose(1, 2)
+                rows = flat.reshape(batch * positions, features)
+                lo, hi = start * positions, (start + batch) * positions
+            else:
+                rows_host, on_device = chosen
+                lo = int(np.searchsorted(rows_host, start * positions))
+                hi = int(np.searchsorted(rows_host, (start + batch) * positions))
+                index = on_device.get(act.device)
+                if index is None:
+                    index = on_device[act.device] = torch.from_numpy(rows_host).to(act.device)
+                local = index[lo:hi] - start * positions
+                sample, place = local // positions, local % positions
+                rows = act[sample, place] if features_last else act[sample, :, place]
+                total = len(rows_host)
+        buffer = buffers.get(name)
+        if buffer is None:
+            buffer = buffers[name] = act.new_empty((total, features))
+        buffer[lo:hi] = rows
+
+    def _selection(
+        self, name: str, total: int
+    ) -> tuple[np.ndarray, dict[torch.device, torch.Tensor]] | None:
+        """The fixed sorted subset of ``max_positions`` of ``total`` rows, or None for all."""
+        if total <= self.max_positions:
+            return None
+        key = (name, total)
+        if key not in self._selections:
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+            rows = np.sort(rng.choice(total, size=self.max_positions, replace=False))
+            self._selections[key] = (rows, {})
+        return self._selections[key]
+
+    # ---------------------------------------------------------------------------- freezing
+    def _freeze(self, values: dict[str, float]) -> None:
+        """Freeze the converged layers at the input end, in order."""
+        exporter = self._exporter()
+        frozen = set(exporter.frozen)
+        for name, named in exporter.modules.items():
+            if name in frozen:
+                continue
+            value = values.get(name, math.nan)
+            if not value >= self.freeze_at:  # type: ignore[operator]  # NaN never freezes
+                return
+            own = {id(p) for p in named.module.parameters()}
+            if not any(p.requires_grad and id(p) not in own for p in exporter.model.parameters()):
+                return  # the last trainable layer stays (Exporter.freeze would refuse)
+            logger.info(
+                "Freezing layer %r: self-similarity %.6f >= %s", name, value, self.freeze_at
+            )
+            exporter.freeze(name)
+            frozen.add(name)
+
+    # -------------------------------------------------------------------------- checkpoint
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "seed": self.seed,
+            "max_positions": self.max_positions,
+            "keep": self.keep,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The previous checkpoint's activations (on the CPU) and the step counter."""
+        previous = None
+        if self._previous is not None:
+            previous = {name: t.detach().cpu() for name, t in self._previous.items()}
+        return {"previous": previous, "batches": self._batches, "probe": self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; the next checkpoint compares against it.
+
+        Raises:
+            ValueError: for missing or unknown keys, or a state saved with another probe set.
+        """
+        if not isinstance(state, dict) or set(state) != {"previous", "batches", "probe"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"Expected a state with keys ['batches', 'previous', 'probe'] but got {got}"
+            )
+        if state["probe"] != self._fingerprint():
+            raise ValueError(
+                f"The state was saved with probe settings {state['probe']} but this subscriber "
+                f"uses {self._fingerprint()}"
+            )
+        previous = state["previous"]
+        if previous is not None and (
+            not isinstance(previous, dict)
+            or not all(isinstance(t, torch.Tensor) for t in previous.values())
+        ):
+            raise ValueError("Expected `previous` to map layer names to tensors, or be None")
+        self._previous = None if previous is None else dict(previous)
+        self._batches = int(state["batches"])
+
+
+class SVCCASubscriber(BatchedSVCCASubscriber):
+    """:class:`BatchedSVCCASubscriber` that pushes the whole probe set through in one batch.
+
+    Arguments as for :class:`BatchedSVCCASubscriber`, without ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any] | torch.Tensor,
+        n: int,
+        forward_fn: Callable[[torch.Tensor], Any] | None = None,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        probe_tag: str = "svcca",
+        frequency: int | str = "epoch",
+        freeze_at: float | None = None,
+        keep: float = 0.99,
+        max_positions: int = 5000,
+        seed: int = 0,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            dataset,
+            n,
+            check_positive_int("n", n),
+            forward_fn,
+            message_bus,
+            tag,
+            probe_tag,
+            frequency,
+            freeze_at,
+            keep,
+            max_positions,
+            seed,
+            ylims,
+            backend,
+            device,
+        )

@@ -1,0 +1,371 @@
+"""SVCCA subscribers, checked against activations computed by hand on the same probe points."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ikkuna_tune as ik
+from ikkuna_tune.subscribers.svcca import BatchedSVCCASubscriber, SVCCASubscriber
+
+
+@pytest.fixture
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(2)
+    return TensorDataset(
+        torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, 5, (40,), generator=g)
+    )
+
+
+def _by_hand(model, probe: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TinyNet's layer outputs on ``probe`` with plain functional calls; conv folded so that
+    every (point, position) is a row and the channels are the columns."""
+    with torch.no_grad():
+        conv = F.conv2d(probe, model.conv.weight, model.conv.bias)
+        fc = F.linear(F.relu(conv).flatten(1), model.fc.weight, model.fc.bias)
+    return {"conv": conv.permute(0, 2, 3, 1).reshape(-1, conv.shape[1]), "fc": fc}
+
+
+def _published(bus: ik.MessageBus) -> list[tuple[str, int, int, str, torch.Tensor]]:
+    got: list[tuple[str, int, int, str, torch.Tensor]] = []
+    ik.CallbackSubscriber(
+        ["self_similarity"],
+        lambda m: got.append((m.key, m.global_step, m.epoch, m.tag, m.data)),
+        bus,
+    )
+    return got
+
+
+def _train(model, opt, data, steps: int) -> None:
+    x, y = data.tensors
+    for i in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i::steps]), y[i::steps]).backward()
+        opt.step()
+
+
+def _setup(model, **kwargs):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    bus = ik.MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    return opt, bus, exporter
+
+
+# ------------------------------------------------------------------------------ publishing
+def test_publishes_self_similarity_per_layer_equal_to_svcca_by_hand(tiny, data) -> None:
+    opt, bus, exporter = _setup(tiny)
+    sub = SVCCASubscriber(data, 20, message_bus=bus, backend=None, max_positions=10**6)
+    got = _published(bus)
+    probe = data.tensors[0][torch.from_numpy(sub.indices)]
+    by_hand = []
+    for epoch in range(3):
+        _train(tiny, opt, data, 2)
+        by_hand.append(_by_hand(tiny, probe))
+        step = exporter.global_step
+        exporter.epoch_finished()
+        if epoch == 0:
+            assert got == []  # the first checkpoint only records
+            continue
+        assert [(key, s, e, tag) for key, s, e, tag, _ in got] == [
+            ("conv", step, epoch, "default"),
+            ("fc", step, epoch, "default"),
+        ]
+        for key, *_, value in got:
+            assert value.dim() == 0 and value.dtype == torch.float64
+            expected = ik.svcca_similarity(by_hand[-2][key], by_hand[-1][key])
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+            assert 0.0 < value.item() < 1.0  # lr 0.5 moves the layers
+        got.clear()
+
+
+def test_probe_set_is_a_seeded_sample_without_replacement(data) -> None:
+    a = SVCCASubscriber(data, 25, seed=3, backend=None)
+    b = SVCCASubscriber(data, 25, seed=3, backend=None)
+    c = SVCCASubscriber(data, 25, seed=4, backend=None)
+    assert len(set(a.indices.tolist())) == 25 and a.indices.max() < 40
+    assert (a.indices == b.indices).all() and not (a.indices == c.indices).all()
+    torch.testing.assert_close(a.probe_inputs, data.tensors[0][torch.from_numpy(a.indices)])
+    # a tensor of inputs works as well as a data set
+    d = SVCCASubscriber(data.tensors[0], 25, seed=3, backend=None)
+    torch.testing.assert_close(d.probe_inputs, a.probe_inputs)
+
+
+def test_every_k_steps_and_probe_leaves_counters_and_updates_alone(tiny, data) -> None:
+    opt, bus, exporter = _setup(tiny)
+    steps: list[int] = []
+    updates: list[torch.Tensor] = []
+    ik.CallbackSubscriber(["batch_started"], lambda m: steps.append(m.global_step), bus)
+    ik.CallbackSubscriber(
+        ["weight_updates"],
+        lambda m: updates.append(m.data.abs().sum()) if m.key == "fc" else None,
+        bus,
+    )
+    SVCCASubscriber(data, 10, message_bus=bus, frequency=2, backend=None)
+    got = _published(bus)
+    tiny.fc.train(False)  # a mixed mode the probe must restore
+    _train(tiny, opt, data, 6)
+    assert steps == [0, 1, 2, 3, 4, 5]
+    assert [(key, step) for key, step, *_ in got] == [
+        ("conv", 3),
+        ("fc", 3),
+        ("conv", 5),
+        ("fc", 5),
+    ]
+    assert all(u > 0 for u in updates)  # a probe does not make the next update look like zero
+    assert tiny.training and not tiny.fc.training and tiny.conv.training
+    assert (exporter.global_step, exporter.train_step, exporter.epoch) == (5, 5, 0)
+
+
+def test_record_leaves_no_hooks_and_moves_no_counter(tiny, data) -> None:
+    _, bus, exporter = _setup(tiny)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, backend=None)
+    before = (exporter.global_step, exporter.train_step, exporter.epoch)
+    hooks = len(tiny.conv._forward_hooks)
+    recorded = sub.record()
+    assert set(recorded) == {"conv", "fc"}
+    assert recorded["conv"].shape == (10 * 16, 3) and recorded["fc"].shape == (10, 5)
+    assert (exporter.global_step, exporter.train_step, exporter.epoch) == before
+    assert len(tiny.conv._forward_hooks) == hooks
+    assert "activations" not in bus.subscribed_kinds()
+
+
+def test_custom_forward_fn(tiny, data) -> None:
+    _, bus, _ = _setup(tiny)
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return tiny(x)
+
+    sub = BatchedSVCCASubscriber(data, 12, 5, forward_fn=forward, message_bus=bus, backend=None)
+    recorded = sub.record()
+    assert calls == [5, 5, 2]
+    torch.testing.assert_close(recorded["fc"], _by_hand(tiny, sub.probe_inputs)["fc"])
+
+
+# --------------------------------------------------------------------------- conv folding
+def test_positions_are_subsampled_to_a_fixed_subset(tiny, data) -> None:
+    _, bus, _ = _setup(tiny)
+    sub = SVCCASubscriber(data, 20, message_bus=bus, backend=None, max_positions=50)
+    first = sub.record()
+    full = _by_hand(tiny, sub.probe_inputs)["conv"]  # 320 rows
+    assert first["conv"].shape == (50, 3)
+    assert first["fc"].shape == (20, 5)  # plain layers keep every probe point
+    distance = torch.cdist(first["conv"], full, compute_mode="donot_use_mm_for_euclid_dist")
+    match = distance.argmin(dim=1)
+    assert torch.all(distance.min(dim=1).values < 1e-6)
+    assert len(set(match.tolist())) == 50 and (match.diff() > 0).all()
+    # the same rows next time
+    with torch.no_grad():
+        tiny.conv.weight.mul_(2)
+    torch.testing.assert_close(sub.record()["conv"], 2 * first["conv"] - tiny.conv.bias)
+
+
+def test_batched_equals_unbatched(tiny, data) -> None:
+    opt, bus, _ = _setup(tiny)
+    # a second Exporter on the same model, on its own bus, for the second subscriber
+    bus2 = ik.MessageBus()
+    ik.Exporter(tiny, message_bus=bus2)
+    kwargs = {"max_positions": 100, "seed": 5, "backend": None}
+    one = SVCCASubscriber(data, 20, message_bus=bus, **kwargs)
+    batched = BatchedSVCCASubscriber(data, 20, 7, message_bus=bus2, **kwargs)
+    source = ik.NetworkMessage("epoch_finished", "default", 0, 0, 0, None)
+    for _ in range(3):
+        a, b = one.record(), batched.record()
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+        values_a, values_b = one.checkpoint(source), batched.checkpoint(source)
+        assert values_a.keys() == values_b.keys()
+        for key in values_a:
+            assert values_a[key] == pytest.approx(values_b[key], abs=1e-6)
+        _train(tiny, opt, data, 1)
+
+
+def test_linear_on_sequences_folds_the_last_dimension(data) -> None:
+    model = nn.Sequential(nn.Linear(4, 3))
+    _, bus, _ = _setup(model)
+    inputs = torch.randn(30, 5, 4, generator=torch.Generator().manual_seed(0))
+    sub = SVCCASubscriber(inputs, 8, message_bus=bus, backend=None)
+    with torch.no_grad():
+        expected = model(sub.probe_inputs).reshape(-1, 3)
+    torch.testing.assert_close(sub.record()["0"], expected)
+
+
+# ------------------------------------------------------------------------------- freezing
+def _stack(widths=(6, 5, 4, 3)) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    return nn.Sequential(*layers[:-1])
+
+
+def test_converged_layers_freeze_from_the_input_side_but_not_the_last(data) -> None:
+    model = _stack()
+    _, bus, exporter = _setup(model)
+    frozen: list[str] = []
+    ik.CallbackSubscriber(["layer_frozen"], lambda m: frozen.append(m.data), bus)
+    inputs = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    SVCCASubscriber(inputs, 40, message_bus=bus, freeze_at=0.999, backend=None)
+    exporter.epoch_finished()
+    assert exporter.frozen == ()
+    exporter.epoch_finished()  # nothing trained: every layer's similarity is 1
+    assert exporter.frozen == ("0", "2") == tuple(frozen)  # "4", the head, stays trainable
+    assert model[4].weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"0": 0.5, "2": 1.0, "4": 1.0}, ()),  # an unconverged first layer blocks the rest
+        ({"0": 1.0, "2": 0.5, "4": 1.0}, ("0",)),
+        ({"0": 1.0, "2": math.nan, "4": 1.0}, ("0",)),
+        ({"0": 0.999, "2": 0.9995}, ("0", "2")),
+        ({"2": 1.0}, ()),  # no value for "0"
+    ],
+)
+def test_freezing_rule(values, expected) -> None:
+    model = _stack()
+    _, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.999, backend=None)
+    sub._freeze(values)
+    assert exporter.frozen == expected
+
+
+def test_freezing_continues_after_layers_frozen_elsewhere() -> None:
+    model = _stack()
+    _, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.9, backend=None)
+    exporter.freeze("0")
+    sub._freeze({"0": 0.1, "2": 0.95, "4": 0.99})
+    assert exporter.frozen == ("0", "2")
+
+
+# ---------------------------------------------------------------------------- non-finite
+def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, caplog) -> None:
+    opt, bus, exporter = _setup(tiny)
+    SVCCASubscriber(data, 10, message_bus=bus, freeze_at=0.5, backend=None)
+    got = _published(bus)
+    exporter.epoch_finished()
+    with torch.no_grad():
+        tiny.fc.weight[0, 0] = math.inf
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
+        exporter.epoch_finished()
+    values = {key: value.item() for key, _, _, _, value in got}
+    assert math.isnan(values["fc"]) and values["conv"] == pytest.approx(1.0)
+    assert "'fc' has non-finite activations" in caplog.text
+    assert exporter.frozen == ("conv",)  # the NaN layer is not frozen
+    _train(tiny, opt, data, 1)
+    exporter.epoch_finished()
+
+
+# ----------------------------------------------------------------------------- checkpoint
+def test_state_dict_round_trip_continues_comparing(tiny, data) -> None:
+    opt, bus, exporter = _setup(tiny)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, frequency=3, backend=None)
+    got = _published(bus)
+    _train(tiny, opt, data, 4)  # a checkpoint at step 2, one step counted towards the next
+    state = copy.deepcopy(sub.state_dict())
+    assert state["batches"] == 4
+    assert all(t.device.type == "cpu" for t in state["previous"].values())
+    # a restored trial: a fresh model, Exporter and subscriber, loaded from the checkpoint
+    model = type(tiny)()  # not deepcopy(tiny): that would copy the Exporter's hooks too
+    model.load_state_dict(tiny.state_dict())
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # no shared momentum buffers
+    bus2 = ik.MessageBus()
+    ik.Exporter(model, opt2, bus2).load_state_dict(exporter.state_dict())
+    restored = SVCCASubscriber(data, 10, message_bus=bus2, frequency=3, backend=None)
+    restored.load_state_dict(state)
+    got2 = _published(bus2)
+    _train(tiny, opt, data, 2)
+    _train(model, opt2, data, 2)
+    assert [k for k, *_ in got] == [k for k, *_ in got2] == ["conv", "fc"]
+    for a, b in zip(got, got2):
+        assert a[:4] == b[:4]
+        torch.testing.assert_close(a[4], b[4])
+
+
+def test_load_state_dict_rejects_bad_states(data) -> None:
+    sub = SVCCASubscriber(data, 10, backend=None)
+    with pytest.raises(ValueError, match=r"keys \['batches', 'previous', 'probe'\] but got"):
+        sub.load_state_dict({"previous": None})
+    other = SVCCASubscriber(data, 10, seed=1, backend=None).state_dict()
+    with pytest.raises(ValueError, match="saved with probe settings"):
+        sub.load_state_dict(other)
+    state = sub.state_dict()
+    state["previous"] = {"conv": [1, 2]}
+    with pytest.raises(ValueError, match="map layer names to tensors"):
+        sub.load_state_dict(state)
+
+
+def test_unattached_subscriber_is_a_deep_copyable_template(tiny, data) -> None:
+    template = SVCCASubscriber(data, 10, backend=None)
+    copies = [copy.deepcopy(template) for _ in range(2)]
+    assert copies[0].probe_inputs is not template.probe_inputs
+    _, bus, exporter = _setup(tiny)
+    copies[0].attach(bus)
+    got = _published(bus)
+    exporter.epoch_finished()
+    exporter.epoch_finished()
+    assert len(got) == 2
+    assert template.message_bus is None and copies[1].state_dict()["previous"] is None
+
+
+# ------------------------------------------------------------------------------ arguments
+def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
+    with pytest.raises(ValueError, match="no model to probe: pass `forward_fn`"):
+        SVCCASubscriber(data, 10, message_bus=ik.MessageBus(), backend=None)
+    SVCCASubscriber(data, 10, forward_fn=lambda x: x, message_bus=ik.MessageBus(), backend=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n": 1}, "`n` to be an integer >= 2 but got 1"),
+        ({"n": 0}, "`n` to be an integer >= 1 but got 0"),
+        ({"n": 41}, "`n` to be at most the data set size 40 but got 41"),
+        ({"n": 2.5}, "`n` to be an integer >= 1 but got 2.5"),
+        ({"frequency": 0}, "`frequency` to be an integer >= 1 or 'epoch' but got 0"),
+        ({"frequency": "step"}, "`frequency` to be an integer >= 1 or 'epoch' but got 'step'"),
+        ({"frequency": True}, "`frequency` to be an integer >= 1 or 'epoch' but got True"),
+        ({"freeze_at": 0}, r"`freeze_at` to be a number in \(0, 1\] or None but got 0"),
+        ({"freeze_at": 1.5}, r"`freeze_at` to be a number in \(0, 1\] or None but got 1.5"),
+        ({"freeze_at": "0.99"}, r"`freeze_at` to be a number in \(0, 1\] or None but got '0.99'"),
+        ({"freeze_at": True}, r"`freeze_at` to be a number in \(0, 1\] or None but got True"),
+        ({"freeze_at": math.nan}, r"`freeze_at` to be a number in \(0, 1\] or None but got nan"),
+        ({"keep": 0.0}, r"`keep` to be a number in \(0, 1\] but got 0.0"),
+        ({"max_positions": 1}, "`max_positions` to be an integer >= 2 but got 1"),
+        ({"seed": -1}, "`seed` to be an integer >= 0 but got -1"),
+        ({"probe_tag": "default"}, "`probe_tag` to be a tag other than 'default'"),
+        ({"forward_fn": 3}, "`forward_fn` to be callable or None but got 3"),
+        ({"ylims": (1, 0)}, r"`ylims` to be \(low, high\) with low < high"),
+        ({"backend": "wandb"}, "`backend` to be one of"),
+        ({"dataset": [1, 2, 3]}, "`dataset` to be a torch Dataset or a tensor of inputs"),
+    ],
+)
+def test_invalid_arguments(data, kwargs, match) -> None:
+    arguments = {"dataset": data, "n": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SVCCASubscriber(**arguments)
+
+
+def test_batch_size_is_validated(data) -> None:
+    with pytest.raises(ValueError, match="`batch_size` to be an integer >= 1 but got 0"):
+        BatchedSVCCASubscriber(data, 10, 0)
+    with pytest.raises(TypeError):
+        SVCCASubscriber(data, 10, unknown=1)  # type: ignore[call-arg]
+
+
+def test_exported_from_the_package() -> None:
+    assert ik.SVCCASubscriber is SVCCASubscriber
+    assert ik.BatchedSVCCASubscriber is BatchedSVCCASubscriber
