@@ -51,10 +51,11 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         assert first == (3 if trial.config["variant"] == "crash" else 2)
         assert frozen[first:] == [1] * (len(df) - first)
         assert set(df["frozen/fc"]) == {0}  # the last trainable layer is never frozen
-        # from the freeze on, conv's weights stop changing while fc's go on
+        # from the freeze on, conv's weights stop changing while training goes on (fc's weight
+        # sum cannot show it: softmax gradients of the output layer sum to zero over classes)
         frozen_sums = df["weight_sum/conv"].tolist()[first:]
         assert frozen_sums == [frozen_sums[0]] * len(frozen_sums)
-        assert len(set(df["weight_sum/fc"])) == len(df)
+        assert (df["loss"].diff().dropna() < 0).all()
         assert df["frozen_fraction"].iloc[-1] == pytest.approx(30 / 275)
         # converged and not improving: stopped after the grace period (3 reports), not at 10
         assert len(df) == 4
