@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
     parser.add_argument(
+        "--shapes", default=None, help="comma-separated shapes to run instead, e.g. 500x64,2000x512"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -325,7 +328,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logging.warning("threadpoolctl is missing: NumPy's BLAS threads are not limited")
     gpu = torch.device("cuda") if args.device == "cuda" else None
     results = []
-    for case in build_cases(QUICK_SHAPES if args.quick else SHAPES, args.seed):
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        try:
+            shapes = tuple(
+                (int(n), int(p)) for n, p in (s.split("x") for s in args.shapes.split(","))
+            )
+        except ValueError:
+            parser.error(f"--shapes must look like 500x64,2000x512 but got {args.shapes!r}")
+    for case in build_cases(shapes, args.seed):
         result = run_case(case, args.repeats, args.clock, gpu)
         results.append(result)
         print(json.dumps(result), flush=True)

@@ -119,14 +119,15 @@ def _prepare(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
 
 
 # ------------------------------------------------------------------------------- the maths
-def _centre(x: torch.Tensor) -> torch.Tensor:
-    """Subtract column means; zero the columns that are constant (dead neurons).
+def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subtract column means and zero the constant columns (dead neurons).
 
-    The mean is subtracted twice: the second pass removes the rounding residue of the first,
-    which would otherwise survive as a tiny component along the all-ones vector, identical in
-    every centred matrix, and show up as a spurious canonical correlation of 1. A column whose
-    centred norm is at rounding level relative to its largest entry is constant up to rounding
-    and set to exactly zero.
+    Returns the centred matrix and a mask of its live (non-constant) columns. The mean is
+    subtracted twice: the second pass removes the rounding residue of the first, which would
+    otherwise survive as a tiny component along the all-ones vector, identical in every centred
+    matrix, and show up as a spurious canonical correlation of 1. A column whose centred norm is
+    at rounding level relative to its largest entry is constant up to rounding and set to exactly
+    zero.
     """
     n = x.shape[0]
     lo, hi = torch.aminmax(x, dim=0)
@@ -134,7 +135,7 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
     x = x - x.mean(dim=0, keepdim=True)  # a new tensor: the in-place steps below are safe
     x -= x.mean(dim=0, keepdim=True)
     dead = x.square().sum(dim=0) <= (4 * n * _EPS * scale) ** 2
-    return x.masked_fill_(dead, 0.0)
+    return x.masked_fill_(dead, 0.0), ~dead
 
 
 def _equilibrate(x: torch.Tensor) -> torch.Tensor:
@@ -153,24 +154,32 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
-def _factor(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Left singular vectors and singular values of both sides, in one coordinate system.
+def _joint_r(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R_x, R_y)`` from one Householder QR ``[x, y] = Q [R_x, R_y]`` (``Q`` is not formed).
 
-    One Householder QR of ``[x, y]`` (R factor only, ``Q`` is never formed) gives
-    ``x = Q R_x`` and ``y = Q R_y`` with the same ``Q`` (n, m) of orthonormal columns,
-    ``m = min(n, p + q)``. The thin SVDs ``R_x = W_x diag(s_x) V_x^T`` and
-    ``R_y = W_y diag(s_y) V_y^T`` are small, and ``x = (Q W_x) diag(s_x) V_x^T`` is the thin SVD
-    of ``x`` (likewise for ``y``). Since ``Q`` has orthonormal columns,
-    ``(Q W_x)^T (Q W_y) = W_x^T W_y``: products of the bases never involve ``n``.
-
-    ``R_x`` is upper trapezoidal, so only its first ``min(m, p)`` rows can be non-zero, and
-    ``W_x`` is returned for those rows only. Returns ``(w_x, s_x, w_y, s_y)``, ``s`` descending.
+    ``Q`` (n, m), ``m = min(n, p + q)``, has orthonormal columns, so ``x = Q R_x`` and
+    ``y = Q R_y`` are both written in one orthonormal coordinate system. ``R_x`` is upper
+    trapezoidal: only its first ``min(m, p)`` rows can be non-zero, and only those are returned.
+    Each side is scaled to unit norm first (Householder QR is backward stable column by column,
+    so this only keeps the numbers tidy).
     """
     p = x.shape[1]
     r = torch.linalg.qr(torch.cat([_unit(x), _unit(y)], dim=1), mode="r").R
-    rows_x = min(r.shape[0], p)
-    wx, sx, _ = torch.linalg.svd(r[:rows_x, :p], full_matrices=False)
-    wy, sy, _ = torch.linalg.svd(r[:, p:], full_matrices=False)
+    return r[: min(r.shape[0], p), :p], r[:, p:]
+
+
+def _factor(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Left singular vectors and singular values of both sides, in one coordinate system.
+
+    With ``x = Q R_x`` and ``y = Q R_y`` from :func:`_joint_r`, the thin SVDs
+    ``R_x = W_x diag(s_x) V_x^T`` and ``R_y = W_y diag(s_y) V_y^T`` are small, and
+    ``x = (Q W_x) diag(s_x) V_x^T`` is the thin SVD of ``x`` (likewise for ``y``). Since ``Q``
+    has orthonormal columns, ``(Q W_x)^T (Q W_y) = W_x^T W_y``: products of the bases never
+    involve ``n``. Returns ``(w_x, s_x, w_y, s_y)``, ``s`` descending.
+    """
+    rx, ry = _joint_r(x, y)
+    wx, sx, _ = torch.linalg.svd(rx, full_matrices=False)
+    wy, sy, _ = torch.linalg.svd(ry, full_matrices=False)
     return wx, sx, wy, sy
 
 
@@ -217,16 +226,58 @@ def _svcca(
 
     By default the kept directions are sliced out on a CPU (reading their count costs nothing
     there) and masked on other devices, so that this issues no host synchronisation of its own.
+    When slicing, dead neurons are also dropped before the factorisation (they span nothing, and
+    the QR's cost grows with the square of the number of columns); when masking they stay, as
+    zero columns, and the rank pruning leaves them out.
     """
     if slice_kept is None:
         slice_kept = x.device.type == "cpu"
-    wx, sx, wy, sy = _factor(_centre(x), _centre(y))
-    mx = _rank_mask(sx, tuple(x.shape)) & _variance_mask(sx, keep)
-    my = _rank_mask(sy, tuple(y.shape)) & _variance_mask(sy, keep)
+    (xc, live_x), (yc, live_y) = _centre(x), _centre(y)
+    if slice_kept:
+        if not (bool(live_x.any()) and bool(live_y.any())):
+            return x.new_zeros(())  # one side does not vary: nothing is shared
+        xc, yc = xc[:, live_x], yc[:, live_y]
+    wx, sx, wy, sy = _factor(xc, yc)
+    mx = _rank_mask(sx, tuple(xc.shape)) & _variance_mask(sx, keep)
+    my = _rank_mask(sy, tuple(yc.shape)) & _variance_mask(sy, keep)
     rho = _correlations(wx, wy, mx, my, slice_kept)
     k = torch.minimum(mx.sum(), my.sum()).clamp_min(1).to(rho.dtype)
     # the padded zeros add nothing to the sum; rank(B_x^T B_y) <= min(k_x, k_y)
     return rho.sum() / k
+
+
+def _rank(r: torch.Tensor, shape: tuple[int, int]) -> int:
+    """Number of singular values of ``r`` above rounding level (for data of ``shape``)."""
+    return int(_rank_mask(torch.linalg.svdvals(r), shape).sum())
+
+
+def _leading_left_vectors(r: torch.Tensor, rank: int) -> torch.Tensor:
+    return torch.linalg.svd(r, full_matrices=False)[0][:, :rank]
+
+
+def _basis_x(rx: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor | None:
+    """Orthonormal basis of the column space of ``R_x`` in the QR's coordinates.
+
+    ``None`` stands for the identity: a square triangular block of full rank spans all of its
+    coordinates, so no singular vectors are needed. Otherwise the leading left singular vectors.
+    """
+    rows, cols = rx.shape
+    rank = _rank(rx, shape)
+    return None if rank == cols == rows else _leading_left_vectors(rx, rank)
+
+
+def _basis_y(ry: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Orthonormal basis of the column space of ``R_y``: the ``Q`` of its QR when it has full
+    column rank (cheaper than singular vectors), else its leading left singular vectors."""
+    rows, cols = ry.shape
+    if rows >= cols:
+        q, tri = torch.linalg.qr(ry)
+        rank = _rank(tri, shape)
+        if rank == cols:
+            return q
+    else:
+        rank = _rank(ry, shape)
+    return _leading_left_vectors(ry, rank)
 
 
 def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99) -> torch.Tensor:
@@ -281,9 +332,16 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
             rows or fewer than two, or live on different devices.
     """
     xt, yt, numpy_out = _prepare(x, y)
-    wx, sx, wy, sy = _factor(_equilibrate(_centre(xt)), _equilibrate(_centre(yt)))
-    mx, my = _rank_mask(sx, tuple(xt.shape)), _rank_mask(sy, tuple(yt.shape))
-    rho = _correlations(wx, wy, mx, my, slice_kept=True)
+    (xc, live_x), (yc, live_y) = _centre(xt), _centre(yt)
+    if bool(live_x.any()) and bool(live_y.any()):
+        xc, yc = _equilibrate(xc[:, live_x]), _equilibrate(yc[:, live_y])
+        rx, ry = _joint_r(xc, yc)
+        bx, by = _basis_x(rx, tuple(xc.shape)), _basis_y(ry, tuple(yc.shape))
+        rows = rx.shape[0]
+        m = by[:rows] if bx is None else bx.T @ by[:rows]
+        rho = torch.linalg.svdvals(m).clamp_(0.0, 1.0) if m.numel() else m.new_zeros(0)
+    else:
+        rho = xt.new_zeros(0)  # one side does not vary: no canonical correlations
     return rho.cpu().numpy() if numpy_out else rho
 
 

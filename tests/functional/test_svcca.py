@@ -84,9 +84,13 @@ def test_svcca_with_keep_one_is_the_mean_canonical_correlation() -> None:
 
 
 def test_masked_and_sliced_kept_directions_agree() -> None:
-    # the masked form is what runs on GPUs (no host synchronisation); check it here on the CPU
-    for seed, keep in [(3, 0.99), (4, 0.7), (5, 1.0)]:
-        x, y = (torch.from_numpy(a) for a in _related(p=10, q=7, seed=seed))
+    # the masked form is what runs on GPUs (no host synchronisation, dead neurons kept as zero
+    # columns); check it here on the CPU, on plain and on ill-conditioned data
+    for seed, keep, ill in [(3, 0.99, False), (4, 0.7, False), (5, 1.0, False), (6, 1.0, True)]:
+        x, y = _related(p=10, q=7, seed=seed)
+        if ill:
+            x, y = _ill(x, seed), _ill(y, seed + 1)
+        x, y = torch.from_numpy(x).double(), torch.from_numpy(y).double()
         sliced = _svcca(x, y, keep, slice_kept=True)
         masked = _svcca(x, y, keep, slice_kept=False)
         torch.testing.assert_close(masked, sliced, rtol=0, atol=1e-12)
@@ -152,6 +156,17 @@ def test_dead_and_duplicated_neurons_change_nothing() -> None:
     assert F.svcca_similarity(xi, yi, keep=1.0) == pytest.approx(
         F.svcca_similarity(x, y, keep=1.0), abs=1e-6
     )
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_cca_with_duplicates_on_one_side_only(side) -> None:
+    x, y = _related(p=10, q=8, seed=29)
+    pair = [x, y]
+    pair[side] = np.hstack([pair[side], pair[side][:, [0, 3, 3]]])  # rank-deficient side
+    np.testing.assert_allclose(F.cca(*pair), _textbook_cca(x, y), rtol=0, atol=1e-6)
+    wide = [x[:9], y[:9]]  # fewer samples than features on the other side too
+    wide[side] = np.hstack([wide[side], wide[side][:, :2]])
+    assert np.all(F.cca(*wide) <= 1) and F.cca(*wide).shape == (8,)
 
 
 def test_dead_neurons_do_not_correlate_spuriously() -> None:
