@@ -1,0 +1,199 @@
+"""experiments.data: the IDX and CIFAR-10 parsers and load_torchvision, on small files written
+here in the formats torchvision downloads (no network, no torchvision)."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.data import (
+    TORCHVISION_SETS,
+    NormalizedImages,
+    load_torchvision,
+    read_cifar_batches,
+    read_idx,
+)
+from tests.experiments.fake_datasets import IDX_CODES, fake_cifar, fake_mnist, write_idx
+
+
+def _chw(rows: np.ndarray) -> np.ndarray:
+    """CIFAR rows to (N, 3, 32, 32) element by element: pixel (c, h, w) = row[c*1024+h*32+w]."""
+    c, h, w = np.indices((3, 32, 32))
+    return rows[:, c * 1024 + h * 32 + w]
+
+
+# ------------------------------------------------------------------------------ read_idx
+@pytest.mark.parametrize(("code", "dtype"), IDX_CODES)
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_every_type(tmp_path: Path, code: int, dtype: str, compress: bool) -> None:
+    rng = np.random.default_rng(code)
+    if dtype.endswith("f4") or dtype.endswith("f8"):
+        array = rng.standard_normal((3, 4, 5))
+    else:
+        info = np.iinfo(np.dtype(dtype))
+        array = rng.integers(info.min, info.max, (3, 4, 5), endpoint=True)
+    got = read_idx(write_idx(tmp_path / "x.idx", array, code, compress))
+    expected = array.astype(np.dtype(dtype).newbyteorder("="))
+    assert got.shape == (3, 4, 5)
+    assert got.dtype == torch.from_numpy(expected).dtype
+    assert torch.equal(got, torch.from_numpy(expected))
+
+
+def test_read_idx_one_dimension(tmp_path: Path) -> None:
+    labels = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    got = read_idx(write_idx(tmp_path / "labels", labels, 0x08))
+    assert got.tolist() == labels.tolist()
+
+
+def test_read_idx_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x01\x00\x08\x01" + struct.pack(">I", 2) + b"ab")
+    with pytest.raises(ValueError, match="starting with two zero bytes"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x07\x01" + struct.pack(">I", 2) + b"ab")
+    with pytest.raises(ValueError, match="type code .* but got 0x07"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x02" + struct.pack(">I", 2))
+    with pytest.raises(ValueError, match="2 dimensions"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x0c\x01" + struct.pack(">I", 2) + b"\x00" * 7)  # 8 needed
+    with pytest.raises(ValueError, match=r"Expected 16 bytes .* shape \(2,\) but got 15"):
+        read_idx(path)
+
+
+# ------------------------------------------------------------------------ MNIST layouts
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
+def test_load_mnist_like(tmp_path: Path, name: str, folder: str) -> None:
+    arrays = fake_mnist(tmp_path / folder / "raw")
+    train, test = load_torchvision(name, tmp_path)
+    _, _, mean, std = TORCHVISION_SETS[name]
+    for dataset, (images, labels) in ((train, arrays["train"]), (test, arrays["test"])):
+        assert len(dataset) == len(images)
+        for i in range(len(images)):
+            x, y = dataset[i]
+            expected = (images[i] / 255.0 - mean[0]) / std[0]
+            assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+            np.testing.assert_allclose(x[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+            assert y == labels[i] and isinstance(y, int)
+    raw, _ = load_torchvision(name, str(tmp_path), normalize=False)
+    np.testing.assert_allclose(raw[1][0][0].numpy(), arrays["train"][0][1] / 255.0, rtol=1e-6)
+
+
+def test_plain_files_win_over_gz(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    fake_mnist(raw)
+    # torchvision keeps the .gz beside what it extracts; the extracted file is read
+    images = np.full((6, 28, 28), 7)
+    write_idx(raw / "train-images-idx3-ubyte", images, 0x08)
+    train, _ = load_torchvision("mnist", tmp_path, normalize=False)
+    assert torch.allclose(train[0][0], torch.full((1, 28, 28), 7 / 255.0))
+
+
+def test_mnist_label_count_mismatch(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    fake_mnist(raw)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(2), 0x08)
+    with pytest.raises(ValueError, match="Expected 3 labels"):
+        load_torchvision("mnist", tmp_path)
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+def test_read_cifar_batches(tmp_path: Path) -> None:
+    written = fake_cifar(tmp_path)
+    names = ["data_batch_2", "data_batch_1"]
+    images, labels = read_cifar_batches(tmp_path, names)
+    expected = np.concatenate([_chw(written[n][0]) for n in names])
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32)
+    assert np.array_equal(images.numpy(), expected)
+    assert labels.tolist() == written["data_batch_2"][1] + written["data_batch_1"][1]
+
+
+def test_load_cifar10(tmp_path: Path) -> None:
+    written = fake_cifar(tmp_path / "cifar-10-batches-py")
+    train, test = load_torchvision("cifar10", tmp_path)
+    assert len(train) == 10 and len(test) == 2
+    mean = np.array([0.4914, 0.4822, 0.4465]).reshape(3, 1, 1)
+    std = np.array([0.2470, 0.2435, 0.2616]).reshape(3, 1, 1)
+    rows, labels = written["data_batch_3"]
+    x, y = train[5]  # batch 3, second image
+    np.testing.assert_allclose(x.numpy(), (_chw(rows)[1] / 255.0 - mean) / std, atol=1e-5)
+    assert y == labels[1]
+    x, y = test[0]
+    rows, labels = written["test_batch"]
+    np.testing.assert_allclose(x.numpy(), (_chw(rows)[0] / 255.0 - mean) / std, atol=1e-5)
+    assert y == labels[0]
+
+
+def test_cifar_malformed(tmp_path: Path) -> None:
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8)}, f)
+    with pytest.raises(ValueError, match="'data' and 'labels'"):
+        read_cifar_batches(tmp_path, ["test_batch"])
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match=r"\(n, 3072\)"):
+        read_cifar_batches(tmp_path, ["test_batch"])
+
+
+# ------------------------------------------------------------------------- error paths
+def test_unknown_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"Expected a torchvision data set in .* but got 'svhn'"):
+        load_torchvision("svhn", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("mnist", "MNIST/raw"),
+        ("fashion_mnist", "FashionMNIST/raw"),
+        ("cifar10", "cifar-10-batches-py"),
+    ],
+)
+def test_missing_files_say_where_and_how(tmp_path: Path, name: str, where: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        load_torchvision(name, tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / where) in message
+    assert "download=True" in message and "pip install torchvision" in message
+
+
+def test_download_without_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails even if installed
+    with pytest.raises(ImportError, match="pip install torchvision"):
+        load_torchvision("cifar10", tmp_path, download=True)
+
+
+def test_download_uses_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    class FakeFashionMNIST:  # stands in for the downloader: writes the raw files
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append((root, train, download))
+            fake_mnist(Path(root) / "FashionMNIST" / "raw", seed=5)
+
+    datasets = types.SimpleNamespace(FashionMNIST=FakeFashionMNIST)
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(datasets=datasets))
+    train, test = load_torchvision("fashion_mnist", tmp_path, download=True, normalize=False)
+    assert calls == [(str(tmp_path), False, True)]
+    images, labels = fake_mnist(tmp_path / "again", seed=5)["test"]
+    np.testing.assert_allclose(test[2][0][0].numpy(), images[2] / 255.0, rtol=1e-6)
+    assert test[2][1] == labels[2] and len(train) == 6
+
+
+def test_normalized_images_checks() -> None:
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="uint8 images of shape"):
+        NormalizedImages(images.float(), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels of shape \(2,\)"):
+        NormalizedImages(images, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="3 means and 3 positive stds"):
+        NormalizedImages(images, torch.zeros(2, dtype=torch.long), (0.5,), (0.5,))
