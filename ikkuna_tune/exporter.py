@@ -155,6 +155,7 @@ class Exporter:
         self._probe_tag: str | None = None
         self._frozen: list[str] = []
         self._update_before: dict[tuple[str, str], torch.Tensor | None] = {}
+        self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
         self._closed = False
@@ -195,6 +196,7 @@ class Exporter:
                 handle.remove()
         self._kind_handles.clear()
         self._update_before.clear()
+        self._update_buffers.clear()
         if self.message_bus.exporter is self:
             self.message_bus.exporter = None
         self._closed = True
@@ -227,6 +229,7 @@ class Exporter:
         self._want_updates = [k for k in _UPDATE_KINDS if k in wanted]
         if not self._want_updates:
             self._update_before.clear()
+            self._update_buffers.clear()
         for group, on in groups.items():
             registered = group in self._kind_handles
             if on and not registered:
@@ -333,10 +336,22 @@ class Exporter:
             for name, named in self.modules.items():
                 param = getattr(named.module, attr, None)
                 if isinstance(param, nn.Parameter) and param.requires_grad:
+                    key = (name, kind)
                     # an update every subscription would skip (subsampling) is not computed
-                    self._update_before[(name, kind)] = (
-                        param.detach().clone() if will_process(kind, name) else None
+                    self._update_before[key] = (
+                        self._snapshot(key, param) if will_process(kind, name) else None
                     )
+
+    def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
+        """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
+        buffer = self._update_buffers.get(key)
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
+            param.shape,
+            param.dtype,
+            param.device,
+        ):
+            buffer = self._update_buffers[key] = torch.empty_like(param, requires_grad=False)
+        return buffer.copy_(param.detach())
 
     def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         for kind in self._want_updates:

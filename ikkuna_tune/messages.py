@@ -9,7 +9,7 @@ they publish to the bus they are attached to, and nothing is shared between buse
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -227,6 +227,7 @@ class MessageBus:
         self._topic_owners: dict[str, object] = {}
         self._subscribers: list[Subscriber] = []
         self._by_kind: dict[str, list[Subscription]] = {}
+        self._shared: dict[tuple[int, str], tuple[Message, Any]] | None = None
         self.exporter: Exporter | None = None
 
     # ---------------------------------------------------------------- topics
@@ -356,8 +357,36 @@ class MessageBus:
     # ------------------------------------------------------------ publishing
     def publish(self, message: Message) -> None:
         """Deliver ``message`` to every subscription of its kind (synchronously)."""
-        for subscription in self._by_kind.get(message.kind, ()):
-            subscription.receive_message(message)
+        subscriptions = self._by_kind.get(message.kind)
+        if not subscriptions:
+            return
+        if len(subscriptions) == 1:
+            subscriptions[0].receive_message(message)
+            return
+        outer, self._shared = self._shared, {}
+        try:
+            for subscription in subscriptions:
+                subscription.receive_message(message)
+        finally:
+            self._shared = outer
+
+    def shared(self, message: Message, name: str, fn: Callable[[Any], Any]) -> Any:
+        """``fn(message.data)``, computed once for all the subscribers of one delivery.
+
+        Subscribers that reduce the same message the same way (the L2 norm of ``weights`` for a
+        norm and for an update-to-weight ratio, say) call this with the same ``name`` and share
+        one result while :meth:`publish` hands ``message`` around. Outside a delivery to several
+        subscriptions it just calls ``fn``.
+        """
+        if self._shared is None:
+            return fn(message.data)
+        key = (id(message), name)
+        hit = self._shared.get(key)
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        value = fn(message.data)
+        self._shared[key] = (message, value)
+        return value
 
     def publish_network_message(
         self,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 import ikkuna_tune as ik
@@ -77,3 +78,50 @@ def test_module_message_and_bundle() -> None:
         fresh["loss"]
     with pytest.raises(ValueError, match="NamedModule"):
         ik.ModuleMessage("weights", "default", 0, 0, 0, None, "fc")  # type: ignore[arg-type]
+
+
+def test_shared_reductions_are_computed_once_per_delivery() -> None:
+    bus = ik.MessageBus()
+    calls: list[torch.Tensor] = []
+    results: list[torch.Tensor] = []
+
+    def norm(data: torch.Tensor) -> torch.Tensor:
+        calls.append(data)
+        return torch.linalg.vector_norm(data)
+
+    def reduce(message: ik.Message) -> None:
+        results.append(bus.shared(message, "norm2", norm))
+
+    ik.CallbackSubscriber(["loss"], reduce, bus)
+    ik.CallbackSubscriber(["loss"], reduce, bus)
+    for step, value in enumerate([3.0, 4.0]):
+        bus.publish_network_message(
+            "loss", torch.tensor([value]), global_step=step, train_step=step, epoch=0
+        )
+    assert len(calls) == 2  # once per message, not once per subscriber
+    assert results[0] is results[1] and results[2] is results[3]
+    assert [float(r) for r in results] == [3.0, 3.0, 4.0, 4.0]
+    # outside a delivery there is nothing to share: the function simply runs
+    message = ik.NetworkMessage("loss", "default", 0, 0, 0, torch.tensor([5.0]))
+    assert float(bus.shared(message, "norm2", norm)) == 5.0 and len(calls) == 3
+
+
+def test_norm_and_ratio_share_the_weight_norm(tiny, batch) -> None:
+    import torch.nn.functional as F
+
+    bus = ik.MessageBus()
+    norms = ik.NormSubscriber("weights", bus, backend=None)
+    ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+    got: dict[str, list[torch.Tensor]] = {"weights_norm2": [], "weight_updates_weights_ratio": []}
+    ik.CallbackSubscriber(list(got), lambda m: got[m.kind].append(m.data), bus)
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        before = tiny.fc.weight.detach().clone()
+        opt.zero_grad()
+        exporter.wrap_loss(F.cross_entropy)(tiny(batch[0]), batch[1]).backward()
+        opt.step()
+    assert norms.shared_as == "norm2"
+    w_norm = torch.linalg.vector_norm(before)
+    update = torch.linalg.vector_norm(tiny.fc.weight.detach() - before)
+    torch.testing.assert_close(got["weights_norm2"][1], w_norm)
+    torch.testing.assert_close(got["weight_updates_weights_ratio"][1], update / w_norm)

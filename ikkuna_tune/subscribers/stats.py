@@ -144,9 +144,18 @@ class _TensorMetricSubscriber(PlotSubscriber):
         """The metric of one message's data (a 0-d tensor on the data's device)."""
         raise NotImplementedError
 
+    #: Name under which :meth:`metric` results are shared with other subscribers of the same
+    #: message (see :meth:`MessageBus.shared`); ``None`` shares nothing.
+    shared_as: str | None = None
+
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, Message):
-            self.publish(self.topic, self.metric(message_or_bundle.data), message_or_bundle)
+            bus = self.message_bus
+            if self.shared_as is not None and bus is not None:
+                value = bus.shared(message_or_bundle, self.shared_as, self.metric)
+            else:
+                value = self.metric(message_or_bundle.data)
+            self.publish(self.topic, value, message_or_bundle)
 
 
 def _order_name(order: float) -> str:
@@ -187,6 +196,7 @@ class NormSubscriber(_TensorMetricSubscriber):
         if isinstance(order, bool) or not isinstance(order, (int, float)) or not order > 0:
             raise ValueError(f"Expected argument `order` to be a positive number but got {order!r}")
         self.order = order
+        self.shared_as = f"norm{_order_name(order)}"
         super().__init__(
             kind,
             f"{kind}_norm{_order_name(order)}",
@@ -334,6 +344,8 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
     ) -> None:
         super().__init__(subscriber, kinds, tag, subsample)
         self.snapshot = snapshot
+        #: the L2 norm is shared with other subscribers of the same message; copies are not
+        self.shared_as = "norm2" if snapshot is F.norm else None
 
     def will_process(self, key: str | None, kind: str, tag: str) -> bool:
         if self.tag is not None and tag != self.tag:
@@ -350,7 +362,11 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
             isinstance(data, torch.Tensor)
             and self._rounds.get(message.key, 0) % self.subsample == 0
         ):
-            data = self.snapshot(data)
+            bus = self.subscriber.message_bus
+            if self.shared_as is not None and bus is not None:
+                data = bus.shared(message, self.shared_as, self.snapshot)
+            else:
+                data = self.snapshot(data)
             if isinstance(message, ModuleMessage):
                 message = ModuleMessage(
                     message.kind,
