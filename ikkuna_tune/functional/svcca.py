@@ -29,15 +29,23 @@ interfere (each side is also scaled to unit norm first).
 
 **SVCCA** (Raghu et al., 2017) first reduces each side to its leading singular directions, the
 fewest whose squared singular values reach the fraction ``keep`` of the total variance, then runs
-CCA between the reduced sets and averages the canonical correlations. As the thin SVD's left
-singular vectors are already an orthonormal basis of the reduced set, the SVD of the reduction *is*
-the orthonormalisation step: the canonical correlations are the singular values of
-:math:`W_x^T W_y` restricted to the kept columns.
+CCA between the reduced sets and averages the canonical correlations. The thin SVD's left
+singular vectors are already an orthonormal basis of the reduced set, so the SVD of the reduction
+*is* the orthonormalisation step. Each side is reduced on its own: the triangular factor of a QR
+of that side alone, :math:`x = Q_x R_x`, has the singular values and right singular vectors
+:math:`V_x` of ``x``, and :math:`x V_{x,k} \operatorname{diag}(1/s_{x,k})` are its leading
+``k`` left singular vectors (one matrix product). Dividing by a kept singular value is safe
+because keeping it means the variance from it on is over ``1 - keep`` of the total, which bounds
+:math:`s_1 / s_k` by :math:`\sqrt{p / (1 - keep)}`. With ``keep = 1`` there is no such bound, so
+the bases come from the joint QR above (restricted to the directions above rounding level).
 
-Cost for ``n`` samples and ``p = q`` features: one QR of an ``n x 2p`` matrix (about
-:math:`8 n p^2` flops) and SVDs of ``p``-sized matrices; the covariance route needs
-:math:`6 n p^2` for the covariances alone plus a pseudo-inverse, two eigendecompositions and an
-SVD of ``p x p`` matrices, and for SVCCA first a full SVD of each side.
+Cost for ``n`` samples and ``p = q`` features: SVCCA needs a QR of each ``n x p`` side (about
+:math:`2 n p^2` flops each, ``R`` only), SVDs of ``p x p`` factors and two ``n x p x k``
+products; CCA one QR of the ``n x 2p`` matrix. The covariance route for SVCCA first needs a
+full SVD of each side with its left singular vectors (several times the QR), then the
+covariances (:math:`6 n p^2`, cheap matrix products), a pseudo-inverse, two eigendecompositions
+and an SVD of ``p x p`` matrices. For plain CCA at ``n >> p`` the covariance products are the
+cheapest route there is; it is the numerically fragile one.
 
 Everything is computed in float64 on the device of the input (a torch tensor may live on a GPU);
 the canonical correlations are clipped to :math:`[0, 1]`.
@@ -138,20 +146,26 @@ def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.masked_fill_(dead, 0.0), ~dead
 
 
-def _equilibrate(x: torch.Tensor) -> torch.Tensor:
-    """Scale every non-zero column to unit length (the column space is unchanged).
+def _live_columns(x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """The live columns of ``x``; ``x`` itself (no copy) when every column is live."""
+    return x if bool(live.all()) else x[:, live]
+
+
+def _equilibrate_(x: torch.Tensor) -> torch.Tensor:
+    """Scale every non-zero column of ``x`` to unit length in place (same column space).
 
     CCA does not depend on the scale of single features, so this makes the rank decision
     independent of it: a legitimately small-scale neuron is not mistaken for rounding noise.
+    ``x`` must be a matrix this module owns (a centred copy), never the caller's input.
     """
     norms = x.square().sum(dim=0).sqrt()  # (much faster than vector_norm over dim 0)
-    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return x.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """``x`` scaled to Frobenius norm 1 (left alone if zero): CCA does not see the scale."""
+def _unit_(x: torch.Tensor) -> torch.Tensor:
+    """Scale ``x`` in place to Frobenius norm 1 (left alone if zero): CCA does not see scale."""
     norm = torch.linalg.matrix_norm(x)
-    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return x.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
 
 
 def _joint_r(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +178,10 @@ def _joint_r(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     so this only keeps the numbers tidy).
     """
     p = x.shape[1]
-    r = torch.linalg.qr(torch.cat([_unit(x), _unit(y)], dim=1), mode="r").R
+    both = torch.cat([x, y], dim=1)
+    _unit_(both[:, :p])
+    _unit_(both[:, p:])
+    r = torch.linalg.qr(both, mode="r").R
     return r[: min(r.shape[0], p), :p], r[:, p:]
 
 
@@ -219,6 +236,31 @@ def _correlations(
     return torch.linalg.svdvals(m).clamp_(0.0, 1.0)
 
 
+def _kept_basis(
+    x: torch.Tensor, keep: float, slice_kept: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis of the kept leading directions of one centred side, and their count.
+
+    The triangular factor of a Householder QR (``Q`` is not formed) has the singular values and
+    right singular vectors of ``x``: with ``R = W diag(s) V^T``, ``x V diag(1/s) = Q W`` are the
+    left singular vectors of ``x``, found with one matrix product. Only kept directions are
+    divided by their singular value, and with ``keep < 1`` a kept direction has
+    ``s_i >= s_1 sqrt((1 - keep) / p)`` (the variance from ``i`` on is more than ``1 - keep`` of
+    the total and at most ``p s_i^2``), so the division amplifies rounding by at most
+    ``sqrt(p / (1 - keep))``: about 300 for ``keep=0.99`` and 1,000 features. With ``slice_kept``
+    the kept columns are cut out (their number is read to the host), otherwise the dropped ones
+    are zero.
+    """
+    r = torch.linalg.qr(x, mode="r").R
+    _, s, vh = torch.linalg.svd(r, full_matrices=False)
+    mask = _rank_mask(s, tuple(x.shape)) & _variance_mask(s, keep)
+    if slice_kept:
+        k = int(mask.sum())
+        return x @ (vh[:k].T / s[:k]), mask.new_tensor(k, dtype=torch.int64)
+    scale = torch.where(mask, 1.0 / torch.where(mask, s, torch.ones_like(s)), torch.zeros_like(s))
+    return x @ (vh.T * scale), mask.sum()
+
+
 def _svcca(
     x: torch.Tensor, y: torch.Tensor, keep: float, slice_kept: bool | None = None
 ) -> torch.Tensor:
@@ -229,6 +271,12 @@ def _svcca(
     When slicing, dead neurons are also dropped before the factorisation (they span nothing, and
     the QR's cost grows with the square of the number of columns); when masking they stay, as
     zero columns, and the rank pruning leaves them out.
+
+    With ``keep < 1`` each side is reduced on its own (:func:`_kept_basis`: a QR of one side is
+    several times cheaper than one of both side by side, and the kept directions are
+    well-conditioned by construction). With ``keep == 1`` every direction above rounding level
+    is kept, however small, so the bases come from the joint QR instead (:func:`_factor`), which
+    never divides by a singular value.
     """
     if slice_kept is None:
         slice_kept = x.device.type == "cpu"
@@ -236,12 +284,18 @@ def _svcca(
     if slice_kept:
         if not (bool(live_x.any()) and bool(live_y.any())):
             return x.new_zeros(())  # one side does not vary: nothing is shared
-        xc, yc = xc[:, live_x], yc[:, live_y]
-    wx, sx, wy, sy = _factor(xc, yc)
-    mx = _rank_mask(sx, tuple(xc.shape)) & _variance_mask(sx, keep)
-    my = _rank_mask(sy, tuple(yc.shape)) & _variance_mask(sy, keep)
-    rho = _correlations(wx, wy, mx, my, slice_kept)
-    k = torch.minimum(mx.sum(), my.sum()).clamp_min(1).to(rho.dtype)
+        xc, yc = _live_columns(xc, live_x), _live_columns(yc, live_y)
+    if keep < 1:
+        (bx, kx), (by, ky) = _kept_basis(xc, keep, slice_kept), _kept_basis(yc, keep, slice_kept)
+        m = bx.T @ by
+        rho = torch.linalg.svdvals(m).clamp_(0.0, 1.0) if m.numel() else m.new_zeros(0)
+    else:
+        wx, sx, wy, sy = _factor(xc, yc)
+        mx = _rank_mask(sx, tuple(xc.shape))
+        my = _rank_mask(sy, tuple(yc.shape))
+        rho = _correlations(wx, wy, mx, my, slice_kept)
+        kx, ky = mx.sum(), my.sum()
+    k = torch.minimum(kx, ky).clamp_min(1).to(rho.dtype)
     # the padded zeros add nothing to the sum; rank(B_x^T B_y) <= min(k_x, k_y)
     return rho.sum() / k
 
@@ -334,7 +388,8 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
     xt, yt, numpy_out = _prepare(x, y)
     (xc, live_x), (yc, live_y) = _centre(xt), _centre(yt)
     if bool(live_x.any()) and bool(live_y.any()):
-        xc, yc = _equilibrate(xc[:, live_x]), _equilibrate(yc[:, live_y])
+        xc = _equilibrate_(_live_columns(xc, live_x))
+        yc = _equilibrate_(_live_columns(yc, live_y))
         rx, ry = _joint_r(xc, yc)
         bx, by = _basis_x(rx, tuple(xc.shape)), _basis_y(ry, tuple(yc.shape))
         rows = rx.shape[0]

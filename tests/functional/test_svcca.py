@@ -96,6 +96,45 @@ def test_masked_and_sliced_kept_directions_agree() -> None:
         torch.testing.assert_close(masked, sliced, rtol=0, atol=1e-12)
 
 
+def _wide_spectrum(n: int, p: int, decades: float, seed: int) -> np.ndarray:
+    """Data whose singular values fall evenly (in log) over ``decades`` decades."""
+    s = np.logspace(0, -decades, p)
+    return (_orthogonal(n, seed)[:, :p] * s) @ _orthogonal(p, seed + 1) + 5.0
+
+
+@pytest.mark.parametrize("keep", [0.99, 1 - 1e-6, 1 - 1e-10])
+def test_per_side_reduction_matches_singular_vectors_from_lapack(keep) -> None:
+    # keep < 1 reduces each side on its own, dividing by kept singular values; with a spectrum
+    # over 8 decades and keep close to 1 small directions are kept, and the result must still
+    # match the Bjorck-Golub formula on LAPACK's own left singular vectors
+    x = _wide_spectrum(300, 20, 8, seed=20)
+    y = x @ _rng(21).standard_normal((20, 15)) + 1e-3 * _rng(22).standard_normal((300, 15))
+
+    def leading(a: np.ndarray) -> np.ndarray:
+        u, s, _ = np.linalg.svd(a - a.mean(0), full_matrices=False)
+        before = np.cumsum(s**2) - s**2
+        return u[:, before < keep * np.sum(s**2)]
+
+    ux, uy = leading(x), leading(y)
+    expected = np.linalg.svd(ux.T @ uy, compute_uv=False).clip(0, 1).sum() / min(
+        ux.shape[1], uy.shape[1]
+    )
+    assert F.svcca_similarity(x, y, keep=keep) == pytest.approx(expected, abs=1e-8)
+
+
+def test_kept_basis_is_orthonormal_within_the_bound_of_keep() -> None:
+    from ikkuna_tune.functional.svcca import _centre, _kept_basis
+
+    x = torch.from_numpy(_wide_spectrum(400, 30, 12, seed=23))
+    for keep in (0.9, 0.99, 1 - 1e-8):
+        basis, k = _kept_basis(_centre(x)[0], keep, slice_kept=True)
+        assert basis.shape == (400, int(k))
+        gram = basis.T @ basis
+        # rounding amplified by at most sqrt(p / (1 - keep)) (the docstring's bound)
+        tol = 1e-13 * math.sqrt(30 / (1 - keep))
+        assert (gram - torch.eye(int(k), dtype=gram.dtype)).abs().max().item() < tol
+
+
 # ----------------------------------------------------------------------------- invariances
 @pytest.mark.parametrize("scale", [1e-6, 0.5, 1e6])
 def test_rotated_and_scaled_copy_has_similarity_one(scale) -> None:
