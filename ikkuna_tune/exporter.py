@@ -12,7 +12,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ikkuna_tune.messages import DEFAULT_TAG, MessageBus, NamedModule
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    MessageBus,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+)
 
 __all__ = ["EVAL_TAG", "PROBE_TAG", "Exporter"]
 
@@ -77,17 +83,19 @@ class Exporter:
     ``epoch_started`` (first step of an epoch), ``batch_started``, ``weights``/``biases`` (the
     values this step's forward uses), ``input_data``, ``activations`` (forward order),
     ``network_output``, then whatever the user publishes (``input_labels``, ``loss``), then during
-    backward ``layer_gradients`` (gradient w.r.t. each layer's output) and
-    ``weight_gradients``/``bias_gradients`` (``param.grad`` once accumulated), then at
-    ``optimizer.step()`` ``weight_updates``/``bias_updates`` (what that step changed) and
-    ``batch_finished``. Without an optimizer a step ends at the next training forward,
-    :meth:`epoch_finished` or :meth:`close`.
+    backward ``layer_gradients`` (gradient w.r.t. each layer's output), then at
+    ``optimizer.step()`` ``weight_gradients``/``bias_gradients`` (``param.grad`` as the optimizer
+    is about to use it: with gradient accumulation, the sum of the step's backward passes),
+    ``weight_updates``/``bias_updates`` (what that step changed) and ``batch_finished``. Without
+    an optimizer, gradients are published during backward, each once accumulated, and a step
+    ends at the next training forward, :meth:`epoch_finished` or :meth:`close`.
 
     A training step is a forward pass of the model in training mode with gradients enabled.
     Other forward passes (eval mode, ``torch.no_grad()``, :meth:`probe`) publish under their own
     tag and move no counter. Hooks are registered only for kinds some subscriber wants; removing
-    subscribers removes hooks. An update that every subscription would thin out by subsampling
-    is not computed: its message is published with ``data=None`` so the counts stay right.
+    subscribers removes hooks. A message that every subscription would thin out by subsampling
+    is only counted, never built (:meth:`MessageBus.skip`); an update that only a synchronised
+    bundle still needs for its count is published with ``data=None`` and not computed.
     Nothing here turns a tensor into a Python number.
 
     Args:
@@ -158,6 +166,7 @@ class Exporter:
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
+        self._want_gradients: list[str] = []
         self._closed = False
 
         self._base_handles.append(model.register_forward_pre_hook(self._on_forward_start))
@@ -219,10 +228,14 @@ class Exporter:
         if self._closed:
             return
         wanted = self.message_bus.subscribed_kinds()
+        # with an optimizer, parameter gradients are read in its pre-step hook (one Python call
+        # per step); without one, each parameter gets a post-accumulate-grad hook
+        per_param = self.optimizer is None
         groups: dict[str, bool] = {
             "forward": bool(wanted & {"activations", "layer_gradients"}),
-            **{kind: kind in wanted for kind in _GRADIENT_KINDS},
+            **{kind: per_param and kind in wanted for kind in _GRADIENT_KINDS},
         }
+        self._want_gradients = [] if per_param else [k for k in _GRADIENT_KINDS if k in wanted]
         self._want_activations = "activations" in wanted
         self._want_layer_gradients = "layer_gradients" in wanted
         self._want_params = [k for k in ("weights", "biases") if k in wanted]
@@ -250,19 +263,33 @@ class Exporter:
                     handles.append(param.register_post_accumulate_grad_hook(hook))
         return handles
 
-    def _steps(self, tag: str) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "train_step": self.train_step,
-            "epoch": self.epoch,
-            "tag": tag,
-        }
+    # Publishing on the hot path: ``_due`` first (it counts a message that subsampling thins
+    # out, without building it), then ``_emit_*`` with the data. Only built-in kinds pass here.
+    def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+        return not self.message_bus.skip(kind, key, tag)
+
+    def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
+        self.message_bus.publish(
+            NetworkMessage(kind, tag, self.global_step, self.train_step, self.epoch, data)
+        )
+
+    def _emit_layer(self, kind: str, named: NamedModule, data: Any, tag: str) -> None:
+        self.message_bus.publish(
+            ModuleMessage(kind, tag, self.global_step, self.train_step, self.epoch, data, named)
+        )
 
     def _publish_meta(self, kind: str, data: Any = None, tag: str = DEFAULT_TAG) -> None:
-        self.message_bus.publish_network_message(kind, data, **self._steps(tag))
+        if self._due(kind, None, tag):
+            self._emit_meta(kind, data, tag)
+
+    def _publish_tensor_meta(self, kind: str, data: Any, tag: str) -> None:
+        """Publish ``data`` (detached if a tensor), unless no subscription needs it now."""
+        if self._due(kind, None, tag):
+            self._emit_meta(kind, data.detach() if isinstance(data, torch.Tensor) else data, tag)
 
     def _publish_layer(self, kind: str, named: NamedModule, data: Any, tag: str) -> None:
-        self.message_bus.publish_module_message(kind, named, data, **self._steps(tag))
+        if self._due(kind, named.name, tag):
+            self._emit_layer(kind, named, data, tag)
 
     def _is_training_pass(self) -> bool:
         return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
@@ -271,13 +298,13 @@ class Exporter:
         if not self._is_training_pass():
             self._pass_tag = self._probe_tag or EVAL_TAG
             if args and isinstance(args[0], torch.Tensor):
-                self._publish_meta("input_data", args[0].detach(), self._pass_tag)
+                self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
         if not (self._step_open and self.optimizer is not None and not self._stepped):
             self._start_step()
         if args and isinstance(args[0], torch.Tensor):
-            self._publish_meta("input_data", args[0].detach())
+            self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
 
     def _start_step(self) -> None:
         self._finish_step()
@@ -293,15 +320,12 @@ class Exporter:
             self.train_step = 0
             self._publish_meta("epoch_started")
         self._publish_meta("batch_started")
-        bus = self.message_bus
         for kind in self._want_params:
             attr = _PARAM_KINDS[kind]
             for named in self.modules.values():
                 param = getattr(named.module, attr, None)
-                if isinstance(param, torch.Tensor):
-                    bus.publish_module_message(
-                        kind, named, param.detach(), **self._steps(DEFAULT_TAG)
-                    )
+                if isinstance(param, torch.Tensor) and self._due(kind, named.name):
+                    self._emit_layer(kind, named, param.detach(), DEFAULT_TAG)
 
     def _finish_step(self) -> None:
         if self._step_open:
@@ -309,33 +333,40 @@ class Exporter:
             self._publish_meta("batch_finished")
 
     def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        data = output.detach() if isinstance(output, torch.Tensor) else output
-        self._publish_meta("network_output", data, self._pass_tag)
+        self._publish_tensor_meta("network_output", output, self._pass_tag)
 
     def _on_layer(
         self, named: NamedModule, module: nn.Module, args: tuple[Any, ...], output: Any
     ) -> None:
         tag = self._pass_tag
         is_tensor = isinstance(output, torch.Tensor)
-        if self._want_activations:
-            self._publish_layer("activations", named, output.detach() if is_tensor else output, tag)
+        if self._want_activations and self._due("activations", named.name, tag):
+            self._emit_layer("activations", named, output.detach() if is_tensor else output, tag)
         if self._want_layer_gradients and tag == DEFAULT_TAG and is_tensor and output.requires_grad:
             output.register_hook(partial(self._on_layer_gradient, named))
 
     def _on_layer_gradient(self, named: NamedModule, grad: torch.Tensor) -> None:
-        self._publish_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
+        if self._due("layer_gradients", named.name):
+            self._emit_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
 
     def _on_gradient(self, kind: str, named: NamedModule, param: torch.Tensor) -> None:
-        if param.grad is not None:
-            self._publish_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
+        if param.grad is not None and self._due(kind, named.name):
+            self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
 
     def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        for kind in self._want_gradients:
+            attr = _GRADIENT_KINDS[kind]
+            for named in self.modules.values():
+                param = getattr(named.module, attr, None)
+                grad = param.grad if isinstance(param, torch.Tensor) else None
+                if grad is not None and self._due(kind, named.name):
+                    self._emit_layer(kind, named, grad.detach(), DEFAULT_TAG)
         will_process = self.message_bus.will_process
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
             for name, named in self.modules.items():
                 param = getattr(named.module, attr, None)
-                if isinstance(param, nn.Parameter) and param.requires_grad:
+                if isinstance(param, torch.Tensor) and param.requires_grad:
                     key = (name, kind)
                     # an update every subscription would skip (subsampling) is not computed
                     self._update_before[key] = (
@@ -369,11 +400,11 @@ class Exporter:
     # ------------------------------------------------------- user-facing API
     def publish_labels(self, labels: torch.Tensor) -> None:
         """Publish this step's target labels (``input_labels``)."""
-        self._publish_meta("input_labels", labels.detach(), self._pass_tag)
+        self._publish_tensor_meta("input_labels", labels, self._pass_tag)
 
     def publish_loss(self, loss: torch.Tensor) -> None:
         """Publish this step's loss (left on its device)."""
-        self._publish_meta("loss", loss.detach(), self._pass_tag)
+        self._publish_tensor_meta("loss", loss, self._pass_tag)
 
     def wrap_loss(self, loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """Wrap a loss (an ``nn.Module`` or a function such as ``F.cross_entropy``).

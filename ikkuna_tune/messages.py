@@ -354,6 +354,24 @@ class MessageBus:
             return False
         return any(s.will_process(key, kind, tag) for s in subscriptions)
 
+    def skip(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+        """Count a message of ``kind`` for ``key`` under ``tag`` without building it, if no
+        subscription needs its data now (subsampling thins it out, or nobody subscribed).
+
+        Returns ``True`` when the message is accounted for and must not be published; ``False``
+        when the caller must publish it. Publishers call this first on the hot path, so that a
+        step that subsampling skips costs no message objects and no tensor views.
+        """
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions:
+            return True
+        for subscription in subscriptions:
+            if subscription.needs_data(key, kind, tag):
+                return False
+        for subscription in subscriptions:
+            subscription.count_only(key, kind, tag)
+        return True
+
     # ------------------------------------------------------------ publishing
     def publish(self, message: Message) -> None:
         """Deliver ``message`` to every subscription of its kind (synchronously)."""

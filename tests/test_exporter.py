@@ -106,14 +106,15 @@ def test_order_and_step_numbers_within_steps_and_epochs(tiny, batch) -> None:
         ("network_output", None),
         ("input_labels", None),
         ("loss", None),
-        # backward: output layer first; weight/bias gradient order inside a layer is autograd's
-        *[kk for kk in first if kk[1] == "fc" and "gradients" in kk[0]],
-        *[kk for kk in first if kk[1] == "conv" and "gradients" in kk[0]],
+        # backward: output layer first
+        ("layer_gradients", "fc"), ("layer_gradients", "conv"),
+        # optimizer.step(): the gradients it is about to use, then what it changed
+        ("weight_gradients", "conv"), ("weight_gradients", "fc"),
+        ("bias_gradients", "conv"), ("bias_gradients", "fc"),
         ("weight_updates", "conv"), ("weight_updates", "fc"),
         ("bias_updates", "conv"), ("bias_updates", "fc"),
         ("batch_finished", None),
     ]  # fmt: skip
-    assert first[12] == ("layer_gradients", "fc") and first[15] == ("layer_gradients", "conv")
     steps = [(s, t, e) for k, _, s, t, e in got if k == "batch_finished"]
     assert steps == [(0, 0, 0), (1, 1, 0), (2, 0, 1), (3, 1, 1)]
     assert [(k, s) for k, _, s, _, _ in got if k.startswith("epoch")] == [
@@ -170,11 +171,11 @@ def test_hooks_only_for_subscribed_kinds_and_close_removes_all(tiny, batch) -> N
     acts = ik.CallbackSubscriber(["activations"], lambda m: None, bus)
     grads = ik.CallbackSubscriber(["weight_gradients"], lambda m: None, bus)
     assert len(tiny.conv._forward_hooks) == 1 and len(tiny.fc._forward_hooks) == 1
-    assert len(tiny.conv.weight._post_accumulate_grad_hooks) == 1
-    assert not tiny.conv.bias._post_accumulate_grad_hooks
+    # with an optimizer, gradients are read in its pre-step hook: no hook per parameter
+    assert not tiny.conv.weight._post_accumulate_grad_hooks
     acts.detach()
     grads.detach()
-    assert not tiny.conv._forward_hooks and not tiny.conv.weight._post_accumulate_grad_hooks
+    assert not tiny.conv._forward_hooks
     ik.CallbackSubscriber(list(ik.DATA_KINDS), lambda m: None, bus)
     exporter.close()
     loss_only.detach()
@@ -187,6 +188,51 @@ def test_hooks_only_for_subscribed_kinds_and_close_removes_all(tiny, batch) -> N
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
     assert bus.exporter is None
     torch.testing.assert_close(tiny(x), reference)
+
+
+def test_without_optimizer_gradients_come_from_one_hook_per_subscribed_parameter(
+    tiny, batch
+) -> None:
+    bus = ik.MessageBus()
+    got = _record(bus, ["weight_gradients"])
+    with ik.Exporter(tiny, message_bus=bus):
+        assert len(tiny.conv.weight._post_accumulate_grad_hooks) == 1
+        assert not tiny.conv.bias._post_accumulate_grad_hooks
+        x, y = batch
+        reference = {n: p.detach().clone().requires_grad_() for n, p in tiny.named_parameters()}
+        out = F.conv2d(x, reference["conv.weight"], reference["conv.bias"])
+        out = F.linear(F.relu(out).flatten(1), reference["fc.weight"], reference["fc.bias"])
+        F.cross_entropy(out, y).backward()
+        F.cross_entropy(tiny(x), y).backward()
+    assert sorted(key for _, key, _, _ in got) == ["conv", "fc"]
+    for layer in ("conv", "fc"):
+        torch.testing.assert_close(
+            _by(got, "weight_gradients", layer)[0], reference[f"{layer}.weight"].grad
+        )
+    assert not tiny.conv.weight._post_accumulate_grad_hooks
+
+
+def test_gradients_with_accumulation_are_what_the_optimizer_uses(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, ["weight_gradients"])
+    x, y = batch
+    halves = (slice(0, 2), slice(2, None))
+    reference = {n: p.detach().clone().requires_grad_() for n, p in tiny.named_parameters()}
+    for half in halves:
+        out = F.conv2d(x[half], reference["conv.weight"], reference["conv.bias"])
+        out = F.linear(F.relu(out).flatten(1), reference["fc.weight"], reference["fc.bias"])
+        F.cross_entropy(out, y[half]).backward()
+    with ik.Exporter(tiny, opt, bus):
+        opt.zero_grad()
+        for half in halves:
+            F.cross_entropy(tiny(x[half]), y[half]).backward()
+        opt.step()
+    assert [key for _, key, _, _ in got] == ["conv", "fc"]  # once per step, not per backward
+    for layer in ("conv", "fc"):
+        torch.testing.assert_close(
+            _by(got, "weight_gradients", layer)[0], reference[f"{layer}.weight"].grad
+        )
 
 
 def test_final_batch_finished_without_optimizer(tiny, batch) -> None:

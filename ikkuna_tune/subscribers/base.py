@@ -116,6 +116,26 @@ class Subscription:
             return True
         return self.counter.get((key, kind), 0) % self.subsample == 0
 
+    def needs_data(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the next message of ``kind`` for ``key`` under ``tag`` must be delivered, or
+        :meth:`count_only` may stand in for it (it would only move a counter).
+
+        Publishers call it before preparing a message at all. A subclass that overrides
+        :meth:`receive_message` needs every message of its tag unless it overrides this too.
+        """
+        if self.tag is not None and tag != self.tag:
+            return False
+        if type(self).receive_message is not Subscription.receive_message:
+            return True
+        return self.counter.get((key, kind), 0) % self.subsample == 0
+
+    def count_only(self, key: str | None, kind: str, tag: str) -> None:
+        """Account for a message that :meth:`needs_data` said need not be delivered."""
+        if self.tag is not None and tag != self.tag:
+            return
+        counter_key = (key, kind)
+        self.counter[counter_key] = self.counter.get(counter_key, 0) + 1
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(kinds={list(self.kinds)}, tag={self.tag!r}, "
@@ -158,6 +178,13 @@ class SynchronizedSubscription(Subscription):
             return True
         # the count of completed bundles of `key` changes only when this bundle completes
         return self._rounds.get(key, 0) % self.subsample == 0
+
+    def needs_data(self, key: str | None, kind: str, tag: str) -> bool:
+        # every message of the tag counts towards completing a bundle
+        return self.tag is None or tag == self.tag
+
+    def count_only(self, key: str | None, kind: str, tag: str) -> None:
+        pass  # only reached for other tags, which a bundle never holds
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:

@@ -78,3 +78,47 @@ def test_skipped_updates_are_published_without_data(tiny, batch) -> None:
     computed = {(k, s): d is not None for k, s, d in seen}
     assert computed == {(k, s): s % 2 == 0 for k in ("conv", "fc") for s in range(5)}
     assert got == [0, 0, 2, 2, 4, 4]
+
+
+def _weights(step: int, data=None) -> ik.ModuleMessage:
+    return ik.ModuleMessage("weights", "default", step, step, 0, data, ik.NamedModule("fc", None))
+
+
+def test_skip_counts_thinned_messages_like_publishing_them() -> None:
+    # one bus publishes everything, the other asks skip() first: both deliver the same steps
+    delivered: dict[str, list[int]] = {"all": [], "skip": []}
+    buses = {name: ik.MessageBus(name) for name in delivered}
+    for name, bus in buses.items():
+        ik.CallbackSubscriber(
+            ["weights"], lambda m, name=name: delivered[name].append(m.global_step), bus,
+            subsample=3,
+        )  # fmt: skip
+    skipped = []
+    for step in range(8):
+        buses["all"].publish(_weights(step))
+        skip = buses["skip"].skip("weights", "fc")
+        skipped.append(skip)
+        if not skip:
+            buses["skip"].publish(_weights(step))
+    assert delivered["all"] == delivered["skip"] == [0, 3, 6]
+    assert skipped == [False, True, True, False, True, True, False, True]
+    assert buses["skip"].skip("biases", "fc")  # nobody subscribed: nothing to build
+
+
+def test_skip_never_drops_what_a_bundle_or_another_tag_needs() -> None:
+    bus = ik.MessageBus()
+    plain = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=2)
+    bundles: list = []
+    ik.CallbackSubscriber(["weights", "weight_updates"], bundles.append, bus, synchronized=True)
+    for step in range(3):
+        assert not bus.skip("weights", "fc")  # the bundle needs every step's message
+        bus.publish(_weights(step))
+        bus.publish(
+            ik.ModuleMessage("weight_updates", "default", step, step, 0, None, _weights(0).module)
+        )
+    assert [b.global_step for b in bundles] == [0, 1, 2]
+    (subscription,) = plain.subscriptions
+    assert subscription.counter[("fc", "weights")] == 3
+    # another tag: nobody here receives it, and no counter moves
+    assert bus.skip("weights", "fc", tag="eval")
+    assert subscription.counter[("fc", "weights")] == 3
