@@ -110,11 +110,8 @@ class Subscription:
         so the counts stay right). A subclass that overrides :meth:`receive_message` must
         override this as well; until it does, the answer is always ``True``.
         """
-        if self.tag is not None and tag != self.tag:
-            return False
-        if type(self).receive_message is not Subscription.receive_message:
-            return True
-        return self.counter.get((key, kind), 0) % self.subsample == 0
+        # for this class, "looks at the data" and "must be delivered" are the same question
+        return Subscription.needs_data(self, key, kind, tag)
 
     def needs_data(self, key: str | None, kind: str, tag: str) -> bool:
         """Whether the next message of ``kind`` for ``key`` under ``tag`` must be delivered, or
