@@ -7,7 +7,7 @@ Everything here works on finished experiments read from disk, without Ray runnin
     df = compare.load("~/ray_results/my_sweep")  # or an ExperimentAnalysis / ResultGrid
     compare.plot_layers(df, metric="self_similarity", color_by="lr").savefig("layers.png")
     compare.plot_freeze_timeline(df).savefig("freeze.png")
-    print(compare.summary(df, metric="test_accuracy", mode="max"))
+    table = compare.summary(df, metric="test_accuracy", mode="max")  # one row per trial
 
 The tidy DataFrame has one row per reported number: ``trial_id``, one column per config
 parameter (nested configs flattened as ``a/b``), ``training_iteration``, ``metric``, ``layer``

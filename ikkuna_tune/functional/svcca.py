@@ -230,7 +230,12 @@ def _correlations(
         wx, wy = wx[:, : int(mx.sum())], wy[:, : int(my.sum())]
     else:
         wx, wy = wx * mx, wy * my
-    m = wx.T @ wy[: wx.shape[0]]
+    return _cosines(wx.T @ wy[: wx.shape[0]])
+
+
+def _cosines(m: torch.Tensor) -> torch.Tensor:
+    """Singular values of the product of two orthonormal bases (the cosines of the principal
+    angles), clipped to [0, 1]; empty for an empty product."""
     if m.numel() == 0:
         return m.new_zeros(0)
     return torch.linalg.svdvals(m).clamp_(0.0, 1.0)
@@ -287,8 +292,7 @@ def _svcca(
         xc, yc = _live_columns(xc, live_x), _live_columns(yc, live_y)
     if keep < 1:
         (bx, kx), (by, ky) = _kept_basis(xc, keep, slice_kept), _kept_basis(yc, keep, slice_kept)
-        m = bx.T @ by
-        rho = torch.linalg.svdvals(m).clamp_(0.0, 1.0) if m.numel() else m.new_zeros(0)
+        rho = _cosines(bx.T @ by)
     else:
         wx, sx, wy, sy = _factor(xc, yc)
         mx = _rank_mask(sx, tuple(xc.shape))
@@ -393,8 +397,7 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
         rx, ry = _joint_r(xc, yc)
         bx, by = _basis_x(rx, tuple(xc.shape)), _basis_y(ry, tuple(yc.shape))
         rows = rx.shape[0]
-        m = by[:rows] if bx is None else bx.T @ by[:rows]
-        rho = torch.linalg.svdvals(m).clamp_(0.0, 1.0) if m.numel() else m.new_zeros(0)
+        rho = _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
     else:
         rho = xt.new_zeros(0)  # one side does not vary: no canonical correlations
     return rho.cpu().numpy() if numpy_out else rho
