@@ -94,8 +94,10 @@ class Exporter:
     Other forward passes (eval mode, ``torch.no_grad()``, :meth:`probe`) publish under their own
     tag and move no counter. Hooks are registered only for kinds some subscriber wants; removing
     subscribers removes hooks. A message that every subscription would thin out by subsampling
-    is only counted, never built (:meth:`MessageBus.skip`); an update that only a synchronised
-    bundle still needs for its count is published with ``data=None`` and not computed.
+    is only counted, never built (:meth:`MessageBus.skip`, which gets the step, so that a
+    synchronised bundle that subsampling drops is counted without its messages); an update that
+    is delivered but that no subscription looks at is published with ``data=None`` and not
+    computed.
     Nothing here turns a tensor into a Python number.
 
     Args:
@@ -266,7 +268,7 @@ class Exporter:
     # Publishing on the hot path: ``_due`` first (it counts a message that subsampling thins
     # out, without building it), then ``_emit_*`` with the data. Only built-in kinds pass here.
     def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
-        return not self.message_bus.skip(kind, key, tag)
+        return not self.message_bus.skip(kind, key, tag, self.global_step)
 
     def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
         self.message_bus.publish(

@@ -354,9 +354,14 @@ class MessageBus:
             return False
         return any(s.will_process(key, kind, tag) for s in subscriptions)
 
-    def skip(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+    def skip(
+        self, kind: str, key: str | None, tag: str = DEFAULT_TAG, step: int | None = None
+    ) -> bool:
         """Count a message of ``kind`` for ``key`` under ``tag`` without building it, if no
         subscription needs its data now (subsampling thins it out, or nobody subscribed).
+
+        ``step`` is the global step the message would carry. Synchronised subscriptions need it
+        to count the bundles they skip; without it they ask for every message of their tag.
 
         Returns ``True`` when the message is accounted for and must not be published; ``False``
         when the caller must publish it. Publishers call this first on the hot path, so that a
@@ -366,10 +371,10 @@ class MessageBus:
         if not subscriptions:
             return True
         for subscription in subscriptions:
-            if subscription.needs_data(key, kind, tag):
+            if subscription.needs_data(key, kind, tag, step):
                 return False
         for subscription in subscriptions:
-            subscription.count_only(key, kind, tag)
+            subscription.count_only(key, kind, tag, step)
         return True
 
     # ------------------------------------------------------------ publishing

@@ -113,9 +113,10 @@ class Subscription:
         # for this class, "looks at the data" and "must be delivered" are the same question
         return Subscription.needs_data(self, key, kind, tag)
 
-    def needs_data(self, key: str | None, kind: str, tag: str) -> bool:
-        """Whether the next message of ``kind`` for ``key`` under ``tag`` must be delivered, or
-        :meth:`count_only` may stand in for it (it would only move a counter).
+    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        """Whether the next message of ``kind`` for ``key`` under ``tag`` (of global step
+        ``step``, where the publisher knows it) must be delivered, or :meth:`count_only` may
+        stand in for it (it would only move a counter).
 
         Publishers call it before preparing a message at all. A subclass that overrides
         :meth:`receive_message` needs every message of its tag unless it overrides this too.
@@ -126,7 +127,7 @@ class Subscription:
             return True
         return self.counter.get((key, kind), 0) % self.subsample == 0
 
-    def count_only(self, key: str | None, kind: str, tag: str) -> None:
+    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
         """Account for a message that :meth:`needs_data` said need not be delivered."""
         if self.tag is not None and tag != self.tag:
             return
@@ -147,6 +148,11 @@ class SynchronizedSubscription(Subscription):
     handed to the subscriber as soon as it holds a message of every kind for that step.
     ``subsample=k`` keeps every k-th complete bundle per identifier. A bundle that is still
     incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
+
+    A bundle that subsampling will drop is never built: its messages are only counted (which
+    kinds of which step have arrived), so that the completed bundles are counted exactly as if
+    they had been built. Publishers that give the step to :meth:`MessageBus.skip` do not even
+    build those messages.
     """
 
     def __init__(
@@ -159,6 +165,8 @@ class SynchronizedSubscription(Subscription):
         super().__init__(subscriber, kinds, tag, subsample)
         self._open: dict[str | None, MessageBundle] = {}
         self._rounds: dict[str | None, int] = {}
+        # bundles that will not be delivered: (their step, the kinds that have arrived)
+        self._counted: dict[str | None, tuple[int, set[str]]] = {}
         self._layer_kinds: tuple[str, ...] = self.kinds
         self._network_kinds: tuple[str, ...] = self.kinds
 
@@ -167,26 +175,53 @@ class SynchronizedSubscription(Subscription):
         self._layer_kinds = tuple(k for k in self.kinds if k in data)
         self._network_kinds = tuple(k for k in self.kinds if k not in data)
 
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        """Whether the bundle the next message for ``key`` joins would be delivered."""
+    def _delivers(self, key: str | None, tag: str) -> bool:
+        """Whether the bundle now being collected for ``key`` under ``tag`` will be delivered.
+
+        It is iff the count of completed bundles is a multiple of ``subsample`` when it
+        completes, and that count cannot change before it completes.
+        """
         if self.tag is not None and tag != self.tag:
             return False
-        if type(self).receive_message is not SynchronizedSubscription.receive_message:
-            return True
-        # the count of completed bundles of `key` changes only when this bundle completes
         return self._rounds.get(key, 0) % self.subsample == 0
 
-    def needs_data(self, key: str | None, kind: str, tag: str) -> bool:
-        # every message of the tag counts towards completing a bundle
-        return self.tag is None or tag == self.tag
+    def _custom_receive(self) -> bool:
+        return type(self).receive_message is not SynchronizedSubscription.receive_message
 
-    def count_only(self, key: str | None, kind: str, tag: str) -> None:
-        pass  # only reached for other tags, which a bundle never holds
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the bundle the next message for ``key`` joins would be delivered."""
+        if self._custom_receive():
+            return self.accepts_tag(tag)
+        return self._delivers(key, tag)
+
+    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        # without the step a skipped message could not be told apart from the next step's
+        if step is None or self._custom_receive():
+            return self.accepts_tag(tag)
+        return self._delivers(key, tag)
+
+    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
+        if step is not None and self.accepts_tag(tag):
+            self._count(key, kind, step)
+
+    def _count(self, key: str | None, kind: str, step: int) -> None:
+        """Note that a message of ``kind`` for ``key`` arrived in ``step``, for a bundle that
+        will not be delivered: the same bookkeeping as building it, without the bundle."""
+        entry = self._counted.get(key)
+        if entry is None or entry[0] != step:  # an incomplete bundle of an earlier step is dropped
+            entry = self._counted[key] = (step, set())
+        entry[1].add(kind)
+        if len(entry[1]) == len(self._network_kinds if key is None else self._layer_kinds):
+            del self._counted[key]
+            self._rounds[key] = self._rounds.get(key, 0) + 1
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
             return
         key = message.key
+        if self._rounds.get(key, 0) % self.subsample != 0:
+            self._count(key, message.kind, message.global_step)
+            return
         bundle = self._open.get(key)
         if bundle is not None and bundle.global_step != message.global_step:
             logger.debug("Dropping incomplete %r of step %d", bundle, bundle.global_step)
@@ -199,10 +234,8 @@ class SynchronizedSubscription(Subscription):
         bundle.add_message(message)
         if bundle.complete():
             del self._open[key]
-            count = self._rounds.get(key, 0)
-            self._rounds[key] = count + 1
-            if count % self.subsample == 0:
-                self.subscriber.receive_message(bundle)
+            self._rounds[key] = self._rounds.get(key, 0) + 1
+            self.subscriber.receive_message(bundle)
 
 
 class Subscriber:

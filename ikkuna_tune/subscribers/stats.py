@@ -347,12 +347,12 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         #: the L2 norm is shared with other subscribers of the same message; copies are not
         self.shared_as = "norm2" if snapshot is F.norm else None
 
+    # receive_message only adds the snapshot: the bundle rules of the base class hold
     def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        if self.tag is not None and tag != self.tag:
-            return False
-        # a bundle is delivered iff the completed-round count is a multiple of `subsample` when it
-        # completes; that count cannot change before this message's bundle completes
-        return self._rounds.get(key, 0) % self.subsample == 0
+        return self._delivers(key, tag)
+
+    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        return self.accepts_tag(tag) if step is None else self._delivers(key, tag)
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -122,3 +125,75 @@ def test_skip_never_drops_what_a_bundle_or_another_tag_needs() -> None:
     # another tag: nobody here receives it, and no counter moves
     assert bus.skip("weights", "fc", tag="eval")
     assert subscription.counter[("fc", "weights")] == 3
+
+
+def _stream(seed: int, steps: int = 40) -> list[tuple[int, str, str]]:
+    """Messages (step, layer, kind) of a random run: some steps miss a kind for a layer (a
+    frozen layer publishes no gradients), some repeat one (gradient accumulation)."""
+    rng = random.Random(seed)
+    events = []
+    for step in range(steps):
+        for layer in ("conv", "fc"):
+            for kind in ("weights", "weight_gradients"):
+                for _ in range(rng.choice([0, 1, 1, 1, 1, 2])):
+                    events.append((step, layer, kind))
+    return events
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_skip_with_step_delivers_the_same_bundles(subsample: int, seed: int) -> None:
+    # reference: every message is built and published; the other bus asks skip() with the step
+    # first and builds a message only when some subscription needs it
+    got: dict[str, list[tuple[str | None, int]]] = {"all": [], "skip": []}
+    buses = {name: ik.MessageBus(name) for name in got}
+    for name, bus in buses.items():
+        ik.CallbackSubscriber(
+            ["weights", "weight_gradients"],
+            lambda b, name=name: got[name].append((b.key, b.global_step)),
+            bus, synchronized=True, subsample=subsample,
+        )  # fmt: skip
+    built = 0
+    for step, layer, kind in _stream(seed):
+        module = ik.NamedModule(layer, None)
+        buses["all"].publish(ik.ModuleMessage(kind, "default", step, step, 0, None, module))
+        if not buses["skip"].skip(kind, layer, "default", step):
+            built += 1
+            buses["skip"].publish(ik.ModuleMessage(kind, "default", step, step, 0, None, module))
+    assert got["skip"] == got["all"]
+    assert len(got["all"]) > 2
+    if subsample > 1:  # the skipped bundles' messages were never built
+        assert built < len(_stream(seed)) * 0.8
+
+
+def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> None:
+    built: list[tuple[str, int]] = []
+    bus = ik.MessageBus()
+    original = bus.publish
+
+    def counting_publish(message) -> None:
+        built.append((message.kind, message.global_step))
+        original(message)
+
+    bus.publish = counting_publish  # type: ignore[method-assign]
+    ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=4)
+    fc: dict[int, torch.Tensor] = {}
+    ik.CallbackSubscriber(
+        [ratio.topic], lambda m: fc.update({m.global_step: m.data}) if m.key == "fc" else None, bus
+    )
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    before = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(9):
+            before.append(tiny.fc.weight.detach().clone())
+            opt.zero_grad()
+            loss_fn(tiny(batch[0]), batch[1]).backward()
+            opt.step()
+    weight_steps = sorted({s for k, s in built if k in ("weights", "weight_updates")})
+    assert weight_steps == [0, 4, 8]
+    after = [*before[1:], tiny.fc.weight.detach()]
+    assert sorted(fc) == [0, 4, 8]
+    for step, value in fc.items():
+        expected = (after[step] - before[step]).norm() / before[step].norm()
+        torch.testing.assert_close(value, expected)
