@@ -10,9 +10,13 @@ number of steps, three times in one process:
   end of every epoch, as in real use);
 * ``sub16``: the same set with ``subsample=16``.
 
-The three runs start from the same weights, see the same batches and alternate in blocks of
-``--block`` steps (the order rotating every block), so that whatever else the machine is doing
-falls on all three alike. A step is zero_grad, forward, loss, backward, optimizer step, and on
+The three runs see the same batches and alternate in blocks of ``--block`` steps (the order
+rotating every block), so that whatever else the machine is doing falls on all three alike.
+They also train one and the same model and optimizer, taking turns (an instrumented run attaches
+its Exporter for its turn and carries the Exporter's counters over to the next): on this 2-core
+machine two identical copies of the model, trained side by side, differed by 3.5% in median step
+time, by where their tensors happened to lie in memory, which is more than the cost being
+measured. A step is zero_grad, forward, loss, backward, optimizer step, and on
 the step that ends an epoch the Exporter's ``epoch_finished`` (which flushes the backend); on
 CUDA it is timed between two synchronisations. The first block of each run is warm-up and
 dropped. ``ratio`` and ``ratio_subsample16`` are ratios of median wall-clock step times;
@@ -77,42 +81,65 @@ def standard_set(bus: ik.MessageBus, subsample: int) -> None:
     ik.TrainAccuracySubscriber(bus, subsample=subsample)
 
 
-class Run:
-    """One training run of ``variant`` that can be advanced a few steps at a time."""
+class Model:
+    """The network and optimizer that every variant trains, taking turns."""
 
     def __init__(
-        self,
-        variant: str,
-        init: dict[str, torch.Tensor],
-        args: argparse.Namespace,
-        device: torch.device,
-        log_dir: str,
+        self, init: dict[str, torch.Tensor], args: argparse.Namespace, device: torch.device
     ) -> None:
-        self.model = DeepCNN(depth=args.depth, width=args.width).to(device)
-        self.model.load_state_dict(init)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.net = DeepCNN(depth=args.depth, width=args.width).to(device)
+        self.net.load_state_dict(init)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+
+
+class Run:
+    """One variant's training steps on the shared :class:`Model`, a turn at a time.
+
+    An instrumented variant keeps its bus and subscribers for the whole run and attaches an
+    Exporter to the model for each turn (:meth:`begin`), carrying the Exporter's counters from
+    turn to turn, so its messages and subsampling go on as in one uninterrupted run.
+    """
+
+    def __init__(self, variant: str, model: Model, args: argparse.Namespace, log_dir: str) -> None:
+        self.model = model
         self.steps_per_epoch = args.steps_per_epoch
         self.step_count = 0
+        self.bus: ik.MessageBus | None = None
         self.exporter: ik.Exporter | None = None
+        self.state: dict[str, Any] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
         if variant != "plain":
-            bus = ik.MessageBus(variant, log_dir=f"{log_dir}/{variant}")
-            standard_set(bus, 16 if variant == "sub16" else 1)
-            self.exporter = ik.Exporter(self.model, self.opt, bus)
+            self.bus = ik.MessageBus(variant, log_dir=f"{log_dir}/{variant}")
+            standard_set(self.bus, 16 if variant == "sub16" else 1)
+
+    def begin(self) -> None:
+        """Start a turn: attach this variant's hooks to the model."""
+        if self.bus is not None:
+            self.exporter = ik.Exporter(self.model.net, self.model.opt, self.bus)
+            if self.state is not None:
+                self.exporter.load_state_dict(self.state)
             self.loss_fn = self.exporter.wrap_loss(F.cross_entropy)
 
+    def end(self) -> None:
+        """End a turn: remove the hooks, keep the counters."""
+        if self.exporter is not None:
+            self.state = self.exporter.state_dict()
+            self.exporter.close()
+            self.exporter = None
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.opt.zero_grad()
-        self.loss_fn(self.model(x), y).backward()
-        self.opt.step()
+        net, opt = self.model.net, self.model.opt
+        opt.zero_grad()
+        self.loss_fn(net(x), y).backward()
+        opt.step()
         self.step_count += 1
         if self.exporter is not None and self.step_count % self.steps_per_epoch == 0:
             self.exporter.epoch_finished()  # flushes the backend: the per-epoch cost counts
 
     def close(self) -> None:
-        if self.exporter is not None:
-            self.exporter.close()
-            self.exporter.message_bus.close()
+        self.end()
+        if self.bus is not None:
+            self.bus.close()
 
 
 def time_runs(
@@ -123,7 +150,8 @@ def time_runs(
     log_dir: str,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall-clock and thread-CPU seconds of every step after warm-up, per variant."""
-    runs = {v: Run(v, init, args, device, log_dir) for v in VARIANTS}
+    model = Model(init, args, device)
+    runs = {v: Run(v, model, args, log_dir) for v in VARIANTS}
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -131,6 +159,7 @@ def time_runs(
         order = VARIANTS[block % 3 :] + VARIANTS[: block % 3]
         for variant in order:
             run = runs[variant]
+            run.begin()
             for x, y in batches[start : start + args.block]:
                 sync()
                 t0, c0 = time.perf_counter(), time.thread_time()
@@ -139,6 +168,7 @@ def time_runs(
                 if block > 0:
                     wall[variant].append(time.perf_counter() - t0)
                     cpu[variant].append(time.thread_time() - c0)
+            run.end()
     for run in runs.values():
         run.close()
     return wall, cpu
@@ -153,7 +183,8 @@ def count_syncs(
     log_dir: str,
 ) -> int:
     """Host synchronisations during one untimed run of ``variant`` (CUDA only)."""
-    run = Run(variant, init, args, device, f"{log_dir}/syncs")
+    run = Run(variant, Model(init, args, device), args, f"{log_dir}/syncs")
+    run.begin()
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

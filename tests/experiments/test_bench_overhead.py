@@ -1,0 +1,82 @@
+"""The overhead benchmark's turn-taking gives the messages of one uninterrupted run."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import ikkuna_tune as ik
+from experiments import bench_overhead as bo
+from experiments.models import DeepCNN
+
+
+def _args() -> argparse.Namespace:
+    return argparse.Namespace(depth=2, width=4, steps_per_epoch=7)
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _record(bus: ik.MessageBus, topic: str) -> list[tuple[int, str, float]]:
+    seen: list[tuple[int, str, float]] = []
+    ik.CallbackSubscriber(
+        [topic], lambda m: seen.append((m.global_step, m.key, float(m.data))), bus
+    )
+    return seen
+
+
+def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
+    torch.manual_seed(0)
+    init = DeepCNN(2, width=4).state_dict()
+    batches = _batches(40)
+
+    model = bo.Model(init, _args(), torch.device("cpu"))
+    run = bo.Run("sub16", model, _args(), str(tmp_path))
+    assert run.bus is not None
+    turns = {t: _record(run.bus, t) for t in ("weights_norm2", "weight_updates_weights_ratio")}
+    for start in range(0, len(batches), 3):  # turns of 3 steps, hooks removed in between
+        run.begin()
+        for x, y in batches[start : start + 3]:
+            run.step(x, y)
+        run.end()
+    run.close()
+
+    # reference: the same training with one Exporter attached throughout
+    net = DeepCNN(2, width=4)
+    net.load_state_dict(init)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    bus = ik.MessageBus("reference", log_dir=str(tmp_path / "reference"))
+    bo.standard_set(bus, 16)
+    whole = {t: _record(bus, t) for t in turns}
+    with ik.Exporter(net, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for step, (x, y) in enumerate(batches, start=1):
+            opt.zero_grad()
+            loss_fn(net(x), y).backward()
+            opt.step()
+            if step % 7 == 0:
+                exporter.epoch_finished()
+    bus.close()
+
+    for topic, got in turns.items():
+        assert [s for s, _, _ in got] == [s for s, _, _ in whole[topic]]
+        assert {s for s, _, _ in got} == {0, 16, 32}
+        for (_, key, value), (_, ref_key, ref_value) in zip(got, whole[topic], strict=True):
+            assert key == ref_key
+            assert abs(value - ref_value) <= 1e-6 * max(1.0, abs(ref_value))
+
+
+def test_main_reports_the_ratios() -> None:
+    result = bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
+    assert result["timed_steps"] == 4
+    assert result["layers"] == 4
+    for key in ("ratio", "ratio_subsample16"):
+        assert result[key] > 0
+    assert set(result["median_ms"]) == {"plain", "every", "sub16"}
