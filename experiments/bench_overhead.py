@@ -10,8 +10,11 @@ number of steps, three times in one process:
   end of every epoch, as in real use);
 * ``sub16``: the same set with ``subsample=16``.
 
-The three runs see the same batches and alternate in blocks of ``--block`` steps (the order
-rotating every block), so that whatever else the machine is doing falls on all three alike.
+The three runs see the same batches and alternate in blocks of ``--block`` steps, so that
+whatever else the machine is doing falls on all three alike. The order within a block goes
+through all six permutations, so that each run follows each other run equally often: with the
+order only rotated, the run after ``every`` always followed it, and a plain run in that place
+measured 1.033x plain (an A/A test), from what the run before it left behind.
 They also train one and the same model and optimizer, taking turns (an instrumented run attaches
 its Exporter for its turn and carries the Exporter's counters over to the next): on this 2-core
 machine two identical copies of the model, trained side by side, differed by 3.5% in median step
@@ -25,13 +28,17 @@ On CUDA, one more untimed run per variant counts host synchronisations with
 ``torch.cuda.set_sync_debug_mode('warn')`` (``syncs_per_step``; the epoch-end flushes and the
 final flush included).
 
-Run: ``python -m experiments.bench_overhead --depth 2`` and ``--depth 8`` (how the cost grows
+``--control`` makes the ``sub16`` run train without instrumentation: its ratio is then the
+harness's own noise floor on the machine at hand.
+
+Run: ``python -m experiments.bench_overhead --depth 2`` and ``--depth 6`` (how the cost grows
 with the number of layers). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
@@ -151,13 +158,17 @@ def time_runs(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall-clock and thread-CPU seconds of every step after warm-up, per variant."""
     model = Model(init, args, device)
-    runs = {v: Run(v, model, args, log_dir) for v in VARIANTS}
+    # with --control the sub16 run trains plainly (an A/A test of the harness)
+    control = getattr(args, "control", False)
+    runs = {
+        v: Run("plain" if control and v == "sub16" else v, model, args, log_dir) for v in VARIANTS
+    }
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    orders = list(itertools.permutations(VARIANTS))
     for block, start in enumerate(range(0, args.steps, args.block)):
-        order = VARIANTS[block % 3 :] + VARIANTS[: block % 3]
-        for variant in order:
+        for variant in orders[block % len(orders)]:
             run = runs[variant]
             run.begin()
             for x, y in batches[start : start + args.block]:
@@ -208,6 +219,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps-per-epoch", type=int, default=62, help="4,000 images / 64")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="A/A test: the sub16 run trains without instrumentation, so ratio_subsample16 "
+        "shows the harness's own noise floor",
+    )
     args = parser.parse_args(argv)
     if args.block < 1 or args.steps < 2 * args.block:
         parser.error("need --block >= 1 and --steps >= 2 * --block (the first block is warm-up)")
@@ -252,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "median_ms": {v: round(1e3 * m, 4) for v, m in median.items()},
         "overhead_ms_per_layer": round(1e3 * (median["every"] - median["plain"]) / layers, 4),
         "torch": torch.__version__,
+        "control": args.control,
     }
     if syncs is not None:
         result["syncs_per_step"] = round(syncs["every"], 4)

@@ -80,3 +80,12 @@ def test_main_reports_the_ratios() -> None:
     for key in ("ratio", "ratio_subsample16"):
         assert result[key] > 0
     assert set(result["median_ms"]) == {"plain", "every", "sub16"}
+
+
+def test_control_run_has_no_exporter(tmp_path) -> None:
+    # the A/A control: the sub16 slot trains plainly, so nothing is published for it
+    args = argparse.Namespace(**vars(_args()), steps=4, block=2, control=True)
+    model_init = DeepCNN(2, width=4).state_dict()
+    wall, _ = bo.time_runs(model_init, _batches(4), args, torch.device("cpu"), str(tmp_path))
+    assert len(wall["sub16"]) == len(wall["plain"]) == 2
+    assert not (tmp_path / "sub16").exists() and (tmp_path / "every").exists()
