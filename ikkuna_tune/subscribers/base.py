@@ -51,6 +51,22 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_ylims(ylims: object) -> tuple[float, float] | None:
+    """Return ``ylims`` as a ``(low, high)`` pair with ``low < high`` (or ``None``)."""
+    if ylims is None:
+        return None
+    if (
+        not isinstance(ylims, (tuple, list))
+        or len(ylims) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ylims)
+        or not ylims[0] < ylims[1]
+    ):
+        raise ValueError(
+            f"Expected `ylims` to be None or a pair (low, high) with low < high but got {ylims!r}"
+        )
+    return (float(ylims[0]), float(ylims[1]))
+
+
 class Subscription:
     """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
 

@@ -35,6 +35,7 @@ from ikkuna_tune.subscribers.base import (
     Subscription,
     SynchronizedSubscription,
     check_positive_int,
+    check_ylims,
 )
 
 __all__ = [
@@ -75,20 +76,6 @@ def check_tensor_kind(kind: object, name: str = "kind") -> str:
             f"'weight_gradients') but got the event kind {kind!r}"
         )
     return kind
-
-
-def check_ylims(ylims: object) -> tuple[float, float] | None:
-    """Return ``ylims`` as a ``(low, high)`` pair with ``low < high`` (or ``None``)."""
-    if ylims is None:
-        return None
-    if (
-        not isinstance(ylims, (tuple, list))
-        or len(ylims) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ylims)
-        or not ylims[0] < ylims[1]
-    ):
-        raise ValueError(f"Expected `ylims` to be None or a pair (low, high) but got {ylims!r}")
-    return (float(ylims[0]), float(ylims[1]))
 
 
 def _plot_config(title: str, ylabel: str, ylims: object) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from ikkuna_tune.subscribers.base import (
     PlotSubscriber,
     Subscription,
     check_positive_int,
+    check_ylims,
 )
 
 if TYPE_CHECKING:
@@ -66,19 +67,6 @@ def _check_freeze_at(freeze_at: object) -> float | None:
             f"Expected `freeze_at` to be a number in (0, 1] or None but got {freeze_at!r}"
         )
     return float(freeze_at)
-
-
-def _check_ylims(ylims: object) -> tuple[float, float] | None:
-    if ylims is None:
-        return None
-    if (
-        not isinstance(ylims, (tuple, list))
-        or len(ylims) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ylims)
-        or not ylims[0] < ylims[1]
-    ):
-        raise ValueError(f"Expected `ylims` to be (low, high) with low < high but got {ylims!r}")
-    return (float(ylims[0]), float(ylims[1]))
 
 
 def _draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -216,7 +204,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"Expected `seed` to be an integer >= 0 but got {seed!r}")
-        limits = _check_ylims(ylims)
+        limits = check_ylims(ylims)
         self.n = n
         self.seed = seed
         self.forward_fn = forward_fn

@@ -13,7 +13,7 @@ from experiments.models import DeepCNN
 
 
 def _args() -> argparse.Namespace:
-    return argparse.Namespace(depth=2, width=4, steps_per_epoch=7)
+    return argparse.Namespace(depth=2, width=4, steps_per_epoch=11)
 
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -35,7 +35,7 @@ def _record(bus: ik.MessageBus, topic: str) -> list[tuple[int, str, float]]:
 def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
     torch.manual_seed(0)
     init = DeepCNN(2, width=4).state_dict()
-    batches = _batches(40)
+    batches = _batches(33)
 
     model = bo.Model(init, _args(), torch.device("cpu"))
     run = bo.Run("sub16", model, _args(), str(tmp_path))
@@ -61,7 +61,7 @@ def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
             opt.zero_grad()
             loss_fn(net(x), y).backward()
             opt.step()
-            if step % 7 == 0:
+            if step % 11 == 0:
                 exporter.epoch_finished()
     bus.close()
 

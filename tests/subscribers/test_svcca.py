@@ -348,7 +348,7 @@ def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
         ({"seed": -1}, "`seed` to be an integer >= 0 but got -1"),
         ({"probe_tag": "default"}, "`probe_tag` to be a tag other than 'default'"),
         ({"forward_fn": 3}, "`forward_fn` to be callable or None but got 3"),
-        ({"ylims": (1, 0)}, r"`ylims` to be \(low, high\) with low < high"),
+        ({"ylims": (1, 0)}, r"`ylims` to be None or a pair \(low, high\) with low < high"),
         ({"backend": "wandb"}, "`backend` to be one of"),
         ({"dataset": [1, 2, 3]}, "`dataset` to be a torch Dataset or a tensor of inputs"),
     ],
