@@ -159,9 +159,9 @@ def time_runs(
     """Wall-clock and thread-CPU seconds of every step after warm-up, per variant."""
     model = Model(init, args, device)
     # with --control the sub16 run trains plainly (an A/A test of the harness)
-    control = getattr(args, "control", False)
     runs = {
-        v: Run("plain" if control and v == "sub16" else v, model, args, log_dir) for v in VARIANTS
+        v: Run("plain" if args.control and v == "sub16" else v, model, args, log_dir)
+        for v in VARIANTS
     }
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
