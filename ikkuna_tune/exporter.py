@@ -39,11 +39,19 @@ _PARAM_KINDS = {
 }
 _UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
 _GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
-_NOT_RECORDED = object()
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
     return list(module.parameters(recurse=False))
+
+
+def _tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
+    """``module.<attr>`` if it is a tensor, else None; a parameter is found without
+    ``nn.Module.__getattr__`` (this runs for every layer on every step)."""
+    value = module._parameters.get(attr)
+    if value is None:
+        value = getattr(module, attr, None)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def select_modules(
@@ -164,11 +172,13 @@ class Exporter:
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
         self._frozen: list[str] = []
-        self._update_before: dict[tuple[str, str], torch.Tensor | None] = {}
+        self._update_before: dict[tuple[str, str], torch.Tensor] = {}
+        self._update_names: dict[str, list[str]] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
         self._want_gradients: list[str] = []
+        self._wanted: frozenset[str] = frozenset()
         self._closed = False
 
         self._base_handles.append(model.register_forward_pre_hook(self._on_forward_start))
@@ -207,6 +217,7 @@ class Exporter:
                 handle.remove()
         self._kind_handles.clear()
         self._update_before.clear()
+        self._update_names.clear()
         self._update_buffers.clear()
         if self.message_bus.exporter is self:
             self.message_bus.exporter = None
@@ -229,7 +240,7 @@ class Exporter:
         """Register hooks for the kinds now subscribed, remove those for kinds no longer wanted."""
         if self._closed:
             return
-        wanted = self.message_bus.subscribed_kinds()
+        wanted = self._wanted = self.message_bus.subscribed_kinds()
         # with an optimizer, parameter gradients are read in its pre-step hook (one Python call
         # per step); without one, each parameter gets a post-accumulate-grad hook
         per_param = self.optimizer is None
@@ -244,6 +255,7 @@ class Exporter:
         self._want_updates = [k for k in _UPDATE_KINDS if k in wanted]
         if not self._want_updates:
             self._update_before.clear()
+            self._update_names.clear()
             self._update_buffers.clear()
         for group, on in groups.items():
             registered = group in self._kind_handles
@@ -270,6 +282,18 @@ class Exporter:
     def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
         return not self.message_bus.skip(kind, key, tag, self.global_step)
 
+    def _publish_layers(
+        self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
+    ) -> None:
+        """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
+        tensor detached; a step that subsampling skips costs one :meth:`MessageBus.skip_all`."""
+        bus, step = self.message_bus, self.global_step
+        if bus.skip_all(kind, [name for name, _, _ in found], DEFAULT_TAG, step):
+            return
+        for name, named, data in found:
+            if not bus.skip(kind, name, DEFAULT_TAG, step):
+                self._emit_layer(kind, named, None if data is None else data.detach(), DEFAULT_TAG)
+
     def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
         self.message_bus.publish(
             NetworkMessage(kind, tag, self.global_step, self.train_step, self.epoch, data)
@@ -281,17 +305,13 @@ class Exporter:
         )
 
     def _publish_meta(self, kind: str, data: Any = None, tag: str = DEFAULT_TAG) -> None:
-        if self._due(kind, None, tag):
+        if kind in self._wanted and self._due(kind, None, tag):
             self._emit_meta(kind, data, tag)
 
     def _publish_tensor_meta(self, kind: str, data: Any, tag: str) -> None:
         """Publish ``data`` (detached if a tensor), unless no subscription needs it now."""
-        if self._due(kind, None, tag):
+        if kind in self._wanted and self._due(kind, None, tag):
             self._emit_meta(kind, data.detach() if isinstance(data, torch.Tensor) else data, tag)
-
-    def _publish_layer(self, kind: str, named: NamedModule, data: Any, tag: str) -> None:
-        if self._due(kind, named.name, tag):
-            self._emit_layer(kind, named, data, tag)
 
     def _is_training_pass(self) -> bool:
         return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
@@ -324,10 +344,12 @@ class Exporter:
         self._publish_meta("batch_started")
         for kind in self._want_params:
             attr = _PARAM_KINDS[kind]
-            for named in self.modules.values():
-                param = getattr(named.module, attr, None)
-                if isinstance(param, torch.Tensor) and self._due(kind, named.name):
-                    self._emit_layer(kind, named, param.detach(), DEFAULT_TAG)
+            found = []
+            for name, named in self.modules.items():
+                param = _tensor_attr(named.module, attr)
+                if param is not None:
+                    found.append((name, named, param))
+            self._publish_layers(kind, found)
 
     def _finish_step(self) -> None:
         if self._step_open:
@@ -358,22 +380,30 @@ class Exporter:
     def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         for kind in self._want_gradients:
             attr = _GRADIENT_KINDS[kind]
-            for named in self.modules.values():
-                param = getattr(named.module, attr, None)
-                grad = param.grad if isinstance(param, torch.Tensor) else None
-                if grad is not None and self._due(kind, named.name):
-                    self._emit_layer(kind, named, grad.detach(), DEFAULT_TAG)
-        will_process = self.message_bus.will_process
+            found = []
+            for name, named in self.modules.items():
+                param = _tensor_attr(named.module, attr)
+                if param is not None and param.grad is not None:
+                    found.append((name, named, param.grad))
+            self._publish_layers(kind, found)
+        bus = self.message_bus
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
+            names = []
             for name, named in self.modules.items():
-                param = getattr(named.module, attr, None)
-                if isinstance(param, torch.Tensor) and param.requires_grad:
+                param = _tensor_attr(named.module, attr)
+                if param is not None and param.requires_grad:
+                    names.append(name)
+            # the layers whose update is published at the step's end (see _on_optimizer_post)
+            self._update_names[kind] = names
+            if not bus.will_process_any(kind, names):
+                continue
+            for name in names:
+                # an update every subscription would skip (subsampling) is not computed
+                if bus.will_process(kind, name):
                     key = (name, kind)
-                    # an update every subscription would skip (subsampling) is not computed
-                    self._update_before[key] = (
-                        self._snapshot(key, param) if will_process(kind, name) else None
-                    )
+                    param = _tensor_attr(self.modules[name].module, attr)
+                    self._update_before[key] = self._snapshot(key, param)
 
     def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
         """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
@@ -389,13 +419,16 @@ class Exporter:
     def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
-            for name, named in self.modules.items():
-                before = self._update_before.pop((name, kind), _NOT_RECORDED)
-                param = getattr(named.module, attr, None)
-                if before is _NOT_RECORDED or not isinstance(param, torch.Tensor):
+            found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
+            for name in self._update_names.pop(kind, ()):
+                named = self.modules[name]
+                before = self._update_before.pop((name, kind), None)
+                param = _tensor_attr(named.module, attr)
+                if param is None:
                     continue
-                update = None if before is None else param.detach() - before
-                self._publish_layer(kind, named, update, DEFAULT_TAG)
+                # without a snapshot nobody looks at the update: it is published without data
+                found.append((name, named, None if before is None else param.detach() - before))
+            self._publish_layers(kind, found)
         self._stepped = True
         self._finish_step()
 

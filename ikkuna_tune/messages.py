@@ -9,7 +9,7 @@ they publish to the bus they are attached to, and nothing is shared between buse
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -370,12 +370,47 @@ class MessageBus:
         subscriptions = self._by_kind.get(kind)
         if not subscriptions:
             return True
+        if len(subscriptions) == 1:
+            return subscriptions[0].skip(key, kind, tag, step)
         for subscription in subscriptions:
             if subscription.needs_data(key, kind, tag, step):
                 return False
         for subscription in subscriptions:
             subscription.count_only(key, kind, tag, step)
         return True
+
+    def skip_all(
+        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG, step: int | None = None
+    ) -> bool:
+        """:meth:`skip` for messages of ``kind`` for all of ``keys`` at once (the layers of one
+        step): ``True`` when none of them is needed and all are counted, ``False`` when at least
+        one is needed and none is counted (the caller then goes key by key with :meth:`skip`).
+
+        One call per kind and step instead of one per layer: what a step that subsampling skips
+        costs.
+        """
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions or not keys:
+            return True
+        for subscription in subscriptions:
+            if subscription.needs_any(keys, kind, tag, step):
+                return False
+        for subscription in subscriptions:
+            subscription.count_all(keys, kind, tag, step)
+        return True
+
+    def will_process_any(
+        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG
+    ) -> bool:
+        """Whether :meth:`will_process` is true for any of ``keys``."""
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions:
+            return False
+        for subscription in subscriptions:
+            for key in keys:
+                if subscription.will_process(key, kind, tag):
+                    return True
+        return False
 
     # ------------------------------------------------------------ publishing
     def publish(self, message: Message) -> None:

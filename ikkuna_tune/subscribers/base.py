@@ -93,6 +93,8 @@ class Subscription:
         self.subsample = check_positive_int("subsample", subsample)
         self.subscriber = subscriber
         self.counter: dict[tuple[str | None, str], int] = {}
+        # a subclass with its own receive_message needs every message of its tag (see needs_data)
+        self._own_receive = type(self).receive_message is not Subscription.receive_message
 
     @property
     def routed_kinds(self) -> tuple[str, ...]:
@@ -139,7 +141,7 @@ class Subscription:
         """
         if self.tag is not None and tag != self.tag:
             return False
-        if type(self).receive_message is not Subscription.receive_message:
+        if self._own_receive:
             return True
         return self.counter.get((key, kind), 0) % self.subsample == 0
 
@@ -149,6 +151,40 @@ class Subscription:
             return
         counter_key = (key, kind)
         self.counter[counter_key] = self.counter.get(counter_key, 0) + 1
+
+    def needs_any(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> bool:
+        """Whether :meth:`needs_data` holds for any of ``keys`` (messages of one step)."""
+        if self.tag is not None and tag != self.tag:
+            return False
+        if self._own_receive:
+            return True
+        counter, subsample = self.counter, self.subsample
+        return any(counter.get((key, kind), 0) % subsample == 0 for key in keys)
+
+    def count_all(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> None:
+        """:meth:`count_only` for a message of ``kind`` for each of ``keys``."""
+        if self.tag is not None and tag != self.tag:
+            return
+        counter = self.counter
+        for key in keys:
+            counter[(key, kind)] = counter.get((key, kind), 0) + 1
+
+    def skip(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        """:meth:`count_only` the message and return ``True`` if :meth:`needs_data` says it need
+        not be delivered; otherwise return ``False`` and count nothing.
+
+        The bus calls this for a kind with one subscription: one call instead of two on the hot
+        path. Subclasses that override :meth:`needs_data` or :meth:`count_only` need not override
+        it.
+        """
+        if self.needs_data(key, kind, tag, step):
+            return False
+        self.count_only(key, kind, tag, step)
+        return True
 
     def __repr__(self) -> str:
         return (
@@ -185,6 +221,11 @@ class SynchronizedSubscription(Subscription):
         self._counted: dict[str | None, tuple[int, set[str]]] = {}
         self._layer_kinds: tuple[str, ...] = self.kinds
         self._network_kinds: tuple[str, ...] = self.kinds
+        # a subclass with its own receive_message gets every message of its tag, unless it sets
+        # this to False because its receive_message keeps the bundle rules of this class
+        self._own_sync_receive = (
+            type(self).receive_message is not SynchronizedSubscription.receive_message
+        )
 
     def bind(self, message_bus: MessageBus) -> None:
         data = message_bus.data_kinds
@@ -201,24 +242,38 @@ class SynchronizedSubscription(Subscription):
             return False
         return self._rounds.get(key, 0) % self.subsample == 0
 
-    def _custom_receive(self) -> bool:
-        return type(self).receive_message is not SynchronizedSubscription.receive_message
-
     def will_process(self, key: str | None, kind: str, tag: str) -> bool:
         """Whether the bundle the next message for ``key`` joins would be delivered."""
-        if self._custom_receive():
+        if self._own_sync_receive:
             return self.accepts_tag(tag)
         return self._delivers(key, tag)
 
     def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
         # without the step a skipped message could not be told apart from the next step's
-        if step is None or self._custom_receive():
+        if step is None or self._own_sync_receive:
             return self.accepts_tag(tag)
         return self._delivers(key, tag)
 
     def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
         if step is not None and self.accepts_tag(tag):
             self._count(key, kind, step)
+
+    def needs_any(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> bool:
+        if step is None or self._own_sync_receive:
+            return self.accepts_tag(tag)
+        if self.tag is not None and tag != self.tag:
+            return False
+        rounds, subsample = self._rounds, self.subsample
+        return any(rounds.get(key, 0) % subsample == 0 for key in keys)
+
+    def count_all(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> None:
+        if step is not None and self.accepts_tag(tag):
+            for key in keys:
+                self._count(key, kind, step)
 
     def _count(self, key: str | None, kind: str, step: int) -> None:
         """Note that a message of ``kind`` for ``key`` arrived in ``step``, for a bundle that

@@ -333,13 +333,9 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         self.snapshot = snapshot
         #: the L2 norm is shared with other subscribers of the same message; copies are not
         self.shared_as = "norm2" if snapshot is F.norm else None
-
-    # receive_message only adds the snapshot: the bundle rules of the base class hold
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        return self._delivers(key, tag)
-
-    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
-        return self.accepts_tag(tag) if step is None else self._delivers(key, tag)
+        # receive_message only adds the snapshot: the bundle rules of the base class hold, so
+        # will_process, needs_data and skipping work as for the base class
+        self._own_sync_receive = False
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:

@@ -197,3 +197,68 @@ def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> No
     for step, value in fc.items():
         expected = (after[step] - before[step]).norm() / before[step].norm()
         torch.testing.assert_close(value, expected)
+
+
+def _grouped_stream(seed: int, steps: int = 40) -> list[tuple[int, str, list[str]]]:
+    """Per step and kind, the layers that publish (as an Exporter does, all layers at once):
+    a layer may be missing (frozen), a kind may come twice in a step (accumulation)."""
+    rng = random.Random(seed)
+    groups = []
+    for step in range(steps):
+        for kind in ("weights", "weight_gradients"):
+            for _ in range(rng.choice([1, 1, 1, 2])):
+                layers = [layer for layer in ("conv", "fc", "out") if rng.random() < 0.85]
+                groups.append((step, kind, layers))
+    return groups
+
+
+def _message(kind: str, step: int, layer: str) -> ik.ModuleMessage:
+    return ik.ModuleMessage(kind, "default", step, step, 0, None, ik.NamedModule(layer, None))
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(3))
+def test_skip_all_delivers_what_publishing_everything_delivers(subsample: int, seed: int) -> None:
+    got: dict[str, list[tuple]] = {"all": [], "skip_all": []}
+    buses = {name: ik.MessageBus(name) for name in got}
+    for name, bus in buses.items():
+        ik.CallbackSubscriber(
+            ["weights", "weight_gradients"],
+            lambda b, name=name: got[name].append(("bundle", b.key, b.global_step)),
+            bus, synchronized=True, subsample=subsample,
+        )  # fmt: skip
+        ik.CallbackSubscriber(
+            ["weights"],
+            lambda m, name=name: got[name].append(("plain", m.key, m.global_step)),
+            bus, subsample=subsample + 1,
+        )  # fmt: skip
+    groups = _grouped_stream(seed)
+    built = whole_steps_skipped = 0
+    for step, kind, layers in groups:
+        for layer in layers:
+            buses["all"].publish(_message(kind, step, layer))
+        bus = buses["skip_all"]
+        if bus.skip_all(kind, layers, "default", step):
+            whole_steps_skipped += 1
+            continue
+        for layer in layers:  # some layer is needed: go one by one
+            if not bus.skip(kind, layer, "default", step):
+                built += 1
+                bus.publish(_message(kind, step, layer))
+    assert got["skip_all"] == got["all"]
+    assert len(got["all"]) > 5
+    if subsample > 1:  # some groups cost one call, and fewer messages were built
+        assert whole_steps_skipped > 0
+        assert built < sum(len(layers) for _, _, layers in groups)
+
+
+def test_will_process_any_is_will_process_of_some_key() -> None:
+    bus = ik.MessageBus()
+    bus_sub = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=2)
+    (subscription,) = bus_sub.subscriptions
+    subscription.counter[("fc", "weights")] = 1  # fc's next message is thinned out
+    assert not bus.will_process("weights", "fc")
+    assert bus.will_process_any("weights", ["fc", "conv"])  # conv's is not
+    assert not bus.will_process_any("weights", ["fc"])
+    assert not bus.will_process_any("weights", [])
+    assert not bus.will_process_any("biases", ["conv"])  # nobody subscribed
