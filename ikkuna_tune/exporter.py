@@ -98,6 +98,11 @@ class Exporter:
     an optimizer, gradients are published during backward, each once accumulated, and a step
     ends at the next training forward, :meth:`epoch_finished` or :meth:`close`.
 
+    Tensors are published without copies: ``weights`` and ``weight_gradients`` are views of the
+    parameters and their gradients, and an update is written into a buffer the Exporter keeps per
+    parameter. All of them are right while the step's messages are delivered and change with
+    later steps; a subscriber that keeps one beyond its step keeps a ``clone()``.
+
     A training step is a forward pass of the model in training mode with gradients enabled.
     Other forward passes (eval mode, ``torch.no_grad()``, :meth:`probe`) publish under their own
     tag and move no counter. Hooks are registered only for kinds some subscriber wants; removing
@@ -426,8 +431,10 @@ class Exporter:
                 param = _tensor_attr(named.module, attr)
                 if param is None:
                     continue
-                # without a snapshot nobody looks at the update: it is published without data
-                found.append((name, named, None if before is None else param.detach() - before))
+                # without a snapshot nobody looks at the update: it is published without data;
+                # with one, the update is written into the snapshot's buffer (no allocation)
+                update = None if before is None else torch.sub(param.detach(), before, out=before)
+                found.append((name, named, update))
             self._publish_layers(kind, found)
         self._stepped = True
         self._finish_step()

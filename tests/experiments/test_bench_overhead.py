@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -77,9 +79,33 @@ def test_main_reports_the_ratios() -> None:
     result = bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
     assert result["timed_steps"] == 4
     assert result["layers"] == 4
-    for key in ("ratio", "ratio_subsample16"):
+    for key in ("ratio", "ratio_subsample16", "ratio_all_steps", "ratio_subsample16_all_steps"):
         assert result[key] > 0
     assert set(result["median_ms"]) == {"plain", "every", "sub16"}
+    assert all(0 <= f < 1 for f in result["stalled_fraction"].values())
+
+
+def test_stalled_steps_are_left_out_of_the_medians(tmp_path) -> None:
+    # 20 steps of 10 ms per run; plain also has 3 host stalls of 0.5 s, sub16 1.5% more per step
+    wall = {"plain": [0.010] * 20 + [0.5] * 3, "every": [0.011] * 20, "sub16": [0.01015] * 20}
+    threshold = bo.stall_threshold(wall, 3.0)
+    assert threshold == 3.0 * 0.010  # 3x the 10th percentile of the pooled steps
+    # the stalls are left out, an instrumented step's extra cost is not
+    assert [t for t in wall["plain"] if t > threshold] == [0.5] * 3
+    assert all(t <= threshold for t in wall["every"] + wall["sub16"])
+    path = tmp_path / "times.json"
+    result = bo.main(
+        ["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4",
+         "--times-out", str(path), "--stall-factor", "1.5"]
+    )  # fmt: skip
+    times = json.loads(path.read_text())
+    pooled = sorted(t for v in times["wall"].values() for t in v)
+    assert result["stall_threshold_ms"] == round(
+        1e3 * 1.5 * pooled[int(0.1 * (len(pooled) - 1))], 3
+    )
+    for variant, steps in times["wall"].items():
+        stalled = sum(t > result["stall_threshold_ms"] / 1e3 for t in steps) / len(steps)
+        assert result["stalled_fraction"][variant] == pytest.approx(stalled, abs=1e-4)
 
 
 def test_control_run_has_no_exporter(tmp_path) -> None:

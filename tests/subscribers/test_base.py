@@ -71,8 +71,15 @@ def test_synchronized_subscription_bundles_one_step_per_module(tiny, batch) -> N
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     bus = ik.MessageBus()
     bundles = []
+    updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(bundle: ik.MessageBundle) -> None:
+        bundles.append(bundle)
+        if bundle.key is not None:  # published tensors are only right during their step
+            updates.append((bundle["weight_updates"].clone(), bundle["weight_gradients"].clone()))
+
     ik.CallbackSubscriber(
-        ["weight_gradients", "weight_updates", "loss"], bundles.append, bus, synchronized=True
+        ["weight_gradients", "weight_updates", "loss"], keep, bus, synchronized=True
     )
     with ik.Exporter(tiny, opt, bus) as exporter:
         _train(tiny, opt, exporter, batch, steps=2)
@@ -89,9 +96,9 @@ def test_synchronized_subscription_bundles_one_step_per_module(tiny, batch) -> N
     )
     assert all(b.complete() for b in bundles)
     # SGD without momentum: the update is -lr * gradient, inside each bundle
-    for b in bundles:
-        if b.key is not None:
-            torch.testing.assert_close(b["weight_updates"], -0.1 * b["weight_gradients"])
+    assert len(updates) == 4
+    for update, gradient in updates:
+        torch.testing.assert_close(update, -0.1 * gradient)
 
 
 def test_synchronized_subsample_keeps_every_kth_bundle(tiny, batch) -> None:
