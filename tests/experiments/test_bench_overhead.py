@@ -77,7 +77,7 @@ def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
 
 def test_main_reports_the_ratios() -> None:
     result = bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
-    assert result["timed_steps"] == 4
+    assert result["timed_steps"] == 2  # blocks 2 and 3, without the first step of each turn
     assert result["layers"] == 4
     for key in ("ratio", "ratio_subsample16", "ratio_all_steps", "ratio_subsample16_all_steps"):
         assert result[key] > 0
@@ -113,5 +113,10 @@ def test_control_run_has_no_exporter(tmp_path) -> None:
     args = argparse.Namespace(**vars(_args()), steps=4, block=2, control=True)
     model_init = DeepCNN(2, width=4).state_dict()
     wall, _ = bo.time_runs(model_init, _batches(4), args, torch.device("cpu"), str(tmp_path))
-    assert len(wall["sub16"]) == len(wall["plain"]) == 2
+    assert len(wall["sub16"]) == len(wall["plain"]) == 1
     assert not (tmp_path / "sub16").exists() and (tmp_path / "every").exists()
+
+
+def test_a_turn_needs_a_timed_step() -> None:
+    with pytest.raises(SystemExit):
+        bo.main(["--steps", "6", "--block", "1"])
