@@ -117,32 +117,6 @@ def _train_with_data(config: dict, scale: float) -> None:
         ik.report({"scaled_lr": scale * config["lr"]})
 
 
-def test_crash_and_restore_keeps_frozen_layers_and_every_iteration(ray_session, tmp_path) -> None:
-    config = {
-        "lr": 0.1,
-        "iterations": 5,
-        "checkpoint": True,
-        "freeze_at_iteration": 0,
-        "crash_marker": str(tmp_path / "crashed"),
-    }
-    analysis = tune.run(
-        ik.instrument(train_tiny, [StepCount()]),
-        config=config,
-        storage_path=str(tmp_path),
-        verbose=0,
-        max_failures=1,
-    )
-    assert (tmp_path / "crashed").exists()  # it did crash once
-    trial = analysis.trials[0]
-    assert trial.status == "TERMINATED"
-    df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
-    assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5]
-    assert df["iteration"].tolist() == [0, 1, 2, 3, 4]
-    assert df["frozen/conv"].tolist() == [1, 1, 1, 1, 1]
-    # subscriber state came back from the checkpoint: the count goes on, it does not restart
-    assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
-
-
 # ---------------------------------------------------------------- misuse
 
 

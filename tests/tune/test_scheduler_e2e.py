@@ -1,4 +1,5 @@
-"""SVCCAScheduler end to end: in the shared Ray session, and on a simulated two-node cluster."""
+"""SVCCAScheduler end to end (with a crash and restore): in the shared Ray session, and on a
+simulated two-node cluster."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ray import tune
 
 import ikkuna_tune as ik
 from tests.tune.conftest import ROOT
-from tests.tune.trainables import WeightCosine, WeightSum, train_tiny
+from tests.tune.trainables import StepCount, WeightCosine, WeightSum, train_tiny
 
 
 def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, tmp_path) -> None:
@@ -28,9 +29,14 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         "crash_marker": tune.sample_from(
             lambda spec: str(tmp_path / "crashed") if spec.config.variant == "crash" else None
         ),
+        # the crashing trial freezes conv itself before its first checkpoint: the restored
+        # trial must come back with conv frozen
+        "freeze_at_iteration": tune.sample_from(
+            lambda spec: 0 if spec.config.variant == "crash" else None
+        ),
     }
     analysis = tune.run(
-        ik.instrument(train_tiny, [WeightCosine(), WeightSum()]),
+        ik.instrument(train_tiny, [WeightCosine(), WeightSum(), StepCount()]),
         config=config,
         scheduler=scheduler,
         storage_path=str(tmp_path),
@@ -42,18 +48,24 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
         iterations = df["training_iteration"].tolist()
         assert iterations == list(range(1, len(iterations) + 1))  # nothing lost, even on restore
+        assert df["iteration"].tolist() == [i - 1 for i in iterations]
+        # subscriber state comes back from the checkpoint: the count of training steps (two per
+        # iteration) goes on after the crash, it does not start again
+        assert df["steps_seen"].tolist() == [2.0 * i for i in iterations]
         # the first similarity arrives with the second report; the directive is applied right
-        # after that report and confirmed by the next one. The crashing trial restarts from the
-        # checkpoint written with the second report, before the freeze: it reports conv as
-        # trainable, so the scheduler (keeping no state of its own) asks again.
+        # after that report and confirmed by the next one. The crashing trial froze conv before
+        # its first report and restarts from the checkpoint of its second: still frozen.
         frozen = df["frozen/conv"].tolist()
         first = frozen.index(1)
-        assert first == (3 if trial.config["variant"] == "crash" else 2)
+        assert first == (0 if trial.config["variant"] == "crash" else 2)
         assert frozen[first:] == [1] * (len(df) - first)
         assert set(df["frozen/fc"]) == {0}  # the last trainable layer is never frozen
         # from the freeze on, conv's weights stop changing while training goes on (fc's weight
         # sum cannot show it: softmax gradients of the output layer sum to zero over classes)
-        frozen_sums = df["weight_sum/conv"].tolist()[first:]
+        # (a weight sum is of the weights the epoch's last step started from, so after the
+        # trial's own freeze at the end of its first epoch the sums are equal from report 2 on)
+        unchanged_from = first + 1 if trial.config["variant"] == "crash" else first
+        frozen_sums = df["weight_sum/conv"].tolist()[unchanged_from:]
         assert frozen_sums == [frozen_sums[0]] * len(frozen_sums)
         assert (df["loss"].diff().dropna() < 0).all()
         assert df["frozen_fraction"].iloc[-1] == pytest.approx(30 / 275)
