@@ -372,12 +372,7 @@ class MessageBus:
             return True
         if len(subscriptions) == 1:
             return subscriptions[0].skip(key, kind, tag, step)
-        for subscription in subscriptions:
-            if subscription.needs_data(key, kind, tag, step):
-                return False
-        for subscription in subscriptions:
-            subscription.count_only(key, kind, tag, step)
-        return True
+        return self.skip_all(kind, (key,), tag, step)
 
     def skip_all(
         self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG, step: int | None = None

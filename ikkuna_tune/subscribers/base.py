@@ -156,6 +156,8 @@ class Subscription:
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
     ) -> bool:
         """Whether :meth:`needs_data` holds for any of ``keys`` (messages of one step)."""
+        if type(self).needs_data is not Subscription.needs_data:  # a subclass's own rule
+            return any(self.needs_data(key, kind, tag, step) for key in keys)
         if self.tag is not None and tag != self.tag:
             return False
         if self._own_receive:
@@ -167,6 +169,10 @@ class Subscription:
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
     ) -> None:
         """:meth:`count_only` for a message of ``kind`` for each of ``keys``."""
+        if type(self).count_only is not Subscription.count_only:  # a subclass's own counting
+            for key in keys:
+                self.count_only(key, kind, tag, step)
+            return
         if self.tag is not None and tag != self.tag:
             return
         counter = self.counter
@@ -261,6 +267,8 @@ class SynchronizedSubscription(Subscription):
     def needs_any(
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
     ) -> bool:
+        if type(self).needs_data is not SynchronizedSubscription.needs_data:
+            return any(self.needs_data(key, kind, tag, step) for key in keys)
         if step is None or self._own_sync_receive:
             return self.accepts_tag(tag)
         if self.tag is not None and tag != self.tag:
@@ -271,7 +279,10 @@ class SynchronizedSubscription(Subscription):
     def count_all(
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
     ) -> None:
-        if step is not None and self.accepts_tag(tag):
+        if type(self).count_only is not SynchronizedSubscription.count_only:
+            for key in keys:
+                self.count_only(key, kind, tag, step)
+        elif step is not None and self.accepts_tag(tag):
             for key in keys:
                 self._count(key, kind, step)
 

@@ -262,3 +262,21 @@ def test_will_process_any_is_will_process_of_some_key() -> None:
     assert not bus.will_process_any("weights", ["fc"])
     assert not bus.will_process_any("weights", [])
     assert not bus.will_process_any("biases", ["conv"])  # nobody subscribed
+
+
+def test_skip_all_follows_a_subclass_rule() -> None:
+    class ConvOnly(ik.Subscription):
+        """Needs conv's messages, whatever the subsampling says."""
+
+        def needs_data(self, key, kind, tag, step=None) -> bool:
+            return key == "conv"
+
+    bus = ik.MessageBus()
+    holder = ik.CallbackSubscriber(["loss"], lambda m: None)
+    rule = ConvOnly(holder, ["weights"], subsample=3)
+    holder.subscriptions.append(rule)
+    holder.attach(bus)
+    assert not bus.skip_all("weights", ["fc", "conv"], "default", 0)
+    assert rule.counter == {}  # something is needed: nothing is counted
+    assert bus.skip_all("weights", ["fc"], "default", 0)
+    assert rule.counter == {("fc", "weights"): 1}
