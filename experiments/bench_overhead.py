@@ -279,6 +279,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
     threshold = stall_threshold(wall, args.stall_factor)
     kept = {v: [t for t in times if t <= threshold] for v, times in wall.items()}
+    for v, times in kept.items():
+        if not times:
+            raise SystemExit(
+                f"All {len(wall[v])} timed steps of the {v!r} run were stalled (slower than "
+                f"{1e3 * threshold:.1f} ms); run more --steps or raise --stall-factor"
+            )
     kept_cpu = {v: [c for t, c in zip(wall[v], cpu[v]) if t <= threshold] for v in VARIANTS}
     if args.times_out:
         with open(args.times_out, "w") as f:

@@ -76,7 +76,11 @@ def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
 
 
 def test_main_reports_the_ratios() -> None:
-    result = bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
+    # two timed steps per run are too few to tell stalls apart: nothing counts as stalled
+    result = bo.main(
+        ["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4",
+         "--stall-factor", "1000"]
+    )  # fmt: skip
     assert result["timed_steps"] == 2  # blocks 2 and 3, without the first step of each turn
     assert result["layers"] == 4
     for key in ("ratio", "ratio_subsample16", "ratio_all_steps", "ratio_subsample16_all_steps"):
@@ -96,12 +100,12 @@ def test_stalled_steps_are_left_out_of_the_medians(tmp_path) -> None:
     path = tmp_path / "times.json"
     result = bo.main(
         ["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4",
-         "--times-out", str(path), "--stall-factor", "1.5"]
+         "--times-out", str(path), "--stall-factor", "1000"]
     )  # fmt: skip
     times = json.loads(path.read_text())
     pooled = sorted(t for v in times["wall"].values() for t in v)
     assert result["stall_threshold_ms"] == round(
-        1e3 * 1.5 * pooled[int(0.1 * (len(pooled) - 1))], 3
+        1e3 * 1000 * pooled[int(0.1 * (len(pooled) - 1))], 3
     )
     for variant, steps in times["wall"].items():
         stalled = sum(t > result["stall_threshold_ms"] / 1e3 for t in steps) / len(steps)
@@ -120,3 +124,9 @@ def test_control_run_has_no_exporter(tmp_path) -> None:
 def test_a_turn_needs_a_timed_step() -> None:
     with pytest.raises(SystemExit):
         bo.main(["--steps", "6", "--block", "1"])
+
+
+def test_a_run_with_every_step_stalled_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(bo, "stall_threshold", lambda wall, factor: 0.0)
+    with pytest.raises(SystemExit, match="timed steps of the 'plain' run were stalled"):
+        bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
