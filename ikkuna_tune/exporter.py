@@ -394,20 +394,19 @@ class Exporter:
         bus = self.message_bus
         for kind in self._want_updates:
             attr = _UPDATE_KINDS[kind]
-            names = []
+            params = []
             for name, named in self.modules.items():
                 param = _tensor_attr(named.module, attr)
                 if param is not None and param.requires_grad:
-                    names.append(name)
+                    params.append((name, param))
             # the layers whose update is published at the step's end (see _on_optimizer_post)
-            self._update_names[kind] = names
+            names = self._update_names[kind] = [name for name, _ in params]
             if not bus.will_process_any(kind, names):
                 continue
-            for name in names:
+            for name, param in params:
                 # an update every subscription would skip (subsampling) is not computed
                 if bus.will_process(kind, name):
                     key = (name, kind)
-                    param = _tensor_attr(self.modules[name].module, attr)
                     self._update_before[key] = self._snapshot(key, param)
 
     def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
