@@ -39,6 +39,8 @@ _PARAM_KINDS = {
 }
 _UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
 _GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
+#: The keys of a network-wide message.
+_NETWORK_KEYS: tuple[None] = (None,)
 
 
 def _own_params(module: nn.Module) -> list[nn.Parameter]:
@@ -178,7 +180,7 @@ class Exporter:
         self._probe_tag: str | None = None
         self._frozen: list[str] = []
         self._update_before: dict[tuple[str, str], torch.Tensor] = {}
-        self._update_names: dict[str, list[str]] = {}
+        self._update_names: dict[str, tuple[str, ...]] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
@@ -285,7 +287,8 @@ class Exporter:
     # Publishing on the hot path: ``_due`` first (it counts a message that subsampling thins
     # out, without building it), then ``_emit_*`` with the data. Only built-in kinds pass here.
     def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
-        return not self.message_bus.skip(kind, key, tag, self.global_step)
+        keys = _NETWORK_KEYS if key is None else (key,)
+        return not self.message_bus.skip_all(kind, keys, tag, self.global_step)
 
     def _publish_layers(
         self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
@@ -293,10 +296,10 @@ class Exporter:
         """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
         tensor detached; a step that subsampling skips costs one :meth:`MessageBus.skip_all`."""
         bus, step = self.message_bus, self.global_step
-        if bus.skip_all(kind, [name for name, _, _ in found], DEFAULT_TAG, step):
+        if bus.skip_all(kind, tuple([name for name, _, _ in found]), DEFAULT_TAG, step):
             return
         for name, named, data in found:
-            if not bus.skip(kind, name, DEFAULT_TAG, step):
+            if not bus.skip_all(kind, (name,), DEFAULT_TAG, step):
                 self._emit_layer(kind, named, None if data is None else data.detach(), DEFAULT_TAG)
 
     def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
@@ -400,7 +403,7 @@ class Exporter:
                 if param is not None and param.requires_grad:
                     params.append((name, param))
             # the layers whose update is published at the step's end (see _on_optimizer_post)
-            names = self._update_names[kind] = [name for name, _ in params]
+            names = self._update_names[kind] = tuple([name for name, _ in params])
             if not bus.will_process_any(kind, names):
                 continue
             for name, param in params:

@@ -61,6 +61,8 @@ META_KINDS: tuple[str, ...] = (
 )
 #: Tag of the messages of ordinary training steps.
 DEFAULT_TAG = "default"
+#: Messages the subsampling fast path of MessageBus.skip_all notes before settling them.
+_MAX_DEFERRED = 4096
 
 TopicType = Literal["DATA", "META"]
 
@@ -228,6 +230,11 @@ class MessageBus:
         self._subscribers: list[Subscriber] = []
         self._by_kind: dict[str, list[Subscription]] = {}
         self._shared: dict[tuple[int, str], tuple[Message, Any]] | None = None
+        # the subsampling fast path (see skip_all): per kind [keys, events left], for the
+        # default tag; and the messages counted that way that the subscriptions have not seen
+        # yet, in publication order
+        self._quiet: dict[str, list[Any]] = {}
+        self._deferred: list[tuple[str, tuple[str | None, ...], str, int]] = []
         self.exporter: Exporter | None = None
 
     # ---------------------------------------------------------------- topics
@@ -297,6 +304,8 @@ class MessageBus:
             self.check_kinds(subscription.kinds)
             if self.exporter is not None:
                 self.exporter.check_kinds(subscription.kinds)
+        self._settle()  # deferred counts belong to the subscriptions there were
+        self._quiet.clear()
         self._subscribers.append(subscriber)
         for subscription in subscriber.subscriptions:
             subscription.bind(self)
@@ -311,6 +320,8 @@ class MessageBus:
     def _remove(self, subscriber: Subscriber) -> None:
         if subscriber not in self._subscribers:
             raise ValueError(f"{subscriber!r} is not registered on this bus")
+        self._settle()
+        self._quiet.clear()
         self._subscribers.remove(subscriber)
         for kind, subscriptions in list(self._by_kind.items()):
             kept = [s for s in subscriptions if s.subscriber is not subscriber]
@@ -349,10 +360,24 @@ class MessageBus:
         Publishers skip computing the data of messages nobody will look at and publish them with
         ``data=None``, so that subsampling counts stay right.
         """
+        return self.will_process_any(kind, (key,), tag)
+
+    def will_process_any(
+        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG
+    ) -> bool:
+        """Whether :meth:`will_process` is true for any of ``keys``."""
         subscriptions = self._by_kind.get(kind)
-        if not subscriptions:
+        if not subscriptions or not keys:
             return False
-        return any(s.will_process(key, kind, tag) for s in subscriptions)
+        quiet = self._quiet.get(kind)
+        if quiet is not None and quiet[1] > 0 and tag == DEFAULT_TAG and quiet[0] == keys:
+            return False
+        self._settle()
+        for subscription in subscriptions:
+            for key in keys:
+                if subscription.will_process(key, kind, tag):
+                    return True
+        return False
 
     def skip(
         self, kind: str, key: str | None, tag: str = DEFAULT_TAG, step: int | None = None
@@ -367,11 +392,6 @@ class MessageBus:
         when the caller must publish it. Publishers call this first on the hot path, so that a
         step that subsampling skips costs no message objects and no tensor views.
         """
-        subscriptions = self._by_kind.get(kind)
-        if not subscriptions:
-            return True
-        if len(subscriptions) == 1:
-            return subscriptions[0].skip(key, kind, tag, step)
         return self.skip_all(kind, (key,), tag, step)
 
     def skip_all(
@@ -381,31 +401,64 @@ class MessageBus:
         step): ``True`` when none of them is needed and all are counted, ``False`` when at least
         one is needed and none is counted (the caller then goes key by key with :meth:`skip`).
 
-        One call per kind and step instead of one per layer: what a step that subsampling skips
-        costs.
+        This is what a step that subsampling skips costs, so it has a fast path. After counting
+        messages of ``kind`` for ``keys`` under the default tag, the bus asks each subscription
+        how many more such groups it would only count (:meth:`Subscription.quiet_for`). While
+        that allowance lasts, the same ``keys`` with a step are counted by noting them in a list,
+        without asking any subscription; the subscriptions count the noted messages, in
+        publication order, before they are next asked or sent anything. Subsampling therefore
+        delivers exactly the messages it would deliver if every message were published.
         """
+        if type(keys) is not tuple:
+            keys = tuple(keys)
+        quiet = self._quiet.get(kind)
+        if (
+            quiet is not None
+            and quiet[1] > 0
+            and step is not None
+            and tag == DEFAULT_TAG
+            and quiet[0] == keys
+        ):
+            quiet[1] -= 1
+            self._deferred.append((kind, quiet[0], tag, step))
+            if len(self._deferred) >= _MAX_DEFERRED:
+                self._settle()
+            return True
         subscriptions = self._by_kind.get(kind)
         if not subscriptions or not keys:
             return True
+        self._changing(kind, tag)
         for subscription in subscriptions:
             if subscription.needs_any(keys, kind, tag, step):
                 return False
         for subscription in subscriptions:
             subscription.count_all(keys, kind, tag, step)
+        if step is not None and tag == DEFAULT_TAG:
+            allowance = min(s.quiet_for(keys, kind, tag) for s in subscriptions)
+            if allowance > 0:
+                self._quiet[kind] = [keys, allowance]
         return True
 
-    def will_process_any(
-        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG
-    ) -> bool:
-        """Whether :meth:`will_process` is true for any of ``keys``."""
-        subscriptions = self._by_kind.get(kind)
-        if not subscriptions:
-            return False
-        for subscription in subscriptions:
-            for key in keys:
-                if subscription.will_process(key, kind, tag):
-                    return True
-        return False
+    def _settle(self) -> None:
+        """Let the subscriptions count the messages the fast path of :meth:`skip_all` noted."""
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        by_kind = self._by_kind
+        for kind, keys, tag, step in deferred:
+            for subscription in by_kind.get(kind, ()):
+                subscription.count_all(keys, kind, tag, step)
+
+    def _changing(self, kind: str, tag: str) -> None:
+        """Before a message of ``kind`` under ``tag`` is counted or delivered the slow way:
+        settle the deferred counts and drop the allowances that message may shorten (that of
+        ``kind``; under another tag, every one, since a subscription for all tags counts it
+        and its bundles may complete with it)."""
+        self._settle()
+        if tag == DEFAULT_TAG:
+            self._quiet.pop(kind, None)
+        else:
+            self._quiet.clear()
 
     # ------------------------------------------------------------ publishing
     def publish(self, message: Message) -> None:
@@ -413,6 +466,8 @@ class MessageBus:
         subscriptions = self._by_kind.get(message.kind)
         if not subscriptions:
             return
+        if self._deferred or self._quiet:
+            self._changing(message.kind, message.tag)
         if len(subscriptions) == 1:
             subscriptions[0].receive_message(message)
             return
@@ -491,6 +546,7 @@ class MessageBus:
 
     def flush(self) -> None:
         """Write what the backends of this bus have buffered."""
+        self._settle()
         for backend in self._backends.values():
             backend.flush()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``quiet_for`` of a subscription that never needs the messages asked about.
+_NEVER = sys.maxsize
 
 
 def _check_kinds(kinds: object) -> tuple[str, ...]:
@@ -179,18 +183,26 @@ class Subscription:
         for key in keys:
             counter[(key, kind)] = counter.get((key, kind), 0) + 1
 
-    def skip(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
-        """:meth:`count_only` the message and return ``True`` if :meth:`needs_data` says it need
-        not be delivered; otherwise return ``False`` and count nothing.
+    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
+        """How many more messages of ``kind`` for each of ``keys`` under ``tag`` are sure to be
+        only counted (:meth:`needs_data` false), as long as each comes at most once per group.
 
-        The bus calls this for a kind with one subscription: one call instead of two on the hot
-        path. Subclasses that override :meth:`needs_data` or :meth:`count_only` need not override
-        it.
+        The bus counts that many groups without asking again (see
+        :meth:`MessageBus.skip_all`). A lower bound is always safe; a subclass with its own
+        :meth:`needs_data`, :meth:`count_only` or :meth:`receive_message` gets 0 (ask every
+        time) unless it overrides this too.
         """
-        if self.needs_data(key, kind, tag, step):
-            return False
-        self.count_only(key, kind, tag, step)
-        return True
+        if self._own_receive or self._own_rules(Subscription):
+            return 0
+        if self.tag is not None and tag != self.tag:
+            return _NEVER
+        counter, subsample = self.counter, self.subsample
+        # the next message for key is number counter[key]; it is needed at a multiple of subsample
+        return min((-counter.get((key, kind), 0)) % subsample for key in keys)
+
+    def _own_rules(self, base: type[Subscription]) -> bool:
+        cls = type(self)
+        return cls.needs_data is not base.needs_data or cls.count_only is not base.count_only
 
     def __repr__(self) -> str:
         return (
@@ -285,6 +297,23 @@ class SynchronizedSubscription(Subscription):
         elif step is not None and self.accepts_tag(tag):
             for key in keys:
                 self._count(key, kind, step)
+
+    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
+        """Bundles that subsampling will drop, counted in messages of ``kind`` (a bundle has at
+        most one of each kind per step, so a message of ``kind`` starts at most one new bundle).
+        """
+        if self._own_sync_receive or self._own_rules(SynchronizedSubscription):
+            return 0
+        if self.tag is not None and tag != self.tag:
+            return _NEVER
+        rounds, counted, subsample = self._rounds, self._counted, self.subsample
+        quiet = _NEVER
+        for key in keys:
+            # the bundle the next message of kind joins: the open one, unless it already has one
+            entry = counted.get(key)
+            upcoming = rounds.get(key, 0) + (entry is not None and kind in entry[1])
+            quiet = min(quiet, (-upcoming) % subsample)
+        return quiet
 
     def _count(self, key: str | None, kind: str, step: int) -> None:
         """Note that a message of ``kind`` for ``key`` arrived in ``step``, for a bundle that

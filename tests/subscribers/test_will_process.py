@@ -280,3 +280,92 @@ def test_skip_all_follows_a_subclass_rule() -> None:
     assert rule.counter == {}  # something is needed: nothing is counted
     assert bus.skip_all("weights", ["fc"], "default", 0)
     assert rule.counter == {("fc", "weights"): 1}
+
+
+def _steady_stream(seed: int, steps: int = 150) -> list[tuple[int, str, str, tuple[str, ...]]]:
+    """(step, tag, kind, layers) groups of a long run: mostly every layer every step, now and then
+    a layer missing (frozen), a kind twice in a step (accumulation), or a probe pass."""
+    rng = random.Random(seed)
+    layers = ("conv", "fc", "out")
+    groups = []
+    for step in range(steps):
+        for kind in ("weights", "weight_gradients"):
+            for _ in range(1 + (rng.random() < 0.05)):
+                keep = layers if rng.random() < 0.97 else tuple(x for x in layers if x != "conv")
+                groups.append((step, "default", kind, keep))
+        if rng.random() < 0.03:
+            groups.append((step, "probe", "weights", layers))
+    return groups
+
+
+@pytest.mark.parametrize("subsample", [1, 3, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_counting_without_asking_delivers_what_publishing_everything_delivers(
+    subsample: int, seed: int
+) -> None:
+    # while the subscriptions' allowance (quiet_for) lasts, skip_all only notes the messages; the
+    # subscriptions count them later. Reference: a bus that builds and publishes every message.
+    got: dict[str, list[tuple]] = {"all": [], "skip_all": []}
+    buses = {name: ik.MessageBus(name) for name in got}
+    for name, bus in buses.items():
+        ik.CallbackSubscriber(
+            ["weights", "weight_gradients"],
+            lambda b, name=name: got[name].append(("bundle", b.key, b.global_step)),
+            bus, synchronized=True, subsample=subsample,
+        )  # fmt: skip
+        ik.CallbackSubscriber(
+            ["weights"],
+            lambda m, name=name: got[name].append(("plain", m.key, m.global_step, m.tag)),
+            bus, subsample=subsample + 1,
+        )  # fmt: skip
+        ik.CallbackSubscriber(  # every tag: probe messages move its counters too
+            ["weight_gradients", "weights"],
+            lambda m, name=name: got[name].append(("any", m.key, m.kind, m.global_step, m.tag)),
+            bus, tag=None, subsample=subsample,
+        )  # fmt: skip
+    bus = buses["skip_all"]
+    groups = _steady_stream(seed)
+    noted = 0
+    for step, tag, kind, layers in groups:
+        for layer in layers:
+            buses["all"].publish(ik.ModuleMessage(kind, tag, step, step, 0, None,
+                                                  ik.NamedModule(layer, None)))  # fmt: skip
+        waiting = len(bus._deferred)
+        if bus.skip_all(kind, layers, tag, step):
+            noted += len(bus._deferred) > waiting  # counted without asking a subscription
+            continue
+        for layer in layers:
+            if not bus.skip(kind, layer, tag, step):
+                bus.publish(ik.ModuleMessage(kind, tag, step, step, 0, None,
+                                             ik.NamedModule(layer, None)))  # fmt: skip
+    assert got["skip_all"] == got["all"]
+    assert len(got["all"]) > 20
+    if subsample > 3:  # the fast path was taken
+        assert noted > 0
+
+
+def test_a_steady_run_asks_the_subscriptions_twice_per_period() -> None:
+    # every 16th step is delivered; the step after it is counted by asking the subscriptions,
+    # which allow the 14 steps up to the next delivery to be only noted
+    bus = ik.MessageBus()
+    got = []
+    ik.CallbackSubscriber(["weights"], lambda m: got.append((m.key, m.global_step)), bus,
+                          subsample=16)  # fmt: skip
+    ik.CallbackSubscriber(["weights"], lambda b: got.append((b.key, b.global_step)),
+                          bus, synchronized=True, subsample=16)  # fmt: skip
+    layers = ("conv", "fc")
+    noted = 0
+    for step in range(64):
+        waiting = len(bus._deferred)
+        if bus.skip_all("weights", layers, "default", step):
+            noted += len(bus._deferred) > waiting
+        else:
+            for layer in layers:
+                assert not bus.skip("weights", layer, "default", step)
+                bus.publish(_message("weights", step, layer))
+    assert noted == 4 * 14
+    # each layer's message, then its one-message bundle
+    assert got == [(layer, step) for step in (0, 16, 32, 48) for layer in layers for _ in "mb"]
+    bus.flush()  # settles the noted counts
+    (plain,) = bus.subscribers[0].subscriptions
+    assert plain.counter == {("conv", "weights"): 64, ("fc", "weights"): 64}
