@@ -18,7 +18,9 @@ from ikkuna_tune.subscribers.base import (
     PlotSubscriber,
     Subscription,
     SynchronizedSubscription,
+    check_has_model,
     check_positive_int,
+    check_probe_args,
 )
 from ikkuna_tune.subscribers.stats import _plot_config
 
@@ -190,18 +192,13 @@ class TestAccuracySubscriber(PlotSubscriber):
                 "Expected `dataset` to be a torch Dataset or DataLoader but got "
                 f"{type(dataset).__name__}"
             )
-        if forward_fn is not None and not callable(forward_fn):
-            raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
         if frequency != "epoch":
             if isinstance(frequency, str):
                 raise ValueError(
                     f"Expected `frequency` to be an integer >= 1 or 'epoch' but got {frequency!r}"
                 )
             check_positive_int("frequency", frequency)
-        if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
-            raise ValueError(
-                f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
-            )
+        check_probe_args(forward_fn, probe_tag)
         self.loader = loader
         self.forward_fn = forward_fn
         self.frequency = frequency
@@ -226,16 +223,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         return self.loader.dataset
 
     def attach(self, message_bus: MessageBus) -> None:
-        if (
-            isinstance(message_bus, MessageBus)
-            and self.forward_fn is None
-            and message_bus.exporter is None
-        ):
-            raise ValueError(
-                "TestAccuracySubscriber has no model to evaluate: pass `forward_fn`, or attach "
-                f"it to a bus that already has an Exporter ({message_bus!r} has none; create "
-                "Exporter(model, optimizer, message_bus) first)"
-            )
+        check_has_model(self, message_bus, self.forward_fn, "evaluate")
         super().attach(message_bus)
         if message_bus.exporter is not None:
             self._model = message_bus.exporter.model

@@ -71,6 +71,29 @@ def check_ylims(ylims: object) -> tuple[float, float] | None:
     return (float(ylims[0]), float(ylims[1]))
 
 
+def check_probe_args(forward_fn: object, probe_tag: object) -> None:
+    """Check the arguments of a subscriber that runs the model itself (through the Exporter's
+    probe): ``forward_fn`` callable or None, ``probe_tag`` a tag other than the training tag."""
+    if forward_fn is not None and not callable(forward_fn):
+        raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
+    if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
+        raise ValueError(
+            f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
+        )
+
+
+def check_has_model(subscriber: object, message_bus: object, forward_fn: object, use: str) -> None:
+    """Raise ``ValueError`` when a subscriber that runs the model (to ``use`` it: 'probe',
+    'evaluate') is attached to ``message_bus`` with neither a ``forward_fn`` nor an Exporter
+    there to take the model from."""
+    if isinstance(message_bus, MessageBus) and forward_fn is None and message_bus.exporter is None:
+        raise ValueError(
+            f"{type(subscriber).__name__} has no model to {use}: pass `forward_fn`, or attach it "
+            f"to a bus that already has an Exporter ({message_bus!r} has none; create "
+            "Exporter(model, optimizer, message_bus) first)"
+        )
+
+
 class Subscription:
     """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
 

@@ -29,7 +29,9 @@ from ikkuna_tune.subscribers.base import (
     CallbackSubscriber,
     PlotSubscriber,
     Subscription,
+    check_has_model,
     check_positive_int,
+    check_probe_args,
     check_ylims,
 )
 
@@ -188,12 +190,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if n < 2:
             raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
         self.batch_size = check_positive_int("batch_size", batch_size)
-        if forward_fn is not None and not callable(forward_fn):
-            raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
-        if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
-            raise ValueError(
-                f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
-            )
+        check_probe_args(forward_fn, probe_tag)
         self.frequency = _check_frequency(frequency)
         self.freeze_at = _check_freeze_at(freeze_at)
         self.keep = _check_keep(keep)
@@ -230,16 +227,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
 
     # --------------------------------------------------------------------------- wiring
     def attach(self, message_bus: MessageBus) -> None:
-        if (
-            isinstance(message_bus, MessageBus)
-            and self.forward_fn is None
-            and message_bus.exporter is None
-        ):
-            raise ValueError(
-                f"{type(self).__name__} has no model to probe: pass `forward_fn`, or attach it to "
-                f"a bus that already has an Exporter ({message_bus!r} has none; create "
-                "Exporter(model, optimizer, message_bus) first)"
-            )
+        check_has_model(self, message_bus, self.forward_fn, "probe")
         super().attach(message_bus)
 
     # ------------------------------------------------------------------------ checkpoints
