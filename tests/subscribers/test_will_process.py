@@ -199,7 +199,7 @@ def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> No
         torch.testing.assert_close(value, expected)
 
 
-def _grouped_stream(seed: int, steps: int = 40) -> list[tuple[int, str, list[str]]]:
+def _grouped_stream(seed: int, steps: int = 40) -> list[tuple[int, str, str, tuple[str, ...]]]:
     """Per step and kind, the layers that publish (as an Exporter does, all layers at once):
     a layer may be missing (frozen), a kind may come twice in a step (accumulation)."""
     rng = random.Random(seed)
@@ -207,18 +207,34 @@ def _grouped_stream(seed: int, steps: int = 40) -> list[tuple[int, str, list[str
     for step in range(steps):
         for kind in ("weights", "weight_gradients"):
             for _ in range(rng.choice([1, 1, 1, 2])):
-                layers = [layer for layer in ("conv", "fc", "out") if rng.random() < 0.85]
-                groups.append((step, kind, layers))
+                layers = tuple(layer for layer in ("conv", "fc", "out") if rng.random() < 0.85)
+                groups.append((step, "default", kind, layers))
     return groups
 
 
-def _message(kind: str, step: int, layer: str) -> ik.ModuleMessage:
-    return ik.ModuleMessage(kind, "default", step, step, 0, None, ik.NamedModule(layer, None))
+def _steady_stream(seed: int, steps: int = 150) -> list[tuple[int, str, str, tuple[str, ...]]]:
+    """(step, tag, kind, layers) groups of a long run: mostly every layer every step, now and then
+    a layer missing (frozen), a kind twice in a step (accumulation), or a probe pass."""
+    rng = random.Random(seed)
+    layers = ("conv", "fc", "out")
+    groups = []
+    for step in range(steps):
+        for kind in ("weights", "weight_gradients"):
+            for _ in range(1 + (rng.random() < 0.05)):
+                keep = layers if rng.random() < 0.97 else tuple(x for x in layers if x != "conv")
+                groups.append((step, "default", kind, keep))
+        if rng.random() < 0.03:
+            groups.append((step, "probe", "weights", layers))
+    return groups
 
 
-@pytest.mark.parametrize("subsample", [1, 2, 3, 5])
-@pytest.mark.parametrize("seed", range(3))
-def test_skip_all_delivers_what_publishing_everything_delivers(subsample: int, seed: int) -> None:
+def _message(kind: str, step: int, layer: str, tag: str = "default") -> ik.ModuleMessage:
+    return ik.ModuleMessage(kind, tag, step, step, 0, None, ik.NamedModule(layer, None))
+
+
+def _recording_buses(subsample: int, every_tag: bool) -> tuple[dict, dict]:
+    """Two buses with the same subscribers, recording what they deliver: one will get every
+    message, the other :meth:`MessageBus.skip_all` first (see :func:`_publish`)."""
     got: dict[str, list[tuple]] = {"all": [], "skip_all": []}
     buses = {name: ik.MessageBus(name) for name in got}
     for name, bus in buses.items():
@@ -229,27 +245,68 @@ def test_skip_all_delivers_what_publishing_everything_delivers(subsample: int, s
         )  # fmt: skip
         ik.CallbackSubscriber(
             ["weights"],
-            lambda m, name=name: got[name].append(("plain", m.key, m.global_step)),
+            lambda m, name=name: got[name].append(("plain", m.key, m.global_step, m.tag)),
             bus, subsample=subsample + 1,
         )  # fmt: skip
-    groups = _grouped_stream(seed)
-    built = whole_steps_skipped = 0
-    for step, kind, layers in groups:
+        if every_tag:  # probe messages move its counters too
+            ik.CallbackSubscriber(
+                ["weight_gradients", "weights"],
+                lambda m, name=name: got[name].append(
+                    ("any", m.key, m.kind, m.global_step, m.tag)
+                ),
+                bus, tag=None, subsample=subsample,
+            )  # fmt: skip
+    return got, buses
+
+
+def _publish(buses: dict, groups: list[tuple[int, str, str, tuple[str, ...]]]) -> dict[str, int]:
+    """Publish every message on ``buses['all']``; on ``buses['skip_all']`` ask ``skip_all`` per
+    group and, when something is needed, ``skip`` per layer, building only what is needed.
+    Returns how many messages were built, groups skipped whole, and groups only noted (counted
+    without asking a subscription)."""
+    bus = buses["skip_all"]
+    counts = {"built": 0, "skipped": 0, "noted": 0}
+    for step, tag, kind, layers in groups:
         for layer in layers:
-            buses["all"].publish(_message(kind, step, layer))
-        bus = buses["skip_all"]
-        if bus.skip_all(kind, layers, "default", step):
-            whole_steps_skipped += 1
+            buses["all"].publish(_message(kind, step, layer, tag))
+        waiting = len(bus._deferred)
+        if bus.skip_all(kind, layers, tag, step):
+            counts["skipped"] += 1
+            counts["noted"] += len(bus._deferred) > waiting
             continue
         for layer in layers:  # some layer is needed: go one by one
-            if not bus.skip(kind, layer, "default", step):
-                built += 1
-                bus.publish(_message(kind, step, layer))
+            if not bus.skip(kind, layer, tag, step):
+                counts["built"] += 1
+                bus.publish(_message(kind, step, layer, tag))
+    return counts
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(3))
+def test_skip_all_delivers_what_publishing_everything_delivers(subsample: int, seed: int) -> None:
+    got, buses = _recording_buses(subsample, every_tag=False)
+    groups = _grouped_stream(seed)
+    counts = _publish(buses, groups)
     assert got["skip_all"] == got["all"]
     assert len(got["all"]) > 5
     if subsample > 1:  # some groups cost one call, and fewer messages were built
-        assert whole_steps_skipped > 0
-        assert built < sum(len(layers) for _, _, layers in groups)
+        assert counts["skipped"] > 0
+        assert counts["built"] < sum(len(layers) for _, _, _, layers in groups)
+
+
+@pytest.mark.parametrize("subsample", [1, 3, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_counting_without_asking_delivers_what_publishing_everything_delivers(
+    subsample: int, seed: int
+) -> None:
+    # while the subscriptions' allowance (quiet_for) lasts, skip_all only notes the messages; the
+    # subscriptions count them later. Reference: a bus that builds and publishes every message.
+    got, buses = _recording_buses(subsample, every_tag=True)
+    counts = _publish(buses, _steady_stream(seed))
+    assert got["skip_all"] == got["all"]
+    assert len(got["all"]) > 20
+    if subsample > 3:  # the fast path was taken
+        assert counts["noted"] > 0
 
 
 def test_will_process_any_is_will_process_of_some_key() -> None:
@@ -280,68 +337,6 @@ def test_skip_all_follows_a_subclass_rule() -> None:
     assert rule.counter == {}  # something is needed: nothing is counted
     assert bus.skip_all("weights", ["fc"], "default", 0)
     assert rule.counter == {("fc", "weights"): 1}
-
-
-def _steady_stream(seed: int, steps: int = 150) -> list[tuple[int, str, str, tuple[str, ...]]]:
-    """(step, tag, kind, layers) groups of a long run: mostly every layer every step, now and then
-    a layer missing (frozen), a kind twice in a step (accumulation), or a probe pass."""
-    rng = random.Random(seed)
-    layers = ("conv", "fc", "out")
-    groups = []
-    for step in range(steps):
-        for kind in ("weights", "weight_gradients"):
-            for _ in range(1 + (rng.random() < 0.05)):
-                keep = layers if rng.random() < 0.97 else tuple(x for x in layers if x != "conv")
-                groups.append((step, "default", kind, keep))
-        if rng.random() < 0.03:
-            groups.append((step, "probe", "weights", layers))
-    return groups
-
-
-@pytest.mark.parametrize("subsample", [1, 3, 8])
-@pytest.mark.parametrize("seed", range(3))
-def test_counting_without_asking_delivers_what_publishing_everything_delivers(
-    subsample: int, seed: int
-) -> None:
-    # while the subscriptions' allowance (quiet_for) lasts, skip_all only notes the messages; the
-    # subscriptions count them later. Reference: a bus that builds and publishes every message.
-    got: dict[str, list[tuple]] = {"all": [], "skip_all": []}
-    buses = {name: ik.MessageBus(name) for name in got}
-    for name, bus in buses.items():
-        ik.CallbackSubscriber(
-            ["weights", "weight_gradients"],
-            lambda b, name=name: got[name].append(("bundle", b.key, b.global_step)),
-            bus, synchronized=True, subsample=subsample,
-        )  # fmt: skip
-        ik.CallbackSubscriber(
-            ["weights"],
-            lambda m, name=name: got[name].append(("plain", m.key, m.global_step, m.tag)),
-            bus, subsample=subsample + 1,
-        )  # fmt: skip
-        ik.CallbackSubscriber(  # every tag: probe messages move its counters too
-            ["weight_gradients", "weights"],
-            lambda m, name=name: got[name].append(("any", m.key, m.kind, m.global_step, m.tag)),
-            bus, tag=None, subsample=subsample,
-        )  # fmt: skip
-    bus = buses["skip_all"]
-    groups = _steady_stream(seed)
-    noted = 0
-    for step, tag, kind, layers in groups:
-        for layer in layers:
-            buses["all"].publish(ik.ModuleMessage(kind, tag, step, step, 0, None,
-                                                  ik.NamedModule(layer, None)))  # fmt: skip
-        waiting = len(bus._deferred)
-        if bus.skip_all(kind, layers, tag, step):
-            noted += len(bus._deferred) > waiting  # counted without asking a subscription
-            continue
-        for layer in layers:
-            if not bus.skip(kind, layer, tag, step):
-                bus.publish(ik.ModuleMessage(kind, tag, step, step, 0, None,
-                                             ik.NamedModule(layer, None)))  # fmt: skip
-    assert got["skip_all"] == got["all"]
-    assert len(got["all"]) > 20
-    if subsample > 3:  # the fast path was taken
-        assert noted > 0
 
 
 def test_a_steady_run_asks_the_subscriptions_twice_per_period() -> None:
