@@ -70,6 +70,48 @@ def test_cca_agrees_with_textbook_cca_on_well_conditioned_data() -> None:
     assert torch.all(ours[:-1] >= ours[1:])  # descending
 
 
+def _known_angles(
+    cosines: np.ndarray, spread: float, n: int = 400, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` whose canonical correlations are ``cosines`` by construction.
+
+    Orthonormal ``Q_x`` and ``Q_perp`` (n x p each, orthogonal to the constant vector, so
+    centring changes nothing) give ``y``'s column space the basis
+    ``Q_x diag(c) + Q_perp diag(sqrt(1 - c^2))``: its principal angles to ``span(Q_x)`` have
+    exactly the cosines ``c``. Both sides are then mixed by random maps whose singular values
+    spread over ``spread`` (the ratio of the largest to the smallest).
+    """
+    rng = _rng(seed)
+    p = len(cosines)
+    u, _ = np.linalg.qr(np.hstack([np.ones((n, 1)), rng.standard_normal((n, 2 * p))]))
+    qx, qperp = u[:, 1 : p + 1], u[:, p + 1 :]
+    qy = qx * cosines + qperp * np.sqrt(1 - cosines**2)
+
+    def mix(seed: int) -> np.ndarray:
+        spectrum = np.geomspace(1.0, 1.0 / spread, p)
+        return (_orthogonal(p, seed) * spectrum) @ _orthogonal(p, seed + 1)
+
+    return qx @ mix(seed + 10), qy @ mix(seed + 20)
+
+
+@pytest.mark.parametrize("spread", [1e3, 1e9])
+def test_cca_finds_principal_angles_known_by_construction(spread: float) -> None:
+    # 1e3: each side factored on its own; 1e9: too ill-conditioned for that, one joint QR
+    from ikkuna_tune.functional.svcca import _cca_joint, _cca_per_side, _centre, _equilibrate_
+
+    cosines = np.array([0.999, 0.9, 0.6, 0.3, 0.05])
+    x, y = _known_angles(cosines, spread)
+    np.testing.assert_allclose(F.cca(x, y), cosines, atol=1e-7)
+    xc = _equilibrate_(_centre(torch.from_numpy(x))[0])
+    yc = _equilibrate_(_centre(torch.from_numpy(y))[0])
+    per_side = _cca_per_side(xc, yc)
+    assert (per_side is None) == (spread > 1e6)
+    joint = _cca_joint(xc, yc).numpy()
+    np.testing.assert_allclose(joint, cosines, atol=1e-7)
+    if per_side is not None:
+        np.testing.assert_allclose(per_side.numpy(), joint, atol=1e-10)
+
+
 @pytest.mark.parametrize("keep", [1.0, 0.99, 0.9, 0.6])
 def test_svcca_agrees_with_textbook_svcca(keep) -> None:
     x, y = _related(p=12, q=10, seed=1)
