@@ -41,9 +41,7 @@ the bases come from the joint QR above (restricted to the directions above round
 
 Cost for ``n`` samples and ``p = q`` features: SVCCA needs a QR of each ``n x p`` side (about
 :math:`2 n p^2` flops each, ``R`` only), SVDs of ``p x p`` factors and two ``n x p x k``
-products; CCA the same two QRs and products when each side's directions above rounding level
-span at most six decades of singular values, and one QR of the ``n x 2p`` matrix (about four
-times the flops of one side) otherwise. The covariance route for SVCCA first needs a
+products; CCA one QR of the ``n x 2p`` matrix. The covariance route for SVCCA first needs a
 full SVD of each side with its left singular vectors (several times the QR), then the
 covariances (:math:`6 n p^2`, cheap matrix products), a pseudo-inverse, two eigendecompositions
 and an SVD of ``p x p`` matrices. For plain CCA at ``n >> p`` the covariance products are the
@@ -306,49 +304,6 @@ def _svcca(
     return rho.sum() / k
 
 
-#: Largest ratio of the largest to the smallest kept singular value of one side for which
-#: :func:`cca` takes that side's basis as ``x V diag(1/s)`` (rounding in it grows with the ratio).
-_MAX_CONDITION = 1e6
-
-
-def _side_basis(x: torch.Tensor) -> torch.Tensor | None:
-    """Orthonormal basis of the column space of one centred side, from a QR of that side alone,
-    or ``None`` when its directions above rounding level are too ill-conditioned for it.
-
-    As in :func:`_kept_basis`: with ``R = W diag(s) V^T`` from an R-only QR, ``x V diag(1/s)``
-    are the left singular vectors of ``x``. Here every direction above rounding level is kept,
-    so nothing bounds ``s_1 / s_k``; the product is formed only when that ratio is at most
-    :data:`_MAX_CONDITION`, which keeps the basis orthonormal to about ``1e6`` times rounding.
-    """
-    r = torch.linalg.qr(x, mode="r").R
-    _, s, vh = torch.linalg.svd(r, full_matrices=False)
-    k = int(_rank_mask(s, tuple(x.shape)).sum())
-    if k == 0 or float(s[0]) > _MAX_CONDITION * float(s[k - 1]):
-        return None
-    return x @ (vh[:k].T / s[:k])
-
-
-def _cca_per_side(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-    """Canonical correlations of two centred, equilibrated sides from a QR of each side, or
-    ``None`` when either side is too ill-conditioned (see :func:`_side_basis`).
-
-    Two QRs of ``n x p`` cost about a quarter of one of ``n x 2p``, and the rest is matrix
-    products and factorisations of ``p x p`` matrices.
-    """
-    bx = _side_basis(x)
-    by = None if bx is None else _side_basis(y)
-    return None if bx is None or by is None else _cosines(bx.T @ by)
-
-
-def _cca_joint(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Canonical correlations of two centred, equilibrated sides from one QR of ``[x, y]``,
-    which never divides by a singular value (see the module docstring)."""
-    rx, ry = _joint_r(x, y)
-    bx, by = _basis_x(rx, tuple(x.shape)), _basis_y(ry, tuple(y.shape))
-    rows = rx.shape[0]
-    return _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
-
-
 def _rank(r: torch.Tensor, shape: tuple[int, int]) -> int:
     """Number of singular values of ``r`` above rounding level (for data of ``shape``)."""
     return int(_rank_mask(torch.linalg.svdvals(r), shape).sum())
@@ -413,9 +368,7 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
     Computed without covariance matrices (see the module docstring): centre, drop constant
     columns, scale columns to unit length, find orthonormal bases of both column spaces with
     rank pruning (QR and an SVD of the triangular factor), and take the singular values of the
-    product of the bases, clipped to [0, 1]. Each side is factored on its own when its
-    directions above rounding level span at most six decades of singular values; otherwise both
-    sides go through one QR side by side, which never divides by a singular value.
+    product of the bases, clipped to [0, 1].
 
     There are ``min(rank x, rank y)`` correlations, where rank counts the directions of the
     centred data above rounding level: dead (constant) and duplicated neurons add none, so they
@@ -441,9 +394,10 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
     if bool(live_x.any()) and bool(live_y.any()):
         xc = _equilibrate_(_live_columns(xc, live_x))
         yc = _equilibrate_(_live_columns(yc, live_y))
-        rho = _cca_per_side(xc, yc)
-        if rho is None:
-            rho = _cca_joint(xc, yc)
+        rx, ry = _joint_r(xc, yc)
+        bx, by = _basis_x(rx, tuple(xc.shape)), _basis_y(ry, tuple(yc.shape))
+        rows = rx.shape[0]
+        rho = _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
     else:
         rho = xt.new_zeros(0)  # one side does not vary: no canonical correlations
     return rho.cpu().numpy() if numpy_out else rho

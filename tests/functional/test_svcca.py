@@ -96,20 +96,10 @@ def _known_angles(
 
 @pytest.mark.parametrize("spread", [1e3, 1e9])
 def test_cca_finds_principal_angles_known_by_construction(spread: float) -> None:
-    # 1e3: each side factored on its own; 1e9: too ill-conditioned for that, one joint QR
-    from ikkuna_tune.functional.svcca import _cca_joint, _cca_per_side, _centre, _equilibrate_
-
+    # a textbook covariance CCA would square the spread of 1e9 past what float64 resolves
     cosines = np.array([0.999, 0.9, 0.6, 0.3, 0.05])
     x, y = _known_angles(cosines, spread)
     np.testing.assert_allclose(F.cca(x, y), cosines, atol=1e-7)
-    xc = _equilibrate_(_centre(torch.from_numpy(x))[0])
-    yc = _equilibrate_(_centre(torch.from_numpy(y))[0])
-    per_side = _cca_per_side(xc, yc)
-    assert (per_side is None) == (spread > 1e6)
-    joint = _cca_joint(xc, yc).numpy()
-    np.testing.assert_allclose(joint, cosines, atol=1e-7)
-    if per_side is not None:
-        np.testing.assert_allclose(per_side.numpy(), joint, atol=1e-10)
 
 
 @pytest.mark.parametrize("keep", [1.0, 0.99, 0.9, 0.6])
