@@ -97,11 +97,12 @@ def _as_tensor(a: object, name: str, device: torch.device | None) -> torch.Tenso
             f"Expected `{name}` to be a matrix of shape (n_samples, n_features) but got shape "
             f"{tuple(t.shape)}"
         )
-    return t.to(device=device, dtype=torch.float64)
+    # floating inputs keep their dtype: they are converted to float64 while being centred
+    return t.to(device=device, dtype=t.dtype if t.is_floating_point() else torch.float64)
 
 
 def _prepare(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Both inputs as float64 tensors on one device, checked; and whether to return NumPy."""
+    """Both inputs as floating tensors on one device, checked; and whether to return NumPy."""
     numpy_out = not isinstance(x, torch.Tensor) and not isinstance(y, torch.Tensor)
     device = next((a.device for a in (x, y) if isinstance(a, torch.Tensor)), None)
     if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.device != y.device:
@@ -119,7 +120,8 @@ def _prepare(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if t.shape[1] < 1:
             raise ValueError(f"Expected `{name}` to have at least one feature (column)")
     # one read-back for both inputs; NaN propagates through min and max
-    finite = torch.isfinite(torch.stack([*torch.aminmax(xt), *torch.aminmax(yt)])).tolist()
+    extremes = torch.stack([e.double() for e in (*torch.aminmax(xt), *torch.aminmax(yt))])
+    finite = torch.isfinite(extremes).tolist()
     for name, ok in (("x", finite[0] and finite[1]), ("y", finite[2] and finite[3])):
         if not ok:
             raise ValueError(f"Expected `{name}` to hold finite values but it has NaN or inf")
@@ -127,28 +129,76 @@ def _prepare(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
 
 
 # ------------------------------------------------------------------------------- the maths
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Subtract column means and zero the constant columns (dead neurons).
+# Activation matrices are large (tens of MB) and every fresh allocation of that size is backed
+# by new pages, so the sides are centred straight into one column-major float64 buffer (the
+# input's dtype is converted on the way), and LAPACK's QR works on that buffer in place.
 
-    Returns the centred matrix and a mask of its live (non-constant) columns. The mean is
-    subtracted twice: the second pass removes the rounding residue of the first, which would
-    otherwise survive as a tiny component along the all-ones vector, identical in every centred
-    matrix, and show up as a spurious canonical correlation of 1. A column whose centred norm is
-    at rounding level relative to its largest entry is constant up to rounding and set to exactly
-    zero.
+
+def _column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the input: which columns vary at all, and each column's largest magnitude.
+
+    A column whose minimum equals its maximum is constant (a dead neuron) and spans nothing once
+    centred. Columns that vary only at rounding level are caught after centring
+    (:func:`_centre_into_`).
     """
-    n = x.shape[0]
     lo, hi = torch.aminmax(x, dim=0)
-    scale = torch.maximum(lo.abs(), hi.abs())
-    x = x - x.mean(dim=0, keepdim=True)  # a new tensor: the in-place steps below are safe
-    x -= x.mean(dim=0, keepdim=True)
-    dead = x.square().sum(dim=0) <= (4 * n * _EPS * scale) ** 2
-    return x.masked_fill_(dead, 0.0), ~dead
+    return lo != hi, torch.maximum(lo.abs(), hi.abs()).to(torch.float64)
 
 
-def _live_columns(x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-    """The live columns of ``x``; ``x`` itself (no copy) when every column is live."""
-    return x if bool(live.all()) else x[:, live]
+def _column_major(n: int, p: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised float64 (n, p) matrix stored column by column, as LAPACK wants it."""
+    return torch.empty((p, n), dtype=torch.float64, device=like.device).T
+
+
+def _centre_into_(
+    out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dead: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Write ``x`` with its column means subtracted into ``out``, and zero the constant columns.
+
+    ``out`` is a column-major float64 block of the same shape (a view into a larger buffer is
+    fine); ``scale`` holds each column's largest magnitude; ``dead`` optionally marks columns to
+    zero regardless (or a 0-d mask that zeroes everything). The mean is subtracted twice: the
+    second pass removes the rounding residue of the first, which would otherwise survive as a
+    tiny component along the all-ones vector, identical in every centred matrix, and show up as
+    a spurious canonical correlation of 1. A column whose centred norm is at rounding level
+    relative to its largest entry is constant up to rounding and set to exactly zero.
+    """
+    out.copy_(x)
+    out -= out.mean(dim=0)
+    out -= out.mean(dim=0)
+    flat = torch.linalg.vector_norm(out, dim=0) <= 4 * x.shape[0] * _EPS * scale
+    if dead is not None:
+        flat = flat | dead
+    return out.masked_fill_(flat, 0.0)
+
+
+def _centred(
+    xs: tuple[torch.Tensor, ...], compact: bool, invalid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """The centred sides next to each other in one column-major float64 buffer.
+
+    With ``compact`` the constant columns are left out (reading their number back to the host);
+    otherwise they stay, as zero columns, and nothing is read back. ``invalid`` is a 0-d mask
+    that zeroes everything (used for non-finite input that must not reach LAPACK). Returns the
+    buffer and the number of columns of each side.
+    """
+    stats = [_column_stats(x) for x in xs]
+    if compact:
+        parts = [
+            (x, scale, None) if bool(live.all()) else (x[:, live], scale[live], None)
+            for x, (live, scale) in zip(xs, stats, strict=True)
+        ]
+    else:
+        parts = [(x, scale, ~live) for x, (live, scale) in zip(xs, stats, strict=True)]
+    widths = [part[0].shape[1] for part in parts]
+    buffer = _column_major(xs[0].shape[0], sum(widths), xs[0])
+    start = 0
+    for (x, scale, dead), width in zip(parts, widths, strict=True):
+        if invalid is not None:
+            dead = invalid if dead is None else dead | invalid
+        _centre_into_(buffer[:, start : start + width], x, scale, dead)
+        start += width
+    return buffer, widths
 
 
 def _equilibrate_(x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +208,7 @@ def _equilibrate_(x: torch.Tensor) -> torch.Tensor:
     independent of it: a legitimately small-scale neuron is not mistaken for rounding noise.
     ``x`` must be a matrix this module owns (a centred copy), never the caller's input.
     """
-    norms = x.square().sum(dim=0).sqrt()  # (much faster than vector_norm over dim 0)
+    norms = torch.linalg.vector_norm(x, dim=0)
     return x.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
 
 
@@ -168,33 +218,45 @@ def _unit_(x: torch.Tensor) -> torch.Tensor:
     return x.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
 
 
-def _joint_r(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(R_x, R_y)`` from one Householder QR ``[x, y] = Q [R_x, R_y]`` (``Q`` is not formed).
+def _r_in_place(a: torch.Tensor) -> torch.Tensor:
+    """The triangular factor ``R`` of a Householder QR ``a = Q R``, overwriting ``a``.
 
+    ``a`` must be column-major (as from :func:`_column_major`); LAPACK's ``geqrf`` then works on
+    its memory directly, and ``Q`` (left as reflectors in ``a``) is never formed. Returns the
+    ``min(n, p)`` leading rows of ``R`` as a new matrix.
+    """
+    n, p = a.shape
+    tau = a.new_empty(min(n, p))
+    torch.geqrf(a, out=(a, tau))
+    return a[: min(n, p)].triu()
+
+
+def _joint_r(both: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R_x, R_y)`` from one Householder QR ``[x, y] = Q [R_x, R_y]``, overwriting ``both``.
+
+    ``both`` holds ``x`` in its first ``p`` columns and ``y`` after them (column-major).
     ``Q`` (n, m), ``m = min(n, p + q)``, has orthonormal columns, so ``x = Q R_x`` and
     ``y = Q R_y`` are both written in one orthonormal coordinate system. ``R_x`` is upper
     trapezoidal: only its first ``min(m, p)`` rows can be non-zero, and only those are returned.
-    Each side is scaled to unit norm first (Householder QR is backward stable column by column,
-    so this only keeps the numbers tidy).
     """
-    p = x.shape[1]
-    both = torch.cat([x, y], dim=1)
-    _unit_(both[:, :p])
-    _unit_(both[:, p:])
-    r = torch.linalg.qr(both, mode="r").R
+    r = _r_in_place(both)
     return r[: min(r.shape[0], p), :p], r[:, p:]
 
 
-def _factor(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _factor(both: torch.Tensor, p: int) -> tuple[torch.Tensor, ...]:
     """Left singular vectors and singular values of both sides, in one coordinate system.
 
     With ``x = Q R_x`` and ``y = Q R_y`` from :func:`_joint_r`, the thin SVDs
     ``R_x = W_x diag(s_x) V_x^T`` and ``R_y = W_y diag(s_y) V_y^T`` are small, and
     ``x = (Q W_x) diag(s_x) V_x^T`` is the thin SVD of ``x`` (likewise for ``y``). Since ``Q``
     has orthonormal columns, ``(Q W_x)^T (Q W_y) = W_x^T W_y``: products of the bases never
-    involve ``n``. Returns ``(w_x, s_x, w_y, s_y)``, ``s`` descending.
+    involve ``n``. Each side is scaled to unit norm first (Householder QR is backward stable
+    column by column, so this only keeps the numbers tidy). Returns ``(w_x, s_x, w_y, s_y)``,
+    ``s`` descending.
     """
-    rx, ry = _joint_r(x, y)
+    _unit_(both[:, :p])
+    _unit_(both[:, p:])
+    rx, ry = _joint_r(both, p)
     wx, sx, _ = torch.linalg.svd(rx, full_matrices=False)
     wy, sy, _ = torch.linalg.svd(ry, full_matrices=False)
     return wx, sx, wy, sy
@@ -267,9 +329,16 @@ def _kept_basis(
 
 
 def _svcca(
-    x: torch.Tensor, y: torch.Tensor, keep: float, slice_kept: bool | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    keep: float,
+    slice_kept: bool | None = None,
+    invalid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SVCCA of two checked float64 matrices, as a 0-d tensor.
+    """SVCCA of two checked matrices (any real dtype, one device), as a 0-d float64 tensor.
+
+    ``invalid`` is an optional 0-d boolean tensor; where it is true both sides are treated as
+    all zeros (for non-finite input, which must not reach LAPACK), without reading it back.
 
     By default the kept directions are sliced out on a CPU (reading their count costs nothing
     there) and masked on other devices, so that this issues no host synchronisation of its own.
@@ -285,18 +354,23 @@ def _svcca(
     """
     if slice_kept is None:
         slice_kept = x.device.type == "cpu"
-    (xc, live_x), (yc, live_y) = _centre(x), _centre(y)
-    if slice_kept:
-        if not (bool(live_x.any()) and bool(live_y.any())):
-            return x.new_zeros(())  # one side does not vary: nothing is shared
-        xc, yc = _live_columns(xc, live_x), _live_columns(yc, live_y)
+    n = x.shape[0]
     if keep < 1:
+        (xc, (px,)), (yc, (py,)) = (
+            _centred((x,), slice_kept, invalid),
+            _centred((y,), slice_kept, invalid),
+        )
+        if px == 0 or py == 0:
+            return x.new_zeros(())  # one side does not vary: nothing is shared
         (bx, kx), (by, ky) = _kept_basis(xc, keep, slice_kept), _kept_basis(yc, keep, slice_kept)
         rho = _cosines(bx.T @ by)
     else:
-        wx, sx, wy, sy = _factor(xc, yc)
-        mx = _rank_mask(sx, tuple(xc.shape))
-        my = _rank_mask(sy, tuple(yc.shape))
+        both, (px, py) = _centred((x, y), slice_kept, invalid)
+        if px == 0 or py == 0:
+            return x.new_zeros(())
+        wx, sx, wy, sy = _factor(both, px)
+        mx = _rank_mask(sx, (n, px))
+        my = _rank_mask(sy, (n, py))
         rho = _correlations(wx, wy, mx, my, slice_kept)
         kx, ky = mx.sum(), my.sum()
     k = torch.minimum(kx, ky).clamp_min(1).to(rho.dtype)
@@ -347,11 +421,10 @@ def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99
     the linear algebra needs: pass at least 2 matching rows.
     """
     keep = _check_keep(keep)
-    x = x.detach().to(torch.float64)
-    y = y.detach().to(device=x.device, dtype=torch.float64)
-    finite = torch.isfinite(torch.stack([*torch.aminmax(x), *torch.aminmax(y)])).all()
-    zero = x.new_zeros(())
-    value = _svcca(torch.where(finite, x, zero), torch.where(finite, y, zero), keep)
+    x, y = x.detach(), y.detach().to(x.device)
+    extremes = [e.double() for e in (*torch.aminmax(x), *torch.aminmax(y))]
+    finite = torch.isfinite(torch.stack(extremes)).all()
+    value = _svcca(x, y, keep, invalid=~finite)
     return torch.where(finite, value, torch.full_like(value, math.nan))
 
 
@@ -390,12 +463,11 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
             rows or fewer than two, or live on different devices.
     """
     xt, yt, numpy_out = _prepare(x, y)
-    (xc, live_x), (yc, live_y) = _centre(xt), _centre(yt)
-    if bool(live_x.any()) and bool(live_y.any()):
-        xc = _equilibrate_(_live_columns(xc, live_x))
-        yc = _equilibrate_(_live_columns(yc, live_y))
-        rx, ry = _joint_r(xc, yc)
-        bx, by = _basis_x(rx, tuple(xc.shape)), _basis_y(ry, tuple(yc.shape))
+    n = xt.shape[0]
+    both, (px, py) = _centred((xt, yt), compact=True)
+    if px and py:
+        rx, ry = _joint_r(_equilibrate_(both), px)
+        bx, by = _basis_x(rx, (n, px)), _basis_y(ry, (n, py))
         rows = rx.shape[0]
         rho = _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
     else:

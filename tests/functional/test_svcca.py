@@ -155,11 +155,11 @@ def test_per_side_reduction_matches_singular_vectors_from_lapack(keep) -> None:
 
 
 def test_kept_basis_is_orthonormal_within_the_bound_of_keep() -> None:
-    from ikkuna_tune.functional.svcca import _centre, _kept_basis
+    from ikkuna_tune.functional.svcca import _centred, _kept_basis
 
     x = torch.from_numpy(_wide_spectrum(400, 30, 12, seed=23))
     for keep in (0.9, 0.99, 1 - 1e-8):
-        basis, k = _kept_basis(_centre(x)[0], keep, slice_kept=True)
+        basis, k = _kept_basis(_centred((x,), compact=True)[0], keep, slice_kept=True)
         assert basis.shape == (400, int(k))
         gram = basis.T @ basis
         # rounding amplified by at most sqrt(p / (1 - keep)) (the docstring's bound)
@@ -310,10 +310,19 @@ def test_return_types() -> None:
         assert isinstance(value, torch.Tensor) and value.dim() == 0
         assert value.dtype == torch.float64 and value.device == tx.device
         assert F.cca(a, b).dtype == torch.float64
-    # float32 input is computed in float64 (the result is that of the rounded values)
-    assert F.svcca_similarity(tx, y).item() == pytest.approx(
-        F.svcca_similarity(x.astype(np.float32).astype(np.float64), y), abs=1e-12
-    )
+    # low-precision input is computed in float64 (the result is that of the rounded values);
+    # the conversion happens while centring, on both the sliced and the masked path
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        low = torch.from_numpy(x).to(dtype)
+        rounded = low.double().numpy()
+        assert F.svcca_similarity(low, y).item() == pytest.approx(
+            F.svcca_similarity(rounded, y), abs=1e-12
+        )
+        np.testing.assert_allclose(F.cca(low, y).numpy(), F.cca(rounded, y), atol=1e-12)
+        yt = torch.from_numpy(y)
+        for keep in (0.99, 1.0):
+            masked = _svcca(low, yt, keep, slice_kept=False)
+            assert masked.item() == pytest.approx(F.svcca_similarity(rounded, y, keep), abs=1e-12)
 
 
 def test_exported_from_the_package() -> None:
