@@ -356,13 +356,14 @@ def _svcca(
         slice_kept = x.device.type == "cpu"
     n = x.shape[0]
     if keep < 1:
-        (xc, (px,)), (yc, (py,)) = (
-            _centred((x,), slice_kept, invalid),
-            _centred((y,), slice_kept, invalid),
-        )
-        if px == 0 or py == 0:
-            return x.new_zeros(())  # one side does not vary: nothing is shared
-        (bx, kx), (by, ky) = _kept_basis(xc, keep, slice_kept), _kept_basis(yc, keep, slice_kept)
+        bases = []
+        for side in (x, y):
+            centred, (width,) = _centred((side,), slice_kept, invalid)
+            if width == 0:
+                return x.new_zeros(())  # one side does not vary: nothing is shared
+            bases.append(_kept_basis(centred, keep, slice_kept))
+            del centred  # freed before the other side is centred: one side's buffers at a time
+        (bx, kx), (by, ky) = bases
         rho = _cosines(bx.T @ by)
     else:
         both, (px, py) = _centred((x, y), slice_kept, invalid)
