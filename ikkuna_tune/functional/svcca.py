@@ -21,11 +21,23 @@ one orthonormal coordinate system. The thin SVDs of the small blocks,
 :math:`R_x = W_x \operatorname{diag}(s_x) V_x^T` and likewise for ``y``, give the thin SVDs
 :math:`x = (Q W_x) \operatorname{diag}(s_x) V_x^T`, so :math:`Q W_x` and :math:`Q W_y` are
 orthonormal bases of the two column spaces and :math:`(Q W_x)^T (Q W_y) = W_x^T W_y`: after the
-QR nothing depends on the number of samples. Directions with
-:math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1` carry no information (they are rounding noise of
-dead or duplicated neurons), and keeping them would report spurious correlations of 1, so they are
-dropped. Householder QR is backward stable column by column, so the two sides' scales do not
-interfere (each side is also scaled to unit norm first).
+QR nothing depends on the number of samples. Directions at rounding level carry no information,
+and keeping them would report spurious correlations (of 1 for the rounding noise of dead or
+duplicated neurons, of arbitrary size for the rounding noise of the input), so they are dropped.
+Rounding level is the larger of two floors:
+
+- the arithmetic here: :math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1`;
+- the precision of the input: each entry of a float32 (or float16, ...) matrix is known only to
+  half a unit in its last place, :math:`|e_{ij}| \le \tfrac{1}{2}\varepsilon_{in} |x_{ij}|`, so
+  by Weyl's inequality a direction with :math:`s_i \le \lVert E \rVert_F \le
+  \tfrac{1}{2}\varepsilon_{in} \lVert x \rVert_F` (in the scaling the SVD sees) cannot be told
+  apart from that error. This is what makes a rank-deficient float32 input, such as the outputs
+  of a widening linear layer or of a first convolution with more channels than its patch has
+  pixels, have the rank of its exact values rather than full rank made of rounding noise; for a
+  float64 input with a large offset the floor follows the offset.
+
+Householder QR is backward stable column by column, so the two sides' scales do not interfere
+(each side is also scaled to unit norm first).
 
 **SVCCA** (Raghu et al., 2017) first reduces each side to its leading singular directions, the
 fewest whose squared singular values reach the fraction ``keep`` of the total variance, then runs
@@ -153,7 +165,7 @@ def _column_major(n: int, p: int, like: torch.Tensor) -> torch.Tensor:
 def _centre_into_(
     out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dead: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Write ``x`` with its column means subtracted into ``out``, and zero the constant columns.
+    """Write ``x`` with its column means subtracted into ``out``; zero the constant columns.
 
     ``out`` is a column-major float64 block of the same shape (a view into a larger buffer is
     fine); ``scale`` holds each column's largest magnitude; ``dead`` optionally marks columns to
@@ -162,25 +174,36 @@ def _centre_into_(
     tiny component along the all-ones vector, identical in every centred matrix, and show up as
     a spurious canonical correlation of 1. A column whose centred norm is at rounding level
     relative to its largest entry is constant up to rounding and set to exactly zero.
+
+    Returns each column's bound on the norm of the input's own rounding error,
+    ``eps(x.dtype) / 2 * ||x_j||`` (zero for the zeroed columns, which carry none): see the
+    module docstring.
     """
+    n = x.shape[0]
     out.copy_(x)
+    mean = out.mean(dim=0)
+    out -= mean
     out -= out.mean(dim=0)
-    out -= out.mean(dim=0)
-    flat = torch.linalg.vector_norm(out, dim=0) <= 4 * x.shape[0] * _EPS * scale
+    norms = torch.linalg.vector_norm(out, dim=0)
+    flat = norms <= 4 * n * _EPS * scale
     if dead is not None:
         flat = flat | dead
-    return out.masked_fill_(flat, 0.0)
+    out.masked_fill_(flat, 0.0)
+    # ||x_j||^2 = ||x_j - mean_j||^2 + n mean_j^2
+    raw = torch.sqrt(norms * norms + n * mean * mean)
+    return raw.mul_(torch.finfo(x.dtype).eps / 2).masked_fill_(flat, 0.0)
 
 
 def _centred(
     xs: tuple[torch.Tensor, ...], compact: bool, invalid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, list[int]]:
+) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """The centred sides next to each other in one column-major float64 buffer.
 
     With ``compact`` the constant columns are left out (reading their number back to the host);
     otherwise they stay, as zero columns, and nothing is read back. ``invalid`` is a 0-d mask
     that zeroes everything (used for non-finite input that must not reach LAPACK). Returns the
-    buffer and the number of columns of each side.
+    buffer, the number of columns of each side, and each column's bound on the input's rounding
+    error (:func:`_centre_into_`).
     """
     stats = [_column_stats(x) for x in xs]
     if compact:
@@ -192,30 +215,45 @@ def _centred(
         parts = [(x, scale, ~live) for x, (live, scale) in zip(xs, stats, strict=True)]
     widths = [part[0].shape[1] for part in parts]
     buffer = _column_major(xs[0].shape[0], sum(widths), xs[0])
+    noise = []
     start = 0
     for (x, scale, dead), width in zip(parts, widths, strict=True):
         if invalid is not None:
             dead = invalid if dead is None else dead | invalid
-        _centre_into_(buffer[:, start : start + width], x, scale, dead)
+        noise.append(_centre_into_(buffer[:, start : start + width], x, scale, dead))
         start += width
-    return buffer, widths
+    return buffer, widths, torch.cat(noise)
+
+
+def _floor(noise: torch.Tensor, divisors: torch.Tensor | None = None) -> torch.Tensor:
+    """The input-precision floor for singular values of one side (0-d): a bound on the Frobenius
+    norm of its rounding error, after its columns were divided by ``divisors`` (if given)."""
+    if divisors is not None:
+        noise = noise / divisors
+    return torch.linalg.vector_norm(noise)
 
 
 def _equilibrate_(x: torch.Tensor) -> torch.Tensor:
-    """Scale every non-zero column of ``x`` to unit length in place (same column space).
+    """Scale every non-zero column of ``x`` to unit length in place (same column space); return
+    the divisors (1 for zero columns).
 
     CCA does not depend on the scale of single features, so this makes the rank decision
     independent of it: a legitimately small-scale neuron is not mistaken for rounding noise.
     ``x`` must be a matrix this module owns (a centred copy), never the caller's input.
     """
     norms = torch.linalg.vector_norm(x, dim=0)
-    return x.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
+    divisors = torch.where(norms > 0, norms, torch.ones_like(norms))
+    x.div_(divisors)
+    return divisors
 
 
 def _unit_(x: torch.Tensor) -> torch.Tensor:
-    """Scale ``x`` in place to Frobenius norm 1 (left alone if zero): CCA does not see scale."""
+    """Scale ``x`` in place to Frobenius norm 1 (left alone if zero), CCA does not see scale;
+    return the divisor."""
     norm = torch.linalg.matrix_norm(x)
-    return x.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
+    divisor = torch.where(norm > 0, norm, torch.ones_like(norm))
+    x.div_(divisor)
+    return divisor
 
 
 def _r_in_place(a: torch.Tensor) -> torch.Tensor:
@@ -243,7 +281,7 @@ def _joint_r(both: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     return r[: min(r.shape[0], p), :p], r[:, p:]
 
 
-def _factor(both: torch.Tensor, p: int) -> tuple[torch.Tensor, ...]:
+def _factor(both: torch.Tensor, p: int, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Left singular vectors and singular values of both sides, in one coordinate system.
 
     With ``x = Q R_x`` and ``y = Q R_y`` from :func:`_joint_r`, the thin SVDs
@@ -251,21 +289,24 @@ def _factor(both: torch.Tensor, p: int) -> tuple[torch.Tensor, ...]:
     ``x = (Q W_x) diag(s_x) V_x^T`` is the thin SVD of ``x`` (likewise for ``y``). Since ``Q``
     has orthonormal columns, ``(Q W_x)^T (Q W_y) = W_x^T W_y``: products of the bases never
     involve ``n``. Each side is scaled to unit norm first (Householder QR is backward stable
-    column by column, so this only keeps the numbers tidy). Returns ``(w_x, s_x, w_y, s_y)``,
-    ``s`` descending.
+    column by column, so this only keeps the numbers tidy). ``noise`` holds the columns' bounds
+    on the input's rounding error (:func:`_centred`). Returns
+    ``(w_x, s_x, floor_x, w_y, s_y, floor_y)``, ``s`` descending, ``floor`` the input-precision
+    floor of each side's singular values (:func:`_floor`).
     """
-    _unit_(both[:, :p])
-    _unit_(both[:, p:])
+    floor_x = _floor(noise[:p], _unit_(both[:, :p]))
+    floor_y = _floor(noise[p:], _unit_(both[:, p:]))
     rx, ry = _joint_r(both, p)
     wx, sx, _ = torch.linalg.svd(rx, full_matrices=False)
     wy, sy, _ = torch.linalg.svd(ry, full_matrices=False)
-    return wx, sx, wy, sy
+    return wx, sx, floor_x, wy, sy, floor_y
 
 
-def _rank_mask(s: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Which singular values are above rounding level (relative to the largest)."""
+def _rank_mask(s: torch.Tensor, shape: tuple[int, ...], floor: torch.Tensor) -> torch.Tensor:
+    """Which singular values are above rounding level: that of the arithmetic (relative to the
+    largest) and that of the input's precision (``floor``, from :func:`_floor`)."""
     tol = max(shape) * _EPS * s[:1]
-    return (s > tol) & (s > 0)
+    return (s > tol) & (s > floor) & (s > 0)
 
 
 def _variance_mask(s: torch.Tensor, keep: float) -> torch.Tensor:
@@ -304,7 +345,7 @@ def _cosines(m: torch.Tensor) -> torch.Tensor:
 
 
 def _kept_basis(
-    x: torch.Tensor, keep: float, slice_kept: bool
+    x: torch.Tensor, keep: float, slice_kept: bool, noise: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis of the kept leading directions of one centred side, and their count.
 
@@ -316,11 +357,11 @@ def _kept_basis(
     the total and at most ``p s_i^2``), so the division amplifies rounding by at most
     ``sqrt(p / (1 - keep))``: about 300 for ``keep=0.99`` and 1,000 features. With ``slice_kept``
     the kept columns are cut out (their number is read to the host), otherwise the dropped ones
-    are zero.
+    are zero. ``noise`` holds the columns' bounds on the input's rounding error (:func:`_centred`).
     """
     r = torch.linalg.qr(x, mode="r").R
     _, s, vh = torch.linalg.svd(r, full_matrices=False)
-    mask = _rank_mask(s, tuple(x.shape)) & _variance_mask(s, keep)
+    mask = _rank_mask(s, tuple(x.shape), _floor(noise)) & _variance_mask(s, keep)
     if slice_kept:
         k = int(mask.sum())
         return x @ (vh[:k].T / s[:k]), mask.new_tensor(k, dtype=torch.int64)
@@ -358,20 +399,20 @@ def _svcca(
     if keep < 1:
         bases = []
         for side in (x, y):
-            centred, (width,) = _centred((side,), slice_kept, invalid)
+            centred, (width,), noise = _centred((side,), slice_kept, invalid)
             if width == 0:
                 return x.new_zeros(())  # one side does not vary: nothing is shared
-            bases.append(_kept_basis(centred, keep, slice_kept))
+            bases.append(_kept_basis(centred, keep, slice_kept, noise))
             del centred  # freed before the other side is centred: one side's buffers at a time
         (bx, kx), (by, ky) = bases
         rho = _cosines(bx.T @ by)
     else:
-        both, (px, py) = _centred((x, y), slice_kept, invalid)
+        both, (px, py), noise = _centred((x, y), slice_kept, invalid)
         if px == 0 or py == 0:
             return x.new_zeros(())
-        wx, sx, wy, sy = _factor(both, px)
-        mx = _rank_mask(sx, (n, px))
-        my = _rank_mask(sy, (n, py))
+        wx, sx, floor_x, wy, sy, floor_y = _factor(both, px, noise)
+        mx = _rank_mask(sx, (n, px), floor_x)
+        my = _rank_mask(sy, (n, py), floor_y)
         rho = _correlations(wx, wy, mx, my, slice_kept)
         kx, ky = mx.sum(), my.sum()
     k = torch.minimum(kx, ky).clamp_min(1).to(rho.dtype)
@@ -379,37 +420,38 @@ def _svcca(
     return rho.sum() / k
 
 
-def _rank(r: torch.Tensor, shape: tuple[int, int]) -> int:
-    """Number of singular values of ``r`` above rounding level (for data of ``shape``)."""
-    return int(_rank_mask(torch.linalg.svdvals(r), shape).sum())
+def _rank(r: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> int:
+    """Number of singular values of ``r`` above rounding level (for data of ``shape`` whose input
+    precision gives ``floor``)."""
+    return int(_rank_mask(torch.linalg.svdvals(r), shape, floor).sum())
 
 
 def _leading_left_vectors(r: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.linalg.svd(r, full_matrices=False)[0][:, :rank]
 
 
-def _basis_x(rx: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor | None:
+def _basis_x(rx: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> torch.Tensor | None:
     """Orthonormal basis of the column space of ``R_x`` in the QR's coordinates.
 
     ``None`` stands for the identity: a square triangular block of full rank spans all of its
     coordinates, so no singular vectors are needed. Otherwise the leading left singular vectors.
     """
     rows, cols = rx.shape
-    rank = _rank(rx, shape)
+    rank = _rank(rx, shape, floor)
     return None if rank == cols == rows else _leading_left_vectors(rx, rank)
 
 
-def _basis_y(ry: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def _basis_y(ry: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis of the column space of ``R_y``: the ``Q`` of its QR when it has full
     column rank (cheaper than singular vectors), else its leading left singular vectors."""
     rows, cols = ry.shape
     if rows >= cols:
         q, tri = torch.linalg.qr(ry)
-        rank = _rank(tri, shape)
+        rank = _rank(tri, shape, floor)
         if rank == cols:
             return q
     else:
-        rank = _rank(ry, shape)
+        rank = _rank(ry, shape, floor)
     return _leading_left_vectors(ry, rank)
 
 
@@ -465,10 +507,13 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
     """
     xt, yt, numpy_out = _prepare(x, y)
     n = xt.shape[0]
-    both, (px, py) = _centred((xt, yt), compact=True)
+    both, (px, py), noise = _centred((xt, yt), compact=True)
     if px and py:
-        rx, ry = _joint_r(_equilibrate_(both), px)
-        bx, by = _basis_x(rx, (n, px)), _basis_y(ry, (n, py))
+        divisors = _equilibrate_(both)
+        floor_x = _floor(noise[:px], divisors[:px])
+        floor_y = _floor(noise[px:], divisors[px:])
+        rx, ry = _joint_r(both, px)
+        bx, by = _basis_x(rx, (n, px), floor_x), _basis_y(ry, (n, py), floor_y)
         rows = rx.shape[0]
         rho = _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
     else:

@@ -159,7 +159,8 @@ def test_kept_basis_is_orthonormal_within_the_bound_of_keep() -> None:
 
     x = torch.from_numpy(_wide_spectrum(400, 30, 12, seed=23))
     for keep in (0.9, 0.99, 1 - 1e-8):
-        basis, k = _kept_basis(_centred((x,), compact=True)[0], keep, slice_kept=True)
+        centred, _, noise = _centred((x,), compact=True)
+        basis, k = _kept_basis(centred, keep, slice_kept=True, noise=noise)
         assert basis.shape == (400, int(k))
         gram = basis.T @ basis
         # rounding amplified by at most sqrt(p / (1 - keep)) (the docstring's bound)
@@ -249,6 +250,56 @@ def test_dead_neurons_do_not_correlate_spuriously() -> None:
     rho = F.cca(x, y)
     assert rho.shape == (5,)
     assert rho.max() < 0.3
+
+
+def _widening_layer(dtype: type, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (400, 12) and the outputs ``y = x w + b`` of a layer whose weight has rank 6, both
+    computed in ``dtype``: ``y`` spans exactly 6 directions of span(x), plus rounding noise."""
+    rng = _rng(41)
+    x = rng.standard_normal((400, 12)).astype(dtype)
+    w = (rng.standard_normal((12, 6)) @ rng.standard_normal((6, 24))).astype(dtype)
+    b = (rng.standard_normal(24) + offset).astype(dtype)
+    return x, x @ w + b
+
+
+@pytest.mark.parametrize("slice_kept", [True, False])
+def test_rank_deficient_float32_layer_has_the_rank_of_its_exact_values(slice_kept) -> None:
+    # In float32 the rank-6 outputs have 18 more directions made of rounding noise (at about
+    # 1e-7 of the signal); they are not part of span(x), so keeping them would report 18
+    # arbitrary correlations (a mean CCA of about 0.6 here instead of 1).
+    x, y = _widening_layer(np.float32)
+    rho = F.cca(x, y)
+    assert rho.shape == (6,)
+    np.testing.assert_allclose(rho, np.ones(6), atol=1e-6)
+    value = _svcca(torch.from_numpy(x), torch.from_numpy(y), 1.0, slice_kept=slice_kept)
+    assert value.item() == pytest.approx(1.0, abs=1e-6)
+    # the same layer in float64 has its rounding noise far below the arithmetic's floor
+    x64, y64 = _widening_layer(np.float64)
+    np.testing.assert_allclose(F.cca(x64, y64), np.ones(6), atol=1e-9)
+
+
+def test_float32_directions_well_above_its_rounding_are_kept() -> None:
+    # a neuron that differs from another by 1e-4 of its scale is a real direction in float32
+    # (its rounding is at 6e-8): the floor must not take it for noise
+    rng = _rng(42)
+    base = rng.standard_normal((500, 3))
+    x = np.hstack([base, base[:, :1] + 1e-4 * rng.standard_normal((500, 1))]).astype(np.float32)
+    y = x.astype(np.float64) @ _orthogonal(4, 43)
+    rho = F.cca(x, y)
+    assert rho.shape == (4,)
+    np.testing.assert_allclose(rho, np.ones(4), atol=1e-6)
+
+
+def test_rank_deficient_input_with_a_large_offset_is_not_given_rank_by_it() -> None:
+    # float64 outputs 1e6 away from zero are known to about 1e-10 each; the directions that
+    # rounding adds are as large relative to the centred data and must not count as rank
+    x, y = _widening_layer(np.float64, offset=1e6)
+    assert F.cca(x, y).shape == (6,)
+    assert F.svcca_similarity(x, y, keep=1.0) == pytest.approx(1.0, abs=1e-6)
+    x0, y0 = _widening_layer(np.float64)
+    assert F.svcca_similarity(x, y, keep=0.99) == pytest.approx(
+        F.svcca_similarity(x0, y0, keep=0.99), abs=1e-6
+    )
 
 
 def _ill_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
