@@ -488,8 +488,10 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
 
     There are ``min(rank x, rank y)`` correlations, where rank counts the directions of the
     centred data above rounding level: dead (constant) and duplicated neurons add none, so they
-    neither fail nor report spurious correlations of 1. With more features than samples see the
-    module docstring: many (or all) correlations are 1 by dimension counting.
+    neither fail nor report spurious correlations of 1. Rounding level includes the precision
+    of the input's dtype, so a float32 matrix of exact rank ``r`` counts as rank ``r`` even though
+    its rounding makes it full rank (see the module docstring). With more features than samples
+    see the module docstring: many (or all) correlations are 1 by dimension counting.
 
     Args:
         x: activations of shape (n_samples, n_features), a torch tensor (any device) or a NumPy
@@ -536,8 +538,9 @@ def svcca_similarity(
 
     Each side is centred, its constant columns dropped, and reduced by a thin SVD to the fewest
     leading directions whose variance (squared singular values) reaches ``keep`` of the total;
-    directions at rounding level are never kept. The result is the mean of the
-    ``min(k_x, k_y)`` canonical correlations between the two reduced sets, a number in [0, 1]:
+    directions at rounding level (of float64, or of the input's dtype) are never kept. The
+    result is the mean of the ``min(k_x, k_y)`` canonical correlations between the two reduced
+    sets, a number in [0, 1]:
     1 when the reduced subspaces coincide (e.g. ``y`` is an invertible linear map of ``x``, such
     as a rotation or scaling of it), near 0 for unrelated data with many more samples than kept
     directions (for independent random data it is roughly ``sqrt(k / n)``). Zero when either side
