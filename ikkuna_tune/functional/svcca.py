@@ -426,6 +426,25 @@ def _rank(r: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> int:
     return int(_rank_mask(torch.linalg.svdvals(r), shape, floor).sum())
 
 
+def _certainly_full_rank(r: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> bool:
+    """Whether the square triangular ``r`` certainly has every singular value above rounding
+    level, shown without an SVD (a triangular inverse costs a fraction of one).
+
+    The computed inverse ``X`` is the exact inverse of ``r + dR`` with ``|dR|`` at rounding
+    level of ``r``, so ``sigma_min(r) >= 1 / ||X||_2 - ||dR|| >= 1 / ||X||_F - ||dR||``. The
+    test asks ``1 / ||X||_F`` to clear four times the larger of the two floors of
+    :func:`_rank_mask`, with ``||r||_F >= sigma_1`` standing in for the largest singular value:
+    that margin covers ``dR``. ``False`` means "not shown" (near rank deficiency, or an inverse
+    that overflowed), and the caller counts the rank with an SVD.
+    """
+    if r.shape[0] != r.shape[1] or r.numel() == 0:
+        return False
+    eye = torch.eye(r.shape[0], dtype=r.dtype, device=r.device)
+    inverse = torch.linalg.solve_triangular(r, eye, upper=True)
+    tol = max(shape) * _EPS * torch.linalg.matrix_norm(r)
+    return bool(torch.linalg.matrix_norm(inverse) * 4 * torch.maximum(tol, floor) < 1)
+
+
 def _leading_left_vectors(r: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.linalg.svd(r, full_matrices=False)[0][:, :rank]
 
@@ -437,6 +456,8 @@ def _basis_x(rx: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> t
     coordinates, so no singular vectors are needed. Otherwise the leading left singular vectors.
     """
     rows, cols = rx.shape
+    if _certainly_full_rank(rx, shape, floor):
+        return None
     rank = _rank(rx, shape, floor)
     return None if rank == cols == rows else _leading_left_vectors(rx, rank)
 
@@ -447,6 +468,8 @@ def _basis_y(ry: torch.Tensor, shape: tuple[int, int], floor: torch.Tensor) -> t
     rows, cols = ry.shape
     if rows >= cols:
         q, tri = torch.linalg.qr(ry)
+        if _certainly_full_rank(tri, shape, floor):
+            return q
         rank = _rank(tri, shape, floor)
         if rank == cols:
             return q

@@ -302,6 +302,27 @@ def test_rank_deficient_input_with_a_large_offset_is_not_given_rank_by_it() -> N
     )
 
 
+def test_full_rank_certificate_never_contradicts_the_singular_values() -> None:
+    from ikkuna_tune.functional.svcca import _certainly_full_rank, _rank_mask
+
+    rng = _rng(44)
+    shape, floor = (1000, 40), torch.tensor(0.0, dtype=torch.float64)
+    shown = 0
+    for smallest in np.logspace(-16, -6, 41):
+        # triangular factor of a matrix whose singular values run from 1 down to `smallest`
+        a = _orthogonal(40, int(rng.integers(1 << 30))) * np.logspace(0, np.log10(smallest), 40)
+        r = torch.from_numpy(np.linalg.qr(a @ _orthogonal(40, int(rng.integers(1 << 30))))[1])
+        full = bool(_rank_mask(torch.linalg.svdvals(r), shape, floor).all())
+        if _certainly_full_rank(r, shape, floor):
+            shown += 1
+            assert full, smallest
+    # well-conditioned factors are shown full rank without an SVD
+    assert shown >= 20
+    singular = torch.triu(torch.ones(4, 4, dtype=torch.float64))
+    singular[2, 2] = 0.0
+    assert not _certainly_full_rank(singular, (10, 4), floor)
+
+
 def _ill_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = _rng(19)
     base = rng.standard_normal((300, 20))
