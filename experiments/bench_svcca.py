@@ -32,10 +32,15 @@ all cases where the reference did not fail.
 fail. With ``--device cuda`` our functions are also timed on the GPU (data already on the
 device, synchronised before and after each call) and compared with the same CPU reference.
 
-The last line printed is one JSON object with the summary.
+The last line printed is one JSON object with the summary. It includes
+``paused_fraction_before``/``_after``: the share of time, over a few seconds before and after the
+cases, that chunks of a fixed small workload lost to stops of the whole machine (on a shared
+virtual machine these can be hundreds of milliseconds every few tenths of a second, charged as
+CPU time; calls longer than the gaps between them then never run clean, and a case's time is
+its clean time plus stops).
 
 Run: ``python -m experiments.bench_svcca [--device cuda] [--repeats 5] [--threads 1]
-[--clock cpu] [--stat min] [--quick]``
+[--clock cpu] [--stat min] [--quick] [--pause-probe 3]``
 """
 
 from __future__ import annotations
@@ -125,6 +130,35 @@ def ill_conditioned(a: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- timing
+def paused_fraction(chunk_seconds: list[float], factor: float = 3.0) -> float:
+    """Fraction of the total time spent beyond the median in chunks of identical work that took
+    over ``factor`` times the median: the share of time the machine was not running the code."""
+    total = sum(chunk_seconds)
+    if not chunk_seconds or total <= 0:
+        return 0.0
+    median = statistics.median(chunk_seconds)
+    excess = sum(t - median for t in chunk_seconds if t > factor * median)
+    return excess / total
+
+
+def measure_pauses(seconds: float = 3.0) -> float:
+    """:func:`paused_fraction` of ~2 ms chunks of one fixed matrix product, for ``seconds``.
+
+    On a shared virtual machine the whole machine can stop for hundreds of milliseconds at a
+    time, and the stop is charged to the running process as CPU time; a call longer than the
+    gaps between stops then never runs clean. This figure says how much that affected a run.
+    """
+    a = np.random.default_rng(0).standard_normal((200, 200))
+    chunks = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ a
+        chunks.append(time.perf_counter() - start)
+    return paused_fraction(chunks)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -331,7 +365,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="min",
         help="a case's time over its repeats: the fastest run (default) or the median",
     )
+    parser.add_argument(
+        "--pause-probe",
+        type=float,
+        default=3.0,
+        help="seconds spent before and after the cases measuring how much of the time the "
+        "machine was paused (paused_fraction_before/after in the summary)",
+    )
     args = parser.parse_args(argv)
+    if args.pause_probe < 0:
+        parser.error(f"--pause-probe must be >= 0 seconds, got {args.pause_probe}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -354,11 +397,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         except ValueError:
             parser.error(f"--shapes must look like 500x64,2000x512 but got {args.shapes!r}")
+    paused_before = measure_pauses(args.pause_probe)
     for case in build_cases(shapes, args.seed):
         result = run_case(case, args.repeats, args.clock, gpu, args.stat)
         results.append(result)
         print(json.dumps(result), flush=True)
     summary = summarise(results, args.device, args.repeats, args.clock, args.stat)
+    summary["paused_fraction_before"] = round(paused_before, 3)
+    summary["paused_fraction_after"] = round(measure_pauses(args.pause_probe), 3)
     print(json.dumps(summary), flush=True)
     return summary
 
