@@ -248,7 +248,7 @@ def _equilibrate_(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_(x: torch.Tensor) -> torch.Tensor:
-    """Scale ``x`` in place to Frobenius norm 1 (left alone if zero), CCA does not see scale;
+    """Scale ``x`` in place to Frobenius norm 1 (left alone if zero; CCA does not see scale) and
     return the divisor."""
     norm = torch.linalg.matrix_norm(x)
     divisor = torch.where(norm > 0, norm, torch.ones_like(norm))
