@@ -190,7 +190,7 @@ def _centre_into_(
         flat = flat | dead
     out.masked_fill_(flat, 0.0)
     # ||x_j||^2 = ||x_j - mean_j||^2 + n mean_j^2
-    raw = torch.sqrt(norms * norms + n * mean * mean)
+    raw = torch.hypot(norms, mean.mul_(math.sqrt(n)))
     return raw.mul_(torch.finfo(x.dtype).eps / 2).masked_fill_(flat, 0.0)
 
 
