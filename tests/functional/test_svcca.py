@@ -265,8 +265,8 @@ def _widening_layer(dtype: type, offset: float = 0.0) -> tuple[np.ndarray, np.nd
 @pytest.mark.parametrize("slice_kept", [True, False])
 def test_rank_deficient_float32_layer_has_the_rank_of_its_exact_values(slice_kept) -> None:
     # In float32 the rank-6 outputs have 18 more directions made of rounding noise (at about
-    # 1e-7 of the signal); they are not part of span(x), so keeping them would report 18
-    # arbitrary correlations (a mean CCA of about 0.6 here instead of 1).
+    # 1e-7 of the signal); they are not part of span(x), so keeping them would report 12
+    # correlations, 6 of them arbitrary (mean CCA 0.69 here instead of 1).
     x, y = _widening_layer(np.float32)
     rho = F.cca(x, y)
     assert rho.shape == (6,)
