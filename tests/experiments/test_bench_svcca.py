@@ -16,7 +16,9 @@ def test_paused_fraction_counts_the_excess_of_slow_chunks_only() -> None:
 
 
 def test_quick_run_agrees_with_the_reference_and_reports_pauses(capsys) -> None:
-    summary = bench_svcca.main(["--quick", "--repeats", "1", "--pause-probe", "0.05"])
+    summary = bench_svcca.main(
+        ["--quick", "--repeats", "1", "--pause-probe", "0.05", "--threads", "0"]
+    )
     assert summary["cases"] == 8
     assert summary["failures_ours"] == 0
     assert summary["max_abs_diff"] <= 1e-6
