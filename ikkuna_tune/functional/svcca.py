@@ -302,11 +302,16 @@ def _factor(both: torch.Tensor, p: int, noise: torch.Tensor) -> tuple[torch.Tens
     return wx, sx, floor_x, wy, sy, floor_y
 
 
+def _arithmetic_floor(shape: tuple[int, ...], largest: torch.Tensor) -> torch.Tensor:
+    """Rounding level of the float64 arithmetic for singular values of data of ``shape`` whose
+    largest singular value is (at most) ``largest``."""
+    return max(shape) * _EPS * largest
+
+
 def _rank_mask(s: torch.Tensor, shape: tuple[int, ...], floor: torch.Tensor) -> torch.Tensor:
     """Which singular values are above rounding level: that of the arithmetic (relative to the
     largest) and that of the input's precision (``floor``, from :func:`_floor`)."""
-    tol = max(shape) * _EPS * s[:1]
-    return (s > tol) & (s > floor) & (s > 0)
+    return (s > _arithmetic_floor(shape, s[:1])) & (s > floor) & (s > 0)
 
 
 def _variance_mask(s: torch.Tensor, keep: float) -> torch.Tensor:
@@ -441,7 +446,7 @@ def _certainly_full_rank(r: torch.Tensor, shape: tuple[int, int], floor: torch.T
         return False
     eye = torch.eye(r.shape[0], dtype=r.dtype, device=r.device)
     inverse = torch.linalg.solve_triangular(r, eye, upper=True)
-    tol = max(shape) * _EPS * torch.linalg.matrix_norm(r)
+    tol = _arithmetic_floor(shape, torch.linalg.matrix_norm(r))
     return bool(torch.linalg.matrix_norm(inverse) * 4 * torch.maximum(tol, floor) < 1)
 
 
