@@ -56,6 +56,14 @@ def _tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a frozen layer: it and its submodules run in eval mode, so that
+    ``model.train()`` cannot make a frozen BatchNorm update its running statistics (or a frozen
+    dropout drop)."""
+    for submodule in module.modules():
+        submodule.training = False
+
+
 def select_modules(
     model: nn.Module,
     depth: int | None = None,
@@ -179,6 +187,7 @@ class Exporter:
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
         self._frozen: list[str] = []
+        self._freeze_handles: dict[str, RemovableHandle] = {}
         self._update_before: dict[tuple[str, str], torch.Tensor] = {}
         self._update_names: dict[str, tuple[str, ...]] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
@@ -223,6 +232,11 @@ class Exporter:
             for handle in handles:
                 handle.remove()
         self._kind_handles.clear()
+        for name, handle in self._freeze_handles.items():
+            handle.remove()
+            # without the hook the layer would stay in eval mode until the next model.train()
+            self.modules[name].module.train(self.model.training)
+        self._freeze_handles.clear()
         self._update_before.clear()
         self._update_names.clear()
         self._update_buffers.clear()
@@ -517,10 +531,15 @@ class Exporter:
             ) from None
 
     def freeze(self, name: str) -> None:
-        """Stop training layer ``name``: no ``requires_grad`` and no gradient on its parameters.
+        """Stop training layer ``name``: its parameters and its buffers stop changing.
 
-        Optimizers skip parameters whose ``grad`` is None, so momentum and weight decay no longer
-        move them. Publishes ``layer_frozen`` with the layer's name.
+        Its parameters lose ``requires_grad`` and their gradients; optimizers skip parameters
+        whose ``grad`` is None, so momentum and weight decay no longer move them. The layer and
+        its submodules run in eval mode in every forward pass (a forward pre-hook sets their
+        ``training`` flag, so ``model.train()`` does not undo it): a BatchNorm uses its running
+        statistics and no longer updates them (``running_mean``, ``running_var``,
+        ``num_batches_tracked``), dropout is off. Publishes ``layer_frozen`` with the layer's
+        name.
 
         Raises:
             ValueError: for an unknown layer, or if nothing in the model would still train.
@@ -538,17 +557,26 @@ class Exporter:
         for param in params:
             param.requires_grad_(False)
             param.grad = None
+        _hold_eval(named.module, ())
+        if not self._closed:  # a closed Exporter leaves no hook behind
+            self._freeze_handles[name] = named.module.register_forward_pre_hook(
+                _hold_eval, prepend=True
+            )
         self._frozen.append(name)
         self._publish_meta("layer_frozen", name)
         logger.info("Froze layer %r at step %d", name, self.global_step)
 
     def unfreeze(self, name: str) -> None:
-        """Train layer ``name`` again."""
+        """Train layer ``name`` again; it takes the model's current training mode."""
         named = self._layer(name)
         if name not in self._frozen:
             return
         for param in named.module.parameters():
             param.requires_grad_(True)
+        handle = self._freeze_handles.pop(name, None)
+        if handle is not None:
+            handle.remove()
+        named.module.train(self.model.training)
         self._frozen.remove(name)
 
     def frozen_parameter_fraction(self) -> float:

@@ -1,0 +1,209 @@
+"""Freezing a layer freezes its buffers too: a frozen BatchNorm stops tracking statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class ConvBNNet(nn.Module):
+    """conv(1->3, 3x3) -> batchnorm -> relu -> flatten -> linear(48 -> 5) on 6x6 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.bn(self.conv(x))).flatten(1))
+
+
+class Block(nn.Module):
+    """A residual block: x + dropout(relu(bn(conv(x))))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(F.relu(self.bn(self.conv(x))))
+
+
+def _batches(n: int, channels: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [
+        (
+            torch.randn(8, channels, 6, 6, generator=g) * 3 + 1,
+            torch.randint(0, 5, (8,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def _buffers(bn: nn.BatchNorm2d) -> dict[str, torch.Tensor]:
+    return {n: getattr(bn, n).detach().clone() for n in _BN_BUFFERS}
+
+
+def _train(model, opt, exporter, batches, epochs: int = 2) -> None:
+    for _ in range(epochs):
+        model.train()  # what a training loop does every epoch: must not unfreeze the buffers
+        for x, y in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        exporter.epoch_finished()
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics() -> None:
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bus = ik.MessageBus()
+    outputs = []
+    ik.CallbackSubscriber(["network_output"], lambda m: outputs.append(m.data.clone()), bus)
+    batches = _batches(3)
+    with ik.Exporter(model, opt, bus) as exporter:
+        assert list(exporter.modules) == ["conv", "bn", "fc"]
+        initial = _buffers(model.bn)
+        _train(model, opt, exporter, batches, epochs=1)
+        # before freezing, training moves the statistics: the assertions below are not vacuous
+        assert model.bn.num_batches_tracked.item() == 3
+        assert not torch.equal(model.bn.running_mean, initial["running_mean"])
+        exporter.freeze("bn")
+        exporter.freeze("conv")
+        frozen = _buffers(model.bn)
+        frozen_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        outputs.clear()
+        _train(model, opt, exporter, batches)
+        with exporter.probe():
+            model(batches[0][0])  # a probe in between restores the modes it found
+        _train(model, opt, exporter, batches, epochs=1)
+        for name in _BN_BUFFERS:
+            assert torch.equal(getattr(model.bn, name), frozen[name]), name
+        for name in ("conv.weight", "conv.bias", "bn.weight", "bn.bias"):
+            assert torch.equal(model.get_parameter(name), frozen_params[name]), name
+        assert not torch.equal(model.fc.weight, frozen_params["fc.weight"])
+        assert model.training and model.fc.training and not model.bn.training
+        # reference: the first training output after freezing is the frozen prefix with
+        # BatchNorm in inference form (running statistics), computed with plain functions
+        x = batches[0][0]
+        ref = F.conv2d(x, frozen_params["conv.weight"], frozen_params["conv.bias"])
+        ref = F.batch_norm(
+            ref,
+            frozen["running_mean"],
+            frozen["running_var"],
+            frozen_params["bn.weight"],
+            frozen_params["bn.bias"],
+            training=False,
+            eps=model.bn.eps,
+        )
+        ref = F.linear(F.relu(ref).flatten(1), frozen_params["fc.weight"], frozen_params["fc.bias"])
+        torch.testing.assert_close(outputs[0], ref)
+
+
+def test_frozen_block_containing_batchnorm_and_dropout_runs_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(2 * 6 * 6, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    acts = []
+    ik.CallbackSubscriber(["activations"], lambda m: acts.append((m.key, m.data.clone())), bus)
+    batches = _batches(3, channels=2)
+    with ik.Exporter(model, opt, bus, depth=1) as exporter:
+        assert list(exporter.modules) == ["0", "2"]  # the whole block is one layer
+        _train(model, opt, exporter, batches, epochs=1)
+        block = model[0]
+        exporter.freeze("0")
+        frozen = _buffers(block.bn)
+        reference = copy.deepcopy(block).eval()  # independent copy, no hooks
+        fc_before = model[2].weight.detach().clone()
+        acts.clear()
+        _train(model, opt, exporter, batches)
+        for name in _BN_BUFFERS:
+            assert torch.equal(getattr(block.bn, name), frozen[name]), name
+        assert not torch.equal(model[2].weight, fc_before)
+        assert not any(m.training for m in block.modules())
+        # no dropout and running statistics: the block's output is its eval output, every step
+        block_acts = [a for key, a in acts if key == "0"]
+        assert len(block_acts) == 2 * len(batches)
+        with torch.no_grad():
+            for i, act in enumerate(block_acts):
+                torch.testing.assert_close(act, reference(batches[i % len(batches)][0]))
+
+
+def test_unfreeze_restores_the_models_training_mode_and_statistics_move_again() -> None:
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _batches(2)
+    with ik.Exporter(model, opt) as exporter:
+        exporter.freeze("bn")
+        _train(model, opt, exporter, batches)
+        assert model.bn.num_batches_tracked.item() == 0
+        model.eval()
+        exporter.unfreeze("bn")
+        assert not model.bn.training  # the model's mode now: eval
+        assert not model.bn._forward_pre_hooks
+        model.train()
+        exporter.freeze("bn")
+        exporter.unfreeze("bn")
+        assert model.bn.training  # the model's mode now: train, without a forward in between
+        before = _buffers(model.bn)
+        x, y = batches[0]
+        # reference: the running mean update from the batch statistics of the conv output
+        conv_out = F.conv2d(x, model.conv.weight.detach(), model.conv.bias.detach())
+        mean = conv_out.mean(dim=(0, 2, 3))
+        var = conv_out.var(dim=(0, 2, 3), unbiased=True)
+        m = model.bn.momentum
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert model.bn.num_batches_tracked.item() == 1
+        torch.testing.assert_close(
+            model.bn.running_mean, (1 - m) * before["running_mean"] + m * mean
+        )
+        torch.testing.assert_close(model.bn.running_var, (1 - m) * before["running_var"] + m * var)
+
+
+def test_close_removes_the_freeze_hook_and_restores_modes() -> None:
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    exporter = ik.Exporter(model, opt)
+    exporter.freeze("bn")
+    assert len(model.bn._forward_pre_hooks) == 1
+    _train(model, opt, exporter, _batches(1))
+    assert not model.bn.training
+    exporter.close()
+    for module in model.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+        assert module.training  # the model is in train mode, and so is every layer again
+    model(_batches(1)[0][0])
+    assert model.bn.training and model.bn.num_batches_tracked.item() == 1
+
+
+def test_restored_exporter_refreezes_the_buffers() -> None:
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    with ik.Exporter(model) as exporter:
+        exporter.freeze("bn")
+        state = exporter.state_dict()
+    fresh = ConvBNNet()
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    with ik.Exporter(fresh, opt) as restored:
+        restored.load_state_dict(state)
+        before = _buffers(fresh.bn)
+        _train(fresh, opt, restored, _batches(2))
+        for name in _BN_BUFFERS:
+            assert torch.equal(getattr(fresh.bn, name), before[name]), name
