@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune.backends import to_numbers
+from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus, ModuleMessage
 from ikkuna_tune.subscribers.base import (
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: The topic both subscribers publish: one 0-d tensor per layer and checkpoint.
 TOPIC = "self_similarity"
+#: Linear CKA between a layer's probe activations now and at initialisation (``track_init``).
+INIT_TOPIC = "init_similarity"
+#: The share of a layer's output features that vary over the probe set (``track_init``).
+LIVE_TOPIC = "live_fraction"
 
 
 # ------------------------------------------------------------------------------ validation
@@ -139,6 +144,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     the host once (one synchronisation with the device per checkpoint), to warn about NaN and to
     decide on freezing.
 
+    **Where the layer came from** (``track_init=True``, the default). When the subscriber is
+    attached to a bus whose Exporter exists (as :func:`ikkuna_tune.watch` does) it records the
+    probe activations once, before training. At every checkpoint it then also publishes
+    ``init_similarity`` (linear CKA, :func:`ikkuna_tune.functional.cka.linear_cka`, between the
+    activations now and at initialisation: how far the layer has come; unlike SVCCA it is not
+    blind to invertible linear maps) and ``live_fraction`` (the share of the layer's features
+    that vary over the probe set: 0 for a dead layer), both from the first checkpoint on.
+    SVCCAScheduler reads all three to tell converged layers from slow, dead and diverged ones.
+    Layers of the frozen input-side prefix no longer change and are not measured again (their
+    metrics are left out of later reports rather than repeated).
+
     **Freezing** (``freeze_at``, for use without Tune): a layer whose self-similarity reaches
     ``freeze_at`` is frozen with :meth:`Exporter.freeze`, from the input side: a layer is frozen
     only when every tracked layer before it (in the Exporter's order) is frozen, and never if it
@@ -162,6 +178,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         ylims: optional y-axis limits for plots.
         backend: ``'tb'`` or ``None``.
         device: where to send the probe inputs; by default the device of the model's parameters.
+        track_init: record the activations at initialisation and publish ``init_similarity``
+            and ``live_fraction`` (see above).
 
     Raises:
         ValueError: for invalid arguments, and when attached to a bus with no Exporter while no
@@ -185,8 +203,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         ylims: tuple[float, float] | None = None,
         backend: str | None = "tb",
         device: torch.device | str | None = None,
+        track_init: bool = True,
     ) -> None:
         n = check_positive_int("n", n)
+        if not isinstance(track_init, bool):
+            raise ValueError(f"Expected `track_init` to be True or False but got {track_init!r}")
+        self.track_init = track_init
         if n < 2:
             raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -210,6 +232,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.indices, self.probe_inputs = _draw_probe(dataset, n, seed)
         self._batches = 0
         self._previous: dict[str, torch.Tensor] | None = None
+        self._initial: dict[str, torch.Tensor] | None = None
         self._selections: dict[tuple[str, int], tuple[np.ndarray, dict[torch.device, torch.Tensor]]]
         self._selections = {}
         trigger = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
@@ -222,6 +245,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             plot_config["ylims"] = limits
         super().__init__([Subscription(self, [trigger], tag)], None, plot_config, backend)
         self._add_publication(TOPIC, "DATA")
+        if track_init:
+            self._add_publication(INIT_TOPIC, "DATA")
+            self._add_publication(LIVE_TOPIC, "DATA")
         if message_bus is not None:
             self.attach(message_bus)
 
@@ -229,6 +255,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     def attach(self, message_bus: MessageBus) -> None:
         check_has_model(self, message_bus, self.forward_fn, "probe")
         super().attach(message_bus)
+        if self.track_init and self._initial is None and message_bus.exporter is not None:
+            self._initial = self.record()
 
     # ------------------------------------------------------------------------ checkpoints
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
@@ -249,14 +277,14 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         exporter = self._exporter()
         current = self.record()
         previous, self._previous = self._previous, current
-        if previous is None:
-            return {}
-        names = []
+        initial = self._initial if self.track_init else None
+        settled = self._frozen_prefix(exporter)
+        items: list[tuple[str, str, torch.Tensor]] = []
         for name, now in current.items():
-            before = previous.get(name)
-            if before is None:
-                continue
-            if before.shape != now.shape:
+            if name in settled:
+                continue  # a frozen prefix no longer changes: nothing new to measure
+            before = previous.get(name) if previous is not None else None
+            if before is not None and before.shape != now.shape:
                 logger.warning(
                     "Layer %r: activations of shape %s cannot be compared with the previous "
                     "checkpoint's %s; skipped",
@@ -264,27 +292,43 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                     tuple(now.shape),
                     tuple(before.shape),
                 )
-                continue
-            names.append(name)
-        if not names:
+                before = None
+            if before is not None:
+                items.append((TOPIC, name, svcca_similarity_or_nan(now, before, self.keep)))
+            start = initial.get(name) if initial is not None else None
+            if start is not None and start.shape == now.shape:
+                items.append((INIT_TOPIC, name, linear_cka(now, start.to(now.device))))
+                items.append((LIVE_TOPIC, name, live_fraction(now)))
+        if not items:
             return {}
-        similarities = [
-            svcca_similarity_or_nan(current[name], previous[name], self.keep) for name in names
-        ]
         # the one host synchronisation of this checkpoint (one per device)
-        values = dict(zip(names, to_numbers([(n, s, 0) for n, s in zip(names, similarities)])))
-        for name, similarity in zip(names, similarities):
-            if math.isnan(values[name]):
-                logger.warning(
-                    "Layer %r has non-finite activations at step %d; publishing NaN "
-                    "self-similarity",
-                    name,
-                    source.global_step,
-                )
-            self.publish(TOPIC, similarity, source, module=exporter.modules[name])
+        numbers = to_numbers([(topic, value, 0) for topic, _, value in items])
+        values: dict[str, float] = {}
+        for (topic, name, value), number in zip(items, numbers):
+            if topic == TOPIC:
+                values[name] = number
+                if math.isnan(number):
+                    logger.warning(
+                        "Layer %r has non-finite activations at step %d; publishing NaN "
+                        "self-similarity",
+                        name,
+                        source.global_step,
+                    )
+            self.publish(topic, value, source, module=exporter.modules[name])
         if self.freeze_at is not None:
             self._freeze(values)
         return values
+
+    @staticmethod
+    def _frozen_prefix(exporter: Exporter) -> set[str]:
+        """The frozen layers at the input end (in the Exporter's order): they cannot change."""
+        frozen = set(exporter.frozen)
+        prefix: set[str] = set()
+        for name in exporter.modules:
+            if name not in frozen:
+                break
+            prefix.add(name)
+        return prefix
 
     def _exporter(self) -> Exporter:
         bus = self.message_bus
@@ -417,10 +461,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
 
     def state_dict(self) -> dict[str, Any]:
         """The previous checkpoint's activations (on the CPU) and the step counter."""
-        previous = None
+        previous = initial = None
         if self._previous is not None:
             previous = {name: t.detach().cpu() for name, t in self._previous.items()}
-        return {"previous": previous, "batches": self._batches, "probe": self._fingerprint()}
+        if self._initial is not None:
+            initial = {name: t.detach().cpu() for name, t in self._initial.items()}
+        return {
+            "previous": previous,
+            "initial": initial,
+            "batches": self._batches,
+            "probe": self._fingerprint(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; the next checkpoint compares against it.
@@ -428,23 +479,29 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         Raises:
             ValueError: for missing or unknown keys, or a state saved with another probe set.
         """
-        if not isinstance(state, dict) or set(state) != {"previous", "batches", "probe"}:
+        keys = {"previous", "batches", "probe"}
+        if not isinstance(state, dict) or not keys <= set(state) <= keys | {"initial"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
-                f"Expected a state with keys ['batches', 'previous', 'probe'] but got {got}"
+                "Expected a state with keys ['batches', 'previous', 'probe'] (and optionally "
+                f"'initial') but got {got}"
             )
         if state["probe"] != self._fingerprint():
             raise ValueError(
                 f"The state was saved with probe settings {state['probe']} but this subscriber "
                 f"uses {self._fingerprint()}"
             )
+        for key in ("previous", "initial"):
+            held = state.get(key)
+            if held is not None and (
+                not isinstance(held, dict)
+                or not all(isinstance(t, torch.Tensor) for t in held.values())
+            ):
+                raise ValueError(f"Expected `{key}` to map layer names to tensors, or be None")
         previous = state["previous"]
-        if previous is not None and (
-            not isinstance(previous, dict)
-            or not all(isinstance(t, torch.Tensor) for t in previous.values())
-        ):
-            raise ValueError("Expected `previous` to map layer names to tensors, or be None")
         self._previous = None if previous is None else dict(previous)
+        if state.get("initial") is not None:
+            self._initial = dict(state["initial"])
         self._batches = int(state["batches"])
 
 
@@ -470,6 +527,7 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
         ylims: tuple[float, float] | None = None,
         backend: str | None = "tb",
         device: torch.device | str | None = None,
+        track_init: bool = True,
     ) -> None:
         super().__init__(
             dataset,
@@ -487,4 +545,5 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
             ylims,
             backend,
             device,
+            track_init,
         )

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ikkuna_tune.tune.convergence import (
+    ConvergenceRules,
+    Decision,
+    TrialHistory,
+    freeze_candidates,
+    stop_verdict,
+)
 from ikkuna_tune.tune.mailbox import Mailbox
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["SVCCAScheduler"]
+__all__ = ["DECISIONS_FILE", "SVCCAScheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _TrialView:
-    """What the scheduler derives from one trial's reports (rebuilt from them after a restore)."""
-
-    layers: list[str] = field(default_factory=list)
-    frozen: set[str] = field(default_factory=set)
-    pending: set[str] = field(default_factory=set)
-    streak: dict[str, int] = field(default_factory=dict)
-    unsettled: int = 0
-    best: float | None = None
-    since_best: int = 0
-    reports: int = 0
-    stopped: str | None = None
 
 
 def _check_fraction(name: str, value: object) -> float:
@@ -45,48 +40,78 @@ def _check_count(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
+    return float(value)
+
+
+@dataclass
+class _TrialView:
+    """What the scheduler derives from one trial's reports (rebuilt from them after a restore)."""
+
+    history: TrialHistory = field(default_factory=TrialHistory)
+    budget: int | None = None
+    stopped: Decision | None = None
+    reasons: dict[str, Decision] = field(default_factory=dict)
+
+
 class SVCCAScheduler(FIFOScheduler):
-    """A Tune scheduler that steers by each layer's SVCCA self-similarity.
+    """A Tune scheduler that freezes converged layers and stops lost trials, never the best.
 
-    Trials report ``self_similarity/<layer>`` (from an SVCCA subscriber) and ``frozen/<layer>``
-    (always, through :func:`ikkuna_tune.report`). The scheduler applies these rules to every result:
+    Trials report, through :func:`ikkuna_tune.report` and an SVCCA subscriber, per layer
+    ``self_similarity`` (SVCCA to the last checkpoint), ``init_similarity`` (linear CKA to
+    initialisation), ``live_fraction`` and ``frozen``. The decisions are pure functions of each
+    trial's history (:mod:`ikkuna_tune.tune.convergence`, where the rules are spelled out):
 
-    1. **Freeze converged layers.** A layer whose self-similarity has been ``>= freeze_at`` for
-       ``patience`` consecutive reports is frozen in the running trial. With
-       ``input_side_first=True`` (the default) a layer is frozen only when every layer before it
-       is frozen (or freezes in the same decision), because only a frozen prefix skips backward
-       compute. The last trainable layer is never frozen. The directive reaches the trial
-       through the experiment's mailbox right after the report that triggered it; the trial
-       confirms it in its next report (``frozen/<layer> = 1``).
-    2. **Stop converged trials.** A trial whose layers have all converged (every layer frozen or
-       at ``>= freeze_at``) and whose metric has not improved by more than ``min_delta`` for
-       ``stop_patience`` reports is stopped: more training would change nothing.
-    3. **Stop unsettled trials.** A trial in which some layer's self-similarity stays below
-       ``unsettled_below`` for ``unsettled_patience`` consecutive reports, after ``grace``
-       reports, is stopped: its representation keeps churning (a learning rate too high, say),
-       which precedes divergence. ``unsettled_below=None`` turns this rule off.
-    4. **Metric-based early stopping among trials (optional).** With ``base=`` a Ray scheduler
-       (e.g. ``ASHAScheduler()``), every result also goes to it and its STOP/PAUSE decisions are
-       followed; it also chooses which trial runs next. Its metric and mode are set from this
-       scheduler's.
+    1. **Freeze** (input side first, never the last trainable layer): a layer that is similar to
+       its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
+       initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
+       alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``). A slow,
+       dead or widening layer, and every layer of a trial that still learns, stays trainable.
+       The directive reaches the trial through the experiment's mailbox right after the report
+       that triggered it; the trial confirms it in its next report (``frozen/<layer> = 1``).
+    2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
+       and a trial with a dead layer at once; after ``grace`` reports a trial that made no
+       progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
+       budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), a trial that
+       cannot reach the ``protect_top``-th best value other trials already reached even at
+       ``optimism`` times its best recent rate of improvement. Converged trials that are among
+       the best are never stopped: freezing is what saves their compute.
+    3. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
+       and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 
-    The scheduler keeps no state that only it knows: frozen layers come from the trials' own
-    reports, so after a trial restore or ``Tuner.restore`` its view is rebuilt from the next
-    reports (streak counts start again, which can only delay a decision).
+    Every decision is logged with its rule and values, listed by :meth:`debug_string` and
+    :attr:`decisions`, sent to the trial with a freeze (the trial reports it under
+    ``freeze_reason/<layer>``), and written as JSON lines to ``ikkuna_decisions.jsonl`` in the
+    trial's directory (``ikkuna-tune compare`` shows them). The scheduler keeps no state that
+    only it knows: frozen layers come from the trials' own reports, so after a trial restore or
+    ``Tuner.restore`` its view is rebuilt from the next reports (which can only delay a
+    decision).
 
     Args:
         metric: the metric to judge trials by; taken from Tune (``tune.run(metric=...)``) if None.
         mode: ``"max"`` or ``"min"``; taken from Tune if None.
-        freeze_at: self-similarity at which a layer counts as converged, in (0, 1].
-        patience: consecutive reports at or above ``freeze_at`` before a layer is frozen.
+        freeze_at: SVCCA self-similarity at which a layer counts as settled, in (0, 1].
+        patience: consecutive reports at or above ``freeze_at``.
+        min_travel: CKA distance from initialisation (1 - ``init_similarity``) a layer must
+            have covered before it may freeze.
+        settle_window: reports over which that distance must have stayed steady.
+        settle_tol: how much it may vary over them, as a fraction of the distance.
+        plateau: reports without an improvement above ``min_delta`` before anything freezes.
+        min_delta: improvement of the metric that counts (metric units).
         input_side_first: freeze only a prefix of the network.
-        stop_patience: reports without improvement before a converged trial is stopped.
-        min_delta: improvement of the metric that counts.
-        unsettled_below: self-similarity below which a layer counts as unsettled (None: off).
-        unsettled_patience: consecutive unsettled reports before a trial is stopped.
-        grace: reports before rules 2 and 3 may stop a trial.
+        stop: stop trials (False: freezing only).
+        grace: reports before a trial may be stopped as stuck or behind.
+        stall_delta: progress since the first report below which a trial counts as stuck.
+        move_tol: change of a layer's distance from initialisation over ``settle_window``
+            reports below which the layer no longer moves.
+        protect_top: how many of the best trials are protected from being stopped as behind.
+        optimism: how much faster than its best recent rate a trial is assumed to improve.
+        max_t: the trials' budget in reports; by default Tune's stopping criterion on
+            ``training_iteration``, if any (else trials are never stopped as behind).
         base: an optional Ray scheduler for metric-based early stopping.
-        similarity_key: the reported per-layer metric to read.
+        similarity_key: the reported per-layer SVCCA similarity to read.
     """
 
     _supports_buffered_results = False
@@ -96,13 +121,20 @@ class SVCCAScheduler(FIFOScheduler):
         metric: str | None = None,
         mode: str | None = None,
         freeze_at: float = 0.99,
-        patience: int = 1,
+        patience: int = 2,
+        min_travel: float = 0.02,
+        settle_window: int = 3,
+        settle_tol: float = 0.2,
+        plateau: int = 2,
+        min_delta: float = 0.005,
         input_side_first: bool = True,
-        stop_patience: int = 2,
-        min_delta: float = 0.0,
-        unsettled_below: float | None = None,
-        unsettled_patience: int = 2,
+        stop: bool = True,
         grace: int = 2,
+        stall_delta: float = 0.02,
+        move_tol: float = 0.005,
+        protect_top: int = 3,
+        optimism: float = 3.0,
+        max_t: int | None = None,
         base: TrialScheduler | None = None,
         similarity_key: str = "self_similarity",
     ) -> None:
@@ -111,18 +143,25 @@ class SVCCAScheduler(FIFOScheduler):
             raise ValueError(f"Expected `mode` to be 'max' or 'min' but got {mode!r}")
         if metric is not None and (not isinstance(metric, str) or not metric):
             raise ValueError(f"Expected `metric` to be a metric name but got {metric!r}")
-        self.freeze_at = _check_fraction("freeze_at", freeze_at)
-        self.patience = _check_count("patience", patience)
-        self.input_side_first = bool(input_side_first)
-        self.stop_patience = _check_count("stop_patience", stop_patience)
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
-            raise ValueError(f"Expected `min_delta` to be a number >= 0 but got {min_delta!r}")
-        self.min_delta = float(min_delta)
-        self.unsettled_below = (
-            None if unsettled_below is None else _check_fraction("unsettled_below", unsettled_below)
+        self.rules = ConvergenceRules(
+            freeze_at=_check_fraction("freeze_at", freeze_at),
+            patience=_check_count("patience", patience),
+            min_travel=_check_number("min_travel", min_travel),
+            settle_window=_check_count("settle_window", settle_window),
+            settle_tol=_check_number("settle_tol", settle_tol),
+            plateau=_check_count("plateau", plateau),
+            min_delta=_check_number("min_delta", min_delta),
+            stall_delta=_check_number("stall_delta", stall_delta),
+            move_tol=_check_number("move_tol", move_tol),
+            optimism=_check_number("optimism", optimism),
+            protect_top=_check_count("protect_top", protect_top),
+            grace=_check_count("grace", grace, minimum=0),
         )
-        self.unsettled_patience = _check_count("unsettled_patience", unsettled_patience)
-        self.grace = _check_count("grace", grace, minimum=0)
+        self.freeze_at = self.rules.freeze_at
+        self.patience = self.rules.patience
+        self.input_side_first = bool(input_side_first)
+        self.stop = bool(stop)
+        self.max_t = None if max_t is None else _check_count("max_t", max_t)
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(
                 f"Expected `base` to be a ray.tune TrialScheduler but got {type(base).__name__}"
@@ -134,7 +173,11 @@ class SVCCAScheduler(FIFOScheduler):
         self._metric = metric
         self._mode = mode
         self._views: dict[str, _TrialView] = {}
+        self._dirs: dict[str, Path] = {}
         self._mailbox: Mailbox | None = None
+        self._warned_no_similarity = False
+        #: every decision taken, in order: (trial id, decision)
+        self.decisions: list[tuple[str, Decision]] = []
         if base is not None and (metric or mode):
             self._pass_search_properties()
 
@@ -170,7 +213,11 @@ class SVCCAScheduler(FIFOScheduler):
             )
         if self._mailbox is None:
             self._mailbox = Mailbox(trial.experiment_dir_name)
-        self._views.setdefault(trial.trial_id, _TrialView())
+        view = self._views.setdefault(trial.trial_id, _TrialView())
+        view.budget = self.max_t or _iteration_budget(trial)
+        path = getattr(trial, "local_path", None)
+        if isinstance(path, str) and path:
+            self._dirs[trial.trial_id] = Path(path)
         if self.base is not None:
             self.base.on_trial_add(tune_controller, trial)
 
@@ -182,7 +229,9 @@ class SVCCAScheduler(FIFOScheduler):
         if self.base is not None:
             base_decision = self.base.on_trial_result(tune_controller, trial, result)
             if base_decision == TrialScheduler.STOP:
-                view.stopped = f"{type(self.base).__name__} (metric)"
+                it = view.history.reports
+                view.stopped = Decision("stop", f"{type(self.base).__name__} (metric)", it)
+                self._record(trial.trial_id, view.stopped)
             return base_decision
         return TrialScheduler.CONTINUE
 
@@ -201,8 +250,8 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)
         if view is not None:
-            view.pending.clear()  # the restored trial reports what it really has frozen
-            view.streak.clear()
+            # the restored trial reports what it really has frozen: ask again if need be
+            view.history.pending.clear()
         if self.base is not None:
             self.base.on_trial_error(tune_controller, trial)
 
@@ -214,12 +263,16 @@ class SVCCAScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         lines = [
             f"SVCCAScheduler: freeze_at={self.freeze_at}, patience={self.patience}, "
-            f"{len(self._views)} trials"
+            f"stop={self.stop}, {len(self._views)} trials"
         ]
         for trial_id, view in self._views.items():
-            frozen = sorted(view.frozen | view.pending, key=_order(view.layers))
-            state = f"stopped: {view.stopped}" if view.stopped else "running"
+            history = view.history
+            frozen = sorted(history.frozen | history.pending, key=_order(history.layers))
+            state = f"stopped: {view.stopped.describe()}" if view.stopped else "running"
             lines.append(f"  {trial_id}: frozen {frozen or 'none'}; {state}")
+            for name in frozen:
+                if name in view.reasons:
+                    lines.append(f"    {view.reasons[name].describe()}")
         if self.base is not None:
             lines.append(self.base.debug_string())
         return "\n".join(lines)
@@ -228,92 +281,137 @@ class SVCCAScheduler(FIFOScheduler):
     @property
     def frozen_layers(self) -> dict[str, list[str]]:
         """Per trial: the layers frozen or ordered frozen, in network order."""
-        return {
-            t: sorted(v.frozen | v.pending, key=_order(v.layers)) for t, v in self._views.items()
-        }
+        out = {}
+        for t, v in self._views.items():
+            h = v.history
+            out[t] = sorted(h.frozen | h.pending, key=_order(h.layers))
+        return out
 
     @property
     def stopped_trials(self) -> dict[str, str]:
         """Trials this scheduler stopped, with the rule that stopped each."""
-        return {t: v.stopped for t, v in self._views.items() if v.stopped}
+        return {t: v.stopped.rule for t, v in self._views.items() if v.stopped}
 
     def _decide(self, trial_id: str, view: _TrialView, result: dict[str, Any]) -> str:
         frozen_prefix = "frozen/"
-        sim_prefix = self.similarity_key + "/"
         layers = [k[len(frozen_prefix) :] for k in result if k.startswith(frozen_prefix)]
         if not layers:
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
-        view.layers = layers
-        view.reports += 1
+        history = view.history
+        history.layers = layers
         reported_frozen = {name for name in layers if result.get(frozen_prefix + name)}
-        view.pending -= reported_frozen
-        view.frozen = reported_frozen
-        similarity = {
-            name: float(result[sim_prefix + name])
-            for name in layers
-            if isinstance(result.get(sim_prefix + name), (int, float))
-        }
-        for name in layers:
-            value = similarity.get(name)
-            if value is not None and value == value and value >= self.freeze_at:
-                view.streak[name] = view.streak.get(name, 0) + 1
-            elif value is not None:
-                view.streak[name] = 0
-        self._update_best(view, result)
-
-        if self._freeze(trial_id, view):
-            return TrialScheduler.CONTINUE
-        if view.reports <= self.grace:
-            return TrialScheduler.CONTINUE
-        converged = all(
-            name in view.frozen or view.streak.get(name, 0) >= self.patience for name in layers
+        history.pending -= reported_frozen
+        history.frozen = reported_frozen
+        similarity = self._per_layer(result, self.similarity_key, layers)
+        self._check_similarity(result, similarity)
+        history.add(
+            self._signed(result.get(self._metric) if self._metric else None),
+            similarity,
+            self._per_layer(result, "init_similarity", layers),
+            self._per_layer(result, "live_fraction", layers),
         )
-        if converged and view.since_best >= self.stop_patience:
-            view.stopped = "converged"
-            return TrialScheduler.STOP
-        if self.unsettled_below is not None and similarity:
-            if min(similarity.values()) < self.unsettled_below:
-                view.unsettled += 1
-            else:
-                view.unsettled = 0
-            if view.unsettled >= self.unsettled_patience:
-                view.stopped = "unsettled"
+        if self.stop:
+            others = [
+                v.history.best()
+                for t, v in self._views.items()
+                if t != trial_id and v.history.reports
+            ]
+            others = [b for b in others if math.isfinite(b)]
+            verdict = stop_verdict(
+                history, self.rules, others, view.budget, self._nonfinite(result, similarity)
+            )
+            if verdict is not None:
+                view.stopped = verdict
+                self._record(trial_id, verdict)
                 return TrialScheduler.STOP
+        self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
 
-    def _update_best(self, view: _TrialView, result: dict[str, Any]) -> None:
-        value = result.get(self._metric) if self._metric else None
-        if not isinstance(value, (int, float)) or value != value:
+    def _per_layer(self, result: dict[str, Any], key: str, layers: list[str]) -> dict[str, float]:
+        prefix = key + "/"
+        return {
+            name: float(result[prefix + name])
+            for name in layers
+            if _is_number(result.get(prefix + name))
+        }
+
+    def _signed(self, value: object) -> float:
+        if not _is_number(value):
+            return math.nan
+        return float(value) if self._mode == "max" else -float(value)  # type: ignore[arg-type]
+
+    def _nonfinite(self, result: dict[str, Any], similarity: dict[str, float]) -> str | None:
+        keys = [self._metric, "loss", "train_loss"]
+        for key in keys:
+            value = result.get(key) if key else None
+            if _is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
+                return str(key)
+        for name, value in similarity.items():
+            if not math.isfinite(value):
+                return f"{self.similarity_key}/{name}"
+        return None
+
+    def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:
+        if similarity or self._warned_no_similarity:
             return
-        sign = 1.0 if self._mode == "max" else -1.0
-        if view.best is None or sign * (value - view.best) > self.min_delta:
-            view.best = float(value)
-            view.since_best = 0
-        else:
-            view.since_best += 1
+        if result.get("training_iteration", 0) >= 2:
+            self._warned_no_similarity = True
+            keys = sorted({k.split("/", 1)[0] for k in result if "/" in k})
+            logger.warning(
+                "SVCCAScheduler has received no %r from any layer after %s reports, so it "
+                "freezes nothing; the per-layer keys reported are %s. Add an SVCCASubscriber "
+                "or pass the right `similarity_key`.",
+                self.similarity_key,
+                result.get("training_iteration"),
+                keys,
+            )
 
     def _freeze(self, trial_id: str, view: _TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
-        done = view.frozen | view.pending
-        trainable = [name for name in view.layers if name not in done]
-        chosen: list[str] = []
-        for name in view.layers:
-            if name in done:
-                continue
-            ready = view.streak.get(name, 0) >= self.patience
-            if ready and len(trainable) - len(chosen) > 1:
-                chosen.append(name)
-            elif self.input_side_first:
-                break
+        chosen = freeze_candidates(view.history, self.rules, self.input_side_first)
         if not chosen:
             return False
+        names = [d.layer for d in chosen if d.layer is not None]
         if self._mailbox is None:
-            logger.warning("No mailbox for trial %s; cannot freeze %s", trial_id, chosen)
+            logger.warning("No mailbox for trial %s; cannot freeze %s", trial_id, names)
             return False
-        self._mailbox.post(trial_id, {"freeze": chosen})
-        view.pending.update(chosen)
-        logger.info("Trial %s: freezing %s", trial_id, chosen)
+        reasons = {d.layer: d.describe() for d in chosen if d.layer is not None}
+        self._mailbox.post(trial_id, {"freeze": names, "reasons": reasons})
+        view.history.pending.update(names)
+        for decision in chosen:
+            assert decision.layer is not None
+            view.reasons[decision.layer] = decision
+            self._record(trial_id, decision)
         return True
+
+    def _record(self, trial_id: str, decision: Decision) -> None:
+        self.decisions.append((trial_id, decision))
+        logger.info("Trial %s: %s", trial_id, decision.describe())
+        directory = self._dirs.get(trial_id)
+        if directory is None or not directory.is_dir():
+            return
+        try:
+            with open(directory / DECISIONS_FILE, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"trial_id": trial_id, **decision.as_dict()}) + "\n")
+        except OSError as error:
+            logger.warning("Could not write %s in %s: %s", DECISIONS_FILE, directory, error)
+
+
+#: Where the scheduler writes its decisions, one JSON object a line, in each trial directory.
+DECISIONS_FILE = "ikkuna_decisions.jsonl"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _iteration_budget(trial: Trial) -> int | None:
+    criterion = getattr(trial, "stopping_criterion", None)
+    if isinstance(criterion, dict):
+        value = criterion.get("training_iteration")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _order(layers: list[str]) -> Any:

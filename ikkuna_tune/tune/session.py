@@ -26,7 +26,13 @@ logger = logging.getLogger(__name__)
 #: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
-RESERVED_KEYS = ("frozen", "frozen_fraction", "step_seconds", "step_seconds_unfrozen")
+RESERVED_KEYS = (
+    "frozen",
+    "frozen_fraction",
+    "freeze_reason",
+    "step_seconds",
+    "step_seconds_unfrozen",
+)
 
 SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
 
@@ -91,6 +97,8 @@ class TrialSession:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
         #: called with the session after every report (the scheduler's mailbox hooks in here)
         self.after_report: list[Callable[[TrialSession], None]] = []
+        #: why the scheduler froze each layer it froze (reported under ``freeze_reason``)
+        self.freeze_reasons: dict[str, str] = {}
         self._token: Any = None
 
     @property
@@ -168,6 +176,8 @@ class TrialSession:
         exporter = self.exporter
         merged["frozen"] = {name: int(name in exporter.frozen) for name in exporter.modules}
         merged["frozen_fraction"] = exporter.frozen_parameter_fraction()
+        if self.freeze_reasons:
+            merged["freeze_reason"] = dict(self.freeze_reasons)
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         if step_seconds is not None:
             merged["step_seconds"] = step_seconds
@@ -203,14 +213,18 @@ class TrialSession:
         return merged
 
     def apply(self, directives: list[dict[str, Any]]) -> None:
-        """Carry out the scheduler's directives (``{"freeze": [layer, ...]}``)."""
+        """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``)."""
         assert self.exporter is not None
         for directive in directives:
+            reasons = directive.get("reasons", {})
             for name in directive.get("freeze", ()):
                 try:
                     self.exporter.freeze(name)
                 except ValueError as error:
                     logger.warning("Not freezing %r as the scheduler asked: %s", name, error)
+                    continue
+                if name in reasons:
+                    self.freeze_reasons[name] = str(reasons[name])
 
     # ---------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -219,6 +233,7 @@ class TrialSession:
             "exporter": self.exporter.state_dict(),
             "subscribers": [s.state_dict() for s in self.subscribers],
             "unfrozen_time": list(self._unfrozen_time),
+            "freeze_reasons": dict(self.freeze_reasons),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -232,6 +247,7 @@ class TrialSession:
         self.exporter.load_state_dict(state["exporter"])
         total, count = state.get("unfrozen_time", (0.0, 0))
         self._unfrozen_time = (float(total), int(count))
+        self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)
 

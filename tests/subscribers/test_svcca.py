@@ -146,8 +146,9 @@ def test_custom_forward_fn(tiny, data) -> None:
         return tiny(x)
 
     sub = BatchedSVCCASubscriber(data, 12, 5, forward_fn=forward, message_bus=bus, backend=None)
+    assert calls == [5, 5, 2]  # attaching records the activations at initialisation
     recorded = sub.record()
-    assert calls == [5, 5, 2]
+    assert calls == [5, 5, 2] * 2
     torch.testing.assert_close(recorded["fc"], _by_hand(tiny, sub.probe_inputs)["fc"])
 
 
@@ -297,7 +298,10 @@ def test_state_dict_round_trip_continues_comparing(tiny, data) -> None:
 
 def test_load_state_dict_rejects_bad_states(data) -> None:
     sub = SVCCASubscriber(data, 10, backend=None)
-    with pytest.raises(ValueError, match=r"keys \['batches', 'previous', 'probe'\] but got"):
+    with pytest.raises(
+        ValueError,
+        match=r"keys \['batches', 'previous', 'probe'\] \(and optionally 'initial'\) but got",
+    ):
         sub.load_state_dict({"previous": None})
     other = SVCCASubscriber(data, 10, seed=1, backend=None).state_dict()
     with pytest.raises(ValueError, match="saved with probe settings"):

@@ -43,11 +43,21 @@ class FakeController:
         return self.trials
 
 
-def result(sim: dict[str, float], frozen=(), it: int = 1, acc: float = 0.5) -> dict[str, Any]:
+def result(
+    sim: dict[str, float],
+    frozen=(),
+    it: int = 1,
+    acc: float = 0.5,
+    dist: dict[str, float] | None = None,
+    live: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """A flattened report; ``dist`` is each layer's distance from init (default 0.3)."""
     out: dict[str, Any] = {"training_iteration": it, "acc": acc}
     for name in LAYERS:
         if name in sim:
             out[f"self_similarity/{name}"] = sim[name]
+        out[f"init_similarity/{name}"] = 1.0 - (dist or {}).get(name, 0.3)
+        out[f"live_fraction/{name}"] = (live or {}).get(name, 1.0)
         out[f"frozen/{name}"] = int(name in frozen)
     return out
 
@@ -61,96 +71,150 @@ def make(**kwargs) -> tuple[SVCCAScheduler, FakeMailbox]:
     return scheduler, mailbox
 
 
-def test_freezes_converged_prefix_after_patience() -> None:
-    scheduler, mailbox = make(freeze_at=0.99, patience=2)
+def feed(scheduler, trial, reports) -> list[str]:
+    return [scheduler.on_trial_result(None, trial, r) for r in reports]
+
+
+def test_freezes_settled_prefix_once_the_metric_plateaus() -> None:
+    scheduler, mailbox = make(freeze_at=0.99, patience=2, settle_window=3, plateau=2)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 0.995, "conv2": 0.991, "fc1": 0.5, "fc2": 0.999}
-    assert scheduler.on_trial_result(None, trial, result(sims, it=1)) == CONTINUE
-    assert mailbox.posts == []  # one report is not enough with patience 2
-    assert scheduler.on_trial_result(None, trial, result(sims, it=2)) == CONTINUE
-    # fc1 has not converged, so fc2 (converged) is not frozen: only a prefix saves compute
-    assert mailbox.posts == [("t1", {"freeze": ["conv1", "conv2"]})]
+    accs = [0.5, 0.7, 0.8, 0.8, 0.8]
+    feed(scheduler, trial, [result(sims, it=i + 1, acc=a) for i, a in enumerate(accs[:4])])
+    # at report 4 the last two reports still gained 0.1 over the best before them: learning
+    assert mailbox.posts == []
+    feed(scheduler, trial, [result(sims, it=5, acc=accs[4])])
+    # fc1 is not settled, so fc2 (settled) is not frozen: only a prefix saves compute
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2"]]
+    reason = mailbox.posts[0][1]["reasons"]["conv1"]
+    assert "converged" in reason and "similarity=0.995" in reason
     # until the trial confirms, the layers are pending and not posted again
-    scheduler.on_trial_result(None, trial, result(sims, it=3))
+    feed(scheduler, trial, [result(sims, it=6, acc=0.8)])
     assert len(mailbox.posts) == 1
-    scheduler.on_trial_result(None, trial, result(sims, frozen=("conv1", "conv2"), it=4))
+    feed(scheduler, trial, [result(sims, frozen=("conv1", "conv2"), it=7, acc=0.8)])
     assert scheduler.frozen_layers == {"t1": ["conv1", "conv2"]}
-    assert "t1: frozen ['conv1', 'conv2']; running" in scheduler.debug_string()
+    text = scheduler.debug_string()
+    assert "t1: frozen ['conv1', 'conv2']; running" in text
+    assert "freeze conv1 at report 5: converged" in text
 
 
-def test_any_converged_layer_without_input_side_first() -> None:
-    scheduler, mailbox = make(input_side_first=False)
-    trial = FakeTrial("t1")
-    scheduler.on_trial_add(None, trial)
-    scheduler.on_trial_result(None, trial, result({"conv1": 0.5, "conv2": 0.999, "fc1": 0.2}))
-    assert mailbox.posts == [("t1", {"freeze": ["conv2"]})]
-
-
-def test_last_trainable_layer_is_never_frozen() -> None:
+def test_a_trial_that_still_learns_keeps_every_layer() -> None:
     scheduler, mailbox = make()
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
+    every = dict.fromkeys(LAYERS, 0.999)
+    feed(scheduler, trial, [result(every, it=i, acc=0.1 * i) for i in range(1, 9)])
+    assert mailbox.posts == []
+
+
+def test_last_trainable_layer_is_never_frozen() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
     every = dict.fromkeys(LAYERS, 1.0)
-    scheduler.on_trial_result(None, trial, result(every))
-    assert mailbox.posts == [("t1", {"freeze": ["conv1", "conv2", "fc1"]})]
-    scheduler.on_trial_result(None, trial, result(every, frozen=LAYERS[:3], it=2))
+    feed(scheduler, trial, [result(every, it=1), result(every, it=2)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
+    feed(scheduler, trial, [result(every, frozen=LAYERS[:3], it=3)])
     assert len(mailbox.posts) == 1
 
 
 def test_view_is_rebuilt_from_reports_after_a_restart() -> None:
     # a fresh scheduler (driver restarted, Tuner.restore) learns what is frozen from the report
-    scheduler, mailbox = make()
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.999, "fc1": 0.3}
-    scheduler.on_trial_result(None, trial, result(sims, frozen=("conv1",), it=7))
-    assert mailbox.posts == [("t1", {"freeze": ["conv2"]})]
+    feed(scheduler, trial, [result(sims, ("conv1",), it=7), result(sims, ("conv1",), it=8)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv2"]]
 
 
 def test_error_clears_pending_directives() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [result({"conv1": 1.0}, it=1), result({"conv1": 1.0}, it=2)])
+    scheduler.on_trial_error(None, trial)
+    # the restored trial did not get the directive: it reports conv1 unfrozen, so ask again
+    feed(scheduler, trial, [result({"conv1": 1.0}, it=3)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
+
+
+def test_nan_metric_or_similarity_stops_at_once() -> None:
+    for bad in ({"acc": float("nan")}, {"self_similarity/fc1": float("nan")}):
+        scheduler, mailbox = make()
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        report = {**result(dict.fromkeys(LAYERS, 0.5)), **bad}
+        assert scheduler.on_trial_result(None, trial, report) == STOP
+        assert scheduler.stopped_trials == {"t1": "diverged: non-finite value"}
+        assert mailbox.posts == []
+
+
+def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
     scheduler, mailbox = make()
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
-    scheduler.on_trial_result(None, trial, result({"conv1": 1.0}))
-    scheduler.on_trial_error(None, trial)
-    # the restored trial did not get the directive: it reports conv1 unfrozen, so ask again
-    scheduler.on_trial_result(None, trial, result({"conv1": 1.0}, it=2))
-    assert mailbox.posts == [("t1", {"freeze": ["conv1"]}), ("t1", {"freeze": ["conv1"]})]
+    sims = dict.fromkeys(LAYERS, 1.0)
+    decision = scheduler.on_trial_result(None, trial, result(sims, live={"fc1": 0.0}))
+    assert decision == STOP
+    assert scheduler.stopped_trials == {"t1": "dead layer"}
+    assert "dead layer" in scheduler.debug_string() and "fc1" in scheduler.debug_string()
+    assert mailbox.posts == []
 
 
-def test_stops_converged_trial_whose_metric_stopped_improving() -> None:
-    scheduler, _ = make(stop_patience=2, grace=1, min_delta=0.01)
+def test_stop_false_freezes_only() -> None:
+    scheduler, _ = make(stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
-    every = dict.fromkeys(LAYERS, 0.999)
-    frozen = LAYERS[:3]
-    assert scheduler.on_trial_result(None, trial, result(every, it=1, acc=0.80)) == CONTINUE
-    assert scheduler.on_trial_result(None, trial, result(every, frozen, 2, acc=0.90)) == CONTINUE
-    assert scheduler.on_trial_result(None, trial, result(every, frozen, 3, acc=0.905)) == CONTINUE
-    assert scheduler.on_trial_result(None, trial, result(every, frozen, 4, acc=0.90)) == STOP
-    assert scheduler.stopped_trials == {"t1": "converged"}
+    report = {**result(dict.fromkeys(LAYERS, 0.5)), "acc": float("nan")}
+    assert scheduler.on_trial_result(None, trial, report) == CONTINUE
 
 
-def test_improving_or_unconverged_trials_go_on() -> None:
-    scheduler, _ = make(stop_patience=1, grace=0)
-    trial = FakeTrial("t1")
-    scheduler.on_trial_add(None, trial)
-    sims = {"conv1": 0.999, "conv2": 0.999, "fc1": 0.999, "fc2": 0.9}  # fc2 still moving
-    for it in range(1, 6):
-        assert scheduler.on_trial_result(None, trial, result(sims, it=it, acc=0.5)) == CONTINUE
+def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> None:
+    scheduler, _ = make(max_t=10, grace=2)
+    trials = [FakeTrial(f"t{i}") for i in range(4)]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 0.9)
 
+    def moving(it: int, acc: float) -> dict[str, Any]:  # layers still travel: not stuck
+        return result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
 
-def test_stops_unsettled_trial_after_grace() -> None:
-    scheduler, _ = make(unsettled_below=0.9, unsettled_patience=2, grace=2)
-    trial = FakeTrial("t1")
-    scheduler.on_trial_add(None, trial)
-    churning = {"conv1": 0.95, "conv2": 0.7, "fc1": 0.8, "fc2": 0.6}
+    for it in range(1, 4):
+        for t, acc in zip(trials[:3], (0.9, 0.92, 0.95)):
+            scheduler.on_trial_result(None, t, moving(it, acc))
+    # the fourth creeps up by 0.01 a report: at 3x that rate it ends at 0.21 + 0.03 * 7 < 0.9
     decisions = [
-        scheduler.on_trial_result(None, trial, result(churning, it=it)) for it in range(1, 5)
+        scheduler.on_trial_result(None, trials[3], moving(it, 0.18 + 0.01 * it))
+        for it in range(1, 4)
     ]
-    assert decisions == [CONTINUE, CONTINUE, CONTINUE, STOP]
-    assert scheduler.stopped_trials == {"t1": "unsettled"}
+    assert decisions == [CONTINUE, CONTINUE, STOP]
+    assert scheduler.stopped_trials == {"t3": "cannot reach the top 3"}
+    # without a known budget nothing is stopped as behind
+    scheduler, _ = make(grace=2)
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    for it in range(1, 4):
+        for t, acc in zip(trials, (0.9, 0.92, 0.95, 0.2)):
+            assert scheduler.on_trial_result(None, t, moving(it, acc)) == CONTINUE
+
+
+def test_a_stuck_trial_is_stopped_after_grace_but_a_moving_one_is_not() -> None:
+    scheduler, _ = make(grace=2)
+    stuck, moving = FakeTrial("stuck"), FakeTrial("moving")
+    for t in (stuck, moving):
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 1.0)
+    for it in range(1, 6):
+        still = scheduler.on_trial_result(None, stuck, result(sims, it=it, acc=0.1))
+        # at chance too, but its layers keep travelling: a slow start, not a dead end
+        going = result(sims, it=it, acc=0.1, dist=dict.fromkeys(LAYERS, 0.02 * it))
+        assert scheduler.on_trial_result(None, moving, going) == CONTINUE
+        assert still == (STOP if it == 3 else CONTINUE)
+        if still == STOP:
+            break
+    assert scheduler.stopped_trials == {"stuck": "stuck: no progress and no layer moving"}
 
 
 def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
@@ -181,6 +245,16 @@ def test_metric_and_mode_from_tune_or_a_clear_error() -> None:
     assert (base._metric, base._mode) == ("loss", "min")
 
 
+def test_warns_once_when_no_similarity_arrives(caplog) -> None:
+    scheduler, _mailbox = make(similarity_key="self_similarty")
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    with caplog.at_level("WARNING"):
+        feed(scheduler, trial, [result({"conv1": 1.0}, it=i) for i in range(1, 5)])
+    warnings = [r.message for r in caplog.records if "self_similarty" in r.message]
+    assert len(warnings) == 1 and "'self_similarity'" in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -189,9 +263,10 @@ def test_metric_and_mode_from_tune_or_a_clear_error() -> None:
         ({"freeze_at": "0.9"}, r"`freeze_at` to be a number"),
         ({"patience": 0}, r"`patience` to be an integer >= 1"),
         ({"mode": "maximise"}, r"`mode` to be 'max' or 'min'"),
-        ({"unsettled_below": 2.0}, r"`unsettled_below`"),
         ({"min_delta": -1}, r"`min_delta` to be a number >= 0"),
+        ({"min_travel": float("nan")}, r"`min_travel` to be a number >= 0"),
         ({"grace": -1}, r"`grace` to be an integer >= 0"),
+        ({"max_t": 0}, r"`max_t` to be an integer >= 1"),
         ({"base": "asha"}, r"`base` to be a ray.tune TrialScheduler"),
     ],
 )

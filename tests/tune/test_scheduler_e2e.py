@@ -17,9 +17,12 @@ from tests.tune.trainables import StepCount, WeightCosine, WeightSum, train_tiny
 
 
 def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, tmp_path) -> None:
+    # the movement and plateau rules are switched off (any weight counts as settled, no
+    # improvement counts), so layers freeze at the first similarity; no progress counts and no
+    # layer counts as moving, so the trial stops as stuck right after the grace period
     scheduler = ik.SVCCAScheduler(
-        metric="loss", mode="min", freeze_at=0.9, patience=1, stop_patience=2, grace=3,
-        min_delta=10.0,  # no improvement ever counts: a converged trial stops after grace
+        metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
+        settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0, move_tol=10.0,
     )  # fmt: skip
     config = {
         "lr": 0.01,
@@ -69,7 +72,7 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         assert frozen_sums == [frozen_sums[0]] * len(frozen_sums)
         assert (df["loss"].diff().dropna() < 0).all()
         assert df["frozen_fraction"].iloc[-1] == pytest.approx(30 / 275)
-        # converged and not improving: stopped after the grace period (3 reports), not at 10
+        # no progress and no layer moving: stopped after the grace period (3 reports), not at 10
         assert len(df) == 4
 
 

@@ -49,13 +49,16 @@ class WeightCosine(ik.Subscriber):
     """``self_similarity`` per layer: cosine between its weights now and at the last epoch end.
 
     A cheap, exact stand-in for SVCCA when testing the scheduler: it reaches 1.0 as a layer
-    stops changing.
+    stops changing. Like the SVCCA subscriber it also publishes ``init_similarity`` (cosine to
+    the weights at the first epoch end) and ``live_fraction`` (always 1).
     """
 
     def __init__(self) -> None:
         super().__init__([ik.Subscription(self, ["epoch_finished"])])
-        self._add_publication("self_similarity")
+        for topic in ("self_similarity", "init_similarity", "live_fraction"):
+            self._add_publication(topic)
         self.previous: dict[str, torch.Tensor] = {}
+        self.initial: dict[str, torch.Tensor] = {}
 
     def compute(self, message) -> None:
         exporter = self.message_bus.exporter
@@ -64,13 +67,18 @@ class WeightCosine(ik.Subscriber):
             if name in self.previous:
                 similarity = F.cosine_similarity(weight, self.previous[name], dim=0)
                 self.publish("self_similarity", similarity, message, module=named)
+            start = self.initial.setdefault(name, weight)
+            init = F.cosine_similarity(weight, start, dim=0)
+            self.publish("init_similarity", init, message, module=named)
+            self.publish("live_fraction", torch.tensor(1.0), message, module=named)
             self.previous[name] = weight
 
     def state_dict(self) -> dict[str, Any]:
-        return {"previous": self.previous}
+        return {"previous": self.previous, "initial": self.initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.previous = state["previous"]
+        self.initial = state["initial"]
 
 
 def data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

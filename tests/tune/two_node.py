@@ -39,7 +39,19 @@ def main() -> None:
             analysis = tune.run(
                 ik.instrument(train_tiny, [WeightCosine(), WeightSum()]),
                 config={"lr": 0.01, "iterations": 4},
-                scheduler=ik.SVCCAScheduler(metric="loss", mode="min", freeze_at=0.9),
+                scheduler=ik.SVCCAScheduler(
+                    metric="loss",
+                    mode="min",
+                    freeze_at=0.9,
+                    patience=1,
+                    min_travel=0.0,
+                    settle_window=1,
+                    settle_tol=1e9,
+                    plateau=1,
+                    min_delta=10.0,
+                    grace=0,
+                    stop=False,
+                ),
                 storage_path=storage,
                 verbose=0,
             )

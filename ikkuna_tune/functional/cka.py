@@ -1,0 +1,76 @@
+"""Linear CKA and the share of live features: cheap second opinions on a layer's representation.
+
+SVCCA (:mod:`ikkuna_tune.functional.svcca`) ignores every invertible linear map of either side,
+so a widening layer read before its nonlinearity scores 1.0 against any other weights. Linear
+CKA (Kornblith et al., "Similarity of Neural Network Representations Revisited", ICML 2019) is
+invariant only to orthogonal maps and isotropic scaling, so it sees such a layer move; the
+convergence rules use it to measure how far a layer has come from its initialisation.
+
+References:
+    Kornblith, Norouzi, Lee, Hinton. ICML 2019, equation (2) (linear kernel, feature space form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["linear_cka", "live_fraction"]
+
+
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().double()
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA between two activation matrices with the same rows (data points).
+
+    ``CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred ``Xc``, ``Yc``,
+    computed in float64 from feature-space products (cost ``O(n p q)``). 1 for representations
+    equal up to an orthogonal map and a scale, 0 for unrelated ones. A side without any
+    variance (every feature constant over the rows) gives 0; non-finite input gives NaN. The
+    result is a 0-d float64 tensor on ``x``'s device; nothing is read back to the host.
+
+    Examples:
+        >>> x = torch.randn(100, 5, dtype=torch.float64)
+        >>> q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+        >>> round(float(linear_cka(x, 3.0 * x @ q)), 6)
+        1.0
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError(
+            "Expected two matrices with the same number (>= 2) of rows but got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    xc, yc = _centred(x), _centred(y.to(x.device))
+    cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
+    norms = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+    value = torch.where(norms > 0, cross / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    finite = torch.isfinite(xc).all() & torch.isfinite(yc).all()
+    return torch.where(finite, value.clamp(0.0, 1.0), torch.full_like(value, math.nan))
+
+
+def live_fraction(x: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """The fraction of features (columns of ``x``) that vary over the data points (rows).
+
+    A feature is live when its standard deviation over the rows exceeds ``rtol`` times the
+    largest absolute value in ``x`` (and is not 0). A layer whose units all died (a ReLU layer
+    stuck at 0, constant outputs) gives 0. A 0-d float64 tensor; NaN for non-finite input.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 2.0], [0.0, 5.0, 2.0]])
+        >>> float(live_fraction(x))  # only the middle column varies
+        0.3333333333333333
+    """
+    if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(
+            f"Expected a matrix with >= 2 rows and >= 1 column but got {tuple(x.shape)}"
+        )
+    xd = x.detach().double()
+    spread = xd.std(dim=0)
+    scale = xd.abs().max()
+    live = (spread > rtol * scale) & (spread > 0)
+    value = live.double().mean()
+    return torch.where(torch.isfinite(scale), value, torch.full_like(value, math.nan))

@@ -1,0 +1,285 @@
+"""When is a layer converged, and when is a trial lost? Pure decisions on a trial's reports.
+
+SVCCAScheduler keeps, per trial, the history of what the trial reported (its metric, and per
+layer the SVCCA ``self_similarity``, the CKA ``init_similarity`` and the ``live_fraction`` of
+the SVCCA subscriber) and asks two functions of this module what to do:
+
+- :func:`freeze_candidates`: the layers at the input end that may be frozen now. A high
+  epoch-to-epoch similarity alone is not enough: it is also high for a layer that moves slowly
+  (a small learning rate), for a dead layer and for a widening layer whose output is an
+  invertible linear map of its input (SVCCA cannot see such a layer change). So a layer must
+  (1) be similar to its last checkpoint (SVCCA >= ``freeze_at`` for ``patience`` reports),
+  (2) have come some way from its initialisation (CKA distance >= ``min_travel``: a layer that
+  never moved is slow, not converged) and (3) have stopped going further (over the last
+  ``settle_window`` reports that distance stayed within ``settle_tol`` of itself and grew at
+  most ``settle_tol`` times as much as it once did over as many reports: steady drift keeps
+  growing it), (4) be alive, and only while (5) the trial's metric has stopped improving
+  (no gain above ``min_delta`` in the last ``plateau`` reports): while a trial still learns,
+  nothing is frozen.
+- :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
+  trial) and a dead layer stop at once; a trial that makes no progress and whose layers no
+  longer move (stuck, for example at chance) stops after the grace period; with a known
+  budget, a trial that cannot reach the ``protect_top``-th best value already reached by other
+  trials, even improving at ``optimism`` times its best recent rate until the budget ends, is
+  stopped (so the best configurations always run to the end).
+
+Every decision carries its rule and the values behind it (:class:`Decision`), which the
+scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
+the experiment's results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConvergenceRules",
+    "Decision",
+    "LayerHistory",
+    "TrialHistory",
+    "freeze_candidates",
+    "layer_settled",
+    "stop_verdict",
+]
+
+
+@dataclass(frozen=True)
+class ConvergenceRules:
+    """The thresholds of the convergence and stopping rules (see the module docstring).
+
+    Metric thresholds (``min_delta``, ``stall_delta``) are in the units of the scheduler's
+    metric; the defaults suit accuracies in [0, 1].
+    """
+
+    freeze_at: float = 0.99
+    patience: int = 2
+    min_travel: float = 0.02
+    settle_window: int = 3
+    settle_tol: float = 0.2
+    plateau: int = 2
+    min_delta: float = 0.005
+    dead_below: float = 0.0
+    stall_delta: float = 0.02
+    move_tol: float = 0.005
+    optimism: float = 3.0
+    protect_top: int = 3
+    grace: int = 2  # reports before a trial may be stopped as stuck or behind
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: ``action`` ('freeze' or 'stop'), the ``rule`` that made it, the layer it
+    concerns (if any), the report it was made at and the values behind it."""
+
+    action: str
+    rule: str
+    iteration: int
+    layer: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: what, why, with the values."""
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+        target = f" {self.layer}" if self.layer else ""
+        return f"{self.action}{target} at report {self.iteration}: {self.rule} ({shown})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "rule": self.rule,
+            "iteration": self.iteration,
+            "layer": self.layer,
+            "values": dict(self.values),
+        }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class LayerHistory:
+    """One layer's reported signals, one entry per report (NaN where nothing was reported)."""
+
+    similarity: list[float] = field(default_factory=list)
+    distance: list[float] = field(default_factory=list)  # 1 - init_similarity
+    live: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrialHistory:
+    """What one trial reported: its metric (signed so that larger is better) and its layers."""
+
+    layers: list[str] = field(default_factory=list)
+    metric: list[float] = field(default_factory=list)
+    per_layer: dict[str, LayerHistory] = field(default_factory=dict)
+    frozen: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)
+
+    @property
+    def reports(self) -> int:
+        return len(self.metric)
+
+    def best(self) -> float:
+        finite = [m for m in self.metric if math.isfinite(m)]
+        return max(finite) if finite else -math.inf
+
+    def add(
+        self,
+        metric: float,
+        similarity: dict[str, float],
+        init_similarity: dict[str, float],
+        live: dict[str, float],
+    ) -> None:
+        """Append one report's values (missing ones become NaN)."""
+        self.metric.append(metric)
+        for name in self.layers:
+            history = self.per_layer.setdefault(name, LayerHistory())
+            pad = self.reports - 1 - len(history.similarity)
+            for series in (history.similarity, history.distance, history.live):
+                series.extend([math.nan] * pad)
+            history.similarity.append(similarity.get(name, math.nan))
+            init = init_similarity.get(name, math.nan)
+            history.distance.append(1.0 - init if math.isfinite(init) else math.nan)
+            history.live.append(live.get(name, math.nan))
+
+
+# ------------------------------------------------------------------------------ freezing
+def _improvement(metric: list[float], window: int) -> float:
+    """Best of the last ``window`` values minus the best before them (+inf if too short)."""
+    if len(metric) <= window:
+        return math.inf
+    before = [m for m in metric[:-window] if math.isfinite(m)]
+    recent = [m for m in metric[-window:] if math.isfinite(m)]
+    if not before or not recent:
+        return math.inf
+    return max(recent) - max(before)
+
+
+def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool, dict[str, float]]:
+    """Whether one layer meets rules (1)-(4), and the values that decided it.
+
+    "Stopped going further" is two conditions on the distance from initialisation ``d``: over
+    the last ``settle_window`` reports it varied by at most ``settle_tol * d``, and it grew by at
+    most ``settle_tol`` times the most it ever grew over as many reports (steady drift grows as
+    fast now as ever; a converging layer slows down).
+    """
+    w = rules.settle_window
+    sims = history.similarity[-rules.patience :]
+    dists = history.distance[-w:]
+    live = history.live[-1] if history.live else math.nan
+    values: dict[str, float] = {}
+    if len(sims) < rules.patience or len(dists) < w:
+        return False, values
+    if not all(math.isfinite(s) for s in sims) or not all(math.isfinite(d) for d in dists):
+        return False, values
+    series = [0.0] + [d if math.isfinite(d) else math.nan for d in history.distance]
+    growths = [b - a for a, b in zip(series, series[w:]) if math.isfinite(b - a)]
+    recent, fastest = growths[-1], max(growths[:-1], default=math.inf)
+    values = {
+        "similarity": min(sims),
+        "distance_from_init": dists[-1],
+        "distance_spread": max(dists) - min(dists),
+        "recent_growth": recent,
+        "fastest_growth": fastest,
+        "live_fraction": live,
+    }
+    ok = (
+        min(sims) >= rules.freeze_at
+        and dists[-1] >= rules.min_travel
+        and max(dists) - min(dists) <= rules.settle_tol * dists[-1]
+        and recent <= rules.settle_tol * fastest
+        and math.isfinite(live)
+        and live > rules.dead_below
+    )
+    return ok, values
+
+
+def freeze_candidates(
+    trial: TrialHistory, rules: ConvergenceRules, input_side_first: bool = True
+) -> list[Decision]:
+    """The layers to freeze now, each with its reason (never the last trainable layer)."""
+    gain = _improvement(trial.metric, rules.plateau)
+    if gain > rules.min_delta:
+        return []  # the trial still learns: leave every layer alone
+    done = trial.frozen | trial.pending
+    trainable = [name for name in trial.layers if name not in done]
+    chosen: list[Decision] = []
+    for name in trial.layers:
+        if name in done:
+            continue
+        history = trial.per_layer.get(name)
+        ok, values = layer_settled(history, rules) if history else (False, {})
+        if ok and len(trainable) - len(chosen) > 1:
+            values["metric_gain"] = gain
+            chosen.append(Decision("freeze", "converged", trial.reports, name, values))
+        elif input_side_first:
+            break
+    return chosen
+
+
+# ------------------------------------------------------------------------------- stopping
+def stop_verdict(
+    trial: TrialHistory,
+    rules: ConvergenceRules,
+    others_best: list[float],
+    budget: int | None,
+    nonfinite: str | None = None,
+) -> Decision | None:
+    """Why to stop the trial now, or None.
+
+    Args:
+        trial: the trial's history, its latest report included.
+        rules: thresholds.
+        others_best: the best (signed) metric value each other trial has reached so far.
+        budget: the number of reports the trial would make if not stopped, when known.
+        nonfinite: the name of a reported value that is NaN or infinite, if any.
+    """
+    it = trial.reports
+    if nonfinite is not None:
+        return Decision("stop", "diverged: non-finite value", it, None, {nonfinite: math.nan})
+    for name in trial.layers:
+        history = trial.per_layer.get(name)
+        live = history.live[-1] if history and history.live else math.nan
+        if math.isfinite(live) and live <= rules.dead_below and name not in trial.frozen:
+            return Decision("stop", "dead layer", it, name, {"live_fraction": live})
+    if it <= rules.grace:
+        return None
+    first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
+    progress = trial.best() - first
+    if math.isfinite(progress) and progress < rules.stall_delta and not _moving(trial, rules):
+        return Decision(
+            "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
+        )
+    if budget is not None and len(others_best) >= rules.protect_top and it < budget:
+        target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+        recent = trial.metric[-(rules.settle_window + 1) :]
+        steps = [b - a for a, b in itertools.pairwise(recent) if math.isfinite(b - a)]
+        rate = max([0.0, *steps])
+        reachable = trial.best() + rules.optimism * rate * (budget - it)
+        if reachable < target:
+            return Decision(
+                "stop",
+                f"cannot reach the top {rules.protect_top}",
+                it,
+                None,
+                {"best": trial.best(), "reachable": reachable, "target": target},
+            )
+    return None
+
+
+def _moving(trial: TrialHistory, rules: ConvergenceRules) -> bool:
+    """Whether some live, unfrozen layer's distance from initialisation still changes."""
+    for name in trial.layers:
+        if name in trial.frozen:
+            continue
+        history = trial.per_layer.get(name)
+        if history is None:
+            return True  # unknown: assume it moves
+        dists = [d for d in history.distance[-rules.settle_window :] if math.isfinite(d)]
+        if len(dists) < 2 or max(dists) - min(dists) > rules.move_tol:
+            return True
+    return False

@@ -1,0 +1,90 @@
+"""Convergence decisions on synthetic per-layer trajectories (no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+from ikkuna_tune.tune.convergence import (
+    ConvergenceRules,
+    TrialHistory,
+    freeze_candidates,
+    stop_verdict,
+)
+
+RULES = ConvergenceRules()
+LAYERS = ["first", "middle", "head"]
+
+
+def history(reports: list[tuple[float, dict[str, tuple[float, float, float]]]]) -> TrialHistory:
+    """Reports of (metric, {layer: (svcca to last, CKA to init, live fraction)})."""
+    trial = TrialHistory(layers=list(LAYERS))
+    for metric, layers in reports:
+        trial.add(
+            metric,
+            {n: v[0] for n, v in layers.items()},
+            {n: v[1] for n, v in layers.items()},
+            {n: v[2] for n, v in layers.items()},
+        )
+    return trial
+
+
+def plateau_metric(n: int) -> list[float]:
+    return [0.9 + 0.05 * min(i, 2) / 2 for i in range(n)]  # learns, then flat at 0.95
+
+
+def test_converged_prefix_is_frozen_with_its_reason() -> None:
+    # the first layer came 0.2 from its initialisation and then stayed there
+    reports = [
+        (m, {"first": (0.999, 0.8, 1.0), "middle": (0.9, 0.5, 1.0), "head": (0.999, 0.4, 1.0)})
+        for m in plateau_metric(8)
+    ]
+    chosen = freeze_candidates(history(reports), RULES)
+    assert [d.layer for d in chosen] == ["first"]
+    assert chosen[0].values["distance_from_init"] == 0.19999999999999996
+    assert chosen[0].rule == "converged"
+
+
+def test_slow_steady_drift_is_not_frozen() -> None:
+    # a small learning rate: each epoch changes little (SVCCA 0.9999) but the layer keeps
+    # travelling away from its initialisation at a steady pace
+    reports = [
+        (m, {n: (0.9999, 1.0 - 0.03 * (i + 1), 1.0) for n in LAYERS})
+        for i, m in enumerate(plateau_metric(12))
+    ]
+    assert freeze_candidates(history(reports), RULES) == []
+
+
+def test_widening_layer_at_initialisation_is_not_frozen_on_similarity_alone() -> None:
+    # SVCCA reads 1.0 for an invertible linear map of the input whatever the weights; CKA to
+    # initialisation shows the layer has not moved at all
+    reports = [(m, {n: (1.0, 1.0, 1.0) for n in LAYERS}) for m in plateau_metric(8)]
+    assert freeze_candidates(history(reports), RULES) == []
+
+
+def test_nothing_freezes_while_the_trial_still_improves() -> None:
+    reports = [(0.1 * i, {n: (0.999, 0.8, 1.0) for n in LAYERS}) for i in range(1, 9)]
+    assert freeze_candidates(history(reports), RULES) == []
+
+
+def test_dead_layer_stops_the_trial_and_is_not_frozen() -> None:
+    reports = [(0.95, {"first": (1.0, 0.8, 1.0), "middle": (1.0, 0.0, 0.0), "head": (1.0, 0.5, 1)})]
+    trial = history(reports * 6)
+    verdict = stop_verdict(trial, RULES, [], None)
+    assert verdict is not None and verdict.rule == "dead layer" and verdict.layer == "middle"
+    assert [d.layer for d in freeze_candidates(trial, RULES)] == ["first"]  # middle blocks
+
+
+def test_nan_stops_with_the_key_that_was_not_finite() -> None:
+    trial = history([(math.nan, {n: (0.5, 0.5, 1.0) for n in LAYERS})])
+    verdict = stop_verdict(trial, RULES, [], None, nonfinite="acc")
+    assert verdict is not None and verdict.rule.startswith("diverged")
+    assert "acc=nan" in verdict.describe()
+
+
+def test_ties_with_the_protected_trials_are_not_stopped() -> None:
+    # a trial that can just reach the third best value is kept (the comparison is strict)
+    reports = [(0.5 + 0.01 * i, {n: (0.9, 0.5 - 0.05 * i, 1.0) for n in LAYERS}) for i in range(4)]
+    trial = history(reports)
+    reachable = 0.53 + 3 * 0.01 * (10 - 4)
+    assert stop_verdict(trial, RULES, [0.99, 0.98, reachable], 10) is None
+    assert stop_verdict(trial, RULES, [0.99, 0.98, reachable + 1e-9], 10) is not None
