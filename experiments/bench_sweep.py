@@ -65,10 +65,7 @@ def _schedulers(epochs: int, args: argparse.Namespace) -> dict[str, Any]:
         return ik.SVCCAScheduler(
             freeze_at=args.freeze_at,
             patience=args.patience,
-            stop_patience=args.stop_patience,
             min_delta=args.min_delta,
-            unsettled_below=args.unsettled_below,
-            unsettled_patience=2,
             grace=args.grace,
             base=base,
         )
@@ -78,9 +75,7 @@ def _schedulers(epochs: int, args: argparse.Namespace) -> dict[str, Any]:
         "asha": asha(),
         "svcca": svcca(),
         "svcca_asha": svcca(asha()),
-        FREEZE_ON: ik.SVCCAScheduler(
-            freeze_at=args.freeze_at, patience=args.patience, stop_patience=10**6
-        ),
+        FREEZE_ON: ik.SVCCAScheduler(freeze_at=args.freeze_at, patience=args.patience, stop=False),
     }
 
 
@@ -97,6 +92,7 @@ def _run(schedulers: dict[str, Any], config: dict[str, Any], storage: str) -> An
         name="bench_sweep",
         config=config,
         scheduler=RoutingScheduler(schedulers, group=group_of),
+        stop={"training_iteration": config["epochs"]},
         metric="test_accuracy",
         mode="max",
         storage_path=storage,
@@ -171,11 +167,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits, 4 trials, 5 epochs")
     parser.add_argument("--data", choices=["mnist", "digits"], default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--freeze-at", type=float, default=0.995)
-    parser.add_argument("--patience", type=int, default=1)
-    parser.add_argument("--stop-patience", type=int, default=2)
-    parser.add_argument("--min-delta", type=float, default=0.002)
-    parser.add_argument("--unsettled-below", type=float, default=0.9)
+    parser.add_argument("--freeze-at", type=float, default=0.99)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--min-delta", type=float, default=0.005)
     parser.add_argument("--grace", type=int, default=2)
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args()

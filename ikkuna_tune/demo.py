@@ -239,14 +239,13 @@ def run_demo(
         "epochs": 6 if quick else 12,
         "data": "digits",
     }
-    scheduler = ik.SVCCAScheduler(
-        metric="test_accuracy", mode="max", freeze_at=0.995, patience=2, stop_patience=3, grace=3
-    )
+    scheduler = ik.SVCCAScheduler(metric="test_accuracy", mode="max")
     analysis = tune.run(
         ik.instrument(train_cnn, demo_subscribers),
         name="ikkuna_demo",
         config=config,
         scheduler=scheduler,
+        stop={"training_iteration": config["epochs"]},
         storage_path=str(storage),
         verbose=1,
         resources_per_trial={"cpu": 1},

@@ -178,7 +178,7 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
         return False, values
     series = [0.0] + [d if math.isfinite(d) else math.nan for d in history.distance]
     growths = [b - a for a, b in zip(series, series[w:]) if math.isfinite(b - a)]
-    recent, fastest = growths[-1], max(growths[:-1], default=math.inf)
+    recent, fastest = growths[-1], max(growths[:-1], default=-math.inf)
     values = {
         "similarity": min(sims),
         "distance_from_init": dists[-1],
@@ -279,7 +279,7 @@ def _moving(trial: TrialHistory, rules: ConvergenceRules) -> bool:
         history = trial.per_layer.get(name)
         if history is None:
             return True  # unknown: assume it moves
-        dists = [d for d in history.distance[-rules.settle_window :] if math.isfinite(d)]
+        dists = [d for d in history.distance[-max(2, rules.settle_window) :] if math.isfinite(d)]
         if len(dists) < 2 or max(dists) - min(dists) > rules.move_tol:
             return True
     return False

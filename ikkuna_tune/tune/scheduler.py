@@ -173,7 +173,7 @@ class SVCCAScheduler(FIFOScheduler):
         self._metric = metric
         self._mode = mode
         self._views: dict[str, _TrialView] = {}
-        self._dirs: dict[str, Path] = {}
+        self._trials: dict[str, Trial] = {}
         self._mailbox: Mailbox | None = None
         self._warned_no_similarity = False
         #: every decision taken, in order: (trial id, decision)
@@ -215,9 +215,7 @@ class SVCCAScheduler(FIFOScheduler):
             self._mailbox = Mailbox(trial.experiment_dir_name)
         view = self._views.setdefault(trial.trial_id, _TrialView())
         view.budget = self.max_t or _iteration_budget(trial)
-        path = getattr(trial, "local_path", None)
-        if isinstance(path, str) and path:
-            self._dirs[trial.trial_id] = Path(path)
+        self._trials[trial.trial_id] = trial
         if self.base is not None:
             self.base.on_trial_add(tune_controller, trial)
 
@@ -387,8 +385,8 @@ class SVCCAScheduler(FIFOScheduler):
     def _record(self, trial_id: str, decision: Decision) -> None:
         self.decisions.append((trial_id, decision))
         logger.info("Trial %s: %s", trial_id, decision.describe())
-        directory = self._dirs.get(trial_id)
-        if directory is None or not directory.is_dir():
+        directory = _trial_dir(self._trials.get(trial_id))
+        if directory is None:
             return
         try:
             with open(directory / DECISIONS_FILE, "a", encoding="utf-8") as out:
@@ -399,6 +397,15 @@ class SVCCAScheduler(FIFOScheduler):
 
 #: Where the scheduler writes its decisions, one JSON object a line, in each trial directory.
 DECISIONS_FILE = "ikkuna_decisions.jsonl"
+
+
+def _trial_dir(trial: Trial | None) -> Path | None:
+    """The trial's directory on this machine, once Tune has made it."""
+    try:
+        path = getattr(trial, "local_path", None) if trial is not None else None
+    except RuntimeError:  # Tune has not named the trial's directory yet
+        return None
+    return Path(path) if isinstance(path, str) and Path(path).is_dir() else None
 
 
 def _is_number(value: object) -> bool:

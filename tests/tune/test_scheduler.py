@@ -130,7 +130,7 @@ def test_view_is_rebuilt_from_reports_after_a_restart() -> None:
 
 
 def test_error_clears_pending_directives() -> None:
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     feed(scheduler, trial, [result({"conv1": 1.0}, it=1), result({"conv1": 1.0}, it=2)])

