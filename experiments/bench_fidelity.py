@@ -32,10 +32,8 @@ import math
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_fidelity")
 
 GROUPS = ("fifo", "asha", "svcca", "svcca_asha", "freeze")
@@ -157,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ikkuna_tune as ik
     from experiments.fidelity_trial import subscribers, train_trial
+    from experiments.local_ray import init_local_ray
     from experiments.routing import RoutingScheduler
 
     epochs = args.epochs or (8 if args.quick else 12)
@@ -164,14 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     families = args.families or ["cnn", "mlp", "resnet"]
     lrs = QUICK_LRS if args.quick else LRS
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        )
+        init_local_ray()
     storage = args.storage or tempfile.mkdtemp(prefix="bench_fidelity_")
     started = time.perf_counter()
     analysis = tune.run(

@@ -28,10 +28,8 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_sweep")
 
 GROUPS = ("fifo", "asha", "svcca", "svcca_asha")
@@ -178,16 +176,11 @@ def main() -> None:
 
     import ray
 
+    from experiments.local_ray import init_local_ray
+
     data = args.data or ("digits" if args.quick else "mnist")
     epochs = args.epochs or (5 if args.quick else 10)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-    )
+    init_local_ray()
     from ray import tune
 
     config = {
