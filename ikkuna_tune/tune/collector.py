@@ -1,35 +1,55 @@
-"""Collects the latest value of every topic the trial's subscribers publish."""
+"""Collects the values the trial's subscribers published since the last report."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ikkuna_tune.backends import to_numbers
-from ikkuna_tune.messages import Message, MessageBundle, MessageBus
+from ikkuna_tune.messages import Message, MessageBundle, MessageBus, TopicType
 from ikkuna_tune.subscribers.base import Subscriber, Subscription
 
 __all__ = ["MetricCollector", "StepTimer"]
 
 logger = logging.getLogger(__name__)
 
+Key = tuple[str, str | None]
+
 
 class MetricCollector(Subscriber):
-    """Keeps the latest value of each (topic, layer) and turns them into numbers in one transfer.
+    """Keeps the latest value of each (topic, layer) since the last report.
 
-    Values stay tensors on their device until :meth:`collect`. Per-layer topics are nested by
-    layer name: ``{"weights_norm2": {"conv1": 0.7, "fc": 1.2}, "test_accuracy": 0.97}``. A value
-    is reported until a newer one replaces it.
+    Values stay tensors on their device until :meth:`collect`, which turns them into numbers in
+    one transfer. Per-layer topics are nested by layer name:
+    ``{"weights_norm2": {"conv1": 0.7, "fc": 1.2}, "test_accuracy": 0.97}``.
+
+    A value is reported once, in the first report after it was measured. Every report carries
+    the same keys: one per declared topic (per layer for ``'DATA'`` topics, for every layer in
+    ``layers``) and every key measured before; a key not measured since the previous report is
+    ``None``. So Tune's ``progress.csv``, whose columns are fixed by the first report, has a
+    column for every output, and a value measured at one report is never shown again as new at
+    the next (a frozen layer has no gradient: its gradient norm is ``None``, not the last one).
     """
 
-    def __init__(self, topics: list[str]) -> None:
-        self.topics = list(topics)
-        self._latest: dict[tuple[str, str | None], Any] = {}
+    def __init__(
+        self, topics: Mapping[str, TopicType] | Sequence[str], layers: Sequence[str] = ()
+    ) -> None:
+        if not isinstance(topics, Mapping):
+            topics = {topic: "META" for topic in topics}
+        self.topics = dict(topics)
+        self._keys: dict[Key, None] = {}  # every key reported, in first-seen order
+        for topic, type_ in self.topics.items():
+            if type_ == "META":
+                self._keys[(topic, None)] = None
+            else:
+                self._keys.update(((topic, layer), None) for layer in layers)
+        self._latest: dict[Key, Any] = {}
         self._skipped: set[str] = set()
-        super().__init__([Subscription(self, self.topics, tag=None)])
+        super().__init__([Subscription(self, list(self.topics), tag=None)])
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, Message):
@@ -45,15 +65,23 @@ class MetricCollector(Subscriber):
             logger.debug("Topic %r publishes non-scalar data; it is not reported", message.kind)
 
     def collect(self) -> dict[str, Any]:
-        """The latest values as nested Python numbers (one host transfer per device)."""
-        items = [(topic, value, 0) for (topic, _), value in self._latest.items()]
-        numbers = to_numbers(items)
+        """Values measured since the last call as nested Python numbers, ``None`` for the rest.
+
+        One host transfer per device.
+        """
+        latest, self._latest = self._latest, {}
+        self._keys.update(dict.fromkeys(latest))
+        numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
         nested: dict[str, Any] = {}
-        for ((topic, key), _), number in zip(self._latest.items(), numbers):
-            if key is None:
+        for key in self._keys:
+            topic, layer = key
+            if topic in self._skipped:
+                continue
+            number = numbers.get(key)
+            if layer is None:
                 nested[topic] = number
             else:
-                nested.setdefault(topic, {})[key] = number
+                nested.setdefault(topic, {})[layer] = number
         return nested
 
 

@@ -140,8 +140,8 @@ class TrialSession:
             for subscriber in self.subscribers:
                 subscriber.attach(bus)
             self.timer = StepTimer(bus)
-            topics = [t for s in self.subscribers for t in s.publications]
-            self.collector = MetricCollector(topics) if topics else None
+            topics = {t: kind for s in self.subscribers for t, kind in s.publications.items()}
+            self.collector = MetricCollector(topics, list(exporter.modules)) if topics else None
             if self.collector is not None:
                 self.collector.attach(bus)
         except Exception:

@@ -1,0 +1,86 @@
+"""What a report carries: every output key from the first report on, and only fresh values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+from tests.tune.trainables import WeightCosine, data, train_tiny
+
+
+def _test_set() -> TensorDataset:
+    g = torch.Generator().manual_seed(7)
+    return TensorDataset(
+        torch.randn(20, 1, 6, 6, generator=g), torch.randint(0, 5, (20,), generator=g)
+    )
+
+
+def _accuracy(model: torch.nn.Module, dataset: TensorDataset) -> float:
+    with torch.no_grad():
+        x, y = dataset.tensors
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def _train_two_steps_per_report(config: dict[str, Any]) -> None:
+    """Reports after every 2 steps; freezes conv after the 2nd report.
+
+    Puts the references into the user's metrics: fc's gradient norm at the last step and the
+    test accuracy after steps 3 and 6 (what a frequency-3 accuracy subscriber measures).
+    """
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    x, y = data()
+    step = 0
+    for report in range(4):
+        metrics: dict[str, Any] = {}
+        for _ in range(2):
+            step += 1
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            if step % 3 == 0:
+                metrics["ref_accuracy"] = _accuracy(model, config["test_set"])
+        metrics["ref_fc_grad_norm"] = model.fc.weight.grad.norm().item()
+        ik.report(metrics)
+        if report == 1:
+            exporter.freeze("conv")
+
+
+def test_a_value_is_reported_once_and_a_frozen_layer_has_no_gradient_norm() -> None:
+    test_set = _test_set()
+    subscribers = [
+        ik.NormSubscriber("weight_gradients", backend=None),
+        ik.TestAccuracySubscriber(test_set, frequency=3, backend=None),
+    ]
+    ik.instrument(_train_two_steps_per_report, subscribers)({"test_set": test_set})
+    results = ik.local_results()
+    assert len(results) == 4
+    # accuracy measured after steps 3 and 6: in reports 2 and 3 only (reports end at 2, 4, 6, 8)
+    accuracy = [r["test_accuracy"] for r in results]
+    assert accuracy[0] is None and accuracy[3] is None
+    assert accuracy[1] == pytest.approx(results[1]["ref_accuracy"])
+    assert accuracy[2] == pytest.approx(results[2]["ref_accuracy"])
+    for result in results:
+        norms = result["weight_gradients_norm2"]
+        assert norms["fc"] == pytest.approx(result["ref_fc_grad_norm"], rel=1e-5)
+    # conv is frozen after report 2: no gradient, so no norm (not the last one, repeated)
+    conv = [r["weight_gradients_norm2"]["conv"] for r in results]
+    assert all(isinstance(v, float) for v in conv[:2]) and conv[2:] == [None, None]
+
+
+def test_the_first_report_carries_every_key() -> None:
+    # WeightCosine's self_similarity needs two epoch ends: it is first measured at report 2
+    ik.instrument(train_tiny, [WeightCosine()])({"lr": 0.1, "iterations": 3})
+    results = ik.local_results()
+    assert results[0]["self_similarity"] == {"conv": None, "fc": None}
+    assert set(results[0]) == set(results[1]) == set(results[2])
+    assert all(isinstance(v, float) for v in results[1]["self_similarity"].values())
