@@ -6,6 +6,7 @@ of them turns a tensor into a Python number, so none forces a host synchronisati
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -90,6 +91,21 @@ def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x).clamp_min(eps)
 
 
+def _normalize_or(x: torch.Tensor, fallback: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x`` scaled to unit length, or the unit vector ``fallback`` where ``||x|| <= eps``.
+
+    Chosen on the device (:func:`torch.where`), so no value is read back to the host.
+    """
+    length = torch.linalg.vector_norm(x)
+    return torch.where(length > eps, x / length.clamp_min(eps), fallback)
+
+
+@functools.lru_cache(maxsize=64)
+def _fallback_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`initial_vector`, drawn once per length, device and dtype (never modified)."""
+    return initial_vector(n, device, dtype)
+
+
 def initial_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A fixed pseudo-random unit vector of length ``n`` on ``device`` (the same on every call).
 
@@ -121,6 +137,12 @@ def spectral_norm(
     bound that converges to the spectral norm. Pass the returned ``u`` into the next call on the
     same (slowly changing) matrix, and one iteration per call tracks it closely.
 
+    A zero product never zeroes a vector: where ``W^T u`` is (numerically) zero, ``v`` is a
+    fixed pseudo-random unit vector instead, and where ``W v`` is, ``u`` is kept. So a zero
+    matrix gives ``sigma = 0`` with ``u`` still a unit vector, and the estimate follows the
+    matrix as soon as it is non-zero (a zero-initialised layer that starts to learn). The choice
+    is made on the device, without a host synchronisation.
+
     Args:
         x: the tensor (at least one dimension; a vector is a one-column matrix).
         u: the left singular vector estimate from the previous call, of length ``x.shape[0]``, or
@@ -148,16 +170,16 @@ def spectral_norm(
         raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
     x = _as_float(x).detach()
     w = x.reshape(x.shape[0], -1)
-    if u is None or u.shape != (w.shape[0],):
-        u = initial_vector(w.shape[0], w.device, w.dtype)
-    else:
-        u = u.detach().to(device=w.device, dtype=w.dtype)
+    u_start = _fallback_vector(w.shape[0], w.device, w.dtype)
+    v_start = _fallback_vector(w.shape[1], w.device, w.dtype)
     with torch.no_grad():
-        v = _normalize(torch.mv(w.t(), u), eps)
-        for i in range(n_power_iterations):
-            if i > 0:
-                v = _normalize(torch.mv(w.t(), u), eps)
-            u = _normalize(torch.mv(w, v), eps)
+        if u is None or u.shape != (w.shape[0],):
+            u = u_start
+        else:  # a zero vector (a checkpoint of a collapsed iteration) starts afresh
+            u = _normalize_or(u.detach().to(device=w.device, dtype=w.dtype), u_start, eps)
+        for _ in range(n_power_iterations):
+            v = _normalize_or(torch.mv(w.t(), u), v_start, eps)
+            u = _normalize_or(torch.mv(w, v), u, eps)
         sigma = torch.dot(u, torch.mv(w, v))
     return sigma, u
 

@@ -27,7 +27,7 @@ duplicated neurons, of arbitrary size for the rounding noise of the input), so t
 Rounding level is the larger of two floors:
 
 - the arithmetic here: :math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1`;
-- the precision of the input: each entry of a float32 (or float16, ...) matrix is known only to
+- the precision of the input: each entry of a float32 (or float64) matrix is known only to
   half a unit in its last place, :math:`|e_{ij}| \le \tfrac{1}{2}\varepsilon_{in} |x_{ij}|`, so
   by Weyl's inequality a direction with :math:`s_i \le \lVert E \rVert_F \le
   \tfrac{1}{2}\varepsilon_{in} \lVert x \rVert_F` (in the scaling the SVD sees) cannot be told
@@ -35,6 +35,13 @@ Rounding level is the larger of two floors:
   of a widening linear layer or of a first convolution with more channels than its patch has
   pixels, have the rank of its exact values rather than full rank made of rounding noise; for a
   float64 input with a large offset the floor follows the offset.
+
+  Inputs of lower precision than float32 (float16, bfloat16) count as the float32 numbers they
+  hold (the conversion is exact), with float32's floor, so their result is that of ``x.float()``.
+  With their own :math:`\varepsilon_{in}` the bound, which grows with the data's offset, would
+  exceed every singular value of activations far from zero (bfloat16 values of mean 100 and
+  standard deviation 1: every direction pruned, a matrix 0-similar to itself). The price: the
+  rounding noise of a rank-deficient half-precision input counts as (small) directions.
 
 Householder QR is backward stable column by column, so the two sides' scales do not interfere
 (each side is also scaled to unit norm first).
@@ -162,6 +169,12 @@ def _column_major(n: int, p: int, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((p, n), dtype=torch.float64, device=like.device).T
 
 
+def _input_eps(dtype: torch.dtype) -> float:
+    """The relative precision of the input: that of ``dtype``, but never coarser than float32's
+    (half-precision values count as the float32 numbers they are; see the module docstring)."""
+    return min(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+
+
 def _centre_into_(
     out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dead: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -176,8 +189,8 @@ def _centre_into_(
     relative to its largest entry is constant up to rounding and set to exactly zero.
 
     Returns each column's bound on the norm of the input's own rounding error,
-    ``eps(x.dtype) / 2 * ||x_j||`` (zero for the zeroed columns, which carry none): see the
-    module docstring.
+    ``eps / 2 * ||x_j||`` with ``eps`` from :func:`_input_eps` (zero for the zeroed columns,
+    which carry none): see the module docstring.
     """
     n = x.shape[0]
     out.copy_(x)
@@ -191,7 +204,7 @@ def _centre_into_(
     out.masked_fill_(flat, 0.0)
     # ||x_j||^2 = ||x_j - mean_j||^2 + n mean_j^2
     raw = torch.hypot(norms, mean.mul_(math.sqrt(n)))
-    return raw.mul_(torch.finfo(x.dtype).eps / 2).masked_fill_(flat, 0.0)
+    return raw.mul_(_input_eps(x.dtype) / 2).masked_fill_(flat, 0.0)
 
 
 def _centred(
@@ -523,7 +536,7 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
 
     Args:
         x: activations of shape (n_samples, n_features), a torch tensor (any device) or a NumPy
-            array, any real dtype; computed in float64.
+            array, any real dtype (float16 and bfloat16 count as float32); computed in float64.
         y: the same n_samples seen by another layer (or checkpoint).
 
     Returns:
@@ -577,7 +590,8 @@ def svcca_similarity(
 
     Args:
         x: activations (n_samples, n_features), torch tensor (any device) or NumPy array, any
-            real dtype; computed in float64 on the tensor's device.
+            real dtype (float16 and bfloat16 count as float32); computed in float64 on the
+            tensor's device.
         y: the same samples at another layer or checkpoint.
         keep: fraction of each side's variance the kept directions explain, in (0, 1]; 1 keeps
             every direction above rounding level (plain mean CCA).

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ikkuna_tune import functional as F
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus
+from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.base import (
     PlotSubscriber,
     Subscription,
@@ -122,14 +123,6 @@ def _evaluating(model: nn.Module | None) -> Iterator[None]:
             module.training = training
 
 
-def _device_of(model: nn.Module | None) -> torch.device | None:
-    if model is None:
-        return None
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return None
-
-
 class TestAccuracySubscriber(PlotSubscriber):
     """The accuracy over a whole held-out data set, evaluated every ``frequency`` training
     batches (or at the end of every epoch).
@@ -154,7 +147,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         backend: ``'tb'`` or ``None``.
         probe_tag: tag of the evaluation passes' own messages.
         device: where to move each batch; by default the device of the model's parameters (when
-            the model is known), else the batch is passed on as it is.
+            the model is known), else the batch is passed on as it is. A device this machine
+            lacks is rejected here (``ValueError``), not at the first evaluation.
 
     Raises:
         ValueError: for invalid arguments; when attached to a bus without an Exporter and no
@@ -203,7 +197,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         self.forward_fn = forward_fn
         self.frequency = frequency
         self.probe_tag = probe_tag
-        self.device = None if device is None else torch.device(device)
+        self.device = check_device(device)
         self._batches = 0
         self._model: nn.Module | None = None
         trigger = "epoch_finished" if frequency == "epoch" else "batch_finished"
@@ -257,7 +251,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                 "TestAccuracySubscriber has no model to evaluate: pass `forward_fn` or attach it "
                 "to a bus with an Exporter"
             )
-        device = self.device if self.device is not None else _device_of(model)
+        device = self.device if self.device is not None else device_of(model)
         probe = exporter.probe(self.probe_tag) if exporter is not None else nullcontext()
         # the probe puts the Exporter's model in eval mode; any other model is handled here
         other = None if exporter is not None and model is exporter.model else model

@@ -26,6 +26,7 @@ from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus, ModuleMessage
+from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.base import (
     CallbackSubscriber,
     PlotSubscriber,
@@ -108,12 +109,6 @@ def _draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.T
     return indices, torch.stack(items)
 
 
-def _device_of(model: nn.Module) -> torch.device | None:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return None
-
-
 class BatchedSVCCASubscriber(PlotSubscriber):
     r"""Publishes each tracked layer's SVCCA self-similarity between consecutive checkpoints.
 
@@ -178,6 +173,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         ylims: optional y-axis limits for plots.
         backend: ``'tb'`` or ``None``.
         device: where to send the probe inputs; by default the device of the model's parameters.
+            A device this machine lacks is rejected here (``ValueError``), not at the first
+            checkpoint.
         track_init: record the activations at initialisation and publish ``init_similarity``
             and ``live_fraction`` (see above).
 
@@ -228,7 +225,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.seed = seed
         self.forward_fn = forward_fn
         self.probe_tag = probe_tag
-        self.device = None if device is None else torch.device(device)
+        self.device = check_device(device)
         self.indices, self.probe_inputs = _draw_probe(dataset, n, seed)
         self._batches = 0
         self._previous: dict[str, torch.Tensor] | None = None
@@ -348,7 +345,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         exporter = self._exporter()
         model = exporter.model
         forward = self.forward_fn if self.forward_fn is not None else model
-        device = self.device if self.device is not None else _device_of(model)
+        device = self.device if self.device is not None else device_of(model)
         buffers: dict[str, torch.Tensor] = {}
         position = [0]  # index of the first probe point of the running batch
 

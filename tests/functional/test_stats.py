@@ -144,3 +144,35 @@ def test_histogram_matches_torch_histc_over_the_data_range(bins) -> None:
     torch.testing.assert_close(counts, expected)
     torch.testing.assert_close(edges[[0, -1]], torch.stack([x.min(), x.max()]))
     assert counts.sum().item() == 1000
+
+
+def test_spectral_norm_of_a_zero_matrix_is_zero_and_keeps_a_unit_vector() -> None:
+    for shape in [(5, 3), (4, 2, 3, 3)]:
+        sigma, u = F.spectral_norm(torch.zeros(*shape), n_power_iterations=3)
+        assert sigma.item() == 0.0
+        # the vector stays a unit vector, ready for the matrix to become non-zero
+        assert torch.isfinite(u).all()
+        torch.testing.assert_close(torch.linalg.vector_norm(u), torch.tensor(1.0))
+
+
+def test_spectral_norm_recovers_once_a_zero_matrix_grows() -> None:
+    """Power iteration started on a zero matrix tracks it once it is non-zero (a zero-initialised
+    layer); the reference is the largest singular value from torch.linalg."""
+    g = torch.Generator().manual_seed(3)
+    direction = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    _, u = F.spectral_norm(torch.zeros(6, 4, dtype=torch.float64))
+    for step in range(1, 40):
+        w = 0.01 * step * direction
+        sigma, u = F.spectral_norm(w, u, n_power_iterations=5)
+    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(w, ord=2), rtol=1e-6, atol=0)
+
+
+def test_spectral_norm_leaves_a_vector_outside_the_column_space() -> None:
+    # W^T u = 0 for u = e2: a power iteration that normalises that zero vector is stuck at 0
+    w = torch.diag(torch.tensor([2.0, 0.0, 0.0]))
+    u = torch.tensor([0.0, 1.0, 0.0])
+    sigma, u = F.spectral_norm(w, u, n_power_iterations=2)
+    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(w, ord=2))
+    # a zero vector (from a checkpoint of a collapsed iteration) is replaced as well
+    sigma, _ = F.spectral_norm(w, torch.zeros(3), n_power_iterations=2)
+    torch.testing.assert_close(sigma, torch.tensor(2.0))

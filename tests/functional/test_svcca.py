@@ -456,3 +456,28 @@ def test_or_nan_variant_returns_nan_for_non_finite_and_agrees_otherwise() -> Non
     assert math.isnan(svcca_similarity_or_nan(x, y).item())
     x[1, 1] = math.nan
     assert math.isnan(svcca_similarity_or_nan(y[:, :3], x).item())
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [(torch.bfloat16, 100.0), (torch.float16, 1000.0)])
+def test_half_precision_with_a_large_offset_is_computed_as_its_float32_values(
+    dtype, offset
+) -> None:
+    """Half-precision activations far from zero (mean ``offset``, std 1) keep their directions:
+    a matrix is fully similar to itself, and the result is that of the same values in float32
+    (converting them is exact)."""
+    g = torch.Generator().manual_seed(31)
+    z = (torch.randn(500, 20, generator=g) + offset).to(dtype)
+    w = (z.float() @ torch.randn(20, 12, generator=g) / 5 + offset).to(dtype)
+    up_z, up_w = z.float(), w.float()
+    for keep in (0.99, 1.0):
+        assert F.svcca_similarity(z, z, keep).item() == pytest.approx(1.0, abs=1e-3)
+        assert svcca_similarity_or_nan(z, z, keep).item() == pytest.approx(1.0, abs=1e-3)
+        for a, b in [(z, z), (z, w), (w, z)]:
+            up_a, up_b = a.float(), b.float()
+            expected = F.svcca_similarity(up_a, up_b, keep).item()
+            assert F.svcca_similarity(a, b, keep).item() == pytest.approx(expected, abs=1e-12)
+            masked = _svcca(a, b, keep, slice_kept=False).item()
+            assert masked == pytest.approx(expected, abs=1e-12)
+    rho = F.cca(z, z)
+    np.testing.assert_allclose(rho.numpy(), np.ones(20), atol=1e-3)
+    np.testing.assert_allclose(F.cca(z, w).numpy(), F.cca(up_z, up_w).numpy(), atol=1e-12)

@@ -231,3 +231,43 @@ def test_accuracy_subscribers_deepcopy_while_detached(tiny, batch, test_set) -> 
     loader_copy = copy.deepcopy(from_loader)
     loader_copy.forward_fn = tiny
     assert loader_copy.evaluate().item() == pytest.approx(got[0].item())
+
+
+def _missing_devices() -> list[str]:
+    """Device strings this machine does not have (at least 'cuda:<count>')."""
+    missing = [f"cuda:{torch.cuda.device_count()}"]
+    if not torch.cuda.is_available():
+        missing.append("cuda")
+    if not torch.backends.mps.is_available():
+        missing.append("mps")
+    return missing
+
+
+@pytest.mark.parametrize("device", _missing_devices())
+def test_test_accuracy_rejects_a_device_this_machine_lacks_at_construction(
+    test_set, device
+) -> None:
+    with pytest.raises(
+        ValueError, match=f"`device` to be a device this machine has but got '{device}'"
+    ):
+        ik.TestAccuracySubscriber(test_set, batch_size=4, device=device)
+    with pytest.raises(ValueError, match=f"but got device\\(type='{device.split(':')[0]}"):
+        ik.TestAccuracySubscriber(test_set, batch_size=4, device=torch.device(device))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", True, 1.5])
+def test_test_accuracy_rejects_what_is_not_a_device(test_set, device) -> None:
+    with pytest.raises(
+        ValueError, match=r"`device` to be a torch.device, a device string .* but got"
+    ):
+        ik.TestAccuracySubscriber(test_set, batch_size=4, device=device)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_test_accuracy_on_an_explicit_cpu_device(tiny, test_set, device) -> None:
+    sub = ik.TestAccuracySubscriber(test_set, batch_size=4, forward_fn=tiny, device=device)
+    assert sub.device == torch.device("cpu")
+    x, y = test_set.tensors
+    with torch.no_grad():
+        expected = _by_hand(tiny, x, y)
+    assert sub.evaluate().item() == pytest.approx(expected)

@@ -370,3 +370,36 @@ def test_scalars_reach_tensorboard_with_safe_tags(tmp_path, tiny, batch) -> None
         for r in record
     ]
     assert [e.value for e in ratio] == pytest.approx(expected, rel=1e-5)
+
+
+def test_spectral_norm_of_a_zero_initialised_layer_follows_it_as_it_grows(tiny, batch) -> None:
+    """A zero-initialised layer starts at spectral norm 0; the estimate must follow the true
+    value (torch.linalg.matrix_norm of the weights each step started from) as training grows it."""
+    with torch.no_grad():
+        tiny.fc.weight.zero_()
+    bus = ik.MessageBus()
+    spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=60)
+    got = _collect(bus, spectral.topic)
+    record = _train(tiny, bus, batch, steps=4, lr=0.1)
+    expected = torch.stack(
+        [torch.linalg.matrix_norm(r["before"]["fc.weight"], ord=2) for r in record]
+    )
+    assert expected[0].item() == 0.0 and expected[-1].item() > 0.05
+    torch.testing.assert_close(torch.stack(_values(got, "fc")), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_spectral_norm_of_a_layer_that_stays_zero_is_zero(tiny, batch) -> None:
+    bus = ik.MessageBus()
+    spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=3)
+    got = _collect(bus, spectral.topic)
+    zero = torch.zeros(5, 48)
+    for step in range(3):
+        bus.publish(
+            ik.ModuleMessage(
+                "weights", "default", step, step, 0, zero, ik.NamedModule("fc", tiny.fc)
+            )
+        )
+    assert [v.item() for v in _values(got, "fc")] == [0.0, 0.0, 0.0]
+    # the kept vector is still a unit vector, so the estimate can recover later
+    u = spectral.state_dict()["u"]["fc"]
+    torch.testing.assert_close(torch.linalg.vector_norm(u), torch.tensor(1.0))

@@ -373,3 +373,32 @@ def test_batch_size_is_validated(data) -> None:
 def test_exported_from_the_package() -> None:
     assert ik.SVCCASubscriber is SVCCASubscriber
     assert ik.BatchedSVCCASubscriber is BatchedSVCCASubscriber
+
+
+def _missing_devices() -> list[str]:
+    """Device strings this machine does not have (at least 'cuda:<count>')."""
+    missing = [f"cuda:{torch.cuda.device_count()}"]
+    if not torch.cuda.is_available():
+        missing.append("cuda")
+    if not torch.backends.mps.is_available():
+        missing.append("mps")
+    return missing
+
+
+@pytest.mark.parametrize("device", [*_missing_devices(), "gpu", 1.5])
+@pytest.mark.parametrize("cls", [SVCCASubscriber, BatchedSVCCASubscriber])
+def test_a_device_this_machine_lacks_is_rejected_at_construction(data, cls, device) -> None:
+    args = (data, 10) if cls is SVCCASubscriber else (data, 10, 5)
+    with pytest.raises(ValueError, match=f"Expected `device` to be .* but got {device!r}"):
+        cls(*args, device=device)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
+def test_explicit_cpu_device_records_the_probe(tiny, data, device) -> None:
+    _, bus, _ = _setup(tiny)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, backend=None, device=device)
+    assert sub.device == torch.device("cpu")
+    recorded = sub.record()
+    expected = _by_hand(tiny, sub.probe_inputs)
+    for name in ("conv", "fc"):
+        torch.testing.assert_close(recorded[name], expected[name])
