@@ -1,7 +1,9 @@
 """``ikkuna-tune``: the command line. It parses arguments and calls plain functions.
 
 ``ikkuna-tune compare EXPERIMENT_DIR`` draws the comparison of a finished experiment
-(:func:`ikkuna_tune.compare.compare_experiment`); ``ikkuna-tune demo`` runs the demo sweep
+(:func:`ikkuna_tune.compare.compare_experiment`) and prints its per-trial summary and the
+scheduler's decisions (:func:`ikkuna_tune.compare.decisions`: each freeze and stop with its rule
+and values); ``ikkuna-tune demo`` runs the demo sweep
 (:func:`ikkuna_tune.demo.run_demo`). Mistakes the user can fix (a wrong path, an unknown
 metric, an empty experiment, an unreachable cluster) print one line to stderr and exit with 2.
 """
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="plot and summarise a finished experiment",
         description="Draw per-layer small multiples of a metric, the layer freeze timeline and "
-        "a per-trial summary of a finished Tune experiment (read from disk; Ray need not run).",
+        "a per-trial summary of a finished Tune experiment, and list the scheduler's decisions "
+        "(each frozen layer and stopped trial with the rule and values behind it); read from "
+        "disk, Ray need not run.",
     )
     compare.add_argument(
         "experiment", metavar="EXPERIMENT_DIR", help="experiment directory (<storage>/<name>)"
@@ -104,6 +108,7 @@ def _compare(args: argparse.Namespace) -> int:
         mode=args.mode,
     )
     _print_summary(comparison.summary)
+    _print_decisions(comparison.decisions)
     for path in comparison.files:
         print(f"wrote {path}")
     return 0
@@ -122,6 +127,8 @@ def _demo(args: argparse.Namespace) -> int:
     if isinstance(result, Mapping):
         if result.get("summary") is not None:
             _print_summary(result["summary"])
+        if result.get("decisions") is not None:
+            _print_decisions(result["decisions"])
         for path in result.get("files", ()):
             print(f"wrote {path}")
         if result.get("experiment"):
@@ -133,9 +140,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(table: Any) -> None:
-    shown = table.copy()
+    """The summary table; each freeze's reason is in the decisions printed after it."""
+    shown = table.drop(columns=["freeze_reasons"], errors="ignore")
     shown["frozen_layers"] = [" ".join(names) or "-" for names in shown["frozen_layers"]]
+    if "stopped_by" in shown.columns:
+        shown["stopped_by"] = [why or "-" for why in shown["stopped_by"]]
     print(shown.to_string(index=False))
+
+
+def _print_decisions(table: Any) -> None:
+    """The scheduler's decisions (:func:`ikkuna_tune.compare.decisions`), if any."""
+    if not len(table):
+        return
+    shown = table.copy()
+    shown["layer"] = [layer or "-" for layer in shown["layer"]]
+    columns = [[str(name), *("-" if v is None else str(v) for v in shown[name])] for name in shown]
+    widths = [max(len(cell) for cell in column) for column in columns]
+    numeric = [name == "iteration" for name in shown.columns]  # right-aligned
+    print()
+    print("scheduler decisions:")
+    for cells in zip(*columns):
+        line = "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric)
+        )
+        print(line.rstrip())
 
 
 class _UsageError(Exception):

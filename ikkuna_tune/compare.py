@@ -8,18 +8,27 @@ Everything here works on finished experiments read from disk, without Ray runnin
     compare.plot_layers(df, metric="self_similarity", color_by="lr").savefig("layers.png")
     compare.plot_freeze_timeline(df).savefig("freeze.png")
     table = compare.summary(df, metric="test_accuracy", mode="max")  # one row per trial
+    why = compare.decisions(df)  # what SVCCAScheduler froze and stopped, and why
 
 The tidy DataFrame has one row per reported number: ``trial_id``, one column per config
 parameter (nested configs flattened as ``a/b``), ``training_iteration``, ``metric``, ``layer``
 and ``value``. Tune flattens the nested per-layer reports of :func:`ikkuna_tune.report`
 (``{"self_similarity": {"conv1": 0.99}}``) to ``self_similarity/conv1``; such a name becomes
 metric ``self_similarity``, layer ``conv1``. Network-wide metrics have no layer (NaN).
-Non-numeric and missing values, and Tune's bookkeeping fields (``done``, ``timestamp``,
-``pid``...), are left out. Booleans become 0/1.
+Non-numeric and missing values (NaN, ``null``), and Tune's bookkeeping fields (``done``,
+``timestamp``, ``pid``...), are left out. Booleans become 0/1.
 
 What is known about each trial beyond its numbers (status, whether it failed, whether Tune
 stopped it, its directory, its config, also for trials that never reported) is kept in
-``df.attrs["trials"]``, which :func:`summary` and :func:`plot_freeze_timeline` read.
+``df.attrs["trials"]``, which :func:`summary` and :func:`plot_freeze_timeline` read. The
+scheduler's decisions are in ``df.attrs["decisions"]`` (see :func:`decisions`), and metrics that
+were reported but never with a value (every value NaN or ``null``) in
+``df.attrs["empty_metrics"]`` (name -> reported per layer), so that asking for one says so.
+
+Damaged files do not stop a load: lines of ``result.json`` (or of the scheduler's
+``ikkuna_decisions.jsonl``) that are not UTF-8 JSON objects are skipped with one warning per
+file naming its path and the lines, and a file that cannot be read is skipped with a warning
+naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -49,6 +58,7 @@ __all__ = [
     "Comparison",
     "compare_experiment",
     "config_columns",
+    "decisions",
     "freeze_iterations",
     "layers",
     "load",
@@ -89,9 +99,21 @@ BOOKKEEPING = frozenset(
         "warmup_time",
     }
 )
+#: Where SVCCAScheduler writes its decisions in each trial directory, one JSON object a line
+#: (``ikkuna_tune.tune.scheduler.DECISIONS_FILE``; that module imports Ray, this one does not).
+DECISIONS_FILE = "ikkuna_decisions.jsonl"
+#: The columns of :func:`decisions`.
+DECISION_COLUMNS = ("trial_id", "iteration", "action", "layer", "rule", "values")
+#: Tune's flattened key of the reason a trial reports for each frozen layer.
+FREEZE_REASON = "freeze_reason"
 _RESULT_FILES = ("result.json", "progress.csv", "params.json")
 _ERROR_FILES = ("error.txt", "error.pkl")
 _TRIAL_ID = re.compile(r"(?:^|_)([0-9a-f]{5}_\d{5})(?:_|$)")
+#: ``Decision.describe()``: "freeze conv1 at report 3: converged (similarity=0.995, ...)".
+_DESCRIBED = re.compile(
+    r"^(?P<action>\w+) (?P<layer>.+?) at report (?P<iteration>\d+): (?P<rule>.+?)"
+    r"(?: \((?P<values>[^()]*)\))?$"
+)
 
 ExperimentLike = Any  # a path, a ray.tune.ExperimentAnalysis or a ray.tune.ResultGrid
 
@@ -145,10 +167,15 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
         last one. ``df.attrs["trials"]`` maps each trial id to its ``config``, ``status``,
         ``failed``, ``stopped_by_tune`` (its last result says ``done``: a scheduler or stopper
         ended it), ``path`` and number of ``results`` (iterations reported).
+        ``df.attrs["decisions"]`` and ``df.attrs["empty_metrics"]``: see the module docstring.
+
+    A trial's id is the last usable ``trial_id`` (a non-empty string, or an integer) in its
+    results, else the one in Tune's experiment state, else taken from its directory's name
+    (Tune's ``xxxxx_00000`` part of it, or the whole name).
 
     Raises:
         ValueError: the path does not exist or is not an experiment directory, the object is
-            not an experiment, or no trial reported any result.
+            not an experiment, or no trial reported any value.
     """
     if isinstance(experiment, (str, PathLike)):
         trials = _read_directory(Path(experiment).expanduser())
@@ -161,7 +188,15 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
         raise ValueError(
             f"Experiment {name} has no results: {len(trials)} trial(s), none reported a result"
         )
-    return _tidy(trials)
+    df = _tidy(trials)
+    if not len(df):
+        empty = ", ".join(df.attrs["empty_metrics"]) or "(none)"
+        reported = sum(len(t.results) for t in trials)
+        raise ValueError(
+            f"Experiment {name} has no values: {len(trials)} trial(s) reported {reported} "
+            f"result(s), every value NaN, null or text (without values: {empty})"
+        )
+    return df
 
 
 def _read_object(experiment: Any) -> list[_Trial]:
@@ -213,10 +248,24 @@ def _not_an_experiment(experiment: Any) -> ValueError:
 
 
 def _result_trial_id(result: Any, frame: pd.DataFrame) -> str:
-    trial_id = (result.metrics or {}).get("trial_id")
-    if not trial_id and "trial_id" in frame.columns and len(frame):
-        trial_id = frame["trial_id"].iloc[-1]
-    return str(trial_id) if trial_id else _trial_id_from_name(Path(str(result.path)).name)
+    trial_id = _usable_trial_id([(result.metrics or {}).get("trial_id")])
+    if trial_id is None and "trial_id" in frame.columns:
+        trial_id = _usable_trial_id(frame["trial_id"])
+    return trial_id or _trial_id_from_name(Path(str(result.path)).name)
+
+
+def _usable_trial_id(values: Iterable[Any]) -> str | None:
+    """The last usable trial id of ``values``: a non-empty string, as written, or an integer.
+
+    ``None``, NaN (what a ``null`` or missing ``trial_id`` becomes in a frame) and anything else
+    are not trial ids.
+    """
+    for value in reversed(list(values)):
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return str(value)
+    return None
 
 
 def _trial_id_from_name(name: str) -> str:
@@ -242,8 +291,8 @@ def _read_directory(path: Path) -> list[_Trial]:
     for trial_dir in trial_dirs:
         results = _read_results(trial_dir)
         trial_id = None
-        if "trial_id" in results.columns and len(results):
-            trial_id = str(results["trial_id"].iloc[-1])
+        if "trial_id" in results.columns:
+            trial_id = _usable_trial_id(results["trial_id"])
         known = state.get(trial_dir.name, {})
         trial_id = trial_id or known.get("trial_id") or _trial_id_from_name(trial_dir.name)
         has_error = any((trial_dir / name).exists() for name in _ERROR_FILES)
@@ -287,26 +336,60 @@ def _experiment_state(path: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
+def _read_json_lines(
+    path: Path, wanted: Callable[[dict[str, Any]], bool] | None = None
+) -> list[dict[str, Any]] | None:
+    """The JSON objects of a JSON-lines file, or None if the file cannot be read.
+
+    Lines that are not UTF-8, not JSON or not a JSON object (``null``, a list...), or that
+    ``wanted`` rejects, are skipped with one warning naming the file and the line numbers.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        logger.warning("Cannot read %s, skipping it: %s", path, error)
+        return None
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    first_error = ""
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+            row = json.loads(line.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object but got {json.dumps(row)[:40]}")
+            if wanted is not None and not wanted(row):
+                raise ValueError(f"unexpected object {json.dumps(row)[:60]}")
+        except (ValueError, RecursionError) as error:
+            bad.append(number)
+            first_error = first_error or f"line {number}: {error}"
+            continue
+        rows.append(row)
+    if bad:
+        logger.warning(
+            "Skipping unreadable line%s %s of %s (%s)",
+            "s" if len(bad) > 1 else "",
+            ", ".join(map(str, bad)),
+            path,
+            first_error,
+        )
+    return rows
+
+
 def _read_results(trial_dir: Path) -> pd.DataFrame:
     """A trial's results, flattened as Tune flattens them (``metric/layer``)."""
     json_path = trial_dir / "result.json"
     if json_path.exists():
-        rows = []
-        for number, line in enumerate(json_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                logger.warning("Skipping unreadable line %d of %s", number, json_path)
+        rows = _read_json_lines(json_path)
         if rows:
             return pd.json_normalize(rows, sep="/")
     csv_path = trial_dir / "progress.csv"
-    if csv_path.exists() and csv_path.stat().st_size:
-        try:
+    try:
+        if csv_path.exists() and csv_path.stat().st_size:
             return pd.read_csv(csv_path, dtype={"trial_id": str})
-        except (ValueError, pd.errors.ParserError) as error:
-            logger.warning("Cannot read %s: %s", csv_path, error)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        logger.warning("Cannot read %s, skipping it: %s", csv_path, error)
     return pd.DataFrame()
 
 
@@ -314,11 +397,12 @@ def _read_params(trial_dir: Path, results: pd.DataFrame) -> dict[str, Any]:
     params = trial_dir / "params.json"
     if params.exists():
         try:
-            config = json.loads(params.read_text())
+            config = json.loads(params.read_text(encoding="utf-8"))
             if isinstance(config, dict):
                 return config
-        except ValueError:
-            logger.warning("Cannot read %s; taking the config from the results", params)
+            logger.warning("%s holds no JSON object; taking the config from the results", params)
+        except (OSError, ValueError) as error:
+            logger.warning("Cannot read %s; taking the config from the results: %s", params, error)
     prefix = "config/"
     if len(results):
         last = results.iloc[-1]
@@ -354,11 +438,12 @@ def _truthy(value: Any) -> bool:
 
 
 def _numeric(column: pd.Series) -> pd.Series | None:
-    """The column as floats, or None if it holds no numbers."""
+    """The column as floats (NaN where missing or not a number), or None if it holds no
+    numbers but text. A column of nothing but ``None``/NaN is all NaN."""
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
         return column.astype(float)
     numbers = pd.to_numeric(column.map(_number_or_nan), errors="coerce")
-    if numbers.notna().any():
+    if numbers.notna().any() or column.isna().all():
         return numbers.astype(float)
     return None
 
@@ -375,8 +460,9 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     config_names = sorted({name for t in trials for name in t.config})
     renamed = {n: f"config/{n}" if n in TIDY_COLUMNS else n for n in config_names}
     frames = []
+    text: set[str] = set()  # names of results holding text (no numbers) in some trial
     for trial in trials:
-        long = _tidy_trial(trial.results)
+        long = _tidy_trial(trial.results, text)
         if long is None:
             continue
         long.insert(0, "trial_id", trial.trial_id)
@@ -385,8 +471,94 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
         frames.append(long)
     columns = ["trial_id", *renamed.values(), "training_iteration", "metric", "layer", "value"]
     df = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    reported: dict[str, bool] = {}  # metric name -> reported per layer
+    for metric, layer in df[["metric", "layer"]].drop_duplicates().itertuples(index=False):
+        reported[metric] = reported.get(metric, False) or not _missing(layer)
+    df = df[df["value"].notna()].reset_index(drop=True)
+    with_values = set(df["metric"])
     df.attrs["trials"] = {t.trial_id: t.info() for t in trials}
+    df.attrs["decisions"] = [row for t in trials for row in _trial_decisions(t)]
+    df.attrs["empty_metrics"] = {
+        name: per_layer
+        for name, per_layer in sorted(reported.items())
+        if name not in with_values and name not in text
+    }
     return df
+
+
+def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
+    """The scheduler's decisions on one trial: its ``ikkuna_decisions.jsonl``, then the
+    ``freeze_reason/<layer>`` its results carry for layers that file has no freeze for; in
+    report order (file order within a report; reasons whose report is unknown last)."""
+    rows: list[dict[str, Any]] = []
+    path = Path(trial.path) / DECISIONS_FILE if trial.path else None
+    if path is not None and path.exists():
+        for raw in _read_json_lines(path, wanted=_is_decision) or []:
+            rows.append({"trial_id": trial.trial_id, **_decision(raw)})
+    frozen = {row["layer"] for row in rows if row["action"] == "freeze"}
+    prefix = FREEZE_REASON + "/"
+    for column in trial.results.columns:
+        layer = column[len(prefix) :]
+        if not column.startswith(prefix) or layer in frozen:
+            continue
+        reasons = [r for r in trial.results[column] if isinstance(r, str) and r.strip()]
+        if reasons:
+            rows.append({"trial_id": trial.trial_id, **_described(reasons[-1], layer)})
+    return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0))
+
+
+def _is_decision(raw: Mapping[str, Any]) -> bool:
+    return isinstance(raw.get("action"), str) and isinstance(raw.get("rule"), str)
+
+
+def _decision(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A line of ``ikkuna_decisions.jsonl`` (``Decision.as_dict()``) as a decision row."""
+    iteration = raw.get("iteration")
+    layer = raw.get("layer")
+    values = raw.get("values")
+    return {
+        "iteration": int(iteration) if _is_whole(iteration) else None,
+        "action": str(raw["action"]),
+        "layer": layer if isinstance(layer, str) and layer else None,
+        "rule": str(raw["rule"]),
+        "values": dict(values) if isinstance(values, Mapping) else {},
+    }
+
+
+def _described(reason: str, layer: str) -> dict[str, Any]:
+    """A ``freeze_reason/<layer>`` a trial reported (``Decision.describe()``) as a decision
+    row; a reason in another format is the row's rule, with no values and no report."""
+    match = _DESCRIBED.match(reason.strip())
+    if match and match["action"] == "freeze" and match["layer"] == layer:
+        values: dict[str, Any] = {}
+        for pair in (match["values"] or "").split(", "):
+            key, equals, value = pair.partition("=")
+            if not pair:
+                continue
+            if not equals or not key:
+                break
+            try:
+                values[key] = float(value)
+            except ValueError:
+                values[key] = value
+        else:
+            return {
+                "iteration": int(match["iteration"]),
+                "action": "freeze",
+                "layer": layer,
+                "rule": match["rule"],
+                "values": values,
+            }
+    return {"iteration": None, "action": "freeze", "layer": layer, "rule": reason, "values": {}}
+
+
+def _is_whole(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value == int(value)
+    )
 
 
 def _clean(results: pd.DataFrame) -> pd.DataFrame:
@@ -400,7 +572,9 @@ def _clean(results: pd.DataFrame) -> pd.DataFrame:
     return results.sort_values("training_iteration", kind="stable", ignore_index=True)
 
 
-def _tidy_trial(results: pd.DataFrame) -> pd.DataFrame | None:
+def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
+    """One trial's results in long form, NaN values included; adds the metric names of
+    columns holding text to ``text``."""
     if not len(results):
         return None
     iterations = results["training_iteration"].astype(int).to_numpy()
@@ -408,10 +582,11 @@ def _tidy_trial(results: pd.DataFrame) -> pd.DataFrame | None:
     for column in results.columns:
         if column in BOOKKEEPING or column.startswith("config/"):
             continue
+        metric, _, layer = column.partition("/")
         values = _numeric(results[column])
         if values is None:
+            text.add(metric)
             continue
-        metric, _, layer = column.partition("/")
         parts.append(
             pd.DataFrame(
                 {
@@ -424,8 +599,7 @@ def _tidy_trial(results: pd.DataFrame) -> pd.DataFrame | None:
         )
     if not parts:
         return None
-    long = pd.concat(parts, ignore_index=True)
-    long = long[long["value"].notna()]
+    long = pd.concat(parts, ignore_index=True)  # NaN values are dropped once all are seen
     long = long.sort_values("training_iteration", kind="stable", ignore_index=True)
     long["layer"] = long["layer"].astype(object).where(long["layer"].notna(), None)
     return long
@@ -474,12 +648,33 @@ def _check_tidy(df: Any) -> None:
         raise ValueError("The DataFrame holds no results")
 
 
-def _check_metric(df: pd.DataFrame, metric: str, per_layer: bool | None = None) -> None:
+def _check_metric(
+    df: pd.DataFrame, metric: str, per_layer: bool | None = None, allow_empty: bool = False
+) -> None:
+    """Check that ``df`` has values of ``metric`` (of its kind, when ``per_layer`` is given).
+
+    With ``allow_empty``, a metric reported without values (``df.attrs["empty_metrics"]``)
+    passes too, if of the right kind.
+    """
+    empty = df.attrs.get("empty_metrics", {})
+    if isinstance(metric, str) and metric not in set(df["metric"]) and metric in empty:
+        if per_layer is False and empty[metric]:
+            raise ValueError(
+                f"Metric {metric!r} is reported per layer; pick a network-wide metric: "
+                f"{', '.join(metrics(df, per_layer=False)) or '(none)'}"
+            )
+        if allow_empty:
+            return
+        raise ValueError(
+            f"Metric {metric!r} was reported but has no values in any trial (every value is "
+            f"NaN or null); metrics with values: {', '.join(metrics(df)) or '(none)'}"
+        )
     if not isinstance(metric, str) or metric not in set(df["metric"]):
         layered, network = metrics(df, per_layer=True), metrics(df, per_layer=False)
+        without = f"; without values: {', '.join(empty)}" if empty else ""
         raise ValueError(
             f"Unknown metric {metric!r}; per-layer metrics: {', '.join(layered) or '(none)'}; "
-            f"network-wide metrics: {', '.join(network) or '(none)'}"
+            f"network-wide metrics: {', '.join(network) or '(none)'}{without}"
         )
     if per_layer is False and metric not in metrics(df, per_layer=False):
         network = metrics(df, per_layer=False)
@@ -800,10 +995,65 @@ _SUMMARY_COLUMNS = (
     "iterations_run",
     "best_iteration",
     "stopped_early",
+    "stopped_by",
     "frozen_layers",
+    "freeze_reasons",
     "frozen_fraction",
     "compute_saved",
 )
+
+
+def decisions(df: pd.DataFrame) -> pd.DataFrame:
+    """What SVCCAScheduler decided on each trial, and why: one row per decision.
+
+    Columns ``trial_id``; ``iteration``, the number of reports the scheduler had seen from
+    the trial when it decided (the ``training_iteration`` of that report when a trial reports
+    once an iteration; a freeze shows as ``frozen/<layer> = 1`` from the next report on;
+    ``<NA>`` if unknown); ``action`` (``freeze`` or ``stop``); ``layer`` (None for a decision
+    on the whole trial); ``rule``; and ``values``, the values behind the rule as one string
+    (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits).
+
+    The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
+    directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``
+    the trial reported (a reason not in the scheduler's words is the ``rule``, without
+    values or report). Rows are by trial, then report; a layer frozen again after a restore
+    has a row each time. A DataFrame not from :func:`load` has no decisions.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"Expected the tidy DataFrame of compare.load but got {type(df).__name__}")
+    rows = df.attrs.get("decisions", [])
+    table = pd.DataFrame(
+        {
+            "trial_id": pd.Series([str(r["trial_id"]) for r in rows], dtype=object),
+            "iteration": pd.array([r["iteration"] for r in rows], dtype="Int64"),
+            "action": pd.Series([r["action"] for r in rows], dtype=object),
+            "layer": pd.Series([r["layer"] for r in rows], dtype=object),
+            "rule": pd.Series([r["rule"] for r in rows], dtype=object),
+            "values": pd.Series([_values_text(r["values"]) for r in rows], dtype=object),
+        }
+    )
+    return table[list(DECISION_COLUMNS)]
+
+
+def _values_text(values: Mapping[str, Any]) -> str:
+    """``k=v, ...`` as ``Decision.describe()`` writes them."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
+
+
+def _reason(row: Mapping[str, Any], with_layer: bool) -> str:
+    """A decision in words: ``rule [layer] at report N (values)``."""
+    text = str(row["rule"])
+    if with_layer and row.get("layer"):
+        text += f" {row['layer']}"
+    if row.get("iteration") is not None:
+        text += f" at report {row['iteration']}"
+    shown = _values_text(row.get("values", {}))
+    return f"{text} ({shown})" if shown else text
 
 
 def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> pd.DataFrame:
@@ -820,7 +1070,13 @@ def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> p
       carries ``done``, which a trainable that returns by itself never writes) before it ran
       as many iterations as the longest trial of the experiment, and it did not fail. A
       trial that ends its own loop early, or the longest trial, does not count.
+    - ``stopped_by``: why SVCCAScheduler stopped the trial, ``"<rule>[ <layer>] at report N
+      (<values>)"`` (its last stop in :func:`decisions`); None if it did not.
     - ``frozen_layers``: the layers frozen in the last report, in network order (a list).
+    - ``freeze_reasons``: why the scheduler froze each layer it ordered frozen (a dict, in
+      network order): ``"<rule> at report N (<values>)"`` from the layer's last freeze in
+      :func:`decisions`. A layer ordered frozen after the trial's last report is in it but
+      not in ``frozen_layers``.
     - ``frozen_fraction``: the fraction of parameters frozen in the last report.
     - ``compute_saved``: ``1 - sum(step_seconds) / (n * step_seconds_unfrozen)`` over the
       trial's ``n`` reports with ``step_seconds`` (the mean training-step time since the
@@ -832,13 +1088,16 @@ def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> p
 
     A config parameter named like one of these columns appears as ``config/<name>``.
 
+    A network-wide ``metric`` that was reported but never with a value (every value NaN or
+    null) gives NaN, as for a trial that never reported it.
+
     Raises:
         ValueError: ``metric`` is unknown or per-layer, or ``mode`` is not max/min.
     """
     _check_tidy(df)
     _check_mode(mode)
     if metric is not None:
-        _check_metric(df, metric, per_layer=False)
+        _check_metric(df, metric, per_layer=False, allow_empty=True)
     infos = _trial_infos(df)
     config = config_columns(df)
     iterations = df.groupby("trial_id")["training_iteration"].max().to_dict()
@@ -847,6 +1106,14 @@ def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> p
     network = df[df["layer"].isna()]
     frozen_rows = df[(df["metric"] == FROZEN) & df["layer"].notna()]
     order = {name: i for i, name in enumerate(layers(df, FROZEN))}
+    stops: dict[str, dict[str, Any]] = {}
+    freezes: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in df.attrs.get("decisions", []):
+        trial_id = str(row["trial_id"])
+        if row["action"] == "stop":
+            stops[trial_id] = row
+        elif row["action"] == "freeze" and row.get("layer"):
+            freezes.setdefault(trial_id, {})[row["layer"]] = row
     taken = {*_SUMMARY_COLUMNS, f"best_{metric}"}
     shown = {name: f"config/{name}" if name in taken else name for name in config}
     records = []
@@ -871,6 +1138,8 @@ def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> p
                 record[f"best_{metric}"] = math.nan
                 record["best_iteration"] = pd.NA
         record["stopped_early"] = early.get(trial_id, False)
+        stop = stops.get(trial_id)
+        record["stopped_by"] = _reason(stop, with_layer=True) if stop else None
         frozen = frozen_rows[frozen_rows["trial_id"] == trial_id]
         if len(frozen):
             last = frozen[frozen["training_iteration"] == frozen["training_iteration"].max()]
@@ -878,10 +1147,18 @@ def summary(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> p
             record["frozen_layers"] = sorted(names, key=lambda n: order.get(n, len(order)))
         else:
             record["frozen_layers"] = []
+        reasons = freezes.get(trial_id, {})
+        record["freeze_reasons"] = {
+            name: _reason(reasons[name], with_layer=False)
+            for name in sorted(reasons, key=lambda n: order.get(n, len(order)))
+        }
         record["frozen_fraction"] = _last(own, "frozen_fraction")
         record["compute_saved"] = _compute_saved(own)
         records.append(record)
     table = pd.DataFrame.from_records(records)
+    table["stopped_by"] = pd.Series(  # None, not NaN, where the scheduler did not stop
+        [r["stopped_by"] for r in records], index=table.index, dtype=object
+    )
     if metric is not None:
         table["best_iteration"] = table["best_iteration"].astype("Int64")
     return table
@@ -905,10 +1182,14 @@ def _compute_saved(rows: pd.DataFrame) -> float:
 # --------------------------------------------------------------------------------- compare
 @dataclass
 class Comparison:
-    """What :func:`compare_experiment` made: the summary table and the files it wrote."""
+    """What :func:`compare_experiment` made: the summary table, the files it wrote and the
+    scheduler's :func:`decisions`."""
 
     summary: pd.DataFrame
     files: list[Path]
+    decisions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(DECISION_COLUMNS))
+    )
 
 
 def compare_experiment(
@@ -927,8 +1208,9 @@ def compare_experiment(
     _check_mode(mode)
     df = load(experiment)
     table = _summary_for_report(df, metric, color_by, summary_metric, mode)
-    files = _write(df, table, out_dir, metric, color_by)
-    return Comparison(summary=table, files=files)
+    made = decisions(df)
+    files = _write(df, table, made, out_dir, metric, color_by)
+    return Comparison(summary=table, files=files, decisions=made)
 
 
 def write_report(
@@ -939,20 +1221,23 @@ def write_report(
     summary_metric: str | None = None,
     mode: str = "max",
 ) -> list[Path]:
-    """Write ``layers_<metric>.png``, ``freeze_timeline.png`` and ``summary.csv`` of a tidy
-    DataFrame into ``out_dir`` (created if needed); returns the paths written.
+    """Write ``layers_<metric>.png``, ``freeze_timeline.png``, ``summary.csv`` and
+    ``decisions.csv`` of a tidy DataFrame into ``out_dir`` (created if needed); returns the
+    paths written.
 
     ``summary_metric`` is the network-wide metric whose best value the summary shows; None
     takes ``test_accuracy`` when the trials report it. The freeze timeline is left out, with
-    a warning, when the trials report no ``frozen/<layer>``. Every argument is checked before
-    anything is written. In ``summary.csv`` the frozen layers are joined by spaces.
+    a warning, when the trials report no ``frozen/<layer>``, and ``decisions.csv`` (the
+    table of :func:`decisions`) when there are no scheduler decisions. Every argument is
+    checked before anything is written. In ``summary.csv`` the frozen layers are joined by
+    spaces and the freeze reasons written ``layer: reason; layer: reason``.
 
     Raises:
         ValueError: as :func:`plot_layers` and :func:`summary` do.
     """
     _check_tidy(df)
     table = _summary_for_report(df, metric, color_by, summary_metric, mode)
-    return _write(df, table, out_dir, metric, color_by)
+    return _write(df, table, decisions(df), out_dir, metric, color_by)
 
 
 def _summary_for_report(
@@ -969,6 +1254,7 @@ def _summary_for_report(
 def _write(
     df: pd.DataFrame,
     table: pd.DataFrame,
+    made: pd.DataFrame,
     out_dir: str | PathLike[str],
     metric: str,
     color_by: str | None,
@@ -988,8 +1274,16 @@ def _write(
     path = out / "summary.csv"
     written = table.copy()
     written["frozen_layers"] = [" ".join(names) for names in written["frozen_layers"]]
+    written["freeze_reasons"] = [
+        "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        for reasons in written["freeze_reasons"]
+    ]
     written.to_csv(path, index=False)
     files.append(path)
+    if len(made):
+        path = out / "decisions.csv"
+        made.to_csv(path, index=False)
+        files.append(path)
     logger.info("Wrote %s", ", ".join(str(f) for f in files))
     return files
 

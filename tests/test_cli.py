@@ -33,6 +33,7 @@ def test_compare_end_to_end(tmp_path, capsys) -> None:
     argv = ["compare", str(experiment), "--metric", "sim", "--color-by", "model/width"]
     assert main([*argv, "--summary-metric", "loss", "--mode", "min", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "decisions.csv",
         "freeze_timeline.png",
         "layers_sim.png",
         "summary.csv",
@@ -42,6 +43,53 @@ def test_compare_end_to_end(tmp_path, capsys) -> None:
     assert table["best_loss"].tolist() == pytest.approx([0.51, 1.1, 0.25])
     printed = capsys.readouterr().out
     assert "best_loss" in printed and "aaaaa_00002" in printed and "stem" in printed
+
+
+def test_compare_prints_the_schedulers_decisions(tmp_path, capsys) -> None:
+    experiment = handmade(tmp_path)
+    assert main(["compare", str(experiment), "--metric", "sim", "-o", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = printed.index("scheduler decisions:")
+    summary_header = printed[0].split()
+    assert summary_header[summary_header.index("stopped_early") :] == [
+        "stopped_early",
+        "stopped_by",
+        "frozen_layers",
+        "frozen_fraction",
+        "compute_saved",
+    ]  # each freeze's reason is in the decisions below
+    assert "stuck: no progress and no layer moving at report 2 (progress=0.004)" in printed[2]
+    assert printed[header + 1].split() == [
+        "trial_id",
+        "iteration",
+        "action",
+        "layer",
+        "rule",
+        "values",
+    ]
+    assert printed[header + 2].split() == [
+        "aaaaa_00000",
+        "2",
+        "freeze",
+        "stem",
+        "converged",
+        "similarity=0.995,",
+        "distance_from_init=0.12,",
+        "live_fraction=1,",
+        "metric_gain=0",
+    ]
+    stop = " ".join(printed[header + 3].split())
+    assert stop == "aaaaa_00001 2 stop - stuck: no progress and no layer moving progress=0.004"
+    assert printed[header + 4] == f"wrote {tmp_path / 'o' / 'layers_sim.png'}"
+
+
+def test_compare_a_metric_without_values_is_one_line(tmp_path, capsys) -> None:
+    experiment = tmp_path / "sweep"
+    write_trial(
+        experiment, "train_t0", {"lr": 0.1}, [{"training_iteration": 1, "acc": None, "loss": 1.0}]
+    )
+    assert main(["compare", str(experiment), "--metric", "acc", "-o", str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, "compare", "Metric 'acc' was reported but has no values in any trial")
 
 
 def test_compare_color_by_none_and_default_out_dir(tmp_path, monkeypatch) -> None:

@@ -131,7 +131,9 @@ def test_summary_matches_hand_computation(df) -> None:
         "best_loss",
         "best_iteration",
         "stopped_early",
+        "stopped_by",
         "frozen_layers",
+        "freeze_reasons",
         "frozen_fraction",
         "compute_saved",
     ]
@@ -294,14 +296,19 @@ def test_unknown_metric_and_color_by_name_what_is_available(df) -> None:
 def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
     out = tmp_path / "report"
     files = compare.write_report(df, out, metric="loss", color_by=None, summary_metric="loss")
-    assert files == [out / "layers_loss.png", out / "freeze_timeline.png", out / "summary.csv"]
+    assert files == [
+        out / "layers_loss.png",
+        out / "freeze_timeline.png",
+        out / "summary.csv",
+        out / "decisions.csv",  # the experiment's scheduler decisions
+    ]
     assert all(path.stat().st_size for path in files)
     written = pd.read_csv(out / "summary.csv")
     assert written["frozen_layers"].fillna("").tolist() == ["stem", "", ""]
     assert written["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])  # mode="max"
     without_frozen = df[df["metric"] != "frozen"]
     files = compare.write_report(without_frozen, tmp_path / "plain", metric="sim")
-    assert [path.name for path in files] == ["layers_sim.png", "summary.csv"]
+    assert [path.name for path in files] == ["layers_sim.png", "summary.csv", "decisions.csv"]
     with pytest.raises(ValueError, match="Unknown metric 'x'"):
         compare.write_report(df, tmp_path / "never", metric="x")
     assert not (tmp_path / "never").exists()

@@ -1,0 +1,204 @@
+"""The scheduler's decisions in the comparison: ``ikkuna_decisions.jsonl`` and ``freeze_reason``.
+
+Hand-written experiment files (no Ray); see tests/experiment_files.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pandas as pd
+import pytest
+
+from ikkuna_tune import compare
+from ikkuna_tune.tune.convergence import Decision
+from tests.experiment_files import (
+    DECISIONS_FILE,
+    FREEZE_STEM,
+    FREEZE_STEM_REASON,
+    STOP_STUCK,
+    handmade,
+    report,
+    write_decisions,
+    write_trial,
+)
+
+COLUMNS = ["trial_id", "iteration", "action", "layer", "rule", "values"]
+FREEZE_VALUES = "similarity=0.995, distance_from_init=0.12, live_fraction=1, metric_gain=0"
+FREEZE_ROW = {
+    "trial_id": "aaaaa_00000",
+    "iteration": 2,
+    "action": "freeze",
+    "layer": "stem",
+    "rule": "converged",
+    "values": FREEZE_VALUES,
+}
+STOP_ROW = {
+    "trial_id": "aaaaa_00001",
+    "iteration": 2,
+    "action": "stop",
+    "layer": None,
+    "rule": "stuck: no progress and no layer moving",
+    "values": "progress=0.004",
+}
+
+
+def test_the_fake_files_are_what_the_scheduler_writes() -> None:
+    freeze = Decision(**FREEZE_STEM)
+    assert freeze.as_dict() == FREEZE_STEM and Decision(**STOP_STUCK).as_dict() == STOP_STUCK
+    assert freeze.describe() == FREEZE_STEM_REASON
+    assert compare.DECISIONS_FILE == DECISIONS_FILE
+
+
+def test_decisions_file_constant_matches_the_scheduler() -> None:
+    pytest.importorskip("ray.tune")
+    from ikkuna_tune.tune.scheduler import DECISIONS_FILE as SCHEDULERS
+
+    assert compare.DECISIONS_FILE == SCHEDULERS
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    return handmade(tmp_path)
+
+
+def test_decisions_table(experiment) -> None:
+    table = compare.decisions(compare.load(experiment))
+    assert list(table.columns) == COLUMNS
+    assert table.to_dict("records") == [FREEZE_ROW, STOP_ROW]
+    assert str(table["iteration"].dtype) == "Int64"
+
+
+def test_summary_says_why_layers_froze_and_trials_stopped(experiment) -> None:
+    table = compare.summary(compare.load(experiment), metric="loss", mode="min")
+    columns = list(table.columns)
+    assert columns[columns.index("stopped_early") :] == [
+        "stopped_early",
+        "stopped_by",
+        "frozen_layers",
+        "freeze_reasons",
+        "frozen_fraction",
+        "compute_saved",
+    ]
+    table = table.set_index("trial_id")
+    assert table["stopped_by"].tolist() == [
+        None,
+        "stuck: no progress and no layer moving at report 2 (progress=0.004)",
+        None,
+    ]
+    assert table["freeze_reasons"].tolist() == [
+        {"stem": f"converged at report 2 ({FREEZE_VALUES})"},
+        {},
+        {},
+    ]
+
+
+def test_freeze_reasons_from_the_results_when_there_is_no_decisions_file(experiment) -> None:
+    (experiment / "train_aaaaa_00000_0_lr=0.01" / DECISIONS_FILE).unlink()
+    config = {"lr": 0.5, "model": {"width": 8}}
+    results = [
+        report("bbbbb_00000", config, 1),
+        report("bbbbb_00000", config, 2, ("stem", "block.0"), reasons={"stem": "by hand"}),
+    ]
+    write_trial(experiment, "train_bbbbb_00000_3", config, results)
+    df = compare.load(experiment)
+    table = compare.decisions(df)
+    assert table.to_dict("records") == [
+        FREEZE_ROW,  # the same row, read from freeze_reason/stem
+        STOP_ROW,
+        {  # not the scheduler's format: the reason as reported, report unknown
+            "trial_id": "bbbbb_00000",
+            "iteration": None,  # <NA> in the table
+            "action": "freeze",
+            "layer": "stem",
+            "rule": "by hand",
+            "values": "",
+        },
+    ]
+    summary = compare.summary(df).set_index("trial_id")
+    assert summary.loc["aaaaa_00000", "freeze_reasons"] == {
+        "stem": f"converged at report 2 ({FREEZE_VALUES})"
+    }
+    assert summary.loc["bbbbb_00000", "freeze_reasons"] == {"stem": "by hand"}
+    assert summary.loc["bbbbb_00000", "frozen_layers"] == ["stem", "block.0"]
+
+
+def test_repeated_decisions_and_damaged_lines(experiment, caplog) -> None:
+    trial = experiment / "train_aaaaa_00002_2_lr=1.0"
+    dead = {"action": "stop", "rule": "dead layer", "iteration": 3, "layer": "head"}
+    path = write_decisions(
+        trial,
+        "aaaaa_00002",
+        [
+            {**FREEZE_STEM, "iteration": 1, "values": {"similarity": math.nan}},
+            {**FREEZE_STEM, "values": {}},  # again after a restore: this one holds
+            {**dead, "values": {"live_fraction": 0}},
+        ],
+    )
+    with path.open("ab") as out:
+        out.write(b'{"action": "stop", "rule": "\xff"}\n{"no": "action"}\n{"action": "sto')
+    blocked = experiment / "train_aaaaa_00001_1_lr=0.1" / DECISIONS_FILE
+    blocked.unlink()
+    blocked.mkdir()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert f"Skipping unreadable lines 4, 5, 6 of {path}" in caplog.text
+    assert f"Cannot read {blocked}" in caplog.text
+    rows = compare.decisions(df)
+    rows = rows[rows["trial_id"] == "aaaaa_00002"].to_dict("records")
+    assert rows == [
+        {**FREEZE_ROW, "trial_id": "aaaaa_00002", "iteration": 1, "values": "similarity=nan"},
+        {**FREEZE_ROW, "trial_id": "aaaaa_00002", "values": ""},
+        {
+            "trial_id": "aaaaa_00002",
+            "iteration": 3,
+            "action": "stop",
+            "layer": "head",
+            "rule": "dead layer",
+            "values": "live_fraction=0",
+        },
+    ]
+    row = compare.summary(df).set_index("trial_id").loc["aaaaa_00002"]
+    assert row["stopped_by"] == "dead layer head at report 3 (live_fraction=0)"
+    assert row["freeze_reasons"] == {"stem": "converged at report 2"}
+
+
+def test_no_decisions() -> None:
+    rows = [("a", 1, "acc", None, 0.5)]
+    df = pd.DataFrame(rows, columns=["trial_id", "training_iteration", "metric", "layer", "value"])
+    table = compare.decisions(df)
+    assert list(table.columns) == COLUMNS and not len(table)
+    row = compare.summary(df).iloc[0]
+    assert row["stopped_by"] is None and row["freeze_reasons"] == {}
+
+
+def test_write_report_writes_the_decisions(experiment, tmp_path) -> None:
+    out = tmp_path / "out"
+    comparison = compare.compare_experiment(experiment, out, metric="sim", color_by=None)
+    assert comparison.decisions.to_dict("records") == [FREEZE_ROW, STOP_ROW]
+    assert [p.name for p in comparison.files] == [
+        "layers_sim.png",
+        "freeze_timeline.png",
+        "summary.csv",
+        "decisions.csv",
+    ]
+    written = pd.read_csv(out / "decisions.csv")
+    assert written.columns.tolist() == COLUMNS
+    assert written["values"].tolist() == [FREEZE_VALUES, "progress=0.004"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["freeze_reasons"].fillna("").tolist() == [
+        f"stem: converged at report 2 ({FREEZE_VALUES})",
+        "",
+        "",
+    ]
+    assert summary["stopped_by"].fillna("").tolist() == [
+        "",
+        "stuck: no progress and no layer moving at report 2 (progress=0.004)",
+        "",
+    ]
+    plain = tmp_path / "plain"
+    config = {"lr": 0.1}
+    write_trial(plain / "sweep", "train_t0", config, [report("t0", config, 1, ("stem",))])
+    files = compare.write_report(compare.load(plain / "sweep"), plain, metric="sim")
+    assert [p.name for p in files] == ["layers_sim.png", "freeze_timeline.png", "summary.csv"]

@@ -1,0 +1,180 @@
+"""compare.load on damaged and incomplete result files: what can be loaded is loaded.
+
+Hand-written experiment files (no Ray); see tests/experiment_files.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+
+from ikkuna_tune import compare
+from tests.experiment_files import LAYERS, handmade, report, write_trial
+
+CONFIG = {"lr": 0.5, "model": {"width": 8}}
+
+
+def _loss(df, trial_id: str) -> list[tuple[int, float]]:
+    rows = df[(df["trial_id"] == trial_id) & (df["metric"] == "loss")]
+    return [(int(i), round(float(v), 9)) for i, v in zip(rows["training_iteration"], rows["value"])]
+
+
+def _lines(*results: dict) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in results)
+
+
+# ------------------------------------------------------------------------ metrics without values
+def test_an_all_nan_metric_is_known_but_has_no_values(tmp_path) -> None:
+    experiment = tmp_path / "sweep"
+    for index in range(2):
+        results = [report(f"t{index}", CONFIG, i) for i in (1, 2)]
+        for result in results:
+            result["acc"] = math.nan  # Tune writes NaN
+            result["sim"]["head"] = None
+        write_trial(experiment, f"train_t{index}", CONFIG, results)
+    df = compare.load(experiment)
+    assert "acc" not in compare.metrics(df)  # no rows: nothing to plot
+    assert df.attrs["empty_metrics"] == {"acc": False}  # sim has values in other layers
+    message = r"^Metric 'acc' was reported but has no values in any trial \(every value is NaN"
+    with pytest.raises(ValueError, match=message):
+        compare.plot_layers(df, metric="acc")
+    with pytest.raises(ValueError, match=message):
+        compare.write_report(df, tmp_path / "out", metric="acc")
+    table = compare.summary(df, metric="acc")  # the summary shows NaN, as for a trial without it
+    assert table["best_acc"].isna().all() and table["best_iteration"].isna().all()
+    assert compare.layers(df, "sim") == ["stem", "block.0"]  # head never had a value
+    with pytest.raises(ValueError, match=r"^Unknown metric 'nope'.*; without values: acc$"):
+        compare.plot_layers(df, metric="nope")
+
+
+def test_a_per_layer_metric_without_values(tmp_path) -> None:
+    experiment = tmp_path / "sweep"
+    results = [report("t0", CONFIG, i) for i in (1, 2)]
+    for result in results:
+        result["cka"] = dict.fromkeys(LAYERS, None)
+    write_trial(experiment, "train_t0", CONFIG, results)
+    df = compare.load(experiment)
+    assert df.attrs["empty_metrics"] == {"cka": True}
+    with pytest.raises(ValueError, match="Metric 'cka' was reported but has no values"):
+        compare.plot_layers(df, metric="cka")
+    with pytest.raises(ValueError, match="Metric 'cka' is reported per layer; pick a network"):
+        compare.summary(df, metric="cka")
+
+
+def test_null_values_load_as_missing_and_keep_columns_numeric(tmp_path) -> None:
+    """The first report writes null for per-layer values not measured yet."""
+    experiment = tmp_path / "sweep"
+    results = [report("t0", CONFIG, i) for i in (1, 2, 3)]
+    results[0]["sim"] = dict.fromkeys(LAYERS, None)
+    results[0]["acc"], results[1]["acc"], results[2]["acc"] = None, 0.5, None
+    results[0]["flag"], results[1]["flag"], results[2]["flag"] = None, True, False
+    for result in results:
+        result["never"] = None  # not measured in any report so far
+    write_trial(experiment, "train_t0", CONFIG, results)
+    df = compare.load(experiment)
+    assert df["value"].dtype == float
+    sim = df[(df["metric"] == "sim") & (df["layer"] == "head")]
+    assert sim["training_iteration"].tolist() == [2, 3]
+    assert sim["value"].tolist() == pytest.approx([0.7, 0.8])
+    acc = df[df["metric"] == "acc"]
+    assert acc["training_iteration"].tolist() == [2] and acc["value"].tolist() == [0.5]
+    flag = df[df["metric"] == "flag"]
+    assert flag["value"].tolist() == [1.0, 0.0]
+    assert df.attrs["empty_metrics"] == {"never": False}
+    with pytest.raises(ValueError, match="Metric 'never' was reported but has no values"):
+        compare.plot_layers(df, metric="never")
+
+
+# --------------------------------------------------------------------------- damaged files
+def test_bad_lines_are_skipped_with_one_warning_naming_file_and_lines(tmp_path, caplog) -> None:
+    experiment = handmade(tmp_path)
+    trial = write_trial(experiment, "train_ddddd_00000_3", CONFIG, [])
+    data = (
+        _lines(report("ddddd_00000", CONFIG, 1))
+        + b'{"loss": 1.0, "name": "caf\xe9 \xff"}\n'  # not UTF-8
+        + b"garbage\n"
+        + b"[1, 2]\n"  # JSON, but not a result
+        + _lines(report("ddddd_00000", CONFIG, 2))
+        + b'{"loss": 0.1, "training_iter'  # half-written
+    )
+    (trial / "result.json").write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    path = trial / "result.json"
+    warnings = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"Skipping unreadable lines 2, 3, 4, 6 of {path}")
+    assert _loss(df, "ddddd_00000") == [(1, 2.5), (2, 1.5)]
+    assert df.attrs["trials"]["ddddd_00000"]["results"] == 2
+    assert len(_loss(df, "aaaaa_00000")) == 4  # the other trials are all there
+
+
+def test_unreadable_files_are_skipped_with_a_warning_naming_them(tmp_path, caplog) -> None:
+    experiment = handmade(tmp_path)
+    broken = experiment / "train_ddddd_00000_3"
+    (broken / "result.json").mkdir(parents=True)  # cannot be read as a file
+    (broken / "params.json").write_text(json.dumps({"lr": 0.5}))
+    odd_params = write_trial(experiment, "train_ddddd_00001_4", CONFIG, [])
+    (odd_params / "result.json").write_bytes(_lines(report("ddddd_00001", CONFIG, 1)))
+    (odd_params / "params.json").unlink()
+    (odd_params / "params.json").mkdir()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert f"Cannot read {broken / 'result.json'}" in caplog.text
+    assert f"Cannot read {odd_params / 'params.json'}" in caplog.text
+    trials = df.attrs["trials"]
+    assert trials["ddddd_00000"]["results"] == 0 and trials["ddddd_00000"]["config"] == {"lr": 0.5}
+    # the config comes from the results when params.json cannot be read
+    assert trials["ddddd_00001"]["config"] == {"lr": 0.5, "model/width": 8}
+    assert _loss(df, "ddddd_00001") == [(1, 2.5)]
+    assert {"aaaaa_00000", "aaaaa_00001", "aaaaa_00002"} <= set(df["trial_id"])
+
+
+# ------------------------------------------------------------------------------- trial ids
+def test_a_null_line_or_null_trial_id_keeps_the_trial_id(tmp_path, caplog) -> None:
+    experiment = tmp_path / "sweep"
+    trial = write_trial(experiment, "train_ddddd_00000_0", CONFIG, [])
+    (trial / "result.json").write_bytes(
+        _lines(report("ddddd_00000", CONFIG, 1), report("ddddd_00000", CONFIG, 2)) + b"null\n"
+    )
+    nulls = write_trial(experiment, "train_eeeee_00000_1", CONFIG, [])
+    results = [report("eeeee_00000", CONFIG, 1), report("eeeee_00000", CONFIG, 2)]
+    results[-1]["trial_id"] = None  # a last line without a usable trial id
+    (nulls / "result.json").write_bytes(_lines(*results))
+    none = write_trial(experiment, "my_trial", CONFIG, [])
+    results = [report("x", CONFIG, 1)]
+    results[0]["trial_id"] = None
+    (none / "result.json").write_bytes(_lines(*results))
+    digits = write_trial(experiment, "train_fffff_00000_2", CONFIG, [])
+    (digits / "result.json").write_bytes(_lines({**report("x", CONFIG, 1), "trial_id": "00012"}))
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert f"Skipping unreadable line 3 of {trial / 'result.json'}" in caplog.text
+    # as written; else the directory name: its Tune trial id, or the whole name
+    assert sorted(df.attrs["trials"]) == ["00012", "ddddd_00000", "eeeee_00000", "my_trial"]
+    assert sorted(set(df["trial_id"])) == ["00012", "ddddd_00000", "eeeee_00000", "my_trial"]
+    assert df.attrs["trials"]["ddddd_00000"]["results"] == 2
+    assert df["trial_id"].map(type).eq(str).all()
+
+
+def test_progress_csv_with_null_trial_ids(tmp_path) -> None:
+    experiment = tmp_path / "sweep"
+    trial = experiment / "train_ggggg_00000_0"
+    trial.mkdir(parents=True)
+    (trial / "progress.csv").write_text(
+        "training_iteration,trial_id,loss,sim/head\n1,ggggg_00000,1.0,\n2,,0.5,0.9\n"
+    )
+    df = compare.load(experiment)
+    assert sorted(df.attrs["trials"]) == ["ggggg_00000"]
+    assert _loss(df, "ggggg_00000") == [(1, 1.0), (2, 0.5)]
+
+
+def test_an_experiment_with_only_values_missing(tmp_path) -> None:
+    experiment = tmp_path / "sweep"
+    write_trial(experiment, "train_t0", CONFIG, [{"training_iteration": 1, "acc": None}])
+    message = r"sweep has no values: 1 trial\(s\) reported 1 result\(s\), every value NaN, null"
+    with pytest.raises(ValueError, match=message + r" or text \(without values: acc\)$"):
+        compare.load(experiment)
