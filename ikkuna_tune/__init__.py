@@ -43,6 +43,10 @@ def __getattr__(name: str) -> object:
         from ikkuna_tune.tune.scheduler import SVCCAScheduler
 
         return SVCCAScheduler
+    if name == "PersistTrialFiles":
+        from ikkuna_tune.tune.callbacks import PersistTrialFiles
+
+        return PersistTrialFiles
     raise AttributeError(f"module 'ikkuna_tune' has no attribute {name!r}")
 
 
@@ -66,6 +70,7 @@ __all__ = [
     "NamedModule",
     "NetworkMessage",
     "NormSubscriber",
+    "PersistTrialFiles",
     "PlotSubscriber",
     "RatioSubscriber",
     "SVCCAScheduler",

@@ -19,6 +19,7 @@ from ikkuna_tune.tune.convergence import (
     stop_verdict,
 )
 from ikkuna_tune.tune.mailbox import Mailbox
+from ikkuna_tune.tune.persist import persist_trial_files
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -54,6 +55,8 @@ class _TrialView:
     budget: int | None = None
     stopped: Decision | None = None
     reasons: dict[str, Decision] = field(default_factory=dict)
+    #: the report at which each pending freeze was ordered
+    ordered_at: dict[str, int] = field(default_factory=dict)
 
 
 class SVCCAScheduler(FIFOScheduler):
@@ -248,8 +251,8 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)
         if view is not None:
-            # the restored trial reports what it really has frozen: ask again if need be
-            view.history.pending.clear()
+            self._reorder_after_restore(trial.trial_id, view)
+        persist_trial_files(trial)
         if self.base is not None:
             self.base.on_trial_error(tune_controller, trial)
 
@@ -300,6 +303,7 @@ class SVCCAScheduler(FIFOScheduler):
         reported_frozen = {name for name in layers if result.get(frozen_prefix + name)}
         history.pending -= reported_frozen
         history.frozen = reported_frozen
+        self._forget_lost_orders(trial_id, view)
         similarity = self._per_layer(result, self.similarity_key, layers)
         self._check_similarity(result, similarity)
         history.add(
@@ -374,13 +378,55 @@ class SVCCAScheduler(FIFOScheduler):
             logger.warning("No mailbox for trial %s; cannot freeze %s", trial_id, names)
             return False
         reasons = {d.layer: d.describe() for d in chosen if d.layer is not None}
-        self._mailbox.post(trial_id, {"freeze": names, "reasons": reasons})
+        if not self._mailbox.post(trial_id, {"freeze": names, "reasons": reasons}):
+            return False
         view.history.pending.update(names)
+        view.ordered_at.update(dict.fromkeys(names, view.history.reports))
         for decision in chosen:
             assert decision.layer is not None
             view.reasons[decision.layer] = decision
             self._record(trial_id, decision)
         return True
+
+    def _forget_lost_orders(self, trial_id: str, view: _TrialView) -> None:
+        """Drop pending freezes the trial has not carried out two reports after the order.
+
+        A trial applies a directive right after the report that triggered it, so its next
+        report confirms it. One that is still unconfirmed a report later was lost (the mailbox
+        died, the trial could not apply it): the layer is judged again and ordered again if it
+        is still due.
+        """
+        history = view.history
+        now = history.reports + 1  # the report being handled
+        lost = [n for n in history.pending if now - view.ordered_at.get(n, now) > 2]
+        if lost:
+            logger.warning(
+                "Trial %s has not carried out the freeze of %s ordered at report(s) %s; "
+                "judging again",
+                trial_id,
+                lost,
+                sorted({view.ordered_at[n] for n in lost}),
+            )
+            history.pending.difference_update(lost)
+
+    def _reorder_after_restore(self, trial_id: str, view: _TrialView) -> None:
+        """Order again every freeze ordered so far, for the restored trial to apply at once.
+
+        The checkpoint a trial restores from can predate a freeze it was ordered (or already
+        carried out): without this the layer would train again until the next order. The trial
+        applies these at ``watch`` only when it restores from a checkpoint (a trial restarting
+        from scratch drops them: the layers have not converged there).
+        """
+        history = view.history
+        ordered = sorted(history.frozen | history.pending, key=_order(history.layers))
+        history.pending = set(ordered)
+        view.ordered_at.update(dict.fromkeys(ordered, history.reports))
+        if not ordered or self._mailbox is None:
+            return
+        reasons = {n: view.reasons[n].describe() for n in ordered if n in view.reasons}
+        directive = {"freeze": ordered, "reasons": reasons, "restore": True}
+        if not self._mailbox.post(trial_id, directive):
+            history.pending.clear()
 
     def _record(self, trial_id: str, decision: Decision) -> None:
         self.decisions.append((trial_id, decision))

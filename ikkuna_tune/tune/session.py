@@ -18,6 +18,7 @@ from ikkuna_tune.messages import MessageBus
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
+from ikkuna_tune.tune.persist import TrialUploader
 
 __all__ = ["RESERVED_KEYS", "STATE_FILE", "TrialSession", "current_session"]
 
@@ -99,6 +100,7 @@ class TrialSession:
         self.after_report: list[Callable[[TrialSession], None]] = []
         #: why the scheduler froze each layer it froze (reported under ``freeze_reason``)
         self.freeze_reasons: dict[str, str] = {}
+        self._uploader: TrialUploader | None = None
         self._token: Any = None
 
     @property
@@ -116,6 +118,8 @@ class TrialSession:
             for subscriber in list(self.bus.subscribers):
                 subscriber.detach()
             self.bus.close()
+        if self._uploader is not None:
+            self._uploader.upload()
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
@@ -134,6 +138,8 @@ class TrialSession:
             )
         if log_dir is None and self.context is not None:
             log_dir = self.context.get_trial_dir()
+        if self.context is not None and log_dir is not None:
+            self._uploader = TrialUploader(log_dir)
         bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
         exporter = Exporter(model, optimizer, bus, depth=depth, module_filter=module_filter)
         try:
@@ -200,6 +206,8 @@ class TrialSession:
 
             if checkpoint is not None:
                 self._save(checkpoint)
+                if self._uploader is not None:
+                    self._uploader.upload()  # the TensorBoard files up to this checkpoint
             tune.report(merged, checkpoint=checkpoint)
         else:
             if checkpoint is not None:
@@ -218,6 +226,8 @@ class TrialSession:
         for directive in directives:
             reasons = directive.get("reasons", {})
             for name in directive.get("freeze", ()):
+                if name in self.exporter.frozen:
+                    continue
                 try:
                     self.exporter.freeze(name)
                 except ValueError as error:
@@ -268,15 +278,40 @@ class TrialSession:
         torch.save(self.state_dict(), directory / STATE_FILE)
 
     def _restore(self) -> None:
+        """Restore from the trial's checkpoint; then apply the freezes ordered before a crash.
+
+        A state file that cannot be read is named in a warning and skipped (the user's model
+        is restored by their own code; ikkuna_tune's subscribers start afresh). Freezes the
+        scheduler ordered before the trial failed are applied only when a checkpoint was
+        restored: a trial that starts over has not converged where it starts.
+        """
         if not self.in_tune:
             return
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
+        directives = self.inbox.take() if self.inbox is not None else []
         if checkpoint is None:
+            if directives:
+                logger.info("Starting afresh: not applying %s", directives)
             return
         with checkpoint.as_directory() as directory:
             path = Path(directory) / STATE_FILE
             if path.exists():
-                self.load_state_dict(torch.load(path, weights_only=True))
-                logger.info("Restored ikkuna_tune state from %s", checkpoint.path)
+                self._load_state_file(path)
+        self.apply(directives)
+
+    def _load_state_file(self, path: Path) -> None:
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as error:  # truncated, corrupt, or not ours
+            logger.warning(
+                "Could not read ikkuna_tune's state file %s (%s: %s); frozen layers and "
+                "subscriber state start afresh",
+                path,
+                type(error).__name__,
+                error,
+            )
+            return
+        self.load_state_dict(state)
+        logger.info("Restored ikkuna_tune state from %s", path)

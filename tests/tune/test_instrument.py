@@ -55,13 +55,14 @@ def test_plain_trainable_runs_without_instrument() -> None:
 
 
 def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_path) -> None:
-    config = {"lr": tune.grid_search([0.1, 0.3]), "iterations": 3}
+    # four trials on two CPUs: with reuse_actors=True two of them run in a reused actor
+    config = {"lr": tune.grid_search([0.1, 0.2, 0.3, 0.4]), "iterations": 3}
     trainable = ik.instrument(train_tiny, [WeightSum(backend="tb"), StepCount()])
     assert trainable.__name__ == "train_tiny"
     analysis = tune.run(
         trainable, config=config, storage_path=str(tmp_path), verbose=0, reuse_actors=True
     )
-    assert len(analysis.trials) == 2
+    assert len(analysis.trials) == 4
     for trial in analysis.trials:
         df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
         assert df["iteration"].tolist() == [0, 1, 2]
@@ -74,8 +75,9 @@ def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_pat
             )
             assert df[f"frozen/{layer}"].tolist() == [0, 0, 0]
         assert trial.last_result["weight_sum"].keys() == set(LAYERS)
-        # the trial's own TensorBoard events land in its directory
-        events = EventAccumulator(str(Path(trial.local_path)))
+        # the trial's own TensorBoard events land in its directory in storage, also when
+        # its actor was reused
+        events = EventAccumulator(str(Path(trial.path)))
         events.Reload()
         assert {"weight_sum/conv", "weight_sum/fc"} <= set(events.Tags()["scalars"])
         assert [e.step for e in events.Scalars("weight_sum/conv")] == list(range(6))

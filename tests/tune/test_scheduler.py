@@ -16,9 +16,12 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 class FakeMailbox:
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.reachable = True
 
-    def post(self, trial_id: str, directive: dict[str, Any]) -> None:
-        self.posts.append((trial_id, directive))
+    def post(self, trial_id: str, directive: dict[str, Any]) -> bool:
+        if self.reachable:
+            self.posts.append((trial_id, directive))
+        return self.reachable
 
     def discard(self, trial_id: str) -> None:
         pass
@@ -129,15 +132,46 @@ def test_view_is_rebuilt_from_reports_after_a_restart() -> None:
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv2"]]
 
 
-def test_error_clears_pending_directives() -> None:
+def test_an_error_orders_the_freezes_again_for_the_restored_trial() -> None:
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
-    feed(scheduler, trial, [result({"conv1": 1.0}, it=1), result({"conv1": 1.0}, it=2)])
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=1), result(sims, it=2)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+    # the checkpoint the trial restores from may predate the order: order it again at once,
+    # for the restored trial to apply at watch()
     scheduler.on_trial_error(None, trial)
-    # the restored trial did not get the directive: it reports conv1 unfrozen, so ask again
-    feed(scheduler, trial, [result({"conv1": 1.0}, it=3)])
+    assert mailbox.posts[1][1]["freeze"] == ["conv1"] and mailbox.posts[1][1]["restore"]
+    assert "converged" in mailbox.posts[1][1]["reasons"]["conv1"]
+    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=3)])
+    assert len(mailbox.posts) == 2 and scheduler.frozen_layers == {"t1": ["conv1"]}
+
+
+def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])  # ordered at report 2
+    # report 3 should confirm it; report 4 is one report of slack; at report 5 it is lost
+    feed(scheduler, trial, [result(sims, it=3), result(sims, it=4)])
+    assert len(mailbox.posts) == 1
+    feed(scheduler, trial, [result(sims, it=5)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
+
+
+def test_an_order_that_could_not_be_posted_is_not_taken_as_given() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    mailbox.reachable = False
+    feed(scheduler, trial, [result(sims, it=1), result(sims, it=2)])
+    assert scheduler.frozen_layers == {"t1": []}
+    mailbox.reachable = True
+    feed(scheduler, trial, [result(sims, it=3)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
 
 
 def test_nan_metric_or_similarity_stops_at_once() -> None:

@@ -24,19 +24,28 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
         settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0, move_tol=10.0,
     )  # fmt: skip
+    crashes = ("crash", "crash_ordered")
     config = {
         "lr": 0.01,
         "iterations": 10,
         "checkpoint": True,
-        "variant": tune.grid_search(["plain", "crash"]),
+        "variant": tune.grid_search(["plain", *crashes]),
+        # each crashing trial crashes once, in its third iteration, before its third report
         "crash_marker": tune.sample_from(
-            lambda spec: str(tmp_path / "crashed") if spec.config.variant == "crash" else None
+            lambda spec: (
+                str(tmp_path / f"crashed_{spec.config.variant}")
+                if spec.config.variant in crashes
+                else None
+            )
         ),
-        # the crashing trial freezes conv itself before its first checkpoint: the restored
-        # trial must come back with conv frozen
+        # "crash" freezes conv itself before its first checkpoint: the restored trial must come
+        # back with conv frozen. "crash_ordered" is ordered to freeze conv after its second
+        # report, whose checkpoint predates the order: the restored trial must apply it at once
         "freeze_at_iteration": tune.sample_from(
             lambda spec: 0 if spec.config.variant == "crash" else None
         ),
+        # when it crashes, the storage copy of its progress.csv is older than its reports
+        "stale_progress": tune.sample_from(lambda spec: spec.config.variant == "crash_ordered"),
     }
     analysis = tune.run(
         ik.instrument(train_tiny, [WeightCosine(), WeightSum(), StepCount()]),
@@ -46,7 +55,7 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         verbose=0,
         max_failures=1,
     )
-    assert (tmp_path / "crashed").exists()
+    assert all((tmp_path / f"crashed_{variant}").exists() for variant in crashes)
     for trial in analysis.trials:
         df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
         iterations = df["training_iteration"].tolist()
@@ -56,8 +65,10 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         # iteration) goes on after the crash, it does not start again
         assert df["steps_seen"].tolist() == [2.0 * i for i in iterations]
         # the first similarity arrives with the second report; the directive is applied right
-        # after that report and confirmed by the next one. The crashing trial froze conv before
-        # its first report and restarts from the checkpoint of its second: still frozen.
+        # after that report and confirmed by the next one. "crash" froze conv before its first
+        # report and restarts from the checkpoint of its second: still frozen. "crash_ordered"
+        # restarts from the checkpoint of its second report, written before the order: the
+        # order is applied again at the restore, so the third report confirms it all the same.
         frozen = df["frozen/conv"].tolist()
         first = frozen.index(1)
         assert first == (0 if trial.config["variant"] == "crash" else 2)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ray import tune
 
 import ikkuna_tune as ik
+from ikkuna_tune.tune.session import STATE_FILE
 from tests.conftest import TinyNet
 
 
@@ -86,8 +87,20 @@ def data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g)
 
 
+def _storage_trial_dir() -> Path:
+    from ray.train._internal.session import get_session
+
+    return Path(get_session().storage.trial_fs_path)
+
+
 def train_tiny(config: dict[str, Any]) -> None:
-    """A few SGD steps per iteration on TinyNet; optionally checkpoints, freezes, crashes once."""
+    """A few SGD steps per iteration on TinyNet; optionally checkpoints, freezes, crashes once.
+
+    Faults on request: ``kill_mailbox_at`` kills the scheduler's mailbox before that
+    iteration's report; ``stale_progress`` empties the trial's ``result.json`` and ``progress.csv``
+    in storage when it crashes (as if the driver's background copy was made before any report);
+    ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from.
+    """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
@@ -96,6 +109,9 @@ def train_tiny(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "model.pt", weights_only=True)
+            if config.get("corrupt_state"):
+                state_file = Path(d) / STATE_FILE
+                state_file.write_bytes(state_file.read_bytes()[:100])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"] + 1
@@ -112,9 +128,18 @@ def train_tiny(config: dict[str, Any]) -> None:
         if iteration == config.get("freeze_at_iteration"):
             exporter.freeze("conv")
         metrics = {"iteration": iteration, "loss": loss.item(), "node": node_id()}
+        if iteration == config.get("kill_mailbox_at"):
+            import ray
+
+            from ikkuna_tune.tune.mailbox import mailbox_name
+
+            ray.kill(ray.get_actor(mailbox_name(tune.get_context().get_experiment_name())))
         crash_marker = config.get("crash_marker")
         if crash_marker and iteration == 2 and not os.path.exists(crash_marker):
             Path(crash_marker).touch()
+            if config.get("stale_progress"):
+                for name in ("result.json", "progress.csv"):
+                    (_storage_trial_dir() / name).write_text("")
             raise RuntimeError("simulated crash")
         if config.get("checkpoint"):
             with tempfile.TemporaryDirectory() as d:

@@ -1,0 +1,119 @@
+"""Getting a trial's files to the experiment's storage, where Tune does not do it reliably.
+
+Two gaps in Tune 2.60 lose files a sweep wrote:
+
+* A trial writes in its working directory (``tune.get_context().get_trial_dir()``), which Tune
+  copies to storage only with ``SyncConfig(sync_artifacts=True)``; with ``reuse_actors=True`` a
+  reused actor's trials lose their TensorBoard files. :class:`TrialUploader` copies the files
+  ikkuna_tune writes there to the trial's directory in storage itself.
+* The driver keeps a trial's ``progress.csv`` and ``result.json`` in a staging directory and
+  copies it to storage in the background. When a trial is restored after a failure, Tune first
+  copies the storage copy back over the staging one: if the background copy was older, the
+  reports made since are lost on disk. :func:`persist_trial_files` copies the staging files to
+  storage first; :class:`~ikkuna_tune.SVCCAScheduler` calls it on every trial error, and
+  the callback :class:`~ikkuna_tune.PersistTrialFiles` does it for sweeps with any other
+  scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrialUploader", "persist_trial_files"]
+
+logger = logging.getLogger(__name__)
+
+
+def _copy_up(local_dir: str, names: list[str], filesystem: Any, remote_dir: str) -> None:
+    import pyarrow.fs
+
+    filesystem.create_dir(remote_dir, recursive=True)
+    for name in names:
+        pyarrow.fs.copy_files(
+            os.path.join(local_dir, name),
+            f"{remote_dir}/{name}",
+            destination_filesystem=filesystem,
+        )
+
+
+def _same_place(local_dir: str, filesystem: Any, remote_dir: str) -> bool:
+    import pyarrow.fs
+
+    if not isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        return False
+    return Path(local_dir).resolve() == Path(remote_dir).resolve()
+
+
+def persist_trial_files(trial: Any) -> bool:
+    """Copy the driver's files of ``trial`` (``progress.csv``, ``result.json``, ...) to storage.
+
+    Runs on the driver. Returns True if files were copied.
+    """
+    try:
+        local_dir = trial.local_path
+        storage = trial.storage
+        remote_dir = storage.trial_fs_path
+        filesystem = storage.storage_filesystem
+    except Exception as error:  # Tune has not named the trial's directory yet
+        logger.debug("Trial %s has no directories yet: %s", trial, error)
+        return False
+    if not local_dir or not os.path.isdir(local_dir):
+        return False
+    if _same_place(local_dir, filesystem, remote_dir):
+        return False
+    names = [e.name for e in os.scandir(local_dir) if e.is_file()]
+    try:
+        _copy_up(local_dir, names, filesystem, remote_dir)
+    except Exception as error:  # storage unreachable: Tune's own copy is all there is
+        logger.warning("Could not copy trial %s's files to %s: %s", trial, remote_dir, error)
+        return False
+    return True
+
+
+class TrialUploader:
+    """Trial side: copies files ikkuna_tune wrote in a local folder to the trial's storage.
+
+    Only files that appeared in ``local_dir`` after construction (and match ``prefix``) are
+    copied, so the user's own files and Tune's are left to Tune.
+    """
+
+    def __init__(self, local_dir: str | Path, prefix: str = "events.out.tfevents") -> None:
+        self.local_dir = str(local_dir)
+        self.prefix = prefix
+        self._before = set(self._matching())
+        self._target: tuple[Any, str] | None = None
+        try:
+            from ray.train._internal.session import get_session
+
+            storage = get_session().storage
+            filesystem, remote_dir = storage.storage_filesystem, storage.trial_fs_path
+        except Exception as error:  # not in a Tune trial: nothing to upload to
+            logger.debug("No trial storage to upload to: %s", error)
+            return
+        if not _same_place(self.local_dir, filesystem, remote_dir):
+            self._target = (filesystem, remote_dir)
+
+    def _matching(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.local_dir))
+        except OSError:
+            return []
+        return [e.name for e in entries if e.is_file() and e.name.startswith(self.prefix)]
+
+    def upload(self) -> None:
+        """Copy the new files to storage now (a warning, not an error, if storage fails)."""
+        if self._target is None:
+            return
+        names = [n for n in self._matching() if n not in self._before]
+        if not names:
+            return
+        filesystem, remote_dir = self._target
+        try:
+            _copy_up(self.local_dir, names, filesystem, remote_dir)
+        except Exception as error:
+            logger.warning(
+                "Could not copy %s to the trial's storage %s: %s", names, remote_dir, error
+            )

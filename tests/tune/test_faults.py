@@ -1,0 +1,108 @@
+"""Sweeps survive the faults a long sweep meets: a dead mailbox, a corrupt state file."""
+
+from __future__ import annotations
+
+import logging
+
+from ray import tune
+
+import ikkuna_tune as ik
+from ikkuna_tune.tune.session import STATE_FILE
+from tests.tune.trainables import StepCount, WeightCosine, train_tiny
+
+
+def _eager_scheduler() -> ik.SVCCAScheduler:
+    # freezes conv at the first similarity (report 2); never stops a trial
+    return ik.SVCCAScheduler(
+        metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
+        settle_tol=1e9, plateau=1, min_delta=10.0, stop=False,
+    )  # fmt: skip
+
+
+def test_a_killed_mailbox_is_recreated_and_the_sweep_goes_on(ray_session, tmp_path) -> None:
+    # the trial kills the mailbox before its second report, the one whose result makes the
+    # scheduler order conv frozen: the order is posted to a new mailbox and carried out
+    config = {"lr": 0.01, "iterations": 5, "kill_mailbox_at": 1}
+    analysis = tune.run(
+        ik.instrument(train_tiny, [WeightCosine(), StepCount()]),
+        config=config,
+        scheduler=_eager_scheduler(),
+        storage_path=str(tmp_path),
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED"
+    df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5]
+    assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
+    assert df["frozen/conv"].tolist() == [0, 0, 1, 1, 1]
+
+
+def test_a_corrupt_state_file_is_named_and_the_trial_goes_on(ray_session, tmp_path) -> None:
+    # the trial crashes before its third report; restoring, it finds its state file truncated
+    config = {
+        "lr": 0.01,
+        "iterations": 4,
+        "checkpoint": True,
+        "crash_marker": str(tmp_path / "crashed"),
+        "corrupt_state": True,
+        "freeze_at_iteration": 0,
+    }
+    analysis = tune.run(
+        ik.instrument(train_tiny, [StepCount()]),
+        config=config,
+        storage_path=str(tmp_path),
+        verbose=0,
+        max_failures=1,
+    )
+    (trial,) = analysis.trials
+    assert (tmp_path / "crashed").exists()
+    assert trial.status == "TERMINATED"
+    df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4]
+    # the user's model came back (iterations go on from the checkpoint); the subscribers'
+    # state started afresh: the step count restarts, and conv, frozen in the lost state, is
+    # trainable again
+    assert df["iteration"].tolist() == [0, 1, 2, 3]
+    assert df["steps_seen"].tolist() == [2.0, 4.0, 2.0, 4.0]
+    assert df["frozen/conv"].tolist() == [1, 1, 0, 0]
+
+
+def test_a_corrupt_state_file_is_named_in_a_warning(tmp_path, caplog) -> None:
+    from ikkuna_tune.tune.session import TrialSession
+    from tests.conftest import TinyNet
+
+    session = TrialSession([StepCount()], {})
+    session.watch(TinyNet())
+    bad = tmp_path / STATE_FILE
+    bad.write_bytes(b"PK\x03\x04 not a whole zip file")
+    with caplog.at_level(logging.WARNING):
+        session._load_state_file(bad)
+    assert str(bad) in caplog.text and "start afresh" in caplog.text
+    assert session.subscribers[0].count == 0
+    session.close()
+
+
+def test_a_restored_trial_keeps_its_reports_with_any_scheduler(ray_session, tmp_path) -> None:
+    # when the trial crashes, the storage copy of its progress.csv is older than its two
+    # reports; Tune copies it back over the driver's on restore unless the callback saved them
+    config = {
+        "lr": 0.01,
+        "iterations": 4,
+        "checkpoint": True,
+        "crash_marker": str(tmp_path / "crashed"),
+        "stale_progress": True,
+    }
+    analysis = tune.run(
+        ik.instrument(train_tiny, [StepCount()]),
+        config=config,
+        storage_path=str(tmp_path),
+        verbose=0,
+        max_failures=1,
+        callbacks=[ik.PersistTrialFiles()],
+    )
+    (trial,) = analysis.trials
+    assert (tmp_path / "crashed").exists()
+    df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0]
