@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrialUploader", "persist_trial_files"]
+__all__ = ["TrialUploader", "fetch_trial_file", "persist_trial_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,37 @@ def persist_trial_files(trial: Any) -> bool:
         logger.warning("Could not copy trial %s's files to %s: %s", trial, remote_dir, error)
         return False
     return True
+
+
+def fetch_trial_file(trial: Any, name: str) -> Path | None:
+    """The driver's copy of the trial file ``name``, fetched from storage if it has none.
+
+    After ``Tuner.restore`` the driver's staging directory holds only the ``.json`` and
+    ``.pkl`` files Tune brings back; a file the driver appends to (the scheduler's decisions)
+    must be fetched first, or the next upload replaces the stored one with the new lines only.
+    Returns the local path (None if the trial has no directory yet).
+    """
+    try:
+        local_dir = trial.local_path
+        storage = trial.storage
+        remote = f"{storage.trial_fs_path}/{name}"
+        filesystem = storage.storage_filesystem
+    except Exception:  # Tune has not named the trial's directory yet
+        return None
+    if not local_dir:
+        return None
+    local = Path(local_dir) / name
+    if local.exists() or _same_place(local_dir, filesystem, storage.trial_fs_path):
+        return local
+    try:
+        import pyarrow.fs
+
+        if filesystem.get_file_info(remote).type == pyarrow.fs.FileType.File:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            pyarrow.fs.copy_files(remote, str(local), source_filesystem=filesystem)
+    except Exception as error:  # storage unreachable: start a new file
+        logger.warning("Could not fetch %s of trial %s from storage: %s", name, trial, error)
+    return local
 
 
 class TrialUploader:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from ikkuna_tune.tune.convergence import (
     stop_verdict,
 )
 from ikkuna_tune.tune.mailbox import Mailbox
-from ikkuna_tune.tune.persist import persist_trial_files
+from ikkuna_tune.tune.persist import fetch_trial_file, persist_trial_files
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -57,6 +57,12 @@ class _TrialView:
     reasons: dict[str, Decision] = field(default_factory=dict)
     #: the report at which each pending freeze was ordered
     ordered_at: dict[str, int] = field(default_factory=dict)
+    #: the trial's training_iteration minus the reports this scheduler saw (decisions are
+    #: dated by training_iteration, also after a restore)
+    offset: int = 0
+
+    def dated(self, decision: Decision) -> Decision:
+        return replace(decision, iteration=decision.iteration + self.offset)
 
 
 class SVCCAScheduler(FIFOScheduler):
@@ -216,9 +222,12 @@ class SVCCAScheduler(FIFOScheduler):
             )
         if self._mailbox is None:
             self._mailbox = Mailbox(trial.experiment_dir_name)
-        view = self._views.setdefault(trial.trial_id, _TrialView())
-        view.budget = self.max_t or _iteration_budget(trial)
         self._trials[trial.trial_id] = trial
+        view = self._views.get(trial.trial_id)
+        if view is None:
+            view = self._views[trial.trial_id] = _TrialView()
+            self._recall(trial, view)
+        view.budget = self.max_t or _iteration_budget(trial)
         if self.base is not None:
             self.base.on_trial_add(tune_controller, trial)
 
@@ -231,7 +240,9 @@ class SVCCAScheduler(FIFOScheduler):
             base_decision = self.base.on_trial_result(tune_controller, trial, result)
             if base_decision == TrialScheduler.STOP:
                 it = view.history.reports
-                view.stopped = Decision("stop", f"{type(self.base).__name__} (metric)", it)
+                view.stopped = view.dated(
+                    Decision("stop", f"{type(self.base).__name__} (metric)", it)
+                )
                 self._record(trial.trial_id, view.stopped)
             return base_decision
         return TrialScheduler.CONTINUE
@@ -312,6 +323,9 @@ class SVCCAScheduler(FIFOScheduler):
             self._per_layer(result, "init_similarity", layers),
             self._per_layer(result, "live_fraction", layers),
         )
+        iteration = result.get("training_iteration")
+        if _is_number(iteration):
+            view.offset = int(iteration) - history.reports  # type: ignore[arg-type]
         if self.stop:
             others = [
                 v.history.best()
@@ -323,6 +337,7 @@ class SVCCAScheduler(FIFOScheduler):
                 history, self.rules, others, view.budget, self._nonfinite(result, similarity)
             )
             if verdict is not None:
+                verdict = view.dated(verdict)
                 view.stopped = verdict
                 self._record(trial_id, verdict)
                 return TrialScheduler.STOP
@@ -370,7 +385,10 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _freeze(self, trial_id: str, view: _TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
-        chosen = freeze_candidates(view.history, self.rules, self.input_side_first)
+        chosen = [
+            view.dated(d)
+            for d in freeze_candidates(view.history, self.rules, self.input_side_first)
+        ]
         if not chosen:
             return False
         names = [d.layer for d in chosen if d.layer is not None]
@@ -428,12 +446,55 @@ class SVCCAScheduler(FIFOScheduler):
         if not self._mailbox.post(trial_id, directive):
             history.pending.clear()
 
+    def _recall(self, trial: Trial, view: _TrialView) -> None:
+        """Take up the decisions an earlier driver made for ``trial`` (``Tuner.restore``).
+
+        Its freezes are ordered again for the restored trial to apply at once (its checkpoint
+        may predate them); a trial that starts afresh drops them (see ``TrialSession``).
+        """
+        path = fetch_trial_file(trial, DECISIONS_FILE)
+        if path is None or not path.exists():
+            return
+        freezes: dict[str, Decision] = {}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            logger.warning("Could not read %s: %s", path, error)
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                decision = Decision(
+                    str(entry["action"]),
+                    str(entry["rule"]),
+                    int(entry["iteration"]),
+                    entry.get("layer"),
+                    dict(entry.get("values") or {}),
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                logger.warning("Skipping a bad line of %s: %s", path, error)
+                continue
+            self.decisions.append((trial.trial_id, decision))
+            if decision.action == "freeze" and decision.layer:
+                freezes[decision.layer] = decision
+        view.reasons.update(freezes)
+        if freezes and self._mailbox is not None:
+            names = list(freezes)
+            reasons = {n: d.describe() for n, d in freezes.items()}
+            if self._mailbox.post(
+                trial.trial_id, {"freeze": names, "reasons": reasons, "restore": True}
+            ):
+                view.history.pending.update(names)
+                view.ordered_at.update(dict.fromkeys(names, 0))
+
     def _record(self, trial_id: str, decision: Decision) -> None:
         self.decisions.append((trial_id, decision))
         logger.info("Trial %s: %s", trial_id, decision.describe())
-        directory = _trial_dir(self._trials.get(trial_id))
+        trial = self._trials.get(trial_id)
+        directory = _trial_dir(trial)
         if directory is None:
             return
+        fetch_trial_file(trial, DECISIONS_FILE)  # append to the stored lines, never replace them
         try:
             with open(directory / DECISIONS_FILE, "a", encoding="utf-8") as out:
                 out.write(json.dumps({"trial_id": trial_id, **decision.as_dict()}) + "\n")

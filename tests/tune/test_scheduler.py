@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ikkuna_tune.tune.scheduler import SVCCAScheduler
+from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -315,3 +318,37 @@ def test_results_without_layers_are_ignored() -> None:
     scheduler.on_trial_add(None, trial)
     assert scheduler.on_trial_result(None, trial, {"acc": 0.1, "training_iteration": 1}) == CONTINUE
     assert mailbox.posts == []
+
+
+def _trial_with_dirs(trial_id: str, local: Path, stored: Path) -> FakeTrial:
+    import pyarrow.fs
+
+    trial = FakeTrial(trial_id)
+    trial.local_path = str(local)  # type: ignore[attr-defined]
+    trial.storage = SimpleNamespace(  # type: ignore[attr-defined]
+        trial_fs_path=str(stored), storage_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+    return trial
+
+
+def test_a_new_driver_takes_up_the_decisions_of_the_last_one(tmp_path) -> None:
+    # Tuner.restore: the driver's directory is new; the stored decisions name a frozen layer
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    old = {"trial_id": "t1", "action": "freeze", "rule": "converged", "iteration": 4,
+           "layer": "conv1", "values": {"similarity": 0.999}}  # fmt: skip
+    (stored / DECISIONS_FILE).write_text(json.dumps(old) + "\n")
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = _trial_with_dirs("t1", local, stored)
+    scheduler.on_trial_add(None, trial)
+    # ordered again, for the trial restored from a checkpoint that may predate the freeze
+    (posted,) = mailbox.posts
+    assert posted[1]["freeze"] == ["conv1"] and posted[1]["restore"]
+    assert "similarity=0.999" in posted[1]["reasons"]["conv1"]
+    # its next decision is appended to the stored lines, not written over them
+    sims = {"conv1": 1.0, "conv2": 1.0, "fc1": 0.2}
+    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=5), result(sims, ("conv1",), it=6)])
+    lines = [json.loads(x) for x in (local / DECISIONS_FILE).read_text().splitlines()]
+    assert [(x["layer"], x["iteration"]) for x in lines] == [("conv1", 4), ("conv2", 6)]
+    assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
