@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex
 
 import torch
 
@@ -78,6 +78,16 @@ class TensorBoardBackend(Backend):
         self.log_dir = Path(self.writer.logdir)
         self._scalars: list[tuple[str, Any, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        # a tensorboardX writer holds a multiprocessing queue, whose own error on copying
+        # ("Queue objects should only be shared between processes through inheritance") does
+        # not say where it came from
+        raise TypeError(
+            f"Cannot copy or pickle a TensorBoardBackend (it writes to {str(self.log_dir)!r} "
+            "through an open event-file writer): copy subscribers before attaching them to a "
+            "bus, copy a model through its state_dict(), or use backend=None"
+        )
 
     def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
         self._scalars.append((tag, value, step))

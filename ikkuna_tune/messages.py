@@ -115,7 +115,8 @@ class NetworkMessage(Message):
 
 @dataclass(frozen=True, slots=True)
 class ModuleMessage(Message):
-    """A message about one layer; ``module`` names it."""
+    """A message about one layer; ``module`` names it (call ``k`` of a layer called several
+    times in one forward pass is named ``'<layer>#k'``, see :class:`Exporter`)."""
 
     module: NamedModule = field(default=None)  # type: ignore[assignment]
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -57,3 +60,15 @@ def test_safe_tag_and_numbers() -> None:
     assert safe_tag("loss", None) == "loss"
     items = [("a", torch.tensor(1.5), 0), ("b", 2, 0), ("c", torch.tensor([3.0]), 0)]
     assert to_numbers(items) == [1.5, 2.0, 3.0]
+
+
+def test_copying_a_tensorboard_backend_says_what_cannot_be_copied(tmp_path) -> None:
+    bus = ik.MessageBus(log_dir=tmp_path / "run")
+    attached = WeightSum()
+    attached.attach(bus)
+    for copier in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match=r"Cannot copy or pickle a TensorBoardBackend .*run"):
+            copier(attached)
+    template = WeightSum()  # a subscriber not yet attached has no backend: it copies
+    assert copy.deepcopy(template).backend_name == "tb"
+    bus.close()

@@ -1,0 +1,152 @@
+"""Weight updates with several optimizers, with layers no optimizer steps, and of frozen layers:
+always the change the step really made, measured by hand (clone before, diff after)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ikkuna_tune as ik
+
+_UPDATES = ["weight_updates", "bias_updates"]
+_GRADIENTS = ["weight_gradients", "bias_gradients"]
+
+
+def _record(bus, kinds):
+    got = []
+
+    def keep(m):
+        data = m.data.detach().clone() if isinstance(m.data, torch.Tensor) else m.data
+        got.append((m.kind, m.key, m.global_step, data))
+
+    ik.CallbackSubscriber(kinds, keep, bus)
+    return got
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _only(got, kind, key):
+    found = [d for k, kk, _, d in got if k == kind and kk == key]
+    assert len(found) == 1, (kind, key, len(found))
+    return found[0]
+
+
+def test_two_optimizers_publish_the_real_change_of_every_layer(tiny, batch) -> None:
+    body = torch.optim.SGD(tiny.conv.parameters(), lr=0.1, momentum=0.9)
+    head = torch.optim.Adam(tiny.fc.parameters(), lr=0.01)
+    bus = ik.MessageBus()
+    got = _record(bus, [*_UPDATES, *_GRADIENTS, "batch_started", "batch_finished"])
+    x, y = batch
+    with ik.Exporter(tiny, [body, head], bus) as exporter:
+        assert exporter.optimizers == (body, head)
+        for step in range(3):
+            got.clear()
+            body.zero_grad()
+            head.zero_grad()
+            F.cross_entropy(tiny(x), y).backward()
+            grads = {n: p.grad.detach().clone() for n, p in tiny.named_parameters()}
+            before = _params(tiny)
+            body.step()
+            head.step()
+            after = _params(tiny)
+            for layer in ("conv", "fc"):
+                for role in ("weight", "bias"):
+                    name = f"{layer}.{role}"
+                    change = after[name] - before[name]
+                    assert change.abs().sum() > 0
+                    torch.testing.assert_close(_only(got, f"{role}_updates", layer), change)
+                    torch.testing.assert_close(_only(got, f"{role}_gradients", layer), grads[name])
+            # one step: it ends when every optimizer has stepped
+            assert [(k, s) for k, _, s, _ in got if k.startswith("batch")] == [
+                ("batch_started", step),
+                ("batch_finished", step),
+            ]
+            assert got[-1][0] == "batch_finished"
+
+
+def test_layers_in_no_optimizer_get_a_warning_and_no_fake_updates(tiny, batch, caplog) -> None:
+    body = torch.optim.SGD(tiny.conv.parameters(), lr=0.1)  # trained, but not given
+    head = torch.optim.SGD(tiny.fc.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, [*_UPDATES, *_GRADIENTS])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        exporter = ik.Exporter(tiny, head, bus)
+    warnings = [r.getMessage() for r in caplog.records if "optimizer" in r.getMessage()]
+    assert len(warnings) == 1 and "'conv'" in warnings[0] and "'fc'" not in warnings[0]
+    x, y = batch
+    with exporter:
+        for _ in range(2):
+            got.clear()
+            body.zero_grad()
+            head.zero_grad()
+            F.cross_entropy(tiny(x), y).backward()
+            before = _params(tiny)
+            body.step()
+            head.step()
+            after = _params(tiny)
+            assert not torch.equal(after["conv.weight"], before["conv.weight"])
+            assert {key for _, key, _, _ in got} == {"fc"}  # nothing (no fake 0) for conv
+            torch.testing.assert_close(
+                _only(got, "weight_updates", "fc"), after["fc.weight"] - before["fc.weight"]
+            )
+
+
+def test_optimizer_argument_validation(tiny) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="Expected `optimizer` to be a torch.optim.Optimizer"):
+        ik.Exporter(tiny, [opt, "adam"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="at least one optimizer"):
+        ik.Exporter(tiny, [])
+    with pytest.raises(ValueError, match="the same optimizer twice"):
+        ik.Exporter(tiny, [opt, opt])
+    with ik.Exporter(tiny, (opt,)) as exporter:
+        assert exporter.optimizers == (opt,) and exporter.optimizer is opt
+
+
+def test_frozen_layer_publishes_a_zero_update_and_no_gradients(tiny, batch) -> None:
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, [*_UPDATES, *_GRADIENTS])
+    raw: list[torch.Tensor] = []
+    ik.CallbackSubscriber(
+        ["weight_updates"], lambda m: raw.append(m.data) if m.key == "conv" else None, bus
+    )
+    x, y = batch
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        for _ in range(2):  # momentum buffers for every parameter
+            opt.zero_grad()
+            F.cross_entropy(tiny(x), y).backward()
+            opt.step()
+        exporter.freeze("conv")
+        raw.clear()
+        for _ in range(3):
+            got.clear()
+            opt.zero_grad()
+            F.cross_entropy(tiny(x), y).backward()
+            before = _params(tiny)
+            opt.step()
+            after = _params(tiny)
+            for role in ("weight", "bias"):
+                real = after[f"conv.{role}"] - before[f"conv.{role}"]
+                assert torch.equal(real, torch.zeros_like(real))
+                assert torch.equal(_only(got, f"{role}_updates", "conv"), real)
+                fc_change = after[f"fc.{role}"] - before[f"fc.{role}"]
+                torch.testing.assert_close(_only(got, f"{role}_updates", "fc"), fc_change)
+            assert not [k for k, key, _, _ in got if key == "conv" and k.endswith("_gradients")]
+        # one zero tensor kept per layer, not allocated per step
+        assert len(raw) == 3 and len({t.data_ptr() for t in raw}) == 1
+        exporter.unfreeze("conv")
+        got.clear()
+        opt.zero_grad()
+        F.cross_entropy(tiny(x), y).backward()
+        before = _params(tiny)
+        opt.step()
+        change = tiny.conv.weight.detach() - before["conv.weight"]
+        assert change.abs().sum() > 0
+        torch.testing.assert_close(_only(got, "weight_updates", "conv"), change)
+        assert len([k for k, key, _, _ in got if key == "conv" and k == "weight_gradients"]) == 1

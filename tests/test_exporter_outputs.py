@@ -1,0 +1,291 @@
+"""Unusual models: outputs that are tuples or dicts, an LSTM, parameters not named weight/bias,
+and a layer called twice in one forward pass. Each published tensor is compared with the same
+quantity computed by plain autograd on copies of the parameters."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+
+
+def _record(bus, kinds, tag="default"):
+    got = []
+
+    def keep(m):
+        data = m.data.detach().clone() if isinstance(m.data, torch.Tensor) else m.data
+        got.append((m.kind, m.key, m.global_step, data))
+
+    ik.CallbackSubscriber(kinds, keep, bus, tag=tag)
+    return got
+
+
+def _by(got, kind, key=None):
+    return [d for k, kk, _, d in got if k == kind and kk == key]
+
+
+def _inputs(n: int = 6, features: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, features, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+class TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.aux = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x), self.aux(x)
+
+
+class DictNet(TupleNet):
+    def __init__(self, logits_key: str = "logits") -> None:
+        super().__init__()
+        self.logits_key = logits_key
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"features": self.aux(x), self.logits_key: self.fc(x)}
+
+
+class NoTensorNet(TupleNet):
+    def forward(self, x: torch.Tensor) -> dict[str, float]:  # type: ignore[override]
+        self.fc(x)
+        return {"count": 3.0}
+
+
+def test_tuple_output_gives_network_output_and_train_accuracy() -> None:
+    torch.manual_seed(0)
+    model = TupleNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, ["network_output"])
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.MeanSubscriber("network_output", message_bus=bus, backend=None)
+    accuracy = _record(bus, ["train_accuracy", "network_output_mean"])
+    x, y = _inputs()
+    with ik.Exporter(model, opt, bus) as exporter:
+        for _ in range(2):
+            logits = F.linear(x, model.fc.weight, model.fc.bias).detach()
+            opt.zero_grad()
+            out, _aux = model(x)
+            exporter.wrap_loss(F.cross_entropy)(out, y).backward()
+            opt.step()
+            torch.testing.assert_close(_by(got, "network_output")[-1], logits)
+            expected = (logits.argmax(1) == y).float().mean()
+            torch.testing.assert_close(_by(accuracy, "train_accuracy")[-1], expected)
+            torch.testing.assert_close(_by(accuracy, "network_output_mean")[-1], logits.mean())
+
+
+@pytest.mark.parametrize("key", ["logits", "out"])
+def test_dict_output_prefers_logits_or_out(key: str) -> None:
+    torch.manual_seed(0)
+    model = DictNet(key)
+    bus = ik.MessageBus()
+    got = _record(bus, ["network_output"])
+    x, _ = _inputs()
+    with ik.Exporter(model, message_bus=bus):
+        model(x)
+    torch.testing.assert_close(_by(got, "network_output")[0], model.fc(x).detach())
+
+
+def test_dict_output_without_a_preferred_key_gives_its_first_tensor() -> None:
+    torch.manual_seed(0)
+    model = DictNet("scores")
+    bus = ik.MessageBus()
+    got = _record(bus, ["network_output"])
+    x, _ = _inputs()
+    with ik.Exporter(model, message_bus=bus):
+        model(x)
+    torch.testing.assert_close(_by(got, "network_output")[0], model.aux(x).detach())
+
+
+def test_output_fn_chooses_the_tensor_and_is_validated() -> None:
+    torch.manual_seed(0)
+    model = TupleNet()
+    with pytest.raises(ValueError, match="Expected `output_fn` to be callable or None but got 3"):
+        ik.Exporter(model, output_fn=3)  # type: ignore[arg-type]
+    assert not model._forward_pre_hooks
+    bus = ik.MessageBus()
+    got = _record(bus, ["network_output"])
+    x, _ = _inputs()
+    with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[1]):
+        model(x)
+    torch.testing.assert_close(_by(got, "network_output")[0], model.aux(x).detach())
+    bus = ik.MessageBus()
+    _record(bus, ["network_output"])
+    with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[1].tolist()):
+        with pytest.raises(ValueError, match="Expected `output_fn` to return a tensor.*list"):
+            model(x)
+
+
+def test_output_without_a_tensor_raises_naming_the_model_and_type() -> None:
+    model = NoTensorNet()
+    bus = ik.MessageBus()
+    _record(bus, ["network_output"])
+    x, _ = _inputs()
+    with ik.Exporter(model, message_bus=bus):
+        with pytest.raises(ValueError, match=r"NoTensorNet returned a dict.*no tensor"):
+            model(x)
+
+
+class LSTMNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, batch_first=True)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.lstm(x)
+        return self.fc(seq[:, -1])
+
+
+def test_lstm_activations_are_its_output_sequence(caplog) -> None:
+    torch.manual_seed(0)
+    model = LSTMNet()
+    reference = LSTMNet()
+    reference.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, ["activations", "layer_gradients", "weights"])
+    ik.NormSubscriber("activations", message_bus=bus, backend=None)
+    norms = _record(bus, ["activations_norm2"])
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(5, 7, 3, generator=g), torch.randint(0, 3, (5,), generator=g)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        exporter = ik.Exporter(model, opt, bus)
+    text = caplog.text
+    assert "'lstm'" in text and "weight_ih_l0" in text and "bias_hh_l0" in text
+    seq, _ = reference.lstm(x)
+    seq.retain_grad()
+    F.cross_entropy(reference.fc(seq[:, -1]), y).backward()
+    with exporter:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    torch.testing.assert_close(_by(got, "activations", "lstm")[0], seq.detach())
+    torch.testing.assert_close(_by(got, "layer_gradients", "lstm")[0], seq.grad)
+    torch.testing.assert_close(_by(norms, "activations_norm2", "lstm")[0], seq.detach().norm())
+    assert _by(got, "weights", "lstm") == []  # its four parameters: no single weight
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class Affine(Scale):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class ScaleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = Scale()
+        self.affine = Affine()
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.affine(self.norm(self.fc(x))))
+
+
+def test_a_single_parameter_of_another_name_is_the_layers_weight(caplog) -> None:
+    torch.manual_seed(0)
+    model = ScaleNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bus = ik.MessageBus()
+    got = _record(bus, ["weights", "weight_gradients", "weight_updates", "biases"])
+    x, y = _inputs()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        exporter = ik.Exporter(model, opt, bus)
+    text = caplog.text
+    assert "'affine'" in text and "'scale'" in text and "'shift'" in text
+    assert "'norm'" not in text
+    with exporter:
+        for _ in range(2):
+            before = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+            h = F.linear(x, before["fc.weight"], before["fc.bias"]) * before["norm.scale"]
+            h = h * before["affine.scale"] + before["affine.shift"]
+            F.cross_entropy(F.linear(h, before["out.weight"], before["out.bias"]), y).backward()
+            got.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            change = model.norm.scale.detach() - before["norm.scale"].detach()
+            assert change.abs().sum() > 0
+            torch.testing.assert_close(_by(got, "weights", "norm")[0], before["norm.scale"])
+            grad = before["norm.scale"].grad
+            torch.testing.assert_close(_by(got, "weight_gradients", "norm")[0], grad)
+            torch.testing.assert_close(_by(got, "weight_updates", "norm")[0], change)
+            assert _by(got, "biases", "norm") == []
+            assert {key for _, key, _, _ in got} == {"fc", "norm", "out"}  # not 'affine'
+
+
+class Twice(nn.Module):
+    """The same layer twice in one forward pass (shared weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+def test_a_layer_called_twice_publishes_every_call() -> None:
+    torch.manual_seed(0)
+    model = Twice()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = ik.MessageBus()
+    got = _record(bus, ["activations", "layer_gradients", "weights"])
+    ik.NormSubscriber("activations", message_bus=bus, backend=None)
+    norms = _record(bus, ["activations_norm2"])
+    x, y = _inputs()
+    with ik.Exporter(model, opt, bus) as exporter:
+        assert list(exporter.modules) == ["fc", "out"]
+        for step in range(2):
+            p = {n: q.detach().clone() for n, q in model.named_parameters()}
+            first = F.linear(x, p["fc.weight"], p["fc.bias"]).requires_grad_()
+            second = F.linear(torch.relu(first), p["fc.weight"], p["fc.bias"])
+            second.retain_grad()
+            out = F.linear(torch.relu(second), p["out.weight"], p["out.bias"])
+            F.cross_entropy(out, y).backward()
+            got.clear()
+            norms.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            assert [(k, key, s) for k, key, s, _ in got if k == "activations"] == [
+                ("activations", "fc", step),
+                ("activations", "fc#2", step),
+                ("activations", "out", step),
+            ]
+            torch.testing.assert_close(_by(got, "activations", "fc")[0], first.detach())
+            torch.testing.assert_close(_by(got, "activations", "fc#2")[0], second.detach())
+            torch.testing.assert_close(_by(got, "layer_gradients", "fc")[0], first.grad)
+            torch.testing.assert_close(_by(got, "layer_gradients", "fc#2")[0], second.grad)
+            assert [key for k, key, _, _ in got if k == "weights"] == ["fc", "out"]
+            assert sorted(key for _, key, _, _ in norms) == ["fc", "fc#2", "out"]
+            torch.testing.assert_close(
+                _by(norms, "activations_norm2", "fc#2")[0], second.detach().norm()
+            )
+        # the key of the second call resolves to the layer, but is not a layer of its own
+        assert exporter.modules["fc#2"].module is model.fc and "fc#2" not in exporter.modules
+        with pytest.raises(ValueError, match="Unknown layer 'fc#2'"):
+            exporter.freeze("fc#2")
