@@ -14,7 +14,15 @@ from typing import Any, NoReturn, SupportsIndex
 
 import torch
 
-__all__ = ["BACKENDS", "Backend", "NullBackend", "TensorBoardBackend", "safe_tag", "to_numbers"]
+__all__ = [
+    "BACKENDS",
+    "EVENT_FILE_SUFFIX",
+    "Backend",
+    "NullBackend",
+    "TensorBoardBackend",
+    "safe_tag",
+    "to_numbers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +76,25 @@ class NullBackend(Backend):
     """Draws nothing (``backend=None``); computing never depends on a backend."""
 
 
+#: Ends the name of every event file ikkuna_tune writes. Event files are named after the second
+#: they were opened and the host; without it, one opened in the same second as Tune's own
+#: (``TBXLoggerCallback``, in the same trial directory) had the same name and one replaced the
+#: other in storage.
+EVENT_FILE_SUFFIX = ".ikkuna_tune"
+
+
 class TensorBoardBackend(Backend):
-    """Writes tensorboardX event files in one run directory, buffering values until flushed."""
+    """Writes tensorboardX event files in one run directory, buffering values until flushed.
+
+    The files are named ``events.out.tfevents.<time>.<host>.ikkuna_tune``.
+    """
 
     def __init__(self, log_dir: str | Path | None = None) -> None:
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(None if log_dir is None else str(log_dir))
+        self.writer = SummaryWriter(
+            None if log_dir is None else str(log_dir), filename_suffix=EVENT_FILE_SUFFIX
+        )
         self.log_dir = Path(self.writer.logdir)
         self._scalars: list[tuple[str, Any, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []

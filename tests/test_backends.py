@@ -72,3 +72,21 @@ def test_copying_a_tensorboard_backend_says_what_cannot_be_copied(tmp_path) -> N
     template = WeightSum()  # a subscriber not yet attached has no backend: it copies
     assert copy.deepcopy(template).backend_name == "tb"
     bus.close()
+
+
+def test_event_files_opened_in_the_same_second_as_tunes_keep_their_own_names(tmp_path) -> None:
+    # Tune's TBXLoggerCallback opens its own event file in the trial directory; names are
+    # <time in seconds>.<host>, so without a suffix of our own both got the same name
+    from tensorboardX import SummaryWriter
+
+    from ikkuna_tune.backends import EVENT_FILE_SUFFIX, TensorBoardBackend
+
+    tunes = SummaryWriter(str(tmp_path))
+    ours = TensorBoardBackend(tmp_path)
+    ours.add_scalar("x", 1.0, 0)
+    ours.flush()
+    ours.close()
+    tunes.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents*"))
+    assert len(names) == 2
+    assert sum(name.endswith(EVENT_FILE_SUFFIX) for name in names) == 1

@@ -4,8 +4,9 @@ Two gaps in Tune 2.60 lose files a sweep wrote:
 
 * A trial writes in its working directory (``tune.get_context().get_trial_dir()``), which Tune
   copies to storage only with ``SyncConfig(sync_artifacts=True)``; with ``reuse_actors=True`` a
-  reused actor's trials lose their TensorBoard files. :class:`TrialUploader` copies the files
-  ikkuna_tune writes there to the trial's directory in storage itself.
+  reused actor's trials lost their TensorBoard files. :class:`TrialUploader` copies the files
+  ikkuna_tune writes there to the trial's directory in storage itself (at every report with a
+  checkpoint and at the end of the trial).
 * The driver keeps a trial's ``progress.csv`` and ``result.json`` in a staging directory and
   copies it to storage in the background. When a trial is restored after a failure, Tune first
   copies the storage copy back over the staging one: if the background copy was older, the
@@ -21,6 +22,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from ikkuna_tune.backends import EVENT_FILE_SUFFIX
 
 __all__ = ["TrialUploader", "fetch_trial_file", "persist_trial_files"]
 
@@ -105,16 +108,14 @@ def fetch_trial_file(trial: Any, name: str) -> Path | None:
 
 
 class TrialUploader:
-    """Trial side: copies files ikkuna_tune wrote in a local folder to the trial's storage.
+    """Trial side: copies ikkuna_tune's event files in a local folder to the trial's storage.
 
-    Only files that appeared in ``local_dir`` after construction (and match ``prefix``) are
-    copied, so the user's own files and Tune's are left to Tune.
+    Only files named ``events.out.tfevents*`` + :data:`~ikkuna_tune.backends.EVENT_FILE_SUFFIX`
+    are copied, so the user's own files and Tune's are left to Tune.
     """
 
-    def __init__(self, local_dir: str | Path, prefix: str = "events.out.tfevents") -> None:
+    def __init__(self, local_dir: str | Path) -> None:
         self.local_dir = str(local_dir)
-        self.prefix = prefix
-        self._before = set(self._matching())
         self._target: tuple[Any, str] | None = None
         try:
             from ray.train._internal.session import get_session
@@ -127,18 +128,24 @@ class TrialUploader:
         if not _same_place(self.local_dir, filesystem, remote_dir):
             self._target = (filesystem, remote_dir)
 
-    def _matching(self) -> list[str]:
+    def _ours(self) -> list[str]:
         try:
             entries = list(os.scandir(self.local_dir))
         except OSError:
             return []
-        return [e.name for e in entries if e.is_file() and e.name.startswith(self.prefix)]
+        return [
+            e.name
+            for e in entries
+            if e.is_file()
+            and e.name.startswith("events.out.tfevents")
+            and e.name.endswith(EVENT_FILE_SUFFIX)
+        ]
 
     def upload(self) -> None:
-        """Copy the new files to storage now (a warning, not an error, if storage fails)."""
+        """Copy the files to storage now (a warning, not an error, if storage fails)."""
         if self._target is None:
             return
-        names = [n for n in self._matching() if n not in self._before]
+        names = self._ours()
         if not names:
             return
         filesystem, remote_dir = self._target
