@@ -268,7 +268,15 @@ class TestAccuracySubscriber(PlotSubscriber):
                 if device is not None:
                     inputs = inputs.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
-                batch_hits, batch_total = F.count_correct(forward(inputs), labels)
+                outputs = forward(inputs)
+                if exporter is not None:  # a tuple or dict output: the Exporter's choice
+                    outputs = exporter.output_tensor(outputs)
+                elif not isinstance(outputs, torch.Tensor):
+                    raise ValueError(
+                        f"Expected the model to return a tensor of scores but got "
+                        f"{type(outputs).__name__}; pass a `forward_fn` that returns one"
+                    )
+                batch_hits, batch_total = F.count_correct(outputs, labels)
                 hits = batch_hits if hits is None else hits + batch_hits
                 total += batch_total
         if hits is None:

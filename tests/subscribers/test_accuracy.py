@@ -271,3 +271,33 @@ def test_test_accuracy_on_an_explicit_cpu_device(tiny, test_set, device) -> None
     with torch.no_grad():
         expected = _by_hand(tiny, x, y)
     assert sub.evaluate().item() == pytest.approx(expected)
+
+
+class _TupleOut(nn.Module):
+    """TinyNet's scores, returned as ``(scores, features)`` or ``{"aux": ..., "logits": ...}``."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(48, 5)
+        self.as_dict = as_dict
+
+    def forward(self, x: torch.Tensor):
+        features = torch.relu(self.conv(x)).flatten(1)
+        scores = self.fc(features)
+        return {"aux": features, "logits": scores} if self.as_dict else (scores, features)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_test_accuracy_of_a_model_returning_a_tuple_or_dict(test_set, as_dict) -> None:
+    model = _TupleOut(as_dict)
+    bus = ik.MessageBus()
+    with ik.Exporter(model, None, bus):
+        sub = ik.TestAccuracySubscriber(test_set, message_bus=bus, frequency=1, backend=None)
+        x, y = test_set.tensors
+        with torch.no_grad():
+            out = model(x)
+            scores = out["logits"] if as_dict else out[0]
+            expected = (scores.argmax(1) == y).float().mean().item()
+        assert sub.evaluate().item() == pytest.approx(expected)
