@@ -258,5 +258,6 @@ def run_demo(
     return {
         "experiment": analysis.experiment_path,
         "summary": comparison.summary,
+        "decisions": comparison.decisions,
         "files": comparison.files,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +97,31 @@ def instrument(
 
 def watch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     *,
     depth: int | None = None,
     module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
     log_dir: str | Path | None = None,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> Exporter:
     """Create this trial's Exporter on ``model`` and bind the trial's subscribers to it.
 
     Restores frozen layers and subscriber state from the trial's checkpoint when Tune restores
-    the trial. Outside an instrumented trainable it starts a local session without subscribers.
-    TensorBoard files go to the trial directory (or ``log_dir``). Returns the Exporter.
+    the trial (and applies freezes the scheduler ordered before the trial failed). Outside an
+    instrumented trainable it starts a local session without subscribers. TensorBoard files go
+    to the trial directory (or ``log_dir``) and are copied to the trial's storage. Returns the
+    Exporter.
+
+    ``optimizer`` may be one optimizer or several; ``depth``, ``module_filter`` and
+    ``output_fn`` (which tensor of a tuple or dict output is the model's output) are passed to
+    :class:`~ikkuna_tune.Exporter`.
     """
     session = current_session()
     if session is None:
         logger.info("watch() outside an instrumented trainable: running without subscribers")
         session = TrialSession([], {})
         session.activate()
-    return session.watch(model, optimizer, depth, module_filter, log_dir)
+    return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn)
 
 
 def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:

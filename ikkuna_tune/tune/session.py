@@ -127,10 +127,11 @@ class TrialSession:
     def watch(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         depth: int | None = None,
         module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
         log_dir: str | Path | None = None,
+        output_fn: Callable[[Any], torch.Tensor] | None = None,
     ) -> Exporter:
         if self.exporter is not None:
             raise RuntimeError(
@@ -141,7 +142,9 @@ class TrialSession:
         if self.context is not None and log_dir is not None:
             self._uploader = TrialUploader(log_dir)
         bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
-        exporter = Exporter(model, optimizer, bus, depth=depth, module_filter=module_filter)
+        exporter = Exporter(
+            model, optimizer, bus, depth=depth, module_filter=module_filter, output_fn=output_fn
+        )
         try:
             for subscriber in self.subscribers:
                 subscriber.attach(bus)
