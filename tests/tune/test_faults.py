@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from ray import tune
 
@@ -36,6 +37,10 @@ def test_a_killed_mailbox_is_recreated_and_the_sweep_goes_on(ray_session, tmp_pa
     assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5]
     assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
     assert df["frozen/conv"].tolist() == [0, 0, 1, 1, 1]
+    # progress.csv has a column for self_similarity although the first report had no value
+    header = (Path(trial.path) / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"self_similarity/conv", "self_similarity/fc"} <= set(header)
+    assert df["self_similarity/conv"].isna().tolist() == [True, False, False, False, False]
 
 
 def test_a_corrupt_state_file_is_named_and_the_trial_goes_on(ray_session, tmp_path) -> None:
