@@ -86,10 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="a smaller, faster sweep")
     demo.add_argument(
-        "--storage-path", default=None, help="where Tune writes the experiment (Tune's default)"
+        "-o",
+        "--out",
+        default="ikkuna_demo",
+        metavar="DIR",
+        help="where the plots, summary.csv and decisions.csv go, and Tune's results unless "
+        "--storage-path is given (default: ikkuna_demo)",
     )
     demo.add_argument(
-        "-o", "--out", default=".", metavar="DIR", help="output directory (current directory)"
+        "--storage-path",
+        default=None,
+        help="where Tune writes the experiment (default: DIR/ray_results); each run is a new "
+        "experiment there: ikkuna_demo, then ikkuna_demo_2, ...",
     )
     demo.set_defaults(handler=_demo)
     return parser

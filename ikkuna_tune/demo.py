@@ -208,6 +208,15 @@ def _checkpoint_from(directory: str) -> Any:
     return tune.Checkpoint.from_directory(directory)
 
 
+def _new_name(storage: Path, base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... if an experiment of that name is in ``storage``."""
+    name, number = base, 1
+    while (storage / name).exists():
+        number += 1
+        name = f"{base}_{number}"
+    return name
+
+
 def run_demo(
     address: str | None = None,
     quick: bool = False,
@@ -216,7 +225,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo sweep with SVCCAScheduler, then write the comparison plots and summary.
 
-    Returns a dict with the experiment path, the summary table, and the files written.
+    Everything goes under ``out_dir``: the plots, ``summary.csv`` and ``decisions.csv``, and
+    (unless ``storage_path`` says otherwise) Tune's results in ``out_dir/ray_results``. Each run
+    is its own experiment: ``ikkuna_demo``, then ``ikkuna_demo_2``, ... so that a second run is
+    never compared together with the first. The console shows one status table with the few
+    columns that matter; every per-layer metric is in the results.
+
+    Returns a dict with the experiment path, the summary table, the scheduler's decisions and
+    the files written.
     """
     import ray
     from ray import tune
@@ -226,6 +242,7 @@ def run_demo(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(storage_path).resolve() if storage_path else out / "ray_results"
+    name = _new_name(storage, "ikkuna_demo")
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -240,17 +257,37 @@ def run_demo(
         "data": "digits",
     }
     scheduler = ik.SVCCAScheduler(metric="test_accuracy", mode="max")
-    analysis = tune.run(
-        ik.instrument(train_cnn, demo_subscribers),
-        name="ikkuna_demo",
-        config=config,
-        scheduler=scheduler,
-        stop={"training_iteration": config["epochs"]},
-        storage_path=str(storage),
-        verbose=1,
-        resources_per_trial={"cpu": 1},
-        reuse_actors=True,
+    # Tune's default console lists every reported key of every trial (a box per trial with all
+    # per-layer metrics); its classic reporter shows only the columns named here
+    reporter = tune.CLIReporter(
+        metric_columns={
+            "training_iteration": "epochs",
+            "test_accuracy": "test acc",
+            "frozen_fraction": "frozen",
+        },
+        parameter_columns=["lr", "width"],
+        max_report_frequency=30,
     )
+    new_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        analysis = tune.run(
+            ik.instrument(train_cnn, demo_subscribers),
+            name=name,
+            config=config,
+            scheduler=scheduler,
+            stop={"training_iteration": config["epochs"]},
+            storage_path=str(storage),
+            verbose=1,
+            progress_reporter=reporter,
+            resources_per_trial={"cpu": 1},
+            reuse_actors=True,
+        )
+    finally:
+        if new_output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = new_output
     logger.info("%s", scheduler.debug_string())
     comparison = compare.compare_experiment(
         analysis, out, metric="self_similarity", color_by="lr", summary_metric="test_accuracy"
