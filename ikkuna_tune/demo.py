@@ -259,7 +259,21 @@ def run_demo(
     scheduler = ik.SVCCAScheduler(metric="test_accuracy", mode="max")
     # Tune's default console lists every reported key of every trial (a box per trial with all
     # per-layer metrics); its classic reporter shows only the columns named here
-    reporter = tune.CLIReporter(
+    experiment_dir = storage / name
+
+    class Reporter(tune.CLIReporter):
+        def _print(self, msg: str) -> None:
+            # Tune names its driver-side staging folder here; the results (TensorBoard files
+            # included) are read from the experiment's folder in storage
+            lines = [
+                f"Results and TensorBoard files: {experiment_dir}"
+                if line.startswith("Result logdir:")
+                else line
+                for line in msg.splitlines()
+            ]
+            super()._print("\n".join(lines))
+
+    reporter = Reporter(
         metric_columns={
             "training_iteration": "epochs",
             "test_accuracy": "test acc",
