@@ -1,0 +1,202 @@
+"""Regenerate the README's figures: run each benchmark and write its log in experiments/results.
+
+Every log starts with the same header (:func:`log_header`): the exact command, the date, the
+commit (``+dirty`` when the working tree differs from it), the machine (CPU model and cores,
+torch threads, GPU) and the versions of Python, torch and Ray. Then comes what the benchmark
+printed, and its wall time. The README's "Measured" table summarises these logs (each row names
+its log; ``tests/experiments/test_readme_figures.py`` checks that every figure of a row appears
+in its log).
+
+    python -m experiments.reproduce               # every CPU figure (about 40 min on 2 cores)
+    python -m experiments.reproduce --only faults sweep_quick
+    python -m experiments.reproduce --quick       # the quick variants, to <name>_quick logs
+    python -m experiments.reproduce --list
+
+GPU figures run only where CUDA is available (``--only overhead_gpu_depth2 ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FIGURES", "Figure", "log_header", "main", "run_figure"]
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One benchmark run behind README figures: its arguments and the log it writes."""
+
+    module: str
+    args: tuple[str, ...]
+    log: str
+    quick_args: tuple[str, ...] | None = None  # None: no quick variant
+    gpu: bool = False
+
+
+FIGURES: dict[str, Figure] = {
+    "overhead_depth2": Figure(
+        "experiments.bench_overhead", ("--depth", "2"), "cpu_bench_overhead_depth2.txt",
+        ("--depth", "2", "--steps", "120"),
+    ),
+    "overhead_depth6": Figure(
+        "experiments.bench_overhead", ("--depth", "6"), "cpu_bench_overhead_depth6.txt",
+        ("--depth", "6", "--steps", "120"),
+    ),
+    "svcca": Figure(
+        "experiments.bench_svcca", ("--repeats", "5"), "cpu_bench_svcca.txt", ("--quick",)
+    ),
+    "sweep": Figure("experiments.bench_sweep", (), "cpu_bench_sweep.txt"),
+    "sweep_quick": Figure(
+        "experiments.bench_sweep", ("--quick",), "cpu_bench_sweep_quick.txt", ("--quick",)
+    ),
+    "fidelity": Figure("experiments.bench_fidelity", (), "cpu_bench_fidelity.txt"),
+    "fidelity_quick": Figure(
+        "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
+    ),
+    "faults": Figure("experiments.bench_faults", (), "cpu_bench_faults.txt", ("--quick",)),
+    "layer_convergence": Figure(
+        "experiments.layer_convergence", (), "cpu_layer_convergence.txt", ("--quick",)
+    ),
+    "overhead_gpu_depth2": Figure(
+        "experiments.bench_overhead", ("--device", "cuda", "--depth", "2"),
+        "gpu_bench_overhead_depth2.txt", gpu=True,
+    ),
+    "overhead_gpu_depth6": Figure(
+        "experiments.bench_overhead", ("--device", "cuda", "--depth", "6"),
+        "gpu_bench_overhead_depth6.txt", gpu=True,
+    ),
+    "svcca_gpu": Figure(
+        "experiments.bench_svcca", ("--device", "cuda"), "gpu_bench_svcca.txt", gpu=True
+    ),
+}  # fmt: skip
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def log_header(command: str) -> str:
+    """The header lines (each starting with ``# ``) that every log in experiments/results has."""
+    import torch
+
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = "not installed"
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    gpu = (
+        f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+        if torch.cuda.is_available()
+        else "none"
+    )
+    machine = (
+        f"{_cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"GPU {gpu}"
+    )
+    versions = f"python {platform.python_version()}, torch {torch.__version__}, ray {ray_version}"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        [
+            f"# command: {command}",
+            f"# date: {date}",
+            f"# commit: {commit}",
+            f"# machine: {machine}",
+            f"# versions: {versions}",
+        ]
+    )
+
+
+def run_figure(name: str, quick: bool = False, results: Path = RESULTS) -> Path:
+    """Run one figure's benchmark and write its log; returns the log's path."""
+    figure = FIGURES[name]
+    args = figure.quick_args if quick else figure.args
+    if args is None:
+        raise ValueError(f"{name!r} has no quick variant; run it without --quick")
+    command = " ".join(["python", "-m", figure.module, *args])
+    quick_log = quick and figure.args != figure.quick_args
+    log = results / (figure.log.replace(".txt", "_quick.txt") if quick_log else figure.log)
+    header = log_header(command)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AIR_NEW_OUTPUT": "0"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", figure.module, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    results.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"{header}\n# wall: {wall:.0f} s; exit status {done.returncode}\n{done.stdout}")
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), metavar="NAME")
+    parser.add_argument("--quick", action="store_true", help="the quick variants only")
+    parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    parser.add_argument("--results", default=str(RESULTS), help="where the logs go")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, figure in FIGURES.items():
+            print(f"{name:22s} {figure.log:36s} python -m {figure.module} {' '.join(figure.args)}")
+        return 0
+    import torch
+
+    names = args.only or [
+        n for n, f in FIGURES.items() if not f.gpu and (not args.quick or f.quick_args)
+    ]
+    failed = []
+    for name in names:
+        figure = FIGURES[name]
+        if figure.gpu and not torch.cuda.is_available():
+            print(f"{name}: skipped (no CUDA here)")
+            continue
+        if args.quick and figure.quick_args is None:
+            print(f"{name}: skipped (no quick variant)")
+            continue
+        log = run_figure(name, quick=args.quick, results=Path(args.results))
+        status = log.read_text().split("\n", 6)[5]
+        print(f"{name}: {log} ({status.lstrip('# ')})")
+        if "exit status 0" not in status:
+            failed.append(name)
+    if failed:
+        print(f"failed: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
