@@ -2,7 +2,7 @@
 
 Every log starts with the same header (:func:`log_header`): the exact command, the date, the
 commit (``+dirty`` when the working tree differs from it), the machine (CPU model and cores,
-torch threads, GPU) and the versions of Python, torch and Ray. Then comes what the benchmark
+GPU) and the versions of Python, torch and Ray. Then comes what the benchmark
 printed, and its wall time. The README's "Measured" table summarises these logs (each row names
 its log; ``tests/experiments/test_readme_figures.py`` checks that every figure of a row appears
 in its log).
@@ -120,10 +120,8 @@ def log_header(command: str) -> str:
         if torch.cuda.is_available()
         else "none"
     )
-    machine = (
-        f"{_cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"GPU {gpu}"
-    )
+    # the threads a benchmark uses are its own setting (most take 1 torch thread per process)
+    machine = f"{_cpu_model()}, {os.cpu_count()} logical CPUs, GPU {gpu}"
     versions = f"python {platform.python_version()}, torch {torch.__version__}, ray {ray_version}"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
