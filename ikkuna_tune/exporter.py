@@ -492,6 +492,12 @@ class Exporter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def steps_started(self) -> int:
+        """Training steps begun so far (kept in :meth:`state_dict`, so counted across
+        restores); :attr:`epoch` is the number of epochs ended (:meth:`epoch_finished`)."""
+        return self._steps_started
+
     def check_kinds(self, kinds: Iterable[str]) -> None:
         """Raise ``ValueError`` if this Exporter cannot publish one of ``kinds``."""
         needs_optimizer = sorted(k for k in kinds if k in _UPDATE_KINDS)

@@ -8,6 +8,7 @@ they publish to the bus they are attached to, and nothing is shared between buse
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from ikkuna_tune.subscribers.base import Subscriber, Subscription
 
 __all__ = [
+    "BUILTIN_KINDS",
     "DATA_KINDS",
     "DEFAULT_TAG",
     "META_KINDS",
@@ -32,6 +34,8 @@ __all__ = [
     "ModuleMessage",
     "NamedModule",
     "NetworkMessage",
+    "typo_of_builtin_kind",
+    "unknown_kinds_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,12 +63,53 @@ META_KINDS: tuple[str, ...] = (
     "loss",
     "layer_frozen",
 )
+#: Every built-in kind.
+BUILTIN_KINDS: frozenset[str] = frozenset(DATA_KINDS + META_KINDS)
 #: Tag of the messages of ordinary training steps.
 DEFAULT_TAG = "default"
 #: Messages the subsampling fast path of MessageBus.skip_all notes before settling them.
 _MAX_DEFERRED = 4096
 
 TopicType = Literal["DATA", "META"]
+
+
+def typo_of_builtin_kind(kind: str) -> str | None:
+    """The built-in kind that ``kind`` looks like a typo of, or ``None``.
+
+    A typo is as similar as ``difflib.get_close_matches(..., cutoff=0.8)`` demands and at most
+    two characters longer or shorter (``'weight_gradient'``, ``'wieghts'``, ``'los'``). Names
+    built on a kind (``'weight_gradients_norm2'``, ``'bias_updates_mean'``) are longer, and are
+    left to the bus, which knows the topics its subscribers publish.
+    """
+    if kind in BUILTIN_KINDS:
+        return None
+    for match in difflib.get_close_matches(kind, sorted(BUILTIN_KINDS), n=3, cutoff=0.8):
+        if abs(len(match) - len(kind)) <= 2:
+            return match
+    return None
+
+
+def unknown_kinds_message(unknown: Sequence[str], topics: Iterable[str] = ()) -> str:
+    """Why ``unknown`` kinds are refused: each with a "did you mean" where one is close, the
+    built-in kinds, and the ``topics`` subscribers publish on the bus (if any)."""
+    topics = sorted(set(topics) - BUILTIN_KINDS)
+    candidates = sorted(BUILTIN_KINDS) + topics
+    hints = []
+    for kind in unknown:
+        close = typo_of_builtin_kind(kind)
+        if close is None:
+            matches = difflib.get_close_matches(kind, candidates, n=1)
+            close = matches[0] if matches else None
+        if close is not None:
+            hint = f"did you mean {close!r}?"
+            hints.append(hint if len(unknown) == 1 else f"{kind!r}: {hint}")
+    text = f"Unknown message kind(s) {list(unknown)}"
+    if hints:
+        text += "; " + "; ".join(hints)
+    text += f" (built-in kinds: {sorted(BUILTIN_KINDS)}"
+    if topics:
+        text += f"; topics published on this bus: {topics}"
+    return text + ")"
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,13 +328,14 @@ class MessageBus:
             self._data_kinds.discard(topic)
             self._meta_kinds.discard(topic)
 
-    def check_kinds(self, kinds: Iterable[str]) -> None:
-        """Raise ``ValueError`` naming the known kinds if any of ``kinds`` is unknown."""
+    def check_kinds(self, kinds: Iterable[str], asking: object = None) -> None:
+        """Raise ``ValueError`` if any of ``kinds`` is unknown, with a "did you mean", the
+        built-in kinds and the topics registered here (not those of ``asking``, the subscriber
+        being attached, which registers its own topics first)."""
         unknown = [k for k in kinds if k not in self._data_kinds and k not in self._meta_kinds]
         if unknown:
-            raise ValueError(
-                f"Unknown message kind(s) {unknown}; this bus knows {sorted(self.known_kinds)}"
-            )
+            topics = [t for t, owner in self._topic_owners.items() if owner is not asking]
+            raise ValueError(unknown_kinds_message(unknown, topics))
 
     # ----------------------------------------------------------- subscribers
     @property
@@ -302,7 +348,7 @@ class MessageBus:
 
     def _add(self, subscriber: Subscriber) -> None:
         for subscription in subscriber.subscriptions:
-            self.check_kinds(subscription.kinds)
+            self.check_kinds(subscription.kinds, asking=subscriber)
             if self.exporter is not None:
                 self.exporter.check_kinds(subscription.kinds)
         self._settle()  # deferred counts belong to the subscriptions there were

@@ -18,6 +18,8 @@ from ikkuna_tune.messages import (
     ModuleMessage,
     NamedModule,
     TopicType,
+    typo_of_builtin_kind,
+    unknown_kinds_message,
 )
 
 __all__ = [
@@ -45,6 +47,14 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
             raise ValueError(f"Expected every kind to be a non-empty string but got {kind!r}")
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"Expected distinct kinds but got {list(kinds)}")
+    # a typo of a built-in kind is an error now; other names may be topics that subscribers
+    # publish, which the bus knows when this subscription is attached to it
+    typos = [kind for kind in kinds if typo_of_builtin_kind(kind) is not None]
+    if typos:
+        raise ValueError(
+            f"{unknown_kinds_message(typos)}. A topic that a subscriber publishes must not be "
+            "named like a typo of a built-in kind"
+        )
     return kinds
 
 
@@ -96,6 +106,10 @@ def check_has_model(subscriber: object, message_bus: object, forward_fn: object,
 
 class Subscription:
     """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
+
+    A kind that looks like a typo of a built-in kind (``'weight_gradient'``) raises
+    ``ValueError`` here, with a "did you mean"; any other kind that is not built in must be a
+    topic some subscriber publishes, which the bus checks when the subscriber is attached.
 
     Args:
         subscriber: the subscriber that receives the messages.

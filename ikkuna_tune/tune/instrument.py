@@ -15,6 +15,7 @@ from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.tune.session import (
     SubscriberSpec,
     TrialSession,
+    check_attachable,
     current_session,
     fresh_subscribers,
 )
@@ -52,6 +53,15 @@ def instrument(
             ``tune.with_parameters`` needs).
         subscribers: subscriber objects used as templates (deep-copied for every trial, never
             shared, also with ``reuse_actors=True``), or a function ``config -> subscribers``.
+            Templates are checked here, in the driver: each must subscribe to built-in kinds
+            or topics of the subscribers before it, and no two may publish the same topic. A
+            function is called in each trial (the driver does not know the configs), so what
+            it returns is checked by :func:`watch` there.
+
+    Raises:
+        ValueError: for a class trainable, subscribers that are neither, cannot be pickled,
+            are already attached to a bus, or cannot be attached in this order (the message
+            names the subscriber, and suggests the kind meant).
 
     Returns:
         A function trainable with the same ``__name__``, accepted by ``tune.run``,
@@ -73,7 +83,8 @@ def instrument(
         subscribers = list(subscribers)
     _check_picklable(subscribers)
     if subscribers is not None and not callable(subscribers):
-        fresh_subscribers(subscribers, {})  # validates the templates now, not in every trial
+        # check the templates here, in the driver, rather than in every trial
+        check_attachable(fresh_subscribers(subscribers, {}))
 
     def instrumented(config: dict[str, Any], **kwargs: Any) -> Any:
         if current_session() is not None:
@@ -115,6 +126,19 @@ def watch(
     ``optimizer`` may be one optimizer or several; ``depth``, ``module_filter`` and
     ``output_fn`` (which tensor of a tuple or dict output is the model's output) are passed to
     :class:`~ikkuna_tune.Exporter`.
+
+    **Epochs are yours to end.** Call ``exporter.epoch_finished()`` on the returned Exporter at
+    the end of every epoch: subscribers that run at the end of an epoch
+    (``frequency='epoch'``, such as :class:`~ikkuna_tune.TestAccuracySubscriber` and
+    :class:`~ikkuna_tune.SVCCASubscriber` by default) run only then. :func:`report` does not
+    end epochs (a trial may report several times per epoch); see there for the warning.
+
+    Raises:
+        ValueError: (or the original error's type) with a message that starts
+            ``ik.watch(model=..., ...)`` when the Exporter cannot be made from these arguments,
+            when a subscriber cannot be attached (it is named), or when ikkuna_tune's state in
+            the trial's checkpoint cannot be applied; the original error is the ``__cause__``.
+        RuntimeError: when ``watch`` was already called in this trial.
     """
     session = current_session()
     if session is None:
@@ -131,6 +155,12 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
     with one host synchronisation. ikkuna_tune's own state goes into ``checkpoint`` beside the
     user's files. Outside Tune the merged metrics are logged and kept (see
     :func:`local_results`). Returns the merged metrics.
+
+    A report carries every output key; one not measured since the previous report is ``None``.
+    ``report`` does not end the epoch: call ``exporter.epoch_finished()`` first (see
+    :func:`watch`). If the first report that follows training steps finds that no epoch has
+    ended while some subscriber runs only at the end of one, it warns once (``UserWarning``),
+    naming those subscribers and their outputs, which are ``None`` until an epoch ends.
     """
     session = current_session()
     if session is None or session.exporter is None:

@@ -14,13 +14,20 @@ import torch
 from torch import nn
 
 from ikkuna_tune.exporter import Exporter
-from ikkuna_tune.messages import MessageBus
+from ikkuna_tune.messages import BUILTIN_KINDS, MessageBus, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
 
-__all__ = ["RESERVED_KEYS", "STATE_FILE", "TrialSession", "current_session"]
+__all__ = [
+    "RESERVED_KEYS",
+    "STATE_FILE",
+    "TrialSession",
+    "check_attachable",
+    "current_session",
+    "fresh_subscribers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,84 @@ def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> li
     return made
 
 
+def check_attachable(subscribers: Sequence[Subscriber]) -> None:
+    """Check, without a bus, that ``subscribers`` can be attached to one in this order: each
+    subscribes to built-in kinds, its own topics or those of the subscribers before it, and no
+    two publish the same topic. Raises ``ValueError`` naming the first that cannot.
+
+    What needs the model is checked only by :meth:`TrialSession.watch` (kinds that need the
+    optimizer, say).
+    """
+    topics: dict[str, int] = {}  # topic -> the (1-based) subscriber that publishes it
+    for index, subscriber in enumerate(subscribers, 1):
+        where = f"ik.instrument: subscriber {index} ({subscriber!r}) cannot be attached"
+        own = subscriber.publications
+        for topic in own:
+            if topic in topics:
+                raise ValueError(
+                    f"{where}: it publishes {topic!r}, which subscriber {topics[topic]} "
+                    "publishes already; give one of them another topic"
+                )
+        known = BUILTIN_KINDS | set(topics) | set(own)
+        for subscription in subscriber.subscriptions:
+            unknown = [kind for kind in subscription.kinds if kind not in known]
+            if unknown:
+                for later, other in enumerate(subscribers[index:], index + 1):
+                    published = [kind for kind in unknown if kind in other.publications]
+                    if published:
+                        raise ValueError(
+                            f"{where}: it subscribes to {published[0]!r}, which subscriber "
+                            f"{later} publishes; put it after subscriber {later}"
+                        )
+                raise ValueError(f"{where}: {unknown_kinds_message(unknown, topics)}")
+        topics.update(dict.fromkeys(own, index))
+
+
+def _watch_call(
+    model: object,
+    optimizer: object,
+    depth: object,
+    module_filter: object,
+    log_dir: object,
+    output_fn: object,
+) -> str:
+    """``ik.watch(...)`` with the arguments given, described briefly (types, not values)."""
+
+    def name(thing: object) -> str:
+        return getattr(thing, "__name__", None) or repr(thing)
+
+    parts = [f"model={type(model).__name__}"]
+    if optimizer is not None:
+        if isinstance(optimizer, (list, tuple)):
+            described = "[" + ", ".join(type(o).__name__ for o in optimizer) + "]"
+        else:
+            described = type(optimizer).__name__
+        parts.append(f"optimizer={described}")
+    if depth is not None:
+        parts.append(f"depth={depth!r}")
+    if module_filter is not None:
+        if isinstance(module_filter, tuple):
+            described = "(" + ", ".join(name(c) for c in module_filter) + ")"
+        else:
+            described = name(module_filter)
+        parts.append(f"module_filter={described}")
+    if log_dir is not None:
+        parts.append(f"log_dir={str(log_dir)!r}")
+    if output_fn is not None:
+        parts.append(f"output_fn={name(output_fn)}")
+    return f"ik.watch({', '.join(parts)})"
+
+
+def _renamed(error: Exception, text: str) -> Exception:
+    """An exception of ``error``'s type saying ``text`` (a RuntimeError if that type cannot
+    be made from one message); raise it ``from error``."""
+    try:
+        renamed = type(error)(text)
+    except Exception:
+        return RuntimeError(text)
+    return renamed if str(renamed) == text else RuntimeError(text)
+
+
 class TrialSession:
     """Everything ikkuna_tune keeps for one trial.
 
@@ -102,6 +187,7 @@ class TrialSession:
         self.freeze_reasons: dict[str, str] = {}
         self._uploader: TrialUploader | None = None
         self._token: Any = None
+        self._epochs_checked = False
 
     @property
     def in_tune(self) -> bool:
@@ -137,17 +223,24 @@ class TrialSession:
             raise RuntimeError(
                 "watch() was already called in this trial; call it once, after building the model"
             )
+        # an error names the user's call, not the Exporter or the bus it came from
+        call = _watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
         if log_dir is None and self.context is not None:
             log_dir = self.context.get_trial_dir()
-        if self.context is not None and log_dir is not None:
-            self._uploader = TrialUploader(log_dir)
-        bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
-        exporter = Exporter(
-            model, optimizer, bus, depth=depth, module_filter=module_filter, output_fn=output_fn
-        )
         try:
-            for subscriber in self.subscribers:
-                subscriber.attach(bus)
+            bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
+            exporter = Exporter(
+                model, optimizer, bus, depth=depth, module_filter=module_filter, output_fn=output_fn
+            )
+        except Exception as error:
+            raise _renamed(error, f"{call}: {error}") from error
+        try:
+            for index, subscriber in enumerate(self.subscribers, 1):
+                try:
+                    subscriber.attach(bus)
+                except Exception as error:
+                    text = f"{call}: cannot attach subscriber {index} ({subscriber!r}): {error}"
+                    raise _renamed(error, text) from error
             self.timer = StepTimer(bus)
             topics = {t: kind for s in self.subscribers for t, kind in s.publications.items()}
             self.collector = MetricCollector(topics, list(exporter.modules)) if topics else None
@@ -158,8 +251,14 @@ class TrialSession:
             for subscriber in list(bus.subscribers):
                 subscriber.detach()
             raise
+        if self.context is not None and log_dir is not None:
+            self._uploader = TrialUploader(log_dir)
         self.bus, self.exporter = bus, exporter
-        self._restore()
+        try:
+            self._restore()
+        except Exception as error:
+            text = f"{call}: restoring ikkuna_tune's state from the trial's checkpoint: {error}"
+            raise _renamed(error, text) from error
         return exporter
 
     # ------------------------------------------------------------ reporting
@@ -203,6 +302,7 @@ class TrialSession:
             raise RuntimeError(
                 "report() was called before watch(model, ...): call ikkuna_tune.watch first"
             )
+        self._check_epochs()
         merged = self.merge(metrics)
         if self.in_tune:
             from ray import tune
@@ -222,6 +322,30 @@ class TrialSession:
         if self.inbox is not None:
             self.apply(self.inbox.take())
         return merged
+
+    def _check_epochs(self) -> None:
+        """Warn once if the first report after training steps finds that no epoch has ended
+        while some subscriber runs only at the end of one (``frequency='epoch'``)."""
+        exporter = self.exporter
+        if self._epochs_checked or exporter is None or exporter.steps_started == 0:
+            return
+        self._epochs_checked = True
+        if exporter.epoch > 0:
+            return
+        waiting = [s for s in self.subscribers if "epoch_finished" in s.kinds]
+        if not waiting:
+            return
+        names = ", ".join(type(s).__name__ for s in waiting)
+        outputs = sorted({t for s in waiting for t in s.publications})
+        warnings.warn(
+            f"ik.report: {exporter.steps_started} training steps and no epoch has ended, so "
+            f"the subscribers that run at the end of an epoch ({names}) have not run and "
+            f"{outputs} are None. Call exporter.epoch_finished() (exporter = ik.watch(...)) at "
+            "the end of every epoch, before ik.report; report does not end epochs. (If this "
+            "report is in the middle of the first epoch and you end it later, all is well.)",
+            UserWarning,
+            stacklevel=4,  # the user's ik.report(...)
+        )
 
     def apply(self, directives: list[dict[str, Any]]) -> None:
         """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``)."""

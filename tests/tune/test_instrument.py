@@ -40,7 +40,7 @@ def test_standalone_run_reports_nested_metrics_without_ray() -> None:
     assert [r["iteration"] for r in results] == [0, 1, 2]
     assert [r["steps_seen"] for r in results] == [2.0, 4.0, 6.0]
     for result, expected in zip(results, _weight_sums(config, 3)):
-        assert result["weight_sum"] == pytest.approx(expected, rel=1e-5)
+        assert result["weight_sum"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
         assert result["frozen"] == {"conv": 0, "fc": 0}
         assert result["frozen_fraction"] == 0.0 and result["step_seconds"] > 0
 
@@ -70,8 +70,9 @@ def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_pat
         assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0]
         expected = _weight_sums({"lr": trial.config["lr"]}, 3)
         for layer in LAYERS:
+            # a sum of float32 weights near 0: a worker may add them in another order
             assert df[f"weight_sum/{layer}"].tolist() == pytest.approx(
-                [e[layer] for e in expected], rel=1e-5
+                [e[layer] for e in expected], rel=1e-5, abs=1e-6
             )
             assert df[f"frozen/{layer}"].tolist() == [0, 0, 0]
         assert trial.last_result["weight_sum"].keys() == set(LAYERS)

@@ -1,0 +1,54 @@
+"""Message kinds are checked where a subscription is made, with a "did you mean"."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import ikkuna_tune as ik
+
+
+@pytest.mark.parametrize(
+    ("make", "typo", "meant"),
+    [
+        (lambda: ik.NormSubscriber("weight_gradient"), "weight_gradient", "weight_gradients"),
+        (lambda: ik.MeanSubscriber("activation"), "activation", "activations"),
+        (lambda: ik.CallbackSubscriber(["los"], print), "los", "loss"),
+        (lambda: ik.RatioSubscriber(["weight_updates", "wieghts"]), "wieghts", "weights"),
+    ],
+)
+def test_typo_of_a_builtin_kind_raises_at_construction_without_a_bus(make, typo, meant) -> None:
+    with pytest.raises(ValueError) as caught:
+        make()
+    message = str(caught.value)
+    assert message.startswith(f"Unknown message kind(s) [{typo!r}]")
+    assert f"did you mean {meant!r}?" in message
+    # the known kinds it lists are the built-in ones, never a derived metric name
+    listed = re.search(r"built-in kinds: \[(.*?)\]", message).group(1)
+    assert set(re.findall(r"'(\w+)'", listed)) == set(ik.DATA_KINDS) | set(ik.META_KINDS)
+    assert "_norm2" not in message and "_mean" not in message
+
+
+def test_topics_derived_from_builtin_kinds_pass_construction() -> None:
+    # one-character typos are errors at once; names built on a kind are other subscribers'
+    # topics, checked when attached
+    with pytest.raises(ValueError, match="did you mean 'weight_gradients'"):
+        ik.Subscription(ik.CallbackSubscriber(["loss"], print), ["weight_gradient"])
+    ik.MessageMeanSubscriber("weight_gradients_norm2")
+    ik.CallbackSubscriber(["bias_updates_mean", "weight_updates_norm2"], print)
+    ik.NormSubscriber("layer_gradients_spectral_norm")
+
+
+def test_unknown_kind_at_attach_suggests_the_bus_topic_and_lists_builtins_apart() -> None:
+    bus = ik.MessageBus()
+    ik.NormSubscriber("weight_gradients", bus)  # publishes weight_gradients_norm2
+    with pytest.raises(ValueError) as caught:
+        ik.MessageMeanSubscriber("weight_gradient_norm2", bus)
+    message = str(caught.value)
+    assert message.startswith("Unknown message kind(s) ['weight_gradient_norm2']")
+    assert "did you mean 'weight_gradients_norm2'?" in message
+    assert "topics published on this bus: ['weight_gradients_norm2']" in message
+    listed = re.search(r"built-in kinds: \[(.*?)\]", message).group(1)
+    assert "norm2" not in listed
+    assert [type(s).__name__ for s in bus.subscribers] == ["NormSubscriber"]
