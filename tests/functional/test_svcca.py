@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -11,34 +12,7 @@ import torch
 import ikkuna_tune as ik
 from ikkuna_tune import functional as F
 from ikkuna_tune.functional.svcca import _svcca, svcca_similarity_or_nan
-
-
-def _textbook_cca(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Canonical correlations as in the textbooks: singular values of
-    Sxx^(-1/2) Sxy Syy^(-1/2), with inverse square roots from eigendecompositions."""
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    sxx, syy, sxy = x.T @ x, y.T @ y, x.T @ y
-
-    def inv_sqrt(s: np.ndarray) -> np.ndarray:
-        w, v = np.linalg.eigh(s)
-        return (v / np.sqrt(w)) @ v.T
-
-    return np.linalg.svd(inv_sqrt(sxx) @ sxy @ inv_sqrt(syy), compute_uv=False)
-
-
-def _textbook_svcca(x: np.ndarray, y: np.ndarray, keep: float) -> float:
-    """Raghu et al.: keep the top singular directions explaining `keep` of the variance, then
-    the mean textbook canonical correlation of the reduced sets."""
-
-    def reduce(a: np.ndarray) -> np.ndarray:
-        a = a - a.mean(0)
-        u, s, _ = np.linalg.svd(a, full_matrices=False)
-        frac = np.cumsum(s**2) / np.sum(s**2)
-        k = int(np.searchsorted(frac, keep) + 1)
-        return u[:, :k] * s[:k]
-
-    return float(np.mean(_textbook_cca(reduce(x), reduce(y))))
+from tests.svcca_reference import subspace_cca, subspace_svcca, textbook_cca, textbook_svcca
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -62,7 +36,7 @@ def _orthogonal(p: int, seed: int) -> np.ndarray:
 def test_cca_agrees_with_textbook_cca_on_well_conditioned_data() -> None:
     x, y = _related()
     ours = F.cca(torch.from_numpy(x), torch.from_numpy(y))
-    expected = _textbook_cca(x, y)
+    expected = textbook_cca(x, y)
     assert ours.shape == (6,)
     assert ours.dtype == torch.float64
     np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
@@ -103,16 +77,16 @@ def test_cca_finds_principal_angles_known_by_construction(spread: float) -> None
 
 
 @pytest.mark.parametrize("keep", [1.0, 0.99, 0.9, 0.6])
-def test_svcca_agrees_with_textbook_svcca(keep) -> None:
+def test_svcca_agrees_withtextbook_svcca(keep) -> None:
     x, y = _related(p=12, q=10, seed=1)
     ours = F.svcca_similarity(torch.from_numpy(x), torch.from_numpy(y), keep=keep)
     assert ours.dim() == 0
-    assert ours.item() == pytest.approx(_textbook_svcca(x, y, keep), abs=1e-6)
+    assert ours.item() == pytest.approx(textbook_svcca(x, y, keep), abs=1e-6)
 
 
 def test_svcca_with_keep_one_is_the_mean_canonical_correlation() -> None:
     x, y = _related(seed=2)
-    assert F.svcca_similarity(x, y, keep=1.0) == pytest.approx(_textbook_cca(x, y).mean(), abs=1e-9)
+    assert F.svcca_similarity(x, y, keep=1.0) == pytest.approx(textbook_cca(x, y).mean(), abs=1e-9)
 
 
 def test_masked_and_sliced_kept_directions_agree() -> None:
@@ -235,7 +209,7 @@ def test_cca_with_duplicates_on_one_side_only(side) -> None:
     x, y = _related(p=10, q=8, seed=29)
     pair = [x, y]
     pair[side] = np.hstack([pair[side], pair[side][:, [0, 3, 3]]])  # rank-deficient side
-    np.testing.assert_allclose(F.cca(*pair), _textbook_cca(x, y), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(F.cca(*pair), textbook_cca(x, y), rtol=0, atol=1e-6)
     wide = [x[:9], y[:9]]  # fewer samples than features on the other side too
     wide[side] = np.hstack([wide[side], wide[side][:, :2]])
     assert np.all(F.cca(*wide) <= 1) and F.cca(*wide).shape == (8,)
@@ -323,38 +297,90 @@ def test_full_rank_certificate_never_contradicts_the_singular_values() -> None:
     assert not _certainly_full_rank(singular, (10, 4), floor)
 
 
-def _ill_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+class _Known(NamedTuple):
+    """An ill-conditioned pair and its known answers: the canonical correlations and the SVCCA
+    value by ``keep`` (0.99 and 1.0)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rho: np.ndarray
+    svcca: dict[float, float]
+
+
+def _ill_cases() -> dict[str, _Known]:
     rng = _rng(19)
     base = rng.standard_normal((300, 20))
     low_rank = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 40))
-    return {
-        "dead_and_duplicated": (_ill(base, 20), _ill(np.tanh(base @ rng.random((20, 20))), 21)),
-        "all_dead_one_side": (np.full((300, 4), 2.0), base),
-        "rank_deficient": (low_rank, low_rank + 1e-3 * rng.standard_normal((300, 40))),
-        "more_features_than_samples": (
-            rng.standard_normal((30, 80)),
-            rng.standard_normal((30, 50)),
-        ),
-        "float32_nearly_collinear": (
-            (base[:, :1] + 1e-6 * base[:, 1:]).astype(np.float32),
-            base.astype(np.float32),
-        ),
-        "huge_offset_small_variance": (1e5 + 1e-3 * base, base),
-        "relu_like": (np.maximum(base, 0), np.maximum(base @ rng.standard_normal((20, 20)), 0)),
-    }
+    cases: dict[str, _Known] = {}
+
+    other = np.tanh(base @ rng.random((20, 20)))
+    x, y = _ill(base, 20), _ill(other, 21)
+    clean = [a.astype(np.float32).astype(np.float64) for a in (base, other)]
+    # dead columns centre to zero and duplicates add no direction: the column spaces, hence the
+    # canonical correlations, are those of the clean (float32-rounded) matrices; with keep < 1
+    # a duplicate weighs its direction twice in the variance, so the reduction is of x and y
+    rho = textbook_cca(*clean)
+    cases["dead_and_duplicated"] = _Known(
+        x, y, rho, {0.99: subspace_svcca(x, y, 0.99), 1.0: rho.mean()}
+    )
+
+    # a constant side spans nothing once centred: no correlation at all, similarity 0
+    cases["all_dead_one_side"] = _Known(
+        np.full((300, 4), 2.0), base, np.zeros(0), {0.99: 0.0, 1.0: 0.0}
+    )
+
+    x, y = low_rank, low_rank + 1e-3 * rng.standard_normal((300, 40))
+    # rank 3: three correlations, each of a direction of x lying within the 1e-3 noise of span(y)
+    rho = subspace_cca(x, y)
+    assert rho.shape == (3,) and rho.min() > 1 - 1e-6
+    cases["rank_deficient"] = _Known(x, y, rho, {0.99: subspace_svcca(x, y), 1.0: rho.mean()})
+
+    x, y = rng.standard_normal((30, 80)), rng.standard_normal((30, 50))
+    # 30 centred samples span 29 dimensions and both sides fill them: 29 correlations of 1; kept
+    # subspaces of k_x and k_y dimensions share at least k_x + k_y - 29 of them
+    kept = subspace_svcca(x, y, 0.99)
+    assert kept >= (28 + 27 - 29) / 27  # k_x = 28, k_y = 27 here
+    cases["more_features_than_samples"] = _Known(x, y, np.ones(29), {0.99: kept, 1.0: 1.0})
+
+    x, y = (base[:, :1] + 1e-6 * base[:, 1:]).astype(np.float32), base.astype(np.float32)
+    # one direction holds all but 1e-13 of x's variance (keep 0.99 keeps it alone) and lies in
+    # span(y); the 18 directions of size 1e-6 are ~8 float32 units in the last place, so they
+    # count, each within the float32 rounding of span(y)
+    rho = subspace_cca(x, y)
+    assert rho.shape == (19,) and rho.min() > 0.999
+    cases["float32_nearly_collinear"] = _Known(x, y, rho, {0.99: 1.0, 1.0: rho.mean()})
+
+    # x is an affine map of y (scale and offset): every correlation is 1 (to the offset's
+    # rounding, 1e-8 of the signal)
+    cases["huge_offset_small_variance"] = _Known(
+        1e5 + 1e-3 * base, base, np.ones(20), {0.99: 1.0, 1.0: 1.0}
+    )
+
+    x, y = np.maximum(base, 0), np.maximum(base @ rng.standard_normal((20, 20)), 0)
+    # full column rank and well-conditioned: the textbook covariance route is exact here
+    rho = textbook_cca(x, y)
+    cases["relu_like"] = _Known(x, y, rho, {0.99: textbook_svcca(x, y, 0.99), 1.0: rho.mean()})
+    return cases
 
 
 @pytest.mark.parametrize("case", sorted(_ill_cases()))
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_ill_conditioned_input_gives_finite_values_in_unit_interval(case, as_tensor) -> None:
-    x, y = _ill_cases()[case]
+def test_ill_conditioned_input_gives_its_known_answer(case, as_tensor) -> None:
+    known = _ill_cases()[case]
+    x, y = known.x, known.y
     if as_tensor:
         x, y = torch.from_numpy(x), torch.from_numpy(y)
     for keep in (0.99, 1.0):
-        value = float(F.svcca_similarity(x, y, keep=keep))
-        assert math.isfinite(value) and 0.0 <= value <= 1.0
+        assert float(F.svcca_similarity(x, y, keep=keep)) == pytest.approx(
+            known.svcca[keep], abs=1e-6
+        )
+        # the masked form (what runs on GPUs, dead neurons kept as zero columns) agrees
+        tx, ty = torch.as_tensor(known.x), torch.as_tensor(known.y)
+        masked = _svcca(tx, ty, keep, slice_kept=False).item()
+        assert masked == pytest.approx(known.svcca[keep], abs=1e-6)
     rho = np.asarray(F.cca(x, y))
-    assert np.all(np.isfinite(rho)) and np.all((rho >= 0) & (rho <= 1))
+    assert rho.shape == known.rho.shape
+    np.testing.assert_allclose(rho, known.rho, rtol=0, atol=1e-6)
 
 
 def test_no_variation_gives_zero_and_no_correlations() -> None:

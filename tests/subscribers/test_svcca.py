@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 import ikkuna_tune as ik
 from ikkuna_tune.subscribers.svcca import BatchedSVCCASubscriber, SVCCASubscriber
+from tests.svcca_reference import textbook_svcca
 
 
 @pytest.fixture
@@ -60,9 +61,11 @@ def _setup(model, **kwargs):
 
 
 # ------------------------------------------------------------------------------ publishing
-def test_publishes_self_similarity_per_layer_equal_to_svcca_by_hand(tiny, data) -> None:
+@pytest.mark.parametrize("keep", [None, 0.6])
+def test_publishes_self_similarity_per_layer_equal_to_svcca_by_hand(tiny, data, keep) -> None:
     opt, bus, exporter = _setup(tiny)
-    sub = SVCCASubscriber(data, 20, message_bus=bus, backend=None, max_positions=10**6)
+    kwargs = {} if keep is None else {"keep": keep}
+    sub = SVCCASubscriber(data, 20, message_bus=bus, backend=None, max_positions=10**6, **kwargs)
     got = _published(bus)
     probe = data.tensors[0][torch.from_numpy(sub.indices)]
     by_hand = []
@@ -80,8 +83,10 @@ def test_publishes_self_similarity_per_layer_equal_to_svcca_by_hand(tiny, data) 
         ]
         for key, *_, value in got:
             assert value.dim() == 0 and value.dtype == torch.float64
-            expected = ik.svcca_similarity(by_hand[-2][key], by_hand[-1][key])
-            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+            # SVCCA as Raghu et al. define it (keep 0.99 by default), computed in NumPy
+            before, now = by_hand[-2][key].numpy(), by_hand[-1][key].numpy()
+            expected = textbook_svcca(before, now, 0.99 if keep is None else keep)
+            assert value.item() == pytest.approx(expected, abs=1e-6)
             assert 0.0 < value.item() < 1.0  # lr 0.5 moves the layers
         got.clear()
 
@@ -254,7 +259,7 @@ def test_freezing_continues_after_layers_frozen_elsewhere() -> None:
 # ---------------------------------------------------------------------------- non-finite
 def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, caplog) -> None:
     opt, bus, exporter = _setup(tiny)
-    SVCCASubscriber(data, 10, message_bus=bus, freeze_at=0.5, backend=None)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, freeze_at=0.5, backend=None)
     got = _published(bus)
     exporter.epoch_finished()
     with torch.no_grad():
@@ -265,8 +270,33 @@ def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, cap
     assert math.isnan(values["fc"]) and values["conv"] == pytest.approx(1.0)
     assert "'fc' has non-finite activations" in caplog.text
     assert exporter.frozen == ("conv",)  # the NaN layer is not frozen
-    _train(tiny, opt, data, 1)
-    exporter.epoch_finished()
+    # training goes on: the blow-up passes, fc keeps learning, conv stays frozen
+    with torch.no_grad():
+        tiny.fc.weight[0, 0] = 0.1
+    conv_before = tiny.conv.weight.clone()
+    batches: list[int] = []
+    ik.CallbackSubscriber(["batch_finished"], lambda m: batches.append(m.global_step), bus)
+    probes: list[torch.Tensor] = []
+    for epoch in range(2):
+        got.clear()
+        fc_before = tiny.fc.weight.clone()
+        _train(tiny, opt, data, 2)
+        assert batches == list(range(2 * epoch + 2))  # the training messages still flow
+        assert torch.isfinite(tiny.fc.weight).all()
+        assert not torch.equal(tiny.fc.weight, fc_before)
+        assert torch.equal(tiny.conv.weight, conv_before)
+        probes.append(_by_hand(tiny, sub.probe_inputs)["fc"])
+        exporter.epoch_finished()
+        # conv, a frozen prefix, is measured no more; fc's next value compares with the
+        # non-finite checkpoint (NaN), the one after that with finite activations again
+        assert [key for key, *_ in got] == ["fc"]
+        value = got[0][4].item()
+        if epoch == 0:
+            assert math.isnan(value)
+        else:
+            expected = textbook_svcca(probes[0].numpy(), probes[1].numpy())
+            assert value == pytest.approx(expected, abs=1e-6)
+            assert 0.0 < value < 1.0
 
 
 # ----------------------------------------------------------------------------- checkpoint
