@@ -45,7 +45,7 @@ def test_standalone_run_reports_nested_metrics_without_ray() -> None:
         assert result["frozen_fraction"] == 0.0 and result["step_seconds"] > 0
 
 
-def test_plain_trainable_runs_without_instrument() -> None:
+def test_instrumented_trainable_called_directly_runs_locally_without_tune() -> None:
     ik.tune.instrument(lambda c: None)  # lambdas are fine trainables
     config = {"lr": 0.1, "iterations": 2, "freeze_at_iteration": 0}
     ik.instrument(train_tiny)(config)
