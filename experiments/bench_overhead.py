@@ -47,7 +47,10 @@ medians over every timed step.
 harness's own noise floor on the machine at hand.
 
 Run: ``python -m experiments.bench_overhead --depth 2`` and ``--depth 6`` (how the cost grows
-with the number of layers). The last line printed is one JSON object.
+with the number of layers). ``--model resnet18`` times ResNet-18's layout on random 32x32 images
+(``--batch-size 128`` on a GPU, smaller on a CPU), ``--model mlp --layers N --width W`` a deep
+MLP of N hidden layers (the cost per layer when layers are cheap). The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -67,21 +70,42 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
-from experiments.models import DeepCNN
+from experiments.models import MLP, DeepCNN, SmallResNet
 
 log = logging.getLogger("bench_overhead")
 
 VARIANTS = ("plain", "every", "sub16")
 
 
+MODELS = ("cnn", "resnet18", "mlp")
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    """``cnn``: DeepCNN(``--depth``, ``--width``) on MNIST; ``resnet18``: ResNet-18's layout for
+    32x32 images (stem + 4 stages of 2 basic blocks, 64-512 channels, 11.2M parameters) on
+    random 3x32x32 data; ``mlp``: ``--layers`` hidden Linear(``--width``) layers on MNIST."""
+    if args.model == "cnn":
+        return DeepCNN(args.depth, width=args.width)
+    if args.model == "resnet18":
+        return SmallResNet(3, 10, width=64, blocks=(2, 2, 2, 2))
+    return MLP(28 * 28, hidden=[args.width] * args.layers, classes=10)
+
+
 def load_batches(
-    n_batches: int, batch_size: int, device: torch.device, seed: int = 0
+    n_batches: int, batch_size: int, device: torch.device, seed: int = 0, model: str = "cnn"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_batches`` shuffled training batches of the MNIST subset, on ``device``."""
+    """``n_batches`` shuffled training batches of the MNIST subset (random 3x32x32 images with
+    random labels for ``resnet18``: the cost of a step does not depend on the data), on
+    ``device``."""
     from experiments.data import load_mnist_subset
 
-    train, _ = load_mnist_subset()
-    x, y = train.tensors
+    if model == "resnet18":
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(max(batch_size, 512), 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (len(x),), generator=g)
+    else:
+        train, _ = load_mnist_subset()
+        x, y = train.tensors
     g = torch.Generator().manual_seed(seed)
     batches = []
     while len(batches) < n_batches:
@@ -109,7 +133,7 @@ class Model:
     def __init__(
         self, init: dict[str, torch.Tensor], args: argparse.Namespace, device: torch.device
     ) -> None:
-        self.net = DeepCNN(depth=args.depth, width=args.width).to(device)
+        self.net = build_model(args).to(device)
         self.net.load_state_dict(init)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
 
@@ -232,8 +256,12 @@ def count_syncs(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--depth", type=int, default=2, help="convolutions (2: SmallCNN)")
-    parser.add_argument("--width", type=int, default=16, help="channels of the first conv")
+    parser.add_argument("--model", choices=MODELS, default="cnn")
+    parser.add_argument("--depth", type=int, default=2, help="cnn: convolutions (2: SmallCNN)")
+    parser.add_argument(
+        "--width", type=int, default=16, help="cnn: channels of the first conv; mlp: layer width"
+    )
+    parser.add_argument("--layers", type=int, default=10, help="mlp: hidden layers")
     parser.add_argument("--steps", type=int, default=600, help="training steps per run")
     parser.add_argument("--block", type=int, default=20, help="steps per turn of each run")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -267,8 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    init = {k: v.to(device) for k, v in DeepCNN(args.depth, width=args.width).state_dict().items()}
-    batches = load_batches(args.steps, args.batch_size, device)
+    init = {k: v.to(device) for k, v in build_model(args).state_dict().items()}
+    batches = load_batches(args.steps, args.batch_size, device, model=args.model)
     with tempfile.TemporaryDirectory() as log_dir:
         wall, cpu = time_runs(init, batches, args, device, log_dir)
         syncs = None
@@ -295,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     median_cpu = {v: statistics.median(t) for v, t in kept_cpu.items()}
     for v in VARIANTS:
         log.info("%-5s median %.3f ms wall, %.3f ms cpu", v, 1e3 * median[v], 1e3 * median_cpu[v])
-    layers = len(ik.exporter.select_modules(DeepCNN(args.depth, width=args.width)))
+    layers = len(ik.exporter.select_modules(build_model(args)))
     result: dict[str, Any] = {
         "ratio": round(median["every"] / median["plain"], 4),
         "ratio_subsample16": round(median["sub16"] / median["plain"], 4),
@@ -310,8 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": args.steps,
         "timed_steps": len(wall["plain"]),
         "block": args.block,
+        "model": args.model,
         "layers": layers,
-        "depth": args.depth,
+        "depth": args.depth if args.model == "cnn" else None,
         "width": args.width,
         "batch_size": args.batch_size,
         "device": args.device,
