@@ -1,11 +1,15 @@
 """``ikkuna-tune``: the command line. It parses arguments and calls plain functions.
 
 ``ikkuna-tune compare EXPERIMENT_DIR`` draws the comparison of a finished experiment
-(:func:`ikkuna_tune.compare.compare_experiment`) and prints its per-trial summary and the
+(:func:`ikkuna_tune.compare.compare_experiment`: PNG plots, summary.csv, decisions.csv and the
+interactive report.html) and prints its per-trial summary and the
 scheduler's decisions (:func:`ikkuna_tune.compare.decisions`: each freeze and stop with its rule
 and values); ``ikkuna-tune demo`` runs the demo sweep
 (:func:`ikkuna_tune.demo.run_demo`). Mistakes the user can fix (a wrong path, an unknown
 metric, an empty experiment, an unreachable cluster) print one line to stderr and exit with 2.
+
+This module imports only the standard library: each command imports what it needs when it
+runs, so ``ikkuna-tune --help`` loads neither torch, Ray, pandas, matplotlib nor plotly.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="plot and summarise a finished experiment",
         description="Draw per-layer small multiples of a metric, the layer freeze timeline and "
-        "a per-trial summary of a finished Tune experiment, and list the scheduler's decisions "
-        "(each frozen layer and stopped trial with the rule and values behind it); read from "
-        "disk, Ray need not run.",
+        "a per-trial summary of a finished Tune experiment, write them all into one interactive "
+        "report.html that opens offline, and list the scheduler's decisions (each frozen layer "
+        "and stopped trial with the rule and values behind it); read from disk, Ray need not "
+        "run.",
     )
     compare.add_argument(
         "experiment", metavar="EXPERIMENT_DIR", help="experiment directory (<storage>/<name>)"
@@ -54,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--color-by",
         default="lr",
         help="config parameter that colours the trials (lr); 'none' colours by trial",
+    )
+    compare.add_argument(
+        "--style-by",
+        default="auto",
+        help="config parameter that sets the line style, to tell apart trials of one colour "
+        "(auto: the one that does; 'none': all solid)",
+    )
+    compare.add_argument(
+        "--free-y",
+        action="store_true",
+        help="give each layer's panel its own y-axis (default: one shared y-axis)",
+    )
+    compare.add_argument(
+        "--budget",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="iterations a trial runs unless stopped early, for stopped_early and "
+        "compute_saved (default: the longest trial's)",
+    )
+    compare.add_argument(
+        "--no-html", action="store_true", help="do not write the interactive report.html"
     )
     compare.add_argument(
         "--summary-metric",
@@ -107,6 +134,7 @@ def _compare(args: argparse.Namespace) -> int:
     from ikkuna_tune.compare import compare_experiment
 
     color_by = None if args.color_by.lower() == "none" else args.color_by
+    style_by = None if args.style_by.lower() == "none" else args.style_by
     comparison = compare_experiment(
         args.experiment,
         args.out,
@@ -114,6 +142,10 @@ def _compare(args: argparse.Namespace) -> int:
         color_by=color_by,
         summary_metric=args.summary_metric,
         mode=args.mode,
+        style_by=style_by,
+        sharey=not args.free_y,
+        budget=args.budget,
+        html=not args.no_html,
     )
     _print_summary(comparison.summary)
     _print_decisions(comparison.decisions)
@@ -173,6 +205,16 @@ def _print_decisions(table: Any) -> None:
             for cell, width, right in zip(cells, widths, numeric)
         )
         print(line.rstrip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer but got {text!r}")
+    return value
 
 
 class _UsageError(Exception):

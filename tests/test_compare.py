@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.colors import LogNorm, to_rgba
 
 from ikkuna_tune import compare
-from tests.experiment_files import FROZEN_STEP, LAYERS, STEP, handmade, write_trial
+from tests.experiment_files import LAYERS, handmade, write_trial
 
 LRS = {"aaaaa_00000": 0.01, "aaaaa_00001": 0.1, "aaaaa_00002": 1.0}
 
@@ -145,14 +147,68 @@ def test_summary_matches_hand_computation(df) -> None:
     assert table["stopped_early"].tolist() == [False, True, False]
     assert table["frozen_layers"].tolist() == [["stem"], [], []]
     assert table["frozen_fraction"].tolist() == [0.25, 0.0, 0.0]
-    steps = [STEP, STEP, FROZEN_STEP, FROZEN_STEP]
-    saved = 1 - sum(steps) / (len(steps) * STEP)
-    assert table["compute_saved"].tolist() == pytest.approx([saved, 0.0, 0.0])
-    assert saved == pytest.approx(0.25)
+    # the work skipped, of the full budget: aaaaa_00000 ran its 4 iterations with a quarter of
+    # the parameters frozen in the last two; aaaaa_00001 was stopped after 2 of the longest
+    # trial's 4 iterations; aaaaa_00002 ended its own loop after 3 and froze nothing
+    assert table["compute_saved"].tolist() == [(0.25 + 0.25) / 4, (4 - 2) / 4, 0.0]
     highest = compare.summary(df, metric="loss", mode="max").set_index("trial_id")
     assert highest["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])
     assert highest["best_iteration"].tolist() == [1, 1, 1]
     assert "best_iteration" not in compare.summary(df).columns
+
+
+def test_compute_saved_of_a_hand_computed_example() -> None:
+    # 4 of a budget of 6 iterations run, a quarter then half of the parameters frozen in the
+    # last two: (6 - 4) iterations not run + 0.25 + 0.5 iterations' updates skipped, of 6
+    assert compare.compute_saved([0.0, 0.0, 0.25, 0.5], budget=6) == 0.458
+    assert compare.compute_saved([0.0] * 5, budget=5) == 0.0
+    assert compare.compute_saved([1 / 3] * 3, budget=3) == 0.333
+    assert compare.compute_saved([1.0, 1.0], budget=2) == 1.0
+    with pytest.raises(ValueError, match=r"Expected frozen fractions in \[0, 1\] but got 1.5"):
+        compare.compute_saved([0.0, 1.5], budget=2)
+    with pytest.raises(ValueError, match=r"in \[0, 1\] but got nan"):
+        compare.compute_saved([math.nan], budget=2)
+    with pytest.raises(
+        ValueError, match="at least the 3 iteration.s. run .and at least 1. but got 2"
+    ):
+        compare.compute_saved([0.0] * 3, budget=2)
+    with pytest.raises(ValueError, match="but got True"):
+        compare.compute_saved([], budget=True)
+
+
+def test_compute_saved_does_not_depend_on_step_timings(experiment, tmp_path) -> None:
+    """The same decisions give the same figure, however noisy the step timings."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(experiment, copy)
+    noise = random.Random(0)
+    for path in copy.glob("*/result.json"):
+        lines = path.read_text().splitlines(keepends=True)
+        changed = []
+        for line in lines:
+            try:
+                result = json.loads(line)
+            except ValueError:  # the half-written last line stays as it is
+                changed.append(line)
+                continue
+            result["step_seconds"] = noise.uniform(0.05, 0.5)
+            result["step_seconds_unfrozen"] = noise.uniform(0.05, 0.5)
+            changed.append(json.dumps(result) + "\n")
+        path.write_text("".join(changed))
+    original = compare.summary(compare.load(experiment))["compute_saved"].tolist()
+    noisy = compare.summary(compare.load(copy))["compute_saved"].tolist()
+    assert noisy == original == [0.125, 0.5, 0.0]
+
+
+def test_summary_with_a_budget(df) -> None:
+    table = compare.summary(df, budget=10).set_index("trial_id")
+    # aaaaa_00001, stopped by Tune, skipped 8 of 10 iterations; the others ended by themselves
+    assert table["stopped_early"].tolist() == [False, True, False]
+    assert table["compute_saved"].tolist() == [0.125, (10 - 2) / 10, 0.0]
+    at_two = compare.summary(df, budget=2).set_index("trial_id")
+    assert not at_two["stopped_early"].any()  # it ran the whole budget
+    assert at_two.loc["aaaaa_00001", "compute_saved"] == 0.0
+    with pytest.raises(ValueError, match="Expected `budget` to be a positive integer or None but"):
+        compare.summary(df, budget=0)
 
 
 def test_summary_of_a_hand_made_frame_without_trial_facts() -> None:
@@ -180,13 +236,12 @@ def test_summary_of_a_hand_made_frame_without_trial_facts() -> None:
 # ----------------------------------------------------------------------------------- plots
 def test_plot_layers_one_axes_per_layer_in_network_order(df) -> None:
     figure = compare.plot_layers(df, metric="sim", color_by="lr")
-    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
-    (colorbar,) = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
-    assert colorbar.get_ylabel() == "lr"
+    panels = figure.axes  # three lr values: a legend of them, no colorbar
     assert [ax.get_title() for ax in panels] == LAYERS
     norm = LogNorm(0.01, 1.0)  # positive and spanning a factor >= 10: log scale
     for ax, layer in zip(panels, LAYERS):
-        assert (ax.get_xlabel(), ax.get_ylabel()) == ("training_iteration", "sim")
+        assert ax.get_xlabel() == "training_iteration"
+        assert ax.get_ylabel() == ("sim" if ax is panels[0] else "")  # one shared y-axis
         lines = ax.get_lines()
         assert [line.get_gid() for line in lines] == list(LRS)
         for line in lines:
@@ -195,11 +250,16 @@ def test_plot_layers_one_axes_per_layer_in_network_order(df) -> None:
             assert list(line.get_ydata()) == rows["value"].tolist()
             expected = colormaps["viridis"](norm(LRS[line.get_gid()]))
             assert to_rgba(line.get_color()) == pytest.approx(expected)
+    (legend,) = figure.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["lr", "0.01", "0.1", "1", "marks", "layer frozen", "stopped early"]
+    colours = [to_rgba(h.get_color()) for h in legend.legend_handles[1:4]]
+    assert colours == [pytest.approx(colormaps["viridis"](norm(lr))) for lr in (0.01, 0.1, 1.0)]
 
 
 def test_plot_layers_linear_and_categorical_colours(df) -> None:
     figure = compare.plot_layers(df, metric="sim", color_by="model/width", columns=2)
-    assert len(figure.axes) == 4  # 2 x 2 grid less the unused one, plus the colorbar
+    assert len(figure.axes) == 3  # 2 x 2 grid less the unused one; two widths: no colorbar
     colours = {line.get_gid(): to_rgba(line.get_color()) for line in figure.axes[0].get_lines()}
     viridis = colormaps["viridis"]
     assert colours["aaaaa_00000"] == pytest.approx(viridis(0.0))  # width 8 of 8..16
@@ -207,12 +267,12 @@ def test_plot_layers_linear_and_categorical_colours(df) -> None:
     assert colours["aaaaa_00002"] == colours["aaaaa_00000"]
 
     categorical = df.assign(optimizer=df["trial_id"].map({"aaaaa_00000": "adam"}))
-    figure = compare.plot_layers(categorical, metric="loss", color_by="optimizer")
+    figure = compare.plot_layers(categorical, metric="loss", color_by="optimizer", style_by=None)
     (ax,) = figure.axes
     assert ax.get_title() == "loss" and len(ax.get_lines()) == 3
     (legend,) = figure.legends
-    assert legend.get_title().get_text() == "optimizer"
-    assert [t.get_text() for t in legend.get_texts()] == ["adam", "(missing)"]
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["optimizer", "adam", "(missing)", "marks", "stopped early"]
     colours = [to_rgba(line.get_color()) for line in ax.get_lines()]
     assert colours[0] == pytest.approx(colormaps["tab10"](0)) and colours[1] == colours[2]
 
@@ -224,12 +284,14 @@ def test_freeze_timeline(df) -> None:
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("training_iteration", "trial")
     assert [t.get_text() for t in ax.get_yticklabels()] == list(LRS)
     marks = {line.get_label(): line for line in ax.get_lines()}
-    assert [name for name in marks if not name.startswith("_")] == [*LAYERS, "stopped early"]
+    # only stem ever froze: block.0 and head have no entry
+    assert [name for name in marks if not name.startswith("_")] == ["stem", "stopped early"]
     assert list(marks["stem"].get_xdata()) == [3] and list(marks["stem"].get_ydata()) == [0]
-    assert len(marks["head"].get_xdata()) == 0
     assert list(marks["stopped early"].get_xdata()) == [2]
     assert list(marks["stopped early"].get_ydata()) == [1]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [*LAYERS, "stopped early"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stem", "stopped early"]
+    spans = [line for name, line in marks.items() if name.startswith("_")]
+    assert [list(line.get_xdata()) for line in spans] == [[0.5, 4.5], [0.5, 2.5], [0.5, 3.5]]
     assert compare.freeze_iterations(df) == {"aaaaa_00000": {"stem": 3}}
 
     by_width = compare.plot_freeze_timeline(df, color_by="model/width")
@@ -301,6 +363,7 @@ def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
         out / "freeze_timeline.png",
         out / "summary.csv",
         out / "decisions.csv",  # the experiment's scheduler decisions
+        out / "report.html",
     ]
     assert all(path.stat().st_size for path in files)
     written = pd.read_csv(out / "summary.csv")
@@ -308,7 +371,12 @@ def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
     assert written["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])  # mode="max"
     without_frozen = df[df["metric"] != "frozen"]
     files = compare.write_report(without_frozen, tmp_path / "plain", metric="sim")
-    assert [path.name for path in files] == ["layers_sim.png", "summary.csv", "decisions.csv"]
+    assert [path.name for path in files] == [
+        "layers_sim.png",
+        "summary.csv",
+        "decisions.csv",
+        "report.html",
+    ]
     with pytest.raises(ValueError, match="Unknown metric 'x'"):
         compare.write_report(df, tmp_path / "never", metric="x")
     assert not (tmp_path / "never").exists()

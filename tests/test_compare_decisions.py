@@ -182,6 +182,7 @@ def test_write_report_writes_the_decisions(experiment, tmp_path) -> None:
         "freeze_timeline.png",
         "summary.csv",
         "decisions.csv",
+        "report.html",
     ]
     written = pd.read_csv(out / "decisions.csv")
     assert written.columns.tolist() == COLUMNS
@@ -200,5 +201,5 @@ def test_write_report_writes_the_decisions(experiment, tmp_path) -> None:
     plain = tmp_path / "plain"
     config = {"lr": 0.1}
     write_trial(plain / "sweep", "train_t0", config, [report("t0", config, 1, ("stem",))])
-    files = compare.write_report(compare.load(plain / "sweep"), plain, metric="sim")
+    files = compare.write_report(compare.load(plain / "sweep"), plain, metric="sim", html=False)
     assert [p.name for p in files] == ["layers_sim.png", "freeze_timeline.png", "summary.csv"]

@@ -1,0 +1,96 @@
+"""Compare the trials of a Tune experiment: one tidy DataFrame, plots and a summary table.
+
+Everything here works on finished experiments read from disk, without Ray running::
+
+    from ikkuna_tune import compare
+
+    df = compare.load("~/ray_results/my_sweep")  # or an ExperimentAnalysis / ResultGrid
+    compare.plot_layers(df, metric="self_similarity", color_by="lr").savefig("layers.png")
+    compare.plot_freeze_timeline(df).savefig("freeze.png")
+    table = compare.summary(df, metric="test_accuracy", mode="max")  # one row per trial
+    why = compare.decisions(df)  # what SVCCAScheduler froze and stopped, and why
+    compare.write_report(df, "plots/")  # the PNGs, summary.csv, decisions.csv, report.html
+
+The tidy DataFrame has one row per reported number: ``trial_id``, one column per config
+parameter (nested configs flattened as ``a/b``), ``training_iteration``, ``metric``, ``layer``
+and ``value``. Tune flattens the nested per-layer reports of :func:`ikkuna_tune.report`
+(``{"self_similarity": {"conv1": 0.99}}``) to ``self_similarity/conv1``; such a name becomes
+metric ``self_similarity``, layer ``conv1``. Network-wide metrics have no layer (NaN).
+Non-numeric and missing values (NaN, ``null``), and Tune's bookkeeping fields (``done``,
+``timestamp``, ``pid``...), are left out. Booleans become 0/1.
+
+What is known about each trial beyond its numbers (status, whether it failed, whether Tune
+stopped it, its directory, its config, also for trials that never reported) is kept in
+``df.attrs["trials"]``, which :func:`summary` and :func:`plot_freeze_timeline` read. The
+scheduler's decisions are in ``df.attrs["decisions"]`` (see :func:`decisions`), and metrics that
+were reported but never with a value (every value NaN or ``null``) in
+``df.attrs["empty_metrics"]`` (name -> reported per layer), so that asking for one says so.
+
+The work is split by job: :mod:`~ikkuna_tune.compare.loading` reads experiments,
+:mod:`~ikkuna_tune.compare.frame` answers questions about the frame,
+:mod:`~ikkuna_tune.compare.tables` makes the summary and decisions,
+:mod:`~ikkuna_tune.compare.plots` draws with matplotlib,
+:mod:`~ikkuna_tune.compare.html_report` writes the interactive page (plotly, imported only
+then) and :mod:`~ikkuna_tune.compare.report` writes them all.
+
+Damaged files do not stop a load: lines of ``result.json`` (or of the scheduler's
+``ikkuna_decisions.jsonl``) that are not UTF-8 JSON objects are skipped with one warning per
+file naming its path and the lines, and a file that cannot be read is skipped with a warning
+naming it.
+"""
+
+from ikkuna_tune.compare.frame import (
+    FROZEN,
+    TIDY_COLUMNS,
+    config_columns,
+    freeze_iterations,
+    layers,
+    metrics,
+)
+from ikkuna_tune.compare.html_report import (
+    HTML_REPORT,
+    layers_figure,
+    timeline_figure,
+    write_html_report,
+)
+from ikkuna_tune.compare.loading import BOOKKEEPING, DECISIONS_FILE, FREEZE_REASON, load
+from ikkuna_tune.compare.plots import (
+    LINESTYLES,
+    MAX_LEGEND_COLOURS,
+    auto_style_by,
+    freezable_layers,
+    plot_freeze_timeline,
+    plot_layers,
+)
+from ikkuna_tune.compare.report import Comparison, compare_experiment, write_report
+from ikkuna_tune.compare.tables import DECISION_COLUMNS, compute_saved, decisions, summary
+
+__all__ = [
+    "BOOKKEEPING",
+    "DECISIONS_FILE",
+    "DECISION_COLUMNS",
+    "FREEZE_REASON",
+    "FROZEN",
+    "HTML_REPORT",
+    "LINESTYLES",
+    "MAX_LEGEND_COLOURS",
+    "TIDY_COLUMNS",
+    "Comparison",
+    "auto_style_by",
+    "compare_experiment",
+    "compute_saved",
+    "config_columns",
+    "decisions",
+    "freezable_layers",
+    "freeze_iterations",
+    "layers",
+    "layers_figure",
+    "load",
+    "metrics",
+    "plot_freeze_timeline",
+    "plot_layers",
+    "summary",
+    "timeline_figure",
+    "write_html_report",
+    "write_report",
+]

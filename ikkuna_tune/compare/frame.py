@@ -1,0 +1,227 @@
+"""Questions asked of the tidy DataFrame of :func:`ikkuna_tune.compare.load`, and its checks.
+
+Shared by the tables, the matplotlib plots and the HTML report; nothing here draws or writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "FROZEN",
+    "TIDY_COLUMNS",
+    "check_color_by",
+    "check_metric",
+    "check_mode",
+    "check_tidy",
+    "config_columns",
+    "freeze_iterations",
+    "iterations_run",
+    "layers",
+    "metrics",
+    "missing",
+    "sort_key",
+    "stopped_early",
+    "trial_infos",
+    "trial_label",
+    "trial_values",
+]
+
+#: The tidy columns besides the config columns.
+TIDY_COLUMNS = ("trial_id", "training_iteration", "metric", "layer", "value")
+#: The per-layer metric whose reported order is the network's order of layers.
+FROZEN = "frozen"
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The config parameters of a tidy DataFrame from :func:`load`."""
+    return [c for c in df.columns if c not in TIDY_COLUMNS]
+
+
+def metrics(df: pd.DataFrame, per_layer: bool | None = None) -> list[str]:
+    """Metric names in ``df`` (sorted); only per-layer ones, or only network-wide ones."""
+    if per_layer is None:
+        names = df["metric"]
+    elif per_layer:
+        names = df.loc[df["layer"].notna(), "metric"]
+    else:
+        names = df.loc[df["layer"].isna(), "metric"]
+    return sorted(set(names))
+
+
+def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
+    """Layer names in network order (of ``metric``'s layers, if given).
+
+    The order is that in which trials report ``frozen/<layer>`` (every tracked layer, in the
+    model's order, in every report); layers without it follow in order of first appearance.
+    """
+    rows = df[df["layer"].notna()]
+    ordered = list(dict.fromkeys(rows.loc[rows["metric"] == FROZEN, "layer"]))
+    seen = set(ordered)
+    ordered += [name for name in dict.fromkeys(rows["layer"]) if name not in seen]
+    if metric is not None:
+        present = set(rows.loc[rows["metric"] == metric, "layer"])
+        ordered = [name for name in ordered if name in present]
+    return ordered
+
+
+def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per trial, per layer: the first ``training_iteration`` whose report says it is frozen.
+
+    A layer frozen after a report (as the scheduler does) shows up frozen in the next one.
+    """
+    frozen = df[(df["metric"] == FROZEN) & df["layer"].notna() & (df["value"] > 0)]
+    first = frozen.groupby(["trial_id", "layer"], sort=False)["training_iteration"].min()
+    result: dict[str, dict[str, int]] = {}
+    for (trial_id, layer), iteration in first.items():
+        result.setdefault(str(trial_id), {})[str(layer)] = int(iteration)
+    return result
+
+
+def iterations_run(df: pd.DataFrame) -> dict[str, int]:
+    """Per trial: the last ``training_iteration`` it reported."""
+    last = df.groupby("trial_id")["training_iteration"].max().to_dict()
+    return {str(k): int(v) for k, v in last.items()}
+
+
+def stopped_early(
+    infos: Mapping[str, Mapping[str, Any]], iterations: Mapping[str, int], budget: int | None = None
+) -> dict[str, bool]:
+    """Per trial: Tune stopped it (its last result says ``done``) before it ran ``budget``
+    iterations (default: as many as the longest trial), and it did not fail."""
+    if budget is None:
+        budget = max((int(v) for v in iterations.values()), default=0)
+    return {
+        trial_id: bool(
+            not info.get("failed")
+            and info.get("stopped_by_tune")
+            and int(iterations.get(trial_id, 0)) < budget
+        )
+        for trial_id, info in infos.items()
+    }
+
+
+def check_tidy(df: Any) -> None:
+    if not isinstance(df, pd.DataFrame) or not set(TIDY_COLUMNS) <= set(df.columns):
+        raise ValueError(
+            f"Expected the tidy DataFrame of compare.load (columns {', '.join(TIDY_COLUMNS)}) "
+            f"but got {type(df).__name__}"
+        )
+    if not len(df):
+        raise ValueError("The DataFrame holds no results")
+
+
+def check_metric(
+    df: pd.DataFrame, metric: str, per_layer: bool | None = None, allow_empty: bool = False
+) -> None:
+    """Check that ``df`` has values of ``metric`` (of its kind, when ``per_layer`` is given).
+
+    With ``allow_empty``, a metric reported without values (``df.attrs["empty_metrics"]``)
+    passes too, if of the right kind.
+    """
+    empty = df.attrs.get("empty_metrics", {})
+    if isinstance(metric, str) and metric not in set(df["metric"]) and metric in empty:
+        if per_layer is False and empty[metric]:
+            raise ValueError(
+                f"Metric {metric!r} is reported per layer; pick a network-wide metric: "
+                f"{', '.join(metrics(df, per_layer=False)) or '(none)'}"
+            )
+        if allow_empty:
+            return
+        raise ValueError(
+            f"Metric {metric!r} was reported but has no values in any trial (every value is "
+            f"NaN or null); metrics with values: {', '.join(metrics(df)) or '(none)'}"
+        )
+    if not isinstance(metric, str) or metric not in set(df["metric"]):
+        layered, network = metrics(df, per_layer=True), metrics(df, per_layer=False)
+        without = f"; without values: {', '.join(empty)}" if empty else ""
+        raise ValueError(
+            f"Unknown metric {metric!r}; per-layer metrics: {', '.join(layered) or '(none)'}; "
+            f"network-wide metrics: {', '.join(network) or '(none)'}{without}"
+        )
+    if per_layer is False and metric not in metrics(df, per_layer=False):
+        network = metrics(df, per_layer=False)
+        raise ValueError(
+            f"Metric {metric!r} is reported per layer; pick a network-wide metric: "
+            f"{', '.join(network) or '(none)'}"
+        )
+
+
+def check_color_by(df: pd.DataFrame, color_by: str | None, what: str = "color_by") -> None:
+    if color_by is not None and color_by not in config_columns(df):
+        raise ValueError(
+            f"Unknown {what} parameter {color_by!r}; config columns: "
+            f"{', '.join(config_columns(df)) or '(none)'}"
+        )
+
+
+def check_mode(mode: str) -> None:
+    if mode not in ("max", "min"):
+        raise ValueError(f"Expected `mode` to be 'max' or 'min' but got {mode!r}")
+
+
+def check_budget(budget: int | None) -> None:
+    if budget is not None and (
+        not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget < 1
+    ):
+        raise ValueError(f"Expected `budget` to be a positive integer or None but got {budget!r}")
+
+
+def trial_infos(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per-trial facts: from ``df.attrs`` when present, else what the rows tell."""
+    infos = {str(k): dict(v) for k, v in df.attrs.get("trials", {}).items()}
+    config = config_columns(df)
+    for trial_id, rows in df.groupby("trial_id", sort=False):
+        info = infos.setdefault(str(trial_id), {})
+        info.setdefault("config", rows.iloc[0][config].to_dict())
+        info.setdefault("status", None)
+        info.setdefault("failed", False)
+        info.setdefault("stopped_by_tune", False)
+        info.setdefault("path", None)
+    return dict(sorted(infos.items()))
+
+
+def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
+    """Each trial's value of a config column (None when missing)."""
+    if column is None:
+        return {}
+    values = {}
+    for trial_id, info in trial_infos(df).items():
+        config = info.get("config", {})
+        values[trial_id] = config.get(column, config.get(column.removeprefix("config/")))
+    rows = df.drop_duplicates("trial_id")
+    for trial_id, value in zip(rows["trial_id"], rows[column]):
+        values[str(trial_id)] = value
+    return {k: (None if missing(v) else v) for k, v in values.items()}
+
+
+def missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (2, "")
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def shown_value(value: Any) -> str:
+    """A config value as the plots write it (floats to 4 significant digits)."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return "(missing)" if value is None else str(value)
+
+
+def trial_label(trial_id: str, color_by: str | None, value: Any) -> str:
+    if color_by is None:
+        return trial_id
+    return f"{trial_id} ({color_by}={shown_value(value)})"

@@ -1,0 +1,219 @@
+"""Writing a comparison: the PNG plots, ``summary.csv``, ``decisions.csv`` and ``report.html``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ikkuna_tune.compare.frame import (
+    FROZEN,
+    check_budget,
+    check_color_by,
+    check_metric,
+    check_mode,
+    check_tidy,
+    metrics,
+)
+from ikkuna_tune.compare.html_report import HTML_REPORT, write_html_report
+from ikkuna_tune.compare.loading import ExperimentLike, load
+from ikkuna_tune.compare.plots import AUTO, plot_freeze_timeline, plot_layers, resolve_style_by
+from ikkuna_tune.compare.tables import DECISION_COLUMNS, decisions, summary
+
+__all__ = ["Comparison", "compare_experiment", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_experiment` made: the summary table, the files it wrote and the
+    scheduler's :func:`decisions`."""
+
+    summary: pd.DataFrame
+    files: list[Path]
+    decisions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(DECISION_COLUMNS))
+    )
+
+
+def compare_experiment(
+    experiment: ExperimentLike,
+    out_dir: str | PathLike[str],
+    metric: str = "self_similarity",
+    color_by: str | None = "lr",
+    summary_metric: str | None = None,
+    mode: str = "max",
+    *,
+    style_by: str | None = AUTO,
+    sharey: bool = True,
+    budget: int | None = None,
+    html: bool = True,
+) -> Comparison:
+    """:func:`load` an experiment and :func:`write_report` its comparison into ``out_dir``.
+
+    Raises:
+        ValueError: as :func:`load` and :func:`write_report` do.
+    """
+    check_mode(mode)
+    check_budget(budget)
+    df = load(experiment)
+    options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
+    table = _summary_for_report(df, options, summary_metric, mode)
+    made = decisions(df)
+    files = _write(df, table, made, out_dir, options, title=_title(experiment))
+    return Comparison(summary=table, files=files, decisions=made)
+
+
+def write_report(
+    df: pd.DataFrame,
+    out_dir: str | PathLike[str],
+    metric: str = "self_similarity",
+    color_by: str | None = "lr",
+    summary_metric: str | None = None,
+    mode: str = "max",
+    *,
+    style_by: str | None = AUTO,
+    sharey: bool = True,
+    budget: int | None = None,
+    html: bool = True,
+) -> list[Path]:
+    """Write ``layers_<metric>.png``, ``freeze_timeline.png``, ``summary.csv``,
+    ``decisions.csv`` and ``report.html`` of a tidy DataFrame into ``out_dir`` (created if
+    needed); returns the paths written.
+
+    ``summary_metric`` is the network-wide metric whose best value the summary shows; None
+    takes ``test_accuracy`` when the trials report it. ``style_by`` and ``sharey`` are those of
+    :func:`plot_layers`; ``budget`` is that of :func:`summary` (also for the plots' marks of
+    trials stopped early). The freeze timeline is left out, with a warning, when the trials
+    report no ``frozen/<layer>``, and ``decisions.csv`` (the table of :func:`decisions`) when
+    there are no scheduler decisions. ``report.html`` (see
+    :func:`ikkuna_tune.compare.html_report.write_html_report`: the same figures, interactive,
+    and both tables, in one file that opens offline) is left out with ``html=False``. Every
+    argument is checked before anything is written. In ``summary.csv`` the frozen layers are
+    joined by spaces and the freeze reasons written ``layer: reason; layer: reason``.
+
+    Raises:
+        ValueError: as :func:`plot_layers` and :func:`summary` do.
+    """
+    check_tidy(df)
+    check_budget(budget)
+    options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
+    table = _summary_for_report(df, options, summary_metric, mode)
+    return _write(df, table, decisions(df), out_dir, options, title="ikkuna_tune comparison")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What to draw, checked against the frame (``style_by`` resolved)."""
+
+    metric: str
+    color_by: str | None
+    style_by: str | None
+    sharey: bool
+    budget: int | None
+    html: bool
+
+    @classmethod
+    def checked(
+        cls,
+        df: pd.DataFrame,
+        metric: str,
+        color_by: str | None,
+        style_by: str | None,
+        sharey: bool,
+        budget: int | None,
+        html: bool,
+    ) -> _Options:
+        check_metric(df, metric)
+        check_color_by(df, color_by)
+        style = resolve_style_by(df, color_by, style_by)
+        return cls(metric, color_by, style, bool(sharey), budget, bool(html))
+
+
+def _summary_for_report(
+    df: pd.DataFrame, options: _Options, summary_metric: str | None, mode: str
+) -> pd.DataFrame:
+    check_mode(mode)
+    if summary_metric is None and "test_accuracy" in metrics(df, per_layer=False):
+        summary_metric = "test_accuracy"
+    return summary(df, metric=summary_metric, mode=mode, budget=options.budget)
+
+
+def _title(experiment: ExperimentLike) -> str:
+    if isinstance(experiment, (str, PathLike)):
+        return f"ikkuna_tune comparison: {Path(experiment).name}"
+    path = getattr(experiment, "experiment_path", None)
+    return f"ikkuna_tune comparison: {Path(str(path)).name}" if path else "ikkuna_tune comparison"
+
+
+def _write(
+    df: pd.DataFrame,
+    table: pd.DataFrame,
+    made: pd.DataFrame,
+    out_dir: str | PathLike[str],
+    options: _Options,
+    title: str,
+) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    path = out / f"layers_{_safe_name(options.metric)}.png"
+    figure = plot_layers(
+        df,
+        metric=options.metric,
+        color_by=options.color_by,
+        style_by=options.style_by,
+        sharey=options.sharey,
+        budget=options.budget,
+    )
+    _save(figure, path)
+    files.append(path)
+    if FROZEN in set(df["metric"]):
+        path = out / "freeze_timeline.png"
+        _save(plot_freeze_timeline(df, color_by=options.color_by, budget=options.budget), path)
+        files.append(path)
+    else:
+        logger.warning("The trials report no frozen/<layer>: no freeze timeline")
+    path = out / "summary.csv"
+    written = table.copy()
+    written["frozen_layers"] = [" ".join(names) for names in written["frozen_layers"]]
+    written["freeze_reasons"] = [
+        "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        for reasons in written["freeze_reasons"]
+    ]
+    written.to_csv(path, index=False)
+    files.append(path)
+    if len(made):
+        path = out / "decisions.csv"
+        made.to_csv(path, index=False)
+        files.append(path)
+    if options.html:
+        path = write_html_report(
+            df,
+            out / HTML_REPORT,
+            table,
+            made,
+            metric=options.metric,
+            color_by=options.color_by,
+            style_by=options.style_by,
+            sharey=options.sharey,
+            budget=options.budget,
+            title=title,
+        )
+        files.append(path)
+    logger.info("Wrote %s", ", ".join(str(f) for f in files))
+    return files
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,274 @@
+"""The per-trial summary table, the scheduler's decisions, and the work a trial skipped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ikkuna_tune.compare.frame import (
+    FROZEN,
+    check_budget,
+    check_metric,
+    check_mode,
+    check_tidy,
+    config_columns,
+    iterations_run,
+    layers,
+    stopped_early,
+    trial_infos,
+)
+
+__all__ = ["DECISION_COLUMNS", "compute_saved", "decisions", "summary"]
+
+#: The columns of :func:`decisions`.
+DECISION_COLUMNS = ("trial_id", "iteration", "action", "layer", "rule", "values")
+#: Decimals :func:`compute_saved` rounds to.
+SAVED_DECIMALS = 3
+
+_SUMMARY_COLUMNS = (
+    "trial_id",
+    "status",
+    "failed",
+    "iterations_run",
+    "best_iteration",
+    "stopped_early",
+    "stopped_by",
+    "frozen_layers",
+    "freeze_reasons",
+    "frozen_fraction",
+    "compute_saved",
+)
+
+
+def decisions(df: pd.DataFrame) -> pd.DataFrame:
+    """What SVCCAScheduler decided on each trial, and why: one row per decision.
+
+    Columns ``trial_id``; ``iteration``, the number of reports the scheduler had seen from
+    the trial when it decided (the ``training_iteration`` of that report when a trial reports
+    once an iteration; a freeze shows as ``frozen/<layer> = 1`` from the next report on;
+    ``<NA>`` if unknown); ``action`` (``freeze`` or ``stop``); ``layer`` (None for a decision
+    on the whole trial); ``rule``; and ``values``, the values behind the rule as one string
+    (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits).
+
+    The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
+    directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``
+    the trial reported (a reason not in the scheduler's words is the ``rule``, without
+    values or report). Rows are by trial, then report; a layer frozen again after a restore
+    has a row each time. A DataFrame not from :func:`load` has no decisions.
+
+    Raises:
+        ValueError: ``df`` is not a DataFrame.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"Expected the tidy DataFrame of compare.load but got {type(df).__name__}")
+    rows = df.attrs.get("decisions", [])
+    table = pd.DataFrame(
+        {
+            "trial_id": pd.Series([str(r["trial_id"]) for r in rows], dtype=object),
+            "iteration": pd.array([r["iteration"] for r in rows], dtype="Int64"),
+            "action": pd.Series([r["action"] for r in rows], dtype=object),
+            "layer": pd.Series([r["layer"] for r in rows], dtype=object),
+            "rule": pd.Series([r["rule"] for r in rows], dtype=object),
+            "values": pd.Series([_values_text(r["values"]) for r in rows], dtype=object),
+        }
+    )
+    return table[list(DECISION_COLUMNS)]
+
+
+def _values_text(values: Mapping[str, Any]) -> str:
+    """``k=v, ...`` as ``Decision.describe()`` writes them."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
+
+
+def _reason(row: Mapping[str, Any], with_layer: bool) -> str:
+    """A decision in words: ``rule [layer] at report N (values)``."""
+    text = str(row["rule"])
+    if with_layer and row.get("layer"):
+        text += f" {row['layer']}"
+    if row.get("iteration") is not None:
+        text += f" at report {row['iteration']}"
+    shown = _values_text(row.get("values", {}))
+    return f"{text} ({shown})" if shown else text
+
+
+def compute_saved(frozen_fractions: Sequence[float], budget: int) -> float:
+    """The fraction of a trial's training work it skipped, by stopping early and by freezing.
+
+    Training every parameter for one iteration is one unit of work; the trial's full budget is
+    ``budget`` units. During the ``n = len(frozen_fractions)`` iterations it ran it trained the
+    parameters that were not frozen, ``sum(1 - f)`` units, where ``f`` is the fraction of the
+    parameters frozen during that iteration (their gradients and updates were skipped). The
+    rest was skipped::
+
+        compute_saved = (budget - n + sum(frozen_fractions)) / budget
+
+    rounded to 3 decimals: (a) the ``budget - n`` iterations not run, plus (b) the frozen
+    fraction times the iterations it was frozen for. It counts parameter updates, not seconds
+    or FLOPs (a frozen layer still runs forward; a frozen convolution may hold few parameters
+    and much compute), so it does not depend on timing noise: the same decisions give the
+    same figure.
+
+    Args:
+        frozen_fractions: per iteration run, the fraction of parameters frozen, in [0, 1].
+        budget: the iterations the trial would have run had it not been stopped early
+            (at least ``n``, at least 1).
+
+    Example: 4 iterations of a budget of 6, the last two with a quarter and then half of the
+    parameters frozen, skipped (6 - 4 + 0.25 + 0.5) / 6 of the work:
+
+    >>> compute_saved([0.0, 0.0, 0.25, 0.5], budget=6)
+    0.458
+
+    Raises:
+        ValueError: a fraction is not in [0, 1], or ``budget`` is not an integer of at
+            least ``max(n, 1)``.
+    """
+    fractions = [float(f) for f in frozen_fractions]
+    bad = [f for f in fractions if not 0.0 <= f <= 1.0]
+    if bad:
+        raise ValueError(f"Expected frozen fractions in [0, 1] but got {bad[0]!r}")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < max(len(fractions), 1):
+        raise ValueError(
+            f"Expected `budget` to be an integer of at least the {len(fractions)} iteration(s) "
+            f"run (and at least 1) but got {budget!r}"
+        )
+    saved = (budget - len(fractions) + math.fsum(fractions)) / budget
+    return round(saved, SAVED_DECIMALS) + 0.0  # + 0.0: no -0.0
+
+
+def summary(
+    df: pd.DataFrame, metric: str | None = None, mode: str = "max", budget: int | None = None
+) -> pd.DataFrame:
+    """One row per trial: how it did, how long it ran, what it froze and saved.
+
+    Columns:
+
+    - ``trial_id``, the config parameters, ``status`` (Tune's: ``TERMINATED``, ``ERROR``...;
+      None when unknown) and ``failed`` (the trial ended in an error).
+    - ``iterations_run``: the last ``training_iteration`` reported (0 if none).
+    - ``best_<metric>`` and ``best_iteration`` (only with ``metric``, a network-wide metric):
+      the best value by ``mode`` and the first iteration reaching it; NaN if never reported.
+    - ``stopped_early``: Tune stopped the trial (a scheduler or stopper: its last result
+      carries ``done``, which a trainable that returns by itself never writes) before it ran
+      ``budget`` iterations (default: as many as the longest trial of the experiment), and it
+      did not fail. A trial that ends its own loop early, or the longest trial, does not count.
+    - ``stopped_by``: why SVCCAScheduler stopped the trial, ``"<rule>[ <layer>] at report N
+      (<values>)"`` (its last stop in :func:`decisions`); None if it did not.
+    - ``frozen_layers``: the layers frozen in the last report, in network order (a list).
+    - ``freeze_reasons``: why the scheduler froze each layer it ordered frozen (a dict, in
+      network order): ``"<rule> at report N (<values>)"`` from the layer's last freeze in
+      :func:`decisions`. A layer ordered frozen after the trial's last report is in it but
+      not in ``frozen_layers``.
+    - ``frozen_fraction``: the fraction of parameters frozen in the last report.
+    - ``compute_saved``: the fraction of the trial's full-budget training work it skipped,
+      :func:`compute_saved` of the ``frozen_fraction`` of each iteration it ran (a report
+      says what was frozen while training for it; an iteration without a report counts as
+      the report before it) and its budget: ``budget`` (or the longest trial's iterations)
+      for a trial stopped early, else the iterations it ran. Rounded to 3 decimals; NaN for
+      a trial that reported no ``frozen_fraction``.
+
+    A config parameter named like one of these columns appears as ``config/<name>``.
+
+    A network-wide ``metric`` that was reported but never with a value (every value NaN or
+    null) gives NaN, as for a trial that never reported it.
+
+    Raises:
+        ValueError: ``metric`` is unknown or per-layer, ``mode`` is not max/min or
+            ``budget`` is not a positive integer.
+    """
+    check_tidy(df)
+    check_mode(mode)
+    check_budget(budget)
+    if metric is not None:
+        check_metric(df, metric, per_layer=False, allow_empty=True)
+    infos = trial_infos(df)
+    config = config_columns(df)
+    iterations = iterations_run(df)
+    early = stopped_early(infos, iterations, budget)
+    full = budget if budget is not None else max(iterations.values(), default=0)
+    network = df[df["layer"].isna()]
+    frozen_rows = df[(df["metric"] == FROZEN) & df["layer"].notna()]
+    order = {name: i for i, name in enumerate(layers(df, FROZEN))}
+    stops: dict[str, dict[str, Any]] = {}
+    freezes: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in df.attrs.get("decisions", []):
+        trial_id = str(row["trial_id"])
+        if row["action"] == "stop":
+            stops[trial_id] = row
+        elif row["action"] == "freeze" and row.get("layer"):
+            freezes.setdefault(trial_id, {})[row["layer"]] = row
+    taken = {*_SUMMARY_COLUMNS, f"best_{metric}"}
+    shown = {name: f"config/{name}" if name in taken else name for name in config}
+    records = []
+    for trial_id, info in infos.items():
+        trial_config = info.get("config", {})
+        record: dict[str, Any] = {"trial_id": trial_id}
+        for name in config:
+            value = trial_config.get(name, trial_config.get(name.removeprefix("config/")))
+            record[shown[name]] = value
+        record["status"] = info.get("status")
+        record["failed"] = bool(info.get("failed"))
+        record["iterations_run"] = iterations.get(trial_id, 0)
+        own = network[network["trial_id"] == trial_id]
+        if metric is not None:
+            values = own[own["metric"] == metric]
+            if len(values):
+                best = values["value"].max() if mode == "max" else values["value"].min()
+                best_row = values[values["value"] == best].iloc[0]
+                record[f"best_{metric}"] = float(best)
+                record["best_iteration"] = int(best_row["training_iteration"])
+            else:
+                record[f"best_{metric}"] = math.nan
+                record["best_iteration"] = pd.NA
+        record["stopped_early"] = early.get(trial_id, False)
+        stop = stops.get(trial_id)
+        record["stopped_by"] = _reason(stop, with_layer=True) if stop else None
+        frozen = frozen_rows[frozen_rows["trial_id"] == trial_id]
+        if len(frozen):
+            last = frozen[frozen["training_iteration"] == frozen["training_iteration"].max()]
+            names = [str(n) for n in last.loc[last["value"] > 0, "layer"]]
+            record["frozen_layers"] = sorted(names, key=lambda n: order.get(n, len(order)))
+        else:
+            record["frozen_layers"] = []
+        reasons = freezes.get(trial_id, {})
+        record["freeze_reasons"] = {
+            name: _reason(reasons[name], with_layer=False)
+            for name in sorted(reasons, key=lambda n: order.get(n, len(order)))
+        }
+        record["frozen_fraction"] = _last(own, "frozen_fraction")
+        ran = record["iterations_run"]
+        record["compute_saved"] = _saved(own, ran, full if early.get(trial_id) else ran)
+        records.append(record)
+    table = pd.DataFrame.from_records(records)
+    table["stopped_by"] = pd.Series(  # None, not NaN, where the scheduler did not stop
+        [r["stopped_by"] for r in records], index=table.index, dtype=object
+    )
+    if metric is not None:
+        table["best_iteration"] = table["best_iteration"].astype("Int64")
+    return table
+
+
+def _last(rows: pd.DataFrame, metric: str) -> float:
+    values = rows[rows["metric"] == metric]
+    if not len(values):
+        return math.nan
+    return float(values.sort_values("training_iteration", kind="stable")["value"].iloc[-1])
+
+
+def _saved(rows: pd.DataFrame, ran: int, budget: int) -> float:
+    """:func:`compute_saved` of a trial's network-wide rows; NaN without ``frozen_fraction``."""
+    reported = rows[rows["metric"] == "frozen_fraction"]
+    if not len(reported) or ran < 1:
+        return math.nan
+    by_iteration = dict(zip(reported["training_iteration"].astype(int), reported["value"]))
+    fractions = []
+    fraction = 0.0
+    for iteration in range(1, ran + 1):
+        fraction = min(max(float(by_iteration.get(iteration, fraction)), 0.0), 1.0)
+        fractions.append(fraction)
+    return compute_saved(fractions, budget)

@@ -1,0 +1,182 @@
+"""The matplotlib plots answer their questions: shared y-axis, a legend for few colours, line
+styles for a second parameter, freeze and stop marks per panel, and a freeze timeline whose
+markers do not hide each other. Hand-written experiment files, no Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
+
+from ikkuna_tune import compare
+from tests.experiment_files import handmade, report, write_trial
+
+TRIALS = ["aaaaa_00000", "aaaaa_00001", "aaaaa_00002"]
+
+
+@pytest.fixture(scope="module")
+def df(tmp_path_factory) -> pd.DataFrame:
+    return compare.load(handmade(tmp_path_factory.mktemp("plots")))
+
+
+def _value(df: pd.DataFrame, trial_id: str, layer: str, iteration: int) -> float:
+    rows = df[
+        (df["trial_id"] == trial_id)
+        & (df["metric"] == "sim")
+        & (df["layer"] == layer)
+        & (df["training_iteration"] == iteration)
+    ]
+    (value,) = rows["value"]
+    return float(value)
+
+
+def _marks(ax, gid: str) -> list[tuple[float, float]]:
+    found = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_gid() == gid]
+    if not found:
+        return []
+    (collection,) = found
+    return [tuple(map(float, point)) for point in collection.get_offsets()]
+
+
+def test_layer_panels_share_one_y_axis_unless_freed(df) -> None:
+    shared = compare.plot_layers(df, metric="sim", color_by="lr")
+    limits = {ax.get_title(): ax.get_ylim() for ax in shared.axes}
+    assert len(set(limits.values())) == 1  # one y-axis for every panel
+    low, high = next(iter(limits.values()))
+    sim = df[df["metric"] == "sim"]["value"]
+    assert low <= sim.min() and high >= sim.max()  # it holds every layer's values
+
+    free = compare.plot_layers(df, metric="sim", color_by="lr", sharey=False)
+    limits = {ax.get_title(): ax.get_ylim() for ax in free.axes}
+    stem = df[(df["metric"] == "sim") & (df["layer"] == "stem")]["value"]
+    assert set(stem) == {0.9}  # stem's panel zooms in on its own values
+    assert limits["stem"][0] > 0.8 and limits["stem"][1] < 1.0
+    assert limits["head"] != limits["stem"]
+    assert [ax.get_ylabel() for ax in free.axes] == ["sim"] * 3
+
+
+def test_trials_of_one_colour_differ_in_line_style(df) -> None:
+    # width 8 colours aaaaa_00000 and aaaaa_00002 alike; lr tells them apart
+    assert compare.auto_style_by(df, "model/width") == "lr"
+    assert compare.auto_style_by(df, "lr") is None  # each lr is one trial: colours suffice
+    figure = compare.plot_layers(df, metric="sim", color_by="model/width")
+    styles = {line.get_gid(): line.get_linestyle() for line in figure.axes[0].get_lines()}
+    assert styles == {"aaaaa_00000": "-", "aaaaa_00001": "--", "aaaaa_00002": ":"}
+    (legend,) = figure.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[:7] == ["model/width", "8", "16", "lr", "0.01", "0.1", "1"]
+    handles = legend.legend_handles
+    assert [h.get_linestyle() for h in handles[4:7]] == ["-", "--", ":"]
+
+    by_width = compare.plot_layers(df, metric="sim", color_by="lr", style_by="model/width")
+    styles = {line.get_gid(): line.get_linestyle() for line in by_width.axes[0].get_lines()}
+    assert styles == {"aaaaa_00000": "-", "aaaaa_00001": "--", "aaaaa_00002": "-"}
+    plain = compare.plot_layers(df, metric="sim", color_by="model/width", style_by=None)
+    assert {line.get_linestyle() for line in plain.axes[0].get_lines()} == {"-"}
+    with pytest.raises(ValueError, match=r"^Unknown style_by parameter 'x'; config columns: lr"):
+        compare.plot_layers(df, metric="sim", style_by="x")
+
+
+def test_each_panel_marks_where_the_layer_froze_and_where_trials_stopped(df) -> None:
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    panels = {ax.get_title(): ax for ax in figure.axes}
+    # aaaaa_00000 reports stem frozen from iteration 3: a star on its stem line there
+    assert _marks(panels["stem"], "frozen") == [(3.0, _value(df, "aaaaa_00000", "stem", 3))]
+    assert _marks(panels["block.0"], "frozen") == [] and _marks(panels["head"], "frozen") == []
+    (star,) = [c for c in panels["stem"].collections if c.get_gid() == "frozen"]
+    (line,) = [ln for ln in panels["stem"].get_lines() if ln.get_gid() == "aaaaa_00000"]
+    assert to_rgba(star.get_facecolor()[0]) == pytest.approx(to_rgba(line.get_color()))
+    for name, ax in panels.items():  # aaaaa_00001 was stopped early after iteration 2
+        assert _marks(ax, "stopped early") == [(2.0, _value(df, "aaaaa_00001", name, 2))]
+        assert _marks(ax, "failed") == []
+
+
+def test_a_failed_trial_is_marked_where_it_ended(tmp_path) -> None:
+    experiment = tmp_path / "sweep"
+    for number, iterations in ((0, 3), (1, 2)):
+        config = {"lr": 0.1 * (number + 1)}
+        trial_id = f"bbbbb_0000{number}"
+        results = [report(trial_id, config, i) for i in range(1, iterations + 1)]
+        write_trial(experiment, f"train_{trial_id}", config, results, error=number == 1)
+    df = compare.load(experiment)
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    for ax in figure.axes:
+        last = _value(df, "bbbbb_00001", ax.get_title(), 2)
+        assert _marks(ax, "failed") == [(2.0, last)]
+        assert _marks(ax, "stopped early") == []
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()][-2:] == ["marks", "failed"]
+
+
+def _numeric_frame(count: int) -> pd.DataFrame:
+    rows = [
+        (f"t{k}", float(k + 1), iteration, "sim", "a", 0.1 * k + 0.01 * iteration)
+        for k in range(count)
+        for iteration in (1, 2)
+    ]
+    columns = ["trial_id", "lr", "training_iteration", "metric", "layer", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_few_colour_values_get_a_legend_many_a_colorbar() -> None:
+    few = compare.plot_layers(_numeric_frame(compare.MAX_LEGEND_COLOURS), metric="sim")
+    assert [ax.get_label() for ax in few.axes] == [""]  # no colorbar
+    (legend,) = few.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["lr", "1", "2", "3", "4", "5", "6"]
+    many = compare.plot_layers(_numeric_frame(compare.MAX_LEGEND_COLOURS + 1), metric="sim")
+    assert [ax.get_label() for ax in many.axes] == ["", "<colorbar>"]
+    assert many.legends == []
+
+
+def _timeline_experiment(root: Path) -> Path:
+    """cccc_00000 freezes stem and block.0 at once (reported from iteration 3) and is stopped
+    there; cccc_00001 runs 5 iterations and freezes nothing; head never freezes."""
+    experiment = root / "sweep"
+    config = {"lr": 0.1}
+    both = ("stem", "block.0")
+    results = [report("ccccc_00000", config, i) for i in (1, 2)]
+    results.append(report("ccccc_00000", config, 3, both, done=True))
+    write_trial(experiment, "train_ccccc_00000", config, results)
+    config = {"lr": 0.2}
+    results = [report("ccccc_00001", config, i) for i in range(1, 6)]
+    write_trial(experiment, "train_ccccc_00001", config, results)
+    return experiment
+
+
+def test_freeze_timeline_markers_of_one_iteration_do_not_hide_each_other(tmp_path) -> None:
+    df = compare.load(_timeline_experiment(tmp_path))
+    assert compare.freezable_layers(df) == ["stem", "block.0"]
+    figure = compare.plot_freeze_timeline(df, color_by="lr")
+    figure.draw_without_rendering()  # lays the figure out: the axes' final size
+    (ax,) = figure.axes
+    marks = {line.get_label(): line for line in ax.get_lines()}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "stem",
+        "block.0",
+        "stopped early",
+    ]  # head cannot freeze: no entry
+    assert "head" not in marks
+    stem, block, stop = marks["stem"], marks["block.0"], marks["stopped early"]
+    assert list(stem.get_xdata()) == list(block.get_xdata()) == [3]
+    (y_stem,), (y_block,) = stem.get_ydata(), block.get_ydata()
+    assert -0.5 < y_stem < y_block < 0.5  # both within trial 0's row, stem (input side) on top
+    row_points = 72 * figure.get_figheight() * _axes_height(ax) / len(ax.get_yticks())
+    apart = (y_block - y_stem) * row_points  # in points
+    assert apart >= stem.get_markersize()  # the markers do not overlap
+    assert list(stop.get_xdata()) == [3] and list(stop.get_ydata()) == [0]
+    assert stop.get_zorder() < min(stem.get_zorder(), block.get_zorder())  # drawn beneath
+
+
+def _axes_height(ax) -> float:
+    return float(ax.get_position().height)
+
+
+def test_freeze_timeline_offsets_are_spread_evenly() -> None:
+    assert compare.plots.timeline_offsets(0) == []
+    assert compare.plots.timeline_offsets(1) == [0.0]
+    offsets = compare.plots.timeline_offsets(4)
+    assert offsets == pytest.approx(np.linspace(-0.28, 0.28, 4))
