@@ -288,11 +288,6 @@ def test_the_cli_module_imports_nothing_heavy_for_help(argv: list[str]) -> None:
     assert _heavy_after_help(argv, BARE_PACKAGE) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ikkuna_tune/__init__.py imports torch at the top (exporter, messages, "
-    "functional.svcca, subscribers, tune); remove this mark once it loads them lazily",
-)
 @pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"]])
 def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     """``ikkuna-tune --help`` as installed: the package's __init__ runs first."""
