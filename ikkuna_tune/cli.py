@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="ikkuna_demo",
         metavar="DIR",
-        help="where the plots, summary.csv and decisions.csv go, and Tune's results unless "
-        "--storage-path is given (default: ikkuna_demo)",
+        help="where the plots, report.html, summary.csv and decisions.csv go, and Tune's "
+        "results unless --storage-path is given (default: ikkuna_demo)",
     )
     demo.add_argument(
         "--storage-path",
