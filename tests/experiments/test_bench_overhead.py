@@ -15,7 +15,7 @@ from experiments.models import DeepCNN
 
 
 def _args() -> argparse.Namespace:
-    return argparse.Namespace(depth=2, width=4, steps_per_epoch=11)
+    return argparse.Namespace(model="cnn", depth=2, width=4, layers=0, steps_per_epoch=11)
 
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
