@@ -43,21 +43,29 @@ GOOD = 0.8
 
 
 def group_of(config: dict[str, Any]) -> str:
-    return config["variant"]["scheduler"]
+    """``<data>/<family>/<scheduler>``: each grid is its own sweep, with its own schedulers."""
+    variant = config["variant"]
+    return f"{variant['data']}/{variant['family']}/{variant['scheduler']}"
 
 
-def schedulers() -> dict[str, Any]:
+def schedulers(data_sets: list[str], families: list[str]) -> dict[str, Any]:
+    """Fresh schedulers for every (data set, family) grid: a scheduler compares a trial only
+    with the trials of its own grid, as in a user's sweep of one model on one data set (one
+    scheduler for all grids stopped trials that could not reach another grid's top 3)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     import ikkuna_tune as ik
 
-    return {
-        "fifo": FIFOScheduler(),
-        "asha": ASHAScheduler(),
-        "svcca": ik.SVCCAScheduler(),
-        "svcca_asha": ik.SVCCAScheduler(base=ASHAScheduler()),
-        "freeze": ik.SVCCAScheduler(stop=False),
-    }
+    def fresh(name: str) -> Any:
+        return {
+            "fifo": FIFOScheduler,
+            "asha": ASHAScheduler,
+            "svcca": ik.SVCCAScheduler,
+            "svcca_asha": lambda: ik.SVCCAScheduler(base=ASHAScheduler()),
+            "freeze": lambda: ik.SVCCAScheduler(stop=False),
+        }[name]()
+
+    return {f"{d}/{f}/{g}": fresh(g) for d in data_sets for f in families for g in GROUPS}
 
 
 def variants(data_sets: list[str], families: list[str], lrs: tuple[float, ...]) -> list[dict]:
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "family": "cnn",
             "lr": 0.0,
         },
-        scheduler=RoutingScheduler(schedulers(), group=group_of),
+        scheduler=RoutingScheduler(schedulers(data_sets, families), group=group_of),
         stop={"training_iteration": epochs},
         metric="test_accuracy",
         mode="max",
