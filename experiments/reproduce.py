@@ -56,6 +56,19 @@ FIGURES: dict[str, Figure] = {
     "svcca": Figure(
         "experiments.bench_svcca", ("--repeats", "5"), "cpu_bench_svcca.txt", ("--quick",)
     ),
+    "overhead_resnet18": Figure(
+        "experiments.bench_overhead",
+        ("--model", "resnet18", "--batch-size", "16", "--steps", "60", "--block", "10"),
+        "cpu_bench_overhead_resnet18.txt",
+    ),
+    **{
+        f"overhead_mlp{n}": Figure(
+            "experiments.bench_overhead",
+            ("--model", "mlp", "--layers", str(n), "--width", "64", "--steps", "200"),
+            f"cpu_bench_overhead_mlp{n}.txt",
+        )
+        for n in (10, 50, 200)
+    },
     "sweep": Figure("experiments.bench_sweep", (), "cpu_bench_sweep.txt"),
     "sweep_quick": Figure(
         "experiments.bench_sweep", ("--quick",), "cpu_bench_sweep_quick.txt", ("--quick",)
@@ -113,7 +126,8 @@ def log_header(command: str) -> str:
     except ImportError:
         ray_version = "not installed"
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if _git("status", "--porcelain", "--untracked-files=no"):
+    # the logs themselves do not count: a run writes one before the next starts
+    if _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!experiments/results"):
         commit += "+dirty"
     gpu = (
         f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
