@@ -47,9 +47,8 @@ from ikkuna_tune.compare.frame import (
 from ikkuna_tune.compare.plots import (
     AUTO,
     LINESTYLES,
-    freezable_layers,
     resolve_style_by,
-    timeline_offsets,
+    timeline_data,
     trial_colours,
     trial_styles,
 )
@@ -275,25 +274,10 @@ def timeline_figure(
     """
     from plotly import graph_objects as go
 
-    check_tidy(df)
-    check_color_by(df, color_by)
-    check_budget(budget)
-    if FROZEN not in set(df["metric"]):
-        raise ValueError(
-            "No frozen/<layer> metrics in the results: was the trainable wrapped with "
-            "ikkuna_tune.instrument and reporting through ikkuna_tune.report?"
-        )
-    infos = trial_infos(df)
-    iterations = iterations_run(df)
-    trial_ids = list(infos)
-    values = trial_values(df, color_by)
-    if color_by is not None:
-        trial_ids.sort(key=lambda t: sort_key(values.get(t)))
-    early = stopped_early(infos, iterations, budget)
-    names = freezable_layers(df)
-    frozen_at = freeze_iterations(df)
+    t = timeline_data(df, color_by, budget)
+    infos, iterations, trial_ids, values = t.infos, t.iterations, t.trial_ids, t.values
+    early, names, frozen_at, offsets = t.early, t.names, t.frozen_at, t.offsets
     reasons = _freeze_reasons(df)
-    offsets = timeline_offsets(len(names))
     row_px = max(36, 14 * len(names))
     layer_colours = [to_hex(c) for c in colormaps[cmap](np.linspace(0.0, 0.9, max(len(names), 1)))]
 

@@ -374,6 +374,54 @@ def timeline_offsets(count: int) -> list[float]:
     return [float(v) for v in np.linspace(-0.28, 0.28, count)]
 
 
+@dataclass
+class TimelineData:
+    """What both freeze timelines (PNG and HTML) draw, checked and in row order."""
+
+    infos: dict[str, dict[str, Any]]
+    iterations: dict[str, int]
+    trial_ids: list[str]
+    values: dict[str, Any]
+    early: dict[str, bool]
+    names: list[str]
+    frozen_at: dict[str, dict[str, int]]
+    offsets: list[float]
+
+
+def timeline_data(df: pd.DataFrame, color_by: str | None, budget: int | None) -> TimelineData:
+    """Check ``df`` for a freeze timeline and gather its rows (sorted by ``color_by``).
+
+    Raises:
+        ValueError: ``df`` has no ``frozen/<layer>`` metrics (not reported through
+            :func:`ikkuna_tune.report`) or ``color_by`` is unknown.
+    """
+    check_tidy(df)
+    check_color_by(df, color_by)
+    check_budget(budget)
+    if FROZEN not in set(df["metric"]):
+        raise ValueError(
+            "No frozen/<layer> metrics in the results: was the trainable wrapped with "
+            "ikkuna_tune.instrument and reporting through ikkuna_tune.report?"
+        )
+    infos = trial_infos(df)
+    iterations = iterations_run(df)
+    trial_ids = list(infos)
+    values = trial_values(df, color_by)
+    if color_by is not None:
+        trial_ids.sort(key=lambda t: sort_key(values.get(t)))
+    names = freezable_layers(df)
+    return TimelineData(
+        infos,
+        iterations,
+        trial_ids,
+        values,
+        stopped_early(infos, iterations, budget),
+        names,
+        freeze_iterations(df),
+        timeline_offsets(len(names)),
+    )
+
+
 def plot_freeze_timeline(
     df: pd.DataFrame,
     color_by: str | None = None,
@@ -400,24 +448,9 @@ def plot_freeze_timeline(
         ValueError: ``df`` has no ``frozen/<layer>`` metrics (not reported through
             :func:`ikkuna_tune.report`) or ``color_by`` is unknown.
     """
-    check_tidy(df)
-    check_color_by(df, color_by)
-    check_budget(budget)
-    if FROZEN not in set(df["metric"]):
-        raise ValueError(
-            "No frozen/<layer> metrics in the results: was the trainable wrapped with "
-            "ikkuna_tune.instrument and reporting through ikkuna_tune.report?"
-        )
-    infos = trial_infos(df)
-    iterations = iterations_run(df)
-    trial_ids = list(infos)
-    values = trial_values(df, color_by)
-    if color_by is not None:
-        trial_ids.sort(key=lambda t: sort_key(values.get(t)))
-    early = stopped_early(infos, iterations, budget)
-    names = freezable_layers(df)
-    frozen_at = freeze_iterations(df)
-    offsets = timeline_offsets(len(names))
+    t = timeline_data(df, color_by, budget)
+    infos, iterations, trial_ids, values = t.infos, t.iterations, t.trial_ids, t.values
+    early, names, frozen_at, offsets = t.early, t.names, t.frozen_at, t.offsets
 
     row_inches = max(0.45, 0.16 * len(names))
     row_points = 72 * row_inches
