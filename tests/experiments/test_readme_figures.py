@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "experiments" / "results"
-HEADER_FIELDS = ("# command:", "# date:", "# commit:", "# machine:")
+HEADER_FIELDS = ("# command:", "# date:", "# commit:", "# machine:", "# versions:")
 NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e-?\d+)?")
 
 
@@ -61,6 +61,13 @@ def test_every_figure_of_a_row_is_in_its_log(cells: list[str]) -> None:
     assert figures, f"no figure in {cells[2]!r}"
     missing = [f for f in figures if not appears(f, numbers)]
     assert not missing, f"{missing} of the README are not in {log.name}"
+
+
+@pytest.mark.parametrize("log", sorted(RESULTS.glob("*.txt")), ids=lambda p: p.name)
+def test_every_log_starts_with_its_header(log: Path) -> None:
+    header = [line for line in log.read_text().splitlines()[:8] if line.startswith("# ")]
+    missing = [f for f in HEADER_FIELDS if not any(line.startswith(f) for line in header)]
+    assert not missing, f"{log.name} lacks {missing}"
 
 
 def test_the_check_catches_a_figure_that_is_not_in_the_log() -> None:
