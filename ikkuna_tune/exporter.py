@@ -862,6 +862,14 @@ class Exporter:
             raise ValueError(f"Unknown layer {name!r}; this Exporter tracks {list(self.modules)}")
         return self.modules[name]
 
+    def leaves_trainable(self, name: str, frozen: Iterable[str] = ()) -> bool:
+        """Whether some parameter of the model would still train with layer ``name`` (and the
+        layers ``frozen``) frozen: :meth:`freeze` refuses to freeze the last trainable layer."""
+        excluded = {
+            id(p) for layer in (name, *frozen) for p in self._layer(layer).module.parameters()
+        }
+        return any(p.requires_grad and id(p) not in excluded for p in self.model.parameters())
+
     def freeze(self, name: str) -> None:
         """Stop training layer ``name``: its parameters and its buffers stop changing.
 
@@ -881,8 +889,7 @@ class Exporter:
         if name in self._frozen:
             return
         params = list(named.module.parameters())
-        ids = {id(p) for p in params}
-        if not any(p.requires_grad and id(p) not in ids for p in self.model.parameters()):
+        if not self.leaves_trainable(name):
             raise ValueError(
                 f"Refusing to freeze {name!r}: it is the last trainable layer "
                 "(backward would fail); stop training instead"

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune.backends import to_numbers
+from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus, ModuleMessage
@@ -319,13 +320,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     @staticmethod
     def _frozen_prefix(exporter: Exporter) -> set[str]:
         """The frozen layers at the input end (in the Exporter's order): they cannot change."""
-        frozen = set(exporter.frozen)
-        prefix: set[str] = set()
-        for name in exporter.modules:
-            if name not in frozen:
-                break
-            prefix.add(name)
-        return prefix
+        return set(frozen_prefix(list(exporter.modules), exporter.frozen))
 
     def _exporter(self) -> Exporter:
         bus = self.message_bus
@@ -431,21 +426,19 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     def _freeze(self, values: dict[str, float]) -> None:
         """Freeze the converged layers at the input end, in order."""
         exporter = self._exporter()
-        frozen = set(exporter.frozen)
-        for name, named in exporter.modules.items():
-            if name in frozen:
-                continue
-            value = values.get(name, math.nan)
-            if not value >= self.freeze_at:  # type: ignore[operator]  # NaN never freezes
-                return
-            own = {id(p) for p in named.module.parameters()}
-            if not any(p.requires_grad and id(p) not in own for p in exporter.model.parameters()):
-                return  # the last trainable layer stays (Exporter.freeze would refuse)
+        freeze_at = self.freeze_at
+        assert freeze_at is not None
+
+        def settled(name: str) -> bool:
+            return values.get(name, math.nan) >= freeze_at  # NaN never freezes
+
+        for name in next_to_freeze(
+            list(exporter.modules), exporter.frozen, settled, exporter.leaves_trainable
+        ):
             logger.info(
-                "Freezing layer %r: self-similarity %.6f >= %s", name, value, self.freeze_at
+                "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
             )
             exporter.freeze(name)
-            frozen.add(name)
 
     # -------------------------------------------------------------------------- checkpoint
     def _fingerprint(self) -> dict[str, Any]:

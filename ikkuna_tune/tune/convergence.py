@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ikkuna_tune.freezing import next_to_freeze
+
 __all__ = [
     "ConvergenceRules",
     "Decision",
@@ -206,19 +208,19 @@ def freeze_candidates(
     if gain > rules.min_delta:
         return []  # the trial still learns: leave every layer alone
     done = trial.frozen | trial.pending
-    trainable = [name for name in trial.layers if name not in done]
-    chosen: list[Decision] = []
-    for name in trial.layers:
-        if name in done:
-            continue
+    checks: dict[str, tuple[bool, dict[str, float]]] = {}
+
+    def settled(name: str) -> bool:
         history = trial.per_layer.get(name)
-        ok, values = layer_settled(history, rules) if history else (False, {})
-        if ok and len(trainable) - len(chosen) > 1:
-            values["metric_gain"] = gain
-            chosen.append(Decision("freeze", "converged", trial.reports, name, values))
-        elif input_side_first:
-            break
-    return chosen
+        checks[name] = layer_settled(history, rules) if history else (False, {})
+        return checks[name][0]
+
+    names = next_to_freeze(trial.layers, done, settled, input_side_first=input_side_first)
+    reports = trial.reports
+    return [
+        Decision("freeze", "converged", reports, name, {**checks[name][1], "metric_gain": gain})
+        for name in names
+    ]
 
 
 # ------------------------------------------------------------------------------- stopping
