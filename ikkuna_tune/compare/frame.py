@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ikkuna_tune import keys
+
 __all__ = [
     "FROZEN",
     "TIDY_COLUMNS",
@@ -34,7 +36,7 @@ __all__ = [
 #: The tidy columns besides the config columns.
 TIDY_COLUMNS = ("trial_id", "training_iteration", "metric", "layer", "value")
 #: The per-layer metric whose reported order is the network's order of layers.
-FROZEN = "frozen"
+FROZEN = keys.FROZEN
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:

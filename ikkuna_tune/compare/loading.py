@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ikkuna_tune import keys
 from ikkuna_tune.compare.frame import TIDY_COLUMNS, missing
 
 __all__ = ["BOOKKEEPING", "DECISIONS_FILE", "FREEZE_REASON", "ExperimentLike", "load"]
@@ -50,11 +51,10 @@ BOOKKEEPING = frozenset(
         "warmup_time",
     }
 )
-#: Where SVCCAScheduler writes its decisions in each trial directory, one JSON object a line
-#: (``ikkuna_tune.tune.scheduler.DECISIONS_FILE``; that module imports Ray, this one does not).
-DECISIONS_FILE = "ikkuna_decisions.jsonl"
+#: Where SVCCAScheduler writes its decisions in each trial directory, one JSON object a line.
+DECISIONS_FILE = keys.DECISIONS_FILE
 #: Tune's flattened key of the reason a trial reports for each frozen layer.
-FREEZE_REASON = "freeze_reason"
+FREEZE_REASON = keys.FREEZE_REASON
 _RESULT_FILES = ("result.json", "progress.csv", "params.json")
 _ERROR_FILES = ("error.txt", "error.pkl")
 _TRIAL_ID = re.compile(r"(?:^|_)([0-9a-f]{5}_\d{5})(?:_|$)")

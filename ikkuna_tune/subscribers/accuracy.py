@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ikkuna_tune import functional as F
+from ikkuna_tune import keys
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.base import (
@@ -91,7 +92,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
             _plot_config("Train accuracy", "Accuracy", ylims),
             backend,
         )
-        self._add_publication("train_accuracy", "META")
+        self._add_publication(keys.TRAIN_ACCURACY, "META")
         if message_bus is not None:
             self.attach(message_bus)
 
@@ -99,7 +100,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle
             accuracy = F.accuracy(bundle["network_output"], bundle["input_labels"])
-            self.publish("train_accuracy", accuracy, bundle)
+            self.publish(keys.TRAIN_ACCURACY, accuracy, bundle)
 
 
 def _module_of(forward_fn: Callable[..., Any]) -> nn.Module | None:
@@ -207,7 +208,7 @@ class TestAccuracySubscriber(PlotSubscriber):
             _plot_config("Test accuracy", "Accuracy", ylims),
             backend,
         )
-        self._add_publication("test_accuracy", "META")
+        self._add_publication(keys.TEST_ACCURACY, "META")
         if message_bus is not None:
             self.attach(message_bus)
 
@@ -233,7 +234,7 @@ class TestAccuracySubscriber(PlotSubscriber):
             self._batches += 1
             if self._batches % self.frequency:  # type: ignore[operator]
                 return
-        self.publish("test_accuracy", self.evaluate(), message_or_bundle)
+        self.publish(keys.TEST_ACCURACY, self.evaluate(), message_or_bundle)
 
     def evaluate(self) -> torch.Tensor:
         """The accuracy over the whole data set now, as a 0-d tensor (nothing is published)."""

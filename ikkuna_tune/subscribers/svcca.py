@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
@@ -46,11 +47,11 @@ __all__ = ["BatchedSVCCASubscriber", "SVCCASubscriber"]
 logger = logging.getLogger(__name__)
 
 #: The topic both subscribers publish: one 0-d tensor per layer and checkpoint.
-TOPIC = "self_similarity"
+TOPIC = keys.SELF_SIMILARITY
 #: Linear CKA between a layer's probe activations now and at initialisation (``track_init``).
-INIT_TOPIC = "init_similarity"
+INIT_TOPIC = keys.INIT_SIMILARITY
 #: The share of a layer's output features that vary over the probe set (``track_init``).
-LIVE_TOPIC = "live_fraction"
+LIVE_TOPIC = keys.LIVE_FRACTION
 
 
 # ------------------------------------------------------------------------------ validation

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ikkuna_tune import keys
 from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
@@ -145,7 +146,7 @@ class SVCCAScheduler(FIFOScheduler):
         optimism: float = 3.0,
         max_t: int | None = None,
         base: TrialScheduler | None = None,
-        similarity_key: str = "self_similarity",
+        similarity_key: str = keys.SELF_SIMILARITY,
     ) -> None:
         super().__init__()
         if mode is not None and mode not in ("max", "min"):
@@ -305,7 +306,7 @@ class SVCCAScheduler(FIFOScheduler):
         return {t: v.stopped.rule for t, v in self._views.items() if v.stopped}
 
     def _decide(self, trial_id: str, view: _TrialView, result: dict[str, Any]) -> str:
-        frozen_prefix = "frozen/"
+        frozen_prefix = keys.FROZEN + "/"
         layers = [k[len(frozen_prefix) :] for k in result if k.startswith(frozen_prefix)]
         if not layers:
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
@@ -320,8 +321,8 @@ class SVCCAScheduler(FIFOScheduler):
         history.add(
             self._signed(result.get(self._metric) if self._metric else None),
             similarity,
-            self._per_layer(result, "init_similarity", layers),
-            self._per_layer(result, "live_fraction", layers),
+            self._per_layer(result, keys.INIT_SIMILARITY, layers),
+            self._per_layer(result, keys.LIVE_FRACTION, layers),
         )
         iteration = result.get("training_iteration")
         if _is_number(iteration):
@@ -502,8 +503,7 @@ class SVCCAScheduler(FIFOScheduler):
             logger.warning("Could not write %s in %s: %s", DECISIONS_FILE, directory, error)
 
 
-#: Where the scheduler writes its decisions, one JSON object a line, in each trial directory.
-DECISIONS_FILE = "ikkuna_decisions.jsonl"
+DECISIONS_FILE = keys.DECISIONS_FILE
 
 
 def _trial_dir(trial: Trial | None) -> Path | None:

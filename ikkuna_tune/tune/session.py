@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ikkuna_tune import keys
 from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.messages import BUILTIN_KINDS, MessageBus, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
@@ -34,13 +35,7 @@ logger = logging.getLogger(__name__)
 #: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
-RESERVED_KEYS = (
-    "frozen",
-    "frozen_fraction",
-    "freeze_reason",
-    "step_seconds",
-    "step_seconds_unfrozen",
-)
+RESERVED_KEYS = keys.RESERVED_KEYS
 
 SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
 
@@ -282,10 +277,10 @@ class TrialSession:
         if self.collector is not None:
             merged.update(self.collector.collect())
         exporter = self.exporter
-        merged["frozen"] = {name: int(name in exporter.frozen) for name in exporter.modules}
-        merged["frozen_fraction"] = exporter.frozen_parameter_fraction()
+        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in exporter.modules}
+        merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction()
         if self.freeze_reasons:
-            merged["freeze_reason"] = dict(self.freeze_reasons)
+            merged[keys.FREEZE_REASON] = dict(self.freeze_reasons)
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         if step_seconds is not None:
             merged["step_seconds"] = step_seconds

@@ -1,0 +1,60 @@
+"""The names ikkuna_tune reports under, and the files it writes, in one place.
+
+Subscribers publish under these topics, :func:`ikkuna_tune.report` adds the reserved keys,
+SVCCAScheduler reads them from Tune's flattened results (``<key>/<layer>``), and
+:mod:`ikkuna_tune.compare` reads them back from disk.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DECISIONS_FILE",
+    "FREEZE_REASON",
+    "FROZEN",
+    "FROZEN_FRACTION",
+    "INIT_SIMILARITY",
+    "LIVE_FRACTION",
+    "RESERVED_KEYS",
+    "SELF_SIMILARITY",
+    "STEP_SECONDS",
+    "STEP_SECONDS_UNFROZEN",
+    "TEST_ACCURACY",
+    "TRAIN_ACCURACY",
+    "per_layer",
+]
+
+#: SVCCA self-similarity of a layer between consecutive checkpoints (per layer).
+SELF_SIMILARITY = "self_similarity"
+#: Linear CKA of a layer's probe activations now and at initialisation (per layer).
+INIT_SIMILARITY = "init_similarity"
+#: The share of a layer's features that vary over the probe set (per layer).
+LIVE_FRACTION = "live_fraction"
+#: Accuracy on the test set (network-wide).
+TEST_ACCURACY = "test_accuracy"
+#: Accuracy of the training batch (network-wide).
+TRAIN_ACCURACY = "train_accuracy"
+
+#: 1 for a frozen layer, 0 for a trainable one (per layer).
+FROZEN = "frozen"
+#: The fraction of the model's parameters that are frozen.
+FROZEN_FRACTION = "frozen_fraction"
+#: Why the scheduler froze a layer (per layer, text).
+FREEZE_REASON = "freeze_reason"
+#: Mean seconds per training step since the last report.
+STEP_SECONDS = "step_seconds"
+#: Mean seconds per step over the reports made while nothing was frozen.
+STEP_SECONDS_UNFROZEN = "step_seconds_unfrozen"
+#: The keys :func:`ikkuna_tune.report` adds to every report (a user's metric may not use them).
+RESERVED_KEYS = (FROZEN, FROZEN_FRACTION, FREEZE_REASON, STEP_SECONDS, STEP_SECONDS_UNFROZEN)
+
+#: Where SVCCAScheduler writes its decisions, one JSON object a line, in each trial directory.
+DECISIONS_FILE = "ikkuna_decisions.jsonl"
+
+
+def per_layer(key: str, layer: str) -> str:
+    """The flattened name Tune gives ``key`` of ``layer``.
+
+    >>> per_layer(FROZEN, "conv1")
+    'frozen/conv1'
+    """
+    return f"{key}/{layer}"
