@@ -86,6 +86,8 @@ from typing import overload
 import numpy as np
 import torch
 
+from ikkuna_tune.checks import check_fraction
+
 __all__ = ["cca", "svcca_similarity", "svcca_similarity_or_nan"]
 
 _EPS = float(torch.finfo(torch.float64).eps)
@@ -93,9 +95,7 @@ _EPS = float(torch.finfo(torch.float64).eps)
 
 # ------------------------------------------------------------------------------------- input
 def _check_keep(keep: float) -> float:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"Expected argument `keep` to be a number in (0, 1] but got {keep!r}")
-    return float(keep)
+    return check_fraction("keep", keep)
 
 
 def _as_tensor(a: object, name: str, device: torch.device | None) -> torch.Tensor:

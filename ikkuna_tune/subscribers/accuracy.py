@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ikkuna_tune import functional as F
 from ikkuna_tune import keys
+from ikkuna_tune.checks import check_int_or_epoch
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.base import (
@@ -187,12 +188,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                 "Expected `dataset` to be a torch Dataset or DataLoader but got "
                 f"{type(dataset).__name__}"
             )
-        if frequency != "epoch":
-            if isinstance(frequency, str):
-                raise ValueError(
-                    f"Expected `frequency` to be an integer >= 1 or 'epoch' but got {frequency!r}"
-                )
-            check_positive_int("frequency", frequency)
+        check_int_or_epoch("frequency", frequency)
         check_probe_args(forward_fn, probe_tag)
         self.loader = loader
         self.forward_fn = forward_fn

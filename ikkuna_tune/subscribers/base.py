@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
+from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     Message,
@@ -60,9 +61,7 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
 
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int >= 1, else raise a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be an integer >= 1 but got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 def check_ylims(ylims: object) -> tuple[float, float] | None:

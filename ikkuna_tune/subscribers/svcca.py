@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
+from ikkuna_tune.checks import check_fraction_or_none, check_int_or_epoch
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
@@ -55,28 +56,6 @@ LIVE_TOPIC = keys.LIVE_FRACTION
 
 
 # ------------------------------------------------------------------------------ validation
-def _check_frequency(frequency: object) -> int | str:
-    if frequency == "epoch":
-        return "epoch"
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise ValueError(
-            f"Expected `frequency` to be an integer >= 1 or 'epoch' but got {frequency!r}"
-        )
-    return frequency
-
-
-def _check_freeze_at(freeze_at: object) -> float | None:
-    if freeze_at is None:
-        return None
-    if (
-        isinstance(freeze_at, bool)
-        or not isinstance(freeze_at, (int, float))
-        or not 0 < freeze_at <= 1
-    ):
-        raise ValueError(
-            f"Expected `freeze_at` to be a number in (0, 1] or None but got {freeze_at!r}"
-        )
-    return float(freeze_at)
 
 
 def _draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -212,8 +191,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
         self.batch_size = check_positive_int("batch_size", batch_size)
         check_probe_args(forward_fn, probe_tag)
-        self.frequency = _check_frequency(frequency)
-        self.freeze_at = _check_freeze_at(freeze_at)
+        self.frequency = check_int_or_epoch("frequency", frequency)
+        self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
         self.keep = _check_keep(keep)
         self.max_positions = check_positive_int("max_positions", max_positions)
         if self.max_positions < 2:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ikkuna_tune import keys
+from ikkuna_tune.checks import check_fraction, check_int, check_nonnegative
 from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
@@ -28,24 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["DECISIONS_FILE", "SVCCAScheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"Expected `{name}` to be a number in (0, 1] but got {value!r}")
-    return float(value)
-
-
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}")
-    return value
-
-
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -154,24 +137,24 @@ class SVCCAScheduler(FIFOScheduler):
         if metric is not None and (not isinstance(metric, str) or not metric):
             raise ValueError(f"Expected `metric` to be a metric name but got {metric!r}")
         self.rules = ConvergenceRules(
-            freeze_at=_check_fraction("freeze_at", freeze_at),
-            patience=_check_count("patience", patience),
-            min_travel=_check_number("min_travel", min_travel),
-            settle_window=_check_count("settle_window", settle_window),
-            settle_tol=_check_number("settle_tol", settle_tol),
-            plateau=_check_count("plateau", plateau),
-            min_delta=_check_number("min_delta", min_delta),
-            stall_delta=_check_number("stall_delta", stall_delta),
-            move_tol=_check_number("move_tol", move_tol),
-            optimism=_check_number("optimism", optimism),
-            protect_top=_check_count("protect_top", protect_top),
-            grace=_check_count("grace", grace, minimum=0),
+            freeze_at=check_fraction("freeze_at", freeze_at),
+            patience=check_int("patience", patience),
+            min_travel=check_nonnegative("min_travel", min_travel),
+            settle_window=check_int("settle_window", settle_window),
+            settle_tol=check_nonnegative("settle_tol", settle_tol),
+            plateau=check_int("plateau", plateau),
+            min_delta=check_nonnegative("min_delta", min_delta),
+            stall_delta=check_nonnegative("stall_delta", stall_delta),
+            move_tol=check_nonnegative("move_tol", move_tol),
+            optimism=check_nonnegative("optimism", optimism),
+            protect_top=check_int("protect_top", protect_top),
+            grace=check_int("grace", grace, minimum=0),
         )
         self.freeze_at = self.rules.freeze_at
         self.patience = self.rules.patience
         self.input_side_first = bool(input_side_first)
         self.stop = bool(stop)
-        self.max_t = None if max_t is None else _check_count("max_t", max_t)
+        self.max_t = None if max_t is None else check_int("max_t", max_t)
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(
                 f"Expected `base` to be a ray.tune TrialScheduler but got {type(base).__name__}"

@@ -180,7 +180,7 @@ def test_test_accuracy_needs_a_model_at_attach(test_set) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"frequency": 0}, "`frequency` to be an integer >= 1 but got 0"),
+        ({"frequency": 0}, "`frequency` to be an integer >= 1 or 'epoch' but got 0"),
         ({"frequency": "weekly"}, "`frequency` to be an integer >= 1 or 'epoch' but got 'weekly'"),
         ({"frequency": 2.5}, "`frequency` to be an integer >= 1"),
         ({"batch_size": 0}, "`batch_size` to be an integer >= 1 but got 0"),

@@ -1,0 +1,62 @@
+"""Argument checks, raised where the input enters, each saying what was expected and what was got.
+
+>>> check_int("patience", 2)
+2
+>>> check_fraction("freeze_at", 1.5)
+Traceback (most recent call last):
+...
+ValueError: Expected `freeze_at` to be a number in (0, 1] but got 1.5
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "check_fraction",
+    "check_fraction_or_none",
+    "check_int",
+    "check_int_or_epoch",
+    "check_nonnegative",
+]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value: object) -> float:
+    """``value`` as a float if it is a number in (0, 1]."""
+    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a number in (0, 1] but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_fraction_or_none(name: str, value: object) -> float | None:
+    """``value`` as a float if it is a number in (0, 1], or None."""
+    if value is None:
+        return None
+    if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a number in (0, 1] or None but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    """``value`` as a float if it is a number >= 0 (NaN is not)."""
+    if not _is_number(value) or not value >= 0:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_int_or_epoch(name: str, value: object) -> int | str:
+    """``value`` if it is ``'epoch'`` or an integer >= 1."""
+    if value == "epoch":
+        return "epoch"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be an integer >= 1 or 'epoch' but got {value!r}")
+    return value
