@@ -148,6 +148,30 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
     return out
 
 
+def around_the_step(analysis: Any) -> dict[str, Any]:
+    """What the epoch-end work (test accuracy, SVCCA) costs as a share of a trial's training
+    time, and the round trip of a report, over every trial that trained."""
+    import numpy as np
+
+    shares, report_ms = [], []
+    for df in analysis.trial_dataframes.values():
+        if df is None or df.empty or "epoch_end_seconds" not in df:
+            continue
+        last = df.sort_values("training_iteration").iloc[-1]
+        if last["train_seconds"] > 0:
+            shares.append(float(last["epoch_end_seconds"] / last["train_seconds"]))
+        report_ms += [1e3 * float(v) for v in df["report_seconds"].dropna()]
+    if not shares:
+        return {}
+    return {
+        "epoch_end_share_median": round(float(np.median(shares)), 4),
+        "epoch_end_share_max": round(max(shares), 4),
+        "report_ms_median": round(float(np.median(report_ms)), 2) if report_ms else None,
+        "report_ms_p90": round(float(np.percentile(report_ms, 90)), 2) if report_ms else None,
+        "reports": len(report_ms),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="digits, 5 learning rates, 8 epochs")
@@ -203,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cell = cells.setdefault((v["data"], v["family"]), {g: {} for g in GROUPS})
         cell[v["scheduler"]][v["lr"]] = trial_summary(df)
     out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
+    out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):
         out.setdefault(data, {})[family] = cell_summary(trials, epochs)
     met = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]

