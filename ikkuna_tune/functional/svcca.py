@@ -1,81 +1,22 @@
 r"""Canonical correlation analysis (CCA) and SVCCA between activation matrices.
 
 Both functions take two activation matrices ``x`` (n_samples, p) and ``y`` (n_samples, q) whose
-rows are the same data points (the same probe images, say) seen by two layers, or by one layer at
-two points in training.
+rows are the same data points (the same probe images, say) seen by two layers, or by one layer
+at two points in training. No covariance matrix is formed: one Householder QR puts both sides
+in one orthonormal system, directions at rounding level (of the arithmetic, or of the input's
+precision) are dropped, and the canonical correlations are the singular values of the product
+of the two bases (Björck and Golub, 1973). SVCCA (Raghu et al., 2017) first keeps each side's
+leading singular directions covering the fraction ``keep`` of its variance. Everything runs in
+float64 on the input's device; half-precision inputs count as the float32 numbers they hold.
+With fewer samples than features the correlations are 1 whatever the data: use more samples
+(or fold convolution outputs so that every position is a sample).
 
-**CCA.** Centre the columns. The canonical correlations are the cosines of the principal angles
-between the column spaces :math:`\mathcal{X} = \operatorname{span}(x)` and
-:math:`\mathcal{Y} = \operatorname{span}(y)` in :math:`\mathbb{R}^{n}`: the first is
-:math:`\rho_1 = \max \operatorname{corr}(x a, y b)` over weight vectors :math:`a, b`, each next
-one the same maximum over directions uncorrelated with the earlier ones. The textbook route takes
-the singular values of :math:`\Sigma_{xx}^{-1/2} \Sigma_{xy} \Sigma_{yy}^{-1/2}`, which squares the
-condition number of the data and needs the inverse of covariance matrices that are singular as soon
-as a neuron is dead (constant) or duplicated. Here no covariance matrix is ever formed: if
-:math:`Q_x` and :math:`Q_y` are orthonormal bases of the two column spaces, the canonical
-correlations are exactly the singular values of :math:`Q_x^T Q_y` (Björck and Golub, 1973).
+The derivation, the rounding floors and the costs are in ``docs/svcca.md``.
 
-**Bases, with rank pruning.** One Householder QR of the side-by-side matrix
-:math:`[x, y] = Q [R_x, R_y]` (only ``R`` is computed; ``Q`` is never formed) puts both sides in
-one orthonormal coordinate system. The thin SVDs of the small blocks,
-:math:`R_x = W_x \operatorname{diag}(s_x) V_x^T` and likewise for ``y``, give the thin SVDs
-:math:`x = (Q W_x) \operatorname{diag}(s_x) V_x^T`, so :math:`Q W_x` and :math:`Q W_y` are
-orthonormal bases of the two column spaces and :math:`(Q W_x)^T (Q W_y) = W_x^T W_y`: after the
-QR nothing depends on the number of samples. Directions at rounding level carry no information,
-and keeping them would report spurious correlations (of 1 for the rounding noise of dead or
-duplicated neurons, of arbitrary size for the rounding noise of the input), so they are dropped.
-Rounding level is the larger of two floors:
-
-- the arithmetic here: :math:`s_i \le \max(n, p)\,\varepsilon_{64}\, s_1`;
-- the precision of the input: each entry of a float32 (or float64) matrix is known only to
-  half a unit in its last place, :math:`|e_{ij}| \le \tfrac{1}{2}\varepsilon_{in} |x_{ij}|`, so
-  by Weyl's inequality a direction with :math:`s_i \le \lVert E \rVert_F \le
-  \tfrac{1}{2}\varepsilon_{in} \lVert x \rVert_F` (in the scaling the SVD sees) cannot be told
-  apart from that error. This is what makes a rank-deficient float32 input, such as the outputs
-  of a widening linear layer or of a first convolution with more channels than its patch has
-  pixels, have the rank of its exact values rather than full rank made of rounding noise; for a
-  float64 input with a large offset the floor follows the offset.
-
-  Inputs of lower precision than float32 (float16, bfloat16) count as the float32 numbers they
-  hold (the conversion is exact), with float32's floor, so their result is that of ``x.float()``.
-  With their own :math:`\varepsilon_{in}` the bound, which grows with the data's offset, would
-  exceed every singular value of activations far from zero (bfloat16 values of mean 100 and
-  standard deviation 1: every direction pruned, a matrix 0-similar to itself). The price: the
-  rounding noise of a rank-deficient half-precision input counts as (small) directions.
-
-Householder QR is backward stable column by column, so the two sides' scales do not interfere
-(each side is also scaled to unit norm first).
-
-**SVCCA** (Raghu et al., 2017) first reduces each side to its leading singular directions, the
-fewest whose squared singular values reach the fraction ``keep`` of the total variance, then runs
-CCA between the reduced sets and averages the canonical correlations. The thin SVD's left
-singular vectors are already an orthonormal basis of the reduced set, so the SVD of the reduction
-*is* the orthonormalisation step. Each side is reduced on its own: the triangular factor of a QR
-of that side alone, :math:`x = Q_x R_x`, has the singular values and right singular vectors
-:math:`V_x` of ``x``, and :math:`x V_{x,k} \operatorname{diag}(1/s_{x,k})` are its leading
-``k`` left singular vectors (one matrix product). Dividing by a kept singular value is safe
-because keeping it means the variance from it on is over ``1 - keep`` of the total, which bounds
-:math:`s_1 / s_k` by :math:`\sqrt{p / (1 - keep)}`. With ``keep = 1`` there is no such bound, so
-the bases come from the joint QR above (restricted to the directions above rounding level).
-
-Cost for ``n`` samples and ``p = q`` features: SVCCA needs a QR of each ``n x p`` side (about
-:math:`2 n p^2` flops each, ``R`` only), SVDs of ``p x p`` factors and two ``n x p x k``
-products; CCA one QR of the ``n x 2p`` matrix. The covariance route for SVCCA first needs a
-full SVD of each side with its left singular vectors (several times the QR), then the
-covariances (:math:`6 n p^2`, cheap matrix products), a pseudo-inverse, two eigendecompositions
-and an SVD of ``p x p`` matrices. For plain CCA at ``n >> p`` the covariance products are the
-cheapest route there is; it is the numerically fragile one.
-
-Everything is computed in float64 on the device of the input (a torch tensor may live on a GPU);
-the canonical correlations are clipped to :math:`[0, 1]`.
-
-**More features than samples.** Centred data spans at most ``n - 1`` dimensions. Two subspaces of
-dimension :math:`r_x` and :math:`r_y` of that space share at least
-:math:`r_x + r_y - (n - 1)` dimensions, so at least that many canonical correlations are exactly 1
-whatever the data; when both sides have rank ``n - 1`` every canonical correlation is 1. The
-functions return these values (no error): they are correct for the matrices given, but measure the
-shortage of samples, not similarity. Use more samples than features (for SVCCA: more samples than
-the directions kept), or fold convolution outputs so that every position is a sample.
+References: Björck and Golub, "Numerical methods for computing angles between linear
+subspaces", Math. Comp. 27 (1973); Raghu, Gilmer, Yosinski and Sohl-Dickstein, "SVCCA:
+Singular Vector Canonical Correlation Analysis for Deep Learning Dynamics and
+Interpretability", NeurIPS 2017.
 """
 
 from __future__ import annotations

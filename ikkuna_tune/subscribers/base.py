@@ -546,7 +546,9 @@ class CallbackSubscriber(Subscriber):
 
 
 class PlotSubscriber(Subscriber):
-    """A subscriber whose scalar results are also drawn by a backend.
+    """A subscriber whose scalar results are also written to a backend (the name is the original
+    ikkuna's; it draws nothing itself: with ``backend='tb'`` its values go to TensorBoard files,
+    with ``backend=None`` nowhere).
 
     Every scalar it publishes is sent to the backend as ``'{topic}/{layer}'`` (or ``'{topic}'``
     for network-wide results) at the message's global step. The backend buffers tensors and writes

@@ -453,7 +453,9 @@ class RatioSubscriber(PlotSubscriber):
 
 class MessageMeanSubscriber(PlotSubscriber):
     """The mean over all layers of one step of a per-layer scalar kind, e.g. the mean weight
-    norm over the network from ``'weights_norm2'``.
+    norm over the network from ``'weights_norm2'`` (the name is the original ikkuna's: it
+    averages over the layers' messages of a step, not over time; :class:`MeanSubscriber` is the
+    mean of the entries of each message's tensor).
 
     Publishes ``{kind}_message_mean`` (network-wide, a 0-d tensor) once per step, when that
     step's ``batch_finished`` arrives (messages of evaluation tags: at the next
