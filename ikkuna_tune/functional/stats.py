@@ -22,9 +22,18 @@ __all__ = [
 ]
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself if it holds floating-point (or complex) numbers, else ``x`` as float32."""
-    return x if x.is_floating_point() or x.is_complex() else x.float()
+    """``x`` itself if it holds float32, float64 or complex numbers, else ``x`` as float32.
+
+    Half-precision tensors (mixed-precision activations) are summed in float32: a bfloat16 sum
+    keeps about 3 significant digits (a norm 0.2 % off on a small layer's activations).
+    """
+    if x.dtype in _HALF or not (x.is_floating_point() or x.is_complex()):
+        return x.float()
+    return x
 
 
 def _check_order(order: float) -> float:

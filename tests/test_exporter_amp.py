@@ -1,0 +1,77 @@
+"""Mixed precision: under bfloat16 autocast with a GradScaler the published gradients are the
+true (unscaled) ones and the published updates the real change of the weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+
+SCALE = 1024.0
+
+
+def test_gradients_are_unscaled_and_updates_real_under_autocast_and_grad_scaler() -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE, growth_interval=1000)
+    bus = ik.MessageBus("amp")
+    got: dict[str, list[tuple[str, torch.Tensor]]] = {"weight_gradients": [], "weight_updates": []}
+    for kind in got:
+        ik.CallbackSubscriber(
+            [kind], lambda m, kind=kind: got[kind].append((m.key, m.data.clone())), bus
+        )
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+    with ik.Exporter(model, opt, bus):
+        for _ in range(3):
+            for values in got.values():
+                values.clear()
+            before = {n: getattr(model, n).weight.detach().clone() for n in ("conv", "fc")}
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaled = {n: getattr(model, n).weight.grad.clone() for n in ("conv", "fc")}
+            scaler.step(opt)
+            scaler.update()
+            grads = dict(got["weight_gradients"])
+            updates = dict(got["weight_updates"])
+            assert set(grads) == set(updates) == {"conv", "fc"}
+            for name in ("conv", "fc"):
+                # the reference: the scaled gradient autograd produced, divided by hand
+                assert torch.allclose(grads[name], scaled[name] / SCALE, rtol=1e-6, atol=0)
+                change = getattr(model, name).weight.detach() - before[name]
+                assert torch.allclose(updates[name], change, rtol=0, atol=1e-7)
+                assert updates[name].abs().max() > 0
+
+
+def test_bfloat16_autocast_activations_are_published_in_bfloat16() -> None:
+    model = TinyNet()
+    bus = ik.MessageBus("amp")
+    seen: list[torch.dtype] = []
+    ik.CallbackSubscriber(["activations"], lambda m: seen.append(m.data.dtype), bus)
+    with ik.Exporter(model, None, bus), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 1, 6, 6))
+    assert seen == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_norms_of_half_precision_activations_match_float32(dtype) -> None:
+    bus = ik.MessageBus("amp")
+    ik.NormSubscriber("activations", bus, backend=None)
+    norms: dict[str, float] = {}
+    ik.CallbackSubscriber(
+        ["activations_norm2"], lambda m: norms.__setitem__(m.key, m.data.item()), bus
+    )
+    torch.manual_seed(0)
+    model = TinyNet()
+    x = torch.randn(4, 1, 6, 6)
+    with ik.Exporter(model, None, bus), torch.autocast("cpu", dtype=dtype):
+        model.eval()
+        out = model.conv(x)
+        model(x)
+    assert norms["conv"] == pytest.approx(out.float().norm().item(), rel=1e-3)
