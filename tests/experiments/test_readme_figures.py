@@ -70,6 +70,19 @@ def test_every_log_starts_with_its_header(log: Path) -> None:
     assert not missing, f"{log.name} lacks {missing}"
 
 
+def test_the_fidelity_table_is_in_the_fidelity_log() -> None:
+    """The per-grid table of the README's SVCCAScheduler section comes from one log."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("**How faithful it is**", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]
+    assert len(rows) == 6
+    numbers = _log_numbers((RESULTS / "cpu_bench_fidelity.txt").read_text())
+    figures = [f for row in rows for f in NUMBER.findall(row)]
+    assert len(figures) >= 24
+    missing = [f for f in figures if not appears(f, numbers)]
+    assert not missing, f"{missing} of the fidelity table are not in cpu_bench_fidelity.txt"
+
+
 def test_the_check_catches_a_figure_that_is_not_in_the_log() -> None:
     numbers = _log_numbers('{"ratio": 1.0551, "accuracy": 0.9562}')
     assert appears("1.055", numbers) and appears("95.6", numbers) and appears("1.06", numbers)
