@@ -744,27 +744,32 @@ class Exporter:
                         key = (name, kind)
                         self._update_before[key] = self._snapshot(key, param)
 
-    def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
-        """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
-        buffer = self._update_buffers.get(key)
+    @staticmethod
+    def _buffer_like(
+        store: dict[tuple[str, str], torch.Tensor],
+        key: tuple[str, str],
+        param: torch.Tensor,
+        make: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """The buffer of ``key`` in ``store``, made by ``make`` (``torch.empty_like`` or
+        ``torch.zeros_like``) when missing or no longer of ``param``'s shape, dtype or device."""
+        buffer = store.get(key)
         if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
             param.shape,
             param.dtype,
             param.device,
         ):
-            buffer = self._update_buffers[key] = torch.empty_like(param, requires_grad=False)
+            buffer = store[key] = make(param, requires_grad=False)
+        return buffer
+
+    def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
+        """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
+        buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
         return buffer.copy_(param.detach())
 
     def _zero_update(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
         """The update of a frozen parameter: zeros, kept per parameter (no allocation per step)."""
-        zeros = self._zero_updates.get(key)
-        if zeros is None or (zeros.shape, zeros.dtype, zeros.device) != (
-            param.shape,
-            param.dtype,
-            param.device,
-        ):
-            zeros = self._zero_updates[key] = torch.zeros_like(param, requires_grad=False)
-        return zeros
+        return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
 
     def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         layers, frozen, before_of = self._optimizer_layers[index], self._frozen, self._update_before

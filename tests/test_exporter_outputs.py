@@ -12,21 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
-
-
-def _record(bus, kinds, tag="default"):
-    got = []
-
-    def keep(m):
-        data = m.data.detach().clone() if isinstance(m.data, torch.Tensor) else m.data
-        got.append((m.kind, m.key, m.global_step, data))
-
-    ik.CallbackSubscriber(kinds, keep, bus, tag=tag)
-    return got
-
-
-def _by(got, kind, key=None):
-    return [d for k, kk, _, d in got if k == kind and kk == key]
+from tests.test_exporter import _by, _record
 
 
 def _inputs(n: int = 6, features: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
