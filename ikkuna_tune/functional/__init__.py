@@ -1,6 +1,7 @@
 """Pure maths on tensors: the quantities subscribers publish, tested on their own."""
 
 from ikkuna_tune.functional.accuracy import accuracy, correct, count_correct, predictions
+from ikkuna_tune.functional.cca import cca
 from ikkuna_tune.functional.stats import (
     histogram,
     mean,
@@ -10,7 +11,7 @@ from ikkuna_tune.functional.stats import (
     spectral_norm,
     variance,
 )
-from ikkuna_tune.functional.svcca import cca, svcca_similarity
+from ikkuna_tune.functional.svcca import svcca_similarity
 
 __all__ = [
     "accuracy",

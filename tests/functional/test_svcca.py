@@ -129,7 +129,8 @@ def test_per_side_reduction_matches_singular_vectors_from_lapack(keep) -> None:
 
 
 def test_kept_basis_is_orthonormal_within_the_bound_of_keep() -> None:
-    from ikkuna_tune.functional.svcca import _centred, _kept_basis
+    from ikkuna_tune.functional.cca import _centred
+    from ikkuna_tune.functional.svcca import _kept_basis
 
     x = torch.from_numpy(_wide_spectrum(400, 30, 12, seed=23))
     for keep in (0.9, 0.99, 1 - 1e-8):
@@ -277,7 +278,7 @@ def test_rank_deficient_input_with_a_large_offset_is_not_given_rank_by_it() -> N
 
 
 def test_full_rank_certificate_never_contradicts_the_singular_values() -> None:
-    from ikkuna_tune.functional.svcca import _certainly_full_rank, _rank_mask
+    from ikkuna_tune.functional.cca import _certainly_full_rank, _rank_mask
 
     rng = _rng(44)
     shape, floor = (1000, 40), torch.tensor(0.0, dtype=torch.float64)
