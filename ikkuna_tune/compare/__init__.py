@@ -26,7 +26,9 @@ scheduler's decisions are in ``df.attrs["decisions"]`` (see :func:`decisions`), 
 were reported but never with a value (every value NaN or ``null``) in
 ``df.attrs["empty_metrics"]`` (name -> reported per layer), so that asking for one says so.
 
-The work is split by job: :mod:`~ikkuna_tune.compare.loading` reads experiments,
+The work is split by job: :mod:`~ikkuna_tune.compare.trials` reads each trial's files (or a
+Ray object), :mod:`~ikkuna_tune.compare.decision_log` the scheduler's decisions,
+:mod:`~ikkuna_tune.compare.loading` turns them into the tidy frame,
 :mod:`~ikkuna_tune.compare.frame` answers questions about the frame,
 :mod:`~ikkuna_tune.compare.tables` makes the summary and decisions,
 :mod:`~ikkuna_tune.compare.plots` draws with matplotlib,
@@ -39,6 +41,7 @@ file naming its path and the lines, and a file that cannot be read is skipped wi
 naming it.
 """
 
+from ikkuna_tune.compare.decision_log import DECISIONS_FILE, FREEZE_REASON
 from ikkuna_tune.compare.frame import (
     FROZEN,
     TIDY_COLUMNS,
@@ -53,7 +56,7 @@ from ikkuna_tune.compare.html_report import (
     timeline_figure,
     write_html_report,
 )
-from ikkuna_tune.compare.loading import BOOKKEEPING, DECISIONS_FILE, FREEZE_REASON, load
+from ikkuna_tune.compare.loading import BOOKKEEPING, load
 from ikkuna_tune.compare.plots import (
     LINESTYLES,
     MAX_LEGEND_COLOURS,
