@@ -31,6 +31,8 @@ Ray object), :mod:`~ikkuna_tune.compare.decision_log` the scheduler's decisions,
 :mod:`~ikkuna_tune.compare.loading` turns them into the tidy frame,
 :mod:`~ikkuna_tune.compare.frame` answers questions about the frame,
 :mod:`~ikkuna_tune.compare.tables` makes the summary and decisions,
+:mod:`~ikkuna_tune.compare.styles` colours and styles the trials and
+:mod:`~ikkuna_tune.compare.timeline` gathers the freeze timeline's rows, for both renderings,
 :mod:`~ikkuna_tune.compare.plots` draws with matplotlib,
 :mod:`~ikkuna_tune.compare.html_report` writes the interactive page (plotly, imported only
 then) and :mod:`~ikkuna_tune.compare.report` writes them all.
@@ -57,16 +59,11 @@ from ikkuna_tune.compare.html_report import (
     write_html_report,
 )
 from ikkuna_tune.compare.loading import BOOKKEEPING, load
-from ikkuna_tune.compare.plots import (
-    LINESTYLES,
-    MAX_LEGEND_COLOURS,
-    auto_style_by,
-    freezable_layers,
-    plot_freeze_timeline,
-    plot_layers,
-)
+from ikkuna_tune.compare.plots import plot_freeze_timeline, plot_layers
 from ikkuna_tune.compare.report import Comparison, compare_experiment, write_report
+from ikkuna_tune.compare.styles import LINESTYLES, MAX_LEGEND_COLOURS, auto_style_by
 from ikkuna_tune.compare.tables import DECISION_COLUMNS, compute_saved, decisions, summary
+from ikkuna_tune.compare.timeline import freezable_layers
 
 __all__ = [
     "BOOKKEEPING",

@@ -44,14 +44,14 @@ from ikkuna_tune.compare.frame import (
     trial_label,
     trial_values,
 )
-from ikkuna_tune.compare.plots import (
+from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
     resolve_style_by,
-    timeline_data,
     trial_colours,
     trial_styles,
 )
+from ikkuna_tune.compare.timeline import timeline_data
 
 if TYPE_CHECKING:
     from plotly.graph_objects import Figure

@@ -1,40 +1,44 @@
 """The matplotlib plots of a compared experiment: per-layer small multiples and the freeze
-timeline, and the colours and line styles of trials that the HTML report shares."""
+timeline. How trials are coloured and styled is in :mod:`~ikkuna_tune.compare.styles`, what the
+timeline shows in :mod:`~ikkuna_tune.compare.timeline` (both shared with the HTML report)."""
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ikkuna_tune.compare.frame import (
-    FROZEN,
     check_budget,
     check_color_by,
     check_metric,
     check_tidy,
-    config_columns,
     freeze_iterations,
     iterations_run,
     layers,
-    shown_value,
-    sort_key,
     stopped_early,
     trial_infos,
     trial_label,
     trial_values,
 )
+from ikkuna_tune.compare.styles import (
+    AUTO,
+    LINESTYLES,
+    MAX_LEGEND_COLOURS,
+    auto_style_by,
+    resolve_style_by,
+    trial_colours,
+    trial_styles,
+)
+from ikkuna_tune.compare.timeline import freezable_layers, timeline_data
+from ikkuna_tune.compare.timeline import timeline_offsets as timeline_offsets  # reachable here too
 
 __all__ = [
     "AUTO",
@@ -46,131 +50,9 @@ __all__ = [
     "plot_layers",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: ``style_by="auto"``: pick the parameter that tells trials of one colour apart.
-AUTO = "auto"
-#: Line styles for ``style_by``, as (matplotlib, plotly) names.
-LINESTYLES: tuple[tuple[Any, str], ...] = (
-    ("-", "solid"),
-    ("--", "dash"),
-    (":", "dot"),
-    ("-.", "dashdot"),
-    ((0, (8, 2)), "longdash"),
-    ((0, (8, 2, 1, 2)), "longdashdot"),
-)
-#: A numeric colour parameter with at most this many values gets a legend, not a colorbar.
-MAX_LEGEND_COLOURS = 6
-_MISSING_COLOUR = (0.6, 0.6, 0.6, 1.0)
 _FROZEN_MARK = {"marker": "*", "s": 130, "edgecolors": "black", "linewidths": 0.7}
 _STOPPED_MARK = {"marker": "s", "s": 42, "edgecolors": "black", "linewidths": 1.2}
 _FAILED_MARK = {"marker": "X", "s": 70, "color": "tab:red", "edgecolors": "white"}
-
-
-# --------------------------------------------------------------------------- colours, styles
-@dataclass
-class Colours:
-    """How trials are coloured by a config parameter: a colour per trial, and either a
-    ``mappable`` for a colorbar or ``legend`` entries ``(label, colour)``."""
-
-    colour: dict[str, Any]
-    mappable: ScalarMappable | None = None
-    legend: list[tuple[str, Any]] = field(default_factory=list)
-
-
-def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
-    """Numbers map through ``cmap`` (log scale when all positive and spanning a factor >= 10),
-    with a colorbar, or a legend of their values when there are at most
-    :data:`MAX_LEGEND_COLOURS` of them; anything else gets one qualitative colour per distinct
-    value and a legend."""
-    present = {k: v for k, v in values.items() if v is not None}
-    numeric = present and all(
-        isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-        for v in present.values()
-    )
-    if numeric:
-        numbers = np.array([float(v) for v in present.values()])
-        low, high = float(numbers.min()), float(numbers.max())
-        if low > 0 and high / low >= 10:
-            norm: Normalize = LogNorm(low, high)
-        else:
-            norm = Normalize(low, high if high > low else low + 1)
-        colour_map = colormaps[cmap]
-        colour = {k: colour_map(norm(float(v))) for k, v in present.items()}
-        colour.update({k: _MISSING_COLOUR for k in values if k not in present})
-        distinct = sorted({float(v): v for v in present.values()}.items())
-        if len(distinct) <= MAX_LEGEND_COLOURS:
-            legend = [(shown_value(v), colour_map(norm(x))) for x, v in distinct]
-            if len(present) < len(values):
-                legend.append(("(missing)", _MISSING_COLOUR))
-            return Colours(colour, legend=legend)
-        return Colours(colour, mappable=ScalarMappable(norm=norm, cmap=colour_map))
-    distinct_text = sorted({str(v) for v in present.values()})
-    palette = colormaps["tab10" if len(distinct_text) <= 10 else "tab20"]
-    by_value = {v: palette(i % palette.N) for i, v in enumerate(distinct_text)}
-    colour = {k: by_value[str(v)] if v is not None else _MISSING_COLOUR for k, v in values.items()}
-    legend = [(v, by_value[v]) for v in distinct_text]
-    if len(present) < len(values):
-        legend.append(("(missing)", _MISSING_COLOUR))
-    return Colours(colour, legend=legend)
-
-
-def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
-    """The config parameter that best tells apart trials ``color_by`` gives one colour.
-
-    Of the parameters every trial has a value of, with 2 to ``len(LINESTYLES)`` distinct
-    values, and not the same grouping of trials as ``color_by``'s (then it adds nothing):
-    the one with the fewest values (ties: by name). None if there is none.
-    """
-    if color_by is None:
-        return None
-    colour = trial_values(df, color_by)
-    candidates = []
-    for name in config_columns(df):
-        if name == color_by:
-            continue
-        values = trial_values(df, name)
-        if any(v is None for v in values.values()):
-            continue
-        distinct = {str(v) for v in values.values()}
-        if not 2 <= len(distinct) <= len(LINESTYLES):
-            continue
-        pairs = {(str(colour.get(t)), str(v)) for t, v in values.items()}
-        if len(pairs) == len({str(c) for c in colour.values()}):
-            continue  # each colour has one value of it: the colours already tell
-        candidates.append((len(distinct), name))
-    return min(candidates)[1] if candidates else None
-
-
-def trial_styles(values: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str, int]]]:
-    """An index into :data:`LINESTYLES` per trial, by its value (sorted), and the legend
-    entries ``(value, index)``; styles repeat, with a warning, beyond ``len(LINESTYLES)``."""
-    distinct = sorted({str(v): v for v in values.values()}.values(), key=sort_key)
-    if len(distinct) > len(LINESTYLES):
-        logger.warning(
-            "%d values to tell apart by line style but only %d styles: styles repeat",
-            len(distinct),
-            len(LINESTYLES),
-        )
-    index = {str(v): i % len(LINESTYLES) for i, v in enumerate(distinct)}
-    return (
-        {t: index[str(v)] for t, v in values.items()},
-        [(shown_value(v), index[str(v)]) for v in distinct],
-    )
-
-
-def resolve_style_by(df: pd.DataFrame, color_by: str | None, style_by: str | None) -> str | None:
-    """``style_by`` checked, with ``"auto"`` resolved (see :func:`auto_style_by`)."""
-    if style_by == AUTO and AUTO not in config_columns(df):
-        return auto_style_by(df, color_by)
-    check_color_by(df, style_by, what="style_by")
-    return style_by
-
-
-def freezable_layers(df: pd.DataFrame) -> list[str]:
-    """The layers, in network order, that some trial froze."""
-    frozen = {layer for per_trial in freeze_iterations(df).values() for layer in per_trial}
-    return [name for name in layers(df, FROZEN) if name in frozen]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -366,62 +248,6 @@ def _sectioned_legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, 
 
 
 # --------------------------------------------------------------------------- freeze timeline
-def timeline_offsets(count: int) -> list[float]:
-    """Where, around its trial's row, each of ``count`` freezable layers' markers sit (first
-    layer on top), so that layers frozen at the same iteration do not hide each other."""
-    if count <= 1:
-        return [0.0] * count
-    return [float(v) for v in np.linspace(-0.28, 0.28, count)]
-
-
-@dataclass
-class TimelineData:
-    """What both freeze timelines (PNG and HTML) draw, checked and in row order."""
-
-    infos: dict[str, dict[str, Any]]
-    iterations: dict[str, int]
-    trial_ids: list[str]
-    values: dict[str, Any]
-    early: dict[str, bool]
-    names: list[str]
-    frozen_at: dict[str, dict[str, int]]
-    offsets: list[float]
-
-
-def timeline_data(df: pd.DataFrame, color_by: str | None, budget: int | None) -> TimelineData:
-    """Check ``df`` for a freeze timeline and gather its rows (sorted by ``color_by``).
-
-    Raises:
-        ValueError: ``df`` has no ``frozen/<layer>`` metrics (not reported through
-            :func:`ikkuna_tune.report`) or ``color_by`` is unknown.
-    """
-    check_tidy(df)
-    check_color_by(df, color_by)
-    check_budget(budget)
-    if FROZEN not in set(df["metric"]):
-        raise ValueError(
-            "No frozen/<layer> metrics in the results: was the trainable wrapped with "
-            "ikkuna_tune.instrument and reporting through ikkuna_tune.report?"
-        )
-    infos = trial_infos(df)
-    iterations = iterations_run(df)
-    trial_ids = list(infos)
-    values = trial_values(df, color_by)
-    if color_by is not None:
-        trial_ids.sort(key=lambda t: sort_key(values.get(t)))
-    names = freezable_layers(df)
-    return TimelineData(
-        infos,
-        iterations,
-        trial_ids,
-        values,
-        stopped_early(infos, iterations, budget),
-        names,
-        freeze_iterations(df),
-        timeline_offsets(len(names)),
-    )
-
-
 def plot_freeze_timeline(
     df: pd.DataFrame,
     color_by: str | None = None,

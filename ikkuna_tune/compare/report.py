@@ -22,7 +22,8 @@ from ikkuna_tune.compare.frame import (
 )
 from ikkuna_tune.compare.html_report import HTML_REPORT, write_html_report
 from ikkuna_tune.compare.loading import ExperimentLike, load
-from ikkuna_tune.compare.plots import AUTO, plot_freeze_timeline, plot_layers, resolve_style_by
+from ikkuna_tune.compare.plots import plot_freeze_timeline, plot_layers
+from ikkuna_tune.compare.styles import AUTO, resolve_style_by
 from ikkuna_tune.compare.tables import DECISION_COLUMNS, decisions, summary
 
 __all__ = ["Comparison", "compare_experiment", "write_report"]

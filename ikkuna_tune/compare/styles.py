@@ -1,0 +1,141 @@
+"""How trials look in the comparison's figures, the matplotlib and the plotly ones alike: a
+colour per trial by one config parameter, a line style by another (``style_by="auto"``: the one
+that tells apart trials of one colour)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+
+from ikkuna_tune.compare.frame import (
+    check_color_by,
+    config_columns,
+    shown_value,
+    sort_key,
+    trial_values,
+)
+
+__all__ = ["AUTO", "LINESTYLES", "MAX_LEGEND_COLOURS", "auto_style_by"]
+
+logger = logging.getLogger(__name__)
+
+#: ``style_by="auto"``: pick the parameter that tells trials of one colour apart.
+AUTO = "auto"
+#: Line styles for ``style_by``, as (matplotlib, plotly) names.
+LINESTYLES: tuple[tuple[Any, str], ...] = (
+    ("-", "solid"),
+    ("--", "dash"),
+    (":", "dot"),
+    ("-.", "dashdot"),
+    ((0, (8, 2)), "longdash"),
+    ((0, (8, 2, 1, 2)), "longdashdot"),
+)
+#: A numeric colour parameter with at most this many values gets a legend, not a colorbar.
+MAX_LEGEND_COLOURS = 6
+_MISSING_COLOUR = (0.6, 0.6, 0.6, 1.0)
+
+
+@dataclass
+class Colours:
+    """How trials are coloured by a config parameter: a colour per trial, and either a
+    ``mappable`` for a colorbar or ``legend`` entries ``(label, colour)``."""
+
+    colour: dict[str, Any]
+    mappable: ScalarMappable | None = None
+    legend: list[tuple[str, Any]] = field(default_factory=list)
+
+
+def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
+    """Numbers map through ``cmap`` (log scale when all positive and spanning a factor >= 10),
+    with a colorbar, or a legend of their values when there are at most
+    :data:`MAX_LEGEND_COLOURS` of them; anything else gets one qualitative colour per distinct
+    value and a legend."""
+    present = {k: v for k, v in values.items() if v is not None}
+    numeric = present and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+        for v in present.values()
+    )
+    if numeric:
+        numbers = np.array([float(v) for v in present.values()])
+        low, high = float(numbers.min()), float(numbers.max())
+        if low > 0 and high / low >= 10:
+            norm: Normalize = LogNorm(low, high)
+        else:
+            norm = Normalize(low, high if high > low else low + 1)
+        colour_map = colormaps[cmap]
+        colour = {k: colour_map(norm(float(v))) for k, v in present.items()}
+        colour.update({k: _MISSING_COLOUR for k in values if k not in present})
+        distinct = sorted({float(v): v for v in present.values()}.items())
+        if len(distinct) <= MAX_LEGEND_COLOURS:
+            legend = [(shown_value(v), colour_map(norm(x))) for x, v in distinct]
+            if len(present) < len(values):
+                legend.append(("(missing)", _MISSING_COLOUR))
+            return Colours(colour, legend=legend)
+        return Colours(colour, mappable=ScalarMappable(norm=norm, cmap=colour_map))
+    distinct_text = sorted({str(v) for v in present.values()})
+    palette = colormaps["tab10" if len(distinct_text) <= 10 else "tab20"]
+    by_value = {v: palette(i % palette.N) for i, v in enumerate(distinct_text)}
+    colour = {k: by_value[str(v)] if v is not None else _MISSING_COLOUR for k, v in values.items()}
+    legend = [(v, by_value[v]) for v in distinct_text]
+    if len(present) < len(values):
+        legend.append(("(missing)", _MISSING_COLOUR))
+    return Colours(colour, legend=legend)
+
+
+def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
+    """The config parameter that best tells apart trials ``color_by`` gives one colour.
+
+    Of the parameters every trial has a value of, with 2 to ``len(LINESTYLES)`` distinct
+    values, and not the same grouping of trials as ``color_by``'s (then it adds nothing):
+    the one with the fewest values (ties: by name). None if there is none.
+    """
+    if color_by is None:
+        return None
+    colour = trial_values(df, color_by)
+    candidates = []
+    for name in config_columns(df):
+        if name == color_by:
+            continue
+        values = trial_values(df, name)
+        if any(v is None for v in values.values()):
+            continue
+        distinct = {str(v) for v in values.values()}
+        if not 2 <= len(distinct) <= len(LINESTYLES):
+            continue
+        pairs = {(str(colour.get(t)), str(v)) for t, v in values.items()}
+        if len(pairs) == len({str(c) for c in colour.values()}):
+            continue  # each colour has one value of it: the colours already tell
+        candidates.append((len(distinct), name))
+    return min(candidates)[1] if candidates else None
+
+
+def trial_styles(values: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """An index into :data:`LINESTYLES` per trial, by its value (sorted), and the legend
+    entries ``(value, index)``; styles repeat, with a warning, beyond ``len(LINESTYLES)``."""
+    distinct = sorted({str(v): v for v in values.values()}.values(), key=sort_key)
+    if len(distinct) > len(LINESTYLES):
+        logger.warning(
+            "%d values to tell apart by line style but only %d styles: styles repeat",
+            len(distinct),
+            len(LINESTYLES),
+        )
+    index = {str(v): i % len(LINESTYLES) for i, v in enumerate(distinct)}
+    return (
+        {t: index[str(v)] for t, v in values.items()},
+        [(shown_value(v), index[str(v)]) for v in distinct],
+    )
+
+
+def resolve_style_by(df: pd.DataFrame, color_by: str | None, style_by: str | None) -> str | None:
+    """``style_by`` checked, with ``"auto"`` resolved (see :func:`auto_style_by`)."""
+    if style_by == AUTO and AUTO not in config_columns(df):
+        return auto_style_by(df, color_by)
+    check_color_by(df, style_by, what="style_by")
+    return style_by
