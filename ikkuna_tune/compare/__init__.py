@@ -31,11 +31,12 @@ Ray object), :mod:`~ikkuna_tune.compare.decision_log` the scheduler's decisions,
 :mod:`~ikkuna_tune.compare.loading` turns them into the tidy frame,
 :mod:`~ikkuna_tune.compare.frame` answers questions about the frame,
 :mod:`~ikkuna_tune.compare.tables` makes the summary and decisions,
-:mod:`~ikkuna_tune.compare.styles` colours and styles the trials and
-:mod:`~ikkuna_tune.compare.timeline` gathers the freeze timeline's rows, for both renderings,
+:mod:`~ikkuna_tune.compare.styles` colours and styles the trials,
+:mod:`~ikkuna_tune.compare.timeline` gathers the freeze timeline's rows (for both renderings),
 :mod:`~ikkuna_tune.compare.plots` draws with matplotlib,
-:mod:`~ikkuna_tune.compare.html_report` writes the interactive page (plotly, imported only
-then) and :mod:`~ikkuna_tune.compare.report` writes them all.
+:mod:`~ikkuna_tune.compare.plotly_figures` draws the same figures with plotly (imported only
+then), :mod:`~ikkuna_tune.compare.html_report` writes them into the interactive page and
+:mod:`~ikkuna_tune.compare.report` writes everything.
 
 Damaged files do not stop a load: lines of ``result.json`` (or of the scheduler's
 ``ikkuna_decisions.jsonl``) that are not UTF-8 JSON objects are skipped with one warning per
@@ -52,13 +53,9 @@ from ikkuna_tune.compare.frame import (
     layers,
     metrics,
 )
-from ikkuna_tune.compare.html_report import (
-    HTML_REPORT,
-    layers_figure,
-    timeline_figure,
-    write_html_report,
-)
+from ikkuna_tune.compare.html_report import HTML_REPORT, write_html_report
 from ikkuna_tune.compare.loading import BOOKKEEPING, load
+from ikkuna_tune.compare.plotly_figures import layers_figure, timeline_figure
 from ikkuna_tune.compare.plots import plot_freeze_timeline, plot_layers
 from ikkuna_tune.compare.report import Comparison, compare_experiment, write_report
 from ikkuna_tune.compare.styles import LINESTYLES, MAX_LEGEND_COLOURS, auto_style_by
