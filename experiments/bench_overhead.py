@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
-from experiments.models import MLP, DeepCNN, SmallResNet
+from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
 log = logging.getLogger("bench_overhead")
 
@@ -97,7 +97,7 @@ def load_batches(
     """``n_batches`` shuffled training batches of the MNIST subset (random 3x32x32 images with
     random labels for ``resnet18``: the cost of a step does not depend on the data), on
     ``device``."""
-    from experiments.data import load_mnist_subset
+    from ikkuna_tune.examples.data import load_mnist_subset
 
     if model == "resnet18":
         g = torch.Generator().manual_seed(seed)

@@ -40,7 +40,7 @@ FREEZE_CONFIG = {"lr": 0.03, "width": 16}
 
 def sweep_trial(config: dict[str, Any]) -> None:
     """The demo trainable with this trial's variant (scheduler group, lr, width) merged in."""
-    from ikkuna_tune.demo import train_cnn
+    from ikkuna_tune.examples.demo import train_cnn
 
     train_cnn({**config, **config["variant"]})
 
@@ -82,7 +82,7 @@ def _run(schedulers: dict[str, Any], config: dict[str, Any], storage: str) -> An
 
     import ikkuna_tune as ik
     from experiments.routing import RoutingScheduler
-    from ikkuna_tune.demo import demo_subscribers
+    from ikkuna_tune.examples.demo import demo_subscribers
 
     started = time.perf_counter()
     analysis = tune.run(

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ikkuna_tune as ik
-from experiments.models import MLP, DeepCNN, SmallResNet
+from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
 __all__ = ["DATA_SETS", "FAMILIES", "build_model", "load", "subscribers", "train_trial"]
 
@@ -36,7 +36,7 @@ CLASSES = 10
 @functools.lru_cache(maxsize=2)
 def load(name: str) -> tuple[TensorDataset, TensorDataset]:
     """(train, test): ``digits`` (1,500 / 297, 8x8) or ``mnist`` (4,000 / 1,000, pooled 14x14)."""
-    from ikkuna_tune.demo import load_dataset
+    from ikkuna_tune.examples.data import load_dataset
 
     train, test = load_dataset(name)
     if name == "mnist":

@@ -43,9 +43,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import ikkuna_tune as ik
-from experiments.data import TORCHVISION_SETS, load_mnist_subset, load_torchvision
-from experiments.models import MLP, SmallCNN, SmallResNet
-from ikkuna_tune.demo import load_dataset
+from ikkuna_tune.examples.data import (
+    TORCHVISION_SETS,
+    load_dataset,
+    load_mnist_subset,
+    load_torchvision,
+)
+from ikkuna_tune.examples.models import MLP, SmallCNN, SmallResNet
 
 log = logging.getLogger("layer_convergence")
 

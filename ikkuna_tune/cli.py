@@ -5,8 +5,9 @@
 interactive report.html) and prints its per-trial summary and the
 scheduler's decisions (:func:`ikkuna_tune.compare.decisions`: each freeze and stop with its rule
 and values); ``ikkuna-tune demo`` runs the demo sweep
-(:func:`ikkuna_tune.demo.run_demo`). Mistakes the user can fix (a wrong path, an unknown
-metric, an empty experiment, an unreachable cluster) print one line to stderr and exit with 2.
+(:func:`ikkuna_tune.examples.demo.run_demo`, which needs the ``examples`` extra). Mistakes the
+user can fix (a wrong path, an unknown metric, an empty experiment, an unreachable cluster, a
+missing extra) print one line to stderr and exit with 2.
 
 This module imports only the standard library: each command imports what it needs when it
 runs, so ``ikkuna-tune --help`` loads neither torch, Ray, pandas, matplotlib nor plotly.
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=_compare)
 
     # --------------------------------------------------------------------- demo
-    # The demo sweep lives in ikkuna_tune.demo (imported only when this command runs):
+    # The demo sweep lives in ikkuna_tune.examples.demo (imported only when this command runs):
     # run_demo(address=, quick=, storage_path=, out_dir=) returns a mapping with "summary"
     # (the compare.summary table), "files" and "experiment" (its path), which are printed.
     demo = commands.add_parser(
@@ -156,14 +157,20 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        from ikkuna_tune.demo import run_demo
+        from ikkuna_tune.examples.demo import run_demo
     except ModuleNotFoundError as error:
-        if error.name != "ikkuna_tune.demo":
+        if error.name not in ("ikkuna_tune.examples", "ikkuna_tune.examples.demo"):
             raise
         raise _UsageError("the demo is not available in this installation") from error
-    result = run_demo(
-        address=args.address, quick=args.quick, storage_path=args.storage_path, out_dir=args.out
-    )
+    try:
+        result = run_demo(
+            address=args.address,
+            quick=args.quick,
+            storage_path=args.storage_path,
+            out_dir=args.out,
+        )
+    except ImportError as error:  # a missing package, such as the examples extra's: one line
+        raise _UsageError(str(error)) from error
     if isinstance(result, Mapping):
         if result.get("summary") is not None:
             _print_summary(result["summary"])

@@ -200,14 +200,16 @@ def fake_demo(monkeypatch) -> list[dict[str, Any]]:
         calls.append(kwargs)
         if kwargs["address"] == "bad:1":
             raise ConnectionError("Could not connect to Ray at bad:1\nmore detail")
+        if kwargs["address"] == "no-extra:1":
+            raise ImportError('needs scikit-learn: pip install "ikkuna_tune[examples]"')
         if kwargs["quick"]:
             return "the demo summary"
         table = pd.DataFrame({"trial_id": ["t1"], "frozen_layers": [["conv1", "conv2"]]})
         return {"experiment": "/r/ikkuna_demo", "summary": table, "files": ["o/summary.csv"]}
 
-    module = types.ModuleType("ikkuna_tune.demo")
+    module = types.ModuleType("ikkuna_tune.examples.demo")
     module.run_demo = run_demo  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ikkuna_tune.demo", module)
+    monkeypatch.setitem(sys.modules, "ikkuna_tune.examples.demo", module)
     return calls
 
 
@@ -240,10 +242,15 @@ def test_demo_passes_its_arguments(fake_demo, monkeypatch, tmp_path: Path, capsy
     ]
     assert main(["demo", "--address", "bad:1"]) == 2
     _one_error_line(capsys, "demo", "Could not connect to Ray at bad:1")
+    # without the examples extra: what to install, in one line
+    assert main(["demo", "--address", "no-extra:1"]) == 2
+    _one_error_line(capsys, "demo", 'pip install "ikkuna_tune[examples]"')
 
 
-def test_demo_missing_is_one_line(monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "ikkuna_tune.demo", None)
+@pytest.mark.parametrize("missing", ["ikkuna_tune.examples", "ikkuna_tune.examples.demo"])
+def test_demo_missing_is_one_line(missing: str, monkeypatch, capsys) -> None:
+    monkeypatch.delitem(sys.modules, "ikkuna_tune.examples.demo", raising=False)
+    monkeypatch.setitem(sys.modules, missing, None)
     assert main(["demo"]) == 2
     _one_error_line(capsys, "demo", "the demo is not available")
 

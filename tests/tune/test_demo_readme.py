@@ -24,7 +24,7 @@ def test_the_demo_writes_under_its_folder_and_the_readme_compare_command_reads_i
     ray_session, tmp_path, monkeypatch
 ) -> None:
     from ikkuna_tune.cli import build_parser
-    from ikkuna_tune.demo import run_demo
+    from ikkuna_tune.examples.demo import run_demo
 
     monkeypatch.chdir(tmp_path)
     # `ikkuna-tune demo` passes its defaults on: the same folder as run_demo's own default

