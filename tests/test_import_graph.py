@@ -1,7 +1,9 @@
 """The package's import graph: which module may import which (read from the source, no imports).
 
 Edges are the imports a module makes when it is imported (top level, not inside functions or
-``if TYPE_CHECKING:``), with the packages above each imported module.
+``if TYPE_CHECKING:``), with the packages above each imported module. The library never imports
+its examples (:mod:`ikkuna_tune.examples`) at all, not even inside a function, but for the
+``demo`` command of the command line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ikkuna_tune"
 #: modules that import nothing of the package (what everything else may build on)
 LEAVES = ("ikkuna_tune.checks", "ikkuna_tune.keys", "ikkuna_tune.freezing")
+EXAMPLES = "ikkuna_tune.examples"
+#: (module, function) of the library that may import the examples: the demo command, as it runs
+IMPORTS_EXAMPLES = {("ikkuna_tune.cli", "_demo")}
 
 
 def _name(path: Path) -> str:
@@ -44,6 +49,42 @@ def _imported(path: Path) -> set[str]:
 
     visit(ast.parse(path.read_text()).body)
     return found
+
+
+def _imports_anywhere(module: str, tree: ast.AST) -> set[tuple[str, str]]:
+    """(enclosing function or '', imported module) for every import in ``tree``, at any depth:
+    ``import``, ``from ... import`` (relative ones resolved) and ``importlib.import_module`` or
+    ``__import__`` of a literal name."""
+    package = module.split(".") if _is_package(module) else module.split(".")[:-1]
+    found: set[tuple[str, str]] = set()
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        if isinstance(node, ast.Import):
+            found.update((function, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            source = ".".join([*base, *([node.module] if node.module else [])])
+            found.add((function, source))
+            found.update((function, f"{source}.{alias.name}") for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in ("importlib.import_module", "import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add((function, node.args[0].value))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "")
+    return found
+
+
+def _is_package(module: str) -> bool:
+    return MODULES[module].name == "__init__.py"
 
 
 def _edges(module: str) -> set[str]:
@@ -92,6 +133,40 @@ def test_the_package_init_imports_nothing_of_the_package() -> None:
 def test_the_library_never_imports_experiments_or_tests(module: str) -> None:
     imported = _imported(MODULES[module])
     assert not {m for m in imported if m.split(".")[0] in ("experiments", "tests")}
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m != EXAMPLES and not m.startswith(EXAMPLES + "."))
+)
+def test_the_library_never_imports_its_examples(module: str) -> None:
+    imports = _imports_anywhere(module, ast.parse(MODULES[module].read_text()))
+    found = {
+        (function, name)
+        for function, name in imports
+        if name == EXAMPLES or name.startswith(EXAMPLES + ".")
+    }
+    assert {(module, function) for function, _ in found} <= IMPORTS_EXAMPLES, sorted(found)
+
+
+def test_the_examples_check_sees_every_kind_of_import() -> None:
+    source = (
+        "import ikkuna_tune.examples.models\n"
+        "def f():\n"
+        "    from .. import examples\n"
+        "    from ..examples.data import load_dataset\n"
+        "    importlib.import_module('ikkuna_tune.examples.demo')\n"
+    )
+    found = _imports_anywhere("ikkuna_tune.tune.session", ast.parse(source))
+    assert {(f, n) for f, n in found if n.startswith(EXAMPLES)} == {
+        ("", "ikkuna_tune.examples.models"),
+        ("f", "ikkuna_tune.examples"),
+        ("f", "ikkuna_tune.examples.data"),
+        ("f", "ikkuna_tune.examples.data.load_dataset"),
+        ("f", "ikkuna_tune.examples.demo"),
+    }
+    # the demo command does import them, as it runs
+    cli = _imports_anywhere("ikkuna_tune.cli", ast.parse(MODULES["ikkuna_tune.cli"].read_text()))
+    assert ("_demo", "ikkuna_tune.examples.demo") in cli
 
 
 @pytest.mark.parametrize("module", LEAVES)
