@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 import ikkuna_tune as ik
 from experiments.data import load_digits
 from experiments.models import SmallCNN
+from ikkuna_tune.bus import MessageBus
 
 log = logging.getLogger("example")
 
@@ -23,7 +24,7 @@ def main(epochs: int = 3) -> None:
     train, _ = load_digits()
     model = SmallCNN(image_size=8, width=8, hidden=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     norms: dict[str, list[torch.Tensor]] = {}
     losses: list[torch.Tensor] = []
     ik.CallbackSubscriber(

@@ -12,66 +12,50 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it. The top level holds what a user calls: the Tune
+#: workflow, the Exporter and the subscribers (the original ikkuna's names among them). The bus
+#: and the message types live in ``ikkuna_tune.bus`` and ``ikkuna_tune.messages``, the maths in
+#: ``ikkuna_tune.functional``.
 _SOURCES: dict[str, str] = {
-    "EVAL_TAG": "ikkuna_tune.exporter",
-    "PROBE_TAG": "ikkuna_tune.exporter",
-    "Exporter": "ikkuna_tune.exporter",
-    "cca": "ikkuna_tune.functional.svcca",
-    "svcca_similarity": "ikkuna_tune.functional.svcca",
-    "DATA_KINDS": "ikkuna_tune.messages",
-    "DEFAULT_TAG": "ikkuna_tune.messages",
-    "META_KINDS": "ikkuna_tune.messages",
-    "Message": "ikkuna_tune.messages",
-    "MessageBundle": "ikkuna_tune.messages",
-    "MessageBus": "ikkuna_tune.messages",
-    "ModuleMessage": "ikkuna_tune.messages",
-    "NamedModule": "ikkuna_tune.messages",
-    "NetworkMessage": "ikkuna_tune.messages",
-    "BatchedSVCCASubscriber": "ikkuna_tune.subscribers",
-    "CallbackSubscriber": "ikkuna_tune.subscribers",
-    "HistogramSubscriber": "ikkuna_tune.subscribers",
-    "LossSubscriber": "ikkuna_tune.subscribers",
-    "MeanSubscriber": "ikkuna_tune.subscribers",
-    "MessageMeanSubscriber": "ikkuna_tune.subscribers",
-    "NormSubscriber": "ikkuna_tune.subscribers",
-    "PlotSubscriber": "ikkuna_tune.subscribers",
-    "RatioSubscriber": "ikkuna_tune.subscribers",
-    "SpectralNormSubscriber": "ikkuna_tune.subscribers",
-    "Subscriber": "ikkuna_tune.subscribers",
-    "Subscription": "ikkuna_tune.subscribers",
-    "SVCCASubscriber": "ikkuna_tune.subscribers",
-    "SynchronizedSubscription": "ikkuna_tune.subscribers",
-    "TestAccuracySubscriber": "ikkuna_tune.subscribers",
-    "TrainAccuracySubscriber": "ikkuna_tune.subscribers",
-    "VarianceSubscriber": "ikkuna_tune.subscribers",
     "instrument": "ikkuna_tune.tune",
-    "local_results": "ikkuna_tune.tune",
-    "report": "ikkuna_tune.tune",
     "watch": "ikkuna_tune.tune",
+    "report": "ikkuna_tune.tune",
+    "local_results": "ikkuna_tune.tune",
     "SVCCAScheduler": "ikkuna_tune.tune.scheduler",
     "PersistTrialFiles": "ikkuna_tune.tune.callbacks",
+    "Exporter": "ikkuna_tune.exporter",
+    **{
+        name: "ikkuna_tune.subscribers"
+        for name in (
+            "BatchedSVCCASubscriber",
+            "CallbackSubscriber",
+            "HistogramSubscriber",
+            "LossSubscriber",
+            "MeanSubscriber",
+            "MessageMeanSubscriber",
+            "NormSubscriber",
+            "PlotSubscriber",
+            "RatioSubscriber",
+            "SpectralNormSubscriber",
+            "Subscriber",
+            "Subscription",
+            "SVCCASubscriber",
+            "SynchronizedSubscription",
+            "TestAccuracySubscriber",
+            "TrainAccuracySubscriber",
+            "VarianceSubscriber",
+        )
+    },
 }
 
 __all__ = [
-    "DATA_KINDS",
-    "DEFAULT_TAG",
-    "EVAL_TAG",
-    "META_KINDS",
-    "PROBE_TAG",
     "BatchedSVCCASubscriber",
     "CallbackSubscriber",
     "Exporter",
     "HistogramSubscriber",
     "LossSubscriber",
     "MeanSubscriber",
-    "Message",
-    "MessageBundle",
-    "MessageBus",
     "MessageMeanSubscriber",
-    "ModuleMessage",
-    "NamedModule",
-    "NetworkMessage",
     "NormSubscriber",
     "PersistTrialFiles",
     "PlotSubscriber",
@@ -85,28 +69,14 @@ __all__ = [
     "TestAccuracySubscriber",
     "TrainAccuracySubscriber",
     "VarianceSubscriber",
-    "cca",
     "instrument",
     "local_results",
     "report",
-    "svcca_similarity",
     "watch",
 ]
 
 if TYPE_CHECKING:
-    from ikkuna_tune.exporter import EVAL_TAG, PROBE_TAG, Exporter
-    from ikkuna_tune.functional.svcca import cca, svcca_similarity
-    from ikkuna_tune.messages import (
-        DATA_KINDS,
-        DEFAULT_TAG,
-        META_KINDS,
-        Message,
-        MessageBundle,
-        MessageBus,
-        ModuleMessage,
-        NamedModule,
-        NetworkMessage,
-    )
+    from ikkuna_tune.exporter import Exporter
     from ikkuna_tune.subscribers import (
         BatchedSVCCASubscriber,
         CallbackSubscriber,
@@ -133,7 +103,7 @@ if TYPE_CHECKING:
 
 #: submodules reachable as attributes (``ik.tune``, ``ik.compare``, ...)
 _SUBMODULES = frozenset(
-    {"backends", "cli", "compare", "demo", "exporter", "functional", "messages"}
+    {"backends", "bus", "cli", "compare", "demo", "exporter", "functional", "messages"}
     | {"subscribers", "tune"}
 )
 

@@ -16,6 +16,7 @@ __all__ = [
     "check_int",
     "check_int_or_epoch",
     "check_nonnegative",
+    "check_ylims",
 ]
 
 
@@ -60,3 +61,19 @@ def check_int_or_epoch(name: str, value: object) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Expected `{name}` to be an integer >= 1 or 'epoch' but got {value!r}")
     return value
+
+
+def check_ylims(ylims: object) -> tuple[float, float] | None:
+    """``ylims`` as a ``(low, high)`` pair of floats with ``low < high``, or None."""
+    if ylims is None:
+        return None
+    if (
+        not isinstance(ylims, (tuple, list))
+        or len(ylims) != 2
+        or not all(_is_number(v) for v in ylims)
+        or not ylims[0] < ylims[1]
+    ):
+        raise ValueError(
+            f"Expected `ylims` to be None or a pair (low, high) with low < high but got {ylims!r}"
+        )
+    return (float(ylims[0]), float(ylims[1]))

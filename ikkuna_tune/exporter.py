@@ -6,19 +6,17 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ikkuna_tune.messages import (
-    DEFAULT_TAG,
-    MessageBus,
-    ModuleMessage,
-    NamedModule,
-    NetworkMessage,
-)
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
+
+if TYPE_CHECKING:
+    from ikkuna_tune.subscribers.base import Subscriber
 
 __all__ = ["EVAL_TAG", "OUTPUT_KEYS", "PROBE_TAG", "Exporter"]
 
@@ -318,7 +316,7 @@ class Exporter:
             message_bus = MessageBus()
         elif not isinstance(message_bus, MessageBus):
             raise ValueError(f"Expected a MessageBus but got {type(message_bus).__name__}")
-        if message_bus.exporter is not None:
+        if any(isinstance(listener, Exporter) for listener in message_bus.listeners):
             raise ValueError(f"{message_bus!r} already has an Exporter; use one Exporter per bus")
         if depth is not None and (
             isinstance(depth, bool) or not isinstance(depth, int) or depth < 1
@@ -390,15 +388,14 @@ class Exporter:
             pre, post = _Hook(self._on_optimizer_pre, index), _Hook(self._on_optimizer_post, index)
             self._base_handles.append(opt.register_step_pre_hook(pre))
             self._base_handles.append(opt.register_step_post_hook(post))
-        message_bus.exporter = self
         try:
             for subscriber in message_bus.subscribers:
-                for subscription in subscriber.subscriptions:
-                    self.check_kinds(subscription.kinds)
+                self.check_subscriber(subscriber)
         except ValueError:
             self.close()
             raise
-        self._sync_hooks()
+        message_bus.add_listener(self)
+        self.subscribers_changed(message_bus)
 
     def _assign_parameters(
         self,
@@ -484,8 +481,10 @@ class Exporter:
         self._update_before.clear()
         self._update_buffers.clear()
         self._zero_updates.clear()
-        if self.message_bus.exporter is self:
-            self.message_bus.exporter = None
+        self.message_bus.remove_listener(self)
+        for subscriber in self.message_bus.subscribers:
+            if subscriber.model_access is self:
+                subscriber.use_model(None)
         self._closed = True
 
     @property
@@ -497,6 +496,20 @@ class Exporter:
         """Training steps begun so far (kept in :meth:`state_dict`, so counted across
         restores); :attr:`epoch` is the number of epochs ended (:meth:`epoch_finished`)."""
         return self._steps_started
+
+    # ------------------------------------------------ the bus's listener (BusListener)
+    def check_subscriber(self, subscriber: Subscriber) -> None:
+        """Raise ``ValueError`` if this Exporter cannot publish a kind ``subscriber`` wants."""
+        for subscription in subscriber.subscriptions:
+            self.check_kinds(subscription.kinds)
+
+    def subscribers_changed(self, bus: MessageBus) -> None:
+        """Hook exactly the kinds now subscribed, and hand this Exporter (as the subscribers'
+        :class:`~ikkuna_tune.model_access.ModelAccess`) to those that run the model."""
+        self._sync_hooks()
+        for subscriber in bus.subscribers:
+            if subscriber.uses_model is not None and subscriber.model_access is None:
+                subscriber.use_model(self)
 
     def check_kinds(self, kinds: Iterable[str]) -> None:
         """Raise ``ValueError`` if this Exporter cannot publish one of ``kinds``."""

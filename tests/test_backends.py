@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import ikkuna_tune as ik
 from ikkuna_tune.backends import safe_tag, to_numbers
+from ikkuna_tune.bus import MessageBus
 
 
 class WeightSum(ik.PlotSubscriber):
@@ -21,7 +22,7 @@ class WeightSum(ik.PlotSubscriber):
 
 
 def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path / "run")
+    bus = MessageBus(log_dir=tmp_path / "run")
     WeightSum().attach(bus)
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     expected = []
@@ -42,7 +43,7 @@ def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
 
 
 def test_no_backend_draws_nothing(tmp_path) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     WeightSum(backend=None).attach(bus)
     bus.close()
     assert list(tmp_path.iterdir()) == []
@@ -63,7 +64,7 @@ def test_safe_tag_and_numbers() -> None:
 
 
 def test_copying_a_tensorboard_backend_says_what_cannot_be_copied(tmp_path) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path / "run")
+    bus = MessageBus(log_dir=tmp_path / "run")
     attached = WeightSum()
     attached.attach(bus)
     for copier in (copy.deepcopy, pickle.dumps):

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import select_modules
+from ikkuna_tune.messages import DATA_KINDS, META_KINDS
 
 
 def _record(bus, kinds, tag="default"):
@@ -36,10 +38,8 @@ def _step(model, opt, exporter, batch):
 
 def test_per_kind_values_match_plain_autograd(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9)
-    bus = ik.MessageBus()
-    got = _record(
-        bus, [*list(ik.DATA_KINDS), "loss", "network_output", "input_labels", "input_data"]
-    )
+    bus = MessageBus()
+    got = _record(bus, [*list(DATA_KINDS), "loss", "network_output", "input_labels", "input_data"])
     exporter = ik.Exporter(tiny, opt, bus)
     x, y = batch
     for _ in range(2):
@@ -83,10 +83,10 @@ def test_per_kind_values_match_plain_autograd(tiny, batch) -> None:
 
 def test_order_and_step_numbers_within_steps_and_epochs(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = []
     ik.CallbackSubscriber(
-        list(ik.DATA_KINDS) + [k for k in ik.META_KINDS if k != "layer_frozen"],
+        list(DATA_KINDS) + [k for k in META_KINDS if k != "layer_frozen"],
         lambda m: got.append((m.kind, m.key, m.global_step, m.train_step, m.epoch)),
         bus,
     )
@@ -124,7 +124,7 @@ def test_order_and_step_numbers_within_steps_and_epochs(tiny, batch) -> None:
 
 def test_eval_and_probe_passes_do_not_disturb_training_bookkeeping(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     train = _record(bus, ["weight_updates", "activations", "batch_started"])
     probe = _record(bus, ["activations", "batch_started"], tag="probe")
     with ik.Exporter(tiny, opt, bus) as exporter:
@@ -163,7 +163,7 @@ def test_hooks_only_for_subscribed_kinds_and_close_removes_all(tiny, batch) -> N
     x, _ = batch
     reference = tiny(x).detach()
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     loss_only = ik.CallbackSubscriber(["loss"], print, bus)
     exporter = ik.Exporter(tiny, opt, bus)
     assert not tiny.conv._forward_hooks and not tiny.fc._forward_hooks
@@ -176,7 +176,7 @@ def test_hooks_only_for_subscribed_kinds_and_close_removes_all(tiny, batch) -> N
     acts.detach()
     grads.detach()
     assert not tiny.conv._forward_hooks
-    ik.CallbackSubscriber(list(ik.DATA_KINDS), lambda m: None, bus)
+    ik.CallbackSubscriber(list(DATA_KINDS), lambda m: None, bus)
     exporter.close()
     loss_only.detach()
     for module in tiny.modules():
@@ -186,14 +186,14 @@ def test_hooks_only_for_subscribed_kinds_and_close_removes_all(tiny, batch) -> N
             assert not p._post_accumulate_grad_hooks
             assert not p._backward_hooks
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
-    assert bus.exporter is None
+    assert bus.listeners == ()  # the bus forgets the closed Exporter
     torch.testing.assert_close(tiny(x), reference)
 
 
 def test_without_optimizer_gradients_come_from_one_hook_per_subscribed_parameter(
     tiny, batch
 ) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["weight_gradients"])
     with ik.Exporter(tiny, message_bus=bus):
         assert len(tiny.conv.weight._post_accumulate_grad_hooks) == 1
@@ -214,7 +214,7 @@ def test_without_optimizer_gradients_come_from_one_hook_per_subscribed_parameter
 
 def test_gradients_with_accumulation_are_what_the_optimizer_uses(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["weight_gradients"])
     x, y = batch
     halves = (slice(0, 2), slice(2, None))
@@ -236,7 +236,7 @@ def test_gradients_with_accumulation_are_what_the_optimizer_uses(tiny, batch) ->
 
 
 def test_final_batch_finished_without_optimizer(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["batch_started", "batch_finished", "epoch_finished"])
     exporter = ik.Exporter(tiny, message_bus=bus)
     for _ in range(2):
@@ -252,7 +252,7 @@ def test_final_batch_finished_without_optimizer(tiny, batch) -> None:
 
 def test_freeze_stops_parameters_and_skips_backward_of_frozen_prefix(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["weight_gradients", "layer_gradients", "layer_frozen"])
     with ik.Exporter(tiny, opt, bus) as exporter:
         _step(tiny, opt, exporter, batch)  # builds momentum buffers
@@ -292,7 +292,7 @@ def test_freeze_stops_parameters_and_skips_backward_of_frozen_prefix(tiny, batch
 
 
 def test_freeze_errors_and_meta_message(tiny) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["layer_frozen"])
     with ik.Exporter(tiny, message_bus=bus) as exporter:
         with pytest.raises(
@@ -328,7 +328,7 @@ def test_state_dict_round_trip_refreezes(tiny, batch) -> None:
 
 
 def test_weight_updates_need_an_optimizer(tiny) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     with ik.Exporter(tiny, message_bus=bus):
         with pytest.raises(ValueError, match=r"\['weight_updates'\] need the optimizer"):
             ik.CallbackSubscriber(["weight_updates"], print, bus)
@@ -350,7 +350,7 @@ def test_constructor_validation(tiny) -> None:
         ik.Exporter(tiny, module_filter=int)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="No layer of TinyNet matches"):
         ik.Exporter(tiny, module_filter=nn.LSTM)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     with ik.Exporter(tiny, message_bus=bus):
         with pytest.raises(ValueError, match="already has an Exporter"):
             ik.Exporter(tiny, message_bus=bus)

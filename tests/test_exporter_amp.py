@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from tests.conftest import TinyNet
 
 SCALE = 1024.0
@@ -18,7 +19,7 @@ def test_gradients_are_unscaled_and_updates_real_under_autocast_and_grad_scaler(
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=SCALE, growth_interval=1000)
-    bus = ik.MessageBus("amp")
+    bus = MessageBus("amp")
     got: dict[str, list[tuple[str, torch.Tensor]]] = {"weight_gradients": [], "weight_updates": []}
     for kind in got:
         ik.CallbackSubscriber(
@@ -51,7 +52,7 @@ def test_gradients_are_unscaled_and_updates_real_under_autocast_and_grad_scaler(
 
 def test_bfloat16_autocast_activations_are_published_in_bfloat16() -> None:
     model = TinyNet()
-    bus = ik.MessageBus("amp")
+    bus = MessageBus("amp")
     seen: list[torch.dtype] = []
     ik.CallbackSubscriber(["activations"], lambda m: seen.append(m.data.dtype), bus)
     with ik.Exporter(model, None, bus), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -61,7 +62,7 @@ def test_bfloat16_autocast_activations_are_published_in_bfloat16() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_norms_of_half_precision_activations_match_float32(dtype) -> None:
-    bus = ik.MessageBus("amp")
+    bus = MessageBus("amp")
     ik.NormSubscriber("activations", bus, backend=None)
     norms: dict[str, float] = {}
     ik.CallbackSubscriber(

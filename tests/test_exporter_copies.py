@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import DATA_KINDS
 
-_KINDS = [*ik.DATA_KINDS, "network_output", "input_data", "loss", "batch_started"]
+_KINDS = [*DATA_KINDS, "network_output", "input_data", "loss", "batch_started"]
 
 
 def _copy(obj: object, how: str) -> object:
@@ -42,7 +44,7 @@ def test_copies_of_an_instrumented_model_publish_nothing(
     tiny, batch, tmp_path, backend, how
 ) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9)
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     got: list[str] = []
     ik.CallbackSubscriber(_KINDS, lambda m: got.append(m.kind), bus)
     ik.NormSubscriber("weights", message_bus=bus, backend=backend)
@@ -70,7 +72,7 @@ def test_copies_of_an_instrumented_model_publish_nothing(
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
 def test_copy_computes_what_the_original_computes(tiny, batch, tmp_path, how) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     got: list[str] = []
     kinds = [k for k in _KINDS if not k.endswith("_updates")]
     ik.CallbackSubscriber(kinds, lambda m: got.append(m.kind), bus)
@@ -93,7 +95,7 @@ def test_copy_computes_what_the_original_computes(tiny, batch, tmp_path, how) ->
 
 def test_deepcopy_of_the_optimizer_publishes_nothing(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got: list[str] = []
     kinds = ["activations", "weight_updates", "batch_finished"]
     ik.CallbackSubscriber(kinds, lambda m: got.append(m.kind), bus)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -69,7 +70,7 @@ def test_frozen_batchnorm_keeps_its_running_statistics() -> None:
     torch.manual_seed(0)
     model = ConvBNNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     outputs = []
     ik.CallbackSubscriber(["network_output"], lambda m: outputs.append(m.data.clone()), bus)
     batches = _batches(3)
@@ -116,7 +117,7 @@ def test_frozen_block_containing_batchnorm_and_dropout_runs_in_eval_mode() -> No
     torch.manual_seed(0)
     model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(2 * 6 * 6, 5))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     acts = []
     ik.CallbackSubscriber(["activations"], lambda m: acts.append((m.key, m.data.clone())), bus)
     batches = _batches(3, channels=2)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 
 _UPDATES = ["weight_updates", "bias_updates"]
 _GRADIENTS = ["weight_gradients", "bias_gradients"]
@@ -39,7 +40,7 @@ def _only(got, kind, key):
 def test_two_optimizers_publish_the_real_change_of_every_layer(tiny, batch) -> None:
     body = torch.optim.SGD(tiny.conv.parameters(), lr=0.1, momentum=0.9)
     head = torch.optim.Adam(tiny.fc.parameters(), lr=0.01)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, [*_UPDATES, *_GRADIENTS, "batch_started", "batch_finished"])
     x, y = batch
     with ik.Exporter(tiny, [body, head], bus) as exporter:
@@ -72,7 +73,7 @@ def test_two_optimizers_publish_the_real_change_of_every_layer(tiny, batch) -> N
 def test_layers_in_no_optimizer_get_a_warning_and_no_fake_updates(tiny, batch, caplog) -> None:
     body = torch.optim.SGD(tiny.conv.parameters(), lr=0.1)  # trained, but not given
     head = torch.optim.SGD(tiny.fc.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, [*_UPDATES, *_GRADIENTS])
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
         exporter = ik.Exporter(tiny, head, bus)
@@ -110,7 +111,7 @@ def test_optimizer_argument_validation(tiny) -> None:
 
 def test_frozen_layer_publishes_a_zero_update_and_no_gradients(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, [*_UPDATES, *_GRADIENTS])
     raw: list[torch.Tensor] = []
     ik.CallbackSubscriber(

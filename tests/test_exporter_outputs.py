@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from tests.test_exporter import _by, _record
 
 
@@ -49,7 +50,7 @@ def test_tuple_output_gives_network_output_and_train_accuracy() -> None:
     torch.manual_seed(0)
     model = TupleNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["network_output"])
     ik.TrainAccuracySubscriber(bus, backend=None)
     ik.MeanSubscriber("network_output", message_bus=bus, backend=None)
@@ -72,7 +73,7 @@ def test_tuple_output_gives_network_output_and_train_accuracy() -> None:
 def test_dict_output_prefers_logits_or_out(key: str) -> None:
     torch.manual_seed(0)
     model = DictNet(key)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["network_output"])
     x, _ = _inputs()
     with ik.Exporter(model, message_bus=bus):
@@ -83,7 +84,7 @@ def test_dict_output_prefers_logits_or_out(key: str) -> None:
 def test_dict_output_without_a_preferred_key_gives_its_first_tensor() -> None:
     torch.manual_seed(0)
     model = DictNet("scores")
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["network_output"])
     x, _ = _inputs()
     with ik.Exporter(model, message_bus=bus):
@@ -97,13 +98,13 @@ def test_output_fn_chooses_the_tensor_and_is_validated() -> None:
     with pytest.raises(ValueError, match="Expected `output_fn` to be callable or None but got 3"):
         ik.Exporter(model, output_fn=3)  # type: ignore[arg-type]
     assert not model._forward_pre_hooks
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["network_output"])
     x, _ = _inputs()
     with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[1]):
         model(x)
     torch.testing.assert_close(_by(got, "network_output")[0], model.aux(x).detach())
-    bus = ik.MessageBus()
+    bus = MessageBus()
     _record(bus, ["network_output"])
     with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[1].tolist()):
         with pytest.raises(ValueError, match="Expected `output_fn` to return a tensor.*list"):
@@ -112,7 +113,7 @@ def test_output_fn_chooses_the_tensor_and_is_validated() -> None:
 
 def test_output_without_a_tensor_raises_naming_the_model_and_type() -> None:
     model = NoTensorNet()
-    bus = ik.MessageBus()
+    bus = MessageBus()
     _record(bus, ["network_output"])
     x, _ = _inputs()
     with ik.Exporter(model, message_bus=bus):
@@ -137,7 +138,7 @@ def test_lstm_activations_are_its_output_sequence(caplog) -> None:
     reference = LSTMNet()
     reference.load_state_dict(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["activations", "layer_gradients", "weights"])
     ik.NormSubscriber("activations", message_bus=bus, backend=None)
     norms = _record(bus, ["activations_norm2"])
@@ -194,7 +195,7 @@ def test_a_single_parameter_of_another_name_is_the_layers_weight(caplog) -> None
     torch.manual_seed(0)
     model = ScaleNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["weights", "weight_gradients", "weight_updates", "biases"])
     x, y = _inputs()
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
@@ -238,7 +239,7 @@ def test_a_layer_called_twice_publishes_every_call() -> None:
     torch.manual_seed(0)
     model = Twice()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = _record(bus, ["activations", "layer_gradients", "weights"])
     ik.NormSubscriber("activations", message_bus=bus, backend=None)
     norms = _record(bus, ["activations_norm2"])

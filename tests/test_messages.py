@@ -5,19 +5,28 @@ import torch
 from torch import nn
 
 import ikkuna_tune as ik
-from ikkuna_tune.messages import MessageBundle
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import (
+    DATA_KINDS,
+    META_KINDS,
+    Message,
+    MessageBundle,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+)
 
 
 def test_each_bus_owns_its_topics() -> None:
-    a, b = ik.MessageBus(), ik.MessageBus()
-    a.register_topic("weights_norm2")
+    a, b = MessageBus(), MessageBus()
+    a.register_kind("weights_norm2")
     assert "weights_norm2" in a.known_kinds
     assert "weights_norm2" not in b.known_kinds
-    assert set(ik.DATA_KINDS) <= b.data_kinds and set(ik.META_KINDS) <= b.meta_kinds
+    assert set(DATA_KINDS) <= b.data_kinds and set(META_KINDS) <= b.meta_kinds
 
 
 def test_unknown_kind_raises_at_subscription_naming_known_kinds() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     with pytest.raises(
         ValueError, match=r"Unknown message kind\(s\) \['weights_norm2'\].*'weights'"
     ):
@@ -26,7 +35,7 @@ def test_unknown_kind_raises_at_subscription_naming_known_kinds() -> None:
 
 
 def test_registered_topic_can_be_subscribed_and_is_removed_with_its_owner() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
 
     class Publisher(ik.Subscriber):
         def __init__(self) -> None:
@@ -43,22 +52,22 @@ def test_registered_topic_can_be_subscribed_and_is_removed_with_its_owner() -> N
 
 
 def test_topic_conflicts_and_bad_topics() -> None:
-    bus = ik.MessageBus()
-    bus.register_topic("x", owner="a")
+    bus = MessageBus()
+    bus.register_kind("x", owner="a")
     with pytest.raises(ValueError, match="already published"):
-        bus.register_topic("x", owner="b")
+        bus.register_kind("x", owner="b")
     with pytest.raises(ValueError, match="built-in"):
-        bus.register_topic("weights")
+        bus.register_kind("weights")
     with pytest.raises(ValueError, match="'DATA' or 'META'"):
-        bus.register_topic("y", "OTHER")  # type: ignore[arg-type]
+        bus.register_kind("y", "OTHER")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected a meta kind"):
         bus.publish_network_message("weights", None, global_step=0, train_step=0, epoch=0)
 
 
 def test_module_message_and_bundle() -> None:
-    named = ik.NamedModule("fc", nn.Linear(2, 2))
-    w = ik.ModuleMessage("weights", "default", 3, 1, 0, "W", named)
-    g = ik.ModuleMessage("weight_gradients", "default", 3, 1, 0, "G", named)
+    named = NamedModule("fc", nn.Linear(2, 2))
+    w = ModuleMessage("weights", "default", 3, 1, 0, "W", named)
+    g = ModuleMessage("weight_gradients", "default", 3, 1, 0, "G", named)
     assert w.module.name == "fc" and w.key == "fc"
     bundle = MessageBundle("fc", ["weights", "weight_gradients"])
     bundle.add_message(w)
@@ -67,21 +76,21 @@ def test_module_message_and_bundle() -> None:
     assert bundle.complete()
     assert bundle["weights"] == "W" and bundle["weight_gradients"] == "G"
     assert bundle.global_step == 3 and bundle.module == named
-    other = ik.ModuleMessage("weights", "default", 4, 1, 0, "W", named)
+    other = ModuleMessage("weights", "default", 4, 1, 0, "W", named)
     with pytest.raises(ValueError, match="already holds"):
         bundle.add_message(other)
     fresh = MessageBundle("fc", ["weights", "weight_gradients"])
     fresh.add_message(w)
     with pytest.raises(ValueError, match="step 3 but got step 4"):
-        fresh.add_message(ik.ModuleMessage("weight_gradients", "default", 4, 1, 0, "G", named))
+        fresh.add_message(ModuleMessage("weight_gradients", "default", 4, 1, 0, "G", named))
     with pytest.raises(KeyError, match="No 'loss' message"):
         fresh["loss"]
     with pytest.raises(ValueError, match="NamedModule"):
-        ik.ModuleMessage("weights", "default", 0, 0, 0, None, "fc")  # type: ignore[arg-type]
+        ModuleMessage("weights", "default", 0, 0, 0, None, "fc")  # type: ignore[arg-type]
 
 
 def test_shared_reductions_are_computed_once_per_delivery() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     calls: list[torch.Tensor] = []
     results: list[torch.Tensor] = []
 
@@ -89,7 +98,7 @@ def test_shared_reductions_are_computed_once_per_delivery() -> None:
         calls.append(data)
         return torch.linalg.vector_norm(data)
 
-    def reduce(message: ik.Message) -> None:
+    def reduce(message: Message) -> None:
         results.append(bus.shared(message, "norm2", norm))
 
     ik.CallbackSubscriber(["loss"], reduce, bus)
@@ -102,14 +111,14 @@ def test_shared_reductions_are_computed_once_per_delivery() -> None:
     assert results[0] is results[1] and results[2] is results[3]
     assert [float(r) for r in results] == [3.0, 3.0, 4.0, 4.0]
     # outside a delivery there is nothing to share: the function simply runs
-    message = ik.NetworkMessage("loss", "default", 0, 0, 0, torch.tensor([5.0]))
+    message = NetworkMessage("loss", "default", 0, 0, 0, torch.tensor([5.0]))
     assert float(bus.shared(message, "norm2", norm)) == 5.0 and len(calls) == 3
 
 
 def test_norm_and_ratio_share_the_weight_norm(tiny, batch) -> None:
     import torch.nn.functional as F
 
-    bus = ik.MessageBus()
+    bus = MessageBus()
     norms = ik.NormSubscriber("weights", bus, backend=None)
     ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
     got: dict[str, list[torch.Tensor]] = {"weights_norm2": [], "weight_updates_weights_ratio": []}

@@ -5,13 +5,7 @@ from ikkuna_tune.subscribers.accuracy import (
     TestAccuracySubscriber,
     TrainAccuracySubscriber,
 )
-from ikkuna_tune.subscribers.base import (
-    CallbackSubscriber,
-    PlotSubscriber,
-    Subscriber,
-    Subscription,
-    SynchronizedSubscription,
-)
+from ikkuna_tune.subscribers.base import CallbackSubscriber, PlotSubscriber, Subscriber
 from ikkuna_tune.subscribers.stats import (
     HistogramSubscriber,
     MeanSubscriber,
@@ -21,6 +15,7 @@ from ikkuna_tune.subscribers.stats import (
     SpectralNormSubscriber,
     VarianceSubscriber,
 )
+from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 from ikkuna_tune.subscribers.svcca import BatchedSVCCASubscriber, SVCCASubscriber
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,18 +14,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ikkuna_tune import functional as F
 from ikkuna_tune import keys
-from ikkuna_tune.checks import check_int_or_epoch
-from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_int
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
-from ikkuna_tune.subscribers.base import (
-    PlotSubscriber,
-    Subscription,
-    SynchronizedSubscription,
-    check_has_model,
-    check_positive_int,
-    check_probe_args,
-)
-from ikkuna_tune.subscribers.stats import _plot_config
+from ikkuna_tune.subscribers.base import PlotSubscriber, Trigger, check_probe_args, plot_config
+from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
+
+if TYPE_CHECKING:
+    from ikkuna_tune.model_access import ModelAccess
 
 __all__ = ["LossSubscriber", "TestAccuracySubscriber", "TrainAccuracySubscriber"]
 
@@ -36,7 +33,7 @@ class LossSubscriber(PlotSubscriber):
     """Draws the training loss at every step (its mean, if the loss is not a scalar).
 
     The loss is already on the bus as the built-in ``loss`` kind, so this subscriber publishes
-    no new topic; it sends ``loss`` to the backend.
+    no new kind; it sends ``loss`` to the backend.
 
     Args:
         message_bus: attach to this bus right away.
@@ -57,7 +54,7 @@ class LossSubscriber(PlotSubscriber):
         super().__init__(
             [Subscription(self, ["loss"], tag, subsample)],
             message_bus,
-            _plot_config("Loss", "Loss", ylims),
+            plot_config("Loss", "Loss", ylims),
             backend,
         )
 
@@ -89,13 +86,11 @@ class TrainAccuracySubscriber(PlotSubscriber):
     ) -> None:
         super().__init__(
             [SynchronizedSubscription(self, ["network_output", "input_labels"], tag, subsample)],
-            None,
-            _plot_config("Train accuracy", "Accuracy", ylims),
+            message_bus,
+            plot_config("Train accuracy", "Accuracy", ylims),
             backend,
+            publishes={keys.TRAIN_ACCURACY: "META"},
         )
-        self._add_publication(keys.TRAIN_ACCURACY, "META")
-        if message_bus is not None:
-            self.attach(message_bus)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
@@ -158,6 +153,7 @@ class TestAccuracySubscriber(PlotSubscriber):
     """
 
     __test__ = False  # not a pytest test class, despite its name
+    uses_model = "evaluate"
 
     def __init__(
         self,
@@ -181,61 +177,50 @@ class TestAccuracySubscriber(PlotSubscriber):
                 )
             loader: DataLoader[Any] = dataset
         elif isinstance(dataset, Dataset):
-            size = check_positive_int("batch_size", 256 if batch_size is None else batch_size)
+            size = check_int("batch_size", 256 if batch_size is None else batch_size)
             loader = DataLoader(dataset, batch_size=size, shuffle=False)
         else:
             raise ValueError(
                 "Expected `dataset` to be a torch Dataset or DataLoader but got "
                 f"{type(dataset).__name__}"
             )
-        check_int_or_epoch("frequency", frequency)
+        self.trigger = Trigger(frequency)
         check_probe_args(forward_fn, probe_tag)
         self.loader = loader
         self.forward_fn = forward_fn
         self.frequency = frequency
         self.probe_tag = probe_tag
         self.device = check_device(device)
-        self._batches = 0
         self._model: nn.Module | None = None
-        trigger = "epoch_finished" if frequency == "epoch" else "batch_finished"
         super().__init__(
-            [Subscription(self, [trigger], tag, subsample)],
-            None,
-            _plot_config("Test accuracy", "Accuracy", ylims),
+            [Subscription(self, [self.trigger.kind], tag, subsample)],
+            message_bus,
+            plot_config("Test accuracy", "Accuracy", ylims),
             backend,
+            publishes={keys.TEST_ACCURACY: "META"},
         )
-        self._add_publication(keys.TEST_ACCURACY, "META")
-        if message_bus is not None:
-            self.attach(message_bus)
 
     @property
     def dataset(self) -> Dataset[Any]:
         """The data set accuracy is computed over."""
         return self.loader.dataset
 
-    def attach(self, message_bus: MessageBus) -> None:
-        check_has_model(self, message_bus, self.forward_fn, "evaluate")
-        super().attach(message_bus)
-        if message_bus.exporter is not None:
-            self._model = message_bus.exporter.model
+    def use_model(self, access: ModelAccess | None) -> None:
+        super().use_model(access)
+        if access is not None:  # the model stays known after its Exporter closes
+            self._model = access.model
 
-    def detach(self) -> None:
-        super().detach()
+    def detached(self, message_bus: MessageBus) -> None:
+        super().detached(message_bus)
         self._model = None
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
-        if not isinstance(message_or_bundle, Message):
-            return
-        if message_or_bundle.kind == "batch_finished":
-            self._batches += 1
-            if self._batches % self.frequency:  # type: ignore[operator]
-                return
-        self.publish(keys.TEST_ACCURACY, self.evaluate(), message_or_bundle)
+        if self.trigger.due(message_or_bundle):
+            self.publish(keys.TEST_ACCURACY, self.evaluate(), message_or_bundle)
 
     def evaluate(self) -> torch.Tensor:
         """The accuracy over the whole data set now, as a 0-d tensor (nothing is published)."""
-        bus = self.message_bus
-        exporter = bus.exporter if bus is not None else None
+        exporter = self.model_access
         model: nn.Module | None
         if self.forward_fn is not None:
             forward: Callable[[torch.Tensor], torch.Tensor] | None = self.forward_fn

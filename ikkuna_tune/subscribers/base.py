@@ -1,83 +1,55 @@
-"""Subscriptions (what a subscriber wants) and the subscriber base classes."""
+"""Subscribers: turn the messages they receive into metrics and publish those on the bus.
+
+:class:`Subscriber` is the base class; :class:`PlotSubscriber` adds a backend (TensorBoard)
+for the scalars it publishes; :class:`CallbackSubscriber` hands each message to a function.
+Which messages a subscriber receives is its :mod:`~ikkuna_tune.subscribers.subscriptions`.
+
+Examples:
+    >>> from ikkuna_tune.bus import MessageBus
+    >>> bus = MessageBus()
+    >>> losses = []
+    >>> sub = CallbackSubscriber(["loss"], lambda m: losses.append(m.data), bus)
+    >>> bus.publish_network_message("loss", 1.5, global_step=0, train_step=0, epoch=0)
+    >>> losses, sub.message_bus is bus
+    ([1.5], True)
+    >>> sub.detach(); bus.subscribers
+    ()
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
-from ikkuna_tune.checks import check_int
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_int_or_epoch, check_ylims
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
+    KindType,
     Message,
     MessageBundle,
-    MessageBus,
     ModuleMessage,
     NamedModule,
-    TopicType,
-    typo_of_builtin_kind,
-    unknown_kinds_message,
 )
+from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
+
+if TYPE_CHECKING:
+    from ikkuna_tune.model_access import ModelAccess
 
 __all__ = [
     "CallbackSubscriber",
     "PlotSubscriber",
     "Subscriber",
-    "Subscription",
-    "SynchronizedSubscription",
+    "Trigger",
+    "check_probe_args",
+    "plot_config",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``quiet_for`` of a subscription that never needs the messages asked about.
-_NEVER = sys.maxsize
-
-
-def _check_kinds(kinds: object) -> tuple[str, ...]:
-    if isinstance(kinds, str) or not isinstance(kinds, Iterable):
-        raise ValueError(f"Expected `kinds` to be a list of message kinds but got {kinds!r}")
-    kinds = tuple(kinds)
-    if not kinds:
-        raise ValueError("Expected `kinds` to name at least one message kind but got none")
-    for kind in kinds:
-        if not isinstance(kind, str) or not kind:
-            raise ValueError(f"Expected every kind to be a non-empty string but got {kind!r}")
-    if len(set(kinds)) != len(kinds):
-        raise ValueError(f"Expected distinct kinds but got {list(kinds)}")
-    # a typo of a built-in kind is an error now; other names may be topics that subscribers
-    # publish, which the bus knows when this subscription is attached to it
-    typos = [kind for kind in kinds if typo_of_builtin_kind(kind) is not None]
-    if typos:
-        raise ValueError(
-            f"{unknown_kinds_message(typos)}. A topic that a subscriber publishes must not be "
-            "named like a typo of a built-in kind"
-        )
-    return kinds
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a ``ValueError`` naming ``name``."""
-    return check_int(name, value)
-
-
-def check_ylims(ylims: object) -> tuple[float, float] | None:
-    """Return ``ylims`` as a ``(low, high)`` pair with ``low < high`` (or ``None``)."""
-    if ylims is None:
-        return None
-    if (
-        not isinstance(ylims, (tuple, list))
-        or len(ylims) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ylims)
-        or not ylims[0] < ylims[1]
-    ):
-        raise ValueError(
-            f"Expected `ylims` to be None or a pair (low, high) with low < high but got {ylims!r}"
-        )
-    return (float(ylims[0]), float(ylims[1]))
 
 
 def check_probe_args(forward_fn: object, probe_tag: object) -> None:
@@ -91,310 +63,75 @@ def check_probe_args(forward_fn: object, probe_tag: object) -> None:
         )
 
 
-def check_has_model(subscriber: object, message_bus: object, forward_fn: object, use: str) -> None:
-    """Raise ``ValueError`` when a subscriber that runs the model (to ``use`` it: 'probe',
-    'evaluate') is attached to ``message_bus`` with neither a ``forward_fn`` nor an Exporter
-    there to take the model from."""
-    if isinstance(message_bus, MessageBus) and forward_fn is None and message_bus.exporter is None:
-        raise ValueError(
-            f"{type(subscriber).__name__} has no model to {use}: pass `forward_fn`, or attach it "
-            f"to a bus that already has an Exporter ({message_bus!r} has none; create "
-            "Exporter(model, optimizer, message_bus) first)"
-        )
+def plot_config(title: str, ylabel: str, ylims: object = None) -> dict[str, Any]:
+    """The :attr:`PlotSubscriber.plot_config` of a subscriber's values (``ylims`` checked)."""
+    config: dict[str, Any] = {"title": title, "xlabel": "Train step", "ylabel": ylabel}
+    limits = check_ylims(ylims)
+    if limits is not None:
+        config["ylims"] = limits
+    return config
 
 
-class Subscription:
-    """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
+class Trigger:
+    """When a subscriber that runs the model does its work: at every ``epoch_finished``
+    (``frequency='epoch'``) or after every ``frequency``-th ``batch_finished``.
 
-    A kind that looks like a typo of a built-in kind (``'weight_gradient'``) raises
-    ``ValueError`` here, with a "did you mean"; any other kind that is not built in must be a
-    topic some subscriber publishes, which the bus checks when the subscriber is attached.
-
-    Args:
-        subscriber: the subscriber that receives the messages.
-        kinds: the message kinds to receive.
-        tag: only messages with this tag are received; ``None`` receives every tag.
-        subsample: process only every ``subsample``-th message per (layer, kind), starting with
-            the first. Counted separately for every kind, so ``subsample=10`` also keeps only every
-            tenth ``epoch_finished``.
+    Examples:
+        >>> from ikkuna_tune.messages import NetworkMessage
+        >>> trigger = Trigger(2)
+        >>> trigger.kind
+        'batch_finished'
+        >>> done = [NetworkMessage("batch_finished", "default", s, s, 0, None) for s in range(4)]
+        >>> [trigger.due(message) for message in done]
+        [False, True, False, True]
     """
 
-    def __init__(
-        self,
-        subscriber: Subscriber,
-        kinds: Sequence[str],
-        tag: str | None = DEFAULT_TAG,
-        subsample: int = 1,
-    ) -> None:
-        self.kinds = _check_kinds(kinds)
-        if tag is not None and (not isinstance(tag, str) or not tag):
-            raise ValueError(f"Expected `tag` to be a non-empty string or None but got {tag!r}")
-        self.tag = tag
-        self.subsample = check_positive_int("subsample", subsample)
-        self.subscriber = subscriber
-        self.counter: dict[tuple[str | None, str], int] = {}
-        # a subclass with its own receive_message needs every message of its tag (see needs_data)
-        self._own_receive = type(self).receive_message is not Subscription.receive_message
+    def __init__(self, frequency: int | str) -> None:
+        self.frequency = check_int_or_epoch("frequency", frequency)
+        #: the kind to subscribe to
+        self.kind = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
+        #: ``batch_finished`` messages seen (kept in the subscriber's state)
+        self.batches = 0
 
-    @property
-    def routed_kinds(self) -> tuple[str, ...]:
-        """Kinds the bus must deliver to this subscription."""
-        return self.kinds
-
-    def bind(self, message_bus: MessageBus) -> None:
-        """Called on attaching to ``message_bus``, after its kinds are checked."""
-
-    def accepts_tag(self, tag: str) -> bool:
-        return self.tag is None or self.tag == tag
-
-    def receive_message(self, message: Message) -> None:
-        """Filter by tag and subsample, then hand the message on."""
-        if self.tag is not None and message.tag != self.tag:
-            return
-        key = (message.key, message.kind)
-        count = self.counter.get(key, 0)
-        self.counter[key] = count + 1
-        if count % self.subsample == 0:
-            self._handle_message(message)
-
-    def _handle_message(self, message: Message) -> None:
-        self.subscriber.receive_message(message)
-
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        """Whether the next message of ``kind`` for ``key`` (a layer name, or ``None`` for the
-        network) under ``tag`` would reach the subscriber, or be thinned out by tag or subsample.
-
-        Publishers use it to skip computing data nobody looks at (the message is still published,
-        so the counts stay right). A subclass that overrides :meth:`receive_message` must
-        override this as well; until it does, the answer is always ``True``.
-        """
-        # for this class, "looks at the data" and "must be delivered" are the same question
-        return Subscription.needs_data(self, key, kind, tag)
-
-    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
-        """Whether the next message of ``kind`` for ``key`` under ``tag`` (of global step
-        ``step``, where the publisher knows it) must be delivered, or :meth:`count_only` may
-        stand in for it (it would only move a counter).
-
-        Publishers call it before preparing a message at all. A subclass that overrides
-        :meth:`receive_message` needs every message of its tag unless it overrides this too.
-        """
-        if self.tag is not None and tag != self.tag:
+    def due(self, message: Message | MessageBundle) -> bool:
+        """Whether ``message`` (of :attr:`kind`) calls for the work now."""
+        if not isinstance(message, Message) or message.kind != self.kind:
             return False
-        if self._own_receive:
-            return True
-        return self.counter.get((key, kind), 0) % self.subsample == 0
-
-    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
-        """Account for a message that :meth:`needs_data` said need not be delivered."""
-        if self.tag is not None and tag != self.tag:
-            return
-        counter_key = (key, kind)
-        self.counter[counter_key] = self.counter.get(counter_key, 0) + 1
-
-    def needs_any(
-        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
-    ) -> bool:
-        """Whether :meth:`needs_data` holds for any of ``keys`` (messages of one step)."""
-        if type(self).needs_data is not Subscription.needs_data:  # a subclass's own rule
-            return any(self.needs_data(key, kind, tag, step) for key in keys)
-        if self.tag is not None and tag != self.tag:
-            return False
-        if self._own_receive:
-            return True
-        counter, subsample = self.counter, self.subsample
-        return any(counter.get((key, kind), 0) % subsample == 0 for key in keys)
-
-    def count_all(
-        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
-    ) -> None:
-        """:meth:`count_only` for a message of ``kind`` for each of ``keys``."""
-        if type(self).count_only is not Subscription.count_only:  # a subclass's own counting
-            for key in keys:
-                self.count_only(key, kind, tag, step)
-            return
-        if self.tag is not None and tag != self.tag:
-            return
-        counter = self.counter
-        for key in keys:
-            counter[(key, kind)] = counter.get((key, kind), 0) + 1
-
-    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
-        """How many more messages of ``kind`` for each of ``keys`` under ``tag`` are sure to be
-        only counted (:meth:`needs_data` false), as long as each comes at most once per group.
-
-        The bus counts that many groups without asking again (see
-        :meth:`MessageBus.skip_all`). A lower bound is always safe; a subclass with its own
-        :meth:`needs_data`, :meth:`count_only` or :meth:`receive_message` gets 0 (ask every
-        time) unless it overrides this too.
-        """
-        if self._own_receive or self._own_rules(Subscription):
-            return 0
-        if self.tag is not None and tag != self.tag:
-            return _NEVER
-        counter, subsample = self.counter, self.subsample
-        # the next message for key is number counter[key]; it is needed at a multiple of subsample
-        return min((-counter.get((key, kind), 0)) % subsample for key in keys)
-
-    def _own_rules(self, base: type[Subscription]) -> bool:
-        cls = type(self)
-        return cls.needs_data is not base.needs_data or cls.count_only is not base.count_only
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(kinds={list(self.kinds)}, tag={self.tag!r}, "
-            f"subsample={self.subsample})"
-        )
-
-
-class SynchronizedSubscription(Subscription):
-    """Collects the messages of one step into one :class:`MessageBundle` per identifier.
-
-    The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
-    handed to the subscriber as soon as it holds a message of every kind for that step.
-    ``subsample=k`` keeps every k-th complete bundle per identifier. A bundle that is still
-    incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
-
-    A bundle that subsampling will drop is never built: its messages are only counted (which
-    kinds of which step have arrived), so that the completed bundles are counted exactly as if
-    they had been built. Publishers that give the step to :meth:`MessageBus.skip` do not even
-    build those messages.
-    """
-
-    def __init__(
-        self,
-        subscriber: Subscriber,
-        kinds: Sequence[str],
-        tag: str | None = DEFAULT_TAG,
-        subsample: int = 1,
-    ) -> None:
-        super().__init__(subscriber, kinds, tag, subsample)
-        self._open: dict[str | None, MessageBundle] = {}
-        self._rounds: dict[str | None, int] = {}
-        # bundles that will not be delivered: (their step, the kinds that have arrived)
-        self._counted: dict[str | None, tuple[int, set[str]]] = {}
-        self._layer_kinds: tuple[str, ...] = self.kinds
-        self._network_kinds: tuple[str, ...] = self.kinds
-        # a subclass with its own receive_message gets every message of its tag, unless it sets
-        # this to False because its receive_message keeps the bundle rules of this class
-        self._own_sync_receive = (
-            type(self).receive_message is not SynchronizedSubscription.receive_message
-        )
-
-    def bind(self, message_bus: MessageBus) -> None:
-        data = message_bus.data_kinds
-        self._layer_kinds = tuple(k for k in self.kinds if k in data)
-        self._network_kinds = tuple(k for k in self.kinds if k not in data)
-
-    def _delivers(self, key: str | None, tag: str) -> bool:
-        """Whether the bundle now being collected for ``key`` under ``tag`` will be delivered.
-
-        It is iff the count of completed bundles is a multiple of ``subsample`` when it
-        completes, and that count cannot change before it completes.
-        """
-        if self.tag is not None and tag != self.tag:
-            return False
-        return self._rounds.get(key, 0) % self.subsample == 0
-
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        """Whether the bundle the next message for ``key`` joins would be delivered."""
-        if self._own_sync_receive:
-            return self.accepts_tag(tag)
-        return self._delivers(key, tag)
-
-    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
-        # without the step a skipped message could not be told apart from the next step's
-        if step is None or self._own_sync_receive:
-            return self.accepts_tag(tag)
-        return self._delivers(key, tag)
-
-    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
-        if step is not None and self.accepts_tag(tag):
-            self._count(key, kind, step)
-
-    def needs_any(
-        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
-    ) -> bool:
-        if type(self).needs_data is not SynchronizedSubscription.needs_data:
-            return any(self.needs_data(key, kind, tag, step) for key in keys)
-        if step is None or self._own_sync_receive:
-            return self.accepts_tag(tag)
-        if self.tag is not None and tag != self.tag:
-            return False
-        rounds, subsample = self._rounds, self.subsample
-        return any(rounds.get(key, 0) % subsample == 0 for key in keys)
-
-    def count_all(
-        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
-    ) -> None:
-        if type(self).count_only is not SynchronizedSubscription.count_only:
-            for key in keys:
-                self.count_only(key, kind, tag, step)
-        elif step is not None and self.accepts_tag(tag):
-            for key in keys:
-                self._count(key, kind, step)
-
-    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
-        """Bundles that subsampling will drop, counted in messages of ``kind`` (a bundle has at
-        most one of each kind per step, so a message of ``kind`` starts at most one new bundle).
-        """
-        if self._own_sync_receive or self._own_rules(SynchronizedSubscription):
-            return 0
-        if self.tag is not None and tag != self.tag:
-            return _NEVER
-        rounds, counted, subsample = self._rounds, self._counted, self.subsample
-        quiet = _NEVER
-        for key in keys:
-            # the bundle the next message of kind joins: the open one, unless it already has one
-            entry = counted.get(key)
-            upcoming = rounds.get(key, 0) + (entry is not None and kind in entry[1])
-            quiet = min(quiet, (-upcoming) % subsample)
-        return quiet
-
-    def _count(self, key: str | None, kind: str, step: int) -> None:
-        """Note that a message of ``kind`` for ``key`` arrived in ``step``, for a bundle that
-        will not be delivered: the same bookkeeping as building it, without the bundle."""
-        entry = self._counted.get(key)
-        if entry is None or entry[0] != step:  # an incomplete bundle of an earlier step is dropped
-            entry = self._counted[key] = (step, set())
-        entry[1].add(kind)
-        if len(entry[1]) == len(self._network_kinds if key is None else self._layer_kinds):
-            del self._counted[key]
-            self._rounds[key] = self._rounds.get(key, 0) + 1
-
-    def receive_message(self, message: Message) -> None:
-        if self.tag is not None and message.tag != self.tag:
-            return
-        key = message.key
-        if self._rounds.get(key, 0) % self.subsample != 0:
-            self._count(key, message.kind, message.global_step)
-            return
-        bundle = self._open.get(key)
-        if bundle is not None and bundle.global_step != message.global_step:
-            logger.debug("Dropping incomplete %r of step %d", bundle, bundle.global_step)
-            bundle = None
-        if bundle is None:
-            kinds = self._network_kinds if key is None else self._layer_kinds
-            bundle = self._open[key] = MessageBundle(key, kinds)
-        # a second message of a kind within one step (gradient accumulation) replaces the first
-        bundle.messages.pop(message.kind, None)
-        bundle.add_message(message)
-        if bundle.complete():
-            del self._open[key]
-            self._rounds[key] = self._rounds.get(key, 0) + 1
-            self.subscriber.receive_message(bundle)
+        if self.kind == "batch_finished":
+            self.batches += 1
+            return self.batches % self.frequency == 0  # type: ignore[operator]
+        return True
 
 
 class Subscriber:
     """Base class: receives messages (or bundles) and turns them into metrics.
 
-    Subclasses build their subscriptions, call ``super().__init__``, declare the topics they
-    publish with :meth:`_add_publication`, and override :meth:`compute`. A subscriber can be
-    created without a bus and attached later (:meth:`attach`); :meth:`detach` removes it.
+    A subclass sets up its own attributes, then calls ``super().__init__`` with its
+    subscriptions, the bus (if any) and the kinds it ``publishes``, and overrides
+    :meth:`compute`. A subscriber can be created without a bus and attached later
+    (:meth:`attach`, the same as ``bus.register_subscriber(subscriber)``); :meth:`detach` removes
+    it.
+
+    A subscriber that runs the model itself (``uses_model`` set to what it does with it,
+    ``'probe'`` or ``'evaluate'``) is handed a :class:`~ikkuna_tune.model_access.ModelAccess` by
+    the Exporter on its bus (:meth:`use_model`); attaching it to a bus without one raises
+    ``ValueError`` unless it was given a ``forward_fn``.
+
+    Args:
+        subscriptions: what it receives; each created for this subscriber.
+        message_bus: attach to this bus right away.
+        publishes: the kinds it publishes, each ``'DATA'`` (per layer) or ``'META'``.
     """
 
+    #: what a subscriber that runs the model does with it ('probe', 'evaluate'), else None
+    uses_model: ClassVar[str | None] = None
+
     def __init__(
-        self, subscriptions: Sequence[Subscription], message_bus: MessageBus | None = None
+        self,
+        subscriptions: Sequence[Subscription],
+        message_bus: MessageBus | None = None,
+        *,
+        publishes: Mapping[str, KindType] | None = None,
     ) -> None:
         subscriptions = list(subscriptions)
         if not subscriptions:
@@ -407,8 +144,12 @@ class Subscriber:
             if subscription.subscriber is not self:
                 raise ValueError("Each Subscription must be created for this subscriber")
         self.subscriptions = subscriptions
-        self._publications: dict[str, TopicType] = {}
+        self._publications: dict[str, KindType] = {}
         self.message_bus: MessageBus | None = None
+        #: the model this subscriber runs, handed over by the Exporter (see :meth:`use_model`)
+        self.model_access: ModelAccess | None = None
+        for kind, type_ in (publishes or {}).items():
+            self._add_publication(kind, type_)
         if message_bus is not None:
             self.attach(message_bus)
 
@@ -419,46 +160,63 @@ class Subscriber:
         return tuple(k for s in self.subscriptions for k in s.kinds)
 
     @property
-    def publications(self) -> dict[str, TopicType]:
-        """Topics this subscriber publishes, with their type (``'DATA'`` or ``'META'``)."""
+    def publications(self) -> dict[str, KindType]:
+        """The kinds this subscriber publishes, with their type (``'DATA'`` or ``'META'``)."""
         return dict(self._publications)
 
-    def _add_publication(self, topic: str, type: TopicType = "DATA") -> None:
-        """Declare a topic this subscriber publishes (registered on the bus it is attached to)."""
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        """The kinds this subscriber publishes on ``message_bus``, with their types; what the bus
+        registers when it attaches this subscriber. A subclass whose kinds depend on the bus's
+        (a derived kind is per layer if its source is) decides here, and raises ``ValueError``
+        if it cannot work with them."""
+        return dict(self._publications)
+
+    def _add_publication(self, kind: str, type: KindType = "DATA") -> None:
+        """Declare a kind this subscriber publishes (registered on the bus it is attached to).
+
+        The original ikkuna's name; subclasses usually pass ``publishes=`` to ``__init__``.
+        """
         if type not in ("DATA", "META"):
-            raise ValueError(f"Expected topic type 'DATA' or 'META' but got {type!r}")
-        self._publications[topic] = type
+            raise ValueError(f"Expected kind type 'DATA' or 'META' but got {type!r}")
+        self._publications[kind] = type
         if self.message_bus is not None:
-            self.message_bus.register_topic(topic, type, owner=self)
+            self.message_bus.register_kind(kind, type, owner=self)
 
     def attach(self, message_bus: MessageBus) -> None:
-        """Register this subscriber and its topics on ``message_bus``.
+        """Attach to ``message_bus`` (:meth:`MessageBus.register_subscriber`).
 
         Raises:
             ValueError: if already attached, or if a subscribed kind is unknown to the bus.
         """
         if not isinstance(message_bus, MessageBus):
             raise ValueError(f"Expected a MessageBus but got {type(message_bus).__name__}")
-        if self.message_bus is not None:
-            raise ValueError(f"{self!r} is already attached to {self.message_bus!r}")
-        registered: list[str] = []
-        try:
-            for topic, type_ in self._publications.items():
-                message_bus.register_topic(topic, type_, owner=self)
-                registered.append(topic)
-            message_bus._add(self)
-        except ValueError:
-            for topic in registered:
-                message_bus.deregister_topic(topic)
-            raise
-        self.message_bus = message_bus
+        message_bus.register_subscriber(self)
 
     def detach(self) -> None:
-        """Remove this subscriber (and its topics) from its bus."""
-        if self.message_bus is None:
-            return
-        self.message_bus._remove(self)
-        self.message_bus = None
+        """Remove this subscriber (and the kinds it publishes) from its bus."""
+        if self.message_bus is not None:
+            self.message_bus.deregister_subscriber(self)
+
+    def attached(self, message_bus: MessageBus) -> None:
+        """Called by ``message_bus`` once this subscriber is registered there (and the bus's
+        listeners, its Exporter among them, have been told). Raising undoes the attaching."""
+        if (
+            self.uses_model is not None
+            and self.model_access is None
+            and getattr(self, "forward_fn", None) is None
+        ):
+            raise ValueError(
+                f"{type(self).__name__} has no model to {self.uses_model}: pass `forward_fn`, or "
+                f"attach it to a bus that already has an Exporter ({message_bus!r} has none; "
+                "create Exporter(model, optimizer, message_bus) first)"
+            )
+
+    def detached(self, message_bus: MessageBus) -> None:
+        """Called by ``message_bus`` once this subscriber is removed from it."""
+
+    def use_model(self, access: ModelAccess | None) -> None:
+        """Run the model through ``access`` from now on (None: the access has closed)."""
+        self.model_access = access
 
     # ------------------------------------------------------------ receiving
     def receive_message(self, message_or_bundle: Message | MessageBundle) -> None:
@@ -489,12 +247,12 @@ class Subscriber:
     # ----------------------------------------------------------- publishing
     def publish(
         self,
-        topic: str,
+        kind: str,
         data: Any,
         source: Message | MessageBundle,
         module: NamedModule | None = None,
     ) -> None:
-        """Publish ``data`` under ``topic`` with the step, epoch and tag of ``source``.
+        """Publish ``data`` under ``kind`` with the step, epoch and tag of ``source``.
 
         The result is a per-layer message when ``module`` is given or ``source`` is about a layer,
         and a network message otherwise.
@@ -502,9 +260,9 @@ class Subscriber:
         bus = self.message_bus
         if bus is None:
             return
-        if topic not in self._publications:
+        if kind not in self._publications:
             raise ValueError(
-                f"{type(self).__name__} publishes {sorted(self._publications)}, not {topic!r}"
+                f"{type(self).__name__} publishes {sorted(self._publications)}, not {kind!r}"
             )
         if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
             module = source.module
@@ -514,10 +272,10 @@ class Subscriber:
             "epoch": source.epoch,
             "tag": source.tag,
         }
-        if module is not None and self._publications[topic] == "DATA":
-            bus.publish_module_message(topic, module, data, **steps)
+        if module is not None and bus.kind_type(kind) == "DATA":
+            bus.publish_module_message(kind, module, data, **steps)
         else:
-            bus.publish_network_message(topic, data, **steps)
+            bus.publish_network_message(kind, data, **steps)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kinds={list(self.kinds)})"
@@ -550,15 +308,18 @@ class PlotSubscriber(Subscriber):
     ikkuna's; it draws nothing itself: with ``backend='tb'`` its values go to TensorBoard files,
     with ``backend=None`` nowhere).
 
-    Every scalar it publishes is sent to the backend as ``'{topic}/{layer}'`` (or ``'{topic}'``
+    Every scalar it publishes is sent to the backend as ``'{kind}/{layer}'`` (or ``'{kind}'``
     for network-wide results) at the message's global step. The backend buffers tensors and writes
     them when the bus is flushed (end of epoch, Tune report), so drawing costs no per-step sync.
 
     Args:
         subscriptions: as for :class:`Subscriber`.
         message_bus: as for :class:`Subscriber`.
-        plot_config: optional ``title``, ``xlabel``, ``ylabel``, ``ylims`` for plots.
+        plot_config: optional ``title``, ``xlabel``, ``ylabel``, ``ylims``: how the values are
+            meant to be drawn. Checked and kept as :attr:`plot_config` for the user's own plots
+            and for code written for the original ikkuna; TensorBoard draws its own axes.
         backend: ``'tb'`` (TensorBoard event files in the bus's ``log_dir``) or ``None``.
+        publishes: as for :class:`Subscriber`.
     """
 
     def __init__(
@@ -567,6 +328,8 @@ class PlotSubscriber(Subscriber):
         message_bus: MessageBus | None = None,
         plot_config: dict[str, Any] | None = None,
         backend: str | None = "tb",
+        *,
+        publishes: Mapping[str, KindType] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(
@@ -581,35 +344,41 @@ class PlotSubscriber(Subscriber):
                     f"Unknown plot_config keys {sorted(unknown)}; "
                     "expected title, xlabel, ylabel, ylims"
                 )
+            if "ylims" in plot_config:
+                plot_config = {**plot_config, "ylims": check_ylims(plot_config["ylims"])}
         self.plot_config = dict(plot_config or {})
         self.backend_name = backend
         self.backend: Backend = NullBackend()
         self._tags: dict[tuple[str, str | None], str] = {}
-        super().__init__(subscriptions, message_bus)
+        super().__init__(subscriptions, message_bus, publishes=publishes)
 
-    def attach(self, message_bus: MessageBus) -> None:
-        super().attach(message_bus)
+    def attached(self, message_bus: MessageBus) -> None:
+        super().attached(message_bus)
         self.backend = message_bus.backend(self.backend_name)
 
-    def detach(self) -> None:
-        super().detach()
+    def detached(self, message_bus: MessageBus) -> None:
+        super().detached(message_bus)
         self.backend = NullBackend()
 
     def publish(
         self,
-        topic: str,
+        kind: str,
         data: Any,
         source: Message | MessageBundle,
         module: NamedModule | None = None,
     ) -> None:
-        super().publish(topic, data, source, module)
+        super().publish(kind, data, source, module)
         if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
             if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
                 module = source.module
             name = (
-                module.name if module is not None and self._publications[topic] == "DATA" else None
+                module.name
+                if module is not None
+                and self.message_bus is not None
+                and self.message_bus.kind_type(kind) == "DATA"
+                else None
             )
-            tag = self._tags.get((topic, name))
+            tag = self._tags.get((kind, name))
             if tag is None:
-                tag = self._tags[(topic, name)] = safe_tag(topic, name)
+                tag = self._tags[(kind, name)] = safe_tag(kind, name)
             self.backend.add_scalar(tag, data, source.global_step)

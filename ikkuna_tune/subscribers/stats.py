@@ -1,9 +1,9 @@
 """Statistics of training artifacts: norms, mean, variance, ratios, spectral norm, histograms.
 
 Each subscriber computes its metric on the tensor's device with a function from
-:mod:`ikkuna_tune.functional` and publishes it back on the bus as a 0-d tensor, under the topic
-named in its docstring. Per-layer kinds (``weights``, ``activations``, ...) give per-layer topics
-(``DATA``); network-wide kinds (``loss``, ``network_output``) give network topics (``META``).
+:mod:`ikkuna_tune.functional` and publishes it back on the bus as a 0-d tensor, under the kind
+named in its docstring. Per-layer kinds (``weights``, ``activations``, ...) give per-layer kinds
+(``DATA``); network-wide kinds (``loss``, ``network_output``) give network kinds (``META``).
 Nothing here turns a tensor into a Python number: backends convert once per flush.
 """
 
@@ -19,24 +19,19 @@ import torch
 
 from ikkuna_tune import functional as F
 from ikkuna_tune.backends import safe_tag
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_int, check_ylims
 from ikkuna_tune.messages import (
     DATA_KINDS,
     DEFAULT_TAG,
     META_KINDS,
+    KindType,
     Message,
     MessageBundle,
-    MessageBus,
     ModuleMessage,
-    TopicType,
 )
-from ikkuna_tune.subscribers.base import (
-    PlotSubscriber,
-    Subscriber,
-    Subscription,
-    SynchronizedSubscription,
-    check_positive_int,
-    check_ylims,
-)
+from ikkuna_tune.subscribers.base import PlotSubscriber, Subscriber
+from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 
 __all__ = [
     "HistogramSubscriber",
@@ -86,23 +81,23 @@ def _plot_config(title: str, ylabel: str, ylims: object) -> dict[str, Any]:
     return config
 
 
-def _topic_type(kinds: Sequence[str], bus: MessageBus | None = None) -> TopicType:
+def _kind_type(kinds: Sequence[str], bus: MessageBus | None = None) -> KindType:
     """``'META'`` if the kinds are network-wide (on ``bus``, or built in), else ``'DATA'``."""
     meta = bus.meta_kinds if bus is not None else frozenset(META_KINDS)
     return "META" if all(k in meta for k in kinds) else "DATA"
 
 
 class _TensorMetricSubscriber(PlotSubscriber):
-    """One kind in, one scalar per message out, published under :attr:`topic`.
+    """One kind in, one scalar per message out, published under :attr:`published_kind`.
 
-    The topic is per layer (``DATA``) for per-layer kinds and network-wide (``META``) for
+    That kind is per layer (``DATA``) for per-layer kinds and network-wide (``META``) for
     network kinds; which one is decided when the subscriber is attached to a bus.
     """
 
     def __init__(
         self,
         kind: str,
-        topic: str,
+        published_kind: str,
         message_bus: MessageBus | None,
         tag: str | None,
         subsample: int,
@@ -111,21 +106,17 @@ class _TensorMetricSubscriber(PlotSubscriber):
         ylabel: str,
     ) -> None:
         self.kind = check_tensor_kind(kind)
-        self.topic = topic
+        self.published_kind = published_kind
         super().__init__(
             [Subscription(self, [kind], tag, subsample)],
-            None,
-            _plot_config(f"{topic} per layer", ylabel, ylims),
+            message_bus,
+            _plot_config(f"{published_kind} per layer", ylabel, ylims),
             backend,
+            publishes={published_kind: _kind_type([kind])},
         )
-        self._add_publication(topic, _topic_type([kind]))
-        if message_bus is not None:
-            self.attach(message_bus)
 
-    def attach(self, message_bus: MessageBus) -> None:
-        if isinstance(message_bus, MessageBus):
-            self._publications[self.topic] = _topic_type([self.kind], message_bus)
-        super().attach(message_bus)
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        return {self.published_kind: _kind_type([self.kind], message_bus)}
 
     def metric(self, data: torch.Tensor) -> torch.Tensor:
         """The metric of one message's data (a 0-d tensor on the data's device)."""
@@ -142,7 +133,7 @@ class _TensorMetricSubscriber(PlotSubscriber):
                 value = bus.shared(message_or_bundle, self.shared_as, self.metric)
             else:
                 value = self.metric(message_or_bundle.data)
-            self.publish(self.topic, value, message_or_bundle)
+            self.publish(self.published_kind, value, message_or_bundle)
 
 
 def _order_name(order: float) -> str:
@@ -271,7 +262,7 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         n_power_iterations: int = 1,
     ) -> None:
         check_tensor_kind(kind)
-        self.n_power_iterations = check_positive_int("n_power_iterations", n_power_iterations)
+        self.n_power_iterations = check_int("n_power_iterations", n_power_iterations)
         self._u: dict[str, torch.Tensor] = {}
         super().__init__(
             kind,
@@ -291,7 +282,7 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         sigma, self._u[key] = F.spectral_norm(
             message_or_bundle.data, self._u.get(key), self.n_power_iterations
         )
-        self.publish(self.topic, sigma, message_or_bundle)
+        self.publish(self.published_kind, sigma, message_or_bundle)
 
     def state_dict(self) -> dict[str, Any]:
         """``{'u': {layer: vector}}``: the power-iteration vectors (network kinds under ``''``)."""
@@ -413,32 +404,27 @@ class RatioSubscriber(PlotSubscriber):
             raise ValueError(f"Expected `absolute` to be True or False but got {absolute!r}")
         self.absolute = absolute
         self._ratio_kinds = (k1, k2)
-        self.topic = f"{k1}_{k2}_ratio"
+        self.published_kind = f"{k1}_{k2}_ratio"
         subscription = _SnapshotSynchronizedSubscription(
             self, [k1, k2], tag, subsample, F.norm if absolute else _snapshot
         )
         super().__init__(
             [subscription],
-            None,
+            message_bus,
             _plot_config(f"{k1}/{k2} ratio per layer", "Ratio", ylims),
             backend,
+            publishes={self.published_kind: _kind_type([k1, k2])},
         )
-        self._add_publication(self.topic, _topic_type([k1, k2]))
-        if message_bus is not None:
-            self.attach(message_bus)
 
-    def attach(self, message_bus: MessageBus) -> None:
-        if isinstance(message_bus, MessageBus):
-            meta = message_bus.meta_kinds
-            data = message_bus.data_kinds
-            k1, k2 = self.kinds
-            if (k1 in meta and k2 in data) or (k1 in data and k2 in meta):
-                raise ValueError(
-                    f"Expected two per-layer kinds or two network kinds but got {k1!r} and "
-                    f"{k2!r}: one per layer and one for the network never share a bundle"
-                )
-            self._publications[self.topic] = _topic_type(self.kinds, message_bus)
-        super().attach(message_bus)
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        meta, data = message_bus.meta_kinds, message_bus.data_kinds
+        k1, k2 = self._ratio_kinds
+        if (k1 in meta and k2 in data) or (k1 in data and k2 in meta):
+            raise ValueError(
+                f"Expected two per-layer kinds or two network kinds but got {k1!r} and "
+                f"{k2!r}: one per layer and one for the network never share a bundle"
+            )
+        return {self.published_kind: _kind_type(self._ratio_kinds, message_bus)}
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, MessageBundle):
@@ -448,7 +434,7 @@ class RatioSubscriber(PlotSubscriber):
             ratio = message_or_bundle[k1] / message_or_bundle[k2]
         else:
             ratio = F.projection_ratio(message_or_bundle[k1], message_or_bundle[k2])
-        self.publish(self.topic, ratio, message_or_bundle)
+        self.publish(self.published_kind, ratio, message_or_bundle)
 
 
 class MessageMeanSubscriber(PlotSubscriber):
@@ -480,7 +466,7 @@ class MessageMeanSubscriber(PlotSubscriber):
                 f"Expected `kind` to be a per-layer kind (such as 'weights_norm2') but got the "
                 f"network kind {kind!r}"
             )
-        self.topic = f"{kind}_message_mean"
+        self.published_kind = f"{kind}_message_mean"
         self._groups: dict[tuple[str, int], list[torch.Tensor]] = {}
         self._sources: dict[tuple[str, int], Message] = {}
         super().__init__(
@@ -488,21 +474,19 @@ class MessageMeanSubscriber(PlotSubscriber):
                 Subscription(self, [kind], tag, subsample),
                 Subscription(self, ["batch_finished"], None),
             ],
-            None,
+            message_bus,
             _plot_config(f"{kind}: mean over layers", "Mean", ylims),
             backend,
+            publishes={self.published_kind: "META"},
         )
-        self._add_publication(self.topic, "META")
-        if message_bus is not None:
-            self.attach(message_bus)
 
-    def attach(self, message_bus: MessageBus) -> None:
-        if isinstance(message_bus, MessageBus) and self.kind in message_bus.meta_kinds:
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        if self.kind in message_bus.meta_kinds:
             raise ValueError(
                 f"Expected `kind` to be a per-layer kind but {self.kind!r} is a network kind on "
                 f"{message_bus!r}"
             )
-        super().attach(message_bus)
+        return super().publications_on(message_bus)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, Message):
@@ -531,7 +515,7 @@ class MessageMeanSubscriber(PlotSubscriber):
     def _publish(self, key: tuple[str, int]) -> None:
         values = self._groups.pop(key)
         source = self._sources.pop(key)
-        self.publish(self.topic, torch.stack(values).float().mean(), source)
+        self.publish(self.published_kind, torch.stack(values).float().mean(), source)
 
     def _publish_all(self) -> None:
         for key in list(self._groups):
@@ -564,19 +548,17 @@ class HistogramSubscriber(PlotSubscriber):
         per_epoch: bool = False,
     ) -> None:
         self.kind = check_tensor_kind(kind)
-        self.bins = check_positive_int("bins", bins)
+        self.bins = check_int("bins", bins)
         if not isinstance(per_epoch, bool):
             raise ValueError(f"Expected `per_epoch` to be True or False but got {per_epoch!r}")
         self.per_epoch = per_epoch
         self._last_epoch: dict[str | None, int] = {}
         super().__init__(
             [Subscription(self, [kind], tag, subsample)],
-            None,
+            message_bus,
             {"title": f"{kind} histogram", "ylabel": "Frequency"},
             backend,
         )
-        if message_bus is not None:
-            self.attach(message_bus)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, Message):

@@ -24,30 +24,30 @@ from torch.utils.data import Dataset
 
 from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
-from ikkuna_tune.checks import check_fraction_or_none, check_int_or_epoch
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_fraction_or_none, check_int
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
-from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, MessageBus, ModuleMessage
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.base import (
     CallbackSubscriber,
     PlotSubscriber,
-    Subscription,
-    check_has_model,
-    check_positive_int,
+    Trigger,
     check_probe_args,
-    check_ylims,
+    plot_config,
 )
+from ikkuna_tune.subscribers.subscriptions import Subscription
 
 if TYPE_CHECKING:
-    from ikkuna_tune.exporter import Exporter
+    from ikkuna_tune.model_access import ModelAccess
 
 __all__ = ["BatchedSVCCASubscriber", "SVCCASubscriber"]
 
 logger = logging.getLogger(__name__)
 
-#: The topic both subscribers publish: one 0-d tensor per layer and checkpoint.
+#: The kind both subscribers publish: one 0-d tensor per layer and checkpoint.
 TOPIC = keys.SELF_SIMILARITY
 #: Linear CKA between a layer's probe activations now and at initialisation (``track_init``).
 INIT_TOPIC = keys.INIT_SIMILARITY
@@ -164,6 +164,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             ``forward_fn`` was given.
     """
 
+    uses_model = "probe"
+
     def __init__(
         self,
         dataset: Dataset[Any] | torch.Tensor,
@@ -183,68 +185,61 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         device: torch.device | str | None = None,
         track_init: bool = True,
     ) -> None:
-        n = check_positive_int("n", n)
+        n = check_int("n", n)
         if not isinstance(track_init, bool):
             raise ValueError(f"Expected `track_init` to be True or False but got {track_init!r}")
         self.track_init = track_init
         if n < 2:
             raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.batch_size = check_int("batch_size", batch_size)
         check_probe_args(forward_fn, probe_tag)
-        self.frequency = check_int_or_epoch("frequency", frequency)
+        self.trigger = Trigger(frequency)
+        self.frequency = self.trigger.frequency
         self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
         self.keep = _check_keep(keep)
-        self.max_positions = check_positive_int("max_positions", max_positions)
+        self.max_positions = check_int("max_positions", max_positions)
         if self.max_positions < 2:
             raise ValueError(
                 f"Expected `max_positions` to be an integer >= 2 but got {max_positions!r}"
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"Expected `seed` to be an integer >= 0 but got {seed!r}")
-        limits = check_ylims(ylims)
         self.n = n
         self.seed = seed
         self.forward_fn = forward_fn
         self.probe_tag = probe_tag
         self.device = check_device(device)
         self.indices, self.probe_inputs = _draw_probe(dataset, n, seed)
-        self._batches = 0
         self._previous: dict[str, torch.Tensor] | None = None
         self._initial: dict[str, torch.Tensor] | None = None
         self._selections: dict[tuple[str, int], tuple[np.ndarray, dict[torch.device, torch.Tensor]]]
         self._selections = {}
-        trigger = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
-        plot_config: dict[str, Any] = {
-            "title": "SVCCA self-similarity",
-            "xlabel": "Train step",
-            "ylabel": "Self-similarity",
-        }
-        if limits is not None:
-            plot_config["ylims"] = limits
-        super().__init__([Subscription(self, [trigger], tag)], None, plot_config, backend)
-        self._add_publication(TOPIC, "DATA")
-        if track_init:
-            self._add_publication(INIT_TOPIC, "DATA")
-            self._add_publication(LIVE_TOPIC, "DATA")
-        if message_bus is not None:
-            self.attach(message_bus)
+        published = [TOPIC, INIT_TOPIC, LIVE_TOPIC] if track_init else [TOPIC]
+        super().__init__(
+            [Subscription(self, [self.trigger.kind], tag)],
+            message_bus,
+            plot_config("SVCCA self-similarity", "Self-similarity", ylims),
+            backend,
+            publishes=dict.fromkeys(published, "DATA"),
+        )
 
     # --------------------------------------------------------------------------- wiring
-    def attach(self, message_bus: MessageBus) -> None:
-        check_has_model(self, message_bus, self.forward_fn, "probe")
-        super().attach(message_bus)
-        if self.track_init and self._initial is None and message_bus.exporter is not None:
+    def use_model(self, access: ModelAccess | None) -> None:
+        """Run the model through ``access``; with ``track_init``, record the activations at
+        initialisation now (once, while attached)."""
+        super().use_model(access)
+        if (
+            access is not None
+            and self.message_bus is not None
+            and self.track_init
+            and self._initial is None
+        ):
             self._initial = self.record()
 
     # ------------------------------------------------------------------------ checkpoints
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
-        if not isinstance(message_or_bundle, Message):
-            return
-        if message_or_bundle.kind == "batch_finished":
-            self._batches += 1
-            if self._batches % self.frequency:  # type: ignore[operator]
-                return
-        self.checkpoint(message_or_bundle)
+        if self.trigger.due(message_or_bundle):
+            self.checkpoint(message_or_bundle)
 
     def checkpoint(self, source: Message | MessageBundle) -> dict[str, float]:
         """Record the probe activations, publish the self-similarities, freeze converged layers.
@@ -298,13 +293,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         return values
 
     @staticmethod
-    def _frozen_prefix(exporter: Exporter) -> set[str]:
+    def _frozen_prefix(exporter: ModelAccess) -> set[str]:
         """The frozen layers at the input end (in the Exporter's order): they cannot change."""
         return set(frozen_prefix(list(exporter.modules), exporter.frozen))
 
-    def _exporter(self) -> Exporter:
-        bus = self.message_bus
-        exporter = bus.exporter if bus is not None else None
+    def _exporter(self) -> ModelAccess:
+        exporter = self.model_access
         if exporter is None:
             raise RuntimeError(
                 f"{type(self).__name__} needs an Exporter on its bus to record activations"
@@ -439,7 +433,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         return {
             "previous": previous,
             "initial": initial,
-            "batches": self._batches,
+            "batches": self.trigger.batches,
             "probe": self._fingerprint(),
         }
 
@@ -472,48 +466,37 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self._previous = None if previous is None else dict(previous)
         if state.get("initial") is not None:
             self._initial = dict(state["initial"])
-        self._batches = int(state["batches"])
+        self.trigger.batches = int(state["batches"])
 
 
 class SVCCASubscriber(BatchedSVCCASubscriber):
     """:class:`BatchedSVCCASubscriber` that pushes the whole probe set through in one batch.
 
-    Arguments as for :class:`BatchedSVCCASubscriber`, without ``batch_size``.
+    Arguments as for :class:`BatchedSVCCASubscriber`, without ``batch_size`` (the original
+    ikkuna's signature: ``SVCCASubscriber(dataset, n, *args, **kwargs)``).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> exporter = Exporter(model)
+        >>> bus = exporter.message_bus
+        >>> svcca = SVCCASubscriber(torch.randn(32, 4), 16, message_bus=bus, backend=None)
+        >>> sorted(svcca.checkpoint(_epoch_end()))  # the first checkpoint only records
+        []
+        >>> with torch.no_grad():
+        ...     _ = model[2].weight.mul_(2.0)  # a linear map of the same features
+        >>> round(svcca.checkpoint(_epoch_end())["2"], 6)
+        1.0
     """
 
-    def __init__(
-        self,
-        dataset: Dataset[Any] | torch.Tensor,
-        n: int,
-        forward_fn: Callable[[torch.Tensor], Any] | None = None,
-        message_bus: MessageBus | None = None,
-        tag: str | None = DEFAULT_TAG,
-        probe_tag: str = "svcca",
-        frequency: int | str = "epoch",
-        freeze_at: float | None = None,
-        keep: float = 0.99,
-        max_positions: int = 5000,
-        seed: int = 0,
-        ylims: tuple[float, float] | None = None,
-        backend: str | None = "tb",
-        device: torch.device | str | None = None,
-        track_init: bool = True,
-    ) -> None:
-        super().__init__(
-            dataset,
-            n,
-            check_positive_int("n", n),
-            forward_fn,
-            message_bus,
-            tag,
-            probe_tag,
-            frequency,
-            freeze_at,
-            keep,
-            max_positions,
-            seed,
-            ylims,
-            backend,
-            device,
-            track_init,
-        )
+    def __init__(self, dataset: Dataset[Any] | torch.Tensor, n: int, *args: Any, **kwargs: Any):
+        super().__init__(dataset, n, check_int("n", n), *args, **kwargs)
+
+
+def _epoch_end() -> Message:
+    """An ``epoch_finished`` message (for the examples)."""
+    from ikkuna_tune.messages import NetworkMessage
+
+    return NetworkMessage("epoch_finished", DEFAULT_TAG, 0, 0, 0, None)

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from ikkuna_tune.backends import to_numbers
-from ikkuna_tune.messages import Message, MessageBundle, MessageBus, TopicType
-from ikkuna_tune.subscribers.base import Subscriber, Subscription
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import KindType, Message, MessageBundle
+from ikkuna_tune.subscribers.base import Subscriber
+from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = ["MetricCollector", "StepTimer"]
 
@@ -21,14 +23,14 @@ Key = tuple[str, str | None]
 
 
 class MetricCollector(Subscriber):
-    """Keeps the latest value of each (topic, layer) since the last report.
+    """Keeps the latest value of each (kind, layer) since the last report.
 
     Values stay tensors on their device until :meth:`collect`, which turns them into numbers in
-    one transfer. Per-layer topics are nested by layer name:
+    one transfer. Per-layer kinds are nested by layer name:
     ``{"weights_norm2": {"conv1": 0.7, "fc": 1.2}, "test_accuracy": 0.97}``.
 
     A value is reported once, in the first report after it was measured. Every report carries
-    the same keys: one per declared topic (per layer for ``'DATA'`` topics, for every layer in
+    the same keys: one per declared kind (per layer for ``'DATA'`` kinds, for every layer in
     ``layers``) and every key measured before; a key not measured since the previous report is
     ``None``. So Tune's ``progress.csv``, whose columns are fixed by the first report, has a
     column for every output, and a value measured at one report is never shown again as new at
@@ -36,20 +38,20 @@ class MetricCollector(Subscriber):
     """
 
     def __init__(
-        self, topics: Mapping[str, TopicType] | Sequence[str], layers: Sequence[str] = ()
+        self, kinds: Mapping[str, KindType] | Sequence[str], layers: Sequence[str] = ()
     ) -> None:
-        if not isinstance(topics, Mapping):
-            topics = {topic: "META" for topic in topics}
-        self.topics = dict(topics)
+        if not isinstance(kinds, Mapping):
+            kinds = {kind: "META" for kind in kinds}
+        self.collected: dict[str, KindType] = dict(kinds)
         self._keys: dict[Key, None] = {}  # every key reported, in first-seen order
-        for topic, type_ in self.topics.items():
+        for kind, type_ in self.collected.items():
             if type_ == "META":
-                self._keys[(topic, None)] = None
+                self._keys[(kind, None)] = None
             else:
-                self._keys.update(((topic, layer), None) for layer in layers)
+                self._keys.update(((kind, layer), None) for layer in layers)
         self._latest: dict[Key, Any] = {}
         self._skipped: set[str] = set()
-        super().__init__([Subscription(self, list(self.topics), tag=None)])
+        super().__init__([Subscription(self, list(self.collected), tag=None)])
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, Message):
@@ -74,14 +76,14 @@ class MetricCollector(Subscriber):
         numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
         nested: dict[str, Any] = {}
         for key in self._keys:
-            topic, layer = key
-            if topic in self._skipped:
+            kind, layer = key
+            if kind in self._skipped:
                 continue
             number = numbers.get(key)
             if layer is None:
-                nested[topic] = number
+                nested[kind] = number
             else:
-                nested.setdefault(topic, {})[layer] = number
+                nested.setdefault(kind, {})[layer] = number
         return nested
 
 

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ikkuna_tune import keys
+from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
-from ikkuna_tune.messages import BUILTIN_KINDS, MessageBus, unknown_kinds_message
+from ikkuna_tune.messages import BUILTIN_KINDS, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
@@ -78,35 +79,35 @@ def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> li
 
 def check_attachable(subscribers: Sequence[Subscriber]) -> None:
     """Check, without a bus, that ``subscribers`` can be attached to one in this order: each
-    subscribes to built-in kinds, its own topics or those of the subscribers before it, and no
-    two publish the same topic. Raises ``ValueError`` naming the first that cannot.
+    subscribes to built-in kinds or to kinds it or the subscribers before it publish, and no
+    two publish the same kind. Raises ``ValueError`` naming the first that cannot.
 
     What needs the model is checked only by :meth:`TrialSession.watch` (kinds that need the
     optimizer, say).
     """
-    topics: dict[str, int] = {}  # topic -> the (1-based) subscriber that publishes it
+    published: dict[str, int] = {}  # kind -> the (1-based) subscriber that publishes it
     for index, subscriber in enumerate(subscribers, 1):
         where = f"ik.instrument: subscriber {index} ({subscriber!r}) cannot be attached"
         own = subscriber.publications
-        for topic in own:
-            if topic in topics:
+        for kind in own:
+            if kind in published:
                 raise ValueError(
-                    f"{where}: it publishes {topic!r}, which subscriber {topics[topic]} "
-                    "publishes already; give one of them another topic"
+                    f"{where}: it publishes {kind!r}, which subscriber {published[kind]} "
+                    "publishes already; let only one of them publish it"
                 )
-        known = BUILTIN_KINDS | set(topics) | set(own)
+        known = BUILTIN_KINDS | set(published) | set(own)
         for subscription in subscriber.subscriptions:
             unknown = [kind for kind in subscription.kinds if kind not in known]
             if unknown:
                 for later, other in enumerate(subscribers[index:], index + 1):
-                    published = [kind for kind in unknown if kind in other.publications]
-                    if published:
+                    theirs = [kind for kind in unknown if kind in other.publications]
+                    if theirs:
                         raise ValueError(
-                            f"{where}: it subscribes to {published[0]!r}, which subscriber "
+                            f"{where}: it subscribes to {theirs[0]!r}, which subscriber "
                             f"{later} publishes; put it after subscriber {later}"
                         )
-                raise ValueError(f"{where}: {unknown_kinds_message(unknown, topics)}")
-        topics.update(dict.fromkeys(own, index))
+                raise ValueError(f"{where}: {unknown_kinds_message(unknown, published)}")
+        published.update(dict.fromkeys(own, index))
 
 
 def _watch_call(
@@ -237,9 +238,10 @@ class TrialSession:
                     text = f"{call}: cannot attach subscriber {index} ({subscriber!r}): {error}"
                     raise _renamed(error, text) from error
             self.timer = StepTimer(bus)
-            topics = {t: kind for s in self.subscribers for t, kind in s.publications.items()}
-            self.collector = MetricCollector(topics, list(exporter.modules)) if topics else None
-            if self.collector is not None:
+            published = {k: bus.kind_type(k) for s in self.subscribers for k in s.publications}
+            self.collector = None
+            if published:
+                self.collector = MetricCollector(published, list(exporter.modules))
                 self.collector.attach(bus)
         except Exception:
             exporter.close()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import ikkuna_tune as ik
 from experiments import bench_overhead as bo
 from experiments.models import DeepCNN
+from ikkuna_tune.bus import MessageBus
 
 
 def _args() -> argparse.Namespace:
@@ -26,7 +27,7 @@ def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def _record(bus: ik.MessageBus, topic: str) -> list[tuple[int, str, float]]:
+def _record(bus: MessageBus, topic: str) -> list[tuple[int, str, float]]:
     seen: list[tuple[int, str, float]] = []
     ik.CallbackSubscriber(
         [topic], lambda m: seen.append((m.global_step, m.key, float(m.data))), bus
@@ -54,7 +55,7 @@ def test_turns_publish_what_one_uninterrupted_run_publishes(tmp_path) -> None:
     net = DeepCNN(2, width=4)
     net.load_state_dict(init)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    bus = ik.MessageBus("reference", log_dir=str(tmp_path / "reference"))
+    bus = MessageBus("reference", log_dir=str(tmp_path / "reference"))
     bo.standard_set(bus, 16)
     whole = {t: _record(bus, t) for t in turns}
     with ik.Exporter(net, opt, bus) as exporter:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import ikkuna_tune as ik
 from ikkuna_tune import functional as F
+from ikkuna_tune.functional import cca, svcca_similarity
 from ikkuna_tune.functional.svcca import _svcca, svcca_similarity_or_nan
 from tests.svcca_reference import subspace_cca, subspace_svcca, textbook_cca, textbook_svcca
 
@@ -425,8 +425,8 @@ def test_return_types() -> None:
 
 
 def test_exported_from_the_package() -> None:
-    assert ik.cca is F.cca
-    assert ik.svcca_similarity is F.svcca_similarity
+    assert cca is F.cca
+    assert svcca_similarity is F.svcca_similarity
 
 
 @pytest.mark.parametrize("bad", [0, -0.5, 1.5, math.nan, True, "0.99", None])

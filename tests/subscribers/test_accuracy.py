@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 
 
 def _by_hand(model, x, y) -> float:
@@ -46,7 +47,7 @@ def test_set() -> TensorDataset:
 
 
 def test_train_accuracy_and_loss_match_the_batch(tmp_path, tiny, batch) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     train_acc = ik.TrainAccuracySubscriber(bus)
     ik.LossSubscriber(bus)
     assert train_acc.publications == {"train_accuracy": "META"}
@@ -89,7 +90,7 @@ def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loa
     torch.manual_seed(0)
     model = DropNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     updates, probe_outputs = [], []
     ik.CallbackSubscriber(["weight_updates"], lambda m: updates.append(m.data.abs().sum()), bus)
     ik.CallbackSubscriber(["network_output"], probe_outputs.append, bus, tag="test")
@@ -137,7 +138,7 @@ def test_test_accuracy_weights_samples_not_batches(test_set) -> None:
 
 
 def test_test_accuracy_per_epoch(tiny, batch, test_set) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     got = []
     with ik.Exporter(tiny, opt, bus) as exporter:
@@ -160,7 +161,7 @@ def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
     model = DropNet()
     model.train()
     sub = ik.TestAccuracySubscriber(test_set, model.forward, backend=None)
-    sub.attach(ik.MessageBus())  # no Exporter needed with a forward_fn
+    sub.attach(MessageBus())  # no Exporter needed with a forward_fn
     value = sub.evaluate()
     assert model.training and model.drop.training
     assert value.item() == pytest.approx(_by_hand(model.eval(), *test_set.tensors))
@@ -169,9 +170,9 @@ def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
 def test_test_accuracy_needs_a_model_at_attach(test_set) -> None:
     sub = ik.TestAccuracySubscriber(test_set, backend=None)
     with pytest.raises(ValueError, match="no model to evaluate: pass `forward_fn`, or attach"):
-        sub.attach(ik.MessageBus())
+        sub.attach(MessageBus())
     with pytest.raises(ValueError, match="no model to evaluate"):
-        ik.TestAccuracySubscriber(test_set, message_bus=ik.MessageBus())
+        ik.TestAccuracySubscriber(test_set, message_bus=MessageBus())
     assert sub.message_bus is None
     with pytest.raises(RuntimeError, match="no model to evaluate"):
         sub.evaluate()
@@ -216,7 +217,7 @@ def test_accuracy_subscribers_deepcopy_while_detached(tiny, batch, test_set) -> 
     ]
     from_loader = ik.TestAccuracySubscriber(DataLoader(test_set, batch_size=3), frequency="epoch")
     copies = [copy.deepcopy(t) for t in templates]
-    bus = ik.MessageBus()
+    bus = MessageBus()
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     got = []
     with ik.Exporter(tiny, opt, bus) as exporter:
@@ -292,7 +293,7 @@ class _TupleOut(nn.Module):
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_test_accuracy_of_a_model_returning_a_tuple_or_dict(test_set, as_dict) -> None:
     model = _TupleOut(as_dict)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     with ik.Exporter(model, None, bus):
         sub = ik.TestAccuracySubscriber(test_set, message_bus=bus, frequency=1, backend=None)
         x, y = test_set.tensors

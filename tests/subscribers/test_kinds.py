@@ -7,6 +7,8 @@ import re
 import pytest
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import DATA_KINDS, META_KINDS
 
 
 @pytest.mark.parametrize(
@@ -26,7 +28,7 @@ def test_typo_of_a_builtin_kind_raises_at_construction_without_a_bus(make, typo,
     assert f"did you mean {meant!r}?" in message
     # the known kinds it lists are the built-in ones, never a derived metric name
     listed = re.search(r"built-in kinds: \[(.*?)\]", message).group(1)
-    assert set(re.findall(r"'(\w+)'", listed)) == set(ik.DATA_KINDS) | set(ik.META_KINDS)
+    assert set(re.findall(r"'(\w+)'", listed)) == set(DATA_KINDS) | set(META_KINDS)
     assert "_norm2" not in message and "_mean" not in message
 
 
@@ -41,14 +43,14 @@ def test_topics_derived_from_builtin_kinds_pass_construction() -> None:
 
 
 def test_unknown_kind_at_attach_suggests_the_bus_topic_and_lists_builtins_apart() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ik.NormSubscriber("weight_gradients", bus)  # publishes weight_gradients_norm2
     with pytest.raises(ValueError) as caught:
         ik.MessageMeanSubscriber("weight_gradient_norm2", bus)
     message = str(caught.value)
     assert message.startswith("Unknown message kind(s) ['weight_gradient_norm2']")
     assert "did you mean 'weight_gradients_norm2'?" in message
-    assert "topics published on this bus: ['weight_gradients_norm2']" in message
+    assert "kinds published on this bus: ['weight_gradients_norm2']" in message
     listed = re.search(r"built-in kinds: \[(.*?)\]", message).group(1)
     assert "norm2" not in listed
     assert [type(s).__name__ for s in bus.subscribers] == ["NormSubscriber"]

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import ModuleMessage, NamedModule
 from tests.conftest import TinyNet
 
 LAYERS = ("conv", "fc")
@@ -57,7 +59,7 @@ def _values(got, key):
 
 
 def test_norm_mean_variance_match_plain_tensors(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     subs = [
         ik.NormSubscriber("weights", bus, backend=None),
         ik.NormSubscriber("weight_gradients", bus, backend=None, order=1),
@@ -65,14 +67,14 @@ def test_norm_mean_variance_match_plain_tensors(tiny, batch) -> None:
         ik.MeanSubscriber("weights", bus, backend=None),
         ik.VarianceSubscriber("weight_gradients", bus, backend=None),
     ]
-    assert [s.topic for s in subs] == [
+    assert [s.published_kind for s in subs] == [
         "weights_norm2",
         "weight_gradients_norm1",
         "weights_norminf",
         "weights_mean",
         "weight_gradients_variance",
     ]
-    got = {s.topic: _collect(bus, s.topic) for s in subs}
+    got = {s.published_kind: _collect(bus, s.published_kind) for s in subs}
     record = _train(tiny, bus, batch)
     for layer in LAYERS:
         w = [r["before"][f"{layer}.weight"] for r in record]
@@ -95,10 +97,10 @@ def test_norm_mean_variance_match_plain_tensors(tiny, batch) -> None:
 
 
 def test_topics_are_per_layer_or_network_wide(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     norm = ik.NormSubscriber("weights", bus, backend=None)
     loss_norm = ik.NormSubscriber("loss", bus, backend=None)
-    assert bus.published_topics == {"weights_norm2": norm, "loss_norm2": loss_norm}
+    assert bus.published_kinds == {"weights_norm2": norm, "loss_norm2": loss_norm}
     assert "weights_norm2" in bus.data_kinds and "loss_norm2" in bus.meta_kinds
     got = _collect(bus, "loss_norm2")
     record = _train(tiny, bus, batch, steps=2)
@@ -111,13 +113,13 @@ def test_topics_are_per_layer_or_network_wide(tiny, batch) -> None:
 
 
 def test_ratio_is_update_over_the_weights_the_step_started_from(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
     bias_ratio = ik.RatioSubscriber(["bias_updates", "biases"], bus, backend=None)
-    assert ratio.topic == "weight_updates_weights_ratio"
-    assert bias_ratio.topic == "bias_updates_biases_ratio"
-    got = _collect(bus, ratio.topic)
-    got_bias = _collect(bus, bias_ratio.topic)
+    assert ratio.published_kind == "weight_updates_weights_ratio"
+    assert bias_ratio.published_kind == "bias_updates_biases_ratio"
+    got = _collect(bus, ratio.published_kind)
+    got_bias = _collect(bus, bias_ratio.published_kind)
     record = _train(tiny, bus, batch, steps=3)
     for layer in LAYERS:
         for name, collected in ((f"{layer}.weight", got), (f"{layer}.bias", got_bias)):
@@ -140,9 +142,9 @@ def test_ratio_is_update_over_the_weights_the_step_started_from(tiny, batch) -> 
 def test_signed_ratio_is_the_projection_on_the_starting_weights(batch) -> None:
     torch.manual_seed(0)
     model = TinyNet()
-    bus = ik.MessageBus()
+    bus = MessageBus()
     signed = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, absolute=False)
-    got = _collect(bus, signed.topic)
+    got = _collect(bus, signed.published_kind)
     record = _train(model, bus, batch, steps=3, weight_decay=0.5)
     for layer in LAYERS:
         w = f"{layer}.weight"
@@ -155,9 +157,9 @@ def test_signed_ratio_is_the_projection_on_the_starting_weights(batch) -> None:
 
 
 def test_ratio_subsample_keeps_every_kth_step(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=2)
-    got = _collect(bus, ratio.topic)
+    got = _collect(bus, ratio.published_kind)
     record = _train(tiny, bus, batch, steps=5)
     assert sorted((k, s) for k, s, _ in got) == [
         (layer, step) for layer in LAYERS for step in (0, 2, 4)
@@ -173,13 +175,13 @@ def test_ratio_subsample_keeps_every_kth_step(tiny, batch) -> None:
 
 
 def test_message_mean_is_the_mean_over_layers_of_one_step(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ik.NormSubscriber("weights", bus, backend=None)
     mean = ik.MessageMeanSubscriber("weights_norm2", bus, backend=None)
-    assert mean.topic == "weights_norm2_message_mean"
-    assert bus.published_topics["weights_norm2_message_mean"] is mean
+    assert mean.published_kind == "weights_norm2_message_mean"
+    assert bus.published_kinds["weights_norm2_message_mean"] is mean
     assert "weights_norm2_message_mean" in bus.meta_kinds
-    got = _collect(bus, mean.topic)
+    got = _collect(bus, mean.published_kind)
     record = _train(tiny, bus, batch, steps=3)
     assert [(k, s) for k, s, _ in got] == [(None, 0), (None, 1), (None, 2)]
     expected = [
@@ -196,7 +198,7 @@ def test_message_mean_is_the_mean_over_layers_of_one_step(tiny, batch) -> None:
 def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
     with pytest.raises(ValueError, match="per-layer kind .* network kind 'loss'"):
         ik.MessageMeanSubscriber("loss")
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ik.TrainAccuracySubscriber(bus, backend=None)
     with pytest.raises(ValueError, match="'train_accuracy' is a network kind"):
         ik.MessageMeanSubscriber("train_accuracy", bus)
@@ -207,10 +209,10 @@ def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
 
 
 def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=60)
-    assert spectral.topic == "weights_spectral_norm"
-    got = _collect(bus, spectral.topic)
+    assert spectral.published_kind == "weights_spectral_norm"
+    got = _collect(bus, spectral.published_kind)
     record = _train(tiny, bus, batch, steps=2, lr=0.01)
     for layer in LAYERS:
         expected = [
@@ -229,12 +231,12 @@ def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
     original = ik.SpectralNormSubscriber("weights", backend=None, n_power_iterations=1)
     original.load_state_dict(state)
     w = tiny.fc.weight.detach()
-    msg = ik.ModuleMessage("weights", "default", 0, 0, 0, w, ik.NamedModule("fc", tiny.fc))
+    msg = ModuleMessage("weights", "default", 0, 0, 0, w, NamedModule("fc", tiny.fc))
     out = []
     for sub in (restored, original):
-        b = ik.MessageBus()
+        b = MessageBus()
         sub.attach(b)
-        ik.CallbackSubscriber([sub.topic], lambda m: out.append(m.data), b)
+        ik.CallbackSubscriber([sub.published_kind], lambda m: out.append(m.data), b)
         b.publish(msg)
     torch.testing.assert_close(out[0], out[1])
     with pytest.raises(ValueError, match=r"Expected a state \{'u'"):
@@ -242,7 +244,7 @@ def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
 
 
 def test_histograms_reach_tensorboard_and_publish_nothing(tmp_path, tiny, batch) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     hist = ik.HistogramSubscriber("weight_gradients", bus, bins=8)
     per_epoch = ik.HistogramSubscriber("weights", bus, bins=4, per_epoch=True)
     assert hist.publications == {} and per_epoch.publications == {}
@@ -305,14 +307,14 @@ def test_constructor_validation(make, match) -> None:
 
 
 def test_unknown_kind_is_rejected_at_attach() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     with pytest.raises(ValueError, match=r"Unknown message kind\(s\) \['weihgts'\]"):
         ik.NormSubscriber("weihgts", bus)
-    assert bus.published_topics == {} and bus.subscribers == ()
+    assert bus.published_kinds == {} and bus.subscribers == ()
     with pytest.raises(ValueError, match="Unknown message kind"):
         ik.RatioSubscriber(["weight_updates", "wieghts"], bus)
-    bus.register_topic("layer_topic", "DATA", owner="test")
-    bus.register_topic("network_topic", "META", owner="test")
+    bus.register_kind("layer_topic", "DATA", owner="test")
+    bus.register_kind("network_topic", "META", owner="test")
     with pytest.raises(ValueError, match="never share a bundle"):
         ik.RatioSubscriber(["layer_topic", "network_topic"], bus)
 
@@ -327,7 +329,7 @@ def test_subscribers_deepcopy_while_detached(tiny, batch) -> None:
         ik.HistogramSubscriber("weights"),
     ]
     copies = [copy.deepcopy(t) for t in templates]
-    bus = ik.MessageBus()
+    bus = MessageBus()
     for c in copies:
         c.backend_name = None
         c.attach(bus)
@@ -337,11 +339,11 @@ def test_subscribers_deepcopy_while_detached(tiny, batch) -> None:
     assert len(got) == 2
     assert all(t.message_bus is None for t in templates)
     # the template itself can still be attached elsewhere
-    templates[0].attach(ik.MessageBus())
+    templates[0].attach(MessageBus())
 
 
 def test_scalars_reach_tensorboard_with_safe_tags(tmp_path, tiny, batch) -> None:
-    bus = ik.MessageBus(log_dir=tmp_path)
+    bus = MessageBus(log_dir=tmp_path)
     ik.NormSubscriber("weights", bus)
     ik.RatioSubscriber(["weight_updates", "weights"], bus)
     ik.NormSubscriber("weights", bus, backend=None, order=1)  # computes, draws nothing
@@ -377,9 +379,9 @@ def test_spectral_norm_of_a_zero_initialised_layer_follows_it_as_it_grows(tiny, 
     value (torch.linalg.matrix_norm of the weights each step started from) as training grows it."""
     with torch.no_grad():
         tiny.fc.weight.zero_()
-    bus = ik.MessageBus()
+    bus = MessageBus()
     spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=60)
-    got = _collect(bus, spectral.topic)
+    got = _collect(bus, spectral.published_kind)
     record = _train(tiny, bus, batch, steps=4, lr=0.1)
     expected = torch.stack(
         [torch.linalg.matrix_norm(r["before"]["fc.weight"], ord=2) for r in record]
@@ -389,15 +391,13 @@ def test_spectral_norm_of_a_zero_initialised_layer_follows_it_as_it_grows(tiny, 
 
 
 def test_spectral_norm_of_a_layer_that_stays_zero_is_zero(tiny, batch) -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=3)
-    got = _collect(bus, spectral.topic)
+    got = _collect(bus, spectral.published_kind)
     zero = torch.zeros(5, 48)
     for step in range(3):
         bus.publish(
-            ik.ModuleMessage(
-                "weights", "default", step, step, 0, zero, ik.NamedModule("fc", tiny.fc)
-            )
+            ModuleMessage("weights", "default", step, step, 0, zero, NamedModule("fc", tiny.fc))
         )
     assert [v.item() for v in _values(got, "fc")] == [0.0, 0.0, 0.0]
     # the kept vector is still a unit vector, so the estimate can recover later

@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import NetworkMessage
 from ikkuna_tune.subscribers.svcca import BatchedSVCCASubscriber, SVCCASubscriber
 from tests.svcca_reference import textbook_svcca
 
@@ -35,7 +37,7 @@ def _by_hand(model, probe: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"conv": conv.permute(0, 2, 3, 1).reshape(-1, conv.shape[1]), "fc": fc}
 
 
-def _published(bus: ik.MessageBus) -> list[tuple[str, int, int, str, torch.Tensor]]:
+def _published(bus: MessageBus) -> list[tuple[str, int, int, str, torch.Tensor]]:
     got: list[tuple[str, int, int, str, torch.Tensor]] = []
     ik.CallbackSubscriber(
         ["self_similarity"],
@@ -55,7 +57,7 @@ def _train(model, opt, data, steps: int) -> None:
 
 def _setup(model, **kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    bus = ik.MessageBus()
+    bus = MessageBus()
     exporter = ik.Exporter(model, opt, bus)
     return opt, bus, exporter
 
@@ -178,12 +180,12 @@ def test_positions_are_subsampled_to_a_fixed_subset(tiny, data) -> None:
 def test_batched_equals_unbatched(tiny, data) -> None:
     opt, bus, _ = _setup(tiny)
     # a second Exporter on the same model, on its own bus, for the second subscriber
-    bus2 = ik.MessageBus()
+    bus2 = MessageBus()
     ik.Exporter(tiny, message_bus=bus2)
     kwargs = {"max_positions": 100, "seed": 5, "backend": None}
     one = SVCCASubscriber(data, 20, message_bus=bus, **kwargs)
     batched = BatchedSVCCASubscriber(data, 20, 7, message_bus=bus2, **kwargs)
-    source = ik.NetworkMessage("epoch_finished", "default", 0, 0, 0, None)
+    source = NetworkMessage("epoch_finished", "default", 0, 0, 0, None)
     for _ in range(3):
         a, b = one.record(), batched.record()
         assert a.keys() == b.keys()
@@ -313,7 +315,7 @@ def test_state_dict_round_trip_continues_comparing(tiny, data) -> None:
     model.load_state_dict(tiny.state_dict())
     opt2 = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # no shared momentum buffers
-    bus2 = ik.MessageBus()
+    bus2 = MessageBus()
     ik.Exporter(model, opt2, bus2).load_state_dict(exporter.state_dict())
     restored = SVCCASubscriber(data, 10, message_bus=bus2, frequency=3, backend=None)
     restored.load_state_dict(state)
@@ -358,8 +360,8 @@ def test_unattached_subscriber_is_a_deep_copyable_template(tiny, data) -> None:
 # ------------------------------------------------------------------------------ arguments
 def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
     with pytest.raises(ValueError, match="no model to probe: pass `forward_fn`"):
-        SVCCASubscriber(data, 10, message_bus=ik.MessageBus(), backend=None)
-    SVCCASubscriber(data, 10, forward_fn=lambda x: x, message_bus=ik.MessageBus(), backend=None)
+        SVCCASubscriber(data, 10, message_bus=MessageBus(), backend=None)
+    SVCCASubscriber(data, 10, forward_fn=lambda x: x, message_bus=MessageBus(), backend=None)
 
 
 @pytest.mark.parametrize(

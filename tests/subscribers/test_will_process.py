@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import ModuleMessage, NamedModule
 
 
 def test_will_process_follows_tag_and_subsample() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     sub = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=3)
     (subscription,) = sub.subscriptions
     pattern = []
     for step in range(7):
         pattern.append(bus.will_process("weights", "fc"))
-        msg = ik.ModuleMessage(
-            "weights", "default", step, step, 0, None, ik.NamedModule("fc", None)
-        )
+        msg = ModuleMessage("weights", "default", step, step, 0, None, NamedModule("fc", None))
         bus.publish(msg)
     assert pattern == [True, False, False, True, False, False, True]
     assert not bus.will_process("weights", "fc", tag="eval")
@@ -29,15 +29,15 @@ def test_will_process_follows_tag_and_subsample() -> None:
 
 
 def test_synchronized_will_process_counts_bundles() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     sub = ik.CallbackSubscriber(["weights", "weight_updates"], lambda b: None, bus,
                                 synchronized=True, subsample=2)  # fmt: skip
-    fc = ik.NamedModule("fc", None)
+    fc = NamedModule("fc", None)
     pattern = []
     for step in range(4):
         for kind in ("weights", "weight_updates"):
             pattern.append(bus.will_process(kind, "fc"))
-            bus.publish(ik.ModuleMessage(kind, "default", step, step, 0, None, fc))
+            bus.publish(ModuleMessage(kind, "default", step, step, 0, None, fc))
     assert pattern == [True, True, False, False, True, True, False, False]
     assert sub.subscriptions[0].will_process("fc", "weights", "probe") is False
 
@@ -64,13 +64,13 @@ def test_skipped_updates_are_published_without_data(tiny, batch) -> None:
             return False
 
     seen: list = []
-    bus = ik.MessageBus()
+    bus = MessageBus()
     ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=2)
     holder = ik.CallbackSubscriber(["loss"], lambda m: None)
     holder.subscriptions.append(Recorder(holder, ["weight_updates"]))
     holder.attach(bus)
     got = []
-    ik.CallbackSubscriber([ratio.topic], lambda m: got.append(m.global_step), bus)
+    ik.CallbackSubscriber([ratio.published_kind], lambda m: got.append(m.global_step), bus)
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     with ik.Exporter(tiny, opt, bus) as exporter:
         loss_fn = exporter.wrap_loss(F.cross_entropy)
@@ -83,14 +83,14 @@ def test_skipped_updates_are_published_without_data(tiny, batch) -> None:
     assert got == [0, 0, 2, 2, 4, 4]
 
 
-def _weights(step: int, data=None) -> ik.ModuleMessage:
-    return ik.ModuleMessage("weights", "default", step, step, 0, data, ik.NamedModule("fc", None))
+def _weights(step: int, data=None) -> ModuleMessage:
+    return ModuleMessage("weights", "default", step, step, 0, data, NamedModule("fc", None))
 
 
 def test_skip_counts_thinned_messages_like_publishing_them() -> None:
     # one bus publishes everything, the other asks skip() first: both deliver the same steps
     delivered: dict[str, list[int]] = {"all": [], "skip": []}
-    buses = {name: ik.MessageBus(name) for name in delivered}
+    buses = {name: MessageBus(name) for name in delivered}
     for name, bus in buses.items():
         ik.CallbackSubscriber(
             ["weights"], lambda m, name=name: delivered[name].append(m.global_step), bus,
@@ -109,7 +109,7 @@ def test_skip_counts_thinned_messages_like_publishing_them() -> None:
 
 
 def test_skip_never_drops_what_a_bundle_or_another_tag_needs() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     plain = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=2)
     bundles: list = []
     ik.CallbackSubscriber(["weights", "weight_updates"], bundles.append, bus, synchronized=True)
@@ -117,7 +117,7 @@ def test_skip_never_drops_what_a_bundle_or_another_tag_needs() -> None:
         assert not bus.skip("weights", "fc")  # the bundle needs every step's message
         bus.publish(_weights(step))
         bus.publish(
-            ik.ModuleMessage("weight_updates", "default", step, step, 0, None, _weights(0).module)
+            ModuleMessage("weight_updates", "default", step, step, 0, None, _weights(0).module)
         )
     assert [b.global_step for b in bundles] == [0, 1, 2]
     (subscription,) = plain.subscriptions
@@ -146,7 +146,7 @@ def test_skip_with_step_delivers_the_same_bundles(subsample: int, seed: int) -> 
     # reference: every message is built and published; the other bus asks skip() with the step
     # first and builds a message only when some subscription needs it
     got: dict[str, list[tuple[str | None, int]]] = {"all": [], "skip": []}
-    buses = {name: ik.MessageBus(name) for name in got}
+    buses = {name: MessageBus(name) for name in got}
     for name, bus in buses.items():
         ik.CallbackSubscriber(
             ["weights", "weight_gradients"],
@@ -155,11 +155,11 @@ def test_skip_with_step_delivers_the_same_bundles(subsample: int, seed: int) -> 
         )  # fmt: skip
     built = 0
     for step, layer, kind in _stream(seed):
-        module = ik.NamedModule(layer, None)
-        buses["all"].publish(ik.ModuleMessage(kind, "default", step, step, 0, None, module))
+        module = NamedModule(layer, None)
+        buses["all"].publish(ModuleMessage(kind, "default", step, step, 0, None, module))
         if not buses["skip"].skip(kind, layer, "default", step):
             built += 1
-            buses["skip"].publish(ik.ModuleMessage(kind, "default", step, step, 0, None, module))
+            buses["skip"].publish(ModuleMessage(kind, "default", step, step, 0, None, module))
     assert got["skip"] == got["all"]
     assert len(got["all"]) > 2
     if subsample > 1:  # the skipped bundles' messages were never built
@@ -168,7 +168,7 @@ def test_skip_with_step_delivers_the_same_bundles(subsample: int, seed: int) -> 
 
 def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> None:
     built: list[tuple[str, int]] = []
-    bus = ik.MessageBus()
+    bus = MessageBus()
     original = bus.publish
 
     def counting_publish(message) -> None:
@@ -179,7 +179,7 @@ def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> No
     ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=4)
     fc: dict[int, torch.Tensor] = {}
     ik.CallbackSubscriber(
-        [ratio.topic], lambda m: fc.update({m.global_step: m.data}) if m.key == "fc" else None, bus
+        [ratio.published_kind], lambda m: fc.update({m.global_step: m.data}) if m.key == "fc" else None, bus
     )
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     before = []
@@ -228,15 +228,15 @@ def _steady_stream(seed: int, steps: int = 150) -> list[tuple[int, str, str, tup
     return groups
 
 
-def _message(kind: str, step: int, layer: str, tag: str = "default") -> ik.ModuleMessage:
-    return ik.ModuleMessage(kind, tag, step, step, 0, None, ik.NamedModule(layer, None))
+def _message(kind: str, step: int, layer: str, tag: str = "default") -> ModuleMessage:
+    return ModuleMessage(kind, tag, step, step, 0, None, NamedModule(layer, None))
 
 
 def _recording_buses(subsample: int, every_tag: bool) -> tuple[dict, dict]:
     """Two buses with the same subscribers, recording what they deliver: one will get every
     message, the other :meth:`MessageBus.skip_all` first (see :func:`_publish`)."""
     got: dict[str, list[tuple]] = {"all": [], "skip_all": []}
-    buses = {name: ik.MessageBus(name) for name in got}
+    buses = {name: MessageBus(name) for name in got}
     for name, bus in buses.items():
         ik.CallbackSubscriber(
             ["weights", "weight_gradients"],
@@ -310,7 +310,7 @@ def test_counting_without_asking_delivers_what_publishing_everything_delivers(
 
 
 def test_will_process_any_is_will_process_of_some_key() -> None:
-    bus = ik.MessageBus()
+    bus = MessageBus()
     bus_sub = ik.CallbackSubscriber(["weights"], lambda m: None, bus, subsample=2)
     (subscription,) = bus_sub.subscriptions
     subscription.counter[("fc", "weights")] = 1  # fc's next message is thinned out
@@ -328,7 +328,7 @@ def test_skip_all_follows_a_subclass_rule() -> None:
         def needs_data(self, key, kind, tag, step=None) -> bool:
             return key == "conv"
 
-    bus = ik.MessageBus()
+    bus = MessageBus()
     holder = ik.CallbackSubscriber(["loss"], lambda m: None)
     rule = ConvOnly(holder, ["weights"], subsample=3)
     holder.subscriptions.append(rule)
@@ -342,7 +342,7 @@ def test_skip_all_follows_a_subclass_rule() -> None:
 def test_a_steady_run_asks_the_subscriptions_twice_per_period() -> None:
     # every 16th step is delivered; the step after it is counted by asking the subscriptions,
     # which allow the 14 steps up to the next delivery to be only noted
-    bus = ik.MessageBus()
+    bus = MessageBus()
     got = []
     ik.CallbackSubscriber(["weights"], lambda m: got.append((m.key, m.global_step)), bus,
                           subsample=16)  # fmt: skip

@@ -9,6 +9,7 @@ from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from tests.conftest import TinyNet
 from tests.tune.trainables import StepCount, WeightSum, data, train_tiny
 
@@ -167,6 +168,6 @@ def test_bad_trainables_and_specs() -> None:
     with pytest.raises(ValueError, match="Subscriber objects but got int"):
         ik.instrument(train_tiny, [3])  # type: ignore[list-item]
     attached = StepCount()
-    attached.attach(ik.MessageBus())
+    attached.attach(MessageBus())
     with pytest.raises(ValueError, match="already attached to a bus"):
         ik.instrument(train_tiny, [attached])

@@ -69,7 +69,7 @@ def test_instrument_checks_the_templates_kinds_in_the_driver() -> None:
     message = str(caught.value)
     assert message.startswith("ik.instrument: subscriber 2 (CallbackSubscriber")
     assert "Unknown message kind(s) ['weight_sums']; did you mean 'weight_sum'?" in message
-    assert "topics published on this bus: ['weight_sum']" in message
+    assert "kinds published on this bus: ['weight_sum']" in message
     # a subscriber of another's topic must come after it, as when the trial attaches them
     ik.instrument(_train, [WeightSum(), ik.CallbackSubscriber(["weight_sum"], print)])
     with pytest.raises(

@@ -54,16 +54,19 @@ class WeightCosine(ik.Subscriber):
     the weights at the first epoch end) and ``live_fraction`` (always 1).
     """
 
+    uses_model = "probe"  # it reads the layers' weights
+
     def __init__(self) -> None:
-        super().__init__([ik.Subscription(self, ["epoch_finished"])])
-        for topic in ("self_similarity", "init_similarity", "live_fraction"):
-            self._add_publication(topic)
         self.previous: dict[str, torch.Tensor] = {}
         self.initial: dict[str, torch.Tensor] = {}
+        published = ("self_similarity", "init_similarity", "live_fraction")
+        super().__init__(
+            [ik.Subscription(self, ["epoch_finished"])], publishes=dict.fromkeys(published, "DATA")
+        )
 
     def compute(self, message) -> None:
-        exporter = self.message_bus.exporter
-        for name, named in exporter.modules.items():
+        assert self.model_access is not None
+        for name, named in self.model_access.modules.items():
             weight = named.module.weight.detach().flatten().clone()
             if name in self.previous:
                 similarity = F.cosine_similarity(weight, self.previous[name], dim=0)

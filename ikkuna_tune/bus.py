@@ -1,0 +1,461 @@
+"""The per-trial message bus: routes messages from publishers to the subscriptions that want them.
+
+Each bus owns its kinds: it starts with the built-in ones and learns those its subscribers
+publish; nothing is shared between buses. The bus knows subscribers and subscriptions only
+through their public methods and nothing of the Exporter: whoever must follow the subscriptions
+(the Exporter registers hooks only for the kinds somebody wants) adds a :class:`BusListener`.
+
+Examples:
+    >>> from ikkuna_tune.subscribers import CallbackSubscriber
+    >>> bus = MessageBus("demo")
+    >>> seen = []
+    >>> bus.register_subscriber(CallbackSubscriber(["loss"], seen.append))
+    >>> sorted(bus.subscribed_kinds())
+    ['loss']
+    >>> bus.publish_network_message("loss", 0.5, global_step=0, train_step=0, epoch=0)
+    >>> [(m.kind, m.data) for m in seen]
+    [('loss', 0.5)]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
+from ikkuna_tune.messages import (
+    DATA_KINDS,
+    DEFAULT_TAG,
+    META_KINDS,
+    KindType,
+    Message,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+    unknown_kinds_message,
+)
+
+if TYPE_CHECKING:
+    from ikkuna_tune.subscribers.base import Subscriber
+    from ikkuna_tune.subscribers.subscriptions import Subscription
+
+__all__ = ["BusListener", "MessageBus"]
+
+logger = logging.getLogger(__name__)
+
+#: Messages the subsampling fast path of MessageBus.skip_all notes before settling them.
+_MAX_DEFERRED = 4096
+
+
+class BusListener(Protocol):
+    """What follows a bus's subscribers (the Exporter is one): it may refuse a subscriber before
+    it is added, and hears when the subscribers changed."""
+
+    def check_subscriber(self, subscriber: Subscriber) -> None:
+        """Raise ``ValueError`` if ``subscriber`` asks for something this listener cannot give."""
+
+    def subscribers_changed(self, bus: MessageBus) -> None:
+        """Called after a subscriber was added to or removed from ``bus``."""
+
+
+class MessageBus:
+    """Routes messages from publishers (the Exporter, subscribers) to subscriptions.
+
+    Each bus starts with the built-in kinds and learns the kinds its subscribers publish through
+    :meth:`register_kind`. Subscribing to a kind the bus does not know raises ``ValueError``.
+
+    Args:
+        name: a name for logs.
+        log_dir: where the ``'tb'`` backend of this bus writes its event files (default: a new
+            ``runs/<date>_<host>`` directory, as tensorboardX chooses).
+    """
+
+    def __init__(self, name: str = "bus", log_dir: str | Path | None = None) -> None:
+        self.name = name
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self._backends: dict[str, Backend] = {}
+        self._data_kinds: set[str] = set(DATA_KINDS)
+        self._meta_kinds: set[str] = set(META_KINDS)
+        self._kind_owners: dict[str, object] = {}
+        self._subscribers: list[Subscriber] = []
+        self._by_kind: dict[str, list[Subscription]] = {}
+        self._shared: dict[tuple[int, str], tuple[Message, Any]] | None = None
+        # the subsampling fast path (see skip_all): per kind [keys, events left], for the
+        # default tag; and the messages counted that way that the subscriptions have not seen
+        # yet, in publication order
+        self._quiet: dict[str, list[Any]] = {}
+        self._deferred: list[tuple[str, tuple[str | None, ...], str, int]] = []
+        self._listeners: list[BusListener] = []
+
+    # ----------------------------------------------------------------- kinds
+    @property
+    def data_kinds(self) -> frozenset[str]:
+        """Per-layer kinds this bus knows (built-in and registered)."""
+        return frozenset(self._data_kinds)
+
+    @property
+    def meta_kinds(self) -> frozenset[str]:
+        """Network-wide kinds this bus knows (built-in and registered)."""
+        return frozenset(self._meta_kinds)
+
+    @property
+    def known_kinds(self) -> frozenset[str]:
+        return frozenset(self._data_kinds | self._meta_kinds)
+
+    @property
+    def published_kinds(self) -> dict[str, object]:
+        """Kinds registered by subscribers, mapped to the subscriber that publishes each."""
+        return dict(self._kind_owners)
+
+    def register_kind(self, kind: str, type: KindType = "DATA", owner: object = None) -> None:
+        """Add a kind that ``owner`` (a subscriber) publishes: per layer (``'DATA'``) or for the
+        whole network (``'META'``).
+
+        Raises:
+            ValueError: on an empty name, an unknown type, a built-in kind, or a kind another
+                publisher owns.
+        """
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"Expected a non-empty kind name but got {kind!r}")
+        if type not in ("DATA", "META"):
+            raise ValueError(f"Expected kind type 'DATA' or 'META' but got {type!r}")
+        if kind in DATA_KINDS or kind in META_KINDS:
+            raise ValueError(f"{kind!r} is a built-in kind and cannot be registered again")
+        current = self._kind_owners.get(kind)
+        if current is not None and current is not owner:
+            raise ValueError(f"Kind {kind!r} is already published by {current!r}")
+        self._kind_owners[kind] = owner
+        (self._data_kinds if type == "DATA" else self._meta_kinds).add(kind)
+
+    def kind_type(self, kind: str) -> KindType | None:
+        """``'DATA'`` for a per-layer kind, ``'META'`` for a network kind, None if unknown."""
+        if kind in self._data_kinds:
+            return "DATA"
+        return "META" if kind in self._meta_kinds else None
+
+    def deregister_kind(self, kind: str) -> None:
+        """Remove a registered kind (built-in kinds stay)."""
+        if kind in self._kind_owners:
+            del self._kind_owners[kind]
+            self._data_kinds.discard(kind)
+            self._meta_kinds.discard(kind)
+
+    def check_kinds(self, kinds: Iterable[str], asking: object = None) -> None:
+        """Raise ``ValueError`` if any of ``kinds`` is unknown, with a "did you mean", the
+        built-in kinds and the kinds registered here (not those of ``asking``, the subscriber
+        being attached, which registers its own kinds first)."""
+        unknown = [k for k in kinds if k not in self._data_kinds and k not in self._meta_kinds]
+        if unknown:
+            published = [k for k, owner in self._kind_owners.items() if owner is not asking]
+            raise ValueError(unknown_kinds_message(unknown, published))
+
+    # ------------------------------------------------------------- listeners
+    @property
+    def listeners(self) -> tuple[BusListener, ...]:
+        return tuple(self._listeners)
+
+    def add_listener(self, listener: BusListener) -> None:
+        """Let ``listener`` check every subscriber before it is added and hear of changes."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: BusListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # ----------------------------------------------------------- subscribers
+    @property
+    def subscribers(self) -> tuple[Subscriber, ...]:
+        return tuple(self._subscribers)
+
+    def register_subscriber(self, subscriber: Subscriber) -> None:
+        """Attach ``subscriber``: register the kinds it publishes, check the kinds it subscribes
+        to, route messages of those kinds to it, tell the listeners, then call its
+        :meth:`~ikkuna_tune.subscribers.Subscriber.attached` hook. If any of it fails, nothing
+        of it stays.
+
+        Raises:
+            ValueError: if the subscriber is attached somewhere already, publishes a kind
+                another publisher owns, subscribes to a kind this bus does not know, or a
+                listener (or the subscriber's hook) refuses it.
+        """
+        if subscriber.message_bus is not None:
+            raise ValueError(f"{subscriber!r} is already attached to {subscriber.message_bus!r}")
+        registered: list[str] = []
+        try:
+            for kind, type_ in subscriber.publications_on(self).items():
+                self.register_kind(kind, type_, owner=subscriber)
+                registered.append(kind)
+            for subscription in subscriber.subscriptions:
+                self.check_kinds(subscription.kinds, asking=subscriber)
+            for listener in self._listeners:
+                listener.check_subscriber(subscriber)
+        except ValueError:
+            for kind in registered:
+                self.deregister_kind(kind)
+            raise
+        self._settle()  # deferred counts belong to the subscriptions there were
+        self._quiet.clear()
+        self._subscribers.append(subscriber)
+        for subscription in subscriber.subscriptions:
+            subscription.bind(self)
+            for kind in subscription.routed_kinds:
+                self._by_kind.setdefault(kind, []).append(subscription)
+        subscriber.message_bus = self
+        try:
+            self._changed()
+            subscriber.attached(self)
+        except Exception:
+            self.deregister_subscriber(subscriber)
+            raise
+
+    def deregister_subscriber(self, subscriber: Subscriber) -> None:
+        """Detach ``subscriber``: it receives nothing more and the kinds it published are removed.
+
+        Raises:
+            ValueError: if it is not attached to this bus.
+        """
+        if subscriber not in self._subscribers:
+            raise ValueError(f"{subscriber!r} is not registered on this bus")
+        self._settle()
+        self._quiet.clear()
+        self._subscribers.remove(subscriber)
+        for kind, subscriptions in list(self._by_kind.items()):
+            kept = [s for s in subscriptions if s.subscriber is not subscriber]
+            if kept:
+                self._by_kind[kind] = kept
+            else:
+                del self._by_kind[kind]
+        for kind, owner in list(self._kind_owners.items()):
+            if owner is subscriber:
+                self.deregister_kind(kind)
+        subscriber.message_bus = None
+        subscriber.detached(self)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener.subscribers_changed(self)
+
+    def subscribed_kinds(self, tag: str | None = None) -> frozenset[str]:
+        """Kinds that at least one subscription wants (optionally: under ``tag``)."""
+        if tag is None:
+            return frozenset(self._by_kind)
+        return frozenset(
+            kind
+            for kind, subscriptions in self._by_kind.items()
+            if any(s.accepts_tag(tag) for s in subscriptions)
+        )
+
+    def wants(self, kind: str, tag: str = DEFAULT_TAG) -> bool:
+        """Whether any subscription would receive a message of ``kind`` under ``tag``."""
+        subscriptions = self._by_kind.get(kind)
+        return bool(subscriptions) and any(s.accepts_tag(tag) for s in subscriptions)
+
+    def will_process(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+        """Whether a message of ``kind`` for ``key`` (a layer name or ``None``) published now
+        under ``tag`` would be looked at by any subscription (after tag and subsample filters).
+
+        Publishers skip computing the data of messages nobody will look at and publish them with
+        ``data=None``, so that subsampling counts stay right.
+        """
+        return self.will_process_any(kind, (key,), tag)
+
+    def will_process_any(
+        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG
+    ) -> bool:
+        """Whether :meth:`will_process` is true for any of ``keys``."""
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions or not keys:
+            return False
+        quiet = self._quiet.get(kind)
+        if quiet is not None and quiet[1] > 0 and tag == DEFAULT_TAG and quiet[0] == keys:
+            return False
+        self._settle()
+        for subscription in subscriptions:
+            for key in keys:
+                if subscription.will_process(key, kind, tag):
+                    return True
+        return False
+
+    def skip(
+        self, kind: str, key: str | None, tag: str = DEFAULT_TAG, step: int | None = None
+    ) -> bool:
+        """Count a message of ``kind`` for ``key`` under ``tag`` without building it, if no
+        subscription needs its data now (subsampling thins it out, or nobody subscribed).
+
+        ``step`` is the global step the message would carry. Synchronised subscriptions need it
+        to count the bundles they skip; without it they ask for every message of their tag.
+
+        Returns ``True`` when the message is accounted for and must not be published; ``False``
+        when the caller must publish it. Publishers call this first on the hot path, so that a
+        step that subsampling skips costs no message objects and no tensor views.
+        """
+        return self.skip_all(kind, (key,), tag, step)
+
+    def skip_all(
+        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG, step: int | None = None
+    ) -> bool:
+        """:meth:`skip` for messages of ``kind`` for all of ``keys`` at once (the layers of one
+        step): ``True`` when none of them is needed and all are counted, ``False`` when at least
+        one is needed and none is counted (the caller then goes key by key with :meth:`skip`).
+
+        This is what a step that subsampling skips costs, so it has a fast path. After counting
+        messages of ``kind`` for ``keys`` under the default tag, the bus asks each subscription
+        how many more such groups it would only count (:meth:`Subscription.quiet_for`). While
+        that allowance lasts, the same ``keys`` with a step are counted by noting them in a list,
+        without asking any subscription; the subscriptions count the noted messages, in
+        publication order, before they are next asked or sent anything. Subsampling therefore
+        delivers exactly the messages it would deliver if every message were published.
+        """
+        if type(keys) is not tuple:
+            keys = tuple(keys)
+        quiet = self._quiet.get(kind)
+        if (
+            quiet is not None
+            and quiet[1] > 0
+            and step is not None
+            and tag == DEFAULT_TAG
+            and quiet[0] == keys
+        ):
+            quiet[1] -= 1
+            self._deferred.append((kind, quiet[0], tag, step))
+            if len(self._deferred) >= _MAX_DEFERRED:
+                self._settle()
+            return True
+        subscriptions = self._by_kind.get(kind)
+        if not subscriptions or not keys:
+            return True
+        self._changing(kind, tag)
+        for subscription in subscriptions:
+            if subscription.needs_any(keys, kind, tag, step):
+                return False
+        for subscription in subscriptions:
+            subscription.count_all(keys, kind, tag, step)
+        if step is not None and tag == DEFAULT_TAG:
+            allowance = min(s.quiet_for(keys, kind, tag) for s in subscriptions)
+            if allowance > 0:
+                self._quiet[kind] = [keys, allowance]
+        return True
+
+    def _settle(self) -> None:
+        """Let the subscriptions count the messages the fast path of :meth:`skip_all` noted."""
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        by_kind = self._by_kind
+        for kind, keys, tag, step in deferred:
+            for subscription in by_kind.get(kind, ()):
+                subscription.count_all(keys, kind, tag, step)
+
+    def _changing(self, kind: str, tag: str) -> None:
+        """Before a message of ``kind`` under ``tag`` is counted or delivered the slow way:
+        settle the deferred counts and drop the allowances that message may shorten (that of
+        ``kind``; under another tag, every one, since a subscription for all tags counts it
+        and its bundles may complete with it)."""
+        self._settle()
+        if tag == DEFAULT_TAG:
+            self._quiet.pop(kind, None)
+        else:
+            self._quiet.clear()
+
+    # ------------------------------------------------------------ publishing
+    def publish(self, message: Message) -> None:
+        """Deliver ``message`` to every subscription of its kind (synchronously)."""
+        subscriptions = self._by_kind.get(message.kind)
+        if not subscriptions:
+            return
+        if self._deferred or self._quiet:
+            self._changing(message.kind, message.tag)
+        if len(subscriptions) == 1:
+            subscriptions[0].receive_message(message)
+            return
+        outer, self._shared = self._shared, {}
+        try:
+            for subscription in subscriptions:
+                subscription.receive_message(message)
+        finally:
+            self._shared = outer
+
+    def shared(self, message: Message, name: str, fn: Callable[[Any], Any]) -> Any:
+        """``fn(message.data)``, computed once for all the subscribers of one delivery.
+
+        Subscribers that reduce the same message the same way (the L2 norm of ``weights`` for a
+        norm and for an update-to-weight ratio, say) call this with the same ``name`` and share
+        one result while :meth:`publish` hands ``message`` around. Outside a delivery to several
+        subscriptions it just calls ``fn``.
+        """
+        if self._shared is None:
+            return fn(message.data)
+        key = (id(message), name)
+        hit = self._shared.get(key)
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        value = fn(message.data)
+        self._shared[key] = (message, value)
+        return value
+
+    def publish_network_message(
+        self,
+        kind: str,
+        data: Any = None,
+        *,
+        global_step: int,
+        train_step: int,
+        epoch: int,
+        tag: str = DEFAULT_TAG,
+    ) -> None:
+        if kind not in self._meta_kinds:
+            raise ValueError(
+                f"Expected a meta kind {sorted(self._meta_kinds)} but got {kind!r}; "
+                "register it with register_kind(kind, 'META') first"
+            )
+        if kind in self._by_kind:
+            self.publish(NetworkMessage(kind, tag, global_step, train_step, epoch, data))
+
+    def publish_module_message(
+        self,
+        kind: str,
+        module: NamedModule,
+        data: Any,
+        *,
+        global_step: int,
+        train_step: int,
+        epoch: int,
+        tag: str = DEFAULT_TAG,
+    ) -> None:
+        if kind not in self._data_kinds:
+            raise ValueError(
+                f"Expected a data kind {sorted(self._data_kinds)} but got {kind!r}; "
+                "register it with register_kind(kind, 'DATA') first"
+            )
+        if kind in self._by_kind:
+            self.publish(ModuleMessage(kind, tag, global_step, train_step, epoch, data, module))
+
+    # -------------------------------------------------------------- backends
+    def backend(self, name: str | None) -> Backend:
+        """The backend ``name`` of this bus (one per bus, shared by its subscribers)."""
+        if name is None:
+            return NullBackend()
+        if name not in BACKENDS:
+            raise ValueError(f"Expected a backend in {list(BACKENDS)} but got {name!r}")
+        if name not in self._backends:
+            self._backends[name] = TensorBoardBackend(self.log_dir)
+        return self._backends[name]
+
+    def flush(self) -> None:
+        """Write what the backends of this bus have buffered."""
+        self._settle()
+        for backend in self._backends.values():
+            backend.flush()
+
+    def close(self) -> None:
+        """Flush and close the backends of this bus."""
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+    def __repr__(self) -> str:
+        return f"MessageBus({self.name!r}, subscribers={len(self._subscribers)})"

@@ -1,0 +1,339 @@
+"""Subscriptions: which messages a subscriber receives (kinds, a tag, subsampling, bundles).
+
+Examples:
+    >>> from ikkuna_tune.subscribers import CallbackSubscriber
+    >>> sub = CallbackSubscriber(["weights"], print, subsample=10)
+    >>> sub.subscriptions[0]
+    Subscription(kinds=['weights'], tag='default', subsample=10)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ikkuna_tune.checks import check_int
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    Message,
+    MessageBundle,
+    typo_of_builtin_kind,
+    unknown_kinds_message,
+)
+
+if TYPE_CHECKING:
+    from ikkuna_tune.bus import MessageBus
+    from ikkuna_tune.subscribers.base import Subscriber
+
+__all__ = ["Subscription", "SynchronizedSubscription"]
+
+logger = logging.getLogger(__name__)
+
+#: ``quiet_for`` of a subscription that never needs the messages asked about.
+_NEVER = sys.maxsize
+
+
+def _check_kinds(kinds: object) -> tuple[str, ...]:
+    if isinstance(kinds, str) or not isinstance(kinds, Iterable):
+        raise ValueError(f"Expected `kinds` to be a list of message kinds but got {kinds!r}")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ValueError("Expected `kinds` to name at least one message kind but got none")
+    for kind in kinds:
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"Expected every kind to be a non-empty string but got {kind!r}")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"Expected distinct kinds but got {list(kinds)}")
+    # a typo of a built-in kind is an error now; other names may be topics that subscribers
+    # publish, which the bus knows when this subscription is attached to it
+    typos = [kind for kind in kinds if typo_of_builtin_kind(kind) is not None]
+    if typos:
+        raise ValueError(
+            f"{unknown_kinds_message(typos)}. A topic that a subscriber publishes must not be "
+            "named like a typo of a built-in kind"
+        )
+    return kinds
+
+
+class Subscription:
+    """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
+
+    A kind that looks like a typo of a built-in kind (``'weight_gradient'``) raises
+    ``ValueError`` here, with a "did you mean"; any other kind that is not built in must be a
+    topic some subscriber publishes, which the bus checks when the subscriber is attached.
+
+    Args:
+        subscriber: the subscriber that receives the messages.
+        kinds: the message kinds to receive.
+        tag: only messages with this tag are received; ``None`` receives every tag.
+        subsample: process only every ``subsample``-th message per (layer, kind), starting with
+            the first. Counted separately for every kind, so ``subsample=10`` also keeps only every
+            tenth ``epoch_finished``.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        kinds: Sequence[str],
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+    ) -> None:
+        self.kinds = _check_kinds(kinds)
+        if tag is not None and (not isinstance(tag, str) or not tag):
+            raise ValueError(f"Expected `tag` to be a non-empty string or None but got {tag!r}")
+        self.tag = tag
+        self.subsample = check_int("subsample", subsample)
+        self.subscriber = subscriber
+        self.counter: dict[tuple[str | None, str], int] = {}
+        # a subclass with its own receive_message needs every message of its tag (see needs_data)
+        self._own_receive = type(self).receive_message is not Subscription.receive_message
+
+    @property
+    def routed_kinds(self) -> tuple[str, ...]:
+        """Kinds the bus must deliver to this subscription."""
+        return self.kinds
+
+    def bind(self, message_bus: MessageBus) -> None:
+        """Called on attaching to ``message_bus``, after its kinds are checked."""
+
+    def accepts_tag(self, tag: str) -> bool:
+        return self.tag is None or self.tag == tag
+
+    def receive_message(self, message: Message) -> None:
+        """Filter by tag and subsample, then hand the message on."""
+        if self.tag is not None and message.tag != self.tag:
+            return
+        key = (message.key, message.kind)
+        count = self.counter.get(key, 0)
+        self.counter[key] = count + 1
+        if count % self.subsample == 0:
+            self._handle_message(message)
+
+    def _handle_message(self, message: Message) -> None:
+        self.subscriber.receive_message(message)
+
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the next message of ``kind`` for ``key`` (a layer name, or ``None`` for the
+        network) under ``tag`` would reach the subscriber, or be thinned out by tag or subsample.
+
+        Publishers use it to skip computing data nobody looks at (the message is still published,
+        so the counts stay right). A subclass that overrides :meth:`receive_message` must
+        override this as well; until it does, the answer is always ``True``.
+        """
+        # for this class, "looks at the data" and "must be delivered" are the same question
+        return Subscription.needs_data(self, key, kind, tag)
+
+    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        """Whether the next message of ``kind`` for ``key`` under ``tag`` (of global step
+        ``step``, where the publisher knows it) must be delivered, or :meth:`count_only` may
+        stand in for it (it would only move a counter).
+
+        Publishers call it before preparing a message at all. A subclass that overrides
+        :meth:`receive_message` needs every message of its tag unless it overrides this too.
+        """
+        if self.tag is not None and tag != self.tag:
+            return False
+        if self._own_receive:
+            return True
+        return self.counter.get((key, kind), 0) % self.subsample == 0
+
+    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
+        """Account for a message that :meth:`needs_data` said need not be delivered."""
+        if self.tag is not None and tag != self.tag:
+            return
+        counter_key = (key, kind)
+        self.counter[counter_key] = self.counter.get(counter_key, 0) + 1
+
+    def needs_any(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> bool:
+        """Whether :meth:`needs_data` holds for any of ``keys`` (messages of one step)."""
+        if type(self).needs_data is not Subscription.needs_data:  # a subclass's own rule
+            return any(self.needs_data(key, kind, tag, step) for key in keys)
+        if self.tag is not None and tag != self.tag:
+            return False
+        if self._own_receive:
+            return True
+        counter, subsample = self.counter, self.subsample
+        return any(counter.get((key, kind), 0) % subsample == 0 for key in keys)
+
+    def count_all(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> None:
+        """:meth:`count_only` for a message of ``kind`` for each of ``keys``."""
+        if type(self).count_only is not Subscription.count_only:  # a subclass's own counting
+            for key in keys:
+                self.count_only(key, kind, tag, step)
+            return
+        if self.tag is not None and tag != self.tag:
+            return
+        counter = self.counter
+        for key in keys:
+            counter[(key, kind)] = counter.get((key, kind), 0) + 1
+
+    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
+        """How many more messages of ``kind`` for each of ``keys`` under ``tag`` are sure to be
+        only counted (:meth:`needs_data` false), as long as each comes at most once per group.
+
+        The bus counts that many groups without asking again (see
+        :meth:`MessageBus.skip_all`). A lower bound is always safe; a subclass with its own
+        :meth:`needs_data`, :meth:`count_only` or :meth:`receive_message` gets 0 (ask every
+        time) unless it overrides this too.
+        """
+        if self._own_receive or self._own_rules(Subscription):
+            return 0
+        if self.tag is not None and tag != self.tag:
+            return _NEVER
+        counter, subsample = self.counter, self.subsample
+        # the next message for key is number counter[key]; it is needed at a multiple of subsample
+        return min((-counter.get((key, kind), 0)) % subsample for key in keys)
+
+    def _own_rules(self, base: type[Subscription]) -> bool:
+        cls = type(self)
+        return cls.needs_data is not base.needs_data or cls.count_only is not base.count_only
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kinds={list(self.kinds)}, tag={self.tag!r}, "
+            f"subsample={self.subsample})"
+        )
+
+
+class SynchronizedSubscription(Subscription):
+    """Collects the messages of one step into one :class:`MessageBundle` per identifier.
+
+    The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
+    handed to the subscriber as soon as it holds a message of every kind for that step.
+    ``subsample=k`` keeps every k-th complete bundle per identifier. A bundle that is still
+    incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
+
+    A bundle that subsampling will drop is never built: its messages are only counted (which
+    kinds of which step have arrived), so that the completed bundles are counted exactly as if
+    they had been built. Publishers that give the step to :meth:`MessageBus.skip` do not even
+    build those messages.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        kinds: Sequence[str],
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+    ) -> None:
+        super().__init__(subscriber, kinds, tag, subsample)
+        self._open: dict[str | None, MessageBundle] = {}
+        self._rounds: dict[str | None, int] = {}
+        # bundles that will not be delivered: (their step, the kinds that have arrived)
+        self._counted: dict[str | None, tuple[int, set[str]]] = {}
+        self._layer_kinds: tuple[str, ...] = self.kinds
+        self._network_kinds: tuple[str, ...] = self.kinds
+        # a subclass with its own receive_message gets every message of its tag, unless it sets
+        # this to False because its receive_message keeps the bundle rules of this class
+        self._own_sync_receive = (
+            type(self).receive_message is not SynchronizedSubscription.receive_message
+        )
+
+    def bind(self, message_bus: MessageBus) -> None:
+        data = message_bus.data_kinds
+        self._layer_kinds = tuple(k for k in self.kinds if k in data)
+        self._network_kinds = tuple(k for k in self.kinds if k not in data)
+
+    def _delivers(self, key: str | None, tag: str) -> bool:
+        """Whether the bundle now being collected for ``key`` under ``tag`` will be delivered.
+
+        It is iff the count of completed bundles is a multiple of ``subsample`` when it
+        completes, and that count cannot change before it completes.
+        """
+        if self.tag is not None and tag != self.tag:
+            return False
+        return self._rounds.get(key, 0) % self.subsample == 0
+
+    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+        """Whether the bundle the next message for ``key`` joins would be delivered."""
+        if self._own_sync_receive:
+            return self.accepts_tag(tag)
+        return self._delivers(key, tag)
+
+    def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        # without the step a skipped message could not be told apart from the next step's
+        if step is None or self._own_sync_receive:
+            return self.accepts_tag(tag)
+        return self._delivers(key, tag)
+
+    def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
+        if step is not None and self.accepts_tag(tag):
+            self._count(key, kind, step)
+
+    def needs_any(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> bool:
+        if type(self).needs_data is not SynchronizedSubscription.needs_data:
+            return any(self.needs_data(key, kind, tag, step) for key in keys)
+        if step is None or self._own_sync_receive:
+            return self.accepts_tag(tag)
+        if self.tag is not None and tag != self.tag:
+            return False
+        rounds, subsample = self._rounds, self.subsample
+        return any(rounds.get(key, 0) % subsample == 0 for key in keys)
+
+    def count_all(
+        self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
+    ) -> None:
+        if type(self).count_only is not SynchronizedSubscription.count_only:
+            for key in keys:
+                self.count_only(key, kind, tag, step)
+        elif step is not None and self.accepts_tag(tag):
+            for key in keys:
+                self._count(key, kind, step)
+
+    def quiet_for(self, keys: Sequence[str | None], kind: str, tag: str) -> int:
+        """Bundles that subsampling will drop, counted in messages of ``kind`` (a bundle has at
+        most one of each kind per step, so a message of ``kind`` starts at most one new bundle).
+        """
+        if self._own_sync_receive or self._own_rules(SynchronizedSubscription):
+            return 0
+        if self.tag is not None and tag != self.tag:
+            return _NEVER
+        rounds, counted, subsample = self._rounds, self._counted, self.subsample
+        quiet = _NEVER
+        for key in keys:
+            # the bundle the next message of kind joins: the open one, unless it already has one
+            entry = counted.get(key)
+            upcoming = rounds.get(key, 0) + (entry is not None and kind in entry[1])
+            quiet = min(quiet, (-upcoming) % subsample)
+        return quiet
+
+    def _count(self, key: str | None, kind: str, step: int) -> None:
+        """Note that a message of ``kind`` for ``key`` arrived in ``step``, for a bundle that
+        will not be delivered: the same bookkeeping as building it, without the bundle."""
+        entry = self._counted.get(key)
+        if entry is None or entry[0] != step:  # an incomplete bundle of an earlier step is dropped
+            entry = self._counted[key] = (step, set())
+        entry[1].add(kind)
+        if len(entry[1]) == len(self._network_kinds if key is None else self._layer_kinds):
+            del self._counted[key]
+            self._rounds[key] = self._rounds.get(key, 0) + 1
+
+    def receive_message(self, message: Message) -> None:
+        if self.tag is not None and message.tag != self.tag:
+            return
+        key = message.key
+        if self._rounds.get(key, 0) % self.subsample != 0:
+            self._count(key, message.kind, message.global_step)
+            return
+        bundle = self._open.get(key)
+        if bundle is not None and bundle.global_step != message.global_step:
+            logger.debug("Dropping incomplete %r of step %d", bundle, bundle.global_step)
+            bundle = None
+        if bundle is None:
+            kinds = self._network_kinds if key is None else self._layer_kinds
+            bundle = self._open[key] = MessageBundle(key, kinds)
+        # a second message of a kind within one step (gradient accumulation) replaces the first
+        bundle.messages.pop(message.kind, None)
+        bundle.add_message(message)
+        if bundle.complete():
+            del self._open[key]
+            self._rounds[key] = self._rounds.get(key, 0) + 1
+            self.subscriber.receive_message(bundle)
