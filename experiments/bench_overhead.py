@@ -1,7 +1,7 @@
 """What instrumentation costs per training step: plain vs instrumented training of a small CNN.
 
-Trains :class:`~experiments.models.DeepCNN` (``--depth 2`` is SmallCNN: conv 16 -> conv 32 ->
-fc 64 -> fc 10) on the 5,000-image MNIST subset with SGD (momentum 0.9, batch 64) for a fixed
+Trains :class:`~ikkuna_tune.examples.models.DeepCNN` (``--depth 2`` is SmallCNN: conv 16 ->
+conv 32 -> fc 64 -> fc 10) on the 5,000-image MNIST subset with SGD (momentum 0.9, batch 64) for a fixed
 number of steps, three times in one process:
 
 * ``plain``: no Exporter at all;
@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
 log = logging.getLogger("bench_overhead")
@@ -118,7 +119,7 @@ def load_batches(
     return batches
 
 
-def standard_set(bus: ik.MessageBus, subsample: int) -> None:
+def standard_set(bus: MessageBus, subsample: int) -> None:
     """Weight and gradient norms, update-to-weight ratio, loss and train accuracy on ``bus``."""
     ik.NormSubscriber("weights", bus, subsample=subsample)
     ik.NormSubscriber("weight_gradients", bus, subsample=subsample)
@@ -150,12 +151,12 @@ class Run:
         self.model = model
         self.steps_per_epoch = args.steps_per_epoch
         self.step_count = 0
-        self.bus: ik.MessageBus | None = None
+        self.bus: MessageBus | None = None
         self.exporter: ik.Exporter | None = None
         self.state: dict[str, Any] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
         if variant != "plain":
-            self.bus = ik.MessageBus(variant, log_dir=f"{log_dir}/{variant}")
+            self.bus = MessageBus(variant, log_dir=f"{log_dir}/{variant}")
             standard_set(self.bus, 16 if variant == "sub16" else 1)
 
     def begin(self) -> None:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import ikkuna_tune as ik
-from experiments.data import load_digits
-from experiments.models import SmallCNN
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.examples.data import load_digits
+from ikkuna_tune.examples.models import SmallCNN
 
 log = logging.getLogger("example")
 

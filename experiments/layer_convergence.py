@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.examples.data import (
     TORCHVISION_SETS,
     load_dataset,
@@ -194,7 +195,7 @@ def train_run(
     loader = DataLoader(
         train, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    bus = ik.MessageBus(name=f"{model_name}-lr{lr}")
+    bus = MessageBus(name=f"{model_name}-lr{lr}")
     with ik.Exporter(model, opt, bus, module_filter=(nn.Conv2d, nn.Linear)) as exporter:
         layers = list(exporter.modules)
         series: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in layers}

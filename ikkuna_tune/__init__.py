@@ -103,7 +103,7 @@ if TYPE_CHECKING:
 
 #: submodules reachable as attributes (``ik.tune``, ``ik.compare``, ...)
 _SUBMODULES = frozenset(
-    {"backends", "bus", "cli", "compare", "demo", "exporter", "functional", "messages"}
+    {"backends", "bus", "cli", "compare", "exporter", "functional", "messages"}
     | {"subscribers", "tune"}
 )
 

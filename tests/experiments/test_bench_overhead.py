@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import ikkuna_tune as ik
 from experiments import bench_overhead as bo
-from experiments.models import DeepCNN
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.examples.models import DeepCNN
 
 
 def _args() -> argparse.Namespace:

@@ -179,7 +179,9 @@ def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> No
     ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None, subsample=4)
     fc: dict[int, torch.Tensor] = {}
     ik.CallbackSubscriber(
-        [ratio.published_kind], lambda m: fc.update({m.global_step: m.data}) if m.key == "fc" else None, bus
+        [ratio.published_kind],
+        lambda m: fc.update({m.global_step: m.data}) if m.key == "fc" else None,
+        bus,
     )
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     before = []
