@@ -1,8 +1,8 @@
 """What instrumentation costs per training step: plain vs instrumented training of a small CNN.
 
 Trains :class:`~ikkuna_tune.examples.models.DeepCNN` (``--depth 2`` is SmallCNN: conv 16 ->
-conv 32 -> fc 64 -> fc 10) on the 5,000-image MNIST subset with SGD (momentum 0.9, batch 64) for a fixed
-number of steps, three times in one process:
+conv 32 -> fc 64 -> fc 10) on the 5,000-image MNIST subset with SGD (momentum 0.9, batch 64) for
+a fixed number of steps, three times in one process:
 
 * ``plain``: no Exporter at all;
 * ``every``: the standard set every step: weight and gradient norms of every layer, the
