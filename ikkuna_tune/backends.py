@@ -33,12 +33,22 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
 
 
 def safe_tag(*parts: str | None) -> str:
-    """Join ``parts`` with '/' into a TensorBoard tag, replacing characters it does not allow."""
+    """Join ``parts`` with '/' into a TensorBoard tag, replacing characters it does not allow.
+
+    Examples:
+        >>> safe_tag("weights norm", None, "features.0")
+        'weights_norm/features.0'
+    """
     return "/".join(_UNSAFE.sub("_", p) for p in parts if p)
 
 
 def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:
-    """The values of ``(tag, value, step)`` items as floats, one host transfer per device."""
+    """The values of ``(tag, value, step)`` items as floats, one host transfer per device.
+
+    Examples:
+        >>> to_numbers([("loss", torch.tensor(0.5), 0), ("lr", 2, 0)])
+        [0.5, 2.0]
+    """
     numbers: list[float] = [0.0] * len(items)
     by_device: dict[torch.device, list[int]] = {}
     for i, (_, value, _) in enumerate(items):
@@ -54,7 +64,15 @@ def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:
 
 
 class Backend:
-    """Receives scalars and histograms; the base class draws nothing."""
+    """Receives scalars and histograms; the base class draws nothing.
+
+    Examples:
+        >>> class PrintingBackend(Backend):
+        ...     def add_scalar(self, tag, value, step):
+        ...         print(tag, float(value), step)
+        >>> PrintingBackend().add_scalar("loss", torch.tensor(0.25), step=3)
+        loss 0.25 3
+    """
 
     def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
         """Record ``value`` (a 0-d tensor or number) under ``tag`` at ``step``."""
@@ -73,7 +91,14 @@ class Backend:
 
 
 class NullBackend(Backend):
-    """Draws nothing (``backend=None``); computing never depends on a backend."""
+    """Draws nothing (``backend=None``); computing never depends on a backend.
+
+    Examples:
+        >>> backend = NullBackend()
+        >>> backend.add_scalar("loss", 0.5, step=0)  # drawn nowhere
+        >>> backend.flush(), isinstance(backend, Backend)
+        (None, True)
+    """
 
 
 #: Ends the name of every event file ikkuna_tune writes. Event files are named after the second
@@ -87,6 +112,15 @@ class TensorBoardBackend(Backend):
     """Writes tensorboardX event files in one run directory, buffering values until flushed.
 
     The files are named ``events.out.tfevents.<time>.<host>.ikkuna_tune``.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as log_dir:
+        ...     backend = TensorBoardBackend(log_dir)
+        ...     backend.add_scalar("loss", torch.tensor(0.5), step=0)
+        ...     backend.close()  # writes the buffered value
+        ...     [path.name.endswith(EVENT_FILE_SUFFIX) for path in backend.log_dir.iterdir()]
+        [True]
     """
 
     def __init__(self, log_dir: str | Path | None = None) -> None:

@@ -25,21 +25,46 @@ def _is_number(value: object) -> bool:
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum`` (not a bool)."""
+    """``value`` if it is an integer >= ``minimum`` (not a bool).
+
+    Examples:
+        >>> check_int("batch_size", 32)
+        32
+        >>> check_int("patience", 0, minimum=0)
+        0
+        >>> check_int("patience", True)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `patience` to be an integer >= 1 but got True
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}")
     return value
 
 
 def check_fraction(name: str, value: object) -> float:
-    """``value`` as a float if it is a number in (0, 1]."""
+    """``value`` as a float if it is a number in (0, 1].
+
+    Examples:
+        >>> check_fraction("freeze_at", 1)
+        1.0
+        >>> check_fraction("freeze_at", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `freeze_at` to be a number in (0, 1] but got 0
+    """
     if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be a number in (0, 1] but got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
 def check_fraction_or_none(name: str, value: object) -> float | None:
-    """``value`` as a float if it is a number in (0, 1], or None."""
+    """``value`` as a float if it is a number in (0, 1], or None.
+
+    Examples:
+        >>> check_fraction_or_none("threshold", 0.5), check_fraction_or_none("threshold", None)
+        (0.5, None)
+    """
     if value is None:
         return None
     if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
@@ -48,14 +73,28 @@ def check_fraction_or_none(name: str, value: object) -> float | None:
 
 
 def check_nonnegative(name: str, value: object) -> float:
-    """``value`` as a float if it is a number >= 0 (NaN is not)."""
+    """``value`` as a float if it is a number >= 0 (NaN is not).
+
+    Examples:
+        >>> check_nonnegative("tolerance", 0)
+        0.0
+        >>> check_nonnegative("tolerance", float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `tolerance` to be a number >= 0 but got nan
+    """
     if not _is_number(value) or not value >= 0:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
 def check_int_or_epoch(name: str, value: object) -> int | str:
-    """``value`` if it is ``'epoch'`` or an integer >= 1."""
+    """``value`` if it is ``'epoch'`` or an integer >= 1.
+
+    Examples:
+        >>> check_int_or_epoch("frequency", "epoch"), check_int_or_epoch("frequency", 50)
+        ('epoch', 50)
+    """
     if value == "epoch":
         return "epoch"
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -64,7 +103,16 @@ def check_int_or_epoch(name: str, value: object) -> int | str:
 
 
 def check_ylims(ylims: object) -> tuple[float, float] | None:
-    """``ylims`` as a ``(low, high)`` pair of floats with ``low < high``, or None."""
+    """``ylims`` as a ``(low, high)`` pair of floats with ``low < high``, or None.
+
+    Examples:
+        >>> check_ylims([0, 1])
+        (0.0, 1.0)
+        >>> check_ylims((1, 0))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `ylims` to be None or a pair (low, high) with low < high but got (1, 0)
+    """
     if ylims is None:
         return None
     if (

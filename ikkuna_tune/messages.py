@@ -80,6 +80,12 @@ def typo_of_builtin_kind(kind: str) -> str | None:
     two characters longer or shorter (``'weight_gradient'``, ``'wieghts'``, ``'los'``). Names
     built on a kind (``'weight_gradients_norm2'``, ``'bias_updates_mean'``) are longer, and are
     left to the bus, which knows the kinds its subscribers publish.
+
+    Examples:
+        >>> typo_of_builtin_kind("wieghts"), typo_of_builtin_kind("los")
+        ('weights', 'loss')
+        >>> typo_of_builtin_kind("weight_gradients_norm2") is None
+        True
     """
     if kind in BUILTIN_KINDS:
         return None
@@ -91,7 +97,15 @@ def typo_of_builtin_kind(kind: str) -> str | None:
 
 def unknown_kinds_message(unknown: Sequence[str], published: Iterable[str] = ()) -> str:
     """Why ``unknown`` kinds are refused: each with a "did you mean" where one is close, the
-    built-in kinds, and the kinds subscribers publish on the bus (``published``, if any)."""
+    built-in kinds, and the kinds subscribers publish on the bus (``published``, if any).
+
+    Examples:
+        >>> text = unknown_kinds_message(["weights_norm3"], published=["weights_norm2"])
+        >>> text.split(" (")[0]
+        "Unknown message kind(s) ['weights_norm3']; did you mean 'weights_norm2'?"
+        >>> text.endswith("kinds published on this bus: ['weights_norm2'])")
+        True
+    """
     published = sorted(set(published) - BUILTIN_KINDS)
     candidates = sorted(BUILTIN_KINDS) + published
     hints = []
@@ -114,7 +128,15 @@ def unknown_kinds_message(unknown: Sequence[str], published: Iterable[str] = ())
 
 @dataclass(frozen=True, eq=False)
 class NamedModule:
-    """A module together with its name from ``model.named_modules()`` (e.g. ``'features.0'``)."""
+    """A module together with its name from ``model.named_modules()`` (e.g. ``'features.0'``).
+
+    Two are equal when their names are.
+
+    Examples:
+        >>> layer = NamedModule("features.0", torch.nn.Linear(2, 2))
+        >>> layer, layer == NamedModule("features.0", torch.nn.ReLU())
+        (NamedModule(name='features.0'), True)
+    """
 
     name: str
     module: torch.nn.Module = field(repr=False)
@@ -138,6 +160,11 @@ class Message:
         train_step: training step within the current epoch (0-based).
         epoch: the epoch (0-based).
         data: the payload, usually a tensor left on its device.
+
+    Examples:
+        >>> message = Message("loss", DEFAULT_TAG, global_step=7, train_step=2, epoch=1, data=0.5)
+        >>> message.kind, message.epoch, message.data, message.key
+        ('loss', 1, 0.5, None)
     """
 
     kind: str
@@ -155,13 +182,30 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class NetworkMessage(Message):
-    """A message about the whole network (loss, labels, step events, network-wide metrics)."""
+    """A message about the whole network (loss, labels, step events, network-wide metrics).
+
+    Examples:
+        >>> message = NetworkMessage("loss", DEFAULT_TAG, 7, 2, 1, torch.tensor(0.5))
+        >>> message.key is None, message.kind in META_KINDS, float(message.data)
+        (True, True, 0.5)
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class ModuleMessage(Message):
     """A message about one layer; ``module`` names it (call ``k`` of a layer called several
-    times in one forward pass is named ``'<layer>#k'``, see :class:`Exporter`)."""
+    times in one forward pass is named ``'<layer>#k'``, see :class:`Exporter`).
+
+    Examples:
+        >>> fc = NamedModule("fc", torch.nn.Linear(3, 2))
+        >>> message = ModuleMessage("weights", DEFAULT_TAG, 0, 0, 0, fc.module.weight, fc)
+        >>> message.key, tuple(message.data.shape)
+        ('fc', (2, 3))
+        >>> ModuleMessage("weights", DEFAULT_TAG, 0, 0, 0, fc.module.weight, "fc")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `module` to be a NamedModule but got str
+    """
 
     module: NamedModule = field(default=None)  # type: ignore[assignment]
 
@@ -181,6 +225,14 @@ class MessageBundle:
 
     Index a bundle by kind to get that message's data; ``bundle.messages[kind]`` gives the
     message itself.
+
+    Examples:
+        >>> bundle = MessageBundle(None, ["loss", "network_output"])
+        >>> bundle.add_message(NetworkMessage("loss", DEFAULT_TAG, 4, 4, 0, 0.25))
+        >>> bundle, bundle.complete()
+        (MessageBundle(key=None, kinds=['loss']/['loss', 'network_output']), False)
+        >>> bundle["loss"], bundle.global_step, "network_output" in bundle
+        (0.25, 4, False)
     """
 
     def __init__(self, key: str | None, kinds: Iterable[str]) -> None:

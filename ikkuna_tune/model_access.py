@@ -24,7 +24,18 @@ __all__ = ["ModelAccess"]
 
 @runtime_checkable
 class ModelAccess(Protocol):
-    """The model, its tracked layers, a probe context and freezing."""
+    """The model, its tracked layers, a probe context and freezing.
+
+    Examples:
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> with Exporter(model) as exporter:
+        ...     isinstance(exporter, ModelAccess), list(exporter.modules), exporter.frozen
+        (True, ['0', '2'], ())
+        >>> isinstance(model, ModelAccess)  # a bare model offers none of it
+        False
+    """
 
     @property
     def model(self) -> nn.Module:
