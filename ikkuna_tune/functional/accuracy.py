@@ -14,6 +14,12 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
     ``C`` allowed, as for :func:`torch.nn.functional.cross_entropy`): the arg-max over dimension
     1. Shape ``(N,)`` or ``(N, 1)``: one logit per sample for binary classification, predicting
     class 1 where it is positive.
+
+    Examples:
+        >>> predictions(torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2]]))
+        tensor([0, 1, 0])
+        >>> predictions(torch.tensor([-1.0, 2.0]))  # one logit per sample
+        tensor([0, 1])
     """
     if output.dim() == 0:
         raise ValueError("Expected a batch of outputs but got a 0-d tensor")
@@ -32,7 +38,13 @@ def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``(correct, total)``: the number of correct predictions as a 0-d int64 tensor on the
     device (see :func:`correct`), and the number of predictions as a Python int (known from the
-    shapes, so no synchronisation). Sum both over batches for a dataset's accuracy."""
+    shapes, so no synchronisation). Sum both over batches for a dataset's accuracy.
+
+    Examples:
+        >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2]])
+        >>> count_correct(output, torch.tensor([0, 1, 1]))
+        (tensor(2), 3)
+    """
     pred = predictions(output)
     target = _targets(output, target)
     if pred.numel() != target.numel():
@@ -51,6 +63,13 @@ def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Raises:
         ValueError: if predictions and targets do not have the same number of entries.
+
+    Examples:
+        >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2]])
+        >>> correct(output, torch.tensor([0, 1, 1]))
+        tensor(2)
+        >>> correct(output, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]))  # one-hot
+        tensor(2)
     """
     return count_correct(output, target)[0]
 
@@ -60,6 +79,11 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Every sample (every position, for outputs with spatial dimensions) counts once; an empty
     batch has accuracy 0.
+
+    Examples:
+        >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
+        >>> accuracy(output, torch.tensor([0, 1, 1, 1]))
+        tensor(0.7500)
     """
     hits, total = count_correct(output, target)
     return hits.float() / max(1, total)

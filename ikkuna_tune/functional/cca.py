@@ -332,6 +332,14 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
     Raises:
         ValueError: for inputs that are not matrices, hold NaN or inf, have different numbers of
             rows or fewer than two, or live on different devices.
+
+    Examples:
+        >>> x = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+        >>> rho = cca(x, x @ torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]]))
+        >>> rho.dtype, [round(r, 6) for r in rho.tolist()]  # an invertible map of x: all 1
+        (torch.float64, [1.0, 1.0, 1.0])
+        >>> cca(x.numpy(), np.ones((100, 2))).shape  # a constant side: no correlations
+        (0,)
     """
     xt, yt, numpy_out = _prepare(x, y)
     n = xt.shape[0]

@@ -50,12 +50,22 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
 
     Raises:
         ValueError: if ``order`` is not a positive number.
+
+    Examples:
+        >>> x = torch.tensor([[3.0, -4.0]])
+        >>> norm(x), norm(x, order=1), norm(x, order=math.inf)
+        (tensor(5.), tensor(7.), tensor(4.))
     """
     return torch.linalg.vector_norm(_as_float(x), ord=_check_order(order))
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:
-    """The arithmetic mean of all entries of ``x``."""
+    """The arithmetic mean of all entries of ``x``.
+
+    Examples:
+        >>> mean(torch.tensor([[1, 2], [3, 6]]))  # integers are averaged as float32
+        tensor(3.)
+    """
     return _as_float(x).mean()
 
 
@@ -63,6 +73,10 @@ def variance(x: torch.Tensor) -> torch.Tensor:
     """The unbiased sample variance of all entries of ``x``: ``sum (x_i - mean)^2 / (n - 1)``.
 
     NaN when ``x`` has fewer than two entries (as in :func:`torch.var`).
+
+    Examples:
+        >>> variance(torch.tensor([1.0, 2.0, 3.0, 4.0])), variance(torch.tensor([1.0]))
+        (tensor(1.6667), tensor(nan))
     """
     x = _as_float(x)
     if x.numel() < 2:
@@ -75,6 +89,11 @@ def norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tens
 
     With ``numerator`` a step's weight update and ``denominator`` the weights that step started
     from, this is the update-to-weight ratio. Infinite (or NaN for 0/0) when the denominator is 0.
+
+    Examples:
+        >>> weights = torch.tensor([3.0, 4.0])
+        >>> norm_ratio(-0.1 * weights, weights)
+        tensor(0.1000)
     """
     return norm(numerator) / norm(denominator)
 
@@ -86,6 +105,13 @@ def projection_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torc
     Its absolute value is at most :func:`norm_ratio` (equal when the two are parallel). For a
     weight update it is negative when the step shrinks the weights (weight decay) and positive
     when it grows them. Both tensors must have the same number of entries.
+
+    Examples:
+        >>> weights = torch.tensor([3.0, 4.0])
+        >>> projection_ratio(-0.1 * weights, weights)  # the step shrinks the weights
+        tensor(-0.1000)
+        >>> projection_ratio(torch.tensor([4.0, -3.0]), weights)  # at a right angle
+        tensor(0.)
     """
     a = _as_float(numerator).reshape(-1)
     b = _as_float(denominator).reshape(-1)
@@ -121,6 +147,11 @@ def initial_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Te
     Drawn from a private generator so that starting a power iteration never consumes the global
     random state the training loop relies on (dropout, shuffling). Drawn on ``device`` itself
     where it has a generator, so no host-to-device copy (and synchronisation) is needed.
+
+    Examples:
+        >>> u = initial_vector(3, torch.device("cpu"), torch.float64)
+        >>> float(torch.linalg.vector_norm(u)), torch.equal(u, initial_vector(3, "cpu", u.dtype))
+        (1.0, True)
     """
     device = torch.device(device)
     try:
@@ -165,6 +196,15 @@ def spectral_norm(
 
     Raises:
         ValueError: for a 0-d ``x`` or ``n_power_iterations < 1``.
+
+    Examples:
+        >>> w = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+        >>> sigma, u = spectral_norm(w, n_power_iterations=20)
+        >>> round(float(sigma), 4), u.abs().round(decimals=4)
+        (3.0, tensor([1., 0.]))
+        >>> sigma, u = spectral_norm(torch.zeros(2, 2))  # u stays a unit vector
+        >>> float(sigma), round(float(torch.linalg.vector_norm(u)), 4)
+        (0.0, 1.0)
     """
     if (
         isinstance(n_power_iterations, bool)
@@ -206,6 +246,13 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
 
     Raises:
         ValueError: if ``bins < 1`` or ``x`` is empty.
+
+    Examples:
+        >>> counts, edges, stats = histogram(torch.tensor([0.0, 1.0, 1.0, 3.0]), bins=3)
+        >>> counts, edges
+        (tensor([1., 2., 1.]), tensor([0., 1., 2., 3.]))
+        >>> stats  # min, max, count, sum, sum of squares
+        tensor([ 0.,  3.,  4.,  5., 11.])
     """
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"Expected argument `bins` to be an integer >= 1 but got {bins!r}")

@@ -181,6 +181,14 @@ def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99
     either holds a NaN or an infinity the result is NaN; the check stays on the device, so
     (on a GPU) the caller decides when to read the value. Shapes are not validated beyond what
     the linear algebra needs: pass at least 2 matching rows.
+
+    Examples:
+        >>> x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+        >>> round(float(svcca_similarity_or_nan(x, 3.0 * x)), 6)
+        1.0
+        >>> x[0, 0] = math.inf
+        >>> svcca_similarity_or_nan(x, 3.0 * x)
+        tensor(nan, dtype=torch.float64)
     """
     keep = _check_keep(keep)
     x, y = x.detach(), y.detach().to(x.device)
@@ -229,6 +237,15 @@ def svcca_similarity(
 
     Raises:
         ValueError: for ``keep`` outside (0, 1], and for the inputs as in :func:`cca`.
+
+    Examples:
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(200, 4, generator=generator, dtype=torch.float64)
+        >>> rotation, _ = torch.linalg.qr(torch.randn(4, 4, generator=generator, dtype=x.dtype))
+        >>> round(float(svcca_similarity(x, 2.0 * x @ rotation)), 6)
+        1.0
+        >>> float(svcca_similarity(x, torch.randn(200, 4, generator=generator))) < 0.3  # unrelated
+        True
     """
     keep = _check_keep(keep)
     xt, yt, numpy_out = _prepare(x, y)
