@@ -6,12 +6,12 @@ from ikkuna_tune.subscribers.accuracy import (
     TrainAccuracySubscriber,
 )
 from ikkuna_tune.subscribers.base import CallbackSubscriber, PlotSubscriber, Subscriber
+from ikkuna_tune.subscribers.histogram import HistogramSubscriber
+from ikkuna_tune.subscribers.message_mean import MessageMeanSubscriber
+from ikkuna_tune.subscribers.ratio import RatioSubscriber
 from ikkuna_tune.subscribers.stats import (
-    HistogramSubscriber,
     MeanSubscriber,
-    MessageMeanSubscriber,
     NormSubscriber,
-    RatioSubscriber,
     SpectralNormSubscriber,
     VarianceSubscriber,
 )

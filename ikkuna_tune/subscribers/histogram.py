@@ -1,0 +1,89 @@
+"""Histograms of each layer's tensor of one kind, counted on the device and drawn by the
+backend."""
+
+from __future__ import annotations
+
+import torch
+
+from ikkuna_tune import functional as F
+from ikkuna_tune.backends import safe_tag
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_int
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
+from ikkuna_tune.subscribers.base import PlotSubscriber
+from ikkuna_tune.subscribers.kinds import check_tensor_kind
+from ikkuna_tune.subscribers.subscriptions import Subscription
+
+__all__ = ["HistogramSubscriber"]
+
+
+class HistogramSubscriber(PlotSubscriber):
+    """Histograms of each layer's tensor of one kind, drawn by the backend (TensorBoard).
+
+    Counts are computed on the device (:func:`ikkuna_tune.functional.histogram`, ``bins``
+    equal-width bins between the tensor's minimum and maximum) and handed to the backend, which
+    converts them when it flushes. Publishes no message.
+
+    Args:
+        kind: the message kind to bin.
+        subsample: bin every ``subsample``-th message per layer.
+        bins: number of bins (>= 1).
+        per_epoch: bin only the first (sub-sampled) message of each layer in each epoch.
+        Others as for :class:`NormSubscriber`.
+
+    Examples:
+        >>> from ikkuna_tune.bus import MessageBus
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> bus = MessageBus()
+        >>> sub = HistogramSubscriber("weights", bus, backend=None, bins=3)
+        >>> class Shown:  # stands in for TensorBoard
+        ...     def add_histogram(self, tag, counts, edges, stats, step):
+        ...         print(tag, counts.tolist(), edges.tolist()[::3], step)
+        >>> sub.backend = Shown()
+        >>> layer = NamedModule("fc", torch.nn.Linear(1, 1))
+        >>> data = torch.tensor([0.0, 1.0, 1.0, 2.0])
+        >>> bus.publish_module_message("weights", layer, data, global_step=7, train_step=7, epoch=0)
+        weights_histogram/fc [1.0, 2.0, 1.0] [0.0, 2.0] 7
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        backend: str | None = "tb",
+        bins: int = 64,
+        per_epoch: bool = False,
+    ) -> None:
+        self.kind = check_tensor_kind(kind)
+        self.bins = check_int("bins", bins)
+        if not isinstance(per_epoch, bool):
+            raise ValueError(f"Expected `per_epoch` to be True or False but got {per_epoch!r}")
+        self.per_epoch = per_epoch
+        self._last_epoch: dict[str | None, int] = {}
+        super().__init__(
+            [Subscription(self, [kind], tag, subsample)],
+            message_bus,
+            {"title": f"{kind} histogram", "ylabel": "Frequency"},
+            backend,
+        )
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if not isinstance(message_or_bundle, Message):
+            return
+        message = message_or_bundle
+        if not isinstance(message.data, torch.Tensor) or message.data.numel() == 0:
+            return
+        if self.per_epoch:
+            if self._last_epoch.get(message.key) == message.epoch:
+                return
+            self._last_epoch[message.key] = message.epoch
+        counts, edges, stats = F.histogram(message.data, self.bins)
+        self.backend.add_histogram(
+            safe_tag(f"{self.kind}_histogram", message.key),
+            counts,
+            edges,
+            stats,
+            message.global_step,
+        )

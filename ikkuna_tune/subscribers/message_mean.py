@@ -1,0 +1,116 @@
+"""The mean over a step's layers of a per-layer scalar kind (the mean weight norm of the
+network, say), published once per step."""
+
+from __future__ import annotations
+
+import torch
+
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import DEFAULT_TAG, META_KINDS, KindType, Message, MessageBundle
+from ikkuna_tune.subscribers.base import PlotSubscriber, plot_config
+from ikkuna_tune.subscribers.kinds import check_tensor_kind
+from ikkuna_tune.subscribers.subscriptions import Subscription
+
+__all__ = ["MessageMeanSubscriber"]
+
+
+class MessageMeanSubscriber(PlotSubscriber):
+    """The mean over all layers of one step of a per-layer scalar kind, e.g. the mean weight
+    norm over the network from ``'weights_norm2'`` (the name is the original ikkuna's: it
+    averages over the layers' messages of a step, not over time; :class:`MeanSubscriber` is the
+    mean of the entries of each message's tensor).
+
+    Publishes ``{kind}_message_mean`` (network-wide, a 0-d tensor) once per step, when that
+    step's ``batch_finished`` arrives (messages of evaluation tags: at the next
+    ``batch_finished``). Attach it after the subscriber that publishes ``kind``.
+
+    Arguments as for :class:`NormSubscriber` (without ``order``); ``subsample`` thins the
+    per-layer messages.
+
+    Examples:
+        >>> from ikkuna_tune.bus import MessageBus
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber, NormSubscriber
+        >>> bus = MessageBus()
+        >>> _ = NormSubscriber("weights", bus, backend=None)
+        >>> mean = MessageMeanSubscriber("weights_norm2", bus, backend=None)
+        >>> means = []
+        >>> _ = CallbackSubscriber([mean.published_kind], lambda m: means.append(m.data), bus)
+        >>> at = {"global_step": 0, "train_step": 0, "epoch": 0}
+        >>> for name, weights in [("a", [3.0, 4.0]), ("b", [1.0])]:  # norms 5 and 1
+        ...     layer = NamedModule(name, torch.nn.Linear(1, 1))
+        ...     bus.publish_module_message("weights", layer, torch.tensor(weights), **at)
+        >>> bus.publish_network_message("batch_finished", **at)
+        >>> means
+        [tensor(3.)]
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+    ) -> None:
+        self.kind = check_tensor_kind(kind)
+        if kind in META_KINDS:
+            raise ValueError(
+                f"Expected `kind` to be a per-layer kind (such as 'weights_norm2') but got the "
+                f"network kind {kind!r}"
+            )
+        self.published_kind = f"{kind}_message_mean"
+        self._groups: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self._sources: dict[tuple[str, int], Message] = {}
+        super().__init__(
+            [
+                Subscription(self, [kind], tag, subsample),
+                Subscription(self, ["batch_finished"], None),
+            ],
+            message_bus,
+            plot_config(f"{kind}: mean over layers", "Mean", ylims),
+            backend,
+            publishes={self.published_kind: "META"},
+        )
+
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        if self.kind in message_bus.meta_kinds:
+            raise ValueError(
+                f"Expected `kind` to be a per-layer kind but {self.kind!r} is a network kind on "
+                f"{message_bus!r}"
+            )
+        return super().publications_on(message_bus)
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if not isinstance(message_or_bundle, Message):
+            return
+        message = message_or_bundle
+        if message.kind == "batch_finished":
+            self._publish_all()
+            return
+        data = message.data
+        if not isinstance(data, torch.Tensor) or data.numel() != 1:
+            shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+            raise ValueError(
+                f"MessageMeanSubscriber expects one number per message but {message.kind!r} "
+                f"carries {shape}"
+            )
+        key = (message.tag, message.global_step)
+        group = self._groups.get(key)
+        if group is None:
+            # a new step: anything left of an older step of this tag is complete
+            for old in [k for k in self._groups if k[0] == message.tag]:
+                self._publish(old)
+            group = self._groups[key] = []
+        group.append(data.reshape(()))
+        self._sources[key] = message
+
+    def _publish(self, key: tuple[str, int]) -> None:
+        values = self._groups.pop(key)
+        source = self._sources.pop(key)
+        self.publish(self.published_kind, torch.stack(values).float().mean(), source)
+
+    def _publish_all(self) -> None:
+        for key in list(self._groups):
+            self._publish(key)

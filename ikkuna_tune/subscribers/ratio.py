@@ -1,0 +1,177 @@
+"""The ratio of two kinds of the same layer and step (the update-to-weight ratio, say), and the
+subscription that reduces each tensor the moment it arrives."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ikkuna_tune import functional as F
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.messages import (
+    DATA_KINDS,
+    DEFAULT_TAG,
+    META_KINDS,
+    KindType,
+    Message,
+    MessageBundle,
+    ModuleMessage,
+)
+from ikkuna_tune.subscribers.base import PlotSubscriber, Subscriber, plot_config
+from ikkuna_tune.subscribers.kinds import check_tensor_kind, kind_type
+from ikkuna_tune.subscribers.subscriptions import SynchronizedSubscription
+
+__all__ = ["RatioSubscriber"]
+
+
+class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
+    """A :class:`SynchronizedSubscription` that applies ``snapshot`` to each message's tensor the
+    moment it arrives, before the bundle is complete.
+
+    Some messages carry live views: ``weights`` arrive before the forward pass but the bundle
+    completes only after ``optimizer.step()`` has changed them in place. Reducing (or copying) on
+    arrival keeps the values as published. Messages that join a bundle the subsampling will drop
+    are not touched.
+    """
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        kinds: Sequence[str],
+        tag: str | None,
+        subsample: int,
+        snapshot: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        super().__init__(subscriber, kinds, tag, subsample)
+        self.snapshot = snapshot
+        #: the L2 norm is shared with other subscribers of the same message; copies are not
+        self.shared_as = "norm2" if snapshot is F.norm else None
+        # receive_message only adds the snapshot: the bundle rules of the base class hold, so
+        # will_process, needs_data and skipping work as for the base class
+        self._own_sync_receive = False
+
+    def receive_message(self, message: Message) -> None:
+        if self.tag is not None and message.tag != self.tag:
+            return
+        data = message.data
+        if (
+            isinstance(data, torch.Tensor)
+            and self._rounds.get(message.key, 0) % self.subsample == 0
+        ):
+            bus = self.subscriber.message_bus
+            if self.shared_as is not None and bus is not None:
+                data = bus.shared(message, self.shared_as, self.snapshot)
+            else:
+                data = self.snapshot(data)
+            if isinstance(message, ModuleMessage):
+                message = ModuleMessage(
+                    message.kind,
+                    message.tag,
+                    message.global_step,
+                    message.train_step,
+                    message.epoch,
+                    data,
+                    message.module,
+                )
+            else:
+                message = dataclasses.replace(message, data=data)
+        super().receive_message(message)
+
+
+def _snapshot(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone()
+
+
+class RatioSubscriber(PlotSubscriber):
+    """The ratio of two kinds of the same layer and step: ``||k1||_2 / ||k2||_2``.
+
+    With ``kinds=['weight_updates', 'weights']`` this is the update-to-weight ratio
+    ``||W_after - W_before|| / ||W_before||``: the weights are those the step started from (the
+    values its forward pass used), because each tensor's norm is taken the moment its message
+    arrives, before ``optimizer.step()`` changes the weights in place. Publishes
+    ``{k1}_{k2}_ratio`` per layer and step (a 0-d tensor).
+
+    Args:
+        kinds: ``[dividend kind, divisor kind]``.
+        absolute: ``True`` (default): the ratio of L2 norms above, always >= 0. ``False``: the
+            signed ratio ``<k1, k2> / ||k2||^2`` (:func:`ikkuna_tune.functional.projection_ratio`),
+            the component of ``k1`` along ``k2``; negative when an update shrinks the weights.
+            It copies both tensors on arrival instead of reducing them.
+        Others as for :class:`NormSubscriber` (``subsample`` counts whole steps per layer).
+
+    Examples:
+        >>> from ikkuna_tune.bus import MessageBus
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> bus = MessageBus()
+        >>> ratio = RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+        >>> out = []
+        >>> _ = CallbackSubscriber([ratio.published_kind], out.append, bus)
+        >>> fc, step = NamedModule("fc", torch.nn.Linear(2, 1)), {"epoch": 0}
+        >>> for kind, data in [("weights", [3.0, 4.0]), ("weight_updates", [0.3, 0.4])]:
+        ...     bus.publish_module_message(
+        ...         kind, fc, torch.tensor(data), global_step=5, train_step=5, **step
+        ...     )
+        >>> [(m.kind, m.key, m.global_step, m.data) for m in out]
+        [('weight_updates_weights_ratio', 'fc', 5, tensor(0.1000))]
+    """
+
+    def __init__(
+        self,
+        kinds: Sequence[str],
+        message_bus: MessageBus | None = None,
+        tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+        absolute: bool = True,
+    ) -> None:
+        if isinstance(kinds, str) or not isinstance(kinds, Sequence) or len(kinds) != 2:
+            raise ValueError(
+                f"Expected `kinds` to be a list of exactly two message kinds [dividend, divisor] "
+                f"but got {kinds!r}"
+            )
+        k1, k2 = (check_tensor_kind(k, "kinds") for k in kinds)
+        if k1 == k2:
+            raise ValueError(f"Expected two different kinds but got {list(kinds)}")
+        if (k1 in META_KINDS and k2 in DATA_KINDS) or (k1 in DATA_KINDS and k2 in META_KINDS):
+            raise ValueError(
+                f"Expected two per-layer kinds or two network kinds but got {list(kinds)}"
+            )
+        if not isinstance(absolute, bool):
+            raise ValueError(f"Expected `absolute` to be True or False but got {absolute!r}")
+        self.absolute = absolute
+        self._ratio_kinds = (k1, k2)
+        self.published_kind = f"{k1}_{k2}_ratio"
+        subscription = _SnapshotSynchronizedSubscription(
+            self, [k1, k2], tag, subsample, F.norm if absolute else _snapshot
+        )
+        super().__init__(
+            [subscription],
+            message_bus,
+            plot_config(f"{k1}/{k2} ratio per layer", "Ratio", ylims),
+            backend,
+            publishes={self.published_kind: kind_type([k1, k2])},
+        )
+
+    def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
+        meta, data = message_bus.meta_kinds, message_bus.data_kinds
+        k1, k2 = self._ratio_kinds
+        if (k1 in meta and k2 in data) or (k1 in data and k2 in meta):
+            raise ValueError(
+                f"Expected two per-layer kinds or two network kinds but got {k1!r} and "
+                f"{k2!r}: one per layer and one for the network never share a bundle"
+            )
+        return {self.published_kind: kind_type(self._ratio_kinds, message_bus)}
+
+    def compute(self, message_or_bundle: Message | MessageBundle) -> None:
+        if not isinstance(message_or_bundle, MessageBundle):
+            return
+        k1, k2 = self._ratio_kinds
+        if self.absolute:  # the bundle holds the norms taken on arrival
+            ratio = message_or_bundle[k1] / message_or_bundle[k2]
+        else:
+            ratio = F.projection_ratio(message_or_bundle[k1], message_or_bundle[k2])
+        self.publish(self.published_kind, ratio, message_or_bundle)
