@@ -1,11 +1,13 @@
-"""The Exporter: removable hooks on a model (and its optimizer) that publish training on a bus."""
+"""The Exporter: removable hooks on a model (and its optimizer) that publish training on a bus.
+
+The hook handlers themselves (the hot path) are in :mod:`ikkuna_tune.step_hooks`; what the
+Exporter reads of a model (layers, weights and biases, outputs) in :mod:`ikkuna_tune.layers`."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,208 +15,31 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
+from ikkuna_tune.layers import (
+    OUTPUT_KEYS,
+    CopySafeHook,
+    TrackedLayers,
+    assign_parameters,
+    check_optimizers,
+    hold_eval,
+    output_tensor,
+    select_modules,
+)
+from ikkuna_tune.messages import DEFAULT_TAG, NamedModule
+from ikkuna_tune.step_hooks import EVAL_TAG, UPDATE_KINDS, StepHooks
 
 if TYPE_CHECKING:
     from ikkuna_tune.subscribers.base import Subscriber
 
-__all__ = ["EVAL_TAG", "OUTPUT_KEYS", "PROBE_TAG", "Exporter"]
+__all__ = ["EVAL_TAG", "OUTPUT_KEYS", "PROBE_TAG", "Exporter", "select_modules"]
 
 logger = logging.getLogger(__name__)
 
-#: Tag of forward passes the user runs in eval mode or without gradients.
-EVAL_TAG = "eval"
 #: Default tag of the evaluation passes subscribers run through :meth:`Exporter.probe`.
 PROBE_TAG = "probe"
 
-#: The role ('weight' or 'bias') of the parameter each per-parameter kind is about.
-_PARAM_KINDS = {
-    "weights": "weight",
-    "biases": "bias",
-    "weight_gradients": "weight",
-    "bias_gradients": "bias",
-    "weight_updates": "weight",
-    "bias_updates": "bias",
-}
-_ROLES = ("weight", "bias")
-_UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
-_GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
-#: The keys of a network-wide message.
-_NETWORK_KEYS: tuple[None] = (None,)
-#: Keys of a dict output, in order of preference, whose tensor is the output (else its first).
-OUTPUT_KEYS = ("logits", "out")
 
-
-def _own_params(module: nn.Module) -> list[nn.Parameter]:
-    return list(module.parameters(recurse=False))
-
-
-def _no_hook(*args: Any, **kwargs: Any) -> None:
-    """What a copy of a model or optimizer holds in place of an Exporter's hook: nothing."""
-
-
-def _dropped_hook() -> Callable[..., None]:
-    return _no_hook
-
-
-class _Hook(partial):  # type: ignore[type-arg]
-    """A hook the Exporter registers: a ``functools.partial`` (called as fast) that does not
-    survive copying. ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a model or optimizer
-    copy its hook dicts; there, this becomes :func:`_no_hook`, so that a copy never reaches the
-    Exporter, its bus or the bus's backends (a TensorBoard writer cannot be copied)."""
-
-    def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
-        return (_dropped_hook, ())
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
-        return _no_hook
-
-
-class _Layers(dict):  # type: ignore[type-arg]
-    """The tracked layers by name. Looking up the key of a repeated call (``'fc#2'``, see
-    :class:`Exporter`) gives its :class:`NamedModule` too, so that a subscriber can resolve every
-    key it receives, but such keys are not among the dict's keys."""
-
-    def __init__(self, layers: dict[str, NamedModule]) -> None:
-        super().__init__(layers)
-        self.repeats: dict[str, NamedModule] = {}
-
-    def __missing__(self, key: str) -> NamedModule:
-        try:
-            return self.repeats[key]
-        except KeyError:
-            raise KeyError(key) from None
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor that stands for a module's output: the output itself if it is a tensor; for a
-    tuple or list (an LSTM's ``(output, (h, c))``, a ``PackedSequence``) the first tensor found
-    depth-first; for a dict the value of the first of :data:`OUTPUT_KEYS` present, else its first
-    tensor found depth-first; None if there is none."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        for key in OUTPUT_KEYS:
-            value = output.get(key)
-            if isinstance(value, torch.Tensor):
-                return value
-        values: Iterable[Any] = output.values()
-    elif isinstance(output, (tuple, list)):
-        values = output
-    else:
-        return None
-    for value in values:
-        found = _first_tensor(value)
-        if found is not None:
-            return found
-    return None
-
-
-def _is_bias_name(name: str) -> bool:
-    return name == "bias" or name.startswith("bias_") or name.endswith("_bias")
-
-
-def _parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
-    """Which attribute of ``module`` is its weight and which its bias, and the names of its own
-    parameters that are neither.
-
-    ``weight``/``bias`` if the module has them (a parameter or a computed tensor attribute);
-    otherwise its only own parameter not named like a bias is the weight (a ``scale``) and its
-    only one named like a bias (``bias``, ``bias_*``, ``*_bias``) the bias. With several
-    candidates (an LSTM's ``weight_ih_l0``, ``weight_hh_l0``, ...) a role stays empty.
-    """
-    own = list(module._parameters)
-    roles: dict[str, str] = {}
-    for role in _ROLES:
-        if _tensor_attr(module, role) is not None:
-            roles[role] = role
-    free = [n for n in own if n not in roles.values() and module._parameters[n] is not None]
-    if "weight" not in roles:
-        candidates = [n for n in free if not _is_bias_name(n)]
-        if len(candidates) == 1:
-            roles["weight"] = candidates[0]
-    if "bias" not in roles:
-        candidates = [n for n in free if _is_bias_name(n) and n != roles.get("weight")]
-        if len(candidates) == 1:
-            roles["bias"] = candidates[0]
-    left = [n for n in free if n not in roles.values()]
-    return roles, left
-
-
-def _tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
-    """``module.<attr>`` if it is a tensor, else None; a parameter is found without
-    ``nn.Module.__getattr__`` (this runs for every layer on every step)."""
-    value = module._parameters.get(attr)
-    if value is None:
-        value = getattr(module, attr, None)
-    return value if isinstance(value, torch.Tensor) else None
-
-
-def _hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
-    """Forward pre-hook of a frozen layer: it and its submodules run in eval mode, so that
-    ``model.train()`` cannot make a frozen BatchNorm update its running statistics (or a frozen
-    dropout drop)."""
-    for submodule in module.modules():
-        submodule.training = False
-
-
-def _check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:
-    """``optimizer`` (one, a sequence of them, or None) as a tuple of distinct optimizers."""
-    expected = "Expected `optimizer` to be a torch.optim.Optimizer, a sequence of them or None"
-    if optimizer is None:
-        return ()
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return (optimizer,)
-    if isinstance(optimizer, (str, bytes)) or not isinstance(optimizer, Sequence):
-        raise ValueError(f"{expected} but got {type(optimizer).__name__}")
-    optimizers = tuple(optimizer)
-    if not optimizers:
-        raise ValueError(
-            f"Expected `optimizer` to hold at least one optimizer but got an empty "
-            f"{type(optimizer).__name__}"
-        )
-    for item in optimizers:
-        if not isinstance(item, torch.optim.Optimizer):
-            raise ValueError(f"{expected} but got a {type(optimizer).__name__} holding {item!r}")
-    if len({id(o) for o in optimizers}) != len(optimizers):
-        raise ValueError(
-            "Expected distinct optimizers but got the same optimizer twice in "
-            f"{[type(o).__name__ for o in optimizers]}"
-        )
-    return optimizers
-
-
-def select_modules(
-    model: nn.Module,
-    depth: int | None = None,
-    module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
-) -> dict[str, nn.Module]:
-    """Choose the layers an Exporter tracks, in registration order.
-
-    By default: every leaf module that holds parameters. With ``depth=k``: the modules ``k``
-    levels below the model (``'features.0'`` is at depth 2) that hold parameters, plus leaf modules
-    with parameters above that depth. ``module_filter`` keeps only instances of the given
-    class(es), subclasses included.
-    """
-    chosen: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if not name and len(list(model.children())) > 0:
-            continue  # the model itself is a layer only when it has no children
-        level = 0 if not name else name.count(".") + 1
-        is_leaf = not any(True for _ in module.children())
-        if depth is None:
-            take = is_leaf and bool(_own_params(module))
-        else:
-            has_params = any(True for _ in module.parameters())
-            take = has_params and (level == depth or (is_leaf and level < depth))
-        if take and module_filter is not None:
-            take = isinstance(module, module_filter)
-        if take:
-            chosen[name] = module
-    return chosen
-
-
-class Exporter:
+class Exporter(StepHooks):
     """Hooks ``model`` (and its optimizers) and publishes what flows through training.
 
     Per training step it publishes, all with the same step numbers and in this order:
@@ -311,7 +136,7 @@ class Exporter:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module but got {type(model)}")
-        optimizers = _check_optimizers(optimizer)
+        optimizers = check_optimizers(optimizer)
         if message_bus is None:
             message_bus = MessageBus()
         elif not isinstance(message_bus, MessageBus):
@@ -346,7 +171,7 @@ class Exporter:
         self.optimizer: torch.optim.Optimizer | None = optimizers[0] if optimizers else None
         self.message_bus = message_bus
         #: The tracked layers by name (``modules['fc#2']`` also resolves a repeated call).
-        self.modules: dict[str, NamedModule] = _Layers(
+        self.modules: dict[str, NamedModule] = TrackedLayers(
             {n: NamedModule(n, m) for n, m in chosen.items()}
         )
         self._output_fn = output_fn
@@ -376,16 +201,21 @@ class Exporter:
         self._closed = False
         # (name, layer, attribute) of every tracked layer with a weight / a bias, and of those
         # each optimizer steps
-        self._role_layers, self._optimizer_layers = self._assign_parameters()
+        self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
         self._optimizer_names = [
             {role: tuple([name for name, _, _ in entries]) for role, entries in layers.items()}
             for layers in self._optimizer_layers
         ]
 
-        self._base_handles.append(model.register_forward_pre_hook(_Hook(self._on_forward_start)))
-        self._base_handles.append(model.register_forward_hook(_Hook(self._on_forward_end)))
+        self._base_handles.append(
+            model.register_forward_pre_hook(CopySafeHook(self._on_forward_start))
+        )
+        self._base_handles.append(model.register_forward_hook(CopySafeHook(self._on_forward_end)))
         for index, opt in enumerate(optimizers):
-            pre, post = _Hook(self._on_optimizer_pre, index), _Hook(self._on_optimizer_post, index)
+            pre, post = (
+                CopySafeHook(self._on_optimizer_pre, index),
+                CopySafeHook(self._on_optimizer_post, index),
+            )
             self._base_handles.append(opt.register_step_pre_hook(pre))
             self._base_handles.append(opt.register_step_post_hook(post))
         try:
@@ -396,62 +226,6 @@ class Exporter:
             raise
         message_bus.add_listener(self)
         self.subscribers_changed(message_bus)
-
-    def _assign_parameters(
-        self,
-    ) -> tuple[
-        dict[str, list[tuple[str, NamedModule, str]]],
-        list[dict[str, list[tuple[str, NamedModule, str]]]],
-    ]:
-        """Find each layer's weight and bias and the optimizer that steps each; warn once about
-        parameters that get no metrics and layers that no optimizer steps."""
-        role_layers: dict[str, list[tuple[str, NamedModule, str]]] = {r: [] for r in _ROLES}
-        by_optimizer: list[dict[str, list[tuple[str, NamedModule, str]]]] = [
-            {r: [] for r in _ROLES} for _ in self.optimizers
-        ]
-        held = [
-            {id(p) for group in opt.param_groups for p in group["params"]}
-            for opt in self.optimizers
-        ]
-        untracked: dict[str, list[str]] = {}
-        unstepped: dict[str, None] = {}
-        for name, named in self.modules.items():
-            roles, left = _parameter_roles(named.module)
-            if left:
-                untracked[name] = left
-            for role, attr in roles.items():
-                entry = (name, named, attr)
-                role_layers[role].append(entry)
-                if not self.optimizers:
-                    continue
-                tensor = named.module._parameters.get(attr)
-                # a computed weight (a parametrisation) moves with the layer's parameters
-                ids = (
-                    {id(tensor)}
-                    if tensor is not None
-                    else {id(p) for p in named.module.parameters()}
-                )
-                index = next((i for i, h in enumerate(held) if ids & h), None)
-                if index is None:
-                    unstepped[name] = None
-                else:
-                    by_optimizer[index][role].append(entry)
-        if untracked:
-            logger.warning(
-                "These parameters are neither a layer's weight nor its bias and get no weight, "
-                "gradient or update metrics: %s (a layer's weight and bias are its `weight` and "
-                "`bias`, or its only parameters named otherwise)",
-                ", ".join(f"{name!r}: {params}" for name, params in untracked.items()),
-            )
-        if unstepped:
-            logger.warning(
-                "The parameters of layers %s are in none of the %d optimizer(s) given to the "
-                "Exporter: they get no *_gradients and no *_updates messages; pass every "
-                "optimizer that trains the model, Exporter(model, [optimizer1, optimizer2])",
-                list(unstepped),
-                len(self.optimizers),
-            )
-        return role_layers, by_optimizer
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Exporter:
@@ -513,7 +287,7 @@ class Exporter:
 
     def check_kinds(self, kinds: Iterable[str]) -> None:
         """Raise ``ValueError`` if this Exporter cannot publish one of ``kinds``."""
-        needs_optimizer = sorted(k for k in kinds if k in _UPDATE_KINDS)
+        needs_optimizer = sorted(k for k in kinds if k in UPDATE_KINDS)
         if needs_optimizer and not self.optimizers:
             raise ValueError(
                 f"Kinds {needs_optimizer} need the optimizer: pass Exporter(model, optimizer=...)"
@@ -527,286 +301,7 @@ class Exporter:
         Raises:
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
-        if self._output_fn is not None:
-            tensor = self._output_fn(output)
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(
-                    f"Expected `output_fn` to return a tensor for the output of "
-                    f"{type(self.model).__name__} but got {type(tensor).__name__}"
-                )
-            return tensor
-        tensor = _first_tensor(output)
-        if tensor is None:
-            raise ValueError(
-                f"{type(self.model).__name__} returned a {type(output).__name__} with no tensor "
-                "in it, so there is no network_output to publish; pass "
-                "Exporter(..., output_fn=...) to say which tensor is the output"
-            )
-        return tensor
-
-    @staticmethod
-    def _layer_tensor(named: NamedModule, output: Any) -> torch.Tensor:
-        tensor = _first_tensor(output)
-        if tensor is None:
-            raise ValueError(
-                f"Layer {named.name!r} ({type(named.module).__name__}) returned a "
-                f"{type(output).__name__} with no tensor in it, so it has no activations to "
-                "publish; track other layers (depth=, module_filter=)"
-            )
-        return tensor
-
-    # ----------------------------------------------------------------- hooks
-    def _sync_hooks(self) -> None:
-        """Register hooks for the kinds now subscribed, remove those for kinds no longer wanted."""
-        if self._closed:
-            return
-        wanted = self._wanted = self.message_bus.subscribed_kinds()
-        # with an optimizer, parameter gradients are read in its pre-step hook (one Python call
-        # per step); without one, each parameter gets a post-accumulate-grad hook
-        per_param = not self.optimizers
-        groups: dict[str, bool] = {
-            "forward": bool(wanted & {"activations", "layer_gradients"}),
-            **{kind: per_param and kind in wanted for kind in _GRADIENT_KINDS},
-        }
-        self._want_gradients = [] if per_param else [k for k in _GRADIENT_KINDS if k in wanted]
-        self._want_activations = "activations" in wanted
-        self._want_layer_gradients = "layer_gradients" in wanted
-        self._want_params = [k for k in ("weights", "biases") if k in wanted]
-        self._want_updates = [k for k in _UPDATE_KINDS if k in wanted]
-        if not self._want_updates:
-            self._update_before.clear()
-            self._update_buffers.clear()
-            self._zero_updates.clear()
-        for group, on in groups.items():
-            registered = group in self._kind_handles
-            if on and not registered:
-                self._kind_handles[group] = self._register(group)
-            elif registered and not on:
-                for handle in self._kind_handles.pop(group):
-                    handle.remove()
-
-    def _register(self, group: str) -> list[RemovableHandle]:
-        handles = []
-        if group == "forward":
-            for named in self.modules.values():
-                # [the forward pass of the last call, calls in that pass]
-                calls = [-1, 0]
-                hook = _Hook(self._on_layer, named, calls)
-                # the model as its own layer: its activations before its network_output
-                prepend = named.module is self.model
-                handles.append(named.module.register_forward_hook(hook, prepend=prepend))
-            return handles
-        for _name, named, attr in self._role_layers[_GRADIENT_KINDS[group]]:
-            param = named.module._parameters.get(attr)
-            if isinstance(param, nn.Parameter):
-                hook = _Hook(self._on_gradient, group, named)
-                handles.append(param.register_post_accumulate_grad_hook(hook))
-        return handles
-
-    # Publishing on the hot path: ``_due`` first (it counts a message that subsampling thins
-    # out, without building it), then ``_emit_*`` with the data. Only built-in kinds pass here.
-    def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
-        keys = _NETWORK_KEYS if key is None else (key,)
-        return not self.message_bus.skip_all(kind, keys, tag, self.global_step)
-
-    def _publish_layers(
-        self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
-    ) -> None:
-        """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
-        tensor detached; a step that subsampling skips costs one :meth:`MessageBus.skip_all`."""
-        bus, step = self.message_bus, self.global_step
-        if bus.skip_all(kind, tuple([name for name, _, _ in found]), DEFAULT_TAG, step):
-            return
-        for name, named, data in found:
-            if not bus.skip_all(kind, (name,), DEFAULT_TAG, step):
-                self._emit_layer(kind, named, None if data is None else data.detach(), DEFAULT_TAG)
-
-    def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
-        self.message_bus.publish(
-            NetworkMessage(kind, tag, self.global_step, self.train_step, self.epoch, data)
-        )
-
-    def _emit_layer(self, kind: str, named: NamedModule, data: Any, tag: str) -> None:
-        self.message_bus.publish(
-            ModuleMessage(kind, tag, self.global_step, self.train_step, self.epoch, data, named)
-        )
-
-    def _publish_meta(self, kind: str, data: Any = None, tag: str = DEFAULT_TAG) -> None:
-        if kind in self._wanted and self._due(kind, None, tag):
-            self._emit_meta(kind, data, tag)
-
-    def _publish_tensor_meta(self, kind: str, data: Any, tag: str) -> None:
-        """Publish ``data`` (detached if a tensor), unless no subscription needs it now."""
-        if kind in self._wanted and self._due(kind, None, tag):
-            self._emit_meta(kind, data.detach() if isinstance(data, torch.Tensor) else data, tag)
-
-    def _is_training_pass(self) -> bool:
-        return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
-
-    def _on_forward_start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self._passes += 1
-        self._current_pass = self._passes
-        if not self._is_training_pass():
-            self._pass_tag = self._probe_tag or EVAL_TAG
-            if args and isinstance(args[0], torch.Tensor):
-                self._publish_tensor_meta("input_data", args[0], self._pass_tag)
-            return
-        self._pass_tag = DEFAULT_TAG
-        if not (self._step_open and self.optimizers and not self._stepped):
-            self._start_step()
-        if args and isinstance(args[0], torch.Tensor):
-            self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
-
-    def _start_step(self) -> None:
-        self._finish_step()
-        if self._steps_started > 0:
-            self.global_step += 1
-            if self._epoch_open:
-                self.train_step += 1
-        self._steps_started += 1
-        self._step_open = True
-        self._stepped.clear()
-        if not self._epoch_open:
-            self._epoch_open = True
-            self.train_step = 0
-            self._publish_meta("epoch_started")
-        self._publish_meta("batch_started")
-        for kind in self._want_params:
-            found = []
-            for name, named, attr in self._role_layers[_PARAM_KINDS[kind]]:
-                param = _tensor_attr(named.module, attr)
-                if param is not None:
-                    found.append((name, named, param))
-            self._publish_layers(kind, found)
-
-    def _finish_step(self) -> None:
-        if self._step_open:
-            self._step_open = False
-            self._publish_meta("batch_finished")
-
-    def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self._current_pass = 0
-        tag = self._pass_tag
-        if "network_output" in self._wanted and self._due("network_output", None, tag):
-            if self._output_fn is not None or not isinstance(output, torch.Tensor):
-                output = self.output_tensor(output)
-            self._emit_meta("network_output", output.detach(), tag)
-
-    def _repeat(self, named: NamedModule, call: int) -> NamedModule:
-        """The layer as the key of its ``call``-th call in one forward pass (``'fc#2'``)."""
-        repeat = self._repeats.get((named.name, call))
-        if repeat is None:
-            repeat = self._repeats[(named.name, call)] = NamedModule(
-                f"{named.name}#{call}", named.module
-            )
-            self.modules.repeats[repeat.name] = repeat  # type: ignore[attr-defined]
-        return repeat
-
-    def _on_layer(
-        self,
-        named: NamedModule,
-        calls: list[int],
-        module: nn.Module,
-        args: tuple[Any, ...],
-        output: Any,
-    ) -> None:
-        current = self._current_pass
-        if current:  # count the calls within one forward pass of the model
-            if calls[0] == current:
-                calls[1] += 1
-                named = self._repeat(named, calls[1])
-            else:
-                calls[0] = current
-                calls[1] = 1
-        tag = self._pass_tag
-        if not isinstance(output, torch.Tensor):
-            output = self._layer_tensor(named, output)
-        if self._want_activations and self._due("activations", named.name, tag):
-            self._emit_layer("activations", named, output.detach(), tag)
-        if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
-            output.register_hook(partial(self._on_layer_gradient, named))
-
-    def _on_layer_gradient(self, named: NamedModule, grad: torch.Tensor) -> None:
-        if self._due("layer_gradients", named.name):
-            self._emit_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
-
-    def _on_gradient(self, kind: str, named: NamedModule, param: torch.Tensor) -> None:
-        if param.grad is not None and self._due(kind, named.name):
-            self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
-
-    def _on_optimizer_pre(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        layers = self._optimizer_layers[index]
-        for kind in self._want_gradients:
-            found = []
-            for name, named, attr in layers[_GRADIENT_KINDS[kind]]:
-                param = _tensor_attr(named.module, attr)
-                if param is not None and param.grad is not None:
-                    found.append((name, named, param.grad))
-            self._publish_layers(kind, found)
-        bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
-        for kind in self._want_updates:
-            role = _UPDATE_KINDS[kind]
-            if not bus.will_process_any(kind, names[role]):
-                continue
-            for name, named, attr in layers[role]:
-                # an update every subscription would skip (subsampling) is not computed, and
-                # that of a frozen layer is known
-                if name not in frozen and bus.will_process(kind, name):
-                    param = _tensor_attr(named.module, attr)
-                    if param is not None:
-                        key = (name, kind)
-                        self._update_before[key] = self._snapshot(key, param)
-
-    @staticmethod
-    def _buffer_like(
-        store: dict[tuple[str, str], torch.Tensor],
-        key: tuple[str, str],
-        param: torch.Tensor,
-        make: Callable[..., torch.Tensor],
-    ) -> torch.Tensor:
-        """The buffer of ``key`` in ``store``, made by ``make`` (``torch.empty_like`` or
-        ``torch.zeros_like``) when missing or no longer of ``param``'s shape, dtype or device."""
-        buffer = store.get(key)
-        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
-            param.shape,
-            param.dtype,
-            param.device,
-        ):
-            buffer = store[key] = make(param, requires_grad=False)
-        return buffer
-
-    def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
-        """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
-        buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
-        return buffer.copy_(param.detach())
-
-    def _zero_update(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
-        """The update of a frozen parameter: zeros, kept per parameter (no allocation per step)."""
-        return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
-
-    def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        layers, frozen, before_of = self._optimizer_layers[index], self._frozen, self._update_before
-        for kind in self._want_updates:
-            found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
-            for name, named, attr in layers[_UPDATE_KINDS[kind]]:
-                key = (name, kind)
-                before = before_of.pop(key, None)
-                param = _tensor_attr(named.module, attr)
-                if param is None:
-                    continue
-                if name in frozen:
-                    update: torch.Tensor | None = self._zero_update(key, param)
-                elif before is None:
-                    # without a snapshot nobody looks at the update: it is published without data
-                    update = None
-                else:
-                    # written into the snapshot's buffer (no allocation)
-                    update = torch.sub(param.detach(), before, out=before)
-                found.append((name, named, update))
-            self._publish_layers(kind, found)
-        self._stepped.add(index)
-        if len(self._stepped) == len(self.optimizers):
-            self._finish_step()
+        return output_tensor(self.model, output, self._output_fn)
 
     # ------------------------------------------------------- user-facing API
     def publish_labels(self, labels: torch.Tensor) -> None:
@@ -915,10 +410,10 @@ class Exporter:
         for param in params:
             param.requires_grad_(False)
             param.grad = None
-        _hold_eval(named.module, ())
+        hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
             self._freeze_handles[name] = named.module.register_forward_pre_hook(
-                _Hook(_hold_eval), prepend=True
+                CopySafeHook(hold_eval), prepend=True
             )
         self._frozen[name] = None
         self._publish_meta("layer_frozen", name)

@@ -1,0 +1,329 @@
+"""The Exporter's hot path: the hooks that turn each training step into messages on the bus.
+
+:class:`StepHooks` holds what runs inside the model's forward and backward passes and around
+``optimizer.step()``: counting steps and epochs, registering hooks only for the kinds some
+subscriber wants, asking the bus whether a message is due before building it (subsampling), and
+taking weight updates into buffers kept per parameter. The public face of it is
+:class:`~ikkuna_tune.exporter.Exporter`, which sets up the state declared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.layers import CopySafeHook, Entry, layer_tensor, output_tensor, tensor_attr
+from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
+
+__all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "UPDATE_KINDS", "StepHooks"]
+
+#: Tag of forward passes the user runs in eval mode or without gradients.
+EVAL_TAG = "eval"
+#: The role ('weight' or 'bias') of the parameter each per-parameter kind is about.
+PARAM_KINDS = {
+    "weights": "weight",
+    "biases": "bias",
+    "weight_gradients": "weight",
+    "bias_gradients": "bias",
+    "weight_updates": "weight",
+    "bias_updates": "bias",
+}
+UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
+GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
+#: The keys of a network-wide message.
+_NETWORK_KEYS: tuple[None] = (None,)
+
+
+class StepHooks:
+    """The hook handlers and per-step publishing of an Exporter (see the module docstring).
+
+    Every attribute below is set by :class:`~ikkuna_tune.exporter.Exporter`'s constructor.
+    """
+
+    model: nn.Module
+    optimizers: tuple[torch.optim.Optimizer, ...]
+    message_bus: MessageBus
+    modules: dict[str, NamedModule]
+    global_step: int
+    train_step: int
+    epoch: int
+    _output_fn: Callable[[Any], torch.Tensor] | None
+    _steps_started: int
+    _step_open: bool
+    _stepped: set[int]
+    _epoch_open: bool
+    _pass_tag: str
+    _probe_tag: str | None
+    _passes: int
+    _current_pass: int
+    _frozen: dict[str, None]
+    _update_before: dict[tuple[str, str], torch.Tensor]
+    _update_buffers: dict[tuple[str, str], torch.Tensor]
+    _zero_updates: dict[tuple[str, str], torch.Tensor]
+    _repeats: dict[tuple[str, int], NamedModule]
+    _kind_handles: dict[str, list[RemovableHandle]]
+    _want_gradients: list[str]
+    _wanted: frozenset[str]
+    _closed: bool
+    _role_layers: dict[str, list[Entry]]
+    _optimizer_layers: list[dict[str, list[Entry]]]
+    _optimizer_names: list[Mapping[str, tuple[str, ...]]]
+
+    # ----------------------------------------------------------------- hooks
+    def _sync_hooks(self) -> None:
+        """Register hooks for the kinds now subscribed, remove those for kinds no longer wanted."""
+        if self._closed:
+            return
+        wanted = self._wanted = self.message_bus.subscribed_kinds()
+        # with an optimizer, parameter gradients are read in its pre-step hook (one Python call
+        # per step); without one, each parameter gets a post-accumulate-grad hook
+        per_param = not self.optimizers
+        groups: dict[str, bool] = {
+            "forward": bool(wanted & {"activations", "layer_gradients"}),
+            **{kind: per_param and kind in wanted for kind in GRADIENT_KINDS},
+        }
+        self._want_gradients = [] if per_param else [k for k in GRADIENT_KINDS if k in wanted]
+        self._want_activations = "activations" in wanted
+        self._want_layer_gradients = "layer_gradients" in wanted
+        self._want_params = [k for k in ("weights", "biases") if k in wanted]
+        self._want_updates = [k for k in UPDATE_KINDS if k in wanted]
+        if not self._want_updates:
+            self._update_before.clear()
+            self._update_buffers.clear()
+            self._zero_updates.clear()
+        for group, on in groups.items():
+            registered = group in self._kind_handles
+            if on and not registered:
+                self._kind_handles[group] = self._register(group)
+            elif registered and not on:
+                for handle in self._kind_handles.pop(group):
+                    handle.remove()
+
+    def _register(self, group: str) -> list[RemovableHandle]:
+        handles = []
+        if group == "forward":
+            for named in self.modules.values():
+                # [the forward pass of the last call, calls in that pass]
+                calls = [-1, 0]
+                hook = CopySafeHook(self._on_layer, named, calls)
+                # the model as its own layer: its activations before its network_output
+                prepend = named.module is self.model
+                handles.append(named.module.register_forward_hook(hook, prepend=prepend))
+            return handles
+        for _name, named, attr in self._role_layers[GRADIENT_KINDS[group]]:
+            param = named.module._parameters.get(attr)
+            if isinstance(param, nn.Parameter):
+                hook = CopySafeHook(self._on_gradient, group, named)
+                handles.append(param.register_post_accumulate_grad_hook(hook))
+        return handles
+
+    # Publishing on the hot path: ``_due`` first (it counts a message that subsampling thins
+    # out, without building it), then ``_emit_*`` with the data. Only built-in kinds pass here.
+    def _due(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+        keys = _NETWORK_KEYS if key is None else (key,)
+        return not self.message_bus.skip_all(kind, keys, tag, self.global_step)
+
+    def _publish_layers(
+        self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
+    ) -> None:
+        """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
+        tensor detached; a step that subsampling skips costs one :meth:`MessageBus.skip_all`."""
+        bus, step = self.message_bus, self.global_step
+        if bus.skip_all(kind, tuple([name for name, _, _ in found]), DEFAULT_TAG, step):
+            return
+        for name, named, data in found:
+            if not bus.skip_all(kind, (name,), DEFAULT_TAG, step):
+                self._emit_layer(kind, named, None if data is None else data.detach(), DEFAULT_TAG)
+
+    def _emit_meta(self, kind: str, data: Any, tag: str) -> None:
+        self.message_bus.publish(
+            NetworkMessage(kind, tag, self.global_step, self.train_step, self.epoch, data)
+        )
+
+    def _emit_layer(self, kind: str, named: NamedModule, data: Any, tag: str) -> None:
+        self.message_bus.publish(
+            ModuleMessage(kind, tag, self.global_step, self.train_step, self.epoch, data, named)
+        )
+
+    def _publish_meta(self, kind: str, data: Any = None, tag: str = DEFAULT_TAG) -> None:
+        if kind in self._wanted and self._due(kind, None, tag):
+            self._emit_meta(kind, data, tag)
+
+    def _publish_tensor_meta(self, kind: str, data: Any, tag: str) -> None:
+        """Publish ``data`` (detached if a tensor), unless no subscription needs it now."""
+        if kind in self._wanted and self._due(kind, None, tag):
+            self._emit_meta(kind, data.detach() if isinstance(data, torch.Tensor) else data, tag)
+
+    def _is_training_pass(self) -> bool:
+        return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
+
+    def _on_forward_start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._passes += 1
+        self._current_pass = self._passes
+        if not self._is_training_pass():
+            self._pass_tag = self._probe_tag or EVAL_TAG
+            if args and isinstance(args[0], torch.Tensor):
+                self._publish_tensor_meta("input_data", args[0], self._pass_tag)
+            return
+        self._pass_tag = DEFAULT_TAG
+        if not (self._step_open and self.optimizers and not self._stepped):
+            self._start_step()
+        if args and isinstance(args[0], torch.Tensor):
+            self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
+
+    def _start_step(self) -> None:
+        self._finish_step()
+        if self._steps_started > 0:
+            self.global_step += 1
+            if self._epoch_open:
+                self.train_step += 1
+        self._steps_started += 1
+        self._step_open = True
+        self._stepped.clear()
+        if not self._epoch_open:
+            self._epoch_open = True
+            self.train_step = 0
+            self._publish_meta("epoch_started")
+        self._publish_meta("batch_started")
+        for kind in self._want_params:
+            found = []
+            for name, named, attr in self._role_layers[PARAM_KINDS[kind]]:
+                param = tensor_attr(named.module, attr)
+                if param is not None:
+                    found.append((name, named, param))
+            self._publish_layers(kind, found)
+
+    def _finish_step(self) -> None:
+        if self._step_open:
+            self._step_open = False
+            self._publish_meta("batch_finished")
+
+    def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._current_pass = 0
+        tag = self._pass_tag
+        if "network_output" in self._wanted and self._due("network_output", None, tag):
+            if self._output_fn is not None or not isinstance(output, torch.Tensor):
+                output = output_tensor(self.model, output, self._output_fn)
+            self._emit_meta("network_output", output.detach(), tag)
+
+    def _repeat(self, named: NamedModule, call: int) -> NamedModule:
+        """The layer as the key of its ``call``-th call in one forward pass (``'fc#2'``)."""
+        repeat = self._repeats.get((named.name, call))
+        if repeat is None:
+            repeat = self._repeats[(named.name, call)] = NamedModule(
+                f"{named.name}#{call}", named.module
+            )
+            self.modules.repeats[repeat.name] = repeat  # type: ignore[attr-defined]
+        return repeat
+
+    def _on_layer(
+        self,
+        named: NamedModule,
+        calls: list[int],
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+    ) -> None:
+        current = self._current_pass
+        if current:  # count the calls within one forward pass of the model
+            if calls[0] == current:
+                calls[1] += 1
+                named = self._repeat(named, calls[1])
+            else:
+                calls[0] = current
+                calls[1] = 1
+        tag = self._pass_tag
+        if not isinstance(output, torch.Tensor):
+            output = layer_tensor(named, output)
+        if self._want_activations and self._due("activations", named.name, tag):
+            self._emit_layer("activations", named, output.detach(), tag)
+        if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
+            output.register_hook(partial(self._on_layer_gradient, named))
+
+    def _on_layer_gradient(self, named: NamedModule, grad: torch.Tensor) -> None:
+        if self._due("layer_gradients", named.name):
+            self._emit_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
+
+    def _on_gradient(self, kind: str, named: NamedModule, param: torch.Tensor) -> None:
+        if param.grad is not None and self._due(kind, named.name):
+            self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
+
+    def _on_optimizer_pre(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        layers = self._optimizer_layers[index]
+        for kind in self._want_gradients:
+            found = []
+            for name, named, attr in layers[GRADIENT_KINDS[kind]]:
+                param = tensor_attr(named.module, attr)
+                if param is not None and param.grad is not None:
+                    found.append((name, named, param.grad))
+            self._publish_layers(kind, found)
+        bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
+        for kind in self._want_updates:
+            role = UPDATE_KINDS[kind]
+            if not bus.will_process_any(kind, names[role]):
+                continue
+            for name, named, attr in layers[role]:
+                # an update every subscription would skip (subsampling) is not computed, and
+                # that of a frozen layer is known
+                if name not in frozen and bus.will_process(kind, name):
+                    param = tensor_attr(named.module, attr)
+                    if param is not None:
+                        key = (name, kind)
+                        self._update_before[key] = self._snapshot(key, param)
+
+    @staticmethod
+    def _buffer_like(
+        store: dict[tuple[str, str], torch.Tensor],
+        key: tuple[str, str],
+        param: torch.Tensor,
+        make: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        """The buffer of ``key`` in ``store``, made by ``make`` (``torch.empty_like`` or
+        ``torch.zeros_like``) when missing or no longer of ``param``'s shape, dtype or device."""
+        buffer = store.get(key)
+        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
+            param.shape,
+            param.dtype,
+            param.device,
+        ):
+            buffer = store[key] = make(param, requires_grad=False)
+        return buffer
+
+    def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
+        """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
+        buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
+        return buffer.copy_(param.detach())
+
+    def _zero_update(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
+        """The update of a frozen parameter: zeros, kept per parameter (no allocation per step)."""
+        return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
+
+    def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        layers, frozen, before_of = self._optimizer_layers[index], self._frozen, self._update_before
+        for kind in self._want_updates:
+            found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
+            for name, named, attr in layers[UPDATE_KINDS[kind]]:
+                key = (name, kind)
+                before = before_of.pop(key, None)
+                param = tensor_attr(named.module, attr)
+                if param is None:
+                    continue
+                if name in frozen:
+                    update: torch.Tensor | None = self._zero_update(key, param)
+                elif before is None:
+                    # without a snapshot nobody looks at the update: it is published without data
+                    update = None
+                else:
+                    # written into the snapshot's buffer (no allocation)
+                    update = torch.sub(param.detach(), before, out=before)
+                found.append((name, named, update))
+            self._publish_layers(kind, found)
+        self._stepped.add(index)
+        if len(self._stepped) == len(self.optimizers):
+            self._finish_step()
