@@ -40,12 +40,26 @@ FROZEN = keys.FROZEN
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    """The config parameters of a tidy DataFrame from :func:`load`."""
+    """The config parameters of a tidy DataFrame from :func:`load`.
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "frozen", "conv", 0.0), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> config_columns(df)
+        ['lr']
+    """
     return [c for c in df.columns if c not in TIDY_COLUMNS]
 
 
 def metrics(df: pd.DataFrame, per_layer: bool | None = None) -> list[str]:
-    """Metric names in ``df`` (sorted); only per-layer ones, or only network-wide ones."""
+    """Metric names in ``df`` (sorted); only per-layer ones, or only network-wide ones.
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "frozen", "conv", 0.0), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> metrics(df), metrics(df, per_layer=True), metrics(df, per_layer=False)
+        (['frozen', 'loss'], ['frozen'], ['loss'])
+    """
     if per_layer is None:
         names = df["metric"]
     elif per_layer:
@@ -60,6 +74,13 @@ def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
 
     The order is that in which trials report ``frozen/<layer>`` (every tracked layer, in the
     model's order, in every report); layers without it follow in order of first appearance.
+
+    Examples:
+        >>> rows = [("a", 1, "cka", "fc", 0.9), ("a", 1, "frozen", "conv", 0.0)]
+        >>> rows += [("a", 1, "frozen", "fc", 0.0)]
+        >>> df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+        >>> layers(df), layers(df, metric="cka")
+        (['conv', 'fc'], ['fc'])
     """
     rows = df[df["layer"].notna()]
     ordered = list(dict.fromkeys(rows.loc[rows["metric"] == FROZEN, "layer"]))
@@ -75,6 +96,13 @@ def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per trial, per layer: the first ``training_iteration`` whose report says it is frozen.
 
     A layer frozen after a report (as the scheduler does) shows up frozen in the next one.
+
+    Examples:
+        >>> rows = [("a", 1, "frozen", "conv", 0.0), ("a", 1, "frozen", "fc", 0.0)]
+        >>> rows += [("a", 2, "frozen", "conv", 1.0), ("a", 2, "frozen", "fc", 0.0)]
+        >>> df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+        >>> freeze_iterations(df)
+        {'a': {'conv': 2}}
     """
     frozen = df[(df["metric"] == FROZEN) & df["layer"].notna() & (df["value"] > 0)]
     first = frozen.groupby(["trial_id", "layer"], sort=False)["training_iteration"].min()
@@ -85,7 +113,15 @@ def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def iterations_run(df: pd.DataFrame) -> dict[str, int]:
-    """Per trial: the last ``training_iteration`` it reported."""
+    """Per trial: the last ``training_iteration`` it reported.
+
+    Examples:
+        >>> rows = [("a", 1, "frozen", "conv", 0.0), ("a", 1, "frozen", "fc", 0.0)]
+        >>> rows += [("a", 2, "frozen", "conv", 1.0), ("a", 2, "frozen", "fc", 0.0)]
+        >>> df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+        >>> iterations_run(df)
+        {'a': 2}
+    """
     last = df.groupby("trial_id")["training_iteration"].max().to_dict()
     return {str(k): int(v) for k, v in last.items()}
 
@@ -94,7 +130,13 @@ def stopped_early(
     infos: Mapping[str, Mapping[str, Any]], iterations: Mapping[str, int], budget: int | None = None
 ) -> dict[str, bool]:
     """Per trial: Tune stopped it (its last result says ``done``) before it ran ``budget``
-    iterations (default: as many as the longest trial), and it did not fail."""
+    iterations (default: as many as the longest trial), and it did not fail.
+
+    Examples:
+        >>> infos = {"a": {"stopped_by_tune": True}, "b": {"stopped_by_tune": True}, "c": {}}
+        >>> stopped_early(infos, {"a": 3, "b": 10, "c": 10})
+        {'a': True, 'b': False, 'c': False}
+    """
     if budget is None:
         budget = max((int(v) for v in iterations.values()), default=0)
     return {
@@ -108,6 +150,15 @@ def stopped_early(
 
 
 def check_tidy(df: Any) -> None:
+    """Check that ``df`` is a non-empty tidy DataFrame (it has the :data:`TIDY_COLUMNS`).
+
+    Examples:
+        >>> check_tidy(pd.DataFrame([("a", 1, "loss", None, 0.5)], columns=TIDY_COLUMNS))
+        >>> check_tidy(pd.DataFrame(columns=TIDY_COLUMNS))
+        Traceback (most recent call last):
+        ...
+        ValueError: The DataFrame holds no results
+    """
     if not isinstance(df, pd.DataFrame) or not set(TIDY_COLUMNS) <= set(df.columns):
         raise ValueError(
             f"Expected the tidy DataFrame of compare.load (columns {', '.join(TIDY_COLUMNS)}) "
@@ -124,6 +175,15 @@ def check_metric(
 
     With ``allow_empty``, a metric reported without values (``df.attrs["empty_metrics"]``)
     passes too, if of the right kind.
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "frozen", "conv", 0.0), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> check_metric(df, "loss", per_layer=False)
+        >>> check_metric(df, "frozen", per_layer=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: Metric 'frozen' is reported per layer; pick a network-wide metric: loss
     """
     empty = df.attrs.get("empty_metrics", {})
     if isinstance(metric, str) and metric not in set(df["metric"]) and metric in empty:
@@ -154,6 +214,17 @@ def check_metric(
 
 
 def check_color_by(df: pd.DataFrame, color_by: str | None, what: str = "color_by") -> None:
+    """Check that ``color_by`` is None or a config column of ``df`` (``what`` names the argument).
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "frozen", "conv", 0.0), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> check_color_by(df, "lr")
+        >>> check_color_by(df, "momentum", what="style_by")
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown style_by parameter 'momentum'; config columns: lr
+    """
     if color_by is not None and color_by not in config_columns(df):
         raise ValueError(
             f"Unknown {what} parameter {color_by!r}; config columns: "
@@ -162,11 +233,30 @@ def check_color_by(df: pd.DataFrame, color_by: str | None, what: str = "color_by
 
 
 def check_mode(mode: str) -> None:
+    """Check that ``mode`` is ``'max'`` or ``'min'``.
+
+    Examples:
+        >>> check_mode("max")
+        >>> check_mode("best")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `mode` to be 'max' or 'min' but got 'best'
+    """
     if mode not in ("max", "min"):
         raise ValueError(f"Expected `mode` to be 'max' or 'min' but got {mode!r}")
 
 
 def check_budget(budget: int | None) -> None:
+    """Check that ``budget`` is a positive integer (NumPy's too, not a bool) or None.
+
+    Examples:
+        >>> check_budget(None), check_budget(np.int64(10))
+        (None, None)
+        >>> check_budget(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `budget` to be a positive integer or None but got 0
+    """
     if budget is not None and (
         not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget < 1
     ):
@@ -174,7 +264,16 @@ def check_budget(budget: int | None) -> None:
 
 
 def trial_infos(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per-trial facts: from ``df.attrs`` when present, else what the rows tell."""
+    """Per-trial facts: from ``df.attrs`` when present, else what the rows tell.
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "frozen", "conv", 0.0), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> df.attrs["trials"] = {"b": {"status": "TERMINATED"}}
+        >>> infos = trial_infos(df)
+        >>> infos["a"]["config"], infos["a"]["status"], infos["b"]["status"]
+        ({'lr': 0.1}, None, 'TERMINATED')
+    """
     infos = {str(k): dict(v) for k, v in df.attrs.get("trials", {}).items()}
     config = config_columns(df)
     for trial_id, rows in df.groupby("trial_id", sort=False):
@@ -188,7 +287,14 @@ def trial_infos(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
-    """Each trial's value of a config column (None when missing)."""
+    """Each trial's value of a config column (None when missing).
+
+    Examples:
+        >>> rows = [("a", 0.1, 1, "loss", None, 0.5), ("b", None, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> trial_values(df, "lr"), trial_values(df, None)
+        ({'a': 0.1, 'b': None}, {})
+    """
     if column is None:
         return {}
     values = {}
@@ -202,6 +308,12 @@ def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
 
 
 def missing(value: Any) -> bool:
+    """Whether ``value`` is None or NaN (a list or text is not missing).
+
+    Examples:
+        >>> missing(None), missing(float("nan")), missing("relu"), missing([1, 2])
+        (True, True, False, False)
+    """
     try:
         return value is None or bool(pd.isna(value))
     except (TypeError, ValueError):
@@ -209,6 +321,12 @@ def missing(value: Any) -> bool:
 
 
 def sort_key(value: Any) -> tuple[int, Any]:
+    """Orders config values: numbers by value, then text, then None.
+
+    Examples:
+        >>> sorted([None, "relu", 0.1, 2, "elu"], key=sort_key)
+        [0.1, 2, 'elu', 'relu', None]
+    """
     if value is None:
         return (2, "")
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
@@ -217,13 +335,24 @@ def sort_key(value: Any) -> tuple[int, Any]:
 
 
 def shown_value(value: Any) -> str:
-    """A config value as the plots write it (floats to 4 significant digits)."""
+    """A config value as the plots write it (floats to 4 significant digits).
+
+    Examples:
+        >>> shown_value(0.000123456), shown_value(32), shown_value(None)
+        ('0.0001235', '32', '(missing)')
+    """
     if isinstance(value, (float, np.floating)):
         return f"{value:.4g}"
     return "(missing)" if value is None else str(value)
 
 
 def trial_label(trial_id: str, color_by: str | None, value: Any) -> str:
+    """A trial's name in legends: its id, with its ``color_by`` value when there is one.
+
+    Examples:
+        >>> trial_label("a", "lr", 0.001), trial_label("a", None, 0.001)
+        ('a (lr=0.001)', 'a')
+    """
     if color_by is None:
         return trial_id
     return f"{trial_id} ({color_by}={shown_value(value)})"
