@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune import keys
@@ -29,15 +26,10 @@ from ikkuna_tune.checks import check_fraction_or_none, check_int
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
-from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
-from ikkuna_tune.subscribers._device import check_device, device_of
-from ikkuna_tune.subscribers.base import (
-    CallbackSubscriber,
-    PlotSubscriber,
-    Trigger,
-    check_probe_args,
-    plot_config,
-)
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
+from ikkuna_tune.subscribers._device import check_device
+from ikkuna_tune.subscribers.base import PlotSubscriber, Trigger, check_probe_args, plot_config
+from ikkuna_tune.subscribers.probe import ActivationRecorder, draw_probe
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -55,41 +47,6 @@ INIT_TOPIC = keys.INIT_SIMILARITY
 LIVE_TOPIC = keys.LIVE_FRACTION
 
 
-# ------------------------------------------------------------------------------ validation
-
-
-def _draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
-    """``n`` distinct indices drawn with ``seed`` (sorted) and the inputs at them, stacked."""
-    if not isinstance(dataset, (Dataset, torch.Tensor)):
-        raise ValueError(
-            "Expected `dataset` to be a torch Dataset or a tensor of inputs but got "
-            f"{type(dataset).__name__}"
-        )
-    try:
-        size = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise ValueError(
-            f"Expected `dataset` to have a length (a map-style Dataset) but got {dataset!r}"
-        ) from None
-    if n > size:
-        raise ValueError(f"Expected `n` to be at most the data set size {size} but got {n}")
-    indices = np.sort(np.random.default_rng(seed).choice(size, size=n, replace=False))
-    if isinstance(dataset, torch.Tensor):
-        return indices, dataset[torch.from_numpy(indices)].detach().clone()
-    items = []
-    for i in indices.tolist():
-        item = dataset[i]
-        if isinstance(item, (tuple, list)):
-            item = item[0]
-        if not isinstance(item, torch.Tensor):
-            raise ValueError(
-                f"Expected data set items to be tensors or (input, ...) tuples but item {i} is "
-                f"{type(item).__name__}"
-            )
-        items.append(item)
-    return indices, torch.stack(items)
-
-
 class BatchedSVCCASubscriber(PlotSubscriber):
     r"""Publishes each tracked layer's SVCCA self-similarity between consecutive checkpoints.
 
@@ -103,14 +60,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     bookkeeping untouched). The layers' activations arrive as ``activations`` messages under
     ``probe_tag``; the hooks that produce them exist only during the probe.
 
-    **Activation matrices.** A layer output of shape (N, F) gives N rows. A convolution output
-    (N, C, \*S) is folded to (N * prod(S), C): every spatial position of every probe point is a
-    data point and the channels are the features (for ``nn.Linear`` on (N, \*S, F) inputs the
-    last dimension holds the features). When that gives more than ``max_positions`` rows, a
-    fixed random subset of ``max_positions`` rows is used (the same at every checkpoint, seeded
-    by ``seed`` and the layer's name). Only the kept rows of each batch are copied into a
-    per-layer buffer, so memory peaks at one batch of activations plus the buffers of this and
-    the previous checkpoint.
+    **Activation matrices** (:class:`~ikkuna_tune.subscribers.probe.ActivationRecorder`). A
+    layer output of shape (N, F) gives N rows; a convolution output (N, C, \*S) is folded to
+    (N * prod(S), C), at most ``max_positions`` rows of it (a fixed random subset, the same at
+    every checkpoint). Memory peaks at one batch of activations plus the buffers of this and the
+    previous checkpoint.
 
     **Publishing.** ``self_similarity`` (per layer, a 0-d float64 tensor on the activations'
     device) is SVCCA with ``keep`` between this checkpoint's and the previous checkpoint's
@@ -209,11 +163,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.forward_fn = forward_fn
         self.probe_tag = probe_tag
         self.device = check_device(device)
-        self.indices, self.probe_inputs = _draw_probe(dataset, n, seed)
+        self.indices, self.probe_inputs = draw_probe(dataset, n, seed)
+        self._recorder = ActivationRecorder(
+            self.probe_inputs, self.batch_size, self.max_positions, seed, probe_tag
+        )
         self._previous: dict[str, torch.Tensor] | None = None
         self._initial: dict[str, torch.Tensor] | None = None
-        self._selections: dict[tuple[str, int], tuple[np.ndarray, dict[torch.device, torch.Tensor]]]
-        self._selections = {}
         published = [TOPIC, INIT_TOPIC, LIVE_TOPIC] if track_init else [TOPIC]
         super().__init__(
             [Subscription(self, [self.trigger.kind], tag)],
@@ -311,90 +266,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         Each matrix has one row per probe point (per kept position, for folded layers) and one
         column per feature (channel). Nothing is published and no state changes.
         """
-        exporter = self._exporter()
-        model = exporter.model
-        forward = self.forward_fn if self.forward_fn is not None else model
-        device = self.device if self.device is not None else device_of(model)
-        buffers: dict[str, torch.Tensor] = {}
-        position = [0]  # index of the first probe point of the running batch
-
-        def keep_rows(message: Message) -> None:
-            if isinstance(message, ModuleMessage):
-                self._store(buffers, message, position[0])
-
-        recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
-        recorder.attach(exporter.message_bus)
-        try:
-            with exporter.probe(self.probe_tag):
-                for start in range(0, self.n, self.batch_size):
-                    position[0] = start
-                    batch = self.probe_inputs[start : start + self.batch_size]
-                    if device is not None:
-                        batch = batch.to(device, non_blocking=True)
-                    forward(batch)
-        finally:
-            recorder.detach()
-        return buffers
-
-    # ------------------------------------------------------------------- activation rows
-    def _store(self, buffers: dict[str, torch.Tensor], message: ModuleMessage, start: int) -> None:
-        """Copy the kept rows of one batch's activations of one layer into its buffer."""
-        name = message.module.name
-        data = message.data
-        if not isinstance(data, torch.Tensor) or data.dim() == 0:
-            if name not in buffers:
-                logger.warning("Layer %r does not output a tensor; no self-similarity", name)
-            return
-        act = data.detach()
-        batch = act.shape[0]
-        if act.dim() == 1:
-            act = act.unsqueeze(1)
-        if act.dim() == 2:
-            rows, total, features = act, self.n, act.shape[1]
-            lo, hi = start, start + batch
-        else:
-            if isinstance(message.module.module, nn.Linear):
-                act = act.reshape(batch, -1, act.shape[-1])  # (B, P, F): features last
-                features_last = True
-            else:
-                act = act.reshape(batch, act.shape[1], -1)  # (B, C, P): channels first
-                features_last = False
-            positions = act.shape[1] if features_last else act.shape[2]
-            features = act.shape[2] if features_last else act.shape[1]
-            total = self.n * positions
-            chosen = self._selection(name, total)
-            if chosen is None:
-                flat = act if features_last else act.transpose(1, 2)
-                rows = flat.reshape(batch * positions, features)
-                lo, hi = start * positions, (start + batch) * positions
-            else:
-                rows_host, on_device = chosen
-                lo = int(np.searchsorted(rows_host, start * positions))
-                hi = int(np.searchsorted(rows_host, (start + batch) * positions))
-                index = on_device.get(act.device)
-                if index is None:
-                    index = on_device[act.device] = torch.from_numpy(rows_host).to(act.device)
-                local = index[lo:hi] - start * positions
-                sample, place = local // positions, local % positions
-                rows = act[sample, place] if features_last else act[sample, :, place]
-                total = len(rows_host)
-        buffer = buffers.get(name)
-        if buffer is None:
-            buffer = buffers[name] = act.new_empty((total, features))
-        buffer[lo:hi] = rows
-
-    def _selection(
-        self, name: str, total: int
-    ) -> tuple[np.ndarray, dict[torch.device, torch.Tensor]] | None:
-        """The fixed sorted subset of ``max_positions`` of ``total`` rows, or None for all."""
-        if total <= self.max_positions:
-            return None
-        key = (name, total)
-        if key not in self._selections:
-            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-            rows = np.sort(rng.choice(total, size=self.max_positions, replace=False))
-            self._selections[key] = (rows, {})
-        return self._selections[key]
+        return self._recorder.record(self._exporter(), self.forward_fn, self.device)
 
     # ---------------------------------------------------------------------------- freezing
     def _freeze(self, values: dict[str, float]) -> None:

@@ -1,0 +1,221 @@
+"""Draw a fixed probe set from a data set, and record each layer's activations on it as a matrix
+(one row per probe point, or per kept position of a convolution; one column per feature)."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ikkuna_tune.messages import Message, ModuleMessage
+from ikkuna_tune.subscribers._device import device_of
+from ikkuna_tune.subscribers.base import CallbackSubscriber
+
+if TYPE_CHECKING:
+    from ikkuna_tune.model_access import ModelAccess
+
+__all__ = ["ActivationRecorder", "draw_probe"]
+
+logger = logging.getLogger(__name__)
+
+#: A layer's fixed subset of rows: sorted on the host, and the same indices on each device.
+_Rows = tuple[np.ndarray, dict[torch.device, torch.Tensor]]
+
+
+def draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``n`` distinct indices drawn with ``seed`` (sorted) and the inputs at them, stacked.
+
+    ``dataset`` is a map-style torch ``Dataset`` whose items are inputs or ``(input, ...)``
+    tuples, or a tensor of inputs (first dimension: samples).
+
+    Examples:
+        >>> import torch
+        >>> data = torch.arange(10.0).reshape(5, 2)
+        >>> indices, inputs = draw_probe(data, 3, seed=0)
+        >>> bool((inputs == data[torch.from_numpy(indices)]).all()), inputs.shape
+        (True, torch.Size([3, 2]))
+        >>> draw_probe(data, 6, seed=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `n` to be at most the data set size 5 but got 6
+    """
+    if not isinstance(dataset, (Dataset, torch.Tensor)):
+        raise ValueError(
+            "Expected `dataset` to be a torch Dataset or a tensor of inputs but got "
+            f"{type(dataset).__name__}"
+        )
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"Expected `dataset` to have a length (a map-style Dataset) but got {dataset!r}"
+        ) from None
+    if n > size:
+        raise ValueError(f"Expected `n` to be at most the data set size {size} but got {n}")
+    indices = np.sort(np.random.default_rng(seed).choice(size, size=n, replace=False))
+    if isinstance(dataset, torch.Tensor):
+        return indices, dataset[torch.from_numpy(indices)].detach().clone()
+    items = []
+    for i in indices.tolist():
+        item = dataset[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        if not isinstance(item, torch.Tensor):
+            raise ValueError(
+                f"Expected data set items to be tensors or (input, ...) tuples but item {i} is "
+                f"{type(item).__name__}"
+            )
+        items.append(item)
+    return indices, torch.stack(items)
+
+
+class ActivationRecorder:
+    r"""Pushes a probe set through a model and keeps each tracked layer's activation matrix.
+
+    The probe set goes through in batches of ``batch_size`` inside :meth:`ModelAccess.probe`
+    (eval mode, ``torch.no_grad()``, messages tagged ``probe_tag``, step counters untouched); the
+    layers' activations arrive as ``activations`` messages under ``probe_tag``.
+
+    A layer output of shape (N, F) gives N rows. A convolution output (N, C, \*S) is folded to
+    (N * prod(S), C): every spatial position of every probe point is a data point and the
+    channels are the features (for ``nn.Linear`` on (N, \*S, F) inputs the last dimension holds
+    the features). When that gives more than ``max_positions`` rows, a fixed random subset of
+    ``max_positions`` rows is used (the same at every recording, seeded by ``seed`` and the
+    layer's name). Only the kept rows of each batch are copied into a per-layer buffer, so
+    memory peaks at one batch of activations plus the buffers.
+
+    Args:
+        inputs: the probe inputs (first dimension: probe points).
+        batch_size: probe points per forward pass.
+        max_positions: at most this many rows per folded (convolution) layer.
+        seed: seeds, with each layer's name, the subsets of rows.
+        probe_tag: tag of the probe passes' messages.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+        >>> recorder = ActivationRecorder(torch.randn(5, 1, 4, 4), 2, max_positions=12, seed=0)
+        >>> with Exporter(model) as exporter:
+        ...     recorded = recorder.record(exporter)
+        >>> {name: tuple(matrix.shape) for name, matrix in recorded.items()}
+        {'0': (12, 4), '2': (5, 2)}
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        batch_size: int,
+        max_positions: int,
+        seed: int,
+        probe_tag: str = "svcca",
+    ) -> None:
+        self.inputs = inputs
+        self.n = len(inputs)
+        self.batch_size = batch_size
+        self.max_positions = max_positions
+        self.seed = seed
+        self.probe_tag = probe_tag
+        self._selections: dict[tuple[str, int], _Rows] = {}
+
+    def record(
+        self,
+        access: ModelAccess,
+        forward: Callable[[torch.Tensor], Any] | None = None,
+        device: torch.device | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Push the probe set through the model now; the activation matrices by layer name.
+
+        ``forward`` maps a batch of inputs to outputs (by default the model of ``access``; it
+        must run that model, whose hooks record the activations); the inputs go to ``device``
+        (by default the device of the model's parameters). Nothing is published.
+        """
+        model = access.model
+        if forward is None:
+            forward = model
+        if device is None:
+            device = device_of(model)
+        buffers: dict[str, torch.Tensor] = {}
+        position = [0]  # index of the first probe point of the running batch
+
+        def keep_rows(message: Message) -> None:
+            if isinstance(message, ModuleMessage):
+                self._store(buffers, message, position[0])
+
+        recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
+        recorder.attach(access.message_bus)
+        try:
+            with access.probe(self.probe_tag):
+                for start in range(0, self.n, self.batch_size):
+                    position[0] = start
+                    batch = self.inputs[start : start + self.batch_size]
+                    if device is not None:
+                        batch = batch.to(device, non_blocking=True)
+                    forward(batch)
+        finally:
+            recorder.detach()
+        return buffers
+
+    def _store(self, buffers: dict[str, torch.Tensor], message: ModuleMessage, start: int) -> None:
+        """Copy the kept rows of one batch's activations of one layer into its buffer."""
+        name = message.module.name
+        data = message.data
+        if not isinstance(data, torch.Tensor) or data.dim() == 0:
+            if name not in buffers:
+                logger.warning("Layer %r does not output a tensor; no self-similarity", name)
+            return
+        act = data.detach()
+        batch = act.shape[0]
+        if act.dim() == 1:
+            act = act.unsqueeze(1)
+        if act.dim() == 2:
+            rows, total, features = act, self.n, act.shape[1]
+            lo, hi = start, start + batch
+        else:
+            if isinstance(message.module.module, nn.Linear):
+                act = act.reshape(batch, -1, act.shape[-1])  # (B, P, F): features last
+                features_last = True
+            else:
+                act = act.reshape(batch, act.shape[1], -1)  # (B, C, P): channels first
+                features_last = False
+            positions = act.shape[1] if features_last else act.shape[2]
+            features = act.shape[2] if features_last else act.shape[1]
+            total = self.n * positions
+            chosen = self._selection(name, total)
+            if chosen is None:
+                flat = act if features_last else act.transpose(1, 2)
+                rows = flat.reshape(batch * positions, features)
+                lo, hi = start * positions, (start + batch) * positions
+            else:
+                rows_host, on_device = chosen
+                lo = int(np.searchsorted(rows_host, start * positions))
+                hi = int(np.searchsorted(rows_host, (start + batch) * positions))
+                index = on_device.get(act.device)
+                if index is None:
+                    index = on_device[act.device] = torch.from_numpy(rows_host).to(act.device)
+                local = index[lo:hi] - start * positions
+                sample, place = local // positions, local % positions
+                rows = act[sample, place] if features_last else act[sample, :, place]
+                total = len(rows_host)
+        buffer = buffers.get(name)
+        if buffer is None:
+            buffer = buffers[name] = act.new_empty((total, features))
+        buffer[lo:hi] = rows
+
+    def _selection(self, name: str, total: int) -> _Rows | None:
+        """The fixed sorted subset of ``max_positions`` of ``total`` rows, or None for all."""
+        if total <= self.max_positions:
+            return None
+        key = (name, total)
+        if key not in self._selections:
+            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+            rows = np.sort(rng.choice(total, size=self.max_positions, replace=False))
+            self._selections[key] = (rows, {})
+        return self._selections[key]
