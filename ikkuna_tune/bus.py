@@ -20,22 +20,13 @@ Examples:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
-from ikkuna_tune.messages import (
-    DATA_KINDS,
-    DEFAULT_TAG,
-    META_KINDS,
-    KindType,
-    Message,
-    ModuleMessage,
-    NamedModule,
-    NetworkMessage,
-    unknown_kinds_message,
-)
+from ikkuna_tune.kind_registry import KindRegistry
+from ikkuna_tune.messages import DEFAULT_TAG, Message, ModuleMessage, NamedModule, NetworkMessage
 
 if TYPE_CHECKING:
     from ikkuna_tune.subscribers.base import Subscriber
@@ -60,7 +51,7 @@ class BusListener(Protocol):
         """Called after a subscriber was added to or removed from ``bus``."""
 
 
-class MessageBus:
+class MessageBus(KindRegistry):
     """Routes messages from publishers (the Exporter, subscribers) to subscriptions.
 
     Each bus starts with the built-in kinds and learns the kinds its subscribers publish through
@@ -73,12 +64,10 @@ class MessageBus:
     """
 
     def __init__(self, name: str = "bus", log_dir: str | Path | None = None) -> None:
+        super().__init__()
         self.name = name
         self.log_dir = None if log_dir is None else Path(log_dir)
         self._backends: dict[str, Backend] = {}
-        self._data_kinds: set[str] = set(DATA_KINDS)
-        self._meta_kinds: set[str] = set(META_KINDS)
-        self._kind_owners: dict[str, object] = {}
         self._subscribers: list[Subscriber] = []
         self._by_kind: dict[str, list[Subscription]] = {}
         self._shared: dict[tuple[int, str], tuple[Message, Any]] | None = None
@@ -88,68 +77,6 @@ class MessageBus:
         self._quiet: dict[str, list[Any]] = {}
         self._deferred: list[tuple[str, tuple[str | None, ...], str, int]] = []
         self._listeners: list[BusListener] = []
-
-    # ----------------------------------------------------------------- kinds
-    @property
-    def data_kinds(self) -> frozenset[str]:
-        """Per-layer kinds this bus knows (built-in and registered)."""
-        return frozenset(self._data_kinds)
-
-    @property
-    def meta_kinds(self) -> frozenset[str]:
-        """Network-wide kinds this bus knows (built-in and registered)."""
-        return frozenset(self._meta_kinds)
-
-    @property
-    def known_kinds(self) -> frozenset[str]:
-        return frozenset(self._data_kinds | self._meta_kinds)
-
-    @property
-    def published_kinds(self) -> dict[str, object]:
-        """Kinds registered by subscribers, mapped to the subscriber that publishes each."""
-        return dict(self._kind_owners)
-
-    def register_kind(self, kind: str, type: KindType = "DATA", owner: object = None) -> None:
-        """Add a kind that ``owner`` (a subscriber) publishes: per layer (``'DATA'``) or for the
-        whole network (``'META'``).
-
-        Raises:
-            ValueError: on an empty name, an unknown type, a built-in kind, or a kind another
-                publisher owns.
-        """
-        if not isinstance(kind, str) or not kind:
-            raise ValueError(f"Expected a non-empty kind name but got {kind!r}")
-        if type not in ("DATA", "META"):
-            raise ValueError(f"Expected kind type 'DATA' or 'META' but got {type!r}")
-        if kind in DATA_KINDS or kind in META_KINDS:
-            raise ValueError(f"{kind!r} is a built-in kind and cannot be registered again")
-        current = self._kind_owners.get(kind)
-        if current is not None and current is not owner:
-            raise ValueError(f"Kind {kind!r} is already published by {current!r}")
-        self._kind_owners[kind] = owner
-        (self._data_kinds if type == "DATA" else self._meta_kinds).add(kind)
-
-    def kind_type(self, kind: str) -> KindType | None:
-        """``'DATA'`` for a per-layer kind, ``'META'`` for a network kind, None if unknown."""
-        if kind in self._data_kinds:
-            return "DATA"
-        return "META" if kind in self._meta_kinds else None
-
-    def deregister_kind(self, kind: str) -> None:
-        """Remove a registered kind (built-in kinds stay)."""
-        if kind in self._kind_owners:
-            del self._kind_owners[kind]
-            self._data_kinds.discard(kind)
-            self._meta_kinds.discard(kind)
-
-    def check_kinds(self, kinds: Iterable[str], asking: object = None) -> None:
-        """Raise ``ValueError`` if any of ``kinds`` is unknown, with a "did you mean", the
-        built-in kinds and the kinds registered here (not those of ``asking``, the subscriber
-        being attached, which registers its own kinds first)."""
-        unknown = [k for k in kinds if k not in self._data_kinds and k not in self._meta_kinds]
-        if unknown:
-            published = [k for k, owner in self._kind_owners.items() if owner is not asking]
-            raise ValueError(unknown_kinds_message(unknown, published))
 
     # ------------------------------------------------------------- listeners
     @property
@@ -301,6 +228,14 @@ class MessageBus:
         """:meth:`skip` for messages of ``kind`` for all of ``keys`` at once (the layers of one
         step): ``True`` when none of them is needed and all are counted, ``False`` when at least
         one is needed and none is counted (the caller then goes key by key with :meth:`skip`).
+
+        Why subsampling is counted per message and not a plain function of the step (such as
+        ``step % k == 0``): ``subsample=k`` means every k-th message of a layer and kind, as in
+        the original ikkuna, and layers do not publish at every step alike (a frozen layer has no
+        gradients, a layer called twice publishes twice, probes publish under their own tags, a
+        subscriber may join mid-training, a synchronised bundle counts only when complete).
+        A step rule would thin those streams differently from the documented rule. The
+        counting is kept cheap instead.
 
         This is what a step that subsampling skips costs, so it has a fast path. After counting
         messages of ``kind`` for ``keys`` under the default tag, the bus asks each subscription
