@@ -45,7 +45,15 @@ _MISSING_COLOUR = (0.6, 0.6, 0.6, 1.0)
 @dataclass
 class Colours:
     """How trials are coloured by a config parameter: a colour per trial, and either a
-    ``mappable`` for a colorbar or ``legend`` entries ``(label, colour)``."""
+    ``mappable`` for a colorbar or ``legend`` entries ``(label, colour)``.
+
+    Examples:
+        >>> colours = trial_colours({"a": "relu", "b": "elu", "c": "relu"}, "viridis")
+        >>> colours.colour["a"] == colours.colour["c"] != colours.colour["b"]
+        True
+        >>> [label for label, _ in colours.legend], colours.mappable
+        (['elu', 'relu'], None)
+    """
 
     colour: dict[str, Any]
     mappable: ScalarMappable | None = None
@@ -56,7 +64,16 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
     """Numbers map through ``cmap`` (log scale when all positive and spanning a factor >= 10),
     with a colorbar, or a legend of their values when there are at most
     :data:`MAX_LEGEND_COLOURS` of them; anything else gets one qualitative colour per distinct
-    value and a legend."""
+    value and a legend.
+
+    Examples:
+        >>> colours = trial_colours({"a": 0.001, "b": 0.1, "c": None}, "viridis")
+        >>> [label for label, _ in colours.legend], colours.colour["c"]  # grey: missing
+        (['0.001', '0.1', '(missing)'], (0.6, 0.6, 0.6, 1.0))
+        >>> many = trial_colours({str(i): 10.0**i for i in range(8)}, "viridis")
+        >>> many.legend, isinstance(many.mappable, ScalarMappable), type(many.mappable.norm)
+        ([], True, <class 'matplotlib.colors.LogNorm'>)
+    """
     present = {k: v for k, v in values.items() if v is not None}
     numeric = present and all(
         isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
@@ -95,6 +112,14 @@ def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
     Of the parameters every trial has a value of, with 2 to ``len(LINESTYLES)`` distinct
     values, and not the same grouping of trials as ``color_by``'s (then it adds nothing):
     the one with the fewest values (ties: by name). None if there is none.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> trials = zip("abcd", [0.1, 0.1, 0.01, 0.01], ["sgd", "adam", "sgd", "adam"])
+        >>> rows = [(*trial, 1, "loss", None, 0.5) for trial in trials]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", "optimizer", *TIDY_COLUMNS[1:]])
+        >>> auto_style_by(df, "lr"), auto_style_by(df, None)
+        ('optimizer', None)
     """
     if color_by is None:
         return None
@@ -118,7 +143,13 @@ def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
 
 def trial_styles(values: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str, int]]]:
     """An index into :data:`LINESTYLES` per trial, by its value (sorted), and the legend
-    entries ``(value, index)``; styles repeat, with a warning, beyond ``len(LINESTYLES)``."""
+    entries ``(value, index)``; styles repeat, with a warning, beyond ``len(LINESTYLES)``.
+
+    Examples:
+        >>> index, legend = trial_styles({"a": "sgd", "b": "adam", "c": "sgd"})
+        >>> index, legend, LINESTYLES[index["a"]]
+        ({'a': 1, 'b': 0, 'c': 1}, [('adam', 0), ('sgd', 1)], ('--', 'dash'))
+    """
     distinct = sorted({str(v): v for v in values.values()}.values(), key=sort_key)
     if len(distinct) > len(LINESTYLES):
         logger.warning(
@@ -134,7 +165,16 @@ def trial_styles(values: dict[str, Any]) -> tuple[dict[str, int], list[tuple[str
 
 
 def resolve_style_by(df: pd.DataFrame, color_by: str | None, style_by: str | None) -> str | None:
-    """``style_by`` checked, with ``"auto"`` resolved (see :func:`auto_style_by`)."""
+    """``style_by`` checked, with ``"auto"`` resolved (see :func:`auto_style_by`).
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> trials = zip("abcd", [0.1, 0.1, 0.01, 0.01], ["sgd", "adam", "sgd", "adam"])
+        >>> rows = [(*trial, 1, "loss", None, 0.5) for trial in trials]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", "optimizer", *TIDY_COLUMNS[1:]])
+        >>> resolve_style_by(df, "lr", AUTO), resolve_style_by(df, "lr", "lr")
+        ('optimizer', 'lr')
+    """
     if style_by == AUTO and AUTO not in config_columns(df):
         return auto_style_by(df, color_by)
     check_color_by(df, style_by, what="style_by")
