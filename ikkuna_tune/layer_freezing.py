@@ -1,0 +1,127 @@
+"""Freezing a tracked layer: its parameters stop training and its buffers stop changing.
+
+:class:`LayerFreezing` is the part of :class:`~ikkuna_tune.exporter.Exporter` that freezes and
+unfreezes layers (which layers to freeze is decided elsewhere: :mod:`ikkuna_tune.freezing`).
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> from ikkuna_tune.exporter import Exporter
+    >>> model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    >>> exporter = Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> exporter.freeze("1")
+    >>> _ = model.train()(torch.randn(8, 2))  # a training step: the frozen BatchNorm stays put
+    >>> model[1].training, model[1].weight.requires_grad, int(model[1].num_batches_tracked)
+    (False, False, 0)
+    >>> exporter.frozen, exporter.frozen_parameter_fraction()  # 8 of 25 parameters
+    (('1',), 0.32)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ikkuna_tune.layers import CopySafeHook, hold_eval
+from ikkuna_tune.messages import NamedModule
+
+__all__ = ["LayerFreezing"]
+
+logger = logging.getLogger("ikkuna_tune.exporter")
+
+
+class LayerFreezing:
+    """Freeze and unfreeze the tracked layers of a model (see the module docstring).
+
+    Its state is set by :class:`~ikkuna_tune.exporter.Exporter`'s constructor.
+    """
+
+    model: nn.Module
+    modules: dict[str, NamedModule]
+    global_step: int
+    _frozen: dict[str, None]
+    _freeze_handles: dict[str, RemovableHandle]
+    _closed: bool
+
+    if TYPE_CHECKING:  # provided by StepHooks
+
+        def _publish_meta(self, kind: str, data: Any = None, tag: str = ...) -> None: ...
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Names of the frozen layers, in the order they were frozen."""
+        return tuple(self._frozen)
+
+    def _layer(self, name: str) -> NamedModule:
+        if name not in self.modules:  # a repeated call's key ('fc#2') is not a layer
+            raise ValueError(f"Unknown layer {name!r}; this Exporter tracks {list(self.modules)}")
+        return self.modules[name]
+
+    def leaves_trainable(self, name: str, frozen: Iterable[str] = ()) -> bool:
+        """Whether some parameter of the model would still train with layer ``name`` (and the
+        layers ``frozen``) frozen: :meth:`freeze` refuses to freeze the last trainable layer."""
+        excluded = {
+            id(p) for layer in (name, *frozen) for p in self._layer(layer).module.parameters()
+        }
+        return any(p.requires_grad and id(p) not in excluded for p in self.model.parameters())
+
+    def freeze(self, name: str) -> None:
+        """Stop training layer ``name``: its parameters and its buffers stop changing.
+
+        Its parameters lose ``requires_grad`` and their gradients; optimizers skip parameters
+        whose ``grad`` is None, so momentum and weight decay no longer move them. The layer and
+        its submodules run in eval mode in every forward pass (a forward pre-hook sets their
+        ``training`` flag, so ``model.train()`` does not undo it): a BatchNorm uses its running
+        statistics and no longer updates them (``running_mean``, ``running_var``,
+        ``num_batches_tracked``), dropout is off. Publishes ``layer_frozen`` with the layer's
+        name; while frozen, the layer's ``*_updates`` are exactly zero and it publishes no
+        ``*_gradients``.
+
+        Raises:
+            ValueError: for an unknown layer, or if nothing in the model would still train.
+        """
+        named = self._layer(name)
+        if name in self._frozen:
+            return
+        params = list(named.module.parameters())
+        if not self.leaves_trainable(name):
+            raise ValueError(
+                f"Refusing to freeze {name!r}: it is the last trainable layer "
+                "(backward would fail); stop training instead"
+            )
+        for param in params:
+            param.requires_grad_(False)
+            param.grad = None
+        hold_eval(named.module, ())
+        if not self._closed:  # a closed Exporter leaves no hook behind
+            self._freeze_handles[name] = named.module.register_forward_pre_hook(
+                CopySafeHook(hold_eval), prepend=True
+            )
+        self._frozen[name] = None
+        self._publish_meta("layer_frozen", name)
+        logger.info("Froze layer %r at step %d", name, self.global_step)
+
+    def unfreeze(self, name: str) -> None:
+        """Train layer ``name`` again; it takes the model's current training mode."""
+        named = self._layer(name)
+        if name not in self._frozen:
+            return
+        for param in named.module.parameters():
+            param.requires_grad_(True)
+        handle = self._freeze_handles.pop(name, None)
+        if handle is not None:
+            handle.remove()
+        named.module.train(self.model.training)
+        del self._frozen[name]
+
+    def frozen_parameter_fraction(self) -> float:
+        """Fraction of the model's parameters (by count) in frozen layers."""
+        total = sum(p.numel() for p in self.model.parameters())
+        frozen = sum(
+            p.numel() for name in self._frozen for p in self.modules[name].module.parameters()
+        )
+        return frozen / total if total else 0.0
