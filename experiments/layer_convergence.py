@@ -44,12 +44,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.examples.data import (
-    TORCHVISION_SETS,
-    load_dataset,
-    load_mnist_subset,
-    load_torchvision,
-)
+from ikkuna_tune.examples.data import load_dataset, load_mnist_subset
+from ikkuna_tune.examples.downloadable import TORCHVISION_SETS, load_torchvision
 from ikkuna_tune.examples.models import MLP, SmallCNN, SmallResNet
 
 log = logging.getLogger("layer_convergence")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ikkuna_tune.examples import data
-from ikkuna_tune.examples.data import (
+from ikkuna_tune.examples.downloadable import (
     TORCHVISION_SETS,
     NormalizedImages,
     load_torchvision,
