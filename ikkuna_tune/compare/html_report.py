@@ -237,6 +237,19 @@ def write_html_report(
 
     Raises:
         ValueError: as :func:`layers_figure` does.
+
+    Examples:
+        >>> import tempfile
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> from ikkuna_tune.compare.tables import decisions, summary
+        >>> rows = [("a", i, "frozen", "fc", i - 1.0) for i in (1, 2)]
+        >>> df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     path = Path(out, "report.html")
+        ...     _ = write_html_report(df, path, summary(df), decisions(df), "frozen", None)
+        ...     page = path.read_text(encoding="utf-8")
+        >>> path.name, 'id="plot-layers"' in page, 'id="plot-timeline"' in page
+        ('report.html', True, True)
     """
     from plotly.offline import get_plotlyjs
 

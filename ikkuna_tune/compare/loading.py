@@ -78,6 +78,20 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
     Raises:
         ValueError: the path does not exist or is not an experiment directory, the object is
             not an experiment, or no trial reported any value.
+
+    Examples:
+        >>> import json, tempfile
+        >>> with tempfile.TemporaryDirectory() as experiment:
+        ...     trial = Path(experiment, "train_abcde_00000")
+        ...     trial.mkdir()
+        ...     _ = (trial / "params.json").write_text(json.dumps({"lr": 0.1}))
+        ...     result = {"training_iteration": 1, "loss": 0.5, "frozen": {"conv": 1, "fc": 0}}
+        ...     _ = (trial / "result.json").write_text(json.dumps(result))
+        ...     df = load(experiment)
+        >>> df.loc[0, "trial_id"], float(df.loc[0, "lr"])
+        ('abcde_00000', 0.1)
+        >>> df[["metric", "layer", "value"]].values.tolist()
+        [['loss', None, 0.5], ['frozen', 'conv', 1.0], ['frozen', 'fc', 0.0]]
     """
     if isinstance(experiment, (str, PathLike)):
         trials = _read_directory(Path(experiment).expanduser())

@@ -86,6 +86,15 @@ def layers_figure(
 
     Raises:
         ValueError: as :func:`plot_layers` does.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, i, "self_similarity", "fc", 0.9 + i / 100)
+        ...         for t, lr in [("a", 0.1), ("b", 0.01)] for i in (1, 2)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> figure = layers_figure(df, metric="self_similarity", color_by="lr")
+        >>> [(trace.meta, trace.name) for trace in figure.data]
+        [('b', 'b (lr=0.01)'), ('a', 'a (lr=0.1)')]
     """
     from plotly import graph_objects as go
     from plotly.subplots import make_subplots
@@ -256,6 +265,15 @@ def timeline_figure(
 
     Raises:
         ValueError: as :func:`plot_freeze_timeline` does.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, i, "frozen", "fc", float(t == "a" and i == 2))
+        ...         for t, lr in [("a", 0.1), ("b", 0.01)] for i in (1, 2)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> figure = timeline_figure(df, color_by="lr")
+        >>> figure.layout.yaxis.ticktext, [(t.meta, t.name, t.x) for t in figure.data[-1:]]
+        (('b (lr=0.01)', 'a (lr=0.1)'), [('a', 'fc', (2,))])
     """
     from plotly import graph_objects as go
 

@@ -99,6 +99,15 @@ def plot_layers(
 
     Raises:
         ValueError: ``metric``, ``color_by`` or ``style_by`` is not in ``df``.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, i, "self_similarity", "fc", 0.9 + i / 100)
+        ...         for t, lr in [("a", 0.1), ("b", 0.01)] for i in (1, 2)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> figure = plot_layers(df, metric="self_similarity", color_by="lr")
+        >>> [ax.get_title() for ax in figure.axes], [l.get_gid() for l in figure.axes[0].lines]
+        (['fc'], ['a', 'b'])
     """
     check_tidy(df)
     check_metric(df, metric)
@@ -273,6 +282,18 @@ def plot_freeze_timeline(
     Raises:
         ValueError: ``df`` has no ``frozen/<layer>`` metrics (not reported through
             :func:`ikkuna_tune.report`) or ``color_by`` is unknown.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, i, "frozen", "fc", float(t == "a" and i == 2))
+        ...         for t, lr in [("a", 0.1), ("b", 0.01)] for i in (1, 2)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> ax = plot_freeze_timeline(df, color_by="lr").axes[0]
+        >>> [label.get_text() for label in ax.get_yticklabels()]  # sorted by lr
+        ['b (lr=0.01)', 'a (lr=0.1)']
+        >>> fc = ax.lines[-1]  # one marker per trial that froze fc, at the iteration it did
+        >>> fc.get_label(), fc.get_xdata().tolist(), fc.get_ydata().tolist()
+        ('fc', [2], [1.0])
     """
     t = timeline_data(df, color_by, budget)
     infos, iterations, trial_ids, values = t.infos, t.iterations, t.trial_ids, t.values

@@ -34,7 +34,15 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Comparison:
     """What :func:`compare_experiment` made: the summary table, the files it wrote and the
-    scheduler's :func:`decisions`."""
+    scheduler's :func:`decisions`.
+
+    Examples:
+        >>> comparison = Comparison(summary=pd.DataFrame(), files=[Path("summary.csv")])
+        >>> comparison.files[0].name, len(comparison.decisions)  # no decisions by default
+        ('summary.csv', 0)
+        >>> list(comparison.decisions.columns)
+        ['trial_id', 'iteration', 'action', 'layer', 'rule', 'values']
+    """
 
     summary: pd.DataFrame
     files: list[Path]
@@ -60,6 +68,20 @@ def compare_experiment(
 
     Raises:
         ValueError: as :func:`load` and :func:`write_report` do.
+
+    Examples:
+        >>> import json, tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     sweep = Path(root, "sweep")
+        ...     for i, lr in enumerate([0.1, 0.01]):
+        ...         trial = sweep / f"train_abcde_0000{i}"
+        ...         trial.mkdir(parents=True)
+        ...         _ = (trial / "params.json").write_text(json.dumps({"lr": lr}))
+        ...         result = {"training_iteration": 1, "loss": lr, "frozen": {"fc": 0}}
+        ...         _ = (trial / "result.json").write_text(json.dumps(result))
+        ...     made = compare_experiment(sweep, Path(root, "out"), metric="loss", html=False)
+        >>> [path.name for path in made.files], made.summary["trial_id"].tolist()
+        (['layers_loss.png', 'freeze_timeline.png', 'summary.csv'], ['abcde_00000', 'abcde_00001'])
     """
     check_mode(mode)
     check_budget(budget)
@@ -101,6 +123,15 @@ def write_report(
 
     Raises:
         ValueError: as :func:`plot_layers` and :func:`summary` do.
+
+    Examples:
+        >>> import tempfile
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, 1, "loss", None, lr) for t, lr in [("a", 0.1), ("b", 0.01)]]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     [path.name for path in write_report(df, out, metric="loss", html=False)]
+        ['layers_loss.png', 'summary.csv']
     """
     check_tidy(df)
     check_budget(budget)

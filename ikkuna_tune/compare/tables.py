@@ -61,6 +61,15 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
 
     Raises:
         ValueError: ``df`` is not a DataFrame.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> df = pd.DataFrame([("a", 1, "loss", None, 0.5)], columns=TIDY_COLUMNS)
+        >>> df.attrs["decisions"] = [{"trial_id": "a", "iteration": 2, "action": "freeze",
+        ...     "layer": "conv1", "rule": "converged", "values": {"similarity": 0.99512}}]
+        >>> decisions(df).to_dict("records")  # doctest: +NORMALIZE_WHITESPACE
+        [{'trial_id': 'a', 'iteration': 2, 'action': 'freeze', 'layer': 'conv1',
+          'rule': 'converged', 'values': 'similarity=0.9951'}]
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"Expected the tidy DataFrame of compare.load but got {type(df).__name__}")
@@ -180,6 +189,16 @@ def summary(
     Raises:
         ValueError: ``metric`` is unknown or per-layer, ``mode`` is not max/min or
             ``budget`` is not a positive integer.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [("a", i, "test_accuracy", None, 0.5 + i / 10) for i in (1, 2)]
+        >>> rows += [("a", i, "frozen", "fc", i - 1.0) for i in (1, 2)]
+        >>> rows += [("a", i, "frozen_fraction", None, (i - 1) / 2) for i in (1, 2)]
+        >>> row = summary(pd.DataFrame(rows, columns=TIDY_COLUMNS), "test_accuracy").iloc[0]
+        >>> row = row.to_dict()
+        >>> [row[c] for c in ("best_iteration", "frozen_layers", "compute_saved")]
+        [2, ['fc'], 0.25]
     """
     check_tidy(df)
     check_mode(mode)
