@@ -9,13 +9,22 @@ its examples (:mod:`ikkuna_tune.examples`) at all, not even inside a function, b
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ikkuna_tune"
 #: modules that import nothing of the package (what everything else may build on)
-LEAVES = ("ikkuna_tune.checks", "ikkuna_tune.keys", "ikkuna_tune.freezing")
+LEAVES = (
+    "ikkuna_tune.checks",
+    "ikkuna_tune.keys",
+    "ikkuna_tune.freezing",
+    "ikkuna_tune.messages",  # the message types
+    "ikkuna_tune.model_access",
+)
 EXAMPLES = "ikkuna_tune.examples"
 #: (module, function) of the library that may import the examples: the demo command, as it runs
 IMPORTS_EXAMPLES = {("ikkuna_tune.cli", "_demo")}
@@ -169,6 +178,16 @@ def test_the_examples_check_sees_every_kind_of_import() -> None:
     assert ("_demo", "ikkuna_tune.examples.demo") in cli
 
 
+def test_the_data_flows_one_way() -> None:
+    """The bus knows neither the Exporter nor the subscribers; subscribers do not know the
+    Exporter (they get a ModelAccess); the Exporter does not import the subscribers."""
+    assert not GRAPH["ikkuna_tune.bus"] & {"ikkuna_tune.exporter", "ikkuna_tune.subscribers"}
+    for module in MODULES:
+        if module.startswith("ikkuna_tune.subscribers"):
+            assert "ikkuna_tune.exporter" not in GRAPH[module], module
+    assert not any(m.startswith("ikkuna_tune.subscribers") for m in GRAPH["ikkuna_tune.exporter"])
+
+
 @pytest.mark.parametrize("module", LEAVES)
 def test_leaves_import_nothing_of_the_package(module: str) -> None:
     assert GRAPH[module] == set()
@@ -188,3 +207,31 @@ def test_the_check_sees_a_cycle(monkeypatch) -> None:
     monkeypatch.setitem(GRAPH, checks, {keys})
     with pytest.raises(AssertionError, match=f"{checks} -> {keys} -> {checks}"):
         test_no_import_cycle()
+
+
+_IMPORT_ALONE = """
+import importlib, json, sys
+failed = {}
+for name in json.loads(sys.argv[1]):
+    for loaded in [m for m in sys.modules if m.split(".")[0] == "ikkuna_tune"]:
+        del sys.modules[loaded]  # each module starts from a package not yet imported
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        failed[name] = repr(error)
+print(json.dumps(failed))
+"""
+
+
+def test_each_module_imports_alone() -> None:
+    """An import circle shows up as an ImportError when its modules are imported in the wrong
+    order: every module is imported first, on its own, in one fresh interpreter."""
+    names = sorted(MODULES)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALONE, json.dumps(names)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
