@@ -78,7 +78,12 @@ def check_device(device: object, name: str = "device") -> torch.device | None:
 
 
 def device_of(model: nn.Module | None) -> torch.device | None:
-    """The device of the model's first parameter (or buffer); ``None`` for none or no model."""
+    """The device of the model's first parameter (or buffer); ``None`` for none or no model.
+
+    Examples:
+        >>> device_of(nn.Linear(2, 2)), device_of(nn.ReLU()), device_of(None)
+        (device(type='cpu'), None, None)
+    """
     if model is None:
         return None
     for tensor in (*model.parameters(), *model.buffers()):

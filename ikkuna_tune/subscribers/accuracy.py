@@ -41,6 +41,17 @@ class LossSubscriber(PlotSubscriber):
         subsample: draw every ``subsample``-th loss.
         ylims: optional y-axis limits for plots.
         backend: ``'tb'`` or ``None``.
+
+    Examples:
+        >>> from ikkuna_tune.backends import Backend
+        >>> class PrintingBackend(Backend):
+        ...     def add_scalar(self, tag, value, step):
+        ...         print(tag, float(value), step)
+        >>> bus = MessageBus()
+        >>> LossSubscriber(bus, backend=None).backend = PrintingBackend()
+        >>> bus.publish_network_message("loss", torch.tensor([1.0, 2.0]), global_step=3,
+        ...                             train_step=3, epoch=0)  # a mean of a loss per sample
+        loss 1.5 3
     """
 
     def __init__(
@@ -74,6 +85,17 @@ class TrainAccuracySubscriber(PlotSubscriber):
     (network-wide, a 0-d tensor) per step.
 
     Arguments as for :class:`LossSubscriber`.
+
+    Examples:
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> bus = MessageBus()
+        >>> _ = TrainAccuracySubscriber(bus, backend=None)
+        >>> _ = CallbackSubscriber(["train_accuracy"], lambda m: print(float(m.data)), bus)
+        >>> step = {"global_step": 0, "train_step": 0, "epoch": 0}
+        >>> output = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # predicts classes 0 and 1
+        >>> bus.publish_network_message("network_output", output, **step)
+        >>> bus.publish_network_message("input_labels", torch.tensor([0, 0]), **step)
+        0.5
     """
 
     def __init__(
@@ -150,6 +172,15 @@ class TestAccuracySubscriber(PlotSubscriber):
     Raises:
         ValueError: for invalid arguments; when attached to a bus without an Exporter and no
             ``forward_fn`` was given.
+
+    Examples:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.tensor([[1.0], [-1.0], [2.0]]), torch.tensor([1, 1, 1]))
+        >>> def scores(x):  # class 1 where x > 0
+        ...     return torch.cat([-x, x], dim=1)
+        >>> sub = TestAccuracySubscriber(data, forward_fn=scores, batch_size=2, backend=None)
+        >>> sub.evaluate()  # 2 of 3 samples, not the mean of the batches' 0.5 and 1.0
+        tensor(0.6667)
     """
 
     __test__ = False  # not a pytest test class, despite its name
