@@ -103,6 +103,21 @@ class Trigger:
         return True
 
 
+def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu()
+
+
+def _apply(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (through dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _apply(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_apply(v, fn) for v in value)
+    return value
+
+
 class Subscriber:
     """Base class: receives messages (or bundles) and turns them into metrics.
 
@@ -228,21 +243,57 @@ class Subscriber:
         raise NotImplementedError(f"{type(self).__name__} must override compute()")
 
     # ----------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        """State worth keeping across a restore (tensors may stay on their device).
+    def add_state(self, name: str, default: Any, check: Callable[[Any], Any] | None = None) -> None:
+        """Declare ``self.<name>`` (set to ``default`` now) as state worth keeping across a
+        restore: :meth:`state_dict` saves it under ``name`` (tensors detached, on the CPU),
+        :meth:`load_state_dict` restores it (through ``check``, which may convert the saved
+        value and raises ``ValueError`` for a bad one) and :meth:`to` moves its tensors.
 
-        Subclasses with such state (previous activations, power-iteration vectors, counters)
-        override this and :meth:`load_state_dict`; the Tune integration stores it in the trial's
-        checkpoint.
+        Examples:
+            >>> import torch
+            >>> sub = CallbackSubscriber(["loss"], print)
+            >>> sub.add_state("seen", {"fc": torch.ones(2)})
+            >>> sub.state_dict()
+            {'seen': {'fc': tensor([1., 1.])}}
+            >>> sub.load_state_dict({"seen": {"fc": torch.zeros(2)}}); sub.seen["fc"]
+            tensor([0., 0.])
         """
-        return {}
+        self.__dict__.setdefault("_states", {})[name] = check
+        setattr(self, name, default)
+
+    def _declared(self) -> dict[str, Callable[[Any], Any] | None]:
+        return self.__dict__.get("_states", {})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state declared with :meth:`add_state`, tensors detached and on the CPU; the Tune
+        integration keeps it in the trial's checkpoint."""
+        return {name: _apply(getattr(self, name), _to_cpu) for name in self._declared()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if state:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: if ``state`` does not hold exactly the declared keys, or a value fails
+                its check.
+        """
+        declared = self._declared()
+        if not isinstance(state, dict) or set(state) != set(declared):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            if not declared:
+                raise ValueError(f"{type(self).__name__} keeps no state but was given keys {got}")
+            expected = ", ".join(f"{name!r}: ..." for name in declared)
             raise ValueError(
-                f"{type(self).__name__} keeps no state but was given keys {sorted(state)}"
+                f"Expected a state {{{expected}}} for {type(self).__name__} but got keys {got}"
             )
+        for name, check in declared.items():
+            value = state[name]
+            setattr(self, name, check(value) if check is not None else value)
+
+    def to(self, device: torch.device | str) -> Subscriber:
+        """Move the tensors of the declared state to ``device``; returns this subscriber."""
+        for name in self._declared():
+            setattr(self, name, _apply(getattr(self, name), lambda t: t.to(device)))
+        return self
 
     # ----------------------------------------------------------- publishing
     def publish(

@@ -29,7 +29,6 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -261,7 +260,7 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
     ) -> None:
         check_tensor_kind(kind)
         self.n_power_iterations = check_int("n_power_iterations", n_power_iterations)
-        self._u: dict[str, torch.Tensor] = {}
+        self.add_state("u", {}, _power_vectors)
         super().__init__(
             kind,
             f"{kind}_spectral_norm",
@@ -277,24 +276,20 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         if not isinstance(message_or_bundle, Message):
             return
         key = message_or_bundle.key or ""
-        sigma, self._u[key] = F.spectral_norm(
-            message_or_bundle.data, self._u.get(key), self.n_power_iterations
+        sigma, self.u[key] = F.spectral_norm(
+            message_or_bundle.data, self.u.get(key), self.n_power_iterations
         )
         self.publish(self.published_kind, sigma, message_or_bundle)
 
-    def state_dict(self) -> dict[str, Any]:
-        """``{'u': {layer: vector}}``: the power-iteration vectors (network kinds under ``''``)."""
-        return {"u": dict(self._u)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the vectors of :meth:`state_dict`; they move to the data's device when used."""
-        u = state.get("u") if isinstance(state, dict) else None
-        if not isinstance(u, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() == 1
-            for k, v in u.items()
-        ):
-            raise ValueError(
-                "Expected a state {'u': {layer name: 1-d tensor}} for SpectralNormSubscriber "
-                f"but got {state!r}"
-            )
-        self._u = {k: v.detach().clone() for k, v in u.items()}
+def _power_vectors(u: object) -> dict[str, torch.Tensor]:
+    """The saved power-iteration vectors ``{layer name: 1-d tensor}``, copied; they move to the
+    data's device when used."""
+    if not isinstance(u, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() == 1 for k, v in u.items()
+    ):
+        raise ValueError(
+            "Expected a state {'u': {layer name: 1-d tensor}} for SpectralNormSubscriber "
+            f"but got u={u!r}"
+        )
+    return {k: v.detach().clone() for k, v in u.items()}

@@ -20,8 +20,9 @@ class WeightSum(ik.PlotSubscriber):
     """Publishes the sum of each layer's weights at every step (a value easy to recompute)."""
 
     def __init__(self, backend: str | None = None) -> None:
-        super().__init__([ik.Subscription(self, ["weights"])], backend=backend)
-        self._add_publication("weight_sum")
+        super().__init__(
+            [ik.Subscription(self, ["weights"])], backend=backend, publishes={"weight_sum": "DATA"}
+        )
 
     def compute(self, message) -> None:
         self.publish("weight_sum", message.data.sum(), message)
@@ -31,19 +32,14 @@ class StepCount(ik.Subscriber):
     """Counts the steps it saw (state that must survive a restore) and publishes the count."""
 
     def __init__(self) -> None:
-        super().__init__([ik.Subscription(self, ["batch_finished"])])
-        self._add_publication("steps_seen", "META")
-        self.count = 0
+        self.add_state("count", 0)
+        super().__init__(
+            [ik.Subscription(self, ["batch_finished"])], publishes={"steps_seen": "META"}
+        )
 
     def compute(self, message) -> None:
         self.count += 1
         self.publish("steps_seen", torch.tensor(float(self.count)), message)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = state["count"]
 
 
 class WeightCosine(ik.Subscriber):
@@ -57,8 +53,8 @@ class WeightCosine(ik.Subscriber):
     uses_model = "probe"  # it reads the layers' weights
 
     def __init__(self) -> None:
-        self.previous: dict[str, torch.Tensor] = {}
-        self.initial: dict[str, torch.Tensor] = {}
+        self.add_state("previous", {})
+        self.add_state("initial", {})
         published = ("self_similarity", "init_similarity", "live_fraction")
         super().__init__(
             [ik.Subscription(self, ["epoch_finished"])], publishes=dict.fromkeys(published, "DATA")
@@ -76,13 +72,6 @@ class WeightCosine(ik.Subscriber):
             self.publish("init_similarity", init, message, module=named)
             self.publish("live_fraction", torch.tensor(1.0), message, module=named)
             self.previous[name] = weight
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"previous": self.previous, "initial": self.initial}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.previous = state["previous"]
-        self.initial = state["initial"]
 
 
 def data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
