@@ -22,6 +22,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ikkuna_tune.keys import SELF_SIMILARITY
+
 __all__ = ["EXIT_USAGE", "build_parser", "main"]
 
 #: Exit code for errors the user can fix (as argparse uses for bad arguments).
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment", metavar="EXPERIMENT_DIR", help="experiment directory (<storage>/<name>)"
     )
     compare.add_argument(
-        "--metric", default="self_similarity", help="metric to plot per layer (self_similarity)"
+        "--metric", default=SELF_SIMILARITY, help=f"metric to plot per layer ({SELF_SIMILARITY})"
     )
     compare.add_argument(
         "--color-by",
