@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ikkuna_tune import keys
 from ikkuna_tune.checks import check_fraction, check_int, check_nonnegative
-from ikkuna_tune.tune.convergence import (
-    ConvergenceRules,
-    Decision,
-    TrialHistory,
-    freeze_candidates,
-    stop_verdict,
+from ikkuna_tune.tune.convergence import ConvergenceRules, Decision, freeze_candidates, stop_verdict
+from ikkuna_tune.tune.decision_log import (
+    DECISIONS_FILE,
+    append_decision,
+    read_decisions,
 )
 from ikkuna_tune.tune.mailbox import Mailbox
-from ikkuna_tune.tune.persist import fetch_trial_file, persist_trial_files
+from ikkuna_tune.tune.persist import persist_trial_files
+from ikkuna_tune.tune.results import (
+    first_nonfinite,
+    is_number,
+    iteration_budget,
+    layer_values,
+    reported_layers,
+)
+from ikkuna_tune.tune.trial_view import TrialView
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -29,24 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["DECISIONS_FILE", "SVCCAScheduler"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _TrialView:
-    """What the scheduler derives from one trial's reports (rebuilt from them after a restore)."""
-
-    history: TrialHistory = field(default_factory=TrialHistory)
-    budget: int | None = None
-    stopped: Decision | None = None
-    reasons: dict[str, Decision] = field(default_factory=dict)
-    #: the report at which each pending freeze was ordered
-    ordered_at: dict[str, int] = field(default_factory=dict)
-    #: the trial's training_iteration minus the reports this scheduler saw (decisions are
-    #: dated by training_iteration, also after a restore)
-    offset: int = 0
-
-    def dated(self, decision: Decision) -> Decision:
-        return replace(decision, iteration=decision.iteration + self.offset)
 
 
 class SVCCAScheduler(FIFOScheduler):
@@ -165,7 +151,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.similarity_key = similarity_key
         self._metric = metric
         self._mode = mode
-        self._views: dict[str, _TrialView] = {}
+        self._views: dict[str, TrialView] = {}
         self._trials: dict[str, Trial] = {}
         self._mailbox: Mailbox | None = None
         self._warned_no_similarity = False
@@ -209,14 +195,14 @@ class SVCCAScheduler(FIFOScheduler):
         self._trials[trial.trial_id] = trial
         view = self._views.get(trial.trial_id)
         if view is None:
-            view = self._views[trial.trial_id] = _TrialView()
+            view = self._views[trial.trial_id] = TrialView()
             self._recall(trial, view)
-        view.budget = self.max_t or _iteration_budget(trial)
+        view.budget = self.max_t or iteration_budget(trial)
         if self.base is not None:
             self.base.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        view = self._views.setdefault(trial.trial_id, _TrialView())
+        view = self._views.setdefault(trial.trial_id, TrialView())
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:
             return decision
@@ -246,7 +232,7 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)
         if view is not None:
-            self._reorder_after_restore(trial.trial_id, view)
+            view.reorder_after_restore(trial.trial_id, self._mailbox)
         persist_trial_files(trial)
         if self.base is not None:
             self.base.on_trial_error(tune_controller, trial)
@@ -262,8 +248,7 @@ class SVCCAScheduler(FIFOScheduler):
             f"stop={self.stop}, {len(self._views)} trials"
         ]
         for trial_id, view in self._views.items():
-            history = view.history
-            frozen = sorted(history.frozen | history.pending, key=_order(history.layers))
+            frozen = view.frozen_or_ordered()
             state = f"stopped: {view.stopped.describe()}" if view.stopped else "running"
             lines.append(f"  {trial_id}: frozen {frozen or 'none'}; {state}")
             for name in frozen:
@@ -277,38 +262,33 @@ class SVCCAScheduler(FIFOScheduler):
     @property
     def frozen_layers(self) -> dict[str, list[str]]:
         """Per trial: the layers frozen or ordered frozen, in network order."""
-        out = {}
-        for t, v in self._views.items():
-            h = v.history
-            out[t] = sorted(h.frozen | h.pending, key=_order(h.layers))
-        return out
+        return {t: v.frozen_or_ordered() for t, v in self._views.items()}
 
     @property
     def stopped_trials(self) -> dict[str, str]:
         """Trials this scheduler stopped, with the rule that stopped each."""
         return {t: v.stopped.rule for t, v in self._views.items() if v.stopped}
 
-    def _decide(self, trial_id: str, view: _TrialView, result: dict[str, Any]) -> str:
-        frozen_prefix = keys.FROZEN + "/"
-        layers = [k[len(frozen_prefix) :] for k in result if k.startswith(frozen_prefix)]
+    def _decide(self, trial_id: str, view: TrialView, result: dict[str, Any]) -> str:
+        layers = reported_layers(result)
         if not layers:
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
         history = view.history
         history.layers = layers
-        reported_frozen = {name for name in layers if result.get(frozen_prefix + name)}
+        reported_frozen = {name for name in layers if result.get(keys.per_layer(keys.FROZEN, name))}
         history.pending -= reported_frozen
         history.frozen = reported_frozen
-        self._forget_lost_orders(trial_id, view)
-        similarity = self._per_layer(result, self.similarity_key, layers)
+        view.forget_lost_orders(trial_id)
+        similarity = layer_values(result, self.similarity_key, layers)
         self._check_similarity(result, similarity)
         history.add(
             self._signed(result.get(self._metric) if self._metric else None),
             similarity,
-            self._per_layer(result, keys.INIT_SIMILARITY, layers),
-            self._per_layer(result, keys.LIVE_FRACTION, layers),
+            layer_values(result, keys.INIT_SIMILARITY, layers),
+            layer_values(result, keys.LIVE_FRACTION, layers),
         )
         iteration = result.get("training_iteration")
-        if _is_number(iteration):
+        if is_number(iteration):
             view.offset = int(iteration) - history.reports  # type: ignore[arg-type]
         if self.stop:
             others = [
@@ -317,9 +297,8 @@ class SVCCAScheduler(FIFOScheduler):
                 if t != trial_id and v.history.reports
             ]
             others = [b for b in others if math.isfinite(b)]
-            verdict = stop_verdict(
-                history, self.rules, others, view.budget, self._nonfinite(result, similarity)
-            )
+            nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
+            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
             if verdict is not None:
                 verdict = view.dated(verdict)
                 view.stopped = verdict
@@ -328,29 +307,10 @@ class SVCCAScheduler(FIFOScheduler):
         self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
 
-    def _per_layer(self, result: dict[str, Any], key: str, layers: list[str]) -> dict[str, float]:
-        prefix = key + "/"
-        return {
-            name: float(result[prefix + name])
-            for name in layers
-            if _is_number(result.get(prefix + name))
-        }
-
     def _signed(self, value: object) -> float:
-        if not _is_number(value):
+        if not is_number(value):
             return math.nan
         return float(value) if self._mode == "max" else -float(value)  # type: ignore[arg-type]
-
-    def _nonfinite(self, result: dict[str, Any], similarity: dict[str, float]) -> str | None:
-        keys = [self._metric, "loss", "train_loss"]
-        for key in keys:
-            value = result.get(key) if key else None
-            if _is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
-                return str(key)
-        for name, value in similarity.items():
-            if not math.isfinite(value):
-                return f"{self.similarity_key}/{name}"
-        return None
 
     def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:
         if similarity or self._warned_no_similarity:
@@ -367,7 +327,7 @@ class SVCCAScheduler(FIFOScheduler):
                 keys,
             )
 
-    def _freeze(self, trial_id: str, view: _TrialView) -> bool:
+    def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
         chosen = [
             view.dated(d)
@@ -382,135 +342,20 @@ class SVCCAScheduler(FIFOScheduler):
         reasons = {d.layer: d.describe() for d in chosen if d.layer is not None}
         if not self._mailbox.post(trial_id, {"freeze": names, "reasons": reasons}):
             return False
-        view.history.pending.update(names)
-        view.ordered_at.update(dict.fromkeys(names, view.history.reports))
+        view.order(names, view.history.reports)
         for decision in chosen:
             assert decision.layer is not None
             view.reasons[decision.layer] = decision
             self._record(trial_id, decision)
         return True
 
-    def _forget_lost_orders(self, trial_id: str, view: _TrialView) -> None:
-        """Drop pending freezes the trial has not carried out two reports after the order.
-
-        A trial applies a directive right after the report that triggered it, so its next
-        report confirms it. One that is still unconfirmed a report later was lost (the mailbox
-        died, the trial could not apply it): the layer is judged again and ordered again if it
-        is still due.
-        """
-        history = view.history
-        now = history.reports + 1  # the report being handled
-        lost = [n for n in history.pending if now - view.ordered_at.get(n, now) > 2]
-        if lost:
-            logger.warning(
-                "Trial %s has not carried out the freeze of %s ordered at report(s) %s; "
-                "judging again",
-                trial_id,
-                lost,
-                sorted({view.ordered_at[n] for n in lost}),
-            )
-            history.pending.difference_update(lost)
-
-    def _reorder_after_restore(self, trial_id: str, view: _TrialView) -> None:
-        """Order again every freeze ordered so far, for the restored trial to apply at once.
-
-        The checkpoint a trial restores from can predate a freeze it was ordered (or already
-        carried out): without this the layer would train again until the next order. The trial
-        applies these at ``watch`` only when it restores from a checkpoint (a trial restarting
-        from scratch drops them: the layers have not converged there).
-        """
-        history = view.history
-        ordered = sorted(history.frozen | history.pending, key=_order(history.layers))
-        history.pending = set(ordered)
-        view.ordered_at.update(dict.fromkeys(ordered, history.reports))
-        if not ordered or self._mailbox is None:
-            return
-        reasons = {n: view.reasons[n].describe() for n in ordered if n in view.reasons}
-        directive = {"freeze": ordered, "reasons": reasons, "restore": True}
-        if not self._mailbox.post(trial_id, directive):
-            history.pending.clear()
-
-    def _recall(self, trial: Trial, view: _TrialView) -> None:
-        """Take up the decisions an earlier driver made for ``trial`` (``Tuner.restore``).
-
-        Its freezes are ordered again for the restored trial to apply at once (its checkpoint
-        may predate them); a trial that starts afresh drops them (see ``TrialSession``).
-        """
-        path = fetch_trial_file(trial, DECISIONS_FILE)
-        if path is None or not path.exists():
-            return
-        freezes: dict[str, Decision] = {}
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as error:
-            logger.warning("Could not read %s: %s", path, error)
-            return
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                decision = Decision(
-                    str(entry["action"]),
-                    str(entry["rule"]),
-                    int(entry["iteration"]),
-                    entry.get("layer"),
-                    dict(entry.get("values") or {}),
-                )
-            except (ValueError, KeyError, TypeError) as error:
-                logger.warning("Skipping a bad line of %s: %s", path, error)
-                continue
-            self.decisions.append((trial.trial_id, decision))
-            if decision.action == "freeze" and decision.layer:
-                freezes[decision.layer] = decision
-        view.reasons.update(freezes)
-        if freezes and self._mailbox is not None:
-            names = list(freezes)
-            reasons = {n: d.describe() for n, d in freezes.items()}
-            if self._mailbox.post(
-                trial.trial_id, {"freeze": names, "reasons": reasons, "restore": True}
-            ):
-                view.history.pending.update(names)
-                view.ordered_at.update(dict.fromkeys(names, 0))
+    def _recall(self, trial: Trial, view: TrialView) -> None:
+        """Take up the decisions an earlier driver made for ``trial`` (``Tuner.restore``)."""
+        decisions = read_decisions(trial)
+        self.decisions.extend((trial.trial_id, decision) for decision in decisions)
+        view.take_up(trial.trial_id, decisions, self._mailbox)
 
     def _record(self, trial_id: str, decision: Decision) -> None:
         self.decisions.append((trial_id, decision))
         logger.info("Trial %s: %s", trial_id, decision.describe())
-        trial = self._trials.get(trial_id)
-        directory = _trial_dir(trial)
-        if directory is None:
-            return
-        fetch_trial_file(trial, DECISIONS_FILE)  # append to the stored lines, never replace them
-        try:
-            with open(directory / DECISIONS_FILE, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"trial_id": trial_id, **decision.as_dict()}) + "\n")
-        except OSError as error:
-            logger.warning("Could not write %s in %s: %s", DECISIONS_FILE, directory, error)
-
-
-DECISIONS_FILE = keys.DECISIONS_FILE
-
-
-def _trial_dir(trial: Trial | None) -> Path | None:
-    """The trial's directory on this machine, once Tune has made it."""
-    try:
-        path = getattr(trial, "local_path", None) if trial is not None else None
-    except RuntimeError:  # Tune has not named the trial's directory yet
-        return None
-    return Path(path) if isinstance(path, str) and Path(path).is_dir() else None
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _iteration_budget(trial: Trial) -> int | None:
-    criterion = getattr(trial, "stopping_criterion", None)
-    if isinstance(criterion, dict):
-        value = criterion.get("training_iteration")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _order(layers: list[str]) -> Any:
-    position = {name: i for i, name in enumerate(layers)}
-    return lambda name: position.get(name, len(position))
+        append_decision(self._trials.get(trial_id), trial_id, decision)

@@ -1,0 +1,97 @@
+"""Reading ikkuna_tune's values from a trial's flattened Tune result (``<key>/<layer>``) and its
+budget from the trial, as SVCCAScheduler does."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from ikkuna_tune import keys
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+__all__ = ["first_nonfinite", "is_number", "iteration_budget", "layer_values", "reported_layers"]
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or a float (not a bool).
+
+    Examples:
+        >>> is_number(0.5), is_number(3), is_number(True), is_number("1")
+        (True, True, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def reported_layers(result: dict[str, Any]) -> list[str]:
+    """The layers a result reports ``frozen/<layer>`` for, in the order reported: the network's
+    tracked layers, input side first (none for a result that ``ikkuna_tune.report`` did not make).
+
+    Examples:
+        >>> reported_layers({"acc": 0.5, "frozen/conv": 1, "frozen/fc": 0})
+        ['conv', 'fc']
+    """
+    prefix = keys.FROZEN + "/"
+    return [k[len(prefix) :] for k in result if k.startswith(prefix)]
+
+
+def layer_values(result: dict[str, Any], key: str, layers: list[str]) -> dict[str, float]:
+    """The numbers ``result`` holds under ``<key>/<layer>`` for ``layers``, as floats; layers
+    without a number are left out.
+
+    Examples:
+        >>> result = {"self_similarity/conv": 0.99, "self_similarity/fc": None}
+        >>> layer_values(result, "self_similarity", ["conv", "fc"])
+        {'conv': 0.99}
+    """
+    prefix = key + "/"
+    return {
+        name: float(result[prefix + name])
+        for name in layers
+        if is_number(result.get(prefix + name))
+    }
+
+
+def first_nonfinite(
+    result: dict[str, Any],
+    metric: str | None,
+    similarity: dict[str, float],
+    similarity_key: str,
+) -> str | None:
+    """The first of ``metric``, ``loss``, ``train_loss`` and the layers' similarities whose value
+    is NaN or infinite (a similarity as ``<similarity_key>/<layer>``), or None.
+
+    Examples:
+        >>> first_nonfinite({"acc": 0.5, "loss": float("nan")}, "acc", {}, "self_similarity")
+        'loss'
+        >>> first_nonfinite({"acc": 0.5}, "acc", {"fc": float("inf")}, "self_similarity")
+        'self_similarity/fc'
+    """
+    for key in (metric, "loss", "train_loss"):
+        value = result.get(key) if key else None
+        if is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
+            return str(key)
+    for name, value in similarity.items():
+        if not math.isfinite(value):
+            return f"{similarity_key}/{name}"
+    return None
+
+
+def iteration_budget(trial: Trial) -> int | None:
+    """The trial's stopping criterion on ``training_iteration`` (Tune's
+    ``stop={"training_iteration": N}``), if it has one.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> iteration_budget(SimpleNamespace(stopping_criterion={"training_iteration": 20}))
+        20
+        >>> iteration_budget(SimpleNamespace(stopping_criterion={})) is None
+        True
+    """
+    criterion = getattr(trial, "stopping_criterion", None)
+    if isinstance(criterion, dict):
+        value = criterion.get("training_iteration")
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

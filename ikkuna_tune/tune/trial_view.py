@@ -1,0 +1,131 @@
+"""What SVCCAScheduler keeps of one trial: its history, its budget, the freezes it ordered and
+whether the trial carried them out, and ordering them again for a trial that restores. All of it
+is rebuilt from the trial's reports (and the decision log) after a restore."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from ikkuna_tune.tune.convergence import Decision, TrialHistory
+
+if TYPE_CHECKING:
+    from ikkuna_tune.tune.mailbox import Mailbox
+
+__all__ = ["TrialView"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialView:
+    """What the scheduler derives from one trial's reports.
+
+    Examples:
+        >>> view = TrialView()
+        >>> view.history.layers = ["conv", "fc", "head"]
+        >>> view.history.frozen = {"conv"}
+        >>> view.order(["fc"], at=0)  # ordered at report 0, not confirmed yet
+        >>> view.frozen_or_ordered()
+        ['conv', 'fc']
+        >>> view.history.metric = [0.1, 0.2, 0.3]  # three reports later: the order was lost
+        >>> view.forget_lost_orders("t1"), view.frozen_or_ordered()
+        (['fc'], ['conv'])
+        >>> view.offset = 10  # the trial made 10 reports before this scheduler saw one
+        >>> view.dated(Decision("freeze", "converged", 3, "fc")).iteration
+        13
+    """
+
+    history: TrialHistory = field(default_factory=TrialHistory)
+    budget: int | None = None
+    stopped: Decision | None = None
+    reasons: dict[str, Decision] = field(default_factory=dict)
+    #: the report at which each pending freeze was ordered
+    ordered_at: dict[str, int] = field(default_factory=dict)
+    #: the trial's training_iteration minus the reports this scheduler saw (decisions are
+    #: dated by training_iteration, also after a restore)
+    offset: int = 0
+
+    def dated(self, decision: Decision) -> Decision:
+        """``decision`` dated by the trial's ``training_iteration``."""
+        return replace(decision, iteration=decision.iteration + self.offset)
+
+    def frozen_or_ordered(self) -> list[str]:
+        """The layers frozen or ordered frozen, in network order."""
+        history = self.history
+        position = {name: i for i, name in enumerate(history.layers)}
+        return sorted(
+            history.frozen | history.pending, key=lambda n: position.get(n, len(position))
+        )
+
+    def order(self, names: list[str], at: int) -> None:
+        """Count ``names`` as ordered frozen at report ``at``, until the trial reports them
+        frozen."""
+        self.history.pending.update(names)
+        self.ordered_at.update(dict.fromkeys(names, at))
+
+    def forget_lost_orders(self, trial_id: str) -> list[str]:
+        """Drop (and return) pending freezes the trial has not carried out two reports after the
+        order.
+
+        A trial applies a directive right after the report that triggered it, so its next
+        report confirms it. One that is still unconfirmed a report later was lost (the mailbox
+        died, the trial could not apply it): the layer is judged again and ordered again if it
+        is still due.
+        """
+        history = self.history
+        now = history.reports + 1  # the report being handled
+        lost = [n for n in history.pending if now - self.ordered_at.get(n, now) > 2]
+        if lost:
+            logger.warning(
+                "Trial %s has not carried out the freeze of %s ordered at report(s) %s; "
+                "judging again",
+                trial_id,
+                lost,
+                sorted({self.ordered_at[n] for n in lost}),
+            )
+            history.pending.difference_update(lost)
+        return lost
+
+    def reorder_after_restore(self, trial_id: str, mailbox: Mailbox | None) -> None:
+        """Order again every freeze ordered so far, for the restored trial to apply at once.
+
+        The checkpoint a trial restores from can predate a freeze it was ordered (or already
+        carried out): without this the layer would train again until the next order. The trial
+        applies these at ``watch`` only when it restores from a checkpoint (a trial restarting
+        from scratch drops them: the layers have not converged there).
+        """
+        ordered = self.frozen_or_ordered()
+        self.order(ordered, self.history.reports)
+        if not ordered or mailbox is None:
+            return
+        reasons = {n: self.reasons[n].describe() for n in ordered if n in self.reasons}
+        directive = {"freeze": ordered, "reasons": reasons, "restore": True}
+        if not mailbox.post(trial_id, directive):
+            self.history.pending.clear()
+
+    def take_up(self, trial_id: str, decisions: list[Decision], mailbox: Mailbox | None) -> None:
+        """Take up the ``decisions`` an earlier driver made for the trial (``Tuner.restore``).
+
+        Its freezes are ordered again for the restored trial to apply at once (its checkpoint
+        may predate them); a trial that starts afresh drops them (see ``TrialSession``).
+
+        Examples:
+            >>> class Posted:
+            ...     def post(self, trial_id, directive):
+            ...         print(trial_id, directive["freeze"], directive["restore"])
+            ...         return True
+            >>> view = TrialView()
+            >>> view.take_up("t1", [Decision("freeze", "converged", 4, "conv1")], Posted())
+            t1 ['conv1'] True
+            >>> view.history.pending, view.reasons["conv1"].describe()
+            ({'conv1'}, 'freeze conv1 at report 4: converged ()')
+        """
+        freezes = {d.layer: d for d in decisions if d.action == "freeze" and d.layer}
+        self.reasons.update(freezes)
+        if freezes and mailbox is not None:
+            names = list(freezes)
+            reasons = {n: d.describe() for n, d in freezes.items()}
+            if mailbox.post(trial_id, {"freeze": names, "reasons": reasons, "restore": True}):
+                self.order(names, 0)
