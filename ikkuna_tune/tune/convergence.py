@@ -54,6 +54,11 @@ class ConvergenceRules:
 
     Metric thresholds (``min_delta``, ``stall_delta``) are in the units of the scheduler's
     metric; the defaults suit accuracies in [0, 1].
+
+    Examples:
+        >>> rules = ConvergenceRules(freeze_at=0.95)
+        >>> rules.freeze_at, rules.patience, rules.min_travel
+        (0.95, 2, 0.02)
     """
 
     freeze_at: float = 0.99
@@ -74,7 +79,16 @@ class ConvergenceRules:
 @dataclass(frozen=True)
 class Decision:
     """One decision: ``action`` ('freeze' or 'stop'), the ``rule`` that made it, the layer it
-    concerns (if any), the report it was made at and the values behind it."""
+    concerns (if any), the report it was made at and the values behind it.
+
+    Examples:
+        >>> decision = Decision("freeze", "converged", 4, "conv1", {"similarity": 0.99512})
+        >>> decision.describe()
+        'freeze conv1 at report 4: converged (similarity=0.9951)'
+        >>> decision.as_dict()  # doctest: +NORMALIZE_WHITESPACE
+        {'action': 'freeze', 'rule': 'converged', 'iteration': 4, 'layer': 'conv1',
+         'values': {'similarity': 0.99512}}
+    """
 
     action: str
     rule: str
@@ -104,7 +118,13 @@ def _fmt(value: float) -> str:
 
 @dataclass
 class LayerHistory:
-    """One layer's reported signals, one entry per report (NaN where nothing was reported)."""
+    """One layer's reported signals, one entry per report (NaN where nothing was reported).
+
+    Examples:
+        >>> history = LayerHistory(similarity=[0.9, 0.995, 0.997], distance=[0.1, 0.1, 0.1])
+        >>> history.similarity[-1], history.live
+        (0.997, [])
+    """
 
     similarity: list[float] = field(default_factory=list)
     distance: list[float] = field(default_factory=list)  # 1 - init_similarity
@@ -113,7 +133,15 @@ class LayerHistory:
 
 @dataclass
 class TrialHistory:
-    """What one trial reported: its metric (signed so that larger is better) and its layers."""
+    """What one trial reported: its metric (signed so that larger is better) and its layers.
+
+    Examples:
+        >>> trial = TrialHistory(layers=["conv", "fc"])
+        >>> trial.add(0.5, {"conv": 0.9}, {"conv": 0.75}, {"conv": 1.0})
+        >>> trial.add(0.75, {}, {}, {})  # nothing per layer this time
+        >>> trial.reports, trial.best(), trial.per_layer["conv"].distance
+        (2, 0.75, [0.25, nan])
+    """
 
     layers: list[str] = field(default_factory=list)
     metric: list[float] = field(default_factory=list)
@@ -168,6 +196,16 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
     the last ``settle_window`` reports it varied by at most ``settle_tol * d``, and it grew by at
     most ``settle_tol`` times the most it ever grew over as many reports (steady drift grows as
     fast now as ever; a converging layer slows down).
+
+    Examples:
+        >>> history = LayerHistory(
+        ...     similarity=[0.9, 0.98, 0.99, 0.995, 0.996],
+        ...     distance=[0.05, 0.09, 0.1, 0.1, 0.1],  # went some way, then stopped
+        ...     live=[1.0] * 5,
+        ... )
+        >>> settled, values = layer_settled(history, ConvergenceRules())
+        >>> settled, values["similarity"], values["distance_spread"]
+        (True, 0.995, 0.0)
     """
     w = rules.settle_window
     sims = history.similarity[-rules.patience :]
@@ -203,7 +241,16 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
 def freeze_candidates(
     trial: TrialHistory, rules: ConvergenceRules, input_side_first: bool = True
 ) -> list[Decision]:
-    """The layers to freeze now, each with its reason (never the last trainable layer)."""
+    """The layers to freeze now, each with its reason (never the last trainable layer).
+
+    Examples:
+        >>> trial = TrialHistory(layers=["conv", "fc"])
+        >>> for distance in [0.05, 0.09, 0.1, 0.1, 0.1]:  # both layers settle, the metric stalls
+        ...     layers = {"conv": 0.995, "fc": 0.995}, {"conv": 1 - distance, "fc": 1 - distance}
+        ...     trial.add(0.9, *layers, {"conv": 1.0, "fc": 1.0})
+        >>> [(d.action, d.layer, d.rule) for d in freeze_candidates(trial, ConvergenceRules())]
+        [('freeze', 'conv', 'converged')]
+    """
     gain = _improvement(trial.metric, rules.plateau)
     if gain > rules.min_delta:
         return []  # the trial still learns: leave every layer alone
@@ -239,6 +286,14 @@ def stop_verdict(
         others_best: the best (signed) metric value each other trial has reached so far.
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name of a reported value that is NaN or infinite, if any.
+
+    Examples:
+        >>> trial = TrialHistory(layers=["fc"])
+        >>> trial.add(0.1, {}, {}, {"fc": 0.0})  # no unit of fc varies over the probe set
+        >>> stop_verdict(trial, ConvergenceRules(), others_best=[], budget=None).describe()
+        'stop fc at report 1: dead layer (live_fraction=0)'
+        >>> stop_verdict(trial, ConvergenceRules(), [], None, nonfinite="loss").rule
+        'diverged: non-finite value'
     """
     it = trial.reports
     if nonfinite is not None:
