@@ -20,6 +20,14 @@ class PersistTrialFiles(Callback):
     storage first (:func:`~ikkuna_tune.tune.persist.persist_trial_files`). Pass it as
     ``tune.run(..., callbacks=[PersistTrialFiles()])`` or in ``RunConfig(callbacks=...)`` when
     the sweep does not use :class:`~ikkuna_tune.SVCCAScheduler`, which does the same itself.
+
+    Examples:
+        >>> from ray import tune
+        >>> callback = PersistTrialFiles()
+        >>> isinstance(callback, tune.Callback)
+        True
+        >>> tune.RunConfig(callbacks=[callback]).callbacks == [callback]
+        True
     """
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

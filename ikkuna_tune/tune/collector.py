@@ -35,6 +35,15 @@ class MetricCollector(Subscriber):
     ``None``. So Tune's ``progress.csv``, whose columns are fixed by the first report, has a
     column for every output, and a value measured at one report is never shown again as new at
     the next (a frozen layer has no gradient: its gradient norm is ``None``, not the last one).
+
+    Examples:
+        >>> bus = MessageBus()
+        >>> collector = MetricCollector(["loss"])
+        >>> collector.attach(bus)
+        >>> step = {"global_step": 0, "train_step": 0, "epoch": 0}
+        >>> bus.publish_network_message("loss", torch.tensor(0.25), **step)
+        >>> collector.collect(), collector.collect()  # a value is reported once
+        ({'loss': 0.25}, {'loss': None})
     """
 
     def __init__(
@@ -91,6 +100,16 @@ class StepTimer(Subscriber):
     """Wall-clock seconds per training step (``batch_started`` to ``batch_finished``).
 
     The first step of a trial (warm-up: allocations, first kernel launches) is not counted.
+
+    Examples:
+        >>> bus = MessageBus()
+        >>> timer = StepTimer(bus)
+        >>> for i in range(3):
+        ...     step = {"global_step": i, "train_step": i, "epoch": 0}
+        ...     bus.publish_network_message("batch_started", **step)
+        ...     bus.publish_network_message("batch_finished", **step)
+        >>> timer.steps, timer.pop_mean() >= 0, timer.pop_mean()  # the first step is not counted
+        (2, True, None)
     """
 
     def __init__(self, message_bus: MessageBus | None = None) -> None:

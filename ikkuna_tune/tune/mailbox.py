@@ -22,7 +22,12 @@ _TIMEOUT_S = 30
 
 
 def mailbox_name(experiment: str) -> str:
-    """The actor name of the mailbox of ``experiment``."""
+    """The actor name of the mailbox of ``experiment``.
+
+    Examples:
+        >>> mailbox_name("my_sweep")
+        'ikkuna_tune_mailbox:my_sweep'
+    """
     return MAILBOX_PREFIX + experiment
 
 
@@ -47,6 +52,15 @@ class Mailbox:
     driver too). If it dies all the same (killed, out of memory), the next post creates it
     again, with one warning; directives it held are lost, and the scheduler orders again what
     a trial did not carry out (see ``SVCCAScheduler``).
+
+    Creating one needs a running Ray (it creates the actor), so the example shows only what
+    it is named and how often it tries a post:
+
+    Examples:
+        >>> mailbox_name("my_sweep")  # the name of the actor Mailbox("my_sweep") creates
+        'ikkuna_tune_mailbox:my_sweep'
+        >>> Mailbox.attempts
+        3
     """
 
     #: attempts per post (each one after the first recreates the actor)
@@ -118,6 +132,13 @@ class TrialInbox:
     scheduler that posts has none: reads then cost one failed lookup, a few milliseconds a
     report). If a mailbox that was there is gone, it warns once and looks again at the next
     read, so a mailbox the scheduler recreated is found again.
+
+    Reading (:meth:`take`) needs a running Ray; making one does not:
+
+    Examples:
+        >>> inbox = TrialInbox("my_sweep", "abcde_00000")
+        >>> inbox.name, inbox.trial_id
+        ('ikkuna_tune_mailbox:my_sweep', 'abcde_00000')
     """
 
     def __init__(self, experiment: str, trial_id: str) -> None:

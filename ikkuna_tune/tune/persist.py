@@ -54,6 +54,19 @@ def persist_trial_files(trial: Any) -> bool:
     """Copy the driver's files of ``trial`` (``progress.csv``, ``result.json``, ...) to storage.
 
     Runs on the driver. Returns True if files were copied.
+
+    Examples:
+        >>> import tempfile, pyarrow.fs
+        >>> from types import SimpleNamespace as Stub  # stands in for a Tune trial
+        >>> disk = pyarrow.fs.LocalFileSystem()
+        >>> with tempfile.TemporaryDirectory() as local, tempfile.TemporaryDirectory() as stored:
+        ...     _ = Path(local, "progress.csv").write_text("training_iteration")
+        ...     storage = Stub(trial_fs_path=stored, storage_filesystem=disk)
+        ...     copied = persist_trial_files(Stub(local_path=local, storage=storage))
+        ...     copied, [path.name for path in Path(stored).iterdir()]
+        (True, ['progress.csv'])
+        >>> persist_trial_files(Stub())  # a trial without directories yet
+        False
     """
     try:
         local_dir = trial.local_path
@@ -83,6 +96,18 @@ def fetch_trial_file(trial: Any, name: str) -> Path | None:
     ``.pkl`` files Tune brings back; a file the driver appends to (the scheduler's decisions)
     must be fetched first, or the next upload replaces the stored one with the new lines only.
     Returns the local path (None if the trial has no directory yet).
+
+    Examples:
+        >>> import tempfile, pyarrow.fs
+        >>> from types import SimpleNamespace as Stub  # stands in for a Tune trial
+        >>> disk = pyarrow.fs.LocalFileSystem()
+        >>> with tempfile.TemporaryDirectory() as local, tempfile.TemporaryDirectory() as stored:
+        ...     _ = Path(stored, "ikkuna_decisions.jsonl").write_text("{}")
+        ...     storage = Stub(trial_fs_path=stored, storage_filesystem=disk)
+        ...     trial = Stub(local_path=local, storage=storage)
+        ...     path = fetch_trial_file(trial, "ikkuna_decisions.jsonl")  # fetched from storage
+        ...     path.parent == Path(local), path.read_text()
+        (True, '{}')
     """
     try:
         local_dir = trial.local_path
@@ -112,6 +137,11 @@ class TrialUploader:
 
     Only files named ``events.out.tfevents*`` + :data:`~ikkuna_tune.backends.EVENT_FILE_SUFFIX`
     are copied, so the user's own files and Tune's are left to Tune.
+
+    Examples:
+        >>> uploader = TrialUploader("trial_dir")  # outside a Tune trial: no storage to copy to
+        >>> uploader.local_dir, uploader.upload()
+        ('trial_dir', None)
     """
 
     def __init__(self, local_dir: str | Path) -> None:
