@@ -68,6 +68,18 @@ def instrument(
         ``tune.Tuner``, ``tune.with_resources`` and ``tune.with_parameters``. Called directly
         with a config (no Ray), it runs the trial locally and :func:`local_results` gives its
         reports.
+
+    Examples:
+        >>> from ikkuna_tune.subscribers import NormSubscriber
+        >>> def trainable(config):
+        ...     model = nn.Sequential(nn.Linear(1, 1, bias=False))
+        ...     nn.init.constant_(model[0].weight, config["w"])
+        ...     watch(model)
+        ...     model(torch.ones(1, 1))
+        ...     report({"w": config["w"]})
+        >>> instrument(trainable, [NormSubscriber("weights", backend=None)])({"w": -2.0})
+        >>> local_results()  # called directly: the trial ran here, without Ray
+        [{'w': -2.0, 'weights_norm2': {'0': 2.0}, 'frozen': {'0': 0}, 'frozen_fraction': 0.0}]
     """
     if inspect.isclass(trainable) or not callable(trainable):
         raise ValueError(
@@ -139,6 +151,13 @@ def watch(
             when a subscriber cannot be attached (it is named), or when ikkuna_tune's state in
             the trial's checkpoint cannot be applied; the original error is the ``__cause__``.
         RuntimeError: when ``watch`` was already called in this trial.
+
+    Examples:
+        >>> def trainable(config):
+        ...     exporter = watch(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)))
+        ...     print(list(exporter.modules))
+        >>> instrument(trainable)({})
+        ['0', '2']
     """
     session = current_session()
     if session is None:
@@ -161,6 +180,17 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
     :func:`watch`). If the first report that follows training steps finds that no epoch has
     ended while some subscriber runs only at the end of one, it warns once (``UserWarning``),
     naming those subscribers and their outputs, which are ``None`` until an epoch ends.
+
+    Examples:
+        >>> def trainable(config):
+        ...     watch(nn.Sequential(nn.Linear(2, 1)))
+        ...     print(report({"loss": 0.5}))
+        >>> instrument(trainable)({})
+        {'loss': 0.5, 'frozen': {'0': 0}, 'frozen_fraction': 0.0}
+        >>> report({"loss": 0.5})  # outside a watched trial
+        Traceback (most recent call last):
+        ...
+        RuntimeError: report() was called before watch(model, ...): call watch first
     """
     session = current_session()
     if session is None or session.exporter is None:
@@ -169,7 +199,17 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
 
 
 def local_results() -> list[dict[str, Any]]:
-    """The reports of the latest trial run outside Tune (or of the running local session)."""
+    """The reports of the latest trial run outside Tune (or of the running local session).
+
+    Examples:
+        >>> def trainable(config):
+        ...     watch(nn.Sequential(nn.Linear(2, 1)))
+        ...     for epoch in range(2):
+        ...         report({"epoch": epoch})
+        >>> instrument(trainable)({})
+        >>> [result["epoch"] for result in local_results()]
+        [0, 1]
+    """
     session = current_session()
     if session is not None and not session.in_tune:
         return list(session.results)
