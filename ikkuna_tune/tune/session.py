@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -16,15 +15,21 @@ from torch import nn
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
-from ikkuna_tune.messages import BUILTIN_KINDS, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
+from ikkuna_tune.tune.subscriber_templates import (
+    SubscriberSpec,
+    check_attachable,
+    fresh_subscribers,
+)
+from ikkuna_tune.tune.watch_call import describe_watch_call, renamed
 
 __all__ = [
     "RESERVED_KEYS",
     "STATE_FILE",
+    "SubscriberSpec",
     "TrialSession",
     "check_attachable",
     "current_session",
@@ -37,8 +42,6 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
 RESERVED_KEYS = keys.RESERVED_KEYS
-
-SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
 
 _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", default=None)
 
@@ -59,100 +62,6 @@ def _tune_context() -> Any | None:
             return context if context.get_trial_id() is not None else None
     except Exception:  # not inside Tune, or Ray not initialised
         return None
-
-
-def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> list[Subscriber]:
-    """New, unshared subscribers for one trial: deep copies of templates, or ``spec(config)``."""
-    if spec is None:
-        return []
-    made = spec(config) if callable(spec) else copy.deepcopy(list(spec))
-    made = list(made)
-    for subscriber in made:
-        if not isinstance(subscriber, Subscriber):
-            raise ValueError(
-                f"Expected subscribers to be Subscriber objects but got {type(subscriber).__name__}"
-            )
-        if subscriber.message_bus is not None:
-            raise ValueError(f"{subscriber!r} is already attached to a bus; pass unattached ones")
-    return made
-
-
-def check_attachable(subscribers: Sequence[Subscriber]) -> None:
-    """Check, without a bus, that ``subscribers`` can be attached to one in this order: each
-    subscribes to built-in kinds or to kinds it or the subscribers before it publish, and no
-    two publish the same kind. Raises ``ValueError`` naming the first that cannot.
-
-    What needs the model is checked only by :meth:`TrialSession.watch` (kinds that need the
-    optimizer, say).
-    """
-    published: dict[str, int] = {}  # kind -> the (1-based) subscriber that publishes it
-    for index, subscriber in enumerate(subscribers, 1):
-        where = f"ik.instrument: subscriber {index} ({subscriber!r}) cannot be attached"
-        own = subscriber.publications
-        for kind in own:
-            if kind in published:
-                raise ValueError(
-                    f"{where}: it publishes {kind!r}, which subscriber {published[kind]} "
-                    "publishes already; let only one of them publish it"
-                )
-        known = BUILTIN_KINDS | set(published) | set(own)
-        for subscription in subscriber.subscriptions:
-            unknown = [kind for kind in subscription.kinds if kind not in known]
-            if unknown:
-                for later, other in enumerate(subscribers[index:], index + 1):
-                    theirs = [kind for kind in unknown if kind in other.publications]
-                    if theirs:
-                        raise ValueError(
-                            f"{where}: it subscribes to {theirs[0]!r}, which subscriber "
-                            f"{later} publishes; put it after subscriber {later}"
-                        )
-                raise ValueError(f"{where}: {unknown_kinds_message(unknown, published)}")
-        published.update(dict.fromkeys(own, index))
-
-
-def _watch_call(
-    model: object,
-    optimizer: object,
-    depth: object,
-    module_filter: object,
-    log_dir: object,
-    output_fn: object,
-) -> str:
-    """``ik.watch(...)`` with the arguments given, described briefly (types, not values)."""
-
-    def name(thing: object) -> str:
-        return getattr(thing, "__name__", None) or repr(thing)
-
-    parts = [f"model={type(model).__name__}"]
-    if optimizer is not None:
-        if isinstance(optimizer, (list, tuple)):
-            described = "[" + ", ".join(type(o).__name__ for o in optimizer) + "]"
-        else:
-            described = type(optimizer).__name__
-        parts.append(f"optimizer={described}")
-    if depth is not None:
-        parts.append(f"depth={depth!r}")
-    if module_filter is not None:
-        if isinstance(module_filter, tuple):
-            described = "(" + ", ".join(name(c) for c in module_filter) + ")"
-        else:
-            described = name(module_filter)
-        parts.append(f"module_filter={described}")
-    if log_dir is not None:
-        parts.append(f"log_dir={str(log_dir)!r}")
-    if output_fn is not None:
-        parts.append(f"output_fn={name(output_fn)}")
-    return f"ik.watch({', '.join(parts)})"
-
-
-def _renamed(error: Exception, text: str) -> Exception:
-    """An exception of ``error``'s type saying ``text`` (a RuntimeError if that type cannot
-    be made from one message); raise it ``from error``."""
-    try:
-        renamed = type(error)(text)
-    except Exception:
-        return RuntimeError(text)
-    return renamed if str(renamed) == text else RuntimeError(text)
 
 
 class TrialSession:
@@ -220,7 +129,7 @@ class TrialSession:
                 "watch() was already called in this trial; call it once, after building the model"
             )
         # an error names the user's call, not the Exporter or the bus it came from
-        call = _watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
+        call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
         if log_dir is None and self.context is not None:
             log_dir = self.context.get_trial_dir()
         try:
@@ -229,14 +138,14 @@ class TrialSession:
                 model, optimizer, bus, depth=depth, module_filter=module_filter, output_fn=output_fn
             )
         except Exception as error:
-            raise _renamed(error, f"{call}: {error}") from error
+            raise renamed(error, f"{call}: {error}") from error
         try:
             for index, subscriber in enumerate(self.subscribers, 1):
                 try:
                     subscriber.attach(bus)
                 except Exception as error:
                     text = f"{call}: cannot attach subscriber {index} ({subscriber!r}): {error}"
-                    raise _renamed(error, text) from error
+                    raise renamed(error, text) from error
             self.timer = StepTimer(bus)
             published = {k: bus.kind_type(k) for s in self.subscribers for k in s.publications}
             self.collector = None
@@ -255,7 +164,7 @@ class TrialSession:
             self._restore()
         except Exception as error:
             text = f"{call}: restoring ikkuna_tune's state from the trial's checkpoint: {error}"
-            raise _renamed(error, text) from error
+            raise renamed(error, text) from error
         return exporter
 
     # ------------------------------------------------------------ reporting
