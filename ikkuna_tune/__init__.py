@@ -3,6 +3,13 @@
 The names below are loaded when first used (``import ikkuna_tune`` itself imports neither torch
 nor Ray, so ``ikkuna-tune --help`` starts at once); ``ik.watch`` brings in torch, and
 ``ik.SVCCAScheduler`` Ray Tune.
+
+Examples:
+    >>> import ikkuna_tune as ik
+    >>> ik.watch is ik.tune.watch, ik.watch.__module__
+    (True, 'ikkuna_tune.tune.instrument')
+    >>> "SVCCAScheduler" in dir(ik), ik.compare.load.__module__
+    (True, 'ikkuna_tune.compare.loading')
 """
 
 from __future__ import annotations
