@@ -234,6 +234,7 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         >>> from ikkuna_tune.bus import MessageBus
         >>> from ikkuna_tune.messages import NamedModule
         >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> weights = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # singular values 3 and 1
         >>> bus = MessageBus()
         >>> sub = SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=10)
         >>> sigma = []
@@ -241,7 +242,6 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         ...     CallbackSubscriber(["weights_spectral_norm"], lambda m: sigma.append(m.data))
         ... )
         >>> layer = NamedModule("fc", torch.nn.Linear(2, 2))
-        >>> weights = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
         >>> steps = {"global_step": 0, "train_step": 0, "epoch": 0}
         >>> bus.publish_module_message("weights", layer, weights, **steps)
         >>> sigma, list(sub.state_dict()["u"])  # one power-iteration vector per layer
