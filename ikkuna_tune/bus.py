@@ -42,7 +42,28 @@ _MAX_DEFERRED = 4096
 
 class BusListener(Protocol):
     """What follows a bus's subscribers (the Exporter is one): it may refuse a subscriber before
-    it is added, and hears when the subscribers changed."""
+    it is added, and hears when the subscribers changed.
+
+    Examples:
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> class LossOnly:  # notes each change, refuses subscribers to other kinds
+        ...     def __init__(self):
+        ...         self.changes = []
+        ...     def check_subscriber(self, subscriber):
+        ...         if subscriber.kinds != ("loss",):
+        ...             raise ValueError(f"only 'loss' here, not {list(subscriber.kinds)}")
+        ...     def subscribers_changed(self, bus):
+        ...         self.changes.append(len(bus.subscribers))
+        >>> bus, listener = MessageBus(), LossOnly()
+        >>> bus.add_listener(listener)
+        >>> CallbackSubscriber(["loss"], print, bus).detach()
+        >>> CallbackSubscriber(["weights"], print, bus)
+        Traceback (most recent call last):
+        ...
+        ValueError: only 'loss' here, not ['weights']
+        >>> listener.changes, bus.subscribers
+        ([1, 0], ())
+    """
 
     def check_subscriber(self, subscriber: Subscriber) -> None:
         """Raise ``ValueError`` if ``subscriber`` asks for something this listener cannot give."""
@@ -61,6 +82,19 @@ class MessageBus(KindRegistry):
         name: a name for logs.
         log_dir: where the ``'tb'`` backend of this bus writes its event files (default: a new
             ``runs/<date>_<host>`` directory, as tensorboardX chooses).
+
+    Examples:
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> bus, got = MessageBus("trial-0"), []
+        >>> CallbackSubscriber(["accuracy"], got.append, bus)
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown message kind(s) ['accuracy']...
+        >>> bus.register_kind("accuracy", "META", owner="an evaluator")
+        >>> sub = CallbackSubscriber(["accuracy"], got.append, bus)
+        >>> bus.publish_network_message("accuracy", 0.9, global_step=3, train_step=3, epoch=0)
+        >>> bus, [(m.kind, m.data, m.global_step) for m in got]
+        (MessageBus('trial-0', subscribers=1), [('accuracy', 0.9, 3)])
     """
 
     def __init__(self, name: str = "bus", log_dir: str | Path | None = None) -> None:

@@ -22,7 +22,20 @@ __all__ = ["KindRegistry"]
 
 class KindRegistry:
     """Per-layer (``'DATA'``) and network-wide (``'META'``) kinds, built-in and registered; the
-    base of :class:`~ikkuna_tune.bus.MessageBus`, where each bus owns its kinds."""
+    base of :class:`~ikkuna_tune.bus.MessageBus`, where each bus owns its kinds.
+
+    Examples:
+        >>> registry = KindRegistry()
+        >>> registry.register_kind("accuracy", "META", owner="an evaluator")
+        >>> "accuracy" in registry.meta_kinds, registry.published_kinds
+        (True, {'accuracy': 'an evaluator'})
+        >>> registry.register_kind("accuracy", "META", owner="another evaluator")
+        Traceback (most recent call last):
+        ...
+        ValueError: Kind 'accuracy' is already published by 'an evaluator'
+        >>> registry.deregister_kind("accuracy"); registry.kind_type("accuracy") is None
+        True
+    """
 
     def __init__(self) -> None:
         self._data_kinds: set[str] = set(DATA_KINDS)

@@ -38,6 +38,20 @@ class LayerFreezing:
     """Freeze and unfreeze the tracked layers of a model (see the module docstring).
 
     Its state is set by :class:`~ikkuna_tune.exporter.Exporter`'s constructor.
+
+    Examples:
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> exporter = Exporter(model)
+        >>> exporter.freeze("0"); model[0].weight.requires_grad, exporter.frozen
+        (False, ('0',))
+        >>> exporter.freeze("2")
+        Traceback (most recent call last):
+        ...
+        ValueError: Refusing to freeze '2': it is the last trainable layer ...
+        >>> exporter.unfreeze("0"); model[0].weight.requires_grad, exporter.frozen
+        (True, ())
     """
 
     model: nn.Module

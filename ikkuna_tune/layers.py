@@ -50,6 +50,14 @@ Entry = tuple[str, NamedModule, str]
 
 
 def own_params(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters ``module`` holds itself, not those of its submodules.
+
+    Examples:
+        >>> from torch import nn
+        >>> block = nn.Sequential(nn.Linear(2, 3))
+        >>> own_params(block), [tuple(p.shape) for p in own_params(block[0])]
+        ([], [(3, 2), (3,)])
+    """
     return list(module.parameters(recurse=False))
 
 
@@ -65,7 +73,18 @@ class CopySafeHook(partial):  # type: ignore[type-arg]
     """A hook the Exporter registers: a ``functools.partial`` (called as fast) that does not
     survive copying. ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a model or optimizer
     copy its hook dicts; there, this becomes :func:`_no_hook`, so that a copy never reaches the
-    Exporter, its bus or the bus's backends (a TensorBoard writer cannot be copied)."""
+    Exporter, its bus or the bus's backends (a TensorBoard writer cannot be copied).
+
+    Examples:
+        >>> import copy
+        >>> from torch import nn
+        >>> model, shapes = nn.Linear(2, 1), []
+        >>> hook = CopySafeHook(lambda module, args, out: shapes.append(tuple(out.shape)))
+        >>> _ = model.register_forward_hook(hook)
+        >>> _ = model(torch.zeros(4, 2)); _ = copy.deepcopy(model)(torch.zeros(5, 2))
+        >>> shapes  # the copy's hook did nothing
+        [(4, 1)]
+    """
 
     def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
         return (_dropped_hook, ())
@@ -77,7 +96,20 @@ class CopySafeHook(partial):  # type: ignore[type-arg]
 class TrackedLayers(dict):  # type: ignore[type-arg]
     """The tracked layers by name. Looking up the key of a repeated call (``'fc#2'``, see
     :class:`~ikkuna_tune.exporter.Exporter`) gives its :class:`NamedModule` too, so that a
-    subscriber can resolve every key it receives, but such keys are not among the dict's keys."""
+    subscriber can resolve every key it receives, but such keys are not among the dict's keys.
+
+    Examples:
+        >>> from torch import nn
+        >>> fc = NamedModule("fc", nn.Linear(2, 2))
+        >>> layers = TrackedLayers({"fc": fc})
+        >>> layers.repeats["fc#2"] = NamedModule("fc#2", fc.module)
+        >>> layers["fc#2"], list(layers), "fc#2" in layers
+        (NamedModule(name='fc#2'), ['fc'], False)
+        >>> layers["fc#3"]
+        Traceback (most recent call last):
+        ...
+        KeyError: 'fc#3'
+    """
 
     def __init__(self, layers: dict[str, NamedModule]) -> None:
         super().__init__(layers)
@@ -94,7 +126,16 @@ def first_tensor(output: Any) -> torch.Tensor | None:
     """The tensor that stands for a module's output: the output itself if it is a tensor; for a
     tuple or list (an LSTM's ``(output, (h, c))``, a ``PackedSequence``) the first tensor found
     depth-first; for a dict the value of the first of :data:`OUTPUT_KEYS` present, else its first
-    tensor found depth-first; None if there is none."""
+    tensor found depth-first; None if there is none.
+
+    Examples:
+        >>> first_tensor((torch.ones(2), (torch.zeros(1), torch.zeros(1))))  # an LSTM's output
+        tensor([1., 1.])
+        >>> first_tensor({"aux": torch.zeros(1), "out": torch.ones(3)})
+        tensor([1., 1., 1.])
+        >>> first_tensor([None, {"h": torch.zeros(2)}]), first_tensor("no tensor")
+        (tensor([0., 0.]), None)
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping):
@@ -126,6 +167,16 @@ def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
     otherwise its only own parameter not named like a bias is the weight (a ``scale``) and its
     only one named like a bias (``bias``, ``bias_*``, ``*_bias``) the bias. With several
     candidates (an LSTM's ``weight_ih_l0``, ``weight_hh_l0``, ...) a role stays empty.
+
+    Examples:
+        >>> from torch import nn
+        >>> layer = nn.Module()
+        >>> layer.scale = nn.Parameter(torch.ones(3))
+        >>> layer.shift_bias = nn.Parameter(torch.zeros(3))
+        >>> parameter_roles(layer)
+        ({'weight': 'scale', 'bias': 'shift_bias'}, [])
+        >>> parameter_roles(nn.LSTM(2, 3))
+        ({}, ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'])
     """
     own = list(module._parameters)
     roles: dict[str, str] = {}
@@ -147,7 +198,17 @@ def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
 
 def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     """``module.<attr>`` if it is a tensor, else None; a parameter is found without
-    ``nn.Module.__getattr__`` (this runs for every layer on every step)."""
+    ``nn.Module.__getattr__`` (this runs for every layer on every step).
+
+    Examples:
+        >>> from torch import nn
+        >>> tensor_attr(nn.Linear(2, 3), "weight").shape
+        torch.Size([3, 2])
+        >>> tensor_attr(nn.BatchNorm1d(2), "running_mean")  # a buffer
+        tensor([0., 0.])
+        >>> tensor_attr(nn.Linear(2, 3, bias=False), "bias"), tensor_attr(nn.LSTM(2, 3), "bias")
+        (None, None)
+    """
     value = module._parameters.get(attr)
     if value is None:
         value = getattr(module, attr, None)
@@ -157,13 +218,35 @@ def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
 def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """Forward pre-hook of a frozen layer: it and its submodules run in eval mode, so that
     ``model.train()`` cannot make a frozen BatchNorm update its running statistics (or a frozen
-    dropout drop)."""
+    dropout drop).
+
+    Examples:
+        >>> from torch import nn
+        >>> block = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+        >>> handle = block.register_forward_pre_hook(hold_eval)
+        >>> _ = block.train()(torch.ones(1, 2))
+        >>> block.training, block[1].training  # the forward pass put them in eval mode
+        (False, False)
+        >>> handle.remove(); block.train()[1].training
+        True
+    """
     for submodule in module.modules():
         submodule.training = False
 
 
 def check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:
-    """``optimizer`` (one, a sequence of them, or None) as a tuple of distinct optimizers."""
+    """``optimizer`` (one, a sequence of them, or None) as a tuple of distinct optimizers.
+
+    Examples:
+        >>> from torch import nn
+        >>> sgd = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> check_optimizers(None), check_optimizers(sgd) == (sgd,)
+        ((), True)
+        >>> check_optimizers([sgd, sgd])
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected distinct optimizers but got the same optimizer twice in ['SGD', 'SGD']
+    """
     expected = "Expected `optimizer` to be a torch.optim.Optimizer, a sequence of them or None"
     if optimizer is None:
         return ()
@@ -199,6 +282,17 @@ def select_modules(
     levels below the model (``'features.0'`` is at depth 2) that hold parameters, plus leaf modules
     with parameters above that depth. ``module_filter`` keeps only instances of the given
     class(es), subclasses included.
+
+    Examples:
+        >>> from torch import nn
+        >>> features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+        >>> model = nn.ModuleDict({"features": features, "head": nn.Linear(2, 1)})
+        >>> list(select_modules(model))
+        ['features.0', 'features.1', 'head']
+        >>> list(select_modules(model, depth=1))
+        ['features', 'head']
+        >>> list(select_modules(model, module_filter=nn.Conv2d))
+        ['features.0']
     """
     chosen: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
@@ -310,7 +404,22 @@ def output_tensor(
 
 
 def layer_tensor(named: NamedModule, output: Any) -> torch.Tensor:
-    """The tensor that stands for layer ``named``'s ``output`` (its ``activations``)."""
+    """The tensor that stands for layer ``named``'s ``output`` (its ``activations``).
+
+    Raises:
+        ValueError: if there is no tensor in ``output``.
+
+    Examples:
+        >>> from torch import nn
+        >>> lstm = NamedModule("lstm", nn.LSTM(2, 3, batch_first=True))
+        >>> output = lstm.module(torch.zeros(1, 5, 2))  # (sequence, (h, c))
+        >>> layer_tensor(lstm, output).shape
+        torch.Size([1, 5, 3])
+        >>> layer_tensor(lstm, (None, "no tensor"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Layer 'lstm' (LSTM) returned a tuple with no tensor in it, ...
+    """
     tensor = first_tensor(output)
     if tensor is None:
         raise ValueError(

@@ -44,6 +44,22 @@ class StepHooks:
     """The hook handlers and per-step publishing of an Exporter (see the module docstring).
 
     Every attribute below is set by :class:`~ikkuna_tune.exporter.Exporter`'s constructor.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> model, seen = nn.Linear(2, 1), []
+        >>> exporter = Exporter(model)
+        >>> def note(message):
+        ...     seen.append((message.tag, message.global_step))
+        >>> _ = CallbackSubscriber(["network_output"], note, exporter.message_bus, tag=None)
+        >>> for _ in range(2):
+        ...     _ = model(torch.ones(1, 2))  # a training forward pass: a new step
+        >>> _ = model.eval()(torch.ones(1, 2))  # an eval forward pass: no step
+        >>> seen, exporter.global_step, exporter.steps_started
+        ([('default', 0), ('default', 1), ('eval', 1)], 1, 2)
     """
 
     model: nn.Module

@@ -54,7 +54,15 @@ logger = logging.getLogger(__name__)
 
 def check_probe_args(forward_fn: object, probe_tag: object) -> None:
     """Check the arguments of a subscriber that runs the model itself (through the Exporter's
-    probe): ``forward_fn`` callable or None, ``probe_tag`` a tag other than the training tag."""
+    probe): ``forward_fn`` callable or None, ``probe_tag`` a tag other than the training tag.
+
+    Examples:
+        >>> check_probe_args(None, "svcca")  # no error: the arguments are fine
+        >>> check_probe_args(print, "default")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `probe_tag` to be a tag other than 'default' but got 'default'
+    """
     if forward_fn is not None and not callable(forward_fn):
         raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
     if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
@@ -64,7 +72,14 @@ def check_probe_args(forward_fn: object, probe_tag: object) -> None:
 
 
 def plot_config(title: str, ylabel: str, ylims: object = None) -> dict[str, Any]:
-    """The :attr:`PlotSubscriber.plot_config` of a subscriber's values (``ylims`` checked)."""
+    """The :attr:`PlotSubscriber.plot_config` of a subscriber's values (``ylims`` checked).
+
+    Examples:
+        >>> plot_config("Loss", "Cross-entropy", ylims=[0, 2])
+        {'title': 'Loss', 'xlabel': 'Train step', 'ylabel': 'Cross-entropy', 'ylims': (0.0, 2.0)}
+        >>> plot_config("Loss", "Cross-entropy")
+        {'title': 'Loss', 'xlabel': 'Train step', 'ylabel': 'Cross-entropy'}
+    """
     config: dict[str, Any] = {"title": title, "xlabel": "Train step", "ylabel": ylabel}
     limits = check_ylims(ylims)
     if limits is not None:
@@ -136,6 +151,20 @@ class Subscriber:
         subscriptions: what it receives; each created for this subscriber.
         message_bus: attach to this bus right away.
         publishes: the kinds it publishes, each ``'DATA'`` (per layer) or ``'META'``.
+
+    Examples:
+        >>> class DoubleLoss(Subscriber):
+        ...     def __init__(self, message_bus=None):
+        ...         subscriptions = [Subscription(self, ["loss"])]
+        ...         super().__init__(subscriptions, message_bus, publishes={"loss_x2": "META"})
+        ...     def compute(self, message):
+        ...         self.publish("loss_x2", 2 * message.data, message)
+        >>> bus, got = MessageBus(), []
+        >>> doubler = DoubleLoss(bus)
+        >>> _ = CallbackSubscriber(["loss_x2"], got.append, bus)
+        >>> bus.publish_network_message("loss", 0.25, global_step=7, train_step=7, epoch=0)
+        >>> [(m.kind, m.data, m.global_step) for m in got], bus.published_kinds
+        ([('loss_x2', 0.5, 7)], {'loss_x2': DoubleLoss(kinds=['loss'])})
     """
 
     #: what a subscriber that runs the model does with it ('probe', 'evaluate'), else None
@@ -333,7 +362,17 @@ class Subscriber:
 
 
 class CallbackSubscriber(Subscriber):
-    """Calls ``callback(message)`` for each message (each bundle, if ``synchronized``)."""
+    """Calls ``callback(message)`` for each message (each bundle, if ``synchronized``).
+
+    Examples:
+        >>> bus, got = MessageBus(), []
+        >>> sub = CallbackSubscriber(["loss"], got.append, bus, tag="eval")
+        >>> for tag, loss in [("default", 0.9), ("eval", 0.7)]:
+        ...     bus.publish_network_message("loss", loss, global_step=0, train_step=0, epoch=0,
+        ...                                 tag=tag)
+        >>> [(m.tag, m.data) for m in got]  # only the messages tagged 'eval'
+        [('eval', 0.7)]
+    """
 
     def __init__(
         self,
@@ -371,6 +410,26 @@ class PlotSubscriber(Subscriber):
             and for code written for the original ikkuna; TensorBoard draws its own axes.
         backend: ``'tb'`` (TensorBoard event files in the bus's ``log_dir``) or ``None``.
         publishes: as for :class:`Subscriber`.
+
+    Examples:
+        >>> from ikkuna_tune.backends import Backend
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> class PrintingBackend(Backend):
+        ...     def add_scalar(self, tag, value, step):
+        ...         print(tag, value, step)
+        >>> class Size(PlotSubscriber):  # the number of weights of each layer
+        ...     def __init__(self, message_bus):
+        ...         subscriptions = [Subscription(self, ["weights"])]
+        ...         super().__init__(subscriptions, message_bus, plot_config("Size", "weights"),
+        ...                          backend=None, publishes={"weights_size": "DATA"})
+        ...     def compute(self, message):
+        ...         self.publish("weights_size", message.data.numel(), message)
+        >>> bus = MessageBus()
+        >>> Size(bus).backend = PrintingBackend()  # in place of TensorBoard (backend='tb')
+        >>> fc = NamedModule("fc", torch.nn.Linear(3, 2))
+        >>> bus.publish_module_message("weights", fc, fc.module.weight, global_step=4,
+        ...                            train_step=4, epoch=0)
+        weights_size/fc 6 4
     """
 
     def __init__(

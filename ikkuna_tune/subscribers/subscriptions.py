@@ -71,6 +71,21 @@ class Subscription:
         subsample: process only every ``subsample``-th message per (layer, kind), starting with
             the first. Counted separately for every kind, so ``subsample=10`` also keeps only every
             tenth ``epoch_finished``.
+
+    Examples:
+        >>> from ikkuna_tune.bus import MessageBus
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> bus, steps = MessageBus(), []
+        >>> sub = CallbackSubscriber(["loss"], lambda m: steps.append(m.global_step), bus,
+        ...                          subsample=2)
+        >>> for step in range(6):
+        ...     bus.publish_network_message("loss", 0.5, global_step=step, train_step=step, epoch=0)
+        >>> steps  # the 1st, 3rd and 5th message
+        [0, 2, 4]
+        >>> Subscription(sub, ["weight_gradient"])
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown message kind(s) ['weight_gradient']; did you mean 'weight_gradients'?...
     """
 
     def __init__(
@@ -213,6 +228,19 @@ class SynchronizedSubscription(Subscription):
     kinds of which step have arrived), so that the completed bundles are counted exactly as if
     they had been built. Publishers that give the step to :meth:`MessageBus.skip` do not even
     build those messages.
+
+    Examples:
+        >>> from ikkuna_tune.bus import MessageBus
+        >>> from ikkuna_tune.subscribers import CallbackSubscriber
+        >>> bus, bundles = MessageBus(), []
+        >>> sub = CallbackSubscriber(["loss", "input_labels"], bundles.append, bus,
+        ...                          synchronized=True)
+        >>> def publish(kind, data, step):
+        ...     bus.publish_network_message(kind, data, global_step=step, train_step=step, epoch=0)
+        >>> publish("loss", 0.9, step=0)  # step 0 brings no labels: its bundle is dropped
+        >>> publish("loss", 0.7, step=1); publish("input_labels", [1, 0], step=1)
+        >>> [(b.global_step, b["loss"], b["input_labels"]) for b in bundles]
+        [(1, 0.7, [1, 0])]
     """
 
     def __init__(

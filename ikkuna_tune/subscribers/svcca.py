@@ -116,6 +116,19 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     Raises:
         ValueError: for invalid arguments, and when attached to a bus with no Exporter while no
             ``forward_fn`` was given.
+
+    Examples:
+        >>> from torch import nn
+        >>> from ikkuna_tune.exporter import Exporter
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> exporter = Exporter(model)
+        >>> svcca = BatchedSVCCASubscriber(torch.randn(32, 4), 16, batch_size=4, freeze_at=0.99,
+        ...                                message_bus=exporter.message_bus, backend=None)
+        >>> svcca.checkpoint(_epoch_end())  # the first checkpoint only records
+        {}
+        >>> values = svcca.checkpoint(_epoch_end())  # nothing was trained in between
+        >>> {name: round(value, 6) for name, value in values.items()}, exporter.frozen
+        ({'0': 1.0, '2': 1.0}, ('0',))
     """
 
     uses_model = "probe"
