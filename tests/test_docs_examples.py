@@ -3,8 +3,7 @@
 Read from the source, without importing the modules: each class or function defined at module
 level in ``ikkuna_tune/`` whose name does not start with ``_`` has ``>>>`` in its docstring,
 which ``tests/test_doctests.py`` then runs. The demo and model zoo in ``ikkuna_tune/examples/``
-and the command line (``ikkuna_tune/cli.py``, shown by ``--help``) are left out, and so are the
-modules in :data:`PENDING` while their examples are being written.
+and the command line (``ikkuna_tune/cli.py``, shown by ``--help``) are left out.
 """
 
 from __future__ import annotations
@@ -18,20 +17,6 @@ import ikkuna_tune
 
 PACKAGE = Path(ikkuna_tune.__file__).parent
 ROOT = PACKAGE.parent
-
-#: Modules whose examples are still being written (paths relative to the repository root); the
-#: check skips them until they are taken off this list.
-PENDING = frozenset(
-    {
-        "ikkuna_tune/tune/decision_log.py",
-        "ikkuna_tune/tune/results.py",
-        "ikkuna_tune/tune/scheduler.py",
-        "ikkuna_tune/tune/session.py",
-        "ikkuna_tune/tune/subscriber_templates.py",
-        "ikkuna_tune/tune/trial_view.py",
-        "ikkuna_tune/tune/watch_call.py",
-    }
-)
 
 _LEFT_OUT_DIRS = ("ikkuna_tune/examples/",)
 _LEFT_OUT_FILES = ("ikkuna_tune/cli.py",)
@@ -93,15 +78,8 @@ def test_the_check_reads_the_package() -> None:
     assert not any(path.startswith("ikkuna_tune/examples/") for path in modules)
 
 
-def test_pending_modules_exist() -> None:
-    missing = sorted(PENDING - set(_modules()))
-    assert not missing, f"PENDING names modules that are not in the package: {missing}"
-
-
 def test_every_public_class_and_function_has_an_example() -> None:
-    offenders = [
-        offender for path in _modules() if path not in PENDING for offender in _offenders(path)
-    ]
+    offenders = [offender for path in _modules() for offender in _offenders(path)]
     assert not offenders, (
         "Public classes and functions without an example (a '>>>' line in the docstring): "
         + ", ".join(offenders)

@@ -72,7 +72,14 @@ def append_decision(trial: Trial | None, trial_id: str, decision: Decision) -> N
 def read_decisions(trial: Trial) -> list[Decision]:
     """The decisions in the trial's log (fetched from storage if the driver has no copy), in
     order; bad lines are skipped and an unreadable log counts as empty, each with a warning.
-    See :func:`append_decision` for an example."""
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> read_decisions(SimpleNamespace(local_path=None, storage=None))  # no directory yet
+        []
+
+        :func:`append_decision` shows a log written and read back.
+    """
     path = fetch_trial_file(trial, DECISIONS_FILE)
     if path is None or not path.exists():
         return []

@@ -91,6 +91,15 @@ class SVCCAScheduler(FIFOScheduler):
             ``training_iteration``, if any (else trials are never stopped as behind).
         base: an optional Ray scheduler for metric-based early stopping.
         similarity_key: the reported per-layer SVCCA similarity to read.
+
+    Examples:
+        >>> scheduler = SVCCAScheduler(metric="test_accuracy", mode="max", stop=False)
+        >>> scheduler.rules.freeze_at, scheduler.stop, scheduler.decisions
+        (0.99, False, [])
+        >>> SVCCAScheduler(freeze_at=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `freeze_at` to be a number in (0, 1] but got 1.5
     """
 
     _supports_buffered_results = False

@@ -47,7 +47,15 @@ _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", de
 
 
 def current_session() -> TrialSession | None:
-    """The session of the trial running in this thread, if any."""
+    """The session of the trial running in this thread, if any.
+
+    Examples:
+        >>> from ikkuna_tune.tune import instrument
+        >>> seen = []
+        >>> instrument(lambda config: seen.append(current_session().config))({"lr": 0.1})
+        >>> seen, current_session()  # the session lives while its trial runs
+        ([{'lr': 0.1}], None)
+    """
     return _current.get()
 
 
@@ -69,6 +77,15 @@ class TrialSession:
 
     Created by the trainable that :func:`~ikkuna_tune.instrument` returns (or implicitly by
     :func:`~ikkuna_tune.watch` outside one); :meth:`watch` binds it to a model.
+
+    Examples:
+        >>> from torch import nn
+        >>> session = TrialSession([], {"lr": 0.1})
+        >>> exporter = session.watch(nn.Linear(2, 1))
+        >>> list(exporter.modules), session.trial_id  # outside Tune: no trial id
+        ([''], None)
+        >>> session.close(); exporter.closed
+        True
     """
 
     def __init__(self, subscribers: list[Subscriber], config: dict[str, Any]) -> None:
