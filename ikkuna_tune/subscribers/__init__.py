@@ -5,9 +5,10 @@ from ikkuna_tune.subscribers.accuracy import (
     TestAccuracySubscriber,
     TrainAccuracySubscriber,
 )
-from ikkuna_tune.subscribers.base import CallbackSubscriber, PlotSubscriber, Subscriber
+from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
 from ikkuna_tune.subscribers.histogram import HistogramSubscriber
 from ikkuna_tune.subscribers.message_mean import MessageMeanSubscriber
+from ikkuna_tune.subscribers.plotting import PlotSubscriber
 from ikkuna_tune.subscribers.ratio import RatioSubscriber
 from ikkuna_tune.subscribers.stats import (
     MeanSubscriber,

@@ -18,7 +18,8 @@ from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
-from ikkuna_tune.subscribers.base import PlotSubscriber, Trigger, check_probe_args, plot_config
+from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
+from ikkuna_tune.subscribers.probe import Trigger, check_probe_args
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Subscribers: turn the messages they receive into metrics and publish those on the bus.
 
-:class:`Subscriber` is the base class; :class:`PlotSubscriber` adds a backend (TensorBoard)
-for the scalars it publishes; :class:`CallbackSubscriber` hands each message to a function.
+:class:`Subscriber` is the base class; :class:`CallbackSubscriber` hands each message to a
+function. :class:`~ikkuna_tune.subscribers.plotting.PlotSubscriber` adds a backend.
 Which messages a subscriber receives is its :mod:`~ikkuna_tune.subscribers.subscriptions`.
 
 Examples:
@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.checks import check_int_or_epoch, check_ylims
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     KindType,
@@ -40,82 +38,9 @@ from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubs
 if TYPE_CHECKING:
     from ikkuna_tune.model_access import ModelAccess
 
-__all__ = [
-    "CallbackSubscriber",
-    "PlotSubscriber",
-    "Subscriber",
-    "Trigger",
-    "check_probe_args",
-    "plot_config",
-]
+__all__ = ["CallbackSubscriber", "Subscriber"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_probe_args(forward_fn: object, probe_tag: object) -> None:
-    """Check the arguments of a subscriber that runs the model itself (through the Exporter's
-    probe): ``forward_fn`` callable or None, ``probe_tag`` a tag other than the training tag.
-
-    Examples:
-        >>> check_probe_args(None, "svcca")  # no error: the arguments are fine
-        >>> check_probe_args(print, "default")
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected `probe_tag` to be a tag other than 'default' but got 'default'
-    """
-    if forward_fn is not None and not callable(forward_fn):
-        raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
-    if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
-        raise ValueError(
-            f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
-        )
-
-
-def plot_config(title: str, ylabel: str, ylims: object = None) -> dict[str, Any]:
-    """The :attr:`PlotSubscriber.plot_config` of a subscriber's values (``ylims`` checked).
-
-    Examples:
-        >>> plot_config("Loss", "Cross-entropy", ylims=[0, 2])
-        {'title': 'Loss', 'xlabel': 'Train step', 'ylabel': 'Cross-entropy', 'ylims': (0.0, 2.0)}
-        >>> plot_config("Loss", "Cross-entropy")
-        {'title': 'Loss', 'xlabel': 'Train step', 'ylabel': 'Cross-entropy'}
-    """
-    config: dict[str, Any] = {"title": title, "xlabel": "Train step", "ylabel": ylabel}
-    limits = check_ylims(ylims)
-    if limits is not None:
-        config["ylims"] = limits
-    return config
-
-
-class Trigger:
-    """When a subscriber that runs the model does its work: at every ``epoch_finished``
-    (``frequency='epoch'``) or after every ``frequency``-th ``batch_finished``.
-
-    Examples:
-        >>> from ikkuna_tune.messages import NetworkMessage
-        >>> trigger = Trigger(2)
-        >>> trigger.kind
-        'batch_finished'
-        >>> done = [NetworkMessage("batch_finished", "default", s, s, 0, None) for s in range(4)]
-        >>> [trigger.due(message) for message in done]
-        [False, True, False, True]
-    """
-
-    def __init__(self, frequency: int | str) -> None:
-        self.frequency = check_int_or_epoch("frequency", frequency)
-        #: the kind to subscribe to
-        self.kind = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
-        #: ``batch_finished`` messages seen (kept in the subscriber's state)
-        self.batches = 0
-
-    def due(self, message: Message | MessageBundle) -> bool:
-        """Whether ``message`` (of :attr:`kind`) calls for the work now."""
-        if not isinstance(message, Message) or message.kind != self.kind:
-            return False
-        if self.kind == "batch_finished":
-            self.batches += 1
-            return self.batches % self.frequency == 0  # type: ignore[operator]
-        return True
 
 
 def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
@@ -391,104 +316,3 @@ class CallbackSubscriber(Subscriber):
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         self.callback(message_or_bundle)
-
-
-class PlotSubscriber(Subscriber):
-    """A subscriber whose scalar results are also written to a backend (the name is the original
-    ikkuna's; it draws nothing itself: with ``backend='tb'`` its values go to TensorBoard files,
-    with ``backend=None`` nowhere).
-
-    Every scalar it publishes is sent to the backend as ``'{kind}/{layer}'`` (or ``'{kind}'``
-    for network-wide results) at the message's global step. The backend buffers tensors and writes
-    them when the bus is flushed (end of epoch, Tune report), so drawing costs no per-step sync.
-
-    Args:
-        subscriptions: as for :class:`Subscriber`.
-        message_bus: as for :class:`Subscriber`.
-        plot_config: optional ``title``, ``xlabel``, ``ylabel``, ``ylims``: how the values are
-            meant to be drawn. Checked and kept as :attr:`plot_config` for the user's own plots
-            and for code written for the original ikkuna; TensorBoard draws its own axes.
-        backend: ``'tb'`` (TensorBoard event files in the bus's ``log_dir``) or ``None``.
-        publishes: as for :class:`Subscriber`.
-
-    Examples:
-        >>> from ikkuna_tune.backends import Backend
-        >>> from ikkuna_tune.messages import NamedModule
-        >>> class PrintingBackend(Backend):
-        ...     def add_scalar(self, tag, value, step):
-        ...         print(tag, value, step)
-        >>> class Size(PlotSubscriber):  # the number of weights of each layer
-        ...     def __init__(self, message_bus):
-        ...         subscriptions = [Subscription(self, ["weights"])]
-        ...         super().__init__(subscriptions, message_bus, plot_config("Size", "weights"),
-        ...                          backend=None, publishes={"weights_size": "DATA"})
-        ...     def compute(self, message):
-        ...         self.publish("weights_size", message.data.numel(), message)
-        >>> bus = MessageBus()
-        >>> Size(bus).backend = PrintingBackend()  # in place of TensorBoard (backend='tb')
-        >>> fc = NamedModule("fc", torch.nn.Linear(3, 2))
-        >>> bus.publish_module_message("weights", fc, fc.module.weight, global_step=4,
-        ...                            train_step=4, epoch=0)
-        weights_size/fc 6 4
-    """
-
-    def __init__(
-        self,
-        subscriptions: Sequence[Subscription],
-        message_bus: MessageBus | None = None,
-        plot_config: dict[str, Any] | None = None,
-        backend: str | None = "tb",
-        *,
-        publishes: Mapping[str, KindType] | None = None,
-    ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(
-                f"Expected `backend` to be one of {list(BACKENDS)} but got {backend!r}"
-            )
-        if plot_config is not None:
-            if not isinstance(plot_config, dict):
-                raise ValueError(f"Expected `plot_config` to be a dict but got {plot_config!r}")
-            unknown = set(plot_config) - {"title", "xlabel", "ylabel", "ylims"}
-            if unknown:
-                raise ValueError(
-                    f"Unknown plot_config keys {sorted(unknown)}; "
-                    "expected title, xlabel, ylabel, ylims"
-                )
-            if "ylims" in plot_config:
-                plot_config = {**plot_config, "ylims": check_ylims(plot_config["ylims"])}
-        self.plot_config = dict(plot_config or {})
-        self.backend_name = backend
-        self.backend: Backend = NullBackend()
-        self._tags: dict[tuple[str, str | None], str] = {}
-        super().__init__(subscriptions, message_bus, publishes=publishes)
-
-    def attached(self, message_bus: MessageBus) -> None:
-        super().attached(message_bus)
-        self.backend = message_bus.backend(self.backend_name)
-
-    def detached(self, message_bus: MessageBus) -> None:
-        super().detached(message_bus)
-        self.backend = NullBackend()
-
-    def publish(
-        self,
-        kind: str,
-        data: Any,
-        source: Message | MessageBundle,
-        module: NamedModule | None = None,
-    ) -> None:
-        super().publish(kind, data, source, module)
-        if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
-            if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
-                module = source.module
-            name = (
-                module.name
-                if module is not None
-                and self.message_bus is not None
-                and self.message_bus.kind_type(kind) == "DATA"
-                else None
-            )
-            tag = self._tags.get((kind, name))
-            if tag is None:
-                tag = self._tags[(kind, name)] = safe_tag(kind, name)
-            self.backend.add_scalar(tag, data, source.global_step)

@@ -10,8 +10,8 @@ from ikkuna_tune.backends import safe_tag
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
-from ikkuna_tune.subscribers.base import PlotSubscriber
 from ikkuna_tune.subscribers.kinds import check_tensor_kind
+from ikkuna_tune.subscribers.plotting import PlotSubscriber
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = ["HistogramSubscriber"]

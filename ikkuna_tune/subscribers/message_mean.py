@@ -7,8 +7,8 @@ import torch
 
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.messages import DEFAULT_TAG, META_KINDS, KindType, Message, MessageBundle
-from ikkuna_tune.subscribers.base import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.kinds import check_tensor_kind
+from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = ["MessageMeanSubscriber"]

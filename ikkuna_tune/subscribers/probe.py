@@ -13,14 +13,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ikkuna_tune.messages import Message, ModuleMessage
+from ikkuna_tune.checks import check_int_or_epoch
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
 from ikkuna_tune.subscribers._device import device_of
 from ikkuna_tune.subscribers.base import CallbackSubscriber
 
 if TYPE_CHECKING:
     from ikkuna_tune.model_access import ModelAccess
 
-__all__ = ["ActivationRecorder", "draw_probe"]
+__all__ = ["ActivationRecorder", "Trigger", "check_probe_args", "draw_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +220,53 @@ class ActivationRecorder:
             rows = np.sort(rng.choice(total, size=self.max_positions, replace=False))
             self._selections[key] = (rows, {})
         return self._selections[key]
+
+
+def check_probe_args(forward_fn: object, probe_tag: object) -> None:
+    """Check the arguments of a subscriber that runs the model itself (through the Exporter's
+    probe): ``forward_fn`` callable or None, ``probe_tag`` a tag other than the training tag.
+
+    Examples:
+        >>> check_probe_args(None, "svcca")  # no error: the arguments are fine
+        >>> check_probe_args(print, "default")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `probe_tag` to be a tag other than 'default' but got 'default'
+    """
+    if forward_fn is not None and not callable(forward_fn):
+        raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
+    if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
+        raise ValueError(
+            f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"
+        )
+
+
+class Trigger:
+    """When a subscriber that runs the model does its work: at every ``epoch_finished``
+    (``frequency='epoch'``) or after every ``frequency``-th ``batch_finished``.
+
+    Examples:
+        >>> from ikkuna_tune.messages import NetworkMessage
+        >>> trigger = Trigger(2)
+        >>> trigger.kind
+        'batch_finished'
+        >>> done = [NetworkMessage("batch_finished", "default", s, s, 0, None) for s in range(4)]
+        >>> [trigger.due(message) for message in done]
+        [False, True, False, True]
+    """
+
+    def __init__(self, frequency: int | str) -> None:
+        self.frequency = check_int_or_epoch("frequency", frequency)
+        #: the kind to subscribe to
+        self.kind = "epoch_finished" if self.frequency == "epoch" else "batch_finished"
+        #: ``batch_finished`` messages seen (kept in the subscriber's state)
+        self.batches = 0
+
+    def due(self, message: Message | MessageBundle) -> bool:
+        """Whether ``message`` (of :attr:`kind`) calls for the work now."""
+        if not isinstance(message, Message) or message.kind != self.kind:
+            return False
+        if self.kind == "batch_finished":
+            self.batches += 1
+            return self.batches % self.frequency == 0  # type: ignore[operator]
+        return True

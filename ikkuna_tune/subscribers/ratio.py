@@ -19,8 +19,9 @@ from ikkuna_tune.messages import (
     MessageBundle,
     ModuleMessage,
 )
-from ikkuna_tune.subscribers.base import PlotSubscriber, Subscriber, plot_config
+from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.subscribers.kinds import check_tensor_kind, kind_type
+from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import SynchronizedSubscription
 
 __all__ = ["RatioSubscriber"]

@@ -36,8 +36,8 @@ from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import DEFAULT_TAG, KindType, Message, MessageBundle
-from ikkuna_tune.subscribers.base import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.kinds import check_tensor_kind, kind_type
+from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = [

@@ -28,8 +28,8 @@ from ikkuna_tune.functional.cka import linear_cka, live_fraction
 from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device
-from ikkuna_tune.subscribers.base import PlotSubscriber, Trigger, check_probe_args, plot_config
-from ikkuna_tune.subscribers.probe import ActivationRecorder, draw_probe
+from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
+from ikkuna_tune.subscribers.probe import ActivationRecorder, Trigger, check_probe_args, draw_probe
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 if TYPE_CHECKING:
