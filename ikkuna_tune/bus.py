@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
+from ikkuna_tune.bus_listener import BusListener
 from ikkuna_tune.kind_registry import KindRegistry
 from ikkuna_tune.messages import DEFAULT_TAG, Message, ModuleMessage, NamedModule, NetworkMessage
 
@@ -38,38 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Messages the subsampling fast path of MessageBus.skip_all notes before settling them.
 _MAX_DEFERRED = 4096
-
-
-class BusListener(Protocol):
-    """What follows a bus's subscribers (the Exporter is one): it may refuse a subscriber before
-    it is added, and hears when the subscribers changed.
-
-    Examples:
-        >>> from ikkuna_tune.subscribers import CallbackSubscriber
-        >>> class LossOnly:  # notes each change, refuses subscribers to other kinds
-        ...     def __init__(self):
-        ...         self.changes = []
-        ...     def check_subscriber(self, subscriber):
-        ...         if subscriber.kinds != ("loss",):
-        ...             raise ValueError(f"only 'loss' here, not {list(subscriber.kinds)}")
-        ...     def subscribers_changed(self, bus):
-        ...         self.changes.append(len(bus.subscribers))
-        >>> bus, listener = MessageBus(), LossOnly()
-        >>> bus.add_listener(listener)
-        >>> CallbackSubscriber(["loss"], print, bus).detach()
-        >>> CallbackSubscriber(["weights"], print, bus)
-        Traceback (most recent call last):
-        ...
-        ValueError: only 'loss' here, not ['weights']
-        >>> listener.changes, bus.subscribers
-        ([1, 0], ())
-    """
-
-    def check_subscriber(self, subscriber: Subscriber) -> None:
-        """Raise ``ValueError`` if ``subscriber`` asks for something this listener cannot give."""
-
-    def subscribers_changed(self, bus: MessageBus) -> None:
-        """Called after a subscriber was added to or removed from ``bus``."""
 
 
 class MessageBus(KindRegistry):

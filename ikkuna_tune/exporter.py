@@ -20,12 +20,11 @@ from ikkuna_tune.layers import (
     OUTPUT_KEYS,
     CopySafeHook,
     TrackedLayers,
-    assign_parameters,
-    check_optimizers,
     output_tensor,
     select_modules,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, NamedModule
+from ikkuna_tune.parameters import assign_parameters, check_optimizers
 from ikkuna_tune.step_hooks import EVAL_TAG, UPDATE_KINDS, StepHooks
 
 if TYPE_CHECKING:

@@ -1,19 +1,19 @@
-"""What the Exporter reads of a model: the layers it tracks, each layer's weight and bias and the
-optimizer that steps them, the tensor that stands for an output, and hooks that copies drop.
+"""What the Exporter reads of a model: the layers it tracks, the tensor that stands for an
+output, and hooks that copies drop. Which parameter is a layer's weight or bias, and which
+optimizer steps it, is in :mod:`ikkuna_tune.parameters`.
 
 Examples:
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
     >>> list(select_modules(model))
     ['0', '3']
-    >>> parameter_roles(nn.LayerNorm(4))
-    ({'weight': 'weight', 'bias': 'bias'}, [])
+    >>> first_tensor((torch.ones(2), "hidden state")).shape
+    torch.Size([2])
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,29 +24,18 @@ from ikkuna_tune.messages import NamedModule
 
 __all__ = [
     "OUTPUT_KEYS",
-    "ROLES",
     "CopySafeHook",
     "TrackedLayers",
-    "assign_parameters",
-    "check_optimizers",
     "first_tensor",
     "hold_eval",
     "layer_tensor",
     "output_tensor",
     "own_params",
-    "parameter_roles",
     "select_modules",
-    "tensor_attr",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: The roles a layer's parameter may have.
-ROLES = ("weight", "bias")
 #: Keys of a dict output, in order of preference, whose tensor is the output (else its first).
 OUTPUT_KEYS = ("logits", "out")
-#: ``(layer name, layer, attribute)``: where one role's tensor of one layer is found.
-Entry = tuple[str, NamedModule, str]
 
 
 def own_params(module: nn.Module) -> list[nn.Parameter]:
@@ -155,66 +144,6 @@ def first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _is_bias_name(name: str) -> bool:
-    return name == "bias" or name.startswith("bias_") or name.endswith("_bias")
-
-
-def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
-    """Which attribute of ``module`` is its weight and which its bias, and the names of its own
-    parameters that are neither.
-
-    ``weight``/``bias`` if the module has them (a parameter or a computed tensor attribute);
-    otherwise its only own parameter not named like a bias is the weight (a ``scale``) and its
-    only one named like a bias (``bias``, ``bias_*``, ``*_bias``) the bias. With several
-    candidates (an LSTM's ``weight_ih_l0``, ``weight_hh_l0``, ...) a role stays empty.
-
-    Examples:
-        >>> from torch import nn
-        >>> layer = nn.Module()
-        >>> layer.scale = nn.Parameter(torch.ones(3))
-        >>> layer.shift_bias = nn.Parameter(torch.zeros(3))
-        >>> parameter_roles(layer)
-        ({'weight': 'scale', 'bias': 'shift_bias'}, [])
-        >>> parameter_roles(nn.LSTM(2, 3))
-        ({}, ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'])
-    """
-    own = list(module._parameters)
-    roles: dict[str, str] = {}
-    for role in ROLES:
-        if tensor_attr(module, role) is not None:
-            roles[role] = role
-    free = [n for n in own if n not in roles.values() and module._parameters[n] is not None]
-    if "weight" not in roles:
-        candidates = [n for n in free if not _is_bias_name(n)]
-        if len(candidates) == 1:
-            roles["weight"] = candidates[0]
-    if "bias" not in roles:
-        candidates = [n for n in free if _is_bias_name(n) and n != roles.get("weight")]
-        if len(candidates) == 1:
-            roles["bias"] = candidates[0]
-    left = [n for n in free if n not in roles.values()]
-    return roles, left
-
-
-def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
-    """``module.<attr>`` if it is a tensor, else None; a parameter is found without
-    ``nn.Module.__getattr__`` (this runs for every layer on every step).
-
-    Examples:
-        >>> from torch import nn
-        >>> tensor_attr(nn.Linear(2, 3), "weight").shape
-        torch.Size([3, 2])
-        >>> tensor_attr(nn.BatchNorm1d(2), "running_mean")  # a buffer
-        tensor([0., 0.])
-        >>> tensor_attr(nn.Linear(2, 3, bias=False), "bias"), tensor_attr(nn.LSTM(2, 3), "bias")
-        (None, None)
-    """
-    value = module._parameters.get(attr)
-    if value is None:
-        value = getattr(module, attr, None)
-    return value if isinstance(value, torch.Tensor) else None
-
-
 def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """Forward pre-hook of a frozen layer: it and its submodules run in eval mode, so that
     ``model.train()`` cannot make a frozen BatchNorm update its running statistics (or a frozen
@@ -232,43 +161,6 @@ def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """
     for submodule in module.modules():
         submodule.training = False
-
-
-def check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:
-    """``optimizer`` (one, a sequence of them, or None) as a tuple of distinct optimizers.
-
-    Examples:
-        >>> from torch import nn
-        >>> sgd = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
-        >>> check_optimizers(None), check_optimizers(sgd) == (sgd,)
-        ((), True)
-        >>> check_optimizers([sgd, sgd])
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected distinct optimizers but got the same optimizer twice in ['SGD', 'SGD']
-    """
-    expected = "Expected `optimizer` to be a torch.optim.Optimizer, a sequence of them or None"
-    if optimizer is None:
-        return ()
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return (optimizer,)
-    if isinstance(optimizer, (str, bytes)) or not isinstance(optimizer, Sequence):
-        raise ValueError(f"{expected} but got {type(optimizer).__name__}")
-    optimizers = tuple(optimizer)
-    if not optimizers:
-        raise ValueError(
-            f"Expected `optimizer` to hold at least one optimizer but got an empty "
-            f"{type(optimizer).__name__}"
-        )
-    for item in optimizers:
-        if not isinstance(item, torch.optim.Optimizer):
-            raise ValueError(f"{expected} but got a {type(optimizer).__name__} holding {item!r}")
-    if len({id(o) for o in optimizers}) != len(optimizers):
-        raise ValueError(
-            "Expected distinct optimizers but got the same optimizer twice in "
-            f"{[type(o).__name__ for o in optimizers]}"
-        )
-    return optimizers
 
 
 def select_modules(
@@ -310,65 +202,6 @@ def select_modules(
         if take:
             chosen[name] = module
     return chosen
-
-
-def assign_parameters(
-    modules: Mapping[str, NamedModule], optimizers: Sequence[torch.optim.Optimizer]
-) -> tuple[dict[str, list[Entry]], list[dict[str, list[Entry]]]]:
-    """Find each layer's weight and bias and the optimizer that steps each: the
-    ``(layer name, layer, attribute)`` entries by role (``'weight'``, ``'bias'``), over
-    all layers and per optimizer. Warns once about parameters that get no metrics and
-    layers that no optimizer steps.
-
-    Examples:
-        >>> from torch import nn
-        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1, bias=False))
-        >>> layers = {n: NamedModule(n, m) for n, m in select_modules(model).items()}
-        >>> opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
-        >>> by_role, by_optimizer = assign_parameters(layers, [opt])
-        >>> [(name, attr) for name, _, attr in by_role["weight"]]
-        [('0', 'weight'), ('1', 'weight')]
-        >>> [name for name, _, _ in by_optimizer[0]["bias"]]
-        ['0']
-    """
-    role_layers: dict[str, list[Entry]] = {r: [] for r in ROLES}
-    by_optimizer: list[dict[str, list[Entry]]] = [{r: [] for r in ROLES} for _ in optimizers]
-    held = [{id(p) for group in opt.param_groups for p in group["params"]} for opt in optimizers]
-    untracked: dict[str, list[str]] = {}
-    unstepped: dict[str, None] = {}
-    for name, named in modules.items():
-        roles, left = parameter_roles(named.module)
-        if left:
-            untracked[name] = left
-        for role, attr in roles.items():
-            entry = (name, named, attr)
-            role_layers[role].append(entry)
-            if not optimizers:
-                continue
-            tensor = named.module._parameters.get(attr)
-            # a computed weight (a parametrisation) moves with the layer's parameters
-            ids = {id(tensor)} if tensor is not None else {id(p) for p in named.module.parameters()}
-            index = next((i for i, h in enumerate(held) if ids & h), None)
-            if index is None:
-                unstepped[name] = None
-            else:
-                by_optimizer[index][role].append(entry)
-    if untracked:
-        logger.warning(
-            "These parameters are neither a layer's weight nor its bias and get no weight, "
-            "gradient or update metrics: %s (a layer's weight and bias are its `weight` and "
-            "`bias`, or its only parameters named otherwise)",
-            ", ".join(f"{name!r}: {params}" for name, params in untracked.items()),
-        )
-    if unstepped:
-        logger.warning(
-            "The parameters of layers %s are in none of the %d optimizer(s) given to the "
-            "Exporter: they get no *_gradients and no *_updates messages; pass every "
-            "optimizer that trains the model, Exporter(model, [optimizer1, optimizer2])",
-            list(unstepped),
-            len(optimizers),
-        )
-    return role_layers, by_optimizer
 
 
 def output_tensor(

@@ -18,8 +18,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.layers import CopySafeHook, Entry, layer_tensor, output_tensor, tensor_attr
+from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor
 from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
+from ikkuna_tune.parameters import Entry, tensor_attr
 
 __all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "UPDATE_KINDS", "StepHooks"]
 
