@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ikkuna_tune as ik
+from ikkuna_tune.examples.demo import train_epoch
 from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
 __all__ = ["DATA_SETS", "FAMILIES", "build_model", "load", "subscribers", "train_trial"]
@@ -96,14 +97,7 @@ def train_trial(config: dict[str, Any]) -> None:
     report_seconds = math.nan  # the previous report's round trip (none before the first)
     for epoch in range(int(config["epochs"])):
         started = time.perf_counter()
-        model.train()
-        total = torch.zeros(())
-        for x, y in loader:
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+        mean_loss = train_epoch(model, opt, loss_fn, loader)
         epoch_end = time.perf_counter()
         exporter.epoch_finished()
         finished = time.perf_counter()
@@ -112,7 +106,7 @@ def train_trial(config: dict[str, Any]) -> None:
         ik.report(
             {
                 "epoch": epoch,
-                "train_loss": (total / len(loader)).item(),
+                "train_loss": mean_loss.item(),
                 "train_seconds": train_seconds,
                 "epoch_end_seconds": epoch_end_seconds,
                 "report_seconds": report_seconds,

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import ikkuna_tune as ik
 from ikkuna_tune.examples.data import check_bundled, load_dataset
 from ikkuna_tune.examples.models import SmallCNN
 
-__all__ = ["demo_subscribers", "run_demo", "train_cnn"]
+__all__ = ["demo_subscribers", "run_demo", "train_cnn", "train_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,36 @@ def demo_subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
             test, n=min(500, len(test)), max_positions=config.get("max_positions", 4000)
         ),
     ]
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """One epoch of plain training (zero_grad, forward, backward, step per batch, model in
+    training mode); the mean loss over the batches as a 0-d tensor (no host sync per batch).
+
+    Examples:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> batches = [(torch.ones(4, 2), torch.zeros(4, dtype=torch.long))] * 3
+        >>> first = train_epoch(model, opt, F.cross_entropy, batches)
+        >>> bool(train_epoch(model, opt, F.cross_entropy, batches) < first)
+        True
+    """
+    model.train()
+    total = torch.zeros(())
+    batches = 0
+    for x, y in loader:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        total += loss.detach()
+        batches += 1
+    return total / max(batches, 1)
 
 
 def train_cnn(config: dict[str, Any]) -> None:
@@ -78,18 +109,12 @@ def train_cnn(config: dict[str, Any]) -> None:
         if epoch == config.get("freeze_epoch"):
             for name in config.get("freeze", ()):
                 exporter.freeze(name)
-        total = torch.zeros(())
-        for x, y in loader:
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+        mean_loss = train_epoch(model, opt, loss_fn, loader)
         exporter.epoch_finished()
         train_seconds += time.perf_counter() - started
         metrics = {
             "epoch": epoch,
-            "train_loss": (total / len(loader)).item(),
+            "train_loss": mean_loss.item(),
             "train_seconds": train_seconds,
         }
         if config.get("checkpoint", False):
