@@ -32,6 +32,7 @@ __all__ = [
     "output_tensor",
     "own_params",
     "select_modules",
+    "uncompiled",
 ]
 
 #: Keys of a dict output, in order of preference, whose tensor is the output (else its first).
@@ -59,10 +60,15 @@ def _dropped_hook() -> Callable[..., None]:
 
 
 class CopySafeHook(partial):  # type: ignore[type-arg]
-    """A hook the Exporter registers: a ``functools.partial`` (called as fast) that does not
-    survive copying. ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a model or optimizer
-    copy its hook dicts; there, this becomes :func:`_no_hook`, so that a copy never reaches the
-    Exporter, its bus or the bus's backends (a TensorBoard writer cannot be copied).
+    """A hook the Exporter registers: a ``functools.partial`` that does not survive copying and
+    that ``torch.compile`` does not trace.
+
+    ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a model or optimizer copy its hook
+    dicts; there, this becomes :func:`_no_hook`, so that a copy never reaches the Exporter, its
+    bus or the bus's backends (a TensorBoard writer cannot be copied). The function runs under
+    :func:`torch.compiler.disable`: in a compiled model it runs eagerly (a graph break), so that
+    dynamo neither traces the Exporter's bookkeeping nor guards on its counters (which change
+    every step and would recompile the model until dynamo's recompile limit).
 
     Examples:
         >>> import copy
@@ -74,6 +80,9 @@ class CopySafeHook(partial):  # type: ignore[type-arg]
         >>> shapes  # the copy's hook did nothing
         [(4, 1)]
     """
+
+    def __new__(cls, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> CopySafeHook:
+        return super().__new__(cls, torch.compiler.disable(func), *args, **kwargs)
 
     def __reduce__(self) -> tuple[Callable[[], Callable[..., None]], tuple[()]]:
         return (_dropped_hook, ())
@@ -161,6 +170,21 @@ def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """
     for submodule in module.modules():
         submodule.training = False
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (``model._orig_mod``), or ``model`` itself: the
+    layers are those of the user's model, named as it names them (no ``_orig_mod.`` prefix).
+
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> uncompiled(torch.compile(model)) is model, uncompiled(model) is model
+        (True, True)
+    """
+    inner = getattr(model, "_orig_mod", None)
+    compiled = type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module)
+    return inner if compiled else model
 
 
 def select_modules(
