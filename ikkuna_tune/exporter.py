@@ -79,12 +79,9 @@ class Exporter(StepHooks, LayerFreezing):
     **Frozen layers** (:meth:`freeze`) publish an update of exactly zero (one zero tensor kept
     per layer, not one per step) and no ``*_gradients``.
 
-    **Which parameter is the weight.** A layer's ``weight`` and ``bias`` are its attributes of
-    those names; a layer without them whose only own parameter is otherwise named (a ``scale``)
-    uses that as its weight, and its only parameter named like a bias (``bias_*``, ``*_bias``)
-    as its bias. Parameters that remain (an LSTM's ``weight_ih_l0``, ``weight_hh_l0``, ...; two
-    parameters ``scale`` and ``shift``) get no weight, gradient or update metrics; the Exporter
-    warns once, at construction, naming the layers and parameters.
+    **Which parameter is the weight**: :func:`~ikkuna_tune.parameters.parameter_roles`. Other
+    parameters (an LSTM's ``weight_ih_l0``, ...) get no metrics; the Exporter warns once, at
+    construction, naming the layers and parameters.
 
     **Outputs that are not tensors.** ``network_output`` and ``activations`` are always tensors.
     Of a tuple or list output the first tensor is taken (depth-first: an LSTM's output sequence,
@@ -113,6 +110,11 @@ class Exporter(StepHooks, LayerFreezing):
         module_filter: track only layers of these classes (subclasses included).
         output_fn: maps the model's output to the tensor published as ``network_output``
             (``lambda out: out["scores"]``); by default the rule above.
+        scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any. Gradients are
+            read after it unscaled them (at ``optimizer.step()``), so they are the true ones in
+            any case; given the scaler, a step it skips (inf or NaN gradients) publishes updates
+            of exactly zero under the tag ``'skipped'``, ends as a step of its own, and
+            subscriptions of training steps (``tag='default'``: norms, ratios) do not count it.
 
     Examples:
         >>> import torch
@@ -133,6 +135,7 @@ class Exporter(StepHooks, LayerFreezing):
         depth: int | None = None,
         module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
         output_fn: Callable[[Any], torch.Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module but got {type(model)}")
@@ -175,6 +178,12 @@ class Exporter(StepHooks, LayerFreezing):
             {n: NamedModule(n, m) for n, m in chosen.items()}
         )
         self._output_fn = output_fn
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise ValueError(
+                f"Expected `scaler` to be a torch.amp.GradScaler or None but got {scaler!r}"
+            )
+        self._scaler = scaler
+        self._scale_version = 0
 
         self.global_step = 0
         self.train_step = 0

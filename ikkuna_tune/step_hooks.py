@@ -22,10 +22,12 @@ from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, uncomp
 from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
 from ikkuna_tune.parameters import Entry, tensor_attr
 
-__all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "UPDATE_KINDS", "StepHooks"]
+__all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "SKIPPED_TAG", "UPDATE_KINDS", "StepHooks"]
 
 #: Tag of forward passes the user runs in eval mode or without gradients.
 EVAL_TAG = "eval"
+#: Tag of the (zero) updates of a step that a GradScaler skipped (inf or NaN gradients).
+SKIPPED_TAG = "skipped"
 #: The role ('weight' or 'bias') of the parameter each per-parameter kind is about.
 PARAM_KINDS = {
     "weights": "weight",
@@ -91,6 +93,8 @@ class StepHooks:
     _role_layers: dict[str, list[Entry]]
     _optimizer_layers: list[dict[str, list[Entry]]]
     _optimizer_names: list[Mapping[str, tuple[str, ...]]]
+    _scaler: Any
+    _scale_version: int
 
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
@@ -189,7 +193,9 @@ class StepHooks:
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
-        if not (self._step_open and self.optimizers and not self._stepped):
+        # a forward before any optimizer stepped belongs to the same step (gradient
+        # accumulation), unless the scaler has been updated since: then the step was skipped
+        if not (self._step_open and self.optimizers and not self._stepped) or self._scaled():
             self._start_step()
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
@@ -203,6 +209,7 @@ class StepHooks:
         self._steps_started += 1
         self._step_open = True
         self._stepped.clear()
+        self._scale_version = self._scale_version_now()
         if not self._epoch_open:
             self._epoch_open = True
             self.train_step = 0
@@ -218,8 +225,38 @@ class StepHooks:
 
     def _finish_step(self) -> None:
         if self._step_open:
+            if self._scaled() and len(self._stepped) < len(self.optimizers):
+                self._publish_skipped_updates()
             self._step_open = False
             self._publish_meta("batch_finished")
+
+    # A GradScaler that finds inf or NaN gradients skips optimizer.step(), so no optimizer hook
+    # fires. Its update() (once per step, after step()) rewrites its scale tensor in place, which
+    # bumps the tensor's version counter: a step whose optimizers did not all step although the
+    # scale was updated was skipped. Reading the counter is no host synchronisation.
+    def _scale_version_now(self) -> int:
+        scale = getattr(self._scaler, "_scale", None)
+        return scale._version if isinstance(scale, torch.Tensor) else 0
+
+    def _scaled(self) -> bool:
+        """Whether the scaler was updated since this step started."""
+        return self._scaler is not None and self._scale_version_now() != self._scale_version
+
+    def _publish_skipped_updates(self) -> None:
+        """The updates of the optimizers a GradScaler skipped: exactly zero, under
+        :data:`SKIPPED_TAG` (subscriptions of training steps do not count them)."""
+        bus = self.message_bus
+        for index, layers in enumerate(self._optimizer_layers):
+            if index in self._stepped:
+                continue
+            for kind in self._want_updates:
+                if not bus.wants(kind, SKIPPED_TAG):
+                    continue
+                for name, named, attr in layers[UPDATE_KINDS[kind]]:
+                    param = tensor_attr(named.module, attr)
+                    if param is not None:
+                        zero = self._zero_update((name, kind), param)
+                        self._emit_layer(kind, named, zero, SKIPPED_TAG)
 
     def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self._current_pass = 0

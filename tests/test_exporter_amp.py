@@ -1,7 +1,10 @@
 """Mixed precision: under bfloat16 autocast with a GradScaler the published gradients are the
-true (unscaled) ones and the published updates the real change of the weights."""
+true (unscaled) ones and the published updates the real change of the weights; a step the
+scaler skips publishes zero updates that training-step subscribers do not count."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -76,3 +79,52 @@ def test_norms_of_half_precision_activations_match_float32(dtype) -> None:
         out = model.conv(x)
         model(x)
     assert norms["conv"] == pytest.approx(out.float().norm().item(), rel=1e-3)
+
+
+def test_a_step_the_scaler_skips_publishes_zero_updates_and_ratios_do_not_count_it() -> None:
+    """Step 1 has an infinite loss: the scaler skips optimizer.step(). Its updates are exactly
+    zero under the tag 'skipped', the weights did not move, the ratio subscriber (training
+    steps) computes ratios for steps 0 and 2 only, and step 2 is a step of its own."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    bus = MessageBus("amp")
+    ratios: list[tuple[int, str]] = []
+    skipped: list[tuple[int, str, torch.Tensor]] = []
+    ratio = ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+    ik.CallbackSubscriber(
+        [ratio.published_kind], lambda m: ratios.append((m.global_step, m.key)), bus
+    )
+    ik.CallbackSubscriber(
+        ["weight_updates"],
+        lambda m: skipped.append((m.global_step, m.key, m.data.clone())),
+        bus,
+        tag="skipped",
+    )
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+    with ik.Exporter(model, opt, bus, scaler=scaler) as exporter:
+        for step in range(3):
+            before = {n: getattr(model, n).weight.detach().clone() for n in ("conv", "fc")}
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y) * (math.inf if step == 1 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            moved = any(
+                not torch.equal(getattr(model, n).weight.detach(), before[n]) for n in before
+            )
+            assert moved == (step != 1)
+        exporter.epoch_finished()
+        assert exporter.global_step == 2
+    assert sorted(ratios) == [(0, "conv"), (0, "fc"), (2, "conv"), (2, "fc")]
+    assert [(s, k) for s, k, _ in skipped] == [(1, "conv"), (1, "fc")]
+    assert all(torch.count_nonzero(update) == 0 for *_, update in skipped)
+
+
+def test_without_the_scaler_a_skipped_step_merges_with_the_next_and_a_bad_scaler_is_refused() -> (
+    None
+):
+    with pytest.raises(ValueError, match="Expected `scaler` to be a torch.amp.GradScaler"):
+        ik.Exporter(TinyNet(), None, MessageBus(), scaler=object())

@@ -126,6 +126,7 @@ def watch(
     module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
     log_dir: str | Path | None = None,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Exporter:
     """Create this trial's Exporter on ``model`` and bind the trial's subscribers to it.
 
@@ -135,9 +136,10 @@ def watch(
     to the trial directory (or ``log_dir``) and are copied to the trial's storage. Returns the
     Exporter.
 
-    ``optimizer`` may be one optimizer or several; ``depth``, ``module_filter`` and
-    ``output_fn`` (which tensor of a tuple or dict output is the model's output) are passed to
-    :class:`~ikkuna_tune.Exporter`.
+    ``optimizer`` may be one optimizer or several; ``depth``, ``module_filter``, ``output_fn``
+    (which tensor of a tuple or dict output is the model's output) and ``scaler`` (the
+    ``GradScaler`` of mixed precision: a step it skips is known) are passed to
+    :class:`~ikkuna_tune.Exporter`. ``model`` may be compiled (``torch.compile``).
 
     **Epochs are yours to end.** Call ``exporter.epoch_finished()`` on the returned Exporter at
     the end of every epoch: subscribers that run at the end of an epoch
@@ -164,7 +166,7 @@ def watch(
         logger.info("watch() outside an instrumented trainable: running without subscribers")
         session = TrialSession([], {})
         session.activate()
-    return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn)
+    return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
 
 
 def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:

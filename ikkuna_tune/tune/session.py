@@ -140,6 +140,7 @@ class TrialSession:
         module_filter: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
         log_dir: str | Path | None = None,
         output_fn: Callable[[Any], torch.Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> Exporter:
         if self.exporter is not None:
             raise RuntimeError(
@@ -152,7 +153,13 @@ class TrialSession:
         try:
             bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
             exporter = Exporter(
-                model, optimizer, bus, depth=depth, module_filter=module_filter, output_fn=output_fn
+                model,
+                optimizer,
+                bus,
+                depth=depth,
+                module_filter=module_filter,
+                output_fn=output_fn,
+                scaler=scaler,
             )
         except Exception as error:
             raise renamed(error, f"{call}: {error}") from error
