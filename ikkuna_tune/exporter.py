@@ -22,7 +22,7 @@ from ikkuna_tune.layers import (
     TrackedLayers,
     output_tensor,
     select_modules,
-    uncompiled,
+    unwrapped,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, NamedModule
 from ikkuna_tune.parameters import assign_parameters, check_optimizers
@@ -161,7 +161,7 @@ class Exporter(StepHooks, LayerFreezing):
                 )
         if output_fn is not None and not callable(output_fn):
             raise ValueError(f"Expected `output_fn` to be callable or None but got {output_fn!r}")
-        chosen = select_modules(uncompiled(model), depth, module_filter)
+        chosen = select_modules(unwrapped(model), depth, module_filter)
         if not chosen:
             raise ValueError(
                 f"No layer of {type(model).__name__} matches depth={depth!r}, "

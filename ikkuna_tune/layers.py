@@ -32,7 +32,7 @@ __all__ = [
     "output_tensor",
     "own_params",
     "select_modules",
-    "uncompiled",
+    "unwrapped",
 ]
 
 #: Keys of a dict output, in order of preference, whose tensor is the output (else its first).
@@ -172,19 +172,27 @@ def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
         submodule.training = False
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (``model._orig_mod``), or ``model`` itself: the
-    layers are those of the user's model, named as it names them (no ``_orig_mod.`` prefix).
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's model inside the wrappers that run it: ``torch.compile``'s (``_orig_mod``) and
+    data parallelism's (``DistributedDataParallel``, ``DataParallel``: ``module``), in any
+    nesting. Its layers are named as the user names them (no ``_orig_mod.`` or ``module.``).
 
     Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(2, 2))
-        >>> uncompiled(torch.compile(model)) is model, uncompiled(model) is model
+        >>> unwrapped(torch.compile(model)) is model, unwrapped(nn.DataParallel(model)) is model
         (True, True)
+        >>> unwrapped(model) is model
+        True
     """
-    inner = getattr(model, "_orig_mod", None)
-    compiled = type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module)
-    return inner if compiled else model
+    while True:
+        name = type(model).__name__
+        if name == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def select_modules(

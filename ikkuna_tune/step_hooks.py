@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, uncompiled
+from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, unwrapped
 from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
 from ikkuna_tune.parameters import Entry, tensor_attr
 
@@ -134,7 +134,7 @@ class StepHooks:
                 calls = [-1, 0]
                 hook = CopySafeHook(self._on_layer, named, calls)
                 # the model as its own layer: its activations before its network_output
-                prepend = named.module is uncompiled(self.model)
+                prepend = named.module is unwrapped(self.model)
                 handles.append(named.module.register_forward_hook(hook, prepend=prepend))
             return handles
         for _name, named, attr in self._role_layers[GRADIENT_KINDS[group]]:
