@@ -1,6 +1,6 @@
 """The names ikkuna_tune reports under, and the files it writes, in one place.
 
-Subscribers publish under these topics, :func:`ikkuna_tune.report` adds the reserved keys,
+Subscribers publish under these kinds, :func:`ikkuna_tune.report` adds the reserved keys,
 SVCCAScheduler reads them from Tune's flattened results (``<key>/<layer>``), and
 :mod:`ikkuna_tune.compare` reads them back from disk.
 """

@@ -46,12 +46,12 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
             raise ValueError(f"Expected every kind to be a non-empty string but got {kind!r}")
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"Expected distinct kinds but got {list(kinds)}")
-    # a typo of a built-in kind is an error now; other names may be topics that subscribers
+    # a typo of a built-in kind is an error now; other names may be kinds that subscribers
     # publish, which the bus knows when this subscription is attached to it
     typos = [kind for kind in kinds if typo_of_builtin_kind(kind) is not None]
     if typos:
         raise ValueError(
-            f"{unknown_kinds_message(typos)}. A topic that a subscriber publishes must not be "
+            f"{unknown_kinds_message(typos)}. A kind that a subscriber publishes must not be "
             "named like a typo of a built-in kind"
         )
     return kinds
@@ -62,7 +62,7 @@ class Subscription:
 
     A kind that looks like a typo of a built-in kind (``'weight_gradient'``) raises
     ``ValueError`` here, with a "did you mean"; any other kind that is not built in must be a
-    topic some subscriber publishes, which the bus checks when the subscriber is attached.
+    kind some subscriber publishes, which the bus checks when the subscriber is attached.
 
     Args:
         subscriber: the subscriber that receives the messages.

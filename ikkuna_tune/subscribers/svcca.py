@@ -39,13 +39,6 @@ __all__ = ["BatchedSVCCASubscriber", "SVCCASubscriber"]
 
 logger = logging.getLogger(__name__)
 
-#: The kind both subscribers publish: one 0-d tensor per layer and checkpoint.
-TOPIC = keys.SELF_SIMILARITY
-#: Linear CKA between a layer's probe activations now and at initialisation (``track_init``).
-INIT_TOPIC = keys.INIT_SIMILARITY
-#: The share of a layer's output features that vary over the probe set (``track_init``).
-LIVE_TOPIC = keys.LIVE_FRACTION
-
 
 class BatchedSVCCASubscriber(PlotSubscriber):
     r"""Publishes each tracked layer's SVCCA self-similarity between consecutive checkpoints.
@@ -182,7 +175,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         )
         self._previous: dict[str, torch.Tensor] | None = None
         self._initial: dict[str, torch.Tensor] | None = None
-        published = [TOPIC, INIT_TOPIC, LIVE_TOPIC] if track_init else [TOPIC]
+        published = (
+            [keys.SELF_SIMILARITY, keys.INIT_SIMILARITY, keys.LIVE_FRACTION]
+            if track_init
+            else [keys.SELF_SIMILARITY]
+        )
         super().__init__(
             [Subscription(self, [self.trigger.kind], tag)],
             message_bus,
@@ -235,18 +232,20 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 )
                 before = None
             if before is not None:
-                items.append((TOPIC, name, svcca_similarity_or_nan(now, before, self.keep)))
+                items.append(
+                    (keys.SELF_SIMILARITY, name, svcca_similarity_or_nan(now, before, self.keep))
+                )
             start = initial.get(name) if initial is not None else None
             if start is not None and start.shape == now.shape:
-                items.append((INIT_TOPIC, name, linear_cka(now, start.to(now.device))))
-                items.append((LIVE_TOPIC, name, live_fraction(now)))
+                items.append((keys.INIT_SIMILARITY, name, linear_cka(now, start.to(now.device))))
+                items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
         if not items:
             return {}
         # the one host synchronisation of this checkpoint (one per device)
-        numbers = to_numbers([(topic, value, 0) for topic, _, value in items])
+        numbers = to_numbers([(kind, value, 0) for kind, _, value in items])
         values: dict[str, float] = {}
-        for (topic, name, value), number in zip(items, numbers):
-            if topic == TOPIC:
+        for (kind, name, value), number in zip(items, numbers):
+            if kind == keys.SELF_SIMILARITY:
                 values[name] = number
                 if math.isnan(number):
                     logger.warning(
@@ -255,7 +254,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                         name,
                         source.global_step,
                     )
-            self.publish(topic, value, source, module=exporter.modules[name])
+            self.publish(kind, value, source, module=exporter.modules[name])
         if self.freeze_at is not None:
             self._freeze(values)
         return values

@@ -54,7 +54,7 @@ def instrument(
         subscribers: subscriber objects used as templates (deep-copied for every trial, never
             shared, also with ``reuse_actors=True``), or a function ``config -> subscribers``.
             Templates are checked here, in the driver: each must subscribe to built-in kinds
-            or topics of the subscribers before it, and no two may publish the same topic. A
+            or kinds the subscribers before it publish, and no two may publish the same kind. A
             function is called in each trial (the driver does not know the configs), so what
             it returns is checked by :func:`watch` there.
 
