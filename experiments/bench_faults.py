@@ -137,7 +137,7 @@ def _scheduler() -> Any:
     # be lost; no stopping, so every trial's whole budget is expected in its results
     return ik.SVCCAScheduler(
         freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1, settle_tol=1e9,
-        plateau=1, min_delta=1.0, stop=False,
+        plateau=1, min_delta=1.0, stop=False, freeze_best=True,
     )  # fmt: skip
 
 

@@ -73,7 +73,10 @@ def _schedulers(epochs: int, args: argparse.Namespace) -> dict[str, Any]:
         "asha": asha(),
         "svcca": svcca(),
         "svcca_asha": svcca(asha()),
-        FREEZE_ON: ik.SVCCAScheduler(freeze_at=args.freeze_at, patience=args.patience, stop=False),
+        # one trial, so it is the best: freeze_best=True lets freezing act on it, to measure it
+        FREEZE_ON: ik.SVCCAScheduler(
+            freeze_at=args.freeze_at, patience=args.patience, stop=False, freeze_best=True
+        ),
     }
 
 

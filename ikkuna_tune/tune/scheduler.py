@@ -43,7 +43,9 @@ class SVCCAScheduler(FIFOScheduler):
     initialisation), ``live_fraction`` and ``frozen``. The decisions are pure functions of each
     trial's history (:mod:`ikkuna_tune.tune.convergence`, where the rules are spelled out):
 
-    1. **Freeze** (input side first, never the last trainable layer): a layer that is similar to
+    1. **Freeze** (input side first, never the last trainable layer; by default never in a trial
+       among the ``protect_top`` best so far, whose final value freezing could move enough to
+       reorder near-tied best configurations): a layer that is similar to
        its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
        initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
        alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``). A slow,
@@ -85,7 +87,12 @@ class SVCCAScheduler(FIFOScheduler):
         stall_delta: progress since the first report below which a trial counts as stuck.
         move_tol: change of a layer's distance from initialisation over ``settle_window``
             reports below which the layer no longer moves.
-        protect_top: how many of the best trials are protected from being stopped as behind.
+        protect_top: how many of the best trials so far are protected from being stopped as
+            behind and (unless ``freeze_best``) from freezing.
+        freeze_best: freeze layers in the ``protect_top`` best trials too (off by default:
+            freezing a layer perturbs the rest of a trial's training, by about a point of
+            accuracy in the fidelity sweeps, which can change which configuration wins; a sweep
+            of at most ``protect_top`` trials, or a single trial, needs it to freeze at all).
         optimism: how much faster than its best recent rate a trial is assumed to improve.
         max_t: the trials' budget in reports; by default Tune's stopping criterion on
             ``training_iteration``, if any (else trials are never stopped as behind).
@@ -121,6 +128,7 @@ class SVCCAScheduler(FIFOScheduler):
         stall_delta: float = 0.02,
         move_tol: float = 0.005,
         protect_top: int = 3,
+        freeze_best: bool = False,
         optimism: float = 3.0,
         max_t: int | None = None,
         base: TrialScheduler | None = None,
@@ -149,6 +157,9 @@ class SVCCAScheduler(FIFOScheduler):
         self.patience = self.rules.patience
         self.input_side_first = bool(input_side_first)
         self.stop = bool(stop)
+        if not isinstance(freeze_best, bool):
+            raise ValueError(f"Expected `freeze_best` to be True or False but got {freeze_best!r}")
+        self.freeze_best = freeze_best
         self.max_t = None if max_t is None else check_int("max_t", max_t)
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(
@@ -336,8 +347,20 @@ class SVCCAScheduler(FIFOScheduler):
                 keys,
             )
 
+    def _among_best(self, trial_id: str, view: TrialView) -> bool:
+        """Whether the trial is among the ``protect_top`` best so far (by its best value)."""
+        own = view.history.best()
+        better = sum(
+            1
+            for t, v in self._views.items()
+            if t != trial_id and v.history.reports and v.history.best() > own
+        )
+        return better < self.rules.protect_top
+
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
+        if not self.freeze_best and self._among_best(trial_id, view):
+            return False  # a contender for the sweep's answer is left exactly as it would run
         chosen = [
             view.dated(d)
             for d in freeze_candidates(view.history, self.rules, self.input_side_first)

@@ -16,7 +16,7 @@ def _eager_scheduler() -> ik.SVCCAScheduler:
     # freezes conv at the first similarity (report 2); never stops a trial
     return ik.SVCCAScheduler(
         metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
-        settle_tol=1e9, plateau=1, min_delta=10.0, stop=False,
+        settle_tol=1e9, plateau=1, min_delta=10.0, stop=False, freeze_best=True,
     )  # fmt: skip
 
 

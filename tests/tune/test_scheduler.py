@@ -71,6 +71,7 @@ def result(
 def make(**kwargs) -> tuple[SVCCAScheduler, FakeMailbox]:
     kwargs.setdefault("metric", "acc")
     kwargs.setdefault("mode", "max")
+    kwargs.setdefault("freeze_best", True)  # these tests are about how a trial is frozen
     scheduler = SVCCAScheduler(**kwargs)
     mailbox = FakeMailbox()
     scheduler._mailbox = mailbox  # type: ignore[assignment]
@@ -103,6 +104,30 @@ def test_freezes_settled_prefix_once_the_metric_plateaus() -> None:
     text = scheduler.debug_string()
     assert "t1: frozen ['conv1', 'conv2']; running" in text
     assert "freeze conv1 at report 5: converged" in text
+
+
+def test_by_default_the_best_trials_so_far_are_never_frozen() -> None:
+    """Freezing perturbs a trial's final accuracy (by about a point in the fidelity sweeps),
+    which can reorder near-tied best configurations: by default only trials that are not among
+    the ``protect_top`` best so far are frozen; ``freeze_best=True`` freezes every trial."""
+    every = dict.fromkeys(LAYERS, 1.0)
+    for freeze_best in (False, True):
+        scheduler, mailbox = make(
+            patience=1,
+            settle_window=1,
+            plateau=1,
+            protect_top=2,
+            freeze_best=freeze_best,
+            stop=False,
+        )
+        trials = {name: FakeTrial(name) for name in ("best", "second", "third")}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        for it in (1, 2):  # settled from the start, and on a plateau from report 2
+            for name, acc in (("best", 0.9), ("second", 0.8), ("third", 0.5)):
+                feed(scheduler, trials[name], [result(every, it=it, acc=acc)])
+        posted = [trial_id for trial_id, _ in mailbox.posts]
+        assert posted == (["best", "second", "third"] if freeze_best else ["third"])
 
 
 def test_a_trial_that_still_learns_keeps_every_layer() -> None:

@@ -23,6 +23,7 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
     scheduler = ik.SVCCAScheduler(
         metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
         settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0, move_tol=10.0,
+        freeze_best=True,
     )  # fmt: skip
     crashes = ("crash", "crash_ordered")
     config = {

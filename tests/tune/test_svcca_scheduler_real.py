@@ -76,7 +76,7 @@ def test_real_svcca_freezes_converged_layers_and_the_scheduler_stops_the_trial(
     scheduler = ik.SVCCAScheduler(
         metric="train_loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0,
         settle_window=1, settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0,
-        move_tol=10.0,
+        move_tol=10.0, freeze_best=True,
     )  # fmt: skip
     epochs = 10
     analysis = tune.run(

@@ -51,6 +51,7 @@ def main() -> None:
                     min_delta=10.0,
                     grace=0,
                     stop=False,
+                    freeze_best=True,
                 ),
                 storage_path=storage,
                 verbose=0,
