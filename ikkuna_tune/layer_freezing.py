@@ -95,8 +95,13 @@ class LayerFreezing:
         name; while frozen, the layer's ``*_updates`` are exactly zero and it publishes no
         ``*_gradients``.
 
+        Under ``DistributedDataParallel`` every rank must freeze the same layer before the same
+        step, and DDP must have been built with ``find_unused_parameters=True``: the frozen
+        parameters then get no gradient, which DDP otherwise takes for a failed step.
+
         Raises:
-            ValueError: for an unknown layer, or if nothing in the model would still train.
+            ValueError: for an unknown layer, if nothing in the model would still train, or
+                under a ``DistributedDataParallel`` built without ``find_unused_parameters``.
         """
         named = self._layer(name)
         if name in self._frozen:
@@ -106,6 +111,14 @@ class LayerFreezing:
             raise ValueError(
                 f"Refusing to freeze {name!r}: it is the last trainable layer "
                 "(backward would fail); stop training instead"
+            )
+        ddp = _data_parallel_wrapper(self.model)
+        if ddp is not None and not ddp.find_unused_parameters:
+            raise ValueError(
+                f"Refusing to freeze {name!r}: the model runs under DistributedDataParallel "
+                "built without find_unused_parameters=True, which would fail at the next step "
+                "because the frozen parameters get no gradient; build it with "
+                "DistributedDataParallel(model, find_unused_parameters=True)"
             )
         for param in params:
             param.requires_grad_(False)
@@ -139,3 +152,15 @@ class LayerFreezing:
             p.numel() for name in self._frozen for p in self.modules[name].module.parameters()
         )
         return frozen / total if total else 0.0
+
+
+def _data_parallel_wrapper(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The ``DistributedDataParallel`` that runs ``model`` (through torch.compile's wrapper),
+    if any."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            return model
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ != "OptimizedModule" or not isinstance(inner, nn.Module):
+            return None
+        model = inner

@@ -1,6 +1,8 @@
 """Data parallelism: an Exporter on a DistributedDataParallel model (2 processes, gloo, CPU) names
 the layers as the user does and publishes, on every rank, the gradient norms, weight norms and
-update ratios of a single process training on the same global batch.
+update ratios of a single process training on the same global batch, also once a layer is frozen
+on every rank at the same step (which needs DDP's find_unused_parameters; without it the freeze
+is refused with a clear error instead of DDP failing at the next step).
 
 DDP averages the gradients over the ranks during backward, so at ``optimizer.step()`` every rank
 holds the gradient of the mean loss over the global batch, which is the single process's.
@@ -20,7 +22,8 @@ import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
 
 WORLD = 2
-STEPS = 3
+STEPS = 4
+FREEZE_STEP = 2  # layer "0" is frozen before this step
 KINDS = ("weight_gradients_norm2", "weights_norm2", "weight_updates_weights_ratio")
 
 
@@ -34,9 +37,10 @@ def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
 
 
-def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict]:
-    """Train STEPS steps on this rank's share of each global batch; the tracked layer names and
-    the published values by (kind, layer, step)."""
+def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.Tensor, bool]:
+    """Train STEPS steps on this rank's share of each global batch, freezing layer "0" before
+    FREEZE_STEP; the tracked layer names, the published values by (kind, layer, step), the
+    frozen layer's weight when it was frozen, and whether it is bit-identical at the end."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     bus = MessageBus()
     ik.NormSubscriber("weight_gradients", bus, backend=None)
@@ -47,27 +51,39 @@ def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict]:
         list(KINDS), lambda m: got.__setitem__((m.kind, m.key, m.global_step), m.data), bus
     )
     with ik.Exporter(model, opt, bus) as exporter:
+        layer = exporter.modules["0"].module
         for step in range(STEPS):
+            if step == FREEZE_STEP:
+                exporter.freeze("0")
+                frozen = layer.weight.detach().clone()
             x, y = _global_batch(step)
             share = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
             opt.zero_grad()
             F.cross_entropy(model(x[share]), y[share]).backward()
             opt.step()
         names = list(exporter.modules)
-    return names, {k: v.item() for k, v in got.items()}
+    unchanged = torch.equal(layer.weight.detach(), frozen)
+    return names, {k: v.item() for k, v in got.items()}, frozen, unchanged
 
 
 def _worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        ddp = nn.parallel.DistributedDataParallel(_model())
-        torch.save(_train(ddp, rank, WORLD), f"{out}.{rank}")
+        strict = nn.parallel.DistributedDataParallel(_model())
+        refused = ""
+        with ik.Exporter(strict, None, MessageBus()) as exporter:
+            try:
+                exporter.freeze("0")
+            except ValueError as error:
+                refused = str(error)
+        ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+        torch.save((*_train(ddp, rank, WORLD), refused), f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_path) -> None:
-    names, reference = _train(_model(), 0, 1)
+    names, reference, frozen, unchanged = _train(_model(), 0, 1)
     out = str(tmp_path / "values")
     context = mp.start_processes(
         _worker, args=(str(tmp_path / "store"), out), nprocs=WORLD, join=False, start_method="spawn"
@@ -78,11 +94,18 @@ def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_p
             for process in context.processes:
                 process.kill()
             raise AssertionError("the DDP workers did not finish within 240 s")
-    assert names == ["0", "2"]
-    assert len(reference) == len(KINDS) * 2 * STEPS
+    assert names == ["0", "2"] and unchanged
+    # a frozen layer publishes no gradient (its weights and its zero update still come)
+    assert len(reference) == len(KINDS) * 2 * STEPS - (STEPS - FREEZE_STEP)
+    frozen_on_ranks = []
     for rank in range(WORLD):
-        rank_names, values = torch.load(f"{out}.{rank}")
+        rank_names, values, rank_frozen, rank_unchanged, refused = torch.load(f"{out}.{rank}")
         assert rank_names == names  # no 'module.' prefix
+        assert "find_unused_parameters=True" in refused
+        assert rank_unchanged  # the frozen weights did not move after the freeze
+        frozen_on_ranks.append(rank_frozen)
+        torch.testing.assert_close(rank_frozen, frozen, rtol=1e-5, atol=1e-7)
         assert values.keys() == reference.keys()
         for key, value in reference.items():
             assert abs(values[key] - value) <= 1e-5 * abs(value) + 1e-7, (rank, key)
+    assert torch.equal(frozen_on_ranks[0], frozen_on_ranks[1])  # bit-identical on every rank
