@@ -338,8 +338,9 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
         >>> rho = cca(x, x @ torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]]))
         >>> rho.dtype, [round(r, 6) for r in rho.tolist()]  # an invertible map of x: all 1
         (torch.float64, [1.0, 1.0, 1.0])
-        >>> cca(x.numpy(), np.ones((100, 2))).shape  # a constant side: no correlations
-        (0,)
+        >>> empty = cca(x.numpy(), np.ones((100, 2)))  # a constant side: no correlations
+        >>> empty.shape, empty.dtype
+        ((0,), dtype('float64'))
     """
     xt, yt, numpy_out = _prepare(x, y)
     n = xt.shape[0]
@@ -353,5 +354,6 @@ def cca(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Ten
         rows = rx.shape[0]
         rho = _cosines(by[:rows] if bx is None else bx.T @ by[:rows])
     else:
-        rho = xt.new_zeros(0)  # one side does not vary: no canonical correlations
+        # one side does not vary: no canonical correlations (float64, as documented)
+        rho = torch.zeros(0, dtype=torch.float64, device=xt.device)
     return rho.cpu().numpy() if numpy_out else rho
