@@ -78,6 +78,7 @@ FIGURES: dict[str, Figure] = {
         "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
     ),
     "faults": Figure("experiments.bench_faults", (), "cpu_bench_faults.txt", ("--quick",)),
+    "report": Figure("experiments.bench_report", (), "cpu_bench_report.txt"),
     "layer_convergence": Figure(
         "experiments.layer_convergence", (), "cpu_layer_convergence.txt", ("--quick",)
     ),
