@@ -184,3 +184,22 @@ def test_subscriber_requires_its_own_subscriptions() -> None:
         Bad()
     with pytest.raises(ValueError, match="at least one Subscription"):
         ik.Subscriber([])
+
+
+def test_declared_state_is_saved_on_the_cpu_restored_through_its_check_and_moved() -> None:
+    class Counting(ik.CallbackSubscriber):
+        def __init__(self) -> None:
+            self.add_state("seen", {"fc": torch.ones(3)})
+            self.add_state("steps", 0, check=int)
+            super().__init__(["loss"], lambda m: None)
+
+    sub = Counting()
+    state = sub.state_dict()
+    assert state["steps"] == 0 and torch.equal(state["seen"]["fc"], torch.ones(3))
+    sub.load_state_dict({"seen": {"fc": torch.zeros(2)}, "steps": "7"})
+    assert sub.steps == 7 and torch.equal(sub.seen["fc"], torch.zeros(2))  # through int()
+    assert sub.to("meta") is sub and sub.seen["fc"].device.type == "meta"
+    with pytest.raises(ValueError, match=r"Expected a state \{'seen': \.\.\., 'steps': \.\.\.\}"):
+        sub.load_state_dict({"seen": {}})
+    with pytest.raises(ValueError, match="keeps no state"):
+        ik.CallbackSubscriber(["loss"], lambda m: None).load_state_dict({"x": 1})
