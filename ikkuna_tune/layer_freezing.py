@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ikkuna_tune.layers import CopySafeHook, hold_eval
+from ikkuna_tune.layers import CopySafeHook, hold_eval, wrappers
 from ikkuna_tune.messages import NamedModule
 
 __all__ = ["LayerFreezing"]
@@ -112,8 +112,10 @@ class LayerFreezing:
                 f"Refusing to freeze {name!r}: it is the last trainable layer "
                 "(backward would fail); stop training instead"
             )
-        ddp = _data_parallel_wrapper(self.model)
-        if ddp is not None and not ddp.find_unused_parameters:
+        ddp = [
+            m for m in wrappers(self.model) if isinstance(m, nn.parallel.DistributedDataParallel)
+        ]
+        if ddp and not ddp[0].find_unused_parameters:
             raise ValueError(
                 f"Refusing to freeze {name!r}: the model runs under DistributedDataParallel "
                 "built without find_unused_parameters=True, which would fail at the next step "
@@ -152,15 +154,3 @@ class LayerFreezing:
             p.numel() for name in self._frozen for p in self.modules[name].module.parameters()
         )
         return frozen / total if total else 0.0
-
-
-def _data_parallel_wrapper(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:
-    """The ``DistributedDataParallel`` that runs ``model`` (through torch.compile's wrapper),
-    if any."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            return model
-        inner = getattr(model, "_orig_mod", None)
-        if type(model).__name__ != "OptimizedModule" or not isinstance(inner, nn.Module):
-            return None
-        model = inner

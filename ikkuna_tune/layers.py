@@ -33,6 +33,7 @@ __all__ = [
     "own_params",
     "select_modules",
     "unwrapped",
+    "wrappers",
 ]
 
 #: Keys of a dict output, in order of preference, whose tensor is the output (else its first).
@@ -172,10 +173,32 @@ def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
         submodule.training = False
 
 
+def wrappers(model: nn.Module) -> list[nn.Module]:
+    """``model`` and the modules it wraps, outermost first, down to the user's model:
+    ``torch.compile``'s wrapper holds it as ``_orig_mod``, ``DistributedDataParallel`` and
+    ``DataParallel`` as ``module``, in any nesting.
+
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> [type(m).__name__ for m in wrappers(torch.compile(nn.DataParallel(model)))]
+        ['OptimizedModule', 'DataParallel', 'Sequential']
+    """
+    chain = [model]
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return chain
+        chain.append(model)
+
+
 def unwrapped(model: nn.Module) -> nn.Module:
-    """The user's model inside the wrappers that run it: ``torch.compile``'s (``_orig_mod``) and
-    data parallelism's (``DistributedDataParallel``, ``DataParallel``: ``module``), in any
-    nesting. Its layers are named as the user names them (no ``_orig_mod.`` or ``module.``).
+    """The user's model inside the wrappers that run it (see :func:`wrappers`): its layers are
+    named as the user names them (no ``_orig_mod.`` or ``module.``).
 
     Examples:
         >>> from torch import nn
@@ -185,14 +208,7 @@ def unwrapped(model: nn.Module) -> nn.Module:
         >>> unwrapped(model) is model
         True
     """
-    while True:
-        name = type(model).__name__
-        if name == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
+    return wrappers(model)[-1]
 
 
 def select_modules(
