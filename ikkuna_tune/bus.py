@@ -179,6 +179,11 @@ class MessageBus(KindRegistry):
             if any(s.accepts_tag(tag) for s in subscriptions)
         )
 
+    def has_subscribers(self, kind: str) -> bool:
+        """Whether any subscription (of any tag) receives ``kind``; publishers build no message
+        of a kind nobody receives."""
+        return kind in self._by_kind
+
     def wants(self, kind: str, tag: str = DEFAULT_TAG) -> bool:
         """Whether any subscription would receive a message of ``kind`` under ``tag``."""
         subscriptions = self._by_kind.get(kind)

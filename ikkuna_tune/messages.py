@@ -276,6 +276,10 @@ class MessageBundle:
     def __iter__(self) -> Iterator[Message]:
         return iter(self.messages.values())
 
+    def first(self) -> Message:
+        """The first message of the bundle (all share its step, epoch and tag)."""
+        return self._first()
+
     def _first(self) -> Message:
         if not self.messages:
             raise ValueError("This bundle is empty")

@@ -32,6 +32,7 @@ from ikkuna_tune.messages import (
     MessageBundle,
     ModuleMessage,
     NamedModule,
+    NetworkMessage,
 )
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 
@@ -269,18 +270,16 @@ class Subscriber:
             raise ValueError(
                 f"{type(self).__name__} publishes {sorted(self._publications)}, not {kind!r}"
             )
-        if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
-            module = source.module
-        steps = {
-            "global_step": source.global_step,
-            "train_step": source.train_step,
-            "epoch": source.epoch,
-            "tag": source.tag,
-        }
+        if not bus.has_subscribers(kind):
+            return  # nobody receives it: no message is built (this runs per layer and step)
+        first = source.first() if isinstance(source, MessageBundle) else source
+        if module is None and isinstance(first, ModuleMessage):
+            module = first.module
+        step, train_step, epoch, tag = first.global_step, first.train_step, first.epoch, first.tag
         if module is not None and bus.kind_type(kind) == "DATA":
-            bus.publish_module_message(kind, module, data, **steps)
+            bus.publish(ModuleMessage(kind, tag, step, train_step, epoch, data, module))
         else:
-            bus.publish_network_message(kind, data, **steps)
+            bus.publish(NetworkMessage(kind, tag, step, train_step, epoch, data))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kinds={list(self.kinds)})"

@@ -119,17 +119,15 @@ class PlotSubscriber(Subscriber):
         module: NamedModule | None = None,
     ) -> None:
         super().publish(kind, data, source, module)
+        bus = self.message_bus
+        if bus is None or isinstance(self.backend, NullBackend):
+            return  # drawn nowhere
         if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
-            if module is None and isinstance(source, (ModuleMessage, MessageBundle)):
-                module = source.module
-            name = (
-                module.name
-                if module is not None
-                and self.message_bus is not None
-                and self.message_bus.kind_type(kind) == "DATA"
-                else None
-            )
+            first = source.first() if isinstance(source, MessageBundle) else source
+            if module is None and isinstance(first, ModuleMessage):
+                module = first.module
+            name = module.name if module is not None and bus.kind_type(kind) == "DATA" else None
             tag = self._tags.get((kind, name))
             if tag is None:
                 tag = self._tags[(kind, name)] = safe_tag(kind, name)
-            self.backend.add_scalar(tag, data, source.global_step)
+            self.backend.add_scalar(tag, data, first.global_step)
