@@ -9,7 +9,6 @@ plotly is imported only when a figure is made, so importing :mod:`ikkuna_tune.co
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,26 +18,14 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from ikkuna_tune.compare.frame import (
-    check_budget,
-    check_color_by,
-    check_metric,
-    check_tidy,
-    freeze_iterations,
-    iterations_run,
-    layers,
     shown_value,
     sort_key,
-    stopped_early,
-    trial_infos,
     trial_label,
-    trial_values,
 )
+from ikkuna_tune.compare.panels import layer_panels
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
-    resolve_style_by,
-    trial_colours,
-    trial_styles,
 )
 from ikkuna_tune.compare.timeline import timeline_data
 
@@ -99,31 +86,13 @@ def layers_figure(
     from plotly import graph_objects as go
     from plotly.subplots import make_subplots
 
-    check_tidy(df)
-    check_metric(df, metric)
-    check_color_by(df, color_by)
-    check_budget(budget)
-    if not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"Expected `columns` to be a positive integer but got {columns!r}")
-    style_by = resolve_style_by(df, color_by, style_by)
-    rows = df[df["metric"] == metric]
-    names = layers(df, metric)
-    panels: list[str | None] = list(names) if names else [None]
-    trial_ids = sorted(set(rows["trial_id"]))
-    colour_values = trial_values(df, color_by) if color_by else {t: t for t in trial_ids}
-    colours = trial_colours({t: colour_values.get(t) for t in trial_ids}, cmap)
-    styles = dict.fromkeys(trial_ids, 0)
-    style_values = trial_values(df, style_by)
-    if style_by is not None:
-        styles, _ = trial_styles({t: style_values.get(t) for t in trial_ids})
-    infos = trial_infos(df)
-    early = stopped_early(infos, iterations_run(df), budget)
-    frozen_at = freeze_iterations(df)
+    plan = layer_panels(df, metric, color_by, style_by, budget, columns, cmap)
+    rows, panels, trial_ids, style_by = plan.rows, plan.panels, plan.trial_ids, plan.style_by
+    nrows, ncols, colours, styles = plan.nrows, plan.ncols, plan.colours, plan.styles
+    colour_values, style_values = plan.colour_values, plan.style_values
+    infos, early, frozen_at = plan.infos, plan.early, plan.frozen_at
     reasons = _freeze_reasons(df)
     order = sorted(trial_ids, key=lambda t: (sort_key(colour_values.get(t)), t))
-
-    ncols = min(columns, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
     figure = make_subplots(
         rows=nrows,
         cols=ncols,
@@ -204,7 +173,7 @@ def layers_figure(
     figure.update_xaxes(title_text="training_iteration", row=nrows)
     figure.update_yaxes(autorange=True)  # plotly.js misses the data when x has a range
     figure.update_yaxes(title_text=metric, col=1)
-    title = f"{metric} per layer" if names else metric
+    title = f"{metric} per layer" if panels[0] is not None else metric
     legend_title = ", ".join(n for n in (color_by, style_by) if n) or "trial"
     figure.update_layout(
         title={"text": html.escape(title)},

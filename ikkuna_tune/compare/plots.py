@@ -16,26 +16,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ikkuna_tune.compare.frame import (
-    check_budget,
-    check_color_by,
-    check_metric,
-    check_tidy,
-    freeze_iterations,
-    iterations_run,
-    layers,
-    stopped_early,
-    trial_infos,
     trial_label,
-    trial_values,
 )
+from ikkuna_tune.compare.panels import layer_panels
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
     MAX_LEGEND_COLOURS,
     auto_style_by,
-    resolve_style_by,
-    trial_colours,
-    trial_styles,
 )
 from ikkuna_tune.compare.timeline import freezable_layers, timeline_data
 from ikkuna_tune.compare.timeline import timeline_offsets as timeline_offsets  # reachable here too
@@ -109,33 +97,12 @@ def plot_layers(
         >>> [ax.get_title() for ax in figure.axes], [l.get_gid() for l in figure.axes[0].lines]
         (['fc'], ['a', 'b'])
     """
-    check_tidy(df)
-    check_metric(df, metric)
-    check_color_by(df, color_by)
-    check_budget(budget)
-    if not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"Expected `columns` to be a positive integer but got {columns!r}")
-    style_by = resolve_style_by(df, color_by, style_by)
-    rows = df[df["metric"] == metric]
-    names = layers(df, metric)
-    panels: list[str | None] = list(names) if names else [None]
-    trial_ids = sorted(set(rows["trial_id"]))
-    if color_by is None:
-        colours = trial_colours({t: t for t in trial_ids}, cmap)
-    else:
-        values = trial_values(df, color_by)
-        colours = trial_colours({t: values.get(t) for t in trial_ids}, cmap)
-    styles, style_legend = dict.fromkeys(trial_ids, 0), []
-    if style_by is not None:
-        style_values = trial_values(df, style_by)
-        styles, style_legend = trial_styles({t: style_values.get(t) for t in trial_ids})
-    infos = trial_infos(df)
-    early = stopped_early(infos, iterations_run(df), budget)
-    failed = {t for t in trial_ids if infos.get(t, {}).get("failed")}
-    frozen_at = freeze_iterations(df)
+    plan = layer_panels(df, metric, color_by, style_by, budget, columns, cmap)
+    rows, panels, trial_ids, style_by = plan.rows, plan.panels, plan.trial_ids, plan.style_by
+    nrows, ncols, colours, styles = plan.nrows, plan.ncols, plan.colours, plan.styles
+    style_legend, early, frozen_at = plan.style_legend, plan.early, plan.frozen_at
+    failed = {t for t in trial_ids if plan.infos.get(t, {}).get("failed")}
 
-    ncols = min(columns, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
     figure = _new_figure(3.2 * ncols + 2.4, 2.6 * nrows + 0.6)
     grid = figure.subplots(nrows, ncols, sharex=True, sharey=sharey, squeeze=False)
     for ax in grid.flat[len(panels) :]:
@@ -219,7 +186,7 @@ def plot_layers(
     if mark_entries:
         sections.append(("marks", mark_entries))
     _sectioned_legend(figure, sections)
-    figure.suptitle(f"{metric} per layer" if names else metric)
+    figure.suptitle(f"{metric} per layer" if panels[0] is not None else metric)
     return figure
 
 

@@ -1,0 +1,119 @@
+"""What the per-layer figures draw, prepared once for both renderings (matplotlib's
+:func:`~ikkuna_tune.compare.plots.plot_layers` and plotly's
+:func:`~ikkuna_tune.compare.plotly_figures.layers_figure`): the arguments checked, one panel per
+layer, each trial's colour and line style, and which trials froze, stopped early or failed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ikkuna_tune.compare.frame import (
+    check_budget,
+    check_color_by,
+    check_metric,
+    check_tidy,
+    freeze_iterations,
+    iterations_run,
+    layers,
+    stopped_early,
+    trial_infos,
+    trial_values,
+)
+from ikkuna_tune.compare.styles import Colours, resolve_style_by, trial_colours, trial_styles
+
+__all__ = ["LayerPanels", "layer_panels"]
+
+
+@dataclass(frozen=True)
+class LayerPanels:
+    """The data of a per-layer figure (see :func:`layer_panels`).
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [("a", 0.1, 1, "loss", None, 0.5), ("b", 0.01, 1, "loss", None, 0.7)]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> plan = layer_panels(df, "loss", None, None, None, 4, "viridis")
+        >>> plan.panels, plan.trial_ids, plan.styles  # a network-wide metric: one panel
+        ([None], ['a', 'b'], {'a': 0, 'b': 0})
+    """
+
+    rows: pd.DataFrame  # the metric's rows
+    panels: list[str | None]  # layer names in network order; [None]: one network-wide panel
+    nrows: int
+    ncols: int
+    trial_ids: list[str]
+    style_by: str | None  # resolved ("auto" replaced)
+    colour_values: dict[str, Any]  # each trial's value of color_by (its id without one)
+    colours: Colours
+    style_values: dict[str, Any]
+    styles: dict[str, int]  # index into LINESTYLES
+    style_legend: list[tuple[str, int]]
+    infos: dict[str, dict[str, Any]]
+    early: dict[str, bool]  # stopped before the budget
+    frozen_at: dict[str, dict[str, Any]]  # trial -> layer -> first iteration reported frozen
+
+
+def layer_panels(
+    df: pd.DataFrame,
+    metric: str,
+    color_by: str | None,
+    style_by: str | None,
+    budget: int | None,
+    columns: int,
+    cmap: str,
+) -> LayerPanels:
+    """Check the arguments of a per-layer figure and prepare what it draws.
+
+    Raises:
+        ValueError: ``df`` is not tidy, or ``metric``, ``color_by`` or ``style_by`` is not in
+            it, or ``budget`` or ``columns`` is not a positive integer.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, i, "self_similarity", layer, 0.9)
+        ...         for t, lr in [("a", 0.1), ("b", 0.01)] for i in (1, 2) for layer in "xyz"]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
+        >>> plan = layer_panels(df, "self_similarity", "lr", None, None, 2, "viridis")
+        >>> plan.panels, (plan.nrows, plan.ncols), plan.colour_values
+        (['x', 'y', 'z'], (2, 2), {'a': 0.1, 'b': 0.01})
+    """
+    check_tidy(df)
+    check_metric(df, metric)
+    check_color_by(df, color_by)
+    check_budget(budget)
+    if not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"Expected `columns` to be a positive integer but got {columns!r}")
+    style_by = resolve_style_by(df, color_by, style_by)
+    rows = df[df["metric"] == metric]
+    names = layers(df, metric)
+    panels: list[str | None] = list(names) if names else [None]
+    trial_ids = sorted(set(rows["trial_id"]))
+    colour_values = trial_values(df, color_by) if color_by else {t: t for t in trial_ids}
+    colours = trial_colours({t: colour_values.get(t) for t in trial_ids}, cmap)
+    style_values = trial_values(df, style_by)
+    styles: dict[str, int] = dict.fromkeys(trial_ids, 0)
+    style_legend: list[tuple[str, int]] = []
+    if style_by is not None:
+        styles, style_legend = trial_styles({t: style_values.get(t) for t in trial_ids})
+    infos = trial_infos(df)
+    ncols = min(columns, len(panels))
+    return LayerPanels(
+        rows=rows,
+        panels=panels,
+        nrows=math.ceil(len(panels) / ncols),
+        ncols=ncols,
+        trial_ids=trial_ids,
+        style_by=style_by,
+        colour_values=colour_values,
+        colours=colours,
+        style_values=style_values,
+        styles=styles,
+        style_legend=style_legend,
+        infos=infos,
+        early=stopped_early(infos, iterations_run(df), budget),
+        frozen_at=freeze_iterations(df),
+    )
