@@ -20,6 +20,7 @@ from ikkuna_tune.layers import (
     OUTPUT_KEYS,
     CopySafeHook,
     TrackedLayers,
+    for_evaluation,
     output_tensor,
     select_modules,
     unwrapped,
@@ -354,7 +355,9 @@ class Exporter(StepHooks, LayerFreezing):
         """Run evaluation passes: eval mode, ``torch.no_grad()``, messages under ``tag``.
 
         Counters and weight-update bookkeeping are untouched and every module's training flag is
-        restored afterwards. Yields the model.
+        restored afterwards. Yields the model to call: the model itself, or under data
+        parallelism the module it wraps (a probe runs on one rank, so it must not call
+        ``DistributedDataParallel``'s collective forward).
         """
         if not isinstance(tag, str) or not tag or tag == DEFAULT_TAG:
             raise ValueError(f"Expected a probe tag other than {DEFAULT_TAG!r} but got {tag!r}")
@@ -366,7 +369,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.model.eval()
         try:
             with torch.no_grad():
-                yield self.model
+                yield for_evaluation(self.model)
         finally:
             for module, training in modes:
                 module.training = training

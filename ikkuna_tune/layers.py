@@ -27,6 +27,7 @@ __all__ = [
     "CopySafeHook",
     "TrackedLayers",
     "first_tensor",
+    "for_evaluation",
     "hold_eval",
     "layer_tensor",
     "output_tensor",
@@ -209,6 +210,24 @@ def unwrapped(model: nn.Module) -> nn.Module:
         True
     """
     return wrappers(model)[-1]
+
+
+def for_evaluation(model: nn.Module) -> nn.Module:
+    """The model a single process evaluates: ``model`` without its data-parallel wrappers.
+
+    A forward pass through ``DistributedDataParallel`` is a collective (it may broadcast buffers
+    from rank 0), so an evaluation that runs on one rank only (a probe, test accuracy) must call
+    the wrapped module itself. Other models (compiled ones too) are returned as they are.
+
+    Examples:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> for_evaluation(nn.DataParallel(model)) is model, for_evaluation(model) is model
+        (True, True)
+    """
+    chain = wrappers(model)
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return chain[-1] if any(isinstance(m, parallel) for m in chain) else model
 
 
 def select_modules(

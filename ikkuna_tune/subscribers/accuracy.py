@@ -271,7 +271,9 @@ class TestAccuracySubscriber(PlotSubscriber):
         other = None if exporter is not None and model is exporter.model else model
         hits: torch.Tensor | None = None
         total = 0
-        with probe, _evaluating(other):
+        with probe as probed, _evaluating(other):
+            if probed is not None and self.forward_fn is None:
+                forward = probed  # under data parallelism: the module, not its collective forward
             for batch in self.loader:
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise ValueError(

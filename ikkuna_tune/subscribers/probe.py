@@ -138,11 +138,8 @@ class ActivationRecorder:
         must run that model, whose hooks record the activations); the inputs go to ``device``
         (by default the device of the model's parameters). Nothing is published.
         """
-        model = access.model
-        if forward is None:
-            forward = model
         if device is None:
-            device = device_of(model)
+            device = device_of(access.model)
         buffers: dict[str, torch.Tensor] = {}
         position = [0]  # index of the first probe point of the running batch
 
@@ -153,13 +150,14 @@ class ActivationRecorder:
         recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
         recorder.attach(access.message_bus)
         try:
-            with access.probe(self.probe_tag):
+            with access.probe(self.probe_tag) as model:
+                run = model if forward is None else forward
                 for start in range(0, self.n, self.batch_size):
                     position[0] = start
                     batch = self.inputs[start : start + self.batch_size]
                     if device is not None:
                         batch = batch.to(device, non_blocking=True)
-                    forward(batch)
+                    run(batch)
         finally:
             recorder.detach()
         return buffers

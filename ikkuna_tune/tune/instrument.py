@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from ikkuna_tune.tune.session import (
     check_attachable,
     current_session,
     fresh_subscribers,
+)
+from ikkuna_tune.tune.train_workers import (
+    TrialConfig,
+    TrialLink,
+    subscribers_for_rank,
+    train_worker,
 )
 
 __all__ = ["instrument", "local_results", "report", "watch"]
@@ -103,6 +110,10 @@ def instrument(
             raise RuntimeError("An instrumented trainable is already running in this thread")
         session = TrialSession(fresh_subscribers(subscribers, config), config)
         session.activate()
+        if session.context is not None and session.trial_id is not None:
+            # the same dict, carrying the trial to the workers of a Ray Train job it may start
+            link = TrialLink(session.context.get_experiment_name(), session.trial_id, subscribers)
+            config = TrialConfig(config, link)
         try:
             return trainable(config, **kwargs)
         finally:
@@ -163,10 +174,34 @@ def watch(
     """
     session = current_session()
     if session is None:
-        logger.info("watch() outside an instrumented trainable: running without subscribers")
-        session = TrialSession([], {})
+        session = _new_session()
         session.activate()
     return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
+
+
+def _new_session() -> TrialSession:
+    """The session of a ``watch`` called outside an instrumented trainable: a worker of a Ray
+    Train job started by an instrumented trial, or a local session without subscribers."""
+    worker = train_worker()
+    if worker is None:
+        logger.info("watch() outside an instrumented trainable: running without subscribers")
+        return TrialSession([], {})
+    link = worker.link
+    if link is None:
+        warnings.warn(
+            "ik.watch in a Ray Train worker whose train_loop_config does not come from an "
+            "instrumented trial: running without subscribers, and the scheduler cannot reach "
+            "this job. Pass the config your instrumented trainable received on as "
+            "`TorchTrainer(..., train_loop_config=config)`.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return TrialSession([], {}, worker)
+    config = dict(worker.config or {})
+    every = fresh_subscribers(link.subscribers, config)
+    subscribers = subscribers_for_rank(every, worker.rank)
+    positions = [i for i, s in enumerate(every) if any(s is kept for kept in subscribers)]
+    return TrialSession(subscribers, config, worker, positions)
 
 
 def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:

@@ -24,6 +24,12 @@ from ikkuna_tune.tune.subscriber_templates import (
     check_attachable,
     fresh_subscribers,
 )
+from ikkuna_tune.tune.train_workers import (
+    TrainWorker,
+    broadcast_from_first,
+    combine_reports,
+    gather_to_first,
+)
 from ikkuna_tune.tune.watch_call import describe_watch_call, renamed
 
 __all__ = [
@@ -88,10 +94,21 @@ class TrialSession:
         True
     """
 
-    def __init__(self, subscribers: list[Subscriber], config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        subscribers: list[Subscriber],
+        config: dict[str, Any],
+        worker: TrainWorker | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> None:
         self.subscribers = subscribers
+        #: where each subscriber stands in the trial's full list (a rank of a Ray Train job
+        #: other than 0 runs some of them; a checkpoint holds the state of all of them)
+        self.positions = list(range(len(subscribers)) if positions is None else positions)
         self.config = config
-        self.context = _tune_context()
+        #: this process's place in a Ray Train job run by the trial (None in a plain trial)
+        self.worker = worker
+        self.context = _tune_context() if worker is None else None
         self.trial_id: str | None = self.context.get_trial_id() if self.context else None
         self.bus: MessageBus | None = None
         self.exporter: Exporter | None = None
@@ -103,6 +120,11 @@ class TrialSession:
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
+        link = worker.link if worker is not None else None
+        if link is not None:
+            self.trial_id = link.trial_id
+            if worker is not None and worker.first:  # rank 0 reads, then tells the others
+                self.inbox = TrialInbox(link.experiment, link.trial_id)
         #: called with the session after every report (the scheduler's mailbox hooks in here)
         self.after_report: list[Callable[[TrialSession], None]] = []
         #: why the scheduler froze each layer it froze (reported under ``freeze_reason``)
@@ -113,7 +135,8 @@ class TrialSession:
 
     @property
     def in_tune(self) -> bool:
-        return self.context is not None
+        """Whether reports go to Ray (a Tune trial, or a worker of a Ray Train job)."""
+        return self.context is not None or self.worker is not None
 
     # ------------------------------------------------------------ lifecycle
     def activate(self) -> None:
@@ -234,6 +257,8 @@ class TrialSession:
             )
         self._check_epochs()
         merged = self.merge(metrics)
+        if self.worker is not None:
+            return self._report_from_worker(merged, checkpoint)
         if self.in_tune:
             from ray import tune
 
@@ -252,6 +277,31 @@ class TrialSession:
         if self.inbox is not None:
             self.apply(self.inbox.take())
         return merged
+
+    def _report_from_worker(self, merged: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
+        """Report from a rank of a Ray Train job: every rank joins, Tune gets rank 0's report
+        with the outputs measured on every rank averaged over them, and every rank applies the
+        directives rank 0 read."""
+        import ray.train
+
+        assert self.worker is not None
+        reports = gather_to_first(merged)
+        if reports is not None and len(reports) > 1:
+            merged = combine_reports(reports, self.averaged_outputs())
+        if checkpoint is not None:
+            self._save(checkpoint)
+        ray.train.report(merged, checkpoint=checkpoint)
+        for hook in list(self.after_report):
+            hook(self)
+        directives = self.inbox.take() if self.inbox is not None else []
+        self.apply(broadcast_from_first(directives))
+        return merged
+
+    def averaged_outputs(self) -> set[str]:
+        """Outputs a Ray Train job reports as their mean over the ranks: those of the
+        subscribers every rank runs, and the step time."""
+        every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
+        return every_rank | {"step_seconds", "step_seconds_unfrozen"}
 
     def _check_epochs(self) -> None:
         """Warn once if the first report after training steps finds that no epoch has ended
@@ -306,6 +356,9 @@ class TrialSession:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.exporter is not None
         saved = state.get("subscribers", [])
+        partial = self.worker is not None and len(self.positions) < len(saved)
+        if partial and len(saved) > max(self.positions, default=-1):
+            saved = [saved[i] for i in self.positions]  # the ones this rank runs
         if len(saved) != len(self.subscribers):
             raise ValueError(
                 f"The checkpoint holds state for {len(saved)} subscribers but this trial has "
@@ -319,12 +372,13 @@ class TrialSession:
             subscriber.load_state_dict(sub_state)
 
     def _save(self, checkpoint: Any) -> None:
+        import ray.train
         from ray import tune
 
-        if not isinstance(checkpoint, tune.Checkpoint):
+        if not isinstance(checkpoint, (tune.Checkpoint, ray.train.Checkpoint)):
+            expected = "ray.train.Checkpoint" if self.worker is not None else "ray.tune.Checkpoint"
             raise ValueError(
-                f"Expected `checkpoint` to be a ray.tune.Checkpoint but got "
-                f"{type(checkpoint).__name__}"
+                f"Expected `checkpoint` to be a {expected} but got {type(checkpoint).__name__}"
             )
         directory = Path(checkpoint.path)
         if not directory.is_dir():
@@ -344,10 +398,16 @@ class TrialSession:
         """
         if not self.in_tune:
             return
-        from ray import tune
+        if self.worker is not None:
+            import ray.train
 
-        checkpoint = tune.get_checkpoint()
+            checkpoint = ray.train.get_checkpoint()
+        else:
+            from ray import tune
+
+            checkpoint = tune.get_checkpoint()
         directives = self.inbox.take() if self.inbox is not None else []
+        directives = broadcast_from_first(directives)  # every rank of a Train job, or this one
         if checkpoint is None:
             if directives:
                 logger.info("Starting afresh: not applying %s", directives)

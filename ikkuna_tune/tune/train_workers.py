@@ -1,0 +1,237 @@
+"""A Tune trial that trains as a Ray Train job (``TorchTrainer`` with N workers inside the trial).
+
+The instrumented trainable hands its config on as a :class:`TrialConfig`: the same dict, carrying
+a :class:`TrialLink` to the trial (experiment, trial id, subscribers). Passed to the trainer as
+``train_loop_config=config`` (Ray's documented pattern), it reaches every worker, where
+``ik.watch`` finds it (:func:`train_worker`) and starts the worker's session:
+
+- every rank runs the subscribers that read what training publishes; the ones that run the
+  model themselves (SVCCA, test accuracy: ``uses_model``) run on rank 0 only
+  (:func:`subscribers_for_rank`);
+- at a report, rank 0 gathers every rank's outputs and reports each output measured on several
+  ranks as its mean over them (:func:`combine_reports`); Tune receives rank 0's report, one per
+  iteration;
+- rank 0 reads the scheduler's directives and broadcasts them, so every rank freezes the same
+  layers before the same step.
+
+Examples:
+    >>> link = TrialLink("my_sweep", "abcde_00000", None)
+    >>> config = TrialConfig({"lr": 0.1}, link)
+    >>> config == {"lr": 0.1}, config.ikkuna_link.trial_id
+    (True, 'abcde_00000')
+    >>> train_worker() is None  # not inside a Ray Train worker
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ikkuna_tune.subscribers.base import Subscriber
+
+__all__ = [
+    "TrainWorker",
+    "TrialConfig",
+    "TrialLink",
+    "broadcast_from_first",
+    "combine_reports",
+    "gather_to_first",
+    "subscribers_for_rank",
+    "train_worker",
+]
+
+logger = logging.getLogger(__name__)
+
+_TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """What a Ray Train worker needs to know of the Tune trial that started its job.
+
+    Examples:
+        >>> TrialLink("my_sweep", "abcde_00000", None).trial_id
+        'abcde_00000'
+    """
+
+    experiment: str
+    trial_id: str
+    #: the subscriber templates (or factory) given to ``instrument``
+    subscribers: Any
+
+
+class TrialConfig(dict[str, Any]):
+    """The config an instrumented trainable receives in Tune: the trial's config dict, unchanged
+    (same keys and values), carrying :attr:`ikkuna_link` for the workers of a Ray Train job.
+
+    Examples:
+        >>> import pickle
+        >>> config = pickle.loads(pickle.dumps(TrialConfig({"lr": 0.1}, TrialLink("e", "t", None))))
+        >>> dict(config), config.ikkuna_link.experiment
+        ({'lr': 0.1}, 'e')
+    """
+
+    def __init__(self, config: Mapping[str, Any], link: TrialLink | None) -> None:
+        super().__init__(config)
+        self.ikkuna_link = link
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TrialConfig, (dict(self), self.ikkuna_link))
+
+
+@dataclass(frozen=True)
+class TrainWorker:
+    """This process's place in a Ray Train job.
+
+    Examples:
+        >>> worker = TrainWorker(rank=1, world_size=2, link=None)
+        >>> worker.first, worker.distributed
+        (False, True)
+    """
+
+    rank: int
+    world_size: int
+    #: the Tune trial's link, None when the job's ``train_loop_config`` does not carry one
+    link: TrialLink | None
+    #: the job's ``train_loop_config``
+    config: Mapping[str, Any] | None = None
+
+    @property
+    def first(self) -> bool:
+        """Whether this is rank 0, the rank that reports to Tune and reads directives."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there are other ranks to combine with."""
+        return self.world_size > 1
+
+
+def train_worker() -> TrainWorker | None:
+    """This process's :class:`TrainWorker` when it runs a Ray Train job's training function,
+    else None.
+
+    Examples:
+        >>> train_worker() is None
+        True
+    """
+    module = sys.modules.get(_TRAIN_CONTEXT_MODULE)
+    if module is None:  # Ray Train was never started in this process
+        return None
+    try:
+        context = module.get_train_context()
+    except Exception:  # not a Train worker
+        return None
+    distributed = context.distributed_context
+    config = context.train_run_context.train_loop_config
+    link = getattr(config, "ikkuna_link", None)
+    config = config if isinstance(config, Mapping) else None
+    return TrainWorker(int(distributed.world_rank), int(distributed.world_size), link, config)
+
+
+def subscribers_for_rank(subscribers: Sequence[Subscriber], rank: int) -> list[Subscriber]:
+    """The subscribers rank ``rank`` runs: all on rank 0; on the other ranks, none of those that
+    run the model themselves (``uses_model``: SVCCA, test accuracy run once, on rank 0), nor
+    those that need what these publish.
+
+    Examples:
+        >>> from ikkuna_tune.subscribers import NormSubscriber, TestAccuracySubscriber
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+        >>> chosen = [NormSubscriber("weights", backend=None), TestAccuracySubscriber(data)]
+        >>> [type(s).__name__ for s in subscribers_for_rank(chosen, 1)]
+        ['NormSubscriber']
+        >>> len(subscribers_for_rank(chosen, 0))
+        2
+    """
+    if rank == 0:
+        return list(subscribers)
+    kept: list[Subscriber] = []
+    missing: set[str] = set()  # kinds published only on rank 0
+    for subscriber in subscribers:
+        if subscriber.uses_model is not None or missing & set(subscriber.kinds):
+            missing.update(subscriber.publications)
+            continue
+        kept.append(subscriber)
+    return kept
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mean(values: list[Any]) -> Any:
+    numbers = [float(v) for v in values if _is_number(v)]
+    if not numbers:
+        return values[0] if values else None
+    total = math.fsum(numbers)  # a NaN or inf on any rank stays visible
+    return total / len(numbers)
+
+
+def combine_reports(reports: Sequence[Mapping[str, Any]], averaged: set[str]) -> dict[str, Any]:
+    """Rank 0's report (``reports[0]``) with each key in ``averaged`` replaced by its mean over
+    the ranks that measured it (``None`` and missing values left out; per-layer dicts averaged
+    layer by layer). Keys not in ``averaged`` are rank 0's.
+
+    Examples:
+        >>> first = {"loss": 0.5, "weights_norm2": {"fc": 2.0}, "train_accuracy": 0.5}
+        >>> second = {"loss": 0.7, "weights_norm2": {"fc": 2.0}, "train_accuracy": 1.0}
+        >>> combine_reports([first, second], {"weights_norm2", "train_accuracy"})
+        {'loss': 0.5, 'weights_norm2': {'fc': 2.0}, 'train_accuracy': 0.75}
+    """
+    if not reports:
+        raise ValueError("Expected the reports of at least one rank but got none")
+    combined = dict(reports[0])
+    for key in averaged & set(combined):
+        first = combined[key]
+        if isinstance(first, Mapping):
+            layers = dict(first)
+            for layer in layers:
+                values = [r[key].get(layer) for r in reports if isinstance(r.get(key), Mapping)]
+                layers[layer] = _mean([v for v in values if v is not None])
+            combined[key] = layers
+        elif first is None or _is_number(first):
+            values = [r.get(key) for r in reports]
+            present = [v for v in values if v is not None]
+            combined[key] = _mean(present) if present else None
+    return combined
+
+
+def gather_to_first(value: Any) -> list[Any] | None:
+    """Every rank's ``value`` on rank 0 (in rank order), None on the other ranks; a collective
+    every rank must join. Without a process group: ``[value]``.
+
+    Examples:
+        >>> gather_to_first({"loss": 0.5})  # no process group: this process is the only rank
+        [{'loss': 0.5}]
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_first(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank; a collective every rank must join. Without a process
+    group: ``value``.
+
+    Examples:
+        >>> broadcast_from_first([{"freeze": ["conv1"]}])
+        [{'freeze': ['conv1']}]
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,123 @@
+"""Data-parallel trials: a Tune trial whose training runs as a Ray Train TorchTrainer job with 2
+workers (DDP on gloo), instrumented like a single-process trial.
+
+The reference is the same training function called directly, in one process, on the same global
+batches (each rank of the job trains on its half of every batch; DDP averages the gradients, so
+every rank steps with the single process's gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from ray import tune
+
+import ikkuna_tune as ik
+from tests.tune.train_job import subscribers, train_loop, tune_trial
+
+ITERATIONS = 3
+#: outputs of the subscribers every rank runs, and of the one that runs on rank 0 only
+COMPARED = (
+    "weight_gradients_norm2",
+    "weights_norm2",
+    "weight_updates_weights_ratio",
+    "weight_sum",
+    "train_accuracy",
+    "self_similarity",
+)
+
+
+def _run(config: dict, storage: Path, scheduler=None):
+    trainable = tune.with_resources(ik.instrument(tune_trial, subscribers()), {"cpu": 0.1})
+    analysis = tune.run(
+        trainable,
+        config={"storage": str(storage), "workers": 2, "worker_cpus": 0.5, **config},
+        scheduler=scheduler,
+        storage_path=str(storage),
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    return trial, analysis.trial_dataframes[trial.trial_id]
+
+
+def _flat(report: dict) -> dict[str, float]:
+    flat = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{layer}": v for layer, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+@pytest.mark.timeout(300)
+def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
+    ray_session, tmp_path
+) -> None:
+    config = {"lr": 0.1, "iterations": ITERATIONS, "steps": 2, "out": str(tmp_path)}
+    ik.instrument(train_loop, subscribers())(config)
+    reference = [_flat(r) for r in ik.local_results()]
+    trial, df = _run(config, tmp_path)
+    assert trial.status == "TERMINATED"
+    # one report per iteration reaches Tune, not one per worker
+    assert df["training_iteration"].tolist() == list(range(1, ITERATIONS + 1))
+    assert df["iteration"].tolist() == list(range(ITERATIONS))
+    columns = [c for c in df.columns if c.startswith(COMPARED)]
+    assert {c.split("/")[-1] for c in columns if "/" in c} == {"conv", "fc"}  # no 'module.'
+    expected_columns = {k for r in reference for k in r if k.startswith(COMPARED)}
+    assert set(columns) == expected_columns
+    for row, want in zip(df.to_dict("records"), reference):
+        for column in columns:
+            got, value = row[column], want[column]
+            if value is None:
+                assert got is None or math.isnan(got), column
+                continue
+            assert abs(got - value) <= 1e-5 * abs(value) + 1e-7, (row["iteration"], column)
+    digests = {p.name: p.read_text() for p in tmp_path.glob("rank*")}
+    assert len(digests) == 2 and len(set(digests.values())) == 1  # the ranks stay in step
+
+
+@pytest.mark.timeout(300)
+def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session, tmp_path) -> None:
+    """SVCCAScheduler freezes ``conv``; once frozen, a worker fails and the job restarts from its
+    latest checkpoint with ``conv`` still frozen, bit-identical on both ranks."""
+    scheduler = ik.SVCCAScheduler(
+        metric="loss",
+        mode="min",
+        freeze_at=0.9,
+        patience=1,
+        min_travel=0.0,
+        settle_window=1,
+        settle_tol=1e9,
+        plateau=1,
+        min_delta=10.0,
+        grace=0,
+        stop=False,
+        freeze_best=True,
+    )
+    marker = tmp_path / "crashed"
+    config = {
+        "lr": 0.1,
+        "iterations": 7,
+        "steps": 2,
+        "checkpoint": True,
+        "crash_marker": str(marker),
+        "max_failures": 1,
+        "out": str(tmp_path),
+    }
+    trial, df = _run(config, tmp_path, scheduler)
+    assert trial.status == "TERMINATED"
+    assert marker.exists()  # the failure happened, after conv was frozen
+    frozen = df["frozen/conv"].tolist()
+    first = frozen.index(1)
+    assert all(frozen[first:]), frozen  # frozen from the order on, also after the restart
+    assert df["iteration"].tolist()[-1] == 6
+    # the frozen weights do not move, while fc still trains
+    sums = df["weight_sum/conv"].tolist()[first:]
+    assert max(sums) == min(sums)
+    assert df["weights_norm2/fc"].nunique() > 1
+    digests = [p.read_text().split() for p in sorted(tmp_path.glob("rank*"))]
+    assert len(digests) == 2
+    assert digests[0] == digests[1] and digests[0][1] == "1"  # same bits, frozen, on both ranks

@@ -1,0 +1,139 @@
+"""A Tune trial that trains as a Ray Train job (TorchTrainer, DDP on gloo), for the tests of
+data-parallel trials (importable by Ray workers).
+
+:func:`train_loop` is the per-worker training function; each rank takes its share of the same
+global batch, so with 1 worker (or called directly, without Ray) it is the single-process run of
+the same training. :func:`tune_trial` is the Tune trainable that runs it as a Train job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ray import tune
+
+import ikkuna_tune as ik
+from tests.conftest import TinyNet
+from tests.tune.trainables import WeightCosine, WeightSum
+
+GLOBAL_BATCH = 16
+
+
+def subscribers() -> list[ik.Subscriber]:
+    """Gradient and weight norms, update ratios, loss, train accuracy (every rank) and a
+    self-similarity that reads the model (rank 0 only)."""
+    return [
+        ik.NormSubscriber("weight_gradients", backend=None),
+        ik.NormSubscriber("weights", backend=None),
+        ik.RatioSubscriber(["weight_updates", "weights"], backend=None),
+        ik.LossSubscriber(backend=None),
+        ik.TrainAccuracySubscriber(backend=None),
+        WeightSum(),
+        WeightCosine(),
+    ]
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(GLOBAL_BATCH, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+def _train_rank() -> tuple[int, int] | None:
+    """(rank, world size) in a Ray Train job, None when called directly."""
+    try:
+        import ray.train
+
+        context = ray.train.get_context()
+        return context.get_world_rank(), context.get_world_size()
+    except Exception:
+        return None
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """``config["iterations"]`` iterations of ``config["steps"]`` SGD steps on this rank's share
+    of each global batch, one ``ik.report`` per iteration (with a checkpoint from rank 0 when
+    ``config["checkpoint"]``). With ``config["crash_marker"]``: once ``conv`` is frozen, the job
+    crashes once after a report (a worker failure). With ``config["out"]``: every rank writes the
+    digest of its ``conv`` weights (and whether it was frozen) there at the end."""
+    import ray.train
+
+    in_train = _train_rank()
+    rank, world = in_train or (0, 1)
+    torch.manual_seed(0)
+    model: torch.nn.Module = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+    start = 0
+    checkpoint = ray.train.get_checkpoint() if in_train else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / "model.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["iteration"] + 1
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    for iteration in range(start, config["iterations"]):
+        for step in range(config["steps"]):
+            x, y = global_batch(iteration * config["steps"] + step)
+            opt.zero_grad()
+            loss = loss_fn(model(x[share]), y[share])
+            loss.backward()
+            opt.step()
+        exporter.epoch_finished()
+        frozen_before_report = "conv" in exporter.frozen
+        metrics = {"iteration": iteration, "loss": loss.item()}  # rank 0's loss reaches Tune
+        if config.get("checkpoint"):
+            with tempfile.TemporaryDirectory() as directory:
+                inner = getattr(model, "module", model)
+                state = {"model": inner.state_dict(), "opt": opt.state_dict()}
+                torch.save({**state, "iteration": iteration}, Path(directory) / "model.pt")
+                saved = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
+                ik.report(metrics, checkpoint=saved)
+        else:
+            ik.report(metrics)
+        marker = config.get("crash_marker")
+        if marker and frozen_before_report and not os.path.exists(marker):
+            if rank == 1:
+                Path(marker).touch()
+                raise RuntimeError("simulated worker failure")
+    out = config.get("out")
+    if out:
+        conv = exporter.modules["conv"].module
+        frozen = int("conv" in exporter.frozen)
+        Path(out, f"rank{rank}").write_text(f"{_digest(conv.weight)} {frozen}")
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: runs :func:`train_loop` as a TorchTrainer job of
+    ``config["workers"]`` workers, the pattern Ray documents for Train inside Tune."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config["workers"], resources_per_worker={"CPU": config["worker_cpus"]}
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=config["storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=config.get("max_failures", 0)),
+        ),
+    )
+    trainer.fit()
