@@ -8,7 +8,11 @@ every rank steps with the single process's gradient).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from ray import tune
 import ikkuna_tune as ik
 from tests.tune.train_job import subscribers, train_loop, tune_trial
 
+ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 3
 #: outputs of the subscribers every rank runs, and of the one that runs on rank 0 only
 COMPARED = (
@@ -75,7 +80,7 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
                 assert got is None or math.isnan(got), column
                 continue
             assert abs(got - value) <= 1e-5 * abs(value) + 1e-7, (row["iteration"], column)
-    digests = {p.name: p.read_text() for p in tmp_path.glob("rank*")}
+    digests = {p.name: p.read_text().split()[0] for p in tmp_path.glob("rank*")}
     assert len(digests) == 2 and len(set(digests.values())) == 1  # the ranks stay in step
 
 
@@ -118,6 +123,31 @@ def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session
     sums = df["weight_sum/conv"].tolist()[first:]
     assert max(sums) == min(sums)
     assert df["weights_norm2/fc"].nunique() > 1
-    digests = [p.read_text().split() for p in sorted(tmp_path.glob("rank*"))]
+    digests = [p.read_text().split()[:2] for p in sorted(tmp_path.glob("rank*"))]
     assert len(digests) == 2
     assert digests[0] == digests[1] and digests[0][1] == "1"  # same bits, frozen, on both ranks
+
+
+@pytest.mark.timeout(600)
+def test_a_two_worker_job_on_a_simulated_cluster_freezes_on_both_nodes() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.tune.two_node_train"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["driver"] == out["head"] not in out["nodes"]
+    assert sorted(out["rank_nodes"]) == out["nodes"]  # one rank on each node
+    assert out["iterations"] == list(range(6))  # one report per iteration
+    frozen = out["frozen_conv"]
+    first = frozen.index(1)
+    assert all(frozen[first:])
+    sums = out["weight_sum_conv"][first:]
+    assert max(sums) == min(sums)
+    assert out["rank_frozen"] == ["1", "1"]
+    assert out["rank_digests"][0] == out["rank_digests"][1]  # bit-identical on both nodes

@@ -65,6 +65,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ``config["checkpoint"]``). With ``config["crash_marker"]``: once ``conv`` is frozen, the job
     crashes once after a report (a worker failure). With ``config["out"]``: every rank writes the
     digest of its ``conv`` weights (and whether it was frozen) there at the end."""
+    import ray
     import ray.train
 
     in_train = _train_rank()
@@ -113,7 +114,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if out:
         conv = exporter.modules["conv"].module
         frozen = int("conv" in exporter.frozen)
-        Path(out, f"rank{rank}").write_text(f"{_digest(conv.weight)} {frozen}")
+        node = ray.get_runtime_context().get_node_id() if in_train else "local"
+        Path(out, f"rank{rank}").write_text(f"{_digest(conv.weight)} {frozen} {node}")
 
 
 def tune_trial(config: dict[str, Any]) -> None:
