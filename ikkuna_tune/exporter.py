@@ -200,6 +200,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
         self._freeze_handles: dict[str, RemovableHandle] = {}
+        self.ddp_sync = None
         self._update_before: dict[tuple[str, str], torch.Tensor] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._zero_updates: dict[tuple[str, str], torch.Tensor] = {}

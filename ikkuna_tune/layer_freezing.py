@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ikkuna_tune.ddp_sync import TrainableOnlySyncState, install_trainable_only_sync
 from ikkuna_tune.layers import CopySafeHook, hold_eval, wrappers
 from ikkuna_tune.messages import NamedModule
 
@@ -60,6 +61,8 @@ class LayerFreezing:
     _frozen: dict[str, None]
     _freeze_handles: dict[str, RemovableHandle]
     _closed: bool
+    #: DDP's trainable-only synchronisation, installed at the first freeze under DDP
+    ddp_sync: TrainableOnlySyncState | None
 
     if TYPE_CHECKING:  # provided by StepHooks
 
@@ -97,7 +100,10 @@ class LayerFreezing:
 
         Under ``DistributedDataParallel`` every rank must freeze the same layer before the same
         step, and DDP must have been built with ``find_unused_parameters=True``: the frozen
-        parameters then get no gradient, which DDP otherwise takes for a failed step.
+        parameters then get no gradient, which DDP otherwise takes for a failed step. The first
+        freeze under DDP also leaves frozen parameters out of DDP's gradient all-reduce
+        (:func:`~ikkuna_tune.ddp_sync.install_trainable_only_sync`; its byte count is
+        ``exporter.ddp_sync``), unless the model already has a communication hook of its own.
 
         Raises:
             ValueError: for an unknown layer, if nothing in the model would still train, or
@@ -122,6 +128,8 @@ class LayerFreezing:
                 "because the frozen parameters get no gradient; build it with "
                 "DistributedDataParallel(model, find_unused_parameters=True)"
             )
+        if ddp:
+            self._sync_trainable_only(ddp[0])
         for param in params:
             param.requires_grad_(False)
             param.grad = None
@@ -133,6 +141,16 @@ class LayerFreezing:
         self._frozen[name] = None
         self._publish_meta("layer_frozen", name)
         logger.info("Froze layer %r at step %d", name, self.global_step)
+
+    def _sync_trainable_only(self, ddp: nn.parallel.DistributedDataParallel) -> None:
+        """At the first freeze under DDP: leave frozen parameters out of DDP's all-reduce
+        (:mod:`ikkuna_tune.ddp_sync`), unless the model already has a communication hook."""
+        if self.ddp_sync is not None:
+            return
+        try:
+            self.ddp_sync = install_trainable_only_sync(ddp)
+        except ValueError as error:  # the user's own hook stays; frozen slots stay in sync
+            logger.info("Frozen parameters stay in DDP's all-reduce: %s", error)
 
     def unfreeze(self, name: str) -> None:
         """Train layer ``name`` again; it takes the model's current training mode."""

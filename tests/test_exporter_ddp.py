@@ -2,7 +2,8 @@
 the layers as the user does and publishes, on every rank, the gradient norms, weight norms and
 update ratios of a single process training on the same global batch, also once a layer is frozen
 on every rank at the same step (which needs DDP's find_unused_parameters; without it the freeze
-is refused with a clear error instead of DDP failing at the next step).
+is refused with a clear error instead of DDP failing at the next step); the freeze also takes the
+frozen layer out of DDP's gradient all-reduce.
 
 DDP averages the gradients over the ranks during backward, so at ``optimizer.step()`` every rank
 holds the gradient of the mean loss over the global batch, which is the single process's.
@@ -11,6 +12,7 @@ holds the gradient of the mean loss over the global batch, which is the single p
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,10 +39,11 @@ def _global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
 
 
-def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.Tensor, bool]:
+def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.Tensor, bool, Any]:
     """Train STEPS steps on this rank's share of each global batch, freezing layer "0" before
     FREEZE_STEP; the tracked layer names, the published values by (kind, layer, step), the
-    frozen layer's weight when it was frozen, and whether it is bit-identical at the end."""
+    frozen layer's weight when it was frozen, whether it is bit-identical at the end, and the
+    bytes DDP all-reduced in the last step (None without DDP)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     bus = MessageBus()
     ik.NormSubscriber("weight_gradients", bus, backend=None)
@@ -62,8 +65,10 @@ def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.T
             F.cross_entropy(model(x[share]), y[share]).backward()
             opt.step()
         names = list(exporter.modules)
+        sync = exporter.ddp_sync
     unchanged = torch.equal(layer.weight.detach(), frozen)
-    return names, {k: v.item() for k, v in got.items()}, frozen, unchanged
+    sync_bytes = sync.last_step_bytes if sync is not None else None
+    return names, {k: v.item() for k, v in got.items()}, frozen, unchanged, sync_bytes
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -83,7 +88,7 @@ def _worker(rank: int, store: str, out: str) -> None:
 
 
 def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_path) -> None:
-    names, reference, frozen, unchanged = _train(_model(), 0, 1)
+    names, reference, frozen, unchanged, no_sync = _train(_model(), 0, 1)
     out = str(tmp_path / "values")
     context = mp.start_processes(
         _worker, args=(str(tmp_path / "store"), out), nprocs=WORLD, join=False, start_method="spawn"
@@ -94,15 +99,18 @@ def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_p
             for process in context.processes:
                 process.kill()
             raise AssertionError("the DDP workers did not finish within 240 s")
-    assert names == ["0", "2"] and unchanged
+    assert names == ["0", "2"] and unchanged and no_sync is None
     # a frozen layer publishes no gradient (its weights and its zero update still come)
     assert len(reference) == len(KINDS) * 2 * STEPS - (STEPS - FREEZE_STEP)
     frozen_on_ranks = []
     for rank in range(WORLD):
-        rank_names, values, rank_frozen, rank_unchanged, refused = torch.load(f"{out}.{rank}")
+        saved = torch.load(f"{out}.{rank}")
+        rank_names, values, rank_frozen, rank_unchanged, sync_bytes, refused = saved
         assert rank_names == names  # no 'module.' prefix
         assert "find_unused_parameters=True" in refused
         assert rank_unchanged  # the frozen weights did not move after the freeze
+        # the freeze took layer "0" out of DDP's all-reduce: only layer "2" (8x3 + 3 float32)
+        assert sync_bytes == (8 * 3 + 3) * 4
         frozen_on_ranks.append(rank_frozen)
         torch.testing.assert_close(rank_frozen, frozen, rtol=1e-5, atol=1e-7)
         assert values.keys() == reference.keys()
