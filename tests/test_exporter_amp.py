@@ -128,3 +128,49 @@ def test_without_the_scaler_a_skipped_step_merges_with_the_next_and_a_bad_scaler
 ):
     with pytest.raises(ValueError, match="Expected `scaler` to be a torch.amp.GradScaler"):
         ik.Exporter(TinyNet(), None, MessageBus(), scaler=object())
+
+
+def test_a_trial_under_bfloat16_autocast_reports_the_unscaled_gradient_norms() -> None:
+    """End to end through instrument / watch / report: the reported gradient norms and update
+    ratios are those of the unscaled gradients and the real weight changes, computed by hand."""
+    expected: list[dict[str, dict[str, float]]] = []
+
+    def trainable(config: dict) -> None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=SCALE, growth_interval=1000)
+        exporter = ik.watch(model, opt, scaler=scaler)
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+        for _ in range(2):
+            before = {n: getattr(model, n).weight.detach().clone() for n in ("conv", "fc")}
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = exporter.wrap_loss(F.cross_entropy)(model(x), y)
+            scaler.scale(loss).backward()
+            scaled = {n: getattr(model, n).weight.grad.clone() for n in ("conv", "fc")}
+            scaler.step(opt)
+            scaler.update()
+            norms, ratios = {}, {}
+            for name in ("conv", "fc"):
+                weight = getattr(model, name).weight.detach()
+                norms[name] = (scaled[name] / SCALE).norm().item()
+                # the update over the weights the step started from
+                ratios[name] = ((weight - before[name]).norm() / before[name].norm()).item()
+            expected.append(
+                {"weight_gradients_norm2": norms, "weight_updates_weights_ratio": ratios}
+            )
+            ik.report({"loss": loss.item()})
+
+    subscribers = [
+        ik.NormSubscriber("weight_gradients", backend=None),
+        ik.RatioSubscriber(["weight_updates", "weights"], backend=None),
+    ]
+    ik.instrument(trainable, subscribers)({})
+    reports = ik.local_results()
+    assert len(reports) == len(expected) == 2
+    for report, want in zip(reports, expected):
+        for kind, layers in want.items():
+            for name, value in layers.items():
+                assert report[kind][name] == pytest.approx(value, rel=1e-5), (kind, name)
