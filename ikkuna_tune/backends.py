@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, SupportsIndex
 
@@ -22,6 +23,7 @@ __all__ = [
     "TensorBoardBackend",
     "safe_tag",
     "to_numbers",
+    "vector_numbers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,28 @@ def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:
     return numbers
 
 
+def vector_numbers(items: Sequence[tuple[Any, torch.Tensor, int]]) -> list[list[float]]:
+    """The values of ``(tags, vector, step)`` items as lists of floats, one host transfer per
+    device.
+
+    Examples:
+        >>> vector_numbers([(("a", "b"), torch.tensor([0.5, 2.0]), 0), (("c",), torch.ones(1), 1)])
+        [[0.5, 2.0], [1.0]]
+    """
+    numbers: list[list[float]] = [[] for _ in items]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, vector, _) in enumerate(items):
+        by_device.setdefault(vector.device, []).append(i)
+    for indices in by_device.values():
+        flat = torch.cat([items[i][1].reshape(-1).double() for i in indices]).tolist()
+        start = 0
+        for i in indices:
+            size = items[i][1].numel()
+            numbers[i] = flat[start : start + size]
+            start += size
+    return numbers
+
+
 class Backend:
     """Receives scalars and histograms; the base class draws nothing.
 
@@ -76,6 +100,12 @@ class Backend:
 
     def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
         """Record ``value`` (a 0-d tensor or number) under ``tag`` at ``step``."""
+
+    def add_scalars(self, tags: Sequence[str], values: torch.Tensor, step: int) -> None:
+        """Record ``values[i]`` (a 1-D tensor, one value per tag) under ``tags[i]`` at
+        ``step``; by default one :meth:`add_scalar` each."""
+        for tag, value in zip(tags, values.unbind()):
+            self.add_scalar(tag, value, step)
 
     def add_histogram(
         self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
@@ -131,6 +161,7 @@ class TensorBoardBackend(Backend):
         )
         self.log_dir = Path(self.writer.logdir)
         self._scalars: list[tuple[str, Any, int]] = []
+        self._vectors: list[tuple[Sequence[str], torch.Tensor, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
@@ -146,12 +177,20 @@ class TensorBoardBackend(Backend):
     def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
         self._scalars.append((tag, value, step))
 
+    def add_scalars(self, tags: Sequence[str], values: torch.Tensor, step: int) -> None:
+        self._vectors.append((tags, values.detach(), step))
+
     def add_histogram(
         self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
     ) -> None:
         self._histograms.append((tag, counts, edges, stats, step))
 
     def flush(self) -> None:
+        if self._vectors:
+            for (tags, _, step), numbers in zip(self._vectors, vector_numbers(self._vectors)):
+                for tag, number in zip(tags, numbers):
+                    self.writer.add_scalar(tag, number, step)
+            self._vectors.clear()
         if self._scalars:
             for (tag, _, step), number in zip(self._scalars, to_numbers(self._scalars)):
                 self.writer.add_scalar(tag, number, step)

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
 from ikkuna_tune.bus_listener import BusListener
 from ikkuna_tune.kind_registry import KindRegistry
-from ikkuna_tune.messages import DEFAULT_TAG, Message, ModuleMessage, NamedModule, NetworkMessage
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    LayerBatch,
+    Message,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+)
 
 if TYPE_CHECKING:
     from ikkuna_tune.subscribers.base import Subscriber
@@ -80,6 +87,8 @@ class MessageBus(KindRegistry):
         self._quiet: dict[str, list[Any]] = {}
         self._deferred: list[tuple[str, tuple[str | None, ...], str, int]] = []
         self._listeners: list[BusListener] = []
+        #: kinds whose every subscription takes a whole step's layers at once (publish_batch)
+        self._batched: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------- listeners
     @property
@@ -166,8 +175,32 @@ class MessageBus(KindRegistry):
         self._changed()
 
     def _changed(self) -> None:
+        self._batched = self._batchable_kinds()
         for listener in list(self._listeners):
             listener.subscribers_changed(self)
+
+    def _batchable_kinds(self) -> frozenset[str]:
+        """Kinds whose every subscription takes batches, and for a subscription that bundles
+        several kinds, all of them do (it must not get some layers as a batch and others one
+        message at a time)."""
+        kinds = {
+            kind
+            for kind, subscriptions in self._by_kind.items()
+            if all(s.takes_batches for s in subscriptions)
+        }
+        changed = True
+        while changed:
+            changed = False
+            for kind in list(kinds):
+                if any(not set(s.routed_kinds) <= kinds for s in self._by_kind[kind]):
+                    kinds.discard(kind)
+                    changed = True
+        return frozenset(kinds)
+
+    def takes_batches(self, kind: str) -> bool:
+        """Whether a step's messages of ``kind`` for several layers are delivered as one
+        :class:`~ikkuna_tune.messages.LayerBatch` (see :meth:`publish_batch`)."""
+        return kind in self._batched
 
     def subscribed_kinds(self, tag: str | None = None) -> frozenset[str]:
         """Kinds that at least one subscription wants (optionally: under ``tag``)."""
@@ -322,7 +355,32 @@ class MessageBus(KindRegistry):
         finally:
             self._shared = outer
 
-    def shared(self, message: Message, name: str, fn: Callable[[Any], Any]) -> Any:
+    def publish_batch(self, batch: LayerBatch) -> None:
+        """Deliver the messages of ``batch`` (one kind and step, several layers): to every
+        subscription at once when all of them take batches (:meth:`takes_batches`, for the
+        default tag), else one message at a time, as :meth:`publish` would.
+
+        A subscription takes batches when it processes every message it receives (no
+        subsampling) and its subscriber reduces a batch exactly as it would each message: the
+        subscribers see the same values, at the cost of one delivery per kind and step.
+        """
+        subscriptions = self._by_kind.get(batch.kind)
+        if not subscriptions:
+            return
+        if batch.kind not in self._batched or batch.tag != DEFAULT_TAG:
+            for message in batch.messages():
+                self.publish(message)
+            return
+        if self._deferred or self._quiet:
+            self._changing(batch.kind, batch.tag)
+        outer, self._shared = self._shared, {}
+        try:
+            for subscription in subscriptions:
+                subscription.receive_batch(batch)
+        finally:
+            self._shared = outer
+
+    def shared(self, message: Message | LayerBatch, name: str, fn: Callable[[Any], Any]) -> Any:
         """``fn(message.data)``, computed once for all the subscribers of one delivery.
 
         Subscribers that reduce the same message the same way (the L2 norm of ``weights`` for a

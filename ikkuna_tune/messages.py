@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_TAG",
     "META_KINDS",
     "KindType",
+    "LayerBatch",
     "Message",
     "MessageBundle",
     "ModuleMessage",
@@ -308,3 +309,82 @@ class MessageBundle:
 
     def __repr__(self) -> str:
         return f"MessageBundle(key={self.key!r}, kinds={list(self.messages)}/{list(self.kinds)})"
+
+
+class LayerBatch:
+    """The messages of one kind, tag and step for several layers, delivered at once.
+
+    The Exporter publishes a training step's per-layer kinds this way when every subscription
+    of the kind takes batches (:meth:`MessageBus.publish_batch
+    <ikkuna_tune.bus.MessageBus.publish_batch>`): one delivery per kind and step instead of one
+    per layer, and the subscribers reduce all layers with one multi-tensor operation.
+    :meth:`messages` gives the per-layer messages it stands for.
+
+    Examples:
+        >>> fc1 = NamedModule("fc1", torch.nn.Linear(3, 2))
+        >>> fc2 = NamedModule("fc2", torch.nn.Linear(2, 1))
+        >>> data = [torch.ones(2), torch.zeros(1)]
+        >>> batch = LayerBatch("weights", DEFAULT_TAG, 5, 5, 0, (fc1, fc2), data)
+        >>> batch.keys, batch.global_step, len(batch)
+        (('fc1', 'fc2'), 5, 2)
+        >>> [(m.key, m.global_step) for m in batch.messages()]
+        [('fc1', 5), ('fc2', 5)]
+    """
+
+    __slots__ = (
+        "_messages",
+        "data",
+        "epoch",
+        "global_step",
+        "kind",
+        "modules",
+        "tag",
+        "train_step",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        tag: str,
+        global_step: int,
+        train_step: int,
+        epoch: int,
+        modules: Sequence[NamedModule],
+        data: Sequence[Any],
+    ) -> None:
+        if len(modules) != len(data):
+            raise ValueError(
+                f"Expected one datum per layer but got {len(data)} for {len(modules)} layers"
+            )
+        self.kind = kind
+        self.tag = tag
+        self.global_step = global_step
+        self.train_step = train_step
+        self.epoch = epoch
+        self.modules = tuple(modules)
+        self.data = list(data)
+        self._messages: list[ModuleMessage] | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The layers' names, in order."""
+        return tuple(m.name for m in self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def messages(self) -> list[ModuleMessage]:
+        """The per-layer messages this batch stands for (made once)."""
+        if self._messages is None:
+            step = (self.kind, self.tag, self.global_step, self.train_step, self.epoch)
+            self._messages = [
+                ModuleMessage(*step, data, module) for module, data in zip(self.modules, self.data)
+            ]
+        return self._messages
+
+    def first(self) -> ModuleMessage:
+        """The first layer's message (all share the step, epoch and tag)."""
+        return self.messages()[0]
+
+    def __repr__(self) -> str:
+        return f"LayerBatch({self.kind!r}, step={self.global_step}, layers={list(self.keys)})"

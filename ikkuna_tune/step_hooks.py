@@ -19,7 +19,13 @@ from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, unwrapped
-from ikkuna_tune.messages import DEFAULT_TAG, ModuleMessage, NamedModule, NetworkMessage
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    LayerBatch,
+    ModuleMessage,
+    NamedModule,
+    NetworkMessage,
+)
 from ikkuna_tune.parameters import Entry, tensor_attr
 
 __all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "SKIPPED_TAG", "UPDATE_KINDS", "StepHooks"]
@@ -154,8 +160,21 @@ class StepHooks:
         self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
     ) -> None:
         """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
-        tensor detached; a step that subsampling skips costs one :meth:`MessageBus.skip_all`."""
+        tensor detached: as one batch when every subscription of ``kind`` takes batches (no
+        subsampling then), else one by one; a step that subsampling skips costs one
+        :meth:`MessageBus.skip_all`."""
         bus, step = self.message_bus, self.global_step
+        if bus.takes_batches(kind) and all(data is not None for _, _, data in found):
+            if found:
+                modules = [named for _, named, _ in found]
+                # parameters are detached; gradients and update buffers need not be
+                tensors = [
+                    data.detach() if data.requires_grad else data  # type: ignore[union-attr]
+                    for _, _, data in found
+                ]
+                step_of = (DEFAULT_TAG, step, self.train_step, self.epoch)
+                bus.publish_batch(LayerBatch(kind, *step_of, modules, tensors))
+            return
         if bus.skip_all(kind, tuple([name for name, _, _ in found]), DEFAULT_TAG, step):
             return
         for name, named, data in found:
@@ -320,6 +339,9 @@ class StepHooks:
         bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
         for kind in self._want_updates:
             role = UPDATE_KINDS[kind]
+            if bus.takes_batches(kind):  # every layer's update is looked at: one copy kernel
+                self._snapshot_all(kind, layers[role])
+                continue
             if not bus.will_process_any(kind, names[role]):
                 continue
             for name, named, attr in layers[role]:
@@ -354,6 +376,22 @@ class StepHooks:
         buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
         return buffer.copy_(param.detach())
 
+    def _snapshot_all(self, kind: str, layers: list[Entry]) -> None:
+        """:meth:`_snapshot` of every layer's parameter that is not frozen, in one multi-tensor
+        copy."""
+        frozen, buffers, params = self._frozen, [], []
+        for name, named, attr in layers:
+            param = tensor_attr(named.module, attr)
+            if param is not None and name not in frozen:
+                key = (name, kind)
+                buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
+                self._update_before[key] = buffer
+                buffers.append(buffer)
+                params.append(param)
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, params)
+
     def _zero_update(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
         """The update of a frozen parameter: zeros, kept per parameter (no allocation per step)."""
         return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
@@ -361,6 +399,9 @@ class StepHooks:
     def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         layers, frozen, before_of = self._optimizer_layers[index], self._frozen, self._update_before
         for kind in self._want_updates:
+            if self.message_bus.takes_batches(kind):
+                self._publish_updates_batched(kind, layers[UPDATE_KINDS[kind]])
+                continue
             found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
             for name, named, attr in layers[UPDATE_KINDS[kind]]:
                 key = (name, kind)
@@ -381,3 +422,28 @@ class StepHooks:
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
             self._finish_step()
+
+    def _publish_updates_batched(self, kind: str, layers: list[Entry]) -> None:
+        """The updates of one optimizer's step as one batch: ``after - before`` for every
+        snapshot in two multi-tensor operations (written into the snapshots' buffers, no
+        allocation), zeros for frozen layers."""
+        frozen, before_of = self._frozen, self._update_before
+        found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
+        befores, params = [], []
+        for name, named, attr in layers:
+            key = (name, kind)
+            before = before_of.pop(key, None)
+            param = tensor_attr(named.module, attr)
+            if param is None:
+                continue
+            if name in frozen:
+                found.append((name, named, self._zero_update(key, param)))
+            elif before is not None:
+                befores.append(before)
+                params.append(param)
+                found.append((name, named, before))
+        if befores:
+            with torch.no_grad():  # before <- after - before (negation and sum are exact)
+                torch._foreach_neg_(befores)
+                torch._foreach_add_(befores, params)
+        self._publish_layers(kind, found)

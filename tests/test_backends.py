@@ -42,6 +42,32 @@ def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
     assert [e.value for e in got] == pytest.approx(expected, rel=1e-5)
 
 
+def test_batched_norms_reach_tensorboard_layer_by_layer(tmp_path, tiny, batch) -> None:
+    """NormSubscriber gets each step's weights as one batch and hands the backend one vector
+    of norms; the event files hold one scalar per layer and step, as for single messages."""
+    bus = MessageBus(log_dir=tmp_path / "run")
+    ik.NormSubscriber("weights", bus)  # backend 'tb'
+    assert bus.takes_batches("weights")
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    expected: dict[str, list[float]] = {"conv": [], "fc": []}
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        for _ in range(3):
+            for name in expected:
+                expected[name].append(getattr(tiny, name).weight.detach().norm().item())
+            opt.zero_grad()
+            tiny(batch[0]).sum().backward()
+            opt.step()
+        exporter.epoch_finished()
+    bus.close()
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"weights_norm2/conv", "weights_norm2/fc"}
+    for name, values in expected.items():
+        got = events.Scalars(f"weights_norm2/{name}")
+        assert [e.step for e in got] == [0, 1, 2]
+        assert [e.value for e in got] == pytest.approx(values, rel=1e-5)
+
+
 def test_no_backend_draws_nothing(tmp_path) -> None:
     bus = MessageBus(log_dir=tmp_path)
     WeightSum(backend=None).attach(bus)

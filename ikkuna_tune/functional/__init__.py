@@ -7,8 +7,10 @@ from ikkuna_tune.functional.stats import (
     mean,
     norm,
     norm_ratio,
+    norms,
     projection_ratio,
     spectral_norm,
+    stacked,
     variance,
 )
 from ikkuna_tune.functional.svcca import svcca_similarity
@@ -22,9 +24,11 @@ __all__ = [
     "mean",
     "norm",
     "norm_ratio",
+    "norms",
     "predictions",
     "projection_ratio",
     "spectral_norm",
+    "stacked",
     "svcca_similarity",
     "variance",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -16,8 +17,10 @@ __all__ = [
     "mean",
     "norm",
     "norm_ratio",
+    "norms",
     "projection_ratio",
     "spectral_norm",
+    "stacked",
     "variance",
 ]
 
@@ -57,6 +60,52 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
         (tensor(5.), tensor(7.), tensor(4.))
     """
     return torch.linalg.vector_norm(_as_float(x), ord=_check_order(order))
+
+
+def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tensor]:
+    """:func:`norm` of each of ``tensors``: one multi-tensor kernel (``torch._foreach_norm``)
+    for all float32 and float64 tensors of one device and dtype, :func:`norm` for the others.
+
+    The values are those of :func:`norm` up to the order in which a kernel sums (a few units in
+    the last place).
+
+    Examples:
+        >>> norms([torch.tensor([3.0, 4.0]), torch.tensor([[1.0]]), torch.tensor([6, 8])])
+        [tensor(5.), tensor(1.), tensor(10.)]
+    """
+    order = _check_order(order)
+    result: list[torch.Tensor | None] = [None] * len(tensors)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, x in enumerate(tensors):
+        if x.dtype in (torch.float32, torch.float64) and x.numel() > 0:
+            groups.setdefault((x.device, x.dtype), []).append(index)
+        else:
+            result[index] = norm(x, order)
+    for indices in groups.values():
+        values = torch._foreach_norm([tensors[i] for i in indices], order)
+        for index, value in zip(indices, values):
+            result[index] = value
+    return result  # type: ignore[return-value]
+
+
+def stacked(values: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """0-d tensors of one device as one 1-D tensor (in the widest dtype among them); the list
+    itself when they are on several devices or there are none.
+
+    Examples:
+        >>> stacked([torch.tensor(1.0), torch.tensor(2.0, dtype=torch.float64)])
+        tensor([1., 2.], dtype=torch.float64)
+    """
+    if not values or len({v.device for v in values}) > 1:
+        return list(values)
+    dtypes = {v.dtype for v in values}
+    if len(dtypes) > 1:
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        values = [v.to(dtype) for v in values]
+    try:
+        return torch.stack(list(values))
+    except RuntimeError:  # not all 0-d
+        return torch.stack([v.reshape(()) for v in values])
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     KindType,
+    LayerBatch,
     Message,
     MessageBundle,
     ModuleMessage,
@@ -197,6 +198,21 @@ class Subscriber:
         """Turn one message (or, with a SynchronizedSubscription, one bundle) into a metric."""
         raise NotImplementedError(f"{type(self).__name__} must override compute()")
 
+    #: whether :meth:`compute_batch` reduces a step's layers at once exactly as :meth:`compute`
+    #: does each message; the bus then delivers batches to its subscriptions without
+    #: subsampling (:meth:`MessageBus.publish_batch <ikkuna_tune.bus.MessageBus.publish_batch>`)
+    takes_batches: ClassVar[bool] = False
+
+    def receive_batch(self, batch: LayerBatch) -> None:
+        """Entry point for subscriptions that take batches; calls :meth:`compute_batch`."""
+        self.compute_batch(batch)
+
+    def compute_batch(self, batch: LayerBatch) -> None:
+        """The messages of one kind and step for several layers at once; by default
+        :meth:`compute` for each of them."""
+        for message in batch.messages():
+            self.compute(message)
+
     # ----------------------------------------------------------- checkpoint
     def add_state(self, name: str, default: Any, check: Callable[[Any], Any] | None = None) -> None:
         """Declare ``self.<name>`` (set to ``default`` now) as state worth keeping across a
@@ -280,6 +296,21 @@ class Subscriber:
             bus.publish(ModuleMessage(kind, tag, step, train_step, epoch, data, module))
         else:
             bus.publish(NetworkMessage(kind, tag, step, train_step, epoch, data))
+
+    def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
+        """Publish per-layer ``data`` (one datum per layer of ``source``, in its order) under
+        ``kind`` with the step, epoch and tag of ``source``: one delivery for all layers."""
+        bus = self.message_bus
+        if bus is None:
+            return
+        if kind not in self._publications:
+            raise ValueError(
+                f"{type(self).__name__} publishes {sorted(self._publications)}, not {kind!r}"
+            )
+        if not bus.has_subscribers(kind):
+            return
+        step = (source.tag, source.global_step, source.train_step, source.epoch)
+        bus.publish_batch(LayerBatch(kind, *step, source.modules, data))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kinds={list(self.kinds)})"

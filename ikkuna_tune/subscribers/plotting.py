@@ -11,7 +11,14 @@ import torch
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_ylims
-from ikkuna_tune.messages import KindType, Message, MessageBundle, ModuleMessage, NamedModule
+from ikkuna_tune.messages import (
+    KindType,
+    LayerBatch,
+    Message,
+    MessageBundle,
+    ModuleMessage,
+    NamedModule,
+)
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
@@ -101,6 +108,7 @@ class PlotSubscriber(Subscriber):
         self.backend_name = backend
         self.backend: Backend = NullBackend()
         self._tags: dict[tuple[str, str | None], str] = {}
+        self._batch_tags: dict[tuple[str, tuple[NamedModule, ...]], tuple[str, ...]] = {}
         super().__init__(subscriptions, message_bus, publishes=publishes)
 
     def attached(self, message_bus: MessageBus) -> None:
@@ -127,7 +135,28 @@ class PlotSubscriber(Subscriber):
             if module is None and isinstance(first, ModuleMessage):
                 module = first.module
             name = module.name if module is not None and bus.kind_type(kind) == "DATA" else None
-            tag = self._tags.get((kind, name))
-            if tag is None:
-                tag = self._tags[(kind, name)] = safe_tag(kind, name)
-            self.backend.add_scalar(tag, data, first.global_step)
+            self.backend.add_scalar(self._tag(kind, name), data, first.global_step)
+
+    def _tag(self, kind: str, name: str | None) -> str:
+        tag = self._tags.get((kind, name))
+        if tag is None:
+            tag = self._tags[(kind, name)] = safe_tag(kind, name)
+        return tag
+
+    def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
+        super().publish_batch(kind, data, source)
+        if self.message_bus is None or isinstance(self.backend, NullBackend):
+            return  # drawn nowhere
+        step, add = source.global_step, self.backend.add_scalar
+        if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(source.modules):
+            tags = self._batch_tags.get((kind, source.modules))
+            if tags is None:
+                tags = tuple(self._tag(kind, module.name) for module in source.modules)
+                self._batch_tags[(kind, source.modules)] = tags
+            self.backend.add_scalars(tags, data, step)
+            return
+        for module, datum in zip(source.modules, data):
+            if isinstance(datum, (int, float)) or (
+                isinstance(datum, torch.Tensor) and datum.numel() == 1
+            ):
+                add(self._tag(kind, module.name), datum, step)

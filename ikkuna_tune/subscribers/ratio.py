@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -15,6 +16,7 @@ from ikkuna_tune.messages import (
     DEFAULT_TAG,
     META_KINDS,
     KindType,
+    LayerBatch,
     Message,
     MessageBundle,
     ModuleMessage,
@@ -52,6 +54,33 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         # receive_message only adds the snapshot: the bundle rules of the base class hold, so
         # will_process, needs_data and skipping work as for the base class
         self._own_sync_receive = False
+        #: the reduced batches of the step being collected, by kind
+        self._batches: dict[str, tuple[LayerBatch, Any]] = {}
+
+    @property
+    def takes_batches(self) -> bool:
+        """Batches of L2 norms are reduced at once (one multi-tensor kernel per batch) and
+        paired layer by layer when the batch of every kind of a step has arrived."""
+        if self.tag is not None and self.tag != DEFAULT_TAG:
+            return True
+        return self.subsample == 1 and self.shared_as is not None
+
+    def receive_batch(self, batch: LayerBatch) -> None:
+        if not self.accepts_tag(batch.tag):
+            return
+        bus = self.subscriber.message_bus
+        if bus is not None:  # shared with a NormSubscriber of the same batch
+            values = bus.shared(batch, self.shared_as or "", _norm_vector)
+        else:
+            values = _norm_vector(batch.data)
+        batches = self._batches
+        for kind in [k for k, (b, _) in batches.items() if b.global_step != batch.global_step]:
+            del batches[kind]  # an incomplete bundle of an earlier step is dropped
+        batches[batch.kind] = (batch, values)  # a second one within a step replaces the first
+        if len(batches) == len(self.kinds):
+            pairs = [batches[kind] for kind in self.kinds]
+            batches.clear()
+            self.subscriber.compute_batches(pairs)  # type: ignore[attr-defined]
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
@@ -79,6 +108,12 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
             else:
                 message = dataclasses.replace(message, data=data)
         super().receive_message(message)
+
+
+def _norm_vector(data: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """The L2 norms of a batch, as :class:`~ikkuna_tune.subscribers.NormSubscriber` computes
+    them (the two share them, see :meth:`MessageBus.shared`)."""
+    return F.stacked(F.norms(data, 2))
 
 
 def _snapshot(x: torch.Tensor) -> torch.Tensor:
@@ -176,3 +211,23 @@ class RatioSubscriber(PlotSubscriber):
         else:
             ratio = F.projection_ratio(message_or_bundle[k1], message_or_bundle[k2])
         self.publish(self.published_kind, ratio, message_or_bundle)
+
+    def compute_batches(self, pairs: list[tuple[LayerBatch, Any]]) -> None:
+        """The ratios of one step's batches of L2 norms (``pairs``: the batch of each kind and
+        its norms, dividend first), layer by layer, published as one batch."""
+        (dividend, top), (divisor, bottom) = pairs
+        if dividend.modules != divisor.modules:  # pair the layers both batches hold
+            where = {module.name: i for i, module in enumerate(divisor.modules)}
+            kept = [i for i, module in enumerate(dividend.modules) if module.name in where]
+            if not kept:
+                return
+            modules = [dividend.modules[i] for i in kept]
+            top = [top[i] for i in kept]
+            bottom = [bottom[where[m.name]] for m in modules]
+            step = (dividend.tag, dividend.global_step, dividend.train_step, dividend.epoch)
+            dividend = LayerBatch(dividend.kind, *step, modules, top)
+        if isinstance(top, torch.Tensor) and isinstance(bottom, torch.Tensor):
+            ratios: Any = top / bottom  # one division for every layer
+        else:
+            ratios = F.stacked([a / b for a, b in zip(top, bottom)])
+        self.publish_batch(self.published_kind, ratios, dividend)

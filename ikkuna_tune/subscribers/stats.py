@@ -29,13 +29,14 @@ Examples:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
-from ikkuna_tune.messages import DEFAULT_TAG, KindType, Message, MessageBundle
+from ikkuna_tune.messages import DEFAULT_TAG, KindType, LayerBatch, Message, MessageBundle
 from ikkuna_tune.subscribers.kinds import check_tensor_kind, kind_type
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
@@ -96,6 +97,25 @@ class _TensorMetricSubscriber(PlotSubscriber):
                 value = self.metric(message_or_bundle.data)
             self.publish(self.published_kind, value, message_or_bundle)
 
+    takes_batches = True
+
+    def metric_batch(self, data: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """:meth:`metric` of each tensor of a batch, as one 1-D tensor where they share a device
+        (a subclass may compute it in one operation)."""
+        return F.stacked([self.metric(x) for x in data])
+
+    def compute_batch(self, batch: LayerBatch) -> None:
+        own_compute = type(self).compute is not _TensorMetricSubscriber.compute
+        if own_compute or not all(isinstance(x, torch.Tensor) for x in batch.data):
+            super().compute_batch(batch)  # one message at a time, as compute() sees them
+            return
+        bus = self.message_bus
+        if self.shared_as is not None and bus is not None:
+            values = bus.shared(batch, self.shared_as, self.metric_batch)
+        else:
+            values = self.metric_batch(batch.data)
+        self.publish_batch(self.published_kind, values, batch)
+
 
 def _order_name(order: float) -> str:
     if order == math.inf:
@@ -155,6 +175,9 @@ class NormSubscriber(_TensorMetricSubscriber):
 
     def metric(self, data: torch.Tensor) -> torch.Tensor:
         return F.norm(data, self.order)
+
+    def metric_batch(self, data: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        return F.stacked(F.norms(data, self.order))
 
 
 class MeanSubscriber(_TensorMetricSubscriber):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
+    LayerBatch,
     Message,
     MessageBundle,
     typo_of_builtin_kind,
@@ -128,6 +129,26 @@ class Subscription:
 
     def _handle_message(self, message: Message) -> None:
         self.subscriber.receive_message(message)
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether this subscription can be handed a step's layers at once
+        (:meth:`receive_batch`): it keeps every message (``subsample=1``) and its subscriber
+        reduces a batch as it would each message, or it never receives the default tag that
+        batches are published under."""
+        if self.tag is not None and self.tag != DEFAULT_TAG:
+            return True
+        return (
+            self.subsample == 1
+            and not self._own_receive
+            and bool(getattr(self.subscriber, "takes_batches", False))
+        )
+
+    def receive_batch(self, batch: LayerBatch) -> None:
+        """The messages of ``batch`` at once (only when :attr:`takes_batches`): with
+        ``subsample=1`` nothing needs counting, so the batch goes to the subscriber whole."""
+        if self.accepts_tag(batch.tag):
+            self.subscriber.receive_batch(batch)
 
     def will_process(self, key: str | None, kind: str, tag: str) -> bool:
         """Whether the next message of ``kind`` for ``key`` (a layer name, or ``None`` for the

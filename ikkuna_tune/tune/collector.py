@@ -11,7 +11,7 @@ import torch
 
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.messages import KindType, Message, MessageBundle
+from ikkuna_tune.messages import KindType, LayerBatch, Message, MessageBundle, NamedModule
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
@@ -59,27 +59,50 @@ class MetricCollector(Subscriber):
             else:
                 self._keys.update(((kind, layer), None) for layer in layers)
         self._latest: dict[Key, Any] = {}
+        #: batches of one value per layer (kind, layers, 1-D tensor), in arrival order
+        self._batches: list[tuple[str, tuple[NamedModule, ...], torch.Tensor]] = []
         self._skipped: set[str] = set()
         super().__init__([Subscription(self, list(self.collected), tag=None)])
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
-        if not isinstance(message_or_bundle, Message):
+        if isinstance(message_or_bundle, Message):
+            self._take(message_or_bundle.kind, message_or_bundle.key, message_or_bundle.data)
+
+    takes_batches = True
+
+    def compute_batch(self, batch: LayerBatch) -> None:
+        data = batch.data
+        if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(batch.modules):
+            # one value per layer in one tensor: split at the next report (or before a
+            # message of one layer arrives, which must replace the value it holds)
+            self._batches.append((batch.kind, batch.modules, data.detach()))
             return
-        message = message_or_bundle
-        data = message.data
+        for module, datum in zip(batch.modules, data):
+            self._take(batch.kind, module.name, datum)
+
+    def _unpack_batches(self) -> None:
+        batches, self._batches = self._batches, []
+        for kind, modules, values in batches:
+            for module, value in zip(modules, values.unbind()):
+                self._latest[(kind, module.name)] = value
+
+    def _take(self, kind: str, key: str | None, data: Any) -> None:
+        if self._batches:
+            self._unpack_batches()
         if isinstance(data, torch.Tensor) and data.numel() == 1:
-            self._latest[(message.kind, message.key)] = data.detach()
+            self._latest[(kind, key)] = data.detach()
         elif isinstance(data, (int, float)) and not isinstance(data, bool):
-            self._latest[(message.kind, message.key)] = data
-        elif message.kind not in self._skipped:
-            self._skipped.add(message.kind)
-            logger.debug("Topic %r publishes non-scalar data; it is not reported", message.kind)
+            self._latest[(kind, key)] = data
+        elif kind not in self._skipped:
+            self._skipped.add(kind)
+            logger.debug("Topic %r publishes non-scalar data; it is not reported", kind)
 
     def collect(self) -> dict[str, Any]:
         """Values measured since the last call as nested Python numbers, ``None`` for the rest.
 
         One host transfer per device.
         """
+        self._unpack_batches()
         latest, self._latest = self._latest, {}
         self._keys.update(dict.fromkeys(latest))
         numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
