@@ -49,6 +49,26 @@ GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
 _NETWORK_KEYS: tuple[None] = (None,)
 
 
+#: Parameters at least this large are subtracted one at a time (one pass over memory); smaller
+#: ones in two multi-tensor passes (where a Python call per tensor costs more than a pass).
+_LARGE = 1 << 16
+
+
+def _subtract_into(befores: list[torch.Tensor], afters: list[torch.Tensor]) -> None:
+    """``before <- after - before`` for each pair, in the ``before`` buffers (no allocation)."""
+    small_b, small_a = [], []
+    with torch.no_grad():
+        for before, after in zip(befores, afters):
+            if before.numel() >= _LARGE:
+                torch.sub(after, before, out=before)
+            else:
+                small_b.append(before)
+                small_a.append(after)
+        if small_b:  # negation and sum are exact: the same numbers as a subtraction
+            torch._foreach_neg_(small_b)
+            torch._foreach_add_(small_b, small_a)
+
+
 class StepHooks:
     """The hook handlers and per-step publishing of an Exporter (see the module docstring).
 
@@ -443,7 +463,5 @@ class StepHooks:
                 params.append(param)
                 found.append((name, named, before))
         if befores:
-            with torch.no_grad():  # before <- after - before (negation and sum are exact)
-                torch._foreach_neg_(befores)
-                torch._foreach_add_(befores, params)
+            _subtract_into(befores, params)
         self._publish_layers(kind, found)
