@@ -4,6 +4,13 @@ The scheduler (on the driver) posts a directive while it handles a trial's resul
 resume the trial's ``report()`` until that handling is done, so the trial reads the directive right
 after its report returns. One mailbox per experiment, named after it; it needs no CPU (a 1-CPU
 actor could wait forever for trials to free one).
+
+Asking the mailbox at every report costs a round trip to an actor that every trial of the sweep
+queues for (milliseconds with many trials on few cores), and most reports find nothing. So a
+post also raises a flag for the trial in Ray's key-value store (kept by the cluster's control
+service, which answers without queueing behind the trials), and a trial asks the mailbox only
+when it lowers a raised flag, and at its first read and every :data:`FULL_READ_EVERY`-th read in
+any case (a flag that could not be read or raised never strands a directive).
 """
 
 from __future__ import annotations
@@ -12,13 +19,30 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["MAILBOX_PREFIX", "Mailbox", "TrialInbox", "mailbox_name"]
+__all__ = ["FULL_READ_EVERY", "MAILBOX_PREFIX", "Mailbox", "TrialInbox", "mailbox_name"]
 
 logger = logging.getLogger(__name__)
 
 MAILBOX_PREFIX = "ikkuna_tune_mailbox:"
 #: seconds to wait for the mailbox to answer
 _TIMEOUT_S = 30
+#: a trial asks the mailbox itself at least this often (in reads), flag or no flag
+FULL_READ_EVERY = 10
+_FLAG_NAMESPACE = "ikkuna_tune"
+
+
+def _flag_key(name: str, trial_id: str) -> str:
+    return f"{name}/{trial_id}"
+
+
+def _key_value_store() -> Any | None:
+    """Ray's internal key-value store where a running Ray has one, else None."""
+    try:
+        from ray.experimental import internal_kv
+
+        return internal_kv if internal_kv._internal_kv_initialized() else None
+    except Exception:  # no Ray, or a Ray without it
+        return None
 
 
 def mailbox_name(experiment: str) -> str:
@@ -80,7 +104,8 @@ class Mailbox:
         return actor.options(name=self.name, get_if_exists=True, scheduling_strategy=here).remote()
 
     def post(self, trial_id: str, directive: dict[str, Any]) -> bool:
-        """Post and wait until it is stored, so the trial's next read cannot miss it.
+        """Post and wait until it is stored, so the trial's next read cannot miss it; then
+        raise the trial's flag.
 
         Returns False (with a warning) if the mailbox could not be reached or recreated.
         """
@@ -108,6 +133,7 @@ class Mailbox:
                         post_error,
                     )
                 continue
+            self._raise_flag(trial_id)
             return True
         logger.warning(
             "Could not deliver %s to trial %s: the mailbox %r is unreachable (%s)",
@@ -118,8 +144,20 @@ class Mailbox:
         )
         return False
 
-    def discard(self, trial_id: str) -> None:
+    def _raise_flag(self, trial_id: str) -> None:
+        store = _key_value_store()
+        if store is None:
+            return  # the trial finds the directive at its next full read
         try:
+            store._internal_kv_put(_flag_key(self.name, trial_id), b"1", namespace=_FLAG_NAMESPACE)
+        except Exception as error:
+            logger.debug("Could not raise %s's flag (%s); it reads in full soon", trial_id, error)
+
+    def discard(self, trial_id: str) -> None:
+        store = _key_value_store()
+        try:
+            if store is not None:
+                store._internal_kv_del(_flag_key(self.name, trial_id), namespace=_FLAG_NAMESPACE)
             self._actor.discard.remote(trial_id)
         except Exception as error:  # nothing to discard from a dead mailbox
             logger.debug("Could not discard %s's directives: %s", trial_id, error)
@@ -147,10 +185,19 @@ class TrialInbox:
         self._actor: Any = None
         self._seen = False
         self._warned = False
+        self._reads = 0
 
-    def take(self) -> list[dict[str, Any]]:
-        """Directives waiting for this trial ([] when there are none or no mailbox)."""
+    def take(self, check_flag: bool = True) -> list[dict[str, Any]]:
+        """Directives waiting for this trial ([] when there are none or no mailbox).
+
+        With ``check_flag``, the mailbox is asked only if the trial's flag was raised (or at
+        the first and every :data:`FULL_READ_EVERY`-th read).
+        """
         import ray
+
+        self._reads += 1
+        if check_flag and self._reads % FULL_READ_EVERY != 1 and not self._flag_raised():
+            return []
 
         for attempt in range(2):  # a cached handle may be of a mailbox since recreated
             try:
@@ -169,6 +216,17 @@ class TrialInbox:
             self._seen = True
             return list(directives)
         return []
+
+    def _flag_raised(self) -> bool:
+        """Lower this trial's flag; whether it was raised (True when that cannot be told)."""
+        store = _key_value_store()
+        if store is None:
+            return True
+        try:
+            key = _flag_key(self.name, self.trial_id)
+            return bool(store._internal_kv_del(key, namespace=_FLAG_NAMESPACE))
+        except Exception:  # cannot tell: ask the mailbox
+            return True
 
     def _warn_if_gone(self, why: str) -> None:
         if self._seen and not self._warned:

@@ -406,7 +406,8 @@ class TrialSession:
             from ray import tune
 
             checkpoint = tune.get_checkpoint()
-        directives = self.inbox.take() if self.inbox is not None else []
+        # in full: the flag of a directive posted before a crash may be down already
+        directives = self.inbox.take(check_flag=False) if self.inbox is not None else []
         directives = broadcast_from_first(directives)  # every rank of a Train job, or this one
         if checkpoint is None:
             if directives:
