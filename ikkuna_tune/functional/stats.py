@@ -74,6 +74,10 @@ def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tenso
         [tensor(5.), tensor(1.), tensor(10.)]
     """
     order = _check_order(order)
+    dtypes = {x.dtype for x in tensors}
+    if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
+        if len({x.device for x in tensors}) == 1:  # the common case: one kernel, no sorting
+            return list(torch._foreach_norm(list(tensors), order))
     result: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for index, x in enumerate(tensors):
