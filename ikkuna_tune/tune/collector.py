@@ -60,7 +60,8 @@ class MetricCollector(Subscriber):
                 self._keys.update(((kind, layer), None) for layer in layers)
         self._latest: dict[Key, Any] = {}
         #: batches of one value per layer (kind, layers, 1-D tensor), in arrival order
-        self._batches: list[tuple[str, tuple[NamedModule, ...], torch.Tensor]] = []
+        #: the latest batch of each kind and set of layers, most recent last
+        self._batches: dict[tuple[str, tuple[NamedModule, ...]], torch.Tensor] = {}
         self._skipped: set[str] = set()
         super().__init__([Subscription(self, list(self.collected), tag=None)])
 
@@ -75,14 +76,16 @@ class MetricCollector(Subscriber):
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(batch.modules):
             # one value per layer in one tensor: split at the next report (or before a
             # message of one layer arrives, which must replace the value it holds)
-            self._batches.append((batch.kind, batch.modules, data.detach()))
+            key = (batch.kind, batch.modules)
+            self._batches.pop(key, None)  # a later batch of the same layers replaces it whole
+            self._batches[key] = data.detach()
             return
         for module, datum in zip(batch.modules, data):
             self._take(batch.kind, module.name, datum)
 
     def _unpack_batches(self) -> None:
-        batches, self._batches = self._batches, []
-        for kind, modules, values in batches:
+        batches, self._batches = self._batches, {}
+        for (kind, modules), values in batches.items():
             for module, value in zip(modules, values.unbind()):
                 self._latest[(kind, module.name)] = value
 
