@@ -417,36 +417,18 @@ class StepHooks:
         return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
 
     def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        layers, frozen, before_of = self._optimizer_layers[index], self._frozen, self._update_before
+        layers = self._optimizer_layers[index]
         for kind in self._want_updates:
-            if self.message_bus.takes_batches(kind):
-                self._publish_updates_batched(kind, layers[UPDATE_KINDS[kind]])
-                continue
-            found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
-            for name, named, attr in layers[UPDATE_KINDS[kind]]:
-                key = (name, kind)
-                before = before_of.pop(key, None)
-                param = tensor_attr(named.module, attr)
-                if param is None:
-                    continue
-                if name in frozen:
-                    update: torch.Tensor | None = self._zero_update(key, param)
-                elif before is None:
-                    # without a snapshot nobody looks at the update: it is published without data
-                    update = None
-                else:
-                    # written into the snapshot's buffer (no allocation)
-                    update = torch.sub(param.detach(), before, out=before)
-                found.append((name, named, update))
-            self._publish_layers(kind, found)
+            self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
             self._finish_step()
 
-    def _publish_updates_batched(self, kind: str, layers: list[Entry]) -> None:
-        """The updates of one optimizer's step as one batch: ``after - before`` for every
-        snapshot in two multi-tensor operations (written into the snapshots' buffers, no
-        allocation), zeros for frozen layers."""
+    def _publish_updates(self, kind: str, layers: list[Entry]) -> None:
+        """The updates of one optimizer's step: ``after - before`` for every snapshot, written
+        into the snapshots' buffers (no allocation; see :func:`_subtract_into`), zeros for
+        frozen layers; a layer without a snapshot (nobody looks at its update) is published
+        without data."""
         frozen, before_of = self._frozen, self._update_before
         found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
         befores, params = [], []
@@ -458,7 +440,9 @@ class StepHooks:
                 continue
             if name in frozen:
                 found.append((name, named, self._zero_update(key, param)))
-            elif before is not None:
+            elif before is None:
+                found.append((name, named, None))
+            else:
                 befores.append(before)
                 params.append(param)
                 found.append((name, named, before))

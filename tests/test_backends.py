@@ -21,19 +21,26 @@ class WeightSum(ik.PlotSubscriber):
         self.publish("weights_sum", message.data.sum(), message)
 
 
-def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
-    bus = MessageBus(log_dir=tmp_path / "run")
-    WeightSum().attach(bus)
+def _train(tiny, batch, bus: MessageBus) -> list[dict[str, torch.Tensor]]:
+    """Three SGD steps under an Exporter, then the end of the epoch and of the bus; the weights
+    each step started from, by layer."""
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    expected = []
+    weights = []
     with ik.Exporter(tiny, opt, bus) as exporter:
         for _ in range(3):
-            expected.append(tiny.conv.weight.detach().sum().item())
+            weights.append({n: getattr(tiny, n).weight.detach().clone() for n in ("conv", "fc")})
             opt.zero_grad()
             tiny(batch[0]).sum().backward()
             opt.step()
         exporter.epoch_finished()
     bus.close()
+    return weights
+
+
+def test_scalars_reach_tensorboard_event_files(tmp_path, tiny, batch) -> None:
+    bus = MessageBus(log_dir=tmp_path / "run")
+    WeightSum().attach(bus)
+    expected = [w["conv"].sum().item() for w in _train(tiny, batch, bus)]
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"weights_sum/conv", "weights_sum/fc"}
@@ -48,17 +55,8 @@ def test_batched_norms_reach_tensorboard_layer_by_layer(tmp_path, tiny, batch) -
     bus = MessageBus(log_dir=tmp_path / "run")
     ik.NormSubscriber("weights", bus)  # backend 'tb'
     assert bus.takes_batches("weights")
-    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
-    expected: dict[str, list[float]] = {"conv": [], "fc": []}
-    with ik.Exporter(tiny, opt, bus) as exporter:
-        for _ in range(3):
-            for name in expected:
-                expected[name].append(getattr(tiny, name).weight.detach().norm().item())
-            opt.zero_grad()
-            tiny(batch[0]).sum().backward()
-            opt.step()
-        exporter.epoch_finished()
-    bus.close()
+    weights = _train(tiny, batch, bus)
+    expected = {name: [w[name].norm().item() for w in weights] for name in ("conv", "fc")}
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"weights_norm2/conv", "weights_norm2/fc"}

@@ -9,18 +9,16 @@ parameters only launches no collective at all.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.ddp_sync import install_trainable_only_sync
+from tests.processes import run_ranks
 
 WORLD = 2
 STEPS = 4
@@ -160,15 +158,7 @@ def _worker(rank: int, store: str, out: str) -> None:
 def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp_sync")
     out = str(tmp / "result")
-    context = mp.start_processes(
-        _worker, args=(str(tmp / "store"), out), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 120  # no hang: the workers are killed past it
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise AssertionError("the DDP workers did not finish within 120 s")
+    run_ranks(_worker, (str(tmp / "store"), out), WORLD, seconds=120)  # no hang: killed past it
     return [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
 
 

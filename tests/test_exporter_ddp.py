@@ -11,17 +11,16 @@ holds the gradient of the mean loss over the global batch, which is the single p
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
+from tests.processes import run_ranks
 
 WORLD = 2
 STEPS = 4
@@ -90,15 +89,9 @@ def _worker(rank: int, store: str, out: str) -> None:
 def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_path) -> None:
     names, reference, frozen, unchanged, no_sync = _train(_model(), 0, 1)
     out = str(tmp_path / "values")
-    context = mp.start_processes(
-        _worker, args=(str(tmp_path / "store"), out), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 240  # no hang: the workers are killed past it
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise AssertionError("the DDP workers did not finish within 240 s")
+    run_ranks(
+        _worker, (str(tmp_path / "store"), out), WORLD, seconds=240
+    )  # no hang: killed past it
     assert names == ["0", "2"] and unchanged and no_sync is None
     # a frozen layer publishes no gradient (its weights and its zero update still come)
     assert len(reference) == len(KINDS) * 2 * STEPS - (STEPS - FREEZE_STEP)

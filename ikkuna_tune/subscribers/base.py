@@ -279,15 +279,9 @@ class Subscriber:
         The result is a per-layer message when ``module`` is given or ``source`` is about a layer,
         and a network message otherwise.
         """
-        bus = self.message_bus
+        bus = self._bus_for(kind)
         if bus is None:
             return
-        if kind not in self._publications:
-            raise ValueError(
-                f"{type(self).__name__} publishes {sorted(self._publications)}, not {kind!r}"
-            )
-        if not bus.has_subscribers(kind):
-            return  # nobody receives it: no message is built (this runs per layer and step)
         first = source.first() if isinstance(source, MessageBundle) else source
         if module is None and isinstance(first, ModuleMessage):
             module = first.module
@@ -297,17 +291,23 @@ class Subscriber:
         else:
             bus.publish(NetworkMessage(kind, tag, step, train_step, epoch, data))
 
-    def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
-        """Publish per-layer ``data`` (one datum per layer of ``source``, in its order) under
-        ``kind`` with the step, epoch and tag of ``source``: one delivery for all layers."""
+    def _bus_for(self, kind: str) -> MessageBus | None:
+        """The bus to publish ``kind`` on; None when detached or when nobody receives it (no
+        message is built: this runs per step)."""
         bus = self.message_bus
         if bus is None:
-            return
+            return None
         if kind not in self._publications:
             raise ValueError(
                 f"{type(self).__name__} publishes {sorted(self._publications)}, not {kind!r}"
             )
-        if not bus.has_subscribers(kind):
+        return bus if bus.has_subscribers(kind) else None
+
+    def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
+        """Publish per-layer ``data`` (one datum per layer of ``source``, in its order) under
+        ``kind`` with the step, epoch and tag of ``source``: one delivery for all layers."""
+        bus = self._bus_for(kind)
+        if bus is None:
             return
         step = (source.tag, source.global_step, source.train_step, source.epoch)
         bus.publish_batch(LayerBatch(kind, *step, source.modules, data))

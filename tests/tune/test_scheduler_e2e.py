@@ -3,28 +3,25 @@ simulated two-node cluster."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 from ray import tune
 
 import ikkuna_tune as ik
-from tests.tune.conftest import ROOT
-from tests.tune.trainables import StepCount, WeightCosine, WeightSum, train_tiny
+from tests.tune.trainables import (
+    StepCount,
+    WeightCosine,
+    WeightSum,
+    eager_freezer,
+    run_script,
+    train_tiny,
+)
 
 
 def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, tmp_path) -> None:
     # the movement and plateau rules are switched off (any weight counts as settled, no
     # improvement counts), so layers freeze at the first similarity; no progress counts and no
     # layer counts as moving, so the trial stops as stuck right after the grace period
-    scheduler = ik.SVCCAScheduler(
-        metric="loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0, settle_window=1,
-        settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0, move_tol=10.0,
-        freeze_best=True,
-    )  # fmt: skip
+    scheduler = eager_freezer(grace=3, stall_delta=10.0, move_tol=10.0, stop=True)
     crashes = ("crash", "crash_ordered")
     config = {
         "lr": 0.01,
@@ -89,17 +86,7 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
 
 
 def test_directives_reach_a_trial_on_another_node() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.tune.two_node"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("tests.tune.two_node")
     assert out["driver"] == out["head"] != out["worker"]
     assert out["trial_nodes"] == [out["worker"]]
     assert out["frozen_conv"] == [0, 0, 1, 1]  # asked after report 2, confirmed in report 3

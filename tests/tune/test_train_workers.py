@@ -8,11 +8,7 @@ every rank steps with the single process's gradient).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +16,8 @@ from ray import tune
 
 import ikkuna_tune as ik
 from tests.tune.train_job import subscribers, train_loop, tune_trial
+from tests.tune.trainables import eager_freezer, run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 3
 #: outputs of the subscribers every rank runs, and of the one that runs on rank 0 only
 COMPARED = (
@@ -88,20 +84,7 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
 def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session, tmp_path) -> None:
     """SVCCAScheduler freezes ``conv``; once frozen, a worker fails and the job restarts from its
     latest checkpoint with ``conv`` still frozen, bit-identical on both ranks."""
-    scheduler = ik.SVCCAScheduler(
-        metric="loss",
-        mode="min",
-        freeze_at=0.9,
-        patience=1,
-        min_travel=0.0,
-        settle_window=1,
-        settle_tol=1e9,
-        plateau=1,
-        min_delta=10.0,
-        grace=0,
-        stop=False,
-        freeze_best=True,
-    )
+    scheduler = eager_freezer()
     marker = tmp_path / "crashed"
     config = {
         "lr": 0.1,
@@ -130,17 +113,7 @@ def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session
 
 @pytest.mark.timeout(600)
 def test_a_two_worker_job_on_a_simulated_cluster_freezes_on_both_nodes() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.tune.two_node_train"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_script("tests.tune.two_node_train", timeout=540)
     assert out["driver"] == out["head"] not in out["nodes"]
     assert sorted(out["rank_nodes"]) == out["nodes"]  # one rank on each node
     assert out["iterations"] == list(range(6))  # one report per iteration

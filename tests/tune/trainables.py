@@ -148,3 +148,45 @@ def node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def eager_freezer(**overrides: Any) -> ik.SVCCAScheduler:
+    """An SVCCAScheduler (metric ``loss``, min) that freezes a layer once its self-similarity
+    passes 0.9 at one report, every trial alike, and stops none: for tests of how freezes
+    travel and hold, not of when to freeze. ``overrides`` replace its settings."""
+    settings: dict[str, Any] = {
+        "metric": "loss",
+        "mode": "min",
+        "freeze_at": 0.9,
+        "patience": 1,
+        "min_travel": 0.0,
+        "settle_window": 1,
+        "settle_tol": 1e9,
+        "plateau": 1,
+        "min_delta": 10.0,
+        "grace": 0,
+        "stop": False,
+        "freeze_best": True,
+    }
+    return ik.SVCCAScheduler(**{**settings, **overrides})
+
+
+def run_script(module: str, timeout: int = 600) -> dict[str, Any]:
+    """Run ``python -m module`` from the repository root (a simulated cluster that must not
+    clash with the suite's Ray session) and return the JSON object of its last line."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
