@@ -58,6 +58,8 @@ class MessageBus(KindRegistry):
         name: a name for logs.
         log_dir: where the ``'tb'`` backend of this bus writes its event files (default: a new
             ``runs/<date>_<host>`` directory, as tensorboardX chooses).
+        draw: ``False`` makes every backend of this bus draw nothing (the ranks of a
+            data-parallel job other than rank 0, whose values rank 0 reports).
 
     Examples:
         >>> from ikkuna_tune.subscribers import CallbackSubscriber
@@ -73,9 +75,12 @@ class MessageBus(KindRegistry):
         (MessageBus('trial-0', subscribers=1), [('accuracy', 0.9, 3)])
     """
 
-    def __init__(self, name: str = "bus", log_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, name: str = "bus", log_dir: str | Path | None = None, draw: bool = True
+    ) -> None:
         super().__init__()
         self.name = name
+        self.draw = draw
         self.log_dir = None if log_dir is None else Path(log_dir)
         self._backends: dict[str, Backend] = {}
         self._subscribers: list[Subscriber] = []
@@ -438,10 +443,10 @@ class MessageBus(KindRegistry):
     # -------------------------------------------------------------- backends
     def backend(self, name: str | None) -> Backend:
         """The backend ``name`` of this bus (one per bus, shared by its subscribers)."""
-        if name is None:
-            return NullBackend()
         if name not in BACKENDS:
             raise ValueError(f"Expected a backend in {list(BACKENDS)} but got {name!r}")
+        if name is None or not self.draw:
+            return NullBackend()
         if name not in self._backends:
             self._backends[name] = TensorBoardBackend(self.log_dir)
         return self._backends[name]

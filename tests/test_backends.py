@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
-from ikkuna_tune.backends import safe_tag, to_numbers
+from ikkuna_tune.backends import NullBackend, safe_tag, to_numbers
 from ikkuna_tune.bus import MessageBus
 
 
@@ -115,3 +115,12 @@ def test_event_files_opened_in_the_same_second_as_tunes_keep_their_own_names(tmp
     names = sorted(p.name for p in tmp_path.glob("events.out.tfevents*"))
     assert len(names) == 2
     assert sum(name.endswith(EVENT_FILE_SUFFIX) for name in names) == 1
+
+
+def test_a_bus_that_does_not_draw_writes_no_event_file(tmp_path, tiny, batch) -> None:
+    """The ranks of a data-parallel job other than 0 compute as rank 0 does but draw nothing."""
+    bus = MessageBus(log_dir=tmp_path / "run", draw=False)
+    norms = ik.NormSubscriber("weights", bus)  # backend 'tb'
+    _train(tiny, batch, bus)
+    assert isinstance(norms.backend, NullBackend)
+    assert not (tmp_path / "run").exists()

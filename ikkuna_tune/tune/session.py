@@ -174,7 +174,9 @@ class TrialSession:
         if log_dir is None and self.context is not None:
             log_dir = self.context.get_trial_dir()
         try:
-            bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir)
+            # the other ranks of a data-parallel job draw nothing: rank 0 reports for them
+            draw = self.worker is None or self.worker.first
+            bus = MessageBus(name=self.trial_id or "local", log_dir=log_dir, draw=draw)
             exporter = Exporter(
                 model,
                 optimizer,
@@ -408,7 +410,8 @@ class TrialSession:
             checkpoint = tune.get_checkpoint()
         # in full: the flag of a directive posted before a crash may be down already
         directives = self.inbox.take(check_flag=False) if self.inbox is not None else []
-        directives = broadcast_from_first(directives)  # every rank of a Train job, or this one
+        if self.worker is not None:
+            directives = broadcast_from_first(directives)  # every rank reads rank 0's
         if checkpoint is None:
             if directives:
                 logger.info("Starting afresh: not applying %s", directives)
