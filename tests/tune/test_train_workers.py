@@ -76,8 +76,13 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
                 assert got is None or math.isnan(got), column
                 continue
             assert abs(got - value) <= 1e-5 * abs(value) + 1e-7, (row["iteration"], column)
-    digests = {p.name: p.read_text().split()[0] for p in tmp_path.glob("rank*")}
-    assert len(digests) == 2 and len(set(digests.values())) == 1  # the ranks stay in step
+    ranks = {p.name: p.read_text().split() for p in tmp_path.glob("rank*")}
+    assert len(ranks) == 2 and ranks["rank0"][0] == ranks["rank1"][0]  # the ranks stay in step
+    # the subscriber that reads the model runs on rank 0 only; the others on every rank
+    assert "WeightCosine" in ranks["rank0"][3].split(",")
+    assert ranks["rank1"][3].split(",") == [
+        n for n in ranks["rank0"][3].split(",") if n != "WeightCosine"
+    ]
 
 
 @pytest.mark.timeout(300)

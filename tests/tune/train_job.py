@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ray import tune
 
 import ikkuna_tune as ik
+from ikkuna_tune.tune.session import current_session
 from tests.conftest import TinyNet
 from tests.tune.trainables import WeightCosine, WeightSum
 
@@ -115,7 +116,9 @@ def train_loop(config: dict[str, Any]) -> None:
         conv = exporter.modules["conv"].module
         frozen = int("conv" in exporter.frozen)
         node = ray.get_runtime_context().get_node_id() if in_train else "local"
-        Path(out, f"rank{rank}").write_text(f"{_digest(conv.weight)} {frozen} {node}")
+        session = current_session()
+        names = ",".join(type(s).__name__ for s in session.subscribers) if session else ""
+        Path(out, f"rank{rank}").write_text(f"{_digest(conv.weight)} {frozen} {node} {names}")
 
 
 def tune_trial(config: dict[str, Any]) -> None:
