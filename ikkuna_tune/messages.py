@@ -329,6 +329,8 @@ class LayerBatch:
         (('fc1', 'fc2'), 5, 2)
         >>> [(m.key, m.global_step) for m in batch.messages()]
         [('fc1', 5), ('fc2', 5)]
+        >>> LayerBatch("weights_norm2", DEFAULT_TAG, 5, 5, 0, (fc1, fc2), torch.ones(2)).data
+        tensor([1., 1.])
     """
 
     __slots__ = (
@@ -362,7 +364,8 @@ class LayerBatch:
         self.train_step = train_step
         self.epoch = epoch
         self.modules = tuple(modules)
-        self.data = list(data)
+        #: one datum per layer: a list, or one 1-D tensor of per-layer values (a result)
+        self.data: Sequence[Any] = data if isinstance(data, torch.Tensor) else list(data)
         self._messages: list[ModuleMessage] | None = None
 
     @property
