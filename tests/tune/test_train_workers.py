@@ -17,6 +17,7 @@ from ray import tune
 import ikkuna_tune as ik
 from tests.tune.train_job import subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
+from tests.tune.two_node_train import CONFIG
 
 ITERATIONS = 3
 #: outputs of the subscribers every rank runs, and of the one that runs on rank 0 only
@@ -129,3 +130,11 @@ def test_a_two_worker_job_on_a_simulated_cluster_freezes_on_both_nodes() -> None
     assert max(sums) == min(sums)
     assert out["rank_frozen"] == ["1", "1"]
     assert out["rank_digests"][0] == out["rank_digests"][1]  # bit-identical on both nodes
+    # until the freeze, the job's gradient norms are those of one process on the global batch
+    ik.instrument(train_loop, subscribers())(dict(CONFIG))
+    reference = ik.local_results()
+    for got, want in zip(out["gradient_norms"][:first], reference[:first]):
+        norms = want["weight_gradients_norm2"]
+        for value, layer in zip(got, ("conv", "fc")):
+            assert abs(value - norms[layer]) <= 1e-5 * abs(norms[layer]), (layer, got, norms)
+    assert first >= 1

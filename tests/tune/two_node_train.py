@@ -14,6 +14,9 @@ from typing import Any
 
 from tests.tune.cluster import print_result, simulated_cluster
 
+#: the training of the job (also run in one process by the test, as the reference)
+CONFIG = {"lr": 0.1, "iterations": 6, "steps": 2}
+
 
 def main() -> dict[str, Any]:
     import ray
@@ -24,7 +27,7 @@ def main() -> dict[str, Any]:
     from tests.tune.trainables import eager_freezer
 
     with simulated_cluster(2, 2) as (cluster, nodes), tempfile.TemporaryDirectory() as storage:
-        config = {"lr": 0.1, "iterations": 6, "steps": 2, "workers": 2, "worker_cpus": 1.5}
+        config = {**CONFIG, "workers": 2, "worker_cpus": 1.5}
         analysis = tune.run(
             tune.with_resources(ik.instrument(tune_trial, subscribers()), {"cpu": 0.1}),
             config={**config, "storage": storage, "out": storage},
@@ -44,6 +47,9 @@ def main() -> dict[str, Any]:
             "iterations": df["iteration"].tolist(),
             "frozen_conv": df["frozen/conv"].tolist(),
             "weight_sum_conv": df["weight_sum/conv"].tolist(),
+            "gradient_norms": df[["weight_gradients_norm2/conv", "weight_gradients_norm2/fc"]]
+            .to_numpy()
+            .tolist(),
         }
 
 
