@@ -112,7 +112,9 @@ def instrument(
         session.activate()
         if session.context is not None and session.trial_id is not None:
             # the same dict, carrying the trial to the workers of a Ray Train job it may start
-            link = TrialLink(session.context.get_experiment_name(), session.trial_id, subscribers)
+            context = session.context
+            experiment, trial_dir = context.get_experiment_name(), context.get_trial_dir()
+            link = TrialLink(experiment, session.trial_id, subscribers, trial_dir)
             config = TrialConfig(config, link)
         try:
             return trainable(config, **kwargs)

@@ -149,6 +149,10 @@ class TrialSession:
             for subscriber in list(self.bus.subscribers):
                 subscriber.detach()
             self.bus.close()
+        if self._uploader is None and self.context is not None and self.exporter is None:
+            # a trial that trained in a Ray Train job: rank 0 wrote its files here (when it ran
+            # on this node)
+            self._uploader = TrialUploader(self.context.get_trial_dir())
         if self._uploader is not None:
             self._uploader.upload()
         if self._token is not None:
@@ -173,6 +177,9 @@ class TrialSession:
         call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
         if log_dir is None and self.context is not None:
             log_dir = self.context.get_trial_dir()
+        link = self.worker.link if self.worker is not None else None
+        if log_dir is None and link is not None and self.worker is not None and self.worker.first:
+            log_dir = link.trial_dir  # the trial's directory (on rank 0's node)
         try:
             # the other ranks of a data-parallel job draw nothing: rank 0 reports for them
             draw = self.worker is None or self.worker.first

@@ -63,6 +63,8 @@ class TrialLink:
     trial_id: str
     #: the subscriber templates (or factory) given to ``instrument``
     subscribers: Any
+    #: the trial's local directory, where rank 0 writes its TensorBoard files by default
+    trial_dir: str | None = None
 
 
 class TrialConfig(dict[str, Any]):

@@ -15,6 +15,7 @@ import pytest
 from ray import tune
 
 import ikkuna_tune as ik
+from ikkuna_tune.backends import EVENT_FILE_SUFFIX
 from tests.tune.train_job import subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
 from tests.tune.two_node_train import CONFIG
@@ -32,7 +33,7 @@ COMPARED = (
 
 
 def _run(config: dict, storage: Path, scheduler=None):
-    trainable = tune.with_resources(ik.instrument(tune_trial, subscribers()), {"cpu": 0.1})
+    trainable = tune.with_resources(ik.instrument(tune_trial, subscribers), {"cpu": 0.1})
     analysis = tune.run(
         trainable,
         config={"storage": str(storage), "workers": 2, "worker_cpus": 0.5, **config},
@@ -61,8 +62,11 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
     config = {"lr": 0.1, "iterations": ITERATIONS, "steps": 2, "out": str(tmp_path)}
     ik.instrument(train_loop, subscribers())(config)
     reference = [_flat(r) for r in ik.local_results()]
-    trial, df = _run(config, tmp_path)
+    trial, df = _run({**config, "tensorboard": True}, tmp_path)
     assert trial.status == "TERMINATED"
+    # rank 0's TensorBoard file reached the trial's storage (the other rank draws nothing)
+    events = list(Path(trial.path).glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"))
+    assert len(events) == 1, sorted(p.name for p in Path(trial.path).iterdir())
     # one report per iteration reaches Tune, not one per worker
     assert df["training_iteration"].tolist() == list(range(1, ITERATIONS + 1))
     assert df["iteration"].tolist() == list(range(ITERATIONS))

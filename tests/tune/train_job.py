@@ -26,9 +26,11 @@ from tests.tune.trainables import WeightCosine, WeightSum
 GLOBAL_BATCH = 16
 
 
-def subscribers() -> list[ik.Subscriber]:
+def subscribers(config: dict[str, Any] | None = None) -> list[ik.Subscriber]:
     """Gradient and weight norms, update ratios, loss, train accuracy (every rank) and a
-    self-similarity that reads the model (rank 0 only)."""
+    self-similarity that reads the model (rank 0 only); with ``config["tensorboard"]`` also the
+    weights' mean, drawn in TensorBoard."""
+    drawn = [ik.MeanSubscriber("weights")] if config and config.get("tensorboard") else []
     return [
         ik.NormSubscriber("weight_gradients", backend=None),
         ik.NormSubscriber("weights", backend=None),
@@ -37,6 +39,7 @@ def subscribers() -> list[ik.Subscriber]:
         ik.TrainAccuracySubscriber(backend=None),
         WeightSum(),
         WeightCosine(),
+        *drawn,
     ]
 
 
