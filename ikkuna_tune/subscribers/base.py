@@ -282,9 +282,7 @@ class Subscriber:
         bus = self._bus_for(kind)
         if bus is None:
             return
-        first = source.first() if isinstance(source, MessageBundle) else source
-        if module is None and isinstance(first, ModuleMessage):
-            module = first.module
+        first, module = _origin(source, module)
         step, train_step, epoch, tag = first.global_step, first.train_step, first.epoch, first.tag
         if module is not None and bus.kind_type(kind) == "DATA":
             bus.publish(ModuleMessage(kind, tag, step, train_step, epoch, data, module))
@@ -314,6 +312,17 @@ class Subscriber:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kinds={list(self.kinds)})"
+
+
+def _origin(
+    source: Message | MessageBundle, module: NamedModule | None
+) -> tuple[Message, NamedModule | None]:
+    """The message a result derives from (a bundle's first) and the layer it is about:
+    ``module`` if given, else that message's layer (None for a network message)."""
+    first = source.first() if isinstance(source, MessageBundle) else source
+    if module is None and isinstance(first, ModuleMessage):
+        module = first.module
+    return first, module
 
 
 class CallbackSubscriber(Subscriber):

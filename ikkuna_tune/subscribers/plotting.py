@@ -16,10 +16,9 @@ from ikkuna_tune.messages import (
     LayerBatch,
     Message,
     MessageBundle,
-    ModuleMessage,
     NamedModule,
 )
-from ikkuna_tune.subscribers.base import Subscriber
+from ikkuna_tune.subscribers.base import Subscriber, _origin
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = ["PlotSubscriber", "plot_config"]
@@ -131,9 +130,7 @@ class PlotSubscriber(Subscriber):
         if bus is None or isinstance(self.backend, NullBackend):
             return  # drawn nowhere
         if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
-            first = source.first() if isinstance(source, MessageBundle) else source
-            if module is None and isinstance(first, ModuleMessage):
-                module = first.module
+            first, module = _origin(source, module)
             name = module.name if module is not None and bus.kind_type(kind) == "DATA" else None
             self.backend.add_scalar(self._tag(kind, name), data, first.global_step)
 
