@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
 from ikkuna_tune.layer_freezing import LayerFreezing
 from ikkuna_tune.layers import (
     OUTPUT_KEYS,
@@ -200,11 +201,16 @@ class Exporter(StepHooks, LayerFreezing):
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
         self._freeze_handles: dict[str, RemovableHandle] = {}
+        self._recompile_allowed = False  # see LayerFreezing._allow_recompilation
         self.ddp_sync = None
         self._update_before: dict[tuple[str, str], torch.Tensor] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
         self._zero_updates: dict[tuple[str, str], torch.Tensor] = {}
         self._repeats: dict[tuple[str, int], NamedModule] = {}
+        # what the layers' hooks record while torch.compile traces them (compiled_taps)
+        self._traced: list[tuple[NamedModule, torch.Tensor]] = []
+        self._traced_layers: list[NamedModule] = []
+        self._receiver = add_receiver(self._on_traced_gradient)
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}
         self._want_gradients: list[str] = []
@@ -249,7 +255,9 @@ class Exporter(StepHooks, LayerFreezing):
         """Publish a pending ``batch_finished`` and remove every hook this Exporter added."""
         if self._closed:
             return
+        self._publish_traced()
         self._finish_step()
+        remove_receiver(self._receiver)
         self.message_bus.flush()
         for handle in self._base_handles:
             handle.remove()

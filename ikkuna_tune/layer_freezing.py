@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.ddp_sync import TrainableOnlySyncState, install_trainable_only_sync
-from ikkuna_tune.layers import CopySafeHook, hold_eval, wrappers
+from ikkuna_tune.layers import TraceableHook, hold_eval, wrappers
 from ikkuna_tune.messages import NamedModule
 
 __all__ = ["LayerFreezing"]
@@ -60,6 +61,7 @@ class LayerFreezing:
     global_step: int
     _frozen: dict[str, None]
     _freeze_handles: dict[str, RemovableHandle]
+    _recompile_allowed: bool
     _closed: bool
     #: DDP's trainable-only synchronisation, installed at the first freeze under DDP
     ddp_sync: TrainableOnlySyncState | None
@@ -130,17 +132,32 @@ class LayerFreezing:
             )
         if ddp:
             self._sync_trainable_only(ddp[0])
+        self._allow_recompilation()
         for param in params:
             param.requires_grad_(False)
             param.grad = None
         hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
             self._freeze_handles[name] = named.module.register_forward_pre_hook(
-                CopySafeHook(hold_eval), prepend=True
+                TraceableHook(hold_eval), prepend=True
             )
         self._frozen[name] = None
         self._publish_meta("layer_frozen", name)
         logger.info("Froze layer %r at step %d", name, self.global_step)
+
+    def _allow_recompilation(self) -> None:
+        """Compiled code guards on which parameters need gradients, so a compiled model
+        recompiles once at the first forward pass after freezing or unfreezing (however many
+        layers changed). Each such change raises dynamo's recompile limit by one, so that a
+        trial that freezes layer after layer never reaches the limit (past it, dynamo would run
+        the model eagerly from then on); the limit still catches every other cause."""
+        if self._recompile_allowed:
+            return
+        self._recompile_allowed = True  # until the next forward pass starts
+        config = sys.modules.get("torch._dynamo.config")
+        if config is not None:  # else nothing has been compiled
+            config.recompile_limit += 1  # type: ignore[attr-defined]
+            logger.debug("dynamo's recompile limit is now %d", config.recompile_limit)
 
     def _sync_trainable_only(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """At the first freeze under DDP: leave frozen parameters out of DDP's all-reduce
@@ -157,6 +174,7 @@ class LayerFreezing:
         named = self._layer(name)
         if name not in self._frozen:
             return
+        self._allow_recompilation()
         for param in named.module.parameters():
             param.requires_grad_(True)
         handle = self._freeze_handles.pop(name, None)

@@ -25,6 +25,7 @@ from ikkuna_tune.messages import NamedModule
 __all__ = [
     "OUTPUT_KEYS",
     "CopySafeHook",
+    "TraceableHook",
     "TrackedLayers",
     "first_tensor",
     "for_evaluation",
@@ -91,6 +92,23 @@ class CopySafeHook(partial):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
         return _no_hook
+
+
+class TraceableHook(CopySafeHook):
+    """A :class:`CopySafeHook` that ``torch.compile`` traces into the graph (no graph break),
+    for a hook that reads no counter: a frozen layer's :func:`hold_eval`.
+
+    Examples:
+        >>> import copy
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 1)
+        >>> _ = model.register_forward_pre_hook(TraceableHook(hold_eval))
+        >>> copy.deepcopy(model).train()(torch.zeros(1, 2)).shape  # the copy's hook: nothing
+        torch.Size([1, 1])
+    """
+
+    def __new__(cls, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TraceableHook:
+        return partial.__new__(cls, func, *args, **kwargs)
 
 
 class TrackedLayers(dict):  # type: ignore[type-arg]

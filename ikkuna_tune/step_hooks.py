@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.compiled_taps import TracedLayerHook, tap_gradient
 from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, unwrapped
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
@@ -121,6 +122,10 @@ class StepHooks:
     _optimizer_names: list[Mapping[str, tuple[str, ...]]]
     _scaler: Any
     _scale_version: int
+    _traced: list[tuple[NamedModule, torch.Tensor]]
+    _traced_layers: list[NamedModule]
+    _receiver: int
+    _recompile_allowed: bool
 
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
@@ -158,7 +163,9 @@ class StepHooks:
             for named in self.modules.values():
                 # [the forward pass of the last call, calls in that pass]
                 calls = [-1, 0]
-                hook = CopySafeHook(self._on_layer, named, calls)
+                hook = TracedLayerHook(
+                    partial(self._on_layer, named, calls), partial(self._trace_layer, named)
+                )
                 # the model as its own layer: its activations before its network_output
                 prepend = named.module is unwrapped(self.model)
                 handles.append(named.module.register_forward_hook(hook, prepend=prepend))
@@ -224,6 +231,8 @@ class StepHooks:
         return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
 
     def _on_forward_start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._publish_traced()
+        self._recompile_allowed = False
         self._passes += 1
         self._current_pass = self._passes
         if not self._is_training_pass():
@@ -298,6 +307,7 @@ class StepHooks:
                         self._emit_layer(kind, named, zero, SKIPPED_TAG)
 
     def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
         if "network_output" in self._wanted and self._due("network_output", None, tag):
@@ -338,6 +348,53 @@ class StepHooks:
             self._emit_layer("activations", named, output.detach(), tag)
         if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
             output.register_hook(partial(self._on_layer_gradient, named))
+
+    # Under torch.compile (see ikkuna_tune.compiled_taps). ``_trace_layer`` is what dynamo
+    # traces: it reads no counter (a guard on one would recompile every step), only appends to
+    # ``_traced``, which is empty whenever a forward pass starts (so the guard on its length
+    # holds), and taps the output's gradient at the output's position in that list.
+    def _trace_layer(self, named: NamedModule, output: Any) -> Any:
+        traced = self._traced
+        tensor = output if isinstance(output, torch.Tensor) else layer_tensor(named, output)
+        position = len(traced)
+        traced.append((named, tensor))
+        if not (self._want_layer_gradients and tensor.requires_grad):
+            return None
+        tapped = tap_gradient(tensor, self._receiver, position)
+        if output is tensor:
+            return tapped
+        if type(output) in (tuple, list):  # a named tuple would need its fields
+            return type(output)([tapped if item is tensor else item for item in output])
+        return None
+
+    def _publish_traced(self) -> None:
+        """Publish the activations the traced hooks recorded in this forward pass, numbering
+        repeated calls of a layer as the eager hook does; a training pass's layers are kept by
+        position for :meth:`_on_traced_gradient`."""
+        traced = self._traced
+        if not traced:
+            return
+        tag, calls = self._pass_tag, dict[str, int]()
+        layers: list[NamedModule] = []
+        for named, tensor in traced:
+            call = calls[named.name] = calls.get(named.name, 0) + 1
+            if call > 1:
+                named = self._repeat(named, call)
+            layers.append(named)
+            if self._want_activations and self._due("activations", named.name, tag):
+                self._emit_layer("activations", named, tensor.detach(), tag)
+        traced.clear()
+        if tag == DEFAULT_TAG:
+            self._traced_layers = layers
+
+    def _on_traced_gradient(self, position: int, grad: torch.Tensor) -> None:
+        """The gradient tapped at ``position`` of the last training pass, at backward time. It
+        is copied: a compiled backward may write another value into its memory later."""
+        layers = self._traced_layers
+        if position < len(layers):
+            named = layers[position]
+            if self._due("layer_gradients", named.name):
+                self._emit_layer("layer_gradients", named, grad.detach().clone(), DEFAULT_TAG)
 
     def _on_layer_gradient(self, named: NamedModule, grad: torch.Tensor) -> None:
         if self._due("layer_gradients", named.name):

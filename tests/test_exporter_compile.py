@@ -62,7 +62,10 @@ def _run(when: str | None, kinds: list[str]) -> tuple[list[str], dict[tuple, tor
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-@pytest.mark.parametrize("kinds", [["weight_gradients"], ["weight_gradients", "activations"]])
+@pytest.mark.parametrize(
+    "kinds",
+    [["weight_gradients"], ["weight_gradients", "activations"], ["layer_gradients"]],
+)
 def test_compiled_model_has_the_same_layers_and_values(when: str, kinds: list[str]) -> None:
     names, plain = _run(None, kinds)
     compiled_names, compiled = _run(when, kinds)
@@ -76,16 +79,24 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def test_freezing_a_compiled_model_recompiles_at_most_once_per_freeze(caplog) -> None:
+# the standard set's kinds (parameters only), then with the kinds of layer outputs, whose hooks
+# are traced into the graph (no graph break at each layer)
+@pytest.mark.parametrize("layer_kinds", [[], ["activations", "layer_gradients"]])
+def test_freezing_a_compiled_model_recompiles_at_most_once_per_freeze(
+    caplog, layer_kinds: list[str]
+) -> None:
     torch._dynamo.reset()
     counters.clear()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     compiled = torch.compile(model, backend="aot_eager")
     bus = MessageBus()
-    exporter = ik.Exporter(compiled, opt, bus)  # the standard set's kinds: parameters only
+    exporter = ik.Exporter(compiled, opt, bus)
     ik.NormSubscriber("weight_gradients", message_bus=bus, backend=None)
     ik.RatioSubscriber(["weight_updates", "weights"], message_bus=bus, backend=None)
+    seen: set[tuple[str, str]] = set()
+    for kind in layer_kinds:
+        ik.CallbackSubscriber([kind], lambda m: seen.add((m.kind, m.key)), bus)
 
     def train(steps: int) -> None:
         compiled.train()
@@ -109,4 +120,83 @@ def test_freezing_a_compiled_model_recompiles_at_most_once_per_freeze(caplog) ->
     assert graphs[0] == 1
     assert all(b - a <= 1 for a, b in itertools.pairwise(graphs)), graphs
     assert "recompile_limit" not in caplog.text
+    # the layer outputs' messages kept coming: the last layer's gradient after both freezes
+    assert {(kind, "3") for kind in layer_kinds} <= seen
     exporter.close()
+
+
+@torch._dynamo.config.patch(recompile_limit=8)  # restored afterwards: the freezes raise it
+def test_freezing_layer_after_layer_never_reaches_the_recompile_limit(caplog) -> None:
+    """Twelve freezes, one at a time with training in between: one recompilation each, where
+    dynamo's default limit (8) would have sent the model back to eager execution at the 8th."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(13)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus, depth=1)
+    ik.NormSubscriber("weight_gradients", message_bus=bus, backend=None)
+    ik.NormSubscriber("activations", message_bus=bus, backend=None)
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(16, 8), torch.randint(0, 8, (16,))
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(compiled(x), y).backward()
+        opt.step()
+
+    step()
+    graphs = [_graphs()]
+    for layer in range(12):
+        exporter.freeze(str(layer))
+        step()
+        step()
+        graphs.append(_graphs())
+    assert [b - a for a, b in itertools.pairwise(graphs)] == [1] * 12, graphs
+    assert graphs[0] == 1
+    assert "recompile_limit" not in caplog.text
+    exporter.close()
+
+
+class _Twice(nn.Module):
+    """A layer called twice in one forward pass: its calls are 'fc' and 'fc#2'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
+
+
+def _layer_outputs(compiled: bool) -> dict[tuple, torch.Tensor]:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Twice()
+    bus = MessageBus()
+    got: dict[tuple, torch.Tensor] = {}
+    ik.CallbackSubscriber(
+        ["activations", "layer_gradients"],
+        lambda m: got.__setitem__((m.kind, m.key, m.global_step), m.data),
+        bus,
+    )
+    exporter = ik.Exporter(model, None, bus)
+    run = torch.compile(model, backend="aot_eager") if compiled else model
+    g = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 2, (8,), generator=g)
+        F.cross_entropy(run(x), y).backward()
+    exporter.close()
+    return got
+
+
+def test_compiled_layer_outputs_and_their_gradients_equal_eager_ones_for_repeated_calls() -> None:
+    """The traced hooks number a repeated layer's calls as the eager hooks do, and the tapped
+    gradient of each call is the eager hook's (plain autograd's)."""
+    eager, compiled = _layer_outputs(False), _layer_outputs(True)
+    assert {key for _, key, _ in eager} == {"fc", "fc#2", "out"}
+    assert compiled.keys() == eager.keys() and len(eager) == 2 * 3 * 2
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
