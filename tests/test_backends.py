@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
-from ikkuna_tune.backends import NullBackend, safe_tag, to_numbers
+from ikkuna_tune.backends import NullBackend, TensorBoardBackend, safe_tag, to_numbers
 from ikkuna_tune.bus import MessageBus
 
 
@@ -64,6 +64,30 @@ def test_batched_norms_reach_tensorboard_layer_by_layer(tmp_path, tiny, batch) -
         got = events.Scalars(f"weights_norm2/{name}")
         assert [e.step for e in got] == [0, 1, 2]
         assert [e.value for e in got] == pytest.approx(values, rel=1e-5)
+
+
+def test_a_steps_scalars_are_written_as_one_event(tmp_path) -> None:
+    """Everything flushed for one step goes into one event (not one event per value), and
+    TensorBoard reads each value back under its own tag."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    backend = TensorBoardBackend(tmp_path)
+    tags = [f"norm/{i}" for i in range(50)]
+    for step in range(3):
+        backend.add_scalars(tags, torch.arange(50.0) + step, step)
+        backend.add_scalar("loss", torch.tensor(0.5 * step), step)
+    backend.close()
+    (path,) = tmp_path.iterdir()
+    events = [Event.FromString(record) for record in RawEventFileLoader(str(path)).Load()]
+    events = [e for e in events if e.HasField("summary")]
+    assert [e.step for e in events] == [0, 1, 2]
+    for step, event in enumerate(events):
+        values = {v.tag: v.simple_value for v in event.summary.value}
+        assert values == {**{t: i + step for i, t in enumerate(tags)}, "loss": 0.5 * step}
+    reader = EventAccumulator(str(tmp_path))
+    reader.Reload()
+    assert [e.value for e in reader.Scalars("norm/7")] == [7.0, 8.0, 9.0]
 
 
 def test_no_backend_draws_nothing(tmp_path) -> None:
