@@ -16,7 +16,7 @@ Correlation Analysis for Deep Learning Dynamics and Interpretability", NeurIPS 2
 from __future__ import annotations
 
 import math
-from typing import overload
+from typing import NamedTuple, overload
 
 import numpy as np
 import torch
@@ -32,7 +32,14 @@ from ikkuna_tune.functional.cca import (
     cca,
 )
 
-__all__ = ["cca", "svcca_similarity", "svcca_similarity_or_nan"]
+__all__ = [
+    "KeptBasis",
+    "cca",
+    "kept_basis",
+    "similarity_of_bases",
+    "svcca_similarity",
+    "svcca_similarity_or_nan",
+]
 
 
 # ------------------------------------------------------------------------------------- input
@@ -195,6 +202,67 @@ def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99
     extremes = [e.double() for e in (*torch.aminmax(x), *torch.aminmax(y))]
     finite = torch.isfinite(torch.stack(extremes)).all()
     value = _svcca(x, y, keep, invalid=~finite)
+    return torch.where(finite, value, torch.full_like(value, math.nan))
+
+
+# ------------------------------------------------------------------------ one side at a time
+class KeptBasis(NamedTuple):
+    """One side's SVCCA reduction (:func:`kept_basis`), to be paired with any other side's."""
+
+    #: Orthonormal columns spanning the kept leading directions, or None if the side does not
+    #: vary (then every similarity with it is 0).
+    basis: torch.Tensor | None
+    #: The number of kept directions (0-d int64).
+    count: torch.Tensor
+    #: Whether the side was finite (0-d bool); if not, every similarity with it is NaN.
+    finite: torch.Tensor
+
+
+def kept_basis(x: torch.Tensor, keep: float = 0.99, slice_kept: bool | None = None) -> KeptBasis:
+    """The reduction of one activation matrix that :func:`svcca_similarity_or_nan` makes of
+    each side (``keep < 1``), kept for reuse: comparing one checkpoint's activations with the
+    previous and then the next checkpoint's reduces each matrix once, not twice.
+    ``similarity_of_bases(kept_basis(x), kept_basis(y))`` equals
+    ``svcca_similarity_or_nan(x, y)``; no host synchronisation on a GPU.
+
+    Raises:
+        ValueError: for ``keep`` outside (0, 1) (with ``keep == 1`` both sides are factorised
+            together; use :func:`svcca_similarity_or_nan`).
+
+    Examples:
+        >>> x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+        >>> a, b = kept_basis(x), kept_basis(x @ torch.randn(4, 4) + 1.0)
+        >>> round(float(similarity_of_bases(a, b)), 6), int(a.count)
+        (1.0, 4)
+    """
+    keep = _check_keep(keep)
+    if keep == 1:
+        raise ValueError(
+            "Expected `keep` < 1 for a basis of one side (keep=1 factorises both sides "
+            "together: use svcca_similarity_or_nan) but got 1"
+        )
+    x = x.detach()
+    if slice_kept is None:
+        slice_kept = x.device.type == "cpu"
+    finite = torch.isfinite(torch.stack([e.double() for e in torch.aminmax(x)])).all()
+    centred, (width,), noise = _centred((x,), slice_kept, ~finite)
+    if width == 0:
+        return KeptBasis(None, torch.zeros((), dtype=torch.int64, device=x.device), finite)
+    basis, count = _kept_basis(centred, keep, slice_kept, noise)
+    return KeptBasis(basis, count, finite)
+
+
+def similarity_of_bases(a: KeptBasis, b: KeptBasis) -> torch.Tensor:
+    """SVCCA between the two sides whose :func:`kept_basis` ``a`` and ``b`` are: a 0-d float64
+    tensor, NaN if either side was not finite, 0 if either does not vary."""
+    device = a.count.device
+    finite = (a.finite & b.finite.to(device)).reshape(())
+    if a.basis is None or b.basis is None:
+        value = torch.zeros((), dtype=torch.float64, device=device)
+    else:
+        rho = _cosines(a.basis.T @ b.basis.to(device))
+        k = torch.minimum(a.count, b.count.to(device)).clamp_min(1).to(rho.dtype)
+        value = rho.sum() / k
     return torch.where(finite, value, torch.full_like(value, math.nan))
 
 

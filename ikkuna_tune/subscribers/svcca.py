@@ -25,7 +25,13 @@ from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
 from ikkuna_tune.functional.cka import linear_cka, live_fraction
-from ikkuna_tune.functional.svcca import _check_keep, svcca_similarity_or_nan
+from ikkuna_tune.functional.svcca import (
+    KeptBasis,
+    _check_keep,
+    kept_basis,
+    similarity_of_bases,
+    svcca_similarity_or_nan,
+)
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
@@ -174,6 +180,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             self.probe_inputs, self.batch_size, self.max_positions, seed, probe_tag
         )
         self._previous: dict[str, torch.Tensor] | None = None
+        # each layer's SVCCA reduction of the previous checkpoint's activations (keep < 1): a
+        # matrix is reduced once, at its own checkpoint, and reused at the next
+        self._bases: dict[str, KeptBasis] = {}
         self._initial: dict[str, torch.Tensor] | None = None
         published = (
             [keys.SELF_SIMILARITY, keys.INIT_SIMILARITY, keys.LIVE_FRACTION]
@@ -218,6 +227,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         initial = self._initial if self.track_init else None
         settled = self._frozen_prefix(exporter)
         items: list[tuple[str, str, torch.Tensor]] = []
+        bases, self._bases = self._bases, {}
         for name, now in current.items():
             if name in settled:
                 continue  # a frozen prefix no longer changes: nothing new to measure
@@ -231,10 +241,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                     tuple(before.shape),
                 )
                 before = None
-            if before is not None:
-                items.append(
-                    (keys.SELF_SIMILARITY, name, svcca_similarity_or_nan(now, before, self.keep))
-                )
+            if self.keep < 1:
+                now_basis = self._bases[name] = kept_basis(now, self.keep)
+                if before is not None:
+                    before_basis = bases.get(name)
+                    if before_basis is None:  # after a restore: reduced here, once
+                        before_basis = kept_basis(before, self.keep)
+                    similarity = similarity_of_bases(now_basis, before_basis)
+                    items.append((keys.SELF_SIMILARITY, name, similarity))
+            elif before is not None:
+                similarity = svcca_similarity_or_nan(now, before, self.keep)
+                items.append((keys.SELF_SIMILARITY, name, similarity))
             start = initial.get(name) if initial is not None else None
             if start is not None and start.shape == now.shape:
                 items.append((keys.INIT_SIMILARITY, name, linear_cka(now, start.to(now.device))))
@@ -348,6 +365,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 raise ValueError(f"Expected `{key}` to map layer names to tensors, or be None")
         previous = state["previous"]
         self._previous = None if previous is None else dict(previous)
+        self._bases = {}
         if state.get("initial") is not None:
             self._initial = dict(state["initial"])
         self.trigger.batches = int(state["batches"])

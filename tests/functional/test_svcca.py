@@ -508,3 +508,53 @@ def test_half_precision_with_a_large_offset_is_computed_as_its_float32_values(
     rho = F.cca(z, z)
     np.testing.assert_allclose(rho.numpy(), np.ones(20), atol=1e-3)
     np.testing.assert_allclose(F.cca(z, w).numpy(), F.cca(up_z, up_w).numpy(), atol=1e-12)
+
+
+# ------------------------------------------------------------------ one side at a time (reuse)
+def _sides(seed: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    x, y = _related(n=300, p=12, q=10, seed=seed)
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    dead = yt.clone()
+    dead[:, :4] = 0.5  # constant columns (dead neurons)
+    wide = torch.from_numpy(_rng(seed).standard_normal((20, 30))).float()  # more features than n
+    bad = xt.clone()
+    bad[3, 2] = math.nan
+    return [
+        ("related", xt, yt),
+        ("dead columns", xt, dead),
+        ("constant side", xt, torch.ones_like(xt)),
+        ("wide", wide, wide @ torch.randn(30, 30, generator=torch.Generator().manual_seed(1))),
+        ("non-finite", bad, yt),
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("slice_kept", [True, False])
+def test_similarity_of_reusable_bases_equals_svcca_of_the_pair(seed: int, slice_kept: bool) -> None:
+    """Each side reduced on its own and paired later gives the pair's SVCCA, and the subspace
+    reference's where the value is finite."""
+    from ikkuna_tune.functional.svcca import kept_basis, similarity_of_bases
+
+    for what, x, y in _sides(seed):
+        a, b = kept_basis(x, 0.99, slice_kept), kept_basis(y, 0.99, slice_kept)
+        got = similarity_of_bases(a, b)
+        assert got.dtype == torch.float64 and got.shape == (), what
+        expected = svcca_similarity_or_nan(x, y, 0.99)
+        if what == "non-finite":
+            assert math.isnan(got) and math.isnan(expected)
+            continue
+        torch.testing.assert_close(got, expected.double(), rtol=0, atol=1e-12, msg=what)
+        if what == "constant side":
+            assert float(got) == 0.0
+        elif what != "wide":  # the reference needs more samples than features
+            reference = subspace_svcca(x.double().numpy(), y.double().numpy(), 0.99)
+            assert float(got) == pytest.approx(reference, abs=1e-5), what
+        # pairing is symmetric
+        torch.testing.assert_close(similarity_of_bases(b, a), got, rtol=0, atol=1e-12)
+
+
+def test_kept_basis_refuses_keep_1() -> None:
+    from ikkuna_tune.functional.svcca import kept_basis
+
+    with pytest.raises(ValueError, match="keep=1 factorises both sides together"):
+        kept_basis(torch.randn(10, 3), keep=1.0)
