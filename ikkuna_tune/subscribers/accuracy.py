@@ -4,13 +4,13 @@ over a held-out data set evaluated through the Exporter's probe."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ikkuna_tune import functional as F
 from ikkuna_tune import keys
@@ -201,6 +201,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         probe_tag: str = "test",
         device: torch.device | str | None = None,
     ) -> None:
+        self._slices: tuple[tuple[torch.Tensor, ...], int] | None = None
         if isinstance(dataset, DataLoader):
             if batch_size is not None:
                 raise ValueError(
@@ -211,6 +212,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         elif isinstance(dataset, Dataset):
             size = check_int("batch_size", 256 if batch_size is None else batch_size)
             loader = DataLoader(dataset, batch_size=size, shuffle=False)
+            if isinstance(dataset, TensorDataset):  # batches are slices: no per-sample fetch
+                self._slices = (dataset.tensors, size)
         else:
             raise ValueError(
                 "Expected `dataset` to be a torch Dataset or DataLoader but got "
@@ -250,6 +253,15 @@ class TestAccuracySubscriber(PlotSubscriber):
         if self.trigger.due(message_or_bundle):
             self.publish(keys.TEST_ACCURACY, self.evaluate(), message_or_bundle)
 
+    def _batches(self) -> Iterable[Any]:
+        """The loader's batches; those of a TensorDataset given with a batch size are cut as
+        slices of its tensors (the same batches, without fetching and collating each sample)."""
+        if self._slices is None:
+            return self.loader
+        tensors, size = self._slices
+        n = len(tensors[0])
+        return (tuple(t[start : start + size] for t in tensors) for start in range(0, n, size))
+
     def evaluate(self) -> torch.Tensor:
         """The accuracy over the whole data set now, as a 0-d tensor (nothing is published)."""
         exporter = self.model_access
@@ -274,7 +286,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         with probe as probed, _evaluating(other):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
-            for batch in self.loader:
+            for batch in self._batches():
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise ValueError(
                         "Expected the test data to yield (inputs, labels) batches but got "
