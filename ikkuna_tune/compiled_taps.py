@@ -34,14 +34,32 @@ _NUMBERS = itertools.count(1)
 
 
 def add_receiver(receiver: Callable[[int, torch.Tensor], None]) -> int:
-    """Register a bound method to receive tapped gradients; returns its number."""
+    """Register a bound method to receive tapped gradients; returns its number.
+
+    Examples:
+        >>> class Sink:
+        ...     def take(self, position, grad): ...
+        >>> sink = Sink()
+        >>> number = add_receiver(sink.take)
+        >>> number in _RECEIVERS, _RECEIVERS[number]() == sink.take
+        (True, True)
+        >>> remove_receiver(number); number in _RECEIVERS
+        False
+    """
     number = next(_NUMBERS)
     _RECEIVERS[number] = weakref.WeakMethod(receiver)  # type: ignore[arg-type]
     return number
 
 
 def remove_receiver(number: int) -> None:
-    """Stop handing gradients to receiver ``number`` (its taps then pass gradients through)."""
+    """Stop handing gradients to receiver ``number`` (its taps then pass gradients through).
+
+    Examples:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> remove_receiver(10**9)  # unknown numbers are ignored
+        >>> tap_gradient(x, 10**9, 0).sum().backward(); x.grad  # no receiver: passes through
+        tensor([1., 1.])
+    """
     _RECEIVERS.pop(number, None)
 
 
@@ -105,7 +123,19 @@ class TracedLayerHook:
     """A layer's forward hook with two faces: ``eager(module, args, output)`` when the model
     runs eagerly, ``traced(output)`` (which may return a replacement output) while
     ``torch.compile`` traces it. Like :class:`~ikkuna_tune.layers.CopySafeHook`, a copy of the
-    model (``copy.deepcopy``, ``pickle``) holds a hook that does nothing."""
+    model (``copy.deepcopy``, ``pickle``) holds a hook that does nothing.
+
+    Examples:
+        >>> import copy
+        >>> from torch import nn
+        >>> seen = []
+        >>> hook = TracedLayerHook(lambda m, a, out: seen.append(tuple(out.shape)), lambda out: out)
+        >>> layer = nn.Linear(2, 3)
+        >>> _ = layer.register_forward_hook(hook)
+        >>> _ = layer(torch.zeros(4, 2)); _ = copy.deepcopy(layer)(torch.zeros(5, 2))
+        >>> seen  # eager: the first face; the copy's hook did nothing
+        [(4, 3)]
+    """
 
     def __init__(self, eager: Callable[..., None], traced: Callable[[Any], Any]) -> None:
         self.eager = eager

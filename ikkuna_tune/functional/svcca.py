@@ -207,7 +207,16 @@ def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99
 
 # ------------------------------------------------------------------------ one side at a time
 class KeptBasis(NamedTuple):
-    """One side's SVCCA reduction (:func:`kept_basis`), to be paired with any other side's."""
+    """One side's SVCCA reduction (:func:`kept_basis`), to be paired with any other side's.
+
+    Examples:
+        >>> x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+        >>> side = kept_basis(x)
+        >>> tuple(side.basis.shape), int(side.count), bool(side.finite)
+        ((40, 3), 3, True)
+        >>> kept_basis(torch.ones(40, 3)).basis is None  # no variation
+        True
+    """
 
     #: Orthonormal columns spanning the kept leading directions, or None if the side does not
     #: vary (then every similarity with it is 0).
@@ -254,7 +263,16 @@ def kept_basis(x: torch.Tensor, keep: float = 0.99, slice_kept: bool | None = No
 
 def similarity_of_bases(a: KeptBasis, b: KeptBasis) -> torch.Tensor:
     """SVCCA between the two sides whose :func:`kept_basis` ``a`` and ``b`` are: a 0-d float64
-    tensor, NaN if either side was not finite, 0 if either does not vary."""
+    tensor, NaN if either side was not finite, 0 if either does not vary.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, noise = torch.randn(200, 3, generator=g), torch.randn(200, 3, generator=g)
+        >>> similarity_of_bases(kept_basis(x), kept_basis(torch.ones(200, 3)))
+        tensor(0., dtype=torch.float64)
+        >>> float(similarity_of_bases(kept_basis(x), kept_basis(noise))) < 0.3  # unrelated
+        True
+    """
     device = a.count.device
     finite = (a.finite & b.finite.to(device)).reshape(())
     if a.basis is None or b.basis is None:
