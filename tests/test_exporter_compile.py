@@ -9,6 +9,7 @@ generation), which is what decides graph breaks, guards and recompilations.
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
 import torch
@@ -198,5 +199,42 @@ def test_compiled_layer_outputs_and_their_gradients_equal_eager_ones_for_repeate
     eager, compiled = _layer_outputs(False), _layer_outputs(True)
     assert {key for _, key, _ in eager} == {"fc", "fc#2", "out"}
     assert compiled.keys() == eager.keys() and len(eager) == 2 * 3 * 2
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_the_inductor_backend_runs_the_taps_and_recompiles_once_per_freeze() -> None:
+    """The default backend (inductor: generated kernels, buffers reused) gives the eager values
+    of activations and layer gradients, before and after a freeze, with one recompilation."""
+
+    def run(compiled: bool) -> dict[tuple, torch.Tensor]:
+        torch._dynamo.reset()
+        counters.clear()
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        bus = MessageBus()
+        got: dict[tuple, torch.Tensor] = {}
+        ik.CallbackSubscriber(
+            ["activations", "layer_gradients"],
+            lambda m: got.__setitem__((m.kind, m.key, m.global_step), m.data.clone()),
+            bus,
+        )
+        exporter = ik.Exporter(model, opt, bus)
+        run_model = torch.compile(model) if compiled else model
+        for step, (x, y) in enumerate(_batches()):
+            opt.zero_grad()
+            F.cross_entropy(run_model(x), y).backward()
+            opt.step()
+            if step == 1:
+                exporter.freeze("0")
+        exporter.close()
+        if compiled:
+            assert _graphs() == 2  # one graph, one recompilation for the freeze
+        return got
+
+    eager, compiled = run(False), run(True)
+    # 3 layers' activations at 4 steps; layer gradients of 3 layers, then of 2 after the freeze
+    assert compiled.keys() == eager.keys() and len(eager) == 12 + 6 + 4
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
