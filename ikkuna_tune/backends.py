@@ -192,16 +192,24 @@ class TensorBoardBackend(Backend):
         from tensorboardX.proto.summary_pb2 import Summary
 
         by_step: dict[int, list[Any]] = {}
-        if self._vectors:
-            for (tags, _, step), numbers in zip(self._vectors, vector_numbers(self._vectors)):
+        # the scalars as vectors of one: every value of the flush in one transfer per device
+        items = self._vectors + [
+            (
+                (tag,),
+                value.detach().reshape(1)
+                if isinstance(value, torch.Tensor)
+                else torch.tensor([float(value)], dtype=torch.float64),
+                step,
+            )
+            for tag, value, step in self._scalars
+        ]
+        if items:
+            for (tags, _, step), numbers in zip(items, vector_numbers(items)):
                 values = by_step.setdefault(step, [])
                 for tag, number in zip(tags, numbers):
                     values.append(Summary.Value(tag=tag, simple_value=number))
-            self._vectors.clear()
-        if self._scalars:
-            for (tag, _, step), number in zip(self._scalars, to_numbers(self._scalars)):
-                by_step.setdefault(step, []).append(Summary.Value(tag=tag, simple_value=number))
-            self._scalars.clear()
+        self._vectors.clear()
+        self._scalars.clear()
         if by_step:
             file_writer = self.writer._get_file_writer()
             for step in sorted(by_step):

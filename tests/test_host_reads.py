@@ -1,0 +1,105 @@
+"""The hot path reads no tensor back to Python: the standard metric set adds no host read to a
+training step, and a report (the collector) or an epoch's TensorBoard flush reads once per device.
+
+On a GPU every such read (``.item()``, ``.tolist()``, ``bool(tensor)``, ...) is a host
+synchronisation. They are counted here on the CPU by wrapping those methods of ``torch.Tensor``,
+against plain training of the same model as the reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.tune.collector import MetricCollector
+
+READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+STEPS = 12
+
+
+@contextmanager
+def counting_reads() -> Iterator[Counter[str]]:
+    """Count the calls of every Tensor method that reads a value back to Python."""
+    counts: Counter[str] = Counter()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+                counts[_name] += 1
+                return _original(self, *args, **kwargs)
+
+            patch.setattr(torch.Tensor, name, counted)
+        yield counts
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g))
+        for _ in range(STEPS)
+    ]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, loss_fn) -> None:  # type: ignore[no-untyped-def]
+    for x, y in _batches():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def test_the_standard_set_adds_no_host_read_to_a_step_and_reads_once_per_report(
+    tmp_path,
+) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with counting_reads() as plain:
+        _train(model, opt, F.cross_entropy)
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bus = MessageBus(log_dir=tmp_path)  # TensorBoard, as a user gets by default
+    exporter = ik.Exporter(model, opt, bus)
+    subscribers = [
+        ik.NormSubscriber("weights", bus),
+        ik.NormSubscriber("weight_gradients", bus),
+        ik.RatioSubscriber(["weight_updates", "weights"], bus),
+        ik.LossSubscriber(bus),
+        ik.TrainAccuracySubscriber(bus),
+    ]
+    published = {k: bus.kind_type(k) for s in subscribers for k in s.publications}
+    collector = MetricCollector(published, list(exporter.modules))
+    collector.attach(bus)
+    with counting_reads() as instrumented:
+        _train(model, opt, exporter.wrap_loss(F.cross_entropy))
+    assert sum(instrumented.values()) == sum(plain.values()), (instrumented, plain)
+
+    with counting_reads() as report:
+        numbers = collector.collect()
+    assert sum(report.values()) == 1, report  # one transfer for every value of the report
+    assert set(numbers["weights_norm2"]) == {"0", "3", "5"}
+    assert all(isinstance(v, float) for v in numbers["weight_gradients_norm2"].values())
+    assert isinstance(numbers["train_accuracy"], float)
+    assert set(numbers["weight_updates_weights_ratio"]) == {"0", "3", "5"}
+
+    with counting_reads() as flush:
+        exporter.epoch_finished()  # flushes the TensorBoard backend: STEPS steps of values
+    assert sum(flush.values()) == 1, flush
+    exporter.close()
+    bus.close()
