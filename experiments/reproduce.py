@@ -77,6 +77,9 @@ FIGURES: dict[str, Figure] = {
     "fidelity_quick": Figure(
         "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
     ),
+    "fidelity_bound": Figure(
+        "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
+    ),
     "faults": Figure("experiments.bench_faults", (), "cpu_bench_faults.txt", ("--quick",)),
     "report": Figure("experiments.bench_report", (), "cpu_bench_report.txt"),
     "ddp": Figure("experiments.bench_ddp", (), "cpu_bench_ddp.txt", ("--quick",)),

@@ -1,0 +1,171 @@
+"""How little compute can a scheduler that keeps FIFO's top 3 use? A bound per fidelity grid.
+
+``bench_fidelity`` asks SVCCAScheduler for two things at once in every (data set, family) grid:
+keep FIFO's best configuration and each of its three best trials (within 1 point), and use at
+most 0.6 of FIFO's compute. This study says where both can hold for a scheduler that decides
+from what the trials have reported so far.
+
+It trains every trial of each grid once without a scheduler (:mod:`experiments.fidelity_trial`,
+the same seeds as the benchmark's FIFO trials, outside Tune) and reads each trial's test
+accuracy and cumulative training time after every report. A trial outside FIFO's top 3 can be
+stopped after report ``t``, with the top 3 left running, only if some rule tells it apart from
+each of them by then. Two kinds of rule are granted:
+
+- **divergence**: a non-finite loss or a dead layer (``live_fraction`` 0) stops the trial at the
+  first report that shows it;
+- **ranking**: the trial is *behind* at report ``t`` when its best accuracy so far is below the
+  best so far of every top-3 trial. A rule that stops a trial for being behind others (ASHA,
+  median stopping, SVCCAScheduler's "cannot reach the top 3") cannot stop it earlier without
+  also stopping a top-3 trial that is no further ahead at that report.
+
+Each trial outside the top 3 is charged its training time up to the earliest such report (its
+whole time if there is none); the top 3 are charged in full. The ratio of that to FIFO's total
+is a lower bound on the compute of any scheduler of these kinds that keeps the top 3, however
+its thresholds are set. Where the bound exceeds 0.6 the two targets cannot both be met.
+
+Run: ``python -m experiments.fidelity_bound`` (every grid, about 2 minutes on 2 CPUs) or
+``--quick`` (digits). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("fidelity_bound")
+
+LRS = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+TOP = 3
+TARGET = 0.6
+
+
+def first_behind(own: Sequence[float], top: Sequence[Sequence[float]]) -> int | None:
+    """The first report (1-based) after which ``own``'s best so far is below every ``top``
+    trial's best so far, or None.
+
+    Examples:
+        >>> first_behind([0.2, 0.3, 0.4], [[0.1, 0.5, 0.6], [0.3, 0.4, 0.5]])
+        2
+        >>> first_behind([0.2, 0.9], [[0.1, 0.5]]) is None
+        True
+    """
+    best_own, best_top = -math.inf, [-math.inf] * len(top)
+    for t, value in enumerate(own):
+        best_own = max(best_own, value)
+        best_top = [max(b, curve[t]) for b, curve in zip(best_top, top)]
+        if all(best_own < b for b in best_top):
+            return t + 1
+    return None
+
+
+def grid_bound(trials: dict[float, dict[str, Any]], top: int = TOP) -> dict[str, Any]:
+    """The bound for one grid. ``trials[lr]`` holds ``accuracy`` (per report), ``seconds``
+    (cumulative training time per report) and ``diverged_at`` (the first report that shows a
+    non-finite loss or a dead layer, or None).
+
+    Examples:
+        >>> curve = lambda *a: {"accuracy": list(a), "seconds": [1.0, 2.0, 3.0, 4.0],
+        ...                     "diverged_at": None}
+        >>> trials = {1: curve(.5, .6, .7, .8), 2: curve(.4, .5, .6, .7),
+        ...           3: curve(.3, .4, .5, .6), 4: curve(.1, .1, .1, .1)}
+        >>> bound = grid_bound(trials)
+        >>> bound["stop_after"], bound["compute_bound"]  # trial 4 is behind after report 1
+        ({'4': 1}, 0.8125)
+    """
+    best = {lr: max(t["accuracy"]) for lr, t in trials.items()}
+    top_lrs = sorted(best, key=best.__getitem__, reverse=True)[:top]
+    total = sum(t["seconds"][-1] for t in trials.values())
+    spent = sum(trials[lr]["seconds"][-1] for lr in top_lrs)
+    stop_after: dict[str, int | None] = {}
+    for lr, trial in trials.items():
+        if lr in top_lrs:
+            continue
+        behind = first_behind(trial["accuracy"], [trials[k]["accuracy"] for k in top_lrs])
+        reasons = [r for r in (behind, trial["diverged_at"]) if r is not None]
+        t = min(reasons) if reasons else None
+        stop_after[str(lr)] = t
+        spent += trial["seconds"][(t or len(trial["seconds"])) - 1]
+    bound = spent / total
+    return {
+        "top3": [str(lr) for lr in top_lrs],
+        "stop_after": stop_after,
+        "compute_bound": round(bound, 4),
+        "target_reachable": bound <= TARGET,
+    }
+
+
+def run_grid(data: str, family: str, epochs: int, lrs: Sequence[float]) -> dict[float, Any]:
+    """Train each learning rate's trial of one grid, without a scheduler; its per-report
+    accuracy, cumulative training time and first sign of divergence."""
+    import ikkuna_tune as ik
+    from experiments.fidelity_trial import subscribers, train_trial
+
+    trials: dict[float, Any] = {}
+    for lr in lrs:
+        ik.instrument(train_trial, subscribers)(
+            {"data": data, "family": family, "lr": lr, "epochs": epochs}
+        )
+        reports = ik.local_results()
+        diverged_at = None
+        for t, report in enumerate(reports, start=1):
+            loss = report.get("train_loss")
+            live = report.get("live_fraction") or {}
+            dead = any(v is not None and v <= 0 for v in live.values())
+            if dead or loss is None or not math.isfinite(float(loss)):
+                diverged_at = t
+                break
+        trials[lr] = {
+            "accuracy": [float(r["test_accuracy"]) for r in reports],
+            "seconds": [float(r["train_seconds"]) for r in reports],
+            "diverged_at": diverged_at,
+        }
+        log.info(
+            "%s %s lr %s: accuracy %s, %.1f s%s",
+            data,
+            family,
+            lr,
+            " ".join(f"{a:.3f}" for a in trials[lr]["accuracy"]),
+            trials[lr]["seconds"][-1],
+            f", diverged at report {diverged_at}" if diverged_at else "",
+        )
+    return trials
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="digits only")
+    parser.add_argument("--epochs", type=int, default=12)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("ikkuna_tune").setLevel(logging.ERROR)
+    import torch
+
+    torch.set_num_threads(1)
+    data_sets = ["digits"] if args.quick else ["digits", "mnist"]
+    out: dict[str, Any] = {"epochs": args.epochs, "lrs": list(LRS), "target": TARGET}
+    for data in data_sets:
+        out[data] = {}
+        for family in ("cnn", "mlp", "resnet"):
+            bound = grid_bound(run_grid(data, family, args.epochs, LRS))
+            out[data][family] = bound
+            log.info(
+                "%s %s: top 3 %s; others stoppable after %s; compute bound %.3f (%s)",
+                data,
+                family,
+                bound["top3"],
+                bound["stop_after"],
+                bound["compute_bound"],
+                "0.6 reachable" if bound["target_reachable"] else "0.6 out of reach",
+            )
+    cells = [cell for data in data_sets for cell in out[data].values()]
+    out["grids_where_reachable"] = f"{sum(c['target_reachable'] for c in cells)}/{len(cells)}"
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
