@@ -18,7 +18,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once; a trial that makes no progress and whose layers no
-  longer move (stuck, for example at chance) stops after the grace period; with a known
+  longer move (stuck, for example at chance) stops after the grace period, and one that made
+  no progress in ``stall_share`` of a known budget stops even if its layers still drift, when
+  it is more than ``stall_delta`` behind the ``protect_top``-th best other trial; with a known
   budget, a trial that cannot reach the ``protect_top``-th best value already reached by other
   trials, even improving at ``optimism`` times its best recent rate until the budget ends, is
   stopped (so the best configurations always run to the end).
@@ -74,6 +76,7 @@ class ConvergenceRules:
     optimism: float = 3.0
     protect_top: int = 3
     grace: int = 2  # reports before a trial may be stopped as stuck or behind
+    stall_share: float = 1 / 3  # of the budget, after which a stuck trial stops, layers moving
 
 
 @dataclass(frozen=True)
@@ -307,10 +310,28 @@ def stop_verdict(
         return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
-    if math.isfinite(progress) and progress < rules.stall_delta and not _moving(trial, rules):
+    stalled = math.isfinite(progress) and progress < rules.stall_delta
+    if stalled and not _moving(trial, rules):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
+    if (
+        stalled
+        and budget is not None
+        and it >= rules.stall_share * budget
+        and len(others_best) >= rules.protect_top
+    ):
+        # at chance (say) for a good part of the budget while others have learned: its layers
+        # may still drift, but a trial this far behind is not among the best
+        target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+        if trial.best() < target - rules.stall_delta:
+            return Decision(
+                "stop",
+                "stuck: no progress while others learned",
+                it,
+                None,
+                {"progress": progress, "best": trial.best(), "target": target},
+            )
     if budget is not None and len(others_best) >= rules.protect_top and it < budget:
         target = sorted(others_best, reverse=True)[rules.protect_top - 1]
         recent = trial.metric[-(rules.settle_window + 1) :]

@@ -56,8 +56,11 @@ class SVCCAScheduler(FIFOScheduler):
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), a trial that
-       cannot reach the ``protect_top``-th best value other trials already reached even at
-       ``optimism`` times its best recent rate of improvement. Converged trials that are among
+       made no progress in ``stall_share`` of the budget and is more than ``stall_delta`` behind
+       the ``protect_top``-th best value of the other trials (stuck, say at chance, while its
+       layers still drift), and a trial that cannot reach the ``protect_top``-th best value
+       other trials already reached even at ``optimism`` times its best recent rate of
+       improvement. Converged trials that are among
        the best are never stopped: freezing is what saves their compute.
     3. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
@@ -85,6 +88,8 @@ class SVCCAScheduler(FIFOScheduler):
         stop: stop trials (False: freezing only).
         grace: reports before a trial may be stopped as stuck or behind.
         stall_delta: progress since the first report below which a trial counts as stuck.
+        stall_share: share of a known budget after which a stuck trial that is behind the
+            others is stopped even though its layers still move, in (0, 1].
         move_tol: change of a layer's distance from initialisation over ``settle_window``
             reports below which the layer no longer moves.
         protect_top: how many of the best trials so far are protected from being stopped as
@@ -126,6 +131,7 @@ class SVCCAScheduler(FIFOScheduler):
         stop: bool = True,
         grace: int = 2,
         stall_delta: float = 0.02,
+        stall_share: float = 1 / 3,
         move_tol: float = 0.005,
         protect_top: int = 3,
         freeze_best: bool = False,
@@ -152,6 +158,7 @@ class SVCCAScheduler(FIFOScheduler):
             optimism=check_nonnegative("optimism", optimism),
             protect_top=check_int("protect_top", protect_top),
             grace=check_int("grace", grace, minimum=0),
+            stall_share=check_fraction("stall_share", stall_share),
         )
         self.freeze_at = self.rules.freeze_at
         self.patience = self.rules.patience

@@ -88,3 +88,43 @@ def test_ties_with_the_protected_trials_are_not_stopped() -> None:
     reachable = 0.53 + 3 * 0.01 * (10 - 4)
     assert stop_verdict(trial, RULES, [0.99, 0.98, reachable], 10) is None
     assert stop_verdict(trial, RULES, [0.99, 0.98, reachable + 1e-9], 10) is not None
+
+
+def _drifting(metrics: list[float]) -> TrialHistory:
+    """A trial whose metric is ``metrics`` while every layer keeps moving away from its
+    initialisation (so it never counts as 'no layer moving')."""
+    return history(
+        [(m, {n: (0.9, 0.9 - 0.05 * i, 1.0) for n in LAYERS}) for i, m in enumerate(metrics)]
+    )
+
+
+def test_stuck_at_chance_while_others_learned_stops_after_a_third_of_the_budget() -> None:
+    # noisy enough that "cannot reach the top 3" (3x its best recent step) keeps it running
+    at_chance = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
+    others = [0.9, 0.85, 0.4]
+    verdicts = [
+        stop_verdict(_drifting(at_chance[:it]), RULES, others, budget=12) for it in range(1, 7)
+    ]
+    assert verdicts[:3] == [None, None, None]  # 3 reports: under a third of 12
+    stop = verdicts[3]
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
+    assert stop.iteration == 4 and stop.values["target"] == 0.4
+    assert "progress=0.015" in stop.describe()
+
+
+def test_a_stalled_trial_is_kept_when_nobody_is_far_ahead() -> None:
+    """Fine-tuning: every trial starts near its best and gains little; none is stopped."""
+    flat = [0.95, 0.951, 0.952, 0.952, 0.953, 0.953]
+    assert stop_verdict(_drifting(flat), RULES, [0.96, 0.955, 0.954], budget=12) is None
+    # within stall_delta of the third best other trial: kept too
+    noisy = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
+    assert stop_verdict(_drifting(noisy), RULES, [0.9, 0.5, 0.13], budget=12) is None
+    assert stop_verdict(_drifting(noisy), RULES, [0.9, 0.5, 0.1351], budget=12) is not None
+
+
+def test_a_slow_starter_that_progresses_or_an_unknown_budget_is_not_stopped_as_stuck() -> None:
+    slow = [0.08, 0.07, 0.1, 0.145, 0.2, 0.34]  # digits CNN at lr 0.01: 3rd best in the end
+    assert stop_verdict(_drifting(slow), RULES, [0.9, 0.85, 0.8], budget=12) is None
+    assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85, 0.8], budget=None) is None
+    # fewer than protect_top other trials: nothing to compare with
+    assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85], budget=12) is None

@@ -328,6 +328,7 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         ({"min_delta": -1}, r"`min_delta` to be a number >= 0"),
         ({"min_travel": float("nan")}, r"`min_travel` to be a number >= 0"),
         ({"grace": -1}, r"`grace` to be an integer >= 0"),
+        ({"stall_share": 0}, r"`stall_share` to be a number in \(0, 1\]"),
         ({"max_t": 0}, r"`max_t` to be an integer >= 1"),
         ({"base": "asha"}, r"`base` to be a ray.tune TrialScheduler"),
     ],
