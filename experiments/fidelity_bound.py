@@ -23,6 +23,15 @@ whole time if there is none); the top 3 are charged in full. The ratio of that t
 is a lower bound on the compute of any scheduler of these kinds that keeps the top 3, however
 its thresholds are set. Where the bound exceeds 0.6 the two targets cannot both be met.
 
+**Replay.** The same reports are also fed, report by report and every trial in step (as in a
+sweep that runs all its trials at once), to SVCCAScheduler's stopping rules
+(:func:`ikkuna_tune.tune.convergence.stop_verdict`, default thresholds, the budget known), the
+way the scheduler feeds them: what it would stop, when, and the compute that leaves. Freezing is
+not replayed (a frozen trial's later reports would differ). It is replayed once more without
+the ``stall_share`` rule (stuck while others learned), to show that rule's share. In
+``bench_fidelity`` itself the trials of a grid run two at a time, smallest learning rate
+first, so the rules that compare trials have less to compare with than here.
+
 Run: ``python -m experiments.fidelity_bound`` (every grid, about 2 minutes on 2 CPUs) or
 ``--quick`` (digits). The last line printed is one JSON object.
 """
@@ -98,6 +107,73 @@ def grid_bound(trials: dict[float, dict[str, Any]], top: int = TOP) -> dict[str,
     }
 
 
+def _flat(report: dict[str, Any]) -> dict[str, Any]:
+    """A report as Tune passes it to a scheduler: nested dicts as ``<key>/<layer>``."""
+    flat: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}/{name}": v for name, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def replay_stops(
+    trials: dict[float, dict[str, Any]],
+    rules: Any = None,
+    metric: str = "test_accuracy",
+    top: int = TOP,
+) -> dict[str, Any]:
+    """Feed every trial's reports, in step, to the scheduler's stopping rules (as
+    SVCCAScheduler does for a ``max`` metric); ``trials[lr]["reports"]`` holds the reports (as
+    Tune flattens them) and ``["seconds"]`` the cumulative training time per report.
+
+    Returns what was stopped (report and rule), the compute left as a share of all of it, and
+    whether FIFO's top ``top`` (by best metric) all ran to the end.
+    """
+    from ikkuna_tune import keys
+    from ikkuna_tune.tune.convergence import ConvergenceRules, TrialHistory, stop_verdict
+    from ikkuna_tune.tune.results import first_nonfinite, layer_values, reported_layers
+
+    rules = rules or ConvergenceRules()
+    budget = max(len(t["reports"]) for t in trials.values())
+    histories = {lr: TrialHistory() for lr in trials}
+    stopped: dict[float, tuple[int, str]] = {}
+    for t in range(budget):
+        for lr, trial in trials.items():
+            if lr in stopped or t >= len(trial["reports"]):
+                continue
+            result = trial["reports"][t]
+            history = histories[lr]
+            history.layers = reported_layers(result)
+            similarity = layer_values(result, keys.SELF_SIMILARITY, history.layers)
+            value = result.get(metric)
+            history.add(
+                float(value) if isinstance(value, (int, float)) else math.nan,
+                similarity,
+                layer_values(result, keys.INIT_SIMILARITY, history.layers),
+                layer_values(result, keys.LIVE_FRACTION, history.layers),
+            )
+            others = [h.best() for k, h in histories.items() if k != lr and h.reports]
+            others = [b for b in others if math.isfinite(b)]
+            nonfinite = first_nonfinite(result, metric, similarity, keys.SELF_SIMILARITY)
+            verdict = stop_verdict(history, rules, others, budget, nonfinite)
+            if verdict is not None:
+                stopped[lr] = (t + 1, verdict.rule)
+    best = {lr: max(t["accuracy"]) for lr, t in trials.items()}
+    top_lrs = sorted(best, key=best.__getitem__, reverse=True)[:top]
+    total = sum(t["seconds"][-1] for t in trials.values())
+    spent = sum(
+        t["seconds"][stopped[lr][0] - 1] if lr in stopped else t["seconds"][-1]
+        for lr, t in trials.items()
+    )
+    return {
+        "stopped": {str(lr): list(v) for lr, v in stopped.items()},
+        "compute": round(spent / total, 4),
+        "top3_kept": not any(lr in stopped for lr in top_lrs),
+    }
+
+
 def run_grid(data: str, family: str, epochs: int, lrs: Sequence[float]) -> dict[float, Any]:
     """Train each learning rate's trial of one grid, without a scheduler; its per-report
     accuracy, cumulative training time and first sign of divergence."""
@@ -122,6 +198,7 @@ def run_grid(data: str, family: str, epochs: int, lrs: Sequence[float]) -> dict[
             "accuracy": [float(r["test_accuracy"]) for r in reports],
             "seconds": [float(r["train_seconds"]) for r in reports],
             "diverged_at": diverged_at,
+            "reports": [_flat(r) for r in reports],
         }
         log.info(
             "%s %s lr %s: accuracy %s, %.1f s%s",
@@ -144,13 +221,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.getLogger("ikkuna_tune").setLevel(logging.ERROR)
     import torch
 
+    from ikkuna_tune.tune.convergence import ConvergenceRules
+
     torch.set_num_threads(1)
     data_sets = ["digits"] if args.quick else ["digits", "mnist"]
     out: dict[str, Any] = {"epochs": args.epochs, "lrs": list(LRS), "target": TARGET}
     for data in data_sets:
         out[data] = {}
         for family in ("cnn", "mlp", "resnet"):
-            bound = grid_bound(run_grid(data, family, args.epochs, LRS))
+            trials = run_grid(data, family, args.epochs, LRS)
+            bound = grid_bound(trials)
+            bound["replay"] = replay_stops(trials)
+            bound["replay_without_stall_share"] = replay_stops(
+                trials, ConvergenceRules(stall_share=1.0)
+            )
             out[data][family] = bound
             log.info(
                 "%s %s: top 3 %s; others stoppable after %s; compute bound %.3f (%s)",
@@ -161,8 +245,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 bound["compute_bound"],
                 "0.6 reachable" if bound["target_reachable"] else "0.6 out of reach",
             )
+            for name in ("replay", "replay_without_stall_share"):
+                log.info(
+                    "%s %s %s of SVCCAScheduler's stopping rules: compute %.3f, top 3 %s; "
+                    "stopped %s",
+                    data,
+                    family,
+                    name,
+                    bound[name]["compute"],
+                    "kept" if bound[name]["top3_kept"] else "NOT kept",
+                    bound[name]["stopped"],
+                )
     cells = [cell for data in data_sets for cell in out[data].values()]
     out["grids_where_reachable"] = f"{sum(c['target_reachable'] for c in cells)}/{len(cells)}"
+    out["replay_grids_top3_kept"] = f"{sum(c['replay']['top3_kept'] for c in cells)}/{len(cells)}"
     print(json.dumps(out))
     return out
 

@@ -73,3 +73,37 @@ def test_a_tiny_grid_trains_end_to_end() -> None:
         assert trial["diverged_at"] in (None, 1, 2)
     assert max(trials[0.1]["accuracy"]) > 0.5  # lr 0.1 learns digits within 2 epochs
     assert math.isfinite(fb.grid_bound(trials, top=1)["compute_bound"])
+
+
+def _reports(accuracy: list[float], loss: list[float], live: float = 1.0) -> list[dict]:
+    """Reports as Tune flattens them: one tracked layer 'fc' that keeps moving."""
+    return [
+        {
+            "test_accuracy": a,
+            "train_loss": loss_value,
+            "frozen/fc": 0,
+            "self_similarity/fc": 0.9,
+            "init_similarity/fc": 0.9 - 0.05 * t,
+            "live_fraction/fc": live,
+        }
+        for t, (a, loss_value) in enumerate(zip(accuracy, loss))
+    ]
+
+
+def test_replay_feeds_the_reports_in_step_to_the_schedulers_stopping_rules() -> None:
+    n = 6
+    good = [[0.5 + 0.07 * t for t in range(n)], [0.4 + 0.07 * t for t in range(n)],
+            [0.3 + 0.07 * t for t in range(n)]]  # fmt: skip
+    trials = {
+        lr: {"accuracy": acc, "seconds": [float(t + 1) for t in range(n)],
+             "reports": _reports(acc, [1.0] * n)}
+        for lr, acc in zip((0.1, 0.2, 0.3), good)
+    }  # fmt: skip
+    nan_loss = [1.0, math.nan, 1.0, 1.0, 1.0, 1.0]
+    trials[3.0] = {"accuracy": [0.1] * n, "seconds": [float(t + 1) for t in range(n)],
+                   "reports": _reports([0.1] * n, nan_loss)}  # fmt: skip
+    replay = fb.replay_stops(trials)
+    # the NaN loss stops the diverged trial at its 2nd report; the three learners run on
+    assert replay["stopped"] == {"3.0": [2, "diverged: non-finite value"]}
+    assert replay["top3_kept"] is True
+    assert replay["compute"] == pytest.approx((3 * 6 + 2) / (4 * 6), abs=1e-4)
