@@ -28,6 +28,7 @@ either phase left out), and ``targets``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -133,16 +134,23 @@ def _model(dtype: torch.dtype = torch.float32) -> nn.Module:
     return SmallCNN().to(dtype)
 
 
+def _rank_work(rank: int, out: str, args: dict[str, Any]) -> None:
+    dtype = getattr(torch, args["dtype"])
+    ddp = nn.parallel.DistributedDataParallel(_model(dtype), find_unused_parameters=True)
+    batches = _batches(args["steps"], args["batch_size"], dtype)
+    result = train(ddp, batches, args["freeze"], args["freeze_step"], rank, WORLD)
+    torch.save(result, f"{out}.{rank}")
+
+
 def _worker(rank: int, store: str, out: str, args: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        dtype = getattr(torch, args["dtype"])
-        ddp = nn.parallel.DistributedDataParallel(_model(dtype), find_unused_parameters=True)
-        batches = _batches(args["steps"], args["batch_size"], dtype)
-        result = train(ddp, batches, args["freeze"], args["freeze_step"], rank, WORLD)
-        torch.save(result, f"{out}.{rank}")
+        _rank_work(rank, out, args)
     finally:
+        # the DDP model, its reducer and communication hook are freed before the group is
+        # destroyed: left to the interpreter's shutdown they can abort the process
+        gc.collect()
         dist.destroy_process_group()
 
 

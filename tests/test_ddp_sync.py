@@ -9,6 +9,8 @@ parameters only launches no collective at all.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,7 +20,7 @@ from torch import nn
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.ddp_sync import install_trainable_only_sync
-from tests.processes import run_ranks
+from tests.processes import in_gloo_group, run_ranks
 
 WORLD = 2
 STEPS = 4
@@ -134,24 +136,24 @@ def _noop_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP reads no s
     return future
 
 
+def _rank_work(rank: int, out: str) -> None:
+    default = _plain_steps(nn.parallel.DistributedDataParallel(_model()), rank, 2)
+    hooked = nn.parallel.DistributedDataParallel(_model())
+    sync = install_trainable_only_sync(hooked)
+    with_hook = _plain_steps(hooked, rank, 2)
+    runs = [_freezing_run(rank, *config) for config in CONFIGS]
+    result = {
+        "default": default,
+        "hook": with_hook,
+        "hook_bytes": (sync.steps, sync.bytes_total, sync.last_step_bytes),
+        "runs": runs,
+        "refusals": _refusals(),
+    }
+    torch.save(result, f"{out}.{rank}")
+
+
 def _worker(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        default = _plain_steps(nn.parallel.DistributedDataParallel(_model()), rank, 2)
-        hooked = nn.parallel.DistributedDataParallel(_model())
-        sync = install_trainable_only_sync(hooked)
-        with_hook = _plain_steps(hooked, rank, 2)
-        runs = [_freezing_run(rank, *config) for config in CONFIGS]
-        result = {
-            "default": default,
-            "hook": with_hook,
-            "hook_bytes": (sync.steps, sync.bytes_total, sync.last_step_bytes),
-            "runs": runs,
-            "refusals": _refusals(),
-        }
-        torch.save(result, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    in_gloo_group(rank, WORLD, store, partial(_rank_work, rank, out))
 
 
 @pytest.fixture(scope="module")

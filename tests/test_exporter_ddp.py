@@ -11,16 +11,16 @@ holds the gradient of the mean loss over the global batch, which is the single p
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
-from tests.processes import run_ranks
+from tests.processes import in_gloo_group, run_ranks
 
 WORLD = 2
 STEPS = 4
@@ -70,20 +70,20 @@ def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.T
     return names, {k: v.item() for k, v in got.items()}, frozen, unchanged, sync_bytes
 
 
+def _rank_work(rank: int, out: str) -> None:
+    strict = nn.parallel.DistributedDataParallel(_model())
+    refused = ""
+    with ik.Exporter(strict, None, MessageBus()) as exporter:
+        try:
+            exporter.freeze("0")
+        except ValueError as error:
+            refused = str(error)
+    ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+    torch.save((*_train(ddp, rank, WORLD), refused), f"{out}.{rank}")
+
+
 def _worker(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        strict = nn.parallel.DistributedDataParallel(_model())
-        refused = ""
-        with ik.Exporter(strict, None, MessageBus()) as exporter:
-            try:
-                exporter.freeze("0")
-            except ValueError as error:
-                refused = str(error)
-        ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
-        torch.save((*_train(ddp, rank, WORLD), refused), f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+    in_gloo_group(rank, WORLD, store, partial(_rank_work, rank, out))
 
 
 def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_path) -> None:
