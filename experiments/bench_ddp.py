@@ -28,22 +28,21 @@ either phase left out), and ``targets``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
 import statistics
 import tempfile
 import time
+from functools import partial
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.ddp_sync import install_trainable_only_sync
 from ikkuna_tune.examples.models import SmallCNN
@@ -144,32 +143,13 @@ def _rank_work(rank: int, out: str, args: dict[str, Any]) -> None:
 
 def _worker(rank: int, store: str, out: str, args: dict[str, Any]) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        _rank_work(rank, out, args)
-    finally:
-        # the DDP model, its reducer and communication hook are freed before the group is
-        # destroyed: left to the interpreter's shutdown they can abort the process
-        gc.collect()
-        dist.destroy_process_group()
+    in_gloo_group(rank, WORLD, store, partial(_rank_work, rank, out, args))
 
 
 def _two_workers(args: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench_ddp_") as tmp:
         out = os.path.join(tmp, "result")
-        context = mp.start_processes(
-            _worker,
-            args=(os.path.join(tmp, "store"), out, args),
-            nprocs=WORLD,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + timeout
-        while not context.join(timeout=2):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                raise TimeoutError(f"the {WORLD} DDP workers did not finish within {timeout} s")
+        run_ranks(_worker, (os.path.join(tmp, "store"), out, args), WORLD, timeout)
         return [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
 
 

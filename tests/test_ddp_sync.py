@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.ddp_sync import install_trainable_only_sync
-from tests.processes import in_gloo_group, run_ranks
 
 WORLD = 2
 STEPS = 4

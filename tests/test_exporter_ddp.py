@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune.bus import MessageBus
-from tests.processes import in_gloo_group, run_ranks
 
 WORLD = 2
 STEPS = 4
