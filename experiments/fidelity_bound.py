@@ -107,17 +107,6 @@ def grid_bound(trials: dict[float, dict[str, Any]], top: int = TOP) -> dict[str,
     }
 
 
-def _flat(report: dict[str, Any]) -> dict[str, Any]:
-    """A report as Tune passes it to a scheduler: nested dicts as ``<key>/<layer>``."""
-    flat: dict[str, Any] = {}
-    for key, value in report.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}/{name}": v for name, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
 def replay_stops(
     trials: dict[float, dict[str, Any]],
     rules: Any = None,
@@ -177,6 +166,8 @@ def replay_stops(
 def run_grid(data: str, family: str, epochs: int, lrs: Sequence[float]) -> dict[float, Any]:
     """Train each learning rate's trial of one grid, without a scheduler; its per-report
     accuracy, cumulative training time and first sign of divergence."""
+    from ray.tune.utils import flatten_dict
+
     import ikkuna_tune as ik
     from experiments.fidelity_trial import subscribers, train_trial
 
@@ -198,7 +189,8 @@ def run_grid(data: str, family: str, epochs: int, lrs: Sequence[float]) -> dict[
             "accuracy": [float(r["test_accuracy"]) for r in reports],
             "seconds": [float(r["train_seconds"]) for r in reports],
             "diverged_at": diverged_at,
-            "reports": [_flat(r) for r in reports],
+            # as Tune passes them to a scheduler: nested values as <key>/<layer>
+            "reports": [flatten_dict(r, delimiter="/") for r in reports],
         }
         log.info(
             "%s %s lr %s: accuracy %s, %.1f s%s",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from ray import tune
+from ray.tune.utils import flatten_dict
 
 import ikkuna_tune as ik
 from ikkuna_tune.backends import EVENT_FILE_SUFFIX
@@ -45,23 +46,13 @@ def _run(config: dict, storage: Path, scheduler=None):
     return trial, analysis.trial_dataframes[trial.trial_id]
 
 
-def _flat(report: dict) -> dict[str, float]:
-    flat = {}
-    for key, value in report.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}/{layer}": v for layer, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
 @pytest.mark.timeout(300)
 def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
     ray_session, tmp_path
 ) -> None:
     config = {"lr": 0.1, "iterations": ITERATIONS, "steps": 2, "out": str(tmp_path)}
     ik.instrument(train_loop, subscribers())(config)
-    reference = [_flat(r) for r in ik.local_results()]
+    reference = [flatten_dict(r, delimiter="/") for r in ik.local_results()]
     trial, df = _run({**config, "tensorboard": True}, tmp_path)
     assert trial.status == "TERMINATED"
     # rank 0's TensorBoard file reached the trial's storage (the other rank draws nothing)
