@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, SupportsIndex
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "EVENT_FILE_SUFFIX",
     "Backend",
     "NullBackend",
+    "SummaryEncoder",
     "TensorBoardBackend",
     "safe_tag",
     "to_numbers",
@@ -73,18 +75,76 @@ def vector_numbers(items: Sequence[tuple[Any, torch.Tensor, int]]) -> list[list[
         >>> vector_numbers([(("a", "b"), torch.tensor([0.5, 2.0]), 0), (("c",), torch.ones(1), 1)])
         [[0.5, 2.0], [1.0]]
     """
-    numbers: list[list[float]] = [[] for _ in items]
+    return [list(map(float, v)) for v in _host_vectors(items, torch.float64)]
+
+
+def _host_vectors(
+    items: Sequence[tuple[Any, torch.Tensor, int]], dtype: torch.dtype
+) -> list[np.ndarray]:
+    """The vectors of ``(tags, vector, step)`` items as NumPy arrays of ``dtype``, one host
+    transfer per device (the values are rounded to ``dtype`` on the device, as a C cast)."""
+    arrays: list[np.ndarray | None] = [None] * len(items)
     by_device: dict[torch.device, list[int]] = {}
     for i, (_, vector, _) in enumerate(items):
         by_device.setdefault(vector.device, []).append(i)
     for indices in by_device.values():
-        flat = torch.cat([items[i][1].reshape(-1).double() for i in indices]).tolist()
+        # through float64 first: a float32 vector is exact there, a float64 one is rounded once
+        flat = torch.cat([items[i][1].detach().reshape(-1).double() for i in indices])
+        host = flat.to(dtype).cpu().numpy()
         start = 0
         for i in indices:
             size = items[i][1].numel()
-            numbers[i] = flat[start : start + size]
+            arrays[i] = host[start : start + size]
             start += size
-    return numbers
+    return arrays  # type: ignore[return-value]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+class SummaryEncoder:
+    """A TensorBoard ``Summary`` of scalars, written as protobuf bytes without one Python
+    message object per value.
+
+    A scalar is ``Summary.value`` (field 1) holding a ``Value`` of ``tag`` (field 1) and
+    ``simple_value`` (field 2, a little-endian float32); everything before the float depends on
+    the tag only, so it is encoded once per tag and kept. The bytes are those protobuf's own
+    ``Summary(value=[Summary.Value(tag=..., simple_value=...)]).SerializeToString()`` writes
+    (tested), at a tenth of a microsecond a value instead of microseconds.
+
+    Examples:
+        >>> import numpy as np
+        >>> from tensorboardX.proto.summary_pb2 import Summary
+        >>> encoder = SummaryEncoder()
+        >>> data = encoder.encode(["loss", "acc"], np.array([0.5, 0.25], dtype="<f4"))
+        >>> [(v.tag, v.simple_value) for v in Summary.FromString(data).value]
+        [('loss', 0.5), ('acc', 0.25)]
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: dict[str, bytes] = {}
+
+    def prefix(self, tag: str) -> bytes:
+        """The bytes of ``tag``'s scalar up to its float."""
+        known = self._prefixes.get(tag)
+        if known is None:
+            name = tag.encode("utf-8")
+            value = b"\x0a" + _varint(len(name)) + name + b"\x15"  # tag, then the float's key
+            known = self._prefixes[tag] = b"\x0a" + _varint(len(value) + 4) + value
+        return known
+
+    def encode(self, tags: Sequence[str], values: np.ndarray) -> bytes:
+        """The ``Summary`` of ``values[i]`` under ``tags[i]``; ``values`` a float32 array."""
+        floats = np.ascontiguousarray(values, dtype="<f4").tobytes()
+        prefix = self.prefix
+        return b"".join([prefix(tag) + floats[4 * i : 4 * i + 4] for i, tag in enumerate(tags)])
 
 
 class Backend:
@@ -163,6 +223,7 @@ class TensorBoardBackend(Backend):
         self._scalars: list[tuple[str, Any, int]] = []
         self._vectors: list[tuple[Sequence[str], torch.Tensor, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self._encoder = SummaryEncoder()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         # a tensorboardX writer holds a multiprocessing queue, whose own error on copying
@@ -186,12 +247,12 @@ class TensorBoardBackend(Backend):
         self._histograms.append((tag, counts, edges, stats, step))
 
     def flush(self) -> None:
-        # one event per step holding all of that step's scalars: tensorboardX's add_scalar
-        # passes every value through its writer thread's queue on its own, which costs tens of
-        # microseconds a value (hundreds of layers x a few metrics per step add up to seconds)
+        # one event per step holding all of that step's scalars, encoded by SummaryEncoder:
+        # tensorboardX's add_scalar passes every value through its writer thread's queue on its
+        # own (tens of microseconds a value), and a protobuf message per value costs microseconds
+        # (hundreds of layers x a few metrics x every step of an epoch add up to seconds)
         from tensorboardX.proto.summary_pb2 import Summary
 
-        by_step: dict[int, list[Any]] = {}
         # the scalars as vectors of one: every value of the flush in one transfer per device
         items = self._vectors + [
             (
@@ -203,17 +264,16 @@ class TensorBoardBackend(Backend):
             )
             for tag, value, step in self._scalars
         ]
+        self._vectors, self._scalars = [], []
+        by_step: dict[int, list[bytes]] = {}
         if items:
-            for (tags, _, step), numbers in zip(items, vector_numbers(items)):
-                values = by_step.setdefault(step, [])
-                for tag, number in zip(tags, numbers):
-                    values.append(Summary.Value(tag=tag, simple_value=number))
-        self._vectors.clear()
-        self._scalars.clear()
+            encode = self._encoder.encode
+            for (tags, _, step), values in zip(items, _host_vectors(items, torch.float32)):
+                by_step.setdefault(step, []).append(encode(tags, values))
         if by_step:
             file_writer = self.writer._get_file_writer()
             for step in sorted(by_step):
-                file_writer.add_summary(Summary(value=by_step[step]), step)
+                file_writer.add_summary(Summary.FromString(b"".join(by_step[step])), step)
         for tag, counts, edges, stats, step in self._histograms:
             lo, hi, num, total, squares = stats.detach().double().cpu().tolist()
             self.writer.add_histogram_raw(

@@ -8,7 +8,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
-from ikkuna_tune.backends import NullBackend, TensorBoardBackend, safe_tag, to_numbers
+from ikkuna_tune.backends import (
+    NullBackend,
+    SummaryEncoder,
+    TensorBoardBackend,
+    safe_tag,
+    to_numbers,
+    vector_numbers,
+)
 from ikkuna_tune.bus import MessageBus
 
 
@@ -88,6 +95,52 @@ def test_a_steps_scalars_are_written_as_one_event(tmp_path) -> None:
     reader = EventAccumulator(str(tmp_path))
     reader.Reload()
     assert [e.value for e in reader.Scalars("norm/7")] == [7.0, 8.0, 9.0]
+
+
+def test_summary_encoder_writes_the_bytes_protobuf_writes() -> None:
+    """Byte for byte protobuf's own serialisation of the same Summary: odd floats (NaN, infinities,
+    float32 overflow, -0, subnormals), a tag of 200 characters (a two-byte length), non-ASCII."""
+    import numpy as np
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    numbers = [0.5, float("nan"), float("inf"), -float("inf"), 1e39, -0.0, 1e-45, 1 / 3, -7.25]
+    tags = [f"metric/{i}" for i in range(len(numbers) - 2)] + ["x" * 200, "gewicht/schicht_ü"]
+    reference = Summary(
+        value=[Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, numbers)]
+    ).SerializeToString()
+    with np.errstate(over="ignore"):  # 1e39 is an infinity in float32, as protobuf rounds it
+        floats = np.array(numbers, dtype=np.float64).astype("<f4")
+    encoder = SummaryEncoder()
+    assert encoder.encode(tags, floats) == reference
+    assert encoder.encode(tags, floats) == reference  # the kept prefixes
+    half = len(tags) // 2  # summaries concatenated are one summary (a repeated field)
+    joined = encoder.encode(tags[:half], floats[:half]) + encoder.encode(tags[half:], floats[half:])
+    assert joined == reference
+
+
+def test_flushed_values_are_the_float32_of_each_tensor(tmp_path) -> None:
+    """float64 and bfloat16 values and plain numbers reach the event file as float32, as
+    protobuf would round them."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    backend = TensorBoardBackend(tmp_path)
+    values = torch.tensor([1 / 3, 1e-40, 3.0e38 * 2], dtype=torch.float64)
+    backend.add_scalars(["a", "b", "c"], values, 0)
+    backend.add_scalar("d", torch.tensor(1.7, dtype=torch.bfloat16), 0)
+    backend.add_scalar("e", 2.5, 0)
+    backend.close()
+    (path,) = tmp_path.iterdir()
+    (event,) = [
+        e
+        for e in (Event.FromString(r) for r in RawEventFileLoader(str(path)).Load())
+        if e.HasField("summary")
+    ]
+    got = {v.tag: v.simple_value for v in event.summary.value}
+    expected = {t: torch.tensor(v).float().item() for t, v in zip("abc", values.tolist())}
+    expected |= {"d": torch.tensor(1.7, dtype=torch.bfloat16).item(), "e": 2.5}
+    assert got == expected
+    assert vector_numbers([(("a",), values, 0)]) == [values.tolist()]
 
 
 def test_no_backend_draws_nothing(tmp_path) -> None:
