@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from itertools import repeat
+from operator import is_
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ __all__ = [
     "check_optimizers",
     "parameter_roles",
     "tensor_attr",
+    "tensor_attrs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,29 @@ def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     if value is None:
         value = getattr(module, attr, None)
     return value if isinstance(value, torch.Tensor) else None
+
+
+def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
+    """:func:`tensor_attr` of every ``(name, layer, attribute)`` entry, in order: one lookup in
+    each layer's parameters at the cost of a list comprehension, and :func:`tensor_attr` only
+    for the entries that are not parameters now (this runs for every layer on every step).
+
+    Examples:
+        >>> from torch import nn
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> fc = NamedModule("fc", nn.Linear(2, 3, bias=False))
+        >>> bn = NamedModule("bn", nn.BatchNorm1d(3))
+        >>> [None if t is None else tuple(t.shape) for t in tensor_attrs(
+        ...     [("fc", fc, "weight"), ("fc", fc, "bias"), ("bn", bn, "running_mean")])]
+        [(3, 2), None, (3,)]
+    """
+    found = [named.module._parameters.get(attr) for _, named, attr in entries]
+    if any(map(is_, found, repeat(None))):
+        found = [
+            tensor_attr(named.module, attr) if value is None else value
+            for (_, named, attr), value in zip(entries, found)
+        ]
+    return found
 
 
 def check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:

@@ -9,8 +9,10 @@ taking weight updates into buffers kept per parameter. The public face of it is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 import torch
@@ -27,7 +29,7 @@ from ikkuna_tune.messages import (
     NamedModule,
     NetworkMessage,
 )
-from ikkuna_tune.parameters import Entry, tensor_attr
+from ikkuna_tune.parameters import Entry, tensor_attr, tensor_attrs
 
 __all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "SKIPPED_TAG", "UPDATE_KINDS", "StepHooks"]
 
@@ -68,6 +70,27 @@ def _subtract_into(befores: list[torch.Tensor], afters: list[torch.Tensor]) -> N
         if small_b:  # negation and sum are exact: the same numbers as a subtraction
             torch._foreach_neg_(small_b)
             torch._foreach_add_(small_b, small_a)
+
+
+def _present(
+    entries: Sequence[Entry], tensors: Sequence[torch.Tensor | None]
+) -> tuple[Sequence[Entry], Sequence[torch.Tensor]]:
+    """The entries whose tensor is not ``None``, and their tensors (the lists themselves when
+    every tensor is there, the common case: no copy)."""
+    if not any(map(is_, tensors, repeat(None))):
+        return entries, tensors  # type: ignore[return-value]
+    pairs = [(e, t) for e, t in zip(entries, tensors) if t is not None]
+    return [e for e, _ in pairs], [t for _, t in pairs]  # type: ignore[misc]
+
+
+def _fits(buffer: torch.Tensor | None, param: torch.Tensor) -> bool:
+    """Whether ``buffer`` can hold a copy of ``param`` (see :meth:`StepHooks._buffer_like`)."""
+    return (
+        buffer is not None
+        and buffer.shape == param.shape
+        and buffer.dtype == param.dtype
+        and buffer.device == param.device
+    )
 
 
 class StepHooks:
@@ -184,27 +207,24 @@ class StepHooks:
         return not self.message_bus.skip_all(kind, keys, tag, self.global_step)
 
     def _publish_layers(
-        self, kind: str, found: list[tuple[str, NamedModule, torch.Tensor | None]]
+        self, kind: str, entries: Sequence[Entry], tensors: Sequence[torch.Tensor | None]
     ) -> None:
-        """Publish one training-step message of ``kind`` per ``(name, layer, tensor)``, the
-        tensor detached: as one batch when every subscription of ``kind`` takes batches (no
-        subsampling then), else one by one; a step that subsampling skips costs one
-        :meth:`MessageBus.skip_all`."""
+        """Publish one training-step message of ``kind`` per layer of ``entries`` with its
+        tensor (detached; ``None``: a message without data): as one batch when every
+        subscription of ``kind`` takes batches (no subsampling then), else one by one; a step
+        that subsampling skips costs one :meth:`MessageBus.skip_all`."""
         bus, step = self.message_bus, self.global_step
-        if bus.takes_batches(kind) and all(data is not None for _, _, data in found):
-            if found:
-                modules = [named for _, named, _ in found]
+        if bus.takes_batches(kind) and not any(map(is_, tensors, repeat(None))):
+            if entries:
+                modules = [named for _, named, _ in entries]
                 # parameters are detached; gradients and update buffers need not be
-                tensors = [
-                    data.detach() if data.requires_grad else data  # type: ignore[union-attr]
-                    for _, _, data in found
-                ]
+                data = [t.detach() if t.requires_grad else t for t in tensors]  # type: ignore[union-attr]
                 step_of = (DEFAULT_TAG, step, self.train_step, self.epoch)
-                bus.publish_batch(LayerBatch(kind, *step_of, modules, tensors))
+                bus.publish_batch(LayerBatch(kind, *step_of, modules, data))
             return
-        if bus.skip_all(kind, tuple([name for name, _, _ in found]), DEFAULT_TAG, step):
+        if bus.skip_all(kind, tuple([name for name, _, _ in entries]), DEFAULT_TAG, step):
             return
-        for name, named, data in found:
+        for (name, named, _), data in zip(entries, tensors):
             if not bus.skip_all(kind, (name,), DEFAULT_TAG, step):
                 self._emit_layer(kind, named, None if data is None else data.detach(), DEFAULT_TAG)
 
@@ -264,12 +284,8 @@ class StepHooks:
             self._publish_meta("epoch_started")
         self._publish_meta("batch_started")
         for kind in self._want_params:
-            found = []
-            for name, named, attr in self._role_layers[PARAM_KINDS[kind]]:
-                param = tensor_attr(named.module, attr)
-                if param is not None:
-                    found.append((name, named, param))
-            self._publish_layers(kind, found)
+            entries = self._role_layers[PARAM_KINDS[kind]]
+            self._publish_layers(kind, *_present(entries, tensor_attrs(entries)))
 
     def _finish_step(self) -> None:
         if self._step_open:
@@ -407,12 +423,9 @@ class StepHooks:
     def _on_optimizer_pre(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         layers = self._optimizer_layers[index]
         for kind in self._want_gradients:
-            found = []
-            for name, named, attr in layers[GRADIENT_KINDS[kind]]:
-                param = tensor_attr(named.module, attr)
-                if param is not None and param.grad is not None:
-                    found.append((name, named, param.grad))
-            self._publish_layers(kind, found)
+            entries = layers[GRADIENT_KINDS[kind]]
+            grads = [None if p is None else p.grad for p in tensor_attrs(entries)]
+            self._publish_layers(kind, *_present(entries, grads))
         bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
         for kind in self._want_updates:
             role = UPDATE_KINDS[kind]
@@ -456,15 +469,20 @@ class StepHooks:
     def _snapshot_all(self, kind: str, layers: list[Entry]) -> None:
         """:meth:`_snapshot` of every layer's parameter that is not frozen, in one multi-tensor
         copy."""
-        frozen, buffers, params = self._frozen, [], []
-        for name, named, attr in layers:
-            param = tensor_attr(named.module, attr)
-            if param is not None and name not in frozen:
-                key = (name, kind)
-                buffer = self._buffer_like(self._update_buffers, key, param, torch.empty_like)
-                self._update_before[key] = buffer
-                buffers.append(buffer)
-                params.append(param)
+        frozen, buffers_of, before_of = self._frozen, self._update_buffers, self._update_before
+        entries, params = _present(layers, tensor_attrs(layers))
+        if frozen:
+            entries, params = _present(
+                entries, [None if e[0] in frozen else p for e, p in zip(entries, params)]
+            )
+        keys = [(name, kind) for name, _, _ in entries]
+        buffers = [buffers_of.get(key) for key in keys]
+        if not all(map(_fits, buffers, params)):
+            buffers = [
+                self._buffer_like(buffers_of, key, param, torch.empty_like)
+                for key, param in zip(keys, params)
+            ]
+        before_of.update(zip(keys, buffers))
         if buffers:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, params)
@@ -487,22 +505,25 @@ class StepHooks:
         frozen layers; a layer without a snapshot (nobody looks at its update) is published
         without data."""
         frozen, before_of = self._frozen, self._update_before
-        found: list[tuple[str, NamedModule, torch.Tensor | None]] = []
-        befores, params = [], []
-        for name, named, attr in layers:
-            key = (name, kind)
-            before = before_of.pop(key, None)
-            param = tensor_attr(named.module, attr)
-            if param is None:
-                continue
-            if name in frozen:
-                found.append((name, named, self._zero_update(key, param)))
-            elif before is None:
-                found.append((name, named, None))
-            else:
-                befores.append(before)
-                params.append(param)
-                found.append((name, named, before))
-        if befores:
-            _subtract_into(befores, params)
-        self._publish_layers(kind, found)
+        params: list[torch.Tensor | None] = tensor_attrs(layers)
+        # every snapshot of this kind is used up now, whether its parameter is still there or not
+        befores = [before_of.pop((name, kind), None) for name, _, _ in layers]
+        entries: Sequence[Entry] = layers
+        if any(map(is_, params, repeat(None))):
+            kept = [i for i, param in enumerate(params) if param is not None]
+            entries = [layers[i] for i in kept]
+            params, befores = [params[i] for i in kept], [befores[i] for i in kept]
+        updates: list[torch.Tensor | None] = befores
+        if frozen:
+            updates = [
+                self._zero_update((name, kind), param) if name in frozen else before
+                for (name, _, _), param, before in zip(entries, params, befores)
+            ]
+            befores = [None if name in frozen else b for (name, _, _), b in zip(entries, befores)]
+        if any(map(is_, befores, repeat(None))):
+            pairs = [(b, p) for b, p in zip(befores, params) if b is not None]
+            if pairs:
+                _subtract_into([b for b, _ in pairs], [p for _, p in pairs])
+        elif befores:
+            _subtract_into(befores, params)  # type: ignore[arg-type]
+        self._publish_layers(kind, entries, updates)

@@ -107,7 +107,8 @@ class PlotSubscriber(Subscriber):
         self.backend_name = backend
         self.backend: Backend = NullBackend()
         self._tags: dict[tuple[str, str | None], str] = {}
-        self._batch_tags: dict[tuple[str, tuple[NamedModule, ...]], tuple[str, ...]] = {}
+        # by kind and layer names (hashing names is C work; a layer's hash is a Python call)
+        self._batch_tags: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         super().__init__(subscriptions, message_bus, publishes=publishes)
 
     def attached(self, message_bus: MessageBus) -> None:
@@ -146,10 +147,10 @@ class PlotSubscriber(Subscriber):
             return  # drawn nowhere
         step, add = source.global_step, self.backend.add_scalar
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(source.modules):
-            tags = self._batch_tags.get((kind, source.modules))
+            key = (kind, source.keys)
+            tags = self._batch_tags.get(key)
             if tags is None:
-                tags = tuple(self._tag(kind, module.name) for module in source.modules)
-                self._batch_tags[(kind, source.modules)] = tags
+                tags = self._batch_tags[key] = tuple(self._tag(kind, name) for name in key[1])
             self.backend.add_scalars(tags, data, step)
             return
         for module, datum in zip(source.modules, data):
