@@ -155,6 +155,8 @@ class Run:
         self.exporter: ik.Exporter | None = None
         self.state: dict[str, Any] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
+        #: seconds of each epoch end (the subscribers' epoch work and the TensorBoard flush)
+        self.epoch_end_seconds: list[float] = []
         if variant != "plain":
             self.bus = MessageBus(variant, log_dir=f"{log_dir}/{variant}")
             standard_set(self.bus, 16 if variant == "sub16" else 1)
@@ -181,7 +183,9 @@ class Run:
         opt.step()
         self.step_count += 1
         if self.exporter is not None and self.step_count % self.steps_per_epoch == 0:
+            started = time.perf_counter()
             self.exporter.epoch_finished()  # flushes the backend: the per-epoch cost counts
+            self.epoch_end_seconds.append(time.perf_counter() - started)
 
     def close(self) -> None:
         self.end()
@@ -195,8 +199,11 @@ def time_runs(
     args: argparse.Namespace,
     device: torch.device,
     log_dir: str,
+    epoch_ends: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and thread-CPU seconds of every step after warm-up, per variant."""
+    """Wall-clock and thread-CPU seconds of every step after warm-up, per variant (and, into
+    ``epoch_ends``, the seconds of each variant's epoch ends)."""
+    epoch_ends = {} if epoch_ends is None else epoch_ends
     model = Model(init, args, device)
     # with --control the sub16 run trains plainly (an A/A test of the harness)
     runs = {
@@ -222,6 +229,7 @@ def time_runs(
             run.end()
     for run in runs.values():
         run.close()
+    epoch_ends.update({v: run.epoch_end_seconds for v, run in runs.items()})
     return wall, cpu
 
 
@@ -299,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     init = {k: v.to(device) for k, v in build_model(args).state_dict().items()}
     batches = load_batches(args.steps, args.batch_size, device, model=args.model)
     with tempfile.TemporaryDirectory() as log_dir:
-        wall, cpu = time_runs(init, batches, args, device, log_dir)
+        epoch_ends: dict[str, list[float]] = {}
+        wall, cpu = time_runs(init, batches, args, device, log_dir, epoch_ends)
         syncs = None
         if device.type == "cuda":
             syncs = {
@@ -348,6 +357,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "median_ms": {v: round(1e3 * m, 4) for v, m in median.items()},
         "overhead_ms_per_layer": round(1e3 * (median["every"] - median["plain"]) / layers, 4),
+        "overhead_ms": round(1e3 * (median["every"] - median["plain"]), 4),
+        # an epoch end of the every-step run: its subscribers' epoch work and TensorBoard flush
+        "epoch_end_ms_median": round(1e3 * statistics.median(epoch_ends["every"]), 3)
+        if epoch_ends.get("every")
+        else None,
         "torch": torch.__version__,
         "control": args.control,
     }
