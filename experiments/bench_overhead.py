@@ -205,10 +205,13 @@ def time_runs(
     device: torch.device,
     log_dir: str,
     epoch_ends: dict[str, list[float]] | None = None,
+    around: dict[str, float] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall-clock and thread-CPU seconds of every step after warm-up, per variant (and, into
-    ``epoch_ends``, the seconds of each variant's epoch ends)."""
+    ``epoch_ends``, the seconds of each variant's epoch ends; into ``around``, those of its
+    flushes at the ends of its turns)."""
     epoch_ends = {} if epoch_ends is None else epoch_ends
+    around = {} if around is None else around
     model = Model(init, args, device)
     # with --control the sub16 run trains plainly (an A/A test of the harness)
     runs = {
@@ -235,7 +238,7 @@ def time_runs(
     for run in runs.values():
         run.close()
     epoch_ends.update({v: run.epoch_end_seconds for v, run in runs.items()})
-    epoch_ends.update({f"{v}_around": [run.around_seconds] for v, run in runs.items()})
+    around.update({v: run.around_seconds for v, run in runs.items()})
     return wall, cpu
 
 
@@ -314,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches = load_batches(args.steps, args.batch_size, device, model=args.model)
     with tempfile.TemporaryDirectory() as log_dir:
         epoch_ends: dict[str, list[float]] = {}
-        wall, cpu = time_runs(init, batches, args, device, log_dir, epoch_ends)
+        around: dict[str, float] = {}
+        wall, cpu = time_runs(init, batches, args, device, log_dir, epoch_ends, around)
         syncs = None
         if device.type == "cuda":
             syncs = {
@@ -371,8 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the every-step run's mean step, with the flushes at its turns' ends spread over its
         # steps, over plain training's mean step (the medians above leave both out)
         "ratio_total": round(
-            (mean["every"] + sum(epoch_ends.get("every_around", [0.0])) / args.steps)
-            / mean["plain"],
+            (mean["every"] + around.get("every", 0.0) / args.steps) / mean["plain"],
             4,
         ),
         "torch": torch.__version__,

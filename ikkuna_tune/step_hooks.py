@@ -453,13 +453,9 @@ class StepHooks:
         """The buffer of ``key`` in ``store``, made by ``make`` (``torch.empty_like`` or
         ``torch.zeros_like``) when missing or no longer of ``param``'s shape, dtype or device."""
         buffer = store.get(key)
-        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
-            param.shape,
-            param.dtype,
-            param.device,
-        ):
+        if not _fits(buffer, param):
             buffer = store[key] = make(param, requires_grad=False)
-        return buffer
+        return buffer  # type: ignore[return-value]
 
     def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:
         """A copy of ``param`` in a buffer kept per parameter (no allocation per step)."""
