@@ -44,6 +44,7 @@ __all__ = [
     "Decision",
     "LayerHistory",
     "TrialHistory",
+    "among_best",
     "freeze_candidates",
     "layer_settled",
     "stop_verdict",
@@ -181,6 +182,46 @@ class TrialHistory:
 
 
 # ------------------------------------------------------------------------------ freezing
+def metric_swing(metric: list[float], window: int) -> float:
+    """The largest change, either way, between consecutive finite values of the last
+    ``window + 1`` reports (0 with fewer than two): how much this trial's metric still moves
+    from one report to the next, by improving or by noise.
+
+    Examples:
+        >>> round(metric_swing([0.5, 0.9, 0.94, 0.91, 0.95], window=3), 6)
+        0.04
+        >>> metric_swing([0.5], window=3)
+        0.0
+    """
+    recent = [m for m in metric[-(window + 1) :] if math.isfinite(m)]
+    return max((abs(b - a) for a, b in itertools.pairwise(recent)), default=0.0)
+
+
+def among_best(trial: TrialHistory, others_best: list[float], rules: ConvergenceRules) -> bool:
+    """Whether the trial may still end among the ``protect_top`` best: fewer than
+    ``protect_top`` other trials are ahead of its best by more than its :func:`metric_swing`
+    over the last ``settle_window`` reports (at least ``min_delta``).
+
+    A trial whose metric still moves by a few points from one report to the next (noisy test
+    accuracy, or still improving) and is within that much of the best trials can overtake them
+    by the last report; ranking it by its best so far alone would freeze (and so perturb) the
+    configuration that wins.
+
+    Examples:
+        >>> trial = TrialHistory()
+        >>> for acc in [0.86, 0.93, 0.91, 0.94, 0.92]:  # swings by up to 3 points
+        ...     trial.add(acc, {}, {}, {})
+        >>> among_best(trial, [0.956, 0.951, 0.943], ConvergenceRules())  # 3rd within 3 points
+        True
+        >>> among_best(trial, [0.99, 0.98, 0.975], ConvergenceRules())  # all 3 further ahead
+        False
+    """
+    own = trial.best()
+    band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
+    ahead = sum(1 for best in others_best if best > own + band)
+    return ahead < rules.protect_top
+
+
 def _improvement(metric: list[float], window: int) -> float:
     """Best of the last ``window`` values minus the best before them (+inf if too short)."""
     if len(metric) <= window:

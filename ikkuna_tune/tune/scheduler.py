@@ -10,7 +10,13 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ikkuna_tune import keys
 from ikkuna_tune.checks import check_fraction, check_int, check_nonnegative
-from ikkuna_tune.tune.convergence import ConvergenceRules, Decision, freeze_candidates, stop_verdict
+from ikkuna_tune.tune.convergence import (
+    ConvergenceRules,
+    Decision,
+    among_best,
+    freeze_candidates,
+    stop_verdict,
+)
 from ikkuna_tune.tune.decision_log import (
     DECISIONS_FILE,
     append_decision,
@@ -44,8 +50,10 @@ class SVCCAScheduler(FIFOScheduler):
     trial's history (:mod:`ikkuna_tune.tune.convergence`, where the rules are spelled out):
 
     1. **Freeze** (input side first, never the last trainable layer; by default never in a trial
-       among the ``protect_top`` best so far, whose final value freezing could move enough to
-       reorder near-tied best configurations): a layer that is similar to
+       that may still end among the ``protect_top`` best, whose final value freezing could move
+       enough to reorder near-tied best configurations: fewer than ``protect_top`` others are
+       ahead of its best so far by more than its metric still swings from report to report,
+       :func:`~ikkuna_tune.tune.convergence.among_best`): a layer that is similar to
        its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
        initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
        alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``). A slow,
@@ -355,14 +363,9 @@ class SVCCAScheduler(FIFOScheduler):
             )
 
     def _among_best(self, trial_id: str, view: TrialView) -> bool:
-        """Whether the trial is among the ``protect_top`` best so far (by its best value)."""
-        own = view.history.best()
-        better = sum(
-            1
-            for t, v in self._views.items()
-            if t != trial_id and v.history.reports and v.history.best() > own
-        )
-        return better < self.rules.protect_top
+        """Whether the trial may still end among the ``protect_top`` best (:func:`among_best`)."""
+        others = [v.history.best() for t, v in self._views.items() if t != trial_id]
+        return among_best(view.history, [b for b in others if math.isfinite(b)], self.rules)
 
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""

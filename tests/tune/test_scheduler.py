@@ -130,6 +130,31 @@ def test_by_default_the_best_trials_so_far_are_never_frozen() -> None:
         assert posted == (["best", "second", "third"] if freeze_best else ["third"])
 
 
+def test_a_noisy_trial_close_behind_the_best_is_not_frozen() -> None:
+    """A trial whose test accuracy swings by a few points from report to report and whose best
+    is within that swing of the top ``protect_top`` may still win: it is not frozen. The same
+    trial further behind than its swing is frozen."""
+    every = dict.fromkeys(LAYERS, 1.0)
+    noisy = [0.86, 0.93, 0.91, 0.94, 0.92, 0.93]  # swings by up to 3 points, best 0.94
+    for leaders, frozen in (((0.956, 0.951, 0.943), False), ((0.995, 0.99, 0.985), True)):
+        scheduler, mailbox = make(
+            patience=1, settle_window=3, plateau=1, protect_top=3, freeze_best=False, stop=False
+        )
+        trials = {name: FakeTrial(name) for name in ("a", "b", "c", "noisy")}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        for name, acc in zip("abc", leaders, strict=True):
+            feed(scheduler, trials[name], [result(every, it=1, acc=acc)])
+        # the leaders' single report cannot plateau; only the noisy trial can be frozen
+        feed(
+            scheduler,
+            trials["noisy"],
+            [result(every, it=i + 1, acc=a) for i, a in enumerate(noisy)],
+        )
+        posted = [trial_id for trial_id, _ in mailbox.posts]
+        assert posted == (["noisy"] if frozen else [])
+
+
 def test_a_trial_that_still_learns_keeps_every_layer() -> None:
     scheduler, mailbox = make()
     trial = FakeTrial("t1")
