@@ -28,7 +28,8 @@ sweep that runs all its trials at once), to SVCCAScheduler's stopping rules
 (:func:`ikkuna_tune.tune.convergence.stop_verdict`, default thresholds, the budget known), the
 way the scheduler feeds them: what it would stop, when, and the compute that leaves. Freezing is
 not replayed (a frozen trial's later reports would differ). It is replayed once more without
-the ``stall_share`` rule (stuck while others learned), to show that rule's share. In
+the rules that wait for ``stall_share`` of the budget (stuck at chance, and stuck while others
+learned), to show their share. In
 ``bench_fidelity`` itself the trials of a grid run two at a time, smallest learning rate
 first, so the rules that compare trials have less to compare with than here.
 
@@ -143,10 +144,18 @@ def replay_stops(
                 layer_values(result, keys.INIT_SIMILARITY, history.layers),
                 layer_values(result, keys.LIVE_FRACTION, history.layers),
             )
+            chance = result.get(keys.chance_of(metric))
+            if isinstance(chance, (int, float)) and math.isfinite(chance):
+                history.chance = float(chance)
             others = [h.best() for k, h in histories.items() if k != lr and h.reports]
             others = [b for b in others if math.isfinite(b)]
+            by_now = [
+                max(filter(math.isfinite, h.metric[: t + 1]), default=math.nan)
+                for k, h in histories.items()
+                if k != lr
+            ]
             nonfinite = first_nonfinite(result, metric, similarity, keys.SELF_SIMILARITY)
-            verdict = stop_verdict(history, rules, others, budget, nonfinite)
+            verdict = stop_verdict(history, rules, others, budget, nonfinite, by_now)
             if verdict is not None:
                 stopped[lr] = (t + 1, verdict.rule)
     best = {lr: max(t["accuracy"]) for lr, t in trials.items()}

@@ -19,7 +19,9 @@ __all__ = [
     "STEP_SECONDS",
     "STEP_SECONDS_UNFROZEN",
     "TEST_ACCURACY",
+    "TEST_ACCURACY_CHANCE",
     "TRAIN_ACCURACY",
+    "chance_of",
     "per_layer",
 ]
 
@@ -31,6 +33,8 @@ INIT_SIMILARITY = "init_similarity"
 LIVE_FRACTION = "live_fraction"
 #: Accuracy on the test set (network-wide).
 TEST_ACCURACY = "test_accuracy"
+#: The test accuracy of always answering the test set's most frequent class (network-wide).
+TEST_ACCURACY_CHANCE = "test_accuracy_chance"
 #: Accuracy of the training batch (network-wide).
 TRAIN_ACCURACY = "train_accuracy"
 
@@ -58,3 +62,13 @@ def per_layer(key: str, layer: str) -> str:
     'frozen/conv1'
     """
     return f"{key}/{layer}"
+
+
+def chance_of(metric: str) -> str:
+    """The key under which a metric's chance level is reported beside it (SVCCAScheduler
+    stops a trial stuck at it).
+
+    >>> chance_of(TEST_ACCURACY) == TEST_ACCURACY_CHANCE
+    True
+    """
+    return f"{metric}_chance"

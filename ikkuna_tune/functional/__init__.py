@@ -1,6 +1,12 @@
 """Pure maths on tensors: the quantities subscribers publish, tested on their own."""
 
-from ikkuna_tune.functional.accuracy import accuracy, correct, count_correct, predictions
+from ikkuna_tune.functional.accuracy import (
+    accuracy,
+    class_counts,
+    correct,
+    count_correct,
+    predictions,
+)
 from ikkuna_tune.functional.cca import cca
 from ikkuna_tune.functional.stats import (
     histogram,
@@ -18,6 +24,7 @@ from ikkuna_tune.functional.svcca import svcca_similarity
 __all__ = [
     "accuracy",
     "cca",
+    "class_counts",
     "correct",
     "count_correct",
     "histogram",

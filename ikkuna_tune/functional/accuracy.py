@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "correct", "count_correct", "predictions"]
+__all__ = ["accuracy", "class_counts", "correct", "count_correct", "predictions"]
 
 
 def predictions(output: torch.Tensor) -> torch.Tensor:
@@ -87,3 +87,24 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     hits, total = count_correct(output, target)
     return hits.float() / max(1, total)
+
+
+def class_counts(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How many targets of each class a batch holds, as an int64 tensor on ``target``'s device
+    with at least one entry per class of ``output`` (two for one logit per sample). Targets are
+    read as by :func:`count_correct`; negative ones (an ignore index) are not counted.
+
+    The largest count over a data set, divided by its size, is the accuracy of always answering
+    its most frequent class: the chance level of an accuracy.
+
+    Examples:
+        >>> output = torch.zeros(4, 3)
+        >>> class_counts(output, torch.tensor([0, 2, 2, -100]))
+        tensor([1, 0, 2])
+        >>> class_counts(torch.zeros(3), torch.tensor([1, 1, 0]))  # one logit per sample
+        tensor([1, 2])
+    """
+    target = _targets(output, target).reshape(-1)
+    binary = output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1)
+    classes = 2 if binary else output.shape[1]
+    return torch.bincount(target[target >= 0].long(), minlength=classes)

@@ -143,6 +143,15 @@ def _evaluating(model: nn.Module | None) -> Iterator[None]:
             module.training = training
 
 
+def _summed(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
+    """``total + counts`` for per-class counts of possibly different lengths."""
+    if total is None:
+        return counts
+    if len(total) < len(counts):
+        total, counts = counts, total
+    return torch.cat([total[: len(counts)] + counts.to(total.device), total[len(counts) :]])
+
+
 class TestAccuracySubscriber(PlotSubscriber):
     """The accuracy over a whole held-out data set, evaluated every ``frequency`` training
     batches (or at the end of every epoch).
@@ -151,7 +160,9 @@ class TestAccuracySubscriber(PlotSubscriber):
     under ``probe_tag``, step counters and weight-update bookkeeping untouched, every module's
     training flag restored). Accuracy is correct predictions over all samples of the data set,
     not a mean of batch means. Publishes ``test_accuracy`` (network-wide, a 0-d tensor, at the
-    step of the batch that triggered it).
+    step of the batch that triggered it) and beside it ``test_accuracy_chance``: the accuracy
+    of always answering the data set's most frequent class (:attr:`chance`), which
+    SVCCAScheduler uses to stop a trial stuck at chance.
 
     Args:
         dataset: a torch ``Dataset`` of ``(input, label)`` pairs, or a ``DataLoader`` over one.
@@ -182,6 +193,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         >>> sub = TestAccuracySubscriber(data, forward_fn=scores, batch_size=2, backend=None)
         >>> sub.evaluate()  # 2 of 3 samples, not the mean of the batches' 0.5 and 1.0
         tensor(0.6667)
+        >>> sub.chance  # every label is 1: answering 1 always is right every time
+        tensor(1.)
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -227,13 +240,20 @@ class TestAccuracySubscriber(PlotSubscriber):
         self.probe_tag = probe_tag
         self.device = check_device(device)
         self._model: nn.Module | None = None
+        self._chance: torch.Tensor | None = None
         super().__init__(
             [Subscription(self, [self.trigger.kind], tag, subsample)],
             message_bus,
             plot_config("Test accuracy", "Accuracy", ylims),
             backend,
-            publishes={keys.TEST_ACCURACY: "META"},
+            publishes={keys.TEST_ACCURACY: "META", keys.TEST_ACCURACY_CHANCE: "META"},
         )
+
+    @property
+    def chance(self) -> torch.Tensor | None:
+        """The accuracy of always answering the data set's most frequent class (a 0-d tensor),
+        counted during the first :meth:`evaluate`; None before it."""
+        return self._chance
 
     @property
     def dataset(self) -> Dataset[Any]:
@@ -252,6 +272,8 @@ class TestAccuracySubscriber(PlotSubscriber):
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if self.trigger.due(message_or_bundle):
             self.publish(keys.TEST_ACCURACY, self.evaluate(), message_or_bundle)
+            if self._chance is not None:
+                self.publish(keys.TEST_ACCURACY_CHANCE, self._chance, message_or_bundle)
 
     def _batches(self) -> Iterable[Any]:
         """The loader's batches; those of a TensorDataset given with a batch size are cut as
@@ -282,6 +304,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         # the probe puts the Exporter's model in eval mode; any other model is handled here
         other = None if exporter is not None and model is exporter.model else model
         hits: torch.Tensor | None = None
+        counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
         total = 0
         with probe as probed, _evaluating(other):
             if probed is not None and self.forward_fn is None:
@@ -307,6 +330,10 @@ class TestAccuracySubscriber(PlotSubscriber):
                 batch_hits, batch_total = F.count_correct(outputs, labels)
                 hits = batch_hits if hits is None else hits + batch_hits
                 total += batch_total
+                if self._chance is None:
+                    counts = _summed(counts, F.class_counts(outputs, labels))
         if hits is None:
             raise ValueError("The test data set is empty")
+        if counts is not None:
+            self._chance = counts.max().float() / total
         return hits.float() / total

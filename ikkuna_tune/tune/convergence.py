@@ -17,13 +17,17 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   (no gain above ``min_delta`` in the last ``plateau`` reports): while a trial still learns,
   nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
-  trial) and a dead layer stop at once; a trial that makes no progress and whose layers no
-  longer move (stuck, for example at chance) stops after the grace period, and one that made
-  no progress in ``stall_share`` of a known budget stops even if its layers still drift, when
-  it is more than ``stall_delta`` behind the ``protect_top``-th best other trial; with a known
-  budget, a trial that cannot reach the ``protect_top``-th best value already reached by other
-  trials, even improving at ``optimism`` times its best recent rate until the budget ends, is
-  stopped (so the best configurations always run to the end).
+  trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
+  and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
+  a trial whose metric is still within ``stall_delta`` of its chance level (reported beside
+  the metric, for example the test accuracy of always answering the most frequent class)
+  while another trial had left chance by more than that within as many reports is stuck at
+  chance, even if its layers still drift; so is one that made no progress and is more than
+  ``stall_delta`` behind the ``protect_top``-th best other trial (a slow starter at chance
+  for the first reports, which then learns, is left running until then); and a trial that cannot
+  reach the ``protect_top``-th best value already reached by other trials, even improving at
+  ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
+  configurations always run to the end).
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -152,6 +156,8 @@ class TrialHistory:
     per_layer: dict[str, LayerHistory] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
+    #: the metric's chance level, as the trial last reported it (signed like the metric)
+    chance: float = math.nan
 
     @property
     def reports(self) -> int:
@@ -321,6 +327,7 @@ def stop_verdict(
     others_best: list[float],
     budget: int | None,
     nonfinite: str | None = None,
+    others_best_by_now: list[float] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -330,6 +337,8 @@ def stop_verdict(
         others_best: the best (signed) metric value each other trial has reached so far.
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name of a reported value that is NaN or infinite, if any.
+        others_best_by_now: the best (signed) metric value each other trial had reached within
+            as many reports as this trial has made (for the chance rule).
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -349,6 +358,9 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
+    at_chance = _at_chance(trial, rules, others_best_by_now or [])
+    if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
+        return Decision("stop", "stuck at chance", it, None, at_chance)
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta
@@ -387,6 +399,22 @@ def stop_verdict(
                 None,
                 {"best": trial.best(), "reachable": reachable, "target": target},
             )
+    return None
+
+
+def _at_chance(
+    trial: TrialHistory, rules: ConvergenceRules, others_best_by_now: list[float]
+) -> dict[str, float] | None:
+    """The values behind "stuck at chance", or None: the trial's best is within ``stall_delta``
+    of its metric's chance level, while another trial had left chance by more than that within
+    as many reports (so the task can be learned this fast, and this trial has not)."""
+    chance = trial.chance
+    if not math.isfinite(chance):
+        return None
+    bar = chance + rules.stall_delta
+    learned = max((b for b in others_best_by_now if math.isfinite(b)), default=-math.inf)
+    if trial.best() <= bar < learned:
+        return {"best": trial.best(), "chance": chance, "others_best_by_now": learned}
     return None
 
 

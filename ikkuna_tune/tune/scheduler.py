@@ -63,10 +63,13 @@ class SVCCAScheduler(FIFOScheduler):
     2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
-       budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), a trial that
-       made no progress in ``stall_share`` of the budget and is more than ``stall_delta`` behind
-       the ``protect_top``-th best value of the other trials (stuck, say at chance, while its
-       layers still drift), and a trial that cannot reach the ``protect_top``-th best value
+       budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
+       ``stall_share`` of it a trial still within ``stall_delta`` of its metric's chance level
+       (reported as ``<metric>_chance``: TestAccuracySubscriber reports
+       ``test_accuracy_chance``) while another trial had left chance by as many reports, a
+       trial that made no progress in ``stall_share`` of the budget and is more than
+       ``stall_delta`` behind the ``protect_top``-th best value of the other trials (stuck while
+       its layers still drift), and a trial that cannot reach the ``protect_top``-th best value
        other trials already reached even at ``optimism`` times its best recent rate of
        improvement. Converged trials that are among
        the best are never stopped: freezing is what saves their compute.
@@ -322,6 +325,10 @@ class SVCCAScheduler(FIFOScheduler):
             layer_values(result, keys.INIT_SIMILARITY, layers),
             layer_values(result, keys.LIVE_FRACTION, layers),
         )
+        if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
+            chance = result.get(keys.chance_of(self._metric)) if self._metric else None
+            if is_number(chance) and math.isfinite(chance):  # type: ignore[arg-type]
+                history.chance = float(chance)  # type: ignore[arg-type]
         iteration = result.get("training_iteration")
         if is_number(iteration):
             view.offset = int(iteration) - history.reports  # type: ignore[arg-type]
@@ -332,8 +339,13 @@ class SVCCAScheduler(FIFOScheduler):
                 if t != trial_id and v.history.reports
             ]
             others = [b for b in others if math.isfinite(b)]
+            by_now = [
+                max(filter(math.isfinite, v.history.metric[: history.reports]), default=math.nan)
+                for t, v in self._views.items()
+                if t != trial_id
+            ]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
-            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
+            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite, by_now)
             if verdict is not None:
                 verdict = view.dated(verdict)
                 view.stopped = verdict

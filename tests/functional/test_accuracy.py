@@ -34,3 +34,23 @@ def test_mismatched_targets_raise() -> None:
         F.correct(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="batch of outputs"):
         F.predictions(torch.tensor(1.0))
+
+
+def test_class_counts_against_a_python_count() -> None:
+    """Per-class counts equal collections.Counter's over the targets, for class indices,
+    one-hot labels, one logit per sample, and with an ignore index left out."""
+    from collections import Counter
+
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 6, (40,), generator=g)
+    output = torch.randn(40, 6, generator=g)
+    counted = Counter(target.tolist())
+    assert F.class_counts(output, target).tolist() == [counted[c] for c in range(6)]
+    one_hot = torch.nn.functional.one_hot(target, 6).float()
+    assert F.class_counts(output, one_hot).tolist() == [counted[c] for c in range(6)]
+    ignored = target.clone()
+    ignored[:5] = -100
+    counted_kept = Counter(ignored[5:].tolist())
+    assert F.class_counts(output, ignored).tolist() == [counted_kept[c] for c in range(6)]
+    binary = torch.tensor([1, 1, 1, 0])
+    assert F.class_counts(torch.randn(4, generator=g), binary).tolist() == [1, 3]

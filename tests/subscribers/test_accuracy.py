@@ -137,6 +137,37 @@ def test_test_accuracy_weights_samples_not_batches(test_set) -> None:
     assert exact != pytest.approx(sum(batch_means) / len(batch_means))  # the test can tell
 
 
+def test_chance_is_the_share_of_the_most_frequent_class_and_is_published(tiny, batch) -> None:
+    """``test_accuracy_chance`` is the accuracy of always answering the test set's most frequent
+    class (counted here in Python), published beside every ``test_accuracy``; batches that miss
+    some classes (sizes 4, 4, 3) are summed right."""
+    from collections import Counter
+
+    labels = torch.tensor([3, 3, 1, 3, 0, 1, 3, 4, 1, 3, 0])
+    data = TensorDataset(
+        torch.randn(11, 1, 6, 6, generator=torch.Generator().manual_seed(2)), labels
+    )
+    expected = max(Counter(labels.tolist()).values()) / len(labels)  # 5 threes of 11
+    bus = MessageBus()
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    got: dict[str, list[float]] = {"test_accuracy": [], "test_accuracy_chance": []}
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        sub = ik.TestAccuracySubscriber(
+            data, message_bus=bus, frequency="epoch", batch_size=4, backend=None
+        )
+        assert sub.chance is None  # nothing counted before the first evaluation
+        ik.CallbackSubscriber(list(got), lambda m: got[m.kind].append(float(m.data)), bus)
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(tiny(batch[0]), batch[1]).backward()
+            opt.step()
+            exporter.epoch_finished()
+    assert got["test_accuracy_chance"] == [pytest.approx(expected)] * 2
+    assert len(got["test_accuracy"]) == 2
+    assert float(sub.chance) == pytest.approx(5 / 11)
+
+
 def test_test_accuracy_per_epoch(tiny, batch, test_set) -> None:
     bus = MessageBus()
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)

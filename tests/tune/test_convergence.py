@@ -128,3 +128,41 @@ def test_a_slow_starter_that_progresses_or_an_unknown_budget_is_not_stopped_as_s
     assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85, 0.8], budget=None) is None
     # fewer than protect_top other trials: nothing to compare with
     assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85], budget=12) is None
+
+
+def _at_chance_trial(metrics: list[float], chance: float = 0.1) -> TrialHistory:
+    trial = _drifting(metrics)
+    trial.chance = chance
+    return trial
+
+
+def test_stuck_at_chance_stops_after_a_share_of_the_budget_when_another_trial_learned() -> None:
+    """At chance (within stall_delta of it) at a third of the budget, while another trial had
+    left chance by then: stopped with the values behind it, even with one other trial only
+    (which the "others learned" rule, needing protect_top of them, cannot judge)."""
+    at_chance = [0.05, 0.06, 0.055, 0.06, 0.07]  # digits CNN at lr 0.001; chance 0.1
+    verdicts = [
+        stop_verdict(_at_chance_trial(at_chance[:it]), RULES, [0.5], 12, None, [0.3])
+        for it in range(1, 6)
+    ]
+    assert verdicts[:3] == [None, None, None]  # 3 reports: under a third of 12
+    stop = verdicts[3]
+    assert stop is not None and stop.rule == "stuck at chance" and stop.iteration == 4
+    assert stop.values == {"best": 0.06, "chance": 0.1, "others_best_by_now": 0.3}
+
+
+def test_stuck_at_chance_needs_a_chance_level_a_budget_and_another_trial_that_learned() -> None:
+    flat = [0.1, 0.1, 0.1, 0.1, 0.1]
+    # a budget, a chance level, and someone who left chance by this report: stopped
+    assert stop_verdict(_at_chance_trial(flat), RULES, [0.9], 12, None, [0.5]) is not None
+    # no chance level reported
+    assert stop_verdict(_drifting(flat), RULES, [0.9], 12, None, [0.5]) is None
+    # budget unknown
+    assert stop_verdict(_at_chance_trial(flat), RULES, [0.9], None, None, [0.5]) is None
+    # the other trial had not left chance by as many reports (it learned only later)
+    bar = 0.1 + RULES.stall_delta
+    assert stop_verdict(_at_chance_trial(flat), RULES, [0.9], 12, None, [bar]) is None
+    assert stop_verdict(_at_chance_trial(flat), RULES, [0.9], 12, None, [bar + 1e-9]) is not None
+    # the trial itself left chance by more than stall_delta: a slow starter that learns
+    slow = [0.1, 0.1, 0.11, 0.125, 0.15]
+    assert stop_verdict(_at_chance_trial(slow), RULES, [0.9], 12, None, [0.5]) is None
