@@ -149,13 +149,9 @@ def replay_stops(
                 history.chance = float(chance)
             others = [h.best() for k, h in histories.items() if k != lr and h.reports]
             others = [b for b in others if math.isfinite(b)]
-            by_now = [
-                max(filter(math.isfinite, h.metric[: t + 1]), default=math.nan)
-                for k, h in histories.items()
-                if k != lr
-            ]
+            series = [h.metric for k, h in histories.items() if k != lr]
             nonfinite = first_nonfinite(result, metric, similarity, keys.SELF_SIMILARITY)
-            verdict = stop_verdict(history, rules, others, budget, nonfinite, by_now)
+            verdict = stop_verdict(history, rules, others, budget, nonfinite, series)
             if verdict is not None:
                 stopped[lr] = (t + 1, verdict.rule)
     best = {lr: max(t["accuracy"]) for lr, t in trials.items()}

@@ -21,8 +21,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
   a trial whose metric is still within ``stall_delta`` of its chance level (reported beside
   the metric, for example the test accuracy of always answering the most frequent class)
-  while another trial had left chance by more than that within as many reports is stuck at
-  chance, even if its layers still drift; so is one that made no progress and is more than
+  while another trial had left chance by more than that within as many reports (or, when no
+  other trial has made as many reports, while it gained less than ``stall_delta``) is stuck
+  at chance, even if its layers still drift; so is one that made no progress and is more than
   ``stall_delta`` behind the ``protect_top``-th best other trial (a slow starter at chance
   for the first reports, which then learns, is left running until then); and a trial that cannot
   reach the ``protect_top``-th best value already reached by other trials, even improving at
@@ -327,7 +328,7 @@ def stop_verdict(
     others_best: list[float],
     budget: int | None,
     nonfinite: str | None = None,
-    others_best_by_now: list[float] | None = None,
+    others_metrics: list[list[float]] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -337,8 +338,8 @@ def stop_verdict(
         others_best: the best (signed) metric value each other trial has reached so far.
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name of a reported value that is NaN or infinite, if any.
-        others_best_by_now: the best (signed) metric value each other trial had reached within
-            as many reports as this trial has made (for the chance rule).
+        others_metrics: each other trial's (signed) metric, report by report (for the chance
+            rule, which compares trials at the same number of reports).
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -358,7 +359,7 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    at_chance = _at_chance(trial, rules, others_best_by_now or [])
+    at_chance = _at_chance(trial, rules, others_metrics or [])
     if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
         return Decision("stop", "stuck at chance", it, None, at_chance)
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
@@ -403,18 +404,36 @@ def stop_verdict(
 
 
 def _at_chance(
-    trial: TrialHistory, rules: ConvergenceRules, others_best_by_now: list[float]
+    trial: TrialHistory, rules: ConvergenceRules, others_metrics: list[list[float]]
 ) -> dict[str, float] | None:
-    """The values behind "stuck at chance", or None: the trial's best is within ``stall_delta``
-    of its metric's chance level, while another trial had left chance by more than that within
-    as many reports (so the task can be learned this fast, and this trial has not)."""
+    """The values behind "stuck at chance", or None.
+
+    The trial's best is within ``stall_delta`` of its metric's chance level, and either another
+    trial had left chance by more than that within as many reports (so the task can be learned
+    this fast, and this trial has not), or no other trial has made as many reports and this one
+    gained less than ``stall_delta`` since its first report. When another trial was also still
+    at chance after as many reports and none had left it, the task may just be slow to start:
+    nothing is stopped.
+    """
     chance = trial.chance
     if not math.isfinite(chance):
         return None
     bar = chance + rules.stall_delta
-    learned = max((b for b in others_best_by_now if math.isfinite(b)), default=-math.inf)
-    if trial.best() <= bar < learned:
-        return {"best": trial.best(), "chance": chance, "others_best_by_now": learned}
+    best = trial.best()
+    if best > bar:
+        return None
+    k = trial.reports
+    values = {"best": best, "chance": chance}
+    by_now = [[m for m in series[:k] if math.isfinite(m)] for series in others_metrics]
+    learned = max((max(ms) for ms in by_now if ms), default=-math.inf)
+    if learned > bar:
+        return {**values, "others_best_by_now": learned}
+    if any(len(series) >= k for series in others_metrics):
+        return None  # another trial got as far, and was at chance too
+    first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
+    progress = best - first
+    if progress < rules.stall_delta:
+        return {**values, "progress": progress}
     return None
 
 

@@ -66,7 +66,8 @@ class SVCCAScheduler(FIFOScheduler):
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
        ``stall_share`` of it a trial still within ``stall_delta`` of its metric's chance level
        (reported as ``<metric>_chance``: TestAccuracySubscriber reports
-       ``test_accuracy_chance``) while another trial had left chance by as many reports, a
+       ``test_accuracy_chance``) while another trial had left chance by as many reports (or
+       while it gained less than ``stall_delta``, when no other trial has made as many), a
        trial that made no progress in ``stall_share`` of the budget and is more than
        ``stall_delta`` behind the ``protect_top``-th best value of the other trials (stuck while
        its layers still drift), and a trial that cannot reach the ``protect_top``-th best value
@@ -339,13 +340,9 @@ class SVCCAScheduler(FIFOScheduler):
                 if t != trial_id and v.history.reports
             ]
             others = [b for b in others if math.isfinite(b)]
-            by_now = [
-                max(filter(math.isfinite, v.history.metric[: history.reports]), default=math.nan)
-                for t, v in self._views.items()
-                if t != trial_id
-            ]
+            series = [v.history.metric for t, v in self._views.items() if t != trial_id]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
-            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite, by_now)
+            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite, series)
             if verdict is not None:
                 verdict = view.dated(verdict)
                 view.stopped = verdict
