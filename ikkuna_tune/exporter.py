@@ -83,7 +83,12 @@ class Exporter(StepHooks, LayerFreezing):
 
     **Which parameter is the weight**: :func:`~ikkuna_tune.parameters.parameter_roles`. Other
     parameters (an LSTM's ``weight_ih_l0``, ...) get no metrics; the Exporter warns once, at
-    construction, naming the layers and parameters.
+    construction, naming the layers and parameters. A layer parametrised with
+    ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``, ``spectral_norm``, ...)
+    is tracked like any leaf layer: its ``weights`` are the weight its parametrisation computes
+    (read without building an autograd graph), its ``weight_updates`` the change of that
+    weight, and it has no ``weight_gradients`` (the gradients belong to the parametrisation's
+    own parameters, which :meth:`freeze` freezes with the layer).
 
     **Outputs that are not tensors.** ``network_output`` and ``activations`` are always tensors.
     Of a tuple or list output the first tensor is taken (depth-first: an LSTM's output sequence,

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ikkuna_tune.messages import NamedModule
 
@@ -52,6 +53,23 @@ def own_params(module: nn.Module) -> list[nn.Parameter]:
         ([], [(3, 2), (3,)])
     """
     return list(module.parameters(recurse=False))
+
+
+def _children(module: nn.Module) -> list[nn.Module]:
+    """``module``'s child modules, without the container of its parametrisations
+    (``torch.nn.utils.parametrize``): a parametrised ``Linear`` is still a leaf layer."""
+    if parametrize.is_parametrized(module):
+        return [child for name, child in module.named_children() if name != "parametrizations"]
+    return list(module.children())
+
+
+def _holds_params(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters itself, those of its parametrisations included."""
+    if own_params(module):
+        return True
+    return parametrize.is_parametrized(module) and any(
+        True for _ in module.parametrizations.parameters()
+    )
 
 
 def _no_hook(*args: Any, **kwargs: Any) -> None:
@@ -258,7 +276,10 @@ def select_modules(
     By default: every leaf module that holds parameters. With ``depth=k``: the modules ``k``
     levels below the model (``'features.0'`` is at depth 2) that hold parameters, plus leaf modules
     with parameters above that depth. ``module_filter`` keeps only instances of the given
-    class(es), subclasses included.
+    class(es), subclasses included. A layer parametrised with ``torch.nn.utils.parametrize``
+    (``parametrizations.weight_norm``, ``spectral_norm``, ``orthogonal``, ...) is a leaf that
+    holds the parameters of its parametrisations; nothing inside its ``parametrizations``
+    container is a layer.
 
     Examples:
         >>> from torch import nn
@@ -270,15 +291,23 @@ def select_modules(
         ['features', 'head']
         >>> list(select_modules(model, module_filter=nn.Conv2d))
         ['features.0']
+        >>> _ = nn.utils.parametrizations.weight_norm(model["head"])
+        >>> list(select_modules(model))  # 'head' is still a layer
+        ['features.0', 'features.1', 'head']
     """
     chosen: dict[str, nn.Module] = {}
+    inside: list[str] = []  # the containers of parametrisations: nothing in them is a layer
     for name, module in model.named_modules():
-        if not name and len(list(model.children())) > 0:
+        if any(name == c or name.startswith(c + ".") for c in inside):
+            continue
+        if parametrize.is_parametrized(module):
+            inside.append(f"{name}.parametrizations" if name else "parametrizations")
+        if not name and _children(model):
             continue  # the model itself is a layer only when it has no children
         level = 0 if not name else name.count(".") + 1
-        is_leaf = not any(True for _ in module.children())
+        is_leaf = not _children(module)
         if depth is None:
-            take = is_leaf and bool(own_params(module))
+            take = is_leaf and _holds_params(module)
         else:
             has_params = any(True for _ in module.parameters())
             take = has_params and (level == depth or (is_leaf and level < depth))

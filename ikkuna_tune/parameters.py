@@ -114,10 +114,11 @@ def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
     """
     found = [named.module._parameters.get(attr) for _, named, attr in entries]
     if any(map(is_, found, repeat(None))):
-        found = [
-            tensor_attr(named.module, attr) if value is None else value
-            for (_, named, attr), value in zip(entries, found)
-        ]
+        with torch.no_grad():  # a computed weight's value, without building an autograd graph
+            found = [
+                tensor_attr(named.module, attr) if value is None else value
+                for (_, named, attr), value in zip(entries, found)
+            ]
     return found
 
 
