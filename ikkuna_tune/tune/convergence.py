@@ -52,6 +52,7 @@ __all__ = [
     "among_best",
     "freeze_candidates",
     "layer_settled",
+    "metric_swing",
     "stop_verdict",
 ]
 
