@@ -69,6 +69,12 @@ def test_a_value_is_reported_once_and_a_frozen_layer_has_no_gradient_norm() -> N
     assert accuracy[0] is None and accuracy[3] is None
     assert accuracy[1] == pytest.approx(results[1]["ref_accuracy"])
     assert accuracy[2] == pytest.approx(results[2]["ref_accuracy"])
+    # the chance level (share of the most frequent label) is reported with each accuracy
+    labels = test_set.tensors[1].tolist()
+    share = max(labels.count(c) for c in set(labels)) / len(labels)
+    chance = [r["test_accuracy_chance"] for r in results]
+    assert chance[0] is None and chance[3] is None
+    assert chance[1] == chance[2] == pytest.approx(share)
     for result in results:
         norms = result["weight_gradients_norm2"]
         assert norms["fc"] == pytest.approx(result["ref_fc_grad_norm"], rel=1e-5)
