@@ -19,16 +19,15 @@ the SVCCA subscriber) and asks two functions of this module what to do:
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
   and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
-  a trial whose metric is still within ``stall_delta`` of its chance level (reported beside
-  the metric, for example the test accuracy of always answering the most frequent class)
-  while another trial had left chance by more than that within as many reports (or, when no
-  other trial has made as many reports, while it gained less than ``stall_delta``) is stuck
-  at chance, even if its layers still drift; so is one that made no progress and is more than
-  ``stall_delta`` behind the ``protect_top``-th best other trial (a slow starter at chance
-  for the first reports, which then learns, is left running until then); and a trial that cannot
-  reach the ``protect_top``-th best value already reached by other trials, even improving at
-  ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
-  configurations always run to the end).
+  a trial that no other trial has got as far as, whose metric is still within ``stall_delta``
+  of its chance level (reported beside the metric, for example the test accuracy of always
+  answering the most frequent class) and gained less than ``stall_delta`` since its first
+  report, is stuck at chance, even if its layers still drift; so is one that made no progress
+  and is more than ``stall_delta`` behind the ``protect_top``-th best other trial (a slow
+  starter at chance for the first reports, which then learns, is left running until then);
+  and a trial that cannot reach the ``protect_top``-th best value already reached by other
+  trials, even improving at ``optimism`` times its best recent rate until the budget ends, is
+  stopped (so the best configurations always run to the end).
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -339,8 +338,8 @@ def stop_verdict(
         others_best: the best (signed) metric value each other trial has reached so far.
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name of a reported value that is NaN or infinite, if any.
-        others_metrics: each other trial's (signed) metric, report by report (for the chance
-            rule, which compares trials at the same number of reports).
+        others_metrics: each other trial's (signed) metric, report by report (the chance rule
+            applies to a trial that no other trial has got as far as).
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -407,34 +406,22 @@ def stop_verdict(
 def _at_chance(
     trial: TrialHistory, rules: ConvergenceRules, others_metrics: list[list[float]]
 ) -> dict[str, float] | None:
-    """The values behind "stuck at chance", or None.
-
-    The trial's best is within ``stall_delta`` of its metric's chance level, and either another
-    trial had left chance by more than that within as many reports (so the task can be learned
-    this fast, and this trial has not), or no other trial has made as many reports and this one
-    gained less than ``stall_delta`` since its first report. When another trial was also still
-    at chance after as many reports and none had left it, the task may just be slow to start:
-    nothing is stopped.
-    """
+    """The values behind "stuck at chance", or None: no other trial has made as many reports
+    (so the rules that compare trials cannot judge this one), the trial's best is within
+    ``stall_delta`` of its metric's chance level, and it gained less than ``stall_delta`` since
+    its first report. Once other trials are as far, those rules decide: a trial at chance that
+    fewer than ``protect_top`` others have left behind may still end among the best (in a sweep
+    whose other trials diverge), and when others are at chance too the task may be slow to
+    start."""
     chance = trial.chance
-    if not math.isfinite(chance):
+    if not math.isfinite(chance) or trial.best() > chance + rules.stall_delta:
         return None
-    bar = chance + rules.stall_delta
-    best = trial.best()
-    if best > bar:
+    if any(len(series) >= trial.reports for series in others_metrics):
         return None
-    k = trial.reports
-    values = {"best": best, "chance": chance}
-    by_now = [[m for m in series[:k] if math.isfinite(m)] for series in others_metrics]
-    learned = max((max(ms) for ms in by_now if ms), default=-math.inf)
-    if learned > bar:
-        return {**values, "others_best_by_now": learned}
-    if any(len(series) >= k for series in others_metrics):
-        return None  # another trial got as far, and was at chance too
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
-    progress = best - first
+    progress = trial.best() - first
     if progress < rules.stall_delta:
-        return {**values, "progress": progress}
+        return {"best": trial.best(), "chance": chance, "progress": progress}
     return None
 
 

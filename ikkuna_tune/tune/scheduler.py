@@ -64,10 +64,10 @@ class SVCCAScheduler(FIFOScheduler):
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
-       ``stall_share`` of it a trial still within ``stall_delta`` of its metric's chance level
-       (reported as ``<metric>_chance``: TestAccuracySubscriber reports
-       ``test_accuracy_chance``) while another trial had left chance by as many reports (or
-       while it gained less than ``stall_delta``, when no other trial has made as many), a
+       ``stall_share`` of it a trial that no other trial has got as far as, still within
+       ``stall_delta`` of its metric's chance level (reported as ``<metric>_chance``:
+       TestAccuracySubscriber reports ``test_accuracy_chance``) and having gained less than
+       ``stall_delta``, a
        trial that made no progress in ``stall_share`` of the budget and is more than
        ``stall_delta`` behind the ``protect_top``-th best value of the other trials (stuck while
        its layers still drift), and a trial that cannot reach the ``protect_top``-th best value

@@ -287,34 +287,34 @@ def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> N
             assert scheduler.on_trial_result(None, t, moving(it, acc)) == CONTINUE
 
 
-def test_a_trial_stuck_at_its_reported_chance_level_is_stopped_once_another_learned() -> None:
+def test_a_lone_trial_stuck_at_its_reported_chance_level_is_stopped() -> None:
     """The scheduler reads ``<metric>_chance`` from the reports: a trial at chance at a third of
-    a known budget (report 4 of 12), while the one other trial had learned by as many reports,
-    is stopped with the rule and values; without the chance level it runs on."""
+    a known budget (report 4 of 12), with no other trial as far, is stopped with the rule and
+    values; without the chance level it runs on, and so it does with another trial as far."""
     sims = dict.fromkeys(LAYERS, 0.9)
 
     def moving(it: int, acc: float, chance: bool) -> dict[str, Any]:  # layers still travel
         report = result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
         return {**report, "acc_chance": 0.1} if chance else report
 
-    for chance, expected in ((True, [CONTINUE] * 3 + [STOP]), (False, [CONTINUE] * 4)):
+    def run(chance: bool, other: bool) -> tuple[SVCCAScheduler, list[str]]:
         scheduler, _ = make(max_t=12)
-        learner, stuck = FakeTrial("learner"), FakeTrial("stuck")
-        for t in (learner, stuck):
+        stuck, learner = FakeTrial("stuck"), FakeTrial("learner")
+        for t in (stuck, learner):
             scheduler.on_trial_add(None, t)
         decisions = []
         for it in range(1, 5):
-            scheduler.on_trial_result(None, learner, moving(it, 0.2 * it, chance))
+            if other:
+                scheduler.on_trial_result(None, learner, moving(it, 0.2 * it, chance))
             decisions.append(scheduler.on_trial_result(None, stuck, moving(it, 0.1, chance)))
-        assert decisions == expected
-    text = "stop at report 4: stuck at chance (best=0.1, chance=0.1, others_best_by_now=0.8)"
-    scheduler, _ = make(max_t=12)
-    for t in (learner, stuck):
-        scheduler.on_trial_add(None, t)
-    for it in range(1, 5):
-        scheduler.on_trial_result(None, learner, moving(it, 0.2 * it, True))
-        scheduler.on_trial_result(None, stuck, moving(it, 0.1, True))
+        return scheduler, decisions
+
+    assert run(chance=False, other=False)[1] == [CONTINUE] * 4
+    assert run(chance=True, other=True)[1] == [CONTINUE] * 4
+    scheduler, decisions = run(chance=True, other=False)
+    assert decisions == [CONTINUE] * 3 + [STOP]
     assert scheduler.stopped_trials == {"stuck": "stuck at chance"}
+    text = "stop at report 4: stuck at chance (best=0.1, chance=0.1, progress=0)"
     assert text in scheduler.debug_string()
 
 
