@@ -19,15 +19,16 @@ the SVCCA subscriber) and asks two functions of this module what to do:
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
   and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
-  a trial that no other trial has got as far as, whose metric is still within ``stall_delta``
-  of its chance level (reported beside the metric, for example the test accuracy of always
-  answering the most frequent class) and gained less than ``stall_delta`` since its first
-  report, is stuck at chance, even if its layers still drift; so is one that made no progress
-  and is more than ``stall_delta`` behind the ``protect_top``-th best other trial (a slow
-  starter at chance for the first reports, which then learns, is left running until then);
-  and a trial that cannot reach the ``protect_top``-th best value already reached by other
-  trials, even improving at ``optimism`` times its best recent rate until the budget ends, is
-  stopped (so the best configurations always run to the end).
+  a trial that no other trial has got as far as (and none is at chance too), whose metric is
+  still within ``stall_delta`` of its chance level (reported beside the metric, for example
+  the test accuracy of always answering the most frequent class) and gained less than
+  ``stall_delta`` since its first report, is stuck at chance, even if its layers still drift;
+  so is one that made no progress and is more than ``stall_delta`` behind the
+  ``protect_top``-th best other trial (a slow starter at chance for the first reports, which
+  then learns, is left running until then); and a trial that cannot reach the
+  ``protect_top``-th best value already reached by other trials, even improving at
+  ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
+  configurations always run to the end).
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -406,18 +407,20 @@ def stop_verdict(
 def _at_chance(
     trial: TrialHistory, rules: ConvergenceRules, others_metrics: list[list[float]]
 ) -> dict[str, float] | None:
-    """The values behind "stuck at chance", or None: no other trial has made as many reports
-    (so the rules that compare trials cannot judge this one), the trial's best is within
-    ``stall_delta`` of its metric's chance level, and it gained less than ``stall_delta`` since
-    its first report. Once other trials are as far, those rules decide: a trial at chance that
-    fewer than ``protect_top`` others have left behind may still end among the best (in a sweep
-    whose other trials diverge), and when others are at chance too the task may be slow to
-    start."""
+    """The values behind "stuck at chance", or None: the trial's best is within
+    ``stall_delta`` of its metric's chance level, it gained less than ``stall_delta`` since its
+    first report, and no other trial can be compared with it: none has made as many reports
+    (else the rules that compare trials decide: a trial at chance that fewer than
+    ``protect_top`` others have left behind may still end among the best of a sweep whose other
+    trials diverge) and none is at chance too (the task may be slow to start)."""
     chance = trial.chance
-    if not math.isfinite(chance) or trial.best() > chance + rules.stall_delta:
+    bar = chance + rules.stall_delta
+    if not math.isfinite(chance) or trial.best() > bar:
         return None
-    if any(len(series) >= trial.reports for series in others_metrics):
-        return None
+    for series in others_metrics:
+        finite = [m for m in series if math.isfinite(m)]
+        if len(series) >= trial.reports or (finite and max(finite) <= bar):
+            return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
     if progress < rules.stall_delta:

@@ -150,17 +150,17 @@ def test_a_lone_trial_stuck_at_chance_stops_after_a_share_of_the_budget() -> Non
     stop = verdicts[3]
     assert stop is not None and stop.rule == "stuck at chance" and stop.iteration == 4
     assert stop.values == {"best": 0.06, "chance": 0.1, "progress": pytest.approx(0.01)}
-    # trials that have not made as many reports do not change that
-    shorter = [[0.9, 0.95, 0.97], [0.1, 0.1]]
+    # trials that have not made as many reports and left chance do not change that
+    shorter = [[0.9, 0.95, 0.97], [0.1, 0.2]]
     assert stop_verdict(_at_chance_trial(at_chance[:4]), RULES, [], 12, None, shorter) is not None
 
 
 def test_stuck_at_chance_leaves_a_trial_to_the_comparing_rules_once_others_are_as_far() -> None:
-    """Another trial as far, at chance too (a task slow to start) or learned: the chance rule
-    does not stop it (with fewer than protect_top trials ahead it may still end among the
-    best of a sweep whose other trials diverge)."""
+    """Another trial as far (at chance too, or learned), or one not as far but at chance too
+    (a task slow to start): the chance rule does not stop it (with fewer than protect_top
+    trials ahead it may still end among the best of a sweep whose other trials diverge)."""
     flat = [0.1, 0.1, 0.11, 0.105]
-    for other in ([0.1] * 4, [0.2, 0.3, 0.4, 0.5]):
+    for other in ([0.1] * 4, [0.2, 0.3, 0.4, 0.5], [0.1, 0.11]):  # the last: at chance too
         assert stop_verdict(_at_chance_trial(flat), RULES, [0.5], 12, None, [other]) is None
 
 

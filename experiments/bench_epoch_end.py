@@ -1,0 +1,116 @@
+"""What the epoch end costs in the fidelity benchmark's trials, and which subscriber costs it.
+
+``bench_fidelity`` reports the subscribers' epoch-end work (test accuracy on the test split,
+SVCCA and CKA on a probe drawn from it) as one share of a trial's training time. This splits
+it: each (data set, model family) of :mod:`experiments.fidelity_trial` is trained for
+``--epochs`` epochs (learning rate 0.03, SGD + momentum, one thread, no Ray) three times, with
+the test-accuracy subscriber only, the SVCCA subscriber only and both (as in the benchmark),
+and ``Exporter.epoch_finished`` is timed apart from the training epochs. The variants take
+turns ``--repeats`` times; each share is the median over the repeats of the epoch ends' total
+time over the training epochs' total time.
+
+Run: ``python -m experiments.bench_epoch_end`` (about a minute on 2 CPUs). The last line
+printed is one JSON object: per data set and family the shares of ``accuracy``, ``svcca`` and
+``both``, and the median of each over the grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("bench_epoch_end")
+
+VARIANTS = ("accuracy", "svcca", "both")
+
+
+def share(epoch_end_seconds: list[float], train_seconds: list[float]) -> float:
+    """The epoch ends' total time over the training epochs' total time.
+
+    >>> share([0.1, 0.1], [1.0, 1.0])
+    0.1
+    """
+    return float(sum(epoch_end_seconds) / sum(train_seconds))
+
+
+def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[float, list[float]]:
+    """Train one model with the subscribers of ``variant``; the epochs' training seconds
+    (total) and each epoch end's seconds."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    import ikkuna_tune as ik
+    from experiments.fidelity_trial import build_model, load
+    from ikkuna_tune.examples.demo import train_epoch
+
+    torch.manual_seed(0)
+    train, test = load(data)
+    model = build_model(family, tuple(train.tensors[0].shape[1:]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    subscribers: list[ik.Subscriber] = []
+    if variant in ("accuracy", "both"):
+        subscribers.append(
+            ik.TestAccuracySubscriber(test, batch_size=500, frequency="epoch", backend=None)
+        )
+    if variant in ("svcca", "both"):
+        subscribers.append(
+            ik.SVCCASubscriber(test, n=min(300, len(test)), max_positions=2000, backend=None)
+        )
+    loader = DataLoader(
+        train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    train_seconds = 0.0
+    ends: list[float] = []
+    with ik.Exporter(model, opt) as exporter:
+        for subscriber in subscribers:
+            exporter.message_bus.register_subscriber(subscriber)
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(epochs):
+            started = time.perf_counter()
+            train_epoch(model, opt, loss_fn, loader)
+            trained = time.perf_counter()
+            exporter.epoch_finished()
+            ends.append(time.perf_counter() - trained)
+            train_seconds += trained - started
+    return train_seconds, ends
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", nargs="+", choices=["digits", "mnist"], default=None)
+    parser.add_argument("--families", nargs="+", choices=["cnn", "mlp", "resnet"], default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    data_sets = args.data or ["digits", "mnist"]
+    families = args.families or ["cnn", "mlp", "resnet"]
+    out: dict[str, Any] = {"epochs": args.epochs, "repeats": args.repeats}
+    for data in data_sets:
+        out[data] = {}
+        for family in families:
+            shares: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for _ in range(args.repeats):
+                for variant in VARIANTS:
+                    train_seconds, ends = run_variant(data, family, variant, args.epochs)
+                    shares[variant].append(share(ends, [train_seconds]))
+            cell = {v: round(float(np.median(s)), 4) for v, s in shares.items()}
+            out[data][family] = cell
+            log.info("%s %s: epoch end / training %s", data, family, cell)
+    cells = [out[d][f] for d in data_sets for f in families]
+    out["median"] = {v: round(float(np.median([c[v] for c in cells])), 4) for v in VARIANTS}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
