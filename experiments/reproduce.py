@@ -83,6 +83,7 @@ FIGURES: dict[str, Figure] = {
     "faults": Figure("experiments.bench_faults", (), "cpu_bench_faults.txt", ("--quick",)),
     "report": Figure("experiments.bench_report", (), "cpu_bench_report.txt"),
     "epoch_end": Figure("experiments.bench_epoch_end", (), "cpu_bench_epoch_end.txt"),
+    "demo": Figure("experiments.demo_log", ("--images", "docs/images"), "cpu_demo.txt"),
     "ddp": Figure("experiments.bench_ddp", (), "cpu_bench_ddp.txt", ("--quick",)),
     "layer_convergence": Figure(
         "experiments.layer_convergence", (), "cpu_layer_convergence.txt", ("--quick",)
