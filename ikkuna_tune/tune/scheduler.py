@@ -64,17 +64,15 @@ class SVCCAScheduler(FIFOScheduler):
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
-       ``stall_share`` of it a trial that no other trial has got as far as (and none is at
-       chance too), still within
-       ``stall_delta`` of its metric's chance level (reported as ``<metric>_chance``:
-       TestAccuracySubscriber reports ``test_accuracy_chance``) and having gained less than
-       ``stall_delta``, a
-       trial that made no progress in ``stall_share`` of the budget and is more than
-       ``stall_delta`` behind the ``protect_top``-th best value of the other trials (stuck while
-       its layers still drift), and a trial that cannot reach the ``protect_top``-th best value
-       other trials already reached even at ``optimism`` times its best recent rate of
-       improvement. Converged trials that are among
-       the best are never stopped: freezing is what saves their compute.
+       ``stall_share`` of it: a trial that no other trial has got as far as (and none is at
+       chance too), still within ``stall_delta`` of its metric's chance level (reported as
+       ``<metric>_chance``; TestAccuracySubscriber reports ``test_accuracy_chance``) and having
+       gained less than ``stall_delta`` since its first report; a trial that made no progress
+       and is more than ``stall_delta`` behind the ``protect_top``-th best value of the other
+       trials (stuck while its layers still drift); and a trial that cannot reach the
+       ``protect_top``-th best value other trials already reached even at ``optimism`` times
+       its best recent rate of improvement. Converged trials that are among the best are never
+       stopped: freezing is what saves their compute.
     3. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 
