@@ -147,11 +147,9 @@ def replay_stops(
             chance = result.get(keys.chance_of(metric))
             if isinstance(chance, (int, float)) and math.isfinite(chance):
                 history.chance = float(chance)
-            others = [h.best() for k, h in histories.items() if k != lr and h.reports]
-            others = [b for b in others if math.isfinite(b)]
-            series = [h.metric for k, h in histories.items() if k != lr]
+            others = [h.metric for k, h in histories.items() if k != lr]
             nonfinite = first_nonfinite(result, metric, similarity, keys.SELF_SIMILARITY)
-            verdict = stop_verdict(history, rules, others, budget, nonfinite, series)
+            verdict = stop_verdict(history, rules, others, budget, nonfinite)
             if verdict is not None:
                 stopped[lr] = (t + 1, verdict.rule)
     best = {lr: max(t["accuracy"]) for lr, t in trials.items()}

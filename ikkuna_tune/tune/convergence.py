@@ -326,26 +326,23 @@ def freeze_candidates(
 def stop_verdict(
     trial: TrialHistory,
     rules: ConvergenceRules,
-    others_best: list[float],
+    others: list[list[float]],
     budget: int | None,
     nonfinite: str | None = None,
-    others_metrics: list[list[float]] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
     Args:
         trial: the trial's history, its latest report included.
         rules: thresholds.
-        others_best: the best (signed) metric value each other trial has reached so far.
+        others: each other trial's (signed) metric, report by report so far.
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name of a reported value that is NaN or infinite, if any.
-        others_metrics: each other trial's (signed) metric, report by report (the chance rule
-            applies to a trial that no other trial has got as far as).
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
         >>> trial.add(0.1, {}, {}, {"fc": 0.0})  # no unit of fc varies over the probe set
-        >>> stop_verdict(trial, ConvergenceRules(), others_best=[], budget=None).describe()
+        >>> stop_verdict(trial, ConvergenceRules(), others=[], budget=None).describe()
         'stop fc at report 1: dead layer (live_fraction=0)'
         >>> stop_verdict(trial, ConvergenceRules(), [], None, nonfinite="loss").rule
         'diverged: non-finite value'
@@ -360,7 +357,8 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    at_chance = _at_chance(trial, rules, others_metrics or [])
+    others_best = [max(finite) for finite in map(_finite, others) if finite]
+    at_chance = _at_chance(trial, rules, others)
     if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
         return Decision("stop", "stuck at chance", it, None, at_chance)
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
@@ -404,8 +402,12 @@ def stop_verdict(
     return None
 
 
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
 def _at_chance(
-    trial: TrialHistory, rules: ConvergenceRules, others_metrics: list[list[float]]
+    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]
 ) -> dict[str, float] | None:
     """The values behind "stuck at chance", or None: the trial's best is within
     ``stall_delta`` of its metric's chance level, it gained less than ``stall_delta`` since its
@@ -417,8 +419,8 @@ def _at_chance(
     bar = chance + rules.stall_delta
     if not math.isfinite(chance) or trial.best() > bar:
         return None
-    for series in others_metrics:
-        finite = [m for m in series if math.isfinite(m)]
+    for series in others:
+        finite = _finite(series)
         if len(series) >= trial.reports or (finite and max(finite) <= bar):
             return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)

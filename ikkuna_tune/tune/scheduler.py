@@ -333,15 +333,9 @@ class SVCCAScheduler(FIFOScheduler):
         if is_number(iteration):
             view.offset = int(iteration) - history.reports  # type: ignore[arg-type]
         if self.stop:
-            others = [
-                v.history.best()
-                for t, v in self._views.items()
-                if t != trial_id and v.history.reports
-            ]
-            others = [b for b in others if math.isfinite(b)]
-            series = [v.history.metric for t, v in self._views.items() if t != trial_id]
+            others = [v.history.metric for t, v in self._views.items() if t != trial_id]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
-            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite, series)
+            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
             if verdict is not None:
                 verdict = view.dated(verdict)
                 view.stopped = verdict

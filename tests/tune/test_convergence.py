@@ -88,8 +88,8 @@ def test_ties_with_the_protected_trials_are_not_stopped() -> None:
     reports = [(0.5 + 0.01 * i, {n: (0.9, 0.5 - 0.05 * i, 1.0) for n in LAYERS}) for i in range(4)]
     trial = history(reports)
     reachable = 0.53 + 3 * 0.01 * (10 - 4)
-    assert stop_verdict(trial, RULES, [0.99, 0.98, reachable], 10) is None
-    assert stop_verdict(trial, RULES, [0.99, 0.98, reachable + 1e-9], 10) is not None
+    assert stop_verdict(trial, RULES, [[0.99], [0.98], [reachable]], 10) is None
+    assert stop_verdict(trial, RULES, [[0.99], [0.98], [reachable + 1e-9]], 10) is not None
 
 
 def _drifting(metrics: list[float]) -> TrialHistory:
@@ -103,7 +103,7 @@ def _drifting(metrics: list[float]) -> TrialHistory:
 def test_stuck_at_chance_while_others_learned_stops_after_a_third_of_the_budget() -> None:
     # noisy enough that "cannot reach the top 3" (3x its best recent step) keeps it running
     at_chance = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
-    others = [0.9, 0.85, 0.4]
+    others = [[0.9], [0.85], [0.4]]
     verdicts = [
         stop_verdict(_drifting(at_chance[:it]), RULES, others, budget=12) for it in range(1, 7)
     ]
@@ -117,19 +117,19 @@ def test_stuck_at_chance_while_others_learned_stops_after_a_third_of_the_budget(
 def test_a_stalled_trial_is_kept_when_nobody_is_far_ahead() -> None:
     """Fine-tuning: every trial starts near its best and gains little; none is stopped."""
     flat = [0.95, 0.951, 0.952, 0.952, 0.953, 0.953]
-    assert stop_verdict(_drifting(flat), RULES, [0.96, 0.955, 0.954], budget=12) is None
+    assert stop_verdict(_drifting(flat), RULES, [[0.96], [0.955], [0.954]], budget=12) is None
     # within stall_delta of the third best other trial: kept too
     noisy = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
-    assert stop_verdict(_drifting(noisy), RULES, [0.9, 0.5, 0.13], budget=12) is None
-    assert stop_verdict(_drifting(noisy), RULES, [0.9, 0.5, 0.1351], budget=12) is not None
+    assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.13]], budget=12) is None
+    assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.1351]], budget=12) is not None
 
 
 def test_a_slow_starter_that_progresses_or_an_unknown_budget_is_not_stopped_as_stuck() -> None:
     slow = [0.08, 0.07, 0.1, 0.145, 0.2, 0.34]  # digits CNN at lr 0.01: 3rd best in the end
-    assert stop_verdict(_drifting(slow), RULES, [0.9, 0.85, 0.8], budget=12) is None
-    assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85, 0.8], budget=None) is None
+    assert stop_verdict(_drifting(slow), RULES, [[0.9], [0.85], [0.8]], budget=12) is None
+    assert stop_verdict(_drifting([0.1] * 6), RULES, [[0.9], [0.85], [0.8]], budget=None) is None
     # fewer than protect_top other trials: nothing to compare with
-    assert stop_verdict(_drifting([0.1] * 6), RULES, [0.9, 0.85], budget=12) is None
+    assert stop_verdict(_drifting([0.1] * 6), RULES, [[0.9], [0.85]], budget=12) is None
 
 
 def _at_chance_trial(metrics: list[float], chance: float = 0.1) -> TrialHistory:
@@ -142,17 +142,14 @@ def test_a_lone_trial_stuck_at_chance_stops_after_a_share_of_the_budget() -> Non
     """No other trial as far, at chance (within stall_delta of it) and no gain of stall_delta
     at a third of the budget: stopped with the values behind it, although its layers drift."""
     at_chance = [0.05, 0.06, 0.055, 0.06, 0.07]  # digits CNN at lr 0.001; chance 0.1
-    verdicts = [
-        stop_verdict(_at_chance_trial(at_chance[:it]), RULES, [], 12, None, [])
-        for it in range(1, 6)
-    ]
+    verdicts = [stop_verdict(_at_chance_trial(at_chance[:it]), RULES, [], 12) for it in range(1, 6)]
     assert verdicts[:3] == [None, None, None]  # 3 reports: under a third of 12
     stop = verdicts[3]
     assert stop is not None and stop.rule == "stuck at chance" and stop.iteration == 4
     assert stop.values == {"best": 0.06, "chance": 0.1, "progress": pytest.approx(0.01)}
     # trials that have not made as many reports and left chance do not change that
     shorter = [[0.9, 0.95, 0.97], [0.1, 0.2]]
-    assert stop_verdict(_at_chance_trial(at_chance[:4]), RULES, [], 12, None, shorter) is not None
+    assert stop_verdict(_at_chance_trial(at_chance[:4]), RULES, shorter, 12) is not None
 
 
 def test_stuck_at_chance_leaves_a_trial_to_the_comparing_rules_once_others_are_as_far() -> None:
@@ -161,18 +158,18 @@ def test_stuck_at_chance_leaves_a_trial_to_the_comparing_rules_once_others_are_a
     trials ahead it may still end among the best of a sweep whose other trials diverge)."""
     flat = [0.1, 0.1, 0.11, 0.105]
     for other in ([0.1] * 4, [0.2, 0.3, 0.4, 0.5], [0.1, 0.11]):  # the last: at chance too
-        assert stop_verdict(_at_chance_trial(flat), RULES, [0.5], 12, None, [other]) is None
+        assert stop_verdict(_at_chance_trial(flat), RULES, [other], 12) is None
 
 
 def test_stuck_at_chance_needs_a_chance_level_a_budget_and_no_progress() -> None:
     flat = [0.1, 0.1, 0.11, 0.105]
-    assert stop_verdict(_at_chance_trial(flat), RULES, [], 12, None, []) is not None
+    assert stop_verdict(_at_chance_trial(flat), RULES, [], 12) is not None
     # no chance level reported
-    assert stop_verdict(_drifting(flat), RULES, [], 12, None, []) is None
+    assert stop_verdict(_drifting(flat), RULES, [], 12) is None
     # budget unknown
-    assert stop_verdict(_at_chance_trial(flat), RULES, [], None, None, []) is None
+    assert stop_verdict(_at_chance_trial(flat), RULES, [], None) is None
     # gaining stall_delta within the chance band: a slow starter, left running
     slow = [0.09, 0.1, 0.105, 0.11]
-    assert stop_verdict(_at_chance_trial(slow), RULES, [], 12, None, []) is None
+    assert stop_verdict(_at_chance_trial(slow), RULES, [], 12) is None
     # the trial left chance by more than stall_delta
-    assert stop_verdict(_at_chance_trial([0.05, 0.1, 0.1, 0.125]), RULES, [], 12, None, []) is None
+    assert stop_verdict(_at_chance_trial([0.05, 0.1, 0.1, 0.125]), RULES, [], 12) is None
