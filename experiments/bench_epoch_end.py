@@ -11,7 +11,9 @@ time over the training epochs' total time.
 
 Run: ``python -m experiments.bench_epoch_end`` (about a minute on 2 CPUs). The last line
 printed is one JSON object: per data set and family the shares of ``accuracy``, ``svcca`` and
-``both``, and the median of each over the grids.
+``both``, and the median of each over the grids; and the same three shares for the demo's
+model and subscribers (``ikkuna-tune demo``: SmallCNN of width 8 on digits, SVCCA on a
+500-sample probe), under ``demo``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[floa
 
     torch.manual_seed(0)
     train, test = load(data)
-    model = build_model(family, tuple(train.tensors[0].shape[1:]))
+    shape = tuple(train.tensors[0].shape[1:])
+    if family == "demo":  # the demo's model and probe (TensorBoard off, as everywhere here)
+        from ikkuna_tune.examples.models import SmallCNN
+
+        model: torch.nn.Module = SmallCNN(image_size=shape[-1], width=8, hidden=64)
+        probe, positions = min(500, len(test)), 4000
+    else:
+        model = build_model(family, shape)
+        probe, positions = min(300, len(test)), 2000
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
     subscribers: list[ik.Subscriber] = []
     if variant in ("accuracy", "both"):
@@ -59,9 +69,7 @@ def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[floa
             ik.TestAccuracySubscriber(test, batch_size=500, frequency="epoch", backend=None)
         )
     if variant in ("svcca", "both"):
-        subscribers.append(
-            ik.SVCCASubscriber(test, n=min(300, len(test)), max_positions=2000, backend=None)
-        )
+        subscribers.append(ik.SVCCASubscriber(test, n=probe, max_positions=positions, backend=None))
     loader = DataLoader(
         train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
@@ -87,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", nargs="+", choices=["digits", "mnist"], default=None)
     parser.add_argument("--families", nargs="+", choices=["cnn", "mlp", "resnet"], default=None)
+    parser.add_argument("--no-demo", action="store_true", help="leave out the demo's model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
@@ -98,18 +107,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for data in data_sets:
         out[data] = {}
         for family in families:
-            shares: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for _ in range(args.repeats):
-                for variant in VARIANTS:
-                    train_seconds, ends = run_variant(data, family, variant, args.epochs)
-                    shares[variant].append(share(ends, [train_seconds]))
-            cell = {v: round(float(np.median(s)), 4) for v, s in shares.items()}
-            out[data][family] = cell
-            log.info("%s %s: epoch end / training %s", data, family, cell)
+            out[data][family] = measure(data, family, args.epochs, args.repeats)
     cells = [out[d][f] for d in data_sets for f in families]
     out["median"] = {v: round(float(np.median([c[v] for c in cells])), 4) for v in VARIANTS}
+    if not args.no_demo:
+        out["demo"] = measure("digits", "demo", args.epochs, args.repeats)
     print(json.dumps(out))
     return out
+
+
+def measure(data: str, family: str, epochs: int, repeats: int) -> dict[str, float]:
+    """The median share of each variant over ``repeats`` turns (the variants take turns)."""
+    shares: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(repeats):
+        for variant in VARIANTS:
+            train_seconds, ends = run_variant(data, family, variant, epochs)
+            shares[variant].append(share(ends, [train_seconds]))
+    cell = {v: round(float(np.median(s)), 4) for v, s in shares.items()}
+    log.info("%s %s: epoch end / training %s", data, family, cell)
+    return cell
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ def test_each_epoch_end_is_timed_apart_from_training() -> None:
 
 
 def test_a_reduced_run_gives_a_share_per_variant_and_grid() -> None:
-    out = main(["--data", "digits", "--families", "mlp", "--epochs", "1", "--repeats", "1"])
+    args = ["--data", "digits", "--families", "mlp", "--epochs", "1", "--repeats", "1"]
+    out = main(args)
     cell = out["digits"]["mlp"]
-    assert set(cell) == set(VARIANTS) == set(out["median"])
-    assert all(math.isfinite(v) and v > 0 for v in cell.values())
-    assert out["median"] == cell  # one grid: its own median
+    assert set(cell) == set(VARIANTS) == set(out["median"]) == set(out["demo"])
+    assert all(math.isfinite(v) and v > 0 for c in (cell, out["demo"]) for v in c.values())
+    assert out["median"] == cell  # one grid: its own median; the demo is apart
+    assert "demo" not in main([*args, "--no-demo"])
