@@ -49,27 +49,29 @@ def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[floa
 
     import ikkuna_tune as ik
     from experiments.fidelity_trial import build_model, load
-    from ikkuna_tune.examples.demo import train_epoch
+    from experiments.fidelity_trial import subscribers as fidelity_subscribers
+    from ikkuna_tune.examples.demo import demo_subscribers, train_epoch
 
     torch.manual_seed(0)
-    train, test = load(data)
+    train, _ = load(data)
     shape = tuple(train.tensors[0].shape[1:])
-    if family == "demo":  # the demo's model and probe (TensorBoard off, as everywhere here)
+    if family == "demo":  # the demo's model and subscribers
         from ikkuna_tune.examples.models import SmallCNN
 
         model: torch.nn.Module = SmallCNN(image_size=shape[-1], width=8, hidden=64)
-        probe, positions = min(500, len(test)), 4000
+        chosen = demo_subscribers({"data": data})
     else:
         model = build_model(family, shape)
-        probe, positions = min(300, len(test)), 2000
+        chosen = fidelity_subscribers({"data": data})
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
-    subscribers: list[ik.Subscriber] = []
-    if variant in ("accuracy", "both"):
-        subscribers.append(
-            ik.TestAccuracySubscriber(test, batch_size=500, frequency="epoch", backend=None)
-        )
-    if variant in ("svcca", "both"):
-        subscribers.append(ik.SVCCASubscriber(test, n=probe, max_positions=positions, backend=None))
+    kinds = {
+        "accuracy": (ik.TestAccuracySubscriber,),
+        "svcca": (ik.SVCCASubscriber,),
+        "both": (ik.TestAccuracySubscriber, ik.SVCCASubscriber),
+    }[variant]
+    subscribers = [s for s in chosen if isinstance(s, kinds)]
+    for subscriber in subscribers:
+        subscriber.backend_name = None  # no TensorBoard files outside a trial directory
     loader = DataLoader(
         train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
