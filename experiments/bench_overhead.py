@@ -29,7 +29,11 @@ below); ``*_mean`` use mean times over all steps (they include the epoch-end flu
 the thread CPU time.
 On CUDA, one more untimed run per variant counts host synchronisations with
 ``torch.cuda.set_sync_debug_mode('warn')`` (``syncs_per_step``; the epoch-end flushes and the
-final flush included).
+final flush included) and logs the source lines they came from; ``extra_syncs_per_report`` is
+what instrumentation adds to plain training's own, per report (an epoch end's flush).
+``--launches`` counts what one step launches with :mod:`torch.profiler` (``kernels_per_step`` on
+CUDA, ``ops_per_step``: ``aten`` operator calls, on the CPU) and logs the launches that the
+every-step run adds most.
 
 **Stalled steps.** On the shared 2-core VM this was developed on, a quarter of all training
 steps (plain ones alike) take 20 to 100 times as long as the rest (0.3-1.5 s instead of 12 ms),
@@ -56,6 +60,7 @@ JSON object.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import logging
@@ -255,8 +260,9 @@ def count_syncs(
     args: argparse.Namespace,
     device: torch.device,
     log_dir: str,
-) -> int:
-    """Host synchronisations during one untimed run of ``variant`` (CUDA only)."""
+) -> tuple[int, collections.Counter[str]]:
+    """Host synchronisations during one untimed run of ``variant`` (CUDA only), and how many
+    came from each source line."""
     run = Run(variant, Model(init, args, device), args, f"{log_dir}/syncs")
     run.begin()
     torch.cuda.synchronize()
@@ -269,7 +275,48 @@ def count_syncs(
             run.close()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(syncs), collections.Counter(f"{w.filename}:{w.lineno}" for w in syncs)
+
+
+def count_launches(
+    variant: str,
+    init: dict[str, torch.Tensor],
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    args: argparse.Namespace,
+    device: torch.device,
+    log_dir: str,
+    steps: int = 20,
+) -> collections.Counter[str]:
+    """What one training step of ``variant`` launches, by name, averaged over ``steps`` steps
+    after 5 warm-up steps (none of them ends an epoch): CUDA kernels on CUDA, ``aten`` operators
+    on the CPU (every operator call, nested ones included), from :mod:`torch.profiler`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    args = argparse.Namespace(**{**vars(args), "steps_per_epoch": 10**9})
+    run = Run(variant, Model(init, args, device), args, f"{log_dir}/launches")
+    run.begin()
+    for x, y in batches[:5]:
+        run.step(x, y)
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for x, y in batches[5 : 5 + steps]:
+            run.step(x, y)
+        if cuda:
+            torch.cuda.synchronize()
+    run.close()
+    if cuda:
+        names = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    else:
+        names = [e.name for e in prof.events() if e.name.startswith("aten::")]
+    counts: collections.Counter[str] = collections.Counter()
+    for name, n in collections.Counter(names).items():
+        counts[name] = n / steps
+    return counts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -291,6 +338,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=3.0,
         help="a step slower than this times the 10th percentile of all steps counts as stalled",
+    )
+    parser.add_argument(
+        "--launches",
+        action="store_true",
+        help="also count what a step launches (CUDA kernels, or aten operators on the CPU)",
     )
     parser.add_argument("--times-out", help="write every step time (JSON) to this file")
     parser.add_argument(
@@ -319,12 +371,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epoch_ends: dict[str, list[float]] = {}
         around: dict[str, float] = {}
         wall, cpu = time_runs(init, batches, args, device, log_dir, epoch_ends, around)
-        syncs = None
+        syncs: dict[str, int] | None = None
         if device.type == "cuda":
-            syncs = {
-                v: count_syncs(v, init, batches, args, device, log_dir) / args.steps
-                for v in VARIANTS
+            syncs = {}
+            for v in VARIANTS:
+                syncs[v], sites = count_syncs(v, init, batches, args, device, log_dir)
+                for site, n in sites.most_common(5):
+                    log.info("%-5s %d host synchronisations at %s", v, n, site)
+        launches = None
+        if args.launches:
+            launches = {
+                v: count_launches(v, init, batches, args, device, log_dir) for v in VARIANTS
             }
+            extra = launches["every"] - launches["plain"]
+            for name, n in extra.most_common(12):
+                log.info("every step launches %5.1f more %s", n, name[:90])
     threshold = stall_threshold(wall, args.stall_factor)
     kept = {v: [t for t in times if t <= threshold] for v, times in wall.items()}
     for v, times in kept.items():
@@ -382,9 +443,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "control": args.control,
     }
     if syncs is not None:
-        result["syncs_per_step"] = round(syncs["every"], 4)
-        result["syncs_per_step_subsample16"] = round(syncs["sub16"], 4)
-        result["syncs_per_step_plain"] = round(syncs["plain"], 4)
+        # a report is an epoch end (the backend's flush); the run ends with one more flush
+        reports = args.steps // args.steps_per_epoch + 1
+        result["syncs_per_step"] = round(syncs["every"] / args.steps, 4)
+        result["syncs_per_step_subsample16"] = round(syncs["sub16"] / args.steps, 4)
+        result["syncs_per_step_plain"] = round(syncs["plain"] / args.steps, 4)
+        result["syncs"] = syncs
+        result["reports"] = reports
+        # what instrumentation adds to plain training's own synchronisations, per report
+        result["extra_syncs_per_report"] = round((syncs["every"] - syncs["plain"]) / reports, 3)
+        result["extra_syncs_per_report_subsample16"] = round(
+            (syncs["sub16"] - syncs["plain"]) / reports, 3
+        )
+    if launches is not None:
+        kind = "kernels" if device.type == "cuda" else "ops"
+        result[f"{kind}_per_step"] = {v: round(sum(c.values()), 2) for v, c in launches.items()}
     return result
 
 

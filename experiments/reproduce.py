@@ -12,7 +12,8 @@ in its log).
     python -m experiments.reproduce --quick       # the quick variants, to <name>_quick logs
     python -m experiments.reproduce --list
 
-GPU figures run only where CUDA is available (``--only overhead_gpu_depth2 ...``).
+GPU figures run only where CUDA is available (``--only overhead_gpu_depth2 ...``). Where the tree
+was copied without its git history, ``IKKUNA_SENT_COMMIT`` names the commit it was copied from.
 """
 
 from __future__ import annotations
@@ -89,13 +90,27 @@ FIGURES: dict[str, Figure] = {
         "experiments.layer_convergence", (), "cpu_layer_convergence.txt", ("--quick",)
     ),
     "overhead_gpu_depth2": Figure(
-        "experiments.bench_overhead", ("--device", "cuda", "--depth", "2"),
+        "experiments.bench_overhead", ("--device", "cuda", "--depth", "2", "--launches"),
         "gpu_bench_overhead_depth2.txt", gpu=True,
     ),
     "overhead_gpu_depth6": Figure(
-        "experiments.bench_overhead", ("--device", "cuda", "--depth", "6"),
+        "experiments.bench_overhead", ("--device", "cuda", "--depth", "6", "--launches"),
         "gpu_bench_overhead_depth6.txt", gpu=True,
     ),
+    "overhead_gpu_resnet18": Figure(
+        "experiments.bench_overhead",
+        ("--device", "cuda", "--model", "resnet18", "--batch-size", "128", "--launches"),
+        "gpu_bench_overhead_resnet18.txt", gpu=True,
+    ),
+    **{
+        f"overhead_gpu_mlp{n}": Figure(
+            "experiments.bench_overhead",
+            ("--device", "cuda", "--model", "mlp", "--layers", str(n), "--width", "64",
+             "--steps", "200", "--launches"),
+            f"gpu_bench_overhead_mlp{n}.txt", gpu=True,
+        )
+        for n in (10, 50, 200)
+    },
     "svcca_gpu": Figure(
         "experiments.bench_svcca", ("--device", "cuda"), "gpu_bench_svcca.txt", gpu=True
     ),
@@ -132,10 +147,22 @@ def log_header(command: str) -> str:
         ray_version = ray.__version__
     except ImportError:
         ray_version = "not installed"
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    # the logs themselves do not count: a run writes one before the next starts
-    if _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!experiments/results"):
-        commit += "+dirty"
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit:
+        # the logs themselves do not count: a run writes one before the next starts
+        status = (
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!experiments/results",
+        )
+        if _git(*status):
+            commit += "+dirty"
+    else:  # a copy of the tree without its git history (a lent GPU machine): as its sender said
+        sent = os.environ.get("IKKUNA_SENT_COMMIT")
+        commit = f"{sent} (a copy of the tree without git, as sent)" if sent else "unknown"
     gpu = (
         f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
         if torch.cuda.is_available()
@@ -166,7 +193,8 @@ def run_figure(name: str, quick: bool = False, results: Path = RESULTS) -> Path:
     quick_log = quick and figure.args != figure.quick_args
     log = results / (figure.log.replace(".txt", "_quick.txt") if quick_log else figure.log)
     header = log_header(command)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AIR_NEW_OUTPUT": "0"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", figure.module, *args],
