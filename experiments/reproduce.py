@@ -13,7 +13,8 @@ in its log).
     python -m experiments.reproduce --list
 
 GPU figures run only where CUDA is available (``--only overhead_gpu_depth2 ...``). Where the tree
-was copied without its git history, ``IKKUNA_SENT_COMMIT`` names the commit it was copied from.
+runs as a copy on another machine, ``IKKUNA_SENT_COMMIT`` names the commit it was copied from
+(the copy's own git metadata can lag behind).
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ FIGURES: dict[str, Figure] = {
         ("--device", "cuda", "--model", "resnet18", "--batch-size", "128", "--launches"),
         "gpu_bench_overhead_resnet18.txt", gpu=True,
     ),
+    "overhead_gpu_depth2_turn": Figure(
+        "experiments.bench_overhead",
+        ("--device", "cuda", "--depth", "2", "--sync", "turn"),
+        "gpu_bench_overhead_depth2_turn.txt", gpu=True,
+    ),
+    "overhead_gpu_resnet18_turn": Figure(
+        "experiments.bench_overhead",
+        ("--device", "cuda", "--model", "resnet18", "--batch-size", "128", "--sync", "turn"),
+        "gpu_bench_overhead_resnet18_turn.txt", gpu=True,
+    ),
     **{
         f"overhead_gpu_mlp{n}": Figure(
             "experiments.bench_overhead",
@@ -147,8 +158,11 @@ def log_header(command: str) -> str:
         ray_version = ray.__version__
     except ImportError:
         ray_version = "not installed"
-    commit = _git("rev-parse", "--short", "HEAD")
-    if commit:
+    sent = os.environ.get("IKKUNA_SENT_COMMIT")
+    if sent:  # a copy of the tree on another machine (a lent GPU), whose git may lag behind
+        commit = f"{sent} (as its sender named the copy of the tree)"
+    else:
+        commit = _git("rev-parse", "--short", "HEAD") or "unknown"
         # the logs themselves do not count: a run writes one before the next starts
         status = (
             "status",
@@ -160,9 +174,6 @@ def log_header(command: str) -> str:
         )
         if _git(*status):
             commit += "+dirty"
-    else:  # a copy of the tree without its git history (a lent GPU machine): as its sender said
-        sent = os.environ.get("IKKUNA_SENT_COMMIT")
-        commit = f"{sent} (a copy of the tree without git, as sent)" if sent else "unknown"
     gpu = (
         f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
         if torch.cuda.is_available()

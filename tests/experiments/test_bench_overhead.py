@@ -131,3 +131,36 @@ def test_a_run_with_every_step_stalled_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(bo, "stall_threshold", lambda wall, factor: 0.0)
     with pytest.raises(SystemExit, match="timed steps of the 'plain' run were stalled"):
         bo.main(["--steps", "6", "--block", "2", "--steps-per-epoch", "3", "--width", "4"])
+
+
+def test_per_turn_timing_gives_each_step_of_a_turn_the_turns_mean(tmp_path) -> None:
+    path = tmp_path / "times.json"
+    result = bo.main(
+        ["--steps", "8", "--block", "4", "--steps-per-epoch", "3", "--width", "4",
+         "--sync", "turn", "--times-out", str(path), "--stall-factor", "1000"]
+    )  # fmt: skip
+    assert result["sync"] == "turn"
+    assert result["timed_steps"] == 3  # block 2, without the turn's first step
+    times = json.loads(path.read_text())
+    for variant in ("plain", "every", "sub16"):
+        steps = times["wall"][variant]
+        assert len(steps) == 3 and len(set(steps)) == 1  # one turn, one mean
+        assert result["median_ms"][variant] == round(1e3 * steps[0], 4)
+
+
+def test_launch_counts_grow_with_what_is_published(tmp_path) -> None:
+    # on the CPU, aten operator calls per step: the standard set every step adds the norms,
+    # the update's copy and subtraction, the ratio and the accuracy; subsampling adds less
+    args = argparse.Namespace(**vars(_args()), steps=25, block=5, control=False)
+    init = DeepCNN(2, width=4).state_dict()
+    device = torch.device("cpu")
+    counts = {
+        v: bo.count_launches(v, init, _batches(25), args, device, str(tmp_path), steps=16)
+        for v in ("plain", "every", "sub16")
+    }
+    total = {v: sum(c.values()) for v, c in counts.items()}
+    assert total["plain"] < total["sub16"] < total["every"]
+    extra = counts["every"] - counts["plain"]
+    assert extra["aten::_foreach_norm"] == 3  # weights, gradients, updates: one call each
+    assert extra["aten::argmax"] == 1  # train accuracy
+    assert counts["plain"]["aten::_foreach_norm"] == 0
