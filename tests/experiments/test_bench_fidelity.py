@@ -68,3 +68,17 @@ def test_variants_put_the_groups_of_one_config_side_by_side() -> None:
     assert len(out) == 2 * 2 * 5
     assert [v["scheduler"] for v in out[:5]] == ["fifo", "asha", "svcca", "svcca_asha", "freeze"]
     assert {v["lr"] for v in out[:5]} == {0.1}
+
+
+@pytest.mark.parametrize("freeze_best", [False, True])
+def test_only_the_freezing_group_follows_freeze_best(freeze_best: bool) -> None:
+    import ikkuna_tune as ik
+    from experiments.bench_fidelity import schedulers
+
+    made = schedulers(["digits"], ["cnn", "mlp"], freeze_best)
+    assert len(made) == 2 * 5
+    for name, scheduler in made.items():
+        if isinstance(scheduler, ik.SVCCAScheduler):
+            expected = freeze_best and name.endswith("/freeze")
+            assert scheduler.freeze_best is expected, name
+            assert scheduler.stop is not name.endswith("/freeze"), name
