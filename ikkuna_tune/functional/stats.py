@@ -92,13 +92,36 @@ def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tenso
     return result  # type: ignore[return-value]
 
 
+def _consecutive(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-D tensor whose elements, in order, ``values`` are (0-d tensors of one dtype that lie
+    one after the other in one buffer), or None. On CUDA, ``torch._foreach_norm`` returns its
+    norms as such views of one result tensor: that tensor then stands for their stack, with no
+    copy (no kernel launch)."""
+    first = values[0]
+    if first.dim() != 0 or first.device.type == "meta":
+        return None
+    n, size, start, dtype = len(values), first.element_size(), first.data_ptr(), first.dtype
+    if (first.storage_offset() + n) * size > first.untyped_storage().nbytes():
+        return None  # the run would leave the first value's buffer
+    for index, value in enumerate(values):
+        if value.data_ptr() != start + index * size or value.dim() != 0 or value.dtype != dtype:
+            return None
+    return first.as_strided((n,), (1,))
+
+
 def stacked(values: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
     """0-d tensors of one device as one 1-D tensor (in the widest dtype among them); the list
     itself when they are on several devices or there are none.
 
+    When the values already lie one after the other in one buffer (as the norms of
+    :func:`norms` do on CUDA), the result is a view of that buffer instead of a copy.
+
     Examples:
         >>> stacked([torch.tensor(1.0), torch.tensor(2.0, dtype=torch.float64)])
         tensor([1., 2.], dtype=torch.float64)
+        >>> buffer = torch.tensor([3.0, 4.0])
+        >>> stacked(list(buffer)).data_ptr() == buffer.data_ptr()  # a view, no copy
+        True
     """
     if not values or len({v.device for v in values}) > 1:
         return list(values)
@@ -106,6 +129,10 @@ def stacked(values: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]
     if len(dtypes) > 1:
         dtype = functools.reduce(torch.promote_types, dtypes)
         values = [v.to(dtype) for v in values]
+    else:
+        run = _consecutive(values)
+        if run is not None:
+            return run
     try:
         return torch.stack(list(values))
     except RuntimeError:  # not all 0-d

@@ -176,3 +176,45 @@ def test_spectral_norm_leaves_a_vector_outside_the_column_space() -> None:
     # a zero vector (from a checkpoint of a collapsed iteration) is replaced as well
     sigma, _ = F.spectral_norm(w, torch.zeros(3), n_power_iterations=2)
     torch.testing.assert_close(sigma, torch.tensor(2.0))
+
+
+def _values_by_hand(values: list[torch.Tensor]) -> list[float]:
+    return [float(v) for v in values]
+
+
+def test_stacked_views_values_that_lie_one_after_the_other_in_one_buffer() -> None:
+    # what torch._foreach_norm returns on CUDA: 0-d views of consecutive elements of one result
+    buffer = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    views = list(buffer[1:4])
+    result = F.stacked(views)
+    assert isinstance(result, torch.Tensor)
+    assert result.tolist() == _values_by_hand(views) == [2.0, 3.0, 4.0]
+    assert result.data_ptr() == buffer[1:].data_ptr()  # no copy
+    assert result.shape == (3,) and result.stride() == (1,)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda b: list(b[::2]),  # every other element: not consecutive
+        lambda b: [b[2], b[1], b[0]],  # reversed
+        lambda b: [b[0], b[0]],  # one element twice
+        lambda b: [torch.tensor(1.0), torch.tensor(2.0)],  # separate tensors
+        lambda b: [b[3], b[4], torch.tensor(7.0)],  # the run would leave the buffer
+    ],
+    ids=["strided", "reversed", "repeated", "separate", "leaves_buffer"],
+)
+def test_stacked_copies_values_that_do_not_form_a_run(make) -> None:
+    buffer = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    values = make(buffer)
+    result = F.stacked(values)
+    assert result.tolist() == _values_by_hand(values)
+    assert result.data_ptr() not in {buffer.data_ptr() + 4 * i for i in range(5)}
+
+
+def test_stacked_norms_equal_each_norm() -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(4, 3, generator=g), torch.randn(7, generator=g), torch.randn(2, 2, 2)]
+    result = F.stacked(F.norms(tensors))
+    expected = [math.sqrt(float((t.double() ** 2).sum())) for t in tensors]
+    assert result.tolist() == pytest.approx(expected, rel=1e-6)
