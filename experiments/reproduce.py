@@ -12,7 +12,8 @@ in its log).
     python -m experiments.reproduce --quick       # the quick variants, to <name>_quick logs
     python -m experiments.reproduce --list
 
-GPU figures run only where CUDA is available (``--only overhead_gpu_depth2 ...``). Where the tree
+GPU figures run only where CUDA is available (``--gpu`` runs all of them, ``--only
+overhead_gpu_depth2 ...`` some). Where the tree
 runs as a copy on another machine, ``IKKUNA_SENT_COMMIT`` names the commit it was copied from
 (the copy's own git metadata can lag behind).
 """
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), metavar="NAME")
     parser.add_argument("--quick", action="store_true", help="the quick variants only")
+    parser.add_argument(
+        "--gpu", action="store_true", help="every GPU figure (on a machine with CUDA)"
+    )
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
     parser.add_argument("--results", default=str(RESULTS), help="where the logs go")
     args = parser.parse_args(argv)
@@ -237,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    if args.only and args.gpu:
+        parser.error("give --only or --gpu, not both")
     names = args.only or [
-        n for n, f in FIGURES.items() if not f.gpu and (not args.quick or f.quick_args)
+        n for n, f in FIGURES.items() if f.gpu == args.gpu and (not args.quick or f.quick_args)
     ]
     failed = []
     for name in names:
