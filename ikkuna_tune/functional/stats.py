@@ -98,15 +98,16 @@ def _consecutive(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
     norms as such views of one result tensor: that tensor then stands for their stack, with no
     copy (no kernel launch)."""
     first = values[0]
-    if first.dim() != 0 or first.device.type == "meta":
+    if first.dim() != 0 or first.is_meta:
         return None
-    n, size, start, dtype = len(values), first.element_size(), first.data_ptr(), first.dtype
-    if (first.storage_offset() + n) * size > first.untyped_storage().nbytes():
-        return None  # the run would leave the first value's buffer
+    size, start, dtype = first.element_size(), first.data_ptr(), first.dtype
+    # the cheapest test first: separate tensors fail it at the second value
     for index, value in enumerate(values):
         if value.data_ptr() != start + index * size or value.dim() != 0 or value.dtype != dtype:
             return None
-    return first.as_strided((n,), (1,))
+    if (first.storage_offset() + len(values)) * size > first.untyped_storage().nbytes():
+        return None  # the run would leave the first value's buffer
+    return first.as_strided((len(values),), (1,))
 
 
 def stacked(values: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
