@@ -24,6 +24,7 @@ from ikkuna_tune.layers import (
     for_evaluation,
     output_tensor,
     select_modules,
+    unowned_parameters,
     unwrapped,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, NamedModule
@@ -174,6 +175,16 @@ class Exporter(StepHooks, LayerFreezing):
                 f"No layer of {type(model).__name__} matches depth={depth!r}, "
                 f"module_filter={module_filter!r}"
             )
+        if depth is None and module_filter is None:
+            unowned = unowned_parameters(unwrapped(model), chosen)
+            if unowned:
+                logger.warning(
+                    "These parameters are held by modules that are not layers and get no "
+                    "weight, gradient or update metrics, nor are they frozen with a layer: %s (a "
+                    "layer is a leaf module that holds parameters; Exporter(depth=...) tracks "
+                    "the modules at one depth instead)",
+                    ", ".join(f"{name or '<model>'!r}: {held}" for name, held in unowned.items()),
+                )
         self.model = model
         #: The optimizers, in the order given (empty without one).
         self.optimizers: tuple[torch.optim.Optimizer, ...] = optimizers

@@ -35,6 +35,7 @@ __all__ = [
     "output_tensor",
     "own_params",
     "select_modules",
+    "unowned_parameters",
     "unwrapped",
     "wrappers",
 ]
@@ -316,6 +317,37 @@ def select_modules(
         if take:
             chosen[name] = module
     return chosen
+
+
+def unowned_parameters(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, list[str]]:
+    """The parameters that no layer holds itself, by the name of the module that holds them
+    (``''`` for the model): those of a module with child modules, such as the ``in_proj_weight``
+    of ``nn.MultiheadAttention`` or a class token set on the model. Parameters of a
+    parametrisation belong to the layer it parametrises.
+
+    Examples:
+        >>> from torch import nn
+        >>> block = nn.TransformerEncoderLayer(8, 2, 16)
+        >>> unowned_parameters(block, select_modules(block))
+        {'self_attn': ['in_proj_weight', 'in_proj_bias']}
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> unowned_parameters(model, select_modules(model))
+        {}
+    """
+    unowned: dict[str, list[str]] = {}
+    inside: list[str] = []  # parametrisation containers: their parameters are a layer's
+    chosen = {id(module) for module in layers.values()}
+    for name, module in model.named_modules():
+        if any(name == c or name.startswith(c + ".") for c in inside):
+            continue
+        if parametrize.is_parametrized(module):
+            inside.append(f"{name}.parametrizations" if name else "parametrizations")
+        if id(module) in chosen:
+            continue
+        held = [n for n, p in module._parameters.items() if p is not None]
+        if held:
+            unowned[name] = held
+    return unowned
 
 
 def output_tensor(
