@@ -21,7 +21,13 @@ from ikkuna_tune.subscribers.base import CallbackSubscriber
 if TYPE_CHECKING:
     from ikkuna_tune.model_access import ModelAccess
 
-__all__ = ["ActivationRecorder", "Trigger", "check_probe_args", "draw_probe"]
+__all__ = [
+    "ActivationRecorder",
+    "Trigger",
+    "activation_layout",
+    "check_probe_args",
+    "draw_probe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,70 @@ def draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Te
     return indices, torch.stack(items)
 
 
+#: Layers whose outputs hold the features in dimension 1 (channels): (N, C, *S).
+_CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,  # batch and instance norms
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+#: Layers whose outputs hold the features in the last dimension: (N, *S, F).
+_FEATURES_LAST: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []),
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+)
+
+
+def activation_layout(module: nn.Module) -> tuple[bool, bool]:
+    """Where the features and the probe points lie in ``module``'s output of 3 or more dims:
+    ``(features_last, time_first)``.
+
+    Features are last for linear maps, layer norms, embeddings, recurrent and attention layers
+    (the token or time step is a position), and in dimension 1 for convolutions and batch,
+    instance and group norms (the channels). A module of neither kind (a block of layers chosen
+    with ``depth=``) takes the layout of its last registered layer of a known kind; a module with
+    none is read as channels first. ``time_first``: the module was built with
+    ``batch_first=False`` (an RNN's or attention's (S, N, F) output), so the probe points are in
+    dimension 1.
+
+    Examples:
+        >>> from torch import nn
+        >>> activation_layout(nn.Conv2d(1, 2, 3)), activation_layout(nn.LayerNorm(4))
+        ((False, False), (True, False))
+        >>> activation_layout(nn.LSTM(4, 8)), activation_layout(nn.LSTM(4, 8, batch_first=True))
+        ((True, True), (True, False))
+        >>> block = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+        >>> activation_layout(block)  # as its last layer of a known kind, the batch norm
+        (False, False)
+    """
+    candidates = [module, *reversed(list(module.modules())[1:])]
+    time_first = next(
+        (
+            c.batch_first is False
+            for c in candidates
+            if isinstance(getattr(c, "batch_first", None), bool)
+        ),
+        False,
+    )
+    for candidate in candidates:
+        if isinstance(candidate, _FEATURES_LAST):
+            return True, time_first
+        if isinstance(candidate, _CHANNELS_FIRST):
+            return False, time_first
+    return False, time_first
+
+
 class ActivationRecorder:
     r"""Pushes a probe set through a model and keeps each tracked layer's activation matrix.
 
@@ -85,11 +155,13 @@ class ActivationRecorder:
 
     A layer output of shape (N, F) gives N rows. A convolution output (N, C, \*S) is folded to
     (N * prod(S), C): every spatial position of every probe point is a data point and the
-    channels are the features (for ``nn.Linear`` on (N, \*S, F) inputs the last dimension holds
-    the features). When that gives more than ``max_positions`` rows, a fixed random subset of
-    ``max_positions`` rows is used (the same at every recording, seeded by ``seed`` and the
-    layer's name). Only the kept rows of each batch are copied into a per-layer buffer, so
-    memory peaks at one batch of activations plus the buffers.
+    channels are the features. Linear, normalisation, embedding, recurrent and attention layers
+    hold their features last, (N, \*S, F), and are folded to (N * prod(S), F), every token or
+    time step a data point; a ``batch_first=False`` layer's (S, N, F) output is read as such
+    (:func:`activation_layout`). When that gives more than ``max_positions`` rows, a fixed
+    random subset of ``max_positions`` rows is used (the same at every recording, seeded by
+    ``seed`` and the layer's name). Only the kept rows of each batch are copied into a
+    per-layer buffer, so memory peaks at one batch of activations plus the buffers.
 
     Args:
         inputs: the probe inputs (first dimension: probe points).
@@ -125,6 +197,10 @@ class ActivationRecorder:
         self.seed = seed
         self.probe_tag = probe_tag
         self._selections: dict[tuple[str, int], _Rows] = {}
+        self._layouts: dict[str, tuple[bool, bool]] = {}
+        self._misfits: set[str] = set()  # layers whose outputs do not hold the probe points
+        self._skipped: set[str] = set()  # such layers in the running recording
+        self._uncalled: set[str] = set()  # layers no probe pass called (warned about once)
 
     def record(
         self,
@@ -141,11 +217,15 @@ class ActivationRecorder:
         if device is None:
             device = device_of(access.model)
         buffers: dict[str, torch.Tensor] = {}
-        position = [0]  # index of the first probe point of the running batch
+        position = [0, 0]  # the running batch: index of its first probe point, its size
+        self._skipped = set()
+
+        seen: set[str] = set()
 
         def keep_rows(message: Message) -> None:
             if isinstance(message, ModuleMessage):
-                self._store(buffers, message, position[0])
+                seen.add(message.module.name)
+                self._store(buffers, message, position[0], position[1])
 
         recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
         recorder.attach(access.message_bus)
@@ -153,24 +233,61 @@ class ActivationRecorder:
             with access.probe(self.probe_tag) as model:
                 run = model if forward is None else forward
                 for start in range(0, self.n, self.batch_size):
-                    position[0] = start
                     batch = self.inputs[start : start + self.batch_size]
+                    position[0], position[1] = start, len(batch)
                     if device is not None:
                         batch = batch.to(device, non_blocking=True)
                     run(batch)
         finally:
             recorder.detach()
+        unseen = [name for name in access.modules if name not in seen | self._uncalled]
+        if unseen and seen:
+            self._uncalled.update(unseen)
+            logger.warning(
+                "Layers %s were not called in the probe's forward passes (a layer used in "
+                "training only, or one whose parameters another module uses directly, as "
+                "nn.MultiheadAttention does its out_proj's): no self-similarity for them",
+                unseen,
+            )
         return buffers
 
-    def _store(self, buffers: dict[str, torch.Tensor], message: ModuleMessage, start: int) -> None:
-        """Copy the kept rows of one batch's activations of one layer into its buffer."""
+    def _store(
+        self, buffers: dict[str, torch.Tensor], message: ModuleMessage, start: int, points: int
+    ) -> None:
+        """Copy the kept rows of one batch's activations of one layer into its buffer (the
+        batch: ``points`` probe points from ``start`` on)."""
         name = message.module.name
+        if name in self._skipped:
+            return
         data = message.data
         if not isinstance(data, torch.Tensor) or data.dim() == 0:
             if name not in buffers:
                 logger.warning("Layer %r does not output a tensor; no self-similarity", name)
             return
         act = data.detach()
+        layout = self._layouts.get(name)
+        if layout is None:
+            layout = self._layouts[name] = activation_layout(message.module.module)
+        features_last, time_first = layout
+        # the probe points are in dimension 0, or 1 for a time-first (S, N, F) output; the
+        # layer's own batch_first flag decides where both dimensions could be
+        in_first = act.dim() >= 1 and act.shape[0] == points
+        in_second = act.dim() >= 3 and act.shape[1] == points
+        if in_second and (time_first or not in_first):
+            act = act.transpose(0, 1)  # (S, N, F) -> (N, S, F)
+        elif not in_first:
+            self._skipped.add(name)
+            buffers.pop(name, None)  # rows of earlier batches alone would be a partial matrix
+            if name not in self._misfits:
+                self._misfits.add(name)
+                logger.warning(
+                    "Layer %r: no dimension of its output of shape %s holds the %d probe points "
+                    "of the batch; no self-similarity",
+                    name,
+                    tuple(act.shape),
+                    points,
+                )
+            return
         batch = act.shape[0]
         if act.dim() == 1:
             act = act.unsqueeze(1)
@@ -178,12 +295,10 @@ class ActivationRecorder:
             rows, total, features = act, self.n, act.shape[1]
             lo, hi = start, start + batch
         else:
-            if isinstance(message.module.module, nn.Linear):
-                act = act.reshape(batch, -1, act.shape[-1])  # (B, P, F): features last
-                features_last = True
+            if features_last:
+                act = act.reshape(batch, -1, act.shape[-1])  # (B, P, F)
             else:
                 act = act.reshape(batch, act.shape[1], -1)  # (B, C, P): channels first
-                features_last = False
             positions = act.shape[1] if features_last else act.shape[2]
             features = act.shape[2] if features_last else act.shape[1]
             total = self.n * positions

@@ -1,0 +1,119 @@
+"""The activation matrices the SVCCA probe records for sequence layers (features last, time
+steps as data points) and for batch_first=False layers, against the layers' outputs folded by
+hand."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.subscribers.probe import ActivationRecorder
+
+
+class Tagger(nn.Module):
+    """Embedding -> LSTM -> LayerNorm -> Linear over every token: (N, T) -> (N, T, 3)."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.emb = nn.Embedding(20, 6)
+        self.rnn = nn.LSTM(6, 5, batch_first=batch_first)
+        self.norm = nn.LayerNorm(5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # a time-first model takes (T, N) tokens
+        h = self.emb(tokens)
+        h, _ = self.rnn(h)
+        return self.head(self.norm(h))
+
+
+def _outputs_by_hand(model: Tagger, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's output on (N, T) tokens, as (N * T, features) rows: point by point, each
+    point's time steps in order (the recorder's row order)."""
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i in range(len(tokens)):  # one sequence at a time: no layout to get wrong
+            x = tokens[i : i + 1] if model.batch_first else tokens[i : i + 1].T
+            h = model.emb(x)
+            r, _ = model.rnn(h)
+            n = model.norm(r)
+            y = model.head(n)
+            for name, t in (("emb", h), ("rnn", r), ("norm", n), ("head", y)):
+                out.setdefault(name, []).append(t.reshape(-1, t.shape[-1]))
+    return {name: torch.cat(rows) for name, rows in out.items()}
+
+
+def _recorded(model: Tagger, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    recorder = ActivationRecorder(tokens, batch_size=3, max_positions=10**6, seed=0)
+    forward = model if model.batch_first else (lambda x: model(x.T))
+    with ik.Exporter(model) as exporter:
+        return recorder.record(exporter, forward)
+
+
+def test_sequence_layers_give_one_row_per_token_with_the_features_as_columns() -> None:
+    torch.manual_seed(0)
+    model = Tagger(batch_first=True).eval()
+    tokens = torch.randint(0, 20, (7, 4))
+    recorded, by_hand = _recorded(model, tokens), _outputs_by_hand(model, tokens)
+    assert set(recorded) == {"emb", "rnn", "norm", "head"}
+    for name, expected in by_hand.items():
+        assert recorded[name].shape == (7 * 4, expected.shape[1]), name
+        torch.testing.assert_close(recorded[name], expected, msg=name)
+
+
+def test_time_first_outputs_have_their_probe_points_in_dimension_1() -> None:
+    torch.manual_seed(0)
+    model = Tagger(batch_first=False).eval()
+    tokens = torch.randint(0, 20, (7, 4))  # the probe: (N, T); the model gets (T, N)
+    recorded, by_hand = _recorded(model, tokens), _outputs_by_hand(model, tokens)
+    # every layer's (T, N, F) output: found from where the batch's probe points are
+    for name, expected in by_hand.items():
+        torch.testing.assert_close(recorded[name], expected, msg=name)
+
+
+class Flattening(nn.Module):
+    """Its head sees every token of the batch as one row: (N * T, F), no probe-point axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.emb(tokens)
+        return self.head(h.reshape(-1, h.shape[-1]))
+
+
+def test_a_layer_without_a_probe_point_axis_is_left_out_with_a_warning(caplog) -> None:
+    torch.manual_seed(0)
+    model = Flattening().eval()
+    tokens = torch.randint(0, 20, (7, 4))
+    recorder = ActivationRecorder(tokens, batch_size=3, max_positions=10**6, seed=0)
+    with caplog.at_level(logging.WARNING), ik.Exporter(model) as exporter:
+        first = recorder.record(exporter)
+        second = recorder.record(exporter)
+    assert set(first) == set(second) == {"emb"}  # no partial matrix for the head
+    with torch.no_grad():
+        torch.testing.assert_close(first["emb"], model.emb(tokens).reshape(-1, 6))
+    warned = [r.getMessage() for r in caplog.records if "probe points" in r.getMessage()]
+    assert len(warned) == 1 and "'head'" in warned[0] and "(12, 3)" in warned[0]
+
+
+def test_layers_the_probe_never_calls_are_named_once(caplog) -> None:
+    torch.manual_seed(0)
+    model = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0).eval()
+    x = torch.randn(5, 3, 8)
+    recorder = ActivationRecorder(x, batch_size=2, max_positions=10**6, seed=0)
+    with caplog.at_level(logging.WARNING), ik.Exporter(model) as exporter:
+        first = recorder.record(exporter)
+        second = recorder.record(exporter)
+    # MultiheadAttention computes with out_proj's weight without calling out_proj
+    assert set(first) == set(second) == {"linear1", "linear2", "norm1", "norm2"}
+    warned = [r.getMessage() for r in caplog.records if "not called" in r.getMessage()]
+    assert len(warned) == 1 and "['self_attn.out_proj']" in warned[0]
+    with torch.no_grad():  # post-norm: the block's output is norm2's, one row per token
+        torch.testing.assert_close(first["norm2"], model(x).reshape(-1, 8))
