@@ -107,15 +107,18 @@ _FEATURES_LAST: tuple[type[nn.Module], ...] = (
 )
 
 
-def activation_layout(module: nn.Module) -> tuple[bool, bool]:
+def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[bool, bool]:
     """Where the features and the probe points lie in ``module``'s output of 3 or more dims:
     ``(features_last, time_first)``.
 
     Features are last for linear maps, layer norms, embeddings, recurrent and attention layers
     (the token or time step is a position), and in dimension 1 for convolutions and batch,
     instance and group norms (the channels). A module of neither kind (a block of layers chosen
-    with ``depth=``) takes the layout of its last registered layer of a known kind; a module with
-    none is read as channels first. ``time_first``: the module was built with
+    with ``depth=``) takes the layout of its last registered layer of a known kind. A module
+    with none (a layer of the user's own) is read from its output's ``shape`` where its
+    ``weight`` tells: a weight of 1 or 2 dimensions whose first size is the output's last (a
+    custom RMS norm or linear map) puts the features last, any other weight (a convolution's
+    kernel) and no weight in dimension 1. ``time_first``: the module was built with
     ``batch_first=False`` (an RNN's or attention's (S, N, F) output), so the probe points are in
     dimension 1.
 
@@ -128,6 +131,10 @@ def activation_layout(module: nn.Module) -> tuple[bool, bool]:
         >>> block = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
         >>> activation_layout(block)  # as its last layer of a known kind, the batch norm
         (False, False)
+        >>> scale = nn.Module()
+        >>> scale.weight = nn.Parameter(torch.ones(4))  # (N, T, 4) -> (N, T, 4)
+        >>> activation_layout(scale, (2, 3, 4)), activation_layout(scale, (2, 4, 3))
+        ((True, False), (False, False))
     """
     candidates = [module, *reversed(list(module.modules())[1:])]
     time_first = next(
@@ -143,6 +150,16 @@ def activation_layout(module: nn.Module) -> tuple[bool, bool]:
             return True, time_first
         if isinstance(candidate, _CHANNELS_FIRST):
             return False, time_first
+    weight = getattr(module, "weight", None)
+    if (
+        shape is not None
+        and len(shape) >= 3
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() in (1, 2)
+        and shape[-1] == weight.shape[0]
+        and shape[1 if not time_first else 2] != weight.shape[0]
+    ):
+        return True, time_first
     return False, time_first
 
 
@@ -267,7 +284,8 @@ class ActivationRecorder:
         act = data.detach()
         layout = self._layouts.get(name)
         if layout is None:
-            layout = self._layouts[name] = activation_layout(message.module.module)
+            shape = tuple(act.shape)
+            layout = self._layouts[name] = activation_layout(message.module.module, shape)
         features_last, time_first = layout
         # the probe points are in dimension 0, or 1 for a time-first (S, N, F) output; the
         # layer's own batch_first flag decides where both dimensions could be

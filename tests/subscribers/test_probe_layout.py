@@ -117,3 +117,27 @@ def test_layers_the_probe_never_calls_are_named_once(caplog) -> None:
     assert len(warned) == 1 and "['self_attn.out_proj']" in warned[0]
     with torch.no_grad():  # post-norm: the block's output is norm2's, one row per token
         torch.testing.assert_close(first["norm2"], model(x).reshape(-1, 8))
+
+
+class RMSNorm(nn.Module):
+    """A layer of the user's own, as transformer code often writes it: features last."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def test_a_custom_layer_with_a_vector_weight_has_its_features_last() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 6), RMSNorm(6), nn.Linear(6, 3)).eval()
+    tokens = torch.randint(0, 20, (7, 5))
+    recorder = ActivationRecorder(tokens, batch_size=3, max_positions=10**6, seed=0)
+    with ik.Exporter(model) as exporter:
+        recorded = recorder.record(exporter)
+    with torch.no_grad():
+        normed = model[1](model[0](tokens))
+    assert recorded["1"].shape == (7 * 5, 6)
+    torch.testing.assert_close(recorded["1"], normed.reshape(-1, 6))
