@@ -268,6 +268,9 @@ class TestAccuracySubscriber(PlotSubscriber):
     def detached(self, message_bus: MessageBus) -> None:
         super().detached(message_bus)
         self._model = None
+        reason = self.trigger.never_reached()
+        if reason is not None:
+            logger.warning("TestAccuracySubscriber never evaluated: %s", reason)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if self.trigger.due(message_or_bundle):

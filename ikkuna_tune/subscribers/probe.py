@@ -393,6 +393,25 @@ class Trigger:
         #: ``batch_finished`` messages seen (kept in the subscriber's state)
         self.batches = 0
 
+    def never_reached(self) -> str | None:
+        """Why the work has not run although training batches came (fewer than
+        ``frequency``), or None.
+
+        Examples:
+            >>> trigger = Trigger(100)
+            >>> trigger.batches = 28
+            >>> trigger.never_reached().split(" (")[0]
+            '28 training batches came, fewer than frequency=100'
+            >>> Trigger("epoch").never_reached() is None
+            True
+        """
+        if self.kind == "batch_finished" and 0 < self.batches < self.frequency:  # type: ignore[operator]
+            return (
+                f"{self.batches} training batches came, fewer than frequency={self.frequency} "
+                "(frequency='epoch' runs it at every epoch_finished)"
+            )
+        return None
+
     def due(self, message: Message | MessageBundle) -> bool:
         """Whether ``message`` (of :attr:`kind`) calls for the work now."""
         if not isinstance(message, Message) or message.kind != self.kind:

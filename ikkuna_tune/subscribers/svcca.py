@@ -210,6 +210,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         ):
             self._initial = self.record()
 
+    def detached(self, message_bus: MessageBus) -> None:
+        super().detached(message_bus)
+        reason = self.trigger.never_reached()
+        if reason is not None:
+            logger.warning("%s made no checkpoint: %s", type(self).__name__, reason)
+
     # ------------------------------------------------------------------------ checkpoints
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if self.trigger.due(message_or_bundle):
