@@ -13,9 +13,9 @@ in its log).
     python -m experiments.reproduce --list
 
 GPU figures run only where CUDA is available (``--gpu`` runs all of them, ``--only
-overhead_gpu_depth2 ...`` some). Where the tree
-runs as a copy on another machine, ``IKKUNA_SENT_COMMIT`` names the commit it was copied from
-(the copy's own git metadata can lag behind).
+overhead_gpu_depth2 ...`` some). Where the tree runs as a copy on another machine,
+``IKKUNA_SENT_COMMIT`` names the commit it was copied from (the copy's own git metadata can lag
+behind).
 """
 
 from __future__ import annotations
