@@ -126,6 +126,10 @@ FIGURES: dict[str, Figure] = {
         )
         for n in (10, 50, 200)
     },
+    "step_profile_gpu": Figure(
+        "experiments.bench_step_profile", ("--model", "resnet18", "--batch-size", "128"),
+        "gpu_bench_step_profile_resnet18.txt", gpu=True,
+    ),
     "svcca_gpu": Figure(
         "experiments.bench_svcca", ("--device", "cuda"), "gpu_bench_svcca.txt", gpu=True
     ),
