@@ -54,8 +54,8 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         # receive_message only adds the snapshot: the bundle rules of the base class hold, so
         # will_process, needs_data and skipping work as for the base class
         self._own_sync_receive = False
-        #: the reduced batches of the step being collected, by kind
-        self._batches: dict[str, tuple[LayerBatch, Any]] = {}
+        #: the reduced batches of the step being collected, by kind, that are not paired yet
+        self._batches: dict[str, list[tuple[LayerBatch, Any]]] = {}
 
     @property
     def takes_batches(self) -> bool:
@@ -74,13 +74,48 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         else:
             values = _norm_vector(batch.data)
         batches = self._batches
-        for kind in [k for k, (b, _) in batches.items() if b.global_step != batch.global_step]:
+        for kind in [
+            k for k, held in batches.items() if held[0][0].global_step != batch.global_step
+        ]:
             del batches[kind]  # an incomplete bundle of an earlier step is dropped
-        batches[batch.kind] = (batch, values)  # a second one within a step replaces the first
+        batches.setdefault(batch.kind, []).append((batch, values))
         if len(batches) == len(self.kinds):
-            pairs = [batches[kind] for kind in self.kinds]
+            self._pair()
+
+    def _pair(self) -> None:
+        """Hand the subscriber the layers that both kinds hold in this step, as one pair of
+        batches, and keep the rest for batches still to come.
+
+        One optimizer: the ``weights`` batch and the ``weight_updates`` batch hold the same
+        layers, and pair whole. Several optimizers publish their layers' updates (or gradients)
+        in one batch each, so the ``weights`` of every layer are paired part by part, each
+        layer once; a second batch of a kind for a layer within the step replaces the first.
+        """
+        batches = self._batches
+        first, second = (batches[kind] for kind in self.kinds)
+        if len(first) == 1 and len(second) == 1 and first[0][0].modules == second[0][0].modules:
             batches.clear()
-            self.subscriber.compute_batches(pairs)  # type: ignore[attr-defined]
+            self.subscriber.compute_batches([first[0], second[0]])  # type: ignore[attr-defined]
+            return
+        by_kind = [_by_layer(held) for held in (first, second)]
+        names = [name for name in by_kind[0] if name in by_kind[1]]
+        if not names:
+            return
+        pairs = []
+        for kind, held, layers in zip(self.kinds, (first, second), by_kind):
+            latest = held[-1][0]
+            step = (latest.tag, latest.global_step, latest.train_step, latest.epoch)
+            paired = [layers.pop(name) for name in names]
+            modules = [module for module, _ in paired]
+            values = F.stacked([value for _, value in paired])
+            pairs.append((LayerBatch(kind, *step, modules, list(values)), values))
+            if layers:  # the layers still waiting for the other kind
+                rest = list(layers.values())
+                kept = F.stacked([value for _, value in rest])
+                batches[kind] = [(LayerBatch(kind, *step, [m for m, _ in rest], list(kept)), kept)]
+            else:
+                del batches[kind]
+        self.subscriber.compute_batches(pairs)  # type: ignore[attr-defined]
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
@@ -108,6 +143,17 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
             else:
                 message = dataclasses.replace(message, data=data)
         super().receive_message(message)
+
+
+def _by_layer(held: list[tuple[LayerBatch, Any]]) -> dict[str, tuple[Any, Any]]:
+    """Each layer's module and reduced value over the batches ``held`` (a later batch's value
+    replaces an earlier one's), by layer name, in the order the layers came."""
+    layers: dict[str, tuple[Any, Any]] = {}
+    for batch, values in held:
+        for module, value in zip(batch.modules, values):
+            layers.pop(module.name, None)
+            layers[module.name] = (module, value)
+    return layers
 
 
 def _norm_vector(data: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
