@@ -9,6 +9,7 @@ taking weight updates into buffers kept per parameter. The public face of it is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import repeat
@@ -50,6 +51,18 @@ UPDATE_KINDS = {"weight_updates": "weight", "bias_updates": "bias"}
 GRADIENT_KINDS = {"weight_gradients": "weight", "bias_gradients": "bias"}
 #: The keys of a network-wide message.
 _NETWORK_KEYS: tuple[None] = (None,)
+
+
+logger = logging.getLogger(__name__)
+
+_autograd_node: Callable[[], object] | None = getattr(torch._C, "_current_autograd_node", None)
+
+
+def _in_backward() -> bool:
+    """Whether autograd's backward pass is running this call: a layer called then is being
+    recomputed (activation checkpointing re-runs the forward of a checkpointed part inside
+    the backward pass), and its call is not a new forward pass."""
+    return _autograd_node is not None and _autograd_node() is not None
 
 
 #: Parameters at least this large are subtracted one at a time (one pass over memory); smaller
@@ -146,6 +159,10 @@ class StepHooks:
     _scaler: Any
     _scale_version: int
     _traced: list[tuple[NamedModule, torch.Tensor]]
+    #: whether the last forward pass of the model ran in eval mode with gradients enabled
+    _eval_grad_pass: bool = False
+    #: whether the warning about optimizer steps after such passes has been given
+    _warned_eval_step: bool = False
     _traced_layers: list[NamedModule]
     _receiver: int
     _recompile_allowed: bool
@@ -251,11 +268,15 @@ class StepHooks:
         return self._probe_tag is None and self.model.training and torch.is_grad_enabled()
 
     def _on_forward_start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if _in_backward():  # the model's forward recomputed for a checkpointed backward
+            return
         self._publish_traced()
         self._recompile_allowed = False
         self._passes += 1
         self._current_pass = self._passes
-        if not self._is_training_pass():
+        training = self._is_training_pass()
+        self._eval_grad_pass = not training and self._probe_tag is None and torch.is_grad_enabled()
+        if not training:
             self._pass_tag = self._probe_tag or EVAL_TAG
             if args and isinstance(args[0], torch.Tensor):
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
@@ -323,6 +344,8 @@ class StepHooks:
                         self._emit_layer(kind, named, zero, SKIPPED_TAG)
 
     def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if _in_backward():
+            return
         self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
@@ -349,6 +372,8 @@ class StepHooks:
         args: tuple[Any, ...],
         output: Any,
     ) -> None:
+        if _in_backward():  # recomputed for a checkpointed backward: published already
+            return
         current = self._current_pass
         if current:  # count the calls within one forward pass of the model
             if calls[0] == current:
@@ -357,13 +382,23 @@ class StepHooks:
             else:
                 calls[0] = current
                 calls[1] = 1
-        tag = self._pass_tag
+            tag = self._pass_tag
+        else:  # a layer called on its own, outside the model's forward pass
+            tag = self._outside_tag(module)
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
         if self._want_activations and self._due("activations", named.name, tag):
             self._emit_layer("activations", named, output.detach(), tag)
         if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
             output.register_hook(partial(self._on_layer_gradient, named))
+
+    def _outside_tag(self, module: nn.Module) -> str:
+        """The tag of a layer's call outside the model's forward pass (the user runs one part
+        of the model on its own): that of a probe running, else a training call when the layer
+        is in training mode with gradients enabled, else an evaluation."""
+        if self._probe_tag is not None:
+            return self._probe_tag
+        return DEFAULT_TAG if module.training and torch.is_grad_enabled() else EVAL_TAG
 
     # Under torch.compile (see ikkuna_tune.compiled_taps). ``_trace_layer`` is what dynamo
     # traces: it reads no counter (a guard on one would recompile every step), only appends to
@@ -421,6 +456,21 @@ class StepHooks:
             self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
 
     def _on_optimizer_pre(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        if not self._step_open:
+            # no training-mode forward pass opened this step: the model trains in eval mode
+            # (batch-norm statistics frozen, say), or the optimizer steps before its closure's
+            # forward pass (L-BFGS); the optimizer's step is then the training step
+            if self._eval_grad_pass and not self._warned_eval_step:
+                self._warned_eval_step = True
+                logger.warning(
+                    "The optimizer stepped after a forward pass in eval mode: each such "
+                    "optimizer step counts as a training step (its weights, gradients and "
+                    "updates are published under the tag %r), but the activations, output, "
+                    "loss and train accuracy of eval-mode passes are published under %r",
+                    DEFAULT_TAG,
+                    EVAL_TAG,
+                )
+            self._start_step()
         layers = self._optimizer_layers[index]
         for kind in self._want_gradients:
             entries = layers[GRADIENT_KINDS[kind]]

@@ -66,10 +66,11 @@ def test_bfloat16_autocast_activations_are_published_in_bfloat16() -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_norms_of_half_precision_activations_match_float32(dtype) -> None:
     bus = MessageBus("amp")
-    ik.NormSubscriber("activations", bus, backend=None)
+    # the calls below run in eval mode: their activations are published under the eval tag
+    ik.NormSubscriber("activations", bus, tag=None, backend=None)
     norms: dict[str, float] = {}
     ik.CallbackSubscriber(
-        ["activations_norm2"], lambda m: norms.__setitem__(m.key, m.data.item()), bus
+        ["activations_norm2"], lambda m: norms.__setitem__(m.key, m.data.item()), bus, tag=None
     )
     torch.manual_seed(0)
     model = TinyNet()

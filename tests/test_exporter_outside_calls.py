@@ -1,0 +1,126 @@
+"""Layer calls that are not a plain training forward pass: activation checkpointing's
+recomputation, a layer run on its own, and training with the model in eval mode."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 6), nn.Tanh())
+        self.head = nn.Linear(6, 3)
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(checkpoint(self.body, x, use_reentrant=self.reentrant))
+
+
+def _record(bus: MessageBus, kinds: list[str], tag: str | None = None) -> list[tuple]:
+    seen: list[tuple] = []
+    ik.CallbackSubscriber(
+        kinds, lambda m: seen.append((m.kind, m.key, m.global_step, m.tag, m.data)), bus, tag=tag
+    )
+    return seen
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointed_layers_publish_their_activations_once_per_step(reentrant: bool) -> None:
+    torch.manual_seed(0)
+    model = _Checkpointed(reentrant)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["activations"])
+    xs = [torch.randn(8, 4, requires_grad=reentrant) for _ in range(3)]
+    expected = []
+    with ik.Exporter(model, opt, bus):
+        for step, x in enumerate(xs):
+            with torch.no_grad():  # the activations by hand, before the step changes the weights
+                first = model.body[0](x)
+                expected += [("body.0", step, first), ("head", step, model.head(first.tanh()))]
+            opt.zero_grad()
+            F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])).backward()
+            opt.step()
+    got = [(key, step, data) for _, key, step, tag, data in seen if tag == "default"]
+    assert [(k, s) for k, s, _ in got] == [(k, s) for k, s, _ in expected]
+    for (_, _, value), (_, _, reference) in zip(got, expected):
+        torch.testing.assert_close(value, reference)
+
+
+def test_a_layer_run_on_its_own_is_tagged_by_its_own_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["activations"], tag=None)
+    with ik.Exporter(model, opt, bus):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 4)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])).backward()
+        opt.step()
+        seen.clear()
+        model.eval()
+        with torch.no_grad():
+            features = model[0](torch.randn(5, 4))  # validation features of the first layer
+        assert [(key, tag) for _, key, _, tag, _ in seen] == [("0", "eval")]
+        torch.testing.assert_close(seen[0][4], features)
+        seen.clear()
+        model.train()
+        model[0](torch.randn(5, 4))  # a training-mode call with gradients: a training call
+        assert [(key, tag) for _, key, _, tag, _ in seen] == [("0", "default")]
+
+
+def test_training_in_eval_mode_counts_each_optimizer_step(caplog) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["weight_gradients", "weight_updates", "loss"], tag=None)
+    reference = []
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        with ik.Exporter(model, opt, bus) as exporter:
+            loss_fn = exporter.wrap_loss(F.cross_entropy)
+            model.eval()  # batch-norm statistics frozen while fine-tuning
+            for _ in range(3):
+                opt.zero_grad()
+                loss_fn(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+                reference.append(model[3].weight.grad.clone())
+                opt.step()
+            assert exporter.global_step == 2
+    grads = [(step, tag, data) for kind, key, step, tag, data in seen
+             if kind == "weight_gradients" and key == "3"]  # fmt: skip
+    assert [(step, tag) for step, tag, _ in grads] == [
+        (0, "default"),
+        (1, "default"),
+        (2, "default"),
+    ]
+    for (_, _, value), expected in zip(grads, reference):
+        torch.testing.assert_close(value, expected)
+    updates = [step for kind, key, step, tag, _ in seen if kind == "weight_updates" and key == "3"]
+    assert updates == [0, 1, 2]
+    losses = [tag for kind, _, _, tag, _ in seen if kind == "loss"]
+    assert losses == ["eval"] * 3
+    warnings = [r for r in caplog.records if "eval mode" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_training_forward_pass_gives_no_eval_mode_warning(caplog) -> None:
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        with ik.Exporter(model, opt, MessageBus()) as exporter:
+            for _ in range(2):
+                opt.zero_grad()
+                model(torch.randn(2, 4)).sum().backward()
+                opt.step()
+            assert exporter.global_step == 1
+    assert not [r for r in caplog.records if "eval mode" in r.getMessage()]
