@@ -42,6 +42,30 @@ logger = logging.getLogger(__name__)
 PROBE_TAG = "probe"
 
 
+def _unowned_advice(unowned: dict[str, list[str]]) -> str:
+    """What ``depth=`` would do about the parameters :func:`unowned_parameters` found: it makes a
+    module that holds some a layer, but then its submodules' parameters get no metrics, and
+    no depth makes the model itself a layer."""
+    by_depth: dict[int, list[str]] = {}
+    for name in unowned:
+        if name:
+            by_depth.setdefault(name.count(".") + 1, []).append(name)
+    advice = ""
+    if by_depth:
+        choices = "; ".join(
+            f"depth={depth} makes {names} layers" for depth, names in by_depth.items()
+        )
+        advice += (
+            f". Exporter(depth=k) tracks the modules k levels down instead ({choices}): such a "
+            "layer is frozen as a whole and its weight and bias come from the parameters it "
+            "holds itself, but the parameters of its submodules then get no weight, gradient "
+            "or update metrics"
+        )
+    if "" in unowned:
+        advice += ". Parameters held by the model itself belong to no layer at any depth"
+    return advice
+
+
 class Exporter(StepHooks, LayerFreezing):
     """Hooks ``model`` (and its optimizers) and publishes what flows through training.
 
@@ -181,9 +205,9 @@ class Exporter(StepHooks, LayerFreezing):
                 logger.warning(
                     "These parameters are held by modules that are not layers and get no "
                     "weight, gradient or update metrics, nor are they frozen with a layer: %s (a "
-                    "layer is a leaf module that holds parameters; Exporter(depth=...) tracks "
-                    "the modules at one depth instead)",
+                    "layer is a leaf module that holds parameters)%s",
                     ", ".join(f"{name or '<model>'!r}: {held}" for name, held in unowned.items()),
+                    _unowned_advice(unowned),
                 )
         self.model = model
         #: The optimizers, in the order given (empty without one).
@@ -216,6 +240,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._passes = 0  # forward passes of the model so far
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
+        self._held: dict[int, tuple[nn.Parameter, bool]] = {}  # see LayerFreezing
+        self._held_modes: dict[str, dict[str, bool]] = {}
         self._freeze_handles: dict[str, RemovableHandle] = {}
         self._recompile_allowed = False  # see LayerFreezing._allow_recompilation
         self.ddp_sync = None
@@ -411,6 +437,8 @@ class Exporter(StepHooks, LayerFreezing):
             "steps_started": self._steps_started,
             "epoch_open": self._epoch_open,
             "frozen": list(self._frozen),
+            # what unfreeze restores: the frozen layers' requires_grad flags and modes before
+            "frozen_state": self._freezing_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -423,8 +451,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
-        for name in state["frozen"]:
-            self.freeze(name)
+        self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:
         return f"Exporter({type(self.model).__name__}, layers={list(self.modules)})"

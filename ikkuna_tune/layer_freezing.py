@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -60,6 +60,12 @@ class LayerFreezing:
     modules: dict[str, NamedModule]
     global_step: int
     _frozen: dict[str, None]
+    #: per parameter held frozen by some frozen layer (by ``id``): the parameter and its
+    #: ``requires_grad`` before the first of those layers froze it
+    _held: dict[int, tuple[nn.Parameter, bool]]
+    #: per frozen layer: the training flag of each of its modules (by name within the layer,
+    #: ``''`` the layer itself) whose flag differed from the model's when it was frozen
+    _held_modes: dict[str, dict[str, bool]]
     _freeze_handles: dict[str, RemovableHandle]
     _recompile_allowed: bool
     _closed: bool
@@ -91,7 +97,9 @@ class LayerFreezing:
     def freeze(self, name: str) -> None:
         """Stop training layer ``name``: its parameters and its buffers stop changing.
 
-        Its parameters lose ``requires_grad`` and their gradients; optimizers skip parameters
+        Its trainable parameters lose ``requires_grad`` and their gradients (a parameter that
+        was not trainable, a frozen base weight of fine-tuning, is left as it is; :meth:`unfreeze`
+        gives each parameter its own ``requires_grad`` back); optimizers skip parameters
         whose ``grad`` is None, so momentum and weight decay no longer move them. The layer and
         its submodules run in eval mode in every forward pass (a forward pre-hook sets their
         ``training`` flag, so ``model.train()`` does not undo it): a BatchNorm uses its running
@@ -111,10 +119,15 @@ class LayerFreezing:
             ValueError: for an unknown layer, if nothing in the model would still train, or
                 under a ``DistributedDataParallel`` built without ``find_unused_parameters``.
         """
+        self._freeze(name)
+
+    def _freeze(self, name: str, saved: Mapping[str, Any] | None = None) -> None:
+        """:meth:`freeze`; ``saved`` (from :meth:`_freezing_state`, through a checkpoint) gives
+        the layer's ``requires_grad`` flags and training modes from before it was frozen, which
+        :meth:`unfreeze` restores, instead of those the layer has now."""
         named = self._layer(name)
         if name in self._frozen:
             return
-        params = list(named.module.parameters())
         if not self.leaves_trainable(name):
             raise ValueError(
                 f"Refusing to freeze {name!r}: it is the last trainable layer "
@@ -133,9 +146,20 @@ class LayerFreezing:
         if ddp:
             self._sync_trainable_only(ddp[0])
         self._allow_recompilation()
-        for param in params:
-            param.requires_grad_(False)
-            param.grad = None
+        saved_flags = dict((saved or {}).get("requires_grad", {}))
+        for local, param in named.module.named_parameters():
+            if id(param) not in self._held:  # else another frozen layer holds it already
+                before = bool(saved_flags.get(local, param.requires_grad))
+                self._held[id(param)] = (param, before)
+            if param.requires_grad:
+                param.requires_grad_(False)
+                param.grad = None
+        if saved is not None and "training" in saved:
+            modes = {str(k): bool(v) for k, v in dict(saved["training"]).items()}
+        else:
+            mode = self.model.training
+            modes = {n: m.training for n, m in named.module.named_modules() if m.training != mode}
+        self._held_modes[name] = modes
         hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
             self._freeze_handles[name] = named.module.register_forward_pre_hook(
@@ -170,18 +194,63 @@ class LayerFreezing:
             logger.info("Frozen parameters stay in DDP's all-reduce: %s", error)
 
     def unfreeze(self, name: str) -> None:
-        """Train layer ``name`` again; it takes the model's current training mode."""
+        """Train layer ``name`` again: undo :meth:`freeze`.
+
+        Each parameter of the layer gets back the ``requires_grad`` it had before it was frozen
+        (a parameter the user had frozen stays frozen), except one that another frozen layer
+        also holds (shared weights), which waits for that layer. The layer takes the model's
+        current training mode, but a module of it whose mode differed from the model's when the
+        layer was frozen (a BatchNorm the user keeps in eval mode) gets its own mode back.
+        """
         named = self._layer(name)
         if name not in self._frozen:
             return
         self._allow_recompilation()
+        del self._frozen[name]
+        still_held = {
+            id(p) for other in self._frozen for p in self.modules[other].module.parameters()
+        }
         for param in named.module.parameters():
-            param.requires_grad_(True)
+            if id(param) in still_held:
+                continue
+            _, before = self._held.pop(id(param), (param, True))
+            param.requires_grad_(before)
         handle = self._freeze_handles.pop(name, None)
         if handle is not None:
             handle.remove()
         named.module.train(self.model.training)
-        del self._frozen[name]
+        for module_name, training in self._held_modes.pop(name, {}).items():
+            try:
+                named.module.get_submodule(module_name).training = training
+            except AttributeError:  # the layer no longer has that module
+                continue
+
+    def _freezing_state(self) -> dict[str, dict[str, dict[str, bool]]]:
+        """Per frozen layer, what :meth:`unfreeze` restores (for a checkpoint): its parameters'
+        ``requires_grad`` from before it was frozen (``'requires_grad'``, by name within the
+        layer) and the modes of its modules that differed from the model's (``'training'``)."""
+        state = {}
+        for name in self._frozen:
+            module = self.modules[name].module
+            flags = {
+                local: self._held.get(id(param), (param, param.requires_grad))[1]
+                for local, param in module.named_parameters()
+            }
+            state[name] = {
+                "requires_grad": flags,
+                "training": dict(self._held_modes.get(name, {})),
+            }
+        return state
+
+    def _load_freezing_state(
+        self, frozen: Iterable[str], saved: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        """Freeze the layers ``frozen`` (from a checkpoint), with what :meth:`_freezing_state`
+        saved for them; a checkpoint without it (an older one) takes the flags and modes the
+        layers have now as those from before they were frozen."""
+        saved = saved or {}
+        for name in frozen:
+            self._freeze(name, saved.get(name))
 
     def frozen_parameter_fraction(self) -> float:
         """Fraction of the model's parameters (by count) in frozen layers."""

@@ -164,8 +164,11 @@ def assign_parameters(
 ) -> tuple[dict[str, list[Entry]], list[dict[str, list[Entry]]]]:
     """Find each layer's weight and bias and the optimizer that steps each: the
     ``(layer name, layer, attribute)`` entries by role (``'weight'``, ``'bias'``), over
-    all layers and per optimizer. Warns once about parameters that get no metrics and
-    layers that no optimizer steps.
+    all layers and per optimizer. Warns once about parameters that get no metrics, layers
+    that hold no parameter of their own (blocks, which get no weight or bias metrics) and
+    layers whose trainable parameters no optimizer steps (a parameter with
+    ``requires_grad=False`` is not expected in an optimizer; it gets no ``*_gradients`` and no
+    ``*_updates`` either, since it does not change).
 
     Examples:
         >>> from torch import nn
@@ -183,10 +186,13 @@ def assign_parameters(
     held = [{id(p) for group in opt.param_groups for p in group["params"]} for opt in optimizers]
     untracked: dict[str, list[str]] = {}
     unstepped: dict[str, None] = {}
+    blocks: list[str] = []
     for name, named in modules.items():
         roles, left = parameter_roles(named.module)
         if left:
             untracked[name] = left
+        elif not roles:  # a block: every parameter it has is a submodule's
+            blocks.append(name)
         for role, attr in roles.items():
             entry = (name, named, attr)
             role_layers[role].append(entry)
@@ -194,12 +200,15 @@ def assign_parameters(
                 continue
             tensor = named.module._parameters.get(attr)
             # a computed weight (a parametrisation) moves with the layer's parameters
-            ids = {id(tensor)} if tensor is not None else {id(p) for p in named.module.parameters()}
+            params = [tensor] if tensor is not None else list(named.module.parameters())
+            ids = {id(p) for p in params}
             index = next((i for i, h in enumerate(held) if ids & h), None)
-            if index is None:
-                unstepped[name] = None
-            else:
+            if index is not None:
                 by_optimizer[index][role].append(entry)
+            elif any(p.requires_grad for p in params):
+                # a parameter that does not require gradients (frozen by the user, as in
+                # fine-tuning) is in no optimizer on purpose: it does not change
+                unstepped[name] = None
     if untracked:
         logger.warning(
             "These parameters are neither a layer's weight nor its bias and get no weight, "
@@ -209,10 +218,20 @@ def assign_parameters(
         )
     if unstepped:
         logger.warning(
-            "The parameters of layers %s are in none of the %d optimizer(s) given to the "
-            "Exporter: they get no *_gradients and no *_updates messages; pass every "
+            "The trainable parameters of layers %s are in none of the %d optimizer(s) given to "
+            "the Exporter: they get no *_gradients and no *_updates messages; pass every "
             "optimizer that trains the model, Exporter(model, [optimizer1, optimizer2])",
             list(unstepped),
             len(optimizers),
+        )
+    if blocks:
+        logger.warning(
+            "Layers %s hold no parameter of their own (all their parameters belong to their "
+            "submodules), so weights, biases, weight_gradients, bias_gradients, weight_updates "
+            "and bias_updates get no values for them: a layer's weight and bias are parameters "
+            "it holds itself, and the Exporter does not combine its submodules' parameters. "
+            "Track the layers that hold them (Exporter without depth=, or a larger depth) for "
+            "those metrics",
+            blocks,
         )
     return role_layers, by_optimizer

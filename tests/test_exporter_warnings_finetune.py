@@ -1,0 +1,134 @@
+"""The Exporter's construction-time warnings say what is true: a parameter the user froze is
+not expected in an optimizer (fine-tuning), a layer that is a block of other modules gets no
+weight or bias metrics, and the advice about parameters no layer holds is what would help."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+
+
+@pytest.fixture
+def messages(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="ikkuna_tune")
+    return lambda text: [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, inputs: int, outputs: int, rank: int = 2) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(outputs, inputs), requires_grad=False)
+        self.lora_A = nn.Parameter(torch.zeros(rank, inputs))
+        self.lora_B = nn.Parameter(torch.randn(outputs, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.weight + self.lora_B @ self.lora_A).T
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+    opt.step()
+
+
+def test_no_optimizer_warning_when_every_trainable_parameter_is_in_the_optimizer(messages):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    model[2].bias.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    bus = MessageBus()
+    got: list[tuple[str, str]] = []
+    ik.CallbackSubscriber(
+        ["weight_updates", "bias_updates"], lambda m: got.append((m.kind, m.key)), bus
+    )
+    with ik.Exporter(model, opt, bus):
+        _step(model, opt)
+    assert messages("optimizer") == []
+    assert ("weight_updates", "2") in got and ("weight_updates", "0") in got
+    assert ("bias_updates", "2") not in got  # the frozen bias does not change: no update
+
+
+def test_no_optimizer_warning_for_a_frozen_base_weight(messages):
+    model = nn.Sequential(LoRALinear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ik.Exporter(model, opt, MessageBus()).close()
+    assert messages("optimizer") == []
+
+
+def test_a_trainable_parameter_in_no_optimizer_is_still_named(messages):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+    model[2].requires_grad_(False)  # frozen by the user: not expected in the optimizer
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # '3' trains but is not given
+    ik.Exporter(model, opt, MessageBus()).close()
+    warned = messages("none of the")
+    assert len(warned) == 1
+    assert "['3']" in warned[0] and "'2'" not in warned[0] and "'0'" not in warned[0]
+
+
+def test_blocks_chosen_with_depth_are_named_as_getting_no_weight_metrics(messages):
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Sequential(nn.Linear(8, 3)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    got: list[str] = []
+    ik.CallbackSubscriber(
+        ["weights", "weight_gradients", "weight_updates"], lambda m: got.append(m.key), bus
+    )
+    with ik.Exporter(model, opt, bus, depth=1) as exporter:
+        assert list(exporter.modules) == ["0", "1"]
+        _step(model, opt)
+    warned = messages("hold no parameter of their own")
+    assert len(warned) == 1
+    assert "['0', '1']" in warned[0]
+    for kind in ("weights", "weight_gradients", "weight_updates"):
+        assert kind in warned[0]
+    assert got == []  # what the warning says: nothing is published for them
+
+
+def test_no_block_warning_for_leaf_layers_or_a_block_holding_parameters_itself(messages):
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 3))
+    ik.Exporter(model, message_bus=MessageBus()).close()
+    ik.Exporter(nn.TransformerEncoderLayer(8, 2, 16), message_bus=MessageBus(), depth=1).close()
+    assert messages("hold no parameter of their own") == []
+    ik.Exporter(model, message_bus=MessageBus(), depth=1).close()
+    warned = messages("hold no parameter of their own")
+    assert len(warned) == 1 and "['0']" in warned[0] and "'1'" not in warned[0]
+
+
+class WithToken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + self.token)
+
+
+def test_no_depth_advice_for_parameters_on_the_model_itself(messages):
+    ik.Exporter(WithToken(), message_bus=MessageBus()).close()
+    warned = messages("held by modules")
+    assert len(warned) == 1 and "'<model>': ['token']" in warned[0]
+    assert "depth=" not in warned[0]  # no depth makes the model a layer
+    assert "no layer at any depth" in warned[0]
+
+
+def test_depth_advice_names_the_depth_and_what_it_costs(messages):
+    ik.Exporter(nn.TransformerEncoderLayer(8, 2, 16), message_bus=MessageBus()).close()
+    warned = messages("held by modules")
+    assert len(warned) == 1
+    assert "depth=1 makes ['self_attn'] layers" in warned[0]
+    assert "submodules then get no weight, gradient or update metrics" in warned[0]
+    # and the advice holds: at that depth 'self_attn' is a layer whose weight is in_proj_weight
+    with ik.Exporter(
+        nn.TransformerEncoderLayer(8, 2, 16), message_bus=MessageBus(), depth=1
+    ) as exporter:
+        assert "self_attn" in exporter.modules
+        weights = {name: attr for name, _, attr in exporter._role_layers["weight"]}
+        assert weights["self_attn"] == "in_proj_weight"
