@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "class_counts", "correct", "count_correct", "predictions"]
+__all__ = [
+    "accuracy",
+    "check_targets",
+    "class_counts",
+    "correct",
+    "count_correct",
+    "predictions",
+]
 
 
 def predictions(output: torch.Tensor) -> torch.Tensor:
@@ -35,15 +42,90 @@ def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(correct, total)``: the number of correct predictions as a 0-d int64 tensor on the
-    device (see :func:`correct`), and the number of predictions as a Python int (known from the
-    shapes, so no synchronisation). Sum both over batches for a dataset's accuracy.
+def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> None:
+    """Raise a ``ValueError`` unless ``target`` holds classification labels.
+
+    Accepted: class indices, as an integer tensor or as floats that are whole numbers (negative
+    ones are an ignore index, e.g. ``-100``; ``0.0`` / ``1.0`` labels for one logit per sample
+    are class indices too); or one-hot / soft labels: non-negative floats that sum to 1 over the
+    class dimension (dimension 1), shaped like ``output`` when it is given. Anything else, such as
+    the real-valued targets of a regression, has no accuracy.
+
+    An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
+    back to the host (a synchronisation on an accelerator), so call this once, not every step.
+
+    Raises:
+        ValueError: naming what was expected and what was got (dtype, shape, an offending value).
 
     Examples:
-        >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2]])
-        >>> count_correct(output, torch.tensor([0, 1, 1]))
-        (tensor(2), 3)
+        >>> check_targets(torch.tensor([0.0, 1.0, 1.0]))  # float class indices
+        >>> check_targets(torch.tensor([[0.2, 0.8], [0.5, 0.5]]))  # soft labels
+        >>> check_targets(torch.tensor([[0.3], [1.7]]))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected classification targets: ... but got a tensor of dtype torch.float32 and
+        shape (2, 1) with a value 0.3 that is not a whole number; ...
+    """
+    if not target.is_floating_point():
+        if target.is_complex():
+            raise ValueError(_targets_message(target, output, "complex values"))
+        return
+    values = target.detach()
+    not_whole = (values != values.round()) | ~values.isfinite()
+    whole = ~not_whole.any()
+    soft_shape = values.dim() > 1 and values.shape[1] > 1
+    if output is not None:
+        soft_shape = soft_shape and values.shape == output.shape
+    tol = max(1e-3, values.shape[1] * torch.finfo(values.dtype).eps) if soft_shape else 0.0
+    if soft_shape:
+        sums = values.double().sum(dim=1)
+        soft = (values >= 0).all() & ((sums - 1).abs() <= tol).all()
+        ok = whole | soft
+    else:
+        ok = whole
+    if bool(ok):  # the one host read
+        return
+    bad = values[not_whole]  # the error path: reads are no concern here
+    got = f"a value {bad[0].item():g} that is not a whole number" if bad.numel() else ""
+    if soft_shape:
+        rows = values.double().movedim(1, -1).reshape(-1, values.shape[1])
+        wrong = ((rows < 0).any(dim=1) | ((rows.sum(dim=1) - 1).abs() > tol)).nonzero()
+        if wrong.numel():
+            row = rows[int(wrong[0, 0])]
+            got += (" and " if got else "") + (
+                f"soft labels that are negative or do not sum to 1 (one sums to "
+                f"{row.sum().item():g}, its smallest is {row.min().item():g})"
+            )
+    raise ValueError(_targets_message(target, output, got))
+
+
+def _targets_message(target: torch.Tensor, output: torch.Tensor | None, got: str) -> str:
+    like = f" {tuple(output.shape)}" if output is not None else ""
+    return (
+        "Expected classification targets: class indices (an integer tensor, or float values "
+        "that are whole numbers) or one-hot / soft labels shaped like the output"
+        f"{like} (non-negative, summing to 1 over dimension 1), but got a tensor of dtype "
+        f"{target.dtype} and shape {tuple(target.shape)} with {got}; accuracy is not defined "
+        "for regression targets"
+    )
+
+
+def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct, total)``: the number of correct predictions (see :func:`correct`) and the
+    number of counted targets, both 0-d int64 tensors on ``output``'s device (no
+    synchronisation). Sum both over batches for a data set's accuracy.
+
+    Negative class indices (an ignore index such as ``-100``, the padding of a sequence, as
+    :func:`torch.nn.functional.cross_entropy` ignores them) count neither as correct nor in
+    ``total``, as in :func:`class_counts`.
+
+    Raises:
+        ValueError: if predictions and targets do not have the same number of entries.
+
+    Examples:
+        >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
+        >>> count_correct(output, torch.tensor([0, 1, 1, -100]))  # the last target is ignored
+        (tensor(2), tensor(3))
     """
     pred = predictions(output)
     target = _targets(output, target)
@@ -52,14 +134,18 @@ def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
             f"Expected one target per prediction ({tuple(pred.shape)}) but got targets of "
             f"shape {tuple(target.shape)}"
         )
-    return (pred.reshape(-1) == target.reshape(-1).to(pred.device)).sum(), pred.numel()
+    pred = pred.reshape(-1)
+    target = target.reshape(-1).to(pred.device)
+    kept = target >= 0
+    return ((pred == target) & kept).sum(), kept.sum()
 
 
 def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """How many predictions of ``output`` (see :func:`predictions`) equal ``target``.
 
     ``target`` holds class indices, or one-hot / soft labels shaped like ``output`` (their
-    arg-max is the class). Returns a 0-d int64 tensor on ``output``'s device.
+    arg-max is the class); negative class indices (an ignore index) are never correct. Returns a
+    0-d int64 tensor on ``output``'s device.
 
     Raises:
         ValueError: if predictions and targets do not have the same number of entries.
@@ -77,16 +163,21 @@ def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The fraction of correct predictions in one batch, as a 0-d float tensor.
 
-    Every sample (every position, for outputs with spatial dimensions) counts once; an empty
-    batch has accuracy 0.
+    Every sample (every position, for outputs with spatial dimensions) counts once, except those
+    whose target is negative (an ignore index, see :func:`count_correct`). A batch with nothing
+    to count (empty, or every target ignored) has accuracy 0.
 
     Examples:
         >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
         >>> accuracy(output, torch.tensor([0, 1, 1, 1]))
         tensor(0.7500)
+        >>> accuracy(output, torch.tensor([0, 1, -100, -100]))  # padding is not counted
+        tensor(1.)
+        >>> accuracy(output, torch.full((4,), -100))  # nothing to count
+        tensor(0.)
     """
     hits, total = count_correct(output, target)
-    return hits.float() / max(1, total)
+    return hits.float() / total.clamp(min=1)
 
 
 def class_counts(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

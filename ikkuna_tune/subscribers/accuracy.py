@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from ikkuna_tune import functional as F
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
+from ikkuna_tune.functional.accuracy import check_targets
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
@@ -83,9 +84,19 @@ class TrainAccuracySubscriber(PlotSubscriber):
 
     Needs ``network_output`` and ``input_labels`` of the same step (publish labels with
     :meth:`Exporter.wrap_loss` or :meth:`Exporter.publish_labels`). Publishes ``train_accuracy``
-    (network-wide, a 0-d tensor) per step.
+    (network-wide, a 0-d tensor) per step. Negative labels (an ignore index such as
+    ``cross_entropy``'s ``-100``, e.g. padding) are not counted; a batch with no label left to
+    count has accuracy 0.
+
+    The labels of the first step are checked to be classification labels
+    (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
+    the host there, once; later steps read nothing back.
 
     Arguments as for :class:`LossSubscriber`.
+
+    Raises:
+        ValueError: at the first step, if its labels are no classification labels (say, the
+            real-valued targets of a regression), naming what was expected and what was got.
 
     Examples:
         >>> from ikkuna_tune.subscribers import CallbackSubscriber
@@ -114,10 +125,14 @@ class TrainAccuracySubscriber(PlotSubscriber):
             backend,
             publishes={keys.TRAIN_ACCURACY: "META"},
         )
+        self._labels_checked = False
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle
+            if not self._labels_checked:  # the first step only: one host read for float labels
+                check_targets(bundle["input_labels"], bundle["network_output"])
+                self._labels_checked = True
             accuracy = F.accuracy(bundle["network_output"], bundle["input_labels"])
             self.publish(keys.TRAIN_ACCURACY, accuracy, bundle)
 
@@ -143,6 +158,36 @@ def _evaluating(model: nn.Module | None) -> Iterator[None]:
             module.training = training
 
 
+def _first_labels(
+    loader: DataLoader[Any], slices: tuple[tuple[torch.Tensor, ...], int] | None
+) -> torch.Tensor | None:
+    """The labels of the loader's first batch, fetched without iterating the loader (no worker
+    processes, no random draws for a sampler or seed): the first samples of a map-style data set,
+    collated by the loader's ``collate_fn``. None where they cannot be had that way (an iterable
+    data set, samples that fetching or collating rejects out of order, batches that are no
+    ``(inputs, labels)`` pairs); the first evaluation checks them then."""
+    if slices is not None:
+        tensors, size = slices
+        return tensors[1][:size] if len(tensors) > 1 else None
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return None
+    try:
+        n = len(dataset)
+        if n == 0:
+            return None
+        if loader.batch_sampler is None:  # no automatic batching: every sample is a batch
+            batch = loader.collate_fn(dataset[0])
+        else:
+            size = loader.batch_size if loader.batch_size is not None else 256
+            batch = loader.collate_fn([dataset[i] for i in range(min(n, size))])
+    except Exception:  # best effort: the first evaluation checks the labels
+        return None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    return None
+
+
 def _summed(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
     """``total + counts`` for per-class counts of possibly different lengths."""
     if total is None:
@@ -159,7 +204,9 @@ class TestAccuracySubscriber(PlotSubscriber):
     Evaluation runs inside :meth:`Exporter.probe` (eval mode, ``torch.no_grad()``, its messages
     under ``probe_tag``, step counters and weight-update bookkeeping untouched, every module's
     training flag restored). Accuracy is correct predictions over all samples of the data set,
-    not a mean of batch means. Publishes ``test_accuracy`` (network-wide, a 0-d tensor, at the
+    not a mean of batch means; negative labels (an ignore index such as ``cross_entropy``'s
+    ``-100``, e.g. padding) are not counted, and a data set with no label left to count has
+    accuracy 0. Publishes ``test_accuracy`` (network-wide, a 0-d tensor, at the
     step of the batch that triggered it) and beside it ``test_accuracy_chance``: the accuracy
     of always answering the data set's most frequent class (:attr:`chance`), which
     SVCCAScheduler uses to stop a trial stuck at chance.
@@ -181,9 +228,17 @@ class TestAccuracySubscriber(PlotSubscriber):
             the model is known), else the batch is passed on as it is. A device this machine
             lacks is rejected here (``ValueError``), not at the first evaluation.
 
+    The labels must be classification labels (see
+    :func:`ikkuna_tune.functional.accuracy.check_targets`). Those of the first batch are checked
+    here, on the CPU, without iterating the data (the first samples of a ``Dataset``, collated as
+    the ``DataLoader`` would); where that is not possible (an iterable data set), and against the
+    model's outputs, they are checked in the first evaluation.
+
     Raises:
         ValueError: for invalid arguments; when attached to a bus without an Exporter and no
-            ``forward_fn`` was given.
+            ``forward_fn`` was given; for labels of the first batch that are no classification
+            labels (say, the real-valued targets of a regression), naming what was expected and
+            what was got.
 
     Examples:
         >>> from torch.utils.data import TensorDataset
@@ -239,6 +294,10 @@ class TestAccuracySubscriber(PlotSubscriber):
         self.frequency = frequency
         self.probe_tag = probe_tag
         self.device = check_device(device)
+        labels = _first_labels(loader, self._slices)
+        if labels is not None:
+            check_targets(labels)
+        self._labels_checked = False  # against the model's outputs, in the first evaluation
         self._model: nn.Module | None = None
         self._chance: torch.Tensor | None = None
         super().__init__(
@@ -308,7 +367,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         other = None if exporter is not None and model is exporter.model else model
         hits: torch.Tensor | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
-        total = 0
+        total: torch.Tensor | None = None
         with probe as probed, _evaluating(other):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
@@ -330,13 +389,17 @@ class TestAccuracySubscriber(PlotSubscriber):
                         f"Expected the model to return a tensor of scores but got "
                         f"{type(outputs).__name__}; pass a `forward_fn` that returns one"
                     )
+                if not self._labels_checked:  # once, as they came (usually on the CPU)
+                    check_targets(batch[1], outputs)
+                    self._labels_checked = True
                 batch_hits, batch_total = F.count_correct(outputs, labels)
                 hits = batch_hits if hits is None else hits + batch_hits
-                total += batch_total
+                total = batch_total if total is None else total + batch_total
                 if self._chance is None:
                     counts = _summed(counts, F.class_counts(outputs, labels))
-        if hits is None:
+        if hits is None or total is None:
             raise ValueError("The test data set is empty")
+        counted = total.clamp(min=1)  # every label ignored: accuracy and chance 0
         if counts is not None:
-            self._chance = counts.max().float() / total
-        return hits.float() / total
+            self._chance = counts.max().float().to(counted.device) / counted
+        return hits.float() / counted

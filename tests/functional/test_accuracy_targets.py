@@ -1,0 +1,155 @@
+"""Ignored targets (a negative ignore index) and targets that are no classification labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as torch_F
+
+from ikkuna_tune import functional as F
+from ikkuna_tune.functional.accuracy import check_targets
+
+READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+
+def _padded(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token outputs ``(N, C, T)`` and targets ``(N, T)`` padded with -100 at ragged lengths."""
+    g = torch.Generator().manual_seed(seed)
+    output = torch.randn(6, 4, 9, generator=g)
+    target = torch.randint(0, 4, (6, 9), generator=g)
+    for n, length in enumerate([9, 5, 1, 7, 3, 6]):
+        target[n, length:] = -100
+    return output, target
+
+
+def _by_hand(output: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) over every non-ignored token, in plain Python."""
+    hits = counted = 0
+    for n in range(output.shape[0]):
+        for t in range(output.shape[2]):
+            label = int(target[n, t])
+            if label < 0:
+                continue
+            scores = output[n, :, t].tolist()
+            counted += 1
+            hits += int(scores.index(max(scores)) == label)
+    return hits, counted
+
+
+def test_ignored_targets_count_neither_as_correct_nor_in_the_total() -> None:
+    output, target = _padded()
+    hits, counted = _by_hand(output, target)
+    assert 0 < counted < target.numel()
+    got_hits, got_total = F.count_correct(output, target)
+    assert isinstance(got_total, torch.Tensor) and got_total.dim() == 0
+    assert got_hits.dim() == 0 and got_total.device == output.device
+    assert (int(got_hits), int(got_total)) == (hits, counted)
+    assert int(F.correct(output, target)) == hits
+    assert F.accuracy(output, target).item() == pytest.approx(hits / counted)
+
+
+def test_the_total_is_what_cross_entropy_averages_over() -> None:
+    """cross_entropy's mean divides the summed loss by the number of non-ignored targets."""
+    output, target = _padded(1)
+    summed = torch_F.cross_entropy(output, target, reduction="sum")
+    mean = torch_F.cross_entropy(output, target)  # ignore_index=-100 by default
+    assert int(F.count_correct(output, target)[1]) == round(float(summed / mean))
+    other = target.masked_fill(target == -100, -1)
+    summed = torch_F.cross_entropy(output, other, ignore_index=-1, reduction="sum")
+    mean = torch_F.cross_entropy(output, other, ignore_index=-1)
+    assert int(F.count_correct(output, other)[1]) == round(float(summed / mean))
+
+
+def test_ignored_targets_agree_with_class_counts() -> None:
+    output, target = _padded(2)
+    assert int(F.class_counts(output, target).sum()) == int(F.count_correct(output, target)[1])
+    float_target = target.float()  # float class indices, -100.0 ignored alike
+    assert int(F.count_correct(output, float_target)[1]) == int(F.count_correct(output, target)[1])
+
+
+def test_nothing_to_count_gives_accuracy_zero_without_an_error() -> None:
+    output = torch.randn(3, 4)
+    ignored = torch.full((3,), -100)
+    hits, total = F.count_correct(output, ignored)
+    assert (int(hits), int(total)) == (0, 0)
+    assert F.accuracy(output, ignored).item() == 0.0
+    empty = F.accuracy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0
+
+
+def test_counting_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    output, target = _padded(3)
+    reads: list[str] = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    F.count_correct(output, target)
+    F.accuracy(output, target.float())
+    assert reads == []
+
+
+@pytest.mark.parametrize(
+    ("target", "output"),
+    [
+        (torch.tensor([0, 2, 1, -100]), torch.zeros(4, 3)),
+        (torch.tensor([0.0, 1.0, 1.0, 0.0]), torch.zeros(4, 1)),  # BCE with one logit
+        (torch.tensor([[0.0], [1.0], [1.0], [0.0]]), torch.zeros(4, 1)),
+        (torch.tensor([2.0, -100.0, 0.0, 1.0]), torch.zeros(4, 3)),  # float class indices
+        (torch_F.one_hot(torch.tensor([0, 2, 1, 1]), 3).float(), torch.zeros(4, 3)),
+        (torch.tensor([[0.1, 0.7, 0.2], [1 / 3, 1 / 3, 1 / 3]]), torch.zeros(2, 3)),  # soft
+        (torch.tensor([[0.1, 0.7, 0.2]], dtype=torch.bfloat16), torch.zeros(1, 3)),
+    ],
+)
+def test_classification_targets_are_accepted(target: torch.Tensor, output: torch.Tensor) -> None:
+    check_targets(target)
+    check_targets(target, output)
+
+
+@pytest.mark.parametrize(
+    ("target", "output", "got"),
+    [
+        # regression: one real value per sample
+        (
+            torch.tensor([[0.5], [2.25], [-1.0]]),
+            torch.zeros(3, 1),
+            r"shape \(3, 1\) with a value 0.5",
+        ),
+        # autoencoder: targets shaped like the output, but real-valued
+        (
+            torch.tensor([[[0.25, -1.0]], [[1.0, 0.0]]]).expand(2, 3, 2),
+            torch.zeros(2, 3, 2),
+            r"shape \(2, 3, 2\) with a value 0.25",
+        ),
+        # negative "soft labels" that are not whole numbers
+        (torch.tensor([[1.5, -0.5], [0.5, 0.5]]), torch.zeros(2, 2), r"a value 1.5 that is not"),
+        # soft labels that do not sum to 1
+        (
+            torch.tensor([[0.5, 0.25], [0.5, 0.5]]),
+            torch.zeros(2, 2),
+            r"do not sum to 1 \(one sums to 0.75, its smallest is 0.25\)",
+        ),
+        # soft labels not shaped like the output
+        (torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.zeros(2, 3), r"a value 0.5 that"),
+    ],
+)
+def test_non_classification_targets_raise_naming_expected_and_got(
+    target: torch.Tensor, output: torch.Tensor, got: str
+) -> None:
+    with pytest.raises(ValueError, match="Expected classification targets: class indices") as err:
+        check_targets(target, output)
+    assert "dtype torch.float32" in str(err.value)
+    assert f"shaped like the output {tuple(output.shape)}" in str(err.value)
+    with pytest.raises(ValueError, match=got):
+        check_targets(target, output)
+
+
+def test_soft_labels_are_checked_against_the_output_only_when_given() -> None:
+    soft = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
+    check_targets(soft)  # without an output: soft labels of 2 classes
+    with pytest.raises(ValueError, match=r"output \(2, 3\)"):
+        check_targets(soft, torch.zeros(2, 3))

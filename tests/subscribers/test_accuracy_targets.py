@@ -1,0 +1,254 @@
+"""Train and test accuracy with ignored (padding) labels, and labels that are no classes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+
+READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+
+
+class Tagger(nn.Module):
+    """A per-token classifier: ``(N, T, 3)`` to ``(N, C, T)``, as cross_entropy takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).transpose(1, 2)
+
+
+def _padded(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 8, 3, generator=g)
+    y = torch.randint(0, 4, (7, 8), generator=g)
+    for n, length in enumerate([8, 2, 5, 1, 6, 3, 4]):
+        y[n, length:] = -100
+    return x, y
+
+
+def _by_hand(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Accuracy over the non-padding tokens, one token at a time, and the share of their most
+    frequent class."""
+    hits = counted = 0
+    classes: Counter[int] = Counter()
+    with torch.no_grad():
+        for xn, yn in zip(x, y):
+            out = model(xn[None])[0]
+            for t, label in enumerate(yn.tolist()):
+                if label == -100:
+                    continue
+                scores = out[:, t].tolist()
+                counted += 1
+                classes[label] += 1
+                hits += int(scores.index(max(scores)) == label)
+    return hits / counted, max(classes.values()) / counted
+
+
+def test_padding_labels_are_left_out_of_train_and_test_accuracy() -> None:
+    torch.manual_seed(0)
+    model = Tagger()
+    x, y = _padded(1)
+    test_x, test_y = _padded(2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.TestAccuracySubscriber(
+        TensorDataset(test_x, test_y), batch_size=3, message_bus=bus, frequency="epoch",
+        backend=None,
+    )  # fmt: skip
+    got: dict[str, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy", "test_accuracy", "test_accuracy_chance"],
+        lambda m: got.__setitem__(m.kind, float(m.data)),
+        bus,
+    )
+    loss_fn = exporter.wrap_loss(F.cross_entropy)  # ignore_index=-100
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+    exporter.epoch_finished()
+    exporter.close()
+    train, _ = _by_hand(model, x, y)
+    test, chance = _by_hand(model, test_x, test_y)
+    assert got["train_accuracy"] == pytest.approx(train)
+    assert got["test_accuracy"] == pytest.approx(test)
+    assert got["test_accuracy_chance"] == pytest.approx(chance)
+
+
+def test_a_test_set_of_nothing_but_padding_has_accuracy_zero() -> None:
+    data = TensorDataset(torch.randn(2, 3, 3), torch.full((2, 3), -100))
+    sub = ik.TestAccuracySubscriber(data, forward_fn=Tagger(), backend=None)
+    assert sub.evaluate().item() == 0.0
+    assert sub.chance is not None and sub.chance.item() == 0.0
+
+
+class _Counting(Dataset):  # type: ignore[type-arg]
+    """A map-style data set of regression pairs that counts the samples fetched."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x.sum(1, keepdim=True) * 3 + 5
+        self.fetched = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.fetched += 1
+        return self.x[i], self.y[i]
+
+
+def _regression() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 4, generator=g)
+    return x, x.sum(1, keepdim=True) * 3 + 5
+
+
+@pytest.mark.parametrize("form", ["tensors", "dataset", "loader", "shuffled loader"])
+def test_test_accuracy_rejects_regression_labels_at_construction(form: str) -> None:
+    x, y = _regression()
+    counting = _Counting(10_000)
+    if form == "tensors":
+        data, batch_size = TensorDataset(x, y), 16
+    elif form == "dataset":
+        data, batch_size = counting, 16
+    elif form == "loader":
+        data, batch_size = DataLoader(counting, batch_size=16), None
+    else:
+        data, batch_size = DataLoader(counting, batch_size=16, shuffle=True), None
+    model = nn.Linear(4, 1)
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match="Expected classification targets: class indices") as err:
+        ik.TestAccuracySubscriber(data, model, batch_size=batch_size, backend=None)
+    message = str(err.value)
+    assert "dtype torch.float32 and shape (16, 1) with a value" in message
+    assert "not a whole number" in message
+    assert counting.fetched <= 16  # the first batch, not the whole data set
+    assert torch.equal(torch.get_rng_state(), rng)  # no random draws from the user's stream
+
+
+def test_test_accuracy_rejects_autoencoder_targets_at_construction() -> None:
+    images = torch.randn(20, 3, 5, 5, generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match=r"shape \(8, 3, 5, 5\) with a value .* not a whole"):
+        ik.TestAccuracySubscriber(TensorDataset(images, images), nn.Conv2d(3, 3, 3, padding=1),
+                                  batch_size=8, backend=None)  # fmt: skip
+
+
+class _Stream(IterableDataset):  # type: ignore[type-arg]
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        x, y = _regression()
+        return iter(zip(x, y))
+
+
+def test_an_iterable_test_set_is_checked_in_the_first_evaluation() -> None:
+    sub = ik.TestAccuracySubscriber(DataLoader(_Stream(), batch_size=8), nn.Linear(4, 1),
+                                    backend=None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"dtype torch.float32 and shape \(8, 1\) with a value"):
+        sub.evaluate()
+
+
+def test_test_accuracy_checks_soft_labels_against_the_output() -> None:
+    soft = torch.tensor([[0.5, 0.5], [0.25, 0.75]])  # soft labels of 2 classes, model has 3
+    sub = ik.TestAccuracySubscriber(TensorDataset(torch.randn(2, 4), soft), nn.Linear(4, 3),
+                                    backend=None)  # fmt: skip
+    with pytest.raises(ValueError, match=r"shaped like the output \(2, 3\)"):
+        sub.evaluate()
+
+
+def test_test_accuracy_accepts_float_class_indices_and_soft_labels() -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 4, generator=g)
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        pred = model(x).argmax(1).tolist()
+    labels = torch.randint(0, 3, (30,), generator=g)
+    expected = sum(p == t for p, t in zip(pred, labels.tolist())) / 30
+    soft = F.one_hot(labels, 3).float() * 0.7 + 0.1  # rows sum to 1, arg-max the label
+    for y in (labels.float(), soft):
+        sub = ik.TestAccuracySubscriber(TensorDataset(x, y), model, batch_size=8, backend=None)
+        assert sub.evaluate().item() == pytest.approx(expected)
+
+
+def _train_step(model: nn.Module, opt, loss_fn, x, y) -> None:  # type: ignore[no-untyped-def]
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+
+def test_train_accuracy_rejects_regression_labels_at_the_first_step() -> None:
+    x, y = _regression()
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    with pytest.raises(ValueError, match=r"dtype torch.float32 and shape \(8, 1\) with a value"):
+        _train_step(model, opt, exporter.wrap_loss(F.mse_loss), x[:8], y[:8])
+    assert published == []
+    exporter.close()
+
+
+def test_train_accuracy_rejects_autoencoder_targets() -> None:
+    model = nn.Conv2d(3, 3, 3, padding=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    images = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(7))
+    with pytest.raises(ValueError, match=r"output \(4, 3, 5, 5\).*but got .* shape \(4, 3, 5, 5\)"):
+        _train_step(model, opt, exporter.wrap_loss(F.mse_loss), images, images)
+    exporter.close()
+
+
+def test_binary_float_labels_are_accepted_and_checked_with_one_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0.0 / 1.0 labels for one logit (BCE) give the accuracy counted by hand; the check reads
+    back once, at the first step, and the steps after it read nothing more than plain training."""
+    g = torch.Generator().manual_seed(8)
+    batches = [(torch.randn(10, 4, generator=g), torch.randint(0, 2, (10, 1), generator=g).float())
+               for _ in range(4)]  # fmt: skip
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[torch.Tensor] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(m.data), bus)
+    loss_fn = exporter.wrap_loss(F.binary_cross_entropy_with_logits)
+    reads: list[str] = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    expected, per_step = [], []
+    for x, y in batches:
+        with torch.no_grad():
+            logits = model(x).reshape(-1)
+        expected.append(sum(int(v > 0) == int(t) for v, t in zip(logits, y.reshape(-1))) / 10)
+        before = len(reads)
+        _train_step(model, opt, loss_fn, x, y)
+        per_step.append(len(reads) - before)
+    monkeypatch.undo()
+    exporter.close()
+    assert per_step == [1, 0, 0, 0]
+    assert [float(a) for a in published] == pytest.approx(expected)
