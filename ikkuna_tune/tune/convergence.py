@@ -169,6 +169,23 @@ class TrialHistory:
         finite = [m for m in self.metric if math.isfinite(m)]
         return max(finite) if finite else -math.inf
 
+    def truncate(self, reports: int) -> None:
+        """Keep the first ``reports`` reports only (a trial restored from a checkpoint repeats
+        the reports after it: those of the run it left are void).
+
+        Examples:
+            >>> trial = TrialHistory(layers=["fc"])
+            >>> for acc in [0.5, 0.6, 0.7]:
+            ...     trial.add(acc, {"fc": acc}, {}, {})
+            >>> trial.truncate(1)
+            >>> trial.metric, trial.per_layer["fc"].similarity
+            ([0.5], [0.5])
+        """
+        del self.metric[reports:]
+        for history in self.per_layer.values():
+            for series in (history.similarity, history.distance, history.live):
+                del series[reports:]
+
     def add(
         self,
         metric: float,

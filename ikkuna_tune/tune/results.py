@@ -59,16 +59,23 @@ def first_nonfinite(
     similarity: dict[str, float],
     similarity_key: str,
 ) -> str | None:
-    """The first of ``metric``, ``loss``, ``train_loss`` and the layers' similarities whose value
+    """The first of ``metric``, the reported losses and the layers' similarities whose value
     is NaN or infinite (a similarity as ``<similarity_key>/<layer>``), or None.
+
+    A loss is any number reported under a key whose first part names one (``loss``,
+    ``train_loss``, ``mean_loss``, ``val_loss``, ``losses/val``, ``valLoss``): a loss that is
+    not finite means the trial diverged, whatever the user called it.
 
     Examples:
         >>> first_nonfinite({"acc": 0.5, "loss": float("nan")}, "acc", {}, "self_similarity")
         'loss'
+        >>> first_nonfinite({"acc": 0.5, "val_loss": float("inf")}, "acc", {}, "self_similarity")
+        'val_loss'
         >>> first_nonfinite({"acc": 0.5}, "acc", {"fc": float("inf")}, "self_similarity")
         'self_similarity/fc'
     """
-    for key in (metric, "loss", "train_loss"):
+    losses = [k for k in result if "loss" in k.split("/", 1)[0].lower()]
+    for key in (metric, *losses):
         value = result.get(key) if key else None
         if is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
             return str(key)

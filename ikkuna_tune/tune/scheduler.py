@@ -316,32 +316,70 @@ class SVCCAScheduler(FIFOScheduler):
         reported_frozen = {name for name in layers if result.get(keys.per_layer(keys.FROZEN, name))}
         history.pending -= reported_frozen
         history.frozen = reported_frozen
+        raw = result.get("training_iteration")
+        if is_number(raw):
+            iteration = int(raw)  # type: ignore[arg-type]
+        else:  # not from Tune: count the reports
+            iteration = 1 if view.last_iteration is None else view.last_iteration + 1
+        if view.last_iteration is not None and iteration <= view.last_iteration:
+            # restored from a checkpoint (or restarted): the reports it makes again replace
+            # those of the run it left, which must not count twice or date decisions
+            dropped = view.rewind(iteration)
+            if dropped:
+                logger.info(
+                    "Trial %s repeats training_iteration %s: the %s report(s) from there on "
+                    "of the run it left are forgotten",
+                    trial_id,
+                    iteration,
+                    dropped,
+                )
+        view.last_iteration = iteration
         view.forget_lost_orders(trial_id)
         similarity = layer_values(result, self.similarity_key, layers)
+        init = layer_values(result, keys.INIT_SIMILARITY, layers)
+        live = layer_values(result, keys.LIVE_FRACTION, layers)
         self._check_similarity(result, similarity)
-        history.add(
-            self._signed(result.get(self._metric) if self._metric else None),
-            similarity,
-            layer_values(result, keys.INIT_SIMILARITY, layers),
-            layer_values(result, keys.LIVE_FRACTION, layers),
-        )
+        # A report that measures no layer comes between two checkpoints of the SVCCA
+        # subscriber (several reports per epoch): the rules judge a trial by the reports that
+        # measure its layers, so such a report joins the history only while the trial has
+        # measured none (it may never: no SVCCA subscriber); the first that does replaces those
+        # made before it. A non-finite value in any report still stops the trial.
+        measures = bool(similarity or init or live)
+        if measures and not view.measured:
+            view.rewind(0)
+        measured = measures or not view.measured
+        view.measured = view.measured or measures
+        if measured:
+            metric = self._signed(result.get(self._metric) if self._metric else None)
+            history.add(metric, similarity, init, live)
+            view.iterations.append(iteration)
         if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
             chance = result.get(keys.chance_of(self._metric)) if self._metric else None
             if is_number(chance) and math.isfinite(chance):  # type: ignore[arg-type]
                 history.chance = float(chance)  # type: ignore[arg-type]
-        iteration = result.get("training_iteration")
-        if is_number(iteration):
-            view.offset = int(iteration) - history.reports  # type: ignore[arg-type]
+        view.offset = iteration - history.reports
         if self.stop:
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
-            verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
+            if measured:
+                verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
+            elif nonfinite is not None:
+                verdict = Decision(
+                    "stop",
+                    "diverged: non-finite value",
+                    history.reports,
+                    None,
+                    {nonfinite: math.nan},
+                )
+            else:
+                verdict = None
             if verdict is not None:
                 verdict = view.dated(verdict)
                 view.stopped = verdict
                 self._record(trial_id, verdict)
                 return TrialScheduler.STOP
-        self._freeze(trial_id, view)
+        if measured:
+            self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
 
     def _signed(self, value: object) -> float:
@@ -352,6 +390,9 @@ class SVCCAScheduler(FIFOScheduler):
     def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:
         if similarity or self._warned_no_similarity:
             return
+        prefix = self.similarity_key + "/"
+        if any(key.startswith(prefix) for key in result):
+            return  # reported, without a value yet (between two of the subscriber's checkpoints)
         if result.get("training_iteration", 0) >= 2:
             self._warned_no_similarity = True
             keys = sorted({k.split("/", 1)[0] for k in result if "/" in k})

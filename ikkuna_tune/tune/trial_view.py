@@ -46,6 +46,32 @@ class TrialView:
     #: the trial's training_iteration minus the reports this scheduler saw (decisions are
     #: dated by training_iteration, also after a restore)
     offset: int = 0
+    #: the training_iteration of each report in the history
+    iterations: list[int] = field(default_factory=list)
+    #: the training_iteration of the trial's latest report
+    last_iteration: int | None = None
+    #: whether any report of the trial measured a layer (a similarity or a live fraction)
+    measured: bool = False
+
+    def rewind(self, iteration: int) -> int:
+        """Forget the reports from ``iteration`` on: the trial restored from a checkpoint made
+        before them (or restarted) and makes them again. Returns how many were forgotten.
+
+        Examples:
+            >>> view = TrialView()
+            >>> for it in (1, 2, 3, 4):
+            ...     view.history.add(0.1 * it, {}, {}, {})
+            ...     view.iterations.append(it)
+            >>> view.rewind(3), view.history.metric, view.iterations
+            (2, [0.1, 0.2], [1, 2])
+        """
+        keep = sum(1 for it in self.iterations if it < iteration)
+        dropped = len(self.iterations) - keep
+        del self.iterations[keep:]
+        self.history.truncate(keep)
+        for name, at in self.ordered_at.items():
+            self.ordered_at[name] = min(at, keep)
+        return dropped
 
     def dated(self, decision: Decision) -> Decision:
         """``decision`` dated by the trial's ``training_iteration``."""

@@ -1,0 +1,109 @@
+"""SVCCAScheduler on report streams that are not one fresh report per epoch: a trial restored
+from an older checkpoint (it repeats iterations), several reports per epoch, a loss under a
+name of the user's. Each is compared with the uninterrupted, one-report-per-epoch run it stands
+for (driven with synthetic flattened results and no Ray)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tests.tune.test_scheduler import CONTINUE, STOP, FakeTrial, feed, make, result
+
+SIMS = {"conv1": 0.995, "conv2": 0.994, "fc1": 0.5, "fc2": 0.999}
+
+
+def _epoch(it: int, acc: float, dist: float) -> dict[str, Any]:
+    """An epoch-end report: similarities and a distance from initialisation for every layer."""
+    return result(SIMS, it=it, acc=acc, dist={n: dist for n in SIMS})
+
+
+def _mid(it: int, acc: float) -> dict[str, Any]:
+    """A report within an epoch: the metric, but no similarity (SVCCA runs at epoch ends)."""
+    out = result({}, it=it, acc=acc)
+    # every report has the same keys: those measured at epoch ends are None in between
+    for key in [k for k in out if k.startswith(("init_similarity", "live_fraction"))]:
+        out[key] = None
+    return {**out, **{f"self_similarity/{name}": None for name in SIMS}}
+
+
+def _run(reports: list[dict[str, Any]]):
+    scheduler, mailbox = make(patience=2, settle_window=2, plateau=2)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    decisions = feed(scheduler, trial, reports)
+    return scheduler, mailbox, decisions
+
+
+# the epochs' accuracies and distances: learning for 3 epochs, then settled
+ACCS = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8]
+DISTS = [0.05, 0.09, 0.1, 0.1, 0.1, 0.1, 0.1]
+
+
+def test_a_trial_restored_from_an_older_checkpoint_is_judged_on_the_run_it_continues() -> None:
+    clean = [_epoch(i + 1, a, d) for i, (a, d) in enumerate(zip(ACCS, DISTS))]
+    # the run that failed made reports 4 and 5 with other values (a better accuracy that
+    # the restored run never reaches), then was restored from its checkpoint of iteration 3
+    void = [_epoch(4, 0.95, 0.2), _epoch(5, 0.95, 0.3)]
+    restored_stream = clean[:3] + void + clean[3:]
+    reference, ref_mailbox, _ = _run(clean)
+    scheduler, mailbox, _ = _run(restored_stream)
+    assert ref_mailbox.posts  # the clean run freezes something: the comparison means something
+    assert mailbox.posts == ref_mailbox.posts  # same layers, same reports, same values
+    view, ref_view = scheduler._views["t1"], reference._views["t1"]
+    assert view.history.metric == ref_view.history.metric
+    assert view.iterations == list(range(1, len(ACCS) + 1))
+    assert [d.describe() for _, d in scheduler.decisions] == [
+        d.describe() for _, d in reference.decisions
+    ]
+
+
+def test_a_trial_restarted_from_scratch_forgets_its_first_run() -> None:
+    clean = [_epoch(i + 1, a, d) for i, (a, d) in enumerate(zip(ACCS, DISTS))]
+    first_run = [_epoch(1, 0.9, 0.3), _epoch(2, 0.9, 0.3)]
+    reference, ref_mailbox, _ = _run(clean)
+    scheduler, mailbox, _ = _run(first_run + clean)
+    assert mailbox.posts == ref_mailbox.posts
+    assert scheduler._views["t1"].history.metric == reference._views["t1"].history.metric
+
+
+def test_several_reports_per_epoch_are_judged_by_the_epochs_reports(caplog) -> None:
+    per_epoch = [_epoch(i + 1, a, d) for i, (a, d) in enumerate(zip(ACCS, DISTS))]
+    thrice: list[dict[str, Any]] = []
+    for epoch, (a, d) in enumerate(zip(ACCS, DISTS)):
+        base = 3 * epoch
+        thrice += [_mid(base + 1, a - 0.02), _mid(base + 2, a - 0.01), _epoch(base + 3, a, d)]
+    _, ref_mailbox, _ = _run(per_epoch)
+    with caplog.at_level("WARNING"):
+        scheduler, mailbox, decisions = _run(thrice)
+    assert decisions == [CONTINUE] * len(thrice)
+    # the same layers frozen for the same reasons, dated by the trial's own iterations
+    assert ref_mailbox.posts
+    assert [p[1]["freeze"] for p in mailbox.posts] == [p[1]["freeze"] for p in ref_mailbox.posts]
+    (_, reference), (_, decision) = ref_mailbox.posts[0], mailbox.posts[0]
+    for name in reference["reasons"]:
+        ref_text, text = reference["reasons"][name], decision["reasons"][name]
+        assert ref_text.split(":", 1)[1] == text.split(":", 1)[1]  # the same values
+    frozen_at = [d.iteration for _, d in scheduler.decisions if d.action == "freeze"]
+    assert all(it % 3 == 0 for it in frozen_at)  # at an epoch-end report
+    assert not [r for r in caplog.records if "no 'self_similarity'" in r.getMessage()]
+
+
+def test_a_non_finite_value_in_a_report_between_epochs_stops_at_once() -> None:
+    reports = [_epoch(1, 0.5, 0.05), _mid(2, 0.5), {**_mid(3, 0.5), "mean_loss": math.nan}]
+    scheduler, _, decisions = _run(reports)
+    assert decisions == [CONTINUE, CONTINUE, STOP]
+    stop = scheduler._views["t1"].stopped
+    assert stop is not None and stop.rule == "diverged: non-finite value"
+    assert stop.iteration == 3 and "mean_loss" in stop.values
+
+
+def test_a_loss_under_any_name_that_is_not_finite_stops_the_trial() -> None:
+    for key in ("mean_loss", "val_loss", "valLoss", "losses/val"):
+        reports = [_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), key: math.inf}]
+        scheduler, _, decisions = _run(reports)
+        assert decisions == [CONTINUE, STOP], key
+        assert key in scheduler._views["t1"].stopped.values
+    # a finite loss, or a number that is no loss, does not
+    _, _, decisions = _run([_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), "val_loss": 0.3}])
+    assert decisions == [CONTINUE, CONTINUE]
