@@ -175,7 +175,9 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
         if column in BOOKKEEPING or column.startswith("config/"):
             continue
         metric, _, layer = column.partition("/")
-        values = _numeric(results[column])
+        # freeze_reason is text; read from progress.csv, a layer never frozen ("" in every
+        # report) is a column of NaN, not a metric without values
+        values = None if metric == FREEZE_REASON else _numeric(results[column])
         if values is None:
             text.add(metric)
             continue

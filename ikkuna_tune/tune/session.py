@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -50,6 +51,10 @@ STATE_FILE = "ikkuna_tune_state.pt"
 RESERVED_KEYS = keys.RESERVED_KEYS
 
 _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", default=None)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def current_session() -> TrialSession | None:
@@ -246,17 +251,19 @@ class TrialSession:
         exporter = self.exporter
         merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in exporter.modules}
         merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction()
-        if self.freeze_reasons:
-            merged[keys.FREEZE_REASON] = dict(self.freeze_reasons)
+        # every report has the same keys, from the first one on (Tune fixes progress.csv's
+        # columns at the first report): "" for a layer not frozen by the scheduler (or frozen
+        # without a reason), NaN for a step time not measured yet
+        reasons = {name: self.freeze_reasons.get(name, "") for name in exporter.modules}
+        reasons.update(self.freeze_reasons)  # (a reason for a layer not tracked: kept)
+        merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
-        if step_seconds is not None:
-            merged["step_seconds"] = step_seconds
-            if not exporter.frozen:
-                total, count = self._unfrozen_time
-                self._unfrozen_time = (total + step_seconds, count + 1)
+        merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
+        if step_seconds is not None and not exporter.frozen:
+            total, count = self._unfrozen_time
+            self._unfrozen_time = (total + step_seconds, count + 1)
         total, count = self._unfrozen_time
-        if count:
-            merged["step_seconds_unfrozen"] = total / count
+        merged[keys.STEP_SECONDS_UNFROZEN] = total / count if count else math.nan
         return merged
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
@@ -294,9 +301,15 @@ class TrialSession:
         import ray.train
 
         assert self.worker is not None
-        reports = gather_to_first(merged)
+        # a step time a rank has not measured (NaN) is left out of the mean over the ranks
+        times = (keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN)
+        own = {k: None if _is_nan(v) and k in times else v for k, v in merged.items()}
+        reports = gather_to_first(own)
         if reports is not None and len(reports) > 1:
             merged = combine_reports(reports, self.averaged_outputs())
+            for key in times:
+                if key in merged and merged[key] is None:
+                    merged[key] = math.nan  # measured on no rank
         if checkpoint is not None:
             self._save(checkpoint)
         ray.train.report(merged, checkpoint=checkpoint)
@@ -310,7 +323,7 @@ class TrialSession:
         """Outputs a Ray Train job reports as their mean over the ranks: those of the
         subscribers every rank runs, and the step time."""
         every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
-        return every_rank | {"step_seconds", "step_seconds_unfrozen"}
+        return every_rank | {keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN}
 
     def _check_epochs(self) -> None:
         """Warn once if the first report after training steps finds that no epoch has ended

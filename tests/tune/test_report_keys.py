@@ -1,0 +1,194 @@
+"""Every report of a trial has the same keys from the first one on (Tune fixes the columns of
+``progress.csv`` at the first report): ``freeze_reason/<layer>`` is ``""`` until the layer is
+frozen, ``step_seconds`` / ``step_seconds_unfrozen`` are NaN until measured. No Ray session."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ray.tune.utils import flatten_dict
+
+from ikkuna_tune import compare
+from ikkuna_tune.tune import session as session_module
+from ikkuna_tune.tune.session import TrialSession
+from ikkuna_tune.tune.train_workers import TrainWorker
+from tests.conftest import TinyNet
+from tests.tune.trainables import StepCount, WeightSum, data
+
+REASON = "freeze conv at report 3: converged (similarity=0.995)"
+
+
+class _Trial:
+    """A TrialSession outside Tune on TinyNet, trained a given number of steps per report."""
+
+    def __init__(self, worker: TrainWorker | None = None) -> None:
+        torch.manual_seed(0)
+        self.model = TinyNet()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.session = TrialSession([WeightSum(), StepCount()], {"lr": 0.1}, worker=worker)
+        self.exporter = self.session.watch(self.model, self.opt)
+        self.loss_fn = self.exporter.wrap_loss(F.cross_entropy)
+        self.x, self.y = data()
+
+    def steps(self, count: int) -> None:
+        for _ in range(count):
+            self.opt.zero_grad()
+            self.loss_fn(self.model(self.x), self.y).backward()
+            self.opt.step()
+
+    def report(self, steps: int, **metrics: Any) -> dict[str, Any]:
+        self.steps(steps)
+        return self.session.report(metrics)
+
+
+def _flat(report: dict[str, Any]) -> dict[str, Any]:
+    return flatten_dict(report, delimiter="/")  # as Tune flattens it for progress.csv
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _reports() -> list[dict[str, Any]]:
+    """Reports: before training, after 1 step (the timer's warm-up), after 3 steps, then
+    ``conv`` frozen by the scheduler (with a reason), 3 steps, no step, 3 steps."""
+    trial = _Trial()
+    reports = [trial.report(0, i=0), trial.report(1, i=1), trial.report(3, i=2)]
+    trial.session.apply([{"freeze": ["conv"], "reasons": {"conv": REASON}}])
+    reports += [trial.report(3, i=3), trial.report(0, i=4), trial.report(3, i=5)]
+    trial.session.close()
+    return reports
+
+
+def test_every_report_has_the_first_reports_keys() -> None:
+    reports = [_flat(r) for r in _reports()]
+    first = set(reports[0])
+    assert {"freeze_reason/conv", "freeze_reason/fc", "step_seconds"} <= first
+    assert {"step_seconds_unfrozen", "frozen/conv", "frozen/fc"} <= first
+    for report in reports[1:]:
+        assert set(report) == first
+    # freeze_reason has the layers of frozen, in the same order
+    layers = [k.split("/", 1)[1] for k in reports[0] if k.startswith("frozen/")]
+    assert [k.split("/", 1)[1] for k in reports[0] if k.startswith("freeze_reason/")] == layers
+
+
+def test_freeze_reasons_are_empty_until_a_layer_is_frozen() -> None:
+    reports = _reports()
+    assert [r["frozen"]["conv"] for r in reports] == [0, 0, 0, 1, 1, 1]
+    assert [r["freeze_reason"]["conv"] for r in reports] == ["", "", "", REASON, REASON, REASON]
+    assert [r["freeze_reason"]["fc"] for r in reports] == [""] * 6
+
+
+def test_step_times_are_nan_until_measured() -> None:
+    reports = _reports()
+    step = [r["step_seconds"] for r in reports]
+    unfrozen = [r["step_seconds_unfrozen"] for r in reports]
+    # nothing measured: no step yet, then the warm-up step; later a report with no step
+    assert all(isinstance(v, float) for v in step + unfrozen)
+    assert [_is_nan(v) for v in step] == [True, True, False, False, True, False]
+    assert all(v > 0 for i, v in enumerate(step) if i not in (0, 1, 4))
+    assert [_is_nan(v) for v in unfrozen] == [True, True, False, False, False, False]
+    # measured before the freeze only: the mean of the unfrozen reports' step times
+    assert unfrozen[2:] == [pytest.approx(step[2])] * 4
+
+
+def test_a_checkpointed_reason_is_reported_after_a_restore() -> None:
+    trial = _Trial()
+    trial.report(2)
+    trial.session.apply([{"freeze": ["conv"], "reasons": {"conv": REASON}}])
+    state = trial.session.state_dict()
+    trial.session.close()
+    restored = _Trial()
+    restored.session.load_state_dict(state)
+    report = restored.report(0)
+    assert report["freeze_reason"] == {"conv": REASON, "fc": ""}
+    assert _is_nan(report["step_seconds"]) and report["step_seconds_unfrozen"] > 0
+    restored.session.close()
+
+
+def test_a_data_parallel_report_averages_only_the_measured_step_times(monkeypatch) -> None:
+    """Rank 0 of a two-rank Ray Train job: a step time a rank has not measured is left out
+    of the mean; one no rank measured is NaN, and the keys are those of a plain trial."""
+    import ray.train
+
+    other: dict[str, Any] = {}
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None: sent.append(metrics))
+    monkeypatch.setattr(session_module, "gather_to_first", lambda own: [own, {**own, **other}])
+    monkeypatch.setattr(session_module, "broadcast_from_first", lambda value: value)
+    trial = _Trial(worker=TrainWorker(rank=0, world_size=2, link=None))
+    first = trial.report(1)  # no rank measured a step
+    assert _is_nan(first["step_seconds"]) and _is_nan(first["step_seconds_unfrozen"])
+    other.update(step_seconds=0.5, step_seconds_unfrozen=0.5)  # only the other rank measured
+    second = trial.report(0)
+    assert second["step_seconds"] == 0.5 and second["step_seconds_unfrozen"] == 0.5
+    other.update(step_seconds=1.0, step_seconds_unfrozen=1.0)
+    third = trial.report(3)  # both measured
+    assert 0.5 < third["step_seconds"] < 1.0 and 0.5 < third["step_seconds_unfrozen"] < 1.0
+    assert sent == [first, second, third]
+    assert set(_flat(second)) == set(_flat(third)) == set(_flat(first))
+    assert first["freeze_reason"] == {"conv": "", "fc": ""}
+    trial.session.close()
+
+
+def _write_experiment(root: Path, reports: list[dict[str, Any]], as_csv: bool) -> Path:
+    """One trial directory as Tune writes it: result.json or progress.csv (columns of the
+    first report)."""
+    trial = root / "sweep" / "train_aaaaa_00000_0_lr=0.1"
+    trial.mkdir(parents=True)
+    (trial / "params.json").write_text(json.dumps({"lr": 0.1}))
+    rows = [
+        {**r, "training_iteration": i, "trial_id": "aaaaa_00000", "done": False}
+        for i, r in enumerate(reports, 1)
+    ]
+    if as_csv:
+        flat = [_flat(r) for r in rows]
+        with open(trial / "progress.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(flat[0]))
+            writer.writeheader()
+            writer.writerows(flat)
+    else:
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "sweep"
+
+
+@pytest.mark.parametrize("as_csv", [False, True], ids=["result.json", "progress.csv"])
+def test_the_comparison_reads_empty_reasons_and_nan_times_as_absent(tmp_path, as_csv) -> None:
+    reports = _reports()
+    df = compare.load(_write_experiment(tmp_path, reports, as_csv))
+    # one decision: the freeze of conv, from its reason; fc's empty reasons are no freeze
+    assert [(d["action"], d["layer"], d["iteration"]) for d in df.attrs["decisions"]] == [
+        ("freeze", "conv", 3)
+    ]
+    assert "freeze_reason" not in df.attrs["empty_metrics"]
+    assert "freeze_reason" not in compare.metrics(df)
+    # NaN step times are no values (not 0 seconds)
+    times = df[df["metric"] == "step_seconds"]
+    assert times["training_iteration"].tolist() == [3, 4, 6]
+    assert (times["value"] > 0).all()
+    unfrozen = df[df["metric"] == "step_seconds_unfrozen"]
+    assert unfrozen["training_iteration"].tolist() == [3, 4, 5, 6]
+    (row,) = compare.summary(df).to_dict("records")
+    assert row["frozen_layers"] == ["conv"] and list(row["freeze_reasons"]) == ["conv"]
+
+
+def test_a_sweep_without_a_freeze_has_no_reasons_and_no_empty_metric(tmp_path) -> None:
+    # read from progress.csv, a freeze_reason column of nothing but "" is one of NaN
+    trial = _Trial()
+    reports = [trial.report(steps) for steps in (0, 1, 3)]
+    trial.session.close()
+    df = compare.load(_write_experiment(tmp_path, reports, as_csv=True))
+    assert df.attrs["decisions"] == []
+    assert df.attrs["empty_metrics"] == {}
+    assert "freeze_reason" not in compare.metrics(df)
+    assert df.loc[df["metric"] == "step_seconds", "training_iteration"].tolist() == [3]
+    (row,) = compare.summary(df).to_dict("records")
+    assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}
