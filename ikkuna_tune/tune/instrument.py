@@ -85,8 +85,11 @@ def instrument(
         ...     model(torch.ones(1, 1))
         ...     report({"w": config["w"]})
         >>> instrument(trainable, [NormSubscriber("weights", backend=None)])({"w": -2.0})
-        >>> local_results()  # called directly: the trial ran here, without Ray
-        [{'w': -2.0, 'weights_norm2': {'0': 2.0}, 'frozen': {'0': 0}, 'frozen_fraction': 0.0}]
+        >>> local_results()  # doctest: +NORMALIZE_WHITESPACE
+        [{'w': -2.0, 'weights_norm2': {'0': 2.0}, 'frozen': {'0': 0}, 'frozen_fraction': 0.0,
+          'freeze_reason': {'0': ''}, 'step_seconds': nan, 'step_seconds_unfrozen': nan}]
+
+        Called directly, the trial ran here, without Ray (no step was timed: NaN).
     """
     if inspect.isclass(trainable) or not callable(trainable):
         raise ValueError(
@@ -224,8 +227,9 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
         >>> def trainable(config):
         ...     watch(nn.Sequential(nn.Linear(2, 1)))
         ...     print(report({"loss": 0.5}))
-        >>> instrument(trainable)({})
-        {'loss': 0.5, 'frozen': {'0': 0}, 'frozen_fraction': 0.0}
+        >>> instrument(trainable)({})  # doctest: +NORMALIZE_WHITESPACE
+        {'loss': 0.5, 'frozen': {'0': 0}, 'frozen_fraction': 0.0, 'freeze_reason': {'0': ''},
+         'step_seconds': nan, 'step_seconds_unfrozen': nan}
         >>> report({"loss": 0.5})  # outside a watched trial
         Traceback (most recent call last):
         ...
