@@ -13,23 +13,13 @@ from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
+from tests.test_freeze_restore import LoRALinear
 
 
 @pytest.fixture
 def messages(caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.WARNING, logger="ikkuna_tune")
     return lambda text: [r.getMessage() for r in caplog.records if text in r.getMessage()]
-
-
-class LoRALinear(nn.Module):
-    def __init__(self, inputs: int, outputs: int, rank: int = 2) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(outputs, inputs), requires_grad=False)
-        self.lora_A = nn.Parameter(torch.zeros(rank, inputs))
-        self.lora_B = nn.Parameter(torch.randn(outputs, rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ (self.weight + self.lora_B @ self.lora_A).T
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -8,8 +8,7 @@ import torch.nn.functional as torch_F
 
 from ikkuna_tune import functional as F
 from ikkuna_tune.functional.accuracy import check_targets
-
-READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+from tests.test_host_reads import counting_reads
 
 
 def _padded(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,20 +76,12 @@ def test_nothing_to_count_gives_accuracy_zero_without_an_error() -> None:
     assert empty.item() == 0.0
 
 
-def test_counting_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_counting_reads_nothing_back() -> None:
     output, target = _padded(3)
-    reads: list[str] = []
-    for name in READS:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    F.count_correct(output, target)
-    F.accuracy(output, target.float())
-    assert reads == []
+    with counting_reads() as reads:
+        F.count_correct(output, target)
+        F.accuracy(output, target.float())
+    assert not reads
 
 
 @pytest.mark.parametrize(

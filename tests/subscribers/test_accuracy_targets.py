@@ -12,8 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
-
-READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__")
+from tests.test_host_reads import counting_reads
 
 
 class Tagger(nn.Module):
@@ -214,9 +213,7 @@ def test_train_accuracy_rejects_autoencoder_targets() -> None:
     exporter.close()
 
 
-def test_binary_float_labels_are_accepted_and_checked_with_one_read_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_binary_float_labels_are_accepted_and_checked_with_one_read_once() -> None:
     """0.0 / 1.0 labels for one logit (BCE) give the accuracy counted by hand; the check reads
     back once, at the first step, and the steps after it read nothing more than plain training."""
     g = torch.Generator().manual_seed(8)
@@ -231,24 +228,15 @@ def test_binary_float_labels_are_accepted_and_checked_with_one_read_once(
     published: list[torch.Tensor] = []
     ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(m.data), bus)
     loss_fn = exporter.wrap_loss(F.binary_cross_entropy_with_logits)
-    reads: list[str] = []
-    for name in READS:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):  # type: ignore[no-untyped-def]
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
     expected, per_step = [], []
-    for x, y in batches:
-        with torch.no_grad():
-            logits = model(x).reshape(-1)
-        expected.append(sum(int(v > 0) == int(t) for v, t in zip(logits, y.reshape(-1))) / 10)
-        before = len(reads)
-        _train_step(model, opt, loss_fn, x, y)
-        per_step.append(len(reads) - before)
-    monkeypatch.undo()
+    with counting_reads() as reads:
+        for x, y in batches:
+            with torch.no_grad():
+                logits = model(x).reshape(-1)
+            expected.append(sum(int(v > 0) == int(t) for v, t in zip(logits, y.reshape(-1))) / 10)
+            before = sum(reads.values())
+            _train_step(model, opt, loss_fn, x, y)
+            per_step.append(sum(reads.values()) - before)
     exporter.close()
     assert per_step == [1, 0, 0, 0]
     assert [float(a) for a in published] == pytest.approx(expected)
