@@ -119,21 +119,34 @@ def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     :func:`torch.nn.functional.cross_entropy` ignores them) count neither as correct nor in
     ``total``, as in :func:`class_counts`.
 
+    The classes are in dimension 1 (see :func:`predictions`), unless that leaves a number of
+    predictions other than the number of targets while the last dimension fits: a sequence
+    model's ``(N, T, V)`` logits, whose loss reads them as ``(N * T, V)``, with targets
+    ``(N, T)`` or ``(N * T,)``, are read with their classes last.
+
     Raises:
-        ValueError: if predictions and targets do not have the same number of entries.
+        ValueError: if neither reading gives one prediction per target.
 
     Examples:
         >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
         >>> count_correct(output, torch.tensor([0, 1, 1, -100]))  # the last target is ignored
         (tensor(2), tensor(3))
+        >>> logits = torch.zeros(2, 3, 5)  # 2 sequences of 3 tokens, 5 classes
+        >>> logits[..., 4] = 1.0  # class 4 everywhere
+        >>> count_correct(logits, torch.tensor([[4, 4, 0], [4, 1, 4]]))
+        (tensor(4), tensor(6))
     """
     pred = predictions(output)
     target = _targets(output, target)
     if pred.numel() != target.numel():
-        raise ValueError(
-            f"Expected one target per prediction ({tuple(pred.shape)}) but got targets of "
-            f"shape {tuple(target.shape)}"
-        )
+        if output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:
+            pred = output.argmax(dim=-1)  # classes last: (N, T, V) logits of a sequence model
+        else:
+            raise ValueError(
+                f"Expected one target per prediction but got outputs of shape "
+                f"{tuple(output.shape)} ({tuple(pred.shape)} predictions with the classes in "
+                f"dimension 1, or with them last) and targets of shape {tuple(target.shape)}"
+            )
     pred = pred.reshape(-1)
     target = target.reshape(-1).to(pred.device)
     kept = target >= 0
