@@ -342,17 +342,26 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     flat = _as_float(x).detach().reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
-    lo, hi = torch.aminmax(flat)
+    # the bins span the finite entries; NaN and infinite ones (a diverged layer) are counted in
+    # no bin, and show in the stats (their min, max and sums are not finite)
+    finite = torch.isfinite(flat)
+    lo = torch.where(finite, flat, torch.inf).min()
+    hi = torch.where(finite, flat, -torch.inf).max()
     # like torch.histc, a constant input is binned over [value - 1, value + 1]
     constant = hi == lo
     first = torch.where(constant, lo - 1, lo)
     last = torch.where(constant, hi + 1, hi)
-    # bin by hand: torch.histc and torch.bincount read the range or the size back to the host
-    index = ((flat - first) * (bins / (last - first))).floor_().clamp_(0, bins - 1).long()
-    counts = torch.zeros(bins, device=flat.device, dtype=flat.dtype)
-    counts.index_add_(0, index, torch.ones_like(flat))
+    span = last - first
     steps = torch.arange(bins + 1, device=flat.device, dtype=flat.dtype) / bins
-    edges = first + (last - first) * steps
+    edges = first + span * steps
+    # bin by hand (torch.histc and torch.bincount read the range or the size back to the host)
+    # with torch.histc's arithmetic, (x - min) * bins / (max - min) in this order, so that a
+    # value on an edge goes to the same bin; every index stays in range, whatever the entries
+    index = (flat - first).mul_(bins).div_(span).nan_to_num_(0.0, bins - 1, 0.0)
+    index = index.floor_().clamp_(0, bins - 1).long()
+    counts = torch.zeros(bins, device=flat.device, dtype=flat.dtype)
+    counts.index_add_(0, index, finite.to(flat.dtype))
     n = flat.new_full((), flat.numel())
-    stats = torch.stack([lo, hi, n, flat.sum(), flat.pow(2).sum()])
+    low, high = torch.aminmax(flat)
+    stats = torch.stack([low, high, n, flat.sum(), flat.pow(2).sum()])
     return counts, edges, stats

@@ -1,0 +1,74 @@
+"""functional.histogram against torch.histc where values lie on bin edges, and with entries
+that are not finite (a diverged layer)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.functional.stats import histogram
+
+EDGY = [
+    torch.arange(26.0),  # integers: many on an edge of 5 bins
+    torch.arange(0, 10, 0.25),
+    torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(0)).float(),
+    torch.linspace(-3, 7, 1001),
+    torch.arange(26.0).double(),
+]
+
+
+@pytest.mark.parametrize("x", EDGY, ids=lambda x: f"{x.dtype}-{x.numel()}")
+@pytest.mark.parametrize("bins", [1, 3, 5, 7, 10, 64])
+def test_the_bins_are_those_of_torch_histc(x: torch.Tensor, bins: int) -> None:
+    counts, edges, _ = histogram(x, bins)
+    reference = torch.histc(x, bins, float(x.min()), float(x.max()))
+    assert torch.equal(counts, reference.to(counts.dtype))
+    torch.testing.assert_close(edges, torch.linspace(float(x.min()), float(x.max()), bins + 1,
+                                                      dtype=edges.dtype))  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_entries_that_are_not_finite_are_in_no_bin_and_in_the_stats(bad: float) -> None:
+    x = torch.tensor([0.0, 1.0, bad, 2.0, 3.0, bad])
+    counts, edges, stats = histogram(x, 3)
+    finite = x[torch.isfinite(x)]
+    assert torch.equal(counts, torch.histc(finite, 3, float(finite.min()), float(finite.max())))
+    torch.testing.assert_close(edges, torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    assert stats[2] == 6  # every entry counts in the number of entries
+    assert not math.isfinite(float(stats[3]))  # the sum shows them
+
+
+def test_nothing_finite_gives_empty_bins() -> None:
+    counts, _, stats = histogram(torch.tensor([math.nan, math.inf]), 4)
+    assert counts.tolist() == [0.0] * 4 and not math.isfinite(float(stats[3]))
+
+
+def test_a_diverging_model_keeps_training_with_a_histogram_subscriber() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e6)
+    bus = MessageBus()
+    subscriber = ik.HistogramSubscriber("weights", bus, backend=None)
+    stats: list[torch.Tensor] = []
+
+    class Recorded:  # stands in for TensorBoard
+        def add_histogram(self, tag, counts, edges, stats_, step) -> None:  # type: ignore[no-untyped-def]
+            stats.append(stats_)
+
+    subscriber.backend = Recorded()  # type: ignore[assignment]
+    with ik.Exporter(model, opt, bus):
+        for _ in range(6):
+            opt.zero_grad()
+            torch_F.cross_entropy(
+                model(torch.randn(8, 4) * 1e3), torch.randint(0, 3, (8,))
+            ).backward()
+            opt.step()
+    assert not all(torch.isfinite(p).all() for p in model.parameters())  # it did diverge
+    assert len(stats) == 6 * 2  # and the histograms kept coming, every step and layer
+    assert not math.isfinite(float(stats[-1][3]))
