@@ -321,6 +321,13 @@ class MessageBus(KindRegistry):
                 self._quiet[kind] = [keys, allowance]
         return True
 
+    def settle(self) -> None:
+        """Bring every subscription's counts up to date (the fast path of :meth:`skip_all`
+        defers them) and drop the allowances computed from them: before the counts are read
+        for a checkpoint, or replaced by a restored one."""
+        self._settle()
+        self._quiet.clear()
+
     def _settle(self) -> None:
         """Let the subscriptions count the messages the fast path of :meth:`skip_all` noted."""
         if not self._deferred:

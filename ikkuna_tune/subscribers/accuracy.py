@@ -308,6 +308,23 @@ class TestAccuracySubscriber(PlotSubscriber):
             publishes={keys.TEST_ACCURACY: "META", keys.TEST_ACCURACY_CHANCE: "META"},
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The training batches counted towards ``frequency`` (so that a restored run
+        evaluates at the batches the uninterrupted one would)."""
+        return {**super().state_dict(), "batches": self.trigger.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a state without ``'batches'``, saved
+        before they were kept, starts counting afresh)."""
+        if not isinstance(state, dict):
+            raise ValueError(f"Expected a dict state but got {type(state).__name__}")
+        state = dict(state)
+        batches = state.pop("batches", 0)
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"Expected `batches` to be an integer >= 0 but got {batches!r}")
+        super().load_state_dict(state)
+        self.trigger.batches = batches
+
     @property
     def chance(self) -> torch.Tensor | None:
         """The accuracy of always answering the data set's most frequent class (a 0-d tensor),

@@ -44,6 +44,9 @@ __all__ = ["CallbackSubscriber", "Subscriber"]
 
 logger = logging.getLogger(__name__)
 
+#: the key of the subscriptions' counts in a subsampling subscriber's :meth:`Subscriber.state_dict`
+SUBSCRIPTIONS_STATE = "subscriptions"
+
 
 def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu()
@@ -237,8 +240,33 @@ class Subscriber:
 
     def state_dict(self) -> dict[str, Any]:
         """The state declared with :meth:`add_state`, tensors detached and on the CPU; the Tune
-        integration keeps it in the trial's checkpoint."""
-        return {name: _apply(getattr(self, name), _to_cpu) for name in self._declared()}
+        integration keeps it in the trial's checkpoint. A subscriber that subsamples also keeps
+        its subscriptions' counts (under ``'subscriptions'``), so that a restored run measures
+        at the steps the uninterrupted one would."""
+        state = {name: _apply(getattr(self, name), _to_cpu) for name in self._declared()}
+        if any(s.subsample > 1 for s in self.subscriptions):
+            if self.message_bus is not None:
+                self.message_bus.settle()
+            state[SUBSCRIPTIONS_STATE] = [s.counts() for s in self.subscriptions]
+        return state
+
+    def _load_subscription_counts(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Restore the subscriptions' counts from ``state`` (if it holds them); returns the
+        rest of ``state``."""
+        if not isinstance(state, dict) or SUBSCRIPTIONS_STATE not in state:
+            return state
+        state = dict(state)
+        counts = state.pop(SUBSCRIPTIONS_STATE)
+        if not isinstance(counts, list) or len(counts) != len(self.subscriptions):
+            raise ValueError(
+                f"Expected the counts of {len(self.subscriptions)} subscriptions under "
+                f"{SUBSCRIPTIONS_STATE!r} but got {counts!r:.80}"
+            )
+        if self.message_bus is not None:
+            self.message_bus.settle()
+        for subscription, saved in zip(self.subscriptions, counts):
+            subscription.load_counts(saved)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned.
@@ -247,6 +275,7 @@ class Subscriber:
             ValueError: if ``state`` does not hold exactly the declared keys, or a value fails
                 its check.
         """
+        state = self._load_subscription_counts(state)
         declared = self._declared()
         if not isinstance(state, dict) or set(state) != set(declared):
             got = sorted(state) if isinstance(state, dict) else type(state).__name__

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import (
@@ -129,6 +129,15 @@ class Subscription:
 
     def _handle_message(self, message: Message) -> None:
         self.subscriber.receive_message(message)
+
+    def counts(self) -> dict[str, list[list[Any]]]:
+        """How many messages of each layer and kind it has counted (what subsampling goes
+        by), as plain lists for a checkpoint; :meth:`load_counts` restores them."""
+        return {"counter": [[key, kind, n] for (key, kind), n in self.counter.items()]}
+
+    def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
+        """Restore what :meth:`counts` returned."""
+        self.counter = {(key, kind): int(n) for key, kind, n in counts.get("counter", [])}
 
     @property
     def takes_batches(self) -> bool:
@@ -283,6 +292,17 @@ class SynchronizedSubscription(Subscription):
         self._own_sync_receive = (
             type(self).receive_message is not SynchronizedSubscription.receive_message
         )
+
+    def counts(self) -> dict[str, list[list[Any]]]:
+        """The bundles completed per layer (what subsampling goes by), for a checkpoint (taken
+        between steps, when no bundle is open)."""
+        return {**super().counts(), "rounds": [[key, n] for key, n in self._rounds.items()]}
+
+    def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
+        super().load_counts(counts)
+        self._rounds = {key: int(n) for key, n in counts.get("rounds", [])}
+        self._open.clear()
+        self._counted.clear()
 
     def bind(self, message_bus: MessageBus) -> None:
         data = message_bus.data_kinds
