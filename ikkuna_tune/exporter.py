@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
@@ -171,6 +172,13 @@ class Exporter(StepHooks, LayerFreezing):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module but got {type(model)}")
+        lazy = [name for name, p in model.named_parameters() if is_lazy(p)]
+        if lazy:
+            raise ValueError(
+                f"Expected a model whose parameters exist but got lazy parameters {lazy[:5]} "
+                "(nn.LazyLinear and the like create them in their first forward pass): run the "
+                "model once on an example batch before creating the Exporter"
+            )
         optimizers = check_optimizers(optimizer)
         if message_bus is None:
             message_bus = MessageBus()

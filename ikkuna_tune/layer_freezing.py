@@ -166,8 +166,9 @@ class LayerFreezing:
                 TraceableHook(hold_eval), prepend=True
             )
         self._frozen[name] = None
-        self._publish_meta("layer_frozen", name)
-        logger.info("Froze layer %r at step %d", name, self.global_step)
+        if saved is None:  # a restored freeze was announced when it happened
+            self._publish_meta("layer_frozen", name)
+            logger.info("Froze layer %r at step %d", name, self.global_step)
 
     def _allow_recompilation(self) -> None:
         """Compiled code guards on which parameters need gradients, so a compiled model
@@ -250,7 +251,7 @@ class LayerFreezing:
         layers have now as those from before they were frozen."""
         saved = saved or {}
         for name in frozen:
-            self._freeze(name, saved.get(name))
+            self._freeze(name, saved.get(name, {}))
 
     def frozen_parameter_fraction(self) -> float:
         """Fraction of the model's parameters (by count) in frozen layers."""

@@ -124,3 +124,18 @@ def test_a_training_forward_pass_gives_no_eval_mode_warning(caplog) -> None:
                 opt.step()
             assert exporter.global_step == 1
     assert not [r for r in caplog.records if "eval mode" in r.getMessage()]
+
+
+def test_a_model_with_lazy_parameters_is_refused_until_it_ran_once() -> None:
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(
+        ValueError, match=r"lazy parameters \['0.weight', '0.bias'\].*run the model"
+    ):
+        ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    model(torch.randn(2, 5))  # the first forward pass creates them
+    norms: list[float] = []
+    bus = MessageBus()
+    ik.CallbackSubscriber(["weights"], lambda m: norms.append(float(m.data.norm())), bus)
+    with ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus):
+        model(torch.randn(2, 5))
+    assert norms == pytest.approx([float(model[0].weight.norm()), float(model[2].weight.norm())])

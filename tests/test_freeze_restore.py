@@ -170,3 +170,20 @@ def test_an_older_checkpoint_without_the_flags_still_loads() -> None:
         assert exporter.frozen == ("0",)
         exporter.unfreeze("0")
         assert _flags(fresh) == _flags(_finetuned())
+
+
+def test_a_restored_freeze_is_not_announced_again() -> None:
+    def announced(model: nn.Module, act) -> list[str]:  # type: ignore[no-untyped-def]
+        bus, seen = MessageBus(), []
+        ik.CallbackSubscriber(["layer_frozen"], lambda m: seen.append(m.data), bus)
+        exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus)
+        act(exporter)
+        exporter.close()
+        return seen
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    state: dict = {}
+    assert announced(model, lambda e: (e.freeze("0"), state.update(e.state_dict()))) == ["0"]
+    restored = copy.deepcopy(model)
+    assert announced(restored, lambda e: e.load_state_dict(state)) == []
+    assert not restored[0].weight.requires_grad  # frozen all the same
