@@ -20,9 +20,10 @@ class MessageMeanSubscriber(PlotSubscriber):
     averages over the layers' messages of a step, not over time; :class:`MeanSubscriber` is the
     mean of the entries of each message's tensor).
 
-    Publishes ``{kind}_message_mean`` (network-wide, a 0-d tensor) once per step, when that
-    step's ``batch_finished`` arrives (messages of evaluation tags: at the next
-    ``batch_finished``). Attach it after the subscriber that publishes ``kind``.
+    Publishes ``{kind}_message_mean`` (network-wide, a 0-d tensor) once per step and tag, when
+    that step's ``batch_finished`` arrives or, for the values of a forward pass, when its
+    ``network_output`` does (an evaluation pass, after the last step too). Attach it after the
+    subscriber that publishes ``kind``.
 
     Arguments as for :class:`NormSubscriber` (without ``order``); ``subsample`` thins the
     per-layer messages.
@@ -66,7 +67,9 @@ class MessageMeanSubscriber(PlotSubscriber):
         super().__init__(
             [
                 Subscription(self, [kind], tag, subsample),
-                Subscription(self, ["batch_finished"], None),
+                # a pass's values are all in when its output is (an evaluation pass after the
+                # last step has no batch_finished after it)
+                Subscription(self, ["batch_finished", "network_output"], None),
             ],
             message_bus,
             plot_config(f"{kind}: mean over layers", "Mean", ylims),
@@ -88,6 +91,10 @@ class MessageMeanSubscriber(PlotSubscriber):
         message = message_or_bundle
         if message.kind == "batch_finished":
             self._publish_all()
+            return
+        if message.kind == "network_output":
+            for key in [k for k in self._groups if k[0] == message.tag]:
+                self._publish(key)
             return
         data = message.data
         if not isinstance(data, torch.Tensor) or data.numel() != 1:

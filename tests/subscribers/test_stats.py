@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
@@ -403,3 +404,37 @@ def test_spectral_norm_of_a_layer_that_stays_zero_is_zero(tiny, batch) -> None:
     # the kept vector is still a unit vector, so the estimate can recover later
     u = spectral.state_dict()["u"]["fc"]
     torch.testing.assert_close(torch.linalg.vector_norm(u), torch.tensor(1.0))
+
+
+def test_message_mean_of_an_evaluation_after_the_last_step_is_published() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.NormSubscriber("activations", bus, backend=None, tag="eval")
+    ik.MessageMeanSubscriber("activations_norm2", bus, backend=None, tag="eval")
+    got: list[tuple[int, float]] = []
+    ik.CallbackSubscriber(
+        ["activations_norm2_message_mean"],
+        lambda m: got.append((m.global_step, float(m.data))),
+        bus,
+        tag=None,
+    )
+    expected = []
+    with ik.Exporter(model, opt, bus) as exporter:
+        for _ in range(2):
+            for _ in range(3):
+                opt.zero_grad()
+                model(torch.randn(2, 4)).sum().backward()
+                opt.step()
+            exporter.epoch_finished()
+            model.eval()
+            x = torch.randn(2, 4)
+            with torch.no_grad():  # a validation pass after each epoch, the last one too
+                hidden = model[0](x)
+                norms = [hidden.norm(), model[2](hidden.relu()).norm()]
+                model(x)
+            expected.append((exporter.global_step, float(sum(norms) / 2)))
+            model.train()
+    assert [s for s, _ in got] == [2, 5]
+    assert got == [(s, pytest.approx(v)) for s, v in expected]
