@@ -11,9 +11,9 @@ Two gaps in Tune 2.60 lose files a sweep wrote:
   copies it to storage in the background. When a trial is restored after a failure, Tune first
   copies the storage copy back over the staging one: if the background copy was older, the
   reports made since are lost on disk. :func:`persist_trial_files` copies the staging files to
-  storage first; :class:`~ikkuna_tune.SVCCAScheduler` calls it on every trial error, and
-  the callback :class:`~ikkuna_tune.PersistTrialFiles` does it for sweeps with any other
-  scheduler.
+  storage first; :class:`~ikkuna_tune.SVCCAScheduler` calls it on every trial error and
+  before a trial that reported resumes (a base scheduler paused it), and the callback
+  :class:`~ikkuna_tune.PersistTrialFiles` does it for sweeps with any other scheduler.
 """
 
 from __future__ import annotations

@@ -277,8 +277,15 @@ class SVCCAScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.base is not None:
-            return self.base.choose_trial_to_run(tune_controller)
-        return super().choose_trial_to_run(tune_controller)
+            trial = self.base.choose_trial_to_run(tune_controller)
+        else:
+            trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None and trial.last_result:
+            # a trial that reported before resumes (paused by the base scheduler, say): Tune
+            # copies its stored files back over the driver's as it starts, and the background
+            # copy in storage can lack its latest reports
+            persist_trial_files(trial)
+        return trial
 
     def debug_string(self) -> str:
         lines = [

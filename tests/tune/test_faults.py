@@ -1,15 +1,18 @@
-"""Sweeps survive the faults a long sweep meets: a dead mailbox, a corrupt state file."""
+"""Sweeps survive the faults a long sweep meets: a dead mailbox, a corrupt state file, a trial
+paused and resumed."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import pytest
 from ray import tune
 
 import ikkuna_tune as ik
 from ikkuna_tune.tune.session import STATE_FILE
-from tests.tune.trainables import StepCount, WeightCosine, train_tiny
+from tests.tune.trainables import StepCount, WeightCosine, eager_freezer, train_tiny
 
 
 def _eager_scheduler() -> ik.SVCCAScheduler:
@@ -111,3 +114,35 @@ def test_a_restored_trial_keeps_its_reports_with_any_scheduler(ray_session, tmp_
     df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
     assert df["training_iteration"].tolist() == [1, 2, 3, 4]
     assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0]
+
+
+@pytest.mark.parametrize("how", ["scheduler", "callback"])
+def test_a_paused_and_resumed_trial_keeps_its_reports(ray_session, tmp_path, how) -> None:
+    # MedianStoppingRule pauses a trial while too few others have reported to compare it with
+    # and trials wait for a CPU; when the trial resumes, Tune copies its stored result.json
+    # back over the driver's, which lacked the latest reports unless they were saved first
+    from ray.tune.schedulers import MedianStoppingRule
+
+    median = MedianStoppingRule(
+        time_attr="training_iteration", grace_period=1, min_samples_required=2, hard_stop=False
+    )
+    # the eager freezer carries the metric and mode: it hands them to its base
+    scheduler = eager_freezer(base=median) if how == "scheduler" else median
+    metric = {} if how == "scheduler" else {"metric": "loss", "mode": "min"}
+    analysis = tune.run(
+        tune.with_resources(ik.instrument(train_tiny, [StepCount()]), {"cpu": 1}),
+        config={"lr": tune.grid_search([0.01, 0.02, 0.03]), "iterations": 4, "checkpoint": True},
+        scheduler=scheduler,
+        **metric,
+        storage_path=str(tmp_path),
+        verbose=0,
+        callbacks=[ik.PersistTrialFiles()] if how == "callback" else None,
+    )
+    assert median._last_pause, "no trial was paused: the test would show nothing"
+    for trial in analysis.trials:
+        rows = [
+            json.loads(line)["training_iteration"]
+            for line in (Path(trial.path) / "result.json").read_text().splitlines()
+        ]
+        assert rows == list(range(1, len(rows) + 1)), (trial.trial_id, rows)
+        assert rows[-1] == trial.last_result["training_iteration"]
