@@ -25,7 +25,7 @@ from typing import Any
 
 from ikkuna_tune.backends import EVENT_FILE_SUFFIX
 
-__all__ = ["TrialUploader", "fetch_trial_file", "persist_trial_files"]
+__all__ = ["TrialUploader", "fetch_trial_file", "persist_trial_files", "read_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,50 @@ def persist_trial_files(trial: Any) -> bool:
         logger.warning("Could not copy trial %s's files to %s: %s", trial, remote_dir, error)
         return False
     return True
+
+
+def read_results(trial: Any) -> list[dict[str, Any]]:
+    r"""The reports in the trial's ``result.json``, flattened as Tune hands them to a scheduler
+    (``{"self_similarity": {"fc": 0.9}}`` becomes ``{"self_similarity/fc": 0.9}``): the
+    driver's copy, else the one in storage (read, not copied: Tune brings it back itself when
+    the trial starts). Bad lines are skipped; no file, or one that cannot be read, gives none.
+
+    Examples:
+        >>> import json, tempfile, pyarrow.fs
+        >>> from types import SimpleNamespace as Stub  # stands in for a Tune trial
+        >>> disk = pyarrow.fs.LocalFileSystem()
+        >>> with tempfile.TemporaryDirectory() as local, tempfile.TemporaryDirectory() as stored:
+        ...     row = {"training_iteration": 1, "frozen": {"fc": 0}}
+        ...     _ = Path(stored, "result.json").write_text(json.dumps(row) + "\nnot json\n")
+        ...     storage = Stub(trial_fs_path=stored, storage_filesystem=disk)
+        ...     read_results(Stub(local_path=local, storage=storage))
+        [{'training_iteration': 1, 'frozen/fc': 0}]
+    """
+    import json
+
+    from ray.tune.utils import flatten_dict
+
+    try:
+        local = Path(trial.local_path, "result.json") if trial.local_path else None
+        if local is not None and local.exists():
+            text = local.read_text(encoding="utf-8")
+        else:
+            storage = trial.storage
+            filesystem = storage.storage_filesystem
+            with filesystem.open_input_stream(f"{storage.trial_fs_path}/result.json") as stream:
+                text = stream.read().decode("utf-8")
+    except Exception as error:  # no directory or file yet, or storage unreachable: no reports
+        logger.debug("No stored reports of trial %s: %s", trial, error)
+        return []
+    results = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            results.append(flatten_dict(row, delimiter="/"))
+    return results
 
 
 def fetch_trial_file(trial: Any, name: str) -> Path | None:

@@ -23,7 +23,7 @@ from ikkuna_tune.tune.decision_log import (
     read_decisions,
 )
 from ikkuna_tune.tune.mailbox import Mailbox
-from ikkuna_tune.tune.persist import persist_trial_files
+from ikkuna_tune.tune.persist import persist_trial_files, read_results
 from ikkuna_tune.tune.results import (
     first_nonfinite,
     is_number,
@@ -315,56 +315,12 @@ class SVCCAScheduler(FIFOScheduler):
         return {t: v.stopped.rule for t, v in self._views.items() if v.stopped}
 
     def _decide(self, trial_id: str, view: TrialView, result: dict[str, Any]) -> str:
-        layers = reported_layers(result)
-        if not layers:
+        observed = self._observe(trial_id, view, result)
+        if observed is None:
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
-        history = view.history
-        history.layers = layers
-        reported_frozen = {name for name in layers if result.get(keys.per_layer(keys.FROZEN, name))}
-        history.pending -= reported_frozen
-        history.frozen = reported_frozen
-        raw = result.get("training_iteration")
-        if is_number(raw):
-            iteration = int(raw)  # type: ignore[arg-type]
-        else:  # not from Tune: count the reports
-            iteration = 1 if view.last_iteration is None else view.last_iteration + 1
-        if view.last_iteration is not None and iteration <= view.last_iteration:
-            # restored from a checkpoint (or restarted): the reports it makes again replace
-            # those of the run it left, which must not count twice or date decisions
-            dropped = view.rewind(iteration)
-            if dropped:
-                logger.info(
-                    "Trial %s repeats training_iteration %s: the %s report(s) from there on "
-                    "of the run it left are forgotten",
-                    trial_id,
-                    iteration,
-                    dropped,
-                )
-        view.last_iteration = iteration
-        view.forget_lost_orders(trial_id)
-        similarity = layer_values(result, self.similarity_key, layers)
-        init = layer_values(result, keys.INIT_SIMILARITY, layers)
-        live = layer_values(result, keys.LIVE_FRACTION, layers)
+        measured, similarity = observed
         self._check_similarity(result, similarity)
-        # A report that measures no layer comes between two checkpoints of the SVCCA
-        # subscriber (several reports per epoch): the rules judge a trial by the reports that
-        # measure its layers, so such a report joins the history only while the trial has
-        # measured none (it may never: no SVCCA subscriber); the first that does replaces those
-        # made before it. A non-finite value in any report still stops the trial.
-        measures = bool(similarity or init or live)
-        if measures and not view.measured:
-            view.rewind(0)
-        measured = measures or not view.measured
-        view.measured = view.measured or measures
-        if measured:
-            metric = self._signed(result.get(self._metric) if self._metric else None)
-            history.add(metric, similarity, init, live)
-            view.iterations.append(iteration)
-        if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
-            chance = result.get(keys.chance_of(self._metric)) if self._metric else None
-            if is_number(chance) and math.isfinite(chance):  # type: ignore[arg-type]
-                history.chance = float(chance)  # type: ignore[arg-type]
-        view.offset = iteration - history.reports
+        history = view.history
         if self.stop:
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
@@ -388,6 +344,62 @@ class SVCCAScheduler(FIFOScheduler):
         if measured:
             self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
+
+    def _observe(
+        self, trial_id: str, view: TrialView, result: dict[str, Any]
+    ) -> tuple[bool, dict[str, float]] | None:
+        """Take one report into the trial's view; returns whether it measured the layers and
+        their similarities (None for a report ikkuna_tune did not make)."""
+        layers = reported_layers(result)
+        if not layers:
+            return None
+        history = view.history
+        history.layers = layers
+        reported_frozen = {name for name in layers if result.get(keys.per_layer(keys.FROZEN, name))}
+        history.pending -= reported_frozen
+        history.frozen = reported_frozen
+        raw = result.get("training_iteration")
+        if is_number(raw):
+            iteration = int(raw)  # type: ignore[arg-type]
+        else:  # not from Tune: count the reports
+            iteration = 1 if view.last_iteration is None else view.last_iteration + 1
+        if view.last_iteration is not None and iteration <= view.last_iteration:
+            # restored from a checkpoint (or restarted): the reports it makes again replace
+            # those of the run it left, which must not count twice or date decisions
+            dropped = view.rewind(iteration)
+            if dropped:
+                logger.info(
+                    "Trial %s repeats training_iteration %s: the %s report(s) from there on "
+                    "of the run it left are forgotten",
+                    trial_id,
+                    iteration,
+                    dropped,
+                )
+        view.last_iteration = iteration
+        view.forget_lost_orders(trial_id)  # (none while a restored driver replays reports)
+        similarity = layer_values(result, self.similarity_key, layers)
+        init = layer_values(result, keys.INIT_SIMILARITY, layers)
+        live = layer_values(result, keys.LIVE_FRACTION, layers)
+        # A report that measures no layer comes between two checkpoints of the SVCCA
+        # subscriber (several reports per epoch): the rules judge a trial by the reports that
+        # measure its layers, so such a report joins the history only while the trial has
+        # measured none (it may never: no SVCCA subscriber); the first that does replaces those
+        # made before it. A non-finite value in any report still stops the trial.
+        measures = bool(similarity or init or live)
+        if measures and not view.measured:
+            view.rewind(0)
+        measured = measures or not view.measured
+        view.measured = view.measured or measures
+        if measured:
+            metric = self._signed(result.get(self._metric) if self._metric else None)
+            history.add(metric, similarity, init, live)
+            view.iterations.append(iteration)
+        if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
+            chance = result.get(keys.chance_of(self._metric)) if self._metric else None
+            if is_number(chance) and math.isfinite(chance):  # type: ignore[arg-type]
+                history.chance = float(chance)  # type: ignore[arg-type]
+        view.offset = iteration - history.reports
+        return measured, similarity
 
     def _signed(self, value: object) -> float:
         if not is_number(value):
@@ -442,7 +454,11 @@ class SVCCAScheduler(FIFOScheduler):
         return True
 
     def _recall(self, trial: Trial, view: TrialView) -> None:
-        """Take up the decisions an earlier driver made for ``trial`` (``Tuner.restore``)."""
+        """Take up what an earlier driver knew of ``trial`` (``Tuner.restore``): its reports,
+        replayed into the view without deciding anything (so that rules that look back, such as
+        progress since the first report, see the whole trial), and its decisions."""
+        for result in read_results(trial):
+            self._observe(trial.trial_id, view, result)
         decisions = read_decisions(trial)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
         view.take_up(trial.trial_id, decisions, self._mailbox)

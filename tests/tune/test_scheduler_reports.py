@@ -107,3 +107,38 @@ def test_a_loss_under_any_name_that_is_not_finite_stops_the_trial() -> None:
     # a finite loss, or a number that is no loss, does not
     _, _, decisions = _run([_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), "val_loss": 0.3}])
     assert decisions == [CONTINUE, CONTINUE]
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened report as Tune writes it to result.json (per-layer values nested)."""
+    row: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, layer = key.partition("/")
+        if layer:
+            row.setdefault(head, {})[layer] = value
+        else:
+            row[key] = value
+    return row
+
+
+def test_a_new_driver_judges_a_restored_trial_on_all_its_reports(tmp_path) -> None:
+    import json
+
+    # a trial that gained 3 points in its first 3 reports and little since, while no layer
+    # moves: progress since its first report keeps it running; since report 4 it would not
+    accs = [0.5, 0.51, 0.525, 0.53, 0.534, 0.537, 0.539, 0.54, 0.541]
+    reports = [_epoch(i + 1, a, 0.1) for i, a in enumerate(accs)]
+    reference, _, ref_decisions = _run(reports)
+    assert ref_decisions == [CONTINUE] * len(accs)  # progress since report 1: not stuck
+    # the driver stops after report 3; the new one (Tuner.restore) finds the stored reports
+    stored = FakeTrial("t1")
+    stored.local_path = str(tmp_path)  # type: ignore[attr-defined]
+    lines = [json.dumps(_nested(r)) for r in reports[:3]]
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
+    scheduler, _ = make(patience=2, settle_window=2, plateau=2)
+    scheduler.on_trial_add(None, stored)
+    decisions = feed(scheduler, stored, reports[3:])
+    assert decisions == ref_decisions[3:]
+    view, ref_view = scheduler._views["t1"], reference._views["t1"]
+    assert view.history.metric == ref_view.history.metric
+    assert view.iterations == ref_view.iterations
