@@ -178,3 +178,26 @@ def test_an_experiment_with_only_values_missing(tmp_path) -> None:
     message = r"sweep has no values: 1 trial\(s\) reported 1 result\(s\), every value NaN, null"
     with pytest.raises(ValueError, match=message + r" or text \(without values: acc\)$"):
         compare.load(experiment)
+
+
+def test_trial_status_comes_from_the_experiment_state_tune_would_choose(tmp_path) -> None:
+    import os
+
+    experiment = handmade(tmp_path)
+
+    def state(status: str) -> str:
+        trials = [
+            [json.dumps({"relative_logdir": d.name, "trial_id": d.name.split("_")[1] + "_"
+                         + d.name.split("_")[2], "status": status}), "{}"]
+            for d in sorted(experiment.iterdir()) if d.is_dir()
+        ]  # fmt: skip
+        return json.dumps({"trial_data": trials})
+
+    older = experiment / "experiment_state-2026-11-30_01-00-00.json"
+    newer = experiment / "experiment_state-2026-11-30_02-00-00.json"  # Tuner.restore's run
+    newer.write_text(state("TERMINATED"))
+    older.write_text(state("RUNNING"))
+    # the resumed driver writes the old file too, last: the latest name, not the latest write
+    os.utime(older, (newer.stat().st_mtime + 5, newer.stat().st_mtime + 5))
+    trials = compare.load(experiment).attrs["trials"]
+    assert {t["status"] for t in trials.values()} == {"TERMINATED"}

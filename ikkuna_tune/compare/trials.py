@@ -175,8 +175,11 @@ def _trial_dirs(path: Path) -> list[Path]:
 
 
 def _experiment_state(path: Path) -> dict[str, dict[str, str]]:
-    """Trial id and status per trial directory name, from Tune's newest experiment state."""
-    files = sorted(path.glob("experiment_state*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    """Trial id and status per trial directory name, from Tune's newest experiment state: the
+    file with the latest name (``experiment_state-<date>_<time>.json``), as Tune chooses it. Not
+    the latest written: a driver resumed with ``Tuner.restore`` writes the old file too, at its
+    end."""
+    files = sorted(path.glob("experiment_state*.json"), key=lambda p: p.name)
     if not files:
         return {}
     try:
