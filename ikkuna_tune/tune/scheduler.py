@@ -41,6 +41,14 @@ __all__ = ["DECISIONS_FILE", "SVCCAScheduler"]
 logger = logging.getLogger(__name__)
 
 
+def _copies_checkpoints(scheduler: object) -> bool:
+    """Whether ``scheduler`` is population-based training (or PB2), which replaces a trial's
+    model with another trial's checkpoint."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    return isinstance(scheduler, PopulationBasedTraining)
+
+
 class SVCCAScheduler(FIFOScheduler):
     """A Tune scheduler that freezes converged layers and stops lost trials, never the best.
 
@@ -182,6 +190,13 @@ class SVCCAScheduler(FIFOScheduler):
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(
                 f"Expected `base` to be a ray.tune TrialScheduler but got {type(base).__name__}"
+            )
+        if _copies_checkpoints(base):
+            raise ValueError(
+                f"Expected a `base` that stops or pauses trials (ASHA, HyperBand, "
+                f"MedianStoppingRule) but got {type(base).__name__}, which copies one trial's "
+                "checkpoint into another: freezes judged on the model it replaces would be "
+                "applied to the copy. Run population-based training without SVCCAScheduler"
             )
         self.base = base
         if not isinstance(similarity_key, str) or not similarity_key:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
 
 from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
@@ -387,6 +387,10 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         ({"stall_share": 0}, r"`stall_share` to be a number in \(0, 1\]"),
         ({"max_t": 0}, r"`max_t` to be an integer >= 1"),
         ({"base": "asha"}, r"`base` to be a ray.tune TrialScheduler"),
+        (
+            {"base": PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})},
+            r"got PopulationBasedTraining, which copies one",
+        ),
     ],
 )
 def test_argument_validation(kwargs, message) -> None:
