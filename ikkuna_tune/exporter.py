@@ -160,6 +160,10 @@ class Exporter(StepHooks, LayerFreezing):
         True
     """
 
+    #: whether an epoch has ended since this Exporter was made (see :meth:`epoch_finished`)
+    _epoch_ended: bool = False
+    _warned_empty_epoch: bool = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -402,8 +406,24 @@ class Exporter(StepHooks, LayerFreezing):
         return loss_with_export
 
     def epoch_finished(self) -> None:
-        """End the current epoch: publish ``batch_finished`` if pending, then ``epoch_finished``."""
+        """End the current epoch: publish ``batch_finished`` if pending, then ``epoch_finished``.
+
+        A call with no training step since the last one is ignored, with a warning: the
+        epoch-end subscribers would measure the same weights again (SVCCA would find every
+        layer unchanged, which reads as converged). A first call before any step (a baseline
+        before training) counts.
+        """
         self._finish_step()
+        if self._epoch_ended and not self._epoch_open:
+            if not self._warned_empty_epoch:
+                self._warned_empty_epoch = True
+                logger.warning(
+                    "epoch_finished() was called again with no training step since the last "
+                    "call (epoch %d); ignored, here and from now on",
+                    self.epoch,
+                )
+            return
+        self._epoch_ended = True
         self._publish_meta("epoch_finished")
         self._epoch_open = False
         self.epoch += 1

@@ -96,6 +96,12 @@ def instrument(
             f"Expected a function trainable `f(config)` but got {trainable!r}; class "
             "trainables are not supported"
         )
+    if inspect.isgeneratorfunction(trainable) or inspect.isasyncgenfunction(trainable):
+        raise ValueError(
+            f"Expected a function trainable `f(config)` that reports with ik.report but got the "
+            f"generator function {trainable!r}: its body would run after the trial's session "
+            "ended; report with ik.report instead of yielding"
+        )
     if subscribers is not None and not callable(subscribers):
         if isinstance(subscribers, (str, bytes)) or not hasattr(subscribers, "__iter__"):
             raise ValueError(
@@ -109,7 +115,10 @@ def instrument(
         check_attachable(fresh_subscribers(subscribers, {}))
 
     def instrumented(config: dict[str, Any], **kwargs: Any) -> Any:
-        if current_session() is not None:
+        running = current_session()
+        if running is not None and running.implicit:
+            running.close()  # a watch() made outside any trial earlier in this thread
+        elif running is not None:
             raise RuntimeError("An instrumented trainable is already running in this thread")
         session = TrialSession(fresh_subscribers(subscribers, config), config)
         session.activate()
@@ -120,11 +129,19 @@ def instrument(
             link = TrialLink(experiment, session.trial_id, subscribers, trial_dir)
             config = TrialConfig(config, link)
         try:
-            return trainable(config, **kwargs)
-        finally:
+            result = trainable(config, **kwargs)
+        except BaseException:
             if not session.in_tune:
                 _last_local[0] = session.results
-            session.close()
+            try:
+                session.close()
+            except Exception:  # the trial's own error is the one to see
+                logger.exception("Closing the trial's session failed after the trial raised")
+            raise
+        if not session.in_tune:
+            _last_local[0] = session.results
+        session.close()
+        return result
 
     instrumented.__name__ = getattr(trainable, "__name__", "trainable")
     instrumented.__qualname__ = getattr(trainable, "__qualname__", instrumented.__name__)
@@ -178,8 +195,12 @@ def watch(
         ['0', '2']
     """
     session = current_session()
+    if session is not None and session.implicit and session.closed:
+        session.close()  # the last watch() outside a trial in this thread was closed: a new one
+        session = None
     if session is None:
         session = _new_session()
+        session.implicit = True
         session.activate()
     return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
 

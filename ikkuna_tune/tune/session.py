@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ikkuna_tune import keys
+from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.subscribers.base import Subscriber
@@ -21,6 +22,7 @@ from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
 from ikkuna_tune.tune.subscriber_templates import (
+    USED,
     SubscriberSpec,
     check_attachable,
     fresh_subscribers,
@@ -55,6 +57,55 @@ _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", de
 
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
+    scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
+    (all such tensors of a device in one host transfer), nested dicts alike; other values stay.
+
+    Raises:
+        ValueError: for a tensor or array of more than one element (no metric).
+
+    Examples:
+        >>> import numpy as np
+        >>> metrics = {"loss": torch.tensor(0.5), "acc": np.float32(0.25), "n": {"k": np.int64(3)}}
+        >>> plain_metrics(metrics)
+        {'loss': 0.5, 'acc': 0.25, 'n': {'k': 3}}
+    """
+    import numpy as np
+
+    tensors: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+
+    def plain(value: Mapping[str, Any], path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = f"{path}{key}"
+            if isinstance(item, Mapping):
+                out[key] = plain(item, f"{name}/")
+            elif isinstance(item, (torch.Tensor, np.ndarray)):
+                size = item.numel() if isinstance(item, torch.Tensor) else item.size
+                if size != 1:
+                    raise ValueError(
+                        f"Expected metric {name!r} to be a number but got a "
+                        f"{type(item).__name__} of shape {tuple(item.shape)}"
+                    )
+                if isinstance(item, np.ndarray):
+                    out[key] = item.reshape(()).item()
+                else:
+                    out[key] = None  # filled below, one transfer per device
+                    tensors.append((out, key, item))
+            elif isinstance(item, np.generic):
+                out[key] = item.item()
+            else:
+                out[key] = item
+        return out
+
+    merged = plain(metrics, "")
+    numbers = to_numbers([(key, tensor, 0) for _, key, tensor in tensors])
+    for (out, key, tensor), number in zip(tensors, numbers):
+        out[key] = bool(number) if tensor.dtype == torch.bool else number
+    return merged
 
 
 def current_session() -> TrialSession | None:
@@ -144,25 +195,42 @@ class TrialSession:
         return self.context is not None or self.worker is not None
 
     # ------------------------------------------------------------ lifecycle
+    #: made by a ``watch`` outside any instrumented trainable (see :func:`ikkuna_tune.watch`)
+    implicit: bool = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the trial's Exporter was made and has been closed."""
+        return self.exporter is not None and self.exporter.closed
+
     def activate(self) -> None:
         self._token = _current.set(self)
 
     def close(self) -> None:
-        if self.exporter is not None:
-            self.exporter.close()
-        if self.bus is not None:
-            for subscriber in list(self.bus.subscribers):
-                subscriber.detach()
-            self.bus.close()
-        if self._uploader is None and self.context is not None and self.exporter is None:
-            # a trial that trained in a Ray Train job: rank 0 wrote its files here (when it ran
-            # on this node)
-            self._uploader = TrialUploader(self.context.get_trial_dir())
-        if self._uploader is not None:
-            self._uploader.upload()
-        if self._token is not None:
-            _current.reset(self._token)
-            self._token = None
+        """End the trial's session: close the Exporter, detach the subscribers (marked as used:
+        a later trial must not take them up), upload the files; the session stops being the
+        thread's current one whatever fails on the way."""
+        try:
+            if self.exporter is not None:
+                self.exporter.close()
+        finally:
+            try:
+                for subscriber in self.subscribers:
+                    setattr(subscriber, USED, True)
+                if self.bus is not None:
+                    for subscriber in list(self.bus.subscribers):
+                        subscriber.detach()
+                    self.bus.close()
+                if self._uploader is None and self.context is not None and self.exporter is None:
+                    # a trial that trained in a Ray Train job: rank 0 wrote its files here
+                    # (when it ran on this node)
+                    self._uploader = TrialUploader(self.context.get_trial_dir())
+                if self._uploader is not None:
+                    self._uploader.upload()
+            finally:
+                if self._token is not None:
+                    _current.reset(self._token)
+                    self._token = None
 
     def watch(
         self,
@@ -245,7 +313,7 @@ class TrialSession:
             )
         assert self.exporter is not None and self.bus is not None
         self.bus.flush()
-        merged = dict(metrics)
+        merged = plain_metrics(metrics)
         if self.collector is not None:
             merged.update(self.collector.collect())
         exporter = self.exporter

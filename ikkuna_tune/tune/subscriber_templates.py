@@ -16,6 +16,10 @@ __all__ = ["SubscriberSpec", "check_attachable", "fresh_subscribers"]
 SubscriberSpec = Sequence[Subscriber] | Callable[[dict[str, Any]], Sequence[Subscriber]]
 
 
+#: set on a subscriber once a trial has used it (see :func:`fresh_subscribers`)
+USED = "_ikkuna_trial_used"
+
+
 def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> list[Subscriber]:
     """New, unshared subscribers for one trial: deep copies of templates, or ``spec(config)``.
 
@@ -41,6 +45,12 @@ def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> li
             )
         if subscriber.message_bus is not None:
             raise ValueError(f"{subscriber!r} is already attached to a bus; pass unattached ones")
+        if getattr(subscriber, USED, False):
+            raise ValueError(
+                f"Expected new subscribers for this trial but {subscriber!r} ran in an earlier "
+                "trial (its state, such as SVCCA's last checkpoint, would carry over): make "
+                "them in the function that is given the config, or pass templates"
+            )
     return made
 
 

@@ -226,7 +226,8 @@ def test_converged_layers_freeze_from_the_input_side_but_not_the_last(data) -> N
     SVCCASubscriber(inputs, 40, message_bus=bus, freeze_at=0.999, backend=None)
     exporter.epoch_finished()
     assert exporter.frozen == ()
-    exporter.epoch_finished()  # nothing trained: every layer's similarity is 1
+    model(inputs[:4])  # a training pass that changes no weight: every layer's similarity is 1
+    exporter.epoch_finished()
     assert exporter.frozen == ("0", "2") == tuple(frozen)  # "4", the head, stays trainable
     assert model[4].weight.requires_grad
 
@@ -266,6 +267,7 @@ def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, cap
     exporter.epoch_finished()
     with torch.no_grad():
         tiny.fc.weight[0, 0] = math.inf
+    tiny(data.tensors[0][:2])  # a training pass (the epoch had a step), weights as set above
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
         exporter.epoch_finished()
     values = {key: value.item() for key, _, _, _, value in got}
@@ -283,7 +285,8 @@ def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, cap
         got.clear()
         fc_before = tiny.fc.weight.clone()
         _train(tiny, opt, data, 2)
-        assert batches == list(range(2 * epoch + 2))  # the training messages still flow
+        # the training messages still flow (step 0 was the pass before the blow-up's epoch end)
+        assert batches == list(range(1, 2 * epoch + 3))
         assert torch.isfinite(tiny.fc.weight).all()
         assert not torch.equal(tiny.fc.weight, fc_before)
         assert torch.equal(tiny.conv.weight, conv_before)
@@ -352,6 +355,7 @@ def test_unattached_subscriber_is_a_deep_copyable_template(tiny, data) -> None:
     copies[0].attach(bus)
     got = _published(bus)
     exporter.epoch_finished()
+    tiny(data.tensors[0][:2])  # a training pass between the two epoch ends
     exporter.epoch_finished()
     assert len(got) == 2
     assert template.message_bus is None and copies[1].state_dict()["previous"] is None

@@ -1,0 +1,142 @@
+"""How the trial session takes what users do besides the one documented loop: NumPy and tensor
+metrics, an epoch ended twice, a generator trainable, watch() outside a trial, subscribers
+reused from one trial in the next, an error while the trial's own error propagates. Local mode
+(the instrumented trainable called directly), no Ray."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ikkuna_tune as ik
+from ikkuna_tune.tune.session import current_session
+
+X = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(1))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _steps(model: nn.Module, opt: torch.optim.Optimizer, n: int = 2) -> None:
+    for _ in range(n):
+        opt.zero_grad()
+        F.cross_entropy(model(X), Y).backward()
+        opt.step()
+
+
+def test_numpy_and_tensor_metrics_are_reported_as_python_numbers() -> None:
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        _steps(model, opt)
+        loss = F.cross_entropy(model(X), Y)
+        ik.report({"loss": loss, "acc": np.float32(0.25), "n": {"seen": np.int64(32)}})
+
+    ik.instrument(trainable)({})
+    (report,) = ik.local_results()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _steps(model, opt)
+    expected = float(F.cross_entropy(model(X), Y).detach())
+    assert type(report["loss"]) is float and report["loss"] == pytest.approx(expected)
+    assert type(report["acc"]) is float and report["acc"] == 0.25
+    assert report["n"] == {"seen": 32} and type(report["n"]["seen"]) is int
+
+
+def test_a_tensor_of_several_numbers_is_no_metric() -> None:
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"losses": torch.ones(3)})
+
+    with pytest.raises(ValueError, match="'losses' to be a number but got a Tensor of shape"):
+        ik.instrument(trainable)({})
+
+
+def test_an_epoch_ended_twice_is_measured_once(caplog) -> None:
+    probe = TensorDataset(X, Y)
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        exporter = ik.watch(model, opt)
+        for _ in range(2):
+            _steps(model, opt)
+            exporter.epoch_finished()
+            exporter.epoch_finished()  # by mistake: no step in between
+            ik.report({"epoch": exporter.epoch})
+
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        ik.instrument(trainable, [ik.SVCCASubscriber(probe, n=32, backend=None)])({})
+    first, second = ik.local_results()
+    assert (first["epoch"], second["epoch"]) == (1, 2)
+    # measured against the first epoch's checkpoint, not against the same weights again
+    assert all(v is not None and v < 1.0 for v in second["self_similarity"].values())
+    assert all(v is None for v in first["self_similarity"].values())
+    assert sum("called again with no training step" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_generator_trainable_is_refused_where_it_is_given() -> None:
+    def trainable(config):  # type: ignore[no-untyped-def]
+        yield {"loss": 1.0}
+
+    with pytest.raises(ValueError, match="generator function"):
+        ik.instrument(trainable)
+
+
+def test_watch_outside_a_trial_does_not_block_what_follows() -> None:
+    exporter = ik.watch(_model())
+    exporter.close()
+    again = ik.watch(_model())  # a second model, after the first was closed
+    assert not again.closed
+    again.close()
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"ok": 1})
+
+    ik.instrument(trainable)({})
+    assert ik.local_results()[0]["ok"] == 1
+    assert current_session() is None
+
+
+def test_subscribers_returned_again_by_the_function_are_refused() -> None:
+    shared = [ik.NormSubscriber("weights", backend=None)]
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({})
+
+    wrapped = ik.instrument(trainable, lambda config: shared)
+    wrapped({})
+    with pytest.raises(ValueError, match="ran in an earlier trial"):
+        wrapped({})
+    assert current_session() is None
+
+
+def test_the_trials_own_error_is_raised_when_closing_fails_too() -> None:
+    class Failing(ik.Subscriber):
+        def __init__(self) -> None:
+            super().__init__([ik.Subscription(self, ["batch_finished"])])
+
+        def compute(self, message):  # type: ignore[no-untyped-def]
+            raise RuntimeError("subscriber fails")
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        ik.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        F.cross_entropy(model(X), Y).backward()  # a step left open: closing finishes it
+        raise KeyError("the trial's error")
+
+    with pytest.raises(KeyError, match="the trial's error"):
+        ik.instrument(trainable, [Failing()])({})
+    assert current_session() is None  # the next trial can run in this thread
