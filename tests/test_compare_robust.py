@@ -201,3 +201,25 @@ def test_trial_status_comes_from_the_experiment_state_tune_would_choose(tmp_path
     os.utime(older, (newer.stat().st_mtime + 5, newer.stat().st_mtime + 5))
     trials = compare.load(experiment).attrs["trials"]
     assert {t["status"] for t in trials.values()} == {"TERMINATED"}
+
+
+@pytest.mark.parametrize("source", ["result.json", "progress.csv"])
+def test_a_metric_named_with_a_slash_is_network_wide(tmp_path, source) -> None:
+    import pandas as pd
+
+    experiment = tmp_path / "sweep"
+    rows = [
+        {"training_iteration": i, "trial_id": "ttttt_00000", "val/accuracy": 0.5 + i / 10,
+         "sim": {"conv": 0.9}, "frozen": {"conv": 0}}
+        for i in (1, 2)
+    ]  # fmt: skip
+    trial = write_trial(experiment, "train_ttttt_00000_0", {"lr": 0.1}, rows)
+    if source == "progress.csv":  # Tune's flattened copy only: the nesting is gone
+        pd.json_normalize(rows, sep="/").to_csv(trial / "progress.csv", index=False)
+        (trial / "result.json").unlink()
+    df = compare.load(experiment)
+    assert compare.layers(df) == ["conv"]
+    assert "val/accuracy" in compare.metrics(df, per_layer=False)
+    values = df[df["metric"] == "val/accuracy"]
+    assert values["value"].tolist() == pytest.approx([0.6, 0.7])
+    assert values["layer"].isna().all()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ikkuna_tune import keys
 from ikkuna_tune.compare.decision_log import DECISIONS_FILE, FREEZE_REASON, _trial_decisions
 from ikkuna_tune.compare.frame import TIDY_COLUMNS, missing
 from ikkuna_tune.compare.trials import _read_directory, _read_object, _Trial
@@ -170,11 +171,18 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
     if not len(results):
         return None
     iterations = results["training_iteration"].astype(int).to_numpy()
+    # the network's layers are those ikkuna_tune reports frozen/<layer> for; a column
+    # "<name>/<other>" whose <other> is none of them is a metric of the user's ("val/accuracy"),
+    # network-wide, not metric "val" of a layer "accuracy"
+    prefix = f"{keys.FROZEN}/"
+    layers = {c[len(prefix) :] for c in results.columns if c.startswith(prefix)}
     parts = []
     for column in results.columns:
         if column in BOOKKEEPING or column.startswith("config/"):
             continue
         metric, _, layer = column.partition("/")
+        if layer and layers and layer not in layers:
+            metric, layer = column, ""
         # freeze_reason is text; read from progress.csv, a layer never frozen ("" in every
         # report) is a column of NaN, not a metric without values
         values = None if metric == FREEZE_REASON else _numeric(results[column])
