@@ -223,3 +223,12 @@ def test_a_metric_named_with_a_slash_is_network_wide(tmp_path, source) -> None:
     values = df[df["metric"] == "val/accuracy"]
     assert values["value"].tolist() == pytest.approx([0.6, 0.7])
     assert values["layer"].isna().all()
+
+
+def test_an_output_directory_that_is_a_file_is_a_clear_error(tmp_path) -> None:
+    experiment = handmade(tmp_path)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for out in (taken, taken / "below"):
+        with pytest.raises(ValueError, match=r"to be a directory .* is a file"):
+            compare.compare_experiment(experiment, out, metric="sim")

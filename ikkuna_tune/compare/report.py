@@ -85,6 +85,7 @@ def compare_experiment(
     """
     check_mode(mode)
     check_budget(budget)
+    _check_out_dir(out_dir)
     df = load(experiment)
     options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
     table = _summary_for_report(df, options, summary_metric, mode)
@@ -135,6 +136,7 @@ def write_report(
     """
     check_tidy(df)
     check_budget(budget)
+    _check_out_dir(out_dir)
     options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
     table = _summary_for_report(df, options, summary_metric, mode)
     return _write(df, table, decisions(df), out_dir, options, title="ikkuna_tune comparison")
@@ -182,6 +184,17 @@ def _title(experiment: ExperimentLike) -> str:
         return f"ikkuna_tune comparison: {Path(experiment).name}"
     path = getattr(experiment, "experiment_path", None)
     return f"ikkuna_tune comparison: {Path(str(path)).name}" if path else "ikkuna_tune comparison"
+
+
+def _check_out_dir(out_dir: str | PathLike[str]) -> None:
+    """Raise ``ValueError`` unless ``out_dir`` is a directory or can be made one."""
+    out = Path(out_dir)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(
+            f"Expected the output directory {str(out)!r} to be a directory (it is created if "
+            f"missing) but {str(blocking)!r} is a file"
+        )
 
 
 def _write(
