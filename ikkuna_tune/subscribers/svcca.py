@@ -202,13 +202,19 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         """Run the model through ``access``; with ``track_init``, record the activations at
         initialisation now (once, while attached)."""
         super().use_model(access)
+        # a model other than the one the activations at initialisation were recorded from
+        # (a watch() that failed after attaching, retried on a new model) is recorded afresh;
+        # those restored from a checkpoint stay
+        recorded_from = self.__dict__.get("_initial_of")
+        stale = recorded_from is not None and recorded_from != id(access)
         if (
             access is not None
             and self.message_bus is not None
             and self.track_init
-            and self._initial is None
+            and (self._initial is None or stale)
         ):
             self._initial = self.record()
+            self._initial_of = id(access)
 
     def detached(self, message_bus: MessageBus) -> None:
         super().detached(message_bus)
@@ -374,6 +380,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self._bases = {}
         if state.get("initial") is not None:
             self._initial = dict(state["initial"])
+            self._initial_of = None  # from the checkpoint: kept whatever model comes
         self.trigger.batches = int(state["batches"])
 
 

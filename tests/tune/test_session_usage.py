@@ -140,3 +140,24 @@ def test_the_trials_own_error_is_raised_when_closing_fails_too() -> None:
     with pytest.raises(KeyError, match="the trial's error"):
         ik.instrument(trainable, [Failing()])({})
     assert current_session() is None  # the next trial can run in this thread
+
+
+def test_a_watch_retried_after_a_failure_measures_the_new_model() -> None:
+    probe = TensorDataset(X, Y)
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        with pytest.raises(ValueError, match="cannot attach subscriber 2"):
+            ik.watch(_model(), None)  # weight updates need an optimizer: the second fails
+        torch.manual_seed(5)  # another model than the one of the failed call
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+        exporter = ik.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        exporter.epoch_finished()  # no training yet: each layer as at initialisation
+        ik.report({})
+
+    subscribers = [
+        ik.SVCCASubscriber(probe, n=32, backend=None),
+        ik.NormSubscriber("weight_updates", backend=None),
+    ]
+    ik.instrument(trainable, subscribers)({})
+    (report,) = ik.local_results()
+    assert report["init_similarity"] == pytest.approx({"0": 1.0, "2": 1.0})
