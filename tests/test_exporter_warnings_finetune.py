@@ -13,6 +13,7 @@ from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
+from tests.test_exporter_unowned import WithToken
 from tests.test_freeze_restore import LoRALinear
 
 
@@ -89,16 +90,6 @@ def test_no_block_warning_for_leaf_layers_or_a_block_holding_parameters_itself(m
     ik.Exporter(model, message_bus=MessageBus(), depth=1).close()
     warned = messages("hold no parameter of their own")
     assert len(warned) == 1 and "['0']" in warned[0] and "'1'" not in warned[0]
-
-
-class WithToken(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.token = nn.Parameter(torch.zeros(1, 4))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x + self.token)
 
 
 def test_no_depth_advice_for_parameters_on_the_model_itself(messages):
