@@ -35,10 +35,19 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
     return output.argmax(dim=1)
 
 
+def _one_logit(x: torch.Tensor) -> bool:
+    """Whether ``x`` is shaped as one value per sample: ``(N,)`` or ``(N, 1)``."""
+    return x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)
+
+
 def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() and target.dim() == output.dim() and output.dim() > 1:
         if target.shape[1] == output.shape[1] and output.shape[1] > 1:
             return target.argmax(dim=1)  # one-hot or soft labels
+    if target.is_floating_point() and _one_logit(output):
+        # the probability of class 1 (0/1 labels, or smoothed ones such as 0.05/0.95); a
+        # negative target stays an ignore index
+        return torch.where(target < 0, -1, (target > 0.5).long())
     return target
 
 
@@ -47,9 +56,10 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
 
     Accepted: class indices, as an integer tensor or as floats that are whole numbers (negative
     ones are an ignore index, e.g. ``-100``; ``0.0`` / ``1.0`` labels for one logit per sample
-    are class indices too); or one-hot / soft labels: non-negative floats that sum to 1 over the
-    class dimension (dimension 1), shaped like ``output`` when it is given. Anything else, such as
-    the real-valued targets of a regression, has no accuracy.
+    are class indices too); for one logit per sample, probabilities of class 1 in [0, 1]
+    (smoothed labels, read as class 1 above 0.5); or one-hot / soft labels: non-negative floats
+    that sum to 1 over the class dimension (dimension 1), shaped like ``output`` when it is
+    given. Anything else, such as the real-valued targets of a regression, has no accuracy.
 
     An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
     back to the host (a synchronisation on an accelerator), so call this once, not every step.
@@ -83,6 +93,11 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
         ok = whole | soft
     else:
         ok = whole
+    if _one_logit(values) and (output is None or _one_logit(output)):
+        # one logit per sample: targets may be class-1 probabilities (smoothed labels), beside
+        # a negative whole number that is an ignore index
+        probability = (values >= 0) & (values <= 1)
+        ok = ok | (probability | ((values < 0) & (values == values.round()))).all()
     if bool(ok):  # the one host read
         return
     bad = values[not_whole]  # the error path: reads are no concern here

@@ -144,3 +144,17 @@ def test_soft_labels_are_checked_against_the_output_only_when_given() -> None:
     check_targets(soft)  # without an output: soft labels of 2 classes
     with pytest.raises(ValueError, match=r"output \(2, 3\)"):
         check_targets(soft, torch.zeros(2, 3))
+
+
+def test_smoothed_binary_labels_are_class_one_probabilities() -> None:
+    # one logit per sample and label smoothing (0.05 / 0.95): accuracy as with the hard labels
+    logits = torch.tensor([[2.0], [-1.0], [0.5], [-3.0], [1.0]])
+    hard = torch.tensor([[1.0], [0.0], [0.0], [0.0], [-100.0]])
+    smoothed = torch.where(hard < 0, hard, hard * 0.9 + 0.05)
+    check_targets(smoothed, logits)
+    check_targets(smoothed)
+    by_hand = sum(int(v > 0) == int(t) for v, t in zip(logits[:4, 0], hard[:4, 0])) / 4
+    assert F.accuracy(logits, smoothed).item() == pytest.approx(by_hand)
+    assert F.accuracy(logits, hard).item() == pytest.approx(by_hand)
+    with pytest.raises(ValueError, match="not a whole number"):
+        check_targets(torch.tensor([[0.3], [1.7]]), logits[:2])  # a regression's targets
