@@ -4,7 +4,7 @@ checked before any trial starts that they can be attached to a bus in their orde
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ikkuna_tune.messages import BUILTIN_KINDS, unknown_kinds_message
@@ -37,6 +37,11 @@ def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> li
     if spec is None:
         return []
     made = spec(config) if callable(spec) else copy.deepcopy(list(spec))
+    if isinstance(made, (str, bytes, Mapping)) or not isinstance(made, Iterable):
+        raise ValueError(
+            f"Expected the subscribers function to return a list of subscribers but got "
+            f"{type(made).__name__}"
+        )
     made = list(made)
     for subscriber in made:
         if not isinstance(subscriber, Subscriber):

@@ -161,3 +161,13 @@ def test_a_watch_retried_after_a_failure_measures_the_new_model() -> None:
     ik.instrument(trainable, subscribers)({})
     (report,) = ik.local_results()
     assert report["init_similarity"] == pytest.approx({"0": 1.0, "2": 1.0})
+
+
+@pytest.mark.parametrize("returned", [None, {"norm": 1}, "weights"])
+def test_a_subscribers_function_that_returns_no_list_is_a_clear_error(returned) -> None:
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+
+    with pytest.raises(ValueError, match="to return a list of subscribers but got"):
+        ik.instrument(trainable, lambda config: returned)({})
+    assert current_session() is None
