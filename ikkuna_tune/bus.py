@@ -140,8 +140,7 @@ class MessageBus(KindRegistry):
             for kind in registered:
                 self.deregister_kind(kind)
             raise
-        self._settle()  # deferred counts belong to the subscriptions there were
-        self._quiet.clear()
+        self.settle()  # deferred counts belong to the subscriptions there were
         self._subscribers.append(subscriber)
         for subscription in subscriber.subscriptions:
             subscription.bind(self)
@@ -163,8 +162,7 @@ class MessageBus(KindRegistry):
         """
         if subscriber not in self._subscribers:
             raise ValueError(f"{subscriber!r} is not registered on this bus")
-        self._settle()
-        self._quiet.clear()
+        self.settle()
         self._subscribers.remove(subscriber)
         for kind, subscriptions in list(self._by_kind.items()):
             kept = [s for s in subscriptions if s.subscriber is not subscriber]

@@ -128,20 +128,21 @@ def instrument(
             experiment, trial_dir = context.get_experiment_name(), context.get_trial_dir()
             link = TrialLink(experiment, session.trial_id, subscribers, trial_dir)
             config = TrialConfig(config, link)
+        raised = True
         try:
             result = trainable(config, **kwargs)
-        except BaseException:
+            raised = False
+            return result
+        finally:
             if not session.in_tune:
                 _last_local[0] = session.results
             try:
                 session.close()
-            except Exception:  # the trial's own error is the one to see
+            except Exception:
+                if not raised:
+                    raise
+                # the trial's own error is the one to see
                 logger.exception("Closing the trial's session failed after the trial raised")
-            raise
-        if not session.in_tune:
-            _last_local[0] = session.results
-        session.close()
-        return result
 
     instrumented.__name__ = getattr(trainable, "__name__", "trainable")
     instrumented.__qualname__ = getattr(trainable, "__qualname__", instrumented.__name__)
