@@ -233,6 +233,24 @@ def test_summary_of_a_hand_made_frame_without_trial_facts() -> None:
     assert math.isnan(table.loc["a", "compute_saved"])
 
 
+def test_summary_best_ignores_non_finite_values() -> None:
+    """A loss that diverged to -inf (or a score of inf) is not the trial's best value."""
+    rows = [
+        ("a", 1, "loss", None, 0.9),
+        ("a", 2, "loss", None, 0.4),
+        ("a", 3, "loss", None, -math.inf),
+        ("b", 1, "loss", None, math.inf),
+        ("b", 2, "score", None, math.inf),
+        ("b", 3, "score", None, 2.0),
+    ]
+    df = pd.DataFrame(rows, columns=["trial_id", "training_iteration", "metric", "layer", "value"])
+    lowest = compare.summary(df, metric="loss", mode="min").set_index("trial_id")
+    assert lowest.loc["a", "best_loss"] == 0.4 and lowest.loc["a", "best_iteration"] == 2
+    assert math.isnan(lowest.loc["b", "best_loss"]) and pd.isna(lowest.loc["b", "best_iteration"])
+    highest = compare.summary(df, metric="score").set_index("trial_id")
+    assert highest.loc["b", "best_score"] == 2.0 and highest.loc["b", "best_iteration"] == 3
+
+
 # ----------------------------------------------------------------------------------- plots
 def test_plot_layers_one_axes_per_layer_in_network_order(df) -> None:
     figure = compare.plot_layers(df, metric="sim", color_by="lr")

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ikkuna_tune.compare.frame import (
@@ -161,7 +162,8 @@ def summary(
       None when unknown) and ``failed`` (the trial ended in an error).
     - ``iterations_run``: the last ``training_iteration`` reported (0 if none).
     - ``best_<metric>`` and ``best_iteration`` (only with ``metric``, a network-wide metric):
-      the best value by ``mode`` and the first iteration reaching it; NaN if never reported.
+      the best finite value by ``mode`` and the first iteration reaching it; NaN if never
+      reported with a finite value (a diverged ``-inf`` loss or ``inf`` score is not a best).
     - ``stopped_early``: Tune stopped the trial (a scheduler or stopper: its last result
       carries ``done``, which a trainable that returns by itself never writes) before it ran
       ``budget`` iterations (default: as many as the longest trial of the experiment), and it
@@ -236,6 +238,7 @@ def summary(
         own = network[network["trial_id"] == trial_id]
         if metric is not None:
             values = own[own["metric"] == metric]
+            values = values[np.isfinite(values["value"].to_numpy(dtype=float))]
             if len(values):
                 best = values["value"].max() if mode == "max" else values["value"].min()
                 best_row = values[values["value"] == best].iloc[0]
