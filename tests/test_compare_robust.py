@@ -232,3 +232,21 @@ def test_an_output_directory_that_is_a_file_is_a_clear_error(tmp_path) -> None:
     for out in (taken, taken / "below"):
         with pytest.raises(ValueError, match=r"to be a directory .* is a file"):
             compare.compare_experiment(experiment, out, metric="sim")
+
+
+def test_two_directories_with_one_trial_id_are_kept_apart(tmp_path, caplog) -> None:
+    """A trial directory copied within the experiment claims the id of the original: the two
+    are loaded as two trials, each with its own results, never merged."""
+    experiment = tmp_path / "sweep"
+    first = {"lr": 0.5, "model": {"width": 8}}
+    second = {"lr": 2.0, "model": {"width": 8}}
+    write_trial(experiment, "train_t0", first, [report("t0", first, i) for i in (1, 2)])
+    write_trial(experiment, "train_t0_copy", second, [report("t0", second, i) for i in (1, 2, 3)])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert "2 trial directories hold trial id 't0'" in caplog.text
+    assert sorted(df["trial_id"].unique()) == ["t0@train_t0", "t0@train_t0_copy"]
+    assert _loss(df, "t0@train_t0") == [(i, round(2.0 / i + 0.5, 9)) for i in (1, 2)]
+    assert _loss(df, "t0@train_t0_copy") == [(i, round(2.0 / i + 2.0, 9)) for i in (1, 2, 3)]
+    table = compare.summary(df).set_index("trial_id")
+    assert table.loc["t0@train_t0", "lr"] == 0.5 and table.loc["t0@train_t0_copy", "lr"] == 2.0

@@ -74,7 +74,9 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
 
     A trial's id is the last usable ``trial_id`` (a non-empty string, or an integer) in its
     results, else the one in Tune's experiment state, else taken from its directory's name
-    (Tune's ``xxxxx_00000`` part of it, or the whole name).
+    (Tune's ``xxxxx_00000`` part of it, or the whole name). Directories of one experiment
+    that claim the same id (a copied trial directory) are kept apart, as
+    ``<id>@<directory name>``, with a warning.
 
     Raises:
         ValueError: the path does not exist or is not an experiment directory, the object is

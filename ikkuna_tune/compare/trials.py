@@ -165,7 +165,28 @@ def _read_directory(path: Path) -> list[_Trial]:
                 path=str(trial_dir),
             )
         )
+    _tell_apart(trials)
     return trials
+
+
+def _tell_apart(trials: list[_Trial]) -> None:
+    """Give trials that claim one id (a trial directory copied within the experiment) ids of
+    their own, ``<id>@<directory name>``, with a warning: their results are never merged."""
+    claims: dict[str, list[_Trial]] = {}
+    for trial in trials:
+        claims.setdefault(trial.trial_id, []).append(trial)
+    for trial_id, same in claims.items():
+        if len(same) < 2:
+            continue
+        for trial in same:
+            trial.trial_id = f"{trial_id}@{Path(str(trial.path)).name}"
+        logger.warning(
+            "%d trial directories hold trial id %r (%s); they are kept apart as %s",
+            len(same),
+            trial_id,
+            ", ".join(Path(str(t.path)).name for t in same),
+            ", ".join(repr(t.trial_id) for t in same),
+        )
 
 
 def _trial_dirs(path: Path) -> list[Path]:
