@@ -9,6 +9,7 @@ import json
 import logging
 import math
 
+import pandas as pd
 import pytest
 
 from ikkuna_tune import compare
@@ -250,3 +251,28 @@ def test_two_directories_with_one_trial_id_are_kept_apart(tmp_path, caplog) -> N
     assert _loss(df, "t0@train_t0_copy") == [(i, round(2.0 / i + 2.0, 9)) for i in (1, 2, 3)]
     table = compare.summary(df).set_index("trial_id")
     assert table.loc["t0@train_t0", "lr"] == 0.5 and table.loc["t0@train_t0_copy", "lr"] == 2.0
+
+
+@pytest.mark.parametrize("source", ["result.json", "progress.csv"])
+def test_config_without_params_json_keeps_its_types(tmp_path, source) -> None:
+    """Without params.json the config comes from the results; an integer stays an integer,
+    also where every reported value is a number (an integer trial id, no text or flag)."""
+    experiment = tmp_path / "sweep"
+    config = {"lr": 0.5, "batch": 32, "model": {"width": 8}}
+    results = [report("t0", config, i) for i in (1, 2)]
+    for result in results:
+        result["trial_id"] = 7
+        del result["phase"], result["done"]
+    trial = write_trial(experiment, "train_t0", config, results)
+    (trial / "params.json").unlink()
+    if source == "progress.csv":
+        frame = pd.json_normalize(
+            [json.loads(line) for line in (trial / "result.json").read_text().splitlines()],
+            sep="/",
+        )
+        frame.to_csv(trial / "progress.csv", index=False)
+        (trial / "result.json").unlink()
+    df = compare.load(experiment)
+    loaded = df.attrs["trials"]["7"]["config"]
+    assert loaded == {"lr": 0.5, "batch": 32, "model/width": 8}
+    assert type(loaded["batch"]) is int and type(loaded["model/width"]) is int

@@ -286,9 +286,10 @@ def _read_params(trial_dir: Path, results: pd.DataFrame) -> dict[str, Any]:
         except (OSError, ValueError) as error:
             logger.warning("Cannot read %s; taking the config from the results: %s", params, error)
     prefix = "config/"
-    if len(results):
-        last = results.iloc[-1]
-        return {k[len(prefix) :]: last[k] for k in results.columns if k.startswith(prefix)}
+    if len(results):  # column by column: a row of mixed columns would turn integers to floats
+        return {
+            k[len(prefix) :]: results[k].iloc[-1] for k in results.columns if k.startswith(prefix)
+        }
     return {}
 
 
