@@ -305,11 +305,13 @@ class TrialSession:
         """The user's metrics plus every subscriber output, as Python numbers."""
         if not isinstance(metrics, Mapping):
             raise ValueError(f"Expected `metrics` to be a dict but got {type(metrics).__name__}")
-        clashes = sorted(set(metrics) & self.output_names())
+        taken = self.output_names()
+        # "frozen/x" is what Tune makes of the layer x of the output "frozen": taken too
+        clashes = sorted(k for k in metrics if k in taken or str(k).split("/")[0] in taken)
         if clashes:
             raise ValueError(
                 f"Metric name(s) {clashes} collide with ikkuna_tune outputs; rename them "
-                f"(taken: {sorted(self.output_names())})"
+                f"(taken: {sorted(taken)}, and '<name>/...' for each)"
             )
         assert self.exporter is not None and self.bus is not None
         self.bus.flush()

@@ -145,9 +145,13 @@ def test_metric_name_colliding_with_an_output() -> None:
         ik.watch(TinyNet())
         ik.report({config["name"]: 1.0})
 
-    for name in ("steps_seen", "frozen"):
+    # "frozen/fc" is the column Tune makes of the output "frozen" for a layer "fc"
+    for name in ("steps_seen", "frozen", "frozen/fc", "steps_seen/extra"):
         with pytest.raises(ValueError, match=rf"Metric name\(s\) \['{name}'\] collide"):
             ik.instrument(clash, [StepCount()])({"name": name})
+    for name in ("frozenness", "val/frozen", "loss/train"):  # not taken: reported as given
+        ik.instrument(clash, [StepCount()])({"name": name})
+        assert ik.local_results()[-1][name] == 1.0
 
 
 def test_subscriber_spec_that_cannot_be_pickled() -> None:
