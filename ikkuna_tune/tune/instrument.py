@@ -16,9 +16,11 @@ from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.tune.session import (
     SubscriberSpec,
     TrialSession,
+    active_sessions,
     check_attachable,
     current_session,
     fresh_subscribers,
+    reporting_session,
 )
 from ikkuna_tune.tune.train_workers import (
     TrialConfig,
@@ -245,6 +247,11 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
     ended while some subscriber runs only at the end of one, it warns once (``UserWarning``),
     naming those subscribers and their outputs, which are ``None`` until an epoch ends.
 
+    A trial may report from a thread it started (its training loop in a thread of its own):
+    the report goes to the trial's session when it is the only one running in the process, as
+    in every Tune trial; with several trials in one process (threads of a local run) a thread
+    that runs none of them cannot tell which, and gets a ``RuntimeError`` saying so.
+
     Examples:
         >>> def trainable(config):
         ...     watch(nn.Sequential(nn.Linear(2, 1)))
@@ -257,7 +264,12 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
         ...
         RuntimeError: report() was called before watch(model, ...): call watch first
     """
-    session = current_session()
+    session = reporting_session()
+    if session is None and current_session() is None and active_sessions() > 1:
+        raise RuntimeError(
+            f"report() was called from a thread that runs no trial while {active_sessions()} "
+            "trials run in this process: call it from the thread that runs the trial"
+        )
     if session is None or session.exporter is None:
         raise RuntimeError("report() was called before watch(model, ...): call watch first")
     return session.report(metrics, checkpoint)

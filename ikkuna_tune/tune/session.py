@@ -43,6 +43,7 @@ __all__ = [
     "check_attachable",
     "current_session",
     "fresh_subscribers",
+    "reporting_session",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ STATE_FILE = "ikkuna_tune_state.pt"
 RESERVED_KEYS = keys.RESERVED_KEYS
 
 _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", default=None)
+#: the sessions of this process between their activation and their close, in any thread
+_active: dict[int, TrialSession] = {}
 
 
 def _is_nan(value: Any) -> bool:
@@ -119,6 +122,37 @@ def current_session() -> TrialSession | None:
         ([{'lr': 0.1}], None)
     """
     return _current.get()
+
+
+def reporting_session() -> TrialSession | None:
+    """The session a report made in this thread belongs to: the thread's own (see
+    :func:`current_session`), else the only session active in this process (a trial whose
+    training loop runs in a thread it started: a new thread does not inherit the trial's
+    context). None when no session, or several, are active.
+
+    Examples:
+        >>> import threading
+        >>> from ikkuna_tune.tune import instrument
+        >>> seen = []
+        >>> def trainable(config):
+        ...     helper = threading.Thread(target=lambda: seen.append(reporting_session()))
+        ...     helper.start(); helper.join()
+        ...     seen.append(current_session())
+        >>> instrument(trainable)({})
+        >>> seen[0] is seen[1] is not None, reporting_session(), active_sessions()
+        (True, None, 0)
+    """
+    own = _current.get()
+    if own is not None:
+        return own
+    active = [session for session in _active.values() if not session.closed]
+    return active[0] if len(active) == 1 else None
+
+
+def active_sessions() -> int:
+    """How many trial sessions are active (watching, not closed) in this process, in any
+    thread."""
+    return sum(not session.closed for session in _active.values())
 
 
 def _tune_context() -> Any | None:
@@ -205,6 +239,7 @@ class TrialSession:
 
     def activate(self) -> None:
         self._token = _current.set(self)
+        _active[id(self)] = self
 
     def close(self) -> None:
         """End the trial's session: close the Exporter, detach the subscribers (marked as used:
@@ -228,6 +263,7 @@ class TrialSession:
                 if self._uploader is not None:
                     self._uploader.upload()
             finally:
+                _active.pop(id(self), None)
                 if self._token is not None:
                     _current.reset(self._token)
                     self._token = None

@@ -175,3 +175,56 @@ def test_bad_trainables_and_specs() -> None:
     attached.attach(MessageBus())
     with pytest.raises(ValueError, match="already attached to a bus"):
         ik.instrument(train_tiny, [attached])
+
+
+def test_report_from_a_thread_the_trial_started() -> None:
+    """A training loop run in a thread of the trial's own reports to the trial's session."""
+
+    def trainable(config):
+        model = TinyNet()
+        ik.watch(model)
+        failures: list[BaseException] = []
+
+        def loop() -> None:
+            try:
+                for epoch in range(2):
+                    ik.report({"epoch": epoch})
+            except BaseException as error:  # raised in the thread: handed to the trial
+                failures.append(error)
+
+        worker = threading.Thread(target=loop)
+        worker.start()
+        worker.join()
+        if failures:
+            raise failures[0]
+
+    ik.instrument(trainable, [StepCount()])({})
+    results = ik.local_results()
+    assert [r["epoch"] for r in results] == [0, 1]
+    assert all("steps_seen" in r and "frozen" in r for r in results)
+
+
+def test_report_from_an_unrelated_thread_with_two_trials_running_is_a_clear_error() -> None:
+    both_watching = threading.Barrier(3)
+    reported = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def trainable(config):
+        ik.watch(TinyNet())
+        both_watching.wait(timeout=30)
+        reported.wait(timeout=30)
+
+    runs = [threading.Thread(target=ik.instrument(trainable), args=({},)) for _ in range(2)]
+    for run in runs:
+        run.start()
+    both_watching.wait(timeout=30)
+    try:
+        ik.report({"loss": 1.0})  # this thread runs neither trial
+    except RuntimeError as error:
+        errors.append(error)
+    finally:
+        reported.wait(timeout=30)
+        for run in runs:
+            run.join(timeout=30)
+    assert len(errors) == 1
+    assert "from a thread that runs no trial while 2 trials run in this process" in str(errors[0])
