@@ -86,7 +86,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
     :meth:`Exporter.wrap_loss` or :meth:`Exporter.publish_labels`). Publishes ``train_accuracy``
     (network-wide, a 0-d tensor) per step. Negative labels (an ignore index such as
     ``cross_entropy``'s ``-100``, e.g. padding) are not counted; a batch with no label left to
-    count has accuracy 0.
+    count has accuracy 0. A step of several forward passes before one optimizer step (gradient
+    accumulation) is one batch: each of its passes publishes the accuracy over all of the step's
+    passes so far, so the last (what a report takes) is that of the whole step.
 
     The labels of the first step are checked to be classification labels
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
@@ -126,6 +128,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
             publishes={keys.TRAIN_ACCURACY: "META"},
         )
         self._labels_checked = False
+        #: the step being counted and its hits and counted samples so far (device tensors)
+        self._step: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
@@ -133,8 +137,12 @@ class TrainAccuracySubscriber(PlotSubscriber):
             if not self._labels_checked:  # the first step only: one host read for float labels
                 check_targets(bundle["input_labels"], bundle["network_output"])
                 self._labels_checked = True
-            accuracy = F.accuracy(bundle["network_output"], bundle["input_labels"])
-            self.publish(keys.TRAIN_ACCURACY, accuracy, bundle)
+            hits, total = F.count_correct(bundle["network_output"], bundle["input_labels"])
+            counted = self._step
+            if counted is not None and counted[0] == bundle.global_step:  # another pass
+                hits, total = hits + counted[1].to(hits.device), total + counted[2].to(hits.device)
+            self._step = (bundle.global_step, hits, total)
+            self.publish(keys.TRAIN_ACCURACY, hits.float() / total.clamp(min=1), bundle)
 
 
 def _module_of(forward_fn: Callable[..., Any]) -> nn.Module | None:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.tune.collector import MetricCollector
 
 
 def _by_hand(model, x, y) -> float:
@@ -83,6 +84,38 @@ def test_train_accuracy_and_loss_match_the_batch(tmp_path, tiny, batch) -> None:
     assert [e.value for e in events.Scalars("train_accuracy")] == pytest.approx(expected_acc)
     assert [e.value for e in events.Scalars("loss")] == pytest.approx(expected_loss, rel=1e-6)
     assert [e.step for e in events.Scalars("loss")] == [0, 1, 2]
+
+
+def test_train_accuracy_of_a_step_with_gradient_accumulation_counts_every_pass(tiny, batch) -> None:
+    """Three forward passes (one micro-batch each) before one optimizer step: the step's
+    accuracy is over all of its samples, not that of its last micro-batch."""
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    collector = MetricCollector(["train_accuracy"])
+    collector.attach(bus)
+    x, y = batch
+    y = y.clone()
+    y[1] = -100  # padding: not counted
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    parts = [slice(0, 3), slice(3, 5), slice(5, len(y))]
+    reported = []
+    expected = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(2):
+            opt.zero_grad()
+            hits = counted = 0
+            for part in parts:
+                out = tiny(x[part])
+                for row, label in zip(out.detach().tolist(), y[part].tolist()):
+                    if label >= 0:
+                        counted += 1
+                        hits += int(row.index(max(row)) == label)
+                (loss_fn(out, y[part]) / len(parts)).backward()
+            opt.step()
+            expected.append(hits / counted)
+            reported.append(collector.collect()["train_accuracy"])
+    assert reported == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("as_loader", [False, True])
