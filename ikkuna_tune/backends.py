@@ -54,16 +54,26 @@ def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:
         [0.5, 2.0]
     """
     numbers: list[float] = [0.0] * len(items)
-    by_device: dict[torch.device, list[int]] = {}
+    # tensors of one device, dtype and shape kind are stacked as they are: one operation for
+    # the group, not one conversion per value (a report of a deep network holds thousands)
+    by_device: dict[torch.device, dict[tuple[torch.dtype, bool], list[int]]] = {}
     for i, (_, value, _) in enumerate(items):
         if isinstance(value, torch.Tensor):
-            by_device.setdefault(value.device, []).append(i)
+            group = (value.dtype, value.dim() == 0)
+            by_device.setdefault(value.device, {}).setdefault(group, []).append(i)
         else:
             numbers[i] = float(value)
-    for indices in by_device.values():
-        stacked = torch.stack([items[i][1].detach().reshape(()).double() for i in indices])
-        for i, number in zip(indices, stacked.tolist()):
-            numbers[i] = number
+    with torch.no_grad():
+        for groups in by_device.values():
+            parts, order = [], []
+            for (_, scalar), indices in groups.items():
+                values = [items[i][1] for i in indices]
+                stacked = torch.stack(values if scalar else [v.reshape(()) for v in values])
+                parts.append(stacked.double())  # exact for every float type up to float64
+                order += indices
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+            for i, number in zip(order, flat.tolist()):  # one host transfer per device
+                numbers[i] = number
     return numbers
 
 

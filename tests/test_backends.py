@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 
 import pytest
@@ -162,6 +163,32 @@ def test_safe_tag_and_numbers() -> None:
     assert safe_tag("loss", None) == "loss"
     items = [("a", torch.tensor(1.5), 0), ("b", 2, 0), ("c", torch.tensor([3.0]), 0)]
     assert to_numbers(items) == [1.5, 2.0, 3.0]
+
+
+def test_to_numbers_of_mixed_dtypes_and_shapes_in_one_transfer(monkeypatch) -> None:
+    """Every value as ``float(value)`` gives it (the exact value), in order, whatever mix of
+    dtypes and single-element shapes, with one read back to the host."""
+    g = torch.Generator().manual_seed(0)
+    values = [
+        torch.rand((), generator=g),
+        torch.tensor(True),
+        torch.tensor(2**40 + 3, dtype=torch.int64),
+        torch.tensor(0.1, dtype=torch.float64),
+        torch.tensor([0.3], dtype=torch.float16),
+        torch.tensor([[0.7]], dtype=torch.bfloat16),
+        torch.rand((), generator=g, requires_grad=True) * 2,  # part of a graph
+        7,
+        torch.tensor(float("nan")),
+        torch.rand((), generator=g),
+    ]
+    expected = [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values]
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t) or tolist(t))
+    got = to_numbers([(str(i), v, 0) for i, v in enumerate(values)])
+    assert len(reads) == 1
+    assert got[:8] == expected[:8] and math.isnan(got[8]) and got[9] == expected[9]
+    assert all(type(number) is float for number in got)
 
 
 def test_copying_a_tensorboard_backend_says_what_cannot_be_copied(tmp_path) -> None:
