@@ -14,9 +14,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import is_
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm as _SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm as _WeightNorm
 
 from ikkuna_tune.messages import NamedModule
 
@@ -94,8 +97,38 @@ def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     """
     value = module._parameters.get(attr)
     if value is None:
-        value = getattr(module, attr, None)
+        value = _computed(module, attr)
     return value if isinstance(value, torch.Tensor) else None
+
+
+def _computed(module: nn.Module, attr: str) -> Any:
+    """``module.<attr>`` when it is not a parameter: a buffer, a plain attribute, or a weight
+    computed from parameters, read as it is now and without side effects.
+
+    A parametrised weight (``torch.nn.utils.parametrize``) is computed with its parametrisations
+    in eval mode: a spectral norm's power iteration, which updates its buffers, runs in the
+    model's own forward passes only. A weight that a forward pre-hook of the older
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm`` recomputes (a plain attribute, stale
+    until the next forward pass) is computed from the parameters it is made of.
+    """
+    parametrizations = getattr(module, "parametrizations", None)
+    if isinstance(parametrizations, nn.ModuleDict) and attr in parametrizations:
+        training = [(m, m.training) for m in parametrizations[attr].modules() if m.training]
+        for m, _ in training:
+            m.training = False
+        try:
+            return getattr(module, attr, None)
+        finally:
+            for m, mode in training:
+                m.training = mode
+    for hook in module._forward_pre_hooks.values():
+        if getattr(hook, "name", None) != attr:
+            continue
+        if isinstance(hook, _WeightNorm):
+            return hook.compute_weight(module)
+        if isinstance(hook, _SpectralNorm):
+            return hook.compute_weight(module, do_power_iteration=False)
+    return getattr(module, attr, None)
 
 
 def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:

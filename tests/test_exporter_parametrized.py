@@ -6,6 +6,8 @@ own) are tracked as layers, and frozen with every parameter of their parametrisa
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 from torch import nn
@@ -139,3 +141,73 @@ def test_freezing_a_parametrised_layer_freezes_its_parametrisation() -> None:
         for old, new in zip(originals, model[0].parameters()):
             assert torch.equal(old, new)
         assert not torch.equal(model[2].parametrizations.weight.original, trained_before)
+
+
+def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> list[torch.Tensor]:
+    """``steps`` SGD steps on fixed random batches; the weight of ``model[0]`` that each
+    step's forward pass used."""
+    used: list[torch.Tensor] = []
+    handle = model[0].register_forward_hook(
+        lambda module, args, out: used.append(module.weight.detach().clone())
+    )
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    handle.remove()
+    return used
+
+
+def _spectral_model(hook_based: bool) -> tuple[nn.Sequential, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 6)
+    if hook_based:
+        layer = nn.utils.spectral_norm(layer)
+    else:
+        layer = parametrizations.spectral_norm(layer)
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(6, 3))
+    return model, torch.optim.SGD(model.parameters(), lr=0.5)
+
+
+@pytest.mark.parametrize("hook_based", [False, True])
+def test_watching_a_spectral_norm_leaves_its_power_iteration_alone(hook_based: bool) -> None:
+    """Reading a spectral-normed weight (weights and updates subscribed) runs no power
+    iteration of its own: the model trains exactly as without the Exporter."""
+    plain, opt = _spectral_model(hook_based)
+    _train_steps(plain, opt, 5)
+    watched, opt = _spectral_model(hook_based)
+    bus = MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+    with ik.Exporter(watched, opt, bus):
+        _train_steps(watched, opt, 5)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+def test_an_older_hook_based_weight_norm_is_published_as_the_forward_pass_uses_it() -> None:
+    """``torch.nn.utils.weight_norm`` recomputes ``weight`` (a plain attribute) in a forward
+    pre-hook: the published weight is the one each forward pass used, and the update is the
+    change between two forward passes (it was 0, read from the stale attribute)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.weight_norm(nn.Linear(5, 6)), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    ik.NormSubscriber("weight_updates", bus, backend=None)
+    got: dict[str, list[float]] = {"weights_norm2": [], "weight_updates_norm2": []}
+    ik.CallbackSubscriber(
+        list(got), lambda m: got[m.kind].append(float(m.data)) if m.key == "0" else None, bus
+    )
+    with ik.Exporter(model, opt, bus):
+        used = _train_steps(model, opt, 4)
+    # the weight the next forward pass would use: the last step's update ends there
+    after = model[0].weight_g * model[0].weight_v / model[0].weight_v.norm(dim=1, keepdim=True)
+    used.append(after.detach())
+    assert got["weights_norm2"] == pytest.approx([w.norm().item() for w in used[:4]], rel=1e-6)
+    steps = [(b - a).norm().item() for a, b in pairwise(used)]
+    assert min(steps) > 1e-3
+    assert got["weight_updates_norm2"] == pytest.approx(steps, rel=1e-5)
