@@ -150,8 +150,16 @@ def reporting_session() -> TrialSession | None:
 
 
 def active_sessions() -> int:
-    """How many trial sessions are active (watching, not closed) in this process, in any
-    thread."""
+    """How many trial sessions are active (started and not closed) in this process, in any
+    thread.
+
+    Examples:
+        >>> from ikkuna_tune.tune import instrument
+        >>> seen = []
+        >>> instrument(lambda config: seen.append(active_sessions()))({})
+        >>> seen, active_sessions()  # the trial's session, while it runs
+        ([1], 0)
+    """
     return sum(not session.closed for session in _active.values())
 
 
