@@ -3,6 +3,7 @@ over a held-out data set evaluated through the Exporter's probe."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -152,12 +153,24 @@ def _module_of(forward_fn: Callable[..., Any]) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
+def _modules_named_by(forward_fn: Callable[..., Any]) -> list[nn.Module]:
+    """The modules a plain function (a lambda around the model, say) refers to: those of its
+    closure and the globals it names."""
+    try:
+        names = inspect.getclosurevars(forward_fn)
+    except (TypeError, ValueError):  # not a Python function
+        return []
+    values = [*names.nonlocals.values(), *names.globals.values()]
+    return [v for v in values if isinstance(v, nn.Module)]
+
+
 @contextmanager
-def _evaluating(model: nn.Module | None) -> Iterator[None]:
+def _evaluating(*models: nn.Module | None) -> Iterator[None]:
     """Eval mode and no gradients; every module's training flag restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()] if model is not None else []
-    if model is not None:
-        model.eval()
+    modes = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    for model in models:
+        if model is not None:
+            model.eval()
     try:
         with torch.no_grad():
             yield
@@ -211,18 +224,22 @@ class TestAccuracySubscriber(PlotSubscriber):
 
     Evaluation runs inside :meth:`Exporter.probe` (eval mode, ``torch.no_grad()``, its messages
     under ``probe_tag``, step counters and weight-update bookkeeping untouched, every module's
-    training flag restored). Accuracy is correct predictions over all samples of the data set,
-    not a mean of batch means; negative labels (an ignore index such as ``cross_entropy``'s
-    ``-100``, e.g. padding) are not counted, and a data set with no label left to count has
-    accuracy 0. Publishes ``test_accuracy`` (network-wide, a 0-d tensor, at the
-    step of the batch that triggered it) and beside it ``test_accuracy_chance``: the accuracy
-    of always answering the data set's most frequent class (:attr:`chance`), which
-    SVCCAScheduler uses to stop a trial stuck at chance.
+    training flag restored), with torch's random state forked (a DataLoader's seed is drawn
+    from it, and must not change the training run's draws). Accuracy is correct predictions
+    over all samples of the data set, not a mean of batch means; negative labels (an ignore
+    index such as ``cross_entropy``'s ``-100``, e.g. padding) are not counted, and a data set
+    with no label left to count has accuracy 0. Publishes ``test_accuracy`` (network-wide, a
+    0-d tensor, at the step of the batch that triggered it) and beside it
+    ``test_accuracy_chance``: the accuracy of always answering the data set's most frequent
+    class (:attr:`chance`), which SVCCAScheduler uses to stop a trial stuck at chance.
 
     Args:
         dataset: a torch ``Dataset`` of ``(input, label)`` pairs, or a ``DataLoader`` over one.
         forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
-            the bus this subscriber is attached to.
+            the bus this subscriber is attached to. A tensor it returns is taken as the scores
+            as it is (the Exporter's ``output_fn`` is for the model's own output). The model it
+            runs is evaluated in eval mode: the module it is or is a method of, or the modules
+            a plain function names (its closure and globals), and the watched model.
         batch_size: batch size for a ``Dataset`` (default 256); not allowed with a DataLoader.
         message_bus: attach to this bus right away.
         frequency: evaluate after every ``frequency``-th training batch, or ``'epoch'`` to
@@ -377,8 +394,15 @@ class TestAccuracySubscriber(PlotSubscriber):
         model: nn.Module | None
         if self.forward_fn is not None:
             forward: Callable[[torch.Tensor], torch.Tensor] | None = self.forward_fn
+            # a forward_fn that is no module or method of one (a lambda around the model):
+            # the model it runs is taken to be the one watched, so that it is evaluated in
+            # eval mode after its Exporter has closed too
             model = _module_of(self.forward_fn)
+            named = [] if model is not None else _modules_named_by(self.forward_fn)
+            if model is None:
+                model = exporter.model if exporter is not None else self._model
         else:
+            named = []
             model = exporter.model if exporter is not None else self._model
             forward = model
         if forward is None:
@@ -393,7 +417,10 @@ class TestAccuracySubscriber(PlotSubscriber):
         hits: torch.Tensor | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
         total: torch.Tensor | None = None
-        with probe as probed, _evaluating(other):
+        # a DataLoader draws its base seed (and a shuffling sampler its order) from the global
+        # random state: forked, so that evaluating leaves the training run's random draws alone
+        devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), probe as probed, _evaluating(other, *named):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
             for batch in self._batches():
@@ -407,7 +434,9 @@ class TestAccuracySubscriber(PlotSubscriber):
                     inputs = inputs.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                 outputs = forward(inputs)
-                if exporter is not None:  # a tuple or dict output: the Exporter's choice
+                if exporter is not None and not (
+                    self.forward_fn is not None and isinstance(outputs, torch.Tensor)
+                ):  # the model's own tuple or dict output: the Exporter's choice of tensor
                     outputs = exporter.output_tensor(outputs)
                 elif not isinstance(outputs, torch.Tensor):
                     raise ValueError(

@@ -366,3 +366,76 @@ def test_test_accuracy_of_a_model_returning_a_tuple_or_dict(test_set, as_dict) -
             scores = out["logits"] if as_dict else out[0]
             expected = (scores.argmax(1) == y).float().mean().item()
         assert sub.evaluate().item() == pytest.approx(expected)
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """A map-style data set that is no TensorDataset (its batches go through a DataLoader)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+@pytest.mark.parametrize("form", ["dataset", "shuffled loader"])
+def test_evaluating_leaves_the_global_random_state_alone(test_set, form) -> None:
+    """A DataLoader draws its seed (and a shuffling sampler its order) from torch's global
+    random state; evaluating must not move it, or watching would change the training run
+    (its dropout masks, its shuffling)."""
+    data = _Pairs(test_set)
+    source = data if form == "dataset" else DataLoader(data, batch_size=4, shuffle=True)
+    model = DropNet()
+    sub = ik.TestAccuracySubscriber(
+        source, forward_fn=model, batch_size=4 if form == "dataset" else None, backend=None
+    )
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    accuracy = float(sub.evaluate())
+    assert torch.equal(torch.get_rng_state(), state)
+    model.eval()
+    assert accuracy == pytest.approx(_by_hand(model, *test_set.tensors))
+
+
+def test_a_function_around_the_model_is_evaluated_in_eval_mode_without_an_exporter(test_set):
+    """``forward_fn=lambda x: model(x)`` with no Exporter: the model it names is put in eval
+    mode (dropout off, batch-norm statistics untouched) and back, as ``forward_fn=model``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(36, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 5)
+    )
+    model.train()
+    statistics = model[2].running_mean.clone()
+    sub = ik.TestAccuracySubscriber(test_set, forward_fn=lambda x: model(x), backend=None)
+    accuracies = [float(sub.evaluate()) for _ in range(3)]
+    assert torch.equal(model[2].running_mean, statistics) and model.training and model[3].training
+    model.eval()
+    assert accuracies == pytest.approx([_by_hand(model, *test_set.tensors)] * 3)
+
+
+def test_a_forward_fn_that_returns_the_scores_is_not_passed_to_output_fn(test_set) -> None:
+    """The Exporter's ``output_fn`` picks the scores out of the model's own output; a
+    ``forward_fn`` that already returns them is taken as it is (``output_fn`` took row 0)."""
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(36, 5)
+
+        def forward(self, x):
+            logits = self.fc(x.flatten(1))
+            return logits, logits.detach() * 0
+
+    torch.manual_seed(0)
+    model = Pair()
+    bus = MessageBus()
+    sub = ik.TestAccuracySubscriber(
+        test_set, forward_fn=lambda x: model(x)[0], batch_size=4, message_bus=bus, backend=None
+    )
+    with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[0]):
+        accuracy = float(sub.evaluate())
+    expected = _by_hand(lambda x: model(x)[0], *test_set.tensors)
+    assert accuracy == pytest.approx(expected)
