@@ -377,13 +377,27 @@ class Exporter(StepHooks, LayerFreezing):
         return output_tensor(self.model, output, self._output_fn)
 
     # ------------------------------------------------------- user-facing API
-    def publish_labels(self, labels: torch.Tensor) -> None:
-        """Publish this step's target labels (``input_labels``)."""
-        self._publish_tensor_meta("input_labels", labels, self._pass_tag)
+    def publish_labels(self, labels: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        """Publish this step's target labels (``input_labels``), under the tag of the last
+        forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them)."""
+        self._publish_tensor_meta("input_labels", labels, self._loss_tag(loss))
 
     def publish_loss(self, loss: torch.Tensor) -> None:
-        """Publish this step's loss (left on its device)."""
-        self._publish_tensor_meta("loss", loss, self._pass_tag)
+        """Publish this step's loss (left on its device), under the tag of the last forward
+        pass; a loss computed with gradients while a training step is open belongs to that
+        step, also when a pass without gradients came in between (a teacher model's, say)."""
+        self._publish_tensor_meta("loss", loss, self._loss_tag(loss))
+
+    def _loss_tag(self, loss: torch.Tensor | None) -> str:
+        if (
+            self._pass_tag != DEFAULT_TAG
+            and self._probe_tag is None
+            and self._step_open
+            and isinstance(loss, torch.Tensor)
+            and loss.requires_grad
+        ):
+            return DEFAULT_TAG
+        return self._pass_tag
 
     def wrap_loss(self, loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """Wrap a loss (an ``nn.Module`` or a function such as ``F.cross_entropy``).
@@ -399,7 +413,7 @@ class Exporter(StepHooks, LayerFreezing):
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
-                self.publish_labels(target)
+                self.publish_labels(target, loss)
             self.publish_loss(loss)
             return loss
 

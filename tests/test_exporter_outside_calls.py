@@ -1,5 +1,6 @@
 """Layer calls that are not a plain training forward pass: activation checkpointing's
-recomputation, a layer run on its own, and training with the model in eval mode."""
+recomputation, a layer run on its own, training with the model in eval mode, and a pass
+without gradients inside a training step."""
 
 from __future__ import annotations
 
@@ -139,3 +140,40 @@ def test_a_model_with_lazy_parameters_is_refused_until_it_ran_once() -> None:
     with ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus):
         model(torch.randn(2, 5))
     assert norms == pytest.approx([float(model[0].weight.norm()), float(model[2].weight.norm())])
+
+
+def test_a_loss_after_a_pass_without_gradients_belongs_to_the_training_step() -> None:
+    """Training forward pass, then a pass without gradients (pseudo-labels from the same
+    model), then the loss on the training pass's output: the step's loss and labels are the
+    training step's (they took the tag of the last pass, 'eval', and train accuracy was lost).
+    A validation pass after the optimizer step keeps its own tag."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    seen = _record(bus, ["loss", "train_accuracy"], tag=None)
+    g = torch.Generator().manual_seed(1)
+    expected = []
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for step in range(3):
+            x, y = torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+            opt.zero_grad()
+            logits = model(x)
+            with torch.no_grad():
+                model(x + 0.01)  # a pass without gradients, inside the step
+            loss = loss_fn(logits, y)
+            hits = sum(int(r.index(max(r)) == t) for r, t in zip(logits.tolist(), y.tolist()))
+            expected += [  # the labels complete the accuracy's step before the loss comes
+                ("train_accuracy", step, "default", hits / 8),
+                ("loss", step, "default", loss.item()),
+            ]
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # validation after the step: its own tag
+                check = loss_fn(model(x), y)
+            expected.append(("loss", step, "eval", check.item()))
+    got = [(kind, step, tag, float(data)) for kind, _, step, tag, data in seen]
+    assert [g[:3] for g in got] == [e[:3] for e in expected]
+    assert [g[3] for g in got] == pytest.approx([e[3] for e in expected], rel=1e-6)
