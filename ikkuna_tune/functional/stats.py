@@ -249,11 +249,13 @@ def spectral_norm(
     u: torch.Tensor | None = None,
     n_power_iterations: int = 1,
     eps: float = 1e-12,
+    dim: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Estimate the largest singular value of ``x`` by power iteration.
 
-    ``x`` is taken as the matrix ``x.reshape(x.shape[0], -1)`` (output dimension first, as
-    :func:`torch.nn.utils.spectral_norm` does for linear and conv weights). Each iteration does
+    ``x`` is taken as the matrix whose rows run along dimension ``dim`` (the output dimension:
+    0 for linear and conv weights, 1 for a transposed convolution's ``(in, out, *kernel)``), as
+    :func:`torch.nn.utils.spectral_norm` takes it. Each iteration does
     ``v = normalize(W^T u)``, ``u = normalize(W v)``; the estimate is ``sigma = u^T W v``, a lower
     bound that converges to the spectral norm. Pass the returned ``u`` into the next call on the
     same (slowly changing) matrix, and one iteration per call tracks it closely.
@@ -271,6 +273,7 @@ def spectral_norm(
             dtype is replaced or converted.
         n_power_iterations: iterations to run (>= 1).
         eps: guards the normalisations against division by zero.
+        dim: the dimension of ``x`` that indexes the rows of the matrix.
 
     Returns:
         ``(sigma, u)``: the estimate as a 0-d tensor and the updated unit vector ``u``.
@@ -298,8 +301,13 @@ def spectral_norm(
         )
     if x.dim() < 1:
         raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"Expected `dim` to be a dimension of a {x.dim()}-d tensor but got {dim!r}"
+        )
     x = _as_float(x).detach()
-    w = x.reshape(x.shape[0], -1)
+    w = x.movedim(dim, 0) if dim % x.dim() else x
+    w = w.reshape(w.shape[0], -1)
     u_start = _fallback_vector(w.shape[0], w.device, w.dtype)
     v_start = _fallback_vector(w.shape[1], w.device, w.dtype)
     with torch.no_grad():

@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.nn.modules.conv import _ConvTransposeNd
 
 from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
@@ -242,11 +243,17 @@ class VarianceSubscriber(_TensorMetricSubscriber):
 class SpectralNormSubscriber(_TensorMetricSubscriber):
     """The spectral norm (largest singular value) of each message's tensor as a matrix
     ``(out, -1)``, estimated by power iteration (:func:`ikkuna_tune.functional.spectral_norm`).
+    The output dimension is the first, except for a transposed convolution's weights
+    ``(in, out, *kernel)``, whose rows run along the second, as for
+    :func:`torch.nn.utils.spectral_norm`.
 
     One vector ``u`` per layer persists from message to message, so a few iterations per step
     track the slowly changing weights (the approach of :func:`torch.nn.utils.spectral_norm`); the
     vectors are in :meth:`state_dict` for checkpoints. Meant for weight-shaped kinds
     (``weights``, ``weight_gradients``, ``weight_updates``). Publishes ``{kind}_spectral_norm``.
+    Gradients and updates change direction from step to step, so one iteration per step (the
+    default) gives a loose lower bound for them, which can be well below the true value; raise
+    ``n_power_iterations`` for those kinds (5 to 10) where the value matters.
 
     Args:
         n_power_iterations: power iterations per message (>= 1).
@@ -299,8 +306,14 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         if not isinstance(message_or_bundle, Message):
             return
         key = message_or_bundle.key or ""
+        data = message_or_bundle.data
+        module = getattr(message_or_bundle, "module", None)
+        transposed = module is not None and isinstance(module.module, _ConvTransposeNd)
         sigma, self.u[key] = F.spectral_norm(
-            message_or_bundle.data, self.u.get(key), self.n_power_iterations
+            data,
+            self.u.get(key),
+            self.n_power_iterations,
+            dim=1 if transposed and data.dim() > 1 else 0,
         )
         self.publish(self.published_kind, sigma, message_or_bundle)
 

@@ -218,3 +218,14 @@ def test_stacked_norms_equal_each_norm() -> None:
     result = F.stacked(F.norms(tensors))
     expected = [math.sqrt(float((t.double() ** 2).sum())) for t in tensors]
     assert result.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_spectral_norm_along_another_dimension() -> None:
+    w = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma, u = F.spectral_norm(w, n_power_iterations=300, dim=1)
+    expected = torch.linalg.matrix_norm(w.transpose(0, 1).reshape(3, -1), ord=2)
+    torch.testing.assert_close(sigma, expected, rtol=1e-6, atol=0)
+    assert u.shape == (3,)
+    for dim in (4, -5, 1.0, True):
+        with pytest.raises(ValueError, match="Expected `dim` to be a dimension of a 4-d tensor"):
+            F.spectral_norm(w, dim=dim)

@@ -438,3 +438,23 @@ def test_message_mean_of_an_evaluation_after_the_last_step_is_published() -> Non
             model.train()
     assert [s for s, _ in got] == [2, 5]
     assert got == [(s, pytest.approx(v)) for s, v in expected]
+
+
+def test_spectral_norm_of_a_transposed_convolution_takes_its_output_dimension() -> None:
+    """A ConvTranspose2d weight is (in, out, kh, kw): its matrix is (out, -1), as for
+    ``torch.nn.utils.spectral_norm``, not (in, -1)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(4, 3, 3), nn.Flatten(), nn.Linear(3 * 5 * 5, 2))
+    bus = MessageBus()
+    spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=200)
+    got = _collect(bus, spectral.published_kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    weight = model[0].weight.detach().clone()
+    with ik.Exporter(model, opt, bus):
+        opt.zero_grad()
+        model(torch.randn(2, 4, 3, 3)).sum().backward()
+        opt.step()
+    expected = torch.linalg.matrix_norm(weight.transpose(0, 1).reshape(3, -1), ord=2)
+    assert float(_values(got, "0")[0]) == pytest.approx(float(expected), rel=1e-4)
+    other = torch.linalg.matrix_norm(weight.reshape(4, -1), ord=2)
+    assert abs(float(other) - float(expected)) > 1e-3  # the two readings differ here
