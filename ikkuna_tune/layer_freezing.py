@@ -170,6 +170,29 @@ class LayerFreezing:
             self._publish_meta("layer_frozen", name)
             logger.info("Froze layer %r at step %d", name, self.global_step)
 
+    def _release_retrained(self) -> None:
+        """Unfreeze, with a warning, each frozen layer some of whose parameters the user made
+        trainable again (``requires_grad_(True)`` on every parameter, say): it trains, so its
+        updates are no longer zero and it no longer runs in eval mode. Run at each step's start
+        (a check of the frozen layers' parameters only)."""
+        for name in [n for n in self._frozen if self._retrained(n)]:
+            logger.warning(
+                "Layer %r was frozen but some of its parameters require gradients again (set "
+                "by the training code): it counts as unfrozen from step %d on; call "
+                "exporter.unfreeze(%r) to unfreeze a layer",
+                name,
+                self.global_step,
+                name,
+            )
+            self.unfreeze(name)
+
+    def _retrained(self, name: str) -> bool:
+        held = self._held
+        return any(
+            p.requires_grad and held.get(id(p), (p, False))[1]
+            for p in self.modules[name].module.parameters()
+        )
+
     def _allow_recompilation(self) -> None:
         """Compiled code guards on which parameters need gradients, so a compiled model
         recompiles once at the first forward pass after freezing or unfreezing (however many

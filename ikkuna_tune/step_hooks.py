@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import repeat
 from operator import is_
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -167,6 +167,10 @@ class StepHooks:
     _receiver: int
     _recompile_allowed: bool
 
+    if TYPE_CHECKING:  # provided by LayerFreezing
+
+        def _release_retrained(self) -> None: ...
+
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
         """Register hooks for the kinds now subscribed, remove those for kinds no longer wanted."""
@@ -291,6 +295,8 @@ class StepHooks:
 
     def _start_step(self) -> None:
         self._finish_step()
+        if self._frozen:
+            self._release_retrained()
         if self._steps_started > 0:
             self.global_step += 1
             if self._epoch_open:

@@ -1,9 +1,12 @@
-"""Freezing a layer freezes its buffers too: a frozen BatchNorm stops tracking statistics."""
+"""Freezing a layer freezes its buffers too: a frozen BatchNorm stops tracking statistics; a
+layer the training code makes trainable again is no longer frozen."""
 
 from __future__ import annotations
 
 import copy
+import logging
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -208,3 +211,36 @@ def test_restored_exporter_refreezes_the_buffers() -> None:
         _train(fresh, opt, restored, _batches(2))
         for name in _BN_BUFFERS:
             assert torch.equal(getattr(fresh.bn, name), before[name]), name
+
+
+def test_a_frozen_layer_the_training_code_makes_trainable_again_counts_as_unfrozen(caplog):
+    """``requires_grad_(True)`` on every parameter (a fine-tuning phase that trains everything)
+    after the Exporter froze a layer: the layer trains, so it is unfrozen with a warning, runs
+    in training mode and its update is what the step changed (it was published as zero)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.2), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    ik.NormSubscriber("weight_updates", bus, backend=None)
+    updates: list[float] = []
+    ik.CallbackSubscriber(
+        ["weight_updates_norm2"],
+        lambda m: updates.append(float(m.data)) if m.key == "0" else None,
+        bus,
+    )
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with ik.Exporter(model, opt, bus) as exporter:
+        exporter.freeze("0")
+        for param in model.parameters():
+            param.requires_grad_(True)
+        before = model[0].weight.detach().clone()
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert exporter.frozen == () and model[0].training
+        assert "Layer '0' was frozen but some of its parameters require gradients again" in (
+            caplog.text
+        )
+    moved = (model[0].weight - before).norm().item()
+    assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)
