@@ -273,10 +273,7 @@ class Exporter(StepHooks, LayerFreezing):
         # (name, layer, attribute) of every tracked layer with a weight / a bias, and of those
         # each optimizer steps
         self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
-        self._optimizer_names = [
-            {role: tuple([name for name, _, _ in entries]) for role, entries in layers.items()}
-            for layers in self._optimizer_layers
-        ]
+        self._name_optimizer_layers()
 
         self._base_handles.append(
             model.register_forward_pre_hook(CopySafeHook(self._on_forward_start))
@@ -375,6 +372,31 @@ class Exporter(StepHooks, LayerFreezing):
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
         return output_tensor(self.model, output, self._output_fn)
+
+    def _name_optimizer_layers(self) -> None:
+        """The names of the layers each optimizer steps, by role, and the number of parameter
+        groups each optimizer had when they were assigned."""
+        self._optimizer_names = [
+            {role: tuple([name for name, _, _ in entries]) for role, entries in layers.items()}
+            for layers in self._optimizer_layers
+        ]
+        self._group_counts = [len(opt.param_groups) for opt in self.optimizers]
+
+    def _reassign_parameters(self) -> None:
+        """An optimizer gained (or lost) a parameter group since the layers were matched with
+        the optimizers (``add_param_group`` for gradual unfreezing, say): match them again, so
+        the layers it now steps get gradients and updates."""
+        before = [set(names.get("weight", ())) for names in self._optimizer_names]
+        _, self._optimizer_layers = assign_parameters(self.modules, self.optimizers, warn=False)
+        self._name_optimizer_layers()
+        for index, names in enumerate(self._optimizer_names):
+            added = [n for n in names.get("weight", ()) if n not in before[index]]
+            if added:
+                logger.info(
+                    "Optimizer %d's parameter groups changed: it now steps layers %s too",
+                    index,
+                    added,
+                )
 
     # ------------------------------------------------------- user-facing API
     def publish_labels(self, labels: torch.Tensor, loss: torch.Tensor | None = None) -> None:

@@ -193,7 +193,9 @@ def check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:
 
 
 def assign_parameters(
-    modules: Mapping[str, NamedModule], optimizers: Sequence[torch.optim.Optimizer]
+    modules: Mapping[str, NamedModule],
+    optimizers: Sequence[torch.optim.Optimizer],
+    warn: bool = True,
 ) -> tuple[dict[str, list[Entry]], list[dict[str, list[Entry]]]]:
     """Find each layer's weight and bias and the optimizer that steps each: the
     ``(layer name, layer, attribute)`` entries by role (``'weight'``, ``'bias'``), over
@@ -201,7 +203,8 @@ def assign_parameters(
     that hold no parameter of their own (blocks, which get no weight or bias metrics) and
     layers whose trainable parameters no optimizer steps (a parameter with
     ``requires_grad=False`` is not expected in an optimizer; it gets no ``*_gradients`` and no
-    ``*_updates`` either, since it does not change).
+    ``*_updates`` either, since it does not change). ``warn=False`` leaves the warnings out
+    (a new assignment after an optimizer gained a parameter group).
 
     Examples:
         >>> from torch import nn
@@ -242,6 +245,8 @@ def assign_parameters(
                 # a parameter that does not require gradients (frozen by the user, as in
                 # fine-tuning) is in no optimizer on purpose: it does not change
                 unstepped[name] = None
+    if not warn:
+        return role_layers, by_optimizer
     if untracked:
         logger.warning(
             "These parameters are neither a layer's weight nor its bias and get no weight, "
@@ -252,8 +257,9 @@ def assign_parameters(
     if unstepped:
         logger.warning(
             "The trainable parameters of layers %s are in none of the %d optimizer(s) given to "
-            "the Exporter: they get no *_gradients and no *_updates messages; pass every "
-            "optimizer that trains the model, Exporter(model, [optimizer1, optimizer2])",
+            "the Exporter: they get no *_gradients and no *_updates messages until an "
+            "optimizer's add_param_group takes them up; pass every optimizer that trains the "
+            "model, Exporter(model, [optimizer1, optimizer2])",
             list(unstepped),
             len(optimizers),
         )

@@ -167,9 +167,13 @@ class StepHooks:
     _receiver: int
     _recompile_allowed: bool
 
-    if TYPE_CHECKING:  # provided by LayerFreezing
+    _group_counts: list[int]
+
+    if TYPE_CHECKING:  # provided by LayerFreezing and Exporter
 
         def _release_retrained(self) -> None: ...
+
+        def _reassign_parameters(self) -> None: ...
 
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
@@ -477,6 +481,8 @@ class StepHooks:
                     EVAL_TAG,
                 )
             self._start_step()
+        if len(optimizer.param_groups) != self._group_counts[index]:  # add_param_group
+            self._reassign_parameters()
         layers = self._optimizer_layers[index]
         for kind in self._want_gradients:
             entries = layers[GRADIENT_KINDS[kind]]

@@ -151,3 +151,31 @@ def test_frozen_layer_publishes_a_zero_update_and_no_gradients(tiny, batch) -> N
         assert change.abs().sum() > 0
         torch.testing.assert_close(_only(got, "weight_updates", "conv"), change)
         assert len([k for k, key, _, _ in got if key == "conv" and k == "weight_gradients"]) == 1
+
+
+def test_a_layer_an_optimizer_takes_up_later_gets_gradients_and_updates(tiny, batch) -> None:
+    """Gradual unfreezing: the head trains first, then ``add_param_group`` adds the body. From
+    that step on the body's gradients and updates are published (they never were)."""
+    head = torch.optim.SGD(tiny.fc.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, [*_UPDATES, *_GRADIENTS])
+    x, y = batch
+    with ik.Exporter(tiny, head, bus):
+        for step in range(3):
+            if step == 1:
+                head.add_param_group({"params": list(tiny.conv.parameters()), "lr": 0.05})
+            got.clear()
+            head.zero_grad()
+            F.cross_entropy(tiny(x), y).backward()
+            grads = {n: p.grad.detach().clone() for n, p in tiny.named_parameters()}
+            before = _params(tiny)
+            head.step()
+            after = _params(tiny)
+            layers = {key for _, key, _, _ in got}
+            assert layers == ({"fc"} if step == 0 else {"conv", "fc"})
+            for layer in sorted(layers):
+                name = f"{layer}.weight"
+                torch.testing.assert_close(
+                    _only(got, "weight_updates", layer), after[name] - before[name]
+                )
+                torch.testing.assert_close(_only(got, "weight_gradients", layer), grads[name])
