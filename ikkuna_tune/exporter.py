@@ -163,6 +163,8 @@ class Exporter(StepHooks, LayerFreezing):
     #: whether an epoch has ended since this Exporter was made (see :meth:`epoch_finished`)
     _epoch_ended: bool = False
     _warned_empty_epoch: bool = False
+    #: layers the model no longer holds, already warned about (see :meth:`_check_layers`)
+    _replaced: set[str]
 
     def __init__(
         self,
@@ -270,6 +272,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._want_gradients: list[str] = []
         self._wanted: frozenset[str] = frozenset()
         self._closed = False
+        self._replaced = set()
         # (name, layer, attribute) of every tracked layer with a weight / a bias, and of those
         # each optimizer steps
         self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
@@ -460,10 +463,30 @@ class Exporter(StepHooks, LayerFreezing):
                 )
             return
         self._epoch_ended = True
+        self._check_layers()
         self._publish_meta("epoch_finished")
         self._epoch_open = False
         self.epoch += 1
         self.message_bus.flush()
+
+    def _check_layers(self) -> None:
+        """Warn once per layer that the model no longer holds where it was (replaced, say by a
+        new head for transfer learning): its metrics would be those of the old module."""
+        current = dict(unwrapped(self.model).named_modules())
+        gone = [
+            name
+            for name, named in self.modules.items()
+            if current.get(name) is not named.module and name not in self._replaced
+        ]
+        if gone:
+            self._replaced.update(gone)
+            logger.warning(
+                "Layers %s of the model are no longer the modules the Exporter tracks (replaced "
+                "or removed after it was created): what is published for them is the old "
+                "modules', no longer trained. Watch the model anew (a new Exporter, or "
+                "ik.watch in a new trial) after changing its layers",
+                gone,
+            )
 
     @contextmanager
     def probe(self, tag: str = PROBE_TAG) -> Iterator[nn.Module]:

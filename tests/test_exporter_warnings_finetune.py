@@ -113,3 +113,22 @@ def test_depth_advice_names_the_depth_and_what_it_costs(messages):
         assert "self_attn" in exporter.modules
         weights = {name: attr for name, _, attr in exporter._role_layers["weight"]}
         assert weights["self_attn"] == "in_proj_weight"
+
+
+def test_a_layer_replaced_after_the_exporter_was_made_is_warned_about_once(caplog) -> None:
+    """Transfer learning swaps in a new head after watching: the Exporter still tracks the old
+    module, so the epoch's end says so, once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ik.Exporter(model, opt) as exporter:
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            exporter.epoch_finished()
+            assert "no longer the modules" not in caplog.text
+            model[2] = nn.Linear(6, 3)
+            for _ in range(2):
+                model(torch.randn(2, 4)).sum().backward()
+                opt.step()
+                exporter.epoch_finished()
+    warnings = [r.getMessage() for r in caplog.records if "no longer the modules" in r.getMessage()]
+    assert len(warnings) == 1 and "['2']" in warnings[0]
