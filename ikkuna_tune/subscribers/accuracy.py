@@ -136,6 +136,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle
             if not self._labels_checked:  # the first step only: one host read for float labels
+                _check_scores(bundle["network_output"])
                 check_targets(bundle["input_labels"], bundle["network_output"])
                 self._labels_checked = True
             hits, total = F.count_correct(bundle["network_output"], bundle["input_labels"])
@@ -144,6 +145,18 @@ class TrainAccuracySubscriber(PlotSubscriber):
                 hits, total = hits + counted[1].to(hits.device), total + counted[2].to(hits.device)
             self._step = (bundle.global_step, hits, total)
             self.publish(keys.TRAIN_ACCURACY, hits.float() / total.clamp(min=1), bundle)
+
+
+def _check_scores(output: object) -> None:
+    """Refuse a ``network_output`` that is no batch of scores (a 0-d tensor: the loss a model
+    returns first, as ``(loss, logits)``), naming the Exporter's ``output_fn``."""
+    if isinstance(output, torch.Tensor) and output.dim() == 0:
+        raise ValueError(
+            "Expected `network_output` to be a batch of scores for train accuracy but got a 0-d "
+            "tensor (the first tensor of the model's output is a scalar: a loss computed in "
+            "forward?); choose the scores with Exporter(..., output_fn=lambda out: out[1]) or "
+            "ik.watch(..., output_fn=...)"
+        )
 
 
 def _module_of(forward_fn: Callable[..., Any]) -> nn.Module | None:

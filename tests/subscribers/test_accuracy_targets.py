@@ -240,3 +240,34 @@ def test_binary_float_labels_are_accepted_and_checked_with_one_read_once() -> No
     exporter.close()
     assert per_step == [1, 0, 0, 0]
     assert [float(a) for a in published] == pytest.approx(expected)
+
+
+def test_a_model_returning_its_loss_first_is_told_to_choose_its_scores() -> None:
+    """``(loss, logits)`` from forward: the first tensor, the loss, is no batch of scores;
+    train accuracy says so and names ``output_fn`` (the error came from deep in the maths)."""
+
+    class LossFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            logits = self.fc(x)
+            return F.cross_entropy(logits, y), logits
+
+    model = LossFirst()
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with ik.Exporter(model, message_bus=bus) as exporter:
+        loss, _ = model(x, y)
+        with pytest.raises(ValueError, match=r"network_output.*0-d tensor.*output_fn"):
+            exporter.publish_labels(y)
+    seen = []
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: seen.append(float(m.data)), bus)
+    with ik.Exporter(model, message_bus=bus, output_fn=lambda out: out[1]) as exporter:
+        _, logits = model(x, y)
+        exporter.publish_labels(y)
+    assert seen == [pytest.approx((logits.argmax(1) == y).float().mean().item())]
