@@ -404,8 +404,11 @@ def stop_verdict(
             )
     if budget is not None and len(others_best) >= rules.protect_top and it < budget:
         target = sorted(others_best, reverse=True)[rules.protect_top - 1]
-        recent = trial.metric[-(rules.settle_window + 1) :]
-        steps = [b - a for a, b in itertools.pairwise(recent) if math.isfinite(b - a)]
+        # the last values reported, with the reports between them: a metric reported at some
+        # reports only (validation every other epoch) gains per report, not per value
+        values = [(i, m) for i, m in enumerate(trial.metric) if math.isfinite(m)]
+        recent = values[-(rules.settle_window + 1) :]
+        steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
         rate = max([0.0, *steps])
         reachable = trial.best() + rules.optimism * rate * (budget - it)
         if reachable < target:

@@ -92,6 +92,22 @@ def test_ties_with_the_protected_trials_are_not_stopped() -> None:
     assert stop_verdict(trial, RULES, [[0.99], [0.98], [reachable + 1e-9]], 10) is not None
 
 
+def test_a_metric_reported_at_every_other_report_gains_per_report() -> None:
+    """Validation every other epoch: the reports between carry no value (NaN). Its rate is
+    what it gains per report over the reports between two values, as for a trial that reports
+    the same progress at every report; it was 0 (every difference touched a NaN)."""
+    nan = math.nan
+    sparse = _drifting([0.1, nan, 0.3, nan, 0.5])
+    dense = _drifting([0.1, 0.2, 0.3, 0.4, 0.5])
+    # best 0.5 at report 5 of 10, gaining 0.1 a report: 0.5 + 3 * 0.1 * 5 = 2.0 reachable,
+    # against the third best of the others
+    assert RULES.protect_top == 3 and RULES.optimism == 3
+    for trial in (sparse, dense):
+        assert stop_verdict(trial, RULES, [[2.5], [2.5], [1.99]], 10) is None
+        stop = stop_verdict(trial, RULES, [[2.5], [2.5], [2.01]], 10)
+        assert stop is not None and stop.values["reachable"] == pytest.approx(2.0)
+
+
 def _drifting(metrics: list[float]) -> TrialHistory:
     """A trial whose metric is ``metrics`` while every layer keeps moving away from its
     initialisation (so it never counts as 'no layer moving')."""
