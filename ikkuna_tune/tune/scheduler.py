@@ -340,7 +340,8 @@ class SVCCAScheduler(FIFOScheduler):
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
             if measured:
-                verdict = stop_verdict(history, self.rules, others, view.budget, nonfinite)
+                budget = view.measured_budget()
+                verdict = stop_verdict(history, self.rules, others, budget, nonfinite)
             elif nonfinite is not None:
                 verdict = Decision(
                     "stop",

@@ -5,6 +5,7 @@ is rebuilt from the trial's reports (and the decision log) after a restore."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,25 @@ class TrialView:
     last_iteration: int | None = None
     #: whether any report of the trial measured a layer (a similarity or a live fraction)
     measured: bool = False
+
+    def measured_budget(self) -> int | None:
+        """The budget counted in the reports the rules judge (those that measure the layers):
+        a trial that reports several times per epoch while its layers are measured at epoch
+        ends makes ``budget`` reports but only ``budget / k`` measured ones. Rounded up (the
+        rules that use the budget wait longer, never shorter); None for an unknown budget.
+
+        Examples:
+            >>> view = TrialView(budget=18)
+            >>> for it in (3, 6, 9):  # three reports per epoch, measured at the third
+            ...     view.history.add(0.1, {}, {}, {})
+            ...     view.iterations.append(it)
+            >>> view.measured_budget()
+            6
+        """
+        reports, budget = self.history.reports, self.budget
+        if budget is None or not reports or not self.iterations or self.iterations[-1] <= 0:
+            return budget
+        return math.ceil(budget * reports / self.iterations[-1])
 
     def rewind(self, iteration: int) -> int:
         """Forget the reports from ``iteration`` on: the trial restored from a checkpoint made

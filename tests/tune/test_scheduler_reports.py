@@ -142,3 +142,25 @@ def test_a_new_driver_judges_a_restored_trial_on_all_its_reports(tmp_path) -> No
     view, ref_view = scheduler._views["t1"], reference._views["t1"]
     assert view.history.metric == ref_view.history.metric
     assert view.iterations == ref_view.iterations
+
+
+def test_the_budget_of_a_trial_reporting_several_times_per_epoch_counts_epochs() -> None:
+    """A lone trial stuck at chance for 6 epochs: stopped after the same share of its epochs
+    whether it reports once or three times per epoch (with three, the budget of 18 reports was
+    compared with its 6 measured ones, so it ran to the end)."""
+    stops = {}
+    for per_epoch in (1, 3):
+        scheduler, _ = make(max_t=6 * per_epoch)
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        reports = []
+        for epoch in range(6):
+            base = per_epoch * epoch
+            reports += [{**_mid(base + k, 0.1), "acc_chance": 0.1} for k in range(1, per_epoch)]
+            reports.append({**_epoch(base + per_epoch, 0.1, 0.05 * (epoch + 1)), "acc_chance": 0.1})
+        decisions = feed(scheduler, trial, reports)
+        assert STOP in decisions
+        stop = scheduler._views["t1"].stopped
+        assert stop is not None and stop.rule == "stuck at chance"
+        stops[per_epoch] = (decisions.index(STOP) + 1) / per_epoch  # epochs it ran
+    assert stops[1] == stops[3] == 3  # past the grace of 2 reports and a third of the budget
