@@ -271,6 +271,14 @@ class SVCCAScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
+        view = self._views.get(trial.trial_id)
+        if view is not None:
+            # a result that meets Tune's stopping criterion comes here, not to on_trial_result:
+            # the trial's last report, which the other trials are compared with
+            raw = result.get("training_iteration") if isinstance(result, dict) else None
+            if is_number(raw) and (view.last_iteration is None or int(raw) > view.last_iteration):
+                self._observe(trial.trial_id, view, result)
+            view.completed = True
         if self._mailbox is not None:
             self._mailbox.discard(trial.trial_id)
         if self.base is not None:
@@ -309,7 +317,9 @@ class SVCCAScheduler(FIFOScheduler):
         ]
         for trial_id, view in self._views.items():
             frozen = view.frozen_or_ordered()
-            state = f"stopped: {view.stopped.describe()}" if view.stopped else "running"
+            state = "finished" if view.completed else "running"
+            if view.stopped:
+                state = f"stopped: {view.stopped.describe()}"
             lines.append(f"  {trial_id}: frozen {frozen or 'none'}; {state}")
             for name in frozen:
                 if name in view.reasons:
@@ -430,7 +440,7 @@ class SVCCAScheduler(FIFOScheduler):
             return  # reported, without a value yet (between two of the subscriber's checkpoints)
         if result.get("training_iteration", 0) >= 2:
             self._warned_no_similarity = True
-            keys = sorted({k.split("/", 1)[0] for k in result if "/" in k})
+            keys = sorted({k.split("/", 1)[0] for k in result if "/" in k} - {"config"})
             logger.warning(
                 "SVCCAScheduler has received no %r from any layer after %s reports, so it "
                 "freezes nothing; the per-layer keys reported are %s. Add an SVCCASubscriber "

@@ -53,6 +53,8 @@ class TrialView:
     last_iteration: int | None = None
     #: whether any report of the trial measured a layer (a similarity or a live fraction)
     measured: bool = False
+    #: whether the trial has ended (Tune completed it)
+    completed: bool = False
 
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):

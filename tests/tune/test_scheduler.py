@@ -438,3 +438,26 @@ def test_a_new_driver_takes_up_the_decisions_of_the_last_one(tmp_path) -> None:
     lines = [json.loads(x) for x in (local / DECISIONS_FILE).read_text().splitlines()]
     assert [(x["layer"], x["iteration"]) for x in lines] == [("conv1", 4), ("conv2", 6)]
     assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
+
+
+def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
+    """Tune hands the result that meets its stopping criterion (the trial's last) to
+    on_trial_complete only. Trial a's last report (0.9) puts b, which cannot reach it, out;
+    unseen, b ran on. A finished trial is shown as such."""
+    scheduler, _ = make(max_t=4, protect_top=1, freeze_best=False)
+    a, b = FakeTrial("a"), FakeTrial("b")
+    for trial in (a, b):
+        scheduler.on_trial_add(None, trial)
+    dists = {name: 0.1 for name in LAYERS}
+    reports_a = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.1, 0.2, 0.3])]
+    assert feed(scheduler, a, reports_a) == [CONTINUE] * 3
+    scheduler.on_trial_complete(None, a, result({}, it=4, acc=0.9, dist=dists))
+    assert scheduler._views["a"].history.metric == [0.1, 0.2, 0.3, 0.9]
+    reports_b = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.5, 0.52, 0.53])]
+    assert feed(scheduler, b, reports_b) == [CONTINUE, CONTINUE, STOP]
+    stop = scheduler._views["b"].stopped
+    assert stop is not None and stop.values["target"] == 0.9
+    assert "a: frozen none; finished" in scheduler.debug_string()
+    # the result of a trial the scheduler stopped itself (seen already) is not taken twice
+    scheduler.on_trial_complete(None, b, reports_b[-1])
+    assert scheduler._views["b"].history.metric == [0.5, 0.52, 0.53]
