@@ -393,6 +393,9 @@ class SVCCAScheduler(FIFOScheduler):
             # restored from a checkpoint (or restarted): the reports it makes again replace
             # those of the run it left, which must not count twice or date decisions
             dropped = view.rewind(iteration)
+            if iteration <= 1:  # restarted from scratch, without the freezes ordered before
+                view.history.pending.clear()
+                view.ordered_at.clear()
             if dropped:
                 logger.info(
                     "Trial %s repeats training_iteration %s: the %s report(s) from there on "

@@ -164,3 +164,32 @@ def test_the_budget_of_a_trial_reporting_several_times_per_epoch_counts_epochs()
         assert stop is not None and stop.rule == "stuck at chance"
         stops[per_epoch] = (decisions.index(STOP) + 1) / per_epoch  # epochs it ran
     assert stops[1] == stops[3] == 3  # past the grace of 2 reports and a third of the budget
+
+
+def test_a_trial_restarted_from_scratch_after_a_freeze_is_not_taken_as_frozen(caplog) -> None:
+    """The first run froze layers, then failed without a checkpoint: the trial restarts from
+    scratch and drops the freezes (as documented). The scheduler does too: no layer counts as
+    frozen or ordered, no freeze is taken as lost, and the restarted run freezes at the report
+    a fresh trial would."""
+    clean = [_epoch(i + 1, a, d) for i, (a, d) in enumerate(zip(ACCS, DISTS))]
+    reference, ref_mailbox, _ = _run(clean)
+    assert ref_mailbox.posts
+    first_at = len(clean)  # the first run goes as far as the clean one, freezing on the way
+    scheduler, mailbox = make(patience=2, settle_window=2, plateau=2)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, clean[:first_at])
+    assert mailbox.posts == ref_mailbox.posts
+    scheduler.on_trial_error(None, trial)  # no checkpoint: Tune restarts it from scratch
+    mailbox.posts.clear()
+    with caplog.at_level("WARNING"):
+        feed(scheduler, trial, clean[:1])
+        assert scheduler.frozen_layers == {"t1": []}
+        feed(scheduler, trial, clean[1:])
+    assert "has not carried out" not in caplog.text
+    assert [p[1]["freeze"] for p in mailbox.posts] == [p[1]["freeze"] for p in ref_mailbox.posts]
+    freezes = [d for _, d in scheduler.decisions if d.action == "freeze"]
+    ref_freezes = [d for _, d in reference.decisions if d.action == "freeze"]
+    assert [d.describe() for d in freezes[-len(ref_freezes) :]] == [
+        d.describe() for d in ref_freezes
+    ]
