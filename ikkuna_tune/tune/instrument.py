@@ -151,6 +151,11 @@ def instrument(
     instrumented.__doc__ = trainable.__doc__
     instrumented.__module__ = getattr(trainable, "__module__", __name__)
     instrumented._ikkuna_trainable = trainable  # type: ignore[attr-defined]
+    # what Tune reads off a function trainable: the resources of tune.with_resources, and
+    # the mixins (distributed setups) some integrations add
+    for attribute in ("_resources", "__mixins__"):
+        if hasattr(trainable, attribute):
+            setattr(instrumented, attribute, getattr(trainable, attribute))
     return instrumented
 
 

@@ -228,3 +228,21 @@ def test_report_from_an_unrelated_thread_with_two_trials_running_is_a_clear_erro
             run.join(timeout=30)
     assert len(errors) == 1
     assert "from a thread that runs no trial while 2 trials run in this process" in str(errors[0])
+
+
+def test_resources_given_to_the_trainable_are_kept_by_instrument() -> None:
+    """``instrument(tune.with_resources(f, ...))`` requests what ``with_resources`` asked for
+    (the request was dropped: the trial got Tune's default of 1 CPU and no GPU)."""
+    from ray import tune
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    def trainable(config):  # with_resources marks the function itself: one of this test's own
+        train_tiny(config)
+
+    def plain(config):
+        train_tiny(config)
+
+    wrapped = ik.instrument(tune.with_resources(trainable, {"cpu": 0.5, "gpu": 1}))
+    request = wrap_function(wrapped).default_resource_request({})
+    assert request is not None and request.bundles == [{"CPU": 0.5, "GPU": 1.0}]
+    assert wrap_function(ik.instrument(plain)).default_resource_request({}) is None
