@@ -263,8 +263,10 @@ class SVCCAScheduler(FIFOScheduler):
             base_decision = self.base.on_trial_result(tune_controller, trial, result)
             if base_decision == TrialScheduler.STOP:
                 it = view.history.reports
+                value = result.get(self._metric) if self._metric else None
+                values = {self._metric: float(value)} if self._metric and is_number(value) else {}
                 view.stopped = view.dated(
-                    Decision("stop", f"{type(self.base).__name__} (metric)", it)
+                    Decision("stop", f"{type(self.base).__name__} (metric)", it, None, values)
                 )
                 self._record(trial.trial_id, view.stopped)
             return base_decision

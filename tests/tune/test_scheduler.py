@@ -347,6 +347,11 @@ def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
     assert scheduler.on_trial_result(controller, good, result(sims, it=1, acc=0.9)) == CONTINUE
     assert scheduler.on_trial_result(controller, bad, result(sims, it=1, acc=0.1)) == STOP
     assert scheduler.stopped_trials == {"bad": "AsyncHyperBandScheduler (metric)"}
+    # the value behind the base's decision is in its reason
+    stop = scheduler._views["bad"].stopped
+    assert stop is not None and stop.describe() == (
+        "stop at report 1: AsyncHyperBandScheduler (metric) (acc=0.1)"
+    )
 
 
 def test_metric_and_mode_from_tune_or_a_clear_error() -> None:
