@@ -65,10 +65,12 @@ def _is_nan(value: Any) -> bool:
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
-    (all such tensors of a device in one host transfer), nested dicts alike; other values stay.
+    (all such tensors of a device in one host transfer; an integer tensor an exact ``int``,
+    read on its own), nested dicts alike; other values stay.
 
     Raises:
-        ValueError: for a tensor or array of more than one element (no metric).
+        ValueError: for a tensor or array of more than one element (no metric), or a complex
+            one.
 
     Examples:
         >>> import numpy as np
@@ -93,8 +95,16 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
                         f"Expected metric {name!r} to be a number but got a "
                         f"{type(item).__name__} of shape {tuple(item.shape)}"
                     )
+                if (
+                    item.dtype.is_complex
+                    if isinstance(item, torch.Tensor)
+                    else np.iscomplexobj(item)
+                ):
+                    raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
                 if isinstance(item, np.ndarray):
                     out[key] = item.reshape(()).item()
+                elif not item.dtype.is_floating_point and item.dtype != torch.bool:
+                    out[key] = int(item.reshape(()).item())  # exact (a float64 is not, past 2**53)
                 else:
                     out[key] = None  # filled below, one transfer per device
                     tensors.append((out, key, item))

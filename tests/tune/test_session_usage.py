@@ -62,6 +62,22 @@ def test_a_tensor_of_several_numbers_is_no_metric() -> None:
         ik.instrument(trainable)({})
 
 
+def test_integer_tensors_are_exact_and_complex_ones_refused() -> None:
+    """A count past 2**53 stays exact (through a float64 it changed); a complex tensor would
+    lose its imaginary part, so it is refused."""
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"seen": torch.tensor(2**53 + 1), "flag": torch.tensor(True), **config})
+
+    ik.instrument(trainable)({})
+    (report,) = ik.local_results()
+    assert report["seen"] == 2**53 + 1 and type(report["seen"]) is int
+    assert report["flag"] is True
+    with pytest.raises(ValueError, match="'z' to be a real number"):
+        ik.instrument(trainable)({"z": torch.tensor(1 + 2j)})
+
+
 def test_an_epoch_ended_twice_is_measured_once(caplog) -> None:
     probe = TensorDataset(X, Y)
 
