@@ -1,4 +1,4 @@
-"""Where subscribers draw their metrics: TensorBoard event files (tensorboardX) or nowhere.
+"""Where subscribers draw their metrics: TensorBoard event files or nowhere.
 
 Backends buffer tensors on their device and turn them into Python numbers only in
 :meth:`Backend.flush` (one host synchronisation per flush, not one per value), which the Exporter
@@ -209,9 +209,11 @@ EVENT_FILE_SUFFIX = ".ikkuna_tune"
 
 
 class TensorBoardBackend(Backend):
-    """Writes tensorboardX event files in one run directory, buffering values until flushed.
+    """Writes a TensorBoard event file in one run directory, buffering values until flushed.
 
-    The files are named ``events.out.tfevents.<time>.<host>.ikkuna_tune``.
+    The file is named ``events.out.tfevents.<time>.<host>.ikkuna_tune`` and written in the
+    calling thread (:class:`~ikkuna_tune.event_file.EventFile`): a flush hands it to the
+    operating system, a close also forces it to the disk.
 
     Examples:
         >>> import tempfile
@@ -224,21 +226,18 @@ class TensorBoardBackend(Backend):
     """
 
     def __init__(self, log_dir: str | Path | None = None) -> None:
-        from tensorboardX import SummaryWriter
+        from ikkuna_tune.event_file import EventFile
 
-        self.writer = SummaryWriter(
-            None if log_dir is None else str(log_dir), filename_suffix=EVENT_FILE_SUFFIX
-        )
-        self.log_dir = Path(self.writer.logdir)
+        self.events = EventFile(log_dir, EVENT_FILE_SUFFIX)
+        self.log_dir = self.events.log_dir
         self._scalars: list[tuple[str, Any, int]] = []
         self._vectors: list[tuple[Sequence[str], torch.Tensor, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self._encoder = SummaryEncoder()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
-        # a tensorboardX writer holds a multiprocessing queue, whose own error on copying
-        # ("Queue objects should only be shared between processes through inheritance") does
-        # not say where it came from
+        # a copy would write to the same open file (and an open file's own error on pickling
+        # does not say where it came from)
         raise TypeError(
             f"Cannot copy or pickle a TensorBoardBackend (it writes to {str(self.log_dir)!r} "
             "through an open event-file writer): copy subscribers before attaching them to a "
@@ -261,7 +260,7 @@ class TensorBoardBackend(Backend):
         # tensorboardX's add_scalar passes every value through its writer thread's queue on its
         # own (tens of microseconds a value), and a protobuf message per value costs microseconds
         # (hundreds of layers x a few metrics x every step of an epoch add up to seconds)
-        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.summary import histogram_raw
 
         # the scalars as vectors of one: every value of the flush in one transfer per device
         items = self._vectors + [
@@ -280,26 +279,27 @@ class TensorBoardBackend(Backend):
             encode = self._encoder.encode
             for (tags, _, step), values in zip(items, _host_vectors(items, torch.float32)):
                 by_step.setdefault(step, []).append(encode(tags, values))
-        if by_step:
-            file_writer = self.writer._get_file_writer()
-            for step in sorted(by_step):
-                file_writer.add_summary(Summary.FromString(b"".join(by_step[step])), step)
+        events = self.events
+        for step in sorted(by_step):
+            events.add_summary(b"".join(by_step[step]), step)
         for tag, counts, edges, stats, step in self._histograms:
             lo, hi, num, total, squares = stats.detach().double().cpu().tolist()
-            self.writer.add_histogram_raw(
+            summary = histogram_raw(
                 tag,
                 min=lo,
                 max=hi,
                 num=int(num),
                 sum=total,
                 sum_squares=squares,
-                bucket_limits=edges[1:].detach().double().cpu().numpy(),
-                bucket_counts=counts.detach().double().cpu().numpy(),
-                global_step=step,
+                bucket_limits=edges[1:].detach().double().cpu().tolist(),
+                bucket_counts=counts.detach().double().cpu().tolist(),
             )
+            events.add_summary(summary.SerializeToString(), step)
         self._histograms.clear()
-        self.writer.flush()
+        events.flush()
 
     def close(self) -> None:
+        if self.events.closed:
+            return
         self.flush()
-        self.writer.close()
+        self.events.close()

@@ -1,0 +1,51 @@
+"""The event file writer against protobuf's own serialisation and TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.summary_pb2 import Summary
+
+from ikkuna_tune.event_file import EventFile, encode_event
+
+
+def _summary(*pairs: tuple[str, float]) -> bytes:
+    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in pairs]
+    return Summary(value=values).SerializeToString()
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 300, 2**40, -1, -(2**40)])
+@pytest.mark.parametrize("pairs", [(), (("loss", 0.5),), (("a", 1.0), ("b/c", -2.5))])
+def test_encoded_events_are_protobufs_own(step: int, pairs) -> None:
+    summary = _summary(*pairs)
+    expected = Event(wall_time=1234.5678, step=step)
+    expected.summary.ParseFromString(summary)
+    data = encode_event(summary, step, 1234.5678)
+    assert Event.FromString(data) == expected
+    assert data == expected.SerializeToString()
+
+
+def test_tensorboard_reads_what_was_flushed_before_the_file_is_closed(tmp_path) -> None:
+    """A flush is enough for a reader (TensorBoard, a copy of the trial directory); writing
+    starts no thread."""
+    threads = threading.active_count()
+    events = EventFile(tmp_path, ".test")
+    assert events.path.name.startswith("events.out.tfevents.") and events.path.suffix == ".test"
+    for step in range(3):
+        events.add_summary(_summary(("loss", 1.0 / (step + 1)), ("acc", 0.25 * step)), step)
+    events.flush()
+    assert threading.active_count() == threads
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, pytest.approx(1 / 3)),
+    ]
+    assert [e.value for e in accumulator.Scalars("acc")] == [0.0, 0.25, 0.5]
+    events.close()
+    events.close()  # a second close does nothing
+    assert events.closed
