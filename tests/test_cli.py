@@ -299,3 +299,14 @@ def test_the_cli_module_imports_nothing_heavy_for_help(argv: list[str]) -> None:
 def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     """``ikkuna-tune --help`` as installed: the package's __init__ runs first."""
     assert _heavy_after_help(argv) == []
+
+
+def test_demo_at_an_address_where_nothing_listens_is_one_line(tmp_path, capsys) -> None:
+    """A host:port where no Ray cluster answers: one line and exit code 2 at once (ray.init
+    waited for it without end)."""
+    code = main(["demo", "--quick", "--address", "127.0.0.1:1", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ikkuna-tune demo: error: Cannot reach a Ray cluster at 127.0.0.1:1")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -24,7 +24,7 @@ import ikkuna_tune as ik
 from ikkuna_tune.examples.data import check_bundled, load_dataset
 from ikkuna_tune.examples.models import SmallCNN
 
-__all__ = ["demo_subscribers", "run_demo", "train_cnn", "train_epoch"]
+__all__ = ["check_reachable", "demo_subscribers", "run_demo", "train_cnn", "train_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,33 @@ def _new_name(storage: Path, base: str) -> str:
     return name
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` unless something listens at a ``host:port`` (or
+    ``ray://host:port``) cluster address: ``ray.init`` would wait for it without end. Other
+    forms (``auto``, ``local``) are left to ``ray.init``.
+
+    Examples:
+        >>> check_reachable("auto")  # not a host:port: ray.init's to check
+        >>> check_reachable("127.0.0.1:1", timeout=1.0)
+        Traceback (most recent call last):
+        ...
+        ConnectionError: Cannot reach a Ray cluster at 127.0.0.1:1: nothing answers there (...)
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConnectionError(
+            f"Cannot reach a Ray cluster at {address}: nothing answers there ({error})"
+        ) from None
+
+
 def run_demo(
     address: str | None = None,
     quick: bool = False,
@@ -175,8 +202,11 @@ def run_demo(
     Raises:
         ImportError: before anything starts, when scikit-learn (the ``examples`` extra) is
             missing.
+        ConnectionError: when nothing answers at a ``host:port`` ``address``.
     """
     check_bundled("digits")  # fail here, before Ray starts, not in every trial
+    if address:
+        check_reachable(address)  # before anything is written
     import ray
     from ray import tune
 
