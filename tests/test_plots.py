@@ -132,6 +132,26 @@ def test_few_colour_values_get_a_legend_many_a_colorbar() -> None:
     assert many.legends == []
 
 
+@pytest.mark.parametrize("count", [2, compare.MAX_LEGEND_COLOURS + 1])
+def test_an_infinite_colour_value_is_drawn_off_the_scale(count: int) -> None:
+    """``max_grad_norm=inf`` (no clipping): the finite values keep the scale (with [0, 1, inf]
+    0 and 1 had one colour and inf none at all; with [1, 5, inf] matplotlib failed), and inf is
+    drawn in a colour of its own with a legend entry, beside a colorbar when there is one."""
+    frame = _numeric_frame(count + 1)
+    frame.loc[frame["trial_id"] == "t0", "lr"] = 0.0
+    frame.loc[frame["trial_id"] == f"t{count}", "lr"] = np.inf
+    figure = compare.plot_layers(frame, metric="sim", color_by="lr")
+    lines = {line.get_label(): line.get_color() for line in figure.axes[0].get_lines()}
+    colours = [to_rgba(c) for c in lines.values()]
+    assert len(set(colours)) == count + 1  # every trial its own, visible colour
+    assert all(c[3] == 1.0 for c in colours)
+    assert (0.0, 0.0, 0.0, 1.0) in colours  # inf
+    texts = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+    assert "inf" in texts
+    colorbar = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbar) == (count > compare.MAX_LEGEND_COLOURS - 1)
+
+
 def _timeline_experiment(root: Path) -> Path:
     """cccc_00000 freezes stem and block.0 at once (reported from iteration 3) and is stopped
     there; cccc_00001 runs 5 iterations and freezes nothing; head never freezes."""

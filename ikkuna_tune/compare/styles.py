@@ -5,6 +5,7 @@ that tells apart trials of one colour)."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,17 @@ LINESTYLES: tuple[tuple[Any, str], ...] = (
 #: A numeric colour parameter with at most this many values gets a legend, not a colorbar.
 MAX_LEGEND_COLOURS = 6
 _MISSING_COLOUR = (0.6, 0.6, 0.6, 1.0)
+#: Colours of numeric values off any colour scale, by how they are shown.
+_OFF_SCALE = {
+    "inf": (0.0, 0.0, 0.0, 1.0),
+    "-inf": (0.55, 0.27, 0.07, 1.0),
+    "nan": (0.35, 0.35, 0.35, 1.0),
+}
+
+
+def _ordered(labels: dict[str, str]) -> list[str]:
+    """The distinct off-scale labels, in a fixed order."""
+    return [label for label in ("-inf", "inf", "nan") if label in labels.values()]
 
 
 @dataclass
@@ -70,6 +82,9 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
         >>> colours = trial_colours({"a": 0.001, "b": 0.1, "c": None}, "viridis")
         >>> [label for label, _ in colours.legend], colours.colour["c"]  # grey: missing
         (['0.001', '0.1', '(missing)'], (0.6, 0.6, 0.6, 1.0))
+        >>> unlimited = trial_colours({"a": 1.0, "b": 5.0, "c": math.inf}, "viridis")
+        >>> [label for label, _ in unlimited.legend], unlimited.colour["c"]  # off the scale
+        (['1', '5', 'inf'], (0.0, 0.0, 0.0, 1.0))
         >>> many = trial_colours({str(i): 10.0**i for i in range(8)}, "viridis")
         >>> many.legend, isinstance(many.mappable, ScalarMappable), type(many.mappable.norm)
         ([], True, <class 'matplotlib.colors.LogNorm'>)
@@ -80,22 +95,29 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
         for v in present.values()
     )
     if numeric:
-        numbers = np.array([float(v) for v in present.values()])
+        # the scale spans the finite values; inf (no limit, say), -inf and NaN get colours of
+        # their own, off the scale, each with a legend entry
+        finite = {k: float(v) for k, v in present.items() if math.isfinite(float(v))}
+        off_scale = {k: shown_value(v) for k, v in present.items() if k not in finite}
+        numbers = np.array(list(finite.values()) or [0.0])
         low, high = float(numbers.min()), float(numbers.max())
         if low > 0 and high / low >= 10:
             norm: Normalize = LogNorm(low, high)
         else:
             norm = Normalize(low, high if high > low else low + 1)
         colour_map = colormaps[cmap]
-        colour = {k: colour_map(norm(float(v))) for k, v in present.items()}
+        colour = {k: colour_map(norm(x)) for k, x in finite.items()}
+        colour.update({k: _OFF_SCALE.get(label, _MISSING_COLOUR) for k, label in off_scale.items()})
         colour.update({k: _MISSING_COLOUR for k in values if k not in present})
-        distinct = sorted({float(v): v for v in present.values()}.items())
-        if len(distinct) <= MAX_LEGEND_COLOURS:
+        extra = [(label, _OFF_SCALE.get(label, _MISSING_COLOUR)) for label in _ordered(off_scale)]
+        if len(present) < len(values):
+            extra.append(("(missing)", _MISSING_COLOUR))
+        distinct = sorted({x: present[k] for k, x in finite.items()}.items())
+        if len(distinct) + len(set(off_scale.values())) <= MAX_LEGEND_COLOURS:
             legend = [(shown_value(v), colour_map(norm(x))) for x, v in distinct]
-            if len(present) < len(values):
-                legend.append(("(missing)", _MISSING_COLOUR))
-            return Colours(colour, legend=legend)
-        return Colours(colour, mappable=ScalarMappable(norm=norm, cmap=colour_map))
+            return Colours(colour, legend=legend + extra)
+        mappable = ScalarMappable(norm=norm, cmap=colour_map)
+        return Colours(colour, mappable=mappable, legend=extra if off_scale else [])
     distinct_text = sorted({str(v) for v in present.values()})
     palette = colormaps["tab10" if len(distinct_text) <= 10 else "tab20"]
     by_value = {v: palette(i % palette.N) for i, v in enumerate(distinct_text)}
