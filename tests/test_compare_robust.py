@@ -276,3 +276,28 @@ def test_config_without_params_json_keeps_its_types(tmp_path, source) -> None:
     loaded = df.attrs["trials"]["7"]["config"]
     assert loaded == {"lr": 0.5, "batch": 32, "model/width": 8}
     assert type(loaded["batch"]) is int and type(loaded["model/width"]) is int
+
+
+def test_a_second_comparison_into_one_directory_leaves_nothing_of_the_first(tmp_path, caplog):
+    """The first experiment has scheduler decisions and freezes, the second neither: its
+    comparison into the same directory removes the first one's decisions.csv, freeze timeline
+    and (written without HTML) report.html, with a warning, rather than leave them beside its
+    own summary."""
+    first = handmade(tmp_path / "one")
+    second = tmp_path / "two" / "sweep"
+    config = {"lr": 0.5, "model": {"width": 8}}
+    results = [report("t0", config, i) for i in (1, 2)]
+    for result in results:
+        del result["frozen"]
+    write_trial(second, "train_t0", config, results)
+    out = tmp_path / "out"
+    compare.compare_experiment(first, out, metric="sim")
+    assert {"decisions.csv", "freeze_timeline.png", "report.html"} <= {
+        p.name for p in out.iterdir()
+    }
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        written = compare.compare_experiment(second, out, metric="sim", html=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written.files)
+    for name in ("decisions.csv", "freeze_timeline.png", "report.html"):
+        assert f"Removed {out / name}, left by an earlier comparison" in caplog.text
+    assert set(pd.read_csv(out / "summary.csv")["trial_id"]) == {"t0"}

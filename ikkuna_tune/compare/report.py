@@ -118,7 +118,9 @@ def write_report(
     report no ``frozen/<layer>``, and ``decisions.csv`` (the table of :func:`decisions`) when
     there are no scheduler decisions. ``report.html`` (see
     :func:`ikkuna_tune.compare.html_report.write_html_report`: the same figures, interactive,
-    and both tables, in one file that opens offline) is left out with ``html=False``. Every
+    and both tables, in one file that opens offline) is left out with ``html=False``. A file of
+    one of these three names that an earlier comparison left in ``out_dir`` and this one does
+    not write is removed, with a warning (it would be read as this experiment's). Every
     argument is checked before anything is written. In ``summary.csv`` the frozen layers are
     joined by spaces and the freeze reasons written ``layer: reason; layer: reason``.
 
@@ -252,8 +254,20 @@ def _write(
             title=title,
         )
         files.append(path)
+    _remove_stale(out, files)
     logger.info("Wrote %s", ", ".join(str(f) for f in files))
     return files
+
+
+def _remove_stale(out: Path, files: list[Path]) -> None:
+    """Remove the outputs of an earlier comparison into ``out`` that this one did not write
+    (a freeze timeline or decisions of another experiment, an HTML report with ``html=False``):
+    left there, they would be read as this experiment's."""
+    for name in ("freeze_timeline.png", "decisions.csv", HTML_REPORT):
+        path = out / name
+        if path not in files and path.is_file():
+            path.unlink()
+            logger.warning("Removed %s, left by an earlier comparison: this one writes none", path)
 
 
 def _safe_name(name: str) -> str:
