@@ -33,15 +33,16 @@ logger = logging.getLogger(__name__)
 #: Names accepted wherever a backend is chosen.
 BACKENDS = ("tb", None)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_./-]")
+_UNSAFE = re.compile(r"[^\w./-]")
 
 
 def safe_tag(*parts: str | None) -> str:
-    """Join ``parts`` with '/' into a TensorBoard tag, replacing characters it does not allow.
+    """Join ``parts`` with '/' into a TensorBoard tag, replacing by ``_`` every character but
+    letters and digits (of any script), ``_``, ``.``, ``/`` and ``-``.
 
     Examples:
-        >>> safe_tag("weights norm", None, "features.0")
-        'weights_norm/features.0'
+        >>> safe_tag("weights norm", None, "features.0"), safe_tag("block_é")
+        ('weights_norm/features.0', 'block_é')
     """
     return "/".join(_UNSAFE.sub("_", p) for p in parts if p)
 

@@ -228,3 +228,47 @@ def test_a_bus_that_does_not_draw_writes_no_event_file(tmp_path, tiny, batch) ->
     _train(tiny, batch, bus)
     assert isinstance(norms.backend, NullBackend)
     assert not (tmp_path / "run").exists()
+
+
+def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None:
+    """'enc 1' and 'enc_1' both read 'enc_1' as a tag: the second gets 'enc_1_2', so that
+    TensorBoard never mixes their values; names in other scripts are kept as they are."""
+    from torch import nn
+
+    model = nn.ModuleDict(
+        {"enc 1": nn.Linear(2, 2), "enc_1": nn.Linear(2, 2), "块": nn.Linear(2, 1)}
+    )
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = model
+
+        def forward(self, x):
+            return self.layers["块"](self.layers["enc_1"](self.layers["enc 1"](x)))
+
+    net = Net()
+    first = sorted(round(float(layer.weight.norm()), 4) for layer in model.values())
+    bus = MessageBus(log_dir=tmp_path)
+    ik.NormSubscriber("weights", bus)
+    ik.HistogramSubscriber("weights", bus)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with ik.Exporter(net, opt, bus) as exporter:
+        for _ in range(2):
+            opt.zero_grad()
+            net(torch.randn(4, 2)).sum().backward()
+            opt.step()
+        exporter.epoch_finished()
+    bus.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    scalars = sorted(events.Tags()["scalars"])
+    assert scalars == [
+        "weights_norm2/layers.enc_1",
+        "weights_norm2/layers.enc_1_2",
+        "weights_norm2/layers.块",
+    ]
+    assert all(len(events.Scalars(tag)) == 2 for tag in scalars)  # one value a step each
+    # each tag holds its own layer's weights (at the first step, those it was built with)
+    assert first == sorted(round(float(events.Scalars(tag)[0].value), 4) for tag in scalars)
+    assert len(events.Tags()["histograms"]) == 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from ikkuna_tune import functional as F
-from ikkuna_tune.backends import safe_tag
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
@@ -81,7 +80,7 @@ class HistogramSubscriber(PlotSubscriber):
             self._last_epoch[message.key] = message.epoch
         counts, edges, stats = F.histogram(message.data, self.bins)
         self.backend.add_histogram(
-            safe_tag(f"{self.kind}_histogram", message.key),
+            self._tag(f"{self.kind}_histogram", message.key),
             counts,
             edges,
             stats,

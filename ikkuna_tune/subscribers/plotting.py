@@ -136,9 +136,18 @@ class PlotSubscriber(Subscriber):
             self.backend.add_scalar(self._tag(kind, name), data, first.global_step)
 
     def _tag(self, kind: str, name: str | None) -> str:
+        """The TensorBoard tag of ``kind`` for layer ``name``: :func:`safe_tag`, made unique
+        with a ``_2``, ``_3``, ... suffix where two layer names give one tag (``'enc 1'`` and
+        ``'enc_1'``), so that their values never mix under one tag."""
         tag = self._tags.get((kind, name))
         if tag is None:
-            tag = self._tags[(kind, name)] = safe_tag(kind, name)
+            base = tag = safe_tag(kind, name)
+            taken = set(self._tags.values())
+            count = 1
+            while tag in taken:
+                count += 1
+                tag = f"{base}_{count}"
+            self._tags[(kind, name)] = tag
         return tag
 
     def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
