@@ -6,6 +6,7 @@ The same functions on a real Tune run: tests/tune/test_compare_experiment.py.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import math
 import random
@@ -330,6 +331,10 @@ def test_load_errors_are_one_clear_line(experiment, tmp_path) -> None:
         (file, "Expected an experiment directory but .*file.txt is not a directory"),
         (tmp_path, "is not a Tune experiment directory .no trial directories with params"),
         (experiment.parent, "it holds the experiments sweep: pass one of them"),
+        (
+            next(p for p in experiment.iterdir() if p.is_dir()),
+            f"it is a trial directory: pass its experiment, {re.escape(str(experiment))}$",
+        ),
     ]
     for path, message in cases:
         with pytest.raises(ValueError, match=message) as error:

@@ -140,6 +140,8 @@ def _read_directory(path: Path) -> list[_Trial]:
     if not trial_dirs:
         inner = sorted(p.name for p in path.iterdir() if p.is_dir() and _trial_dirs(p))
         hint = f"; it holds the experiments {', '.join(inner)}: pass one of them" if inner else ""
+        if any((path / name).exists() for name in _RESULT_FILES):
+            hint = f"; it is a trial directory: pass its experiment, {path.parent}"
         raise ValueError(
             f"{path} is not a Tune experiment directory (no trial directories with "
             f"params.json, result.json or progress.csv){hint}"
