@@ -6,10 +6,10 @@ The same functions on a real Tune run: tests/tune/test_compare_experiment.py.
 from __future__ import annotations
 
 import json
-import re
 import logging
 import math
 import random
+import re
 import shutil
 from pathlib import Path
 
