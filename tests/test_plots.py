@@ -200,3 +200,22 @@ def test_freeze_timeline_offsets_are_spread_evenly() -> None:
     assert compare.plots.timeline_offsets(1) == [0.0]
     offsets = compare.plots.timeline_offsets(4)
     assert offsets == pytest.approx(np.linspace(-0.28, 0.28, 4))
+
+
+def test_the_iteration_where_a_value_became_infinite_is_marked() -> None:
+    """A loss that diverged to inf at iteration 2: the line cannot show it, so a mark stands
+    at iteration 2 on the last finite value (it looked as if the trial had just ended)."""
+    rows = [("a", 0.1, i, "loss", None, v) for i, v in [(1, 1.0), (2, 0.8), (3, 0.6)]]
+    rows += [("b", 1.0, i, "loss", None, v) for i, v in [(1, 1.0), (2, np.inf), (3, np.inf)]]
+    frame = pd.DataFrame(
+        rows, columns=["trial_id", "lr", "training_iteration", "metric", "layer", "value"]
+    )
+    figure = compare.plot_layers(frame, metric="loss")
+    (marks,) = [c for c in figure.axes[0].collections if c.get_gid() == "not finite"]
+    assert marks.get_offsets().tolist() == [[2.0, 1.0]]
+    texts = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+    assert "not finite (inf) from here" in texts
+    from ikkuna_tune.compare.plotly_figures import layers_figure
+
+    traces = [t for t in layers_figure(frame, metric="loss").data if t.marker.symbol]
+    assert [(t.x[0], t.y[0]) for t in traces if t.marker.symbol == "triangle-up"] == [(2.0, 1.0)]

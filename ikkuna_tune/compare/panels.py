@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ikkuna_tune.compare.frame import (
@@ -25,7 +26,7 @@ from ikkuna_tune.compare.frame import (
 )
 from ikkuna_tune.compare.styles import Colours, resolve_style_by, trial_colours, trial_styles
 
-__all__ = ["LayerPanels", "layer_panels"]
+__all__ = ["LayerPanels", "last_finite", "layer_panels"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,15 @@ def layer_panels(
         early=stopped_early(infos, iterations_run(df), budget),
         frozen_at=freeze_iterations(df),
     )
+
+
+def last_finite(ys: np.ndarray, end: int | None = None) -> float:
+    """The last finite value of ``ys[:end]`` (NaN if there is none): where a mark at the end of
+    a line that the line cannot show (an infinite value) stands.
+
+    Examples:
+        >>> last_finite(np.array([0.5, 0.4, np.inf])), last_finite(np.array([0.5, 0.4]), 1)
+        (0.4, 0.5)
+    """
+    finite = ys[:end][np.isfinite(ys[:end])]
+    return float(finite[-1]) if len(finite) else math.nan

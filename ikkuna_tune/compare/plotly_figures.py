@@ -22,7 +22,7 @@ from ikkuna_tune.compare.frame import (
     sort_key,
     trial_label,
 )
-from ikkuna_tune.compare.panels import layer_panels
+from ikkuna_tune.compare.panels import last_finite, layer_panels
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
@@ -143,12 +143,21 @@ def layers_figure(
                 why = reasons.get(trial_id, {}).get(layer, "")
                 text = f"{where} frozen from iteration {at}"
                 marks.append(("star", 13, colour, "black", at, np.interp(at, xs, ys), text, why))
+            bad = ~np.isfinite(ys)
+            if bad.any():  # a value the line cannot show (inf): where it diverged
+                first = int(np.argmax(bad))
+                text = f"not finite ({ys[first]}) from iteration {xs[first]:g}"
+                y = last_finite(ys, first)
+                marks.append(("triangle-up", 11, colour, "#d62728", xs[first], y, text, ""))
+            end = last_finite(ys)  # marks at the line's end stand on the last value it shows
             if infos.get(trial_id, {}).get("failed"):
-                marks.append(("x", 11, "#d62728", "white", xs[-1], ys[-1], "failed here", ""))
+                marks.append(("x", 11, "#d62728", "white", xs[-1], end, "failed here", ""))
             elif early.get(trial_id):
                 text = "stopped early here"
-                marks.append(("square", 9, colour, "black", xs[-1], ys[-1], text, ""))
+                marks.append(("square", 9, colour, "black", xs[-1], end, text, ""))
             for symbol, size, face, edge, x, y, text, why in marks:
+                if not np.isfinite(y):
+                    continue  # no finite value to stand on
                 figure.add_trace(
                     go.Scatter(
                         x=[x],

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from ikkuna_tune.compare.frame import (
     trial_label,
 )
-from ikkuna_tune.compare.panels import layer_panels
+from ikkuna_tune.compare.panels import last_finite, layer_panels
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
@@ -41,6 +41,7 @@ __all__ = [
 _FROZEN_MARK = {"marker": "*", "s": 130, "edgecolors": "black", "linewidths": 0.7}
 _STOPPED_MARK = {"marker": "s", "s": 42, "edgecolors": "black", "linewidths": 1.2}
 _FAILED_MARK = {"marker": "X", "s": 70, "color": "tab:red", "edgecolors": "white"}
+_NONFINITE_MARK = {"marker": "^", "s": 60, "edgecolors": "tab:red", "linewidths": 1.5}
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -81,8 +82,10 @@ def plot_layers(
     In each layer's panel a star on a trial's line marks the iteration that layer was first
     reported frozen in it, and at the trial's last point a square marks a trial stopped early
     (before ``budget`` iterations, default: the longest trial's; see :func:`summary`) and an
-    ``X`` a failed one (scatter collections with ``gid`` ``"frozen"``, ``"stopped
-    early"`` and ``"failed"``). One legend on the right explains colours, styles and marks. A
+    ``X`` a failed one, and a triangle the first iteration at which a trial's value is not
+    finite (an infinite loss: the line cannot show it), at its last finite value (scatter
+    collections with ``gid`` ``"frozen"``, ``"stopped early"``, ``"failed"`` and ``"not
+    finite"``). One legend on the right explains colours, styles and marks. A
     network-wide metric gets one Axes titled with the metric's name, with stop marks only.
 
     Raises:
@@ -131,15 +134,24 @@ def plot_layers(
             if layer is not None and layer in frozen_at.get(trial_id, {}):
                 x = frozen_at[trial_id][layer]
                 marks.setdefault("frozen", []).append((x, _value_at(xs, ys, x), colour))
+            bad = ~np.isfinite(ys)
+            if bad.any():  # a value the line cannot show (inf): where it diverged
+                first = int(np.argmax(bad))
+                marks.setdefault("not finite", []).append(
+                    (xs[first], last_finite(ys, first), colour)
+                )
             kind = "failed" if trial_id in failed else "stopped early" if early[trial_id] else ""
-            if kind:
-                marks.setdefault(kind, []).append((xs[-1], ys[-1], colour))
+            if kind:  # at the line's end, the last value it shows
+                marks.setdefault(kind, []).append((xs[-1], last_finite(ys), colour))
+        top = ax.get_ylim()[1]
         for kind, style in (
             ("frozen", _FROZEN_MARK),
             ("stopped early", _STOPPED_MARK),
             ("failed", _FAILED_MARK),
+            ("not finite", _NONFINITE_MARK),
         ):
-            points = marks.get(kind, [])
+            # a point without a finite value to stand on goes to the top of the panel
+            points = [(x, top if math.isnan(y) else y, c) for x, y, c in marks.get(kind, [])]
             if not points:
                 continue
             marks_used.add(kind)
@@ -180,6 +192,7 @@ def plot_layers(
             ("frozen", _FROZEN_MARK, "layer frozen"),
             ("stopped early", _STOPPED_MARK, "stopped early"),
             ("failed", _FAILED_MARK, "failed"),
+            ("not finite", _NONFINITE_MARK, "not finite (inf) from here"),
         )
         if kind in marks_used
     ]
