@@ -49,3 +49,15 @@ def test_tensorboard_reads_what_was_flushed_before_the_file_is_closed(tmp_path) 
     events.close()
     events.close()  # a second close does nothing
     assert events.closed
+
+
+def test_two_files_opened_in_one_second_keep_both_writers_events(tmp_path) -> None:
+    first, second = EventFile(tmp_path, ".test"), EventFile(tmp_path, ".test")
+    assert first.path != second.path and second.path.name.endswith(".test")
+    first.add_summary(_summary(("a", 1.0)), 0)
+    second.add_summary(_summary(("b", 2.0)), 0)
+    first.close()
+    second.close()
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()["scalars"]) == ["a", "b"]
