@@ -38,7 +38,12 @@ from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import DEFAULT_TAG, KindType, LayerBatch, Message, MessageBundle
-from ikkuna_tune.subscribers.kinds import check_tensor_kind, kind_type
+from ikkuna_tune.subscribers.kinds import (
+    check_spread_data,
+    check_spread_kind,
+    check_tensor_kind,
+    kind_type,
+)
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
@@ -231,12 +236,16 @@ class VarianceSubscriber(_TensorMetricSubscriber):
         ylims: tuple[float, float] | None = None,
         backend: str | None = "tb",
     ) -> None:
-        check_tensor_kind(kind)
+        check_spread_kind(check_tensor_kind(kind), type(self).__name__)
+        self._data_checked = False
         super().__init__(
             kind, f"{kind}_variance", message_bus, tag, subsample, ylims, backend, "Variance"
         )
 
     def metric(self, data: torch.Tensor) -> torch.Tensor:
+        if not self._data_checked:  # a kind of one number (a subscriber's output): no variance
+            check_spread_data(data, self.kind, type(self).__name__)
+            self._data_checked = True
         return F.variance(data)
 
 
@@ -288,7 +297,8 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         backend: str | None = "tb",
         n_power_iterations: int = 1,
     ) -> None:
-        check_tensor_kind(kind)
+        check_spread_kind(check_tensor_kind(kind), type(self).__name__)
+        self._data_checked = False
         self.n_power_iterations = check_int("n_power_iterations", n_power_iterations)
         self.add_state("u", {}, _power_vectors)
         super().__init__(
@@ -307,6 +317,9 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
             return
         key = message_or_bundle.key or ""
         data = message_or_bundle.data
+        if not self._data_checked:  # a kind of one number (a subscriber's output): no matrix
+            check_spread_data(data, self.kind, type(self).__name__, 1, 1)
+            self._data_checked = True
         module = getattr(message_or_bundle, "module", None)
         transposed = module is not None and isinstance(module.module, _ConvTransposeNd)
         sigma, self.u[key] = F.spectral_norm(

@@ -458,3 +458,19 @@ def test_spectral_norm_of_a_transposed_convolution_takes_its_output_dimension() 
     assert float(_values(got, "0")[0]) == pytest.approx(float(expected), rel=1e-4)
     other = torch.linalg.matrix_norm(weight.reshape(4, -1), ord=2)
     assert abs(float(other) - float(expected)) > 1e-3  # the two readings differ here
+
+
+def test_statistics_that_need_several_entries_refuse_a_kind_of_one_number(tiny, batch) -> None:
+    """A variance or spectral norm of the loss (one number a step) is refused at construction
+    (a variance of one number is NaN, which the scheduler took for a diverged loss); a
+    subscriber output, known only from its data, at its first message, naming the kind."""
+    for cls in (ik.VarianceSubscriber, ik.SpectralNormSubscriber):
+        with pytest.raises(ValueError, match=f"{cls.__name__} needs a kind with several entries"):
+            cls("loss", backend=None)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.VarianceSubscriber("train_accuracy", bus, backend=None)
+    x, y = batch
+    with ik.Exporter(tiny, message_bus=bus) as exporter:
+        with pytest.raises(ValueError, match="'train_accuracy' carries a tensor of shape \\(\\)"):
+            exporter.wrap_loss(F.cross_entropy)(tiny(x), y)
