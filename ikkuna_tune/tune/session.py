@@ -324,6 +324,13 @@ class TrialSession:
             raise renamed(error, f"{call}: {error}") from error
         try:
             for index, subscriber in enumerate(self.subscribers, 1):
+                taken = [kind for kind in subscriber.publications if kind in RESERVED_KEYS]
+                if taken:  # it would be overwritten in every report
+                    raise ValueError(
+                        f"{call}: subscriber {index} ({subscriber!r}) publishes {taken[0]!r}, a "
+                        f"key ikkuna_tune adds to every report itself (taken: "
+                        f"{list(RESERVED_KEYS)}); name its output otherwise"
+                    )
                 try:
                     subscriber.attach(bus)
                 except Exception as error:

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ikkuna_tune.keys import RESERVED_KEYS
 from ikkuna_tune.messages import BUILTIN_KINDS, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
 
@@ -83,6 +84,11 @@ def check_attachable(subscribers: Sequence[Subscriber]) -> None:
         where = f"ik.instrument: subscriber {index} ({subscriber!r}) cannot be attached"
         own = subscriber.publications
         for kind in own:
+            if kind in RESERVED_KEYS:
+                raise ValueError(
+                    f"{where}: it publishes {kind!r}, a key ikkuna_tune adds to every report "
+                    f"itself (taken: {list(RESERVED_KEYS)}); name its output otherwise"
+                )
             if kind in published:
                 raise ValueError(
                     f"{where}: it publishes {kind!r}, which subscriber {published[kind]} "

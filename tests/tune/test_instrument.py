@@ -246,3 +246,24 @@ def test_resources_given_to_the_trainable_are_kept_by_instrument() -> None:
     request = wrap_function(wrapped).default_resource_request({})
     assert request is not None and request.bundles == [{"CPU": 0.5, "GPU": 1.0}]
     assert wrap_function(ik.instrument(plain)).default_resource_request({}) is None
+
+
+class _Publishes(ik.Subscriber):
+    """Publishes a constant under ``kind`` for every weights message."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__([ik.Subscription(self, ["weights"])], None, publishes={kind: "META"})
+
+    def compute(self, message) -> None:
+        self.publish(self.kind, torch.tensor(7.0), message)
+
+
+def test_a_subscriber_output_named_like_a_key_of_every_report_is_refused() -> None:
+    """Its values would be overwritten in every report by ikkuna_tune's own: refused where
+    the subscribers enter (templates: instrument; a function's: watch)."""
+    with pytest.raises(ValueError, match="publishes 'frozen_fraction', a key ikkuna_tune adds"):
+        ik.instrument(train_tiny, [_Publishes("frozen_fraction")])
+    wrapped = ik.instrument(train_tiny, lambda config: [_Publishes("step_seconds")])
+    with pytest.raises(ValueError, match=r"ik.watch\(.*publishes 'step_seconds', a key"):
+        wrapped({"lr": 0.1})
