@@ -198,18 +198,33 @@ def _first_labels(
     """The labels of the loader's first batch, fetched without iterating the loader (no worker
     processes, no random draws for a sampler or seed): the first samples of a map-style data set,
     collated by the loader's ``collate_fn``. None where they cannot be had that way (an iterable
-    data set, samples that fetching or collating rejects out of order, batches that are no
-    ``(inputs, labels)`` pairs); the first evaluation checks them then."""
+    data set, samples that fetching or collating rejects out of order); the first evaluation
+    checks them then.
+
+    Raises:
+        ValueError: for an empty data set, or a first batch that is no ``(inputs, labels)``
+            pair (a dict, inputs alone): known here, it is refused here, not after training.
+    """
     if slices is not None:
         tensors, size = slices
-        return tensors[1][:size] if len(tensors) > 1 else None
+        if len(tensors[0]) == 0:
+            raise ValueError("Expected a test data set with samples but got an empty one")
+        if len(tensors) < 2:
+            raise ValueError(
+                "Expected the test data to hold (inputs, labels) pairs but got a TensorDataset "
+                "of inputs alone"
+            )
+        return tensors[1][:size]
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return None
     try:
         n = len(dataset)
-        if n == 0:
-            return None
+    except Exception:  # best effort: the first evaluation checks the labels
+        return None
+    if n == 0:
+        raise ValueError("Expected a test data set with samples but got an empty one")
+    try:
         if loader.batch_sampler is None:  # no automatic batching: every sample is a batch
             batch = loader.collate_fn(dataset[0])
         else:
@@ -217,9 +232,15 @@ def _first_labels(
             batch = loader.collate_fn([dataset[i] for i in range(min(n, size))])
     except Exception:  # best effort: the first evaluation checks the labels
         return None
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
-        return batch[1]
-    return None
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        got = f"a {type(batch).__name__}"
+        if isinstance(batch, (tuple, list)):
+            got += f" of {len(batch)}"
+        raise ValueError(
+            f"Expected the test data to yield (inputs, labels) batches but its first batch is "
+            f"{got}: pass a data set of (input, label) pairs"
+        )
+    return batch[1] if isinstance(batch[1], torch.Tensor) else None
 
 
 def _summed(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:

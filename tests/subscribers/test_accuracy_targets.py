@@ -271,3 +271,37 @@ def test_a_model_returning_its_loss_first_is_told_to_choose_its_scores() -> None
         _, logits = model(x, y)
         exporter.publish_labels(y)
     assert seen == [pytest.approx((logits.argmax(1) == y).float().mean().item())]
+
+
+class _Dicts(Dataset):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return {"x": torch.ones(3), "y": i % 2}
+
+
+class _InputsOnly(Dataset):  # type: ignore[type-arg]
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        return torch.ones(3)
+
+
+def test_test_data_that_is_no_labelled_pairs_is_refused_at_construction() -> None:
+    """Known at construction, refused there (it failed at the first epoch end, after training,
+    or never with a batch frequency the trial does not reach)."""
+    cases = [
+        (DataLoader(_Dicts(), batch_size=2), "first batch is a dict"),
+        (_InputsOnly(), "first batch is a Tensor"),
+        (TensorDataset(torch.ones(4, 3)), "TensorDataset of inputs alone"),
+        (TensorDataset(torch.ones(0, 3), torch.ones(0)), "got an empty one"),
+        (_InputsOnly(size=0), "got an empty one"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ik.TestAccuracySubscriber(data, backend=None)
