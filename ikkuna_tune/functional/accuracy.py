@@ -6,6 +6,7 @@ import torch
 
 __all__ = [
     "accuracy",
+    "check_class_range",
     "check_targets",
     "class_counts",
     "correct",
@@ -63,6 +64,7 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
 
     An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
     back to the host (a synchronisation on an accelerator), so call this once, not every step.
+    :func:`check_class_range` checks that class indices fit the output's classes.
 
     Raises:
         ValueError: naming what was expected and what was got (dtype, shape, an offending value).
@@ -112,6 +114,39 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
                 f"{row.sum().item():g}, its smallest is {row.min().item():g})"
             )
     raise ValueError(_targets_message(target, output, got))
+
+
+def check_class_range(target: torch.Tensor, output: torch.Tensor) -> None:
+    """Refuse class indices at or beyond the number of classes ``output`` has (read as
+    :func:`count_correct` reads it): they would count as wrong, silently, where
+    ``cross_entropy`` raises. One read back to the host; soft labels are left alone.
+
+    Examples:
+        >>> check_class_range(torch.tensor([0, 2]), torch.zeros(2, 3))
+        >>> check_class_range(torch.tensor([1, 3]), torch.zeros(2, 3))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected class indices below the 3 classes of the output ... got a label 3; ...
+    """
+    if output.dim() == 0 or target.numel() == 0:
+        return
+    if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
+        return  # one-hot or soft labels
+    if _one_logit(output):
+        classes = 2
+    elif output.numel() == target.numel() * output.shape[1]:
+        classes = output.shape[1]
+    elif output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:
+        classes = output.shape[-1]
+    else:
+        return  # no reading gives one prediction per target: count_correct says so
+    top = float(target.detach().max())
+    if top >= classes:
+        raise ValueError(
+            f"Expected class indices below the {classes} classes of the output (shape "
+            f"{tuple(output.shape)}) but got a label {top:g}; are the labels 1-based, or is the "
+            "output not the scores of every class?"
+        )
 
 
 def _targets_message(target: torch.Tensor, output: torch.Tensor | None, got: str) -> str:

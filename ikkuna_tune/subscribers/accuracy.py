@@ -17,7 +17,7 @@ from ikkuna_tune import functional as F
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
-from ikkuna_tune.functional.accuracy import check_targets
+from ikkuna_tune.functional.accuracy import check_class_range, check_targets
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
@@ -479,6 +479,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                     )
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
+                    check_class_range(batch[1], outputs)
                     self._labels_checked = True
                 batch_hits, batch_total = F.count_correct(outputs, labels)
                 hits = batch_hits if hits is None else hits + batch_hits

@@ -305,3 +305,18 @@ def test_test_data_that_is_no_labelled_pairs_is_refused_at_construction() -> Non
     for data, message in cases:
         with pytest.raises(ValueError, match=message):
             ik.TestAccuracySubscriber(data, backend=None)
+
+
+def test_test_labels_beyond_the_models_classes_are_refused_at_the_first_evaluation() -> None:
+    """Labels 1..4 for a model of 4 classes (1-based labels, as raw SVHN's): counted as wrong
+    they gave a plausible accuracy; cross_entropy would raise. The first evaluation says so."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=g)
+    model = nn.Linear(3, 4)
+    ok = ik.TestAccuracySubscriber(TensorDataset(x, torch.arange(20) % 4), forward_fn=model)
+    assert 0.0 <= float(ok.evaluate()) <= 1.0
+    shifted = ik.TestAccuracySubscriber(
+        TensorDataset(x, torch.arange(20) % 4 + 1), forward_fn=model
+    )
+    with pytest.raises(ValueError, match="below the 4 classes of the output .* got a label 4"):
+        shifted.evaluate()
