@@ -404,13 +404,17 @@ class Exporter(StepHooks, LayerFreezing):
     # ------------------------------------------------------- user-facing API
     def publish_labels(self, labels: torch.Tensor, loss: torch.Tensor | None = None) -> None:
         """Publish this step's target labels (``input_labels``), under the tag of the last
-        forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them)."""
+        forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them). A
+        list or array of labels is taken as a tensor."""
+        labels = _as_tensor(labels, "labels")
         self._publish_tensor_meta("input_labels", labels, self._loss_tag(loss))
 
     def publish_loss(self, loss: torch.Tensor) -> None:
         """Publish this step's loss (left on its device), under the tag of the last forward
         pass; a loss computed with gradients while a training step is open belongs to that
-        step, also when a pass without gradients came in between (a teacher model's, say)."""
+        step, also when a pass without gradients came in between (a teacher model's, say). A
+        number (``loss.item()``) is taken as a tensor."""
+        loss = _as_tensor(loss, "loss")
         self._publish_tensor_meta("loss", loss, self._loss_tag(loss))
 
     def _loss_tag(self, loss: torch.Tensor | None) -> str:
@@ -542,3 +546,16 @@ class Exporter(StepHooks, LayerFreezing):
 
     def __repr__(self) -> str:
         return f"Exporter({type(self.model).__name__}, layers={list(self.modules)})"
+
+
+def _as_tensor(value: object, name: str) -> torch.Tensor:
+    """``value`` as a tensor (a number, a list or an array converted), or a ``ValueError``
+    naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"Expected `{name}` to be a tensor (or numbers) but got {type(value).__name__}"
+        ) from None

@@ -439,3 +439,25 @@ def test_a_forward_fn_that_returns_the_scores_is_not_passed_to_output_fn(test_se
         accuracy = float(sub.evaluate())
     expected = _by_hand(lambda x: model(x)[0], *test_set.tensors)
     assert accuracy == pytest.approx(expected)
+
+
+def test_a_loss_and_labels_published_as_python_numbers_are_taken_as_tensors(tiny, batch) -> None:
+    """``publish_loss(loss.item())`` and ``publish_labels(y.tolist())``: the same values as
+    tensors would give (they crashed deep in a subscriber); something that is no number is a
+    clear error."""
+    bus = MessageBus()
+    ik.LossSubscriber(bus, backend=None)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.VarianceSubscriber("weights", bus, backend=None)
+    got = []
+    ik.CallbackSubscriber(["loss", "train_accuracy"], lambda m: got.append(float(m.data)), bus)
+    x, y = batch
+    with ik.Exporter(tiny, message_bus=bus) as exporter:
+        out = tiny(x)
+        loss = F.cross_entropy(out, y)
+        exporter.publish_labels(y.tolist())
+        exporter.publish_loss(loss.item())
+        with pytest.raises(ValueError, match="Expected `loss` to be a tensor .* but got object"):
+            exporter.publish_loss(object())
+    hits = sum(r.index(max(r)) == t for r, t in zip(out.tolist(), y.tolist()))
+    assert got == pytest.approx([hits / len(y), loss.item()])
