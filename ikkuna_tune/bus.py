@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
 from ikkuna_tune.bus_listener import BusListener
+from ikkuna_tune.checks import check_bool
 from ikkuna_tune.kind_registry import KindRegistry
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
@@ -80,7 +81,7 @@ class MessageBus(KindRegistry):
     ) -> None:
         super().__init__()
         self.name = name
-        self.draw = draw
+        self.draw = check_bool("draw", draw)
         self.log_dir = None if log_dir is None else Path(log_dir)
         self._backends: dict[str, Backend] = {}
         self._subscribers: list[Subscriber] = []

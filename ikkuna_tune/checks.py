@@ -11,6 +11,7 @@ ValueError: Expected `freeze_at` to be a number in (0, 1] but got 1.5
 from __future__ import annotations
 
 __all__ = [
+    "check_bool",
     "check_fraction",
     "check_fraction_or_none",
     "check_int",
@@ -22,6 +23,22 @@ __all__ = [
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False (a string such as ``"False"`` is truthy: refused).
+
+    Examples:
+        >>> check_bool("stop", False)
+        False
+        >>> check_bool("stop", "False")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `stop` to be True or False but got 'False'
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected `{name}` to be True or False but got {value!r}")
+    return value
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:

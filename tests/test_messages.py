@@ -134,3 +134,11 @@ def test_norm_and_ratio_share_the_weight_norm(tiny, batch) -> None:
     update = torch.linalg.vector_norm(tiny.fc.weight.detach() - before)
     torch.testing.assert_close(got["weights_norm2"][1], w_norm)
     torch.testing.assert_close(got["weight_updates_weights_ratio"][1], update / w_norm)
+
+
+def test_flags_of_the_bus_and_callbacks_are_true_or_false() -> None:
+    """A string such as "False" is truthy: it switched the flag on."""
+    with pytest.raises(ValueError, match="`draw` to be True or False but got 'False'"):
+        MessageBus(draw="False")
+    with pytest.raises(ValueError, match="`synchronized` to be True or False but got 'False'"):
+        ik.CallbackSubscriber(["loss"], print, synchronized="False")

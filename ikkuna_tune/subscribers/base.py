@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_bool
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     KindType,
@@ -379,7 +380,7 @@ class CallbackSubscriber(Subscriber):
         if not callable(callback):
             raise ValueError(f"Expected `callback` to be callable but got {callback!r}")
         self.callback = callback
-        cls = SynchronizedSubscription if synchronized else Subscription
+        cls = SynchronizedSubscription if check_bool("synchronized", synchronized) else Subscription
         super().__init__([cls(self, kinds, tag, subsample)], message_bus)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ikkuna_tune import keys
-from ikkuna_tune.checks import check_fraction, check_int, check_nonnegative
+from ikkuna_tune.checks import check_bool, check_fraction, check_int, check_nonnegative
 from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
@@ -181,11 +181,9 @@ class SVCCAScheduler(FIFOScheduler):
         )
         self.freeze_at = self.rules.freeze_at
         self.patience = self.rules.patience
-        self.input_side_first = bool(input_side_first)
-        self.stop = bool(stop)
-        if not isinstance(freeze_best, bool):
-            raise ValueError(f"Expected `freeze_best` to be True or False but got {freeze_best!r}")
-        self.freeze_best = freeze_best
+        self.input_side_first = check_bool("input_side_first", input_side_first)
+        self.stop = check_bool("stop", stop)
+        self.freeze_best = check_bool("freeze_best", freeze_best)
         self.max_t = None if max_t is None else check_int("max_t", max_t)
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(

@@ -392,6 +392,9 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         ({"stall_share": 0}, r"`stall_share` to be a number in \(0, 1\]"),
         ({"max_t": 0}, r"`max_t` to be an integer >= 1"),
         ({"base": "asha"}, r"`base` to be a ray.tune TrialScheduler"),
+        ({"stop": "False"}, r"`stop` to be True or False but got 'False'"),
+        ({"input_side_first": 0}, r"`input_side_first` to be True or False but got 0"),
+        ({"freeze_best": "no"}, r"`freeze_best` to be True or False"),
         (
             {"base": PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})},
             r"got PopulationBasedTraining, which copies one",
