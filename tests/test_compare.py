@@ -374,6 +374,15 @@ def test_unknown_metric_and_color_by_name_what_is_available(df) -> None:
         compare.plot_layers(df, metric="sim", columns=0)
     with pytest.raises(ValueError, match="tidy DataFrame of compare.load"):
         compare.plot_layers(pd.DataFrame({"a": [1]}))
+    # the helpers check what they are given too (a KeyError or AttributeError came out of them)
+    lacking = df.drop(columns=["metric"])
+    for helper in (compare.layers, compare.metrics, compare.config_columns):
+        with pytest.raises(ValueError, match="but got a DataFrame without metric$"):
+            helper(lacking)
+        with pytest.raises(ValueError, match="tidy DataFrame of compare.load .* but got NoneType"):
+            helper(None)
+    with pytest.raises(ValueError, match="Unknown metric 'simm'; per-layer metrics: "):
+        compare.layers(df, metric="simm")
     with pytest.raises(ValueError, match="No frozen/<layer> metrics in the results"):
         compare.plot_freeze_timeline(df[df["metric"] != "frozen"])
 

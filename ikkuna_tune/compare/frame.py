@@ -48,6 +48,7 @@ def config_columns(df: pd.DataFrame) -> list[str]:
         >>> config_columns(df)
         ['lr']
     """
+    check_tidy(df)
     return [c for c in df.columns if c not in TIDY_COLUMNS]
 
 
@@ -60,6 +61,7 @@ def metrics(df: pd.DataFrame, per_layer: bool | None = None) -> list[str]:
         >>> metrics(df), metrics(df, per_layer=True), metrics(df, per_layer=False)
         (['frozen', 'loss'], ['frozen'], ['loss'])
     """
+    check_tidy(df)
     if per_layer is None:
         names = df["metric"]
     elif per_layer:
@@ -70,7 +72,8 @@ def metrics(df: pd.DataFrame, per_layer: bool | None = None) -> list[str]:
 
 
 def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
-    """Layer names in network order (of ``metric``'s layers, if given).
+    """Layer names in network order (of ``metric``'s layers, if given; an unknown ``metric`` is
+    a ``ValueError``, a metric reported without values gives none).
 
     The order is that in which trials report ``frozen/<layer>`` (every tracked layer, in the
     model's order, in every report); layers without it follow in order of first appearance.
@@ -82,6 +85,9 @@ def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
         >>> layers(df), layers(df, metric="cka")
         (['conv', 'fc'], ['fc'])
     """
+    check_tidy(df)
+    if metric is not None and metric != FROZEN:  # an unknown metric (a typo) is an error
+        check_metric(df, metric, allow_empty=True)
     rows = df[df["layer"].notna()]
     ordered = list(dict.fromkeys(rows.loc[rows["metric"] == FROZEN, "layer"]))
     seen = set(ordered)
@@ -104,6 +110,7 @@ def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
         >>> freeze_iterations(df)
         {'a': {'conv': 2}}
     """
+    check_tidy(df)
     frozen = df[(df["metric"] == FROZEN) & df["layer"].notna() & (df["value"] > 0)]
     first = frozen.groupby(["trial_id", "layer"], sort=False)["training_iteration"].min()
     result: dict[str, dict[str, int]] = {}
@@ -160,9 +167,13 @@ def check_tidy(df: Any) -> None:
         ValueError: The DataFrame holds no results
     """
     if not isinstance(df, pd.DataFrame) or not set(TIDY_COLUMNS) <= set(df.columns):
+        got = type(df).__name__
+        if isinstance(df, pd.DataFrame):
+            lacking = [c for c in TIDY_COLUMNS if c not in df.columns]
+            got = f"a DataFrame without {', '.join(lacking)}"
         raise ValueError(
             f"Expected the tidy DataFrame of compare.load (columns {', '.join(TIDY_COLUMNS)}) "
-            f"but got {type(df).__name__}"
+            f"but got {got}"
         )
     if not len(df):
         raise ValueError("The DataFrame holds no results")

@@ -17,6 +17,7 @@ from matplotlib.colors import LogNorm, Normalize
 
 from ikkuna_tune.compare.frame import (
     check_color_by,
+    check_tidy,
     config_columns,
     shown_value,
     sort_key,
@@ -143,6 +144,7 @@ def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
         >>> auto_style_by(df, "lr"), auto_style_by(df, None)
         ('optimizer', None)
     """
+    check_tidy(df)
     if color_by is None:
         return None
     colour = trial_values(df, color_by)
