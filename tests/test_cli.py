@@ -36,6 +36,7 @@ def test_compare_end_to_end(tmp_path, capsys) -> None:
     argv = ["compare", str(experiment), "--metric", "sim", "--color-by", "model/width"]
     assert main([*argv, "--summary-metric", "loss", "--mode", "min", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".ikkuna_compare.json",  # what this comparison wrote (a later one removes only those)
         "decisions.csv",
         "freeze_timeline.png",
         "layers_sim.png",

@@ -297,7 +297,23 @@ def test_a_second_comparison_into_one_directory_leaves_nothing_of_the_first(tmp_
     }
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
         written = compare.compare_experiment(second, out, metric="sim", html=False)
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written.files)
+    shown = sorted(p.name for p in out.iterdir() if p.name != ".ikkuna_compare.json")
+    assert shown == sorted(p.name for p in written.files)
     for name in ("decisions.csv", "freeze_timeline.png", "report.html"):
-        assert f"Removed {out / name}, left by an earlier comparison" in caplog.text
+        assert f"Removed {out / name}, written by an earlier comparison" in caplog.text
     assert set(pd.read_csv(out / "summary.csv")["trial_id"]) == {"t0"}
+
+
+def test_files_no_comparison_wrote_are_never_removed(tmp_path) -> None:
+    """The default output directory is the current one: a report.html or decisions.csv of the
+    user's own there is left alone (only what an earlier comparison wrote is removed)."""
+    experiment = tmp_path / "sweep"
+    config = {"lr": 0.5, "model": {"width": 8}}
+    write_trial(experiment, "train_t0", config, [report("t0", config, i) for i in (1, 2)])
+    out = tmp_path / "here"
+    out.mkdir()
+    for name in ("report.html", "decisions.csv", "notes.txt"):
+        (out / name).write_text("the user's own")
+    compare.compare_experiment(experiment, out, metric="sim", html=False)
+    for name in ("report.html", "decisions.csv", "notes.txt"):
+        assert (out / name).read_text() == "the user's own"

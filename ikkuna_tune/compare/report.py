@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -118,10 +119,11 @@ def write_report(
     report no ``frozen/<layer>``, and ``decisions.csv`` (the table of :func:`decisions`) when
     there are no scheduler decisions. ``report.html`` (see
     :func:`ikkuna_tune.compare.html_report.write_html_report`: the same figures, interactive,
-    and both tables, in one file that opens offline) is left out with ``html=False``. A file of
-    one of these three names that an earlier comparison left in ``out_dir`` and this one does
-    not write is removed, with a warning (it would be read as this experiment's). Every
-    argument is checked before anything is written. In ``summary.csv`` the frozen layers are
+    and both tables, in one file that opens offline) is left out with ``html=False``. An output
+    that an earlier comparison wrote into ``out_dir`` and this one does not write is removed,
+    with a warning (it would be read as this experiment's); the hidden ``.ikkuna_compare.json``
+    there lists what was written, and no other file is touched. Every argument is checked
+    before anything is written. In ``summary.csv`` the frozen layers are
     joined by spaces and the freeze reasons written ``layer: reason; layer: reason``.
 
     Raises:
@@ -259,15 +261,32 @@ def _write(
     return files
 
 
+#: The file in an output directory that lists what the last comparison into it wrote.
+MANIFEST = ".ikkuna_compare.json"
+
+
 def _remove_stale(out: Path, files: list[Path]) -> None:
-    """Remove the outputs of an earlier comparison into ``out`` that this one did not write
-    (a freeze timeline or decisions of another experiment, an HTML report with ``html=False``):
-    left there, they would be read as this experiment's."""
-    for name in ("freeze_timeline.png", "decisions.csv", HTML_REPORT):
+    """Remove the outputs the last comparison into ``out`` wrote (as its manifest lists them)
+    that this one did not write (a freeze timeline or decisions of another experiment, an HTML
+    report with ``html=False``): left there, they would be read as this experiment's. A file
+    no comparison wrote is never touched. Then list this comparison's outputs."""
+    manifest = out / MANIFEST
+    earlier: list[str] = []
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))
+        if isinstance(listed, list):
+            earlier = [name for name in listed if isinstance(name, str)]
+    except (OSError, ValueError):
+        pass  # no manifest (a first comparison), or an unreadable one: nothing is removed
+    written = {path.name for path in files}
+    for name in earlier:
         path = out / name
-        if path not in files and path.is_file():
+        if name not in written and Path(name).name == name and path.is_file():
             path.unlink()
-            logger.warning("Removed %s, left by an earlier comparison: this one writes none", path)
+            logger.warning(
+                "Removed %s, written by an earlier comparison: this one writes none", path
+            )
+    manifest.write_text(json.dumps(sorted(written)), encoding="utf-8")
 
 
 def _safe_name(name: str) -> str:
