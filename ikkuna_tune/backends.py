@@ -283,7 +283,8 @@ class TensorBoardBackend(Backend):
         events = self.events
         for step in sorted(by_step):
             events.add_summary(b"".join(by_step[step]), step)
-        for tag, counts, edges, stats, step in self._histograms:
+        histograms, self._histograms = self._histograms, []  # taken, also if writing fails
+        for tag, counts, edges, stats, step in histograms:
             lo, hi, num, total, squares = stats.detach().double().cpu().tolist()
             summary = histogram_raw(
                 tag,
@@ -296,11 +297,12 @@ class TensorBoardBackend(Backend):
                 bucket_counts=counts.detach().double().cpu().tolist(),
             )
             events.add_summary(summary.SerializeToString(), step)
-        self._histograms.clear()
         events.flush()
 
     def close(self) -> None:
         if self.events.closed:
             return
-        self.flush()
-        self.events.close()
+        try:
+            self.flush()
+        finally:  # the file is closed whatever writing it failed on (a full disk, say)
+            self.events.close()

@@ -421,6 +421,7 @@ class Exporter(StepHooks, LayerFreezing):
         if (
             self._pass_tag != DEFAULT_TAG
             and self._probe_tag is None
+            and not self._eval_grad_pass  # an eval-mode pass with gradients: its own loss
             and self._step_open
             and isinstance(loss, torch.Tensor)
             and loss.requires_grad

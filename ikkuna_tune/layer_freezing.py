@@ -175,7 +175,13 @@ class LayerFreezing:
         trainable again (``requires_grad_(True)`` on every parameter, say): it trains, so its
         updates are no longer zero and it no longer runs in eval mode. Run at each step's start
         (a check of the frozen layers' parameters only)."""
+        held = self._held
+        if not any(p.requires_grad for p, _ in held.values()):  # the common case: one pass
+            return
         for name in [n for n in self._frozen if self._retrained(n)]:
+            for param in self.modules[name].module.parameters():
+                if id(param) in held and param.requires_grad:  # trainable now, by the user
+                    held[id(param)] = (param, True)
             logger.warning(
                 "Layer %r was frozen but some of its parameters require gradients again (set "
                 "by the training code): it counts as unfrozen from step %d on; call "
@@ -187,11 +193,10 @@ class LayerFreezing:
             self.unfreeze(name)
 
     def _retrained(self, name: str) -> bool:
+        """Whether a parameter this layer's freeze holds requires gradients again: freezing
+        turns each off, so only the training code turned it back on."""
         held = self._held
-        return any(
-            p.requires_grad and held.get(id(p), (p, False))[1]
-            for p in self.modules[name].module.parameters()
-        )
+        return any(p.requires_grad for p in self.modules[name].module.parameters() if id(p) in held)
 
     def _allow_recompilation(self) -> None:
         """Compiled code guards on which parameters need gradients, so a compiled model

@@ -272,3 +272,39 @@ def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None
     # each tag holds its own layer's weights (at the first step, those it was built with)
     assert first == sorted(round(float(events.Scalars(tag)[0].value), 4) for tag in scalars)
     assert len(events.Tags()["histograms"]) == 3
+
+
+def test_a_flush_that_fails_loses_no_file_and_writes_no_histogram_twice(tmp_path, monkeypatch):
+    """A full disk: the flush raises, the histograms it held are not written again by the next
+    flush (TensorBoard showed two for one step), and closing closes the file all the same."""
+    backend = TensorBoardBackend(tmp_path)
+    stats = torch.tensor([0.0, 1.0, 4.0, 2.0, 1.5])
+    backend.add_histogram("h", torch.ones(2), torch.tensor([0.0, 0.5, 1.0]), stats, step=0)
+    write = backend.events.add_summary
+    monkeypatch.setattr(backend.events, "add_summary", _raises_once(write))
+    with pytest.raises(OSError, match="disk full"):
+        backend.flush()
+    backend.add_scalar("x", 1.0, 1)
+    monkeypatch.setattr(backend.events, "add_summary", _raises_always)
+    with pytest.raises(OSError, match="disk full"):
+        backend.close()
+    assert backend.events.closed
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    assert events.Tags()["histograms"] == []  # lost with the failed write, never doubled
+
+
+def _raises_once(write):
+    calls = []
+
+    def add_summary(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise OSError("disk full")
+        return write(*args, **kwargs)
+
+    return add_summary
+
+
+def _raises_always(*args, **kwargs):
+    raise OSError("disk full")

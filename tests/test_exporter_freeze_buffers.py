@@ -244,3 +244,38 @@ def test_a_frozen_layer_the_training_code_makes_trainable_again_counts_as_unfroz
         )
     moved = (model[0].weight - before).norm().item()
     assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)
+
+
+def test_a_layer_the_user_had_frozen_then_trains_again_is_released_with_its_flags(caplog):
+    """Fine-tuning: the backbone starts with requires_grad=False, the Exporter freezes it (its
+    modes held), then the training code unfreezes it gradually (requires_grad back on,
+    add_param_group): it counts as unfrozen, trains in training mode and keeps its flags."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    for param in [*model[0].parameters(), *model[1].parameters()]:
+        param.requires_grad_(False)
+    opt = torch.optim.SGD(model[2].parameters(), lr=0.5)
+    bus = MessageBus()
+    ik.NormSubscriber("weight_updates", bus, backend=None)
+    updates: list[float] = []
+    ik.CallbackSubscriber(
+        ["weight_updates_norm2"],
+        lambda m: updates.append(float(m.data)) if m.key == "0" else None,
+        bus,
+    )
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with ik.Exporter(model, opt, bus) as exporter:
+        exporter.freeze("0")
+        exporter.freeze("1")
+        for param in [*model[0].parameters(), *model[1].parameters()]:
+            param.requires_grad_(True)
+        opt.add_param_group({"params": [*model[0].parameters(), *model[1].parameters()]})
+        before = model[0].weight.detach().clone()
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert exporter.frozen == () and model[1].training
+        assert all(p.requires_grad for p in model.parameters())
+    moved = (model[0].weight - before).norm().item()
+    assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)

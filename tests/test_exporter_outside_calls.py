@@ -177,3 +177,26 @@ def test_a_loss_after_a_pass_without_gradients_belongs_to_the_training_step() ->
     got = [(kind, step, tag, float(data)) for kind, _, step, tag, data in seen]
     assert [g[:3] for g in got] == [e[:3] for e in expected]
     assert [g[3] for g in got] == pytest.approx([e[3] for e in expected], rel=1e-6)
+
+
+def test_a_validation_loss_in_eval_mode_with_gradients_keeps_its_eval_tag() -> None:
+    """Without an optimizer the step stays open until the next training pass: a validation
+    pass in eval mode without torch.no_grad (its loss has gradients) is still validation, and
+    its loss must not replace the training step's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    bus = MessageBus()
+    seen = _record(bus, ["loss"], tag=None)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with ik.Exporter(model, message_bus=bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        train = loss_fn(model(x), y)
+        train.backward()
+        model.eval()
+        check = loss_fn(model(x), y)  # gradients on: no torch.no_grad()
+        model.train()
+    got = [(step, tag, float(data)) for _, _, step, tag, data in seen]
+    assert got == [
+        (0, "default", pytest.approx(train.item())),
+        (0, "eval", pytest.approx(check.item())),
+    ]

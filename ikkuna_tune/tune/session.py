@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -54,8 +55,9 @@ STATE_FILE = "ikkuna_tune_state.pt"
 RESERVED_KEYS = keys.RESERVED_KEYS
 
 _current: ContextVar[TrialSession | None] = ContextVar("ikkuna_tune_session", default=None)
-#: the sessions of this process between their activation and their close, in any thread
-_active: dict[int, TrialSession] = {}
+#: the sessions of this process between their activation and their close, in any thread;
+#: held weakly (a session of a thread that ended without closing it goes with the thread)
+_active: weakref.WeakValueDictionary[int, TrialSession] = weakref.WeakValueDictionary()
 
 
 def _is_nan(value: Any) -> bool:

@@ -59,8 +59,10 @@ class TrialView:
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):
         a trial that reports several times per epoch while its layers are measured at epoch
-        ends makes ``budget`` reports but only ``budget / k`` measured ones. Rounded up (the
-        rules that use the budget wait longer, never shorter); None for an unknown budget.
+        ends makes ``budget`` reports but only ``budget / k`` measured ones. The measured
+        reports so far plus those the iterations left would make at the pace since the first
+        measured one, rounded up (the rules that use the budget wait longer, never shorter);
+        None for an unknown budget.
 
         Examples:
             >>> view = TrialView(budget=18)
@@ -70,10 +72,15 @@ class TrialView:
             >>> view.measured_budget()
             6
         """
-        reports, budget = self.history.reports, self.budget
-        if budget is None or not reports or not self.iterations or self.iterations[-1] <= 0:
+        reports, budget, iterations = self.history.reports, self.budget, self.iterations
+        if budget is None or not reports or not iterations:
             return budget
-        return math.ceil(budget * reports / self.iterations[-1])
+        # the measured reports so far, and as many more as the iterations left would make at
+        # the pace since the first measured one (one per iteration while it is not known)
+        pace = (reports - 1) / (iterations[-1] - iterations[0]) if reports > 1 else 1.0
+        if not 0 < pace <= 1:
+            pace = 1.0
+        return reports + math.ceil(max(0, budget - iterations[-1]) * pace)
 
     def rewind(self, iteration: int) -> int:
         """Forget the reports from ``iteration`` on: the trial restored from a checkpoint made

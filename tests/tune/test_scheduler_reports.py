@@ -193,3 +193,21 @@ def test_a_trial_restarted_from_scratch_after_a_freeze_is_not_taken_as_frozen(ca
     assert [d.describe() for d in freezes[-len(ref_freezes) :]] == [
         d.describe() for d in ref_freezes
     ]
+
+
+def test_the_measured_budget_counts_from_the_first_measured_report() -> None:
+    """The first report measures nothing (no record at initialisation), every later one does:
+    of a budget of 10 iterations, 9 are measured; the estimate never falls below that (it read
+    5 at iteration 2, which stopped a trial as unable to catch up too early)."""
+    from ikkuna_tune.tune.trial_view import TrialView
+
+    view = TrialView(budget=10)
+    for iteration in range(2, 11):
+        view.history.add(0.1, {}, {}, {})
+        view.iterations.append(iteration)
+        assert view.measured_budget() == 9, iteration
+    thrice = TrialView(budget=18)  # three reports per epoch, measured at epoch ends
+    for iteration in (3, 6, 9):
+        thrice.history.add(0.1, {}, {}, {})
+        thrice.iterations.append(iteration)
+    assert thrice.measured_budget() == 6

@@ -187,3 +187,29 @@ def test_a_subscribers_function_that_returns_no_list_is_a_clear_error(returned) 
     with pytest.raises(ValueError, match="to return a list of subscribers but got"):
         ik.instrument(trainable, lambda config: returned)({})
     assert current_session() is None
+
+
+def test_a_watch_in_a_thread_that_ends_without_closing_leaves_no_active_session() -> None:
+    """The process-wide registry of active sessions holds them weakly: a thread that watched
+    a model and ended without closing takes its session with it (it kept the model alive and
+    made a later report in another thread ambiguous)."""
+    import gc
+    import threading
+    import weakref
+
+    from ikkuna_tune.tune.session import active_sessions
+
+    models = []
+
+    def watch_and_end() -> None:
+        model = _model()
+        models.append(weakref.ref(model))
+        ik.watch(model)
+
+    for _ in range(3):
+        thread = threading.Thread(target=watch_and_end)
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert active_sessions() == 0
+    assert all(ref() is None for ref in models)
