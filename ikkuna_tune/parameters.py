@@ -65,6 +65,15 @@ def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
         ({}, ['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0'])
     """
     own = list(module._parameters)
+    # the parameters an older hook-based weight_norm / spectral_norm computes a weight from
+    # (weight_g and weight_v, weight_orig): the computed weight gets the metrics
+    parts = {
+        f"{hook.name}{suffix}"
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, (_WeightNorm, _SpectralNorm))
+        for suffix in ("_g", "_v", "_orig")
+    }
+    own = [name for name in own if name not in parts]
     roles: dict[str, str] = {}
     for role in ROLES:
         if tensor_attr(module, role) is not None:

@@ -16,6 +16,7 @@ from torch.nn.utils import parametrizations, parametrize
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.layers import select_modules
+from ikkuna_tune.parameters import parameter_roles
 
 
 class ScaledLinear(nn.Module):
@@ -195,6 +196,8 @@ def test_an_older_hook_based_weight_norm_is_published_as_the_forward_pass_uses_i
     torch.manual_seed(0)
     model = nn.Sequential(nn.utils.weight_norm(nn.Linear(5, 6)), nn.ReLU(), nn.Linear(6, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    # weight_g and weight_v make up the weight, which gets the metrics: no warning about them
+    assert parameter_roles(model[0]) == ({"weight": "weight", "bias": "bias"}, [])
     bus = MessageBus()
     ik.NormSubscriber("weights", bus, backend=None)
     ik.NormSubscriber("weight_updates", bus, backend=None)

@@ -118,7 +118,7 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
             legend = [(shown_value(v), colour_map(norm(x))) for x, v in distinct]
             return Colours(colour, legend=legend + extra)
         mappable = ScalarMappable(norm=norm, cmap=colour_map)
-        return Colours(colour, mappable=mappable, legend=extra if off_scale else [])
+        return Colours(colour, mappable=mappable, legend=extra)
     distinct_text = sorted({str(v) for v in present.values()})
     palette = colormaps["tab10" if len(distinct_text) <= 10 else "tab20"]
     by_value = {v: palette(i % palette.N) for i, v in enumerate(distinct_text)}

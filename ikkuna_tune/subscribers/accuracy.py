@@ -453,7 +453,9 @@ class TestAccuracySubscriber(PlotSubscriber):
         total: torch.Tensor | None = None
         # a DataLoader draws its base seed (and a shuffling sampler its order) from the global
         # random state: forked, so that evaluating leaves the training run's random draws alone
-        devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+        devices = []
+        if device is not None and device.type == "cuda":  # an index-less device: the current
+            devices = [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=devices), probe as probed, _evaluating(other, *named):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
