@@ -258,6 +258,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._held_modes: dict[str, dict[str, bool]] = {}
         self._freeze_handles: dict[str, RemovableHandle] = {}
         self._recompile_allowed = False  # see LayerFreezing._allow_recompilation
+        self._pass_kinds = set()
         self.ddp_sync = None
         self._update_before: dict[tuple[str, str], torch.Tensor] = {}
         self._update_buffers: dict[tuple[str, str], torch.Tensor] = {}
@@ -306,7 +307,11 @@ class Exporter(StepHooks, LayerFreezing):
         self.close()
 
     def close(self) -> None:
-        """Publish a pending ``batch_finished`` and remove every hook this Exporter added."""
+        """Publish a pending ``batch_finished``, remove every hook this Exporter added and
+        unfreeze the layers it froze (each parameter gets its ``requires_grad`` and each module
+        its mode back, as :meth:`unfreeze` gives them): the model is left as it was. A frozen
+        layer stays in :attr:`frozen` and in :meth:`state_dict`, so that a new Exporter
+        restored from it freezes it again."""
         if self._closed:
             return
         self._publish_traced()
@@ -320,11 +325,12 @@ class Exporter(StepHooks, LayerFreezing):
             for handle in handles:
                 handle.remove()
         self._kind_handles.clear()
-        for name, handle in self._freeze_handles.items():
-            handle.remove()
-            # without the hook the layer would stay in eval mode until the next model.train()
-            self.modules[name].module.train(self.model.training)
+        frozen = dict(self._frozen)
+        for name in list(frozen):  # flags and modes back: nothing of a freeze outlives it
+            self.unfreeze(name)
+        self._frozen.update(frozen)  # still what was frozen, for state_dict
         self._freeze_handles.clear()
+        self._restore_recompile_limit()
         self._update_before.clear()
         self._update_buffers.clear()
         self._zero_updates.clear()

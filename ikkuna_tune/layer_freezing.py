@@ -68,6 +68,11 @@ class LayerFreezing:
     _held_modes: dict[str, dict[str, bool]]
     _freeze_handles: dict[str, RemovableHandle]
     _recompile_allowed: bool
+    #: the kinds of forward pass the model ran, ``(training, gradients on)``: each is a graph
+    #: of its own for a compiled model
+    _pass_kinds: set[tuple[bool, bool]]
+    #: how much :meth:`_allow_recompilation` raised dynamo's recompile limit
+    _recompile_raised: int = 0
     _closed: bool
     #: DDP's trainable-only synchronisation, installed at the first freeze under DDP
     ddp_sync: TrainableOnlySyncState | None
@@ -200,17 +205,30 @@ class LayerFreezing:
 
     def _allow_recompilation(self) -> None:
         """Compiled code guards on which parameters need gradients, so a compiled model
-        recompiles once at the first forward pass after freezing or unfreezing (however many
-        layers changed). Each such change raises dynamo's recompile limit by one, so that a
-        trial that freezes layer after layer never reaches the limit (past it, dynamo would run
-        the model eagerly from then on); the limit still catches every other cause."""
+        recompiles once for each kind of forward pass it runs (training, evaluation with or
+        without gradients, as the epoch-end subscribers run it) after freezing or unfreezing
+        (however many layers changed). Each such change raises dynamo's recompile limit by the
+        number of kinds of pass seen so far, so that a trial that freezes layer after layer
+        never reaches the limit (past it, dynamo would run the model eagerly from then on); the
+        limit still catches every other cause, and :meth:`close` takes the increase back."""
         if self._recompile_allowed:
             return
         self._recompile_allowed = True  # until the next forward pass starts
         config = sys.modules.get("torch._dynamo.config")
         if config is not None:  # else nothing has been compiled
-            config.recompile_limit += 1  # type: ignore[attr-defined]
+            raised = max(1, len(self._pass_kinds))
+            config.recompile_limit += raised  # type: ignore[attr-defined]
+            self._recompile_raised += raised
             logger.debug("dynamo's recompile limit is now %d", config.recompile_limit)
+
+    def _restore_recompile_limit(self) -> None:
+        """Take back what :meth:`_allow_recompilation` added to dynamo's recompile limit."""
+        config = sys.modules.get("torch._dynamo.config")
+        if config is not None and self._recompile_raised:
+            config.recompile_limit = max(  # type: ignore[attr-defined]
+                1, config.recompile_limit - self._recompile_raised
+            )
+        self._recompile_raised = 0
 
     def _sync_trainable_only(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """At the first freeze under DDP: leave frozen parameters out of DDP's all-reduce
@@ -284,7 +302,7 @@ class LayerFreezing:
     def frozen_parameter_fraction(self) -> float:
         """Fraction of the model's parameters (by count) in frozen layers."""
         total = sum(p.numel() for p in self.model.parameters())
-        frozen = sum(
-            p.numel() for name in self._frozen for p in self.modules[name].module.parameters()
-        )
+        # a parameter two frozen layers share (tied weights) counts once, as in the total
+        held = {id(p): p for name in self._frozen for p in self.modules[name].module.parameters()}
+        frozen = sum(p.numel() for p in held.values())
         return frozen / total if total else 0.0

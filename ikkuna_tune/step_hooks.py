@@ -168,6 +168,7 @@ class StepHooks:
     _recompile_allowed: bool
 
     _group_counts: list[int]
+    _pass_kinds: set[tuple[bool, bool]]
 
     if TYPE_CHECKING:  # provided by LayerFreezing and Exporter
 
@@ -280,6 +281,7 @@ class StepHooks:
             return
         self._publish_traced()
         self._recompile_allowed = False
+        self._pass_kinds.add((self.model.training, torch.is_grad_enabled()))
         self._passes += 1
         self._current_pass = self._passes
         training = self._is_training_pass()

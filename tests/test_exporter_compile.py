@@ -160,6 +160,45 @@ def test_freezing_layer_after_layer_never_reaches_the_recompile_limit(caplog) ->
     exporter.close()
 
 
+@torch._dynamo.config.patch(recompile_limit=8)
+def test_freezes_with_an_evaluation_each_epoch_never_reach_the_limit_and_close_restores_it(
+    caplog,
+) -> None:
+    """Each freeze recompiles the training graph and the evaluation graph (eval mode, no
+    gradients: test accuracy at every epoch end): the limit must grow by two a freeze (it grew
+    by one, and the 7th freeze hit it). Closing the Exporter takes the increase back and
+    leaves the model trainable again."""
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(11)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus, depth=1)
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(16, 8), torch.randint(0, 8, (16,))
+
+    def epoch() -> None:
+        opt.zero_grad()
+        F.cross_entropy(compiled(x), y).backward()
+        opt.step()
+        with exporter.probe() as probed:  # as TestAccuracySubscriber evaluates
+            compiled(x)
+        assert probed is not None
+
+    epoch()
+    graphs = [_graphs()]
+    for layer in range(10):
+        exporter.freeze(str(layer))
+        epoch()
+        graphs.append(_graphs())
+    assert [b - a for a, b in itertools.pairwise(graphs)] == [2] * 10, graphs
+    assert "recompile_limit" not in caplog.text
+    exporter.close()
+    assert torch._dynamo.config.recompile_limit == 8
+    assert all(p.requires_grad for p in model.parameters())
+
+
 class _Twice(nn.Module):
     """A layer called twice in one forward pass: its calls are 'fc' and 'fc#2'."""
 

@@ -279,3 +279,39 @@ def test_a_layer_the_user_had_frozen_then_trains_again_is_released_with_its_flag
         assert all(p.requires_grad for p in model.parameters())
     moved = (model[0].weight - before).norm().item()
     assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)
+
+
+def test_the_frozen_fraction_counts_a_shared_weight_once() -> None:
+    """An embedding and a head that share one weight, both frozen: the weight is one share of
+    the parameters (it was counted twice, giving a fraction above 1)."""
+    torch.manual_seed(0)
+    emb, mid, head = nn.Embedding(100, 16), nn.Linear(16, 16), nn.Linear(16, 100)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "mid": mid, "head": head})
+    with ik.Exporter(model, depth=1) as exporter:
+        exporter.freeze("emb")
+        exporter.freeze("head")
+        frozen = {id(p): p.numel() for p in [emb.weight, head.bias]}
+        total = {id(p): p.numel() for p in model.parameters()}
+        assert exporter.frozen_parameter_fraction() == pytest.approx(
+            sum(frozen.values()) / sum(total.values())
+        )
+
+
+def test_closing_the_exporter_leaves_the_model_as_it_was() -> None:
+    """A layer frozen inside the block trains again after it, with its own flags (it stayed
+    untrainable, while its BatchNorm went back to training mode: half frozen); a frozen layer
+    stays in the state, for a new Exporter to freeze again."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    model[2].bias.requires_grad_(False)  # the user's own choice, kept
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    with ik.Exporter(model, opt) as exporter:
+        exporter.freeze("1")
+        exporter.freeze("2")
+        state = exporter.state_dict()
+    assert model[1].weight.requires_grad and model[1].training
+    assert model[2].weight.requires_grad and not model[2].bias.requires_grad
+    with ik.Exporter(model, opt) as again:
+        again.load_state_dict(state)
+        assert again.frozen == ("1", "2") and not model[1].weight.requires_grad
