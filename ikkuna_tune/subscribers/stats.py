@@ -37,7 +37,14 @@ from torch.nn.modules.conv import _ConvTransposeNd
 from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
-from ikkuna_tune.messages import DEFAULT_TAG, KindType, LayerBatch, Message, MessageBundle
+from ikkuna_tune.messages import (
+    BUILTIN_KINDS,
+    DEFAULT_TAG,
+    KindType,
+    LayerBatch,
+    Message,
+    MessageBundle,
+)
 from ikkuna_tune.subscribers.kinds import (
     check_spread_data,
     check_spread_kind,
@@ -244,7 +251,8 @@ class VarianceSubscriber(_TensorMetricSubscriber):
 
     def metric(self, data: torch.Tensor) -> torch.Tensor:
         if not self._data_checked:  # a kind of one number (a subscriber's output): no variance
-            check_spread_data(data, self.kind, type(self).__name__)
+            if self.kind not in BUILTIN_KINDS:  # a built-in tensor of one entry gives NaN, as said
+                check_spread_data(data, self.kind, type(self).__name__)
             self._data_checked = True
         return F.variance(data)
 
@@ -318,7 +326,8 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         key = message_or_bundle.key or ""
         data = message_or_bundle.data
         if not self._data_checked:  # a kind of one number (a subscriber's output): no matrix
-            check_spread_data(data, self.kind, type(self).__name__, 1, 1)
+            if self.kind not in BUILTIN_KINDS:
+                check_spread_data(data, self.kind, type(self).__name__, 1, 1)
             self._data_checked = True
         module = getattr(message_or_bundle, "module", None)
         transposed = module is not None and isinstance(module.module, _ConvTransposeNd)

@@ -474,3 +474,21 @@ def test_statistics_that_need_several_entries_refuse_a_kind_of_one_number(tiny, 
     with ik.Exporter(tiny, message_bus=bus) as exporter:
         with pytest.raises(ValueError, match="'train_accuracy' carries a tensor of shape \\(\\)"):
             exporter.wrap_loss(F.cross_entropy)(tiny(x), y)
+
+
+def test_a_layer_whose_tensor_has_one_entry_gets_a_nan_variance_not_an_error() -> None:
+    """A one-unit head's bias has one entry: its variance is NaN, as documented, whichever
+    layer comes first (the first-message check is for subscriber outputs only)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))
+    bus = MessageBus()
+    ik.VarianceSubscriber("biases", bus, backend=None)
+    got = _collect(bus, "biases_variance")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model[2].bias.detach().clone()  # the biases are published as the step starts
+    with ik.Exporter(model, opt, bus):
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+    assert math.isnan(float(_values(got, "0")[0]))
+    assert float(_values(got, "2")[0]) == pytest.approx(float(torch.var(before)), rel=1e-6)

@@ -299,7 +299,7 @@ def test_cli_compare_writes_plots_and_summary(experiment, tmp_path, capsys) -> N
     out = tmp_path / "out"
     argv = ["compare", str(experiment[0]), "--metric", "weight_sum", "--color-by", "lr"]
     assert main([*argv, "--summary-metric", "loss", "--mode", "min", "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if p.name != ".ikkuna_compare.json") == [
         "freeze_timeline.png",
         "layers_weight_sum.png",
         "report.html",
