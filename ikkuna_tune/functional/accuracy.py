@@ -6,9 +6,10 @@ import torch
 
 __all__ = [
     "accuracy",
-    "check_class_range",
     "check_targets",
+    "check_top_label",
     "class_counts",
+    "class_range",
     "correct",
     "count_correct",
     "predictions",
@@ -64,7 +65,8 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
 
     An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
     back to the host (a synchronisation on an accelerator), so call this once, not every step.
-    :func:`check_class_range` checks that class indices fit the output's classes.
+    :func:`class_range` and :func:`check_top_label` check that class indices fit the
+    output's classes.
 
     Raises:
         ValueError: naming what was expected and what was got (dtype, shape, an offending value).
@@ -116,22 +118,24 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     raise ValueError(_targets_message(target, output, got))
 
 
-def check_class_range(target: torch.Tensor, output: torch.Tensor) -> None:
-    """Refuse class indices at or beyond the number of classes ``output`` has (read as
-    :func:`count_correct` reads it): they would count as wrong, silently, where
-    ``cross_entropy`` raises. One read back to the host; soft labels are left alone.
+def class_range(
+    target: torch.Tensor, output: torch.Tensor, so_far: tuple[torch.Tensor, int] | None = None
+) -> tuple[torch.Tensor, int] | None:
+    """The largest class index of ``target`` (with ``so_far``'s, over batches; a 0-d tensor,
+    on the device: no read back) and the number of classes ``output`` has (read as
+    :func:`count_correct` reads it), for :func:`check_top_label`; ``so_far`` as it is for
+    soft labels and outputs no reading fits.
 
     Examples:
-        >>> check_class_range(torch.tensor([0, 2]), torch.zeros(2, 3))
-        >>> check_class_range(torch.tensor([1, 3]), torch.zeros(2, 3))  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected class indices below the 3 classes of the output ... got a label 3; ...
+        >>> top = class_range(torch.tensor([0, 1]), torch.zeros(2, 3))
+        >>> top = class_range(torch.tensor([2, 3]), torch.zeros(2, 3), top)
+        >>> int(top[0]), top[1]
+        (3, 3)
     """
     if output.dim() == 0 or target.numel() == 0:
-        return
+        return so_far
     if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
-        return  # one-hot or soft labels
+        return so_far  # one-hot or soft labels
     if _one_logit(output):
         classes = 2
     elif output.numel() == target.numel() * output.shape[1]:
@@ -139,13 +143,30 @@ def check_class_range(target: torch.Tensor, output: torch.Tensor) -> None:
     elif output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:
         classes = output.shape[-1]
     else:
-        return  # no reading gives one prediction per target: count_correct says so
-    top = float(target.detach().max())
-    if top >= classes:
+        return so_far  # no reading gives one prediction per target: count_correct says so
+    top = target.detach().max().to(output.device, torch.float64)
+    if so_far is not None:
+        top = torch.maximum(top, so_far[0])
+    return top, classes
+
+
+def check_top_label(top: torch.Tensor, classes: int) -> None:
+    """Refuse class indices at or beyond the number of classes (see :func:`class_range`):
+    they would count as wrong, silently, where ``cross_entropy`` raises. One read back.
+
+    Examples:
+        >>> check_top_label(torch.tensor(2.0), 3)
+        >>> check_top_label(torch.tensor(3.0), 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected class indices below the 3 classes of the output but got a label 3; ...
+    """
+    largest = float(top)
+    if largest >= classes:
         raise ValueError(
-            f"Expected class indices below the {classes} classes of the output (shape "
-            f"{tuple(output.shape)}) but got a label {top:g}; are the labels 1-based, or is the "
-            "output not the scores of every class?"
+            f"Expected class indices below the {classes} classes of the output but got a label "
+            f"{largest:g}; are the labels 1-based, or is the output not the scores of every "
+            "class? (An ignore index must be negative, as cross_entropy's -100: map 255 to it.)"
         )
 
 

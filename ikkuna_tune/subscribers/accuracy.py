@@ -17,7 +17,7 @@ from ikkuna_tune import functional as F
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
-from ikkuna_tune.functional.accuracy import check_class_range, check_targets
+from ikkuna_tune.functional.accuracy import check_targets, check_top_label, class_range
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
@@ -224,6 +224,15 @@ def _first_labels(
         return None
     if n == 0:
         raise ValueError("Expected a test data set with samples but got an empty one")
+    try:
+        batches = len(loader)
+    except TypeError:  # a sampler without a length
+        batches = None
+    if batches == 0:  # drop_last with fewer samples than a batch, an empty sampler
+        raise ValueError(
+            f"Expected a test DataLoader that yields batches but got one that yields none "
+            f"({n} samples, batch_size={loader.batch_size}, drop_last={loader.drop_last})"
+        )
     try:
         if loader.batch_sampler is None:  # no automatic batching: every sample is a batch
             batch = loader.collate_fn(dataset[0])
@@ -448,6 +457,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         probe = exporter.probe(self.probe_tag) if exporter is not None else nullcontext()
         # the probe puts the Exporter's model in eval mode; any other model is handled here
         other = None if exporter is not None and model is exporter.model else model
+        ranging = False
+        top: tuple[torch.Tensor, int] | None = None  # the largest label, the classes
         hits: torch.Tensor | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
         total: torch.Tensor | None = None
@@ -481,8 +492,10 @@ class TestAccuracySubscriber(PlotSubscriber):
                     )
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
-                    check_class_range(batch[1], outputs)
                     self._labels_checked = True
+                    ranging = True  # the labels' range is checked over this whole evaluation
+                if ranging:
+                    top = class_range(labels, outputs, top)
                 batch_hits, batch_total = F.count_correct(outputs, labels)
                 hits = batch_hits if hits is None else hits + batch_hits
                 total = batch_total if total is None else total + batch_total
@@ -490,6 +503,8 @@ class TestAccuracySubscriber(PlotSubscriber):
                     counts = _summed(counts, F.class_counts(outputs, labels))
         if hits is None or total is None:
             raise ValueError("The test data set is empty")
+        if top is not None:
+            check_top_label(*top)  # one read back, in the first evaluation only
         counted = total.clamp(min=1)  # every label ignored: accuracy and chance 0
         if counts is not None:
             self._chance = counts.max().float().to(counted.device) / counted

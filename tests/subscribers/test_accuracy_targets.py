@@ -320,3 +320,25 @@ def test_test_labels_beyond_the_models_classes_are_refused_at_the_first_evaluati
     )
     with pytest.raises(ValueError, match="below the 4 classes of the output .* got a label 4"):
         shifted.evaluate()
+
+
+def test_the_label_range_is_checked_over_the_whole_first_evaluation() -> None:
+    """A test set sorted by class whose labels are 1-based: its first batch (all 1s) fits the
+    3 classes, its last (3s) does not; the whole first evaluation is checked."""
+    x = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(30) // 10 + 1  # 1, 2, 3
+    sub = ik.TestAccuracySubscriber(
+        TensorDataset(x, labels), forward_fn=nn.Linear(3, 3), batch_size=10
+    )
+    with pytest.raises(ValueError, match="below the 3 classes of the output but got a label 3"):
+        sub.evaluate()
+
+
+def test_a_test_loader_that_yields_no_batch_is_refused_at_construction() -> None:
+    data = TensorDataset(torch.randn(10, 3), torch.zeros(10, dtype=torch.long))
+    for loader in (
+        DataLoader(data, batch_size=32, drop_last=True),
+        DataLoader(data, sampler=torch.utils.data.SubsetRandomSampler([])),
+    ):
+        with pytest.raises(ValueError, match="DataLoader that yields batches but got one that"):
+            ik.TestAccuracySubscriber(loader, backend=None)
