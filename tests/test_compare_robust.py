@@ -317,3 +317,11 @@ def test_files_no_comparison_wrote_are_never_removed(tmp_path) -> None:
     compare.compare_experiment(experiment, out, metric="sim", html=False)
     for name in ("report.html", "decisions.csv", "notes.txt"):
         assert (out / name).read_text() == "the user's own"
+
+
+def test_comparing_two_metrics_into_one_directory_keeps_both_figures(tmp_path) -> None:
+    experiment = handmade(tmp_path)
+    out = tmp_path / "out"
+    compare.compare_experiment(experiment, out, metric="sim")
+    compare.compare_experiment(experiment, out, metric="frozen")
+    assert {"layers_sim.png", "layers_frozen.png"} <= {p.name for p in out.iterdir()}

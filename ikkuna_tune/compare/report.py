@@ -263,13 +263,17 @@ def _write(
 
 #: The file in an output directory that lists what the last comparison into it wrote.
 MANIFEST = ".ikkuna_compare.json"
+#: Outputs that stand for the whole experiment whatever the metric: one left by a comparison
+#: of another experiment would be read as this one's.
+_ONE_PER_EXPERIMENT = ("freeze_timeline.png", "decisions.csv", HTML_REPORT)
 
 
 def _remove_stale(out: Path, files: list[Path]) -> None:
     """Remove the outputs the last comparison into ``out`` wrote (as its manifest lists them)
-    that this one did not write (a freeze timeline or decisions of another experiment, an HTML
-    report with ``html=False``): left there, they would be read as this experiment's. A file
-    no comparison wrote is never touched. Then list this comparison's outputs."""
+    that stand for a whole experiment and that this one did not write (a freeze timeline or
+    decisions of another experiment, an HTML report with ``html=False``): left there, they
+    would be read as this experiment's. A figure of another metric stays, and a file no
+    comparison wrote is never touched. Then list this comparison's outputs."""
     manifest = out / MANIFEST
     earlier: list[str] = []
     try:
@@ -281,7 +285,8 @@ def _remove_stale(out: Path, files: list[Path]) -> None:
     written = {path.name for path in files}
     for name in earlier:
         path = out / name
-        if name not in written and Path(name).name == name and path.is_file():
+        # a figure of another metric (layers_<metric>.png) is not stale: it says what it shows
+        if name in _ONE_PER_EXPERIMENT and name not in written and path.is_file():
             path.unlink()
             logger.warning(
                 "Removed %s, written by an earlier comparison: this one writes none", path
