@@ -213,13 +213,8 @@ def test_restored_exporter_refreezes_the_buffers() -> None:
             assert torch.equal(getattr(fresh.bn, name), before[name]), name
 
 
-def test_a_frozen_layer_the_training_code_makes_trainable_again_counts_as_unfrozen(caplog):
-    """``requires_grad_(True)`` on every parameter (a fine-tuning phase that trains everything)
-    after the Exporter froze a layer: the layer trains, so it is unfrozen with a warning, runs
-    in training mode and its update is what the step changed (it was published as zero)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.2), nn.Linear(6, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+def _updates_of_layer_0() -> tuple[MessageBus, list[float]]:
+    """A bus whose weight-update norms of layer '0' are kept in the returned list."""
     bus = MessageBus()
     ik.NormSubscriber("weight_updates", bus, backend=None)
     updates: list[float] = []
@@ -228,6 +223,17 @@ def test_a_frozen_layer_the_training_code_makes_trainable_again_counts_as_unfroz
         lambda m: updates.append(float(m.data)) if m.key == "0" else None,
         bus,
     )
+    return bus, updates
+
+
+def test_a_frozen_layer_the_training_code_makes_trainable_again_counts_as_unfrozen(caplog):
+    """``requires_grad_(True)`` on every parameter (a fine-tuning phase that trains everything)
+    after the Exporter froze a layer: the layer trains, so it is unfrozen with a warning, runs
+    in training mode and its update is what the step changed (it was published as zero)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.2), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus, updates = _updates_of_layer_0()
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with ik.Exporter(model, opt, bus) as exporter:
         exporter.freeze("0")
@@ -255,14 +261,7 @@ def test_a_layer_the_user_had_frozen_then_trains_again_is_released_with_its_flag
     for param in [*model[0].parameters(), *model[1].parameters()]:
         param.requires_grad_(False)
     opt = torch.optim.SGD(model[2].parameters(), lr=0.5)
-    bus = MessageBus()
-    ik.NormSubscriber("weight_updates", bus, backend=None)
-    updates: list[float] = []
-    ik.CallbackSubscriber(
-        ["weight_updates_norm2"],
-        lambda m: updates.append(float(m.data)) if m.key == "0" else None,
-        bus,
-    )
+    bus, updates = _updates_of_layer_0()
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with ik.Exporter(model, opt, bus) as exporter:
         exporter.freeze("0")
