@@ -227,6 +227,8 @@ class TrialSession:
         self.results: list[dict[str, Any]] = []
         #: mean step time measured while no layer was frozen: (total seconds, reports)
         self._unfrozen_time = (0.0, 0)
+        #: whether a report found a layer frozen: the mean step time before any freeze stops
+        self._frozen_once = False
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
@@ -392,7 +394,9 @@ class TrialSession:
         merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
-        if step_seconds is not None and not exporter.frozen:
+        if exporter.frozen:
+            self._frozen_once = True  # from here on no step time is one of no freeze
+        if step_seconds is not None and not self._frozen_once:
             total, count = self._unfrozen_time
             self._unfrozen_time = (total + step_seconds, count + 1)
         total, count = self._unfrozen_time
@@ -505,6 +509,7 @@ class TrialSession:
             "exporter": self.exporter.state_dict(),
             "subscribers": [s.state_dict() for s in self.subscribers],
             "unfrozen_time": list(self._unfrozen_time),
+            "frozen_once": self._frozen_once,
             "freeze_reasons": dict(self.freeze_reasons),
         }
 
@@ -522,6 +527,7 @@ class TrialSession:
         self.exporter.load_state_dict(state["exporter"])
         total, count = state.get("unfrozen_time", (0.0, 0))
         self._unfrozen_time = (float(total), int(count))
+        self._frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)

@@ -192,3 +192,21 @@ def test_a_sweep_without_a_freeze_has_no_reasons_and_no_empty_metric(tmp_path) -
     assert df.loc[df["metric"] == "step_seconds", "training_iteration"].tolist() == [3]
     (row,) = compare.summary(df).to_dict("records")
     assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}
+
+
+def test_the_step_time_before_any_freeze_stops_at_the_first_freeze() -> None:
+    """``step_seconds_unfrozen`` is the mean step time before any freeze: reports after a
+    layer was frozen, also once it is unfrozen again, do not change it (they did, after an
+    unfreeze); the state keeps that a freeze happened."""
+    trial = _Trial()
+    trial.report(1)  # the timer's warm-up
+    before = [trial.report(2)["step_seconds"] for _ in range(2)]
+    trial.exporter.freeze("conv")
+    trial.report(2)
+    trial.exporter.unfreeze("conv")
+    after = [trial.report(2) for _ in range(2)]
+    assert all(r["step_seconds"] > 0 for r in after)
+    assert [r["step_seconds_unfrozen"] for r in after] == [pytest.approx(sum(before) / 2)] * 2
+    state = trial.session.state_dict()
+    assert state["frozen_once"] is True
+    trial.session.close()
