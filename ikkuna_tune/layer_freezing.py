@@ -290,6 +290,6 @@ class LayerFreezing:
         """Fraction of the model's parameters (by count) in frozen layers."""
         total = sum(p.numel() for p in self.model.parameters())
         # a parameter two frozen layers share (tied weights) counts once, as in the total
-        held = {id(p): p for name in self._frozen for p in self.modules[name].module.parameters()}
-        frozen = sum(p.numel() for p in held.values())
+        unique = {id(p): p for n in self._frozen for p in self.modules[n].module.parameters()}
+        frozen = sum(p.numel() for p in unique.values())
         return frozen / total if total else 0.0

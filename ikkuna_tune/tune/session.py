@@ -157,7 +157,7 @@ def reporting_session() -> TrialSession | None:
     own = _current.get()
     if own is not None:
         return own
-    active = [session for session in _active.values() if not session.closed]
+    active = _open_sessions()
     return active[0] if len(active) == 1 else None
 
 
@@ -172,7 +172,12 @@ def active_sessions() -> int:
         >>> seen, active_sessions()  # the trial's session, while it runs
         ([1], 0)
     """
-    return sum(not session.closed for session in _active.values())
+    return len(_open_sessions())
+
+
+def _open_sessions() -> list[TrialSession]:
+    """The active sessions whose Exporter has not been closed."""
+    return [session for session in _active.values() if not session.closed]
 
 
 def _tune_context() -> Any | None:
