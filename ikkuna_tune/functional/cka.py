@@ -13,25 +13,80 @@ References:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["linear_cka", "live_fraction"]
+__all__ = ["CKASide", "cka_side", "linear_cka", "linear_cka_of_sides", "live_fraction"]
 
 
-def _centred(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach().double()
-    return x - x.mean(dim=0, keepdim=True)
+class CKASide(NamedTuple):
+    """One side of linear CKA (:func:`cka_side`), kept for pairing with any other side: a layer's
+    activations at initialisation are prepared once and compared at every checkpoint.
+
+    Examples:
+        >>> x = torch.randn(30, 4, dtype=torch.float64)
+        >>> side = cka_side(x)
+        >>> tuple(side.centred.shape), bool(side.finite)
+        ((30, 4), True)
+    """
+
+    #: The activations in float64 with each column's mean subtracted.
+    centred: torch.Tensor
+    #: ``||Xc^T Xc||_F`` (0-d float64): the Frobenius norm of the side's Gram matrix.
+    norm: torch.Tensor
+    #: Whether the side was finite (0-d bool).
+    finite: torch.Tensor
+
+
+def cka_side(x: torch.Tensor) -> CKASide:
+    """Prepare one activation matrix (n_samples, n_features) for :func:`linear_cka_of_sides`.
+
+    The norm of the Gram matrix is taken from the smaller of ``Xc^T Xc`` and ``Xc Xc^T`` (their
+    non-zero eigenvalues, hence Frobenius norms, are equal). Nothing is read back to the host.
+
+    Raises:
+        ValueError: for anything but a matrix with at least 2 rows.
+    """
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(
+            f"Expected a matrix with >= 2 rows (samples) but got shape {tuple(x.shape)}"
+        )
+    xc = x.detach().double()
+    xc = xc - xc.mean(dim=0, keepdim=True)
+    gram = xc.T @ xc if xc.shape[0] >= xc.shape[1] else xc @ xc.T
+    return CKASide(xc, torch.linalg.matrix_norm(gram), torch.isfinite(xc).all())
+
+
+def linear_cka_of_sides(a: CKASide, b: CKASide) -> torch.Tensor:
+    """Linear CKA between the two matrices whose :func:`cka_side` ``a`` and ``b`` are: the value
+    of :func:`linear_cka`, with only the cross product left to compute.
+
+    Raises:
+        ValueError: if the sides have different numbers of rows.
+    """
+    if a.centred.shape[0] != b.centred.shape[0]:
+        raise ValueError(
+            "Expected two sides with the same number of rows but got shapes "
+            f"{tuple(a.centred.shape)} and {tuple(b.centred.shape)}"
+        )
+    device = a.centred.device
+    cross = torch.linalg.matrix_norm(b.centred.to(device).T @ a.centred) ** 2
+    norms = a.norm * b.norm.to(device)
+    value = torch.where(norms > 0, cross / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    finite = a.finite & b.finite.to(device)
+    return torch.where(finite, value.clamp(0.0, 1.0), torch.full_like(value, math.nan))
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Linear CKA between two activation matrices with the same rows (data points).
 
     ``CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`` with column-centred ``Xc``, ``Yc``,
-    computed in float64 from feature-space products (cost ``O(n p q)``). 1 for representations
-    equal up to an orthogonal map and a scale, 0 for unrelated ones. A side without any
-    variance (every feature constant over the rows) gives 0; non-finite input gives NaN. The
-    result is a 0-d float64 tensor on ``x``'s device; nothing is read back to the host.
+    computed in float64 from products of cost ``O(n p q)``. 1 for representations equal up to an
+    orthogonal map and a scale, 0 for unrelated ones. A side without any variance (every
+    feature constant over the rows) gives 0; non-finite input gives NaN. The result is a 0-d
+    float64 tensor on ``x``'s device; nothing is read back to the host. To compare one matrix
+    with many, prepare it once with :func:`cka_side` and use :func:`linear_cka_of_sides`.
 
     Examples:
         >>> x = torch.randn(100, 5, dtype=torch.float64)
@@ -44,12 +99,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             "Expected two matrices with the same number (>= 2) of rows but got shapes "
             f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
-    xc, yc = _centred(x), _centred(y.to(x.device))
-    cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
-    norms = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
-    value = torch.where(norms > 0, cross / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    finite = torch.isfinite(xc).all() & torch.isfinite(yc).all()
-    return torch.where(finite, value.clamp(0.0, 1.0), torch.full_like(value, math.nan))
+    return linear_cka_of_sides(cka_side(x), cka_side(y.to(x.device)))
 
 
 def live_fraction(x: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:

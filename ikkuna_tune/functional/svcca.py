@@ -23,6 +23,7 @@ import torch
 
 from ikkuna_tune.checks import check_fraction
 from ikkuna_tune.functional.cca import (
+    _EPS,
     _centred,
     _cosines,
     _floor,
@@ -110,15 +111,30 @@ def _kept_basis(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis of the kept leading directions of one centred side, and their count.
 
+    Where :func:`_gram_resolves` ``keep`` (at a probe's sizes, every ``keep`` short of 1 by
+    more than about 1e-6) the side is reduced from its Gram matrix
+    (:func:`_kept_basis_from_gram`), otherwise from the triangular factor of its QR
+    (:func:`_kept_basis_from_qr`). With ``slice_kept`` the kept
+    columns are cut out (their number is read to the host), otherwise the dropped ones are zero.
+    ``noise`` holds the columns' bounds on the input's rounding error (:func:`_centred`).
+    """
+    if _gram_resolves(tuple(x.shape), keep):
+        return _kept_basis_from_gram(x, keep, slice_kept, noise)
+    return _kept_basis_from_qr(x, keep, slice_kept, noise)
+
+
+def _kept_basis_from_qr(
+    x: torch.Tensor, keep: float, slice_kept: bool, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_kept_basis` from a Householder QR, for ``keep`` too close to 1 for the Gram route.
+
     The triangular factor of a Householder QR (``Q`` is not formed) has the singular values and
     right singular vectors of ``x``: with ``R = W diag(s) V^T``, ``x V diag(1/s) = Q W`` are the
     left singular vectors of ``x``, found with one matrix product. Only kept directions are
     divided by their singular value, and with ``keep < 1`` a kept direction has
     ``s_i >= s_1 sqrt((1 - keep) / p)`` (the variance from ``i`` on is more than ``1 - keep`` of
     the total and at most ``p s_i^2``), so the division amplifies rounding by at most
-    ``sqrt(p / (1 - keep))``: about 300 for ``keep=0.99`` and 1,000 features. With ``slice_kept``
-    the kept columns are cut out (their number is read to the host), otherwise the dropped ones
-    are zero. ``noise`` holds the columns' bounds on the input's rounding error (:func:`_centred`).
+    ``sqrt(p / (1 - keep))``: about 300 for ``keep=0.99`` and 1,000 features.
     """
     r = torch.linalg.qr(x, mode="r").R
     _, s, vh = torch.linalg.svd(r, full_matrices=False)
@@ -128,6 +144,64 @@ def _kept_basis(
         return x @ (vh[:k].T / s[:k]), mask.new_tensor(k, dtype=torch.int64)
     scale = torch.where(mask, 1.0 / torch.where(mask, s, torch.ones_like(s)), torch.zeros_like(s))
     return x @ (vh.T * scale), mask.sum()
+
+
+#: How far below the smallest variance share that ``keep`` can keep the Gram route's rounding
+#: must stay (:func:`_gram_resolves`).
+_GRAM_MARGIN = 100.0
+
+
+def _gram_resolves(shape: tuple[int, ...], keep: float) -> bool:
+    """Whether the Gram route finds exactly the directions ``keep`` keeps, for a side of ``shape``.
+
+    Forming ``G = x^T x`` (or ``x x^T``) and its eigendecomposition in float64 perturbs the
+    eigenvalues ``s_i^2`` by at most about ``n m eps s_1^2`` (``m`` the smaller dimension): a
+    direction below ``sqrt(n m eps) s_1`` cannot be told from rounding. Such directions hold at
+    most ``m n m eps`` of the variance, and the variance mask never reaches them while
+    ``1 - keep`` is far above that. The route is taken when the margin is ``_GRAM_MARGIN``.
+
+    Examples:
+        >>> _gram_resolves((300, 128), 0.99), _gram_resolves((300, 128), 1 - 1e-8)
+        (True, False)
+    """
+    n, m = max(shape), min(shape)
+    return _GRAM_MARGIN * m * n * m * _EPS < 1.0 - keep
+
+
+def _kept_basis_from_gram(
+    x: torch.Tensor, keep: float, slice_kept: bool, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_kept_basis` from the eigendecomposition of the smaller Gram matrix of ``x``.
+
+    With at least as many rows as columns, ``x^T x = V diag(s^2) V^T`` gives the singular values
+    and right singular vectors, and ``x V diag(1/s)`` are the left singular vectors (dividing
+    only kept directions, with ``s_i >= s_1 sqrt((1 - keep) / p)`` as in
+    :func:`_kept_basis_from_qr`); with fewer rows, ``x x^T = U diag(s^2) U^T`` gives the left
+    singular vectors directly. Both Gram matrices cost one matrix product and a symmetric
+    eigendecomposition, about half of a QR and an SVD at the sizes of a probe. Squaring doubles
+    the condition number, so directions below ``sqrt(n m eps) s_1`` drop out as rounding (the
+    arithmetic floor here); :func:`_gram_resolves` only allows ``keep`` that never reaches them.
+    The kept subspace moves by at most ``s_1 / s_k <= sqrt(p / (1 - keep))`` times what a QR and
+    SVD would move it by (a few hundred units of rounding at common sizes).
+    """
+    n, p = x.shape
+    features = n >= p
+    gram = x.T @ x if features else x @ x.T
+    squares, vectors = torch.linalg.eigh(gram)
+    squares, vectors = squares.flip(0), vectors.flip(1)  # descending
+    s = squares.clamp_min(0.0).sqrt()
+    arithmetic = math.sqrt(n * min(n, p) * _EPS) * s[:1]
+    mask = (s > arithmetic) & (s > _floor(noise)) & (s > 0) & _variance_mask(s, keep)
+    if slice_kept:
+        k = int(mask.sum())
+        count = mask.new_tensor(k, dtype=torch.int64)
+        if features:
+            return x @ (vectors[:, :k] / s[:k]), count
+        return vectors[:, :k], count
+    if features:
+        inverse = torch.where(mask, s, torch.ones_like(s)).reciprocal()
+        return x @ (vectors * torch.where(mask, inverse, torch.zeros_like(s))), mask.sum()
+    return vectors * mask, mask.sum()
 
 
 def _svcca(

@@ -24,7 +24,7 @@ from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
-from ikkuna_tune.functional.cka import linear_cka, live_fraction
+from ikkuna_tune.functional.cka import CKASide, cka_side, linear_cka_of_sides, live_fraction
 from ikkuna_tune.functional.svcca import (
     KeptBasis,
     _check_keep,
@@ -184,6 +184,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # matrix is reduced once, at its own checkpoint, and reused at the next
         self._bases: dict[str, KeptBasis] = {}
         self._initial: dict[str, torch.Tensor] | None = None
+        # each layer's CKA side of the activations at initialisation: prepared once, compared
+        # with every checkpoint's (rebuilt whenever those activations are recorded or restored)
+        self._initial_sides: dict[str, CKASide] = {}
         published = (
             [keys.SELF_SIMILARITY, keys.INIT_SIMILARITY, keys.LIVE_FRACTION]
             if track_init
@@ -214,6 +217,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             and (self._initial is None or stale)
         ):
             self._initial = self.record()
+            self._initial_sides = {}
             self._initial_of = id(access)
 
     def detached(self, message_bus: MessageBus) -> None:
@@ -266,7 +270,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 items.append((keys.SELF_SIMILARITY, name, similarity))
             start = initial.get(name) if initial is not None else None
             if start is not None and start.shape == now.shape:
-                items.append((keys.INIT_SIMILARITY, name, linear_cka(now, start.to(now.device))))
+                side = self._initial_sides.get(name)
+                if side is None:
+                    side = self._initial_sides[name] = cka_side(start.to(now.device))
+                items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(cka_side(now), side)))
                 items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
         if not items:
             return {}
@@ -380,6 +387,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self._bases = {}
         if state.get("initial") is not None:
             self._initial = dict(state["initial"])
+            self._initial_sides = {}
             self._initial_of = None  # from the checkpoint: kept whatever model comes
         self.trigger.batches = int(state["batches"])
 

@@ -143,6 +143,56 @@ def test_kept_basis_is_orthonormal_within_the_bound_of_keep() -> None:
         assert (gram - torch.eye(int(k), dtype=gram.dtype)).abs().max().item() < tol
 
 
+def _spectrum(n: int, p: int, decades: float, seed: int) -> np.ndarray:
+    """An (n, p) matrix of either shape whose singular values fall evenly (in log) over
+    ``decades`` decades, plus an offset (centring removes it)."""
+    r = min(n, p)
+    u, v = _orthogonal(n, seed)[:, :r], _orthogonal(p, seed + 1)[:r]
+    return (u * np.logspace(0, -decades, r)) @ v + 3.0
+
+
+@pytest.mark.parametrize("shape", [(300, 20), (400, 128), (20, 30), (2000, 8)])
+@pytest.mark.parametrize("slice_kept", [True, False])
+def test_gram_and_qr_reductions_keep_the_same_directions(shape, slice_kept) -> None:
+    """The eigendecomposition of the Gram matrix (taken where it resolves ``keep``) spans the
+    subspace that the QR and SVD span, with as many directions, for both shapes of a side."""
+    from ikkuna_tune.functional.cca import _centred
+    from ikkuna_tune.functional.svcca import (
+        _gram_resolves,
+        _kept_basis_from_gram,
+        _kept_basis_from_qr,
+    )
+
+    x = torch.from_numpy(_spectrum(*shape, decades=5, seed=sum(shape)))
+    for keep in (0.5, 0.9, 0.99, 1 - 1e-6):
+        assert _gram_resolves(shape, keep)
+        projectors = []
+        for reduce in (_kept_basis_from_gram, _kept_basis_from_qr):
+            centred, _, noise = _centred((x,), compact=slice_kept)
+            basis, count = reduce(centred, keep, slice_kept, noise)
+            projectors.append((basis @ basis.T, int(count)))
+        (gram, k_gram), (qr, k_qr) = projectors
+        assert k_gram == k_qr > 0
+        assert (gram - qr).abs().max().item() < 1e-9, keep
+
+
+def test_gram_reduction_with_fewer_samples_than_features_matches_lapack() -> None:
+    """A side with more features than samples (the Gram matrix of the samples is taken) gives
+    the Bjorck-Golub formula on LAPACK's own leading left singular vectors."""
+    x, y = _spectrum(40, 90, 4, seed=30), _spectrum(40, 70, 3, seed=33)
+
+    def leading(a: np.ndarray) -> np.ndarray:
+        u, s, _ = np.linalg.svd(a - a.mean(0), full_matrices=False)
+        s = np.where(s > 1e-12 * s[0], s, 0.0)  # the direction of the removed mean
+        before = np.cumsum(s**2) - s**2
+        return u[:, (before < 0.99 * np.sum(s**2)) & (s > 0)]
+
+    ux, uy = leading(x), leading(y)
+    expected = np.linalg.svd(ux.T @ uy, compute_uv=False).clip(0, 1).sum()
+    expected /= min(ux.shape[1], uy.shape[1])
+    assert F.svcca_similarity(x, y, keep=0.99) == pytest.approx(expected, abs=1e-9)
+
+
 # ----------------------------------------------------------------------------- invariances
 @pytest.mark.parametrize("scale", [1e-6, 0.5, 1e6])
 def test_rotated_and_scaled_copy_has_similarity_one(scale) -> None:
