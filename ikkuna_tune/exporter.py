@@ -137,7 +137,11 @@ class Exporter(StepHooks, LayerFreezing):
     Args:
         model: the network to watch.
         optimizer: its optimizer, or a sequence of its optimizers; needed for
-            ``weight_updates``/``bias_updates`` and marks the end of a step.
+            ``weight_updates``/``bias_updates`` and marks the end of a step. Gradients are read
+            as the optimizer is about to use them: at ``optimizer.step()``, or after the first
+            call of the closure given to it (further calls in the same step, L-BFGS's line
+            search, publish under the tag ``'closure'``). A step pre-hook the user registers
+            after the Exporter runs after this read (clipping there is not seen).
         message_bus: the bus to publish on (a new one by default).
         depth: track modules at this depth instead of the leaf layers (see :func:`select_modules`).
         module_filter: track only layers of these classes (subclasses included).

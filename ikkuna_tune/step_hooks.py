@@ -32,12 +32,23 @@ from ikkuna_tune.messages import (
 )
 from ikkuna_tune.parameters import Entry, tensor_attr, tensor_attrs
 
-__all__ = ["EVAL_TAG", "GRADIENT_KINDS", "PARAM_KINDS", "SKIPPED_TAG", "UPDATE_KINDS", "StepHooks"]
+__all__ = [
+    "CLOSURE_TAG",
+    "EVAL_TAG",
+    "GRADIENT_KINDS",
+    "PARAM_KINDS",
+    "SKIPPED_TAG",
+    "UPDATE_KINDS",
+    "StepHooks",
+]
 
 #: Tag of forward passes the user runs in eval mode or without gradients.
 EVAL_TAG = "eval"
 #: Tag of the (zero) updates of a step that a GradScaler skipped (inf or NaN gradients).
 SKIPPED_TAG = "skipped"
+#: Tag of the forward passes of an optimizer's closure after its first call in a step (L-BFGS
+#: evaluates the loss at trial weights during its line search).
+CLOSURE_TAG = "closure"
 #: The role ('weight' or 'bias') of the parameter each per-parameter kind is about.
 PARAM_KINDS = {
     "weights": "weight",
@@ -467,7 +478,9 @@ class StepHooks:
         if param.grad is not None and self._due(kind, named.name):
             self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
 
-    def _on_optimizer_pre(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+    def _on_optimizer_pre(
+        self, index: int, optimizer: torch.optim.Optimizer, *args: Any
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if not self._step_open:
             # no training-mode forward pass opened this step: the model trains in eval mode
             # (batch-norm statistics frozen, say), or the optimizer steps before its closure's
@@ -486,10 +499,9 @@ class StepHooks:
         if len(optimizer.param_groups) != self._group_counts[index]:  # add_param_group
             self._reassign_parameters()
         layers = self._optimizer_layers[index]
-        for kind in self._want_gradients:
-            entries = layers[GRADIENT_KINDS[kind]]
-            grads = [None if p is None else p.grad for p in tensor_attrs(entries)]
-            self._publish_layers(kind, *_present(entries, grads))
+        replaced = self._closure_step(index, *args)
+        if replaced is None:
+            self._publish_gradients(index)
         bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
         for kind in self._want_updates:
             role = UPDATE_KINDS[kind]
@@ -506,6 +518,50 @@ class StepHooks:
                     if param is not None:
                         key = (name, kind)
                         self._update_before[key] = self._snapshot(key, param)
+        return replaced
+
+    def _publish_gradients(self, index: int) -> None:
+        """The gradients of optimizer ``index``'s parameters, as it is about to use them."""
+        layers = self._optimizer_layers[index]
+        for kind in self._want_gradients:
+            entries = layers[GRADIENT_KINDS[kind]]
+            grads = [None if p is None else p.grad for p in tensor_attrs(entries)]
+            self._publish_layers(kind, *_present(entries, grads))
+
+    # ``optimizer.step(closure)`` computes the gradients inside the step: the closure's first
+    # call evaluates the loss and its gradients at the step's weights, and further calls (L-BFGS's
+    # line search) at trial weights. The closure is replaced by one that publishes the gradients
+    # after its first call and runs the further calls as passes of their own (CLOSURE_TAG), so
+    # that the step's loss, activations and train accuracy are those of its weights.
+    def _closure_step(
+        self, index: int, step_args: tuple[Any, ...] = (), step_kwargs: dict[str, Any] | None = None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The optimizer step's arguments with its closure replaced (see above), or None when
+        it was given no closure. ``step_args`` are those of the bound call: the optimizer
+        first, then the closure if given by position."""
+        kwargs = dict(step_kwargs or {})
+        positional = len(step_args) > 1
+        closure = step_args[1] if positional else kwargs.get("closure")
+        if not callable(closure):
+            return None
+        calls = [0]
+
+        def publishing_closure(*args: Any, **inner: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:
+                result = closure(*args, **inner)
+                self._publish_gradients(index)
+                return result
+            previous, self._probe_tag = self._probe_tag, self._probe_tag or CLOSURE_TAG
+            try:
+                return closure(*args, **inner)
+            finally:
+                self._probe_tag = previous
+
+        if positional:
+            return (step_args[0], publishing_closure, *step_args[2:]), kwargs
+        kwargs["closure"] = publishing_closure
+        return step_args, kwargs
 
     @staticmethod
     def _buffer_like(

@@ -179,3 +179,80 @@ def test_a_layer_an_optimizer_takes_up_later_gets_gradients_and_updates(tiny, ba
                     _only(got, "weight_updates", layer), after[name] - before[name]
                 )
                 torch.testing.assert_close(_only(got, "weight_gradients", layer), grads[name])
+
+
+def _closure_run(make_opt, steps: int = 3, by_keyword: bool = False):
+    """Train a small MLP with ``optimizer.step(closure)``; the reference gradient norms and
+    losses of each step's first closure call (at the step's weights), the number of calls, and
+    what was published."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = make_opt(model.parameters())
+    bus = MessageBus()
+    got = _record(bus, ["weight_gradients", "loss"])
+    tagged: list[tuple[str, int]] = []
+    ik.CallbackSubscriber(["loss"], lambda m: tagged.append((m.tag, m.global_step)), bus, tag=None)
+    accuracy: dict[int, float] = {}
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: accuracy.__setitem__(m.global_step, float(m.data)), bus
+    )
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    reference: list[dict[str, float]] = []
+    calls: list[int] = []
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(steps):
+            first: dict[str, float] = {}
+            count = [0]
+
+            def closure(first=first, count=count):
+                count[0] += 1
+                opt.zero_grad()
+                out = model(x)
+                loss = loss_fn(out, y)
+                loss.backward()
+                if not first:
+                    first["grad0"] = float(model[0].weight.grad.norm())
+                    first["loss"] = float(loss.detach())
+                    first["accuracy"] = float((out.argmax(1) == y).float().mean())
+                return loss
+
+            if by_keyword:
+                opt.step(closure=closure)
+            else:
+                opt.step(closure)
+            reference.append(first)
+            calls.append(count[0])
+    return reference, calls, got, tagged, accuracy
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.LBFGS(p, lr=0.5, max_iter=4),
+    ],
+    ids=["sgd", "lbfgs"],
+)
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_closure_gradients_are_those_of_the_steps_own_weights(make_opt, by_keyword) -> None:
+    reference, calls, got, tagged, accuracy = _closure_run(make_opt, by_keyword=by_keyword)
+    lbfgs = isinstance(make_opt([torch.zeros(1, requires_grad=True)]), torch.optim.LBFGS)
+    assert (max(calls) > 1) == lbfgs  # L-BFGS evaluates several times per step
+    published = {
+        step: torch.linalg.vector_norm(data).item()
+        for kind, key, step, data in got
+        if kind == "weight_gradients" and key == "0"
+    }
+    assert sorted(published) == [0, 1, 2]
+    for step, first in enumerate(reference):
+        assert published[step] == pytest.approx(first["grad0"], rel=1e-6), step
+    # one training-step loss per step, the first evaluation's; further calls under "closure"
+    losses = {step: float(d) for kind, _, step, d in got if kind == "loss"}
+    assert [t for t in tagged if t[0] == "default"] == [("default", s) for s in range(3)]
+    for step, first in enumerate(reference):
+        assert losses[step] == pytest.approx(first["loss"], rel=1e-6)
+        assert accuracy[step] == pytest.approx(first["accuracy"])
+    further = sum(c - 1 for c in calls)
+    assert len([t for t in tagged if t[0] == "closure"]) == further
