@@ -128,7 +128,10 @@ class Exporter(StepHooks, LayerFreezing):
     layer's name, call ``k`` under ``'<name>#k'`` (``'fc#2'``), a key of its own for every
     subscriber (``modules['fc#2']`` resolves it; it is not a layer to :meth:`freeze`). Its
     parameters' kinds are published once, under the layer's name. Calls are counted within a
-    forward pass of the model; a layer run on its own publishes each call under its name.
+    forward pass of the model; a layer run on its own publishes each call under its name. A
+    training loop that runs the model's parts instead of the model (``model.head(model.body(x))``)
+    gets steps as the model's forward pass would give them: with optimizers, the first training
+    call of a layer after they stepped starts the next step.
 
     **Copies.** ``copy.deepcopy``, ``pickle`` and ``torch.save`` of the model or an optimizer
     give a plain copy: every hook this Exporter registered is inert there, so the copy runs

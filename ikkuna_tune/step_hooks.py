@@ -303,12 +303,16 @@ class StepHooks:
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
-        # a forward before any optimizer stepped belongs to the same step (gradient
-        # accumulation), unless the scaler has been updated since: then the step was skipped
-        if not (self._step_open and self.optimizers and not self._stepped) or self._scaled():
+        if self._opens_step() or not self.optimizers:
             self._start_step()
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
+
+    def _opens_step(self) -> bool:
+        """Whether a training pass now starts a new step, given optimizers: a pass before any
+        optimizer stepped belongs to the open step (gradient accumulation), unless the scaler
+        has been updated since (then the step was skipped)."""
+        return not self._step_open or bool(self._stepped) or self._scaled()
 
     def _start_step(self) -> None:
         self._finish_step()
@@ -408,6 +412,11 @@ class StepHooks:
             tag = self._pass_tag
         else:  # a layer called on its own, outside the model's forward pass
             tag = self._outside_tag(module)
+            if tag == DEFAULT_TAG and self._opens_step():
+                # the training loop runs the model's parts (model.encoder, then model.head):
+                # their first training call after the optimizers stepped starts the next step,
+                # as the model's own forward pass would
+                self._start_step()
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
         if self._want_activations and self._due("activations", named.name, tag):

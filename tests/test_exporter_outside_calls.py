@@ -200,3 +200,44 @@ def test_a_validation_loss_in_eval_mode_with_gradients_keeps_its_eval_tag() -> N
         (0, "default", pytest.approx(train.item())),
         (0, "eval", pytest.approx(check.item())),
     ]
+
+
+class _EncoderHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.encoder(x)))
+
+
+def test_a_loop_that_runs_the_models_parts_publishes_each_step_under_its_number() -> None:
+    """``model.head(relu(model.encoder(x)))`` in place of ``model(x)``: the activations, layer
+    gradients and loss of a step carry that step's number, as its weights and gradients do,
+    and hold the values of that step (computed by hand)."""
+    torch.manual_seed(0)
+    model = _EncoderHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    kinds = ["weights", "weight_gradients", "activations", "layer_gradients", "loss"]
+    seen = _record(bus, kinds, tag="default")
+    batches = [(torch.randn(4, 5), torch.randint(0, 3, (4,))) for _ in range(3)]
+    expected_encoder, expected_loss = [], []
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for x, y in batches:
+            with torch.no_grad():
+                hidden = model.encoder(x)
+                expected_encoder.append(hidden)
+                expected_loss.append(F.cross_entropy(model.head(hidden.relu()), y))
+            opt.zero_grad()
+            loss_fn(model.head(torch.relu(model.encoder(x))), y).backward()
+            opt.step()
+    for kind in kinds:
+        steps = [step for k, key, step, tag, _ in seen if k == kind and key in ("encoder", None)]
+        assert steps == [0, 1, 2], kind
+    activations = [d for k, key, _, _, d in seen if k == "activations" and key == "encoder"]
+    losses = [d for k, _, _, _, d in seen if k == "loss"]
+    for step in range(3):
+        torch.testing.assert_close(activations[step], expected_encoder[step])
+        torch.testing.assert_close(losses[step], expected_loss[step])
