@@ -256,3 +256,39 @@ def test_closure_gradients_are_those_of_the_steps_own_weights(make_opt, by_keywo
         assert accuracy[step] == pytest.approx(first["accuracy"])
     further = sum(c - 1 for c in calls)
     assert len([t for t in tagged if t[0] == "closure"]) == further
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sparse_adam"])
+def test_sparse_embedding_gradients_are_measured_as_their_dense_values(optimizer) -> None:
+    """``nn.Embedding(sparse=True)``: the gradient norms and update ratios published equal
+    those of the dense gradient and of the real change (the optimizer step was not broken)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(12, 4, sparse=True), torch.nn.Flatten())
+    make = {
+        "sgd": lambda: torch.optim.SGD(model.parameters(), lr=0.5),
+        "sparse_adam": lambda: torch.optim.SparseAdam(list(model.parameters()), lr=0.1),
+    }
+    opt = make[optimizer]()
+    bus = MessageBus()
+    ik.NormSubscriber("weight_gradients", bus, backend=None)
+    ik.RatioSubscriber(["weight_updates", "weights"], bus, backend=None)
+    got: dict[tuple[str, int], float] = {}
+    ik.CallbackSubscriber(
+        ["weight_gradients_norm2", "weight_updates_weights_ratio"],
+        lambda m: got.__setitem__((m.kind, m.global_step), float(m.data)),
+        bus,
+    )
+    expected = {}
+    with ik.Exporter(model, opt, bus):
+        for step in range(2):
+            opt.zero_grad()
+            model(torch.tensor([[1, 3, 3], [7, 1, 0]])).pow(2).sum().backward()
+            weight = model[0].weight
+            expected[("weight_gradients_norm2", step)] = weight.grad.to_dense().norm().item()
+            before = weight.detach().clone()
+            opt.step()
+            change = (weight.detach() - before).norm() / before.norm()  # weights at the start
+            expected[("weight_updates_weights_ratio", step)] = change.item()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5), key

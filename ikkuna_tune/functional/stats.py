@@ -29,11 +29,15 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself if it holds float32, float64 or complex numbers, else ``x`` as float32.
+    """``x`` itself if it holds float32, float64 or complex numbers, else ``x`` as float32; a
+    sparse tensor (the gradient of ``nn.Embedding(sparse=True)``) as the dense one it stands
+    for, implicit zeros included.
 
     Half-precision tensors (mixed-precision activations) are summed in float32: a bfloat16 sum
     keeps about 3 significant digits (a norm 0.2 % off on a small layer's activations).
     """
+    if x.layout != torch.strided:
+        x = x.to_dense()
     if x.dtype in _HALF or not (x.is_floating_point() or x.is_complex()):
         return x.float()
     return x
@@ -51,6 +55,9 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
     ``(sum |x_i|^order)^(1/order)``; for a matrix and ``order=2`` this is the Frobenius norm.
     ``order=math.inf`` gives the largest absolute entry.
 
+    A sparse tensor's norm is that of its non-zero entries (after summing duplicate indices),
+    which is the norm of the dense tensor it stands for.
+
     Raises:
         ValueError: if ``order`` is not a positive number.
 
@@ -59,7 +66,10 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
         >>> norm(x), norm(x, order=1), norm(x, order=math.inf)
         (tensor(5.), tensor(7.), tensor(4.))
     """
-    return torch.linalg.vector_norm(_as_float(x), ord=_check_order(order))
+    order = _check_order(order)
+    if x.layout == torch.sparse_coo:
+        x = x.coalesce().values()
+    return torch.linalg.vector_norm(_as_float(x), ord=order)
 
 
 def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tensor]:
@@ -77,11 +87,15 @@ def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tenso
     dtypes = {x.dtype for x in tensors}
     if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
         if len({x.device for x in tensors}) == 1:  # the common case: one kernel, no sorting
-            return list(torch._foreach_norm(list(tensors), order))
+            try:
+                return list(torch._foreach_norm(list(tensors), order))
+            except (NotImplementedError, RuntimeError):
+                pass  # a sparse tensor among them (the kernel takes strided ones only)
     result: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for index, x in enumerate(tensors):
-        if x.dtype in (torch.float32, torch.float64) and x.numel() > 0:
+        strided = x.layout == torch.strided
+        if strided and x.dtype in (torch.float32, torch.float64) and x.numel() > 0:
             groups.setdefault((x.device, x.dtype), []).append(index)
         else:
             result[index] = norm(x, order)

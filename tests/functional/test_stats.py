@@ -229,3 +229,26 @@ def test_spectral_norm_along_another_dimension() -> None:
     for dim in (4, -5, 1.0, True):
         with pytest.raises(ValueError, match="Expected `dim` to be a dimension of a 4-d tensor"):
             F.spectral_norm(w, dim=dim)
+
+
+def test_sparse_tensors_count_as_the_dense_tensors_they_stand_for() -> None:
+    """A sparse gradient (``nn.Embedding(sparse=True)``) with a repeated index holds duplicate
+    entries; every statistic is that of the dense tensor, duplicates summed."""
+    from ikkuna_tune.functional import stats
+
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 3, 3, 7])).pow(2).sum().backward()
+    grad = emb.weight.grad
+    assert grad.is_sparse and not grad.is_coalesced()
+    dense = grad.to_dense()
+    for order in (1, 2, math.inf):
+        torch.testing.assert_close(stats.norm(grad, order), torch.linalg.vector_norm(dense, order))
+    other = torch.randn(3, 5)
+    got = stats.norms([other, grad, dense])
+    torch.testing.assert_close(
+        torch.stack(got), torch.stack([other.norm(), dense.norm(), dense.norm()])
+    )
+    torch.testing.assert_close(stats.mean(grad), dense.mean())
+    torch.testing.assert_close(stats.variance(grad), dense.var())
+    counts, *_ = stats.histogram(grad, bins=8)
+    torch.testing.assert_close(counts, stats.histogram(dense, bins=8)[0])
