@@ -259,6 +259,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
         self._passes = 0  # forward passes of the model so far
+        self._layer_calls = {}
+        self._warned_uncalled = False
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
         self._held: dict[int, tuple[nn.Parameter, bool]] = {}  # see LayerFreezing
@@ -481,6 +483,7 @@ class Exporter(StepHooks, LayerFreezing):
             return
         self._epoch_ended = True
         self._check_layers()
+        self._check_called()
         self._publish_meta("epoch_finished")
         self._epoch_open = False
         self.epoch += 1
@@ -503,6 +506,30 @@ class Exporter(StepHooks, LayerFreezing):
                 "modules', no longer trained. Watch the model anew (a new Exporter, or "
                 "ik.watch in a new trial) after changing its layers",
                 gone,
+            )
+
+    def _check_called(self) -> None:
+        """Warn once about tracked layers that no forward pass called while their hooks were
+        registered: a parent that uses a layer's weights directly (``nn.MultiheadAttention``
+        and its ``out_proj``) never calls it, so it has no activations or layer gradients, and
+        no SVCCA self-similarity to say it converged."""
+        if (
+            self._warned_uncalled
+            or "forward" not in self._kind_handles
+            or self._passes <= self._forward_since
+        ):
+            return
+        self._warned_uncalled = True
+        uncalled = [name for name, calls in self._layer_calls.items() if calls[0] < 0]
+        if uncalled:
+            logger.warning(
+                "Layers %s were never called in a forward pass of this epoch (a parent module "
+                "uses their parameters directly, as nn.MultiheadAttention does with out_proj, "
+                "or they are not used): they publish no activations or layer gradients, SVCCA "
+                "cannot measure them, and freezing, which goes from the input side, stops "
+                "before them. Track their parents instead (Exporter(depth=...)) or leave them "
+                "out (module_filter)",
+                uncalled,
             )
 
     @contextmanager

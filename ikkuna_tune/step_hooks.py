@@ -178,6 +178,10 @@ class StepHooks:
     _receiver: int
     _recompile_allowed: bool
 
+    #: per tracked layer, the call counter of its forward hook (see :meth:`_register`)
+    _layer_calls: dict[str, list[int]]
+    #: the number of forward passes when the forward hooks were registered
+    _forward_since: int = 0
     _group_counts: list[int]
     _pass_kinds: set[tuple[bool, bool]]
 
@@ -220,9 +224,11 @@ class StepHooks:
     def _register(self, group: str) -> list[RemovableHandle]:
         handles = []
         if group == "forward":
+            self._layer_calls = {}
+            self._forward_since = self._passes
             for named in self.modules.values():
-                # [the forward pass of the last call, calls in that pass]
-                calls = [-1, 0]
+                # [the forward pass of the last call (0: outside one, -1: never), calls in it]
+                calls = self._layer_calls[named.name] = [-1, 0]
                 hook = TracedLayerHook(
                     partial(self._on_layer, named, calls), partial(self._trace_layer, named)
                 )
@@ -411,6 +417,7 @@ class StepHooks:
                 calls[1] = 1
             tag = self._pass_tag
         else:  # a layer called on its own, outside the model's forward pass
+            calls[0] = max(calls[0], 0)
             tag = self._outside_tag(module)
             if tag == DEFAULT_TAG and self._opens_step():
                 # the training loop runs the model's parts (model.encoder, then model.head):
@@ -459,7 +466,10 @@ class StepHooks:
             return
         tag, calls = self._pass_tag, dict[str, int]()
         layers: list[NamedModule] = []
+        seen = self._layer_calls
         for named, tensor in traced:
+            if named.name in seen:
+                seen[named.name][0] = max(seen[named.name][0], 0)
             call = calls[named.name] = calls.get(named.name, 0) + 1
             if call > 1:
                 named = self._repeat(named, call)

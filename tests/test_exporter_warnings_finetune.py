@@ -132,3 +132,114 @@ def test_a_layer_replaced_after_the_exporter_was_made_is_warned_about_once(caplo
                 exporter.epoch_finished()
     warnings = [r.getMessage() for r in caplog.records if "no longer the modules" in r.getMessage()]
     assert len(warnings) == 1 and "['2']" in warnings[0]
+
+
+class _Attention(nn.Module):
+    """A transformer layer on 4 tokens of width 8, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.enc(x.reshape(-1, 4, 8)).mean(1))
+
+
+def _epochs(model, opt, exporter, epochs: int = 2, parts: bool = False) -> None:
+    for _ in range(epochs):
+        x, y = torch.randn(6, 32), torch.randint(0, 3, (6,))
+        opt.zero_grad()
+        out = model.fc(model.enc(x.reshape(-1, 4, 8)).mean(1)) if parts else model(x)
+        F.cross_entropy(out, y).backward()
+        opt.step()
+        exporter.epoch_finished()
+
+
+def test_a_layer_its_parent_never_calls_is_named_once_at_the_first_epoch_end(messages):
+    """MultiheadAttention multiplies by out_proj's weight without calling out_proj: with
+    activations subscribed, the first epoch end names it (once), and only it."""
+    torch.manual_seed(0)
+    model = _Attention()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    seen: set[str] = set()
+    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    with ik.Exporter(model, opt, bus) as exporter:
+        _epochs(model, opt, exporter)
+        tracked = set(exporter.modules)
+    warned = messages("never called in a forward pass")
+    assert len(warned) == 1
+    assert "enc.self_attn.out_proj" in tracked and "enc.self_attn.out_proj" not in seen
+    uncalled = sorted(tracked - seen)
+    assert uncalled == ["enc.self_attn.out_proj"]
+    assert str(uncalled) in warned[0]
+
+
+class _Plain(nn.Module):
+    """The same shapes as :class:`_Attention`, every layer called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.fc = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.enc(x.reshape(-1, 4, 8)).mean(1))
+
+
+@pytest.mark.parametrize("parts", [False, True], ids=["model", "its parts"])
+def test_no_uncalled_layer_warning_when_every_layer_runs(messages, parts: bool) -> None:
+    torch.manual_seed(0)
+    model = _Plain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    seen: set[str] = set()
+    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    with ik.Exporter(model, opt, bus) as exporter:
+        _epochs(model, opt, exporter, parts=parts)
+    assert seen == {"enc", "fc"}
+    assert messages("never called in a forward pass") == []
+
+
+def test_no_uncalled_layer_warning_for_hooks_registered_after_the_last_pass(messages):
+    torch.manual_seed(0)
+    model = _Attention()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    with ik.Exporter(model, opt, bus) as exporter:
+        _epochs(model, opt, exporter, epochs=1)
+        _step_attention(model, opt)
+        ik.CallbackSubscriber(["activations"], lambda m: None, bus)  # hooks from now on
+        exporter.epoch_finished()  # no pass since: nothing is known about the layers yet
+        assert messages("never called in a forward pass") == []
+        _step_attention(model, opt)
+        exporter.epoch_finished()  # a pass with the hooks: now out_proj is known uncalled
+    assert len(messages("never called in a forward pass")) == 1
+
+
+def _step_attention(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    F.cross_entropy(model(torch.randn(6, 32)), torch.randint(0, 3, (6,))).backward()
+    opt.step()
+
+
+def test_a_layer_the_loop_calls_outside_the_models_forward_is_not_named(messages):
+    """An auxiliary head the training loop runs itself (not in ``forward``) is called."""
+    torch.manual_seed(0)
+    model = _Plain()
+    model.aux = nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    seen: set[str] = set()
+    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    with ik.Exporter(model, opt, bus) as exporter:
+        for _ in range(2):
+            x, y = torch.randn(6, 32), torch.randint(0, 3, (6,))
+            opt.zero_grad()
+            features = model.enc(x.reshape(-1, 4, 8)).mean(1)
+            loss = F.cross_entropy(model(x), y) + F.cross_entropy(model.aux(features), y)
+            loss.backward()
+            opt.step()
+            exporter.epoch_finished()
+    assert seen == {"enc", "fc", "aux"}
+    assert messages("never called in a forward pass") == []

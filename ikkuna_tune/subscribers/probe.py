@@ -263,7 +263,9 @@ class ActivationRecorder:
             logger.warning(
                 "Layers %s were not called in the probe's forward passes (a layer used in "
                 "training only, or one whose parameters another module uses directly, as "
-                "nn.MultiheadAttention does its out_proj's): no self-similarity for them",
+                "nn.MultiheadAttention does its out_proj's): no self-similarity for them, "
+                "so freezing, which goes from the input side, stops before them (track their "
+                "parents with Exporter(depth=...), or leave them out with module_filter)",
                 unseen,
             )
         return buffers
