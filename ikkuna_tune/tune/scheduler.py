@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -43,10 +44,38 @@ logger = logging.getLogger(__name__)
 
 def _copies_checkpoints(scheduler: object) -> bool:
     """Whether ``scheduler`` is population-based training (or PB2), which replaces a trial's
-    model with another trial's checkpoint."""
+    model with another trial's checkpoint, or wraps one (``ResourceChangingScheduler``).
+
+    Examples:
+        >>> from ray.tune.schedulers import PopulationBasedTraining, ResourceChangingScheduler
+        >>> _copies_checkpoints(ResourceChangingScheduler(PopulationBasedTraining()))
+        True
+    """
     from ray.tune.schedulers import PopulationBasedTraining
 
-    return isinstance(scheduler, PopulationBasedTraining)
+    seen: set[int] = set()
+    while scheduler is not None and id(scheduler) not in seen:
+        if isinstance(scheduler, PopulationBasedTraining):
+            return True
+        seen.add(id(scheduler))
+        scheduler = getattr(scheduler, "_base_scheduler", None)
+    return False
+
+
+#: values of a decision that are the metric itself (signed by the rules; see _in_metric_units)
+_METRIC_VALUES = frozenset({"best", "reachable", "target", "chance"})
+
+
+def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
+    """Refuse a base scheduler that ranks the same metric the other way."""
+    base_metric = getattr(base, "_metric", None)
+    base_mode = getattr(base, "_mode", None)
+    if mode and base_mode and base_mode != mode and (not base_metric or base_metric == metric):
+        raise ValueError(
+            f"Expected `base` ({type(base).__name__}) to rank {metric!r} as SVCCAScheduler does "
+            f"(mode={mode!r}) but it has mode={base_mode!r}: it would stop the best trials. "
+            "Give the mode once (to SVCCAScheduler or to Tune) and leave the base's unset"
+        )
 
 
 class SVCCAScheduler(FIFOScheduler):
@@ -206,6 +235,7 @@ class SVCCAScheduler(FIFOScheduler):
         self._trials: dict[str, Trial] = {}
         self._mailbox: Mailbox | None = None
         self._warned_no_similarity = False
+        self._warned_not_ikkuna = False
         #: every decision taken, in order: (trial id, decision)
         self.decisions: list[tuple[str, Decision]] = []
         if base is not None and (metric or mode):
@@ -227,6 +257,7 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _pass_search_properties(self) -> None:
         assert self.base is not None
+        _check_base_mode(self.base, self._metric, self._mode)
         base_metric = getattr(self.base, "_metric", None)
         base_mode = getattr(self.base, "_mode", None)
         self.base.set_search_properties(
@@ -342,6 +373,7 @@ class SVCCAScheduler(FIFOScheduler):
     def _decide(self, trial_id: str, view: TrialView, result: dict[str, Any]) -> str:
         observed = self._observe(trial_id, view, result)
         if observed is None:
+            self._check_ikkuna_report(trial_id, result)
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
         measured, similarity = observed
         self._check_similarity(result, similarity)
@@ -363,7 +395,7 @@ class SVCCAScheduler(FIFOScheduler):
             else:
                 verdict = None
             if verdict is not None:
-                verdict = view.dated(verdict)
+                verdict = view.dated(self._in_metric_units(verdict))
                 view.stopped = verdict
                 self._record(trial_id, verdict)
                 return TrialScheduler.STOP
@@ -430,10 +462,38 @@ class SVCCAScheduler(FIFOScheduler):
         view.offset = iteration - history.reports
         return measured, similarity
 
+    def _in_metric_units(self, decision: Decision) -> Decision:
+        """``decision`` with the metric's values as the trial reported them: the rules work on
+        the metric signed so that larger is better, which negates a ``mode='min'`` metric
+        (a loss). Gains (``progress``) stay improvements: positive is better."""
+        if self._mode != "min" or not _METRIC_VALUES & decision.values.keys():
+            return decision
+        values = {
+            k: -v if k in _METRIC_VALUES and math.isfinite(v) else v
+            for k, v in decision.values.items()
+        }
+        return replace(decision, values=values)
+
     def _signed(self, value: object) -> float:
         if not is_number(value):
             return math.nan
         return float(value) if self._mode == "max" else -float(value)  # type: ignore[arg-type]
+
+    def _check_ikkuna_report(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Warn once when a trial keeps reporting without ikkuna_tune's keys: it reports with
+        ``tune.report`` (or is not instrumented), so nothing is frozen or stopped by the rules."""
+        reports = result.get("training_iteration")
+        if self._warned_not_ikkuna or not is_number(reports) or reports < 2:  # type: ignore[operator]
+            return
+        self._warned_not_ikkuna = True
+        logger.warning(
+            "SVCCAScheduler: trial %s has made %s reports without ikkuna_tune's per-layer keys "
+            "(no 'frozen/<layer>'), so its rules neither freeze nor stop it. Instrument the "
+            "trainable (ik.instrument), watch the model (ik.watch) and report with ik.report "
+            "in place of tune.report",
+            trial_id,
+            reports,
+        )
 
     def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:
         if similarity or self._warned_no_similarity:

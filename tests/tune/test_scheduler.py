@@ -469,3 +469,68 @@ def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
     # the result of a trial the scheduler stopped itself (seen already) is not taken twice
     scheduler.on_trial_complete(None, b, reports_b[-1])
     assert scheduler._views["b"].history.metric == [0.5, 0.52, 0.53]
+
+
+def test_a_loss_metric_is_explained_in_its_own_units() -> None:
+    """With mode='min' the rules rank the negated loss; the decisions show the losses as
+    reported: the stopped trial's best is its lowest loss, the target the third lowest."""
+    scheduler, _ = make(metric="loss", mode="min", max_t=10, grace=2)
+    trials = [FakeTrial(f"t{i}") for i in range(4)]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 0.9)
+
+    def report(it: int, loss: float) -> dict[str, Any]:
+        out = result(sims, it=it, dist=dict.fromkeys(LAYERS, 0.05 * it))
+        del out["acc"]
+        return {**out, "loss": loss}
+
+    for it in range(1, 4):
+        for t, loss in zip(trials[:3], (0.3, 0.25, 0.2)):
+            scheduler.on_trial_result(None, t, report(it, loss))
+    losses = [2.3 - 0.01 * it for it in range(1, 4)]
+    decisions = [
+        scheduler.on_trial_result(None, trials[3], report(i + 1, v)) for i, v in enumerate(losses)
+    ]
+    assert decisions[-1] == STOP
+    stop = scheduler._views["t3"].stopped
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["best"] == pytest.approx(min(losses))
+    assert stop.values["target"] == pytest.approx(0.3)  # the third lowest loss
+    assert stop.values["reachable"] > stop.values["target"]  # a loss: above is worse
+    assert "best=2.27" in scheduler.debug_string()
+
+
+def test_a_base_ranking_the_metric_the_other_way_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode='min'.*mode='max': it would stop the best"):
+        SVCCAScheduler(metric="loss", mode="min", base=ASHAScheduler(metric="loss", mode="max"))
+    # the same when the metric and mode come from Tune
+    scheduler = SVCCAScheduler(base=ASHAScheduler(mode="max"))
+    with pytest.raises(ValueError, match="it would stop the best trials"):
+        scheduler.set_search_properties("loss", "min")
+    # a base on another metric may rank it either way
+    SVCCAScheduler(metric="loss", mode="min", base=ASHAScheduler(metric="acc", mode="max"))
+
+
+def test_population_based_training_is_refused_when_wrapped_too() -> None:
+    from ray.tune.schedulers import ResourceChangingScheduler
+
+    pbt = PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})
+    with pytest.raises(ValueError, match="got ResourceChangingScheduler, which copies one"):
+        SVCCAScheduler(base=ResourceChangingScheduler(base_scheduler=pbt))
+    SVCCAScheduler(base=ResourceChangingScheduler(base_scheduler=ASHAScheduler()))
+
+
+def test_warns_once_when_a_trial_reports_without_ikkuna_keys(caplog) -> None:
+    """``tune.report`` in place of ``ik.report``: the rules can do nothing, and say so."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    with caplog.at_level("WARNING"):
+        for it in range(1, 5):
+            assert (
+                scheduler.on_trial_result(None, trial, {"acc": 0.5, "training_iteration": it})
+                == CONTINUE
+            )
+    warnings = [r.getMessage() for r in caplog.records if "without ikkuna_tune's" in r.getMessage()]
+    assert len(warnings) == 1 and "report with ik.report" in warnings[0]
