@@ -47,6 +47,12 @@ def cka_side(x: torch.Tensor) -> CKASide:
 
     Raises:
         ValueError: for anything but a matrix with at least 2 rows.
+
+    Examples:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [2.0, 1.0]])
+        >>> side = cka_side(x)
+        >>> side.centred.sum(dim=0), side.norm.dtype
+        (tensor([0., 0.], dtype=torch.float64), torch.float64)
     """
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(
@@ -64,6 +70,12 @@ def linear_cka_of_sides(a: CKASide, b: CKASide) -> torch.Tensor:
 
     Raises:
         ValueError: if the sides have different numbers of rows.
+
+    Examples:
+        >>> x = torch.randn(50, 3, dtype=torch.float64)
+        >>> start = cka_side(x)  # prepared once
+        >>> [round(float(linear_cka_of_sides(cka_side(y), start)), 6) for y in (x, 2.0 * x)]
+        [1.0, 1.0]
     """
     if a.centred.shape[0] != b.centred.shape[0]:
         raise ValueError(

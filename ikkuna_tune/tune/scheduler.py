@@ -48,7 +48,8 @@ def _copies_checkpoints(scheduler: object) -> bool:
 
     Examples:
         >>> from ray.tune.schedulers import PopulationBasedTraining, ResourceChangingScheduler
-        >>> _copies_checkpoints(ResourceChangingScheduler(PopulationBasedTraining()))
+        >>> pbt = PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})
+        >>> _copies_checkpoints(ResourceChangingScheduler(pbt))
         True
     """
     from ray.tune.schedulers import PopulationBasedTraining
