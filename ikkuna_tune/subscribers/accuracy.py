@@ -306,7 +306,9 @@ class TestAccuracySubscriber(PlotSubscriber):
         ValueError: for invalid arguments; when attached to a bus without an Exporter and no
             ``forward_fn`` was given; for labels of the first batch that are no classification
             labels (say, the real-valued targets of a regression), naming what was expected and
-            what was got.
+            what was got; when attached to a bus with an Exporter, for a first batch the model
+            cannot evaluate (inputs of the wrong shape, outputs that are no scores for the
+            labels): that batch is evaluated then, its messages under ``probe_tag``.
 
     Examples:
         >>> from torch.utils.data import TensorDataset
@@ -405,9 +407,24 @@ class TestAccuracySubscriber(PlotSubscriber):
         return self.loader.dataset
 
     def use_model(self, access: ModelAccess | None) -> None:
+        """Run the model through ``access``; its first test batch is evaluated now (eval mode,
+        no gradients, random state forked), so that test data the model cannot take (inputs
+        of the wrong shape, outputs that are no scores for the labels) is refused when the
+        subscriber is attached, not after the first epoch of training."""
         super().use_model(access)
         if access is not None:  # the model stays known after its Exporter closes
             self._model = access.model
+            if self.message_bus is not None and not self._labels_checked:
+                self._check_first_batch()
+
+    def _check_first_batch(self) -> None:
+        try:
+            self._evaluate(check_only=True)
+        except Exception as error:
+            raise ValueError(
+                "TestAccuracySubscriber cannot evaluate the model on its test data (its first "
+                f"batch failed: {type(error).__name__}: {error})"
+            ) from error
 
     def detached(self, message_bus: MessageBus) -> None:
         super().detached(message_bus)
@@ -433,6 +450,11 @@ class TestAccuracySubscriber(PlotSubscriber):
 
     def evaluate(self) -> torch.Tensor:
         """The accuracy over the whole data set now, as a 0-d tensor (nothing is published)."""
+        return self._evaluate()
+
+    def _evaluate(self, check_only: bool = False) -> torch.Tensor:
+        """:meth:`evaluate`; with ``check_only``, of the first batch alone, checking its labels
+        against the outputs and changing nothing (no chance level, labels still unchecked)."""
         exporter = self.model_access
         model: nn.Module | None
         if self.forward_fn is not None:
@@ -490,6 +512,10 @@ class TestAccuracySubscriber(PlotSubscriber):
                         f"Expected the model to return a tensor of scores but got "
                         f"{type(outputs).__name__}; pass a `forward_fn` that returns one"
                     )
+                if check_only:
+                    check_targets(batch[1], outputs)
+                    hits, total = F.count_correct(outputs, labels)
+                    break
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
                     self._labels_checked = True
@@ -503,6 +529,8 @@ class TestAccuracySubscriber(PlotSubscriber):
                     counts = _summed(counts, F.class_counts(outputs, labels))
         if hits is None or total is None:
             raise ValueError("The test data set is empty")
+        if check_only:
+            return hits.float() / total.clamp(min=1)
         if top is not None:
             check_top_label(*top)  # one read back, in the first evaluation only
         counted = total.clamp(min=1)  # every label ignored: accuracy and chance 0

@@ -152,7 +152,8 @@ def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loa
     assert all(modes)  # the model is back in training mode after each evaluation
     assert exporter.global_step == 4 and exporter.train_step == 4
     assert all(u.item() > 0 for u in updates)  # evaluation never zeroes the next update
-    assert len(probe_outputs) == 2 * 3 and {m.tag for m in probe_outputs} == {"test"}
+    # the first batch once when attached (checked before training), then 2 evaluations
+    assert len(probe_outputs) == 1 + 2 * 3 and {m.tag for m in probe_outputs} == {"test"}
     assert sub.evaluate().item() == pytest.approx(_by_hand(model.eval(), *test_set.tensors))
 
 
@@ -461,3 +462,29 @@ def test_a_loss_and_labels_published_as_python_numbers_are_taken_as_tensors(tiny
             exporter.publish_loss(object())
     hits = sum(r.index(max(r)) == t for r, t in zip(out.tolist(), y.tolist()))
     assert got == pytest.approx([hits / len(y), loss.item()])
+
+
+def test_test_data_the_model_cannot_take_is_refused_when_attached(test_set) -> None:
+    """Inputs of the wrong width fail in the model's first layer: refused when the subscriber
+    is attached, naming it, not at the first evaluation after training."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 5))  # the test set has 36 features
+    exporter = ik.Exporter(model)
+    with pytest.raises(ValueError, match="TestAccuracySubscriber cannot evaluate the model"):
+        ik.TestAccuracySubscriber(test_set, batch_size=4, message_bus=exporter.message_bus)
+    exporter.close()
+
+
+def test_the_check_when_attached_changes_nothing(test_set) -> None:
+    """Attaching evaluates the first batch in eval mode under the random state's fork: the
+    model's modes, the random state, the step counters and the first evaluation's label
+    checks are as before."""
+    torch.manual_seed(0)
+    model = DropNet()
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    state = torch.get_rng_state()
+    sub = ik.TestAccuracySubscriber(test_set, batch_size=4, message_bus=exporter.message_bus)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.training and model.drop.training
+    assert exporter.global_step == 0 and exporter.steps_started == 0
+    assert sub.chance is None and not sub._labels_checked
+    exporter.close()
