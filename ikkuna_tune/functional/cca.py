@@ -110,17 +110,23 @@ def _input_eps(dtype: torch.dtype) -> float:
 
 
 def _centre_into_(
-    out: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dead: torch.Tensor | None = None
+    out: torch.Tensor,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    dead: torch.Tensor | None = None,
+    divisor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write ``x`` with its column means subtracted into ``out``; zero the constant columns.
 
     ``out`` is a column-major float64 block of the same shape (a view into a larger buffer is
-    fine); ``scale`` holds each column's largest magnitude; ``dead`` optionally marks columns to
-    zero regardless (or a 0-d mask that zeroes everything). The mean is subtracted twice: the
-    second pass removes the rounding residue of the first, which would otherwise survive as a
-    tiny component along the all-ones vector, identical in every centred matrix, and show up as
-    a spurious canonical correlation of 1. A column whose centred norm is at rounding level
-    relative to its largest entry is constant up to rounding and set to exactly zero.
+    fine); ``scale`` holds each column's largest magnitude (in the units of ``out``); ``dead``
+    optionally marks columns to zero regardless (or a 0-d mask that zeroes everything);
+    ``divisor`` (0-d), if given, divides ``x`` as it is copied (to keep squares finite). The
+    mean is subtracted twice: the second pass removes the rounding residue of the first, which
+    would otherwise survive as a tiny component along the all-ones vector, identical in every
+    centred matrix, and show up as a spurious canonical correlation of 1. A column whose
+    centred norm is at rounding level relative to its largest entry is constant up to rounding
+    and set to exactly zero.
 
     Returns each column's bound on the norm of the input's own rounding error,
     ``eps / 2 * ||x_j||`` with ``eps`` from :func:`_input_eps` (zero for the zeroed columns,
@@ -128,6 +134,8 @@ def _centre_into_(
     """
     n = x.shape[0]
     out.copy_(x)
+    if divisor is not None:
+        out.div_(divisor)
     mean = out.mean(dim=0)
     out -= mean
     out -= out.mean(dim=0)
@@ -167,7 +175,12 @@ def _centred(
     for (x, scale, dead), width in zip(parts, widths, strict=True):
         if invalid is not None:
             dead = invalid if dead is None else dead | invalid
-        noise.append(_centre_into_(buffer[:, start : start + width], x, scale, dead))
+        # each side is divided by its largest magnitude (CCA sees no scale), so that no square
+        # (a norm, a Gram entry, a variance) overflows or underflows at extreme magnitudes
+        largest = scale.max() if scale.numel() else scale.new_ones(())
+        divisor = torch.where(largest > 0, largest, torch.ones_like(largest))
+        out = buffer[:, start : start + width]
+        noise.append(_centre_into_(out, x, scale / divisor, dead, divisor))
         start += width
     return buffer, widths, torch.cat(noise)
 

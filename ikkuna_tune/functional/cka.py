@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+_EPS = float(torch.finfo(torch.float64).eps)
+
 __all__ = ["CKASide", "cka_side", "linear_cka", "linear_cka_of_sides", "live_fraction"]
 
 
@@ -31,7 +33,8 @@ class CKASide(NamedTuple):
         ((30, 4), True)
     """
 
-    #: The activations in float64 with each column's mean subtracted.
+    #: The activations in float64, divided by their largest magnitude, with each column's mean
+    #: subtracted (a column constant up to rounding is exactly zero).
     centred: torch.Tensor
     #: ``||Xc^T Xc||_F`` (0-d float64): the Frobenius norm of the side's Gram matrix.
     norm: torch.Tensor
@@ -58,10 +61,22 @@ def cka_side(x: torch.Tensor) -> CKASide:
         raise ValueError(
             f"Expected a matrix with >= 2 rows (samples) but got shape {tuple(x.shape)}"
         )
-    xc = x.detach().double()
-    xc = xc - xc.mean(dim=0, keepdim=True)
+    xd = x.detach().double()
+    lo, hi = torch.aminmax(xd, dim=0)
+    scale = torch.maximum(lo.abs(), hi.abs())  # each column's largest magnitude
+    largest = scale.max()
+    # CKA sees no scale: divided by the largest magnitude, no square over- or underflows
+    divisor = torch.where(largest > 0, largest, torch.ones_like(largest))
+    xc = xd / divisor
+    # the mean twice (its rounding residue would survive as a constant column's variance)
+    xc -= xc.mean(dim=0, keepdim=True)
+    xc -= xc.mean(dim=0, keepdim=True)
+    n = xc.shape[0]
+    # a column that varies only at rounding level is constant: zero
+    flat = torch.linalg.vector_norm(xc, dim=0) <= 4 * n * _EPS * (scale / divisor)
+    xc.masked_fill_(flat, 0.0)
     gram = xc.T @ xc if xc.shape[0] >= xc.shape[1] else xc @ xc.T
-    return CKASide(xc, torch.linalg.matrix_norm(gram), torch.isfinite(xc).all())
+    return CKASide(xc, torch.linalg.matrix_norm(gram), torch.isfinite(largest))
 
 
 def linear_cka_of_sides(a: CKASide, b: CKASide) -> torch.Tensor:

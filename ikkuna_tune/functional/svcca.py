@@ -149,23 +149,34 @@ def _kept_basis_from_qr(
 #: How far below the smallest variance share that ``keep`` can keep the Gram route's rounding
 #: must stay (:func:`_gram_resolves`).
 _GRAM_MARGIN = 100.0
+#: The largest error of a similarity that the Gram route may risk (:func:`_gram_resolves`).
+_GRAM_ERROR = 1e-8
 
 
 def _gram_resolves(shape: tuple[int, ...], keep: float) -> bool:
-    """Whether the Gram route finds exactly the directions ``keep`` keeps, for a side of ``shape``.
+    """Whether the Gram route finds the directions ``keep`` keeps, for a side of ``shape``,
+    and spans them accurately enough.
 
     Forming ``G = x^T x`` (or ``x x^T``) and its eigendecomposition in float64 perturbs the
     eigenvalues ``s_i^2`` by at most about ``n m eps s_1^2`` (``m`` the smaller dimension): a
     direction below ``sqrt(n m eps) s_1`` cannot be told from rounding. Such directions hold at
-    most ``m n m eps`` of the variance, and the variance mask never reaches them while
-    ``1 - keep`` is far above that. The route is taken when the margin is ``_GRAM_MARGIN``.
+    most ``m n m eps`` of the variance (the total is at least ``s_1^2``), and the variance
+    mask never reaches them while ``1 - keep`` is ``_GRAM_MARGIN`` times that or more.
+
+    The kept directions are found less accurately than from a QR: an eigenvector's error is
+    about ``eps s_1^2`` over the gap between squared singular values, and ``x v / s`` turns it
+    into an error of up to ``eps (s_1 / s_k)^3`` in the basis, with
+    ``s_1 / s_k <= sqrt(m / (1 - keep))``. The route is also required to keep that bound below
+    ``_GRAM_ERROR``: with ``keep = 0.99`` (the default) up to about 1,270 features, with
+    ``keep = 0.999`` up to about 127; beyond, the QR route is taken.
 
     Examples:
-        >>> _gram_resolves((300, 128), 0.99), _gram_resolves((300, 128), 1 - 1e-8)
+        >>> _gram_resolves((300, 128), 0.99), _gram_resolves((300, 128), 1 - 1e-6)
         (True, False)
     """
     n, m = max(shape), min(shape)
-    return _GRAM_MARGIN * m * n * m * _EPS < 1.0 - keep
+    resolved = _GRAM_MARGIN * m * n * m * _EPS < 1.0 - keep
+    return resolved and _EPS * (m / (1.0 - keep)) ** 1.5 <= _GRAM_ERROR
 
 
 def _kept_basis_from_gram(
@@ -180,9 +191,8 @@ def _kept_basis_from_gram(
     singular vectors directly. Both Gram matrices cost one matrix product and a symmetric
     eigendecomposition, about half of a QR and an SVD at the sizes of a probe. Squaring doubles
     the condition number, so directions below ``sqrt(n m eps) s_1`` drop out as rounding (the
-    arithmetic floor here); :func:`_gram_resolves` only allows ``keep`` that never reaches them.
-    The kept subspace moves by at most ``s_1 / s_k <= sqrt(p / (1 - keep))`` times what a QR and
-    SVD would move it by (a few hundred units of rounding at common sizes).
+    arithmetic floor here); :func:`_gram_resolves` only allows ``keep`` that never reaches them,
+    and bounds the error of the kept basis.
     """
     n, p = x.shape
     features = n >= p

@@ -187,7 +187,11 @@ class Subscriber:
             )
 
     def detached(self, message_bus: MessageBus) -> None:
-        """Called by ``message_bus`` once this subscriber is removed from it."""
+        """Called by ``message_bus`` once this subscriber is removed from it: the model of that
+        bus's Exporter is no longer this subscriber's (attached to another bus, it runs that
+        bus's)."""
+        if self.model_access is not None:
+            self.use_model(None)
 
     def use_model(self, access: ModelAccess | None) -> None:
         """Run the model through ``access`` from now on (None: the access has closed)."""

@@ -63,7 +63,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     layer output of shape (N, F) gives N rows; a convolution output (N, C, \*S) is folded to
     (N * prod(S), C), at most ``max_positions`` rows of it (a fixed random subset, the same at
     every checkpoint). Memory peaks at one batch of activations plus the buffers of this and the
-    previous checkpoint.
+    previous checkpoint; with ``track_init`` the activations at initialisation are kept too,
+    with a float64 centred copy of them (prepared once for CKA).
 
     **Publishing.** ``self_similarity`` (per layer, a 0-d float64 tensor on the activations'
     device) is SVCCA with ``keep`` between this checkpoint's and the previous checkpoint's

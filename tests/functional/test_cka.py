@@ -71,3 +71,23 @@ def test_live_fraction_counts_the_columns_that_vary() -> None:
     expected = np.mean(x.std(axis=0, ddof=1) > 1e-6 * np.abs(x).max())
     assert float(live_fraction(torch.from_numpy(x))) == pytest.approx(expected)
     assert expected == pytest.approx(0.6)
+
+
+def test_a_constant_float64_side_gives_zero() -> None:
+    """A float64 column's mean need not round back to its value; the residue of centring must
+    not make a constant side look like a representation (CKA 1 against itself)."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        dead = torch.from_numpy(np.tile(rng.standard_normal(4), (200, 1)))
+        assert float(linear_cka(dead, dead)) == 0.0
+        assert float(linear_cka(dead, 2 * dead + 1)) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e120, 1e-120])
+def test_extreme_magnitudes_give_the_value_of_ordinary_ones(scale: float) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 5))
+    y = np.tanh(x @ rng.standard_normal((5, 4)))
+    expected = _kernel_cka(x, y)
+    got = linear_cka(torch.from_numpy(scale * x), torch.from_numpy(y))
+    assert float(got) == pytest.approx(expected, abs=1e-12)

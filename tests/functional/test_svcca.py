@@ -164,7 +164,8 @@ def test_gram_and_qr_reductions_keep_the_same_directions(shape, slice_kept) -> N
     )
 
     x = torch.from_numpy(_spectrum(*shape, decades=5, seed=sum(shape)))
-    for keep in (0.5, 0.9, 0.99, 1 - 1e-6):
+    assert not _gram_resolves(shape, 1 - 1e-6)  # too close to 1: the QR route
+    for keep in (0.5, 0.9, 0.99, 0.999 if min(shape) <= 64 else 0.99):
         assert _gram_resolves(shape, keep)
         projectors = []
         for reduce in (_kept_basis_from_gram, _kept_basis_from_qr):
@@ -191,6 +192,21 @@ def test_gram_reduction_with_fewer_samples_than_features_matches_lapack() -> Non
     expected = np.linalg.svd(ux.T @ uy, compute_uv=False).clip(0, 1).sum()
     expected /= min(ux.shape[1], uy.shape[1])
     assert F.svcca_similarity(x, y, keep=0.99) == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_basis_close_to_1_and_extreme_scales_keep_similarity_one() -> None:
+    """A side compared with itself or a rotation of it has similarity 1 to rounding:
+    with ``keep`` so close to 1 that tiny directions are kept (the QR route then), and at
+    magnitudes whose squares overflow or underflow float64."""
+    x = (_orthogonal(10, 41)[:, :5] * np.logspace(0, -5, 5)) @ _orthogonal(5, 42)
+    rotated = 3.0 * x @ _orthogonal(5, 44)  # the same spectrum: the same directions kept
+    for keep in (1 - 8.3e-12, 1 - 1e-6, 0.99):
+        assert F.svcca_similarity(x, x, keep) == pytest.approx(1.0, abs=1e-11), keep
+        assert F.svcca_similarity(x, rotated, keep) == pytest.approx(1.0, abs=1e-9), keep
+    y = _spectrum(300, 12, 3, seed=43)
+    for scale in (1e160, 1e-160):
+        assert F.svcca_similarity(scale * y, y, 0.99) == pytest.approx(1.0, abs=1e-12), scale
+        assert F.svcca_similarity(scale * y, 2 * y, 0.9) == pytest.approx(1.0, abs=1e-12), scale
 
 
 # ----------------------------------------------------------------------------- invariances

@@ -438,3 +438,24 @@ def test_explicit_cpu_device_records_the_probe(tiny, data, device) -> None:
     expected = _by_hand(tiny, sub.probe_inputs)
     for name in ("conv", "fc"):
         torch.testing.assert_close(recorded[name], expected[name])
+
+
+def test_a_subscriber_moved_to_another_exporters_bus_runs_that_model() -> None:
+    """Detached from one Exporter's bus and attached to another's, the subscriber probes the
+    new model (its activations at initialisation too), not the old one."""
+    torch.manual_seed(0)
+    probe = torch.randn(32, 4)
+    first = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    second = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    old, new = ik.Exporter(first), ik.Exporter(second)
+    sub = BatchedSVCCASubscriber(probe, 16, batch_size=8, message_bus=old.message_bus, backend=None)
+    sub.detach()
+    assert sub.model_access is None
+    sub.attach(new.message_bus)
+    assert sub.model_access is new
+    with torch.no_grad():
+        expected = second(sub.probe_inputs)
+    torch.testing.assert_close(sub.record()["2"], expected)
+    torch.testing.assert_close(sub._initial["2"], expected)
+    old.close()
+    new.close()
