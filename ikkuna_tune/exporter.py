@@ -131,7 +131,8 @@ class Exporter(StepHooks, LayerFreezing):
     forward pass of the model; a layer run on its own publishes each call under its name. A
     training loop that runs the model's parts instead of the model (``model.head(model.body(x))``)
     gets steps as the model's forward pass would give them: with optimizers, the first training
-    call of a layer after they stepped starts the next step.
+    call of a layer after every optimizer stepped starts the next step (parts called between
+    the steps of optimizers that step in turn, as a GAN's do, stay in the step).
 
     **Copies.** ``copy.deepcopy``, ``pickle`` and ``torch.save`` of the model or an optimizer
     give a plain copy: every hook this Exporter registered is inert there, so the copy runs
@@ -302,11 +303,12 @@ class Exporter(StepHooks, LayerFreezing):
         try:
             for subscriber in message_bus.subscribers:
                 self.check_subscriber(subscriber)
-        except ValueError:
-            self.close()
+            message_bus.add_listener(self)
+            # hands the model to the subscribers that run it (a test-accuracy check runs then)
+            self.subscribers_changed(message_bus)
+        except BaseException:
+            self.close()  # nothing stays hooked to the model or listening on the bus
             raise
-        message_bus.add_listener(self)
-        self.subscribers_changed(message_bus)
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Exporter:
@@ -432,6 +434,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._publish_tensor_meta("loss", loss, self._loss_tag(loss))
 
     def _loss_tag(self, loss: torch.Tensor | None) -> str:
+        if self._probe_tag is not None:  # a probe, or an optimizer's further closure calls
+            return self._probe_tag
         if (
             self._pass_tag != DEFAULT_TAG
             and self._probe_tag is None
@@ -483,8 +487,8 @@ class Exporter(StepHooks, LayerFreezing):
             return
         self._epoch_ended = True
         self._check_layers()
-        self._check_called()
         self._publish_meta("epoch_finished")
+        self._check_called()  # after the epoch-end probes, which call eval-only layers too
         self._epoch_open = False
         self.epoch += 1
         self.message_bus.flush()

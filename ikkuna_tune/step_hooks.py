@@ -419,10 +419,11 @@ class StepHooks:
         else:  # a layer called on its own, outside the model's forward pass
             calls[0] = max(calls[0], 0)
             tag = self._outside_tag(module)
-            if tag == DEFAULT_TAG and self._opens_step():
+            if tag == DEFAULT_TAG and (not self._step_open or self._scaled()):
                 # the training loop runs the model's parts (model.encoder, then model.head):
-                # their first training call after the optimizers stepped starts the next step,
-                # as the model's own forward pass would
+                # their first training call after every optimizer stepped starts the next step
+                # (with optimizers that step in turn, as a GAN's do, parts are called between
+                # their steps: the step goes on until the last one stepped)
                 self._start_step()
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
@@ -479,6 +480,10 @@ class StepHooks:
         traced.clear()
         if tag == DEFAULT_TAG:
             self._traced_layers = layers
+        elif tag == CLOSURE_TAG:
+            # an optimizer's further closure call: its backward follows before the next pass,
+            # and its gradients are no training step's (the eager hooks publish none either)
+            self._traced_layers = []
 
     def _on_traced_gradient(self, position: int, grad: torch.Tensor) -> None:
         """The gradient tapped at ``position`` of the last training pass, at backward time. It

@@ -292,3 +292,59 @@ def test_sparse_embedding_gradients_are_measured_as_their_dense_values(optimizer
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_a_closure_over_the_models_parts_publishes_one_training_loss_per_step() -> None:
+    """L-BFGS over a loop that runs the model's parts: the further closure calls' losses are
+    under 'closure', as with ``model(x)``; one loss per step under 'default'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    bus = MessageBus()
+    tags: list[tuple[str, int]] = []
+    ik.CallbackSubscriber(["loss"], lambda m: tags.append((m.tag, m.global_step)), bus, tag=None)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    calls = []
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.mse_loss)
+        for _ in range(2):
+            count = [0]
+
+            def closure(count=count):
+                count[0] += 1
+                opt.zero_grad()
+                loss = loss_fn(model[2](model[1](model[0](x))), y)  # the parts, not model(x)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            calls.append(count[0])
+    assert min(calls) > 1
+    assert [t for t in tags if t[0] == "default"] == [("default", 0), ("default", 1)]
+    assert len([t for t in tags if t[0] == "closure"]) == sum(calls) - 2
+
+
+def test_a_compiled_models_further_closure_calls_publish_no_training_gradients() -> None:
+    """Under torch.compile the layer gradients come from taps traced into the graph: those of
+    L-BFGS's further closure calls are not published as the step's (one per layer per step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    bus = MessageBus()
+    seen: list[tuple[str, str, int]] = []
+    ik.CallbackSubscriber(
+        ["layer_gradients"], lambda m: seen.append((m.key, m.tag, m.global_step)), bus, tag=None
+    )
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with ik.Exporter(model, opt, bus):
+        run = torch.compile(model, backend="aot_eager")
+        for _ in range(2):
+
+            def closure():
+                opt.zero_grad()
+                loss = F.mse_loss(run(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+    assert sorted(seen) == [(k, "default", s) for k in ("0", "2") for s in (0, 1)]

@@ -241,3 +241,40 @@ def test_a_loop_that_runs_the_models_parts_publishes_each_step_under_its_number(
     for step in range(3):
         torch.testing.assert_close(activations[step], expected_encoder[step])
         torch.testing.assert_close(losses[step], expected_loss[step])
+
+
+class _GAN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3))
+        self.disc = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+
+
+def test_parts_called_between_optimizers_that_step_in_turn_stay_in_one_step() -> None:
+    """A GAN's loop calls the generator and the discriminator (parts of one watched model),
+    steps D, then runs G's loss through D and steps G: one training step per iteration, with
+    each part's activations and gradients under the same step number."""
+    torch.manual_seed(0)
+    model = _GAN()
+    opt_d = torch.optim.SGD(model.disc.parameters(), lr=0.01)
+    opt_g = torch.optim.SGD(model.gen.parameters(), lr=0.01)
+    bus = MessageBus()
+    seen = _record(bus, ["activations", "weight_gradients", "batch_started"], tag="default")
+    with ik.Exporter(model, [opt_d, opt_g], bus) as exporter:
+        for _ in range(4):
+            z, real = torch.randn(8, 2), torch.randn(8, 3)
+            fake = model.gen(z)
+            d_loss = model.disc(real).mean() - model.disc(fake.detach()).mean()
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            model.disc(fake).mean().backward()
+            opt_g.step()
+        assert exporter.global_step == 3
+    starts = [step for kind, _, step, _, _ in seen if kind == "batch_started"]
+    assert starts == [0, 1, 2, 3]
+    for key in ("gen.0", "disc.0"):
+        for kind in ("activations", "weight_gradients"):
+            steps = sorted({step for k, name, step, _, _ in seen if k == kind and name == key})
+            assert steps == [0, 1, 2, 3], (kind, key)

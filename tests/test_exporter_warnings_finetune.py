@@ -243,3 +243,47 @@ def test_a_layer_the_loop_calls_outside_the_models_forward_is_not_named(messages
             exporter.epoch_finished()
     assert seen == {"enc", "fc", "aux"}
     assert messages("never called in a forward pass") == []
+
+
+class _Calibrated(nn.Module):
+    """A layer applied in eval mode only (a calibration head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.calib = nn.Linear(32, 3), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out if self.training else self.calib(out)
+
+
+def test_a_layer_the_epoch_end_probe_calls_is_not_named(messages) -> None:
+    torch.manual_seed(0)
+    model = _Calibrated()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    ik.CallbackSubscriber(["activations"], lambda m: None, bus)
+    with ik.Exporter(model, opt, bus) as exporter:
+        ik.SVCCASubscriber(torch.randn(40, 32), 20, message_bus=bus, backend=None, track_init=False)
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(6, 32)), torch.randint(0, 3, (6,))).backward()
+            opt.step()
+            exporter.epoch_finished()
+    assert messages("never called in a forward pass") == []
+
+
+def test_a_failed_check_while_the_exporter_is_built_leaves_nothing_behind() -> None:
+    """A test-accuracy subscriber on the bus whose data the model cannot take: the Exporter
+    refuses, and neither its hooks nor its place on the bus stay."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    bus = MessageBus()
+    bad = torch.utils.data.TensorDataset(torch.randn(8, 5), torch.randint(0, 3, (8,)))
+    sub = ik.TestAccuracySubscriber(bad, forward_fn=model, batch_size=4, message_bus=bus)
+    with pytest.raises(ValueError, match="cannot evaluate the model"):
+        ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus)
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    sub.detach()
+    with ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus) as exporter:
+        assert exporter.message_bus is bus

@@ -68,15 +68,22 @@ _METRIC_VALUES = frozenset({"best", "reachable", "target", "chance"})
 
 
 def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
-    """Refuse a base scheduler that ranks the same metric the other way."""
-    base_metric = getattr(base, "_metric", None)
-    base_mode = getattr(base, "_mode", None)
-    if mode and base_mode and base_mode != mode and (not base_metric or base_metric == metric):
-        raise ValueError(
-            f"Expected `base` ({type(base).__name__}) to rank {metric!r} as SVCCAScheduler does "
-            f"(mode={mode!r}) but it has mode={base_mode!r}: it would stop the best trials. "
-            "Give the mode once (to SVCCAScheduler or to Tune) and leave the base's unset"
-        )
+    """Refuse a base scheduler (or one it wraps) that ranks the same metric the other way."""
+    seen: set[int] = set()
+    scheduler: object = base
+    while scheduler is not None and id(scheduler) not in seen:
+        seen.add(id(scheduler))
+        base_metric = getattr(scheduler, "_metric", None)
+        base_mode = getattr(scheduler, "_mode", None)
+        same_metric = not base_metric or base_metric == metric
+        if mode and base_mode and base_mode != mode and same_metric:
+            raise ValueError(
+                f"Expected `base` ({type(scheduler).__name__}) to rank {metric!r} as "
+                f"SVCCAScheduler does (mode={mode!r}) but it has mode={base_mode!r}: it would "
+                "stop the best trials. Give the mode once (to SVCCAScheduler or to Tune) and "
+                "leave the base's unset"
+            )
+        scheduler = getattr(scheduler, "_base_scheduler", None)
 
 
 class SVCCAScheduler(FIFOScheduler):

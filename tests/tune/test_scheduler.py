@@ -510,6 +510,12 @@ def test_a_base_ranking_the_metric_the_other_way_is_refused() -> None:
         scheduler.set_search_properties("loss", "min")
     # a base on another metric may rank it either way
     SVCCAScheduler(metric="loss", mode="min", base=ASHAScheduler(metric="acc", mode="max"))
+    # a base the base wraps is looked at too
+    from ray.tune.schedulers import ResourceChangingScheduler
+
+    wrapped = ResourceChangingScheduler(base_scheduler=ASHAScheduler(metric="loss", mode="max"))
+    with pytest.raises(ValueError, match="it would stop the best trials"):
+        SVCCAScheduler(metric="loss", mode="min", base=wrapped)
 
 
 def test_population_based_training_is_refused_when_wrapped_too() -> None:
