@@ -563,11 +563,11 @@ class StepHooks:
         """The optimizer step's arguments with its closure replaced (see above), or None when
         it was given no closure. ``step_args`` are those of the bound call: the optimizer
         first, then the closure if given by position."""
-        kwargs = dict(step_kwargs or {})
         positional = len(step_args) > 1
-        closure = step_args[1] if positional else kwargs.get("closure")
+        closure = step_args[1] if positional else (step_kwargs or {}).get("closure")
         if not callable(closure):
-            return None
+            return None  # the common case: nothing to copy
+        kwargs = dict(step_kwargs or {})
         calls = [0]
 
         def publishing_closure(*args: Any, **inner: Any) -> Any:
