@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--color-by",
-        default="lr",
-        help="config parameter that colours the trials (lr); 'none' colours by trial",
+        default="auto",
+        help="config parameter that colours the trials (auto: lr, or another learning rate "
+        "parameter, or the one with the most values; 'none' colours by trial)",
     )
     compare.add_argument(
         "--style-by",

@@ -412,3 +412,32 @@ def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
     with pytest.raises(ValueError, match="Unknown metric 'x'"):
         compare.write_report(df, tmp_path / "never", metric="x")
     assert not (tmp_path / "never").exists()
+
+
+def test_the_default_colour_is_a_learning_rate_or_the_parameter_that_varies(tmp_path) -> None:
+    """Without ``--color-by`` the comparison does not require a parameter called ``lr``: a
+    learning rate under another name colours the trials, else the parameter with the most
+    values, else the trial."""
+    import json
+
+    from ikkuna_tune.compare import compare_experiment
+
+    for config, expected in [
+        ({"learning_rate": [0.1, 0.01], "width": [8, 16]}, "learning_rate"),
+        ({"width": [8, 16], "seed": [0, 0]}, "width"),
+        ({"seed": [0, 0]}, None),
+    ]:
+        sweep = tmp_path / f"sweep_{len(list(tmp_path.iterdir()))}"
+        for i in range(2):
+            trial = sweep / f"train_abcde_0000{i}"
+            trial.mkdir(parents=True)
+            params = {name: values[i] for name, values in config.items()}
+            (trial / "params.json").write_text(json.dumps(params))
+            result = {"training_iteration": 1, "loss": 0.5 + i, "frozen": {"fc": 0}}
+            (trial / "result.json").write_text(json.dumps(result))
+        made = compare_experiment(sweep, tmp_path / f"out_{sweep.name}", metric="loss", html=False)
+        assert made.summary["trial_id"].tolist() == ["abcde_00000", "abcde_00001"]
+        from ikkuna_tune.compare import load
+        from ikkuna_tune.compare.styles import auto_color_by
+
+        assert auto_color_by(load(sweep)) == expected

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ikkuna_tune.compare.frame import FROZEN
 from ikkuna_tune.compare.plotly_figures import layers_figure, timeline_figure
-from ikkuna_tune.compare.styles import AUTO
+from ikkuna_tune.compare.styles import AUTO, resolve_color_by
 
 __all__ = ["HTML_REPORT", "layers_figure", "timeline_figure", "write_html_report"]
 
@@ -222,7 +222,7 @@ def write_html_report(
     table: pd.DataFrame,
     made: pd.DataFrame,
     metric: str = "self_similarity",
-    color_by: str | None = "lr",
+    color_by: str | None = AUTO,
     *,
     style_by: str | None = AUTO,
     sharey: bool = True,
@@ -253,6 +253,7 @@ def write_html_report(
     """
     from plotly.offline import get_plotlyjs
 
+    color_by = resolve_color_by(df, color_by)
     figures = {
         "layers": layers_figure(
             df, metric, color_by, style_by=style_by, sharey=sharey, budget=budget

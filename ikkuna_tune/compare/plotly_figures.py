@@ -26,6 +26,7 @@ from ikkuna_tune.compare.panels import last_finite, layer_panels
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
+    resolve_color_by,
 )
 from ikkuna_tune.compare.timeline import timeline_data
 
@@ -58,7 +59,7 @@ def _escape_template(text: str) -> str:
 def layers_figure(
     df: pd.DataFrame,
     metric: str = "self_similarity",
-    color_by: str | None = "lr",
+    color_by: str | None = AUTO,
     *,
     style_by: str | None = AUTO,
     sharey: bool = True,
@@ -86,6 +87,7 @@ def layers_figure(
     from plotly import graph_objects as go
     from plotly.subplots import make_subplots
 
+    color_by = resolve_color_by(df, color_by)
     plan = layer_panels(df, metric, color_by, style_by, budget, columns, cmap)
     rows, panels, trial_ids, style_by = plan.rows, plan.panels, plan.trial_ids, plan.style_by
     nrows, ncols, colours, styles = plan.nrows, plan.ncols, plan.colours, plan.styles
@@ -255,6 +257,7 @@ def timeline_figure(
     """
     from plotly import graph_objects as go
 
+    color_by = resolve_color_by(df, color_by)
     t = timeline_data(df, color_by, budget)
     infos, iterations, trial_ids, values = t.infos, t.iterations, t.trial_ids, t.values
     early, names, frozen_at, offsets = t.early, t.names, t.frozen_at, t.offsets

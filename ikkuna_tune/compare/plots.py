@@ -24,6 +24,7 @@ from ikkuna_tune.compare.styles import (
     LINESTYLES,
     MAX_LEGEND_COLOURS,
     auto_style_by,
+    resolve_color_by,
 )
 from ikkuna_tune.compare.timeline import freezable_layers, timeline_data
 from ikkuna_tune.compare.timeline import timeline_offsets as timeline_offsets  # reachable here too
@@ -59,7 +60,7 @@ def _value_at(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
 def plot_layers(
     df: pd.DataFrame,
     metric: str = "self_similarity",
-    color_by: str | None = "lr",
+    color_by: str | None = AUTO,
     *,
     style_by: str | None = AUTO,
     sharey: bool = True,
@@ -100,6 +101,7 @@ def plot_layers(
         >>> [ax.get_title() for ax in figure.axes], [l.get_gid() for l in figure.axes[0].lines]
         (['fc'], ['a', 'b'])
     """
+    color_by = resolve_color_by(df, color_by)
     plan = layer_panels(df, metric, color_by, style_by, budget, columns, cmap)
     rows, panels, trial_ids, style_by = plan.rows, plan.panels, plan.trial_ids, plan.style_by
     nrows, ncols, colours, styles = plan.nrows, plan.ncols, plan.colours, plan.styles
@@ -275,6 +277,7 @@ def plot_freeze_timeline(
         >>> fc.get_label(), fc.get_xdata().tolist(), fc.get_ydata().tolist()
         ('fc', [2], [1.0])
     """
+    color_by = resolve_color_by(df, color_by)
     t = timeline_data(df, color_by, budget)
     infos, iterations, trial_ids, values = t.infos, t.iterations, t.trial_ids, t.values
     early, names, frozen_at, offsets = t.early, t.names, t.frozen_at, t.offsets

@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from ikkuna_tune.compare.frame import (
     FROZEN,
     check_budget,
-    check_color_by,
     check_metric,
     check_mode,
     check_tidy,
@@ -24,7 +23,7 @@ from ikkuna_tune.compare.frame import (
 from ikkuna_tune.compare.html_report import HTML_REPORT, write_html_report
 from ikkuna_tune.compare.loading import ExperimentLike, load
 from ikkuna_tune.compare.plots import plot_freeze_timeline, plot_layers
-from ikkuna_tune.compare.styles import AUTO, resolve_style_by
+from ikkuna_tune.compare.styles import AUTO, resolve_color_by, resolve_style_by
 from ikkuna_tune.compare.tables import DECISION_COLUMNS, decisions, summary
 
 __all__ = ["Comparison", "compare_experiment", "write_report"]
@@ -56,7 +55,7 @@ def compare_experiment(
     experiment: ExperimentLike,
     out_dir: str | PathLike[str],
     metric: str = "self_similarity",
-    color_by: str | None = "lr",
+    color_by: str | None = AUTO,
     summary_metric: str | None = None,
     mode: str = "max",
     *,
@@ -99,7 +98,7 @@ def write_report(
     df: pd.DataFrame,
     out_dir: str | PathLike[str],
     metric: str = "self_similarity",
-    color_by: str | None = "lr",
+    color_by: str | None = AUTO,
     summary_metric: str | None = None,
     mode: str = "max",
     *,
@@ -169,7 +168,7 @@ class _Options:
         html: bool,
     ) -> _Options:
         check_metric(df, metric)
-        check_color_by(df, color_by)
+        color_by = resolve_color_by(df, color_by)
         style = resolve_style_by(df, color_by, style_by)
         return cls(metric, color_by, style, bool(sharey), budget, bool(html))
 

@@ -24,11 +24,19 @@ from ikkuna_tune.compare.frame import (
     trial_values,
 )
 
-__all__ = ["AUTO", "LINESTYLES", "MAX_LEGEND_COLOURS", "auto_style_by"]
+__all__ = [
+    "AUTO",
+    "LINESTYLES",
+    "MAX_LEGEND_COLOURS",
+    "auto_color_by",
+    "auto_style_by",
+    "resolve_color_by",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``style_by="auto"``: pick the parameter that tells trials of one colour apart.
+#: ``style_by="auto"``: pick the parameter that tells trials of one colour apart;
+#: ``color_by="auto"``: the learning rate, or else the parameter that varies most.
 AUTO = "auto"
 #: Line styles for ``style_by``, as (matplotlib, plotly) names.
 LINESTYLES: tuple[tuple[Any, str], ...] = (
@@ -203,3 +211,54 @@ def resolve_style_by(df: pd.DataFrame, color_by: str | None, style_by: str | Non
         return auto_style_by(df, color_by)
     check_color_by(df, style_by, what="style_by")
     return style_by
+
+
+def _is_learning_rate(name: str) -> bool:
+    leaf = name.rsplit("/", 1)[-1].lower()
+    return leaf in ("lr", "learning_rate") or leaf.endswith(("_lr", "-lr"))
+
+
+def auto_color_by(df: pd.DataFrame) -> str | None:
+    """The config parameter that colours the trials when none is named: ``lr`` if the trials
+    have one, else a learning rate under another name (``learning_rate``, ``opt/lr``), else
+    the parameter with the most distinct values among the trials (ties: by name), else None
+    (colour by trial). Only parameters that take at least 2 values count.
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> trials = zip("abcd", [0.1, 0.1, 0.01, 0.01], [8, 16, 32, 64])
+        >>> rows = [(*trial, 1, "loss", None, 0.5) for trial in trials]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "opt/lr", "width", *TIDY_COLUMNS[1:]])
+        >>> auto_color_by(df), auto_color_by(df.drop(columns="opt/lr"))
+        ('opt/lr', 'width')
+    """
+    counts = {}
+    for name in config_columns(df):
+        values = trial_values(df, name)
+        distinct = {str(v) for v in values.values() if v is not None}
+        if len(distinct) >= 2:
+            counts[name] = len(distinct)
+    if "lr" in counts:
+        return "lr"
+    rates = sorted(name for name in counts if _is_learning_rate(name))
+    if rates:
+        return rates[0]
+    if not counts:
+        return None
+    return min(counts, key=lambda name: (-counts[name], name))
+
+
+def resolve_color_by(df: pd.DataFrame, color_by: str | None) -> str | None:
+    """``color_by`` checked, with ``"auto"`` resolved (see :func:`auto_color_by`).
+
+    Examples:
+        >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
+        >>> rows = [(t, lr, 1, "loss", None, 0.5) for t, lr in [("a", 0.1), ("b", 0.01)]]
+        >>> df = pd.DataFrame(rows, columns=["trial_id", "learning_rate", *TIDY_COLUMNS[1:]])
+        >>> resolve_color_by(df, AUTO), resolve_color_by(df, None)
+        ('learning_rate', None)
+    """
+    if color_by == AUTO and AUTO not in config_columns(df):
+        return auto_color_by(df)
+    check_color_by(df, color_by)
+    return color_by
