@@ -49,6 +49,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: ``freeze_reason`` of a layer frozen in the trial itself, not on the scheduler's order
+FROZEN_BY_TRIAL = (
+    "frozen in the trial (Exporter.freeze, or a subscriber's freeze_at), not by the scheduler"
+)
+
 #: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
@@ -392,9 +397,12 @@ class TrialSession:
         merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in exporter.modules}
         merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction()
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
-        # columns at the first report): "" for a layer not frozen by the scheduler (or frozen
-        # without a reason), NaN for a step time not measured yet
-        reasons = {name: self.freeze_reasons.get(name, "") for name in exporter.modules}
+        # columns at the first report): "" for a layer not frozen, NaN for a step time not
+        # measured yet
+        reasons = {
+            name: self.freeze_reasons.get(name, FROZEN_BY_TRIAL if name in exporter.frozen else "")
+            for name in exporter.modules
+        }
         reasons.update(self.freeze_reasons)  # (a reason for a layer not tracked: kept)
         merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None

@@ -86,6 +86,16 @@ def test_freeze_reasons_are_empty_until_a_layer_is_frozen() -> None:
     assert [r["freeze_reason"]["fc"] for r in reports] == [""] * 6
 
 
+def test_a_layer_the_trial_froze_itself_says_so() -> None:
+    from ikkuna_tune.tune.session import FROZEN_BY_TRIAL
+
+    trial = _Trial()
+    assert trial.report(1)["freeze_reason"] == {"conv": "", "fc": ""}
+    trial.exporter.freeze("conv")
+    assert trial.report(1)["freeze_reason"] == {"conv": FROZEN_BY_TRIAL, "fc": ""}
+    trial.session.close()
+
+
 def test_step_times_are_nan_until_measured() -> None:
     reports = _reports()
     step = [r["step_seconds"] for r in reports]
