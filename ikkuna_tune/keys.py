@@ -11,6 +11,7 @@ __all__ = [
     "DECISIONS_FILE",
     "FREEZE_REASON",
     "FROZEN",
+    "FROZEN_BY_TRIAL",
     "FROZEN_FRACTION",
     "INIT_SIMILARITY",
     "LIVE_FRACTION",
@@ -44,6 +45,10 @@ FROZEN = "frozen"
 FROZEN_FRACTION = "frozen_fraction"
 #: Why the scheduler froze a layer (per layer, text).
 FREEZE_REASON = "freeze_reason"
+#: The ``freeze_reason`` of a layer frozen in the trial itself, not on the scheduler's order.
+FROZEN_BY_TRIAL = (
+    "frozen in the trial (Exporter.freeze, or a subscriber's freeze_at), not by the scheduler"
+)
 #: Mean seconds per training step since the last report.
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.

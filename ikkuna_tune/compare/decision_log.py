@@ -40,7 +40,12 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
         layer = column[len(prefix) :]
         if not column.startswith(prefix) or layer in frozen:
             continue
-        reasons = [r for r in trial.results[column] if isinstance(r, str) and r.strip()]
+        # a layer the trial froze itself is no decision of the scheduler's
+        reasons = [
+            r
+            for r in trial.results[column]
+            if isinstance(r, str) and r.strip() and r != keys.FROZEN_BY_TRIAL
+        ]
         if reasons:
             rows.append({"trial_id": trial.trial_id, **_described(reasons[-1], layer)})
     return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0))

@@ -49,11 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``freeze_reason`` of a layer frozen in the trial itself, not on the scheduler's order
-FROZEN_BY_TRIAL = (
-    "frozen in the trial (Exporter.freeze, or a subscriber's freeze_at), not by the scheduler"
-)
-
 #: File holding ikkuna_tune's state inside a trial checkpoint, beside the user's files.
 STATE_FILE = "ikkuna_tune_state.pt"
 #: Metric names ikkuna_tune adds to every report.
@@ -400,7 +395,9 @@ class TrialSession:
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
         # measured yet
         reasons = {
-            name: self.freeze_reasons.get(name, FROZEN_BY_TRIAL if name in exporter.frozen else "")
+            name: self.freeze_reasons.get(
+                name, keys.FROZEN_BY_TRIAL if name in exporter.frozen else ""
+            )
             for name in exporter.modules
         }
         reasons.update(self.freeze_reasons)  # (a reason for a layer not tracked: kept)

@@ -87,7 +87,7 @@ def test_freeze_reasons_are_empty_until_a_layer_is_frozen() -> None:
 
 
 def test_a_layer_the_trial_froze_itself_says_so() -> None:
-    from ikkuna_tune.tune.session import FROZEN_BY_TRIAL
+    from ikkuna_tune.keys import FROZEN_BY_TRIAL
 
     trial = _Trial()
     assert trial.report(1)["freeze_reason"] == {"conv": "", "fc": ""}
