@@ -438,7 +438,6 @@ class Exporter(StepHooks, LayerFreezing):
             return self._probe_tag
         if (
             self._pass_tag != DEFAULT_TAG
-            and self._probe_tag is None
             and not self._eval_grad_pass  # an eval-mode pass with gradients: its own loss
             and self._step_open
             and isinstance(loss, torch.Tensor)

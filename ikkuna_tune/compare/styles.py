@@ -232,7 +232,7 @@ def auto_color_by(df: pd.DataFrame) -> str | None:
         >>> auto_color_by(df), auto_color_by(df.drop(columns="opt/lr"))
         ('opt/lr', 'width')
     """
-    counts = {}
+    counts: dict[str, int] = {}
     for name in config_columns(df):
         values = trial_values(df, name)
         distinct = {str(v) for v in values.values() if v is not None}

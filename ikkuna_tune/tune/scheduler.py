@@ -54,13 +54,17 @@ def _copies_checkpoints(scheduler: object) -> bool:
     """
     from ray.tune.schedulers import PopulationBasedTraining
 
-    seen: set[int] = set()
-    while scheduler is not None and id(scheduler) not in seen:
-        if isinstance(scheduler, PopulationBasedTraining):
-            return True
-        seen.add(id(scheduler))
+    return any(isinstance(s, PopulationBasedTraining) for s in _wrapped_chain(scheduler))
+
+
+def _wrapped_chain(scheduler: object) -> list[object]:
+    """``scheduler`` and the schedulers it wraps (``ResourceChangingScheduler``'s base), outer
+    first."""
+    chain: list[object] = []
+    while scheduler is not None and all(scheduler is not s for s in chain):
+        chain.append(scheduler)
         scheduler = getattr(scheduler, "_base_scheduler", None)
-    return False
+    return chain
 
 
 #: values of a decision that are the metric itself (signed by the rules; see _in_metric_units)
@@ -69,10 +73,7 @@ _METRIC_VALUES = frozenset({"best", "reachable", "target", "chance"})
 
 def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
     """Refuse a base scheduler (or one it wraps) that ranks the same metric the other way."""
-    seen: set[int] = set()
-    scheduler: object = base
-    while scheduler is not None and id(scheduler) not in seen:
-        seen.add(id(scheduler))
+    for scheduler in _wrapped_chain(base):
         base_metric = getattr(scheduler, "_metric", None)
         base_mode = getattr(scheduler, "_mode", None)
         same_metric = not base_metric or base_metric == metric
@@ -83,7 +84,6 @@ def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None)
                 "stop the best trials. Give the mode once (to SVCCAScheduler or to Tune) and "
                 "leave the base's unset"
             )
-        scheduler = getattr(scheduler, "_base_scheduler", None)
 
 
 class SVCCAScheduler(FIFOScheduler):
