@@ -23,9 +23,9 @@ def messages(caplog: pytest.LogCaptureFixture):
     return lambda text: [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+def _step(model: nn.Module, opt: torch.optim.Optimizer, batch: int = 8, features: int = 4) -> None:
     opt.zero_grad()
-    F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))).backward()
+    F.cross_entropy(model(torch.randn(batch, features)), torch.randint(0, 3, (batch,))).backward()
     opt.step()
 
 
@@ -208,19 +208,13 @@ def test_no_uncalled_layer_warning_for_hooks_registered_after_the_last_pass(mess
     bus = MessageBus()
     with ik.Exporter(model, opt, bus) as exporter:
         _epochs(model, opt, exporter, epochs=1)
-        _step_attention(model, opt)
+        _step(model, opt, batch=6, features=32)
         ik.CallbackSubscriber(["activations"], lambda m: None, bus)  # hooks from now on
         exporter.epoch_finished()  # no pass since: nothing is known about the layers yet
         assert messages("never called in a forward pass") == []
-        _step_attention(model, opt)
+        _step(model, opt, batch=6, features=32)
         exporter.epoch_finished()  # a pass with the hooks: now out_proj is known uncalled
     assert len(messages("never called in a forward pass")) == 1
-
-
-def _step_attention(model: nn.Module, opt: torch.optim.Optimizer) -> None:
-    opt.zero_grad()
-    F.cross_entropy(model(torch.randn(6, 32)), torch.randint(0, 3, (6,))).backward()
-    opt.step()
 
 
 def test_a_layer_the_loop_calls_outside_the_models_forward_is_not_named(messages):
