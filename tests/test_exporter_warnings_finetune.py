@@ -156,15 +156,23 @@ def _epochs(model, opt, exporter, epochs: int = 2, parts: bool = False) -> None:
         exporter.epoch_finished()
 
 
+def _recording_activations(
+    model: nn.Module,
+) -> tuple[torch.optim.Optimizer, MessageBus, set[str]]:
+    """SGD on ``model``, a bus, and the set of layers its activations arrive from."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    bus = MessageBus()
+    seen: set[str] = set()
+    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    return opt, bus, seen
+
+
 def test_a_layer_its_parent_never_calls_is_named_once_at_the_first_epoch_end(messages):
     """MultiheadAttention multiplies by out_proj's weight without calling out_proj: with
     activations subscribed, the first epoch end names it (once), and only it."""
     torch.manual_seed(0)
     model = _Attention()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    bus = MessageBus()
-    seen: set[str] = set()
-    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    opt, bus, seen = _recording_activations(model)
     with ik.Exporter(model, opt, bus) as exporter:
         _epochs(model, opt, exporter)
         tracked = set(exporter.modules)
@@ -191,10 +199,7 @@ class _Plain(nn.Module):
 def test_no_uncalled_layer_warning_when_every_layer_runs(messages, parts: bool) -> None:
     torch.manual_seed(0)
     model = _Plain()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    bus = MessageBus()
-    seen: set[str] = set()
-    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    opt, bus, seen = _recording_activations(model)
     with ik.Exporter(model, opt, bus) as exporter:
         _epochs(model, opt, exporter, parts=parts)
     assert seen == {"enc", "fc"}
@@ -222,10 +227,7 @@ def test_a_layer_the_loop_calls_outside_the_models_forward_is_not_named(messages
     torch.manual_seed(0)
     model = _Plain()
     model.aux = nn.Linear(8, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    bus = MessageBus()
-    seen: set[str] = set()
-    ik.CallbackSubscriber(["activations"], lambda m: seen.add(m.key), bus)
+    opt, bus, seen = _recording_activations(model)
     with ik.Exporter(model, opt, bus) as exporter:
         for _ in range(2):
             x, y = torch.randn(6, 32), torch.randint(0, 3, (6,))
