@@ -72,14 +72,16 @@ class Exporter(StepHooks, LayerFreezing):
 
     Per training step it publishes, all with the same step numbers and in this order:
     ``epoch_started`` (first step of an epoch), ``batch_started``, ``weights``/``biases`` (the
-    values this step's forward uses), ``input_data``, ``activations`` (forward order),
+    values the step starts from), ``input_data``, ``activations`` (forward order),
     ``network_output``, then whatever the user publishes (``input_labels``, ``loss``), then during
     backward ``layer_gradients`` (gradient w.r.t. each layer's output), then at each
     ``optimizer.step()`` ``weight_gradients``/``bias_gradients`` (``param.grad`` as the optimizer
     is about to use it: with gradient accumulation, the sum of the step's backward passes) and
-    ``weight_updates``/``bias_updates`` (what that step changed) of the layers that optimizer
-    trains, and once every optimizer has stepped ``batch_finished``. Without an optimizer,
-    gradients are published during backward, each once accumulated, and a step ends at the next
+    ``weight_updates``/``bias_updates`` (what the step changed since it started, the forward
+    pass's own in-place changes such as ``nn.Embedding(max_norm=...)``'s included: the updates
+    add up to the weights' change from step to step) of the layers that optimizer trains, and
+    once every optimizer has stepped ``batch_finished``. Without an optimizer, gradients are
+    published during backward, each once accumulated, and a step ends at the next
     training forward, :meth:`epoch_finished` or :meth:`close`.
 
     Tensors are published without copies: ``weights`` and ``weight_gradients`` are views of the
@@ -256,6 +258,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._step_open = False
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
+        self._snapped: set[int] = set()
         self._epoch_open = False
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None

@@ -348,3 +348,38 @@ def test_a_compiled_models_further_closure_calls_publish_no_training_gradients()
 
             opt.step(closure)
     assert sorted(seen) == [(k, "default", s) for k in ("0", "2") for s in (0, 1)]
+
+
+@pytest.mark.parametrize("subsample", [1, 2])  # one batch of every layer; layer by layer
+def test_updates_count_what_the_forward_pass_changed_in_place(subsample) -> None:
+    # nn.Embedding(max_norm=...) renormalises the rows it looks up in place during the forward
+    # pass: the step's update is the change from the weights it started from (those published
+    # as `weights`), so that the updates add up to the weights' change from step to step
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, max_norm=0.5)
+    with torch.no_grad():
+        emb.weight.mul_(3)  # rows longer than max_norm
+    model = torch.nn.Sequential(emb, torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bus = MessageBus()
+    got = _record(bus, ["weights"])
+    ik.CallbackSubscriber(
+        ["weight_updates"],
+        lambda m: got.append((m.kind, m.key, m.global_step, m.data.clone())),
+        bus,
+        subsample=subsample,
+    )
+    x, y = torch.randint(0, 10, (5, 3)), torch.randint(0, 3, (5,))
+    changes = []
+    with ik.Exporter(model, opt, bus):
+        for _ in range(4):
+            before = emb.weight.detach().clone()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            changes.append(emb.weight.detach() - before)
+    assert changes[0].norm() > 1.0  # the renormalisation, not the optimizer, made most of it
+    published = {s: d for k, key, s, d in got if k == "weight_updates" and key == "0"}
+    assert sorted(published) == list(range(0, 4, subsample))
+    for step, update in published.items():
+        torch.testing.assert_close(update, changes[step])

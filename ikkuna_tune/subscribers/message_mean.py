@@ -6,7 +6,14 @@ from __future__ import annotations
 import torch
 
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.messages import DEFAULT_TAG, META_KINDS, KindType, Message, MessageBundle
+from ikkuna_tune.messages import (
+    DATA_KINDS,
+    DEFAULT_TAG,
+    META_KINDS,
+    KindType,
+    Message,
+    MessageBundle,
+)
 from ikkuna_tune.subscribers.kinds import check_tensor_kind
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
@@ -60,6 +67,12 @@ class MessageMeanSubscriber(PlotSubscriber):
             raise ValueError(
                 f"Expected `kind` to be a per-layer kind (such as 'weights_norm2') but got the "
                 f"network kind {kind!r}"
+            )
+        if kind in DATA_KINDS:  # whole tensors: one number per layer is a metric of them
+            raise ValueError(
+                f"Expected `kind` to carry one number per layer (such as "
+                f"'{kind}_norm2', published by a NormSubscriber of {kind!r} attached before "
+                f"this one) but got {kind!r}, whose messages are whole tensors"
             )
         self.published_kind = f"{kind}_message_mean"
         self._groups: dict[tuple[str, int], list[torch.Tensor]] = {}

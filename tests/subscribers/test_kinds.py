@@ -54,3 +54,10 @@ def test_unknown_kind_at_attach_suggests_the_bus_topic_and_lists_builtins_apart(
     listed = re.search(r"built-in kinds: \[(.*?)\]", message).group(1)
     assert "norm2" not in listed
     assert [type(s).__name__ for s in bus.subscribers] == ["NormSubscriber"]
+
+
+@pytest.mark.parametrize("kind", DATA_KINDS)
+def test_message_mean_of_a_whole_tensor_kind_is_refused_when_built(kind) -> None:
+    # its messages never carry one number: refused here, not at the first training step
+    with pytest.raises(ValueError, match=f"'{kind}_norm2'.*got '{kind}', whose messages"):
+        ik.MessageMeanSubscriber(kind)
