@@ -28,7 +28,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   then learns, is left running until then); and a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
-  configurations always run to the end).
+  configurations always run to the end); that rate is measured only once the trial has gained
+  something since its first report, or after ``stall_share`` of the budget: a flat start is no
+  rate.
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -402,7 +404,12 @@ def stop_verdict(
                 None,
                 {"progress": progress, "best": trial.best(), "target": target},
             )
-    if budget is not None and len(others_best) >= rules.protect_top and it < budget:
+    # a trial that has gained nothing since its first report has no rate to extrapolate: a
+    # late start (chance level for a few epochs, then learning: recurrent nets, warm-up) looks
+    # the same as a stuck one until a share of the budget has passed, and the stuck rules
+    # above wait for that share
+    measured = not stalled or (budget is not None and it >= rules.stall_share * budget)
+    if budget is not None and len(others_best) >= rules.protect_top and it < budget and measured:
         target = sorted(others_best, reverse=True)[rules.protect_top - 1]
         # the last values reported, with the reports between them: a metric reported at some
         # reports only (validation every other epoch) gains per report, not per value

@@ -189,3 +189,27 @@ def test_stuck_at_chance_needs_a_chance_level_a_budget_and_no_progress() -> None
     assert stop_verdict(_at_chance_trial(slow), RULES, [], 12) is None
     # the trial left chance by more than stall_delta
     assert stop_verdict(_at_chance_trial([0.05, 0.1, 0.1, 0.125]), RULES, [], 12) is None
+
+
+def test_a_late_starter_is_not_extrapolated_from_its_flat_start() -> None:
+    """A recurrent net at chance for three epochs, then learning (FIFO: 0.703 in the end, the
+    sweep's third best): with no gain since its first report it has no rate to extrapolate, so
+    "cannot reach the top 3" waits, as the stuck rules do, for a share of the budget. Once it
+    gains, its rate is measured; a trial that gained and then stopped gaining is judged at
+    once."""
+    late = [0.143, 0.105, 0.108, 0.213, 0.22, 0.291]
+    others = [[0.93], [0.933], [0.377]]
+    assert RULES.stall_share * 12 > 3
+    for it in range(1, 7):
+        assert stop_verdict(_drifting(late[:it]), RULES, others, budget=12) is None, it
+    # still flat at a third of the budget: now stuck while others learned
+    flat = [0.143, 0.105, 0.108, 0.11]
+    stop = stop_verdict(_drifting(flat), RULES, others, budget=12)
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
+    # learned, then stalled before a third of the budget: its rate (0 over the last reports)
+    # is measured, and it is stopped as soon as that shows
+    plateau = [0.3, 0.526, 0.526, 0.526, 0.526]
+    assert RULES.stall_share * 24 > 5 and RULES.settle_window == 3
+    stop = stop_verdict(_drifting(plateau), RULES, [[0.96], [0.95], [0.927]], budget=24)
+    assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 5
+    assert stop.values["reachable"] == pytest.approx(0.526)
