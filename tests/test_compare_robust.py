@@ -51,6 +51,31 @@ def test_an_all_nan_metric_is_known_but_has_no_values(tmp_path) -> None:
         compare.plot_layers(df, metric="nope")
 
 
+def test_a_value_reported_as_nan_stays_and_is_marked_where_a_missing_one_goes(tmp_path) -> None:
+    """A loss that diverged to NaN at iteration 2 looked like a healthy trial that stopped
+    reporting: the NaN stays (the plots mark it as not finite from there), while a value not
+    reported (null), and the step times that are NaN when no step was timed, go."""
+    experiment = tmp_path / "sweep"
+    results = [report("t0", CONFIG, i) for i in (1, 2, 3)]
+    results[1]["loss"] = results[2]["loss"] = math.nan  # as Tune writes it: NaN
+    results[1]["sim"]["head"] = math.nan  # a similarity that could not be computed
+    results[2]["sim"]["head"] = None  # not measured since the last report
+    results[2]["step_seconds"] = math.nan  # no step timed
+    write_trial(experiment, "train_t0", CONFIG, results)
+    df = compare.load(experiment)
+    assert [(i, math.isnan(v)) for i, v in _loss(df, "t0")] == [(1, False), (2, True), (3, True)]
+    head = df[(df["metric"] == "sim") & (df["layer"] == "head")]
+    assert list(head["training_iteration"]) == [1, 2]  # the null at 3 is left out
+    assert math.isnan(head["value"].iloc[1])
+    steps = df[df["metric"] == "step_seconds"]
+    assert list(steps["training_iteration"]) == [1, 2]
+    table = compare.summary(df, metric="loss", mode="min")
+    assert table["best_loss"].iloc[0] == pytest.approx(results[0]["loss"])
+    figure = compare.plot_layers(df, metric="loss")
+    (marks,) = [c for c in figure.axes[0].collections if c.get_gid() == "not finite"]
+    assert marks.get_offsets().tolist() == [[2.0, results[0]["loss"]]]
+
+
 def test_a_per_layer_metric_without_values(tmp_path) -> None:
     experiment = tmp_path / "sweep"
     results = [report("t0", CONFIG, i) for i in (1, 2)]

@@ -214,7 +214,7 @@ def test_the_iteration_where_a_value_became_infinite_is_marked() -> None:
     (marks,) = [c for c in figure.axes[0].collections if c.get_gid() == "not finite"]
     assert marks.get_offsets().tolist() == [[2.0, 1.0]]
     texts = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
-    assert "not finite (inf) from here" in texts
+    assert "not finite (NaN or inf) from here" in texts
     from ikkuna_tune.compare.plotly_figures import layers_figure
 
     traces = [t for t in layers_figure(frame, metric="loss").data if t.marker.symbol]

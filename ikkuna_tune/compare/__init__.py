@@ -16,8 +16,12 @@ parameter (nested configs flattened as ``a/b``), ``training_iteration``, ``metri
 and ``value``. Tune flattens the nested per-layer reports of :func:`ikkuna_tune.report`
 (``{"self_similarity": {"conv1": 0.99}}``) to ``self_similarity/conv1``; such a name becomes
 metric ``self_similarity``, layer ``conv1``. Network-wide metrics have no layer (NaN).
-Non-numeric and missing values (NaN, ``null``), and Tune's bookkeeping fields (``done``,
-``timestamp``, ``pid``...), are left out. Booleans become 0/1.
+Non-numeric values, values not reported (``null``, a key missing from a result) and Tune's
+bookkeeping fields (``done``, ``timestamp``, ``pid``...) are left out. A value reported as NaN
+(a diverged loss) stays, read from a trial's ``result.json``, and the plots mark it as not
+finite, as they mark an infinity; the step times, NaN when no step was timed, and the frames of
+a Ray object or of ``progress.csv``, where a NaN cannot be told from a value not reported, are
+left out. Booleans become 0/1.
 
 What is known about each trial beyond its numbers (status, whether it failed, whether Tune
 stopped it, its directory, its config, also for trials that never reported) is kept in

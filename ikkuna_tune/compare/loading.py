@@ -19,7 +19,7 @@ import pandas as pd
 from ikkuna_tune import keys
 from ikkuna_tune.compare.decision_log import DECISIONS_FILE, FREEZE_REASON, _trial_decisions
 from ikkuna_tune.compare.frame import TIDY_COLUMNS, missing
-from ikkuna_tune.compare.trials import _read_directory, _read_object, _Trial
+from ikkuna_tune.compare.trials import REPORTED_NAN, _read_directory, _read_object, _Trial
 
 __all__ = ["BOOKKEEPING", "DECISIONS_FILE", "FREEZE_REASON", "ExperimentLike", "load"]
 
@@ -118,6 +118,12 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
     return df
 
 
+#: The long form's column that says which NaN values were reported as NaN (see _tidy).
+_NAN = "reported_nan"
+#: Outputs ikkuna_tune reports as NaN when it measured nothing since the last report.
+_NAN_MEANS_MISSING = frozenset({keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN})
+
+
 def _numeric(column: pd.Series) -> pd.Series | None:
     """The column as floats (NaN where missing or not a number), or None if it holds no
     numbers but text. A column of nothing but ``None``/NaN is all NaN."""
@@ -151,11 +157,21 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
             long.insert(position, renamed[name], [trial.config.get(name)] * len(long))
         frames.append(long)
     columns = ["trial_id", *renamed.values(), "training_iteration", "metric", "layer", "value"]
-    df = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    df = (
+        pd.concat(frames, ignore_index=True)[[*columns, _NAN]]
+        if frames
+        else pd.DataFrame(columns=[*columns, _NAN])
+    )
     reported: dict[str, bool] = {}  # metric name -> reported per layer
     for metric, layer in df[["metric", "layer"]].drop_duplicates().itertuples(index=False):
         reported[metric] = reported.get(metric, False) or not missing(layer)
-    df = df[df["value"].notna()].reset_index(drop=True)
+    # a NaN that was reported stays (a diverged loss: plotted as "not finite from here") in a
+    # metric and layer with values elsewhere; one that stands for a value not reported goes
+    has_value = df["value"].notna()
+    layer_key = df["layer"].astype(object).where(df["layer"].notna(), "")
+    with_values = has_value.groupby([df["metric"], layer_key]).transform("any").astype(bool)
+    keep = has_value | (df[_NAN].astype(bool) & with_values)
+    df = df[keep][columns].reset_index(drop=True)
     with_values = set(df["metric"])
     df.attrs["trials"] = {t.trial_id: t.info() for t in trials}
     df.attrs["decisions"] = [row for t in trials for row in _trial_decisions(t)]
@@ -168,8 +184,8 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
 
 
 def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
-    """One trial's results in long form, NaN values included; adds the metric names of
-    columns holding text to ``text``."""
+    """One trial's results in long form, NaN values included (marked when reported as NaN);
+    adds the metric names of columns holding text to ``text``."""
     if not len(results):
         return None
     iterations = results["training_iteration"].astype(int).to_numpy()
@@ -178,9 +194,14 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
     # network-wide, not metric "val" of a layer "accuracy"
     prefix = f"{keys.FROZEN}/"
     layers = {c[len(prefix) :] for c in results.columns if c.startswith(prefix)}
+    nan_names = (
+        list(results[REPORTED_NAN])
+        if REPORTED_NAN in results.columns
+        else [frozenset()] * len(results)
+    )
     parts = []
     for column in results.columns:
-        if column in BOOKKEEPING or column.startswith("config/"):
+        if column in BOOKKEEPING or column.startswith("config/") or column == REPORTED_NAN:
             continue
         metric, _, layer = column.partition("/")
         if layer and layers and layer not in layers:
@@ -198,6 +219,10 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
                     "metric": metric,
                     "layer": layer or None,
                     "value": values.to_numpy(),
+                    # the step times are NaN where none was measured: not reported values
+                    _NAN: [
+                        column not in _NAN_MEANS_MISSING and column in names for names in nan_names
+                    ],
                 }
             )
         )

@@ -146,7 +146,7 @@ def layers_figure(
                 text = f"{where} frozen from iteration {at}"
                 marks.append(("star", 13, colour, "black", at, np.interp(at, xs, ys), text, why))
             bad = ~np.isfinite(ys)
-            if bad.any():  # a value the line cannot show (inf): where it diverged
+            if bad.any():  # a value the line cannot show (NaN, inf): where it diverged
                 first = int(np.argmax(bad))
                 text = f"not finite ({ys[first]}) from iteration {xs[first]:g}"
                 y = last_finite(ys, first)

@@ -137,7 +137,7 @@ def plot_layers(
                 x = frozen_at[trial_id][layer]
                 marks.setdefault("frozen", []).append((x, _value_at(xs, ys, x), colour))
             bad = ~np.isfinite(ys)
-            if bad.any():  # a value the line cannot show (inf): where it diverged
+            if bad.any():  # a value the line cannot show (NaN, inf): where it diverged
                 first = int(np.argmax(bad))
                 marks.setdefault("not finite", []).append(
                     (xs[first], last_finite(ys, first), colour)
@@ -194,7 +194,7 @@ def plot_layers(
             ("frozen", _FROZEN_MARK, "layer frozen"),
             ("stopped early", _STOPPED_MARK, "stopped early"),
             ("failed", _FAILED_MARK, "failed"),
-            ("not finite", _NONFINITE_MARK, "not finite (inf) from here"),
+            ("not finite", _NONFINITE_MARK, "not finite (NaN or inf) from here"),
         )
         if kind in marks_used
     ]

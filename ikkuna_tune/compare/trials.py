@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -261,13 +262,33 @@ def _read_json_lines(
     return rows
 
 
+#: The column of a trial's results read from ``result.json`` that holds, per result, the
+#: (flattened) names of the values reported as NaN: the frame's NaN alone cannot tell them from
+#: values not reported (``null``, a key missing from a result).
+REPORTED_NAN = "__reported_nan__"
+
+
+def _nan_names(row: Mapping[str, Any], prefix: str = "") -> frozenset[str]:
+    """The flattened names (``metric/layer``) of the NaN floats in one result."""
+    names: set[str] = set()
+    for key, value in row.items():
+        if isinstance(value, float) and math.isnan(value):
+            names.add(f"{prefix}{key}")
+        elif isinstance(value, Mapping):
+            names |= _nan_names(value, f"{prefix}{key}/")
+    return frozenset(names)
+
+
 def _read_results(trial_dir: Path) -> pd.DataFrame:
-    """A trial's results, flattened as Tune flattens them (``metric/layer``)."""
+    """A trial's results, flattened as Tune flattens them (``metric/layer``); from
+    ``result.json``, with the :data:`REPORTED_NAN` column."""
     json_path = trial_dir / "result.json"
     if json_path.exists():
         rows = _read_json_lines(json_path)
         if rows:
-            return pd.json_normalize(rows, sep="/")
+            results = pd.json_normalize(rows, sep="/")
+            results[REPORTED_NAN] = [_nan_names(row) for row in rows]
+            return results
     csv_path = trial_dir / "progress.csv"
     try:
         if csv_path.exists() and csv_path.stat().st_size:
