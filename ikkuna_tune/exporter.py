@@ -77,11 +77,11 @@ class Exporter(StepHooks, LayerFreezing):
     backward ``layer_gradients`` (gradient w.r.t. each layer's output), then at each
     ``optimizer.step()`` ``weight_gradients``/``bias_gradients`` (``param.grad`` as the optimizer
     is about to use it: with gradient accumulation, the sum of the step's backward passes) and
-    ``weight_updates``/``bias_updates`` (what the step changed since it started, the forward
-    pass's own in-place changes such as ``nn.Embedding(max_norm=...)``'s included: the updates
-    add up to the weights' change from step to step) of the layers that optimizer trains, and
-    once every optimizer has stepped ``batch_finished``. Without an optimizer, gradients are
-    published during backward, each once accumulated, and a step ends at the next
+    ``weight_updates``/``bias_updates`` (what that optimizer step changed, copied as it begins:
+    a change the forward pass makes in place, such as ``nn.Embedding(max_norm=...)``'s
+    renormalisation of the rows it looks up, is in no update) of the layers that optimizer
+    trains, and once every optimizer has stepped ``batch_finished``. Without an optimizer,
+    gradients are published during backward, each once accumulated, and a step ends at the next
     training forward, :meth:`epoch_finished` or :meth:`close`.
 
     Tensors are published without copies: ``weights`` and ``weight_gradients`` are views of the
@@ -258,7 +258,6 @@ class Exporter(StepHooks, LayerFreezing):
         self._step_open = False
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
-        self._snapped: set[int] = set()
         self._epoch_open = False
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None

@@ -60,7 +60,6 @@ class LayerFreezing:
     modules: dict[str, NamedModule]
     global_step: int
     _frozen: dict[str, None]
-    _snapped: set[int]
     #: per parameter held frozen by some frozen layer (by ``id``): the parameter and its
     #: ``requires_grad`` before the first of those layers froze it
     _held: dict[int, tuple[nn.Parameter, bool]]
@@ -170,7 +169,6 @@ class LayerFreezing:
                 TraceableHook(hold_eval), prepend=True
             )
         self._frozen[name] = None
-        self._snapped.clear()  # its update is now known to be zero: copy no longer
         if saved is None:  # a restored freeze was announced when it happened
             self._publish_meta("layer_frozen", name)
             logger.info("Froze layer %r at step %d", name, self.global_step)
@@ -243,7 +241,6 @@ class LayerFreezing:
             return
         self._allow_recompilation()
         del self._frozen[name]
-        self._snapped.clear()  # its next update needs a copy of its weights
         still_held = {
             id(p) for other in self._frozen for p in self.modules[other].module.parameters()
         }

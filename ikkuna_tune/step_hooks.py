@@ -150,8 +150,6 @@ class StepHooks:
     _steps_started: int
     _step_open: bool
     _stepped: set[int]
-    #: the optimizers whose parameters were copied for their updates in the open step
-    _snapped: set[int]
     _epoch_open: bool
     _pass_tag: str
     _probe_tag: str | None
@@ -212,7 +210,6 @@ class StepHooks:
         self._want_params = [k for k in ("weights", "biases") if k in wanted]
         self._want_updates = [k for k in UPDATE_KINDS if k in wanted]
         if not self._want_updates:
-            self._snapped.clear()
             self._update_before.clear()
             self._update_buffers.clear()
             self._zero_updates.clear()
@@ -343,10 +340,6 @@ class StepHooks:
         for kind in self._want_params:
             entries = self._role_layers[PARAM_KINDS[kind]]
             self._publish_layers(kind, *_present(entries, tensor_attrs(entries)))
-        self._snapped.clear()
-        if self._want_updates:
-            for index in range(len(self.optimizers)):
-                self._snapshot_updates(index)
 
     def _finish_step(self) -> None:
         if self._step_open:
@@ -529,23 +522,10 @@ class StepHooks:
             self._start_step()
         if len(optimizer.param_groups) != self._group_counts[index]:  # add_param_group
             self._reassign_parameters()
-            self._snapped.clear()
+        layers = self._optimizer_layers[index]
         replaced = self._closure_step(index, *args)
         if replaced is None:
             self._publish_gradients(index)
-        if index not in self._snapped:  # see _snapshot_updates
-            self._snapshot_updates(index)
-        return replaced
-
-    # The "before" of an update is copied when the step starts, with the weights published
-    # then: a change made inside the step's forward pass (``nn.Embedding(max_norm=...)``
-    # renormalises rows in place) is part of what the step changed, and the published updates
-    # add up to the weights' change from step to step. Optimizers whose layers changed since
-    # (a parameter group added, a layer frozen or released) copy again at their step.
-    def _snapshot_updates(self, index: int) -> None:
-        """Copy the parameters of optimizer ``index`` whose update somebody will look at."""
-        self._snapped.add(index)
-        layers = self._optimizer_layers[index]
         bus, frozen, names = self.message_bus, self._frozen, self._optimizer_names[index]
         for kind in self._want_updates:
             role = UPDATE_KINDS[kind]
@@ -562,6 +542,7 @@ class StepHooks:
                     if param is not None:
                         key = (name, kind)
                         self._update_before[key] = self._snapshot(key, param)
+        return replaced
 
     def _publish_gradients(self, index: int) -> None:
         """The gradients of optimizer ``index``'s parameters, as it is about to use them."""
@@ -654,7 +635,6 @@ class StepHooks:
         layers = self._optimizer_layers[index]
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
-        self._snapped.discard(index)  # used up: a second step of it copies again
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
             self._finish_step()

@@ -351,10 +351,10 @@ def test_a_compiled_models_further_closure_calls_publish_no_training_gradients()
 
 
 @pytest.mark.parametrize("subsample", [1, 2])  # one batch of every layer; layer by layer
-def test_updates_count_what_the_forward_pass_changed_in_place(subsample) -> None:
+def test_an_update_is_the_optimizer_steps_change_not_the_forward_passs(subsample) -> None:
     # nn.Embedding(max_norm=...) renormalises the rows it looks up in place during the forward
-    # pass: the step's update is the change from the weights it started from (those published
-    # as `weights`), so that the updates add up to the weights' change from step to step
+    # pass: as documented, the update is what the optimizer step changed (copied as it
+    # begins), and `weights` are the values the step started from, before the forward pass
     torch.manual_seed(0)
     emb = torch.nn.Embedding(10, 4, max_norm=0.5)
     with torch.no_grad():
@@ -370,16 +370,21 @@ def test_updates_count_what_the_forward_pass_changed_in_place(subsample) -> None
         subsample=subsample,
     )
     x, y = torch.randint(0, 10, (5, 3)), torch.randint(0, 3, (5,))
-    changes = []
+    starts, changes = [], []
     with ik.Exporter(model, opt, bus):
         for _ in range(4):
-            before = emb.weight.detach().clone()
+            starts.append(emb.weight.detach().clone())
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
+            before_step = emb.weight.detach().clone()
             opt.step()
-            changes.append(emb.weight.detach() - before)
-    assert changes[0].norm() > 1.0  # the renormalisation, not the optimizer, made most of it
+            changes.append(emb.weight.detach() - before_step)
+    assert (starts[1] - starts[0] - changes[0]).norm() > 1.0  # what the forward pass changed
     published = {s: d for k, key, s, d in got if k == "weight_updates" and key == "0"}
     assert sorted(published) == list(range(0, 4, subsample))
     for step, update in published.items():
         torch.testing.assert_close(update, changes[step])
+    weights = [d for k, key, _, d in got if k == "weights" and key == "0"]
+    assert len(weights) == 4
+    for start, published_weights in zip(starts, weights):
+        torch.testing.assert_close(published_weights, start)
