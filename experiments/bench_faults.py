@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 import ikkuna_tune as ik
 from experiments.fidelity_trial import build_model, load
 from experiments.local_ray import ROOT, init_local_ray
-from ikkuna_tune.backends import EVENT_FILE_SUFFIX
+from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
 
 __all__ = ["FAULTS", "check_sweep", "main", "train_with_faults"]
 
@@ -192,7 +192,7 @@ def _tb_epochs(trial_dir: Path) -> int:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     count = 0
-    for path in trial_dir.glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"):
+    for path in (trial_dir / EVENT_DIR).glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"):
         events = EventAccumulator(str(path))
         events.Reload()
         if "test_accuracy" in events.Tags().get("scalars", []):

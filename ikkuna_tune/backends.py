@@ -18,6 +18,7 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "EVENT_DIR",
     "EVENT_FILE_SUFFIX",
     "Backend",
     "NullBackend",
@@ -184,6 +185,10 @@ class Backend:
         """Record a histogram: bin ``counts``, bin ``edges`` (len(counts) + 1) and
         ``stats = [min, max, count, sum, sum of squares]``, all tensors."""
 
+    def restart_at(self, step: int) -> None:
+        """Say that the run goes on from ``step`` after a restore: what an earlier attempt
+        recorded at ``step`` and after it is superseded."""
+
     def flush(self) -> None:
         """Write what is buffered."""
 
@@ -202,6 +207,10 @@ class NullBackend(Backend):
     """
 
 
+#: The folder of a Tune trial's directory that its event files go to: a TensorBoard run of
+#: their own, so that a restored trial's restart mark (:meth:`Backend.restart_at`) drops only
+#: ikkuna_tune's own superseded steps, never Tune's or the user's events, counted otherwise.
+EVENT_DIR = "ikkuna_tune"
 #: Ends the name of every event file ikkuna_tune writes. Event files are named after the second
 #: they were opened and the host; without it, one opened in the same second as Tune's own
 #: (``TBXLoggerCallback``, in the same trial directory) had the same name and one replaced the
@@ -255,6 +264,10 @@ class TensorBoardBackend(Backend):
         self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
     ) -> None:
         self._histograms.append((tag, counts, edges, stats, step))
+
+    def restart_at(self, step: int) -> None:
+        self.flush()  # what was recorded before the restart stays before its mark
+        self.events.add_session_start(step)
 
     def flush(self) -> None:
         # one event per step holding all of that step's scalars, encoded by SummaryEncoder:

@@ -84,6 +84,7 @@ class MessageBus(KindRegistry):
         self.draw = check_bool("draw", draw)
         self.log_dir = None if log_dir is None else Path(log_dir)
         self._backends: dict[str, Backend] = {}
+        self._restart_step: int | None = None
         self._subscribers: list[Subscriber] = []
         self._by_kind: dict[str, list[Subscription]] = {}
         self._shared: dict[tuple[int, str], tuple[Message, Any]] | None = None
@@ -454,8 +455,17 @@ class MessageBus(KindRegistry):
         if name is None or not self.draw:
             return NullBackend()
         if name not in self._backends:
-            self._backends[name] = TensorBoardBackend(self.log_dir)
+            backend = self._backends[name] = TensorBoardBackend(self.log_dir)
+            if self._restart_step is not None:
+                backend.restart_at(self._restart_step)
         return self._backends[name]
+
+    def restart_at(self, step: int) -> None:
+        """Mark in every backend of this bus, and in those made later, that the run goes on
+        from ``step`` after a restore (:meth:`Backend.restart_at`)."""
+        self._restart_step = step
+        for backend in self._backends.values():
+            backend.restart_at(step)
 
     def flush(self) -> None:
         """Write what the backends of this bus have buffered."""

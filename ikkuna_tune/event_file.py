@@ -24,7 +24,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.record_writer import masked_crc32c
 
 from ikkuna_tune.backends import _varint
@@ -119,6 +119,40 @@ class EventFile:
         """Append an event holding ``summary`` (an encoded ``Summary``) at ``step``."""
         wall_time = time.time() if wall_time is None else wall_time
         self._write(encode_event(summary, step, wall_time))
+
+    def add_session_start(self, step: int, wall_time: float | None = None) -> None:
+        """Append a ``SessionLog.START`` event at ``step``: TensorBoard then drops the events
+        at ``step`` and after that it read before, from any file of this directory (those of
+        an attempt that failed after its last checkpoint, written again by the restart).
+
+        Examples:
+            >>> import tempfile
+            >>> from tensorboardX.proto.summary_pb2 import Summary
+            >>> from tensorboard.backend.event_processing.event_accumulator import (
+            ...     EventAccumulator,
+            ... )
+            >>> def loss(events, step, value):
+            ...     summary = Summary(value=[Summary.Value(tag="loss", simple_value=value)])
+            ...     events.add_summary(summary.SerializeToString(), step=step)
+            >>> with tempfile.TemporaryDirectory() as log_dir:
+            ...     first = EventFile(log_dir)
+            ...     for step in range(4):  # the attempt that failed, after a checkpoint at 1
+            ...         loss(first, step, 1.0)
+            ...     first.close()
+            ...     restart = EventFile(log_dir)  # the restored attempt goes on from step 2
+            ...     restart.add_session_start(2)
+            ...     loss(restart, 2, 0.5)
+            ...     restart.close()
+            ...     accumulator = EventAccumulator(log_dir)
+            ...     _ = accumulator.Reload()
+            ...     [(e.step, e.value) for e in accumulator.Scalars("loss")]
+            [(0, 1.0), (1, 1.0), (2, 0.5)]
+        """
+        wall_time = time.time() if wall_time is None else wall_time
+        event = Event(
+            wall_time=wall_time, step=step, session_log=SessionLog(status=SessionLog.START)
+        )
+        self._write(event.SerializeToString())
 
     def flush(self) -> None:
         """Hand what was written to the operating system (no ``fsync``)."""

@@ -174,7 +174,9 @@ def watch(
     Restores frozen layers and subscriber state from the trial's checkpoint when Tune restores
     the trial (and applies freezes the scheduler ordered before the trial failed). Outside an
     instrumented trainable it starts a local session without subscribers. TensorBoard files go
-    to the trial directory (or ``log_dir``) and are copied to the trial's storage. Returns the
+    to the trial directory's folder ``ikkuna_tune`` (or ``log_dir``) and are copied to the
+    trial's storage; in that folder a restored trial marks the step it goes on from, so that
+    TensorBoard drops the steps the failed attempt wrote after its checkpoint. Returns the
     Exporter.
 
     ``optimizer`` may be one optimizer or several; ``depth``, ``module_filter``, ``output_fn``

@@ -177,7 +177,9 @@ def fetch_trial_file(trial: Any, name: str) -> Path | None:
 
 
 class TrialUploader:
-    """Trial side: copies ikkuna_tune's event files in a local folder to the trial's storage.
+    """Trial side: copies ikkuna_tune's event files in a local folder to the trial's storage
+    (to its folder ``remote_subdir`` there, when given: :data:`~ikkuna_tune.backends.EVENT_DIR`
+    for the folder ikkuna_tune chooses).
 
     Only files named ``events.out.tfevents*`` + :data:`~ikkuna_tune.backends.EVENT_FILE_SUFFIX`
     are copied, so the user's own files and Tune's are left to Tune.
@@ -188,7 +190,7 @@ class TrialUploader:
         ('trial_dir', None)
     """
 
-    def __init__(self, local_dir: str | Path) -> None:
+    def __init__(self, local_dir: str | Path, remote_subdir: str = "") -> None:
         self.local_dir = str(local_dir)
         self._target: tuple[Any, str] | None = None
         try:
@@ -199,6 +201,8 @@ class TrialUploader:
         except Exception as error:  # not in a Tune trial: nothing to upload to
             logger.debug("No trial storage to upload to: %s", error)
             return
+        if remote_subdir:
+            remote_dir = f"{remote_dir}/{remote_subdir}"
         if not _same_place(self.local_dir, filesystem, remote_dir):
             self._target = (filesystem, remote_dir)
 

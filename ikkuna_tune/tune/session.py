@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ikkuna_tune import keys
-from ikkuna_tune.backends import to_numbers
+from ikkuna_tune.backends import EVENT_DIR, to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.subscribers.base import Subscriber
@@ -286,7 +286,8 @@ class TrialSession:
                 if self._uploader is None and self.context is not None and self.exporter is None:
                     # a trial that trained in a Ray Train job: rank 0 wrote its files here
                     # (when it ran on this node)
-                    self._uploader = TrialUploader(self.context.get_trial_dir())
+                    trial_dir = Path(self.context.get_trial_dir())
+                    self._uploader = TrialUploader(trial_dir / EVENT_DIR, EVENT_DIR)
                 if self._uploader is not None:
                     self._uploader.upload()
             finally:
@@ -311,11 +312,13 @@ class TrialSession:
             )
         # an error names the user's call, not the Exporter or the bus it came from
         call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
+        chosen = log_dir is None  # then the event files go to the trial's own folder for them
         if log_dir is None and self.context is not None:
-            log_dir = self.context.get_trial_dir()
+            log_dir = Path(self.context.get_trial_dir()) / EVENT_DIR
         link = self.worker.link if self.worker is not None else None
         if log_dir is None and link is not None and self.worker is not None and self.worker.first:
-            log_dir = link.trial_dir  # the trial's directory (on rank 0's node)
+            log_dir = Path(link.trial_dir) / EVENT_DIR  # the trial's directory (rank 0's node)
+        chosen = chosen and log_dir is not None
         try:
             # the other ranks of a data-parallel job draw nothing: rank 0 reports for them
             draw = self.worker is None or self.worker.first
@@ -357,13 +360,18 @@ class TrialSession:
                 subscriber.detach()
             raise
         if self.context is not None and log_dir is not None:
-            self._uploader = TrialUploader(log_dir)
+            self._uploader = TrialUploader(log_dir, EVENT_DIR if chosen else "")
         self.bus, self.exporter = bus, exporter
         try:
             self._restore()
         except Exception as error:
             text = f"{call}: restoring ikkuna_tune's state from the trial's checkpoint: {error}"
             raise renamed(error, text) from error
+        if chosen:
+            # the steps from here on supersede those an earlier attempt of this trial wrote
+            # after its checkpoint (or all of them, starting afresh): TensorBoard shows each
+            # step once, with this attempt's values
+            bus.restart_at(exporter.global_step + 1 if exporter.steps_started else 0)
         return exporter
 
     # ------------------------------------------------------------ reporting

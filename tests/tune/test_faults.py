@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from ray import tune
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
+from ikkuna_tune.backends import EVENT_DIR
 from ikkuna_tune.tune.session import STATE_FILE
-from tests.tune.trainables import StepCount, WeightCosine, eager_freezer, train_tiny
+from tests.tune.trainables import StepCount, WeightCosine, WeightSum, eager_freezer, train_tiny
 
 
 def _eager_scheduler() -> ik.SVCCAScheduler:
@@ -102,7 +104,7 @@ def test_a_restored_trial_keeps_its_reports_with_any_scheduler(ray_session, tmp_
         "stale_progress": True,
     }
     analysis = tune.run(
-        ik.instrument(train_tiny, [StepCount()]),
+        ik.instrument(train_tiny, [StepCount(), WeightSum(backend="tb")]),
         config=config,
         storage_path=str(tmp_path),
         verbose=0,
@@ -114,6 +116,13 @@ def test_a_restored_trial_keeps_its_reports_with_any_scheduler(ray_session, tmp_
     df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
     assert df["training_iteration"].tolist() == [1, 2, 3, 4]
     assert df["steps_seen"].tolist() == [2.0, 4.0, 6.0, 8.0]
+    # the attempt that crashed wrote steps 4 and 5 (its third iteration) to TensorBoard before
+    # the crash, and the restored attempt wrote them again: TensorBoard shows each step once
+    events_dir = Path(trial.path) / EVENT_DIR
+    assert len(list(events_dir.glob("events.out.tfevents*"))) == 2  # one file per attempt
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("weight_sum/conv")] == list(range(8))
 
 
 @pytest.mark.parametrize("how", ["scheduler", "callback"])

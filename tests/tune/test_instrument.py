@@ -9,6 +9,7 @@ from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
+from ikkuna_tune.backends import EVENT_DIR
 from ikkuna_tune.bus import MessageBus
 from tests.conftest import TinyNet
 from tests.tune.trainables import StepCount, WeightSum, data, train_tiny
@@ -79,7 +80,7 @@ def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_pat
         assert trial.last_result["weight_sum"].keys() == set(LAYERS)
         # the trial's own TensorBoard events land in its directory in storage, also when
         # its actor was reused
-        events = EventAccumulator(str(Path(trial.path)))
+        events = EventAccumulator(str(Path(trial.path) / EVENT_DIR))
         events.Reload()
         assert {"weight_sum/conv", "weight_sum/fc"} <= set(events.Tags()["scalars"])
         assert [e.step for e in events.Scalars("weight_sum/conv")] == list(range(6))

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.utils import flatten_dict
 
 import ikkuna_tune as ik
-from ikkuna_tune.backends import EVENT_FILE_SUFFIX
+from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
 from tests.tune.train_job import subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
 from tests.tune.two_node_train import CONFIG
@@ -56,7 +56,7 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
     trial, df = _run({**config, "tensorboard": True}, tmp_path)
     assert trial.status == "TERMINATED"
     # rank 0's TensorBoard file reached the trial's storage (the other rank draws nothing)
-    events = list(Path(trial.path).glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"))
+    events = list((Path(trial.path) / EVENT_DIR).glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"))
     assert len(events) == 1, sorted(p.name for p in Path(trial.path).iterdir())
     # one report per iteration reaches Tune, not one per worker
     assert df["training_iteration"].tolist() == list(range(1, ITERATIONS + 1))
