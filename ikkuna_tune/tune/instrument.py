@@ -25,6 +25,7 @@ from ikkuna_tune.tune.session import (
 from ikkuna_tune.tune.train_workers import (
     TrialConfig,
     TrialLink,
+    check_data_parallel,
     subscribers_for_rank,
     train_worker,
 )
@@ -235,6 +236,7 @@ def _new_session() -> TrialSession:
         return TrialSession([], {}, worker)
     config = dict(worker.config or {})
     every = fresh_subscribers(link.subscribers, config)
+    check_data_parallel(every, worker.world_size)  # on every rank alike: none waits for another
     subscribers = subscribers_for_rank(every, worker.rank)
     positions = [i for i, s in enumerate(every) if any(s is kept for kept in subscribers)]
     return TrialSession(subscribers, config, worker, positions)

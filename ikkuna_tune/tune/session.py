@@ -18,6 +18,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
+from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
@@ -312,6 +313,18 @@ class TrialSession:
             )
         # an error names the user's call, not the Exporter or the bus it came from
         call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
+        ddp = nn.parallel.DistributedDataParallel
+        if self.worker is not None and self.worker.distributed:
+            if not any(isinstance(m, ddp) for m in wrappers(model)):
+                warnings.warn(
+                    f"{call}: the model is not wrapped in DistributedDataParallel in a job of "
+                    f"{self.worker.world_size} ranks: unless your ranks keep their models equal "
+                    "otherwise, each trains its own, and the per-layer values averaged over the "
+                    "ranks (norms, ratios) are of no one model while SVCCA and test accuracy "
+                    "are rank 0's; watch the model `ray.train.torch.prepare_model` returns",
+                    UserWarning,
+                    stacklevel=3,
+                )
         chosen = log_dir is None  # then the event files go to the trial's own folder for them
         if log_dir is None and self.context is not None:
             log_dir = Path(self.context.get_trial_dir()) / EVENT_DIR

@@ -39,6 +39,7 @@ __all__ = [
     "TrialConfig",
     "TrialLink",
     "broadcast_from_first",
+    "check_data_parallel",
     "combine_reports",
     "gather_to_first",
     "subscribers_for_rank",
@@ -162,6 +163,38 @@ def subscribers_for_rank(subscribers: Sequence[Subscriber], rank: int) -> list[S
             continue
         kept.append(subscriber)
     return kept
+
+
+def check_data_parallel(subscribers: Sequence[Subscriber], world_size: int) -> None:
+    """Refuse, on every rank of a job of ``world_size`` > 1 ranks, subscribers that would freeze
+    layers on one rank only: SVCCA runs on rank 0 alone, so its own ``freeze_at`` would freeze
+    there and not on the others, and DDP's next backward pass would fail across the ranks.
+
+    Examples:
+        >>> import torch
+        >>> from ikkuna_tune.subscribers import SVCCASubscriber
+        >>> probe = torch.zeros(8, 2)
+        >>> check_data_parallel([SVCCASubscriber(probe, 8, freeze_at=0.99)], world_size=1)
+        >>> check_data_parallel([SVCCASubscriber(probe, 8, freeze_at=0.99)], world_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected subscribers that freeze no layer themselves in a data-parallel job \
+(2 ranks) but subscriber 1 (SVCCASubscriber) has freeze_at=0.99: it runs on rank 0 only and \
+would freeze there alone, and the ranks' DDP would fail; leave freeze_at None and let \
+SVCCAScheduler freeze (it freezes every rank before the same step)
+    """
+    if world_size <= 1:
+        return
+    for index, subscriber in enumerate(subscribers, 1):
+        freeze_at = getattr(subscriber, "freeze_at", None)
+        if freeze_at is not None:
+            raise ValueError(
+                f"Expected subscribers that freeze no layer themselves in a data-parallel job "
+                f"({world_size} ranks) but subscriber {index} ({type(subscriber).__name__}) has "
+                f"freeze_at={freeze_at}: it runs on rank 0 only and would freeze there alone, "
+                "and the ranks' DDP would fail; leave freeze_at None and let SVCCAScheduler "
+                "freeze (it freezes every rank before the same step)"
+            )
 
 
 def _is_number(value: object) -> bool:

@@ -6,6 +6,7 @@ reused from one trial in the next, an error while the trial's own error propagat
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -213,3 +214,43 @@ def test_a_watch_in_a_thread_that_ends_without_closing_leaves_no_active_session(
     gc.collect()
     assert active_sessions() == 0
     assert all(ref() is None for ref in models)
+
+
+def test_a_data_parallel_rank_watching_a_model_outside_ddp_is_warned(tmp_path) -> None:
+    # each rank would train its own model, and the values averaged over the ranks would be
+    # of none; the model inside DistributedDataParallel is watched without a warning
+    import torch.distributed as dist
+
+    from ikkuna_tune.tune.session import TrialSession
+    from ikkuna_tune.tune.train_workers import TrainWorker
+
+    def watch(model: nn.Module) -> list[str]:
+        session = TrialSession([], {}, TrainWorker(rank=0, world_size=2, link=None))
+        session._restore = lambda: None  # no Ray Train job here to restore from
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session.watch(model)
+        session.close()
+        return [str(w.message) for w in caught if "DistributedDataParallel" in str(w.message)]
+
+    (seen,) = watch(nn.Sequential(nn.Linear(2, 2)))
+    assert "not wrapped in DistributedDataParallel in a job of 2 ranks" in seen
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(2, 2)))
+        assert watch(wrapped) == []
+        assert watch(torch.compile(wrapped)) == []
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_subscriber_freezing_on_its_own_is_refused_in_a_data_parallel_job() -> None:
+    # SVCCA runs on rank 0 only: its freeze_at would freeze that rank alone (DDP then fails)
+    from ikkuna_tune.tune.train_workers import check_data_parallel
+
+    probe = TensorDataset(torch.zeros(8, 2), torch.zeros(8, dtype=torch.long))
+    svcca = ik.SVCCASubscriber(probe, n=8, freeze_at=0.99)
+    check_data_parallel([svcca], world_size=1)
+    check_data_parallel([ik.SVCCASubscriber(probe, n=8)], world_size=2)
+    with pytest.raises(ValueError, match=r"subscriber 1 \(SVCCASubscriber\) has freeze_at=0.99"):
+        check_data_parallel([svcca], world_size=2)
