@@ -17,7 +17,8 @@ A trial's accuracy is the best ``test_accuracy`` it reported; its compute is ``t
 summary gives ``compute_ratio`` (vs FIFO), ``best_same`` (the same best configuration as FIFO),
 ``best_acc_delta``, ``top3_worst_delta`` (the worst change of FIFO's three best configurations);
 for SVCCA + ASHA also the same against ASHA; for freezing only ``worst_good_delta`` and
-``time_ratio_good`` over the trials FIFO brings to >= 80 %; ``diverged_reports``: the most
+``time_ratio_good`` over the trials FIFO brings to >= 80 % (``good_trials_frozen``: how many
+of them had a layer frozen); ``diverged_reports``: the most
 reports SVCCAScheduler let a diverged trial make (diverged: its FIFO twin reported a dead layer
 or a non-finite loss). ``targets`` says which of the issue's targets each cell meets.
 
@@ -89,7 +90,9 @@ def trial_summary(df: Any) -> dict[str, Any]:
     live = [c for c in df.columns if c.startswith("live_fraction/")]
     dead = bool(live) and bool((df[live].fillna(1.0) <= 0).any().any())
     nonfinite = not df["train_loss"].map(lambda v: math.isfinite(float(v))).all()
+    fractions = df["frozen_fraction"] if "frozen_fraction" in df else None
     return {
+        "frozen": fractions is not None and bool((fractions.fillna(0.0) > 0).any()),
         "accuracy": float(df["test_accuracy"].max()),
         "seconds": float(df["train_seconds"].max()),
         "reports": len(df),
@@ -134,6 +137,8 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
         if good
         else None,
         "good_trials": len(good),
+        # how many of them had a layer frozen: with none, the two figures above measure nothing
+        "good_trials_frozen": sum(trials["freeze"][lr].get("frozen", False) for lr in good),
     }
     diverged = [lr for lr, t in fifo.items() if t["diverged"]]
     out["diverged_lrs"] = diverged

@@ -8,8 +8,16 @@ import pytest
 from experiments.bench_fidelity import cell_summary, trial_summary, variants
 
 
-def t(acc: float, seconds: float, reports: int = 10, diverged: bool = False) -> dict:
-    return {"accuracy": acc, "seconds": seconds, "reports": reports, "diverged": diverged}
+def t(
+    acc: float, seconds: float, reports: int = 10, diverged: bool = False, frozen: bool = False
+) -> dict:
+    return {
+        "accuracy": acc,
+        "seconds": seconds,
+        "reports": reports,
+        "diverged": diverged,
+        "frozen": frozen,
+    }
 
 
 def test_cell_summary_against_hand_computation() -> None:
@@ -19,7 +27,12 @@ def test_cell_summary_against_hand_computation() -> None:
         "asha": {0.01: t(0.5, 2), 0.1: t(0.97, 10), 0.3: t(0.95, 10), 1.0: t(0.1, 1)},
         "svcca": {0.01: t(0.895, 8), 0.1: t(0.965, 9), 0.3: t(0.95, 9), 1.0: t(0.1, 2, 2)},
         "svcca_asha": {0.01: t(0.5, 2), 0.1: t(0.97, 8), 0.3: t(0.95, 8), 1.0: t(0.1, 1, 1)},
-        "freeze": {0.01: t(0.89, 7), 0.1: t(0.97, 8), 0.3: t(0.96, 9), 1.0: t(0.1, 10)},
+        "freeze": {
+            0.01: t(0.89, 7, frozen=True),
+            0.1: t(0.97, 8),
+            0.3: t(0.96, 9, frozen=True),
+            1.0: t(0.1, 10, frozen=True),  # not a good trial: not counted
+        },
     }
     out = cell_summary(trials, epochs=10)
     assert out["asha"]["compute_ratio"] == pytest.approx(23 / 40, abs=1e-3)
@@ -37,6 +50,7 @@ def test_cell_summary_against_hand_computation() -> None:
         "worst_good_delta": pytest.approx(-0.01),
         "time_ratio_good": pytest.approx(24 / 30),
         "good_trials": 3,
+        "good_trials_frozen": 2,
     }
     assert out["diverged_lrs"] == [1.0] and out["diverged_reports"] == 2
     assert out["targets"] == {
@@ -56,7 +70,17 @@ def test_trial_summary_reads_best_accuracy_and_divergence() -> None:
             "live_fraction/fc1": [1.0, 1.0, 1.0],
         }
     )
-    assert trial_summary(df) == {"accuracy": 0.9, "seconds": 3.0, "reports": 3, "diverged": True}
+    assert trial_summary(df) == {
+        "accuracy": 0.9,
+        "seconds": 3.0,
+        "reports": 3,
+        "diverged": True,
+        "frozen": False,
+    }
+    df["frozen_fraction"] = [0.0, float("nan"), 0.0]
+    assert not trial_summary(df)["frozen"]
+    df.loc[2, "frozen_fraction"] = 0.4
+    assert trial_summary(df)["frozen"]
     df["train_loss"] = [1.0, 0.5, 0.4]
     assert not trial_summary(df)["diverged"]
     df.loc[2, "live_fraction/fc1"] = 0.0
