@@ -1,7 +1,10 @@
 """Linear CKA and the share of live features: cheap second opinions on a layer's representation.
 
-SVCCA (:mod:`ikkuna_tune.functional.svcca`) ignores every invertible linear map of either side,
-so a widening layer read before its nonlinearity scores 1.0 against any other weights. Linear
+SVCCA (:mod:`ikkuna_tune.functional.svcca`) ignores every invertible linear map of either side
+(exactly with ``keep=1``; with ``keep < 1`` a map that reshapes the spectrum changes which
+directions are kept, and the value reads a little below 1: 0.993 for a random map of data with a
+decaying spectrum at ``keep=0.99``), so a widening layer read before its nonlinearity scores
+near 1 against any other weights. Linear
 CKA (Kornblith et al., "Similarity of Neural Network Representations Revisited", ICML 2019) is
 invariant only to orthogonal maps and isotropic scaling, so it sees such a layer move; the
 convergence rules use it to measure how far a layer has come from its initialisation.

@@ -387,11 +387,12 @@ def svcca_similarity(
     directions at rounding level (of float64, or of the input's dtype) are never kept. The
     result is the mean of the ``min(k_x, k_y)`` canonical correlations between the two reduced
     sets, a number in [0, 1]:
-    1 when the reduced subspaces coincide (e.g. ``y`` is an invertible linear map of ``x``, such
-    as a rotation or scaling of it), near 0 for unrelated data with many more samples than kept
-    directions (for independent random data it is roughly ``sqrt(k / n)``). Zero when either side
-    has no variation. With more kept directions than samples the value is biased towards 1; see
-    :mod:`ikkuna_tune.functional.cca`.
+    1 when the reduced subspaces coincide (``y`` a rotation or scaling of ``x``, or with
+    ``keep=1`` any invertible linear map of it: with ``keep < 1`` a map that reshapes the
+    spectrum changes which directions are kept, and the value reads a little below 1), near 0
+    for unrelated data with many more samples than kept directions (for independent random data
+    it is roughly ``sqrt(k / n)``). Zero when either side has no variation. With more kept
+    directions than samples the value is biased towards 1; see :mod:`ikkuna_tune.functional.cca`.
 
     Args:
         x: activations (n_samples, n_features), torch tensor (any device) or NumPy array, any

@@ -107,6 +107,23 @@ _FEATURES_LAST: tuple[type[nn.Module], ...] = (
 )
 
 
+def _feature_count(layer: nn.Module) -> int | None:
+    """The number of features a layer of a features-last kind puts last, where it says."""
+    if isinstance(layer, (nn.Linear, nn.Bilinear)):
+        return int(layer.out_features)
+    if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)):
+        return int(layer.embedding_dim)
+    if isinstance(layer, nn.MultiheadAttention):
+        return int(layer.embed_dim)
+    if isinstance(layer, nn.RNNBase):
+        size = layer.proj_size or layer.hidden_size
+        return int(size) * (2 if layer.bidirectional else 1)
+    normalized = getattr(layer, "normalized_shape", None)  # layer and RMS norms
+    if isinstance(normalized, tuple) and len(normalized) == 1:
+        return int(normalized[0])
+    return None
+
+
 def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[bool, bool]:
     """Where the features and the probe points lie in ``module``'s output of 3 or more dims:
     ``(features_last, time_first)``.
@@ -118,9 +135,11 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     with none (a layer of the user's own) is read from its output's ``shape`` where its
     ``weight`` tells: a weight of 1 or 2 dimensions whose first size is the output's last (a
     custom RMS norm or linear map) puts the features last, any other weight (a convolution's
-    kernel) and no weight in dimension 1. ``time_first``: the module was built with
-    ``batch_first=False`` (an RNN's or attention's (S, N, F) output), so the probe points are in
-    dimension 1.
+    kernel) and no weight in dimension 1. A features-last layer whose output's ``shape`` has
+    its feature count in dimension 1 and not last (a ``LayerNorm2d`` or a ConvNeXt block,
+    which permute the channels to the end and back) holds them in dimension 1.
+    ``time_first``: the module was built with ``batch_first=False`` (an RNN's or attention's
+    (S, N, F) output), so the probe points are in dimension 1.
 
     Examples:
         >>> from torch import nn
@@ -135,6 +154,9 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
         >>> scale.weight = nn.Parameter(torch.ones(4))  # (N, T, 4) -> (N, T, 4)
         >>> activation_layout(scale, (2, 3, 4)), activation_layout(scale, (2, 4, 3))
         ((True, False), (False, False))
+        >>> norm2d = nn.LayerNorm(16)  # applied to channels-last, output (N, 16, 6, 6)
+        >>> activation_layout(norm2d, (2, 16, 6, 6)), activation_layout(norm2d, (2, 6, 6, 16))
+        ((False, False), (True, False))
     """
     candidates = [module, *reversed(list(module.modules())[1:])]
     time_first = next(
@@ -147,6 +169,18 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     )
     for candidate in candidates:
         if isinstance(candidate, _FEATURES_LAST):
+            count = _feature_count(candidate)
+            if (
+                shape is not None
+                and len(shape) >= 3
+                and not time_first
+                and count is not None
+                and shape[-1] != count
+                and shape[1] == count
+            ):
+                # channels put back in front around it: a LayerNorm2d (channels-last inside),
+                # a ConvNeXt block ending in a Linear
+                return False, time_first
             return True, time_first
         if isinstance(candidate, _CHANNELS_FIRST):
             return False, time_first

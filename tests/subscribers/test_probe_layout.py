@@ -141,3 +141,42 @@ def test_a_custom_layer_with_a_vector_weight_has_its_features_last() -> None:
         normed = model[1](model[0](tokens))
     assert recorded["1"].shape == (7 * 5, 6)
     torch.testing.assert_close(recorded["1"], normed.reshape(-1, 6))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """A layer norm over the channels of an image: (N, C, H, W) -> channels last, normalised,
+    and back (as timm and torchvision's ConvNeXt write it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv, then a Linear over the channels in channels-last, back to (N, C, H, W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.pw = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw(self.dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_features_last_layers_that_put_the_channels_back_in_front_have_channel_columns() -> None:
+    # a LayerNorm subclass and a block ending in a Linear both return (N, C, H, W): every
+    # position of every point is a row, the C channels are the columns (they were folded with
+    # the width as the columns: (N * C * H, W))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), LayerNorm2d(8), ConvNeXtBlock(8)).eval()
+    images = torch.randn(5, 1, 7, 9)
+    recorder = ActivationRecorder(images, batch_size=2, max_positions=10**6, seed=0)
+    with ik.Exporter(model, depth=1) as exporter:
+        recorded = recorder.record(exporter)
+    with torch.no_grad():
+        normed = model[1](model[0](images))
+        block = model[2](normed)
+    for name, out in (("1", normed), ("2", block)):
+        assert out.shape == (5, 8, 5, 7)
+        assert recorded[name].shape == (5 * 5 * 7, 8)
+        torch.testing.assert_close(recorded[name], out.permute(0, 2, 3, 1).reshape(-1, 8))
