@@ -209,7 +209,11 @@ class ActivationRecorder:
     channels are the features. Linear, normalisation, embedding, recurrent and attention layers
     hold their features last, (N, \*S, F), and are folded to (N * prod(S), F), every token or
     time step a data point; a ``batch_first=False`` layer's (S, N, F) output is read as such
-    (:func:`activation_layout`). When that gives more than ``max_positions`` rows, a fixed
+    (:func:`activation_layout`). A layer without that flag whose output has the batch's size in
+    both dimension 0 and 1 (an embedding fed time-first tokens as long as the batch) is read
+    with the points in dimension 0: the same rows in another order, and with ``max_positions``
+    another fixed subset of them; a probe batch of another size than the sequences avoids it.
+    When that gives more than ``max_positions`` rows, a fixed
     random subset of ``max_positions`` rows is used (the same at every recording, seeded by
     ``seed`` and the layer's name). Only the kept rows of each batch are copied into a
     per-layer buffer, so memory peaks at one batch of activations plus the buffers.
