@@ -29,8 +29,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
   configurations always run to the end); that rate is measured only once the trial has gained
-  something since its first report, or after ``stall_share`` of the budget: a flat start is no
-  rate.
+  ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
+  after ``stall_share`` of the budget (a flat start is no rate), and not while its latest gain
+  is its largest yet (a curve still speeding up).
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -86,6 +87,11 @@ class ConvergenceRules:
     protect_top: int = 3
     grace: int = 2  # reports before a trial may be stopped as stuck or behind
     stall_share: float = 1 / 3  # of the budget, after which a stuck trial stops, layers moving
+
+
+#: The share of its way from its first reported value to the value it must reach that a trial
+#: must have gained before its rate of gain is extrapolated (see :func:`stop_verdict`).
+STARTED_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -404,13 +410,16 @@ def stop_verdict(
                 None,
                 {"progress": progress, "best": trial.best(), "target": target},
             )
-    # a trial that has gained nothing since its first report has no rate to extrapolate: a
-    # late start (chance level for a few epochs, then learning: recurrent nets, warm-up) looks
-    # the same as a stuck one until a share of the budget has passed, and the stuck rules
-    # above wait for that share
-    measured = not stalled or (budget is not None and it >= rules.stall_share * budget)
-    if budget is not None and len(others_best) >= rules.protect_top and it < budget and measured:
+    if budget is not None and len(others_best) >= rules.protect_top and it < budget:
         target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+        # a trial that has not yet started to learn has no rate to extrapolate: a late start
+        # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
+        # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,
+        # and the stuck rules above wait for that share. Started: it gained stall_delta and
+        # STARTED_SHARE of its way from its first value to the target
+        started = not stalled and progress >= STARTED_SHARE * (target - first)
+        if not started and it < rules.stall_share * budget:
+            return None
         # the last values reported, with the reports between them: a metric reported at some
         # reports only (validation every other epoch) gains per report, not per value
         values = [(i, m) for i, m in enumerate(trial.metric) if math.isfinite(m)]
@@ -418,7 +427,10 @@ def stop_verdict(
         steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
         rate = max([0.0, *steps])
         reachable = trial.best() + rules.optimism * rate * (budget - it)
-        if reachable < target:
+        # a straight line under-reads a curve that is still speeding up (a loss flat at
+        # log(classes) for a few epochs, then falling fast): while its latest gain is its
+        # largest yet, it is not judged on its rate
+        if reachable < target and not _speeding_up(steps):
             return Decision(
                 "stop",
                 f"cannot reach the top {rules.protect_top}",
@@ -427,6 +439,20 @@ def stop_verdict(
                 {"best": trial.best(), "reachable": reachable, "target": target},
             )
     return None
+
+
+def _speeding_up(steps: list[float]) -> bool:
+    """Whether the latest of ``steps`` (gains per report, oldest first) is a gain larger than
+    each before it (beyond rounding): the curve has shown no slowing down yet.
+
+    Examples:
+        >>> _speeding_up([0.011, 0.022]), _speeding_up([0.01, 0.01]), _speeding_up([0.2, 0.0])
+        (True, False, False)
+    """
+    if not steps or steps[-1] <= 0:
+        return False
+    last = steps[-1]
+    return all(last > s and not math.isclose(last, s, rel_tol=1e-9) for s in steps[:-1])
 
 
 def _finite(values: list[float]) -> list[float]:

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from ikkuna_tune.tune.convergence import (
+    STARTED_SHARE,
     ConvergenceRules,
     TrialHistory,
     freeze_candidates,
@@ -213,3 +214,28 @@ def test_a_late_starter_is_not_extrapolated_from_its_flat_start() -> None:
     stop = stop_verdict(_drifting(plateau), RULES, [[0.96], [0.95], [0.927]], budget=24)
     assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 5
     assert stop.values["reachable"] == pytest.approx(0.526)
+
+
+def test_a_loss_flat_at_its_start_is_not_judged_on_its_first_small_gains() -> None:
+    """A CNN's validation loss (mode 'min': the rules see it negated) sits near log(10) for
+    three epochs, then falls to 0.24, FIFO's second best: a gain under a tenth of its way to
+    the target is no rate yet (such a trial, gaining 0.011 and 0.022, was stopped at report 3
+    as unable to reach 1.328; here the gains slow down, so only the share protects it)."""
+    late = [-2.301, -2.270, -2.268]
+    others = [[-0.102], [-0.24], [-1.328]]
+    assert STARTED_SHARE == 0.1 and RULES.stall_share * 10 > 3
+    assert stop_verdict(_drifting(late), RULES, others, budget=10) is None
+    # still there at a third of the budget: judged, and stopped
+    stop = stop_verdict(_drifting([*late, -2.26]), RULES, others, budget=10)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+
+
+def test_a_trial_still_speeding_up_is_not_judged_on_its_rate() -> None:
+    """Its latest gain its largest: a straight line at 3x the best recent rate under-reads it.
+    Once a gain is smaller than one before it, the rate is extrapolated."""
+    others = [[0.99], [0.98], [0.97]]
+    rising = [0.3, 0.33, 0.40]  # gains 0.03, 0.07: 0.4 + 3 * 0.07 * 2 < 0.97
+    assert stop_verdict(_drifting(rising), RULES, others, budget=5) is None
+    stop = stop_verdict(_drifting([*rising, 0.42]), RULES, others, budget=5)
+    assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 4
+    assert stop.values["reachable"] == pytest.approx(0.42 + 3 * 0.07 * 1)
