@@ -30,8 +30,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
   configurations always run to the end); that rate is measured only once the trial has gained
   ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
-  after ``stall_share`` of the budget (a flat start is no rate), and not while its latest gain
-  is its largest yet (a curve still speeding up).
+  after ``stall_share`` of the budget (a flat start is no rate); while its latest gain is its
+  largest yet (a curve still speeding up), its gains are taken to keep growing by as much as
+  they last grew.
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
@@ -426,11 +427,16 @@ def stop_verdict(
         recent = values[-(rules.settle_window + 1) :]
         steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
         rate = max([0.0, *steps])
-        reachable = trial.best() + rules.optimism * rate * (budget - it)
-        # a straight line under-reads a curve that is still speeding up (a loss flat at
-        # log(classes) for a few epochs, then falling fast): while its latest gain is its
-        # largest yet, it is not judged on its rate
-        if reachable < target and not _speeding_up(steps):
+        remaining = budget - it
+        gain = rate * remaining
+        if _speeding_up(steps):
+            # a straight line under-reads a curve still speeding up (a loss flat at
+            # log(classes) for a few epochs, then falling fast): its gains are taken to keep
+            # growing by as much as they last grew, report after report
+            growth = steps[-1] - max([0.0, *steps[:-1]])
+            gain += growth * remaining * (remaining + 1) / 2
+        reachable = trial.best() + rules.optimism * gain
+        if reachable < target:
             return Decision(
                 "stop",
                 f"cannot reach the top {rules.protect_top}",

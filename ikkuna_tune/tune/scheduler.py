@@ -117,9 +117,10 @@ class SVCCAScheduler(FIFOScheduler):
        trials (stuck while its layers still drift); and a trial that cannot reach the
        ``protect_top``-th best value other trials already reached even at ``optimism`` times
        its best recent rate of improvement (once it has one: a trial that has not yet gained a
-       tenth of its way to that value waits for ``stall_share`` of the budget, and one whose
-       latest gain is its largest yet is not judged on its rate). Converged trials that are
-       among the best are never stopped: freezing is what saves their compute.
+       tenth of its way to that value waits for ``stall_share`` of the budget, and the gains of
+       one whose latest gain is its largest yet are taken to keep growing as they last grew).
+       Converged trials that are among the best are never stopped: freezing is what saves their
+       compute.
     3. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 

@@ -230,12 +230,19 @@ def test_a_loss_flat_at_its_start_is_not_judged_on_its_first_small_gains() -> No
     assert stop is not None and stop.rule == "cannot reach the top 3"
 
 
-def test_a_trial_still_speeding_up_is_not_judged_on_its_rate() -> None:
-    """Its latest gain its largest: a straight line at 3x the best recent rate under-reads it.
-    Once a gain is smaller than one before it, the rate is extrapolated."""
+def test_a_trial_still_speeding_up_is_judged_on_growing_gains() -> None:
+    """Its latest gain its largest: a straight line at 3x the best recent rate under-reads it,
+    so its gains are taken to keep growing as they last grew. Once a gain is smaller than one
+    before it, the rate is extrapolated on a straight line."""
     others = [[0.99], [0.98], [0.97]]
-    rising = [0.3, 0.33, 0.40]  # gains 0.03, 0.07: 0.4 + 3 * 0.07 * 2 < 0.97
+    rising = [0.3, 0.33, 0.40]  # gains 0.03, 0.07: on a line 0.4 + 3 * 0.07 * 2 < 0.97
+    # growing by 0.04 a report: 0.4 + 3 * (0.11 + 0.15) = 1.18
     assert stop_verdict(_drifting(rising), RULES, others, budget=5) is None
+    # gains 0.01, 0.025, growing by 0.015: 0.335 + 3 * (0.025 * 2 + 0.015 * 3) = 0.62 < 0.7
+    slow = [0.3, 0.31, 0.335]
+    stop = stop_verdict(_drifting(slow), RULES, [[0.99], [0.98], [0.7]], budget=5)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["reachable"] == pytest.approx(0.335 + 3 * (0.05 + 0.045))
     stop = stop_verdict(_drifting([*rising, 0.42]), RULES, others, budget=5)
     assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 4
     assert stop.values["reachable"] == pytest.approx(0.42 + 3 * 0.07 * 1)
