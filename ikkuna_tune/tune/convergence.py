@@ -394,6 +394,12 @@ def stop_verdict(
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
+    # the rules that compare a trial with the others judge it on settle_window values at least
+    # (a metric reported at some reports only, validation every other epoch, has fewer than
+    # reports: one dip among two values is no trend, and no value is no rate)
+    values_seen = sum(math.isfinite(m) for m in trial.metric)
+    if values_seen < rules.settle_window:
+        return None
     if (
         stalled
         and budget is not None
@@ -416,8 +422,9 @@ def stop_verdict(
         # a trial that has not yet started to learn has no rate to extrapolate: a late start
         # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
         # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,
-        # and the stuck rules above wait for that share. Started: it gained stall_delta and
-        # STARTED_SHARE of its way from its first value to the target
+        # and the stuck rules above wait for that share (then judge in the metric's units).
+        # Started: it gained stall_delta and STARTED_SHARE of its way from its first value to
+        # the target
         started = not stalled and progress >= STARTED_SHARE * (target - first)
         if not started and it < rules.stall_share * budget:
             return None

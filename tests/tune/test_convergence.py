@@ -246,3 +246,20 @@ def test_a_trial_still_speeding_up_is_judged_on_growing_gains() -> None:
     stop = stop_verdict(_drifting([*rising, 0.42]), RULES, others, budget=5)
     assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 4
     assert stop.values["reachable"] == pytest.approx(0.42 + 3 * 0.07 * 1)
+
+
+def test_a_sparse_metric_is_compared_once_it_has_settle_window_values() -> None:
+    """Validation every 5th report: no value yet is no rate (such trials, FIFO's best, were
+    stopped with best=-inf); validation every other report: two values, one of them a dip,
+    are no trend (FIFO's third best was stopped at report 4)."""
+    nan = math.nan
+    others = [[0.98], [0.975], [0.936]]
+    none_yet = _drifting([nan, nan, nan, nan])
+    assert stop_verdict(none_yet, RULES, others, budget=10) is None
+    dip = _drifting([nan, 0.926, nan, 0.825])
+    assert stop_verdict(dip, RULES, others, budget=10) is None
+    assert RULES.settle_window == 3
+    # a third value that is still far behind: judged
+    behind = _drifting([nan, 0.5, nan, 0.5, nan, 0.5])
+    stop = stop_verdict(behind, RULES, others, budget=10)
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
