@@ -14,7 +14,8 @@ budget.
 
 A trial's accuracy is the best ``test_accuracy`` it reported; its compute is ``train_seconds``
 (time in its epochs, measured inside the trial). Per data set and family and per scheduler the
-summary gives ``compute_ratio`` (vs FIFO), ``best_same`` (the same best configuration as FIFO),
+summary gives ``compute_ratio`` (vs FIFO; ``reports_ratio`` the same in reports made, free of
+timing noise), ``best_same`` (the same best configuration as FIFO),
 ``best_acc_delta``, ``top3_worst_delta`` (the worst change of FIFO's three best configurations);
 for SVCCA + ASHA also the same against ASHA; for freezing only ``worst_good_delta`` and
 ``time_ratio_good`` over the trials FIFO brings to >= 80 % (``good_trials_frozen``: how many
@@ -116,8 +117,14 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
         best_ref = max(theirs, key=theirs.__getitem__)
         best = max(ours, key=ours.__getitem__)
         top3 = sorted(theirs, key=theirs.__getitem__, reverse=True)[:3]
+        reports = sum(t["reports"] for t in trials[group].values())
         return {
             "compute_ratio": round(seconds(group) / seconds(reference), 3),
+            # the same in reports made: what the decisions saved, without the timing noise
+            # of a shared machine (a frozen layer's cheaper steps not counted)
+            "reports_ratio": round(
+                reports / sum(t["reports"] for t in trials[reference].values()), 3
+            ),
             "best_same": best == best_ref,
             "best_acc_delta": round(ours[best] - theirs[best_ref], 4),
             "top3_worst_delta": round(min(ours[lr] - theirs[lr] for lr in top3), 4),

@@ -39,6 +39,7 @@ def test_cell_summary_against_hand_computation() -> None:
     assert out["asha"]["top3_worst_delta"] == pytest.approx(0.5 - 0.9)
     assert out["svcca"] == {
         "compute_ratio": pytest.approx(28 / 40),
+        "reports_ratio": pytest.approx(32 / 40),  # the diverged trial stopped at report 2
         "best_same": True,
         "best_acc_delta": pytest.approx(-0.005),
         "top3_worst_delta": pytest.approx(-0.005),
