@@ -124,6 +124,39 @@ def _feature_count(layer: nn.Module) -> int | None:
     return None
 
 
+def _own_forward(layer: nn.Module) -> bool:
+    """Whether ``layer``'s class, outside torch, subclasses a features-last kind with a
+    ``forward`` of its own (a ``LayerNorm2d`` that permutes the channels to the end and back
+    around the layer norm); torch's own subclasses (``nn.LSTM`` of ``nn.RNNBase``) do not count."""
+    if type(layer).__module__.split(".")[0] == "torch":
+        return False
+    kind = next(k for k in _FEATURES_LAST if isinstance(layer, k))
+    return type(layer).forward is not kind.forward
+
+
+def _channels_back_in_front(
+    module: nn.Module, layer: nn.Module, shape: tuple[int, ...] | None, time_first: bool
+) -> bool:
+    """Whether ``module``'s output, whose layout ``layer`` (a features-last kind: the module
+    itself or its last such part) decides, holds the layer's features in dimension 1 rather
+    than last: the layer's own output has another size last, or its class is a norm with a
+    ``forward`` of its own (``LayerNorm2d``, also when the width equals the channels), or the
+    module is a
+    block that also convolves (a ConvNeXt block ending in a Linear). A part of a block of
+    sequence layers (an attention's relative position embedding, a mixture's router) does not
+    decide: its width in dimension 1 is a sequence length that happens to match."""
+    count = _feature_count(layer)
+    if shape is None or len(shape) < 3 or time_first or count is None or shape[1] != count:
+        return False
+    if layer is module:
+        # features in both places (32 channels of a 32-wide map): a norm of the user's own
+        # forward is a LayerNorm2d; a Linear of the user's own (LoRA, say) keeps them last
+        norm = hasattr(layer, "normalized_shape")
+        return shape[-1] != count or (norm and _own_forward(layer))
+    convolves = any(isinstance(m, _CHANNELS_FIRST) for m in module.modules())
+    return convolves and shape[-1] != count
+
+
 def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[bool, bool]:
     """Where the features and the probe points lie in ``module``'s output of 3 or more dims:
     ``(features_last, time_first)``.
@@ -169,17 +202,7 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     )
     for candidate in candidates:
         if isinstance(candidate, _FEATURES_LAST):
-            count = _feature_count(candidate)
-            if (
-                shape is not None
-                and len(shape) >= 3
-                and not time_first
-                and count is not None
-                and shape[-1] != count
-                and shape[1] == count
-            ):
-                # channels put back in front around it: a LayerNorm2d (channels-last inside),
-                # a ConvNeXt block ending in a Linear
+            if _channels_back_in_front(module, candidate, shape, time_first):
                 return False, time_first
             return True, time_first
         if isinstance(candidate, _CHANNELS_FIRST):

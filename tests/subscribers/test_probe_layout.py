@@ -180,3 +180,47 @@ def test_features_last_layers_that_put_the_channels_back_in_front_have_channel_c
         assert out.shape == (5, 8, 5, 7)
         assert recorded[name].shape == (5 * 5 * 7, 8)
         torch.testing.assert_close(recorded[name], out.permute(0, 2, 3, 1).reshape(-1, 8))
+
+
+class RelativeAttention(nn.Module):
+    """A T5-style attention block: its relative position embedding (8 heads) is registered
+    last, and its (N, T, D) output has T == 8 tokens here."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.q, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.relative_bias = nn.Embedding(32, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(torch.tanh(self.q(x)))
+
+
+def test_a_sequence_block_whose_length_matches_a_side_layer_keeps_its_features_last() -> None:
+    from ikkuna_tune.subscribers.probe import activation_layout
+
+    assert activation_layout(RelativeAttention(32, 8), (4, 8, 32)) == (True, False)
+    router = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 8))  # 8 experts, 8 tokens
+    assert activation_layout(router, (4, 8, 32)) == (True, False)
+    # a LayerNorm2d whose channels equal the width (32 on a 32x32 map) still has channel
+    # columns: its own forward puts them back in front; a plain LayerNorm over the width not
+    assert activation_layout(LayerNorm2d(32), (2, 32, 32, 32)) == (False, False)
+    assert activation_layout(nn.LayerNorm(32), (2, 32, 32, 32)) == (True, False)
+    # torch's own recurrent layers whose hidden size equals the sequence length: features last
+    assert activation_layout(nn.LSTM(8, 8, batch_first=True), (4, 8, 8)) == (True, False)
+    assert activation_layout(nn.GRU(8, 8, batch_first=True), (4, 8, 8)) == (True, False)
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear of the user's own forward (as LoRA or quantised layers are written)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2.0
+
+
+def test_a_linear_of_the_users_own_forward_keeps_its_features_last() -> None:
+    from ikkuna_tune.subscribers.probe import activation_layout
+
+    # 8 tokens, 8 features: nothing but its class would say channels first, and it does not
+    assert activation_layout(ScaledLinear(4, 8), (2, 8, 8)) == (True, False)
+    # its output with another size last is read channels-first
+    assert activation_layout(ScaledLinear(4, 8), (2, 8, 5)) == (False, False)
