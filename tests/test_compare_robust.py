@@ -350,3 +350,33 @@ def test_comparing_two_metrics_into_one_directory_keeps_both_figures(tmp_path) -
     compare.compare_experiment(experiment, out, metric="sim")
     compare.compare_experiment(experiment, out, metric="frozen")
     assert {"layers_sim.png", "layers_frozen.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_trial_nan_from_its_first_report_is_marked_in_both_renderings(tmp_path) -> None:
+    # no finite value of its own to stand on: the mark stands at the panel's top; a NaN in
+    # ikkuna_tune's own outputs (a damaged file) is left out, not taken as a value
+    from ikkuna_tune.compare.plotly_figures import layers_figure
+
+    experiment = tmp_path / "sweep"
+    config = {"lr": 10.0, "model": {"width": 8}}
+    write_trial(experiment, "train_ok", CONFIG, [report("ok", CONFIG, i) for i in (1, 2, 3)])
+    bad = [report("bad", config, i) for i in (1, 2, 3)]
+    for result in bad:
+        result["loss"] = math.nan
+    bad[1]["frozen_fraction"] = math.nan
+    write_trial(experiment, "train_bad", config, bad)
+    df = compare.load(experiment)
+    assert not len(
+        df[(df["trial_id"] == "bad") & (df["metric"] == "frozen_fraction")].query("value != value")
+    )
+    table = compare.summary(df, metric="loss", mode="min")  # a NaN fraction crashed it
+    assert math.isnan(table.set_index("trial_id").loc["bad", "best_loss"])
+    top = max(r["loss"] for r in [report("ok", CONFIG, i) for i in (1, 2, 3)])
+    (png,) = [
+        c
+        for c in compare.plot_layers(df, metric="loss").axes[0].collections
+        if c.get_gid() == "not finite"
+    ]
+    assert png.get_offsets().tolist()[0][0] == 1.0
+    marks = [t for t in layers_figure(df, metric="loss").data if t.mode == "markers"]
+    assert [(t.meta, list(t.x), list(t.y)) for t in marks] == [("bad", [1.0], [top])]

@@ -120,8 +120,10 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
 
 #: The long form's column that says which NaN values were reported as NaN (see _tidy).
 _NAN = "reported_nan"
-#: Outputs ikkuna_tune reports as NaN when it measured nothing since the last report.
-_NAN_MEANS_MISSING = frozenset({keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN})
+#: ikkuna_tune's own outputs: a NaN among them is no measurement (the step times are NaN when
+#: nothing was timed since the last report; the frozen flags and fraction are never NaN, one
+#: in a damaged file is left out as a value not reported)
+_NAN_MEANS_MISSING = frozenset(keys.RESERVED_KEYS)
 
 
 def _numeric(column: pd.Series) -> pd.Series | None:
@@ -221,7 +223,7 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
                     "value": values.to_numpy(),
                     # the step times are NaN where none was measured: not reported values
                     _NAN: [
-                        column not in _NAN_MEANS_MISSING and column in names for names in nan_names
+                        metric not in _NAN_MEANS_MISSING and column in names for names in nan_names
                     ],
                 }
             )

@@ -9,6 +9,7 @@ plotly is imported only when a figure is made, so importing :mod:`ikkuna_tune.co
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,10 @@ def layers_figure(
         row, col = index // ncols + 1, index % ncols + 1
         selected = rows[rows["layer"] == layer] if layer is not None else rows
         where = _escape_template(layer) if layer is not None else ""
+        panel_values = selected["value"].to_numpy(dtype=float)
+        finite = panel_values[np.isfinite(panel_values)]
+        # a mark with no finite value of its trial to stand on stands at the panel's top
+        top = float(finite.max()) if len(finite) else 0.0
         for trial_id in order:
             trial = selected[selected["trial_id"] == trial_id]
             if not len(trial):
@@ -150,6 +155,7 @@ def layers_figure(
                 first = int(np.argmax(bad))
                 text = f"not finite ({ys[first]}) from iteration {xs[first]:g}"
                 y = last_finite(ys, first)
+                y = top if math.isnan(y) else y
                 marks.append(("triangle-up", 11, colour, "#d62728", xs[first], y, text, ""))
             end = last_finite(ys)  # marks at the line's end stand on the last value it shows
             if infos.get(trial_id, {}).get("failed"):
