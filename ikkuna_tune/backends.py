@@ -266,7 +266,7 @@ class TensorBoardBackend(Backend):
         self._histograms.append((tag, counts, edges, stats, step))
 
     def restart_at(self, step: int) -> None:
-        self.flush()  # what was recorded before the restart stays before its mark
+        self.flush()  # written before the mark: those at `step` or later are superseded too
         self.events.add_session_start(step)
 
     def flush(self) -> None:

@@ -61,9 +61,11 @@ class EventFile:
     """Appends events to a new event file in ``log_dir``, in the calling thread.
 
     The file is named as tensorboardX names its own,
-    ``events.out.tfevents.<seconds>.<host><suffix>`` (with ``.2``, ``.3``, ... before the suffix
-    when another file of that name exists: a second writer in the same second never truncates
-    the first's file). ``log_dir`` None is tensorboardX's
+    ``events.out.tfevents.<seconds>.<host><suffix>``; when a file of that name exists (another
+    writer opened one in the same second), the next free second names it: it never truncates
+    the other's file, and it sorts after it, as TensorBoard, which reads a folder's files in
+    name order, must read a restored attempt's file after the failed one's. ``log_dir`` None is
+    tensorboardX's
     default, ``runs/<date and time>_<host>``.
 
     Examples:
@@ -88,16 +90,14 @@ class EventFile:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         now = time.time()
-        stem = f"events.out.tfevents.{str(now)[:10]}.{host}"
-        self.path = self.log_dir / f"{stem}{suffix}"
-        count = 1
+        seconds = int(now)
         while True:  # never over another writer's file of the same second
+            self.path = self.log_dir / f"events.out.tfevents.{seconds}.{host}{suffix}"
             try:
                 self._file = open(self.path, "xb")  # open until close()
                 break
             except FileExistsError:
-                count += 1
-                self.path = self.log_dir / f"{stem}.{count}{suffix}"
+                seconds += 1  # named after it: TensorBoard reads a folder's files in name order
         version = _FILE_VERSION.encode()
         self._write(b"\x09" + struct.pack("<d", now) + b"\x1a" + _varint(len(version)) + version)
 

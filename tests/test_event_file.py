@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -61,3 +62,31 @@ def test_two_files_opened_in_one_second_keep_both_writers_events(tmp_path) -> No
     accumulator = EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert sorted(accumulator.Tags()["scalars"]) == ["a", "b"]
+
+
+def test_a_file_opened_in_the_same_second_sorts_after_the_first(tmp_path, monkeypatch) -> None:
+    # a restored attempt that opens its file in the second the failed one opened its own: it
+    # sorts after it (it was named <second>.<host>.2.ikkuna_tune, before <second>.<host>.ikk...),
+    # so that TensorBoard reads it last and its restart mark drops the superseded steps
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.5)
+
+    def loss(events: EventFile, step: int, value: float) -> None:
+        summary = Summary(value=[Summary.Value(tag="loss", simple_value=value)])
+        events.add_summary(summary.SerializeToString(), step=step, wall_time=1.0)
+
+    failed = EventFile(tmp_path, ".ikkuna_tune")
+    for step in range(4):
+        loss(failed, step, 1.0)
+    failed.close()
+    restored = EventFile(tmp_path, ".ikkuna_tune")
+    restored.add_session_start(2, wall_time=2.0)
+    loss(restored, 2, 0.5)
+    restored.close()
+    assert sorted(tmp_path.iterdir()) == [failed.path, restored.path]
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [
+        (0, 1.0),
+        (1, 1.0),
+        (2, 0.5),
+    ]
