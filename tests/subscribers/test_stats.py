@@ -204,9 +204,17 @@ def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
     with pytest.raises(ValueError, match="'train_accuracy' is a network kind"):
         ik.MessageMeanSubscriber("train_accuracy", bus)
     assert "train_accuracy_message_mean" not in bus.known_kinds
-    ik.MessageMeanSubscriber("weights", bus, backend=None)
-    with pytest.raises(ValueError, match="expects one number per message but 'weights' carries"):
-        _train(tiny, bus, batch, steps=1)
+    # a built-in whole-tensor kind: refused when built, not at the first step
+    with pytest.raises(ValueError, match="one number per layer .* 'weights_norm2'"):
+        ik.MessageMeanSubscriber("weights", bus, backend=None)
+    # a kind of the user's own that carries vectors: refused at its first message
+    bus.register_kind("layer_vector", "DATA")
+    ik.MessageMeanSubscriber("layer_vector", bus, backend=None)
+    layer = NamedModule("fc", torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="expects one number per message but 'layer_vector'"):
+        bus.publish_module_message(
+            "layer_vector", layer, torch.ones(2), global_step=0, train_step=0, epoch=0
+        )
 
 
 def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
