@@ -171,8 +171,8 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     # metric and layer with values elsewhere; one that stands for a value not reported goes
     has_value = df["value"].notna()
     layer_key = df["layer"].astype(object).where(df["layer"].notna(), "")
-    with_values = has_value.groupby([df["metric"], layer_key]).transform("any").astype(bool)
-    keep = has_value | (df[_NAN].astype(bool) & with_values)
+    series_has_value = has_value.groupby([df["metric"], layer_key]).transform("any")
+    keep = has_value | (df[_NAN].astype(bool) & series_has_value.astype(bool))
     df = df[keep][columns].reset_index(drop=True)
     with_values = set(df["metric"])
     df.attrs["trials"] = {t.trial_id: t.info() for t in trials}
@@ -221,7 +221,7 @@ def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
                     "metric": metric,
                     "layer": layer or None,
                     "value": values.to_numpy(),
-                    # the step times are NaN where none was measured: not reported values
+                    # a NaN of ikkuna_tune's own outputs is no measurement: not reported
                     _NAN: [
                         metric not in _NAN_MEANS_MISSING and column in names for names in nan_names
                     ],

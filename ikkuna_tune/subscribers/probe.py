@@ -141,10 +141,9 @@ def _channels_back_in_front(
     itself or its last such part) decides, holds the layer's features in dimension 1 rather
     than last: the layer's own output has another size last, or its class is a norm with a
     ``forward`` of its own (``LayerNorm2d``, also when the width equals the channels), or the
-    module is a
-    block that also convolves (a ConvNeXt block ending in a Linear). A part of a block of
-    sequence layers (an attention's relative position embedding, a mixture's router) does not
-    decide: its width in dimension 1 is a sequence length that happens to match."""
+    module is a block that also convolves (a ConvNeXt block ending in a Linear). A part of a
+    block of sequence layers (an attention's relative position embedding, a mixture's router)
+    does not decide: its width in dimension 1 is a sequence length that happens to match."""
     count = _feature_count(layer)
     if shape is None or len(shape) < 3 or time_first or count is None or shape[1] != count:
         return False
@@ -169,8 +168,10 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     ``weight`` tells: a weight of 1 or 2 dimensions whose first size is the output's last (a
     custom RMS norm or linear map) puts the features last, any other weight (a convolution's
     kernel) and no weight in dimension 1. A features-last layer whose output's ``shape`` has
-    its feature count in dimension 1 and not last (a ``LayerNorm2d`` or a ConvNeXt block,
-    which permute the channels to the end and back) holds them in dimension 1.
+    its feature count in dimension 1 holds them there when its own output has another size
+    last, when it is a norm of the user's own ``forward`` (a ``LayerNorm2d``, which permutes
+    the channels to the end and back), or when the module is a block that also convolves (a
+    ConvNeXt block ending in a Linear).
     ``time_first``: the module was built with ``batch_first=False`` (an RNN's or attention's
     (S, N, F) output), so the probe points are in dimension 1.
 
@@ -236,8 +237,8 @@ class ActivationRecorder:
     both dimension 0 and 1 (an embedding fed time-first tokens as long as the batch) is read
     with the points in dimension 0: the same rows in another order, and with ``max_positions``
     another fixed subset of them; a probe batch of another size than the sequences avoids it.
-    When that gives more than ``max_positions`` rows, a fixed
-    random subset of ``max_positions`` rows is used (the same at every recording, seeded by
+    When that gives more than ``max_positions`` rows, a fixed random subset of
+    ``max_positions`` rows is used (the same at every recording, seeded by
     ``seed`` and the layer's name). Only the kept rows of each batch are copied into a
     per-layer buffer, so memory peaks at one batch of activations plus the buffers.
 
