@@ -105,6 +105,12 @@ def instrument(
             f"generator function {trainable!r}: its body would run after the trial's session "
             "ended; report with ik.report instead of yielding"
         )
+    if inspect.iscoroutinefunction(trainable):
+        raise ValueError(
+            f"Expected a function trainable `f(config)` but got the coroutine function "
+            f"{trainable!r}: calling it runs nothing (Tune does not await it); train in a plain "
+            "function"
+        )
     if subscribers is not None and not callable(subscribers):
         if isinstance(subscribers, (str, bytes)) or not hasattr(subscribers, "__iter__"):
             raise ValueError(
@@ -213,6 +219,11 @@ def watch(
         session = _new_session()
         session.implicit = True
         session.activate()
+        try:
+            return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
+        except BaseException:
+            session.close()  # the session this call made leaves with it
+            raise
     return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
 
 

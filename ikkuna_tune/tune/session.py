@@ -111,6 +111,8 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
                 else:
                     out[key] = None  # filled below, one transfer per device
                     tensors.append((out, key, item))
+            elif isinstance(item, (complex, np.complexfloating)):
+                raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
             elif isinstance(item, np.generic):
                 out[key] = item.item()
             else:
@@ -440,6 +442,9 @@ class TrialSession:
                 "report() was called before watch(model, ...): call ikkuna_tune.watch first"
             )
         self._check_epochs()
+        if checkpoint is not None:
+            # before the outputs are taken: a refused checkpoint loses no measured value
+            self._check_checkpoint(checkpoint)
         merged = self.merge(metrics)
         if self.worker is not None:
             return self._report_from_worker(merged, checkpoint)
@@ -563,7 +568,8 @@ class TrialSession:
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)
 
-    def _save(self, checkpoint: Any) -> None:
+    def _check_checkpoint(self, checkpoint: Any) -> Path:
+        """The local directory of ``checkpoint``, or a ValueError saying what was expected."""
         import ray.train
         from ray import tune
 
@@ -578,7 +584,10 @@ class TrialSession:
                 f"Expected a checkpoint in a local directory (Checkpoint.from_directory) but "
                 f"{checkpoint.path!r} is not one"
             )
-        torch.save(self.state_dict(), directory / STATE_FILE)
+        return directory
+
+    def _save(self, checkpoint: Any) -> None:
+        torch.save(self.state_dict(), self._check_checkpoint(checkpoint) / STATE_FILE)
 
     def _restore(self) -> None:
         """Restore from the trial's checkpoint; then apply the freezes ordered before a crash.

@@ -177,6 +177,13 @@ def test_bad_trainables_and_specs() -> None:
     with pytest.raises(ValueError, match="already attached to a bus"):
         ik.instrument(train_tiny, [attached])
 
+    async def train_async(config):  # type: ignore[no-untyped-def]
+        ik.watch(TinyNet())
+
+    # calling it would run nothing: Tune does not await it
+    with pytest.raises(ValueError, match="coroutine function"):
+        ik.instrument(train_async)
+
 
 def test_report_from_a_thread_the_trial_started() -> None:
     """A training loop run in a thread of the trial's own reports to the trial's session."""

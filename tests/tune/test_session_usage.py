@@ -254,3 +254,46 @@ def test_a_subscriber_freezing_on_its_own_is_refused_in_a_data_parallel_job() ->
     check_data_parallel([ik.SVCCASubscriber(probe, n=8)], world_size=2)
     with pytest.raises(ValueError, match=r"subscriber 1 \(SVCCASubscriber\) has freeze_at=0.99"):
         check_data_parallel([svcca], world_size=2)
+
+
+def test_a_refused_checkpoint_loses_no_measured_value() -> None:
+    # the checkpoint is checked before the outputs are taken: the report made again without
+    # it holds the weight norms of the steps before (they were taken, and read None)
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        _steps(model, opt, 3)
+        with pytest.raises(ValueError, match="Expected `checkpoint` to be a ray.tune.Checkpoint"):
+            ik.report({}, checkpoint="/tmp/not_a_checkpoint")
+        ik.report({})
+
+    ik.instrument(trainable, [ik.NormSubscriber("weights", backend=None)])({})
+    (report,) = ik.local_results()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _steps(model, opt, 2)  # the weights the third step started from
+    expected = {"0": model[0].weight, "2": model[2].weight}
+    for layer, weight in expected.items():
+        norm = float(torch.linalg.vector_norm(weight.detach()))
+        assert report["weights_norm2"][layer] == pytest.approx(norm)
+    assert np.isfinite(report["step_seconds"])
+
+
+def test_a_failed_watch_outside_a_trial_leaves_no_session() -> None:
+    from ikkuna_tune.tune.session import active_sessions
+
+    before = active_sessions()
+    with pytest.raises(ValueError, match="module_filter=Conv2d"):
+        ik.watch(nn.Linear(2, 1), module_filter=nn.Conv2d)
+    assert current_session() is None and active_sessions() == before
+
+
+@pytest.mark.parametrize("value", [np.complex128(1 + 2j), 1 + 2j])
+def test_a_complex_number_is_no_metric(value) -> None:
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"z": value})
+
+    with pytest.raises(ValueError, match="Expected metric 'z' to be a real number"):
+        ik.instrument(trainable)({})
