@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="iterations a trial runs unless stopped early, for stopped_early and "
-        "compute_saved (default: the longest trial's)",
+        "compute_saved; at least the longest trial's (the default)",
     )
     compare.add_argument(
         "--no-html", action="store_true", help="do not write the interactive report.html"

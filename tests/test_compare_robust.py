@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 
 from ikkuna_tune import compare
 from tests.experiment_files import LAYERS, handmade, report, write_trial
@@ -380,3 +381,35 @@ def test_a_trial_nan_from_its_first_report_is_marked_in_both_renderings(tmp_path
     assert png.get_offsets().tolist()[0][0] == 1.0
     marks = [t for t in layers_figure(df, metric="loss").data if t.mode == "markers"]
     assert [(t.meta, list(t.x), list(t.y)) for t in marks] == [("bad", [1.0], [top])]
+
+
+def test_config_values_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
+    # matplotlib reads text between two '$' as math: '$HOME_$USER' failed to draw, '$5-$10'
+    # came out in italics; trial names and layer names pass the same way
+    experiment = tmp_path / "sweep"
+    for index, run in enumerate(["$HOME_$USER", "$5-$10"]):
+        config = {"lr": 0.1 * (index + 1), "run": run, "model": {"width": 8}}
+        write_trial(experiment, f"train_t{index}", config, [report(f"t{index}", config, 1)])
+    df = compare.load(experiment)
+    for figure in (
+        compare.plot_layers(df, metric="sim", color_by="run"),
+        compare.plot_freeze_timeline(df, color_by="run"),
+    ):
+        figure.canvas.draw()  # where the math was parsed
+        shown = [t for t in figure.findobj(Text) if t.get_visible() and "$" in t.get_text()]
+        assert any("$HOME_$USER" in t.get_text() for t in shown)
+        assert not [t.get_text() for t in shown if t.get_parse_math()]
+
+
+def test_a_budget_below_the_iterations_a_trial_ran_is_refused(tmp_path) -> None:
+    # a trial the scheduler stopped read as not stopped early, with nothing saved, and the
+    # numbers looked right
+    experiment = tmp_path / "sweep"
+    write_trial(experiment, "train_t0", CONFIG, [report("t0", CONFIG, i) for i in (1, 2, 3)])
+    df = compare.load(experiment)
+    message = r"at least the iterations every trial ran but got 2, while trial t0 ran 3"
+    with pytest.raises(ValueError, match=message):
+        compare.summary(df, metric="loss", budget=2)
+    with pytest.raises(ValueError, match=message):
+        compare.plot_freeze_timeline(df, budget=2)
+    assert compare.summary(df, metric="loss", budget=3)["stopped_early"].tolist() == [False]

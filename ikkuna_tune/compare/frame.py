@@ -143,7 +143,19 @@ def stopped_early(
         >>> infos = {"a": {"stopped_by_tune": True}, "b": {"stopped_by_tune": True}, "c": {}}
         >>> stopped_early(infos, {"a": 3, "b": 10, "c": 10})
         {'a': True, 'b': False, 'c': False}
+        >>> stopped_early(infos, {"a": 3, "b": 10, "c": 10}, budget=5)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `budget` (the iterations a trial runs unless stopped early) to be \
+at least the iterations every trial ran but got 5, while trial b ran 10
     """
+    longest = max(iterations.items(), key=lambda item: int(item[1]), default=None)
+    if budget is not None and longest is not None and int(longest[1]) > budget:
+        raise ValueError(
+            f"Expected `budget` (the iterations a trial runs unless stopped early) to be at "
+            f"least the iterations every trial ran but got {budget}, while trial {longest[0]} "
+            f"ran {int(longest[1])}"
+        )
     if budget is None:
         budget = max((int(v) for v in iterations.values()), default=0)
     return {

@@ -51,6 +51,25 @@ def _new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+def _as_written(figure: Figure, *categorical: Any) -> Figure:
+    """Show the figure's words (config values and names, layer and trial names, the metric) as
+    written: matplotlib reads text between two ``$`` as math, which drew ``$5-$10`` in italics
+    and failed on ``$HOME_$USER``. The tick labels of ``categorical`` axes (trials) are words
+    too; numeric tick labels are left to matplotlib's formatters."""
+    texts = []
+    for legend in [*figure.legends, *(ax.get_legend() for ax in figure.axes)]:
+        if legend is not None:
+            texts += [legend.get_title(), *legend.get_texts()]
+    for ax in figure.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+    for ax in categorical:
+        texts += ax.get_yticklabels()
+    for text in texts:
+        if text:
+            text.set_parse_math(False)
+    return figure
+
+
 def _value_at(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
     """A line's height at ``x`` (between points: interpolated; outside: the nearest end)."""
     return float(np.interp(x, xs, ys))
@@ -201,8 +220,8 @@ def plot_layers(
     if mark_entries:
         sections.append(("marks", mark_entries))
     _sectioned_legend(figure, sections)
-    figure.suptitle(f"{metric} per layer" if panels[0] is not None else metric)
-    return figure
+    figure.suptitle(f"{metric} per layer" if panels[0] is not None else metric, parse_math=False)
+    return _as_written(figure)
 
 
 def _mark_handle(style: dict[str, Any], kind: str) -> Line2D:
@@ -357,4 +376,4 @@ def plot_freeze_timeline(
                 handle.set_markersize(8)
             elif isinstance(handle, Line2D):
                 handle.set_markersize(10)
-    return figure
+    return _as_written(figure, ax)
