@@ -215,16 +215,17 @@ def watch(
     if session is not None and session.implicit and session.closed:
         session.close()  # the last watch() outside a trial in this thread was closed: a new one
         session = None
+    created = session is None
     if session is None:
         session = _new_session()
         session.implicit = True
         session.activate()
-        try:
-            return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
-        except BaseException:
+    try:
+        return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
+    except BaseException:
+        if created:
             session.close()  # the session this call made leaves with it
-            raise
-    return session.watch(model, optimizer, depth, module_filter, log_dir, output_fn, scaler)
+        raise
 
 
 def _new_session() -> TrialSession:
