@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -58,6 +59,7 @@ class LayerFreezing:
 
     model: nn.Module
     modules: dict[str, NamedModule]
+    optimizers: tuple[torch.optim.Optimizer, ...]
     global_step: int
     _frozen: dict[str, None]
     #: per parameter held frozen by some frozen layer (by ``id``): the parameter and its
@@ -103,7 +105,11 @@ class LayerFreezing:
         Its trainable parameters lose ``requires_grad`` and their gradients (a parameter that
         was not trainable, a frozen base weight of fine-tuning, is left as it is; :meth:`unfreeze`
         gives each parameter its own ``requires_grad`` back); optimizers skip parameters
-        whose ``grad`` is None, so momentum and weight decay no longer move them. The layer and
+        whose ``grad`` is None, so momentum and weight decay no longer move them. L-BFGS is the
+        exception: its step moves every parameter along a direction its history built, so an
+        ``LBFGS`` optimizer given to the Exporter forgets its history at each freeze and
+        unfreeze (its next step starts afresh from the gradient, which is zero for the frozen
+        layer); one not given to the Exporter would go on moving the layer. The layer and
         its submodules run in eval mode in every forward pass (a forward pre-hook sets their
         ``training`` flag, so ``model.train()`` does not undo it): a BatchNorm uses its running
         statistics and no longer updates them (``running_mean``, ``running_var``,
@@ -169,6 +175,7 @@ class LayerFreezing:
                 TraceableHook(hold_eval), prepend=True
             )
         self._frozen[name] = None
+        self._restart_lbfgs(named)
         if saved is None:  # a restored freeze was announced when it happened
             self._publish_meta("layer_frozen", name)
             logger.info("Froze layer %r at step %d", name, self.global_step)
@@ -252,12 +259,32 @@ class LayerFreezing:
         handle = self._freeze_handles.pop(name, None)
         if handle is not None:
             handle.remove()
+        self._restart_lbfgs(named)
         named.module.train(self.model.training)
         for module_name, training in self._held_modes.pop(name, {}).items():
             try:
                 named.module.get_submodule(module_name).training = training
             except AttributeError:  # the layer no longer has that module
                 continue
+
+    def _restart_lbfgs(self, named: NamedModule) -> None:
+        """Clear the history of each ``LBFGS`` optimizer holding a parameter of ``named``.
+
+        An L-BFGS step adds its direction to every parameter it holds, whatever their ``grad``,
+        and the direction mixes the steps and gradient changes of its history: a layer frozen
+        after that history began would go on moving. With the history cleared, the next
+        direction is the gradient's, zero for the frozen layer, and each later step and
+        gradient change is zero there too, so the layer stays put.
+        """
+        held = {id(p) for p in named.module.parameters()}
+        for optimizer in self.optimizers:
+            if isinstance(optimizer, torch.optim.LBFGS) and any(
+                id(p) in held for group in optimizer.param_groups for p in group["params"]
+            ):
+                optimizer.state.clear()
+                logger.info(
+                    "Cleared the L-BFGS history at the change of layer %r's freezing", named.name
+                )
 
     def _freezing_state(self) -> dict[str, dict[str, dict[str, bool]]]:
         """Per frozen layer, what :meth:`unfreeze` restores (for a checkpoint): its parameters'

@@ -315,3 +315,44 @@ def test_closing_the_exporter_keeps_frozen_parameters_untrainable_and_restores_m
     with ik.Exporter(model, opt) as again:
         again.load_state_dict(state)
         assert again.frozen == ("1", "2") and not model[2].weight.requires_grad
+
+
+def _lbfgs_run(freeze_with_exporter: bool) -> tuple[nn.Module, torch.Tensor]:
+    """Six L-BFGS steps of a small regression; layer '0' frozen before step 3, through the
+    Exporter or, for the reference, by hand with a fresh L-BFGS over the same parameters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, history_size=5, max_iter=4)
+    exporter = ik.Exporter(model, opt, MessageBus()) if freeze_with_exporter else None
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    at_freeze = torch.empty(0)
+    for step in range(6):
+        if step == 3:
+            if exporter is not None:
+                exporter.freeze("0")
+            else:
+                for p in model[0].parameters():
+                    p.requires_grad_(False)
+                    p.grad = None
+                opt = torch.optim.LBFGS(model.parameters(), lr=0.5, history_size=5, max_iter=4)
+            at_freeze = model[0].weight.detach().clone()
+
+        def closure(opt: torch.optim.Optimizer = opt) -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return model, at_freeze
+
+
+def test_a_layer_frozen_under_lbfgs_stays_put_and_the_rest_trains_as_with_a_fresh_lbfgs() -> None:
+    # L-BFGS moves every parameter along a direction built from its history, grad or not: the
+    # Exporter clears that history when it freezes a layer
+    model, at_freeze = _lbfgs_run(freeze_with_exporter=True)
+    reference, reference_at_freeze = _lbfgs_run(freeze_with_exporter=False)
+    assert torch.equal(at_freeze, reference_at_freeze)
+    assert torch.equal(model[0].weight, at_freeze)  # not moved at all
+    torch.testing.assert_close(model[2].weight, reference[2].weight, rtol=0, atol=0)
+    torch.testing.assert_close(model[2].bias, reference[2].bias, rtol=0, atol=0)
