@@ -61,7 +61,9 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     are class indices too); for one logit per sample, probabilities of class 1 in [0, 1]
     (smoothed labels, read as class 1 above 0.5); or one-hot / soft labels: non-negative floats
     that sum to 1 over the class dimension (dimension 1), shaped like ``output`` when it is
-    given. Anything else, such as the real-valued targets of a regression, has no accuracy.
+    given (a target shaped like ``output`` is read as such labels only, never as class indices).
+    Anything else, such as the real-valued targets of a regression or the multi-hot targets
+    of a multi-label task, has no accuracy.
 
     An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
     back to the host (a synchronisation on an accelerator), so call this once, not every step.
@@ -94,7 +96,10 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     if soft_shape:
         sums = values.double().sum(dim=1)
         soft = (values >= 0).all() & ((sums - 1).abs() <= tol).all()
-        ok = whole | soft
+        # shaped like the output, the target has a class dimension, so it holds no class
+        # indices: whole numbers are one-hot labels only if each sums to 1 (multi-hot ones of
+        # a multi-label task have no accuracy here)
+        ok = soft if output is not None else whole | soft
     else:
         ok = whole
     if _one_logit(values) and (output is None or _one_logit(output)):
@@ -177,7 +182,7 @@ def _targets_message(target: torch.Tensor, output: torch.Tensor | None, got: str
         "that are whole numbers) or one-hot / soft labels shaped like the output"
         f"{like} (non-negative, summing to 1 over dimension 1), but got a tensor of dtype "
         f"{target.dtype} and shape {tuple(target.shape)} with {got}; accuracy is not defined "
-        "for regression targets"
+        "for regression or multi-label targets"
     )
 
 

@@ -126,6 +126,19 @@ def test_classification_targets_are_accepted(target: torch.Tensor, output: torch
         ),
         # soft labels not shaped like the output
         (torch.tensor([[0.5, 0.5], [0.25, 0.75]]), torch.zeros(2, 3), r"a value 0.5 that"),
+        # multi-hot labels of a multi-label task: whole numbers, but shaped like the output,
+        # so not class indices (read as such, the first positive label was scored)
+        (
+            torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+            torch.zeros(2, 3),
+            r"do not sum to 1 \(one sums to 2, its smallest is 0\)",
+        ),
+        # one logit per element without a class dimension (N, H, W): not (N, C, ...) scores
+        (
+            torch.tensor([[[1.0, 0.0], [1.0, 1.0]]]).expand(2, 2, 2),
+            torch.zeros(2, 2, 2),
+            r"do not sum to 1 \(one sums to 2",
+        ),
     ],
 )
 def test_non_classification_targets_raise_naming_expected_and_got(
@@ -142,6 +155,7 @@ def test_non_classification_targets_raise_naming_expected_and_got(
 def test_soft_labels_are_checked_against_the_output_only_when_given() -> None:
     soft = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
     check_targets(soft)  # without an output: soft labels of 2 classes
+    check_targets(torch.tensor([[1.0, 0.0, 1.0]]))  # or class indices of a sequence
     with pytest.raises(ValueError, match=r"output \(2, 3\)"):
         check_targets(soft, torch.zeros(2, 3))
 
