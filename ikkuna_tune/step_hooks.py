@@ -427,10 +427,33 @@ class StepHooks:
                 self._start_step()
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
+        if output.is_nested:
+            self._skip_nested(named)
+            return
         if self._want_activations and self._due("activations", named.name, tag):
             self._emit_layer("activations", named, output.detach(), tag)
         if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
             output.register_hook(partial(self._on_layer_gradient, named))
+
+    def _skip_nested(self, named: NamedModule) -> None:
+        """Leave out a layer's output that is a nested tensor, with one warning per Exporter.
+
+        ``nn.TransformerEncoder`` packs a padded batch into a nested tensor (one sequence per
+        sample, each of its own length) in its fast path, taken in eval mode without gradients,
+        as in a probe's passes: such an output has no rows per sample to measure, so the pass
+        publishes no activations for the layer (a training pass, with gradients, is padded).
+        """
+        if self.__dict__.get("_warned_nested"):
+            return
+        self._warned_nested = True
+        logger.warning(
+            "Layer %r (and any other inside the same nn.TransformerEncoder) returned a nested "
+            "tensor (the encoder's fast path, in eval mode without gradients, given a padding "
+            "mask): activations of such passes are not published, so a probe (SVCCA, CKA) "
+            "has none for those layers; build the encoder with enable_nested_tensor=False to "
+            "measure them",
+            named.name,
+        )
 
     def _outside_tag(self, module: nn.Module) -> str:
         """The tag of a layer's call outside the model's forward pass (the user runs one part

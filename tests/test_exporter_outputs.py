@@ -276,3 +276,58 @@ def test_a_layer_called_twice_publishes_every_call() -> None:
         assert exporter.modules["fc#2"].module is model.fc and "fc#2" not in exporter.modules
         with pytest.raises(ValueError, match="Unknown layer 'fc#2'"):
             exporter.freeze("fc#2")
+
+
+class PaddedTextNet(nn.Module):
+    """Embedding -> one TransformerEncoderLayer (padding mask from token 0) -> head on token 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.enc(self.emb(tokens), src_key_padding_mask=tokens == 0)[:, 0])
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_nested_outputs_of_an_encoders_fast_path_are_left_out_with_one_warning(caplog) -> None:
+    # in eval mode without gradients, the encoder packs the padded batch into nested tensors
+    # (one sequence per sample): they are not published (a norm of one crashed), training
+    # passes are, and an SVCCA probe over such a model runs
+    torch.manual_seed(0)
+    model = PaddedTextNet()
+    tokens = torch.randint(1, 20, (16, 6))
+    tokens[::2, 4:] = 0
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.enc.layers[0].linear1.register_forward_hook(
+        lambda _m, _i, out: seen.__setitem__("linear1", out.detach().clone())
+    )
+    bus = MessageBus()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    evals = _record(bus, ["activations"], tag="eval")
+    trains = _record(bus, ["activations"])
+    ik.NormSubscriber("activations", bus, tag="eval")
+    exporter = ik.Exporter(model, opt, bus)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        ik.SVCCASubscriber(tokens, n=16, message_bus=bus, backend=None)
+        with torch.no_grad():
+            model.eval()(tokens)
+    assert seen["linear1"].is_nested  # the fast path was taken
+    nested = [r for r in caplog.records if "nested tensor" in r.getMessage()]
+    assert len(nested) == 1
+    assert "enable_nested_tensor=False" in nested[0].getMessage()
+    assert {key for _, key, _, _ in evals} == {"emb", "fc"}
+    model.train()
+    _step_tokens = tokens[:8]
+    opt.zero_grad()
+    exporter.wrap_loss(F.cross_entropy)(model(_step_tokens), torch.zeros(8, dtype=torch.long))
+    assert not seen["linear1"].is_nested
+    torch.testing.assert_close(
+        _by(trains, "activations", "enc.layers.0.linear1")[0], seen["linear1"]
+    )
+    exporter.epoch_finished()  # the SVCCA checkpoint's probe passes run
+    handle.remove()
+    exporter.close()
