@@ -263,6 +263,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._probe_tag: str | None = None
         self._passes = 0  # forward passes of the model so far
         self._layer_calls = {}
+        self._deferred_gradients = {}
         self._warned_uncalled = False
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership

@@ -174,6 +174,10 @@ class StepHooks:
     _eval_grad_pass: bool = False
     #: whether the warning about optimizer steps after such passes has been given
     _warned_eval_step: bool = False
+    _warned_nested: bool = False
+    #: per layer module, its calls in this training pass that ran without gradients (inside a
+    #: reentrant activation checkpoint), whose gradients are tapped when recomputed
+    _deferred_gradients: dict[nn.Module, list[NamedModule]]
     _traced_layers: list[NamedModule]
     _receiver: int
     _recompile_allowed: bool
@@ -297,6 +301,7 @@ class StepHooks:
         if _in_backward():  # the model's forward recomputed for a checkpointed backward
             return
         self._publish_traced()
+        self._deferred_gradients.clear()  # a new pass: the last one's backward has run
         self._recompile_allowed = False
         self._pass_kinds.add((self.model.training, torch.is_grad_enabled()))
         self._passes += 1
@@ -406,6 +411,7 @@ class StepHooks:
         output: Any,
     ) -> None:
         if _in_backward():  # recomputed for a checkpointed backward: published already
+            self._on_recomputed_layer(named, output)
             return
         current = self._current_pass
         if current:  # count the calls within one forward pass of the model
@@ -432,8 +438,25 @@ class StepHooks:
             return
         if self._want_activations and self._due("activations", named.name, tag):
             self._emit_layer("activations", named, output.detach(), tag)
-        if self._want_layer_gradients and tag == DEFAULT_TAG and output.requires_grad:
-            output.register_hook(partial(self._on_layer_gradient, named))
+        if self._want_layer_gradients and tag == DEFAULT_TAG:
+            if output.requires_grad:
+                output.register_hook(partial(self._on_layer_gradient, named))
+            elif not torch.is_grad_enabled():  # inside a reentrant activation checkpoint
+                self._deferred_gradients.setdefault(named.module, []).append(named)
+
+    def _on_recomputed_layer(self, named: NamedModule, output: Any) -> None:
+        """Tap the gradient of a layer recomputed in the backward pass whose training call ran
+        without gradients: a reentrant activation checkpoint (``use_reentrant=True``) runs its
+        part under ``torch.no_grad()`` in the forward pass and again, with gradients, in the
+        backward pass, where the layer's gradient flows through the recomputed output. Its
+        activations were published at the first call; calls are matched in order."""
+        waiting = self._deferred_gradients.get(named.module)
+        if not waiting:
+            return
+        if not isinstance(output, torch.Tensor):
+            output = layer_tensor(named, output)
+        if output.requires_grad and not output.is_nested:
+            output.register_hook(partial(self._on_layer_gradient, waiting.pop(0)))
 
     def _skip_nested(self, named: NamedModule) -> None:
         """Leave out a layer's output that is a nested tensor, with one warning per Exporter.
@@ -443,7 +466,7 @@ class StepHooks:
         as in a probe's passes: such an output has no rows per sample to measure, so the pass
         publishes no activations for the layer (a training pass, with gradients, is padded).
         """
-        if self.__dict__.get("_warned_nested"):
+        if self._warned_nested:
             return
         self._warned_nested = True
         logger.warning(

@@ -58,6 +58,58 @@ def test_checkpointed_layers_publish_their_activations_once_per_step(reentrant: 
         torch.testing.assert_close(value, reference)
 
 
+class _CheckpointedTwice(nn.Module):
+    """A first layer, then a checkpointed block whose Linear runs twice, then a head."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 6)
+        self.body = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.reentrant = reentrant
+
+    def block(self, h: torch.Tensor) -> torch.Tensor:
+        return self.body(self.body(h).tanh()).tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = checkpoint(self.block, self.first(x).tanh(), use_reentrant=self.reentrant)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointed_layers_publish_their_gradients_once_per_call(reentrant: bool) -> None:
+    # a reentrant checkpoint runs its block without gradients in the forward pass: the layer
+    # gradients are those of the recomputation in the backward pass (none were published)
+    torch.manual_seed(0)
+    model = _CheckpointedTwice(reentrant)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["layer_gradients"])
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    expected: dict[tuple[str, int], torch.Tensor] = {}
+    with ik.Exporter(model, opt, bus):
+        for step in range(2):
+            x = torch.randn(8, 4)
+            # by hand: the same computation without the modules (and their hooks)
+            w = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+            first = F.linear(x, w["first.weight"], w["first.bias"])
+            body1 = F.linear(first.tanh(), w["body.weight"], w["body.bias"])
+            body2 = F.linear(body1.tanh(), w["body.weight"], w["body.bias"])
+            head = F.linear(body2.tanh(), w["head.weight"], w["head.bias"])
+            outputs = {"first": first, "body": body1, "body#2": body2, "head": head}
+            for t in outputs.values():
+                t.retain_grad()
+            F.cross_entropy(head, y).backward()
+            expected.update({(k, step): t.grad for k, t in outputs.items()})
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    got = {(key, step): data for _, key, step, _, data in seen}
+    assert sorted(got) == sorted(expected)
+    for key, reference in expected.items():
+        torch.testing.assert_close(got[key], reference)
+
+
 def test_a_layer_run_on_its_own_is_tagged_by_its_own_mode() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
