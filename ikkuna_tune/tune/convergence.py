@@ -57,6 +57,7 @@ __all__ = [
     "freeze_candidates",
     "layer_settled",
     "metric_swing",
+    "others_best_so_far",
     "stop_verdict",
 ]
 
@@ -174,8 +175,10 @@ class TrialHistory:
     def reports(self) -> int:
         return len(self.metric)
 
-    def best(self) -> float:
-        finite = [m for m in self.metric if math.isfinite(m)]
+    def best(self, reports: int | None = None) -> float:
+        """The best finite metric value, over the first ``reports`` reports if given."""
+        values = self.metric if reports is None else self.metric[:reports]
+        finite = [m for m in values if math.isfinite(m)]
         return max(finite) if finite else -math.inf
 
     def truncate(self, reports: int) -> None:
@@ -236,6 +239,11 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     ``protect_top`` other trials are ahead of its best by more than its :func:`metric_swing`
     over the last ``settle_window`` reports (at least ``min_delta``).
 
+    ``others_best`` holds each other trial's best over as many reports as this trial has made
+    (:func:`others_best_so_far`): a trial that started late (trials run a few at a time) is
+    compared with where the others stood at the same point, not with where they ended (a
+    trial before its learning-rate drop cannot match others after theirs).
+
     A trial whose metric still moves by a few points from one report to the next (noisy test
     accuracy, or still improving) and is within that much of the best trials can overtake them
     by the last report; ranking it by its best so far alone would freeze (and so perturb) the
@@ -254,6 +262,23 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
     ahead = sum(1 for best in others_best if best > own + band)
     return ahead < rules.protect_top
+
+
+def others_best_so_far(trial: TrialHistory, others: list[TrialHistory]) -> list[float]:
+    """Each of ``others``' best over its first ``trial.reports`` reports (trials without a
+    finite value there left out), for :func:`among_best`.
+
+    Examples:
+        >>> late, done = TrialHistory(), TrialHistory()
+        >>> for acc in [0.5, 0.6]:
+        ...     late.add(acc, {}, {}, {})
+        >>> for acc in [0.55, 0.65, 0.9]:
+        ...     done.add(acc, {}, {}, {})
+        >>> others_best_so_far(late, [done])  # where it stood at report 2
+        [0.65]
+    """
+    bests = [other.best(trial.reports) for other in others]
+    return [b for b in bests if math.isfinite(b)]
 
 
 def _improvement(metric: list[float], window: int) -> float:
@@ -390,7 +415,7 @@ def stop_verdict(
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta
-    if stalled and not _moving(trial, rules):
+    if stalled and not _moving(trial, rules) and not _among_best_at(trial, rules, others):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
@@ -470,6 +495,12 @@ def _speeding_up(steps: list[float]) -> bool:
 
 def _finite(values: list[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
+
+
+def _among_best_at(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
+    """:func:`among_best` against ``others``' metrics over as many reports as the trial made."""
+    at = trial.reports
+    return among_best(trial, [max(f) for o in others if (f := _finite(o[:at]))], rules)
 
 
 def _at_chance(

@@ -16,6 +16,7 @@ from ikkuna_tune.tune.convergence import (
     Decision,
     among_best,
     freeze_candidates,
+    others_best_so_far,
     stop_verdict,
 )
 from ikkuna_tune.tune.decision_log import (
@@ -98,6 +99,7 @@ class SVCCAScheduler(FIFOScheduler):
        that may still end among the ``protect_top`` best, whose final value freezing could move
        enough to reorder near-tied best configurations: fewer than ``protect_top`` others are
        ahead of its best so far by more than its metric still swings from report to report,
+       each at its best over as many reports as the trial has made,
        :func:`~ikkuna_tune.tune.convergence.among_best`): a layer that is similar to
        its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
        initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
@@ -107,7 +109,8 @@ class SVCCAScheduler(FIFOScheduler):
        that triggered it; the trial confirms it in its next report (``frozen/<layer> = 1``).
     2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
-       progress (``stall_delta``) while no layer moves any more (``move_tol``); and, when the
+       progress (``stall_delta``) while no layer moves any more (``move_tol``), unless it may
+       still end among the best (as for freezing); and, when the
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
        ``stall_share`` of it: a trial that no other trial has got as far as (and none is at
        chance too), still within ``stall_delta`` of its metric's chance level (reported as
@@ -526,8 +529,8 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _among_best(self, trial_id: str, view: TrialView) -> bool:
         """Whether the trial may still end among the ``protect_top`` best (:func:`among_best`)."""
-        others = [v.history.best() for t, v in self._views.items() if t != trial_id]
-        return among_best(view.history, [b for b in others if math.isfinite(b)], self.rules)
+        others = [v.history for t, v in self._views.items() if t != trial_id]
+        return among_best(view.history, others_best_so_far(view.history, others), self.rules)
 
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""

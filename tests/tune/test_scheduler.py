@@ -323,10 +323,14 @@ def test_a_lone_trial_stuck_at_its_reported_chance_level_is_stopped() -> None:
 def test_a_stuck_trial_is_stopped_after_grace_but_a_moving_one_is_not() -> None:
     scheduler, _ = make(grace=2)
     stuck, moving = FakeTrial("stuck"), FakeTrial("moving")
-    for t in (stuck, moving):
+    learners = [FakeTrial(f"learner{i}") for i in range(3)]  # three trials ahead of both
+    for t in (stuck, moving, *learners):
         scheduler.on_trial_add(None, t)
     sims = dict.fromkeys(LAYERS, 1.0)
     for it in range(1, 6):
+        for i, learner in enumerate(learners):
+            ahead = result(sims, it=it, acc=0.2 + 0.1 * it + 0.01 * i, dist={"fc1": 0.05 * it})
+            assert scheduler.on_trial_result(None, learner, ahead) == CONTINUE
         still = scheduler.on_trial_result(None, stuck, result(sims, it=it, acc=0.1))
         # at chance too, but its layers keep travelling: a slow start, not a dead end
         going = result(sims, it=it, acc=0.1, dist=dict.fromkeys(LAYERS, 0.02 * it))
@@ -335,6 +339,51 @@ def test_a_stuck_trial_is_stopped_after_grace_but_a_moving_one_is_not() -> None:
         if still == STOP:
             break
     assert scheduler.stopped_trials == {"stuck": "stuck: no progress and no layer moving"}
+
+
+def test_a_stuck_looking_trial_among_the_best_is_not_stopped() -> None:
+    # a fine-tuning trial that starts near its best, with layers that barely leave their
+    # pretrained values, leading the sweep: "no progress and no layer moving" is no reason to
+    # stop the trial that answers the sweep
+    scheduler, _ = make(grace=2)
+    leader = FakeTrial("leader")
+    others = [FakeTrial(f"other{i}") for i in range(3)]
+    for t in (leader, *others):
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 1.0)
+    for it in range(1, 7):
+        for i, other in enumerate(others):
+            behind = result(sims, it=it, acc=0.3 + 0.05 * it + 0.01 * i, dist={"fc1": 0.05 * it})
+            assert scheduler.on_trial_result(None, other, behind) == CONTINUE
+        leading = result(sims, it=it, acc=0.9 + 0.001 * it, dist=dict.fromkeys(LAYERS, 0.001))
+        assert scheduler.on_trial_result(None, leader, leading) == CONTINUE
+    assert scheduler.stopped_trials == {}
+
+
+def test_a_late_trial_is_protected_against_where_the_others_stood_at_the_same_report() -> None:
+    # trials run one at a time: three finished after their learning-rate drop at report 6;
+    # a late trial at report 5, before its own drop, is second at report 5 and must not be
+    # frozen as behind the others' final values
+    scheduler, mailbox = make(freeze_best=False, grace=1)
+    done = [FakeTrial(f"done{i}") for i in range(3)]
+    late = FakeTrial("late")
+    for t in (*done, late):
+        scheduler.on_trial_add(None, t)
+    for i, trial in enumerate(done):
+        curve = [0.80, 0.84, 0.85, 0.855, 0.86, 0.93, 0.935, 0.94]
+        reports = [
+            result(dict.fromkeys(LAYERS, 0.999), it=it, acc=a - 0.01 * i, dist={"fc1": 0.1})
+            for it, a in enumerate(curve, start=1)
+        ]
+        feed(scheduler, trial, reports)
+        scheduler.on_trial_complete(None, trial, reports[-1])
+    # the late trial has settled before its drop: similar layers, distance flat, metric flat
+    for it, acc in enumerate([0.84, 0.86, 0.865, 0.866, 0.866], start=1):
+        settled = result(
+            dict.fromkeys(LAYERS, 0.9995), it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.1)
+        )
+        assert scheduler.on_trial_result(None, late, settled) == CONTINUE
+    assert [post for post in mailbox.posts if post[0] == "late"] == []
 
 
 def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
