@@ -252,6 +252,35 @@ def test_a_metric_named_with_a_slash_is_network_wide(tmp_path, source) -> None:
     assert values["layer"].isna().all()
 
 
+def test_a_plain_tune_trial_beside_instrumented_ones_reads_slashed_metrics_alike(tmp_path) -> None:
+    # a sweep whose plain trials call tune.report: they report no frozen/<layer>, and their
+    # "val/acc" (or nested {"val": {"acc": ...}}) is the same network-wide metric as in the
+    # instrumented trials, not metric "val" of layers "acc" and "loss"
+    experiment = tmp_path / "sweep"
+    for index, instrumented in enumerate([True, False]):
+        rows = []
+        for i in (1, 2):
+            row = {
+                "training_iteration": i,
+                "trial_id": f"ttttt_0000{index}",
+                "val": {"acc": 0.5 + i / 10 + index / 100, "loss": 1.0 / i},
+            }
+            if instrumented:
+                row.update({"sim": {"conv": 0.9}, "frozen": {"conv": 0}})
+            rows.append(row)
+        write_trial(
+            experiment, f"train_ttttt_0000{index}_{index}", {"plain": not instrumented}, rows
+        )
+    df = compare.load(experiment)
+    assert compare.layers(df) == ["conv"]
+    assert {"val/acc", "val/loss"} <= set(compare.metrics(df, per_layer=False))
+    assert "val" not in compare.metrics(df, per_layer=True)
+    summary = compare.summary(df, "val/acc")
+    assert summary.set_index("trial_id")["best_val/acc"].to_dict() == pytest.approx(
+        {"ttttt_00000": 0.7, "ttttt_00001": 0.71}
+    )
+
+
 def test_an_output_directory_that_is_a_file_is_a_clear_error(tmp_path) -> None:
     experiment = handmade(tmp_path)
     taken = tmp_path / "taken"

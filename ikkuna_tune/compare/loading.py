@@ -150,8 +150,14 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     renamed = {n: f"config/{n}" if n in TIDY_COLUMNS else n for n in config_names}
     frames = []
     text: set[str] = set()  # names of results holding text (no numbers) in some trial
+    # the network's layers: those ikkuna_tune reports frozen/<layer> for, in any trial (a plain
+    # Tune trial of the same sweep reports none, and its "val/acc" is still network-wide)
+    prefix = f"{keys.FROZEN}/"
+    layers = {
+        c[len(prefix) :] for t in trials for c in t.results.columns if c.startswith(prefix)
+    }
     for trial in trials:
-        long = _tidy_trial(trial.results, text)
+        long = _tidy_trial(trial.results, text, layers)
         if long is None:
             continue
         long.insert(0, "trial_id", trial.trial_id)
@@ -185,17 +191,18 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     return df
 
 
-def _tidy_trial(results: pd.DataFrame, text: set[str]) -> pd.DataFrame | None:
+def _tidy_trial(results: pd.DataFrame, text: set[str], layers: set[str]) -> pd.DataFrame | None:
     """One trial's results in long form, NaN values included (marked when reported as NaN);
-    adds the metric names of columns holding text to ``text``."""
+    adds the metric names of columns holding text to ``text``.
+
+    ``layers`` are the network's layers (those ikkuna_tune reports ``frozen/<layer>`` for, in
+    any trial of the experiment): a column ``"<name>/<other>"`` whose ``<other>`` is none of
+    them is a metric of the user's (``"val/accuracy"``), network-wide, not metric ``"val"`` of
+    a layer ``"accuracy"``.
+    """
     if not len(results):
         return None
     iterations = results["training_iteration"].astype(int).to_numpy()
-    # the network's layers are those ikkuna_tune reports frozen/<layer> for; a column
-    # "<name>/<other>" whose <other> is none of them is a metric of the user's ("val/accuracy"),
-    # network-wide, not metric "val" of a layer "accuracy"
-    prefix = f"{keys.FROZEN}/"
-    layers = {c[len(prefix) :] for c in results.columns if c.startswith(prefix)}
     nan_names = (
         list(results[REPORTED_NAN])
         if REPORTED_NAN in results.columns
