@@ -219,3 +219,20 @@ def test_the_iteration_where_a_value_became_infinite_is_marked() -> None:
 
     traces = [t for t in layers_figure(frame, metric="loss").data if t.marker.symbol]
     assert [(t.x[0], t.y[0]) for t in traces if t.marker.symbol == "triangle-up"] == [(2.0, 1.0)]
+
+
+def test_the_automatic_line_style_tells_apart_drawn_trials_only(tmp_path) -> None:
+    # two trials failed before their first report (no line): "broken" separates them from the
+    # drawn ones, but tells no drawn line apart; "case" does
+    experiment = tmp_path / "sweep"
+    drawn = [(8, "x"), (8, "y"), (16, "x"), (16, "y")]
+    for index, (width, case) in enumerate(drawn):
+        config = {"lr": 0.1, "width": width, "case": case, "broken": False}
+        rows = [report(f"bbbbb_0000{index}", config, i) for i in (1, 2)]
+        write_trial(experiment, f"train_bbbbb_0000{index}_{index}", config, rows)
+    for index, width in enumerate([8, 16], start=len(drawn)):
+        config = {"lr": 0.1, "width": width, "case": "x", "broken": True}
+        write_trial(experiment, f"train_bbbbb_0000{index}_{index}", config, [], error=True)
+    df = compare.load(experiment)
+    assert len(df.attrs["trials"]) == 6 and df["trial_id"].nunique() == 4
+    assert compare.auto_style_by(df, "width") == "case"

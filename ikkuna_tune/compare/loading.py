@@ -153,9 +153,7 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     # the network's layers: those ikkuna_tune reports frozen/<layer> for, in any trial (a plain
     # Tune trial of the same sweep reports none, and its "val/acc" is still network-wide)
     prefix = f"{keys.FROZEN}/"
-    layers = {
-        c[len(prefix) :] for t in trials for c in t.results.columns if c.startswith(prefix)
-    }
+    layers = {c[len(prefix) :] for t in trials for c in t.results.columns if c.startswith(prefix)}
     for trial in trials:
         long = _tidy_trial(trial.results, text, layers)
         if long is None:

@@ -140,9 +140,11 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
 def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
     """The config parameter that best tells apart trials ``color_by`` gives one colour.
 
-    Of the parameters every trial has a value of, with 2 to ``len(LINESTYLES)`` distinct
-    values, and not the same grouping of trials as ``color_by``'s (then it adds nothing):
-    the one with the fewest values (ties: by name). None if there is none.
+    Of the parameters every trial with rows in ``df`` has a value of (a trial that failed
+    before its first report draws no line to tell apart), with 2 to ``len(LINESTYLES)``
+    distinct values among those trials, and not the same grouping of them as ``color_by``'s
+    (then it adds nothing): the one with the fewest values (ties: by name). None if there is
+    none.
 
     Examples:
         >>> from ikkuna_tune.compare.frame import TIDY_COLUMNS
@@ -155,12 +157,13 @@ def auto_style_by(df: pd.DataFrame, color_by: str | None) -> str | None:
     check_tidy(df)
     if color_by is None:
         return None
-    colour = trial_values(df, color_by)
+    drawn = {str(t) for t in df["trial_id"].unique()}
+    colour = {t: v for t, v in trial_values(df, color_by).items() if t in drawn}
     candidates = []
     for name in config_columns(df):
         if name == color_by:
             continue
-        values = trial_values(df, name)
+        values = {t: v for t, v in trial_values(df, name).items() if t in drawn}
         if any(v is None for v in values.values()):
             continue
         distinct = {str(v) for v in values.values()}
