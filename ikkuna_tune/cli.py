@@ -139,23 +139,45 @@ def _compare(args: argparse.Namespace) -> int:
 
     color_by = None if args.color_by.lower() == "none" else args.color_by
     style_by = None if args.style_by.lower() == "none" else args.style_by
-    comparison = compare_experiment(
-        args.experiment,
-        args.out,
-        metric=args.metric,
-        color_by=color_by,
-        summary_metric=args.summary_metric,
-        mode=args.mode,
-        style_by=style_by,
-        sharey=not args.free_y,
-        budget=args.budget,
-        html=not args.no_html,
-    )
+    try:
+        comparison = compare_experiment(
+            args.experiment,
+            args.out,
+            metric=args.metric,
+            color_by=color_by,
+            summary_metric=args.summary_metric,
+            mode=args.mode,
+            style_by=style_by,
+            sharey=not args.free_y,
+            budget=args.budget,
+            html=not args.no_html,
+        )
+    except ValueError as error:
+        raise _naming_the_option(error, args) from error
     _print_summary(comparison.summary)
     _print_decisions(comparison.decisions)
     for path in comparison.files:
         print(f"wrote {path}")
     return 0
+
+
+def _naming_the_option(error: ValueError, args: argparse.Namespace) -> ValueError:
+    """``error`` about a metric, prefixed with the option that named it (``--metric`` by
+    default, which the user may never have typed); any other error as it is."""
+    text = str(error)
+    options = [
+        ("--metric", args.metric, SELF_SIMILARITY),
+        ("--summary-metric", args.summary_metric, None),
+    ]
+    if "is reported per layer; pick a network-wide" in text:  # only the summary's is
+        options = options[1:]
+    for option, value, default in options:
+        if value is not None and text.startswith(
+            (f"Unknown metric {value!r}", f"Metric {value!r}")
+        ):
+            given = " (the default)" if value == default else ""
+            return ValueError(f"{option} {value}{given}: {text}")
+    return error
 
 
 def _demo(args: argparse.Namespace) -> int:

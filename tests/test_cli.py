@@ -137,6 +137,16 @@ def test_compare_a_metric_without_values_is_one_line(tmp_path, capsys) -> None:
     _one_error_line(capsys, "compare", "Metric 'acc' was reported but has no values in any trial")
 
 
+def test_compare_run_inside_the_experiment_titles_the_report_with_its_name(
+    tmp_path, monkeypatch
+) -> None:
+    experiment = handmade(tmp_path)
+    monkeypatch.chdir(experiment)
+    assert main(["compare", ".", "--metric", "sim", "-o", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"<title>ikkuna_tune comparison: {experiment.name}</title>" in page
+
+
 def test_compare_color_by_none_and_default_out_dir(tmp_path, monkeypatch) -> None:
     experiment = handmade(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -163,7 +173,13 @@ def test_compare_errors_are_one_line_with_exit_code_2(tmp_path, capsys) -> None:
 
     argv = ["compare", str(experiment), "--metric", "sim", "--summary-metric", "sim"]
     assert main([*argv, "-o", str(out)]) == 2
-    _one_error_line(capsys, "compare", "'sim' is reported per layer")
+    line = _one_error_line(capsys, "compare", "'sim' is reported per layer")
+    assert "error: --summary-metric sim: Metric 'sim'" in line  # the option that named it
+
+    # the default --metric, which the user never typed, is named as such
+    assert main(["compare", str(experiment), "--color-by", "lr", "-o", str(out)]) == 2
+    line = _one_error_line(capsys, "compare", "Unknown metric 'self_similarity'")
+    assert "error: --metric self_similarity (the default): Unknown metric" in line
 
     empty = tmp_path / "empty"
     write_trial(empty, "train_ccccc_00000_0", {"lr": 0.1}, [])

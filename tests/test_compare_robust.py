@@ -252,6 +252,54 @@ def test_a_metric_named_with_a_slash_is_network_wide(tmp_path, source) -> None:
     assert values["layer"].isna().all()
 
 
+def test_trial_directories_the_newest_experiment_state_does_not_list_are_warned_of(
+    tmp_path, caplog
+) -> None:
+    # the same experiment name run twice: Tune adds the second run's trials beside the first's
+    # and lists only its own in the newer experiment state
+    experiment = handmade(tmp_path)
+    listed = sorted(d for d in experiment.iterdir() if d.is_dir())[:1]
+    trials = [
+        [json.dumps({"relative_logdir": d.name, "trial_id": "aaaaa_00000", "status": "TERMINATED"}),
+         "{}"]
+        for d in listed
+    ]  # fmt: skip
+    state = experiment / "experiment_state-2026-11-30_02-00-00.json"
+    state.write_text(json.dumps({"trial_data": trials}))
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        df = compare.load(experiment)
+    assert df["trial_id"].nunique() == 3  # nothing reported is lost
+    (warning,) = [r.getMessage() for r in caplog.records if "experiment state" in r.getMessage()]
+    assert warning.startswith("2 trial directories of")
+    unlisted = sorted(d.name for d in experiment.iterdir() if d.is_dir())[1:]
+    assert all(name in warning for name in unlisted)
+
+
+def test_an_error_file_older_than_the_results_is_a_resumed_failure(tmp_path) -> None:
+    # no experiment state: a trial resumed after a failure (Tuner.restore(resume_errored=True))
+    # keeps its error file, older than the results it reported afterwards
+    import os
+
+    experiment = tmp_path / "sweep"
+    config = {"lr": 0.1}
+    resumed, failed = (
+        write_trial(
+            experiment,
+            f"train_fffff_0000{index}_{index}",
+            config,
+            [report(f"fffff_0000{index}", config, i) for i in (1, 2)],
+            error=True,
+        )
+        for index in (0, 1)
+    )
+    error_time = (resumed / "error.txt").stat().st_mtime
+    os.utime(resumed / "result.json", (error_time + 5, error_time + 5))
+    os.utime(failed / "result.json", (error_time - 5, error_time - 5))
+    trials = compare.load(experiment).attrs["trials"]
+    assert trials["fffff_00000"]["failed"] is False
+    assert trials["fffff_00001"]["failed"] is True
+
+
 def test_a_plain_tune_trial_beside_instrumented_ones_reads_slashed_metrics_alike(tmp_path) -> None:
     # a sweep whose plain trials call tune.report: they report no frozen/<layer>, and their
     # "val/acc" (or nested {"val": {"acc": ...}}) is the same network-wide metric as in the

@@ -184,7 +184,7 @@ def _summary_for_report(
 
 def _title(experiment: ExperimentLike) -> str:
     if isinstance(experiment, (str, PathLike)):
-        return f"ikkuna_tune comparison: {Path(experiment).name}"
+        return f"ikkuna_tune comparison: {Path(experiment).resolve().name}"  # '.' too
     path = getattr(experiment, "experiment_path", None)
     return f"ikkuna_tune comparison: {Path(str(path)).name}" if path else "ikkuna_tune comparison"
 

@@ -156,8 +156,7 @@ def _read_directory(path: Path) -> list[_Trial]:
             trial_id = _usable_trial_id(results["trial_id"])
         known = state.get(trial_dir.name, {})
         trial_id = trial_id or known.get("trial_id") or _trial_id_from_name(trial_dir.name)
-        has_error = any((trial_dir / name).exists() for name in _ERROR_FILES)
-        status = known.get("status") or ("ERROR" if has_error else None)
+        status = known.get("status") or ("ERROR" if _failed_last(trial_dir) else None)
         trials.append(
             _Trial(
                 trial_id=trial_id,
@@ -169,7 +168,30 @@ def _read_directory(path: Path) -> list[_Trial]:
             )
         )
     _tell_apart(trials)
+    unlisted = [d.name for d in trial_dirs if state and d.name not in state]
+    if unlisted:
+        logger.warning(
+            "%d trial directories of %s are not in its newest experiment state (%s): trials "
+            "of an earlier run under the same experiment name? They are loaded with the "
+            "others (Ray's ExperimentAnalysis and ResultGrid leave them out); move them out "
+            "of the experiment to compare the latest run alone",
+            len(unlisted),
+            path,
+            ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""),
+        )
     return trials
+
+
+def _failed_last(trial_dir: Path) -> bool:
+    """Whether the trial's last attempt failed, as its files tell without an experiment
+    state: an error file written after its results were (one older than the results is that
+    of an attempt the trial was resumed from, ``Tuner.restore(resume_errored=True)``)."""
+    errors = [trial_dir / n for n in _ERROR_FILES if (trial_dir / n).exists()]
+    if not errors:
+        return False
+    results = [trial_dir / n for n in _RESULT_FILES if (trial_dir / n).exists()]
+    last_result = max((r.stat().st_mtime for r in results), default=-math.inf)
+    return max(e.stat().st_mtime for e in errors) >= last_result
 
 
 def _tell_apart(trials: list[_Trial]) -> None:
