@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
+from ikkuna_tune.layer_flow import FlowRecorder, LayerFlow, compiled
 from ikkuna_tune.layer_freezing import LayerFreezing
 from ikkuna_tune.layers import (
     OUTPUT_KEYS,
@@ -263,6 +264,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._probe_tag: str | None = None
         self._passes = 0  # forward passes of the model so far
         self._layer_calls = {}
+        self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
         self._deferred_gradients = {}
         self._warned_uncalled = False
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
@@ -555,14 +557,48 @@ class Exporter(StepHooks, LayerFreezing):
         previous_tag = self._pass_tag
         self._probe_tag = tag
         self.model.eval()
+        # the data flow through the layers, seen in the probe's passes (not under torch.compile)
+        recorder = (
+            None if compiled(self.model) else FlowRecorder(unwrapped(self.model), self.modules)
+        )
         try:
-            with torch.no_grad():
+            with torch.no_grad(), recorder or nullcontext():
                 yield for_evaluation(self.model)
         finally:
             for module, training in modes:
                 module.training = training
             self._probe_tag = None
             self._pass_tag = previous_tag
+            flow = recorder.flow() if recorder is not None else None
+            if flow is not None and flow.order:
+                self._flow = flow
+
+    @property
+    def layer_order(self) -> list[str]:
+        """The tracked layers, input side first, as data flows through them: in the order a
+        probe's forward pass (SVCCA's, test accuracy's: :meth:`probe`) first called them, once
+        one has run, and in registration order before (and for layers it did not call, after
+        those it did, and under ``torch.compile``, where no probe pass is watched)."""
+        return self._flow.ordered(list(self.modules))
+
+    def trains_upstream(self, name: str) -> list[str]:
+        """The modules outside the tracked layers that the last probe pass ran before layer
+        ``name`` and that hold a trainable parameter of their own (a BatchNorm ``module_filter``
+        left out, a parent's position embedding): while they train, ``name`` sees changing
+        inputs, so freezing it saves no backward computation and its output still changes;
+        automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable."""
+        upstream = self._flow.upstream.get(name, ())
+        if not upstream:
+            return []
+        model = unwrapped(self.model)
+        found = dict(model.named_modules())
+        found["(the model)"] = model
+        return [
+            other
+            for other in upstream
+            if other in found
+            and any(p.requires_grad for p in found[other].parameters(recurse=False))
+        ]
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -64,3 +64,10 @@ class ModelAccess(Protocol):
 
     def leaves_trainable(self, name: str, frozen: Iterable[str] = ()) -> bool:
         """Whether freezing ``name`` (besides ``frozen``) leaves a trainable layer."""
+
+    @property
+    def layer_order(self) -> list[str]:
+        """The tracked layers, input side first, as data flows through them (where known)."""
+
+    def trains_upstream(self, name: str) -> list[str]:
+        """The untracked modules with trainable parameters that run before layer ``name``."""

@@ -87,8 +87,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
 
     **Freezing** (``freeze_at``, for use without Tune): a layer whose self-similarity reaches
     ``freeze_at`` is frozen with :meth:`Exporter.freeze`, from the input side: a layer is frozen
-    only when every tracked layer before it (in the Exporter's order) is frozen, and never if it
-    holds the last trainable parameters. Only a frozen prefix saves backward computation.
+    only when every tracked layer before it is frozen (in the order the probe's pass calls them,
+    :attr:`Exporter.layer_order`), no untracked module with trainable parameters of its own runs
+    before it (:meth:`Exporter.trains_upstream`: a BatchNorm ``module_filter`` left out would
+    keep changing its input), and never if it holds the last trainable parameters. Only a frozen
+    prefix saves backward computation.
 
     Args:
         dataset: a map-style torch ``Dataset`` whose items are inputs or ``(input, ...)`` tuples,
@@ -298,8 +301,14 @@ class BatchedSVCCASubscriber(PlotSubscriber):
 
     @staticmethod
     def _frozen_prefix(exporter: ModelAccess) -> set[str]:
-        """The frozen layers at the input end (in the Exporter's order): they cannot change."""
-        return set(frozen_prefix(list(exporter.modules), exporter.frozen))
+        """The frozen layers at the input end, as data flows (``layer_order``), before any
+        layer with something trainable upstream of it: they cannot change."""
+        prefix = []
+        for name in frozen_prefix(exporter.layer_order, exporter.frozen):
+            if exporter.trains_upstream(name):
+                break
+            prefix.append(name)
+        return set(prefix)
 
     def _exporter(self) -> ModelAccess:
         exporter = self.model_access
@@ -325,10 +334,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         assert freeze_at is not None
 
         def settled(name: str) -> bool:
+            if exporter.trains_upstream(name):  # its input still changes: no prefix
+                return False
             return values.get(name, math.nan) >= freeze_at  # NaN never freezes
 
         for name in next_to_freeze(
-            list(exporter.modules), exporter.frozen, settled, exporter.leaves_trainable
+            exporter.layer_order, exporter.frozen, settled, exporter.leaves_trainable
         ):
             logger.info(
                 "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at

@@ -168,6 +168,8 @@ class TrialHistory:
     per_layer: dict[str, LayerHistory] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
+    #: layers ordered frozen that the trial did not freeze, twice: never ordered again
+    refused: set[str] = field(default_factory=set)
     #: the metric's chance level, as the trial last reported it (signed like the metric)
     chance: float = math.nan
 
@@ -362,6 +364,8 @@ def freeze_candidates(
 
     def settled(name: str) -> bool:
         history = trial.per_layer.get(name)
+        if name in trial.refused:  # the trial will not freeze it: a stop for the prefix
+            return False
         checks[name] = layer_settled(history, rules) if history else (False, {})
         return checks[name][0]
 
@@ -498,9 +502,12 @@ def _finite(values: list[float]) -> list[float]:
 
 
 def _among_best_at(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
-    """:func:`among_best` against ``others``' metrics over as many reports as the trial made."""
+    """:func:`among_best` against ``others``' metrics over as many reports as the trial made;
+    False with fewer than ``protect_top`` others to rank it among (as the rules that compare
+    trials, it needs them: in a sweep of 3 trials every trial is among the best 3)."""
     at = trial.reports
-    return among_best(trial, [max(f) for o in others if (f := _finite(o[:at]))], rules)
+    bests = [max(f) for o in others if (f := _finite(o[:at]))]
+    return len(bests) >= rules.protect_top and among_best(trial, bests, rules)
 
 
 def _at_chance(

@@ -249,6 +249,8 @@ class TrialSession:
         self.after_report: list[Callable[[TrialSession], None]] = []
         #: why the scheduler froze each layer it froze (reported under ``freeze_reason``)
         self.freeze_reasons: dict[str, str] = {}
+        #: the layers a directive asked to freeze that this trial refused (warned once each)
+        self._refused: set[str] = set()
         self._uploader: TrialUploader | None = None
         self._token: Any = None
         self._epochs_checked = False
@@ -412,7 +414,8 @@ class TrialSession:
         if self.collector is not None:
             merged.update(self.collector.collect())
         exporter = self.exporter
-        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in exporter.modules}
+        order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
+        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
         merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction()
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
@@ -421,7 +424,7 @@ class TrialSession:
             name: self.freeze_reasons.get(
                 name, keys.FROZEN_BY_TRIAL if name in exporter.frozen else ""
             )
-            for name in exporter.modules
+            for name in order
         }
         reasons.update(self.freeze_reasons)  # (a reason for a layer not tracked: kept)
         merged[keys.FREEZE_REASON] = reasons
@@ -529,6 +532,17 @@ class TrialSession:
             reasons = directive.get("reasons", {})
             for name in directive.get("freeze", ()):
                 if name in self.exporter.frozen:
+                    continue
+                upstream = self.exporter.trains_upstream(name)
+                if upstream:  # its input keeps changing: freezing it is no prefix
+                    if name not in self._refused:
+                        self._refused.add(name)
+                        logger.warning(
+                            "Not freezing %r as the scheduler asked: %s, outside the tracked "
+                            "layers, train(s) before it (track them, or freeze them yourself)",
+                            name,
+                            upstream,
+                        )
                     continue
                 try:
                     self.exporter.freeze(name)

@@ -44,6 +44,8 @@ class TrialView:
     reasons: dict[str, Decision] = field(default_factory=dict)
     #: the report at which each pending freeze was ordered
     ordered_at: dict[str, int] = field(default_factory=dict)
+    #: how many times each layer's freeze was ordered and not carried out
+    lost: dict[str, int] = field(default_factory=dict)
     #: the trial's training_iteration minus the reports this scheduler saw (decisions are
     #: dated by training_iteration, also after a restore)
     offset: int = 0
@@ -133,12 +135,20 @@ class TrialView:
         now = history.reports + 1  # the report being handled
         lost = [n for n in history.pending if now - self.ordered_at.get(n, now) > 2]
         if lost:
+            for name in lost:
+                self.lost[name] = self.lost.get(name, 0) + 1
+            # a layer the trial would not freeze twice (its log says why: something trains
+            # before it) is not ordered again
+            refused = sorted(n for n in lost if self.lost[n] >= 2)
+            history.refused.update(refused)
             logger.warning(
-                "Trial %s has not carried out the freeze of %s ordered at report(s) %s; "
-                "judging again",
+                "Trial %s has not carried out the freeze of %s ordered at report(s) %s; %s",
                 trial_id,
                 lost,
                 sorted({self.ordered_at[n] for n in lost}),
+                f"not ordering {refused} again (not carried out twice)"
+                if refused
+                else "judging again",
             )
             history.pending.difference_update(lost)
         return lost

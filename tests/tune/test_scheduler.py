@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -212,6 +213,20 @@ def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
     assert len(mailbox.posts) == 1
     feed(scheduler, trial, [result(sims, it=5)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
+
+
+def test_an_order_the_trial_did_not_carry_out_twice_is_not_given_again(caplog) -> None:
+    # the trial refuses the layer (something untracked trains before it): after the second
+    # loss the scheduler stops ordering it, and the layers after it wait behind it
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 1.0, "fc1": 0.2}
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        feed(scheduler, trial, [result(sims, it=i) for i in range(1, 15)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2"]] * 2
+    assert "not ordering ['conv1', 'conv2'] again (not carried out twice)" in caplog.text
+    assert scheduler.frozen_layers == {"t1": []}
 
 
 def test_an_order_that_could_not_be_posted_is_not_taken_as_given() -> None:

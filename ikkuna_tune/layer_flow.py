@@ -1,0 +1,141 @@
+"""The order in which data flows through the tracked layers, and what trains upstream of them.
+
+The order the model registers its layers in is not always the order its forward pass calls
+them (``self.head`` defined before ``self.body``), and freezing must go from the input side:
+only a frozen prefix of the data flow no longer changes and saves backward computation. A
+:class:`FlowRecorder` watches one forward pass (a probe's, in eval mode without gradients)
+with forward pre-hooks and records :class:`LayerFlow`: the tracked layers in the order they
+were first entered, and for each the untracked modules holding parameters of their own that
+were entered before it (a BatchNorm left out by ``module_filter``, or a parent's
+``nn.Parameter`` such as a position embedding). While such a module trains, the layers after
+it keep changing even when frozen, so they are no frozen prefix.
+
+A parent module's own parameters are taken as upstream of every layer inside it (where its
+``forward`` uses them cannot be seen from its modules' calls): conservative, it can only keep a
+layer trainable.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> from ikkuna_tune.messages import NamedModule
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.head = nn.Linear(4, 2)  # registered first, called last
+    ...         self.norm = nn.BatchNorm1d(3)  # not tracked below
+    ...         self.body = nn.Linear(3, 4)
+    ...     def forward(self, x):
+    ...         return self.head(self.body(self.norm(x)))
+    >>> net = Net()
+    >>> tracked = {n: NamedModule(n, getattr(net, n)) for n in ("head", "body")}
+    >>> with FlowRecorder(net, tracked) as recorder:
+    ...     _ = net(torch.randn(5, 3))
+    >>> flow = recorder.flow()
+    >>> flow.order, flow.upstream
+    (('body', 'head'), {'body': ('norm',), 'head': ('norm',)})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ikkuna_tune.messages import NamedModule
+
+__all__ = ["FlowRecorder", "LayerFlow", "compiled"]
+
+
+@dataclass(frozen=True)
+class LayerFlow:
+    """What one forward pass showed of the data flow (see the module docstring).
+
+    ``order``: the tracked layers in the order first entered (layers not entered are not in
+    it); ``upstream``: per entered layer, the untracked modules with parameters of their own
+    entered before it, by name in the model.
+    """
+
+    order: tuple[str, ...] = ()
+    upstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def ordered(self, names: list[str]) -> list[str]:
+        """``names`` in this flow's order; those it did not see after them, as given.
+
+        >>> LayerFlow(order=("b", "a")).ordered(["a", "b", "c"])
+        ['b', 'a', 'c']
+        """
+        seen = [n for n in self.order if n in names]
+        return seen + [n for n in names if n not in self.order]
+
+
+def compiled(model: nn.Module) -> bool:
+    """Whether ``torch.compile`` runs ``model`` or one of its modules (hooks added to a compiled
+    module would make it recompile, so the flow is not recorded there).
+
+    >>> compiled(nn.Linear(2, 2))
+    False
+    """
+    if type(model).__name__ == "OptimizedModule":
+        return True
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+class FlowRecorder:
+    """Forward pre-hooks that record a :class:`LayerFlow` while in a ``with`` block.
+
+    Hooks go on the tracked layers of ``layers`` (inside ``model``) and on every other module
+    of ``model`` that holds parameters of its own and is not inside a tracked layer.
+    """
+
+    def __init__(self, model: nn.Module, layers: Mapping[str, NamedModule]) -> None:
+        self._layers = {id(named.module): name for name, named in layers.items()}
+        inside: set[int] = set()
+        for named in layers.values():
+            inside.update(id(m) for m in named.module.modules())
+        self._others = {
+            id(module): name or "(the model)"
+            for name, module in model.named_modules()
+            if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
+        }
+        self._modules = [
+            m for m in model.modules() if id(m) in self._layers or id(m) in self._others
+        ]
+        self._entered: dict[int, None] = {}
+        self._handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> FlowRecorder:
+        entered = self._entered
+
+        def note(module: nn.Module, _args: Any) -> None:
+            entered.setdefault(id(module), None)
+
+        self._handles = [m.register_forward_pre_hook(note) for m in self._modules]
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def flow(self) -> LayerFlow:
+        """The flow recorded so far."""
+        order: list[str] = []
+        upstream: dict[str, tuple[str, ...]] = {}
+        before: list[str] = []
+        for key in self._entered:
+            if key in self._layers:
+                name = self._layers[key]
+                order.append(name)
+                upstream[name] = tuple(before)
+            else:
+                before.append(self._others[key])
+        return LayerFlow(tuple(order), upstream)

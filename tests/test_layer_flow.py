@@ -1,0 +1,159 @@
+"""Freezing goes from the input side as data flows, not as the model registered its layers, and
+never past an untracked module that still trains (it keeps changing what the layers after it
+see). The order and what trains upstream come from a probe's forward pass."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.layer_flow import FlowRecorder
+from ikkuna_tune.messages import NamedModule
+
+
+class HeadFirst(nn.Module):
+    """Registers its output layer first; data flows body -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.body = nn.Linear(6, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x)))
+
+
+def _train(
+    model: nn.Module, opt: torch.optim.Optimizer, exporter: ik.Exporter, epochs: int
+) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 6, generator=g), torch.randint(0, 3, (128,), generator=g)
+    for _ in range(epochs):
+        for i in range(0, 128, 32):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
+            opt.step()
+        exporter.epoch_finished()
+
+
+def test_the_layer_order_is_the_probes_call_order_and_freezing_starts_at_the_input() -> None:
+    torch.manual_seed(0)
+    model = HeadFirst()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    assert exporter.layer_order == ["head", "body"]  # no probe yet: registration order
+    # every layer counts as settled: the first one to freeze is the input side's
+    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    measured: list[str] = []
+    ik.CallbackSubscriber(["self_similarity"], lambda m: measured.append(m.key), bus, tag=None)
+    assert exporter.layer_order == ["body", "head"]  # the probe at initialisation ran
+    _train(model, opt, exporter, epochs=2)  # similarities from the second epoch end on
+    assert exporter.frozen == ("body",)  # never the output layer first (the last trainable)
+    measured.clear()
+    _train(model, opt, exporter, epochs=1)
+    assert measured == ["head"]  # the frozen input side is no longer measured; head still is
+    exporter.close()
+
+
+def test_a_trainable_module_outside_the_tracked_layers_blocks_freezing_after_it(caplog) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.BatchNorm1d(6),
+        nn.Linear(6, 16),
+        nn.Tanh(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 3),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus, module_filter=nn.Linear)  # the BatchNorm untracked
+    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    assert exporter.layer_order == ["1", "3", "5"]
+    assert [exporter.trains_upstream(n) for n in exporter.layer_order] == [["0"]] * 3
+    _train(model, opt, exporter, epochs=2)
+    assert exporter.frozen == ()  # the BatchNorm trains before them: nothing is a prefix
+    for p in model[0].parameters():  # the user freezes it: the Linear layers may follow
+        p.requires_grad_(False)
+    assert exporter.trains_upstream("1") == []
+    _train(model, opt, exporter, epochs=1)
+    assert exporter.frozen == ("1", "3")  # never the last trainable layer
+    exporter.close()
+
+
+def test_a_parents_own_parameter_is_upstream_of_the_layers_inside_it() -> None:
+    class WithPosition(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.position = nn.Parameter(torch.zeros(8))  # added after embed, before block
+            self.block = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.embed(x) + self.position)
+
+    model = WithPosition()
+    tracked = {name: NamedModule(name, getattr(model, name)) for name in ("embed", "block")}
+    with FlowRecorder(model, tracked) as recorder:
+        model(torch.randn(2, 4))
+    flow = recorder.flow()
+    # where forward uses the parameter cannot be seen: taken as upstream of both (conservative)
+    assert flow.order == ("embed", "block")
+    assert flow.upstream == {"embed": ("(the model)",), "block": ("(the model)",)}
+    exporter = ik.Exporter(model)
+    with exporter.probe("look") as run:
+        run(torch.randn(2, 4))
+    assert exporter.trains_upstream("block") == ["(the model)"]
+    model.position.requires_grad_(False)
+    assert exporter.trains_upstream("block") == []
+    exporter.close()
+
+
+def test_the_scheduler_order_and_a_refused_freeze_in_a_trials_reports(caplog) -> None:
+    from ikkuna_tune.tune.session import TrialSession
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    svcca = ik.SVCCASubscriber(torch.randn(32, 6), 32, backend=None)
+    session = TrialSession([svcca], {"lr": 0.5})
+    exporter = session.watch(model, opt, module_filter=nn.Linear)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        for _ in range(2):
+            session.apply([{"freeze": ["1"], "reasons": {"1": "freeze 1: converged"}}])
+    assert exporter.frozen == ()
+    refused = [r.getMessage() for r in caplog.records if "Not freezing '1'" in r.getMessage()]
+    assert len(refused) == 1 and "['0']" in refused[0]  # once, naming the BatchNorm
+    report = session.report({"acc": 0.5})
+    assert list(report["frozen"]) == ["1", "3"] and report["freeze_reason"]["1"] == ""
+    session.close()
+
+
+@pytest.mark.parametrize("layers", [["b", "a"], ["a", "b"]])
+def test_the_report_lists_layers_as_data_flows(layers: list[str]) -> None:
+    from ikkuna_tune.tune.session import TrialSession
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first, second = (getattr(self, name) for name in layers)
+            return second(torch.tanh(first(x)))
+
+    torch.manual_seed(0)
+    model = Two()
+    svcca = ik.SVCCASubscriber(torch.randn(16, 4), 16, backend=None)
+    session = TrialSession([svcca], {})
+    session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert list(session.report({"acc": 0.5})["frozen"]) == layers
+    session.close()
