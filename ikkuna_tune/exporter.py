@@ -123,6 +123,9 @@ class Exporter(StepHooks, LayerFreezing):
     Of a tuple or list output the first tensor is taken (depth-first: an LSTM's output sequence,
     a ``PackedSequence``'s data), of a dict the value under ``'logits'`` or ``'out'`` (in that
     order), else its first tensor. ``output_fn`` chooses the network's output tensor instead.
+    A layer's ``layer_gradients`` are the gradient of that tensor: an LSTM classifier that reads
+    only the final hidden state ``h_n`` sends none through the output sequence, so the LSTM
+    publishes no ``layer_gradients`` (its weight gradients are there as usual).
     An output with no tensor in it raises ``ValueError`` naming the model or layer and the type
     it returned; this happens in the first forward pass that publishes it (the first step).
 
