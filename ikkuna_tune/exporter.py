@@ -268,6 +268,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._passes = 0  # forward passes of the model so far
         self._layer_calls = {}
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
+        self._warned_order = False
         self._deferred_gradients = {}
         self._warned_uncalled = False
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
@@ -589,8 +590,12 @@ class Exporter(StepHooks, LayerFreezing):
         ``name`` and that hold a trainable parameter of their own (a BatchNorm ``module_filter``
         left out, a parent's position embedding): while they train, ``name`` sees changing
         inputs, so freezing it saves no backward computation and its output still changes;
-        automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable."""
-        upstream = self._flow.upstream.get(name, ())
+        automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable.
+
+        Modules with parameters of their own that the probe pass never entered (an
+        ``nn.ParameterList`` whose parent reads it directly) count as upstream of every layer:
+        where they act cannot be seen."""
+        upstream = (*self._flow.upstream.get(name, ()), *self._flow.unseen)
         if not upstream:
             return []
         model = unwrapped(self.model)
@@ -601,6 +606,34 @@ class Exporter(StepHooks, LayerFreezing):
             for other in upstream
             if other in found
             and any(p.requires_grad for p in found[other].parameters(recurse=False))
+        ]
+
+    def warn_if_order_unknown(self) -> None:
+        """Warn once that automatic freezing goes by registration order: under
+        ``torch.compile`` no probe pass is watched (hooks added to a compiled model would make
+        it recompile), so :attr:`layer_order` is the order the model registers its layers in."""
+        if self._flow.order or self._warned_order or not compiled(self.model):
+            return
+        self._warned_order = True
+        logger.warning(
+            "Freezing from the input side goes by the order the model registers its layers "
+            "in, %s: under torch.compile the order data flows through them is not watched; "
+            "register them in that order, or decide what to freeze yourself",
+            list(self.modules),
+        )
+
+    def shares_with(self, name: str) -> list[str]:
+        """The other tracked layers that hold a trainable parameter of layer ``name`` (tied
+        weights: an embedding and the output layer that reuses its weight): freezing ``name``
+        freezes that parameter in them too, so automatic freezing waits until they may be
+        frozen as well."""
+        held = {id(p) for p in self._layer(name).module.parameters() if p.requires_grad}
+        if not held:
+            return []
+        return [
+            other
+            for other, named in self.modules.items()
+            if other != name and any(id(p) in held for p in named.module.parameters())
         ]
 
     # ------------------------------------------------------------ checkpoint

@@ -61,15 +61,31 @@ class LayerFlow:
 
     order: tuple[str, ...] = ()
     upstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: untracked modules with parameters of their own that the pass never entered (an
+    #: ``nn.ParameterList`` a parent reads directly): where they act cannot be seen, so they
+    #: count as upstream of every layer
+    unseen: tuple[str, ...] = ()
 
     def ordered(self, names: list[str]) -> list[str]:
-        """``names`` in this flow's order; those it did not see after them, as given.
+        """``names`` (in registration order) in this flow's order; each one it did not see
+        stays right after the name registered before it (a layer whose weight its parent reads
+        directly, ``wpe.weight``, keeps its place, and freezing, which needs its similarity,
+        stops there as before), one registered first stays first.
 
-        >>> LayerFlow(order=("b", "a")).ordered(["a", "b", "c"])
-        ['b', 'a', 'c']
+        >>> LayerFlow(order=("c", "a")).ordered(["a", "b", "c", "d"])
+        ['c', 'd', 'a', 'b']
+        >>> LayerFlow(order=("b",)).ordered(["a", "b"])
+        ['a', 'b']
         """
-        seen = [n for n in self.order if n in names]
-        return seen + [n for n in names if n not in self.order]
+        result = [n for n in self.order if n in names]
+        placed = set(result)
+        for index, name in enumerate(names):
+            if name in placed:
+                continue
+            before = next((n for n in reversed(names[:index]) if n in placed), None)
+            result.insert(0 if before is None else result.index(before) + 1, name)
+            placed.add(name)
+        return result
 
 
 def compiled(model: nn.Module) -> bool:
@@ -138,4 +154,5 @@ class FlowRecorder:
                 upstream[name] = tuple(before)
             else:
                 before.append(self._others[key])
-        return LayerFlow(tuple(order), upstream)
+        unseen = tuple(name for key, name in self._others.items() if key not in self._entered)
+        return LayerFlow(tuple(order), upstream, unseen)

@@ -71,3 +71,9 @@ class ModelAccess(Protocol):
 
     def trains_upstream(self, name: str) -> list[str]:
         """The untracked modules with trainable parameters that run before layer ``name``."""
+
+    def shares_with(self, name: str) -> list[str]:
+        """The other tracked layers holding a trainable parameter of layer ``name``."""
+
+    def warn_if_order_unknown(self) -> None:
+        """Warn once when ``layer_order`` is only the registration order."""

@@ -157,3 +157,122 @@ def test_the_report_lists_layers_as_data_flows(layers: list[str]) -> None:
     session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
     assert list(session.report({"acc": 0.5})["frozen"]) == layers
     session.close()
+
+
+class ReadsItsPositionWeight(nn.Module):
+    """GPT-style: the position embedding's weight is read directly, never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(10, 8)
+        self.wpe = nn.Embedding(4, 8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.wte(tokens) + self.wpe.weight[: tokens.shape[1]]
+        return self.head(torch.tanh(self.fc(h))).mean(dim=1)
+
+
+def test_a_layer_the_probe_never_calls_keeps_its_place_and_freezing_stops_there() -> None:
+    torch.manual_seed(0)
+    model = ReadsItsPositionWeight()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    tokens = torch.randint(0, 10, (32, 4))
+    ik.SVCCASubscriber(tokens, 32, freeze_at=1e-6, message_bus=bus, backend=None)
+    assert exporter.layer_order == ["wte", "wpe", "fc", "head"]  # wpe not moved to the end
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(tokens), torch.randint(0, 10, (32,))).backward()
+        opt.step()
+        exporter.epoch_finished()
+    assert exporter.frozen == ("wte",)  # wpe has no similarity: the prefix stops before it
+    exporter.close()
+
+
+def test_parameters_of_a_module_the_probe_never_enters_are_upstream_of_every_layer() -> None:
+    class Offsets(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(4, 4)
+            self.offsets = nn.ParameterList([nn.Parameter(torch.zeros(4))])
+            self.fc2 = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.tanh(self.fc1(x) + self.offsets[0]))
+
+    model = Offsets()
+    exporter = ik.Exporter(model, module_filter=nn.Linear)
+    with exporter.probe("look") as run:
+        run(torch.randn(3, 4))
+    assert exporter.trains_upstream("fc1") == ["offsets"] == exporter.trains_upstream("fc2")
+    exporter.close()
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 8)
+        self.body = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 12)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.body(self.emb(tokens))))
+
+
+def test_a_tied_weight_is_frozen_only_when_every_layer_holding_it_may_be(caplog) -> None:
+    from ikkuna_tune.subscribers.svcca import SVCCASubscriber
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
+    assert exporter.shares_with("emb") == ["out"] and exporter.shares_with("body") == []
+    svcca = SVCCASubscriber(torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None)
+    svcca.use_model(exporter)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.5})  # out is far from settled
+        svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.5})
+    assert exporter.frozen == ()
+    told = [r.getMessage() for r in caplog.records if "Not freezing layer 'emb'" in r.getMessage()]
+    assert len(told) == 1 and "shares a parameter with ['out']" in told[0]
+    svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.95})  # now all of them may be
+    assert exporter.frozen == ("emb", "body")  # out keeps its bias: never the last trainable
+    exporter.close()
+
+
+def test_a_trial_refuses_a_tied_layer_whose_partner_stays_trainable(caplog) -> None:
+    from ikkuna_tune.tune.session import TrialSession
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    session = TrialSession([], {})
+    exporter = session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        session.apply([{"freeze": ["emb", "body"], "reasons": {}}])
+    assert exporter.frozen == ()
+    messages = [r.getMessage() for r in caplog.records if "Not freezing" in r.getMessage()]
+    assert messages == [
+        "Not freezing 'emb' as the scheduler asked: it shares a parameter with ['out'], which "
+        "would stay trainable",
+        "Not freezing 'body' as the scheduler asked: it comes after 'emb'",
+    ]
+    session.close()
+
+
+def test_under_torch_compile_freezing_warns_that_it_goes_by_registration_order(caplog) -> None:
+    torch.manual_seed(0)
+    model = HeadFirst()
+    compiled = torch.compile(model, backend="eager")
+    exporter = ik.Exporter(compiled, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    assert exporter.layer_order == ["head", "body"]  # not watched: registration order
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        exporter.warn_if_order_unknown()
+        exporter.warn_if_order_unknown()
+    warned = [r for r in caplog.records if "registers its layers in" in r.getMessage()]
+    assert len(warned) == 1
+    exporter.close()

@@ -166,6 +166,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.trigger = Trigger(frequency)
         self.frequency = self.trigger.frequency
         self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
+        self._told_not_freezing: set[str] = set()  # layers :meth:`_say_why_not` logged
         self.keep = _check_keep(keep)
         self.max_positions = check_int("max_positions", max_positions)
         if self.max_positions < 2:
@@ -333,18 +334,48 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         freeze_at = self.freeze_at
         assert freeze_at is not None
 
-        def settled(name: str) -> bool:
-            if exporter.trains_upstream(name):  # its input still changes: no prefix
-                return False
+        def similar(name: str) -> bool:
             return values.get(name, math.nan) >= freeze_at  # NaN never freezes
+
+        def settled(name: str) -> bool:
+            if not similar(name):
+                return False
+            upstream = exporter.trains_upstream(name)  # its input still changes: no prefix
+            # a tied weight freezes in every layer holding it: all of them must be ready
+            waiting = [o for o in exporter.shares_with(name) if o not in frozen and not similar(o)]
+            if upstream or waiting:
+                self._say_why_not(name, upstream, waiting)
+                return False
+            return True
+
+        frozen = set(exporter.frozen)
 
         for name in next_to_freeze(
             exporter.layer_order, exporter.frozen, settled, exporter.leaves_trainable
         ):
+            exporter.warn_if_order_unknown()
             logger.info(
                 "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
             )
             exporter.freeze(name)
+
+    def _say_why_not(self, name: str, upstream: list[str], waiting: list[str]) -> None:
+        """Log once per layer why a layer similar enough to freeze is not frozen."""
+        if name in self._told_not_freezing:
+            return
+        self._told_not_freezing.add(name)
+        why = []
+        if upstream:
+            why.append(f"{upstream}, outside the tracked layers, train(s) before it")
+        if waiting:
+            why.append(f"it shares a parameter with {waiting}, not similar enough yet")
+        logger.warning(
+            "Not freezing layer %r, similar enough at freeze_at=%s: %s (freezing goes from the "
+            "input side, so the layers after it wait too)",
+            name,
+            self.freeze_at,
+            "; ".join(why),
+        )
 
     # -------------------------------------------------------------------------- checkpoint
     def _fingerprint(self) -> dict[str, Any]:

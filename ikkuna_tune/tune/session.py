@@ -530,20 +530,22 @@ class TrialSession:
         assert self.exporter is not None
         for directive in directives:
             reasons = directive.get("reasons", {})
-            for name in directive.get("freeze", ()):
+            names = list(directive.get("freeze", ()))
+            for index, name in enumerate(names):
                 if name in self.exporter.frozen:
                     continue
-                upstream = self.exporter.trains_upstream(name)
-                if upstream:  # its input keeps changing: freezing it is no prefix
-                    if name not in self._refused:
-                        self._refused.add(name)
-                        logger.warning(
-                            "Not freezing %r as the scheduler asked: %s, outside the tracked "
-                            "layers, train(s) before it (track them, or freeze them yourself)",
-                            name,
-                            upstream,
-                        )
-                    continue
+                why = self._why_not_freeze(name, names)
+                if why is not None:  # nor the layers ordered after it, which wait for it
+                    for refused in names[index:]:
+                        if refused not in self._refused and refused not in self.exporter.frozen:
+                            self._refused.add(refused)
+                            logger.warning(
+                                "Not freezing %r as the scheduler asked: %s",
+                                refused,
+                                why if refused == name else f"it comes after {name!r}",
+                            )
+                    break
+                self.exporter.warn_if_order_unknown()
                 try:
                     self.exporter.freeze(name)
                 except ValueError as error:
@@ -551,6 +553,23 @@ class TrialSession:
                     continue
                 if name in reasons:
                     self.freeze_reasons[name] = str(reasons[name])
+
+    def _why_not_freeze(self, name: str, ordered: list[str]) -> str | None:
+        """Why the trial will not freeze layer ``name`` of a directive that orders ``ordered``
+        frozen, or None: something outside the tracked layers trains before it (its input
+        keeps changing), or it shares a parameter with a layer that stays trainable."""
+        assert self.exporter is not None
+        upstream = self.exporter.trains_upstream(name)
+        if upstream:
+            return (
+                f"{upstream}, outside the tracked layers, train(s) before it (track them, or "
+                "freeze them yourself)"
+            )
+        frozen = set(self.exporter.frozen)
+        waiting = [o for o in self.exporter.shares_with(name) if o not in frozen | set(ordered)]
+        if waiting:
+            return f"it shares a parameter with {waiting}, which would stay trainable"
+        return None
 
     # ---------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
