@@ -419,7 +419,7 @@ def stop_verdict(
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta
-    if stalled and not _moving(trial, rules) and not _among_best_at(trial, rules, others):
+    if stalled and not _moving(trial, rules) and not _contender(trial, rules, others):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
@@ -501,13 +501,18 @@ def _finite(values: list[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-def _among_best_at(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
-    """:func:`among_best` against ``others``' metrics over as many reports as the trial made;
+def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
+    """Whether a trial that looks stuck is a contender all the same: :func:`among_best`
+    against ``others``' metrics over as many reports as it made, and ahead of at least one of
+    them by more than its swing (a trial as flat as others at chance outranks none of them).
     False with fewer than ``protect_top`` others to rank it among (as the rules that compare
     trials, it needs them: in a sweep of 3 trials every trial is among the best 3)."""
     at = trial.reports
     bests = [max(f) for o in others if (f := _finite(o[:at]))]
-    return len(bests) >= rules.protect_top and among_best(trial, bests, rules)
+    if len(bests) < rules.protect_top or not among_best(trial, bests, rules):
+        return False
+    band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
+    return any(trial.best() > best + band for best in bests)
 
 
 def _at_chance(

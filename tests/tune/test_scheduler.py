@@ -375,6 +375,29 @@ def test_a_stuck_looking_trial_among_the_best_is_not_stopped() -> None:
     assert scheduler.stopped_trials == {}
 
 
+def test_stuck_trials_that_outrank_no_one_are_stopped_though_few_others_learn() -> None:
+    # six trials flat at chance, two learning: each flat one has only two trials ahead of it,
+    # but it outranks none, so it is no contender, and the stuck rule stops it
+    from ikkuna_tune.tune.convergence import ConvergenceRules, TrialHistory, stop_verdict
+
+    def trial(values: list[float], dist: float) -> TrialHistory:
+        history = TrialHistory(layers=["fc1", "fc2"])
+        for k, value in enumerate(values):
+            d = dist * k
+            history.add(value, dict.fromkeys(("fc1", "fc2"), 0.9), {"fc1": 1 - d, "fc2": 1 - d},
+                        dict.fromkeys(("fc1", "fc2"), 0.5))  # fmt: skip
+        return history
+
+    learners = [trial([0.1 + 0.16 * k for k in range(6)], 0.05) for _ in range(2)]
+    flat = [trial([0.1] * 6, 0.0) for _ in range(6)]
+    everyone = learners + flat
+    for budget in (None, 10):
+        for stuck in flat:
+            others = [t.metric for t in everyone if t is not stuck]
+            verdict = stop_verdict(stuck, ConvergenceRules(), others, budget)
+            assert verdict is not None and verdict.rule == "stuck: no progress and no layer moving"
+
+
 def test_a_late_trial_is_protected_against_where_the_others_stood_at_the_same_report() -> None:
     # trials run one at a time: three finished after their learning-rate drop at report 6;
     # a late trial at report 5, before its own drop, is second at report 5 and must not be
