@@ -175,6 +175,7 @@ class StepHooks:
     #: whether the warning about optimizer steps after such passes has been given
     _warned_eval_step: bool = False
     _warned_nested: bool = False
+    _warned_recomputed: bool = False
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
@@ -301,7 +302,6 @@ class StepHooks:
         if _in_backward():  # the model's forward recomputed for a checkpointed backward
             return
         self._publish_traced()
-        self._deferred_gradients.clear()  # a new pass: the last one's backward has run
         self._recompile_allowed = False
         self._pass_kinds.add((self.model.training, torch.is_grad_enabled()))
         self._passes += 1
@@ -347,6 +347,7 @@ class StepHooks:
             self._publish_layers(kind, *_present(entries, tensor_attrs(entries)))
 
     def _finish_step(self) -> None:
+        self._deferred_gradients.clear()  # the step's backward passes have run
         if self._step_open:
             if self._scaled() and len(self._stepped) < len(self.optimizers):
                 self._publish_skipped_updates()
@@ -449,9 +450,28 @@ class StepHooks:
         without gradients: a reentrant activation checkpoint (``use_reentrant=True``) runs its
         part under ``torch.no_grad()`` in the forward pass and again, with gradients, in the
         backward pass, where the layer's gradient flows through the recomputed output. Its
-        activations were published at the first call; calls are matched in order."""
+        activations were published at the first call.
+
+        The backward pass recomputes checkpointed parts in an order of its own (the last part
+        first), so a recomputation cannot be matched to one of several calls of the layer
+        named apart (``fc``, ``fc#2``): those calls' gradients are left out, with one warning,
+        rather than published under each other's names. Calls of one name (the same call in
+        several forward passes before one backward) need no telling apart."""
         waiting = self._deferred_gradients.get(named.module)
         if not waiting:
+            return
+        if len({n.name for n in waiting}) > 1:
+            del self._deferred_gradients[named.module]
+            if not self._warned_recomputed:
+                self._warned_recomputed = True
+                logger.warning(
+                    "Layer %r runs more than once inside reentrant activation checkpoints "
+                    "(%s): which call a recomputation in the backward pass belongs to cannot be "
+                    "told, so those calls publish no layer_gradients (use_reentrant=False "
+                    "publishes them all)",
+                    named.name,
+                    [n.name for n in waiting],
+                )
             return
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
