@@ -565,16 +565,20 @@ class Exporter(StepHooks, LayerFreezing):
         recorder = (
             None if compiled(self.model) else FlowRecorder(unwrapped(self.model), self.modules)
         )
+        completed = False
         try:
             with torch.no_grad(), recorder or nullcontext():
                 yield for_evaluation(self.model)
+            completed = True
         finally:
             for module, training in modes:
                 module.training = training
             self._probe_tag = None
             self._pass_tag = previous_tag
-            flow = recorder.flow() if recorder is not None else None
-            if flow is not None and flow.order:
+            # a probe that raised, or ran part of the model, shows less than one that ran it
+            # whole: the flow that saw the most layers stands
+            flow = recorder.flow() if recorder is not None and completed else None
+            if flow is not None and flow.order and len(flow.order) >= len(self._flow.order):
                 self._flow = flow
 
     @property
@@ -648,6 +652,8 @@ class Exporter(StepHooks, LayerFreezing):
             "frozen": list(self._frozen),
             # what unfreeze restores: the frozen layers' requires_grad flags and modes before
             "frozen_state": self._freezing_state(),
+            # the data flow a probe showed (a restored trial may freeze before its first probe)
+            "flow": self._flow.as_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -660,6 +666,8 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
+        if state.get("flow"):
+            self._flow = LayerFlow.from_dict(state["flow"])
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:

@@ -57,6 +57,11 @@ class LayerFlow:
     ``order``: the tracked layers in the order first entered (layers not entered are not in
     it); ``upstream``: per entered layer, the untracked modules with parameters of their own
     entered before it, by name in the model.
+
+    Examples:
+        >>> flow = LayerFlow(order=("body", "head"), upstream={"body": (), "head": ("norm",)})
+        >>> flow.ordered(["head", "body"]), flow.upstream["head"]
+        (['body', 'head'], ('norm',))
     """
 
     order: tuple[str, ...] = ()
@@ -65,6 +70,27 @@ class LayerFlow:
     #: ``nn.ParameterList`` a parent reads directly): where they act cannot be seen, so they
     #: count as upstream of every layer
     unseen: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain lists and dicts of names (a checkpoint's ``weights_only`` load takes them).
+
+        >>> flow = LayerFlow(("a", "b"), {"a": (), "b": ("norm",)}, ("offsets",))
+        >>> LayerFlow.from_dict(flow.as_dict()) == flow
+        True
+        """
+        return {
+            "order": list(self.order),
+            "upstream": {name: list(names) for name, names in self.upstream.items()},
+            "unseen": list(self.unseen),
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> LayerFlow:
+        """The flow :meth:`as_dict` gave."""
+        upstream = {str(k): tuple(map(str, v)) for k, v in dict(state.get("upstream", {})).items()}
+        return cls(
+            tuple(map(str, state.get("order", ()))), upstream, tuple(state.get("unseen", ()))
+        )
 
     def ordered(self, names: list[str]) -> list[str]:
         """``names`` (in registration order) in this flow's order; each one it did not see
@@ -103,8 +129,20 @@ def compiled(model: nn.Module) -> bool:
 class FlowRecorder:
     """Forward pre-hooks that record a :class:`LayerFlow` while in a ``with`` block.
 
-    Hooks go on the tracked layers of ``layers`` (inside ``model``) and on every other module
-    of ``model`` that holds parameters of its own and is not inside a tracked layer.
+    Hooks go on the tracked layers of ``layers`` (inside ``model``), on every other module of
+    ``model`` that holds parameters of its own and is not inside a tracked layer, and on
+    ``model`` itself, whose second call ends the first forward pass: what runs before a
+    layer's last call in that pass is upstream of it (``fc -> norm -> fc``: ``norm`` feeds
+    ``fc``'s second call). When ``model`` is not called (a probe that runs parts of it), what
+    runs before a layer's first call is.
+
+    Examples:
+        >>> import torch
+        >>> model = nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 2))
+        >>> with FlowRecorder(model, {"1": NamedModule("1", model[1])}) as recorder:
+        ...     _ = model(torch.ones(1, 2))
+        >>> recorder.flow().upstream  # the untracked LayerNorm runs before the Linear
+        {'1': ('0',)}
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, NamedModule]) -> None:
@@ -117,17 +155,25 @@ class FlowRecorder:
             for name, module in model.named_modules()
             if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
         }
+        self._root = model
         self._modules = [
-            m for m in model.modules() if id(m) in self._layers or id(m) in self._others
+            m
+            for m in model.modules()
+            if id(m) in self._layers or id(m) in self._others or m is model
         ]
-        self._entered: dict[int, None] = {}
+        self._events: list[int] = []  # the hooked modules' calls, in order (first pass only)
+        self._passes = 0  # calls of the model itself
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> FlowRecorder:
-        entered = self._entered
+        events, root = self._events, id(self._root)
 
         def note(module: nn.Module, _args: Any) -> None:
-            entered.setdefault(id(module), None)
+            key = id(module)
+            if key == root:
+                self._passes += 1
+            if self._passes <= 1:
+                events.append(key)
 
         self._handles = [m.register_forward_pre_hook(note) for m in self._modules]
         return self
@@ -144,15 +190,19 @@ class FlowRecorder:
 
     def flow(self) -> LayerFlow:
         """The flow recorded so far."""
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for index, key in enumerate(self._events):
+            first.setdefault(key, index)
+            last[key] = index
+        reach = last if self._passes else first  # the end of the layer's part of the pass
+        others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
-        before: list[str] = []
-        for key in self._entered:
+        for key in sorted(first, key=first.__getitem__):
             if key in self._layers:
                 name = self._layers[key]
                 order.append(name)
-                upstream[name] = tuple(before)
-            else:
-                before.append(self._others[key])
-        unseen = tuple(name for key, name in self._others.items() if key not in self._entered)
+                upstream[name] = tuple(n for i, n in others if i < reach[key])
+        unseen = tuple(name for key, name in self._others.items() if key not in first)
         return LayerFlow(tuple(order), upstream, unseen)

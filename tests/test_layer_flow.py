@@ -276,3 +276,71 @@ def test_under_torch_compile_freezing_warns_that_it_goes_by_registration_order(c
     warned = [r for r in caplog.records if "registers its layers in" in r.getMessage()]
     assert len(warned) == 1
     exporter.close()
+
+
+class Sandwich(nn.Module):
+    """body -> norm -> mid -> head, head registered first; the norm left untracked below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.body = nn.Linear(4, 4)
+        self.norm = nn.BatchNorm1d(4)
+        self.mid = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.norm(self.body(x))))
+
+
+def test_a_probe_that_stops_part_way_leaves_the_known_flow_alone() -> None:
+    model = Sandwich()
+    exporter = ik.Exporter(model, module_filter=nn.Linear)
+    with exporter.probe("look") as run:
+        run(torch.randn(3, 4))
+    known = (exporter.layer_order, [exporter.trains_upstream(n) for n in ("body", "mid", "head")])
+    assert known == (["body", "mid", "head"], [[], ["norm"], ["norm"]])
+    with pytest.raises(RuntimeError, match="out of memory"), exporter.probe("look"):
+        model.body(torch.randn(3, 4))
+        raise RuntimeError("out of memory")
+    with exporter.probe("look"):  # a probe of one part of the model
+        model.body(torch.randn(3, 4))
+    after = (exporter.layer_order, [exporter.trains_upstream(n) for n in ("body", "mid", "head")])
+    assert after == known
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 1  # the Exporter's own
+    exporter.close()
+
+
+def test_the_flow_comes_back_from_the_exporters_state() -> None:
+    model = Sandwich()
+    exporter = ik.Exporter(model, module_filter=nn.Linear)
+    with exporter.probe("look") as run:
+        run(torch.randn(3, 4))
+    state = exporter.state_dict()
+    exporter.close()
+    restored = ik.Exporter(model, module_filter=nn.Linear)
+    assert restored.layer_order == ["head", "body", "mid"]  # before: registration order
+    restored.load_state_dict(state)  # a restored trial may freeze before its first probe
+    assert restored.layer_order == ["body", "mid", "head"]
+    assert restored.trains_upstream("mid") == ["norm"]
+    restored.close()
+
+
+def test_what_feeds_a_later_call_of_a_layer_is_upstream_of_it() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.norm = nn.BatchNorm1d(4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.fc(self.norm(self.fc(x))))
+
+    model = Twice()
+    exporter = ik.Exporter(model, module_filter=nn.Linear)
+    with exporter.probe("look") as run:
+        for _ in range(2):  # a second pass of the probe does not count as the first's
+            run(torch.randn(3, 4))
+    assert exporter.layer_order == ["fc", "out"]
+    assert exporter.trains_upstream("fc") == ["norm"]  # norm feeds fc's second call
+    exporter.close()
