@@ -36,6 +36,7 @@ from ikkuna_tune.messages import (
     NamedModule,
     NetworkMessage,
 )
+from ikkuna_tune.subscribers.state_values import check_loadable, like, portable
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 
 if TYPE_CHECKING:
@@ -47,10 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: the key of the subscriptions' counts in a subsampling subscriber's :meth:`Subscriber.state_dict`
 SUBSCRIPTIONS_STATE = "subscriptions"
-
-
-def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().cpu()
 
 
 def _apply(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -224,7 +221,9 @@ class Subscriber:
     # ----------------------------------------------------------- checkpoint
     def add_state(self, name: str, default: Any, check: Callable[[Any], Any] | None = None) -> None:
         """Declare ``self.<name>`` (set to ``default`` now) as state worth keeping across a
-        restore: :meth:`state_dict` saves it under ``name`` (tensors detached, on the CPU),
+        restore: :meth:`state_dict` saves it under ``name`` (tensors detached, on the CPU;
+        NumPy scalars and arrays as numbers and tensors, given back as NumPy values; anything
+        a checkpoint could not read back raises ``ValueError`` there),
         :meth:`load_state_dict` restores it (through ``check``, which may convert the saved
         value and raises ``ValueError`` for a bad one) and :meth:`to` moves its tensors.
 
@@ -248,7 +247,9 @@ class Subscriber:
         integration keeps it in the trial's checkpoint. A subscriber that subsamples also keeps
         its subscriptions' counts (under ``'subscriptions'``), so that a restored run measures
         at the steps the uninterrupted one would."""
-        state = {name: _apply(getattr(self, name), _to_cpu) for name in self._declared()}
+        state = {name: portable(getattr(self, name)) for name in self._declared()}
+        for name, value in state.items():
+            check_loadable(type(self).__name__, name, value)
         if any(s.subsample > 1 for s in self.subscriptions):
             if self.message_bus is not None:
                 self.message_bus.settle()
@@ -291,7 +292,7 @@ class Subscriber:
                 f"Expected a state {{{expected}}} for {type(self).__name__} but got keys {got}"
             )
         for name, check in declared.items():
-            value = state[name]
+            value = like(getattr(self, name, None), state[name])  # NumPy values as they were
             setattr(self, name, check(value) if check is not None else value)
 
     def to(self, device: torch.device | str) -> Subscriber:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ikkuna_tune.backends import to_numbers
@@ -62,7 +63,9 @@ class MetricCollector(Subscriber):
         #: batches of one value per layer (kind, layers, 1-D tensor), in arrival order
         #: the latest batch of each kind and set of layers, most recent last
         self._batches: dict[tuple[str, tuple[NamedModule, ...]], torch.Tensor] = {}
-        self._skipped: set[str] = set()
+        self._skipped: set[str] = set()  # kinds that published only non-scalar data so far
+        self._scalar_kinds: set[str] = set()  # kinds that published a number
+        self._warned: set[str] = set()
         super().__init__([Subscription(self, list(self.collected), tag=None)])
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
@@ -92,10 +95,22 @@ class MetricCollector(Subscriber):
     def _take(self, kind: str, key: str | None, data: Any) -> None:
         if self._batches:
             self._unpack_batches()
-        if isinstance(data, torch.Tensor) and data.numel() == 1:
-            self._latest[(kind, key)] = data.detach()
-        elif isinstance(data, (int, float)) and not isinstance(data, bool):
-            self._latest[(kind, key)] = data
+        if data is None:
+            return  # nothing measured this time: the report has None, unless measured later
+        value = _scalar(data)
+        if value is not None:
+            self._latest[(kind, key)] = value
+            self._skipped.discard(kind)
+            self._scalar_kinds.add(kind)
+        elif kind in self._scalar_kinds:  # a number before: its key stays, None this time
+            if kind not in self._warned:
+                self._warned.add(kind)
+                logger.warning(
+                    "%r published a %s where it published numbers before; that value is not "
+                    "reported (None)",
+                    kind,
+                    type(data).__name__,
+                )
         elif kind not in self._skipped:
             self._skipped.add(kind)
             logger.debug("Topic %r publishes non-scalar data; it is not reported", kind)
@@ -120,6 +135,28 @@ class MetricCollector(Subscriber):
             else:
                 nested.setdefault(kind, {})[layer] = number
         return nested
+
+
+def _scalar(data: Any) -> torch.Tensor | float | int | None:
+    """``data`` as a reportable number (a one-element tensor stays a tensor until the report),
+    or None if it holds no single real number.
+
+    >>> import numpy as np
+    >>> [_scalar(v) for v in (torch.tensor([0.5]), 3, True, np.float32(0.25), np.array([2]))]
+    [tensor([0.5000]), 3, 1, 0.25, 2]
+    >>> _scalar(torch.ones(2)), _scalar("text"), _scalar(np.complex64(1j))
+    (None, None, None)
+    """
+    if isinstance(data, torch.Tensor):
+        return data.detach() if data.numel() == 1 and not data.is_complex() else None
+    if isinstance(data, bool):
+        return int(data)
+    if isinstance(data, (int, float)):
+        return data
+    if isinstance(data, (np.generic, np.ndarray)) and data.size == 1 and data.dtype.kind in "biuf":
+        item = data.item()
+        return int(item) if isinstance(item, bool) else item
+    return None
 
 
 class StepTimer(Subscriber):

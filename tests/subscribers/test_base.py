@@ -203,3 +203,37 @@ def test_declared_state_is_saved_on_the_cpu_restored_through_its_check_and_moved
         sub.load_state_dict({"seen": {}})
     with pytest.raises(ValueError, match="keeps no state"):
         ik.CallbackSubscriber(["loss"], lambda m: None).load_state_dict({"x": 1})
+
+
+def test_numpy_state_survives_a_weights_only_checkpoint_as_numpy() -> None:
+    import io
+
+    import numpy as np
+
+    sub = ik.CallbackSubscriber(["loss"], print)
+    sub.add_state("best", np.float64(np.inf))
+    sub.add_state("history", {"loss": np.array([0.5, 0.25]), "steps": np.int64(7)})
+    state = sub.state_dict()
+    sub.history["loss"][0] = 9.0  # the saved copy is no longer the subscriber's array
+    assert state["history"]["loss"][0] == 0.5
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # as a trial's restore reads it
+    fresh = ik.CallbackSubscriber(["loss"], print)
+    fresh.add_state("best", np.float64(0.0))
+    fresh.add_state("history", {"loss": np.zeros(2), "steps": np.int64(0)})
+    fresh.load_state_dict(saved)
+    assert isinstance(fresh.best, np.float64) and fresh.best == np.inf
+    assert isinstance(fresh.history["loss"], np.ndarray)
+    np.testing.assert_array_equal(fresh.history["loss"], [0.5, 0.25])
+    assert isinstance(fresh.history["steps"], np.int64) and fresh.history["steps"] == 7
+
+
+def test_state_a_checkpoint_could_not_read_back_is_refused_when_saved() -> None:
+    from collections import deque
+
+    sub = ik.CallbackSubscriber(["loss"], print)
+    sub.add_state("window", deque([0.5, 0.25], maxlen=2))
+    with pytest.raises(ValueError, match=r"CallbackSubscriber's state 'window' holds a deque"):
+        sub.state_dict()

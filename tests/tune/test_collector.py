@@ -90,3 +90,39 @@ def test_the_first_report_carries_every_key() -> None:
     assert results[0]["self_similarity"] == {"conv": None, "fc": None}
     assert set(results[0]) == set(results[1]) == set(results[2])
     assert all(isinstance(v, float) for v in results[1]["self_similarity"].values())
+
+
+def test_numpy_bool_and_missing_values_keep_their_key_in_every_report(caplog) -> None:
+    import logging
+
+    import numpy as np
+
+    from ikkuna_tune.bus import MessageBus
+    from ikkuna_tune.tune.collector import MetricCollector
+
+    bus = MessageBus()
+    for kind in ("ratio", "flag", "hist"):  # a user subscriber's outputs
+        bus.register_kind(kind, "META")
+    collector = MetricCollector(["ratio", "flag", "hist"])
+    collector.attach(bus)
+    reports = []
+    # one value per report; None is "not measured", a vector after numbers is no number
+    published = [
+        (np.float32(0.5), True, torch.ones(3)),
+        (None, np.bool_(False), 0.25),
+        (np.array([1.5]), None, torch.ones(2)),
+        (np.int64(2), 1, None),
+    ]
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        for step, values in enumerate(published):
+            for kind, value in zip(["ratio", "flag", "hist"], values):
+                bus.publish_network_message(kind, value, global_step=step, train_step=step, epoch=0)
+            reports.append(collector.collect())
+    assert reports == [
+        {"ratio": 0.5, "flag": 1},  # hist published only a vector so far: not a metric
+        {"ratio": None, "flag": 0, "hist": 0.25},
+        {"ratio": 1.5, "flag": None, "hist": None},
+        {"ratio": 2, "flag": 1, "hist": None},
+    ]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("'hist' published a Tensor where it published numbers before")
