@@ -251,6 +251,7 @@ class TrialSession:
         self.freeze_reasons: dict[str, str] = {}
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
+        self._warned_closed = False
         self._uploader: TrialUploader | None = None
         self._token: Any = None
         self._epochs_checked = False
@@ -313,7 +314,9 @@ class TrialSession:
     ) -> Exporter:
         if self.exporter is not None:
             raise RuntimeError(
-                "watch() was already called in this trial; call it once, after building the model"
+                "watch() was already called in this trial; call it once, after building the model "
+                "(a trial watches one model to its end, also after exporter.close(): to train a "
+                "new model, start a new trial)"
             )
         # an error names the user's call, not the Exporter or the bus it came from
         call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
@@ -409,6 +412,14 @@ class TrialSession:
                 f"(taken: {sorted(taken)}, and '<name>/...' for each)"
             )
         assert self.exporter is not None and self.bus is not None
+        if self.exporter.closed and not self._warned_closed:
+            self._warned_closed = True
+            warnings.warn(
+                "ik.report: the trial's Exporter was closed (exporter.close()), so nothing is "
+                "measured any more: ikkuna_tune's outputs are None from here on",
+                UserWarning,
+                stacklevel=4,  # the user's ik.report(...)
+            )
         self.bus.flush()
         merged = plain_metrics(metrics)
         if self.collector is not None:

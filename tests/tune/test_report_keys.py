@@ -220,3 +220,16 @@ def test_the_step_time_before_any_freeze_stops_at_the_first_freeze() -> None:
     state = trial.session.state_dict()
     assert state["frozen_once"] is True
     trial.session.close()
+
+
+def test_a_report_after_the_exporter_was_closed_warns_once_and_re_watching_says_why() -> None:
+    trial = _Trial()
+    trial.report(1, i=0)
+    trial.exporter.close()
+    with pytest.warns(UserWarning, match="Exporter was closed") as caught:
+        trial.report(0, i=1)
+        trial.report(0, i=2)
+    assert len([w for w in caught if "Exporter was closed" in str(w.message)]) == 1
+    with pytest.raises(RuntimeError, match="to train a new model, start a new trial"):
+        trial.session.watch(TinyNet(), None)
+    trial.session.close()
