@@ -36,7 +36,7 @@ from ikkuna_tune.messages import (
     NamedModule,
     NetworkMessage,
 )
-from ikkuna_tune.subscribers.state_values import check_loadable, like, portable
+from ikkuna_tune.subscribers.state_values import check_loadable, portable, restored
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class Subscriber:
                 f"Expected a state {{{expected}}} for {type(self).__name__} but got keys {got}"
             )
         for name, check in declared.items():
-            value = like(getattr(self, name, None), state[name])  # NumPy values as they were
+            value = restored(state[name])  # NumPy values as they were saved
             setattr(self, name, check(value) if check is not None else value)
 
     def to(self, device: torch.device | str) -> Subscriber:

@@ -2,19 +2,18 @@
 
 A trial's checkpoint is read with ``torch.load(..., weights_only=True)``, which takes tensors,
 Python numbers, strings and the plain containers, and refuses the rest (a NumPy scalar among
-them): a state it refuses would be lost at every restore. :func:`portable` turns NumPy values
-into what it takes (a NumPy scalar into a Python number, an array into a tensor) and moves
-tensors to the CPU; :func:`like` gives a restored value the NumPy type the subscriber holds
-now; :func:`check_loadable` raises, when the state is saved, for anything else it would refuse.
+them): a state it refuses would be lost at every restore. :func:`portable` turns each NumPy
+value into a marked plain value (a scalar's number, an array's tensor, with its dtype), moves
+tensors to the CPU and dict-like containers into plain dicts; :func:`restored` turns the marks
+back into the NumPy values they were; :func:`check_loadable` raises, when the state is saved,
+for anything else the load would refuse.
 
 Examples:
     >>> import numpy as np
     >>> saved = portable({"best": np.float64(0.5), "hist": np.arange(3)})
-    >>> saved
-    {'best': 0.5, 'hist': tensor([0, 1, 2])}
-    >>> restored = like({"best": np.float64(0.0), "hist": np.zeros(3)}, saved)
-    >>> type(restored["best"]).__name__, type(restored["hist"]).__name__
-    ('float64', 'ndarray')
+    >>> back = restored(saved)
+    >>> back["best"], back["hist"]
+    (np.float64(0.5), array([0, 1, 2]))
 """
 
 from __future__ import annotations
@@ -25,53 +24,75 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_loadable", "like", "portable"]
+__all__ = ["check_loadable", "portable", "restored"]
 
 #: values that a weights-only load takes as they are (containers are walked)
-_PLAIN = (torch.Tensor, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+_PLAIN = (
+    torch.Tensor,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    type(None),
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)
+#: the key of a marked NumPy value: ``{_NUMPY: dtype, "value": number or tensor}``
+_NUMPY = "__ikkuna_tune_numpy__"
 
 
 def portable(value: Any) -> Any:
-    """``value`` with tensors detached on the CPU, NumPy scalars as Python numbers and NumPy
-    arrays (of numbers or booleans) as tensors, through dicts, lists, tuples and sets.
+    """``value`` with tensors detached on the CPU, NumPy scalars and arrays (of numbers or
+    booleans) marked with their dtype, and dicts, lists, tuples and sets (subclasses
+    included: a ``Counter``, a ``defaultdict``) as plain ones.
 
-    >>> portable([np.int64(3), np.array([True, False])])
-    [3, tensor([ True, False])]
+    >>> portable([np.int64(3), {"n": 1}])
+    [{'__ikkuna_tune_numpy__': 'int64', 'value': 3}, {'n': 1}]
     """
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.generic) and value.dtype.kind in "biufc":
-        return value.item()
+        return {_NUMPY: value.dtype.name, "value": value.item()}
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-        return torch.from_numpy(np.array(value))  # a copy: the subscriber keeps its array
+        array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
+        return {_NUMPY: value.dtype.name, "value": torch.from_numpy(array.copy())}
     if isinstance(value, dict):
-        return type(value)((k, portable(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple, set)) and not hasattr(value, "_fields"):
-        return type(value)(portable(v) for v in value)
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(portable(v) for v in value)
+    if isinstance(value, (set, frozenset)):  # (a NumPy scalar in it: as its number)
+        return {v.item() if isinstance(v, np.generic) else portable(v) for v in value}
     return value
 
 
-def like(current: Any, saved: Any) -> Any:
-    """``saved`` given the NumPy type of ``current`` where :func:`portable` took it away (a
-    tensor for an array, a number for a NumPy scalar), through matching dicts and lists.
+def restored(saved: Any) -> Any:
+    """``saved`` (from :func:`portable`, through a checkpoint) with its marked NumPy values
+    given back as NumPy values of their dtype.
 
-    >>> like([np.float32(0), torch.zeros(1)], [0.5, torch.ones(1)])  # a tensor stays one
-    [np.float32(0.5), tensor([1.])]
+    >>> restored(portable((np.float32(0.25), torch.ones(1))))
+    (np.float32(0.25), tensor([1.]))
     """
-    if isinstance(current, np.ndarray) and isinstance(saved, torch.Tensor):
-        return saved.numpy()
-    if isinstance(current, np.generic) and isinstance(saved, (bool, int, float, complex)):
-        return current.dtype.type(saved)
-    if isinstance(current, dict) and isinstance(saved, dict):
-        return type(saved)((k, like(current.get(k), v)) for k, v in saved.items())
-    if isinstance(current, list) and isinstance(saved, list) and len(current) == len(saved):
-        return [like(c, v) for c, v in zip(current, saved)]
+    if isinstance(saved, dict):
+        if set(saved) == {_NUMPY, "value"}:
+            dtype, value = np.dtype(saved[_NUMPY]), saved["value"]
+            if isinstance(value, torch.Tensor):
+                return value.numpy().astype(dtype, copy=False)
+            return dtype.type(value)
+        return {k: restored(v) for k, v in saved.items()}
+    if isinstance(saved, list):
+        return [restored(v) for v in saved]
+    if isinstance(saved, tuple):
+        return tuple(restored(v) for v in saved)
     return saved
 
 
 def _plain(value: Any) -> bool:
     if isinstance(value, (dict, list, tuple, set)):
-        if hasattr(value, "_fields") or type(value) not in (dict, list, tuple, set):
+        if type(value) not in (dict, list, tuple, set):
             return False  # a named tuple or a subclass: the weights-only load may refuse it
         items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
         return all(_plain(k) and _plain(v) for k, v in items)
