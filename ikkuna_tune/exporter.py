@@ -585,8 +585,9 @@ class Exporter(StepHooks, LayerFreezing):
     def layer_order(self) -> list[str]:
         """The tracked layers, input side first, as data flows through them: in the order a
         probe's forward pass (SVCCA's, test accuracy's: :meth:`probe`) first called them, once
-        one has run, and in registration order before (and for layers it did not call, after
-        those it did, and under ``torch.compile``, where no probe pass is watched)."""
+        one has run, and in registration order before (and under ``torch.compile``, where no
+        probe pass is watched); a layer the probe did not call stays right after the layer
+        registered before it."""
         return self._flow.ordered(list(self.modules))
 
     def trains_upstream(self, name: str) -> list[str]:
@@ -596,10 +597,10 @@ class Exporter(StepHooks, LayerFreezing):
         inputs, so freezing it saves no backward computation and its output still changes;
         automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable.
 
-        Modules with parameters of their own that the probe pass never entered (an
-        ``nn.ParameterList`` whose parent reads it directly) count as upstream of every layer:
-        where they act cannot be seen."""
-        upstream = (*self._flow.upstream.get(name, ()), *self._flow.unseen)
+        A module with parameters of its own that the probe pass never entered (an
+        ``nn.ParameterList`` whose parent reads it directly, a branch run in training only)
+        counts as upstream of the layers registered after it: where it acts cannot be seen."""
+        upstream = self._flow.upstream.get(name, ())
         if not upstream:
             return []
         model = unwrapped(self.model)

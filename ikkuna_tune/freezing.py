@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
-__all__ = ["frozen_prefix", "next_to_freeze"]
+__all__ = ["frozen_prefix", "next_to_freeze", "tie_closed"]
 
 
 def frozen_prefix(order: Sequence[str], frozen: Collection[str]) -> list[str]:
@@ -70,3 +70,33 @@ def next_to_freeze(
         elif input_side_first:
             break
     return chosen
+
+
+def tie_closed(
+    chosen: Sequence[str], frozen: Collection[str], shares_with: Callable[[str], list[str]]
+) -> tuple[list[str], tuple[str, list[str]] | None]:
+    """The longest prefix of ``chosen`` in which every layer's tied partners (the layers
+    ``shares_with`` names: they hold one of its parameters) are frozen or in the prefix too,
+    and the first layer cut off with its partners left out (None if none is).
+
+    Freezing a layer freezes its parameters in every layer holding them: an embedding whose
+    weight the output layer reuses is frozen only with the output layer.
+
+    >>> tied = {"emb": ["out"], "out": ["emb"]}
+    >>> tie_closed(["emb", "body"], set(), lambda n: tied.get(n, []))
+    ([], ('emb', ['out']))
+    >>> tie_closed(["emb", "body", "out"], set(), lambda n: tied.get(n, []))
+    (['emb', 'body', 'out'], None)
+    """
+    kept = list(chosen)
+    while True:
+        ready = set(kept) | set(frozen)
+        short = next((i for i, n in enumerate(kept) if not set(shares_with(n)) <= ready), None)
+        if short is None:
+            break
+        kept = kept[:short]
+    if len(kept) == len(chosen):
+        return kept, None
+    first = chosen[len(kept)]
+    ready = set(kept) | set(frozen) | {first}
+    return kept, (first, [other for other in shares_with(first) if other not in ready])

@@ -66,31 +66,24 @@ class LayerFlow:
 
     order: tuple[str, ...] = ()
     upstream: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: untracked modules with parameters of their own that the pass never entered (an
-    #: ``nn.ParameterList`` a parent reads directly): where they act cannot be seen, so they
-    #: count as upstream of every layer
-    unseen: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """Plain lists and dicts of names (a checkpoint's ``weights_only`` load takes them).
 
-        >>> flow = LayerFlow(("a", "b"), {"a": (), "b": ("norm",)}, ("offsets",))
+        >>> flow = LayerFlow(("a", "b"), {"a": (), "b": ("norm",)})
         >>> LayerFlow.from_dict(flow.as_dict()) == flow
         True
         """
         return {
             "order": list(self.order),
             "upstream": {name: list(names) for name, names in self.upstream.items()},
-            "unseen": list(self.unseen),
         }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> LayerFlow:
         """The flow :meth:`as_dict` gave."""
         upstream = {str(k): tuple(map(str, v)) for k, v in dict(state.get("upstream", {})).items()}
-        return cls(
-            tuple(map(str, state.get("order", ()))), upstream, tuple(state.get("unseen", ()))
-        )
+        return cls(tuple(map(str, state.get("order", ()))), upstream)
 
     def ordered(self, names: list[str]) -> list[str]:
         """``names`` (in registration order) in this flow's order; each one it did not see
@@ -156,6 +149,7 @@ class FlowRecorder:
             if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
         }
         self._root = model
+        self._position = {id(m): i for i, m in enumerate(model.modules())}  # registration
         self._modules = [
             m
             for m in model.modules()
@@ -197,12 +191,17 @@ class FlowRecorder:
             last[key] = index
         reach = last if self._passes else first  # the end of the layer's part of the pass
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
+        # a module with parameters the pass never entered (an nn.ParameterList its parent reads,
+        # an embedding whose weight is read directly, a branch run in training only) acts
+        # where it was registered, as far as anyone can tell: upstream of the layers after it
+        unseen = [(self._position[k], n) for k, n in self._others.items() if k not in first]
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):
             if key in self._layers:
                 name = self._layers[key]
                 order.append(name)
-                upstream[name] = tuple(n for i, n in others if i < reach[key])
-        unseen = tuple(name for key, name in self._others.items() if key not in first)
-        return LayerFlow(tuple(order), upstream, unseen)
+                before = [n for i, n in others if i < reach[key]]
+                before += [n for i, n in unseen if i < self._position[key] and n not in before]
+                upstream[name] = tuple(before)
+        return LayerFlow(tuple(order), upstream)

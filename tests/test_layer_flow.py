@@ -192,7 +192,7 @@ def test_a_layer_the_probe_never_calls_keeps_its_place_and_freezing_stops_there(
     exporter.close()
 
 
-def test_parameters_of_a_module_the_probe_never_enters_are_upstream_of_every_layer() -> None:
+def test_a_module_the_probe_never_enters_is_upstream_of_the_layers_registered_after_it() -> None:
     class Offsets(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -207,7 +207,28 @@ def test_parameters_of_a_module_the_probe_never_enters_are_upstream_of_every_lay
     exporter = ik.Exporter(model, module_filter=nn.Linear)
     with exporter.probe("look") as run:
         run(torch.randn(3, 4))
-    assert exporter.trains_upstream("fc1") == ["offsets"] == exporter.trains_upstream("fc2")
+    # where its parent uses it cannot be seen: where it was registered is the best guess
+    assert exporter.trains_upstream("fc1") == [] and exporter.trains_upstream("fc2") == ["offsets"]
+    exporter.close()
+
+
+def test_a_branch_run_in_training_only_does_not_block_the_layers_before_it() -> None:
+    class AuxHead(nn.Module):  # deep supervision: an auxiliary head in training only
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(6, 8)
+            self.head = nn.Linear(8, 3)
+            self.aux = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.body(x))
+            return self.head(h) + (self.aux(h) if self.training else 0)
+
+    exporter = ik.Exporter(AuxHead(), module_filter=nn.Linear)
+    with exporter.probe("look") as run:  # eval mode: the auxiliary head does not run
+        run(torch.randn(4, 6))
+    assert exporter.layer_order == ["body", "head", "aux.0", "aux.2"]
+    assert exporter.trains_upstream("body") == [] == exporter.trains_upstream("head")
     exporter.close()
 
 
@@ -218,9 +239,10 @@ class TiedLM(nn.Module):
         self.body = nn.Linear(8, 8)
         self.out = nn.Linear(8, 12)
         self.out.weight = self.emb.weight
+        self.final = nn.Linear(12, 12)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.body(self.emb(tokens))))
+        return self.final(self.out(torch.tanh(self.body(self.emb(tokens)))))
 
 
 def test_a_tied_weight_is_frozen_only_when_every_layer_holding_it_may_be(caplog) -> None:
@@ -232,14 +254,30 @@ def test_a_tied_weight_is_frozen_only_when_every_layer_holding_it_may_be(caplog)
     assert exporter.shares_with("emb") == ["out"] and exporter.shares_with("body") == []
     svcca = SVCCASubscriber(torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None)
     svcca.use_model(exporter)
+    settled = {"emb": 0.999, "body": 0.95, "final": 0.95}
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
-        svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.5})  # out is far from settled
-        svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.5})
+        svcca._freeze({**settled, "out": 0.5})  # out is far from settled
+        svcca._freeze({**settled, "out": 0.5})
     assert exporter.frozen == ()
     told = [r.getMessage() for r in caplog.records if "Not freezing layer 'emb'" in r.getMessage()]
     assert len(told) == 1 and "shares a parameter with ['out']" in told[0]
-    svcca._freeze({"emb": 0.999, "body": 0.95, "out": 0.95})  # now all of them may be
-    assert exporter.frozen == ("emb", "body")  # out keeps its bias: never the last trainable
+    svcca._freeze({**settled, "out": 0.95})  # now all of them may be
+    assert exporter.frozen == ("emb", "body", "out")  # final: never the last trainable
+    exporter.close()
+
+
+def test_a_tied_weight_is_not_frozen_when_its_partner_never_may_be() -> None:
+    from ikkuna_tune.subscribers.svcca import SVCCASubscriber
+
+    torch.manual_seed(0)
+    model = TiedLM()
+    del model.final  # out is the last layer: it is never frozen, so neither is emb's weight
+    model.forward = lambda tokens: model.out(torch.tanh(model.body(model.emb(tokens))))  # type: ignore[method-assign]
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
+    svcca = SVCCASubscriber(torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None)
+    svcca.use_model(exporter)
+    svcca._freeze({"emb": 0.999, "body": 0.999, "out": 0.999})
+    assert exporter.frozen == () and model.out.weight.requires_grad
     exporter.close()
 
 
@@ -259,6 +297,8 @@ def test_a_trial_refuses_a_tied_layer_whose_partner_stays_trainable(caplog) -> N
         "would stay trainable",
         "Not freezing 'body' as the scheduler asked: it comes after 'emb'",
     ]
+    session.apply([{"freeze": ["emb", "body", "out"], "reasons": {}}])  # all of them: fine
+    assert exporter.frozen == ("emb", "body", "out")
     session.close()
 
 

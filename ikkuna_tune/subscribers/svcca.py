@@ -23,7 +23,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
-from ikkuna_tune.freezing import frozen_prefix, next_to_freeze
+from ikkuna_tune.freezing import frozen_prefix, next_to_freeze, tie_closed
 from ikkuna_tune.functional.cka import CKASide, cka_side, linear_cka_of_sides, live_fraction
 from ikkuna_tune.functional.svcca import (
     KeptBasis,
@@ -334,25 +334,23 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         freeze_at = self.freeze_at
         assert freeze_at is not None
 
-        def similar(name: str) -> bool:
-            return values.get(name, math.nan) >= freeze_at  # NaN never freezes
-
         def settled(name: str) -> bool:
-            if not similar(name):
+            if not values.get(name, math.nan) >= freeze_at:  # NaN never freezes
                 return False
             upstream = exporter.trains_upstream(name)  # its input still changes: no prefix
-            # a tied weight freezes in every layer holding it: all of them must be ready
-            waiting = [o for o in exporter.shares_with(name) if o not in frozen and not similar(o)]
-            if upstream or waiting:
-                self._say_why_not(name, upstream, waiting)
+            if upstream:
+                self._say_why_not(name, upstream, [])
                 return False
             return True
 
-        frozen = set(exporter.frozen)
-
-        for name in next_to_freeze(
+        chosen = next_to_freeze(
             exporter.layer_order, exporter.frozen, settled, exporter.leaves_trainable
-        ):
+        )
+        # a tied weight freezes in every layer holding it: only with all of them
+        chosen, cut = tie_closed(chosen, exporter.frozen, exporter.shares_with)
+        if cut is not None:
+            self._say_why_not(cut[0], [], cut[1])
+        for name in chosen:
             exporter.warn_if_order_unknown()
             logger.info(
                 "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
@@ -368,7 +366,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if upstream:
             why.append(f"{upstream}, outside the tracked layers, train(s) before it")
         if waiting:
-            why.append(f"it shares a parameter with {waiting}, not similar enough yet")
+            why.append(f"it shares a parameter with {waiting}, which would stay trainable")
         logger.warning(
             "Not freezing layer %r, similar enough at freeze_at=%s: %s (freezing goes from the "
             "input side, so the layers after it wait too)",

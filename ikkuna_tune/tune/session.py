@@ -18,6 +18,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
+from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
@@ -537,50 +538,59 @@ class TrialSession:
         )
 
     def apply(self, directives: list[dict[str, Any]]) -> None:
-        """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``)."""
-        assert self.exporter is not None
+        """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``).
+
+        A directive's layers are taken in order up to the first this trial will not freeze:
+        something outside the tracked layers trains before it (its input keeps changing), it is
+        the last trainable layer, or it shares a parameter with a layer that stays trainable
+        (a tied weight is frozen only with every layer holding it). That layer and the ones
+        ordered after it (which wait for it) are refused, each with one warning.
+        """
+        exporter = self.exporter
+        assert exporter is not None
         for directive in directives:
             reasons = directive.get("reasons", {})
-            names = list(directive.get("freeze", ()))
-            for index, name in enumerate(names):
-                if name in self.exporter.frozen:
-                    continue
-                why = self._why_not_freeze(name, names)
-                if why is not None:  # nor the layers ordered after it, which wait for it
-                    for refused in names[index:]:
-                        if refused not in self._refused and refused not in self.exporter.frozen:
-                            self._refused.add(refused)
-                            logger.warning(
-                                "Not freezing %r as the scheduler asked: %s",
-                                refused,
-                                why if refused == name else f"it comes after {name!r}",
-                            )
+            names = [n for n in directive.get("freeze", ()) if n not in exporter.frozen]
+            accepted: list[str] = []
+            cut: tuple[str, str] | None = None
+            for name in [n for n in names if n in exporter.modules]:
+                upstream = exporter.trains_upstream(name)
+                if upstream:
+                    cut = (name, f"{upstream}, outside the tracked layers, train(s) before it "
+                           "(track them, or freeze them yourself)")  # fmt: skip
                     break
-                self.exporter.warn_if_order_unknown()
+                if name in exporter.modules and not exporter.leaves_trainable(name, accepted):
+                    cut = (name, "it is the last trainable layer")
+                    break
+                accepted.append(name)
+            # (a tie cut comes before any other: all of accepted comes before that)
+            _, tied = tie_closed(accepted, exporter.frozen, exporter.shares_with)
+            if tied is not None:
+                cut = (tied[0], f"it shares a parameter with {tied[1]}, which would stay trainable")
+            if cut is not None:
+                self._refuse(names[names.index(cut[0]) :], cut)
+            for name in names[: names.index(cut[0])] if cut is not None else names:
+                exporter.warn_if_order_unknown()
                 try:
-                    self.exporter.freeze(name)
+                    exporter.freeze(name)
                 except ValueError as error:
                     logger.warning("Not freezing %r as the scheduler asked: %s", name, error)
                     continue
                 if name in reasons:
                     self.freeze_reasons[name] = str(reasons[name])
 
-    def _why_not_freeze(self, name: str, ordered: list[str]) -> str | None:
-        """Why the trial will not freeze layer ``name`` of a directive that orders ``ordered``
-        frozen, or None: something outside the tracked layers trains before it (its input
-        keeps changing), or it shares a parameter with a layer that stays trainable."""
-        assert self.exporter is not None
-        upstream = self.exporter.trains_upstream(name)
-        if upstream:
-            return (
-                f"{upstream}, outside the tracked layers, train(s) before it (track them, or "
-                "freeze them yourself)"
-            )
-        frozen = set(self.exporter.frozen)
-        waiting = [o for o in self.exporter.shares_with(name) if o not in frozen | set(ordered)]
-        if waiting:
-            return f"it shares a parameter with {waiting}, which would stay trainable"
-        return None
+    def _refuse(self, names: list[str], cut: tuple[str, str]) -> None:
+        """Warn once for each of ``names`` that the trial will not freeze it (``cut``: the
+        first of them and why)."""
+        first, why = cut
+        for name in names:
+            if name not in self._refused:
+                self._refused.add(name)
+                logger.warning(
+                    "Not freezing %r as the scheduler asked: %s",
+                    name,
+                    why if name == first else f"it comes after {first!r}",
+                )
 
     # ---------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
