@@ -375,6 +375,20 @@ def test_a_stuck_looking_trial_among_the_best_is_not_stopped() -> None:
     assert scheduler.stopped_trials == {}
 
 
+def test_a_flat_leader_by_a_hair_is_not_stopped_as_stuck() -> None:
+    from ikkuna_tune.tune.convergence import ConvergenceRules, TrialHistory, stop_verdict
+
+    def trial(values: list[float]) -> TrialHistory:
+        history = TrialHistory(layers=["fc"])
+        for value in values:
+            history.add(value, {"fc": 1.0}, {"fc": 0.999}, {"fc": 0.5})
+        return history
+
+    leader = trial([0.970, 0.971, 0.972, 0.971])
+    others = [[0.90, 0.95, 0.970, 0.969], [0.91, 0.96, 0.968, 0.966], [0.92, 0.965, 0.969, 0.96]]
+    assert stop_verdict(leader, ConvergenceRules(), others, budget=None) is None
+
+
 def test_stuck_trials_that_outrank_no_one_are_stopped_though_few_others_learn() -> None:
     # six trials flat at chance, two learning: each flat one has only two trials ahead of it,
     # but it outranks none, so it is no contender, and the stuck rule stops it
