@@ -345,7 +345,10 @@ def test_cli_compare_unknown_names_are_one_line(experiment, tmp_path, capsys) ->
     assert main(argv) == 2  # the default metric, self_similarity, was not reported
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("ikkuna-tune compare: error: Unknown metric 'self_similarity'; ")
+    assert err.startswith(
+        "ikkuna-tune compare: error: --metric self_similarity (the default): "
+        "Unknown metric 'self_similarity'; "
+    )
     assert "per-layer metrics: frozen, weight_sum;" in err
     assert main([*argv, "--metric", "weight_sum", "--color-by", "momentum"]) == 2
     err = capsys.readouterr().err
