@@ -80,7 +80,8 @@ def tie_closed(
     and the first layer cut off with its partners left out (None if none is).
 
     Freezing a layer freezes its parameters in every layer holding them: an embedding whose
-    weight the output layer reuses is frozen only with the output layer.
+    weight the output layer reuses is frozen only with the output layer. The partners named
+    are those whose absence started the cut (in a chain of ties, those of a later layer).
 
     >>> tied = {"emb": ["out"], "out": ["emb"]}
     >>> tie_closed(["emb", "body"], set(), lambda n: tied.get(n, []))
@@ -89,14 +90,14 @@ def tie_closed(
     (['emb', 'body', 'out'], None)
     """
     kept = list(chosen)
+    missing: list[str] = []  # the partners left out that started the cut
     while True:
         ready = set(kept) | set(frozen)
         short = next((i for i, n in enumerate(kept) if not set(shares_with(n)) <= ready), None)
         if short is None:
             break
+        missing = missing or [o for o in shares_with(kept[short]) if o not in ready]
         kept = kept[:short]
     if len(kept) == len(chosen):
         return kept, None
-    first = chosen[len(kept)]
-    ready = set(kept) | set(frozen) | {first}
-    return kept, (first, [other for other in shares_with(first) if other not in ready])
+    return kept, (chosen[len(kept)], missing)

@@ -37,12 +37,13 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.messages import NamedModule
@@ -119,15 +120,53 @@ def compiled(model: nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
-class FlowRecorder:
-    """Forward pre-hooks that record a :class:`LayerFlow` while in a ``with`` block.
+class _ParameterUses(TorchFunctionMode):
+    """Calls ``note(owner)`` when a torch function takes a watched parameter (``owners``: the
+    owning module's key by parameter ``id``) as an argument, or in a list or tuple of them."""
 
-    Hooks go on the tracked layers of ``layers`` (inside ``model``), on every other module of
-    ``model`` that holds parameters of its own and is not inside a tracked layer, and on
-    ``model`` itself, whose second call ends the first forward pass: what runs before a
-    layer's last call in that pass is upstream of it (``fc -> norm -> fc``: ``norm`` feeds
-    ``fc``'s second call). When ``model`` is not called (a probe that runs parts of it), what
-    runs before a layer's first call is.
+    def __init__(self, owners: dict[int, int], note: Callable[[int], None]) -> None:
+        super().__init__()
+        self._owners = owners
+        self._note = note
+
+    def _look(self, value: Any) -> None:
+        owner = self._owners.get(id(value))
+        if owner is not None:
+            self._note(owner)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                owner = self._owners.get(id(item))
+                if owner is not None:
+                    self._note(owner)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if self._owners:
+            for value in (*args, *kwargs.values()):
+                self._look(value)
+        return func(*args, **kwargs)
+
+
+class FlowRecorder:
+    """Watches one forward pass and records a :class:`LayerFlow` while in a ``with`` block.
+
+    Forward pre-hooks go on the tracked layers of ``layers`` (inside ``model``) and on the
+    other modules that hold parameters of their own and are neither inside a tracked layer nor
+    around one; ``model``'s own pre-hook counts its calls, the second ending the first pass.
+    The parameters of every such other module are also watched as they are used (a
+    ``TorchFunctionMode``): a parent's ``nn.Parameter`` (a position embedding, a layer scale),
+    an ``nn.ParameterList`` or an embedding whose weight its parent reads directly acts where
+    the pass first uses it. What acts before a layer's last call in the first pass is upstream
+    of it (``fc -> norm -> fc``: ``norm`` feeds ``fc``'s second call); a module whose
+    parameters the pass never used (a branch run in training only) is upstream of nothing the
+    probe measures. When ``model`` is not called (a probe that runs parts of it), what acts
+    before a layer's first call is upstream of it.
 
     Examples:
         >>> import torch
@@ -140,36 +179,55 @@ class FlowRecorder:
 
     def __init__(self, model: nn.Module, layers: Mapping[str, NamedModule]) -> None:
         self._layers = {id(named.module): name for name, named in layers.items()}
+        named_modules = dict(model.named_modules())
         inside: set[int] = set()
-        for named in layers.values():
+        around: set[int] = set()  # the modules that hold a tracked layer
+        for name, named in layers.items():
             inside.update(id(m) for m in named.module.modules())
-        self._others = {
-            id(module): name or "(the model)"
-            for name, module in model.named_modules()
+            parts = name.split(".") if name else []
+            for depth in range(len(parts)):
+                parent = named_modules.get(".".join(parts[:depth]))
+                if parent is not None:
+                    around.add(id(parent))
+        owning = {
+            name: module
+            for name, module in named_modules.items()
             if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
         }
+        self._others = {id(module): name or "(the model)" for name, module in owning.items()}
+        self._owners = {
+            id(p): id(module)
+            for module in owning.values()
+            for p in module.parameters(recurse=False)
+        }
         self._root = model
-        self._position = {id(m): i for i, m in enumerate(model.modules())}  # registration
         self._modules = [
             m
             for m in model.modules()
-            if id(m) in self._layers or id(m) in self._others or m is model
+            if id(m) in self._layers or (id(m) in self._others and id(m) not in around)
         ]
-        self._events: list[int] = []  # the hooked modules' calls, in order (first pass only)
+        self._events: list[int] = []  # what acted, in order (first pass only)
         self._passes = 0  # calls of the model itself
         self._handles: list[RemovableHandle] = []
+        self._mode: _ParameterUses | None = None
+
+    def _note(self, key: int) -> None:
+        if self._passes <= 1:
+            self._events.append(key)
 
     def __enter__(self) -> FlowRecorder:
-        events, root = self._events, id(self._root)
+        def entered(module: nn.Module, _args: Any) -> None:
+            self._note(id(module))
 
-        def note(module: nn.Module, _args: Any) -> None:
-            key = id(module)
-            if key == root:
-                self._passes += 1
-            if self._passes <= 1:
-                events.append(key)
+        def counted(_module: nn.Module, _args: Any) -> None:
+            self._passes += 1
+            if self._passes > 1 and self._mode is not None:
+                self._mode._owners = {}  # the first pass is over: nothing more to watch
 
-        self._handles = [m.register_forward_pre_hook(note) for m in self._modules]
+        self._handles = [self._root.register_forward_pre_hook(counted, prepend=True)]
+        self._handles += [m.register_forward_pre_hook(entered) for m in self._modules]
+        self._mode = _ParameterUses(self._owners, self._note)
+        self._mode.__enter__()
         return self
 
     def __exit__(
@@ -178,6 +236,9 @@ class FlowRecorder:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(kind, error, trace)
+            self._mode = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -191,17 +252,11 @@ class FlowRecorder:
             last[key] = index
         reach = last if self._passes else first  # the end of the layer's part of the pass
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
-        # a module with parameters the pass never entered (an nn.ParameterList its parent reads,
-        # an embedding whose weight is read directly, a branch run in training only) acts
-        # where it was registered, as far as anyone can tell: upstream of the layers after it
-        unseen = [(self._position[k], n) for k, n in self._others.items() if k not in first]
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):
             if key in self._layers:
                 name = self._layers[key]
                 order.append(name)
-                before = [n for i, n in others if i < reach[key]]
-                before += [n for i, n in unseen if i < self._position[key] and n not in before]
-                upstream[name] = tuple(before)
+                upstream[name] = tuple(n for i, n in others if i < reach[key])
         return LayerFlow(tuple(order), upstream)

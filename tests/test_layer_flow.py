@@ -88,7 +88,7 @@ def test_a_trainable_module_outside_the_tracked_layers_blocks_freezing_after_it(
     exporter.close()
 
 
-def test_a_parents_own_parameter_is_upstream_of_the_layers_inside_it() -> None:
+def test_a_parents_own_parameter_acts_where_its_forward_first_uses_it() -> None:
     class WithPosition(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -104,9 +104,9 @@ def test_a_parents_own_parameter_is_upstream_of_the_layers_inside_it() -> None:
     with FlowRecorder(model, tracked) as recorder:
         model(torch.randn(2, 4))
     flow = recorder.flow()
-    # where forward uses the parameter cannot be seen: taken as upstream of both (conservative)
+    # the position is added to embed's output: upstream of block, not of embed
     assert flow.order == ("embed", "block")
-    assert flow.upstream == {"embed": ("(the model)",), "block": ("(the model)",)}
+    assert flow.upstream == {"embed": (), "block": ("(the model)",)}
     exporter = ik.Exporter(model)
     with exporter.probe("look") as run:
         run(torch.randn(2, 4))
@@ -293,8 +293,8 @@ def test_a_trial_refuses_a_tied_layer_whose_partner_stays_trainable(caplog) -> N
     assert exporter.frozen == ()
     messages = [r.getMessage() for r in caplog.records if "Not freezing" in r.getMessage()]
     assert messages == [
-        "Not freezing 'emb' as the scheduler asked: it shares a parameter with ['out'], which "
-        "would stay trainable",
+        "Not freezing 'emb' as the scheduler asked: it shares a parameter with ['out'] (or "
+        "with a layer tied to it), which would stay trainable",
         "Not freezing 'body' as the scheduler asked: it comes after 'emb'",
     ]
     session.apply([{"freeze": ["emb", "body", "out"], "reasons": {}}])  # all of them: fine
@@ -383,4 +383,43 @@ def test_what_feeds_a_later_call_of_a_layer_is_upstream_of_it() -> None:
             run(torch.randn(3, 4))
     assert exporter.layer_order == ["fc", "out"]
     assert exporter.trains_upstream("fc") == ["norm"]  # norm feeds fc's second call
+    exporter.close()
+
+
+def test_a_module_registered_last_but_used_first_is_upstream_of_every_layer() -> None:
+    class LatePosition(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(4, 4)
+            self.fc2 = nn.Linear(4, 2)
+            self.pos = nn.Embedding(3, 4)  # registered last, its weight read first
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.tanh(self.fc1(x + self.pos.weight[: x.shape[1]].sum(0))))
+
+    exporter = ik.Exporter(LatePosition(), module_filter=nn.Linear)
+    with exporter.probe("look") as run:
+        run(torch.randn(3, 4))
+    assert exporter.trains_upstream("fc1") == ["pos"] == exporter.trains_upstream("fc2")
+    exporter.close()
+
+
+def test_a_layer_scale_after_a_blocks_layers_is_downstream_of_them() -> None:
+    class ScaledBlock(nn.Module):  # ConvNeXt style: x + gamma * pw(dw(x))
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Linear(4, 4)
+            self.pw = nn.Linear(4, 4)
+            self.gamma = nn.Parameter(torch.ones(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.gamma * self.pw(self.dw(x))
+
+    model = nn.Sequential(nn.Linear(4, 4), ScaledBlock(), nn.Linear(4, 2))
+    exporter = ik.Exporter(model)
+    with exporter.probe("look") as run:
+        run(torch.randn(3, 4))
+    assert exporter.layer_order == ["0", "1.dw", "1.pw", "2"]
+    upstream = [exporter.trains_upstream(n) for n in exporter.layer_order]
+    assert upstream == [[], [], [], ["1"]]
     exporter.close()

@@ -222,8 +222,10 @@ class Subscriber:
     def add_state(self, name: str, default: Any, check: Callable[[Any], Any] | None = None) -> None:
         """Declare ``self.<name>`` (set to ``default`` now) as state worth keeping across a
         restore: :meth:`state_dict` saves it under ``name`` (tensors detached, on the CPU;
-        NumPy scalars and arrays as numbers and tensors, given back as NumPy values; anything
-        a checkpoint could not read back raises ``ValueError`` there),
+        NumPy scalars and arrays as numbers and tensors, given back as NumPy values; dict and
+        list subclasses, a ``Counter`` or a ``defaultdict``, as plain dicts and lists, which
+        ``check`` can turn back, ``check=Counter``; anything a checkpoint could not read back
+        raises ``ValueError`` there),
         :meth:`load_state_dict` restores it (through ``check``, which may convert the saved
         value and raises ``ValueError`` for a bad one) and :meth:`to` moves its tensors.
 

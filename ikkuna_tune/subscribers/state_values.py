@@ -53,11 +53,14 @@ def portable(value: Any) -> Any:
     """
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
-    if isinstance(value, np.generic) and value.dtype.kind in "biufc":
-        return {_NUMPY: value.dtype.name, "value": value.item()}
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, complex)):
+        return {_NUMPY: value.dtype.name, "value": value.item()}  # (not a longdouble)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-        array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
-        return {_NUMPY: value.dtype.name, "value": torch.from_numpy(array.copy())}
+        array = np.array(value, dtype=value.dtype.newbyteorder("="), order="C", copy=True)
+        try:
+            return {_NUMPY: value.dtype.name, "value": torch.from_numpy(array)}
+        except TypeError:  # a dtype torch has none of (longdouble): check_loadable refuses it
+            return value
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):

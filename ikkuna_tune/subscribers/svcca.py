@@ -366,7 +366,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if upstream:
             why.append(f"{upstream}, outside the tracked layers, train(s) before it")
         if waiting:
-            why.append(f"it shares a parameter with {waiting}, which would stay trainable")
+            why.append(
+                f"it shares a parameter with {waiting} (or with a layer tied to it), which would "
+                "stay trainable"
+            )
         logger.warning(
             "Not freezing layer %r, similar enough at freeze_at=%s: %s (freezing goes from the "
             "input side, so the layers after it wait too)",

@@ -504,17 +504,20 @@ def _finite(values: list[float]) -> list[float]:
 def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
     """Whether a trial that looks stuck is a contender all the same: :func:`among_best`
     against ``others``' metrics over as many reports as it made, and either ahead of all of
-    them (a leader, by however little) or ahead of one of them by more than its swing (a
-    trial as flat as others at chance outranks none of them).
+    them (by however little) while another trial has gained ``stall_delta`` (the others learn
+    towards where it stands: a fine-tuned leader), or ahead of one of them by more than its
+    swing (a trial as flat as others at chance outranks none of them, leading by noise).
     False with fewer than ``protect_top`` others to rank it among (as the rules that compare
     trials, it needs them: in a sweep of 3 trials every trial is among the best 3)."""
     at = trial.reports
-    bests = [max(f) for o in others if (f := _finite(o[:at]))]
+    seen = [f for o in others if (f := _finite(o[:at]))]
+    bests = [max(f) for f in seen]
     if len(bests) < rules.protect_top or not among_best(trial, bests, rules):
         return False
     own = trial.best()
     band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
-    return own > max(bests) or any(own > best + band for best in bests)
+    others_learn = any(max(f) - f[0] >= rules.stall_delta for f in seen)
+    return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 
 
 def _at_chance(

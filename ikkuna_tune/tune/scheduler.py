@@ -111,7 +111,8 @@ class SVCCAScheduler(FIFOScheduler):
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``), unless it may
        still end among the best (as for freezing, with ``protect_top`` others to rank it
-       among) and leads or is clearly ahead of some other trial; and, when the
+       among) and leads while others learn, or is clearly ahead of some other trial; and,
+       when the
        budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
        ``stall_share`` of it: a trial that no other trial has got as far as (and none is at
        chance too), still within ``stall_delta`` of its metric's chance level (reported as

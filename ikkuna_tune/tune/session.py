@@ -566,7 +566,11 @@ class TrialSession:
             # (a tie cut comes before any other: all of accepted comes before that)
             _, tied = tie_closed(accepted, exporter.frozen, exporter.shares_with)
             if tied is not None:
-                cut = (tied[0], f"it shares a parameter with {tied[1]}, which would stay trainable")
+                cut = (
+                    tied[0],
+                    f"it shares a parameter with {tied[1]} (or with a layer tied to it), "
+                    "which would stay trainable",
+                )
             if cut is not None:
                 self._refuse(names[names.index(cut[0]) :], cut)
             for name in names[: names.index(cut[0])] if cut is not None else names:

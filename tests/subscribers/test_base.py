@@ -263,3 +263,16 @@ def test_state_comes_back_as_saved_whatever_the_default_was() -> None:
     assert fresh.counts == {"fc": 2, "conv": 1} and fresh.seen == {"fc": [0.5]}
     assert isinstance(fresh.pair[0], np.float32) and fresh.pair[0] == np.float32(0.25)
     np.testing.assert_array_equal(fresh.pair[1], [0, 1])
+
+
+def test_numpy_state_of_zero_dimensions_and_without_a_torch_dtype() -> None:
+    import numpy as np
+
+    from ikkuna_tune.subscribers.state_values import check_loadable, portable, restored
+
+    back = restored(portable({"mean": np.array(0.25), "n": np.int32(3)}))
+    assert back["mean"].shape == () and float(back["mean"]) == 0.25
+    assert isinstance(back["n"], np.int32)
+    for odd in (np.longdouble(1.5), np.ones(2, dtype=np.longdouble)):
+        with pytest.raises(ValueError, match="holds a longdouble|holds a ndarray"):
+            check_loadable("Sub", "x", portable(odd))

@@ -387,6 +387,11 @@ def test_a_flat_leader_by_a_hair_is_not_stopped_as_stuck() -> None:
     leader = trial([0.970, 0.971, 0.972, 0.971])
     others = [[0.90, 0.95, 0.970, 0.969], [0.91, 0.96, 0.968, 0.966], [0.92, 0.965, 0.969, 0.96]]
     assert stop_verdict(leader, ConvergenceRules(), others, budget=None) is None
+    # flat at chance like the others, leading by noise: no contender
+    noisy = trial([0.1, 0.1012, 0.1005, 0.1])
+    flat = [[0.1, 0.1008, 0.1, 0.1001], [0.1003, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1007, 0.1]]
+    verdict = stop_verdict(noisy, ConvergenceRules(), flat, budget=None)
+    assert verdict is not None and verdict.rule == "stuck: no progress and no layer moving"
 
 
 def test_stuck_trials_that_outrank_no_one_are_stopped_though_few_others_learn() -> None:
