@@ -561,10 +561,10 @@ class Exporter(StepHooks, LayerFreezing):
         previous_tag = self._pass_tag
         self._probe_tag = tag
         self.model.eval()
-        # the data flow through the layers, seen in the probe's passes (not under torch.compile)
-        recorder = (
-            None if compiled(self.model) else FlowRecorder(unwrapped(self.model), self.modules)
-        )
+        # the data flow through the layers, seen in the probe's passes (not under torch.compile),
+        # until one pass has called every tracked layer (then it is known: no more watching)
+        watch = len(self._flow.order) < len(self.modules) and not compiled(self.model)
+        recorder = FlowRecorder(unwrapped(self.model), self.modules) if watch else None
         completed = False
         try:
             with torch.no_grad(), recorder or nullcontext():
@@ -587,7 +587,7 @@ class Exporter(StepHooks, LayerFreezing):
         probe's forward pass (SVCCA's, test accuracy's: :meth:`probe`) first called them, once
         one has run, and in registration order before (and under ``torch.compile``, where no
         probe pass is watched); a layer the probe did not call stays right after the layer
-        registered before it."""
+        registered before it. Probes are watched until one has called every tracked layer."""
         return self._flow.ordered(list(self.modules))
 
     def trains_upstream(self, name: str) -> list[str]:

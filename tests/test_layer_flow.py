@@ -423,3 +423,25 @@ def test_a_layer_scale_after_a_blocks_layers_is_downstream_of_them() -> None:
     upstream = [exporter.trains_upstream(n) for n in exporter.layer_order]
     assert upstream == [[], [], [], ["1"]]
     exporter.close()
+
+
+def test_probes_are_watched_only_until_one_called_every_layer(monkeypatch) -> None:
+    import ikkuna_tune.exporter as exporter_module
+
+    made = []
+    real = exporter_module.FlowRecorder
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exporter_module, "FlowRecorder", counting)
+    model = Sandwich()
+    exporter = ik.Exporter(model, module_filter=nn.Linear)
+    with exporter.probe("look"):  # a part only: the flow is not complete yet
+        model.body(torch.randn(3, 4))
+    for _ in range(3):
+        with exporter.probe("look") as run:
+            run(torch.randn(3, 4))
+    assert len(made) == 2 and exporter.layer_order == ["body", "mid", "head"]
+    exporter.close()
