@@ -268,6 +268,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._passes = 0  # forward passes of the model so far
         self._layer_calls = {}
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
+        self._flow_known = False  # whether a probe has run the whole model
         self._warned_order = False
         self._deferred_gradients = {}
         self._warned_uncalled = False
@@ -562,8 +563,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._probe_tag = tag
         self.model.eval()
         # the data flow through the layers, seen in the probe's passes (not under torch.compile),
-        # until one pass has called every tracked layer (then it is known: no more watching)
-        watch = len(self._flow.order) < len(self.modules) and not compiled(self.model)
+        # until a probe has run the whole model (then it is known: no more watching)
+        watch = not self._flow_known and not compiled(self.model)
         recorder = FlowRecorder(unwrapped(self.model), self.modules) if watch else None
         completed = False
         try:
@@ -575,11 +576,14 @@ class Exporter(StepHooks, LayerFreezing):
                 module.training = training
             self._probe_tag = None
             self._pass_tag = previous_tag
-            # a probe that raised, or ran part of the model, shows less than one that ran it
-            # whole: the flow that saw the most layers stands
+            # a probe that raised shows nothing for sure; one that ran parts of the model stands
+            # until a better one (or one that ran it whole) comes
             flow = recorder.flow() if recorder is not None and completed else None
-            if flow is not None and flow.order and len(flow.order) >= len(self._flow.order):
-                self._flow = flow
+            if flow is not None and flow.order:
+                if recorder is not None and recorder.whole_pass:
+                    self._flow, self._flow_known = flow, True
+                elif len(flow.order) >= len(self._flow.order):
+                    self._flow = flow
 
     @property
     def layer_order(self) -> list[str]:
@@ -587,7 +591,8 @@ class Exporter(StepHooks, LayerFreezing):
         probe's forward pass (SVCCA's, test accuracy's: :meth:`probe`) first called them, once
         one has run, and in registration order before (and under ``torch.compile``, where no
         probe pass is watched); a layer the probe did not call stays right after the layer
-        registered before it. Probes are watched until one has called every tracked layer."""
+        registered before it. Probes are watched (forward pre-hooks, nothing that changes what
+        they compute) until one has run the whole model."""
         return self._flow.ordered(list(self.modules))
 
     def trains_upstream(self, name: str) -> list[str]:
@@ -597,9 +602,11 @@ class Exporter(StepHooks, LayerFreezing):
         inputs, so freezing it saves no backward computation and its output still changes;
         automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable.
 
-        A module with parameters of its own that the probe pass never entered (an
-        ``nn.ParameterList`` whose parent reads it directly, a branch run in training only)
-        counts as upstream of the layers registered after it: where it acts cannot be seen."""
+        A parent's own parameters count as upstream of every layer inside it and after it, and
+        those of a module the probe never ran (an ``nn.ParameterList`` or an embedding whose
+        weight its parent reads directly, a branch run in training only) as upstream of every
+        layer: where they act cannot be seen from module calls (conservative: it can only keep
+        a layer trainable)."""
         upstream = self._flow.upstream.get(name, ())
         if not upstream:
             return []
@@ -669,6 +676,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._epoch_open = bool(state.get("epoch_open", False))
         if state.get("flow"):
             self._flow = LayerFlow.from_dict(state["flow"])
+            self._flow_known = bool(self._flow.order)
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:

@@ -37,13 +37,13 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.messages import NamedModule
@@ -120,114 +120,71 @@ def compiled(model: nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
-class _ParameterUses(TorchFunctionMode):
-    """Calls ``note(owner)`` when a torch function takes a watched parameter (``owners``: the
-    owning module's key by parameter ``id``) as an argument, or in a list or tuple of them."""
-
-    def __init__(self, owners: dict[int, int], note: Callable[[int], None]) -> None:
-        super().__init__()
-        self._owners = owners
-        self._note = note
-
-    def _look(self, value: Any) -> None:
-        owner = self._owners.get(id(value))
-        if owner is not None:
-            self._note(owner)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                owner = self._owners.get(id(item))
-                if owner is not None:
-                    self._note(owner)
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if self._owners:
-            for value in (*args, *kwargs.values()):
-                self._look(value)
-        return func(*args, **kwargs)
-
-
 class FlowRecorder:
-    """Watches one forward pass and records a :class:`LayerFlow` while in a ``with`` block.
+    """Forward pre-hooks that record a :class:`LayerFlow` while in a ``with`` block.
 
-    Forward pre-hooks go on the tracked layers of ``layers`` (inside ``model``) and on the
-    other modules that hold parameters of their own and are neither inside a tracked layer nor
-    around one; ``model``'s own pre-hook counts its calls, the second ending the first pass.
-    The parameters of every such other module are also watched as they are used (a
-    ``TorchFunctionMode``): a parent's ``nn.Parameter`` (a position embedding, a layer scale),
-    an ``nn.ParameterList`` or an embedding whose weight its parent reads directly acts where
-    the pass first uses it. What acts before a layer's last call in the first pass is upstream
-    of it (``fc -> norm -> fc``: ``norm`` feeds ``fc``'s second call); a module whose
-    parameters the pass never used (a branch run in training only) is upstream of nothing the
-    probe measures. When ``model`` is not called (a probe that runs parts of it), what acts
-    before a layer's first call is upstream of it.
+    Hooks go on the tracked layers of ``layers`` (inside ``model``), on every other module of
+    ``model`` that holds parameters of its own and is not inside a tracked layer, and on
+    ``model`` itself, whose second call ends the first forward pass: what runs before a
+    layer's last call in that pass is upstream of it (``fc -> norm -> fc``: ``norm`` feeds
+    ``fc``'s second call). When ``model`` is not called (a probe that runs parts of it), what
+    runs before a layer's first call is. A module with parameters of its own that the pass
+    never entered (an ``nn.ParameterList`` or an embedding whose weight its parent reads
+    directly, a branch run in training only, a ``ScriptModule``, which takes no hooks) is
+    upstream of every layer: where it acts cannot be seen from module calls, so it is taken
+    conservatively, as a parent's own parameters are (the pass is not watched in any way that
+    could change what it computes).
 
     Examples:
         >>> import torch
         >>> model = nn.Sequential(nn.LayerNorm(2), nn.Linear(2, 2))
         >>> with FlowRecorder(model, {"1": NamedModule("1", model[1])}) as recorder:
         ...     _ = model(torch.ones(1, 2))
-        >>> recorder.flow().upstream  # the untracked LayerNorm runs before the Linear
-        {'1': ('0',)}
+        >>> recorder.flow().upstream, recorder.whole_pass  # the LayerNorm runs before
+        ({'1': ('0',)}, True)
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, NamedModule]) -> None:
         self._layers = {id(named.module): name for name, named in layers.items()}
-        named_modules = dict(model.named_modules())
         inside: set[int] = set()
-        around: set[int] = set()  # the modules that hold a tracked layer
-        for name, named in layers.items():
+        for named in layers.values():
             inside.update(id(m) for m in named.module.modules())
-            parts = name.split(".") if name else []
-            for depth in range(len(parts)):
-                parent = named_modules.get(".".join(parts[:depth]))
-                if parent is not None:
-                    around.add(id(parent))
-        owning = {
-            name: module
-            for name, module in named_modules.items()
+        self._others = {
+            id(module): name or "(the model)"
+            for name, module in model.named_modules()
             if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
-        }
-        self._others = {id(module): name or "(the model)" for name, module in owning.items()}
-        self._owners = {
-            id(p): id(module)
-            for module in owning.values()
-            for p in module.parameters(recurse=False)
         }
         self._root = model
         self._modules = [
-            m
-            for m in model.modules()
-            if id(m) in self._layers or (id(m) in self._others and id(m) not in around)
+            m for m in model.modules() if id(m) in self._layers or id(m) in self._others
         ]
-        self._events: list[int] = []  # what acted, in order (first pass only)
+        self._events: list[int] = []  # the hooked modules' calls, in order (first pass only)
         self._passes = 0  # calls of the model itself
         self._handles: list[RemovableHandle] = []
-        self._mode: _ParameterUses | None = None
 
-    def _note(self, key: int) -> None:
-        if self._passes <= 1:
-            self._events.append(key)
+    @property
+    def whole_pass(self) -> bool:
+        """Whether the model itself was called (not only parts of it)."""
+        return self._passes > 0
 
     def __enter__(self) -> FlowRecorder:
+        events = self._events
+
         def entered(module: nn.Module, _args: Any) -> None:
-            self._note(id(module))
+            if self._passes <= 1:
+                events.append(id(module))
 
         def counted(_module: nn.Module, _args: Any) -> None:
             self._passes += 1
-            if self._passes > 1 and self._mode is not None:
-                self._mode._owners = {}  # the first pass is over: nothing more to watch
 
-        self._handles = [self._root.register_forward_pre_hook(counted, prepend=True)]
-        self._handles += [m.register_forward_pre_hook(entered) for m in self._modules]
-        self._mode = _ParameterUses(self._owners, self._note)
-        self._mode.__enter__()
+        try:
+            for module, hook in [(self._root, counted), *((m, entered) for m in self._modules)]:
+                if isinstance(module, torch.jit.ScriptModule):
+                    continue  # takes no hooks: never entered, so upstream of every layer
+                self._handles.append(module.register_forward_pre_hook(hook, prepend=True))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -236,9 +193,6 @@ class FlowRecorder:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._mode is not None:
-            self._mode.__exit__(kind, error, trace)
-            self._mode = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -252,11 +206,12 @@ class FlowRecorder:
             last[key] = index
         reach = last if self._passes else first  # the end of the layer's part of the pass
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
+        unseen = tuple(name for key, name in self._others.items() if key not in first)
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):
             if key in self._layers:
                 name = self._layers[key]
                 order.append(name)
-                upstream[name] = tuple(n for i, n in others if i < reach[key])
+                upstream[name] = (*(n for i, n in others if i < reach[key]), *unseen)
         return LayerFlow(tuple(order), upstream)
