@@ -559,7 +559,7 @@ class TrialSession:
                     cut = (name, f"{upstream}, outside the tracked layers, train(s) before it "
                            "(track them, or freeze them yourself)")  # fmt: skip
                     break
-                if name in exporter.modules and not exporter.leaves_trainable(name, accepted):
+                if not exporter.leaves_trainable(name, accepted):
                     cut = (name, "it is the last trainable layer")
                     break
                 accepted.append(name)
