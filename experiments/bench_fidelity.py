@@ -92,9 +92,11 @@ def trial_summary(df: Any) -> dict[str, Any]:
     dead = bool(live) and bool((df[live].fillna(1.0) <= 0).any().any())
     nonfinite = not df["train_loss"].map(lambda v: math.isfinite(float(v))).all()
     fractions = df["frozen_fraction"] if "frozen_fraction" in df else None
+    best = float(df["test_accuracy"].max())  # NaN accuracies (every score NaN) skipped
     return {
         "frozen": fractions is not None and bool((fractions.fillna(0.0) > 0).any()),
-        "accuracy": float(df["test_accuracy"].max()),
+        # a trial that never had an accuracy classified nothing correctly: it ranks last
+        "accuracy": best if math.isfinite(best) else 0.0,
         "seconds": float(df["train_seconds"].max()),
         "reports": len(df),
         "diverged": dead or nonfinite,

@@ -117,7 +117,13 @@ def _by_group(analysis: Any) -> dict[str, list[tuple[dict[str, Any], Any]]]:
 def _summarise(trials: list[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
     return {
         "trial_seconds": round(sum(float(df["train_seconds"].max()) for _, df in trials), 2),
-        "best_accuracy": round(max(float(df["test_accuracy"].max()) for _, df in trials), 4),
+        # pandas' max skips NaN accuracies (a model whose every score is NaN has none)
+        "best_accuracy": round(
+            max(
+                (a for _, df in trials if (a := float(df["test_accuracy"].max())) == a), default=0.0
+            ),
+            4,
+        ),
         "tune_time_total_s": round(sum(float(df["time_total_s"].max()) for _, df in trials), 2),
         "epochs": int(sum(len(df) for _, df in trials)),
     }

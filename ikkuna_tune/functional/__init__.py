@@ -5,6 +5,7 @@ from ikkuna_tune.functional.accuracy import (
     class_counts,
     correct,
     count_correct,
+    count_predictions,
     predictions,
 )
 from ikkuna_tune.functional.cca import cca
@@ -27,6 +28,7 @@ __all__ = [
     "class_counts",
     "correct",
     "count_correct",
+    "count_predictions",
     "histogram",
     "mean",
     "norm",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 __all__ = [
+    "Counts",
     "accuracy",
     "check_targets",
     "check_top_label",
@@ -12,7 +15,9 @@ __all__ = [
     "class_range",
     "correct",
     "count_correct",
+    "count_predictions",
     "predictions",
+    "rate",
 ]
 
 
@@ -24,17 +29,28 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
     1. Shape ``(N,)`` or ``(N, 1)``: one logit per sample for binary classification, predicting
     class 1 where it is positive.
 
+    A sample whose scores hold a NaN has no prediction: -1, which equals no class (an arg-max
+    would read the NaN as the largest score and name its class).
+
     Examples:
         >>> predictions(torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2]]))
         tensor([0, 1, 0])
         >>> predictions(torch.tensor([-1.0, 2.0]))  # one logit per sample
         tensor([0, 1])
+        >>> predictions(torch.tensor([[2.0, 0.5], [float("nan"), 0.9]]))
+        tensor([ 0, -1])
     """
     if output.dim() == 0:
         raise ValueError("Expected a batch of outputs but got a 0-d tensor")
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
-        return (output.reshape(-1) > 0).long()
-    return output.argmax(dim=1)
+        flat = output.reshape(-1)
+        return torch.where(flat.isnan(), -1, (flat > 0).long())
+    return _unless_nan(output.argmax(dim=1), output, 1)
+
+
+def _unless_nan(pred: torch.Tensor, output: torch.Tensor, classes: int) -> torch.Tensor:
+    """``pred``, with -1 where the scores along dimension ``classes`` of ``output`` hold a NaN."""
+    return torch.where(output.isnan().any(dim=classes), -1, pred)
 
 
 def _one_logit(x: torch.Tensor) -> bool:
@@ -186,10 +202,36 @@ def _targets_message(target: torch.Tensor, output: torch.Tensor | None, got: str
     )
 
 
+class Counts(NamedTuple):
+    """What :func:`count_predictions` counted in one batch: 0-d int64 tensors on the outputs'
+    device, to be summed over batches."""
+
+    #: targets whose prediction equals them
+    correct: torch.Tensor
+    #: counted targets (those not ignored)
+    total: torch.Tensor
+    #: counted targets with a prediction (scores without NaN)
+    predicted: torch.Tensor
+
+
 def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(correct, total)``: the number of correct predictions (see :func:`correct`) and the
-    number of counted targets, both 0-d int64 tensors on ``output``'s device (no
-    synchronisation). Sum both over batches for a data set's accuracy.
+    """``(correct, total)`` of :func:`count_predictions`.
+
+    Examples:
+        >>> count_correct(torch.tensor([[2.0, 0.5], [0.1, 0.9]]), torch.tensor([0, 0]))
+        (tensor(1), tensor(2))
+    """
+    counts = count_predictions(output, target)
+    return counts.correct, counts.total
+
+
+def count_predictions(output: torch.Tensor, target: torch.Tensor) -> Counts:
+    """:class:`Counts`: the number of correct predictions (see :func:`correct`), the number of
+    counted targets and how many of those have a prediction, as 0-d int64 tensors on
+    ``output``'s device (no synchronisation). Sum them over batches for a data set's accuracy.
+
+    A sample whose scores hold a NaN has no prediction (:func:`predictions`): it counts in
+    ``total`` and is never correct.
 
     Negative class indices (an ignore index such as ``-100``, the padding of a sequence, as
     :func:`torch.nn.functional.cross_entropy` ignores them) count neither as correct nor in
@@ -205,18 +247,20 @@ def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
 
     Examples:
         >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
-        >>> count_correct(output, torch.tensor([0, 1, 1, -100]))  # the last target is ignored
-        (tensor(2), tensor(3))
+        >>> count_predictions(output, torch.tensor([0, 1, 1, -100]))  # the last is ignored
+        Counts(correct=tensor(2), total=tensor(3), predicted=tensor(3))
         >>> logits = torch.zeros(2, 3, 5)  # 2 sequences of 3 tokens, 5 classes
         >>> logits[..., 4] = 1.0  # class 4 everywhere
-        >>> count_correct(logits, torch.tensor([[4, 4, 0], [4, 1, 4]]))
-        (tensor(4), tensor(6))
+        >>> logits[1, 2, 0] = float("nan")  # no prediction for the last token
+        >>> count_predictions(logits, torch.tensor([[4, 4, 0], [4, 1, 4]]))
+        Counts(correct=tensor(3), total=tensor(6), predicted=tensor(5))
     """
     pred = predictions(output)
     target = _targets(output, target)
     if pred.numel() != target.numel():
         if output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:
-            pred = output.argmax(dim=-1)  # classes last: (N, T, V) logits of a sequence model
+            # classes last: (N, T, V) logits of a sequence model
+            pred = _unless_nan(output.argmax(dim=-1), output, -1)
         else:
             raise ValueError(
                 f"Expected one target per prediction but got outputs of shape "
@@ -226,7 +270,17 @@ def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     pred = pred.reshape(-1)
     target = target.reshape(-1).to(pred.device)
     kept = target >= 0
-    return ((pred == target) & kept).sum(), kept.sum()
+    return Counts(((pred == target) & kept).sum(), kept.sum(), ((pred >= 0) & kept).sum())
+
+
+def rate(counts: Counts) -> torch.Tensor:
+    """``correct / total`` of summed :class:`Counts` as a 0-d float tensor: 0 with nothing to
+    count, NaN when targets were counted but none has a prediction (every sample's scores hold
+    a NaN: a diverged model has no accuracy, rather than that of the class an arg-max of NaN
+    names)."""
+    value = counts.correct.float() / counts.total.clamp(min=1)
+    unscored = (counts.predicted == 0) & (counts.total > 0)
+    return torch.where(unscored, torch.full_like(value, float("nan")), value)
 
 
 def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -254,7 +308,8 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Every sample (every position, for outputs with spatial dimensions) counts once, except those
     whose target is negative (an ignore index, see :func:`count_correct`). A batch with nothing
-    to count (empty, or every target ignored) has accuracy 0.
+    to count (empty, or every target ignored) has accuracy 0. A sample whose scores hold a NaN
+    is never correct, and a batch in which every counted sample's do has accuracy NaN.
 
     Examples:
         >>> output = torch.tensor([[2.0, 0.5], [0.1, 0.9], [0.3, 0.2], [0.0, 1.0]])
@@ -264,9 +319,10 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tensor(1.)
         >>> accuracy(output, torch.full((4,), -100))  # nothing to count
         tensor(0.)
+        >>> accuracy(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))  # diverged
+        tensor(nan)
     """
-    hits, total = count_correct(output, target)
-    return hits.float() / total.clamp(min=1)
+    return rate(count_predictions(output, target))
 
 
 def class_counts(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

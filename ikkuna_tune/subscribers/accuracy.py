@@ -17,7 +17,13 @@ from ikkuna_tune import functional as F
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_int
-from ikkuna_tune.functional.accuracy import check_targets, check_top_label, class_range
+from ikkuna_tune.functional.accuracy import (
+    Counts,
+    check_targets,
+    check_top_label,
+    class_range,
+    rate,
+)
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
@@ -87,9 +93,10 @@ class TrainAccuracySubscriber(PlotSubscriber):
     :meth:`Exporter.wrap_loss` or :meth:`Exporter.publish_labels`). Publishes ``train_accuracy``
     (network-wide, a 0-d tensor) per step. Negative labels (an ignore index such as
     ``cross_entropy``'s ``-100``, e.g. padding) are not counted; a batch with no label left to
-    count has accuracy 0. A step of several forward passes before one optimizer step (gradient
-    accumulation) is one batch: each of its passes publishes the accuracy over all of the step's
-    passes so far, so the last (what a report takes) is that of the whole step.
+    count has accuracy 0; samples whose scores hold a NaN are never correct, and a batch of
+    nothing else has accuracy NaN. A step of several forward passes before one optimizer step
+    (gradient accumulation) is one batch: each of its passes publishes the accuracy over all of
+    the step's passes so far, so the last (what a report takes) is that of the whole step.
 
     The labels of the first step are checked to be classification labels
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
@@ -129,8 +136,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
             publishes={keys.TRAIN_ACCURACY: "META"},
         )
         self._labels_checked = False
-        #: the step being counted and its hits and counted samples so far (device tensors)
-        self._step: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        #: the step being counted and what it counted so far (device tensors)
+        self._step: tuple[int, Counts] | None = None
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
@@ -139,12 +146,17 @@ class TrainAccuracySubscriber(PlotSubscriber):
                 _check_scores(bundle["network_output"])
                 check_targets(bundle["input_labels"], bundle["network_output"])
                 self._labels_checked = True
-            hits, total = F.count_correct(bundle["network_output"], bundle["input_labels"])
+            counts = F.count_predictions(bundle["network_output"], bundle["input_labels"])
             counted = self._step
             if counted is not None and counted[0] == bundle.global_step:  # another pass
-                hits, total = hits + counted[1].to(hits.device), total + counted[2].to(hits.device)
-            self._step = (bundle.global_step, hits, total)
-            self.publish(keys.TRAIN_ACCURACY, hits.float() / total.clamp(min=1), bundle)
+                counts = _added(counted[1], counts)
+            self._step = (bundle.global_step, counts)
+            self.publish(keys.TRAIN_ACCURACY, rate(counts), bundle)
+
+
+def _added(a: Counts, b: Counts) -> Counts:
+    """The sum of two batches' :class:`Counts` (on ``b``'s device)."""
+    return Counts(*(x.to(y.device) + y for x, y in zip(a, b, strict=True)))
 
 
 def _check_scores(output: object) -> None:
@@ -271,7 +283,9 @@ class TestAccuracySubscriber(PlotSubscriber):
     from it, and must not change the training run's draws). Accuracy is correct predictions
     over all samples of the data set, not a mean of batch means; negative labels (an ignore
     index such as ``cross_entropy``'s ``-100``, e.g. padding) are not counted, and a data set
-    with no label left to count has accuracy 0. Publishes ``test_accuracy`` (network-wide, a
+    with no label left to count has accuracy 0. A sample whose scores hold a NaN is never
+    correct, and when every sample's do (a diverged model) the accuracy is NaN, not the share
+    of the class an arg-max of NaN names. Publishes ``test_accuracy`` (network-wide, a
     0-d tensor, at the step of the batch that triggered it) and beside it
     ``test_accuracy_chance``: the accuracy of always answering the data set's most frequent
     class (:attr:`chance`), which SVCCAScheduler uses to stop a trial stuck at chance.
@@ -481,9 +495,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         other = None if exporter is not None and model is exporter.model else model
         ranging = False
         top: tuple[torch.Tensor, int] | None = None  # the largest label, the classes
-        hits: torch.Tensor | None = None
+        tally: Counts | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
-        total: torch.Tensor | None = None
         # a DataLoader draws its base seed (and a shuffling sampler its order) from the global
         # random state: forked, so that evaluating leaves the training run's random draws alone
         devices = []
@@ -514,7 +527,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                     )
                 if check_only:
                     check_targets(batch[1], outputs)
-                    hits, total = F.count_correct(outputs, labels)
+                    tally = F.count_predictions(outputs, labels)
                     break
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
@@ -522,18 +535,17 @@ class TestAccuracySubscriber(PlotSubscriber):
                     ranging = True  # the labels' range is checked over this whole evaluation
                 if ranging:
                     top = class_range(labels, outputs, top)
-                batch_hits, batch_total = F.count_correct(outputs, labels)
-                hits = batch_hits if hits is None else hits + batch_hits
-                total = batch_total if total is None else total + batch_total
+                this = F.count_predictions(outputs, labels)
+                tally = this if tally is None else _added(tally, this)
                 if self._chance is None:
                     counts = _summed(counts, F.class_counts(outputs, labels))
-        if hits is None or total is None:
+        if tally is None:
             raise ValueError("The test data set is empty")
         if check_only:
-            return hits.float() / total.clamp(min=1)
+            return rate(tally)
         if top is not None:
             check_top_label(*top)  # one read back, in the first evaluation only
-        counted = total.clamp(min=1)  # every label ignored: accuracy and chance 0
+        counted = tally.total.clamp(min=1)  # every label ignored: accuracy and chance 0
         if counts is not None:
             self._chance = counts.max().float().to(counted.device) / counted
-        return hits.float() / counted
+        return rate(tally)

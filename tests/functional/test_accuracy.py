@@ -54,3 +54,46 @@ def test_class_counts_against_a_python_count() -> None:
     assert F.class_counts(output, ignored).tolist() == [counted_kept[c] for c in range(6)]
     binary = torch.tensor([1, 1, 1, 0])
     assert F.class_counts(torch.randn(4, generator=g), binary).tolist() == [1, 3]
+
+
+def _nan_free_hits(rows: list[list[float]], targets: list[int]) -> int:
+    """Correct predictions counted in plain Python: a row holding a NaN predicts nothing."""
+    hits = 0
+    for row, t in zip(rows, targets):
+        if any(v != v for v in row):  # NaN
+            continue
+        hits += int(row.index(max(row)) == t)
+    return hits
+
+
+def test_scores_holding_a_nan_are_never_correct() -> None:
+    """A NaN score names no class: an arg-max would read it as the largest and call the row
+    correct whenever the target is the NaN's class."""
+    g = torch.Generator().manual_seed(1)
+    output = torch.randn(40, 5, generator=g)
+    target = torch.randint(0, 5, (40,), generator=g)
+    for i in range(0, 40, 3):
+        output[i, target[i]] = float("nan")  # an arg-max would name the target
+    output[1, (target[1] + 1) % 5] = float("nan")
+    hits = _nan_free_hits(output.tolist(), target.tolist())
+    counts = F.count_predictions(output, target)
+    assert counts.correct.item() == hits
+    assert counts.total.item() == 40 and counts.predicted.item() == 40 - 15
+    assert F.accuracy(output, target).item() == pytest.approx(hits / 40)
+    # one logit per sample: NaN is neither positive nor class 0
+    logits = torch.tensor([float("nan"), -1.0, float("nan"), 2.0])
+    assert F.predictions(logits).tolist() == [-1, 0, -1, 1]
+    assert F.accuracy(logits, torch.tensor([0, 0, 1, 1])).item() == 0.5
+    # a sequence model's (N, T, V) logits, classes last
+    seq = torch.zeros(2, 3, 4)
+    seq[..., 2] = 1.0
+    seq[0, 1, 2] = float("nan")
+    assert F.count_correct(seq, torch.full((2, 3), 2)) == (torch.tensor(5), torch.tensor(6))
+
+
+def test_a_batch_of_nothing_but_nan_scores_has_no_accuracy() -> None:
+    nan = torch.full((6, 3), float("nan"))
+    assert torch.isnan(F.accuracy(nan, torch.zeros(6, dtype=torch.long)))
+    assert torch.isnan(F.accuracy(torch.full((4,), float("nan")), torch.tensor([0, 1, 0, 1])))
+    # ignored targets still count as nothing to count
+    assert F.accuracy(nan, torch.full((6,), -100)).item() == 0.0

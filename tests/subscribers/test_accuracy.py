@@ -488,3 +488,54 @@ def test_the_check_when_attached_changes_nothing(test_set) -> None:
     assert exporter.global_step == 0 and exporter.steps_started == 0
     assert sub.chance is None and not sub._labels_checked
     exporter.close()
+
+
+class NanWhereFirstPixelIsPositive(nn.Module):
+    """A classifier whose scores are NaN for the inputs whose first pixel is positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(36, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.fc(x.flatten(1))
+        return torch.where(x.flatten(1)[:, :1] > 0, torch.nan, scores)
+
+
+def test_test_accuracy_counts_nan_scores_as_wrong_and_all_nan_as_no_accuracy(test_set) -> None:
+    torch.manual_seed(0)
+    model = NanWhereFirstPixelIsPositive()
+    x, y = test_set.tensors
+    with torch.no_grad():
+        rows = model(x).tolist()
+    nan_rows = [i for i, row in enumerate(rows) if any(v != v for v in row)]
+    assert 0 < len(nan_rows) < len(rows)  # the test can tell
+    hits = sum(
+        int(row.index(max(row)) == t)
+        for i, (row, t) in enumerate(zip(rows, y.tolist()))
+        if i not in nan_rows
+    )
+    with ik.Exporter(model) as exporter:
+        sub = ik.TestAccuracySubscriber(
+            test_set, batch_size=4, message_bus=exporter.message_bus, backend=None
+        )
+        assert sub.evaluate().item() == pytest.approx(hits / len(rows))
+        with torch.no_grad():
+            model.fc.weight.fill_(torch.nan)  # diverged: every score NaN
+        assert torch.isnan(sub.evaluate())
+
+
+def test_train_accuracy_of_a_step_of_nan_scores_is_nan(tiny, batch) -> None:
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    collector = MetricCollector(["train_accuracy"])
+    collector.attach(bus)
+    x, y = batch
+    with ik.Exporter(tiny, message_bus=bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        with torch.no_grad():
+            for p in tiny.parameters():
+                p.fill_(torch.nan)
+        loss_fn(tiny(x), y).backward()
+        value = collector.collect()["train_accuracy"]
+    assert value != value  # NaN
