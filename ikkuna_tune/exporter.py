@@ -44,15 +44,21 @@ logger = logging.getLogger(__name__)
 PROBE_TAG = "probe"
 
 
-def _unowned_advice(unowned: dict[str, list[str]]) -> str:
+def _unowned_advice(unowned: dict[str, list[str]], scripted: set[str]) -> str:
     """What ``depth=`` would do about the parameters :func:`unowned_parameters` found: it makes a
     module that holds some a layer, but then its submodules' parameters get no metrics, and
-    no depth makes the model itself a layer."""
+    no depth makes the model itself a layer. The modules named in ``scripted`` are TorchScript
+    modules, which no depth makes layers."""
     by_depth: dict[int, list[str]] = {}
     for name in unowned:
-        if name:
+        if name and name not in scripted:
             by_depth.setdefault(name.count(".") + 1, []).append(name)
     advice = ""
+    if scripted:
+        advice += (
+            f". {sorted(scripted)} are TorchScript modules, which take no Python hooks: use "
+            "their eager form to watch them"
+        )
     if by_depth:
         choices = "; ".join(
             f"depth={depth} makes {names} layers" for depth, names in by_depth.items()
@@ -66,6 +72,12 @@ def _unowned_advice(unowned: dict[str, list[str]]) -> str:
     if "" in unowned:
         advice += ". Parameters held by the model itself belong to no layer at any depth"
     return advice
+
+
+def _scripted(model: nn.Module, names: Iterable[str]) -> set[str]:
+    """Those of the modules ``names`` of ``model`` that are TorchScript modules."""
+    modules = dict(model.named_modules())
+    return {n for n in names if isinstance(modules.get(n), torch.jit.ScriptModule)}
 
 
 class Exporter(StepHooks, LayerFreezing):
@@ -192,6 +204,13 @@ class Exporter(StepHooks, LayerFreezing):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Expected `model` to be a torch.nn.Module but got {type(model)}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(
+                f"Expected an eager torch.nn.Module but got a TorchScript module "
+                f"({type(model).__name__}, from torch.jit.script or torch.jit.trace), whose layers "
+                "take no Python hooks: watch the eager model (torch.compile keeps its layers "
+                "watchable)"
+            )
         lazy = [name for name, p in model.named_parameters() if is_lazy(p)]
         if lazy:
             raise ValueError(
@@ -235,7 +254,7 @@ class Exporter(StepHooks, LayerFreezing):
                     "weight, gradient or update metrics, nor are they frozen with a layer: %s (a "
                     "layer is a leaf module that holds parameters)%s",
                     ", ".join(f"{name or '<model>'!r}: {held}" for name, held in unowned.items()),
-                    _unowned_advice(unowned),
+                    _unowned_advice(unowned, _scripted(unwrapped(model), unowned)),
                 )
         self.model = model
         #: The optimizers, in the order given (empty without one).

@@ -301,6 +301,9 @@ def select_modules(
     for name, module in model.named_modules():
         if any(name == c or name.startswith(c + ".") for c in inside):
             continue
+        if isinstance(module, torch.jit.ScriptModule):
+            inside.append(name)  # TorchScript takes no Python hooks: no layer in or at it
+            continue
         if parametrize.is_parametrized(module):
             inside.append(f"{name}.parametrizations" if name else "parametrizations")
         if not name and _children(model):
@@ -343,6 +346,12 @@ def unowned_parameters(model: nn.Module, layers: Mapping[str, nn.Module]) -> dic
         if parametrize.is_parametrized(module):
             inside.append(f"{name}.parametrizations" if name else "parametrizations")
         if id(module) in chosen:
+            continue
+        if isinstance(module, torch.jit.ScriptModule):  # opaque: all it holds, by full name
+            inside.append(name)
+            held = [n for n, _ in module.named_parameters()]
+            if held:
+                unowned[name] = held
             continue
         held = [n for n, p in module._parameters.items() if p is not None]
         if held:

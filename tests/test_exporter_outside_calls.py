@@ -356,3 +356,40 @@ def test_parts_called_between_optimizers_that_step_in_turn_stay_in_one_step() ->
         for kind in ("activations", "weight_gradients"):
             steps = sorted({step for k, name, step, _, _ in seen if k == kind and name == key})
             assert steps == [0, 1, 2, 3], (kind, key)
+
+
+@pytest.mark.parametrize("convert", ["script", "trace"])
+def test_a_torchscript_model_is_refused_with_what_to_watch_instead(convert) -> None:
+    eager = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = (
+        torch.jit.script(eager)
+        if convert == "script"
+        else torch.jit.trace(eager, torch.randn(2, 3))
+    )
+    with pytest.raises(ValueError, match=r"TorchScript module .*watch the eager model"):
+        ik.Exporter(model)
+
+
+def test_a_scripted_part_is_no_layer_and_the_eager_layers_are_watched(caplog) -> None:
+    """A model holding a TorchScript submodule: the submodule is no layer (its parameters are
+    named as untracked, with what to do), and the eager layers' updates are the real ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), torch.jit.script(nn.Linear(4, 4)), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    updates: dict[str, torch.Tensor] = {}
+    ik.CallbackSubscriber(
+        ["weight_updates"], lambda m: updates.__setitem__(m.key, m.data.clone()), bus
+    )
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        exporter = ik.Exporter(model, opt, bus)
+    assert list(exporter.modules) == ["0", "2"]
+    assert "'1': ['weight', 'bias']" in caplog.text and "['1'] are TorchScript" in caplog.text
+    assert "depth=1" not in caplog.text  # no depth makes a TorchScript module a layer
+    before = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    with exporter:
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(5, 3)), torch.tensor([0, 1, 0, 1, 1])).backward()
+        opt.step()
+    assert torch.allclose(updates["0"], model[0].weight.detach() - before[0])
+    assert torch.allclose(updates["2"], model[2].weight.detach() - before[1])
