@@ -280,7 +280,8 @@ def select_modules(
     class(es), subclasses included. A layer parametrised with ``torch.nn.utils.parametrize``
     (``parametrizations.weight_norm``, ``spectral_norm``, ``orthogonal``, ...) is a leaf that
     holds the parameters of its parametrisations; nothing inside its ``parametrizations``
-    container is a layer.
+    container is a layer. A TorchScript submodule (``torch.jit.script`` or ``trace``) takes no
+    Python hooks: neither it nor anything inside it is a layer.
 
     Examples:
         >>> from torch import nn
