@@ -6,6 +6,7 @@ Exporter reads of a model (layers, weights and biases, outputs) in :mod:`ikkuna_
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
@@ -80,6 +82,19 @@ def _scripted(model: nn.Module, names: Iterable[str]) -> set[str]:
     return {n for n in names if isinstance(modules.get(n), torch.jit.ScriptModule)}
 
 
+def _on_every_optimizer_step(exporter: Exporter) -> RemovableHandle:
+    """A global step pre-hook, for every optimizer, that tells ``exporter`` (held weakly: the
+    hook does not keep it alive) which optimizer is about to step."""
+    ref = weakref.ref(exporter)
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        watcher = ref()
+        if watcher is not None:
+            watcher._on_unwatched_step(optimizer)
+
+    return register_optimizer_step_pre_hook(hook)
+
+
 class Exporter(StepHooks, LayerFreezing):
     """Hooks ``model`` (and its optimizers) and publishes what flows through training.
 
@@ -117,7 +132,11 @@ class Exporter(StepHooks, LayerFreezing):
     its parameter. The parameters of a layer that none of them holds get no ``*_gradients`` and
     no ``*_updates`` messages (rather than an update of 0 that did not happen); the Exporter
     warns once, at construction, naming those layers. Optimizers are matched with parameters at
-    construction.
+    construction (and again when one gains a parameter group). A training stage that builds a
+    new optimizer (fine-tuning the whole model after training its head) hands it over with
+    :meth:`set_optimizers`; until then its steps end no training step (the forward passes pile
+    up in one step, as if accumulating gradients) and are not measured, and the Exporter warns
+    at the first step of an optimizer it does not watch that steps the model's parameters.
 
     **Frozen layers** (:meth:`freeze`) publish an update of exactly zero (one zero tensor kept
     per layer, not one per step) and no ``*_gradients``.
@@ -281,6 +300,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._step_open = False
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
+        self._stepping = 0
         self._epoch_open = False
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
@@ -322,13 +342,10 @@ class Exporter(StepHooks, LayerFreezing):
             model.register_forward_pre_hook(CopySafeHook(self._on_forward_start))
         )
         self._base_handles.append(model.register_forward_hook(CopySafeHook(self._on_forward_end)))
-        for index, opt in enumerate(optimizers):
-            pre, post = (
-                CopySafeHook(self._on_optimizer_pre, index),
-                CopySafeHook(self._on_optimizer_post, index),
-            )
-            self._base_handles.append(opt.register_step_pre_hook(pre))
-            self._base_handles.append(opt.register_step_post_hook(post))
+        self._optimizer_handles: list[RemovableHandle] = self._hook_optimizers(optimizers)
+        # optimizers not watched that stepped while watching: checked for the model's parameters
+        self._seen_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._base_handles.append(_on_every_optimizer_step(self))
         try:
             for subscriber in message_bus.subscribers:
                 self.check_subscriber(subscriber)
@@ -358,9 +375,10 @@ class Exporter(StepHooks, LayerFreezing):
         self._finish_step()
         remove_receiver(self._receiver)
         self.message_bus.flush()
-        for handle in self._base_handles:
+        for handle in (*self._base_handles, *self._optimizer_handles):
             handle.remove()
         self._base_handles.clear()
+        self._optimizer_handles.clear()
         for handles in self._kind_handles.values():
             for handle in handles:
                 handle.remove()
@@ -420,6 +438,88 @@ class Exporter(StepHooks, LayerFreezing):
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
         return output_tensor(self.model, output, self._output_fn)
+
+    def _hook_optimizers(
+        self, optimizers: Sequence[torch.optim.Optimizer]
+    ) -> list[RemovableHandle]:
+        """Register the step hooks of ``optimizers`` (in the order watched); their handles."""
+        handles = []
+        for index, opt in enumerate(optimizers):
+            handles.append(opt.register_step_pre_hook(CopySafeHook(self._on_optimizer_pre, index)))
+            handles.append(
+                opt.register_step_post_hook(CopySafeHook(self._on_optimizer_post, index))
+            )
+        return handles
+
+    def set_optimizers(
+        self, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
+    ) -> None:
+        """Watch ``optimizer`` (one, a sequence of them, or None) from now on, in place of the
+        optimizers watched so far; call it between training steps (after ``optimizer.step()``,
+        before the next forward pass).
+
+        For a training stage with an optimizer of its own: after training a head with one
+        optimizer, fine-tuning the whole model with a new one. The optimizers watched so far
+        are no longer hooked; an optimizer kept from before keeps counting, and a new
+        optimizer's parameters are matched with the layers as at construction (with the same
+        warnings about layers none of them steps). Pass the old and the new optimizer together
+        to watch both.
+
+        Raises:
+            ValueError: for anything but optimizers, or None while a subscriber wants a kind
+                that needs an optimizer (updates); nothing changes then.
+            RuntimeError: after :meth:`close`.
+
+        Examples:
+            >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+            >>> head = torch.optim.SGD(model[2].parameters(), lr=0.1)
+            >>> exporter = Exporter(model, head)
+            >>> whole = torch.optim.Adam(model.parameters())
+            >>> exporter.set_optimizers(whole)
+            >>> exporter.optimizers == (whole,)
+            True
+        """
+        optimizers = check_optimizers(optimizer)
+        if self._closed:
+            raise RuntimeError("set_optimizers() after close(): this Exporter watches nothing")
+        if not optimizers:
+            needing = sorted(k for k in self._wanted if k in UPDATE_KINDS)
+            if needing:
+                raise ValueError(
+                    f"Expected an optimizer, since subscribers want kinds {needing}, which "
+                    "need one, but got None"
+                )
+        # a step still open now was stepped by an optimizer not watched (or by none): it ends
+        # here, so that the next training pass starts a step of the optimizers watched now
+        self._finish_step()
+        stepped = {id(self.optimizers[i]) for i in self._stepped}
+        for handle in self._optimizer_handles:
+            handle.remove()
+        self._optimizer_handles = self._hook_optimizers(optimizers)
+        self.optimizers = optimizers
+        self.optimizer = optimizers[0] if optimizers else None
+        self._stepped = {i for i, opt in enumerate(optimizers) if id(opt) in stepped}
+        self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
+        self._name_optimizer_layers()
+        self._sync_hooks()  # without optimizers, gradients are read per parameter
+
+    def _on_unwatched_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer stepped: warn once if it is not watched but steps the model."""
+        if self._closed or self._stepping or any(optimizer is opt for opt in self.optimizers):
+            return  # watched, or run by a watched optimizer's step (a wrapper's inner one)
+        if optimizer in self._seen_optimizers:
+            return
+        self._seen_optimizers.add(optimizer)
+        mine = {id(p) for p in self.model.parameters()}
+        if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+            logger.warning(
+                "A %s that the Exporter does not watch steps parameters of the watched model: "
+                "its steps end no training step (the forward passes pile up in one step, as if "
+                "accumulating gradients) and its gradients and updates are not measured. Hand "
+                "it over with exporter.set_optimizers(optimizer) (a list to keep watching the "
+                "others too)",
+                type(optimizer).__name__,
+            )
 
     def _name_optimizer_layers(self) -> None:
         """The names of the layers each optimizer steps, by role, and the number of parameter

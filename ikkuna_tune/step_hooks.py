@@ -150,6 +150,7 @@ class StepHooks:
     _steps_started: int
     _step_open: bool
     _stepped: set[int]
+    _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _epoch_open: bool
     _pass_tag: str
     _probe_tag: str | None
@@ -571,6 +572,7 @@ class StepHooks:
     def _on_optimizer_pre(
         self, index: int, optimizer: torch.optim.Optimizer, *args: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        self._stepping += 1
         if not self._step_open:
             # no training-mode forward pass opened this step: the model trains in eval mode
             # (batch-norm statistics frozen, say), or the optimizer steps before its closure's
@@ -698,6 +700,7 @@ class StepHooks:
         return self._buffer_like(self._zero_updates, key, param, torch.zeros_like)
 
     def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
+        self._stepping = max(0, self._stepping - 1)
         layers = self._optimizer_layers[index]
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])

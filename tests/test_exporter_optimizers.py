@@ -388,3 +388,78 @@ def test_an_update_is_the_optimizer_steps_change_not_the_forward_passs(subsample
     assert len(weights) == 4
     for start, published_weights in zip(starts, weights):
         torch.testing.assert_close(published_weights, start)
+
+
+def _step(model, opt, x, y) -> None:
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_a_new_stages_optimizer_is_warned_about_then_handed_over(tiny, batch, caplog) -> None:
+    """Train the head with one optimizer, then the whole model with a new one: steps of the
+    new optimizer, not watched, end no training step and are warned about once; after
+    set_optimizers every step is a step and every layer's update is the real change."""
+    x, y = batch
+    head = list(tiny.named_children())[-1][0]
+    stage1 = torch.optim.SGD(getattr(tiny, head).parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, _UPDATES)
+    with ik.Exporter(tiny, stage1, bus) as exporter:
+        for _ in range(2):
+            _step(tiny, stage1, x, y)
+        assert exporter.global_step == 1
+        stage2 = torch.optim.Adam(tiny.parameters(), lr=0.01)
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+            for _ in range(2):
+                _step(tiny, stage2, x, y)
+        warned = [r for r in caplog.records if "does not watch" in r.getMessage()]
+        assert len(warned) == 1 and "set_optimizers" in warned[0].getMessage()
+        assert exporter.global_step == 2  # the two passes piled up in one step
+        exporter.set_optimizers(stage2)
+        assert exporter.optimizers == (stage2,) and exporter.optimizer is stage2
+        got.clear()
+        for step in range(3):
+            before = _params(tiny)
+            _step(tiny, stage2, x, y)
+            after = _params(tiny)
+            assert exporter.global_step == 3 + step
+            for name in before:
+                layer, attr = name.rsplit(".", 1)
+                kind = "weight_updates" if attr == "weight" else "bias_updates"
+                update = [d for k, kk, s, d in got if (k, kk, s) == (kind, layer, 3 + step)]
+                assert len(update) == 1
+                torch.testing.assert_close(update[0], after[name] - before[name])
+    assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
+
+
+def test_set_optimizers_validates_and_a_wrapped_inner_optimizer_is_not_warned_about(
+    tiny, batch, caplog
+) -> None:
+    class Wrapper(torch.optim.Optimizer):
+        """An optimizer that steps another (as accelerate's AcceleratedOptimizer does)."""
+
+        def __init__(self, inner: torch.optim.Optimizer) -> None:
+            self.inner = inner
+            super().__init__([p for g in inner.param_groups for p in g["params"]], {})
+
+        def step(self, closure=None):  # type: ignore[override]
+            return self.inner.step(closure)
+
+    x, y = batch
+    wrapped = Wrapper(torch.optim.SGD(tiny.parameters(), lr=0.1))
+    bus = MessageBus()
+    _record(bus, _UPDATES)
+    with ik.Exporter(tiny, wrapped, bus) as exporter:
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+            for _ in range(2):
+                _step(tiny, wrapped, x, y)
+        assert exporter.global_step == 1
+        assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
+        with pytest.raises(ValueError, match=r"kinds \['bias_updates', 'weight_updates'\]"):
+            exporter.set_optimizers(None)
+        with pytest.raises(ValueError, match="Expected `optimizer`"):
+            exporter.set_optimizers("sgd")  # type: ignore[arg-type]
+        assert exporter.optimizers == (wrapped,)  # nothing changed
+    with pytest.raises(RuntimeError, match="after close"):
+        exporter.set_optimizers(wrapped)

@@ -204,7 +204,13 @@ def _targets_message(target: torch.Tensor, output: torch.Tensor | None, got: str
 
 class Counts(NamedTuple):
     """What :func:`count_predictions` counted in one batch: 0-d int64 tensors on the outputs'
-    device, to be summed over batches."""
+    device, to be summed over batches.
+
+    Examples:
+        >>> counts = count_predictions(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
+        >>> int(counts.correct), int(counts.total), int(counts.predicted)
+        (1, 2, 2)
+    """
 
     #: targets whose prediction equals them
     correct: torch.Tensor
@@ -277,7 +283,14 @@ def rate(counts: Counts) -> torch.Tensor:
     """``correct / total`` of summed :class:`Counts` as a 0-d float tensor: 0 with nothing to
     count, NaN when targets were counted but none has a prediction (every sample's scores hold
     a NaN: a diverged model has no accuracy, rather than that of the class an arg-max of NaN
-    names)."""
+    names).
+
+    Examples:
+        >>> rate(Counts(torch.tensor(3), torch.tensor(4), torch.tensor(4)))
+        tensor(0.7500)
+        >>> rate(Counts(torch.tensor(0), torch.tensor(4), torch.tensor(0)))
+        tensor(nan)
+    """
     value = counts.correct.float() / counts.total.clamp(min=1)
     unscored = (counts.predicted == 0) & (counts.total > 0)
     return torch.where(unscored, torch.full_like(value, float("nan")), value)
