@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ikkuna_tune import functional as F
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.messages import (
     DATA_KINDS,
@@ -129,7 +130,7 @@ class MessageMeanSubscriber(PlotSubscriber):
     def _publish(self, key: tuple[str, int]) -> None:
         values = self._groups.pop(key)
         source = self._sources.pop(key)
-        self.publish(self.published_kind, torch.stack(values).float().mean(), source)
+        self.publish(self.published_kind, F.mean(torch.stack(values)), source)
 
     def _publish_all(self) -> None:
         for key in list(self._groups):

@@ -196,6 +196,26 @@ def test_message_mean_is_the_mean_over_layers_of_one_step(tiny, batch) -> None:
     torch.testing.assert_close(torch.stack([d for *_, d in got]), torch.stack(expected))
 
 
+def test_message_mean_of_float64_values_is_float64() -> None:
+    """A float64 model's per-layer norms average in float64, as plain float64 arithmetic does,
+    not rounded through float32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double()
+    bus = MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    mean = ik.MessageMeanSubscriber("weights_norm2", bus, backend=None)
+    got = _collect(bus, mean.published_kind)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = [torch.linalg.vector_norm(model[i].weight.detach()) for i in (0, 1)]
+    with ik.Exporter(model, opt, bus):
+        model(torch.randn(5, 3, dtype=torch.float64)).sum().backward()
+        opt.step()
+    ((_, _, data),) = got
+    assert data.dtype == torch.float64
+    assert data.item() == ((norms[0] + norms[1]) / 2).item()
+    assert data.item() != ((norms[0] + norms[1]).float() / 2).item()  # the test can tell
+
+
 def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
     with pytest.raises(ValueError, match="per-layer kind .* network kind 'loss'"):
         ik.MessageMeanSubscriber("loss")
