@@ -107,7 +107,8 @@ class Exporter(StepHooks, LayerFreezing):
     is about to use it: with gradient accumulation, the sum of the step's backward passes) and
     ``weight_updates``/``bias_updates`` (what that optimizer step changed, copied as it begins:
     a change the forward pass makes in place, such as ``nn.Embedding(max_norm=...)``'s
-    renormalisation of the rows it looks up, is in no update) of the layers that optimizer
+    renormalisation of the rows it looks up, is in no update; in float32 for half-precision
+    parameters, whose own dtype would round the difference) of the layers that optimizer
     trains, and once every optimizer has stepped ``batch_finished``. Without an optimizer,
     gradients are published during backward, each once accumulated, and a step ends at the next
     training forward, :meth:`epoch_finished` or :meth:`close`.

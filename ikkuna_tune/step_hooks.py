@@ -107,12 +107,23 @@ def _present(
     return [e for e, _ in pairs], [t for _, t in pairs]  # type: ignore[misc]
 
 
+#: Half-precision parameters' updates are kept in float32: the difference of two bfloat16
+#: (or float16) values is a float32 number (exactly, unless their exponents differ by more than
+#: 16), but rounds to 8 (or 11) bits in their own dtype.
+_UPDATE_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def _update_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype of ``param``'s update (and of the snapshot it is computed in)."""
+    return _UPDATE_DTYPES.get(param.dtype, param.dtype)
+
+
 def _fits(buffer: torch.Tensor | None, param: torch.Tensor) -> bool:
-    """Whether ``buffer`` can hold a copy of ``param`` (see :meth:`StepHooks._buffer_like`)."""
+    """Whether ``buffer`` can hold ``param``'s update (see :meth:`StepHooks._buffer_like`)."""
     return (
         buffer is not None
         and buffer.shape == param.shape
-        and buffer.dtype == param.dtype
+        and buffer.dtype == _update_dtype(param)
         and buffer.device == param.device
     )
 
@@ -666,7 +677,7 @@ class StepHooks:
         ``torch.zeros_like``) when missing or no longer of ``param``'s shape, dtype or device."""
         buffer = store.get(key)
         if not _fits(buffer, param):
-            buffer = store[key] = make(param, requires_grad=False)
+            buffer = store[key] = make(param, dtype=_update_dtype(param), requires_grad=False)
         return buffer  # type: ignore[return-value]
 
     def _snapshot(self, key: tuple[str, str], param: torch.Tensor) -> torch.Tensor:

@@ -463,3 +463,27 @@ def test_set_optimizers_validates_and_a_wrapped_inner_optimizer_is_not_warned_ab
         assert exporter.optimizers == (wrapped,)  # nothing changed
     with pytest.raises(RuntimeError, match="after close"):
         exporter.set_optimizers(wrapped)
+
+
+def test_a_half_precision_layers_update_is_the_exact_change_in_float32() -> None:
+    """bfloat16 weights: the update is ``after - before`` exactly (float32 holds it), not that
+    difference rounded to bfloat16."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 3)).to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=2.0)  # large steps: weights cross zero
+    bus = MessageBus()
+    got = _record(bus, ["weight_updates"])
+    x = torch.randn(32, 8, dtype=torch.bfloat16)
+    y = torch.randint(0, 3, (32,))
+    with ik.Exporter(model, opt, bus):
+        before = _params(model)
+        _step(model, opt, x, y)
+        after = _params(model)
+    rounded = 0
+    for layer in ("0", "1"):
+        exact = after[f"{layer}.weight"].float() - before[f"{layer}.weight"].float()
+        update = _only(got, "weight_updates", layer)
+        assert update.dtype == torch.float32
+        torch.testing.assert_close(update, exact, rtol=0, atol=0)
+        rounded += int((exact.to(torch.bfloat16).float() != exact).sum())
+    assert rounded > 0  # the test can tell: bfloat16 would have rounded some updates
