@@ -27,8 +27,11 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``protect_top``-th best other trial (a slow starter at chance for the first reports, which
   then learns, is left running until then); and a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
-  ``optimism`` times its best recent rate until the budget ends, is stopped (so the best
-  configurations always run to the end); that rate is measured only once the trial has gained
+  ``optimism`` times its best recent rate until the budget ends, and is further from it than
+  its noise (:func:`noise_band`) and than ``reach_margin`` of its way from its first value to
+  it, is stopped (so the best configurations always run to the end, and the good ones run
+  until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
+  reports, show no rate); that rate is measured only once the trial has gained
   ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
   after ``stall_share`` of the budget (a flat start is no rate); while its latest gain is its
   largest yet (a curve still speeding up), its gains are taken to keep growing by as much as
@@ -57,6 +60,7 @@ __all__ = [
     "freeze_candidates",
     "layer_settled",
     "metric_swing",
+    "noise_band",
     "others_best_so_far",
     "stop_verdict",
 ]
@@ -89,6 +93,7 @@ class ConvergenceRules:
     protect_top: int = 3
     grace: int = 2  # reports before a trial may be stopped as stuck or behind
     stall_share: float = 1 / 3  # of the budget, after which a stuck trial stops, layers moving
+    reach_margin: float = 0.25  # of its way to the target: closer, never "cannot reach"
 
 
 #: The share of its way from its first reported value to the value it must reach that a trial
@@ -236,10 +241,26 @@ def metric_swing(metric: list[float], window: int) -> float:
     return max((abs(b - a) for a, b in itertools.pairwise(recent)), default=0.0)
 
 
+def noise_band(trial: TrialHistory, rules: ConvergenceRules) -> float:
+    """How far the trial's metric moves from one report to the next, as an allowance for noise:
+    its :func:`metric_swing` over the last ``settle_window`` reports or the last half of its
+    reports, whichever is longer (a few quiet reports of a noisy metric do not make it
+    precise), and at least ``min_delta``.
+
+    Examples:
+        >>> trial = TrialHistory()
+        >>> for acc in [0.80, 0.90, 0.93, 0.91, 0.93, 0.931, 0.932, 0.931]:
+        ...     trial.add(acc, {}, {}, {})
+        >>> round(noise_band(trial, ConvergenceRules()), 6)  # the last 3 alone: 0.001
+        0.02
+    """
+    window = max(rules.settle_window, trial.reports // 2)
+    return max(rules.min_delta, metric_swing(trial.metric, window))
+
+
 def among_best(trial: TrialHistory, others_best: list[float], rules: ConvergenceRules) -> bool:
     """Whether the trial may still end among the ``protect_top`` best: fewer than
-    ``protect_top`` other trials are ahead of its best by more than its :func:`metric_swing`
-    over the last ``settle_window`` reports (at least ``min_delta``).
+    ``protect_top`` other trials are ahead of its best by more than its :func:`noise_band`.
 
     ``others_best`` holds each other trial's best over as many reports as this trial has made
     (:func:`others_best_so_far`): a trial that started late (trials run a few at a time) is
@@ -261,7 +282,7 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
         False
     """
     own = trial.best()
-    band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
+    band = noise_band(trial, rules)
     ahead = sum(1 for best in others_best if best > own + band)
     return ahead < rules.protect_top
 
@@ -472,13 +493,22 @@ def stop_verdict(
             growth = steps[-1] - max([0.0, *steps[:-1]])
             gain += growth * remaining * (remaining + 1) / 2
         reachable = trial.best() + rules.optimism * gain
-        if reachable < target:
+        # a trial close to the target is not judged by its rate: a few reports of noise, a
+        # plateau before a learning-rate drop, read as no rate at all, and the top of the
+        # sweep is where its answer lies (how the good trials compare)
+        near = max(2 * noise_band(trial, rules), rules.reach_margin * (target - first))
+        if reachable < target and target - trial.best() > near:
             return Decision(
                 "stop",
                 f"cannot reach the top {rules.protect_top}",
                 it,
                 None,
-                {"best": trial.best(), "reachable": reachable, "target": target},
+                {
+                    "best": trial.best(),
+                    "reachable": reachable,
+                    "target": target,
+                    "margin": near,
+                },
             )
     return None
 
@@ -515,7 +545,7 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
     if len(bests) < rules.protect_top or not among_best(trial, bests, rules):
         return False
     own = trial.best()
-    band = max(rules.min_delta, metric_swing(trial.metric, rules.settle_window))
+    band = noise_band(trial, rules)
     others_learn = any(max(f) - f[0] >= rules.stall_delta for f in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 

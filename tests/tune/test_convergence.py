@@ -10,7 +10,10 @@ from ikkuna_tune.tune.convergence import (
     STARTED_SHARE,
     ConvergenceRules,
     TrialHistory,
+    among_best,
     freeze_candidates,
+    metric_swing,
+    noise_band,
     stop_verdict,
 )
 
@@ -263,3 +266,43 @@ def test_a_sparse_metric_is_compared_once_it_has_settle_window_values() -> None:
     behind = _drifting([nan, 0.5, nan, 0.5, nan, 0.5])
     stop = stop_verdict(behind, RULES, others, budget=10)
     assert stop is not None and stop.rule == "stuck: no progress while others learned"
+
+
+def test_a_good_trial_in_a_noisy_dip_or_on_a_plateau_near_the_top_is_not_stopped() -> None:
+    """A trial whose test accuracy fell three reports in a row (noise) has no recent rate: it
+    was stopped 0.3 points below the third best at report 7 of 20, though it ends best of all.
+    Near the target (within twice its noise, or a quarter of its way from its first value)
+    it runs on; far behind, with the same flat stretch, it is stopped."""
+    dip = [0.810, 0.882, 0.914, 0.916, 0.913, 0.909, 0.906]
+    others = [
+        [0.819, 0.884, 0.915, 0.917, 0.914, 0.909, 0.922],
+        [0.820, 0.866, 0.901, 0.914, 0.920, 0.915, 0.914],
+        [0.822, 0.878, 0.907, 0.917, 0.915, 0.909, 0.919],
+    ]
+    assert stop_verdict(_drifting(dip), RULES, others, budget=20) is None
+    # a plateau 0.2 points below the top before a late learning-rate drop
+    plateau = [0.80, 0.90, 0.93, 0.94, 0.94, 0.939, 0.94, 0.94, 0.939, 0.94]
+    ahead = [[0.80, 0.91, 0.94, 0.942, 0.942, 0.942, 0.942, 0.942, 0.942, 0.942]] * 3
+    assert stop_verdict(_drifting(plateau), RULES, ahead, budget=30) is None
+    # the same flat stretch 20 points below the others: clearly behind
+    behind = [v - 0.2 for v in dip]
+    stop = stop_verdict(_drifting(behind), RULES, others, budget=20)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    gap = stop.values["target"] - stop.values["best"]
+    assert stop.values["target"] == 0.919  # the third best of the others
+    assert gap > stop.values["margin"]
+    assert stop.values["margin"] == pytest.approx(RULES.reach_margin * (0.919 - 0.61))
+
+
+def test_among_best_reads_the_noise_of_the_last_half_of_the_reports() -> None:
+    """A noisy trial whose last three reports happen to be quiet is still as noisy: the best
+    configuration of a small validation set was frozen when its band was read from those three
+    reports alone (0.003) while others stood 0.5 to 1 point ahead of it by noise."""
+    trial = TrialHistory()
+    for acc in [0.90, 0.93, 0.945, 0.93, 0.95, 0.935, 0.95, 0.951, 0.948, 0.950]:
+        trial.add(acc, {}, {}, {})
+    assert metric_swing(trial.metric, RULES.settle_window) == pytest.approx(0.003)
+    assert noise_band(trial, RULES) == pytest.approx(0.015)
+    others = [0.956, 0.958, 0.961]  # 0.5 to 1 point ahead
+    assert among_best(trial, others, RULES)
+    assert not among_best(trial, [0.97, 0.975, 0.98], RULES)  # 2 points and more: behind
