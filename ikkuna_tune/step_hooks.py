@@ -188,6 +188,8 @@ class StepHooks:
     _warned_eval_step: bool = False
     _warned_nested: bool = False
     _warned_recomputed: bool = False
+    _warned_regradient: bool = False
+    _warned_restep: bool = False
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
@@ -453,7 +455,7 @@ class StepHooks:
             self._emit_layer("activations", named, output.detach(), tag)
         if self._want_layer_gradients and tag == DEFAULT_TAG:
             if output.requires_grad:
-                output.register_hook(partial(self._on_layer_gradient, named))
+                output.register_hook(partial(self._on_layer_gradient, named, [0]))
             elif not torch.is_grad_enabled():  # inside a reentrant activation checkpoint
                 self._deferred_gradients.setdefault(named.module, []).append(named)
 
@@ -488,7 +490,7 @@ class StepHooks:
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
         if output.requires_grad and not output.is_nested:
-            output.register_hook(partial(self._on_layer_gradient, waiting.pop(0)))
+            output.register_hook(partial(self._on_layer_gradient, waiting.pop(0), [0]))
 
     def _skip_nested(self, named: NamedModule) -> None:
         """Leave out a layer's output that is a nested tensor, with one warning per Exporter.
@@ -572,7 +574,18 @@ class StepHooks:
             if self._due("layer_gradients", named.name):
                 self._emit_layer("layer_gradients", named, grad.detach().clone(), DEFAULT_TAG)
 
-    def _on_layer_gradient(self, named: NamedModule, grad: torch.Tensor) -> None:
+    def _on_layer_gradient(self, named: NamedModule, fired: list[int], grad: torch.Tensor) -> None:
+        fired[0] += 1  # backward passes through this output so far
+        if fired[0] == 2 and not self._warned_regradient:
+            self._warned_regradient = True
+            logger.warning(
+                "Layer %r's output took part in a second backward pass (a gradient penalty "
+                "through torch.autograd.grad(..., create_graph=True), or second-order "
+                "gradients): the gradient of each backward pass through it is published as "
+                "layer_gradients, in the order they ran (the loss's usually last), and "
+                "subscribers that pair layer_gradients with activations pair them in that order",
+                named.name,
+            )
         if self._due("layer_gradients", named.name):
             self._emit_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
 
@@ -584,6 +597,17 @@ class StepHooks:
         self, index: int, optimizer: torch.optim.Optimizer, *args: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         self._stepping += 1
+        if self._step_open and index in self._stepped and not self._warned_restep:
+            self._warned_restep = True
+            logger.warning(
+                "Optimizer %d (%s) stepped again before every watched optimizer stepped once "
+                "(a critic's several steps per generator step): a training step ends when "
+                "every watched optimizer has stepped, so this step holds several of its "
+                "updates, each published, while the step's weights are published once: a ratio "
+                "of updates to weights (RatioSubscriber) pairs only its first update with them",
+                index,
+                type(optimizer).__name__,
+            )
         if not self._step_open:
             # no training-mode forward pass opened this step: the model trains in eval mode
             # (batch-norm statistics frozen, say), or the optimizer steps before its closure's

@@ -490,3 +490,30 @@ def test_a_budget_below_the_iterations_a_trial_ran_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match=message):
         compare.plot_freeze_timeline(df, budget=2)
     assert compare.summary(df, metric="loss", budget=3)["stopped_early"].tolist() == [False]
+
+
+def test_a_config_that_changes_during_a_trial_labels_each_report_with_its_own(
+    tmp_path, caplog
+) -> None:
+    """Population-based training changes a trial's config between reports (and may rewrite
+    params.json after its last report): each row carries the config its report was made with,
+    as result.json records it, and a warning says the trial's config changed."""
+    experiment = tmp_path / "pbt"
+    lrs = [0.001, 1.0, 1.0, 0.1]
+    results = [
+        report("ggggg_00000", {"lr": lr, "model": {"width": 8}}, i) for i, lr in enumerate(lrs, 1)
+    ]
+    # a mutation after the last report: params.json names an lr the trial never trained with
+    write_trial(experiment, "train_ggggg_00000_0", {"lr": 0.2, "model": {"width": 8}}, results)
+    steady = {"lr": 0.5, "model": {"width": 16}}
+    write_trial(experiment, "train_ggggg_00001_1", steady, [report("ggggg_00001", steady, 1)])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    loss = df[(df["metric"] == "loss") & (df["trial_id"] == "ggggg_00000")]
+    assert loss["lr"].tolist() == lrs
+    assert loss["model/width"].tolist() == [8] * 4
+    other = df[(df["metric"] == "loss") & (df["trial_id"] == "ggggg_00001")]
+    assert other["lr"].tolist() == [0.5]
+    changed = [r for r in caplog.records if "config changed" in r.getMessage()]
+    assert len(changed) == 1 and "ggggg_00000" in changed[0].getMessage()
+    assert "'lr'" in changed[0].getMessage()

@@ -487,3 +487,68 @@ def test_a_half_precision_layers_update_is_the_exact_change_in_float32() -> None
         torch.testing.assert_close(update, exact, rtol=0, atol=0)
         rounded += int((exact.to(torch.bfloat16).float() != exact).sum())
     assert rounded > 0  # the test can tell: bfloat16 would have rounded some updates
+
+
+def test_an_optimizer_stepping_twice_in_a_step_publishes_each_update_and_warns(caplog) -> None:
+    """A critic stepped three times per generator step: the step ends when both stepped, so
+    it holds three critic updates, each the real change of its own step, and one warning says
+    that the step's weights pair with the first only."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"g": torch.nn.Linear(2, 2), "d": torch.nn.Linear(2, 1)})
+    d_opt = torch.optim.SGD(model["d"].parameters(), lr=0.1)
+    g_opt = torch.optim.SGD(model["g"].parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["weight_updates"])
+    changes = []
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
+        with ik.Exporter(model, [d_opt, g_opt], bus) as exporter:
+            for _ in range(3):
+                d_opt.zero_grad()
+                model["d"](model["g"](torch.randn(4, 2)).detach()).mean().backward()
+                before = model["d"].weight.detach().clone()
+                d_opt.step()
+                changes.append(model["d"].weight.detach() - before)
+            g_opt.zero_grad()
+            (-model["d"](model["g"](torch.randn(4, 2))).mean()).backward()
+            g_opt.step()
+            assert exporter.global_step == 0  # one step
+    published = [d for k, key, _, d in got if key == "d"]
+    assert len(published) == 3
+    for update, change in zip(published, changes):
+        torch.testing.assert_close(update, change)
+    warned = [r for r in caplog.records if "stepped again" in r.getMessage()]
+    assert len(warned) == 1 and "first update" in warned[0].getMessage()
+
+
+def test_a_gradient_penalty_publishes_each_backwards_layer_gradient_and_warns(caplog) -> None:
+    """WGAN-GP: the critic's output on interpolated inputs takes part in the penalty's
+    autograd.grad(create_graph=True) and then in the loss's backward: both gradients are
+    published, in that order, each as autograd computes it on a recomputation, with one
+    warning."""
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(critic.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["layer_gradients"])
+    x = torch.randn(5, 3, requires_grad=True)
+
+    def penalty(out: torch.Tensor) -> torch.Tensor:
+        (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return ((grad_x.norm(dim=1) - 1) ** 2).mean()
+
+    # the references, on a recomputation outside the Exporter
+    hidden = critic[0](x)
+    out = critic[2](critic[1](hidden))
+    inner = torch.autograd.grad(out.sum(), hidden, retain_graph=True)[0]
+    outer = torch.autograd.grad(penalty(out), hidden)[0]
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
+        with ik.Exporter(critic, opt, bus):
+            opt.zero_grad()
+            penalty(critic(x)).backward()
+            opt.step()
+    first = [d for k, key, _, d in got if key == "0"]
+    assert len(first) == 2
+    torch.testing.assert_close(first[0], inner)
+    torch.testing.assert_close(first[1], outer)
+    warned = [r for r in caplog.records if "second backward pass" in r.getMessage()]
+    assert len(warned) == 1

@@ -173,7 +173,10 @@ class RatioSubscriber(PlotSubscriber):
     ``||W_after - W_before|| / ||W_before||``: the weights are those the step started from (the
     values its forward pass used), because each tensor's norm is taken the moment its message
     arrives, before ``optimizer.step()`` changes the weights in place. Publishes
-    ``{k1}_{k2}_ratio`` per layer and step (a 0-d tensor).
+    ``{k1}_{k2}_ratio`` per layer and step (a 0-d tensor). A step holds one bundle per layer:
+    an optimizer that steps several times in one training step (a critic's steps between two
+    generator steps, see :class:`~ikkuna_tune.exporter.Exporter`) has its first update paired
+    with the step's weights, and its later ones with none (the Exporter warns).
 
     Args:
         kinds: ``[dividend kind, divisor kind]``.

@@ -650,3 +650,30 @@ def test_warns_once_when_a_trial_reports_without_ikkuna_keys(caplog) -> None:
             )
     warnings = [r.getMessage() for r in caplog.records if "without ikkuna_tune's" in r.getMessage()]
     assert len(warnings) == 1 and "report with ik.report" in warnings[0]
+
+
+@pytest.mark.parametrize("status", ["TERMINATED", "ERROR"])
+def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> None:
+    """Tuner.restore: a trial the last driver stopped is shown stopped (it showed as running
+    and left stopped_trials), and a trial Tune finished is shown finished."""
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    stop = {"trial_id": "t1", "action": "stop", "rule": "stuck at chance", "iteration": 3,
+            "layer": None, "values": {"best": 0.11}}  # fmt: skip
+    (stored / DECISIONS_FILE).write_text(json.dumps(stop) + "\n")
+    scheduler, _ = make()
+    trial = _trial_with_dirs("t1", local, stored)
+    trial.status = status  # type: ignore[attr-defined]
+    scheduler.on_trial_add(None, trial)
+    assert scheduler.stopped_trials == {"t1": "stuck at chance"}
+    assert "t1: frozen none; stopped: stop at report 3: stuck at chance" in (
+        scheduler.debug_string()
+    )
+    finished = _trial_with_dirs("t2", tmp_path / "d2", tmp_path / "s2")
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "s2").mkdir()
+    finished.status = status  # type: ignore[attr-defined]
+    scheduler.on_trial_add(None, finished)
+    state = "finished" if status == "TERMINATED" else "running"  # an errored trial may resume
+    assert f"t2: frozen none; {state}" in scheduler.debug_string()
