@@ -7,6 +7,7 @@ See :mod:`ikkuna_tune.compare` for the frame's columns and ``attrs``. The trials
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from os import PathLike
@@ -20,6 +21,8 @@ from ikkuna_tune import keys
 from ikkuna_tune.compare.decision_log import DECISIONS_FILE, FREEZE_REASON, _trial_decisions
 from ikkuna_tune.compare.frame import TIDY_COLUMNS, missing
 from ikkuna_tune.compare.trials import REPORTED_NAN, _read_directory, _read_object, _Trial
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BOOKKEEPING", "DECISIONS_FILE", "FREEZE_REASON", "ExperimentLike", "load"]
 
@@ -67,7 +70,9 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
         trial id, then iteration, then in the order the trial reported its metrics (so layers
         come in network order). Failed trials and trials stopped early contribute the results
         they reported; a result repeated for one iteration (after a restore) counts once, the
-        last one. ``df.attrs["trials"]`` maps each trial id to its ``config``, ``status``,
+        last one. A config that changed during a trial (population-based training) labels
+        each row with the value its report was made with (with a warning); ``attrs`` hold the
+        last. ``df.attrs["trials"]`` maps each trial id to its ``config``, ``status``,
         ``failed``, ``stopped_by_tune`` (its last result says ``done``: a scheduler or stopper
         ended it), ``path`` and number of ``results`` (iterations reported).
         ``df.attrs["decisions"]`` and ``df.attrs["empty_metrics"]``: see the module docstring.
@@ -159,8 +164,21 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
         if long is None:
             continue
         long.insert(0, "trial_id", trial.trial_id)
+        changing = _changing_config(trial.results, config_names)
+        if changing:
+            logger.warning(
+                "Trial %s's config changed during its run (population-based training?) in %s: "
+                "each report is labelled with the config it was made with; summaries and plot "
+                "styles take its last config",
+                trial.trial_id,
+                sorted(changing),
+            )
         for position, name in enumerate(config_names, 1):
-            long.insert(position, renamed[name], [trial.config.get(name)] * len(long))
+            if name in changing:
+                values = long["training_iteration"].map(changing[name]).tolist()
+            else:
+                values = [trial.config.get(name)] * len(long)
+            long.insert(position, renamed[name], values)
         frames.append(long)
     columns = ["trial_id", *renamed.values(), "training_iteration", "metric", "layer", "value"]
     df = (
@@ -187,6 +205,35 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
         if name not in with_values and name not in text
     }
     return df
+
+
+def _changing_config(results: pd.DataFrame, names: Sequence[str]) -> dict[str, dict[int, Any]]:
+    """The config values that change between a trial's reports (population-based training
+    mutates them; each result holds the config it was made with, as ``config/<name>``), as
+    each report's value by ``training_iteration``."""
+    if not len(results) or "training_iteration" not in results.columns:
+        return {}
+    iterations = results["training_iteration"].astype(int)
+    changing: dict[str, dict[int, Any]] = {}
+    for name in names:
+        column = f"config/{name}"
+        if column not in results.columns:
+            continue
+        values = results[column]
+        if values.astype(str).nunique(dropna=False) > 1:
+            changing[name] = {
+                int(i): (None if _absent(v) else _plain(v))
+                for i, v in zip(iterations, values, strict=True)
+            }
+    return changing
+
+
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _tidy_trial(results: pd.DataFrame, text: set[str], layers: set[str]) -> pd.DataFrame | None:

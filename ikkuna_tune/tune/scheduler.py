@@ -235,11 +235,15 @@ class SVCCAScheduler(FIFOScheduler):
                 f"Expected `base` to be a ray.tune TrialScheduler but got {type(base).__name__}"
             )
         if _copies_checkpoints(base):
+            copier = [s for s in _wrapped_chain(base) if _copies_checkpoints(s)][-1]
+            inside = "" if copier is base else f" (inside {type(base).__name__})"
             raise ValueError(
                 f"Expected a `base` that stops or pauses trials (ASHA, HyperBand, "
-                f"MedianStoppingRule) but got {type(base).__name__}, which copies one trial's "
-                "checkpoint into another: freezes judged on the model it replaces would be "
-                "applied to the copy. Run population-based training without SVCCAScheduler"
+                f"MedianStoppingRule) but got {type(copier).__name__}{inside}, which copies "
+                "one trial's checkpoint into another: freezes judged on the model it replaces "
+                "would be applied to the copy. Run population-based training without "
+                "SVCCAScheduler (with callbacks=[ik.PersistTrialFiles()], so that no trial's "
+                "reports are lost when PBT restarts it)"
             )
         self.base = base
         if not isinstance(similarity_key, str) or not similarity_key:
@@ -302,10 +306,14 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         view = self._views.setdefault(trial.trial_id, TrialView())
         decision = self._decide(trial.trial_id, view, result)
+        if self.base is not None:
+            # the base sees every result, also of a trial stopped here: ASHA's rungs hold the
+            # values they would hold on their own (a diverged trial stopped here and hidden
+            # from them raised their cut-off, and ASHA stopped good trials it would have kept)
+            base_decision = self.base.on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP:
             return decision
         if self.base is not None:
-            base_decision = self.base.on_trial_result(tune_controller, trial, result)
             if base_decision == TrialScheduler.STOP:
                 it = view.history.reports
                 value = result.get(self._metric) if self._metric else None
@@ -567,6 +575,11 @@ class SVCCAScheduler(FIFOScheduler):
         decisions = read_decisions(trial)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
         view.take_up(trial.trial_id, decisions, self._mailbox)
+        stops = [decision for decision in decisions if decision.action == "stop"]
+        if stops:
+            view.stopped = stops[-1]
+        if getattr(trial, "status", None) == "TERMINATED":  # Trial.TERMINATED: Tune ended it
+            view.completed = True
 
     def _record(self, trial_id: str, decision: Decision) -> None:
         self.decisions.append((trial_id, decision))

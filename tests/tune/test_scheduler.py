@@ -9,7 +9,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    PopulationBasedTraining,
+    ResourceChangingScheduler,
+    TrialScheduler,
+)
 
 from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
@@ -462,6 +467,37 @@ def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
     )
 
 
+def test_the_wrapped_base_sees_the_results_of_trials_stopped_here() -> None:
+    """A diverged trial this scheduler stops is still recorded in ASHA's rungs: ASHA then
+    decides for the other trials as it would on its own (hidden from it, the diverged trial's
+    low value no longer lowered the cut-off, and ASHA stopped a good trial it keeps alone)."""
+
+    def asha() -> ASHAScheduler:
+        return ASHAScheduler(
+            metric="acc", mode="max", time_attr="training_iteration", grace_period=1,
+            reduction_factor=2,
+        )  # fmt: skip
+
+    scheduler, _ = make(base=asha(), freeze_best=False)
+    alone = asha()
+    trials = {name: FakeTrial(name) for name in ("best", "dead", "fair")}
+    controller = FakeController(list(trials.values()))
+    for trial in trials.values():
+        scheduler.on_trial_add(controller, trial)
+        alone.on_trial_add(controller, trial)
+    sims = {"conv1": 0.5}
+    reports = {
+        "best": result(sims, it=1, acc=0.9),
+        "dead": result(sims, it=1, acc=0.05, live={"conv1": 0.0}),
+        "fair": result(sims, it=1, acc=0.5),
+    }
+    decisions = {n: scheduler.on_trial_result(controller, trials[n], r) for n, r in reports.items()}
+    reference = {n: alone.on_trial_result(controller, trials[n], r) for n, r in reports.items()}
+    assert decisions["dead"] == STOP and scheduler.stopped_trials["dead"] == "dead layer"
+    assert reference["fair"] == CONTINUE  # above the median of 0.9 and 0.05 (0.475)
+    assert decisions["fair"] == reference["fair"]
+
+
 def test_metric_and_mode_from_tune_or_a_clear_error() -> None:
     scheduler = SVCCAScheduler()
     with pytest.raises(ValueError, match="needs a metric and a mode.*metric=None"):
@@ -506,6 +542,14 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         (
             {"base": PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})},
             r"got PopulationBasedTraining, which copies one",
+        ),
+        (
+            {
+                "base": ResourceChangingScheduler(
+                    PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})
+                )
+            },
+            r"got PopulationBasedTraining \(inside ResourceChangingScheduler\).*PersistTrialFiles",
         ),
     ],
 )
@@ -632,7 +676,7 @@ def test_population_based_training_is_refused_when_wrapped_too() -> None:
     from ray.tune.schedulers import ResourceChangingScheduler
 
     pbt = PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})
-    with pytest.raises(ValueError, match="got ResourceChangingScheduler, which copies one"):
+    with pytest.raises(ValueError, match=r"PopulationBasedTraining \(inside ResourceChanging"):
         SVCCAScheduler(base=ResourceChangingScheduler(base_scheduler=pbt))
     SVCCAScheduler(base=ResourceChangingScheduler(base_scheduler=ASHAScheduler()))
 
