@@ -27,9 +27,10 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``protect_top``-th best other trial (a slow starter at chance for the first reports, which
   then learns, is left running until then); and a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
-  ``optimism`` times its best recent rate until the budget ends, and is further from it than
-  its noise (:func:`noise_band`) and than ``reach_margin`` of its way from its first value to
-  it, is stopped (so the best configurations always run to the end, and the good ones run
+  ``optimism`` times its best recent rate until the budget ends, and whose best over its
+  recent reports is further from it than twice its noise (:func:`noise_band`) and than
+  ``reach_margin`` of its way from its first value to it (or ``reach_within``, if less), is
+  stopped (so the best configurations always run to the end, and the good ones run
   until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
   reports, show no rate); that rate is measured only once the trial has gained
   ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
@@ -93,7 +94,8 @@ class ConvergenceRules:
     protect_top: int = 3
     grace: int = 2  # reports before a trial may be stopped as stuck or behind
     stall_share: float = 1 / 3  # of the budget, after which a stuck trial stops, layers moving
-    reach_margin: float = 0.25  # of its way to the target: closer, never "cannot reach"
+    reach_margin: float = 0.25  # of its way to the target: closer, never "cannot reach"...
+    reach_within: float = 0.05  # ...unless further than this from it (the metric's units)
 
 
 #: The share of its way from its first reported value to the value it must reach that a trial
@@ -495,9 +497,17 @@ def stop_verdict(
         reachable = trial.best() + rules.optimism * gain
         # a trial close to the target is not judged by its rate: a few reports of noise, a
         # plateau before a learning-rate drop, read as no rate at all, and the top of the
-        # sweep is where its answer lies (how the good trials compare)
-        near = max(2 * noise_band(trial, rules), rules.reach_margin * (target - first))
-        if reachable < target and target - trial.best() > near:
+        # sweep is where its answer lies (how the good trials compare). Close: where it stands
+        # now (its best over its recent reports: a trial that fell back is where it fell) is
+        # within twice its noise of the target, or within reach_margin of its way there from
+        # its first value and reach_within of the target
+        window = max(rules.settle_window, it // 2) + 1
+        level = max(m for _, m in values[-window:])
+        near = max(
+            2 * noise_band(trial, rules),
+            min(rules.reach_margin * (target - first), rules.reach_within),
+        )
+        if reachable < target and target - level > near:
             return Decision(
                 "stop",
                 f"cannot reach the top {rules.protect_top}",
@@ -505,6 +515,7 @@ def stop_verdict(
                 None,
                 {
                     "best": trial.best(),
+                    "recent_best": level,
                     "reachable": reachable,
                     "target": target,
                     "margin": near,

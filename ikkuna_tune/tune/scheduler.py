@@ -58,6 +58,21 @@ def _copies_checkpoints(scheduler: object) -> bool:
     return any(isinstance(s, PopulationBasedTraining) for s in _wrapped_chain(scheduler))
 
 
+def _records_each_result(scheduler: object) -> bool:
+    """Whether ``scheduler`` decides on each result against a record of results (ASHA, the
+    median stopping rule), so that telling it the result of a trial stopped anyway only keeps
+    its record whole.
+
+    Examples:
+        >>> from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+        >>> _records_each_result(ASHAScheduler()), _records_each_result(HyperBandScheduler())
+        (True, False)
+    """
+    from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule
+
+    return isinstance(scheduler, (AsyncHyperBandScheduler, MedianStoppingRule))
+
+
 def _wrapped_chain(scheduler: object) -> list[object]:
     """``scheduler`` and the schedulers it wraps (``ResourceChangingScheduler``'s base), outer
     first."""
@@ -69,7 +84,7 @@ def _wrapped_chain(scheduler: object) -> list[object]:
 
 
 #: values of a decision that are the metric itself (signed by the rules; see _in_metric_units)
-_METRIC_VALUES = frozenset({"best", "reachable", "target", "chance"})
+_METRIC_VALUES = frozenset({"best", "recent_best", "reachable", "target", "chance"})
 
 
 def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
@@ -306,14 +321,17 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         view = self._views.setdefault(trial.trial_id, TrialView())
         decision = self._decide(trial.trial_id, view, result)
-        if self.base is not None:
-            # the base sees every result, also of a trial stopped here: ASHA's rungs hold the
-            # values they would hold on their own (a diverged trial stopped here and hidden
-            # from them raised their cut-off, and ASHA stopped good trials it would have kept)
-            base_decision = self.base.on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP:
+            if _records_each_result(self.base):
+                # ASHA's rungs (a median rule's history) take the result of a trial stopped
+                # here too, and so hold the values they would hold on their own: a diverged
+                # trial hidden from them raised the cut-off, and ASHA stopped good trials it
+                # keeps alone. A synchronous HyperBand is not told: it would count the trial
+                # among a rung's survivors and promote one trial fewer
+                self.base.on_trial_result(tune_controller, trial, result)  # type: ignore[union-attr]
             return decision
         if self.base is not None:
+            base_decision = self.base.on_trial_result(tune_controller, trial, result)
             if base_decision == TrialScheduler.STOP:
                 it = view.history.reports
                 value = result.get(self._metric) if self._metric else None

@@ -721,3 +721,66 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
     scheduler.on_trial_add(None, finished)
     state = "finished" if status == "TERMINATED" else "running"  # an errored trial may resume
     assert f"t2: frozen none; {state}" in scheduler.debug_string()
+
+
+class _HalvingController:
+    """Enough of Tune's controller for HyperBand's synchronous halving: it stops and pauses
+    trials as a scheduler's decisions and HyperBand's own calls ask."""
+
+    def __init__(self, scheduler, trials) -> None:
+        self.scheduler, self.trials = scheduler, trials
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return [t for t in self.trials if t.status != "TERMINATED"]
+
+    def stop_trial(self, trial) -> None:
+        if trial.status in ("PAUSED", "PENDING"):
+            self.scheduler.on_trial_remove(self, trial)
+        elif trial.status == "RUNNING":
+            self.scheduler.on_trial_complete(self, trial, {})
+        trial.status = "TERMINATED"
+
+    def pause_trial(self, trial) -> None:
+        trial.status = "PAUSED"
+
+
+def test_a_synchronous_hyperband_is_not_told_of_a_trial_stopped_here() -> None:
+    """HyperBand halves a rung once all its trials reported: told of a trial stopped here
+    (a dead layer), it would count it among the survivors and promote one trial fewer. Its
+    survivors are those of HyperBand over the other trials."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    def survivors(wrapped: bool) -> list[str]:
+        hyperband = HyperBandScheduler(
+            time_attr="training_iteration", max_t=9, reduction_factor=3, metric="acc", mode="max"
+        )
+        scheduler: Any = hyperband
+        if wrapped:
+            scheduler, _ = make(base=hyperband, freeze_best=False)
+        trials = [FakeTrial(f"t{i}") for i in range(17)]
+        for trial in trials:
+            trial.is_saving = False  # type: ignore[attr-defined]
+        controller = _HalvingController(scheduler, trials)
+        for trial in trials:
+            scheduler.on_trial_add(controller, trial)
+        bracket = trials[8:]  # HyperBand's bracket of 9 trials that start at 1 iteration
+        accs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.75]
+        for trial, acc in zip(bracket, accs):
+            dead = trial is bracket[-1]
+            if dead and not wrapped:  # HyperBand alone over the others: it is gone
+                controller.stop_trial(trial)
+                continue
+            live = {"conv1": 0.0 if dead else 1.0}
+            decision = scheduler.on_trial_result(
+                controller, trial, result({"conv1": 0.5}, acc=acc, live=live)
+            )
+            if decision == "PAUSE":
+                trial.status = "PAUSED"
+            elif decision == STOP:
+                controller.stop_trial(trial)
+        return [t.trial_id for t in bracket if t.status != "TERMINATED"]
+
+    assert survivors(wrapped=True) == survivors(wrapped=False) == ["t13", "t14", "t15"]
