@@ -306,3 +306,18 @@ def test_among_best_reads_the_noise_of_the_last_half_of_the_reports() -> None:
     others = [0.956, 0.958, 0.961]  # 0.5 to 1 point ahead
     assert among_best(trial, others, RULES)
     assert not among_best(trial, [0.97, 0.975, 0.98], RULES)  # 2 points and more: behind
+
+
+def test_a_trial_far_behind_or_fallen_back_is_stopped_despite_the_margin() -> None:
+    """The margin spares trials close to the target, judged by where they stand now: a trial
+    flat 20 points behind (its way from its first value is long, but the target is more than
+    reach_within away), and one that neared the target and fell back to chance, are stopped."""
+    top = [[0.5, 0.8, 0.9] + [0.95] * 27] * 3
+    flat = [0.1, 0.5, 0.7] + [0.75] * 7
+    stop = stop_verdict(_drifting(flat), RULES, top, budget=30)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["margin"] == pytest.approx(RULES.reach_within)
+    fallen = [0.1, 0.5, 0.8, 0.9] + [0.1] * 10
+    stop = stop_verdict(_drifting(fallen), RULES, top, budget=30)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["best"] == 0.9 and stop.values["recent_best"] == 0.1
