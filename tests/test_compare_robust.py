@@ -517,3 +517,17 @@ def test_a_config_that_changes_during_a_trial_labels_each_report_with_its_own(
     changed = [r for r in caplog.records if "config changed" in r.getMessage()]
     assert len(changed) == 1 and "ggggg_00000" in changed[0].getMessage()
     assert "'lr'" in changed[0].getMessage()
+
+
+def test_a_changing_config_is_styled_by_its_last_value_as_summaries_take_it(tmp_path) -> None:
+    """Plot colours and legends (trial_values) take a PBT trial's last config, as the summary
+    and the warning say, not the config of its first report."""
+    from ikkuna_tune.compare.frame import trial_values
+
+    experiment = tmp_path / "pbt"
+    lrs = [0.001, 1.0, 0.1]
+    results = [report("hhhhh_00000", {"lr": lr}, i) for i, lr in enumerate(lrs, 1)]
+    write_trial(experiment, "train_hhhhh_00000_0", {"lr": 0.1}, results)
+    df = compare.load(experiment)
+    assert trial_values(df, "lr") == {"hhhhh_00000": 0.1}
+    assert df.attrs["trials"]["hhhhh_00000"]["config"]["lr"] == 0.1
