@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
@@ -82,17 +85,23 @@ def _scripted(model: nn.Module, names: Iterable[str]) -> set[str]:
     return {n for n in names if isinstance(modules.get(n), torch.jit.ScriptModule)}
 
 
-def _on_every_optimizer_step(exporter: Exporter) -> RemovableHandle:
-    """A global step pre-hook, for every optimizer, that tells ``exporter`` (held weakly: the
-    hook does not keep it alive) which optimizer is about to step."""
+def _on_every_optimizer_step(exporter: Exporter) -> tuple[RemovableHandle, RemovableHandle]:
+    """Global step pre- and post-hooks, for every optimizer, that tell ``exporter`` (held
+    weakly: the hooks do not keep it alive) which optimizer is about to step and which has
+    stepped."""
     ref = weakref.ref(exporter)
 
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def before(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         watcher = ref()
         if watcher is not None:
             watcher._on_unwatched_step(optimizer)
 
-    return register_optimizer_step_pre_hook(hook)
+    def after(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        watcher = ref()
+        if watcher is not None and watcher._unwatched_running:
+            watcher._on_unwatched_step_end(optimizer)
+
+    return register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)
 
 
 class Exporter(StepHooks, LayerFreezing):
@@ -302,6 +311,9 @@ class Exporter(StepHooks, LayerFreezing):
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
         self._stepping = 0
+        self._watched_steps = 0
+        # unwatched optimizers whose step is under way, with the watched steps begun before
+        self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
         self._pass_tag = DEFAULT_TAG
         self._probe_tag: str | None = None
@@ -346,7 +358,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._optimizer_handles: list[RemovableHandle] = self._hook_optimizers(optimizers)
         # optimizers not watched that stepped while watching: checked for the model's parameters
         self._seen_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._base_handles.append(_on_every_optimizer_step(self))
+        self._base_handles.extend(_on_every_optimizer_step(self))
         try:
             for subscriber in message_bus.subscribers:
                 self.check_subscriber(subscriber)
@@ -505,12 +517,28 @@ class Exporter(StepHooks, LayerFreezing):
         self._sync_hooks()  # without optimizers, gradients are read per parameter
 
     def _on_unwatched_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """An optimizer stepped: warn once if it is not watched but steps the model."""
+        """An optimizer is about to step: if it is not watched, note it, to be judged when its
+        step ends (:meth:`_on_unwatched_step_end`)."""
         if self._closed or self._stepping or any(optimizer is opt for opt in self.optimizers):
             return  # watched, or run by a watched optimizer's step (a wrapper's inner one)
         if optimizer in self._seen_optimizers:
             return
+        self._unwatched_running.append((optimizer, self._watched_steps))
+
+    def _on_unwatched_step_end(self, optimizer: torch.optim.Optimizer) -> None:
+        """An optimizer noted by :meth:`_on_unwatched_step` stepped: warn once if it steps the
+        model's parameters and no watched optimizer stepped inside its step (one that did is
+        a wrapper around a watched optimizer: its steps are measured)."""
+        running = self._unwatched_running
+        found = next(
+            (i for i in range(len(running) - 1, -1, -1) if running[i][0] is optimizer), None
+        )
+        if found is None:
+            return
+        _, before = running.pop(found)
         self._seen_optimizers.add(optimizer)
+        if self._closed or self._watched_steps != before:
+            return
         mine = {id(p) for p in self.model.parameters()}
         if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
             logger.warning(

@@ -162,6 +162,7 @@ class StepHooks:
     _step_open: bool
     _stepped: set[int]
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
+    _watched_steps: int  # watched optimizer steps begun so far
     _epoch_open: bool
     _pass_tag: str
     _probe_tag: str | None
@@ -328,6 +329,9 @@ class StepHooks:
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
+        # no optimizer step contains a training pass of its own, but a closure's: a step that
+        # raised (its post-hook never ran) is over by now
+        self._stepping = 0
         if self._opens_step() or not self.optimizers:
             self._start_step()
         if args and isinstance(args[0], torch.Tensor):
@@ -596,7 +600,6 @@ class StepHooks:
     def _on_optimizer_pre(
         self, index: int, optimizer: torch.optim.Optimizer, *args: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        self._stepping += 1
         if self._step_open and index in self._stepped and not self._warned_restep:
             self._warned_restep = True
             logger.warning(
@@ -623,6 +626,8 @@ class StepHooks:
                     EVAL_TAG,
                 )
             self._start_step()
+        self._stepping += 1
+        self._watched_steps += 1
         if len(optimizer.param_groups) != self._group_counts[index]:  # add_param_group
             self._reassign_parameters()
         layers = self._optimizer_layers[index]

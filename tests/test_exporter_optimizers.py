@@ -552,3 +552,48 @@ def test_a_gradient_penalty_publishes_each_backwards_layer_gradient_and_warns(ca
     torch.testing.assert_close(first[1], outer)
     warned = [r for r in caplog.records if "second backward pass" in r.getMessage()]
     assert len(warned) == 1
+
+
+class _Stepper(torch.optim.Optimizer):
+    """An optimizer that steps another (accelerate's AcceleratedOptimizer, Lookahead)."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+        super().__init__([p for g in inner.param_groups for p in g["params"]], {})
+
+    def step(self, closure=None):  # type: ignore[override]
+        return self.inner.step(closure)
+
+
+def test_no_warning_when_a_wrapper_steps_the_watched_inner_optimizer(tiny, batch, caplog) -> None:
+    x, y = batch
+    inner = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    outer = _Stepper(inner)
+    bus = MessageBus()
+    got = _record(bus, ["weight_updates"])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(tiny, inner, bus) as exporter:
+            for _ in range(3):
+                _step(tiny, outer, x, y)
+            assert exporter.global_step == 2
+    assert sorted({s for *_, s, _ in got}) == [0, 1, 2]  # every step measured
+    assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
+
+
+def test_a_watched_step_that_raised_does_not_silence_the_unwatched_warning(
+    tiny, batch, caplog
+) -> None:
+    x, y = batch
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+
+    def failing_closure():
+        raise torch.OutOfMemoryError("simulated")
+
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(tiny, opt, MessageBus()):
+            with pytest.raises(torch.OutOfMemoryError):
+                opt.step(failing_closure)  # the loop skips this batch
+            stage2 = torch.optim.Adam(tiny.parameters())
+            for _ in range(2):
+                _step(tiny, stage2, x, y)
+    assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
