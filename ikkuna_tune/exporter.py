@@ -271,9 +271,20 @@ class Exporter(StepHooks, LayerFreezing):
             raise ValueError(f"Expected `output_fn` to be callable or None but got {output_fn!r}")
         chosen = select_modules(unwrapped(model), depth, module_filter)
         if not chosen:
+            scripted = sorted(
+                name or "<model>"
+                for name, module in unwrapped(model).named_modules()
+                if isinstance(module, torch.jit.ScriptModule)
+            )
+            hint = (
+                f": {scripted} are TorchScript modules, which take no Python hooks (watch the "
+                "eager model; torch.compile keeps its layers watchable)"
+                if scripted
+                else ""
+            )
             raise ValueError(
                 f"No layer of {type(model).__name__} matches depth={depth!r}, "
-                f"module_filter={module_filter!r}"
+                f"module_filter={module_filter!r}{hint}"
             )
         if depth is None and module_filter is None:
             unowned = unowned_parameters(unwrapped(model), chosen)

@@ -583,9 +583,10 @@ class StepHooks:
         if fired[0] == 2 and not self._warned_regradient:
             self._warned_regradient = True
             logger.warning(
-                "Layer %r's output took part in a second backward pass (a gradient penalty "
-                "through torch.autograd.grad(..., create_graph=True), or second-order "
-                "gradients): the gradient of each backward pass through it is published as "
+                "Layer %r's output took part in a second backward pass (several losses "
+                "backpropagated one by one through a retained graph, a gradient penalty through "
+                "torch.autograd.grad(..., create_graph=True), or second-order gradients): the "
+                "gradient of each backward pass through it is published as "
                 "layer_gradients, in the order they ran (the loss's usually last), and "
                 "subscribers that pair layer_gradients with activations pair them in that order",
                 named.name,

@@ -370,6 +370,13 @@ def test_a_torchscript_model_is_refused_with_what_to_watch_instead(convert) -> N
         ik.Exporter(model)
 
 
+def test_a_scripted_model_inside_a_wrapper_is_refused_naming_torchscript() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    for model in (nn.DataParallel(scripted), nn.Sequential(scripted, nn.Softmax(dim=1))):
+        with pytest.raises(ValueError, match=r"No layer of .*TorchScript modules"):
+            ik.Exporter(model)
+
+
 def test_a_scripted_part_is_no_layer_and_the_eager_layers_are_watched(caplog) -> None:
     """A model holding a TorchScript submodule: the submodule is no layer (its parameters are
     named as untracked, with what to do), and the eager layers' updates are the real ones."""
