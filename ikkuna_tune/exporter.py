@@ -79,6 +79,19 @@ def _unowned_advice(unowned: dict[str, list[str]], scripted: set[str]) -> str:
     return advice
 
 
+def _scripted_holders(model: nn.Module) -> list[str]:
+    """The outermost TorchScript modules of ``model`` that hold parameters (``'<model>'`` for
+    the model itself)."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        inside = any(name.startswith(f"{outer}.") or not outer for outer in found)
+        if inside or not isinstance(module, torch.jit.ScriptModule):
+            continue
+        if any(True for _ in module.parameters()):
+            found.append(name)
+    return [name or "<model>" for name in found]
+
+
 def _scripted(model: nn.Module, names: Iterable[str]) -> set[str]:
     """Those of the modules ``names`` of ``model`` that are TorchScript modules."""
     modules = dict(model.named_modules())
@@ -271,11 +284,7 @@ class Exporter(StepHooks, LayerFreezing):
             raise ValueError(f"Expected `output_fn` to be callable or None but got {output_fn!r}")
         chosen = select_modules(unwrapped(model), depth, module_filter)
         if not chosen:
-            scripted = sorted(
-                name or "<model>"
-                for name, module in unwrapped(model).named_modules()
-                if isinstance(module, torch.jit.ScriptModule)
-            )
+            scripted = _scripted_holders(unwrapped(model)) if module_filter is None else []
             hint = (
                 f": {scripted} are TorchScript modules, which take no Python hooks (watch the "
                 "eager model; torch.compile keeps its layers watchable)"
@@ -369,7 +378,11 @@ class Exporter(StepHooks, LayerFreezing):
         self._optimizer_handles: list[RemovableHandle] = self._hook_optimizers(optimizers)
         # optimizers not watched that stepped while watching: checked for the model's parameters
         self._seen_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._base_handles.extend(_on_every_optimizer_step(self))
+        global_hooks = _on_every_optimizer_step(self)
+        self._base_handles.extend(global_hooks)
+        # an Exporter collected without close() leaves no global hook behind
+        for handle in global_hooks:
+            weakref.finalize(self, handle.remove)
         try:
             for subscriber in message_bus.subscribers:
                 self.check_subscriber(subscriber)
@@ -399,6 +412,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._finish_step()
         remove_receiver(self._receiver)
         self.message_bus.flush()
+        self._unwatched_running.clear()
         for handle in (*self._base_handles, *self._optimizer_handles):
             handle.remove()
         self._base_handles.clear()
@@ -536,6 +550,12 @@ class Exporter(StepHooks, LayerFreezing):
             return
         self._unwatched_running.append((optimizer, self._watched_steps))
 
+    def _judge_unwatched(self) -> None:
+        """A training pass starts: the steps of optimizers not watched that never ended (they
+        raised) are judged now."""
+        while self._unwatched_running:
+            self._on_unwatched_step_end(self._unwatched_running[-1][0])
+
     def _on_unwatched_step_end(self, optimizer: torch.optim.Optimizer) -> None:
         """An optimizer noted by :meth:`_on_unwatched_step` stepped: warn once if it steps the
         model's parameters and no watched optimizer stepped inside its step (one that did is
@@ -554,9 +574,10 @@ class Exporter(StepHooks, LayerFreezing):
         if any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
             logger.warning(
                 "A %s that the Exporter does not watch steps parameters of the watched model: "
-                "its steps end no training step (the forward passes pile up in one step, as if "
-                "accumulating gradients) and its gradients and updates are not measured. Hand "
-                "it over with exporter.set_optimizers(optimizer) (a list to keep watching the "
+                "what it changes is in no gradient or update metric, and if it is what trains "
+                "the model now (a new training stage), its steps end no training step (the "
+                "forward passes pile up in one step, as if accumulating gradients). Hand it "
+                "over with exporter.set_optimizers(optimizer) (a list to keep watching the "
                 "others too)",
                 type(optimizer).__name__,
             )

@@ -163,6 +163,7 @@ class StepHooks:
     _stepped: set[int]
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
+    _unwatched_running: list[tuple[torch.optim.Optimizer, int]]
     _epoch_open: bool
     _pass_tag: str
     _probe_tag: str | None
@@ -210,6 +211,8 @@ class StepHooks:
         def _release_retrained(self) -> None: ...
 
         def _reassign_parameters(self) -> None: ...
+
+        def _judge_unwatched(self) -> None: ...
 
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
@@ -329,9 +332,11 @@ class StepHooks:
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
-        # no optimizer step contains a training pass of its own, but a closure's: a step that
-        # raised (its post-hook never ran) is over by now
+        # an optimizer step holds no training pass but its closure's (which restores the count
+        # after it): a step that raised (its post-hook never ran) is over by now
         self._stepping = 0
+        if self._unwatched_running:
+            self._judge_unwatched()
         if self._opens_step() or not self.optimizers:
             self._start_step()
         if args and isinstance(args[0], torch.Tensor):
@@ -681,15 +686,19 @@ class StepHooks:
 
         def publishing_closure(*args: Any, **inner: Any) -> Any:
             calls[0] += 1
-            if calls[0] == 1:
-                result = closure(*args, **inner)
-                self._publish_gradients(index)
-                return result
-            previous, self._probe_tag = self._probe_tag, self._probe_tag or CLOSURE_TAG
+            stepping = self._stepping  # the closure's training pass resets it: still stepping
             try:
-                return closure(*args, **inner)
+                if calls[0] == 1:
+                    result = closure(*args, **inner)
+                    self._publish_gradients(index)
+                    return result
+                previous, self._probe_tag = self._probe_tag, self._probe_tag or CLOSURE_TAG
+                try:
+                    return closure(*args, **inner)
+                finally:
+                    self._probe_tag = previous
             finally:
-                self._probe_tag = previous
+                self._stepping = stepping
 
         if positional:
             return (step_args[0], publishing_closure, *step_args[2:]), kwargs

@@ -531,3 +531,15 @@ def test_a_changing_config_is_styled_by_its_last_value_as_summaries_take_it(tmp_
     df = compare.load(experiment)
     assert trial_values(df, "lr") == {"hhhhh_00000": 0.1}
     assert df.attrs["trials"]["hhhhh_00000"]["config"]["lr"] == 0.1
+
+
+def test_the_last_config_is_that_of_the_last_iteration_whatever_the_row_order(tmp_path) -> None:
+    from ikkuna_tune.compare.frame import trial_infos, trial_values
+
+    experiment = tmp_path / "pbt"
+    results = [report("iiiii_00000", {"lr": lr}, i) for i, lr in enumerate([0.1, 0.02], 1)]
+    write_trial(experiment, "train_iiiii_00000_0", {"lr": 0.02}, results)
+    df = compare.load(experiment).sort_values("training_iteration", ascending=False)
+    df.attrs = {}  # a frame built elsewhere: the config comes from its rows
+    assert trial_values(df, "lr") == {"iiiii_00000": 0.02}
+    assert trial_infos(df)["iiiii_00000"]["config"]["lr"] == 0.02

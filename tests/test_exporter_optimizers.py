@@ -597,3 +597,73 @@ def test_a_watched_step_that_raised_does_not_silence_the_unwatched_warning(
             for _ in range(2):
                 _step(tiny, stage2, x, y)
     assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
+
+
+class _Sharpness(torch.optim.Optimizer):
+    """A SAM-style optimizer: its step runs the closure, then steps its base optimizer."""
+
+    def __init__(self, params, base: type[torch.optim.Optimizer], **kwargs) -> None:
+        super().__init__(params, {})
+        self.base = base(self.param_groups, **kwargs)
+
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure()
+        self.base.step()
+        return loss
+
+
+def test_no_warning_when_a_watched_optimizer_steps_its_base_after_its_closure(
+    tiny, batch, caplog
+) -> None:
+    x, y = batch
+    opt = _Sharpness(tiny.parameters(), torch.optim.SGD, lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(tiny(x), y)
+        loss.backward()
+        return loss
+
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(tiny, opt, MessageBus()) as exporter:
+            for _ in range(2):
+                opt.step(closure)
+            assert exporter.global_step == 1
+    assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
+
+
+def test_an_unwatched_step_that_raised_is_warned_about_and_nothing_is_kept(
+    tiny, batch, caplog
+) -> None:
+    x, y = batch
+    watched = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    other = torch.optim.SGD(tiny.parameters(), lr=0.1)
+
+    def failing_closure():
+        raise torch.OutOfMemoryError("simulated")
+
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(tiny, watched, MessageBus()) as exporter:
+            with pytest.raises(torch.OutOfMemoryError):
+                other.step(failing_closure)
+            _step(tiny, watched, x, y)  # the next training pass judges it
+            assert exporter._unwatched_running == []
+    assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
+
+
+def test_an_exporter_collected_without_close_leaves_no_global_hook() -> None:
+    import gc
+
+    from torch.optim import optimizer as optim_module
+
+    hooks = (
+        optim_module._global_optimizer_pre_hooks,
+        optim_module._global_optimizer_post_hooks,
+    )
+    before = [len(h) for h in hooks]
+    for _ in range(3):  # a model dropped with its Exporter, never closed
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    del model
+    gc.collect()
+    assert [len(h) for h in hooks] == before

@@ -373,8 +373,14 @@ def test_a_torchscript_model_is_refused_with_what_to_watch_instead(convert) -> N
 def test_a_scripted_model_inside_a_wrapper_is_refused_naming_torchscript() -> None:
     scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     for model in (nn.DataParallel(scripted), nn.Sequential(scripted, nn.Softmax(dim=1))):
-        with pytest.raises(ValueError, match=r"No layer of .*TorchScript modules"):
+        with pytest.raises(ValueError, match=r"No layer of .*TorchScript modules") as raised:
             ik.Exporter(model)
+        assert "['0'] are" in str(raised.value) or "['<model>'] are" in str(raised.value)
+    # a filter that matches nothing is the cause, not a scripted block without parameters
+    eager = nn.Sequential(nn.Linear(3, 4), torch.jit.script(nn.Sequential(nn.ReLU())))
+    with pytest.raises(ValueError, match="No layer of") as raised:
+        ik.Exporter(eager, module_filter=nn.Conv2d)
+    assert "TorchScript" not in str(raised.value)
 
 
 def test_a_scripted_part_is_no_layer_and_the_eager_layers_are_watched(caplog) -> None:

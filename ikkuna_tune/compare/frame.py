@@ -301,7 +301,8 @@ def trial_infos(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
     config = config_columns(df)
     for trial_id, rows in df.groupby("trial_id", sort=False):
         info = infos.setdefault(str(trial_id), {})
-        info.setdefault("config", rows.iloc[-1][config].to_dict())
+        last = rows.sort_values("training_iteration", kind="stable").iloc[-1]
+        info.setdefault("config", last[config].to_dict())
         info.setdefault("status", None)
         info.setdefault("failed", False)
         info.setdefault("stopped_by_tune", False)
@@ -326,7 +327,9 @@ def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
         values[trial_id] = config.get(column, config.get(column.removeprefix("config/")))
     # the last row's: a config that changed during the trial (population-based training) is
     # taken as it ended, as the summaries take it
-    rows = df.drop_duplicates("trial_id", keep="last")
+    rows = df.sort_values("training_iteration", kind="stable").drop_duplicates(
+        "trial_id", keep="last"
+    )
     for trial_id, value in zip(rows["trial_id"], rows[column]):
         values[str(trial_id)] = value
     return {k: (None if missing(v) else v) for k, v in values.items()}

@@ -27,10 +27,11 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``protect_top``-th best other trial (a slow starter at chance for the first reports, which
   then learns, is left running until then); and a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
-  ``optimism`` times its best recent rate until the budget ends, and whose best over its
-  recent reports is further from it than twice its noise (:func:`noise_band`) and than
-  ``reach_margin`` of its way from its first value to it (or ``reach_within``, if less), is
-  stopped (so the best configurations always run to the end, and the good ones run
+  ``optimism`` times its best recent rate from its best over its recent reports until the
+  budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
+  at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
+  it (or ``reach_within``, if less), and is as far behind where the others stood after as
+  many reports, is stopped (so the best configurations always run to the end, and the good ones run
   until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
   reports, show no rate); that rate is measured only once the trial has gained
   ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
@@ -289,6 +290,20 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     return ahead < rules.protect_top
 
 
+def others_best_so_far_values(others: list[list[float]], reports: int) -> list[float]:
+    """Each of ``others``' (metric series) best finite value over its first ``reports``
+    reports, those without one left out.
+
+    Examples:
+        >>> others_best_so_far_values([[0.5, 0.9], [float("nan"), 0.4], []], 1)
+        [0.5]
+    """
+    bests = [
+        max((m for m in series[:reports] if math.isfinite(m)), default=None) for series in others
+    ]
+    return [b for b in bests if b is not None]
+
+
 def others_best_so_far(trial: TrialHistory, others: list[TrialHistory]) -> list[float]:
     """Each of ``others``' best over its first ``trial.reports`` reports (trials without a
     finite value there left out), for :func:`among_best`.
@@ -494,20 +509,27 @@ def stop_verdict(
             # growing by as much as they last grew, report after report
             growth = steps[-1] - max([0.0, *steps[:-1]])
             gain += growth * remaining * (remaining + 1) / 2
-        reachable = trial.best() + rules.optimism * gain
         # a trial close to the target is not judged by its rate: a few reports of noise, a
         # plateau before a learning-rate drop, read as no rate at all, and the top of the
         # sweep is where its answer lies (how the good trials compare). Close: where it stands
         # now (its best over its recent reports: a trial that fell back is where it fell) is
         # within twice its noise of the target, or within reach_margin of its way there from
         # its first value and reach_within of the target
-        window = max(rules.settle_window, it // 2) + 1
-        level = max(m for _, m in values[-window:])
+        window = max(rules.settle_window, it // 2) + 1  # reports, not values (sparse metrics)
+        level = max((m for i, m in values if i >= it - window), default=values[-1][1])
         near = max(
-            2 * noise_band(trial, rules),
+            min(2 * noise_band(trial, rules), 2 * rules.reach_within),
             min(rules.reach_margin * (target - first), rules.reach_within),
         )
-        if reachable < target and target - level > near:
+        # where the others stood after as many reports: a trial level with them there follows
+        # their course later (trials run a few at a time, each with its learning-rate drop to
+        # come), not a worse one
+        so_far = sorted(others_best_so_far_values(others, it), reverse=True)
+        level_with_others = (
+            len(so_far) >= rules.protect_top and level >= so_far[rules.protect_top - 1] - near
+        )
+        reachable = level + rules.optimism * gain
+        if reachable < target and target - level > near and not level_with_others:
             return Decision(
                 "stop",
                 f"cannot reach the top {rules.protect_top}",

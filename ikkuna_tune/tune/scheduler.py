@@ -58,21 +58,6 @@ def _copies_checkpoints(scheduler: object) -> bool:
     return any(isinstance(s, PopulationBasedTraining) for s in _wrapped_chain(scheduler))
 
 
-def _records_each_result(scheduler: object) -> bool:
-    """Whether ``scheduler`` decides on each result against a record of results (ASHA, the
-    median stopping rule), so that telling it the result of a trial stopped anyway only keeps
-    its record whole.
-
-    Examples:
-        >>> from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
-        >>> _records_each_result(ASHAScheduler()), _records_each_result(HyperBandScheduler())
-        (True, False)
-    """
-    from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule
-
-    return isinstance(scheduler, (AsyncHyperBandScheduler, MedianStoppingRule))
-
-
 def _wrapped_chain(scheduler: object) -> list[object]:
     """``scheduler`` and the schedulers it wraps (``ResourceChangingScheduler``'s base), outer
     first."""
@@ -322,13 +307,10 @@ class SVCCAScheduler(FIFOScheduler):
         view = self._views.setdefault(trial.trial_id, TrialView())
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:
-            if _records_each_result(self.base):
-                # ASHA's rungs (a median rule's history) take the result of a trial stopped
-                # here too, and so hold the values they would hold on their own: a diverged
-                # trial hidden from them raised the cut-off, and ASHA stopped good trials it
-                # keeps alone. A synchronous HyperBand is not told: it would count the trial
-                # among a rung's survivors and promote one trial fewer
-                self.base.on_trial_result(tune_controller, trial, result)  # type: ignore[union-attr]
+            # the base is not told: Tune hands the trial's last result to on_trial_complete,
+            # which passes it on (ASHA records it in its rungs there, a median rule in its
+            # history; a synchronous HyperBand told here would count the trial among a rung's
+            # survivors and promote one trial fewer)
             return decision
         if self.base is not None:
             base_decision = self.base.on_trial_result(tune_controller, trial, result)

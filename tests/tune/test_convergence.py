@@ -321,3 +321,28 @@ def test_a_trial_far_behind_or_fallen_back_is_stopped_despite_the_margin() -> No
     stop = stop_verdict(_drifting(fallen), RULES, top, budget=30)
     assert stop is not None and stop.rule == "cannot reach the top 3"
     assert stop.values["best"] == 0.9 and stop.values["recent_best"] == 0.1
+
+
+def test_the_margin_cases_a_review_found() -> None:
+    """Sparse metrics: a trial that fell back is judged by where it stands over its recent
+    reports, not its recent values. A trial that passed the target and collapsed is judged
+    from where it stands now. A wildly noisy trial far behind is not spared by its noise. A
+    late trial level with where the others stood after as many reports (before their own
+    learning-rate drop) runs on."""
+    nan = math.nan
+    top = [[0.5, 0.8, 0.9] + [0.95] * 27] * 3
+    fallen = [0.1, nan, 0.5, nan, 0.9, nan] + [0.1, nan] * 6
+    stop = stop_verdict(_drifting(fallen), RULES, top, budget=60)
+    assert stop is not None and stop.values["recent_best"] == 0.1
+    collapsed = [0.1, 0.5, 0.9, 0.96] + [0.1] * 10
+    stop = stop_verdict(_drifting(collapsed), RULES, top, budget=30)
+    assert stop is not None and stop.values["best"] == 0.96
+    noisy = [0.1, 0.3, 0.5, 0.1, 0.5, 0.1, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    stop = stop_verdict(_drifting(noisy), RULES, top, budget=30)
+    assert stop is not None and stop.values["margin"] == pytest.approx(2 * RULES.reach_within)
+    # three trials that finished: 0.87 until their drop at report 20, then 0.93
+    finished = [[0.5, 0.7, 0.8] + [0.87] * 17 + [0.93] * 10] * 3
+    late = [0.5, 0.7, 0.8] + [0.87] * 14  # report 17, level with them at report 17
+    assert stop_verdict(_drifting(late), RULES, finished, budget=30) is None
+    behind = [0.4, 0.6, 0.7] + [0.77] * 14  # 10 points below where they stood
+    assert stop_verdict(_drifting(behind), RULES, finished, budget=30) is not None

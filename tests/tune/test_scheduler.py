@@ -467,10 +467,11 @@ def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
     )
 
 
-def test_the_wrapped_base_sees_the_results_of_trials_stopped_here() -> None:
-    """A diverged trial this scheduler stops is still recorded in ASHA's rungs: ASHA then
-    decides for the other trials as it would on its own (hidden from it, the diverged trial's
-    low value no longer lowered the cut-off, and ASHA stopped a good trial it keeps alone)."""
+def test_a_base_records_a_trial_stopped_here_once_as_tune_completes_it() -> None:
+    """A diverged trial this scheduler stops reaches the base once, through on_trial_complete
+    (as Tune calls it for a stopped trial): ASHA's rungs then hold what they hold on their
+    own, and a median rule counts the trial's last result once."""
+    from ray.tune.schedulers import MedianStoppingRule
 
     def asha() -> ASHAScheduler:
         return ASHAScheduler(
@@ -491,11 +492,22 @@ def test_the_wrapped_base_sees_the_results_of_trials_stopped_here() -> None:
         "dead": result(sims, it=1, acc=0.05, live={"conv1": 0.0}),
         "fair": result(sims, it=1, acc=0.5),
     }
-    decisions = {n: scheduler.on_trial_result(controller, trials[n], r) for n, r in reports.items()}
+    decisions = {}
+    for name, report in reports.items():
+        decisions[name] = scheduler.on_trial_result(controller, trials[name], report)
+        if decisions[name] == STOP:
+            scheduler.on_trial_complete(controller, trials[name], report)
     reference = {n: alone.on_trial_result(controller, trials[n], r) for n, r in reports.items()}
     assert decisions["dead"] == STOP and scheduler.stopped_trials["dead"] == "dead layer"
     assert reference["fair"] == CONTINUE  # above the median of 0.9 and 0.05 (0.475)
     assert decisions["fair"] == reference["fair"]
+    median = MedianStoppingRule(metric="acc", mode="max", time_attr="training_iteration")
+    scheduler, _ = make(base=median, freeze_best=False)
+    dead = FakeTrial("dead")
+    scheduler.on_trial_add(controller, dead)
+    assert scheduler.on_trial_result(controller, dead, reports["dead"]) == STOP
+    scheduler.on_trial_complete(controller, dead, reports["dead"])
+    assert len(median._results[dead]) == 1
 
 
 def test_metric_and_mode_from_tune_or_a_clear_error() -> None:
@@ -609,10 +621,10 @@ def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
     for trial in (a, b):
         scheduler.on_trial_add(None, trial)
     dists = {name: 0.1 for name in LAYERS}
-    reports_a = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.1, 0.2, 0.3])]
+    reports_a = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.8, 0.85, 0.88])]
     assert feed(scheduler, a, reports_a) == [CONTINUE] * 3
     scheduler.on_trial_complete(None, a, result({}, it=4, acc=0.9, dist=dists))
-    assert scheduler._views["a"].history.metric == [0.1, 0.2, 0.3, 0.9]
+    assert scheduler._views["a"].history.metric == [0.8, 0.85, 0.88, 0.9]
     reports_b = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.5, 0.52, 0.53])]
     assert feed(scheduler, b, reports_b) == [CONTINUE, CONTINUE, STOP]
     stop = scheduler._views["b"].stopped
