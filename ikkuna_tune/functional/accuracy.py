@@ -45,12 +45,14 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
         flat = output.reshape(-1)
         return torch.where(flat.isnan(), -1, (flat > 0).long())
-    return _unless_nan(output.argmax(dim=1), output, 1)
+    return _argmax_or_none(output, 1)
 
 
-def _unless_nan(pred: torch.Tensor, output: torch.Tensor, classes: int) -> torch.Tensor:
-    """``pred``, with -1 where the scores along dimension ``classes`` of ``output`` hold a NaN."""
-    return torch.where(output.isnan().any(dim=classes), -1, pred)
+def _argmax_or_none(output: torch.Tensor, classes: int) -> torch.Tensor:
+    """The arg-max of ``output`` along dimension ``classes``, -1 where the scores hold a NaN
+    (the maximum propagates a NaN, so one test per sample finds them)."""
+    values, indices = output.max(dim=classes)
+    return torch.where(values.isnan(), -1, indices)
 
 
 def _one_logit(x: torch.Tensor) -> bool:
@@ -266,7 +268,7 @@ def count_predictions(output: torch.Tensor, target: torch.Tensor) -> Counts:
     if pred.numel() != target.numel():
         if output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:
             # classes last: (N, T, V) logits of a sequence model
-            pred = _unless_nan(output.argmax(dim=-1), output, -1)
+            pred = _argmax_or_none(output, -1)
         else:
             raise ValueError(
                 f"Expected one target per prediction but got outputs of shape "
@@ -293,7 +295,7 @@ def rate(counts: Counts) -> torch.Tensor:
     """
     value = counts.correct.float() / counts.total.clamp(min=1)
     unscored = (counts.predicted == 0) & (counts.total > 0)
-    return torch.where(unscored, torch.full_like(value, float("nan")), value)
+    return torch.where(unscored, float("nan"), value)
 
 
 def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
