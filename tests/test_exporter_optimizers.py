@@ -433,21 +433,22 @@ def test_a_new_stages_optimizer_is_warned_about_then_handed_over(tiny, batch, ca
     assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
 
 
+class _Stepper(torch.optim.Optimizer):
+    """An optimizer that steps another (accelerate's AcceleratedOptimizer, Lookahead)."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+        super().__init__([p for g in inner.param_groups for p in g["params"]], {})
+
+    def step(self, closure=None):  # type: ignore[override]
+        return self.inner.step(closure)
+
+
 def test_set_optimizers_validates_and_a_wrapped_inner_optimizer_is_not_warned_about(
     tiny, batch, caplog
 ) -> None:
-    class Wrapper(torch.optim.Optimizer):
-        """An optimizer that steps another (as accelerate's AcceleratedOptimizer does)."""
-
-        def __init__(self, inner: torch.optim.Optimizer) -> None:
-            self.inner = inner
-            super().__init__([p for g in inner.param_groups for p in g["params"]], {})
-
-        def step(self, closure=None):  # type: ignore[override]
-            return self.inner.step(closure)
-
     x, y = batch
-    wrapped = Wrapper(torch.optim.SGD(tiny.parameters(), lr=0.1))
+    wrapped = _Stepper(torch.optim.SGD(tiny.parameters(), lr=0.1))
     bus = MessageBus()
     _record(bus, _UPDATES)
     with ik.Exporter(tiny, wrapped, bus) as exporter:
@@ -552,17 +553,6 @@ def test_a_gradient_penalty_publishes_each_backwards_layer_gradient_and_warns(ca
     torch.testing.assert_close(first[1], outer)
     warned = [r for r in caplog.records if "second backward pass" in r.getMessage()]
     assert len(warned) == 1
-
-
-class _Stepper(torch.optim.Optimizer):
-    """An optimizer that steps another (accelerate's AcceleratedOptimizer, Lookahead)."""
-
-    def __init__(self, inner: torch.optim.Optimizer) -> None:
-        self.inner = inner
-        super().__init__([p for g in inner.param_groups for p in g["params"]], {})
-
-    def step(self, closure=None):  # type: ignore[override]
-        return self.inner.step(closure)
 
 
 def test_no_warning_when_a_wrapper_steps_the_watched_inner_optimizer(tiny, batch, caplog) -> None:
