@@ -570,19 +570,21 @@ def test_no_warning_when_a_wrapper_steps_the_watched_inner_optimizer(tiny, batch
     assert not [r for r in caplog.records if "does not watch" in r.getMessage()]
 
 
+def _out_of_memory() -> torch.Tensor:
+    """A closure that fails as an out-of-memory error does (a loop may skip the batch)."""
+    raise torch.OutOfMemoryError("simulated")
+
+
 def test_a_watched_step_that_raised_does_not_silence_the_unwatched_warning(
     tiny, batch, caplog
 ) -> None:
     x, y = batch
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
 
-    def failing_closure():
-        raise torch.OutOfMemoryError("simulated")
-
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
         with ik.Exporter(tiny, opt, MessageBus()):
             with pytest.raises(torch.OutOfMemoryError):
-                opt.step(failing_closure)  # the loop skips this batch
+                opt.step(_out_of_memory)  # the loop skips this batch
             stage2 = torch.optim.Adam(tiny.parameters())
             for _ in range(2):
                 _step(tiny, stage2, x, y)
@@ -629,13 +631,10 @@ def test_an_unwatched_step_that_raised_is_warned_about_and_nothing_is_kept(
     watched = torch.optim.SGD(tiny.parameters(), lr=0.1)
     other = torch.optim.SGD(tiny.parameters(), lr=0.1)
 
-    def failing_closure():
-        raise torch.OutOfMemoryError("simulated")
-
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
         with ik.Exporter(tiny, watched, MessageBus()) as exporter:
             with pytest.raises(torch.OutOfMemoryError):
-                other.step(failing_closure)
+                other.step(_out_of_memory)
             _step(tiny, watched, x, y)  # the next training pass judges it
             assert exporter._unwatched_running == []
     assert len([r for r in caplog.records if "does not watch" in r.getMessage()]) == 1
