@@ -332,6 +332,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._stepped: set[int] = set()
         self._stepping = 0
         self._watched_steps = 0
+        self._warned_label_type = False
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -640,7 +641,8 @@ class Exporter(StepHooks, LayerFreezing):
         """Wrap a loss (an ``nn.Module`` or a function such as ``F.cross_entropy``).
 
         The wrapper calls ``loss_fn(output, target, *args, **kwargs)``, publishes ``input_labels``
-        (the target) and ``loss``, and returns the loss unchanged.
+        (the target, when it is a tensor; otherwise it warns once) and ``loss``, and returns the
+        loss unchanged.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
@@ -651,6 +653,14 @@ class Exporter(StepHooks, LayerFreezing):
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
                 self.publish_labels(target, loss)
+            elif not self._warned_label_type:
+                self._warned_label_type = True
+                logger.warning(
+                    "wrap_loss was given a target of type %s, not a tensor: no input_labels are "
+                    "published, so train accuracy has nothing to count (publish the labels "
+                    "with exporter.publish_labels(labels), for mixup say the dominant ones)",
+                    type(target).__name__,
+                )
             self.publish_loss(loss)
             return loss
 

@@ -350,12 +350,12 @@ class StepHooks:
 
     def _start_step(self) -> None:
         self._finish_step()
-        if self._frozen:
-            self._release_retrained()
         if self._steps_started > 0:
             self.global_step += 1
             if self._epoch_open:
                 self.train_step += 1
+        if self._frozen:  # after the count: the step starting now is the first unfrozen one
+            self._release_retrained()
         self._steps_started += 1
         self._step_open = True
         self._stepped.clear()

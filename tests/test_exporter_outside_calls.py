@@ -406,3 +406,29 @@ def test_a_scripted_part_is_no_layer_and_the_eager_layers_are_watched(caplog) ->
         opt.step()
     assert torch.allclose(updates["0"], model[0].weight.detach() - before[0])
     assert torch.allclose(updates["2"], model[2].weight.detach() - before[1])
+
+
+def test_wrap_loss_warns_once_when_the_target_is_no_tensor(caplog) -> None:
+    """A mixup loss takes (labels_a, labels_b, lam): no labels can be published, so train
+    accuracy has nothing to count; the wrapper says so once."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def mixup_loss(out, target):
+        a, b, lam = target
+        return lam * F.cross_entropy(out, a) + (1 - lam) * F.cross_entropy(out, b)
+
+    labels: list = []
+    bus = MessageBus()
+    ik.CallbackSubscriber(["input_labels"], labels.append, bus)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(model, opt, bus) as exporter:
+            loss_fn = exporter.wrap_loss(mixup_loss)
+            for _ in range(2):
+                opt.zero_grad()
+                target = (torch.tensor([0, 1]), torch.tensor([1, 1]), 0.7)
+                loss_fn(model(torch.randn(2, 3)), target).backward()
+                opt.step()
+    assert labels == []
+    warned = [r for r in caplog.records if "not a tensor" in r.getMessage()]
+    assert len(warned) == 1 and "tuple" in warned[0].getMessage()

@@ -432,13 +432,14 @@ class TrialSession:
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
         # measured yet
+        frozen = exporter.frozen
         reasons = {
-            name: self.freeze_reasons.get(
-                name, keys.FROZEN_BY_TRIAL if name in exporter.frozen else ""
-            )
+            name: self.freeze_reasons.get(name, keys.FROZEN_BY_TRIAL) if name in frozen else ""
             for name in order
         }
-        reasons.update(self.freeze_reasons)  # (a reason for a layer not tracked: kept)
+        # a reason for a layer not tracked is kept; that of a layer the training code has
+        # unfrozen since is not (its frozen flag is 0 now)
+        reasons.update({n: r for n, r in self.freeze_reasons.items() if n not in reasons})
         merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds

@@ -96,6 +96,26 @@ def test_a_layer_the_trial_froze_itself_says_so() -> None:
     trial.session.close()
 
 
+def test_a_reason_goes_when_the_training_code_unfreezes_the_layer(caplog) -> None:
+    """A two-stage script turns every parameter trainable again: the scheduler's frozen layer
+    is unfrozen from the next step on (the warning names that step: the first whose update is
+    not zero), and its reason leaves the reports with its frozen flag."""
+    trial = _Trial()
+    trial.session.apply([{"freeze": ["conv"], "reasons": {"conv": REASON}}])
+    frozen = trial.report(2)
+    assert frozen["frozen"]["conv"] == 1 and frozen["freeze_reason"]["conv"] == REASON
+    for p in trial.model.parameters():
+        p.requires_grad_(True)
+    before = trial.model.conv.weight.detach().clone()
+    step = trial.exporter.global_step + 1  # the step the next training pass starts
+    with caplog.at_level("WARNING", logger="ikkuna_tune.layer_freezing"):
+        later = trial.report(1)
+    assert not torch.equal(trial.model.conv.weight, before)  # it trained in that step
+    assert f"counts as unfrozen from step {step} on" in caplog.text
+    assert later["frozen"]["conv"] == 0 and later["freeze_reason"]["conv"] == ""
+    trial.session.close()
+
+
 def test_step_times_are_nan_until_measured() -> None:
     reports = _reports()
     step = [r["step_seconds"] for r in reports]
