@@ -92,12 +92,6 @@ def _scripted_holders(model: nn.Module) -> list[str]:
     return [name or "<model>" for name in found]
 
 
-def _scripted(model: nn.Module, names: Iterable[str]) -> set[str]:
-    """Those of the modules ``names`` of ``model`` that are TorchScript modules."""
-    modules = dict(model.named_modules())
-    return {n for n in names if isinstance(modules.get(n), torch.jit.ScriptModule)}
-
-
 def _on_every_optimizer_step(exporter: Exporter) -> tuple[RemovableHandle, RemovableHandle]:
     """Global step pre- and post-hooks, for every optimizer, that tell ``exporter`` (held
     weakly: the hooks do not keep it alive) which optimizer is about to step and which has
@@ -303,7 +297,7 @@ class Exporter(StepHooks, LayerFreezing):
                     "weight, gradient or update metrics, nor are they frozen with a layer: %s (a "
                     "layer is a leaf module that holds parameters)%s",
                     ", ".join(f"{name or '<model>'!r}: {held}" for name, held in unowned.items()),
-                    _unowned_advice(unowned, _scripted(unwrapped(model), unowned)),
+                    _unowned_advice(unowned, set(_scripted_holders(unwrapped(model)))),
                 )
         self.model = model
         #: The optimizers, in the order given (empty without one).
@@ -531,13 +525,12 @@ class Exporter(StepHooks, LayerFreezing):
         # a step still open now was stepped by an optimizer not watched (or by none): it ends
         # here, so that the next training pass starts a step of the optimizers watched now
         self._finish_step()
-        stepped = {id(self.optimizers[i]) for i in self._stepped}
         for handle in self._optimizer_handles:
             handle.remove()
         self._optimizer_handles = self._hook_optimizers(optimizers)
         self.optimizers = optimizers
         self.optimizer = optimizers[0] if optimizers else None
-        self._stepped = {i for i, opt in enumerate(optimizers) if id(opt) in stepped}
+        self._stepped.clear()  # indices of the optimizers watched before
         self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
         self._name_optimizer_layers()
         self._sync_hooks()  # without optimizers, gradients are read per parameter
