@@ -69,8 +69,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     **Publishing.** ``self_similarity`` (per layer, a 0-d float64 tensor on the activations'
     device) is SVCCA with ``keep`` between this checkpoint's and the previous checkpoint's
     activations; the first checkpoint only records. It is published with the step and epoch of
-    the message that triggered the checkpoint. A layer whose activations are not finite gets
-    NaN, with a logged warning; training goes on. Each checkpoint reads the similarities back to
+    the message that triggered the checkpoint. Probe points whose activations at a layer are
+    not finite (inputs the model cannot score: a blank image normalised by its maximum) are left
+    out of that layer's measures, with a logged warning naming how many (:func:`finite_rows`);
+    a layer with more than half of them not finite (diverged) gets NaN, with a logged warning;
+    training goes on. Each checkpoint reads the similarities back to
     the host once (one synchronisation with the device per checkpoint), to warn about NaN and to
     decide on freezing.
 
@@ -167,6 +170,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.frequency = self.trigger.frequency
         self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
         self._told_not_freezing: set[str] = set()  # layers :meth:`_say_why_not` logged
+        self._told_rows: set[str] = set()  # layers :meth:`_say_rows_left_out` logged
         self.keep = _check_keep(keep)
         self.max_positions = check_int("max_positions", max_positions)
         if self.max_positions < 2:
@@ -248,10 +252,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         initial = self._initial if self.track_init else None
         settled = self._frozen_prefix(exporter)
         items: list[tuple[str, str, torch.Tensor]] = []
+        unmeasured: list[tuple[str, torch.Tensor]] = []  # per layer, the probe rows left out
         bases, self._bases = self._bases, {}
-        for name, now in current.items():
+        for name, now in list(current.items()):
             if name in settled:
                 continue  # a frozen prefix no longer changes: nothing new to measure
+            # a few probe points the model cannot score (a blank image normalised by its
+            # maximum: 0/0) are left out rather than make the whole layer NaN; the stored
+            # matrix is the repaired one, so the next checkpoint compares like with like
+            now, left_out = finite_rows(now)
+            current[name] = now
+            unmeasured.append((name, left_out))
             before = previous.get(name) if previous is not None else None
             if before is not None and before.shape != now.shape:
                 logger.warning(
@@ -277,13 +288,19 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             if start is not None and start.shape == now.shape:
                 side = self._initial_sides.get(name)
                 if side is None:
-                    side = self._initial_sides[name] = cka_side(start.to(now.device))
+                    start = finite_rows(start.to(now.device))[0]
+                    side = self._initial_sides[name] = cka_side(start)
                 items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(cka_side(now), side)))
                 items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
         if not items:
             return {}
         # the one host synchronisation of this checkpoint (one per device)
-        numbers = to_numbers([(kind, value, 0) for kind, _, value in items])
+        numbers = to_numbers(
+            [(kind, value, 0) for kind, _, value in items]
+            + [("rows", count, 0) for _, count in unmeasured]
+        )
+        self._say_rows_left_out(unmeasured, numbers[len(items) :], source)
+        numbers = numbers[: len(items)]
         values: dict[str, float] = {}
         for (kind, name, value), number in zip(items, numbers):
             if kind == keys.SELF_SIMILARITY:
@@ -299,6 +316,26 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if self.freeze_at is not None:
             self._freeze(values)
         return values
+
+    def _say_rows_left_out(
+        self,
+        unmeasured: list[tuple[str, torch.Tensor]],
+        counts: list[float],
+        source: Message | MessageBundle,
+    ) -> None:
+        """Warn once per layer whose probe activations had rows that are not finite."""
+        for (name, _), count in zip(unmeasured, counts, strict=True):
+            if count > 0 and name not in self._told_rows:
+                self._told_rows.add(name)
+                logger.warning(
+                    "Layer %r: %d of %d probe points have activations that are not finite at "
+                    "step %d; its similarities are measured on the other points (with more "
+                    "than half of them not finite, the layer's values are NaN)",
+                    name,
+                    int(count),
+                    self.n,
+                    source.global_step,
+                )
 
     @staticmethod
     def _frozen_prefix(exporter: ModelAccess) -> set[str]:
@@ -460,6 +497,31 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
 
     def __init__(self, dataset: Dataset[Any] | torch.Tensor, n: int, *args: Any, **kwargs: Any):
         super().__init__(dataset, n, check_int("n", n), *args, **kwargs)
+
+
+def finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (rows: probe points) with each row that holds a NaN or an infinity replaced by the
+    mean of the finite rows, and the number of rows replaced (a 0-d tensor; nothing is read
+    back to the host).
+
+    Centred, a replaced row is zero: it adds nothing to a covariance, a Gram matrix or a cross
+    product, so SVCCA and linear CKA see the finite rows only (of the two checkpoints compared,
+    the rows finite in both, when the same points fail at both). With fewer than half the rows
+    finite, or fewer than 2, ``x`` is returned as it is: a layer that is mostly not finite has
+    diverged, and its values stay NaN.
+
+    Examples:
+        >>> x = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [3.0, 4.0]])
+        >>> fixed, count = finite_rows(x)
+        >>> fixed[1].tolist(), int(count)
+        ([2.0, 3.0], 1)
+    """
+    ok = torch.isfinite(x).all(dim=1)
+    good = ok.sum()
+    mean = torch.where(ok[:, None], x, 0).sum(dim=0) / good.clamp_min(1)
+    usable = (2 * good >= x.shape[0]) & (good >= 2)
+    fixed = torch.where(ok[:, None] | ~usable, x, mean.to(x.dtype))
+    return fixed, torch.where(usable, x.shape[0] - good, 0)
 
 
 def _epoch_end() -> Message:

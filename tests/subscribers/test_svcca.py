@@ -459,3 +459,59 @@ def test_a_subscriber_moved_to_another_exporters_bus_runs_that_model() -> None:
     torch.testing.assert_close(sub._initial["2"], expected)
     old.close()
     new.close()
+
+
+class _PerImageNormalised(nn.Module):
+    """Scales each image's features by the image's largest pixel: a blank image gives 0/0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.flatten(1).abs().amax(dim=1)
+        return self.fc(F.relu(self.conv(x)).flatten(1) / scale[:, None])
+
+
+def test_probe_points_the_model_cannot_score_are_left_out_not_the_layer(caplog) -> None:
+    """A few blank images in the probe make fc's activations NaN for those points (0/0): fc's
+    self-similarity is SVCCA over the other points (textbook SVCCA on them), CKA and the live
+    fraction are finite, one warning names how many points were left out; conv, finite
+    everywhere, is measured on every point as before."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(40, 1, 6, 6, generator=g)
+    images[::8] = 0.0  # 5 blank images
+    data = TensorDataset(images, torch.randint(0, 5, (40,), generator=g))
+    model = _PerImageNormalised()
+    opt, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(data, 30, message_bus=bus, backend=None, max_positions=10**6)
+    got: list[tuple[str, str, float]] = []
+    ik.CallbackSubscriber(
+        ["self_similarity", "init_similarity", "live_fraction"],
+        lambda m: got.append((m.kind, m.key, m.data.item())),
+        bus,
+    )
+    probe = sub.probe_inputs
+    blank = probe.flatten(1).abs().amax(dim=1) == 0
+    assert 0 < int(blank.sum()) < len(probe) // 2  # the test can tell
+    fc_by_hand = []
+    x, y = data.tensors[0][~(data.tensors[0].flatten(1).abs().amax(1) == 0)], data.tensors[1]
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y[: len(x)]).backward()  # trained on the others
+            opt.step()
+            with torch.no_grad():
+                fc_by_hand.append(model(probe[~blank]))
+            exporter.epoch_finished()
+    values = {(kind, key): value for kind, key, value in got}
+    expected = textbook_svcca(fc_by_hand[0].numpy(), fc_by_hand[1].numpy())
+    assert values[("self_similarity", "fc")] == pytest.approx(expected, abs=1e-6)
+    assert all(math.isfinite(v) for v in values.values())
+    assert values[("live_fraction", "fc")] == 1.0
+    left_out = [r.getMessage() for r in caplog.records if "probe points" in r.getMessage()]
+    assert len(left_out) == 1 and f"'fc': {int(blank.sum())} of 30" in left_out[0]
+    assert "has non-finite activations" not in caplog.text
+    exporter.close()
