@@ -252,7 +252,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         initial = self._initial if self.track_init else None
         settled = self._frozen_prefix(exporter)
         items: list[tuple[str, str, torch.Tensor]] = []
-        unmeasured: list[tuple[str, torch.Tensor]] = []  # per layer, the probe rows left out
+        # per layer, the rows of its matrix left out, and its rows
+        unmeasured: list[tuple[str, torch.Tensor, int]] = []
         bases, self._bases = self._bases, {}
         for name, now in list(current.items()):
             if name in settled:
@@ -262,7 +263,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             # matrix is the repaired one, so the next checkpoint compares like with like
             now, left_out = finite_rows(now)
             current[name] = now
-            unmeasured.append((name, left_out))
+            unmeasured.append((name, left_out, now.shape[0]))
             before = previous.get(name) if previous is not None else None
             if before is not None and before.shape != now.shape:
                 logger.warning(
@@ -297,7 +298,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # the one host synchronisation of this checkpoint (one per device)
         numbers = to_numbers(
             [(kind, value, 0) for kind, _, value in items]
-            + [("rows", count, 0) for _, count in unmeasured]
+            + [("rows", count, 0) for _, count, _ in unmeasured]
         )
         self._say_rows_left_out(unmeasured, numbers[len(items) :], source)
         numbers = numbers[: len(items)]
@@ -319,21 +320,22 @@ class BatchedSVCCASubscriber(PlotSubscriber):
 
     def _say_rows_left_out(
         self,
-        unmeasured: list[tuple[str, torch.Tensor]],
+        unmeasured: list[tuple[str, torch.Tensor, int]],
         counts: list[float],
         source: Message | MessageBundle,
     ) -> None:
         """Warn once per layer whose probe activations had rows that are not finite."""
-        for (name, _), count in zip(unmeasured, counts, strict=True):
+        for (name, _, rows), count in zip(unmeasured, counts, strict=True):
             if count > 0 and name not in self._told_rows:
                 self._told_rows.add(name)
                 logger.warning(
-                    "Layer %r: %d of %d probe points have activations that are not finite at "
-                    "step %d; its similarities are measured on the other points (with more "
-                    "than half of them not finite, the layer's values are NaN)",
+                    "Layer %r: %d of its %d probe rows (probe points, or their positions for a "
+                    "convolution) have activations that are not finite at step %d; its "
+                    "similarities are measured on the other rows (with more than half of them "
+                    "not finite, the layer's values are NaN)",
                     name,
                     int(count),
-                    self.n,
+                    rows,
                     source.global_step,
                 )
 
@@ -501,8 +503,8 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
 
 def finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (rows: probe points) with each row that holds a NaN or an infinity replaced by the
-    mean of the finite rows, and the number of rows replaced (a 0-d tensor; nothing is read
-    back to the host).
+    mean of the finite rows, and the number of rows replaced (a 0-d tensor; off the CPU
+    nothing is read back to the host).
 
     Centred, a replaced row is zero: it adds nothing to a covariance, a Gram matrix or a cross
     product, so SVCCA and linear CKA see the finite rows only (of the two checkpoints compared,

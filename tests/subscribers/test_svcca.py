@@ -511,7 +511,7 @@ def test_probe_points_the_model_cannot_score_are_left_out_not_the_layer(caplog) 
     assert values[("self_similarity", "fc")] == pytest.approx(expected, abs=1e-6)
     assert all(math.isfinite(v) for v in values.values())
     assert values[("live_fraction", "fc")] == 1.0
-    left_out = [r.getMessage() for r in caplog.records if "probe points" in r.getMessage()]
-    assert len(left_out) == 1 and f"'fc': {int(blank.sum())} of 30" in left_out[0]
+    left_out = [r.getMessage() for r in caplog.records if "probe rows" in r.getMessage()]
+    assert len(left_out) == 1 and f"'fc': {int(blank.sum())} of its 30 probe rows" in left_out[0]
     assert "has non-finite activations" not in caplog.text
     exporter.close()
