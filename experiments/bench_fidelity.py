@@ -15,8 +15,9 @@ budget.
 A trial's accuracy is the best ``test_accuracy`` it reported; its compute is ``train_seconds``
 (time in its epochs, measured inside the trial). Per data set and family and per scheduler the
 summary gives ``compute_ratio`` (vs FIFO; ``reports_ratio`` the same in reports made, free of
-timing noise), ``best_same`` (the same best configuration as FIFO),
-``best_acc_delta``, ``top3_worst_delta`` (the worst change of FIFO's three best configurations);
+timing noise; ``reports``: the reports each trial made), ``best_same`` (the same best
+configuration as FIFO), ``best_acc_delta``, ``top3_worst_delta`` (the worst change of FIFO's
+three best configurations);
 for SVCCA + ASHA also the same against ASHA; for freezing only ``worst_good_delta`` and
 ``time_ratio_good`` over the trials FIFO brings to >= 80 % (``good_trials_frozen``: how many
 of them had a layer frozen); ``diverged_reports``: the most
@@ -133,6 +134,11 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
         }
 
     out: dict[str, Any] = {"fifo_accuracy": {str(lr): round(a, 4) for lr, a in acc("fifo").items()}}
+    # per scheduler, the reports each learning rate's trial made: where the compute went
+    out["reports"] = {
+        group: {str(lr): t["reports"] for lr, t in sorted(trials[group].items())}
+        for group in GROUPS
+    }
     for group in ("asha", "svcca", "svcca_asha"):
         out[group] = versus(group, "fifo")
     out["svcca_asha"]["vs_asha"] = versus("svcca_asha", "asha")
