@@ -343,7 +343,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
         self._held: dict[int, tuple[nn.Parameter, bool]] = {}  # see LayerFreezing
         self._held_modes: dict[str, dict[str, bool]] = {}
-        self._freeze_handles: dict[str, RemovableHandle] = {}
+        self._freeze_handles: dict[str, list[RemovableHandle]] = {}
         self._recompile_allowed = False  # see LayerFreezing._allow_recompilation
         self._pass_kinds = set()
         self.ddp_sync = None
@@ -416,8 +416,9 @@ class Exporter(StepHooks, LayerFreezing):
             for handle in handles:
                 handle.remove()
         self._kind_handles.clear()
-        for name, handle in self._freeze_handles.items():
-            handle.remove()
+        for name, handles in self._freeze_handles.items():
+            for handle in handles:
+                handle.remove()
             # without the hook the layer would stay in eval mode until the next model.train()
             self.modules[name].module.train(self.model.training)
         self._freeze_handles.clear()

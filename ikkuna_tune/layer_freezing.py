@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.ddp_sync import TrainableOnlySyncState, install_trainable_only_sync
-from ikkuna_tune.layers import TraceableHook, hold_eval, wrappers
+from ikkuna_tune.layers import TraceableHook, hold_eval, hold_own_eval, wrappers
 from ikkuna_tune.messages import NamedModule
 
 __all__ = ["LayerFreezing"]
@@ -68,7 +68,8 @@ class LayerFreezing:
     #: per frozen layer: the training flag of each of its modules (by name within the layer,
     #: ``''`` the layer itself) whose flag differed from the model's when it was frozen
     _held_modes: dict[str, dict[str, bool]]
-    _freeze_handles: dict[str, RemovableHandle]
+    #: per frozen layer, the forward pre-hooks that hold it (and each module in it) in eval mode
+    _freeze_handles: dict[str, list[RemovableHandle]]
     _recompile_allowed: bool
     #: the kinds of forward pass the model ran, ``(training, gradients on)``: each is a graph
     #: of its own for a compiled model
@@ -102,20 +103,20 @@ class LayerFreezing:
     def freeze(self, name: str) -> None:
         """Stop training layer ``name``: its parameters and its buffers stop changing.
 
-        Its trainable parameters lose ``requires_grad`` and their gradients (a parameter that
-        was not trainable, a frozen base weight of fine-tuning, is left as it is; :meth:`unfreeze`
-        gives each parameter its own ``requires_grad`` back); optimizers skip parameters
-        whose ``grad`` is None, so momentum and weight decay no longer move them. L-BFGS is the
-        exception: its step moves every parameter along a direction its history built, so an
-        ``LBFGS`` optimizer given to the Exporter forgets its history at each freeze and
-        unfreeze (its next step starts afresh from the gradient, which is zero for the frozen
-        layer); one not given to the Exporter would go on moving the layer. The layer and
-        its submodules run in eval mode in every forward pass (a forward pre-hook sets their
-        ``training`` flag, so ``model.train()`` does not undo it): a BatchNorm uses its running
-        statistics and no longer updates them (``running_mean``, ``running_var``,
-        ``num_batches_tracked``), dropout is off. Publishes ``layer_frozen`` with the layer's
-        name; while frozen, the layer's ``*_updates`` are exactly zero and it publishes no
-        ``*_gradients``.
+        Its trainable parameters lose ``requires_grad`` and their gradients (a parameter that was
+        not trainable, a frozen base weight of fine-tuning, is left as it is; :meth:`unfreeze` gives
+        each parameter its own ``requires_grad`` back); optimizers skip parameters whose ``grad`` is
+        None, so momentum and weight decay no longer move them. L-BFGS is the exception: its step
+        moves every parameter along a direction its history built, so an ``LBFGS`` optimizer given
+        to the Exporter forgets its history at each freeze and unfreeze (its next step starts afresh
+        from the gradient, which is zero for the frozen layer); one not given to the Exporter would
+        go on moving the layer. The layer and its submodules run in eval mode in every forward pass
+        (forward pre-hooks on the layer and on each of its modules set their ``training`` flag, so
+        ``model.train()`` does not undo it, also in a layer the model never calls itself, such as an
+        ``nn.ModuleList``): a BatchNorm uses its running statistics and no longer updates them
+        (``running_mean``, ``running_var``, ``num_batches_tracked``), dropout is off. Publishes
+        ``layer_frozen`` with the layer's name; while frozen, the layer's ``*_updates`` are exactly
+        zero and it publishes no ``*_gradients``.
 
         Under ``DistributedDataParallel`` every rank must freeze the same layer before the same
         step, and DDP must have been built with ``find_unused_parameters=True``: the frozen
@@ -171,9 +172,16 @@ class LayerFreezing:
         self._held_modes[name] = modes
         hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
-            self._freeze_handles[name] = named.module.register_forward_pre_hook(
-                TraceableHook(hold_eval), prepend=True
-            )
+            # the layer's hook puts it and its modules in eval mode when it is called; each of
+            # its modules has its own, for a layer that is never called itself (a ModuleList)
+            self._freeze_handles[name] = [
+                named.module.register_forward_pre_hook(TraceableHook(hold_eval), prepend=True),
+                *(
+                    inner.register_forward_pre_hook(TraceableHook(hold_own_eval), prepend=True)
+                    for local, inner in named.module.named_modules()
+                    if local
+                ),
+            ]
         self._frozen[name] = None
         self._restart_lbfgs(named)
         if saved is None:  # a restored freeze was announced when it happened
@@ -256,8 +264,7 @@ class LayerFreezing:
                 continue
             _, before = self._held.pop(id(param), (param, True))
             param.requires_grad_(before)
-        handle = self._freeze_handles.pop(name, None)
-        if handle is not None:
+        for handle in self._freeze_handles.pop(name, []):
             handle.remove()
         self._restart_lbfgs(named)
         named.module.train(self.model.training)

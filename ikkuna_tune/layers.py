@@ -31,6 +31,7 @@ __all__ = [
     "first_tensor",
     "for_evaluation",
     "hold_eval",
+    "hold_own_eval",
     "layer_tensor",
     "output_tensor",
     "own_params",
@@ -209,6 +210,22 @@ def hold_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
     """
     for submodule in module.modules():
         submodule.training = False
+
+
+def hold_own_eval(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a module inside a frozen layer: it runs in eval mode even when the
+    frozen layer itself is never called (a container such as ``nn.ModuleList``, whose modules
+    the model calls one by one), so that :func:`hold_eval` on the layer never runs.
+
+    Examples:
+        >>> from torch import nn
+        >>> blocks = nn.ModuleList([nn.BatchNorm1d(2)])
+        >>> handle = blocks[0].register_forward_pre_hook(hold_own_eval)
+        >>> _ = blocks.train()[0](torch.randn(4, 2))  # the list is never called
+        >>> blocks[0].training, int(blocks[0].num_batches_tracked)
+        (False, 0)
+    """
+    module.training = False
 
 
 def wrappers(model: nn.Module) -> list[nn.Module]:

@@ -146,6 +146,45 @@ def test_frozen_block_containing_batchnorm_and_dropout_runs_in_eval_mode() -> No
                 torch.testing.assert_close(act, reference(batches[i % len(batches)][0]))
 
 
+class Stages(nn.Module):
+    """Blocks kept in a ModuleList, called one by one (the list itself is never called)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.fc = nn.Linear(2 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(x.flatten(1))
+
+
+def test_a_frozen_layer_that_is_never_called_itself_holds_its_modules_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = Stages()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _batches(3, channels=2)
+    with ik.Exporter(model, opt, depth=1) as exporter:
+        assert list(exporter.modules) == ["blocks", "fc"]
+        _train(model, opt, exporter, batches, epochs=1)
+        exporter.freeze("blocks")
+        frozen = [_buffers(block.bn) for block in model.blocks]
+        reference = copy.deepcopy(model.blocks).eval()  # independent copy, no hooks
+        _train(model, opt, exporter, batches)  # calls model.train() every epoch
+        for block, buffers in zip(model.blocks, frozen):
+            for name in _BN_BUFFERS:
+                assert torch.equal(getattr(block.bn, name), buffers[name]), name
+        # running statistics, no dropout: each block computes its eval output
+        x = batches[0][0]
+        with torch.no_grad():
+            expected = reference[1](reference[0](x))
+            torch.testing.assert_close(model.blocks[1](model.blocks[0](x)), expected)
+        exporter.unfreeze("blocks")
+        assert all(m.training for m in model.blocks.modules())  # the model's mode again
+        assert not any(m._forward_pre_hooks for m in model.blocks.modules())
+
+
 def test_unfreeze_restores_the_models_training_mode_and_statistics_move_again() -> None:
     torch.manual_seed(0)
     model = ConvBNNet()
