@@ -7,10 +7,13 @@ when the first evaluation moves a batch there, an epoch into training.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["check_device", "device_of"]
+__all__ = ["check_device", "device_of", "own_random_state"]
 
 #: Device types whose availability and count torch reports through ``torch.<type>``.
 _CHECKED_TYPES = ("cuda", "mps", "xpu")
@@ -89,3 +92,24 @@ def device_of(model: nn.Module | None) -> torch.device | None:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return None
+
+
+@contextlib.contextmanager
+def own_random_state(device: torch.device | None) -> Iterator[None]:
+    """Run the block on a copy of torch's random state (the CPU's, and ``device``'s if it is a
+    GPU), so that what a subscriber draws while it runs the model (a DataLoader's seed, a
+    stochastic layer's noise in eval mode) leaves the training run's random draws alone.
+
+    Examples:
+        >>> _ = torch.manual_seed(0); expected = torch.rand(1)
+        >>> _ = torch.manual_seed(0)
+        >>> with own_random_state(None):
+        ...     _ = torch.rand(3)  # drawn from the copy
+        >>> torch.equal(torch.rand(1), expected)
+        True
+    """
+    devices = []
+    if device is not None and device.type == "cuda":  # an index-less device: the current
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        yield

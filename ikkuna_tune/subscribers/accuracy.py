@@ -25,7 +25,7 @@ from ikkuna_tune.functional.accuracy import (
     rate,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
-from ikkuna_tune.subscribers._device import check_device, device_of
+from ikkuna_tune.subscribers._device import check_device, device_of, own_random_state
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.probe import Trigger, check_probe_args
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
@@ -499,10 +499,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
         # a DataLoader draws its base seed (and a shuffling sampler its order) from the global
         # random state: forked, so that evaluating leaves the training run's random draws alone
-        devices = []
-        if device is not None and device.type == "cuda":  # an index-less device: the current
-            devices = [torch.cuda.current_device() if device.index is None else device.index]
-        with torch.random.fork_rng(devices=devices), probe as probed, _evaluating(other, *named):
+        with own_random_state(device), probe as probed, _evaluating(other, *named):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
             for batch in self._batches():

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ikkuna_tune.checks import check_int_or_epoch
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
-from ikkuna_tune.subscribers._device import device_of
+from ikkuna_tune.subscribers._device import device_of, own_random_state
 from ikkuna_tune.subscribers.base import CallbackSubscriber
 
 if TYPE_CHECKING:
@@ -124,6 +124,18 @@ def _feature_count(layer: nn.Module) -> int | None:
     return None
 
 
+def _normalizes_a_map(layer: nn.Module, shape: tuple[int, ...] | None) -> bool:
+    """Whether ``layer`` is a layer norm over a feature map's channels and positions (or its
+    positions), ``nn.LayerNorm([C, H, W])`` after a convolution: its channels are in dimension 1
+    as a convolution's. Told by a ``normalized_shape`` of 3 or more dims, or of 2 on an output
+    of 4 or more dims (a norm over the last two dims of a 3-dim output, tokens by features,
+    keeps the features last)."""
+    normalized = getattr(layer, "normalized_shape", None)
+    if not isinstance(normalized, tuple) or len(normalized) < 2:
+        return False
+    return len(normalized) >= 3 or (shape is not None and len(shape) >= 4)
+
+
 def _own_forward(layer: nn.Module) -> bool:
     """Whether ``layer``'s class, outside torch, subclasses a features-last kind with a
     ``forward`` of its own (a ``LayerNorm2d`` that permutes the channels to the end and back
@@ -171,7 +183,8 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     its feature count in dimension 1 holds them there when its own output has another size
     last, when it is a norm of the user's own ``forward`` (a ``LayerNorm2d``, which permutes
     the channels to the end and back), or when the module is a block that also convolves (a
-    ConvNeXt block ending in a Linear).
+    ConvNeXt block ending in a Linear). A layer norm over a feature map (``nn.LayerNorm([C, H,
+    W])``, or over ``[H, W]`` of a 4-dim output) holds its channels in dimension 1.
     ``time_first``: the module was built with ``batch_first=False`` (an RNN's or attention's
     (S, N, F) output), so the probe points are in dimension 1.
 
@@ -191,6 +204,8 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
         >>> norm2d = nn.LayerNorm(16)  # applied to channels-last, output (N, 16, 6, 6)
         >>> activation_layout(norm2d, (2, 16, 6, 6)), activation_layout(norm2d, (2, 6, 6, 16))
         ((False, False), (True, False))
+        >>> activation_layout(nn.LayerNorm([16, 6, 6]), (2, 16, 6, 6))  # over a whole map
+        (False, False)
     """
     candidates = [module, *reversed(list(module.modules())[1:])]
     time_first = next(
@@ -203,6 +218,8 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     )
     for candidate in candidates:
         if isinstance(candidate, _FEATURES_LAST):
+            if _normalizes_a_map(candidate, shape):
+                return False, time_first
             if _channels_back_in_front(module, candidate, shape, time_first):
                 return False, time_first
             return True, time_first
@@ -309,7 +326,9 @@ class ActivationRecorder:
         recorder = CallbackSubscriber(["activations"], keep_rows, tag=self.probe_tag)
         recorder.attach(access.message_bus)
         try:
-            with access.probe(self.probe_tag) as model:
+            # on a copy of the random state: a stochastic layer (noise in eval mode too) draws
+            # from it, which would otherwise change the training run's later draws
+            with own_random_state(device), access.probe(self.probe_tag) as model:
                 run = model if forward is None else forward
                 for start in range(0, self.n, self.batch_size):
                     batch = self.inputs[start : start + self.batch_size]

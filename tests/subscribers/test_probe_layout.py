@@ -224,3 +224,50 @@ def test_a_linear_of_the_users_own_forward_keeps_its_features_last() -> None:
     assert activation_layout(ScaledLinear(4, 8), (2, 8, 8)) == (True, False)
     # its output with another size last is read channels-first
     assert activation_layout(ScaledLinear(4, 8), (2, 8, 5)) == (False, False)
+
+
+def test_a_layer_norm_over_a_feature_map_has_its_channels_as_features() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.LayerNorm([8, 6, 6]), nn.Flatten(), nn.Linear(288, 3)
+    )
+    x = torch.randn(5, 1, 8, 8)
+    recorder = ActivationRecorder(x, batch_size=2, max_positions=10**6, seed=0)
+    with ik.Exporter(model) as exporter:
+        recorded = recorder.record(exporter)
+    with torch.no_grad():
+        conv = model[0](x)
+        norm = model[1](conv)
+    # as a convolution's: a row per point and position, the 8 channels as columns
+    by_hand = {"0": conv, "1": norm}
+    for name, out in by_hand.items():
+        torch.testing.assert_close(recorded[name], out.permute(0, 2, 3, 1).reshape(-1, 8))
+
+
+class NoisyNet(nn.Module):
+    """Adds noise to its input in every mode (a stochastic layer, as a VAE's sampling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + torch.randn_like(x))
+
+
+def test_pushing_the_probe_through_leaves_the_random_state_alone() -> None:
+    model = NoisyNet()
+    x = torch.randn(6, 4)
+    recorder = ActivationRecorder(x, batch_size=4, max_positions=10**6, seed=0)
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    with ik.Exporter(model) as exporter:
+        first = recorder.record(exporter)["fc"]
+        second = recorder.record(exporter)["fc"]
+    torch.testing.assert_close(torch.rand(3), expected)
+    # the model did draw noise (its rows are not the noise-free ones), from a copy of the
+    # state: the same noise at every checkpoint
+    with torch.no_grad():
+        assert not torch.allclose(first.sum(0), model.fc(x).sum(0), atol=1e-3)
+    torch.testing.assert_close(first, second)
