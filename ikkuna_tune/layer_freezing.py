@@ -94,11 +94,21 @@ class LayerFreezing:
 
     def leaves_trainable(self, name: str, frozen: Iterable[str] = ()) -> bool:
         """Whether some parameter of the model would still train with layer ``name`` (and the
-        layers ``frozen``) frozen: :meth:`freeze` refuses to freeze the last trainable layer."""
+        layers ``frozen``) frozen: :meth:`freeze` refuses to freeze the last trainable layer.
+
+        Once a backward pass has given some parameter a gradient, only parameters with one
+        count: a layer the training never uses (a second task's head, trained by other runs)
+        keeps nothing training, and a loss with no trainable parameter behind it fails at
+        ``backward()``. Before any gradient (or after ``zero_grad()`` set them to None), every
+        trainable parameter counts."""
         excluded = {
             id(p) for layer in (name, *frozen) for p in self._layer(layer).module.parameters()
         }
-        return any(p.requires_grad and id(p) not in excluded for p in self.model.parameters())
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        left = [p for p in trainable if id(p) not in excluded]
+        if any(p.grad is not None for p in trainable):
+            return any(p.grad is not None for p in left)
+        return bool(left)
 
     def freeze(self, name: str) -> None:
         """Stop training layer ``name``: its parameters and its buffers stop changing.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -305,6 +307,44 @@ def test_freeze_errors_and_meta_message(tiny) -> None:
             exporter.freeze("fc")
         assert tiny.fc.weight.requires_grad
     assert [(k, d) for k, _, _, d in got] == [("layer_frozen", "conv")]
+
+
+class TwoHeads(nn.Module):
+    """A shared body and two task heads; this training uses head ``a`` only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.heads = nn.ModuleDict({"a": nn.Linear(6, 3), "b": nn.Linear(6, 3)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads["a"](torch.relu(self.body(x)))
+
+
+def test_a_layer_the_training_never_uses_does_not_count_as_still_trainable() -> None:
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ik.Exporter(model, opt) as exporter:
+        assert exporter.leaves_trainable("heads.a", ["body"])  # no gradient yet: b counts
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        # the reference: with body and head a untrainable, this loss has nothing to train
+        twin = copy.deepcopy(model)
+        for p in [*twin.body.parameters(), *twin.heads["a"].parameters()]:
+            p.requires_grad_(False)
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            F.cross_entropy(twin(x), y).backward()
+        assert not exporter.leaves_trainable("heads.a", ["body"])
+        exporter.freeze("body")
+        with pytest.raises(ValueError, match="'heads.a': it is the last trainable layer"):
+            exporter.freeze("heads.a")
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()  # head a still trains
+        opt.step()
+        assert model.heads["a"].weight.grad is not None
 
 
 def test_state_dict_round_trip_refreezes(tiny, batch) -> None:
