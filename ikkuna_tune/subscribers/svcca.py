@@ -374,7 +374,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         assert freeze_at is not None
 
         def settled(name: str) -> bool:
-            if not values.get(name, math.nan) >= freeze_at:  # NaN never freezes
+            # every call of a layer the forward pass calls more than once ('fc', 'fc#2'): a
+            # later call (after layers that still train) may still change
+            calls = [k for k in values if k == name or k.rpartition("#")[0] == name]
+            if not calls or not all(values[k] >= freeze_at for k in calls):  # NaN never freezes
                 return False
             upstream = exporter.trains_upstream(name)  # its input still changes: no prefix
             if upstream:

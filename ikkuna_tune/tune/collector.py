@@ -60,6 +60,8 @@ class MetricCollector(Subscriber):
             else:
                 self._keys.update(((kind, layer), None) for layer in layers)
         self._latest: dict[Key, Any] = {}
+        #: the layer keys every per-layer kind is reported for
+        self._layers: set[str | None] = set(layers)
         #: batches of one value per layer (kind, layers, 1-D tensor), in arrival order
         #: the latest batch of each kind and set of layers, most recent last
         self._batches: dict[tuple[str, tuple[NamedModule, ...]], torch.Tensor] = {}
@@ -123,6 +125,16 @@ class MetricCollector(Subscriber):
         self._unpack_batches()
         latest, self._latest = self._latest, {}
         self._keys.update(dict.fromkeys(latest))
+        # a layer key first seen now (a layer's further call in a forward pass, 'fc#2', whose
+        # SVCCA similarity comes a checkpoint after its other values) has every per-layer kind,
+        # as the tracked layers do from the first report on
+        known = {layer for _, layer in self._keys}
+        new = [layer for _, layer in latest if layer is not None and layer in known - self._layers]
+        for layer in dict.fromkeys(new):
+            self._layers.add(layer)
+            self._keys.update(
+                ((kind, layer), None) for kind, type_ in self.collected.items() if type_ != "META"
+            )
         numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
         nested: dict[str, Any] = {}
         for key in self._keys:

@@ -60,6 +60,7 @@ __all__ = [
     "TrialHistory",
     "among_best",
     "freeze_candidates",
+    "further_calls",
     "layer_settled",
     "metric_swing",
     "noise_band",
@@ -215,9 +216,23 @@ class TrialHistory:
         init_similarity: dict[str, float],
         live: dict[str, float],
     ) -> None:
-        """Append one report's values (missing ones become NaN)."""
+        """Append one report's values (missing ones become NaN); a layer's further calls
+        (``fc#2``, a layer the forward pass calls twice) are kept beside it.
+
+        Examples:
+            >>> trial = TrialHistory(layers=["fc"])
+            >>> trial.add(0.5, {"fc": 0.99, "fc#2": 0.9}, {}, {})
+            >>> trial.per_layer["fc#2"].similarity, further_calls(trial, "fc")
+            ([0.9], ['fc#2'])
+        """
         self.metric.append(metric)
-        for name in self.layers:
+        calls = [
+            n
+            for values in (self.per_layer, similarity, init_similarity, live)
+            for n in values
+            if _call_of(n) in self.layers and n not in self.layers
+        ]
+        for name in dict.fromkeys([*self.layers, *calls]):
             history = self.per_layer.setdefault(name, LayerHistory())
             pad = self.reports - 1 - len(history.similarity)
             for series in (history.similarity, history.distance, history.live):
@@ -226,6 +241,18 @@ class TrialHistory:
             init = init_similarity.get(name, math.nan)
             history.distance.append(1.0 - init if math.isfinite(init) else math.nan)
             history.live.append(live.get(name, math.nan))
+
+
+def _call_of(key: str) -> str:
+    """The layer whose call ``key`` names: ``'fc'`` for ``'fc#2'`` (and for ``'fc'``)."""
+    layer, mark, number = key.rpartition("#")
+    return layer if mark and number.isdigit() else key
+
+
+def further_calls(trial: TrialHistory, name: str) -> list[str]:
+    """The keys of layer ``name``'s further calls in a forward pass (``fc#2``) that the trial
+    reported values for."""
+    return [n for n in trial.per_layer if n != name and _call_of(n) == name]
 
 
 # ------------------------------------------------------------------------------ freezing
@@ -405,7 +432,11 @@ def freeze_candidates(
         if name in trial.refused:  # the trial will not freeze it: a stop for the prefix
             return False
         checks[name] = layer_settled(history, rules) if history else (False, {})
-        return checks[name][0]
+        # a layer the forward pass calls more than once is settled only in every call: a
+        # later call (after layers that still train) may still change
+        return checks[name][0] and all(
+            layer_settled(trial.per_layer[call], rules)[0] for call in further_calls(trial, name)
+        )
 
     names = next_to_freeze(trial.layers, done, settled, input_side_first=input_side_first)
     reports = trial.reports

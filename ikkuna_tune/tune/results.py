@@ -37,19 +37,27 @@ def reported_layers(result: dict[str, Any]) -> list[str]:
 
 
 def layer_values(result: dict[str, Any], key: str, layers: list[str]) -> dict[str, float]:
-    """The numbers ``result`` holds under ``<key>/<layer>`` for ``layers``, as floats; layers
-    without a number are left out.
+    """The numbers ``result`` holds under ``<key>/<layer>`` for ``layers`` and for their further
+    calls in a forward pass (``<key>/<layer>#2``), as floats; those without a number are left
+    out.
 
     Examples:
         >>> result = {"self_similarity/conv": 0.99, "self_similarity/fc": None}
         >>> layer_values(result, "self_similarity", ["conv", "fc"])
         {'conv': 0.99}
+        >>> layer_values({"self_similarity/fc#2": 0.5}, "self_similarity", ["fc"])
+        {'fc#2': 0.5}
     """
     prefix = key + "/"
+    known = set(layers)
+    names = [*layers]
+    for k in result:
+        if k.startswith(prefix):
+            layer, mark, number = k[len(prefix) :].rpartition("#")
+            if mark and number.isdigit() and layer in known:
+                names.append(k[len(prefix) :])
     return {
-        name: float(result[prefix + name])
-        for name in layers
-        if is_number(result.get(prefix + name))
+        name: float(result[prefix + name]) for name in names if is_number(result.get(prefix + name))
     }
 
 

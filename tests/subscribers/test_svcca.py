@@ -240,6 +240,9 @@ def test_converged_layers_freeze_from_the_input_side_but_not_the_last(data) -> N
         ({"0": 1.0, "2": math.nan, "4": 1.0}, ("0",)),
         ({"0": 0.999, "2": 0.9995}, ("0", "2")),
         ({"2": 1.0}, ()),  # no value for "0"
+        # "0" called a second time later in the forward pass: each call must be settled
+        ({"0": 1.0, "0#2": 0.9, "2": 1.0, "4": 1.0}, ()),
+        ({"0": 1.0, "0#2": 0.9995, "2": 0.5, "4": 1.0}, ("0",)),
     ],
 )
 def test_freezing_rule(values, expected) -> None:

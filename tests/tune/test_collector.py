@@ -92,6 +92,50 @@ def test_the_first_report_carries_every_key() -> None:
     assert all(isinstance(v, float) for v in results[1]["self_similarity"].values())
 
 
+class _SharedTwice(torch.nn.Module):
+    """inp -> shared -> shared (its second call: 'shared#2') -> out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(6, 8)
+        self.shared = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.shared(torch.relu(self.inp(x))))
+        return self.out(torch.relu(self.shared(h)))
+
+
+def _train_shared_twice(config: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = _SharedTwice()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    exporter = ik.watch(model, opt)
+    for _ in range(3):
+        for _ in range(3):
+            x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        exporter.epoch_finished()
+        ik.report({})
+
+
+def test_the_first_report_carries_the_keys_of_a_layers_second_call() -> None:
+    probe = TensorDataset(torch.randn(60, 6), torch.zeros(60, dtype=torch.long))
+    subscriber = ik.SVCCASubscriber(probe, 60, backend=None)
+    ik.instrument(_train_shared_twice, [subscriber])({})
+    results = ik.local_results()
+    layers = ["inp", "shared", "out", "shared#2"]
+    # self-similarity needs two checkpoints: None at the first report, under every key
+    assert results[0]["self_similarity"] == dict.fromkeys(layers)
+    for report in results:
+        assert set(report) == set(results[0])
+        for kind in ("self_similarity", "init_similarity", "live_fraction"):
+            assert sorted(report[kind]) == sorted(layers), kind
+    assert isinstance(results[1]["self_similarity"]["shared#2"], float)
+
+
 def test_numpy_bool_and_missing_values_keep_their_key_in_every_report(caplog) -> None:
     import logging
 

@@ -50,6 +50,21 @@ def test_converged_prefix_is_frozen_with_its_reason() -> None:
     assert chosen[0].rule == "converged"
 
 
+def test_a_layer_called_twice_is_frozen_only_once_both_calls_settled() -> None:
+    # 'first' is also called after 'middle' ('first#2'): its second call still changes
+    settled = (0.999, 0.8, 1.0)
+    moving = [(0.9, 1.0 - 0.05 * (i + 1), 1.0) for i in range(8)]
+    reports = [
+        (m, {"first": settled, "first#2": moving[i], "middle": settled, "head": settled})
+        for i, m in enumerate(plateau_metric(8))
+    ]
+    trial = history(reports)
+    assert trial.per_layer["first#2"].similarity == [0.9] * 8
+    assert freeze_candidates(trial, RULES) == []
+    both = [(m, {**layers, "first#2": settled}) for m, layers in reports]
+    assert [d.layer for d in freeze_candidates(history(both), RULES)] == ["first", "middle"]
+
+
 def test_slow_steady_drift_is_not_frozen() -> None:
     # a small learning rate: each epoch changes little (SVCCA 0.9999) but the layer keeps
     # travelling away from its initialisation at a steady pace

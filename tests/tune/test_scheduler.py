@@ -112,6 +112,26 @@ def test_freezes_settled_prefix_once_the_metric_plateaus() -> None:
     assert "freeze conv1 at report 5: converged" in text
 
 
+def test_a_layer_called_again_later_waits_for_its_later_call_to_settle() -> None:
+    scheduler, mailbox = make(freeze_at=0.99, patience=2, settle_window=3, plateau=2, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 0.995, "conv2": 0.991, "fc1": 0.5, "fc2": 0.999}
+
+    def report(i: int, again: float) -> dict[str, Any]:
+        # conv1 is called a second time after fc1 (which still changes)
+        out = result(sims, it=i, acc=0.8)
+        out["self_similarity/conv1#2"] = again
+        out["init_similarity/conv1#2"] = 0.7
+        out["live_fraction/conv1#2"] = 1.0
+        return out
+
+    feed(scheduler, trial, [report(i + 1, 0.6) for i in range(5)])
+    assert mailbox.posts == []  # its second call is far from settled
+    feed(scheduler, trial, [report(i + 6, 0.995) for i in range(2)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2"]]
+
+
 def test_by_default_the_best_trials_so_far_are_never_frozen() -> None:
     """Freezing perturbs a trial's final accuracy (by about a point in the fidelity sweeps),
     which can reorder near-tied best configurations: by default only trials that are not among
