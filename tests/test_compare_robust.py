@@ -543,3 +543,19 @@ def test_the_last_config_is_that_of_the_last_iteration_whatever_the_row_order(tm
     df.attrs = {}  # a frame built elsewhere: the config comes from its rows
     assert trial_values(df, "lr") == {"iiiii_00000": 0.02}
     assert trial_infos(df)["iiiii_00000"]["config"]["lr"] == 0.02
+
+
+def test_a_restored_trial_keeps_only_the_reports_of_the_run_it_ended_in(tmp_path) -> None:
+    """Reports 1-3, a crash, a restore from the checkpoint of report 1, and a stop at report
+    2: report 3 of the failed run is no report of the trial."""
+    experiment = tmp_path / "sweep"
+    results = [report("rrrrr_00000", CONFIG, i) for i in (1, 2, 3)]
+    results[2]["loss"] = -5.0  # the failed run's best loss by far
+    restored = report("rrrrr_00000", CONFIG, 2, done=True)
+    restored["loss"] = 1.5
+    write_trial(experiment, "train_rrrrr_00000_0", CONFIG, [*results, restored])
+    df = compare.load(experiment)
+    assert _loss(df, "rrrrr_00000") == [(1, 2.5), (2, 1.5)]
+    row = compare.summary(df, metric="loss", mode="min", budget=5).iloc[0]
+    assert row["iterations_run"] == 2 and row["best_loss"] == 1.5
+    assert bool(row["stopped_early"]) and row["compute_saved"] == pytest.approx(0.6)

@@ -357,14 +357,28 @@ def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def _clean(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``training_iteration`` (the last reported, as after a restore), in order."""
+    """One row per ``training_iteration``, in order, from the run the trial ended in: rows
+    are read in the order they were reported, and a trial restored from a checkpoint (or
+    restarted) reports an iteration again; its rows from that iteration on replace those of
+    the run it left, including the iterations the restored run never reached again.
+
+    Examples:
+        >>> rows = pd.DataFrame({"training_iteration": [1, 2, 3, 2], "acc": [0.1, 0.2, 0.8, 0.3]})
+        >>> _clean(rows)["acc"].tolist()  # the restored run's report 2 replaced reports 2 and 3
+        [0.1, 0.3]
+    """
     if not len(results) or "training_iteration" not in results.columns:
         return pd.DataFrame()
     results = results.copy()
     results["training_iteration"] = pd.to_numeric(results["training_iteration"], errors="coerce")
-    results = results.dropna(subset=["training_iteration"])
-    results = results.drop_duplicates("training_iteration", keep="last")
-    return results.sort_values("training_iteration", kind="stable", ignore_index=True)
+    results = results.dropna(subset=["training_iteration"]).reset_index(drop=True)
+    kept: list[int] = []  # positions of the rows of the latest run, by iteration
+    iterations = results["training_iteration"].tolist()
+    for position, iteration in enumerate(iterations):
+        while kept and iterations[kept[-1]] >= iteration:
+            kept.pop()
+        kept.append(position)
+    return results.iloc[kept].reset_index(drop=True)
 
 
 def _truthy(value: Any) -> bool:
