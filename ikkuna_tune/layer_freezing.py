@@ -330,10 +330,12 @@ class LayerFreezing:
         for name in frozen:
             self._freeze(name, saved.get(name, {}))
 
-    def frozen_parameter_fraction(self) -> float:
-        """Fraction of the model's parameters (by count) in frozen layers."""
+    def frozen_parameter_fraction(self, layers: Iterable[str] | None = None) -> float:
+        """Fraction of the model's parameters (by count) in frozen layers (in ``layers``, if
+        given: the layers that were frozen over some stretch of training)."""
         total = sum(p.numel() for p in self.model.parameters())
+        names = self._frozen if layers is None else layers
         # a parameter two frozen layers share (tied weights) counts once, as in the total
-        unique = {id(p): p for n in self._frozen for p in self.modules[n].module.parameters()}
+        unique = {id(p): p for n in names for p in self.modules[n].module.parameters()}
         frozen = sum(p.numel() for p in unique.values())
         return frozen / total if total else 0.0

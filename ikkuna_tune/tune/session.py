@@ -20,7 +20,7 @@ from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
-from ikkuna_tune.subscribers.base import Subscriber
+from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
@@ -238,6 +238,9 @@ class TrialSession:
         self._unfrozen_time = (0.0, 0)
         #: whether a report found a layer frozen: the mean step time before any freeze stops
         self._frozen_once = False
+        #: the layers frozen at the first training step since the last report (None: no step
+        #: since): a report says which layers were frozen while its iteration trained
+        self._frozen_at_start: tuple[str, ...] | None = None
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
@@ -356,6 +359,10 @@ class TrialSession:
         except Exception as error:
             raise renamed(error, f"{call}: {error}") from error
         try:
+            # before the subscribers: it stops the clock at a step's end before they act on
+            # it (a test evaluation every k steps is no part of a training step)
+            self.timer = StepTimer(bus)
+            CallbackSubscriber(["batch_started"], self._step_started, bus)
             for index, subscriber in enumerate(self.subscribers, 1):
                 taken = [kind for kind in subscriber.publications if kind in RESERVED_KEYS]
                 if taken:  # it would be overwritten in every report
@@ -369,7 +376,6 @@ class TrialSession:
                 except Exception as error:
                     text = f"{call}: cannot attach subscriber {index} ({subscriber!r}): {error}"
                     raise renamed(error, text) from error
-            self.timer = StepTimer(bus)
             published = {k: bus.kind_type(k) for s in self.subscribers for k in s.publications}
             self.collector = None
             if published:
@@ -427,8 +433,13 @@ class TrialSession:
             merged.update(self.collector.collect())
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
-        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
-        merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction()
+        # frozen while this iteration trained: at its first step and still now (a layer frozen
+        # at the epoch's end, before this report, trained in it; without a step since the last
+        # report, the layers frozen now)
+        started, self._frozen_at_start = self._frozen_at_start, None
+        during = [n for n in exporter.frozen if started is None or n in started]
+        merged[keys.FROZEN] = {name: int(name in during) for name in order}
+        merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction(during)
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
         # measured yet
@@ -443,7 +454,7 @@ class TrialSession:
         merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
-        if exporter.frozen:
+        if during:
             self._frozen_once = True  # from here on no step time is one of no freeze
         if step_seconds is not None and not self._frozen_once:
             total, count = self._unfrozen_time
@@ -451,6 +462,10 @@ class TrialSession:
         total, count = self._unfrozen_time
         merged[keys.STEP_SECONDS_UNFROZEN] = total / count if count else math.nan
         return merged
+
+    def _step_started(self, message: Any) -> None:
+        if self._frozen_at_start is None and self.exporter is not None:
+            self._frozen_at_start = self.exporter.frozen
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
         if self.exporter is None:

@@ -170,3 +170,44 @@ def test_numpy_bool_and_missing_values_keep_their_key_in_every_report(caplog) ->
     ]
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("'hist' published a Tensor where it published numbers before")
+
+
+class _Clock:
+    """A clock that moves only when told: step times without wall-clock noise."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_seconds_leave_out_what_subscribers_do_at_a_steps_end(monkeypatch) -> None:
+    import ikkuna_tune.tune.collector as collector
+
+    clock = _Clock()
+    monkeypatch.setattr(collector.time, "perf_counter", clock)
+
+    def evaluate(message: Any) -> None:  # a test evaluation at every step's end: 1 s
+        clock.now += 1.0
+
+    def train(config: dict[str, Any]) -> None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        x, y = data()
+        for _ in range(2):
+            for _ in range(4):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)  # the step starts with the forward pass
+                clock.now += 0.25  # the training step's work
+                loss.backward()
+                opt.step()
+            ik.report({})
+
+    evaluator = ik.CallbackSubscriber(["batch_finished"], evaluate)
+    ik.instrument(train, [evaluator])({})
+    results = ik.local_results()
+    # the first step is warm-up, not counted
+    assert [r["step_seconds"] for r in results] == [pytest.approx(0.25)] * 2
