@@ -196,6 +196,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # each layer's CKA side of the activations at initialisation: prepared once, compared
         # with every checkpoint's (rebuilt whenever those activations are recorded or restored)
         self._initial_sides: dict[str, CKASide] = {}
+        # each layer's live fraction at initialisation (0: its output is the same for every
+        # probe point by construction, as a constant-index embedding's), kept with its side
+        self._initial_live: dict[str, torch.Tensor] = {}
+        self._told_constant: set[str] = set()
         published = (
             [keys.SELF_SIMILARITY, keys.INIT_SIMILARITY, keys.LIVE_FRACTION]
             if track_init
@@ -227,6 +231,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         ):
             self._initial = self.record()
             self._initial_sides = {}
+            self._initial_live = {}
             self._initial_of = id(access)
 
     def detached(self, message_bus: MessageBus) -> None:
@@ -254,6 +259,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         items: list[tuple[str, str, torch.Tensor]] = []
         # per layer, the rows of its matrix left out, and its rows
         unmeasured: list[tuple[str, torch.Tensor, int]] = []
+        # per layer compared with initialisation, its live fraction there
+        constant: list[tuple[str, torch.Tensor]] = []
         bases, self._bases = self._bases, {}
         for name, now in list(current.items()):
             if name in settled:
@@ -288,22 +295,30 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             start = initial.get(name) if initial is not None else None
             if start is not None and start.shape == now.shape:
                 side = self._initial_sides.get(name)
-                if side is None:
+                if side is None or name not in self._initial_live:
                     start = finite_rows(start.to(now.device))[0]
                     side = self._initial_sides[name] = cka_side(start)
+                    self._initial_live[name] = live_fraction(start)
                 items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(cka_side(now), side)))
                 items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
+                constant.append((name, self._initial_live[name]))
         if not items:
             return {}
         # the one host synchronisation of this checkpoint (one per device)
         numbers = to_numbers(
             [(kind, value, 0) for kind, _, value in items]
             + [("rows", count, 0) for _, count, _ in unmeasured]
+            + [("live", live, 0) for _, live in constant]
         )
-        self._say_rows_left_out(unmeasured, numbers[len(items) :], source)
+        rows_at = len(items) + len(unmeasured)
+        self._say_rows_left_out(unmeasured, numbers[len(items) : rows_at], source)
+        initial_live = [(name, v) for (name, _), v in zip(constant, numbers[rows_at:], strict=True)]
+        unvaried = self._constant_by_construction(items, numbers, initial_live)
         numbers = numbers[: len(items)]
         values: dict[str, float] = {}
         for (kind, name, value), number in zip(items, numbers):
+            if name in unvaried:
+                continue  # no measure of a layer whose output never varied: None, not 0
             if kind == keys.SELF_SIMILARITY:
                 values[name] = number
                 if math.isnan(number):
@@ -317,6 +332,35 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if self.freeze_at is not None:
             self._freeze(values)
         return values
+
+    def _constant_by_construction(
+        self,
+        items: list[tuple[str, str, torch.Tensor]],
+        numbers: list[float],
+        initial_live: list[tuple[str, float]],
+    ) -> set[str]:
+        """The layers whose output is the same for every probe point now and was at
+        initialisation: one that does not depend on the input (a constant-index embedding, a
+        class token, BERT's token-type embedding of one type). Such a layer did not die (dead
+        is a layer that varied and collapsed) and has nothing to compare: its similarities and
+        live fraction are not published (None in the trial's reports) rather than 0, with one
+        warning."""
+        live_now = {
+            name: number
+            for (kind, name, _), number in zip(items, numbers)
+            if kind == keys.LIVE_FRACTION
+        }
+        unvaried = {name for name, live in initial_live if live == 0 and live_now.get(name) == 0}
+        for name in sorted(unvaried - self._told_constant):
+            self._told_constant.add(name)
+            logger.warning(
+                "Layer %r gives the same output for every probe point, as it did at "
+                "initialisation (it does not depend on the input: a constant-index embedding, a "
+                "class token): it has no self-similarity or live fraction (None), and does not "
+                "count as dead",
+                name,
+            )
+        return unvaried
 
     def _say_rows_left_out(
         self,
@@ -474,6 +518,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if state.get("initial") is not None:
             self._initial = dict(state["initial"])
             self._initial_sides = {}
+            self._initial_live = {}
             self._initial_of = None  # from the checkpoint: kept whatever model comes
         self.trigger.batches = int(state["batches"])
 

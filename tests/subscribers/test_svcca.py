@@ -518,3 +518,51 @@ def test_probe_points_the_model_cannot_score_are_left_out_not_the_layer(caplog) 
     assert len(left_out) == 1 and f"'fc': {int(blank.sum())} of its 30 probe rows" in left_out[0]
     assert "has non-finite activations" not in caplog.text
     exporter.close()
+
+
+class _WithClassToken(nn.Module):
+    """A class token (an embedding of index 0, the same for every input) added to a Linear's
+    output, then a head: the token's layer does not depend on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 4)
+        self.token = nn.Embedding(1, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        token = self.token(torch.zeros(len(x), dtype=torch.long))
+        return self.head(torch.tanh(self.inp(x) + token))
+
+
+def test_a_layer_that_never_depends_on_the_input_has_no_measures_and_is_not_dead(caplog) -> None:
+    torch.manual_seed(0)
+    model = _WithClassToken()
+    opt, bus, exporter = _setup(model)
+    inputs = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
+    SVCCASubscriber(inputs, 30, message_bus=bus, backend=None)
+    got: list[tuple[str, str, float]] = []
+    ik.CallbackSubscriber(
+        ["self_similarity", "init_similarity", "live_fraction"],
+        lambda m: got.append((m.kind, m.key, m.data.item())),
+        bus,
+    )
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
+        for epoch in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(inputs), y).backward()
+            opt.step()
+            if epoch == 2:  # inp collapses: every output the same (it varied at initialisation)
+                with torch.no_grad():
+                    model.inp.weight.zero_()
+            exporter.epoch_finished()
+    assert model.token.weight.grad is not None and model.token.weight.grad.abs().sum() > 0
+    assert {key for _, key, _ in got} == {"inp", "head"}  # nothing for the token, not 0
+    live = [(key, value) for kind, key, value in got if kind == "live_fraction"]
+    assert live[-2:] == [("inp", 0.0), ("head", 0.0)]  # collapsed: dead, and said so
+    told = [
+        r.getMessage() for r in caplog.records if "same output for every probe" in r.getMessage()
+    ]
+    assert len(told) == 1 and "'token'" in told[0]
+    exporter.close()
