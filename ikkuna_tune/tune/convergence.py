@@ -24,8 +24,10 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   the test accuracy of always answering the most frequent class) and gained less than
   ``stall_delta`` since its first report, is stuck at chance, even if its layers still drift;
   so is one that made no progress and is more than ``stall_delta`` behind the
-  ``protect_top``-th best other trial (a slow starter at chance for the first reports, which
-  then learns, is left running until then); and a trial that cannot reach the
+  ``protect_top``-th best other trial after as many reports, once those others had made
+  :data:`LEARNED_SHARE` of their way by then (a slow starter at chance for the first reports,
+  which then learns, is left running until then, and in a sweep whose trials all start late,
+  a long warm-up, until the others have learned); and a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
   budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
@@ -103,6 +105,11 @@ class ConvergenceRules:
 #: The share of its way from its first reported value to the value it must reach that a trial
 #: must have gained before its rate of gain is extrapolated (see :func:`stop_verdict`).
 STARTED_SHARE = 0.1
+
+#: The share of their way from a trial's first value to where they end (their best so far)
+#: that the other trials must have made after as many reports as it, for it to be stopped as
+#: stuck while others learned (see :func:`stop_verdict`).
+LEARNED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -498,16 +505,22 @@ def stop_verdict(
     values_seen = sum(math.isfinite(m) for m in trial.metric)
     if values_seen < rules.settle_window:
         return None
+    so_far = sorted(others_best_so_far_values(others, it), reverse=True)
     if (
         stalled
         and budget is not None
         and it >= rules.stall_share * budget
-        and len(others_best) >= rules.protect_top
+        and len(so_far) >= rules.protect_top
     ):
-        # at chance (say) for a good part of the budget while others have learned: its layers
-        # may still drift, but a trial this far behind is not among the best
-        target = sorted(others_best, reverse=True)[rules.protect_top - 1]
-        if trial.best() < target - rules.stall_delta:
+        # at chance (say) for a good part of the budget while others had learned by then: its
+        # layers may still drift, but a trial this far behind is not among the best. The others
+        # are taken where they stood after as many reports, and must have made LEARNED_SHARE of
+        # their way by then: in a sweep whose trials all start late (a long learning-rate
+        # warm-up), a flat start is everybody's, and says nothing yet
+        target = so_far[rules.protect_top - 1]
+        final = sorted(others_best, reverse=True)[rules.protect_top - 1]
+        learned = target - first >= LEARNED_SHARE * (final - first)
+        if learned and trial.best() < target - rules.stall_delta:
             return Decision(
                 "stop",
                 "stuck: no progress while others learned",
@@ -552,10 +565,9 @@ def stop_verdict(
             min(2 * noise_band(trial, rules), 2 * rules.reach_within),
             min(rules.reach_margin * (target - first), rules.reach_within),
         )
-        # where the others stood after as many reports: a trial level with them there follows
-        # their course later (trials run a few at a time, each with its learning-rate drop to
-        # come), not a worse one
-        so_far = sorted(others_best_so_far_values(others, it), reverse=True)
+        # where the others stood after as many reports (so_far): a trial level with them there
+        # follows their course later (trials run a few at a time, each with its learning-rate
+        # drop to come), not a worse one
         level_with_others = (
             len(so_far) >= rules.protect_top and level >= so_far[rules.protect_top - 1] - near
         )

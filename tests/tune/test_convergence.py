@@ -173,6 +173,24 @@ def _at_chance_trial(metrics: list[float], chance: float = 0.1) -> TrialHistory:
     return trial
 
 
+def test_a_flat_start_while_the_others_had_not_learned_either_is_not_stuck() -> None:
+    """A long learning-rate warm-up: every trial sat near chance for its first reports. Where
+    the others stood after 4 reports (0.18 at most) is a small part of their way to where they
+    ended: the flat trial is not stopped as stuck while others learned, as it is once the
+    others had learned by that report."""
+    flat = [0.111, 0.111, 0.111, 0.125]  # a warm-up of half the budget: ends at 0.956
+    late = [
+        [0.111, 0.111, 0.088, 0.253, 0.596, 0.697, 0.81, 0.85, 0.88, 0.9],
+        [0.111, 0.111, 0.135, 0.094, 0.384, 0.71, 0.835, 0.899, 0.87, 0.9],
+        [0.111, 0.111, 0.111, 0.178, 0.074, 0.303, 0.633, 0.838, 0.889, 0.926],
+    ]
+    assert stop_verdict(_drifting(flat), RULES, late, budget=12) is None
+    early = [[0.4, 0.7, 0.8, 0.85, 0.88, 0.9]] * 3  # had learned by report 4
+    stop = stop_verdict(_drifting(flat), RULES, early, budget=12)
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
+    assert stop.values["target"] == 0.85  # where they stood after 4 reports, not where they ended
+
+
 def test_a_lone_trial_stuck_at_chance_stops_after_a_share_of_the_budget() -> None:
     """No other trial as far, at chance (within stall_delta of it) and no gain of stall_delta
     at a third of the budget: stopped with the values behind it, although its layers drift."""
