@@ -348,7 +348,7 @@ class SVCCAScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)
         if view is not None:
-            view.reorder_after_restore(trial.trial_id, self._mailbox)
+            view.reorder_after_restore(trial.trial_id, self._mailbox, _checkpoint_iteration(trial))
         persist_trial_files(trial)
         if self.base is not None:
             self.base.on_trial_error(tune_controller, trial)
@@ -585,3 +585,15 @@ class SVCCAScheduler(FIFOScheduler):
         self.decisions.append((trial_id, decision))
         logger.info("Trial %s: %s", trial_id, decision.describe())
         append_decision(self._trials.get(trial_id), trial_id, decision)
+
+
+def _checkpoint_iteration(trial: Any) -> int | None:
+    """The ``training_iteration`` of the checkpoint a failed trial restores from (None if it
+    has none, or Tune does not say)."""
+    try:
+        result = trial.latest_checkpoint_result
+    except AttributeError:
+        return None
+    metrics = getattr(result, "metrics", None) if result is not None else None
+    value = metrics.get("training_iteration") if isinstance(metrics, dict) else None
+    return int(value) if is_number(value) else None

@@ -153,15 +153,45 @@ class TrialView:
             history.pending.difference_update(lost)
         return lost
 
-    def reorder_after_restore(self, trial_id: str, mailbox: Mailbox | None) -> None:
+    def reorder_after_restore(
+        self, trial_id: str, mailbox: Mailbox | None, restore_at: int | None = None
+    ) -> None:
         """Order again every freeze ordered so far, for the restored trial to apply at once.
 
         The checkpoint a trial restores from can predate a freeze it was ordered (or already
         carried out): without this the layer would train again until the next order. The trial
         applies these at ``watch`` only when it restores from a checkpoint (a trial restarting
-        from scratch drops them: the layers have not converged there).
+        from scratch drops them: the layers have not converged there). With ``restore_at``,
+        the ``training_iteration`` of that checkpoint, only the freezes decided at reports up
+        to it are ordered again: those decided on later reports were judged on a run the trial
+        no longer continues (it makes those reports again, and is judged on them anew).
+
+        Examples:
+            >>> class Posted:
+            ...     def post(self, trial_id, directive):
+            ...         print(directive["freeze"])
+            ...         return True
+            >>> view = TrialView()
+            >>> view.history.layers = ["conv1", "conv2", "fc"]
+            >>> for name, at in (("conv1", 4), ("conv2", 9)):
+            ...     view.reasons[name] = Decision("freeze", "converged", at, name)
+            ...     view.order([name], at)
+            >>> view.reorder_after_restore("t1", Posted(), restore_at=8)
+            ['conv1']
+            >>> sorted(view.history.pending), sorted(view.reasons)
+            (['conv1'], ['conv1'])
         """
-        ordered = self.frozen_or_ordered()
+        if restore_at is not None:
+            later = [n for n, d in self.reasons.items() if d.iteration > restore_at]
+            for name in later:
+                del self.reasons[name]
+                self.ordered_at.pop(name, None)
+                self.history.pending.discard(name)
+                self.history.frozen.discard(name)
+            # the trial's own freezes come back with its checkpoint: only the orders are given
+            ordered = [n for n in self.frozen_or_ordered() if n in self.reasons]
+        else:
+            ordered = self.frozen_or_ordered()
         self.order(ordered, self.history.reports)
         if not ordered or mailbox is None:
             return

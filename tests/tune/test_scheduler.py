@@ -227,6 +227,26 @@ def test_an_error_orders_the_freezes_again_for_the_restored_trial() -> None:
     assert len(mailbox.posts) == 2 and scheduler.frozen_layers == {"t1": ["conv1"]}
 
 
+def test_a_restore_from_an_older_checkpoint_forgets_the_freezes_decided_after_it() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=4)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv2"]]
+    # conv1 was ordered after report 2, conv2 after report 3; the trial fails after report 4
+    # and restores from its checkpoint of report 2, which predates both orders
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    scheduler.on_trial_error(None, trial)
+    assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
+    assert scheduler.frozen_layers == {"t1": ["conv1"]}
+    # it makes report 3 again, with conv2 settled again: ordered again, on the run it continues
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
+    assert mailbox.posts[-1][1]["freeze"] == ["conv2"]
+    assert "freeze conv2 at report 3" in mailbox.posts[-1][1]["reasons"]["conv2"]
+
+
 def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
