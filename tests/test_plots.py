@@ -236,3 +236,33 @@ def test_the_automatic_line_style_tells_apart_drawn_trials_only(tmp_path) -> Non
     df = compare.load(experiment)
     assert len(df.attrs["trials"]) == 6 and df["trial_id"].nunique() == 4
     assert compare.auto_style_by(df, "width") == "case"
+
+
+def test_a_stopped_trial_is_marked_at_its_last_iteration_where_a_layer_line_ends_sooner(
+    tmp_path,
+) -> None:
+    """The stem's values stop at its freeze (a frozen prefix is no longer measured); the trial
+    goes on to iteration 4, where the scheduler stops it: the square is at 4 in both
+    renderings, on the last value the stem's line shows."""
+    experiment = tmp_path / "sweep"
+    for number, lr in enumerate((0.1, 0.2)):
+        trial_id = f"ccccc_0000{number}"
+        iterations = 6 if number == 0 else 4
+        results = [
+            report(trial_id, {"lr": lr}, i, done=number == 1 and i == iterations)
+            for i in range(1, iterations + 1)
+        ]
+        if number == 1:
+            for result in results[2:]:
+                result["sim"]["stem"] = None
+        write_trial(experiment, f"train_{trial_id}", {"lr": lr}, results)
+    df = compare.load(experiment)
+    stem = _value(df, "ccccc_00001", "stem", 2)
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    panels = {ax.get_title(): ax for ax in figure.axes}
+    assert _marks(panels["stem"], "stopped early") == [(4.0, stem)]
+    assert _marks(panels["head"], "stopped early") == [(4.0, _value(df, "ccccc_00001", "head", 4))]
+    html = compare.layers_figure(df, metric="sim", color_by="lr")
+    squares = [t for t in html.data if t.mode == "markers" and t.marker.symbol == "square"]
+    assert len(squares) == 3 and ([4], [stem]) in [(list(t.x), list(t.y)) for t in squares]
+    assert all(list(t.x) == [4] for t in squares)

@@ -56,6 +56,9 @@ class LayerPanels:
     infos: dict[str, dict[str, Any]]
     early: dict[str, bool]  # stopped before the budget
     frozen_at: dict[str, dict[str, Any]]  # trial -> layer -> first iteration reported frozen
+    #: each trial's last training_iteration (where it stopped or failed; a layer's line can end
+    #: before it, a layer whose values stop at its freeze)
+    last: dict[str, int]
 
 
 def layer_panels(
@@ -101,6 +104,7 @@ def layer_panels(
     if style_by is not None:
         styles, style_legend = trial_styles({t: style_values.get(t) for t in trial_ids})
     infos = trial_infos(df)
+    last = iterations_run(df)
     ncols = min(columns, len(panels))
     return LayerPanels(
         rows=rows,
@@ -115,8 +119,9 @@ def layer_panels(
         styles=styles,
         style_legend=style_legend,
         infos=infos,
-        early=stopped_early(infos, iterations_run(df), budget),
+        early=stopped_early(infos, last, budget),
         frozen_at=freeze_iterations(df),
+        last=last,
     )
 
 

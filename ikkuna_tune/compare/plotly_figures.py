@@ -157,12 +157,14 @@ def layers_figure(
                 y = last_finite(ys, first)
                 y = top if math.isnan(y) else y
                 marks.append(("triangle-up", 11, colour, "#d62728", xs[first], y, text, ""))
-            end = last_finite(ys)  # marks at the line's end stand on the last value it shows
+            # marks of the trial's end stand at its last iteration (a layer's line can end
+            # before, at its freeze), on the last value the line shows
+            end, stop_x = last_finite(ys), plan.last.get(trial_id, xs[-1])
             if infos.get(trial_id, {}).get("failed"):
-                marks.append(("x", 11, "#d62728", "white", xs[-1], end, "failed here", ""))
+                marks.append(("x", 11, "#d62728", "white", stop_x, end, "failed here", ""))
             elif early.get(trial_id):
                 text = "stopped early here"
-                marks.append(("square", 9, colour, "black", xs[-1], end, text, ""))
+                marks.append(("square", 9, colour, "black", stop_x, end, text, ""))
             for symbol, size, face, edge, x, y, text, why in marks:
                 if not np.isfinite(y):
                     continue  # no finite value to stand on

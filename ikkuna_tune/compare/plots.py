@@ -162,8 +162,10 @@ def plot_layers(
                     (xs[first], last_finite(ys, first), colour)
                 )
             kind = "failed" if trial_id in failed else "stopped early" if early[trial_id] else ""
-            if kind:  # at the line's end, the last value it shows
-                marks.setdefault(kind, []).append((xs[-1], last_finite(ys), colour))
+            if kind:  # at the trial's last iteration (a layer's line can end before, at its
+                # freeze), on the last value the line shows
+                stop_x = plan.last.get(trial_id, xs[-1])
+                marks.setdefault(kind, []).append((stop_x, last_finite(ys), colour))
         top = ax.get_ylim()[1]
         for kind, style in (
             ("frozen", _FROZEN_MARK),
