@@ -65,6 +65,9 @@ class LayerFreezing:
     #: per parameter held frozen by some frozen layer (by ``id``): the parameter and its
     #: ``requires_grad`` before the first of those layers froze it
     _held: dict[int, tuple[nn.Parameter, bool]]
+    #: the parameters (by ``id``) an unfreeze made trainable again: they have no gradient (the
+    #: freeze dropped it) until the next backward, yet they train
+    _released: set[int]
     #: per frozen layer: the training flag of each of its modules (by name within the layer,
     #: ``''`` the layer itself) whose flag differed from the model's when it was frozen
     _held_modes: dict[str, dict[str, bool]]
@@ -107,7 +110,8 @@ class LayerFreezing:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         left = [p for p in trainable if id(p) not in excluded]
         if any(p.grad is not None for p in trainable):
-            return any(p.grad is not None for p in left)
+            # (a parameter unfrozen since has no gradient yet, and trains all the same)
+            return any(p.grad is not None or id(p) in self._released for p in left)
         return bool(left)
 
     def freeze(self, name: str) -> None:
@@ -274,6 +278,8 @@ class LayerFreezing:
                 continue
             _, before = self._held.pop(id(param), (param, True))
             param.requires_grad_(before)
+            if before:
+                self._released.add(id(param))
         for handle in self._freeze_handles.pop(name, []):
             handle.remove()
         self._restart_lbfgs(named)
@@ -330,12 +336,10 @@ class LayerFreezing:
         for name in frozen:
             self._freeze(name, saved.get(name, {}))
 
-    def frozen_parameter_fraction(self, layers: Iterable[str] | None = None) -> float:
-        """Fraction of the model's parameters (by count) in frozen layers (in ``layers``, if
-        given: the layers that were frozen over some stretch of training)."""
+    def frozen_parameter_fraction(self) -> float:
+        """Fraction of the model's parameters (by count) in frozen layers."""
         total = sum(p.numel() for p in self.model.parameters())
-        names = self._frozen if layers is None else layers
         # a parameter two frozen layers share (tied weights) counts once, as in the total
-        unique = {id(p): p for n in names for p in self.modules[n].module.parameters()}
+        unique = {id(p): p for n in self._frozen for p in self.modules[n].module.parameters()}
         frozen = sum(p.numel() for p in unique.values())
         return frozen / total if total else 0.0

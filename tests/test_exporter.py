@@ -347,6 +347,31 @@ def test_a_layer_the_training_never_uses_does_not_count_as_still_trainable() -> 
         assert model.heads["a"].weight.grad is not None
 
 
+def test_a_layer_just_unfrozen_counts_as_trainable_before_its_first_gradient() -> None:
+    """A fine-tuning phase switch: the body frozen while the head trains, then the body
+    unfrozen and the head frozen, with the last step's gradients still there (the body has
+    none: its freeze dropped them)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with ik.Exporter(model, opt) as exporter:
+        exporter.freeze("0")
+        step()
+        exporter.unfreeze("0")
+        assert model[0].weight.grad is None and model[2].weight.grad is not None
+        exporter.freeze("2")
+        before = model[0].weight.detach().clone()
+        step()
+        assert not torch.equal(model[0].weight, before)  # the body trains
+
+
 def test_state_dict_round_trip_refreezes(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     with ik.Exporter(tiny, opt) as exporter:

@@ -101,7 +101,9 @@ def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
 def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per trial, per layer: the first ``training_iteration`` whose report says it is frozen.
 
-    A layer frozen after a report (as the scheduler does) shows up frozen in the next one.
+    A layer frozen after a report (as the scheduler does) shows up frozen in the next one; one
+    frozen by the trial at an epoch's end, before its report, in that report (it trained in
+    that iteration: ``frozen_fraction`` counts it from the next).
 
     Examples:
         >>> rows = [("a", 1, "frozen", "conv", 0.0), ("a", 1, "frozen", "fc", 0.0)]

@@ -350,7 +350,22 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             for (kind, name, _), number in zip(items, numbers)
             if kind == keys.LIVE_FRACTION
         }
-        unvaried = {name for name, live in initial_live if live == 0 and live_now.get(name) == 0}
+        # ...while the network's output does vary: a layer after it is live (a network dead
+        # from initialisation, all its units off, is constant down to its output: dead)
+        position = {name: i for i, name in enumerate(self._exporter().layer_order)}
+
+        def varies_after(name: str) -> bool:
+            at = position.get(name, len(position))
+            return any(
+                position.get(other.rpartition("#")[0] or other, -1) > at and live > 0
+                for other, live in live_now.items()
+            )
+
+        unvaried = {
+            name
+            for name, live in initial_live
+            if live == 0 and live_now.get(name) == 0 and varies_after(name)
+        }
         for name in sorted(unvaried - self._told_constant):
             self._told_constant.add(name)
             logger.warning(
@@ -421,8 +436,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             # every call of a layer the forward pass calls more than once ('fc', 'fc#2'): a
             # later call (after layers that still train) may still change
             calls = [k for k in values if k == name or k.rpartition("#")[0] == name]
-            if not calls or not all(values[k] >= freeze_at for k in calls):  # NaN never freezes
-                return False
+            if name not in values or not all(values[k] >= freeze_at for k in calls):
+                return False  # (NaN never freezes)
             upstream = exporter.trains_upstream(name)  # its input still changes: no prefix
             if upstream:
                 self._say_why_not(name, upstream, [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -187,23 +187,39 @@ class StepTimer(Subscriber):
         (2, True, None)
     """
 
-    def __init__(self, message_bus: MessageBus | None = None) -> None:
+    def __init__(
+        self, message_bus: MessageBus | None = None, frozen: Callable[[], bool] | None = None
+    ) -> None:
         self._started: float | None = None
         self._warm = False
         self.total = 0.0
         self.steps = 0
+        #: ``frozen()`` says whether some layer is frozen now; the steps that start with none
+        #: frozen, before the first that starts with one, are summed apart as well (seconds,
+        #: steps): the step time before any freeze
+        self._frozen = frozen
+        self.frozen_once = False
+        self.unfrozen = (0.0, 0)
+        self._step_unfrozen = False
         super().__init__([Subscription(self, ["batch_started", "batch_finished"])], message_bus)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         now = time.perf_counter()
         if message_or_bundle.kind == "batch_started":  # type: ignore[union-attr]
             self._started = now
+            if self._frozen is not None and self._frozen():
+                self.frozen_once = True
+            self._step_unfrozen = not self.frozen_once
         elif self._started is not None and not self._warm:
             self._warm = True
             self._started = None
         elif self._started is not None:
-            self.total += now - self._started
+            seconds = now - self._started
+            self.total += seconds
             self.steps += 1
+            if self._step_unfrozen and not self.frozen_once:
+                total, steps = self.unfrozen
+                self.unfrozen = (total + seconds, steps + 1)
             self._started = None
 
     def pop_mean(self) -> float | None:

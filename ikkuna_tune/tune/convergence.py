@@ -258,7 +258,14 @@ def _call_of(key: str) -> str:
 
 def further_calls(trial: TrialHistory, name: str) -> list[str]:
     """The keys of layer ``name``'s further calls in a forward pass (``fc#2``) that the trial
-    reported values for."""
+    reported values for.
+
+    Examples:
+        >>> trial = TrialHistory(layers=["fc", "out"])
+        >>> trial.add(0.5, {"fc": 0.9, "fc#2": 0.8, "fc#3": 0.7, "out": 0.9}, {}, {})
+        >>> further_calls(trial, "fc"), further_calls(trial, "out")
+        (['fc#2', 'fc#3'], [])
+    """
     return [n for n in trial.per_layer if n != name and _call_of(n) == name]
 
 

@@ -574,7 +574,7 @@ class SVCCAScheduler(FIFOScheduler):
             self._observe(trial.trial_id, view, result)
         decisions = read_decisions(trial)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
-        view.take_up(trial.trial_id, decisions, self._mailbox)
+        view.take_up(trial.trial_id, decisions, self._mailbox, _checkpoint_iteration(trial))
         stops = [decision for decision in decisions if decision.action == "stop"]
         if stops:
             view.stopped = stops[-1]

@@ -234,13 +234,10 @@ class TrialSession:
         self.collector: MetricCollector | None = None
         self.timer: StepTimer | None = None
         self.results: list[dict[str, Any]] = []
-        #: mean step time measured while no layer was frozen: (total seconds, reports)
-        self._unfrozen_time = (0.0, 0)
-        #: whether a report found a layer frozen: the mean step time before any freeze stops
-        self._frozen_once = False
-        #: the layers frozen at the first training step since the last report (None: no step
-        #: since): a report says which layers were frozen while its iteration trained
-        self._frozen_at_start: tuple[str, ...] | None = None
+        #: the share of the parameters frozen at each training step since the last report
+        #: (summed, steps): a report's frozen_fraction is their mean over its iteration
+        self._frozen_shares = (0.0, 0)
+        self._share_of: dict[tuple[str, ...], float] = {}  # per set of frozen layers
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
@@ -361,7 +358,7 @@ class TrialSession:
         try:
             # before the subscribers: it stops the clock at a step's end before they act on
             # it (a test evaluation every k steps is no part of a training step)
-            self.timer = StepTimer(bus)
+            self.timer = StepTimer(bus, frozen=lambda: bool(exporter.frozen))
             CallbackSubscriber(["batch_started"], self._step_started, bus)
             for index, subscriber in enumerate(self.subscribers, 1):
                 taken = [kind for kind in subscriber.publications if kind in RESERVED_KEYS]
@@ -433,13 +430,15 @@ class TrialSession:
             merged.update(self.collector.collect())
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
-        # frozen while this iteration trained: at its first step and still now (a layer frozen
-        # at the epoch's end, before this report, trained in it; without a step since the last
-        # report, the layers frozen now)
-        started, self._frozen_at_start = self._frozen_at_start, None
-        during = [n for n in exporter.frozen if started is None or n in started]
-        merged[keys.FROZEN] = {name: int(name in during) for name in order}
-        merged[keys.FROZEN_FRACTION] = exporter.frozen_parameter_fraction(during)
+        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
+        # the parameters frozen while this iteration trained, step by step (a layer frozen at
+        # the epoch's end, before this report, trained in all of it); without a step since the
+        # last report, those frozen now
+        total, steps = self._frozen_shares
+        self._frozen_shares = (0.0, 0)
+        merged[keys.FROZEN_FRACTION] = (
+            total / steps if steps else exporter.frozen_parameter_fraction()
+        )
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
         # measured yet
@@ -454,18 +453,21 @@ class TrialSession:
         merged[keys.FREEZE_REASON] = reasons
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
-        if during:
-            self._frozen_once = True  # from here on no step time is one of no freeze
-        if step_seconds is not None and not self._frozen_once:
-            total, count = self._unfrozen_time
-            self._unfrozen_time = (total + step_seconds, count + 1)
-        total, count = self._unfrozen_time
+        # the mean of the steps that started with no layer frozen, before the first that did
+        total, count = self.timer.unfrozen if self.timer is not None else (0.0, 0)
         merged[keys.STEP_SECONDS_UNFROZEN] = total / count if count else math.nan
         return merged
 
     def _step_started(self, message: Any) -> None:
-        if self._frozen_at_start is None and self.exporter is not None:
-            self._frozen_at_start = self.exporter.frozen
+        exporter = self.exporter
+        if exporter is None:
+            return
+        frozen = exporter.frozen
+        share = self._share_of.get(frozen)
+        if share is None:  # counted once per set of frozen layers, not at every step
+            share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
+        total, steps = self._frozen_shares
+        self._frozen_shares = (total + share, steps + 1)
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
         if self.exporter is None:
@@ -618,8 +620,8 @@ class TrialSession:
         return {
             "exporter": self.exporter.state_dict(),
             "subscribers": [s.state_dict() for s in self.subscribers],
-            "unfrozen_time": list(self._unfrozen_time),
-            "frozen_once": self._frozen_once,
+            "unfrozen_time": list(self.timer.unfrozen if self.timer else (0.0, 0)),
+            "frozen_once": bool(self.timer and self.timer.frozen_once),
             "freeze_reasons": dict(self.freeze_reasons),
         }
 
@@ -636,8 +638,9 @@ class TrialSession:
             )
         self.exporter.load_state_dict(state["exporter"])
         total, count = state.get("unfrozen_time", (0.0, 0))
-        self._unfrozen_time = (float(total), int(count))
-        self._frozen_once = bool(state.get("frozen_once", False))
+        if self.timer is not None:
+            self.timer.unfrozen = (float(total), int(count))
+            self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)

@@ -200,11 +200,19 @@ class TrialView:
         if not mailbox.post(trial_id, directive):
             self.history.pending.clear()
 
-    def take_up(self, trial_id: str, decisions: list[Decision], mailbox: Mailbox | None) -> None:
+    def take_up(
+        self,
+        trial_id: str,
+        decisions: list[Decision],
+        mailbox: Mailbox | None,
+        restore_at: int | None = None,
+    ) -> None:
         """Take up the ``decisions`` an earlier driver made for the trial (``Tuner.restore``).
 
         Its freezes are ordered again for the restored trial to apply at once (its checkpoint
-        may predate them); a trial that starts afresh drops them (see ``TrialSession``).
+        may predate them); a trial that starts afresh drops them (see ``TrialSession``). With
+        ``restore_at``, the ``training_iteration`` of the checkpoint it restores from, only
+        the freezes decided at reports up to it (see :meth:`reorder_after_restore`).
 
         Examples:
             >>> class Posted:
@@ -217,7 +225,8 @@ class TrialView:
             >>> view.history.pending, view.reasons["conv1"].describe()
             ({'conv1'}, 'freeze conv1 at report 4: converged ()')
         """
-        freezes = {d.layer: d for d in decisions if d.action == "freeze" and d.layer}
+        before = [d for d in decisions if restore_at is None or d.iteration <= restore_at]
+        freezes = {d.layer: d for d in before if d.action == "freeze" and d.layer}
         self.reasons.update(freezes)
         if freezes and mailbox is not None:
             names = list(freezes)

@@ -211,3 +211,38 @@ def test_step_seconds_leave_out_what_subscribers_do_at_a_steps_end(monkeypatch) 
     results = ik.local_results()
     # the first step is warm-up, not counted
     assert [r["step_seconds"] for r in results] == [pytest.approx(0.25)] * 2
+
+
+def test_a_freeze_within_an_iteration_counts_for_its_steps_after_it(monkeypatch) -> None:
+    """conv (30 of TinyNet's 275 parameters) is frozen after 2 of the second iteration's 4
+    steps: that iteration's frozen_fraction is half of conv's share, and the steps before any
+    freeze (0.25 s each, against 0.1 s frozen) make step_seconds_unfrozen."""
+    import ikkuna_tune.tune.collector as collector
+
+    clock = _Clock()
+    monkeypatch.setattr(collector.time, "perf_counter", clock)
+
+    def train(config: dict[str, Any]) -> None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        x, y = data()
+        for iteration in range(2):
+            for step in range(4):
+                if iteration == 1 and step == 2:
+                    exporter.freeze("conv")
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                clock.now += 0.1 if exporter.frozen else 0.25
+                loss.backward()
+                opt.step()
+            ik.report({})
+
+    ik.instrument(train, [])({})
+    first, second = ik.local_results()
+    assert (first["frozen_fraction"], second["frozen_fraction"]) == (0.0, pytest.approx(15 / 275))
+    assert first["frozen"] == {"conv": 0, "fc": 0} and second["frozen"] == {"conv": 1, "fc": 0}
+    assert first["step_seconds"] == pytest.approx(0.25)  # the first step is warm-up
+    assert second["step_seconds"] == pytest.approx((2 * 0.25 + 2 * 0.1) / 4)
+    assert second["step_seconds_unfrozen"] == pytest.approx(0.25)

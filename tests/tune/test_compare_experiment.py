@@ -2,12 +2,10 @@
 
 One ``tune.run`` for the module: four trials of ``train_tiny`` (TinyNet: ``conv``, ``fc``):
 
-- lr=0.01: 4 iterations, ``conv`` frozen at the end of the second (reported frozen from
-  iteration 3, the first it trained frozen);
+- lr=0.01: 4 iterations, ``conv`` frozen after iteration 1 (reported frozen from iteration 2);
 - lr=0.03: 3 iterations, ends by itself (shorter, but not stopped early);
 - lr=0.1: 4 iterations planned, stopped by Tune after iteration 2 (a stopper: ``done``);
-- lr=0.3: ``conv`` frozen at the end of the first iteration, before its first report (reported
-  frozen from iteration 2), crashes after 2 reports (ERROR).
+- lr=0.3: ``conv`` frozen before its first report, crashes after 2 reports (ERROR).
 """
 
 from __future__ import annotations
@@ -241,8 +239,7 @@ def test_plot_layers_draws_one_axes_per_layer_and_one_line_per_trial(df) -> None
 
 def test_freeze_timeline_marks_each_layers_freeze_per_trial(df) -> None:
     by_lr = _by_lr(df)
-    # frozen by the trial after iterations 2 and 1 trained: frozen while 3 and 2 trained
-    assert compare.freeze_iterations(df) == {by_lr[0.01]: {"conv": 3}, by_lr[0.3]: {"conv": 2}}
+    assert compare.freeze_iterations(df) == {by_lr[0.01]: {"conv": 2}, by_lr[0.3]: {"conv": 1}}
     figure = compare.plot_freeze_timeline(df, color_by="lr")
     (ax,) = figure.axes
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("training_iteration", "trial")
@@ -257,7 +254,7 @@ def test_freeze_timeline_marks_each_layers_freeze_per_trial(df) -> None:
         "stopped early",
     ]
     conv = marks["conv"]
-    assert list(zip(conv.get_xdata(), conv.get_ydata())) == [(3, row[0.01]), (2, row[0.3])]
+    assert list(zip(conv.get_xdata(), conv.get_ydata())) == [(2, row[0.01]), (1, row[0.3])]
     failed = marks["failed"]
     assert list(zip(failed.get_xdata(), failed.get_ydata())) == [(2, row[CRASHED_LR])]
     stopped = marks["stopped early"]

@@ -75,8 +75,7 @@ def test_a_corrupt_state_file_is_named_and_the_trial_goes_on(ray_session, tmp_pa
     # trainable again
     assert df["iteration"].tolist() == [0, 1, 2, 3]
     assert df["steps_seen"].tolist() == [2.0, 4.0, 2.0, 4.0]
-    # (frozen at the end of the first iteration: frozen while the second trained)
-    assert df["frozen/conv"].tolist() == [0, 1, 0, 0]
+    assert df["frozen/conv"].tolist() == [1, 1, 0, 0]
 
 
 def test_a_corrupt_state_file_is_named_in_a_warning(tmp_path, caplog) -> None:

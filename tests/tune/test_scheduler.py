@@ -652,6 +652,24 @@ def test_a_new_driver_takes_up_the_decisions_of_the_last_one(tmp_path) -> None:
     assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
 
 
+def test_a_new_driver_takes_up_only_the_freezes_made_before_the_checkpoint(tmp_path) -> None:
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    decided = [
+        {"trial_id": "t1", "action": "freeze", "rule": "converged", "iteration": it,
+         "layer": layer, "values": {}}
+        for it, layer in ((2, "conv1"), (3, "conv2"))
+    ]  # fmt: skip
+    (stored / DECISIONS_FILE).write_text("".join(json.dumps(d) + "\n" for d in decided))
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = _trial_with_dirs("t1", local, stored)
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    scheduler.on_trial_add(None, trial)
+    (posted,) = mailbox.posts  # conv2 was decided on a report after the checkpoint
+    assert posted[1]["freeze"] == ["conv1"] and posted[1]["restore"]
+
+
 def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
     """Tune hands the result that meets its stopping criterion (the trial's last) to
     on_trial_complete only. Trial a's last report (0.9) puts b, which cannot reach it, out;
