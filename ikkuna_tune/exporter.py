@@ -420,8 +420,9 @@ class Exporter(StepHooks, LayerFreezing):
         for name, handles in self._freeze_handles.items():
             for handle in handles:
                 handle.remove()
-            # without the hook the layer would stay in eval mode until the next model.train()
-            self.modules[name].module.train(self.model.training)
+            # without the hook the layer would stay in eval mode until the next model.train();
+            # a module the user kept in eval mode stays so
+            self._restore_modes(name, self._held_modes.get(name, {}))
         self._freeze_handles.clear()
         self._update_before.clear()
         self._update_buffers.clear()

@@ -283,10 +283,17 @@ class LayerFreezing:
         for handle in self._freeze_handles.pop(name, []):
             handle.remove()
         self._restart_lbfgs(named)
-        named.module.train(self.model.training)
-        for module_name, training in self._held_modes.pop(name, {}).items():
+        self._restore_modes(name, self._held_modes.pop(name, {}))
+
+    def _restore_modes(self, name: str, modes: Mapping[str, bool]) -> None:
+        """Give layer ``name`` the model's training mode, except its modules whose mode
+        differed from the model's when the layer was frozen (``modes``: a BatchNorm the user
+        keeps in eval mode), which get their own back."""
+        module = self.modules[name].module
+        module.train(self.model.training)
+        for module_name, training in modes.items():
             try:
-                named.module.get_submodule(module_name).training = training
+                module.get_submodule(module_name).training = training
             except AttributeError:  # the layer no longer has that module
                 continue
 

@@ -395,3 +395,15 @@ def test_a_layer_frozen_under_lbfgs_stays_put_and_the_rest_trains_as_with_a_fres
     assert torch.equal(model[0].weight, at_freeze)  # not moved at all
     torch.testing.assert_close(model[2].weight, reference[2].weight, rtol=0, atol=0)
     torch.testing.assert_close(model[2].bias, reference[2].bias, rtol=0, atol=0)
+
+
+def test_close_gives_a_module_the_user_kept_in_eval_mode_its_own_mode_back() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(2 * 6 * 6, 5)).train()
+    model[0].bn.eval()  # the user's choice: fixed statistics
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), depth=1)
+    exporter.freeze("0")
+    _train(model, exporter.optimizers[0], exporter, _batches(1, channels=2), epochs=1)
+    exporter.close()
+    assert model[0].training and model[0].conv.training  # the model's mode again
+    assert not model[0].bn.training  # its own
