@@ -22,7 +22,9 @@ __all__ = [
     "TEST_ACCURACY",
     "TEST_ACCURACY_CHANCE",
     "TRAIN_ACCURACY",
+    "call_key",
     "chance_of",
+    "layer_of_call",
     "per_layer",
 ]
 
@@ -77,3 +79,23 @@ def chance_of(metric: str) -> str:
     True
     """
     return f"{metric}_chance"
+
+
+def call_key(layer: str, call: int) -> str:
+    """The key of a layer's ``call``-th call in one forward pass, from the second on (a layer
+    the model calls twice publishes under ``'fc'`` and ``'fc#2'``).
+
+    >>> call_key("fc", 2)
+    'fc#2'
+    """
+    return f"{layer}#{call}"
+
+
+def layer_of_call(key: str) -> str:
+    """The layer a key names, whichever call of it (:func:`call_key`).
+
+    >>> layer_of_call("fc#2"), layer_of_call("fc"), layer_of_call("odd#name")
+    ('fc', 'fc', 'odd#name')
+    """
+    layer, mark, number = key.rpartition("#")
+    return layer if mark and number.isdigit() else key

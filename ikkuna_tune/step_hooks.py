@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import TracedLayerHook, tap_gradient
 from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, unwrapped
@@ -421,7 +422,7 @@ class StepHooks:
         repeat = self._repeats.get((named.name, call))
         if repeat is None:
             repeat = self._repeats[(named.name, call)] = NamedModule(
-                f"{named.name}#{call}", named.module
+                keys.call_key(named.name, call), named.module
             )
             self.modules.repeats[repeat.name] = repeat  # type: ignore[attr-defined]
         return repeat

@@ -357,7 +357,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         def varies_after(name: str) -> bool:
             at = position.get(name, len(position))
             return any(
-                position.get(other.rpartition("#")[0] or other, -1) > at and live > 0
+                position.get(keys.layer_of_call(other), -1) > at and live > 0
                 for other, live in live_now.items()
             )
 
@@ -435,7 +435,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         def settled(name: str) -> bool:
             # every call of a layer the forward pass calls more than once ('fc', 'fc#2'): a
             # later call (after layers that still train) may still change
-            calls = [k for k in values if k == name or k.rpartition("#")[0] == name]
+            calls = [k for k in values if keys.layer_of_call(k) == name]
             if name not in values or not all(values[k] >= freeze_at for k in calls):
                 return False  # (NaN never freezes)
             upstream = exporter.trains_upstream(name)  # its input still changes: no prefix

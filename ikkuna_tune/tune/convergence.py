@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ikkuna_tune.freezing import next_to_freeze
+from ikkuna_tune.keys import layer_of_call
 
 __all__ = [
     "ConvergenceRules",
@@ -237,7 +238,7 @@ class TrialHistory:
             n
             for values in (self.per_layer, similarity, init_similarity, live)
             for n in values
-            if _call_of(n) in self.layers and n not in self.layers
+            if layer_of_call(n) in self.layers and n not in self.layers
         ]
         for name in dict.fromkeys([*self.layers, *calls]):
             history = self.per_layer.setdefault(name, LayerHistory())
@@ -250,12 +251,6 @@ class TrialHistory:
             history.live.append(live.get(name, math.nan))
 
 
-def _call_of(key: str) -> str:
-    """The layer whose call ``key`` names: ``'fc'`` for ``'fc#2'`` (and for ``'fc'``)."""
-    layer, mark, number = key.rpartition("#")
-    return layer if mark and number.isdigit() else key
-
-
 def further_calls(trial: TrialHistory, name: str) -> list[str]:
     """The keys of layer ``name``'s further calls in a forward pass (``fc#2``) that the trial
     reported values for.
@@ -266,7 +261,7 @@ def further_calls(trial: TrialHistory, name: str) -> list[str]:
         >>> further_calls(trial, "fc"), further_calls(trial, "out")
         (['fc#2', 'fc#3'], [])
     """
-    return [n for n in trial.per_layer if n != name and _call_of(n) == name]
+    return [n for n in trial.per_layer if n != name and layer_of_call(n) == name]
 
 
 # ------------------------------------------------------------------------------ freezing

@@ -52,10 +52,9 @@ def layer_values(result: dict[str, Any], key: str, layers: list[str]) -> dict[st
     known = set(layers)
     names = [*layers]
     for k in result:
-        if k.startswith(prefix):
-            layer, mark, number = k[len(prefix) :].rpartition("#")
-            if mark and number.isdigit() and layer in known:
-                names.append(k[len(prefix) :])
+        name = k[len(prefix) :]
+        if k.startswith(prefix) and name not in known and keys.layer_of_call(name) in known:
+            names.append(name)
     return {
         name: float(result[prefix + name]) for name in names if is_number(result.get(prefix + name))
     }
