@@ -342,7 +342,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
         self._frozen: dict[str, None] = {}  # ordered, with O(1) membership
         self._held: dict[int, tuple[nn.Parameter, bool]] = {}  # see LayerFreezing
-        self._released: set[int] = set()  # see LayerFreezing
+        self._released: dict[int, int] = {}  # see LayerFreezing
         self._held_modes: dict[str, dict[str, bool]] = {}
         self._freeze_handles: dict[str, list[RemovableHandle]] = {}
         self._recompile_allowed = False  # see LayerFreezing._allow_recompilation

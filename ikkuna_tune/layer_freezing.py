@@ -65,9 +65,9 @@ class LayerFreezing:
     #: per parameter held frozen by some frozen layer (by ``id``): the parameter and its
     #: ``requires_grad`` before the first of those layers froze it
     _held: dict[int, tuple[nn.Parameter, bool]]
-    #: the parameters (by ``id``) an unfreeze made trainable again: they have no gradient (the
-    #: freeze dropped it) until the next backward, yet they train
-    _released: set[int]
+    #: the parameters (by ``id``) an unfreeze made trainable again, with the step it came at:
+    #: until a training step has run they have no gradient (the freeze dropped it), yet train
+    _released: dict[int, int]
     #: per frozen layer: the training flag of each of its modules (by name within the layer,
     #: ``''`` the layer itself) whose flag differed from the model's when it was frozen
     _held_modes: dict[str, dict[str, bool]]
@@ -111,7 +111,8 @@ class LayerFreezing:
         left = [p for p in trainable if id(p) not in excluded]
         if any(p.grad is not None for p in trainable):
             # (a parameter unfrozen since has no gradient yet, and trains all the same)
-            return any(p.grad is not None or id(p) in self._released for p in left)
+            step = self.global_step
+            return any(p.grad is not None or self._released.get(id(p)) == step for p in left)
         return bool(left)
 
     def freeze(self, name: str) -> None:
@@ -279,7 +280,7 @@ class LayerFreezing:
             _, before = self._held.pop(id(param), (param, True))
             param.requires_grad_(before)
             if before:
-                self._released.add(id(param))
+                self._released[id(param)] = self.global_step
         for handle in self._freeze_handles.pop(name, []):
             handle.remove()
         self._restart_lbfgs(named)

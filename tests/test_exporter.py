@@ -372,6 +372,28 @@ def test_a_layer_just_unfrozen_counts_as_trainable_before_its_first_gradient() -
         assert not torch.equal(model[0].weight, before)  # the body trains
 
 
+def test_an_unfrozen_layer_the_training_never_uses_counts_only_until_the_next_step() -> None:
+    torch.manual_seed(0)
+    model = TwoHeads()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with ik.Exporter(model, opt) as exporter:
+        exporter.freeze("heads.b")
+        step()
+        exporter.unfreeze("heads.b")  # trainable again, but this training never uses it
+        step()
+        assert model.heads["b"].weight.grad is None
+        exporter.freeze("body")
+        with pytest.raises(ValueError, match="'heads.a': it is the last trainable layer"):
+            exporter.freeze("heads.a")
+
+
 def test_state_dict_round_trip_refreezes(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     with ik.Exporter(tiny, opt) as exporter:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune.checks import check_int_or_epoch
+from ikkuna_tune.layers import first_tensor
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
 from ikkuna_tune.subscribers._device import device_of, own_random_state
 from ikkuna_tune.subscribers.base import CallbackSubscriber
@@ -297,6 +298,9 @@ class ActivationRecorder:
         self._misfits: set[str] = set()  # layers whose outputs do not hold the probe points
         self._skipped: set[str] = set()  # such layers in the running recording
         self._uncalled: set[str] = set()  # layers no probe pass called (warned about once)
+        #: whether the model's output differed between probe points in the last recording (a
+        #: 0-d bool tensor, read with the checkpoint's numbers; None: no tensor output)
+        self.output_varies: torch.Tensor | None = None
 
     def record(
         self,
@@ -330,12 +334,23 @@ class ActivationRecorder:
             # from it, which would otherwise change the training run's later draws
             with own_random_state(device), access.probe(self.probe_tag) as model:
                 run = model if forward is None else forward
+                first: torch.Tensor | None = None
+                varies: torch.Tensor | None = None
                 for start in range(0, self.n, self.batch_size):
                     batch = self.inputs[start : start + self.batch_size]
                     position[0], position[1] = start, len(batch)
                     if device is not None:
                         batch = batch.to(device, non_blocking=True)
-                    run(batch)
+                    out = first_tensor(run(batch))
+                    if isinstance(out, torch.Tensor) and out.numel():
+                        # does the output depend on the input? any value unlike the first
+                        # point's (a network whose units all died gives the same everywhere)
+                        rows = out.detach().reshape(out.shape[0], -1)
+                        first = rows[:1] if first is None else first
+                        if rows.shape[1] == first.shape[1]:
+                            differs = (rows != first).any()
+                            varies = differs if varies is None else varies | differs
+                self.output_varies = varies
         finally:
             recorder.detach()
         unseen = [name for name in access.modules if name not in seen | self._uncalled]

@@ -305,15 +305,19 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if not items:
             return {}
         # the one host synchronisation of this checkpoint (one per device)
+        varies = self._recorder.output_varies
         numbers = to_numbers(
             [(kind, value, 0) for kind, _, value in items]
             + [("rows", count, 0) for _, count, _ in unmeasured]
             + [("live", live, 0) for _, live in constant]
+            + ([("varies", varies, 0)] if varies is not None else [])
         )
         rows_at = len(items) + len(unmeasured)
+        live_at = rows_at + len(constant)
         self._say_rows_left_out(unmeasured, numbers[len(items) : rows_at], source)
-        initial_live = [(name, v) for (name, _), v in zip(constant, numbers[rows_at:], strict=True)]
-        unvaried = self._constant_by_construction(items, numbers, initial_live)
+        initial_live = list(zip((name for name, _ in constant), numbers[rows_at:live_at]))
+        output_varies = bool(numbers[live_at]) if varies is not None else False
+        unvaried = self._constant_by_construction(items, numbers, initial_live, output_varies)
         numbers = numbers[: len(items)]
         values: dict[str, float] = {}
         for (kind, name, value), number in zip(items, numbers):
@@ -338,6 +342,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         items: list[tuple[str, str, torch.Tensor]],
         numbers: list[float],
         initial_live: list[tuple[str, float]],
+        output_varies: bool,
     ) -> set[str]:
         """The layers whose output is the same for every probe point now and was at
         initialisation: one that does not depend on the input (a constant-index embedding, a
@@ -350,21 +355,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             for (kind, name, _), number in zip(items, numbers)
             if kind == keys.LIVE_FRACTION
         }
-        # ...while the network's output does vary: a layer after it is live (a network dead
-        # from initialisation, all its units off, is constant down to its output: dead)
-        position = {name: i for i, name in enumerate(self._exporter().layer_order)}
-
-        def varies_after(name: str) -> bool:
-            at = position.get(name, len(position))
-            return any(
-                position.get(keys.layer_of_call(other), -1) > at and live > 0
-                for other, live in live_now.items()
-            )
-
+        # ...while the network's output does vary over the probe (a network dead from
+        # initialisation, all its units off, gives the same output everywhere: dead)
         unvaried = {
             name
             for name, live in initial_live
-            if live == 0 and live_now.get(name) == 0 and varies_after(name)
+            if live == 0 and live_now.get(name) == 0 and output_varies
         }
         for name in sorted(unvaried - self._told_constant):
             self._told_constant.add(name)

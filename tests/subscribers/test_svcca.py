@@ -569,3 +569,34 @@ def test_a_layer_that_never_depends_on_the_input_has_no_measures_and_is_not_dead
     live = {key: value for epoch, kind, key, value in got if epoch == 2 and kind == "live_fraction"}
     assert live == {"inp": 0.0, "token": 0.0, "head": 0.0}
     exporter.close()
+
+
+class _TemperatureLast(nn.Module):
+    """A learned temperature (an embedding of index 0) applied last: the last layer the probe
+    calls does not depend on the input, the network's output does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+        self.temp = nn.Embedding(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) / (1 + self.temp(torch.zeros(len(x), dtype=torch.long)).abs())
+
+
+def test_an_input_independent_last_layer_is_not_dead_while_the_output_varies() -> None:
+    torch.manual_seed(0)
+    model = _TemperatureLast()
+    opt, bus, exporter = _setup(model)
+    inputs = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
+    SVCCASubscriber(inputs, 30, message_bus=bus, backend=None)
+    got: list[tuple[str, str]] = []
+    ik.CallbackSubscriber(["live_fraction"], lambda m: got.append((m.key, m.data.item())), bus)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(inputs), torch.zeros(40, dtype=torch.long)).backward()
+        opt.step()
+        exporter.epoch_finished()
+    assert exporter.layer_order == ["fc", "temp"]
+    assert got == [("fc", 1.0), ("fc", 1.0)]  # nothing for temp, not 0
+    exporter.close()
