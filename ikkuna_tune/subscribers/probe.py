@@ -14,7 +14,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune.checks import check_int_or_epoch
-from ikkuna_tune.layers import first_tensor
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
 from ikkuna_tune.subscribers._device import device_of, own_random_state
 from ikkuna_tune.subscribers.base import CallbackSubscriber
@@ -239,6 +238,64 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     return False, time_first
 
 
+class _OutputVariation:
+    """Whether a model's output depends on its input, over the probe's batches: some point's
+    output differs from the first point's (of its batch, or of the first batch when the
+    shapes match) by more than rounding. Each point's output is reduced to its projection on a
+    fixed random direction (no copy of a batch's output is made: a language model's output can
+    be most of the probe's memory); a difference counts above 16 of the dtype's eps times the
+    largest finite output norm, and a non-finite one never counts. A network whose units all
+    died gives the same output for every input.
+
+    Examples:
+        >>> variation = _OutputVariation()
+        >>> variation.add(torch.tensor([[1.0, 2.0], [1.0, 2.0]]), 2)
+        >>> bool(variation.result())
+        False
+        >>> variation.add(torch.tensor([[1.0, 2.5]]), 1)  # compared with the first point
+        >>> bool(variation.result())
+        True
+        >>> _OutputVariation().result() is None  # nothing compared: not told
+        True
+    """
+
+    def __init__(self) -> None:
+        self._first: tuple[int, torch.Tensor] | None = None  # width, first point's projection
+        self._varies: torch.Tensor | None = None
+
+    def add(self, output: torch.Tensor, points: int) -> None:
+        out = output.detach()
+        if out.dim() >= 1 and out.shape[0] == points:
+            rows = out.reshape(points, -1)
+        elif out.dim() >= 2 and out.shape[1] == points:  # time-first (S, N, ...)
+            rows = out.transpose(0, 1).reshape(points, -1)
+        else:
+            return
+        if not rows.is_floating_point():
+            rows = rows.double()
+        width = rows.shape[1]
+        direction = torch.randn(width, generator=torch.Generator().manual_seed(width))
+        direction = direction.to(device=rows.device, dtype=rows.dtype)
+        projection = rows @ direction
+        norms = torch.nan_to_num(torch.linalg.vector_norm(rows, dim=1), nan=0.0, posinf=0.0)
+        eps = torch.finfo(rows.dtype).eps
+        tolerance = 16 * eps * torch.linalg.vector_norm(direction) * norms.amax()
+        found = []
+        if points > 1:
+            found.append(((projection - projection[:1]).abs() > tolerance).any())
+        if self._first is None:
+            self._first = (width, projection[:1].clone())
+        elif self._first[0] == width and self._first[1].dtype == projection.dtype:
+            found.append(((projection - self._first[1]).abs() > tolerance).any())
+        for differs in found:
+            self._varies = differs if self._varies is None else self._varies | differs
+
+    def result(self) -> torch.Tensor | None:
+        """A 0-d bool tensor (read with the checkpoint's numbers), or None if no two points'
+        outputs could be compared."""
+        return self._varies
+
+
 class ActivationRecorder:
     r"""Pushes a probe set through a model and keeps each tracked layer's activation matrix.
 
@@ -298,6 +355,9 @@ class ActivationRecorder:
         self._misfits: set[str] = set()  # layers whose outputs do not hold the probe points
         self._skipped: set[str] = set()  # such layers in the running recording
         self._uncalled: set[str] = set()  # layers no probe pass called (warned about once)
+        #: per layer, the positions per probe point of the running recording's first batch
+        self._positions: dict[str, int] = {}
+        self._uneven: set[str] = set()  # layers whose positions varied (warned about once)
         #: whether the model's output differed between probe points in the last recording (a
         #: 0-d bool tensor, read with the checkpoint's numbers; None: no tensor output)
         self.output_varies: torch.Tensor | None = None
@@ -319,6 +379,7 @@ class ActivationRecorder:
         buffers: dict[str, torch.Tensor] = {}
         position = [0, 0]  # the running batch: index of its first probe point, its size
         self._skipped = set()
+        self._positions = {}
 
         seen: set[str] = set()
 
@@ -334,23 +395,19 @@ class ActivationRecorder:
             # from it, which would otherwise change the training run's later draws
             with own_random_state(device), access.probe(self.probe_tag) as model:
                 run = model if forward is None else forward
-                first: torch.Tensor | None = None
-                varies: torch.Tensor | None = None
+                varies = _OutputVariation()
                 for start in range(0, self.n, self.batch_size):
                     batch = self.inputs[start : start + self.batch_size]
                     position[0], position[1] = start, len(batch)
                     if device is not None:
                         batch = batch.to(device, non_blocking=True)
-                    out = first_tensor(run(batch))
-                    if isinstance(out, torch.Tensor) and out.numel():
-                        # does the output depend on the input? any value unlike the first
-                        # point's (a network whose units all died gives the same everywhere)
-                        rows = out.detach().reshape(out.shape[0], -1)
-                        first = rows[:1] if first is None else first
-                        if rows.shape[1] == first.shape[1]:
-                            differs = (rows != first).any()
-                            varies = differs if varies is None else varies | differs
-                self.output_varies = varies
+                    output = run(batch)
+                    try:
+                        varies.add(access.output_tensor(output), len(batch))
+                    except ValueError:  # no tensor output (or output_fn's): not told
+                        pass
+                    del output  # one batch's output at a time
+                self.output_varies = varies.result()
         finally:
             recorder.detach()
         unseen = [name for name in access.modules if name not in seen | self._uncalled]
@@ -417,6 +474,22 @@ class ActivationRecorder:
                 act = act.reshape(batch, act.shape[1], -1)  # (B, C, P): channels first
             positions = act.shape[1] if features_last else act.shape[2]
             features = act.shape[2] if features_last else act.shape[1]
+            if self._positions.setdefault(name, positions) != positions:
+                # one matrix needs as many rows per point in every batch: batches of sequences
+                # cut to their own longest would leave rows unwritten or overrun the buffer
+                self._skipped.add(name)
+                buffers.pop(name, None)
+                if name not in self._uneven:
+                    self._uneven.add(name)
+                    logger.warning(
+                        "Layer %r: its output holds %d positions per probe point in one probe "
+                        "batch and %d in another (sequences cut to each batch's longest?); no "
+                        "self-similarity: give the probe inputs of one length",
+                        name,
+                        self._positions[name],
+                        positions,
+                    )
+                return
             total = self.n * positions
             chosen = self._selection(name, total)
             if chosen is None:

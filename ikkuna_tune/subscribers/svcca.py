@@ -316,7 +316,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         live_at = rows_at + len(constant)
         self._say_rows_left_out(unmeasured, numbers[len(items) : rows_at], source)
         initial_live = list(zip((name for name, _ in constant), numbers[rows_at:live_at]))
-        output_varies = bool(numbers[live_at]) if varies is not None else False
+        # (not told, no tensor output to compare: as if it varies, the layer alone decides)
+        output_varies = bool(numbers[live_at]) if varies is not None else True
         unvaried = self._constant_by_construction(items, numbers, initial_live, output_varies)
         numbers = numbers[: len(items)]
         values: dict[str, float] = {}

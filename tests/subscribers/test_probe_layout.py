@@ -271,3 +271,26 @@ def test_pushing_the_probe_through_leaves_the_random_state_alone() -> None:
     with torch.no_grad():
         assert not torch.allclose(first.sum(0), model.fc(x).sum(0), atol=1e-3)
     torch.testing.assert_close(first, second)
+
+
+class _Trimming(nn.Module):
+    """An embedding of (N, L) token ids whose output is cut to the batch's longest sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emb(x[:, : int((x != 0).sum(1).max())])
+
+
+def test_a_layer_whose_positions_differ_between_probe_batches_is_left_out(caplog) -> None:
+    lengths = torch.tensor([3, 3, 5, 5])  # batches of 2: 3 positions, then 5
+    x = torch.randint(1, 20, (4, 6)) * (torch.arange(6) < lengths[:, None])
+    recorder = ActivationRecorder(x, batch_size=2, max_positions=10**6, seed=0)
+    with caplog.at_level(logging.WARNING), ik.Exporter(_Trimming()) as exporter:
+        assert recorder.record(exporter) == {}  # no matrix with rows never written
+    (told,) = [
+        r.getMessage() for r in caplog.records if "positions per probe point" in r.getMessage()
+    ]
+    assert "'emb'" in told and "3 positions" in told and "and 5 in another" in told

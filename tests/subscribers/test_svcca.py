@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -600,3 +601,51 @@ def test_an_input_independent_last_layer_is_not_dead_while_the_output_varies() -
     assert exporter.layer_order == ["fc", "temp"]
     assert got == [("fc", 1.0), ("fc", 1.0)]  # nothing for temp, not 0
     exporter.close()
+
+
+def _live_published(model: nn.Module, batch_size: int, **exporter_kwargs) -> list[dict]:
+    """Two epochs of full-batch training on 35 probe points; the live fractions published at
+    each checkpoint."""
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus, **exporter_kwargs)
+    inputs = torch.randn(35, 6, generator=torch.Generator().manual_seed(1))
+    BatchedSVCCASubscriber(inputs, 35, batch_size, message_bus=bus, backend=None)
+    got: dict[int, dict[str, float]] = {}
+    ik.CallbackSubscriber(
+        ["live_fraction"], lambda m: got.setdefault(m.epoch, {}).update({m.key: m.data.item()}), bus
+    )
+    for _ in range(2):
+        opt.zero_grad()
+        out = exporter.output_tensor(model(inputs))
+        F.cross_entropy(out, torch.zeros(35, dtype=torch.long)).backward()
+        opt.step()
+        exporter.epoch_finished()
+    exporter.close()
+    return [got[epoch] for epoch in sorted(got)]
+
+
+def test_a_network_dead_from_initialisation_is_dead_in_batches_of_any_size() -> None:
+    """Every ReLU off from the start: the head gives the same output for every input, the
+    bias aside (rounding differs between batch sizes, 32 + 3 here)."""
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)
+    for live in _live_published(model, batch_size=32):
+        assert live == {"0": 1.0, "2": 0.0}  # dead, and said so
+
+
+@dataclasses.dataclass
+class _Out:
+    logits: torch.Tensor
+
+
+class _TokenNet(_WithClassToken):
+    def forward(self, x: torch.Tensor) -> _Out:  # type: ignore[override]
+        return _Out(super().forward(x))
+
+
+def test_an_input_independent_layer_of_a_model_with_an_output_fn_is_not_dead() -> None:
+    for live in _live_published(_TokenNet(), batch_size=4, output_fn=lambda o: o.logits):
+        assert live == {"inp": 1.0, "head": 1.0}  # nothing for the class token, not 0
