@@ -328,9 +328,7 @@ def test_a_layer_the_training_never_uses_does_not_count_as_still_trainable() -> 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with ik.Exporter(model, opt) as exporter:
         assert exporter.leaves_trainable("heads.a", ["body"])  # no gradient yet: b counts
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        _step(model, opt, exporter, (x, y))
         # the reference: with body and head a untrainable, this loss has nothing to train
         twin = copy.deepcopy(model)
         for p in [*twin.body.parameters(), *twin.heads["a"].parameters()]:
@@ -341,9 +339,7 @@ def test_a_layer_the_training_never_uses_does_not_count_as_still_trainable() -> 
         exporter.freeze("body")
         with pytest.raises(ValueError, match="'heads.a': it is the last trainable layer"):
             exporter.freeze("heads.a")
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()  # head a still trains
-        opt.step()
+        _step(model, opt, exporter, (x, y))  # head a still trains
         assert model.heads["a"].weight.grad is not None
 
 
@@ -356,19 +352,14 @@ def test_a_layer_just_unfrozen_counts_as_trainable_before_its_first_gradient() -
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
 
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
     with ik.Exporter(model, opt) as exporter:
         exporter.freeze("0")
-        step()
+        _step(model, opt, exporter, (x, y))
         exporter.unfreeze("0")
         assert model[0].weight.grad is None and model[2].weight.grad is not None
         exporter.freeze("2")
         before = model[0].weight.detach().clone()
-        step()
+        _step(model, opt, exporter, (x, y))
         assert not torch.equal(model[0].weight, before)  # the body trains
 
 
@@ -378,16 +369,11 @@ def test_an_unfrozen_layer_the_training_never_uses_counts_only_until_the_next_st
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
     with ik.Exporter(model, opt) as exporter:
         exporter.freeze("heads.b")
-        step()
+        _step(model, opt, exporter, (x, y))
         exporter.unfreeze("heads.b")  # trainable again, but this training never uses it
-        step()
+        _step(model, opt, exporter, (x, y))
         assert model.heads["b"].weight.grad is None
         exporter.freeze("body")
         with pytest.raises(ValueError, match="'heads.a': it is the last trainable layer"):
