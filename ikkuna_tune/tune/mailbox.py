@@ -11,6 +11,14 @@ post also raises a flag for the trial in Ray's key-value store (kept by the clus
 service, which answers without queueing behind the trials), and a trial asks the mailbox only
 when it lowers a raised flag, and at its first read and every :data:`FULL_READ_EVERY`-th read in
 any case (a flag that could not be read or raised never strands a directive).
+
+A Ray Train job's ``ray.train.report`` returns before the scheduler has seen the report (Train's
+controller collects reports when it polls the workers, every few seconds), so rank 0 would read
+too early and apply a directive a report or more late, at a step that depends on timing. Rank 0
+therefore names each report (``keys.TRAIN_REPORT``), the scheduler acknowledges the name in the
+key-value store once it has handled the report (:meth:`Mailbox.acknowledge`), and rank 0 waits
+for that acknowledgement before it reads (:meth:`TrialInbox.wait_handled`): a directive applies
+from the first step after the report that caused it, as in a single-process trial.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["FULL_READ_EVERY", "MAILBOX_PREFIX", "Mailbox", "TrialInbox", "mailbox_name"]
+__all__ = [
+    "FULL_READ_EVERY",
+    "HANDLED_TIMEOUT_S",
+    "MAILBOX_PREFIX",
+    "Mailbox",
+    "TrialInbox",
+    "mailbox_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +43,18 @@ MAILBOX_PREFIX = "ikkuna_tune_mailbox:"
 _TIMEOUT_S = 30
 #: a trial asks the mailbox itself at least this often (in reads), flag or no flag
 FULL_READ_EVERY = 10
+#: seconds a Ray Train job's rank 0 waits for the scheduler to acknowledge a report (Train's
+#: controller polls the workers every 2 s by default; a busy driver takes longer)
+HANDLED_TIMEOUT_S = 60.0
 _FLAG_NAMESPACE = "ikkuna_tune"
 
 
 def _flag_key(name: str, trial_id: str) -> str:
     return f"{name}/{trial_id}"
+
+
+def _handled_key(name: str, trial_id: str) -> str:
+    return f"{name}/{trial_id}/handled"
 
 
 def _key_value_store() -> Any | None:
@@ -153,10 +175,25 @@ class Mailbox:
         except Exception as error:
             logger.debug("Could not raise %s's flag (%s); it reads in full soon", trial_id, error)
 
+    def acknowledge(self, trial_id: str, report: str) -> None:
+        """Tell the trial's rank 0 that the report it named ``report`` has been handled: any
+        directive it caused is posted (see the module docstring)."""
+        store = _key_value_store()
+        if store is None:
+            return  # rank 0 stops waiting at its timeout, and reads
+        try:
+            store._internal_kv_put(
+                _handled_key(self.name, trial_id), report.encode(), namespace=_FLAG_NAMESPACE
+            )
+        except Exception as error:
+            logger.debug("Could not acknowledge %s's report %s (%s)", trial_id, report, error)
+
     def discard(self, trial_id: str) -> None:
         store = _key_value_store()
         try:
             if store is not None:
+                # (an acknowledgement stays: a rank 0 may be waiting for it; it names a report
+                # of one attempt, which no later attempt's reports are named like)
                 store._internal_kv_del(_flag_key(self.name, trial_id), namespace=_FLAG_NAMESPACE)
             self._actor.discard.remote(trial_id)
         except Exception as error:  # nothing to discard from a dead mailbox
@@ -186,6 +223,8 @@ class TrialInbox:
         self._seen = False
         self._warned = False
         self._reads = 0
+        #: False once an acknowledgement did not come in time: no more waiting for them
+        self.waits = True
 
     def take(self, check_flag: bool = True) -> list[dict[str, Any]]:
         """Directives waiting for this trial ([] when there are none or no mailbox).
@@ -216,6 +255,52 @@ class TrialInbox:
             self._seen = True
             return list(directives)
         return []
+
+    def posted_to(self) -> bool:
+        """Whether a scheduler posts to this experiment (its mailbox exists)."""
+        import ray
+
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(self.name)
+            except ValueError:  # no actor by that name
+                return False
+        return True
+
+    def wait_handled(self, report: str, timeout: float = HANDLED_TIMEOUT_S) -> bool:
+        """Wait until the scheduler has acknowledged the report named ``report``; whether it
+        did (see the module docstring).
+
+        Returns False at once where no scheduler posts to this experiment (no mailbox) or no
+        key-value store answers. A report not acknowledged within ``timeout`` seconds is named
+        in a warning and no later report is waited for: directives are then read when the
+        trial reads, one or more reports late.
+        """
+        store = _key_value_store()
+        if not self.waits or store is None or not self.posted_to():
+            return False
+        key, want = _handled_key(self.name, self.trial_id), report.encode()
+        deadline, pause = time.monotonic() + timeout, 0.002
+        while True:
+            try:
+                if store._internal_kv_get(key, namespace=_FLAG_NAMESPACE) == want:
+                    return True
+            except Exception as error:  # cannot tell: read now
+                logger.debug("Could not read %s's acknowledgement (%s)", self.trial_id, error)
+                return False
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        self.waits = False
+        logger.warning(
+            "Trial %s: the scheduler did not acknowledge report %s within %.0f s; reading its "
+            "directives without waiting from now on (they may apply a report or more late)",
+            self.trial_id,
+            report,
+            timeout,
+        )
+        return False
 
     def _flag_raised(self) -> bool:
         """Lower this trial's flag; whether it was raised (True when that cannot be told)."""

@@ -304,7 +304,23 @@ class SVCCAScheduler(FIFOScheduler):
             self.base.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        try:
+            return self._on_result(tune_controller, trial, result)
+        finally:  # a Ray Train job's rank 0 waits for this before it reads its directives
+            self._acknowledge(trial.trial_id, result)
+
+    def _acknowledge(self, trial_id: str, result: dict[str, Any]) -> None:
+        report = result.get(keys.TRAIN_REPORT) if isinstance(result, dict) else None
+        if isinstance(report, str) and self._mailbox is not None:
+            self._mailbox.acknowledge(trial_id, report)
+
+    def _on_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         view = self._views.setdefault(trial.trial_id, TrialView())
+        report, iteration = result.get(keys.TRAIN_REPORT), result.get("training_iteration")
+        if isinstance(report, str) and is_number(iteration):
+            # (a repeated training_iteration is a Tune restore: _observe handles it)
+            if view.last_iteration is None or int(iteration) > view.last_iteration:
+                view.follow_train_restart(trial.trial_id, report, int(iteration), self._mailbox)
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:
             # the base is not told: Tune hands the trial's last result to on_trial_complete,
@@ -334,6 +350,7 @@ class SVCCAScheduler(FIFOScheduler):
             if is_number(raw) and (view.last_iteration is None or int(raw) > view.last_iteration):
                 self._observe(trial.trial_id, view, result)
             view.completed = True
+        self._acknowledge(trial.trial_id, result)
         if self._mailbox is not None:
             self._mailbox.discard(trial.trial_id)
         if self.base is not None:

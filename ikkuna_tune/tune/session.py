@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -256,6 +257,12 @@ class TrialSession:
         self._uploader: TrialUploader | None = None
         self._token: Any = None
         self._epochs_checked = False
+        #: names a Ray Train job's reports (keys.TRAIN_REPORT): this attempt, then a count,
+        #: then the name of the report whose checkpoint the attempt resumed from, if any
+        self._attempt = secrets.token_hex(4)
+        self._train_reports = 0
+        self._report_name: str | None = None
+        self._resumed_from: str | None = None
 
     @property
     def in_tune(self) -> bool:
@@ -516,11 +523,21 @@ class TrialSession:
             for key in times:
                 if key in merged and merged[key] is None:
                     merged[key] = math.nan  # measured on no rank
+        # rank 0, where a scheduler posts directives
+        named = self.inbox is not None and self.inbox.waits and self.inbox.posted_to()
+        if named:
+            self._train_reports += 1
+            self._report_name = f"{self._attempt}-{self._train_reports}"  # saved in checkpoint
+            resumed = f"@{self._resumed_from}" if self._resumed_from else ""
+            merged[keys.TRAIN_REPORT] = self._report_name + resumed
         if checkpoint is not None:
             self._save(checkpoint)
         ray.train.report(merged, checkpoint=checkpoint)
         for hook in list(self.after_report):
             hook(self)
+        if named and self.inbox is not None:
+            # Train forwards the report to Tune later: read once the scheduler has handled it
+            self.inbox.wait_handled(merged[keys.TRAIN_REPORT])
         directives = self.inbox.take() if self.inbox is not None else []
         self.apply(broadcast_from_first(directives))
         return merged
@@ -623,6 +640,7 @@ class TrialSession:
             "unfrozen_time": list(self.timer.unfrozen if self.timer else (0.0, 0)),
             "frozen_once": bool(self.timer and self.timer.frozen_once),
             "freeze_reasons": dict(self.freeze_reasons),
+            "train_report": self._report_name,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -642,6 +660,8 @@ class TrialSession:
             self.timer.unfrozen = (float(total), int(count))
             self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
+        resumed = state.get("train_report")
+        self._resumed_from = resumed if isinstance(resumed, str) else None
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)
 

@@ -57,6 +57,10 @@ class TrialView:
     measured: bool = False
     #: whether the trial has ended (Tune completed it)
     completed: bool = False
+    #: a Ray Train job's current attempt (its workers' start), from its reports' names
+    train_attempt: str | None = None
+    #: the training_iteration of each named report of a Ray Train job
+    train_reports: dict[str, int] = field(default_factory=dict)
 
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):
@@ -103,6 +107,54 @@ class TrialView:
         for name, at in self.ordered_at.items():
             self.ordered_at[name] = min(at, keep)
         return dropped
+
+    def follow_train_restart(
+        self, trial_id: str, report: str, iteration: int, mailbox: Mailbox | None
+    ) -> int | None:
+        """Follow the Ray Train job of a trial from the name of its report (see
+        ``keys.TRAIN_REPORT``: ``<attempt>-<count>``, with ``@<name>`` of the report whose
+        checkpoint the attempt resumed from). Returns the training_iteration the job went back
+        to when this report is the first of a new attempt (0: it started over), else None.
+
+        Ray Train restarts a job's workers after a failure without Tune noticing: Tune's
+        training_iteration goes on while the job trains again from its latest checkpoint. The
+        reports made since that checkpoint are forgotten, as after a Tune restore, and the
+        freezes decided at reports up to it are ordered again
+        (:meth:`reorder_after_restore`): a freeze the job carried out after its checkpoint was
+        saved is not in it.
+
+        Examples:
+            >>> view = TrialView()
+            >>> view.history.layers = ["conv", "fc"]
+            >>> for it, name in ((1, "a-1"), (2, "a-2"), (3, "a-3")):
+            ...     view.history.add(0.1 * it, {}, {}, {})
+            ...     view.iterations.append(it)
+            ...     view.follow_train_restart("t1", name, it, None)
+            >>> view.reasons["conv"] = Decision("freeze", "converged", 2, "conv")
+            >>> view.order(["conv"], 2)
+            >>> view.follow_train_restart("t1", "b-1@a-2", 4, None)  # resumed from report 2
+            2
+            >>> view.iterations, sorted(view.history.pending)
+            ([1, 2], ['conv'])
+        """
+        name, _, resumed = report.partition("@")
+        attempt = name.rpartition("-")[0]
+        previous, self.train_attempt = self.train_attempt, attempt
+        self.train_reports[name] = iteration
+        if previous is None or attempt == previous:
+            return None
+        restore_at = self.train_reports.get(resumed, None) if resumed else 0
+        if restore_at is None:  # resumed from a report this scheduler did not see
+            return None
+        dropped = self.rewind(restore_at + 1)
+        self.reorder_after_restore(trial_id, mailbox, restore_at)  # (0: none ordered again)
+        logger.info(
+            "Trial %s: its Ray Train job restarted from %s; the %s report(s) since are forgotten",
+            trial_id,
+            f"the checkpoint of training_iteration {restore_at}" if restore_at else "scratch",
+            dropped,
+        )
+        return restore_at
 
     def dated(self, decision: Decision) -> Decision:
         """``decision`` dated by the trial's ``training_iteration``."""

@@ -4,6 +4,9 @@ directive whose flag was never raised still arrives."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import ray
 
 from ikkuna_tune.tune.mailbox import FULL_READ_EVERY, Mailbox, TrialInbox
@@ -32,4 +35,29 @@ def test_a_directive_without_a_flag_arrives_at_the_next_full_read(ray_session) -
     assert reads[:-1] == [[]] * (FULL_READ_EVERY - 1)  # the flag is down: the mailbox is not asked
     assert reads[-1] == [{"freeze": ["conv"]}]  # the full read finds it
     assert inbox.take(check_flag=False) == []  # a full read on demand (as a restore does)
+    ray.kill(mailbox._actor)
+
+
+def test_a_train_rank_waits_for_its_report_to_be_handled(ray_session, caplog) -> None:
+    """A Ray Train job's rank 0 waits for the scheduler's acknowledgement of the report it
+    named; where no scheduler posts it does not wait, and after one acknowledgement that does
+    not come it warns once and stops waiting."""
+    alone = TrialInbox("mailbox_test_unscheduled", "t1")
+    assert not alone.posted_to() and not alone.wait_handled("a-1", timeout=30)  # at once
+    mailbox = Mailbox("mailbox_test_handled")
+    inbox = TrialInbox("mailbox_test_handled", "t1")
+    assert inbox.posted_to()
+    later = threading.Timer(0.3, mailbox.acknowledge, ("t1", "a-1"))
+    started = time.monotonic()
+    later.start()
+    assert inbox.wait_handled("a-1", timeout=30)
+    assert 0.3 <= time.monotonic() - started < 30
+    other = TrialInbox("mailbox_test_handled", "t2")  # another trial's acknowledgement
+    mailbox.acknowledge("t2", "a-2")
+    assert inbox.wait_handled("a-1", timeout=30)  # t1's stands
+    assert not inbox.wait_handled("a-2", timeout=0.2)  # t2's is not t1's
+    assert not inbox.waits and "did not acknowledge report a-2" in caplog.text
+    mailbox.acknowledge("t1", "a-3")
+    assert not inbox.wait_handled("a-3")  # no more waiting
+    assert other.wait_handled("a-2", timeout=30)
     ray.kill(mailbox._actor)

@@ -8,6 +8,7 @@ every rank steps with the single process's gradient).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ray import tune
 from ray.tune.utils import flatten_dict
 
 import ikkuna_tune as ik
+from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
 from tests.tune.train_job import subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
@@ -101,6 +103,17 @@ def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session
     assert marker.exists()  # the failure happened, after conv was frozen
     frozen = df["frozen/conv"].tolist()
     first = frozen.index(1)
+    # rank 0 reads a report's directives once the scheduler has handled it (Train hands the
+    # report to Tune seconds later): the freeze holds from the first step after the report
+    # that decided it, as in a single-process trial, not a report or more later
+    lines = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
+    decided = [d["iteration"] for d in map(json.loads, lines) if d["action"] == "freeze"]
+    assert decided and df["training_iteration"].tolist()[first] == decided[0] + 1, (
+        decided,
+        frozen,
+    )
+    names = df[keys.TRAIN_REPORT].tolist()  # one name per report, unique across the restart
+    assert len(set(names)) == len(names) and all(isinstance(n, str) for n in names)
     assert all(frozen[first:]), frozen  # frozen from the order on, also after the restart
     assert df["iteration"].tolist()[-1] == 6
     # the frozen weights do not move, while fc still trains
@@ -110,6 +123,44 @@ def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session
     digests = [p.read_text().split()[:2] for p in sorted(tmp_path.glob("rank*"))]
     assert len(digests) == 2
     assert digests[0] == digests[1] and digests[0][1] == "1"  # same bits, frozen, on both ranks
+
+
+@pytest.mark.timeout(300)
+def test_a_freeze_carried_out_after_the_checkpoint_is_ordered_again_when_a_worker_fails(
+    ray_session, tmp_path
+) -> None:
+    """The job fails right after the report whose directive froze ``conv``: it restarts from
+    that report's checkpoint, which predates the freeze. The scheduler sees the new attempt in
+    its first report and orders the freeze again at once (not a few reports later, when it
+    would judge the order lost)."""
+    marker = tmp_path / "crashed"
+    config = {
+        "lr": 0.1,
+        "iterations": 7,
+        "steps": 2,
+        "checkpoint": True,
+        "crash_marker": str(marker),
+        "crash_on_freeze": True,
+        "max_failures": 1,
+        "out": str(tmp_path),
+    }
+    trial, df = _run(config, tmp_path, eager_freezer())
+    assert trial.status == "TERMINATED" and marker.exists()
+    lines = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
+    decided = [d["iteration"] for d in map(json.loads, lines) if d["action"] == "freeze"]
+    iterations, frozen = df["training_iteration"].tolist(), df["frozen/conv"].tolist()
+    # the job resumed from report k's checkpoint, at the iteration after it
+    k = decided[0]
+    assert df["iteration"].tolist() == list(range(7))
+    names = df[keys.TRAIN_REPORT].tolist()
+    attempt = names[0].split("-")[0]
+    assert not names[k].startswith(attempt) and names[k].endswith(f"@{names[k - 1]}"), names
+    assert frozen[: k + 1] == [0] * (k + 1), frozen  # frozen after report k, then lost
+    # ordered again at report k + 1 (the attempt's first), so frozen from report k + 2 on
+    assert frozen[k + 1 :] == [1] * (len(frozen) - k - 1), (decided, frozen)
+    assert iterations == list(range(1, len(frozen) + 1))
+    digests = [p.read_text().split()[:2] for p in sorted(tmp_path.glob("rank*"))]
+    assert digests[0] == digests[1] and digests[0][1] == "1"
 
 
 @pytest.mark.timeout(600)

@@ -67,8 +67,10 @@ def train_loop(config: dict[str, Any]) -> None:
     """``config["iterations"]`` iterations of ``config["steps"]`` SGD steps on this rank's share
     of each global batch, one ``ik.report`` per iteration (with a checkpoint from rank 0 when
     ``config["checkpoint"]``). With ``config["crash_marker"]``: once ``conv`` is frozen, the job
-    crashes once after a report (a worker failure). With ``config["out"]``: every rank writes the
-    digest of its ``conv`` weights (and whether it was frozen) there at the end."""
+    crashes once after a report (a worker failure); with ``config["crash_on_freeze"]`` too, right
+    after the report whose directive froze ``conv`` (its checkpoint predates the freeze). With
+    ``config["out"]``: every rank writes the digest of its ``conv`` weights (and whether it was
+    frozen) there at the end."""
     import ray
     import ray.train
 
@@ -110,7 +112,14 @@ def train_loop(config: dict[str, Any]) -> None:
         else:
             ik.report(metrics)
         marker = config.get("crash_marker")
-        if marker and frozen_before_report and not os.path.exists(marker):
+        # once conv is frozen: before the report (the checkpoint holds the freeze), or, with
+        # config["crash_on_freeze"], right after the report that froze it (it does not)
+        crash_now = ("conv" in exporter.frozen) if config.get("crash_on_freeze") else None
+        if crash_now is None:
+            crash_now = frozen_before_report
+        elif frozen_before_report:
+            crash_now = False
+        if marker and crash_now and not os.path.exists(marker):
             if rank == 1:
                 Path(marker).touch()
                 raise RuntimeError("simulated worker failure")
