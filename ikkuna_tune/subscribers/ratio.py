@@ -123,7 +123,7 @@ class _SnapshotSynchronizedSubscription(SynchronizedSubscription):
         data = message.data
         if (
             isinstance(data, torch.Tensor)
-            and self._rounds.get(message.key, 0) % self.subsample == 0
+            and self._round_of(message.key, message.global_step) % self.subsample == 0
         ):
             bus = self.subscriber.message_bus
             if self.shared_as is not None and bus is not None:

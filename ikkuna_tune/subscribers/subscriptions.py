@@ -251,7 +251,9 @@ class SynchronizedSubscription(Subscription):
 
     The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
     handed to the subscriber as soon as it holds a message of every kind for that step.
-    ``subsample=k`` keeps every k-th complete bundle per identifier. A bundle that is still
+    ``subsample=k`` keeps the bundles of every k-th step that completes one per identifier. A
+    step with several forward passes (gradient accumulation) completes a bundle per pass: they
+    all count as that step's one round, delivered or dropped together. A bundle that is still
     incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
 
     A bundle that subsampling will drop is never built: its messages are only counted (which
@@ -283,6 +285,9 @@ class SynchronizedSubscription(Subscription):
         super().__init__(subscriber, kinds, tag, subsample)
         self._open: dict[str | None, MessageBundle] = {}
         self._rounds: dict[str | None, int] = {}
+        # the step of each identifier's latest completed round (another bundle completed in that
+        # step belongs to the same round)
+        self._round_steps: dict[str | None, int] = {}
         # bundles that will not be delivered: (their step, the kinds that have arrived)
         self._counted: dict[str | None, tuple[int, set[str]]] = {}
         self._layer_kinds: tuple[str, ...] = self.kinds
@@ -301,6 +306,7 @@ class SynchronizedSubscription(Subscription):
     def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
         super().load_counts(counts)
         self._rounds = {key: int(n) for key, n in counts.get("rounds", [])}
+        self._round_steps.clear()
         self._open.clear()
         self._counted.clear()
 
@@ -309,15 +315,30 @@ class SynchronizedSubscription(Subscription):
         self._layer_kinds = tuple(k for k in self.kinds if k in data)
         self._network_kinds = tuple(k for k in self.kinds if k not in data)
 
-    def _delivers(self, key: str | None, tag: str) -> bool:
-        """Whether the bundle now being collected for ``key`` under ``tag`` will be delivered.
+    def _round_of(self, key: str | None, step: int | None) -> int:
+        """The round a bundle of ``step`` for ``key`` belongs to: the count of rounds completed
+        before it, or the latest round's number if it completed in ``step`` too (a second
+        forward pass of the step). Without ``step``: a bundle of a new step."""
+        rounds = self._rounds.get(key, 0)
+        if step is not None and rounds and self._round_steps.get(key) == step:
+            return rounds - 1
+        return rounds
 
-        It is iff the count of completed bundles is a multiple of ``subsample`` when it
-        completes, and that count cannot change before it completes.
+    def _complete_round(self, key: str | None, step: int) -> None:
+        if self._round_steps.get(key) != step or not self._rounds.get(key):
+            self._rounds[key] = self._rounds.get(key, 0) + 1
+            self._round_steps[key] = step
+
+    def _delivers(self, key: str | None, tag: str, step: int | None = None) -> bool:
+        """Whether the bundle now being collected for ``key`` under ``tag`` (in ``step``, if
+        given) will be delivered.
+
+        It is iff its round (:meth:`_round_of`) is a multiple of ``subsample``, and that
+        cannot change before it completes.
         """
         if self.tag is not None and tag != self.tag:
             return False
-        return self._rounds.get(key, 0) % self.subsample == 0
+        return self._round_of(key, step) % self.subsample == 0
 
     def will_process(self, key: str | None, kind: str, tag: str) -> bool:
         """Whether the bundle the next message for ``key`` joins would be delivered."""
@@ -329,7 +350,7 @@ class SynchronizedSubscription(Subscription):
         # without the step a skipped message could not be told apart from the next step's
         if step is None or self._own_sync_receive:
             return self.accepts_tag(tag)
-        return self._delivers(key, tag)
+        return self._delivers(key, tag, step)
 
     def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
         if step is not None and self.accepts_tag(tag):
@@ -344,8 +365,8 @@ class SynchronizedSubscription(Subscription):
             return self.accepts_tag(tag)
         if self.tag is not None and tag != self.tag:
             return False
-        rounds, subsample = self._rounds, self.subsample
-        return any(rounds.get(key, 0) % subsample == 0 for key in keys)
+        subsample = self.subsample
+        return any(self._round_of(key, step) % subsample == 0 for key in keys)
 
     def count_all(
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
@@ -366,11 +387,17 @@ class SynchronizedSubscription(Subscription):
         if self.tag is not None and tag != self.tag:
             return _NEVER
         rounds, counted, subsample = self._rounds, self._counted, self.subsample
+        round_steps = self._round_steps
         quiet = _NEVER
         for key in keys:
+            done, entry = rounds.get(key, 0), counted.get(key)
+            # a bundle counted in the step of the latest round belongs to that round (another
+            # forward pass of the step): completing it starts no new round
+            same_step = entry is not None and entry[0] == round_steps.get(key)
+            if done and (done - 1) % subsample == 0 and (entry is None or same_step):
+                return 0  # the next message may be another pass of the step just delivered
             # the bundle the next message of kind joins: the open one, unless it already has one
-            entry = counted.get(key)
-            upcoming = rounds.get(key, 0) + (entry is not None and kind in entry[1])
+            upcoming = done + (entry is not None and kind in entry[1] and not same_step)
             quiet = min(quiet, (-upcoming) % subsample)
         return quiet
 
@@ -383,13 +410,13 @@ class SynchronizedSubscription(Subscription):
         entry[1].add(kind)
         if len(entry[1]) == len(self._network_kinds if key is None else self._layer_kinds):
             del self._counted[key]
-            self._rounds[key] = self._rounds.get(key, 0) + 1
+            self._complete_round(key, step)
 
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
             return
         key = message.key
-        if self._rounds.get(key, 0) % self.subsample != 0:
+        if self._round_of(key, message.global_step) % self.subsample != 0:
             self._count(key, message.kind, message.global_step)
             return
         bundle = self._open.get(key)
@@ -404,5 +431,5 @@ class SynchronizedSubscription(Subscription):
         bundle.add_message(message)
         if bundle.complete():
             del self._open[key]
-            self._rounds[key] = self._rounds.get(key, 0) + 1
+            self._complete_round(key, message.global_step)
             self.subscriber.receive_message(bundle)

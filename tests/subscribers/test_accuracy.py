@@ -118,6 +118,38 @@ def test_train_accuracy_of_a_step_with_gradient_accumulation_counts_every_pass(t
     assert reported == pytest.approx(expected)
 
 
+def test_subsampled_train_accuracy_with_gradient_accumulation_takes_whole_steps(
+    tiny, batch
+) -> None:
+    """``subsample=2`` with two forward passes per optimizer step: every second *step* is
+    published, with the accuracy over both of its passes (not every second pass)."""
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None, subsample=2)
+    got: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: got.__setitem__(m.global_step, float(m.data)), bus
+    )
+    x, y = batch
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    half = len(y) // 2
+    expected = {}
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for step in range(6):
+            opt.zero_grad()
+            hits = 0
+            for part in (slice(0, half), slice(half, len(y))):
+                shift = torch.roll(x, step, 0)[part]  # other samples at every step
+                labels = torch.roll(y, step, 0)[part]
+                out = tiny(shift)
+                hits += int((out.argmax(1) == labels).sum())
+                loss_fn(out, labels).backward()
+            opt.step()
+            expected[step] = hits / len(y)
+    assert sorted(got) == [0, 2, 4]
+    assert got == pytest.approx({s: expected[s] for s in (0, 2, 4)})
+
+
 @pytest.mark.parametrize("as_loader", [False, True])
 def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loader) -> None:
     torch.manual_seed(0)

@@ -166,6 +166,61 @@ def test_skip_with_step_delivers_the_same_bundles(subsample: int, seed: int) -> 
         assert built < len(_stream(seed)) * 0.8
 
 
+def _bundles_by_hand(
+    events: list[tuple[int, str, str]], kinds: tuple[str, ...], subsample: int
+) -> list[tuple[str, int]]:
+    """The (layer, step) of each synchronised bundle ``subsample`` delivers, by the documented
+    rule: a bundle completes when it holds every kind of its step (a repeated kind replaces
+    the earlier one); a step counts once however many bundles it completes (the passes of
+    gradient accumulation), and every ``subsample``-th such step is delivered, all its bundles."""
+    open_kinds: dict[str, tuple[int, set[str]]] = {}
+    steps_done: dict[str, list[int]] = {}
+    delivered = []
+    for step, layer, kind in events:
+        held = open_kinds.get(layer)
+        if held is None or held[0] != step:
+            held = open_kinds[layer] = (step, set())
+        held[1].add(kind)
+        if held[1] == set(kinds):
+            del open_kinds[layer]
+            done = steps_done.setdefault(layer, [])
+            if not done or done[-1] != step:
+                done.append(step)
+            if (len(done) - 1) % subsample == 0:
+                delivered.append((layer, step))
+    return delivered
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_subsampling_with_several_passes_per_step_counts_steps(subsample: int, seed: int) -> None:
+    rng = random.Random(seed)
+    events = []
+    for step in range(40):  # one to three forward passes per step, a kind sometimes missing
+        for _ in range(rng.choice([1, 2, 2, 3])):
+            for layer in ("conv", "fc"):
+                for kind in ("activations", "layer_gradients"):
+                    if rng.random() < 0.93:
+                        events.append((step, layer, kind))
+    kinds = ("activations", "layer_gradients")
+    expected = _bundles_by_hand(events, kinds, subsample)
+    got: dict[str, list[tuple[str | None, int]]] = {"all": [], "skip": []}
+    buses = {name: MessageBus(name) for name in got}
+    for name, bus in buses.items():
+        ik.CallbackSubscriber(
+            list(kinds), lambda b, name=name: got[name].append((b.key, b.global_step)),
+            bus, synchronized=True, subsample=subsample,
+        )  # fmt: skip
+    for step, layer, kind in events:
+        message = ModuleMessage(kind, "default", step, step, 0, None, NamedModule(layer, None))
+        buses["all"].publish(message)
+        if not buses["skip"].skip_all(kind, (layer,), "default", step):
+            buses["skip"].publish(message)
+    assert got["all"] == expected
+    assert got["skip"] == expected
+    assert len(expected) > 10
+
+
 def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> None:
     built: list[tuple[str, int]] = []
     bus = MessageBus()
