@@ -81,7 +81,9 @@ class LossSubscriber(PlotSubscriber):
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         data = message_or_bundle.data if isinstance(message_or_bundle, Message) else None
         if isinstance(data, torch.Tensor):
-            value = data.detach() if data.numel() == 1 else data.detach().float().mean()
+            # the backend keeps it until its next flush: a copy, since the published loss is
+            # the user's own tensor, which their code may change in place (``loss /= k``)
+            value = data.detach().clone() if data.numel() == 1 else data.detach().float().mean()
             self.backend.add_scalar("loss", value, message_or_bundle.global_step)
 
 
