@@ -610,6 +610,7 @@ class Exporter(StepHooks, LayerFreezing):
         forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them). A
         list or array of labels is taken as a tensor."""
         labels = _as_tensor(labels, "labels")
+        self._labels_given = True
         self._publish_tensor_meta("input_labels", labels, self._loss_tag(loss))
 
     def publish_loss(self, loss: torch.Tensor) -> None:

@@ -193,6 +193,10 @@ class StepHooks:
     _warned_recomputed: bool = False
     _warned_regradient: bool = False
     _warned_restep: bool = False
+    #: whether this step's labels were given (publish_labels, a wrapped loss), and whether the
+    #: warning about a step without them, where a subscriber needs them, has been given
+    _labels_given: bool = False
+    _warned_no_labels: bool = False
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
@@ -351,6 +355,9 @@ class StepHooks:
 
     def _start_step(self) -> None:
         self._finish_step()
+        # (judged when the next step starts: labels may come after the optimizer's step)
+        if self._steps_started > 0 and not self._labels_given and not self._warned_no_labels:
+            self._warn_no_labels()
         if self._steps_started > 0:
             self.global_step += 1
             if self._epoch_open:
@@ -359,6 +366,7 @@ class StepHooks:
             self._release_retrained()
         self._steps_started += 1
         self._step_open = True
+        self._labels_given = False
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
         if not self._epoch_open:
@@ -377,6 +385,28 @@ class StepHooks:
                 self._publish_skipped_updates()
             self._step_open = False
             self._publish_meta("batch_finished")
+
+    def _warn_no_labels(self) -> None:
+        """Warn (once) that a training step went by without labels while a subscriber needs
+        them (train accuracy would otherwise stay missing without a word)."""
+        if "input_labels" not in self._wanted or not self.message_bus.wants("input_labels"):
+            return
+        self._warned_no_labels = True
+        needing = sorted(
+            {
+                type(s).__name__
+                for s in self.message_bus.subscribers
+                if "input_labels" in getattr(s, "kinds", ())
+            }
+        )
+        logger.warning(
+            "Training step %d went by without labels, which %s need(s) (input_labels): compute "
+            "the loss with exporter.wrap_loss(loss_fn), or call exporter.publish_labels(labels) "
+            "at each step; until then %s publish(es) nothing",
+            self.global_step,
+            ", ".join(needing) or "a subscriber",
+            ", ".join(needing) or "it",
+        )
 
     # A GradScaler that finds inf or NaN gradients skips optimizer.step(), so no optimizer hook
     # fires. Its update() (once per step, after step()) rewrites its scale tensor in place, which

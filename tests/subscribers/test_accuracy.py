@@ -151,6 +151,33 @@ def test_subsampled_train_accuracy_with_gradient_accumulation_takes_whole_steps(
     assert got == pytest.approx({s: expected[s] for s in (0, 2, 4)})
 
 
+@pytest.mark.parametrize("labels", ["none", "wrapped", "after_step"])
+def test_train_accuracy_without_labels_says_so_once(tiny, batch, caplog, labels) -> None:
+    """A loop that never gives the step's labels (a plain loss, no wrap_loss) gets one warning
+    naming the fix; labels given by the wrapped loss, or after the optimizer's step, none."""
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    got = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: got.append(m.global_step), bus)
+    x, y = batch
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    with caplog.at_level("WARNING"), ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy) if labels == "wrapped" else F.cross_entropy
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(tiny(x), y).backward()
+            opt.step()
+            if labels == "after_step":
+                exporter.publish_labels(y)
+    warned = [r for r in caplog.records if "without labels" in r.getMessage()]
+    if labels == "none":
+        assert got == [] and len(warned) == 1
+        assert "wrap_loss" in warned[0].getMessage()
+        assert "TrainAccuracySubscriber" in warned[0].getMessage()
+    else:
+        assert got == [0, 1, 2] and warned == []
+
+
 @pytest.mark.parametrize("as_loader", [False, True])
 def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loader) -> None:
     torch.manual_seed(0)
