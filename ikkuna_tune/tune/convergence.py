@@ -103,6 +103,10 @@ class ConvergenceRules:
     reach_within: float = 0.05  # ...unless further than this from it (the metric's units)
 
 
+#: How much less than ``stall_delta`` a gain must be to count as less: metrics reported in
+#: float32 (an accuracy of 93/400 less one of 85/400 is 0.019999996) are rounded by that much.
+ROUNDING = 1e-6
+
 #: The share of its way from its first reported value to the value it must reach that a trial
 #: must have gained before its rate of gain is extrapolated (see :func:`stop_verdict`).
 STARTED_SHARE = 0.1
@@ -496,7 +500,7 @@ def stop_verdict(
         return Decision("stop", "stuck at chance", it, None, at_chance)
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
-    stalled = math.isfinite(progress) and progress < rules.stall_delta
+    stalled = math.isfinite(progress) and progress < rules.stall_delta - ROUNDING
     if stalled and not _moving(trial, rules) and not _contender(trial, rules, others):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
@@ -624,7 +628,7 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
         return False
     own = trial.best()
     band = noise_band(trial, rules)
-    others_learn = any(max(f) - f[0] >= rules.stall_delta for f in seen)
+    others_learn = any(max(f) - f[0] >= rules.stall_delta - ROUNDING for f in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 
 
@@ -647,7 +651,7 @@ def _at_chance(
             return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
-    if progress < rules.stall_delta:
+    if progress < rules.stall_delta - ROUNDING:
         return {"best": trial.best(), "chance": chance, "progress": progress}
     return None
 

@@ -159,6 +159,23 @@ def test_a_stalled_trial_is_kept_when_nobody_is_far_ahead() -> None:
     assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.1351]], budget=12) is not None
 
 
+def test_a_gain_of_exactly_stall_delta_in_float32_is_progress() -> None:
+    """93/400 - 85/400 is 0.02, but 0.019999996 from float32 accuracies: progress all the
+    same (the rule says "less than stall_delta"), while a gain a hair less is none."""
+    import torch
+
+    first, best = (float(torch.tensor(k / 400, dtype=torch.float32)) for k in (85, 93))
+    assert best - first < 0.02  # what float32 makes of it
+    others = [[0.9], [0.85], [0.82]]
+    gained = [first, first, best, first, best, first]
+    verdict = stop_verdict(_drifting(gained), RULES, others, budget=12)
+    # (another rule may still stop it: it cannot reach the top 3 at that pace)
+    assert verdict is None or not verdict.rule.startswith("stuck"), verdict
+    short = [first, first, best - 1e-4, first, best - 1e-4, first]
+    stop = stop_verdict(_drifting(short), RULES, others, budget=12)
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
+
+
 def test_a_slow_starter_that_progresses_or_an_unknown_budget_is_not_stopped_as_stuck() -> None:
     slow = [0.08, 0.07, 0.1, 0.145, 0.2, 0.34]  # digits CNN at lr 0.01: 3rd best in the end
     assert stop_verdict(_drifting(slow), RULES, [[0.9], [0.85], [0.8]], budget=12) is None
