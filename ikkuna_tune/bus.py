@@ -19,6 +19,8 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -227,17 +229,26 @@ class MessageBus(KindRegistry):
         subscriptions = self._by_kind.get(kind)
         return bool(subscriptions) and any(s.accepts_tag(tag) for s in subscriptions)
 
-    def will_process(self, kind: str, key: str | None, tag: str = DEFAULT_TAG) -> bool:
+    def will_process(
+        self, kind: str, key: str | None, tag: str = DEFAULT_TAG, step: int | None = None
+    ) -> bool:
         """Whether a message of ``kind`` for ``key`` (a layer name or ``None``) published now
-        under ``tag`` would be looked at by any subscription (after tag and subsample filters).
+        under ``tag`` (in global step ``step``, if given) would be looked at by any
+        subscription (after tag and subsample filters).
 
         Publishers skip computing the data of messages nobody will look at and publish them with
-        ``data=None``, so that subsampling counts stay right.
+        ``data=None``, so that subsampling counts stay right. A synchronised subscription needs
+        the step to tell another forward pass of a step from the next step's (without it, it
+        answers for both).
         """
-        return self.will_process_any(kind, (key,), tag)
+        return self.will_process_any(kind, (key,), tag, step)
 
     def will_process_any(
-        self, kind: str, keys: Sequence[str | None], tag: str = DEFAULT_TAG
+        self,
+        kind: str,
+        keys: Sequence[str | None],
+        tag: str = DEFAULT_TAG,
+        step: int | None = None,
     ) -> bool:
         """Whether :meth:`will_process` is true for any of ``keys``."""
         subscriptions = self._by_kind.get(kind)
@@ -248,8 +259,11 @@ class MessageBus(KindRegistry):
             return False
         self._settle()
         for subscription in subscriptions:
+            ask = subscription.will_process
+            if step is not None and _takes_step(type(subscription)):
+                ask = functools.partial(ask, step=step)
             for key in keys:
-                if subscription.will_process(key, kind, tag):
+                if ask(key, kind, tag):
                     return True
         return False
 
@@ -481,3 +495,10 @@ class MessageBus(KindRegistry):
 
     def __repr__(self) -> str:
         return f"MessageBus({self.name!r}, subscribers={len(self._subscribers)})"
+
+
+@functools.cache
+def _takes_step(subscription_type: type) -> bool:
+    """Whether ``subscription_type.will_process`` takes a ``step`` (a subclass written before
+    it did may override it without one)."""
+    return "step" in inspect.signature(subscription_type.will_process).parameters

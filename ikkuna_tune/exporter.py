@@ -610,8 +610,10 @@ class Exporter(StepHooks, LayerFreezing):
         forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them). A
         list or array of labels is taken as a tensor."""
         labels = _as_tensor(labels, "labels")
-        self._labels_given = True
-        self._publish_tensor_meta("input_labels", labels, self._loss_tag(loss))
+        tag = self._loss_tag(loss)
+        if tag == DEFAULT_TAG or self._eval_grad_pass:  # the training step's (maybe eval mode)
+            self._labels_given = True
+        self._publish_tensor_meta("input_labels", labels, tag)
 
     def publish_loss(self, loss: torch.Tensor) -> None:
         """Publish this step's loss (left on its device), under the tag of the last forward
@@ -861,6 +863,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
+        self._labels_given = True  # the step before the checkpoint is not judged here
         if state.get("flow"):
             self._flow = LayerFlow.from_dict(state["flow"])
             self._flow_known = bool(self._flow.order)

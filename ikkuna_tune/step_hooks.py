@@ -677,12 +677,13 @@ class StepHooks:
             if bus.takes_batches(kind):  # every layer's update is looked at: one copy kernel
                 self._snapshot_all(kind, layers[role])
                 continue
-            if not bus.will_process_any(kind, names[role]):
+            step = self.global_step
+            if not bus.will_process_any(kind, names[role], DEFAULT_TAG, step):
                 continue
             for name, named, attr in layers[role]:
                 # an update every subscription would skip (subsampling) is not computed, and
                 # that of a frozen layer is known
-                if name not in frozen and bus.will_process(kind, name):
+                if name not in frozen and bus.will_process(kind, name, DEFAULT_TAG, step):
                     param = tensor_attr(named.module, attr)
                     if param is not None:
                         key = (name, kind)

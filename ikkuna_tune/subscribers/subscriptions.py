@@ -159,9 +159,10 @@ class Subscription:
         if self.accepts_tag(batch.tag):
             self.subscriber.receive_batch(batch)
 
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
+    def will_process(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
         """Whether the next message of ``kind`` for ``key`` (a layer name, or ``None`` for the
-        network) under ``tag`` would reach the subscriber, or be thinned out by tag or subsample.
+        network) under ``tag`` (in global step ``step``, where known) would reach the
+        subscriber, or be thinned out by tag or subsample.
 
         Publishers use it to skip computing data nobody looks at (the message is still published,
         so the counts stay right). A subclass that overrides :meth:`receive_message` must
@@ -301,12 +302,16 @@ class SynchronizedSubscription(Subscription):
     def counts(self) -> dict[str, list[list[Any]]]:
         """The bundles completed per layer (what subsampling goes by), for a checkpoint (taken
         between steps, when no bundle is open)."""
-        return {**super().counts(), "rounds": [[key, n] for key, n in self._rounds.items()]}
+        return {
+            **super().counts(),
+            "rounds": [[key, n] for key, n in self._rounds.items()],
+            "round_steps": [[key, step] for key, step in self._round_steps.items()],
+        }
 
     def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
         super().load_counts(counts)
         self._rounds = {key: int(n) for key, n in counts.get("rounds", [])}
-        self._round_steps.clear()
+        self._round_steps = {key: int(step) for key, step in counts.get("round_steps", [])}
         self._open.clear()
         self._counted.clear()
 
@@ -338,13 +343,29 @@ class SynchronizedSubscription(Subscription):
         """
         if self.tag is not None and tag != self.tag:
             return False
-        return self._round_of(key, step) % self.subsample == 0
+        if step is not None:
+            return self._round_of(key, step) % self.subsample == 0
+        # without the step, the bundle may be another pass of the latest round's step or the
+        # first of a new step's (it may be delivered if either round is), unless a message of
+        # a later step has come (an open or counted bundle of that step)
+        rounds = self._rounds.get(key, 0)
+        if rounds % self.subsample == 0:
+            return True
+        last = self._round_steps.get(key)
+        if last is None or (rounds - 1) % self.subsample != 0:
+            return False
+        counted, bundle = self._counted.get(key), self._open.get(key)
+        later = (counted is not None and counted[0] != last) or (
+            bundle is not None and bundle.global_step != last
+        )
+        return not later
 
-    def will_process(self, key: str | None, kind: str, tag: str) -> bool:
-        """Whether the bundle the next message for ``key`` joins would be delivered."""
+    def will_process(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
+        """Whether the bundle the next message for ``key`` (in ``step``, where known) joins
+        would be delivered."""
         if self._own_sync_receive:
             return self.accepts_tag(tag)
-        return self._delivers(key, tag)
+        return self._delivers(key, tag, step)
 
     def needs_data(self, key: str | None, kind: str, tag: str, step: int | None = None) -> bool:
         # without the step a skipped message could not be told apart from the next step's

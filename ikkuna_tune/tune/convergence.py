@@ -103,9 +103,21 @@ class ConvergenceRules:
     reach_within: float = 0.05  # ...unless further than this from it (the metric's units)
 
 
-#: How much less than ``stall_delta`` a gain must be to count as less: metrics reported in
-#: float32 (an accuracy of 93/400 less one of 85/400 is 0.019999996) are rounded by that much.
+#: How much less than ``stall_delta`` a gain must be to count as less, relative to the values
+#: compared (at least 1): metrics reported in float32 are rounded by that much (an accuracy of
+#: 93/400 less one of 85/400 is 0.019999996; in percent, 56/3 - 50/3 is 1.999998). Each rule
+#: that stops a trial allows for it in the direction that keeps the trial.
 ROUNDING = 1e-6
+
+
+def _tolerance(*values: float) -> float:
+    """:data:`ROUNDING` at the scale of ``values`` (their largest magnitude, at least 1).
+
+    >>> _tolerance(0.2, 0.23), _tolerance(93.0, -256.0), _tolerance(float("nan"))
+    (1e-06, 0.000256, 1e-06)
+    """
+    return ROUNDING * max([1.0, *(abs(v) for v in values if math.isfinite(v))])
+
 
 #: The share of its way from its first reported value to the value it must reach that a trial
 #: must have gained before its rate of gain is extrapolated (see :func:`stop_verdict`).
@@ -499,8 +511,9 @@ def stop_verdict(
     if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
         return Decision("stop", "stuck at chance", it, None, at_chance)
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
-    progress = trial.best() - first
-    stalled = math.isfinite(progress) and progress < rules.stall_delta - ROUNDING
+    best = trial.best()
+    progress = best - first
+    stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
     if stalled and not _moving(trial, rules) and not _contender(trial, rules, others):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
@@ -526,7 +539,7 @@ def stop_verdict(
         target = so_far[rules.protect_top - 1]
         final = sorted(others_best, reverse=True)[rules.protect_top - 1]
         learned = target - first >= LEARNED_SHARE * (final - first)
-        if learned and trial.best() < target - rules.stall_delta:
+        if learned and best < target - rules.stall_delta - _tolerance(target, best):
             return Decision(
                 "stop",
                 "stuck: no progress while others learned",
@@ -628,7 +641,7 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
         return False
     own = trial.best()
     band = noise_band(trial, rules)
-    others_learn = any(max(f) - f[0] >= rules.stall_delta - ROUNDING for f in seen)
+    others_learn = any(max(f) - f[0] >= rules.stall_delta - _tolerance(max(f), f[0]) for f in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 
 
@@ -647,11 +660,11 @@ def _at_chance(
         return None
     for series in others:
         finite = _finite(series)
-        if len(series) >= trial.reports or (finite and max(finite) <= bar):
+        if len(series) >= trial.reports or (finite and max(finite) <= bar + _tolerance(bar)):
             return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first
-    if progress < rules.stall_delta - ROUNDING:
+    if progress < rules.stall_delta - _tolerance(first, trial.best()):
         return {"best": trial.best(), "chance": chance, "progress": progress}
     return None
 

@@ -151,31 +151,44 @@ def test_subsampled_train_accuracy_with_gradient_accumulation_takes_whole_steps(
     assert got == pytest.approx({s: expected[s] for s in (0, 2, 4)})
 
 
-@pytest.mark.parametrize("labels", ["none", "wrapped", "after_step"])
+@pytest.mark.parametrize(
+    "labels", ["none", "validation_only", "wrapped", "after_step", "restored", "eval_mode"]
+)
 def test_train_accuracy_without_labels_says_so_once(tiny, batch, caplog, labels) -> None:
-    """A loop that never gives the step's labels (a plain loss, no wrap_loss) gets one warning
-    naming the fix; labels given by the wrapped loss, or after the optimizer's step, none."""
+    """A loop that never gives the training steps' labels (a plain loss, no wrap_loss; or a
+    wrapped loss in validation passes only) gets one warning naming the fix; labels given by
+    the wrapped loss (also after a restore, and when training in eval mode), or after the
+    optimizer's step, none."""
     bus = MessageBus()
-    ik.TrainAccuracySubscriber(bus, backend=None)
+    ik.TrainAccuracySubscriber(bus, backend=None, tag=None if labels == "eval_mode" else "default")
     got = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: got.append(m.global_step), bus)
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: got.append(m.global_step), bus, tag=None)
     x, y = batch
     opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
     with caplog.at_level("WARNING"), ik.Exporter(tiny, opt, bus) as exporter:
-        loss_fn = exporter.wrap_loss(F.cross_entropy) if labels == "wrapped" else F.cross_entropy
+        if labels == "restored":
+            exporter.load_state_dict({**exporter.state_dict(), "steps_started": 3})
+        if labels == "eval_mode":
+            tiny.eval()
+        wrapped = exporter.wrap_loss(F.cross_entropy)
+        plain = labels in ("none", "after_step", "validation_only")
+        loss_fn = F.cross_entropy if plain else wrapped
         for _ in range(3):
             opt.zero_grad()
             loss_fn(tiny(x), y).backward()
             opt.step()
             if labels == "after_step":
                 exporter.publish_labels(y)
+            if labels == "validation_only":
+                with torch.no_grad():
+                    wrapped(tiny(x), y)
     warned = [r for r in caplog.records if "without labels" in r.getMessage()]
-    if labels == "none":
-        assert got == [] and len(warned) == 1
+    if labels in ("none", "validation_only"):
+        assert len(warned) == 1
         assert "wrap_loss" in warned[0].getMessage()
         assert "TrainAccuracySubscriber" in warned[0].getMessage()
     else:
-        assert got == [0, 1, 2] and warned == []
+        assert len(got) == 3 and warned == []
 
 
 @pytest.mark.parametrize("as_loader", [False, True])

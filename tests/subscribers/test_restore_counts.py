@@ -96,3 +96,37 @@ def test_states_saved_before_counts_were_kept_still_load() -> None:
     norm.load_state_dict({})
     with pytest.raises(ValueError, match="counts of 1 subscriptions"):
         norm.load_state_dict({"subscriptions": []})
+
+
+def test_a_restore_between_two_bundles_of_one_step_keeps_them_one_round() -> None:
+    """Bundles of one step are one subsampling round (several evaluation batches at one
+    global step, say); restored between two of them, the second still joins that round."""
+    from ikkuna_tune.bus import MessageBus
+
+    def subscriber(bus: MessageBus, got: list[int]) -> ik.CallbackSubscriber:
+        return ik.CallbackSubscriber(
+            ["network_output"], lambda b: got.append(b.global_step), bus,
+            tag="eval", synchronized=True, subsample=2,
+        )  # fmt: skip
+
+    def publish(bus: MessageBus, step: int) -> None:
+        bus.publish_network_message(
+            "network_output", torch.ones(2), global_step=step, train_step=step, epoch=0, tag="eval"
+        )
+
+    steps = [0, 0, 1, 1, 2, 3, 4, 4]  # two evaluation batches at most steps
+    whole: list[int] = []
+    bus = MessageBus()
+    subscriber(bus, whole)
+    for step in steps:
+        publish(bus, step)
+    assert whole == [0, 0, 2, 4, 4]
+    restored: list[int] = []
+    first = MessageBus()
+    before = subscriber(first, restored)
+    publish(first, 0)
+    again = MessageBus()
+    subscriber(again, restored).load_state_dict(copy.deepcopy(before.state_dict()))
+    for step in steps[1:]:
+        publish(again, step)
+    assert restored == whole

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
@@ -33,12 +34,15 @@ def test_synchronized_will_process_counts_bundles() -> None:
     sub = ik.CallbackSubscriber(["weights", "weight_updates"], lambda b: None, bus,
                                 synchronized=True, subsample=2)  # fmt: skip
     fc = NamedModule("fc", None)
-    pattern = []
+    pattern, stepless = [], []
     for step in range(4):
         for kind in ("weights", "weight_updates"):
-            pattern.append(bus.will_process(kind, "fc"))
+            pattern.append(bus.will_process(kind, "fc", "default", step))
+            stepless.append(bus.will_process(kind, "fc"))
             bus.publish(ModuleMessage(kind, "default", step, step, 0, None, fc))
     assert pattern == [True, True, False, False, True, True, False, False]
+    # without the step, a message may be another forward pass of the step just delivered
+    assert stepless == [True, True, True, False, True, True, True, False]
     assert sub.subscriptions[0].will_process("fc", "weights", "probe") is False
 
 
@@ -219,6 +223,46 @@ def test_subsampling_with_several_passes_per_step_counts_steps(subsample: int, s
     assert got["all"] == expected
     assert got["skip"] == expected
     assert len(expected) > 10
+
+
+def _copy(update: torch.Tensor | None) -> torch.Tensor | None:
+    """An update kept past its message (the Exporter reuses its buffers)."""
+    return None if update is None else update.clone()
+
+
+@pytest.mark.parametrize("subsample", [1, 2])
+def test_an_optimizer_stepping_twice_in_a_step_publishes_both_updates(subsample: int) -> None:
+    """One optimizer steps twice before the other steps once (a critic's steps): the step's
+    two updates of its layer are two bundles of one round, both with their data, equal to
+    the weights' change by each of the two steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    first = torch.optim.SGD(model[0].parameters(), 0.1, momentum=0.9)
+    second = torch.optim.SGD(model[2].parameters(), 0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    bus, got = MessageBus(), []
+    ik.CallbackSubscriber(
+        ["weight_updates"],
+        lambda b: got.append((b.key, b.global_step, _copy(b["weight_updates"]))),
+        bus, synchronized=True, subsample=subsample,
+    )  # fmt: skip
+    changes = []
+    with ik.Exporter(model, [first, second], bus):
+        for _ in range(4):
+            first.zero_grad()
+            second.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            for _ in range(2):
+                before = model[0].weight.detach().clone()
+                first.step()
+                changes.append(model[0].weight.detach() - before)
+            second.step()
+    mine = [(step, update) for key, step, update in got if key == "0"]
+    kept = [s for s in range(4) if s % subsample == 0]
+    assert [step for step, _ in mine] == [s for s in kept for _ in range(2)]
+    for (step, update), pass_ in zip(mine, [p for _ in kept for p in range(2)]):
+        assert update is not None, (step, pass_)
+        torch.testing.assert_close(update, changes[2 * step + pass_])
 
 
 def test_subsampled_ratio_builds_no_messages_on_skipped_steps(tiny, batch) -> None:

@@ -159,20 +159,28 @@ def test_a_stalled_trial_is_kept_when_nobody_is_far_ahead() -> None:
     assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.1351]], budget=12) is not None
 
 
-def test_a_gain_of_exactly_stall_delta_in_float32_is_progress() -> None:
-    """93/400 - 85/400 is 0.02, but 0.019999996 from float32 accuracies: progress all the
-    same (the rule says "less than stall_delta"), while a gain a hair less is none."""
+@pytest.mark.parametrize("scale, n, low, high", [(1.0, 400, 85, 93), (100.0, 300, 50, 56)])
+def test_a_gain_of_exactly_stall_delta_in_float32_is_progress(
+    scale: float, n: int, low: int, high: int
+) -> None:
+    """93/400 - 85/400 is 0.02, but 0.019999996 from float32 accuracies (56/300 - 50/300 in
+    percent, 1.9999981): progress all the same (the rule says "less than stall_delta"), while
+    a gain a hair less is none. The metric's units are the rules' (``scale``)."""
     import torch
 
-    first, best = (float(torch.tensor(k / 400, dtype=torch.float32)) for k in (85, 93))
-    assert best - first < 0.02  # what float32 makes of it
-    others = [[0.9], [0.85], [0.82]]
+    rules = ConvergenceRules(
+        stall_delta=0.02 * scale, min_delta=0.005 * scale, reach_within=0.05 * scale
+    )
+    # accuracies in float32, then in the metric's units (float32 arithmetic too)
+    first, best = (float(torch.tensor(k / n, dtype=torch.float32) * scale) for k in (low, high))
+    assert best - first < 0.02 * scale  # what float32 makes of it
+    others = [[0.9 * scale], [0.85 * scale], [0.82 * scale]]
     gained = [first, first, best, first, best, first]
-    verdict = stop_verdict(_drifting(gained), RULES, others, budget=12)
+    verdict = stop_verdict(_drifting(gained), rules, others, budget=12)
     # (another rule may still stop it: it cannot reach the top 3 at that pace)
     assert verdict is None or not verdict.rule.startswith("stuck"), verdict
-    short = [first, first, best - 1e-4, first, best - 1e-4, first]
-    stop = stop_verdict(_drifting(short), RULES, others, budget=12)
+    short = [first, first, best - 1e-4 * scale, first, best - 1e-4 * scale, first]
+    stop = stop_verdict(_drifting(short), rules, others, budget=12)
     assert stop is not None and stop.rule == "stuck: no progress while others learned"
 
 
