@@ -56,19 +56,13 @@ FROZEN_BY_TRIAL = (
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.
 STEP_SECONDS_UNFROZEN = "step_seconds_unfrozen"
-#: Which report of a Ray Train job this is (text, from rank 0; unique to the attempt): the
-#: scheduler acknowledges it once it has handled the report, and rank 0 waits for that before
-#: it reads the scheduler's directives (see :mod:`ikkuna_tune.tune.mailbox`).
-TRAIN_REPORT = "train_report"
+#: Which report of a Ray Train job this is (text, from rank 0; unique to the attempt), in the
+#: reports of a trial an SVCCAScheduler steers: the scheduler acknowledges it once it has
+#: handled the report, and rank 0 waits for that before it reads the scheduler's directives
+#: (see :mod:`ikkuna_tune.tune.mailbox`).
+TRAIN_REPORT = "ikkuna_report_name"
 #: The keys :func:`ikkuna_tune.report` adds to every report (a user's metric may not use them).
-RESERVED_KEYS = (
-    FROZEN,
-    FROZEN_FRACTION,
-    FREEZE_REASON,
-    STEP_SECONDS,
-    STEP_SECONDS_UNFROZEN,
-    TRAIN_REPORT,
-)
+RESERVED_KEYS = (FROZEN, FROZEN_FRACTION, FREEZE_REASON, STEP_SECONDS, STEP_SECONDS_UNFROZEN)
 
 #: Where SVCCAScheduler writes its decisions, one JSON object a line, in each trial directory.
 DECISIONS_FILE = "ikkuna_decisions.jsonl"

@@ -14,11 +14,14 @@ any case (a flag that could not be read or raised never strands a directive).
 
 A Ray Train job's ``ray.train.report`` returns before the scheduler has seen the report (Train's
 controller collects reports when it polls the workers, every few seconds), so rank 0 would read
-too early and apply a directive a report or more late, at a step that depends on timing. Rank 0
-therefore names each report (``keys.TRAIN_REPORT``), the scheduler acknowledges the name in the
-key-value store once it has handled the report (:meth:`Mailbox.acknowledge`), and rank 0 waits
-for that acknowledgement before it reads (:meth:`TrialInbox.wait_handled`): a directive applies
-from the first step after the report that caused it, as in a single-process trial.
+too early and apply a directive a report or more late, at a step that depends on timing. So the
+scheduler marks each trial it steers in the key-value store when the trial is added
+(:meth:`Mailbox.steer`); rank 0 of a marked trial names each report (``keys.TRAIN_REPORT``), the
+scheduler acknowledges the name once it has handled the report (:meth:`Mailbox.acknowledge`),
+and rank 0 waits for that acknowledgement before it reads (:meth:`TrialInbox.wait_handled`): a
+directive applies from the first step after the report that caused it, as in a single-process
+trial. A trial no scheduler marked (another scheduler's, or an experiment's whose mailbox is
+left from an earlier run) neither names its reports nor waits.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ def _flag_key(name: str, trial_id: str) -> str:
 
 def _handled_key(name: str, trial_id: str) -> str:
     return f"{name}/{trial_id}/handled"
+
+
+def _steered_key(name: str, trial_id: str) -> str:
+    return f"{name}/{trial_id}/steered"
 
 
 def _key_value_store() -> Any | None:
@@ -175,6 +182,19 @@ class Mailbox:
         except Exception as error:
             logger.debug("Could not raise %s's flag (%s); it reads in full soon", trial_id, error)
 
+    def steer(self, trial_id: str) -> None:
+        """Mark the trial as steered by this experiment's scheduler: its reports are
+        acknowledged (see the module docstring)."""
+        store = _key_value_store()
+        if store is None:
+            return
+        try:
+            store._internal_kv_put(
+                _steered_key(self.name, trial_id), b"1", namespace=_FLAG_NAMESPACE
+            )
+        except Exception as error:
+            logger.debug("Could not mark %s as steered (%s)", trial_id, error)
+
     def acknowledge(self, trial_id: str, report: str) -> None:
         """Tell the trial's rank 0 that the report it named ``report`` has been handled: any
         directive it caused is posted (see the module docstring)."""
@@ -225,6 +245,7 @@ class TrialInbox:
         self._reads = 0
         #: False once an acknowledgement did not come in time: no more waiting for them
         self.waits = True
+        self._steered: bool | None = None
 
     def take(self, check_flag: bool = True) -> list[dict[str, Any]]:
         """Directives waiting for this trial ([] when there are none or no mailbox).
@@ -256,28 +277,33 @@ class TrialInbox:
             return list(directives)
         return []
 
-    def posted_to(self) -> bool:
-        """Whether a scheduler posts to this experiment (its mailbox exists)."""
-        import ray
-
-        if self._actor is None:
+    def steered(self) -> bool:
+        """Whether a scheduler marked this trial as one it steers (:meth:`Mailbox.steer`,
+        when the trial was added: before it reports), so that it acknowledges its reports.
+        Asked once; the answer is kept."""
+        if self._steered is None:
+            store = _key_value_store()
             try:
-                self._actor = ray.get_actor(self.name)
-            except ValueError:  # no actor by that name
-                return False
-        return True
+                key = _steered_key(self.name, self.trial_id)
+                self._steered = bool(
+                    store is not None and store._internal_kv_get(key, namespace=_FLAG_NAMESPACE)
+                )
+            except Exception as error:  # cannot tell: no waiting
+                logger.debug("Could not tell whether %s is steered (%s)", self.trial_id, error)
+                self._steered = False
+        return self._steered
 
     def wait_handled(self, report: str, timeout: float = HANDLED_TIMEOUT_S) -> bool:
         """Wait until the scheduler has acknowledged the report named ``report``; whether it
         did (see the module docstring).
 
-        Returns False at once where no scheduler posts to this experiment (no mailbox) or no
+        Returns False at once where no scheduler steers this trial (:meth:`steered`) or no
         key-value store answers. A report not acknowledged within ``timeout`` seconds is named
         in a warning and no later report is waited for: directives are then read when the
         trial reads, one or more reports late.
         """
         store = _key_value_store()
-        if not self.waits or store is None or not self.posted_to():
+        if not self.waits or store is None or not self.steered():
             return False
         key, want = _handled_key(self.name, self.trial_id), report.encode()
         deadline, pause = time.monotonic() + timeout, 0.002

@@ -294,6 +294,7 @@ class SVCCAScheduler(FIFOScheduler):
             )
         if self._mailbox is None:
             self._mailbox = Mailbox(trial.experiment_dir_name)
+        self._mailbox.steer(trial.trial_id)  # (its reports are acknowledged, see Mailbox)
         self._trials[trial.trial_id] = trial
         view = self._views.get(trial.trial_id)
         if view is None:
@@ -318,9 +319,12 @@ class SVCCAScheduler(FIFOScheduler):
         view = self._views.setdefault(trial.trial_id, TrialView())
         report, iteration = result.get(keys.TRAIN_REPORT), result.get("training_iteration")
         if isinstance(report, str) and is_number(iteration):
-            # (a repeated training_iteration is a Tune restore: _observe handles it)
-            if view.last_iteration is None or int(iteration) > view.last_iteration:
-                view.follow_train_restart(trial.trial_id, report, int(iteration), self._mailbox)
+            if view.last_iteration is not None and int(iteration) <= view.last_iteration:
+                # a Tune restore (_observe rewinds the history): the reports are numbered
+                # anew, so the Ray Train job is followed anew from here
+                view.train_attempt = None
+                view.train_reports.clear()
+            view.follow_train_restart(trial.trial_id, report, int(iteration), self._mailbox)
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:
             # the base is not told: Tune hands the trial's last result to on_trial_complete,

@@ -523,9 +523,14 @@ class TrialSession:
             for key in times:
                 if key in merged and merged[key] is None:
                     merged[key] = math.nan  # measured on no rank
-        # rank 0, where a scheduler posts directives
-        named = self.inbox is not None and self.inbox.waits and self.inbox.posted_to()
+        # rank 0 of a trial a scheduler steers
+        named = self.inbox is not None and self.inbox.steered()
         if named:
+            if keys.TRAIN_REPORT in merged:
+                raise ValueError(
+                    f"Metric name {keys.TRAIN_REPORT!r} collides with ikkuna_tune's name of a "
+                    "Ray Train job's report; name the metric otherwise"
+                )
             self._train_reports += 1
             self._report_name = f"{self._attempt}-{self._train_reports}"  # saved in checkpoint
             resumed = f"@{self._resumed_from}" if self._resumed_from else ""
@@ -661,7 +666,8 @@ class TrialSession:
             self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         resumed = state.get("train_report")
-        self._resumed_from = resumed if isinstance(resumed, str) else None
+        # restored from a checkpoint: of the report named, or of one not named ('?')
+        self._resumed_from = resumed if isinstance(resumed, str) else "?"
         for subscriber, sub_state in zip(self.subscribers, saved):
             subscriber.load_state_dict(sub_state)
 
@@ -712,6 +718,7 @@ class TrialSession:
             if directives:
                 logger.info("Starting afresh: not applying %s", directives)
             return
+        self._resumed_from = "?"  # from a checkpoint; its state file names its report
         with checkpoint.as_directory() as directory:
             path = Path(directory) / STATE_FILE
             if path.exists():

@@ -113,8 +113,10 @@ class TrialView:
     ) -> int | None:
         """Follow the Ray Train job of a trial from the name of its report (see
         ``keys.TRAIN_REPORT``: ``<attempt>-<count>``, with ``@<name>`` of the report whose
-        checkpoint the attempt resumed from). Returns the training_iteration the job went back
-        to when this report is the first of a new attempt (0: it started over), else None.
+        checkpoint the attempt resumed from, ``@?`` for a checkpoint of an unnamed report).
+        Returns the training_iteration the job went back to when this report is the first of
+        a new attempt (0: it started over), else None (also where the report it resumed from
+        is unknown: the rules for lost orders apply then).
 
         Ray Train restarts a job's workers after a failure without Tune noticing: Tune's
         training_iteration goes on while the job trains again from its latest checkpoint. The

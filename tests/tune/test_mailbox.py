@@ -40,13 +40,20 @@ def test_a_directive_without_a_flag_arrives_at_the_next_full_read(ray_session) -
 
 def test_a_train_rank_waits_for_its_report_to_be_handled(ray_session, caplog) -> None:
     """A Ray Train job's rank 0 waits for the scheduler's acknowledgement of the report it
-    named; where no scheduler posts it does not wait, and after one acknowledgement that does
-    not come it warns once and stops waiting."""
+    named, where the scheduler marked the trial as steered; an unmarked trial (no scheduler,
+    or another scheduler's trial in an experiment whose mailbox exists) does not wait; after
+    one acknowledgement that does not come, it warns once and stops waiting."""
     alone = TrialInbox("mailbox_test_unscheduled", "t1")
-    assert not alone.posted_to() and not alone.wait_handled("a-1", timeout=30)  # at once
+    assert not alone.steered() and not alone.wait_handled("a-1", timeout=30)  # at once
     mailbox = Mailbox("mailbox_test_handled")
+    unmarked = TrialInbox("mailbox_test_handled", "t0")  # the mailbox exists, the trial is not
+    started = time.monotonic()
+    assert not unmarked.steered() and not unmarked.wait_handled("a-1", timeout=30)
+    assert time.monotonic() - started < 5
+    mailbox.steer("t1")
+    mailbox.steer("t2")
     inbox = TrialInbox("mailbox_test_handled", "t1")
-    assert inbox.posted_to()
+    assert inbox.steered()
     later = threading.Timer(0.3, mailbox.acknowledge, ("t1", "a-1"))
     started = time.monotonic()
     later.start()

@@ -16,6 +16,7 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
+from ikkuna_tune import keys
 from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -26,6 +27,14 @@ class FakeMailbox:
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.reachable = True
+        self.steered: list[str] = []
+        self.acknowledged: list[tuple[str, str]] = []
+
+    def steer(self, trial_id: str) -> None:
+        self.steered.append(trial_id)
+
+    def acknowledge(self, trial_id: str, report: str) -> None:
+        self.acknowledged.append((trial_id, report))
 
     def post(self, trial_id: str, directive: dict[str, Any]) -> bool:
         if self.reachable:
@@ -245,6 +254,38 @@ def test_a_restore_from_an_older_checkpoint_forgets_the_freezes_decided_after_it
     feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
     assert mailbox.posts[-1][1]["freeze"] == ["conv2"]
     assert "freeze conv2 at report 3" in mailbox.posts[-1][1]["reasons"]["conv2"]
+
+
+def _named(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**report, keys.TRAIN_REPORT: name}
+
+
+def test_a_ray_train_job_is_acknowledged_and_followed_through_restarts() -> None:
+    """Every named report of a Ray Train job is acknowledged once handled (its rank 0 waits
+    for that); a new attempt that resumed from report 2's checkpoint gets the freezes decided
+    up to report 2 ordered again; a Tune restore (training_iteration from 1 again) starts the
+    following anew instead of reading the renumbered reports as a worker restart."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    assert mailbox.steered == ["t1"]
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]  # ordered after report 2
+    # the job carried it out after report 2's checkpoint, then a worker failed: the new
+    # attempt resumed from that checkpoint, without the freeze
+    feed(scheduler, trial, [_named(result(sims, it=3), "b-1@a-2")])
+    assert mailbox.posts[-1][1] == {**mailbox.posts[-1][1], "freeze": ["conv1"], "restore": True}
+    assert len(mailbox.posts) == 2
+    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=4), "b-2@a-2")])
+    assert len(mailbox.posts) == 2  # no restart: the same attempt
+    assert [name for _, name in mailbox.acknowledged] == ["a-1", "a-2", "b-1@a-2", "b-2@a-2"]
+    # Tune restarts the trial: its reports count from 1 again, its job resumes from its own
+    # latest checkpoint (of report b-2)
+    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=1), "c-1@b-2")])
+    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=2), "c-2@b-2")])
+    assert not [p for p in mailbox.posts[2:] if p[1].get("restore")]  # nothing ordered again
+    assert mailbox.acknowledged[-1] == ("t1", "c-2@b-2")
 
 
 def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
