@@ -347,7 +347,8 @@ class SynchronizedSubscription(Subscription):
             return self._round_of(key, step) % self.subsample == 0
         # without the step, the bundle may be another pass of the latest round's step or the
         # first of a new step's (it may be delivered if either round is), unless a message of
-        # a later step has come (an open or counted bundle of that step)
+        # a later step has come (an open or counted bundle of that step; one of an earlier
+        # step is an incomplete leftover, which says nothing)
         rounds = self._rounds.get(key, 0)
         if rounds % self.subsample == 0:
             return True
@@ -355,8 +356,8 @@ class SynchronizedSubscription(Subscription):
         if last is None or (rounds - 1) % self.subsample != 0:
             return False
         counted, bundle = self._counted.get(key), self._open.get(key)
-        later = (counted is not None and counted[0] != last) or (
-            bundle is not None and bundle.global_step != last
+        later = (counted is not None and counted[0] > last) or (
+            bundle is not None and bundle.global_step > last
         )
         return not later
 

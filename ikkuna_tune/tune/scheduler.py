@@ -324,6 +324,11 @@ class SVCCAScheduler(FIFOScheduler):
                 # anew, so the Ray Train job is followed anew from here
                 view.train_attempt = None
                 view.train_reports.clear()
+                # the checkpoint it resumed from is where the renumbered reports start: a
+                # worker restart from it later goes back to before report 1
+                resumed = report.partition("@")[2]
+                if resumed and resumed != "?":
+                    view.train_reports[resumed] = 0
             view.follow_train_restart(trial.trial_id, report, int(iteration), self._mailbox)
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:

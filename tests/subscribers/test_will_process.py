@@ -465,3 +465,30 @@ def test_a_steady_run_asks_the_subscriptions_twice_per_period() -> None:
     bus.flush()  # settles the noted counts
     (plain,) = bus.subscribers[0].subscriptions
     assert plain.counter == {("conv", "weights"): 64, ("fc", "weights"): 64}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_will_process_without_the_step_never_denies_a_delivered_bundle(seed: int) -> None:
+    """Asked without the step (a subclass's will_process that takes none), a synchronised
+    subscription may say yes to a bundle that is then dropped, never no to one delivered, also
+    with incomplete bundles left over from earlier steps and several passes per step."""
+    rng = random.Random(seed)
+    bus, delivered = MessageBus(), set()
+    ik.CallbackSubscriber(
+        ["activations", "weight_updates"],
+        lambda b: delivered.update(id(m) for m in b.messages.values()),
+        bus, synchronized=True, subsample=2,
+    )  # fmt: skip
+    denied, kept = [], []  # (every message kept alive: their ids stay unique)
+    for step in range(60):
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            for kind in ("activations", "weight_updates"):
+                if rng.random() < 0.85:
+                    message = ModuleMessage(kind, "default", step, step, 0, None,
+                                            NamedModule("fc", None))  # fmt: skip
+                    kept.append(message)
+                    if not bus.will_process(kind, "fc"):
+                        denied.append(message)
+                    bus.publish(message)
+    assert denied and delivered  # both answers came up
+    assert not [m for m in denied if id(m) in delivered]

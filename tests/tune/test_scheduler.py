@@ -286,6 +286,12 @@ def test_a_ray_train_job_is_acknowledged_and_followed_through_restarts() -> None
     feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=2), "c-2@b-2")])
     assert not [p for p in mailbox.posts[2:] if p[1].get("restore")]  # nothing ordered again
     assert mailbox.acknowledged[-1] == ("t1", "c-2@b-2")
+    # then a worker fails, and the job resumes from the checkpoint the Tune restart began
+    # with: the reports since (renumbered from 1) are forgotten
+    view = scheduler._views["t1"]
+    assert view.iterations == [1, 2]
+    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=3), "d-1@b-2")])
+    assert view.iterations == [3]
 
 
 def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
