@@ -259,12 +259,11 @@ class MessageBus(KindRegistry):
             return False
         self._settle()
         for subscription in subscriptions:
-            ask = subscription.will_process
             if step is not None and _takes_step(type(subscription)):
-                ask = functools.partial(ask, step=step)
-            for key in keys:
-                if ask(key, kind, tag):
+                if any(subscription.will_process(key, kind, tag, step) for key in keys):
                     return True
+            elif any(subscription.will_process(key, kind, tag) for key in keys):
+                return True
         return False
 
     def skip(

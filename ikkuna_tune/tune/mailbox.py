@@ -213,8 +213,10 @@ class Mailbox:
         try:
             if store is not None:
                 # (an acknowledgement stays: a rank 0 may be waiting for it; it names a report
-                # of one attempt, which no later attempt's reports are named like)
+                # of one attempt, which no later attempt's reports are named like); the mark of
+                # a steered trial goes, for a restore of it under another scheduler
                 store._internal_kv_del(_flag_key(self.name, trial_id), namespace=_FLAG_NAMESPACE)
+                store._internal_kv_del(_steered_key(self.name, trial_id), namespace=_FLAG_NAMESPACE)
             self._actor.discard.remote(trial_id)
         except Exception as error:  # nothing to discard from a dead mailbox
             logger.debug("Could not discard %s's directives: %s", trial_id, error)

@@ -67,4 +67,9 @@ def test_a_train_rank_waits_for_its_report_to_be_handled(ray_session, caplog) ->
     mailbox.acknowledge("t1", "a-3")
     assert not inbox.wait_handled("a-3")  # no more waiting
     assert other.wait_handled("a-2", timeout=30)
+    # a trial that ended is no longer marked (restored later under another scheduler, its
+    # rank 0 neither names nor waits)
+    mailbox.discard("t2")
+    assert not TrialInbox("mailbox_test_handled", "t2").steered()
+    assert TrialInbox("mailbox_test_handled", "t1").steered()
     ray.kill(mailbox._actor)
