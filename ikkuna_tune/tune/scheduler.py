@@ -321,7 +321,8 @@ class SVCCAScheduler(FIFOScheduler):
         if isinstance(report, str) and is_number(iteration):
             if view.last_iteration is not None and int(iteration) <= view.last_iteration:
                 # a Tune restore (_observe rewinds the history): the reports are numbered
-                # anew, so the Ray Train job is followed anew from here
+                # anew, so the Ray Train job is followed anew from here (Tune restarts such a
+                # trial from its first iteration: TuneReportCallback hands Tune no checkpoint)
                 view.train_attempt = None
                 view.train_reports.clear()
                 # the checkpoint it resumed from is where the renumbered reports start: a
