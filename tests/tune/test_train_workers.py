@@ -83,22 +83,33 @@ def test_a_two_worker_job_reports_the_single_process_metrics_once_per_iteration(
     ]
 
 
-@pytest.mark.timeout(300)
-def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session, tmp_path) -> None:
-    """SVCCAScheduler freezes ``conv``; once frozen, a worker fails and the job restarts from its
-    latest checkpoint with ``conv`` still frozen, bit-identical on both ranks."""
-    scheduler = eager_freezer()
-    marker = tmp_path / "crashed"
-    config = {
+def _crashing(tmp_path: Path, **extra: object) -> dict:
+    """The config of a 7-iteration job, checkpointed at every report, whose worker fails once
+    after conv is frozen (see ``train_loop``)."""
+    return {
         "lr": 0.1,
         "iterations": 7,
         "steps": 2,
         "checkpoint": True,
-        "crash_marker": str(marker),
+        "crash_marker": str(tmp_path / "crashed"),
         "max_failures": 1,
         "out": str(tmp_path),
+        **extra,
     }
-    trial, df = _run(config, tmp_path, scheduler)
+
+
+def _freezes_decided(trial) -> list[int]:
+    """The reports at which the scheduler decided a freeze (its decision log)."""
+    lines = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
+    return [d["iteration"] for d in map(json.loads, lines) if d["action"] == "freeze"]
+
+
+@pytest.mark.timeout(300)
+def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session, tmp_path) -> None:
+    """SVCCAScheduler freezes ``conv``; once frozen, a worker fails and the job restarts from its
+    latest checkpoint with ``conv`` still frozen, bit-identical on both ranks."""
+    marker = tmp_path / "crashed"
+    trial, df = _run(_crashing(tmp_path), tmp_path, eager_freezer())
     assert trial.status == "TERMINATED"
     assert marker.exists()  # the failure happened, after conv was frozen
     frozen = df["frozen/conv"].tolist()
@@ -106,8 +117,7 @@ def test_a_freeze_reaches_every_worker_and_survives_a_worker_failure(ray_session
     # rank 0 reads a report's directives once the scheduler has handled it (Train hands the
     # report to Tune seconds later): the freeze holds from the first step after the report
     # that decided it, as in a single-process trial, not a report or more later
-    lines = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
-    decided = [d["iteration"] for d in map(json.loads, lines) if d["action"] == "freeze"]
+    decided = _freezes_decided(trial)
     assert decided and df["training_iteration"].tolist()[first] == decided[0] + 1, (
         decided,
         frozen,
@@ -133,21 +143,9 @@ def test_a_freeze_carried_out_after_the_checkpoint_is_ordered_again_when_a_worke
     that report's checkpoint, which predates the freeze. The scheduler sees the new attempt in
     its first report and orders the freeze again at once (not a few reports later, when it
     would judge the order lost)."""
-    marker = tmp_path / "crashed"
-    config = {
-        "lr": 0.1,
-        "iterations": 7,
-        "steps": 2,
-        "checkpoint": True,
-        "crash_marker": str(marker),
-        "crash_on_freeze": True,
-        "max_failures": 1,
-        "out": str(tmp_path),
-    }
-    trial, df = _run(config, tmp_path, eager_freezer())
-    assert trial.status == "TERMINATED" and marker.exists()
-    lines = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
-    decided = [d["iteration"] for d in map(json.loads, lines) if d["action"] == "freeze"]
+    trial, df = _run(_crashing(tmp_path, crash_on_freeze=True), tmp_path, eager_freezer())
+    assert trial.status == "TERMINATED" and (tmp_path / "crashed").exists()
+    decided = _freezes_decided(trial)
     iterations, frozen = df["training_iteration"].tolist(), df["frozen/conv"].tolist()
     # the job resumed from report k's checkpoint, at the iteration after it
     k = decided[0]
