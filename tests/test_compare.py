@@ -254,6 +254,35 @@ def test_summary_best_ignores_non_finite_values() -> None:
 
 
 # ----------------------------------------------------------------------------------- plots
+def test_two_model_families_keep_their_own_network_order(tmp_path) -> None:
+    """An MLP trial sorts first, a CNN trial second: the layers are in an order that keeps
+    each model's own (the CNN's convolutions before the layers it shares names with the MLP),
+    and each trial's frozen layers are in its own network order."""
+    experiment = tmp_path / "two_families"
+    families = {
+        "bbbbb_00000": ("mlp", ["fc1", "fc2"], ("fc1",)),
+        "bbbbb_00001": ("cnn", ["conv1", "conv2", "fc1", "fc2"], ("conv1", "conv2", "fc1")),
+    }
+    for index, (trial_id, (model, names, frozen)) in enumerate(families.items()):
+        config = {"model": model}
+        results = [
+            {
+                "acc": 0.1 * i,
+                "frozen": {n: int(i == 2 and n in frozen) for n in names},
+                "training_iteration": i,
+                "trial_id": trial_id,
+                "config": config,
+            }
+            for i in (1, 2)
+        ]
+        write_trial(experiment, f"train_{trial_id}_{index}_model={model}", config, results)
+    df = compare.load(experiment)
+    assert compare.layers(df) == ["conv1", "conv2", "fc1", "fc2"]
+    table = compare.summary(df, metric="acc").set_index("trial_id")
+    assert table.loc["bbbbb_00001", "frozen_layers"] == ["conv1", "conv2", "fc1"]
+    assert table.loc["bbbbb_00000", "frozen_layers"] == ["fc1"]
+
+
 def test_plot_layers_one_axes_per_layer_in_network_order(df) -> None:
     figure = compare.plot_layers(df, metric="sim", color_by="lr")
     panels = figure.axes  # three lr values: a legend of them, no colorbar

@@ -75,8 +75,10 @@ def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
     """Layer names in network order (of ``metric``'s layers, if given; an unknown ``metric`` is
     a ``ValueError``, a metric reported without values gives none).
 
-    The order is that in which trials report ``frozen/<layer>`` (every tracked layer, in the
-    model's order, in every report); layers without it follow in order of first appearance.
+    The order is that in which each trial reports ``frozen/<layer>`` (every tracked layer, in
+    its model's order, in every report), the trials' orders merged (:func:`merged_order`: a
+    sweep of two model families keeps each family's order); layers without it follow in order
+    of first appearance.
 
     Examples:
         >>> rows = [("a", 1, "cka", "fc", 0.9), ("a", 1, "frozen", "conv", 0.0)]
@@ -89,13 +91,42 @@ def layers(df: pd.DataFrame, metric: str | None = None) -> list[str]:
     if metric is not None and metric != FROZEN:  # an unknown metric (a typo) is an error
         check_metric(df, metric, allow_empty=True)
     rows = df[df["layer"].notna()]
-    ordered = list(dict.fromkeys(rows.loc[rows["metric"] == FROZEN, "layer"]))
+    frozen = rows[rows["metric"] == FROZEN]
+    ordered = merged_order(
+        [list(dict.fromkeys(own["layer"])) for _, own in frozen.groupby("trial_id", sort=False)]
+    )
     seen = set(ordered)
     ordered += [name for name in dict.fromkeys(rows["layer"]) if name not in seen]
     if metric is not None:
         present = set(rows.loc[rows["metric"] == metric, "layer"])
         ordered = [name for name in ordered if name in present]
     return ordered
+
+
+def merged_order(orders: list[list[str]]) -> list[str]:
+    """One order of the names of several ``orders`` that keeps each one's own order where they
+    agree: a name new to the merged order goes right after the name before it in its own
+    order, or, first in its own order, right before the first name after it already placed.
+
+    Examples:
+        >>> merged_order([["fc1", "fc2"], ["conv1", "conv2", "fc1", "fc2"]])
+        ['conv1', 'conv2', 'fc1', 'fc2']
+        >>> merged_order([["a", "b"], ["a", "x", "b"], ["y"]])
+        ['a', 'x', 'b', 'y']
+    """
+    merged: list[str] = []
+    for order in orders:
+        anchor: int | None = None  # where the previous name of this order stands
+        for i, name in enumerate(order):
+            if name in merged:
+                anchor = merged.index(name)
+                continue
+            if anchor is None:  # before the first later name of this order already placed
+                later = [merged.index(n) for n in order[i + 1 :] if n in merged]
+                anchor = (later[0] if later else len(merged)) - 1
+            merged.insert(anchor + 1, name)
+            anchor += 1
+    return merged
 
 
 def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -17,7 +17,6 @@ from ikkuna_tune.compare.frame import (
     check_tidy,
     config_columns,
     iterations_run,
-    layers,
     stopped_early,
     trial_infos,
 )
@@ -214,7 +213,6 @@ def summary(
     full = budget if budget is not None else max(iterations.values(), default=0)
     network = df[df["layer"].isna()]
     frozen_rows = df[(df["metric"] == FROZEN) & df["layer"].notna()]
-    order = {name: i for i, name in enumerate(layers(df, FROZEN))}
     stops: dict[str, dict[str, Any]] = {}
     freezes: dict[str, dict[str, dict[str, Any]]] = {}
     for row in df.attrs.get("decisions", []):
@@ -251,6 +249,8 @@ def summary(
         stop = stops.get(trial_id)
         record["stopped_by"] = _reason(stop, with_layer=True) if stop else None
         frozen = frozen_rows[frozen_rows["trial_id"] == trial_id]
+        # the trial's own network order (a sweep may train models of several families)
+        order = {name: i for i, name in enumerate(dict.fromkeys(frozen["layer"]))}
         if len(frozen):
             last = frozen[frozen["training_iteration"] == frozen["training_iteration"].max()]
             names = [str(n) for n in last.loc[last["value"] > 0, "layer"]]
