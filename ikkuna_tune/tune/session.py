@@ -407,8 +407,10 @@ class TrialSession:
 
     # ------------------------------------------------------------ reporting
     def output_names(self) -> set[str]:
-        names = {t for s in self.subscribers for t in s.publications}
-        return names | set(RESERVED_KEYS)
+        names = {t for s in self.subscribers for t in s.publications} | set(RESERVED_KEYS)
+        if self.worker is not None:  # rank 0 of a Ray Train job may name its reports
+            names.add(keys.TRAIN_REPORT)
+        return names
 
     def merge(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """The user's metrics plus every subscriber output, as Python numbers."""
@@ -525,12 +527,7 @@ class TrialSession:
                     merged[key] = math.nan  # measured on no rank
         # rank 0 of a trial a scheduler steers
         named = self.inbox is not None and self.inbox.steered()
-        if named:
-            if keys.TRAIN_REPORT in merged:
-                raise ValueError(
-                    f"Metric name {keys.TRAIN_REPORT!r} collides with ikkuna_tune's name of a "
-                    "Ray Train job's report; name the metric otherwise"
-                )
+        if named:  # (merge refused a user metric of that name)
             self._train_reports += 1
             self._report_name = f"{self._attempt}-{self._train_reports}"  # saved in checkpoint
             resumed = f"@{self._resumed_from}" if self._resumed_from else ""

@@ -9,8 +9,11 @@ from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
+from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.tune.session import TrialSession
+from ikkuna_tune.tune.train_workers import TrainWorker
 from tests.conftest import TinyNet
 from tests.tune.trainables import StepCount, WeightSum, data, train_tiny
 
@@ -156,6 +159,12 @@ def test_metric_name_colliding_with_an_output() -> None:
     for name in ("frozenness", "val/frozen", "loss/train"):  # not taken: reported as given
         ik.instrument(clash, [StepCount()])({"name": name})
         assert ik.local_results()[-1][name] == 1.0
+    # the name of a Ray Train job's reports is taken in a job's workers only
+    ik.instrument(clash, [StepCount()])({"name": keys.TRAIN_REPORT})
+    assert ik.local_results()[-1][keys.TRAIN_REPORT] == 1.0
+    in_job = TrialSession([], {}, worker=TrainWorker(rank=0, world_size=1, link=None))
+    assert keys.TRAIN_REPORT in in_job.output_names()
+    assert keys.TRAIN_REPORT not in TrialSession([], {}).output_names()
 
 
 def test_subscriber_spec_that_cannot_be_pickled() -> None:
