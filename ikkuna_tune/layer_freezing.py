@@ -143,7 +143,14 @@ class LayerFreezing:
         Raises:
             ValueError: for an unknown layer, if nothing in the model would still train, or
                 under a ``DistributedDataParallel`` built without ``find_unused_parameters``.
+            RuntimeError: after :meth:`close` (no hook would hold the layer in eval mode).
         """
+        if self._closed:
+            raise RuntimeError(
+                f"freeze({name!r}) after close(): this Exporter watches nothing, so the layer's "
+                "BatchNorm statistics and dropout would go on training; freeze through a new "
+                "Exporter"
+            )
         self._freeze(name)
 
     def _freeze(self, name: str, saved: Mapping[str, Any] | None = None) -> None:

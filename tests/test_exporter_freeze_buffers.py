@@ -236,6 +236,22 @@ def test_close_removes_the_freeze_hook_and_restores_modes() -> None:
     assert model.bn.training and model.bn.num_batches_tracked.item() == 1
 
 
+def test_a_freeze_after_close_is_refused() -> None:
+    """A closed Exporter holds no layer in eval mode: a freeze would leave a BatchNorm's
+    statistics training while the layer reads as frozen, so it is refused, and nothing of the
+    model changes."""
+    torch.manual_seed(0)
+    model = ConvBNNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ik.Exporter(model, opt) as exporter:
+        pass
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"freeze\('bn'\) after close\(\)"):
+        exporter.freeze("bn")
+    assert exporter.frozen == () or not exporter.frozen
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
 def test_restored_exporter_refreezes_the_buffers() -> None:
     torch.manual_seed(0)
     model = ConvBNNet()

@@ -585,6 +585,9 @@ class TrialSession:
         """
         exporter = self.exporter
         assert exporter is not None
+        if directives and exporter.closed:  # nothing trains through it any more
+            logger.info("Not applying %s: the trial's Exporter is closed", directives)
+            return
         for directive in directives:
             reasons = directive.get("reasons", {})
             names = [n for n in directive.get("freeze", ()) if n not in exporter.frozen]

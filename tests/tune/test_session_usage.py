@@ -297,3 +297,25 @@ def test_a_complex_number_is_no_metric(value) -> None:
 
     with pytest.raises(ValueError, match="Expected metric 'z' to be a real number"):
         ik.instrument(trainable)({})
+
+
+def test_a_directive_for_a_closed_exporter_is_not_applied() -> None:
+    """A scheduler's directive that arrives after the trial closed its Exporter (a last report
+    after the training loop) is left: the trial goes on, nothing is frozen."""
+    flags = []
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _steps(model, opt)
+        exporter.close()
+        session = current_session()
+        assert session is not None
+        session.apply([{"freeze": ["0"], "reasons": {"0": "converged"}}])
+        flags.extend(p.requires_grad for p in model.parameters())
+        ik.report({"done": 1})
+
+    ik.instrument(trainable)({})
+    assert flags == [True] * 4
+    assert ik.local_results()[-1]["done"] == 1
