@@ -51,6 +51,11 @@ times the 10th percentile of all steps of all runs (one threshold for all) count
 would show there), and ``ratio_all_steps``/``ratio_subsample16_all_steps`` are the ratios of the
 medians over every timed step.
 
+``--floor`` adds a fourth run, ``floor``: the standard set's arithmetic written by hand in plain
+PyTorch (:class:`FloorSet`: the same multi-tensor norms, copy and subtraction, values read once
+per report), without ikkuna_tune. ``ratio_floor`` is what the set costs done this way; the
+distance from it to ``ratio`` is ikkuna_tune's own bookkeeping (messages, bus, subscribers).
+
 ``--control`` makes the ``sub16`` run train without instrumentation: its ratio is then the
 harness's own noise floor on the machine at hand.
 
@@ -85,9 +90,16 @@ from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 log = logging.getLogger("bench_overhead")
 
 VARIANTS = ("plain", "every", "sub16")
+#: with ``--floor``: the standard set's arithmetic written by hand, without ikkuna_tune
+FLOOR = "floor"
 
 
 MODELS = ("cnn", "resnet18", "mlp")
+
+
+def variants(args: argparse.Namespace) -> tuple[str, ...]:
+    """The runs to time: plain, every, sub16, and with ``--floor`` the hand-written set."""
+    return VARIANTS + ((FLOOR,) if getattr(args, "floor", False) else ())
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -148,6 +160,64 @@ class Model:
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
 
 
+class FloorSet:
+    """The standard set's arithmetic by hand, in plain PyTorch: what the every-step run computes,
+    without ikkuna_tune's messages, bus and bookkeeping (``--floor``).
+
+    Per step: the weight norms of every layer when the step starts, the gradient norms and a copy
+    of the weights before the optimizer's step, the update (``after - before``) and its norm over
+    the weight norm after it, a copy of the loss and the batch's accuracy. The same multi-tensor
+    operations ikkuna_tune uses (``torch._foreach_*``), the values kept on the device and read
+    once per report (:meth:`report`). Its cost over plain training is a floor for the standard
+    set done this way: ikkuna_tune's cost above it is its own bookkeeping.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.layers = [
+            m for m in ik.exporter.select_modules(net).values()
+            if isinstance(m._parameters.get("weight"), torch.nn.Parameter)
+        ]  # fmt: skip
+        self.before: list[torch.Tensor] = []
+        #: per step: weight norms, gradient norms, update ratios (stacked), loss, accuracy
+        self.values: list[tuple[torch.Tensor, ...]] = []
+        #: what :meth:`report` read, per step
+        self.reported: list[tuple[list[float], list[float], list[float], float, float]] = []
+
+    def step(
+        self, net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        weights = [m.weight for m in self.layers]
+        with torch.no_grad():
+            weight_norms = torch.stack(torch._foreach_norm(weights))
+        output = net(x)
+        loss = F.cross_entropy(output, y)
+        with torch.no_grad():
+            accuracy = (output.argmax(1) == y).sum() / y.numel()
+            loss_value = loss.detach().clone()
+        loss.backward()
+        with torch.no_grad():
+            grad_norms = torch.stack(torch._foreach_norm([w.grad for w in weights]))
+            if len(self.before) != len(weights) or any(
+                b.shape != w.shape for b, w in zip(self.before, weights)
+            ):
+                self.before = [torch.empty_like(w) for w in weights]
+            torch._foreach_copy_(self.before, weights)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_neg_(self.before)
+            torch._foreach_add_(self.before, weights)  # the update, after - before
+            ratios = torch.stack(torch._foreach_norm(self.before)) / weight_norms
+        self.values.append((weight_norms, grad_norms, ratios, loss_value, accuracy))
+
+    def report(self) -> None:
+        """Read the steps' values since the last report (one host read of each kind)."""
+        if not self.values:
+            return
+        columns = [torch.stack(list(c)).tolist() for c in zip(*self.values)]
+        self.reported.extend(zip(*columns))
+        self.values.clear()
+
+
 class Run:
     """One variant's training steps on the shared :class:`Model`, a turn at a time.
 
@@ -169,7 +239,8 @@ class Run:
         #: seconds of the flushes when a turn ends (each turn's Exporter is closed, which
         #: flushes what the turn buffered), outside the timed steps
         self.around_seconds = 0.0
-        if variant != "plain":
+        self.floor = FloorSet(model.net) if variant == FLOOR else None
+        if variant not in ("plain", FLOOR):
             self.bus = MessageBus(variant, log_dir=f"{log_dir}/{variant}")
             standard_set(self.bus, 16 if variant == "sub16" else 1)
 
@@ -193,9 +264,16 @@ class Run:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         net, opt = self.model.net, self.model.opt
         opt.zero_grad()
-        self.loss_fn(net(x), y).backward()
-        opt.step()
+        if self.floor is not None:
+            self.floor.step(net, opt, x, y)
+        else:
+            self.loss_fn(net(x), y).backward()
+            opt.step()
         self.step_count += 1
+        if self.floor is not None and self.step_count % self.steps_per_epoch == 0:
+            started = time.perf_counter()
+            self.floor.report()
+            self.epoch_end_seconds.append(time.perf_counter() - started)
         if self.exporter is not None and self.step_count % self.steps_per_epoch == 0:
             started = time.perf_counter()
             self.exporter.epoch_finished()  # flushes the backend: the per-epoch cost counts
@@ -203,6 +281,8 @@ class Run:
 
     def close(self) -> None:
         self.end()
+        if self.floor is not None:
+            self.floor.report()
         if self.bus is not None:
             self.bus.close()
 
@@ -223,14 +303,14 @@ def time_runs(
     around = {} if around is None else around
     model = Model(init, args, device)
     # with --control the sub16 run trains plainly (an A/A test of the harness)
+    names = variants(args)
     runs = {
-        v: Run("plain" if args.control and v == "sub16" else v, model, args, log_dir)
-        for v in VARIANTS
+        v: Run("plain" if args.control and v == "sub16" else v, model, args, log_dir) for v in names
     }
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    orders = list(itertools.permutations(VARIANTS))
+    wall: dict[str, list[float]] = {v: [] for v in names}
+    cpu: dict[str, list[float]] = {v: [] for v in names}
+    orders = list(itertools.permutations(names))
     per_turn = getattr(args, "sync", "step") == "turn"
     for block, start in enumerate(range(0, args.steps, args.block)):
         for variant in orders[block % len(orders)]:
@@ -369,6 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="synchronise the device around every timed step (a step's latency) or only around "
         "each turn (throughput: the host queues work ahead of the device, as in training)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the standard set's arithmetic written by hand in plain PyTorch, "
+        "without ikkuna_tune (ratio_floor: what the set costs done this way)",
+    )
     parser.add_argument("--times-out", help="write every step time (JSON) to this file")
     parser.add_argument(
         "--control",
@@ -399,14 +485,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         syncs: dict[str, int] | None = None
         if device.type == "cuda":
             syncs = {}
-            for v in VARIANTS:
+            for v in variants(args):
                 syncs[v], sites = count_syncs(v, init, batches, args, device, log_dir)
                 for site, n in sites.most_common(5):
                     log.info("%-5s %d host synchronisations at %s", v, n, site)
         launches = None
         if args.launches:
             launches = {
-                v: count_launches(v, init, batches, args, device, log_dir) for v in VARIANTS
+                v: count_launches(v, init, batches, args, device, log_dir) for v in variants(args)
             }
             extra = launches["every"] - launches["plain"]
             for name, n in extra.most_common(12):
@@ -419,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"All {len(wall[v])} timed steps of the {v!r} run were stalled (slower than "
                 f"{1e3 * threshold:.1f} ms); run more --steps or raise --stall-factor"
             )
-    kept_cpu = {v: [c for t, c in zip(wall[v], cpu[v]) if t <= threshold] for v in VARIANTS}
+    kept_cpu = {v: [c for t, c in zip(wall[v], cpu[v]) if t <= threshold] for v in wall}
     if args.times_out:
         with open(args.times_out, "w") as f:
             json.dump({"wall": wall, "cpu": cpu}, f)
@@ -427,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     median_all = {v: statistics.median(t) for v, t in wall.items()}
     mean = {v: statistics.fmean(t) for v, t in wall.items()}
     median_cpu = {v: statistics.median(t) for v, t in kept_cpu.items()}
-    for v in VARIANTS:
+    for v in wall:
         log.info("%-5s median %.3f ms wall, %.3f ms cpu", v, 1e3 * median[v], 1e3 * median_cpu[v])
     layers = len(ik.exporter.select_modules(build_model(args)))
     result: dict[str, Any] = {
@@ -435,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_subsample16": round(median["sub16"] / median["plain"], 4),
         "ratio_all_steps": round(median_all["every"] / median_all["plain"], 4),
         "ratio_subsample16_all_steps": round(median_all["sub16"] / median_all["plain"], 4),
-        "stalled_fraction": {v: round(1 - len(kept[v]) / len(wall[v]), 4) for v in VARIANTS},
+        "stalled_fraction": {v: round(1 - len(kept[v]) / len(wall[v]), 4) for v in wall},
         "stall_threshold_ms": round(1e3 * threshold, 3),
         "ratio_mean": round(mean["every"] / mean["plain"], 4),
         "ratio_subsample16_mean": round(mean["sub16"] / mean["plain"], 4),
@@ -468,6 +554,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "control": args.control,
         "sync": args.sync,
     }
+    if FLOOR in median:
+        # the standard set by hand, without ikkuna_tune (see FloorSet)
+        result["ratio_floor"] = round(median[FLOOR] / median["plain"], 4)
+        result["ratio_floor_cpu"] = round(median_cpu[FLOOR] / median_cpu["plain"], 4)
+        result["overhead_ms_floor"] = round(1e3 * (median[FLOOR] - median["plain"]), 4)
     if syncs is not None:
         # a report is an epoch end (the backend's flush); the run ends with one more flush
         reports = args.steps // args.steps_per_epoch + 1

@@ -164,3 +164,56 @@ def test_launch_counts_grow_with_what_is_published(tmp_path) -> None:
     assert extra["aten::_foreach_norm"] == 3  # weights, gradients, updates: one call each
     assert extra["aten::max"] == 1  # train accuracy: the maximum and its index
     assert counts["plain"]["aten::_foreach_norm"] == 0
+
+
+def test_the_floor_computes_what_the_standard_set_publishes(tmp_path) -> None:
+    # the hand-written set (--floor) does the same arithmetic as ikkuna_tune's standard set:
+    # the same values, step by step, from the same initial model and batches
+    torch.manual_seed(0)
+    init = DeepCNN(2, width=4).state_dict()
+    batches = _batches(12)
+    topics = (
+        "weights_norm2",
+        "weight_gradients_norm2",
+        "weight_updates_weights_ratio",
+        "loss",
+        "train_accuracy",
+    )
+
+    every = bo.Run("every", bo.Model(init, _args(), torch.device("cpu")), _args(), str(tmp_path))
+    assert every.bus is not None
+    seen = {t: _record(every.bus, t) for t in topics}
+    floor = bo.Run(bo.FLOOR, bo.Model(init, _args(), torch.device("cpu")), _args(), str(tmp_path))
+    assert floor.bus is None and floor.floor is not None
+    for run in (every, floor):
+        run.begin()
+        for x, y in batches:
+            run.step(x, y)
+        run.close()
+
+    reported = floor.floor.reported
+    assert len(reported) == len(batches)  # read at the epoch end (step 11) and at close
+    layers = [name for name, m in ik.exporter.select_modules(DeepCNN(2, width=4)).items()]
+    for column, topic in enumerate(topics[:3]):
+        got = seen[topic]
+        assert len(got) == len(batches) * len(layers)
+        for step in range(len(batches)):
+            ours = {key: value for s, key, value in got if s == step}
+            assert list(ours) == layers
+            assert list(ours.values()) == pytest.approx(reported[step][column], rel=1e-5)
+    for column, topic in ((3, "loss"), (4, "train_accuracy")):
+        values = [value for _, _, value in seen[topic]]
+        assert values == pytest.approx([r[column] for r in reported], rel=1e-6)
+
+
+def test_main_times_the_floor_when_asked() -> None:
+    result = bo.main(
+        ["--steps", "8", "--block", "2", "--steps-per-epoch", "3", "--width", "4",
+         "--stall-factor", "1000", "--floor"]
+    )  # fmt: skip
+    assert set(result["median_ms"]) == {"plain", "every", "sub16", bo.FLOOR}
+    medians = result["median_ms"]
+    assert result["ratio_floor"] == pytest.approx(medians[bo.FLOOR] / medians["plain"], abs=1e-3)
+    assert result["overhead_ms_floor"] == pytest.approx(
+        medians[bo.FLOOR] - medians["plain"], abs=1e-3
+    )
