@@ -205,9 +205,11 @@ class Exporter(StepHooks, LayerFreezing):
         module_filter: track only layers of these classes (subclasses included).
         output_fn: maps the model's output to the tensor published as ``network_output``
             (``lambda out: out["scores"]``); by default the rule above.
-        scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any. Gradients are
-            read after it unscaled them (at ``optimizer.step()``), so they are the true ones in
-            any case; given the scaler, a step it skips (inf or NaN gradients) publishes updates
+        scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any. Parameter
+            gradients are read after it unscaled them (at ``optimizer.step()``), so they are the
+            true ones in any case; ``layer_gradients`` come from the backward pass itself, so
+            only given the scaler are they divided by its scale (in float32 for half-precision
+            ones). Given the scaler, a step it skips (inf or NaN gradients) publishes updates
             of exactly zero under the tag ``'skipped'``, ends as a step of its own, and
             subscriptions of training steps (``tag='default'``: norms, ratios) do not count it.
 

@@ -612,7 +612,10 @@ class StepHooks:
         if position < len(layers):
             named = layers[position]
             if self._due("layer_gradients", named.name):
-                self._emit_layer("layer_gradients", named, grad.detach().clone(), DEFAULT_TAG)
+                data = grad.detach()
+                unscaled = self._unscaled(data)  # a new tensor, or a copy is needed
+                data = unscaled if unscaled is not data else data.clone()
+                self._emit_layer("layer_gradients", named, data, DEFAULT_TAG)
 
     def _on_layer_gradient(self, named: NamedModule, fired: list[int], grad: torch.Tensor) -> None:
         fired[0] += 1  # backward passes through this output so far
@@ -628,7 +631,20 @@ class StepHooks:
                 named.name,
             )
         if self._due("layer_gradients", named.name):
-            self._emit_layer("layer_gradients", named, grad.detach(), DEFAULT_TAG)
+            self._emit_layer("layer_gradients", named, self._unscaled(grad.detach()), DEFAULT_TAG)
+
+    def _unscaled(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` as the loss's own gradient: divided by the GradScaler's scale (the one the
+        backward pass ran with: the scaler updates it only after the optimizer's step), in
+        float32 for a half-precision gradient (a true gradient too small for float16 is what
+        the scale is for); ``grad`` itself without an enabled scaler. A 0-d division on the
+        device: no host synchronisation."""
+        scale = getattr(self._scaler, "_scale", None)
+        if not isinstance(scale, torch.Tensor) or not self._scaler.is_enabled():
+            return grad
+        if grad.dtype in _UPDATE_DTYPES:
+            grad = grad.float()
+        return grad / scale.to(grad.device)
 
     def _on_gradient(self, kind: str, named: NamedModule, param: torch.Tensor) -> None:
         if param.grad is not None and self._due(kind, named.name):

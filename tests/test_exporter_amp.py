@@ -175,3 +175,49 @@ def test_a_trial_under_bfloat16_autocast_reports_the_unscaled_gradient_norms() -
         for kind, layers in want.items():
             for name, value in layers.items():
                 assert report[kind][name] == pytest.approx(value, rel=1e-5), (kind, name)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_layer_gradients_are_the_losss_own_given_the_scaler(autocast) -> None:
+    # layer_gradients come from the backward pass of the scaled loss: given the scaler they are
+    # divided by its scale; the reference is d(loss)/d(output) of an unscaled copy of the model
+    torch.manual_seed(0)
+    model = TinyNet()
+    reference = TinyNet()
+    reference.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    bus = MessageBus("amp")
+    got: dict[str, torch.Tensor] = {}
+    ik.CallbackSubscriber(["layer_gradients"], lambda m: got.__setitem__(m.key, m.data), bus)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, args, output):
+            output.retain_grad()
+            outputs[name] = output
+
+        return hook
+
+    for name in ("conv", "fc"):
+        getattr(reference, name).register_forward_hook(keep(name))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        F.cross_entropy(reference(x), y).backward()
+
+    with ik.Exporter(model, opt, bus, scaler=scaler):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert set(got) == {"conv", "fc"}
+    for name in ("conv", "fc"):
+        expected = outputs[name].grad.float()
+        assert got[name].dtype == torch.float32
+        # the scale is a power of two: scaling and dividing are exact, in bfloat16 too
+        assert torch.equal(got[name], expected)
+        assert got[name].abs().max() > 0
