@@ -30,8 +30,10 @@ class MessageMeanSubscriber(PlotSubscriber):
 
     Publishes ``{kind}_message_mean`` (network-wide, a 0-d tensor) once per step and tag, when
     that step's ``batch_finished`` arrives or, for the values of a forward pass, when its
-    ``network_output`` does (an evaluation pass, after the last step too). Attach it after the
-    subscriber that publishes ``kind``.
+    ``network_output`` does (an evaluation pass, after the last step too), and for values
+    published at an epoch's end (SVCCA's ``self_similarity``, say) when ``epoch_finished`` does,
+    so that the epoch's report holds them. Attach it after the subscriber that publishes
+    ``kind``.
 
     Arguments as for :class:`NormSubscriber` (without ``order``); ``subsample`` thins the
     per-layer messages.
@@ -82,8 +84,9 @@ class MessageMeanSubscriber(PlotSubscriber):
             [
                 Subscription(self, [kind], tag, subsample),
                 # a pass's values are all in when its output is (an evaluation pass after the
-                # last step has no batch_finished after it)
-                Subscription(self, ["batch_finished", "network_output"], None),
+                # last step has no batch_finished after it); an epoch end's when the
+                # subscribers attached before this one have had epoch_finished
+                Subscription(self, ["batch_finished", "network_output", "epoch_finished"], None),
             ],
             message_bus,
             plot_config(f"{kind}: mean over layers", "Mean", ylims),
@@ -103,7 +106,7 @@ class MessageMeanSubscriber(PlotSubscriber):
         if not isinstance(message_or_bundle, Message):
             return
         message = message_or_bundle
-        if message.kind == "batch_finished":
+        if message.kind in ("batch_finished", "epoch_finished"):
             self._publish_all()
             return
         if message.kind == "network_output":

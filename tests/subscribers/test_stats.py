@@ -520,3 +520,34 @@ def test_a_layer_whose_tensor_has_one_entry_gets_a_nan_variance_not_an_error() -
         opt.step()
     assert math.isnan(float(_values(got, "0")[0]))
     assert float(_values(got, "2")[0]) == pytest.approx(float(torch.var(before)), rel=1e-6)
+
+
+def test_message_mean_of_an_epoch_ends_values_is_published_at_that_epoch_end() -> None:
+    # SVCCA publishes init_similarity per layer at epoch_finished: their mean is published then
+    # (before the epoch's report), the last epoch's too, not at the next step's forward pass
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    with ik.Exporter(model, opt, bus) as exporter:
+        probe = torch.utils.data.TensorDataset(x, y)
+        ik.SVCCASubscriber(probe, 60, message_bus=bus, backend=None)
+        ik.MessageMeanSubscriber("init_similarity", bus, backend=None)
+        layers = _collect(bus, "init_similarity")
+        means = _collect(bus, "init_similarity_message_mean")
+        for _ in range(3):
+            for start in range(0, 120, 40):
+                opt.zero_grad()
+                F.cross_entropy(model(x[start : start + 40]), y[start : start + 40]).backward()
+                opt.step()
+            published = len(means)
+            exporter.epoch_finished()
+            step = exporter.global_step
+            assert len(means) == published + 1  # at this epoch end
+            values = [float(v) for _, s, v in layers if s == step]
+            assert len(values) == 2
+            assert means[-1][1] == step
+            assert float(means[-1][2]) == pytest.approx(sum(values) / 2, rel=1e-6)
+    assert len(means) == 3
