@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ikkuna_tune as ik
@@ -308,3 +309,46 @@ def _raises_once(write):
 
 def _raises_always(*args, **kwargs):
     raise OSError("disk full")
+
+
+def test_validation_values_are_drawn_apart_from_trainings(tmp_path) -> None:
+    # a LossSubscriber per tag and an activations norm for all tags: a validation pass's values
+    # go under '<kind>/eval[/<layer>]', never into training's curves
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus(log_dir=tmp_path / "run")
+    ik.LossSubscriber(bus)
+    ik.LossSubscriber(bus, tag="eval")
+    ik.NormSubscriber("activations", bus, tag=None)
+    ik.HistogramSubscriber("activations", bus, tag=None, bins=4)
+    expected: dict[str, list[float]] = {"loss": [], "loss/eval": [], "fc": [], "fc/eval": []}
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(3):
+            x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+            opt.zero_grad()
+            out = model(x)
+            loss = loss_fn(out, y)
+            expected["loss"].append(loss.item())
+            expected["fc"].append(out.norm().item())
+            loss.backward()
+            opt.step()
+            model.eval()
+            with torch.no_grad():
+                x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+                out = model(x)
+                expected["loss/eval"].append(loss_fn(out, y).item())
+                expected["fc/eval"].append(out.norm().item())
+            model.train()
+    bus.close()
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"histograms": 0})
+    events.Reload()
+    for tag in ("loss", "loss/eval"):
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx(expected[tag], rel=1e-6)
+    for tag, key in (("activations_norm2/2", "fc"), ("activations_norm2/eval/2", "fc/eval")):
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx(expected[key], rel=1e-5)
+    histograms = set(events.Tags()["histograms"])
+    assert {"activations_histogram/2", "activations_histogram/eval/2"} <= histograms
+    for tag in ("activations_histogram/2", "activations_histogram/eval/2"):
+        assert [e.histogram_value.num for e in events.Histograms(tag)] == [10.0] * 3

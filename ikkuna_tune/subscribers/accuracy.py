@@ -84,7 +84,8 @@ class LossSubscriber(PlotSubscriber):
             # the backend keeps it until its next flush: a copy, since the published loss is
             # the user's own tensor, which their code may change in place (``loss /= k``)
             value = data.detach().clone() if data.numel() == 1 else data.detach().float().mean()
-            self.backend.add_scalar("loss", value, message_or_bundle.global_step)
+            tag = self._tag("loss", None, message_or_bundle.tag)  # 'loss', 'loss/eval', ...
+            self.backend.add_scalar(tag, value, message_or_bundle.global_step)
 
 
 class TrainAccuracySubscriber(PlotSubscriber):

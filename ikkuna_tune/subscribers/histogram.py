@@ -27,7 +27,8 @@ class HistogramSubscriber(PlotSubscriber):
         kind: the message kind to bin.
         subsample: bin every ``subsample``-th message per layer.
         bins: number of bins (>= 1).
-        per_epoch: bin only the first (sub-sampled) message of each layer in each epoch.
+        per_epoch: bin only the first (sub-sampled) message of each layer in each epoch (per
+            message tag: a validation pass's histogram is drawn apart from training's).
         Others as for :class:`NormSubscriber`.
 
     Examples:
@@ -60,7 +61,8 @@ class HistogramSubscriber(PlotSubscriber):
         if not isinstance(per_epoch, bool):
             raise ValueError(f"Expected `per_epoch` to be True or False but got {per_epoch!r}")
         self.per_epoch = per_epoch
-        self._last_epoch: dict[str | None, int] = {}
+        #: by message tag and layer: each is a histogram of its own
+        self._last_epoch: dict[tuple[str, str | None], int] = {}
         super().__init__(
             [Subscription(self, [kind], tag, subsample)],
             message_bus,
@@ -75,12 +77,13 @@ class HistogramSubscriber(PlotSubscriber):
         if not isinstance(message.data, torch.Tensor) or message.data.numel() == 0:
             return
         if self.per_epoch:
-            if self._last_epoch.get(message.key) == message.epoch:
+            series = (message.tag, message.key)
+            if self._last_epoch.get(series) == message.epoch:
                 return
-            self._last_epoch[message.key] = message.epoch
+            self._last_epoch[series] = message.epoch
         counts, edges, stats = F.histogram(message.data, self.bins)
         self.backend.add_histogram(
-            self._tag(f"{self.kind}_histogram", message.key),
+            self._tag(f"{self.kind}_histogram", message.key, message.tag),
             counts,
             edges,
             stats,

@@ -12,6 +12,7 @@ from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_ylims
 from ikkuna_tune.messages import (
+    DEFAULT_TAG,
     KindType,
     LayerBatch,
     Message,
@@ -106,9 +107,9 @@ class PlotSubscriber(Subscriber):
         self.plot_config = dict(plot_config or {})
         self.backend_name = backend
         self.backend: Backend = NullBackend()
-        self._tags: dict[tuple[str, str | None], str] = {}
+        self._tags: dict[tuple[str, str | None, str], str] = {}
         # by kind and layer names (hashing names is C work; a layer's hash is a Python call)
-        self._batch_tags: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._batch_tags: dict[tuple[str, tuple[str, ...], str], tuple[str, ...]] = {}
         super().__init__(subscriptions, message_bus, publishes=publishes)
 
     def attached(self, message_bus: MessageBus) -> None:
@@ -133,21 +134,25 @@ class PlotSubscriber(Subscriber):
         if isinstance(data, (int, float)) or (isinstance(data, torch.Tensor) and data.numel() == 1):
             first, module = _origin(source, module)
             name = module.name if module is not None and bus.kind_type(kind) == "DATA" else None
-            self.backend.add_scalar(self._tag(kind, name), data, first.global_step)
+            self.backend.add_scalar(self._tag(kind, name, first.tag), data, first.global_step)
 
-    def _tag(self, kind: str, name: str | None) -> str:
-        """The TensorBoard tag of ``kind`` for layer ``name``: :func:`safe_tag`, made unique
-        with a ``_2``, ``_3``, ... suffix where two layer names give one tag (``'enc 1'`` and
-        ``'enc_1'``), so that their values never mix under one tag."""
-        tag = self._tags.get((kind, name))
+    def _tag(self, kind: str, name: str | None, message_tag: str = DEFAULT_TAG) -> str:
+        """The TensorBoard tag of ``kind`` for layer ``name`` and messages under
+        ``message_tag``: :func:`safe_tag` of the three (``'loss'``, ``'loss/eval'``,
+        ``'activations_norm2/eval/fc1'``: training's values and a validation pass's never share
+        a curve, also when two subscribers draw them), made unique with a ``_2``, ``_3``, ...
+        suffix where two layer names give one tag (``'enc 1'`` and ``'enc_1'``), so that their
+        values never mix under one tag."""
+        key = (kind, name, message_tag)
+        tag = self._tags.get(key)
         if tag is None:
-            base = tag = safe_tag(kind, name)
+            base = tag = safe_tag(kind, None if message_tag == DEFAULT_TAG else message_tag, name)
             taken = set(self._tags.values())
             count = 1
             while tag in taken:
                 count += 1
                 tag = f"{base}_{count}"
-            self._tags[(kind, name)] = tag
+            self._tags[key] = tag
         return tag
 
     def publish_batch(self, kind: str, data: Sequence[Any], source: LayerBatch) -> None:
@@ -156,14 +161,16 @@ class PlotSubscriber(Subscriber):
             return  # drawn nowhere
         step, add = source.global_step, self.backend.add_scalar
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(source.modules):
-            key = (kind, source.keys)
+            key = (kind, source.keys, source.tag)
             tags = self._batch_tags.get(key)
             if tags is None:
-                tags = self._batch_tags[key] = tuple(self._tag(kind, name) for name in key[1])
+                tags = self._batch_tags[key] = tuple(
+                    self._tag(kind, name, source.tag) for name in key[1]
+                )
             self.backend.add_scalars(tags, data, step)
             return
         for module, datum in zip(source.modules, data):
             if isinstance(datum, (int, float)) or (
                 isinstance(datum, torch.Tensor) and datum.numel() == 1
             ):
-                add(self._tag(kind, module.name), datum, step)
+                add(self._tag(kind, module.name, source.tag), datum, step)
