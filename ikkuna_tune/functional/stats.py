@@ -65,11 +65,16 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
         >>> x = torch.tensor([[3.0, -4.0]])
         >>> norm(x), norm(x, order=1), norm(x, order=math.inf)
         (tensor(5.), tensor(7.), tensor(4.))
+        >>> norm(torch.empty(0), order=math.inf)  # a placeholder parameter: 0, as for order 2
+        tensor(0.)
     """
     order = _check_order(order)
     if x.layout == torch.sparse_coo:
         x = x.coalesce().values()
-    return torch.linalg.vector_norm(_as_float(x), ord=order)
+    x = _as_float(x)
+    if x.numel() == 0 and math.isinf(order):  # the largest of no magnitudes: 0, as the sums
+        return x.new_zeros((), dtype=x.real.dtype if x.is_complex() else x.dtype)
+    return torch.linalg.vector_norm(x, ord=order)
 
 
 def norms(tensors: Sequence[torch.Tensor], order: float = 2) -> list[torch.Tensor]:
@@ -321,6 +326,11 @@ def spectral_norm(
         )
     x = _as_float(x).detach()
     w = x.movedim(dim, 0) if dim % x.dim() else x
+    if w.numel() == 0:  # no entries (a placeholder parameter): no singular value but 0
+        rows = w.shape[0]
+        if u is None or u.shape != (rows,):
+            u = _fallback_vector(rows, w.device, w.dtype) if rows else w.new_zeros(0)
+        return w.new_zeros(()), u
     w = w.reshape(w.shape[0], -1)
     u_start = _fallback_vector(w.shape[0], w.device, w.dtype)
     v_start = _fallback_vector(w.shape[1], w.device, w.dtype)

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+import ikkuna_tune as ik
 from ikkuna_tune import functional as F
+from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.functional.stats import initial_vector
 
 
@@ -252,3 +254,55 @@ def test_sparse_tensors_count_as_the_dense_tensors_they_stand_for() -> None:
     torch.testing.assert_close(stats.variance(grad), dense.var())
     counts, *_ = stats.histogram(grad, bins=8)
     torch.testing.assert_close(counts, stats.histogram(dense, bins=8)[0])
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4)])
+def test_norms_and_spectral_norm_of_a_tensor_without_entries_are_zero(shape) -> None:
+    # a placeholder parameter (nn.Parameter(torch.empty(0))): every norm of no entries is 0,
+    # the largest magnitude too (the finite orders' sums of nothing already are)
+    x = torch.empty(shape)
+    for order in (1, 2, 3, math.inf):
+        assert F.norm(x, order) == 0
+        assert [float(v) for v in F.norms([x, torch.tensor([3.0, -4.0])], order)] == [
+            0.0,
+            float(torch.linalg.vector_norm(torch.tensor([3.0, -4.0]), ord=order)),
+        ]
+    sigma, u = F.spectral_norm(x)
+    assert sigma == 0 and sigma.dim() == 0
+    assert u.shape == (shape[0],)
+    sigma, u2 = F.spectral_norm(x, u=u)  # the vector carried to the next call is kept
+    assert sigma == 0 and torch.equal(u2, u)
+
+
+class _PlaceholderBias(torch.nn.Module):
+    """A layer that keeps a ``bias`` in its state dict but holds nothing in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(2, 3))
+        self.bias = torch.nn.Parameter(torch.empty(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+def test_norm_subscribers_of_a_layer_with_a_placeholder_bias_publish_zero() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), _PlaceholderBias())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.NormSubscriber("biases", bus, order=math.inf, backend=None)
+    ik.SpectralNormSubscriber("biases", bus, backend=None)
+    got: dict[tuple[str, str], float] = {}
+    ik.CallbackSubscriber(
+        ["biases_norminf", "biases_spectral_norm"],
+        lambda m: got.__setitem__((m.kind, m.key), float(m.data)),
+        bus,
+    )
+    bias = model[0].bias.detach().clone()  # published when the step starts
+    with ik.Exporter(model, opt, bus):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    assert got[("biases_norminf", "1")] == 0.0
+    assert got[("biases_spectral_norm", "1")] == 0.0
+    assert got[("biases_norminf", "0")] == pytest.approx(float(bias.abs().max()))
