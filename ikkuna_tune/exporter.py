@@ -730,9 +730,10 @@ class Exporter(StepHooks, LayerFreezing):
                 "Layers %s were never called in a forward pass of this epoch (a parent module "
                 "uses their parameters directly, as nn.MultiheadAttention does with out_proj, "
                 "or they are not used): they publish no activations or layer gradients, SVCCA "
-                "cannot measure them, and freezing, which goes from the input side, stops "
-                "before them. Track their parents instead (Exporter(depth=...)) or leave them "
-                "out (module_filter)",
+                "cannot measure them, and if the probe does not call them either, automatic "
+                "freezing leaves every layer trainable while they train (where they act cannot "
+                "be seen). Track their parents instead (Exporter(depth=...)), or freeze or "
+                "remove layers that are not used",
                 uncalled,
             )
 
@@ -795,20 +796,25 @@ class Exporter(StepHooks, LayerFreezing):
 
         A parent's own parameters count as upstream of every layer inside it and after it, and
         those of a module the probe never ran (an ``nn.ParameterList`` or an embedding whose
-        weight its parent reads directly, a branch run in training only) as upstream of every
-        layer: where they act cannot be seen from module calls (conservative: it can only keep
-        a layer trainable)."""
+        weight its parent reads directly, a branch run in training only, a tracked layer
+        among them) as upstream of every layer: where they act cannot be seen from module
+        calls (conservative: it can only keep a layer trainable)."""
         upstream = self._flow.upstream.get(name, ())
         if not upstream:
             return []
         model = unwrapped(self.model)
         found = dict(model.named_modules())
         found["(the model)"] = model
+        # a tracked layer's parameters are all its own (at a depth, inside it too); another
+        # module's are those it holds itself (a parent's, not its layers')
+        tracked = {named.module for named in self.modules.values()}
         return [
             other
             for other in upstream
             if other in found
-            and any(p.requires_grad for p in found[other].parameters(recurse=False))
+            and any(
+                p.requires_grad for p in found[other].parameters(recurse=found[other] in tracked)
+            )
         ]
 
     def warn_if_order_unknown(self) -> None:

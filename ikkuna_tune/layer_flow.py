@@ -130,10 +130,10 @@ class FlowRecorder:
     ``fc``'s second call). When ``model`` is not called (a probe that runs parts of it), what
     runs before a layer's first call is. A module with parameters of its own that the pass
     never entered (an ``nn.ParameterList`` or an embedding whose weight its parent reads
-    directly, a branch run in training only, a ``ScriptModule``, which takes no hooks) is
-    upstream of every layer: where it acts cannot be seen from module calls, so it is taken
-    conservatively, as a parent's own parameters are (the pass is not watched in any way that
-    could change what it computes).
+    directly, a branch run in training only, a ``ScriptModule``, which takes no hooks), and a
+    tracked layer it never entered, is upstream of every layer: where it acts cannot be seen
+    from module calls, so it is taken conservatively, as a parent's own parameters are (the
+    pass is not watched in any way that could change what it computes).
 
     Examples:
         >>> import torch
@@ -206,7 +206,10 @@ class FlowRecorder:
             last[key] = index
         reach = last if self._passes else first  # the end of the layer's part of the pass
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
-        unseen = tuple(name for key, name in self._others.items() if key not in first)
+        # what the pass never entered, tracked layers too (a branch run in training only,
+        # registered after the layers it feeds): upstream of every layer
+        names = {**self._others, **self._layers}
+        unseen = tuple(names[id(m)] for m in self._modules if id(m) not in first)
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):

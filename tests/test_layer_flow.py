@@ -174,7 +174,9 @@ class ReadsItsPositionWeight(nn.Module):
         return self.head(torch.tanh(self.fc(h))).mean(dim=1)
 
 
-def test_a_layer_the_probe_never_calls_keeps_its_place_and_freezing_stops_there() -> None:
+def test_a_layer_the_probe_never_calls_keeps_its_place_and_blocks_freezing_while_it_trains() -> (
+    None
+):
     torch.manual_seed(0)
     model = ReadsItsPositionWeight()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -183,12 +185,24 @@ def test_a_layer_the_probe_never_calls_keeps_its_place_and_freezing_stops_there(
     tokens = torch.randint(0, 10, (32, 4))
     ik.SVCCASubscriber(tokens, 32, freeze_at=1e-6, message_bus=bus, backend=None)
     assert exporter.layer_order == ["wte", "wpe", "fc", "head"]  # wpe not moved to the end
-    for _ in range(3):
+
+    def epoch() -> None:
         opt.zero_grad()
         F.cross_entropy(model(tokens), torch.randint(0, 10, (32,))).backward()
         opt.step()
         exporter.epoch_finished()
-    assert exporter.frozen == ("wte",)  # wpe has no similarity: the prefix stops before it
+
+    for _ in range(3):
+        epoch()
+    # where wpe acts cannot be seen from module calls: upstream of every layer while it trains
+    assert exporter.trains_upstream("wte") == ["wpe"] == exporter.trains_upstream("fc")
+    assert exporter.frozen == ()
+    exporter.freeze("wpe")  # the user's own decision: then the others may be judged
+    assert exporter.trains_upstream("wte") == [] == exporter.trains_upstream("fc")
+    for _ in range(2):
+        epoch()
+    # (in the order frozen; never the last trainable layer)
+    assert set(exporter.frozen) == {"wte", "wpe", "fc"}
     exporter.close()
 
 
@@ -228,8 +242,10 @@ def test_a_branch_the_probe_never_runs_blocks_freezing_conservatively() -> None:
     with exporter.probe("look") as run:  # eval mode: the auxiliary head does not run
         run(torch.randn(4, 6))
     assert exporter.layer_order == ["body", "head", "aux.0", "aux.2"]
-    # its BatchNorm never ran: where it acts cannot be told from the probe (safe, not saving)
-    assert exporter.trains_upstream("body") == ["aux.1"] == exporter.trains_upstream("head")
+    # the head's modules never ran: where they act cannot be told from the probe (safe, not
+    # saving), the tracked ones as the BatchNorm left out
+    unseen = ["aux.0", "aux.1", "aux.2"]
+    assert exporter.trains_upstream("body") == unseen == exporter.trains_upstream("head")
     exporter.close()
 
 
@@ -486,4 +502,35 @@ def test_a_scripted_submodule_takes_no_hooks_and_counts_as_upstream() -> None:
     assert sum(len(m._forward_pre_hooks) for m in model.modules()) == before
     assert exporter.layer_order == ["0", "2"]
     assert exporter.trains_upstream("2") == ["1"] == exporter.trains_upstream("0")
+    exporter.close()
+
+
+def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> None:
+    # registered last, called first in training only: the probe (eval mode) never enters it,
+    # and its place in the registration order says nothing of where it acts
+    class Adapter(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(6, 8)
+            self.fc2 = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 3)
+            self.adapter = nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                x = x + self.adapter(x)
+            return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+    torch.manual_seed(0)
+    model = Adapter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    before = model.adapter.weight.detach().clone()
+    _train(model, opt, exporter, epochs=3)
+    assert exporter.layer_order == ["fc1", "fc2", "out", "adapter"]
+    assert exporter.trains_upstream("fc1") == ["adapter"]
+    assert exporter.frozen == ()  # fc1, fc2 and out were frozen past it before
+    assert not torch.equal(model.adapter.weight, before)  # it trains all along
     exporter.close()

@@ -417,8 +417,9 @@ class ActivationRecorder:
                 "Layers %s were not called in the probe's forward passes (a layer used in "
                 "training only, or one whose parameters another module uses directly, as "
                 "nn.MultiheadAttention does its out_proj's): no self-similarity for them, "
-                "so freezing, which goes from the input side, stops before them (track their "
-                "parents with Exporter(depth=...), or leave them out with module_filter)",
+                "and where they act cannot be seen, so while they train they count as upstream "
+                "of every layer and automatic freezing leaves every layer trainable (track "
+                "their parents with Exporter(depth=...), or freeze them yourself)",
                 unseen,
             )
         return buffers
