@@ -203,3 +203,56 @@ def test_write_report_writes_the_decisions(experiment, tmp_path) -> None:
     write_trial(plain / "sweep", "train_t0", config, [report("t0", config, 1, ("stem",))])
     files = compare.write_report(compare.load(plain / "sweep"), plain, metric="sim", html=False)
     assert [p.name for p in files] == ["layers_sim.png", "freeze_timeline.png", "summary.csv"]
+
+
+def _restored_trial(root, later_reasons):
+    """A trial that froze 'stem' at report 4 of a run it then left (restored from the checkpoint
+    of report 2) and whose new run ends with ``later_reasons`` per report 3..6."""
+    config = {"lr": 0.1, "model": {"width": 8}}
+    abandoned = {**FREEZE_STEM, "iteration": 4, "values": {"similarity": 0.111}}
+    kept = {**FREEZE_STEM, "iteration": 3, "values": {"similarity": 0.999}}
+    results = [report("ccccc_00000", config, i, reasons={"stem": ""}) for i in (1, 2, 3, 4)]
+    results.append(
+        report(
+            "ccccc_00000", config, 5, ("stem",), reasons={"stem": Decision(**abandoned).describe()}
+        )
+    )
+    for i in (3, 4, 5, 6):  # the new run after the restore
+        reason = later_reasons(i, Decision(**kept).describe())
+        frozen = ("stem",) if reason else ()
+        results.append(report("ccccc_00000", config, i, frozen, reasons={"stem": reason}))
+    experiment = root / "restored"
+    trial = write_trial(experiment, "train_ccccc_00000_0_lr=0.1", config, results)
+    write_decisions(
+        trial, "ccccc_00000", [abandoned, kept] if later_reasons(6, "x") else [abandoned]
+    )
+    return experiment
+
+
+def test_the_summary_gives_the_reason_of_the_run_the_results_come_from(tmp_path) -> None:
+    # the file holds the left run's freeze (report 4) and the new run's (report 3): the summary
+    # gives the one the trial's last report names, not the one of the highest report
+    experiment = _restored_trial(tmp_path, lambda i, reason: reason if i >= 4 else "")
+    df = compare.load(experiment)
+    row = compare.summary(df, "loss", mode="min").iloc[0]
+    assert row["frozen_layers"] == ["stem"]
+    assert row["freeze_reasons"] == {"stem": "converged at report 3 (similarity=0.999)"}
+    assert len(compare.decisions(df)) == 2  # the log keeps both decisions
+
+
+def test_a_freeze_the_new_run_never_made_is_no_reason_in_the_summary(tmp_path) -> None:
+    experiment = _restored_trial(tmp_path, lambda i, reason: "")
+    df = compare.load(experiment)
+    row = compare.summary(df, "loss", mode="min").iloc[0]
+    assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}
+    assert compare.decisions(df)["iteration"].tolist() == [4]
+
+
+def test_a_freeze_ordered_at_the_last_report_is_in_the_summary(tmp_path) -> None:
+    config = {"lr": 0.1, "model": {"width": 8}}
+    results = [report("ddddd_00000", config, i, reasons={"stem": ""}) for i in (1, 2, 3)]
+    trial = write_trial(tmp_path / "sweep", "train_ddddd_00000_0_lr=0.1", config, results)
+    write_decisions(trial, "ddddd_00000", [{**FREEZE_STEM, "iteration": 3}])
+    row = compare.summary(compare.load(tmp_path / "sweep"), "loss", mode="min").iloc[0]
+    assert row["frozen_layers"] == []  # ordered at report 3: frozen from report 4 on
+    assert row["freeze_reasons"] == {"stem": f"converged at report 3 ({FREEZE_VALUES})"}

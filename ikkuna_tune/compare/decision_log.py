@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ikkuna_tune import keys
 from ikkuna_tune.compare.trials import _read_json_lines, _Trial
 
@@ -28,17 +30,54 @@ _DESCRIBED = re.compile(
 def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     """The scheduler's decisions on one trial: its ``ikkuna_decisions.jsonl``, then the
     ``freeze_reason/<layer>`` its results carry for layers that file has no freeze for; in
-    report order (file order within a report; reasons whose report is unknown last)."""
+    report order (file order within a report; reasons whose report is unknown last).
+
+    Each row says whether it is ``in_force``: what the trial's results end with, where a trial
+    restored from an older checkpoint left the run that made some of the file's decisions. A
+    layer's freeze is in force when the trial's last report gives the layer that decision's
+    reason (the last written freeze of the layer when its results carry no reasons; one
+    ordered at or after the last report when it ended with the layer trainable; none when the
+    trial froze the layer itself); a stop, the last written one.
+    """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
     if path is not None and path.exists():
         for raw in _read_json_lines(path, wanted=_is_decision) or []:
-            rows.append({"trial_id": trial.trial_id, **_decision(raw)})
-    frozen = {row["layer"] for row in rows if row["action"] == "freeze"}
+            rows.append({"trial_id": trial.trial_id, **_decision(raw), "in_force": False})
     prefix = FREEZE_REASON + "/"
+    final = _final_reasons(trial, prefix)
+    logged: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["action"] == "freeze" and row["layer"] is not None:
+            logged.setdefault(row["layer"], []).append(row)
+    for layer, freezes in logged.items():
+        if layer not in final:  # no reasons reported: the last written one holds
+            freezes[-1]["in_force"] = True
+            continue
+        reason = final[layer]
+        if not reason:  # trainable at the last report: in force if ordered at or after it
+            ordered = [r for r in freezes if (r["iteration"] or 0) >= _last_iteration(trial)]
+            if ordered:
+                ordered[-1]["in_force"] = True
+            continue
+        if reason == keys.FROZEN_BY_TRIAL:
+            continue  # the trial's own freeze
+        stated = _described(reason, layer)
+        held = [
+            r
+            for r in freezes
+            if (r["iteration"], r["rule"]) == (stated["iteration"], stated["rule"])
+        ]
+        if held:
+            held[-1]["in_force"] = True
+        else:  # a decision the file lacks (written by a driver since lost): as reported
+            rows.append({"trial_id": trial.trial_id, **stated, "in_force": True})
+    stops = [row for row in rows if row["action"] == "stop"]
+    if stops:
+        stops[-1]["in_force"] = True
     for column in trial.results.columns:
         layer = column[len(prefix) :]
-        if not column.startswith(prefix) or layer in frozen:
+        if not column.startswith(prefix) or layer in logged:
             continue
         # a layer the trial froze itself is no decision of the scheduler's
         reasons = [
@@ -47,8 +86,33 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             if isinstance(r, str) and r.strip() and r != keys.FROZEN_BY_TRIAL
         ]
         if reasons:
-            rows.append({"trial_id": trial.trial_id, **_described(reasons[-1], layer)})
+            described = _described(reasons[-1], layer)
+            in_force = final.get(layer, reasons[-1]) == reasons[-1]  # unknown: it holds
+            rows.append({"trial_id": trial.trial_id, **described, "in_force": in_force})
     return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0))
+
+
+def _last_iteration(trial: _Trial) -> int:
+    """The ``training_iteration`` of the trial's last result (0 if unknown)."""
+    column = trial.results.get("training_iteration")
+    if column is None or not len(column):
+        return 0
+    last = pd.to_numeric(column, errors="coerce").iloc[-1]
+    return int(last) if _is_whole(float(last)) else 0
+
+
+def _final_reasons(trial: _Trial, prefix: str) -> dict[str, str]:
+    """The ``freeze_reason/<layer>`` of the trial's last result, by layer (``""``: trainable
+    then; a layer whose column is empty there is left out)."""
+    results = trial.results
+    if not len(results):
+        return {}
+    last = results.iloc[-1]
+    return {
+        column[len(prefix) :]: value.strip()
+        for column in results.columns
+        if column.startswith(prefix) and isinstance(value := last[column], str)
+    }
 
 
 def _is_decision(raw: Mapping[str, Any]) -> bool:

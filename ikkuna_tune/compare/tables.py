@@ -171,9 +171,10 @@ def summary(
       (<values>)"`` (its last stop in :func:`decisions`); None if it did not.
     - ``frozen_layers``: the layers frozen in the last report, in network order (a list).
     - ``freeze_reasons``: why the scheduler froze each layer it ordered frozen (a dict, in
-      network order): ``"<rule> at report N (<values>)"`` from the layer's last freeze in
-      :func:`decisions`. A layer ordered frozen after the trial's last report is in it but
-      not in ``frozen_layers``.
+      network order): ``"<rule> at report N (<values>)"`` from the layer's freeze in
+      :func:`decisions` that the trial's last report names (a trial restored from an older
+      checkpoint may have left a run that froze it otherwise, or not at all). A layer ordered
+      frozen at the trial's last report is in it but not in ``frozen_layers``.
     - ``frozen_fraction``: the fraction of parameters frozen in the last report.
     - ``compute_saved``: the fraction of the trial's full-budget training work it skipped,
       :func:`compute_saved` of the ``frozen_fraction`` of each iteration it ran (a report
@@ -216,6 +217,8 @@ def summary(
     stops: dict[str, dict[str, Any]] = {}
     freezes: dict[str, dict[str, dict[str, Any]]] = {}
     for row in df.attrs.get("decisions", []):
+        if not row.get("in_force", True):  # made in a run the trial left (see decisions)
+            continue
         trial_id = str(row["trial_id"])
         if row["action"] == "stop":
             stops[trial_id] = row
