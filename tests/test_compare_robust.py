@@ -559,3 +559,44 @@ def test_a_restored_trial_keeps_only_the_reports_of_the_run_it_ended_in(tmp_path
     row = compare.summary(df, metric="loss", mode="min", budget=5).iloc[0]
     assert row["iterations_run"] == 2 and row["best_loss"] == 1.5
     assert bool(row["stopped_early"]) and row["compute_saved"] == pytest.approx(0.6)
+
+
+def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) -> None:
+    # Tuner.restore(..., restart_errored=True) runs an errored trial again from scratch under
+    # a new id and directory, with the same experiment tag and config; the newest experiment
+    # state lists only the new one, as ResultGrid does
+    experiment = tmp_path / "sweep"
+    date = "2026-11-30_19-51-34"
+    rows = {}
+    for lr, index in ((0.1, 0), (0.3, 1)):
+        config = {"lr": lr}
+        tag = f"{index}_lr={lr:.4f}"
+        first = f"ttttt_0000{index}"
+        write_trial(experiment, f"train_{first}_{tag}_{date}", config,
+                    [report(first, {**config}, 1)], error=True)  # fmt: skip
+        again = f"9ab{index}cdef"
+        rows[again] = write_trial(
+            experiment, f"train_{again}_{tag}_2026-11-30_19-52-00", config,
+            [report(again, {**config}, i) for i in (1, 2, 3)],
+        )  # fmt: skip
+    # a trial of an earlier run under the same name, with another config: kept, warned of
+    write_trial(experiment, f"train_sssss_00000_0_lr=0.0100_{date}", {"lr": 0.01},
+                [report("sssss_00000", {"lr": 0.01}, 1)])  # fmt: skip
+    trials = [
+        [json.dumps({"relative_logdir": d.name, "trial_id": trial_id, "status": "TERMINATED"}),
+         "{}"]
+        for trial_id, d in rows.items()
+    ]  # fmt: skip
+    state = experiment / "experiment_state-2026-11-30_19-52-00.json"
+    state.write_text(json.dumps({"trial_data": trials}))
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
+        df = compare.load(experiment)
+    assert sorted(df["trial_id"].unique()) == ["9ab0cdef", "9ab1cdef", "sssss_00000"]
+    summary = compare.summary(df, "loss", mode="min").set_index("trial_id")
+    assert summary.loc["9ab0cdef", "iterations_run"] == 3
+    assert not summary.loc["9ab0cdef", "failed"]
+    messages = [r.getMessage() for r in caplog.records]
+    (left_out,) = [m for m in messages if m.startswith("Leaving out 2 trial directories")]
+    assert "train_ttttt_00000_0_lr=0.1000" in left_out and "restart_errored" in left_out
+    (warning,) = [m for m in messages if "experiment state" in m and "earlier run" in m]
+    assert "sssss_00000" in warning and "ttttt" not in warning

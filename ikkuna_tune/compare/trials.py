@@ -167,8 +167,9 @@ def _read_directory(path: Path) -> list[_Trial]:
                 path=str(trial_dir),
             )
         )
+    trials = _without_restarted(trials, state, path)
     _tell_apart(trials)
-    unlisted = [d.name for d in trial_dirs if state and d.name not in state]
+    unlisted = [name for t in trials if state and (name := Path(str(t.path)).name) not in state]
     if unlisted:
         logger.warning(
             "%d trial directories of %s are not in its newest experiment state (%s): trials "
@@ -180,6 +181,64 @@ def _read_directory(path: Path) -> list[_Trial]:
             ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""),
         )
     return trials
+
+
+def _without_restarted(
+    trials: list[_Trial], state: dict[str, dict[str, str]], path: Path
+) -> list[_Trial]:
+    """``trials`` without the attempts Tune restarted as new trials: a directory the newest
+    experiment state does not list whose experiment tag (in its name) and config are those of
+    a listed trial is an errored trial's first attempt, which ``Tuner.restore(...,
+    restart_errored=True)`` runs again from scratch under a new id and directory (Ray's
+    ExperimentAnalysis and ResultGrid leave it out too)."""
+    if not state:
+        return trials
+    listed: dict[tuple[str, str], list[_Trial]] = {}
+    for trial in trials:
+        name = Path(str(trial.path)).name
+        if name in state:
+            tag = _experiment_tag(name, state[name].get("trial_id", trial.trial_id))
+            listed.setdefault((tag, _config_key(trial.config)), []).append(trial)
+    kept, restarted = [], []
+    for trial in trials:
+        name = Path(str(trial.path)).name
+        key = (_experiment_tag(name, trial.trial_id), _config_key(trial.config))
+        if name not in state and key[0] and key in listed:
+            restarted.append(name)
+        else:
+            kept.append(trial)
+    if restarted:
+        logger.info(
+            "Leaving out %d trial directories of %s that Tune restarted as new trials "
+            "(Tuner.restore(..., restart_errored=True): same experiment tag and config as a "
+            "trial of the newest experiment state): %s",
+            len(restarted),
+            path,
+            ", ".join(restarted[:5]) + (", ..." if len(restarted) > 5 else ""),
+        )
+    return kept
+
+
+#: The date and time Tune ends a trial directory's name with.
+_DATED = re.compile(r"_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
+
+
+def _experiment_tag(name: str, trial_id: str) -> str:
+    """The experiment tag in trial directory ``name`` (``train_<trial id>_<tag>_<date>``;
+    ``""`` when the name has no such part).
+
+    >>> _experiment_tag("train_72705_00001_1_lr=0.1000_2026-11-30_19-51-34", "72705_00001")
+    '1_lr=0.1000'
+    """
+    marker = f"_{trial_id}_"
+    if marker not in name:
+        return ""
+    return _DATED.sub("", name.split(marker, 1)[1])
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    """A comparable text of a flat config."""
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def _failed_last(trial_dir: Path) -> bool:
