@@ -141,6 +141,13 @@ def current_session() -> TrialSession | None:
     return _current.get()
 
 
+def _unset(value: Any) -> bool:
+    """Whether a report's output holds no value (None, or per layer only None)."""
+    if isinstance(value, Mapping):
+        return all(_unset(v) for v in value.values())
+    return value is None
+
+
 def reporting_session() -> TrialSession | None:
     """The session a report made in this thread belongs to: the thread's own (see
     :func:`current_session`), else the only session active in this process (a trial whose
@@ -483,11 +490,11 @@ class TrialSession:
             raise RuntimeError(
                 "report() was called before watch(model, ...): call ikkuna_tune.watch first"
             )
-        self._check_epochs()
         if checkpoint is not None:
             # before the outputs are taken: a refused checkpoint loses no measured value
             self._check_checkpoint(checkpoint)
         merged = self.merge(metrics)
+        self._check_epochs(merged)
         if self.worker is not None:
             return self._report_from_worker(merged, checkpoint)
         if self.in_tune:
@@ -550,16 +557,22 @@ class TrialSession:
         every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
         return every_rank | {keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN}
 
-    def _check_epochs(self) -> None:
+    def _check_epochs(self, merged: Mapping[str, Any]) -> None:
         """Warn once if the first report after training steps finds that no epoch has ended
-        while some subscriber runs only at the end of one (``frequency='epoch'``)."""
+        while some subscriber that runs at the end of one (``frequency='epoch'``) has no value
+        in report ``merged`` (one that also publishes per step, a ``MessageMeanSubscriber``
+        over per-step norms, has)."""
         exporter = self.exporter
         if self._epochs_checked or exporter is None or exporter.steps_started == 0:
             return
         self._epochs_checked = True
         if exporter.epoch > 0:
             return
-        waiting = [s for s in self.subscribers if "epoch_finished" in s.kinds]
+        waiting = [
+            s
+            for s in self.subscribers
+            if "epoch_finished" in s.kinds and all(_unset(merged.get(t)) for t in s.publications)
+        ]
         if not waiting:
             return
         names = ", ".join(type(s).__name__ for s in waiting)

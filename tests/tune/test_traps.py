@@ -60,6 +60,11 @@ def test_report_warns_once_when_epoch_subscribers_never_ran() -> None:
         ik.instrument(_train, [EpochCount()])({"epochs": 2, "end_epochs": True})
         assert [r["epochs_seen"] for r in ik.local_results()] == [1.0, 2.0]
         ik.instrument(_train, [StepCount()])({"epochs": 2, "end_epochs": False})
+        # a subscriber that also takes epoch ends but has a value per step is not waiting
+        norms = ik.NormSubscriber("weights", backend=None)
+        mean = ik.MessageMeanSubscriber("weights_norm2", backend=None)
+        ik.instrument(_train, [norms, mean])({"epochs": 2, "end_epochs": False})
+        assert all(r["weights_norm2_message_mean"] > 0 for r in ik.local_results())
 
 
 def test_instrument_checks_the_templates_kinds_in_the_driver() -> None:
