@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
-from ikkuna_tune.layer_flow import FlowRecorder, LayerFlow, compiled
+from ikkuna_tune.layer_flow import FLOW_VERSION, FlowRecorder, LayerFlow, compiled
 from ikkuna_tune.layer_freezing import LayerFreezing
 from ikkuna_tune.layers import (
     OUTPUT_KEYS,
@@ -338,6 +338,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._layer_calls = {}
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
         self._flow_known = False  # whether a probe has run the whole model
+        self._flow_stale = False  # whether the flow came from an older version's checkpoint
         self._warned_order = False
         self._deferred_gradients = {}
         self._warned_uncalled = False
@@ -731,9 +732,10 @@ class Exporter(StepHooks, LayerFreezing):
                 "uses their parameters directly, as nn.MultiheadAttention does with out_proj, "
                 "or they are not used): they publish no activations or layer gradients, SVCCA "
                 "cannot measure them, and if the probe does not call them either, automatic "
-                "freezing leaves every layer trainable while they train (where they act cannot "
-                "be seen). Track their parents instead (Exporter(depth=...)), or freeze or "
-                "remove layers that are not used",
+                "freezing leaves the layers inside and after their nearest parent the probe "
+                "called (every layer, when that is the model) trainable while they train "
+                "(where they act cannot be seen). Track their parents instead "
+                "(Exporter(depth=...)), or freeze or remove layers that are not used",
                 uncalled,
             )
 
@@ -773,9 +775,9 @@ class Exporter(StepHooks, LayerFreezing):
             flow = recorder.flow() if recorder is not None and completed else None
             if flow is not None and flow.order:
                 if recorder is not None and recorder.whole_pass:
-                    self._flow, self._flow_known = flow, True
-                elif len(flow.order) >= len(self._flow.order):
-                    self._flow = flow
+                    self._flow, self._flow_known, self._flow_stale = flow, True, False
+                elif self._flow_stale or len(flow.order) >= len(self._flow.order):
+                    self._flow, self._flow_stale = flow, False
 
     @property
     def layer_order(self) -> list[str]:
@@ -797,8 +799,9 @@ class Exporter(StepHooks, LayerFreezing):
         A parent's own parameters count as upstream of every layer inside it and after it, and
         those of a module the probe never ran (an ``nn.ParameterList`` or an embedding whose
         weight its parent reads directly, a branch run in training only, a tracked layer
-        among them) as upstream of every layer: where they act cannot be seen from module
-        calls (conservative: it can only keep a layer trainable)."""
+        among them) as upstream of every layer inside and after its nearest ancestor the probe
+        ran (every layer, when that is the model or there is none): where they act cannot be
+        seen from module calls (conservative: it can only keep a layer trainable)."""
         upstream = self._flow.upstream.get(name, ())
         if not upstream:
             return []
@@ -874,7 +877,11 @@ class Exporter(StepHooks, LayerFreezing):
         self._labels_given = True  # the step before the checkpoint is not judged here
         if state.get("flow"):
             self._flow = LayerFlow.from_dict(state["flow"])
-            self._flow_known = bool(self._flow.order)
+            # a flow recorded the way this version records it stands; an older one is only
+            # the order until the next probe records the flow again
+            current = state["flow"].get("version") == FLOW_VERSION
+            self._flow_known = bool(self._flow.order) and current
+            self._flow_stale = not current
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:

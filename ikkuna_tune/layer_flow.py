@@ -48,7 +48,11 @@ from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.messages import NamedModule
 
-__all__ = ["FlowRecorder", "LayerFlow", "compiled"]
+__all__ = ["FLOW_VERSION", "FlowRecorder", "LayerFlow", "compiled"]
+
+#: How :meth:`LayerFlow.as_dict` records what is upstream: 2 counts a tracked layer the pass
+#: never entered (an older checkpoint's flow left it out: it is recorded again).
+FLOW_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class LayerFlow:
         return {
             "order": list(self.order),
             "upstream": {name: list(names) for name, names in self.upstream.items()},
+            "version": FLOW_VERSION,
         }
 
     @classmethod
@@ -131,9 +136,13 @@ class FlowRecorder:
     runs before a layer's first call is. A module with parameters of its own that the pass
     never entered (an ``nn.ParameterList`` or an embedding whose weight its parent reads
     directly, a branch run in training only, a ``ScriptModule``, which takes no hooks), and a
-    tracked layer it never entered, is upstream of every layer: where it acts cannot be seen
-    from module calls, so it is taken conservatively, as a parent's own parameters are (the
-    pass is not watched in any way that could change what it computes).
+    tracked layer it never entered (``nn.MultiheadAttention``'s ``out_proj``), counts as
+    entered where its nearest ancestor that the pass entered was: upstream of every layer inside
+    and after that ancestor, of every layer when that is the model itself or there is none
+    (a probe that runs parts of the model): where it acts cannot be seen from module calls, so
+    it is taken conservatively, as a parent's own parameters are (the pass is not watched in
+    any way that could change what it computes; every module outside the tracked layers gets
+    a pre-hook for this one pass).
 
     Examples:
         >>> import torch
@@ -158,6 +167,14 @@ class FlowRecorder:
         self._modules = [
             m for m in model.modules() if id(m) in self._layers or id(m) in self._others
         ]
+        # every other module outside the tracked layers is watched too, to place a module the
+        # pass never enters at the call of its nearest ancestor that it did enter
+        self._names = {id(m): name for name, m in model.named_modules()}
+        self._by_name = {name: key for key, name in self._names.items()}
+        watched = {id(m) for m in self._modules} | {id(model)}
+        self._containers = [
+            m for m in model.modules() if id(m) not in watched and id(m) not in inside
+        ]
         self._events: list[int] = []  # the hooked modules' calls, in order (first pass only)
         self._passes = 0  # calls of the model itself
         self._handles: list[RemovableHandle] = []
@@ -178,7 +195,8 @@ class FlowRecorder:
             self._passes += 1
 
         try:
-            for module, hook in [(self._root, counted), *((m, entered) for m in self._modules)]:
+            hooked = [*self._modules, *self._containers]
+            for module, hook in [(self._root, counted), *((m, entered) for m in hooked)]:
                 if isinstance(module, torch.jit.ScriptModule):
                     continue  # takes no hooks: never entered, so upstream of every layer
                 self._handles.append(module.register_forward_pre_hook(hook, prepend=True))
@@ -208,13 +226,34 @@ class FlowRecorder:
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
         # what the pass never entered, tracked layers too (a branch run in training only,
         # registered after the layers it feeds): upstream of every layer
+        # what the pass never entered, tracked layers too (a branch run in training only, an
+        # out_proj whose weight its attention module reads): placed at the call of its nearest
+        # ancestor the pass entered, as that ancestor's own parameters are (upstream of every
+        # layer inside and after it); with none, upstream of every layer
         names = {**self._others, **self._layers}
-        unseen = tuple(names[id(m)] for m in self._modules if id(m) not in first)
+        placed: list[tuple[int, str]] = []
+        for module in self._modules:
+            if id(module) not in first:
+                placed.append((self._entered_ancestor(id(module), first), names[id(module)]))
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):
             if key in self._layers:
                 name = self._layers[key]
                 order.append(name)
-                upstream[name] = (*(n for i, n in others if i < reach[key]), *unseen)
+                upstream[name] = (
+                    *(n for i, n in others if i < reach[key]),
+                    *(n for i, n in placed if i < reach[key]),
+                )
         return LayerFlow(tuple(order), upstream)
+
+    def _entered_ancestor(self, key: int, first: Mapping[int, int]) -> int:
+        """Where in the pass the nearest ancestor of module ``key`` that the pass entered was
+        first entered; -1 (before everything) when that is the model itself or there is none."""
+        name = self._names.get(key, "")
+        while name:
+            name = name.rpartition(".")[0]
+            ancestor = self._by_name.get(name)
+            if ancestor is not None and ancestor in first:
+                return first[ancestor]
+        return -1

@@ -505,22 +505,25 @@ def test_a_scripted_submodule_takes_no_hooks_and_counts_as_upstream() -> None:
     exporter.close()
 
 
+class Adapter(nn.Module):
+    """Registers last a layer it calls first, in training only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+        self.adapter = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = x + self.adapter(x)
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
 def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> None:
     # registered last, called first in training only: the probe (eval mode) never enters it,
     # and its place in the registration order says nothing of where it acts
-    class Adapter(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1 = nn.Linear(6, 8)
-            self.fc2 = nn.Linear(8, 8)
-            self.out = nn.Linear(8, 3)
-            self.adapter = nn.Linear(6, 6)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.training:
-                x = x + self.adapter(x)
-            return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
     torch.manual_seed(0)
     model = Adapter()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -533,4 +536,48 @@ def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> N
     assert exporter.trains_upstream("fc1") == ["adapter"]
     assert exporter.frozen == ()  # fc1, fc2 and out were frozen past it before
     assert not torch.equal(model.adapter.weight, before)  # it trains all along
+    exporter.close()
+
+
+def test_an_older_checkpoints_flow_is_recorded_again() -> None:
+    # a flow saved before unentered tracked layers counted (no version) gives the order until
+    # the next probe, which records the flow again
+    exporter = ik.Exporter(Adapter())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    state = exporter.state_dict()
+    exporter.close()
+    state["flow"] = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
+    restored = ik.Exporter(Adapter())
+    restored.load_state_dict(state)
+    assert restored.layer_order == ["fc1", "fc2", "out", "adapter"]
+    with restored.probe("look") as run:
+        run(torch.randn(4, 6))
+    assert restored.trains_upstream("fc1") == ["adapter"]
+    again = ik.Exporter(Adapter())
+    again.load_state_dict(restored.state_dict())  # this version's flow stands
+    assert again.trains_upstream("fc1") == ["adapter"]
+    restored.close()
+    again.close()
+
+
+def test_an_attention_modules_out_proj_is_placed_at_the_attention_modules_call() -> None:
+    # nn.MultiheadAttention reads its out_proj's weight and never calls it: out_proj counts as
+    # upstream of what runs inside and after the attention module, not of the embedding before
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc(self.emb(tokens)).mean(dim=1))
+
+    exporter = ik.Exporter(Encoder())
+    with exporter.probe("look") as run:
+        run(torch.randint(0, 10, (4, 5)))
+    assert exporter.trains_upstream("emb") == []
+    for layer in ("enc.linear1", "enc.linear2", "head"):
+        assert "enc.self_attn.out_proj" in exporter.trains_upstream(layer)
     exporter.close()

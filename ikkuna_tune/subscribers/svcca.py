@@ -462,7 +462,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self._told_not_freezing.add(name)
         why = []
         if upstream:
-            why.append(f"{upstream}, outside the tracked layers, train(s) before it")
+            why.append(
+                f"{upstream} still train(s) upstream of it, or where the probe cannot tell "
+                "(modules outside the tracked layers, layers the probe never called)"
+            )
         if waiting:
             why.append(
                 f"it shares a parameter with {waiting} (or with a layer tied to it), which would "

@@ -609,8 +609,9 @@ class TrialSession:
             for name in [n for n in names if n in exporter.modules]:
                 upstream = exporter.trains_upstream(name)
                 if upstream:
-                    cut = (name, f"{upstream}, outside the tracked layers, train(s) before it "
-                           "(track them, or freeze them yourself)")  # fmt: skip
+                    cut = (name, f"{upstream} still train(s) upstream of it, or where the "
+                           "probe cannot tell (modules outside the tracked layers, layers the "
+                           "probe never called; track them, or freeze them yourself)")  # fmt: skip
                     break
                 if not exporter.leaves_trainable(name, accepted):
                     cut = (name, "it is the last trainable layer")
