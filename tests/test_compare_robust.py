@@ -572,16 +572,20 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
         config = {"lr": lr}
         tag = f"{index}_lr={lr:.4f}"
         first = f"ttttt_0000{index}"
+        # the first with its error file, the second known as errored from the older state
         write_trial(experiment, f"train_{first}_{tag}_{date}", config,
-                    [report(first, {**config}, 1)], error=True)  # fmt: skip
+                    [report(first, {**config}, 1)], error=index == 0)  # fmt: skip
         again = f"9ab{index}cdef"
         rows[again] = write_trial(
             experiment, f"train_{again}_{tag}_2026-11-30_19-52-00", config,
             [report(again, {**config}, i) for i in (1, 2, 3)],
         )  # fmt: skip
-    # a trial of an earlier run under the same name, with another config: kept, warned of
+    # trials of an earlier run under the same name, with another config, or with the same tag
+    # and config but no failure: kept, warned of
     write_trial(experiment, f"train_sssss_00000_0_lr=0.0100_{date}", {"lr": 0.01},
                 [report("sssss_00000", {"lr": 0.01}, 1)])  # fmt: skip
+    write_trial(experiment, "train_uuuuu_00000_0_lr=0.1000_2026-11-29_10-00-00", {"lr": 0.1},
+                [report("uuuuu_00000", {"lr": 0.1}, i) for i in (1, 2)])  # fmt: skip
     trials = [
         [json.dumps({"relative_logdir": d.name, "trial_id": trial_id, "status": "TERMINATED"}),
          "{}"]
@@ -589,9 +593,15 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
     ]  # fmt: skip
     state = experiment / "experiment_state-2026-11-30_19-52-00.json"
     state.write_text(json.dumps({"trial_data": trials}))
+    errored = json.dumps(
+        {"relative_logdir": f"train_ttttt_00001_1_lr=0.3000_{date}", "trial_id": "ttttt_00001",
+         "status": "ERROR"}
+    )  # fmt: skip
+    older = experiment / f"experiment_state-{date}.json"
+    older.write_text(json.dumps({"trial_data": [[errored, "{}"]]}))
     with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
         df = compare.load(experiment)
-    assert sorted(df["trial_id"].unique()) == ["9ab0cdef", "9ab1cdef", "sssss_00000"]
+    assert sorted(df["trial_id"].unique()) == ["9ab0cdef", "9ab1cdef", "sssss_00000", "uuuuu_00000"]
     summary = compare.summary(df, "loss", mode="min").set_index("trial_id")
     assert summary.loc["9ab0cdef", "iterations_run"] == 3
     assert not summary.loc["9ab0cdef", "failed"]
@@ -599,4 +609,4 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
     (left_out,) = [m for m in messages if m.startswith("Leaving out 2 trial directories")]
     assert "train_ttttt_00000_0_lr=0.1000" in left_out and "restart_errored" in left_out
     (warning,) = [m for m in messages if "experiment state" in m and "earlier run" in m]
-    assert "sssss_00000" in warning and "ttttt" not in warning
+    assert "sssss_00000" in warning and "uuuuu_00000" in warning and "ttttt" not in warning

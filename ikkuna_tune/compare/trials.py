@@ -187,12 +187,15 @@ def _without_restarted(
     trials: list[_Trial], state: dict[str, dict[str, str]], path: Path
 ) -> list[_Trial]:
     """``trials`` without the attempts Tune restarted as new trials: a directory the newest
-    experiment state does not list whose experiment tag (in its name) and config are those of
+    experiment state does not list, that ended in an error (an older experiment state says so,
+    or it holds an error file) and whose experiment tag (in its name) and config are those of
     a listed trial is an errored trial's first attempt, which ``Tuner.restore(...,
     restart_errored=True)`` runs again from scratch under a new id and directory (Ray's
-    ExperimentAnalysis and ResultGrid leave it out too)."""
+    ExperimentAnalysis and ResultGrid leave it out too). A trial of an earlier run under the
+    same name that did not fail is kept."""
     if not state:
         return trials
+    older = _experiment_state(path, newest=False)
     listed: dict[tuple[str, str], list[_Trial]] = {}
     for trial in trials:
         name = Path(str(trial.path)).name
@@ -203,7 +206,10 @@ def _without_restarted(
     for trial in trials:
         name = Path(str(trial.path)).name
         key = (_experiment_tag(name, trial.trial_id), _config_key(trial.config))
-        if name not in state and key[0] and key in listed:
+        failed = older.get(name, {}).get("status") == "ERROR" or any(
+            (Path(str(trial.path)) / n).exists() for n in _ERROR_FILES
+        )
+        if name not in state and failed and key[0] and key in listed:
             restarted.append(name)
         else:
             kept.append(trial)
@@ -279,27 +285,25 @@ def _trial_dirs(path: Path) -> list[Path]:
     )
 
 
-def _experiment_state(path: Path) -> dict[str, dict[str, str]]:
+def _experiment_state(path: Path, newest: bool = True) -> dict[str, dict[str, str]]:
     """Trial id and status per trial directory name, from Tune's newest experiment state: the
     file with the latest name (``experiment_state-<date>_<time>.json``), as Tune chooses it. Not
     the latest written: a driver resumed with ``Tuner.restore`` writes the old file too, at its
-    end."""
+    end. With ``newest=False``: from the older ones (a later file's entry first)."""
     files = sorted(path.glob("experiment_state*.json"), key=lambda p: p.name)
-    if not files:
-        return {}
-    try:
-        state = json.loads(files[-1].read_text())
-        known = {}
-        for trial_json, _ in state["trial_data"]:
-            trial = json.loads(trial_json)
-            known[str(trial["relative_logdir"])] = {
-                "trial_id": str(trial["trial_id"]),
-                "status": str(trial["status"]),
-            }
-        return known
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        logger.debug("Cannot read trial states from %s: %s", files[-1], error)
-        return {}
+    known: dict[str, dict[str, str]] = {}
+    for file in files[-1:] if newest else reversed(files[:-1]):
+        try:
+            state = json.loads(file.read_text())
+            for trial_json, _ in state["trial_data"]:
+                trial = json.loads(trial_json)
+                known.setdefault(
+                    str(trial["relative_logdir"]),
+                    {"trial_id": str(trial["trial_id"]), "status": str(trial["status"])},
+                )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.debug("Cannot read trial states from %s: %s", file, error)
+    return known
 
 
 def _read_json_lines(
