@@ -256,3 +256,16 @@ def test_a_freeze_ordered_at_the_last_report_is_in_the_summary(tmp_path) -> None
     row = compare.summary(compare.load(tmp_path / "sweep"), "loss", mode="min").iloc[0]
     assert row["frozen_layers"] == []  # ordered at report 3: frozen from report 4 on
     assert row["freeze_reasons"] == {"stem": f"converged at report 3 ({FREEZE_VALUES})"}
+
+
+def test_a_freeze_ordered_at_a_report_the_new_run_never_reached_is_not_in_force(tmp_path) -> None:
+    # the left run ordered 'stem' frozen at report 5; restored from report 2, the trial ended
+    # (failed) at report 4: report 5 is of the run it left
+    config = {"lr": 0.1, "model": {"width": 8}}
+    results = [report("eeeee_00000", config, i, reasons={"stem": ""}) for i in (1, 2, 3, 4, 5)]
+    results += [report("eeeee_00000", config, i, reasons={"stem": ""}) for i in (3, 4)]
+    trial = write_trial(tmp_path / "sweep", "train_eeeee_00000_0_lr=0.1", config, results)
+    write_decisions(trial, "eeeee_00000", [{**FREEZE_STEM, "iteration": 5}])
+    row = compare.summary(compare.load(tmp_path / "sweep"), "loss", mode="min").iloc[0]
+    assert row["iterations_run"] == 4
+    assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}

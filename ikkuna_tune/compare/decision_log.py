@@ -36,8 +36,9 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     restored from an older checkpoint left the run that made some of the file's decisions. A
     layer's freeze is in force when the trial's last report gives the layer that decision's
     reason (the last written freeze of the layer when its results carry no reasons; one
-    ordered at or after the last report when it ended with the layer trainable; none when the
-    trial froze the layer itself); a stop, the last written one.
+    ordered at the last report when it ended with the layer trainable, since a later report
+    is of a run it left; none when the trial froze the layer itself); a stop, the last
+    written one.
     """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
@@ -55,8 +56,8 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             freezes[-1]["in_force"] = True
             continue
         reason = final[layer]
-        if not reason:  # trainable at the last report: in force if ordered at or after it
-            ordered = [r for r in freezes if (r["iteration"] or 0) >= _last_iteration(trial)]
+        if not reason:  # trainable at the last report: in force if ordered at it
+            ordered = [r for r in freezes if (r["iteration"] or 0) == _last_iteration(trial)]
             if ordered:
                 ordered[-1]["in_force"] = True
             continue
