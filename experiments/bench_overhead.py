@@ -84,8 +84,11 @@ import torch
 import torch.nn.functional as F
 
 import ikkuna_tune as ik
+from ikkuna_tune import functional as IF
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
+from ikkuna_tune.functional.accuracy import rate
+from ikkuna_tune.step_hooks import _subtract_into  # the update's subtraction, as the set does
 
 log = logging.getLogger("bench_overhead")
 
@@ -166,8 +169,10 @@ class FloorSet:
 
     Per step: the weight norms of every layer when the step starts, the gradient norms and a copy
     of the weights before the optimizer's step, the update (``after - before``) and its norm over
-    the weight norm after it, a copy of the loss and the batch's accuracy. The same multi-tensor
-    operations ikkuna_tune uses (``torch._foreach_*``), the values kept on the device and read
+    the step's weight norm, a copy of the loss and the batch's accuracy. The same operations
+    ikkuna_tune runs: the multi-tensor norms and copy, its subtraction of the update (one
+    ``torch.sub`` for a large parameter, two multi-tensor passes for the small ones) and its
+    accuracy (NaN scores and ignored labels handled), the values kept on the device and read
     once per report (:meth:`report`). Its cost over plain training is a floor for the standard
     set done this way: ikkuna_tune's cost above it is its own bookkeeping.
     """
@@ -192,7 +197,7 @@ class FloorSet:
         output = net(x)
         loss = F.cross_entropy(output, y)
         with torch.no_grad():
-            accuracy = (output.argmax(1) == y).sum() / y.numel()
+            accuracy = rate(IF.count_predictions(output, y))
             loss_value = loss.detach().clone()
         loss.backward()
         with torch.no_grad():
@@ -204,8 +209,7 @@ class FloorSet:
             torch._foreach_copy_(self.before, weights)
         opt.step()
         with torch.no_grad():
-            torch._foreach_neg_(self.before)
-            torch._foreach_add_(self.before, weights)  # the update, after - before
+            _subtract_into(self.before, weights)  # the update, after - before
             ratios = torch.stack(torch._foreach_norm(self.before)) / weight_norms
         self.values.append((weight_norms, grad_norms, ratios, loss_value, accuracy))
 
