@@ -23,8 +23,10 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   still within ``stall_delta`` of its chance level (reported beside the metric, for example
   the test accuracy of always answering the most frequent class) and gained less than
   ``stall_delta`` since its first report, is stuck at chance, even if its layers still drift;
-  so is one that made no progress and is more than ``stall_delta`` behind the
-  ``protect_top``-th best other trial after as many reports, once those others had made
+  so is one that made no progress and is more than ``stall_delta`` behind the level the
+  ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
+  best over ``settle_window`` reports in a row, so that one noisy report is none), once
+  those others had made
   :data:`LEARNED_SHARE` of their way by then (a slow starter at chance for the first reports,
   which then learns, is left running until then, and in a sweep whose trials all start late,
   a long warm-up, until the others have learned); and a trial that cannot reach the
@@ -64,10 +66,12 @@ __all__ = [
     "among_best",
     "freeze_candidates",
     "further_calls",
+    "held_level",
     "layer_settled",
     "metric_swing",
     "noise_band",
     "others_best_so_far",
+    "others_held_so_far",
     "stop_verdict",
 ]
 
@@ -342,18 +346,37 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     return ahead < rules.protect_top
 
 
-def others_best_so_far_values(others: list[list[float]], reports: int) -> list[float]:
-    """Each of ``others``' (metric series) best finite value over its first ``reports``
-    reports, those without one left out.
+def held_level(series: list[float], window: int) -> float | None:
+    """The highest level ``series`` held: the best, over its runs of ``window`` consecutive
+    finite values, of a run's lowest value (over all of them when it has fewer), or None
+    without a finite value. One report of noise (a trial at chance that reads a few points
+    above it once) is no level held; a trial that learned holds what it reached, a report
+    behind.
 
     Examples:
-        >>> others_best_so_far_values([[0.5, 0.9], [float("nan"), 0.4], []], 1)
-        [0.5]
+        >>> held_level([0.111, 0.108, 0.111, 0.158, 0.111], 3)  # one noisy report
+        0.111
+        >>> held_level([0.2, 0.5, 0.7, 0.8], 3), held_level([0.4, float("nan")], 3)
+        (0.5, 0.4)
     """
-    bests = [
-        max((m for m in series[:reports] if math.isfinite(m)), default=None) for series in others
-    ]
-    return [b for b in bests if b is not None]
+    finite = [m for m in series if math.isfinite(m)]
+    if not finite:
+        return None
+    if len(finite) <= window:
+        return min(finite)
+    return max(min(finite[i : i + window]) for i in range(len(finite) - window + 1))
+
+
+def others_held_so_far(others: list[list[float]], reports: int, window: int) -> list[float]:
+    """Each of ``others``' :func:`held_level` over its first ``reports`` reports, those
+    without a finite value there left out.
+
+    Examples:
+        >>> others_held_so_far([[0.5, 0.9, 0.95, 0.9], [0.1, 0.4, 0.1]], 4, 3)
+        [0.9, 0.1]
+    """
+    levels = [held_level(series[:reports], window) for series in others]
+    return [level for level in levels if level is not None]
 
 
 def others_best_so_far(trial: TrialHistory, others: list[TrialHistory]) -> list[float]:
@@ -524,7 +547,8 @@ def stop_verdict(
     values_seen = sum(math.isfinite(m) for m in trial.metric)
     if values_seen < rules.settle_window:
         return None
-    so_far = sorted(others_best_so_far_values(others, it), reverse=True)
+    window = rules.settle_window
+    so_far = sorted(others_held_so_far(others, it, window), reverse=True)
     if (
         stalled
         and budget is not None
@@ -533,12 +557,18 @@ def stop_verdict(
     ):
         # at chance (say) for a good part of the budget while others had learned by then: its
         # layers may still drift, but a trial this far behind is not among the best. The others
-        # are taken where they stood after as many reports, and must have made LEARNED_SHARE of
-        # their way by then: in a sweep whose trials all start late (a long learning-rate
-        # warm-up), a flat start is everybody's, and says nothing yet
+        # are taken where they stood after as many reports, at the level they held there (over
+        # settle_window reports: one noisy report of a trial at chance is no learning), and
+        # must have made LEARNED_SHARE of their way by then: in a sweep whose trials all start
+        # late (a long learning-rate warm-up), a flat start is everybody's, and says nothing yet
         target = so_far[rules.protect_top - 1]
-        final = sorted(others_best, reverse=True)[rules.protect_top - 1]
+        held = [level for level in (held_level(s, window) for s in others) if level is not None]
+        final = sorted(held, reverse=True)[rules.protect_top - 1]
         learned = target - first >= LEARNED_SHARE * (final - first)
+        # a yardstick still within stall_delta of chance (where known) has learned nothing
+        chance_bar = trial.chance + rules.stall_delta
+        if math.isfinite(chance_bar) and target <= chance_bar + _tolerance(chance_bar):
+            learned = False
         if learned and best < target - rules.stall_delta - _tolerance(target, best):
             return Decision(
                 "stop",

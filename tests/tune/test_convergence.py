@@ -213,7 +213,8 @@ def test_a_flat_start_while_the_others_had_not_learned_either_is_not_stuck() -> 
     early = [[0.4, 0.7, 0.8, 0.85, 0.88, 0.9]] * 3  # had learned by report 4
     stop = stop_verdict(_drifting(flat), RULES, early, budget=12)
     assert stop is not None and stop.rule == "stuck: no progress while others learned"
-    assert stop.values["target"] == 0.85  # where they stood after 4 reports, not where they ended
+    # where they stood after 4 reports (the level held over 3 of them), not where they ended
+    assert stop.values["target"] == 0.7
 
 
 def test_a_lone_trial_stuck_at_chance_stops_after_a_share_of_the_budget() -> None:
@@ -404,3 +405,28 @@ def test_the_margin_cases_a_review_found() -> None:
     assert stop_verdict(_drifting(late), RULES, finished, budget=30) is None
     behind = [0.4, 0.6, 0.7] + [0.77] * 14  # 10 points below where they stood
     assert stop_verdict(_drifting(behind), RULES, finished, budget=30) is not None
+
+
+def test_one_noisy_report_of_a_trial_at_chance_is_no_learning_to_be_behind() -> None:
+    """A 4-trial sweep: the third best other trial sits at chance with one report 4 points
+    above it. The flat trial (FIFO's third best: it learns to 0.391 from report 6) is not
+    stuck behind that report; behind one that held such a level, it is."""
+    flat = [0.111, 0.108, 0.118, 0.111, 0.077]
+    noisy = [0.111, 0.111, 0.108, 0.111, 0.158, 0.141, 0.098, 0.104, 0.111, 0.111]
+    others = [[0.5, 0.7, 0.8, 0.85, 0.9, 0.92], [0.4, 0.6, 0.7, 0.75, 0.8, 0.82], noisy]
+    for it in range(3, 6):
+        assert stop_verdict(_drifting(flat[:it]), RULES, others, budget=10) is None, it
+    held = [0.111, 0.111, 0.158, 0.16, 0.165, 0.17]
+    stop = stop_verdict(_drifting(flat), RULES, [*others[:2], held], budget=10)
+    assert stop is not None and stop.rule == "stuck: no progress while others learned"
+    assert stop.values["target"] == 0.158  # held over reports 3 to 5
+
+
+def test_a_yardstick_within_stall_delta_of_chance_has_learned_nothing() -> None:
+    # the third best other trial held 0.118 for three reports: 0.018 above chance (0.1)
+    flat = [0.09, 0.085, 0.095, 0.09, 0.08]
+    others = [[0.9], [0.8], [0.1, 0.1, 0.118, 0.118, 0.118]]
+    trial = _drifting(flat)
+    assert stop_verdict(trial, RULES, others, budget=10) is not None  # chance unknown
+    trial.chance = 0.1
+    assert stop_verdict(trial, RULES, others, budget=10) is None
