@@ -732,10 +732,10 @@ class Exporter(StepHooks, LayerFreezing):
                 "uses their parameters directly, as nn.MultiheadAttention does with out_proj, "
                 "or they are not used): they publish no activations or layer gradients, SVCCA "
                 "cannot measure them, and if the probe does not call them either, automatic "
-                "freezing leaves the layers inside and after their nearest parent the probe "
-                "called (every layer, when that is the model) trainable while they train "
-                "(where they act cannot be seen). Track their parents instead "
-                "(Exporter(depth=...)), or freeze or remove layers that are not used",
+                "freezing leaves every layer (after an attention module whose out_proj it is: "
+                "the layers inside and after it) trainable while they train (where they act "
+                "cannot be seen). Track their parents instead (Exporter(depth=...)), or freeze "
+                "or remove layers that are not used",
                 uncalled,
             )
 
@@ -799,10 +799,16 @@ class Exporter(StepHooks, LayerFreezing):
         A parent's own parameters count as upstream of every layer inside it and after it, and
         those of a module the probe never ran (an ``nn.ParameterList`` or an embedding whose
         weight its parent reads directly, a branch run in training only, a tracked layer
-        among them) as upstream of every layer inside and after its nearest ancestor the probe
-        ran (every layer, when that is the model or there is none): where they act cannot be
-        seen from module calls (conservative: it can only keep a layer trainable)."""
-        upstream = self._flow.upstream.get(name, ())
+        among them) as upstream of every layer, but an ``nn.MultiheadAttention``'s
+        ``out_proj``, which that module reads in its own call, as upstream of the layers inside
+        and after it: where they act cannot be seen from module calls (conservative: it can
+        only keep a layer trainable)."""
+        upstream = tuple(self._flow.upstream.get(name, ()))
+        if self._flow_stale and self._flow.order:
+            # an older version's flow left out the tracked layers its probe never entered:
+            # until a probe records the flow again, they count as upstream of every layer
+            seen = set(self._flow.order)
+            upstream += tuple(n for n in self.modules if n not in seen and n not in upstream)
         if not upstream:
             return []
         model = unwrapped(self.model)
@@ -862,6 +868,8 @@ class Exporter(StepHooks, LayerFreezing):
             "frozen_state": self._freezing_state(),
             # the data flow a probe showed (a restored trial may freeze before its first probe)
             "flow": self._flow.as_dict(),
+            # whether a probe ran the whole model for it (else the next probes are watched)
+            "flow_known": self._flow_known,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -880,7 +888,8 @@ class Exporter(StepHooks, LayerFreezing):
             # a flow recorded the way this version records it stands; an older one is only
             # the order until the next probe records the flow again
             current = state["flow"].get("version") == FLOW_VERSION
-            self._flow_known = bool(self._flow.order) and current
+            whole = bool(state.get("flow_known", False))  # not a partial probe's
+            self._flow_known = bool(self._flow.order) and current and whole
             self._flow_stale = not current
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 

@@ -136,13 +136,12 @@ class FlowRecorder:
     runs before a layer's first call is. A module with parameters of its own that the pass
     never entered (an ``nn.ParameterList`` or an embedding whose weight its parent reads
     directly, a branch run in training only, a ``ScriptModule``, which takes no hooks), and a
-    tracked layer it never entered (``nn.MultiheadAttention``'s ``out_proj``), counts as
-    entered where its nearest ancestor that the pass entered was: upstream of every layer inside
-    and after that ancestor, of every layer when that is the model itself or there is none
-    (a probe that runs parts of the model): where it acts cannot be seen from module calls, so
-    it is taken conservatively, as a parent's own parameters are (the pass is not watched in
-    any way that could change what it computes; every module outside the tracked layers gets
-    a pre-hook for this one pass).
+    tracked layer it never entered, is upstream of every layer: where it acts cannot be seen
+    from module calls, so it is taken conservatively, as a parent's own parameters are (the
+    pass is not watched in any way that could change what it computes). The one exception is
+    known to act where it is held: the ``out_proj`` of an ``nn.MultiheadAttention`` the pass
+    entered, whose forward reads that weight, counts as upstream of the layers inside and after
+    the attention module.
 
     Examples:
         >>> import torch
@@ -167,14 +166,11 @@ class FlowRecorder:
         self._modules = [
             m for m in model.modules() if id(m) in self._layers or id(m) in self._others
         ]
-        # every other module outside the tracked layers is watched too, to place a module the
-        # pass never enters at the call of its nearest ancestor that it did enter
-        self._names = {id(m): name for name, m in model.named_modules()}
-        self._by_name = {name: key for key, name in self._names.items()}
-        watched = {id(m) for m in self._modules} | {id(model)}
-        self._containers = [
-            m for m in model.modules() if id(m) not in watched and id(m) not in inside
-        ]
+        # the modules holding each module (one per place it is registered)
+        self._parents: dict[int, list[nn.Module]] = {}
+        for module in model.modules():
+            for _, child in module.named_children():
+                self._parents.setdefault(id(child), []).append(module)
         self._events: list[int] = []  # the hooked modules' calls, in order (first pass only)
         self._passes = 0  # calls of the model itself
         self._handles: list[RemovableHandle] = []
@@ -195,8 +191,7 @@ class FlowRecorder:
             self._passes += 1
 
         try:
-            hooked = [*self._modules, *self._containers]
-            for module, hook in [(self._root, counted), *((m, entered) for m in hooked)]:
+            for module, hook in [(self._root, counted), *((m, entered) for m in self._modules)]:
                 if isinstance(module, torch.jit.ScriptModule):
                     continue  # takes no hooks: never entered, so upstream of every layer
                 self._handles.append(module.register_forward_pre_hook(hook, prepend=True))
@@ -225,16 +220,14 @@ class FlowRecorder:
         reach = last if self._passes else first  # the end of the layer's part of the pass
         others = sorted((i, self._others[k]) for k, i in first.items() if k in self._others)
         # what the pass never entered, tracked layers too (a branch run in training only,
-        # registered after the layers it feeds): upstream of every layer
-        # what the pass never entered, tracked layers too (a branch run in training only, an
-        # out_proj whose weight its attention module reads): placed at the call of its nearest
-        # ancestor the pass entered, as that ancestor's own parameters are (upstream of every
-        # layer inside and after it); with none, upstream of every layer
+        # registered after the layers it feeds; a weight another module reads): upstream of
+        # every layer, but for the out_proj of an nn.MultiheadAttention the pass ran, which
+        # that module reads in its own call (upstream of the layers inside and after it)
         names = {**self._others, **self._layers}
         placed: list[tuple[int, str]] = []
         for module in self._modules:
             if id(module) not in first:
-                placed.append((self._entered_ancestor(id(module), first), names[id(module)]))
+                placed.append((self._read_at(id(module), first), names[id(module)]))
         order: list[str] = []
         upstream: dict[str, tuple[str, ...]] = {}
         for key in sorted(first, key=first.__getitem__):
@@ -247,13 +240,13 @@ class FlowRecorder:
                 )
         return LayerFlow(tuple(order), upstream)
 
-    def _entered_ancestor(self, key: int, first: Mapping[int, int]) -> int:
-        """Where in the pass the nearest ancestor of module ``key`` that the pass entered was
-        first entered; -1 (before everything) when that is the model itself or there is none."""
-        name = self._names.get(key, "")
-        while name:
-            name = name.rpartition(".")[0]
-            ancestor = self._by_name.get(name)
-            if ancestor is not None and ancestor in first:
-                return first[ancestor]
+    def _read_at(self, key: int, first: Mapping[int, int]) -> int:
+        """Where in the pass a module the pass never entered acts: at its parent's first call
+        when it is the ``out_proj`` of an ``nn.MultiheadAttention`` (held there only) that the
+        pass entered, whose forward reads its weight; else unknown: -1, before everything."""
+        parents = self._parents.get(key, [])
+        if len(parents) == 1 and isinstance(parents[0], nn.MultiheadAttention):
+            parent = parents[0]
+            if getattr(parent, "out_proj", None) is not None and id(parent.out_proj) == key:
+                return first.get(id(parent), -1)
         return -1

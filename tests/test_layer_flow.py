@@ -551,6 +551,8 @@ def test_an_older_checkpoints_flow_is_recorded_again() -> None:
     restored = ik.Exporter(Adapter())
     restored.load_state_dict(state)
     assert restored.layer_order == ["fc1", "fc2", "out", "adapter"]
+    # before that probe, a layer the old flow left out counts as upstream of every layer
+    assert restored.trains_upstream("fc1") == ["adapter"] == restored.trains_upstream("out")
     with restored.probe("look") as run:
         run(torch.randn(4, 6))
     assert restored.trains_upstream("fc1") == ["adapter"]
@@ -580,4 +582,63 @@ def test_an_attention_modules_out_proj_is_placed_at_the_attention_modules_call()
     assert exporter.trains_upstream("emb") == []
     for layer in ("enc.linear1", "enc.linear2", "head"):
         assert "enc.self_attn.out_proj" in exporter.trains_upstream(layer)
+    exporter.close()
+
+
+def test_a_partial_probes_flow_is_refined_by_a_whole_probe_after_a_restore() -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.fc1 = nn.Linear(8, 8)
+            self.fc2 = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.fc2(self.fc1(self.emb(tokens))).mean(dim=1))
+
+    exporter = ik.Exporter(Encoder())
+    with exporter.probe("look") as run:  # runs part of the model: emb and head unseen
+        run.fc2(run.fc1(torch.randn(4, 8)))
+    assert exporter.trains_upstream("fc1") == ["emb", "head"]
+    state = exporter.state_dict()
+    exporter.close()
+    restored = ik.Exporter(Encoder())
+    restored.load_state_dict(state)
+    with restored.probe("look") as run:  # the whole model: the flow is known now
+        run(torch.randint(0, 10, (4, 5)))
+    assert restored.layer_order == ["emb", "fc1", "fc2", "head"]
+    assert all(restored.trains_upstream(name) == [] for name in restored.layer_order)
+    restored.close()
+
+
+def test_a_weight_two_blocks_read_directly_is_upstream_of_every_layer() -> None:
+    # one position table held by both halves (the decoder registered first, run second), read
+    # directly by each: where it acts cannot be told from where it is held
+    class Half(nn.Module):
+        def __init__(self, pos: nn.Embedding) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(6, 6)
+            self.fc2 = nn.Linear(6, 6)
+            self.pos = pos
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.tanh(self.fc1(x + self.pos.weight[0])))
+
+    class EncDec(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            pos = nn.Embedding(4, 6)
+            self.dec = Half(pos)
+            self.enc = Half(pos)
+            self.out = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.dec(self.enc(x)))
+
+    exporter = ik.Exporter(EncDec())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    for layer in ("enc.fc1", "enc.fc2", "dec.fc1", "out"):
+        assert exporter.trains_upstream(layer) == ["dec.pos"], layer
     exporter.close()

@@ -418,10 +418,9 @@ class ActivationRecorder:
                 "training only, or one whose parameters another module uses directly, as "
                 "nn.MultiheadAttention does its out_proj's): no self-similarity for them, "
                 "and where they act cannot be seen, so while they train they count as upstream "
-                "of every layer inside and after their nearest parent the probe called (of "
-                "every layer when that is the model), which automatic freezing leaves "
-                "trainable (track their parents with Exporter(depth=...), or freeze them "
-                "yourself)",
+                "of every layer (an attention module's out_proj: of the layers inside and "
+                "after that module), which automatic freezing leaves trainable (track their "
+                "parents with Exporter(depth=...), or freeze them yourself)",
                 unseen,
             )
         return buffers
