@@ -586,22 +586,29 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
                 [report("sssss_00000", {"lr": 0.01}, 1)])  # fmt: skip
     write_trial(experiment, "train_uuuuu_00000_0_lr=0.1000_2026-11-29_10-00-00", {"lr": 0.1},
                 [report("uuuuu_00000", {"lr": 0.1}, i) for i in (1, 2)])  # fmt: skip
-    trials = [
-        [json.dumps({"relative_logdir": d.name, "trial_id": trial_id, "status": "TERMINATED"}),
-         "{}"]
-        for trial_id, d in rows.items()
-    ]  # fmt: skip
+    # a grid point that finished in the first run: listed by both states (a restore)
+    done = [report("ttttt_00002", {"lr": 1.0}, 1)]
+    rows["ttttt_00002"] = write_trial(
+        experiment, f"train_ttttt_00002_2_lr=1.0000_{date}", {"lr": 1.0}, done
+    )
+
+    def entry(name: str, trial_id: str, status: str) -> list[str]:
+        line = {"relative_logdir": name, "trial_id": trial_id, "status": status}
+        return [json.dumps(line), "{}"]
+
+    trials = [entry(d.name, trial_id, "TERMINATED") for trial_id, d in rows.items()]
     state = experiment / "experiment_state-2026-11-30_19-52-00.json"
     state.write_text(json.dumps({"trial_data": trials}))
-    errored = json.dumps(
-        {"relative_logdir": f"train_ttttt_00001_1_lr=0.3000_{date}", "trial_id": "ttttt_00001",
-         "status": "ERROR"}
-    )  # fmt: skip
+    first_run = [
+        entry(f"train_ttttt_00001_1_lr=0.3000_{date}", "ttttt_00001", "ERROR"),
+        entry(rows["ttttt_00002"].name, "ttttt_00002", "TERMINATED"),
+    ]
     older = experiment / f"experiment_state-{date}.json"
-    older.write_text(json.dumps({"trial_data": [[errored, "{}"]]}))
+    older.write_text(json.dumps({"trial_data": first_run}))
     with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
         df = compare.load(experiment)
-    assert sorted(df["trial_id"].unique()) == ["9ab0cdef", "9ab1cdef", "sssss_00000", "uuuuu_00000"]
+    kept = ["9ab0cdef", "9ab1cdef", "sssss_00000", "ttttt_00002", "uuuuu_00000"]
+    assert sorted(df["trial_id"].unique()) == kept
     summary = compare.summary(df, "loss", mode="min").set_index("trial_id")
     assert summary.loc["9ab0cdef", "iterations_run"] == 3
     assert not summary.loc["9ab0cdef", "failed"]
@@ -610,3 +617,10 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
     assert "train_ttttt_00000_0_lr=0.1000" in left_out and "restart_errored" in left_out
     (warning,) = [m for m in messages if "experiment state" in m and "earlier run" in m]
     assert "sssss_00000" in warning and "uuuuu_00000" in warning and "ttttt" not in warning
+    # the same directories without the first run's state: a run of its own, nothing left out
+    older.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
+        df = compare.load(experiment)
+    assert df["trial_id"].nunique() == 7
+    assert not [r for r in caplog.records if r.getMessage().startswith("Leaving out")]

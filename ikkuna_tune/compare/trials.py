@@ -148,13 +148,14 @@ def _read_directory(path: Path) -> list[_Trial]:
             f"params.json, result.json or progress.csv){hint}"
         )
     state = _experiment_state(path)
+    older = _experiment_state(path, newest=False)  # of trials the newest state does not list
     trials = []
     for trial_dir in trial_dirs:
         results = _read_results(trial_dir)
         trial_id = None
         if "trial_id" in results.columns:
             trial_id = _usable_trial_id(results["trial_id"])
-        known = state.get(trial_dir.name, {})
+        known = state.get(trial_dir.name) or older.get(trial_dir.name, {})
         trial_id = trial_id or known.get("trial_id") or _trial_id_from_name(trial_dir.name)
         status = known.get("status") or ("ERROR" if _failed_last(trial_dir) else None)
         trials.append(
@@ -167,7 +168,7 @@ def _read_directory(path: Path) -> list[_Trial]:
                 path=str(trial_dir),
             )
         )
-    trials = _without_restarted(trials, state, path)
+    trials = _without_restarted(trials, state, older, path)
     _tell_apart(trials)
     unlisted = [name for t in trials if state and (name := Path(str(t.path)).name) not in state]
     if unlisted:
@@ -184,18 +185,24 @@ def _read_directory(path: Path) -> list[_Trial]:
 
 
 def _without_restarted(
-    trials: list[_Trial], state: dict[str, dict[str, str]], path: Path
+    trials: list[_Trial],
+    state: dict[str, dict[str, str]],
+    older: dict[str, dict[str, str]],
+    path: Path,
 ) -> list[_Trial]:
-    """``trials`` without the attempts Tune restarted as new trials: a directory the newest
-    experiment state does not list, that ended in an error (an older experiment state says so,
-    or it holds an error file) and whose experiment tag (in its name) and config are those of
-    a listed trial is an errored trial's first attempt, which ``Tuner.restore(...,
+    """``trials`` without the attempts Tune restarted as new trials: when the newest
+    experiment state continues an older one (it lists a trial directory an older state lists:
+    the experiment was restored, not run again under its name), a directory it does not list,
+    that ended in an error (as the latest older state listing it says, or else its files:
+    :func:`_failed_last`) and whose experiment tag (in its name) and config are those of a
+    listed trial is an errored trial's first attempt, which ``Tuner.restore(...,
     restart_errored=True)`` runs again from scratch under a new id and directory (Ray's
     ExperimentAnalysis and ResultGrid leave it out too). A trial of an earlier run under the
-    same name that did not fail is kept."""
+    same name is kept."""
     if not state:
         return trials
-    older = _experiment_state(path, newest=False)
+    if not any(name in older for name in state):
+        return trials  # the newest state continues no older one: a run of its own
     listed: dict[tuple[str, str], list[_Trial]] = {}
     for trial in trials:
         name = Path(str(trial.path)).name
@@ -206,10 +213,7 @@ def _without_restarted(
     for trial in trials:
         name = Path(str(trial.path)).name
         key = (_experiment_tag(name, trial.trial_id), _config_key(trial.config))
-        failed = older.get(name, {}).get("status") == "ERROR" or any(
-            (Path(str(trial.path)) / n).exists() for n in _ERROR_FILES
-        )
-        if name not in state and failed and key[0] and key in listed:
+        if name not in state and trial.failed and key[0] and key in listed:
             restarted.append(name)
         else:
             kept.append(trial)
