@@ -62,6 +62,22 @@ def test_cell_summary_against_hand_computation() -> None:
     }
 
 
+def test_a_shorter_time_without_saved_work_meets_no_compute_target() -> None:
+    # every scheduler makes every report and freezes nothing, in less measured time (noise)
+    fifo = {lr: t(acc, 10) for lr, acc in ((0.01, 0.9), (0.1, 0.97), (0.3, 0.95))}
+    same = {lr: t(trial["accuracy"], 5) for lr, trial in fifo.items()}
+    trials = {"fifo": fifo, "asha": fifo, "svcca": same, "svcca_asha": same, "freeze": same}
+    out = cell_summary(trials, epochs=10)
+    assert out["svcca"]["compute_ratio"] == 0.5 and out["svcca"]["reports_ratio"] == 1
+    assert out["freeze"]["time_ratio_good"] == 0.5 and out["freeze"]["good_trials_frozen"] == 0
+    assert out["targets"] == {
+        "svcca": False,
+        "svcca_asha": False,
+        "freeze": False,
+        "diverged_stopped_by_half": True,
+    }
+
+
 def test_trial_summary_reads_best_accuracy_and_divergence() -> None:
     df = pd.DataFrame(
         {
