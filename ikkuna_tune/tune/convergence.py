@@ -346,33 +346,45 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     return ahead < rules.protect_top
 
 
+def others_best_so_far_values(others: list[list[float]], reports: int) -> list[float]:
+    """Each of ``others``' (metric series) best finite value over its first ``reports``
+    reports, those without one left out.
+
+    Examples:
+        >>> others_best_so_far_values([[0.5, 0.9], [float("nan"), 0.4], []], 1)
+        [0.5]
+    """
+    bests = [
+        max((m for m in series[:reports] if math.isfinite(m)), default=None) for series in others
+    ]
+    return [b for b in bests if b is not None]
+
+
 def held_level(series: list[float], window: int) -> float | None:
     """The highest level ``series`` held: the best, over its runs of ``window`` consecutive
-    finite values, of a run's lowest value (over all of them when it has fewer), or None
-    without a finite value. One report of noise (a trial at chance that reads a few points
-    above it once) is no level held; a trial that learned holds what it reached, a report
-    behind.
+    finite values, of a run's lowest value; None with fewer than ``window`` finite values (a
+    trial stopped or failed early held no level). One report of noise (a trial at chance that
+    reads a few points above it once) is no level held; a trial that learned holds what it
+    reached, a report behind.
 
     Examples:
         >>> held_level([0.111, 0.108, 0.111, 0.158, 0.111], 3)  # one noisy report
         0.111
-        >>> held_level([0.2, 0.5, 0.7, 0.8], 3), held_level([0.4, float("nan")], 3)
-        (0.5, 0.4)
+        >>> held_level([0.2, 0.5, 0.7, 0.8], 3), held_level([0.158, float("nan")], 3)
+        (0.5, None)
     """
     finite = [m for m in series if math.isfinite(m)]
-    if not finite:
+    if len(finite) < window:
         return None
-    if len(finite) <= window:
-        return min(finite)
     return max(min(finite[i : i + window]) for i in range(len(finite) - window + 1))
 
 
 def others_held_so_far(others: list[list[float]], reports: int, window: int) -> list[float]:
-    """Each of ``others``' :func:`held_level` over its first ``reports`` reports, those
-    without a finite value there left out.
+    """Each of ``others``' :func:`held_level` over its first ``reports`` reports, those that
+    held none there left out.
 
     Examples:
-        >>> others_held_so_far([[0.5, 0.9, 0.95, 0.9], [0.1, 0.4, 0.1]], 4, 3)
+        >>> others_held_so_far([[0.5, 0.9, 0.95, 0.9], [0.1, 0.4, 0.1], [0.9]], 4, 3)
         [0.9, 0.1]
     """
     levels = [held_level(series[:reports], window) for series in others]
@@ -548,12 +560,13 @@ def stop_verdict(
     if values_seen < rules.settle_window:
         return None
     window = rules.settle_window
-    so_far = sorted(others_held_so_far(others, it, window), reverse=True)
+    so_far = sorted(others_best_so_far_values(others, it), reverse=True)
+    held_so_far = sorted(others_held_so_far(others, it, window), reverse=True)
     if (
         stalled
         and budget is not None
         and it >= rules.stall_share * budget
-        and len(so_far) >= rules.protect_top
+        and len(held_so_far) >= rules.protect_top
     ):
         # at chance (say) for a good part of the budget while others had learned by then: its
         # layers may still drift, but a trial this far behind is not among the best. The others
@@ -561,7 +574,7 @@ def stop_verdict(
         # settle_window reports: one noisy report of a trial at chance is no learning), and
         # must have made LEARNED_SHARE of their way by then: in a sweep whose trials all start
         # late (a long learning-rate warm-up), a flat start is everybody's, and says nothing yet
-        target = so_far[rules.protect_top - 1]
+        target = held_so_far[rules.protect_top - 1]
         held = [level for level in (held_level(s, window) for s in others) if level is not None]
         final = sorted(held, reverse=True)[rules.protect_top - 1]
         learned = target - first >= LEARNED_SHARE * (final - first)

@@ -127,6 +127,11 @@ def test_a_metric_reported_at_every_other_report_gains_per_report() -> None:
         assert stop is not None and stop.values["reachable"] == pytest.approx(2.0)
 
 
+def _steady(*values: float, reports: int = 12) -> list[list[float]]:
+    """Other trials that reported each of ``values`` all along (a level held)."""
+    return [[value] * reports for value in values]
+
+
 def _drifting(metrics: list[float]) -> TrialHistory:
     """A trial whose metric is ``metrics`` while every layer keeps moving away from its
     initialisation (so it never counts as 'no layer moving')."""
@@ -138,7 +143,7 @@ def _drifting(metrics: list[float]) -> TrialHistory:
 def test_stuck_at_chance_while_others_learned_stops_after_a_third_of_the_budget() -> None:
     # noisy enough that "cannot reach the top 3" (3x its best recent step) keeps it running
     at_chance = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
-    others = [[0.9], [0.85], [0.4]]
+    others = _steady(0.9, 0.85, 0.4)
     verdicts = [
         stop_verdict(_drifting(at_chance[:it]), RULES, others, budget=12) for it in range(1, 7)
     ]
@@ -152,11 +157,11 @@ def test_stuck_at_chance_while_others_learned_stops_after_a_third_of_the_budget(
 def test_a_stalled_trial_is_kept_when_nobody_is_far_ahead() -> None:
     """Fine-tuning: every trial starts near its best and gains little; none is stopped."""
     flat = [0.95, 0.951, 0.952, 0.952, 0.953, 0.953]
-    assert stop_verdict(_drifting(flat), RULES, [[0.96], [0.955], [0.954]], budget=12) is None
+    assert stop_verdict(_drifting(flat), RULES, _steady(0.96, 0.955, 0.954), budget=12) is None
     # within stall_delta of the third best other trial: kept too
     noisy = [0.1, 0.1, 0.115, 0.1, 0.115, 0.1]
-    assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.13]], budget=12) is None
-    assert stop_verdict(_drifting(noisy), RULES, [[0.9], [0.5], [0.1351]], budget=12) is not None
+    assert stop_verdict(_drifting(noisy), RULES, _steady(0.9, 0.5, 0.13), budget=12) is None
+    assert stop_verdict(_drifting(noisy), RULES, _steady(0.9, 0.5, 0.1351), budget=12) is not None
 
 
 @pytest.mark.parametrize("scale, n, low, high", [(1.0, 400, 85, 93), (100.0, 300, 50, 56)])
@@ -174,7 +179,7 @@ def test_a_gain_of_exactly_stall_delta_in_float32_is_progress(
     # accuracies in float32, then in the metric's units (float32 arithmetic too)
     first, best = (float(torch.tensor(k / n, dtype=torch.float32) * scale) for k in (low, high))
     assert best - first < 0.02 * scale  # what float32 makes of it
-    others = [[0.9 * scale], [0.85 * scale], [0.82 * scale]]
+    others = _steady(0.9 * scale, 0.85 * scale, 0.82 * scale)
     gained = [first, first, best, first, best, first]
     verdict = stop_verdict(_drifting(gained), rules, others, budget=12)
     # (another rule may still stop it: it cannot reach the top 3 at that pace)
@@ -261,7 +266,7 @@ def test_a_late_starter_is_not_extrapolated_from_its_flat_start() -> None:
     gains, its rate is measured; a trial that gained and then stopped gaining is judged at
     once."""
     late = [0.143, 0.105, 0.108, 0.213, 0.22, 0.291]
-    others = [[0.93], [0.933], [0.377]]
+    others = _steady(0.93, 0.933, 0.377)
     assert RULES.stall_share * 12 > 3
     for it in range(1, 7):
         assert stop_verdict(_drifting(late[:it]), RULES, others, budget=12) is None, it
@@ -315,7 +320,7 @@ def test_a_sparse_metric_is_compared_once_it_has_settle_window_values() -> None:
     stopped with best=-inf); validation every other report: two values, one of them a dip,
     are no trend (FIFO's third best was stopped at report 4)."""
     nan = math.nan
-    others = [[0.98], [0.975], [0.936]]
+    others = _steady(0.98, 0.975, 0.936)
     none_yet = _drifting([nan, nan, nan, nan])
     assert stop_verdict(none_yet, RULES, others, budget=10) is None
     dip = _drifting([nan, 0.926, nan, 0.825])
@@ -425,8 +430,17 @@ def test_one_noisy_report_of_a_trial_at_chance_is_no_learning_to_be_behind() -> 
 def test_a_yardstick_within_stall_delta_of_chance_has_learned_nothing() -> None:
     # the third best other trial held 0.118 for three reports: 0.018 above chance (0.1)
     flat = [0.09, 0.085, 0.095, 0.09, 0.08]
-    others = [[0.9], [0.8], [0.1, 0.1, 0.118, 0.118, 0.118]]
+    others = [*_steady(0.9, 0.8), [0.1, 0.1, 0.118, 0.118, 0.118]]
     trial = _drifting(flat)
     assert stop_verdict(trial, RULES, others, budget=10) is not None  # chance unknown
     trial.chance = 0.1
     assert stop_verdict(trial, RULES, others, budget=10) is None
+
+
+def test_a_yardstick_that_stopped_reporting_early_held_no_level() -> None:
+    """The third best other trial read 0.158 once (chance 0.118) and diverged at its second
+    report: fewer than settle_window values are no level held, and with two others left the
+    flat trial (a slow starter) is not stuck behind anybody."""
+    flat = [0.111, 0.108, 0.118, 0.111, 0.077]
+    others = [*_steady(0.9, 0.85), [0.158, math.nan]]
+    assert stop_verdict(_drifting(flat), RULES, others, budget=10) is None
