@@ -804,14 +804,14 @@ class Exporter(StepHooks, LayerFreezing):
         and after it: where they act cannot be seen from module calls (conservative: it can
         only keep a layer trainable)."""
         upstream = tuple(self._flow.upstream.get(name, ()))
-        if self._flow_stale and self._flow.order:
-            # an older version's flow left out the tracked layers its probe never entered:
-            # until a probe records the flow again, they count as upstream of every layer
-            seen = set(self._flow.order)
-            upstream += tuple(n for n in self.modules if n not in seen and n not in upstream)
+        model = unwrapped(self.model)
+        if self._flow_stale:
+            # an older version's flow may leave out or misplace what its probe never entered:
+            # until a probe records the flow again, every other module with parameters of its
+            # own counts as upstream (no automatic freeze)
+            upstream = tuple(n for n in self._parameter_holders(model) if n != name)
         if not upstream:
             return []
-        model = unwrapped(self.model)
         found = dict(model.named_modules())
         found["(the model)"] = model
         # a tracked layer's parameters are all its own (at a depth, inside it too); another
@@ -825,6 +825,19 @@ class Exporter(StepHooks, LayerFreezing):
                 p.requires_grad for p in found[other].parameters(recurse=found[other] in tracked)
             )
         ]
+
+    def _parameter_holders(self, model: nn.Module) -> list[str]:
+        """The tracked layers and the other modules outside them that hold parameters of
+        their own (``'(the model)'`` for the model itself), by name."""
+        inside: set[int] = set()
+        for named in self.modules.values():
+            inside.update(id(m) for m in named.module.modules())
+        others = [
+            name or "(the model)"
+            for name, module in model.named_modules()
+            if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
+        ]
+        return [*self.modules, *others]
 
     def warn_if_order_unknown(self) -> None:
         """Warn once that automatic freezing goes by registration order: under

@@ -50,9 +50,11 @@ from ikkuna_tune.messages import NamedModule
 
 __all__ = ["FLOW_VERSION", "FlowRecorder", "LayerFlow", "compiled"]
 
-#: How :meth:`LayerFlow.as_dict` records what is upstream: 2 counts a tracked layer the pass
-#: never entered (an older checkpoint's flow left it out: it is recorded again).
-FLOW_VERSION = 2
+#: How :meth:`LayerFlow.as_dict` records what is upstream: 3 counts a module the pass never
+#: entered, tracked layers too, as upstream of every layer but an attention module's out_proj
+#: (an older checkpoint's flow left some out, or placed them after layers they feed: it is
+#: recorded again, and until then nothing is frozen automatically).
+FLOW_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -547,18 +547,28 @@ def test_an_older_checkpoints_flow_is_recorded_again() -> None:
         run(torch.randn(4, 6))
     state = exporter.state_dict()
     exporter.close()
+    # as version 1 wrote it (no version): the adapter, never entered, left out; version 2
+    # placed what the pass never entered at its nearest entered ancestor
     state["flow"] = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
     restored = ik.Exporter(Adapter())
     restored.load_state_dict(state)
     assert restored.layer_order == ["fc1", "fc2", "out", "adapter"]
-    # before that probe, a layer the old flow left out counts as upstream of every layer
-    assert restored.trains_upstream("fc1") == ["adapter"] == restored.trains_upstream("out")
+    # before that probe, every other module with parameters counts as upstream of a layer:
+    # nothing is frozen automatically on an older version's flow
+    assert restored.trains_upstream("fc1") == ["fc2", "out", "adapter"]
+    assert restored.trains_upstream("out") == ["fc1", "fc2", "adapter"]
     with restored.probe("look") as run:
         run(torch.randn(4, 6))
     assert restored.trains_upstream("fc1") == ["adapter"]
     again = ik.Exporter(Adapter())
     again.load_state_dict(restored.state_dict())  # this version's flow stands
     assert again.trains_upstream("fc1") == ["adapter"]
+    version2 = restored.state_dict()
+    version2["flow"] = {**version2["flow"], "version": 2}
+    old = ik.Exporter(Adapter())
+    old.load_state_dict(version2)  # an older version's: nothing frozen until the next probe
+    assert old.trains_upstream("fc1") == ["fc2", "out", "adapter"]
+    old.close()
     restored.close()
     again.close()
 
