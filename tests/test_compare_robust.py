@@ -572,7 +572,7 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
         config = {"lr": lr}
         tag = f"{index}_lr={lr:.4f}"
         first = f"ttttt_0000{index}"
-        # the first with its error file, the second known as errored from the older state
+        # errored in the first run (the first also has its error file)
         write_trial(experiment, f"train_{first}_{tag}_{date}", config,
                     [report(first, {**config}, 1)], error=index == 0)  # fmt: skip
         again = f"9ab{index}cdef"
@@ -598,13 +598,19 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
 
     trials = [entry(d.name, trial_id, "TERMINATED") for trial_id, d in rows.items()]
     state = experiment / "experiment_state-2026-11-30_19-52-00.json"
-    state.write_text(json.dumps({"trial_data": trials}))
+
+    def write_state(resumed: bool | None) -> None:
+        runner = {} if resumed is None else {"runner_data": {"_resumed": resumed}}
+        state.write_text(json.dumps({"trial_data": trials, **runner}))
+
+    write_state(True)  # Tuner.restore(...) of the first run
     first_run = [
+        entry(f"train_ttttt_00000_0_lr=0.1000_{date}", "ttttt_00000", "ERROR"),
         entry(f"train_ttttt_00001_1_lr=0.3000_{date}", "ttttt_00001", "ERROR"),
         entry(rows["ttttt_00002"].name, "ttttt_00002", "TERMINATED"),
     ]
     older = experiment / f"experiment_state-{date}.json"
-    older.write_text(json.dumps({"trial_data": first_run}))
+    older.write_text(json.dumps({"trial_data": first_run, "runner_data": {"_resumed": False}}))
     with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
         df = compare.load(experiment)
     kept = ["9ab0cdef", "9ab1cdef", "sssss_00000", "ttttt_00002", "uuuuu_00000"]
@@ -617,10 +623,18 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
     assert "train_ttttt_00000_0_lr=0.1000" in left_out and "restart_errored" in left_out
     (warning,) = [m for m in messages if "experiment state" in m and "earlier run" in m]
     assert "sssss_00000" in warning and "uuuuu_00000" in warning and "ttttt" not in warning
-    # the same directories without the first run's state: a run of its own, nothing left out
-    older.unlink()
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
-        df = compare.load(experiment)
-    assert df["trial_id"].nunique() == 7
-    assert not [r for r in caplog.records if r.getMessage().startswith("Leaving out")]
+    # a state that does not say whether it was resumed: it continues the older one, since it
+    # lists a directory that one lists
+    write_state(None)
+    assert compare.load(experiment)["trial_id"].nunique() == 5
+    # the newest state a run of its own (not resumed): nothing left out, all warned of
+    for resumed in (False, None):
+        write_state(resumed)
+        if resumed is None:
+            trials.pop()  # and no directory in common with the older state
+            write_state(None)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
+            df = compare.load(experiment)
+        assert df["trial_id"].nunique() == 7
+        assert not [r for r in caplog.records if r.getMessage().startswith("Leaving out")]

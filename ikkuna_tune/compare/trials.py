@@ -190,18 +190,16 @@ def _without_restarted(
     older: dict[str, dict[str, str]],
     path: Path,
 ) -> list[_Trial]:
-    """``trials`` without the attempts Tune restarted as new trials: when the newest
-    experiment state continues an older one (it lists a trial directory an older state lists:
-    the experiment was restored, not run again under its name), a directory it does not list,
-    that ended in an error (as the latest older state listing it says, or else its files:
-    :func:`_failed_last`) and whose experiment tag (in its name) and config are those of a
-    listed trial is an errored trial's first attempt, which ``Tuner.restore(...,
-    restart_errored=True)`` runs again from scratch under a new id and directory (Ray's
-    ExperimentAnalysis and ResultGrid leave it out too). A trial of an earlier run under the
-    same name is kept."""
-    if not state:
-        return trials
-    if not any(name in older for name in state):
+    """``trials`` without the attempts Tune restarted as new trials: a directory the newest
+    experiment state does not list but a state it continues does (:func:`_continued`: the
+    experiment was restored, not run again under its name), that ended in an error (as the
+    latest older state listing it says, or else its files: :func:`_failed_last`) and whose
+    experiment tag (in its name) and config are those of a listed trial is an errored trial's
+    first attempt, which ``Tuner.restore(..., restart_errored=True)`` runs again from scratch
+    under a new id and directory (Ray's ExperimentAnalysis and ResultGrid leave it out too). A
+    trial of an earlier run under the same name is kept."""
+    continued = _continued(path)
+    if not state or not continued:
         return trials  # the newest state continues no older one: a run of its own
     listed: dict[tuple[str, str], list[_Trial]] = {}
     for trial in trials:
@@ -213,7 +211,8 @@ def _without_restarted(
     for trial in trials:
         name = Path(str(trial.path)).name
         key = (_experiment_tag(name, trial.trial_id), _config_key(trial.config))
-        if name not in state and trial.failed and key[0] and key in listed:
+        restarted_attempt = name in continued and name not in state and trial.failed
+        if restarted_attempt and key[0] and key in listed:
             restarted.append(name)
         else:
             kept.append(trial)
@@ -294,20 +293,57 @@ def _experiment_state(path: Path, newest: bool = True) -> dict[str, dict[str, st
     file with the latest name (``experiment_state-<date>_<time>.json``), as Tune chooses it. Not
     the latest written: a driver resumed with ``Tuner.restore`` writes the old file too, at its
     end. With ``newest=False``: from the older ones (a later file's entry first)."""
-    files = sorted(path.glob("experiment_state*.json"), key=lambda p: p.name)
+    files = _state_files(path)
     known: dict[str, dict[str, str]] = {}
     for file in files[-1:] if newest else reversed(files[:-1]):
-        try:
-            state = json.loads(file.read_text())
-            for trial_json, _ in state["trial_data"]:
-                trial = json.loads(trial_json)
-                known.setdefault(
-                    str(trial["relative_logdir"]),
-                    {"trial_id": str(trial["trial_id"]), "status": str(trial["status"])},
-                )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.debug("Cannot read trial states from %s: %s", file, error)
+        for name, entry in _read_state(file)[0].items():
+            known.setdefault(name, entry)
     return known
+
+
+def _state_files(path: Path) -> list[Path]:
+    return sorted(path.glob("experiment_state*.json"), key=lambda p: p.name)
+
+
+def _read_state(file: Path) -> tuple[dict[str, dict[str, str]], bool | None]:
+    """An experiment state's trials (id and status by directory name), and whether the run
+    that wrote it was resumed from the state before it (``Tuner.restore``; None: not said)."""
+    known: dict[str, dict[str, str]] = {}
+    resumed: bool | None = None
+    try:
+        state = json.loads(file.read_text())
+        runner = state.get("runner_data")
+        if isinstance(runner, dict) and isinstance(runner.get("_resumed"), bool):
+            resumed = runner["_resumed"]
+        for trial_json, _ in state["trial_data"]:
+            trial = json.loads(trial_json)
+            known[str(trial["relative_logdir"])] = {
+                "trial_id": str(trial["trial_id"]),
+                "status": str(trial["status"]),
+            }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        logger.debug("Cannot read trial states from %s: %s", file, error)
+    return known, resumed
+
+
+def _continued(path: Path) -> set[str]:
+    """The trial directories the states that the newest one continues list: those before it,
+    back to the run that was not resumed (``Tuner.restore`` says so in each state); where the
+    states do not say, every older state's when the newest lists one of their directories."""
+    files = _state_files(path)
+    if len(files) < 2:
+        return set()
+    states = [_read_state(file) for file in files]
+    newest, said = states[-1]
+    if said is None:
+        older = {name for known, _ in states[:-1] for name in known}
+        return older if any(name in older for name in newest) else set()
+    continued: set[str] = set()
+    index = len(states) - 1
+    while index > 0 and states[index][1]:  # resumed from the state before it
+        index -= 1
+        continued.update(states[index][0])
+    return continued
 
 
 def _read_json_lines(
