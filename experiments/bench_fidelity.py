@@ -24,7 +24,9 @@ of them had a layer frozen); ``diverged_reports``: the most
 reports SVCCAScheduler let a diverged trial make (diverged: its FIFO twin reported a dead layer
 or a non-finite loss). ``targets`` says which of the issue's targets each cell meets; a
 compute target counts as met only where the scheduler saved work (``reports_ratio`` below 1;
-for freezing, a good trial with a layer frozen), never on a shorter measured time alone.
+for freezing, a good trial with a layer frozen), never on a shorter measured time alone, and
+the diverged target is None (not judged) where no trial diverged; ``targets_met`` counts the
+targets judged.
 
 Run: ``python -m experiments.bench_fidelity`` (full) or ``--quick`` (digits only, fewer
 learning rates and epochs). The last line printed is one JSON object.
@@ -176,7 +178,8 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
         "freeze": f["worst_good_delta"] >= -0.01
         and (f["time_ratio_good"] or 0.0) <= 0.8
         and f["good_trials_frozen"] > 0,
-        "diverged_stopped_by_half": out["diverged_reports"] <= epochs // 2,
+        # None where no trial diverged: nothing to stop, so the target is not judged
+        "diverged_stopped_by_half": out["diverged_reports"] <= epochs // 2 if diverged else None,
     }
     return out
 
@@ -272,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):
         out.setdefault(data, {})[family] = cell_summary(trials, epochs)
-    met = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
+    judged = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
+    met = [t for t in judged if t is not None]  # a target with nothing to judge is no hit
     out["targets_met"] = f"{sum(met)}/{len(met)}"
     print(json.dumps(out))
     return out

@@ -74,7 +74,7 @@ def test_a_shorter_time_without_saved_work_meets_no_compute_target() -> None:
         "svcca": False,
         "svcca_asha": False,
         "freeze": False,
-        "diverged_stopped_by_half": True,
+        "diverged_stopped_by_half": None,  # no trial diverged: nothing to judge
     }
 
 
