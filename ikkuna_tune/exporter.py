@@ -339,6 +339,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
         self._flow_known = False  # whether a probe has run the whole model
         self._flow_stale = False  # whether the flow came from an older version's checkpoint
+        self._stale_version: Any = None  # that checkpoint's flow version (None: unversioned)
         self._warned_order = False
         self._deferred_gradients = {}
         self._warned_uncalled = False
@@ -879,11 +880,26 @@ class Exporter(StepHooks, LayerFreezing):
             "frozen": list(self._frozen),
             # what unfreeze restores: the frozen layers' requires_grad flags and modes before
             "frozen_state": self._freezing_state(),
-            # the data flow a probe showed (a restored trial may freeze before its first probe)
-            "flow": self._flow.as_dict(),
+            # the data flow a probe showed (a restored trial may freeze before its first probe);
+            # one loaded from an older version keeps that version until a probe records it
+            "flow": self._flow_state(),
             # whether a probe ran the whole model for it (else the next probes are watched)
             "flow_known": self._flow_known,
         }
+
+    def _flow_state(self) -> dict[str, Any]:
+        flow = self._flow.as_dict()
+        if self._flow_stale:
+            flow.pop("version")
+            if self._stale_version is not None:
+                flow["version"] = self._stale_version
+        return flow
+
+    @property
+    def flow_stale(self) -> bool:
+        """Whether the data flow came from an older version's checkpoint and waits for the
+        next probe to be recorded again (until then nothing is frozen automatically)."""
+        return self._flow_stale
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counters and re-freeze the layers recorded in ``state``."""
@@ -900,10 +916,15 @@ class Exporter(StepHooks, LayerFreezing):
             self._flow = LayerFlow.from_dict(state["flow"])
             # a flow recorded the way this version records it stands; an older one is only
             # the order until the next probe records the flow again
-            current = state["flow"].get("version") == FLOW_VERSION
+            version = state["flow"].get("version")
+            current = version == FLOW_VERSION
+            if not current and compiled(self.model):
+                # no probe is watched under torch.compile: registration order, as a new run
+                self._flow, current = LayerFlow(), True
             whole = bool(state.get("flow_known", False))  # not a partial probe's
             self._flow_known = bool(self._flow.order) and current and whole
             self._flow_stale = not current
+            self._stale_version = None if current else version
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:

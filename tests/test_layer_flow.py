@@ -652,3 +652,50 @@ def test_a_weight_two_blocks_read_directly_is_upstream_of_every_layer() -> None:
     for layer in ("enc.fc1", "enc.fc2", "dec.fc1", "out"):
         assert exporter.trains_upstream(layer) == ["dec.pos"], layer
     exporter.close()
+
+
+def test_an_older_flow_stays_older_until_a_probe_records_it(caplog) -> None:
+    # restored from an unversioned flow and saved again before any probe: the next restore
+    # still takes it as older (nothing frozen automatically), and the trial says why it
+    # refuses an order meanwhile
+    from ikkuna_tune.tune.session import TrialSession
+
+    exporter = ik.Exporter(Adapter())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    state = exporter.state_dict()
+    exporter.close()
+    state["flow"] = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
+    session = TrialSession([], {})
+    model = Adapter()
+    restored = session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    restored.load_state_dict(state)
+    assert restored.flow_stale
+    again = ik.Exporter(Adapter())
+    again.load_state_dict(restored.state_dict())  # saved before a probe: still the old flow
+    assert again.flow_stale and again.trains_upstream("fc1") == ["fc2", "out", "adapter"]
+    again.close()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        session.apply([{"freeze": ["fc1"], "reasons": {"fc1": "freeze fc1: converged"}}])
+    assert restored.frozen == ()
+    assert any("older version's checkpoint" in r.getMessage() for r in caplog.records)
+    session.close()
+
+
+def test_an_older_flow_of_a_compiled_model_gives_registration_order() -> None:
+    # no probe is watched under torch.compile: an older checkpoint's flow is dropped, as a new
+    # compiled run has none, and freezing goes by registration order (with its warning)
+    exporter = ik.Exporter(Adapter())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    state = exporter.state_dict()
+    exporter.close()
+    state["flow"] = {**state["flow"], "version": 2}
+    model = Adapter()
+    model.fc1.compile(backend="eager")
+    compiled_run = ik.Exporter(model)
+    compiled_run.load_state_dict(state)
+    assert not compiled_run.flow_stale
+    assert compiled_run.layer_order == ["fc1", "fc2", "out", "adapter"]
+    assert compiled_run.trains_upstream("fc1") == []
+    compiled_run.close()

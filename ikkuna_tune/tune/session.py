@@ -607,6 +607,11 @@ class TrialSession:
             accepted: list[str] = []
             cut: tuple[str, str] | None = None
             for name in [n for n in names if n in exporter.modules]:
+                if exporter.flow_stale:
+                    cut = (name, "the data flow of an older version's checkpoint is recorded "
+                           "again at the next probe; until then nothing is frozen "
+                           "automatically")  # fmt: skip
+                    break
                 upstream = exporter.trains_upstream(name)
                 if upstream:
                     cut = (name, f"{upstream} still train(s) upstream of it, or where the "
