@@ -521,6 +521,20 @@ class Adapter(nn.Module):
         return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
+#: Adapter's flow as version 1 wrote it (no version): the adapter, never entered, left out
+V1_FLOW = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
+
+
+def _adapter_state() -> dict:
+    """An Exporter's state after a probe of Adapter (this version's flow)."""
+    exporter = ik.Exporter(Adapter())
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    state = exporter.state_dict()
+    exporter.close()
+    return state
+
+
 def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> None:
     # registered last, called first in training only: the probe (eval mode) never enters it,
     # and its place in the registration order says nothing of where it acts
@@ -542,14 +556,8 @@ def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> N
 def test_an_older_checkpoints_flow_is_recorded_again() -> None:
     # a flow saved before unentered tracked layers counted (no version) gives the order until
     # the next probe, which records the flow again
-    exporter = ik.Exporter(Adapter())
-    with exporter.probe("look") as run:
-        run(torch.randn(4, 6))
-    state = exporter.state_dict()
-    exporter.close()
-    # as version 1 wrote it (no version): the adapter, never entered, left out; version 2
-    # placed what the pass never entered at its nearest entered ancestor
-    state["flow"] = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
+    state = _adapter_state()
+    state["flow"] = V1_FLOW  # (version 2 placed what the pass never entered at an ancestor)
     restored = ik.Exporter(Adapter())
     restored.load_state_dict(state)
     assert restored.layer_order == ["fc1", "fc2", "out", "adapter"]
@@ -660,12 +668,8 @@ def test_an_older_flow_stays_older_until_a_probe_records_it(caplog) -> None:
     # refuses an order meanwhile
     from ikkuna_tune.tune.session import TrialSession
 
-    exporter = ik.Exporter(Adapter())
-    with exporter.probe("look") as run:
-        run(torch.randn(4, 6))
-    state = exporter.state_dict()
-    exporter.close()
-    state["flow"] = {"order": ["fc1", "fc2", "out"], "upstream": {"fc1": [], "fc2": [], "out": []}}
+    state = _adapter_state()
+    state["flow"] = V1_FLOW
     session = TrialSession([], {})
     model = Adapter()
     restored = session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
@@ -685,11 +689,7 @@ def test_an_older_flow_stays_older_until_a_probe_records_it(caplog) -> None:
 def test_an_older_flow_of_a_compiled_model_gives_registration_order() -> None:
     # no probe is watched under torch.compile: an older checkpoint's flow is dropped, as a new
     # compiled run has none, and freezing goes by registration order (with its warning)
-    exporter = ik.Exporter(Adapter())
-    with exporter.probe("look") as run:
-        run(torch.randn(4, 6))
-    state = exporter.state_dict()
-    exporter.close()
+    state = _adapter_state()
     state["flow"] = {**state["flow"], "version": 2}
     model = Adapter()
     model.fc1.compile(backend="eager")

@@ -179,7 +179,7 @@ def _read_directory(path: Path) -> list[_Trial]:
             "of the experiment to compare the latest run alone",
             len(unlisted),
             path,
-            ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""),
+            _first_names(unlisted),
         )
     return trials
 
@@ -223,9 +223,18 @@ def _without_restarted(
             "trial of the newest experiment state): %s",
             len(restarted),
             path,
-            ", ".join(restarted[:5]) + (", ..." if len(restarted) > 5 else ""),
+            _first_names(restarted),
         )
     return kept
+
+
+def _first_names(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``names``, comma-separated, with ``...`` for the rest.
+
+    >>> _first_names(["a", "b", "c"], shown=2)
+    'a, b, ...'
+    """
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 #: The date and time Tune ends a trial directory's name with.
