@@ -47,6 +47,7 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             rows.append({"trial_id": trial.trial_id, **_decision(raw), "in_force": False})
     prefix = FREEZE_REASON + "/"
     final = _final_reasons(trial, prefix)
+    last = _last_iteration(trial)
     logged: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["action"] == "freeze" and row["layer"] is not None:
@@ -57,7 +58,7 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             continue
         reason = final[layer]
         if not reason:  # trainable at the last report: in force if ordered at it
-            ordered = [r for r in freezes if (r["iteration"] or 0) == _last_iteration(trial)]
+            ordered = [r for r in freezes if (r["iteration"] or 0) == last]
             if ordered:
                 ordered[-1]["in_force"] = True
             continue

@@ -168,7 +168,7 @@ def _read_directory(path: Path) -> list[_Trial]:
                 path=str(trial_dir),
             )
         )
-    trials = _without_restarted(trials, state, older, path)
+    trials = _without_restarted(trials, state, path)
     _tell_apart(trials)
     unlisted = [name for t in trials if state and (name := Path(str(t.path)).name) not in state]
     if unlisted:
@@ -185,10 +185,7 @@ def _read_directory(path: Path) -> list[_Trial]:
 
 
 def _without_restarted(
-    trials: list[_Trial],
-    state: dict[str, dict[str, str]],
-    older: dict[str, dict[str, str]],
-    path: Path,
+    trials: list[_Trial], state: dict[str, dict[str, str]], path: Path
 ) -> list[_Trial]:
     """``trials`` without the attempts Tune restarted as new trials: a directory the newest
     experiment state does not list but a state it continues does (:func:`_continued`: the
