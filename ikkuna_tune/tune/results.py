@@ -92,20 +92,55 @@ def first_nonfinite(
     return None
 
 
-def iteration_budget(trial: Trial) -> int | None:
-    """The trial's stopping criterion on ``training_iteration`` (Tune's
-    ``stop={"training_iteration": N}``), if it has one.
+def iteration_budget(trial: Trial, stopper: object = None) -> int | None:
+    """The trial's budget in reports, from its stopping criteria, if they give one.
+
+    Tune stops a trial at the first criterion met, so the budget is the least of:
+
+    - ``stop={"training_iteration": N}`` (the trial's ``stopping_criterion``; a float stops at
+      the first iteration that reaches it);
+    - a :class:`~ray.tune.stopper.MaximumIterationStopper` passed as ``stop=``, alone or inside
+      a :class:`~ray.tune.stopper.CombinedStopper` (``stopper``, the experiment's): it counts the
+      results it has seen of the trial, so a trial restored with a fresh stopper runs that many
+      more than it has made already.
+
+    Any other stopper gives no budget.
 
     Examples:
         >>> from types import SimpleNamespace
         >>> iteration_budget(SimpleNamespace(stopping_criterion={"training_iteration": 20}))
         20
+        >>> iteration_budget(SimpleNamespace(stopping_criterion={"training_iteration": 11.5}))
+        12
         >>> iteration_budget(SimpleNamespace(stopping_criterion={})) is None
         True
     """
+    budgets: list[int] = []
     criterion = getattr(trial, "stopping_criterion", None)
     if isinstance(criterion, dict):
         value = criterion.get("training_iteration")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+        if is_number(value) and math.isfinite(value) and value > 0:
+            budgets.append(math.ceil(value))
+    budgets += _stopper_budgets(trial, stopper)
+    return min(budgets) if budgets else None
+
+
+def _stopper_budgets(trial: Trial, stopper: object) -> list[int]:
+    """The budgets of the MaximumIterationStoppers in ``stopper`` (see :func:`iteration_budget`)."""
+    from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
+
+    if isinstance(stopper, CombinedStopper):
+        inner = getattr(stopper, "_stoppers", ())
+        return [b for s in inner for b in _stopper_budgets(trial, s)]
+    if not isinstance(stopper, MaximumIterationStopper):
+        return []
+    limit = getattr(stopper, "_max_iter", None)
+    counts = getattr(stopper, "_iter", {})
+    if not is_number(limit) or not isinstance(counts, dict):
+        return []
+    seen = counts.get(getattr(trial, "trial_id", None), 0)
+    last = getattr(trial, "last_result", None) or {}
+    made = last.get("training_iteration", 0) if isinstance(last, dict) else 0
+    made = made if is_number(made) else 0
+    budget = math.ceil(limit) - int(seen) + int(made)
+    return [budget] if budget > 0 else []

@@ -113,7 +113,8 @@ class SVCCAScheduler(FIFOScheduler):
        still end among the best (as for freezing, with ``protect_top`` others to rank it
        among) and leads while others learn, or is clearly ahead of some other trial; and,
        when the
-       budget is known (``max_t``, or Tune's ``stop={"training_iteration": N}``), after
+       budget is known (``max_t``, Tune's ``stop={"training_iteration": N}`` or a
+       ``MaximumIterationStopper``), after
        ``stall_share`` of it: a trial that no other trial has got as far as (and none is at
        chance too), still within ``stall_delta`` of its metric's chance level (reported as
        ``<metric>_chance``; TestAccuracySubscriber reports ``test_accuracy_chance``) and having
@@ -164,7 +165,8 @@ class SVCCAScheduler(FIFOScheduler):
             of at most ``protect_top`` trials, or a single trial, needs it to freeze at all).
         optimism: how much faster than its best recent rate a trial is assumed to improve.
         max_t: the trials' budget in reports; by default Tune's stopping criterion on
-            ``training_iteration``, if any (else trials are never stopped as behind).
+            ``training_iteration`` (``stop={"training_iteration": N}``, or a
+            ``MaximumIterationStopper``), if any (else trials are never stopped as behind).
         base: an optional Ray scheduler for metric-based early stopping.
         similarity_key: the reported per-layer SVCCA similarity to read.
 
@@ -230,6 +232,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.stop = check_bool("stop", stop)
         self.freeze_best = check_bool("freeze_best", freeze_best)
         self.max_t = None if max_t is None else check_int("max_t", max_t)
+        self._told_no_budget = False
         if base is not None and not isinstance(base, TrialScheduler):
             raise ValueError(
                 f"Expected `base` to be a ray.tune TrialScheduler but got {type(base).__name__}"
@@ -300,7 +303,18 @@ class SVCCAScheduler(FIFOScheduler):
         if view is None:
             view = self._views[trial.trial_id] = TrialView()
             self._recall(trial, view)
-        view.budget = self.max_t or iteration_budget(trial)
+        view.budget = self.max_t or iteration_budget(
+            trial, getattr(tune_controller, "_stopper", None)
+        )
+        if view.budget is None and self.stop and not self._told_no_budget:
+            self._told_no_budget = True
+            logger.info(
+                "SVCCAScheduler found no budget for trial %s (neither max_t, nor "
+                "stop={'training_iteration': N}, nor a MaximumIterationStopper), so it stops "
+                "no trial as stuck behind or unable to reach the best; pass max_t= to enable "
+                "those rules",
+                trial.trial_id,
+            )
         if self.base is not None:
             self.base.on_trial_add(tune_controller, trial)
 

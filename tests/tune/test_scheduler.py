@@ -17,6 +17,7 @@ from ray.tune.schedulers import (
 )
 
 from ikkuna_tune import keys
+from ikkuna_tune.tune.results import iteration_budget
 from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -394,6 +395,77 @@ def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> N
     for it in range(1, 4):
         for t, acc in zip(trials, (0.9, 0.92, 0.95, 0.2)):
             assert scheduler.on_trial_result(None, t, moving(it, acc)) == CONTINUE
+
+
+def test_the_budget_is_read_from_a_maximum_iteration_stopper() -> None:
+    """``stop=MaximumIterationStopper(10)`` (alone, or with others in a CombinedStopper) is the
+    same budget as ``stop={"training_iteration": 10}``: the trial behind is stopped at report 4.
+    """
+    from ray.tune.stopper import CombinedStopper, MaximumIterationStopper, TimeoutStopper
+
+    for stopper in (
+        MaximumIterationStopper(10),
+        CombinedStopper(TimeoutStopper(3600), MaximumIterationStopper(10)),
+    ):
+        scheduler, _ = make(grace=2)
+        trials = [FakeTrial(f"t{i}") for i in range(4)]
+        controller = FakeController(trials)
+        controller._stopper = stopper
+        for t in trials:
+            scheduler.on_trial_add(controller, t)
+
+        def moving(it: int, acc: float) -> dict[str, Any]:
+            sims = dict.fromkeys(LAYERS, 0.9)
+            return result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
+
+        for it in range(1, 4):
+            for t, acc in zip(trials[:3], (0.9, 0.92, 0.95)):
+                scheduler.on_trial_result(controller, t, moving(it, acc))
+        decisions = [
+            scheduler.on_trial_result(controller, trials[3], moving(it, 0.18 + 0.015 * it))
+            for it in range(1, 5)
+        ]
+        assert decisions == [CONTINUE, CONTINUE, CONTINUE, STOP], stopper
+        assert scheduler.stopped_trials == {"t3": "cannot reach the top 3"}
+
+
+def test_iteration_budget_takes_the_first_criterion_a_trial_meets() -> None:
+    from ray.tune.stopper import CombinedStopper, FunctionStopper, MaximumIterationStopper
+
+    trial = FakeTrial("t0")
+    trial.stopping_criterion = {"training_iteration": 12}
+    assert iteration_budget(trial) == 12
+    assert iteration_budget(trial, MaximumIterationStopper(8)) == 8
+    assert iteration_budget(trial, MaximumIterationStopper(20)) == 12
+    trial.stopping_criterion = {"training_iteration": 7.2}  # Tune stops at iteration 8
+    assert iteration_budget(trial) == 8
+    trial.stopping_criterion = {"test_accuracy": 0.99}
+    assert iteration_budget(trial) is None
+    assert iteration_budget(trial, FunctionStopper(lambda trial_id, result: False)) is None
+    nested = CombinedStopper(MaximumIterationStopper(9), MaximumIterationStopper(6))
+    assert iteration_budget(trial, nested) == 6
+    # a trial restored at iteration 5 under a fresh stopper runs 6 more results (its count of
+    # the trial starts again), one whose stopper saw 2 of its 5 results runs 4 more
+    trial.last_result = {"training_iteration": 5}
+    assert iteration_budget(trial, MaximumIterationStopper(6)) == 11
+    counted = MaximumIterationStopper(6)
+    for _ in range(2):
+        counted("t0", {})
+    assert iteration_budget(trial, counted) == 9
+
+
+def test_a_sweep_without_a_budget_says_so_once(caplog) -> None:
+    scheduler, _ = make()
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune.tune.scheduler"):
+        for i in range(3):
+            scheduler.on_trial_add(FakeController([]), FakeTrial(f"t{i}"))
+    told = [r for r in caplog.records if "found no budget" in r.getMessage()]
+    assert len(told) == 1 and "max_t=" in told[0].getMessage()
+    caplog.clear()
+    scheduler, _ = make(max_t=5)
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune.tune.scheduler"):
+        scheduler.on_trial_add(FakeController([]), FakeTrial("t0"))
+    assert not [r for r in caplog.records if "found no budget" in r.getMessage()]
 
 
 def test_a_lone_trial_stuck_at_its_reported_chance_level_is_stopped() -> None:
