@@ -189,6 +189,9 @@ class Backend:
         """Say that the run goes on from ``step`` after a restore: what an earlier attempt
         recorded at ``step`` and after it is superseded."""
 
+    def move_to(self, log_dir: Path) -> None:
+        """Write what comes from now on to ``log_dir`` (what is buffered goes where it was)."""
+
     def flush(self) -> None:
         """Write what is buffered."""
 
@@ -264,6 +267,13 @@ class TensorBoardBackend(Backend):
         self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
     ) -> None:
         self._histograms.append((tag, counts, edges, stats, step))
+
+    def move_to(self, log_dir: Path) -> None:
+        from ikkuna_tune.event_file import EventFile
+
+        self.close()
+        self.events = EventFile(log_dir, EVENT_FILE_SUFFIX)
+        self.log_dir = self.events.log_dir
 
     def restart_at(self, step: int) -> None:
         self.flush()  # written before the mark: those at `step` or later are superseded too

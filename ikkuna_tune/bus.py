@@ -473,6 +473,13 @@ class MessageBus(KindRegistry):
                 backend.restart_at(self._restart_step)
         return self._backends[name]
 
+    def move_log_dir(self, log_dir: str | Path) -> None:
+        """Write the event files to ``log_dir`` from now on: a run of their own
+        (:meth:`Backend.move_to`, for the backends already open too)."""
+        self.log_dir = Path(log_dir)
+        for backend in self._backends.values():
+            backend.move_to(self.log_dir)
+
     def restart_at(self, step: int) -> None:
         """Mark in every backend of this bus, and in those made later, that the run goes on
         from ``step`` after a restore (:meth:`Backend.restart_at`)."""

@@ -194,6 +194,13 @@ class Subscriber:
         """Run the model through ``access`` from now on (None: the access has closed)."""
         self.model_access = access
 
+    def restored_without_state(self) -> None:
+        """Called when training goes on from a checkpoint that holds no state of this
+        subscriber (ikkuna_tune's state file was missing or unreadable): the model is the
+        checkpoint's, while this subscriber starts afresh. A subscriber that measures against
+        the start of training must stop doing so, since the start is unknown (nothing here:
+        most subscribers measure each step or epoch on its own)."""
+
     # ------------------------------------------------------------ receiving
     def receive_message(self, message_or_bundle: Message | MessageBundle) -> None:
         """Entry point for subscriptions; calls :meth:`compute`."""

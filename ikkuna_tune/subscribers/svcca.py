@@ -199,6 +199,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # each layer's live fraction at initialisation (0: its output is the same for every
         # probe point by construction, as a constant-index embedding's), kept with its side
         self._initial_live: dict[str, torch.Tensor] = {}
+        # the activations at initialisation are unknown: training went on from a checkpoint
+        # without this subscriber's state (:meth:`restored_without_state`), so nothing is
+        # compared with initialisation any more (recorded now, it would be the checkpoint's)
+        self._initial_unknown = False
         self._told_constant: set[str] = set()
         published = (
             [keys.SELF_SIMILARITY, keys.INIT_SIMILARITY, keys.LIVE_FRACTION]
@@ -227,12 +231,33 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             access is not None
             and self.message_bus is not None
             and self.track_init
+            and not self._initial_unknown
             and (self._initial is None or stale)
         ):
             self._initial = self.record()
             self._initial_sides = {}
             self._initial_live = {}
             self._initial_of = id(access)
+
+    def restored_without_state(self) -> None:
+        """The activations at initialisation are unknown: ``init_similarity`` and
+        ``live_fraction`` are no longer published (None in the reports) rather than measured
+        against the checkpoint's model as if it were the initial one."""
+        if not self.track_init or self._initial_unknown:
+            return
+        self._forget_initial()
+        logger.warning(
+            "%s: training goes on from a checkpoint without its state, so the activations at "
+            "initialisation are unknown; init_similarity and live_fraction are not published "
+            "from here on (the model recorded now is the checkpoint's, not the initial one)",
+            type(self).__name__,
+        )
+
+    def _forget_initial(self) -> None:
+        self._initial_unknown = True
+        self._initial = None
+        self._initial_sides = {}
+        self._initial_live = {}
 
     def detached(self, message_bus: MessageBus) -> None:
         super().detached(message_bus)
@@ -495,12 +520,15 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             previous = {name: t.detach().cpu() for name, t in self._previous.items()}
         if self._initial is not None:
             initial = {name: t.detach().cpu() for name, t in self._initial.items()}
-        return {
+        state = {
             "previous": previous,
             "initial": initial,
             "batches": self.trigger.batches,
             "probe": self._fingerprint(),
         }
+        if self._initial_unknown:  # (saved only then: states saved before read the same)
+            state["initial_unknown"] = True
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; the next checkpoint compares against it.
@@ -509,11 +537,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             ValueError: for missing or unknown keys, or a state saved with another probe set.
         """
         keys = {"previous", "batches", "probe"}
-        if not isinstance(state, dict) or not keys <= set(state) <= keys | {"initial"}:
+        optional = {"initial", "initial_unknown"}
+        if not isinstance(state, dict) or not keys <= set(state) <= keys | optional:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
                 "Expected a state with keys ['batches', 'previous', 'probe'] (and optionally "
-                f"'initial') but got {got}"
+                f"'initial', 'initial_unknown') but got {got}"
             )
         if state["probe"] != self._fingerprint():
             raise ValueError(
@@ -530,7 +559,14 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         previous = state["previous"]
         self._previous = None if previous is None else dict(previous)
         self._bases = {}
-        if state.get("initial") is not None:
+        if state.get("initial_unknown", False) is not False:
+            if state["initial_unknown"] is not True:
+                raise ValueError(
+                    f"Expected `initial_unknown` to be True but got {state['initial_unknown']!r}"
+                )
+            self._forget_initial()  # whatever model comes, its start stays unknown
+        elif state.get("initial") is not None:
+            self._initial_unknown = False
             self._initial = dict(state["initial"])
             self._initial_sides = {}
             self._initial_live = {}

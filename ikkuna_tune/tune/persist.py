@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 def _copy_up(local_dir: str, names: list[str], filesystem: Any, remote_dir: str) -> None:
     import pyarrow.fs
 
-    filesystem.create_dir(remote_dir, recursive=True)
+    for folder in sorted({os.path.dirname(name) for name in names}):
+        filesystem.create_dir(f"{remote_dir}/{folder}" if folder else remote_dir, recursive=True)
     for name in names:
         pyarrow.fs.copy_files(
             os.path.join(local_dir, name),
@@ -207,17 +208,17 @@ class TrialUploader:
             self._target = (filesystem, remote_dir)
 
     def _ours(self) -> list[str]:
-        try:
-            entries = list(os.scandir(self.local_dir))
-        except OSError:
-            return []
-        return [
-            e.name
-            for e in entries
-            if e.is_file()
-            and e.name.startswith("events.out.tfevents")
-            and e.name.endswith(EVENT_FILE_SUFFIX)
-        ]
+        """Our event files in the folder and its subfolders (the runs of attempts restored
+        without ikkuna_tune's state), as paths relative to the folder."""
+        names = []
+        for folder, _, files in os.walk(self.local_dir):
+            relative = os.path.relpath(folder, self.local_dir)
+            names += [
+                name if relative == os.curdir else os.path.join(relative, name)
+                for name in files
+                if name.startswith("events.out.tfevents") and name.endswith(EVENT_FILE_SUFFIX)
+            ]
+        return sorted(names)
 
     def upload(self) -> None:
         """Copy the files to storage now (a warning, not an error, if storage fails)."""

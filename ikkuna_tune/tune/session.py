@@ -270,6 +270,10 @@ class TrialSession:
         self._train_reports = 0
         self._report_name: str | None = None
         self._resumed_from: str | None = None
+        #: the trial went on from a checkpoint without ikkuna_tune's state (none, or
+        #: unreadable): the step counters and what subscribers measure against the start of
+        #: training are unknown
+        self.state_lost = False
 
     @property
     def in_tune(self) -> bool:
@@ -405,7 +409,19 @@ class TrialSession:
         except Exception as error:
             text = f"{call}: restoring ikkuna_tune's state from the trial's checkpoint: {error}"
             raise renamed(error, text) from error
-        if chosen:
+        if self.state_lost and bus.log_dir is not None:
+            # the model goes on from a checkpoint but the step counters start again at 0: in
+            # the same run its steps would overwrite the earlier attempts' (or be drawn among
+            # them); a run of their own keeps both, each at the steps it counted
+            run = f"resumed_without_state_{self._attempt}"
+            bus.move_log_dir(bus.log_dir / run)
+            logger.warning(
+                "ikkuna_tune's step counters start again at 0 after a checkpoint without its "
+                "state: this attempt's TensorBoard values go to the run %s (steps counted from "
+                "this restore)",
+                bus.log_dir,
+            )
+        elif chosen:
             # the steps from here on supersede those an earlier attempt of this trial wrote
             # after its checkpoint (or all of them, starting afresh): TensorBoard shows each
             # step once, with this attempt's values
@@ -741,10 +757,24 @@ class TrialSession:
         with checkpoint.as_directory() as directory:
             path = Path(directory) / STATE_FILE
             if path.exists():
-                self._load_state_file(path)
+                restored = self._load_state_file(path)
+            else:
+                logger.warning(
+                    "The trial's checkpoint %s has no ikkuna_tune state file (%s: pass the "
+                    "checkpoint to ik.report(..., checkpoint=...), which writes it); frozen "
+                    "layers and subscriber state start afresh",
+                    checkpoint.path,
+                    STATE_FILE,
+                )
+                restored = False
+        if not restored:
+            self.state_lost = True
+            for subscriber in self.subscribers:
+                subscriber.restored_without_state()
         self.apply(directives)
 
-    def _load_state_file(self, path: Path) -> None:
+    def _load_state_file(self, path: Path) -> bool:
+        """Load ikkuna_tune's state from ``path``; False (with a warning) if it cannot be read."""
         try:
             state = torch.load(path, weights_only=True)
         except Exception as error:  # truncated, corrupt, or not ours
@@ -755,6 +785,7 @@ class TrialSession:
                 type(error).__name__,
                 error,
             )
-            return
+            return False
         self.load_state_dict(state)
         logger.info("Restored ikkuna_tune state from %s", path)
+        return True

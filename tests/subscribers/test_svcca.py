@@ -340,7 +340,7 @@ def test_load_state_dict_rejects_bad_states(data) -> None:
     sub = SVCCASubscriber(data, 10, backend=None)
     with pytest.raises(
         ValueError,
-        match=r"keys \['batches', 'previous', 'probe'\] \(and optionally 'initial'\) but got",
+        match=r"\(and optionally 'initial', 'initial_unknown'\) but got",
     ):
         sub.load_state_dict({"previous": None})
     other = SVCCASubscriber(data, 10, seed=1, backend=None).state_dict()
@@ -350,6 +350,50 @@ def test_load_state_dict_rejects_bad_states(data) -> None:
     state["previous"] = {"conv": [1, 2]}
     with pytest.raises(ValueError, match="map layer names to tensors"):
         sub.load_state_dict(state)
+
+
+def test_after_a_restore_without_state_nothing_is_compared_with_initialisation(
+    tiny, data, caplog
+) -> None:
+    """Training goes on from a checkpoint's model without the subscriber's state: the model
+    recorded at attach is the checkpoint's, so no init_similarity or live_fraction is published
+    (measured against it, an unchanged layer would read 1.0, "never moved"), in this attempt or
+    in one restored from a state it saves; self-similarity goes on."""
+    opt, bus, _ = _setup(tiny)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, frequency=2, backend=None)
+    kinds: list[str] = []
+    ik.CallbackSubscriber(
+        ["self_similarity", "init_similarity", "live_fraction"],
+        lambda m: kinds.append(m.kind),
+        bus,
+    )
+    with caplog.at_level(logging.WARNING):
+        sub.restored_without_state()
+    assert "init_similarity and live_fraction are not published" in caplog.text
+    _train(tiny, opt, data, 4)  # checkpoints at steps 2 and 4
+    assert kinds == ["self_similarity", "self_similarity"]
+    state = sub.state_dict()
+    assert state["initial"] is None and state["initial_unknown"] is True
+    # a later restore from that state: the start stays unknown, whatever model comes
+    model = type(tiny)()
+    model.load_state_dict(tiny.state_dict())
+    opt2, bus2, _ = _setup(model)
+    restored = SVCCASubscriber(data, 10, message_bus=bus2, frequency=2, backend=None)
+    restored.load_state_dict(state)
+    restored.use_model(restored.model_access)  # (attached again: nothing is recorded)
+    kinds.clear()
+    ik.CallbackSubscriber(
+        ["init_similarity", "live_fraction"], lambda m: kinds.append(m.kind), bus2
+    )
+    _train(model, opt2, data, 4)
+    assert kinds == []
+    assert restored.state_dict()["initial_unknown"] is True
+    # a subscriber restored from a state with its activations at initialisation compares again
+    fresh = SVCCASubscriber(data, 10, frequency=2, backend=None)
+    fresh.load_state_dict({**SVCCASubscriber(data, 10, backend=None).state_dict(), "initial": {}})
+    assert "initial_unknown" not in fresh.state_dict()
+    with pytest.raises(ValueError, match="`initial_unknown` to be True"):
+        fresh.load_state_dict({**state, "initial_unknown": 1})
 
 
 def test_unattached_subscriber_is_a_deep_copyable_template(tiny, data) -> None:

@@ -14,7 +14,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import ikkuna_tune as ik
 from ikkuna_tune.backends import EVENT_DIR
 from ikkuna_tune.tune.session import STATE_FILE
-from tests.tune.trainables import StepCount, WeightCosine, WeightSum, eager_freezer, train_tiny
+from tests.tune.trainables import (
+    StepCount,
+    WeightCosine,
+    WeightSum,
+    data,
+    eager_freezer,
+    train_tiny,
+)
 
 
 def _eager_scheduler() -> ik.SVCCAScheduler:
@@ -48,18 +55,22 @@ def test_a_killed_mailbox_is_recreated_and_the_sweep_goes_on(ray_session, tmp_pa
     assert df["self_similarity/conv"].isna().tolist() == [True, False, False, False, False]
 
 
-def test_a_corrupt_state_file_is_named_and_the_trial_goes_on(ray_session, tmp_path) -> None:
+@pytest.mark.parametrize("fault", ["corrupt_state", "drop_state"])
+def test_a_checkpoint_without_readable_state_goes_on_honestly(ray_session, tmp_path, fault):
     # the trial crashes before its third report; restoring, it finds its state file truncated
+    # or gone
     config = {
         "lr": 0.01,
         "iterations": 4,
         "checkpoint": True,
         "crash_marker": str(tmp_path / "crashed"),
-        "corrupt_state": True,
+        fault: True,
         "freeze_at_iteration": 0,
     }
+    x, _ = data()
+    subscribers = [StepCount(), WeightSum(backend="tb"), ik.SVCCASubscriber(x, 16, backend=None)]
     analysis = tune.run(
-        ik.instrument(train_tiny, [StepCount()]),
+        ik.instrument(train_tiny, subscribers),
         config=config,
         storage_path=str(tmp_path),
         verbose=0,
@@ -76,6 +87,22 @@ def test_a_corrupt_state_file_is_named_and_the_trial_goes_on(ray_session, tmp_pa
     assert df["iteration"].tolist() == [0, 1, 2, 3]
     assert df["steps_seen"].tolist() == [2.0, 4.0, 2.0, 4.0]
     assert df["frozen/conv"].tolist() == [1, 1, 0, 0]
+    # the activations at initialisation are unknown after the restore: no similarity to them
+    # (measured against the checkpoint's model, fc read about 1.0, "never moved"); SVCCA
+    # starts comparing afresh at the restored attempt's second epoch
+    assert df["init_similarity/fc"].notna().tolist() == [True, True, False, False]
+    assert df["live_fraction/fc"].notna().tolist() == [True, True, False, False]
+    assert df["self_similarity/fc"].notna().tolist() == [False, True, False, True]
+    # TensorBoard: the crashed attempt's steps stay in the trial's run (its third iteration,
+    # steps 4 and 5, included); the restored attempt counts steps from 0 in a run of its own
+    events_dir = Path(trial.path) / EVENT_DIR
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("weight_sum/fc")] == list(range(6))
+    (resumed,) = events_dir.glob("resumed_without_state_*")
+    events = EventAccumulator(str(resumed))
+    events.Reload()
+    assert [e.step for e in events.Scalars("weight_sum/fc")] == list(range(4))
 
 
 def test_a_corrupt_state_file_is_named_in_a_warning(tmp_path, caplog) -> None:

@@ -91,7 +91,8 @@ def train_tiny(config: dict[str, Any]) -> None:
     Faults on request: ``kill_mailbox_at`` kills the scheduler's mailbox before that
     iteration's report; ``stale_progress`` empties the trial's ``result.json`` and ``progress.csv``
     in storage when it crashes (as if the driver's background copy was made before any report);
-    ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from.
+    ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from,
+    ``drop_state`` deletes it (a checkpoint saved without it).
     """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
@@ -101,9 +102,11 @@ def train_tiny(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "model.pt", weights_only=True)
+            state_file = Path(d) / STATE_FILE
             if config.get("corrupt_state"):
-                state_file = Path(d) / STATE_FILE
                 state_file.write_bytes(state_file.read_bytes()[:100])
+            if config.get("drop_state"):
+                state_file.unlink()
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"] + 1
