@@ -34,7 +34,7 @@ from ikkuna_tune.layers import (
     unowned_parameters,
     unwrapped,
 )
-from ikkuna_tune.messages import DEFAULT_TAG, NamedModule
+from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, NamedModule
 from ikkuna_tune.parameters import assign_parameters, check_optimizers
 from ikkuna_tune.step_hooks import EVAL_TAG, UPDATE_KINDS, StepHooks
 
@@ -109,6 +109,15 @@ def _on_every_optimizer_step(exporter: Exporter) -> tuple[RemovableHandle, Remov
             watcher._on_unwatched_step_end(optimizer)
 
     return register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)
+
+
+#: losses that take logits: :meth:`Exporter.wrap_loss` knows their scores are no probabilities
+_LOGIT_LOSSES = (nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, nn.SoftMarginLoss)
+_LOGIT_LOSS_FUNCTIONS = (
+    nn.functional.binary_cross_entropy_with_logits,
+    nn.functional.cross_entropy,
+    nn.functional.soft_margin_loss,
+)
 
 
 class Exporter(StepHooks, LayerFreezing):
@@ -329,6 +338,12 @@ class Exporter(StepHooks, LayerFreezing):
         self._stepping = 0
         self._watched_steps = 0
         self._warned_label_type = False
+        #: the score above which a model with one output per sample predicts class 1: 0 for
+        #: a logit, 0.5 for a probability (set by :meth:`wrap_loss` for a loss that takes
+        #: probabilities; accuracy subscribers read it unless given their own ``threshold``)
+        self.binary_threshold = 0.0
+        #: whether :attr:`binary_threshold` comes from the loss (else it is 0 by default)
+        self.scores_known = False
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -609,15 +624,35 @@ class Exporter(StepHooks, LayerFreezing):
                 )
 
     # ------------------------------------------------------- user-facing API
-    def publish_labels(self, labels: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+    def publish_labels(
+        self,
+        labels: torch.Tensor,
+        loss: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+    ) -> None:
         """Publish this step's target labels (``input_labels``), under the tag of the last
         forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them). A
-        list or array of labels is taken as a tensor."""
+        list or array of labels is taken as a tensor. ``scores``: the output the labels were
+        scored against, if not the last forward pass's (:class:`LabelsMessage`)."""
         labels = _as_tensor(labels, "labels")
+        if scores is not None and not isinstance(scores, torch.Tensor):
+            raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
         tag = self._loss_tag(loss)
         if tag == DEFAULT_TAG or self._eval_grad_pass:  # the training step's (maybe eval mode)
             self._labels_given = True
-        self._publish_tensor_meta("input_labels", labels, tag)
+        if "input_labels" in self._wanted and self._due("input_labels", None, tag):
+            self.message_bus.publish(
+                LabelsMessage(
+                    "input_labels",
+                    tag,
+                    self.global_step,
+                    self.train_step,
+                    self.epoch,
+                    labels.detach(),
+                    None if scores is None else scores.detach(),
+                    self.binary_threshold if self.scores_known else None,
+                )
+            )
 
     def publish_loss(self, loss: torch.Tensor) -> None:
         """Publish this step's loss (left on its device), under the tag of the last forward
@@ -644,18 +679,27 @@ class Exporter(StepHooks, LayerFreezing):
         """Wrap a loss (an ``nn.Module`` or a function such as ``F.cross_entropy``).
 
         The wrapper calls ``loss_fn(output, target, *args, **kwargs)``, publishes ``input_labels``
-        (the target, when it is a tensor; otherwise it warns once) and ``loss``, and returns the
-        loss unchanged.
+        (the target, when it is a tensor, with ``output`` as the scores it was compared with:
+        train accuracy counts those; otherwise it warns once) and ``loss``, and returns the
+        loss unchanged. A loss that takes probabilities (:class:`torch.nn.BCELoss`,
+        :func:`torch.nn.functional.binary_cross_entropy`) sets :attr:`binary_threshold` to 0.5:
+        a model with one output per sample then outputs probabilities, not logits.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
+        if isinstance(loss_fn, nn.BCELoss) or loss_fn is nn.functional.binary_cross_entropy:
+            self.binary_threshold, self.scores_known = 0.5, True
+        elif isinstance(loss_fn, _LOGIT_LOSSES) or loss_fn in _LOGIT_LOSS_FUNCTIONS:
+            self.binary_threshold, self.scores_known = 0.0, True
 
         def loss_with_export(
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
-                self.publish_labels(target, loss)
+                self.publish_labels(
+                    target, loss, output if isinstance(output, torch.Tensor) else None
+                )
             elif not self._warned_label_type:
                 self._warned_label_type = True
                 logger.warning(

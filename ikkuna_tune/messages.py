@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_TAG",
     "META_KINDS",
     "KindType",
+    "LabelsMessage",
     "LayerBatch",
     "Message",
     "MessageBundle",
@@ -190,6 +191,25 @@ class NetworkMessage(Message):
         >>> message.key is None, message.kind in META_KINDS, float(message.data)
         (True, True, 0.5)
     """
+
+
+@dataclass(frozen=True, slots=True)
+class LabelsMessage(NetworkMessage):
+    """The ``input_labels`` of a loss, with the output that loss scored (``scores``, detached;
+    None when not known): :meth:`Exporter.wrap_loss` knows it, and train accuracy counts it
+    rather than the step's last forward pass (a batch run in chunks, concatenated for one
+    loss, or a second pass before the first pass's loss); and ``binary_threshold``, the score
+    above which one output per sample means class 1, when the loss tells (0.5 for one that
+    takes probabilities, 0 for one that takes logits; None: not known).
+
+    Examples:
+        >>> message = LabelsMessage("input_labels", DEFAULT_TAG, 7, 2, 1, torch.tensor([1]))
+        >>> message.scores is None, isinstance(message, NetworkMessage)
+        (True, True)
+    """
+
+    scores: Any = None
+    binary_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

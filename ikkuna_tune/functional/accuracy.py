@@ -21,13 +21,14 @@ __all__ = [
 ]
 
 
-def predictions(output: torch.Tensor) -> torch.Tensor:
+def predictions(output: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """Predicted classes of a batch of outputs.
 
     ``output`` of shape ``(N, C)`` with ``C > 1`` (logits or probabilities, more dimensions after
     ``C`` allowed, as for :func:`torch.nn.functional.cross_entropy`): the arg-max over dimension
-    1. Shape ``(N,)`` or ``(N, 1)``: one logit per sample for binary classification, predicting
-    class 1 where it is positive.
+    1. Shape ``(N,)`` or ``(N, 1)``: one score per sample for binary classification, predicting
+    class 1 where it is above ``threshold`` (0 for a logit, 0.5 for a probability, the output
+    of a sigmoid as :class:`torch.nn.BCELoss` takes it).
 
     A sample whose scores hold a NaN has no prediction: -1, which equals no class (an arg-max
     would read the NaN as the largest score and name its class).
@@ -37,6 +38,8 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
         tensor([0, 1, 0])
         >>> predictions(torch.tensor([-1.0, 2.0]))  # one logit per sample
         tensor([0, 1])
+        >>> predictions(torch.tensor([0.2, 0.7]), threshold=0.5)  # one probability per sample
+        tensor([0, 1])
         >>> predictions(torch.tensor([[2.0, 0.5], [float("nan"), 0.9]]))
         tensor([ 0, -1])
     """
@@ -44,7 +47,7 @@ def predictions(output: torch.Tensor) -> torch.Tensor:
         raise ValueError("Expected a batch of outputs but got a 0-d tensor")
     if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
         flat = output.reshape(-1)
-        return torch.where(flat.isnan(), -1, (flat > 0).long())
+        return torch.where(flat.isnan(), -1, (flat > threshold).long())
     return _argmax_or_none(output, 1)
 
 
@@ -233,13 +236,13 @@ def count_correct(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
     return counts.correct, counts.total
 
 
-def count_predictions(output: torch.Tensor, target: torch.Tensor) -> Counts:
+def count_predictions(output: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> Counts:
     """:class:`Counts`: the number of correct predictions (see :func:`correct`), the number of
     counted targets and how many of those have a prediction, as 0-d int64 tensors on
     ``output``'s device (no synchronisation). Sum them over batches for a data set's accuracy.
 
-    A sample whose scores hold a NaN has no prediction (:func:`predictions`): it counts in
-    ``total`` and is never correct.
+    A sample whose scores hold a NaN has no prediction (:func:`predictions`, which takes
+    ``threshold``): it counts in ``total`` and is never correct.
 
     Negative class indices (an ignore index such as ``-100``, the padding of a sequence, as
     :func:`torch.nn.functional.cross_entropy` ignores them) count neither as correct nor in
@@ -263,7 +266,7 @@ def count_predictions(output: torch.Tensor, target: torch.Tensor) -> Counts:
         >>> count_predictions(logits, torch.tensor([[4, 4, 0], [4, 1, 4]]))
         Counts(correct=tensor(3), total=tensor(6), predicted=tensor(5))
     """
-    pred = predictions(output)
+    pred = predictions(output, threshold)
     target = _targets(output, target)
     if pred.numel() != target.numel():
         if output.dim() > 2 and output.numel() == target.numel() * output.shape[-1]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from ikkuna_tune.functional.accuracy import (
     class_range,
     rate,
 )
-from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
+from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of, own_random_state
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.probe import Trigger, check_probe_args
@@ -105,7 +106,14 @@ class TrainAccuracySubscriber(PlotSubscriber):
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
     the host there, once; later steps read nothing back.
 
-    Arguments as for :class:`LossSubscriber`.
+    The output counted is the one the loss scored, when :meth:`Exporter.wrap_loss` published
+    the labels (a batch run through the model in chunks and concatenated for one loss, or a
+    second pass run before the first pass's loss); else the step's last forward pass's.
+
+    Arguments as for :class:`LossSubscriber`, and ``threshold``: for a model with one output
+    per sample, the score above which it predicts class 1; by default the Exporter's
+    ``binary_threshold`` (0 for logits, 0.5 once :meth:`Exporter.wrap_loss` wrapped a loss that
+    takes probabilities, such as :class:`torch.nn.BCELoss`).
 
     Raises:
         ValueError: at the first step, if its labels are no classification labels (say, the
@@ -130,7 +138,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
         subsample: int = 1,
         ylims: tuple[float, float] | None = None,
         backend: str | None = "tb",
+        threshold: float | None = None,
     ) -> None:
+        self.threshold = check_threshold(threshold)
         super().__init__(
             [SynchronizedSubscription(self, ["network_output", "input_labels"], tag, subsample)],
             message_bus,
@@ -145,16 +155,72 @@ class TrainAccuracySubscriber(PlotSubscriber):
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle
+            labels = bundle.messages["input_labels"]
+            told = labels if isinstance(labels, LabelsMessage) else None
+            scored = told.scores if told is not None else None
+            output = bundle["network_output"] if scored is None else scored
+            threshold = binary_threshold(
+                self.threshold, self.model_access, told.binary_threshold if told else None
+            )
             if not self._labels_checked:  # the first step only: one host read for float labels
-                _check_scores(bundle["network_output"])
-                check_targets(bundle["input_labels"], bundle["network_output"])
+                _check_scores(output)
+                check_targets(labels.data, output)
+                warn_if_probabilities(output, threshold, type(self).__name__)
                 self._labels_checked = True
-            counts = F.count_predictions(bundle["network_output"], bundle["input_labels"])
+            counts = F.count_predictions(output, labels.data, threshold[0])
             counted = self._step
             if counted is not None and counted[0] == bundle.global_step:  # another pass
                 counts = _added(counted[1], counts)
             self._step = (bundle.global_step, counts)
             self.publish(keys.TRAIN_ACCURACY, rate(counts), bundle)
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    """``threshold`` (None or a finite number) as a float, or a ValueError saying what was got."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"Expected `threshold` to be a number or None but got {threshold!r}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"Expected `threshold` to be a finite number but got {threshold!r}")
+    return float(threshold)
+
+
+def binary_threshold(
+    own: float | None, access: ModelAccess | None, told: float | None = None
+) -> tuple[float, bool]:
+    """The score above which one output per sample predicts class 1: the subscriber's own,
+    else the one the labels' message tells (``told``), else its Exporter's
+    ``binary_threshold``, else 0 (a logit); and whether it is known (given, or set from the
+    loss by :meth:`Exporter.wrap_loss`) rather than assumed."""
+    if own is not None:
+        return own, True
+    if told is not None:
+        return float(told), True
+    known = bool(getattr(access, "scores_known", False))
+    return float(getattr(access, "binary_threshold", 0.0)), known
+
+
+def warn_if_probabilities(output: torch.Tensor, threshold: tuple[float, bool], who: str) -> None:
+    """Warn when one output per sample, assumed to be logits (``threshold`` 0, not known),
+    lies wholly in [0, 1], as a sigmoid's does: read as logits, every sample would be
+    predicted class 1. One read back to the host; call it once."""
+    if threshold != (0.0, False) or not isinstance(output, torch.Tensor):
+        return
+    if not output.is_floating_point() or output.numel() < 2:
+        return
+    if not (output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1)):
+        return
+    finite = output.detach()[output.detach().isfinite()]
+    if finite.numel() >= 2 and bool(((finite >= 0) & (finite <= 1)).all()):
+        logger.warning(
+            "%s: the model gives one output per sample, all in [0, 1] (%d of them), read as "
+            "logits: class 1 wherever one is above 0. If they are probabilities (a sigmoid at "
+            "the end), pass threshold=0.5, or train with nn.BCELoss / "
+            "F.binary_cross_entropy through Exporter.wrap_loss, which sets it",
+            who,
+            finite.numel(),
+        )
 
 
 def _added(a: Counts, b: Counts) -> Counts:
@@ -312,6 +378,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         device: where to move each batch; by default the device of the model's parameters (when
             the model is known), else the batch is passed on as it is. A device this machine
             lacks is rejected here (``ValueError``), not at the first evaluation.
+        threshold: as for :class:`TrainAccuracySubscriber` (one output per sample: the score
+            above which it predicts class 1; by default the Exporter's ``binary_threshold``).
 
     The labels must be classification labels (see
     :func:`ikkuna_tune.functional.accuracy.check_targets`). Those of the first batch are checked
@@ -355,7 +423,9 @@ class TestAccuracySubscriber(PlotSubscriber):
         backend: str | None = "tb",
         probe_tag: str = "test",
         device: torch.device | str | None = None,
+        threshold: float | None = None,
     ) -> None:
+        self.threshold = check_threshold(threshold)
         self._slices: tuple[tuple[torch.Tensor, ...], int] | None = None
         if isinstance(dataset, DataLoader):
             if batch_size is not None:
@@ -497,6 +567,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         # the probe puts the Exporter's model in eval mode; any other model is handled here
         other = None if exporter is not None and model is exporter.model else model
         ranging = False
+        threshold = binary_threshold(self.threshold, exporter)
         top: tuple[torch.Tensor, int] | None = None  # the largest label, the classes
         tally: Counts | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
@@ -527,15 +598,16 @@ class TestAccuracySubscriber(PlotSubscriber):
                     )
                 if check_only:
                     check_targets(batch[1], outputs)
-                    tally = F.count_predictions(outputs, labels)
+                    tally = F.count_predictions(outputs, labels, threshold[0])
                     break
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
+                    warn_if_probabilities(outputs, threshold, type(self).__name__)
                     self._labels_checked = True
                     ranging = True  # the labels' range is checked over this whole evaluation
                 if ranging:
                     top = class_range(labels, outputs, top)
-                this = F.count_predictions(outputs, labels)
+                this = F.count_predictions(outputs, labels, threshold[0])
                 tally = this if tally is None else _added(tally, this)
                 if self._chance is None:
                     counts = _summed(counts, F.class_counts(outputs, labels))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -612,3 +613,109 @@ def test_train_accuracy_of_a_step_of_nan_scores_is_nan(tiny, batch) -> None:
         loss_fn(tiny(x), y).backward()
         value = collector.collect()["train_accuracy"]
     assert value != value  # NaN
+
+
+# ------------------------------------------------- which output, and which threshold
+def _binary_data(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(48, 4, generator=g)
+    y = (x[:, 0] + 0.3 * torch.randn(48, generator=g) > 0).float()  # mostly learnable
+    return x, y
+
+
+def _sigmoid_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid(), nn.Flatten(0))
+
+
+@pytest.mark.parametrize("loss", [nn.BCELoss(), F.binary_cross_entropy])
+def test_a_sigmoid_model_trained_with_bce_is_counted_at_one_half(loss, caplog) -> None:
+    """nn.Sigmoid + nn.BCELoss (as in PyTorch's DCGAN tutorial): the outputs are probabilities,
+    class 1 above 0.5; read as logits (above 0), every sample was class 1 and the accuracy
+    was the share of positive labels."""
+    x, y = _binary_data()
+    model = _sigmoid_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    test = ik.TestAccuracySubscriber(TensorDataset(x, y), message_bus=bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    loss_fn = exporter.wrap_loss(loss)
+    expected = []
+    for i in range(0, 48, 16):
+        with torch.no_grad():
+            hits = (model(x[i : i + 16]) > 0.5).float() == y[i : i + 16]
+            expected.append(float(hits.float().mean()))
+        opt.zero_grad()
+        loss_fn(model(x[i : i + 16]), y[i : i + 16]).backward()
+        opt.step()
+    with torch.no_grad():
+        by_hand = float(((model(x) > 0.5).float() == y).float().mean())
+    assert float(test.evaluate()) == pytest.approx(by_hand)
+    exporter.close()
+    assert published == pytest.approx(expected)
+    assert max(expected) > float(y.float().mean()) + 0.1  # not the share of positive labels
+    assert "all in [0, 1]" not in caplog.text
+
+
+def test_one_output_in_zero_one_read_as_logits_is_warned_and_a_threshold_is_taken(caplog) -> None:
+    x, y = _binary_data()
+    model = _sigmoid_model()
+    exporter = ik.Exporter(model, None, MessageBus())
+    assumed = ik.TrainAccuracySubscriber(exporter.message_bus, backend=None)
+    given_bus = MessageBus()
+    given = ik.TrainAccuracySubscriber(given_bus, backend=None, threshold=0.5)
+    ik.CallbackSubscriber(["input_labels"], given_bus.publish, exporter.message_bus)
+    ik.CallbackSubscriber(["network_output"], given_bus.publish, exporter.message_bus)
+    loss_fn = exporter.wrap_loss(lambda p, t: ((p - t) ** 2).mean())  # scores not known
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        loss_fn(model(x), y)
+    exporter.close()
+    with torch.no_grad():
+        p = model(x)
+    assert float(assumed._step[1].correct) == float(((p > 0).float() == y).sum())
+    assert float(given._step[1].correct) == float(((p > 0.5).float() == y).sum())
+    told = [r.getMessage() for r in caplog.records if "all in [0, 1]" in r.getMessage()]
+    assert len(told) == 1 and "threshold=0.5" in told[0]  # the assumed one; the given, not
+    with pytest.raises(ValueError, match="`threshold` to be a finite number"):
+        ik.TrainAccuracySubscriber(threshold=float("nan"))
+    with pytest.raises(ValueError, match="`threshold` to be a number or None"):
+        ik.TestAccuracySubscriber(TensorDataset(x, y), threshold="0.5")
+
+
+def test_train_accuracy_counts_the_output_the_loss_scored() -> None:
+    """A batch run in two chunks and concatenated for one loss (it raised inside the loss
+    call), and a second pass run before the first pass's loss (FixMatch: the unlabelled
+    pass's output was counted against the labelled batch's labels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    u = torch.randn(32, 6, generator=g)
+
+    def hand(out: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((out.argmax(1) == labels).float().mean())
+
+    opt.zero_grad()
+    out = torch.cat([model(c) for c in x.chunk(2)])
+    loss_fn(out, y).backward()
+    expected = [hand(out.detach(), y)]
+    opt.step()
+    opt.zero_grad()
+    ox, ou = model(x), model(u)
+    pseudo = ou.detach().argmax(1)
+    (loss_fn(ox, y) + 0.5 * loss_fn(ou, pseudo)).backward()
+    expected.append(hand(ox.detach(), y))  # the labelled pass (the pseudo-labels agree always)
+    opt.step()
+    exporter.close()
+    assert published == pytest.approx(expected)
+    assert hand(ou.detach(), y) != pytest.approx(expected[1])  # what was counted before
