@@ -67,6 +67,20 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _check_picklable(value: object, name: str) -> None:
+    """Raise a ValueError naming metric ``name`` if Ray cannot send ``value`` to the driver
+    (it would fail later, inside Ray, naming neither the metric nor the call)."""
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+    except Exception as error:
+        raise ValueError(
+            f"Expected metric {name!r} to be a number (or a value Ray can pickle) but got a "
+            f"{type(value).__name__}, which cannot be pickled: {error}"
+        ) from error
+
+
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
@@ -74,8 +88,8 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     read on its own), nested dicts alike; other values stay.
 
     Raises:
-        ValueError: for a tensor or array of more than one element (no metric), or a complex
-            one.
+        ValueError: for a tensor or array of more than one element (no metric), a complex
+            one, or a value Ray cannot pickle (a lock, a generator), naming the metric.
 
     Examples:
         >>> import numpy as np
@@ -118,6 +132,8 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
             elif isinstance(item, np.generic):
                 out[key] = item.item()
             else:
+                if not isinstance(item, (int, float, str, bytes, type(None))):
+                    _check_picklable(item, name)
                 out[key] = item
         return out
 

@@ -299,6 +299,24 @@ def test_a_complex_number_is_no_metric(value) -> None:
         ik.instrument(trainable)({})
 
 
+def test_a_metric_ray_cannot_pickle_is_named_where_it_is_reported() -> None:
+    """A lock or a generator failed later inside Ray, naming neither the metric nor the call;
+    a value Ray can pickle (a list, a set) goes on to Tune as it is."""
+    import threading
+
+    for value in (threading.Lock(), (i for i in range(2))):
+
+        def trainable(config, value=value):  # type: ignore[no-untyped-def]
+            ik.watch(_model())
+            ik.report({"extra": {"nested": value}, "ok": 1.0})
+
+        with pytest.raises(ValueError, match="metric 'extra/nested' .* cannot be pickled"):
+            ik.instrument(trainable)({})
+    from ikkuna_tune.tune.session import plain_metrics
+
+    assert plain_metrics({"l": [1, 2], "s": {3}, "t": "x"}) == {"l": [1, 2], "s": {3}, "t": "x"}
+
+
 def test_a_directive_for_a_closed_exporter_is_not_applied() -> None:
     """A scheduler's directive that arrives after the trial closed its Exporter (a last report
     after the training loop) is left: the trial goes on, nothing is frozen."""
