@@ -184,16 +184,21 @@ def _reports(markers: Path) -> int:
 
 
 def _tb_epochs(trial_dir: Path) -> int:
-    """``test_accuracy`` values in the trial's own (ikkuna_tune) event files.
+    """``test_accuracy`` values TensorBoard shows for the trial's own (ikkuna_tune) runs: its
+    folder, and the run of an attempt restored without ikkuna_tune's state (a subfolder, whose
+    steps start again at 0).
 
-    One per epoch, plus one per epoch run again after a restore (the step count is that of
-    the checkpoint, or starts again at 0 when the state file was lost).
+    One per epoch when nothing was lost: TensorBoard drops the steps an attempt wrote after
+    the checkpoint the next attempt restored from (its restart mark), so an epoch run again
+    shows once.
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     count = 0
-    for path in (trial_dir / EVENT_DIR).glob(f"events.out.tfevents*{EVENT_FILE_SUFFIX}"):
-        events = EventAccumulator(str(path))
+    pattern = f"events.out.tfevents*{EVENT_FILE_SUFFIX}"
+    runs = {path.parent for path in (trial_dir / EVENT_DIR).rglob(pattern)}
+    for run in sorted(runs):
+        events = EventAccumulator(str(run))
         events.Reload()
         if "test_accuracy" in events.Tags().get("scalars", []):
             count += len(events.Scalars("test_accuracy"))

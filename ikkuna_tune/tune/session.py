@@ -290,6 +290,9 @@ class TrialSession:
         #: unreadable): the step counters and what subscribers measure against the start of
         #: training are unknown
         self.state_lost = False
+        #: the subfolder of the event folder this trial's TensorBoard run went on in after a
+        #: restore without ikkuna_tune's state (kept in the state: later restores go on there)
+        self._event_run: str | None = None
 
     @property
     def in_tune(self) -> bool:
@@ -425,19 +428,22 @@ class TrialSession:
         except Exception as error:
             text = f"{call}: restoring ikkuna_tune's state from the trial's checkpoint: {error}"
             raise renamed(error, text) from error
-        if self.state_lost and bus.log_dir is not None:
+        if self.state_lost:
             # the model goes on from a checkpoint but the step counters start again at 0: in
             # the same run its steps would overwrite the earlier attempts' (or be drawn among
             # them); a run of their own keeps both, each at the steps it counted
-            run = f"resumed_without_state_{self._attempt}"
-            bus.move_log_dir(bus.log_dir / run)
-            logger.warning(
-                "ikkuna_tune's step counters start again at 0 after a checkpoint without its "
-                "state: this attempt's TensorBoard values go to the run %s (steps counted from "
-                "this restore)",
-                bus.log_dir,
-            )
-        elif chosen:
+            self._event_run = f"resumed_without_state_{self._attempt}"
+        if self._event_run is not None and bus.log_dir is not None:
+            # (restored from a checkpoint of such an attempt: its run goes on)
+            bus.move_log_dir(bus.log_dir / self._event_run)
+            if self.state_lost:
+                logger.warning(
+                    "ikkuna_tune's step counters start again at 0 after a checkpoint without "
+                    "its state: this attempt's TensorBoard values go to the run %s (steps "
+                    "counted from this restore)",
+                    bus.log_dir,
+                )
+        if chosen and not self.state_lost:
             # the steps from here on supersede those an earlier attempt of this trial wrote
             # after its checkpoint (or all of them, starting afresh): TensorBoard shows each
             # step once, with this attempt's values
@@ -697,6 +703,7 @@ class TrialSession:
             "frozen_once": bool(self.timer and self.timer.frozen_once),
             "freeze_reasons": dict(self.freeze_reasons),
             "train_report": self._report_name,
+            "event_run": self._event_run,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -716,6 +723,9 @@ class TrialSession:
             self.timer.unfrozen = (float(total), int(count))
             self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
+        run = state.get("event_run")
+        plain = isinstance(run, str) and run and Path(run).name == run and run[0] != "."
+        self._event_run = run if plain else None
         resumed = state.get("train_report")
         # restored from a checkpoint: of the report named, or of one not named ('?')
         self._resumed_from = resumed if isinstance(resumed, str) else "?"

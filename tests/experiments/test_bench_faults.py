@@ -41,5 +41,8 @@ def test_a_reduced_sweep_survives_every_fault(tmp_path) -> None:
     assert result["iterations_lost"] == 0, result["per_trial"]
     assert result["frozen_layers_lost"] == 0, result["per_trial"]
     assert result["trials_without_tb"] == 0, result["per_trial"]
-    # frozen layers exist to be lost: every trial froze its input side
-    assert all(t["frozen_at_end"] for t in result["per_trial"].values())
+    # frozen layers exist to be lost: every trial froze its input side, but the one restored
+    # without ikkuna_tune's state, whose layers' way from initialisation is unknown from then
+    # on (the scheduler freezes no layer it cannot tell from a slow one)
+    froze = {fault: bool(t["frozen_at_end"]) for fault, t in result["per_trial"].items()}
+    assert froze == {**dict.fromkeys(FAULTS, True), "corrupt": froze["corrupt"]}, froze

@@ -92,7 +92,8 @@ def train_tiny(config: dict[str, Any]) -> None:
     iteration's report; ``stale_progress`` empties the trial's ``result.json`` and ``progress.csv``
     in storage when it crashes (as if the driver's background copy was made before any report);
     ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from,
-    ``drop_state`` deletes it (a checkpoint saved without it).
+    ``drop_state`` deletes it (a checkpoint saved without it), each at the first restore only;
+    ``crash_again_marker`` crashes once more, at iteration 3.
     """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
@@ -103,10 +104,13 @@ def train_tiny(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "model.pt", weights_only=True)
             state_file = Path(d) / STATE_FILE
-            if config.get("corrupt_state"):
+            lost = Path(f"{config.get('crash_marker')}.lost")  # the state is lost once only
+            if config.get("corrupt_state") and not lost.exists():
                 state_file.write_bytes(state_file.read_bytes()[:100])
-            if config.get("drop_state"):
+                lost.touch()
+            if config.get("drop_state") and not lost.exists():
                 state_file.unlink()
+                lost.touch()
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"] + 1
@@ -129,6 +133,10 @@ def train_tiny(config: dict[str, Any]) -> None:
             from ikkuna_tune.tune.mailbox import mailbox_name
 
             ray.kill(ray.get_actor(mailbox_name(tune.get_context().get_experiment_name())))
+        again = config.get("crash_again_marker")  # a second crash, at iteration 3
+        if again and iteration == 3 and not os.path.exists(again):
+            Path(again).touch()
+            raise RuntimeError("simulated second crash")
         crash_marker = config.get("crash_marker")
         if crash_marker and iteration == 2 and not os.path.exists(crash_marker):
             Path(crash_marker).touch()
