@@ -151,6 +151,8 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: improvement of the metric that counts (metric units).
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
+        freeze: freeze layers (False: stopping only; for a sweep whose trials change their
+            learning rate at different times, see the README's limits of freezing).
         grace: reports before a trial may be stopped as stuck or behind.
         stall_delta: progress since the first report below which a trial counts as stuck.
         stall_share: share of a known budget after which a stuck trial that is behind the
@@ -195,6 +197,7 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: float = 0.005,
         input_side_first: bool = True,
         stop: bool = True,
+        freeze: bool = True,
         grace: int = 2,
         stall_delta: float = 0.02,
         stall_share: float = 1 / 3,
@@ -230,6 +233,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.patience = self.rules.patience
         self.input_side_first = check_bool("input_side_first", input_side_first)
         self.stop = check_bool("stop", stop)
+        self.freeze = check_bool("freeze", freeze)
         self.freeze_best = check_bool("freeze_best", freeze_best)
         self.max_t = None if max_t is None else check_int("max_t", max_t)
         self._told_no_budget = False
@@ -407,7 +411,7 @@ class SVCCAScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         lines = [
             f"SVCCAScheduler: freeze_at={self.freeze_at}, patience={self.patience}, "
-            f"stop={self.stop}, {len(self._views)} trials"
+            f"stop={self.stop}, freeze={self.freeze}, {len(self._views)} trials"
         ]
         for trial_id, view in self._views.items():
             frozen = view.frozen_or_ordered()
@@ -583,6 +587,8 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
+        if not self.freeze:
+            return False
         if not self.freeze_best and self._among_best(trial_id, view):
             return False  # a contender for the sweep's answer is left exactly as it would run
         chosen = [

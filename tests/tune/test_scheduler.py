@@ -366,6 +366,23 @@ def test_stop_false_freezes_only() -> None:
     assert scheduler.on_trial_result(None, trial, report) == CONTINUE
 
 
+def test_freeze_false_stops_only() -> None:
+    """The reports that freeze conv1 and conv2 with the defaults freeze nothing; a NaN metric
+    still stops the trial."""
+    scheduler, mailbox = make(freeze_at=0.99, patience=2, settle_window=3, plateau=2, freeze=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 0.995, "conv2": 0.991, "fc1": 0.5, "fc2": 0.999}
+    accs = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8]
+    decisions = feed(scheduler, trial, [result(sims, it=i + 1, acc=a) for i, a in enumerate(accs)])
+    assert decisions == [CONTINUE] * 6 and mailbox.posts == []
+    assert "freeze=False" in scheduler.debug_string()
+    report = {**result(sims, it=7), "acc": float("nan")}
+    assert scheduler.on_trial_result(None, trial, report) == STOP
+    with pytest.raises(ValueError, match="freeze"):
+        SVCCAScheduler(freeze="no")
+
+
 def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> None:
     scheduler, _ = make(max_t=10, grace=2)
     trials = [FakeTrial(f"t{i}") for i in range(4)]
