@@ -344,6 +344,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.binary_threshold = 0.0
         #: whether :attr:`binary_threshold` comes from the loss (else it is 0 by default)
         self.scores_known = False
+        self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -634,6 +635,17 @@ class Exporter(StepHooks, LayerFreezing):
         forward pass (see :meth:`publish_loss` for ``loss``, the loss computed with them). A
         list or array of labels is taken as a tensor. ``scores``: the output the labels were
         scored against, if not the last forward pass's (:class:`LabelsMessage`)."""
+        self._publish_labels(labels, loss, scores, None)
+
+    def _publish_labels(
+        self,
+        labels: torch.Tensor,
+        loss: torch.Tensor | None,
+        scores: torch.Tensor | None,
+        threshold: float | None,
+    ) -> None:
+        """:meth:`publish_labels`, telling the ``binary_threshold`` of the loss (None: not
+        known)."""
         labels = _as_tensor(labels, "labels")
         if scores is not None and not isinstance(scores, torch.Tensor):
             raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
@@ -650,7 +662,7 @@ class Exporter(StepHooks, LayerFreezing):
                     self.epoch,
                     labels.detach(),
                     None if scores is None else scores.detach(),
-                    self.binary_threshold if self.scores_known else None,
+                    threshold,
                 )
             )
 
@@ -682,24 +694,30 @@ class Exporter(StepHooks, LayerFreezing):
         (the target, when it is a tensor, with ``output`` as the scores it was compared with:
         train accuracy counts those; otherwise it warns once) and ``loss``, and returns the
         loss unchanged. A loss that takes probabilities (:class:`torch.nn.BCELoss`,
-        :func:`torch.nn.functional.binary_cross_entropy`) sets :attr:`binary_threshold` to 0.5:
-        a model with one output per sample then outputs probabilities, not logits.
+        :func:`torch.nn.functional.binary_cross_entropy`) tells train accuracy that one output
+        per sample is a probability (class 1 above 0.5), one that takes logits that it is a
+        logit (above 0); :attr:`binary_threshold` (test accuracy's) is known when every
+        wrapped loss tells the same.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
+        threshold: float | None = None  # this loss's; None: its scores are not known
         if isinstance(loss_fn, nn.BCELoss) or loss_fn is nn.functional.binary_cross_entropy:
-            self.binary_threshold, self.scores_known = 0.5, True
+            threshold = 0.5
         elif isinstance(loss_fn, _LOGIT_LOSSES) or loss_fn in _LOGIT_LOSS_FUNCTIONS:
-            self.binary_threshold, self.scores_known = 0.0, True
+            threshold = 0.0
+        # the model's one threshold (test accuracy's) only if every wrapped loss agrees on it
+        self._loss_thresholds.add(threshold)
+        agreed = next(iter(self._loss_thresholds)) if len(self._loss_thresholds) == 1 else None
+        self.binary_threshold, self.scores_known = agreed or 0.0, agreed is not None
 
         def loss_with_export(
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
-                self.publish_labels(
-                    target, loss, output if isinstance(output, torch.Tensor) else None
-                )
+                scores = output if isinstance(output, torch.Tensor) else None
+                self._publish_labels(target, loss, scores, threshold)
             elif not self._warned_label_type:
                 self._warned_label_type = True
                 logger.warning(

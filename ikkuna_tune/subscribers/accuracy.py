@@ -156,12 +156,10 @@ class TrainAccuracySubscriber(PlotSubscriber):
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle
             labels = bundle.messages["input_labels"]
-            told = labels if isinstance(labels, LabelsMessage) else None
-            scored = told.scores if told is not None else None
-            output = bundle["network_output"] if scored is None else scored
-            threshold = binary_threshold(
-                self.threshold, self.model_access, told.binary_threshold if told else None
-            )
+            # (the output the loss scored, when the labels came with it: see LabelsMessage)
+            output = bundle["network_output"]
+            told = labels.binary_threshold if isinstance(labels, LabelsMessage) else None
+            threshold = binary_threshold(self.threshold, self.model_access, told)
             if not self._labels_checked:  # the first step only: one host read for float labels
                 _check_scores(output)
                 check_targets(labels.data, output)

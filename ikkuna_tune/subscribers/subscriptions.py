@@ -20,6 +20,7 @@ from ikkuna_tune.messages import (
     LayerBatch,
     Message,
     MessageBundle,
+    NetworkMessage,
     typo_of_builtin_kind,
     unknown_kinds_message,
 )
@@ -437,6 +438,21 @@ class SynchronizedSubscription(Subscription):
     def receive_message(self, message: Message) -> None:
         if self.tag is not None and message.tag != self.tag:
             return
+        scores = getattr(message, "scores", None)
+        if scores is not None and "network_output" in self._network_kinds:
+            # labels that come with the output they were scored against (Exporter.wrap_loss)
+            # pair with that output, whichever forward pass of the step ran last (all of a
+            # step's passes may run before its losses)
+            self.receive_message(
+                NetworkMessage(
+                    "network_output",
+                    message.tag,
+                    message.global_step,
+                    message.train_step,
+                    message.epoch,
+                    scores,
+                )
+            )
         key = message.key
         if self._round_of(key, message.global_step) % self.subsample != 0:
             self._count(key, message.kind, message.global_step)

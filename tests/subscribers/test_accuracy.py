@@ -687,8 +687,9 @@ def test_one_output_in_zero_one_read_as_logits_is_warned_and_a_threshold_is_take
 
 def test_train_accuracy_counts_the_output_the_loss_scored() -> None:
     """A batch run in two chunks and concatenated for one loss (it raised inside the loss
-    call), and a second pass run before the first pass's loss (FixMatch: the unlabelled
-    pass's output was counted against the labelled batch's labels)."""
+    call), a second pass run before the first pass's loss (FixMatch: the unlabelled pass's
+    output was counted against the labelled batch's labels), and every pass of a step before
+    every loss (the second loss's labels were dropped)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -714,8 +715,48 @@ def test_train_accuracy_counts_the_output_the_loss_scored() -> None:
     ox, ou = model(x), model(u)
     pseudo = ou.detach().argmax(1)
     (loss_fn(ox, y) + 0.5 * loss_fn(ou, pseudo)).backward()
-    expected.append(hand(ox.detach(), y))  # the labelled pass (the pseudo-labels agree always)
+    expected.append(hand(ox.detach(), y))  # the first loss: the labelled pass
+    # the second loss counts too, as every loss of a step with labels does (its pseudo-labels
+    # agree with the pass always): the step's accuracy over both
+    expected.append(hand(torch.cat([ox, ou]).detach(), torch.cat([y, pseudo])))
+    opt.step()
+    # every pass first, then every loss: both micro-batches count (the second's labels waited
+    # for a forward pass that had already run, and were dropped)
+    opt.zero_grad()
+    xa, xb, ya, yb = x[:12], x[12:], y[:12], y[12:]
+    outs = [model(xa), model(xb)]
+    (loss_fn(outs[0], ya) + loss_fn(outs[1], yb)).backward()
+    both = torch.cat([o.detach() for o in outs])
     opt.step()
     exporter.close()
-    assert published == pytest.approx(expected)
+    assert published[:3] == pytest.approx(expected)
     assert hand(ou.detach(), y) != pytest.approx(expected[1])  # what was counted before
+    # each loss publishes the accuracy of the step's passes so far: the last, of both
+    assert published[3:] == pytest.approx([hand(outs[0].detach(), ya), hand(both, y)])
+    assert hand(both, y) != pytest.approx(hand(outs[0].detach(), ya))
+
+
+def test_each_wrapped_loss_tells_its_own_threshold(caplog) -> None:
+    """A sigmoid head trained with BCELoss beside a head trained with cross-entropy: train
+    accuracy reads the sigmoid head's probabilities at 0.5; test accuracy, which runs the
+    model without a loss, knows no single threshold, assumes logits and says so once."""
+    x, y = _binary_data()
+    model = _sigmoid_model()
+    bus = MessageBus()
+    exporter = ik.Exporter(model, None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    test = ik.TestAccuracySubscriber(TensorDataset(x, y), message_bus=bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    bce = exporter.wrap_loss(nn.BCELoss())
+    assert (exporter.binary_threshold, exporter.scores_known) == (0.5, True)
+    exporter.wrap_loss(nn.CrossEntropyLoss())  # (the other head's)
+    assert (exporter.binary_threshold, exporter.scores_known) == (0.0, False)
+    bce(model(x), y)
+    with torch.no_grad():
+        p = model(x)
+    assert published == pytest.approx([float(((p > 0.5).float() == y).float().mean())])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        assert float(test.evaluate()) == pytest.approx(float(((p > 0).float() == y).float().mean()))
+    assert "TestAccuracySubscriber: the model gives one output per sample" in caplog.text
+    exporter.close()
