@@ -151,8 +151,10 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: improvement of the metric that counts (metric units).
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
-        freeze: freeze layers (False: stopping only; for a sweep whose trials change their
-            learning rate at different times, see the README's limits of freezing).
+        freeze: freeze layers (False: stopping only, nothing is ordered frozen, also after a
+            restore of a run that froze; layers a trial's checkpoint holds frozen stay so; for
+            a sweep whose trials change their learning rate at different times, see the
+            README's limits of freezing).
         grace: reports before a trial may be stopped as stuck or behind.
         stall_delta: progress since the first report below which a trial counts as stuck.
         stall_share: share of a known budget after which a stuck trial that is behind the
@@ -390,7 +392,7 @@ class SVCCAScheduler(FIFOScheduler):
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)
-        if view is not None:
+        if view is not None and self.freeze:  # (freeze=False: the trial is ordered nothing)
             view.reorder_after_restore(trial.trial_id, self._mailbox, _checkpoint_iteration(trial))
         persist_trial_files(trial)
         if self.base is not None:
@@ -619,7 +621,8 @@ class SVCCAScheduler(FIFOScheduler):
             self._observe(trial.trial_id, view, result)
         decisions = read_decisions(trial)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
-        view.take_up(trial.trial_id, decisions, self._mailbox, _checkpoint_iteration(trial))
+        restore_at = _checkpoint_iteration(trial)
+        view.take_up(trial.trial_id, decisions, self._mailbox, restore_at, order=self.freeze)
         stops = [decision for decision in decisions if decision.action == "stop"]
         if stops:
             view.stopped = stops[-1]

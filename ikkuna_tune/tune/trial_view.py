@@ -260,13 +260,15 @@ class TrialView:
         decisions: list[Decision],
         mailbox: Mailbox | None,
         restore_at: int | None = None,
+        order: bool = True,
     ) -> None:
         """Take up the ``decisions`` an earlier driver made for the trial (``Tuner.restore``).
 
         Its freezes are ordered again for the restored trial to apply at once (its checkpoint
         may predate them); a trial that starts afresh drops them (see ``TrialSession``). With
         ``restore_at``, the ``training_iteration`` of the checkpoint it restores from, only
-        the freezes decided at reports up to it (see :meth:`reorder_after_restore`).
+        the freezes decided at reports up to it (see :meth:`reorder_after_restore`). Without
+        ``order`` (a scheduler that freezes nothing), they are only kept as the reasons.
 
         Examples:
             >>> class Posted:
@@ -282,7 +284,7 @@ class TrialView:
         before = [d for d in decisions if restore_at is None or d.iteration <= restore_at]
         freezes = {d.layer: d for d in before if d.action == "freeze" and d.layer}
         self.reasons.update(freezes)
-        if freezes and mailbox is not None:
+        if freezes and mailbox is not None and order:
             names = list(freezes)
             reasons = {n: d.describe() for n, d in freezes.items()}
             if mailbox.post(trial_id, {"freeze": names, "reasons": reasons, "restore": True}):

@@ -793,6 +793,31 @@ def test_a_new_driver_takes_up_the_decisions_of_the_last_one(tmp_path) -> None:
     assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
 
 
+def test_freeze_false_orders_nothing_after_a_restore_of_a_freezing_run(tmp_path) -> None:
+    """A stop-only scheduler taking up a freezing run's decisions (Tuner.restore, or
+    tune.run(resume=True) with a new scheduler) keeps them as reasons but orders nothing, at
+    the take-up and after a trial error."""
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    old = {"trial_id": "t1", "action": "freeze", "rule": "converged", "iteration": 2,
+           "layer": "conv1", "values": {"similarity": 0.999}}  # fmt: skip
+    (stored / DECISIONS_FILE).write_text(json.dumps(old) + "\n")
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, freeze=False, stop=False)
+    trial = _trial_with_dirs("t1", local, stored)
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 1.0, "fc1": 0.2}
+    feed(scheduler, trial, [result(sims, it=3), result(sims, it=4)])
+    scheduler.on_trial_error(None, trial)
+    feed(scheduler, trial, [result(sims, it=5)])
+    assert mailbox.posts == [] and scheduler.frozen_layers == {"t1": []}
+    assert [(t, d.layer, d.iteration) for t, d in scheduler.decisions] == [("t1", "conv1", 2)]
+    # the same with freezing on orders it again
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    scheduler.on_trial_add(None, _trial_with_dirs("t1", local, stored))
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+
+
 def test_a_new_driver_takes_up_only_the_freezes_made_before_the_checkpoint(tmp_path) -> None:
     local, stored = tmp_path / "driver", tmp_path / "storage"
     local.mkdir()
