@@ -67,6 +67,17 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _run_name(path: str) -> str:
+    """A folder name for the checkpoint at ``path``: its own folder's name (Tune's
+    ``checkpoint_000003``), with anything but letters, digits, ``-`` and ``_`` replaced.
+
+    >>> _run_name("/storage/exp/trial_1/checkpoint_000003/"), _run_name("s3://b/x y")
+    ('checkpoint_000003', 'x_y')
+    """
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "checkpoint"
+
+
 def _check_picklable(value: object, name: str) -> None:
     """Raise a ValueError naming metric ``name`` if Ray cannot send ``value`` to the driver
     (it would fail later, inside Ray, naming neither the metric nor the call)."""
@@ -293,6 +304,7 @@ class TrialSession:
         #: the subfolder of the event folder this trial's TensorBoard run went on in after a
         #: restore without ikkuna_tune's state (kept in the state: later restores go on there)
         self._event_run: str | None = None
+        self._restored_name = ""  # the checkpoint restored from, as a folder name
 
     @property
     def in_tune(self) -> bool:
@@ -431,8 +443,9 @@ class TrialSession:
         if self.state_lost:
             # the model goes on from a checkpoint but the step counters start again at 0: in
             # the same run its steps would overwrite the earlier attempts' (or be drawn among
-            # them); a run of their own keeps both, each at the steps it counted
-            self._event_run = f"resumed_without_state_{self._attempt}"
+            # them); a run of their own keeps both, each at the steps it counted, named after
+            # the checkpoint (an attempt restored from it again goes on in the same run)
+            self._event_run = f"resumed_without_state_{self._restored_name}"
         if self._event_run is not None and bus.log_dir is not None:
             # (restored from a checkpoint of such an attempt: its run goes on)
             bus.move_log_dir(bus.log_dir / self._event_run)
@@ -443,10 +456,11 @@ class TrialSession:
                     "counted from this restore)",
                     bus.log_dir,
                 )
-        if chosen and not self.state_lost:
+        if chosen:
             # the steps from here on supersede those an earlier attempt of this trial wrote
-            # after its checkpoint (or all of them, starting afresh): TensorBoard shows each
-            # step once, with this attempt's values
+            # after its checkpoint (or all of them, starting afresh, or in the run of an
+            # attempt restored from the same checkpoint without its state): TensorBoard shows
+            # each step once, with this attempt's values
             bus.restart_at(exporter.global_step + 1 if exporter.steps_started else 0)
         return exporter
 
@@ -780,6 +794,7 @@ class TrialSession:
                 logger.info("Starting afresh: not applying %s", directives)
             return
         self._resumed_from = "?"  # from a checkpoint; its state file names its report
+        self._restored_name = _run_name(checkpoint.path)
         with checkpoint.as_directory() as directory:
             path = Path(directory) / STATE_FILE
             if path.exists():

@@ -105,16 +105,21 @@ def test_a_checkpoint_without_readable_state_goes_on_honestly(ray_session, tmp_p
     assert [e.step for e in events.Scalars("weight_sum/fc")] == list(range(4))
 
 
-def test_a_restore_after_one_without_state_goes_on_in_its_run(ray_session, tmp_path) -> None:
-    """Lost state at the first restore (a run of its own from step 0), then a second crash
-    restored from a checkpoint saved after it, with state: that attempt goes on in the same
-    run, its steps after the checkpoint superseded there; the trial's first run stays whole."""
+@pytest.mark.parametrize("again_at", [3, 2])
+def test_a_restore_after_one_without_state_goes_on_in_its_run(
+    ray_session, tmp_path, again_at
+) -> None:
+    """Lost state at the first restore (a run of its own from step 0), then a second crash,
+    restored from a checkpoint saved after it, with state, or from the same checkpoint without
+    state again: either way that attempt goes on in the same run, its steps after the
+    checkpoint superseded there; the trial's first run stays whole."""
     config = {
         "lr": 0.01,
         "iterations": 5,
         "checkpoint": True,
         "crash_marker": str(tmp_path / "crashed"),
         "crash_again_marker": str(tmp_path / "crashed_again"),
+        "crash_again_at": again_at,
         "drop_state": True,
     }
     analysis = tune.run(
@@ -128,12 +133,14 @@ def test_a_restore_after_one_without_state_goes_on_in_its_run(ray_session, tmp_p
     assert (tmp_path / "crashed_again").exists() and trial.status == "TERMINATED"
     df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
     assert df["iteration"].tolist() == [0, 1, 2, 3, 4]
-    assert df["steps_seen"].tolist() == [2.0, 4.0, 2.0, 4.0, 6.0]  # the second kept its count
+    # counted again from the lost state (kept by the checkpoint after it, or lost again)
+    assert df["steps_seen"].tolist() == [2.0, 4.0, 2.0, 4.0, 6.0]
     events_dir = Path(trial.path) / EVENT_DIR
     events = EventAccumulator(str(events_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("weight_sum/fc")] == list(range(6))
-    (resumed,) = events_dir.glob("resumed_without_state_*")
+    (resumed,) = events_dir.glob("resumed_without_state_*")  # one run, either way
+    assert resumed.name == "resumed_without_state_checkpoint_000001"
     events = EventAccumulator(str(resumed))
     events.Reload()
     assert [e.step for e in events.Scalars("weight_sum/fc")] == list(range(6))

@@ -93,7 +93,7 @@ def train_tiny(config: dict[str, Any]) -> None:
     in storage when it crashes (as if the driver's background copy was made before any report);
     ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from,
     ``drop_state`` deletes it (a checkpoint saved without it), each at the first restore only;
-    ``crash_again_marker`` crashes once more, at iteration 3.
+    ``crash_again_marker`` crashes once more, at iteration ``crash_again_at`` (3).
     """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
@@ -133,8 +133,8 @@ def train_tiny(config: dict[str, Any]) -> None:
             from ikkuna_tune.tune.mailbox import mailbox_name
 
             ray.kill(ray.get_actor(mailbox_name(tune.get_context().get_experiment_name())))
-        again = config.get("crash_again_marker")  # a second crash, at iteration 3
-        if again and iteration == 3 and not os.path.exists(again):
+        again = config.get("crash_again_marker")  # a second crash (at iteration 3)
+        if again and iteration == config.get("crash_again_at", 3) and not os.path.exists(again):
             Path(again).touch()
             raise RuntimeError("simulated second crash")
         crash_marker = config.get("crash_marker")
