@@ -118,6 +118,51 @@ _LOGIT_LOSS_FUNCTIONS = (
     nn.functional.cross_entropy,
     nn.functional.soft_margin_loss,
 )
+#: losses whose targets are class labels (besides those above)
+_CLASS_LOSSES = (nn.BCELoss, nn.NLLLoss, nn.MultiMarginLoss, *_LOGIT_LOSSES)
+_CLASS_LOSS_FUNCTIONS = (
+    nn.functional.binary_cross_entropy,
+    nn.functional.nll_loss,
+    nn.functional.multi_margin_loss,
+    *_LOGIT_LOSS_FUNCTIONS,
+)
+#: losses whose targets are no class labels: train accuracy leaves their labels out
+_OTHER_LOSSES = (
+    nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.KLDivLoss, nn.GaussianNLLLoss,
+    nn.PoissonNLLLoss, nn.CosineEmbeddingLoss, nn.MarginRankingLoss, nn.TripletMarginLoss,
+    nn.TripletMarginWithDistanceLoss, nn.HingeEmbeddingLoss, nn.CTCLoss,
+    nn.MultiLabelSoftMarginLoss, nn.MultiLabelMarginLoss,
+)  # fmt: skip
+_OTHER_LOSS_FUNCTIONS = tuple(
+    getattr(nn.functional, name)
+    for name in (
+        "mse_loss",
+        "l1_loss",
+        "smooth_l1_loss",
+        "huber_loss",
+        "kl_div",
+        "gaussian_nll_loss",
+        "poisson_nll_loss",
+        "cosine_embedding_loss",
+        "margin_ranking_loss",
+        "triplet_margin_loss",
+        "triplet_margin_with_distance_loss",
+        "hinge_embedding_loss",
+        "ctc_loss",
+        "multilabel_soft_margin_loss",
+        "multilabel_margin_loss",
+    )
+)
+
+
+def _has_class_labels(loss_fn: object) -> bool | None:
+    """Whether ``loss_fn``'s targets are class labels: True or False for the losses torch
+    offers, None for any other."""
+    if isinstance(loss_fn, _CLASS_LOSSES) or loss_fn in _CLASS_LOSS_FUNCTIONS:
+        return True
+    if isinstance(loss_fn, _OTHER_LOSSES) or loss_fn in _OTHER_LOSS_FUNCTIONS:
+        return False
+    return None
 
 
 class Exporter(StepHooks, LayerFreezing):
@@ -345,6 +390,7 @@ class Exporter(StepHooks, LayerFreezing):
         #: whether :attr:`binary_threshold` comes from the loss (else it is 0 by default)
         self.scores_known = False
         self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
+        self._wrapped_losses = 0  # how many losses wrap_loss wrapped (each one's number)
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -643,9 +689,11 @@ class Exporter(StepHooks, LayerFreezing):
         loss: torch.Tensor | None,
         scores: torch.Tensor | None,
         threshold: float | None,
+        classes: bool | None = None,
+        source: int | None = None,
     ) -> None:
-        """:meth:`publish_labels`, telling the ``binary_threshold`` of the loss (None: not
-        known)."""
+        """:meth:`publish_labels`, telling what the wrapped loss ``source`` knows: its
+        ``binary_threshold`` and whether its labels are ``classes`` (None: not known)."""
         labels = _as_tensor(labels, "labels")
         if scores is not None and not isinstance(scores, torch.Tensor):
             raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
@@ -663,6 +711,8 @@ class Exporter(StepHooks, LayerFreezing):
                     labels.detach(),
                     None if scores is None else scores.detach(),
                     threshold,
+                    classes,
+                    source,
                 )
             )
 
@@ -687,7 +737,9 @@ class Exporter(StepHooks, LayerFreezing):
             return DEFAULT_TAG
         return self._pass_tag
 
-    def wrap_loss(self, loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def wrap_loss(
+        self, loss_fn: Callable[..., torch.Tensor], classes: bool | None = None
+    ) -> Callable[..., torch.Tensor]:
         """Wrap a loss (an ``nn.Module`` or a function such as ``F.cross_entropy``).
 
         The wrapper calls ``loss_fn(output, target, *args, **kwargs)``, publishes ``input_labels``
@@ -698,9 +750,20 @@ class Exporter(StepHooks, LayerFreezing):
         per sample is a probability (class 1 above 0.5), one that takes logits that it is a
         logit (above 0); :attr:`binary_threshold` (test accuracy's) is known when every
         wrapped loss tells the same.
+
+        ``classes``: whether the loss's targets are class labels. By default True for torch's
+        classification losses, False for its others (``F.mse_loss``, ``nn.L1Loss``, ...: a
+        regression head's targets, which train accuracy leaves out), and unknown for any other
+        loss (train accuracy checks its first targets, and refuses labels that are no class
+        labels). Pass False for a loss of your own whose targets are no class labels.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
+        if classes is not None and not isinstance(classes, bool):
+            raise ValueError(f"Expected `classes` to be True, False or None but got {classes!r}")
+        labelled = _has_class_labels(loss_fn) if classes is None else classes
+        self._wrapped_losses += 1
+        source = self._wrapped_losses
         threshold: float | None = None  # this loss's; None: its scores are not known
         if isinstance(loss_fn, nn.BCELoss) or loss_fn is nn.functional.binary_cross_entropy:
             threshold = 0.5
@@ -716,8 +779,10 @@ class Exporter(StepHooks, LayerFreezing):
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
-                scores = output if isinstance(output, torch.Tensor) else None
-                self._publish_labels(target, loss, scores, threshold)
+                scores = (
+                    output if isinstance(output, torch.Tensor) and labelled is not False else None
+                )
+                self._publish_labels(target, loss, scores, threshold, labelled, source)
             elif not self._warned_label_type:
                 self._warned_label_type = True
                 logger.warning(

@@ -198,9 +198,11 @@ class LabelsMessage(NetworkMessage):
     """The ``input_labels`` of a loss, with the output that loss scored (``scores``, detached;
     None when not known): :meth:`Exporter.wrap_loss` knows it, and train accuracy counts it
     rather than the step's last forward pass (a batch run in chunks, concatenated for one
-    loss, or a second pass before the first pass's loss); and ``binary_threshold``, the score
+    loss, or a second pass before the first pass's loss); ``binary_threshold``, the score
     above which one output per sample means class 1, when the loss tells (0.5 for one that
-    takes probabilities, 0 for one that takes logits; None: not known).
+    takes probabilities, 0 for one that takes logits; None: not known); ``classes``, whether
+    the labels are class labels (False for a regression loss's targets, which train accuracy
+    leaves out; None: not known); and ``source``, which wrapped loss published them.
 
     Examples:
         >>> message = LabelsMessage("input_labels", DEFAULT_TAG, 7, 2, 1, torch.tensor([1]))
@@ -210,6 +212,8 @@ class LabelsMessage(NetworkMessage):
 
     scores: Any = None
     binary_threshold: float | None = None
+    classes: bool | None = None
+    source: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

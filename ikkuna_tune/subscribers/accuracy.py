@@ -108,7 +108,10 @@ class TrainAccuracySubscriber(PlotSubscriber):
 
     The output counted is the one the loss scored, when :meth:`Exporter.wrap_loss` published
     the labels (a batch run through the model in chunks and concatenated for one loss, or a
-    second pass run before the first pass's loss); else the step's last forward pass's.
+    second pass run before the first pass's loss); else the step's last forward pass's. Every
+    wrapped loss with class labels counts; the targets of one that has none (torch's
+    regression losses, or ``wrap_loss(loss, classes=False)``) are left out, and the first
+    labels of each other loss are checked.
 
     Arguments as for :class:`LossSubscriber`, and ``threshold``: for a model with one output
     per sample, the score above which it predicts class 1; by default the Exporter's
@@ -140,7 +143,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
         backend: str | None = "tb",
         threshold: float | None = None,
     ) -> None:
-        self.threshold = check_threshold(threshold)
+        self.threshold = _check_threshold(threshold)
         super().__init__(
             [SynchronizedSubscription(self, ["network_output", "input_labels"], tag, subsample)],
             message_bus,
@@ -148,9 +151,22 @@ class TrainAccuracySubscriber(PlotSubscriber):
             backend,
             publishes={keys.TRAIN_ACCURACY: "META"},
         )
-        self._labels_checked = False
+        #: the wrapped losses (their number; None for labels published by hand) whose first
+        #: labels were checked to be class labels
+        self._labels_checked: set[int | None] = set()
+        self._left_out: set[int | None] = set()  # the losses :meth:`_say_left_out` named
         #: the step being counted and what it counted so far (device tensors)
         self._step: tuple[int, Counts] | None = None
+
+    def _say_left_out(self, source: int | None) -> None:
+        if source not in self._left_out:
+            self._left_out.add(source)
+            logger.warning(
+                "TrainAccuracySubscriber: the targets of wrapped loss number %s are no class "
+                "labels (a regression loss's): they are not counted in train accuracy, so a "
+                "model trained with no other loss reports none",
+                source,
+            )
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
@@ -158,13 +174,18 @@ class TrainAccuracySubscriber(PlotSubscriber):
             labels = bundle.messages["input_labels"]
             # (the output the loss scored, when the labels came with it: see LabelsMessage)
             output = bundle["network_output"]
-            told = labels.binary_threshold if isinstance(labels, LabelsMessage) else None
-            threshold = binary_threshold(self.threshold, self.model_access, told)
-            if not self._labels_checked:  # the first step only: one host read for float labels
+            wrapped = isinstance(labels, LabelsMessage)
+            if wrapped and labels.classes is False:  # a regression loss's targets, say
+                self._say_left_out(labels.source)
+                return
+            told = labels.binary_threshold if wrapped else None
+            threshold = _binary_threshold(self.threshold, self.model_access, told)
+            source = labels.source if wrapped else None
+            if source not in self._labels_checked:  # the first labels of each wrapped loss
                 _check_scores(output)
-                check_targets(labels.data, output)
-                warn_if_probabilities(output, threshold, type(self).__name__)
-                self._labels_checked = True
+                check_targets(labels.data, output)  # one host read for float labels
+                _warn_if_probabilities(output, threshold, type(self).__name__)
+                self._labels_checked.add(source)
             counts = F.count_predictions(output, labels.data, threshold[0])
             counted = self._step
             if counted is not None and counted[0] == bundle.global_step:  # another pass
@@ -173,7 +194,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
             self.publish(keys.TRAIN_ACCURACY, rate(counts), bundle)
 
 
-def check_threshold(threshold: float | None) -> float | None:
+def _check_threshold(threshold: float | None) -> float | None:
     """``threshold`` (None or a finite number) as a float, or a ValueError saying what was got."""
     if threshold is None:
         return None
@@ -184,7 +205,7 @@ def check_threshold(threshold: float | None) -> float | None:
     return float(threshold)
 
 
-def binary_threshold(
+def _binary_threshold(
     own: float | None, access: ModelAccess | None, told: float | None = None
 ) -> tuple[float, bool]:
     """The score above which one output per sample predicts class 1: the subscriber's own,
@@ -199,7 +220,7 @@ def binary_threshold(
     return float(getattr(access, "binary_threshold", 0.0)), known
 
 
-def warn_if_probabilities(output: torch.Tensor, threshold: tuple[float, bool], who: str) -> None:
+def _warn_if_probabilities(output: torch.Tensor, threshold: tuple[float, bool], who: str) -> None:
     """Warn when one output per sample, assumed to be logits (``threshold`` 0, not known),
     lies wholly in [0, 1], as a sigmoid's does: read as logits, every sample would be
     predicted class 1. One read back to the host; call it once."""
@@ -423,7 +444,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         device: torch.device | str | None = None,
         threshold: float | None = None,
     ) -> None:
-        self.threshold = check_threshold(threshold)
+        self.threshold = _check_threshold(threshold)
         self._slices: tuple[tuple[torch.Tensor, ...], int] | None = None
         if isinstance(dataset, DataLoader):
             if batch_size is not None:
@@ -565,7 +586,7 @@ class TestAccuracySubscriber(PlotSubscriber):
         # the probe puts the Exporter's model in eval mode; any other model is handled here
         other = None if exporter is not None and model is exporter.model else model
         ranging = False
-        threshold = binary_threshold(self.threshold, exporter)
+        threshold = _binary_threshold(self.threshold, exporter)
         top: tuple[torch.Tensor, int] | None = None  # the largest label, the classes
         tally: Counts | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
@@ -600,7 +621,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                     break
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)
-                    warn_if_probabilities(outputs, threshold, type(self).__name__)
+                    _warn_if_probabilities(outputs, threshold, type(self).__name__)
                     self._labels_checked = True
                     ranging = True  # the labels' range is checked over this whole evaluation
                 if ranging:

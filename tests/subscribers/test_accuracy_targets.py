@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import pytest
@@ -195,9 +196,55 @@ def test_train_accuracy_rejects_regression_labels_at_the_first_step() -> None:
     ik.TrainAccuracySubscriber(bus, backend=None)
     published: list[float] = []
     ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    mse = exporter.wrap_loss(lambda out, target: F.mse_loss(out, target))  # unknown to it
     with pytest.raises(ValueError, match=r"dtype torch.float32 and shape \(8, 1\) with a value"):
-        _train_step(model, opt, exporter.wrap_loss(F.mse_loss), x[:8], y[:8])
+        _train_step(model, opt, mse, x[:8], y[:8])
     assert published == []
+    exporter.close()
+
+
+def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> None:
+    """torch's regression losses (or classes=False) have no class labels: their targets are
+    left out with a warning, whichever loss comes first in a step; a classification head
+    beside them is counted (the plain-PyTorch accuracy of its logits)."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    boxes = torch.randn(16, 2, generator=g)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 5)  # 3 class logits, then 2 box coordinates
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    ce = exporter.wrap_loss(F.cross_entropy)
+    regressions = [
+        exporter.wrap_loss(F.mse_loss),
+        exporter.wrap_loss(nn.SmoothL1Loss()),
+        exporter.wrap_loss(lambda out, target: (out - target).abs().mean(), classes=False),
+    ]
+    expected = []
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        for regression in regressions:
+            opt.zero_grad()
+            out = model(x)
+            with torch.no_grad():
+                expected.append(float((out[:, :3].argmax(1) == y).float().mean()))
+            (regression(out[:, 3:], boxes) + ce(out[:, :3], y)).backward()
+            opt.step()
+    assert published == pytest.approx(expected)
+    told = [r.getMessage() for r in caplog.records if "no class labels" in r.getMessage()]
+    assert len(told) == 3  # once for each
+    with pytest.raises(ValueError, match="`classes` to be True, False or None"):
+        exporter.wrap_loss(F.mse_loss, classes="no")
+    # a loss of one's own is checked at its first labels, also after another loss counted
+    unknown = exporter.wrap_loss(lambda out, target: (out - target).abs().mean())
+    opt.zero_grad()
+    out = model(x)
+    ce(out[:, :3], y)
+    with pytest.raises(ValueError, match="Expected classification targets"):
+        unknown(out[:, 3:], boxes)
     exporter.close()
 
 
@@ -208,8 +255,9 @@ def test_train_accuracy_rejects_autoencoder_targets() -> None:
     exporter = ik.Exporter(model, opt, bus)
     ik.TrainAccuracySubscriber(bus, backend=None)
     images = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(7))
+    mse = exporter.wrap_loss(lambda out, target: F.mse_loss(out, target))  # unknown to it
     with pytest.raises(ValueError, match=r"output \(4, 3, 5, 5\).*but got .* shape \(4, 3, 5, 5\)"):
-        _train_step(model, opt, exporter.wrap_loss(F.mse_loss), images, images)
+        _train_step(model, opt, mse, images, images)
     exporter.close()
 
 
