@@ -5,6 +5,7 @@ Exporter reads of a model (layers, weights and biases, outputs) in :mod:`ikkuna_
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -111,58 +112,60 @@ def _on_every_optimizer_step(exporter: Exporter) -> tuple[RemovableHandle, Remov
     return register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)
 
 
-#: losses that take logits: :meth:`Exporter.wrap_loss` knows their scores are no probabilities
-_LOGIT_LOSSES = (nn.BCEWithLogitsLoss, nn.CrossEntropyLoss, nn.SoftMarginLoss)
-_LOGIT_LOSS_FUNCTIONS = (
-    nn.functional.binary_cross_entropy_with_logits,
-    nn.functional.cross_entropy,
-    nn.functional.soft_margin_loss,
+#: torch's losses whose targets are class labels, with the score above which one output per
+#: sample means class 1 (0 for a logit, 0.5 for a probability; None: no such output)
+_CLASS_LOSSES: tuple[tuple[type, Callable[..., Any], float | None], ...] = (
+    (nn.CrossEntropyLoss, nn.functional.cross_entropy, 0.0),
+    (nn.BCEWithLogitsLoss, nn.functional.binary_cross_entropy_with_logits, 0.0),
+    (nn.BCELoss, nn.functional.binary_cross_entropy, 0.5),
+    (nn.NLLLoss, nn.functional.nll_loss, 0.0),  # (log-probabilities: never one per sample)
+    (nn.MultiMarginLoss, nn.functional.multi_margin_loss, 0.0),
 )
-#: losses whose targets are class labels (besides those above)
-_CLASS_LOSSES = (nn.BCELoss, nn.NLLLoss, nn.MultiMarginLoss, *_LOGIT_LOSSES)
-_CLASS_LOSS_FUNCTIONS = (
-    nn.functional.binary_cross_entropy,
-    nn.functional.nll_loss,
-    nn.functional.multi_margin_loss,
-    *_LOGIT_LOSS_FUNCTIONS,
-)
-#: losses whose targets are no class labels: train accuracy leaves their labels out
-_OTHER_LOSSES = (
-    nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.KLDivLoss, nn.GaussianNLLLoss,
-    nn.PoissonNLLLoss, nn.CosineEmbeddingLoss, nn.MarginRankingLoss, nn.TripletMarginLoss,
-    nn.TripletMarginWithDistanceLoss, nn.HingeEmbeddingLoss, nn.CTCLoss,
-    nn.MultiLabelSoftMarginLoss, nn.MultiLabelMarginLoss,
+#: torch's losses whose targets are no class labels (train accuracy leaves them out): a
+#: regression's, ranking's or multi-label loss's, and the -1/1 targets of a soft margin
+_OTHER_LOSS_NAMES = (
+    "MSELoss:mse_loss", "L1Loss:l1_loss", "SmoothL1Loss:smooth_l1_loss", "HuberLoss:huber_loss",
+    "GaussianNLLLoss:gaussian_nll_loss", "PoissonNLLLoss:poisson_nll_loss",
+    "CosineEmbeddingLoss:cosine_embedding_loss", "MarginRankingLoss:margin_ranking_loss",
+    "TripletMarginLoss:triplet_margin_loss",
+    "TripletMarginWithDistanceLoss:triplet_margin_with_distance_loss",
+    "HingeEmbeddingLoss:hinge_embedding_loss", "CTCLoss:ctc_loss",
+    "MultiLabelSoftMarginLoss:multilabel_soft_margin_loss",
+    "MultiLabelMarginLoss:multilabel_margin_loss", "SoftMarginLoss:soft_margin_loss",
 )  # fmt: skip
-_OTHER_LOSS_FUNCTIONS = tuple(
-    getattr(nn.functional, name)
-    for name in (
-        "mse_loss",
-        "l1_loss",
-        "smooth_l1_loss",
-        "huber_loss",
-        "kl_div",
-        "gaussian_nll_loss",
-        "poisson_nll_loss",
-        "cosine_embedding_loss",
-        "margin_ranking_loss",
-        "triplet_margin_loss",
-        "triplet_margin_with_distance_loss",
-        "hinge_embedding_loss",
-        "ctc_loss",
-        "multilabel_soft_margin_loss",
-        "multilabel_margin_loss",
-    )
-)
+_OTHER_LOSSES = tuple(getattr(nn, n.split(":")[0]) for n in _OTHER_LOSS_NAMES)
+_OTHER_LOSS_FUNCTIONS = tuple(getattr(nn.functional, n.split(":")[1]) for n in _OTHER_LOSS_NAMES)
 
 
-def _has_class_labels(loss_fn: object) -> bool | None:
-    """Whether ``loss_fn``'s targets are class labels: True or False for the losses torch
-    offers, None for any other."""
-    if isinstance(loss_fn, _CLASS_LOSSES) or loss_fn in _CLASS_LOSS_FUNCTIONS:
-        return True
-    if isinstance(loss_fn, _OTHER_LOSSES) or loss_fn in _OTHER_LOSS_FUNCTIONS:
-        return False
-    return None
+def _loss_labels(loss_fn: object) -> tuple[bool | None, float | None]:
+    """What ``loss_fn`` says of its targets and scores: whether its targets are class labels
+    (None: not known, as for any loss but torch's own; ``nn.KLDivLoss``'s targets may be soft
+    labels or not), and the score above which one output per sample means class 1 (None: not
+    known). A ``functools.partial``, a ``torch.compile``'d loss and a loss
+    :meth:`Exporter.wrap_loss` wrapped are read through.
+
+    >>> [_loss_labels(f) for f in (nn.BCELoss(), nn.functional.mse_loss, lambda o, t: o)]
+    [(True, 0.5), (False, None), (None, None)]
+    """
+    for _ in range(8):  # (wrappers of wrappers)
+        told = getattr(loss_fn, "_ikkuna_loss_labels", None)
+        if told is not None:
+            return told
+        inner = (
+            loss_fn.func
+            if isinstance(loss_fn, functools.partial)
+            else getattr(loss_fn, "_orig_mod", None)
+            or getattr(loss_fn, "_torchdynamo_orig_callable", None)
+        )
+        if inner is None:
+            break
+        loss_fn = inner
+    for module, function, threshold in _CLASS_LOSSES:
+        if isinstance(loss_fn, module) or loss_fn is function:
+            return True, threshold
+    if isinstance(loss_fn, _OTHER_LOSSES) or any(loss_fn is f for f in _OTHER_LOSS_FUNCTIONS):
+        return False, None
+    return None, None
 
 
 class Exporter(StepHooks, LayerFreezing):
@@ -754,34 +757,36 @@ class Exporter(StepHooks, LayerFreezing):
         ``classes``: whether the loss's targets are class labels. By default True for torch's
         classification losses, False for its others (``F.mse_loss``, ``nn.L1Loss``, ...: a
         regression head's targets, which train accuracy leaves out), and unknown for any other
-        loss (train accuracy checks its first targets, and refuses labels that are no class
-        labels). Pass False for a loss of your own whose targets are no class labels.
+        loss (a ``functools.partial`` or ``torch.compile`` of one of torch's is read through).
+        Train accuracy checks the first targets of each loss not known to lack class labels,
+        and leaves the loss out, with a warning, if they are none (multi-hot targets, say).
+        Wrapping this Exporter's own wrapper again returns it as it is.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
+        if getattr(loss_fn, "_ikkuna_owner", None) == id(self) and classes is None:
+            return loss_fn  # wrapped already: wrapped again, it would publish twice
         if classes is not None and not isinstance(classes, bool):
             raise ValueError(f"Expected `classes` to be True, False or None but got {classes!r}")
-        labelled = _has_class_labels(loss_fn) if classes is None else classes
+        told, threshold = _loss_labels(loss_fn)
+        labelled = told if classes is None else classes
+        if labelled is not False:
+            # the model's one threshold (test accuracy's) only if every wrapped loss with
+            # class labels agrees on it
+            self._loss_thresholds.add(threshold)
+            agreed = next(iter(self._loss_thresholds)) if len(self._loss_thresholds) == 1 else None
+            self.binary_threshold, self.scores_known = agreed or 0.0, agreed is not None
         self._wrapped_losses += 1
         source = self._wrapped_losses
-        threshold: float | None = None  # this loss's; None: its scores are not known
-        if isinstance(loss_fn, nn.BCELoss) or loss_fn is nn.functional.binary_cross_entropy:
-            threshold = 0.5
-        elif isinstance(loss_fn, _LOGIT_LOSSES) or loss_fn in _LOGIT_LOSS_FUNCTIONS:
-            threshold = 0.0
-        # the model's one threshold (test accuracy's) only if every wrapped loss agrees on it
-        self._loss_thresholds.add(threshold)
-        agreed = next(iter(self._loss_thresholds)) if len(self._loss_thresholds) == 1 else None
-        self.binary_threshold, self.scores_known = agreed or 0.0, agreed is not None
 
         def loss_with_export(
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
             if isinstance(target, torch.Tensor):
-                scores = (
-                    output if isinstance(output, torch.Tensor) and labelled is not False else None
-                )
+                # (the scores of a loss without class labels too: its labels then pair with
+                # them, not with the next loss's output)
+                scores = output if isinstance(output, torch.Tensor) else None
                 self._publish_labels(target, loss, scores, threshold, labelled, source)
             elif not self._warned_label_type:
                 self._warned_label_type = True
@@ -794,6 +799,8 @@ class Exporter(StepHooks, LayerFreezing):
             self.publish_loss(loss)
             return loss
 
+        loss_with_export._ikkuna_loss_labels = (labelled, threshold)  # type: ignore[attr-defined]
+        loss_with_export._ikkuna_owner = id(self)  # type: ignore[attr-defined]
         return loss_with_export
 
     def epoch_finished(self) -> None:

@@ -109,9 +109,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
     The output counted is the one the loss scored, when :meth:`Exporter.wrap_loss` published
     the labels (a batch run through the model in chunks and concatenated for one loss, or a
     second pass run before the first pass's loss); else the step's last forward pass's. Every
-    wrapped loss with class labels counts; the targets of one that has none (torch's
-    regression losses, or ``wrap_loss(loss, classes=False)``) are left out, and the first
-    labels of each other loss are checked.
+    wrapped loss with class labels counts (several heads are pooled); the targets of one that
+    has none (torch's regression losses, or ``wrap_loss(loss, classes=False)``) are left out,
+    and so, with a warning, are those of a loss whose first labels are no class labels.
 
     Arguments as for :class:`LossSubscriber`, and ``threshold``: for a model with one output
     per sample, the score above which it predicts class 1; by default the Exporter's
@@ -119,8 +119,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
     takes probabilities, such as :class:`torch.nn.BCELoss`).
 
     Raises:
-        ValueError: at the first step, if its labels are no classification labels (say, the
-            real-valued targets of a regression), naming what was expected and what was got.
+        ValueError: at the first step, if labels published by hand are no classification
+            labels (say, the real-valued targets of a regression), naming what was expected
+            and what was got.
 
     Examples:
         >>> from ikkuna_tune.subscribers import CallbackSubscriber
@@ -154,18 +155,20 @@ class TrainAccuracySubscriber(PlotSubscriber):
         #: the wrapped losses (their number; None for labels published by hand) whose first
         #: labels were checked to be class labels
         self._labels_checked: set[int | None] = set()
-        self._left_out: set[int | None] = set()  # the losses :meth:`_say_left_out` named
+        self._left_out: set[int | None] = set()  # the wrapped losses left out
         #: the step being counted and what it counted so far (device tensors)
         self._step: tuple[int, Counts] | None = None
 
-    def _say_left_out(self, source: int | None) -> None:
+    def _leave_out(self, source: int | None, why: str) -> None:
+        """Leave out the labels of wrapped loss ``source`` from now on (one warning)."""
         if source not in self._left_out:
             self._left_out.add(source)
             logger.warning(
-                "TrainAccuracySubscriber: the targets of wrapped loss number %s are no class "
-                "labels (a regression loss's): they are not counted in train accuracy, so a "
-                "model trained with no other loss reports none",
+                "TrainAccuracySubscriber: the targets of the loss wrapped number %s are left "
+                "out of train accuracy: %s (a model trained with no other loss reports no train "
+                "accuracy; wrap_loss(loss, classes=False) says so without this warning)",
                 source,
+                why,
             )
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
@@ -175,15 +178,23 @@ class TrainAccuracySubscriber(PlotSubscriber):
             # (the output the loss scored, when the labels came with it: see LabelsMessage)
             output = bundle["network_output"]
             wrapped = isinstance(labels, LabelsMessage)
+            source = labels.source if wrapped else None
             if wrapped and labels.classes is False:  # a regression loss's targets, say
-                self._say_left_out(labels.source)
+                self._leave_out(source, "its loss has no class labels (a regression loss, say)")
+                return
+            if source in self._left_out:
                 return
             told = labels.binary_threshold if wrapped else None
             threshold = _binary_threshold(self.threshold, self.model_access, told)
-            source = labels.source if wrapped else None
             if source not in self._labels_checked:  # the first labels of each wrapped loss
                 _check_scores(output)
-                check_targets(labels.data, output)  # one host read for float labels
+                try:
+                    check_targets(labels.data, output)  # one host read for float labels
+                except ValueError as error:
+                    if source is None:  # labels published by hand: they are meant as classes
+                        raise
+                    self._leave_out(source, str(error))
+                    return
                 _warn_if_probabilities(output, threshold, type(self).__name__)
                 self._labels_checked.add(source)
             counts = F.count_predictions(output, labels.data, threshold[0])

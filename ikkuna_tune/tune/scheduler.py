@@ -348,7 +348,9 @@ class SVCCAScheduler(FIFOScheduler):
                 resumed = report.partition("@")[2]
                 if resumed and resumed != "?":
                     view.train_reports[resumed] = 0
-            view.follow_train_restart(trial.trial_id, report, int(iteration), self._mailbox)
+            view.follow_train_restart(
+                trial.trial_id, report, int(iteration), self._mailbox, reorder=self.freeze
+            )
         decision = self._decide(trial.trial_id, view, result)
         if decision == TrialScheduler.STOP:
             # the base is not told: Tune hands the trial's last result to on_trial_complete,

@@ -109,7 +109,12 @@ class TrialView:
         return dropped
 
     def follow_train_restart(
-        self, trial_id: str, report: str, iteration: int, mailbox: Mailbox | None
+        self,
+        trial_id: str,
+        report: str,
+        iteration: int,
+        mailbox: Mailbox | None,
+        reorder: bool = True,
     ) -> int | None:
         """Follow the Ray Train job of a trial from the name of its report (see
         ``keys.TRAIN_REPORT``: ``<attempt>-<count>``, with ``@<name>`` of the report whose
@@ -149,7 +154,8 @@ class TrialView:
         if restore_at is None:  # resumed from a report this scheduler did not see
             return None
         dropped = self.rewind(restore_at + 1)
-        self.reorder_after_restore(trial_id, mailbox, restore_at)  # (0: none ordered again)
+        if reorder:  # (without: a scheduler that freezes nothing)
+            self.reorder_after_restore(trial_id, mailbox, restore_at)  # (0: none ordered again)
         logger.info(
             "Trial %s: its Ray Train job restarted from %s; the %s report(s) since are forgotten",
             trial_id,

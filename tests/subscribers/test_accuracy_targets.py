@@ -196,7 +196,11 @@ def test_train_accuracy_rejects_regression_labels_at_the_first_step() -> None:
     ik.TrainAccuracySubscriber(bus, backend=None)
     published: list[float] = []
     ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
-    mse = exporter.wrap_loss(lambda out, target: F.mse_loss(out, target))  # unknown to it
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # labels by hand
+        exporter.publish_labels(target)
+        return F.mse_loss(out, target)
+
     with pytest.raises(ValueError, match=r"dtype torch.float32 and shape \(8, 1\) with a value"):
         _train_step(model, opt, mse, x[:8], y[:8])
     assert published == []
@@ -238,13 +242,21 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
     assert len(told) == 3  # once for each
     with pytest.raises(ValueError, match="`classes` to be True, False or None"):
         exporter.wrap_loss(F.mse_loss, classes="no")
-    # a loss of one's own is checked at its first labels, also after another loss counted
+    # a loss of one's own is checked at its first labels, also after another loss counted:
+    # no class labels, it is left out, with the reason
     unknown = exporter.wrap_loss(lambda out, target: (out - target).abs().mean())
-    opt.zero_grad()
-    out = model(x)
-    ce(out[:, :3], y)
-    with pytest.raises(ValueError, match="Expected classification targets"):
-        unknown(out[:, 3:], boxes)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        for _ in range(2):
+            opt.zero_grad()
+            out = model(x)
+            with torch.no_grad():
+                expected.append(float((out[:, :3].argmax(1) == y).float().mean()))
+            (unknown(out[:, 3:], boxes) + ce(out[:, :3], y)).backward()
+            opt.step()
+    assert published == pytest.approx(expected)
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert "Expected classification targets" in told and "number 5" in told
     exporter.close()
 
 
@@ -255,7 +267,11 @@ def test_train_accuracy_rejects_autoencoder_targets() -> None:
     exporter = ik.Exporter(model, opt, bus)
     ik.TrainAccuracySubscriber(bus, backend=None)
     images = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(7))
-    mse = exporter.wrap_loss(lambda out, target: F.mse_loss(out, target))  # unknown to it
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # labels by hand
+        exporter.publish_labels(target)
+        return F.mse_loss(out, target)
+
     with pytest.raises(ValueError, match=r"output \(4, 3, 5, 5\).*but got .* shape \(4, 3, 5, 5\)"):
         _train_step(model, opt, mse, images, images)
     exporter.close()
@@ -390,3 +406,88 @@ def test_a_test_loader_that_yields_no_batch_is_refused_at_construction() -> None
     ):
         with pytest.raises(ValueError, match="DataLoader that yields batches but got one that"):
             ik.TestAccuracySubscriber(loader, backend=None)
+
+
+def test_which_losses_have_class_labels() -> None:
+    """torch's losses are read through partial, torch.compile and wrap_loss's own wrapper."""
+    import functools
+
+    from ikkuna_tune.exporter import _loss_labels
+
+    bus = MessageBus()
+    exporter = ik.Exporter(nn.Linear(2, 2), None, bus)
+    bce = exporter.wrap_loss(nn.BCELoss())
+    cases = {
+        "cross_entropy": (F.cross_entropy, (True, 0.0)),
+        "CrossEntropyLoss subclass": (type("Mine", (nn.CrossEntropyLoss,), {})(), (True, 0.0)),
+        "partial cross_entropy": (functools.partial(F.cross_entropy, label_smoothing=0.1),
+                                  (True, 0.0)),
+        "BCELoss compiled": (torch.compile(nn.BCELoss()), (True, 0.5)),
+        "partial binary_cross_entropy": (functools.partial(F.binary_cross_entropy),
+                                         (True, 0.5)),
+        "wrapped BCELoss": (bce, (True, 0.5)),
+        "mse_loss partial": (functools.partial(F.mse_loss, reduction="sum"), (False, None)),
+        "MSELoss compiled": (torch.compile(nn.MSELoss()), (False, None)),
+        "SoftMarginLoss (-1/1 targets)": (nn.SoftMarginLoss(), (False, None)),
+        "MultiLabelSoftMarginLoss": (nn.MultiLabelSoftMarginLoss(), (False, None)),
+        "KLDivLoss (soft labels or not)": (nn.KLDivLoss(), (None, None)),
+        "a function of one's own": (lambda out, target: out.sum(), (None, None)),
+    }  # fmt: skip
+    for name, (loss, expected) in cases.items():
+        assert _loss_labels(loss) == expected, name
+    assert exporter.wrap_loss(bce) is bce  # wrapped again, it would publish twice
+    exporter.close()
+
+
+def _two_heads() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    targets = torch.randn(32, 2, generator=g)
+    torch.manual_seed(1)
+    return nn.Linear(4, 5), x, y, targets
+
+
+def test_a_regression_loss_takes_no_other_loss_output_or_threshold() -> None:
+    """Every pass run before every loss, the regression head's loss between two class
+    losses: its labels pair with its own scores and are left out, so each class loss counts
+    its own pass (they took the next loss's output, whose own labels were dropped)."""
+    model, x, y, targets = _two_heads()
+    bus = MessageBus()
+    exporter = ik.Exporter(model, None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    ce, mse = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(F.mse_loss)
+    outs = [model(x[:16]), model(x[16:])]
+    ce(outs[0][:, :3], y[:16])
+    mse(outs[0][:, 3:], targets[:16])
+    ce(outs[1][:, :3], y[16:])
+    mse(outs[1][:, 3:], targets[16:])
+    both = torch.cat(outs).detach()[:, :3]
+    assert published[-1] == pytest.approx(float((both.argmax(1) == y).float().mean()))
+    assert len(published) == 2
+    # a regression loss has no say in the threshold test accuracy takes
+    bce_exporter = ik.Exporter(nn.Linear(4, 1), None, MessageBus())
+    bce_exporter.wrap_loss(nn.BCELoss())
+    bce_exporter.wrap_loss(F.mse_loss)
+    assert (bce_exporter.binary_threshold, bce_exporter.scores_known) == (0.5, True)
+    bce_exporter.close()
+    exporter.close()
+
+
+def test_multi_hot_targets_of_a_bce_head_are_left_out_and_training_goes_on(caplog) -> None:
+    model, x, y, _ = _two_heads()
+    multi_hot = (torch.rand(32, 2, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    bus = MessageBus()
+    exporter = ik.Exporter(model, None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    ce, bce = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(nn.BCEWithLogitsLoss())
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        out = model(x)
+        ce(out[:, :3], y)
+        bce(out[:, 3:], multi_hot)
+    assert published == pytest.approx([float((out[:, :3].argmax(1) == y).float().mean())])
+    assert "left out of train accuracy" in caplog.text and "classes=False" in caplog.text
+    exporter.close()

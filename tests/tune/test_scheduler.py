@@ -816,6 +816,19 @@ def test_freeze_false_orders_nothing_after_a_restore_of_a_freezing_run(tmp_path)
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
     scheduler.on_trial_add(None, _trial_with_dirs("t1", local, stored))
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+    # a Ray Train job whose workers restart, conv1 frozen in its checkpoint by an earlier
+    # run's decision: ordered again only when freezing
+    from ikkuna_tune.tune.convergence import Decision
+
+    for freeze, posts in ((False, 0), (True, 1)):
+        scheduler, mailbox = make(patience=9, freeze=freeze, stop=False)
+        trial = FakeTrial("t2")
+        scheduler.on_trial_add(None, trial)
+        scheduler._views["t2"].reasons["conv1"] = Decision("freeze", "converged", 1, "conv1")
+        frozen = [result(sims, frozen=("conv1",), it=i) for i in (1, 2, 3)]
+        feed(scheduler, trial, [_named(frozen[0], "a-1"), _named(frozen[1], "a-2")])
+        feed(scheduler, trial, [_named(frozen[2], "b-1@a-2")])  # a worker restart
+        assert len(mailbox.posts) == posts, freeze
 
 
 def test_a_new_driver_takes_up_only_the_freezes_made_before_the_checkpoint(tmp_path) -> None:
