@@ -137,6 +137,31 @@ _OTHER_LOSSES = tuple(getattr(nn, n.split(":")[0]) for n in _OTHER_LOSS_NAMES)
 _OTHER_LOSS_FUNCTIONS = tuple(getattr(nn.functional, n.split(":")[1]) for n in _OTHER_LOSS_NAMES)
 
 
+def _ignore_index(loss_fn: object) -> int | None:
+    """The ``ignore_index`` a loss module or a ``functools.partial`` of a loss was given
+    (None if it has none; -100 unless said otherwise).
+
+    >>> _ignore_index(nn.CrossEntropyLoss(ignore_index=255)), _ignore_index(nn.MSELoss())
+    (255, None)
+    """
+    for _ in range(8):
+        if isinstance(loss_fn, functools.partial) and "ignore_index" in loss_fn.keywords:
+            value = loss_fn.keywords["ignore_index"]
+            return value if isinstance(value, int) else None
+        value = getattr(loss_fn, "ignore_index", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        inner = (
+            loss_fn.func
+            if isinstance(loss_fn, functools.partial)
+            else getattr(loss_fn, "_orig_mod", None)
+        )
+        if inner is None:
+            return None
+        loss_fn = inner
+    return None
+
+
 def _loss_labels(loss_fn: object) -> tuple[bool | None, float | None]:
     """What ``loss_fn`` says of its targets and scores: whether its targets are class labels
     (None: not known, as for any loss but torch's own; ``nn.KLDivLoss``'s targets may be soft
@@ -394,6 +419,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.scores_known = False
         self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
         self._wrapped_losses = 0  # how many losses wrap_loss wrapped (each one's number)
+        self._class_loss_wrapped = False  # one of them is known to take class labels
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -694,6 +720,7 @@ class Exporter(StepHooks, LayerFreezing):
         threshold: float | None,
         classes: bool | None = None,
         source: int | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         """:meth:`publish_labels`, telling what the wrapped loss ``source`` knows: its
         ``binary_threshold`` and whether its labels are ``classes`` (None: not known)."""
@@ -716,6 +743,7 @@ class Exporter(StepHooks, LayerFreezing):
                     threshold,
                     classes,
                     source,
+                    ignore_index,
                 )
             )
 
@@ -760,7 +788,11 @@ class Exporter(StepHooks, LayerFreezing):
         loss (a ``functools.partial`` or ``torch.compile`` of one of torch's is read through).
         Train accuracy checks the first targets of each loss not known to lack class labels,
         and leaves the loss out, with a warning, if they are none (multi-hot targets, say).
-        Wrapping this Exporter's own wrapper again returns it as it is.
+        Beside a loss known to take class labels, a loss of unknown kind is left out too (a
+        center loss, a distillation term): pass ``classes=True`` to count it. A non-negative
+        ``ignore_index`` of the loss (given to the module, a ``partial`` or the call) counts
+        nowhere in train accuracy, as in the loss. Wrapping this Exporter's own wrapper again
+        returns it as it is.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
@@ -778,6 +810,9 @@ class Exporter(StepHooks, LayerFreezing):
             self.binary_threshold, self.scores_known = agreed or 0.0, agreed is not None
         self._wrapped_losses += 1
         source = self._wrapped_losses
+        if labelled is True:
+            self._class_loss_wrapped = True
+        ignore = _ignore_index(loss_fn)
 
         def loss_with_export(
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
@@ -787,7 +822,14 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
-                self._publish_labels(target, loss, scores, threshold, labelled, source)
+                # a loss of one's own beside one of torch's classification losses (a center
+                # loss, a distillation term): its targets count only if said to be classes
+                counted = False if labelled is None and self._class_loss_wrapped else labelled
+                ignored = kwargs.get("ignore_index", ignore)
+                self._publish_labels(
+                    target, loss, scores, threshold, counted, source,
+                    ignored if isinstance(ignored, int) and ignored >= 0 else None,
+                )  # fmt: skip
             elif not self._warned_label_type:
                 self._warned_label_type = True
                 logger.warning(

@@ -202,7 +202,8 @@ class LabelsMessage(NetworkMessage):
     above which one output per sample means class 1, when the loss tells (0.5 for one that
     takes probabilities, 0 for one that takes logits; None: not known); ``classes``, whether
     the labels are class labels (False for a regression loss's targets, which train accuracy
-    leaves out; None: not known); and ``source``, which wrapped loss published them.
+    leaves out; None: not known); ``source``, which wrapped loss published them; and
+    ``ignore_index``, the loss's label that counts nowhere (None: only negative ones).
 
     Examples:
         >>> message = LabelsMessage("input_labels", DEFAULT_TAG, 7, 2, 1, torch.tensor([1]))
@@ -214,6 +215,7 @@ class LabelsMessage(NetworkMessage):
     binary_threshold: float | None = None
     classes: bool | None = None
     source: int | None = None
+    ignore_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

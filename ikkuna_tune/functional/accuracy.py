@@ -26,9 +26,10 @@ def predictions(output: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 
     ``output`` of shape ``(N, C)`` with ``C > 1`` (logits or probabilities, more dimensions after
     ``C`` allowed, as for :func:`torch.nn.functional.cross_entropy`): the arg-max over dimension
-    1. Shape ``(N,)`` or ``(N, 1)``: one score per sample for binary classification, predicting
-    class 1 where it is above ``threshold`` (0 for a logit, 0.5 for a probability, the output
-    of a sigmoid as :class:`torch.nn.BCELoss` takes it).
+    1. Shape ``(N,)``, ``(N, 1)`` or ``(N, 1, ...)``: one score per sample (or position) for
+    binary classification (or segmentation), predicting class 1 where it is above
+    ``threshold`` (0 for a logit, 0.5 for a probability, the output of a sigmoid as
+    :class:`torch.nn.BCELoss` takes it).
 
     A sample whose scores hold a NaN has no prediction: -1, which equals no class (an arg-max
     would read the NaN as the largest score and name its class).
@@ -40,12 +41,14 @@ def predictions(output: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
         tensor([0, 1])
         >>> predictions(torch.tensor([0.2, 0.7]), threshold=0.5)  # one probability per sample
         tensor([0, 1])
+        >>> predictions(torch.tensor([[[[-1.0, 2.0]]]]))  # (N, 1, H, W): one logit per pixel
+        tensor([0, 1])
         >>> predictions(torch.tensor([[2.0, 0.5], [float("nan"), 0.9]]))
         tensor([ 0, -1])
     """
     if output.dim() == 0:
         raise ValueError("Expected a batch of outputs but got a 0-d tensor")
-    if output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1):
+    if _one_logit(output):
         flat = output.reshape(-1)
         return torch.where(flat.isnan(), -1, (flat > threshold).long())
     return _argmax_or_none(output, 1)
@@ -59,8 +62,9 @@ def _argmax_or_none(output: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def _one_logit(x: torch.Tensor) -> bool:
-    """Whether ``x`` is shaped as one value per sample: ``(N,)`` or ``(N, 1)``."""
-    return x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)
+    """Whether ``x`` is shaped as one value per sample (or per position): ``(N,)``, ``(N, 1)``
+    or ``(N, 1, ...)``, a binary segmentation's ``(N, 1, H, W)`` say."""
+    return x.dim() == 1 or (x.dim() >= 2 and x.shape[1] == 1)
 
 
 def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ def class_range(
         return so_far
     if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
         return so_far  # one-hot or soft labels
-    if _one_logit(output):
+    if _one_logit(output) and output.numel() == target.numel():
         classes = 2
     elif output.numel() == target.numel() * output.shape[1]:
         classes = output.shape[1]
@@ -359,6 +363,6 @@ def class_counts(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tensor([1, 2])
     """
     target = _targets(output, target).reshape(-1)
-    binary = output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1)
+    binary = _one_logit(output) and output.numel() == target.numel()
     classes = 2 if binary else output.shape[1]
     return torch.bincount(target[target >= 0].long(), minlength=classes)

@@ -180,7 +180,12 @@ class TrainAccuracySubscriber(PlotSubscriber):
             wrapped = isinstance(labels, LabelsMessage)
             source = labels.source if wrapped else None
             if wrapped and labels.classes is False:  # a regression loss's targets, say
-                self._leave_out(source, "its loss has no class labels (a regression loss, say)")
+                self._leave_out(
+                    source,
+                    "its loss is not known to take class labels (one of torch's regression "
+                    "losses, say, or a loss of one's own beside a classification loss: "
+                    "wrap_loss(loss, classes=True) counts it)",
+                )
                 return
             if source in self._left_out:
                 return
@@ -197,7 +202,11 @@ class TrainAccuracySubscriber(PlotSubscriber):
                     return
                 _warn_if_probabilities(output, threshold, type(self).__name__)
                 self._labels_checked.add(source)
-            counts = F.count_predictions(output, labels.data, threshold[0])
+            target = labels.data
+            ignored = labels.ignore_index if wrapped else None
+            if ignored is not None and not target.is_floating_point():
+                target = torch.where(target == ignored, -1, target)  # counts nowhere
+            counts = F.count_predictions(output, target, threshold[0])
             counted = self._step
             if counted is not None and counted[0] == bundle.global_step:  # another pass
                 counts = _added(counted[1], counts)

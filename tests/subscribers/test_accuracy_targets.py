@@ -238,12 +238,12 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
             (regression(out[:, 3:], boxes) + ce(out[:, :3], y)).backward()
             opt.step()
     assert published == pytest.approx(expected)
-    told = [r.getMessage() for r in caplog.records if "no class labels" in r.getMessage()]
+    told = [r.getMessage() for r in caplog.records if "left out of train" in r.getMessage()]
     assert len(told) == 3  # once for each
     with pytest.raises(ValueError, match="`classes` to be True, False or None"):
         exporter.wrap_loss(F.mse_loss, classes="no")
-    # a loss of one's own is checked at its first labels, also after another loss counted:
-    # no class labels, it is left out, with the reason
+    # a loss of one's own beside a classification loss is left out (its targets may well be
+    # whole numbers: a center loss's class indices for features), with the reason
     unknown = exporter.wrap_loss(lambda out, target: (out - target).abs().mean())
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
@@ -256,7 +256,7 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
             opt.step()
     assert published == pytest.approx(expected)
     (told,) = [r.getMessage() for r in caplog.records]
-    assert "Expected classification targets" in told and "number 5" in told
+    assert "not known to take class labels" in told and "number 5" in told
     exporter.close()
 
 
@@ -491,3 +491,77 @@ def test_multi_hot_targets_of_a_bce_head_are_left_out_and_training_goes_on(caplo
     assert published == pytest.approx([float((out[:, :3].argmax(1) == y).float().mean())])
     assert "left out of train accuracy" in caplog.text and "classes=False" in caplog.text
     exporter.close()
+
+
+def test_a_center_loss_or_distillation_term_beside_cross_entropy_is_left_out() -> None:
+    """Its targets pass as class labels (a center loss's are the class indices; distillation's
+    the teacher's probabilities) but score no class output: only classes=True counts them."""
+    model, x, y, _ = _two_heads()
+    teacher = torch.softmax(torch.randn(32, 3, generator=torch.Generator().manual_seed(3)), 1)
+    for classes, counted in ((None, 1), (True, 2)):
+        bus = MessageBus()
+        exporter = ik.Exporter(model, None, bus)
+        ik.TrainAccuracySubscriber(bus, backend=None)
+        published: list[float] = []
+        ik.CallbackSubscriber(
+            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
+        )
+        ce = exporter.wrap_loss(F.cross_entropy)
+        kl = exporter.wrap_loss(nn.KLDivLoss(reduction="batchmean"), classes=classes)
+        center = exporter.wrap_loss(lambda f, t: f.sum() * 0 + t.float().mean(), classes=classes)
+        out = model(x)
+        ce(out[:, :3], y)
+        kl(torch.log_softmax(out[:, :3], 1), teacher)
+        center(out[:, 3:], y)
+        exporter.close()
+        hits = (out[:, :3].argmax(1) == y).float().sum()
+        if counted == 1:
+            assert published[-1] == pytest.approx(float(hits / 32))
+        else:  # the student against the teacher too, and the features against the labels
+            more = (out[:, :3].argmax(1) == teacher.argmax(1)).float().sum()
+            more += (out[:, 3:].argmax(1) == y).float().sum()
+            assert published[-1] == pytest.approx(float((hits + more) / 96))
+
+
+def test_a_non_negative_ignore_index_counts_nowhere() -> None:
+    """Padding labelled 0 or 255 (segmentation's void), given to the module, a partial or
+    the call, as in the loss; and a binary segmentation's (N, 1, H, W) logits per pixel."""
+    import functools
+
+    g = torch.Generator().manual_seed(9)
+    logits, y = torch.randn(8, 4, 6, generator=g), torch.randint(0, 4, (8, 6), generator=g)
+    y[:, 4:] = 255
+    kept = y != 255
+    expected = float((logits.argmax(1)[kept] == y[kept]).float().mean())
+    losses = {
+        "module": (nn.CrossEntropyLoss(ignore_index=255), {}),
+        "partial": (functools.partial(F.cross_entropy, ignore_index=255), {}),
+        "call": (F.cross_entropy, {"ignore_index": 255}),
+    }
+    for name, (loss, kwargs) in losses.items():
+        bus = MessageBus()
+        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)  # (scored outputs made by hand)
+        ik.TrainAccuracySubscriber(bus, backend=None)
+        published: list[float] = []
+        ik.CallbackSubscriber(
+            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
+        )
+        exporter.wrap_loss(loss)(logits, y, **kwargs)
+        exporter.close()
+        assert published == pytest.approx([expected]), name
+    masks = (torch.rand(4, 5, 5, generator=g) > 0.6).float()
+    pixel_logits = (2 * masks - 1).unsqueeze(1) + torch.randn(4, 1, 5, 5, generator=g)
+    for loss, scores, cut in ((nn.BCEWithLogitsLoss(), pixel_logits, 0.0),
+                              (nn.BCELoss(), torch.sigmoid(pixel_logits), 0.5)):  # fmt: skip
+        bus = MessageBus()
+        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)
+        ik.TrainAccuracySubscriber(bus, backend=None)
+        published = []
+        ik.CallbackSubscriber(
+            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
+        )
+        exporter.wrap_loss(loss)(scores, masks.unsqueeze(1))
+        exporter.close()
+        by_hand = float(((scores[:, 0] > cut).float() == masks).float().mean())
+        assert published == pytest.approx([by_hand])
+        assert by_hand != pytest.approx(float((masks == 0).float().mean()))  # not background
