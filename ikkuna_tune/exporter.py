@@ -420,6 +420,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
         self._wrapped_losses = 0  # how many losses wrap_loss wrapped (each one's number)
         self._class_loss_wrapped = False  # one of them is known to take class labels
+        self._loss_sources: list[tuple[object, int]] = []  # each loss wrapped, its number
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
         self._epoch_open = False
@@ -808,8 +809,13 @@ class Exporter(StepHooks, LayerFreezing):
             self._loss_thresholds.add(threshold)
             agreed = next(iter(self._loss_thresholds)) if len(self._loss_thresholds) == 1 else None
             self.binary_threshold, self.scores_known = agreed or 0.0, agreed is not None
-        self._wrapped_losses += 1
-        source = self._wrapped_losses
+        # the same loss wrapped again (once an epoch, say) is the same source: its first
+        # labels were checked already
+        source = next((n for f, n in self._loss_sources if f is loss_fn), None)
+        if source is None:
+            self._wrapped_losses += 1
+            source = self._wrapped_losses
+            self._loss_sources.append((loss_fn, source))
         if labelled is True:
             self._class_loss_wrapped = True
         ignore = _ignore_index(loss_fn)

@@ -565,3 +565,25 @@ def test_a_non_negative_ignore_index_counts_nowhere() -> None:
         by_hand = float(((scores[:, 0] > cut).float() == masks).float().mean())
         assert published == pytest.approx([by_hand])
         assert by_hand != pytest.approx(float((masks == 0).float().mean()))  # not background
+
+
+def test_a_loss_wrapped_again_each_epoch_is_checked_once() -> None:
+    """Float labels cost one read back at a loss's first labels: wrapping the same loss again
+    (once an epoch) costs no more."""
+    from tests.test_host_reads import counting_reads
+
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(10, 4, generator=g), torch.randint(0, 2, (10, 1), generator=g).float()
+    model = nn.Linear(4, 1)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    per_epoch = []
+    with counting_reads() as reads:
+        for _ in range(3):
+            loss_fn = exporter.wrap_loss(F.binary_cross_entropy_with_logits)
+            before = sum(reads.values())
+            loss_fn(model(x), y)
+            per_epoch.append(sum(reads.values()) - before)
+    exporter.close()
+    assert per_epoch == [1, 0, 0]
