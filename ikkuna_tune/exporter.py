@@ -93,23 +93,32 @@ def _scripted_holders(model: nn.Module) -> list[str]:
     return [name or "<model>" for name in found]
 
 
-def _on_every_optimizer_step(exporter: Exporter) -> tuple[RemovableHandle, RemovableHandle]:
-    """Global step pre- and post-hooks, for every optimizer, that tell ``exporter`` (held
-    weakly: the hooks do not keep it alive) which optimizer is about to step and which has
-    stepped."""
-    ref = weakref.ref(exporter)
+#: the open Exporters, told of every optimizer's steps by one pair of global hooks, registered
+#: once and never removed: removing a hook while torch runs them (as the finalizer of an
+#: Exporter collected without close() did, or registering one from inside a hook) broke that
+#: optimizer step with "OrderedDict mutated during iteration"
+_WATCHING: weakref.WeakSet[Exporter] = weakref.WeakSet()
+_GLOBAL_HOOKS: list[RemovableHandle] = []
 
-    def before(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        watcher = ref()
-        if watcher is not None:
-            watcher._on_unwatched_step(optimizer)
 
-    def after(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        watcher = ref()
-        if watcher is not None and watcher._unwatched_running:
+def _before_any_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for watcher in list(_WATCHING):
+        watcher._on_unwatched_step(optimizer)
+
+
+def _after_any_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for watcher in list(_WATCHING):
+        if watcher._unwatched_running:
             watcher._on_unwatched_step_end(optimizer)
 
-    return register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)
+
+def _on_every_optimizer_step(exporter: Exporter) -> None:
+    """Tell ``exporter`` (held weakly) which optimizer is about to step and which has stepped,
+    for every optimizer, until it closes."""
+    if not _GLOBAL_HOOKS:
+        _GLOBAL_HOOKS.append(register_optimizer_step_pre_hook(_before_any_step))
+        _GLOBAL_HOOKS.append(register_optimizer_step_post_hook(_after_any_step))
+    _WATCHING.add(exporter)
 
 
 #: torch's losses whose targets are class labels, with the score above which one output per
@@ -470,11 +479,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._optimizer_handles: list[RemovableHandle] = self._hook_optimizers(optimizers)
         # optimizers not watched that stepped while watching: checked for the model's parameters
         self._seen_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        global_hooks = _on_every_optimizer_step(self)
-        self._base_handles.extend(global_hooks)
-        # an Exporter collected without close() leaves no global hook behind
-        for handle in global_hooks:
-            weakref.finalize(self, handle.remove)
+        _on_every_optimizer_step(self)  # (an Exporter collected without close() drops out)
         try:
             for subscriber in message_bus.subscribers:
                 self.check_subscriber(subscriber)
@@ -505,6 +510,7 @@ class Exporter(StepHooks, LayerFreezing):
         remove_receiver(self._receiver)
         self.message_bus.flush()
         self._unwatched_running.clear()
+        _WATCHING.discard(self)
         for handle in (*self._base_handles, *self._optimizer_handles):
             handle.remove()
         self._base_handles.clear()

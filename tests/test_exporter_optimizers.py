@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
@@ -657,3 +658,37 @@ def test_an_exporter_collected_without_close_leaves_no_global_hook() -> None:
     del model
     gc.collect()
     assert [len(h) for h in hooks] == before
+
+
+def test_an_exporter_made_or_collected_during_an_optimizer_step_breaks_no_step() -> None:
+    """torch runs its global optimizer hooks from an OrderedDict: an Exporter made inside one
+    (registering a hook) or collected there without close() (removing one) broke that step
+    with "OrderedDict mutated during iteration"; an unwatched optimizer's steps still reach
+    the open Exporter."""
+    import gc
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kept = ik.Exporter(model, opt)
+
+    def churn(optimizer, args, kwargs) -> None:  # type: ignore[no-untyped-def]
+        other = ik.Exporter(nn.Linear(2, 1))
+        other.cycle = other  # type: ignore[attr-defined]  # (collected by gc only)
+        del other
+        gc.collect()
+
+    handle = register_optimizer_step_post_hook(churn)
+    try:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.ones(4, 2)).sum().backward()
+            opt.step()
+    finally:
+        handle.remove()
+    assert kept.global_step == 2  # (0-based: the third step)
+    kept.close()
+    from ikkuna_tune.exporter import _WATCHING
+
+    assert kept not in _WATCHING
