@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -146,6 +147,20 @@ _OTHER_LOSSES = tuple(getattr(nn, n.split(":")[0]) for n in _OTHER_LOSS_NAMES)
 _OTHER_LOSS_FUNCTIONS = tuple(getattr(nn.functional, n.split(":")[1]) for n in _OTHER_LOSS_NAMES)
 
 
+def _as_index(value: object) -> int | None:
+    """``value`` as an int if it is one (a Python, NumPy or 0-d tensor integer), else None.
+
+    >>> _as_index(255), _as_index(torch.tensor(3)), _as_index(2.5), _as_index(True)
+    (255, 3, None, None)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def _ignore_index(loss_fn: object) -> int | None:
     """The ``ignore_index`` a loss module or a ``functools.partial`` of a loss was given
     (None if it has none; -100 unless said otherwise).
@@ -155,10 +170,9 @@ def _ignore_index(loss_fn: object) -> int | None:
     """
     for _ in range(8):
         if isinstance(loss_fn, functools.partial) and "ignore_index" in loss_fn.keywords:
-            value = loss_fn.keywords["ignore_index"]
-            return value if isinstance(value, int) else None
-        value = getattr(loss_fn, "ignore_index", None)
-        if isinstance(value, int) and not isinstance(value, bool):
+            return _as_index(loss_fn.keywords["ignore_index"])
+        value = _as_index(getattr(loss_fn, "ignore_index", None))
+        if value is not None:
             return value
         inner = (
             loss_fn.func
@@ -428,7 +442,6 @@ class Exporter(StepHooks, LayerFreezing):
         self.scores_known = False
         self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
         self._wrapped_losses = 0  # how many losses wrap_loss wrapped (each one's number)
-        self._class_loss_wrapped = False  # one of them is known to take class labels
         self._loss_sources: list[tuple[object, int]] = []  # each loss wrapped, its number
         # unwatched optimizers whose step is under way, with the watched steps begun before
         self._unwatched_running: list[tuple[torch.optim.Optimizer, int]] = []
@@ -795,11 +808,11 @@ class Exporter(StepHooks, LayerFreezing):
         loss (a ``functools.partial`` or ``torch.compile`` of one of torch's is read through).
         Train accuracy checks the first targets of each loss not known to lack class labels,
         and leaves the loss out, with a warning, if they are none (multi-hot targets, say).
-        Beside a loss known to take class labels, a loss of unknown kind is left out too (a
-        center loss, a distillation term): pass ``classes=True`` to count it. A non-negative
-        ``ignore_index`` of the loss (given to the module, a ``partial`` or the call) counts
-        nowhere in train accuracy, as in the loss. Wrapping this Exporter's own wrapper again
-        returns it as it is.
+        In a step where a loss known to take class labels counts, a loss of unknown kind is
+        left out (a center loss, a distillation term): pass ``classes=True`` to count it. A
+        non-negative ``ignore_index`` of the loss (given to the module, a ``partial`` or the
+        call) counts nowhere in train accuracy, as in the loss. Wrapping this Exporter's own
+        wrapper again returns it as it is.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
@@ -822,8 +835,6 @@ class Exporter(StepHooks, LayerFreezing):
             self._wrapped_losses += 1
             source = self._wrapped_losses
             self._loss_sources.append((loss_fn, source))
-        if labelled is True:
-            self._class_loss_wrapped = True
         ignore = _ignore_index(loss_fn)
 
         def loss_with_export(
@@ -834,13 +845,10 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
-                # a loss of one's own beside one of torch's classification losses (a center
-                # loss, a distillation term): its targets count only if said to be classes
-                counted = False if labelled is None and self._class_loss_wrapped else labelled
-                ignored = kwargs.get("ignore_index", ignore)
+                ignored = _as_index(kwargs.get("ignore_index", ignore))
                 self._publish_labels(
-                    target, loss, scores, threshold, counted, source,
-                    ignored if isinstance(ignored, int) and ignored >= 0 else None,
+                    target, loss, scores, threshold, labelled, source,
+                    ignored if ignored is not None and ignored >= 0 else None,
                 )  # fmt: skip
             elif not self._warned_label_type:
                 self._warned_label_type = True

@@ -67,6 +67,11 @@ def _one_logit(x: torch.Tensor) -> bool:
     return x.dim() == 1 or (x.dim() >= 2 and x.shape[1] == 1)
 
 
+def _one_per_sample(x: torch.Tensor) -> bool:
+    """Whether ``x`` is shaped as one value per sample: ``(N,)`` or ``(N, 1)``."""
+    return x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)
+
+
 def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() and target.dim() == output.dim() and output.dim() > 1:
         if target.shape[1] == output.shape[1] and output.shape[1] > 1:
@@ -127,9 +132,10 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
         ok = soft if output is not None else whole | soft
     else:
         ok = whole
-    if _one_logit(values) and (output is None or _one_logit(output)):
+    if _one_per_sample(values) and (output is None or _one_per_sample(output)):
         # one logit per sample: targets may be class-1 probabilities (smoothed labels), beside
-        # a negative whole number that is an ignore index
+        # a negative whole number that is an ignore index (per position, only 0/1 masks: a
+        # grayscale image in [0, 1] is no label)
         probability = (values >= 0) & (values <= 1)
         ok = ok | (probability | ((values < 0) & (values == values.round()))).all()
     if bool(ok):  # the one host read

@@ -156,8 +156,20 @@ class TrainAccuracySubscriber(PlotSubscriber):
         #: labels were checked to be class labels
         self._labels_checked: set[int | None] = set()
         self._left_out: set[int | None] = set()  # the wrapped losses left out
-        #: the step being counted and what it counted so far (device tensors)
-        self._step: tuple[int, Counts] | None = None
+        #: the step being counted and what it counted so far (device tensors), of losses known
+        #: to take class labels and of the others
+        self._step: tuple[int, Counts | None, Counts | None] | None = None
+        self._told_unknown = False
+
+    def _say_unknown_left_out(self) -> None:
+        if not self._told_unknown:
+            self._told_unknown = True
+            logger.warning(
+                "TrainAccuracySubscriber: a wrapped loss of unknown kind is left out of train "
+                "accuracy in the steps where a loss known to take class labels counts (a "
+                "center loss or a distillation term beside a cross-entropy); "
+                "wrap_loss(loss, classes=True) counts it"
+            )
 
     def _leave_out(self, source: int | None, why: str) -> None:
         """Leave out the labels of wrapped loss ``source`` from now on (one warning)."""
@@ -180,12 +192,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
             wrapped = isinstance(labels, LabelsMessage)
             source = labels.source if wrapped else None
             if wrapped and labels.classes is False:  # a regression loss's targets, say
-                self._leave_out(
-                    source,
-                    "its loss is not known to take class labels (one of torch's regression "
-                    "losses, say, or a loss of one's own beside a classification loss: "
-                    "wrap_loss(loss, classes=True) counts it)",
-                )
+                self._leave_out(source, "its loss has no class labels (a regression loss, say)")
                 return
             if source in self._left_out:
                 return
@@ -205,13 +212,22 @@ class TrainAccuracySubscriber(PlotSubscriber):
             target = labels.data
             ignored = labels.ignore_index if wrapped else None
             if ignored is not None and not target.is_floating_point():
-                target = torch.where(target == ignored, -1, target)  # counts nowhere
+                target = torch.where(target == ignored, -1, target.long())  # counts nowhere
             counts = F.count_predictions(output, target, threshold[0])
-            counted = self._step
-            if counted is not None and counted[0] == bundle.global_step:  # another pass
-                counts = _added(counted[1], counts)
-            self._step = (bundle.global_step, counts)
-            self.publish(keys.TRAIN_ACCURACY, rate(counts), bundle)
+            # a step's counts of losses known to take class labels, and of the others (a loss
+            # of one's own): where the first count, the others are left out (a center loss's
+            # or a distillation term's targets beside a cross-entropy's)
+            known = not wrapped or labels.classes is True
+            step, *buckets = self._step or (None, None, None)
+            if step != bundle.global_step:
+                buckets = [None, None]
+            slot = 0 if known else 1
+            held = buckets[slot]
+            buckets[slot] = counts if held is None else _added(held, counts)
+            self._step = (bundle.global_step, buckets[0], buckets[1])
+            if buckets[0] is not None and buckets[1] is not None:
+                self._say_unknown_left_out()
+            self.publish(keys.TRAIN_ACCURACY, rate(buckets[0] or buckets[1]), bundle)
 
 
 def _check_threshold(threshold: float | None) -> float | None:
@@ -248,7 +264,7 @@ def _warn_if_probabilities(output: torch.Tensor, threshold: tuple[float, bool], 
         return
     if not output.is_floating_point() or output.numel() < 2:
         return
-    if not (output.dim() == 1 or (output.dim() == 2 and output.shape[1] == 1)):
+    if not (output.dim() == 1 or (output.dim() >= 2 and output.shape[1] == 1)):
         return
     finite = output.detach()[output.detach().isfinite()]
     if finite.numel() >= 2 and bool(((finite >= 0) & (finite <= 1)).all()):

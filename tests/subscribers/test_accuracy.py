@@ -675,8 +675,9 @@ def test_one_output_in_zero_one_read_as_logits_is_warned_and_a_threshold_is_take
     exporter.close()
     with torch.no_grad():
         p = model(x)
-    assert float(assumed._step[1].correct) == float(((p > 0).float() == y).sum())
-    assert float(given._step[1].correct) == float(((p > 0.5).float() == y).sum())
+    # (the counts of the step: its loss is of unknown kind)
+    assert float(assumed._step[2].correct) == float(((p > 0).float() == y).sum())
+    assert float(given._step[2].correct) == float(((p > 0.5).float() == y).sum())
     told = [r.getMessage() for r in caplog.records if "all in [0, 1]" in r.getMessage()]
     assert len(told) == 1 and "threshold=0.5" in told[0]  # the assumed one; the given, not
     with pytest.raises(ValueError, match="`threshold` to be a finite number"):

@@ -242,8 +242,7 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
     assert len(told) == 3  # once for each
     with pytest.raises(ValueError, match="`classes` to be True, False or None"):
         exporter.wrap_loss(F.mse_loss, classes="no")
-    # a loss of one's own beside a classification loss is left out (its targets may well be
-    # whole numbers: a center loss's class indices for features), with the reason
+    # a loss of one's own whose first targets are no class labels is left out, with the reason
     unknown = exporter.wrap_loss(lambda out, target: (out - target).abs().mean())
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
@@ -256,7 +255,7 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
             opt.step()
     assert published == pytest.approx(expected)
     (told,) = [r.getMessage() for r in caplog.records]
-    assert "not known to take class labels" in told and "number 5" in told
+    assert "Expected classification targets" in told and "number 5" in told
     exporter.close()
 
 
@@ -587,3 +586,81 @@ def test_a_loss_wrapped_again_each_epoch_is_checked_once() -> None:
             per_epoch.append(sum(reads.values()) - before)
     exporter.close()
     assert per_epoch == [1, 0, 0]
+
+
+def test_a_loss_of_ones_own_counts_in_the_steps_no_classification_loss_counts_in() -> None:
+    """A class-weighted cross-entropy of one's own trains; nn.CrossEntropyLoss, wrapped too,
+    only scores validation passes (eval, no gradients), or trained an earlier stage: the own
+    loss's accuracy is published at every step (it was left out for good)."""
+    model, x, y, _ = _two_heads()
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    bus = MessageBus()
+    exporter = ik.Exporter(model, None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    validation = exporter.wrap_loss(nn.CrossEntropyLoss())
+    own = exporter.wrap_loss(lambda out, t: F.cross_entropy(out, t, weight=weight))
+    expected = []
+    for step, stage in enumerate(("classification", "own", "own")):
+        xs, ys = x[8 * step : 8 * step + 16], y[8 * step : 8 * step + 16]  # batches differ
+        out = model(xs)
+        (validation if stage == "classification" else own)(out[:, :3], ys)
+        expected.append(float((out[:, :3].argmax(1) == ys).float().mean()))
+        model.eval()
+        with torch.no_grad():
+            validation(model(x)[:, :3], y)
+        model.train()
+    exporter.close()
+    assert published == pytest.approx(expected)
+    assert len(set(expected)) == 3
+
+
+def test_uint8_and_numpy_ignore_indices_and_grayscale_images() -> None:
+    """A uint8 mask's void 255 (-1 wrapped to 255 in uint8), an ignore_index given as a NumPy
+    or tensor integer; and a grayscale image in [0, 1], which is no label even shaped like a
+    binary segmentation's output."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(10)
+    logits, y = torch.randn(4, 3, 5, generator=g), torch.randint(0, 3, (4, 5), generator=g)
+    y[:, 3:] = 255
+    kept = y != 255
+    expected = float((logits.argmax(1)[kept] == y[kept]).float().mean())
+
+    class LongTargets(nn.CrossEntropyLoss):
+        def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return super().forward(out, target.long())
+
+    cases = {
+        "uint8 masks": (LongTargets(ignore_index=255), y.to(torch.uint8), {}),
+        "numpy index": (F.cross_entropy, y, {"ignore_index": np.int64(255)}),
+        "tensor index": (F.cross_entropy, y, {"ignore_index": torch.tensor(255)}),
+    }
+    for name, (loss, target, kwargs) in cases.items():
+        bus = MessageBus()
+        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)
+        ik.TrainAccuracySubscriber(bus, backend=None)
+        published: list[float] = []
+        ik.CallbackSubscriber(
+            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
+        )
+        exporter.wrap_loss(loss)(logits, target, **kwargs)
+        exporter.close()
+        assert published == pytest.approx([expected]), name
+    images = torch.rand(4, 1, 6, 6, generator=g)
+    with pytest.raises(ValueError, match="Expected classification targets"):
+        ik.TestAccuracySubscriber(TensorDataset(images, images), forward_fn=lambda t: t)
+
+
+def test_a_sigmoid_segmentation_read_as_logits_is_warned_about(caplog) -> None:
+    scores = torch.sigmoid(torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(5)))
+    masks = (scores > 0.5).float()
+    bus = MessageBus()
+    exporter = ik.Exporter(nn.Linear(1, 1), None, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    dice = exporter.wrap_loss(lambda p, t: 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        dice(scores, masks)
+    exporter.close()
+    assert "all in [0, 1]" in caplog.text
