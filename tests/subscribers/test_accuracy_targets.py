@@ -181,6 +181,19 @@ def test_test_accuracy_accepts_float_class_indices_and_soft_labels() -> None:
         assert sub.evaluate().item() == pytest.approx(expected)
 
 
+def _counting(
+    model: nn.Module | None = None, opt: torch.optim.Optimizer | None = None
+) -> tuple[ik.Exporter, list[float]]:
+    """An Exporter on ``model`` (a stand-in layer where the scored outputs are made by hand)
+    with a TrainAccuracySubscriber, and the list its values are published to."""
+    bus = MessageBus()
+    exporter = ik.Exporter(nn.Linear(1, 1) if model is None else model, opt, bus)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    published: list[float] = []
+    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    return exporter, published
+
+
 def _train_step(model: nn.Module, opt, loss_fn, x, y) -> None:  # type: ignore[no-untyped-def]
     opt.zero_grad()
     loss_fn(model(x), y).backward()
@@ -191,11 +204,7 @@ def test_train_accuracy_rejects_regression_labels_at_the_first_step() -> None:
     x, y = _regression()
     model = nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    bus = MessageBus()
-    exporter = ik.Exporter(model, opt, bus)
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    published: list[float] = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    exporter, published = _counting(model, opt)
 
     def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # labels by hand
         exporter.publish_labels(target)
@@ -217,11 +226,7 @@ def test_train_accuracy_leaves_out_the_targets_of_a_regression_loss(caplog) -> N
     torch.manual_seed(0)
     model = nn.Linear(4, 5)  # 3 class logits, then 2 box coordinates
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = MessageBus()
-    exporter = ik.Exporter(model, opt, bus)
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    published: list[float] = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    exporter, published = _counting(model, opt)
     ce = exporter.wrap_loss(F.cross_entropy)
     regressions = [
         exporter.wrap_loss(F.mse_loss),
@@ -451,11 +456,7 @@ def test_a_regression_loss_takes_no_other_loss_output_or_threshold() -> None:
     losses: its labels pair with its own scores and are left out, so each class loss counts
     its own pass (they took the next loss's output, whose own labels were dropped)."""
     model, x, y, targets = _two_heads()
-    bus = MessageBus()
-    exporter = ik.Exporter(model, None, bus)
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    published: list[float] = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    exporter, published = _counting(model)
     ce, mse = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(F.mse_loss)
     outs = [model(x[:16]), model(x[16:])]
     ce(outs[0][:, :3], y[:16])
@@ -477,11 +478,7 @@ def test_a_regression_loss_takes_no_other_loss_output_or_threshold() -> None:
 def test_multi_hot_targets_of_a_bce_head_are_left_out_and_training_goes_on(caplog) -> None:
     model, x, y, _ = _two_heads()
     multi_hot = (torch.rand(32, 2, generator=torch.Generator().manual_seed(2)) > 0.5).float()
-    bus = MessageBus()
-    exporter = ik.Exporter(model, None, bus)
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    published: list[float] = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    exporter, published = _counting(model)
     ce, bce = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(nn.BCEWithLogitsLoss())
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
         out = model(x)
@@ -498,13 +495,7 @@ def test_a_center_loss_or_distillation_term_beside_cross_entropy_is_left_out() -
     model, x, y, _ = _two_heads()
     teacher = torch.softmax(torch.randn(32, 3, generator=torch.Generator().manual_seed(3)), 1)
     for classes, counted in ((None, 1), (True, 2)):
-        bus = MessageBus()
-        exporter = ik.Exporter(model, None, bus)
-        ik.TrainAccuracySubscriber(bus, backend=None)
-        published: list[float] = []
-        ik.CallbackSubscriber(
-            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
-        )
+        exporter, published = _counting(model)
         ce = exporter.wrap_loss(F.cross_entropy)
         kl = exporter.wrap_loss(nn.KLDivLoss(reduction="batchmean"), classes=classes)
         center = exporter.wrap_loss(lambda f, t: f.sum() * 0 + t.float().mean(), classes=classes)
@@ -538,13 +529,7 @@ def test_a_non_negative_ignore_index_counts_nowhere() -> None:
         "call": (F.cross_entropy, {"ignore_index": 255}),
     }
     for name, (loss, kwargs) in losses.items():
-        bus = MessageBus()
-        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)  # (scored outputs made by hand)
-        ik.TrainAccuracySubscriber(bus, backend=None)
-        published: list[float] = []
-        ik.CallbackSubscriber(
-            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
-        )
+        exporter, published = _counting()  # (scored outputs made by hand)
         exporter.wrap_loss(loss)(logits, y, **kwargs)
         exporter.close()
         assert published == pytest.approx([expected]), name
@@ -552,13 +537,7 @@ def test_a_non_negative_ignore_index_counts_nowhere() -> None:
     pixel_logits = (2 * masks - 1).unsqueeze(1) + torch.randn(4, 1, 5, 5, generator=g)
     for loss, scores, cut in ((nn.BCEWithLogitsLoss(), pixel_logits, 0.0),
                               (nn.BCELoss(), torch.sigmoid(pixel_logits), 0.5)):  # fmt: skip
-        bus = MessageBus()
-        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)
-        ik.TrainAccuracySubscriber(bus, backend=None)
-        published = []
-        ik.CallbackSubscriber(
-            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
-        )
+        exporter, published = _counting()
         exporter.wrap_loss(loss)(scores, masks.unsqueeze(1))
         exporter.close()
         by_hand = float(((scores[:, 0] > cut).float() == masks).float().mean())
@@ -594,11 +573,7 @@ def test_a_loss_of_ones_own_counts_in_the_steps_no_classification_loss_counts_in
     loss's accuracy is published at every step (it was left out for good)."""
     model, x, y, _ = _two_heads()
     weight = torch.tensor([1.0, 2.0, 0.5])
-    bus = MessageBus()
-    exporter = ik.Exporter(model, None, bus)
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    published: list[float] = []
-    ik.CallbackSubscriber(["train_accuracy"], lambda m: published.append(float(m.data)), bus)
+    exporter, published = _counting(model)
     validation = exporter.wrap_loss(nn.CrossEntropyLoss())
     own = exporter.wrap_loss(lambda out, t: F.cross_entropy(out, t, weight=weight))
     expected = []
@@ -638,13 +613,7 @@ def test_uint8_and_numpy_ignore_indices_and_grayscale_images() -> None:
         "tensor index": (F.cross_entropy, y, {"ignore_index": torch.tensor(255)}),
     }
     for name, (loss, target, kwargs) in cases.items():
-        bus = MessageBus()
-        exporter = ik.Exporter(nn.Linear(1, 1), None, bus)
-        ik.TrainAccuracySubscriber(bus, backend=None)
-        published: list[float] = []
-        ik.CallbackSubscriber(
-            ["train_accuracy"], lambda m, p=published: p.append(float(m.data)), bus
-        )
+        exporter, published = _counting()
         exporter.wrap_loss(loss)(logits, target, **kwargs)
         exporter.close()
         assert published == pytest.approx([expected]), name
