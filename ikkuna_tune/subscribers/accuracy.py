@@ -102,7 +102,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
     (gradient accumulation) is one batch: each of its passes publishes the accuracy over all of
     the step's passes so far, so the last (what a report takes) is that of the whole step.
 
-    The labels of the first step are checked to be classification labels
+    The first labels of each loss are checked to be classification labels
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
     the host there, once; later steps read nothing back.
 
@@ -111,7 +111,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
     second pass run before the first pass's loss); else the step's last forward pass's. Every
     wrapped loss with class labels counts (several heads are pooled); the targets of one that
     has none (torch's regression losses, or ``wrap_loss(loss, classes=False)``) are left out,
-    and so, with a warning, are those of a loss whose first labels are no class labels.
+    and so, with a warning, are those of a loss whose first labels are no class labels, and
+    those of a loss of unknown kind in a step where a loss known to take class labels counts
+    (a center loss or a distillation term beside a cross-entropy).
 
     Arguments as for :class:`LossSubscriber`, and ``threshold``: for a model with one output
     per sample, the score above which it predicts class 1; by default the Exporter's
