@@ -227,9 +227,14 @@ class TrainAccuracySubscriber(PlotSubscriber):
             held = buckets[slot]
             buckets[slot] = counts if held is None else _added(held, counts)
             self._step = (bundle.global_step, buckets[0], buckets[1])
-            if buckets[0] is not None and buckets[1] is not None:
+            known_counts, other_counts = buckets
+            if known_counts is None or other_counts is None:
+                value = rate(known_counts or other_counts)  # type: ignore[arg-type]
+            else:
                 self._say_unknown_left_out()
-            self.publish(keys.TRAIN_ACCURACY, rate(buckets[0] or buckets[1]), bundle)
+                # (where the known losses' labels were all ignored, the others', on the device)
+                value = torch.where(known_counts.total > 0, rate(known_counts), rate(other_counts))
+            self.publish(keys.TRAIN_ACCURACY, value, bundle)
 
 
 def _check_threshold(threshold: float | None) -> float | None:

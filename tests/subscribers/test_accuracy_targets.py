@@ -633,3 +633,22 @@ def test_a_sigmoid_segmentation_read_as_logits_is_warned_about(caplog) -> None:
         dice(scores, masks)
     exporter.close()
     assert "all in [0, 1]" in caplog.text
+
+
+def test_a_step_whose_classification_labels_are_all_ignored_counts_the_other_loss() -> None:
+    model, x, y, _ = _two_heads()
+    exporter, published = _counting(model)
+    ce = exporter.wrap_loss(F.cross_entropy)
+    own = exporter.wrap_loss(lambda out, t: F.cross_entropy(out, t))
+    expected = []
+    for step in range(3):
+        head_a = y.clone() if step != 1 else torch.full_like(y, -100)  # no label for head A
+        out = model(x)
+        ce(out[:, :3], head_a)
+        own(out[:, 1:4], y)
+        kept = head_a >= 0
+        scores, labels = (out[:, :3], y) if kept.any() else (out[:, 1:4], y)
+        expected.append(float((scores.argmax(1) == labels).float().mean()))
+    exporter.close()
+    assert published[1::2] == pytest.approx(expected)  # the last value of each step
+    assert expected[1] != 0.0
