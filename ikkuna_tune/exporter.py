@@ -161,6 +161,27 @@ def _as_index(value: object) -> int | None:
         return None
 
 
+def _read_through(loss_fn: object) -> Iterator[object]:
+    """``loss_fn``, then what it wraps, as far as it goes: a ``functools.partial``'s function,
+    a ``torch.compile``'d module's or function's original (at most 8 levels).
+
+    >>> inner = nn.MSELoss()
+    >>> [type(f).__name__ for f in _read_through(functools.partial(inner))]
+    ['partial', 'MSELoss']
+    """
+    for _ in range(8):
+        yield loss_fn
+        inner = (
+            loss_fn.func
+            if isinstance(loss_fn, functools.partial)
+            else getattr(loss_fn, "_orig_mod", None)
+            or getattr(loss_fn, "_torchdynamo_orig_callable", None)
+        )
+        if inner is None:
+            return
+        loss_fn = inner
+
+
 def _ignore_index(loss_fn: object) -> int | None:
     """The ``ignore_index`` a loss module or a ``functools.partial`` of a loss was given
     (None if it has none; -100 unless said otherwise).
@@ -168,20 +189,12 @@ def _ignore_index(loss_fn: object) -> int | None:
     >>> _ignore_index(nn.CrossEntropyLoss(ignore_index=255)), _ignore_index(nn.MSELoss())
     (255, None)
     """
-    for _ in range(8):
-        if isinstance(loss_fn, functools.partial) and "ignore_index" in loss_fn.keywords:
-            return _as_index(loss_fn.keywords["ignore_index"])
-        value = _as_index(getattr(loss_fn, "ignore_index", None))
+    for layer in _read_through(loss_fn):
+        if isinstance(layer, functools.partial) and "ignore_index" in layer.keywords:
+            return _as_index(layer.keywords["ignore_index"])
+        value = _as_index(getattr(layer, "ignore_index", None))
         if value is not None:
             return value
-        inner = (
-            loss_fn.func
-            if isinstance(loss_fn, functools.partial)
-            else getattr(loss_fn, "_orig_mod", None)
-        )
-        if inner is None:
-            return None
-        loss_fn = inner
     return None
 
 
@@ -195,19 +208,11 @@ def _loss_labels(loss_fn: object) -> tuple[bool | None, float | None]:
     >>> [_loss_labels(f) for f in (nn.BCELoss(), nn.functional.mse_loss, lambda o, t: o)]
     [(True, 0.5), (False, None), (None, None)]
     """
-    for _ in range(8):  # (wrappers of wrappers)
-        told = getattr(loss_fn, "_ikkuna_loss_labels", None)
+    for layer in _read_through(loss_fn):
+        told = getattr(layer, "_ikkuna_loss_labels", None)
         if told is not None:
             return told
-        inner = (
-            loss_fn.func
-            if isinstance(loss_fn, functools.partial)
-            else getattr(loss_fn, "_orig_mod", None)
-            or getattr(loss_fn, "_torchdynamo_orig_callable", None)
-        )
-        if inner is None:
-            break
-        loss_fn = inner
+        loss_fn = layer
     for module, function, threshold in _CLASS_LOSSES:
         if isinstance(loss_fn, module) or loss_fn is function:
             return True, threshold
