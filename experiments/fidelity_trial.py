@@ -73,8 +73,10 @@ def train_trial(config: dict[str, Any]) -> None:
     """Train ``config["family"]`` on ``config["data"]`` for ``config["epochs"]`` epochs.
 
     Config keys: ``family``, ``data``, ``lr``, ``epochs``, optional ``seed`` (0),
-    ``batch_size`` (64), ``momentum`` (0.9), and ``variant`` (a dict merged into the config; the
-    benchmark puts the scheduler group there).
+    ``batch_size`` (64), ``momentum`` (0.9), ``lr_drop_epoch`` (None: a constant learning rate;
+    else the learning rate is multiplied by ``lr_drop_factor``, 0.1, from that epoch on, by
+    ``MultiStepLR`` stepped at each epoch's end), and ``variant`` (a dict merged into the
+    config; the benchmark puts the scheduler group there).
     """
     config = {**config, **config.get("variant", {})}
     torch.set_num_threads(1)
@@ -84,6 +86,14 @@ def train_trial(config: dict[str, Any]) -> None:
     model = build_model(config["family"], tuple(train.tensors[0].shape[1:]))
     opt = torch.optim.SGD(
         model.parameters(), lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9))
+    )
+    drop = config.get("lr_drop_epoch")
+    schedule = (
+        torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[int(drop)], gamma=float(config.get("lr_drop_factor", 0.1))
+        )
+        if drop is not None
+        else None
     )
     exporter = ik.watch(model, opt)
     loss_fn = exporter.wrap_loss(F.cross_entropy)
@@ -98,6 +108,8 @@ def train_trial(config: dict[str, Any]) -> None:
     for epoch in range(int(config["epochs"])):
         started = time.perf_counter()
         mean_loss = train_epoch(model, opt, loss_fn, loader)
+        if schedule is not None:
+            schedule.step()  # the next epoch trains at the new rate
         epoch_end = time.perf_counter()
         exporter.epoch_finished()
         finished = time.perf_counter()

@@ -88,6 +88,9 @@ FIGURES: dict[str, Figure] = {
         "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
     ),
     "faults": Figure("experiments.bench_faults", (), "cpu_bench_faults.txt", ("--quick",)),
+    "lr_schedule": Figure(
+        "experiments.bench_lr_schedule", (), "cpu_bench_lr_schedule.txt", ("--quick",)
+    ),
     "report": Figure("experiments.bench_report", (), "cpu_bench_report.txt"),
     "epoch_end": Figure("experiments.bench_epoch_end", (), "cpu_bench_epoch_end.txt"),
     "demo": Figure("experiments.demo_log", ("--images", "docs/images"), "cpu_demo.txt"),

@@ -23,6 +23,7 @@ __all__ = [
     "TEST_ACCURACY_CHANCE",
     "TRAIN_ACCURACY",
     "TRAIN_REPORT",
+    "UNFREEZE_REASON",
     "call_key",
     "chance_of",
     "layer_of_call",
@@ -52,6 +53,10 @@ FREEZE_REASON = "freeze_reason"
 FROZEN_BY_TRIAL = (
     "frozen in the trial (Exporter.freeze, or a subscriber's freeze_at), not by the scheduler"
 )
+#: Why a layer the scheduler froze trains again (per layer, text; ``""`` for a layer frozen or
+#: never unfrozen): its learning rate changed since the freeze (see
+#: :mod:`ikkuna_tune.tune.lr_release`).
+UNFREEZE_REASON = "unfreeze_reason"
 #: Mean seconds per training step since the last report.
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.
@@ -62,7 +67,14 @@ STEP_SECONDS_UNFROZEN = "step_seconds_unfrozen"
 #: (see :mod:`ikkuna_tune.tune.mailbox`).
 TRAIN_REPORT = "ikkuna_report_name"
 #: The keys :func:`ikkuna_tune.report` adds to every report (a user's metric may not use them).
-RESERVED_KEYS = (FROZEN, FROZEN_FRACTION, FREEZE_REASON, STEP_SECONDS, STEP_SECONDS_UNFROZEN)
+RESERVED_KEYS = (
+    FROZEN,
+    FROZEN_FRACTION,
+    FREEZE_REASON,
+    UNFREEZE_REASON,
+    STEP_SECONDS,
+    STEP_SECONDS_UNFROZEN,
+)
 
 #: Where SVCCAScheduler writes its decisions, one JSON object a line, in each trial directory.
 DECISIONS_FILE = "ikkuna_decisions.jsonl"

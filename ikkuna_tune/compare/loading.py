@@ -260,9 +260,10 @@ def _tidy_trial(results: pd.DataFrame, text: set[str], layers: set[str]) -> pd.D
         metric, _, layer = column.partition("/")
         if layer and layers and layer not in layers:
             metric, layer = column, ""
-        # freeze_reason is text; read from progress.csv, a layer never frozen ("" in every
-        # report) is a column of NaN, not a metric without values
-        values = None if metric == FREEZE_REASON else _numeric(results[column])
+        # freeze_reason and unfreeze_reason are text; read from progress.csv, a layer never
+        # frozen ("" in every report) is a column of NaN, not a metric without values
+        text_only = metric in (FREEZE_REASON, keys.UNFREEZE_REASON)
+        values = None if text_only else _numeric(results[column])
         if values is None:
             text.add(metric)
             continue

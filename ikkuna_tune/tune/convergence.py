@@ -72,6 +72,7 @@ __all__ = [
     "noise_band",
     "others_best_so_far",
     "others_held_so_far",
+    "parse_reason",
     "stop_verdict",
 ]
 
@@ -135,8 +136,8 @@ LEARNED_SHARE = 0.5
 
 @dataclass(frozen=True)
 class Decision:
-    """One decision: ``action`` ('freeze' or 'stop'), the ``rule`` that made it, the layer it
-    concerns (if any), the report it was made at and the values behind it.
+    """One decision: ``action`` ('freeze', 'unfreeze' or 'stop'), the ``rule`` that made it,
+    the layer it concerns (if any), the report it was made at and the values behind it.
 
     Examples:
         >>> decision = Decision("freeze", "converged", 4, "conv1", {"similarity": 0.99512})
@@ -173,6 +174,31 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def parse_reason(text: str) -> tuple[str, dict[str, float]]:
+    """A reason a trial reported, ``"rule (name=value, ...)"``, as its rule and values (text
+    in another form is all rule).
+
+    Examples:
+        >>> parse_reason("learning rate changed (lr_at_freeze=0.1, lr=0.01)")
+        ('learning rate changed', {'lr_at_freeze': 0.1, 'lr': 0.01})
+        >>> parse_reason("unfrozen by hand")
+        ('unfrozen by hand', {})
+    """
+    rule, opened, rest = text.strip().partition(" (")
+    if not opened or not rest.endswith(")"):
+        return text.strip(), {}
+    values: dict[str, float] = {}
+    for pair in rest[:-1].split(", "):
+        key, equals, value = pair.partition("=")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            return text.strip(), {}
+        if not equals or not key:
+            return text.strip(), {}
+    return rule, values
+
+
 @dataclass
 class LayerHistory:
     """One layer's reported signals, one entry per report (NaN where nothing was reported).
@@ -207,6 +233,10 @@ class TrialHistory:
     pending: set[str] = field(default_factory=set)
     #: layers ordered frozen that the trial did not freeze, twice: never ordered again
     refused: set[str] = field(default_factory=set)
+    #: layers the trial unfroze after a freeze (its learning rate changed), each with the
+    #: number of reports in the history when the trial reported it: judged again only on the
+    #: reports after those
+    released: dict[str, int] = field(default_factory=dict)
     #: the metric's chance level, as the trial last reported it (signed like the metric)
     chance: float = math.nan
 
@@ -236,6 +266,7 @@ class TrialHistory:
         for history in self.per_layer.values():
             for series in (history.similarity, history.distance, history.live):
                 del series[reports:]
+        self.released = {n: at for n, at in self.released.items() if at <= reports}
 
     def add(
         self,
@@ -490,6 +521,12 @@ def freeze_candidates(
     def settled(name: str) -> bool:
         history = trial.per_layer.get(name)
         if name in trial.refused:  # the trial will not freeze it: a stop for the prefix
+            return False
+        released = trial.released.get(name)
+        if released is not None and trial.reports - released < max(
+            rules.settle_window, rules.patience
+        ):
+            # unfrozen at a learning-rate change: settled only on reports made after it
             return False
         checks[name] = layer_settled(history, rules) if history else (False, {})
         # a layer the forward pass calls more than once is settled only in every call: a

@@ -17,6 +17,7 @@ from ikkuna_tune.tune.convergence import (
     among_best,
     freeze_candidates,
     others_best_so_far,
+    parse_reason,
     stop_verdict,
 )
 from ikkuna_tune.tune.decision_log import (
@@ -24,6 +25,7 @@ from ikkuna_tune.tune.decision_log import (
     append_decision,
     read_decisions,
 )
+from ikkuna_tune.tune.lr_release import check_factor
 from ikkuna_tune.tune.mailbox import Mailbox
 from ikkuna_tune.tune.persist import persist_trial_files, read_results
 from ikkuna_tune.tune.results import (
@@ -168,6 +170,12 @@ class SVCCAScheduler(FIFOScheduler):
             accuracy in the fidelity sweeps, which can change which configuration wins; a sweep
             of at most ``protect_top`` trials, or a single trial, needs it to freeze at all).
         optimism: how much faster than its best recent rate a trial is assumed to improve.
+        unfreeze_lr_factor: a trial unfreezes a layer this scheduler froze once a learning rate
+            of the layer's parameters has moved by this factor or more, either way, from the
+            one the layer was judged at (a step decay, a reduction on a plateau, a warm
+            restart: the layer may learn again at the new rate); the scheduler logs the
+            unfreeze and judges the layer again on the reports after it. None: a freeze holds
+            to the end whatever the learning rate does.
         max_t: the trials' budget in reports; by default Tune's stopping criterion on
             ``training_iteration`` (``stop={"training_iteration": N}``, or a
             ``MaximumIterationStopper``), if any (else trials are never stopped as behind).
@@ -207,6 +215,7 @@ class SVCCAScheduler(FIFOScheduler):
         protect_top: int = 3,
         freeze_best: bool = False,
         optimism: float = 3.0,
+        unfreeze_lr_factor: float | None = 2.0,
         max_t: int | None = None,
         base: TrialScheduler | None = None,
         similarity_key: str = keys.SELF_SIMILARITY,
@@ -237,6 +246,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.stop = check_bool("stop", stop)
         self.freeze = check_bool("freeze", freeze)
         self.freeze_best = check_bool("freeze_best", freeze_best)
+        self.unfreeze_lr_factor = check_factor("unfreeze_lr_factor", unfreeze_lr_factor)
         self.max_t = None if max_t is None else check_int("max_t", max_t)
         self._told_no_budget = False
         if base is not None and not isinstance(base, TrialScheduler):
@@ -307,7 +317,7 @@ class SVCCAScheduler(FIFOScheduler):
         self._trials[trial.trial_id] = trial
         view = self._views.get(trial.trial_id)
         if view is None:
-            view = self._views[trial.trial_id] = TrialView()
+            view = self._views[trial.trial_id] = self._new_view()
             self._recall(trial, view)
         view.budget = self.max_t or iteration_budget(trial, _stopper_of(tune_controller))
         if view.budget is None and self.stop and not self._told_no_budget:
@@ -334,7 +344,9 @@ class SVCCAScheduler(FIFOScheduler):
             self._mailbox.acknowledge(trial_id, report)
 
     def _on_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        view = self._views.setdefault(trial.trial_id, TrialView())
+        view = self._views.get(trial.trial_id)
+        if view is None:
+            view = self._views[trial.trial_id] = self._new_view()
         report, iteration = result.get(keys.TRAIN_REPORT), result.get("training_iteration")
         if isinstance(report, str) and is_number(iteration):
             if view.last_iteration is not None and int(iteration) <= view.last_iteration:
@@ -378,7 +390,9 @@ class SVCCAScheduler(FIFOScheduler):
             # the trial's last report, which the other trials are compared with
             raw = result.get("training_iteration") if isinstance(result, dict) else None
             if is_number(raw) and (view.last_iteration is None or int(raw) > view.last_iteration):
-                self._observe(trial.trial_id, view, result)
+                observed = self._observe(trial.trial_id, view, result)
+                for decision in observed[2] if observed is not None else []:
+                    self._record(trial.trial_id, decision)
             view.completed = True
         self._acknowledge(trial.trial_id, result)
         if self._mailbox is not None:
@@ -426,11 +440,21 @@ class SVCCAScheduler(FIFOScheduler):
             for name in frozen:
                 if name in view.reasons:
                     lines.append(f"    {view.reasons[name].describe()}")
+            # the latest unfreeze of each layer that trains now (its learning rate changed)
+            unfrozen = {
+                d.layer: d
+                for t, d in self.decisions
+                if t == trial_id and d.action == "unfreeze" and d.layer not in frozen
+            }
+            lines.extend(f"    {d.describe()}" for d in unfrozen.values())
         if self.base is not None:
             lines.append(self.base.debug_string())
         return "\n".join(lines)
 
     # ------------------------------------------------------------ decisions
+    def _new_view(self) -> TrialView:
+        return TrialView(unfreeze_lr_factor=self.unfreeze_lr_factor)
+
     @property
     def frozen_layers(self) -> dict[str, list[str]]:
         """Per trial: the layers frozen or ordered frozen, in network order."""
@@ -446,7 +470,9 @@ class SVCCAScheduler(FIFOScheduler):
         if observed is None:
             self._check_ikkuna_report(trial_id, result)
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
-        measured, similarity = observed
+        measured, similarity, released = observed
+        for decision in released:
+            self._record(trial_id, decision)
         self._check_similarity(result, similarity)
         history = view.history
         if self.stop:
@@ -476,15 +502,23 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _observe(
         self, trial_id: str, view: TrialView, result: dict[str, Any]
-    ) -> tuple[bool, dict[str, float]] | None:
-        """Take one report into the trial's view; returns whether it measured the layers and
-        their similarities (None for a report ikkuna_tune did not make)."""
+    ) -> tuple[bool, dict[str, float], list[Decision]] | None:
+        """Take one report into the trial's view; returns whether it measured the layers,
+        their similarities and the unfreezes it reports (None for a report ikkuna_tune did
+        not make)."""
         layers = reported_layers(result)
         if not layers:
             return None
         history = view.history
         history.layers = layers
         reported_frozen = {name for name in layers if result.get(keys.per_layer(keys.FROZEN, name))}
+        # a layer frozen (or ordered frozen) that the trial reports unfrozen, with the reason
+        unfrozen = {
+            name: reason
+            for name in (history.frozen | history.pending) - reported_frozen
+            if isinstance(reason := result.get(keys.per_layer(keys.UNFREEZE_REASON, name)), str)
+            and reason.strip()
+        }
         history.pending -= reported_frozen
         history.frozen = reported_frozen
         raw = result.get("training_iteration")
@@ -531,7 +565,15 @@ class SVCCAScheduler(FIFOScheduler):
             if is_number(chance) and math.isfinite(chance):  # type: ignore[arg-type]
                 history.chance = float(chance)  # type: ignore[arg-type]
         view.offset = iteration - history.reports
-        return measured, similarity
+        released = []
+        for name, reason in unfrozen.items():
+            history.pending.discard(name)
+            view.ordered_at.pop(name, None)
+            view.reasons.pop(name, None)  # (not ordered again after a restore)
+            history.released[name] = history.reports
+            rule, values = parse_reason(reason)
+            released.append(view.dated(Decision("unfreeze", rule, history.reports, name, values)))
+        return measured, similarity, released
 
     def _in_metric_units(self, decision: Decision) -> Decision:
         """``decision`` with the metric's values as the trial reported them: the rules work on
@@ -606,7 +648,9 @@ class SVCCAScheduler(FIFOScheduler):
             logger.warning("No mailbox for trial %s; cannot freeze %s", trial_id, names)
             return False
         reasons = {d.layer: d.describe() for d in chosen if d.layer is not None}
-        if not self._mailbox.post(trial_id, {"freeze": names, "reasons": reasons}):
+        factor = self.unfreeze_lr_factor
+        directive = {"freeze": names, "reasons": reasons, "unfreeze_lr_factor": factor}
+        if not self._mailbox.post(trial_id, directive):
             return False
         view.order(names, view.history.reports)
         for decision in chosen:

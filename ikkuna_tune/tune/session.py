@@ -23,6 +23,7 @@ from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
+from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor, snapshot
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
 from ikkuna_tune.tune.subscriber_templates import (
@@ -285,6 +286,14 @@ class TrialSession:
         self.after_report: list[Callable[[TrialSession], None]] = []
         #: why the scheduler froze each layer it froze (reported under ``freeze_reason``)
         self.freeze_reasons: dict[str, str] = {}
+        #: the learning rates the layers the scheduler froze were frozen at: a layer is
+        #: unfrozen once they change (:mod:`ikkuna_tune.tune.lr_release`)
+        self.release = LearningRateRelease()
+        #: why each layer the scheduler froze was unfrozen since (``unfreeze_reason``)
+        self.unfreeze_reasons: dict[str, str] = {}
+        #: the learning rates at the first step since the last report (those the layers the
+        #: next directive freezes were judged at); None before that step
+        self._period_rates: dict[tuple[int, int], float] | None = None
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
         self._warned_closed = False
@@ -493,6 +502,7 @@ class TrialSession:
                 stacklevel=4,  # the user's ik.report(...)
             )
         self.bus.flush()
+        self._release(on_device=True)  # a learning rate changed before this report: now
         merged = plain_metrics(metrics)
         if self.collector is not None:
             merged.update(self.collector.collect())
@@ -519,6 +529,10 @@ class TrialSession:
         # unfrozen since is not (its frozen flag is 0 now)
         reasons.update({n: r for n, r in self.freeze_reasons.items() if n not in reasons})
         merged[keys.FREEZE_REASON] = reasons
+        # why a layer the scheduler froze trains again, while it does
+        merged[keys.UNFREEZE_REASON] = {
+            name: "" if name in frozen else self.unfreeze_reasons.get(name, "") for name in order
+        }
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
         # the mean of the steps that started with no layer frozen, before the first that did
@@ -526,10 +540,33 @@ class TrialSession:
         merged[keys.STEP_SECONDS_UNFROZEN] = total / count if count else math.nan
         return merged
 
+    def _release(self, on_device: bool) -> None:
+        """Unfreeze each layer the scheduler froze one of whose learning rates has moved by
+        the directive's factor since (:mod:`ikkuna_tune.tune.lr_release`); ``on_device``
+        False (at a step's start) leaves learning rates held on an accelerator to the
+        report."""
+        exporter = self.exporter
+        if exporter is None or not self.release.watching or exporter.closed:
+            return
+        for name, change in self.release.due(exporter.optimizers, on_device):
+            self.release.forget(name)
+            if name not in exporter.frozen:  # the training code unfroze it already
+                continue
+            exporter.unfreeze(name)
+            self.freeze_reasons.pop(name, None)
+            self.unfreeze_reasons[name] = change.reason()
+            logger.info(
+                "Unfroze layer %r at step %d: %s", name, exporter.global_step, change.reason()
+            )
+
     def _step_started(self, message: Any) -> None:
         exporter = self.exporter
         if exporter is None:
             return
+        if self._period_rates is None:  # the first step since the last report
+            self._period_rates = snapshot(exporter.optimizers)
+        if self.release.watching:
+            self._release(on_device=False)
         frozen = exporter.frozen
         share = self._share_of.get(frozen)
         if share is None:  # counted once per set of frozen layers, not at every step
@@ -566,6 +603,7 @@ class TrialSession:
             hook(self)
         if self.inbox is not None:
             self.apply(self.inbox.take())
+        self._period_rates = None  # the next step starts the next report's period
         return merged
 
     def _report_from_worker(self, merged: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
@@ -601,6 +639,7 @@ class TrialSession:
             self.inbox.wait_handled(merged[keys.TRAIN_REPORT])
         directives = self.inbox.take() if self.inbox is not None else []
         self.apply(broadcast_from_first(directives))
+        self._period_rates = None  # the next step starts the next report's period
         return merged
 
     def averaged_outputs(self) -> set[str]:
@@ -655,6 +694,11 @@ class TrialSession:
             return
         for directive in directives:
             reasons = directive.get("reasons", {})
+            try:
+                factor = check_factor("unfreeze_lr_factor", directive.get("unfreeze_lr_factor"))
+            except ValueError as error:  # (a scheduler of another version)
+                logger.warning("Ignoring the directive's learning-rate factor: %s", error)
+                factor = None
             names = [n for n in directive.get("freeze", ()) if n not in exporter.frozen]
             accepted: list[str] = []
             cut: tuple[str, str] | None = None
@@ -693,6 +737,18 @@ class TrialSession:
                     continue
                 if name in reasons:
                     self.freeze_reasons[name] = str(reasons[name])
+                self.unfreeze_reasons.pop(name, None)
+                self.release.track(
+                    name,
+                    factor,
+                    exporter.optimizers,
+                    exporter.modules[name].module.parameters(),
+                    exporter.global_step,
+                    # the rates the layer was judged at: one that changed after the epoch
+                    # that report measured, before the freeze, releases it again at once
+                    None if directive.get("restore") else self._period_rates,
+                )
+            self._release(on_device=True)
 
     def _refuse(self, names: list[str], cut: tuple[str, str]) -> None:
         """Warn once for each of ``names`` that the trial will not freeze it (``cut``: the
@@ -716,6 +772,8 @@ class TrialSession:
             "unfrozen_time": list(self.timer.unfrozen if self.timer else (0.0, 0)),
             "frozen_once": bool(self.timer and self.timer.frozen_once),
             "freeze_reasons": dict(self.freeze_reasons),
+            "unfreeze_reasons": dict(self.unfreeze_reasons),
+            "release": self.release.state_dict(),
             "train_report": self._report_name,
             "event_run": self._event_run,
         }
@@ -737,6 +795,8 @@ class TrialSession:
             self.timer.unfrozen = (float(total), int(count))
             self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
+        self.unfreeze_reasons = dict(state.get("unfreeze_reasons", {}))
+        self.release.load_state_dict(state.get("release", {}))
         run = state.get("event_run")
         plain = isinstance(run, str) and run and Path(run).name == run and run[0] != "."
         self._event_run = run if plain else None

@@ -61,6 +61,9 @@ class TrialView:
     train_attempt: str | None = None
     #: the training_iteration of each named report of a Ray Train job
     train_reports: dict[str, int] = field(default_factory=dict)
+    #: sent with every freeze: the trial unfreezes the layer once its learning rate moves by
+    #: this factor (None: never; see :mod:`ikkuna_tune.tune.lr_release`)
+    unfreeze_lr_factor: float | None = None
 
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):
@@ -256,7 +259,12 @@ class TrialView:
         if not ordered or mailbox is None:
             return
         reasons = {n: self.reasons[n].describe() for n in ordered if n in self.reasons}
-        directive = {"freeze": ordered, "reasons": reasons, "restore": True}
+        directive = {
+            "freeze": ordered,
+            "reasons": reasons,
+            "restore": True,
+            "unfreeze_lr_factor": self.unfreeze_lr_factor,
+        }
         if not mailbox.post(trial_id, directive):
             self.history.pending.clear()
 
@@ -288,10 +296,21 @@ class TrialView:
             ({'conv1'}, 'freeze conv1 at report 4: converged ()')
         """
         before = [d for d in decisions if restore_at is None or d.iteration <= restore_at]
-        freezes = {d.layer: d for d in before if d.action == "freeze" and d.layer}
+        freezes: dict[str, Decision] = {}
+        for decision in before:  # in order: a later unfreeze (a learning-rate change) ends one
+            if decision.layer and decision.action == "freeze":
+                freezes[decision.layer] = decision
+            elif decision.layer and decision.action == "unfreeze":
+                freezes.pop(decision.layer, None)
         self.reasons.update(freezes)
         if freezes and mailbox is not None and order:
             names = list(freezes)
             reasons = {n: d.describe() for n, d in freezes.items()}
-            if mailbox.post(trial_id, {"freeze": names, "reasons": reasons, "restore": True}):
+            directive = {
+                "freeze": names,
+                "reasons": reasons,
+                "restore": True,
+                "unfreeze_lr_factor": self.unfreeze_lr_factor,
+            }
+            if mailbox.post(trial_id, directive):
                 self.order(names, 0)

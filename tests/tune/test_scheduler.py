@@ -732,6 +732,7 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         ({"stop": "False"}, r"`stop` to be True or False but got 'False'"),
         ({"input_side_first": 0}, r"`input_side_first` to be True or False but got 0"),
         ({"freeze_best": "no"}, r"`freeze_best` to be True or False"),
+        ({"unfreeze_lr_factor": 1.0}, r"`unfreeze_lr_factor` to be a number above 1 or None"),
         (
             {"base": PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})},
             r"got PopulationBasedTraining, which copies one",
@@ -1033,3 +1034,120 @@ def test_a_synchronous_hyperband_is_not_told_of_a_trial_stopped_here() -> None:
         return [t.trial_id for t in bracket if t.status != "TERMINATED"]
 
     assert survivors(wrapped=True) == survivors(wrapped=False) == ["t13", "t14", "t15"]
+
+
+# ---------------------------------------------------------- unfreezing at a learning-rate change
+LR_REASON = "learning rate changed (lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=80)"
+
+
+def _unfrozen(report: dict[str, Any], reasons: dict[str, str]) -> dict[str, Any]:
+    """``report`` with the trial's ``unfreeze_reason/<layer>`` ("" for the others)."""
+    for name in LAYERS:
+        report[f"unfreeze_reason/{name}"] = reasons.get(name, "")
+    return report
+
+
+def test_a_layer_the_trial_unfroze_at_a_learning_rate_change_is_logged_and_judged_anew() -> None:
+    """conv1 is frozen; the trial reports it unfrozen (its learning rate dropped): the
+    scheduler logs the unfreeze with the trial's values and orders conv1 again only once it
+    has settled over max(settle_window, patience) reports made after that one."""
+    scheduler, mailbox = make(patience=2, settle_window=3, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    assert scheduler.unfreeze_lr_factor == 2.0
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])
+    assert mailbox.posts == [
+        ("t1", {"freeze": ["conv1"], "reasons": ANY_REASON, "unfreeze_lr_factor": 2.0})
+    ]
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=5), {})])
+    assert scheduler.frozen_layers == {"t1": ["conv1"]}
+    feed(scheduler, trial, [_unfrozen(result(sims, it=6), {"conv1": LR_REASON})])
+    assert scheduler.frozen_layers == {"t1": []}
+    trial_id, decision = scheduler.decisions[-1]
+    assert (trial_id, decision.action, decision.layer, decision.iteration) == (
+        "t1",
+        "unfreeze",
+        "conv1",
+        6,
+    )
+    assert decision.rule == "learning rate changed"
+    assert decision.values == {
+        "lr_at_freeze": 0.1,
+        "lr": 0.01,
+        "factor": 2.0,
+        "frozen_at_step": 80.0,
+    }
+    assert "unfreeze conv1 at report 6: learning rate changed (lr_at_freeze=0.1" in (
+        scheduler.debug_string()
+    )
+    # still as settled as before: ordered again after 3 reports past report 6, not sooner
+    for it in (7, 8):
+        feed(scheduler, trial, [_unfrozen(result(sims, it=it), {"conv1": LR_REASON})])
+        assert len(mailbox.posts) == 1, it
+    feed(scheduler, trial, [_unfrozen(result(sims, it=9), {"conv1": LR_REASON})])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
+    # one unfreeze was logged, not one per report that still carries its reason
+    assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze", "freeze"]
+
+
+class _AnyReason:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and all("converged" in str(v) for v in other.values())
+
+
+ANY_REASON = _AnyReason()
+
+
+def test_an_order_released_before_the_trial_confirmed_it_is_not_taken_as_lost() -> None:
+    """The learning rate dropped between the order and the trial's next report: the trial
+    froze the layer and unfroze it at once. That is no lost order (which would be given again
+    at once, and refused for good after two)."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])  # ordered at report 2
+    feed(scheduler, trial, [_unfrozen(result(sims, it=3), {"conv1": LR_REASON})])
+    assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze"]
+    assert scheduler.frozen_layers == {"t1": []}
+    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    # judged anew on report 4 (settle_window 1): ordered again, as a new decision
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
+    assert not scheduler._views["t1"].history.refused
+
+
+def test_a_restore_after_an_unfreeze_does_not_order_the_layer_again() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    scheduler.on_trial_error(None, trial)
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+
+
+def test_unfreeze_lr_factor_none_is_sent_with_the_order() -> None:
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, unfreeze_lr_factor=None)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
+    assert mailbox.posts[0][1]["unfreeze_lr_factor"] is None
+
+
+def test_a_new_driver_does_not_order_a_freeze_the_trial_undid_since(tmp_path) -> None:
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    freeze = {"trial_id": "t1", "action": "freeze", "rule": "converged", "iteration": 4,
+              "layer": "conv1", "values": {"similarity": 0.999}}  # fmt: skip
+    unfreeze = {"trial_id": "t1", "action": "unfreeze", "rule": "learning rate changed",
+                "iteration": 6, "layer": "conv1", "values": {"lr": 0.01}}  # fmt: skip
+    lines = [json.dumps(freeze), json.dumps(unfreeze)]
+    (stored / DECISIONS_FILE).write_text("\n".join(lines) + "\n")
+    scheduler, mailbox = make(stop=False)
+    scheduler.on_trial_add(None, _trial_with_dirs("t1", local, stored))
+    assert mailbox.posts == []
+    assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze"]

@@ -1,0 +1,227 @@
+"""Releasing, in the trial, the layers the scheduler froze once their learning rate has changed.
+
+SVCCAScheduler judges a layer converged at the learning rate it trains with. After a step
+decay, a reduction on a plateau or a warm restart, that judgement no longer holds: a layer that
+has settled at a large learning rate goes on learning at a small one, and a trial whose layers
+stay frozen through the drop ends lower than it would have (the scheduler would have changed
+how the good trials compare). So a trial records, for each layer it freezes on the scheduler's
+order, the learning rates of the optimizer parameter groups that hold the layer's parameters,
+and unfreezes the layer once one of them has moved by ``factor`` or more (either way) from its
+value at the freeze. The trial reports why under ``unfreeze_reason/<layer>``; the scheduler logs
+the unfreeze and judges the layer again, only on the reports made after it.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> layer = nn.Linear(2, 2)
+    >>> optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    >>> release = LearningRateRelease()
+    >>> release.track("fc", 2.0, [optimizer], list(layer.parameters()), step=5)
+    >>> release.due([optimizer])  # the learning rate is as it was
+    []
+    >>> optimizer.param_groups[0]["lr"] = 0.01  # a tenfold decay
+    >>> [(name, change.reason()) for name, change in release.due([optimizer])]
+    [('fc', 'learning rate changed (lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=5)')]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LearningRateRelease", "LrChange", "check_factor", "snapshot"]
+
+logger = logging.getLogger(__name__)
+
+#: The rule of an unfreeze on a learning-rate change (the scheduler's decision log names it).
+RULE = "learning rate changed"
+
+
+def check_factor(name: str, value: object) -> float | None:
+    """``value`` as a factor above 1 (or None), else a ValueError saying what was got.
+
+    Examples:
+        >>> check_factor("unfreeze_lr_factor", 2), check_factor("unfreeze_lr_factor", None)
+        (2.0, None)
+        >>> check_factor("unfreeze_lr_factor", 1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `unfreeze_lr_factor` to be a number above 1 or None but got 1.0
+    """
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None:
+        return None
+    if not number or not math.isfinite(value) or value <= 1:  # type: ignore[arg-type]
+        raise ValueError(f"Expected `{name}` to be a number above 1 or None but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LrChange:
+    """A learning rate of a frozen layer that moved by the layer's factor or more."""
+
+    before: float
+    now: float
+    factor: float
+    frozen_at_step: int
+
+    def reason(self) -> str:
+        """What the trial reports under ``unfreeze_reason/<layer>``: the rule and its values,
+        as the scheduler's decisions describe theirs."""
+        values = {
+            "lr_at_freeze": self.before,
+            "lr": self.now,
+            "factor": self.factor,
+            "frozen_at_step": self.frozen_at_step,
+        }
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        return f"{RULE} ({shown})"
+
+
+def snapshot(
+    optimizers: Sequence[torch.optim.Optimizer], on_device: bool = False
+) -> dict[tuple[int, int], float]:
+    """The learning rate of each parameter group, by (optimizer, group) index (see
+    :func:`_lr` for ``on_device``).
+
+    Examples:
+        >>> from torch import nn
+        >>> optimizer = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.5)
+        >>> snapshot([optimizer])
+        {(0, 0): 0.5}
+    """
+    rates = {}
+    for i, optimizer in enumerate(optimizers):
+        for j, group in enumerate(optimizer.param_groups):
+            lr = _lr(group, on_device)
+            if lr is not None:
+                rates[(i, j)] = lr
+    return rates
+
+
+def _lr(group: Mapping[str, Any], on_device: bool) -> float | None:
+    """A parameter group's learning rate as a float; None for a tensor on an accelerator
+    when ``on_device`` is False (reading it would wait for the device)."""
+    lr = group.get("lr")
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or (lr.device.type != "cpu" and not on_device):
+            return None
+        return float(lr)
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return float(lr)
+    return None
+
+
+class LearningRateRelease:
+    """The learning rates each layer the scheduler froze was frozen at (see the module
+    docstring). ``track`` at each freeze; ``due`` names the layers to unfreeze."""
+
+    def __init__(self) -> None:
+        #: per layer: its factor, the step it froze at, and per (optimizer, group) index of
+        #: the groups holding its parameters, the learning rate then
+        self._tracked: dict[str, tuple[float, int, dict[tuple[int, int], float]]] = {}
+        self._told_no_optimizer = False
+
+    @property
+    def watching(self) -> bool:
+        """Whether some layer is tracked (the per-step check has work to do)."""
+        return bool(self._tracked)
+
+    def track(
+        self,
+        name: str,
+        factor: float | None,
+        optimizers: Sequence[torch.optim.Optimizer],
+        parameters: Iterable[nn.Parameter],
+        step: int,
+        rates: Mapping[tuple[int, int], float] | None = None,
+    ) -> None:
+        """Record layer ``name``'s learning rates at its freeze (nothing with ``factor`` None:
+        the scheduler asked for no release). ``rates`` (from :func:`snapshot`) are those the
+        layer was judged at, if they differ from the optimizers' current ones (a learning rate
+        decayed between the report the scheduler judged and the freeze)."""
+        if factor is None:
+            self._tracked.pop(name, None)
+            return
+        held = {id(p) for p in parameters}
+        current = snapshot(optimizers, on_device=True)  # once per freeze
+        judged = {}
+        for (i, j), lr in current.items():
+            if any(id(p) in held for p in optimizers[i].param_groups[j]["params"]):
+                judged[(i, j)] = rates.get((i, j), lr) if rates is not None else lr
+        if not judged:
+            if not self._told_no_optimizer:
+                self._told_no_optimizer = True
+                logger.info(
+                    "Layer %r is frozen on the scheduler's order but no optimizer given to "
+                    "ik.watch holds its parameters: it is not unfrozen when the learning rate "
+                    "changes (pass the optimizer to ik.watch)",
+                    name,
+                )
+            return
+        self._tracked[name] = (factor, step, judged)
+
+    def forget(self, name: str) -> None:
+        """Stop tracking layer ``name`` (it was unfrozen)."""
+        self._tracked.pop(name, None)
+
+    def due(
+        self, optimizers: Sequence[torch.optim.Optimizer], on_device: bool = True
+    ) -> list[tuple[str, LrChange]]:
+        """The tracked layers one of whose learning rates has moved by their factor or more
+        since their freeze, with the first such change; ``on_device`` False skips learning
+        rates held as tensors on an accelerator (checked at the next report instead)."""
+        found = []
+        for name, (factor, step, rates) in self._tracked.items():
+            for (i, j), before in rates.items():
+                try:
+                    group = optimizers[i].param_groups[j]
+                except IndexError:  # the optimizer lost the group: nothing to compare with
+                    continue
+                now = _lr(group, on_device)
+                if now is not None and _moved(before, now, factor):
+                    found.append((name, LrChange(before, now, factor, step)))
+                    break
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (plain lists and numbers)."""
+        return {
+            name: {"factor": factor, "step": step, "rates": _listed(r)}
+            for name, (factor, step, r) in self._tracked.items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._tracked = {}
+        for name, entry in dict(state).items():
+            try:
+                rates = {(int(i), int(j)): float(lr) for i, j, lr in entry["rates"]}
+                self._tracked[str(name)] = (float(entry["factor"]), int(entry["step"]), rates)
+            except (KeyError, TypeError, ValueError) as error:
+                logger.warning("Skipping the saved learning rates of %r: %s", name, error)
+
+
+def _listed(rates: Mapping[tuple[int, int], float]) -> list[list[float]]:
+    return [[i, j, lr] for (i, j), lr in rates.items()]
+
+
+def _moved(before: float, now: float, factor: float) -> bool:
+    """Whether ``now`` differs from ``before`` by ``factor`` or more, either way (a rate that
+    goes to or comes from zero has moved by any factor).
+
+    Examples:
+        >>> _moved(0.1, 0.05, 2.0), _moved(0.1, 0.06, 2.0), _moved(0.1, 0.2, 2.0), _moved(0.1, 0, 2)
+        (True, False, True, True)
+    """
+    if before == now:
+        return False
+    low, high = sorted((abs(before), abs(now)))
+    if low == 0:
+        return True
+    return high / low >= factor * (1 - 1e-9)  # 0.1 halved is exactly a factor 2

@@ -1,0 +1,244 @@
+"""A layer the scheduler froze is unfrozen by the trial once its learning rate has changed: the
+trial side (local mode, no Ray), checked against the same training written in plain PyTorch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor
+from ikkuna_tune.tune.session import TrialSession, current_session
+
+X = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(1))
+REASON = "freeze 0 at report 1: converged (similarity=0.999)"
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _steps(model: nn.Module, opt: torch.optim.Optimizer, n: int) -> None:
+    for _ in range(n):
+        opt.zero_grad()
+        F.cross_entropy(model(X), Y).backward()
+        opt.step()
+
+
+def _session() -> TrialSession:
+    session = current_session()
+    assert session is not None
+    return session
+
+
+def _freeze(name: str = "0", factor: float | None = 2.0) -> dict[str, Any]:
+    return {"freeze": [name], "reasons": {name: REASON}, "unfreeze_lr_factor": factor}
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float, group: int = 0) -> None:
+    opt.param_groups[group]["lr"] = lr
+
+
+def _plain(drop_to: float, unfreeze: bool) -> list[torch.Tensor]:
+    """The reference: 3 steps, layer 0 frozen by hand (no gradient, so no momentum step),
+    3 steps, the learning rate set to ``drop_to``, layer 0 trainable again if ``unfreeze``,
+    3 steps."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _steps(model, opt, 3)
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    _steps(model, opt, 3)
+    _set_lr(opt, drop_to)
+    if unfreeze:
+        for p in model[0].parameters():
+            p.requires_grad_(True)
+    _steps(model, opt, 3)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _instrumented(drop_to: float, factor: float | None) -> tuple[list[torch.Tensor], list[dict]]:
+    out: list[torch.Tensor] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ik.watch(model, opt)
+        _steps(model, opt, 3)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze(factor=factor)])  # as the scheduler's mailbox delivers it
+        _steps(model, opt, 3)
+        _set_lr(opt, drop_to)  # an epoch-wise decay, before the report
+        ik.report({"epoch": 2})
+        _steps(model, opt, 3)
+        ik.report({"epoch": 3})
+        out.extend(p.detach().clone() for p in model.parameters())
+
+    ik.instrument(trainable)({})
+    return out, ik.local_results()
+
+
+def test_a_learning_rate_drop_unfreezes_the_layer_at_the_report_as_plain_pytorch_would() -> None:
+    weights, reports = _instrumented(drop_to=0.01, factor=2.0)
+    for got, expected in zip(weights, _plain(drop_to=0.01, unfreeze=True), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert [r["frozen"]["0"] for r in reports] == [0, 0, 0]  # frozen after 1, freed before 2
+    second = reports[1]
+    assert second["freeze_reason"]["0"] == ""
+    assert second["unfreeze_reason"]["0"] == (
+        "learning rate changed (lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=2)"
+    )
+    assert reports[0]["unfreeze_reason"] == {"0": "", "2": "", "4": ""}
+    # (frozen_at_step is the global step, counted from 0); the 3 steps before the second
+    # report ran with the layer frozen, those before the third with it trainable
+    share = sum(p.numel() for p in _model()[0].parameters()) / sum(
+        p.numel() for p in _model().parameters()
+    )
+    assert second["frozen_fraction"] == pytest.approx(share)
+    assert reports[2]["frozen_fraction"] == 0.0
+
+
+@pytest.mark.parametrize(("drop_to", "factor"), [(0.06, 2.0), (0.01, None)])
+def test_a_small_change_or_no_factor_keeps_the_layer_frozen(drop_to, factor) -> None:
+    weights, reports = _instrumented(drop_to=drop_to, factor=factor)
+    for got, expected in zip(weights, _plain(drop_to=drop_to, unfreeze=False), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert [r["frozen"]["0"] for r in reports] == [0, 1, 1]
+    assert reports[2]["freeze_reason"]["0"] == REASON
+    assert reports[2]["unfreeze_reason"]["0"] == ""
+
+
+def test_a_gradual_decay_unfreezes_at_the_first_step_past_the_factor() -> None:
+    """ExponentialLR stepped every training step: the layer trains again from the first step
+    whose learning rate is half the one it was frozen at or less (0.9**7 < 0.5 < 0.9**6)."""
+    expected = next(k for k in range(1, 100) if 0.9**k <= 0.5 + 1e-12)
+    frozen_at_steps: list[bool] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+        ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        for _ in range(10):
+            _steps(model, opt, 1)  # the check runs as a step starts
+            frozen_at_steps.append(not model[0].weight.requires_grad)
+            decay.step()
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    # the step after the decay's k-th step trains the layer: k steps ran frozen
+    assert frozen_at_steps == [True] * expected + [False] * (10 - expected)
+    reason = ik.local_results()[-1]["unfreeze_reason"]["0"]
+    assert f"lr={0.1 * 0.9**expected:.4g}" in reason
+
+
+def test_only_the_learning_rate_of_the_layers_own_parameter_group_counts() -> None:
+    flags: list[tuple[bool, bool]] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        head = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        opt = torch.optim.SGD(
+            [{"params": model[0].parameters()}, {"params": head, "lr": 0.5}], lr=0.1
+        )
+        ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        _set_lr(opt, 0.01, group=1)  # the head's group only
+        _steps(model, opt, 1)
+        flags.append((model[0].weight.requires_grad, model[2].weight.requires_grad))
+        _set_lr(opt, 0.2, group=0)  # layer 0's own group, doubled
+        _steps(model, opt, 1)
+        flags.append((model[0].weight.requires_grad, model[2].weight.requires_grad))
+
+    ik.instrument(trainable)({})
+    assert flags == [(False, True), (True, True)]
+
+
+class _Inbox:
+    """Delivers a directive at the next report, as the scheduler's mailbox does."""
+
+    def __init__(self) -> None:
+        self.directives: list[dict[str, Any]] = []
+
+    def take(self, check_flag: bool = True) -> list[dict[str, Any]]:
+        taken, self.directives = self.directives, []
+        return taken
+
+
+def test_a_freeze_judged_before_a_drop_that_came_before_it_is_released_at_once() -> None:
+    """The report the scheduler judged measured an epoch at lr 0.1; the learning rate dropped
+    to 0.01 before that report, and the freeze arrives after it: the layer was judged at 0.1,
+    so it is released at once and trains at 0.01."""
+    seen: list[bool] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        inbox = _Inbox()
+        _session().inbox = inbox  # type: ignore[assignment]
+        _steps(model, opt, 2)
+        _set_lr(opt, 0.01)
+        inbox.directives.append(_freeze())
+        ik.report({"epoch": 1})  # the directive is applied right after it
+        seen.append(model[0].weight.requires_grad)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    assert seen == [True]
+    reason = ik.local_results()[-1]["unfreeze_reason"]["0"]
+    assert "lr_at_freeze=0.1, lr=0.01" in reason
+
+
+def test_a_layer_the_training_code_unfroze_itself_is_not_reported_as_released() -> None:
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        exporter.unfreeze("0")
+        _set_lr(opt, 0.01)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    assert ik.local_results()[-1]["unfreeze_reason"]["0"] == ""
+
+
+def test_the_learning_rates_at_the_freeze_survive_a_checkpoint(tmp_path) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1))  # a tensor learning rate
+    release = LearningRateRelease()
+    release.track("0", 3.0, [opt], model[0].parameters(), step=7)
+    torch.save(release.state_dict(), tmp_path / "state.pt")
+    restored = LearningRateRelease()
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    opt.param_groups[0]["lr"] = torch.tensor(0.04)  # 2.5 times lower: less than 3
+    assert restored.due([opt]) == []
+    opt.param_groups[0]["lr"] = torch.tensor(0.03)
+    ((name, change),) = restored.due([opt])
+    assert (name, change.frozen_at_step, change.factor) == ("0", 7, 3.0)
+    assert math.isclose(change.before, 0.1, rel_tol=1e-6)
+    assert math.isclose(change.now, 0.03, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [1, 0.5, float("inf"), float("nan"), "2", True])
+def test_a_factor_that_is_not_above_one_is_refused(bad) -> None:
+    with pytest.raises(ValueError, match="unfreeze_lr_factor.*above 1 or None but got"):
+        check_factor("unfreeze_lr_factor", bad)
