@@ -1,6 +1,7 @@
 """Does freezing leave the sweep's answer as it was when the trials change their learning rate?
 
-A sweep over *when* a tenfold step decay comes (``lr_drop_epoch``) x seeds, for one model family
+A sweep over the starting learning rate x *when* a tenfold step decay comes (``lr_drop_epoch``)
+x seeds, for one model family
 on scikit-learn's digits (:mod:`experiments.fidelity_trial`, SGD + momentum, ``MultiStepLR``
 stepped at each epoch's end). Trials that drop late sit on a plateau at the large learning rate
 while the others have dropped: their layers look converged, yet each gains again after its own
@@ -40,7 +41,7 @@ log = logging.getLogger("bench_lr_schedule")
 GROUPS = ("fifo", "svcca", "svcca_hold", "freeze", "freeze_hold")
 DROPS = (4, 10, 16, 20)
 EPOCHS = 24
-LR = 0.1
+LRS = (0.03, 0.3)
 
 
 def group_of(config: dict[str, Any]) -> str:
@@ -87,21 +88,27 @@ def trial_summary(df: Any) -> dict[str, Any]:
     }
 
 
-def grid_summary(trials: dict[str, dict[tuple[int, int], dict[str, Any]]]) -> dict[str, Any]:
-    """The figures of one family's grid; ``trials[group][(drop, seed)]`` as trial_summary."""
+def _name(key: tuple[Any, ...]) -> str:
+    """``lr/drop/seed``."""
+    return "/".join(str(part) for part in key)
+
+
+def grid_summary(trials: dict[str, dict[tuple[Any, ...], dict[str, Any]]]) -> dict[str, Any]:
+    """The figures of one family's grid; ``trials[group][(lr, drop, seed)]`` as
+    trial_summary."""
     fifo = {k: t["accuracy"] for k, t in trials["fifo"].items()}
     best_ref = max(fifo, key=fifo.__getitem__)
     top3 = sorted(fifo, key=fifo.__getitem__, reverse=True)[:3]
     seconds_ref = sum(t["seconds"] for t in trials["fifo"].values())
     reports_ref = sum(t["reports"] for t in trials["fifo"].values())
     out: dict[str, Any] = {
-        "fifo_accuracy": {f"{d}/{s}": round(a, 4) for (d, s), a in sorted(fifo.items())},
-        "fifo_best": f"{best_ref[0]}/{best_ref[1]}",
+        "fifo_accuracy": {_name(k): round(a, 4) for k, a in sorted(fifo.items())},
+        "fifo_best": _name(best_ref),
     }
     for group in GROUPS[1:]:
         ours = {k: t["accuracy"] for k, t in trials[group].items()}
         if set(ours) != set(fifo):
-            out[group] = {"missing": sorted(f"{d}/{s}" for d, s in set(fifo) - set(ours))}
+            out[group] = {"missing": sorted(_name(k) for k in set(fifo) - set(ours))}
             continue
         best = max(ours, key=ours.__getitem__)
         out[group] = {
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="the MLP only, two seeds")
     parser.add_argument("--families", nargs="+", choices=["cnn", "mlp", "resnet"], default=None)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per drop epoch (3)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -144,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         init_local_ray()
     storage = args.storage or tempfile.mkdtemp(prefix="bench_lr_schedule_")
     variants = [
-        {"scheduler": g, "family": f, "lr_drop_epoch": d, "seed": s}
+        {"scheduler": g, "family": f, "lr": lr, "lr_drop_epoch": d, "seed": s}
         for f in families
+        for lr in args.lrs
         for d in DROPS
         for s in range(seeds)
         for g in GROUPS
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "epochs": EPOCHS,
             "data": "digits",
             "family": "mlp",  # replaced by the variant's
-            "lr": LR,
+            "lr": 0.0,
         },
         scheduler=RoutingScheduler(schedulers(families), group=group_of),
         stop={"training_iteration": EPOCHS},
@@ -171,17 +180,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reuse_actors=True,
     )
     wall = time.perf_counter() - started
-    grids: dict[str, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
+    grids: dict[str, dict[str, dict[tuple[Any, ...], dict[str, Any]]]] = {}
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id)
         if df is None or df.empty:
             continue
         v = trial.config["variant"]
         grid = grids.setdefault(v["family"], {g: {} for g in GROUPS})
-        grid[v["scheduler"]][(v["lr_drop_epoch"], v["seed"])] = trial_summary(df)
+        grid[v["scheduler"]][(v["lr"], v["lr_drop_epoch"], v["seed"])] = trial_summary(df)
     out: dict[str, Any] = {
         "epochs": EPOCHS,
-        "lr": LR,
+        "lrs": args.lrs,
         "drops": list(DROPS),
         "seeds": seeds,
         "wall_seconds": round(wall, 1),
