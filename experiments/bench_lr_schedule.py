@@ -77,7 +77,8 @@ def trial_summary(df: Any) -> dict[str, Any]:
     reasons = [c for c in df.columns if c.startswith("unfreeze_reason/")]
     unfreezes = 0
     for column in reasons:  # a layer's reason appears at its unfreeze and stays while it trains
-        text = df[column].fillna("").astype(str)
+        # (a column of nothing but "" reads as NaN)
+        text = df[column].astype(object).where(df[column].notna(), "").astype(str)
         unfreezes += int(((text != "") & (text != text.shift(fill_value=""))).sum())
     return {
         "accuracy": float(df["test_accuracy"].iloc[-1]),
