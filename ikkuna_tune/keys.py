@@ -15,6 +15,7 @@ __all__ = [
     "FROZEN_FRACTION",
     "INIT_SIMILARITY",
     "LIVE_FRACTION",
+    "LR_SCALE",
     "RESERVED_KEYS",
     "SELF_SIMILARITY",
     "STEP_SECONDS",
@@ -57,6 +58,10 @@ FROZEN_BY_TRIAL = (
 #: never unfrozen): its learning rate changed since the freeze (see
 #: :mod:`ikkuna_tune.tune.lr_release`).
 UNFREEZE_REASON = "unfreeze_reason"
+#: The trial's learning rate at the report over the largest it has had (network-wide; of the
+#: parameter group that has decayed least; NaN without an optimizer): below 1 once a
+#: schedule has decayed it, so that the scheduler compares trials in the same phase.
+LR_SCALE = "lr_scale"
 #: Mean seconds per training step since the last report.
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.
@@ -72,6 +77,7 @@ RESERVED_KEYS = (
     FROZEN_FRACTION,
     FREEZE_REASON,
     UNFREEZE_REASON,
+    LR_SCALE,
     STEP_SECONDS,
     STEP_SECONDS_UNFROZEN,
 )

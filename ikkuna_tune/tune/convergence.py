@@ -64,6 +64,7 @@ __all__ = [
     "LayerHistory",
     "TrialHistory",
     "among_best",
+    "earlier_phase",
     "freeze_candidates",
     "further_calls",
     "held_level",
@@ -127,6 +128,10 @@ def _tolerance(*values: float) -> float:
 #: The share of its way from its first reported value to the value it must reach that a trial
 #: must have gained before its rate of gain is extrapolated (see :func:`stop_verdict`).
 STARTED_SHARE = 0.1
+
+#: A trial whose ``lr_scale`` is at most this has decayed its learning rate (by a factor of 2
+#: from the largest it had): see :func:`earlier_phase`.
+DECAYED = 0.5
 
 #: The share of their way from a trial's first value to where they end (their best so far)
 #: that the other trials must have made after as many reports as it, for it to be stopped as
@@ -239,6 +244,9 @@ class TrialHistory:
     released: dict[str, int] = field(default_factory=dict)
     #: the metric's chance level, as the trial last reported it (signed like the metric)
     chance: float = math.nan
+    #: per report, the trial's learning rate over the largest it has had (``lr_scale``; NaN
+    #: where not reported)
+    lr_scale: list[float] = field(default_factory=list)
 
     @property
     def reports(self) -> int:
@@ -263,6 +271,7 @@ class TrialHistory:
             ([0.5], [0.5])
         """
         del self.metric[reports:]
+        del self.lr_scale[reports:]
         for history in self.per_layer.values():
             for series in (history.similarity, history.distance, history.live):
                 del series[reports:]
@@ -274,6 +283,7 @@ class TrialHistory:
         similarity: dict[str, float],
         init_similarity: dict[str, float],
         live: dict[str, float],
+        lr_scale: float = math.nan,
     ) -> None:
         """Append one report's values (missing ones become NaN); a layer's further calls
         (``fc#2``, a layer the forward pass calls twice) are kept beside it.
@@ -285,6 +295,8 @@ class TrialHistory:
             ([0.9], ['fc#2'])
         """
         self.metric.append(metric)
+        self.lr_scale.extend([math.nan] * (self.reports - 1 - len(self.lr_scale)))
+        self.lr_scale.append(lr_scale)
         calls = [
             n
             for values in (self.per_layer, similarity, init_similarity, live)
@@ -375,6 +387,36 @@ def among_best(trial: TrialHistory, others_best: list[float], rules: Convergence
     band = noise_band(trial, rules)
     ahead = sum(1 for best in others_best if best > own + band)
     return ahead < rules.protect_top
+
+
+def earlier_phase(trial: TrialHistory, others: list[TrialHistory]) -> dict[str, float] | None:
+    """Whether the trial is in an earlier phase of its schedule than a trial ahead of it: its
+    learning rate has not decayed (``lr_scale`` above :data:`DECAYED` at its latest report)
+    while another trial that had decayed its own by as many reports stands ahead of it (its
+    best over those reports is better). Its plateau then is no final one: its own decay may
+    still bring what the others' brought them (a swept schedule). Returns the values behind
+    it, or None (also where the learning rates are not reported).
+
+    Examples:
+        >>> late = TrialHistory(metric=[0.80, 0.85, 0.86, 0.86], lr_scale=[1.0] * 4)
+        >>> early = TrialHistory(metric=[0.80, 0.85, 0.93, 0.94], lr_scale=[1.0, 0.1, 0.1, 0.1])
+        >>> earlier_phase(late, [early])
+        {'lr_scale': 1.0, 'ahead_decayed': 0.94}
+        >>> earlier_phase(early, [late]) is None  # decayed itself
+        True
+    """
+    own = trial.lr_scale[-1] if trial.lr_scale else math.nan
+    if not (math.isfinite(own) and own > DECAYED):
+        return None
+    reports = trial.reports
+    mine = trial.best(reports)
+    ahead = [
+        other.best(reports)
+        for other in others
+        if any(s <= DECAYED for s in other.lr_scale[:reports] if math.isfinite(s))
+        and other.best(reports) > mine
+    ]
+    return {"lr_scale": own, "ahead_decayed": max(ahead)} if ahead else None
 
 
 def others_best_so_far_values(others: list[list[float]], reports: int) -> list[float]:

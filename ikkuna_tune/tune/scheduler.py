@@ -15,6 +15,7 @@ from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
     among_best,
+    earlier_phase,
     freeze_candidates,
     others_best_so_far,
     parse_reason,
@@ -558,7 +559,9 @@ class SVCCAScheduler(FIFOScheduler):
         view.measured = view.measured or measures
         if measured:
             metric = self._signed(result.get(self._metric) if self._metric else None)
-            history.add(metric, similarity, init, live)
+            scale = result.get(keys.LR_SCALE)
+            scale = float(scale) if is_number(scale) else math.nan  # type: ignore[arg-type]
+            history.add(metric, similarity, init, live, scale)
             view.iterations.append(iteration)
         if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
             chance = result.get(keys.chance_of(self._metric)) if self._metric else None
@@ -631,12 +634,20 @@ class SVCCAScheduler(FIFOScheduler):
         others = [v.history for t, v in self._views.items() if t != trial_id]
         return among_best(view.history, others_best_so_far(view.history, others), self.rules)
 
+    def _earlier_phase(self, trial_id: str, view: TrialView) -> bool:
+        """Whether a trial ahead of this one has decayed its learning rate and this one has
+        not (:func:`~ikkuna_tune.tune.convergence.earlier_phase`)."""
+        others = [v.history for t, v in self._views.items() if t != trial_id]
+        return earlier_phase(view.history, others) is not None
+
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
         if not self.freeze:
             return False
         if not self.freeze_best and self._among_best(trial_id, view):
             return False  # a contender for the sweep's answer is left exactly as it would run
+        if not self.freeze_best and self._earlier_phase(trial_id, view):
+            return False  # behind trials whose learning rate has decayed while its own has not
         chosen = [
             view.dated(d)
             for d in freeze_candidates(view.history, self.rules, self.input_side_first)

@@ -294,6 +294,9 @@ class TrialSession:
         #: the learning rates at the first step since the last report (those the layers the
         #: next directive freezes were judged at); None before that step
         self._period_rates: dict[tuple[int, int], float] | None = None
+        #: the largest learning rate each parameter group has had at a report or at the
+        #: first step after one (``lr_scale``)
+        self._peak_rates: dict[tuple[int, int], float] = {}
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
         self._warned_closed = False
@@ -533,12 +536,27 @@ class TrialSession:
         merged[keys.UNFREEZE_REASON] = {
             name: "" if name in frozen else self.unfreeze_reasons.get(name, "") for name in order
         }
+        merged[keys.LR_SCALE] = self._lr_scale()
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
         # the mean of the steps that started with no layer frozen, before the first that did
         total, count = self.timer.unfrozen if self.timer is not None else (0.0, 0)
         merged[keys.STEP_SECONDS_UNFROZEN] = total / count if count else math.nan
         return merged
+
+    def _lr_scale(self) -> float:
+        """The learning rate now over the largest it has been, for the parameter group that
+        has decayed least (1.0 before any decay or during a warm-up; NaN without an optimizer
+        or with learning rates held on an accelerator). The largest is taken over the reports
+        and the first step after each."""
+        exporter = self.exporter
+        assert exporter is not None
+        now = snapshot(exporter.optimizers)
+        peaks = self._peak_rates
+        for key, lr in [*(self._period_rates or {}).items(), *now.items()]:
+            peaks[key] = max(peaks.get(key, abs(lr)), abs(lr))
+        scales = [abs(lr) / peaks[key] for key, lr in now.items() if peaks[key] > 0]
+        return max(scales) if scales else math.nan
 
     def _release(self, on_device: bool) -> None:
         """Unfreeze each layer the scheduler froze one of whose learning rates has moved by
@@ -774,6 +792,7 @@ class TrialSession:
             "freeze_reasons": dict(self.freeze_reasons),
             "unfreeze_reasons": dict(self.unfreeze_reasons),
             "release": self.release.state_dict(),
+            "peak_rates": [[i, j, lr] for (i, j), lr in self._peak_rates.items()],
             "train_report": self._report_name,
             "event_run": self._event_run,
         }
@@ -797,6 +816,12 @@ class TrialSession:
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         self.unfreeze_reasons = dict(state.get("unfreeze_reasons", {}))
         self.release.load_state_dict(state.get("release", {}))
+        try:
+            self._peak_rates = {
+                (int(i), int(j)): float(lr) for i, j, lr in state.get("peak_rates", [])
+            }
+        except (TypeError, ValueError) as error:
+            logger.warning("Skipping the saved peak learning rates: %s", error)
         run = state.get("event_run")
         plain = isinstance(run, str) and run and Path(run).name == run and run[0] != "."
         self._event_run = run if plain else None

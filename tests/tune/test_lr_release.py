@@ -242,3 +242,32 @@ def test_the_learning_rates_at_the_freeze_survive_a_checkpoint(tmp_path) -> None
 def test_a_factor_that_is_not_above_one_is_refused(bad) -> None:
     with pytest.raises(ValueError, match="unfreeze_lr_factor.*above 1 or None but got"):
         check_factor("unfreeze_lr_factor", bad)
+
+
+def test_lr_scale_is_the_learning_rate_over_its_largest_for_the_least_decayed_group() -> None:
+    """A warm-up (rising: 1.0 throughout), then a decay of one group only (the other keeps
+    the report at 1.0), then of both; computed by hand from the rates set."""
+    scales: list[float] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        head = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": head}], lr=0.01)
+        ik.watch(model, opt)
+        for body, top in [(0.01, 0.01), (0.1, 0.05), (0.1, 0.1), (0.02, 0.1), (0.02, 0.025)]:
+            _set_lr(opt, body, group=0)
+            _set_lr(opt, top, group=1)
+            _steps(model, opt, 1)
+            scales.append(ik.report({"x": 1})["lr_scale"])
+
+    ik.instrument(trainable)({})
+    assert scales == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.25])
+
+
+def test_lr_scale_is_nan_without_an_optimizer() -> None:
+    def trainable(config: dict[str, Any]) -> None:
+        ik.watch(_model())
+        ik.report({"x": 1})
+
+    ik.instrument(trainable)({})
+    assert math.isnan(ik.local_results()[-1]["lr_scale"])

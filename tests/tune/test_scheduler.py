@@ -1151,3 +1151,34 @@ def test_a_new_driver_does_not_order_a_freeze_the_trial_undid_since(tmp_path) ->
     scheduler.on_trial_add(None, _trial_with_dirs("t1", local, stored))
     assert mailbox.posts == []
     assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze"]
+
+
+def _scaled(report: dict[str, Any], lr_scale: float) -> dict[str, Any]:
+    report["lr_scale"] = lr_scale
+    return report
+
+
+def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not_is_kept() -> None:
+    """A swept schedule: three trials drop their learning rate at report 2 and jump ahead; the
+    fourth, still at its first rate, sits on a plateau behind them with settled layers. It is
+    not frozen until its own rate decays (then the usual rules apply); with constant rates
+    (lr_scale 1 everywhere) the same trial is frozen."""
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    for decays in (True, False):
+        scheduler, mailbox = make(
+            patience=1, settle_window=1, plateau=1, stop=False, freeze_best=False
+        )
+        trials = [FakeTrial(f"t{i}") for i in range(4)]
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        for it in (1, 2, 3):
+            for trial in trials[:3]:  # ahead: decayed from report 2 on
+                scale = 0.1 if decays and it >= 2 else 1.0
+                acc = 0.9 if it >= 2 else 0.5
+                feed(scheduler, trial, [_scaled(result({"conv2": 0.2}, it=it, acc=acc), scale)])
+            feed(scheduler, trials[3], [_scaled(result(sims, it=it, acc=0.5), 1.0)])
+        posted = [p for p in mailbox.posts if p[0] == "t3"]
+        assert bool(posted) is not decays, decays
+        if decays:  # its own decay: judged as usual from then on
+            feed(scheduler, trials[3], [_scaled(result(sims, it=4, acc=0.5), 0.1)])
+            assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
