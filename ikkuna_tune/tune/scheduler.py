@@ -110,6 +110,12 @@ class SVCCAScheduler(FIFOScheduler):
        dead or widening layer, and every layer of a trial that still learns, stays trainable.
        The directive reaches the trial through the experiment's mailbox right after the report
        that triggered it; the trial confirms it in its next report (``frozen/<layer> = 1``).
+       A freeze holds for the learning rate it was judged at: the trial unfreezes the layer
+       once that rate moves by ``unfreeze_lr_factor`` (it reports ``unfreeze_reason/<layer>``;
+       the layer is judged again on the reports after it), and a trial whose rate has not
+       decayed (``lr_scale`` above one half) is not frozen while a trial that had decayed its
+       own by as many reports stands ahead of it
+       (:func:`~ikkuna_tune.tune.convergence.earlier_phase`: a swept schedule's late dropper).
     2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``), unless it may
