@@ -64,7 +64,12 @@ def check_factor(name: str, value: object) -> float | None:
 
 @dataclass(frozen=True)
 class LrChange:
-    """A learning rate of a frozen layer that moved by the layer's factor or more."""
+    """A learning rate of a frozen layer that moved by the layer's factor or more.
+
+    Examples:
+        >>> LrChange(before=0.1, now=0.05, factor=2.0, frozen_at_step=12).reason()
+        'learning rate changed (lr_at_freeze=0.1, lr=0.05, factor=2, frozen_at_step=12)'
+    """
 
     before: float
     now: float
@@ -120,7 +125,20 @@ def _lr(group: Mapping[str, Any], on_device: bool) -> float | None:
 
 class LearningRateRelease:
     """The learning rates each layer the scheduler froze was frozen at (see the module
-    docstring). ``track`` at each freeze; ``due`` names the layers to unfreeze."""
+    docstring). ``track`` at each freeze; ``due`` names the layers to unfreeze.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 2)
+        >>> optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> release = LearningRateRelease()
+        >>> release.track("fc", 2.0, [optimizer], layer.parameters(), step=3, rates={(0, 0): 0.4})
+        >>> [name for name, _ in release.due([optimizer])]  # judged at 0.4, trains at 0.1 now
+        ['fc']
+        >>> release.forget("fc"); release.watching
+        False
+    """
 
     def __init__(self) -> None:
         #: per layer: its factor, the step it froze at, and per (optimizer, group) index of
