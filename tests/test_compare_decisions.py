@@ -269,3 +269,30 @@ def test_a_freeze_ordered_at_a_report_the_new_run_never_reached_is_not_in_force(
     row = compare.summary(compare.load(tmp_path / "sweep"), "loss", mode="min").iloc[0]
     assert row["iterations_run"] == 4
     assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}
+
+
+def test_the_timeline_shows_a_refrozen_layer_from_its_last_freeze_and_reason_in_force() -> None:
+    """A layer frozen at 2, unfrozen at 3 (its learning rate changed), frozen again from 4:
+    the marker is at 4 with the freeze in force at the end, not the first freeze's reason
+    nor that of a later freeze that never held."""
+    from ikkuna_tune.compare.frame import TIDY_COLUMNS
+
+    flags = [0, 1, 0, 1, 1]
+    rows = [("a", i + 1, "frozen", "stem", float(f)) for i, f in enumerate(flags)]
+    df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+    def row(it: int, action: str, rule: str, value: float, in_force: bool) -> dict:
+        return {"trial_id": "a", "iteration": it, "action": action, "layer": "stem",
+                "rule": rule, "values": {"similarity": value}, "in_force": in_force}  # fmt: skip
+
+    df.attrs["decisions"] = [
+        row(1, "freeze", "converged", 0.995, False),
+        row(3, "unfreeze", "learning rate changed", 0.0, False),
+        row(3, "freeze", "converged", 0.998, True),
+        row(4, "freeze", "converged", 0.5, False),
+    ]
+    assert compare.freeze_iterations(df) == {"a": {"stem": 4}}
+    (stem,) = [t for t in compare.timeline_figure(df).data if t.name == "stem"]
+    assert list(stem.x) == [4]
+    assert "stem frozen from iteration 4" in stem.hovertemplate
+    assert "converged at report 3 (similarity=0.998)" in stem.hovertemplate

@@ -130,7 +130,9 @@ def merged_order(orders: list[list[str]]) -> list[str]:
 
 
 def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Per trial, per layer: the first ``training_iteration`` whose report says it is frozen.
+    """Per trial, per layer: the first ``training_iteration`` of the last stretch of reports
+    that say it is frozen (a layer unfrozen at a learning-rate change and frozen again counts
+    from its last freeze; one frozen once, from its first frozen report).
 
     A layer frozen after a report (as the scheduler does) shows up frozen in the next one; one
     frozen by the trial at an epoch's end, before its report, in that report (it trained in
@@ -142,13 +144,25 @@ def freeze_iterations(df: pd.DataFrame) -> dict[str, dict[str, int]]:
         >>> df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
         >>> freeze_iterations(df)
         {'a': {'conv': 2}}
+        >>> flags = [0, 1, 0, 1, 1]  # frozen at 2, unfrozen at 3, frozen again at 4
+        >>> df = pd.DataFrame([("a", i + 1, "frozen", "fc", float(f)) for i, f in enumerate(flags)],
+        ...                   columns=TIDY_COLUMNS)
+        >>> freeze_iterations(df)
+        {'a': {'fc': 4}}
     """
     check_tidy(df)
-    frozen = df[(df["metric"] == FROZEN) & df["layer"].notna() & (df["value"] > 0)]
-    first = frozen.groupby(["trial_id", "layer"], sort=False)["training_iteration"].min()
+    flags = df[(df["metric"] == FROZEN) & df["layer"].notna()].sort_values("training_iteration")
     result: dict[str, dict[str, int]] = {}
-    for (trial_id, layer), iteration in first.items():
-        result.setdefault(str(trial_id), {})[str(layer)] = int(iteration)
+    for (trial_id, layer), group in flags.groupby(["trial_id", "layer"], sort=False):
+        frozen = (group["value"] > 0).to_numpy()
+        iterations = group["training_iteration"].to_numpy()
+        if not frozen.any():
+            continue
+        last = len(frozen) - 1 - int(frozen[::-1].argmax())  # the last frozen report
+        start = last
+        while start > 0 and frozen[start - 1]:
+            start -= 1
+        result.setdefault(str(trial_id), {})[str(layer)] = int(iterations[start])
     return result
 
 

@@ -229,13 +229,20 @@ def _legend_label(
 
 
 def _freeze_reasons(df: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Per trial, per layer: the scheduler's last freeze decision, in words."""
+    """Per trial, per layer: the scheduler's freeze decision in force at the trial's end (else
+    its last freeze decision), in words."""
     from ikkuna_tune.compare.tables import _reason
 
     reasons: dict[str, dict[str, str]] = {}
+    in_force: set[tuple[str, str]] = set()
     for row in df.attrs.get("decisions", []):
         if row["action"] == "freeze" and row.get("layer"):
-            reasons.setdefault(str(row["trial_id"]), {})[row["layer"]] = _reason(row, False)
+            key = (str(row["trial_id"]), row["layer"])
+            if key in in_force and not row.get("in_force"):
+                continue  # a later freeze that is not in force does not replace one that is
+            if row.get("in_force"):
+                in_force.add(key)
+            reasons.setdefault(key[0], {})[key[1]] = _reason(row, False)
     return reasons
 
 

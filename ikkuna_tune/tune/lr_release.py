@@ -76,17 +76,21 @@ class LrChange:
     factor: float
     frozen_at_step: int
 
-    def reason(self) -> str:
+    def reason(self, upstream: str | None = None) -> str:
         """What the trial reports under ``unfreeze_reason/<layer>``: the rule and its values,
-        as the scheduler's decisions describe theirs."""
-        values = {
-            "lr_at_freeze": self.before,
-            "lr": self.now,
-            "factor": self.factor,
-            "frozen_at_step": self.frozen_at_step,
-        }
+        as the scheduler's decisions describe theirs; ``upstream``: the layer before it whose
+        learning rate changed (the values are that layer's).
+
+        Examples:
+            >>> rule, values = LrChange(0.1, 0.01, 2.0, 11717).reason(upstream="c1").split(" (")
+            >>> print(rule); print(values)
+            learning rate changed in c1
+            lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=11717)
+        """
+        values = {"lr_at_freeze": self.before, "lr": self.now, "factor": self.factor}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        return f"{RULE} ({shown})"
+        rule = RULE if upstream is None else f"{RULE} in {upstream}"
+        return f"{rule} ({shown}, frozen_at_step={self.frozen_at_step})"
 
 
 def snapshot(
@@ -188,6 +192,18 @@ class LearningRateRelease:
     def forget(self, name: str) -> None:
         """Stop tracking layer ``name`` (it was unfrozen)."""
         self._tracked.pop(name, None)
+
+    @property
+    def tracked(self) -> list[str]:
+        """The layers tracked, in the order they were frozen."""
+        return list(self._tracked)
+
+    def keep_only(self, frozen: Iterable[str]) -> None:
+        """Stop tracking the layers not in ``frozen`` (unfrozen some other way: a freeze the
+        training code makes again later is its own, not the scheduler's)."""
+        if any(name not in frozen for name in self._tracked):
+            kept = set(frozen)
+            self._tracked = {n: t for n, t in self._tracked.items() if n in kept}
 
     def due(
         self, optimizers: Sequence[torch.optim.Optimizer], on_device: bool = True

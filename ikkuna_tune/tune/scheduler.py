@@ -578,10 +578,11 @@ class SVCCAScheduler(FIFOScheduler):
         for name, reason in unfrozen.items():
             history.pending.discard(name)
             view.ordered_at.pop(name, None)
-            view.reasons.pop(name, None)  # (not ordered again after a restore)
             history.released[name] = history.reports
             rule, values = parse_reason(reason)
-            released.append(view.dated(Decision("unfreeze", rule, history.reports, name, values)))
+            decision = view.dated(Decision("unfreeze", rule, history.reports, name, values))
+            view.unfrozen_at[name] = decision.iteration  # (a restore from before it voids it)
+            released.append(decision)
         return measured, similarity, released
 
     def _in_metric_units(self, decision: Decision) -> Decision:

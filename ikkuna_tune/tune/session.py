@@ -289,7 +289,8 @@ class TrialSession:
         #: the learning rates the layers the scheduler froze were frozen at: a layer is
         #: unfrozen once they change (:mod:`ikkuna_tune.tune.lr_release`)
         self.release = LearningRateRelease()
-        #: why each layer the scheduler froze was unfrozen since (``unfreeze_reason``)
+        #: why each layer the scheduler froze was unfrozen since the last report (reported
+        #: once, under ``unfreeze_reason``, in the next report)
         self.unfreeze_reasons: dict[str, str] = {}
         #: the learning rates at the first step since the last report (those the layers the
         #: next directive freezes were judged at); None before that step
@@ -505,7 +506,8 @@ class TrialSession:
                 stacklevel=4,  # the user's ik.report(...)
             )
         self.bus.flush()
-        self._release(on_device=True)  # a learning rate changed before this report: now
+        if self._local_release:  # a learning rate changed before this report: now
+            self._apply_releases(self._due_releases(on_device=True))
         merged = plain_metrics(metrics)
         if self.collector is not None:
             merged.update(self.collector.collect())
@@ -532,10 +534,12 @@ class TrialSession:
         # unfrozen since is not (its frozen flag is 0 now)
         reasons.update({n: r for n, r in self.freeze_reasons.items() if n not in reasons})
         merged[keys.FREEZE_REASON] = reasons
-        # why a layer the scheduler froze trains again, while it does
+        # why a layer the scheduler froze trains again, in the first report after it does (a
+        # reason repeated later would read as another unfreeze)
         merged[keys.UNFREEZE_REASON] = {
             name: "" if name in frozen else self.unfreeze_reasons.get(name, "") for name in order
         }
+        self.unfreeze_reasons = {}
         merged[keys.LR_SCALE] = self._lr_scale()
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
@@ -547,8 +551,8 @@ class TrialSession:
     def _lr_scale(self) -> float:
         """The learning rate now over the largest it has been, for the parameter group that
         has decayed least (1.0 before any decay or during a warm-up; NaN without an optimizer
-        or with learning rates held on an accelerator). The largest is taken over the reports
-        and the first step after each."""
+        or with learning rates held on an accelerator). The largest is taken at each step's
+        start (learning rates held as tensors: at each report and the first step after it)."""
         exporter = self.exporter
         assert exporter is not None
         now = snapshot(exporter.optimizers)
@@ -558,33 +562,84 @@ class TrialSession:
         scales = [abs(lr) / peaks[key] for key, lr in now.items() if peaks[key] > 0]
         return max(scales) if scales else math.nan
 
-    def _release(self, on_device: bool) -> None:
-        """Unfreeze each layer the scheduler froze one of whose learning rates has moved by
-        the directive's factor since (:mod:`ikkuna_tune.tune.lr_release`); ``on_device``
-        False (at a step's start) leaves learning rates held on an accelerator to the
-        report."""
+    def _note_peaks(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Raise the largest learning rate of each group to its current one, if larger (at
+        each step's start; Python numbers only, a tensor is read at the report)."""
+        peaks = self._peak_rates
+        for i, optimizer in enumerate(optimizers):
+            for j, group in enumerate(optimizer.param_groups):
+                lr = group.get("lr")
+                if type(lr) is float or type(lr) is int:
+                    lr = abs(lr)
+                    if lr > peaks.get((i, j), -1.0):
+                        peaks[(i, j)] = lr
+
+    @property
+    def _local_release(self) -> bool:
+        """Whether this process decides its own releases: not a rank of a data-parallel job
+        (a Ray Train job's, or one in a process group of several ranks), whose ranks must
+        unfreeze the same layers before the same step: rank 0 decides for them at each report
+        (:meth:`_synced_release`)."""
+        if self.worker is not None and self.worker.distributed:
+            return False
+        import torch.distributed as dist
+
+        return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+    def _synced_release(self) -> None:
+        """In a data-parallel job, right after a report (every rank joins): every rank
+        unfreezes what rank 0 finds due."""
+        if not self._local_release:
+            self._apply_releases(broadcast_from_first(self._due_releases(on_device=True)))
+
+    def _due_releases(self, on_device: bool) -> list[tuple[str, str]]:
+        """The layers to unfreeze now, each with its reason: each layer the scheduler froze
+        one of whose learning rates has moved by the directive's factor since
+        (:mod:`ikkuna_tune.tune.lr_release`), and each layer the scheduler froze after it in
+        the network (judged on inputs that change again, and what is frozen stays a prefix).
+        ``on_device`` False (at a step's start) leaves learning rates held on an accelerator to
+        the report."""
         exporter = self.exporter
         if exporter is None or not self.release.watching or exporter.closed:
-            return
-        for name, change in self.release.due(exporter.optimizers, on_device):
+            return []
+        self.release.keep_only(exporter.frozen)  # those unfrozen by the training code go
+        due = self.release.due(exporter.optimizers, on_device)
+        if not due:
+            return []
+        order = exporter.layer_order
+        position = {name: i for i, name in enumerate(order)}
+        first = min(position.get(name, len(order)) for name, _ in due)
+        changed = dict(due)
+        released = [(name, change.reason()) for name, change in due]
+        upstream, change = min(due, key=lambda d: position.get(d[0], len(order)))
+        for name in self.release.tracked:
+            if name not in changed and position.get(name, -1) > first:
+                released.append((name, change.reason(upstream=upstream)))
+        return released
+
+    def _apply_releases(self, released: list[tuple[str, str]]) -> None:
+        """Unfreeze the layers ``released`` (from :meth:`_due_releases`), with their reasons."""
+        exporter = self.exporter
+        assert exporter is not None
+        for name, reason in released:
             self.release.forget(name)
             if name not in exporter.frozen:  # the training code unfroze it already
                 continue
             exporter.unfreeze(name)
             self.freeze_reasons.pop(name, None)
-            self.unfreeze_reasons[name] = change.reason()
-            logger.info(
-                "Unfroze layer %r at step %d: %s", name, exporter.global_step, change.reason()
-            )
+            self.unfreeze_reasons[name] = reason
+            logger.info("Unfroze layer %r at step %d: %s", name, exporter.global_step, reason)
 
     def _step_started(self, message: Any) -> None:
         exporter = self.exporter
         if exporter is None:
             return
+        optimizers = exporter.optimizers
         if self._period_rates is None:  # the first step since the last report
-            self._period_rates = snapshot(exporter.optimizers)
-        if self.release.watching:
-            self._release(on_device=False)
+            self._period_rates = snapshot(optimizers)
+        self._note_peaks(optimizers)
+        if self.release.watching and self._local_release:
+            self._apply_releases(self._due_releases(on_device=False))
         frozen = exporter.frozen
         share = self._share_of.get(frozen)
         if share is None:  # counted once per set of frozen layers, not at every step
@@ -621,6 +676,7 @@ class TrialSession:
             hook(self)
         if self.inbox is not None:
             self.apply(self.inbox.take())
+        self._synced_release()
         self._period_rates = None  # the next step starts the next report's period
         return merged
 
@@ -657,6 +713,7 @@ class TrialSession:
             self.inbox.wait_handled(merged[keys.TRAIN_REPORT])
         directives = self.inbox.take() if self.inbox is not None else []
         self.apply(broadcast_from_first(directives))
+        self._synced_release()
         self._period_rates = None  # the next step starts the next report's period
         return merged
 
@@ -766,7 +823,8 @@ class TrialSession:
                     # that report measured, before the freeze, releases it again at once
                     None if directive.get("restore") else self._period_rates,
                 )
-            self._release(on_device=True)
+            if self._local_release:  # (a data-parallel job's rank 0 decides at the report)
+                self._apply_releases(self._due_releases(on_device=True))
 
     def _refuse(self, names: list[str], cut: tuple[str, str]) -> None:
         """Warn once for each of ``names`` that the trial will not freeze it (``cut``: the

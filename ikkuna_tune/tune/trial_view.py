@@ -64,6 +64,9 @@ class TrialView:
     #: sent with every freeze: the trial unfreezes the layer once its learning rate moves by
     #: this factor (None: never; see :mod:`ikkuna_tune.tune.lr_release`)
     unfreeze_lr_factor: float | None = None
+    #: the training_iteration at which the trial last unfroze each layer it unfroze after a
+    #: freeze (its learning rate changed)
+    unfrozen_at: dict[str, int] = field(default_factory=dict)
 
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):
@@ -251,8 +254,15 @@ class TrialView:
                 self.ordered_at.pop(name, None)
                 self.history.pending.discard(name)
                 self.history.frozen.discard(name)
+            # an unfreeze after the checkpoint is void: the freeze before it holds again
+            voided = [n for n, at in self.unfrozen_at.items() if at > restore_at]
+            for name in voided:
+                del self.unfrozen_at[name]
             # the trial's own freezes come back with its checkpoint: only the orders are given
             ordered = [n for n in self.frozen_or_ordered() if n in self.reasons]
+            ordered += [n for n in voided if n in self.reasons and n not in ordered]
+            position = {name: i for i, name in enumerate(self.history.layers)}
+            ordered.sort(key=lambda n: position.get(n, len(position)))
         else:
             ordered = self.frozen_or_ordered()
         self.order(ordered, self.history.reports)

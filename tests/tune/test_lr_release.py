@@ -4,6 +4,7 @@ trial side (local mode, no Ray), checked against the same training written in pl
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
+from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor
 from ikkuna_tune.tune.session import TrialSession, current_session
 
@@ -97,6 +99,8 @@ def test_a_learning_rate_drop_unfreezes_the_layer_at_the_report_as_plain_pytorch
         "learning rate changed (lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=2)"
     )
     assert reports[0]["unfreeze_reason"] == {"0": "", "2": "", "4": ""}
+    # said once, in the report after the unfreeze: a reason repeated later would read as another
+    assert reports[2]["unfreeze_reason"]["0"] == ""
     # (frozen_at_step is the global step, counted from 0); the 3 steps before the second
     # report ran with the layer frozen, those before the third with it trainable
     share = sum(p.numel() for p in _model()[0].parameters()) / sum(
@@ -271,3 +275,108 @@ def test_lr_scale_is_nan_without_an_optimizer() -> None:
 
     ik.instrument(trainable)({})
     assert math.isnan(ik.local_results()[-1]["lr_scale"])
+
+
+def test_a_release_takes_the_layers_frozen_after_it_along() -> None:
+    """Layers 0 and 2 frozen together; only layer 0's group decays: layer 2, judged on inputs
+    that change again, is unfrozen with it (what is frozen stays a prefix), saying why."""
+    flags: list[tuple[bool, bool]] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        rest = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": rest}], lr=0.1)
+        ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+        _session().apply([{"freeze": ["0", "2"], "reasons": {}, "unfreeze_lr_factor": 2.0}])
+        flags.append((model[0].weight.requires_grad, model[2].weight.requires_grad))
+        _set_lr(opt, 0.01, group=0)
+        _steps(model, opt, 1)
+        flags.append((model[0].weight.requires_grad, model[2].weight.requires_grad))
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    assert flags == [(False, False), (True, True)]
+    reasons = ik.local_results()[-1]["unfreeze_reason"]
+    assert reasons["0"].startswith("learning rate changed (lr_at_freeze=0.1, lr=0.01")
+    assert reasons["2"].startswith("learning rate changed in 0 (lr_at_freeze=0.1, lr=0.01")
+
+
+def test_a_layer_the_training_code_froze_again_itself_stays_frozen_at_a_drop() -> None:
+    """The scheduler froze layer 0, the training code unfroze it and froze it again: that
+    freeze is the training code's, and a learning-rate change leaves it."""
+    frozen: list[bool] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        _steps(model, opt, 1)
+        exporter.unfreeze("0")
+        _steps(model, opt, 1)
+        exporter.freeze("0")
+        _set_lr(opt, 0.01)
+        _steps(model, opt, 1)
+        frozen.append(not model[0].weight.requires_grad)
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    assert frozen == [True]
+    assert ik.local_results()[-1]["unfreeze_reason"]["0"] == ""
+
+
+def test_lr_scale_takes_a_peak_reached_between_reports() -> None:
+    """A per-step warm-up to 0.1 over 4 steps, then a per-step decay, within one report
+    period: the largest rate is the one a step trained with, not one seen at a report."""
+    rates = [0.025, 0.05, 0.075, 0.1, 0.08, 0.06, 0.04]
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=rates[0])
+        ik.watch(model, opt)
+        for lr in rates:
+            _set_lr(opt, lr)
+            _steps(model, opt, 1)
+        ik.report({"epoch": 1})
+
+    ik.instrument(trainable)({})
+    assert ik.local_results()[-1]["lr_scale"] == pytest.approx(0.04 / 0.1)
+
+
+def _ranks_work(rank: int, out: str) -> None:
+    """Layer 0 frozen on both ranks; only rank 0's learning rate drops (its own plateau
+    schedule): both ranks must unfreeze it at the same report, else DDP's collectives differ."""
+    torch.set_num_threads(1)
+    seen: list[dict[str, int]] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        for epoch in range(4):
+            _steps(model, opt, 2)
+            seen.append(dict(ik.report({"epoch": epoch})["frozen"]))
+            if epoch == 0:
+                _session().apply([_freeze()])
+            if epoch == 1 and rank == 0:
+                _set_lr(opt, 0.01)
+
+    ik.instrument(trainable)({})
+    torch.save(seen, f"{out}.{rank}")
+
+
+def _ranks(rank: int, store: str, out: str) -> None:
+    in_gloo_group(rank, 2, store, partial(_ranks_work, rank, out))
+
+
+def test_the_ranks_of_a_data_parallel_job_unfreeze_together_on_rank_0s_decision(tmp_path) -> None:
+    out = str(tmp_path / "frozen")
+    run_ranks(_ranks, (str(tmp_path / "store"), out), 2, seconds=240)  # a hang is killed
+    first, second = (torch.load(f"{out}.{rank}") for rank in range(2))
+    assert first == second
+    # frozen after report 1; rank 0's drop after report 2 unfreezes it after report 3
+    assert [flags["0"] for flags in first] == [0, 1, 1, 0]

@@ -1182,3 +1182,30 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
         if decays:  # its own decay: judged as usual from then on
             feed(scheduler, trials[3], [_scaled(result(sims, it=4, acc=0.5), 0.1)])
             assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
+
+
+def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
+    """conv1 ordered after report 2, frozen at 3, unfrozen at 4 (a drop); the trial restores
+    from its checkpoint of report 2, made before both: the unfreeze is void, the freeze is
+    ordered again (the trial unfreezes it again when its rate drops again)."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    scheduler.on_trial_error(None, trial)
+    assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
+    assert "freeze conv1 at report 2: converged" in mailbox.posts[-1][1]["reasons"]["conv1"]
+    # from a checkpoint made after the unfreeze, nothing is ordered
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
+    scheduler.on_trial_error(None, trial)
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
