@@ -576,19 +576,16 @@ class TrialSession:
 
     @property
     def _local_release(self) -> bool:
-        """Whether this process decides its own releases: not a rank of a data-parallel job
-        (a Ray Train job's, or one in a process group of several ranks), whose ranks must
-        unfreeze the same layers before the same step: rank 0 decides for them at each report
-        (:meth:`_synced_release`)."""
-        if self.worker is not None and self.worker.distributed:
-            return False
-        import torch.distributed as dist
-
-        return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+        """Whether this process decides its own releases: not a rank of a Ray Train job of
+        several workers, whose ranks must unfreeze the same layers before the same step: rank
+        0 decides for them at each report, which every rank makes (:meth:`_synced_release`).
+        (The ranks of a data-parallel job run outside Ray Train decide each for itself, on the
+        same learning rates: their reports need not be collective.)"""
+        return self.worker is None or not self.worker.distributed
 
     def _synced_release(self) -> None:
-        """In a data-parallel job, right after a report (every rank joins): every rank
-        unfreezes what rank 0 finds due."""
+        """In a Ray Train job of several workers, right after a report (every rank joins):
+        every rank unfreezes what rank 0 finds due."""
         if not self._local_release:
             self._apply_releases(broadcast_from_first(self._due_releases(on_device=True)))
 
@@ -676,7 +673,6 @@ class TrialSession:
             hook(self)
         if self.inbox is not None:
             self.apply(self.inbox.take())
-        self._synced_release()
         self._period_rates = None  # the next step starts the next report's period
         return merged
 

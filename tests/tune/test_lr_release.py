@@ -4,7 +4,6 @@ trial side (local mode, no Ray), checked against the same training written in pl
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
-from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor
 from ikkuna_tune.tune.session import TrialSession, current_session
 
@@ -345,38 +343,3 @@ def test_lr_scale_takes_a_peak_reached_between_reports() -> None:
 
     ik.instrument(trainable)({})
     assert ik.local_results()[-1]["lr_scale"] == pytest.approx(0.04 / 0.1)
-
-
-def _ranks_work(rank: int, out: str) -> None:
-    """Layer 0 frozen on both ranks; only rank 0's learning rate drops (its own plateau
-    schedule): both ranks must unfreeze it at the same report, else DDP's collectives differ."""
-    torch.set_num_threads(1)
-    seen: list[dict[str, int]] = []
-
-    def trainable(config: dict[str, Any]) -> None:
-        model = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        ik.watch(model, opt)
-        for epoch in range(4):
-            _steps(model, opt, 2)
-            seen.append(dict(ik.report({"epoch": epoch})["frozen"]))
-            if epoch == 0:
-                _session().apply([_freeze()])
-            if epoch == 1 and rank == 0:
-                _set_lr(opt, 0.01)
-
-    ik.instrument(trainable)({})
-    torch.save(seen, f"{out}.{rank}")
-
-
-def _ranks(rank: int, store: str, out: str) -> None:
-    in_gloo_group(rank, 2, store, partial(_ranks_work, rank, out))
-
-
-def test_the_ranks_of_a_data_parallel_job_unfreeze_together_on_rank_0s_decision(tmp_path) -> None:
-    out = str(tmp_path / "frozen")
-    run_ranks(_ranks, (str(tmp_path / "store"), out), 2, seconds=240)  # a hang is killed
-    first, second = (torch.load(f"{out}.{rank}") for rank in range(2))
-    assert first == second
-    # frozen after report 1; rank 0's drop after report 2 unfreezes it after report 3
-    assert [flags["0"] for flags in first] == [0, 1, 1, 0]

@@ -182,3 +182,19 @@ def test_a_two_worker_job_on_a_simulated_cluster_freezes_on_both_nodes() -> None
         for value, layer in zip(got, ("conv", "fc")):
             assert abs(value - norms[layer]) <= 1e-5 * abs(norms[layer]), (layer, got, norms)
     assert first >= 1
+
+
+@pytest.mark.timeout(300)
+def test_the_workers_unfreeze_together_on_rank_0s_learning_rate(ray_session, tmp_path) -> None:
+    """conv is frozen on every worker; rank 0 alone lowers its learning rate (its own plateau
+    schedule): the unfreeze is rank 0's decision, carried out by every rank after the same
+    report. Decided by each rank, the ranks' frozen layers would differ and DDP's collectives
+    with them (the job aborts)."""
+    config = {"lr": 0.1, "iterations": 6, "steps": 2, "out": str(tmp_path)}
+    trial, df = _run({**config, "rank0_lr_drop_after": 2}, tmp_path, eager_freezer())
+    assert trial.status == "TERMINATED"
+    reasons = df["unfreeze_reason/conv"].fillna("").astype(str).tolist()
+    released = [i for i, r in enumerate(reasons) if r.startswith("learning rate changed")]
+    assert released, reasons
+    flags = [p.read_text().split()[1] for p in sorted(tmp_path.glob("rank*"))]
+    assert len(flags) == 2 and flags[0] == flags[1]

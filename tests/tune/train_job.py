@@ -70,7 +70,8 @@ def train_loop(config: dict[str, Any]) -> None:
     crashes once after a report (a worker failure); with ``config["crash_on_freeze"]`` too, right
     after the report whose directive froze ``conv`` (its checkpoint predates the freeze). With
     ``config["out"]``: every rank writes the digest of its ``conv`` weights (and whether it was
-    frozen) there at the end."""
+    frozen) there at the end. With ``config["rank0_lr_drop_after"]``: rank 0 alone lowers its
+    learning rate tenfold after that iteration's report."""
     import ray
     import ray.train
 
@@ -111,6 +112,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 ik.report(metrics, checkpoint=saved)
         else:
             ik.report(metrics)
+        if config.get("rank0_lr_drop_after") == iteration and rank == 0:
+            for group in opt.param_groups:  # rank 0's rate alone (its own plateau schedule)
+                group["lr"] *= 0.1
         marker = config.get("crash_marker")
         # once conv is frozen: before the report (the checkpoint holds the freeze), or, with
         # config["crash_on_freeze"], right after the report that froze it (it does not)
