@@ -538,8 +538,7 @@ class SVCCAScheduler(FIFOScheduler):
             # those of the run it left, which must not count twice or date decisions
             dropped = view.rewind(iteration)
             if iteration <= 1:  # restarted from scratch, without the freezes ordered before
-                view.history.pending.clear()
-                view.ordered_at.clear()
+                view.start_afresh()
             if dropped:
                 logger.info(
                     "Trial %s repeats training_iteration %s: the %s report(s) from there on "
@@ -582,6 +581,7 @@ class SVCCAScheduler(FIFOScheduler):
             rule, values = parse_reason(reason)
             decision = view.dated(Decision("unfreeze", rule, history.reports, name, values))
             view.unfrozen_at[name] = decision.iteration  # (a restore from before it voids it)
+            view.events.setdefault(name, []).append(decision)
             released.append(decision)
         return measured, similarity, released
 
@@ -674,6 +674,7 @@ class SVCCAScheduler(FIFOScheduler):
         for decision in chosen:
             assert decision.layer is not None
             view.reasons[decision.layer] = decision
+            view.events.setdefault(decision.layer, []).append(decision)
             self._record(trial_id, decision)
         return True
 

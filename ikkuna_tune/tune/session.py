@@ -569,7 +569,7 @@ class TrialSession:
         for i, optimizer in enumerate(optimizers):
             for j, group in enumerate(optimizer.param_groups):
                 lr = group.get("lr")
-                if type(lr) is float or type(lr) is int:
+                if isinstance(lr, (float, int)) and not isinstance(lr, bool):
                     lr = abs(lr)
                     if lr > peaks.get((i, j), -1.0):
                         peaks[(i, j)] = lr

@@ -67,6 +67,18 @@ class TrialView:
     #: the training_iteration at which the trial last unfroze each layer it unfroze after a
     #: freeze (its learning rate changed)
     unfrozen_at: dict[str, int] = field(default_factory=dict)
+    #: per layer, the freezes and unfreezes decided for it, in order (what held at a
+    #: checkpoint a restore goes back to)
+    events: dict[str, list[Decision]] = field(default_factory=dict)
+
+    def start_afresh(self) -> None:
+        """Forget the orders, freezes and unfreezes of a run the trial left to start over from
+        scratch (the decisions stay in the log)."""
+        self.history.pending.clear()
+        self.ordered_at.clear()
+        self.reasons.clear()
+        self.unfrozen_at.clear()
+        self.events.clear()
 
     def measured_budget(self) -> int | None:
         """The budget counted in the reports the rules judge (those that measure the layers):
@@ -254,10 +266,20 @@ class TrialView:
                 self.ordered_at.pop(name, None)
                 self.history.pending.discard(name)
                 self.history.frozen.discard(name)
-            # an unfreeze after the checkpoint is void: the freeze before it holds again
+            # an unfreeze after the checkpoint is void: what held at the checkpoint holds again
+            # (the layer's last freeze or unfreeze up to it)
             voided = [n for n, at in self.unfrozen_at.items() if at > restore_at]
             for name in voided:
                 del self.unfrozen_at[name]
+                kept = [d for d in self.events.get(name, []) if d.iteration <= restore_at]
+                if kept and kept[-1].action == "freeze":
+                    self.reasons[name] = kept[-1]
+                else:  # unfrozen (or never frozen) at the checkpoint: nothing to order
+                    self.reasons.pop(name, None)
+                    if kept:
+                        self.unfrozen_at[name] = kept[-1].iteration
+            for name, events in self.events.items():
+                self.events[name] = [d for d in events if d.iteration <= restore_at]
             # the trial's own freezes come back with its checkpoint: only the orders are given
             ordered = [n for n in self.frozen_or_ordered() if n in self.reasons]
             ordered += [n for n in voided if n in self.reasons and n not in ordered]
@@ -312,6 +334,8 @@ class TrialView:
                 freezes[decision.layer] = decision
             elif decision.layer and decision.action == "unfreeze":
                 freezes.pop(decision.layer, None)
+            if decision.layer and decision.action in ("freeze", "unfreeze"):
+                self.events.setdefault(decision.layer, []).append(decision)
         self.reasons.update(freezes)
         if freezes and mailbox is not None and order:
             names = list(freezes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,9 +328,11 @@ def test_a_layer_the_training_code_froze_again_itself_stays_frozen_at_a_drop() -
     assert ik.local_results()[-1]["unfreeze_reason"]["0"] == ""
 
 
-def test_lr_scale_takes_a_peak_reached_between_reports() -> None:
+@pytest.mark.parametrize("number", [float, np.float64])
+def test_lr_scale_takes_a_peak_reached_between_reports(number) -> None:
     """A per-step warm-up to 0.1 over 4 steps, then a per-step decay, within one report
-    period: the largest rate is the one a step trained with, not one seen at a report."""
+    period: the largest rate is the one a step trained with, not one seen at a report (also
+    for rates a schedule computes as NumPy numbers)."""
     rates = [0.025, 0.05, 0.075, 0.1, 0.08, 0.06, 0.04]
 
     def trainable(config: dict[str, Any]) -> None:
@@ -337,7 +340,7 @@ def test_lr_scale_takes_a_peak_reached_between_reports() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=rates[0])
         ik.watch(model, opt)
         for lr in rates:
-            _set_lr(opt, lr)
+            _set_lr(opt, number(lr))
             _steps(model, opt, 1)
         ik.report({"epoch": 1})
 

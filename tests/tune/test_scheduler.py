@@ -1209,3 +1209,44 @@ def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
     trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     scheduler.on_trial_error(None, trial)
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+
+
+def test_a_restore_from_before_an_unfreeze_and_a_second_freeze_orders_the_first_again() -> None:
+    """conv1 frozen after report 2, unfrozen at 4, frozen again after 5; the trial restores
+    from its checkpoint of report 2: what held there (the first freeze) is ordered again."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=5), {})])  # settled again: ordered
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=6), {})])
+    assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [
+        ("freeze", 2),
+        ("unfreeze", 4),
+        ("freeze", 5),
+    ]
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    scheduler.on_trial_error(None, trial)
+    assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
+    assert "freeze conv1 at report 2" in mailbox.posts[-1][1]["reasons"]["conv1"]
+
+
+def test_a_restart_from_scratch_forgets_the_freezes_and_unfreezes_of_the_run_it_left() -> None:
+    """Run A froze conv1 and unfroze it, then failed without a checkpoint; run B never
+    freezes conv1 and restores from its own checkpoint: nothing of run A is ordered."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    settled, moving = {"conv1": 1.0, "conv2": 0.2}, {"conv1": 0.2, "conv2": 0.2}
+    feed(scheduler, trial, [_unfrozen(result(settled, it=i), {}) for i in (1, 2)])
+    feed(scheduler, trial, [_unfrozen(result(settled, ("conv1",), it=3), {})])
+    feed(scheduler, trial, [_unfrozen(result(moving, it=4), {"conv1": LR_REASON})])
+    scheduler.on_trial_error(None, trial)  # no checkpoint: run B starts from scratch
+    posted = len(mailbox.posts)
+    feed(scheduler, trial, [_unfrozen(result(moving, it=i), {}) for i in (1, 2, 3, 4)])
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 3})
+    scheduler.on_trial_error(None, trial)
+    assert mailbox.posts[posted:] == []
