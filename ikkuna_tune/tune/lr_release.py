@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,7 @@ def _lr(group: Mapping[str, Any], on_device: bool) -> float | None:
         if lr.numel() != 1 or (lr.device.type != "cpu" and not on_device):
             return None
         return float(lr)
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+    if isinstance(lr, numbers.Real) and not isinstance(lr, bool):  # NumPy numbers too
         return float(lr)
     return None
 

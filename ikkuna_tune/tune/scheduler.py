@@ -537,8 +537,13 @@ class SVCCAScheduler(FIFOScheduler):
             # restored from a checkpoint (or restarted): the reports it makes again replace
             # those of the run it left, which must not count twice or date decisions
             dropped = view.rewind(iteration)
-            if iteration <= 1:  # restarted from scratch, without the freezes ordered before
+            report = result.get(keys.TRAIN_REPORT)
+            resumed = isinstance(report, str) and "@" in report  # a Train job's checkpoint
+            if iteration <= 1 and not resumed:  # restarted from scratch: no freeze holds
                 view.start_afresh()
+            elif iteration <= 1:  # Tune numbers a restarted Train job's reports from 1 again
+                view.history.pending.clear()
+                view.ordered_at.clear()
             if dropped:
                 logger.info(
                     "Trial %s repeats training_iteration %s: the %s report(s) from there on "
@@ -580,8 +585,7 @@ class SVCCAScheduler(FIFOScheduler):
             history.released[name] = history.reports
             rule, values = parse_reason(reason)
             decision = view.dated(Decision("unfreeze", rule, history.reports, name, values))
-            view.unfrozen_at[name] = decision.iteration  # (a restore from before it voids it)
-            view.events.setdefault(name, []).append(decision)
+            view.events.setdefault(name, []).append(decision)  # (a restore before it voids it)
             released.append(decision)
         return measured, similarity, released
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import secrets
 import warnings
 import weakref
@@ -569,7 +570,7 @@ class TrialSession:
         for i, optimizer in enumerate(optimizers):
             for j, group in enumerate(optimizer.param_groups):
                 lr = group.get("lr")
-                if isinstance(lr, (float, int)) and not isinstance(lr, bool):
+                if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
                     lr = abs(lr)
                     if lr > peaks.get((i, j), -1.0):
                         peaks[(i, j)] = lr

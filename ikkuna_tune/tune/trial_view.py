@@ -64,9 +64,6 @@ class TrialView:
     #: sent with every freeze: the trial unfreezes the layer once its learning rate moves by
     #: this factor (None: never; see :mod:`ikkuna_tune.tune.lr_release`)
     unfreeze_lr_factor: float | None = None
-    #: the training_iteration at which the trial last unfroze each layer it unfroze after a
-    #: freeze (its learning rate changed)
-    unfrozen_at: dict[str, int] = field(default_factory=dict)
     #: per layer, the freezes and unfreezes decided for it, in order (what held at a
     #: checkpoint a restore goes back to)
     events: dict[str, list[Decision]] = field(default_factory=dict)
@@ -77,7 +74,6 @@ class TrialView:
         self.history.pending.clear()
         self.ordered_at.clear()
         self.reasons.clear()
-        self.unfrozen_at.clear()
         self.events.clear()
 
     def measured_budget(self) -> int | None:
@@ -260,29 +256,33 @@ class TrialView:
             (['conv1'], ['conv1'])
         """
         if restore_at is not None:
-            later = [n for n, d in self.reasons.items() if d.iteration > restore_at]
+            # a layer the trial unfroze at a learning-rate change: what held at the checkpoint
+            # (its last freeze or unfreeze up to it) holds again, later ones are void
+            thawed = {n for n, ev in self.events.items() if any(d.action == "unfreeze" for d in ev)}
+            held: list[str] = []
+            for name in thawed:
+                kept = [d for d in self.events[name] if d.iteration <= restore_at]
+                self.ordered_at.pop(name, None)
+                if kept and kept[-1].action == "freeze":
+                    self.reasons[name] = kept[-1]
+                    held.append(name)
+                else:  # unfrozen (or not yet frozen) at the checkpoint: nothing to order
+                    self.reasons.pop(name, None)
+                    self.history.pending.discard(name)
+                    self.history.frozen.discard(name)
+            later = [
+                n for n, d in self.reasons.items() if d.iteration > restore_at and n not in thawed
+            ]
             for name in later:
                 del self.reasons[name]
                 self.ordered_at.pop(name, None)
                 self.history.pending.discard(name)
                 self.history.frozen.discard(name)
-            # an unfreeze after the checkpoint is void: what held at the checkpoint holds again
-            # (the layer's last freeze or unfreeze up to it)
-            voided = [n for n, at in self.unfrozen_at.items() if at > restore_at]
-            for name in voided:
-                del self.unfrozen_at[name]
-                kept = [d for d in self.events.get(name, []) if d.iteration <= restore_at]
-                if kept and kept[-1].action == "freeze":
-                    self.reasons[name] = kept[-1]
-                else:  # unfrozen (or never frozen) at the checkpoint: nothing to order
-                    self.reasons.pop(name, None)
-                    if kept:
-                        self.unfrozen_at[name] = kept[-1].iteration
             for name, events in self.events.items():
                 self.events[name] = [d for d in events if d.iteration <= restore_at]
             # the trial's own freezes come back with its checkpoint: only the orders are given
-            ordered = [n for n in self.frozen_or_ordered() if n in self.reasons]
-            ordered += [n for n in voided if n in self.reasons and n not in ordered]
+            ordered = [n for n in self.frozen_or_ordered() if n in self.reasons and n not in thawed]
+            ordered += held
             position = {name: i for i, name in enumerate(self.history.layers)}
             ordered.sort(key=lambda n: position.get(n, len(position)))
         else:

@@ -1250,3 +1250,43 @@ def test_a_restart_from_scratch_forgets_the_freezes_and_unfreezes_of_the_run_it_
     trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 3})
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[posted:] == []
+
+
+def test_restores_one_after_another_go_back_to_what_held_at_each_checkpoint() -> None:
+    """Freeze 2, unfreeze 4, freeze 5, unfreeze 7: a restore to 6 orders the freeze of 5, a
+    later restore to 3 the freeze of 2 (an unfreeze after either checkpoint is void)."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    frozen = {3: ("conv1",), 6: ("conv1",)}
+    reasons = {4: {"conv1": LR_REASON}, 7: {"conv1": LR_REASON}}
+    for it in range(1, 8):
+        report = result(sims, frozen.get(it, ()), it=it)
+        feed(scheduler, trial, [_unfrozen(report, reasons.get(it, {}))])
+    assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [
+        ("freeze", 2),
+        ("unfreeze", 4),
+        ("freeze", 5),
+        ("unfreeze", 7),
+    ]
+    for restore_at, freeze in ((6, "report 5"), (3, "report 2")):
+        trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": restore_at})
+        scheduler.on_trial_error(None, trial)
+        assert mailbox.posts[-1][1]["freeze"] == ["conv1"], restore_at
+        assert f"freeze conv1 at {freeze}" in mailbox.posts[-1][1]["reasons"]["conv1"]
+
+
+def test_a_train_job_resumed_by_tune_from_its_checkpoint_keeps_the_reasons() -> None:
+    """Tune restarts a Ray Train trial and numbers its reports from 1 again, while the job goes
+    on from its own checkpoint (its report's name says '@a-4'): conv1 is still frozen, and why
+    is still known (a restart from scratch would forget it)."""
+    scheduler, _ = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2)])
+    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=i), f"a-{i}") for i in (3, 4)])
+    scheduler.on_trial_error(None, trial)
+    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=1), "b-1@a-4")])
+    assert "freeze conv1 at report 2: converged" in scheduler.debug_string()
