@@ -688,6 +688,7 @@ class SVCCAScheduler(FIFOScheduler):
         progress since the first report, see the whole trial), and its decisions."""
         for result in read_results(trial):
             self._observe(trial.trial_id, view, result)
+        view.events.clear()  # the log's decisions are the layers' events, once and in order
         decisions = read_decisions(trial)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
         restore_at = _checkpoint_iteration(trial)

@@ -296,8 +296,8 @@ class TrialSession:
         #: the learning rates at the first step since the last report (those the layers the
         #: next directive freezes were judged at); None before that step
         self._period_rates: dict[tuple[int, int], float] | None = None
-        #: the largest learning rate each parameter group has had at a report or at the
-        #: first step after one (``lr_scale``)
+        #: the largest learning rate each parameter group has had at a step's start or a
+        #: report (``lr_scale``)
         self._peak_rates: dict[tuple[int, int], float] = {}
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
@@ -604,12 +604,11 @@ class TrialSession:
         due = self.release.due(exporter.optimizers, on_device)
         if not due:
             return []
-        order = exporter.layer_order
-        position = {name: i for i, name in enumerate(order)}
-        first = min(position.get(name, len(order)) for name, _ in due)
+        position = {name: i for i, name in enumerate(exporter.layer_order)}
+        upstream, change = min(due, key=lambda d: position.get(d[0], len(position)))
+        first = position.get(upstream, len(position))
         changed = dict(due)
         released = [(name, change.reason()) for name, change in due]
-        upstream, change = min(due, key=lambda d: position.get(d[0], len(order)))
         for name in self.release.tracked:
             if name not in changed and position.get(name, -1) > first:
                 released.append((name, change.reason(upstream=upstream)))
