@@ -10,8 +10,11 @@ ValueError: Expected `freeze_at` to be a number in (0, 1] but got 1.5
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "check_bool",
+    "check_factor_or_none",
     "check_fraction",
     "check_fraction_or_none",
     "check_int",
@@ -72,6 +75,24 @@ def check_fraction(name: str, value: object) -> float:
     """
     if not _is_number(value) or not 0 < value <= 1:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be a number in (0, 1] but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_factor_or_none(name: str, value: object) -> float | None:
+    """``value`` as a float if it is a finite number above 1, or None.
+
+    Examples:
+        >>> check_factor_or_none("unfreeze_lr_factor", 2), check_factor_or_none("f", None)
+        (2.0, None)
+        >>> check_factor_or_none("unfreeze_lr_factor", 1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `unfreeze_lr_factor` to be a number above 1 or None but got 1.0
+    """
+    if value is None:
+        return None
+    if not _is_number(value) or not 1 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a number above 1 or None but got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 

@@ -27,7 +27,6 @@ Examples:
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,31 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LearningRateRelease", "LrChange", "check_factor", "snapshot"]
+__all__ = ["LearningRateRelease", "LrChange", "snapshot"]
 
 logger = logging.getLogger(__name__)
 
 #: The rule of an unfreeze on a learning-rate change (the scheduler's decision log names it).
 RULE = "learning rate changed"
-
-
-def check_factor(name: str, value: object) -> float | None:
-    """``value`` as a factor above 1 (or None), else a ValueError saying what was got.
-
-    Examples:
-        >>> check_factor("unfreeze_lr_factor", 2), check_factor("unfreeze_lr_factor", None)
-        (2.0, None)
-        >>> check_factor("unfreeze_lr_factor", 1.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected `unfreeze_lr_factor` to be a number above 1 or None but got 1.0
-    """
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if value is None:
-        return None
-    if not number or not math.isfinite(value) or value <= 1:  # type: ignore[arg-type]
-        raise ValueError(f"Expected `{name}` to be a number above 1 or None but got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

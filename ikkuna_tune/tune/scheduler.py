@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ikkuna_tune import keys
-from ikkuna_tune.checks import check_bool, check_fraction, check_int, check_nonnegative
+from ikkuna_tune.checks import (
+    check_bool,
+    check_factor_or_none,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
 from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
@@ -26,7 +32,6 @@ from ikkuna_tune.tune.decision_log import (
     append_decision,
     read_decisions,
 )
-from ikkuna_tune.tune.lr_release import check_factor
 from ikkuna_tune.tune.mailbox import Mailbox
 from ikkuna_tune.tune.persist import persist_trial_files, read_results
 from ikkuna_tune.tune.results import (
@@ -253,7 +258,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.stop = check_bool("stop", stop)
         self.freeze = check_bool("freeze", freeze)
         self.freeze_best = check_bool("freeze_best", freeze_best)
-        self.unfreeze_lr_factor = check_factor("unfreeze_lr_factor", unfreeze_lr_factor)
+        self.unfreeze_lr_factor = check_factor_or_none("unfreeze_lr_factor", unfreeze_lr_factor)
         self.max_t = None if max_t is None else check_int("max_t", max_t)
         self._told_no_budget = False
         if base is not None and not isinstance(base, TrialScheduler):

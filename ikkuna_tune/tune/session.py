@@ -19,12 +19,13 @@ from torch import nn
 from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, to_numbers
 from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.checks import check_factor_or_none
 from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer
-from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor, snapshot
+from ikkuna_tune.tune.lr_release import LearningRateRelease, snapshot
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
 from ikkuna_tune.tune.subscriber_templates import (
@@ -766,7 +767,9 @@ class TrialSession:
         for directive in directives:
             reasons = directive.get("reasons", {})
             try:
-                factor = check_factor("unfreeze_lr_factor", directive.get("unfreeze_lr_factor"))
+                factor = check_factor_or_none(
+                    "unfreeze_lr_factor", directive.get("unfreeze_lr_factor")
+                )
             except ValueError as error:  # (a scheduler of another version)
                 logger.warning("Ignoring the directive's learning-rate factor: %s", error)
                 factor = None

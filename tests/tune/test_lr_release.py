@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ikkuna_tune as ik
-from ikkuna_tune.tune.lr_release import LearningRateRelease, check_factor
+from ikkuna_tune.checks import check_factor_or_none
+from ikkuna_tune.tune.lr_release import LearningRateRelease
 from ikkuna_tune.tune.session import TrialSession, current_session
 
 X = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
@@ -244,7 +245,7 @@ def test_the_learning_rates_at_the_freeze_survive_a_checkpoint(tmp_path) -> None
 @pytest.mark.parametrize("bad", [1, 0.5, float("inf"), float("nan"), "2", True])
 def test_a_factor_that_is_not_above_one_is_refused(bad) -> None:
     with pytest.raises(ValueError, match="unfreeze_lr_factor.*above 1 or None but got"):
-        check_factor("unfreeze_lr_factor", bad)
+        check_factor_or_none("unfreeze_lr_factor", bad)
 
 
 def test_lr_scale_is_the_learning_rate_over_its_largest_for_the_least_decayed_group() -> None:
