@@ -91,29 +91,50 @@ def variants(data_sets: list[str], families: list[str], lrs: tuple[float, ...]) 
     ]
 
 
-def trial_summary(df: Any) -> dict[str, Any]:
-    """Accuracy (best reported), compute, reports, and whether the trial diverged."""
+def trial_summary(df: Any, metric: str = "test_accuracy") -> dict[str, Any]:
+    """Accuracy (best reported), the score on the steered ``metric``, compute, reports, and
+    whether the trial diverged."""
+    from experiments.fidelity_trial import METRICS
+
     live = [c for c in df.columns if c.startswith("live_fraction/")]
     dead = bool(live) and bool((df[live].fillna(1.0) <= 0).any().any())
     nonfinite = not df["train_loss"].map(lambda v: math.isfinite(float(v))).all()
     fractions = df["frozen_fraction"] if "frozen_fraction" in df else None
     best = float(df["test_accuracy"].max())  # NaN accuracies (every score NaN) skipped
+    # a trial that never had an accuracy classified nothing correctly: it ranks last
+    accuracy = best if math.isfinite(best) else 0.0
+    if metric == "test_accuracy":
+        score = accuracy
+    else:  # signed so that larger is better; a trial with no finite value ranks last
+        values = df[metric].astype(float)
+        values = values[values.map(math.isfinite)]
+        if METRICS[metric] == "max":
+            score = float(values.max()) if len(values) else 0.0
+        else:
+            score = -float(values.min()) if len(values) else -math.inf
     return {
         "frozen": fractions is not None and bool((fractions.fillna(0.0) > 0).any()),
-        # a trial that never had an accuracy classified nothing correctly: it ranks last
-        "accuracy": best if math.isfinite(best) else 0.0,
+        "accuracy": accuracy,
+        "score": score,
         "seconds": float(df["train_seconds"].max()),
         "reports": len(df),
         "diverged": dead or nonfinite,
     }
 
 
-def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) -> dict[str, Any]:
-    """The figures of one (data set, family) grid; ``trials[group][lr]`` as trial_summary."""
+def cell_summary(
+    trials: dict[str, dict[float, dict[str, Any]]], epochs: int, unit: float = 1.0
+) -> dict[str, Any]:
+    """The figures of one (data set, family) grid; ``trials[group][lr]`` as trial_summary.
+
+    Trials are ranked by their ``score`` (the steered metric, signed so that larger is
+    better), and the deltas are in its units divided by ``unit`` (100 for a percentage, so that
+    the targets' points read as on accuracies); the trials that count as good are those FIFO
+    brings to an accuracy of :data:`GOOD` or more."""
     fifo = trials["fifo"]
 
     def acc(group: str) -> dict[float, float]:
-        return {lr: t["accuracy"] for lr, t in trials[group].items()}
+        return {lr: t["score"] / unit for lr, t in trials[group].items()}
 
     def seconds(group: str, lrs: list[float] | None = None) -> float:
         chosen = trials[group] if lrs is None else {lr: trials[group][lr] for lr in lrs}
@@ -137,7 +158,11 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
             "top3_worst_delta": round(min(ours[lr] - theirs[lr] for lr in top3), 4),
         }
 
-    out: dict[str, Any] = {"fifo_accuracy": {str(lr): round(a, 4) for lr, a in acc("fifo").items()}}
+    out: dict[str, Any] = {
+        "fifo_accuracy": {str(lr): round(t["accuracy"], 4) for lr, t in fifo.items()}
+    }
+    if any(t["score"] != t["accuracy"] for t in fifo.values()):
+        out["fifo_score"] = {str(lr): round(a, 4) for lr, a in acc("fifo").items()}
     # per scheduler, the reports each learning rate's trial made: where the compute went
     out["reports"] = {
         group: {str(lr): t["reports"] for lr, t in sorted(trials[group].items())}
@@ -150,7 +175,7 @@ def cell_summary(trials: dict[str, dict[float, dict[str, Any]]], epochs: int) ->
     frozen = acc("freeze")
     out["freeze"] = {
         "worst_good_delta": round(
-            min((frozen[lr] - fifo[lr]["accuracy"] for lr in good), default=0.0), 4
+            min((frozen[lr] - acc("fifo")[lr] for lr in good), default=0.0), 4
         ),
         "time_ratio_good": round(seconds("freeze", good) / seconds("fifo", good), 3)
         if good
@@ -220,6 +245,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the freezing-only group freezes the protected best trials too "
         "(SVCCAScheduler(stop=False, freeze_best=True)): what freezing itself costs them",
     )
+    parser.add_argument(
+        "--metric",
+        choices=["test_accuracy", "test_accuracy_percent", "test_loss"],
+        default="test_accuracy",
+        help="the metric the sweep is steered on: the accuracy as a fraction (the default), in "
+        "percent, or the test loss (mode='min'); the schedulers run with their defaults",
+    )
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -228,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ray import tune
 
     import ikkuna_tune as ik
-    from experiments.fidelity_trial import subscribers, train_trial
+    from experiments.fidelity_trial import METRICS, subscribers, train_trial
     from experiments.local_ray import init_local_ray
     from experiments.routing import RoutingScheduler
 
@@ -249,13 +281,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "data": "digits",  # replaced by the variant's
             "family": "cnn",
             "lr": 0.0,
+            "metric": args.metric,
         },
         scheduler=RoutingScheduler(
             schedulers(data_sets, families, args.freeze_best), group=group_of
         ),
         stop={"training_iteration": epochs},
-        metric="test_accuracy",
-        mode="max",
+        metric=args.metric,
+        mode=METRICS[args.metric],
         storage_path=storage,
         verbose=0,
         resources_per_trial={"cpu": 1},
@@ -269,12 +302,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         v = trial.config["variant"]
         cell = cells.setdefault((v["data"], v["family"]), {g: {} for g in GROUPS})
-        cell[v["scheduler"]][v["lr"]] = trial_summary(df)
+        cell[v["scheduler"]][v["lr"]] = trial_summary(df, args.metric)
     out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
     out["freeze_best"] = args.freeze_best
+    out["metric"] = args.metric
+    unit = 100.0 if args.metric == "test_accuracy_percent" else 1.0
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):
-        out.setdefault(data, {})[family] = cell_summary(trials, epochs)
+        out.setdefault(data, {})[family] = cell_summary(trials, epochs, unit)
     judged = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
     met = [t for t in judged if t is not None]  # a target with nothing to judge is no hit
     out["targets_met"] = f"{sum(met)}/{len(met)}"

@@ -8,7 +8,11 @@ probe drawn from the test split, plus ``train_loss``, ``train_seconds`` (the tim
 epochs, training and the subscribers' epoch-end work, without process start-up or reporting),
 ``epoch_end_seconds`` (the part of it spent in ``epoch_finished``: test accuracy and SVCCA) and
 ``report_seconds`` (the round trip of the previous ``ik.report``: ikkuna_tune's own work, Tune's,
-the scheduler's and the mailbox's; NaN in the first report).
+the scheduler's and the mailbox's; NaN in the first report). With ``config["metric"]`` other
+than ``test_accuracy`` the trial also reports, measured by itself on the test split after each
+epoch (outside ``train_seconds``), ``test_loss`` (mean cross-entropy) and
+``test_accuracy_percent`` with its chance level ``test_accuracy_percent_chance`` (the most
+frequent class's share, in percent): the same sweep steered on a metric in other units.
 """
 
 from __future__ import annotations
@@ -27,11 +31,22 @@ import ikkuna_tune as ik
 from ikkuna_tune.examples.demo import train_epoch
 from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
-__all__ = ["DATA_SETS", "FAMILIES", "build_model", "load", "subscribers", "train_trial"]
+__all__ = [
+    "DATA_SETS",
+    "FAMILIES",
+    "METRICS",
+    "build_model",
+    "load",
+    "measure_on_test_split",
+    "subscribers",
+    "train_trial",
+]
 
 FAMILIES = ("cnn", "mlp", "resnet")
 DATA_SETS = ("digits", "mnist")
 CLASSES = 10
+#: The metrics a sweep of these trials can be steered on, with their mode.
+METRICS = {"test_accuracy": "max", "test_accuracy_percent": "max", "test_loss": "min"}
 
 
 @functools.lru_cache(maxsize=2)
@@ -69,6 +84,24 @@ def subscribers(config: dict[str, Any]) -> list[ik.Subscriber]:
     ]
 
 
+def measure_on_test_split(model: nn.Module, exporter: ik.Exporter, data: str) -> dict[str, float]:
+    """``test_loss`` and ``test_accuracy_percent`` (with its chance level) of ``model`` on the
+    test split of ``data``, in one pass inside :meth:`Exporter.probe` (eval mode, no gradients,
+    no training messages)."""
+    _, test = load(data)
+    inputs, labels = test.tensors
+    with exporter.probe("measure_on_test_split"):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits, labels)
+    correct = (logits.argmax(dim=1) == labels).double().mean()
+    chance = torch.bincount(labels).max().double() / len(labels)
+    return {
+        "test_loss": float(loss),
+        "test_accuracy_percent": 100.0 * float(correct),
+        "test_accuracy_percent_chance": 100.0 * float(chance),
+    }
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Train ``config["family"]`` on ``config["data"]`` for ``config["epochs"]`` epochs.
 
@@ -76,7 +109,8 @@ def train_trial(config: dict[str, Any]) -> None:
     ``batch_size`` (64), ``momentum`` (0.9), ``lr_drop_epoch`` (None: a constant learning rate;
     else the learning rate is multiplied by ``lr_drop_factor``, 0.1, from that epoch on, by
     ``MultiStepLR`` stepped at each epoch's end), and ``variant`` (a dict merged into the
-    config; the benchmark puts the scheduler group there).
+    config; the benchmark puts the scheduler group there), ``metric`` (``test_accuracy``: with
+    another of :data:`METRICS`, :func:`measure_on_test_split` are reported too).
     """
     config = {**config, **config.get("variant", {})}
     torch.set_num_threads(1)
@@ -115,6 +149,12 @@ def train_trial(config: dict[str, Any]) -> None:
         finished = time.perf_counter()
         epoch_end_seconds += finished - epoch_end
         train_seconds += finished - started
+        extra = (
+            measure_on_test_split(model, exporter, config["data"])
+            if config.get("metric", "test_accuracy") != "test_accuracy"
+            else {}
+        )
+        reporting = time.perf_counter()
         ik.report(
             {
                 "epoch": epoch,
@@ -122,6 +162,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 "train_seconds": train_seconds,
                 "epoch_end_seconds": epoch_end_seconds,
                 "report_seconds": report_seconds,
+                **extra,
             }
         )
-        report_seconds = time.perf_counter() - finished
+        report_seconds = time.perf_counter() - reporting

@@ -84,6 +84,14 @@ FIGURES: dict[str, Figure] = {
     "fidelity_quick": Figure(
         "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
     ),
+    "fidelity_percent": Figure(
+        "experiments.bench_fidelity", ("--metric", "test_accuracy_percent"),
+        "cpu_bench_fidelity_percent.txt", ("--quick", "--metric", "test_accuracy_percent"),
+    ),
+    "fidelity_loss": Figure(
+        "experiments.bench_fidelity", ("--metric", "test_loss"), "cpu_bench_fidelity_loss.txt",
+        ("--quick", "--metric", "test_loss"),
+    ),
     "fidelity_bound": Figure(
         "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
     ),

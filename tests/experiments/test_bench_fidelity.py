@@ -9,10 +9,16 @@ from experiments.bench_fidelity import cell_summary, trial_summary, variants
 
 
 def t(
-    acc: float, seconds: float, reports: int = 10, diverged: bool = False, frozen: bool = False
+    acc: float,
+    seconds: float,
+    reports: int = 10,
+    diverged: bool = False,
+    frozen: bool = False,
+    score: float | None = None,
 ) -> dict:
     return {
         "accuracy": acc,
+        "score": acc if score is None else score,
         "seconds": seconds,
         "reports": reports,
         "diverged": diverged,
@@ -89,6 +95,7 @@ def test_trial_summary_reads_best_accuracy_and_divergence() -> None:
     )
     assert trial_summary(df) == {
         "accuracy": 0.9,
+        "score": 0.9,
         "seconds": 3.0,
         "reports": 3,
         "diverged": True,
@@ -102,6 +109,48 @@ def test_trial_summary_reads_best_accuracy_and_divergence() -> None:
     assert not trial_summary(df)["diverged"]
     df.loc[2, "live_fraction/fc1"] = 0.0
     assert trial_summary(df)["diverged"]
+
+
+def test_trial_summary_scores_the_steered_metric() -> None:
+    df = pd.DataFrame(
+        {
+            "test_accuracy": [0.5, 0.9, 0.8],
+            "test_accuracy_percent": [50.0, 90.0, 80.0],
+            "test_loss": [1.2, float("nan"), 0.4],
+            "train_seconds": [1.0, 2.0, 3.0],
+            "train_loss": [1.0, 0.5, 0.4],
+        }
+    )
+    assert trial_summary(df, "test_accuracy_percent")["score"] == 90.0
+    # the lowest finite loss, negated (larger is better); the NaN is skipped
+    assert trial_summary(df, "test_loss")["score"] == -0.4
+    df["test_loss"] = float("nan")
+    assert trial_summary(df, "test_loss")["score"] == float("-inf")  # ranks last
+
+
+def test_cell_summary_ranks_by_score_in_units_and_picks_good_trials_by_accuracy() -> None:
+    # steered on a loss: the lowest loss wins even where its accuracy is not the highest
+    def loss_trial(acc: float, loss: float, seconds: float = 10, frozen: bool = False) -> dict:
+        return t(acc, seconds, frozen=frozen, score=-loss)
+
+    fifo = {0.01: loss_trial(0.90, 0.30), 0.1: loss_trial(0.95, 0.20), 0.3: loss_trial(0.97, 0.25)}
+    other = {0.01: loss_trial(0.90, 0.30), 0.1: loss_trial(0.95, 0.26), 0.3: loss_trial(0.97, 0.25)}
+    frozen = {lr: loss_trial(0.5, 0.32, frozen=True) for lr in fifo}
+    trials = {"fifo": fifo, "asha": fifo, "svcca": other, "svcca_asha": fifo, "freeze": frozen}
+    out = cell_summary(trials, epochs=10)
+    assert out["svcca"]["best_same"] is False  # lr 0.3 (loss 0.25) now beats lr 0.1 (0.26)
+    assert out["svcca"]["best_acc_delta"] == pytest.approx(-0.05)  # in the loss's units
+    assert out["svcca"]["top3_worst_delta"] == pytest.approx(-0.06)
+    assert out["freeze"]["worst_good_delta"] == pytest.approx(-0.12)  # 0.32 against 0.20
+    assert out["freeze"]["good_trials"] == 3  # by accuracy (>= 0.8), not by the loss
+    assert out["fifo_score"] == {"0.01": -0.3, "0.1": -0.2, "0.3": -0.25}
+    # in percent: deltas in points of accuracy with unit=100
+    pct = {lr: t(a, 10, score=100 * a) for lr, a in ((0.01, 0.9), (0.1, 0.97), (0.3, 0.95))}
+    worse = {lr: t(trial["accuracy"], 10, score=trial["score"] - 2.0) for lr, trial in pct.items()}
+    trials = {"fifo": pct, "asha": pct, "svcca": worse, "svcca_asha": pct, "freeze": pct}
+    assert cell_summary(trials, epochs=10, unit=100.0)["svcca"]["top3_worst_delta"] == (
+        pytest.approx(-0.02)
+    )
 
 
 def test_variants_put_the_groups_of_one_config_side_by_side() -> None:
