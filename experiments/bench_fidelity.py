@@ -58,12 +58,13 @@ def group_of(config: dict[str, Any]) -> str:
 
 
 def schedulers(
-    data_sets: list[str], families: list[str], freeze_best: bool = False
+    data_sets: list[str], families: list[str], freeze_best: bool = False, metric_scale: float = 1.0
 ) -> dict[str, Any]:
     """Fresh schedulers for every (data set, family) grid: a scheduler compares a trial only
     with the trials of its own grid, as in a user's sweep of one model on one data set (one
     scheduler for all grids stopped trials that could not reach another grid's top 3).
-    ``freeze_best``: the freezing-only group freezes the best trials too."""
+    ``freeze_best``: the freezing-only group freezes the best trials too; ``metric_scale``:
+    SVCCAScheduler's argument of that name."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     import ikkuna_tune as ik
@@ -72,9 +73,13 @@ def schedulers(
         return {
             "fifo": FIFOScheduler,
             "asha": ASHAScheduler,
-            "svcca": ik.SVCCAScheduler,
-            "svcca_asha": lambda: ik.SVCCAScheduler(base=ASHAScheduler()),
-            "freeze": lambda: ik.SVCCAScheduler(stop=False, freeze_best=freeze_best),
+            "svcca": lambda: ik.SVCCAScheduler(metric_scale=metric_scale),
+            "svcca_asha": lambda: ik.SVCCAScheduler(
+                base=ASHAScheduler(), metric_scale=metric_scale
+            ),
+            "freeze": lambda: ik.SVCCAScheduler(
+                stop=False, freeze_best=freeze_best, metric_scale=metric_scale
+            ),
         }[name]()
 
     return {f"{d}/{f}/{g}": fresh(g) for d in data_sets for f in families for g in GROUPS}
@@ -252,6 +257,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the metric the sweep is steered on: the accuracy as a fraction (the default), in "
         "percent, or the test loss (mode='min'); the schedulers run with their defaults",
     )
+    parser.add_argument(
+        "--metric-scale",
+        type=float,
+        default=1.0,
+        help="SVCCAScheduler's metric_scale (100 with --metric test_accuracy_percent gives the "
+        "thresholds of the fraction)",
+    )
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -284,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "metric": args.metric,
         },
         scheduler=RoutingScheduler(
-            schedulers(data_sets, families, args.freeze_best), group=group_of
+            schedulers(data_sets, families, args.freeze_best, args.metric_scale), group=group_of
         ),
         stop={"training_iteration": epochs},
         metric=args.metric,
@@ -306,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
     out["freeze_best"] = args.freeze_best
     out["metric"] = args.metric
+    out["metric_scale"] = args.metric_scale
     unit = 100.0 if args.metric == "test_accuracy_percent" else 1.0
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):

@@ -20,6 +20,7 @@ __all__ = [
     "check_int",
     "check_int_or_epoch",
     "check_nonnegative",
+    "check_positive",
     "check_ylims",
 ]
 
@@ -123,6 +124,22 @@ def check_nonnegative(name: str, value: object) -> float:
     """
     if not _is_number(value) or not value >= 0:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite number > 0.
+
+    Examples:
+        >>> check_positive("metric_scale", 100)
+        100.0
+        >>> check_positive("metric_scale", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `metric_scale` to be a finite number > 0 but got 0
+    """
+    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a finite number > 0 but got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 

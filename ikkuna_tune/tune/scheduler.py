@@ -16,6 +16,7 @@ from ikkuna_tune.checks import (
     check_fraction,
     check_int,
     check_nonnegative,
+    check_positive,
 )
 from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
@@ -162,7 +163,7 @@ class SVCCAScheduler(FIFOScheduler):
         settle_window: reports over which that distance must have stayed steady.
         settle_tol: how much it may vary over them, as a fraction of the distance.
         plateau: reports without an improvement above ``min_delta`` before anything freezes.
-        min_delta: improvement of the metric that counts (metric units).
+        min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
         freeze: freeze layers (False: stopping only, nothing is ordered frozen, also after a
@@ -170,7 +171,8 @@ class SVCCAScheduler(FIFOScheduler):
             a sweep whose trials change their learning rate at different times, see the
             README's limits of freezing).
         grace: reports before a trial may be stopped as stuck or behind.
-        stall_delta: progress since the first report below which a trial counts as stuck.
+        stall_delta: progress since the first report below which a trial counts as stuck, in
+            units of ``metric_scale``.
         stall_share: share of a known budget after which a stuck trial that is behind the
             others is stopped even though its layers still move, in (0, 1].
         move_tol: change of a layer's distance from initialisation over ``settle_window``
@@ -193,6 +195,12 @@ class SVCCAScheduler(FIFOScheduler):
             ``MaximumIterationStopper``), if any (else trials are never stopped as behind).
         base: an optional Ray scheduler for metric-based early stopping.
         similarity_key: the reported per-layer SVCCA similarity to read.
+        metric_scale: what an accuracy of 1 is in the metric's units: ``min_delta``,
+            ``stall_delta`` and the 0.05 within which a trial near the top is never judged by
+            its rate (``reach_within``) are multiplied by it. The defaults suit a metric in
+            [0, 1] (an accuracy as a fraction); 100 for an accuracy in percent, where the
+            decisions then are those on the fraction. For a loss, the size of the loss's range
+            over a trial (a cross-entropy falling from about 2.3 to near 0 fits the defaults).
 
     Examples:
         >>> scheduler = SVCCAScheduler(metric="test_accuracy", mode="max", stop=False)
@@ -231,12 +239,15 @@ class SVCCAScheduler(FIFOScheduler):
         max_t: int | None = None,
         base: TrialScheduler | None = None,
         similarity_key: str = keys.SELF_SIMILARITY,
+        metric_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"Expected `mode` to be 'max' or 'min' but got {mode!r}")
         if metric is not None and (not isinstance(metric, str) or not metric):
             raise ValueError(f"Expected `metric` to be a metric name but got {metric!r}")
+        self.metric_scale = check_positive("metric_scale", metric_scale)
+        scale = self.metric_scale
         self.rules = ConvergenceRules(
             freeze_at=check_fraction("freeze_at", freeze_at),
             patience=check_int("patience", patience),
@@ -244,8 +255,9 @@ class SVCCAScheduler(FIFOScheduler):
             settle_window=check_int("settle_window", settle_window),
             settle_tol=check_nonnegative("settle_tol", settle_tol),
             plateau=check_int("plateau", plateau),
-            min_delta=check_nonnegative("min_delta", min_delta),
-            stall_delta=check_nonnegative("stall_delta", stall_delta),
+            min_delta=check_nonnegative("min_delta", min_delta) * scale,
+            stall_delta=check_nonnegative("stall_delta", stall_delta) * scale,
+            reach_within=ConvergenceRules.reach_within * scale,
             move_tol=check_nonnegative("move_tol", move_tol),
             optimism=check_nonnegative("optimism", optimism),
             protect_top=check_int("protect_top", protect_top),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -444,3 +445,86 @@ def test_a_yardstick_that_stopped_reporting_early_held_no_level() -> None:
     flat = [0.111, 0.108, 0.118, 0.111, 0.077]
     others = [*_steady(0.9, 0.85), [0.158, math.nan]]
     assert stop_verdict(_drifting(flat), RULES, others, budget=10) is None
+
+
+def _random_sweep(rng: random.Random, reports: int) -> list[list[float]]:
+    """Accuracy-like curves of a few trials: a start, a rise of some speed (possibly after a
+    flat start, possibly none), a plateau, noise."""
+    curves = []
+    for _ in range(rng.randint(3, 7)):
+        start = rng.uniform(0.05, 0.6)
+        top = rng.uniform(start, 0.99)
+        delay = rng.randint(0, reports // 2)
+        speed = rng.uniform(0.05, 0.8)
+        noise = rng.choice([0.0, 0.002, 0.01, 0.03])
+        curve = []
+        for i in range(reports):
+            rise = 0.0 if i < delay else 1 - (1 - speed) ** (i - delay + 1)
+            curve.append(min(1.0, max(0.0, start + (top - start) * rise + rng.gauss(0, noise))))
+        curves.append(curve)
+    return curves
+
+
+def test_decisions_on_a_metric_in_other_units_are_those_on_the_fraction_with_metric_scale() -> None:
+    # SVCCAScheduler(metric_scale=100) multiplies the metric thresholds by 100: every rule then
+    # decides on an accuracy in percent as on the same accuracy as a fraction
+    from ikkuna_tune.tune.scheduler import SVCCAScheduler
+
+    fraction = SVCCAScheduler(metric="acc", mode="max").rules
+    percent = SVCCAScheduler(metric="acc", mode="max", metric_scale=100).rules
+    assert percent.stall_delta == 100 * fraction.stall_delta
+    assert percent.min_delta == 100 * fraction.min_delta
+    assert percent.reach_within == 100 * fraction.reach_within
+    rng = random.Random(0)
+    fired: set[str] = set()
+    froze = 0
+    for _ in range(300):
+        reports = rng.randint(4, 16)
+        curves = _random_sweep(rng, reports)
+        budget = rng.choice([None, reports, reports + rng.randint(1, 8)])
+        chance = rng.choice([math.nan, 0.1, curves[0][0]])
+        moving = rng.random() < 0.5  # else the layer's distance from initialisation is still
+        for at in range(1, reports + 1):
+            trial = TrialHistory(layers=["fc", "head"], chance=chance)
+            big = TrialHistory(layers=["fc", "head"], chance=100 * chance)
+            for i, m in enumerate(curves[0][:at]):
+                distance = dict.fromkeys(["fc", "head"], 0.9 - (0.01 * i if moving else 0.0))
+                layers = dict.fromkeys(["fc", "head"], 0.999), distance, {"fc": 1.0, "head": 1.0}
+                trial.add(m, *layers)
+                big.add(100 * m, *layers)
+            others = [c[: rng.randint(1, reports)] for c in curves[1:]]
+            verdict = stop_verdict(trial, fraction, others, budget)
+            scaled = stop_verdict(big, percent, [[100 * m for m in o] for o in others], budget)
+            assert (verdict is None) == (scaled is None), (curves, at, budget, chance)
+            if verdict is not None and scaled is not None:
+                assert verdict.rule == scaled.rule
+                fired.add(verdict.rule)
+            assert among_best(trial, [max(o) for o in others], fraction) == among_best(
+                big, [100 * max(o) for o in others], percent
+            )
+            frozen = [d.layer for d in freeze_candidates(trial, fraction)]
+            assert frozen == [d.layer for d in freeze_candidates(big, percent)]
+            froze += bool(frozen)
+    # the sample reaches the rules that read the metric's thresholds
+    assert {
+        "stuck at chance",
+        "stuck: no progress and no layer moving",
+        "stuck: no progress while others learned",
+        "cannot reach the top 3",
+    } <= fired, fired
+    assert froze > 0
+    # and without the scale, the percent curves are judged otherwise somewhere
+    differ = 0
+    rng = random.Random(0)
+    for _ in range(300):
+        reports = rng.randint(4, 16)
+        curves = _random_sweep(rng, reports)
+        budget = reports
+        trial = TrialHistory(layers=["fc"], metric=[100 * m for m in curves[0]])
+        others = [[100 * m for m in c] for c in curves[1:]]
+        a = stop_verdict(trial, fraction, others, budget)
+        b = stop_verdict(trial, percent, others, budget)
+        differ += (a is None) != (b is None) or (
+            a is not None and b is not None and a.rule != b.rule
+        )
+    assert differ > 0

@@ -733,6 +733,10 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
         ({"input_side_first": 0}, r"`input_side_first` to be True or False but got 0"),
         ({"freeze_best": "no"}, r"`freeze_best` to be True or False"),
         ({"unfreeze_lr_factor": 1.0}, r"`unfreeze_lr_factor` to be a number above 1 or None"),
+        ({"metric_scale": 0}, r"`metric_scale` to be a finite number > 0 but got 0"),
+        ({"metric_scale": float("inf")}, r"`metric_scale` to be a finite number > 0"),
+        ({"metric_scale": True}, r"`metric_scale` to be a finite number > 0 but got True"),
+        ({"metric_scale": "100"}, r"`metric_scale` to be a finite number > 0 but got '100'"),
         (
             {"base": PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.01]})},
             r"got PopulationBasedTraining, which copies one",
