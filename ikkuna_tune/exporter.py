@@ -280,7 +280,10 @@ class Exporter(StepHooks, LayerFreezing):
     **Outputs that are not tensors.** ``network_output`` and ``activations`` are always tensors.
     Of a tuple or list output the first tensor is taken (depth-first: an LSTM's output sequence,
     a ``PackedSequence``'s data), of a dict the value under ``'logits'`` or ``'out'`` (in that
-    order), else its first tensor. ``output_fn`` chooses the network's output tensor instead.
+    order), else its first tensor; where the wrapped loss (:meth:`wrap_loss`) scores another
+    tensor of the output and never that one (a model that returns ``(features, logits)``), the
+    tensor at that place of the output from the next forward pass on (logged once).
+    ``output_fn`` chooses the network's output tensor instead.
     A layer's ``layer_gradients`` are the gradient of that tensor: an LSTM classifier that reads
     only the final hidden state ``h_n`` sends none through the output sequence, so the LSTM
     publishes no ``layer_gradients`` (its weight gradients are there as usual).
@@ -422,6 +425,10 @@ class Exporter(StepHooks, LayerFreezing):
             {n: NamedModule(n, m) for n, m in chosen.items()}
         )
         self._output_fn = output_fn
+        self._output_path = None
+        self._output_settled = False
+        self._scored_path = None
+        self._pending_output = None
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(
                 f"Expected `scaler` to be a torch.amp.GradScaler or None but got {scaler!r}"
@@ -593,7 +600,7 @@ class Exporter(StepHooks, LayerFreezing):
         Raises:
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
-        return output_tensor(self.model, output, self._output_fn)
+        return output_tensor(self.model, output, self._output_fn, self._output_path)
 
     def _hook_optimizers(
         self, optimizers: Sequence[torch.optim.Optimizer]
@@ -850,6 +857,8 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
+                if scores is not None and not self._output_settled:
+                    self._note_scores(scores)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
                 self._publish_labels(
                     target, loss, scores, threshold, labelled, source,

@@ -28,6 +28,7 @@ __all__ = [
     "CopySafeHook",
     "TraceableHook",
     "TrackedLayers",
+    "at_path",
     "first_tensor",
     "for_evaluation",
     "hold_eval",
@@ -36,6 +37,7 @@ __all__ = [
     "output_tensor",
     "own_params",
     "select_modules",
+    "tensor_path",
     "unowned_parameters",
     "unwrapped",
     "wrappers",
@@ -377,11 +379,61 @@ def unowned_parameters(model: nn.Module, layers: Mapping[str, nn.Module]) -> dic
     return unowned
 
 
+def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where ``target`` (the very tensor, not an equal one) lies in ``output``, a nest of tuples,
+    lists and dicts: the indices and keys that lead to it, depth-first, or None.
+
+    Examples:
+        >>> features, logits = torch.zeros(2, 4), torch.ones(2, 3)
+        >>> tensor_path((features, {"logits": logits}), logits)
+        (1, 'logits')
+        >>> tensor_path((features, logits), logits.clone()) is None  # equal is not the same
+        True
+    """
+    if output is target:
+        return ()
+    if isinstance(output, Mapping):
+        items: Iterable[tuple[Any, Any]] = output.items()
+    elif isinstance(output, (tuple, list)):
+        items = enumerate(output)
+    else:
+        return None
+    for key, value in items:
+        found = tensor_path(value, target)
+        if found is not None:
+            return (key, *found)
+    return None
+
+
+def at_path(output: Any, path: tuple[Any, ...]) -> torch.Tensor | None:
+    """The tensor that :func:`tensor_path` ``path`` leads to in ``output``, or None where
+    ``output`` has no tensor there (another structure).
+
+    Examples:
+        >>> at_path((torch.zeros(1), [torch.ones(2)]), (1, 0))
+        tensor([1., 1.])
+        >>> at_path((torch.zeros(1),), (1, 0)) is None
+        True
+    """
+    for key in path:
+        if not isinstance(output, (Mapping, tuple, list)):
+            return None  # (indexing a tensor would give one of its rows)
+        try:
+            output = output[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return output if isinstance(output, torch.Tensor) else None
+
+
 def output_tensor(
-    model: nn.Module, output: Any, output_fn: Callable[[Any], torch.Tensor] | None = None
+    model: nn.Module,
+    output: Any,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
+    path: tuple[Any, ...] | None = None,
 ) -> torch.Tensor:
     """The tensor that stands for ``model``'s ``output`` (what ``network_output`` carries):
-    ``output_fn(output)`` if one was given, else :func:`first_tensor`.
+    ``output_fn(output)`` if one was given, else the tensor at ``path`` (:func:`tensor_path`:
+    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`.
 
     Raises:
         ValueError: if there is no tensor (or ``output_fn`` returns something else).
@@ -399,7 +451,9 @@ def output_tensor(
                 f"{type(model).__name__} but got {type(tensor).__name__}"
             )
         return tensor
-    tensor = first_tensor(output)
+    tensor = at_path(output, path) if path else None
+    if tensor is None:
+        tensor = first_tensor(output)
     if tensor is None:
         raise ValueError(
             f"{type(model).__name__} returned a {type(output).__name__} with no tensor "

@@ -23,7 +23,14 @@ from torch.utils.hooks import RemovableHandle
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import TracedLayerHook, tap_gradient
-from ikkuna_tune.layers import CopySafeHook, layer_tensor, output_tensor, unwrapped
+from ikkuna_tune.layers import (
+    CopySafeHook,
+    first_tensor,
+    layer_tensor,
+    output_tensor,
+    tensor_path,
+    unwrapped,
+)
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
     LayerBatch,
@@ -159,6 +166,11 @@ class StepHooks:
     train_step: int
     epoch: int
     _output_fn: Callable[[Any], torch.Tensor] | None
+    _output_path: tuple[Any, ...] | None  # where in the model's output the scores lie
+    _output_settled: bool  # whether a wrapped loss has told where its scores lie
+    _scored_path: tuple[Any, ...] | None  # another element a wrapped loss scored, not settled
+    _pending_output: Any  # the latest training output of a model whose output is no tensor
+    _wrapped_losses: int
     _steps_started: int
     _step_open: bool
     _stepped: set[int]
@@ -442,10 +454,47 @@ class StepHooks:
         self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
+        if not self._output_settled:
+            self._note_output(output, tag)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
             if self._output_fn is not None or not isinstance(output, torch.Tensor):
-                output = output_tensor(self.model, output, self._output_fn)
+                output = output_tensor(self.model, output, self._output_fn, self._output_path)
             self._emit_meta("network_output", output.detach(), tag)
+
+    def _note_output(self, output: Any, tag: str) -> None:
+        """Learn which tensor of a model's tuple or dict output holds its scores: the one a
+        wrapped loss scores (:meth:`_note_scores`). Where the losses of a step scored another
+        tensor than the first (``(features, logits)``) and never the first, the next forward
+        pass settles on that one: ``network_output`` and test accuracy read it from then on."""
+        if self._scored_path is not None:
+            self._output_path, self._scored_path = self._scored_path, None
+            self._output_settled, self._pending_output = True, None
+            logger.info(
+                "The wrapped loss scores the element %s of %s's output, not its first tensor: "
+                "network_output and test accuracy use that element (pass Exporter(..., "
+                "output_fn=...) to choose another)",
+                "".join(f"[{key!r}]" for key in self._output_path),
+                type(self.model).__name__,
+            )
+            return
+        if self._output_fn is not None or isinstance(output, torch.Tensor):
+            self._output_settled, self._pending_output = True, None  # nothing to learn
+        elif tag == DEFAULT_TAG and self._wrapped_losses:
+            self._pending_output = output  # (held until a loss scores it, then let go)
+
+    def _note_scores(self, scores: torch.Tensor) -> None:
+        """A wrapped loss scored ``scores``: where in the latest training output they lie."""
+        pending = self._pending_output
+        if pending is None:
+            return
+        path = tensor_path(pending, scores)
+        if path is None:
+            return  # scores derived from the output (reshaped, sliced): the rule stands
+        if first_tensor(pending) is scores:
+            self._output_settled, self._pending_output = True, None  # the rule's choice
+            self._scored_path = None
+        elif self._scored_path is None:
+            self._scored_path = path
 
     def _repeat(self, named: NamedModule, call: int) -> NamedModule:
         """The layer as the key of its ``call``-th call in one forward pass (``'fc#2'``)."""

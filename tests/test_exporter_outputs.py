@@ -331,3 +331,66 @@ def test_nested_outputs_of_an_encoders_fast_path_are_left_out_with_one_warning(c
     exporter.epoch_finished()  # the SVCCA checkpoint's probe passes run
     handle.remove()
     exporter.close()
+
+
+class FeaturesFirstNet(nn.Module):
+    """Returns ``(features, logits)``: the scores are not the first tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = torch.relu(self.body(x))
+        return features, {"scores": self.head(features)}
+
+
+def test_the_element_the_wrapped_loss_scores_is_the_output_from_the_next_pass_on(caplog) -> None:
+    torch.manual_seed(0)
+    model = FeaturesFirstNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["network_output"])
+    x, y = _inputs(n=12)
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune"), ik.Exporter(model, opt, bus) as ex:
+        test = ik.TestAccuracySubscriber(
+            torch.utils.data.TensorDataset(x, y), batch_size=12, message_bus=bus, backend=None
+        )
+        loss_fn = ex.wrap_loss(F.cross_entropy)
+        for step in range(3):
+            opt.zero_grad()
+            features, out = model(x)
+            # before any loss, the first tensor by the rule; then the scores the loss took
+            expected = features if step == 0 else out["scores"]
+            torch.testing.assert_close(_by(got, "network_output")[-1], expected.detach())
+            loss_fn(out["scores"], y).backward()
+            opt.step()
+        accuracy = test.evaluate()
+    with torch.no_grad():
+        reference = float((model(x)[1]["scores"].argmax(1) == y).double().mean())
+    assert accuracy == pytest.approx(reference)
+    told = [r.getMessage() for r in caplog.records if "scores the element" in r.getMessage()]
+    assert told == [
+        "The wrapped loss scores the element [1]['scores'] of FeaturesFirstNet's output, not "
+        "its first tensor: network_output and test accuracy use that element (pass "
+        "Exporter(..., output_fn=...) to choose another)"
+    ]
+
+
+def test_a_loss_on_the_first_tensor_too_keeps_the_rule_and_output_fn_wins() -> None:
+    torch.manual_seed(0)
+    x, y = _inputs(n=12)
+    for output_fn in (None, lambda out: out[0][:, :3]):
+        model = FeaturesFirstNet()
+        bus = MessageBus()
+        got = _record(bus, ["network_output"])
+        with ik.Exporter(model, message_bus=bus, output_fn=output_fn) as ex:
+            loss_fn = ex.wrap_loss(F.cross_entropy)
+            for _ in range(3):
+                features, out = model(x)
+                # an auxiliary loss on the scores, and one on the first tensor (the rule's)
+                loss_fn(out["scores"], y) + loss_fn(features[:, :3], y)
+                loss_fn(features, y)
+        expected = features if output_fn is None else features[:, :3]
+        torch.testing.assert_close(_by(got, "network_output")[-1], expected.detach())
