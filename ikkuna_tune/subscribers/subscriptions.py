@@ -9,10 +9,13 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import (
@@ -29,12 +32,17 @@ if TYPE_CHECKING:
     from ikkuna_tune.bus import MessageBus
     from ikkuna_tune.subscribers.base import Subscriber
 
-__all__ = ["Subscription", "SynchronizedSubscription"]
+__all__ = ["LIVE_KINDS", "Subscription", "SynchronizedSubscription"]
 
 logger = logging.getLogger(__name__)
 
 #: ``quiet_for`` of a subscription that never needs the messages asked about.
 _NEVER = sys.maxsize
+
+#: Kinds whose tensor is the model's own (a parameter, a layer's output), which can change in
+#: place before the bundle holding it is complete: the optimizer steps the weights, an in-place
+#: activation function overwrites a layer's output. An open bundle keeps a copy of them.
+LIVE_KINDS = frozenset({"weights", "biases", "activations"})
 
 
 def _check_kinds(kinds: object) -> tuple[str, ...]:
@@ -257,6 +265,9 @@ class SynchronizedSubscription(Subscription):
     step with several forward passes (gradient accumulation) completes a bundle per pass: they
     all count as that step's one round, delivered or dropped together. A bundle that is still
     incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
+    While a bundle waits, it keeps a copy of the tensors of :data:`LIVE_KINDS` (weights the
+    optimizer steps in place, a layer's output an in-place activation overwrites), so that each
+    message reaches the subscriber as it was published.
 
     A bundle that subsampling will drop is never built: its messages are only counted (which
     kinds of which step have arrived), so that the completed bundles are counted exactly as if
@@ -471,3 +482,13 @@ class SynchronizedSubscription(Subscription):
             del self._open[key]
             self._complete_round(key, message.global_step)
             self.subscriber.receive_message(bundle)
+        else:  # held until the step's other kinds come: as it was when published
+            bundle.messages[message.kind] = self._hold(message)
+
+    def _hold(self, message: Message) -> Message:
+        """``message`` as an open bundle keeps it: with a copy of its tensor for the kinds
+        that can change in place before the bundle completes (:data:`LIVE_KINDS`)."""
+        data = message.data
+        if message.kind not in LIVE_KINDS or not isinstance(data, torch.Tensor):
+            return message
+        return dataclasses.replace(message, data=data.detach().clone())
