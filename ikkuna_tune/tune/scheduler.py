@@ -306,6 +306,14 @@ class SVCCAScheduler(FIFOScheduler):
 
     # ------------------------------------------------------------ Tune hooks
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        if self._trials:  # Tune calls this as an experiment starts
+            raise ValueError(
+                "Expected a new SVCCAScheduler for each experiment but got one that steered "
+                f"trials already ({', '.join(sorted(self._trials)[:3])}"
+                f"{', ...' if len(self._trials) > 3 else ''}): it would rank the new trials "
+                "among those, and its mailbox is the first experiment's, so no freeze would "
+                "reach them. Create a new SVCCAScheduler for each tune.run or Tuner"
+            )
         if (self._metric and metric) or (self._mode and mode):
             return False
         if metric:

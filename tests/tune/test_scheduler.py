@@ -1294,3 +1294,13 @@ def test_a_train_job_resumed_by_tune_from_its_checkpoint_keeps_the_reasons() -> 
     scheduler.on_trial_error(None, trial)
     feed(scheduler, trial, [_named(result(sims, ("conv1",), it=1), "b-1@a-4")])
     assert "freeze conv1 at report 2: converged" in scheduler.debug_string()
+
+
+def test_a_scheduler_that_steered_an_experiment_refuses_the_next() -> None:
+    # Tune calls set_search_properties as each experiment starts: a second experiment would be
+    # ranked among the first one's trials, and the mailbox is the first experiment's
+    scheduler, _ = make()
+    assert scheduler.set_search_properties(None, None)  # before any trial: the first start
+    scheduler.on_trial_add(None, FakeTrial("t1"))
+    with pytest.raises(ValueError, match=r"new SVCCAScheduler for each experiment.*\(t1\)"):
+        scheduler.set_search_properties(None, None)
