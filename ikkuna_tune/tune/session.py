@@ -70,6 +70,12 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _type_name(subscriber: object) -> str:
+    """The class that stands for a subscriber in a checkpoint (module and qualified name)."""
+    cls = type(subscriber)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _run_name(path: str) -> str:
     """A folder name for the checkpoint at ``path``: its own folder's name (Tune's
     ``checkpoint_000003``), with anything but letters, digits, ``-`` and ``_`` replaced.
@@ -844,6 +850,8 @@ class TrialSession:
         return {
             "exporter": self.exporter.state_dict(),
             "subscribers": [s.state_dict() for s in self.subscribers],
+            # which subscriber each state is: a list edited since is matched by type
+            "subscriber_types": [_type_name(s) for s in self.subscribers],
             "unfrozen_time": list(self.timer.unfrozen if self.timer else (0.0, 0)),
             "frozen_once": bool(self.timer and self.timer.frozen_once),
             "freeze_reasons": dict(self.freeze_reasons),
@@ -857,14 +865,13 @@ class TrialSession:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.exporter is not None
         saved = state.get("subscribers", [])
+        types = state.get("subscriber_types")
+        if not isinstance(types, list) or len(types) != len(saved):
+            types = None  # (a state saved before types were: matched by position)
         partial = self.worker is not None and len(self.positions) < len(saved)
         if partial and len(saved) > max(self.positions, default=-1):
             saved = [saved[i] for i in self.positions]  # the ones this rank runs
-        if len(saved) != len(self.subscribers):
-            raise ValueError(
-                f"The checkpoint holds state for {len(saved)} subscribers but this trial has "
-                f"{len(self.subscribers)}"
-            )
+            types = None if types is None else [types[i] for i in self.positions]
         self.exporter.load_state_dict(state["exporter"])
         total, count = state.get("unfrozen_time", (0.0, 0))
         if self.timer is not None:
@@ -885,8 +892,35 @@ class TrialSession:
         resumed = state.get("train_report")
         # restored from a checkpoint: of the report named, or of one not named ('?')
         self._resumed_from = resumed if isinstance(resumed, str) else "?"
-        for subscriber, sub_state in zip(self.subscribers, saved):
-            subscriber.load_state_dict(sub_state)
+        self._load_subscribers(saved, types)
+
+    def _load_subscribers(self, saved: list[Any], types: list[str] | None) -> None:
+        """Give each subscriber its saved state: the k-th subscriber of a type gets the k-th
+        state saved for that type (by position for a state without types, when the counts
+        agree). A subscriber with no state to match (the list was edited since the checkpoint)
+        or whose state it refuses (other settings, a probe of another size) starts afresh, with
+        a warning naming it; the rest of the trial's state is restored all the same."""
+        if types is None:
+            types = (
+                [_type_name(s) for s in self.subscribers]
+                if len(saved) == len(self.subscribers)
+                else [""] * len(saved)
+            )
+        pending: dict[str, list[Any]] = {}
+        for name, sub_state in zip(types, saved, strict=True):
+            pending.setdefault(name, []).append(sub_state)
+        for subscriber in self.subscribers:
+            states = pending.get(_type_name(subscriber))
+            if not states:
+                why = "the checkpoint holds no state for it (the subscribers changed since)"
+            else:
+                try:
+                    subscriber.load_state_dict(states.pop(0))
+                    continue
+                except (ValueError, KeyError, TypeError) as error:
+                    why = f"its saved state does not fit it ({error})"
+            logger.warning("%s starts afresh: %s", _type_name(subscriber), why)
+            subscriber.restored_without_state()
 
     def _check_checkpoint(self, checkpoint: Any) -> Path:
         """The local directory of ``checkpoint``, or a ValueError saying what was expected."""

@@ -1,0 +1,79 @@
+"""A trial restored with an edited list of subscribers: each subscriber gets the state saved
+for its type, the others start afresh with a warning, and the rest of the trial's state (its
+frozen layers) is restored all the same. No Ray session."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ikkuna_tune.tune.session import TrialSession
+from tests.conftest import TinyNet
+from tests.tune.trainables import StepCount, WeightCosine, WeightSum, data
+
+
+def _session(subscribers: list) -> tuple[TrialSession, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = TrialSession(subscribers, {"lr": 0.1})
+    exporter = session.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    x, y = data()
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return session, model
+
+
+def test_an_edited_subscriber_list_restores_by_type_and_starts_the_rest_afresh(caplog) -> None:
+    session, _ = _session([WeightSum(), StepCount()])
+    session.apply([{"freeze": ["conv"], "reasons": {"conv": "freeze conv: converged"}}])
+    state = session.state_dict()
+    session.close()
+
+    # reordered, one dropped, one added
+    count, cosine = StepCount(), WeightCosine()
+    restored, _ = _session([count, cosine])
+    count.count = 0
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        restored.load_state_dict(state)
+    assert count.count == 3  # the StepCount's saved state, though it moved
+    assert restored.exporter is not None and restored.exporter.frozen == ("conv",)
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "tests.tune.trainables.WeightCosine starts afresh: the checkpoint holds no state for "
+        "it (the subscribers changed since)"
+    ]
+    restored.close()
+
+
+def test_a_state_a_subscriber_refuses_starts_it_afresh(caplog) -> None:
+    session, _ = _session([StepCount()])
+    state = session.state_dict()
+    session.close()
+    state["subscribers"][0] = {"not": "a StepCount state"}
+    count = StepCount()
+    restored, _ = _session([count])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        restored.load_state_dict(state)
+    assert count.count == 3  # its own count from the steps above, not a loaded one
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("tests.tune.trainables.StepCount starts afresh: its saved state")
+    restored.close()
+
+
+def test_a_state_saved_without_types_is_matched_by_position() -> None:
+    session, _ = _session([WeightSum(), StepCount()])
+    state = session.state_dict()
+    session.close()
+    del state["subscriber_types"]  # as saved before the types were
+    count = StepCount()
+    restored, _ = _session([WeightSum(), count])
+    count.count = 0
+    restored.load_state_dict(state)
+    assert count.count == 3
+    restored.close()
