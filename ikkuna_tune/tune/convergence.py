@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ikkuna_tune.freezing import next_to_freeze
@@ -68,7 +68,9 @@ __all__ = [
     "freeze_candidates",
     "further_calls",
     "held_level",
+    "in_units",
     "layer_settled",
+    "metric_scale_of",
     "metric_swing",
     "noise_band",
     "others_best_so_far",
@@ -82,8 +84,9 @@ __all__ = [
 class ConvergenceRules:
     """The thresholds of the convergence and stopping rules (see the module docstring).
 
-    Metric thresholds (``min_delta``, ``stall_delta``) are in the units of the scheduler's
-    metric; the defaults suit accuracies in [0, 1].
+    Metric thresholds (``min_delta``, ``stall_delta``, ``reach_within``) are in the units of
+    the scheduler's metric; the defaults suit accuracies in [0, 1] (:func:`in_units` scales
+    them to another metric).
 
     Examples:
         >>> rules = ConvergenceRules(freeze_at=0.95)
@@ -325,6 +328,61 @@ def further_calls(trial: TrialHistory, name: str) -> list[str]:
         (['fc#2', 'fc#3'], [])
     """
     return [n for n in trial.per_layer if n != name and layer_of_call(n) == name]
+
+
+# ------------------------------------------------------------------------- metric units
+def metric_scale_of(series: list[list[float]], mode: str) -> float:
+    """The scale of a sweep's metric: what the thresholds of :class:`ConvergenceRules`, set
+    for an accuracy in [0, 1], are multiplied by to suit it.
+
+    1 for a metric maximised whose values all lie in [0, 1] (an accuracy, a fraction), and
+    when nothing finite has been reported. Otherwise the power of ten nearest the median, over
+    the trials, of each trial's largest magnitude: a loss's start (a cross-entropy from about
+    2.3 or 0.5: 1; a mean squared error from 0.05: 0.1), a percentage's best (100), a reward's.
+    ``series`` holds each trial's values as reported (not signed).
+
+    Examples:
+        >>> metric_scale_of([[0.12, 0.81, 0.93], [0.1, 0.5]], "max")  # accuracies
+        1.0
+        >>> metric_scale_of([[12.0, 81.0, 93.0], [10.0, 50.0]], "max")  # in percent
+        100.0
+        >>> metric_scale_of([[0.052, 0.031, 0.015], [0.047, 0.04], [0.06, 0.02]], "min")
+        0.1
+        >>> metric_scale_of([[2.31, 0.6, 0.2], [0.48, 0.1], [2.3, float("nan")]], "min")
+        1.0
+    """
+    peaks, unit = [], mode == "max"
+    for values in series:
+        finite = [v for v in values if math.isfinite(v)]
+        if finite:
+            peaks.append(max(abs(v) for v in finite))
+            unit = unit and all(0.0 <= v <= 1.0 for v in finite)
+    if unit or not peaks:
+        return 1.0
+    peaks.sort()
+    middle = len(peaks) // 2
+    median = peaks[middle] if len(peaks) % 2 else (peaks[middle - 1] + peaks[middle]) / 2
+    if median <= 0:
+        return 1.0
+    return float(10.0 ** round(math.log10(median)))
+
+
+def in_units(rules: ConvergenceRules, scale: float) -> ConvergenceRules:
+    """``rules`` with the thresholds that are in the metric's units (``min_delta``,
+    ``stall_delta``, ``reach_within``) multiplied by ``scale`` (:func:`metric_scale_of`).
+
+    Examples:
+        >>> in_units(ConvergenceRules(), 100.0).stall_delta
+        2.0
+    """
+    if scale == 1.0:
+        return rules
+    return replace(
+        rules,
+        min_delta=rules.min_delta * scale,
+        stall_delta=rules.stall_delta * scale,
+        reach_within=rules.reach_within * scale,
+    )
 
 
 # ------------------------------------------------------------------------------ freezing

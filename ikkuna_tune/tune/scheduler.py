@@ -24,6 +24,8 @@ from ikkuna_tune.tune.convergence import (
     among_best,
     earlier_phase,
     freeze_candidates,
+    in_units,
+    metric_scale_of,
     others_best_so_far,
     parse_reason,
     stop_verdict,
@@ -79,6 +81,8 @@ def _wrapped_chain(scheduler: object) -> list[object]:
 
 #: values of a decision that are the metric itself (signed by the rules; see _in_metric_units)
 _METRIC_VALUES = frozenset({"best", "recent_best", "reachable", "target", "chance"})
+#: rules that read no threshold in the metric's units
+_SCALE_FREE_RULES = frozenset({"diverged: non-finite value", "dead layer"})
 
 
 def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
@@ -197,10 +201,13 @@ class SVCCAScheduler(FIFOScheduler):
         similarity_key: the reported per-layer SVCCA similarity to read.
         metric_scale: what an accuracy of 1 is in the metric's units: ``min_delta``,
             ``stall_delta`` and the 0.05 within which a trial near the top is never judged by
-            its rate (``reach_within``) are multiplied by it. The defaults suit a metric in
-            [0, 1] (an accuracy as a fraction); 100 for an accuracy in percent, where the
-            decisions then are those on the fraction. For a loss, the size of the loss's range
-            over a trial (a cross-entropy falling from about 2.3 to near 0 fits the defaults).
+            its rate (``reach_within``) are multiplied by it (:meth:`metric_rules`). None (the
+            default): the metric's order of magnitude over the trials' reports so far
+            (:func:`~ikkuna_tune.tune.convergence.metric_scale_of`): 1 for an accuracy as a
+            fraction, 100 for one in percent (whose decisions are then those on the
+            fraction), 1 for a cross-entropy, 0.1 for a mean squared error that starts near
+            0.05. Give it for a metric whose magnitude says nothing of its range (an error
+            rate in [0, 1] steered with ``mode="min"`` is a loss to the default: pass 1).
 
     Examples:
         >>> scheduler = SVCCAScheduler(metric="test_accuracy", mode="max", stop=False)
@@ -239,15 +246,18 @@ class SVCCAScheduler(FIFOScheduler):
         max_t: int | None = None,
         base: TrialScheduler | None = None,
         similarity_key: str = keys.SELF_SIMILARITY,
-        metric_scale: float = 1.0,
+        metric_scale: float | None = None,
     ) -> None:
         super().__init__()
         if mode is not None and mode not in ("max", "min"):
             raise ValueError(f"Expected `mode` to be 'max' or 'min' but got {mode!r}")
         if metric is not None and (not isinstance(metric, str) or not metric):
             raise ValueError(f"Expected `metric` to be a metric name but got {metric!r}")
-        self.metric_scale = check_positive("metric_scale", metric_scale)
-        scale = self.metric_scale
+        self.metric_scale = (
+            None if metric_scale is None else check_positive("metric_scale", metric_scale)
+        )
+        #: the thresholds as given, for an accuracy in [0, 1] (:meth:`metric_rules`: in the
+        #: metric's units)
         self.rules = ConvergenceRules(
             freeze_at=check_fraction("freeze_at", freeze_at),
             patience=check_int("patience", patience),
@@ -255,15 +265,15 @@ class SVCCAScheduler(FIFOScheduler):
             settle_window=check_int("settle_window", settle_window),
             settle_tol=check_nonnegative("settle_tol", settle_tol),
             plateau=check_int("plateau", plateau),
-            min_delta=check_nonnegative("min_delta", min_delta) * scale,
-            stall_delta=check_nonnegative("stall_delta", stall_delta) * scale,
-            reach_within=ConvergenceRules.reach_within * scale,
+            min_delta=check_nonnegative("min_delta", min_delta),
+            stall_delta=check_nonnegative("stall_delta", stall_delta),
             move_tol=check_nonnegative("move_tol", move_tol),
             optimism=check_nonnegative("optimism", optimism),
             protect_top=check_int("protect_top", protect_top),
             grace=check_int("grace", grace, minimum=0),
             stall_share=check_fraction("stall_share", stall_share),
         )
+        self._scaled = (1.0, self.rules)  # the rules in the metric's units, at their scale
         self.freeze_at = self.rules.freeze_at
         self.patience = self.rules.patience
         self.input_side_first = check_bool("input_side_first", input_side_first)
@@ -512,7 +522,7 @@ class SVCCAScheduler(FIFOScheduler):
             nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
             if measured:
                 budget = view.measured_budget()
-                verdict = stop_verdict(history, self.rules, others, budget, nonfinite)
+                verdict = stop_verdict(history, self.metric_rules(), others, budget, nonfinite)
             elif nonfinite is not None:
                 verdict = Decision(
                     "stop",
@@ -617,14 +627,17 @@ class SVCCAScheduler(FIFOScheduler):
     def _in_metric_units(self, decision: Decision) -> Decision:
         """``decision`` with the metric's values as the trial reported them: the rules work on
         the metric signed so that larger is better, which negates a ``mode='min'`` metric
-        (a loss). Gains (``progress``) stay improvements: positive is better."""
-        if self._mode != "min" or not _METRIC_VALUES & decision.values.keys():
-            return decision
-        values = {
-            k: -v if k in _METRIC_VALUES and math.isfinite(v) else v
-            for k, v in decision.values.items()
-        }
-        return replace(decision, values=values)
+        (a loss). Gains (``progress``) stay improvements: positive is better. A decision
+        that read the metric's thresholds carries the scale they were taken at, unless 1."""
+        values = decision.values
+        if self._mode == "min" and _METRIC_VALUES & values.keys():
+            values = {
+                k: -v if k in _METRIC_VALUES and math.isfinite(v) else v for k, v in values.items()
+            }
+        scale = self._scaled[0]
+        if scale != 1.0 and decision.rule not in _SCALE_FREE_RULES:
+            values = {**values, "metric_scale": scale}
+        return decision if values is decision.values else replace(decision, values=values)
 
     def _signed(self, value: object) -> float:
         if not is_number(value):
@@ -665,10 +678,38 @@ class SVCCAScheduler(FIFOScheduler):
                 keys,
             )
 
+    @property
+    def scale(self) -> float:
+        """The metric's scale now: ``metric_scale`` if given, else inferred from the reports
+        (:func:`~ikkuna_tune.tune.convergence.metric_scale_of`)."""
+        if self.metric_scale is not None:
+            return self.metric_scale
+        sign = -1.0 if self._mode == "min" else 1.0  # the histories hold the signed metric
+        series = [[sign * m for m in v.history.metric] for v in self._views.values()]
+        return metric_scale_of(series, self._mode or "max")
+
+    def metric_rules(self) -> ConvergenceRules:
+        """The rules with their metric thresholds in the metric's units (:attr:`scale`
+        times those of :attr:`rules`); a change of the inferred scale is logged."""
+        scale = self.scale
+        if scale != self._scaled[0]:
+            self._scaled = (scale, in_units(self.rules, scale))
+            logger.info(
+                "SVCCAScheduler takes %r at a scale of %g (its order of magnitude over the "
+                "trials so far): min_delta %g, stall_delta %g and reach_within %g in its units",
+                self._metric,
+                scale,
+                self._scaled[1].min_delta,
+                self._scaled[1].stall_delta,
+                self._scaled[1].reach_within,
+            )
+        return self._scaled[1]
+
     def _among_best(self, trial_id: str, view: TrialView) -> bool:
         """Whether the trial may still end among the ``protect_top`` best (:func:`among_best`)."""
         others = [v.history for t, v in self._views.items() if t != trial_id]
-        return among_best(view.history, others_best_so_far(view.history, others), self.rules)
+        rules = self.metric_rules()
+        return among_best(view.history, others_best_so_far(view.history, others), rules)
 
     def _earlier_phase(self, trial_id: str, view: TrialView) -> bool:
         """Whether a trial ahead of this one has decayed its learning rate and this one has
@@ -685,8 +726,8 @@ class SVCCAScheduler(FIFOScheduler):
         if not self.freeze_best and self._earlier_phase(trial_id, view):
             return False  # behind trials whose learning rate has decayed while its own has not
         chosen = [
-            view.dated(d)
-            for d in freeze_candidates(view.history, self.rules, self.input_side_first)
+            view.dated(self._in_metric_units(d))
+            for d in freeze_candidates(view.history, self.metric_rules(), self.input_side_first)
         ]
         if not chosen:
             return False

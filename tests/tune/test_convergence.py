@@ -10,9 +10,12 @@ import pytest
 from ikkuna_tune.tune.convergence import (
     STARTED_SHARE,
     ConvergenceRules,
+    Decision,
     TrialHistory,
     among_best,
     freeze_candidates,
+    in_units,
+    metric_scale_of,
     metric_swing,
     noise_band,
     stop_verdict,
@@ -466,12 +469,12 @@ def _random_sweep(rng: random.Random, reports: int) -> list[list[float]]:
 
 
 def test_decisions_on_a_metric_in_other_units_are_those_on_the_fraction_with_metric_scale() -> None:
-    # SVCCAScheduler(metric_scale=100) multiplies the metric thresholds by 100: every rule then
-    # decides on an accuracy in percent as on the same accuracy as a fraction
+    # metric_scale=100 (given, or inferred from percentages) multiplies the metric thresholds
+    # by 100: every rule then decides on an accuracy in percent as on the same fraction
     from ikkuna_tune.tune.scheduler import SVCCAScheduler
 
-    fraction = SVCCAScheduler(metric="acc", mode="max").rules
-    percent = SVCCAScheduler(metric="acc", mode="max", metric_scale=100).rules
+    fraction = SVCCAScheduler(metric="acc", mode="max").metric_rules()  # no report yet: 1
+    percent = SVCCAScheduler(metric="acc", mode="max", metric_scale=100).metric_rules()
     assert percent.stall_delta == 100 * fraction.stall_delta
     assert percent.min_delta == 100 * fraction.min_delta
     assert percent.reach_within == 100 * fraction.reach_within
@@ -528,3 +531,41 @@ def test_decisions_on_a_metric_in_other_units_are_those_on_the_fraction_with_met
             a is not None and b is not None and a.rule != b.rule
         )
     assert differ > 0
+
+
+# A regression sweep steered on the validation MSE (mode="min"), as a run reported it: SGD
+# learning rates 0.01-0.3, and a small initialisation (lr 0.03) that starts late and ends best.
+_MSE_SWEEP = {
+    "lr 0.01": [0.05245, 0.03549, 0.02845, 0.02281, 0.01968, 0.01741, 0.01642, 0.01582],
+    "lr 0.03": [0.03942, 0.02094, 0.01783, 0.01597, 0.01524, 0.01504, 0.01492, 0.01482],
+    "lr 0.1": [0.02043, 0.01731, 0.01875, 0.01463, 0.01559, 0.01484, 0.0147, 0.01512],
+    "lr 0.3": [0.0238, 0.01475, 0.0161, 0.01755, 0.01453, 0.01496, 0.01735, 0.01449],
+}
+_LATE_STARTER = [0.05056, 0.0501, 0.04911, 0.04715, 0.04311, 0.03477, 0.02158, 0.01397]
+
+
+def test_a_late_starter_on_a_small_scale_loss_is_judged_at_the_losss_scale() -> None:
+    series = [*_MSE_SWEEP.values(), _LATE_STARTER]
+    scale = metric_scale_of(series, "min")
+    assert scale == 0.1
+    others = [[-v for v in values] for values in _MSE_SWEEP.values()]  # signed: larger better
+
+    def first_stop(rules: ConvergenceRules) -> Decision | None:
+        trial = TrialHistory(layers=["head"])
+        for i, value in enumerate(_LATE_STARTER):
+            # its last layer moves away from its initialisation report after report
+            trial.add(-value, {"head": 0.99}, {"head": 0.8 / (i + 1)}, {"head": 1.0})
+            verdict = stop_verdict(trial, rules, others, budget=12)
+            if verdict is not None:
+                return verdict
+        return None
+
+    # in accuracy units a loss that fell by 0.0034 in 4 reports made "no progress", and the
+    # trial that ends best was stopped at a third of the budget
+    stopped = first_stop(RULES)
+    assert stopped is not None and (stopped.rule, stopped.iteration) == (
+        "stuck: no progress while others learned",
+        4,
+    )
+    # at the loss's scale it runs on
+    assert first_stop(in_units(RULES, scale)) is None

@@ -1304,3 +1304,42 @@ def test_a_scheduler_that_steered_an_experiment_refuses_the_next() -> None:
     scheduler.on_trial_add(None, FakeTrial("t1"))
     with pytest.raises(ValueError, match=r"new SVCCAScheduler for each experiment.*\(t1\)"):
         scheduler.set_search_properties(None, None)
+
+
+def test_the_metric_scale_is_inferred_from_the_reports_logged_and_carried_by_decisions(
+    caplog,
+) -> None:
+    # a mean squared error (mode="min") near 0.05: its scale is 0.1, so a trial whose loss
+    # stays flat while the others' falls is stopped on thresholds a tenth of an accuracy's
+    scheduler, _ = make(mode="min", max_t=12, freeze=False)
+    assert scheduler.scale == 1.0  # nothing reported yet
+    falling = [0.05, 0.03, 0.02, 0.016, 0.015]
+    trials = [FakeTrial(f"t{i}") for i in range(4)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune"):
+        for it, loss in enumerate(falling, start=1):
+            for trial in trials[:3]:
+                feed(scheduler, trial, [result({"conv1": 0.9}, it=it, acc=loss)])
+        decisions = feed(
+            scheduler,
+            trials[3],
+            [result({"conv1": 0.9}, it=it, acc=0.05, dist={"conv1": 0.1 * it}) for it in (1, 2)]
+            + [
+                result({"conv1": 0.9}, it=it, acc=0.0499, dist={"conv1": 0.1 * it}) for it in (3, 4)
+            ],
+        )
+    assert scheduler.scale == 0.1 and scheduler.metric_rules().stall_delta == pytest.approx(0.002)
+    assert decisions[-1] == TrialScheduler.STOP
+    (stop,) = [d for t, d in scheduler.decisions if t == "t3"]
+    assert stop.rule == "stuck: no progress while others learned"
+    assert stop.values["metric_scale"] == 0.1 and stop.values["best"] == pytest.approx(0.0499)
+    told = [r.getMessage() for r in caplog.records if "at a scale of" in r.getMessage()]
+    assert told == [
+        "SVCCAScheduler takes 'acc' at a scale of 0.1 (its order of magnitude over the trials "
+        "so far): min_delta 0.0005, stall_delta 0.002 and reach_within 0.005 in its units"
+    ]
+    # given, it is not inferred
+    given, _ = make(mode="min", metric_scale=1.0)
+    feed(given, FakeTrial("t"), [result({"conv1": 0.9}, it=1, acc=0.05)])
+    assert given.scale == 1.0
