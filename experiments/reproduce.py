@@ -88,12 +88,6 @@ FIGURES: dict[str, Figure] = {
         "experiments.bench_fidelity", ("--metric", "test_accuracy_percent"),
         "cpu_bench_fidelity_percent.txt", ("--quick", "--metric", "test_accuracy_percent"),
     ),
-    "fidelity_percent_scaled": Figure(
-        "experiments.bench_fidelity",
-        ("--metric", "test_accuracy_percent", "--metric-scale", "100"),
-        "cpu_bench_fidelity_percent_scaled.txt",
-        ("--quick", "--metric", "test_accuracy_percent", "--metric-scale", "100"),
-    ),
     "fidelity_loss": Figure(
         "experiments.bench_fidelity", ("--metric", "test_loss"), "cpu_bench_fidelity_loss.txt",
         ("--quick", "--metric", "test_loss"),
