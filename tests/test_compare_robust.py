@@ -638,3 +638,27 @@ def test_attempts_tune_restarted_as_new_trials_are_left_out(tmp_path, caplog) ->
             df = compare.load(experiment)
         assert df["trial_id"].nunique() == 7
         assert not [r for r in caplog.records if r.getMessage().startswith("Leaving out")]
+
+
+def test_a_users_nested_metric_whose_keys_look_like_layers_stays_network_wide(tmp_path) -> None:
+    """Per-class accuracies ``{"class_acc": {"stem": ..., "other": ...}}`` beside the layers
+    ``stem``, ``block.0``, ``head``: one key names a layer, another none, so the metric is the
+    user's, each column network-wide under its whole name; a later call's key (``head#2``) of
+    ikkuna_tune's own metric stays that layer's."""
+    experiment = tmp_path / "sweep"
+    config = {"lr": 0.5, "model": {"width": 8}}
+    results = []
+    for i in (1, 2):
+        result = report("t0", config, i)
+        result["class_acc"] = {"stem": 0.1 * i, "other": 0.2 * i}
+        result["sim"]["head#2"] = 0.3 * i
+        results.append(result)
+    write_trial(experiment, "train_t0", config, results)
+    frame = compare.load(experiment)
+    mine = frame[frame["metric"].str.startswith("class_acc")]
+    assert set(mine["metric"]) == {"class_acc/stem", "class_acc/other"}
+    assert mine["layer"].isna().all()
+    stem = mine[mine["metric"] == "class_acc/stem"].sort_values("training_iteration")
+    assert list(stem["value"]) == pytest.approx([0.1, 0.2])
+    sim = frame[frame["metric"] == "sim"]
+    assert set(sim["layer"]) == {*LAYERS, "head#2"}

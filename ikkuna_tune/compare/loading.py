@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,9 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     # Tune trial of the same sweep reports none, and its "val/acc" is still network-wide)
     prefix = f"{keys.FROZEN}/"
     layers = {c[len(prefix) :] for t in trials for c in t.results.columns if c.startswith(prefix)}
+    per_layer = _per_layer_metrics([t.results.columns for t in trials], layers)
     for trial in trials:
-        long = _tidy_trial(trial.results, text, layers)
+        long = _tidy_trial(trial.results, text, per_layer)
         if long is None:
             continue
         long.insert(0, "trial_id", trial.trial_id)
@@ -236,14 +237,43 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _tidy_trial(results: pd.DataFrame, text: set[str], layers: set[str]) -> pd.DataFrame | None:
+def _per_layer_metrics(columns: Sequence[Iterable[str]], layers: set[str]) -> set[str]:
+    """The names ``<name>`` of columns ``"<name>/<layer>"`` that are per-layer metrics: those
+    whose every column, in any trial, names one of ``layers`` (the network's layers, those
+    ikkuna_tune reports ``frozen/<layer>`` for), or a later call of one (``fc#2``). A user's
+    nested metric is network-wide even where some of its keys look like layers: ``val/acc``,
+    or per-class accuracies ``class_acc/0``, ``class_acc/1`` of a network whose layers are
+    named ``0``, ``2``, ``4``. Without ``layers``, every ``<name>`` with a ``/`` is per-layer.
+
+    Examples:
+        >>> cols = [["frozen/0", "frozen/2", "self_similarity/2", "class_acc/0", "class_acc/1"]]
+        >>> sorted(_per_layer_metrics(cols, {"0", "2"}))
+        ['frozen', 'self_similarity']
+    """
+    rests: dict[str, set[str]] = {}
+    for names in columns:
+        for column in names:
+            if column in BOOKKEEPING or column.startswith("config/") or column == REPORTED_NAN:
+                continue
+            name, _, rest = column.partition("/")
+            if rest:
+                rests.setdefault(name, set()).add(rest)
+    if not layers:  # no trial says what its layers are (results of an older version)
+        return set(rests)
+    return {
+        name
+        for name, keys_seen in rests.items()
+        if all(keys.layer_of_call(key) in layers for key in keys_seen)
+    }
+
+
+def _tidy_trial(results: pd.DataFrame, text: set[str], per_layer: set[str]) -> pd.DataFrame | None:
     """One trial's results in long form, NaN values included (marked when reported as NaN);
     adds the metric names of columns holding text to ``text``.
 
-    ``layers`` are the network's layers (those ikkuna_tune reports ``frozen/<layer>`` for, in
-    any trial of the experiment): a column ``"<name>/<other>"`` whose ``<other>`` is none of
-    them is a metric of the user's (``"val/accuracy"``), network-wide, not metric ``"val"`` of
-    a layer ``"accuracy"``.
+    A column ``"<name>/<layer>"`` is metric ``<name>`` of that layer when ``<name>`` is in
+    ``per_layer`` (:func:`_per_layer_metrics`); any other column is a network-wide metric of
+    that whole name (``"val/accuracy"``).
     """
     if not len(results):
         return None
@@ -258,7 +288,7 @@ def _tidy_trial(results: pd.DataFrame, text: set[str], layers: set[str]) -> pd.D
         if column in BOOKKEEPING or column.startswith("config/") or column == REPORTED_NAN:
             continue
         metric, _, layer = column.partition("/")
-        if layer and layers and layer not in layers:
+        if layer and metric not in per_layer:
             metric, layer = column, ""
         # freeze_reason and unfreeze_reason are text; read from progress.csv, a layer never
         # frozen ("" in every report) is a column of NaN, not a metric without values
