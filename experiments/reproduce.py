@@ -92,6 +92,9 @@ FIGURES: dict[str, Figure] = {
         "experiments.bench_fidelity", ("--metric", "test_loss"), "cpu_bench_fidelity_loss.txt",
         ("--quick", "--metric", "test_loss"),
     ),
+    "regression": Figure(
+        "experiments.bench_regression", (), "cpu_bench_regression.txt", ("--quick",)
+    ),
     "fidelity_bound": Figure(
         "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
     ),
