@@ -49,6 +49,8 @@ GROUPS = ("fifo", "asha", "svcca", "svcca_asha", "freeze")
 LRS = (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 QUICK_LRS = (0.001, 0.03, 0.1, 0.3, 3.0)
 GOOD = 0.8
+#: The loss a trial that never reported a finite one is scored at (it ranks last).
+NO_LOSS = 1e9
 
 
 def group_of(config: dict[str, Any]) -> str:
@@ -58,7 +60,10 @@ def group_of(config: dict[str, Any]) -> str:
 
 
 def schedulers(
-    data_sets: list[str], families: list[str], freeze_best: bool = False, metric_scale: float = 1.0
+    data_sets: list[str],
+    families: list[str],
+    freeze_best: bool = False,
+    metric_scale: float | None = None,
 ) -> dict[str, Any]:
     """Fresh schedulers for every (data set, family) grid: a scheduler compares a trial only
     with the trials of its own grid, as in a user's sweep of one model on one data set (one
@@ -115,8 +120,8 @@ def trial_summary(df: Any, metric: str = "test_accuracy") -> dict[str, Any]:
         values = values[values.map(math.isfinite)]
         if METRICS[metric] == "max":
             score = float(values.max()) if len(values) else 0.0
-        else:
-            score = -float(values.min()) if len(values) else -math.inf
+        else:  # (a finite last place: deltas between two such trials are 0, not NaN)
+            score = -float(values.min()) if len(values) else -NO_LOSS
     return {
         "frozen": fractions is not None and bool((fractions.fillna(0.0) > 0).any()),
         "accuracy": accuracy,
@@ -260,9 +265,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--metric-scale",
         type=float,
-        default=1.0,
-        help="SVCCAScheduler's metric_scale (100 with --metric test_accuracy_percent gives the "
-        "thresholds of the fraction)",
+        default=None,
+        help="SVCCAScheduler's metric_scale (by default inferred from the reports; 1 takes the "
+        "thresholds of an accuracy as a fraction whatever the metric)",
     )
     parser.add_argument("--storage", default=None, help="where Tune writes (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -319,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["freeze_best"] = args.freeze_best
     out["metric"] = args.metric
     out["metric_scale"] = args.metric_scale
+    # the units of the deltas and of the targets' thresholds (0.5 and 1 point)
+    out["delta_units"] = "test loss" if args.metric == "test_loss" else "accuracy (fraction)"
     unit = 100.0 if args.metric == "test_accuracy_percent" else 1.0
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):

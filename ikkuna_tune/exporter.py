@@ -429,6 +429,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._output_settled = False
         self._scored_path = None
         self._pending_output = None
+        self._pending_seen = False
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(
                 f"Expected `scaler` to be a torch.amp.GradScaler or None but got {scaler!r}"
@@ -535,6 +536,7 @@ class Exporter(StepHooks, LayerFreezing):
         remove_receiver(self._receiver)
         self.message_bus.flush()
         self._unwatched_running.clear()
+        self._pending_output = None  # (a model output held to learn where its scores lie)
         _WATCHING.discard(self)
         for handle in (*self._base_handles, *self._optimizer_handles):
             handle.remove()
@@ -857,8 +859,8 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
-                if scores is not None and not self._output_settled:
-                    self._note_scores(scores)
+                if scores is not None and not self._output_settled and labelled is not False:
+                    self._note_scores(scores)  # (a regression head's loss says nothing of it)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
                 self._publish_labels(
                     target, loss, scores, threshold, labelled, source,

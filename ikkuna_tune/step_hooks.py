@@ -170,6 +170,7 @@ class StepHooks:
     _output_settled: bool  # whether a wrapped loss has told where its scores lie
     _scored_path: tuple[Any, ...] | None  # another element a wrapped loss scored, not settled
     _pending_output: Any  # the latest training output of a model whose output is no tensor
+    _pending_seen: bool  # whether a wrapped loss has scored since that output
     _wrapped_losses: int
     _steps_started: int
     _step_open: bool
@@ -469,6 +470,7 @@ class StepHooks:
         if self._scored_path is not None:
             self._output_path, self._scored_path = self._scored_path, None
             self._output_settled, self._pending_output = True, None
+            self._pending_seen = False
             logger.info(
                 "The wrapped loss scores the element %s of %s's output, not its first tensor: "
                 "network_output and test accuracy use that element (pass Exporter(..., "
@@ -477,16 +479,21 @@ class StepHooks:
                 type(self.model).__name__,
             )
             return
-        if self._output_fn is not None or isinstance(output, torch.Tensor):
-            self._output_settled, self._pending_output = True, None  # nothing to learn
+        if self._pending_seen or self._output_fn is not None or isinstance(output, torch.Tensor):
+            # nothing to learn, or the losses of a step scored the first tensor or only
+            # tensors derived from the output (logits.view(-1, classes)): the rule stands, and
+            # the output is let go (it holds the step's graph)
+            self._output_settled, self._pending_output = True, None
         elif tag == DEFAULT_TAG and self._wrapped_losses:
             self._pending_output = output  # (held until a loss scores it, then let go)
 
     def _note_scores(self, scores: torch.Tensor) -> None:
-        """A wrapped loss scored ``scores``: where in the latest training output they lie."""
+        """A wrapped loss of class labels scored ``scores``: where in the latest training
+        output they lie."""
         pending = self._pending_output
         if pending is None:
             return
+        self._pending_seen = True
         path = tensor_path(pending, scores)
         if path is None:
             return  # scores derived from the output (reshaped, sliced): the rule stands

@@ -394,3 +394,22 @@ def test_a_loss_on_the_first_tensor_too_keeps_the_rule_and_output_fn_wins() -> N
                 loss_fn(features, y)
         expected = features if output_fn is None else features[:, :3]
         torch.testing.assert_close(_by(got, "network_output")[-1], expected.detach())
+
+
+def test_derived_scores_or_a_regression_head_leave_the_rule_and_let_the_output_go() -> None:
+    """A loss on ``logits.view(...)`` (derived: found nowhere in the output) settles on the
+    rule at the next pass and lets the held output (and its graph) go; a regression loss on
+    another element (a box head) never moves the scores there."""
+    torch.manual_seed(0)
+    x, y = _inputs(n=12)
+    model = FeaturesFirstNet()
+    bus = MessageBus()
+    got = _record(bus, ["network_output"])
+    with ik.Exporter(model, message_bus=bus) as exporter:
+        ce, mse = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(F.mse_loss)
+        for _ in range(3):
+            features, out = model(x)
+            ce(out["scores"].view(12, 3), y)  # derived: a view, not the tensor itself
+            mse(out["scores"], torch.zeros(12, 3))  # a regression loss on the element
+        assert exporter._pending_output is None
+    torch.testing.assert_close(_by(got, "network_output")[-1], features.detach())

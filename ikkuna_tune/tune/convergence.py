@@ -335,36 +335,40 @@ def metric_scale_of(series: list[list[float]], mode: str) -> float:
     """The scale of a sweep's metric: what the thresholds of :class:`ConvergenceRules`, set
     for an accuracy in [0, 1], are multiplied by to suit it.
 
-    1 for a metric maximised whose values all lie in [0, 1] (an accuracy, a fraction), and
-    when nothing finite has been reported. Otherwise the power of ten nearest the median, over
-    the trials, of each trial's largest magnitude: a loss's start (a cross-entropy from about
-    2.3 or 0.5: 1; a mean squared error from 0.05: 0.1), a percentage's best (100), a reward's.
-    ``series`` holds each trial's values as reported (not signed).
+    - A maximised metric whose values all lie in [0, 1] (an accuracy, a fraction): 1.
+    - A maximised metric whose values all lie in [0, 100], some above 1 (a percentage): 100.
+    - Any other: the power of ten nearest the lower median, over the trials, of each trial's
+      first finite value (in magnitude: where a loss starts; a diverged trial's later values
+      do not count), but never above 1: a mean squared error that starts near 0.05 gets 0.1,
+      while a cross-entropy (whichever its number of classes) or a reward keeps the thresholds
+      as they are.
+    - 1 when nothing finite has been reported. ``series`` holds each trial's values as
+      reported (not signed).
 
     Examples:
         >>> metric_scale_of([[0.12, 0.81, 0.93], [0.1, 0.5]], "max")  # accuracies
         1.0
-        >>> metric_scale_of([[12.0, 81.0, 93.0], [10.0, 50.0]], "max")  # in percent
+        >>> metric_scale_of([[12.0, 21.0, 23.0], [10.0, 15.0]], "max")  # in percent
         100.0
         >>> metric_scale_of([[0.052, 0.031, 0.015], [0.047, 0.04], [0.06, 0.02]], "min")
         0.1
-        >>> metric_scale_of([[2.31, 0.6, 0.2], [0.48, 0.1], [2.3, float("nan")]], "min")
+        >>> metric_scale_of([[2.31, 0.6, 0.2], [0.48, 0.1], [2.3, 1e6, float("nan")]], "min")
         1.0
     """
-    peaks, unit = [], mode == "max"
-    for values in series:
-        finite = [v for v in values if math.isfinite(v)]
-        if finite:
-            peaks.append(max(abs(v) for v in finite))
-            unit = unit and all(0.0 <= v <= 1.0 for v in finite)
-    if unit or not peaks:
+    finite = [[v for v in values if math.isfinite(v)] for values in series]
+    finite = [values for values in finite if values]
+    if not finite:
         return 1.0
-    peaks.sort()
-    middle = len(peaks) // 2
-    median = peaks[middle] if len(peaks) % 2 else (peaks[middle - 1] + peaks[middle]) / 2
-    if median <= 0:
+    if mode == "max":
+        if all(0.0 <= v <= 1.0 for values in finite for v in values):
+            return 1.0
+        if all(0.0 <= v <= 100.0 for values in finite for v in values):
+            return 100.0
+    firsts = sorted(abs(values[0]) for values in finite)
+    lower_median = firsts[(len(firsts) - 1) // 2]
+    if lower_median <= 0:
         return 1.0
-    return float(10.0 ** round(math.log10(median)))
+    return float(min(1.0, 10.0 ** round(math.log10(lower_median))))
 
 
 def in_units(rules: ConvergenceRules, scale: float) -> ConvergenceRules:

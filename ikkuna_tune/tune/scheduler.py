@@ -35,7 +35,7 @@ from ikkuna_tune.tune.decision_log import (
     append_decision,
     read_decisions,
 )
-from ikkuna_tune.tune.mailbox import Mailbox
+from ikkuna_tune.tune.mailbox import Mailbox, mailbox_name
 from ikkuna_tune.tune.persist import persist_trial_files, read_results
 from ikkuna_tune.tune.results import (
     first_nonfinite,
@@ -202,12 +202,13 @@ class SVCCAScheduler(FIFOScheduler):
         metric_scale: what an accuracy of 1 is in the metric's units: ``min_delta``,
             ``stall_delta`` and the 0.05 within which a trial near the top is never judged by
             its rate (``reach_within``) are multiplied by it (:meth:`metric_rules`). None (the
-            default): the metric's order of magnitude over the trials' reports so far
+            default): inferred from the trials' reports so far
             (:func:`~ikkuna_tune.tune.convergence.metric_scale_of`): 1 for an accuracy as a
             fraction, 100 for one in percent (whose decisions are then those on the
-            fraction), 1 for a cross-entropy, 0.1 for a mean squared error that starts near
-            0.05. Give it for a metric whose magnitude says nothing of its range (an error
-            rate in [0, 1] steered with ``mode="min"`` is a loss to the default: pass 1).
+            fraction, its ``<metric>_chance`` reported in percent too), 0.1 for a mean squared
+            error that starts near 0.05, never above 1 otherwise (a cross-entropy, a reward).
+            Give it for a metric whose values say nothing of its range (an error rate in
+            [0, 1] steered with ``mode="min"`` reads as a loss: pass 1).
 
     Examples:
         >>> scheduler = SVCCAScheduler(metric="test_accuracy", mode="max", stop=False)
@@ -316,14 +317,6 @@ class SVCCAScheduler(FIFOScheduler):
 
     # ------------------------------------------------------------ Tune hooks
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        if self._trials:  # Tune calls this as an experiment starts
-            raise ValueError(
-                "Expected a new SVCCAScheduler for each experiment but got one that steered "
-                f"trials already ({', '.join(sorted(self._trials)[:3])}"
-                f"{', ...' if len(self._trials) > 3 else ''}): it would rank the new trials "
-                "among those, and its mailbox is the first experiment's, so no freeze would "
-                "reach them. Create a new SVCCAScheduler for each tune.run or Tuner"
-            )
         if (self._metric and metric) or (self._mode and mode):
             return False
         if metric:
@@ -355,6 +348,14 @@ class SVCCAScheduler(FIFOScheduler):
             )
         if self._mailbox is None:
             self._mailbox = Mailbox(trial.experiment_dir_name)
+        elif self._mailbox.name != mailbox_name(trial.experiment_dir_name):
+            raise ValueError(
+                "Expected a new SVCCAScheduler for each experiment but got one that steered "
+                f"another experiment already (trial {trial.trial_id} is of "
+                f"{trial.experiment_dir_name!r}): it would rank the new trials among the "
+                "other experiment's, and its mailbox is that experiment's, so no freeze would "
+                "reach them. Create a new SVCCAScheduler for each tune.run or Tuner"
+            )
         self._mailbox.steer(trial.trial_id)  # (its reports are acknowledged, see Mailbox)
         self._trials[trial.trial_id] = trial
         view = self._views.get(trial.trial_id)
@@ -694,11 +695,13 @@ class SVCCAScheduler(FIFOScheduler):
         scale = self.scale
         if scale != self._scaled[0]:
             self._scaled = (scale, in_units(self.rules, scale))
+            how = "as given" if self.metric_scale is not None else "inferred from the reports"
             logger.info(
-                "SVCCAScheduler takes %r at a scale of %g (its order of magnitude over the "
-                "trials so far): min_delta %g, stall_delta %g and reach_within %g in its units",
+                "SVCCAScheduler takes %r at a scale of %g (%s): min_delta %g, stall_delta %g "
+                "and reach_within %g in its units",
                 self._metric,
                 scale,
+                how,
                 self._scaled[1].min_delta,
                 self._scaled[1].stall_delta,
                 self._scaled[1].reach_within,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import numbers
@@ -897,9 +898,11 @@ class TrialSession:
     def _load_subscribers(self, saved: list[Any], types: list[str] | None) -> None:
         """Give each subscriber its saved state: the k-th subscriber of a type gets the k-th
         state saved for that type (by position for a state without types, when the counts
-        agree). A subscriber with no state to match (the list was edited since the checkpoint)
-        or whose state it refuses (other settings, a probe of another size) starts afresh, with
-        a warning naming it; the rest of the trial's state is restored all the same."""
+        agree), or the next one of its type where it refuses that one. A subscriber with no
+        state to match (the list was edited since the checkpoint) or that refuses every state
+        of its type (other settings, a probe of another size) keeps its fresh state (put back
+        where a refused one was half loaded) and starts afresh, with a warning naming it; the
+        rest of the trial's state is restored all the same."""
         if types is None:
             types = (
                 [_type_name(s) for s in self.subscribers]
@@ -910,17 +913,21 @@ class TrialSession:
         for name, sub_state in zip(types, saved, strict=True):
             pending.setdefault(name, []).append(sub_state)
         for subscriber in self.subscribers:
-            states = pending.get(_type_name(subscriber))
-            if not states:
-                why = "the checkpoint holds no state for it (the subscribers changed since)"
-            else:
+            states = pending.get(_type_name(subscriber), [])
+            why = "the checkpoint holds no state for it (the subscribers changed since)"
+            fresh = copy.deepcopy(subscriber.state_dict()) if states else None
+            for index, sub_state in enumerate(states):
                 try:
-                    subscriber.load_state_dict(states.pop(0))
+                    subscriber.load_state_dict(sub_state)
+                except Exception as error:  # another probe size, other settings, bad shapes
+                    why = f"its saved state does not fit it ({type(error).__name__}: {error})"
+                    subscriber.load_state_dict(fresh)  # (a refused state may be half loaded)
                     continue
-                except (ValueError, KeyError, TypeError) as error:
-                    why = f"its saved state does not fit it ({error})"
-            logger.warning("%s starts afresh: %s", _type_name(subscriber), why)
-            subscriber.restored_without_state()
+                del states[index]  # taken: the next subscriber of the type tries the rest
+                break
+            else:
+                logger.warning("%s starts afresh: %s", _type_name(subscriber), why)
+                subscriber.restored_without_state()
 
     def _check_checkpoint(self, checkpoint: Any) -> Path:
         """The local directory of ``checkpoint``, or a ValueError saying what was expected."""

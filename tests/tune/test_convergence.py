@@ -569,3 +569,26 @@ def test_a_late_starter_on_a_small_scale_loss_is_judged_at_the_losss_scale() -> 
     )
     # at the loss's scale it runs on
     assert first_stop(in_units(RULES, scale)) is None
+
+
+@pytest.mark.parametrize(
+    ("series", "mode", "scale"),
+    [
+        # a diverged trial's later values do not count, nor does one outlier of two trials
+        ([[2.3, 1.0, 0.5], [2.3, 40.0, 1e6, math.nan]], "min", 1.0),
+        ([[0.05, 0.02], [1e6, math.nan]], "min", 0.1),
+        # a hard task in percent, whose accuracies stay below 31.6, and trials at chance
+        # joining good ones: still a percentage
+        ([[12.0, 21.0, 28.0], [10.0, 10.2]], "max", 100.0),
+        ([[80.0, 91.0]] * 4 + [[10.0, 10.1]] * 5, "max", 100.0),
+        # a cross-entropy of 100 classes starts near 4.6: never above 1
+        ([[4.6, 3.1, 2.0], [4.61, 4.0], [4.7, 1.5]], "min", 1.0),
+        # a reward, an accuracy at exactly 1, a negated small loss, nothing finite
+        ([[20.0, 180.0, 450.0], [15.0, 300.0]], "max", 1.0),
+        ([[0.5, 1.0], [0.2, 0.9]], "max", 1.0),
+        ([[-0.05, -0.02], [-0.04, -0.01]], "max", 0.1),
+        ([[math.nan], []], "min", 1.0),
+    ],
+)
+def test_the_inferred_metric_scale_resists_outliers_and_stays_put(series, mode, scale) -> None:
+    assert metric_scale_of(series, mode) == scale

@@ -17,6 +17,7 @@ from ray.tune.schedulers import (
 )
 
 from ikkuna_tune import keys
+from ikkuna_tune.tune.mailbox import mailbox_name
 from ikkuna_tune.tune.results import iteration_budget
 from ikkuna_tune.tune.scheduler import DECISIONS_FILE, SVCCAScheduler
 
@@ -25,6 +26,8 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 class FakeMailbox:
+    name = mailbox_name("exp")  # FakeTrial's experiment
+
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.reachable = True
@@ -1296,14 +1299,17 @@ def test_a_train_job_resumed_by_tune_from_its_checkpoint_keeps_the_reasons() -> 
     assert "freeze conv1 at report 2: converged" in scheduler.debug_string()
 
 
-def test_a_scheduler_that_steered_an_experiment_refuses_the_next() -> None:
-    # Tune calls set_search_properties as each experiment starts: a second experiment would be
-    # ranked among the first one's trials, and the mailbox is the first experiment's
+def test_a_scheduler_that_steered_an_experiment_refuses_another() -> None:
+    # a second experiment would be ranked among the first one's trials, and the mailbox is the
+    # first experiment's: no freeze would reach its trials
     scheduler, _ = make()
-    assert scheduler.set_search_properties(None, None)  # before any trial: the first start
     scheduler.on_trial_add(None, FakeTrial("t1"))
-    with pytest.raises(ValueError, match=r"new SVCCAScheduler for each experiment.*\(t1\)"):
-        scheduler.set_search_properties(None, None)
+    scheduler.set_search_properties(None, None)  # (the same experiment resumed: allowed)
+    scheduler.on_trial_add(None, FakeTrial("t1"))
+    other = FakeTrial("t2")
+    other.experiment_dir_name = "another"
+    with pytest.raises(ValueError, match=r"new SVCCAScheduler for each experiment.*'another'"):
+        scheduler.on_trial_add(None, other)
 
 
 def test_the_metric_scale_is_inferred_from_the_reports_logged_and_carried_by_decisions(
@@ -1336,8 +1342,8 @@ def test_the_metric_scale_is_inferred_from_the_reports_logged_and_carried_by_dec
     assert stop.values["metric_scale"] == 0.1 and stop.values["best"] == pytest.approx(0.0499)
     told = [r.getMessage() for r in caplog.records if "at a scale of" in r.getMessage()]
     assert told == [
-        "SVCCAScheduler takes 'acc' at a scale of 0.1 (its order of magnitude over the trials "
-        "so far): min_delta 0.0005, stall_delta 0.002 and reach_within 0.005 in its units"
+        "SVCCAScheduler takes 'acc' at a scale of 0.1 (inferred from the reports): min_delta "
+        "0.0005, stall_delta 0.002 and reach_within 0.005 in its units"
     ]
     # given, it is not inferred
     given, _ = make(mode="min", metric_scale=1.0)

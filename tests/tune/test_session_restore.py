@@ -77,3 +77,51 @@ def test_a_state_saved_without_types_is_matched_by_position() -> None:
     restored.load_state_dict(state)
     assert count.count == 3
     restored.close()
+
+
+class _Strict(StepCount):
+    """A StepCount that refuses a state saved with another ``limit`` after loading part of it
+    (the way a subscriber that sets its state key by key fails half way)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "limit": self.limit}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]  # loaded before the check below refuses the state
+        if state["limit"] != self.limit:
+            raise ValueError(f"saved with limit {state['limit']}, not {self.limit}")
+
+
+def test_a_refused_state_is_undone_and_the_next_of_its_type_is_tried(caplog) -> None:
+    session, _ = _session([_Strict(8)])
+    saved_8 = session.state_dict()
+    session.close()
+    session, _ = _session([_Strict(16)])
+    session.close()
+    # a checkpoint of two subscribers of one type, restored into one of them
+    state = {
+        **saved_8,
+        "subscribers": [
+            dict(saved_8["subscribers"][0], count=7, limit=8),
+            dict(saved_8["subscribers"][0], count=5, limit=16),
+        ],
+    }
+    state["subscriber_types"] = [state["subscriber_types"][0]] * 2
+    sixteen = _Strict(16)
+    restored, _ = _session([sixteen])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        restored.load_state_dict(state)
+    assert sixteen.count == 5 and not caplog.records  # its own, the second one
+    restored.close()
+    # refusing every state of its type: its fresh state, not the half-loaded one
+    thirty_two = _Strict(32)
+    restored, _ = _session([thirty_two])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        restored.load_state_dict(state)
+    assert thirty_two.count == 3  # the steps it saw itself
+    assert "starts afresh: its saved state does not fit it (ValueError" in caplog.text
+    restored.close()
