@@ -859,8 +859,9 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
-                if scores is not None and not self._output_settled and labelled is not False:
-                    self._note_scores(scores)  # (a regression head's loss says nothing of it)
+                if scores is not None and not self._output_settled:
+                    # (a regression head's loss says nothing of where the class scores lie)
+                    self._note_scores(scores, learn=labelled is not False)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
                 self._publish_labels(
                     target, loss, scores, threshold, labelled, source,

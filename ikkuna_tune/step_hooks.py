@@ -487,13 +487,15 @@ class StepHooks:
         elif tag == DEFAULT_TAG and self._wrapped_losses:
             self._pending_output = output  # (held until a loss scores it, then let go)
 
-    def _note_scores(self, scores: torch.Tensor) -> None:
-        """A wrapped loss of class labels scored ``scores``: where in the latest training
-        output they lie."""
+    def _note_scores(self, scores: torch.Tensor, learn: bool = True) -> None:
+        """A wrapped loss scored ``scores``: where in the latest training output they lie, if
+        ``learn`` (a loss of class labels; any loss tells that the step's losses ran)."""
         pending = self._pending_output
         if pending is None:
             return
         self._pending_seen = True
+        if not learn:
+            return
         path = tensor_path(pending, scores)
         if path is None:
             return  # scores derived from the output (reshaped, sliced): the rule stands

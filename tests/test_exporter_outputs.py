@@ -413,3 +413,15 @@ def test_derived_scores_or_a_regression_head_leave_the_rule_and_let_the_output_g
             mse(out["scores"], torch.zeros(12, 3))  # a regression loss on the element
         assert exporter._pending_output is None
     torch.testing.assert_close(_by(got, "network_output")[-1], features.detach())
+
+
+def test_a_model_trained_on_a_regression_loss_alone_lets_its_output_go() -> None:
+    torch.manual_seed(0)
+    x, _ = _inputs(n=12)
+    model = FeaturesFirstNet()
+    with ik.Exporter(model, message_bus=MessageBus()) as exporter:
+        mse = exporter.wrap_loss(F.mse_loss)
+        for _ in range(2):
+            _features, out = model(x)
+            mse(out["scores"], torch.zeros(12, 3))
+        assert exporter._pending_output is None and exporter._output_path is None
