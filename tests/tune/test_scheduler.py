@@ -1191,10 +1191,8 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
             assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
 
 
-def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
-    """conv1 ordered after report 2, frozen at 3, unfrozen at 4 (a drop); the trial restores
-    from its checkpoint of report 2, made before both: the unfreeze is void, the freeze is
-    ordered again (the trial unfreezes it again when its rate drops again)."""
+def _frozen_then_unfrozen() -> tuple[SVCCAScheduler, FakeMailbox, FakeTrial]:
+    """conv1 ordered frozen after report 2, frozen at 3, unfrozen at 4 (a learning-rate drop)."""
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
@@ -1202,17 +1200,20 @@ def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
     feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
     feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
     feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    return scheduler, mailbox, trial
+
+
+def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
+    """conv1 ordered after report 2, frozen at 3, unfrozen at 4 (a drop); the trial restores
+    from its checkpoint of report 2, made before both: the unfreeze is void, the freeze is
+    ordered again (the trial unfreezes it again when its rate drops again)."""
+    scheduler, mailbox, trial = _frozen_then_unfrozen()
     trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
     assert "freeze conv1 at report 2: converged" in mailbox.posts[-1][1]["reasons"]["conv1"]
     # from a checkpoint made after the unfreeze, nothing is ordered
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
-    trial = FakeTrial("t1")
-    scheduler.on_trial_add(None, trial)
-    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
-    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
-    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    scheduler, mailbox, trial = _frozen_then_unfrozen()
     trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     scheduler.on_trial_error(None, trial)
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
@@ -1221,13 +1222,8 @@ def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
 def test_a_restore_from_before_an_unfreeze_and_a_second_freeze_orders_the_first_again() -> None:
     """conv1 frozen after report 2, unfrozen at 4, frozen again after 5; the trial restores
     from its checkpoint of report 2: what held there (the first freeze) is ordered again."""
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
-    trial = FakeTrial("t1")
-    scheduler.on_trial_add(None, trial)
+    scheduler, mailbox, trial = _frozen_then_unfrozen()
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
-    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
-    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
     feed(scheduler, trial, [_unfrozen(result(sims, it=5), {})])  # settled again: ordered
     feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=6), {})])
     assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [
