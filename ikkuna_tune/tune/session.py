@@ -106,7 +106,8 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
     (all such tensors of a device in one host transfer; an integer tensor an exact ``int``,
-    read on its own), nested dicts alike; other values stay.
+    read on its own), in nested dicts, lists and
+    tuples alike; other values stay.
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
@@ -120,49 +121,70 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """
     import numpy as np
 
-    tensors: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    tensors: list[tuple[Any, Any, torch.Tensor]] = []
 
     def plain(value: Mapping[str, Any], path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, item in value.items():
-            name = f"{path}{key}"
-            if isinstance(item, Mapping):
-                out[key] = plain(item, f"{name}/")
-            elif isinstance(item, (torch.Tensor, np.ndarray)):
-                size = item.numel() if isinstance(item, torch.Tensor) else item.size
-                if size != 1:
-                    raise ValueError(
-                        f"Expected metric {name!r} to be a number but got a "
-                        f"{type(item).__name__} of shape {tuple(item.shape)}"
-                    )
-                if (
-                    item.dtype.is_complex
-                    if isinstance(item, torch.Tensor)
-                    else np.iscomplexobj(item)
-                ):
-                    raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
-                if isinstance(item, np.ndarray):
-                    out[key] = item.reshape(()).item()
-                elif not item.dtype.is_floating_point and item.dtype != torch.bool:
-                    out[key] = int(item.reshape(()).item())  # exact (a float64 is not, past 2**53)
-                else:
-                    out[key] = None  # filled below, one transfer per device
-                    tensors.append((out, key, item))
-            elif isinstance(item, (complex, np.complexfloating)):
-                raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
-            elif isinstance(item, np.generic):
-                out[key] = item.item()
-            else:
-                if not isinstance(item, (int, float, str, bytes, type(None))):
-                    _check_picklable(item, name)
-                out[key] = item
+            convert(item, f"{path}{key}", out, key)
         return out
 
+    def convert(item: Any, name: str, out: Any, key: Any) -> None:
+        """Put ``item`` as a plain value at ``out[key]`` (a tensor's value is filled later)."""
+        if isinstance(item, Mapping):
+            out[key] = plain(item, f"{name}/")
+        elif type(item) in (list, tuple):
+            # a tuple's tensors are filled in place, so it stays a list until then
+            items: list[Any] = (
+                [None] * len(item) if type(item) is list else _Tuple([None] * len(item))
+            )
+            for index, element in enumerate(item):
+                convert(element, f"{name}[{index}]", items, index)
+            out[key] = items
+        elif isinstance(item, (torch.Tensor, np.ndarray)):
+            size = item.numel() if isinstance(item, torch.Tensor) else item.size
+            if size != 1:
+                raise ValueError(
+                    f"Expected metric {name!r} to be a number but got a "
+                    f"{type(item).__name__} of shape {tuple(item.shape)}"
+                )
+            if item.dtype.is_complex if isinstance(item, torch.Tensor) else np.iscomplexobj(item):
+                raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
+            if isinstance(item, np.ndarray):
+                out[key] = item.reshape(()).item()
+            elif not item.dtype.is_floating_point and item.dtype != torch.bool:
+                out[key] = int(item.reshape(()).item())  # exact (a float64 is not, past 2**53)
+            else:
+                out[key] = None  # filled below, one transfer per device
+                tensors.append((out, key, item))
+        elif isinstance(item, (complex, np.complexfloating)):
+            raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
+        elif isinstance(item, np.generic):
+            out[key] = item.item()
+        else:
+            if not isinstance(item, (int, float, str, bytes, type(None))):
+                _check_picklable(item, name)
+            out[key] = item
+
     merged = plain(metrics, "")
-    numbers = to_numbers([(key, tensor, 0) for _, key, tensor in tensors])
+    numbers = to_numbers([(str(key), tensor, 0) for _, key, tensor in tensors])
     for (out, key, tensor), number in zip(tensors, numbers):
         out[key] = bool(number) if tensor.dtype == torch.bool else number
-    return merged
+    return _tuples(merged)
+
+
+class _Tuple(list):  # type: ignore[type-arg]
+    """A reported tuple while its tensors are turned into numbers (filled in place)."""
+
+
+def _tuples(value: Any) -> Any:
+    """``value`` with each :class:`_Tuple` in it made a tuple again."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_tuples(item) for item in value]
+        return tuple(items) if isinstance(value, _Tuple) else items
+    return value
 
 
 def current_session() -> TrialSession | None:

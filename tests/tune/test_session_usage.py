@@ -5,6 +5,7 @@ reused from one trial in the next, an error while the trial's own error propagat
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 
@@ -315,6 +316,32 @@ def test_a_metric_ray_cannot_pickle_is_named_where_it_is_reported() -> None:
     from ikkuna_tune.tune.session import plain_metrics
 
     assert plain_metrics({"l": [1, 2], "s": {3}, "t": "x"}) == {"l": [1, 2], "s": {3}, "t": "x"}
+
+
+def test_numbers_inside_lists_and_tuples_are_reported_as_python_numbers() -> None:
+    """A tensor or NumPy scalar inside a list (per-class accuracies, a loss per head) became
+    its ``str`` in ``result.json`` (Tune's encoder falls back to ``str``); it is a number like
+    a top-level one, tuples stay tuples, and a tensor of several values inside a list is
+    refused with its place named."""
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        per_class = [torch.tensor(0.25), np.float32(0.5), torch.tensor(3)]
+        ik.report({"per_class": per_class, "heads": (torch.tensor(1.5), [torch.tensor(True)])})
+
+    ik.instrument(trainable)({})
+    (result,) = ik.local_results()
+    assert result["per_class"] == [0.25, 0.5, 3]
+    assert [type(v) for v in result["per_class"]] == [float, float, int]
+    assert result["heads"] == (1.5, [True]) and type(result["heads"][1][0]) is bool
+    json.dumps(result)  # plain JSON: no value left for a fallback encoder to turn into a str
+
+    def several(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"per_class": [torch.tensor(0.5), torch.ones(2)]})
+
+    with pytest.raises(ValueError, match=r"metric 'per_class\[1\]' to be a number .* \(2,\)"):
+        ik.instrument(several)({})
 
 
 def test_a_directive_for_a_closed_exporter_is_not_applied() -> None:
