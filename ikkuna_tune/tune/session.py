@@ -106,8 +106,7 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
     (all such tensors of a device in one host transfer; an integer tensor an exact ``int``,
-    read on its own), in nested dicts, lists and
-    tuples alike; other values stay.
+    read on its own), in nested dicts, lists and tuples alike; other values stay.
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
