@@ -71,6 +71,7 @@ def test_compare_prints_the_schedulers_decisions(tmp_path, capsys) -> None:
         "layer",
         "rule",
         "values",
+        "in_force",
     ]
     assert printed[header + 2].split() == [
         "aaaaa_00000",
@@ -82,9 +83,10 @@ def test_compare_prints_the_schedulers_decisions(tmp_path, capsys) -> None:
         "distance_from_init=0.12,",
         "live_fraction=1,",
         "metric_gain=0",
+        "True",
     ]
     stop = " ".join(printed[header + 3].split())
-    assert stop == "aaaaa_00001 2 stop - stuck: no progress and no layer moving progress=0.004"
+    assert stop == "aaaaa_00001 2 stop - stuck: no progress and no layer moving progress=0.004 True"
     assert printed[header + 4] == f"wrote {tmp_path / 'o' / 'layers_sim.png'}"
 
 

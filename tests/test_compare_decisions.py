@@ -24,7 +24,7 @@ from tests.experiment_files import (
     write_trial,
 )
 
-COLUMNS = ["trial_id", "iteration", "action", "layer", "rule", "values"]
+COLUMNS = ["trial_id", "iteration", "action", "layer", "rule", "values", "in_force"]
 FREEZE_VALUES = "similarity=0.995, distance_from_init=0.12, live_fraction=1, metric_gain=0"
 FREEZE_ROW = {
     "trial_id": "aaaaa_00000",
@@ -33,6 +33,7 @@ FREEZE_ROW = {
     "layer": "stem",
     "rule": "converged",
     "values": FREEZE_VALUES,
+    "in_force": True,
 }
 STOP_ROW = {
     "trial_id": "aaaaa_00001",
@@ -41,6 +42,7 @@ STOP_ROW = {
     "layer": None,
     "rule": "stuck: no progress and no layer moving",
     "values": "progress=0.004",
+    "in_force": True,
 }
 
 
@@ -114,6 +116,7 @@ def test_freeze_reasons_from_the_results_when_there_is_no_decisions_file(experim
             "layer": "stem",
             "rule": "by hand",
             "values": "",
+            "in_force": True,
         },
     ]
     summary = compare.summary(df).set_index("trial_id")
@@ -148,7 +151,13 @@ def test_repeated_decisions_and_damaged_lines(experiment, caplog) -> None:
     rows = compare.decisions(df)
     rows = rows[rows["trial_id"] == "aaaaa_00002"].to_dict("records")
     assert rows == [
-        {**FREEZE_ROW, "trial_id": "aaaaa_00002", "iteration": 1, "values": "similarity=nan"},
+        {
+            **FREEZE_ROW,
+            "trial_id": "aaaaa_00002",
+            "iteration": 1,
+            "values": "similarity=nan",
+            "in_force": False,  # replaced by the freeze after the restore
+        },
         {**FREEZE_ROW, "trial_id": "aaaaa_00002", "values": ""},
         {
             "trial_id": "aaaaa_00002",
@@ -157,6 +166,7 @@ def test_repeated_decisions_and_damaged_lines(experiment, caplog) -> None:
             "layer": "head",
             "rule": "dead layer",
             "values": "live_fraction=0",
+            "in_force": True,
         },
     ]
     row = compare.summary(df).set_index("trial_id").loc["aaaaa_00002"]
@@ -187,6 +197,7 @@ def test_write_report_writes_the_decisions(experiment, tmp_path) -> None:
     written = pd.read_csv(out / "decisions.csv")
     assert written.columns.tolist() == COLUMNS
     assert written["values"].tolist() == [FREEZE_VALUES, "progress=0.004"]
+    assert written["in_force"].tolist() == [True, True]
     summary = pd.read_csv(out / "summary.csv")
     assert summary["freeze_reasons"].fillna("").tolist() == [
         f"stem: converged at report 2 ({FREEZE_VALUES})",
@@ -269,6 +280,8 @@ def test_a_freeze_ordered_at_a_report_the_new_run_never_reached_is_not_in_force(
     row = compare.summary(compare.load(tmp_path / "sweep"), "loss", mode="min").iloc[0]
     assert row["iterations_run"] == 4
     assert row["frozen_layers"] == [] and row["freeze_reasons"] == {}
+    made = compare.decisions(compare.load(tmp_path / "sweep"))
+    assert made[["iteration", "in_force"]].values.tolist() == [[5, False]]  # kept, marked
 
 
 def test_the_timeline_shows_a_refrozen_layer_from_its_last_freeze_and_reason_in_force() -> None:

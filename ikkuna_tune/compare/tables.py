@@ -24,7 +24,7 @@ from ikkuna_tune.compare.frame import (
 __all__ = ["DECISION_COLUMNS", "compute_saved", "decisions", "summary"]
 
 #: The columns of :func:`decisions`.
-DECISION_COLUMNS = ("trial_id", "iteration", "action", "layer", "rule", "values")
+DECISION_COLUMNS = ("trial_id", "iteration", "action", "layer", "rule", "values", "in_force")
 #: Decimals :func:`compute_saved` rounds to.
 SAVED_DECIMALS = 3
 
@@ -51,7 +51,11 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
     once an iteration; a freeze shows as ``frozen/<layer> = 1`` from the next report on;
     ``<NA>`` if unknown); ``action`` (``freeze`` or ``stop``); ``layer`` (None for a decision
     on the whole trial); ``rule``; and ``values``, the values behind the rule as one string
-    (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits).
+    (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits);
+    ``in_force``, whether the trial ended under the decision: False for a freeze the trial's
+    last report no longer holds (the layer was released since, frozen again by a later row,
+    or ordered in a run the trial left when it was restored from an older checkpoint) and for
+    a stop a later stop replaced.
 
     The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
     directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``
@@ -69,7 +73,7 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
         ...     "layer": "conv1", "rule": "converged", "values": {"similarity": 0.99512}}]
         >>> decisions(df).to_dict("records")  # doctest: +NORMALIZE_WHITESPACE
         [{'trial_id': 'a', 'iteration': 2, 'action': 'freeze', 'layer': 'conv1',
-          'rule': 'converged', 'values': 'similarity=0.9951'}]
+          'rule': 'converged', 'values': 'similarity=0.9951', 'in_force': True}]
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"Expected the tidy DataFrame of compare.load but got {type(df).__name__}")
@@ -82,6 +86,7 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
             "layer": pd.Series([r["layer"] for r in rows], dtype=object),
             "rule": pd.Series([r["rule"] for r in rows], dtype=object),
             "values": pd.Series([_values_text(r["values"]) for r in rows], dtype=object),
+            "in_force": pd.Series([bool(r.get("in_force", True)) for r in rows], dtype=bool),
         }
     )
     return table[list(DECISION_COLUMNS)]
