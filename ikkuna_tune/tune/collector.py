@@ -12,7 +12,14 @@ import torch
 
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.messages import KindType, LayerBatch, Message, MessageBundle, NamedModule
+from ikkuna_tune.messages import (
+    DEFAULT_TAG,
+    KindType,
+    LayerBatch,
+    Message,
+    MessageBundle,
+    NamedModule,
+)
 from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
@@ -29,6 +36,9 @@ class MetricCollector(Subscriber):
     Values stay tensors on their device until :meth:`collect`, which turns them into numbers in
     one transfer. Per-layer kinds are nested by layer name:
     ``{"weights_norm2": {"conv1": 0.7, "fc": 1.2}, "test_accuracy": 0.97}``.
+
+    Values published under a tag other than training's (a validation pass's, a probe's, for
+    a subscriber on ``tag=None``) are reported under ``<kind>_<tag>`` (:func:`reported_kind`).
 
     A value is reported once, in the first report after it was measured. Every report carries
     the same keys: one per declared kind (per layer for ``'DATA'`` kinds, for every layer in
@@ -72,21 +82,22 @@ class MetricCollector(Subscriber):
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, Message):
-            self._take(message_or_bundle.kind, message_or_bundle.key, message_or_bundle.data)
+            kind = reported_kind(message_or_bundle.kind, message_or_bundle.tag)
+            self._take(kind, message_or_bundle.key, message_or_bundle.data)
 
     takes_batches = True
 
     def compute_batch(self, batch: LayerBatch) -> None:
-        data = batch.data
+        data, kind = batch.data, reported_kind(batch.kind, batch.tag)
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(batch.modules):
             # one value per layer in one tensor: split at the next report (or before a
             # message of one layer arrives, which must replace the value it holds)
-            key = (batch.kind, batch.modules)
+            key = (kind, batch.modules)
             self._batches.pop(key, None)  # a later batch of the same layers replaces it whole
             self._batches[key] = data.detach()
             return
         for module, datum in zip(batch.modules, data):
-            self._take(batch.kind, module.name, datum)
+            self._take(kind, module.name, datum)
 
     def _unpack_batches(self) -> None:
         batches, self._batches = self._batches, {}
@@ -147,6 +158,18 @@ class MetricCollector(Subscriber):
             else:
                 nested.setdefault(kind, {})[layer] = number
         return nested
+
+
+def reported_kind(kind: str, tag: str) -> str:
+    """The report key of values of ``kind`` published under ``tag``: ``kind`` for training's
+    (the default tag), ``<kind>_<tag>`` for another pass's, so that a subscriber on every tag
+    (``tag=None``) reports a validation pass's or a probe's values beside training's, never in
+    their place.
+
+    >>> reported_kind("activations_norm2", DEFAULT_TAG), reported_kind("loss", "eval")
+    ('activations_norm2', 'loss_eval')
+    """
+    return kind if tag == DEFAULT_TAG else f"{kind}_{tag}"
 
 
 def _scalar(data: Any) -> torch.Tensor | float | int | None:

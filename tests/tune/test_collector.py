@@ -246,3 +246,49 @@ def test_a_freeze_within_an_iteration_counts_for_its_steps_after_it(monkeypatch)
     assert first["step_seconds"] == pytest.approx(0.25)  # the first step is warm-up
     assert second["step_seconds"] == pytest.approx((2 * 0.25 + 2 * 0.1) / 4)
     assert second["step_seconds_unfrozen"] == pytest.approx(0.25)
+
+
+def test_a_subscriber_on_every_tag_reports_other_passes_beside_trainings() -> None:
+    """``NormSubscriber("activations", tag=None)`` also gets a validation pass's activations
+    (tag ``eval``) and the test-accuracy probe's (tag ``test``): the report's
+    ``activations_norm2/<layer>`` was the last pass's, an evaluation under training's name.
+    Training's value stays under its kind, the others go under ``<kind>_<tag>``; each equals
+    the norm of that pass's output of the layer, from a forward hook of its own."""
+    test_set = _test_set()
+    outputs: dict[str, torch.Tensor] = {}
+
+    def trainable(config: dict[str, Any]) -> None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        model.fc.register_forward_hook(
+            lambda m, i, o: outputs.__setitem__("train" if m.training else "eval", o.detach())
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        x, y = data()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        trained = outputs["train"]
+        model.eval()
+        with torch.no_grad():
+            model(x[:5])  # a validation pass
+        validated = outputs["eval"]
+        model.train()
+        exporter.epoch_finished()  # the test-accuracy probe's pass, on the whole test set
+        probed = outputs["eval"]
+        norms = {"train": trained.norm(), "eval": validated.norm(), "test": probed.norm()}
+        ik.report({name: norm.item() for name, norm in norms.items()})
+
+    subscribers = [
+        ik.NormSubscriber("activations", tag=None),
+        ik.TestAccuracySubscriber(test_set, batch_size=20, frequency="epoch"),
+    ]
+    ik.instrument(trainable, subscribers=subscribers)({})
+    (result,) = ik.local_results()
+    assert result["activations_norm2"]["fc"] == pytest.approx(result["train"], rel=1e-6)
+    assert result["activations_norm2_eval"]["fc"] == pytest.approx(result["eval"], rel=1e-6)
+    assert result["activations_norm2_test"]["fc"] == pytest.approx(result["test"], rel=1e-6)
+    assert result["eval"] != pytest.approx(result["train"])  # three different values
+    assert result["test"] != pytest.approx(result["train"])
