@@ -230,6 +230,33 @@ def test_trial_status_comes_from_the_experiment_state_tune_would_choose(tmp_path
     assert {t["status"] for t in trials.values()} == {"TERMINATED"}
 
 
+def test_a_trial_stopped_while_paused_is_stopped_early(tmp_path) -> None:
+    """HyperBand's halving stops the trials it drops while they are paused: no result says
+    ``done`` and Tune's final state still lists them as paused (as it does a trial paused at
+    the end of its budget). Such a trial was read as one that ended by itself (not stopped
+    early, nothing saved); one that did end by itself after fewer iterations (its own loop)
+    is still not stopped early."""
+    experiment = tmp_path / "sweep"
+    runs = {"00000": (4, "PAUSED"), "00001": (2, "PAUSED"), "00002": (2, "TERMINATED")}
+    trials = []
+    for index, (number, (iterations, status)) in enumerate(runs.items()):
+        trial_id, config = f"hhhhh_{number}", {"lr": 0.1 * (index + 1), "model": {"width": 8}}
+        results = [report(trial_id, config, i) for i in range(1, iterations + 1)]
+        trial = write_trial(experiment, f"train_{trial_id}_{index}", config, results)
+        state = {"relative_logdir": trial.name, "trial_id": trial_id, "status": status}
+        trials.append([json.dumps(state), "{}"])
+    (experiment / "experiment_state-2026-12-01_01-00-00.json").write_text(
+        json.dumps({"trial_data": trials})
+    )
+    table = compare.summary(compare.load(experiment), "loss", mode="min").set_index("trial_id")
+    assert table["stopped_early"].to_dict() == {
+        "hhhhh_00000": False,  # paused at the end of its budget: the longest trial
+        "hhhhh_00001": True,
+        "hhhhh_00002": False,
+    }
+    assert table.loc["hhhhh_00001", "compute_saved"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("source", ["result.json", "progress.csv"])
 def test_a_metric_named_with_a_slash_is_network_wide(tmp_path, source) -> None:
     import pandas as pd

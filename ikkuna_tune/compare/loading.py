@@ -73,8 +73,10 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
         last one. A config that changed during a trial (population-based training) labels
         each row with the value its report was made with (with a warning); ``attrs`` hold the
         last. ``df.attrs["trials"]`` maps each trial id to its ``config``, ``status``,
-        ``failed``, ``stopped_by_tune`` (its last result says ``done``: a scheduler or stopper
-        ended it), ``path`` and number of ``results`` (iterations reported).
+        ``failed``, ``stopped_by_tune`` (its last result says ``done``, or Tune's state still
+        lists it as paused: a scheduler or stopper ended it, HyperBand's halving while it was
+        paused; a sweep interrupted while the trial was paused reads alike), ``path`` and
+        number of ``results`` (iterations reported).
         ``df.attrs["decisions"]`` and ``df.attrs["empty_metrics"]``: see the module docstring.
 
     A trial's id is the last usable ``trial_id`` (a non-empty string, or an integer) in its

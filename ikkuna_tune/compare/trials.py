@@ -48,6 +48,11 @@ class _Trial:
         stopped_by_tune = False
         if len(results) and "done" in results.columns:
             stopped_by_tune = _truthy(results["done"].iloc[-1])
+        # a trial Tune stopped while it was paused (HyperBand's halving) has no result saying
+        # ``done``, and Tune's state still lists it as paused (as it does a trial paused when
+        # the sweep was interrupted, which is no more finished than stopped)
+        if len(results) and not self.failed and self.status == "PAUSED":
+            stopped_by_tune = True
         return {
             "config": dict(self.config),
             "status": self.status,

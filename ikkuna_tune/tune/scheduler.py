@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.utils import flatten_dict
 
 from ikkuna_tune import keys
 from ikkuna_tune.checks import (
@@ -415,16 +416,31 @@ class SVCCAScheduler(FIFOScheduler):
             return decision
         if self.base is not None:
             base_decision = self.base.on_trial_result(tune_controller, trial, result)
-            if base_decision == TrialScheduler.STOP:
-                it = view.history.reports
-                value = result.get(self._metric) if self._metric else None
-                values = {self._metric: float(value)} if self._metric and is_number(value) else {}
-                view.stopped = view.dated(
-                    Decision("stop", f"{type(self.base).__name__} (metric)", it, None, values)
-                )
-                self._record(trial.trial_id, view.stopped)
+            if base_decision == TrialScheduler.STOP and not self._budget_spent(view, result):
+                self._base_stop(trial.trial_id, view, result, "metric")
             return base_decision
         return TrialScheduler.CONTINUE
+
+    def _base_stop(self, trial_id: str, view: TrialView, result: dict[str, Any], how: str) -> None:
+        """Record that the base scheduler stopped the trial, with the metric of ``result``."""
+        value = result.get(self._metric) if self._metric else None
+        values = {self._metric: float(value)} if self._metric and is_number(value) else {}
+        name = f"{type(self.base).__name__} ({how})"
+        view.stopped = view.dated(Decision("stop", name, view.history.reports, None, values))
+        self._record(trial_id, view.stopped)
+
+    def _budget_spent(self, view: TrialView, result: dict[str, Any]) -> bool:
+        """Whether the trial has made its whole budget with this report: the budget Tune was
+        given (``view.budget``), or the base scheduler's own (ASHA's and HyperBand's
+        ``max_t`` in their ``time_attr``), at which the base ends every trial. Such an end is
+        no early stop, and is not recorded as one."""
+        if view.budget is not None and view.history.reports >= view.budget:
+            return True
+        base = self.base
+        time_attr = getattr(base, "_time_attr", None)
+        max_t = getattr(base, "_max_t", getattr(base, "_max_t_attr", None))
+        now = result.get(time_attr) if isinstance(time_attr, str) else None
+        return is_number(max_t) and is_number(now) and float(now) >= float(max_t)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         view = self._views.get(trial.trial_id)
@@ -444,6 +460,21 @@ class SVCCAScheduler(FIFOScheduler):
             self.base.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        view = self._views.get(trial.trial_id)
+        if (
+            self.base is not None
+            and view is not None
+            and view.history.reports
+            and view.stopped is None
+            and not view.completed
+            and getattr(trial, "status", None) == "PAUSED"  # Trial.PAUSED
+        ):
+            # the base ends a trial it paused (HyperBand's halving): a stop of the base's,
+            # recorded as one made at a report (it is told nothing else)
+            raw = getattr(trial, "last_result", None)
+            last = flatten_dict(raw) if isinstance(raw, dict) else {}
+            if not self._budget_spent(view, last):
+                self._base_stop(trial.trial_id, view, last, "stopped while paused")
         if self._mailbox is not None:
             self._mailbox.discard(trial.trial_id)
         if self.base is not None:
@@ -467,7 +498,26 @@ class SVCCAScheduler(FIFOScheduler):
             # copies its stored files back over the driver's as it starts, and the background
             # copy in storage can lack its latest reports
             persist_trial_files(trial)
+            if getattr(trial, "status", None) == "PAUSED":  # Trial.PAUSED
+                self._resume(trial)
         return trial
+
+    def _resume(self, trial: Trial) -> None:
+        """A paused trial starts again from its latest checkpoint, as after a failure.
+
+        It was paused inside the report that ended its run, before it read what that report
+        made the scheduler order; and its checkpoint can be older than that report (one every
+        few iterations), so that it makes the reports after the checkpoint again. What it
+        finds in its mailbox is replaced with the freezes decided up to the checkpoint's
+        report, to apply as it restores (:meth:`TrialView.reorder_after_restore`); a freeze
+        judged on a later report of the run it leaves is judged again on the new one.
+        """
+        view = self._views.get(trial.trial_id)
+        if view is None or not self.freeze or self._mailbox is None:
+            return
+        self._mailbox.discard(trial.trial_id)
+        self._mailbox.steer(trial.trial_id)  # (discard took its mark off)
+        view.reorder_after_restore(trial.trial_id, self._mailbox, _checkpoint_iteration(trial))
 
     def debug_string(self) -> str:
         lines = [

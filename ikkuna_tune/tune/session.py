@@ -325,6 +325,8 @@ class TrialSession:
         #: the learning rates at the first step since the last report (those the layers the
         #: next directive freezes were judged at); None before that step
         self._period_rates: dict[tuple[int, int], float] | None = None
+        #: the period's rates saved with the checkpoint restored from (for freezes ordered again)
+        self._restored_rates: dict[tuple[int, int], float] | None = None
         #: the largest learning rate each parameter group has had at a step's start or a
         #: report (``lr_scale``)
         self._peak_rates: dict[tuple[int, int], float] = {}
@@ -847,8 +849,10 @@ class TrialSession:
                     exporter.modules[name].module.parameters(),
                     exporter.global_step,
                     # the rates the layer was judged at: one that changed after the epoch
-                    # that report measured, before the freeze, releases it again at once
-                    None if directive.get("restore") else self._period_rates,
+                    # that report measured, before the freeze, releases it again at once (a
+                    # freeze ordered again at a restore was judged at most at the report of
+                    # the checkpoint: its period's rates, saved with it)
+                    self._restored_rates if directive.get("restore") else self._period_rates,
                 )
             if self._local_release:  # (a data-parallel job's rank 0 decides at the report)
                 self._apply_releases(self._due_releases(on_device=True))
@@ -880,6 +884,8 @@ class TrialSession:
             "unfreeze_reasons": dict(self.unfreeze_reasons),
             "release": self.release.state_dict(),
             "peak_rates": [[i, j, lr] for (i, j), lr in self._peak_rates.items()],
+            # the learning rates of the period the checkpoint's report measured (see apply)
+            "period_rates": [[i, j, lr] for (i, j), lr in (self._period_rates or {}).items()],
             "train_report": self._report_name,
             "event_run": self._event_run,
         }
@@ -908,6 +914,11 @@ class TrialSession:
             }
         except (TypeError, ValueError) as error:
             logger.warning("Skipping the saved peak learning rates: %s", error)
+        try:
+            rates = {(int(i), int(j)): float(lr) for i, j, lr in state.get("period_rates", [])}
+            self._restored_rates = rates or None
+        except (TypeError, ValueError) as error:
+            logger.warning("Skipping the saved learning rates of the last report: %s", error)
         run = state.get("event_run")
         plain = isinstance(run, str) and run and Path(run).name == run and run[0] != "."
         self._event_run = run if plain else None

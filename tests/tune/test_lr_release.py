@@ -208,6 +208,41 @@ def test_a_freeze_judged_before_a_drop_that_came_before_it_is_released_at_once()
     assert "lr_at_freeze=0.1, lr=0.01" in reason
 
 
+def test_a_freeze_ordered_again_at_a_restore_is_judged_at_the_checkpoints_rates() -> None:
+    """The same as above, where the trial stops inside the report (Tune pauses it there, or it
+    fails after its checkpoint) and the freeze reaches it only as it restores from that
+    report's checkpoint: the freeze was judged at the rate of the epoch that report measured
+    (0.1), saved with the checkpoint; taking the rate at the restore (0.01, decayed already)
+    kept the layer frozen until the next decay. Released at once, as above."""
+
+    def run(restore: bool) -> tuple[bool, dict[str, Any]]:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        session = TrialSession([], {})
+        session.watch(model, opt)
+        _steps(model, opt, 2)
+        _set_lr(opt, 0.01)  # an epoch-wise decay, before the report
+        state = session.state_dict()  # the report's checkpoint
+        session.close()
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)  # the user's restored optimizer
+        session = TrialSession([], {})
+        session.watch(model, opt)
+        if restore:
+            session.load_state_dict(state)
+        session.apply([{**_freeze(), "restore": True}])  # as _restore applies it
+        trainable, merged = model[0].weight.requires_grad, session.merge({})
+        session.close()
+        return trainable, merged
+
+    trainable, merged = run(restore=True)
+    assert trainable
+    assert "lr_at_freeze=0.1, lr=0.01" in merged["unfreeze_reason"]["0"]
+    # without a checkpoint's rates (a state saved before they were), those of the restore
+    trainable, merged = run(restore=False)
+    assert not trainable and merged["unfreeze_reason"]["0"] == ""
+
+
 def test_a_layer_the_training_code_unfroze_itself_is_not_reported_as_released() -> None:
     def trainable(config: dict[str, Any]) -> None:
         model = _model()

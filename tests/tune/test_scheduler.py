@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from ray.tune.schedulers import (
     ASHAScheduler,
+    FIFOScheduler,
     PopulationBasedTraining,
     ResourceChangingScheduler,
     TrialScheduler,
@@ -258,6 +259,98 @@ def test_a_restore_from_an_older_checkpoint_forgets_the_freezes_decided_after_it
     feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
     assert mailbox.posts[-1][1]["freeze"] == ["conv2"]
     assert "freeze conv2 at report 3" in mailbox.posts[-1][1]["reasons"]["conv2"]
+
+
+class _ResumingBase(FIFOScheduler):
+    """A base scheduler that hands back the trial given to it (as HyperBand resumes one it
+    paused)."""
+
+    def __init__(self, trial) -> None:
+        super().__init__()
+        self.trial = trial
+
+    def choose_trial_to_run(self, controller):
+        return self.trial
+
+
+def test_a_paused_trial_resumes_with_the_freezes_up_to_its_checkpoint_only() -> None:
+    """A trial paused at report 3 was ordered conv2 frozen at that report, but Tune paused it
+    inside the report, before it read the order, and its latest checkpoint is of report 2: it
+    makes report 3 again. The order waiting in its mailbox (judged on the run it leaves) was
+    applied as it restored, so that report 3 was made again with conv2 frozen; it is replaced
+    by the freezes decided up to report 2, ordered for the restore."""
+    trial = FakeTrial("t1")
+    scheduler, mailbox = make(
+        patience=1, settle_window=1, plateau=1, stop=False, base=_ResumingBase(trial)
+    )
+    discarded: list[str] = []
+    mailbox.discard = discarded.append  # type: ignore[method-assign]
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv2"]]
+    trial.status = "PAUSED"
+    trial.last_result = {"training_iteration": 3}  # type: ignore[attr-defined]
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    assert scheduler.choose_trial_to_run(None) is trial
+    assert discarded == ["t1"] and mailbox.steered == ["t1", "t1"]  # emptied, steered again
+    assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
+    assert scheduler.frozen_layers == {"t1": ["conv1"]}
+    # a trial chosen while running (its actor reused) or afresh is left alone
+    trial.status = "PENDING"
+    posts = len(mailbox.posts)
+    scheduler.choose_trial_to_run(None)
+    assert len(mailbox.posts) == posts and discarded == ["t1"]
+
+
+class _StoppingBase(_ResumingBase):
+    """A base that stops every trial at each report, with ASHA's budget attributes."""
+
+    _time_attr, _max_t = "training_iteration", 3
+
+    def on_trial_result(self, controller, trial, result) -> str:
+        return STOP
+
+
+def test_a_base_stop_at_the_end_of_its_budget_is_no_early_stop() -> None:
+    """ASHA (or HyperBand) ends every trial that reaches its ``max_t`` with a STOP: recorded as
+    "stop at report 3: ... (metric)", it put the sweep's best trial among those stopped early.
+    A STOP before ``max_t`` is recorded as the base's."""
+    scheduler, _ = make(stop=False, base=_StoppingBase(None))
+    early, full = FakeTrial("t1"), FakeTrial("t2")
+    for trial in (early, full):
+        scheduler.on_trial_add(None, trial)
+    feed(scheduler, early, [result({"conv1": 0.5}, it=1, acc=0.2)])
+    feed(scheduler, full, [result({"conv1": 0.5}, it=3, acc=0.9)])
+    assert scheduler.stopped_trials == {"t1": "_StoppingBase (metric)"}
+    ((trial_id, decision),) = scheduler.decisions
+    assert trial_id == "t1" and decision.describe() == (
+        "stop at report 1: _StoppingBase (metric) (acc=0.2)"
+    )
+
+
+def test_a_trial_the_base_stops_while_paused_is_recorded_as_stopped() -> None:
+    """HyperBand's halving stops the trials it dropped while they are paused (Tune then calls
+    ``on_trial_remove``, with no result): they were not recorded at all; a paused trial that
+    made its budget is not an early stop either."""
+    scheduler, _ = make(stop=False, base=_StoppingBase(None))
+    scheduler.base.on_trial_result = lambda *args: "PAUSE"  # type: ignore[union-attr]
+    dropped, finished, fresh = FakeTrial("t1"), FakeTrial("t2"), FakeTrial("t3")
+    for trial in (dropped, finished, fresh):
+        scheduler.on_trial_add(None, trial)
+        trial.status = "PAUSED"
+    scheduler.base.on_trial_remove = lambda *args: None  # type: ignore[union-attr]
+    feed(scheduler, dropped, [result({"conv1": 0.5}, it=1, acc=0.4)])
+    dropped.last_result = {"training_iteration": 1, "acc": 0.4}  # type: ignore[attr-defined]
+    feed(scheduler, finished, [result({"conv1": 0.5}, it=3, acc=0.9)])
+    finished.last_result = {"training_iteration": 3, "acc": 0.9}  # type: ignore[attr-defined]
+    for trial in (dropped, finished, fresh):
+        scheduler.on_trial_remove(None, trial)
+    assert scheduler.stopped_trials == {"t1": "_StoppingBase (stopped while paused)"}
+    ((trial_id, decision),) = scheduler.decisions
+    assert trial_id == "t1" and decision.describe() == (
+        "stop at report 1: _StoppingBase (stopped while paused) (acc=0.4)"
+    )
 
 
 def _named(report: dict[str, Any], name: str) -> dict[str, Any]:
