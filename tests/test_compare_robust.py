@@ -230,6 +230,22 @@ def test_trial_status_comes_from_the_experiment_state_tune_would_choose(tmp_path
     assert {t["status"] for t in trials.values()} == {"TERMINATED"}
 
 
+def test_metrics_named_like_fields_of_older_rays_are_kept(tmp_path) -> None:
+    """Ray 2.60 adds no ``episodes_total``, ``timesteps_total`` or ``warmup_time`` to a
+    result: a user's metrics of these names were dropped from the frame, unannounced."""
+    experiment = tmp_path / "sweep"
+    rows = [
+        {**report("rrrrr_00000", CONFIG, i), "episodes_total": 10 * i, "timesteps_total": 7 * i,
+         "warmup_time": 0.25 * i}
+        for i in (1, 2)
+    ]  # fmt: skip
+    write_trial(experiment, "train_rrrrr_00000_0", CONFIG, rows)
+    df = compare.load(experiment)
+    for name, unit in (("episodes_total", 10), ("timesteps_total", 7), ("warmup_time", 0.25)):
+        values = df[df["metric"] == name]["value"].tolist()
+        assert values == pytest.approx([unit, 2 * unit]), name
+
+
 def test_a_trial_stopped_while_paused_is_stopped_early(tmp_path) -> None:
     """HyperBand's halving stops the trials it drops while they are paused: no result says
     ``done`` and Tune's final state still lists them as paused (as it does a trial paused at

@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BOOKKEEPING", "DECISIONS_FILE", "FREEZE_REASON", "ExperimentLike", "load"]
 
-#: Fields Tune adds to every result that are not measurements.
+#: Fields Tune adds to every result that are not measurements (Ray 2.60 writes none of
+#: ``timesteps_total``, ``episodes_total``, ``timesteps_since_restore`` or ``warmup_time``:
+#: there they are the user's own, and kept).
 BOOKKEEPING = frozenset(
     {
         "trial_id",
@@ -41,13 +43,9 @@ BOOKKEEPING = frozenset(
         "checkpoint_dir_name",
         "time_since_restore",
         "iterations_since_restore",
-        "timesteps_since_restore",
-        "timesteps_total",
-        "episodes_total",
         "experiment_id",
         "experiment_tag",
         "should_checkpoint",
-        "warmup_time",
     }
 )
 
