@@ -14,7 +14,7 @@ import pytest
 from matplotlib.text import Text
 
 from ikkuna_tune import compare
-from tests.experiment_files import LAYERS, handmade, report, write_trial
+from tests.experiment_files import LAYERS, handmade, report, write_decisions, write_trial
 
 CONFIG = {"lr": 0.5, "model": {"width": 8}}
 
@@ -271,6 +271,22 @@ def test_a_trial_stopped_while_paused_is_stopped_early(tmp_path) -> None:
         "hhhhh_00002": False,
     }
     assert table.loc["hhhhh_00001", "compute_saved"] == pytest.approx(0.5)
+
+
+def test_a_trial_the_scheduler_recorded_as_stopped_is_stopped_early(tmp_path) -> None:
+    """By timing, Tune's final state lists a trial HyperBand stopped while paused as
+    terminated, with no result saying ``done``: the stop SVCCAScheduler recorded (in force)
+    says it was stopped early all the same; one it recorded in a run the trial left does not."""
+    experiment = tmp_path / "sweep"
+    stop = {"action": "stop", "rule": "HyperBandScheduler (stopped while paused)",
+            "layer": None, "values": {"acc": 0.4}}  # fmt: skip
+    for index, (number, iterations) in enumerate((("00000", 4), ("00001", 2))):
+        trial_id, config = f"sssss_{number}", {"lr": 0.1 * (index + 1), "model": {"width": 8}}
+        results = [report(trial_id, config, i) for i in range(1, iterations + 1)]
+        trial = write_trial(experiment, f"train_{trial_id}_{index}", config, results)
+        write_decisions(trial, trial_id, [{**stop, "iteration": iterations}])
+    table = compare.summary(compare.load(experiment), "loss", mode="min").set_index("trial_id")
+    assert table["stopped_early"].to_dict() == {"sssss_00000": False, "sssss_00001": True}
 
 
 @pytest.mark.parametrize("source", ["result.json", "progress.csv"])

@@ -169,7 +169,8 @@ def summary(
       the best finite value by ``mode`` and the first iteration reaching it; NaN if never
       reported with a finite value (a diverged ``-inf`` loss or ``inf`` score is not a best).
     - ``stopped_early``: Tune stopped the trial (a scheduler or stopper: its last result
-      carries ``done``, which a trainable that returns by itself never writes) before it ran
+      carries ``done``, which a trainable that returns by itself never writes, or Tune's
+      state lists it as paused, or SVCCAScheduler recorded a stop of it) before it ran
       ``budget`` iterations (default: as many as the longest trial of the experiment), and it
       did not fail. A trial that ends its own loop early, or the longest trial, does not count.
     - ``stopped_by``: why SVCCAScheduler stopped the trial, ``"<rule>[ <layer>] at report N
@@ -215,7 +216,6 @@ def summary(
     infos = trial_infos(df)
     config = config_columns(df)
     iterations = iterations_run(df)
-    early = stopped_early(infos, iterations, budget)
     full = budget if budget is not None else max(iterations.values(), default=0)
     network = df[df["layer"].isna()]
     frozen_rows = df[(df["metric"] == FROZEN) & df["layer"].notna()]
@@ -229,6 +229,12 @@ def summary(
             stops[trial_id] = row
         elif row["action"] == "freeze" and row.get("layer"):
             freezes.setdefault(trial_id, {})[row["layer"]] = row
+    # a stop the scheduler recorded is Tune's too, also where no result says so (a trial
+    # HyperBand stopped while paused: its state reads paused or terminated, by timing)
+    told = {
+        t: {**info, "stopped_by_tune": True} if t in stops else info for t, info in infos.items()
+    }
+    early = stopped_early(told, iterations, budget)
     taken = {*_SUMMARY_COLUMNS, f"best_{metric}"}
     shown = {name: f"config/{name}" if name in taken else name for name in config}
     records = []

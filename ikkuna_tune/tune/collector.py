@@ -38,7 +38,8 @@ class MetricCollector(Subscriber):
     ``{"weights_norm2": {"conv1": 0.7, "fc": 1.2}, "test_accuracy": 0.97}``.
 
     Values published under a tag other than training's (a validation pass's, a probe's, for
-    a subscriber on ``tag=None``) are reported under ``<kind>_<tag>`` (:func:`reported_kind`).
+    a subscriber on ``tag=None``) are reported under ``<kind>_<tag>`` (:func:`reported_kind`),
+    from the first report after the first such pass on (no tag is known before).
 
     A value is reported once, in the first report after it was measured. Every report carries
     the same keys: one per declared kind (per layer for ``'DATA'`` kinds, for every layer in
@@ -127,6 +128,12 @@ class MetricCollector(Subscriber):
         elif kind not in self._skipped:
             self._skipped.add(kind)
             logger.debug("Topic %r publishes non-scalar data; it is not reported", kind)
+
+    def reported_kinds(self) -> set[str]:
+        """The top-level keys the next :meth:`collect` gives: every kind declared, reported or
+        measured since (those of other tags, ``<kind>_<tag>``, included)."""
+        pending = [kind for kind, _ in self._latest] + [kind for kind, _ in self._batches]
+        return {kind for kind, _ in self._keys} | set(pending)
 
     def collect(self) -> dict[str, Any]:
         """Values measured since the last call as nested Python numbers, ``None`` for the rest.

@@ -416,7 +416,7 @@ class SVCCAScheduler(FIFOScheduler):
             return decision
         if self.base is not None:
             base_decision = self.base.on_trial_result(tune_controller, trial, result)
-            if base_decision == TrialScheduler.STOP and not self._budget_spent(view, result):
+            if base_decision == TrialScheduler.STOP and not self._budget_spent(trial, view, result):
                 self._base_stop(trial.trial_id, view, result, "metric")
             return base_decision
         return TrialScheduler.CONTINUE
@@ -429,18 +429,16 @@ class SVCCAScheduler(FIFOScheduler):
         view.stopped = view.dated(Decision("stop", name, view.history.reports, None, values))
         self._record(trial_id, view.stopped)
 
-    def _budget_spent(self, view: TrialView, result: dict[str, Any]) -> bool:
+    def _budget_spent(self, trial: Trial, view: TrialView, result: dict[str, Any]) -> bool:
         """Whether the trial has made its whole budget with this report: the budget Tune was
-        given (``view.budget``), or the base scheduler's own (ASHA's and HyperBand's
-        ``max_t`` in their ``time_attr``), at which the base ends every trial. Such an end is
-        no early stop, and is not recorded as one."""
+        given (``view.budget``), or the base scheduler's own, at which the base ends every
+        trial it kept: ASHA's ``max_t``, the last rung of the trial's HyperBand bracket (most
+        brackets end short of ``max_t``: HyperBand rounds their rungs down), looking through a
+        ``ResourceChangingScheduler``. Such an end is no early stop, and is not recorded as
+        one."""
         if view.budget is not None and view.history.reports >= view.budget:
             return True
-        base = self.base
-        time_attr = getattr(base, "_time_attr", None)
-        max_t = getattr(base, "_max_t", getattr(base, "_max_t_attr", None))
-        now = result.get(time_attr) if isinstance(time_attr, str) else None
-        return is_number(max_t) and is_number(now) and float(now) >= float(max_t)
+        return any(_ends_trial_at(base, trial, result) for base in _wrapped_chain(self.base))
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         view = self._views.get(trial.trial_id)
@@ -473,7 +471,7 @@ class SVCCAScheduler(FIFOScheduler):
             # recorded as one made at a report (it is told nothing else)
             raw = getattr(trial, "last_result", None)
             last = flatten_dict(raw) if isinstance(raw, dict) else {}
-            if not self._budget_spent(view, last):
+            if not self._budget_spent(trial, view, last):
                 self._base_stop(trial.trial_id, view, last, "stopped while paused")
         if self._mailbox is not None:
             self._mailbox.discard(trial.trial_id)
@@ -822,6 +820,25 @@ class SVCCAScheduler(FIFOScheduler):
         self.decisions.append((trial_id, decision))
         logger.info("Trial %s: %s", trial_id, decision.describe())
         append_decision(self._trials.get(trial_id), trial_id, decision)
+
+
+def _ends_trial_at(scheduler: object, trial: Any, result: dict[str, Any]) -> bool:
+    """Whether ``scheduler`` (an ASHA or a HyperBand) ends ``trial`` at ``result`` because the
+    trial has run all it would ever let it run: ASHA's ``max_t``; the last rung of the trial's
+    HyperBand bracket (no halving left and the rung reached). Reads their attributes: a
+    scheduler without them ends no trial so."""
+    time_attr = getattr(scheduler, "_time_attr", None)
+    now = result.get(time_attr) if isinstance(time_attr, str) else None
+    if not is_number(now):
+        return False
+    max_t = getattr(scheduler, "_max_t", None)  # ASHA's
+    if is_number(max_t) and now >= max_t:
+        return True
+    brackets = getattr(scheduler, "_trial_info", None)  # HyperBand's trial -> (bracket, band)
+    entry = brackets.get(trial) if isinstance(brackets, dict) else None
+    bracket = entry[0] if isinstance(entry, tuple) and entry else None
+    last_rung = getattr(bracket, "_cumul_r", None)
+    return getattr(bracket, "_halves", None) == 0 and is_number(last_rung) and now >= last_rung
 
 
 def _checkpoint_iteration(trial: Any) -> int | None:

@@ -521,6 +521,8 @@ class TrialSession:
         if not isinstance(metrics, Mapping):
             raise ValueError(f"Expected `metrics` to be a dict but got {type(metrics).__name__}")
         taken = self.output_names()
+        if self.collector is not None:  # outputs of other tags (``<kind>_<tag>``) too
+            taken |= self.collector.reported_kinds()
         # "frozen/x" is what Tune makes of the layer x of the output "frozen": taken too
         clashes = sorted(k for k in metrics if k in taken or str(k).split("/")[0] in taken)
         if clashes:

@@ -292,3 +292,23 @@ def test_a_subscriber_on_every_tag_reports_other_passes_beside_trainings() -> No
     assert result["activations_norm2_test"]["fc"] == pytest.approx(result["test"], rel=1e-6)
     assert result["eval"] != pytest.approx(result["train"])  # three different values
     assert result["test"] != pytest.approx(result["train"])
+
+
+def test_a_user_metric_named_like_another_tags_output_is_refused() -> None:
+    """``activations_norm2_eval`` is the name of an output once an eval pass was measured: a
+    user metric of that name was silently replaced by it, as no declared output has it."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        x, _ = data()
+        ik.report({"activations_norm2_eval": 123.0})  # nothing measured under it yet
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        ik.report({"activations_norm2_eval": 123.0})
+
+    with pytest.raises(ValueError, match=r"\['activations_norm2_eval'\] collide"):
+        ik.instrument(trainable, subscribers=[ik.NormSubscriber("activations", tag=None)])({})

@@ -1136,6 +1136,73 @@ def test_a_synchronous_hyperband_is_not_told_of_a_trial_stopped_here() -> None:
     assert survivors(wrapped=True) == survivors(wrapped=False) == ["t13", "t14", "t15"]
 
 
+def test_hyperbands_halvings_are_recorded_and_a_bracket_ending_short_of_max_t_is_not() -> None:
+    """HyperBand (max_t=4, eta=3) puts its first 2 trials in a bracket of 4 iterations, the
+    next 3 in one from 1 iteration: at its halving it keeps the best and stops the other two
+    (one paused, one reporting: both early stops, recorded), then ends the bracket at its
+    last rung, 3 iterations (it rounds rungs down, short of max_t): its best trial made its
+    whole budget there, and is not recorded as stopped (it was, as "stop at report 3:
+    HyperBandScheduler (metric)")."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    hyperband = HyperBandScheduler(
+        time_attr="training_iteration", max_t=4, reduction_factor=3, metric="acc", mode="max"
+    )
+    scheduler, _ = make(base=hyperband, freeze_best=False, stop=False)
+    trials = [FakeTrial(f"t{i}") for i in range(5)]
+    controller = _HalvingController(scheduler, trials)
+    for trial in trials:
+        trial.is_saving = False  # type: ignore[attr-defined]
+        scheduler.on_trial_add(controller, trial)
+    bracket = trials[2:]
+    decisions = []
+    for trial, acc in zip(bracket, (0.3, 0.9, 0.5)):
+        trial.last_result = result({"conv1": 0.5}, it=1, acc=acc)  # type: ignore[attr-defined]
+        decisions.append(scheduler.on_trial_result(controller, trial, trial.last_result))
+        if decisions[-1] == "PAUSE":
+            trial.status = "PAUSED"
+    assert decisions == ["PAUSE", "PAUSE", STOP]  # the halving, at the last trial's report
+    assert [t.status for t in bracket] == ["TERMINATED", "PAUSED", "RUNNING"]
+    best = bracket[1]
+    best.status = "RUNNING"  # resumed
+    assert [scheduler.on_trial_result(controller, best, result({"conv1": 0.5}, it=i, acc=0.9))
+            for i in (2, 3)] == ["CONTINUE", STOP]  # fmt: skip
+    assert scheduler.stopped_trials == {
+        "t2": "HyperBandScheduler (stopped while paused)",
+        "t4": "HyperBandScheduler (metric)",
+    }
+
+
+class _StopsFromTwo(_ResumingBase):
+    """A base that stops a trial at its second report, whose own budget is 10."""
+
+    _time_attr, _max_t = "training_iteration", 10
+
+    def on_trial_result(self, controller, trial, result) -> str:
+        return STOP if result["training_iteration"] >= 2 else "CONTINUE"
+
+
+def test_a_trial_removed_while_not_paused_and_one_at_the_budget_tune_was_given_are_no_stops() -> (
+    None
+):
+    """Tune removes a pending trial with ``on_trial_remove`` too (a stopper's end of the
+    sweep): only a paused one was stopped by the base. And a base STOP at the budget Tune was
+    given (here ``max_t=2``; ``stop={"training_iteration": 2}`` alike) is no early stop,
+    whatever the base's own budget."""
+    scheduler, _ = make(stop=False, base=_StopsFromTwo(None), max_t=2)
+    pending, full = FakeTrial("t1"), FakeTrial("t2")
+    for trial in (pending, full):
+        scheduler.on_trial_add(None, trial)
+    feed(scheduler, pending, [result({"conv1": 0.5}, it=1, acc=0.4)])
+    pending.status = "PENDING"
+    scheduler.on_trial_remove(None, pending)
+    assert feed(scheduler, full, [result({"conv1": 0.5}, it=i, acc=0.9) for i in (1, 2)]) == [
+        "CONTINUE",
+        STOP,
+    ]
+    assert scheduler.stopped_trials == {} and scheduler.decisions == []
+
+
 # ---------------------------------------------------------- unfreezing at a learning-rate change
 LR_REASON = "learning rate changed (lr_at_freeze=0.1, lr=0.01, factor=2, frozen_at_step=80)"
 
