@@ -11,8 +11,10 @@ a :class:`TrialLink` to the trial (experiment, trial id, subscribers). Passed to
 - at a report, rank 0 gathers every rank's outputs and reports each output measured on several
   ranks as its mean over them (:func:`combine_reports`); Tune receives rank 0's report, one per
   iteration;
-- rank 0 reads the scheduler's directives and broadcasts them, so every rank freezes the same
-  layers before the same step.
+- rank 0 reads the scheduler's directives, applies them with all its checks and broadcasts what
+  it did, which every other rank carries out as it is, so every rank freezes (and unfreezes) the
+  same layers before the same step; a report whose ranks trained with different layers frozen
+  (:func:`frozen_sets_differ`) fails on every rank, naming them.
 
 Examples:
     >>> link = TrialLink("my_sweep", "abcde_00000", None)
@@ -32,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ikkuna_tune import keys
 from ikkuna_tune.subscribers.base import Subscriber
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "broadcast_from_first",
     "check_data_parallel",
     "combine_reports",
+    "frozen_sets_differ",
     "gather_to_first",
     "subscribers_for_rank",
     "train_worker",
@@ -236,6 +240,39 @@ def combine_reports(reports: Sequence[Mapping[str, Any]], averaged: set[str]) ->
             present = [v for v in values if v is not None]
             combined[key] = _mean(present) if present else None
     return combined
+
+
+def frozen_sets_differ(reports: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the ranks' reports (rank i's ``reports[i]``) show different layers frozen (their
+    ``frozen`` flags), or None when every rank's are rank 0's. The ranks of a DDP job must train
+    with the same layers frozen: otherwise their gradient all-reduces differ, and the job fails
+    in one (or, with a communication hook of the user's own, the ranks' models silently drift
+    apart). The reports are gathered anyway, so the check costs no collective.
+
+    Examples:
+        >>> same = {"frozen": {"conv": 1, "fc": 0}}
+        >>> frozen_sets_differ([same, same]) is None
+        True
+        >>> print(frozen_sets_differ([same, {"frozen": {"conv": 1, "fc": 1}}]))
+        Expected every rank of the job to train with the same layers frozen but rank 0 has \
+['conv'] frozen and rank 1 has ['conv', 'fc'] (frozen or unfrozen by the training code on \
+some ranks only?): DDP's gradient all-reduce differs across the ranks; freeze through the \
+scheduler, or the same layers on every rank before the same step
+    """
+    sets = [
+        sorted(name for name, flag in (report.get(keys.FROZEN) or {}).items() if flag)
+        for report in reports
+    ]
+    for rank, frozen in enumerate(sets[1:], 1):
+        if frozen != sets[0]:
+            return (
+                f"Expected every rank of the job to train with the same layers frozen but rank 0 "
+                f"has {sets[0]} frozen and rank {rank} has {frozen} (frozen or unfrozen by the "
+                "training code on some ranks only?): DDP's gradient all-reduce differs across "
+                "the ranks; freeze through the scheduler, or the same layers on every rank "
+                "before the same step"
+            )
+    return None
 
 
 def gather_to_first(value: Any) -> list[Any] | None:
