@@ -25,7 +25,7 @@ from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
-from ikkuna_tune.tune.collector import MetricCollector, StepTimer
+from ikkuna_tune.tune.collector import MetricCollector, StepTimer, reported_kind
 from ikkuna_tune.tune.lr_release import LearningRateRelease, snapshot
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
@@ -768,11 +768,15 @@ class TrialSession:
         # a step time a rank has not measured (NaN) is left out of the mean over the ranks
         times = (keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN)
         own = {k: None if _is_nan(v) and k in times else v for k, v in merged.items()}
-        reports = gather_to_first(own)
+        counts = self._sample_counts() if self.worker.distributed else {}
+        gathered = gather_to_first((own, counts))
         differ = None  # (rank 0's finding, raised on every rank once the report is made)
-        if reports is not None and len(reports) > 1:
+        if gathered is not None and len(gathered) > 1:
+            reports = [report for report, _ in gathered]
             differ = frozen_sets_differ(reports)
-            merged = combine_reports(reports, self.averaged_outputs())
+            merged = combine_reports(
+                reports, self.averaged_outputs(), [samples for _, samples in gathered]
+            )
             for key in times:
                 if key in merged and merged[key] is None:
                     merged[key] = math.nan  # measured on no rank
@@ -798,9 +802,22 @@ class TrialSession:
         self._period_rates = None  # the next step starts the next report's period
         return merged
 
+    def _sample_counts(self) -> dict[str, float]:
+        """By report key, the samples the latest value of each output that is a fraction of
+        samples counted on this rank (:meth:`Subscriber.sample_counts
+        <ikkuna_tune.subscribers.base.Subscriber.sample_counts>`), read in one host transfer."""
+        found = {
+            reported_kind(kind, tag): count
+            for subscriber in self.subscribers
+            for (kind, tag), count in subscriber.sample_counts().items()
+        }
+        numbers = to_numbers([(key, count, 0) for key, count in found.items()])
+        return dict(zip(found, numbers))
+
     def averaged_outputs(self) -> set[str]:
-        """Outputs a Ray Train job reports as their mean over the ranks: those of the
-        subscribers every rank runs, and the step time."""
+        """Outputs a Ray Train job reports as their mean over the ranks (weighted by the
+        samples each rank counted, for those that give counts: :meth:`_sample_counts`): those
+        of the subscribers every rank runs, and the step time."""
         every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
         return every_rank | {keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN}
 

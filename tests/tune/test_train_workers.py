@@ -260,6 +260,23 @@ def test_every_rank_freezes_what_rank_0_decided_where_only_rank_0_sees_the_data_
     assert "3" in ordered, ordered  # ordered, and refused on every rank
 
 
+@pytest.mark.timeout(300)
+def test_train_accuracy_over_uneven_shards_is_that_of_all_their_samples(layernorm_job) -> None:
+    """Global batches of 33 samples: shards of 16 and 17. The reported train accuracy is that
+    of the last step's 33 predictions, counted by hand on each rank and summed (a mean of the
+    two ranks' accuracies would weigh each of rank 0's samples more)."""
+    trial, df, logs = layernorm_job
+    assert trial.status == "TERMINATED"
+    assert [entry["counted"] for entry in logs[0]] == [16] * len(logs[0])
+    assert [entry["counted"] for entry in logs[1]] == [17] * len(logs[1])
+    union = [(a["correct"] + b["correct"]) / 33 for a, b in zip(logs[0], logs[1])]
+    # (each rank's accuracy is a float32)
+    assert df["train_accuracy"].tolist() == pytest.approx(union, abs=1e-7)
+    # the plain mean differs at some report here: the test tells them apart
+    means = [(a["correct"] / 16 + b["correct"] / 17) / 2 for a, b in zip(logs[0], logs[1])]
+    assert any(abs(m - u) > 1e-4 for m, u in zip(means, union)), (means, union)
+
+
 #: what the scheduler orders in the two-rank jobs below (rank 0 refuses '3': the LayerNorm
 #: before it trains)
 ORDER = {"freeze": ["1", "3"], "reasons": {"1": "freeze 1: converged", "3": "freeze 3: converged"}}
@@ -401,3 +418,13 @@ def test_a_report_from_ranks_with_other_layers_frozen_fails_on_every_rank(layern
     first, second = (ranks["differ"] for ranks in layernorm_ranks)
     expected = "rank 0 has [] frozen and rank 1 has ['5']"
     assert expected in first["error"] and first["error"] == second["error"]
+
+
+def test_the_train_accuracy_of_uneven_shards_is_over_all_their_samples(layernorm_ranks) -> None:
+    """Shards of 16 and 17 samples: the accuracy reported is the share of the 33 predictions
+    that are right, counted by hand on each rank."""
+    first, second = (ranks["report"] for ranks in layernorm_ranks)
+    reported = layernorm_ranks[0]["sent"][0][keys.TRAIN_ACCURACY]
+    right = first["correct"] + second["correct"]
+    assert reported == pytest.approx(right / 33, abs=1e-7)  # (each rank's is a float32)
+    assert abs((first["correct"] / 16 + second["correct"] / 17) / 2 - right / 33) > 1e-4
