@@ -202,7 +202,7 @@ def trainable_only_allreduce_hook(
 
 
 def install_trainable_only_sync(
-    model: nn.Module, process_group: Any = None
+    model: nn.Module, process_group: Any = None, *, warn_late: bool = True
 ) -> TrainableOnlySyncState:
     """Make DDP all-reduce only the gradients of parameters that still require grad; returns
     the hook's state, which counts the bytes all-reduced.
@@ -216,6 +216,11 @@ def install_trainable_only_sync(
         model: the DDP module (or a ``torch.compile`` wrapper of one).
         process_group: the group to all-reduce in; None for DDP's own (the one it was built
             with, the default world group unless ``process_group=`` was given).
+        warn_late: warn when the model has run a forward pass already. False where the
+            install is meant to come late: :meth:`Exporter.freeze
+            <ikkuna_tune.exporter.Exporter.freeze>` installs it at the first freeze, after
+            training began, and loses nothing by it (with nothing frozen the hook all-reduces
+            exactly what DDP's default does); it is then said at debug level.
 
     Raises:
         TypeError: ``model`` is not (a wrapper of) a ``DistributedDataParallel`` module.
@@ -253,9 +258,10 @@ def install_trainable_only_sync(
             f"one) but it already has {[getattr(h, '__qualname__', h) for h, _ in existing]}"
         )
     if getattr(ddp, "_lazy_init_ran", False):
-        logger.warning(
+        logger.log(
+            logging.WARNING if warn_late else logging.DEBUG,
             "install_trainable_only_sync after the model's first forward pass: the steps "
-            "before were synchronised by DDP's default all-reduce"
+            "before were synchronised by DDP's default all-reduce",
         )
     group = process_group if process_group is not None else getattr(ddp, "process_group", None)
     state = TrainableOnlySyncState(group)

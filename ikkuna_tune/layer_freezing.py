@@ -260,7 +260,9 @@ class LayerFreezing:
         if self.ddp_sync is not None:
             return
         try:
-            self.ddp_sync = install_trainable_only_sync(ddp)
+            # (after training began, as a rule: the steps before froze nothing, so DDP's own
+            # all-reduce synchronised them exactly as the hook would have: nothing to warn of)
+            self.ddp_sync = install_trainable_only_sync(ddp, warn_late=False)
         except ValueError as error:  # the user's own hook stays; frozen slots stay in sync
             logger.info("Frozen parameters stay in DDP's all-reduce: %s", error)
 

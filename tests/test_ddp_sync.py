@@ -9,6 +9,7 @@ parameters only launches no collective at all.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import pytest
@@ -216,3 +217,29 @@ def test_only_ddp_is_accepted() -> None:
         install_trainable_only_sync(_model())
     with pytest.raises(TypeError, match=r"but got OptimizedModule \(wrapping Sequential\)"):
         install_trainable_only_sync(torch.compile(_model()))
+
+
+def test_installing_after_a_forward_pass_warns_a_caller_but_not_a_freeze(tmp_path, caplog) -> None:
+    """A user installing the hook once training began is warned (the steps before went through
+    DDP's own all-reduce); the Exporter's install at the first freeze, which always comes
+    after forward passes and loses nothing by it, is said at debug level only."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    said: dict[str, list[int]] = {}
+    try:
+        for who in ("caller", "freeze"):
+            ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+            x, y = _global_batch(0)
+            F.cross_entropy(ddp(x), y).backward()  # the first forward pass ran
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="ikkuna_tune.ddp_sync"):
+                if who == "caller":
+                    install_trainable_only_sync(ddp)
+                else:
+                    with ik.Exporter(ddp, opt, MessageBus()) as exporter:
+                        exporter.freeze("0")
+                        assert exporter.ddp_sync is not None  # installed by the freeze
+            said[who] = [r.levelno for r in caplog.records if "first forward" in r.getMessage()]
+    finally:
+        dist.destroy_process_group()
+    assert said == {"caller": [logging.WARNING], "freeze": [logging.DEBUG]}

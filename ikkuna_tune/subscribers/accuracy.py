@@ -162,6 +162,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
         #: to take class labels and of the others
         self._step: tuple[int, Counts | None, Counts | None] | None = None
         self._told_unknown = False
+        #: the samples counted for the latest accuracy published under each tag
+        self._counted: dict[str, torch.Tensor] = {}
 
     def _say_unknown_left_out(self) -> None:
         if not self._told_unknown:
@@ -229,12 +231,32 @@ class TrainAccuracySubscriber(PlotSubscriber):
             self._step = (bundle.global_step, buckets[0], buckets[1])
             known_counts, other_counts = buckets
             if known_counts is None or other_counts is None:
-                value = rate(known_counts or other_counts)  # type: ignore[arg-type]
+                chosen: Counts = known_counts or other_counts  # type: ignore[assignment]
+                value, counted = rate(chosen), chosen.total
             else:
                 self._say_unknown_left_out()
                 # (where the known losses' labels were all ignored, the others', on the device)
-                value = torch.where(known_counts.total > 0, rate(known_counts), rate(other_counts))
+                some = known_counts.total > 0
+                value = torch.where(some, rate(known_counts), rate(other_counts))
+                counted = torch.where(some, known_counts.total, other_counts.total)
+            self._counted[bundle.tag] = counted
             self.publish(keys.TRAIN_ACCURACY, value, bundle)
+
+    def sample_counts(self) -> dict[tuple[str, str], Any]:
+        """The labels counted for the latest train accuracy of each tag (those not ignored):
+        a data-parallel job weights each rank's accuracy by them, the accuracy over all the
+        ranks' samples of the step, whatever the size of each rank's shard.
+
+        Examples:
+            >>> bus = MessageBus()
+            >>> accuracy = TrainAccuracySubscriber(bus, backend=None)
+            >>> step = {"global_step": 0, "train_step": 0, "epoch": 0}
+            >>> bus.publish_network_message("network_output", torch.eye(3), **step)
+            >>> bus.publish_network_message("input_labels", torch.tensor([0, 2, -1]), **step)
+            >>> {key: int(n) for key, n in accuracy.sample_counts().items()}  # -1: ignored
+            {('train_accuracy', 'default'): 2}
+        """
+        return {(keys.TRAIN_ACCURACY, tag): counted for tag, counted in self._counted.items()}
 
 
 def _check_threshold(threshold: float | None) -> float | None:

@@ -201,6 +201,14 @@ class Subscriber:
         the start of training must stop doing so, since the start is unknown (nothing here:
         most subscribers measure each step or epoch on its own)."""
 
+    def sample_counts(self) -> dict[tuple[str, str], Any]:
+        """How many samples the latest value it published of each of its outputs that is a
+        fraction of samples (an accuracy) counted, by ``(kind, tag)``: a 0-d tensor or a
+        number. A data-parallel job reports such an output as its ranks' values weighted by
+        these counts, the fraction over all their samples, whatever the size of each rank's
+        shard; an output without a count is the plain mean over the ranks. None here."""
+        return {}
+
     # ------------------------------------------------------------ receiving
     def receive_message(self, message_or_bundle: Message | MessageBundle) -> None:
         """Entry point for subscriptions; calls :meth:`compute`."""

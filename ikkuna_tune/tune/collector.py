@@ -79,17 +79,25 @@ class MetricCollector(Subscriber):
         self._skipped: set[str] = set()  # kinds that published only non-scalar data so far
         self._scalar_kinds: set[str] = set()  # kinds that published a number
         self._warned: set[str] = set()
+        #: the kind each ``<kind>_<tag>`` key reports (values published under another tag)
+        self.tagged: dict[str, str] = {}
         super().__init__([Subscription(self, list(self.collected), tag=None)])
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, Message):
-            kind = reported_kind(message_or_bundle.kind, message_or_bundle.tag)
+            kind = self._reported(message_or_bundle.kind, message_or_bundle.tag)
             self._take(kind, message_or_bundle.key, message_or_bundle.data)
+
+    def _reported(self, kind: str, tag: str) -> str:
+        name = reported_kind(kind, tag)
+        if name != kind:
+            self.tagged[name] = kind
+        return name
 
     takes_batches = True
 
     def compute_batch(self, batch: LayerBatch) -> None:
-        data, kind = batch.data, reported_kind(batch.kind, batch.tag)
+        data, kind = batch.data, self._reported(batch.kind, batch.tag)
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(batch.modules):
             # one value per layer in one tensor: split at the next report (or before a
             # message of one layer arrives, which must replace the value it holds)

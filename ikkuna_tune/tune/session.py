@@ -25,7 +25,7 @@ from ikkuna_tune.exporter import Exporter
 from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
-from ikkuna_tune.tune.collector import MetricCollector, StepTimer
+from ikkuna_tune.tune.collector import MetricCollector, StepTimer, reported_kind
 from ikkuna_tune.tune.lr_release import LearningRateRelease, snapshot
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
@@ -39,6 +39,7 @@ from ikkuna_tune.tune.train_workers import (
     TrainWorker,
     broadcast_from_first,
     combine_reports,
+    frozen_sets_differ,
     gather_to_first,
 )
 from ikkuna_tune.tune.watch_call import describe_watch_call, renamed
@@ -612,16 +613,63 @@ class TrialSession:
     def _local_release(self) -> bool:
         """Whether this process decides its own releases: not a rank of a Ray Train job of
         several workers, whose ranks must unfreeze the same layers before the same step: rank
-        0 decides for them at each report, which every rank makes (:meth:`_synced_release`).
+        0 decides for them at each report, which every rank makes (:meth:`_as_rank_0_decides`).
         (The ranks of a data-parallel job run outside Ray Train decide each for itself, on the
         same learning rates: their reports need not be collective.)"""
         return self.worker is None or not self.worker.distributed
 
-    def _synced_release(self) -> None:
-        """In a Ray Train job of several workers, right after a report (every rank joins):
-        every rank unfreezes what rank 0 finds due."""
-        if not self._local_release:
-            self._apply_releases(broadcast_from_first(self._due_releases(on_device=True)))
+    def _as_rank_0_decides(
+        self, directives: list[dict[str, Any]], release: bool, error: str | None = None
+    ) -> None:
+        """Apply ``directives`` (rank 0's; the other ranks pass none) so that every rank of a
+        Ray Train job ends with the same frozen layers; a collective every rank joins, one
+        broadcast. Rank 0 applies them with all its checks (:meth:`apply`) and, with
+        ``release``, unfreezes what it finds due; then every other rank carries out exactly
+        what rank 0 did (:meth:`_carry_out`), not the directives: the checks read the data
+        flow, which only rank 0's probes record, so the ranks would judge differently. The
+        broadcast also carries rank 0's frozen layers after all this: a rank that ends with
+        others (a freeze its own training code made, a checkpoint it could not read) raises,
+        naming both, rather than failing in DDP's next all-reduce.
+
+        ``error`` (rank 0's, the ranks' frozen layers differed at the report) is raised on every
+        rank instead (each would otherwise wait for the others in a collective).
+
+        Raises:
+            RuntimeError: ``error``, or this rank's frozen layers differ from rank 0's.
+        """
+        worker = self.worker
+        if worker is None or not worker.distributed:
+            if error is not None:
+                raise RuntimeError(error)
+            self.apply(directives)
+            return
+        exporter = self.exporter
+        assert exporter is not None
+        outcome: dict[str, Any] | None = None
+        if worker.first:
+            if error is None:
+                done = self.apply(directives)
+                released = self._due_releases(on_device=True) if release else []
+                self._apply_releases(released)
+                outcome = {"done": done, "released": released, "frozen": sorted(exporter.frozen)}
+            else:
+                outcome = {"error": error}
+        outcome = broadcast_from_first(outcome)
+        assert outcome is not None
+        if "error" in outcome:
+            raise RuntimeError(outcome["error"])
+        if worker.first:
+            return
+        self._carry_out(outcome["done"])
+        self._apply_releases(outcome["released"])
+        own = sorted(exporter.frozen)
+        if own != outcome["frozen"]:
+            raise RuntimeError(
+                f"Expected rank {worker.rank} to have the layers rank 0 has frozen, "
+                f"{outcome['frozen']}, but it has {own} frozen (frozen or unfrozen by the "
+                "training code on some ranks only?): DDP's gradient all-reduce would differ "
+                "across the ranks"
+            )
 
     def _due_releases(self, on_device: bool) -> list[tuple[str, str]]:
         """The layers to unfreeze now, each with its reason: each layer the scheduler froze
@@ -711,17 +759,28 @@ class TrialSession:
 
     def _report_from_worker(self, merged: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
         """Report from a rank of a Ray Train job: every rank joins, Tune gets rank 0's report
-        with the outputs measured on every rank averaged over them, and every rank applies the
-        directives rank 0 read."""
+        with the outputs measured on every rank averaged over them, and every rank carries out
+        what rank 0 did with the directives it read (:meth:`_as_rank_0_decides`).
+
+        Raises:
+            RuntimeError: on every rank, after the report, if the ranks trained with different
+                layers frozen (frozen by the training code on some ranks only), naming them.
+        """
         import ray.train
 
         assert self.worker is not None
         # a step time a rank has not measured (NaN) is left out of the mean over the ranks
         times = (keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN)
         own = {k: None if _is_nan(v) and k in times else v for k, v in merged.items()}
-        reports = gather_to_first(own)
-        if reports is not None and len(reports) > 1:
-            merged = combine_reports(reports, self.averaged_outputs())
+        counts = self._sample_counts() if self.worker.distributed else {}
+        gathered = gather_to_first((own, counts))
+        differ = None  # (rank 0's finding, raised on every rank once the report is made)
+        if gathered is not None and len(gathered) > 1:
+            reports = [report for report, _ in gathered]
+            differ = frozen_sets_differ(reports)
+            merged = combine_reports(
+                reports, self.averaged_outputs(), [samples for _, samples in gathered]
+            )
             for key in times:
                 if key in merged and merged[key] is None:
                     merged[key] = math.nan  # measured on no rank
@@ -737,19 +796,36 @@ class TrialSession:
         ray.train.report(merged, checkpoint=checkpoint)
         for hook in list(self.after_report):
             hook(self)
-        if named and self.inbox is not None:
-            # Train forwards the report to Tune later: read once the scheduler has handled it
-            self.inbox.wait_handled(merged[keys.TRAIN_REPORT])
-        directives = self.inbox.take() if self.inbox is not None else []
-        self.apply(broadcast_from_first(directives))
-        self._synced_release()
+        directives: list[dict[str, Any]] = []
+        if differ is None and self.inbox is not None:
+            if named:
+                # Train forwards the report to Tune later: read once the scheduler has handled it
+                self.inbox.wait_handled(merged[keys.TRAIN_REPORT])
+            directives = self.inbox.take()
+        self._as_rank_0_decides(directives, release=True, error=differ)
         self._period_rates = None  # the next step starts the next report's period
         return merged
 
+    def _sample_counts(self) -> dict[str, float]:
+        """By report key, the samples the latest value of each output that is a fraction of
+        samples counted on this rank (:meth:`Subscriber.sample_counts
+        <ikkuna_tune.subscribers.base.Subscriber.sample_counts>`), read in one host transfer."""
+        found = {
+            reported_kind(kind, tag): count
+            for subscriber in self.subscribers
+            for (kind, tag), count in subscriber.sample_counts().items()
+        }
+        numbers = to_numbers([(key, count, 0) for key, count in found.items()])
+        return dict(zip(found, numbers))
+
     def averaged_outputs(self) -> set[str]:
-        """Outputs a Ray Train job reports as their mean over the ranks: those of the
-        subscribers every rank runs, and the step time."""
+        """Outputs a Ray Train job reports as their mean over the ranks (weighted by the
+        samples each rank counted, for those that give counts: :meth:`_sample_counts`): those
+        of the subscribers every rank runs, and the step time."""
         every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
+        if self.collector is not None:  # their values of passes under other tags too
+            tagged = self.collector.tagged.items()
+            every_rank |= {name for name, kind in tagged if kind in every_rank}
         return every_rank | {keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN}
 
     def _check_epochs(self, merged: Mapping[str, Any]) -> None:
@@ -782,7 +858,7 @@ class TrialSession:
             stacklevel=4,  # the user's ik.report(...)
         )
 
-    def apply(self, directives: list[dict[str, Any]]) -> None:
+    def apply(self, directives: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``).
 
         A directive's layers are taken in order up to the first this trial will not freeze:
@@ -790,12 +866,19 @@ class TrialSession:
         the last trainable layer, or it shares a parameter with a layer that stays trainable
         (a tied weight is frozen only with every layer holding it). That layer and the ones
         ordered after it (which wait for it) are refused, each with one warning.
+
+        Returns what was done, one record per directive, shaped like one: the layers frozen
+        (``freeze``, with their ``reasons``), its ``unfreeze_lr_factor`` and ``restore``, and
+        the layers ``refused``. In a data-parallel job the other ranks carry out exactly these
+        records (:meth:`_carry_out`): only rank 0 runs the probes that record the data flow the
+        checks above read, so the other ranks could not judge alike.
         """
         exporter = self.exporter
         assert exporter is not None
+        done: list[dict[str, Any]] = []
         if directives and exporter.closed:  # nothing trains through it any more
             logger.info("Not applying %s: the trial's Exporter is closed", directives)
-            return
+            return done
         for directive in directives:
             reasons = directive.get("reasons", {})
             try:
@@ -832,8 +915,11 @@ class TrialSession:
                     f"it shares a parameter with {tied[1]} (or with a layer tied to it), "
                     "which would stay trainable",
                 )
+            refused = names[names.index(cut[0]) :] if cut is not None else []
             if cut is not None:
-                self._refuse(names[names.index(cut[0]) :], cut)
+                self._refuse(refused, cut)
+            restore = bool(directive.get("restore"))
+            frozen: list[str] = []
             for name in names[: names.index(cut[0])] if cut is not None else names:
                 exporter.warn_if_order_unknown()
                 try:
@@ -841,23 +927,75 @@ class TrialSession:
                 except ValueError as error:
                     logger.warning("Not freezing %r as the scheduler asked: %s", name, error)
                     continue
-                if name in reasons:
-                    self.freeze_reasons[name] = str(reasons[name])
-                self.unfreeze_reasons.pop(name, None)
-                self.release.track(
-                    name,
-                    factor,
-                    exporter.optimizers,
-                    exporter.modules[name].module.parameters(),
-                    exporter.global_step,
-                    # the rates the layer was judged at: one that changed after the epoch
-                    # that report measured, before the freeze, releases it again at once (a
-                    # freeze ordered again at a restore was judged at most at the report of
-                    # the checkpoint: its period's rates, saved with it)
-                    self._restored_rates if directive.get("restore") else self._period_rates,
-                )
+                frozen.append(name)
+                self._note_freeze(name, reasons.get(name), factor, restore)
+            done.append(
+                {
+                    "freeze": frozen,
+                    "reasons": {n: str(reasons[n]) for n in frozen if n in reasons},
+                    "unfreeze_lr_factor": factor,
+                    "restore": restore,
+                    "refused": refused,
+                }
+            )
             if self._local_release:  # (a data-parallel job's rank 0 decides at the report)
                 self._apply_releases(self._due_releases(on_device=True))
+        return done
+
+    def _note_freeze(self, name: str, reason: Any, factor: float | None, restore: bool) -> None:
+        """Keep what a freeze the scheduler ordered needs later: its reason (reported), and the
+        learning rates it was judged at (it is released once they move, :attr:`release`)."""
+        exporter = self.exporter
+        assert exporter is not None
+        if reason is not None:
+            self.freeze_reasons[name] = str(reason)
+        self.unfreeze_reasons.pop(name, None)
+        self.release.track(
+            name,
+            factor,
+            exporter.optimizers,
+            exporter.modules[name].module.parameters(),
+            exporter.global_step,
+            # the rates the layer was judged at: one that changed after the epoch that report
+            # measured, before the freeze, releases it again at once (a freeze ordered again
+            # at a restore was judged at most at the report of the checkpoint: its period's
+            # rates, saved with it)
+            self._restored_rates if restore else self._period_rates,
+        )
+
+    def _carry_out(self, done: list[dict[str, Any]]) -> None:
+        """On a rank of a data-parallel job other than 0: freeze exactly the layers rank 0
+        froze (``done``, from its :meth:`apply`), without judging them again. This rank runs no
+        probe (they run on rank 0), so it knows nothing of the data flow (what trains upstream
+        of a layer) and would accept a freeze rank 0 refused; frozen on one rank only, a layer
+        makes the ranks' gradient all-reduce differ, and the job fails at its next backward
+        pass.
+
+        Raises:
+            RuntimeError: a layer rank 0 froze cannot be frozen here (the ranks would differ).
+        """
+        exporter = self.exporter
+        assert exporter is not None
+        if exporter.closed:
+            if done:
+                logger.info("Not carrying out %s: the trial's Exporter is closed", done)
+            return
+        rank = self.worker.rank if self.worker is not None else 0
+        for record in done:
+            if record.get("refused"):
+                logger.debug("Rank 0 refused to freeze %s", record["refused"])
+            reasons = record.get("reasons", {})
+            for name in record.get("freeze", ()):
+                try:
+                    exporter.freeze(name)
+                except ValueError as error:
+                    raise RuntimeError(
+                        f"Rank {rank} cannot freeze layer {name!r}, which rank 0 froze: {error}; "
+                        "the ranks' frozen layers would differ and DDP fail across them"
+                    ) from error
+                self._note_freeze(
+                    name, reasons.get(name), record.get("unfreeze_lr_factor"), record["restore"]
+                )
 
     def _refuse(self, names: list[str], cut: tuple[str, str]) -> None:
         """Warn once for each of ``names`` that the trial will not freeze it (``cut``: the
@@ -1004,11 +1142,11 @@ class TrialSession:
             checkpoint = tune.get_checkpoint()
         # in full: the flag of a directive posted before a crash may be down already
         directives = self.inbox.take(check_flag=False) if self.inbox is not None else []
-        if self.worker is not None:
-            directives = broadcast_from_first(directives)  # every rank reads rank 0's
         if checkpoint is None:
             if directives:
                 logger.info("Starting afresh: not applying %s", directives)
+            if self.worker is not None:  # every rank joins; (with nothing frozen) all agree
+                self._as_rank_0_decides([], release=False)
             return
         self._resumed_from = "?"  # from a checkpoint; its state file names its report
         self._restored_name = _run_name(checkpoint.path)
@@ -1029,7 +1167,8 @@ class TrialSession:
             self.state_lost = True
             for subscriber in self.subscribers:
                 subscriber.restored_without_state()
-        self.apply(directives)
+        # rank 0 applies them, the other ranks carry out what it did (a Ray Train job)
+        self._as_rank_0_decides(directives, release=False)
 
     def _load_state_file(self, path: Path) -> bool:
         """Load ikkuna_tune's state from ``path``; False (with a warning) if it cannot be read."""

@@ -9,10 +9,12 @@ a :class:`TrialLink` to the trial (experiment, trial id, subscribers). Passed to
   model themselves (SVCCA, test accuracy: ``uses_model``) run on rank 0 only
   (:func:`subscribers_for_rank`);
 - at a report, rank 0 gathers every rank's outputs and reports each output measured on several
-  ranks as its mean over them (:func:`combine_reports`); Tune receives rank 0's report, one per
-  iteration;
-- rank 0 reads the scheduler's directives and broadcasts them, so every rank freezes the same
-  layers before the same step.
+  ranks as its mean over them, weighted by the samples each rank counted where the output says
+  (train accuracy: :func:`combine_reports`); Tune receives rank 0's report, one per iteration;
+- rank 0 reads the scheduler's directives, applies them with all its checks and broadcasts what
+  it did, which every other rank carries out as it is, so every rank freezes (and unfreezes) the
+  same layers before the same step; a report whose ranks trained with different layers frozen
+  (:func:`frozen_sets_differ`) fails on every rank, naming them.
 
 Examples:
     >>> link = TrialLink("my_sweep", "abcde_00000", None)
@@ -32,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ikkuna_tune import keys
 from ikkuna_tune.subscribers.base import Subscriber
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "broadcast_from_first",
     "check_data_parallel",
     "combine_reports",
+    "frozen_sets_differ",
     "gather_to_first",
     "subscribers_for_rank",
     "train_worker",
@@ -209,19 +213,52 @@ def _mean(values: list[Any]) -> Any:
     return total / len(numbers)
 
 
-def combine_reports(reports: Sequence[Mapping[str, Any]], averaged: set[str]) -> dict[str, Any]:
+def _weighted_mean(pairs: list[tuple[Any, float]]) -> Any:
+    """The mean of the values of ``(value, samples)`` pairs, each weighted by its samples: the
+    fraction over all of them, when each value is a fraction of its samples (a rank that
+    counted none adds nothing; with none counted anywhere, the plain mean)."""
+    counted = [(float(v), float(n)) for v, n in pairs if _is_number(v) and n > 0]
+    if not counted:
+        return _mean([v for v, _ in pairs])
+    total = math.fsum(n for _, n in counted)
+    return math.fsum(v * n for v, n in counted) / total  # a NaN on any rank stays visible
+
+
+def combine_reports(
+    reports: Sequence[Mapping[str, Any]],
+    averaged: set[str],
+    samples: Sequence[Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
     """Rank 0's report (``reports[0]``) with each key in ``averaged`` replaced by its mean over
     the ranks that measured it (``None`` and missing values left out; per-layer dicts averaged
     layer by layer). Keys not in ``averaged`` are rank 0's.
+
+    ``samples[i]`` gives, for some network-wide outputs of rank i's report, how many samples
+    its value is a fraction of (:meth:`~ikkuna_tune.subscribers.base.Subscriber.sample_counts`:
+    train accuracy): where every rank that measured such an output gives its count, the
+    output is the mean weighted by them, the fraction over all the ranks' samples also when
+    their shards differ in size (a plain mean would weigh each sample of a smaller shard more).
 
     Examples:
         >>> first = {"loss": 0.5, "weights_norm2": {"fc": 2.0}, "train_accuracy": 0.5}
         >>> second = {"loss": 0.7, "weights_norm2": {"fc": 2.0}, "train_accuracy": 1.0}
         >>> combine_reports([first, second], {"weights_norm2", "train_accuracy"})
         {'loss': 0.5, 'weights_norm2': {'fc': 2.0}, 'train_accuracy': 0.75}
+
+        Shards of 16 and 17 samples, 2 and 1 of them right: 3 of 33
+
+        >>> shards = [{"train_accuracy": 2 / 16}, {"train_accuracy": 1 / 17}]
+        >>> counts = [{"train_accuracy": 16}, {"train_accuracy": 17}]
+        >>> combined = combine_reports(shards, {"train_accuracy"}, counts)["train_accuracy"]
+        >>> abs(combined - 3 / 33) < 1e-15
+        True
     """
     if not reports:
         raise ValueError("Expected the reports of at least one rank but got none")
+    if samples is not None and len(samples) != len(reports):
+        raise ValueError(
+            f"Expected the sample counts of each of the {len(reports)} ranks but got {len(samples)}"
+        )
     combined = dict(reports[0])
     for key in averaged & set(combined):
         first = combined[key]
@@ -232,10 +269,47 @@ def combine_reports(reports: Sequence[Mapping[str, Any]], averaged: set[str]) ->
                 layers[layer] = _mean([v for v in values if v is not None])
             combined[key] = layers
         elif first is None or _is_number(first):
-            values = [r.get(key) for r in reports]
-            present = [v for v in values if v is not None]
-            combined[key] = _mean(present) if present else None
+            ranks = [i for i, r in enumerate(reports) if r.get(key) is not None]
+            present = [reports[i][key] for i in ranks]
+            counts = [samples[i].get(key) for i in ranks] if samples is not None else []
+            if present and samples is not None and all(_is_number(n) for n in counts):
+                combined[key] = _weighted_mean(list(zip(present, counts)))
+            else:
+                combined[key] = _mean(present) if present else None
     return combined
+
+
+def frozen_sets_differ(reports: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the ranks' reports (rank i's ``reports[i]``) show different layers frozen (their
+    ``frozen`` flags), or None when every rank's are rank 0's. The ranks of a DDP job must train
+    with the same layers frozen: otherwise their gradient all-reduces differ, and the job fails
+    in one (or, with a communication hook of the user's own, the ranks' models silently drift
+    apart). The reports are gathered anyway, so the check costs no collective.
+
+    Examples:
+        >>> same = {"frozen": {"conv": 1, "fc": 0}}
+        >>> frozen_sets_differ([same, same]) is None
+        True
+        >>> print(frozen_sets_differ([same, {"frozen": {"conv": 1, "fc": 1}}]))
+        Expected every rank of the job to train with the same layers frozen but rank 0 has \
+['conv'] frozen and rank 1 has ['conv', 'fc'] (frozen or unfrozen by the training code on \
+some ranks only?): DDP's gradient all-reduce differs across the ranks; freeze through the \
+scheduler, or the same layers on every rank before the same step
+    """
+    sets = [
+        sorted(name for name, flag in (report.get(keys.FROZEN) or {}).items() if flag)
+        for report in reports
+    ]
+    for rank, frozen in enumerate(sets[1:], 1):
+        if frozen != sets[0]:
+            return (
+                f"Expected every rank of the job to train with the same layers frozen but rank 0 "
+                f"has {sets[0]} frozen and rank {rank} has {frozen} (frozen or unfrozen by the "
+                "training code on some ranks only?): DDP's gradient all-reduce differs across "
+                "the ranks; freeze through the scheduler, or the same layers on every rank "
+                "before the same step"
+            )
+    return None
 
 
 def gather_to_first(value: Any) -> list[Any] | None:

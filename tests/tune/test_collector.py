@@ -312,3 +312,24 @@ def test_a_user_metric_named_like_another_tags_output_is_refused() -> None:
 
     with pytest.raises(ValueError, match=r"\['activations_norm2_eval'\] collide"):
         ik.instrument(trainable, subscribers=[ik.NormSubscriber("activations", tag=None)])({})
+
+
+def test_a_data_parallel_job_averages_another_tags_outputs_as_trainings() -> None:
+    """In a Ray Train job the outputs of the subscribers every rank runs are averaged over
+    the ranks; the same outputs of an eval pass (``activations_norm2_eval``) were rank 0's
+    alone, as no subscriber declares that name."""
+    from ikkuna_tune.tune.session import TrialSession
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    session = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
+    session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, _ = data()
+    model(x)
+    assert "activations_norm2_eval" not in session.averaged_outputs()
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    session.merge({})
+    assert {"activations_norm2", "activations_norm2_eval"} <= session.averaged_outputs()
+    session.close()

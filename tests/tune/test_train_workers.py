@@ -8,18 +8,29 @@ every rank steps with the single process's gradient).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from functools import partial
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
+import torch
+import torch.nn.functional as F
 from ray import tune
 from ray.tune.utils import flatten_dict
+from torch import nn
+from torch.utils.data import TensorDataset
 
 import ikkuna_tune as ik
+from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
-from tests.tune.train_job import subscribers, train_loop, tune_trial
+from ikkuna_tune.tune.session import TrialSession
+from ikkuna_tune.tune.train_workers import TrainWorker, subscribers_for_rank
+from tests.tune.train_job import global_batch, layernorm_net, subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
 from tests.tune.two_node_train import CONFIG
 
@@ -198,3 +209,222 @@ def test_the_workers_unfreeze_together_on_rank_0s_learning_rate(ray_session, tmp
     assert released, reasons
     flags = [p.read_text().split()[1] for p in sorted(tmp_path.glob("rank*"))]
     assert len(flags) == 2 and flags[0] == flags[1]
+
+
+@pytest.fixture(scope="module")
+def layernorm_job(ray_session, tmp_path_factory):
+    """A 2-worker job of :func:`~tests.tune.train_job.layernorm_net` (Linear layers tracked, a
+    trainable LayerNorm between the first two) on global batches of 33 samples (shards of 16
+    and 17) that the scheduler orders to freeze; each rank logs its frozen layers and the last
+    step's correct and counted samples after every report."""
+    tmp_path = tmp_path_factory.mktemp("layernorm_job")
+    config = {
+        "lr": 0.1,
+        "iterations": 4,
+        "steps": 2,
+        "layernorm": True,
+        "global_batch": 33,
+        "out": str(tmp_path),
+    }
+    trainable = tune.with_resources(ik.instrument(tune_trial, subscribers), {"cpu": 0.1})
+    analysis = tune.run(
+        trainable,
+        config={"storage": str(tmp_path), "workers": 2, "worker_cpus": 0.5, **config},
+        scheduler=eager_freezer(),
+        storage_path=str(tmp_path),
+        verbose=0,
+        raise_on_failed_trial=False,
+    )
+    (trial,) = analysis.trials
+    logs = [json.loads((tmp_path / f"log_rank{r}.json").read_text()) for r in range(2)]
+    return trial, analysis.trial_dataframes.get(trial.trial_id), logs
+
+
+@pytest.mark.timeout(300)
+def test_every_rank_freezes_what_rank_0_decided_where_only_rank_0_sees_the_data_flow(
+    layernorm_job,
+) -> None:
+    """The scheduler orders '1' and '3' frozen. Only rank 0 runs the evaluation pass that shows
+    the LayerNorm training between them, so only rank 0 can tell that '3' must stay trainable:
+    every rank carries out rank 0's decision ('1' frozen, '3' not). Decided by each rank, rank 1
+    froze '3' too, and the next backward pass's all-reduce failed across the ranks."""
+    trial, df, logs = layernorm_job
+    assert trial.status == "TERMINATED", trial.error_file and Path(trial.error_file).read_text()
+    assert [entry["frozen"] for entry in logs[0]] == [entry["frozen"] for entry in logs[1]]
+    assert logs[0][-1]["frozen"] == ["1"], logs[0]  # the layer before the LayerNorm
+    reasons = df["freeze_reason/1"].fillna("").astype(str).tolist()
+    assert df["frozen/1"].tolist()[-1] == 1 and reasons[-1], reasons
+    assert df["frozen/3"].tolist() == [0] * len(df), df["frozen/3"].tolist()
+    orders = (Path(trial.path) / keys.DECISIONS_FILE).read_text().splitlines()
+    ordered = {d["layer"] for d in map(json.loads, orders) if d["action"] == "freeze"}
+    assert "3" in ordered, ordered  # ordered, and refused on every rank
+
+
+@pytest.mark.timeout(300)
+def test_train_accuracy_over_uneven_shards_is_that_of_all_their_samples(layernorm_job) -> None:
+    """Global batches of 33 samples: shards of 16 and 17. The reported train accuracy is that
+    of the last step's 33 predictions, counted by hand on each rank and summed (a mean of the
+    two ranks' accuracies would weigh each of rank 0's samples more)."""
+    trial, df, logs = layernorm_job
+    assert trial.status == "TERMINATED"
+    assert [entry["counted"] for entry in logs[0]] == [16] * len(logs[0])
+    assert [entry["counted"] for entry in logs[1]] == [17] * len(logs[1])
+    union = [(a["correct"] + b["correct"]) / 33 for a, b in zip(logs[0], logs[1])]
+    # (each rank's accuracy is a float32)
+    assert df["train_accuracy"].tolist() == pytest.approx(union, abs=1e-7)
+    # the plain mean differs at some report here: the test tells them apart
+    means = [(a["correct"] / 16 + b["correct"] / 17) / 2 for a, b in zip(logs[0], logs[1])]
+    assert any(abs(m - u) > 1e-4 for m, u in zip(means, union)), (means, union)
+
+
+#: what the scheduler orders in the two-rank jobs below (rank 0 refuses '3': the LayerNorm
+#: before it trains)
+ORDER = {"freeze": ["1", "3"], "reasons": {"1": "freeze 1: converged", "3": "freeze 3: converged"}}
+
+
+class _Inbox:
+    """Rank 0's mailbox without a scheduler: hands out the directives given, once."""
+
+    def __init__(self, at_restore: list[dict[str, Any]], at_report: list[dict[str, Any]]) -> None:
+        self.at_restore, self.at_report = at_restore, at_report
+
+    def steered(self) -> bool:
+        return False
+
+    def take(self, check_flag: bool = True) -> list[dict[str, Any]]:
+        box = self.at_report if check_flag else self.at_restore
+        taken = list(box)
+        box.clear()
+        return taken
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _rank_session(
+    rank: int, phase: str, checkpoint: Path
+) -> tuple[TrialSession, nn.Module, torch.optim.Optimizer]:
+    """This rank's session of a job of :func:`layernorm_net` under DDP, watched: train accuracy
+    on every rank, a test accuracy (whose evaluation pass records the data flow) on rank 0.
+    Rank 0's mailbox orders ORDER at the restore in phase 'restore' (from ``checkpoint``), at
+    the first report in phase 'report'."""
+    import ray.train
+
+    torch.manual_seed(0)
+    ddp = nn.parallel.DistributedDataParallel(layernorm_net(), find_unused_parameters=True)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    probe = TensorDataset(*global_batch(-1))
+    every = [
+        ik.TrainAccuracySubscriber(backend=None),
+        ik.TestAccuracySubscriber(probe, frequency="epoch", backend=None),
+    ]
+    kept = subscribers_for_rank(every, rank)
+    positions = [i for i, s in enumerate(every) if any(s is k for k in kept)]
+    session = TrialSession(kept, {}, TrainWorker(rank, 2, None), positions)
+    if rank == 0:
+        restoring = phase == "restore"
+        order = {**ORDER, "restore": True} if restoring else ORDER
+        session.inbox = _Inbox([order] if restoring else [], [] if restoring else [order])
+    restored = ray.train.Checkpoint.from_directory(str(checkpoint)) if phase == "restore" else None
+    with mock.patch.object(ray.train, "get_checkpoint", return_value=restored):
+        session.watch(ddp, opt, module_filter=nn.Linear)
+    return session, ddp, opt
+
+
+def _shard_step(session: TrialSession, ddp: nn.Module, opt: Any, rank: int, step: int) -> int:
+    """One SGD step on this rank's shard (16 or 17 samples) of a global batch of 33; the number
+    of its samples predicted right."""
+    assert session.exporter is not None
+    x, y = global_batch(step, 33)
+    share = slice(rank * 33 // 2, (rank + 1) * 33 // 2)
+    opt.zero_grad()
+    output = ddp(x[share])
+    session.exporter.wrap_loss(F.cross_entropy)(output, y[share]).backward()
+    opt.step()
+    return int((output.argmax(1) == y[share]).sum())
+
+
+def _layernorm_ranks(rank: int, out: str) -> None:
+    """Rank ``rank`` of a two-rank job, in three phases, each with a fresh model and session:
+    'report' (ORDER at the first report, after the step that rank 0's probe follows), 'restore'
+    (ORDER at the restore from the checkpoint rank 0 wrote at that report) and 'differ' (rank 1
+    freezes '5' itself just before a report)."""
+    import ray.train
+
+    checkpoint = Path(out) / "checkpoint"
+    checkpoint.mkdir(exist_ok=True)
+    result: dict[str, Any] = {}
+    sent: list[dict[str, Any]] = []
+    with mock.patch.object(ray.train, "report", lambda m, checkpoint=None: sent.append(m)):
+        for phase in ("report", "restore", "differ"):
+            session, ddp, opt = _rank_session(rank, phase, checkpoint)
+            exporter = session.exporter
+            assert exporter is not None
+            seen: dict[str, Any] = {"restored": sorted(exporter.frozen)}
+            seen["correct"] = _shard_step(session, ddp, opt, rank, 0)
+            exporter.epoch_finished()  # rank 0's test accuracy: the probe records the flow
+            if phase == "differ" and rank == 1:
+                exporter.freeze("5")  # the training code of one rank
+            saved = ray.train.Checkpoint.from_directory(str(checkpoint)) if rank == 0 else None
+            try:
+                session.report({}, checkpoint=saved if phase == "report" else None)
+            except RuntimeError as error:
+                seen["error"] = str(error)
+            seen["frozen"] = sorted(exporter.frozen)
+            seen["reasons"] = dict(session.freeze_reasons)
+            if "error" not in seen:  # a backward pass with what is frozen now, across the ranks
+                _shard_step(session, ddp, opt, rank, 1)
+                inner = ddp.module
+                seen["digests"] = [_digest(inner[i].weight) for i in (1, 3, 5)]
+            session.close()
+            result[phase] = seen
+    result["sent"] = sent
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _layernorm_worker(rank: int, store: str, out: str) -> None:
+    in_gloo_group(rank, 2, store, partial(_layernorm_ranks, rank, out))
+
+
+@pytest.fixture(scope="module")
+def layernorm_ranks(tmp_path_factory) -> list[dict[str, Any]]:
+    """The results of :func:`_layernorm_ranks` on two gloo ranks (no Ray session)."""
+    tmp = tmp_path_factory.mktemp("layernorm_ranks")
+    run_ranks(_layernorm_worker, (str(tmp / "store"), str(tmp)), 2, seconds=120)
+    return [json.loads((tmp / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_the_other_ranks_carry_out_what_rank_0_did_at_a_report(layernorm_ranks) -> None:
+    """Only rank 0 ran the evaluation pass that shows the LayerNorm training before '3': it
+    freezes '1' and refuses '3', and rank 1 freezes exactly '1' (deciding itself, it froze '3'
+    too, and the next backward pass failed across the ranks)."""
+    first, second = (ranks["report"] for ranks in layernorm_ranks)
+    assert first["frozen"] == second["frozen"] == ["1"]
+    assert first["reasons"] == second["reasons"] == {"1": "freeze 1: converged"}
+    assert first["digests"] == second["digests"]  # the step after it: one model on both ranks
+
+
+def test_the_other_ranks_carry_out_what_rank_0_did_at_a_restore(layernorm_ranks) -> None:
+    """Restored from the checkpoint of that report (nothing frozen yet), rank 0 applies the
+    order again at the restore and rank 1 carries out what it did."""
+    first, second = (ranks["restore"] for ranks in layernorm_ranks)
+    assert first["restored"] == second["restored"] == ["1"]
+    assert first["reasons"] == second["reasons"] == {"1": "freeze 1: converged"}
+    assert first["digests"] == second["digests"]
+
+
+def test_a_report_from_ranks_with_other_layers_frozen_fails_on_every_rank(layernorm_ranks) -> None:
+    first, second = (ranks["differ"] for ranks in layernorm_ranks)
+    expected = "rank 0 has [] frozen and rank 1 has ['5']"
+    assert expected in first["error"] and first["error"] == second["error"]
+
+
+def test_the_train_accuracy_of_uneven_shards_is_over_all_their_samples(layernorm_ranks) -> None:
+    """Shards of 16 and 17 samples: the accuracy reported is the share of the 33 predictions
+    that are right, counted by hand on each rank."""
+    first, second = (ranks["report"] for ranks in layernorm_ranks)
+    reported = layernorm_ranks[0]["sent"][0][keys.TRAIN_ACCURACY]
+    right = first["correct"] + second["correct"]
+    assert reported == pytest.approx(right / 33, abs=1e-7)  # (each rank's is a float32)
+    assert abs((first["correct"] / 16 + second["correct"] / 17) / 2 - right / 33) > 1e-4

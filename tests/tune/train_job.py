@@ -9,6 +9,7 @@ the same training. :func:`tune_trial` is the Tune trainable that runs it as a Tr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from ray import tune
+from torch import nn
+from torch.utils.data import TensorDataset
 
 import ikkuna_tune as ik
 from ikkuna_tune.tune.session import current_session
@@ -29,8 +32,13 @@ GLOBAL_BATCH = 16
 def subscribers(config: dict[str, Any] | None = None) -> list[ik.Subscriber]:
     """Gradient and weight norms, update ratios, loss, train accuracy (every rank) and a
     self-similarity that reads the model (rank 0 only); with ``config["tensorboard"]`` also the
-    weights' mean, drawn in TensorBoard."""
+    weights' mean, drawn in TensorBoard; with ``config["layernorm"]`` also a test accuracy, whose
+    evaluation pass (rank 0 only) records the data flow through the layers."""
     drawn = [ik.MeanSubscriber("weights")] if config and config.get("tensorboard") else []
+    if config and config.get("layernorm"):
+        x, y = global_batch(-1)
+        probe = TensorDataset(x, y)
+        drawn.append(ik.TestAccuracySubscriber(probe, frequency="epoch", backend=None))
     return [
         ik.NormSubscriber("weight_gradients", backend=None),
         ik.NormSubscriber("weights", backend=None),
@@ -43,9 +51,17 @@ def subscribers(config: dict[str, Any] | None = None) -> list[ik.Subscriber]:
     ]
 
 
-def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def global_batch(step: int, size: int = GLOBAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(GLOBAL_BATCH, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g)
+    return torch.randn(size, 1, 6, 6, generator=g), torch.randint(0, 5, (size,), generator=g)
+
+
+def layernorm_net() -> nn.Module:
+    """Linear layers '1', '3', '5' (tracked with ``module_filter=nn.Linear``) with a trainable
+    LayerNorm '2', not tracked, between the first two: '1' may be frozen, '3' may not while the
+    LayerNorm trains (its inputs keep changing), which only a probe's data flow shows."""
+    layers = [nn.Linear(36, 12), nn.LayerNorm(12), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5)]
+    return nn.Sequential(nn.Flatten(), *layers)
 
 
 def _train_rank() -> tuple[int, int] | None:
@@ -70,15 +86,18 @@ def train_loop(config: dict[str, Any]) -> None:
     crashes once after a report (a worker failure); with ``config["crash_on_freeze"]`` too, right
     after the report whose directive froze ``conv`` (its checkpoint predates the freeze). With
     ``config["out"]``: every rank writes the digest of its ``conv`` weights (and whether it was
-    frozen) there at the end. With ``config["rank0_lr_drop_after"]``: rank 0 alone lowers its
-    learning rate tenfold after that iteration's report."""
+    frozen) there at the end, and after each report its frozen layers and the correct and
+    counted samples of its last step (``log_rank<rank>.json``). With
+    ``config["rank0_lr_drop_after"]``: rank 0 alone lowers its learning rate tenfold after that
+    iteration's report. With ``config["layernorm"]``: :func:`layernorm_net`, its Linear layers
+    tracked; ``config["global_batch"]`` samples per step (16)."""
     import ray
     import ray.train
 
     in_train = _train_rank()
     rank, world = in_train or (0, 1)
     torch.manual_seed(0)
-    model: torch.nn.Module = TinyNet()
+    model: torch.nn.Module = layernorm_net() if config.get("layernorm") else TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     start = 0
     checkpoint = ray.train.get_checkpoint() if in_train else None
@@ -90,16 +109,20 @@ def train_loop(config: dict[str, Any]) -> None:
         start = state["iteration"] + 1
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    exporter = ik.watch(model, opt)
+    exporter = ik.watch(model, opt, module_filter=nn.Linear if config.get("layernorm") else None)
     loss_fn = exporter.wrap_loss(F.cross_entropy)
-    share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    size = config.get("global_batch", GLOBAL_BATCH)
+    share = slice(rank * size // world, (rank + 1) * size // world)
+    log: list[dict[str, Any]] = []
     for iteration in range(start, config["iterations"]):
         for step in range(config["steps"]):
-            x, y = global_batch(iteration * config["steps"] + step)
+            x, y = global_batch(iteration * config["steps"] + step, size)
             opt.zero_grad()
-            loss = loss_fn(model(x[share]), y[share])
+            output = model(x[share])
+            loss = loss_fn(output, y[share])
             loss.backward()
             opt.step()
+        correct = int((output.argmax(1) == y[share]).sum())
         exporter.epoch_finished()
         frozen_before_report = "conv" in exporter.frozen
         metrics = {"iteration": iteration, "loss": loss.item()}  # rank 0's loss reaches Tune
@@ -112,6 +135,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 ik.report(metrics, checkpoint=saved)
         else:
             ik.report(metrics)
+        frozen = sorted(exporter.frozen)
+        log.append({"frozen": frozen, "correct": correct, "counted": share.stop - share.start})
+        if config.get("out"):
+            Path(config["out"], f"log_rank{rank}.json").write_text(json.dumps(log))
         if config.get("rank0_lr_drop_after") == iteration and rank == 0:
             for group in opt.param_groups:  # rank 0's rate alone (its own plateau schedule)
                 group["lr"] *= 0.1
@@ -128,7 +155,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 Path(marker).touch()
                 raise RuntimeError("simulated worker failure")
     out = config.get("out")
-    if out:
+    if out and "conv" in exporter.modules:
         conv = exporter.modules["conv"].module
         frozen = int("conv" in exporter.frozen)
         node = ray.get_runtime_context().get_node_id() if in_train else "local"
