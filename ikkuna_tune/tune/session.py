@@ -122,6 +122,7 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     tensors: list[tuple[Any, Any, torch.Tensor]] = []
+    tuples: list[tuple[list[Any], Any, Any]] = []  # inner ones first
 
     def plain(value: Mapping[str, Any], path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -134,13 +135,12 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(item, Mapping):
             out[key] = plain(item, f"{name}/")
         elif type(item) in (list, tuple):
-            # a tuple's tensors are filled in place, so it stays a list until then
-            items: list[Any] = (
-                [None] * len(item) if type(item) is list else _Tuple([None] * len(item))
-            )
+            items: list[Any] = [None] * len(item)
             for index, element in enumerate(item):
                 convert(element, f"{name}[{index}]", items, index)
             out[key] = items
+            if type(item) is tuple:  # a list until its tensors are filled in (after its own)
+                tuples.append((items, out, key))
         elif isinstance(item, (torch.Tensor, np.ndarray)):
             size = item.numel() if isinstance(item, torch.Tensor) else item.size
             if size != 1:
@@ -170,21 +170,9 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     numbers = to_numbers([(str(key), tensor, 0) for _, key, tensor in tensors])
     for (out, key, tensor), number in zip(tensors, numbers):
         out[key] = bool(number) if tensor.dtype == torch.bool else number
-    return _tuples(merged)
-
-
-class _Tuple(list):  # type: ignore[type-arg]
-    """A reported tuple while its tensors are turned into numbers (filled in place)."""
-
-
-def _tuples(value: Any) -> Any:
-    """``value`` with each :class:`_Tuple` in it made a tuple again."""
-    if isinstance(value, dict):
-        return {key: _tuples(item) for key, item in value.items()}
-    if isinstance(value, list):
-        items = [_tuples(item) for item in value]
-        return tuple(items) if isinstance(value, _Tuple) else items
-    return value
+    for items, out, key in tuples:
+        out[key] = tuple(items)
+    return merged
 
 
 def current_session() -> TrialSession | None:
