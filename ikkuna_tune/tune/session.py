@@ -107,7 +107,8 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
     (all such tensors of a device in one host transfer; an integer tensor an exact ``int``,
-    read on its own), in nested dicts, lists and tuples alike; other values stay.
+    read on its own), in nested dicts, lists and tuples (named ones too) alike; other values
+    stay.
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
@@ -122,7 +123,7 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     tensors: list[tuple[Any, Any, torch.Tensor]] = []
-    tuples: list[tuple[list[Any], Any, Any]] = []  # inner ones first
+    tuples: list[tuple[list[Any], Any, Any, type]] = []  # inner ones first
 
     def plain(value: Mapping[str, Any], path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -134,13 +135,13 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Put ``item`` as a plain value at ``out[key]`` (a tensor's value is filled later)."""
         if isinstance(item, Mapping):
             out[key] = plain(item, f"{name}/")
-        elif type(item) in (list, tuple):
+        elif type(item) in (list, tuple) or _is_namedtuple(item):
             items: list[Any] = [None] * len(item)
             for index, element in enumerate(item):
                 convert(element, f"{name}[{index}]", items, index)
             out[key] = items
-            if type(item) is tuple:  # a list until its tensors are filled in (after its own)
-                tuples.append((items, out, key))
+            if isinstance(item, tuple):  # a list until its tensors are filled in (after its own)
+                tuples.append((items, out, key, type(item)))
         elif isinstance(item, (torch.Tensor, np.ndarray)):
             size = item.numel() if isinstance(item, torch.Tensor) else item.size
             if size != 1:
@@ -170,9 +171,14 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     numbers = to_numbers([(str(key), tensor, 0) for _, key, tensor in tensors])
     for (out, key, tensor), number in zip(tensors, numbers):
         out[key] = bool(number) if tensor.dtype == torch.bool else number
-    for items, out, key in tuples:
-        out[key] = tuple(items)
+    for items, out, key, kind in tuples:
+        out[key] = tuple(items) if kind is tuple else kind._make(items)  # type: ignore[attr-defined]
     return merged
+
+
+def _is_namedtuple(value: Any) -> bool:
+    """Whether ``value`` is a named tuple (``collections.namedtuple``, ``typing.NamedTuple``)."""
+    return isinstance(value, tuple) and callable(getattr(type(value), "_make", None))
 
 
 def current_session() -> TrialSession | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -342,6 +343,29 @@ def test_numbers_inside_lists_and_tuples_are_reported_as_python_numbers() -> Non
 
     with pytest.raises(ValueError, match=r"metric 'per_class\[1\]' to be a number .* \(2,\)"):
         ik.instrument(several)({})
+
+
+class _Losses(NamedTuple):
+    main: Any
+    aux: Any
+
+
+def test_numbers_inside_a_named_tuple_are_reported_as_python_numbers() -> None:
+    """A named tuple of tensors (losses per head) went to Tune with its tensors, which
+    ``result.json`` holds as their ``str``; its values are numbers and it stays a named tuple."""
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"losses": _Losses(torch.tensor(0.5), Pair(np.float32(0.25), torch.tensor(2)))})
+
+    ik.instrument(trainable)({})
+    losses = ik.local_results()[-1]["losses"]
+    assert type(losses) is _Losses and type(losses.aux) is Pair
+    assert losses == (0.5, (0.25, 2)) and type(losses.main) is float
+    assert json.loads(json.dumps(losses)) == [0.5, [0.25, 2]]
 
 
 def test_a_directive_for_a_closed_exporter_is_not_applied() -> None:
