@@ -7,6 +7,7 @@ calls at the end of every epoch and the Tune integration at every report.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "NullBackend",
     "SummaryEncoder",
     "TensorBoardBackend",
+    "layer_tag",
     "safe_tag",
     "to_numbers",
     "vector_numbers",
@@ -46,6 +48,21 @@ def safe_tag(*parts: str | None) -> str:
         ('weights_norm/features.0', 'block_é')
     """
     return "/".join(_UNSAFE.sub("_", p) for p in parts if p)
+
+
+def layer_tag(name: str) -> str:
+    """A layer's part of a TensorBoard tag that depends on ``name`` alone: the name itself
+    where :func:`safe_tag` keeps it, else its safe form and 6 hex digits of its SHA-1, so that
+    two names with one safe form (``'enc 1'``, ``'enc_1'``) never share a curve, whichever is
+    drawn first, in any run or subscriber.
+
+    Examples:
+        >>> layer_tag("features.0"), layer_tag("enc 1"), layer_tag("enc_1")
+        ('features.0', 'enc_1-85cb66', 'enc_1')
+    """
+    if not _UNSAFE.search(name):
+        return name
+    return f"{_UNSAFE.sub('_', name)}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
 
 
 def to_numbers(items: list[tuple[str, Any, int]]) -> list[float]:

@@ -14,6 +14,7 @@ from ikkuna_tune.backends import (
     NullBackend,
     SummaryEncoder,
     TensorBoardBackend,
+    layer_tag,
     safe_tag,
     to_numbers,
     vector_numbers,
@@ -231,25 +232,24 @@ def test_a_bus_that_does_not_draw_writes_no_event_file(tmp_path, tiny, batch) ->
     assert not (tmp_path / "run").exists()
 
 
-def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None:
-    """'enc 1' and 'enc_1' both read 'enc_1' as a tag: the second gets 'enc_1_2', so that
-    TensorBoard never mixes their values; names in other scripts are kept as they are."""
+def _tags_of_layers(tmp_path, names: list[str], drawn: list[str]) -> dict[str, float]:
+    """Train a model of Linear layers named ``names`` (called in the order ``drawn``) two
+    steps with weight norms drawn to TensorBoard; each scalar tag's first value."""
     from torch import nn
 
-    model = nn.ModuleDict(
-        {"enc 1": nn.Linear(2, 2), "enc_1": nn.Linear(2, 2), "块": nn.Linear(2, 1)}
-    )
+    layers = nn.ModuleDict({name: nn.Linear(2, 2) for name in names})
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = model
+            self.layers = layers
 
         def forward(self, x):
-            return self.layers["块"](self.layers["enc_1"](self.layers["enc 1"](x)))
+            for name in drawn:
+                x = self.layers[name](x)
+            return x
 
     net = Net()
-    first = sorted(round(float(layer.weight.norm()), 4) for layer in model.values())
     bus = MessageBus(log_dir=tmp_path)
     ik.NormSubscriber("weights", bus)
     ik.HistogramSubscriber("weights", bus)
@@ -263,16 +263,65 @@ def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None
     bus.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     events.Reload()
-    scalars = sorted(events.Tags()["scalars"])
-    assert scalars == [
-        "weights_norm2/layers.enc_1",
-        "weights_norm2/layers.enc_1_2",
-        "weights_norm2/layers.块",
-    ]
-    assert all(len(events.Scalars(tag)) == 2 for tag in scalars)  # one value a step each
+    assert len(events.Tags()["histograms"]) == len(names)
+    assert all(len(events.Scalars(tag)) == 2 for tag in events.Tags()["scalars"])  # 1 a step
+    return {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"]}
+
+
+def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None:
+    """'enc 1' and 'enc_1' both read 'enc_1' as a tag. 'enc_1' keeps it and 'enc 1' gets a
+    suffix from its name alone, whichever layer is drawn first (the first drawn had taken the
+    plain tag, so a run, restore or subscriber drawing them in another order put one layer's
+    values on the other's curve); names in other scripts are kept as they are."""
+    names = ["enc 1", "enc_1", "块"]
+    torch.manual_seed(0)
+    built = {n: float(layer.weight.detach().norm()) for n, layer in _linears(names).items()}
     # each tag holds its own layer's weights (at the first step, those it was built with)
-    assert first == sorted(round(float(events.Scalars(tag)[0].value), 4) for tag in scalars)
-    assert len(events.Tags()["histograms"]) == 3
+    expected = {f"weights_norm2/{layer_tag('layers.' + n)}": norm for n, norm in built.items()}
+    assert layer_tag("layers.enc 1").startswith("layers.enc_1-")
+    assert layer_tag("layers.enc_1") == "layers.enc_1" and layer_tag("layers.块") == "layers.块"
+    for order, folder in ((names, "a"), (names[::-1], "b")):
+        torch.manual_seed(0)
+        tags = _tags_of_layers(tmp_path / folder, _linears(names), order)
+        assert tags == pytest.approx(expected, abs=1e-6)
+
+
+def _linears(names: list[str]) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({name: torch.nn.Linear(2, 2) for name in names})
+
+
+def _tags_of_layers(tmp_path, layers: torch.nn.ModuleDict, drawn: list[str]) -> dict[str, float]:
+    """Train a model of ``layers`` (called in the order ``drawn``) two steps with weight norms
+    drawn to TensorBoard; each scalar tag's first value."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x):
+            for name in drawn:
+                x = self.layers[name](x)
+            return x
+
+    net = Net()
+    bus = MessageBus(log_dir=tmp_path)
+    ik.NormSubscriber("weights", bus)
+    ik.HistogramSubscriber("weights", bus)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with ik.Exporter(net, opt, bus) as exporter:
+        for _ in range(2):
+            opt.zero_grad()
+            net(torch.randn(4, 2)).sum().backward()
+            opt.step()
+        exporter.epoch_finished()
+    bus.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    events.Reload()
+    assert len(events.Tags()["histograms"]) == len(layers)
+    assert all(len(events.Scalars(tag)) == 2 for tag in events.Tags()["scalars"])  # 1 a step
+    return {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"]}
 
 
 def test_a_flush_that_fails_loses_no_file_and_writes_no_histogram_twice(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, safe_tag
+from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, layer_tag, safe_tag
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_ylims
 from ikkuna_tune.messages import (
@@ -140,13 +140,15 @@ class PlotSubscriber(Subscriber):
         """The TensorBoard tag of ``kind`` for layer ``name`` and messages under
         ``message_tag``: :func:`safe_tag` of the three (``'loss'``, ``'loss/eval'``,
         ``'activations_norm2/eval/fc1'``: training's values and a validation pass's never share
-        a curve, also when two subscribers draw them), made unique with a ``_2``, ``_3``, ...
-        suffix where two layer names give one tag (``'enc 1'`` and ``'enc_1'``), so that their
-        values never mix under one tag."""
+        a curve, also when two subscribers draw them). A layer name with characters a tag cannot
+        hold gets a suffix of its own (:func:`layer_tag`: ``'enc 1'`` is ``'enc_1-85cb66'``,
+        ``'enc_1'`` stays), so that two layers never share a curve; a ``_2``, ``_3``, ... suffix
+        is the last resort should two tags still meet."""
         key = (kind, name, message_tag)
         tag = self._tags.get(key)
         if tag is None:
-            base = tag = safe_tag(kind, None if message_tag == DEFAULT_TAG else message_tag, name)
+            layer = None if name is None else layer_tag(name)
+            base = tag = safe_tag(kind, None if message_tag == DEFAULT_TAG else message_tag, layer)
             taken = set(self._tags.values())
             count = 1
             while tag in taken:
