@@ -20,8 +20,10 @@ class HistogramSubscriber(PlotSubscriber):
     """Histograms of each layer's tensor of one kind, drawn by the backend (TensorBoard).
 
     Counts are computed on the device (:func:`ikkuna_tune.functional.histogram`, ``bins``
-    equal-width bins between the tensor's minimum and maximum) and handed to the backend, which
-    converts them when it flushes. Publishes no message.
+    equal-width bins between the tensor's finite minimum and maximum) and handed to the
+    backend, which converts them when it flushes. NaN and infinite entries (a diverged layer)
+    fall in no bin: they show in the histogram's count, minimum, maximum and sums, which are
+    then larger than the bins' total or not finite. Publishes no message.
 
     Args:
         kind: the message kind to bin.
