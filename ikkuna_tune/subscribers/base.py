@@ -330,11 +330,24 @@ class Subscriber:
 
         The result is a per-layer message when ``module`` is given or ``source`` is about a layer,
         and a network message otherwise.
+
+        Raises:
+            ValueError: for a kind declared per layer (``'DATA'``) with no layer to publish it
+                for (a network message as ``source`` and no ``module``): in a report its value
+                would have replaced the kind's values of every layer.
         """
+        first, module = _origin(source, module)
+        if module is None and self.message_bus is not None:
+            if self.message_bus.kind_type(kind) == "DATA" and kind in self._publications:
+                raise ValueError(
+                    f"{type(self).__name__} publishes {kind!r}, declared per layer ('DATA'), "
+                    f"from a {first.kind!r} message, which is about no layer: pass `module=` "
+                    f"(the layer the value is about) or declare {kind!r} as 'META' (one value "
+                    "for the network)"
+                )
         bus = self._bus_for(kind)
         if bus is None:
             return
-        first, module = _origin(source, module)
         step, train_step, epoch, tag = first.global_step, first.train_step, first.epoch, first.tag
         if module is not None and bus.kind_type(kind) == "DATA":
             bus.publish(ModuleMessage(kind, tag, step, train_step, epoch, data, module))

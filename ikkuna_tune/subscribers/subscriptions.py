@@ -262,8 +262,12 @@ class SynchronizedSubscription(Subscription):
     The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
     handed to the subscriber as soon as it holds a message of every kind for that step.
     ``subsample=k`` keeps the bundles of every k-th step that completes one per identifier. A
-    step with several forward passes (gradient accumulation) completes a bundle per pass: they
-    all count as that step's one round, delivered or dropped together. A bundle that is still
+    step with several forward passes (gradient accumulation) completes a bundle per pass where
+    every kind of the bundle is published per pass (``activations``, ``loss``, outputs,
+    labels): they all count as that step's one round, delivered or dropped together. A bundle
+    that also waits for a kind published once per step (``weight_gradients``, ``weights``,
+    updates) completes once, when that kind comes, with the step's last pass's messages of
+    the per-pass kinds (each pass's replaces the one before). A bundle that is still
     incomplete when the next step begins (a frozen layer publishes no gradients, say) is dropped.
     While a bundle waits, it keeps a copy of the tensors of :data:`LIVE_KINDS` (weights the
     optimizer steps in place, a layer's output an in-place activation overwrites), so that each

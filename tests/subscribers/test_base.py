@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import ikkuna_tune as ik
 from ikkuna_tune.bus import MessageBus
-from ikkuna_tune.messages import MessageBundle
+from ikkuna_tune.messages import MessageBundle, NamedModule
 
 
 def _train(model, opt, exporter, batch, steps=1):
@@ -171,6 +171,74 @@ def test_publish_derived_topic_keeps_step_and_module(tiny, batch) -> None:
     assert [(m.key, m.global_step) for m in got] == [("conv", 0), ("fc", 0)]
     torch.testing.assert_close(got[0].data, before["conv.weight"].sum())
     torch.testing.assert_close(got[1].data, before["fc.weight"].sum())
+
+
+def test_a_per_layer_kind_published_for_no_layer_is_refused(tiny, batch) -> None:
+    """A subscriber publishing its per-layer ('DATA') kind from a network message (the loss)
+    had that one value replace the kind's values of every layer in the report; it is refused
+    at the publish, naming the kind and the way out; with ``module=`` it goes to that layer."""
+
+    class Both(ik.Subscriber):
+        def __init__(self, bus, with_module: bool) -> None:
+            self.with_module = with_module
+            super().__init__(
+                [ik.Subscription(self, ["weights", "loss"])], bus, publishes={"both": "DATA"}
+            )
+
+        def compute(self, message) -> None:
+            if message.kind == "weights":
+                self.publish("both", message.data.sum(), message)
+            else:
+                layer = NamedModule("fc", tiny.fc) if self.with_module else None
+                self.publish("both", -message.data, message, module=layer)
+
+    for with_module in (False, True):
+        torch.manual_seed(0)
+        bus = MessageBus()
+        opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+        Both(bus, with_module)
+        got = []
+        ik.CallbackSubscriber(["both"], got.append, bus)
+        with ik.Exporter(tiny, opt, bus) as exporter:
+            if not with_module:
+                with pytest.raises(ValueError, match="'both', declared per layer .* 'loss'"):
+                    _train(tiny, opt, exporter, batch)
+                continue
+            _train(tiny, opt, exporter, batch)
+        assert [m.key for m in got] == ["conv", "fc", "fc"]
+
+
+def test_bundles_of_a_step_with_two_passes_as_documented(tiny, batch) -> None:
+    """Two forward passes per optimizer step: a bundle of per-pass kinds (activations, loss)
+    comes once per pass; one that also waits for the step's weight gradients comes once per
+    step, with the last pass's activations (as the README and the class say), checked against
+    the layer's output taken by a hook of its own and the gradient autograd accumulated."""
+    x, y = batch
+    outputs: list[torch.Tensor] = []
+    tiny.fc.register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
+    bus = MessageBus()
+    per_pass, mixed = [], []
+    ik.CallbackSubscriber(["activations", "loss"], per_pass.append, bus, synchronized=True)
+    ik.CallbackSubscriber(["activations", "weight_gradients"], mixed.append, bus, synchronized=True)
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    grads = []
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(2):
+            opt.zero_grad()
+            for part in (slice(0, 4), slice(4, 8)):
+                loss_fn(tiny(x[part]), y[part]).backward()
+            grads.append(tiny.fc.weight.grad.clone())
+            opt.step()
+    network = [b for b in per_pass if b.key is None]
+    assert [b.global_step for b in network] == [0, 0, 1, 1]  # the loss: once per pass
+    layer = [b["activations"] for b in per_pass if b.key == "fc"]  # activations: once per pass
+    assert len(layer) == 4 and all(torch.equal(a, o) for a, o in zip(layer, outputs))
+    fc = [b for b in mixed if b.key == "fc"]
+    assert [b.global_step for b in fc] == [0, 1]
+    for step, bundle in enumerate(fc):
+        torch.testing.assert_close(bundle["activations"], outputs[2 * step + 1])  # last pass
+        torch.testing.assert_close(bundle["weight_gradients"], grads[step])
 
 
 def test_subscriber_requires_its_own_subscriptions() -> None:
