@@ -597,6 +597,12 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
     """
 
     def __init__(self, dataset: Dataset[Any] | torch.Tensor, n: int, *args: Any, **kwargs: Any):
+        if "batch_size" in kwargs:
+            raise ValueError(
+                f"SVCCASubscriber pushes the whole probe set through in one batch, so it takes "
+                f"no `batch_size` (got {kwargs['batch_size']!r}); use BatchedSVCCASubscriber "
+                "for probe passes in batches"
+            )
         super().__init__(dataset, n, check_int("n", n), *args, **kwargs)
 
 

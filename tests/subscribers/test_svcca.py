@@ -453,6 +453,9 @@ def test_batch_size_is_validated(data) -> None:
         BatchedSVCCASubscriber(data, 10, 0)
     with pytest.raises(TypeError):
         SVCCASubscriber(data, 10, unknown=1)  # type: ignore[call-arg]
+    # (it had raised Python's "got multiple values for argument 'batch_size'")
+    with pytest.raises(ValueError, match="takes no `batch_size` .*BatchedSVCCASubscriber"):
+        SVCCASubscriber(data, 10, batch_size=5)
 
 
 def test_exported_from_the_package() -> None:
