@@ -960,7 +960,11 @@ class Exporter(StepHooks, LayerFreezing):
         Counters and weight-update bookkeeping are untouched and every module's training flag is
         restored afterwards. Yields the model to call: the model itself, or under data
         parallelism the module it wraps (a probe runs on one rank, so it must not call
-        ``DistributedDataParallel``'s collective forward).
+        ``DistributedDataParallel``'s collective forward). Under ``torch.compile`` the probe's
+        passes run eagerly (``torch.compiler.set_stance("force_eager")``): compiled code does
+        not see a layer hook added after it was compiled, so a subscriber that subscribes to
+        activations only while it probes (SVCCA's) would find none in an evaluation graph
+        compiled before (by a test-accuracy pass, say).
         """
         if not isinstance(tag, str) or not tag or tag == DEFAULT_TAG:
             raise ValueError(f"Expected a probe tag other than {DEFAULT_TAG!r} but got {tag!r}")
@@ -970,13 +974,14 @@ class Exporter(StepHooks, LayerFreezing):
         previous_tag = self._pass_tag
         self._probe_tag = tag
         self.model.eval()
-        # the data flow through the layers, seen in the probe's passes (not under torch.compile),
-        # until a probe has run the whole model (then it is known: no more watching)
-        watch = not self._flow_known and not compiled(self.model)
-        recorder = FlowRecorder(unwrapped(self.model), self.modules) if watch else None
+        # the data flow through the layers, seen in the probe's passes (eager ones under
+        # torch.compile, so the recorder's hooks make nothing recompile), until a probe has run
+        # the whole model (then it is known: no more watching)
+        recorder = None if self._flow_known else FlowRecorder(unwrapped(self.model), self.modules)
+        eager = torch.compiler.set_stance("force_eager") if compiled(self.model) else nullcontext()
         completed = False
         try:
-            with torch.no_grad(), recorder or nullcontext():
+            with torch.no_grad(), recorder or nullcontext(), eager:
                 yield for_evaluation(self.model)
             completed = True
         finally:
@@ -997,8 +1002,8 @@ class Exporter(StepHooks, LayerFreezing):
     def layer_order(self) -> list[str]:
         """The tracked layers, input side first, as data flows through them: in the order a
         probe's forward pass (SVCCA's, test accuracy's: :meth:`probe`) first called them, once
-        one has run, and in registration order before (and under ``torch.compile``, where no
-        probe pass is watched); a layer the probe did not call stays right after the layer
+        one has run (under ``torch.compile`` too: a probe's passes run eagerly), and in
+        registration order before; a layer the probe did not call stays right after the layer
         registered before it. Probes are watched (forward pre-hooks, nothing that changes what
         they compute) until one has run the whole model."""
         return self._flow.ordered(list(self.modules))
@@ -1054,16 +1059,16 @@ class Exporter(StepHooks, LayerFreezing):
         return [*self.modules, *others]
 
     def warn_if_order_unknown(self) -> None:
-        """Warn once that automatic freezing goes by registration order: under
-        ``torch.compile`` no probe pass is watched (hooks added to a compiled model would make
-        it recompile), so :attr:`layer_order` is the order the model registers its layers in."""
-        if self._flow.order or self._warned_order or not compiled(self.model):
+        """Warn once that automatic freezing goes by registration order: no probe pass has
+        shown the order data flows through the layers yet (nor a checkpoint), so
+        :attr:`layer_order` is the order the model registers its layers in."""
+        if self._flow.order or self._warned_order:
             return
         self._warned_order = True
         logger.warning(
             "Freezing from the input side goes by the order the model registers its layers "
-            "in, %s: under torch.compile the order data flows through them is not watched; "
-            "register them in that order, or decide what to freeze yourself",
+            "in, %s: no probe pass (SVCCA's, test accuracy's) has shown the order data flows "
+            "through them yet; register them in that order, or decide what to freeze yourself",
             list(self.modules),
         )
 
@@ -1131,9 +1136,6 @@ class Exporter(StepHooks, LayerFreezing):
             # the order until the next probe records the flow again
             version = state["flow"].get("version")
             current = version == FLOW_VERSION
-            if not current and compiled(self.model):
-                # no probe is watched under torch.compile: registration order, as a new run
-                self._flow, current = LayerFlow(), True
             whole = bool(state.get("flow_known", False))  # not a partial probe's
             self._flow_known = bool(self._flow.order) and current and whole
             self._flow_stale = not current

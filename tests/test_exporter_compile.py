@@ -274,3 +274,52 @@ def test_the_inductor_backend_runs_the_taps_and_recompiles_once_per_freeze() -> 
     assert compiled.keys() == eager.keys() and len(eager) == 12 + 6 + 4
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
+
+
+def _similarities(compile_first: bool) -> dict[tuple, float]:
+    """Three epochs of a model with test accuracy and SVCCA at each epoch end (test accuracy's
+    subscriber attached first, so its evaluation runs before SVCCA's probe); the SVCCA
+    signals published, by (kind, layer, epoch). ``compile_first``: the Exporter watches the
+    model compiled (aot_eager), else the eager one."""
+    from torch.utils.data import TensorDataset
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    run = torch.compile(model, backend="aot_eager") if compile_first else model
+    exporter = ik.Exporter(run, opt)
+    bus = exporter.message_bus
+    g = torch.Generator().manual_seed(2)
+    test = TensorDataset(torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g))
+    # (one batch of the whole set each: of one shape, the probe's passes could reuse the
+    # evaluation's compiled graph)
+    ik.TestAccuracySubscriber(test, batch_size=40, frequency="epoch", message_bus=bus, backend=None)
+    ik.SVCCASubscriber(test, n=40, message_bus=bus, backend=None)
+    got: dict[tuple, float] = {}
+    kinds = ["self_similarity", "init_similarity", "live_fraction"]
+    ik.CallbackSubscriber(
+        kinds, lambda m: got.__setitem__((m.kind, m.key, m.epoch), float(m.data)), bus
+    )
+    for _ in range(3):
+        for x, y in _batches():
+            opt.zero_grad()
+            F.cross_entropy(run(x), y).backward()
+            opt.step()
+        exporter.epoch_finished()
+    exporter.close()
+    return got
+
+
+def test_svcca_of_a_model_watched_compiled_equals_the_eager_models() -> None:
+    """A model watched after torch.compile, with test accuracy evaluated before SVCCA's probe
+    at each epoch end, had no SVCCA signal at all (the evaluation graph, compiled without the
+    layers' hooks that SVCCA's probe adds while it runs, ran the probe too): silently, so a
+    scheduler could never freeze it. The probe's passes now run eagerly: the same values as
+    the eager model's, for every layer."""
+    eager = _similarities(compile_first=False)
+    compiled = _similarities(compile_first=True)
+    assert len(eager) == 2 * 3 * 3 + 3 * 2  # 3 layers; self_similarity from the 2nd epoch
+    assert compiled.keys() == eager.keys()
+    for key, value in eager.items():
+        assert compiled[key] == pytest.approx(value, abs=1e-5), key

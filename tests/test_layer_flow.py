@@ -319,19 +319,22 @@ def test_a_trial_refuses_a_tied_layer_whose_partner_stays_trainable(caplog) -> N
     session.close()
 
 
-def test_under_torch_compile_freezing_warns_that_it_goes_by_registration_order(caplog) -> None:
+def test_under_torch_compile_the_probe_shows_the_order_data_flows(caplog) -> None:
+    """A compiled model's probe passes run eagerly, so they show the data flow as an eager
+    model's do (they were not watched: freezing went by registration order, head first);
+    before any probe, freezing warns once that it goes by registration order."""
     torch.manual_seed(0)
     model = HeadFirst()
     compiled = torch.compile(model, backend="eager")
     exporter = ik.Exporter(compiled, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
-    with exporter.probe("look") as run:
-        run(torch.randn(4, 6))
-    assert exporter.layer_order == ["head", "body"]  # not watched: registration order
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
         exporter.warn_if_order_unknown()
         exporter.warn_if_order_unknown()
     warned = [r for r in caplog.records if "registers its layers in" in r.getMessage()]
-    assert len(warned) == 1
+    assert len(warned) == 1 and exporter.layer_order == ["head", "body"]
+    with exporter.probe("look") as run:
+        run(torch.randn(4, 6))
+    assert exporter.layer_order == ["body", "head"]  # as data flows, as for the eager model
     exporter.close()
 
 
@@ -686,16 +689,24 @@ def test_an_older_flow_stays_older_until_a_probe_records_it(caplog) -> None:
     session.close()
 
 
-def test_an_older_flow_of_a_compiled_model_gives_registration_order() -> None:
-    # no probe is watched under torch.compile: an older checkpoint's flow is dropped, as a new
-    # compiled run has none, and freezing goes by registration order (with its warning)
+def test_an_older_flow_of_a_compiled_model_stays_older_until_a_probe_records_it() -> None:
+    # a compiled model's probe passes are watched (they run eagerly): an older checkpoint's
+    # flow stands until the next probe records the flow again, as for an eager model (it was
+    # dropped, and freezing went by registration order)
     state = _adapter_state()
     state["flow"] = {**state["flow"], "version": 2}
     model = Adapter()
     model.fc1.compile(backend="eager")
     compiled_run = ik.Exporter(model)
     compiled_run.load_state_dict(state)
+    assert compiled_run.flow_stale
+    with compiled_run.probe("look") as run:
+        run(torch.randn(4, 6))
     assert not compiled_run.flow_stale
-    assert compiled_run.layer_order == ["fc1", "fc2", "out", "adapter"]
-    assert compiled_run.trains_upstream("fc1") == []
+    eager_run = ik.Exporter(Adapter())
+    with eager_run.probe("look") as run:
+        run(torch.randn(4, 6))
+    assert compiled_run.layer_order == eager_run.layer_order
+    assert compiled_run.trains_upstream("fc1") == eager_run.trains_upstream("fc1")
     compiled_run.close()
+    eager_run.close()
