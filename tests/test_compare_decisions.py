@@ -309,3 +309,43 @@ def test_the_timeline_shows_a_refrozen_layer_from_its_last_freeze_and_reason_in_
     assert list(stem.x) == [4]
     assert "stem frozen from iteration 4" in stem.hovertemplate
     assert "converged at report 3 (similarity=0.998)" in stem.hovertemplate
+
+
+UNFREEZE_STEM = {
+    "action": "unfreeze",
+    "rule": "learning rate changed",
+    "iteration": 4,
+    "layer": "stem",
+    "values": {"lr_scale": 0.1},
+}
+
+
+@pytest.mark.parametrize(
+    ("refrozen", "with_reasons", "expected"),
+    [
+        (False, True, [[2, "freeze", False], [4, "unfreeze", True]]),
+        (True, True, [[2, "freeze", False], [4, "unfreeze", False], [5, "freeze", True]]),
+        (False, False, [[2, "freeze", False], [4, "unfreeze", True]]),
+    ],
+)
+def test_an_unfreeze_the_trial_ended_under_is_in_force(
+    tmp_path, refrozen, with_reasons, expected
+) -> None:
+    """'stem' frozen at report 2 and released at report 4 (its learning rate dropped): a trial
+    that ends with it trainable ended under the unfreeze (every row read not in force, so no
+    row said why the layer trained at the end); frozen again at 5, the new freeze is; without
+    reasons in the results, the last written change holds."""
+    config = {"lr": 0.1, "model": {"width": 8}}
+    frozen_at = {3, 6} if refrozen else {3}  # frozen/stem from the report after each order
+    described = {i: Decision(**{**FREEZE_STEM, "iteration": i}).describe() for i in (2, 5)}
+    results = []
+    for i in range(1, 7):
+        frozen = ("stem",) if i in frozen_at else ()
+        reason = described[2 if i < 5 else 5] if frozen else ""
+        reasons = {"stem": reason} if with_reasons else None
+        results.append(report("fffff_00000", config, i, frozen, reasons=reasons))
+    trial = write_trial(tmp_path / "sweep", "train_fffff_00000_0_lr=0.1", config, results)
+    written = [FREEZE_STEM, UNFREEZE_STEM] + ([{**FREEZE_STEM, "iteration": 5}] if refrozen else [])
+    write_decisions(trial, "fffff_00000", written)
+    made = compare.decisions(compare.load(tmp_path / "sweep"))
+    assert made[["iteration", "action", "in_force"]].values.tolist() == expected

@@ -37,8 +37,10 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     layer's freeze is in force when the trial's last report gives the layer that decision's
     reason (the last written freeze of the layer when its results carry no reasons; one
     ordered at the last report when it ended with the layer trainable, since a later report
-    is of a run it left; none when the trial froze the layer itself); a stop, the last
-    written one.
+    is of a run it left; none when the trial froze the layer itself). An unfreeze is in force
+    when the trial ended with the layer trainable and it is the layer's last change up to the
+    last report (the last written change when the results carry no reasons); a stop, the
+    last written one.
     """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
@@ -49,19 +51,30 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     final = _final_reasons(trial, prefix)
     last = _last_iteration(trial)
     logged: dict[str, list[dict[str, Any]]] = {}
+    changes: dict[str, list[dict[str, Any]]] = {}  # freezes and unfreezes, in file order
     for row in rows:
-        if row["action"] == "freeze" and row["layer"] is not None:
-            logged.setdefault(row["layer"], []).append(row)
-    for layer, freezes in logged.items():
+        if row["action"] in ("freeze", "unfreeze") and row["layer"] is not None:
+            changes.setdefault(row["layer"], []).append(row)
+            if row["action"] == "freeze":
+                logged.setdefault(row["layer"], []).append(row)
+    for layer, made in changes.items():
         if layer not in final:  # no reasons reported: the last written one holds
-            freezes[-1]["in_force"] = True
+            made[-1]["in_force"] = True
             continue
+        if not final[layer]:
+            # trainable at the last report: the layer's last change up to that report holds
+            # if it is an unfreeze, or a freeze ordered at that report (in force from the
+            # next); an earlier freeze with no unfreeze since, none (the trial refused it or
+            # released the layer itself)
+            reached = [r for r in made if r["iteration"] is None or r["iteration"] <= last]
+            if reached and (
+                reached[-1]["action"] == "unfreeze" or reached[-1]["iteration"] == last
+            ):
+                reached[-1]["in_force"] = True
+    for layer, freezes in logged.items():
+        if layer not in final or not final[layer]:
+            continue  # (above)
         reason = final[layer]
-        if not reason:  # trainable at the last report: in force if ordered at it
-            ordered = [r for r in freezes if (r["iteration"] or 0) == last]
-            if ordered:
-                ordered[-1]["in_force"] = True
-            continue
         if reason == keys.FROZEN_BY_TRIAL:
             continue  # the trial's own freeze
         stated = _described(reason, layer)

@@ -49,13 +49,14 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
     Columns ``trial_id``; ``iteration``, the number of reports the scheduler had seen from
     the trial when it decided (the ``training_iteration`` of that report when a trial reports
     once an iteration; a freeze shows as ``frozen/<layer> = 1`` from the next report on;
-    ``<NA>`` if unknown); ``action`` (``freeze`` or ``stop``); ``layer`` (None for a decision
-    on the whole trial); ``rule``; and ``values``, the values behind the rule as one string
+    ``<NA>`` if unknown); ``action`` (``freeze``, ``unfreeze``: a frozen layer trains again,
+    its learning rate changed, or ``stop``); ``layer`` (None for a decision on the whole
+    trial); ``rule``; and ``values``, the values behind the rule as one string
     (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits);
     ``in_force``, whether the trial ended under the decision: False for a freeze the trial's
     last report no longer holds (the layer was released since, frozen again by a later row,
-    or ordered in a run the trial left when it was restored from an older checkpoint) and for
-    a stop a later stop replaced.
+    or ordered in a run the trial left when it was restored from an older checkpoint), for an
+    unfreeze after which the layer was frozen again, and for a stop a later stop replaced.
 
     The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
     directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``
