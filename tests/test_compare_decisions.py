@@ -349,3 +349,24 @@ def test_an_unfreeze_the_trial_ended_under_is_in_force(
     write_decisions(trial, "fffff_00000", written)
     made = compare.decisions(compare.load(tmp_path / "sweep"))
     assert made[["iteration", "action", "in_force"]].values.tolist() == expected
+
+
+def test_an_unfreeze_made_in_a_run_the_trial_left_is_not_in_force(tmp_path) -> None:
+    """The run a trial left froze 'stem' at report 2 and released it at 4; restored from the
+    checkpoint of report 1, its new run (reports 2-6) never froze 'stem': the trial ended
+    trainable, but not under that unfreeze (it was read in force)."""
+    config = {"lr": 0.1, "model": {"width": 8}}
+    freeze = {**FREEZE_STEM, "iteration": 2}
+    results = []
+    for i in (1, 2, 3, 4, 5):  # the run it left: frozen at report 3, released during 4
+        frozen = ("stem",) if i == 3 else ()
+        reason = Decision(**freeze).describe() if frozen else ""
+        results.append(report("ggggg_00000", config, i, frozen, reasons={"stem": reason}))
+    results += [report("ggggg_00000", config, i, (), reasons={"stem": ""}) for i in range(2, 7)]
+    trial = write_trial(tmp_path / "sweep", "train_ggggg_00000_0_lr=0.1", config, results)
+    write_decisions(trial, "ggggg_00000", [freeze, UNFREEZE_STEM])
+    made = compare.decisions(compare.load(tmp_path / "sweep"))
+    assert made[["iteration", "action", "in_force"]].values.tolist() == [
+        [2, "freeze", False],
+        [4, "unfreeze", False],
+    ]

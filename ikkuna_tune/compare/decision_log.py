@@ -38,9 +38,12 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     reason (the last written freeze of the layer when its results carry no reasons; one
     ordered at the last report when it ended with the layer trainable, since a later report
     is of a run it left; none when the trial froze the layer itself). An unfreeze is in force
-    when the trial ended with the layer trainable and it is the layer's last change up to the
-    last report (the last written change when the results carry no reasons); a stop, the
-    last written one.
+    when the trial ended with the layer trainable, it is the layer's last change up to the
+    last report and the run the trial ended in had the layer frozen before it (else it was
+    made in a run the trial left). Without reasons in the results the last written change
+    holds; an unfreeze only if the frozen flags say so (the layer trainable at the end and
+    frozen before it; else the last freeze, if the layer ended frozen). A stop: the last
+    written one.
     """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
@@ -58,8 +61,19 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             if row["action"] == "freeze":
                 logged.setdefault(row["layer"], []).append(row)
     for layer, made in changes.items():
-        if layer not in final:  # no reasons reported: the last written one holds
-            made[-1]["in_force"] = True
+        if layer not in final:  # no reasons reported: the last written change holds,
+            change = made[-1]  # a freeze (as before)
+            if change["action"] == "freeze" or change["iteration"] is None:
+                change["in_force"] = True
+                continue
+            # an unfreeze only if the flags reported say the trial ended under it (else the
+            # last freeze, if the layer ended frozen)
+            frozen = _frozen_at_end(trial, layer)
+            freezes = [r for r in made if r["action"] == "freeze"]
+            if frozen and freezes:
+                freezes[-1]["in_force"] = True
+            elif not frozen and _frozen_before(trial, layer, change["iteration"]):
+                change["in_force"] = True
             continue
         if not final[layer]:
             # trainable at the last report: the layer's last change up to that report holds
@@ -67,10 +81,13 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             # next); an earlier freeze with no unfreeze since, none (the trial refused it or
             # released the layer itself)
             reached = [r for r in made if r["iteration"] is None or r["iteration"] <= last]
-            if reached and (
-                reached[-1]["action"] == "unfreeze" or reached[-1]["iteration"] == last
-            ):
-                reached[-1]["in_force"] = True
+            if not reached:
+                continue
+            change = reached[-1]
+            if change["action"] == "freeze":
+                change["in_force"] = change["iteration"] == last
+            elif change["iteration"] is None or _frozen_before(trial, layer, change["iteration"]):
+                change["in_force"] = True  # (else: released in a run the trial left)
     for layer, freezes in logged.items():
         if layer not in final or not final[layer]:
             continue  # (above)
@@ -105,6 +122,28 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             in_force = final.get(layer, reasons[-1]) == reasons[-1]  # unknown: it holds
             rows.append({"trial_id": trial.trial_id, **described, "in_force": in_force})
     return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0))
+
+
+def _frozen_at_end(trial: _Trial, layer: str) -> bool | None:
+    """Whether the trial's last result has ``layer`` frozen (None: no flag there)."""
+    column = f"{keys.FROZEN}/{layer}"
+    results = trial.results
+    if column not in results.columns or not len(results):
+        return None
+    flag = pd.to_numeric(results[column], errors="coerce").iloc[-1]
+    return None if pd.isna(flag) else bool(flag)
+
+
+def _frozen_before(trial: _Trial, layer: str, iteration: int) -> bool:
+    """Whether the run the trial ended in (its results: each iteration's latest value, see
+    ``_clean``) reported ``layer`` frozen before ``iteration`` (without frozen flags: True)."""
+    results = trial.results
+    column = f"{keys.FROZEN}/{layer}"
+    if column not in results.columns or "training_iteration" not in results.columns:
+        return True
+    at = pd.to_numeric(results["training_iteration"], errors="coerce")
+    flags = pd.to_numeric(results[column], errors="coerce")
+    return bool(((at < iteration) & (flags == 1)).any())
 
 
 def _last_iteration(trial: _Trial) -> int:
