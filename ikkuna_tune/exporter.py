@@ -10,7 +10,7 @@ import logging
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -467,7 +467,6 @@ class Exporter(StepHooks, LayerFreezing):
         self._flow_known = False  # whether a probe has run the whole model
         self._flow_stale = False  # whether the flow came from an older version's checkpoint
         self._stale_version: Any = None  # that checkpoint's flow version (None: unversioned)
-        self._warned_order = False
         self._deferred_gradients = {}
         self._warned_uncalled = False
         self._current_pass = 0  # the number of the running forward pass of the model, else 0
@@ -978,10 +977,10 @@ class Exporter(StepHooks, LayerFreezing):
         # torch.compile, so the recorder's hooks make nothing recompile), until a probe has run
         # the whole model (then it is known: no more watching)
         recorder = None if self._flow_known else FlowRecorder(unwrapped(self.model), self.modules)
-        eager = torch.compiler.set_stance("force_eager") if compiled(self.model) else nullcontext()
         completed = False
         try:
-            with torch.no_grad(), recorder or nullcontext(), eager:
+            # (the stance is set when it is made: inside the ``try``, after the others)
+            with torch.no_grad(), recorder or nullcontext(), _eager(self.model):
                 yield for_evaluation(self.model)
             completed = True
         finally:
@@ -1057,20 +1056,6 @@ class Exporter(StepHooks, LayerFreezing):
             if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
         ]
         return [*self.modules, *others]
-
-    def warn_if_order_unknown(self) -> None:
-        """Warn once that automatic freezing goes by registration order: no probe pass has
-        shown the order data flows through the layers yet (nor a checkpoint), so
-        :attr:`layer_order` is the order the model registers its layers in."""
-        if self._flow.order or self._warned_order:
-            return
-        self._warned_order = True
-        logger.warning(
-            "Freezing from the input side goes by the order the model registers its layers "
-            "in, %s: no probe pass (SVCCA's, test accuracy's) has shown the order data flows "
-            "through them yet; register them in that order, or decide what to freeze yourself",
-            list(self.modules),
-        )
 
     def shares_with(self, name: str) -> list[str]:
         """The other tracked layers that hold a trainable parameter of layer ``name`` (tied
@@ -1157,3 +1142,21 @@ def _as_tensor(value: object, name: str) -> torch.Tensor:
         raise ValueError(
             f"Expected `{name}` to be a tensor (or numbers) but got {type(value).__name__}"
         ) from None
+
+
+def _eager(model: nn.Module) -> AbstractContextManager[Any]:
+    """Run ``model`` eagerly inside the block if ``torch.compile`` runs it or one of its
+    modules (``torch.compiler.set_stance("force_eager")``), else nothing. Nothing either when
+    called inside a compiled region (a probe in the user's own compiled function), where the
+    stance cannot change.
+
+    >>> from torch import nn
+    >>> with _eager(nn.Linear(2, 2)):  # an eager model: nothing to do
+    ...     pass
+    """
+    if not compiled(model) or torch.compiler.is_compiling():
+        return nullcontext()
+    try:
+        return torch.compiler.set_stance("force_eager")  # (set here, restored on exit)
+    except RuntimeError:  # run by a compiled function (after a graph break): as it runs
+        return nullcontext()

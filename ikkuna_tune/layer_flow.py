@@ -122,9 +122,11 @@ def compiled(model: nn.Module) -> bool:
     >>> compiled(nn.Linear(2, 2))
     False
     """
-    if type(model).__name__ == "OptimizedModule":
-        return True
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    return any(
+        type(m).__name__ == "OptimizedModule"  # torch.compile(module), the model or a child
+        or getattr(m, "_compiled_call_impl", None) is not None  # module.compile()
+        for m in model.modules()
+    )
 
 
 class FlowRecorder:

@@ -74,6 +74,3 @@ class ModelAccess(Protocol):
 
     def shares_with(self, name: str) -> list[str]:
         """The other tracked layers holding a trainable parameter of layer ``name``."""
-
-    def warn_if_order_unknown(self) -> None:
-        """Warn once when ``layer_order`` is only the registration order."""

@@ -276,18 +276,22 @@ def test_the_inductor_backend_runs_the_taps_and_recompiles_once_per_freeze() -> 
         torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
 
 
-def _similarities(compile_first: bool) -> dict[tuple, float]:
+def _similarities(compiled: str | None) -> dict[tuple, float]:
     """Three epochs of a model with test accuracy and SVCCA at each epoch end (test accuracy's
     subscriber attached first, so its evaluation runs before SVCCA's probe); the SVCCA
-    signals published, by (kind, layer, epoch). ``compile_first``: the Exporter watches the
-    model compiled (aot_eager), else the eager one."""
+    signals published, by (kind, layer, epoch). ``compiled``: the Exporter watches the model
+    compiled (``"whole"``, aot_eager), or with a child replaced by its compiled self
+    (``"child"``: ``model[2] = torch.compile(model[2])``; its layer is named ``2._orig_mod``,
+    given here as ``2``), or the eager model (None)."""
     from torch.utils.data import TensorDataset
 
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    run = torch.compile(model, backend="aot_eager") if compile_first else model
+    run = torch.compile(model, backend="aot_eager") if compiled == "whole" else model
+    if compiled == "child":
+        model[2] = torch.compile(model[2], backend="aot_eager")
     exporter = ik.Exporter(run, opt)
     bus = exporter.message_bus
     g = torch.Generator().manual_seed(2)
@@ -297,10 +301,11 @@ def _similarities(compile_first: bool) -> dict[tuple, float]:
     ik.TestAccuracySubscriber(test, batch_size=40, frequency="epoch", message_bus=bus, backend=None)
     ik.SVCCASubscriber(test, n=40, message_bus=bus, backend=None)
     got: dict[tuple, float] = {}
-    kinds = ["self_similarity", "init_similarity", "live_fraction"]
-    ik.CallbackSubscriber(
-        kinds, lambda m: got.__setitem__((m.kind, m.key, m.epoch), float(m.data)), bus
-    )
+
+    def keep(m) -> None:  # type: ignore[no-untyped-def]
+        got[(m.kind, m.key.removesuffix("._orig_mod"), m.epoch)] = float(m.data)
+
+    ik.CallbackSubscriber(["self_similarity", "init_similarity", "live_fraction"], keep, bus)
     for _ in range(3):
         for x, y in _batches():
             opt.zero_grad()
@@ -311,15 +316,41 @@ def _similarities(compile_first: bool) -> dict[tuple, float]:
     return got
 
 
-def test_svcca_of_a_model_watched_compiled_equals_the_eager_models() -> None:
-    """A model watched after torch.compile, with test accuracy evaluated before SVCCA's probe
-    at each epoch end, had no SVCCA signal at all (the evaluation graph, compiled without the
-    layers' hooks that SVCCA's probe adds while it runs, ran the probe too): silently, so a
-    scheduler could never freeze it. The probe's passes now run eagerly: the same values as
-    the eager model's, for every layer."""
-    eager = _similarities(compile_first=False)
-    compiled = _similarities(compile_first=True)
+@pytest.mark.parametrize("compiled", ["whole", "child"])
+def test_svcca_of_a_compiled_model_equals_the_eager_models(compiled: str) -> None:
+    """A model watched compiled (or with a child compiled), with test accuracy evaluated
+    before SVCCA's probe at each epoch end, had no SVCCA signal (the evaluation graph,
+    compiled without the layers' hooks that SVCCA's probe adds while it runs, ran the probe
+    too): silently, so a scheduler could never freeze it. The probe's passes now run
+    eagerly: the same values as the eager model's, for every layer."""
+    eager = _similarities(None)
+    got = _similarities(compiled)
     assert len(eager) == 2 * 3 * 3 + 3 * 2  # 3 layers; self_similarity from the 2nd epoch
-    assert compiled.keys() == eager.keys()
+    assert got.keys() == eager.keys()
     for key, value in eager.items():
-        assert compiled[key] == pytest.approx(value, abs=1e-5), key
+        assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_a_probe_inside_a_compiled_function_leaves_the_exporter_usable() -> None:
+    """A probe opened inside the user's own compiled function (where the compiler's stance
+    cannot change) raised there and left the probe open and the model in eval mode, so every
+    later probe failed ("already running"); it now runs as the function is compiled, and a
+    later probe works."""
+    torch._dynamo.reset()
+    model = _model()
+    exporter = ik.Exporter(torch.compile(model, backend="eager"))
+    x = torch.randn(4, 6)
+
+    @torch.compile(backend="eager")
+    def evaluate(x: torch.Tensor) -> torch.Tensor:
+        with exporter.probe("look") as run:
+            return run(x)
+
+    model.eval()
+    expected = model(x)
+    model.train()
+    torch.testing.assert_close(evaluate(x), expected)
+    assert model.training
+    with exporter.probe("again") as run:
+        torch.testing.assert_close(run(x), expected)
+    exporter.close()

@@ -474,7 +474,6 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if cut is not None:
             self._say_why_not(cut[0], [], cut[1])
         for name in chosen:
-            exporter.warn_if_order_unknown()
             logger.info(
                 "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
             )

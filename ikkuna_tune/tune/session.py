@@ -915,7 +915,6 @@ class TrialSession:
             restore = bool(directive.get("restore"))
             frozen: list[str] = []
             for name in names[: names.index(cut[0])] if cut is not None else names:
-                exporter.warn_if_order_unknown()
                 try:
                     exporter.freeze(name)
                 except ValueError as error:
