@@ -30,7 +30,8 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   :data:`LEARNED_SHARE` of their way by then (a slow starter at chance for the first reports,
   which then learns, is left running until then, and in a sweep whose trials all start late,
   a long warm-up, until the others have learned); and a trial that cannot reach the
-  ``protect_top``-th best value already reached by other trials, even improving at
+  ``protect_top``-th best level other trials held (:func:`held_level`, over
+  ``settle_window`` reports in a row: not one trial's single peak), even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
   budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
   at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
@@ -682,7 +683,6 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    others_best = [max(finite) for finite in map(_finite, others) if finite]
     at_chance = _at_chance(trial, rules, others)
     if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
         return Decision("stop", "stuck at chance", it, None, at_chance)
@@ -731,8 +731,15 @@ def stop_verdict(
                 None,
                 {"progress": progress, "best": trial.best(), "target": target},
             )
-    if budget is not None and len(others_best) >= rules.protect_top and it < budget:
-        target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+    # the yardstick of "cannot reach": the level the others held (over settle_window reports
+    # in a row, or all the values of one with fewer), not a value one of them touched once
+    # (an unstable trial's single peak before it collapsed put the bar above a trial that then
+    # ranked among the best)
+    held_by_others = [
+        held_level(finite, min(window, len(finite))) for finite in map(_finite, others) if finite
+    ]
+    if budget is not None and len(held_by_others) >= rules.protect_top and it < budget:
+        target = sorted(held_by_others, reverse=True)[rules.protect_top - 1]
         # a trial that has not yet started to learn has no rate to extrapolate: a late start
         # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
         # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,

@@ -357,9 +357,10 @@ def test_a_good_trial_in_a_noisy_dip_or_on_a_plateau_near_the_top_is_not_stopped
     stop = stop_verdict(_drifting(behind), RULES, others, budget=20)
     assert stop is not None and stop.rule == "cannot reach the top 3"
     gap = stop.values["target"] - stop.values["best"]
-    assert stop.values["target"] == 0.919  # the third best of the others
+    # the third best level the others held 3 reports in a row: 0.914, 0.914, 0.909
+    assert stop.values["target"] == 0.909
     assert gap > stop.values["margin"]
-    assert stop.values["margin"] == pytest.approx(RULES.reach_within)  # < 0.25 * (0.919 - 0.61)
+    assert stop.values["margin"] == pytest.approx(RULES.reach_within)  # < 0.25 * (0.909 - 0.61)
 
 
 def test_among_best_reads_the_noise_of_the_last_half_of_the_reports() -> None:
@@ -592,3 +593,29 @@ def test_a_late_starter_on_a_small_scale_loss_is_judged_at_the_losss_scale() -> 
 )
 def test_the_inferred_metric_scale_resists_outliers_and_stays_put(series, mode, scale) -> None:
     assert metric_scale_of(series, mode) == scale
+
+
+def test_the_bar_to_reach_is_a_level_the_others_held_not_a_single_peak() -> None:
+    """Random search, 8 trials of 8 reports: a CNN (FIFO: 0.7643 at the end, the sweep's third
+    best) dipped at report 4 and was stopped as unable to reach 0.7374, a value an unstable
+    trial touched once at report 2 before it collapsed (to 0.07). The bar is now the third
+    best level the others held 3 reports in a row (0.6902): the CNN runs on. Curves from that
+    sweep under FIFO."""
+    others = [
+        [0.2458, 0.7374, 0.6532, 0.7037, 0.7104, 0.2222, 0.0842, 0.0707],  # the single peak
+        [0.3468, 0.5589, 0.6869, 0.6667, 0.6902, 0.7172, 0.7037, 0.5488],
+        [0.1448, 0.1178, 0.2189, 0.2525, 0.4175, 0.4478, 0.6431, 0.7306],
+        [0.1582, 0.2525, 0.2694, 0.4074, 0.3838, 0.4916, 0.6364, 0.6364],
+        [0.0909, 0.1111, 0.1481, 0.1684, 0.2256, 0.229, 0.2593, 0.2424],
+        [0.3098, 0.532, 0.7205, 0.7912, 0.8687, 0.899, 0.936, 0.9259],
+        [0.3838, 0.8249, 0.9596, 0.9461, 0.9562, 0.963, 0.9764, 0.9731],
+    ]
+    late = [0.1684, 0.2088, 0.2458, 0.1717, 0.3064, 0.4714, 0.7609, 0.7643]
+    for it in range(1, 9):
+        assert stop_verdict(_drifting(late[:it]), RULES, others, budget=8) is None, it
+    # the peak held for 3 reports is a level: then the CNN is behind it (at the same rate)
+    steady = [[*o] for o in others]
+    steady[0][2:4] = [0.7374, 0.7374]
+    stop = stop_verdict(_drifting(late[:4]), RULES, steady, budget=8)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["target"] == 0.7374
