@@ -30,13 +30,14 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   :data:`LEARNED_SHARE` of their way by then (a slow starter at chance for the first reports,
   which then learns, is left running until then, and in a sweep whose trials all start late,
   a long warm-up, until the others have learned); and a trial that cannot reach the
-  ``protect_top``-th best level other trials held (:func:`held_level`, over
-  ``settle_window`` reports in a row: not one trial's single peak), even improving at
+  ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
   budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
   at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
   it (or ``reach_within``, if less), and is as far behind where the others stood after as
-  many reports, is stopped (so the best configurations always run to the end, and the good ones run
+  many reports, at this report and at the one before (one report's reading, a dip just before
+  a trial speeds up, is no verdict), is stopped (so the best configurations always run to the
+  end, and the good ones run
   until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
   reports, show no rate); that rate is measured only once the trial has gained
   ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
@@ -51,6 +52,7 @@ the experiment's results.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from dataclasses import dataclass, field, replace
@@ -701,7 +703,6 @@ def stop_verdict(
     if values_seen < rules.settle_window:
         return None
     window = rules.settle_window
-    so_far = sorted(others_best_so_far_values(others, it), reverse=True)
     held_so_far = sorted(others_held_so_far(others, it, window), reverse=True)
     if (
         stalled
@@ -731,72 +732,98 @@ def stop_verdict(
                 None,
                 {"progress": progress, "best": trial.best(), "target": target},
             )
-    # the yardstick of "cannot reach": the level the others held (over settle_window reports
-    # in a row, or all the values of one with fewer), not a value one of them touched once
-    # (an unstable trial's single peak before it collapsed put the bar above a trial that then
-    # ranked among the best)
-    held_by_others = [
-        held_level(finite, min(window, len(finite))) for finite in map(_finite, others) if finite
-    ]
-    if budget is not None and len(held_by_others) >= rules.protect_top and it < budget:
-        target = sorted(held_by_others, reverse=True)[rules.protect_top - 1]
-        # a trial that has not yet started to learn has no rate to extrapolate: a late start
-        # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
-        # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,
-        # and the stuck rules above wait for that share (then judge in the metric's units).
-        # Started: it gained stall_delta and STARTED_SHARE of its way from its first value to
-        # the target
-        started = not stalled and progress >= STARTED_SHARE * (target - first)
-        if not started and it < rules.stall_share * budget:
+    verdict = _cannot_reach(trial, rules, others, budget)
+    if isinstance(verdict, Decision) and it > 1:
+        # not where the report before read that it could reach the target: one report's
+        # reading (a dip before a trial speeds up) is no verdict (a late starter, FIFO's third
+        # best at 0.7643, was stopped at 0.1717); a report before that was not judged (too
+        # few values, no rate yet) does not hold it back
+        previous = copy.deepcopy(trial)
+        previous.truncate(it - 1)
+        if _cannot_reach(previous, rules, others, budget) is REACHABLE:
             return None
-        # the last values reported, with the reports between them: a metric reported at some
-        # reports only (validation every other epoch) gains per report, not per value
-        values = [(i, m) for i, m in enumerate(trial.metric) if math.isfinite(m)]
-        recent = values[-(rules.settle_window + 1) :]
-        steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
-        rate = max([0.0, *steps])
-        remaining = budget - it
-        gain = rate * remaining
-        if _speeding_up(steps):
-            # a straight line under-reads a curve still speeding up (a loss flat at
-            # log(classes) for a few epochs, then falling fast): its gains are taken to keep
-            # growing by as much as they last grew, report after report
-            growth = steps[-1] - max([0.0, *steps[:-1]])
-            gain += growth * remaining * (remaining + 1) / 2
-        # a trial close to the target is not judged by its rate: a few reports of noise, a
-        # plateau before a learning-rate drop, read as no rate at all, and the top of the
-        # sweep is where its answer lies (how the good trials compare). Close: where it stands
-        # now (its best over its recent reports: a trial that fell back is where it fell) is
-        # within twice its noise of the target, or within reach_margin of its way there from
-        # its first value and reach_within of the target
-        window = max(rules.settle_window, it // 2) + 1  # reports, not values (sparse metrics)
-        level = max((m for i, m in values if i >= it - window), default=values[-1][1])
-        near = max(
-            min(2 * noise_band(trial, rules), 2 * rules.reach_within),
-            min(rules.reach_margin * (target - first), rules.reach_within),
+    return verdict if isinstance(verdict, Decision) else None
+
+
+#: :func:`_cannot_reach`'s answer for a trial judged able to reach the target
+REACHABLE = "reachable"
+
+
+def _cannot_reach(
+    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]], budget: int | None
+) -> Decision | str | None:
+    """The "cannot reach the top ``protect_top``" verdict on the trial as it stands (see
+    :func:`stop_verdict`): a Decision, :data:`REACHABLE` where it was judged able to, or
+    None where it is not judged (no budget, too few others or values, no rate yet)."""
+    it = trial.reports
+    others_best = [max(finite) for finite in map(_finite, others) if finite]
+    if budget is None or len(others_best) < rules.protect_top or it >= budget:
+        return None
+    if sum(math.isfinite(m) for m in trial.metric) < rules.settle_window:
+        return None
+    first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
+    best = trial.best()
+    progress = best - first
+    stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
+    so_far = sorted(others_best_so_far_values(others, it), reverse=True)
+    target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+    # a trial that has not yet started to learn has no rate to extrapolate: a late start
+    # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
+    # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,
+    # and the stuck rules above wait for that share (then judge in the metric's units).
+    # Started: it gained stall_delta and STARTED_SHARE of its way from its first value to
+    # the target
+    started = not stalled and progress >= STARTED_SHARE * (target - first)
+    if not started and it < rules.stall_share * budget:
+        return None
+    # the last values reported, with the reports between them: a metric reported at some
+    # reports only (validation every other epoch) gains per report, not per value
+    values = [(i, m) for i, m in enumerate(trial.metric) if math.isfinite(m)]
+    recent = values[-(rules.settle_window + 1) :]
+    steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
+    rate = max([0.0, *steps])
+    remaining = budget - it
+    gain = rate * remaining
+    if _speeding_up(steps):
+        # a straight line under-reads a curve still speeding up (a loss flat at
+        # log(classes) for a few epochs, then falling fast): its gains are taken to keep
+        # growing by as much as they last grew, report after report
+        growth = steps[-1] - max([0.0, *steps[:-1]])
+        gain += growth * remaining * (remaining + 1) / 2
+    # a trial close to the target is not judged by its rate: a few reports of noise, a
+    # plateau before a learning-rate drop, read as no rate at all, and the top of the
+    # sweep is where its answer lies (how the good trials compare). Close: where it stands
+    # now (its best over its recent reports: a trial that fell back is where it fell) is
+    # within twice its noise of the target, or within reach_margin of its way there from
+    # its first value and reach_within of the target
+    window = max(rules.settle_window, it // 2) + 1  # reports, not values (sparse metrics)
+    level = max((m for i, m in values if i >= it - window), default=values[-1][1])
+    near = max(
+        min(2 * noise_band(trial, rules), 2 * rules.reach_within),
+        min(rules.reach_margin * (target - first), rules.reach_within),
+    )
+    # where the others stood after as many reports (so_far): a trial level with them there
+    # follows their course later (trials run a few at a time, each with its learning-rate
+    # drop to come), not a worse one
+    level_with_others = (
+        len(so_far) >= rules.protect_top and level >= so_far[rules.protect_top - 1] - near
+    )
+    reachable = level + rules.optimism * gain
+    if reachable < target and target - level > near and not level_with_others:
+        return Decision(
+            "stop",
+            f"cannot reach the top {rules.protect_top}",
+            it,
+            None,
+            {
+                "best": trial.best(),
+                "recent_best": level,
+                "reachable": reachable,
+                "target": target,
+                "margin": near,
+            },
         )
-        # where the others stood after as many reports (so_far): a trial level with them there
-        # follows their course later (trials run a few at a time, each with its learning-rate
-        # drop to come), not a worse one
-        level_with_others = (
-            len(so_far) >= rules.protect_top and level >= so_far[rules.protect_top - 1] - near
-        )
-        reachable = level + rules.optimism * gain
-        if reachable < target and target - level > near and not level_with_others:
-            return Decision(
-                "stop",
-                f"cannot reach the top {rules.protect_top}",
-                it,
-                None,
-                {
-                    "best": trial.best(),
-                    "recent_best": level,
-                    "reachable": reachable,
-                    "target": target,
-                    "margin": near,
-                },
-            )
-    return None
+    return REACHABLE
 
 
 def _speeding_up(steps: list[float]) -> bool:

@@ -141,9 +141,9 @@ class SVCCAScheduler(FIFOScheduler):
        gained less than ``stall_delta`` since its first report; a trial that made no progress
        and is more than ``stall_delta`` behind the ``protect_top``-th best value of the other
        trials (stuck while its layers still drift); and a trial that cannot reach the
-       ``protect_top``-th best level other trials held (over ``settle_window`` reports in a
-       row: not a single peak) even at ``optimism`` times
-       its best recent rate of improvement (once it has one: a trial that has not yet gained a
+       ``protect_top``-th best value other trials already reached even at ``optimism`` times
+       its best recent rate of improvement, judged so at two reports in a row (once it has a
+       rate: a trial that has not yet gained a
        tenth of its way to that value waits for ``stall_share`` of the budget, and the gains of
        one whose latest gain is its largest yet are taken to keep growing as they last grew).
        Converged trials that are among the best are never stopped: freezing is what saves their
