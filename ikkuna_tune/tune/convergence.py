@@ -35,8 +35,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
   at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
   it (or ``reach_within``, if less), and is as far behind where the others stood after as
-  many reports, at this report and at the one before (one report's reading, a dip just before
-  a trial speeds up, is no verdict), is stopped (so the best configurations always run to the
+  many reports, at its latest value and at the one before (one value's reading, a dip just
+  before a trial speeds up, is no verdict; a report without a value adds no reading), is
+  stopped (so the best configurations always run to the
   end, and the good ones run
   until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
   reports, show no rate); that rate is measured only once the trial has gained
@@ -733,13 +734,15 @@ def stop_verdict(
                 {"progress": progress, "best": trial.best(), "target": target},
             )
     verdict = _cannot_reach(trial, rules, others, budget)
-    if isinstance(verdict, Decision) and it > 1:
-        # not where the report before read that it could reach the target: one report's
-        # reading (a dip before a trial speeds up) is no verdict (a late starter, FIFO's third
-        # best at 0.7643, was stopped at 0.1717); a report before that was not judged (too
-        # few values, no rate yet) does not hold it back
+    if isinstance(verdict, Decision):
+        # not where the reading before the latest value said it could reach the target: one
+        # value's reading (a dip before a trial speeds up) is no verdict (a late starter,
+        # FIFO's third best at 0.7643, was stopped at 0.1717); a report without a value (a
+        # metric measured every other report) adds no reading; a reading before that was not
+        # judged (too few values, no rate yet) does not hold it back
+        latest = max(i for i, m in enumerate(trial.metric) if math.isfinite(m))
         previous = copy.deepcopy(trial)
-        previous.truncate(it - 1)
+        previous.truncate(latest)
         if _cannot_reach(previous, rules, others, budget) is REACHABLE:
             return None
     return verdict if isinstance(verdict, Decision) else None

@@ -142,7 +142,7 @@ class SVCCAScheduler(FIFOScheduler):
        and is more than ``stall_delta`` behind the ``protect_top``-th best value of the other
        trials (stuck while its layers still drift); and a trial that cannot reach the
        ``protect_top``-th best value other trials already reached even at ``optimism`` times
-       its best recent rate of improvement, judged so at two reports in a row (once it has a
+       its best recent rate of improvement, judged so at two of its values in a row (once it has a
        rate: a trial that has not yet gained a
        tenth of its way to that value waits for ``stall_share`` of the budget, and the gains of
        one whose latest gain is its largest yet are taken to keep growing as they last grew).

@@ -617,6 +617,14 @@ def test_cannot_reach_is_a_verdict_of_two_reports_in_a_row() -> None:
     late = [0.1684, 0.2088, 0.2458, 0.1717, 0.3064, 0.4714, 0.7609, 0.7643]
     for it in range(1, 9):
         assert stop_verdict(_drifting(late[:it]), RULES, others, budget=8) is None, it
+    # measured every other report (NaN between): a report without a value adds no reading
+    # (the one after the dip confirmed it, and stopped the trial before its next value)
+    nan = math.nan
+    sparse = [v for value in late for v in (nan, value)]
+    sparse_others = [[v for value in o for v in (nan, value)] for o in others]
+    for it in range(1, 17):
+        trial = _drifting(sparse[:it])
+        assert stop_verdict(trial, RULES, sparse_others, budget=16) is None, it
     # the same dip, and no gain after it: stopped at the next report (both read "cannot")
     flat = [*late[:4], 0.17]
     stop = stop_verdict(_drifting(flat), RULES, others, budget=8)
