@@ -734,30 +734,26 @@ def stop_verdict(
                 {"progress": progress, "best": trial.best(), "target": target},
             )
     verdict = _cannot_reach(trial, rules, others, budget)
-    if isinstance(verdict, Decision):
-        # not where the reading before the latest value said it could reach the target: one
-        # value's reading (a dip before a trial speeds up) is no verdict (a late starter,
-        # FIFO's third best at 0.7643, was stopped at 0.1717); a report without a value (a
-        # metric measured every other report) adds no reading; a reading before that was not
-        # judged (too few values, no rate yet) does not hold it back
+    if verdict is not None:
+        # only where the reading before the latest value said so too: one value's reading (a
+        # dip before a trial speeds up) is no verdict (a late starter, FIFO's third best at
+        # 0.7643, was stopped at 0.1717); a report without a value (a metric measured every
+        # other report) adds no reading; nor does the first reading a trial gets (at
+        # stall_share of the budget, with no rate yet: a late starter's first gain may come
+        # at the next value)
         latest = max(i for i, m in enumerate(trial.metric) if math.isfinite(m))
         previous = copy.deepcopy(trial)
         previous.truncate(latest)
-        if _cannot_reach(previous, rules, others, budget) is REACHABLE:
+        if _cannot_reach(previous, rules, others, budget) is None:
             return None
-    return verdict if isinstance(verdict, Decision) else None
-
-
-#: :func:`_cannot_reach`'s answer for a trial judged able to reach the target
-REACHABLE = "reachable"
+    return verdict
 
 
 def _cannot_reach(
     trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]], budget: int | None
-) -> Decision | str | None:
+) -> Decision | None:
     """The "cannot reach the top ``protect_top``" verdict on the trial as it stands (see
-    :func:`stop_verdict`): a Decision, :data:`REACHABLE` where it was judged able to, or
-    None where it is not judged (no budget, too few others or values, no rate yet)."""
+    :func:`stop_verdict`), or None."""
     it = trial.reports
     others_best = [max(finite) for finite in map(_finite, others) if finite]
     if budget is None or len(others_best) < rules.protect_top or it >= budget:
@@ -826,7 +822,7 @@ def _cannot_reach(
                 "margin": near,
             },
         )
-    return REACHABLE
+    return None
 
 
 def _speeding_up(steps: list[float]) -> bool:

@@ -625,6 +625,12 @@ def test_cannot_reach_is_a_verdict_of_two_reports_in_a_row() -> None:
     for it in range(1, 17):
         trial = _drifting(sparse[:it])
         assert stop_verdict(trial, RULES, sparse_others, budget=16) is None, it
+    # the first reading a trial gets (here at a third of the budget, flat until then) is one
+    # reading too: a late starter whose first gain comes at the next value runs on
+    first = [0.1684, 0.18, 0.1717]
+    assert _cannot_reach(_drifting(first), RULES, others, budget=8) is not None
+    assert stop_verdict(_drifting(first), RULES, others, budget=8) is None
+    assert stop_verdict(_drifting([*first, 0.3064]), RULES, others, budget=8) is None
     # the same dip, and no gain after it: stopped at the next report (both read "cannot")
     flat = [*late[:4], 0.17]
     stop = stop_verdict(_drifting(flat), RULES, others, budget=8)

@@ -494,12 +494,12 @@ def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> N
             scheduler.on_trial_result(None, t, moving(it, acc))
     # the fourth creeps up by 0.015 a report: at 3x that rate it ends at 0.24 + 0.045 * 6 < 0.9;
     # it never gains a tenth of its way to the target, so it is judged from a third of the
-    # budget on (report 4 of 10)
+    # budget on (report 4 of 10), and stopped when a second reading agrees (report 5)
     decisions = [
         scheduler.on_trial_result(None, trials[3], moving(it, 0.18 + 0.015 * it))
-        for it in range(1, 5)
+        for it in range(1, 6)
     ]
-    assert decisions == [CONTINUE, CONTINUE, CONTINUE, STOP]
+    assert decisions == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, STOP]
     assert scheduler.stopped_trials == {"t3": "cannot reach the top 3"}
     # without a known budget nothing is stopped as behind
     scheduler, _ = make(grace=2)
@@ -512,7 +512,8 @@ def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> N
 
 def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
     """``stop=MaximumIterationStopper(10)`` (alone, or with others in a CombinedStopper) is the
-    same budget as ``stop={"training_iteration": 10}``: the trial behind is stopped at report 4.
+    same budget as ``stop={"training_iteration": 10}``: the trial behind is judged from report
+    4 on and stopped at report 5 (two readings).
     """
     from ray.tune.execution.tune_controller import TrialRunnerWrapper
     from ray.tune.stopper import CombinedStopper, MaximumIterationStopper, TimeoutStopper
@@ -541,9 +542,9 @@ def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
                 scheduler.on_trial_result(controller, t, moving(it, acc))
         decisions = [
             scheduler.on_trial_result(controller, trials[3], moving(it, 0.18 + 0.015 * it))
-            for it in range(1, 5)
+            for it in range(1, 6)
         ]
-        assert decisions == [CONTINUE, CONTINUE, CONTINUE, STOP], stopper
+        assert decisions == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, STOP], stopper
         assert scheduler.stopped_trials == {"t3": "cannot reach the top 3"}
 
 
@@ -954,7 +955,7 @@ def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
     """Tune hands the result that meets its stopping criterion (the trial's last) to
     on_trial_complete only. Trial a's last report (0.9) puts b, which cannot reach it, out;
     unseen, b ran on. A finished trial is shown as such."""
-    scheduler, _ = make(max_t=4, protect_top=1, freeze_best=False)
+    scheduler, _ = make(max_t=5, protect_top=1, freeze_best=False)  # b: 2 readings, 3 and 4
     a, b = FakeTrial("a"), FakeTrial("b")
     for trial in (a, b):
         scheduler.on_trial_add(None, trial)
@@ -963,14 +964,16 @@ def test_the_result_that_completes_a_trial_counts_for_the_others() -> None:
     assert feed(scheduler, a, reports_a) == [CONTINUE] * 3
     scheduler.on_trial_complete(None, a, result({}, it=4, acc=0.9, dist=dists))
     assert scheduler._views["a"].history.metric == [0.8, 0.85, 0.88, 0.9]
-    reports_b = [result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.5, 0.52, 0.53])]
-    assert feed(scheduler, b, reports_b) == [CONTINUE, CONTINUE, STOP]
+    reports_b = [
+        result({}, it=i + 1, acc=m, dist=dists) for i, m in enumerate([0.5, 0.52, 0.53, 0.535])
+    ]
+    assert feed(scheduler, b, reports_b) == [CONTINUE, CONTINUE, CONTINUE, STOP]
     stop = scheduler._views["b"].stopped
     assert stop is not None and stop.values["target"] == 0.9
     assert "a: frozen none; finished" in scheduler.debug_string()
     # the result of a trial the scheduler stopped itself (seen already) is not taken twice
     scheduler.on_trial_complete(None, b, reports_b[-1])
-    assert scheduler._views["b"].history.metric == [0.5, 0.52, 0.53]
+    assert scheduler._views["b"].history.metric == [0.5, 0.52, 0.53, 0.535]
 
 
 def test_a_loss_metric_is_explained_in_its_own_units() -> None:
@@ -991,18 +994,18 @@ def test_a_loss_metric_is_explained_in_its_own_units() -> None:
         for t, loss in zip(trials[:3], (0.3, 0.25, 0.2)):
             scheduler.on_trial_result(None, t, report(it, loss))
     # it gains 0.01 a report, never a tenth of its way to the target: judged from a third of
-    # the budget on (report 4 of 10)
-    losses = [2.3 - 0.01 * it for it in range(1, 5)]
+    # the budget on (report 4 of 10), stopped at the second reading (report 5)
+    losses = [2.3 - 0.01 * it for it in range(1, 6)]
     decisions = [
         scheduler.on_trial_result(None, trials[3], report(i + 1, v)) for i, v in enumerate(losses)
     ]
-    assert decisions == [CONTINUE, CONTINUE, CONTINUE, STOP]
+    assert decisions == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, STOP]
     stop = scheduler._views["t3"].stopped
     assert stop is not None and stop.rule == "cannot reach the top 3"
     assert stop.values["best"] == pytest.approx(min(losses))
     assert stop.values["target"] == pytest.approx(0.3)  # the third lowest loss
     assert stop.values["reachable"] > stop.values["target"]  # a loss: above is worse
-    assert "best=2.26" in scheduler.debug_string()
+    assert "best=2.25" in scheduler.debug_string()
 
 
 def test_a_base_ranking_the_metric_the_other_way_is_refused() -> None:
