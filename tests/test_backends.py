@@ -232,42 +232,6 @@ def test_a_bus_that_does_not_draw_writes_no_event_file(tmp_path, tiny, batch) ->
     assert not (tmp_path / "run").exists()
 
 
-def _tags_of_layers(tmp_path, names: list[str], drawn: list[str]) -> dict[str, float]:
-    """Train a model of Linear layers named ``names`` (called in the order ``drawn``) two
-    steps with weight norms drawn to TensorBoard; each scalar tag's first value."""
-    from torch import nn
-
-    layers = nn.ModuleDict({name: nn.Linear(2, 2) for name in names})
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = layers
-
-        def forward(self, x):
-            for name in drawn:
-                x = self.layers[name](x)
-            return x
-
-    net = Net()
-    bus = MessageBus(log_dir=tmp_path)
-    ik.NormSubscriber("weights", bus)
-    ik.HistogramSubscriber("weights", bus)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    with ik.Exporter(net, opt, bus) as exporter:
-        for _ in range(2):
-            opt.zero_grad()
-            net(torch.randn(4, 2)).sum().backward()
-            opt.step()
-        exporter.epoch_finished()
-    bus.close()
-    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
-    events.Reload()
-    assert len(events.Tags()["histograms"]) == len(names)
-    assert all(len(events.Scalars(tag)) == 2 for tag in events.Tags()["scalars"])  # 1 a step
-    return {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"]}
-
-
 def test_layers_whose_names_give_one_tag_get_tags_of_their_own(tmp_path) -> None:
     """'enc 1' and 'enc_1' both read 'enc_1' as a tag. 'enc_1' keeps it and 'enc 1' gets a
     suffix from its name alone, whichever layer is drawn first (the first drawn had taken the
