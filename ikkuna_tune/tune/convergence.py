@@ -36,15 +36,14 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
   it (or ``reach_within``, if less), and is as far behind where the others stood after as
   many reports, at its latest value and at the one before (one value's reading, a dip just
-  before a trial speeds up, is no verdict; a report without a value adds no reading), is
-  stopped (so the best configurations always run to the
-  end, and the good ones run
-  until they are clearly behind: a plateau before a learning-rate drop, or a few noisy
-  reports, show no rate); that rate is measured only once the trial has gained
-  ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first value to that target, or
-  after ``stall_share`` of the budget (a flat start is no rate); while its latest gain is its
-  largest yet (a curve still speeding up), its gains are taken to keep growing by as much as
-  they last grew.
+  before a trial speeds up, is no verdict; a report without a value adds no reading, and a
+  trial's first reading needs a second), is stopped (so the best configurations always run to
+  the end, and the good ones run until they are clearly behind: a plateau before a
+  learning-rate drop, or a few noisy reports, show no rate); that rate is measured only once
+  the trial has gained ``stall_delta`` and :data:`STARTED_SHARE` of its way from its first
+  value to that target, or after ``stall_share`` of the budget (a flat start is no rate);
+  while its latest gain is its largest yet (a curve still speeding up), its gains are taken to
+  keep growing by as much as they last grew.
 
 Every decision carries its rule and the values behind it (:class:`Decision`), which the
 scheduler logs, keeps in ``debug_string``, sends to the trial with a freeze and writes beside
