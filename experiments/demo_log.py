@@ -1,9 +1,9 @@
-"""The README's demo figures: run ``ikkuna-tune demo`` and print what the README reads from it.
+"""The demo figures of docs/compare.md: run ``ikkuna-tune demo``, print what that page reads.
 
 Runs the demo sweep (8 trials of a small CNN on scikit-learn's digits, steered by
 SVCCAScheduler) into a temporary directory and prints its output, then the ``summary.csv`` it
 wrote and, per layer, every trial's ``self_similarity`` by iteration with the minimum over the
-trials (what the README says about the plots). With ``--images DIR`` it copies the demo's two
+trials (what docs/compare.md says about the plots). With ``--images DIR`` it copies the demo's two
 PNGs there and shoots ``report.html`` with a headless Chromium, the trial that froze the most
 layers highlighted, as ``DIR/report.png``.
 
