@@ -10,6 +10,11 @@ and unfreezes the layer once one of them has moved by ``factor`` or more (either
 value at the freeze. The trial reports why under ``unfreeze_reason/<layer>``; the scheduler logs
 the unfreeze and judges the layer again, only on the reports made after it.
 
+The rates are those of the groups that hold the layer's parameters now: after a hand-over to
+other optimizers (``exporter.set_optimizers``), a layer is compared with the group of the new
+optimizers that holds its parameters, and a layer no optimizer holds any more is not released
+(nothing trains it, whatever the learning rates do).
+
 Examples:
     >>> import torch
     >>> from torch import nn
@@ -28,8 +33,8 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -95,6 +100,36 @@ def snapshot(
     return rates
 
 
+#: What identifies the optimizers' parameter groups by position: each optimizer, and its
+#: number of groups (a position means another group once either changes).
+Layout = tuple[tuple[int, int], ...]
+
+
+def layout(optimizers: Sequence[torch.optim.Optimizer]) -> Layout:
+    """What :func:`snapshot`'s positions refer to (see :data:`Layout`).
+
+    Examples:
+        >>> from torch import nn
+        >>> optimizer = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.5)
+        >>> layout([optimizer]) == ((id(optimizer), 1),)
+        True
+    """
+    return tuple([(id(o), len(o.param_groups)) for o in optimizers])
+
+
+@dataclass
+class _Tracked:
+    """A layer the scheduler froze: its factor, the step it froze at, and the learning rates
+    of the groups holding its parameters then, by position in ``at`` (``None``: restored from
+    a checkpoint, the positions of the optimizers watched now) and by parameter."""
+
+    factor: float
+    step: int
+    rates: dict[tuple[int, int], float]
+    at: Layout | None = None
+    by_param: dict[int, float] = field(default_factory=dict)
+
+
 def _lr(group: Mapping[str, Any], on_device: bool) -> float | None:
     """A parameter group's learning rate as a float; None for a tensor on an accelerator
     when ``on_device`` is False (reading it would wait for the device)."""
@@ -123,12 +158,17 @@ class LearningRateRelease:
         ['fc']
         >>> release.forget("fc"); release.watching
         False
+
+        A hand-over to a new optimizer that no longer holds the layer releases nothing:
+
+        >>> release.track("fc", 2.0, [optimizer], layer.parameters(), step=3)
+        >>> head = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.001)
+        >>> release.due([head], parameters_of=lambda name: layer.parameters())
+        []
     """
 
     def __init__(self) -> None:
-        #: per layer: its factor, the step it froze at, and per (optimizer, group) index of
-        #: the groups holding its parameters, the learning rate then
-        self._tracked: dict[str, tuple[float, int, dict[tuple[int, int], float]]] = {}
+        self._tracked: dict[str, _Tracked] = {}
         self._told_no_optimizer = False
 
     @property
@@ -154,10 +194,13 @@ class LearningRateRelease:
             return
         held = {id(p) for p in parameters}
         current = snapshot(optimizers, on_device=True)  # once per freeze
-        judged = {}
+        judged: dict[tuple[int, int], float] = {}
+        by_param: dict[int, float] = {}
         for (i, j), lr in current.items():
-            if any(id(p) in held for p in optimizers[i].param_groups[j]["params"]):
+            mine = [id(p) for p in optimizers[i].param_groups[j]["params"] if id(p) in held]
+            if mine:
                 judged[(i, j)] = rates.get((i, j), lr) if rates is not None else lr
+                by_param.update(dict.fromkeys(mine, judged[(i, j)]))
         if not judged:
             if not self._told_no_optimizer:
                 self._told_no_optimizer = True
@@ -168,7 +211,7 @@ class LearningRateRelease:
                     name,
                 )
             return
-        self._tracked[name] = (factor, step, judged)
+        self._tracked[name] = _Tracked(factor, step, judged, layout(optimizers), by_param)
 
     def forget(self, name: str) -> None:
         """Stop tracking layer ``name`` (it was unfrozen)."""
@@ -187,14 +230,26 @@ class LearningRateRelease:
             self._tracked = {n: t for n, t in self._tracked.items() if n in kept}
 
     def due(
-        self, optimizers: Sequence[torch.optim.Optimizer], on_device: bool = True
+        self,
+        optimizers: Sequence[torch.optim.Optimizer],
+        on_device: bool = True,
+        parameters_of: Callable[[str], Iterable[nn.Parameter]] | None = None,
     ) -> list[tuple[str, LrChange]]:
         """The tracked layers one of whose learning rates has moved by their factor or more
         since their freeze, with the first such change; ``on_device`` False skips learning
-        rates held as tensors on an accelerator (checked at the next report instead)."""
+        rates held as tensors on an accelerator (checked at the next report instead).
+
+        ``parameters_of(name)``, the parameters of layer ``name``, places a layer again in
+        optimizers other than those it was frozen under (handed over, or a parameter group
+        added): each of its groups is compared with the rate its parameters had at the freeze.
+        Without it, positions are taken to mean the same groups as at the freeze."""
         found = []
-        for name, (factor, step, rates) in self._tracked.items():
-            for (i, j), before in rates.items():
+        now = layout(optimizers) if parameters_of is not None else None
+        for name, entry in self._tracked.items():
+            if now is not None and entry.at != now:
+                self._place(entry, optimizers, now, parameters_of(name))  # type: ignore[misc]
+            factor, step = entry.factor, entry.step
+            for (i, j), before in entry.rates.items():
                 try:
                     group = optimizers[i].param_groups[j]
                 except IndexError:  # the optimizer lost the group: nothing to compare with
@@ -205,11 +260,41 @@ class LearningRateRelease:
                     break
         return found
 
+    @staticmethod
+    def _place(
+        entry: _Tracked,
+        optimizers: Sequence[torch.optim.Optimizer],
+        now: Layout,
+        parameters: Iterable[nn.Parameter],
+    ) -> None:
+        """Key ``entry``'s rates by the positions of the groups that hold the layer's
+        parameters in ``optimizers`` (laid out as ``now``), each at the rate its parameters
+        had at the freeze; a layer restored from a checkpoint first learns that rate from the
+        positions it was saved with."""
+        held = [id(p) for p in parameters]
+        if entry.at is None:  # restored: the saved positions are those of these optimizers
+            for (i, j), lr in entry.rates.items():
+                try:
+                    ids = {id(p) for p in optimizers[i].param_groups[j]["params"]}
+                except IndexError:
+                    continue
+                entry.by_param.update((pid, lr) for pid in held if pid in ids)
+        rates: dict[tuple[int, int], float] = {}
+        for i, optimizer in enumerate(optimizers):
+            for j, group in enumerate(optimizer.param_groups):
+                ids = {id(p) for p in group["params"]}
+                before = [
+                    entry.by_param[pid] for pid in held if pid in ids and pid in entry.by_param
+                ]
+                if before:
+                    rates[(i, j)] = before[0]
+        entry.rates, entry.at = rates, now
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (plain lists and numbers)."""
         return {
-            name: {"factor": factor, "step": step, "rates": _listed(r)}
-            for name, (factor, step, r) in self._tracked.items()
+            name: {"factor": e.factor, "step": e.step, "rates": _listed(e.rates)}
+            for name, e in self._tracked.items()
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -217,7 +302,9 @@ class LearningRateRelease:
         for name, entry in dict(state).items():
             try:
                 rates = {(int(i), int(j)): float(lr) for i, j, lr in entry["rates"]}
-                self._tracked[str(name)] = (float(entry["factor"]), int(entry["step"]), rates)
+                self._tracked[str(name)] = _Tracked(
+                    float(entry["factor"]), int(entry["step"]), rates
+                )
             except (KeyError, TypeError, ValueError) as error:
                 logger.warning("Skipping the saved learning rates of %r: %s", name, error)
 

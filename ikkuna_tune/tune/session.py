@@ -325,6 +325,8 @@ class TrialSession:
         #: the largest learning rate each parameter group has had at a step's start or a
         #: report (``lr_scale``)
         self._peak_rates: dict[tuple[int, int], float] = {}
+        #: the optimizers the rates' positions refer to (their ids; see _note_hand_over)
+        self._optimizer_ids: tuple[int, ...] | None = None
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
         self._warned_closed = False
@@ -584,12 +586,27 @@ class TrialSession:
         start (learning rates held as tensors: at each report and the first step after it)."""
         exporter = self.exporter
         assert exporter is not None
+        self._note_hand_over(exporter.optimizers)
         now = snapshot(exporter.optimizers)
         peaks = self._peak_rates
         for key, lr in [*(self._period_rates or {}).items(), *now.items()]:
             peaks[key] = max(peaks.get(key, abs(lr)), abs(lr))
         scales = [abs(lr) / peaks[key] for key, lr in now.items() if peaks[key] > 0]
         return max(scales) if scales else math.nan
+
+    def _note_hand_over(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """Start the largest learning rates afresh when the optimizers watched are others
+        than before (``exporter.set_optimizers``): the rates are kept by (optimizer, group)
+        position, and a new optimizer's first group is not the old one's (Adam at 1e-3 after
+        SGD at 0.1 has not decayed a hundredfold). The optimizers are told apart by identity,
+        without keeping a reference to them."""
+        ids = tuple([id(o) for o in optimizers])
+        if ids == self._optimizer_ids:
+            return
+        if self._optimizer_ids is not None:
+            self._peak_rates = {}
+            self._period_rates = snapshot(optimizers) if self._period_rates is not None else None
+        self._optimizer_ids = ids
 
     def _note_peaks(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Raise the largest learning rate of each group to its current one, if larger (at
@@ -676,7 +693,10 @@ class TrialSession:
         if exporter is None or not self.release.watching or exporter.closed:
             return []
         self.release.keep_only(exporter.frozen)  # those unfrozen by the training code go
-        due = self.release.due(exporter.optimizers, on_device)
+        modules = exporter.modules
+        due = self.release.due(
+            exporter.optimizers, on_device, lambda name: modules[name].module.parameters()
+        )
         if not due:
             return []
         position = {name: i for i, name in enumerate(exporter.layer_order)}
@@ -707,6 +727,7 @@ class TrialSession:
         if exporter is None:
             return
         optimizers = exporter.optimizers
+        self._note_hand_over(optimizers)
         if self._period_rates is None:  # the first step since the last report
             self._period_rates = snapshot(optimizers)
         self._note_peaks(optimizers)

@@ -382,3 +382,82 @@ def test_lr_scale_takes_a_peak_reached_between_reports(number) -> None:
 
     ik.instrument(trainable)({})
     assert ik.local_results()[-1]["lr_scale"] == pytest.approx(0.04 / 0.1, rel=1e-6)
+
+
+def test_a_hand_over_to_an_optimizer_that_does_not_hold_the_frozen_layer_releases_nothing() -> None:
+    """A second training stage trains only the head with a new optimizer at another rate: the
+    frozen layer is trained by nothing, whatever the rates, so it stays frozen."""
+    flags: list[bool] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _steps(model, opt, 2)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        _steps(model, opt, 1)
+        head = torch.optim.Adam(model[4].parameters(), lr=1e-3)
+        exporter.set_optimizers(head)
+        _steps(model, head, 2)
+        flags.append(model[0].weight.requires_grad)
+        ik.report({"epoch": 2})
+
+    ik.instrument(trainable)({})
+    report = ik.local_results()[-1]
+    assert flags == [False]
+    assert (report["frozen"]["0"], report["unfreeze_reason"]["0"]) == (1, "")
+
+
+@pytest.mark.parametrize(("new_lr", "released"), [(0.1, False), (0.12, False), (0.01, True)])
+def test_after_a_hand_over_the_frozen_layer_is_compared_with_the_group_that_holds_it_now(
+    new_lr, released
+) -> None:
+    """The new optimizer puts the head first and layer 0 in its second group: layer 0 is
+    released only when its own new rate is a factor 2 from its rate at the freeze (0.1), not
+    by the rate at the position it had (the head's 0.001)."""
+    flags: list[bool] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _steps(model, opt, 2)
+        ik.report({"epoch": 1})
+        _session().apply([_freeze()])
+        head = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        new = torch.optim.SGD(
+            [{"params": head, "lr": 0.001}, {"params": model[0].parameters(), "lr": new_lr}]
+        )
+        exporter.set_optimizers(new)
+        _steps(model, new, 1)
+        flags.append(model[0].weight.requires_grad)
+
+    ik.instrument(trainable)({})
+    assert flags == [released]
+
+
+def test_lr_scale_starts_afresh_with_a_new_optimizer() -> None:
+    """A first stage decays its rate tenfold; the second stage's optimizer keeps a constant
+    rate (1.0 throughout), whatever the order of its groups: the old optimizer's largest rates
+    say nothing of the new one's groups."""
+    scales: list[float] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        head = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": head}], lr=0.1)
+        exporter = ik.watch(model, opt)
+        for lr in (0.1, 0.01):
+            _set_lr(opt, lr, 0)
+            _set_lr(opt, lr, 1)
+            _steps(model, opt, 1)
+            scales.append(ik.report({"x": 1})["lr_scale"])
+        new = torch.optim.Adam(model.parameters(), lr=1e-3)
+        exporter.set_optimizers(new)
+        for _ in range(2):
+            _steps(model, new, 1)
+            scales.append(ik.report({"x": 1})["lr_scale"])
+
+    ik.instrument(trainable)({})
+    assert scales == pytest.approx([1.0, 0.1, 1.0, 1.0])
