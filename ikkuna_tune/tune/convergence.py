@@ -65,6 +65,7 @@ __all__ = [
     "ConvergenceRules",
     "Decision",
     "LayerHistory",
+    "MetricSeries",
     "TrialHistory",
     "among_best",
     "earlier_phase",
@@ -73,6 +74,7 @@ __all__ = [
     "held_level",
     "in_units",
     "layer_settled",
+    "metric_scale_from",
     "metric_scale_of",
     "metric_swing",
     "noise_band",
@@ -210,6 +212,154 @@ def parse_reason(text: str) -> tuple[str, dict[str, float]]:
     return rule, values
 
 
+class MetricSeries(list[float]):
+    """A trial's metric, report by report: a list that remembers what the rules derive from
+    it (its best and its held level after each report, its finite values) until it changes.
+
+    The scheduler judges a trial against every other trial's series at each report; computed
+    afresh each time, that made a result's cost grow with trials x reports (a sweep's with
+    their square). Each mutation forgets what was derived, so the values are exactly those
+    computed afresh.
+
+    Examples:
+        >>> series = MetricSeries([0.2, float("nan"), 0.5, 0.4])
+        >>> series.best_after(2), series.best_after(4), series.held_after(4, window=2)
+        (0.2, 0.5, 0.4)
+        >>> series.append(0.9); series.best_after(5), series.finite()[-1]
+        (0.9, 0.9)
+    """
+
+    def _derived(self) -> dict[Any, Any]:
+        found = self.__dict__.get("_cache")
+        if found is None:
+            found = self.__dict__["_cache"] = {}
+        return found
+
+    def _changed(self) -> None:
+        self.__dict__.pop("_cache", None)
+
+    def finite(self) -> list[float]:
+        """The finite values, in order (do not modify the list returned)."""
+        derived = self._derived()
+        found = derived.get("finite")
+        if found is None:
+            found = derived["finite"] = [v for v in self if math.isfinite(v)]
+        return found
+
+    def extent(self) -> tuple[float, float, float] | None:
+        """The first, lowest and highest finite value; None if there is none."""
+        derived = self._derived()
+        if "extent" not in derived:
+            finite = self.finite()
+            derived["extent"] = (finite[0], min(finite), max(finite)) if finite else None
+        return derived["extent"]
+
+    def best_after(self, reports: int | None = None) -> float:
+        """The best finite value over the first ``reports`` reports (all if None); -inf if
+        there is none."""
+        derived = self._derived()
+        bests = derived.get("best")
+        if bests is None:
+            bests, best = [-math.inf], -math.inf
+            for value in self:
+                if math.isfinite(value) and value > best:
+                    best = value
+                bests.append(best)
+            derived["best"] = bests
+        return bests[len(self) if reports is None else max(0, min(reports, len(self)))]
+
+    def held_after(self, reports: int | None, window: int) -> float | None:
+        """:func:`held_level` of the first ``reports`` reports (all if None)."""
+        derived = self._derived()
+        levels = derived.get(("held", window))
+        if levels is None:
+            levels, finite, level = [None], [], None
+            for value in self:
+                if math.isfinite(value):
+                    finite.append(value)
+                    if len(finite) >= window:
+                        run = min(finite[-window:])
+                        level = run if level is None else max(level, run)
+                levels.append(level)
+            derived[("held", window)] = levels
+        return levels[len(self) if reports is None else max(0, min(reports, len(self)))]
+
+    # every way a list changes forgets what was derived from it
+    def append(self, value: float) -> None:
+        super().append(value)
+        self._changed()
+
+    def extend(self, values: Any) -> None:
+        super().extend(values)
+        self._changed()
+
+    def insert(self, index: Any, value: float) -> None:
+        super().insert(index, value)
+        self._changed()
+
+    def pop(self, index: Any = -1) -> float:
+        self._changed()
+        return super().pop(index)
+
+    def remove(self, value: float) -> None:
+        super().remove(value)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._changed()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._changed()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._changed()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._changed()
+
+    def __iadd__(self, values: Any) -> MetricSeries:
+        super().__iadd__(values)
+        self._changed()
+        return self
+
+    def __imul__(self, times: Any) -> MetricSeries:
+        super().__imul__(times)
+        self._changed()
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (MetricSeries, (list(self),))  # the values only: what is derived is rebuilt
+
+
+def _best_after(series: list[float], reports: int | None = None) -> float:
+    """The best finite value of ``series`` over its first ``reports`` reports, -inf if none."""
+    if isinstance(series, MetricSeries):
+        return series.best_after(reports)
+    values = series if reports is None else series[:reports]
+    return max((m for m in values if math.isfinite(m)), default=-math.inf)
+
+
+def _first_finite(series: list[float]) -> float:
+    if isinstance(series, MetricSeries):
+        finite = series.finite()
+        return finite[0] if finite else math.nan
+    return next((m for m in series if math.isfinite(m)), math.nan)
+
+
+def _held_after(series: list[float], reports: int | None, window: int) -> float | None:
+    if isinstance(series, MetricSeries):
+        return series.held_after(reports, window)
+    return held_level(series if reports is None else series[:reports], window)
+
+
 @dataclass
 class LayerHistory:
     """One layer's reported signals, one entry per report (NaN where nothing was reported).
@@ -238,7 +388,7 @@ class TrialHistory:
     """
 
     layers: list[str] = field(default_factory=list)
-    metric: list[float] = field(default_factory=list)
+    metric: list[float] = field(default_factory=MetricSeries)
     per_layer: dict[str, LayerHistory] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
@@ -254,15 +404,17 @@ class TrialHistory:
     #: where not reported)
     lr_scale: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, MetricSeries):
+            self.metric = MetricSeries(self.metric)
+
     @property
     def reports(self) -> int:
         return len(self.metric)
 
     def best(self, reports: int | None = None) -> float:
         """The best finite metric value, over the first ``reports`` reports if given."""
-        values = self.metric if reports is None else self.metric[:reports]
-        finite = [m for m in values if math.isfinite(m)]
-        return max(finite) if finite else -math.inf
+        return _best_after(self.metric, reports)
 
     def truncate(self, reports: int) -> None:
         """Keep the first ``reports`` reports only (a trial restored from a checkpoint repeats
@@ -358,16 +510,26 @@ def metric_scale_of(series: list[list[float]], mode: str) -> float:
         >>> metric_scale_of([[2.31, 0.6, 0.2], [0.48, 0.1], [2.3, 1e6, float("nan")]], "min")
         1.0
     """
-    finite = [[v for v in values if math.isfinite(v)] for values in series]
-    finite = [values for values in finite if values]
-    if not finite:
+    extents = [MetricSeries(values).extent() for values in series]
+    return metric_scale_from([e for e in extents if e is not None], mode)
+
+
+def metric_scale_from(extents: list[tuple[float, float, float]], mode: str) -> float:
+    """:func:`metric_scale_of` from each trial's first, lowest and highest finite value (as
+    reported; trials without one left out).
+
+    Examples:
+        >>> metric_scale_from([(12.0, 12.0, 23.0), (10.0, 10.0, 15.0)], "max")
+        100.0
+    """
+    if not extents:
         return 1.0
     if mode == "max":
-        if all(0.0 <= v <= 1.0 for values in finite for v in values):
+        if all(0.0 <= low and high <= 1.0 for _, low, high in extents):
             return 1.0
-        if all(0.0 <= v <= 100.0 for values in finite for v in values):
+        if all(0.0 <= low and high <= 100.0 for _, low, high in extents):
             return 100.0
-    firsts = sorted(abs(values[0]) for values in finite)
+    firsts = sorted(abs(first) for first, _, _ in extents)
     lower_median = firsts[(len(firsts) - 1) // 2]
     if lower_median <= 0:
         return 1.0
@@ -492,10 +654,8 @@ def others_best_so_far_values(others: list[list[float]], reports: int) -> list[f
         >>> others_best_so_far_values([[0.5, 0.9], [float("nan"), 0.4], []], 1)
         [0.5]
     """
-    bests = [
-        max((m for m in series[:reports] if math.isfinite(m)), default=None) for series in others
-    ]
-    return [b for b in bests if b is not None]
+    bests = [_best_after(series, reports) for series in others]
+    return [b for b in bests if b != -math.inf]
 
 
 def held_level(series: list[float], window: int) -> float | None:
@@ -525,7 +685,7 @@ def others_held_so_far(others: list[list[float]], reports: int, window: int) -> 
         >>> others_held_so_far([[0.5, 0.9, 0.95, 0.9], [0.1, 0.4, 0.1], [0.9]], 4, 3)
         [0.9, 0.1]
     """
-    levels = [held_level(series[:reports], window) for series in others]
+    levels = [_held_after(series, reports, window) for series in others]
     return [level for level in levels if level is not None]
 
 
@@ -717,7 +877,7 @@ def stop_verdict(
         # must have made LEARNED_SHARE of their way by then: in a sweep whose trials all start
         # late (a long learning-rate warm-up), a flat start is everybody's, and says nothing yet
         target = held_so_far[rules.protect_top - 1]
-        held = [level for level in (held_level(s, window) for s in others) if level is not None]
+        held = [lv for lv in (_held_after(s, None, window) for s in others) if lv is not None]
         final = sorted(held, reverse=True)[rules.protect_top - 1]
         learned = target - first >= LEARNED_SHARE * (final - first)
         # a yardstick still within stall_delta of chance (where known) has learned nothing
@@ -754,7 +914,7 @@ def _cannot_reach(
     """The "cannot reach the top ``protect_top``" verdict on the trial as it stands (see
     :func:`stop_verdict`), or None."""
     it = trial.reports
-    others_best = [max(finite) for finite in map(_finite, others) if finite]
+    others_best = [b for b in (_best_after(series) for series in others) if b != -math.inf]
     if budget is None or len(others_best) < rules.protect_top or it >= budget:
         return None
     if sum(math.isfinite(m) for m in trial.metric) < rules.settle_window:
@@ -838,10 +998,6 @@ def _speeding_up(steps: list[float]) -> bool:
     return all(last > s and not math.isclose(last, s, rel_tol=1e-9) for s in steps[:-1])
 
 
-def _finite(values: list[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]
-
-
 def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]) -> bool:
     """Whether a trial that looks stuck is a contender all the same: :func:`among_best`
     against ``others``' metrics over as many reports as it made, and either ahead of all of
@@ -851,13 +1007,14 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
     False with fewer than ``protect_top`` others to rank it among (as the rules that compare
     trials, it needs them: in a sweep of 3 trials every trial is among the best 3)."""
     at = trial.reports
-    seen = [f for o in others if (f := _finite(o[:at]))]
-    bests = [max(f) for f in seen]
+    # each other trial's best over its first `at` reports, and its first finite value
+    seen = [(b, _first_finite(o)) for o in others if (b := _best_after(o, at)) != -math.inf]
+    bests = [b for b, _ in seen]
     if len(bests) < rules.protect_top or not among_best(trial, bests, rules):
         return False
     own = trial.best()
     band = noise_band(trial, rules)
-    others_learn = any(max(f) - f[0] >= rules.stall_delta - _tolerance(max(f), f[0]) for f in seen)
+    others_learn = any(b - f0 >= rules.stall_delta - _tolerance(b, f0) for b, f0 in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 
 
@@ -875,8 +1032,8 @@ def _at_chance(
     if not math.isfinite(chance) or trial.best() > bar:
         return None
     for series in others:
-        finite = _finite(series)
-        if len(series) >= trial.reports or (finite and max(finite) <= bar + _tolerance(bar)):
+        best = _best_after(series)
+        if len(series) >= trial.reports or (best != -math.inf and best <= bar + _tolerance(bar)):
             return None
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     progress = trial.best() - first

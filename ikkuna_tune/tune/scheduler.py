@@ -26,7 +26,7 @@ from ikkuna_tune.tune.convergence import (
     earlier_phase,
     freeze_candidates,
     in_units,
-    metric_scale_of,
+    metric_scale_from,
     others_best_so_far,
     parse_reason,
     stop_verdict,
@@ -734,9 +734,14 @@ class SVCCAScheduler(FIFOScheduler):
         (:func:`~ikkuna_tune.tune.convergence.metric_scale_of`)."""
         if self.metric_scale is not None:
             return self.metric_scale
-        sign = -1.0 if self._mode == "min" else 1.0  # the histories hold the signed metric
-        series = [[sign * m for m in v.history.metric] for v in self._views.values()]
-        return metric_scale_of(series, self._mode or "max")
+        extents = []
+        for view in self._views.values():
+            extent = view.history.metric.extent()  # of the signed metric
+            if extent is not None:
+                first, low, high = extent
+                # as reported: a minimised metric is held negated
+                extents.append((-first, -high, -low) if self._mode == "min" else extent)
+        return metric_scale_from(extents, self._mode or "max")
 
     def metric_rules(self) -> ConvergenceRules:
         """The rules with their metric thresholds in the metric's units (:attr:`scale`
