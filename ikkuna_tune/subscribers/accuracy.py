@@ -101,6 +101,9 @@ class TrainAccuracySubscriber(PlotSubscriber):
     nothing else has accuracy NaN. A step of several forward passes before one optimizer step
     (gradient accumulation) is one batch: each of its passes publishes the accuracy over all of
     the step's passes so far, so the last (what a report takes) is that of the whole step.
+    With ``tag=None``, each tag is counted on its own: the passes of an evaluation under its
+    own tag (which carry the last training step's number) give the accuracy over all of them,
+    without that step's training samples.
 
     The first labels of each loss are checked to be classification labels
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
@@ -158,9 +161,10 @@ class TrainAccuracySubscriber(PlotSubscriber):
         #: labels were checked to be class labels
         self._labels_checked: set[int | None] = set()
         self._left_out: set[int | None] = set()  # the wrapped losses left out
-        #: the step being counted and what it counted so far (device tensors), of losses known
-        #: to take class labels and of the others
-        self._step: tuple[int, Counts | None, Counts | None] | None = None
+        #: per tag, the step being counted and what it counted so far (device tensors), of
+        #: losses known to take class labels and of the others (an evaluation pass under its
+        #: own tag carries the last training step's number: its counts are its own)
+        self._step: dict[str, tuple[int, Counts | None, Counts | None]] = {}
         self._told_unknown = False
         #: the samples counted for the latest accuracy published under each tag
         self._counted: dict[str, torch.Tensor] = {}
@@ -222,13 +226,13 @@ class TrainAccuracySubscriber(PlotSubscriber):
             # of one's own): where the first count, the others are left out (a center loss's
             # or a distillation term's targets beside a cross-entropy's)
             known = not wrapped or labels.classes is True
-            step, *buckets = self._step or (None, None, None)
+            step, *buckets = self._step.get(bundle.tag, (None, None, None))
             if step != bundle.global_step:
                 buckets = [None, None]
             slot = 0 if known else 1
             held = buckets[slot]
             buckets[slot] = counts if held is None else _added(held, counts)
-            self._step = (bundle.global_step, buckets[0], buckets[1])
+            self._step[bundle.tag] = (bundle.global_step, buckets[0], buckets[1])
             known_counts, other_counts = buckets
             if known_counts is None or other_counts is None:
                 chosen: Counts = known_counts or other_counts  # type: ignore[assignment]

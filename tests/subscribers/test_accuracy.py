@@ -676,8 +676,8 @@ def test_one_output_in_zero_one_read_as_logits_is_warned_and_a_threshold_is_take
     with torch.no_grad():
         p = model(x)
     # (the counts of the step: its loss is of unknown kind)
-    assert float(assumed._step[2].correct) == float(((p > 0).float() == y).sum())
-    assert float(given._step[2].correct) == float(((p > 0.5).float() == y).sum())
+    assert float(assumed._step["default"][2].correct) == float(((p > 0).float() == y).sum())
+    assert float(given._step["default"][2].correct) == float(((p > 0.5).float() == y).sum())
     told = [r.getMessage() for r in caplog.records if "all in [0, 1]" in r.getMessage()]
     assert len(told) == 1 and "threshold=0.5" in told[0]  # the assumed one; the given, not
     with pytest.raises(ValueError, match="`threshold` to be a finite number"):
@@ -761,3 +761,39 @@ def test_each_wrapped_loss_tells_its_own_threshold(caplog) -> None:
         assert float(test.evaluate()) == pytest.approx(float(((p > 0).float() == y).float().mean()))
     assert "TestAccuracySubscriber: the model gives one output per sample" in caplog.text
     exporter.close()
+
+
+def test_an_evaluation_under_its_own_tag_counts_its_own_samples_only(tiny, batch) -> None:
+    """A training step, then a validation pass in batches of uneven size (eval mode, no
+    gradients, its own tag): ``train_accuracy_eval`` is the accuracy over the validation
+    samples alone (the passes carry the training step's number, whose samples it must not
+    count), ``train_accuracy`` that of the training batch; both counted by hand."""
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None, tag=None)
+    collector = MetricCollector(["train_accuracy"])
+    collector.attach(bus)
+    x, y = batch
+    g = torch.Generator().manual_seed(3)
+    vx = torch.randn(11, *x.shape[1:], generator=g)
+    vy = torch.randint(0, int(y.max()) + 1, (11,), generator=g)
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(2):
+            opt.zero_grad()
+            out = tiny(x)
+            train_expected = sum(
+                int(row.index(max(row)) == int(label))
+                for row, label in zip(out.detach().tolist(), y.tolist())
+            ) / len(y)
+            loss_fn(out, y).backward()
+            opt.step()
+            tiny.eval()
+            with torch.no_grad():
+                for part in (slice(0, 4), slice(4, 8), slice(8, 11)):
+                    loss_fn(tiny(vx[part]), vy[part])
+            tiny.train()
+            reported = collector.collect()
+            assert reported["train_accuracy"] == pytest.approx(train_expected)
+            assert reported["train_accuracy_eval"] == pytest.approx(_by_hand(tiny.eval(), vx, vy))
+            tiny.train()
