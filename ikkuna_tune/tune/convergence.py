@@ -486,12 +486,20 @@ def further_calls(trial: TrialHistory, name: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------- metric units
+#: How far apart a maximised metric's values in [0, 100] must lie to be read as a percentage:
+#: a sweep in percent spans more than this (chance to learned); a metric that merely lies in
+#: [0, 100] (a PSNR of 28-31 dB, a BLEU score of a fine-tuning sweep) spans less, and its
+#: thresholds in hundreds would read every trial as making no progress.
+PERCENT_SPREAD = 10.0
+
+
 def metric_scale_of(series: list[list[float]], mode: str) -> float:
     """The scale of a sweep's metric: what the thresholds of :class:`ConvergenceRules`, set
     for an accuracy in [0, 1], are multiplied by to suit it.
 
     - A maximised metric whose values all lie in [0, 1] (an accuracy, a fraction): 1.
-    - A maximised metric whose values all lie in [0, 100], some above 1 (a percentage): 100.
+    - A maximised metric whose values all lie in [0, 100], some above 1, and lie at least
+      :data:`PERCENT_SPREAD` apart (a percentage): 100.
     - Any other: the power of ten nearest the lower median, over the trials, of each trial's
       first finite value (in magnitude: where a loss starts; a diverged trial's later values
       do not count), but never above 1: a mean squared error that starts near 0.05 gets 0.1,
@@ -527,7 +535,10 @@ def metric_scale_from(extents: list[tuple[float, float, float]], mode: str) -> f
     if mode == "max":
         if all(0.0 <= low and high <= 1.0 for _, low, high in extents):
             return 1.0
-        if all(0.0 <= low and high <= 100.0 for _, low, high in extents):
+        spread = max(high for _, _, high in extents) - min(low for _, low, _ in extents)
+        if spread >= PERCENT_SPREAD and all(
+            0.0 <= low and high <= 100.0 for _, low, high in extents
+        ):
             return 100.0
     firsts = sorted(abs(first) for first, _, _ in extents)
     lower_median = firsts[(len(firsts) - 1) // 2]
@@ -863,6 +874,12 @@ def stop_verdict(
     if values_seen < rules.settle_window:
         return None
     window = rules.settle_window
+    # a trial that may still end among the best is never stopped as behind: where it stands
+    # (its best over its recent reports: one that collapsed stands where it fell) is within
+    # its own noise of the third best other trial after as many reports (a noisy leader's
+    # recent rate says little about where it ends)
+    if _stands_among_best(trial, rules, others):
+        return None
     held_so_far = sorted(others_held_so_far(others, it, window), reverse=True)
     if (
         stalled
@@ -906,6 +923,22 @@ def stop_verdict(
         if _cannot_reach(previous, rules, others, budget) is None:
             return None
     return verdict
+
+
+def _stands_among_best(
+    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]
+) -> bool:
+    """Whether fewer than ``protect_top`` other trials, each at its best over as many reports
+    as this one made, are ahead of where this one stands (its best over the last half of its
+    reports, at least ``settle_window`` + 1) by more than its :func:`noise_band`."""
+    it = trial.reports
+    window = max(rules.settle_window, it // 2) + 1
+    recent = [m for m in trial.metric[-window:] if math.isfinite(m)]
+    if not recent:
+        return False
+    bar = max(recent) + noise_band(trial, rules)
+    ahead = sum(1 for best in others_best_so_far_values(others, it) if best > bar)
+    return ahead < rules.protect_top
 
 
 def _cannot_reach(

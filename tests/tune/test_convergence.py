@@ -636,3 +636,27 @@ def test_cannot_reach_is_a_verdict_of_two_reports_in_a_row() -> None:
     stop = stop_verdict(_drifting(flat), RULES, others, budget=8)
     assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 5
     assert stop.values["target"] == 0.7374
+
+
+def test_a_noisy_trial_within_its_noise_of_the_top_is_not_stopped_as_behind() -> None:
+    """A return that swings by tens between evaluations, 1.1 below the third best other trial
+    (whose returns have held since report 9), its last values falling (no rate): "cannot
+    reach" read it as behind at two readings in a row (a replayed RL sweep lost its best
+    configuration that way). Where it stands is within its noise of the top: it runs on. One
+    as noisy but far behind is still stopped."""
+    noisy = [-150, -60, 20, 90, 150, 120, 200, 140, 231.3, 170, 210, 231.3, 215, 200, 185, 170]
+    others = [[min(-100 + 40 * i, top) for i in range(16)] for top in (215, 235, 240, 232.4)]
+    assert stop_verdict(_drifting(noisy), RULES, others, budget=20) is None
+    behind = [v - 120 for v in noisy]
+    stop = stop_verdict(_drifting(behind), RULES, others, budget=20)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+
+
+def test_a_metric_in_0_100_is_a_percentage_only_when_its_values_spread_like_one() -> None:
+    """A PSNR of 28.5-31.5 dB lies in [0, 100] but is no percentage: its thresholds stay
+    those of its own units (hundredfold, every trial read as making no progress); an accuracy
+    in percent from chance to learned is one."""
+    psnr = [[28.5, 29.6, 30.4, 31.2], [28.7, 29.1, 29.9, 30.3], [28.6, 30.1, 30.8, 31.0]]
+    assert metric_scale_of(psnr, "max") == 1.0
+    percent = [[11.0, 45.0, 80.0, 91.0], [10.5, 12.0, 30.0, 60.0], [9.8, 10.1, 10.3, 10.2]]
+    assert metric_scale_of(percent, "max") == 100.0
