@@ -426,7 +426,8 @@ class SVCCAScheduler(FIFOScheduler):
         """Record that the base scheduler stopped the trial, with the metric of ``result``."""
         value = result.get(self._metric) if self._metric else None
         values = {self._metric: float(value)} if self._metric and is_number(value) else {}
-        name = f"{type(self.base).__name__} ({how})"
+        # (the scheduler that decided: a ResourceChangingScheduler's base, not the wrapper)
+        name = f"{type(_wrapped_chain(self.base)[-1]).__name__} ({how})"
         view.stopped = view.dated(Decision("stop", name, view.history.reports, None, values))
         self._record(trial_id, view.stopped)
 

@@ -1508,3 +1508,17 @@ def test_the_metric_scale_is_inferred_from_the_reports_logged_and_carried_by_dec
     given, _ = make(mode="min", metric_scale=1.0)
     feed(given, FakeTrial("t"), [result({"conv1": 0.9}, it=1, acc=0.05)])
     assert given.scale == 1.0
+
+
+def test_a_stop_through_a_resource_changing_scheduler_is_credited_to_its_base() -> None:
+    """``ResourceChangingScheduler`` only changes resources: the stop its base decides is the
+    base's, as it reads when the wrapping is the other way round."""
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.schedulers import ResourceChangingScheduler
+
+    scheduler, _ = make(stop=False, base=ResourceChangingScheduler(_StoppingBase(None)))
+    early = FakeTrial("t1")
+    early.placement_group_factory = PlacementGroupFactory([{"CPU": 1}])  # type: ignore[attr-defined]
+    scheduler.on_trial_add(None, early)
+    feed(scheduler, early, [result({"conv1": 0.5}, it=1, acc=0.2)])
+    assert scheduler.stopped_trials == {"t1": "_StoppingBase (metric)"}
