@@ -103,6 +103,25 @@ def test_trial_facts_in_attrs(df, experiment) -> None:
     assert trials["aaaaa_00002"]["results"] == 3
 
 
+def test_frames_derived_from_the_loaded_one_share_its_attrs(df) -> None:
+    # pandas deep-copies attrs into every frame an operation returns (each selection, each
+    # group); the loaded entries are shared instead, and still equal plain dicts and lists
+    import copy
+
+    selected = df[df["metric"] == "frozen"]
+    groups = [group for _, group in df.groupby("trial_id")]
+    for name in ("trials", "decisions", "empty_metrics"):
+        entry = df.attrs[name]
+        assert selected.attrs[name] is entry
+        assert all(group.attrs[name] is entry for group in groups)
+        assert copy.deepcopy(entry) is entry
+        assert entry == json.loads(json.dumps(entry))  # the same contents as plain JSON types
+    assert isinstance(df.attrs["trials"], dict) and isinstance(df.attrs["decisions"], list)
+    # the frame's own attrs dict is still the frame's: assigning an entry changes one frame
+    selected.attrs["trials"] = {}
+    assert len(df.attrs["trials"]) == len(LRS)
+
+
 def test_failed_trials_with_and_without_results(tmp_path) -> None:
     experiment = handmade(tmp_path)
     config = {"lr": 0.5, "model": {"width": 8}}

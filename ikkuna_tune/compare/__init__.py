@@ -29,6 +29,8 @@ stopped it, its directory, its config, also for trials that never reported) is k
 scheduler's decisions are in ``df.attrs["decisions"]`` (see :func:`decisions`), and metrics that
 were reported but never with a value (every value NaN or ``null``) in
 ``df.attrs["empty_metrics"]`` (name -> reported per layer), so that asking for one says so.
+These entries are shared by the frames derived from ``df``, not copied into each
+(:class:`~ikkuna_tune.compare.frame.SharedDict`): assign a new object to change one frame's.
 
 The work is split by job: :mod:`~ikkuna_tune.compare.trials` reads each trial's files (or a
 Ray object), :mod:`~ikkuna_tune.compare.decision_log` the scheduler's decisions,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ikkuna_tune import keys
 from ikkuna_tune.compare.decision_log import DECISIONS_FILE, FREEZE_REASON, _trial_decisions
-from ikkuna_tune.compare.frame import TIDY_COLUMNS, missing
+from ikkuna_tune.compare.frame import TIDY_COLUMNS, SharedDict, SharedList, missing
 from ikkuna_tune.compare.trials import REPORTED_NAN, _read_directory, _read_object, _Trial
 
 logger = logging.getLogger(__name__)
@@ -198,13 +198,14 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     keep = has_value | (df[_NAN].astype(bool) & series_has_value.astype(bool))
     df = df[keep][columns].reset_index(drop=True)
     with_values = set(df["metric"])
-    df.attrs["trials"] = {t.trial_id: t.info() for t in trials}
-    df.attrs["decisions"] = [row for t in trials for row in _trial_decisions(t)]
-    df.attrs["empty_metrics"] = {
-        name: per_layer
+    # shared, not deep-copied, by every frame an operation on df returns (see SharedDict)
+    df.attrs["trials"] = SharedDict({t.trial_id: t.info() for t in trials})
+    df.attrs["decisions"] = SharedList(row for t in trials for row in _trial_decisions(t))
+    df.attrs["empty_metrics"] = SharedDict(
+        (name, per_layer)
         for name, per_layer in sorted(reported.items())
         if name not in with_values and name not in text
-    }
+    )
     return df
 
 
