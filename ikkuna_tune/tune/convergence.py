@@ -827,7 +827,7 @@ def stop_verdict(
     rules: ConvergenceRules,
     others: list[list[float]],
     budget: int | None,
-    nonfinite: str | None = None,
+    nonfinite: tuple[str, float] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -836,19 +836,20 @@ def stop_verdict(
         rules: thresholds.
         others: each other trial's (signed) metric, report by report so far.
         budget: the number of reports the trial would make if not stopped, when known.
-        nonfinite: the name of a reported value that is NaN or infinite, if any.
+        nonfinite: the name and value of a reported value that is NaN or infinite, if any
+            (:func:`~ikkuna_tune.tune.results.first_nonfinite`).
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
         >>> trial.add(0.1, {}, {}, {"fc": 0.0})  # no unit of fc varies over the probe set
         >>> stop_verdict(trial, ConvergenceRules(), others=[], budget=None).describe()
         'stop fc at report 1: dead layer (live_fraction=0)'
-        >>> stop_verdict(trial, ConvergenceRules(), [], None, nonfinite="loss").rule
-        'diverged: non-finite value'
+        >>> stop_verdict(trial, ConvergenceRules(), [], None, ("loss", math.inf)).describe()
+        'stop at report 1: diverged: non-finite value (loss=inf)'
     """
     it = trial.reports
     if nonfinite is not None:
-        return Decision("stop", "diverged: non-finite value", it, None, {nonfinite: math.nan})
+        return Decision("stop", "diverged: non-finite value", it, None, dict([nonfinite]))
     for name in trial.layers:
         history = trial.per_layer.get(name)
         live = history.live[-1] if history and history.live else math.nan

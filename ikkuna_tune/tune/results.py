@@ -65,9 +65,9 @@ def first_nonfinite(
     metric: str | None,
     similarity: dict[str, float],
     similarity_key: str,
-) -> str | None:
+) -> tuple[str, float] | None:
     """The first of ``metric``, the reported losses and the layers' similarities whose value
-    is NaN or infinite (a similarity as ``<similarity_key>/<layer>``), or None.
+    is NaN or infinite, with that value (a similarity as ``<similarity_key>/<layer>``), or None.
 
     A loss is any number reported under a key whose first part names one (``loss``,
     ``train_loss``, ``mean_loss``, ``val_loss``, ``losses/val``, ``valLoss``): a loss that is
@@ -75,20 +75,20 @@ def first_nonfinite(
 
     Examples:
         >>> first_nonfinite({"acc": 0.5, "loss": float("nan")}, "acc", {}, "self_similarity")
-        'loss'
+        ('loss', nan)
         >>> first_nonfinite({"acc": 0.5, "val_loss": float("inf")}, "acc", {}, "self_similarity")
-        'val_loss'
-        >>> first_nonfinite({"acc": 0.5}, "acc", {"fc": float("inf")}, "self_similarity")
-        'self_similarity/fc'
+        ('val_loss', inf)
+        >>> first_nonfinite({"acc": 0.5}, "acc", {"fc": -float("inf")}, "self_similarity")
+        ('self_similarity/fc', -inf)
     """
     losses = [k for k in result if "loss" in k.split("/", 1)[0].lower()]
     for key in (metric, *losses):
         value = result.get(key) if key else None
         if is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
-            return str(key)
+            return str(key), float(value)  # type: ignore[arg-type]
     for name, value in similarity.items():
         if not math.isfinite(value):
-            return f"{similarity_key}/{name}"
+            return f"{similarity_key}/{name}", value
     return None
 
 

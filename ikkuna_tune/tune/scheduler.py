@@ -580,7 +580,7 @@ class SVCCAScheduler(FIFOScheduler):
                     "diverged: non-finite value",
                     history.reports,
                     None,
-                    {nonfinite: math.nan},
+                    dict([nonfinite]),
                 )
             else:
                 verdict = None

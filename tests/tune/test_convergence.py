@@ -105,7 +105,7 @@ def test_dead_layer_stops_the_trial_and_is_not_frozen() -> None:
 
 def test_nan_stops_with_the_key_that_was_not_finite() -> None:
     trial = history([(math.nan, {n: (0.5, 0.5, 1.0) for n in LAYERS})])
-    verdict = stop_verdict(trial, RULES, [], None, nonfinite="acc")
+    verdict = stop_verdict(trial, RULES, [], None, nonfinite=("acc", math.nan))
     assert verdict is not None and verdict.rule.startswith("diverged")
     assert "acc=nan" in verdict.describe()
 

@@ -432,7 +432,13 @@ def test_an_order_that_could_not_be_posted_is_not_taken_as_given() -> None:
 
 
 def test_nan_metric_or_similarity_stops_at_once() -> None:
-    for bad in ({"acc": float("nan")}, {"self_similarity/fc1": float("nan")}):
+    inf = float("inf")
+    for bad in (
+        {"acc": float("nan")},
+        {"self_similarity/fc1": float("nan")},
+        {"loss": inf},
+        {"acc": -inf},
+    ):
         scheduler, mailbox = make()
         trial = FakeTrial("t1")
         scheduler.on_trial_add(None, trial)
@@ -440,6 +446,10 @@ def test_nan_metric_or_similarity_stops_at_once() -> None:
         assert scheduler.on_trial_result(None, trial, report) == STOP
         assert scheduler.stopped_trials == {"t1": "diverged: non-finite value"}
         assert mailbox.posts == []
+        # the decision carries the value as reported: an infinity is no NaN
+        ((_, decision),) = scheduler.decisions
+        ((key, value),) = decision.values.items()
+        assert key == next(iter(bad)) and str(value) == str(bad[key])
 
 
 def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
