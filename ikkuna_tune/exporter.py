@@ -454,6 +454,11 @@ class Exporter(StepHooks, LayerFreezing):
         #: whether :attr:`binary_threshold` comes from the loss (else it is 0 by default)
         self.scores_known = False
         self._loss_thresholds: set[float | None] = set()  # those of the losses wrapped
+        #: the non-negative ``ignore_index`` every wrapped loss with class labels agrees on
+        #: (padding, a segmentation's void class), else None: test accuracy leaves it out too
+        self.ignore_index: int | None = None
+        # the ignore_index of each wrapped loss with class labels, by its number
+        self._loss_ignores: dict[int, int | None] = {}
         self._wrapped_losses = 0  # how many losses wrap_loss wrapped (each one's number)
         self._loss_sources: list[tuple[object, int]] = []  # each loss wrapped, its number
         # unwatched optimizers whose step is under way, with the watched steps begun before
@@ -801,6 +806,13 @@ class Exporter(StepHooks, LayerFreezing):
             return DEFAULT_TAG
         return self._pass_tag
 
+    def _note_ignore_index(self, source: int, index: int | None) -> None:
+        """Take the ``ignore_index`` of wrapped loss ``source`` (one with class labels) into
+        :attr:`ignore_index`: the one index they all have, else None."""
+        self._loss_ignores[source] = index if index is not None and index >= 0 else None
+        ignores = set(self._loss_ignores.values())
+        self.ignore_index = ignores.pop() if len(ignores) == 1 else None
+
     def wrap_loss(
         self, loss_fn: Callable[..., torch.Tensor], classes: bool | None = None
     ) -> Callable[..., torch.Tensor]:
@@ -824,8 +836,9 @@ class Exporter(StepHooks, LayerFreezing):
         In a step where a loss known to take class labels counts, a loss of unknown kind is
         left out (a center loss, a distillation term): pass ``classes=True`` to count it. A
         non-negative ``ignore_index`` of the loss (given to the module, a ``partial`` or the
-        call) counts nowhere in train accuracy, as in the loss. Wrapping this Exporter's own
-        wrapper again returns it as it is.
+        call) counts nowhere in train accuracy, as in the loss, and is :attr:`ignore_index`
+        (which test accuracy leaves out) when every wrapped loss with class labels has it.
+        Wrapping this Exporter's own wrapper again returns it as it is.
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
@@ -849,6 +862,8 @@ class Exporter(StepHooks, LayerFreezing):
             source = self._wrapped_losses
             self._loss_sources.append((loss_fn, source))
         ignore = _ignore_index(loss_fn)
+        if labelled is not False:
+            self._note_ignore_index(source, ignore)
 
         def loss_with_export(
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
@@ -862,6 +877,8 @@ class Exporter(StepHooks, LayerFreezing):
                     # (a regression head's loss says nothing of where the class scores lie)
                     self._note_scores(scores, learn=labelled is not False)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
+                if ignored != ignore and labelled is not False:  # given to the call
+                    self._note_ignore_index(source, ignored)
                 self._publish_labels(
                     target, loss, scores, threshold, labelled, source,
                     ignored if ignored is not None and ignored >= 0 else None,

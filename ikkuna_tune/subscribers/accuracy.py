@@ -439,11 +439,13 @@ class TestAccuracySubscriber(PlotSubscriber):
     training flag restored), with torch's random state forked (a DataLoader's seed is drawn
     from it, and must not change the training run's draws). Accuracy is correct predictions
     over all samples of the data set, not a mean of batch means; negative labels (an ignore
-    index such as ``cross_entropy``'s ``-100``, e.g. padding) are not counted, and a data set
-    with no label left to count has accuracy 0. A sample whose scores hold a NaN is never
-    correct, and when every sample's do (a diverged model) the accuracy is NaN, not the share
-    of the class an arg-max of NaN names. Publishes ``test_accuracy`` (network-wide, a
-    0-d tensor, at the step of the batch that triggered it) and beside it
+    index such as ``cross_entropy``'s ``-100``, e.g. padding) are not counted, nor is
+    ``ignore_index`` (by default the non-negative one of the training loss, as train accuracy
+    leaves it out), and a data set with no label left to count has accuracy 0. A sample whose
+    scores hold a NaN is never correct, and when every sample's do (a diverged model) the
+    accuracy is NaN, not the share of the class an arg-max of NaN names. Publishes
+    ``test_accuracy`` (network-wide, a 0-d tensor, at the step of the batch that triggered it)
+    and beside it
     ``test_accuracy_chance``: the accuracy of always answering the data set's most frequent
     class (:attr:`chance`), which SVCCAScheduler uses to stop a trial stuck at chance.
 
@@ -468,6 +470,12 @@ class TestAccuracySubscriber(PlotSubscriber):
             lacks is rejected here (``ValueError``), not at the first evaluation.
         threshold: as for :class:`TrainAccuracySubscriber` (one output per sample: the score
             above which it predicts class 1; by default the Exporter's ``binary_threshold``).
+        ignore_index: a label that counts nowhere, neither in the accuracy nor in its chance
+            level (padding, a segmentation's void class ``255``); by default the Exporter's
+            :attr:`~ikkuna_tune.exporter.Exporter.ignore_index`, the non-negative
+            ``ignore_index`` that every loss it wrapped with class labels was given (a loss
+            ``nn.CrossEntropyLoss(ignore_index=0)``, say), else none. Negative labels never
+            count.
 
     The labels must be classification labels (see
     :func:`ikkuna_tune.functional.accuracy.check_targets`). Those of the first batch are checked
@@ -512,8 +520,12 @@ class TestAccuracySubscriber(PlotSubscriber):
         probe_tag: str = "test",
         device: torch.device | str | None = None,
         threshold: float | None = None,
+        ignore_index: int | None = None,
     ) -> None:
         self.threshold = _check_threshold(threshold)
+        if ignore_index is not None:
+            check_int("ignore_index", ignore_index, minimum=0)
+        self.ignore_index = ignore_index
         self._slices: tuple[tuple[torch.Tensor, ...], int] | None = None
         if isinstance(dataset, DataLoader):
             if batch_size is not None:
@@ -656,6 +668,9 @@ class TestAccuracySubscriber(PlotSubscriber):
         other = None if exporter is not None and model is exporter.model else model
         ranging = False
         threshold = _binary_threshold(self.threshold, exporter)
+        ignored = self.ignore_index
+        if ignored is None:
+            ignored = getattr(exporter, "ignore_index", None)
         top: tuple[torch.Tensor, int] | None = None  # the largest label, the classes
         tally: Counts | None = None
         counts: torch.Tensor | None = None  # per class, counted in the first evaluation only
@@ -674,6 +689,8 @@ class TestAccuracySubscriber(PlotSubscriber):
                 if device is not None:
                     inputs = inputs.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
+                if ignored is not None and not labels.is_floating_point():
+                    labels = torch.where(labels == ignored, -1, labels.long())  # counts nowhere
                 outputs = forward(inputs)
                 if exporter is not None and not (
                     self.forward_fn is not None and isinstance(outputs, torch.Tensor)

@@ -328,6 +328,8 @@ def test_test_accuracy_needs_a_model_at_attach(test_set) -> None:
         ({"probe_tag": "default"}, "`probe_tag` to be a tag other than 'default'"),
         ({"ylims": (0, 0)}, "`ylims` to be None or a pair"),
         ({"subsample": -1}, "`subsample` to be an integer >= 1"),
+        ({"ignore_index": -100}, "`ignore_index` to be an integer >= 0 but got -100"),
+        ({"ignore_index": 0.5}, "`ignore_index` to be an integer >= 0"),
     ],
 )
 def test_test_accuracy_validation(test_set, kwargs, match) -> None:
@@ -797,3 +799,79 @@ def test_an_evaluation_under_its_own_tag_counts_its_own_samples_only(tiny, batch
             assert reported["train_accuracy"] == pytest.approx(train_expected)
             assert reported["train_accuracy_eval"] == pytest.approx(_by_hand(tiny.eval(), vx, vy))
             tiny.train()
+
+
+class _Tagger(nn.Module):
+    """Scores of 3 classes at each of 6 positions, (N, 3, 6), as a sequence tagger's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3 * 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).view(-1, 3, 6)
+
+
+def _padded(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels 1 or 2 at the first 2 positions, padding 0 at the other 4."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = 1 + (x[:, :1].expand(n, 6) + torch.randn(n, 6, generator=g) > 0).long()
+    y[:, 2:] = 0
+    return x, y
+
+
+@pytest.mark.parametrize("given", ["loss", "call", "argument"])
+def test_test_accuracy_leaves_out_the_ignore_index_of_the_training_loss(given) -> None:
+    """A tagger trained with ``cross_entropy(ignore_index=0)`` (padding): test accuracy and its
+    chance level leave the padding out, as the loss and train accuracy do (counted by hand)."""
+    torch.manual_seed(0)
+    model = _Tagger()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = _padded(32, 0)
+    test_x, test_y = _padded(50, 1)
+    bus = MessageBus()
+    got: dict[str, list[float]] = {"test_accuracy": [], "test_accuracy_chance": []}
+    with ik.Exporter(model, opt, bus) as exporter:
+        ik.TestAccuracySubscriber(
+            TensorDataset(test_x, test_y),
+            message_bus=bus,
+            frequency="epoch",
+            batch_size=16,
+            backend=None,
+            ignore_index=0 if given == "argument" else None,
+        )
+        ik.CallbackSubscriber(list(got), lambda m: got[m.kind].append(float(m.data)), bus)
+        if given == "loss":
+            loss_fn = exporter.wrap_loss(nn.CrossEntropyLoss(ignore_index=0))
+        else:
+            loss_fn = exporter.wrap_loss(F.cross_entropy)
+        kwargs = {"ignore_index": 0} if given == "call" else {}
+        for _ in range(2):
+            for _ in range(10):
+                opt.zero_grad()
+                loss_fn(model(x), y, **kwargs).backward()
+                opt.step()
+            exporter.epoch_finished()
+    assert exporter.ignore_index == (None if given == "argument" else 0)
+    with torch.no_grad():
+        predicted = model(test_x).argmax(1)
+    real = test_y != 0
+    expected = (predicted[real] == test_y[real]).float().mean().item()
+    with_padding = (predicted == test_y).float().mean().item()
+    assert abs(expected - with_padding) > 0.1  # the padding would change the figure
+    assert got["test_accuracy"][-1] == pytest.approx(expected)
+    counts = torch.bincount(test_y[real])
+    assert got["test_accuracy_chance"][-1] == pytest.approx(counts.max().item() / real.sum().item())
+
+
+def test_losses_that_disagree_on_the_ignore_index_leave_none_out() -> None:
+    model = _Tagger()
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    exporter.wrap_loss(nn.CrossEntropyLoss(ignore_index=0))
+    assert exporter.ignore_index == 0
+    exporter.wrap_loss(nn.MSELoss())  # no class labels: says nothing of them
+    assert exporter.ignore_index == 0
+    exporter.wrap_loss(F.cross_entropy)  # counts every class
+    assert exporter.ignore_index is None
+    exporter.close()
