@@ -192,6 +192,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # each layer's SVCCA reduction of the previous checkpoint's activations (keep < 1): a
         # matrix is reduced once, at its own checkpoint, and reused at the next
         self._bases: dict[str, KeptBasis] = {}
+        # per layer whose rows were not all finite at the previous checkpoint (or at
+        # initialisation), which rows were: a comparison with it measures the rows finite in
+        # both matrices, not a row repaired in one and real in the other
+        self._previous_rows: dict[str, torch.Tensor] = {}
+        self._initial_rows: dict[str, torch.Tensor] = {}
         self._initial: dict[str, torch.Tensor] | None = None
         # each layer's CKA side of the activations at initialisation: prepared once, compared
         # with every checkpoint's (rebuilt whenever those activations are recorded or restored)
@@ -287,13 +292,18 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # per layer compared with initialisation, its live fraction there
         constant: list[tuple[str, torch.Tensor]] = []
         bases, self._bases = self._bases, {}
+        # per layer, which rows of its matrix are finite (None: all, known without a read)
+        finite_now: dict[str, torch.Tensor | None] = {}
+        befores: dict[str, torch.Tensor] = {}
+        # per layer whose side at initialisation is built now: its rows left out, which
+        initial_unmeasured: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         for name, now in list(current.items()):
             if name in settled:
                 continue  # a frozen prefix no longer changes: nothing new to measure
             # a few probe points the model cannot score (a blank image normalised by its
             # maximum: 0/0) are left out rather than make the whole layer NaN; the stored
             # matrix is the repaired one, so the next checkpoint compares like with like
-            now, left_out = finite_rows(now)
+            now, left_out, finite_now[name] = _finite_rows(now)
             current[name] = now
             unmeasured.append((name, left_out, now.shape[0]))
             before = previous.get(name) if previous is not None else None
@@ -317,13 +327,18 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             elif before is not None:
                 similarity = svcca_similarity_or_nan(now, before, self.keep)
                 items.append((keys.SELF_SIMILARITY, name, similarity))
+            if before is not None:
+                befores[name] = before
             start = initial.get(name) if initial is not None else None
             if start is not None and start.shape == now.shape:
                 side = self._initial_sides.get(name)
                 if side is None or name not in self._initial_live:
-                    start = finite_rows(start.to(now.device))[0]
+                    start, start_left_out, start_rows = _finite_rows(start.to(now.device))
                     side = self._initial_sides[name] = cka_side(start)
                     self._initial_live[name] = live_fraction(start)
+                    self._initial_rows.pop(name, None)
+                    if start_rows is not None:  # which rows, once their count is read
+                        initial_unmeasured.append((name, start_left_out, start_rows))
                 items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(cka_side(now), side)))
                 items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
                 constant.append((name, self._initial_live[name]))
@@ -335,16 +350,27 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             [(kind, value, 0) for kind, _, value in items]
             + [("rows", count, 0) for _, count, _ in unmeasured]
             + [("live", live, 0) for _, live in constant]
+            + [("initial rows", count, 0) for _, count, _ in initial_unmeasured]
             + ([("varies", varies, 0)] if varies is not None else [])
         )
         rows_at = len(items) + len(unmeasured)
         live_at = rows_at + len(constant)
+        varies_at = live_at + len(initial_unmeasured)
         self._say_rows_left_out(unmeasured, numbers[len(items) : rows_at], source)
         initial_live = list(zip((name for name, _ in constant), numbers[rows_at:live_at]))
+        for (name, _, rows), count in zip(initial_unmeasured, numbers[live_at:varies_at]):
+            if count > 0:
+                self._initial_rows[name] = rows
         # (not told, no tensor output to compare: as if it varies, the layer alone decides)
-        output_varies = bool(numbers[live_at]) if varies is not None else True
-        unvaried = self._constant_by_construction(items, numbers, initial_live, output_varies)
+        output_varies = bool(numbers[varies_at]) if varies is not None else True
+        left_out_now = {
+            name: finite_now[name]
+            for (name, _, _), count in zip(unmeasured, numbers[len(items) : rows_at])
+            if count > 0
+        }
         numbers = numbers[: len(items)]
+        self._remeasure_on_common_rows(items, numbers, current, befores, left_out_now)
+        unvaried = self._constant_by_construction(items, numbers, initial_live, output_varies)
         values: dict[str, float] = {}
         for (kind, name, value), number in zip(items, numbers):
             if name in unvaried:
@@ -362,6 +388,58 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         if self.freeze_at is not None:
             self._freeze(values)
         return values
+
+    def _remeasure_on_common_rows(
+        self,
+        items: list[tuple[str, str, torch.Tensor]],
+        numbers: list[float],
+        current: dict[str, torch.Tensor],
+        befores: dict[str, torch.Tensor],
+        left_out_now: dict[str, torch.Tensor | None],
+    ) -> None:
+        """Measure again, in place, each similarity between two matrices of which one had
+        rows that are not finite (repaired by :func:`finite_rows`) and the other not those
+        same rows: on the rows finite in both. A row repaired in one matrix and real in the
+        other would count as a change of the layer (a layer that did not move read 0.83).
+        This is the rare case; it costs a second read back to the host."""
+        previous_rows, self._previous_rows = self._previous_rows, {}
+        for name, rows in left_out_now.items():
+            if rows is not None:
+                self._previous_rows[name] = rows  # for the next checkpoint's comparison
+        redo = []
+        for position, (kind, name, _) in enumerate(items):
+            if kind == keys.SELF_SIMILARITY:
+                other_rows = previous_rows.get(name)
+            elif kind == keys.INIT_SIMILARITY:
+                other_rows = self._initial_rows.get(name)
+            else:
+                continue
+            rows = left_out_now.get(name)
+            if rows is None and other_rows is None:
+                continue
+            now = current[name]
+            ok = torch.ones(now.shape[0], dtype=torch.bool, device=now.device)
+            for mask in (rows, other_rows):
+                if mask is not None:
+                    ok &= mask.to(now.device)
+            if kind == keys.SELF_SIMILARITY:
+                other = befores[name]
+                value = svcca_similarity_or_nan(_on_rows(now, ok), _on_rows(other, ok), self.keep)
+            else:
+                start = _finite_rows(self._initial[name].to(now.device))[0]  # type: ignore[index]
+                value = linear_cka_of_sides(
+                    cka_side(_on_rows(now, ok)), cka_side(_on_rows(start, ok))
+                )
+            usable = (2 * ok.sum() >= ok.numel()) & (ok.sum() >= 2)
+            value = torch.where(usable, value, torch.full_like(value, math.nan))
+            redo.append((position, kind, name, value))
+        if not redo:
+            return
+        for (position, kind, name, value), number in zip(
+            redo, to_numbers([(kind, value, 0) for _, kind, _, value in redo])
+        ):
+            items[position] = (kind, name, value)
+            numbers[position] = number
 
     def _constant_by_construction(
         self,
@@ -558,6 +636,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         previous = state["previous"]
         self._previous = None if previous is None else dict(previous)
         self._bases = {}
+        self._previous_rows = {}  # (not kept in a checkpoint: its rows compare as they are)
+        self._initial_rows = {}
         if state.get("initial_unknown", False) is not False:
             if state["initial_unknown"] is not True:
                 raise ValueError(
@@ -605,14 +685,40 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
         super().__init__(dataset, n, check_int("n", n), *args, **kwargs)
 
 
+def _finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`finite_rows`, and which rows of ``x`` are finite (None: all of them, known on
+    the CPU without building the mask)."""
+    if x.device.type == "cpu" and math.isfinite(float(x.sum())):
+        # on a CPU reading a number back costs nothing: the common case (every row finite, so
+        # the sum is too, unless it overflows) copies nothing
+        return x, torch.zeros((), dtype=torch.int64), None
+    ok = torch.isfinite(x).all(dim=1)
+    good = ok.sum()
+    usable = (2 * good >= x.shape[0]) & (good >= 2)
+    fixed = torch.where(ok[:, None] | ~usable, x, _row_mean(x, ok).to(x.dtype))
+    return fixed, torch.where(usable, x.shape[0] - good, 0), ok
+
+
+def _row_mean(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """The mean of the rows of ``x`` where ``ok``."""
+    return torch.where(ok[:, None], x, 0).sum(dim=0) / ok.sum().clamp_min(1)
+
+
+def _on_rows(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """``x`` with every row not ``ok`` replaced by the mean of the others: centred, those rows
+    are zero, so SVCCA and CKA of two such matrices measure the ``ok`` rows alone."""
+    return torch.where(ok[:, None], x, _row_mean(x, ok).to(x.dtype))
+
+
 def finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (rows: probe points) with each row that holds a NaN or an infinity replaced by the
     mean of the finite rows, and the number of rows replaced (a 0-d tensor; off the CPU
     nothing is read back to the host).
 
     Centred, a replaced row is zero: it adds nothing to a covariance, a Gram matrix or a cross
-    product, so SVCCA and linear CKA see the finite rows only (of the two checkpoints compared,
-    the rows finite in both, when the same points fail at both). With fewer than half the rows
+    product. Of two checkpoints compared, the subscribers measure the rows finite in both
+    (a row repaired in one matrix only is repaired in the other too), so SVCCA and linear CKA
+    see those rows alone. With fewer than half the rows
     finite, or fewer than 2, ``x`` is returned as it is: a layer that is mostly not finite has
     diverged, and its values stay NaN.
 
@@ -622,16 +728,8 @@ def finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> fixed[1].tolist(), int(count)
         ([2.0, 3.0], 1)
     """
-    if x.device.type == "cpu" and math.isfinite(float(x.sum())):
-        # on a CPU reading a number back costs nothing: the common case (every row finite, so
-        # the sum is too, unless it overflows) copies nothing
-        return x, torch.zeros((), dtype=torch.int64)
-    ok = torch.isfinite(x).all(dim=1)
-    good = ok.sum()
-    mean = torch.where(ok[:, None], x, 0).sum(dim=0) / good.clamp_min(1)
-    usable = (2 * good >= x.shape[0]) & (good >= 2)
-    fixed = torch.where(ok[:, None] | ~usable, x, mean.to(x.dtype))
-    return fixed, torch.where(usable, x.shape[0] - good, 0)
+    fixed, count, _ = _finite_rows(x)
+    return fixed, count
 
 
 def _epoch_end() -> Message:

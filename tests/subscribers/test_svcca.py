@@ -569,6 +569,87 @@ def test_probe_points_the_model_cannot_score_are_left_out_not_the_layer(caplog) 
     exporter.close()
 
 
+class _FailsSometimes(nn.Module):
+    """A Linear and a head; while ``fail`` is set, the inputs whose first feature is above 1
+    become infinite (a probe point the model cannot score at one checkpoint only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+        self.fail = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            x = torch.where(x[:, :1] > 1.0, math.inf, x)
+        return self.head(torch.tanh(self.inp(x)))
+
+
+def _linear_cka_by_hand(x, y) -> float:
+    import numpy as np
+
+    x, y = (np.asarray(a, dtype=np.float64) for a in (x, y))
+    x, y = x - x.mean(0), y - y.mean(0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+@pytest.mark.parametrize("keep", [None, 0.9])
+def test_rows_not_finite_at_one_checkpoint_are_left_out_of_both_sides(keep) -> None:
+    """Probe points that fail at the second of three checkpoints only: each similarity with
+    that checkpoint's matrix is measured on the points finite in both (textbook SVCCA and
+    linear CKA on those rows); the third checkpoint, finite again, is measured on every point
+    against initialisation."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    data = TensorDataset(torch.randn(60, 6, generator=g), torch.randint(0, 3, (60,), generator=g))
+    model = _FailsSometimes()
+    opt, bus, exporter = _setup(model)
+    kwargs = {} if keep is None else {"keep": keep}
+    sub = SVCCASubscriber(data, 40, message_bus=bus, backend=None, **kwargs)
+    got: list[dict[tuple[str, str], float]] = []
+    ik.CallbackSubscriber(
+        ["self_similarity", "init_similarity"],
+        lambda m: got[-1].__setitem__((m.kind, m.key), m.data.item()),
+        bus,
+    )
+    probe = sub.probe_inputs
+    failing = probe[:, 0] > 1.0
+    assert 2 < int(failing.sum()) < len(probe) // 2  # the test can tell
+    with torch.no_grad():
+        by_hand = [model.inp(probe)]  # at initialisation
+    x, y = data.tensors
+    for epoch in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        with torch.no_grad():
+            by_hand.append(model.inp(probe))
+        model.fail = epoch == 1
+        got.append({})
+        exporter.epoch_finished()
+        model.fail = False
+    exporter.close()
+    ok = ~failing
+    if keep is None:
+        expected_second = textbook_svcca(by_hand[2][ok].numpy(), by_hand[1][ok].numpy())
+        expected_third = textbook_svcca(by_hand[3][ok].numpy(), by_hand[2][ok].numpy())
+        assert got[1][("self_similarity", "inp")] == pytest.approx(expected_second, abs=1e-6)
+        assert got[2][("self_similarity", "inp")] == pytest.approx(expected_third, abs=1e-6)
+    else:  # the same reduction on the common rows as on any other pair of matrices
+        from ikkuna_tune.functional.svcca import svcca_similarity
+
+        for at in (1, 2):
+            expected = svcca_similarity(by_hand[at + 1][ok], by_hand[at][ok], keep)
+            assert got[at][("self_similarity", "inp")] == pytest.approx(float(expected), abs=1e-6)
+    init_second = _linear_cka_by_hand(by_hand[2][ok], by_hand[0][ok])
+    init_third = _linear_cka_by_hand(by_hand[3], by_hand[0])
+    assert got[1][("init_similarity", "inp")] == pytest.approx(init_second, abs=1e-6)
+    assert got[2][("init_similarity", "inp")] == pytest.approx(init_third, abs=1e-6)
+    # repaired in one matrix only, the rows would have counted as movement
+    assert got[1][("init_similarity", "inp")] < 1.0 and init_second > init_third - 0.2
+
+
 class _WithClassToken(nn.Module):
     """A class token (an embedding of index 0, the same for every input) added to a Linear's
     output, then a head: the token's layer does not depend on the input."""
