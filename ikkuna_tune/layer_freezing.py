@@ -354,9 +354,17 @@ class LayerFreezing:
             self._freeze(name, saved.get(name, {}))
 
     def frozen_parameter_fraction(self) -> float:
-        """Fraction of the model's parameters (by count) in frozen layers."""
-        total = sum(p.numel() for p in self.model.parameters())
-        # a parameter two frozen layers share (tied weights) counts once, as in the total
-        unique = {id(p): p for n in self._frozen for p in self.modules[n].module.parameters()}
-        frozen = sum(p.numel() for p in unique.values())
-        return frozen / total if total else 0.0
+        """Fraction of the model's trainable parameters (by count) that frozen layers hold:
+        the share of the training work the freezes stop. Trainable are the parameters that
+        would train without them (``requires_grad`` before the layer froze); one the user
+        froze (``requires_grad_(False)``: a fine-tuned backbone) counts in neither part, and a
+        parameter two frozen layers share (tied weights) counts once."""
+        held = {id(p) for p, before in self._held.values() if before}
+        frozen = trainable = 0
+        for param in self.model.parameters():
+            if id(param) in held:
+                frozen += param.numel()
+                trainable += param.numel()
+            elif param.requires_grad:
+                trainable += param.numel()
+        return frozen / trainable if trainable else 0.0

@@ -352,6 +352,36 @@ def test_the_frozen_fraction_counts_a_shared_weight_once() -> None:
         )
 
 
+@pytest.mark.parametrize("case", ["backbone", "weight only"])
+def test_the_frozen_fraction_is_of_the_parameters_that_train(case) -> None:
+    """Parameters the user froze (a fine-tuned backbone; a weight kept, its bias trained) are
+    no training work the freezes stop: the fraction is of the parameters that would train
+    without them, counted by hand from the gradients one step computes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32), nn.Linear(32, 4))
+    if case == "backbone":
+        model[0].requires_grad_(False)
+        layer = "2"
+    else:
+        model[0].weight.requires_grad_(False)
+        layer = "0"
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with ik.Exporter(model, opt) as exporter:
+
+        def trained() -> int:  # parameters a step computes gradients for
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(8, 64)).sum().backward()
+            return sum(p.numel() for p in model.parameters() if p.grad is not None)
+
+        before = trained()
+        exporter.freeze(layer)
+        after = trained()
+        assert before > after
+        assert exporter.frozen_parameter_fraction() == pytest.approx((before - after) / before)
+        exporter.unfreeze(layer)
+        assert exporter.frozen_parameter_fraction() == 0.0 and trained() == before
+
+
 def test_closing_the_exporter_keeps_frozen_parameters_untrainable_and_restores_modes() -> None:
     """Closing removes the hooks: a frozen layer's parameters stay untrainable (another
     Exporter restored from the state may hold them frozen), its modules take the model's mode,
