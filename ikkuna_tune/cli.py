@@ -224,9 +224,14 @@ def _print_decisions(table: Any) -> None:
     """The scheduler's decisions (:func:`ikkuna_tune.compare.decisions`), if any."""
     if not len(table):
         return
+    from pandas import NA as _NA  # (pandas is loaded: the table is a DataFrame)
+
     shown = table.copy()
     shown["layer"] = [layer or "-" for layer in shown["layer"]]
-    columns = [[str(name), *("-" if v is None else str(v) for v in shown[name])] for name in shown]
+    columns = [
+        [str(name), *("-" if v is None or v is _NA else str(v) for v in shown[name])]
+        for name in shown
+    ]
     widths = [max(len(cell) for cell in column) for column in columns]
     numeric = [name == "iteration" for name in shown.columns]  # right-aligned
     print()

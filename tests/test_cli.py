@@ -72,6 +72,7 @@ def test_compare_prints_the_schedulers_decisions(tmp_path, capsys) -> None:
         "rule",
         "values",
         "in_force",
+        "carried_out",
     ]
     assert printed[header + 2].split() == [
         "aaaaa_00000",
@@ -84,9 +85,12 @@ def test_compare_prints_the_schedulers_decisions(tmp_path, capsys) -> None:
         "live_fraction=1,",
         "metric_gain=0",
         "True",
+        "True",
     ]
     stop = " ".join(printed[header + 3].split())
-    assert stop == "aaaaa_00001 2 stop - stuck: no progress and no layer moving progress=0.004 True"
+    assert (
+        stop == "aaaaa_00001 2 stop - stuck: no progress and no layer moving progress=0.004 True -"
+    )
     assert printed[header + 4] == f"wrote {tmp_path / 'o' / 'layers_sim.png'}"
 
 

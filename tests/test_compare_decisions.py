@@ -24,7 +24,16 @@ from tests.experiment_files import (
     write_trial,
 )
 
-COLUMNS = ["trial_id", "iteration", "action", "layer", "rule", "values", "in_force"]
+COLUMNS = [
+    "trial_id",
+    "iteration",
+    "action",
+    "layer",
+    "rule",
+    "values",
+    "in_force",
+    "carried_out",
+]
 FREEZE_VALUES = "similarity=0.995, distance_from_init=0.12, live_fraction=1, metric_gain=0"
 FREEZE_ROW = {
     "trial_id": "aaaaa_00000",
@@ -34,6 +43,7 @@ FREEZE_ROW = {
     "rule": "converged",
     "values": FREEZE_VALUES,
     "in_force": True,
+    "carried_out": True,  # stem is reported frozen from report 3
 }
 STOP_ROW = {
     "trial_id": "aaaaa_00001",
@@ -43,6 +53,7 @@ STOP_ROW = {
     "rule": "stuck: no progress and no layer moving",
     "values": "progress=0.004",
     "in_force": True,
+    "carried_out": None,  # (a stop)
 }
 
 
@@ -117,6 +128,7 @@ def test_freeze_reasons_from_the_results_when_there_is_no_decisions_file(experim
             "rule": "by hand",
             "values": "",
             "in_force": True,
+            "carried_out": True,  # a reason is reported for a layer held frozen
         },
     ]
     summary = compare.summary(df).set_index("trial_id")
@@ -157,8 +169,17 @@ def test_repeated_decisions_and_damaged_lines(experiment, caplog) -> None:
             "iteration": 1,
             "values": "similarity=nan",
             "in_force": False,  # replaced by the freeze after the restore
+            "carried_out": None,  # ordered again: not told apart from one the run left
         },
-        {**FREEZE_ROW, "trial_id": "aaaaa_00002", "values": ""},
+        {
+            **FREEZE_ROW,
+            "trial_id": "aaaaa_00002",
+            "values": "",
+            # the trial's flags have stem trainable at report 3, after the order: it did not
+            # carry it out, and did not end under it
+            "in_force": False,
+            "carried_out": False,
+        },
         {
             "trial_id": "aaaaa_00002",
             "iteration": 3,
@@ -167,11 +188,12 @@ def test_repeated_decisions_and_damaged_lines(experiment, caplog) -> None:
             "rule": "dead layer",
             "values": "live_fraction=0",
             "in_force": True,
+            "carried_out": None,
         },
     ]
     row = compare.summary(df).set_index("trial_id").loc["aaaaa_00002"]
     assert row["stopped_by"] == "dead layer head at report 3 (live_fraction=0)"
-    assert row["freeze_reasons"] == {"stem": "converged at report 2"}
+    assert row["freeze_reasons"] == {}  # stem ended trainable: no freeze held
 
 
 def test_no_decisions() -> None:

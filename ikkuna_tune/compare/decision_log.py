@@ -41,9 +41,12 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     when the trial ended with the layer trainable, it is the layer's last change up to the
     last report and the run the trial ended in had the layer frozen before it (else it was
     made in a run the trial left). Without reasons in the results the last written change
-    holds; an unfreeze only if the frozen flags say so (the layer trainable at the end and
-    frozen before it; else the last freeze, if the layer ended frozen). A stop: the last
-    written one.
+    holds; a freeze unless the frozen flags say the layer ended trainable, an unfreeze only if
+    the frozen flags say so (the layer trainable at the end and frozen before it; else the
+    last freeze, if the layer ended frozen). A stop: the last written one.
+
+    A freeze row also says whether it was ``carried_out``: the trial reported the layer frozen
+    after it (before the layer's next change); None where the results cannot tell.
     """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
@@ -62,9 +65,11 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
                 logged.setdefault(row["layer"], []).append(row)
     for layer, made in changes.items():
         if layer not in final:  # no reasons reported: the last written change holds,
-            change = made[-1]  # a freeze (as before)
-            if change["action"] == "freeze" or change["iteration"] is None:
-                change["in_force"] = True
+            change = made[-1]  # a freeze (as before), unless the flags say the layer
+            if change["action"] == "freeze" or change["iteration"] is None:  # ended trainable
+                change["in_force"] = (
+                    change["action"] != "freeze" or _frozen_at_end(trial, layer) is not False
+                )
                 continue
             # an unfreeze only if the flags reported say the trial ended under it (else the
             # last freeze, if the layer ended frozen)
@@ -120,8 +125,45 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
         if reasons:
             described = _described(reasons[-1], layer)
             in_force = final.get(layer, reasons[-1]) == reasons[-1]  # unknown: it holds
-            rows.append({"trial_id": trial.trial_id, **described, "in_force": in_force})
+            # (a trial reports a reason for a layer it holds frozen)
+            rows.append(
+                {"trial_id": trial.trial_id, **described, "in_force": in_force, "carried_out": True}
+            )
+    for changes_of_layer in changes.values():
+        for row, after in zip(changes_of_layer, [*changes_of_layer[1:], None]):
+            if row["action"] == "freeze":
+                until = after["iteration"] if after is not None else None
+                seen = _carried_out(trial, row["layer"], row["iteration"], until)
+                # ordered again with no unfreeze between: lost, refused or made in a run the
+                # trial left when it was restored; only a frozen flag tells there
+                again = after is not None and after["action"] == "freeze"
+                row["carried_out"] = None if again and seen is False else seen
     return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0))
+
+
+def _carried_out(
+    trial: _Trial, layer: str, iteration: int | None, until: int | None
+) -> bool | None:
+    """Whether the trial reported ``layer`` frozen after a freeze ordered at report
+    ``iteration`` (up to report ``until``, the layer's next change): False for a freeze it
+    never carried out (it refused: a layer that shares a weight with one that trains, say);
+    None where its results cannot tell (no frozen flags, or no report after the order)."""
+    results = trial.results
+    column = f"{keys.FROZEN}/{layer}"
+    if (
+        iteration is None
+        or column not in results.columns
+        or "training_iteration" not in results.columns
+    ):
+        return None
+    at = pd.to_numeric(results["training_iteration"], errors="coerce")
+    flags = pd.to_numeric(results[column], errors="coerce")
+    window = at > iteration
+    if until is not None and until > iteration:
+        window &= at <= until
+    if not window.any():
+        return None
+    return bool((flags[window] == 1).any())
 
 
 def _frozen_at_end(trial: _Trial, layer: str) -> bool | None:

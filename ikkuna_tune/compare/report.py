@@ -41,7 +41,7 @@ class Comparison:
         >>> comparison.files[0].name, len(comparison.decisions)  # no decisions by default
         ('summary.csv', 0)
         >>> list(comparison.decisions.columns)
-        ['trial_id', 'iteration', 'action', 'layer', 'rule', 'values', 'in_force']
+        ['trial_id', 'iteration', 'action', 'layer', 'rule', 'values', 'in_force', 'carried_out']
     """
 
     summary: pd.DataFrame

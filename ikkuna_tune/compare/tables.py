@@ -24,7 +24,16 @@ from ikkuna_tune.compare.frame import (
 __all__ = ["DECISION_COLUMNS", "compute_saved", "decisions", "summary"]
 
 #: The columns of :func:`decisions`.
-DECISION_COLUMNS = ("trial_id", "iteration", "action", "layer", "rule", "values", "in_force")
+DECISION_COLUMNS = (
+    "trial_id",
+    "iteration",
+    "action",
+    "layer",
+    "rule",
+    "values",
+    "in_force",
+    "carried_out",
+)
 #: Decimals :func:`compute_saved` rounds to.
 SAVED_DECIMALS = 3
 
@@ -56,7 +65,11 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
     ``in_force``, whether the trial ended under the decision: False for a freeze the trial's
     last report no longer holds (the layer was released since, frozen again by a later row,
     or ordered in a run the trial left when it was restored from an older checkpoint), for an
-    unfreeze after which the layer was frozen again, and for a stop a later stop replaced.
+    unfreeze after which the layer was frozen again, and for a stop a later stop replaced;
+    ``carried_out``, for a freeze, whether the trial reported the layer frozen after it
+    (before the layer's next decision): False for a freeze the trial never carried out (it
+    refused one that would stop a weight another layer trains with), ``<NA>`` where its
+    results cannot tell and for the other actions.
 
     The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
     directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``
@@ -74,7 +87,8 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
         ...     "layer": "conv1", "rule": "converged", "values": {"similarity": 0.99512}}]
         >>> decisions(df).to_dict("records")  # doctest: +NORMALIZE_WHITESPACE
         [{'trial_id': 'a', 'iteration': 2, 'action': 'freeze', 'layer': 'conv1',
-          'rule': 'converged', 'values': 'similarity=0.9951', 'in_force': True}]
+          'rule': 'converged', 'values': 'similarity=0.9951', 'in_force': True,
+          'carried_out': None}]
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"Expected the tidy DataFrame of compare.load but got {type(df).__name__}")
@@ -88,6 +102,7 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
             "rule": pd.Series([r["rule"] for r in rows], dtype=object),
             "values": pd.Series([_values_text(r["values"]) for r in rows], dtype=object),
             "in_force": pd.Series([bool(r.get("in_force", True)) for r in rows], dtype=bool),
+            "carried_out": pd.array([r.get("carried_out") for r in rows], dtype="boolean"),
         }
     )
     return table[list(DECISION_COLUMNS)]
