@@ -50,7 +50,9 @@ def test_the_layer_order_is_the_probes_call_order_and_freezing_starts_at_the_inp
     exporter = ik.Exporter(model, opt, bus)
     assert exporter.layer_order == ["head", "body"]  # no probe yet: registration order
     # every layer counts as settled: the first one to freeze is the input side's
-    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    ik.SVCCASubscriber(
+        torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0
+    )
     measured: list[str] = []
     ik.CallbackSubscriber(["self_similarity"], lambda m: measured.append(m.key), bus, tag=None)
     assert exporter.layer_order == ["body", "head"]  # the probe at initialisation ran
@@ -75,7 +77,9 @@ def test_a_trainable_module_outside_the_tracked_layers_blocks_freezing_after_it(
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     bus = MessageBus()
     exporter = ik.Exporter(model, opt, bus, module_filter=nn.Linear)  # the BatchNorm untracked
-    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    ik.SVCCASubscriber(
+        torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0
+    )
     assert exporter.layer_order == ["1", "3", "5"]
     assert [exporter.trains_upstream(n) for n in exporter.layer_order] == [["0"]] * 3
     _train(model, opt, exporter, epochs=2)
@@ -183,7 +187,7 @@ def test_a_layer_the_probe_never_calls_keeps_its_place_and_blocks_freezing_while
     bus = MessageBus()
     exporter = ik.Exporter(model, opt, bus)
     tokens = torch.randint(0, 10, (32, 4))
-    ik.SVCCASubscriber(tokens, 32, freeze_at=1e-6, message_bus=bus, backend=None)
+    ik.SVCCASubscriber(tokens, 32, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0)
     assert exporter.layer_order == ["wte", "wpe", "fc", "head"]  # wpe not moved to the end
 
     def epoch() -> None:
@@ -269,7 +273,9 @@ def test_a_tied_weight_is_frozen_only_when_every_layer_holding_it_may_be(caplog)
     model = TiedLM()
     exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
     assert exporter.shares_with("emb") == ["out"] and exporter.shares_with("body") == []
-    svcca = SVCCASubscriber(torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None)
+    svcca = SVCCASubscriber(
+        torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None, min_travel=0
+    )
     svcca.use_model(exporter)
     settled = {"emb": 0.999, "body": 0.95, "final": 0.95}
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
@@ -291,7 +297,9 @@ def test_a_tied_weight_is_not_frozen_when_its_partner_never_may_be() -> None:
     del model.final  # out is the last layer: it is never frozen, so neither is emb's weight
     model.forward = lambda tokens: model.out(torch.tanh(model.body(model.emb(tokens))))  # type: ignore[method-assign]
     exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), MessageBus())
-    svcca = SVCCASubscriber(torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None)
+    svcca = SVCCASubscriber(
+        torch.randint(0, 12, (16,)), 16, freeze_at=0.9, backend=None, min_travel=0
+    )
     svcca.use_model(exporter)
     svcca._freeze({"emb": 0.999, "body": 0.999, "out": 0.999})
     assert exporter.frozen == () and model.out.weight.requires_grad
@@ -542,7 +550,9 @@ def test_a_layer_run_in_training_only_and_registered_last_blocks_freezing() -> N
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     bus = MessageBus()
     exporter = ik.Exporter(model, opt, bus)
-    ik.SVCCASubscriber(torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None)
+    ik.SVCCASubscriber(
+        torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0
+    )
     before = model.adapter.weight.detach().clone()
     _train(model, opt, exporter, epochs=3)
     assert exporter.layer_order == ["fc1", "fc2", "out", "adapter"]

@@ -93,8 +93,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     only when every tracked layer before it is frozen (in the order the probe's pass calls them,
     :attr:`Exporter.layer_order`), no untracked module with trainable parameters of its own runs
     before it (:meth:`Exporter.trains_upstream`: a BatchNorm ``module_filter`` left out would
-    keep changing its input), and never if it holds the last trainable parameters. Only a frozen
-    prefix saves backward computation.
+    keep changing its input), and never if it holds the last trainable parameters; with
+    ``track_init``, only once it has moved ``min_travel`` from its initialisation (a widening
+    layer, an invertible linear map of its input, reads self-similarity 1.0 however its
+    weights change; linear CKA is not blind to that). Only a frozen prefix saves backward
+    computation.
 
     Args:
         dataset: a map-style torch ``Dataset`` whose items are inputs or ``(input, ...)`` tuples,
@@ -108,6 +111,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         probe_tag: tag of the probe passes' messages.
         frequency: ``'epoch'``, or an integer k to check every k training steps.
         freeze_at: similarity in (0, 1] at which to freeze a layer, or ``None`` (no freezing).
+        min_travel: with ``track_init``, a layer is frozen only once it has moved at least
+            this far from its initialisation (1 - ``init_similarity``), as
+            :class:`~ikkuna_tune.tune.SVCCAScheduler` requires; 0 turns the check off.
         keep: fraction of variance SVCCA keeps on each side, in (0, 1].
         max_positions: at most this many rows per folded (convolution) layer.
         seed: seeds the probe set and the position subsets.
@@ -134,7 +140,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         {}
         >>> values = svcca.checkpoint(_epoch_end())  # nothing was trained in between
         >>> {name: round(value, 6) for name, value in values.items()}, exporter.frozen
-        ({'0': 1.0, '2': 1.0}, ('0',))
+        ({'0': 1.0, '2': 1.0}, ())
+        >>> svcca.min_travel = 0.0  # not moved from initialisation is converged here
+        >>> _ = svcca.checkpoint(_epoch_end())
+        >>> exporter.frozen
+        ('0',)
     """
 
     uses_model = "probe"
@@ -157,6 +167,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         backend: str | None = "tb",
         device: torch.device | str | None = None,
         track_init: bool = True,
+        min_travel: float = 0.02,
     ) -> None:
         n = check_int("n", n)
         if not isinstance(track_init, bool):
@@ -169,6 +180,15 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.trigger = Trigger(frequency)
         self.frequency = self.trigger.frequency
         self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
+        if (
+            isinstance(min_travel, bool)
+            or not isinstance(min_travel, (int, float))
+            or not 0 <= min_travel <= 1
+        ):
+            raise ValueError(
+                f"Expected `min_travel` to be a number in [0, 1] but got {min_travel!r}"
+            )
+        self.min_travel = float(min_travel)
         self._told_not_freezing: set[str] = set()  # layers :meth:`_say_why_not` logged
         self._told_rows: set[str] = set()  # layers :meth:`_say_rows_left_out` logged
         self.keep = _check_keep(keep)
@@ -372,9 +392,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self._remeasure_on_common_rows(items, numbers, current, befores, left_out_now)
         unvaried = self._constant_by_construction(items, numbers, initial_live, output_varies)
         values: dict[str, float] = {}
+        travelled: dict[str, float] = {}  # 1 - init_similarity, where measured
         for (kind, name, value), number in zip(items, numbers):
             if name in unvaried:
                 continue  # no measure of a layer whose output never varied: None, not 0
+            if kind == keys.INIT_SIMILARITY:
+                travelled[name] = 1.0 - number
             if kind == keys.SELF_SIMILARITY:
                 values[name] = number
                 if math.isnan(number):
@@ -386,7 +409,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                     )
             self.publish(kind, value, source, module=exporter.modules[name])
         if self.freeze_at is not None:
-            self._freeze(values)
+            self._freeze(values, travelled)
         return values
 
     def _remeasure_on_common_rows(
@@ -526,8 +549,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         return self._recorder.record(self._exporter(), self.forward_fn, self.device)
 
     # ---------------------------------------------------------------------------- freezing
-    def _freeze(self, values: dict[str, float]) -> None:
-        """Freeze the converged layers at the input end, in order."""
+    def _freeze(self, values: dict[str, float], travelled: dict[str, float] | None = None) -> None:
+        """Freeze the converged layers at the input end, in order; ``travelled``: each layer's
+        distance from its initialisation, where measured (a layer without one is not held
+        back by ``min_travel``)."""
+        travelled = travelled or {}
         exporter = self._exporter()
         freeze_at = self.freeze_at
         assert freeze_at is not None
@@ -538,6 +564,13 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             calls = [k for k in values if keys.layer_of_call(k) == name]
             if name not in values or not all(values[k] >= freeze_at for k in calls):
                 return False  # (NaN never freezes)
+            # a layer SVCCA cannot see change (a widening layer: an invertible linear map of
+            # its input reads 1.0 between unrelated weights) must have come some way from
+            # its initialisation, which CKA sees
+            short = [k for k in calls if not travelled.get(k, math.inf) >= self.min_travel]
+            if short:
+                self._say_not_travelled(name, travelled.get(short[0], math.nan))
+                return False
             upstream = exporter.trains_upstream(name)  # its input still changes: no prefix
             if upstream:
                 self._say_why_not(name, upstream, [])
@@ -556,6 +589,23 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
             )
             exporter.freeze(name)
+
+    def _say_not_travelled(self, name: str, travelled: float) -> None:
+        """Log once per layer that a layer similar enough to freeze has not come far enough."""
+        if name in self._told_not_freezing:
+            return
+        self._told_not_freezing.add(name)
+        logger.warning(
+            "Not freezing layer %r, similar enough at freeze_at=%s: it has moved %.4g from "
+            "its initialisation (1 - init_similarity), less than min_travel=%s; SVCCA cannot "
+            "see some changes (a widening layer reads 1.0 whatever its weights), so it waits "
+            "until linear CKA sees the layer has moved (freezing goes from the input side, so "
+            "the layers after it wait too)",
+            name,
+            self.freeze_at,
+            travelled,
+            self.min_travel,
+        )
 
     def _say_why_not(self, name: str, upstream: list[str], waiting: list[str]) -> None:
         """Log once per layer why a layer similar enough to freeze is not frozen."""

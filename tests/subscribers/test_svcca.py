@@ -224,13 +224,32 @@ def test_converged_layers_freeze_from_the_input_side_but_not_the_last(data) -> N
     frozen: list[str] = []
     ik.CallbackSubscriber(["layer_frozen"], lambda m: frozen.append(m.data), bus)
     inputs = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
-    SVCCASubscriber(inputs, 40, message_bus=bus, freeze_at=0.999, backend=None)
+    SVCCASubscriber(inputs, 40, message_bus=bus, freeze_at=0.999, backend=None, min_travel=0)
     exporter.epoch_finished()
     assert exporter.frozen == ()
     model(inputs[:4])  # a training pass that changes no weight: every layer's similarity is 1
     exporter.epoch_finished()
     assert exporter.frozen == ("0", "2") == tuple(frozen)  # "4", the head, stays trainable
     assert model[4].weight.requires_grad
+
+
+def test_a_layer_that_never_left_its_initialisation_is_not_frozen(caplog) -> None:
+    """Similarity 1.0 is also what a layer that never moved reads (or a widening layer that
+    SVCCA cannot see change): with the default min_travel nothing is frozen until linear CKA
+    against initialisation has moved, and the first layer says why."""
+    model = _stack()
+    _, bus, exporter = _setup(model)
+    inputs = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    SVCCASubscriber(inputs, 40, message_bus=bus, freeze_at=0.999, backend=None)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
+        for _ in range(3):
+            model(inputs[:4])
+            exporter.epoch_finished()
+    assert exporter.frozen == ()
+    said = [r.getMessage() for r in caplog.records if "min_travel" in r.getMessage()]
+    assert len(said) == 1 and "Not freezing layer '0'" in said[0] and "moved 0 " in said[0]
+    with pytest.raises(ValueError, match=r"`min_travel` to be a number in \[0, 1\]"):
+        SVCCASubscriber(inputs, 40, freeze_at=0.999, min_travel=1.5)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +270,24 @@ def test_freezing_rule(values, expected) -> None:
     model = _stack()
     _, bus, exporter = _setup(model)
     sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.999, backend=None)
-    sub._freeze(values)
+    sub._freeze(values, dict.fromkeys(values, 0.5))  # every layer far from its start
+    assert exporter.frozen == expected
+
+
+@pytest.mark.parametrize(
+    ("travelled", "expected"),
+    [
+        ({"0": 0.05, "2": 0.05}, ("0", "2")),
+        ({"0": 0.01, "2": 0.05}, ()),  # the first layer has not come far: the rest wait
+        ({"0": 0.05, "2": 0.019}, ("0",)),
+        ({"0": 0.05, "2": math.nan}, ("0",)),  # no CKA for "2" (diverged): not frozen
+    ],
+)
+def test_freezing_rule_with_the_distance_from_initialisation(travelled, expected) -> None:
+    model = _stack()
+    _, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.999, backend=None)
+    sub._freeze({"0": 1.0, "2": 1.0, "4": 1.0}, travelled)
     assert exporter.frozen == expected
 
 
@@ -260,14 +296,14 @@ def test_freezing_continues_after_layers_frozen_elsewhere() -> None:
     _, bus, exporter = _setup(model)
     sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.9, backend=None)
     exporter.freeze("0")
-    sub._freeze({"0": 0.1, "2": 0.95, "4": 0.99})
+    sub._freeze({"0": 0.1, "2": 0.95, "4": 0.99}, {"2": 0.5})
     assert exporter.frozen == ("0", "2")
 
 
 # ---------------------------------------------------------------------------- non-finite
 def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, caplog) -> None:
     opt, bus, exporter = _setup(tiny)
-    sub = SVCCASubscriber(data, 10, message_bus=bus, freeze_at=0.5, backend=None)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, freeze_at=0.5, backend=None, min_travel=0)
     got = _published(bus)
     exporter.epoch_finished()
     with torch.no_grad():
