@@ -151,7 +151,18 @@ class LayerFreezing:
                 "BatchNorm statistics and dropout would go on training; freeze through a new "
                 "Exporter"
             )
+        shares_with = getattr(self, "shares_with", None)
+        tied = (
+            [] if shares_with is None else [o for o in shares_with(name) if o not in self._frozen]
+        )
         self._freeze(name)
+        if tied and name in self._frozen:
+            logger.warning(
+                "Freezing %r also stops training the parameters it shares with %s (tied "
+                "weights), which are not reported frozen: their other parameters go on training",
+                name,
+                tied,
+            )
 
     def _freeze(self, name: str, saved: Mapping[str, Any] | None = None) -> None:
         """:meth:`freeze`; ``saved`` (from :meth:`_freezing_state`, through a checkpoint) gives

@@ -352,6 +352,31 @@ def test_the_frozen_fraction_counts_a_shared_weight_once() -> None:
         )
 
 
+def test_freezing_a_layer_with_a_tied_weight_says_which_layers_it_stops(caplog) -> None:
+    """An embedding whose weight the head reuses: freezing the embedding stops the head's
+    weight too (checked by a step), which the freeze says once, naming the head."""
+    torch.manual_seed(0)
+    emb, mid, head = nn.Embedding(10, 6), nn.Linear(6, 6), nn.Linear(6, 10)
+    head.weight = emb.weight
+    model = nn.ModuleDict({"emb": emb, "mid": mid, "head": head})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with ik.Exporter(model, opt, depth=1) as exporter:
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            exporter.freeze("emb")
+        said = [r.getMessage() for r in caplog.records if "tied weights" in r.getMessage()]
+        assert len(said) == 1 and "'emb'" in said[0] and "['head']" in said[0]
+        before = head.weight.detach().clone(), head.bias.detach().clone()
+        tokens = torch.randint(0, 10, (8,))
+        opt.zero_grad()
+        F.cross_entropy(head(mid(emb(tokens))), tokens).backward()
+        opt.step()
+        assert torch.equal(head.weight, before[0]) and not torch.equal(head.bias, before[1])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            exporter.freeze("mid")  # shares nothing
+        assert "tied weights" not in caplog.text
+
+
 @pytest.mark.parametrize("case", ["backbone", "weight only"])
 def test_the_frozen_fraction_is_of_the_parameters_that_train(case) -> None:
     """Parameters the user froze (a fine-tuned backbone; a weight kept, its bias trained) are

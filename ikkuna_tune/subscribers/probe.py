@@ -71,12 +71,16 @@ def draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Te
     items = []
     for i in indices.tolist():
         item = dataset[i]
-        if isinstance(item, (tuple, list)):
+        paired = isinstance(item, (tuple, list))
+        if paired:
             item = item[0]
         if not isinstance(item, torch.Tensor):
+            got = f"{'the input of ' if paired else ''}item {i} is {type(item).__name__}"
             raise ValueError(
-                f"Expected data set items to be tensors or (input, ...) tuples but item {i} is "
-                f"{type(item).__name__}"
+                "Expected data set items to be tensors or (input, ...) tuples whose input is "
+                f"one tensor but {got}; for a model of several inputs (token ids and an "
+                "attention mask, say), stack them into one tensor and pass a `forward_fn` that "
+                "splits it and calls the model"
             )
         items.append(item)
     return indices, torch.stack(items)

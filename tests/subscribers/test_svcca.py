@@ -476,6 +476,8 @@ def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
         ({"ylims": (1, 0)}, r"`ylims` to be None or a pair \(low, high\) with low < high"),
         ({"backend": "wandb"}, "`backend` to be one of"),
         ({"dataset": [1, 2, 3]}, "`dataset` to be a torch Dataset or a tensor of inputs"),
+        ({"min_travel": -0.1}, r"`min_travel` to be a number in \[0, 1\] but got -0.1"),
+        ({"min_travel": math.nan}, r"`min_travel` to be a number in \[0, 1\] but got nan"),
     ],
 )
 def test_invalid_arguments(data, kwargs, match) -> None:
@@ -813,3 +815,18 @@ class _TokenNet(_WithClassToken):
 def test_an_input_independent_layer_of_a_model_with_an_output_fn_is_not_dead() -> None:
     for live in _live_published(_TokenNet(), batch_size=4, output_fn=lambda o: o.logits):
         assert live == {"inp": 1.0, "head": 1.0}  # nothing for the class token, not 0
+
+
+def test_a_data_set_of_several_inputs_per_item_is_refused_with_what_to_do() -> None:
+    from torch.utils.data import Dataset
+
+    class TokensAndMask(Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int):
+            return (torch.zeros(5, dtype=torch.long), torch.ones(5)), 0
+
+    with pytest.raises(ValueError, match=r"the input of item \d+ is tuple") as raised:
+        SVCCASubscriber(TokensAndMask(), 4, backend=None)
+    assert "pass a `forward_fn` that splits it" in str(raised.value)
