@@ -384,12 +384,17 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     first = torch.where(constant, lo - 1, lo)
     last = torch.where(constant, hi + 1, hi)
     span = last - first
-    steps = torch.arange(bins + 1, device=flat.device, dtype=flat.dtype) / bins
-    edges = first + span * steps
+    steps = torch.arange(bins + 1, device=flat.device, dtype=torch.float64) / bins
+    # (in float64: a float32 span from -3e38 to 3e38 overflows, a layer about to diverge)
+    edges = (first.double() + (last.double() - first.double()) * steps).to(flat.dtype)
     # bin by hand (torch.histc and torch.bincount read the range or the size back to the host)
     # with torch.histc's arithmetic, (x - min) * bins / (max - min) in this order, so that a
     # value on an edge goes to the same bin; every index stays in range, whatever the entries
-    index = (flat - first).mul_(bins).div_(span).nan_to_num_(0.0, bins - 1, 0.0)
+    index = (flat - first).mul_(bins).div_(span)
+    if flat.dtype != torch.float64:  # where the span overflowed, the same in float64
+        wide = (flat.double() - first.double()).mul_(bins).div_(last.double() - first.double())
+        index = torch.where(torch.isfinite(span), index.double(), wide)
+    index = index.nan_to_num_(0.0, bins - 1, 0.0)
     index = index.floor_().clamp_(0, bins - 1).long()
     counts = torch.zeros(bins, device=flat.device, dtype=flat.dtype)
     counts.index_add_(0, index, finite.to(flat.dtype))

@@ -44,6 +44,21 @@ def test_entries_that_are_not_finite_are_in_no_bin_and_in_the_stats(bad: float) 
     assert not math.isfinite(float(stats[3]))  # the sum shows them
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_range_wider_than_the_dtype_holds_is_binned_as_numpy_does(dtype) -> None:
+    """Finite entries whose span overflows their dtype (float32: -3e38 to 3e38, a layer about
+    to diverge) land in their own bins, not all in the first one (numpy, in float64)."""
+    import numpy as np
+
+    top = torch.finfo(dtype).max
+    x = torch.tensor([-top, -top / 3, 0.0, top / 3, top], dtype=dtype)
+    counts, edges, _ = histogram(x, 8)
+    expected, expected_edges = np.histogram(x.double().numpy(), bins=8)
+    assert counts.tolist() == expected.tolist()
+    assert torch.isfinite(edges).all()
+    np.testing.assert_allclose(edges.double().numpy(), expected_edges, rtol=1e-2)
+
+
 def test_nothing_finite_gives_empty_bins() -> None:
     counts, _, stats = histogram(torch.tensor([math.nan, math.inf]), 4)
     assert counts.tolist() == [0.0] * 4 and not math.isfinite(float(stats[3]))
