@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -828,6 +829,7 @@ def stop_verdict(
     others: list[list[float]],
     budget: int | None,
     nonfinite: tuple[str, float] | None = None,
+    earlier: Mapping[str, float] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -838,6 +840,10 @@ def stop_verdict(
         budget: the number of reports the trial would make if not stopped, when known.
         nonfinite: the name and value of a reported value that is NaN or infinite, if any
             (:func:`~ikkuna_tune.tune.results.first_nonfinite`).
+        earlier: :func:`earlier_phase` of the trial, if it is in an earlier phase of its
+            schedule than a trial ahead of it: then it is not stopped as behind (neither
+            "no progress while others learned" nor "cannot reach the top"), since its own
+            learning-rate decay may still bring what the others' brought them.
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -880,6 +886,8 @@ def stop_verdict(
     # its own noise of the third best other trial after as many reports (a noisy leader's
     # recent rate says little about where it ends)
     if _stands_among_best(trial, rules, others):
+        return None
+    if earlier is not None:  # behind trials that decayed, before its own decay
         return None
     held_so_far = sorted(others_held_so_far(others, it, window), reverse=True)
     if (

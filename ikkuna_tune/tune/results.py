@@ -65,13 +65,18 @@ def first_nonfinite(
     metric: str | None,
     similarity: dict[str, float],
     similarity_key: str,
+    finite_before: set[str] | None = None,
 ) -> tuple[str, float] | None:
     """The first of ``metric``, the reported losses and the layers' similarities whose value
     is NaN or infinite, with that value (a similarity as ``<similarity_key>/<layer>``), or None.
 
     A loss is any number reported under a key whose first part names one (``loss``,
     ``train_loss``, ``mean_loss``, ``val_loss``, ``losses/val``, ``valLoss``): a loss that is
-    not finite means the trial diverged, whatever the user called it.
+    not finite means the trial diverged, whatever the user called it. With ``finite_before``
+    (the losses the trial has reported finite so far; this result's finite ones are added to
+    it), a loss other than ``metric`` that is infinite before it was ever finite is passed
+    over: ``best_val_loss = inf`` before the first validation is a tracker's start, not a
+    divergence (a NaN always counts).
 
     Examples:
         >>> first_nonfinite({"acc": 0.5, "loss": float("nan")}, "acc", {}, "self_similarity")
@@ -80,12 +85,35 @@ def first_nonfinite(
         ('val_loss', inf)
         >>> first_nonfinite({"acc": 0.5}, "acc", {"fc": -float("inf")}, "self_similarity")
         ('self_similarity/fc', -inf)
+        >>> seen = set()
+        >>> first_nonfinite({"acc": 0.5, "best_loss": float("inf")}, "acc", {}, "sim", seen)
+        >>> first_nonfinite({"acc": 0.6, "best_loss": 0.9}, "acc", {}, "sim", seen), seen
+        (None, {'best_loss'})
+        >>> first_nonfinite({"acc": 0.6, "best_loss": float("inf")}, "acc", {}, "sim", seen)
+        ('best_loss', inf)
     """
     losses = [k for k in result if "loss" in k.split("/", 1)[0].lower()]
+    found: tuple[str, float] | None = None
     for key in (metric, *losses):
         value = result.get(key) if key else None
-        if is_number(value) and not math.isfinite(float(value)):  # type: ignore[arg-type]
-            return str(key), float(value)  # type: ignore[arg-type]
+        if not is_number(value):
+            continue
+        number = float(value)  # type: ignore[arg-type]
+        if math.isfinite(number):
+            if finite_before is not None and key != metric:
+                finite_before.add(str(key))
+            continue
+        if (
+            finite_before is not None
+            and key != metric
+            and not math.isnan(number)
+            and key not in finite_before
+        ):
+            continue  # infinite from the start: a tracker's initial value
+        if found is None:
+            found = str(key), number
+    if found is not None:
+        return found
     for name, value in similarity.items():
         if not math.isfinite(value):
             return f"{similarity_key}/{name}", value

@@ -570,10 +570,19 @@ class SVCCAScheduler(FIFOScheduler):
         history = view.history
         if self.stop:
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
-            nonfinite = first_nonfinite(result, self._metric, similarity, self.similarity_key)
+            nonfinite = first_nonfinite(
+                result, self._metric, similarity, self.similarity_key, view.finite_losses
+            )
             if measured:
                 budget = view.measured_budget()
-                verdict = stop_verdict(history, self.metric_rules(), others, budget, nonfinite)
+                # behind trials whose learning rate decayed while its own has not: its
+                # plateau is no final one, so it is not judged behind (a swept step decay)
+                phase = earlier_phase(
+                    history, [v.history for t, v in self._views.items() if t != trial_id]
+                )
+                verdict = stop_verdict(
+                    history, self.metric_rules(), others, budget, nonfinite, earlier=phase
+                )
             elif nonfinite is not None:
                 verdict = Decision(
                     "stop",

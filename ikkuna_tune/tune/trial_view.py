@@ -67,6 +67,9 @@ class TrialView:
     #: per layer, the freezes and unfreezes decided for it, in order (what held at a
     #: checkpoint a restore goes back to)
     events: dict[str, list[Decision]] = field(default_factory=dict)
+    #: the losses the trial has reported finite (a loss that is infinite before it ever was
+    #: finite, ``best_val_loss`` before the first validation, is no divergence)
+    finite_losses: set[str] = field(default_factory=set)
 
     def start_afresh(self) -> None:
         """Forget the orders, freezes and unfreezes of a run the trial left to start over from

@@ -436,7 +436,7 @@ def test_nan_metric_or_similarity_stops_at_once() -> None:
     for bad in (
         {"acc": float("nan")},
         {"self_similarity/fc1": float("nan")},
-        {"loss": inf},
+        {"loss": float("nan")},
         {"acc": -inf},
     ):
         scheduler, mailbox = make()
@@ -450,6 +450,24 @@ def test_nan_metric_or_similarity_stops_at_once() -> None:
         ((_, decision),) = scheduler.decisions
         ((key, value),) = decision.values.items()
         assert key == next(iter(bad)) and str(value) == str(bad[key])
+
+
+def test_an_infinite_loss_is_a_divergence_once_the_loss_was_finite() -> None:
+    """``best_val_loss = inf`` before the first validation is a tracker's start: it stops no
+    trial; the same key infinite after a finite value is a divergence, with the value."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = dict.fromkeys(LAYERS, 0.5)
+    first = {**result(sims, it=1), "best_val_loss": float("inf")}
+    assert scheduler.on_trial_result(None, trial, first) == CONTINUE
+    second = {**result(sims, it=2, acc=0.6), "best_val_loss": 0.9}
+    assert scheduler.on_trial_result(None, trial, second) == CONTINUE
+    third = {**result(sims, it=3, acc=0.7), "best_val_loss": float("inf")}
+    assert scheduler.on_trial_result(None, trial, third) == STOP
+    ((_, decision),) = scheduler.decisions
+    assert decision.rule == "diverged: non-finite value"
+    assert decision.values == {"best_val_loss": float("inf")}
 
 
 def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
@@ -1362,6 +1380,35 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
         if decays:  # its own decay: judged as usual from then on
             feed(scheduler, trials[3], [_scaled(result(sims, it=4, acc=0.5), 0.1)])
             assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
+
+
+def test_a_late_dropper_behind_trials_that_decayed_is_not_stopped_as_behind() -> None:
+    """A swept step decay over 12 reports: three trials drop their learning rate at report 3
+    and climb to 0.86-0.88; the fourth keeps its rate, sits at 0.6 until its own drop at report
+    9 and ends best (FIFO's answer). It is not stopped as unable to reach the top 3 while it
+    has not decayed; told nothing of the rates (lr_scale 1 everywhere), the same reports stop
+    it, which would change the best configuration."""
+    leaders = {f"t{i}": [0.4, 0.55, 0.6, 0.75, 0.8, *[0.84 + 0.01 * i] * 7] for i in range(3)}
+    late = [0.4, 0.55, *[0.6 + 0.001 * k for k in range(7)], 0.8, 0.9, 0.95]
+    for told in (True, False):
+        scheduler, _ = make(max_t=12, freeze_best=False)
+        trials = {name: FakeTrial(name) for name in [*leaders, "late"]}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        for it in range(1, 13):
+            for name, trial in trials.items():
+                if name in scheduler.stopped_trials:
+                    continue
+                curve = late if name == "late" else leaders[name]
+                dropped = it >= (10 if name == "late" else 4)
+                scale = 0.1 if told and dropped else 1.0
+                report = result({"conv1": 0.5, "conv2": 0.5}, it=it, acc=curve[it - 1])
+                scheduler.on_trial_result(None, trial, _scaled(report, scale))
+        stopped = scheduler.stopped_trials.get("late")
+        if told:
+            assert stopped is None
+        else:
+            assert stopped is not None and "cannot reach" in stopped
 
 
 def _frozen_then_unfrozen() -> tuple[SVCCAScheduler, FakeMailbox, FakeTrial]:
