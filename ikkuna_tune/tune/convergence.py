@@ -72,6 +72,7 @@ __all__ = [
     "earlier_phase",
     "freeze_candidates",
     "further_calls",
+    "has_learned",
     "held_level",
     "in_units",
     "layer_settled",
@@ -860,6 +861,10 @@ def stop_verdict(
         history = trial.per_layer.get(name)
         live = history.live[-1] if history and history.live else math.nan
         if math.isfinite(live) and live <= rules.dead_below and name not in trial.frozen:
+            # a dead layer in a trial that learned (a residual branch whose units died, the
+            # skip connection learning on) is no diverged trial: the best one had one
+            if has_learned(trial, rules):
+                break
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
@@ -932,6 +937,32 @@ def stop_verdict(
         if _cannot_reach(previous, rules, others, budget) is None:
             return None
     return verdict
+
+
+def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
+    """Whether the trial stands where it learned something: the best of its last
+    ``settle_window`` values is more than ``stall_delta`` above its first value, and above
+    chance by more than ``stall_delta`` where chance is known. A dead layer or one layer's
+    non-finite similarity does not stop such a trial (a residual branch whose units died
+    while the skip connection learns on; the best trial of a sweep had one): a diverged trial
+    sits at chance, or fell back there, and is judged where it fell.
+
+    Examples:
+        >>> rules = ConvergenceRules()
+        >>> has_learned(TrialHistory(metric=[0.3, 0.45, 0.6]), rules)
+        True
+        >>> has_learned(TrialHistory(metric=[0.111, 0.091, 0.118], chance=0.1), rules)
+        False
+        >>> has_learned(TrialHistory(metric=[0.3, 0.6, 0.1, 0.1, 0.1]), rules)  # fell back
+        False
+    """
+    values = [m for m in trial.metric if math.isfinite(m)]
+    if len(values) < 2:
+        return False
+    top = max(values[-rules.settle_window :])
+    if math.isfinite(trial.chance) and top <= trial.chance + rules.stall_delta:
+        return False
+    return top - values[0] > rules.stall_delta - _tolerance(top, values[0])
 
 
 def _stands_among_best(

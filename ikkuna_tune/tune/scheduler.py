@@ -25,6 +25,7 @@ from ikkuna_tune.tune.convergence import (
     among_best,
     earlier_phase,
     freeze_candidates,
+    has_learned,
     in_units,
     metric_scale_from,
     others_best_so_far,
@@ -573,6 +574,19 @@ class SVCCAScheduler(FIFOScheduler):
             nonfinite = first_nonfinite(
                 result, self._metric, similarity, self.similarity_key, view.finite_losses
             )
+            if (
+                nonfinite is not None
+                and nonfinite[0].startswith(f"{self.similarity_key}/")
+                and has_learned(history, self.metric_rules())
+            ):
+                # one layer's similarity (most of its probe points not finite) in a trial that
+                # stands where it learned: no diverged trial; the layer is not frozen on it
+                logger.info(
+                    "Trial %s: %s is %s while its metric stands where it learned; not stopped",
+                    trial_id,
+                    *nonfinite,
+                )
+                nonfinite = None
             if measured:
                 budget = view.measured_budget()
                 # behind trials whose learning rate decayed while its own has not: its

@@ -482,6 +482,39 @@ def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
     assert mailbox.posts == []
 
 
+@pytest.mark.parametrize("signal", ["dead layer", "NaN similarity"])
+def test_a_layer_signal_stops_a_trial_at_chance_but_not_one_that_learned(signal) -> None:
+    """A dead layer or one layer's NaN similarity at report 4: a trial whose accuracy rose
+    from 0.1 to 0.6 (a residual branch that died while the skip connection learns on) runs on;
+    one that stayed at chance (0.1, chance 0.1) is stopped there."""
+
+    def moved(i: int) -> dict[str, float]:
+        return dict.fromkeys(LAYERS, 0.1 * (i + 1))
+
+    for accs, stops in (([0.1, 0.3, 0.45, 0.6], False), ([0.1, 0.11, 0.09, 0.1], True)):
+        scheduler, _ = make()
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        reports = [
+            # layers still moving away from their initialisation: nothing else stops it
+            result(dict.fromkeys(LAYERS, 0.5), it=i + 1, acc=a, dist=moved(i))
+            for i, a in enumerate(accs)
+        ]
+        if signal == "dead layer":
+            reports[-1] = result(
+                dict.fromkeys(LAYERS, 1.0), it=4, acc=accs[-1], dist=moved(3), live={"fc1": 0.0}
+            )
+        else:
+            reports[-1]["self_similarity/fc1"] = float("nan")
+        for report in reports:
+            report["acc_chance"] = 0.1
+        decisions = feed(scheduler, trial, reports)
+        assert decisions == [CONTINUE] * 3 + [STOP if stops else CONTINUE], accs
+        if stops:
+            expected = "dead layer" if signal == "dead layer" else "diverged: non-finite value"
+            assert scheduler.stopped_trials == {"t1": expected}
+
+
 def test_stop_false_freezes_only() -> None:
     scheduler, _ = make(stop=False)
     trial = FakeTrial("t1")
