@@ -100,10 +100,15 @@ def test_a_non_finite_value_in_a_report_between_epochs_stops_at_once() -> None:
 
 def test_a_loss_under_any_name_that_is_not_finite_stops_the_trial() -> None:
     for key in ("mean_loss", "val_loss", "valLoss", "losses/val"):
-        reports = [_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), key: math.inf}]
-        scheduler, _, decisions = _run(reports)
-        assert decisions == [CONTINUE, STOP], key
-        assert key in scheduler._views["t1"].stopped.values
+        # infinite once it was finite, or NaN at any report
+        for first, then in ((0.4, math.inf), (None, math.nan)):
+            reports = [{**_epoch(1, 0.5, 0.05), key: first}, {**_epoch(2, 0.5, 0.06), key: then}]
+            scheduler, _, decisions = _run(reports)
+            assert decisions == [CONTINUE, STOP], key
+            assert key in scheduler._views["t1"].stopped.values
+    # infinite before it was ever finite: a tracker's start (best_val_loss = inf)
+    reports = [_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), "best_val_loss": math.inf}]
+    assert _run(reports)[2] == [CONTINUE, CONTINUE]
     # a finite loss, or a number that is no loss, does not
     _, _, decisions = _run([_epoch(1, 0.5, 0.05), {**_epoch(2, 0.5, 0.06), "val_loss": 0.3}])
     assert decisions == [CONTINUE, CONTINUE]
