@@ -421,6 +421,24 @@ def _first_labels(
     return batch[1] if isinstance(batch[1], torch.Tensor) else None
 
 
+def _warn_if_dropping(loader: DataLoader[Any]) -> None:
+    """Warn when a test DataLoader's ``drop_last`` leaves samples out of every evaluation."""
+    batch = loader.batch_size
+    try:
+        size = len(loader.sampler)  # type: ignore[arg-type]
+    except TypeError:  # an iterable data set: its size is unknown here
+        return
+    if loader.drop_last and batch and size % batch:
+        logger.warning(
+            "TestAccuracySubscriber: the test DataLoader has drop_last=True, so %d of its %d "
+            "samples are never evaluated: test accuracy and its chance level are over the "
+            "other %d (build the loader with drop_last=False for the whole set)",
+            size % batch,
+            size,
+            size - size % batch,
+        )
+
+
 def _summed(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
     """``total + counts`` for per-class counts of possibly different lengths."""
     if total is None:
@@ -534,6 +552,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                     f"used) but got {batch_size!r}"
                 )
             loader: DataLoader[Any] = dataset
+            _warn_if_dropping(loader)
         elif isinstance(dataset, Dataset):
             size = check_int("batch_size", 256 if batch_size is None else batch_size)
             loader = DataLoader(dataset, batch_size=size, shuffle=False)

@@ -875,3 +875,15 @@ def test_losses_that_disagree_on_the_ignore_index_leave_none_out() -> None:
     exporter.wrap_loss(F.cross_entropy)  # counts every class
     assert exporter.ignore_index is None
     exporter.close()
+
+
+def test_a_test_loader_that_drops_its_last_batch_says_how_many_samples_it_leaves_out(
+    test_set, caplog
+) -> None:
+    n = len(test_set)
+    assert n % 7  # the last batch is short
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.accuracy"):
+        ik.TestAccuracySubscriber(DataLoader(test_set, batch_size=7, drop_last=True))
+        ik.TestAccuracySubscriber(DataLoader(test_set, batch_size=7))  # keeps every sample
+    said = [r.getMessage() for r in caplog.records if "drop_last" in r.getMessage()]
+    assert len(said) == 1 and f"{n % 7} of its {n} samples are never evaluated" in said[0]
