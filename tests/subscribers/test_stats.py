@@ -237,6 +237,23 @@ def test_message_mean_rejects_network_and_non_scalar_kinds(tiny, batch) -> None:
         )
 
 
+def test_spectral_norm_at_one_iteration_a_step_starts_near_the_value() -> None:
+    """The default, one power iteration a message, on a layer's first weights (a random start
+    vector): within 1 % of the largest singular value from the first message on."""
+    from ikkuna_tune.messages import NamedModule
+
+    torch.manual_seed(0)
+    bus = MessageBus()
+    spectral = ik.SpectralNormSubscriber("weights", bus, backend=None)
+    got = _collect(bus, spectral.published_kind)
+    for name, shape in (("fc", (64, 128)), ("conv", (16, 8, 3, 3)), ("head", (10, 64))):
+        weights = torch.randn(shape) / shape[1] ** 0.5
+        layer = NamedModule(name, nn.Linear(1, 1))
+        bus.publish_module_message("weights", layer, weights, global_step=0, train_step=0, epoch=0)
+        expected = torch.linalg.matrix_norm(weights.flatten(1), ord=2)
+        torch.testing.assert_close(_values(got, name)[0], expected, rtol=0.01, atol=0)
+
+
 def test_spectral_norm_converges_and_its_state_restores(tiny, batch) -> None:
     bus = MessageBus()
     spectral = ik.SpectralNormSubscriber("weights", bus, backend=None, n_power_iterations=60)
