@@ -191,6 +191,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.min_travel = float(min_travel)
         self._told_not_freezing: set[str] = set()  # layers :meth:`_say_why_not` logged
         self._told_rows: set[str] = set()  # layers :meth:`_say_rows_left_out` logged
+        self._told_few_rows: set[str] = set()  # layers warned of fewer rows than features
         self.keep = _check_keep(keep)
         self.max_positions = check_int("max_positions", max_positions)
         if self.max_positions < 2:
@@ -323,6 +324,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             # a few probe points the model cannot score (a blank image normalised by its
             # maximum: 0/0) are left out rather than make the whole layer NaN; the stored
             # matrix is the repaired one, so the next checkpoint compares like with like
+            if now.shape[0] <= now.shape[-1] and name not in self._told_few_rows:
+                self._told_few_rows.add(name)
+                logger.warning(
+                    "Layer %r: the probe gives %d rows for %d features; with no more rows than "
+                    "features CCA finds correlations of 1 whatever the data, so its similarities "
+                    "read high (choose n, or max_positions for a convolution, so that every "
+                    "layer has several times more rows than features)",
+                    name,
+                    now.shape[0],
+                    now.shape[-1],
+                )
             now, left_out, finite_now[name] = _finite_rows(now)
             current[name] = now
             unmeasured.append((name, left_out, now.shape[0]))

@@ -830,3 +830,25 @@ def test_a_data_set_of_several_inputs_per_item_is_refused_with_what_to_do() -> N
     with pytest.raises(ValueError, match=r"the input of item \d+ is tuple") as raised:
         SVCCASubscriber(TokensAndMask(), 4, backend=None)
     assert "pass a `forward_fn` that splits it" in str(raised.value)
+
+
+def test_a_probe_with_no_more_rows_than_features_is_warned_about_once(caplog) -> None:
+    """32 probe points for a 64-wide layer: CCA finds correlations of 1 whatever the data
+    (two unrelated random layers read 1.0 here), which one warning per layer says."""
+    from ikkuna_tune.functional.svcca import svcca_similarity
+
+    g = torch.Generator().manual_seed(0)
+    unrelated = svcca_similarity(
+        torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g), keep=1.0
+    )
+    assert float(unrelated) == pytest.approx(1.0)  # the shortage, not similarity
+    model = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 3))
+    _, bus, exporter = _setup(model)
+    SVCCASubscriber(torch.randn(40, 6, generator=g), 32, message_bus=bus, backend=None)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.subscribers.svcca"):
+        for _ in range(2):
+            model(torch.randn(4, 6))
+            exporter.epoch_finished()
+    said = [r.getMessage() for r in caplog.records if "rows for" in r.getMessage()]
+    assert said == [said[0]] and "Layer '0': the probe gives 32 rows for 64 features" in said[0]
+    exporter.close()
