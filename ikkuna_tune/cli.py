@@ -177,6 +177,10 @@ def _naming_the_option(error: ValueError, args: argparse.Namespace) -> ValueErro
         ):
             given = " (the default)" if value == default else ""
             return ValueError(f"{option} {value}{given}: {text}")
+    for option, what in (("--color-by", "color_by"), ("--style-by", "style_by")):
+        value = getattr(args, what, None)
+        if text.startswith(f"Unknown {what} parameter {value!r}"):
+            return ValueError(f"{option} {value}: {text}")
     return error
 
 

@@ -175,7 +175,8 @@ def test_compare_errors_are_one_line_with_exit_code_2(tmp_path, capsys) -> None:
 
     argv = ["compare", str(experiment), "--metric", "sim", "--color-by", "x", "-o", str(out)]
     assert main(argv) == 2
-    _one_error_line(capsys, "compare", "config columns: lr, model/width")
+    line = _one_error_line(capsys, "compare", "config columns: lr, model/width")
+    assert "error: --color-by x: Unknown color_by parameter 'x'" in line
 
     argv = ["compare", str(experiment), "--metric", "sim", "--summary-metric", "sim"]
     assert main([*argv, "-o", str(out)]) == 2

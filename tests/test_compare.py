@@ -337,7 +337,8 @@ def test_plot_layers_linear_and_categorical_colours(df) -> None:
     categorical = df.assign(optimizer=df["trial_id"].map({"aaaaa_00000": "adam"}))
     figure = compare.plot_layers(categorical, metric="loss", color_by="optimizer", style_by=None)
     (ax,) = figure.axes
-    assert ax.get_title() == "loss" and len(ax.get_lines()) == 3
+    assert figure._suptitle.get_text() == "loss" and ax.get_title() == ""  # named once
+    assert len(ax.get_lines()) == 3
     (legend,) = figure.legends
     texts = [t.get_text() for t in legend.get_texts()]
     assert texts == ["optimizer", "adam", "(missing)", "marks", "stopped early"]

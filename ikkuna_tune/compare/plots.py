@@ -189,7 +189,8 @@ def plot_layers(
                 **colour_of,
                 **style,
             )
-        ax.set_title(layer if layer is not None else metric)
+        if layer is not None:  # (a network-wide metric's one panel: the figure's title names it)
+            ax.set_title(layer)
         ax.set_xlabel("training_iteration")
         if not sharey or index % ncols == 0:
             ax.set_ylabel(metric)
