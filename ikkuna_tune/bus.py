@@ -334,6 +334,14 @@ class MessageBus(KindRegistry):
                 self._quiet[kind] = [keys, allowance]
         return True
 
+    def realign(self, key: str) -> None:
+        """Let every subscription count the messages layer ``key`` sat out while it published
+        none (see :meth:`Subscription.realign`); the Exporter calls it when it unfreezes the
+        layer."""
+        self.settle()
+        for subscription in {id(s): s for subs in self._by_kind.values() for s in subs}.values():
+            subscription.realign(key)
+
     def settle(self) -> None:
         """Bring every subscription's counts up to date (the fast path of :meth:`skip_all`
         defers them) and drop the allowances computed from them: before the counts are read

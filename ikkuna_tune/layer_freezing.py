@@ -305,6 +305,9 @@ class LayerFreezing:
             handle.remove()
         self._restart_lbfgs(named)
         self._restore_modes(name, self._held_modes.pop(name, {}))
+        bus = getattr(self, "message_bus", None)
+        if bus is not None:  # its gradients come back in phase with the other layers'
+            bus.realign(name)
 
     def _restore_modes(self, name: str, modes: Mapping[str, bool]) -> None:
         """Give layer ``name`` the model's training mode, except its modules whose mode

@@ -139,6 +139,21 @@ class Subscription:
     def _handle_message(self, message: Message) -> None:
         self.subscriber.receive_message(message)
 
+    def realign(self, key: str) -> None:
+        """Count for layer ``key`` the messages it sat out (a frozen layer publishes no
+        gradients): each kind's count for it rises to the largest of the other layers', so
+        that, unfrozen, it is subsampled at the steps the others are (a step's mean over the
+        layers is then over all of them, not the one layer out of phase). Only a count that
+        lags rises; a layer never counted stays as it is."""
+        counter = self.counter
+        for kind in self.kinds:
+            own = counter.get((key, kind))
+            if own is None:
+                continue
+            others = [n for (k, c), n in counter.items() if c == kind and k not in (key, None)]
+            if others and max(others) > own:
+                counter[(key, kind)] = max(others)
+
     def counts(self) -> dict[str, list[list[Any]]]:
         """How many messages of each layer and kind it has counted (what subsampling goes
         by), as plain lists for a checkpoint; :meth:`load_counts` restores them."""
@@ -323,6 +338,15 @@ class SynchronizedSubscription(Subscription):
             "rounds": [[key, n] for key, n in self._rounds.items()],
             "round_steps": [[key, step] for key, step in self._round_steps.items()],
         }
+
+    def realign(self, key: str) -> None:
+        """:meth:`Subscription.realign` for bundles: the layer's completed rounds rise to the
+        largest of the other layers'."""
+        super().realign(key)
+        own = self._rounds.get(key)
+        others = [n for k, n in self._rounds.items() if k not in (key, None)]
+        if own is not None and others and max(others) > own:
+            self._rounds[key] = max(others)
 
     def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
         super().load_counts(counts)

@@ -344,3 +344,49 @@ def test_numpy_state_of_zero_dimensions_and_without_a_torch_dtype() -> None:
     for odd in (np.longdouble(1.5), np.ones(2, dtype=np.longdouble)):
         with pytest.raises(ValueError, match="holds a longdouble|holds a ndarray"):
             check_loadable("Sub", "x", portable(odd))
+
+
+@pytest.mark.parametrize("bundled", [False, True])
+def test_a_layer_unfrozen_is_subsampled_in_phase_with_the_others(bundled) -> None:
+    """Subsampling every 4th gradient message per layer: layer "0" frozen for 5 steps sits
+    out 5 messages; unfrozen, it is subsampled at the steps the others are, so each step's
+    mean over the layers (MessageMeanSubscriber) is over all three, equal to the mean of the
+    gradient norms taken by hand, not one layer's value at steps of its own."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    steps: dict[int, list[str]] = {}  # step -> layers whose gradient norm was published
+    means: dict[int, float] = {}
+    if bundled:
+        ik.RatioSubscriber(["weight_gradients", "weights"], bus, subsample=4, backend=None)
+        kind = "weight_gradients_weights_ratio"
+    else:
+        ik.NormSubscriber("weight_gradients", bus, subsample=4, backend=None)
+        kind = "weight_gradients_norm2"
+    ik.CallbackSubscriber([kind], lambda m: steps.setdefault(m.global_step, []).append(m.key), bus)
+    mean = ik.MessageMeanSubscriber(kind, bus, backend=None)
+    ik.CallbackSubscriber(
+        [mean.published_kind], lambda m: means.update({m.global_step: float(m.data)}), bus
+    )
+    by_hand: dict[int, list[float]] = {}
+    with ik.Exporter(model, opt, bus) as exporter:
+        for step in range(24):
+            if step == 3:
+                exporter.freeze("0")
+            if step == 8:  # 5 steps frozen: out of phase with a subsample of 4
+                exporter.unfreeze("0")
+            x = torch.randn(8, 4)
+            opt.zero_grad()
+            F.cross_entropy(model(x), torch.randint(0, 3, (8,))).backward()
+            values = []
+            for layer in model:
+                if layer.weight.grad is not None:
+                    norm = layer.weight.grad.norm()
+                    values.append(float(norm / layer.weight.detach().norm() if bundled else norm))
+            by_hand[step] = values
+            opt.step()
+    after = {s: layers for s, layers in steps.items() if s >= 8}
+    assert after and all(sorted(layers) == ["0", "1", "2"] for layers in after.values()), after
+    for step in after:
+        assert means[step] == pytest.approx(sum(by_hand[step]) / 3, rel=1e-5)
