@@ -63,13 +63,16 @@ def load(name: str) -> tuple[TensorDataset, TensorDataset]:
     return train, test
 
 
-def build_model(family: str, shape: tuple[int, ...]) -> nn.Module:
-    """A small model of ``family`` for inputs of ``shape`` (C, H, W)."""
+def build_model(
+    family: str, shape: tuple[int, ...], hidden: tuple[int, ...] | None = None
+) -> nn.Module:
+    """A small model of ``family`` for inputs of ``shape`` (C, H, W); ``hidden``: the MLP's
+    hidden widths (default (128, 64))."""
     channels, side = shape[0], shape[-1]
     if family == "cnn":
         return DeepCNN(2, channels, side, width=8, hidden=64, classes=CLASSES)
     if family == "mlp":
-        return MLP(math.prod(shape), hidden=(128, 64), classes=CLASSES)
+        return MLP(math.prod(shape), hidden=tuple(hidden or (128, 64)), classes=CLASSES)
     if family == "resnet":
         return SmallResNet(channels, CLASSES, width=8, blocks=(1, 1))
     raise ValueError(f"Expected a model family in {list(FAMILIES)} but got {family!r}")
@@ -106,8 +109,10 @@ def train_trial(config: dict[str, Any]) -> None:
     """Train ``config["family"]`` on ``config["data"]`` for ``config["epochs"]`` epochs.
 
     Config keys: ``family``, ``data``, ``lr``, ``epochs``, optional ``seed`` (0),
-    ``batch_size`` (64), ``momentum`` (0.9), ``lr_drop_epoch`` (None: a constant learning rate;
-    else the learning rate is multiplied by ``lr_drop_factor``, 0.1, from that epoch on, by
+    ``batch_size`` (64), ``optimizer`` (``"sgd"``, with ``momentum`` 0.9, or ``"adam"``),
+    ``weight_decay`` (0), ``hidden`` (the MLP's hidden widths), ``lr_drop_epoch`` (None: a
+    constant learning rate; else the learning rate is multiplied by ``lr_drop_factor``, 0.1,
+    from that epoch on, by
     ``MultiStepLR`` stepped at each epoch's end), and ``variant`` (a dict merged into the
     config; the benchmark puts the scheduler group there), ``metric`` (``test_accuracy``: with
     another of :data:`METRICS`, :func:`measure_on_test_split` are reported too).
@@ -117,10 +122,19 @@ def train_trial(config: dict[str, Any]) -> None:
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     train, _ = load(config["data"])
-    model = build_model(config["family"], tuple(train.tensors[0].shape[1:]))
-    opt = torch.optim.SGD(
-        model.parameters(), lr=float(config["lr"]), momentum=float(config.get("momentum", 0.9))
+    hidden = config.get("hidden")
+    model = build_model(
+        config["family"], tuple(train.tensors[0].shape[1:]), tuple(hidden) if hidden else None
     )
+    decay = float(config.get("weight_decay", 0.0))
+    opt: torch.optim.Optimizer
+    if config.get("optimizer", "sgd") == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=float(config["lr"]), weight_decay=decay)
+    else:
+        momentum = float(config.get("momentum", 0.9))
+        opt = torch.optim.SGD(
+            model.parameters(), lr=float(config["lr"]), momentum=momentum, weight_decay=decay
+        )
     drop = config.get("lr_drop_epoch")
     schedule = (
         torch.optim.lr_scheduler.MultiStepLR(

@@ -95,6 +95,9 @@ FIGURES: dict[str, Figure] = {
     "regression": Figure(
         "experiments.bench_regression", (), "cpu_bench_regression.txt", ("--quick",)
     ),
+    "heldout": Figure(
+        "experiments.bench_heldout", (), "cpu_bench_heldout.txt", ("--quick",)
+    ),
     "fidelity_bound": Figure(
         "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
     ),
