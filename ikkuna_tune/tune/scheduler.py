@@ -591,9 +591,7 @@ class SVCCAScheduler(FIFOScheduler):
                 budget = view.measured_budget()
                 # behind trials whose learning rate decayed while its own has not: its
                 # plateau is no final one, so it is not judged behind (a swept step decay)
-                phase = earlier_phase(
-                    history, [v.history for t, v in self._views.items() if t != trial_id]
-                )
+                phase = self._earlier_phase(trial_id, view)
                 verdict = stop_verdict(
                     history, self.metric_rules(), others, budget, nonfinite, earlier=phase
                 )
@@ -792,11 +790,11 @@ class SVCCAScheduler(FIFOScheduler):
         rules = self.metric_rules()
         return among_best(view.history, others_best_so_far(view.history, others), rules)
 
-    def _earlier_phase(self, trial_id: str, view: TrialView) -> bool:
-        """Whether a trial ahead of this one has decayed its learning rate and this one has
-        not (:func:`~ikkuna_tune.tune.convergence.earlier_phase`)."""
+    def _earlier_phase(self, trial_id: str, view: TrialView) -> dict[str, float] | None:
+        """The values behind "a trial ahead of this one has decayed its learning rate and this
+        one has not" (:func:`~ikkuna_tune.tune.convergence.earlier_phase`), or None."""
         others = [v.history for t, v in self._views.items() if t != trial_id]
-        return earlier_phase(view.history, others) is not None
+        return earlier_phase(view.history, others)
 
     def _freeze(self, trial_id: str, view: TrialView) -> bool:
         """Post a directive for the layers to freeze now; True if one was posted."""
@@ -804,7 +802,7 @@ class SVCCAScheduler(FIFOScheduler):
             return False
         if not self.freeze_best and self._among_best(trial_id, view):
             return False  # a contender for the sweep's answer is left exactly as it would run
-        if not self.freeze_best and self._earlier_phase(trial_id, view):
+        if not self.freeze_best and self._earlier_phase(trial_id, view) is not None:
             return False  # behind trials whose learning rate has decayed while its own has not
         chosen = [
             view.dated(self._in_metric_units(d))
