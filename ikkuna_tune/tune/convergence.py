@@ -14,8 +14,10 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``settle_window`` reports that distance stayed within ``settle_tol`` of itself and grew at
   most ``settle_tol`` times as much as it once did over as many reports: steady drift keeps
   growing it), (4) be alive, and only while (5) the trial's metric has stopped improving
-  (no gain above ``min_delta`` in the last ``plateau`` reports): while a trial still learns,
-  nothing is frozen.
+  (no gain above ``min_delta`` in the last ``plateau`` reports over its best before them, and
+  its mean over the last ``plateau + 1`` reports no more than ``min_delta`` above its mean over
+  the ``plateau + 1`` before: a climb that a noisy report or two dipped after is still a
+  climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
   and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
@@ -730,6 +732,21 @@ def _improvement(metric: list[float], window: int) -> float:
     return max(recent) - max(before)
 
 
+def _trend(metric: list[float], window: int) -> float:
+    """Mean of the last ``window`` finite values minus that of the ``window`` before them
+    (fewer, half the history each, while it is shorter; +inf if either holds none): a climb
+    that one noisy report or two dipped after still reads as one, where the best so far
+    (:func:`_improvement`) sees a plateau."""
+    window = min(window, len(metric) // 2)
+    if window < 1:
+        return math.inf
+    before = [m for m in metric[-2 * window : -window] if math.isfinite(m)]
+    recent = [m for m in metric[-window:] if math.isfinite(m)]
+    if not before or not recent:
+        return math.inf
+    return sum(recent) / len(recent) - sum(before) / len(before)
+
+
 def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool, dict[str, float]]:
     """Whether one layer meets rules (1)-(4), and the values that decided it.
 
@@ -793,7 +810,8 @@ def freeze_candidates(
         [('freeze', 'conv', 'converged')]
     """
     gain = _improvement(trial.metric, rules.plateau)
-    if gain > rules.min_delta:
+    trend = _trend(trial.metric, rules.plateau + 1)
+    if gain > rules.min_delta or trend > rules.min_delta:
         return []  # the trial still learns: leave every layer alone
     done = trial.frozen | trial.pending
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
@@ -818,7 +836,13 @@ def freeze_candidates(
     names = next_to_freeze(trial.layers, done, settled, input_side_first=input_side_first)
     reports = trial.reports
     return [
-        Decision("freeze", "converged", reports, name, {**checks[name][1], "metric_gain": gain})
+        Decision(
+            "freeze",
+            "converged",
+            reports,
+            name,
+            {**checks[name][1], "metric_gain": gain, "metric_trend": trend},
+        )
         for name in names
     ]
 

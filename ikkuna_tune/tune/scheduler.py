@@ -118,7 +118,8 @@ class SVCCAScheduler(FIFOScheduler):
        :func:`~ikkuna_tune.tune.convergence.among_best`): a layer that is similar to
        its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
        initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
-       alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``). A slow,
+       alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``: neither
+       its best nor its mean over recent reports still rises). A slow,
        dead or widening layer, and every layer of a trial that still learns, stays trainable.
        The directive reaches the trial through the experiment's mailbox right after the report
        that triggered it; the trial confirms it in its next report (``frozen/<layer> = 1``).
@@ -169,7 +170,9 @@ class SVCCAScheduler(FIFOScheduler):
             have covered before it may freeze.
         settle_window: reports over which that distance must have stayed steady.
         settle_tol: how much it may vary over them, as a fraction of the distance.
-        plateau: reports without an improvement above ``min_delta`` before anything freezes.
+        plateau: reports without an improvement above ``min_delta`` before anything freezes
+            (and the metric's mean over the last ``plateau + 1`` reports no more than
+            ``min_delta`` above its mean over the ``plateau + 1`` before).
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).

@@ -107,23 +107,27 @@ def test_freezes_settled_prefix_once_the_metric_plateaus() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 0.995, "conv2": 0.991, "fc1": 0.5, "fc2": 0.999}
-    accs = [0.5, 0.7, 0.8, 0.8, 0.8]
-    feed(scheduler, trial, [result(sims, it=i + 1, acc=a) for i, a in enumerate(accs[:4])])
-    # at report 4 the last two reports still gained 0.1 over the best before them: learning
-    assert mailbox.posts == []
-    feed(scheduler, trial, [result(sims, it=5, acc=accs[4])])
+    accs = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    for i, acc in enumerate(accs[:7]):
+        feed(scheduler, trial, [result(sims, it=i + 1, acc=acc)])
+        # report 4: the last two reports gained 0.1 over the best before them; reports 5-7:
+        # no new best, but the mean of the last three still stands above that of the three
+        # before (0.8 against 0.75 at report 5, 0.667 at 6, 0.767 at 7): learning
+        assert mailbox.posts == [], i + 1
+    feed(scheduler, trial, [result(sims, it=8, acc=accs[7])])
     # fc1 is not settled, so fc2 (settled) is not frozen: only a prefix saves compute
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2"]]
     reason = mailbox.posts[0][1]["reasons"]["conv1"]
     assert "converged" in reason and "similarity=0.995" in reason
+    assert "metric_gain=0," in reason and "metric_trend=0" in reason
     # until the trial confirms, the layers are pending and not posted again
-    feed(scheduler, trial, [result(sims, it=6, acc=0.8)])
+    feed(scheduler, trial, [result(sims, it=9, acc=0.8)])
     assert len(mailbox.posts) == 1
-    feed(scheduler, trial, [result(sims, frozen=("conv1", "conv2"), it=7, acc=0.8)])
+    feed(scheduler, trial, [result(sims, frozen=("conv1", "conv2"), it=10, acc=0.8)])
     assert scheduler.frozen_layers == {"t1": ["conv1", "conv2"]}
     text = scheduler.debug_string()
     assert "t1: frozen ['conv1', 'conv2']; running" in text
-    assert "freeze conv1 at report 5: converged" in text
+    assert "freeze conv1 at report 8: converged" in text
 
 
 def test_a_layer_called_again_later_waits_for_its_later_call_to_settle() -> None:
