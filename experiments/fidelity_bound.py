@@ -26,7 +26,9 @@ its thresholds are set. Where the bound exceeds 0.6 the two targets cannot both 
 **Replay.** The same reports are also fed, report by report and every trial in step (as in a
 sweep that runs all its trials at once), to SVCCAScheduler's stopping rules
 (:func:`ikkuna_tune.tune.convergence.stop_verdict`, default thresholds, the budget known), the
-way the scheduler feeds them: what it would stop, when, and the compute that leaves. Freezing is
+way the scheduler feeds them, with its exceptions (a layer's non-finite similarity in a trial
+that has learned, and a loss infinite before it was ever finite, stop nothing): what it would
+stop, when, and the compute that leaves. Freezing is
 not replayed (a frozen trial's later reports would differ). It is replayed once more without
 the rules that wait for ``stall_share`` of the budget (stuck at chance, and stuck while others
 learned), to show their share. In
@@ -122,12 +124,18 @@ def replay_stops(
     whether FIFO's top ``top`` (by best metric) all ran to the end.
     """
     from ikkuna_tune import keys
-    from ikkuna_tune.tune.convergence import ConvergenceRules, TrialHistory, stop_verdict
+    from ikkuna_tune.tune.convergence import (
+        ConvergenceRules,
+        TrialHistory,
+        divergence,
+        stop_verdict,
+    )
     from ikkuna_tune.tune.results import first_nonfinite, layer_values, reported_layers
 
     rules = rules or ConvergenceRules()
     budget = max(len(t["reports"]) for t in trials.values())
     histories = {lr: TrialHistory() for lr in trials}
+    finite_losses: dict[float, set[str]] = {lr: set() for lr in trials}
     stopped: dict[float, tuple[int, str]] = {}
     for t in range(budget):
         for lr, trial in trials.items():
@@ -148,7 +156,14 @@ def replay_stops(
             if isinstance(chance, (int, float)) and math.isfinite(chance):
                 history.chance = float(chance)
             others = [h.metric for k, h in histories.items() if k != lr]
-            nonfinite = first_nonfinite(result, metric, similarity, keys.SELF_SIMILARITY)
+            nonfinite = divergence(
+                first_nonfinite(
+                    result, metric, similarity, keys.SELF_SIMILARITY, finite_losses[lr]
+                ),
+                history,
+                rules,
+                keys.SELF_SIMILARITY,
+            )
             verdict = stop_verdict(history, rules, others, budget, nonfinite)
             if verdict is not None:
                 stopped[lr] = (t + 1, verdict.rule)

@@ -71,6 +71,7 @@ __all__ = [
     "MetricSeries",
     "TrialHistory",
     "among_best",
+    "divergence",
     "earlier_phase",
     "freeze_candidates",
     "further_calls",
@@ -987,6 +988,32 @@ def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     if math.isfinite(trial.chance) and top <= trial.chance + rules.stall_delta:
         return False
     return top - values[0] > rules.stall_delta - _tolerance(top, values[0])
+
+
+def divergence(
+    nonfinite: tuple[str, float] | None,
+    trial: TrialHistory,
+    rules: ConvergenceRules,
+    similarity_key: str,
+) -> tuple[str, float] | None:
+    """The non-finite value (``first_nonfinite``'s) that stops ``trial`` as diverged, or None:
+    one layer's similarity (``<similarity_key>/<layer>``) does not stop a trial that
+    :func:`has_learned` (most of the layer's probe points not finite in a trial that stands
+    where it learned; the layer is not frozen on it either). A metric or loss always does.
+
+    Examples:
+        >>> learned = TrialHistory(metric=[0.3, 0.6, 0.8])
+        >>> divergence(("sim/fc", math.nan), learned, ConvergenceRules(), "sim")
+        >>> divergence(("loss", math.inf), learned, ConvergenceRules(), "sim")
+        ('loss', inf)
+    """
+    if (
+        nonfinite is not None
+        and nonfinite[0].startswith(f"{similarity_key}/")
+        and has_learned(trial, rules)
+    ):
+        return None
+    return nonfinite
 
 
 def _stands_among_best(

@@ -23,9 +23,9 @@ from ikkuna_tune.tune.convergence import (
     ConvergenceRules,
     Decision,
     among_best,
+    divergence,
     earlier_phase,
     freeze_candidates,
-    has_learned,
     in_units,
     metric_scale_from,
     others_best_so_far,
@@ -577,19 +577,14 @@ class SVCCAScheduler(FIFOScheduler):
             nonfinite = first_nonfinite(
                 result, self._metric, similarity, self.similarity_key, view.finite_losses
             )
-            if (
-                nonfinite is not None
-                and nonfinite[0].startswith(f"{self.similarity_key}/")
-                and has_learned(history, self.metric_rules())
-            ):
-                # one layer's similarity (most of its probe points not finite) in a trial that
-                # stands where it learned: no diverged trial; the layer is not frozen on it
+            diverged = divergence(nonfinite, history, self.metric_rules(), self.similarity_key)
+            if nonfinite is not None and diverged is None:
                 logger.info(
                     "Trial %s: %s is %s while its metric stands where it learned; not stopped",
                     trial_id,
                     *nonfinite,
                 )
-                nonfinite = None
+            nonfinite = diverged
             if measured:
                 budget = view.measured_budget()
                 # behind trials whose learning rate decayed while its own has not: its

@@ -107,3 +107,25 @@ def test_replay_feeds_the_reports_in_step_to_the_schedulers_stopping_rules() -> 
     assert replay["stopped"] == {"3.0": [2, "diverged: non-finite value"]}
     assert replay["top3_kept"] is True
     assert replay["compute"] == pytest.approx((3 * 6 + 2) / (4 * 6), abs=1e-4)
+
+
+def test_replay_keeps_the_schedulers_exceptions_to_divergence() -> None:
+    # as SVCCAScheduler: a NaN similarity in a trial that learned, and a best-so-far loss that
+    # is infinite before its first value, stop nothing; the same NaN in a trial at its first
+    # value, and a loss infinite after it was finite, do
+    n = 6
+    learner = [0.5 + 0.07 * t for t in range(n)]
+    trials = {}
+    for lr, acc in zip((0.1, 0.2, 0.3), (learner, learner[::-1], [0.3] * n)):
+        reports = _reports(acc, [1.0] * n)
+        trials[lr] = {"accuracy": acc, "seconds": [float(t + 1) for t in range(n)],
+                      "reports": reports}  # fmt: skip
+    trials[0.1]["reports"][4]["self_similarity/fc"] = math.nan  # learned: runs on
+    trials[0.3]["reports"][3]["self_similarity/fc"] = math.nan  # never learned: stopped
+    for t, report in enumerate(trials[0.2]["reports"]):
+        report["best_val_loss"] = math.inf if t in (0, 1, 5) else 0.5  # inf at 6: diverged
+    replay = fb.replay_stops(trials)
+    assert replay["stopped"] == {
+        "0.3": [4, "diverged: non-finite value"],
+        "0.2": [6, "diverged: non-finite value"],
+    }
