@@ -330,6 +330,10 @@ class TrialSession:
         #: the layers a directive asked to freeze that this trial refused (warned once each)
         self._refused: set[str] = set()
         self._warned_closed = False
+        #: the top-level names of the user's metrics so far, and those of them another tag's
+        #: output was named like later (warned once each)
+        self._user_names: set[str] = set()
+        self._warned_names: set[str] = set()
         self._uploader: TrialUploader | None = None
         self._token: Any = None
         self._epochs_checked = False
@@ -518,15 +522,23 @@ class TrialSession:
         if not isinstance(metrics, Mapping):
             raise ValueError(f"Expected `metrics` to be a dict but got {type(metrics).__name__}")
         taken = self.output_names()
-        if self.collector is not None:  # outputs of other tags (``<kind>_<tag>``) too
-            taken |= self.collector.reported_kinds()
+        # outputs of other tags (``<kind>_<tag>``), named once such a pass was measured: one
+        # the user has reported a metric of that name since before is theirs (below)
+        tagged = self.collector.reported_kinds() - taken if self.collector is not None else set()
+        user_tops = {str(k).split("/")[0] for k in metrics}
         # "frozen/x" is what Tune makes of the layer x of the output "frozen": taken too
-        clashes = sorted(k for k in metrics if k in taken or str(k).split("/")[0] in taken)
+        clashes = sorted(
+            k
+            for k in metrics
+            if (top := str(k).split("/")[0]) in taken
+            or (top in tagged and top not in self._user_names)
+        )
         if clashes:
             raise ValueError(
                 f"Metric name(s) {clashes} collide with ikkuna_tune outputs; rename them "
-                f"(taken: {sorted(taken)}, and '<name>/...' for each)"
+                f"(taken: {sorted(taken | tagged)}, and '<name>/...' for each)"
             )
+        self._user_names |= user_tops
         assert self.exporter is not None and self.bus is not None
         if self.exporter.closed and not self._warned_closed:
             self._warned_closed = True
@@ -541,7 +553,21 @@ class TrialSession:
             self._apply_releases(self._due_releases(on_device=True))
         merged = plain_metrics(metrics)
         if self.collector is not None:
-            merged.update(self.collector.collect())
+            outputs = self.collector.collect()
+            for top in sorted(self._user_names.intersection(outputs)):
+                # another tag's output named like a metric the trial has reported before it
+                # was measured: the user's metric keeps its name and values
+                del outputs[top]
+                if top not in self._warned_names:
+                    self._warned_names.add(top)
+                    warnings.warn(
+                        f"ik.report: ikkuna_tune's output {top!r} (of passes under another "
+                        f"tag) is not reported: the trial has reported a metric of that name "
+                        "since before; rename the metric to have both",
+                        UserWarning,
+                        stacklevel=4,  # the user's ik.report(...)
+                    )
+            merged.update(outputs)
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
         merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
@@ -1042,6 +1068,8 @@ class TrialSession:
             "period_rates": [[i, j, lr] for (i, j), lr in (self._period_rates or {}).items()],
             "train_report": self._report_name,
             "event_run": self._event_run,
+            # the user's metric names, which another tag's outputs never take over
+            "user_names": sorted(self._user_names),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1073,6 +1101,10 @@ class TrialSession:
             self._restored_rates = rates or None
         except (TypeError, ValueError) as error:
             logger.warning("Skipping the saved learning rates of the last report: %s", error)
+        names = state.get("user_names", [])
+        self._user_names = (
+            {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+        )
         run = state.get("event_run")
         plain = isinstance(run, str) and run and Path(run).name == run and run[0] != "."
         self._event_run = run if plain else None

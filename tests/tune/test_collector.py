@@ -294,9 +294,12 @@ def test_a_subscriber_on_every_tag_reports_other_passes_beside_trainings() -> No
     assert result["test"] != pytest.approx(result["train"])
 
 
-def test_a_user_metric_named_like_another_tags_output_is_refused() -> None:
-    """``activations_norm2_eval`` is the name of an output once an eval pass was measured: a
-    user metric of that name was silently replaced by it, as no declared output has it."""
+def test_a_user_metric_named_like_another_tags_output_is_refused_where_it_enters() -> None:
+    """``activations_norm2_eval`` is the name of an output once an eval pass was measured. A
+    user metric of that name reported from before is the user's, in every report (the output
+    is not reported, with a warning; the trial is not stopped mid-training, and it survives a
+    checkpoint); one first reported after the output was measured is refused at that report."""
+    from ikkuna_tune.tune.session import TrialSession
 
     def trainable(config: dict[str, Any]) -> None:
         torch.manual_seed(0)
@@ -308,10 +311,50 @@ def test_a_user_metric_named_like_another_tags_output_is_refused() -> None:
         model.eval()
         with torch.no_grad():
             model(x)
+        ik.report({"activations_norm2_eval": 124.0})
+        with torch.no_grad():
+            model(x)
+        ik.report({"accuracy": 0.5})  # the name stays the user's in a report without it
+        with torch.no_grad():
+            model(x)
+        ik.report({"activations_norm2_eval/fc": 125.0})
+
+    with pytest.warns(UserWarning, match="'activations_norm2_eval' .* is not reported"):
+        ik.instrument(trainable, subscribers=[ik.NormSubscriber("activations", tag=None)])({})
+    results = ik.local_results()
+    assert [r.get("activations_norm2_eval") for r in results] == [123.0, 124.0, None, None]
+    assert results[3]["activations_norm2_eval/fc"] == 125.0
+    assert "activations_norm2" in results[1]  # training's own output is reported as ever
+
+    def late(config: dict[str, Any]) -> None:
+        model = TinyNet()
+        ik.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        x, _ = data()
+        ik.report({"accuracy": 0.5})
+        model.eval()
+        with torch.no_grad():
+            model(x)
         ik.report({"activations_norm2_eval": 123.0})
 
     with pytest.raises(ValueError, match=r"\['activations_norm2_eval'\] collide"):
-        ik.instrument(trainable, subscribers=[ik.NormSubscriber("activations", tag=None)])({})
+        ik.instrument(late, subscribers=[ik.NormSubscriber("activations", tag=None)])({})
+
+    # a checkpoint carries the names: restored, the user's metric is still theirs
+    model = TinyNet()
+    session = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
+    session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    session.merge({"activations_norm2_eval": 1.0})
+    restored = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
+    restored.watch(TinyNet(), torch.optim.SGD(model.parameters(), lr=0.1))
+    restored.load_state_dict(session.state_dict())
+    x, _ = data()
+    restored_model = restored.exporter.model
+    restored_model.eval()
+    with torch.no_grad():
+        restored_model(x)
+    with pytest.warns(UserWarning, match="is not reported"):
+        merged = restored.merge({"activations_norm2_eval": 2.0})
+    assert merged["activations_norm2_eval"] == 2.0
 
 
 def test_a_data_parallel_job_averages_another_tags_outputs_as_trainings() -> None:
