@@ -345,10 +345,10 @@ def test_a_user_metric_named_like_another_tags_output_is_refused_where_it_enters
     session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
     session.merge({"activations_norm2_eval": 1.0})
     restored = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
-    restored.watch(TinyNet(), torch.optim.SGD(model.parameters(), lr=0.1))
+    restored_model = TinyNet()
+    restored.watch(restored_model, torch.optim.SGD(restored_model.parameters(), lr=0.1))
     restored.load_state_dict(session.state_dict())
     x, _ = data()
-    restored_model = restored.exporter.model
     restored_model.eval()
     with torch.no_grad():
         restored_model(x)
