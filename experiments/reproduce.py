@@ -81,6 +81,11 @@ FIGURES: dict[str, Figure] = {
     "fidelity_freeze_best": Figure(
         "experiments.bench_fidelity", ("--freeze-best",), "cpu_bench_fidelity_freeze_best.txt"
     ),
+    "fidelity_long": Figure(
+        "experiments.bench_fidelity",
+        ("--freeze-best", "--epochs", "30", "--data", "digits"),
+        "cpu_bench_fidelity_long.txt",
+    ),
     "fidelity_quick": Figure(
         "experiments.bench_fidelity", ("--quick",), "cpu_bench_fidelity_quick.txt", ("--quick",)
     ),
