@@ -15,7 +15,7 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   most ``settle_tol`` times as much as it once did over as many reports: steady drift keeps
   growing it), (4) be alive, and only while (5) the trial's metric has stopped improving
   (no gain above ``min_delta`` in the last ``plateau`` reports over its best before them, and
-  its mean over the last ``plateau + 1`` reports no more than ``min_delta`` above its mean over
+  its mean over its last ``plateau + 1`` values no more than ``min_delta`` above its mean over
   the ``plateau + 1`` before: a climb that a noisy report or two dipped after is still a
   climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
@@ -734,18 +734,24 @@ def _improvement(metric: list[float], window: int) -> float:
 
 
 def _trend(metric: list[float], window: int) -> float:
-    """Mean of the last ``window`` finite values minus that of the ``window`` before them
-    (fewer, half the history each, while it is shorter; +inf if either holds none): a climb
-    that one noisy report or two dipped after still reads as one, where the best so far
-    (:func:`_improvement`) sees a plateau."""
-    window = min(window, len(metric) // 2)
+    """Mean of the last ``window`` finite values minus that of the ``window`` finite values
+    before them (fewer, half of them each, while there are fewer than ``2 * window``; +inf
+    before the second): a climb that one noisy report or two dipped after still reads as one,
+    where the best so far (:func:`_improvement`) sees a plateau. Values, not reports: a metric
+    measured every few reports (``None`` between validations) is compared over as many values.
+
+    Examples:
+        >>> _trend([0.5, 0.7, 0.8, 0.8, 0.78, 0.79], 3)  # dipped after a climb: still rising
+        0.1233333333333334
+        >>> _trend([0.8, math.nan, 0.8, math.nan, 0.8, math.nan, 0.8], 2)  # every other report
+        0.0
+    """
+    values = [m for m in metric if math.isfinite(m)]
+    window = min(window, len(values) // 2)
     if window < 1:
         return math.inf
-    before = [m for m in metric[-2 * window : -window] if math.isfinite(m)]
-    recent = [m for m in metric[-window:] if math.isfinite(m)]
-    if not before or not recent:
-        return math.inf
-    return sum(recent) / len(recent) - sum(before) / len(before)
+    before, recent = values[-2 * window : -window], values[-window:]
+    return sum(recent) / window - sum(before) / window
 
 
 def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool, dict[str, float]]:

@@ -171,7 +171,7 @@ class SVCCAScheduler(FIFOScheduler):
         settle_window: reports over which that distance must have stayed steady.
         settle_tol: how much it may vary over them, as a fraction of the distance.
         plateau: reports without an improvement above ``min_delta`` before anything freezes
-            (and the metric's mean over the last ``plateau + 1`` reports no more than
+            (and the metric's mean over its last ``plateau + 1`` values no more than
             ``min_delta`` above its mean over the ``plateau + 1`` before).
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.

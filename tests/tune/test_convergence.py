@@ -121,6 +121,20 @@ def test_a_climb_that_dipped_for_two_reports_still_learns(curve: list[float]) ->
     assert chosen[0].values["metric_trend"] == 0.0
 
 
+@pytest.mark.parametrize("every", [5, 6, 10])
+def test_a_metric_measured_every_few_reports_still_lets_a_plateau_freeze(every: int) -> None:
+    # validation every few reports (NaN between): the trend compares the last values, not the
+    # last reports, which would often hold none
+    settled = {n: (0.999, 0.8, 1.0) for n in LAYERS}
+    metric = [0.9 if (i + 1) % every == 0 else math.nan for i in range(6 * every)]
+    chosen = freeze_candidates(history([(m, settled) for m in metric]), RULES)
+    assert [d.layer for d in chosen] == ["first", "middle"]
+    assert chosen[0].values["metric_trend"] == 0.0
+    # the same values still climbing are not frozen
+    climbing = [0.5 + 0.05 * (i // every) if not math.isnan(m) else m for i, m in enumerate(metric)]
+    assert freeze_candidates(history([(m, settled) for m in climbing]), RULES) == []
+
+
 def test_dead_layer_stops_the_trial_and_is_not_frozen() -> None:
     reports = [(0.95, {"first": (1.0, 0.8, 1.0), "middle": (1.0, 0.0, 0.0), "head": (1.0, 0.5, 1)})]
     trial = history(reports * 6)
