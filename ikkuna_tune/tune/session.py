@@ -334,6 +334,7 @@ class TrialSession:
         #: output was named like later (warned once each)
         self._user_names: set[str] = set()
         self._warned_names: set[str] = set()
+        self._merged_once = False
         self._uploader: TrialUploader | None = None
         self._token: Any = None
         self._epochs_checked = False
@@ -526,6 +527,11 @@ class TrialSession:
         # the user has reported a metric of that name since before is theirs (below)
         tagged = self.collector.reported_kinds() - taken if self.collector is not None else set()
         user_tops = {str(k).split("/")[0] for k in metrics}
+        if self._resumed_from is not None and not self._merged_once:
+            # the first report after a restore: the user's names of the run before are not
+            # known where the checkpoint holds no ikkuna_tune state (or one saved without them)
+            self._user_names |= user_tops & tagged
+        self._merged_once = True
         # "frozen/x" is what Tune makes of the layer x of the output "frozen": taken too
         clashes = sorted(
             k
@@ -866,7 +872,10 @@ class TrialSession:
         every_rank = {t for s in self.subscribers if s.uses_model is None for t in s.publications}
         if self.collector is not None:  # their values of passes under other tags too
             tagged = self.collector.tagged.items()
-            every_rank |= {name for name, kind in tagged if kind in every_rank}
+            # (but a name the user's metric keeps, which is rank 0's like any user metric)
+            every_rank |= {
+                name for name, kind in tagged if kind in every_rank and name not in self._user_names
+            }
         return every_rank | {keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN}
 
     def _check_epochs(self, merged: Mapping[str, Any]) -> None:

@@ -339,22 +339,45 @@ def test_a_user_metric_named_like_another_tags_output_is_refused_where_it_enters
     with pytest.raises(ValueError, match=r"\['activations_norm2_eval'\] collide"):
         ik.instrument(late, subscribers=[ik.NormSubscriber("activations", tag=None)])({})
 
-    # a checkpoint carries the names: restored, the user's metric is still theirs
-    model = TinyNet()
-    session = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
-    session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    # a checkpoint carries the names: restored, the user's metric is still theirs, also in a
+    # later report than the first after the restore
+    def session_of(model: torch.nn.Module) -> Any:
+        session = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
+        session.watch(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        return session
+
+    def eval_pass(model: torch.nn.Module) -> None:
+        model.eval()
+        with torch.no_grad():
+            model(data()[0])
+        model.train()
+
+    session = session_of(TinyNet())
     session.merge({"activations_norm2_eval": 1.0})
-    restored = TrialSession([ik.NormSubscriber("activations", tag=None)], {})
+    saved = session.state_dict()
     restored_model = TinyNet()
-    restored.watch(restored_model, torch.optim.SGD(restored_model.parameters(), lr=0.1))
-    restored.load_state_dict(session.state_dict())
-    x, _ = data()
-    restored_model.eval()
-    with torch.no_grad():
-        restored_model(x)
+    restored = session_of(restored_model)
+    restored.load_state_dict(saved)
+    restored.merge({"accuracy": 0.5})  # the first report after the restore has not the name
+    eval_pass(restored_model)
     with pytest.warns(UserWarning, match="is not reported"):
         merged = restored.merge({"activations_norm2_eval": 2.0})
     assert merged["activations_norm2_eval"] == 2.0
+    # in a data-parallel job, the name is the user's (rank 0's), not an output averaged over
+    # the ranks
+    assert "activations_norm2_eval" not in restored.averaged_outputs()
+    assert "activations_norm2" in restored.averaged_outputs()
+
+    # restored from a checkpoint that holds no names (no ikkuna_tune state, or one saved
+    # before names were): an eval pass before the first report does not fail the trial there
+    without = {k: v for k, v in saved.items() if k != "user_names"}
+    restored_model = TinyNet()
+    restored = session_of(restored_model)
+    restored.load_state_dict(without)
+    eval_pass(restored_model)
+    with pytest.warns(UserWarning, match="is not reported"):
+        merged = restored.merge({"activations_norm2_eval": 3.0})
+    assert merged["activations_norm2_eval"] == 3.0
 
 
 def test_a_data_parallel_job_averages_another_tags_outputs_as_trainings() -> None:
