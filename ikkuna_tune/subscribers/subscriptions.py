@@ -80,7 +80,8 @@ class Subscription:
         tag: only messages with this tag are received; ``None`` receives every tag.
         subsample: process only every ``subsample``-th message per (layer, kind), starting with
             the first. Counted separately for every kind, so ``subsample=10`` also keeps only every
-            tenth ``epoch_finished``.
+            tenth ``epoch_finished``; with ``tag=None``, separately for every tag too (training
+            messages and an evaluation pass's are thinned out each on their own).
 
     Examples:
         >>> from ikkuna_tune.bus import MessageBus
@@ -111,7 +112,10 @@ class Subscription:
         self.tag = tag
         self.subsample = check_int("subsample", subsample)
         self.subscriber = subscriber
+        #: messages counted per (layer, kind): of the subscription's tag, or with ``tag=None``
+        #: of the default tag (the other tags' are in ``tag_counters``)
         self.counter: dict[tuple[str | None, str], int] = {}
+        self.tag_counters: dict[str, dict[tuple[str | None, str], int]] = {}
         # a subclass with its own receive_message needs every message of its tag (see needs_data)
         self._own_receive = type(self).receive_message is not Subscription.receive_message
 
@@ -126,13 +130,23 @@ class Subscription:
     def accepts_tag(self, tag: str) -> bool:
         return self.tag is None or self.tag == tag
 
+    def _counter(self, tag: str) -> dict[tuple[str | None, str], int]:
+        """The counts that messages under ``tag`` go by."""
+        if self.tag is not None or tag == DEFAULT_TAG:
+            return self.counter
+        counter = self.tag_counters.get(tag)
+        if counter is None:
+            counter = self.tag_counters[tag] = {}
+        return counter
+
     def receive_message(self, message: Message) -> None:
         """Filter by tag and subsample, then hand the message on."""
         if self.tag is not None and message.tag != self.tag:
             return
         key = (message.key, message.kind)
-        count = self.counter.get(key, 0)
-        self.counter[key] = count + 1
+        counter = self.counter if self.tag is not None else self._counter(message.tag)
+        count = counter.get(key, 0)
+        counter[key] = count + 1
         if count % self.subsample == 0:
             self._handle_message(message)
 
@@ -157,11 +171,21 @@ class Subscription:
     def counts(self) -> dict[str, list[list[Any]]]:
         """How many messages of each layer and kind it has counted (what subsampling goes
         by), as plain lists for a checkpoint; :meth:`load_counts` restores them."""
-        return {"counter": [[key, kind, n] for (key, kind), n in self.counter.items()]}
+        counts = {"counter": [[key, kind, n] for (key, kind), n in self.counter.items()]}
+        if self.tag_counters:
+            counts["tag_counter"] = [
+                [tag, key, kind, n]
+                for tag, counter in self.tag_counters.items()
+                for (key, kind), n in counter.items()
+            ]
+        return counts
 
     def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
         """Restore what :meth:`counts` returned."""
         self.counter = {(key, kind): int(n) for key, kind, n in counts.get("counter", [])}
+        self.tag_counters = {}
+        for tag, key, kind, n in counts.get("tag_counter", []):
+            self.tag_counters.setdefault(tag, {})[(key, kind)] = int(n)
 
     @property
     def takes_batches(self) -> bool:
@@ -207,14 +231,14 @@ class Subscription:
             return False
         if self._own_receive:
             return True
-        return self.counter.get((key, kind), 0) % self.subsample == 0
+        return self._counter(tag).get((key, kind), 0) % self.subsample == 0
 
     def count_only(self, key: str | None, kind: str, tag: str, step: int | None = None) -> None:
         """Account for a message that :meth:`needs_data` said need not be delivered."""
         if self.tag is not None and tag != self.tag:
             return
-        counter_key = (key, kind)
-        self.counter[counter_key] = self.counter.get(counter_key, 0) + 1
+        counter, counter_key = self._counter(tag), (key, kind)
+        counter[counter_key] = counter.get(counter_key, 0) + 1
 
     def needs_any(
         self, keys: Sequence[str | None], kind: str, tag: str, step: int | None = None
@@ -226,7 +250,7 @@ class Subscription:
             return False
         if self._own_receive:
             return True
-        counter, subsample = self.counter, self.subsample
+        counter, subsample = self._counter(tag), self.subsample
         return any(counter.get((key, kind), 0) % subsample == 0 for key in keys)
 
     def count_all(
@@ -239,7 +263,7 @@ class Subscription:
             return
         if self.tag is not None and tag != self.tag:
             return
-        counter = self.counter
+        counter = self._counter(tag)
         for key in keys:
             counter[(key, kind)] = counter.get((key, kind), 0) + 1
 
@@ -256,7 +280,7 @@ class Subscription:
             return 0
         if self.tag is not None and tag != self.tag:
             return _NEVER
-        counter, subsample = self.counter, self.subsample
+        counter, subsample = self._counter(tag), self.subsample
         # the next message for key is number counter[key]; it is needed at a multiple of subsample
         return min((-counter.get((key, kind), 0)) % subsample for key in keys)
 

@@ -69,6 +69,35 @@ def test_tag_filters_messages(tiny, batch) -> None:
     assert len(every) == 4
 
 
+def test_subsample_of_every_tag_counts_each_tag_apart(tiny, batch) -> None:
+    """With ``tag=None``, training and evaluation activations are thinned out each on their own
+    (one counter for both kept every training message and no evaluation message at all when
+    each training step was followed by an evaluation pass)."""
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    bus = MessageBus()
+    got: list[tuple[str, int]] = []
+    every = ik.CallbackSubscriber(
+        ["activations"],
+        lambda m: got.append((m.tag, m.global_step)) if m.key == "fc" else None,
+        bus,
+        tag=None,
+        subsample=2,
+    )
+    with ik.Exporter(tiny, opt, bus) as exporter:
+        for step in range(6):
+            tiny.train()
+            _train(tiny, opt, exporter, batch)
+            if step == 3:  # a checkpoint mid-way: the counts of both tags are kept
+                counts = every.subscriptions[0].counts()
+                every.subscriptions[0].load_counts({})
+                every.subscriptions[0].load_counts(counts)
+            tiny.eval()
+            with torch.no_grad():
+                tiny(batch[0])
+    assert [s for tag, s in got if tag == "default"] == [0, 2, 4]
+    assert [s for tag, s in got if tag == "eval"] == [0, 2, 4]
+
+
 def test_synchronized_subscription_bundles_one_step_per_module(tiny, batch) -> None:
     opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
     bus = MessageBus()
