@@ -988,6 +988,10 @@ class Exporter(StepHooks, LayerFreezing):
             raise RuntimeError(f"A probe with tag {self._probe_tag!r} is already running")
         modes = [(m, m.training) for m in self.model.modules()]
         previous_tag = self._pass_tag
+        # a probe may run inside a training forward pass (a step that ends at the next pass's
+        # start, where a subscriber probes at ``batch_finished``): that pass goes on afterwards
+        # as it was, its layers' calls counted on (a second call of a layer is still ``'fc#2'``)
+        outer = self._outer_pass()
         self._probe_tag = tag
         self.model.eval()
         # the data flow through the layers, seen in the probe's passes (eager ones under
@@ -1005,6 +1009,7 @@ class Exporter(StepHooks, LayerFreezing):
                 module.training = training
             self._probe_tag = None
             self._pass_tag = previous_tag
+            self._resume_pass(outer)
             # a probe that raised shows nothing for sure; one that ran parts of the model stands
             # until a better one (or one that ran it whole) comes
             flow = recorder.flow() if recorder is not None and completed else None
@@ -1013,6 +1018,28 @@ class Exporter(StepHooks, LayerFreezing):
                     self._flow, self._flow_known, self._flow_stale = flow, True, False
                 elif self._flow_stale or len(flow.order) >= len(self._flow.order):
                     self._flow, self._flow_stale = flow, False
+
+    def _outer_pass(self) -> tuple[int, bool, dict[str, list[int]], list[Any]] | None:
+        """What a probe must give back to the forward pass it runs inside, if any: the pass's
+        number, its flags, the calls of layers it has run, and the traced layers it has not
+        published yet."""
+        current = self._current_pass
+        if not current:
+            return None
+        calls = {name: list(c) for name, c in self._layer_calls.items() if c[0] == current}
+        traced = list(self._traced)
+        self._traced.clear()
+        return current, self._eval_grad_pass, calls, traced
+
+    def _resume_pass(self, outer: tuple[int, bool, dict[str, list[int]], list[Any]] | None) -> None:
+        """Give the forward pass a probe ran inside back what :meth:`_outer_pass` kept."""
+        if outer is None:
+            return
+        current, eval_grad_pass, calls, traced = outer
+        self._current_pass, self._eval_grad_pass = current, eval_grad_pass
+        for name, counted in calls.items():
+            self._layer_calls[name][:] = counted
+        self._traced[:0] = traced
 
     @property
     def layer_order(self) -> list[str]:
