@@ -275,7 +275,10 @@ class Exporter(StepHooks, LayerFreezing):
     is tracked like any leaf layer: its ``weights`` are the weight its parametrisation computes
     (read without building an autograd graph), its ``weight_updates`` the change of that
     weight, and it has no ``weight_gradients`` (the gradients belong to the parametrisation's
-    own parameters, which :meth:`freeze` freezes with the layer).
+    own parameters, which :meth:`freeze` freezes with the layer). A weight pruned with
+    ``torch.nn.utils.prune`` (before the Exporter is made or later) is the masked weight the
+    forward uses, its update that weight's change, and its gradient ``weight_orig``'s (masked:
+    what the optimizer applies).
 
     **Outputs that are not tensors.** ``network_output`` and ``activations`` are always tensors.
     Of a tuple or list output the first tensor is taken (depth-first: an LSTM's output sequence,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.prune import BasePruningMethod as _Pruning
 from torch.nn.utils.spectral_norm import SpectralNorm as _SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _WeightNorm
 
@@ -28,6 +29,7 @@ __all__ = [
     "Entry",
     "assign_parameters",
     "check_optimizers",
+    "gradients",
     "parameter_roles",
     "tensor_attr",
     "tensor_attrs",
@@ -66,11 +68,12 @@ def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
     """
     own = list(module._parameters)
     # the parameters an older hook-based weight_norm / spectral_norm computes a weight from
-    # (weight_g and weight_v, weight_orig): the computed weight gets the metrics
+    # (weight_g and weight_v, weight_orig), and a pruned weight's (weight_orig, which
+    # torch.nn.utils.prune masks): the computed weight gets the metrics
     parts = {
-        f"{hook.name}{suffix}"
+        f"{name}{suffix}"
         for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, (_WeightNorm, _SpectralNorm))
+        if (name := _computed_name(hook)) is not None
         for suffix in ("_g", "_v", "_orig")
     }
     own = [name for name in own if name not in parts]
@@ -110,6 +113,16 @@ def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _computed_name(hook: object) -> str | None:
+    """The attribute a forward pre-hook computes from parameters (the older hook-based
+    weight_norm / spectral_norm, or torch.nn.utils.prune's mask), or None."""
+    if isinstance(hook, (_WeightNorm, _SpectralNorm)):
+        return hook.name
+    if isinstance(hook, _Pruning):
+        return getattr(hook, "_tensor_name", None)
+    return None
+
+
 def _computed(module: nn.Module, attr: str) -> Any:
     """``module.<attr>`` when it is not a parameter: a buffer, a plain attribute, or a weight
     computed from parameters, read as it is now and without side effects.
@@ -117,8 +130,10 @@ def _computed(module: nn.Module, attr: str) -> Any:
     A parametrised weight (``torch.nn.utils.parametrize``) is computed with its parametrisations
     in eval mode: a spectral norm's power iteration, which updates its buffers, runs in the
     model's own forward passes only. A weight that a forward pre-hook of the older
-    ``torch.nn.utils.weight_norm`` / ``spectral_norm`` recomputes (a plain attribute, stale
-    until the next forward pass) is computed from the parameters it is made of.
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm`` or of ``torch.nn.utils.prune``
+    recomputes (a plain attribute, stale until the next forward pass: read before the step,
+    it would be the last step's weight, and the step's update read zero) is computed from
+    the parameters it is made of.
     """
     parametrizations = getattr(module, "parametrizations", None)
     if isinstance(parametrizations, nn.ModuleDict) and attr in parametrizations:
@@ -131,12 +146,17 @@ def _computed(module: nn.Module, attr: str) -> Any:
             for m, mode in training:
                 m.training = mode
     for hook in module._forward_pre_hooks.values():
-        if getattr(hook, "name", None) != attr:
+        if _computed_name(hook) != attr:
             continue
         if isinstance(hook, _WeightNorm):
             return hook.compute_weight(module)
         if isinstance(hook, _SpectralNorm):
             return hook.compute_weight(module, do_power_iteration=False)
+        if isinstance(hook, _Pruning):
+            orig, mask = module._parameters.get(f"{attr}_orig"), module._buffers.get(f"{attr}_mask")
+            if orig is not None and mask is not None:
+                with torch.no_grad():
+                    return orig * mask
     return getattr(module, attr, None)
 
 
@@ -162,6 +182,38 @@ def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
                 for (_, named, attr), value in zip(entries, found)
             ]
     return found
+
+
+def gradients(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
+    """The gradient of every entry's parameter, in order (None where it has none): of a
+    weight pruned with ``torch.nn.utils.prune``, that of ``weight_orig`` (masked: what the
+    optimizer applies); a weight a parametrisation computes has none.
+
+    Examples:
+        >>> import torch.nn.utils.prune as prune
+        >>> from torch import nn
+        >>> from ikkuna_tune.messages import NamedModule
+        >>> fc = nn.Linear(2, 2)
+        >>> _ = prune.identity(fc, "weight")
+        >>> fc(torch.ones(1, 2)).sum().backward()
+        >>> [tuple(g.shape) for g in gradients([("fc", NamedModule("fc", fc), "weight")])]
+        [(2, 2)]
+    """
+    found = [named.module._parameters.get(attr) for _, named, attr in entries]
+    if any(map(is_, found, repeat(None))):
+        found = [
+            _pruned_parameter(named.module, attr) if value is None else value
+            for (_, named, attr), value in zip(entries, found)
+        ]
+    return [None if p is None else p.grad for p in found]
+
+
+def _pruned_parameter(module: nn.Module, attr: str) -> torch.Tensor | None:
+    """``<attr>_orig`` of a weight ``torch.nn.utils.prune`` masks, else None."""
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, _Pruning) and _computed_name(hook) == attr:
+            return module._parameters.get(f"{attr}_orig")
+    return None
 
 
 def check_optimizers(optimizer: object) -> tuple[torch.optim.Optimizer, ...]:

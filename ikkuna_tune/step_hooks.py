@@ -38,7 +38,7 @@ from ikkuna_tune.messages import (
     NamedModule,
     NetworkMessage,
 )
-from ikkuna_tune.parameters import Entry, tensor_attr, tensor_attrs
+from ikkuna_tune.parameters import Entry, gradients, tensor_attr, tensor_attrs
 
 __all__ = [
     "CLOSURE_TAG",
@@ -769,7 +769,7 @@ class StepHooks:
         layers = self._optimizer_layers[index]
         for kind in self._want_gradients:
             entries = layers[GRADIENT_KINDS[kind]]
-            grads = [None if p is None else p.grad for p in tensor_attrs(entries)]
+            grads = gradients(entries)
             self._publish_layers(kind, *_present(entries, grads))
 
     # ``optimizer.step(closure)`` computes the gradients inside the step: the closure's first

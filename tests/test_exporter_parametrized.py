@@ -214,3 +214,47 @@ def test_an_older_hook_based_weight_norm_is_published_as_the_forward_pass_uses_i
     steps = [(b - a).norm().item() for a, b in pairwise(used)]
     assert min(steps) > 1e-3
     assert got["weight_updates_norm2"] == pytest.approx(steps, rel=1e-5)
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_pruned_weight_is_the_masked_weight_the_forward_uses(when: str) -> None:
+    """``torch.nn.utils.prune`` makes ``weight`` a plain attribute that its forward pre-hook
+    recomputes from ``weight_orig`` and the mask: read as it stood, the update was zero at every
+    step and the weight one step late. Pruned before the Exporter is made or in the middle of
+    training, the layer's weight, update and gradient are those of plain autograd."""
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if when == "before":
+        prune.l1_unstructured(model[0], "weight", amount=0.5)
+    bus = MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    ik.NormSubscriber("weight_updates", bus, backend=None)
+    ik.NormSubscriber("weight_gradients", bus, backend=None)
+    kinds = ["weights_norm2", "weight_updates_norm2", "weight_gradients_norm2"]
+    got: dict[str, list[float]] = {kind: [] for kind in kinds}
+    ik.CallbackSubscriber(
+        kinds, lambda m: got[m.kind].append(float(m.data)) if m.key == "0" else None, bus
+    )
+    want: dict[str, list[float]] = {kind: [] for kind in kinds}
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(nn.functional.cross_entropy)
+        for step in range(4):
+            if when == "during" and step == 2:
+                prune.l1_unstructured(model[0], "weight", amount=0.5)
+            opt.zero_grad()
+            loss_fn(model(torch.randn(5, 4)), torch.randint(0, 3, (5,))).backward()
+            used = model[0].weight.detach().clone()  # as the forward computed it
+            raw = getattr(model[0], "weight_orig", None)
+            grad = (raw if raw is not None else model[0].weight).grad
+            opt.step()
+            mask = getattr(model[0], "weight_mask", torch.ones_like(used))
+            after = (getattr(model[0], "weight_orig", model[0].weight) * mask).detach()
+            want["weights_norm2"].append(used.norm().item())
+            want["weight_updates_norm2"].append((after - used).norm().item())
+            want["weight_gradients_norm2"].append(grad.norm().item())
+    for kind in kinds:
+        assert got[kind] == pytest.approx(want[kind], rel=1e-5), kind
+    assert min(want["weight_updates_norm2"]) > 1e-3
