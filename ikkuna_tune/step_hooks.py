@@ -77,6 +77,18 @@ logger = logging.getLogger(__name__)
 _autograd_node: Callable[[], object] | None = getattr(torch._C, "_current_autograd_node", None)
 
 
+_functorch_level: Callable[[], object] | None = getattr(
+    getattr(torch._C, "_functorch", None), "maybe_current_level", None
+)
+
+
+def _in_transform() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``: per-sample gradients over
+    ``functional_call``) runs this call: its tensors are wrapped (batched per sample, or
+    tracked by the transform), not the step's values, and have no storage to read."""
+    return _functorch_level is not None and _functorch_level() is not None
+
+
 def _in_backward() -> bool:
     """Whether autograd's backward pass is running this call: a layer called then is being
     recomputed (activation checkpointing re-runs the forward of a checkpointed part inside
@@ -204,6 +216,7 @@ class StepHooks:
     _warned_eval_step: bool = False
     _warned_nested: bool = False
     _warned_recomputed: bool = False
+    _warned_transform: bool = False
     _warned_regradient: bool = False
     _warned_restep: bool = False
     #: whether this step's labels were given (publish_labels, a wrapped loss), and whether the
@@ -337,6 +350,9 @@ class StepHooks:
     def _on_forward_start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if _in_backward():  # the model's forward recomputed for a checkpointed backward
             return
+        if _in_transform():
+            self._skip_transformed()
+            return
         self._publish_traced()
         self._recompile_allowed = False
         self._pass_kinds.add((self.model.training, torch.is_grad_enabled()))
@@ -450,7 +466,7 @@ class StepHooks:
                         self._emit_layer(kind, named, zero, SKIPPED_TAG)
 
     def _on_forward_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _in_backward():
+        if _in_backward() or _in_transform():
             return
         self._publish_traced()
         self._current_pass = 0
@@ -526,6 +542,9 @@ class StepHooks:
         if _in_backward():  # recomputed for a checkpointed backward: published already
             self._on_recomputed_layer(named, output)
             return
+        if _in_transform():
+            self._skip_transformed()
+            return
         current = self._current_pass
         if current:  # count the calls within one forward pass of the model
             if calls[0] == current:
@@ -556,6 +575,20 @@ class StepHooks:
                 output.register_hook(partial(self._on_layer_gradient, named, [0]))
             elif not torch.is_grad_enabled():  # inside a reentrant activation checkpoint
                 self._deferred_gradients.setdefault(named.module, []).append(named)
+
+    def _skip_transformed(self) -> None:
+        """A forward pass (or a layer's call) inside a ``torch.func`` transform publishes
+        nothing: its tensors are the transform's, per sample. Warned once."""
+        if self._warned_transform:
+            return
+        self._warned_transform = True
+        logger.warning(
+            "The model runs inside a torch.func transform (vmap/grad, as per-sample gradients "
+            "over functional_call compute them): those forward passes publish nothing "
+            "(activations, outputs, loss, the weights at the step's start); what the optimizer "
+            "steps (gradients, updates) is still published at optimizer.step(). Run an "
+            "ordinary forward pass for activations, or a probe (test accuracy, SVCCA)"
+        )
 
     def _on_recomputed_layer(self, named: NamedModule, output: Any) -> None:
         """Tap the gradient of a layer recomputed in the backward pass whose training call ran
