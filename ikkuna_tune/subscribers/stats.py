@@ -259,6 +259,12 @@ class VarianceSubscriber(_TensorMetricSubscriber):
 
 #: Power iterations at a layer's first message (from a random vector), at least.
 FIRST_POWER_ITERATIONS = 30
+#: Power iterations per message, by default, of a kind that changes direction between steps.
+MOVING_POWER_ITERATIONS = 5
+
+
+#: Kinds whose first dimension runs over the batch's samples.
+_SAMPLE_KINDS = frozenset({"activations", "layer_gradients", "input_data", "network_output"})
 
 
 class SpectralNormSubscriber(_TensorMetricSubscriber):
@@ -273,14 +279,20 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
     layer's first message, which starts from a random vector, runs at least
     :data:`FIRST_POWER_ITERATIONS` (one iteration from there read 15-29 % low on the first
     step of a small CNN's weights). The vectors are in :meth:`state_dict` for checkpoints.
-    Meant for weight-shaped kinds (``weights``, ``weight_gradients``, ``weight_updates``).
+    Of a kind whose first dimension runs over the batch's samples (``activations``,
+    ``layer_gradients``, ``input_data``, ``network_output``) the matrix is taken as
+    ``(samples, -1)`` as well, and ``u`` runs along its other side (the features), which every
+    batch shares: a vector over the samples says nothing of the next batch's (other samples,
+    or fewer in an epoch's last batch). A ``u`` of another length than the message's (a
+    sequence of another length) starts afresh, with as many iterations as a first message.
     Publishes ``{kind}_spectral_norm``.
-    Gradients and updates change direction from step to step, so one iteration per step (the
-    default) gives a loose lower bound for them, which can be well below the true value; raise
-    ``n_power_iterations`` for those kinds (5 to 10) where the value matters.
+    Gradients, updates and a batch's activations change direction from step to step, so one
+    iteration per step gives a loose lower bound for them (well below the true value): by
+    default they get :data:`MOVING_POWER_ITERATIONS` per message, and weights and biases one.
 
     Args:
-        n_power_iterations: power iterations per message (>= 1).
+        n_power_iterations: power iterations per message (>= 1); by default 1 for ``weights``
+            and ``biases``, :data:`MOVING_POWER_ITERATIONS` for any other kind.
         Others as for :class:`NormSubscriber` (without ``order``).
 
     Examples:
@@ -310,10 +322,13 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
         subsample: int = 1,
         ylims: tuple[float, float] | None = None,
         backend: str | None = "tb",
-        n_power_iterations: int = 1,
+        n_power_iterations: int | None = None,
     ) -> None:
         check_spread_kind(check_tensor_kind(kind), type(self).__name__)
         self._data_checked = False
+        if n_power_iterations is None:
+            slow = kind in ("weights", "biases")
+            n_power_iterations = 1 if slow else MOVING_POWER_ITERATIONS
         self.n_power_iterations = check_int("n_power_iterations", n_power_iterations)
         self.add_state("u", {}, _power_vectors)
         super().__init__(
@@ -338,17 +353,18 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
             self._data_checked = True
         module = getattr(message_or_bundle, "module", None)
         transposed = module is not None and isinstance(module.module, _ConvTransposeNd)
+        dim = 1 if transposed and data.dim() > 1 else 0
+        if self.kind in _SAMPLE_KINDS and data.dim() > 1:
+            data = data.reshape(data.shape[0], -1).T  # u over the features, not the samples
         u = self.u.get(key)
         # a layer's first message starts from a random vector: enough iterations to start
         # near the value, which later messages then track
         iterations = (
             self.n_power_iterations
-            if u is not None
+            if u is not None and u.shape[0] == data.shape[dim]
             else max(self.n_power_iterations, FIRST_POWER_ITERATIONS)
         )
-        sigma, self.u[key] = F.spectral_norm(
-            data, u, iterations, dim=1 if transposed and data.dim() > 1 else 0
-        )
+        sigma, self.u[key] = F.spectral_norm(data, u, iterations, dim=dim)
         self.publish(self.published_kind, sigma, message_or_bundle)
 
 
