@@ -163,6 +163,7 @@ def replay_stops(
                 history,
                 rules,
                 keys.SELF_SIMILARITY,
+                metric,
             )
             verdict = stop_verdict(history, rules, others, budget, nonfinite)
             if verdict is not None:

@@ -86,6 +86,7 @@ __all__ = [
     "others_best_so_far",
     "others_held_so_far",
     "parse_reason",
+    "stands_where_learned",
     "stop_verdict",
 ]
 
@@ -735,20 +736,22 @@ def _improvement(metric: list[float], window: int) -> float:
 
 def _trend(metric: list[float], window: int) -> float:
     """Mean of the last ``window`` finite values minus that of the ``window`` finite values
-    before them (fewer, half of them each, while there are fewer than ``2 * window``; +inf
-    before the second): a climb that one noisy report or two dipped after still reads as one,
-    where the best so far (:func:`_improvement`) sees a plateau. Values, not reports: a metric
-    measured every few reports (``None`` between validations) is compared over as many values.
+    before them (+inf while there are fewer than ``2 * window``: a trial too young to tell a
+    climb from a plateau is still climbing): a climb that one noisy report or two dipped after
+    still reads as one, where the best so far (:func:`_improvement`) sees a plateau. Values,
+    not reports: a metric measured every few reports (``None`` between validations) is
+    compared over as many values.
 
     Examples:
         >>> _trend([0.5, 0.7, 0.8, 0.8, 0.78, 0.79], 3)  # dipped after a climb: still rising
         0.1233333333333334
         >>> _trend([0.8, math.nan, 0.8, math.nan, 0.8, math.nan, 0.8], 2)  # every other report
         0.0
+        >>> _trend([0.5, 0.7, 0.8, 0.8, 0.79], 3)  # five values: too few to compare 3 with 3
+        inf
     """
     values = [m for m in metric if math.isfinite(m)]
-    window = min(window, len(values) // 2)
-    if window < 1:
+    if window < 1 or len(values) < 2 * window:
         return math.inf
     before, recent = values[-2 * window : -window], values[-window:]
     return sum(recent) / window - sum(before) / window
@@ -810,7 +813,7 @@ def freeze_candidates(
 
     Examples:
         >>> trial = TrialHistory(layers=["conv", "fc"])
-        >>> for distance in [0.05, 0.09, 0.1, 0.1, 0.1]:  # both layers settle, the metric stalls
+        >>> for distance in [0.05, 0.09, 0.1, 0.1, 0.1, 0.1]:  # layers settle, the metric stalls
         ...     layers = {"conv": 0.995, "fc": 0.995}, {"conv": 1 - distance, "fc": 1 - distance}
         ...     trial.add(0.9, *layers, {"conv": 1.0, "fc": 1.0})
         >>> [(d.action, d.layer, d.rule) for d in freeze_candidates(trial, ConvergenceRules())]
@@ -820,6 +823,8 @@ def freeze_candidates(
     trend = _trend(trial.metric, rules.plateau + 1)
     if gain > rules.min_delta or trend > rules.min_delta:
         return []  # the trial still learns: leave every layer alone
+    if _near_chance(trial, rules):
+        return []  # a trial at chance is one to stop, never to freeze
     done = trial.frozen | trial.pending
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
 
@@ -996,30 +1001,74 @@ def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     return top - values[0] > rules.stall_delta - _tolerance(top, values[0])
 
 
+def _near_chance(trial: TrialHistory, rules: ConvergenceRules) -> bool:
+    """Whether chance is known and the best of the trial's last ``settle_window`` values is
+    within ``stall_delta`` of it (or no value is finite yet)."""
+    if not math.isfinite(trial.chance):
+        return False
+    recent = [m for m in trial.metric[-rules.settle_window :] if math.isfinite(m)]
+    return not recent or max(recent) <= trial.chance + rules.stall_delta
+
+
+def stands_where_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
+    """Whether the trial's latest value (its last finite one) stands where it learned: above
+    chance by more than ``stall_delta`` where chance is known (a fine-tuned model that started
+    high too), else more than ``stall_delta`` above its first value. Unlike
+    :func:`has_learned`, a trial whose value fell back at its latest measurement does not.
+
+    Examples:
+        >>> rules = ConvergenceRules()
+        >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6, 0.8]), rules)
+        True
+        >>> stands_where_learned(TrialHistory(metric=[0.9, 0.9, 0.91], chance=0.1), rules)
+        True
+        >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6, 0.8, 0.1], chance=0.1), rules)
+        False
+        >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6, 0.8, 0.2]), rules)
+        False
+    """
+    values = [m for m in trial.metric if math.isfinite(m)]
+    if not values:
+        return False
+    last = values[-1]
+    if math.isfinite(trial.chance):
+        return last > trial.chance + rules.stall_delta
+    return len(values) > 1 and last - values[0] > rules.stall_delta - _tolerance(last, values[0])
+
+
 def divergence(
     nonfinite: tuple[str, float] | None,
     trial: TrialHistory,
     rules: ConvergenceRules,
     similarity_key: str,
+    metric: str | None,
 ) -> tuple[str, float] | None:
-    """The non-finite value (``first_nonfinite``'s) that stops ``trial`` as diverged, or None:
-    one layer's similarity (``<similarity_key>/<layer>``) does not stop a trial that
-    :func:`has_learned` (most of the layer's probe points not finite in a trial that stands
-    where it learned; the layer is not frozen on it either). A metric or loss always does.
+    """The non-finite value (``first_nonfinite``'s) that stops ``trial`` as diverged, or None.
+
+    ``metric`` (the scheduler's) always does. One layer's similarity
+    (``<similarity_key>/<layer>``) does not stop a trial that :func:`has_learned` (most of the
+    layer's probe points not finite in a trial that stands where it learned; the layer is not
+    frozen on it either). A loss other than ``metric`` does not stop a trial whose latest
+    value :func:`stands_where_learned`: one batch whose loss overflowed (a step that a
+    ``GradScaler`` skips) makes an epoch's mean loss NaN while training goes on as before (the
+    best trial of a sweep was stopped on it, and the sweep's answer changed), where a trial
+    whose weights diverged falls to chance at its next measurement and is stopped there.
 
     Examples:
-        >>> learned = TrialHistory(metric=[0.3, 0.6, 0.8])
-        >>> divergence(("sim/fc", math.nan), learned, ConvergenceRules(), "sim")
-        >>> divergence(("loss", math.inf), learned, ConvergenceRules(), "sim")
-        ('loss', inf)
+        >>> learned = TrialHistory(metric=[0.3, 0.6, 0.8], chance=0.1)
+        >>> divergence(("sim/fc", math.nan), learned, ConvergenceRules(), "sim", "acc")
+        >>> divergence(("loss", math.inf), learned, ConvergenceRules(), "sim", "acc")
+        >>> fell = TrialHistory(metric=[0.3, 0.6, 0.8, 0.1], chance=0.1)
+        >>> divergence(("loss", math.nan), fell, ConvergenceRules(), "sim", "acc")
+        ('loss', nan)
+        >>> divergence(("acc", math.nan), learned, ConvergenceRules(), "sim", "acc")
+        ('acc', nan)
     """
-    if (
-        nonfinite is not None
-        and nonfinite[0].startswith(f"{similarity_key}/")
-        and has_learned(trial, rules)
-    ):
-        return None
-    return nonfinite
+    if nonfinite is None or nonfinite[0] == metric:
+        return nonfinite
+    if nonfinite[0].startswith(f"{similarity_key}/"):
+        return None if has_learned(trial, rules) else nonfinite
+    return None if stands_where_learned(trial, rules) else nonfinite
 
 
 def _stands_among_best(

@@ -530,7 +530,10 @@ class SVCCAScheduler(FIFOScheduler):
         ]
         for trial_id, view in self._views.items():
             frozen = view.frozen_or_ordered()
-            state = "finished" if view.completed else "running"
+            if view.completed:
+                state = "finished"
+            else:  # (a trial Tune has not started yet has made no report)
+                state = "running" if view.history.reports else "no report yet"
             if view.stopped:
                 state = f"stopped: {view.stopped.describe()}"
             lines.append(f"  {trial_id}: frozen {frozen or 'none'}; {state}")
@@ -572,12 +575,19 @@ class SVCCAScheduler(FIFOScheduler):
             self._record(trial_id, decision)
         self._check_similarity(result, similarity)
         history = view.history
+        nonfinite = first_nonfinite(
+            result, self._metric, similarity, self.similarity_key, view.finite_losses
+        )
+        # nothing is frozen on a report whose metric or loss is not finite (one layer's
+        # similarity that is not is that layer's business only)
+        freeze_now = measured and (
+            nonfinite is None or nonfinite[0].startswith(f"{self.similarity_key}/")
+        )
         if self.stop:
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
-            nonfinite = first_nonfinite(
-                result, self._metric, similarity, self.similarity_key, view.finite_losses
+            diverged = divergence(
+                nonfinite, history, self.metric_rules(), self.similarity_key, self._metric
             )
-            diverged = divergence(nonfinite, history, self.metric_rules(), self.similarity_key)
             if nonfinite is not None and diverged is None:
                 logger.info(
                     "Trial %s: %s is %s while its metric stands where it learned; not stopped",
@@ -608,7 +618,7 @@ class SVCCAScheduler(FIFOScheduler):
                 view.stopped = verdict
                 self._record(trial_id, verdict)
                 return TrialScheduler.STOP
-        if measured:
+        if freeze_now:
             self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
 

@@ -167,7 +167,7 @@ def test_by_default_the_best_trials_so_far_are_never_frozen() -> None:
         trials = {name: FakeTrial(name) for name in ("best", "second", "third")}
         for trial in trials.values():
             scheduler.on_trial_add(None, trial)
-        for it in (1, 2):  # settled from the start, and on a plateau from report 2
+        for it in (1, 2, 3, 4):  # settled from the start, and on a plateau from report 4
             for name, acc in (("best", 0.9), ("second", 0.8), ("third", 0.5)):
                 feed(scheduler, trials[name], [result(every, it=it, acc=acc)])
         posted = [trial_id for trial_id, _ in mailbox.posts]
@@ -209,23 +209,24 @@ def test_a_trial_that_still_learns_keeps_every_layer() -> None:
 
 
 def test_last_trainable_layer_is_never_frozen() -> None:
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    # (stop=False: flat from report 1 with no layer moving, the trial is stuck by report 3)
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     every = dict.fromkeys(LAYERS, 1.0)
-    feed(scheduler, trial, [result(every, it=1), result(every, it=2)])
+    feed(scheduler, trial, [result(every, it=i) for i in (1, 2, 3, 4)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
-    feed(scheduler, trial, [result(every, frozen=LAYERS[:3], it=3)])
+    feed(scheduler, trial, [result(every, frozen=LAYERS[:3], it=5)])
     assert len(mailbox.posts) == 1
 
 
 def test_view_is_rebuilt_from_reports_after_a_restart() -> None:
     # a fresh scheduler (driver restarted, Tuner.restore) learns what is frozen from the report
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.999, "fc1": 0.3}
-    feed(scheduler, trial, [result(sims, ("conv1",), it=7), result(sims, ("conv1",), it=8)])
+    feed(scheduler, trial, [result(sims, ("conv1",), it=i) for i in (7, 8, 9, 10)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv2"]]
 
 
@@ -234,14 +235,14 @@ def test_an_error_orders_the_freezes_again_for_the_restored_trial() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [result(sims, it=1), result(sims, it=2)])
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
     # the checkpoint the trial restores from may predate the order: order it again at once,
     # for the restored trial to apply at watch()
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[1][1]["freeze"] == ["conv1"] and mailbox.posts[1][1]["restore"]
     assert "converged" in mailbox.posts[1][1]["reasons"]["conv1"]
-    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=3)])
+    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=5)])
     assert len(mailbox.posts) == 2 and scheduler.frozen_layers == {"t1": ["conv1"]}
 
 
@@ -249,20 +250,20 @@ def test_a_restore_from_an_older_checkpoint_forgets_the_freezes_decided_after_it
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=4)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=5)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=6)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv2"]]
-    # conv1 was ordered after report 2, conv2 after report 3; the trial fails after report 4
-    # and restores from its checkpoint of report 2, which predates both orders
-    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    # conv1 was ordered after report 4, conv2 after report 5; the trial fails after report 6
+    # and restores from its checkpoint of report 4, which predates both orders
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
     assert scheduler.frozen_layers == {"t1": ["conv1"]}
-    # it makes report 3 again, with conv2 settled again: ordered again, on the run it continues
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
+    # it makes report 5 again, with conv2 settled again: ordered again, on the run it continues
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=5)])
     assert mailbox.posts[-1][1]["freeze"] == ["conv2"]
-    assert "freeze conv2 at report 3" in mailbox.posts[-1][1]["reasons"]["conv2"]
+    assert "freeze conv2 at report 5" in mailbox.posts[-1][1]["reasons"]["conv2"]
 
 
 class _ResumingBase(FIFOScheduler):
@@ -278,11 +279,11 @@ class _ResumingBase(FIFOScheduler):
 
 
 def test_a_paused_trial_resumes_with_the_freezes_up_to_its_checkpoint_only() -> None:
-    """A trial paused at report 3 was ordered conv2 frozen at that report, but Tune paused it
-    inside the report, before it read the order, and its latest checkpoint is of report 2: it
-    makes report 3 again. The order waiting in its mailbox (judged on the run it leaves) was
-    applied as it restored, so that report 3 was made again with conv2 frozen; it is replaced
-    by the freezes decided up to report 2, ordered for the restore."""
+    """A trial paused at report 5 was ordered conv2 frozen at that report, but Tune paused it
+    inside the report, before it read the order, and its latest checkpoint is of report 4: it
+    makes report 5 again. The order waiting in its mailbox (judged on the run it leaves) was
+    applied as it restored, so that report 5 was made again with conv2 frozen; it is replaced
+    by the freezes decided up to report 4, ordered for the restore."""
     trial = FakeTrial("t1")
     scheduler, mailbox = make(
         patience=1, settle_window=1, plateau=1, stop=False, base=_ResumingBase(trial)
@@ -290,12 +291,12 @@ def test_a_paused_trial_resumes_with_the_freezes_up_to_its_checkpoint_only() -> 
     discarded: list[str] = []
     mailbox.discard = discarded.append  # type: ignore[method-assign]
     scheduler.on_trial_add(None, trial)
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=3)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 1.0}, frozen=("conv1",), it=5)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv2"]]
     trial.status = "PAUSED"
-    trial.last_result = {"training_iteration": 3}  # type: ignore[attr-defined]
-    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    trial.last_result = {"training_iteration": 5}  # type: ignore[attr-defined]
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     assert scheduler.choose_trial_to_run(None) is trial
     assert discarded == ["t1"] and mailbox.steered == ["t1", "t1"]  # emptied, steered again
     assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
@@ -363,24 +364,31 @@ def _named(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_a_ray_train_job_is_acknowledged_and_followed_through_restarts() -> None:
     """Every named report of a Ray Train job is acknowledged once handled (its rank 0 waits
-    for that); a new attempt that resumed from report 2's checkpoint gets the freezes decided
-    up to report 2 ordered again; a Tune restore (training_iteration from 1 again) starts the
+    for that); a new attempt that resumed from report 4's checkpoint gets the freezes decided
+    up to report 4 ordered again; a Tune restore (training_iteration from 1 again) starts the
     following anew instead of reading the renumbered reports as a worker restart."""
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     assert mailbox.steered == ["t1"]
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2)])
-    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]  # ordered after report 2
-    # the job carried it out after report 2's checkpoint, then a worker failed: the new
+    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2, 3, 4)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]  # ordered after report 4
+    # the job carried it out after report 4's checkpoint, then a worker failed: the new
     # attempt resumed from that checkpoint, without the freeze
-    feed(scheduler, trial, [_named(result(sims, it=3), "b-1@a-2")])
+    feed(scheduler, trial, [_named(result(sims, it=5), "b-1@a-4")])
     assert mailbox.posts[-1][1] == {**mailbox.posts[-1][1], "freeze": ["conv1"], "restore": True}
     assert len(mailbox.posts) == 2
-    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=4), "b-2@a-2")])
+    feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=6), "b-2@a-4")])
     assert len(mailbox.posts) == 2  # no restart: the same attempt
-    assert [name for _, name in mailbox.acknowledged] == ["a-1", "a-2", "b-1@a-2", "b-2@a-2"]
+    assert [name for _, name in mailbox.acknowledged] == [
+        "a-1",
+        "a-2",
+        "a-3",
+        "a-4",
+        "b-1@a-4",
+        "b-2@a-4",
+    ]
     # Tune restarts the trial: its reports count from 1 again, its job resumes from its own
     # latest checkpoint (of report b-2)
     feed(scheduler, trial, [_named(result(sims, frozen=("conv1",), it=1), "c-1@b-2")])
@@ -400,11 +408,11 @@ def test_an_order_the_trial_did_not_carry_out_is_given_again() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])  # ordered at report 2
-    # report 3 should confirm it; report 4 is one report of slack; at report 5 it is lost
-    feed(scheduler, trial, [result(sims, it=3), result(sims, it=4)])
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])  # ordered at report 4
+    # report 5 should confirm it; report 6 is one report of slack; at report 7 it is lost
+    feed(scheduler, trial, [result(sims, it=5), result(sims, it=6)])
     assert len(mailbox.posts) == 1
-    feed(scheduler, trial, [result(sims, it=5)])
+    feed(scheduler, trial, [result(sims, it=7)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
 
 
@@ -428,10 +436,10 @@ def test_an_order_that_could_not_be_posted_is_not_taken_as_given() -> None:
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
     mailbox.reachable = False
-    feed(scheduler, trial, [result(sims, it=1), result(sims, it=2)])
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])
     assert scheduler.frozen_layers == {"t1": []}
     mailbox.reachable = True
-    feed(scheduler, trial, [result(sims, it=3)])
+    feed(scheduler, trial, [result(sims, it=5)])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
 
 
@@ -458,7 +466,8 @@ def test_nan_metric_or_similarity_stops_at_once() -> None:
 
 def test_an_infinite_loss_is_a_divergence_once_the_loss_was_finite() -> None:
     """``best_val_loss = inf`` before the first validation is a tracker's start: it stops no
-    trial; the same key infinite after a finite value is a divergence, with the value."""
+    trial; the same key infinite after a finite value is a divergence, with the value, in a
+    trial whose metric fell back to where it started (weights that diverged)."""
     scheduler, _ = make()
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
@@ -467,11 +476,41 @@ def test_an_infinite_loss_is_a_divergence_once_the_loss_was_finite() -> None:
     assert scheduler.on_trial_result(None, trial, first) == CONTINUE
     second = {**result(sims, it=2, acc=0.6), "best_val_loss": 0.9}
     assert scheduler.on_trial_result(None, trial, second) == CONTINUE
-    third = {**result(sims, it=3, acc=0.7), "best_val_loss": float("inf")}
+    third = {**result(sims, it=3, acc=0.5), "best_val_loss": float("inf")}
     assert scheduler.on_trial_result(None, trial, third) == STOP
     ((_, decision),) = scheduler.decisions
     assert decision.rule == "diverged: non-finite value"
     assert decision.values == {"best_val_loss": float("inf")}
+
+
+def test_an_infinite_loss_in_a_trial_that_stands_where_it_learned_stops_and_freezes_nothing() -> (
+    None
+):
+    """One batch whose loss overflowed makes an epoch's loss infinite while training goes on:
+    a trial whose metric stands where it learned is not stopped on it, and nothing is frozen on
+    that report (its layers settled and its metric on a plateau, it would be otherwise); the
+    next finite report freezes as usual."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = dict.fromkeys(LAYERS, 1.0)
+    losses = [float("inf"), 0.9, 0.8, 0.8, float("inf"), 0.8]
+    accs = [0.3, 0.7, 0.7, 0.7, 0.7, 0.7]  # a plateau from report 5 on
+    reports = [
+        {**result(sims, it=i + 1, acc=acc), "best_val_loss": loss}
+        for i, (acc, loss) in enumerate(zip(accs, losses, strict=True))
+    ]
+    assert feed(scheduler, trial, reports[:5]) == [CONTINUE] * 5
+    assert mailbox.posts == [] and scheduler.decisions == []
+    assert feed(scheduler, trial, reports[5:]) == [CONTINUE]
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
+    assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [("freeze", 6)] * 3
+    # the same reports with a finite loss at report 5: frozen there
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
+    scheduler.on_trial_add(None, trial)
+    reports[4]["best_val_loss"] = 0.8
+    feed(scheduler, trial, reports[:5])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
 
 
 def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
@@ -954,9 +993,9 @@ def test_a_new_driver_takes_up_the_decisions_of_the_last_one(tmp_path) -> None:
     assert "similarity=0.999" in posted[1]["reasons"]["conv1"]
     # its next decision is appended to the stored lines, not written over them
     sims = {"conv1": 1.0, "conv2": 1.0, "fc1": 0.2}
-    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=5), result(sims, ("conv1",), it=6)])
+    feed(scheduler, trial, [result(sims, frozen=("conv1",), it=i) for i in (5, 6, 7, 8)])
     lines = [json.loads(x) for x in (local / DECISIONS_FILE).read_text().splitlines()]
-    assert [(x["layer"], x["iteration"]) for x in lines] == [("conv1", 4), ("conv2", 6)]
+    assert [(x["layer"], x["iteration"]) for x in lines] == [("conv1", 4), ("conv2", 8)]
     assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
 
 
@@ -1137,8 +1176,20 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
     (tmp_path / "s2").mkdir()
     finished.status = status  # type: ignore[attr-defined]
     scheduler.on_trial_add(None, finished)
-    state = "finished" if status == "TERMINATED" else "running"  # an errored trial may resume
+    # an errored trial may resume; until it reports, it is shown as one that has not
+    state = "finished" if status == "TERMINATED" else "no report yet"
     assert f"t2: frozen none; {state}" in scheduler.debug_string()
+
+
+def test_debug_string_tells_a_trial_that_has_not_reported_from_a_running_one() -> None:
+    """A trial Tune has added but not started showed as running."""
+    scheduler, _ = make()
+    first, second = FakeTrial("t1"), FakeTrial("t2")
+    scheduler.on_trial_add(None, first)
+    scheduler.on_trial_add(None, second)
+    feed(scheduler, first, [result({"conv1": 0.5}, it=1)])
+    text = scheduler.debug_string()
+    assert "t1: frozen none; running" in text and "t2: frozen none; no report yet" in text
 
 
 class _HalvingController:
@@ -1342,12 +1393,12 @@ def test_an_order_released_before_the_trial_confirmed_it_is_not_taken_as_lost() 
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])  # ordered at report 2
-    feed(scheduler, trial, [_unfrozen(result(sims, it=3), {"conv1": LR_REASON})])
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])  # ordered at report 4
+    feed(scheduler, trial, [_unfrozen(result(sims, it=5), {"conv1": LR_REASON})])
     assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze"]
     assert scheduler.frozen_layers == {"t1": []}
-    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
-    # judged anew on report 4 (settle_window 1): ordered again, as a new decision
+    feed(scheduler, trial, [_unfrozen(result(sims, it=6), {"conv1": LR_REASON})])
+    # judged anew on report 6 (settle_window 1): ordered again, as a new decision
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"], ["conv1"]]
     assert not scheduler._views["t1"].history.refused
 
@@ -1357,18 +1408,20 @@ def test_a_restore_after_an_unfreeze_does_not_order_the_layer_again() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2)])
-    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
-    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=5), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=6), {"conv1": LR_REASON})])
     scheduler.on_trial_error(None, trial)
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
 
 
 def test_unfreeze_lr_factor_none_is_sent_with_the_order() -> None:
-    scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, unfreeze_lr_factor=None)
+    scheduler, mailbox = make(
+        patience=1, settle_window=1, plateau=1, unfreeze_lr_factor=None, stop=False
+    )
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
-    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2)])
+    feed(scheduler, trial, [result({"conv1": 1.0, "conv2": 0.2}, it=i) for i in (1, 2, 3, 4)])
     assert mailbox.posts[0][1]["unfreeze_lr_factor"] is None
 
 
@@ -1406,7 +1459,7 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
         trials = [FakeTrial(f"t{i}") for i in range(4)]
         for trial in trials:
             scheduler.on_trial_add(None, trial)
-        for it in (1, 2, 3):
+        for it in (1, 2, 3, 4, 5):
             for trial in trials[:3]:  # ahead: decayed from report 2 on
                 scale = 0.1 if decays and it >= 2 else 1.0
                 acc = 0.9 if it >= 2 else 0.5
@@ -1415,7 +1468,7 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
         posted = [p for p in mailbox.posts if p[0] == "t3"]
         assert bool(posted) is not decays, decays
         if decays:  # its own decay: judged as usual from then on
-            feed(scheduler, trials[3], [_scaled(result(sims, it=4, acc=0.5), 0.1)])
+            feed(scheduler, trials[3], [_scaled(result(sims, it=6, acc=0.5), 0.1)])
             assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
 
 
@@ -1449,49 +1502,49 @@ def test_a_late_dropper_behind_trials_that_decayed_is_not_stopped_as_behind() ->
 
 
 def _frozen_then_unfrozen() -> tuple[SVCCAScheduler, FakeMailbox, FakeTrial]:
-    """conv1 ordered frozen after report 2, frozen at 3, unfrozen at 4 (a learning-rate drop)."""
+    """conv1 ordered frozen after report 4, frozen at 5, unfrozen at 6 (a learning-rate drop)."""
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2)])
-    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=3), {})])
-    feed(scheduler, trial, [_unfrozen(result(sims, it=4), {"conv1": LR_REASON})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=i), {}) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=5), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=6), {"conv1": LR_REASON})])
     return scheduler, mailbox, trial
 
 
 def test_a_restore_from_before_an_unfreeze_orders_the_freeze_again() -> None:
-    """conv1 ordered after report 2, frozen at 3, unfrozen at 4 (a drop); the trial restores
-    from its checkpoint of report 2, made before both: the unfreeze is void, the freeze is
+    """conv1 ordered after report 4, frozen at 5, unfrozen at 6 (a drop); the trial restores
+    from its checkpoint of report 4, made before both: the unfreeze is void, the freeze is
     ordered again (the trial unfreezes it again when its rate drops again)."""
     scheduler, mailbox, trial = _frozen_then_unfrozen()
-    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
-    assert "freeze conv1 at report 2: converged" in mailbox.posts[-1][1]["reasons"]["conv1"]
+    assert "freeze conv1 at report 4: converged" in mailbox.posts[-1][1]["reasons"]["conv1"]
     # from a checkpoint made after the unfreeze, nothing is ordered
     scheduler, mailbox, trial = _frozen_then_unfrozen()
-    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 6})
     scheduler.on_trial_error(None, trial)
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
 
 
 def test_a_restore_from_before_an_unfreeze_and_a_second_freeze_orders_the_first_again() -> None:
-    """conv1 frozen after report 2, unfrozen at 4, frozen again after 5; the trial restores
-    from its checkpoint of report 2: what held there (the first freeze) is ordered again."""
+    """conv1 frozen after report 4, unfrozen at 6, frozen again after 7; the trial restores
+    from its checkpoint of report 4: what held there (the first freeze) is ordered again."""
     scheduler, mailbox, trial = _frozen_then_unfrozen()
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [_unfrozen(result(sims, it=5), {})])  # settled again: ordered
-    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=6), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=7), {})])  # settled again: ordered
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=8), {})])
     assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [
-        ("freeze", 2),
-        ("unfreeze", 4),
-        ("freeze", 5),
+        ("freeze", 4),
+        ("unfreeze", 6),
+        ("freeze", 7),
     ]
-    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 2})
+    trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": 4})
     scheduler.on_trial_error(None, trial)
     assert mailbox.posts[-1][1]["freeze"] == ["conv1"] and mailbox.posts[-1][1]["restore"]
-    assert "freeze conv1 at report 2" in mailbox.posts[-1][1]["reasons"]["conv1"]
+    assert "freeze conv1 at report 4" in mailbox.posts[-1][1]["reasons"]["conv1"]
 
 
 def test_a_restart_from_scratch_forgets_the_freezes_and_unfreezes_of_the_run_it_left() -> None:
@@ -1501,9 +1554,10 @@ def test_a_restart_from_scratch_forgets_the_freezes_and_unfreezes_of_the_run_it_
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     settled, moving = {"conv1": 1.0, "conv2": 0.2}, {"conv1": 0.2, "conv2": 0.2}
-    feed(scheduler, trial, [_unfrozen(result(settled, it=i), {}) for i in (1, 2)])
-    feed(scheduler, trial, [_unfrozen(result(settled, ("conv1",), it=3), {})])
-    feed(scheduler, trial, [_unfrozen(result(moving, it=4), {"conv1": LR_REASON})])
+    feed(scheduler, trial, [_unfrozen(result(settled, it=i), {}) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [_unfrozen(result(settled, ("conv1",), it=5), {})])
+    feed(scheduler, trial, [_unfrozen(result(moving, it=6), {"conv1": LR_REASON})])
+    assert [d.action for _, d in scheduler.decisions] == ["freeze", "unfreeze"]
     scheduler.on_trial_error(None, trial)  # no checkpoint: run B starts from scratch
     posted = len(mailbox.posts)
     feed(scheduler, trial, [_unfrozen(result(moving, it=i), {}) for i in (1, 2, 3, 4)])
@@ -1513,24 +1567,24 @@ def test_a_restart_from_scratch_forgets_the_freezes_and_unfreezes_of_the_run_it_
 
 
 def test_restores_one_after_another_go_back_to_what_held_at_each_checkpoint() -> None:
-    """Freeze 2, unfreeze 4, freeze 5, unfreeze 7: a restore to 6 orders the freeze of 5, a
-    later restore to 3 the freeze of 2 (an unfreeze after either checkpoint is void)."""
+    """Freeze 4, unfreeze 6, freeze 7, unfreeze 9: a restore to 8 orders the freeze of 7, a
+    later restore to 5 the freeze of 4 (an unfreeze after either checkpoint is void)."""
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    frozen = {3: ("conv1",), 6: ("conv1",)}
-    reasons = {4: {"conv1": LR_REASON}, 7: {"conv1": LR_REASON}}
-    for it in range(1, 8):
+    frozen = {5: ("conv1",), 8: ("conv1",)}
+    reasons = {6: {"conv1": LR_REASON}, 9: {"conv1": LR_REASON}}
+    for it in range(1, 10):
         report = result(sims, frozen.get(it, ()), it=it)
         feed(scheduler, trial, [_unfrozen(report, reasons.get(it, {}))])
     assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [
-        ("freeze", 2),
-        ("unfreeze", 4),
-        ("freeze", 5),
-        ("unfreeze", 7),
+        ("freeze", 4),
+        ("unfreeze", 6),
+        ("freeze", 7),
+        ("unfreeze", 9),
     ]
-    for restore_at, freeze in ((6, "report 5"), (3, "report 2")):
+    for restore_at, freeze in ((8, "report 7"), (5, "report 4")):
         trial.latest_checkpoint_result = SimpleNamespace(metrics={"training_iteration": restore_at})
         scheduler.on_trial_error(None, trial)
         assert mailbox.posts[-1][1]["freeze"] == ["conv1"], restore_at
@@ -1539,17 +1593,17 @@ def test_restores_one_after_another_go_back_to_what_held_at_each_checkpoint() ->
 
 def test_a_train_job_resumed_by_tune_from_its_checkpoint_keeps_the_reasons() -> None:
     """Tune restarts a Ray Train trial and numbers its reports from 1 again, while the job goes
-    on from its own checkpoint (its report's name says '@a-4'): conv1 is still frozen, and why
+    on from its own checkpoint (its report's name says '@a-6'): conv1 is still frozen, and why
     is still known (a restart from scratch would forget it)."""
     scheduler, _ = make(patience=1, settle_window=1, plateau=1, stop=False)
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 1.0, "conv2": 0.2}
-    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2)])
-    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=i), f"a-{i}") for i in (3, 4)])
+    feed(scheduler, trial, [_named(result(sims, it=i), f"a-{i}") for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=i), f"a-{i}") for i in (5, 6)])
     scheduler.on_trial_error(None, trial)
-    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=1), "b-1@a-4")])
-    assert "freeze conv1 at report 2: converged" in scheduler.debug_string()
+    feed(scheduler, trial, [_named(result(sims, ("conv1",), it=1), "b-1@a-6")])
+    assert "freeze conv1 at report 4: converged" in scheduler.debug_string()
 
 
 def test_a_scheduler_that_steered_an_experiment_refuses_another() -> None:
