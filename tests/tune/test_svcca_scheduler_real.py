@@ -71,11 +71,12 @@ def test_real_svcca_freezes_converged_layers_and_the_scheduler_stops_the_trial(
     ray_session, tmp_path
 ) -> None:
     # permissive rules, so that decisions come within a few epochs: a layer freezes at its first
-    # similarity >= 0.9 (no travel, settling or plateau asked for); no progress counts and no
-    # layer counts as moving, so the trial stops as stuck right after the grace period (3)
+    # similarity >= 0.9 once the metric's trend can be read (report 4: twice plateau + 1
+    # values; no travel, settling or plateau asked for); no progress counts and no layer counts
+    # as moving, so the trial stops as stuck right after the grace period (5)
     scheduler = ik.SVCCAScheduler(
         metric="train_loss", mode="min", freeze_at=0.9, patience=1, min_travel=0.0,
-        settle_window=1, settle_tol=1e9, plateau=1, min_delta=10.0, grace=3, stall_delta=10.0,
+        settle_window=1, settle_tol=1e9, plateau=1, min_delta=10.0, grace=5, stall_delta=10.0,
         move_tol=10.0, freeze_best=True,
     )  # fmt: skip
     epochs = 10
@@ -89,7 +90,7 @@ def test_real_svcca_freezes_converged_layers_and_the_scheduler_stops_the_trial(
     )
     (trial,) = analysis.trials
     df = analysis.trial_dataframes[trial.trial_id].sort_values("training_iteration")
-    assert df["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert df["training_iteration"].tolist() == [1, 2, 3, 4, 5, 6]
 
     # report 1 has no similarity yet (the first checkpoint only records); report 2 has the
     # subscriber's real SVCCA values, and the two input-side layers reach 0.9
@@ -99,31 +100,31 @@ def test_real_svcca_freezes_converged_layers_and_the_scheduler_stops_the_trial(
         assert 0.9 <= report2[f"self_similarity/{name}"] <= 1.0
         assert 0.0 < report2[f"init_similarity/{name}"] < 1.0
         assert report2[f"live_fraction/{name}"] == 1.0
-    # ordered after report 2, carried out at once, confirmed by report 3 and kept; the last
+    # ordered after report 4, carried out at once, confirmed by report 5 and kept; the last
     # trainable layer is never frozen
     for name in ("0", "2"):
-        assert df[f"frozen/{name}"].tolist() == [0, 0, 1, 1]
-    assert df["frozen/4"].tolist() == [0, 0, 0, 0]
-    # the frozen layers' weights stop changing from report 2 on (they moved before), while the
+        assert df[f"frozen/{name}"].tolist() == [0, 0, 0, 0, 1, 1]
+    assert df["frozen/4"].tolist() == [0] * 6
+    # the frozen layers' weights stop changing from report 4 on (they moved before), while the
     # output layer goes on training
     for name in ("0", "2"):
         squares = df[f"weight_sq_{name}"].tolist()
-        assert squares[0] != squares[1] == squares[2] == squares[3]
+        assert squares[2] != squares[3] == squares[4] == squares[5]
     output = df["weight_sq_4"].tolist()
-    assert output[1] != output[2] != output[3]
+    assert output[3] != output[4] != output[5]
 
-    # the scheduler's account: two freezes for convergence at report 2, then the stop
+    # the scheduler's account: two freezes for convergence at report 4, then the stop
     assert scheduler.frozen_layers == {trial.trial_id: ["0", "2"]}
     assert scheduler.stopped_trials == {trial.trial_id: "stuck: no progress and no layer moving"}
     decisions = [d.as_dict() for _, d in scheduler.decisions]
     assert [(d["action"], d["rule"], d["layer"], d["iteration"]) for d in decisions] == [
-        ("freeze", "converged", "0", 2),
-        ("freeze", "converged", "2", 2),
-        ("stop", "stuck: no progress and no layer moving", None, 4),
+        ("freeze", "converged", "0", 4),
+        ("freeze", "converged", "2", 4),
+        ("stop", "stuck: no progress and no layer moving", None, 6),
     ]
     # the decisions reached the trial's files, the freezes with the similarity they were made at
     (path,) = Path(tmp_path).rglob(DECISIONS_FILE)
     written = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [{k: v for k, v in d.items() if k != "trial_id"} for d in written] == decisions
     for d in written[:2]:
-        assert d["values"]["similarity"] == report2[f"self_similarity/{d['layer']}"]
+        assert d["values"]["similarity"] == df.iloc[3][f"self_similarity/{d['layer']}"]
