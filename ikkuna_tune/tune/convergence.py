@@ -819,10 +819,13 @@ def freeze_candidates(
         >>> [(d.action, d.layer, d.rule) for d in freeze_candidates(trial, ConvergenceRules())]
         [('freeze', 'conv', 'converged')]
     """
-    gain = _improvement(trial.metric, rules.plateau)
-    trend = _trend(trial.metric, rules.plateau + 1)
-    if gain > rules.min_delta or trend > rules.min_delta:
-        return []  # the trial still learns: leave every layer alone
+    metric_values: dict[str, float] = {}
+    if rules.plateau:  # (plateau=0: the layers' own signals alone decide)
+        gain = _improvement(trial.metric, rules.plateau)
+        trend = _trend(trial.metric, rules.plateau + 1)
+        if gain > rules.min_delta or trend > rules.min_delta:
+            return []  # the trial still learns: leave every layer alone
+        metric_values = {"metric_gain": gain, "metric_trend": trend}
     if _near_chance(trial, rules):
         return []  # a trial at chance is one to stop, never to freeze
     done = trial.frozen | trial.pending
@@ -853,7 +856,7 @@ def freeze_candidates(
             "converged",
             reports,
             name,
-            {**checks[name][1], "metric_gain": gain, "metric_trend": trend},
+            {**checks[name][1], **metric_values},
         )
         for name in names
     ]

@@ -172,7 +172,9 @@ class SVCCAScheduler(FIFOScheduler):
         settle_tol: how much it may vary over them, as a fraction of the distance.
         plateau: reports without an improvement above ``min_delta`` before anything freezes
             (and the metric's mean over its last ``plateau + 1`` values no more than
-            ``min_delta`` above its mean over the ``plateau + 1`` before).
+            ``min_delta`` above its mean over the ``plateau + 1`` before; nothing freezes
+            before twice that many values). ``0``: the metric is not asked (the layers' own
+            signals alone decide; a trial at chance is still not frozen).
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
@@ -271,7 +273,7 @@ class SVCCAScheduler(FIFOScheduler):
             min_travel=check_nonnegative("min_travel", min_travel),
             settle_window=check_int("settle_window", settle_window),
             settle_tol=check_nonnegative("settle_tol", settle_tol),
-            plateau=check_int("plateau", plateau),
+            plateau=check_int("plateau", plateau, minimum=0),
             min_delta=check_nonnegative("min_delta", min_delta),
             stall_delta=check_nonnegative("stall_delta", stall_delta),
             move_tol=check_nonnegative("move_tol", move_tol),

@@ -208,6 +208,20 @@ def test_a_trial_that_still_learns_keeps_every_layer() -> None:
     assert mailbox.posts == []
 
 
+def test_plateau_zero_freezes_on_the_layers_signals_alone() -> None:
+    """``plateau=0``: a settled layer freezes at its first similarity although the metric
+    climbs (the default waits for a plateau), and the reason names no metric values."""
+    scheduler, mailbox = make(patience=1, settle_window=1, plateau=0, stop=False)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=1, acc=0.3), result(sims, it=2, acc=0.6)])
+    assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1"]]
+    assert "metric_gain" not in mailbox.posts[0][1]["reasons"]["conv1"]
+    with pytest.raises(ValueError, match="`plateau` to be an integer >= 0"):
+        make(plateau=-1)
+
+
 def test_last_trainable_layer_is_never_frozen() -> None:
     # (stop=False: flat from report 1 with no layer moving, the trial is stuck by report 3)
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1, stop=False)
