@@ -392,3 +392,25 @@ def test_an_unfreeze_made_in_a_run_the_trial_left_is_not_in_force(tmp_path) -> N
         [2, "freeze", False],
         [4, "unfreeze", False],
     ]
+
+
+def test_a_freeze_released_before_a_report_showed_it_was_carried_out(experiment) -> None:
+    """A trial whose learning rate had already moved released the freeze at its first step:
+    no report shows the layer frozen, but the release (only of a layer held frozen) says the
+    freeze was carried out (it read False, "refused")."""
+    release = {
+        "action": "unfreeze",
+        "rule": "learning rate changed",
+        "iteration": 3,
+        "layer": "stem",
+        "values": {"lr_ratio": 0.1},
+    }
+    write_decisions(
+        experiment / "train_aaaaa_00002_2_lr=1.0", "aaaaa_00002", [FREEZE_STEM, release]
+    )
+    rows = compare.decisions(compare.load(experiment))
+    rows = rows[rows["trial_id"] == "aaaaa_00002"].to_dict("records")
+    assert [(r["action"], r["carried_out"]) for r in rows] == [
+        ("freeze", True),
+        ("unfreeze", None),
+    ]

@@ -46,7 +46,8 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
     last freeze, if the layer ended frozen). A stop: the last written one.
 
     A freeze row also says whether it was ``carried_out``: the trial reported the layer frozen
-    after it (before the layer's next change); None where the results cannot tell.
+    after it (before the layer's next change), or released it (an unfreeze follows); None
+    where the results cannot tell.
     """
     rows: list[dict[str, Any]] = []
     path = Path(trial.path) / DECISIONS_FILE if trial.path else None
@@ -134,6 +135,10 @@ def _trial_decisions(trial: _Trial) -> list[dict[str, Any]]:
             if row["action"] == "freeze":
                 until = after["iteration"] if after is not None else None
                 seen = _carried_out(trial, row["layer"], row["iteration"], until)
+                if after is not None and after["action"] == "unfreeze":
+                    # released by the trial (its learning rate moved) before a report showed it
+                    # frozen: a trial releases only a layer it holds frozen
+                    seen = True
                 # ordered again with no unfreeze between: lost, refused or made in a run the
                 # trial left when it was restored; only a frozen flag tells there
                 again = after is not None and after["action"] == "freeze"

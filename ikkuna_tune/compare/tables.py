@@ -67,9 +67,10 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
     or ordered in a run the trial left when it was restored from an older checkpoint), for an
     unfreeze after which the layer was frozen again, and for a stop a later stop replaced;
     ``carried_out``, for a freeze, whether the trial reported the layer frozen after it
-    (before the layer's next decision): False for a freeze the trial never carried out (it
-    refused one that would stop a weight another layer trains with), ``<NA>`` where its
-    results cannot tell and for the other actions.
+    (before the layer's next decision) or released it (a freeze released at the trial's
+    first step after it, its learning rate having moved, shows in no report): False for a
+    freeze the trial never carried out (it refused one that would stop a weight another layer
+    trains with), ``<NA>`` where its results cannot tell and for the other actions.
 
     The rows come from the ``ikkuna_decisions.jsonl`` the scheduler writes in each trial's
     directory; for a layer that file holds no freeze of, from the ``freeze_reason/<layer>``

@@ -762,12 +762,15 @@ class TrialSession:
         self._note_hand_over(optimizers)
         if self._period_rates is None:  # the first step since the last report
             self._period_rates = snapshot(optimizers)
+            # the user may have frozen or unfrozen parameters by hand since (gradual
+            # unfreezing at an epoch's start): the shares are counted afresh
+            self._share_of.clear()
         self._note_peaks(optimizers)
         if self.release.watching and self._local_release:
             self._apply_releases(self._due_releases(on_device=False))
         frozen = exporter.frozen
         share = self._share_of.get(frozen)
-        if share is None:  # counted once per set of frozen layers, not at every step
+        if share is None:  # counted once per set of frozen layers and report, not per step
             share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
         total, steps = self._frozen_shares
         self._frozen_shares = (total + share, steps + 1)

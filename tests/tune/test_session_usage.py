@@ -388,3 +388,34 @@ def test_a_directive_for_a_closed_exporter_is_not_applied() -> None:
     ik.instrument(trainable)({})
     assert flags == [True] * 4
     assert ik.local_results()[-1]["done"] == 1
+
+
+def test_frozen_fraction_follows_parameters_the_user_freezes_and_unfreezes_by_hand() -> None:
+    """Gradual unfreezing: the share of the trainable parameters the frozen layers hold follows
+    the parameters the user freezes or unfreezes between reports (it was counted once per set
+    of frozen layers, so a report after the user's change kept the share from before it).
+    Reference: the frozen layer's parameters over the trainable ones, counted by hand."""
+    shares: list[float] = []
+    expected: list[float] = []
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        model = _model()
+        model[0].weight.requires_grad_(False)  # a backbone weight the user froze
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, optimizer=opt)
+        for report in range(4):
+            if report == 1:
+                exporter.freeze("2")
+            if report == 2:
+                model[0].weight.requires_grad_(True)  # the user unfreezes it
+            if report == 3:
+                model[0].weight.requires_grad_(False)  # and freezes it again
+            _steps(model, opt)
+            held = sum(p.numel() for p in model[2].parameters()) if report else 0
+            free = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            expected.append(held / (held + free))
+            shares.append(ik.report({})["frozen_fraction"])
+
+    ik.instrument(trainable)({})
+    assert shares == pytest.approx(expected)
+    assert expected[1] != expected[2] != expected[3]
