@@ -896,14 +896,20 @@ def stop_verdict(
     it = trial.reports
     if nonfinite is not None:
         return Decision("stop", "diverged: non-finite value", it, None, dict([nonfinite]))
+    dead = []
     for name in trial.layers:
         history = trial.per_layer.get(name)
         live = history.live[-1] if history and history.live else math.nan
         if math.isfinite(live) and live <= rules.dead_below and name not in trial.frozen:
-            # a dead layer in a trial that learned (a residual branch whose units died, the
-            # skip connection learning on) is no diverged trial: the best one had one
-            if has_learned(trial, rules):
-                break
+            dead.append((name, live))
+    if dead:
+        # a dead layer in a trial that learned (a residual branch whose units died, the skip
+        # connection learning on) is no diverged trial: the best one had one. Unless the
+        # output side's last layer is dead: the model then answers every input alike, and what
+        # its metric gained is the classes' priors (a cross-entropy falling from 2.4 to 2.31)
+        output_dead = dead[-1][0] == trial.layers[-1]
+        if output_dead or not has_learned(trial, rules):
+            name, live = dead[-1] if output_dead else dead[0]
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None

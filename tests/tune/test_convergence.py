@@ -143,6 +143,20 @@ def test_dead_layer_stops_the_trial_and_is_not_frozen() -> None:
     assert [d.layer for d in freeze_candidates(trial, RULES)] == ["first"]  # middle blocks
 
 
+def test_a_dead_layer_stops_a_trial_that_learned_only_where_the_output_is_dead() -> None:
+    """A trial whose metric rose: a dead middle layer (a residual branch whose units died) does
+    not stop it; a dead last layer does, since the model then answers every input alike and
+    what its metric gained is the classes' priors (a diverging CNN's cross-entropy fell from
+    2.4 to 2.31 with its fc layers dead, and ran past half its budget)."""
+    alive, dead = (1.0, 0.5, 1.0), (1.0, 0.5, 0.0)
+    rising = [0.3, 0.4, 0.5, 0.6]
+    branch = history([(m, {"first": alive, "middle": dead, "head": alive}) for m in rising])
+    assert stop_verdict(branch, RULES, [], None) is None
+    output = history([(m, {"first": alive, "middle": dead, "head": dead}) for m in rising])
+    verdict = stop_verdict(output, RULES, [], None)
+    assert verdict is not None and (verdict.rule, verdict.layer) == ("dead layer", "head")
+
+
 def test_nan_stops_with_the_key_that_was_not_finite() -> None:
     trial = history([(math.nan, {n: (0.5, 0.5, 1.0) for n in LAYERS})])
     verdict = stop_verdict(trial, RULES, [], None, nonfinite=("acc", math.nan))
