@@ -71,11 +71,19 @@ class MetricCollector(Subscriber):
             else:
                 self._keys.update(((kind, layer), None) for layer in layers)
         self._latest: dict[Key, Any] = {}
+        #: where in training each latest value was measured: (epoch, step within it)
+        self._latest_at: dict[Key, tuple[int, int]] = {}
+        #: where the values the last :meth:`collect` gave were measured, nested as they are
+        #: (values it gave as None have none): a data-parallel job averages the ranks' values
+        #: measured at the same step only
+        self.positions: dict[str, Any] = {}
         #: the layer keys every per-layer kind is reported for
         self._layers: set[str | None] = set(layers)
         #: batches of one value per layer (kind, layers, 1-D tensor), in arrival order
         #: the latest batch of each kind and set of layers, most recent last
-        self._batches: dict[tuple[str, tuple[NamedModule, ...]], torch.Tensor] = {}
+        self._batches: dict[
+            tuple[str, tuple[NamedModule, ...]], tuple[torch.Tensor, tuple[int, int]]
+        ] = {}
         self._skipped: set[str] = set()  # kinds that published only non-scalar data so far
         self._scalar_kinds: set[str] = set()  # kinds that published a number
         self._warned: set[str] = set()
@@ -85,8 +93,9 @@ class MetricCollector(Subscriber):
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, Message):
-            kind = self._reported(message_or_bundle.kind, message_or_bundle.tag)
-            self._take(kind, message_or_bundle.key, message_or_bundle.data)
+            message = message_or_bundle
+            kind = self._reported(message.kind, message.tag)
+            self._take(kind, message.key, message.data, (message.epoch, message.train_step))
 
     def _reported(self, kind: str, tag: str) -> str:
         name = reported_kind(kind, tag)
@@ -98,23 +107,25 @@ class MetricCollector(Subscriber):
 
     def compute_batch(self, batch: LayerBatch) -> None:
         data, kind = batch.data, self._reported(batch.kind, batch.tag)
+        at = (batch.epoch, batch.train_step)
         if isinstance(data, torch.Tensor) and data.dim() == 1 and len(data) == len(batch.modules):
             # one value per layer in one tensor: split at the next report (or before a
             # message of one layer arrives, which must replace the value it holds)
             key = (kind, batch.modules)
             self._batches.pop(key, None)  # a later batch of the same layers replaces it whole
-            self._batches[key] = data.detach()
+            self._batches[key] = (data.detach(), at)
             return
         for module, datum in zip(batch.modules, data):
-            self._take(kind, module.name, datum)
+            self._take(kind, module.name, datum, at)
 
     def _unpack_batches(self) -> None:
         batches, self._batches = self._batches, {}
-        for (kind, modules), values in batches.items():
+        for (kind, modules), (values, at) in batches.items():
             for module, value in zip(modules, values.unbind()):
                 self._latest[(kind, module.name)] = value
+                self._latest_at[(kind, module.name)] = at
 
-    def _take(self, kind: str, key: str | None, data: Any) -> None:
+    def _take(self, kind: str, key: str | None, data: Any, at: tuple[int, int]) -> None:
         if self._batches:
             self._unpack_batches()
         if data is None:
@@ -122,6 +133,7 @@ class MetricCollector(Subscriber):
         value = _scalar(data)
         if value is not None:
             self._latest[(kind, key)] = value
+            self._latest_at[(kind, key)] = at
             self._skipped.discard(kind)
             self._scalar_kinds.add(kind)
         elif kind in self._scalar_kinds:  # a number before: its key stays, None this time
@@ -150,6 +162,7 @@ class MetricCollector(Subscriber):
         """
         self._unpack_batches()
         latest, self._latest = self._latest, {}
+        latest_at, self._latest_at = self._latest_at, {}
         self._keys.update(dict.fromkeys(latest))
         # a layer key first seen now (a layer's further call in a forward pass, 'fc#2', whose
         # SVCCA similarity comes a checkpoint after its other values) has every per-layer kind,
@@ -163,15 +176,22 @@ class MetricCollector(Subscriber):
             )
         numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
         nested: dict[str, Any] = {}
+        positions: dict[str, Any] = {}
         for key in self._keys:
             kind, layer = key
             if kind in self._skipped:
                 continue
             number = numbers.get(key)
+            at = latest_at.get(key) if key in numbers else None
             if layer is None:
                 nested[kind] = number
+                if at is not None:
+                    positions[kind] = at
             else:
                 nested.setdefault(kind, {})[layer] = number
+                if at is not None:
+                    positions.setdefault(kind, {})[layer] = at
+        self.positions = positions
         return nested
 
 

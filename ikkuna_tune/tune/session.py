@@ -823,13 +823,19 @@ class TrialSession:
         times = (keys.STEP_SECONDS, keys.STEP_SECONDS_UNFROZEN)
         own = {k: None if _is_nan(v) and k in times else v for k, v in merged.items()}
         counts = self._sample_counts() if self.worker.distributed else {}
-        gathered = gather_to_first((own, counts))
+        # where each value was measured: only values of the same step are averaged (a rank
+        # with a batch fewer in the epoch last measured a step earlier)
+        at = self.collector.positions if self.collector is not None else {}
+        gathered = gather_to_first((own, counts, at))
         differ = None  # (rank 0's finding, raised on every rank once the report is made)
         if gathered is not None and len(gathered) > 1:
-            reports = [report for report, _ in gathered]
+            reports = [report for report, _, _ in gathered]
             differ = frozen_sets_differ(reports)
             merged = combine_reports(
-                reports, self.averaged_outputs(), [samples for _, samples in gathered]
+                reports,
+                self.averaged_outputs(),
+                [samples for _, samples, _ in gathered],
+                [where for _, _, where in gathered],
             )
             for key in times:
                 if key in merged and merged[key] is None:

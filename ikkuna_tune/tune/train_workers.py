@@ -228,6 +228,7 @@ def combine_reports(
     reports: Sequence[Mapping[str, Any]],
     averaged: set[str],
     samples: Sequence[Mapping[str, float]] | None = None,
+    positions: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Rank 0's report (``reports[0]``) with each key in ``averaged`` replaced by its mean over
     the ranks that measured it (``None`` and missing values left out; per-layer dicts averaged
@@ -238,6 +239,15 @@ def combine_reports(
     train accuracy): where every rank that measured such an output gives its count, the
     output is the mean weighted by them, the fraction over all the ranks' samples also when
     their shards differ in size (a plain mean would weigh each sample of a smaller shard more).
+
+    ``positions[i]`` gives, nested as the report, where in training rank i measured each value
+    (``(epoch, step within it)``: :attr:`MetricCollector.positions
+    <ikkuna_tune.tune.collector.MetricCollector.positions>`). Only the values measured where
+    rank 0 measured its own (where rank 0 measured none, at the latest position of the others)
+    are averaged: a rank with a batch fewer in an epoch (uneven inputs under DDP's ``join``)
+    last measured a step earlier, and a mean over two steps is no step's value (rank 0's step
+    trained on rank 0's batch alone: its train accuracy is rank 0's). A value without a
+    position (a step time) is averaged over every rank that has it.
 
     Examples:
         >>> first = {"loss": 0.5, "weights_norm2": {"fc": 2.0}, "train_accuracy": 0.5}
@@ -252,24 +262,37 @@ def combine_reports(
         >>> combined = combine_reports(shards, {"train_accuracy"}, counts)["train_accuracy"]
         >>> abs(combined - 3 / 33) < 1e-15
         True
+
+        Rank 1 had a batch fewer in epoch 0: its last value is of step 4, rank 0's of step 5
+
+        >>> at = [{"train_accuracy": (0, 5)}, {"train_accuracy": (0, 4)}]
+        >>> combine_reports(shards, {"train_accuracy"}, counts, at)["train_accuracy"]
+        0.125
     """
     if not reports:
         raise ValueError("Expected the reports of at least one rank but got none")
-    if samples is not None and len(samples) != len(reports):
-        raise ValueError(
-            f"Expected the sample counts of each of the {len(reports)} ranks but got {len(samples)}"
-        )
+    for name, given in (("sample counts", samples), ("positions", positions)):
+        if given is not None and len(given) != len(reports):
+            raise ValueError(
+                f"Expected the {name} of each of the {len(reports)} ranks but got {len(given)}"
+            )
     combined = dict(reports[0])
     for key in averaged & set(combined):
         first = combined[key]
         if isinstance(first, Mapping):
             layers = dict(first)
             for layer in layers:
-                values = [r[key].get(layer) for r in reports if isinstance(r.get(key), Mapping)]
-                layers[layer] = _mean([v for v in values if v is not None])
+                ranks = [
+                    i
+                    for i, r in enumerate(reports)
+                    if isinstance(r.get(key), Mapping) and r[key].get(layer) is not None
+                ]
+                ranks = _in_step(ranks, [_position(positions, i, key, layer) for i in ranks])
+                layers[layer] = _mean([reports[i][key][layer] for i in ranks])
             combined[key] = layers
         elif first is None or _is_number(first):
             ranks = [i for i, r in enumerate(reports) if r.get(key) is not None]
+            ranks = _in_step(ranks, [_position(positions, i, key) for i in ranks])
             present = [reports[i][key] for i in ranks]
             counts = [samples[i].get(key) for i in ranks] if samples is not None else []
             if present and samples is not None and all(_is_number(n) for n in counts):
@@ -277,6 +300,28 @@ def combine_reports(
             else:
                 combined[key] = _mean(present) if present else None
     return combined
+
+
+def _position(
+    positions: Sequence[Mapping[str, Any]] | None, rank: int, key: str, layer: str | None = None
+) -> Any:
+    """Where ``rank`` measured its value of ``key`` (of ``layer``), or None if not known."""
+    if positions is None:
+        return None
+    at = positions[rank].get(key)
+    if layer is not None:
+        at = at.get(layer) if isinstance(at, Mapping) else None
+    return tuple(at) if isinstance(at, (tuple, list)) else None
+
+
+def _in_step(ranks: list[int], at: list[Any]) -> list[int]:
+    """Of ``ranks`` (ascending), which measured their value at ``at[j]``: those where rank 0
+    measured its own, else where the latest of them did; all of them where a position is not
+    known."""
+    if not ranks or any(p is None for p in at):
+        return ranks
+    reference = at[0] if ranks[0] == 0 else max(at)
+    return [rank for rank, p in zip(ranks, at) if p == reference]
 
 
 def frozen_sets_differ(reports: Sequence[Mapping[str, Any]]) -> str | None:

@@ -399,3 +399,47 @@ def test_a_data_parallel_job_averages_another_tags_outputs_as_trainings() -> Non
     session.merge({})
     assert {"activations_norm2", "activations_norm2_eval"} <= session.averaged_outputs()
     session.close()
+
+
+def test_the_collector_gives_where_each_value_was_measured() -> None:
+    """``positions`` holds, nested as the values, the epoch and step within it of the value
+    each key reports: the last step measured (per layer, batches of layers and single
+    messages alike), the epoch-end step for an epoch-end value, and nothing for a key not
+    measured since the last collect."""
+    from ikkuna_tune.bus import MessageBus
+    from ikkuna_tune.tune.collector import MetricCollector
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.NormSubscriber("weight_gradients", bus, backend=None, subsample=2)
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    kinds = {"weight_gradients_norm2": "DATA", "train_accuracy": "META"}
+    collector = MetricCollector(kinds, [name for name, _ in model.named_children()])
+    collector.attach(bus)
+    x, y = data()
+    with ik.Exporter(model, opt, bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for epoch_steps in (4, 3):
+            for _ in range(epoch_steps):
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+            exporter.epoch_finished()
+            bus.flush()
+            values = collector.collect()
+            norms = values["weight_gradients_norm2"]
+            layers = sorted(name for name, value in norms.items() if value is not None)
+            assert layers == ["conv", "fc"]  # 'act' has no weights: no value, no position
+            if epoch_steps == 4:  # steps 0-3 of epoch 0; gradient norms at steps 0 and 2
+                assert collector.positions == {
+                    "weight_gradients_norm2": dict.fromkeys(layers, (0, 2)),
+                    "train_accuracy": (0, 3),
+                }
+            else:  # steps 0-2 of epoch 1 (global steps 4-6; norms at 4 and 6)
+                assert collector.positions == {
+                    "weight_gradients_norm2": dict.fromkeys(layers, (1, 2)),
+                    "train_accuracy": (1, 2),
+                }
+        assert collector.collect()["train_accuracy"] is None and collector.positions == {}

@@ -428,3 +428,67 @@ def test_the_train_accuracy_of_uneven_shards_is_over_all_their_samples(layernorm
     right = first["correct"] + second["correct"]
     assert reported == pytest.approx(right / 33, abs=1e-7)  # (each rank's is a float32)
     assert abs((first["correct"] / 16 + second["correct"] / 17) / 2 - right / 33) > 1e-4
+
+
+def _fewer_batches_ranks(rank: int, out: str) -> None:
+    """Rank ``rank`` of a two-rank job under DDP's ``join``: rank 0 trains 2 steps, rank 1 one
+    (a batch fewer in the epoch), then both report. Logged by hand per step: the samples
+    predicted right and counted, and each tracked layer's weight gradient norm (after DDP's
+    all-reduce) and weight norm at the step's start."""
+    import ray.train
+
+    torch.manual_seed(0)
+    ddp = nn.parallel.DistributedDataParallel(layernorm_net())
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    every = [
+        ik.TrainAccuracySubscriber(backend=None),
+        ik.NormSubscriber("weight_gradients", backend=None),
+        ik.NormSubscriber("weights", backend=None),
+    ]
+    session = TrialSession(every, {}, TrainWorker(rank, 2, None), [0, 1, 2])
+    with mock.patch.object(ray.train, "get_checkpoint", return_value=None):
+        session.watch(ddp, opt, module_filter=nn.Linear)
+    assert session.exporter is not None
+    inner = ddp.module
+    logged: list[dict[str, Any]] = []
+    with ddp.join():
+        for step in range(2 - rank):
+            x, y = global_batch(step, 32)
+            share = slice(rank * 16, (rank + 1) * 16)
+            weights = {name: float(inner[int(name)].weight.norm()) for name in ("1", "3", "5")}
+            opt.zero_grad()
+            output = ddp(x[share])
+            session.exporter.wrap_loss(F.cross_entropy)(output, y[share]).backward()
+            grads = {name: float(inner[int(name)].weight.grad.norm()) for name in ("1", "3", "5")}
+            opt.step()
+            right = int((output.argmax(1) == y[share]).sum())
+            logged.append({"correct": right, "weights": weights, "grads": grads})
+    session.exporter.epoch_finished()
+    sent: list[dict[str, Any]] = []
+    with mock.patch.object(ray.train, "report", lambda m, checkpoint=None: sent.append(m)):
+        session.report({})
+    session.close()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"logged": logged, "sent": sent}))
+
+
+def _fewer_batches_worker(rank: int, store: str, out: str) -> None:
+    in_gloo_group(rank, 2, store, partial(_fewer_batches_ranks, rank, out))
+
+
+def test_a_rank_with_a_batch_fewer_does_not_mix_its_last_step_into_rank_0s(tmp_path) -> None:
+    """Under DDP's ``join`` rank 1 has a batch fewer: its last values are of step 0, rank 0's of
+    step 1. The report gives step 1's values: rank 0's gradient and weight norms as logged by
+    hand, and the train accuracy of the 16 samples rank 0 alone trained on in that step (the
+    mean over the two ranks' last values, of two different steps, was reported before)."""
+    run_ranks(_fewer_batches_worker, (str(tmp_path / "store"), str(tmp_path)), 2, seconds=120)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert len(first["logged"]) == 2 and len(second["logged"]) == 1
+    (report,) = first["sent"]
+    last = first["logged"][-1]
+    assert report[keys.TRAIN_ACCURACY] == pytest.approx(last["correct"] / 16, abs=1e-7)
+    for name in ("1", "3", "5"):
+        assert report["weight_gradients_norm2"][name] == pytest.approx(last["grads"][name], 1e-6)
+        assert report["weights_norm2"][name] == pytest.approx(last["weights"][name], 1e-6)
+    # the test tells the two apart: rank 1's step-0 values differ from rank 0's step-1 values
+    other = second["logged"][0]
+    assert any(abs(other["grads"][n] - last["grads"][n]) > 1e-3 for n in ("1", "3", "5"))
