@@ -69,9 +69,11 @@ def append_decision(trial: Trial | None, trial_id: str, decision: Decision) -> N
         logger.warning("Could not write %s in %s: %s", DECISIONS_FILE, directory, error)
 
 
-def read_decisions(trial: Trial) -> list[Decision]:
+def read_decisions(trial: Trial, trial_id: str | None = None) -> list[Decision]:
     """The decisions in the trial's log (fetched from storage if the driver has no copy), in
     order; bad lines are skipped and an unreadable log counts as empty, each with a warning.
+    With ``trial_id``, the lines logged for another trial are left out (Tune restarts an
+    errored trial under a new id in the old one's directory, ``restart_errored``).
 
     Examples:
         >>> from types import SimpleNamespace
@@ -92,6 +94,8 @@ def read_decisions(trial: Trial) -> list[Decision]:
     for line in lines:
         try:
             entry = json.loads(line)
+            if trial_id is not None and entry.get("trial_id", trial_id) != trial_id:
+                continue
             decision = Decision(
                 str(entry["action"]),
                 str(entry["rule"]),

@@ -840,11 +840,15 @@ class SVCCAScheduler(FIFOScheduler):
     def _recall(self, trial: Trial, view: TrialView) -> None:
         """Take up what an earlier driver knew of ``trial`` (``Tuner.restore``): its reports,
         replayed into the view without deciding anything (so that rules that look back, such as
-        progress since the first report, see the whole trial), and its decisions."""
+        progress since the first report, see the whole trial), and its decisions. Only those of
+        this trial id: a trial Tune restarts from scratch under a new id
+        (``restart_errored``) has the errored trial's directory until it starts."""
+        own = trial.trial_id
         for result in read_results(trial):
-            self._observe(trial.trial_id, view, result)
+            if result.get("trial_id", own) == own:
+                self._observe(own, view, result)
         view.events.clear()  # the log's decisions are the layers' events, once and in order
-        decisions = read_decisions(trial)
+        decisions = read_decisions(trial, own)
         self.decisions.extend((trial.trial_id, decision) for decision in decisions)
         restore_at = _checkpoint_iteration(trial)
         view.take_up(trial.trial_id, decisions, self._mailbox, restore_at, order=self.freeze)

@@ -1174,15 +1174,15 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
     local, stored = tmp_path / "driver", tmp_path / "storage"
     local.mkdir()
     stored.mkdir()
-    stop = {"trial_id": "t1", "action": "stop", "rule": "stuck at chance", "iteration": 3,
+    stop = {"trial_id": "t1", "action": "stop", "rule": "stuck: no progress", "iteration": 3,
             "layer": None, "values": {"best": 0.11}}  # fmt: skip
     (stored / DECISIONS_FILE).write_text(json.dumps(stop) + "\n")
     scheduler, _ = make()
     trial = _trial_with_dirs("t1", local, stored)
     trial.status = status  # type: ignore[attr-defined]
     scheduler.on_trial_add(None, trial)
-    assert scheduler.stopped_trials == {"t1": "stuck at chance"}
-    assert "t1: frozen none; stopped: stop at report 3: stuck at chance" in (
+    assert scheduler.stopped_trials == {"t1": "stuck: no progress"}
+    assert "t1: frozen none; stopped: stop at report 3: stuck: no progress" in (
         scheduler.debug_string()
     )
     finished = _trial_with_dirs("t2", tmp_path / "d2", tmp_path / "s2")
@@ -1193,6 +1193,36 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
     # an errored trial may resume; until it reports, it is shown as one that has not
     state = "finished" if status == "TERMINATED" else "no report yet"
     assert f"t2: frozen none; {state}" in scheduler.debug_string()
+
+
+def test_a_trial_restarted_under_a_new_id_takes_up_nothing_of_the_errored_one(tmp_path) -> None:
+    """``Tuner.restore(..., restart_errored=True)``: Tune restarts an errored trial from
+    scratch under a new id, and until the new trial starts its directory is the errored one's.
+    What the errored trial reported and what was decided for it (a freeze, a stop) are not
+    the new trial's: its view starts empty, as a fresh trial's."""
+    local, stored = tmp_path / "driver", tmp_path / "storage"
+    local.mkdir()
+    stored.mkdir()
+    old = [
+        {"trial_id": "old", "action": "freeze", "rule": "converged", "iteration": 2,
+         "layer": "first", "values": {"similarity": 0.995}},
+        {"trial_id": "old", "action": "stop", "rule": "dead layer", "iteration": 3,
+         "layer": "head", "values": {"live_fraction": 0.0}},
+    ]  # fmt: skip
+    (stored / DECISIONS_FILE).write_text("".join(json.dumps(d) + "\n" for d in old))
+    sims = dict.fromkeys(LAYERS, 0.9)
+    rows = [{**result(sims, it=i, acc=0.3 * i), "trial_id": "old"} for i in (1, 2, 3)]
+    (local / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scheduler, _ = make()
+    scheduler.on_trial_add(None, _trial_with_dirs("new", local, stored))
+    assert scheduler.decisions == [] and scheduler.stopped_trials == {}
+    assert scheduler._views["new"].history.metric == []
+    assert "new: frozen none; no report yet" in scheduler.debug_string()
+    # the same files under the trial's own id are taken up (Tuner.restore of that trial)
+    scheduler, _ = make()
+    scheduler.on_trial_add(None, _trial_with_dirs("old", local, stored))
+    assert [d.action for _, d in scheduler.decisions] == ["freeze", "stop"]
+    assert scheduler._views["old"].history.metric == pytest.approx([0.3, 0.6, 0.9])
 
 
 def test_debug_string_tells_a_trial_that_has_not_reported_from_a_running_one() -> None:
