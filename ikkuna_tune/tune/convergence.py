@@ -20,18 +20,17 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
-  and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it:
-  a trial that no other trial has got as far as (and none is at chance too), whose metric is
-  still within ``stall_delta`` of its chance level (reported beside the metric, for example
-  the test accuracy of always answering the most frequent class) and gained less than
-  ``stall_delta`` since its first report, is stuck at chance, even if its layers still drift;
-  so is one that made no progress and is more than ``stall_delta`` behind the level the
+  and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it,
+  so is a trial that made no progress and is more than ``stall_delta`` behind the level the
   ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
   best over ``settle_window`` reports in a row, so that one noisy report is none), once
   those others had made
   :data:`LEARNED_SHARE` of their way by then (a slow starter at chance for the first reports,
   which then learns, is left running until then, and in a sweep whose trials all start late,
-  a long warm-up, until the others have learned); and a trial that cannot reach the
+  a long warm-up, until the others have learned). A trial is never stopped for sitting at
+  chance alone, with no other trial to compare it with: a late starter sits there as long as
+  a stuck one (recurrent nets at chance for 4 to 8 of 12 epochs ended as their sweep's best
+  or among its top 3). And a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
   budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
@@ -913,9 +912,11 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    at_chance = _at_chance(trial, rules, others)
-    if at_chance is not None and budget is not None and it >= rules.stall_share * budget:
-        return Decision("stop", "stuck at chance", it, None, at_chance)
+    # a trial at chance that no other trial can be compared with (none has made as many
+    # reports: it started first) is not stopped on its level alone: a late starter sits there
+    # as long as a stuck one (recurrent nets at chance for 4-8 of 12 epochs, then learning,
+    # ended as their sweep's best or among its top 3), and nothing tells them apart but the
+    # trials it is compared with below
     first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
     best = trial.best()
     progress = best - first
@@ -1204,30 +1205,6 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
     band = noise_band(trial, rules)
     others_learn = any(b - f0 >= rules.stall_delta - _tolerance(b, f0) for b, f0 in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
-
-
-def _at_chance(
-    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]
-) -> dict[str, float] | None:
-    """The values behind "stuck at chance", or None: the trial's best is within
-    ``stall_delta`` of its metric's chance level, it gained less than ``stall_delta`` since its
-    first report, and no other trial can be compared with it: none has made as many reports
-    (else the rules that compare trials decide: a trial at chance that fewer than
-    ``protect_top`` others have left behind may still end among the best of a sweep whose other
-    trials diverge) and none is at chance too (the task may be slow to start)."""
-    chance = trial.chance
-    bar = chance + rules.stall_delta
-    if not math.isfinite(chance) or trial.best() > bar:
-        return None
-    for series in others:
-        best = _best_after(series)
-        if len(series) >= trial.reports or (best != -math.inf and best <= bar + _tolerance(bar)):
-            return None
-    first = next((m for m in trial.metric if math.isfinite(m)), math.nan)
-    progress = trial.best() - first
-    if progress < rules.stall_delta - _tolerance(first, trial.best()):
-        return {"best": trial.best(), "chance": chance, "progress": progress}
-    return None
 
 
 def _moving(trial: TrialHistory, rules: ConvergenceRules) -> bool:

@@ -705,35 +705,40 @@ def test_a_sweep_without_a_budget_says_so_once(caplog) -> None:
     assert not [r for r in caplog.records if "found no budget" in r.getMessage()]
 
 
-def test_a_lone_trial_stuck_at_its_reported_chance_level_is_stopped() -> None:
-    """The scheduler reads ``<metric>_chance`` from the reports: a trial at chance at a third of
-    a known budget (report 4 of 12), with no other trial as far, is stopped with the rule and
-    values; without the chance level it runs on, and so it does with another trial as far."""
+def test_a_trial_at_chance_is_judged_against_others_at_their_reported_chance_level() -> None:
+    """A lone trial at chance runs on (a late starter sits there as long as a stuck one);
+    beside 3 trials that learned it is stopped at a third of a known budget (report 4 of 12),
+    with the rule and values; unless the level those trials held is within ``stall_delta`` of
+    the chance level the scheduler reads from ``<metric>_chance``: they learned nothing
+    either."""
     sims = dict.fromkeys(LAYERS, 0.9)
 
-    def moving(it: int, acc: float, chance: bool) -> dict[str, Any]:  # layers still travel
+    def moving(it: int, acc: float, chance: float | None) -> dict[str, Any]:  # layers travel
         report = result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
-        return {**report, "acc_chance": 0.1} if chance else report
+        return report if chance is None else {**report, "acc_chance": chance}
 
-    def run(chance: bool, other: bool) -> tuple[SVCCAScheduler, list[str]]:
+    def run(chance: float | None, learners: int) -> tuple[SVCCAScheduler, list[str]]:
         scheduler, _ = make(max_t=12)
-        stuck, learner = FakeTrial("stuck"), FakeTrial("learner")
-        for t in (stuck, learner):
+        stuck = FakeTrial("stuck")
+        others = [FakeTrial(f"learner{i}") for i in range(learners)]
+        for t in (stuck, *others):
             scheduler.on_trial_add(None, t)
         decisions = []
         for it in range(1, 5):
-            if other:
-                scheduler.on_trial_result(None, learner, moving(it, 0.2 * it, chance))
+            for other in others:
+                scheduler.on_trial_result(None, other, moving(it, 0.1 + 0.05 * it, chance))
             decisions.append(scheduler.on_trial_result(None, stuck, moving(it, 0.1, chance)))
         return scheduler, decisions
 
-    assert run(chance=False, other=False)[1] == [CONTINUE] * 4
-    assert run(chance=True, other=True)[1] == [CONTINUE] * 4
-    scheduler, decisions = run(chance=True, other=False)
+    assert run(chance=0.1, learners=0)[1] == [CONTINUE] * 4
+    assert run(chance=0.1, learners=2)[1] == [CONTINUE] * 4
+    scheduler, decisions = run(chance=0.1, learners=3)
     assert decisions == [CONTINUE] * 3 + [STOP]
-    assert scheduler.stopped_trials == {"stuck": "stuck at chance"}
-    text = "stop at report 4: stuck at chance (best=0.1, chance=0.1, progress=0)"
-    assert text in scheduler.debug_string()
+    assert scheduler.stopped_trials == {"stuck": "stuck: no progress while others learned"}
+    text = "stop at report 4: stuck: no progress while others learned (progress=0, best=0.1, "
+    assert text + "target=0.2)" in scheduler.debug_string()
+    # held at 0.2, within stall_delta of a chance level of 0.19: nobody learned
+    assert run(chance=0.19, learners=3)[1] == [CONTINUE] * 4
 
 
 def test_a_stuck_trial_is_stopped_after_grace_but_a_moving_one_is_not() -> None:

@@ -6,6 +6,7 @@ for (driven with synthetic flattened results and no Ray)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from tests.tune.test_scheduler import CONTINUE, STOP, FakeTrial, feed, make, result
@@ -151,23 +152,43 @@ def test_a_new_driver_judges_a_restored_trial_on_all_its_reports(tmp_path) -> No
 
 
 def test_the_budget_of_a_trial_reporting_several_times_per_epoch_counts_epochs() -> None:
-    """A lone trial stuck at chance for 6 epochs: stopped after the same share of its epochs
-    whether it reports once or three times per epoch (with three, the budget of 18 reports was
-    compared with its 6 measured ones, so it ran to the end)."""
+    """A trial stuck at chance for 6 epochs while 3 others learned: stopped after the same
+    share of its epochs whether the trials report once or three times per epoch (with three,
+    the budget of 18 reports was compared with the stuck trial's 6 measured ones, so it ran to
+    the end)."""
     stops = {}
     for per_epoch in (1, 3):
         scheduler, _ = make(max_t=6 * per_epoch)
         trial = FakeTrial("t1")
-        scheduler.on_trial_add(None, trial)
-        reports = []
-        for epoch in range(6):
-            base = per_epoch * epoch
-            reports += [{**_mid(base + k, 0.1), "acc_chance": 0.1} for k in range(1, per_epoch)]
-            reports.append({**_epoch(base + per_epoch, 0.1, 0.05 * (epoch + 1)), "acc_chance": 0.1})
-        decisions = feed(scheduler, trial, reports)
+        learners = [FakeTrial(f"learner{i}") for i in range(3)]
+        for t in (trial, *learners):
+            scheduler.on_trial_add(None, t)
+
+        def reports(
+            acc: Callable[[int], float], per_epoch: int = per_epoch
+        ) -> list[dict[str, Any]]:
+            out = []
+            for epoch in range(6):
+                base = per_epoch * epoch
+                out += [
+                    {**_mid(base + k, acc(epoch)), "acc_chance": 0.1} for k in range(1, per_epoch)
+                ]
+                out.append(
+                    {**_epoch(base + per_epoch, acc(epoch), 0.05 * (epoch + 1)), "acc_chance": 0.1}
+                )
+            return out
+
+        decisions = []
+        learned = reports(lambda epoch: min(0.9, 0.3 + 0.2 * epoch))
+        for i, report in enumerate(reports(lambda epoch: 0.1)):
+            for learner in learners:
+                scheduler.on_trial_result(None, learner, learned[i])
+            decisions.append(scheduler.on_trial_result(None, trial, report))
+            if decisions[-1] == STOP:
+                break
         assert STOP in decisions
         stop = scheduler._views["t1"].stopped
-        assert stop is not None and stop.rule == "stuck at chance"
+        assert stop is not None and stop.rule == "stuck: no progress while others learned"
         stops[per_epoch] = (decisions.index(STOP) + 1) / per_epoch  # epochs it ran
     assert stops[1] == stops[3] == 3  # past the grace of 2 reports and a third of the budget
 
