@@ -465,7 +465,8 @@ class TestAccuracySubscriber(PlotSubscriber):
     ``test_accuracy`` (network-wide, a 0-d tensor, at the step of the batch that triggered it)
     and beside it
     ``test_accuracy_chance``: the accuracy of always answering the data set's most frequent
-    class (:attr:`chance`), which SVCCAScheduler uses to stop a trial stuck at chance.
+    class (:attr:`chance`), which SVCCAScheduler reads: it freezes no layer of a trial at
+    chance, and other trials that stand at chance have learned nothing to be behind.
 
     Args:
         dataset: a torch ``Dataset`` of ``(input, label)`` pairs, or a ``DataLoader`` over one.
