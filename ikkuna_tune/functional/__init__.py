@@ -11,6 +11,7 @@ from ikkuna_tune.functional.accuracy import (
 from ikkuna_tune.functional.cca import cca
 from ikkuna_tune.functional.stats import (
     histogram,
+    largest_singular_value,
     mean,
     norm,
     norm_ratio,
@@ -30,6 +31,7 @@ __all__ = [
     "count_correct",
     "count_predictions",
     "histogram",
+    "largest_singular_value",
     "mean",
     "norm",
     "norm_ratio",
