@@ -152,11 +152,12 @@ def test_a_data_parallel_report_averages_only_the_measured_step_times(monkeypatc
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
     monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None: sent.append(metrics))
-    # each rank sends its report and its sample counts (none here)
+    # each rank sends its report, its sample counts (none here) and where it measured each
+    # value (as rank 0 did)
     monkeypatch.setattr(
         session_module,
         "gather_to_first",
-        lambda own: [own, ({**own[0], **other}, own[1])],
+        lambda own: [own, ({**own[0], **other}, own[1], own[2])],
     )
     monkeypatch.setattr(session_module, "broadcast_from_first", lambda value: value)
     trial = _Trial(worker=TrainWorker(rank=0, world_size=2, link=None))
