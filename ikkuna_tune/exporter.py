@@ -9,7 +9,7 @@ import functools
 import logging
 import operator
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -450,6 +450,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._stepping = 0
         self._watched_steps = 0
         self._warned_label_type = False
+        self._warned_whole_output = False
         #: the score above which a model with one output per sample predicts class 1: 0 for
         #: a logit, 0.5 for a probability (set by :meth:`wrap_loss` for a loss that takes
         #: probabilities; accuracy subscribers read it unless given their own ``threshold``)
@@ -876,6 +877,8 @@ class Exporter(StepHooks, LayerFreezing):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
                 scores = output if isinstance(output, torch.Tensor) else None
+                if scores is None and not self._warned_whole_output:
+                    self._warn_whole_output(output)
                 if scores is not None and not self._output_settled:
                     # (a regression head's loss says nothing of where the class scores lie)
                     self._note_scores(scores, learn=labelled is not False)
@@ -900,6 +903,32 @@ class Exporter(StepHooks, LayerFreezing):
         loss_with_export._ikkuna_loss_labels = (labelled, threshold)  # type: ignore[attr-defined]
         loss_with_export._ikkuna_owner = id(self)  # type: ignore[attr-defined]
         return loss_with_export
+
+    def _warn_whole_output(self, output: Any) -> None:
+        """Warn once that a wrapped loss was handed several tensors (the model's whole tuple
+        output, a loss that picks its scores out itself) without ``output_fn``: train and test
+        accuracy then score the tensor :func:`~ikkuna_tune.layers.first_tensor` names, which
+        need not be the one the loss scores (features before logits were scored as classes,
+        with no error, where the labels fit their width)."""
+        if self._output_fn is not None:
+            return
+        if isinstance(output, Mapping) and any(
+            isinstance(output.get(key), torch.Tensor) for key in OUTPUT_KEYS
+        ):
+            return  # the scores are named
+        found = _tensors_in(output)
+        if len(found) < 2:
+            return
+        self._warned_whole_output = True
+        logger.warning(
+            "A wrapped loss was given a %s holding %d tensors, not the tensor it scores: train "
+            "and test accuracy score the first one (shape %s) as the model's output. Call the "
+            "wrapped loss with the scores themselves (loss_fn(output[1], y)), or pass "
+            "output_fn= to ik.watch or Exporter to name them",
+            type(output).__name__,
+            len(found),
+            tuple(found[0].shape),
+        )
 
     def epoch_finished(self) -> None:
         """End the current epoch: publish ``batch_finished`` if pending, then ``epoch_finished``.
@@ -1207,3 +1236,21 @@ def _eager(model: nn.Module) -> AbstractContextManager[Any]:
         return torch.compiler.set_stance("force_eager")  # (set here, restored on exit)
     except RuntimeError:  # run by a compiled function (after a graph break): as it runs
         return nullcontext()
+
+
+def _tensors_in(value: Any, depth: int = 0) -> list[torch.Tensor]:
+    """The tensors in ``value`` (tuples, lists and dicts searched depth-first, a few levels
+    deep), in order.
+
+    Examples:
+        >>> len(_tensors_in((torch.zeros(1), {"a": torch.ones(2)}, "text")))
+        2
+    """
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 4:
+        return []
+    items = value.values() if isinstance(value, Mapping) else value
+    if not isinstance(value, (Mapping, tuple, list)):
+        return []
+    return [t for item in items for t in _tensors_in(item, depth + 1)]

@@ -425,3 +425,62 @@ def test_a_model_trained_on_a_regression_loss_alone_lets_its_output_go() -> None
             _features, out = model(x)
             mse(out["scores"], torch.zeros(12, 3))
         assert exporter._pending_output is None and exporter._output_path is None
+
+
+class FeaturesThenLogits(nn.Module):
+    """Returns ``(features, logits)``: 6 features before 3 classes, so labels fit either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features, self.head(features)
+
+
+@pytest.mark.parametrize(
+    "how, warned",
+    [
+        ("whole tuple", True),  # the loss picks the logits itself: accuracy cannot see which
+        ("scores", False),  # loss_fn(output[1], y): the scored element is learned
+        ("output_fn", False),
+    ],
+)
+def test_a_loss_handed_the_whole_output_warns_which_tensor_accuracy_scores(
+    caplog, how: str, warned: bool
+) -> None:
+    """Handed the model's whole ``(features, logits)`` tuple, a wrapped loss that scores the
+    logits leaves train accuracy on the first tensor, the features (what the published
+    accuracy equals, against an arg-max by hand): said once, in a warning that names the
+    remedies; called with the logits, or with ``output_fn``, the accuracy is the logits'."""
+    torch.manual_seed(0)
+    model = FeaturesThenLogits()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    got = _record(bus, ["train_accuracy"])
+    output_fn = (lambda out: out[1]) if how == "output_fn" else None
+    chosen = []
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.exporter"):
+        with ik.Exporter(model, opt, bus, output_fn=output_fn) as exporter:
+            if how == "whole tuple":
+                loss_fn = exporter.wrap_loss(lambda out, y: F.cross_entropy(out[1], y))
+            else:
+                loss_fn = exporter.wrap_loss(F.cross_entropy)
+            for _ in range(3):
+                x, y = _inputs(16)
+                opt.zero_grad()
+                features, logits = model(x)
+                scored = (features, logits) if how == "whole tuple" else logits
+                loss_fn(scored, y).backward()
+                picked = features if how == "whole tuple" else logits
+                chosen.append(float((picked.argmax(1) == y).float().mean()))
+                opt.step()
+    warnings = [r for r in caplog.records if "holding 2 tensors" in r.getMessage()]
+    assert len(warnings) == (1 if warned else 0)
+    if warned:
+        assert "output_fn=" in warnings[0].getMessage()
+    published = [float(d) for d in _by(got, "train_accuracy")]
+    assert published == pytest.approx(chosen)
