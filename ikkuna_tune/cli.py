@@ -218,7 +218,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_summary(table: Any) -> None:
     """The summary table; each freeze's reason is in the decisions printed after it."""
     shown = table.drop(columns=["freeze_reasons"], errors="ignore")
-    shown["frozen_layers"] = [" ".join(names) or "-" for names in shown["frozen_layers"]]
+    shown["frozen_layers"] = [", ".join(names) or "-" for names in shown["frozen_layers"]]
     if "stopped_by" in shown.columns:
         shown["stopped_by"] = [why or "-" for why in shown["stopped_by"]]
     print(shown.to_string(index=False))

@@ -258,7 +258,7 @@ def test_demo_passes_its_arguments(fake_demo, monkeypatch, tmp_path: Path, capsy
         "out_dir": "ikkuna_demo",
     }
     printed = capsys.readouterr().out.splitlines()
-    assert printed[1].split() == ["t1", "conv1", "conv2"]  # the summary table
+    assert printed[1].split() == ["t1", "conv1,", "conv2"]  # the summary table
     assert printed[2:] == [
         "wrote o/summary.csv",
         "experiment: /r/ikkuna_demo",

@@ -449,7 +449,7 @@ def test_write_report_of_a_loaded_frame(df, tmp_path) -> None:
     ]
     assert all(path.stat().st_size for path in files)
     written = pd.read_csv(out / "summary.csv")
-    assert written["frozen_layers"].fillna("").tolist() == ["stem", "", ""]
+    assert written["frozen_layers"].tolist() == ['["stem"]', "[]", "[]"]
     assert written["best_loss"].tolist() == pytest.approx([2.01, 2.1, 3.0])  # mode="max"
     without_frozen = df[df["metric"] != "frozen"]
     files = compare.write_report(without_frozen, tmp_path / "plain", metric="sim")

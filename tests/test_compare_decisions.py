@@ -414,3 +414,37 @@ def test_a_freeze_released_before_a_report_showed_it_was_carried_out(experiment)
         ("freeze", True),
         ("unfreeze", None),
     ]
+
+
+def test_a_recorded_stop_marks_the_trial_in_the_summary_the_panels_and_the_timeline(
+    tmp_path,
+) -> None:
+    """A trial the scheduler recorded a stop of, whose results never say ``done`` (HyperBand
+    stopped it while paused): the summary, the layer panels and the freeze timeline all mark
+    it stopped early (the panels and the timeline did not: the report's figures showed it
+    as having run its course)."""
+    from ikkuna_tune.compare.panels import layer_panels
+    from ikkuna_tune.compare.timeline import timeline_data
+
+    experiment = tmp_path / "sweep"
+    config0 = {"lr": 0.01, "model": {"width": 8}}
+    write_trial(
+        experiment,
+        "train_aaaaa_00000_0_lr=0.01",
+        config0,
+        [report("aaaaa_00000", config0, i, ("stem",)) for i in (1, 2, 3, 4)],
+    )
+    config1 = {"lr": 0.1, "model": {"width": 16}}
+    paused = write_trial(
+        experiment,
+        "train_aaaaa_00001_1_lr=0.1",
+        config1,
+        [report("aaaaa_00001", config1, i) for i in (1, 2)],  # no result says done
+    )
+    write_decisions(paused, "aaaaa_00001", [STOP_STUCK])
+    df = compare.load(experiment)
+    expected = {"aaaaa_00000": False, "aaaaa_00001": True}
+    table = compare.summary(df, metric="loss", mode="min").set_index("trial_id")
+    assert table["stopped_early"].to_dict() == expected
+    assert layer_panels(df, "sim", None, None, None, 4, "viridis").early == expected
+    assert timeline_data(df, None, None).early == expected

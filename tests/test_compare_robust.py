@@ -721,3 +721,55 @@ def test_a_users_nested_metric_whose_keys_look_like_layers_stays_network_wide(tm
     assert list(stem["value"]) == pytest.approx([0.1, 0.2])
     sim = frame[frame["metric"] == "sim"]
     assert set(sim["layer"]) == {*LAYERS, "head#2"}
+
+
+def _trial_reports(trial_id: str, config: dict, frozen: dict[str, int], **extra) -> list[dict]:
+    rows = [report(trial_id, config, i) for i in (1, 2)]
+    for row in rows:
+        row["frozen"] = dict(frozen)
+        row.update(extra)
+    return rows
+
+
+def test_a_metric_named_node_is_the_users(tmp_path) -> None:
+    """Tune 2.60 writes no ``node`` field: a metric of that name is the trial's own and is
+    loaded (it was taken for Tune's bookkeeping and dropped without a word)."""
+    experiment = tmp_path / "sweep"
+    write_trial(experiment, "train_a", CONFIG, _trial_reports("a", CONFIG, {}, node=7.0))
+    df = compare.load(experiment)
+    assert "node" in compare.metrics(df, per_layer=False)
+    assert df[df["metric"] == "node"]["value"].tolist() == [7.0, 7.0]
+
+
+def test_summary_csv_keeps_layer_names_with_spaces_apart(tmp_path) -> None:
+    """Frozen layers ['enc', '1'] and ['enc 1'] (a ModuleDict key may hold a space) read back
+    from summary.csv as they were: a JSON list (both were 'enc 1', joined by spaces)."""
+
+    experiment = tmp_path / "sweep"
+    apart = {"enc": 1, "1": 1, "enc 1": 0}
+    together = {"enc": 0, "1": 0, "enc 1": 1}
+    write_trial(experiment, "train_a", CONFIG, _trial_reports("a", CONFIG, apart))
+    write_trial(experiment, "train_b", CONFIG, _trial_reports("b", CONFIG, together))
+    df = compare.load(experiment)
+    out = tmp_path / "out"
+    compare.write_report(df, out, metric="frozen", color_by=None, summary_metric="loss", html=False)
+    written = pd.read_csv(out / "summary.csv").set_index("trial_id")
+    got = {t: sorted(json.loads(v)) for t, v in written["frozen_layers"].items()}
+    assert got == {"a": ["1", "enc"], "b": ["enc 1"]}
+
+
+def test_mode_min_without_a_summary_metric_is_refused_where_accuracy_is_the_default(
+    tmp_path,
+) -> None:
+    """``mode='min'`` (``--mode min``) with no summary metric: the default, test_accuracy, has
+    its best at its highest, so ranking it lowest-first showed each trial's worst accuracy as
+    its best; refused, naming the remedy."""
+    experiment = tmp_path / "sweep"
+    write_trial(experiment, "train_a", CONFIG, _trial_reports("a", CONFIG, {}, test_accuracy=0.5))
+    df = compare.load(experiment)
+    with pytest.raises(ValueError, match=r"summary metric to go with mode='min'.*--summary-metric"):
+        compare.write_report(df, tmp_path / "out", metric="sim", mode="min", html=False)
+    files = compare.write_report(
+        df, tmp_path / "ok", metric="sim", mode="min", summary_metric="loss", html=False
+    )
+    assert (tmp_path / "ok" / "summary.csv") in files

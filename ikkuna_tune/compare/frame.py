@@ -33,6 +33,7 @@ __all__ = [
     "trial_infos",
     "trial_label",
     "trial_values",
+    "with_recorded_stops",
 ]
 
 #: The tidy columns besides the config columns.
@@ -222,6 +223,31 @@ def iterations_run(df: pd.DataFrame) -> dict[str, int]:
     """
     last = df.groupby("trial_id")["training_iteration"].max().to_dict()
     return {str(k): int(v) for k, v in last.items()}
+
+
+def with_recorded_stops(
+    df: pd.DataFrame, infos: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """``infos`` with every trial that SVCCAScheduler recorded a stop of (one still in force,
+    in ``df.attrs["decisions"]``) marked ``stopped_by_tune``: a stop the scheduler recorded
+    is Tune's too, also where no result says so (a trial HyperBand stopped while paused: its
+    state reads paused or terminated, by timing). The summary, the layer panels and the
+    freeze timeline all mark trials stopped early from it.
+
+    Examples:
+        >>> df = pd.DataFrame(columns=TIDY_COLUMNS)
+        >>> df.attrs["decisions"] = [{"trial_id": "a", "action": "stop", "in_force": True}]
+        >>> with_recorded_stops(df, {"a": {}, "b": {}})
+        {'a': {'stopped_by_tune': True}, 'b': {}}
+    """
+    stops = {
+        str(row["trial_id"])
+        for row in df.attrs.get("decisions", [])
+        if row.get("in_force", True) and row.get("action") == "stop"
+    }
+    return {
+        t: {**info, "stopped_by_tune": True} if t in stops else info for t, info in infos.items()
+    }
 
 
 def stopped_early(

@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["BOOKKEEPING", "DECISIONS_FILE", "FREEZE_REASON", "ExperimentLike", "load"]
 
 #: Fields Tune adds to every result that are not measurements (Ray 2.60 writes none of
-#: ``timesteps_total``, ``episodes_total``, ``timesteps_since_restore`` or ``warmup_time``:
-#: there they are the user's own, and kept).
+#: ``timesteps_total``, ``episodes_total``, ``timesteps_since_restore``, ``warmup_time`` or
+#: ``node``: there they are the user's own, and kept).
 BOOKKEEPING = frozenset(
     {
         "trial_id",
@@ -39,7 +39,6 @@ BOOKKEEPING = frozenset(
         "pid",
         "hostname",
         "node_ip",
-        "node",
         "checkpoint_dir_name",
         "time_since_restore",
         "iterations_since_restore",

@@ -23,6 +23,7 @@ from ikkuna_tune.compare.frame import (
     stopped_early,
     trial_infos,
     trial_values,
+    with_recorded_stops,
 )
 from ikkuna_tune.compare.styles import Colours, resolve_style_by, trial_colours, trial_styles
 
@@ -119,7 +120,7 @@ def layer_panels(
         styles=styles,
         style_legend=style_legend,
         infos=infos,
-        early=stopped_early(infos, last, budget),
+        early=stopped_early(with_recorded_stops(df, infos), last, budget),
         frozen_at=freeze_iterations(df),
         last=last,
     )

@@ -178,6 +178,13 @@ def _summary_for_report(
 ) -> pd.DataFrame:
     check_mode(mode)
     if summary_metric is None and "test_accuracy" in metrics(df, per_layer=False):
+        if mode == "min":
+            raise ValueError(
+                "Expected a summary metric to go with mode='min' (--mode min) but got none: "
+                "the default, test_accuracy, is an accuracy, whose best is its highest; pass "
+                "summary_metric= (--summary-metric) naming the metric to minimise, such as a "
+                "loss, or leave mode at 'max'"
+            )
         summary_metric = "test_accuracy"
     return summary(df, metric=summary_metric, mode=mode, budget=options.budget)
 
@@ -230,7 +237,9 @@ def _write(
         logger.warning("The trials report no frozen/<layer>: no freeze timeline")
     path = out / "summary.csv"
     written = table.copy()
-    written["frozen_layers"] = [" ".join(names) for names in written["frozen_layers"]]
+    # a JSON list: layer names may hold spaces (a ModuleDict key), so a joined string cannot
+    # be read back (['enc', '1'] and ['enc 1'] were both 'enc 1')
+    written["frozen_layers"] = [json.dumps(list(names)) for names in written["frozen_layers"]]
     written["freeze_reasons"] = [
         "; ".join(f"{name}: {why}" for name, why in reasons.items())
         for reasons in written["freeze_reasons"]

@@ -21,6 +21,7 @@ from ikkuna_tune.compare.frame import (
     stopped_early,
     trial_infos,
     trial_values,
+    with_recorded_stops,
 )
 
 __all__ = ["freezable_layers"]
@@ -113,7 +114,7 @@ def timeline_data(df: pd.DataFrame, color_by: str | None, budget: int | None) ->
         iterations,
         trial_ids,
         values,
-        stopped_early(infos, iterations, budget),
+        stopped_early(with_recorded_stops(df, infos), iterations, budget),
         names,
         freeze_iterations(df),
         timeline_offsets(len(names)),

@@ -85,17 +85,25 @@ def _read_object(experiment: Any) -> list[_Trial]:
             )
         return trials
     if isinstance(experiment, ResultGrid):
+        # a Result carries no status: Tune's, where the grid's analysis holds it (PAUSED for a
+        # trial HyperBand left paused), else None (unknown), never one made up
+        analysis = getattr(experiment, "_experiment_analysis", None)
+        statuses = {
+            str(getattr(t, "trial_id", "")): getattr(t, "status", None)
+            for t in getattr(analysis, "trials", None) or []
+        }
         trials = []
         for result in experiment:
             frame = result.metrics_dataframe
             frame = frame if frame is not None else pd.DataFrame()
             failed = result.error is not None
+            trial_id = _result_trial_id(result, frame)
             trials.append(
                 _Trial(
-                    trial_id=_result_trial_id(result, frame),
+                    trial_id=trial_id,
                     config=_flatten_config(result.config or {}),
                     results=frame,
-                    status="ERROR" if failed else "TERMINATED",
+                    status="ERROR" if failed else statuses.get(trial_id),
                     failed=failed,
                     path=str(result.path) if result.path else None,
                 )

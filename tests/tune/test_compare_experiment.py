@@ -156,6 +156,20 @@ def test_loading_the_directory_equals_loading_the_analysis_and_result_grid(exper
         assert loaded.attrs == df.attrs, type(other).__name__
 
 
+def test_a_result_grid_gives_tunes_status_not_a_made_up_one(experiment) -> None:
+    """A Result carries no status; the grid's analysis does: a trial Tune left paused (as
+    HyperBand leaves one) loads as PAUSED from the grid as from the analysis (it was
+    TERMINATED, so the rule that a paused trial was stopped by Tune never applied)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    analysis = ExperimentAnalysis(str(experiment[0]))
+    paused = analysis.trials[0]
+    paused.status = "PAUSED"
+    for other in (analysis, ResultGrid(analysis)):
+        trials = compare.load(other).attrs["trials"]
+        assert trials[str(paused.trial_id)]["status"] == "PAUSED", type(other).__name__
+
+
 def test_failed_and_stopped_trials_keep_what_they_reported(df) -> None:
     trials = df.attrs["trials"]
     by_lr = _by_lr(df)
@@ -309,7 +323,7 @@ def test_cli_compare_writes_plots_and_summary(experiment, tmp_path, capsys) -> N
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(out / "summary.csv").set_index("lr")
     assert sorted(table.index) == list(LRS)
-    assert table.loc[0.01, "frozen_layers"] == "conv"
+    assert table.loc[0.01, "frozen_layers"] == '["conv"]'  # a JSON list
     assert table["stopped_early"].to_dict() == {lr: lr == STOPPED_LR for lr in LRS}
     assert "best_loss" in table.columns
     printed = capsys.readouterr().out
