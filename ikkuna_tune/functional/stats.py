@@ -264,6 +264,23 @@ def initial_vector(n: int, device: torch.device, dtype: torch.dtype) -> torch.Te
     return _normalize(u.to(dtype), 1e-12)
 
 
+def _rows_along(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` (as a float tensor, detached) with ``dim``, the dimension that indexes a matrix's
+    rows, moved to the front; checks both.
+
+    Raises:
+        ValueError: for a 0-d ``x``, or a ``dim`` that is not one of its dimensions.
+    """
+    if x.dim() < 1:
+        raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"Expected `dim` to be a dimension of a {x.dim()}-d tensor but got {dim!r}"
+        )
+    x = _as_float(x).detach()
+    return x.movedim(dim, 0) if dim % x.dim() else x
+
+
 def spectral_norm(
     x: torch.Tensor,
     u: torch.Tensor | None = None,
@@ -319,14 +336,7 @@ def spectral_norm(
             "Expected argument `n_power_iterations` to be an integer >= 1 but got "
             f"{n_power_iterations!r}"
         )
-    if x.dim() < 1:
-        raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
-        raise ValueError(
-            f"Expected `dim` to be a dimension of a {x.dim()}-d tensor but got {dim!r}"
-        )
-    x = _as_float(x).detach()
-    w = x.movedim(dim, 0) if dim % x.dim() else x
+    w = _rows_along(x, dim)
     if w.numel() == 0:  # no entries (a placeholder parameter): no singular value but 0
         rows = w.shape[0]
         if u is None or u.shape != (rows,):
@@ -363,14 +373,7 @@ def largest_singular_value(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
         >>> largest_singular_value(torch.tensor([[1.0, float("nan")]]))
         tensor(nan)
     """
-    if x.dim() < 1:
-        raise ValueError(f"Expected a tensor with at least one dimension but got shape {x.shape}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
-        raise ValueError(
-            f"Expected `dim` to be a dimension of a {x.dim()}-d tensor but got {dim!r}"
-        )
-    x = _as_float(x).detach()
-    w = x.movedim(dim, 0) if dim % x.dim() else x
+    w = _rows_along(x, dim)
     w = w.reshape(w.shape[0], -1)
     if w.numel() == 0:
         return w.new_zeros((), dtype=w.real.dtype if w.is_complex() else w.dtype)
