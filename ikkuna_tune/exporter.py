@@ -909,7 +909,9 @@ class Exporter(StepHooks, LayerFreezing):
         output, a loss that picks its scores out itself) without ``output_fn``: train and test
         accuracy then score the tensor :func:`~ikkuna_tune.layers.first_tensor` names, which
         need not be the one the loss scores (features before logits were scored as classes,
-        with no error, where the labels fit their width)."""
+        with no error, where the labels fit their width). Judged once: a training loop hands
+        its loss the same kind of output at every step."""
+        self._warned_whole_output = True
         if self._output_fn is not None:
             return
         if isinstance(output, Mapping) and any(
@@ -919,7 +921,6 @@ class Exporter(StepHooks, LayerFreezing):
         found = _tensors_in(output)
         if len(found) < 2:
             return
-        self._warned_whole_output = True
         logger.warning(
             "A wrapped loss was given a %s holding %d tensors, not the tensor it scores: train "
             "and test accuracy score the first one (shape %s) as the model's output. Call the "
@@ -1248,9 +1249,7 @@ def _tensors_in(value: Any, depth: int = 0) -> list[torch.Tensor]:
     """
     if isinstance(value, torch.Tensor):
         return [value]
-    if depth > 4:
+    if depth > 4 or not isinstance(value, (Mapping, tuple, list)):
         return []
     items = value.values() if isinstance(value, Mapping) else value
-    if not isinstance(value, (Mapping, tuple, list)):
-        return []
     return [t for item in items for t in _tensors_in(item, depth + 1)]
