@@ -163,7 +163,7 @@ def test_a_result_grid_gives_tunes_status_not_a_made_up_one(experiment) -> None:
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     analysis = ExperimentAnalysis(str(experiment[0]))
-    paused = analysis.trials[0]
+    paused = next(t for t in analysis.trials if t.status == "TERMINATED")  # (not one that failed)
     paused.status = "PAUSED"
     for other in (analysis, ResultGrid(analysis)):
         trials = compare.load(other).attrs["trials"]
