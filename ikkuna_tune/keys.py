@@ -24,6 +24,7 @@ __all__ = [
     "TEST_ACCURACY_CHANCE",
     "TRAIN_ACCURACY",
     "TRAIN_REPORT",
+    "TRAIN_STEPS",
     "UNFREEZE_REASON",
     "call_key",
     "chance_of",
@@ -66,6 +67,9 @@ LR_SCALE = "lr_scale"
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.
 STEP_SECONDS_UNFROZEN = "step_seconds_unfrozen"
+#: Training steps since the last report (0 for a report with none since: an evaluation between
+#: epochs): what a report's ``frozen_fraction`` weighs in the work a trial skipped.
+TRAIN_STEPS = "train_steps"
 #: Which report of a Ray Train job this is (text, from rank 0; unique to the attempt), in the
 #: reports of a trial an SVCCAScheduler steers: the scheduler acknowledges it once it has
 #: handled the report, and rank 0 waits for that before it reads the scheduler's directives
@@ -80,6 +84,7 @@ RESERVED_KEYS = (
     LR_SCALE,
     STEP_SECONDS,
     STEP_SECONDS_UNFROZEN,
+    TRAIN_STEPS,
 )
 
 #: Where SVCCAScheduler writes its decisions, one JSON object a line, in each trial directory.

@@ -773,3 +773,29 @@ def test_mode_min_without_a_summary_metric_is_refused_where_accuracy_is_the_defa
         df, tmp_path / "ok", metric="sim", mode="min", summary_metric="loss", html=False
     )
     assert (tmp_path / "ok" / "summary.csv") in files
+
+
+def test_compute_saved_weighs_each_report_by_its_training_steps(tmp_path) -> None:
+    """Two reports per epoch (4 epochs of 4 steps), the second of each after an evaluation,
+    with no step since: fc1 and fc2 (0.8853 of the parameters) frozen in the last epoch's 4
+    steps of 16 skipped 0.8853 * 4 / 16 of the work, by a count of steps by hand. Without
+    ``train_steps`` every report counted as a unit of work, and the step-less reports that
+    carried the fraction frozen then made it (0.8853 * 3) / 8 = 0.332."""
+    experiment = tmp_path / "sweep"
+    fractions = [0.0, 0.0, 0.0, 0.0, 0.0, 0.8853, 0.8853, 0.8853]
+    steps = [4, 0, 4, 0, 4, 0, 4, 0]
+    rows = []
+    for i, (fraction, count) in enumerate(zip(fractions, steps), 1):
+        row = report("a", CONFIG, i)
+        row.update(frozen_fraction=fraction, train_steps=count)
+        rows.append(row)
+    write_trial(experiment, "train_a", CONFIG, rows)
+    table = compare.summary(compare.load(experiment)).set_index("trial_id")
+    by_hand = sum(f * s for f, s in zip(fractions, steps)) / sum(steps)
+    assert table.loc["a", "compute_saved"] == round(by_hand, 3) == 0.221
+    for row in rows:  # reports without the count: each iteration a unit, as before
+        del row["train_steps"]
+    older = tmp_path / "older"
+    write_trial(older, "train_a", CONFIG, rows)
+    table = compare.summary(compare.load(older)).set_index("trial_id")
+    assert table.loc["a", "compute_saved"] == round(0.8853 * 3 / 8, 3)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ikkuna_tune import keys
 from ikkuna_tune.compare.frame import (
     FROZEN,
     check_budget,
@@ -128,7 +129,9 @@ def _reason(row: Mapping[str, Any], with_layer: bool) -> str:
     return f"{text} ({shown})" if shown else text
 
 
-def compute_saved(frozen_fractions: Sequence[float], budget: int) -> float:
+def compute_saved(
+    frozen_fractions: Sequence[float], budget: int, steps: Sequence[float] | None = None
+) -> float:
     """The fraction of a trial's training work it skipped, by stopping early and by freezing.
 
     Training every parameter for one iteration is one unit of work; the trial's full budget is
@@ -143,15 +146,19 @@ def compute_saved(frozen_fractions: Sequence[float], budget: int) -> float:
     fraction times the iterations it was frozen for. It counts parameter updates, not seconds
     or FLOPs (a frozen layer still runs forward; a frozen convolution may hold few parameters
     and much compute), so it does not depend on timing noise: the same decisions give the
-    same figure. Each iteration counts as one unit: a trial that reports several times per
-    epoch, some of its reports without a training step since the one before (an evaluation
-    between epochs), reads high (a review's trial: 0.332 where its steps give 0.221), since
-    those reports carry the fraction frozen then as if they had trained.
+    same figure.
+
+    With ``steps`` (each iteration's training steps, ``train_steps``), a step is the unit
+    instead: an iteration weighs as many steps as it trained (a report with none since the one
+    before, an evaluation between epochs, weighs nothing: counted as a unit, it made a trial
+    that reports twice per epoch read 0.332 where its steps give 0.221), and the iterations
+    not run are taken at the mean steps of those run. With equal steps it is the formula above.
 
     Args:
         frozen_fractions: per iteration run, the fraction of parameters frozen, in [0, 1].
         budget: the iterations the trial would have run had it not been stopped early
             (at least ``n``, at least 1).
+        steps: per iteration run, its training steps (>= 0), or None.
 
     Example: 4 iterations of a budget of 6, the last two with a quarter and then half of the
     parameters frozen, skipped (6 - 4 + 0.25 + 0.5) / 6 of the work:
@@ -159,9 +166,15 @@ def compute_saved(frozen_fractions: Sequence[float], budget: int) -> float:
     >>> compute_saved([0.0, 0.0, 0.25, 0.5], budget=6)
     0.458
 
+    Two reports per epoch, the second of each without a step: a quarter frozen in the second
+    epoch's 4 steps of 8 skipped 0.125 of the work, not (0.25 * 3) / 4
+
+    >>> compute_saved([0.0, 0.25, 0.25, 0.25], budget=4, steps=[4, 0, 4, 0])
+    0.125
+
     Raises:
-        ValueError: a fraction is not in [0, 1], or ``budget`` is not an integer of at
-            least ``max(n, 1)``.
+        ValueError: a fraction is not in [0, 1], ``budget`` is not an integer of at least
+            ``max(n, 1)``, or ``steps`` is not one count >= 0 per iteration.
     """
     fractions = [float(f) for f in frozen_fractions]
     bad = [f for f in fractions if not 0.0 <= f <= 1.0]
@@ -172,6 +185,18 @@ def compute_saved(frozen_fractions: Sequence[float], budget: int) -> float:
             f"Expected `budget` to be an integer of at least the {len(fractions)} iteration(s) "
             f"run (and at least 1) but got {budget!r}"
         )
+    if steps is not None:
+        counts = [float(s) for s in steps]
+        if len(counts) != len(fractions) or any(not c >= 0 for c in counts):
+            raise ValueError(
+                f"Expected `steps` to be one count >= 0 for each of the {len(fractions)} "
+                f"iteration(s) but got {list(steps)!r}"
+            )
+        total = math.fsum(counts)
+        if total > 0:
+            trained = math.fsum(c * (1.0 - f) for c, f in zip(counts, fractions))
+            saved = 1.0 - trained * len(fractions) / (total * budget)
+            return round(saved, SAVED_DECIMALS) + 0.0
     saved = (budget - len(fractions) + math.fsum(fractions)) / budget
     return round(saved, SAVED_DECIMALS) + 0.0  # + 0.0: no -0.0
 
@@ -206,7 +231,8 @@ def summary(
     - ``compute_saved``: the fraction of the trial's full-budget training work it skipped,
       :func:`compute_saved` of the ``frozen_fraction`` of each iteration it ran (a report
       says what was frozen while training for it; an iteration without a report counts as
-      the report before it) and its budget: ``budget`` (or the longest trial's iterations)
+      the report before it), weighed by its ``train_steps`` where every iteration reported
+      them, and its budget: ``budget`` (or the longest trial's iterations)
       for a trial stopped early, else the iterations it ran. Rounded to 3 decimals; NaN for
       a trial that reported no ``frozen_fraction``.
 
@@ -323,4 +349,9 @@ def _saved(rows: pd.DataFrame, ran: int, budget: int) -> float:
     for iteration in range(1, ran + 1):
         fraction = min(max(float(by_iteration.get(iteration, fraction)), 0.0), 1.0)
         fractions.append(fraction)
-    return compute_saved(fractions, budget)
+    # weighed by each iteration's training steps where every iteration reported them
+    counted = rows[rows["metric"] == keys.TRAIN_STEPS]
+    by_steps = dict(zip(counted["training_iteration"].astype(int), counted["value"]))
+    steps = [by_steps.get(i) for i in range(1, ran + 1)]
+    known = all(s is not None and float(s) >= 0 for s in steps)
+    return compute_saved(fractions, budget, [float(s) for s in steps] if known else None)

@@ -585,6 +585,7 @@ class TrialSession:
         merged[keys.FROZEN_FRACTION] = (
             total / steps if steps else exporter.frozen_parameter_fraction()
         )
+        merged[keys.TRAIN_STEPS] = steps
         # every report has the same keys, from the first one on (Tune fixes progress.csv's
         # columns at the first report): "" for a layer not frozen, NaN for a step time not
         # measured yet

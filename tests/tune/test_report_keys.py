@@ -67,6 +67,12 @@ def _reports() -> list[dict[str, Any]]:
     return reports
 
 
+def test_train_steps_counts_the_steps_since_the_report_before() -> None:
+    """``train_steps``: 0 before training, then the steps each report's period ran (the
+    timer's warm-up step included), 0 for the report with no step between two others."""
+    assert [r["train_steps"] for r in _reports()] == [0, 1, 3, 3, 0, 3]
+
+
 def test_every_report_has_the_first_reports_keys() -> None:
     reports = [_flat(r) for r in _reports()]
     first = set(reports[0])
