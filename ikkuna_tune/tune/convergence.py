@@ -56,7 +56,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -527,14 +527,26 @@ def metric_scale_of(series: list[list[float]], mode: str) -> float:
     return metric_scale_from([e for e in extents if e is not None], mode)
 
 
-def metric_scale_from(extents: list[tuple[float, float, float]], mode: str) -> float:
+def metric_scale_from(
+    extents: list[tuple[float, float, float]], mode: str, chances: Sequence[float] = ()
+) -> float:
     """:func:`metric_scale_of` from each trial's first, lowest and highest finite value (as
-    reported; trials without one left out).
+    reported; trials without one left out). ``chances``: the chance levels the trials
+    reported beside a maximised metric (``<metric>_chance``); one above 1 (and at most 100)
+    is an accuracy's in percent, and so is the metric, whatever its spread (an imbalanced
+    task's accuracies in percent spanned 89.4-94.0, less than :data:`PERCENT_SPREAD`, and were
+    taken at a scale of 1: thresholds 100 times too small stopped two of FIFO's top 3).
 
     Examples:
         >>> metric_scale_from([(12.0, 12.0, 23.0), (10.0, 10.0, 15.0)], "max")
         100.0
+        >>> metric_scale_from([(90.8, 90.8, 94.0), (91.2, 90.1, 93.5)], "max")
+        1.0
+        >>> metric_scale_from([(90.8, 90.8, 94.0), (91.2, 90.1, 93.5)], "max", [90.8])
+        100.0
     """
+    if mode == "max" and any(1.0 < c <= 100.0 for c in chances if math.isfinite(c)):
+        return 100.0
     if not extents:
         return 1.0
     if mode == "max":
@@ -921,7 +933,17 @@ def stop_verdict(
     best = trial.best()
     progress = best - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
-    if stalled and not _moving(trial, rules) and not _contender(trial, rules, others):
+    # (where chance is known, only a trial at chance: one far above it that gains little while
+    # its layers barely move is a fine-tuned model near its best, which still gains a point or
+    # two by the end; a review's sweep of fine-tuning runs lost its best configuration when
+    # every trial was stopped here at report 3)
+    learned_above_chance = math.isfinite(trial.chance) and not _near_chance(trial, rules)
+    if (
+        stalled
+        and not learned_above_chance
+        and not _moving(trial, rules)
+        and not _contender(trial, rules, others)
+    ):
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
@@ -1126,6 +1148,14 @@ def _cannot_reach(
     # the last values reported, with the reports between them: a metric reported at some
     # reports only (validation every other epoch) gains per report, not per value
     values = [(i, m) for i, m in enumerate(trial.metric) if math.isfinite(m)]
+    if stalled and values[-1][1] >= first - rules.stall_delta - _tolerance(first):
+        # flat where it started: no rate to extrapolate, only a start to wait for; the stuck
+        # rules judge it, against the level the others held after as many reports and not
+        # while that level is at chance (a late starter on imbalanced data, at its 0.908
+        # chance for 6 reports and then FIFO's third best at 0.936, was stopped here at rate
+        # 0 while the others stood only 2 points above chance). One that fell back from its
+        # start is judged here, where it fell.
+        return None
     recent = values[-(rules.settle_window + 1) :]
     steps = [(b - a) / (j - i) for (i, a), (j, b) in itertools.pairwise(recent)]
     rate = max([0.0, *steps])

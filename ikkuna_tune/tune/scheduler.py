@@ -213,7 +213,8 @@ class SVCCAScheduler(FIFOScheduler):
             default): inferred from the trials' reports so far
             (:func:`~ikkuna_tune.tune.convergence.metric_scale_of`): 1 for an accuracy as a
             fraction, 100 for one in percent (whose decisions are then those on the
-            fraction, its ``<metric>_chance`` reported in percent too), 0.1 for a mean squared
+            fraction, its ``<metric>_chance`` reported in percent too; a chance level above 1
+            says percent however close the trials' values lie), 0.1 for a mean squared
             error that starts near 0.05, never above 1 otherwise (a cross-entropy, a reward).
             Give it for a metric whose values say nothing of its range (an error rate in
             [0, 1] steered with ``mode="min"`` reads as a loss: pass 1).
@@ -773,7 +774,8 @@ class SVCCAScheduler(FIFOScheduler):
                 first, low, high = extent
                 # as reported: a minimised metric is held negated
                 extents.append((-first, -high, -low) if self._mode == "min" else extent)
-        return metric_scale_from(extents, self._mode or "max")
+        chances = [view.history.chance for view in self._views.values()]
+        return metric_scale_from(extents, self._mode or "max", chances)
 
     def metric_rules(self) -> ConvergenceRules:
         """The rules with their metric thresholds in the metric's units (:attr:`scale`
