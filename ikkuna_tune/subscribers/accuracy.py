@@ -378,10 +378,12 @@ def _first_labels(
         tensors, size = slices
         if len(tensors[0]) == 0:
             raise ValueError("Expected a test data set with samples but got an empty one")
-        if len(tensors) < 2:
+        if len(tensors) != 2:
+            got = "inputs alone" if len(tensors) < 2 else f"{len(tensors)} tensors a sample"
             raise ValueError(
                 "Expected the test data to hold (inputs, labels) pairs but got a TensorDataset "
-                "of inputs alone"
+                f"of {got} (which of them are the labels cannot be told: pass a data set of "
+                "(input, label) pairs)"
             )
         return tensors[1][:size]
     dataset = loader.dataset
@@ -410,7 +412,7 @@ def _first_labels(
             batch = loader.collate_fn([dataset[i] for i in range(min(n, size))])
     except Exception:  # best effort: the first evaluation checks the labels
         return None
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         got = f"a {type(batch).__name__}"
         if isinstance(batch, (tuple, list)):
             got += f" of {len(batch)}"
@@ -700,10 +702,11 @@ class TestAccuracySubscriber(PlotSubscriber):
             if probed is not None and self.forward_fn is None:
                 forward = probed  # under data parallelism: the module, not its collective forward
             for batch in self._batches():
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    size = f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""
                     raise ValueError(
-                        "Expected the test data to yield (inputs, labels) batches but got "
-                        f"{type(batch).__name__}"
+                        "Expected the test data to yield (inputs, labels) batches but got a "
+                        f"{type(batch).__name__}{size}"
                     )
                 inputs, labels = batch[0], batch[1]
                 if device is not None:

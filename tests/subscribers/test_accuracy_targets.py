@@ -360,6 +360,16 @@ class _InputsOnly(Dataset):  # type: ignore[type-arg]
         return torch.ones(3)
 
 
+class _Triples(torch.utils.data.Dataset):
+    """Samples of (input, index, label): no pair."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return torch.ones(3), i, 0
+
+
 def test_test_data_that_is_no_labelled_pairs_is_refused_at_construction() -> None:
     """Known at construction, refused there (it failed at the first epoch end, after training,
     or never with a batch frequency the trial does not reach)."""
@@ -367,6 +377,10 @@ def test_test_data_that_is_no_labelled_pairs_is_refused_at_construction() -> Non
         (DataLoader(_Dicts(), batch_size=2), "first batch is a dict"),
         (_InputsOnly(), "first batch is a Tensor"),
         (TensorDataset(torch.ones(4, 3)), "TensorDataset of inputs alone"),
+        # (inputs, sample index, labels): the index was read as the labels, and a test
+        # accuracy of 0.098 reported where the labels give 0.727
+        (TensorDataset(torch.ones(4, 3), torch.arange(4), torch.zeros(4)), "3 tensors a sample"),
+        (DataLoader(_Triples(), batch_size=2), "first batch is a list of 3"),
         (TensorDataset(torch.ones(0, 3), torch.ones(0)), "got an empty one"),
         (_InputsOnly(size=0), "got an empty one"),
     ]
