@@ -522,6 +522,7 @@ class TrialSession:
         """The user's metrics plus every subscriber output, as Python numbers."""
         if not isinstance(metrics, Mapping):
             raise ValueError(f"Expected `metrics` to be a dict but got {type(metrics).__name__}")
+        _check_names(metrics)
         taken = self.output_names()
         # outputs of other tags (``<kind>_<tag>``), named once such a pass was measured: one
         # the user has reported a metric of that name since before is theirs (below)
@@ -1251,3 +1252,25 @@ class TrialSession:
         self.load_state_dict(state)
         logger.info("Restored ikkuna_tune state from %s", path)
         return True
+
+
+def _check_names(metrics: Mapping[Any, Any], within: str = "") -> None:
+    """Refuse a metric name that is not a string (in nested dicts too): Tune's own loggers
+    fail on one on the driver, ending the whole experiment.
+
+    Examples:
+        >>> _check_names({"loss": 0.5, "acc": {"top1": 0.9}})
+        >>> _check_names({"acc": {1: 0.9}})
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected metric names to be strings but got 1 (int) in 'acc'
+    """
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            where = f" in {within!r}" if within else ""
+            raise ValueError(
+                f"Expected metric names to be strings but got {name!r} "
+                f"({type(name).__name__}){where}"
+            )
+        if isinstance(value, Mapping):
+            _check_names(value, f"{within}/{name}" if within else name)

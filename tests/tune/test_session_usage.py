@@ -65,6 +65,27 @@ def test_a_tensor_of_several_numbers_is_no_metric() -> None:
         ik.instrument(trainable)({})
 
 
+@pytest.mark.parametrize(
+    "metrics, message",
+    [
+        ({1: 2.0}, r"strings but got 1 \(int\)$"),
+        ({"acc": {("top", 1): 0.9}}, r"strings but got \('top', 1\) \(tuple\) in 'acc'"),
+    ],
+)
+def test_a_metric_name_that_is_no_string_is_refused_where_it_is_reported(
+    metrics: dict, message: str
+) -> None:
+    """Tune's loggers on the driver fail on a name that is not a string, and end the whole
+    experiment: refused at ``ik.report``, in the trial that reported it."""
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report(metrics)
+
+    with pytest.raises(ValueError, match=message):
+        ik.instrument(trainable)({})
+
+
 def test_integer_tensors_are_exact_and_complex_ones_refused() -> None:
     """A count past 2**53 stays exact (through a float64 it changed); a complex tensor would
     lose its imaginary part, so it is refused."""
