@@ -15,12 +15,14 @@ import math
 __all__ = [
     "check_bool",
     "check_factor_or_none",
+    "check_finite_nonnegative",
     "check_fraction",
     "check_fraction_or_none",
     "check_int",
     "check_int_or_epoch",
     "check_nonnegative",
     "check_positive",
+    "check_unit",
     "check_ylims",
 ]
 
@@ -124,6 +126,38 @@ def check_nonnegative(name: str, value: object) -> float:
     """
     if not _is_number(value) or not value >= 0:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be a number >= 0 but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_finite_nonnegative(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite number >= 0.
+
+    Examples:
+        >>> check_finite_nonnegative("min_delta", 0.005)
+        0.005
+        >>> check_finite_nonnegative("min_delta", float("inf"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `min_delta` to be a finite number >= 0 but got inf
+    """
+    if not _is_number(value) or not 0 <= value < math.inf:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a finite number >= 0 but got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_unit(name: str, value: object) -> float:
+    """``value`` as a float if it is a number in [0, 1].
+
+    Examples:
+        >>> check_unit("min_travel", 0)
+        0.0
+        >>> check_unit("min_travel", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `min_travel` to be a number in [0, 1] but got 1.5
+    """
+    if not _is_number(value) or not 0 <= value <= 1:  # type: ignore[operator]
+        raise ValueError(f"Expected `{name}` to be a number in [0, 1] but got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 

@@ -60,6 +60,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ikkuna_tune.checks import (
+    check_finite_nonnegative,
+    check_fraction,
+    check_int,
+    check_unit,
+)
 from ikkuna_tune.freezing import next_to_freeze
 from ikkuna_tune.keys import layer_of_call
 
@@ -120,6 +126,31 @@ class ConvergenceRules:
     stall_share: float = 1 / 3  # of the budget, after which a stuck trial stops, layers moving
     reach_margin: float = 0.25  # of its way to the target: closer, never "cannot reach"...
     reach_within: float = 0.05  # ...unless further than this from it (the metric's units)
+
+    def __post_init__(self) -> None:
+        """Check every threshold where the rules are made: a bad one (a negative patience, a
+        ``freeze_at`` above 1, an infinite ``min_delta``) changed what the rules decided
+        without a word."""
+        checked = {
+            "freeze_at": check_fraction("freeze_at", self.freeze_at),
+            "patience": check_int("patience", self.patience),
+            "min_travel": check_unit("min_travel", self.min_travel),
+            "settle_window": check_int("settle_window", self.settle_window),
+            "settle_tol": check_finite_nonnegative("settle_tol", self.settle_tol),
+            "plateau": check_int("plateau", self.plateau, minimum=0),
+            "min_delta": check_finite_nonnegative("min_delta", self.min_delta),
+            "dead_below": check_unit("dead_below", self.dead_below),
+            "stall_delta": check_finite_nonnegative("stall_delta", self.stall_delta),
+            "move_tol": check_finite_nonnegative("move_tol", self.move_tol),
+            "optimism": check_finite_nonnegative("optimism", self.optimism),
+            "protect_top": check_int("protect_top", self.protect_top),
+            "grace": check_int("grace", self.grace, minimum=0),
+            "stall_share": check_fraction("stall_share", self.stall_share),
+            "reach_margin": check_unit("reach_margin", self.reach_margin),
+            "reach_within": check_finite_nonnegative("reach_within", self.reach_within),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 #: How much less than ``stall_delta`` a gain must be to count as less, relative to the values

@@ -14,9 +14,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.checks import (
     check_bool,
     check_factor_or_none,
-    check_fraction,
     check_int,
-    check_nonnegative,
     check_positive,
 )
 from ikkuna_tune.tune.convergence import (
@@ -268,20 +266,20 @@ class SVCCAScheduler(FIFOScheduler):
         )
         #: the thresholds as given, for an accuracy in [0, 1] (:meth:`metric_rules`: in the
         #: metric's units)
-        self.rules = ConvergenceRules(
-            freeze_at=check_fraction("freeze_at", freeze_at),
-            patience=check_int("patience", patience),
-            min_travel=check_nonnegative("min_travel", min_travel),
-            settle_window=check_int("settle_window", settle_window),
-            settle_tol=check_nonnegative("settle_tol", settle_tol),
-            plateau=check_int("plateau", plateau, minimum=0),
-            min_delta=check_nonnegative("min_delta", min_delta),
-            stall_delta=check_nonnegative("stall_delta", stall_delta),
-            move_tol=check_nonnegative("move_tol", move_tol),
-            optimism=check_nonnegative("optimism", optimism),
-            protect_top=check_int("protect_top", protect_top),
-            grace=check_int("grace", grace, minimum=0),
-            stall_share=check_fraction("stall_share", stall_share),
+        self.rules = ConvergenceRules(  # (which checks each threshold)
+            freeze_at=freeze_at,
+            patience=patience,
+            min_travel=min_travel,
+            settle_window=settle_window,
+            settle_tol=settle_tol,
+            plateau=plateau,
+            min_delta=min_delta,
+            stall_delta=stall_delta,
+            move_tol=move_tol,
+            optimism=optimism,
+            protect_top=protect_top,
+            grace=grace,
+            stall_share=stall_share,
         )
         self._scaled = (1.0, self.rules)  # the rules in the metric's units, at their scale
         self.freeze_at = self.rules.freeze_at
@@ -307,6 +305,12 @@ class SVCCAScheduler(FIFOScheduler):
                 "would be applied to the copy. Run population-based training without "
                 "SVCCAScheduler (with callbacks=[ik.PersistTrialFiles()], so that no trial's "
                 "reports are lost when PBT restarts it)"
+            )
+        if any(isinstance(s, SVCCAScheduler) for s in _wrapped_chain(base)):
+            raise ValueError(
+                "Expected a `base` that is one of Ray's schedulers (ASHA, HyperBand, "
+                "MedianStoppingRule) but got an SVCCAScheduler inside this one: two would "
+                "judge and order the same trials twice; use one, with its base"
             )
         self.base = base
         if not isinstance(similarity_key, str) or not similarity_key:

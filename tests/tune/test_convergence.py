@@ -776,3 +776,21 @@ def test_a_chance_level_above_one_makes_the_metric_a_percentage() -> None:
     assert metric_scale_from(extents, "max", [90.8, math.nan]) == 100.0
     assert metric_scale_from(extents, "max", [0.908]) == 1.0  # a fraction's chance
     assert metric_scale_from([(2.3, 0.5, 2.3)], "min", [90.8]) == 1.0  # a loss has none
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"freeze_at": 1.5}, r"`freeze_at` to be a number in \(0, 1\]"),
+        ({"patience": 0}, r"`patience` to be an integer >= 1"),  # read the whole history
+        ({"patience": -1}, r"`patience` to be an integer >= 1"),  # dropped the first report
+        ({"stall_share": 2}, r"`stall_share` to be a number in \(0, 1\]"),
+        ({"dead_below": math.nan}, r"`dead_below` to be a number in \[0, 1\]"),
+        ({"reach_within": -0.1}, r"`reach_within` to be a finite number >= 0"),
+        ({"plateau": 1.5}, r"`plateau` to be an integer >= 0"),
+    ],
+)
+def test_convergence_rules_refuse_bad_thresholds_where_they_are_made(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConvergenceRules(**kwargs)
+    assert ConvergenceRules(plateau=0, grace=0, min_travel=0).plateau == 0  # edges allowed
