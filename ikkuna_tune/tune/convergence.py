@@ -20,7 +20,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
-  and whose layers no longer move is stuck. With a known budget, after ``stall_share`` of it,
+  and whose layers no longer move is stuck (where its chance level is known, only at chance:
+  a fine-tuned model far above it gains little with layers that barely move, and still
+  learns). With a known budget, after ``stall_share`` of it,
   so is a trial that made no progress and is more than ``stall_delta`` behind the level the
   ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
   best over ``settle_window`` reports in a row, so that one noisy report is none), once
