@@ -35,7 +35,8 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   or among its top 3). And a trial that cannot reach the
   ``protect_top``-th best value already reached by other trials, even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
-  budget ends, whose recent best is further from it than twice its noise (:func:`noise_band`,
+  budget ends (a trial flat where it started has no rate: the stuck rules judge it), whose
+  recent best is further from it than twice its noise (:func:`noise_band`,
   at most twice ``reach_within``) and than ``reach_margin`` of its way from its first value to
   it (or ``reach_within``, if less), and is as far behind where the others stood after as
   many reports, at its latest value and at the one before (one value's reading, a dip just
