@@ -253,17 +253,28 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         # those restored from a checkpoint stay
         recorded_from = self.__dict__.get("_initial_of")
         stale = recorded_from is not None and recorded_from != id(access)
-        if (
-            access is not None
-            and self.message_bus is not None
-            and self.track_init
-            and not self._initial_unknown
-            and (self._initial is None or stale)
-        ):
-            self._initial = self.record()
+        if access is None or self.message_bus is None:
+            return
+        if self.track_init and not self._initial_unknown and (self._initial is None or stale):
+            self._initial = self._checked_record()
             self._initial_sides = {}
             self._initial_live = {}
             self._initial_of = id(access)
+        elif not self.track_init and self.__dict__.get("_probe_checked") != id(access):
+            # one probe pass now, as with track_init: probe data the model cannot take is
+            # refused where it is given, not at the first epoch's end, after training
+            self._checked_record()
+            self._probe_checked = id(access)
+
+    def _checked_record(self) -> dict[str, torch.Tensor]:
+        """:meth:`record`, with a failure of the model on the probe data said as such."""
+        try:
+            return self.record()
+        except Exception as error:
+            raise ValueError(
+                f"{type(self).__name__} cannot run the model on its probe data (the probe "
+                f"pass failed: {type(error).__name__}: {error})"
+            ) from error
 
     def restored_without_state(self) -> None:
         """The activations at initialisation are unknown: ``init_similarity`` and

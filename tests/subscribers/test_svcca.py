@@ -852,3 +852,18 @@ def test_a_probe_with_no_more_rows_than_features_is_warned_about_once(caplog) ->
     said = [r.getMessage() for r in caplog.records if "rows for" in r.getMessage()]
     assert said == [said[0]] and "Layer '0': the probe gives 32 rows for 64 features" in said[0]
     exporter.close()
+
+
+@pytest.mark.parametrize("track_init", [True, False])
+def test_probe_data_the_model_cannot_take_is_refused_where_the_model_is_given(
+    track_init: bool,
+) -> None:
+    """A 3-channel probe for a 1-channel model: refused when the subscriber is bound to the
+    model, naming the subscriber, with or without ``track_init`` (without it, one epoch trained and
+    then epoch_finished() raised torch's own error)."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    probe = TensorDataset(torch.randn(10, 3, 8, 8), torch.zeros(10, dtype=torch.long))
+    bus = MessageBus()
+    with ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus):
+        with pytest.raises(ValueError, match=r"SVCCASubscriber cannot run the model on its"):
+            ik.SVCCASubscriber(probe, n=10, message_bus=bus, backend=None, track_init=track_init)
