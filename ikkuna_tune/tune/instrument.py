@@ -112,6 +112,23 @@ def instrument(
             f"{trainable!r}: calling it runs nothing (Tune does not await it); train in a plain "
             "function"
         )
+    if hasattr(trainable, "_ikkuna_trainable"):
+        raise ValueError(
+            f"Expected a trainable that is not instrumented yet but got {trainable!r}, which "
+            "ik.instrument returned: instrument it once (each trial would start its session "
+            "twice, and fail)"
+        )
+    if _takes_config(trainable) is False:
+        raise ValueError(
+            f"Expected a function trainable `f(config)` but got {trainable!r}, whose signature "
+            f"{inspect.signature(trainable)} takes no config"
+        )
+    if callable(subscribers) and _takes_config(subscribers) is False:
+        raise ValueError(
+            f"Expected `subscribers` to be a list of subscribers or a function config -> list "
+            f"but got {subscribers!r}, whose signature {inspect.signature(subscribers)} takes "
+            "no config"
+        )
     if subscribers is not None and not callable(subscribers):
         if isinstance(subscribers, (str, bytes)) or not hasattr(subscribers, "__iter__"):
             raise ValueError(
@@ -165,6 +182,26 @@ def instrument(
         if hasattr(trainable, attribute):
             setattr(instrumented, attribute, getattr(trainable, attribute))
     return instrumented
+
+
+def _takes_config(fn: Callable[..., Any]) -> bool | None:
+    """Whether ``fn`` takes a positional argument (the config), whatever else it takes
+    (``tune.with_parameters`` passes more by keyword); None where its signature cannot be read
+    (a builtin, a C extension).
+
+    Examples:
+        >>> _takes_config(lambda config, scale: None), _takes_config(lambda: None)
+        (True, False)
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind_partial({})
+    except TypeError:
+        return False
+    return True
 
 
 def watch(

@@ -133,6 +133,22 @@ def test_a_generator_trainable_is_refused_where_it_is_given() -> None:
         ik.instrument(trainable)
 
 
+def test_a_trainable_or_subscribers_function_without_a_config_is_refused_where_given() -> None:
+    """Each failed only inside every trial, with Python's bare "takes 0 positional arguments";
+    an instrumented trainable instrumented again failed at run time ("already running")."""
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+
+    with pytest.raises(ValueError, match=r"`subscribers` .* whose signature \(\) takes no config"):
+        ik.instrument(trainable, lambda: [])
+    with pytest.raises(ValueError, match=r"trainable `f\(config\)` .* takes no config"):
+        ik.instrument(lambda: None)
+    with pytest.raises(ValueError, match=r"ik.instrument returned: instrument it once"):
+        ik.instrument(ik.instrument(trainable))
+    ik.instrument(trainable, lambda config, *rest: [])({})  # what takes a config runs
+
+
 def test_watch_outside_a_trial_does_not_block_what_follows() -> None:
     exporter = ik.watch(_model())
     exporter.close()
