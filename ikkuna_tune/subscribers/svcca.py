@@ -123,11 +123,12 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             A device this machine lacks is rejected here (``ValueError``), not at the first
             checkpoint.
         track_init: record the activations at initialisation and publish ``init_similarity``
-            and ``live_fraction`` (see above).
+            and ``live_fraction`` (see above). Without it the probe runs once all the same
+            when the subscriber is bound to the model, to check the model takes its data.
 
     Raises:
-        ValueError: for invalid arguments, and when attached to a bus with no Exporter while no
-            ``forward_fn`` was given.
+        ValueError: for invalid arguments, when attached to a bus with no Exporter while no
+            ``forward_fn`` was given, and when the model cannot run on the probe data.
 
     Examples:
         >>> from torch import nn
