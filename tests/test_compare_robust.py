@@ -799,3 +799,17 @@ def test_compute_saved_weighs_each_report_by_its_training_steps(tmp_path) -> Non
     write_trial(older, "train_a", CONFIG, rows)
     table = compare.summary(compare.load(older)).set_index("trial_id")
     assert table.loc["a", "compute_saved"] == round(0.8853 * 3 / 8, 3)
+
+
+def test_write_report_refuses_an_out_dir_or_flags_of_the_wrong_type(tmp_path) -> None:
+    """``html='no'`` was taken as true (report.html written), ``out_dir=None`` raised pathlib's
+    own TypeError: each refused, naming the argument."""
+    experiment = tmp_path / "sweep"
+    write_trial(experiment, "train_a", CONFIG, [report("a", CONFIG, i) for i in (1, 2)])
+    df = compare.load(experiment)
+    with pytest.raises(ValueError, match=r"`html` to be True or False but got 'no'"):
+        compare.write_report(df, tmp_path / "out", metric="sim", html="no")
+    with pytest.raises(ValueError, match=r"`sharey` to be True or False but got 1"):
+        compare.write_report(df, tmp_path / "out", metric="sim", sharey=1)
+    with pytest.raises(ValueError, match=r"`out_dir` to be a path .* but got NoneType"):
+        compare.write_report(df, None, metric="sim")

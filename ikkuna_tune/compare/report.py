@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ikkuna_tune.checks import check_bool
 from ikkuna_tune.compare.frame import (
     FROZEN,
     check_budget,
@@ -170,7 +171,8 @@ class _Options:
         check_metric(df, metric)
         color_by = resolve_color_by(df, color_by)
         style = resolve_style_by(df, color_by, style_by)
-        return cls(metric, color_by, style, bool(sharey), budget, bool(html))
+        sharey, html = check_bool("sharey", sharey), check_bool("html", html)
+        return cls(metric, color_by, style, sharey, budget, html)
 
 
 def _summary_for_report(
@@ -198,6 +200,10 @@ def _title(experiment: ExperimentLike) -> str:
 
 def _check_out_dir(out_dir: str | PathLike[str]) -> None:
     """Raise ``ValueError`` unless ``out_dir`` is a directory or can be made one."""
+    if not isinstance(out_dir, (str, PathLike)):
+        raise ValueError(
+            f"Expected `out_dir` to be a path (a str or a Path) but got {type(out_dir).__name__}"
+        )
     out = Path(out_dir)
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:

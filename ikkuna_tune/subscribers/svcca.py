@@ -170,12 +170,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         track_init: bool = True,
         min_travel: float = 0.02,
     ) -> None:
-        n = check_int("n", n)
+        n = check_int("n", n, minimum=2)  # (CCA of one point is none)
         if not isinstance(track_init, bool):
             raise ValueError(f"Expected `track_init` to be True or False but got {track_init!r}")
         self.track_init = track_init
-        if n < 2:
-            raise ValueError(f"Expected `n` to be an integer >= 2 but got {n!r}")
         self.batch_size = check_int("batch_size", batch_size)
         check_probe_args(forward_fn, probe_tag)
         self.trigger = Trigger(frequency)
@@ -756,7 +754,7 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
                 f"no `batch_size` (got {kwargs['batch_size']!r}); use BatchedSVCCASubscriber "
                 "for probe passes in batches"
             )
-        super().__init__(dataset, n, check_int("n", n), *args, **kwargs)
+        super().__init__(dataset, n, check_int("n", n, minimum=2), *args, **kwargs)
 
 
 def _finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

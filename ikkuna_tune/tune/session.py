@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import numbers
+import os
 import secrets
 import warnings
 import weakref
@@ -416,6 +417,11 @@ class TrialSession:
                 "new model, start a new trial)"
             )
         # an error names the user's call, not the Exporter or the bus it came from
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise ValueError(
+                f"Expected `log_dir` to be a path (a str or a Path) or None but got "
+                f"{type(log_dir).__name__}"
+            )
         call = describe_watch_call(model, optimizer, depth, module_filter, log_dir, output_fn)
         ddp = nn.parallel.DistributedDataParallel
         if self.worker is not None and self.worker.distributed:

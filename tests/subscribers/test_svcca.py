@@ -457,9 +457,9 @@ def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
     ("kwargs", "match"),
     [
         ({"n": 1}, "`n` to be an integer >= 2 but got 1"),
-        ({"n": 0}, "`n` to be an integer >= 1 but got 0"),
+        ({"n": 0}, "`n` to be an integer >= 2 but got 0"),  # (said >= 1, then >= 2 for 1)
         ({"n": 41}, "`n` to be at most the data set size 40 but got 41"),
-        ({"n": 2.5}, "`n` to be an integer >= 1 but got 2.5"),
+        ({"n": 2.5}, "`n` to be an integer >= 2 but got 2.5"),
         ({"frequency": 0}, "`frequency` to be an integer >= 1 or 'epoch' but got 0"),
         ({"frequency": "step"}, "`frequency` to be an integer >= 1 or 'epoch' but got 'step'"),
         ({"frequency": True}, "`frequency` to be an integer >= 1 or 'epoch' but got True"),

@@ -456,3 +456,9 @@ def test_frozen_fraction_follows_parameters_the_user_freezes_and_unfreezes_by_ha
     ik.instrument(trainable)({})
     assert shares == pytest.approx(expected)
     assert expected[1] != expected[2] != expected[3]
+
+
+def test_a_log_dir_that_is_no_path_is_refused_where_it_is_given() -> None:
+    with pytest.raises(ValueError, match=r"`log_dir` to be a path .* but got int"):
+        ik.watch(_model(), log_dir=5)  # type: ignore[arg-type]
+    ik.watch(_model()).close()  # the failed call left nothing behind
