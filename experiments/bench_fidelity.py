@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -91,9 +92,10 @@ def schedulers(
 
 
 def variants(data_sets: list[str], families: list[str], lrs: tuple[float, ...]) -> list[dict]:
-    """Config by config (data, family, lr), the scheduler groups side by side."""
+    """Config by config (data, family, lr), the scheduler groups side by side. The trials of
+    SVCCAScheduler's group, the one that may pause a trial to wait, report checkpoints."""
     return [
-        {"scheduler": g, "data": d, "family": f, "lr": lr}
+        {"scheduler": g, "data": d, "family": f, "lr": lr, "checkpoint": g == "svcca"}
         for d in data_sets
         for f in families
         for lr in lrs
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     judged = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
     met = [t for t in judged if t is not None]  # a target with nothing to judge is no hit
     out["targets_met"] = f"{sum(met)}/{len(met)}"
+    if not args.storage:  # a temporary directory of ours (checkpoints: a GB or more)
+        shutil.rmtree(storage, ignore_errors=True)
     print(json.dumps(out))
     return out
 

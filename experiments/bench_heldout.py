@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -59,9 +60,17 @@ def label(config: dict[str, Any]) -> str:
 
 
 def variants(grids: list[str], seed: int) -> list[dict[str, Any]]:
-    """Grid by grid, configuration by configuration, the two groups side by side."""
+    """Grid by grid, configuration by configuration, the two groups side by side (the
+    SVCCAScheduler group's trials report checkpoints: it may pause one to wait)."""
     return [
-        {**config, "grid": grid, "label": label(config), "scheduler": group, "seed": seed}
+        {
+            **config,
+            "grid": grid,
+            "label": label(config),
+            "scheduler": group,
+            "seed": seed,
+            "checkpoint": group == "svcca",
+        }
         for grid in grids
         for config in GRIDS[grid]
         for group in GROUPS
@@ -194,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["answer_kept"] = f"{kept}/{len(grids)}"
     ratios = [out[g]["reports_ratio"] for g in grids]
     out["reports_ratio_range"] = [min(ratios), max(ratios)]
+    if not args.storage:  # a temporary directory of ours (checkpoints: a GB or more)
+        shutil.rmtree(storage, ignore_errors=True)
     print(json.dumps(out, default=str))
     return out
 

@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -153,7 +154,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         init_local_ray()
     storage = args.storage or tempfile.mkdtemp(prefix="bench_lr_schedule_")
     variants = [
-        {"scheduler": g, "family": f, "lr": lr, "lr_drop_epoch": d, "seed": s}
+        # (SVCCAScheduler's groups, which may pause a trial to wait, get checkpoints)
+        {
+            "scheduler": g,
+            "family": f,
+            "lr": lr,
+            "lr_drop_epoch": d,
+            "seed": s,
+            "checkpoint": g.startswith("svcca"),
+        }
         for f in families
         for lr in args.lrs
         for d in DROPS
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for family, trials in sorted(grids.items()):
         out[family] = grid_summary(trials)
+    if not args.storage:  # a temporary directory of ours (checkpoints: a GB or more)
+        shutil.rmtree(storage, ignore_errors=True)
     print(json.dumps(out))
     return out
 

@@ -8,18 +8,24 @@ probe drawn from the test split, plus ``train_loss``, ``train_seconds`` (the tim
 epochs, training and the subscribers' epoch-end work, without process start-up or reporting),
 ``epoch_end_seconds`` (the part of it spent in ``epoch_finished``: test accuracy and SVCCA) and
 ``report_seconds`` (the round trip of the previous ``ik.report``: ikkuna_tune's own work, Tune's,
-the scheduler's and the mailbox's; NaN in the first report). With ``config["metric"]`` other
-than ``test_accuracy`` the trial also reports, measured by itself on the test split after each
-epoch (outside ``train_seconds``), ``test_loss`` (mean cross-entropy) and
-``test_accuracy_percent`` with its chance level ``test_accuracy_percent_chance`` (the most
-frequent class's share, in percent): the same sweep steered on a metric in other units.
+the scheduler's and the mailbox's, and the checkpoint's upload where there is one; NaN in the
+first report). With ``config["checkpoint"]``, each report carries a checkpoint (model,
+optimizer, learning-rate schedule, the data order's random state and the timers): a trial a
+scheduler pauses (SVCCAScheduler's wait to be compared) resumes exactly where it stopped, its
+later epochs the same as without the pause. With ``config["metric"]`` other than
+``test_accuracy`` the trial also reports, measured by itself on the test split after each epoch
+(outside ``train_seconds``), ``test_loss`` (mean cross-entropy) and ``test_accuracy_percent``
+with its chance level ``test_accuracy_percent_chance`` (the most frequent class's share, in
+percent): the same sweep steered on a metric in other units.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,7 +116,8 @@ def train_trial(config: dict[str, Any]) -> None:
 
     Config keys: ``family``, ``data``, ``lr``, ``epochs``, optional ``seed`` (0),
     ``batch_size`` (64), ``optimizer`` (``"sgd"``, with ``momentum`` 0.9, or ``"adam"``),
-    ``weight_decay`` (0), ``hidden`` (the MLP's hidden widths), ``lr_drop_epoch`` (None: a
+    ``weight_decay`` (0), ``hidden`` (the MLP's hidden widths), ``checkpoint`` (False; True:
+    a checkpoint with every report), ``lr_drop_epoch`` (None: a
     constant learning rate; else the learning rate is multiplied by ``lr_drop_factor``, 0.1,
     from that epoch on, by
     ``MultiStepLR`` stepped at each epoch's end), and ``variant`` (a dict merged into the
@@ -143,17 +150,26 @@ def train_trial(config: dict[str, Any]) -> None:
         if drop is not None
         else None
     )
-    exporter = ik.watch(model, opt)
-    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        train,
-        batch_size=int(config.get("batch_size", 64)),
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        train, batch_size=int(config.get("batch_size", 64)), shuffle=True, generator=generator
     )
     train_seconds = epoch_end_seconds = 0.0
     report_seconds = math.nan  # the previous report's round trip (none before the first)
-    for epoch in range(int(config["epochs"])):
+    start = 0
+    restored = _restore_point()
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        opt.load_state_dict(restored["opt"])
+        if schedule is not None:
+            schedule.load_state_dict(restored["schedule"])
+        generator.set_state(restored["generator"])
+        start = int(restored["epoch"]) + 1
+        train_seconds = float(restored["train_seconds"])
+        epoch_end_seconds = float(restored["epoch_end_seconds"])
+    exporter = ik.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    for epoch in range(start, int(config["epochs"])):
         started = time.perf_counter()
         mean_loss = train_epoch(model, opt, loss_fn, loader)
         if schedule is not None:
@@ -169,14 +185,59 @@ def train_trial(config: dict[str, Any]) -> None:
             else {}
         )
         reporting = time.perf_counter()
-        ik.report(
-            {
+        metrics = {
+            "epoch": epoch,
+            "train_loss": mean_loss.item(),
+            "train_seconds": train_seconds,
+            "epoch_end_seconds": epoch_end_seconds,
+            "report_seconds": report_seconds,
+            **extra,
+        }
+        if config.get("checkpoint", False) and _in_tune():
+            state = {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "generator": generator.get_state(),
                 "epoch": epoch,
-                "train_loss": mean_loss.item(),
                 "train_seconds": train_seconds,
                 "epoch_end_seconds": epoch_end_seconds,
-                "report_seconds": report_seconds,
-                **extra,
             }
-        )
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(state, Path(directory) / STATE_FILE)
+                ik.report(metrics, checkpoint=_checkpoint_of(directory))
+        else:
+            ik.report(metrics)
         report_seconds = time.perf_counter() - reporting
+
+
+#: The trial's own state in its checkpoints (ikkuna_tune's lies beside it).
+STATE_FILE = "trial_state.pt"
+
+
+def _in_tune() -> bool:
+    """Whether the trial runs in a Tune trial (not called directly, as the bound's grids)."""
+    from ikkuna_tune.tune.session import current_session
+
+    session = current_session()
+    return session is not None and session.in_tune
+
+
+def _restore_point() -> dict[str, Any] | None:
+    """The state saved in the checkpoint Tune hands the trial (one it resumes from after a
+    pause or a failure), or None."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint() if _in_tune() else None
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        # (the trial's own file: a schedule's state holds a Counter, which weights_only refuses)
+        state: dict[str, Any] = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+    return state
+
+
+def _checkpoint_of(directory: str) -> Any:
+    from ray import tune
+
+    return tune.Checkpoint.from_directory(directory)

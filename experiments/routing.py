@@ -32,8 +32,10 @@ class RoutingScheduler(FIFOScheduler):
             ``tune.run``; give the schedulers none of their own).
         group: the config key that names the group, or a function ``config -> group name``.
 
-    Trials run first come, first served (FIFO's choice) across groups; pausing schedulers such as
-    PBT are not supported. A trial whose config names no known group is an error when it is added.
+    Trials run first come, first served (FIFO's choice) across groups; a trial a group's scheduler
+    paused resumes through that scheduler's ``choose_trial_to_run`` once no trial waits to start
+    (a FIFO choice: PBT, which chooses its own, is not supported). A trial whose config names no
+    known group is an error when it is added.
     """
 
     _supports_buffered_results = False
@@ -87,6 +89,15 @@ class RoutingScheduler(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None and trial.status == Trial.PAUSED:
+            # a trial its group's scheduler paused resumes through that scheduler, which
+            # readies it (SVCCAScheduler saves its files and orders its freezes again); FIFO's
+            # choice is idempotent, so the group's own FIFO choice is this trial
+            return self._of(trial).choose_trial_to_run(tune_controller)
+        return trial
 
     def debug_string(self) -> str:
         return "\n".join(f"[{name}] {s.debug_string()}" for name, s in self.schedulers.items())

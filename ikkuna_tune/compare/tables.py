@@ -61,8 +61,9 @@ def decisions(df: pd.DataFrame) -> pd.DataFrame:
     the trial when it decided (the ``training_iteration`` of that report when a trial reports
     once an iteration; a freeze shows as ``frozen/<layer> = 1`` from the next report on;
     ``<NA>`` if unknown); ``action`` (``freeze``, ``unfreeze``: a frozen layer trains again,
-    its learning rate changed, or ``stop``); ``layer`` (None for a decision on the whole
-    trial); ``rule``; and ``values``, the values behind the rule as one string
+    its learning rate changed, ``stop``, or ``pause``: the trial waited for others to be
+    compared with, and resumed from that report's checkpoint); ``layer`` (None for a decision
+    on the whole trial); ``rule``; and ``values``, the values behind the rule as one string
     (``"similarity=0.995, distance_from_init=0.12"``, floats to 4 significant digits);
     ``in_force``, whether the trial ended under the decision: False for a freeze the trial's
     last report no longer holds (the layer was released since, frozen again by a later row,

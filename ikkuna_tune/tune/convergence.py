@@ -188,8 +188,9 @@ LEARNED_SHARE = 0.5
 
 @dataclass(frozen=True)
 class Decision:
-    """One decision: ``action`` ('freeze', 'unfreeze' or 'stop'), the ``rule`` that made it,
-    the layer it concerns (if any), the report it was made at and the values behind it.
+    """One decision: ``action`` ('freeze', 'unfreeze', 'stop' or 'pause'), the ``rule`` that
+    made it, the layer it concerns (if any), the report it was made at and the values behind
+    it.
 
     Examples:
         >>> decision = Decision("freeze", "converged", 4, "conv1", {"similarity": 0.99512})

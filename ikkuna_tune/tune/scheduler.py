@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.utils import flatten_dict
 
@@ -148,7 +149,18 @@ class SVCCAScheduler(FIFOScheduler):
        one whose latest gain is its largest yet are taken to keep growing as they last grew).
        Converged trials that are among the best are never stopped: freezing is what saves their
        compute.
-    3. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
+    3. **Wait to be compared** (``wait=True``, with ``stop`` and no ``base``): the rules that
+       compare a trial with the others cannot judge one that started first: at ``stall_share``
+       of its budget no other trial has got as far, and a late starter at chance looks like a
+       stuck trial. Such a trial (fewer than ``protect_top`` others have made as many reports)
+       that reports a checkpoint with that report, while trials of the sweep still wait to
+       start, is paused there once (``PAUSE``, as Ray's ``MedianStoppingRule`` pauses a trial
+       too few others can be compared with); it resumes from that checkpoint when no trial
+       waits to start any more, and is judged from then on like the others. A trial that
+       reports no checkpoint is never paused (it would start again from scratch). What the
+       trial's training does after it resumes must not depend on the pause: its checkpoint
+       holds the model, the optimizer, the schedules and the random state of its data order.
+    4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 
     Every decision is logged with its rule and values, listed by :meth:`debug_string` and
@@ -176,6 +188,9 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
+        wait: pause a trial that no other trial can be compared with yet, at ``stall_share``
+            of its budget, until the trials waiting to start have caught up (rule 3; only a
+            trial that reports a checkpoint, only with ``stop`` and without ``base``).
         freeze: freeze layers (False: stopping only, nothing is ordered frozen, also after a
             restore of a run that froze; layers a trial's checkpoint holds frozen stay so; for
             a sweep whose trials change their learning rate at different times, see the
@@ -242,6 +257,7 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: float = 0.005,
         input_side_first: bool = True,
         stop: bool = True,
+        wait: bool = True,
         freeze: bool = True,
         grace: int = 2,
         stall_delta: float = 0.02,
@@ -286,6 +302,7 @@ class SVCCAScheduler(FIFOScheduler):
         self.patience = self.rules.patience
         self.input_side_first = check_bool("input_side_first", input_side_first)
         self.stop = check_bool("stop", stop)
+        self.wait = check_bool("wait", wait)
         self.freeze = check_bool("freeze", freeze)
         self.freeze_best = check_bool("freeze_best", freeze_best)
         self.unfreeze_lr_factor = check_factor_or_none("unfreeze_lr_factor", unfreeze_lr_factor)
@@ -431,7 +448,54 @@ class SVCCAScheduler(FIFOScheduler):
             if base_decision == TrialScheduler.STOP and not self._budget_spent(trial, view, result):
                 self._base_stop(trial.trial_id, view, result, "metric")
             return base_decision
+        if self._waits(trial, view, result):
+            return TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE
+
+    def _waits(self, trial: Trial, view: TrialView, result: dict[str, Any]) -> bool:
+        """Whether to pause the trial until trials waiting to start can be compared with it
+        (rule 3 of the class docstring); records the decision."""
+        if not (self.stop and self.wait) or self.base is not None or view.waited:
+            return False
+        if view.stopped is not None or result.get(SHOULD_CHECKPOINT) is not True:
+            return False  # (without this report's checkpoint it would go back, or start over)
+        if keys.TRAIN_REPORT in result:
+            return False  # a Ray Train job: its workers would start again
+        budget, reports = view.measured_budget(), view.history.reports
+        rules = self.metric_rules()
+        # judged once, at the first report at stall_share of its budget: one that could be
+        # compared there is judged by the rules from then on (a trial that started second
+        # would otherwise wait too, a report later, behind the first one's pause)
+        if budget is None or not reports or reports >= budget:
+            return False
+        if not reports - 1 < rules.stall_share * budget <= reports:
+            return False
+        as_far = sum(
+            1
+            for other_id, other in self._views.items()
+            if other_id != trial.trial_id and other.history.reports >= reports
+        )
+        if as_far >= rules.protect_top:
+            return False
+        waiting = sum(
+            1
+            for other_id, other in self._trials.items()
+            if other_id != trial.trial_id and getattr(other, "status", None) == "PENDING"
+        )
+        if not waiting:
+            return False
+        view.waited = True
+        decision = view.dated(
+            Decision(
+                "pause",
+                "waits to be compared",
+                reports,
+                None,
+                {"others_as_far": float(as_far), "trials_waiting": float(waiting)},
+            )
+        )
+        self._record(trial.trial_id, decision)
+        return True
 
     def _base_stop(self, trial_id: str, view: TrialView, result: dict[str, Any], how: str) -> None:
         """Record that the base scheduler stopped the trial, with the metric of ``result``."""
@@ -554,6 +618,11 @@ class SVCCAScheduler(FIFOScheduler):
                 if t == trial_id and d.action == "unfreeze" and d.layer not in frozen
             }
             lines.extend(f"    {d.describe()}" for d in unfrozen.values())
+            lines.extend(
+                f"    {d.describe()}"
+                for t, d in self.decisions
+                if t == trial_id and d.action == "pause"
+            )
         if self.base is not None:
             lines.append(self.base.debug_string())
         return "\n".join(lines)
@@ -861,6 +930,7 @@ class SVCCAScheduler(FIFOScheduler):
         stops = [decision for decision in decisions if decision.action == "stop"]
         if stops:
             view.stopped = stops[-1]
+        view.waited = any(decision.action == "pause" for decision in decisions)
         if getattr(trial, "status", None) == "TERMINATED":  # Trial.TERMINATED: Tune ended it
             view.completed = True
 

@@ -57,6 +57,8 @@ class TrialView:
     measured: bool = False
     #: whether the trial has ended (Tune completed it)
     completed: bool = False
+    #: whether the scheduler paused the trial once to wait for others to compare it with
+    waited: bool = False
     #: a Ray Train job's current attempt (its workers' start), from its reports' names
     train_attempt: str | None = None
     #: the training_iteration of each named report of a Ray Train job

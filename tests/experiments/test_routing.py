@@ -85,3 +85,27 @@ def test_bench_sweep_groups_every_config_side_by_side() -> None:
     twin = next(v for v in quick if v["scheduler"] == "freeze_on")
     assert {**twin, "scheduler": "fifo"} in quick
     assert len(variants(quick=False)) == 4 * 8 + 1
+
+
+def test_a_paused_trial_resumes_through_its_group() -> None:
+    """FIFO's choice across groups: trials waiting to start first; a paused trial resumes
+    through its own group's scheduler (SVCCAScheduler readies a trial it paused there)."""
+    chosen: list[tuple[str, str]] = []
+
+    class Choosing(Recording):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            trial = super().choose_trial_to_run(tune_controller)
+            chosen.append((self.name, trial.trial_id))
+            return trial
+
+    router = RoutingScheduler({"a": Choosing("a"), "b": Choosing("b")})
+    paused, pending = _trial("t1", "b"), _trial("t2", "a")
+    paused.status, pending.status = "PAUSED", "PENDING"
+    controller = SimpleNamespace(get_trials=lambda: [paused, pending])
+    assert router.choose_trial_to_run(controller) is pending and chosen == []
+    pending.status = "RUNNING"
+    assert router.choose_trial_to_run(controller) is paused and chosen == [("b", "t1")]

@@ -1723,3 +1723,107 @@ def test_a_stop_through_a_resource_changing_scheduler_is_credited_to_its_base() 
     scheduler.on_trial_add(None, early)
     feed(scheduler, early, [result({"conv1": 0.5}, it=1, acc=0.2)])
     assert scheduler.stopped_trials == {"t1": "_StoppingBase (metric)"}
+
+
+PAUSE = TrialScheduler.PAUSE
+
+
+def _waiting_sweep(**kwargs) -> tuple[SVCCAScheduler, list[FakeTrial]]:
+    """A scheduler with a budget of 6 reports, one running trial and three waiting to start."""
+    kwargs.setdefault("max_t", 6)
+    kwargs.setdefault("freeze", False)
+    scheduler, _ = make(**kwargs)
+    trials = [FakeTrial(f"t{i}") for i in range(4)]
+    for trial in trials:
+        trial.status = "PENDING"
+        scheduler.on_trial_add(None, trial)
+    trials[0].status = "RUNNING"
+    return scheduler, trials
+
+
+def checkpointed(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` as Tune hands it on when the trial reported a checkpoint with it."""
+    return {**report, "should_checkpoint": True}
+
+
+def test_a_trial_no_other_can_be_compared_with_waits_once_at_stall_share() -> None:
+    """The first trial of a sweep that runs one trial at a time has nothing to be compared
+    with at a third of its budget: it is paused there (with its checkpoint) while trials wait
+    to start, once, with the decision and its values recorded."""
+    scheduler, trials = _waiting_sweep()
+    first = trials[0]
+    reports = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.2 * i)) for i in (1, 2, 3)]
+    assert feed(scheduler, first, reports[:1]) == [CONTINUE]
+    assert feed(scheduler, first, reports[1:2]) == [PAUSE]  # report 2 = 6 / 3
+    ((trial_id, decision),) = scheduler.decisions
+    assert trial_id == "t0" and decision.describe() == (
+        "pause at report 2: waits to be compared (others_as_far=0, trials_waiting=3)"
+    )
+    assert "pause at report 2: waits to be compared" in scheduler.debug_string()
+    first.status = "RUNNING"  # resumed from the report's checkpoint
+    assert feed(scheduler, first, reports[2:]) == [CONTINUE]  # never twice
+    assert scheduler.stopped_trials == {}
+
+
+@pytest.mark.parametrize(
+    "case", ["no checkpoint", "none waiting", "others as far", "stop=False", "wait=False", "base"]
+)
+def test_a_trial_waits_only_where_waiting_helps_and_resuming_is_exact(case) -> None:
+    """Without the report's checkpoint it would go back or start over; with no trial waiting
+    to start, nothing would come to compare it with; with protect_top others as far, it can
+    be compared now; and with stopping off, or a base scheduler (which chooses what runs),
+    there is nothing to wait for."""
+    kwargs: dict[str, Any] = {
+        "stop=False": {"stop": False},
+        "wait=False": {"wait": False},
+        "base": {"base": FIFOScheduler()},
+    }.get(case, {})
+    scheduler, trials = _waiting_sweep(**kwargs)
+    if case == "none waiting":
+        for trial in trials[1:]:
+            trial.status = "TERMINATED"
+    if case == "others as far":
+        for trial in trials[1:]:
+            feed(scheduler, trial, [result({"conv1": 0.5}, it=i, acc=0.5) for i in (1, 2)])
+    wrap = (lambda r: r) if case == "no checkpoint" else checkpointed
+    reports = [wrap(result({"conv1": 0.5}, it=i, acc=0.1)) for i in range(1, 7)]
+    assert PAUSE not in feed(scheduler, trials[0], reports)
+    assert not [d for _, d in scheduler.decisions if d.action == "pause"]
+
+
+def test_a_ray_train_job_is_not_paused_to_wait() -> None:
+    """A Ray Train job's workers would start again from a pause."""
+    scheduler, trials = _waiting_sweep()
+    reports = [
+        checkpointed({**result({"conv1": 0.5}, it=i, acc=0.1), keys.TRAIN_REPORT: f"a-{i}"})
+        for i in (1, 2, 3)
+    ]
+    assert PAUSE not in feed(scheduler, trials[0], reports)
+
+
+def test_a_restored_scheduler_does_not_pause_a_trial_that_waited(tmp_path) -> None:
+    """After ``Tuner.restore`` the scheduler reads the decision log: a trial that waited once
+    is not paused again."""
+    scheduler, _ = _waiting_sweep()
+    scheduler._views.pop("t0")
+    trial = _trial_with_dirs("t0", tmp_path, tmp_path)
+    scheduler.on_trial_add(None, trial)
+    reports = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.2 * i)) for i in (1, 2, 3)]
+    assert feed(scheduler, trial, reports[:2]) == [CONTINUE, PAUSE]
+    again, _ = _waiting_sweep()
+    again._views.pop("t0")
+    again.on_trial_add(None, _trial_with_dirs("t0", tmp_path, tmp_path))
+    assert again._views["t0"].waited
+    assert feed(again, trial, reports[2:]) == [CONTINUE]
+
+
+def test_a_trial_compared_at_stall_share_does_not_wait_later() -> None:
+    """Whether a trial waits is judged once, at the first report at stall_share of its
+    budget: the second trial of a sweep, comparable there with the first (paused at that
+    report), would otherwise wait a report later behind it, and the third behind both."""
+    scheduler, trials = _waiting_sweep(protect_top=1)
+    first, second = trials[:2]
+    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 7)]
+    assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
+    first.status, second.status = "PAUSED", "RUNNING"
+    assert feed(scheduler, second, rising) == [CONTINUE] * 6

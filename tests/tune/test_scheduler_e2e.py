@@ -91,3 +91,53 @@ def test_directives_reach_a_trial_on_another_node() -> None:
     assert out["trial_nodes"] == [out["worker"]]
     assert out["frozen_conv"] == [0, 0, 1, 1]  # asked after report 2, confirmed in report 3
     assert out["weight_sum_conv"][2] == out["weight_sum_conv"][3]
+
+
+def test_a_trial_that_started_first_waits_resumes_exactly_and_is_judged(
+    ray_session, tmp_path
+) -> None:
+    """One trial at a time: the first trial (flat at 0.1) has nothing to be compared with at a
+    third of its budget, so it is paused there with its checkpoint; the trials that learn run;
+    it resumes from its checkpoint (its training the same as theirs, which share its seed and
+    learning rate) and is stopped as stuck at its next report."""
+    from ikkuna_tune import compare
+
+    flat, learns = [0.1] * 6, [0.6, 0.8, 0.9, 0.9, 0.9, 0.9]
+    # (move_tol=0: its layers count as moving, so that only a comparison can judge it)
+    scheduler = ik.SVCCAScheduler(
+        metric="acc", mode="max", freeze=False, protect_top=1, move_tol=0.0
+    )
+    analysis = tune.run(
+        # each trial takes both CPUs: one runs, the others wait to start
+        tune.with_resources(ik.instrument(train_tiny, [WeightCosine()]), {"cpu": 2}),
+        name="waits",
+        config={
+            "lr": 0.05,
+            "iterations": 6,
+            "checkpoint": True,
+            "acc": tune.grid_search([flat, learns, learns]),
+        },
+        scheduler=scheduler,
+        stop={"training_iteration": 6},
+        storage_path=str(tmp_path),
+        verbose=0,
+    )
+    first, *others = analysis.trials
+    assert first.config["acc"] == flat
+    made = [(d.action, d.iteration, d.rule) for t, d in scheduler.decisions if t == first.trial_id]
+    assert made == [
+        ("pause", 2, "waits to be compared"),
+        ("stop", 3, "stuck: no progress while others learned"),
+    ]
+    frames = analysis.trial_dataframes
+    waited = frames[first.trial_id].sort_values("training_iteration")
+    assert waited["training_iteration"].tolist() == [1, 2, 3]
+    assert waited["iteration"].tolist() == [0, 1, 2]  # resumed from report 2, not afresh
+    for other in others:
+        ran = frames[other.trial_id].sort_values("training_iteration")
+        assert ran["training_iteration"].tolist() == list(range(1, 7))
+        # the same seed and learning rate: the same losses, pause or not
+        assert ran["loss"].tolist()[:3] == waited["loss"].tolist()
+    assert not [d for t, d in scheduler.decisions if t != first.trial_id]
+    why = compare.decisions(compare.load(tmp_path / "waits"))
+    assert why.loc[why["action"] == "pause", "rule"].tolist() == ["waits to be compared"]

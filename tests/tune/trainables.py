@@ -93,7 +93,8 @@ def train_tiny(config: dict[str, Any]) -> None:
     in storage when it crashes (as if the driver's background copy was made before any report);
     ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from,
     ``drop_state`` deletes it (a checkpoint saved without it), each at the first restore only;
-    ``crash_again_marker`` crashes once more, at iteration ``crash_again_at`` (3).
+    ``crash_again_marker`` crashes once more, at iteration ``crash_again_at`` (3). ``acc``: a
+    list, reported as metric ``acc`` (its value at each iteration), for tests of the stop rules.
     """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
@@ -127,6 +128,8 @@ def train_tiny(config: dict[str, Any]) -> None:
         if iteration == config.get("freeze_at_iteration"):
             exporter.freeze("conv")
         metrics = {"iteration": iteration, "loss": loss.item(), "node": node_id()}
+        if "acc" in config:  # a scripted metric, one value per iteration
+            metrics["acc"] = float(config["acc"][iteration])
         if iteration == config.get("kill_mailbox_at"):
             import ray
 
