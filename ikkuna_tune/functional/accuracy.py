@@ -72,10 +72,25 @@ def _one_per_sample(x: torch.Tensor) -> bool:
     return x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)
 
 
+def _one_hot_ints(target: torch.Tensor, output: torch.Tensor | None) -> bool:
+    """Whether ``target`` is an integer tensor shaped like ``output``, with a class dimension
+    of more than one class: one-hot labels (``torch.nn.functional.one_hot``'s), never class
+    indices, which have no class dimension."""
+    return (
+        output is not None
+        and not target.is_floating_point()
+        and target.dim() > 1
+        and target.shape == output.shape
+        and target.shape[1] > 1
+    )
+
+
 def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() and target.dim() == output.dim() and output.dim() > 1:
         if target.shape[1] == output.shape[1] and output.shape[1] > 1:
             return target.argmax(dim=1)  # one-hot or soft labels
+    if _one_hot_ints(target, output):
+        return target.argmax(dim=1)  # integer one-hot labels (checked by check_targets)
     if target.is_floating_point() and _one_logit(output):
         # the probability of class 1 (0/1 labels, or smoothed ones such as 0.05/0.95); a
         # negative target stays an ignore index
@@ -91,7 +106,9 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     are class indices too); for one logit per sample, probabilities of class 1 in [0, 1]
     (smoothed labels, read as class 1 above 0.5); or one-hot / soft labels: non-negative floats
     that sum to 1 over the class dimension (dimension 1), shaped like ``output`` when it is
-    given (a target shaped like ``output`` is read as such labels only, never as class indices).
+    given (a target shaped like ``output`` is read as such labels only, never as class indices),
+    and integer one-hot labels shaped like ``output`` (``torch.nn.functional.one_hot``'s: each
+    0 or 1, one 1 per sample).
     Anything else, such as the real-valued targets of a regression or the multi-hot targets
     of a multi-label task, has no accuracy.
 
@@ -115,6 +132,17 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     if not target.is_floating_point():
         if target.is_complex():
             raise ValueError(_targets_message(target, output, "complex values"))
+        if _one_hot_ints(target, output):  # (one host read)
+            rows = target.detach().movedim(1, -1).reshape(-1, target.shape[1])
+            binary = ((rows == 0) | (rows == 1)).all(dim=1)
+            wrong = (~binary | (rows.sum(dim=1) != 1)).nonzero()
+            if wrong.numel():
+                row = rows[int(wrong[0, 0])]
+                got = (
+                    f"integer labels shaped like the output that are not one-hot (one holds "
+                    f"{row.tolist()[:8]}{'...' if row.numel() > 8 else ''})"
+                )
+                raise ValueError(_targets_message(target, output, got))
         return
     values = target.detach()
     not_whole = (values != values.round()) | ~values.isfinite()
@@ -172,6 +200,8 @@ def class_range(
         return so_far
     if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
         return so_far  # one-hot or soft labels
+    if _one_hot_ints(target, output):
+        return so_far  # integer one-hot labels
     if _one_logit(output) and output.numel() == target.numel():
         classes = 2
     elif output.numel() == target.numel() * output.shape[1]:

@@ -11,6 +11,7 @@ what it computed one checkpoint ago: it has converged, and may be frozen.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -753,6 +754,19 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
                 f"SVCCASubscriber pushes the whole probe set through in one batch, so it takes "
                 f"no `batch_size` (got {kwargs['batch_size']!r}); use BatchedSVCCASubscriber "
                 "for probe passes in batches"
+            )
+        # (Python's own error would name BatchedSVCCASubscriber.__init__, a class the caller
+        # never named)
+        taken = [
+            name
+            for name in inspect.signature(BatchedSVCCASubscriber.__init__).parameters
+            if name not in ("self", "dataset", "n", "batch_size")
+        ]
+        unknown = sorted(set(kwargs) - set(taken))
+        if unknown or len(args) > len(taken):
+            got = f"keyword arguments {unknown}" if unknown else f"{2 + len(args)} arguments"
+            raise TypeError(
+                f"SVCCASubscriber takes a dataset, n and then {', '.join(taken)}; got {got}"
             )
         super().__init__(dataset, n, check_int("n", n, minimum=2), *args, **kwargs)
 

@@ -172,3 +172,33 @@ def test_smoothed_binary_labels_are_class_one_probabilities() -> None:
     assert F.accuracy(logits, hard).item() == pytest.approx(by_hand)
     with pytest.raises(ValueError, match="not a whole number"):
         check_targets(torch.tensor([[0.3], [1.7]]), logits[:2])  # a regression's targets
+
+
+def test_integer_one_hot_labels_read_as_their_classes() -> None:
+    # torch's one_hot makes int64 labels shaped like the output: they were refused as "one
+    # target per prediction" (the message named no dtype)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 4, generator=g)
+    labels = torch.randint(0, 4, (7,), generator=g)
+    one_hot = torch_F.one_hot(labels, 4)
+    check_targets(one_hot, logits)
+    by_hand = sum(int(row.argmax()) == int(y) for row, y in zip(logits, labels)) / 7
+    assert F.accuracy(logits, one_hot).item() == pytest.approx(by_hand)
+    assert F.accuracy(logits, one_hot).item() == F.accuracy(logits, labels).item()
+    assert F.class_counts(logits, one_hot).tolist() == torch.bincount(labels, minlength=4).tolist()
+    # per position: (N, C, T) outputs and one-hot labels with their classes in dimension 1
+    tokens = torch.randn(2, 3, 5, generator=g)
+    token_labels = torch.randint(0, 3, (2, 5), generator=g)
+    per_position = torch_F.one_hot(token_labels, 3).movedim(-1, 1)
+    check_targets(per_position, tokens)
+    assert F.accuracy(tokens, per_position).item() == F.accuracy(tokens, token_labels).item()
+
+
+def test_integer_multi_hot_labels_are_refused_naming_their_dtype() -> None:
+    logits = torch.zeros(2, 3)
+    with pytest.raises(
+        ValueError, match=r"dtype torch.int64 .*not one-hot \(one holds \[1, 0, 1\]\)"
+    ):
+        check_targets(torch.tensor([[1, 0, 1], [0, 1, 0]]), logits)
+    with pytest.raises(ValueError, match=r"not one-hot \(one holds \[2, 0, 0\]\)"):
+        check_targets(torch.tensor([[0, 1, 0], [2, 0, 0]]), logits)

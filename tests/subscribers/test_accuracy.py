@@ -295,6 +295,19 @@ def test_test_accuracy_per_epoch(tiny, batch, test_set) -> None:
     assert got == [(0, 2), (1, 5)]
 
 
+def test_test_accuracy_of_integer_one_hot_labels(test_set) -> None:
+    # torch's one_hot makes int64 labels: the same accuracy and chance level as their classes
+    torch.manual_seed(0)
+    model = DropNet().eval()
+    inputs, labels = test_set.tensors
+    one_hot = TensorDataset(inputs, F.one_hot(labels, 5))
+    sub = ik.TestAccuracySubscriber(one_hot, model.forward, batch_size=4, backend=None)
+    sub.attach(MessageBus())
+    assert sub.evaluate().item() == pytest.approx(_by_hand(model, inputs, labels))
+    assert sub.chance is not None
+    assert sub.chance.item() == pytest.approx(torch.bincount(labels).max().item() / 10)
+
+
 def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
     torch.manual_seed(0)
     model = DropNet()

@@ -496,6 +496,17 @@ def test_batch_size_is_validated(data) -> None:
         SVCCASubscriber(data, 10, batch_size=5)
 
 
+def test_svcca_subscriber_names_itself_for_an_unknown_argument(data) -> None:
+    # (Python's error named BatchedSVCCASubscriber.__init__, which the caller never named)
+    with pytest.raises(
+        TypeError, match=r"SVCCASubscriber takes .*; got keyword arguments \['kep'\]"
+    ):
+        SVCCASubscriber(data, 10, kep=0.9)
+    with pytest.raises(TypeError, match="SVCCASubscriber takes a dataset, n and then forward_fn"):
+        SVCCASubscriber(data, 10, *([None] * 16))
+    assert SVCCASubscriber(data, 10, keep=0.9, backend=None).n == 10  # known ones still pass
+
+
 def test_exported_from_the_package() -> None:
     assert ik.SVCCASubscriber is SVCCASubscriber
     assert ik.BatchedSVCCASubscriber is BatchedSVCCASubscriber
