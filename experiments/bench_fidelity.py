@@ -245,6 +245,33 @@ def around_the_step(analysis: Any) -> dict[str, Any]:
     }
 
 
+def waited(
+    scheduler: Any,
+    trials: list[Any],
+    series: dict[tuple[str, str, str, float], list[float]],
+    data: str,
+    family: str,
+) -> dict[str, dict[str, Any]]:
+    """Per learning rate, the trials SVCCAScheduler paused to wait to be compared: the
+    report it paused at, and whether the trial, resumed from its checkpoint, reported the
+    accuracies FIFO's trial of that learning rate reported, report for report, as far as it
+    ran (a pause must change nothing in a trial's training)."""
+    paused = {trial_id: d.iteration for trial_id, d in scheduler.decisions if d.action == "pause"}
+    out: dict[str, dict[str, Any]] = {}
+    for trial in trials:
+        if trial.trial_id not in paused:
+            continue
+        lr = trial.config["variant"]["lr"]
+        own = series.get((data, family, "svcca", lr), [])
+        fifo = series.get((data, family, "fifo", lr), [])
+        out[str(lr)] = {
+            "at": paused[trial.trial_id],
+            "reports": len(own),
+            "same_as_fifo": bool(own) and own == fifo[: len(own)],
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="digits, 5 learning rates, 8 epochs")
@@ -290,6 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not ray.is_initialized():
         init_local_ray()
     storage = args.storage or tempfile.mkdtemp(prefix="bench_fidelity_")
+    groups = schedulers(data_sets, families, args.freeze_best, args.metric_scale)
     started = time.perf_counter()
     analysis = tune.run(
         ik.instrument(train_trial, subscribers),
@@ -302,9 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "lr": 0.0,
             "metric": args.metric,
         },
-        scheduler=RoutingScheduler(
-            schedulers(data_sets, families, args.freeze_best, args.metric_scale), group=group_of
-        ),
+        scheduler=RoutingScheduler(groups, group=group_of),
         stop={"training_iteration": epochs},
         metric=args.metric,
         mode=METRICS[args.metric],
@@ -315,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     wall = time.perf_counter() - started
     cells: dict[tuple[str, str], dict[str, dict[float, dict[str, Any]]]] = {}
+    series: dict[tuple[str, str, str, float], list[float]] = {}  # each trial's accuracies
     for trial in analysis.trials:
         df = analysis.trial_dataframes.get(trial.trial_id)
         if df is None or df.empty:
@@ -322,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         v = trial.config["variant"]
         cell = cells.setdefault((v["data"], v["family"]), {g: {} for g in GROUPS})
         cell[v["scheduler"]][v["lr"]] = trial_summary(df, args.metric)
+        ordered = df.sort_values("training_iteration")["test_accuracy"]
+        series[(v["data"], v["family"], v["scheduler"], v["lr"])] = [float(a) for a in ordered]
     out: dict[str, Any] = {"epochs": epochs, "lrs": list(lrs), "wall_seconds": round(wall, 1)}
     out["freeze_best"] = args.freeze_best
     out["metric"] = args.metric
@@ -332,6 +361,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["around_the_step"] = around_the_step(analysis)
     for (data, family), trials in sorted(cells.items()):
         out.setdefault(data, {})[family] = cell_summary(trials, epochs, unit)
+        out[data][family]["waited"] = waited(
+            groups[f"{data}/{family}/svcca"], analysis.trials, series, data, family
+        )
     judged = [t for d in data_sets for c in out[d].values() for t in c["targets"].values()]
     met = [t for t in judged if t is not None]  # a target with nothing to judge is no hit
     out["targets_met"] = f"{sum(met)}/{len(met)}"

@@ -32,10 +32,11 @@ class RoutingScheduler(FIFOScheduler):
             ``tune.run``; give the schedulers none of their own).
         group: the config key that names the group, or a function ``config -> group name``.
 
-    Trials run first come, first served (FIFO's choice) across groups; a trial a group's scheduler
-    paused resumes through that scheduler's ``choose_trial_to_run`` once no trial waits to start
-    (a FIFO choice: PBT, which chooses its own, is not supported). A trial whose config names no
-    known group is an error when it is added.
+    Trials run first come, first served (FIFO's choice) across groups, but a trial a group's
+    scheduler paused resumes as soon as that scheduler, shown only its own group's trials,
+    chooses it (SVCCAScheduler resumes a trial that waited to be compared ahead of the trials
+    that wait to start; PBT, which copies trials into each other, is not supported). A trial
+    whose config names no known group is an error when it is added.
     """
 
     _supports_buffered_results = False
@@ -91,13 +92,35 @@ class RoutingScheduler(FIFOScheduler):
         self._of(trial).on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        trial = super().choose_trial_to_run(tune_controller)
-        if trial is not None and trial.status == Trial.PAUSED:
-            # a trial its group's scheduler paused resumes through that scheduler, which
-            # readies it (SVCCAScheduler saves its files and orders its freezes again); FIFO's
-            # choice is idempotent, so the group's own FIFO choice is this trial
-            return self._of(trial).choose_trial_to_run(tune_controller)
-        return trial
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PAUSED:
+                # a paused trial its group's scheduler resumes now, as it would in a sweep of
+                # its own group (SVCCAScheduler: a trial that waited to be compared, ahead of
+                # the trials that wait to start; any scheduler: when none of its group waits)
+                group = self._of(trial)
+                own = _GroupTrials(tune_controller, [t for t in trials if self._of(t) is group])
+                if group.choose_trial_to_run(own) is trial:
+                    return trial
+        return super().choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:
         return "\n".join(f"[{name}] {s.debug_string()}" for name, s in self.schedulers.items())
+
+
+class _GroupTrials:
+    """Tune's controller as one group's scheduler would see it in a sweep of its own: only
+    that group's trials."""
+
+    def __init__(self, controller: Any, trials: list[Trial]) -> None:
+        self._controller = controller
+        self._trials = trials
+
+    def get_trials(self) -> list[Trial]:
+        return list(self._trials)
+
+    def get_live_trials(self) -> list[Trial]:
+        return [t for t in self._trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)

@@ -155,8 +155,11 @@ class SVCCAScheduler(FIFOScheduler):
        stuck trial. Such a trial (fewer than ``protect_top`` others have made as many reports)
        that reports a checkpoint with that report, while trials of the sweep still wait to
        start, is paused there once (``PAUSE``, as Ray's ``MedianStoppingRule`` pauses a trial
-       too few others can be compared with); it resumes from that checkpoint when no trial
-       waits to start any more, and is judged from then on like the others. A trial that
+       too few others can be compared with); it resumes from that checkpoint, ahead of the
+       trials that wait to start, once ``protect_top`` others have got as far as it (or ended),
+       or when no trial waits to start, and is judged from then on like the others. Trials
+       run with ``max_concurrent_trials`` never wait: Tune creates no trial beyond the limit,
+       so none waits to start. A trial that
        reports no checkpoint is never paused (it would start again from scratch). What the
        trial's training does after it resumes must not depend on the pause: its checkpoint
        holds the model, the optimizer, the schedules and the random state of its data order.
@@ -188,9 +191,11 @@ class SVCCAScheduler(FIFOScheduler):
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
         stop: stop trials (False: freezing only).
-        wait: pause a trial that no other trial can be compared with yet, at ``stall_share``
-            of its budget, until the trials waiting to start have caught up (rule 3; only a
-            trial that reports a checkpoint, only with ``stop`` and without ``base``).
+        wait: pause a trial that too few others can be compared with, at ``stall_share`` of
+            its budget, while trials wait to start (rule 3; only a trial that reports a
+            checkpoint, only with ``stop`` and without ``base``); it resumes once
+            ``protect_top`` others have got as far (or ended), or when no trial waits to
+            start.
         freeze: freeze layers (False: stopping only, nothing is ordered frozen, also after a
             restore of a run that froze; layers a trial's checkpoint holds frozen stay so; for
             a sweep whose trials change their learning rate at different times, see the
@@ -477,10 +482,14 @@ class SVCCAScheduler(FIFOScheduler):
         )
         if as_far >= rules.protect_top:
             return False
+        # trials that have not started: PENDING is also the state of a paused or failed trial
+        # that Tune readies to run again, which brings no new trial to compare with
         waiting = sum(
             1
             for other_id, other in self._trials.items()
-            if other_id != trial.trial_id and getattr(other, "status", None) == "PENDING"
+            if other_id != trial.trial_id
+            and getattr(other, "status", None) == "PENDING"
+            and self._views[other_id].last_iteration is None
         )
         if not waiting:
             return False
@@ -567,7 +576,12 @@ class SVCCAScheduler(FIFOScheduler):
         if self.base is not None:
             trial = self.base.choose_trial_to_run(tune_controller)
         else:
-            trial = super().choose_trial_to_run(tune_controller)
+            # a trial that waited to be compared goes on as soon as it can be (before trials
+            # that wait to start: a sweep without end, num_samples=-1, or a searcher that always
+            # has one ready, would otherwise hold it to the end); else FIFO's choice
+            trial = next(
+                (t for t in tune_controller.get_trials() if self._compared_now(t)), None
+            ) or super().choose_trial_to_run(tune_controller)
         if trial is not None and trial.last_result:
             # a trial that reported before resumes (paused by the base scheduler, say): Tune
             # copies its stored files back over the driver's as it starts, and the background
@@ -576,6 +590,24 @@ class SVCCAScheduler(FIFOScheduler):
             if getattr(trial, "status", None) == "PAUSED":  # Trial.PAUSED
                 self._resume(trial)
         return trial
+
+    def _compared_now(self, trial: Trial) -> bool:
+        """Whether ``trial`` is one this scheduler paused to wait to be compared, and
+        ``protect_top`` other trials have now got as far as it (or ended: an ended trial makes
+        no more reports to wait for)."""
+        view = self._views.get(trial.trial_id)
+        if getattr(trial, "status", None) != "PAUSED" or view is None or not view.waited:
+            return False
+        if view.stopped is not None or view.completed:
+            return False
+        reports = view.history.reports
+        as_far = sum(
+            1
+            for other_id, other in self._views.items()
+            if other_id != trial.trial_id
+            and (other.history.reports >= reports or other.completed or other.stopped)
+        )
+        return as_far >= self.rules.protect_top
 
     def _resume(self, trial: Trial) -> None:
         """A paused trial starts again from its latest checkpoint, as after a failure.

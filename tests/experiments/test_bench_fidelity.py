@@ -172,3 +172,32 @@ def test_only_the_freezing_group_follows_freeze_best(freeze_best: bool) -> None:
             expected = freeze_best and name.endswith("/freeze")
             assert scheduler.freeze_best is expected, name
             assert scheduler.stop is not name.endswith("/freeze"), name
+
+
+def test_waited_compares_a_paused_trial_with_fifo_report_for_report() -> None:
+    from types import SimpleNamespace
+
+    from experiments.bench_fidelity import waited
+    from ikkuna_tune.tune.convergence import Decision
+
+    def trial(trial_id: str, group: str, lr: float) -> SimpleNamespace:
+        return SimpleNamespace(
+            trial_id=trial_id, config={"variant": {"scheduler": group, "lr": lr}}
+        )
+
+    trials = [trial("f1", "fifo", 0.1), trial("s1", "svcca", 0.1), trial("s2", "svcca", 0.3)]
+    scheduler = SimpleNamespace(
+        decisions=[("s1", Decision("pause", "waits to be compared", 4)),
+                   ("s2", Decision("pause", "waits to be compared", 4)),
+                   ("s2", Decision("stop", "stuck", 5))]
+    )  # fmt: skip
+    series = {
+        ("d", "m", "fifo", 0.1): [0.1, 0.2, 0.3],
+        ("d", "m", "svcca", 0.1): [0.1, 0.2],  # stopped early, the same so far
+        ("d", "m", "fifo", 0.3): [0.5, 0.6],
+        ("d", "m", "svcca", 0.3): [0.5, 0.61],  # its resume changed its training
+    }
+    assert waited(scheduler, trials, series, "d", "m") == {
+        "0.1": {"at": 4, "reports": 2, "same_as_fifo": True},
+        "0.3": {"at": 4, "reports": 2, "same_as_fifo": False},
+    }

@@ -87,9 +87,10 @@ def test_bench_sweep_groups_every_config_side_by_side() -> None:
     assert len(variants(quick=False)) == 4 * 8 + 1
 
 
-def test_a_paused_trial_resumes_through_its_group() -> None:
-    """FIFO's choice across groups: trials waiting to start first; a paused trial resumes
-    through its own group's scheduler (SVCCAScheduler readies a trial it paused there)."""
+def test_a_paused_trial_resumes_as_its_group_would_alone() -> None:
+    """A group's scheduler, shown only its own group's trials, decides when a trial it paused
+    resumes: while a trial of its group waits to start, FIFO (trials waiting to start first);
+    then the paused one, ahead of other groups' trials waiting to start."""
     chosen: list[tuple[str, str]] = []
 
     class Choosing(Recording):
@@ -99,13 +100,16 @@ def test_a_paused_trial_resumes_through_its_group() -> None:
 
         def choose_trial_to_run(self, tune_controller: Any) -> Any:
             trial = super().choose_trial_to_run(tune_controller)
-            chosen.append((self.name, trial.trial_id))
+            chosen.append((self.name, trial.trial_id if trial else None))
             return trial
 
     router = RoutingScheduler({"a": Choosing("a"), "b": Choosing("b")})
-    paused, pending = _trial("t1", "b"), _trial("t2", "a")
-    paused.status, pending.status = "PAUSED", "PENDING"
-    controller = SimpleNamespace(get_trials=lambda: [paused, pending])
-    assert router.choose_trial_to_run(controller) is pending and chosen == []
-    pending.status = "RUNNING"
-    assert router.choose_trial_to_run(controller) is paused and chosen == [("b", "t1")]
+    paused, pending_a, pending_b = _trial("t1", "b"), _trial("t2", "a"), _trial("t3", "b")
+    paused.status, pending_a.status, pending_b.status = "PAUSED", "PENDING", "PENDING"
+    controller = SimpleNamespace(get_trials=lambda: [paused, pending_a, pending_b])
+    # group b, alone, would start t3 first: the global FIFO choice stands
+    assert router.choose_trial_to_run(controller) is pending_a
+    assert chosen == [("b", "t3")]
+    pending_b.status = "RUNNING"
+    assert router.choose_trial_to_run(controller) is paused  # ahead of a's t2
+    assert chosen[-1] == ("b", "t1")

@@ -56,6 +56,7 @@ class FakeTrial:
         self.experiment_dir_name = "exp"
         self.status = "RUNNING"
         self.config: dict[str, Any] = {}
+        self.last_result: dict[str, Any] = {}  # (as a Trial that has not reported)
 
 
 class FakeController:
@@ -1827,3 +1828,33 @@ def test_a_trial_compared_at_stall_share_does_not_wait_later() -> None:
     assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
     first.status, second.status = "PAUSED", "RUNNING"
     assert feed(scheduler, second, rising) == [CONTINUE] * 6
+
+
+def test_a_trial_readied_to_run_again_is_no_trial_waiting_to_start() -> None:
+    """PENDING is also the state of a paused trial Tune readies to resume (or of a failed one
+    it starts again): such a trial has reported, brings nothing new to compare with, and is no
+    reason for another trial to wait."""
+    scheduler, trials = _waiting_sweep()
+    first, second, third, fourth = trials
+    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 4)]
+    assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
+    first.status, second.status, third.status = "PENDING", "RUNNING", "RUNNING"  # readied
+    fourth.status = "TERMINATED"
+    assert feed(scheduler, second, rising) == [CONTINUE] * 3
+    assert [t for t, d in scheduler.decisions if d.action == "pause"] == ["t0"]
+
+
+def test_a_trial_that_waited_resumes_once_others_got_as_far_ahead_of_new_ones() -> None:
+    """A trial that waited goes on as soon as protect_top others have got as far as it (here
+    one), ahead of trials waiting to start (a sweep without end would otherwise hold it to
+    the end); before that, trials waiting to start go first."""
+    scheduler, trials = _waiting_sweep(protect_top=1)
+    first, second, third, _ = trials
+    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 4)]
+    assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
+    first.status, second.status = "PAUSED", "RUNNING"
+    controller = FakeController(trials)
+    first.last_result = {"training_iteration": 2}
+    assert scheduler.choose_trial_to_run(controller) is third  # FIFO: t1 is not as far yet
+    feed(scheduler, second, rising[:2])
+    assert scheduler.choose_trial_to_run(controller) is first
