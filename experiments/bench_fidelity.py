@@ -26,7 +26,11 @@ or a non-finite loss). ``targets`` says which of the issue's targets each cell m
 compute target counts as met only where the scheduler saved work (``reports_ratio`` below 1;
 for freezing, a good trial with a layer frozen), never on a shorter measured time alone, and
 the diverged target is None (not judged) where no trial diverged; ``targets_met`` counts the
-targets judged.
+targets judged. ``waited``: per learning rate, the trials ``SVCCAScheduler()`` paused to wait to
+be compared (its group's trials report a checkpoint with every report; the others do not), the
+report it paused at, and whether the trial, resumed from that checkpoint, reported FIFO's
+accuracies report for report (``same_as_fifo``). Compute and reports count the trials' own
+work: a pause costs Tune a save and a restore, outside ``train_seconds``.
 
 Run: ``python -m experiments.bench_fidelity`` (full) or ``--quick`` (digits only, fewer
 learning rates and epochs). The last line printed is one JSON object.
