@@ -130,23 +130,22 @@ class SVCCAScheduler(FIFOScheduler):
        (:func:`~ikkuna_tune.tune.convergence.earlier_phase`: a swept schedule's late dropper).
     2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
        and a trial with a dead layer at once; after ``grace`` reports a trial that made no
-       progress (``stall_delta``) while no layer moves any more (``move_tol``), unless it may
-       still end among the best (as for freezing, with ``protect_top`` others to rank it
-       among) and leads while others learn, or is clearly ahead of some other trial; and,
-       when the
-       budget is known (``max_t``, Tune's ``stop={"training_iteration": N}`` or a
-       ``MaximumIterationStopper``), after
-       ``stall_share`` of it: a trial that no other trial has got as far as (and none is at
-       chance too), still within ``stall_delta`` of its metric's chance level (reported as
-       ``<metric>_chance``; TestAccuracySubscriber reports ``test_accuracy_chance``) and having
-       gained less than ``stall_delta`` since its first report; a trial that made no progress
-       and is more than ``stall_delta`` behind the ``protect_top``-th best value of the other
-       trials (stuck while its layers still drift); and a trial that cannot reach the
-       ``protect_top``-th best value other trials already reached even at ``optimism`` times
-       its best recent rate of improvement, judged so at two of its values in a row (once it has a
-       rate: a trial that has not yet gained a
-       tenth of its way to that value waits for ``stall_share`` of the budget, and the gains of
-       one whose latest gain is its largest yet are taken to keep growing as they last grew).
+       progress (``stall_delta``) while no layer moves any more (``move_tol``; where a chance
+       level is reported as ``<metric>_chance``, as TestAccuracySubscriber reports
+       ``test_accuracy_chance``, only a trial at chance), unless it may still end among the
+       best (as for freezing, with ``protect_top`` others to rank it among) and leads while
+       others learn, or is clearly ahead of some other trial; and, when the budget is known
+       (``max_t``, Tune's ``stop={"training_iteration": N}`` or a
+       ``MaximumIterationStopper``), after ``stall_share`` of it: a trial that made no
+       progress and is more than ``stall_delta`` behind the ``protect_top``-th best level
+       other trials held after as many reports (stuck while its layers still drift); and a
+       trial that cannot reach the ``protect_top``-th best value other trials already reached
+       even at ``optimism`` times its best recent rate of improvement, judged so at two of its
+       values in a row (once it has a rate: a trial that has not yet gained a tenth of its way
+       to that value waits for ``stall_share`` of the budget, one flat where it started is
+       left to the stuck rules, and the gains of one whose latest gain is its largest yet are
+       taken to keep growing as they last grew). A trial is never stopped on its level alone
+       with no other trial to compare it with (rule 3 makes it wait for them).
        Converged trials that are among the best are never stopped: freezing is what saves their
        compute.
     3. **Wait to be compared** (``wait=True``, with ``stop`` and no ``base``): the rules that
@@ -156,13 +155,13 @@ class SVCCAScheduler(FIFOScheduler):
        that reports a checkpoint with that report, while trials of the sweep still wait to
        start, is paused there once (``PAUSE``, as Ray's ``MedianStoppingRule`` pauses a trial
        too few others can be compared with); it resumes from that checkpoint, ahead of the
-       trials that wait to start, once ``protect_top`` others have got as far as it (or ended),
-       or when no trial waits to start, and is judged from then on like the others. Trials
-       run with ``max_concurrent_trials`` never wait: Tune creates no trial beyond the limit,
-       so none waits to start. A trial that
-       reports no checkpoint is never paused (it would start again from scratch). What the
-       trial's training does after it resumes must not depend on the pause: its checkpoint
-       holds the model, the optimizer, the schedules and the random state of its data order.
+       trials that wait to start, once ``protect_top`` other trials have ended (run their
+       budget or been stopped), or when no trial waits to start, and is judged from then on
+       like the others. Trials run with ``max_concurrent_trials`` never wait: Tune creates no
+       trial beyond the limit, so none waits to start. A trial that reports no checkpoint is
+       never paused (it would start again from scratch). What the trial's training does after
+       it resumes must not depend on the pause: its checkpoint holds the model, the
+       optimizer, the schedules and the random state of its data order.
     4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 
@@ -194,8 +193,7 @@ class SVCCAScheduler(FIFOScheduler):
         wait: pause a trial that too few others can be compared with, at ``stall_share`` of
             its budget, while trials wait to start (rule 3; only a trial that reports a
             checkpoint, only with ``stop`` and without ``base``); it resumes once
-            ``protect_top`` others have got as far (or ended), or when no trial waits to
-            start.
+            ``protect_top`` others have ended, or when no trial waits to start.
         freeze: freeze layers (False: stopping only, nothing is ordered frozen, also after a
             restore of a run that froze; layers a trial's checkpoint holds frozen stay so; for
             a sweep whose trials change their learning rate at different times, see the
@@ -593,21 +591,20 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _compared_now(self, trial: Trial) -> bool:
         """Whether ``trial`` is one this scheduler paused to wait to be compared, and
-        ``protect_top`` other trials have now got as far as it (or ended: an ended trial makes
-        no more reports to wait for)."""
+        ``protect_top`` other trials have ended since (run their budget or been stopped): the
+        rules then compare it with where they ended, not only with where they stood a report
+        or two ahead of it (which let trials at chance run to report 11 of 12)."""
         view = self._views.get(trial.trial_id)
         if getattr(trial, "status", None) != "PAUSED" or view is None or not view.waited:
             return False
         if view.stopped is not None or view.completed:
             return False
-        reports = view.history.reports
-        as_far = sum(
+        ended = sum(
             1
             for other_id, other in self._views.items()
-            if other_id != trial.trial_id
-            and (other.history.reports >= reports or other.completed or other.stopped)
+            if other_id != trial.trial_id and (other.completed or other.stopped is not None)
         )
-        return as_far >= self.rules.protect_top
+        return ended >= self.rules.protect_top
 
     def _resume(self, trial: Trial) -> None:
         """A paused trial starts again from its latest checkpoint, as after a failure.

@@ -1844,17 +1844,21 @@ def test_a_trial_readied_to_run_again_is_no_trial_waiting_to_start() -> None:
     assert [t for t, d in scheduler.decisions if d.action == "pause"] == ["t0"]
 
 
-def test_a_trial_that_waited_resumes_once_others_got_as_far_ahead_of_new_ones() -> None:
-    """A trial that waited goes on as soon as protect_top others have got as far as it (here
-    one), ahead of trials waiting to start (a sweep without end would otherwise hold it to
-    the end); before that, trials waiting to start go first."""
+def test_a_trial_that_waited_resumes_once_others_ended_ahead_of_new_ones() -> None:
+    """A trial that waited goes on as soon as protect_top others have ended (here one), ahead
+    of trials waiting to start (a sweep without end would otherwise hold it to the end); a
+    trial that has only got as far as it is not enough (compared with where the others stood a
+    report ahead, trials at chance ran on almost to the end); before that, trials waiting to
+    start go first."""
     scheduler, trials = _waiting_sweep(protect_top=1)
     first, second, third, _ = trials
-    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 4)]
+    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 7)]
     assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
     first.status, second.status = "PAUSED", "RUNNING"
     controller = FakeController(trials)
     first.last_result = {"training_iteration": 2}
-    assert scheduler.choose_trial_to_run(controller) is third  # FIFO: t1 is not as far yet
-    feed(scheduler, second, rising[:2])
+    assert scheduler.choose_trial_to_run(controller) is third  # FIFO: none has ended
+    feed(scheduler, second, rising[:3])
+    assert scheduler.choose_trial_to_run(controller) is third  # only as far, and further
+    scheduler.on_trial_complete(None, second, rising[5])
     assert scheduler.choose_trial_to_run(controller) is first
