@@ -29,8 +29,9 @@ the diverged target is None (not judged) where no trial diverged; ``targets_met`
 targets judged. ``waited``: per learning rate, the trials ``SVCCAScheduler()`` paused to wait to
 be compared (its group's trials report a checkpoint with every report; the others do not), the
 report it paused at, and whether the trial, resumed from that checkpoint, reported FIFO's
-accuracies report for report (``same_as_fifo``). Compute and reports count the trials' own
-work: a pause costs Tune a save and a restore, outside ``train_seconds``.
+accuracies report for report (``same_as_fifo``, up to its first freeze: ``compared``).
+Compute and reports count the trials' own work: a pause costs Tune a save and a restore,
+outside ``train_seconds``.
 
 Run: ``python -m experiments.bench_fidelity`` (full) or ``--quick`` (digits only, fewer
 learning rates and epochs). The last line printed is one JSON object.
@@ -258,8 +259,10 @@ def waited(
 ) -> dict[str, dict[str, Any]]:
     """Per learning rate, the trials SVCCAScheduler paused to wait to be compared: the
     report it paused at, and whether the trial, resumed from its checkpoint, reported the
-    accuracies FIFO's trial of that learning rate reported, report for report, as far as it
-    ran (a pause must change nothing in a trial's training)."""
+    accuracies FIFO's trial of that learning rate reported, report for report (a pause must
+    change nothing in a trial's training), over its first ``compared`` reports: as far as it
+    ran, or up to the report at which a layer of it was first frozen (a freeze does change
+    its training)."""
     paused = {trial_id: d.iteration for trial_id, d in scheduler.decisions if d.action == "pause"}
     out: dict[str, dict[str, Any]] = {}
     for trial in trials:
@@ -268,10 +271,18 @@ def waited(
         lr = trial.config["variant"]["lr"]
         own = series.get((data, family, "svcca", lr), [])
         fifo = series.get((data, family, "fifo", lr), [])
+        # up to its first freeze, which changes its training from the next report on
+        freezes = [
+            d.iteration
+            for t, d in scheduler.decisions
+            if t == trial.trial_id and d.action == "freeze"
+        ]
+        compared = min([len(own), *freezes])
         out[str(lr)] = {
             "at": paused[trial.trial_id],
             "reports": len(own),
-            "same_as_fifo": bool(own) and own == fifo[: len(own)],
+            "compared": compared,
+            "same_as_fifo": compared > 0 and own[:compared] == fifo[:compared],
         }
     return out
 

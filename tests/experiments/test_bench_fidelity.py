@@ -185,19 +185,25 @@ def test_waited_compares_a_paused_trial_with_fifo_report_for_report() -> None:
             trial_id=trial_id, config={"variant": {"scheduler": group, "lr": lr}}
         )
 
-    trials = [trial("f1", "fifo", 0.1), trial("s1", "svcca", 0.1), trial("s2", "svcca", 0.3)]
+    trials = [trial("f1", "fifo", 0.1), trial("s1", "svcca", 0.1), trial("s2", "svcca", 0.3),
+              trial("s3", "svcca", 1.0)]  # fmt: skip
     scheduler = SimpleNamespace(
         decisions=[("s1", Decision("pause", "waits to be compared", 4)),
                    ("s2", Decision("pause", "waits to be compared", 4)),
-                   ("s2", Decision("stop", "stuck", 5))]
+                   ("s2", Decision("stop", "stuck", 5)),
+                   ("s3", Decision("pause", "waits to be compared", 1)),
+                   ("s3", Decision("freeze", "converged", 2, "fc1"))]
     )  # fmt: skip
     series = {
         ("d", "m", "fifo", 0.1): [0.1, 0.2, 0.3],
         ("d", "m", "svcca", 0.1): [0.1, 0.2],  # stopped early, the same so far
         ("d", "m", "fifo", 0.3): [0.5, 0.6],
         ("d", "m", "svcca", 0.3): [0.5, 0.61],  # its resume changed its training
+        ("d", "m", "fifo", 1.0): [0.5, 0.6, 0.7],
+        ("d", "m", "svcca", 1.0): [0.5, 0.6, 0.65],  # frozen at report 2: trains otherwise
     }
     assert waited(scheduler, trials, series, "d", "m") == {
-        "0.1": {"at": 4, "reports": 2, "same_as_fifo": True},
-        "0.3": {"at": 4, "reports": 2, "same_as_fifo": False},
+        "0.1": {"at": 4, "reports": 2, "compared": 2, "same_as_fifo": True},
+        "0.3": {"at": 4, "reports": 2, "compared": 2, "same_as_fifo": False},
+        "1.0": {"at": 1, "reports": 3, "compared": 2, "same_as_fifo": True},
     }
