@@ -16,6 +16,7 @@ __all__ = [
     "correct",
     "count_correct",
     "count_predictions",
+    "one_hot_ints",
     "predictions",
     "rate",
 ]
@@ -72,14 +73,25 @@ def _one_per_sample(x: torch.Tensor) -> bool:
     return x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)
 
 
-def _one_hot_ints(target: torch.Tensor, output: torch.Tensor | None) -> bool:
-    """Whether ``target`` is an integer tensor shaped like ``output``, with a class dimension
-    of more than one class: one-hot labels (``torch.nn.functional.one_hot``'s), never class
-    indices, which have no class dimension."""
+def one_hot_ints(target: torch.Tensor, output: torch.Tensor | None) -> bool:
+    """Whether ``target`` is read as integer one-hot labels for ``output``: an integer (not
+    bool) tensor of ``output``'s shape ``(N, C)``, ``C > 1`` (``torch.nn.functional.one_hot``'s
+    labels of a classifier), never class indices, which would be ``(N,)``. Only two dimensions:
+    torch's one-hot labels of a sequence, ``(N, T, V)``, have the shape of an output with its
+    classes last but their classes last too, where ``(N, C, T)`` outputs have them in dimension
+    1; such labels are refused, not guessed (pass class indices, ``argmax(-1)``).
+
+    Examples:
+        >>> one_hot_ints(torch.tensor([[0, 1], [1, 0]]), torch.zeros(2, 2))
+        True
+        >>> one_hot_ints(torch.tensor([1, 0]), torch.zeros(2, 2))  # class indices
+        False
+    """
     return (
         output is not None
         and not target.is_floating_point()
-        and target.dim() > 1
+        and target.dtype != torch.bool
+        and target.dim() == 2
         and target.shape == output.shape
         and target.shape[1] > 1
     )
@@ -89,7 +101,7 @@ def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() and target.dim() == output.dim() and output.dim() > 1:
         if target.shape[1] == output.shape[1] and output.shape[1] > 1:
             return target.argmax(dim=1)  # one-hot or soft labels
-    if _one_hot_ints(target, output):
+    if one_hot_ints(target, output):
         return target.argmax(dim=1)  # integer one-hot labels (checked by check_targets)
     if target.is_floating_point() and _one_logit(output):
         # the probability of class 1 (0/1 labels, or smoothed ones such as 0.05/0.95); a
@@ -107,13 +119,14 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     (smoothed labels, read as class 1 above 0.5); or one-hot / soft labels: non-negative floats
     that sum to 1 over the class dimension (dimension 1), shaped like ``output`` when it is
     given (a target shaped like ``output`` is read as such labels only, never as class indices),
-    and integer one-hot labels shaped like ``output`` (``torch.nn.functional.one_hot``'s: each
-    0 or 1, one 1 per sample).
+    and integer one-hot labels shaped like an ``(N, C)`` ``output`` (``torch.nn.functional.
+    one_hot``'s: each 0 or 1, one 1 per sample; :func:`one_hot_ints`).
     Anything else, such as the real-valued targets of a regression or the multi-hot targets
     of a multi-label task, has no accuracy.
 
-    An integer tensor is accepted from its dtype alone; a float tensor is checked with one read
-    back to the host (a synchronisation on an accelerator), so call this once, not every step.
+    An integer tensor of class indices is accepted from its dtype alone; a float tensor, and
+    integer one-hot labels, are checked with one read back to the host (a synchronisation on an
+    accelerator), so call this once, not every step.
     :func:`class_range` and :func:`check_top_label` check that class indices fit the
     output's classes.
 
@@ -132,7 +145,7 @@ def check_targets(target: torch.Tensor, output: torch.Tensor | None = None) -> N
     if not target.is_floating_point():
         if target.is_complex():
             raise ValueError(_targets_message(target, output, "complex values"))
-        if _one_hot_ints(target, output):  # (one host read)
+        if one_hot_ints(target, output):  # (one host read)
             rows = target.detach().movedim(1, -1).reshape(-1, target.shape[1])
             binary = ((rows == 0) | (rows == 1)).all(dim=1)
             wrong = (~binary | (rows.sum(dim=1) != 1)).nonzero()
@@ -200,7 +213,7 @@ def class_range(
         return so_far
     if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
         return so_far  # one-hot or soft labels
-    if _one_hot_ints(target, output):
+    if one_hot_ints(target, output):
         return so_far  # integer one-hot labels
     if _one_logit(output) and output.numel() == target.numel():
         classes = 2

@@ -23,6 +23,7 @@ from ikkuna_tune.functional.accuracy import (
     check_targets,
     check_top_label,
     class_range,
+    one_hot_ints,
     rate,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, Message, MessageBundle
@@ -106,8 +107,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
     without that step's training samples.
 
     The first labels of each loss are checked to be classification labels
-    (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels cost one read back to
-    the host there, once; later steps read nothing back.
+    (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels and integer one-hot
+    labels cost one read back to the host there, once; later steps read nothing back.
 
     The output counted is the one the loss scored, when :meth:`Exporter.wrap_loss` published
     the labels (a batch run through the model in chunks and concatenated for one loss, or a
@@ -209,7 +210,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
             if source not in self._labels_checked:  # the first labels of each wrapped loss
                 _check_scores(output)
                 try:
-                    check_targets(labels.data, output)  # one host read for float labels
+                    check_targets(labels.data, output)  # one host read for float/one-hot labels
                 except ValueError as error:
                     if source is None:  # labels published by hand: they are meant as classes
                         raise
@@ -220,7 +221,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
             target = labels.data
             ignored = labels.ignore_index if wrapped else None
             if ignored is not None and not target.is_floating_point():
-                target = torch.where(target == ignored, -1, target.long())  # counts nowhere
+                if not one_hot_ints(target, output):  # (torch ignores none of those)
+                    target = torch.where(target == ignored, -1, target.long())  # counts nowhere
             counts = F.count_predictions(output, target, threshold[0])
             # a step's counts of losses known to take class labels, and of the others (a loss
             # of one's own): where the first count, the others are left out (a center loss's
@@ -712,8 +714,6 @@ class TestAccuracySubscriber(PlotSubscriber):
                 if device is not None:
                     inputs = inputs.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
-                if ignored is not None and not labels.is_floating_point():
-                    labels = torch.where(labels == ignored, -1, labels.long())  # counts nowhere
                 outputs = forward(inputs)
                 if exporter is not None and not (
                     self.forward_fn is not None and isinstance(outputs, torch.Tensor)
@@ -724,6 +724,9 @@ class TestAccuracySubscriber(PlotSubscriber):
                         f"Expected the model to return a tensor of scores but got "
                         f"{type(outputs).__name__}; pass a `forward_fn` that returns one"
                     )
+                if ignored is not None and not labels.is_floating_point():
+                    if not one_hot_ints(labels, outputs):  # (torch ignores none of those)
+                        labels = torch.where(labels == ignored, -1, labels.long())  # nowhere
                 if check_only:
                     check_targets(batch[1], outputs)
                     tally = F.count_predictions(outputs, labels, threshold[0])

@@ -755,20 +755,24 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
                 f"no `batch_size` (got {kwargs['batch_size']!r}); use BatchedSVCCASubscriber "
                 "for probe passes in batches"
             )
-        # (Python's own error would name BatchedSVCCASubscriber.__init__, a class the caller
-        # never named)
-        taken = [
-            name
-            for name in inspect.signature(BatchedSVCCASubscriber.__init__).parameters
-            if name not in ("self", "dataset", "n", "batch_size")
-        ]
-        unknown = sorted(set(kwargs) - set(taken))
-        if unknown or len(args) > len(taken):
-            got = f"keyword arguments {unknown}" if unknown else f"{2 + len(args)} arguments"
+        try:
+            super().__init__(dataset, n, check_int("n", n, minimum=2), *args, **kwargs)
+        except TypeError as error:
+            # Python's own message names BatchedSVCCASubscriber.__init__, a class the caller
+            # never named (an unknown keyword, too many arguments, one given twice)
+            text = str(error)
+            prefix = "BatchedSVCCASubscriber.__init__() "
+            if not text.startswith(prefix):
+                raise
+            taken = [
+                name
+                for name in inspect.signature(BatchedSVCCASubscriber.__init__).parameters
+                if name not in ("self", "dataset", "n", "batch_size")
+            ]
             raise TypeError(
-                f"SVCCASubscriber takes a dataset, n and then {', '.join(taken)}; got {got}"
-            )
-        super().__init__(dataset, n, check_int("n", n, minimum=2), *args, **kwargs)
+                f"SVCCASubscriber {text[len(prefix) :]}; it takes a dataset, n and then "
+                f"{', '.join(taken)}"
+            ) from None
 
 
 def _finite_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

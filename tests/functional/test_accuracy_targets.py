@@ -186,12 +186,24 @@ def test_integer_one_hot_labels_read_as_their_classes() -> None:
     assert F.accuracy(logits, one_hot).item() == pytest.approx(by_hand)
     assert F.accuracy(logits, one_hot).item() == F.accuracy(logits, labels).item()
     assert F.class_counts(logits, one_hot).tolist() == torch.bincount(labels, minlength=4).tolist()
-    # per position: (N, C, T) outputs and one-hot labels with their classes in dimension 1
-    tokens = torch.randn(2, 3, 5, generator=g)
-    token_labels = torch.randint(0, 3, (2, 5), generator=g)
-    per_position = torch_F.one_hot(token_labels, 3).movedim(-1, 1)
-    check_targets(per_position, tokens)
-    assert F.accuracy(tokens, per_position).item() == F.accuracy(tokens, token_labels).item()
+    # uint8 too; bool ones have no argmax: refused as before, with a ValueError
+    assert F.accuracy(logits, one_hot.to(torch.uint8)).item() == pytest.approx(by_hand)
+    with pytest.raises(ValueError):
+        F.accuracy(logits, one_hot.bool())
+
+
+def test_integer_one_hot_labels_of_sequences_are_refused_not_guessed() -> None:
+    # torch's one_hot of (N, T) labels is (N, T, V): the shape of an output with its classes
+    # last, but (N, C, T) outputs have them in dimension 1; the arg-max over dimension 1 read
+    # 0.0 where the labels give 0.7. Refused, as before integer one-hot labels were read at all
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 6, (3, 5), generator=g)
+    for output in (torch.randn(3, 5, 6, generator=g), torch.randn(3, 6, 5, generator=g)):
+        one_hot = torch_F.one_hot(labels, 6)
+        if output.shape[1] == 6:
+            one_hot = one_hot.movedim(-1, 1)
+        with pytest.raises(ValueError, match="one target per prediction"):
+            F.accuracy(output, one_hot)
 
 
 def test_integer_multi_hot_labels_are_refused_naming_their_dtype() -> None:

@@ -308,6 +308,21 @@ def test_test_accuracy_of_integer_one_hot_labels(test_set) -> None:
     assert sub.chance.item() == pytest.approx(torch.bincount(labels).max().item() / 10)
 
 
+@pytest.mark.parametrize("ignored", [0, 1])
+def test_an_ignore_index_leaves_integer_one_hot_labels_alone(test_set, ignored) -> None:
+    # torch applies an ignore_index to class indices only; mapped onto the 0/1 entries of
+    # one-hot labels it moved their arg-max (ignore_index=1: accuracy 0.2 where it is 0.3)
+    torch.manual_seed(0)
+    model = DropNet().eval()
+    inputs, labels = test_set.tensors
+    one_hot = TensorDataset(inputs, F.one_hot(labels, 5))
+    sub = ik.TestAccuracySubscriber(
+        one_hot, model.forward, batch_size=4, ignore_index=ignored, backend=None
+    )
+    sub.attach(MessageBus())
+    assert sub.evaluate().item() == pytest.approx(_by_hand(model, inputs, labels))
+
+
 def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
     torch.manual_seed(0)
     model = DropNet()

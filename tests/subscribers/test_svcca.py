@@ -498,12 +498,19 @@ def test_batch_size_is_validated(data) -> None:
 
 def test_svcca_subscriber_names_itself_for_an_unknown_argument(data) -> None:
     # (Python's error named BatchedSVCCASubscriber.__init__, which the caller never named)
+    taken = "it takes a dataset, n and then forward_fn, message_bus, tag"
     with pytest.raises(
-        TypeError, match=r"SVCCASubscriber takes .*; got keyword arguments \['kep'\]"
+        TypeError, match=f"SVCCASubscriber got an unexpected keyword .*'kep'; {taken}"
     ):
         SVCCASubscriber(data, 10, kep=0.9)
-    with pytest.raises(TypeError, match="SVCCASubscriber takes a dataset, n and then forward_fn"):
+    with pytest.raises(
+        TypeError, match=f"SVCCASubscriber takes .* positional arguments .*; {taken}"
+    ):
         SVCCASubscriber(data, 10, *([None] * 16))
+    with pytest.raises(
+        TypeError, match=f"SVCCASubscriber got multiple values for argument 'forward_fn'; {taken}"
+    ):
+        SVCCASubscriber(data, 10, None, forward_fn=None)
     assert SVCCASubscriber(data, 10, keep=0.9, backend=None).n == 10  # known ones still pass
 
 
