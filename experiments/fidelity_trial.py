@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ikkuna_tune as ik
-from ikkuna_tune.examples.demo import train_epoch
+from ikkuna_tune.examples.demo import _checkpoint_from, _get_checkpoint, train_epoch
 from ikkuna_tune.examples.models import MLP, DeepCNN, SmallResNet
 
 __all__ = [
@@ -205,7 +205,7 @@ def train_trial(config: dict[str, Any]) -> None:
             }
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(state, Path(directory) / STATE_FILE)
-                ik.report(metrics, checkpoint=_checkpoint_of(directory))
+                ik.report(metrics, checkpoint=_checkpoint_from(directory))
         else:
             ik.report(metrics)
         report_seconds = time.perf_counter() - reporting
@@ -226,18 +226,10 @@ def _in_tune() -> bool:
 def _restore_point() -> dict[str, Any] | None:
     """The state saved in the checkpoint Tune hands the trial (one it resumes from after a
     pause or a failure), or None."""
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint() if _in_tune() else None
+    checkpoint = _get_checkpoint()  # (None outside a Tune trial)
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
         # (the trial's own file: a schedule's state holds a Counter, which weights_only refuses)
         state: dict[str, Any] = torch.load(Path(directory) / STATE_FILE, weights_only=False)
     return state
-
-
-def _checkpoint_of(directory: str) -> Any:
-    from ray import tune
-
-    return tune.Checkpoint.from_directory(directory)
