@@ -17,6 +17,8 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   (no gain above ``min_delta`` in the last ``plateau`` reports over its best before them, and
   its mean over its last ``plateau + 1`` values no more than ``min_delta`` above its mean over
   the ``plateau + 1`` before: a climb that a noisy report or two dipped after is still a
+  climb; and, once it has more than ``2 * plateau + 2`` reports, no gain above ``min_delta``
+  in that many over its best before them: a slow climb after a learning-rate drop is still a
   climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
@@ -780,6 +782,21 @@ def _improvement(metric: list[float], window: int) -> float:
     return max(recent) - max(before)
 
 
+def _longer_span(plateau: int) -> int:
+    """The reports of the plateau test's longer look: ``2 * plateau + 2``.
+
+    After a tenfold learning-rate drop a trial may climb by a fraction of ``min_delta`` per
+    report, under one or two test images of noise: no new best above ``min_delta`` in
+    ``plateau`` reports, and a mean that rises too little over ``plateau + 1``. Over this
+    many reports the same climb gains more than ``min_delta``; a flat trial does not.
+
+    Examples:
+        >>> _longer_span(2)
+        6
+    """
+    return 2 * plateau + 2
+
+
 def _trend(metric: list[float], window: int) -> float:
     """Mean of the last ``window`` finite values minus that of the ``window`` finite values
     before them (+inf while there are fewer than ``2 * window``: a trial too young to tell a
@@ -869,9 +886,15 @@ def freeze_candidates(
     if rules.plateau:  # (plateau=0: the layers' own signals alone decide)
         gain = _improvement(trial.metric, rules.plateau)
         trend = _trend(trial.metric, rules.plateau + 1)
-        if gain > rules.min_delta or trend > rules.min_delta:
+        # a slow climb (after a learning-rate drop) gains less than min_delta over a few
+        # reports but more over a longer look; a history too short for it has no such veto
+        span = _longer_span(rules.plateau)
+        longer = _improvement(trial.metric, span) if len(trial.metric) > span else -math.inf
+        if gain > rules.min_delta or trend > rules.min_delta or longer > rules.min_delta:
             return []  # the trial still learns: leave every layer alone
         metric_values = {"metric_gain": gain, "metric_trend": trend}
+        if math.isfinite(longer):
+            metric_values["metric_gain_longer"] = longer
     if _near_chance(trial, rules):
         return []  # a trial at chance is one to stop, never to freeze
     done = trial.frozen | trial.pending

@@ -50,7 +50,7 @@ def test_converged_prefix_is_frozen_with_its_reason() -> None:
     # the first layer came 0.2 from its initialisation and then stayed there
     reports = [
         (m, {"first": (0.999, 0.8, 1.0), "middle": (0.9, 0.5, 1.0), "head": (0.999, 0.4, 1.0)})
-        for m in plateau_metric(8)
+        for m in plateau_metric(9)
     ]
     chosen = freeze_candidates(history(reports), RULES)
     assert [d.layer for d in chosen] == ["first"]
@@ -61,13 +61,13 @@ def test_converged_prefix_is_frozen_with_its_reason() -> None:
 def test_a_layer_called_twice_is_frozen_only_once_both_calls_settled() -> None:
     # 'first' is also called after 'middle' ('first#2'): its second call still changes
     settled = (0.999, 0.8, 1.0)
-    moving = [(0.9, 1.0 - 0.05 * (i + 1), 1.0) for i in range(8)]
+    moving = [(0.9, 1.0 - 0.05 * (i + 1), 1.0) for i in range(9)]
     reports = [
         (m, {"first": settled, "first#2": moving[i], "middle": settled, "head": settled})
-        for i, m in enumerate(plateau_metric(8))
+        for i, m in enumerate(plateau_metric(9))
     ]
     trial = history(reports)
-    assert trial.per_layer["first#2"].similarity == [0.9] * 8
+    assert trial.per_layer["first#2"].similarity == [0.9] * 9
     assert freeze_candidates(trial, RULES) == []
     both = [(m, {**layers, "first#2": settled}) for m, layers in reports]
     assert [d.layer for d in freeze_candidates(history(both), RULES)] == ["first", "middle"]
@@ -83,10 +83,35 @@ def test_slow_steady_drift_is_not_frozen() -> None:
     assert freeze_candidates(history(reports), RULES) == []
 
 
+def test_a_slow_climb_under_noise_is_not_frozen_and_a_flat_trial_is() -> None:
+    """After a learning-rate drop a trial may climb 0.0015 per report under one test image of
+    noise (0.0028): over two or three reports that reads as a plateau (checked here on the
+    plain definitions: no new best above min_delta, no rise of the mean above it), over six
+    it gains 0.009. The same noise on a flat trial is frozen."""
+    noise = [0.0, 0.0028, -0.0028, 0.0]
+    climb = [0.9 + 0.0015 * i + noise[i % 4] for i in range(16)]
+    flat = [0.9 + noise[i % 4] for i in range(16)]
+    settled = dict.fromkeys(LAYERS, (0.999, 0.8, 1.0))
+
+    def short_look_sees_a_plateau(m: list[float]) -> bool:
+        gain = max(m[-2:]) - max(m[:-2])
+        trend = sum(m[-3:]) / 3 - sum(m[-6:-3]) / 3
+        return gain <= RULES.min_delta and trend <= RULES.min_delta
+
+    short_plateaus = [n for n in range(7, 17) if short_look_sees_a_plateau(climb[:n])]
+    assert len(short_plateaus) >= 4  # the two- and three-report look alone would freeze it
+    for n in range(1, 17):
+        assert freeze_candidates(history([(m, settled) for m in climb[:n]]), RULES) == [], n
+    chosen = freeze_candidates(history([(m, settled) for m in flat[:12]]), RULES)
+    assert [d.layer for d in chosen] == ["first", "middle"]
+    # six reports whose best (0.9028) stands 0.0 above the best of the six before
+    assert chosen[0].values["metric_gain_longer"] == pytest.approx(0.0)
+
+
 def test_widening_layer_at_initialisation_is_not_frozen_on_similarity_alone() -> None:
     # SVCCA reads 1.0 for an invertible linear map of the input whatever the weights; CKA to
     # initialisation shows the layer has not moved at all
-    reports = [(m, {n: (1.0, 1.0, 1.0) for n in LAYERS}) for m in plateau_metric(8)]
+    reports = [(m, {n: (1.0, 1.0, 1.0) for n in LAYERS}) for m in plateau_metric(9)]
     assert freeze_candidates(history(reports), RULES) == []
 
 

@@ -108,27 +108,29 @@ def test_freezes_settled_prefix_once_the_metric_plateaus() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = {"conv1": 0.995, "conv2": 0.991, "fc1": 0.5, "fc2": 0.999}
-    accs = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
-    for i, acc in enumerate(accs[:7]):
+    accs = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    for i, acc in enumerate(accs[:8]):
         feed(scheduler, trial, [result(sims, it=i + 1, acc=acc)])
         # report 4: the last two reports gained 0.1 over the best before them; reports 5-7:
         # no new best, but the mean of the last three still stands above that of the three
-        # before (0.8 against 0.75 at report 5, 0.667 at 6, 0.767 at 7): learning
+        # before (0.8 against 0.75 at report 5, 0.667 at 6, 0.767 at 7): learning; report
+        # 8: the best of the last six (0.8) still stands 0.1 above the best of the two before
         assert mailbox.posts == [], i + 1
-    feed(scheduler, trial, [result(sims, it=8, acc=accs[7])])
+    feed(scheduler, trial, [result(sims, it=9, acc=accs[8])])
     # fc1 is not settled, so fc2 (settled) is not frozen: only a prefix saves compute
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2"]]
     reason = mailbox.posts[0][1]["reasons"]["conv1"]
     assert "converged" in reason and "similarity=0.995" in reason
     assert "metric_gain=0," in reason and "metric_trend=0" in reason
+    assert "metric_gain_longer=0)" in reason
     # until the trial confirms, the layers are pending and not posted again
-    feed(scheduler, trial, [result(sims, it=9, acc=0.8)])
+    feed(scheduler, trial, [result(sims, it=10, acc=0.8)])
     assert len(mailbox.posts) == 1
-    feed(scheduler, trial, [result(sims, frozen=("conv1", "conv2"), it=10, acc=0.8)])
+    feed(scheduler, trial, [result(sims, frozen=("conv1", "conv2"), it=11, acc=0.8)])
     assert scheduler.frozen_layers == {"t1": ["conv1", "conv2"]}
     text = scheduler.debug_string()
     assert "t1: frozen ['conv1', 'conv2']; running" in text
-    assert "freeze conv1 at report 8: converged" in text
+    assert "freeze conv1 at report 9: converged" in text
 
 
 def test_a_layer_called_again_later_waits_for_its_later_call_to_settle() -> None:
@@ -180,7 +182,9 @@ def test_a_noisy_trial_close_behind_the_best_is_not_frozen() -> None:
     is within that swing of the top ``protect_top`` may still win: it is not frozen. The same
     trial further behind than its swing is frozen."""
     every = dict.fromkeys(LAYERS, 1.0)
-    noisy = [0.86, 0.93, 0.91, 0.94, 0.92, 0.93]  # swings by up to 3 points, best 0.94
+    # swings by up to 3 points, best 0.94 at report 4 (frozen no earlier than four reports on:
+    # until then, the best of the last four stands above the best before them)
+    noisy = [0.86, 0.93, 0.91, 0.94, 0.92, 0.93, 0.91, 0.93]
     for leaders, frozen in (((0.956, 0.951, 0.943), False), ((0.995, 0.99, 0.985), True)):
         scheduler, mailbox = make(
             patience=1, settle_window=3, plateau=1, protect_top=3, freeze_best=False, stop=False
@@ -509,22 +513,23 @@ def test_an_infinite_loss_in_a_trial_that_stands_where_it_learned_stops_and_free
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = dict.fromkeys(LAYERS, 1.0)
-    losses = [float("inf"), 0.9, 0.8, 0.8, float("inf"), 0.8]
-    accs = [0.3, 0.7, 0.7, 0.7, 0.7, 0.7]  # a plateau from report 5 on
+    losses = [float("inf"), 0.9, 0.8, 0.8, 0.8, float("inf"), 0.8]
+    # a plateau from report 6 on (the best of the last four no higher than the best before)
+    accs = [0.3, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
     reports = [
         {**result(sims, it=i + 1, acc=acc), "best_val_loss": loss}
         for i, (acc, loss) in enumerate(zip(accs, losses, strict=True))
     ]
-    assert feed(scheduler, trial, reports[:5]) == [CONTINUE] * 5
+    assert feed(scheduler, trial, reports[:6]) == [CONTINUE] * 6
     assert mailbox.posts == [] and scheduler.decisions == []
-    assert feed(scheduler, trial, reports[5:]) == [CONTINUE]
+    assert feed(scheduler, trial, reports[6:]) == [CONTINUE]
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
-    assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [("freeze", 6)] * 3
-    # the same reports with a finite loss at report 5: frozen there
+    assert [(d.action, d.iteration) for _, d in scheduler.decisions] == [("freeze", 7)] * 3
+    # the same reports with a finite loss at report 6: frozen there
     scheduler, mailbox = make(patience=1, settle_window=1, plateau=1)
     scheduler.on_trial_add(None, trial)
-    reports[4]["best_val_loss"] = 0.8
-    feed(scheduler, trial, reports[:5])
+    reports[5]["best_val_loss"] = 0.8
+    feed(scheduler, trial, reports[:6])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
 
 
