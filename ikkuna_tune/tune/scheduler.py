@@ -118,7 +118,8 @@ class SVCCAScheduler(FIFOScheduler):
        its last checkpoint (``freeze_at``, ``patience``), has come ``min_travel`` from its
        initialisation and stopped going further (``settle_window``, ``settle_tol``), and is
        alive, once the trial's metric has stopped improving (``plateau``, ``min_delta``: neither
-       its best nor its mean over recent reports still rises). A slow,
+       its best nor its mean over recent reports still rises, nor its best over the last
+       ``2 * plateau + 2`` reports, which sees a slow climb after a learning-rate drop). A slow,
        dead or widening layer, and every layer of a trial that still learns, stays trainable.
        The directive reaches the trial through the experiment's mailbox right after the report
        that triggered it; the trial confirms it in its next report (``frozen/<layer> = 1``).
@@ -185,7 +186,9 @@ class SVCCAScheduler(FIFOScheduler):
         plateau: reports without an improvement above ``min_delta`` before anything freezes
             (and the metric's mean over its last ``plateau + 1`` values no more than
             ``min_delta`` above its mean over the ``plateau + 1`` before; nothing freezes
-            before twice that many values). ``0``: the metric is not asked (the layers' own
+            before twice that many values; and, once there are more than ``2 * plateau + 2``
+            reports, no improvement above ``min_delta`` over that many either: a slow climb
+            after a learning-rate drop). ``0``: the metric is not asked (the layers' own
             signals alone decide; a trial at chance is still not frozen).
         min_delta: improvement of the metric that counts, in units of ``metric_scale``.
         input_side_first: freeze only a prefix of the network.
