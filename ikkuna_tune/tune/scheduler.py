@@ -580,9 +580,15 @@ class SVCCAScheduler(FIFOScheduler):
             # a trial that waited to be compared goes on as soon as it can be (before trials
             # that wait to start: a sweep without end, num_samples=-1, or a searcher that always
             # has one ready, would otherwise hold it to the end); else FIFO's choice
-            trial = next(
-                (t for t in tune_controller.get_trials() if self._compared_now(t)), None
+            trials = list(tune_controller.get_trials())
+            trial = self._most_promising(
+                [t for t in trials if self._compared_now(t)]
             ) or super().choose_trial_to_run(tune_controller)
+            if trial is not None and self._waits_to_resume(trial):
+                # FIFO resumes paused trials in the order they were added (in a sweep over
+                # learning rates, mostly the smallest first): the best goes first, so that
+                # the ones behind it are compared with where it got to
+                trial = self._most_promising([t for t in trials if self._waits_to_resume(t)])
         if trial is not None and trial.last_result:
             # a trial that reported before resumes (paused by the base scheduler, say): Tune
             # copies its stored files back over the driver's as it starts, and the background
@@ -592,15 +598,35 @@ class SVCCAScheduler(FIFOScheduler):
                 self._resume(trial)
         return trial
 
+    def _waits_to_resume(self, trial: Trial) -> bool:
+        """Whether ``trial`` is paused, waiting to be compared, and neither stopped nor done."""
+        view = self._views.get(trial.trial_id)
+        return (
+            getattr(trial, "status", None) == "PAUSED"  # Trial.PAUSED
+            and view is not None
+            and view.waited
+            and view.stopped is None
+            and not view.completed
+        )
+
+    def _most_promising(self, trials: list[Trial]) -> Trial | None:
+        """The trial of ``trials`` with the best metric so far (the first of equals; one
+        without a finite value last), or None if there is none."""
+
+        def best(trial: Trial) -> float:
+            view = self._views.get(trial.trial_id)
+            value = view.history.best() if view is not None else math.nan
+            return value if math.isfinite(value) else -math.inf
+
+        return max(trials, key=best, default=None)
+
     def _compared_now(self, trial: Trial) -> bool:
         """Whether ``trial`` is one this scheduler paused to wait to be compared, and
         ``protect_top`` other trials have ended since (run their budget or been stopped): the
         rules then compare it with where they ended, not only with where they stood a report
         or two ahead of it (which let trials at chance run to report 11 of 12)."""
         view = self._views.get(trial.trial_id)
-        if getattr(trial, "status", None) != "PAUSED" or view is None or not view.waited:
-            return False
-        if view.stopped is not None or view.completed:
+        if view is None or not self._waits_to_resume(trial):
             return False
         ended = sum(
             1

@@ -1867,3 +1867,53 @@ def test_a_trial_that_waited_resumes_once_others_ended_ahead_of_new_ones() -> No
     assert scheduler.choose_trial_to_run(controller) is third  # only as far, and further
     scheduler.on_trial_complete(None, second, rising[5])
     assert scheduler.choose_trial_to_run(controller) is first
+
+
+def test_trials_that_waited_resume_best_first() -> None:
+    """Tune resumes paused trials in the order they were added (a sweep over learning rates
+    adds the smallest first): trials that waited to be compared resume best first, both once
+    protect_top others have ended and when FIFO would pick one (no trial waits to start), so
+    that the ones behind are compared with where the better ones got to. Checked against a
+    plain ranking of the trials' best accuracies so far."""
+    accs = {"t0": [0.1, 0.12], "t1": [0.3, 0.5], "t2": [0.2, 0.45]}
+    ranked = sorted(accs, key=lambda t: -max(accs[t]))  # t1 (0.5), t2 (0.45), t0
+
+    def waited() -> tuple[SVCCAScheduler, list[FakeTrial], FakeController]:
+        scheduler, _ = make(max_t=6, freeze=False)  # protect_top=3
+        trials = [FakeTrial(f"t{i}") for i in range(7)]
+        for trial in trials:
+            trial.status = "PENDING"
+            scheduler.on_trial_add(None, trial)
+        for trial_id, curve in accs.items():
+            trial = trials[int(trial_id[1])]
+            trial.status = "RUNNING"
+            reports = [
+                checkpointed(result({"conv1": 0.5}, it=i + 1, acc=a)) for i, a in enumerate(curve)
+            ]
+            assert feed(scheduler, trial, reports) == [CONTINUE, PAUSE], trial_id
+            trial.status, trial.last_result = "PAUSED", {"training_iteration": 2}
+        return scheduler, trials, FakeController(trials)
+
+    # three others ended, one still waits to start: the waiting trials go first, best first
+    scheduler, trials, controller = waited()
+    for trial in trials[3:6]:
+        feed(scheduler, trial, [result({"conv1": 0.5}, it=i, acc=0.9) for i in range(1, 7)])
+        scheduler.on_trial_complete(None, trial, result({"conv1": 0.5}, it=6, acc=0.9))
+        trial.status = "TERMINATED"
+    chosen = []
+    for _ in accs:
+        trial = scheduler.choose_trial_to_run(controller)
+        chosen.append(trial.trial_id)
+        trial.status = "RUNNING"
+    assert chosen == ranked
+    assert scheduler.choose_trial_to_run(controller) is trials[6]
+    # nobody has ended and nothing waits to start: FIFO would resume t0, the worst
+    scheduler, trials, controller = waited()
+    for trial in trials[3:]:
+        trial.status = "RUNNING"
+    chosen = []
+    for _ in accs:
+        trial = scheduler.choose_trial_to_run(controller)
+        chosen.append(trial.trial_id)
+        trial.status = "RUNNING"
+    assert chosen == ranked
