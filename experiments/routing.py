@@ -93,15 +93,20 @@ class RoutingScheduler(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         trials = tune_controller.get_trials()
+        asked: set[int] = set()
         for trial in trials:
-            if trial.status == Trial.PAUSED:
-                # a paused trial its group's scheduler resumes now, as it would in a sweep of
-                # its own group (SVCCAScheduler: a trial that waited to be compared, ahead of
-                # the trials that wait to start; any scheduler: when none of its group waits)
-                group = self._of(trial)
-                own = _GroupTrials(tune_controller, [t for t in trials if self._of(t) is group])
-                if group.choose_trial_to_run(own) is trial:
-                    return trial
+            group = self._of(trial)
+            if trial.status != Trial.PAUSED or id(group) in asked:
+                continue
+            # a paused trial its group's scheduler resumes now, as it would in a sweep of its
+            # own group (SVCCAScheduler: a trial that waited to be compared, ahead of the
+            # trials that wait to start, best first; any scheduler: when none of its group
+            # waits); each group is asked once (its choice readies the trial it resumes)
+            asked.add(id(group))
+            own = _GroupTrials(tune_controller, [t for t in trials if self._of(t) is group])
+            chosen = group.choose_trial_to_run(own)
+            if chosen is not None and chosen.status == Trial.PAUSED:
+                return chosen
         return super().choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:

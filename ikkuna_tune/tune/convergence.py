@@ -18,8 +18,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   its mean over its last ``plateau + 1`` values no more than ``min_delta`` above its mean over
   the ``plateau + 1`` before: a climb that a noisy report or two dipped after is still a
   climb; and, once it has more than ``2 * plateau + 2`` reports, no gain above ``min_delta``
-  in that many over its best before them: a slow climb after a learning-rate drop is still a
-  climb): while a trial still learns, nothing is frozen.
+  in that many over its best before them; and no change of its learning rate by a factor of
+  :data:`LR_MOVED` or more over those reports: a slow climb after a learning-rate drop is
+  still a climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
   trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
   and whose layers no longer move is stuck (where its chance level is known, only at chance:
@@ -181,6 +182,12 @@ STARTED_SHARE = 0.1
 #: A trial whose ``lr_scale`` is at most this has decayed its learning rate (by a factor of 2
 #: from the largest it had): see :func:`earlier_phase`.
 DECAYED = 0.5
+
+#: A trial whose learning rate moved by this factor or more (either way: a decay, a warm
+#: restart) over the plateau test's longer look (``2 * plateau + 2`` reports) is not frozen:
+#: after a tenfold drop trials climbed a test image every other report, which read as a
+#: plateau (see :func:`freeze_candidates`).
+LR_MOVED = 2.0
 
 #: The share of their way from a trial's first value to where they end (their best so far)
 #: that the other trials must have made after as many reports as it, for it to be stopped as
@@ -788,13 +795,32 @@ def _longer_span(plateau: int) -> int:
     After a tenfold learning-rate drop a trial may climb by a fraction of ``min_delta`` per
     report, under one or two test images of noise: no new best above ``min_delta`` in
     ``plateau`` reports, and a mean that rises too little over ``plateau + 1``. Over this
-    many reports the same climb gains more than ``min_delta``; a flat trial does not.
+    many reports a steady climb of ``min_delta / span`` per report or more gains more than
+    ``min_delta`` where the noise lets it (a noisy high value before them can hide it, and a
+    climb that started fewer reports ago is diluted by the flat ones before it: hence no
+    freeze either while the learning rate changed within them); a flat trial does not.
 
     Examples:
         >>> _longer_span(2)
         6
     """
     return 2 * plateau + 2
+
+
+def _lr_moved(lr_scale: list[float], span: int) -> float:
+    """How far the learning rate moved over the last ``span`` reports and the one before
+    them: the largest ``lr_scale`` over the smallest (1.0 where fewer than two are known).
+
+    Examples:
+        >>> _lr_moved([1.0, 1.0, 0.1, 0.1], 6)  # a tenfold drop
+        10.0
+        >>> _lr_moved([1.0, 0.1] + [0.1] * 7, 6)  # seven reports ago: out of sight
+        1.0
+        >>> _lr_moved([math.nan, math.nan], 6)  # not reported
+        1.0
+    """
+    known = [s for s in lr_scale[-(span + 1) :] if math.isfinite(s) and s > 0]
+    return max(known) / min(known) if len(known) > 1 else 1.0
 
 
 def _trend(metric: list[float], window: int) -> float:
@@ -892,6 +918,8 @@ def freeze_candidates(
         longer = _improvement(trial.metric, span) if len(trial.metric) > span else -math.inf
         if gain > rules.min_delta or trend > rules.min_delta or longer > rules.min_delta:
             return []  # the trial still learns: leave every layer alone
+        if _lr_moved(trial.lr_scale, span) >= LR_MOVED:
+            return []  # its learning rate changed lately: a slow climb, not yet a plateau
         metric_values = {"metric_gain": gain, "metric_trend": trend}
         if math.isfinite(longer):
             metric_values["metric_gain_longer"] = longer

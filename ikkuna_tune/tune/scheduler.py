@@ -157,12 +157,14 @@ class SVCCAScheduler(FIFOScheduler):
        start, is paused there once (``PAUSE``, as Ray's ``MedianStoppingRule`` pauses a trial
        too few others can be compared with); it resumes from that checkpoint, ahead of the
        trials that wait to start, once ``protect_top`` other trials have ended (run their
-       budget or been stopped), or when no trial waits to start, and is judged from then on
-       like the others. Trials run with ``max_concurrent_trials`` never wait: Tune creates no
-       trial beyond the limit, so none waits to start. A trial that reports no checkpoint is
-       never paused (it would start again from scratch). What the trial's training does after
-       it resumes must not depend on the pause: its checkpoint holds the model, the
-       optimizer, the schedules and the random state of its data order.
+       budget or been stopped), or when no trial waits to start (of several such trials the
+       one with the best metric so far first, where Tune would resume them in the order they
+       were added: those behind are then compared with where it got to), and is judged from
+       then on like the others. Trials run with ``max_concurrent_trials`` never wait: Tune
+       creates no trial beyond the limit, so none waits to start. A trial that reports no
+       checkpoint is never paused (it would start again from scratch). What the trial's
+       training does after it resumes must not depend on the pause: its checkpoint holds the
+       model, the optimizer, the schedules and the random state of its data order.
     4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 

@@ -113,3 +113,24 @@ def test_a_paused_trial_resumes_as_its_group_would_alone() -> None:
     pending_b.status = "RUNNING"
     assert router.choose_trial_to_run(controller) is paused  # ahead of a's t2
     assert chosen[-1] == ("b", "t1")
+
+
+def test_the_paused_trial_a_group_chooses_is_resumed_and_the_group_asked_once() -> None:
+    """A group's scheduler may resume another of its paused trials than the first one
+    (SVCCAScheduler resumes trials that waited best first): the router resumes the one it
+    chose, asking each group once (its choice readies that trial to resume)."""
+    asked: list[str] = []
+
+    class Last(FIFOScheduler):
+        def choose_trial_to_run(self, tune_controller: Any) -> Any:
+            paused = [t for t in tune_controller.get_trials() if t.status == "PAUSED"]
+            asked.append(",".join(t.trial_id for t in paused))
+            return paused[-1] if paused else None
+
+    router = RoutingScheduler({"a": Last(), "b": Last()})
+    first, second, other = _trial("t1", "a"), _trial("t2", "a"), _trial("t3", "b")
+    first.status = second.status = "PAUSED"
+    other.status = "RUNNING"
+    controller = SimpleNamespace(get_trials=lambda: [first, second, other])
+    assert router.choose_trial_to_run(controller) is second
+    assert asked == ["t1,t2"]

@@ -84,10 +84,10 @@ def test_slow_steady_drift_is_not_frozen() -> None:
 
 
 def test_a_slow_climb_under_noise_is_not_frozen_and_a_flat_trial_is() -> None:
-    """After a learning-rate drop a trial may climb 0.0015 per report under one test image of
-    noise (0.0028): over two or three reports that reads as a plateau (checked here on the
-    plain definitions: no new best above min_delta, no rise of the mean above it), over six
-    it gains 0.009. The same noise on a flat trial is frozen."""
+    """After a learning-rate drop a trial may climb 0.0015 per report under noise of 0.0028
+    (about a test image of digits): over two or three reports that reads as a plateau
+    (checked here on the plain definitions: no new best above min_delta, no rise of the mean
+    above it), over six it gains 0.009. The same noise on a flat trial is frozen."""
     noise = [0.0, 0.0028, -0.0028, 0.0]
     climb = [0.9 + 0.0015 * i + noise[i % 4] for i in range(16)]
     flat = [0.9 + noise[i % 4] for i in range(16)]
@@ -106,6 +106,39 @@ def test_a_slow_climb_under_noise_is_not_frozen_and_a_flat_trial_is() -> None:
     assert [d.layer for d in chosen] == ["first", "middle"]
     # six reports whose best (0.9028) stands 0.0 above the best of the six before
     assert chosen[0].values["metric_gain_longer"] == pytest.approx(0.0)
+
+
+def test_nothing_freezes_within_the_longer_look_after_a_learning_rate_change() -> None:
+    """A slow climb that starts with a tenfold learning-rate drop is diluted by the flat
+    reports before the drop in every window the plateau test looks at (here it reads as a
+    plateau throughout), so for ``2 * plateau + 2`` reports after a change of the rate by a
+    factor of 2 or more, either way, nothing freezes; a change by less, or a rate never
+    reported, holds nothing back."""
+    settled = dict.fromkeys(LAYERS, (0.999, 0.8, 1.0))
+    flat = [0.9] * 16
+
+    def freezes_at(scales: list[float]) -> list[int]:
+        """The reports at which the layers would be frozen (each judged on its own)."""
+        at = []
+        for n in range(1, 17):
+            trial = TrialHistory(layers=list(LAYERS))
+            for metric, scale in zip(flat[:n], scales[:n], strict=True):
+                values = ({k: v[i] for k, v in settled.items()} for i in range(3))
+                trial.add(metric, *values, lr_scale=scale)
+            if freeze_candidates(trial, RULES):
+                at.append(n)
+        return at
+
+    span = 2 * RULES.plateau + 2
+    always = list(range(6, 17))  # (the short look alone: a plateau from report 6 on)
+    assert freezes_at([1.0] * 16) == always
+    assert freezes_at([math.nan] * 16) == always
+    drop = [1.0] * 8 + [0.1] * 8  # the rate falls tenfold at report 9
+    held = list(range(9, 9 + span))  # reports 9-14 see the change
+    assert freezes_at(drop) == [n for n in always if n not in held]
+    restart = [0.1] * 8 + [1.0] * 8  # a warm restart: as much a change
+    assert freezes_at(restart) == [n for n in always if n not in held]
+    assert freezes_at([1.0] * 8 + [0.6] * 8) == always  # by less than a factor of 2
 
 
 def test_widening_layer_at_initialisation_is_not_frozen_on_similarity_alone() -> None:

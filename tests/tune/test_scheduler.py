@@ -1508,7 +1508,8 @@ def _scaled(report: dict[str, Any], lr_scale: float) -> dict[str, Any]:
 def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not_is_kept() -> None:
     """A swept schedule: three trials drop their learning rate at report 2 and jump ahead; the
     fourth, still at its first rate, sits on a plateau behind them with settled layers. It is
-    not frozen until its own rate decays (then the usual rules apply); with constant rates
+    not frozen until its own rate decays and the plateau test's longer look (4 reports at
+    plateau=1) no longer sees the change (then the usual rules apply); with constant rates
     (lr_scale 1 everywhere) the same trial is frozen."""
     sims = {"conv1": 1.0, "conv2": 0.2}
     for decays in (True, False):
@@ -1526,8 +1527,11 @@ def test_a_trial_behind_others_whose_learning_rate_decayed_while_its_own_did_not
             feed(scheduler, trials[3], [_scaled(result(sims, it=it, acc=0.5), 1.0)])
         posted = [p for p in mailbox.posts if p[0] == "t3"]
         assert bool(posted) is not decays, decays
-        if decays:  # its own decay: judged as usual from then on
-            feed(scheduler, trials[3], [_scaled(result(sims, it=6, acc=0.5), 0.1)])
+        if decays:  # its own decay at report 6: judged as usual once out of sight
+            for it in (6, 7, 8, 9):
+                feed(scheduler, trials[3], [_scaled(result(sims, it=it, acc=0.5), 0.1)])
+            assert not [p for p in mailbox.posts if p[0] == "t3"]
+            feed(scheduler, trials[3], [_scaled(result(sims, it=10, acc=0.5), 0.1)])
             assert [p[1]["freeze"] for p in mailbox.posts if p[0] == "t3"] == [["conv1"]]
 
 
