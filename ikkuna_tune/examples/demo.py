@@ -226,7 +226,7 @@ def run_demo(
     config = {
         "lr": tune.grid_search(lrs),
         "width": tune.grid_search(widths),
-        "epochs": 6 if quick else 20,
+        "epochs": 6 if quick else 30,
         "data": "digits",
     }
     # the demo shows freezing on every trial; by default SVCCAScheduler leaves the best trials
