@@ -1898,26 +1898,25 @@ def test_trials_that_waited_resume_best_first() -> None:
             trial.status, trial.last_result = "PAUSED", {"training_iteration": 2}
         return scheduler, trials, FakeController(trials)
 
+    def resumed(scheduler: SVCCAScheduler, controller: FakeController) -> list[str]:
+        """The waiting trials in the order the scheduler starts them, one after another."""
+        order = []
+        for _ in accs:
+            trial = scheduler.choose_trial_to_run(controller)
+            order.append(trial.trial_id)
+            trial.status = "RUNNING"
+        return order
+
     # three others ended, one still waits to start: the waiting trials go first, best first
     scheduler, trials, controller = waited()
     for trial in trials[3:6]:
         feed(scheduler, trial, [result({"conv1": 0.5}, it=i, acc=0.9) for i in range(1, 7)])
         scheduler.on_trial_complete(None, trial, result({"conv1": 0.5}, it=6, acc=0.9))
         trial.status = "TERMINATED"
-    chosen = []
-    for _ in accs:
-        trial = scheduler.choose_trial_to_run(controller)
-        chosen.append(trial.trial_id)
-        trial.status = "RUNNING"
-    assert chosen == ranked
+    assert resumed(scheduler, controller) == ranked
     assert scheduler.choose_trial_to_run(controller) is trials[6]
     # nobody has ended and nothing waits to start: FIFO would resume t0, the worst
     scheduler, trials, controller = waited()
     for trial in trials[3:]:
         trial.status = "RUNNING"
-    chosen = []
-    for _ in accs:
-        trial = scheduler.choose_trial_to_run(controller)
-        chosen.append(trial.trial_id)
-        trial.status = "RUNNING"
-    assert chosen == ranked
+    assert resumed(scheduler, controller) == ranked
