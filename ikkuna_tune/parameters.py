@@ -11,13 +11,15 @@ Examples:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import repeat
 from operator import is_
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import _SpectralNorm as _SpectralNormParametrization
 from torch.nn.utils.prune import BasePruningMethod as _Pruning
 from torch.nn.utils.spectral_norm import SpectralNorm as _SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _WeightNorm
@@ -94,7 +96,7 @@ def parameter_roles(module: nn.Module) -> tuple[dict[str, str], list[str]]:
     return roles, left
 
 
-def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
+def tensor_attr(module: nn.Module, attr: str, upcoming: bool = False) -> torch.Tensor | None:
     """``module.<attr>`` if it is a tensor, else None; a parameter is found without
     ``nn.Module.__getattr__`` (this runs for every layer on every step).
 
@@ -109,7 +111,7 @@ def tensor_attr(module: nn.Module, attr: str) -> torch.Tensor | None:
     """
     value = module._parameters.get(attr)
     if value is None:
-        value = _computed(module, attr)
+        value = _computed(module, attr, upcoming)
     return value if isinstance(value, torch.Tensor) else None
 
 
@@ -123,7 +125,7 @@ def _computed_name(hook: object) -> str | None:
     return None
 
 
-def _computed(module: nn.Module, attr: str) -> Any:
+def _computed(module: nn.Module, attr: str, upcoming: bool = False) -> Any:
     """``module.<attr>`` when it is not a parameter: a buffer, a plain attribute, or a weight
     computed from parameters, read as it is now and without side effects.
 
@@ -134,24 +136,38 @@ def _computed(module: nn.Module, attr: str) -> Any:
     recomputes (a plain attribute, stale until the next forward pass: read before the step,
     it would be the last step's weight, and the step's update read zero) is computed from
     the parameters it is made of.
+
+    With ``upcoming`` (read when a training pass starts, before any layer ran), a spectral norm
+    in training mode is read as that pass will compute it: its power iteration runs here on its
+    own vectors, which are put back afterwards, so that the pass starts from them as it would
+    have (the weight the forward uses, not the one the last pass used: the older
+    ``spectral_norm`` starts from random vectors, so before the first pass that would be off by
+    a factor of ten).
     """
     parametrizations = getattr(module, "parametrizations", None)
     if isinstance(parametrizations, nn.ModuleDict) and attr in parametrizations:
         training = [(m, m.training) for m in parametrizations[attr].modules() if m.training]
+        iterating = [
+            m for m, _ in training if upcoming and isinstance(m, _SpectralNormParametrization)
+        ]
         for m, _ in training:
-            m.training = False
-        try:
-            return getattr(module, attr, None)
-        finally:
-            for m, mode in training:
-                m.training = mode
+            m.training = any(m is kept for kept in iterating)
+        with _restored([b for m in iterating for b in m.buffers(recurse=False)]):
+            try:
+                return getattr(module, attr, None)
+            finally:
+                for m, mode in training:
+                    m.training = mode
     for hook in module._forward_pre_hooks.values():
         if _computed_name(hook) != attr:
             continue
         if isinstance(hook, _WeightNorm):
             return hook.compute_weight(module)
         if isinstance(hook, _SpectralNorm):
-            return hook.compute_weight(module, do_power_iteration=False)
+            iterate = upcoming and module.training
+            vectors = [module._buffers.get(f"{attr}_{part}") for part in ("u", "v")]
+            with _restored([v for v in vectors if v is not None] if iterate else []):
+                return hook.compute_weight(module, do_power_iteration=iterate)
         if isinstance(hook, _Pruning):
             orig, mask = module._parameters.get(f"{attr}_orig"), module._buffers.get(f"{attr}_mask")
             if orig is not None and mask is not None:
@@ -160,10 +176,25 @@ def _computed(module: nn.Module, attr: str) -> Any:
     return getattr(module, attr, None)
 
 
-def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
+@contextmanager
+def _restored(buffers: list[torch.Tensor]) -> Iterator[None]:
+    """Put ``buffers`` back as they were on entry, whatever ran in between (in place: whoever
+    holds them keeps holding them)."""
+    with torch.no_grad():
+        saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, old in zip(buffers, saved):
+                buffer.copy_(old)
+
+
+def tensor_attrs(entries: Sequence[Entry], upcoming: bool = False) -> list[torch.Tensor | None]:
     """:func:`tensor_attr` of every ``(name, layer, attribute)`` entry, in order: one lookup in
     each layer's parameters at the cost of a list comprehension, and :func:`tensor_attr` only
     for the entries that are not parameters now (this runs for every layer on every step).
+    ``upcoming``: as a training pass about to start will compute them (see :func:`_computed`).
 
     Examples:
         >>> from torch import nn
@@ -178,7 +209,7 @@ def tensor_attrs(entries: Sequence[Entry]) -> list[torch.Tensor | None]:
     if any(map(is_, found, repeat(None))):
         with torch.no_grad():  # a computed weight's value, without building an autograd graph
             found = [
-                tensor_attr(named.module, attr) if value is None else value
+                tensor_attr(named.module, attr, upcoming) if value is None else value
                 for (_, named, attr), value in zip(entries, found)
             ]
     return found

@@ -372,7 +372,7 @@ class StepHooks:
         if self._unwatched_running:
             self._judge_unwatched()
         if self._opens_step() or not self.optimizers:
-            self._start_step()
+            self._start_step(upcoming=True)
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
 
@@ -382,7 +382,10 @@ class StepHooks:
         has been updated since (then the step was skipped)."""
         return not self._step_open or bool(self._stepped) or self._scaled()
 
-    def _start_step(self) -> None:
+    def _start_step(self, upcoming: bool = False) -> None:
+        """Open the next training step and publish its weights (``upcoming``: called before the
+        model's training pass, so that a weight computed in the forward pass, such as a
+        spectral norm's, is read as that pass will compute it)."""
         self._finish_step()
         # (judged when the next step starts: labels may come after the optimizer's step)
         if self._steps_started > 0 and not self._labels_given and not self._warned_no_labels:
@@ -405,7 +408,7 @@ class StepHooks:
         self._publish_meta("batch_started")
         for kind in self._want_params:
             entries = self._role_layers[PARAM_KINDS[kind]]
-            self._publish_layers(kind, *_present(entries, tensor_attrs(entries)))
+            self._publish_layers(kind, *_present(entries, tensor_attrs(entries, upcoming)))
 
     def _finish_step(self) -> None:
         self._deferred_gradients.clear()  # the step's backward passes have run
