@@ -130,7 +130,12 @@ def replay_stops(
         divergence,
         stop_verdict,
     )
-    from ikkuna_tune.tune.results import first_nonfinite, layer_values, reported_layers
+    from ikkuna_tune.tune.results import (
+        first_nonfinite,
+        layer_values,
+        network_nonfinite,
+        reported_layers,
+    )
 
     rules = rules or ConvergenceRules()
     budget = max(len(t["reports"]) for t in trials.values())
@@ -156,6 +161,11 @@ def replay_stops(
             if isinstance(chance, (int, float)) and math.isfinite(chance):
                 history.chance = float(chance)
             others = [h.metric for k, h in histories.items() if k != lr]
+            signals = {
+                keys.SELF_SIMILARITY: similarity,
+                keys.INIT_SIMILARITY: layer_values(result, keys.INIT_SIMILARITY, history.layers),
+                keys.LIVE_FRACTION: layer_values(result, keys.LIVE_FRACTION, history.layers),
+            }
             nonfinite = divergence(
                 first_nonfinite(
                     result, metric, similarity, keys.SELF_SIMILARITY, finite_losses[lr]
@@ -164,6 +174,7 @@ def replay_stops(
                 rules,
                 keys.SELF_SIMILARITY,
                 metric,
+                network_nonfinite(result, history.layers, signals),
             )
             verdict = stop_verdict(history, rules, others, budget, nonfinite)
             if verdict is not None:

@@ -1096,10 +1096,11 @@ def stop_verdict(
 def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     """Whether the trial stands where it learned something: the best of its last
     ``settle_window`` values is more than ``stall_delta`` above its first value, and above
-    chance by more than ``stall_delta`` where chance is known. A dead layer or one layer's
-    non-finite similarity does not stop such a trial (a residual branch whose units died
-    while the skip connection learns on; the best trial of a sweep had one): a diverged trial
-    sits at chance, or fell back there, and is judged where it fell.
+    chance by more than ``stall_delta`` where chance is known. A dead layer does not stop such
+    a trial (a residual branch whose units died while the skip connection learns on; the best
+    trial of a sweep had one): a diverged trial sits at chance, or fell back there, and is
+    judged where it fell (a non-finite value is judged by :func:`divergence`, on the metric
+    measured at its own report).
 
     Examples:
         >>> rules = ConvergenceRules()
@@ -1128,11 +1129,17 @@ def _near_chance(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     return not recent or max(recent) <= trial.chance + rules.stall_delta
 
 
-def stands_where_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
-    """Whether the trial's latest value (its last finite one) stands where it learned: above
-    chance by more than ``stall_delta`` where chance is known (a fine-tuned model that started
-    high too), else more than ``stall_delta`` above its first value. Unlike
-    :func:`has_learned`, a trial whose value fell back at its latest measurement does not.
+def stands_where_learned(
+    trial: TrialHistory, rules: ConvergenceRules, latest: float | None = None
+) -> bool:
+    """Whether the trial's latest value stands where it learned: above chance by more than
+    ``stall_delta`` where chance is known (a fine-tuned model that started high too), else more
+    than ``stall_delta`` above its first value. Unlike :func:`has_learned`, a trial whose value
+    fell back at its latest measurement does not.
+
+    The latest value is the last of the trial's history, or ``latest`` when given: the value
+    of a report the history does not hold (one between two that measure the layers). It must
+    be finite: a value measured before is no evidence of where the trial stands now.
 
     Examples:
         >>> rules = ConvergenceRules()
@@ -1144,13 +1151,18 @@ def stands_where_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
         False
         >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6, 0.8, 0.2]), rules)
         False
+        >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6, 0.8, math.nan]), rules)
+        False
+        >>> stands_where_learned(TrialHistory(metric=[0.3, 0.6]), rules, latest=0.8)
+        True
     """
-    values = [m for m in trial.metric if math.isfinite(m)]
-    if not values:
+    series = trial.metric if latest is None else [*trial.metric, latest]
+    if not series or not math.isfinite(series[-1]):
         return False
-    last = values[-1]
+    last = series[-1]
     if math.isfinite(trial.chance):
         return last > trial.chance + rules.stall_delta
+    values = [m for m in series if math.isfinite(m)]
     return len(values) > 1 and last - values[0] > rules.stall_delta - _tolerance(last, values[0])
 
 
@@ -1160,17 +1172,25 @@ def divergence(
     rules: ConvergenceRules,
     similarity_key: str,
     metric: str | None,
+    collapsed: tuple[str, float] | None = None,
+    latest: float | None = None,
 ) -> tuple[str, float] | None:
-    """The non-finite value (``first_nonfinite``'s) that stops ``trial`` as diverged, or None.
+    """The non-finite value that stops ``trial`` as diverged, or None.
 
-    ``metric`` (the scheduler's) always does. One layer's similarity
-    (``<similarity_key>/<layer>``) does not stop a trial that :func:`has_learned` (most of the
-    layer's probe points not finite in a trial that stands where it learned; the layer is not
-    frozen on it either). A loss other than ``metric`` does not stop a trial whose latest
-    value :func:`stands_where_learned`: one batch whose loss overflowed (a step that a
-    ``GradScaler`` skips) makes an epoch's mean loss NaN while training goes on as before (the
-    best trial of a sweep was stopped on it, and the sweep's answer changed), where a trial
-    whose weights diverged falls to chance at its next measurement and is stopped there.
+    ``collapsed`` (:func:`~ikkuna_tune.tune.results.network_nonfinite`: the weights, or every
+    layer signal of this report, not finite) and ``metric`` (the scheduler's) always do. Any
+    other non-finite value of the report (``nonfinite``, from
+    :func:`~ikkuna_tune.tune.results.first_nonfinite`), one layer's similarity
+    (``<similarity_key>/<layer>``) or a loss other than ``metric``, does not stop a trial whose
+    metric at this same report :func:`stands_where_learned`: one batch whose loss overflowed (a
+    step that a ``GradScaler`` skips) makes an epoch's mean loss NaN while training goes on as
+    before (the best trial of a sweep was stopped on it, and the sweep's answer changed), and
+    most of one layer's probe points may not be finite in a trial that learns on (the layer is
+    not frozen on it either). Where the metric is not measured at this report (``latest``, for
+    a report the history does not hold, or the history's last value, NaN), such a value stops
+    nothing now: a trial whose weights diverged shows it at its next measured report (its
+    metric, or every layer's signals, not finite, or its metric fallen back), and is stopped
+    there, while a value measured before is no evidence of where it stands now.
 
     Examples:
         >>> learned = TrialHistory(metric=[0.3, 0.6, 0.8], chance=0.1)
@@ -1181,12 +1201,22 @@ def divergence(
         ('loss', nan)
         >>> divergence(("acc", math.nan), learned, ConvergenceRules(), "sim", "acc")
         ('acc', nan)
+        >>> collapsed = ("weights_norm2/fc", math.nan)
+        >>> divergence(None, learned, ConvergenceRules(), "sim", "acc", collapsed)
+        ('weights_norm2/fc', nan)
+        >>> divergence(("loss", math.nan), learned, ConvergenceRules(), "sim", "acc", latest=0.1)
+        ('loss', nan)
+        >>> divergence(("loss", math.nan), learned, ConvergenceRules(), "sim", "acc",
+        ...            latest=math.nan)  # not measured at this report: judged when it is
     """
-    if nonfinite is None or nonfinite[0] == metric:
-        return nonfinite
-    if nonfinite[0].startswith(f"{similarity_key}/"):
-        return None if has_learned(trial, rules) else nonfinite
-    return None if stands_where_learned(trial, rules) else nonfinite
+    if collapsed is not None:
+        return collapsed
+    if nonfinite is None or nonfinite[0] == metric or metric is None:
+        return nonfinite  # (without a metric, nothing vouches for the trial)
+    series = trial.metric if latest is None else [*trial.metric, latest]
+    if not series or not math.isfinite(series[-1]):
+        return None  # the metric is not measured at this report: judged where it is
+    return None if stands_where_learned(trial, rules, latest) else nonfinite
 
 
 def _stands_among_best(

@@ -4,6 +4,7 @@ budget from the trial, as SVCCAScheduler does."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ikkuna_tune import keys
@@ -11,7 +12,18 @@ from ikkuna_tune import keys
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["first_nonfinite", "is_number", "iteration_budget", "layer_values", "reported_layers"]
+__all__ = [
+    "first_nonfinite",
+    "is_number",
+    "iteration_budget",
+    "layer_values",
+    "network_nonfinite",
+    "reported_layers",
+]
+
+#: The first parts of the kinds whose non-finite value means the weights themselves are not
+#: finite: the norms of a layer's weights and biases (``weights_norm2``, ``biases_norm1``, ...).
+_WEIGHT_NORMS = ("weights_norm", "biases_norm")
 
 
 def is_number(value: object) -> bool:
@@ -117,6 +129,50 @@ def first_nonfinite(
     for name, value in similarity.items():
         if not math.isfinite(value):
             return f"{similarity_key}/{name}", value
+    return None
+
+
+def network_nonfinite(
+    result: dict[str, Any], layers: list[str], signals: Mapping[str, Mapping[str, float]]
+) -> tuple[str, float] | None:
+    """A value of ``result`` that shows the network itself diverged, as ``(key, value)``, or
+    None.
+
+    Either a norm of a layer's weights or biases (``weights_norm2/<layer>``, ...) that is NaN
+    or infinite: the weights are no longer finite (a step that a ``GradScaler`` skips for an
+    overflow leaves them as they were, as does a loss that overflowed in one batch); or every
+    layer signal measured in ``result`` NaN or infinite (``signals``: by key, such as
+    ``self_similarity``, ``init_similarity`` and ``live_fraction``, the layers' values; at
+    least one value): no layer scores any probe point finitely. One layer's non-finite
+    similarity beside finite values, or a non-finite loss alone, is no such sign (see
+    :func:`~ikkuna_tune.tune.convergence.divergence`).
+
+    Examples:
+        >>> network_nonfinite({"weights_norm2/fc": float("nan")}, ["fc"], {})
+        ('weights_norm2/fc', nan)
+        >>> nan = float("nan")
+        >>> network_nonfinite({}, ["a", "b"], {"sim": {"a": nan, "b": nan}, "live": {}})
+        ('sim/a', nan)
+        >>> network_nonfinite({}, ["a", "b"], {"sim": {"a": nan}, "live": {"a": 0.5}})
+        >>> network_nonfinite({"weights_norm2/fc": 3.0}, ["fc"], {"sim": {}})  # nothing measured
+    """
+    known = set(layers)
+    for key, value in result.items():
+        kind, slash, layer = key.partition("/")
+        if (
+            slash
+            and kind.startswith(_WEIGHT_NORMS)
+            and keys.layer_of_call(layer) in known
+            and is_number(value)
+            and not math.isfinite(value)
+        ):
+            return key, float(value)
+    values = [
+        (f"{signal}/{name}", value) for signal, by_layer in signals.items()
+        for name, value in by_layer.items()
+    ]  # fmt: skip
+    if values and not any(math.isfinite(value) for _, value in values):
+        return values[0]
     return None
 
 

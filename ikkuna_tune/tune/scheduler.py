@@ -43,6 +43,7 @@ from ikkuna_tune.tune.results import (
     is_number,
     iteration_budget,
     layer_values,
+    network_nonfinite,
     reported_layers,
 )
 from ikkuna_tune.tune.trial_view import TrialView
@@ -129,8 +130,11 @@ class SVCCAScheduler(FIFOScheduler):
        decayed (``lr_scale`` above one half) is not frozen while a trial that had decayed its
        own by as many reports stands ahead of it
        (:func:`~ikkuna_tune.tune.convergence.earlier_phase`: a swept schedule's late dropper).
-    2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric, loss or similarity)
-       and a trial with a dead layer at once; after ``grace`` reports a trial that made no
+    2. **Stop** (``stop=True``): a diverged trial (a NaN or infinite metric or weight norm,
+       every layer signal of a report NaN; a non-finite loss or one layer's similarity where
+       the metric measured at that report does not stand where it learned:
+       :func:`~ikkuna_tune.tune.convergence.divergence`) and a trial with a dead layer at
+       once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``; where a chance
        level is reported as ``<metric>_chance``, as TestAccuracySubscriber reports
        ``test_accuracy_chance``, only a trial at chance), unless it may still end among the
@@ -714,22 +718,51 @@ class SVCCAScheduler(FIFOScheduler):
         nonfinite = first_nonfinite(
             result, self._metric, similarity, self.similarity_key, view.finite_losses
         )
-        # nothing is frozen on a report whose metric or loss is not finite (one layer's
-        # similarity that is not is that layer's business only)
-        freeze_now = measured and (
-            nonfinite is None or nonfinite[0].startswith(f"{self.similarity_key}/")
+        signals = {
+            self.similarity_key: similarity,
+            keys.INIT_SIMILARITY: layer_values(result, keys.INIT_SIMILARITY, history.layers),
+            keys.LIVE_FRACTION: layer_values(result, keys.LIVE_FRACTION, history.layers),
+        }
+        # the weights, or every layer signal of this report, not finite
+        collapsed = network_nonfinite(result, history.layers, signals)
+        # nothing is frozen on a report whose metric or loss is not finite, or whose network
+        # is not (one layer's similarity that is not is that layer's business only)
+        freeze_now = (
+            measured
+            and collapsed is None
+            and (nonfinite is None or nonfinite[0].startswith(f"{self.similarity_key}/"))
         )
         if self.stop:
             others = [v.history.metric for t, v in self._views.items() if t != trial_id]
+            # the metric at this report, where the history does not hold it (not measured)
+            latest = None if measured else self._signed(result.get(self._metric or ""))
             diverged = divergence(
-                nonfinite, history, self.metric_rules(), self.similarity_key, self._metric
+                nonfinite,
+                history,
+                self.metric_rules(),
+                self.similarity_key,
+                self._metric,
+                collapsed,
+                latest,
             )
             if nonfinite is not None and diverged is None:
-                logger.info(
-                    "Trial %s: %s is %s while its metric stands where it learned; not stopped",
-                    trial_id,
-                    *nonfinite,
-                )
+                now = history.metric[-1] if latest is None and history.metric else latest
+                if now is not None and math.isfinite(now):
+                    logger.info(
+                        "Trial %s: %s is %s while its metric stands where it learned at this "
+                        "report (%s=%.4g); not stopped",
+                        trial_id,
+                        *nonfinite,
+                        self._metric,
+                        now if self._mode == "max" else -now,
+                    )
+                else:
+                    logger.info(
+                        "Trial %s: %s is %s at a report that does not measure its metric; "
+                        "judged at the next that does",
+                        trial_id,
+                        *nonfinite,
+                    )
             nonfinite = diverged
             if measured:
                 budget = view.measured_budget()
@@ -812,7 +845,7 @@ class SVCCAScheduler(FIFOScheduler):
         # subscriber (several reports per epoch): the rules judge a trial by the reports that
         # measure its layers, so such a report joins the history only while the trial has
         # measured none (it may never: no SVCCA subscriber); the first that does replaces those
-        # made before it. A non-finite value in any report still stops the trial.
+        # made before it. A non-finite metric or network in any report still stops the trial.
         measures = bool(similarity or init or live)
         if measures and not view.measured:
             view.rewind(0)

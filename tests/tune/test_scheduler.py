@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -531,6 +532,120 @@ def test_an_infinite_loss_in_a_trial_that_stands_where_it_learned_stops_and_free
     reports[5]["best_val_loss"] = 0.8
     feed(scheduler, trial, reports[:6])
     assert [p[1]["freeze"] for p in mailbox.posts] == [["conv1", "conv2", "fc1"]]
+
+
+def _diverged(it: int, acc: float | None, signals: bool = True) -> dict[str, Any]:
+    """A report of a trial whose weights are NaN: its loss and weight norms NaN, and (with
+    ``signals``: an epoch end that measures the layers) every layer signal NaN."""
+    nan = float("nan")
+    report = {"training_iteration": it, "acc": acc, "train_loss": nan}
+    for name in LAYERS:
+        report[f"weights_norm2/{name}"] = nan
+        report[f"frozen/{name}"] = 0
+        if signals:
+            for key in ("self_similarity", "init_similarity", "live_fraction"):
+                report[f"{key}/{name}"] = nan
+    return report
+
+
+@pytest.mark.parametrize("weight_norms", [True, False])
+def test_a_trial_whose_network_diverged_is_stopped_at_that_report_whatever_it_learned_before(
+    weight_norms: bool,
+) -> None:
+    """The metric measured every third report (None between) stood at 0.93; at report 4 the
+    weights went NaN. That report stops the trial, on its NaN weight norms or, without them,
+    on every layer's signals being NaN, though its metric is not measured there: the metric's
+    last value, from before, is no evidence of where it stands (it ran on to report 6, and
+    with no loss reported, to the end)."""
+    scheduler, mailbox = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = dict.fromkeys(LAYERS, 0.5)
+    accs = [0.5, None, None]  # measured at reports 1 and 4 ...
+    reports = [result(sims, it=i + 1, acc=a) for i, a in enumerate(accs)]  # type: ignore[arg-type]
+    reports[2]["acc"] = 0.93
+    diverged = _diverged(4, None)
+    if not weight_norms:
+        diverged = {k: v for k, v in diverged.items() if not k.startswith("weights_norm2/")}
+    assert feed(scheduler, trial, reports) == [CONTINUE] * 3
+    assert scheduler.on_trial_result(None, trial, diverged) == STOP
+    ((_, decision),) = scheduler.decisions
+    assert decision.rule == "diverged: non-finite value" and decision.iteration == 4
+    key = "weights_norm2/conv1" if weight_norms else "self_similarity/conv1"
+    assert list(decision.values) == [key] and math.isnan(decision.values[key])
+    assert mailbox.posts == []
+
+
+def test_a_nan_loss_between_measurements_is_judged_at_the_next_measured_report() -> None:
+    """Two reports per epoch, the layers and the metric measured at the epoch's second. A NaN
+    loss at a mid-epoch report whose weights are finite (one batch overflowed) stops nothing
+    there, even in a trial still at chance (judged on its metric from before, it was stopped),
+    and nothing at the next report where the loss is finite again; a NaN loss where the metric
+    measured at the same report fell back to chance stops the trial there."""
+    cases = {
+        "early overflow": ((0.1, 0.3, 0.6), {2: "nan"}, [CONTINUE] * 6),
+        "fell back": ((0.3, 0.6, 0.1), {4: "nan", 5: "nan"}, [CONTINUE] * 5 + [STOP]),
+    }
+    for case, (accs, losses, expected) in cases.items():
+        scheduler, _ = make()
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        reports = []
+        for epoch, acc in enumerate(accs):
+            middle = {"training_iteration": 2 * epoch + 1, "acc": None, "train_loss": 0.5}
+            middle.update({f"frozen/{name}": 0 for name in LAYERS})
+            middle.update({f"weights_norm2/{name}": 2.0 for name in LAYERS})
+            end = result(dict.fromkeys(LAYERS, 0.5), it=2 * epoch + 2, acc=acc)
+            end["train_loss"] = 0.5
+            end["acc_chance"] = middle["acc_chance"] = 0.1
+            reports += [middle, end]
+        for index, loss in losses.items():
+            reports[index]["train_loss"] = float(loss)
+        assert feed(scheduler, trial, reports) == expected, case
+        if case == "fell back":
+            ((_, decision),) = scheduler.decisions
+            assert decision.iteration == 6 and list(decision.values) == ["train_loss"]
+
+
+def test_one_layers_nan_similarity_is_judged_on_the_metric_of_its_own_report() -> None:
+    """One layer's NaN similarity beside finite ones stops a trial whose metric at that report
+    fell back to chance, though its best over the last reports stood high (it ran on, judged on
+    that best), and not one whose metric at that report stands where it learned."""
+    for last, expected in ((0.1, STOP), (0.9, CONTINUE)):
+        scheduler, _ = make()
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        accs = [0.3, 0.9, 0.93, last]
+        reports = [
+            result(dict.fromkeys(LAYERS, 0.5), it=i + 1, acc=a, dist=dict.fromkeys(LAYERS, 0.1 * i))
+            for i, a in enumerate(accs)
+        ]
+        for report in reports:
+            report["acc_chance"] = 0.1
+        reports[-1]["self_similarity/fc1"] = float("nan")
+        assert feed(scheduler, trial, reports) == [CONTINUE] * 3 + [expected], last
+
+
+def test_a_diverged_network_is_never_frozen_when_freezing_only() -> None:
+    """stop=False: a report whose weights are NaN freezes nothing, though its layers read as
+    settled and the metric reached its plateau there (with finite weights it freezes)."""
+    scheduler, mailbox = make(stop=False, patience=1, settle_window=1, plateau=1)
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = dict.fromkeys(LAYERS, 1.0)
+    reports = [result(sims, it=i + 1, acc=a) for i, a in enumerate([0.3, 0.7, 0.7, 0.7, 0.7])]
+    assert feed(scheduler, trial, reports) == [CONTINUE] * 5
+    assert mailbox.posts == []  # one report short of the plateau
+    # its weights NaN (its layers' signals still read as settled: measured before the step)
+    diverged = {**result(sims, it=6, acc=0.7), **dict.fromkeys(
+        [f"weights_norm2/{name}" for name in LAYERS], float("nan"))}  # fmt: skip
+    assert scheduler.on_trial_result(None, trial, diverged) == CONTINUE
+    assert mailbox.posts == [] and scheduler.decisions == []
+    # the same report with finite weights: frozen there
+    scheduler, mailbox = make(stop=False, patience=1, settle_window=1, plateau=1)
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [*reports, result(sims, it=6, acc=0.7)])
+    assert mailbox.posts != []
 
 
 def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
