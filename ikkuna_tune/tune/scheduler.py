@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from dataclasses import replace
@@ -351,6 +352,7 @@ class SVCCAScheduler(FIFOScheduler):
         self._trials: dict[str, Trial] = {}
         self._mailbox: Mailbox | None = None
         self._warned_no_similarity = False
+        self._warned_no_metric = False
         self._warned_not_ikkuna = False
         #: every decision taken, in order: (trial id, decision)
         self.decisions: list[tuple[str, Decision]] = []
@@ -473,6 +475,8 @@ class SVCCAScheduler(FIFOScheduler):
             return False  # (without this report's checkpoint it would go back, or start over)
         if keys.TRAIN_REPORT in result:
             return False  # a Ray Train job: its workers would start again
+        if not any(math.isfinite(m) for m in view.history.metric):
+            return False  # nothing to compare it by
         budget, reports = view.measured_budget(), view.history.reports
         rules = self.metric_rules()
         # judged once, at the first report at stall_share of its budget: one that could be
@@ -714,6 +718,7 @@ class SVCCAScheduler(FIFOScheduler):
         for decision in released:
             self._record(trial_id, decision)
         self._check_similarity(result, similarity)
+        self._check_metric(trial_id, view, result)
         history = view.history
         nonfinite = first_nonfinite(
             result, self._metric, similarity, self.similarity_key, view.finite_losses
@@ -907,6 +912,35 @@ class SVCCAScheduler(FIFOScheduler):
             "in place of tune.report",
             trial_id,
             reports,
+        )
+
+    #: the reports of a trial without any value of the metric after which to say so
+    _METRIC_UNSEEN_REPORTS = 3
+
+    def _check_metric(self, trial_id: str, view: TrialView, result: dict[str, Any]) -> None:
+        """Warn once when a trial has made several reports without any value of the metric:
+        the rules judge trials by it, so such a trial is never stopped as behind, nor compared
+        (a misspelt key, or a metric measured only at the end)."""
+        if self._warned_no_metric or not self._metric:
+            return
+        history = view.history
+        if history.reports < self._METRIC_UNSEEN_REPORTS or any(
+            math.isfinite(m) for m in history.metric
+        ):
+            return
+        self._warned_no_metric = True
+        reported = [k for k in result if "/" not in k and is_number(result.get(k))]
+        close = difflib.get_close_matches(self._metric, reported, n=3, cutoff=0.5)
+        logger.warning(
+            "SVCCAScheduler has received no value of its metric %r from trial %s in %d reports "
+            "(%s): it judges trials by the metric, so such a trial is neither stopped as behind "
+            "nor compared with others. Report it at every report that measures it (None where "
+            "not), or pass the right `metric`%s.",
+            self._metric,
+            trial_id,
+            history.reports,
+            "present as None" if self._metric in result else "not among the keys",
+            f" (reported keys that look alike: {close})" if close else "",
         )
 
     def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:

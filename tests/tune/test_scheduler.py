@@ -1891,13 +1891,22 @@ def test_a_trial_no_other_can_be_compared_with_waits_once_at_stall_share() -> No
 
 
 @pytest.mark.parametrize(
-    "case", ["no checkpoint", "none waiting", "others as far", "stop=False", "wait=False", "base"]
+    "case",
+    [
+        "no checkpoint",
+        "none waiting",
+        "others as far",
+        "stop=False",
+        "wait=False",
+        "base",
+        "no metric",
+    ],
 )
 def test_a_trial_waits_only_where_waiting_helps_and_resuming_is_exact(case) -> None:
     """Without the report's checkpoint it would go back or start over; with no trial waiting
     to start, nothing would come to compare it with; with protect_top others as far, it can
-    be compared now; and with stopping off, or a base scheduler (which chooses what runs),
-    there is nothing to wait for."""
+    be compared now; with stopping off, or a base scheduler (which chooses what runs), there
+    is nothing to wait for; and a trial that never reported its metric cannot be compared."""
     kwargs: dict[str, Any] = {
         "stop=False": {"stop": False},
         "wait=False": {"wait": False},
@@ -1911,9 +1920,38 @@ def test_a_trial_waits_only_where_waiting_helps_and_resuming_is_exact(case) -> N
         for trial in trials[1:]:
             feed(scheduler, trial, [result({"conv1": 0.5}, it=i, acc=0.5) for i in (1, 2)])
     wrap = (lambda r: r) if case == "no checkpoint" else checkpointed
-    reports = [wrap(result({"conv1": 0.5}, it=i, acc=0.1)) for i in range(1, 7)]
+    acc = None if case == "no metric" else 0.1
+    reports = [wrap(result({"conv1": 0.5}, it=i, acc=acc)) for i in range(1, 7)]  # type: ignore[arg-type]
     assert PAUSE not in feed(scheduler, trials[0], reports)
     assert not [d for _, d in scheduler.decisions if d.action == "pause"]
+
+
+@pytest.mark.parametrize("reported", ["None", "misspelt", "present"])
+def test_a_trial_that_never_reports_the_metric_is_named_once(caplog, reported) -> None:
+    """A trial whose third report still has no value of the metric (a misspelt key, or one
+    measured only at the end) is named in one warning, with the reported keys that look like
+    the metric; one that reports it, at any of those reports, is not."""
+    scheduler, _ = make()
+    trials = [FakeTrial(f"t{i}") for i in range(2)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    for trial in trials:
+        reports = [result(dict.fromkeys(LAYERS, 0.5), it=i) for i in (1, 2, 3, 4)]
+        for i, report in enumerate(reports):
+            if reported == "misspelt":
+                report["accu"] = report.pop("acc")
+            elif reported == "None" or i != 2:
+                report["acc"] = None
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune.tune.scheduler"):
+            feed(scheduler, trial, reports)
+    warned = [r.getMessage() for r in caplog.records if "no value of its metric" in r.getMessage()]
+    if reported == "present":
+        assert warned == []
+        return
+    (message,) = warned
+    assert "'acc' from trial t0 in 3 reports" in message
+    assert ("['accu']" in message) == (reported == "misspelt")
+    assert ("not among the keys" in message) == (reported == "misspelt")
 
 
 def test_a_ray_train_job_is_not_paused_to_wait() -> None:
