@@ -1005,7 +1005,12 @@ def stop_verdict(
         # output side's last layer is dead: the model then answers every input alike, and what
         # its metric gained is the classes' priors (a cross-entropy falling from 2.4 to 2.31)
         output_dead = dead[-1][0] == trial.layers[-1]
-        if output_dead or not has_learned(trial, rules):
+        # judged where its metric stands at this report, where it measures the metric (a
+        # trial that fell to chance as the layer died is stopped there, not reports later
+        # once its best over the last ones has fallen too)
+        fell = bool(trial.metric) and math.isfinite(trial.metric[-1])
+        fell = fell and not stands_where_learned(trial, rules)
+        if output_dead or fell or not has_learned(trial, rules):
             name, live = dead[-1] if output_dead else dead[0]
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
@@ -1098,9 +1103,10 @@ def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     ``settle_window`` values is more than ``stall_delta`` above its first value, and above
     chance by more than ``stall_delta`` where chance is known. A dead layer does not stop such
     a trial (a residual branch whose units died while the skip connection learns on; the best
-    trial of a sweep had one): a diverged trial sits at chance, or fell back there, and is
-    judged where it fell (a non-finite value is judged by :func:`divergence`, on the metric
-    measured at its own report).
+    trial of a sweep had one), unless its metric at that report fell back
+    (:func:`stop_verdict`): a diverged trial sits at chance, or fell back there, and is judged
+    where it fell (a non-finite value is judged by :func:`divergence`, on the metric measured
+    at its own report).
 
     Examples:
         >>> rules = ConvergenceRules()

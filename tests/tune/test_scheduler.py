@@ -664,12 +664,18 @@ def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
 def test_a_layer_signal_stops_a_trial_at_chance_but_not_one_that_learned(signal) -> None:
     """A dead layer or one layer's NaN similarity at report 4: a trial whose accuracy rose
     from 0.1 to 0.6 (a residual branch that died while the skip connection learns on) runs on;
-    one that stayed at chance (0.1, chance 0.1) is stopped there."""
+    one that stayed at chance (0.1, chance 0.1) is stopped there, and so is one that fell back
+    to chance at that report (judged on its best over the last reports, 0.93, it ran on)."""
 
     def moved(i: int) -> dict[str, float]:
         return dict.fromkeys(LAYERS, 0.1 * (i + 1))
 
-    for accs, stops in (([0.1, 0.3, 0.45, 0.6], False), ([0.1, 0.11, 0.09, 0.1], True)):
+    cases = (
+        ([0.1, 0.3, 0.45, 0.6], False),
+        ([0.1, 0.11, 0.09, 0.1], True),
+        ([0.3, 0.9, 0.93, 0.1], True),
+    )
+    for accs, stops in cases:
         scheduler, _ = make()
         trial = FakeTrial("t1")
         scheduler.on_trial_add(None, trial)
