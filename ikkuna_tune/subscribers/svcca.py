@@ -100,18 +100,23 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     weights change; linear CKA is not blind to that). Only a frozen prefix saves backward
     computation.
 
+    The arguments up to ``backend`` are the original ikkuna's, in its order (``dataset`` for
+    its ``dataset_meta``); the rest are keywords only.
+
     Args:
         dataset: a map-style torch ``Dataset`` whose items are inputs or ``(input, ...)`` tuples,
             or a tensor of inputs (first dimension: samples).
         n: probe set size (at least 2, at most the data set size).
-        batch_size: probe points per forward pass.
         forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
             the bus. It must run the Exporter's model, whose hooks record the activations.
+        freeze_at: similarity in (0, 1) at which to freeze a layer; ``None`` or, as in the
+            original ikkuna, any value >= 1 turns freezing off (the default).
+        batch_size: probe points per forward pass.
         message_bus: attach to this bus right away (its Exporter should exist already).
         tag: tag of the training messages that trigger checkpoints (``None``: any tag).
+        subsample: check at every ``subsample``-th trigger only (every other epoch with 2).
         probe_tag: tag of the probe passes' messages.
         frequency: ``'epoch'``, or an integer k to check every k training steps.
-        freeze_at: similarity in (0, 1] at which to freeze a layer, or ``None`` (no freezing).
         min_travel: with ``track_init``, a layer is frozen only once it has moved at least
             this far from its initialisation (1 - ``init_similarity``), as
             :class:`~ikkuna_tune.tune.SVCCAScheduler` requires; 0 turns the check off.
@@ -155,18 +160,20 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self,
         dataset: Dataset[Any] | torch.Tensor,
         n: int,
-        batch_size: int,
         forward_fn: Callable[[torch.Tensor], Any] | None = None,
+        freeze_at: float | None = None,
+        batch_size: int = 256,
         message_bus: MessageBus | None = None,
         tag: str | None = DEFAULT_TAG,
+        subsample: int = 1,
+        ylims: tuple[float, float] | None = None,
+        backend: str | None = "tb",
+        *,
         probe_tag: str = "svcca",
         frequency: int | str = "epoch",
-        freeze_at: float | None = None,
         keep: float = 0.99,
         max_positions: int = 5000,
         seed: int = 0,
-        ylims: tuple[float, float] | None = None,
-        backend: str | None = "tb",
         device: torch.device | str | None = None,
         track_init: bool = True,
         min_travel: float = 0.02,
@@ -179,7 +186,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         check_probe_args(forward_fn, probe_tag)
         self.trigger = Trigger(frequency)
         self.frequency = self.trigger.frequency
-        self.freeze_at = check_fraction_or_none("freeze_at", freeze_at)
+        self.freeze_at = _freeze_threshold(freeze_at)
         if (
             isinstance(min_travel, bool)
             or not isinstance(min_travel, (int, float))
@@ -236,7 +243,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             else [keys.SELF_SIMILARITY]
         )
         super().__init__(
-            [Subscription(self, [self.trigger.kind], tag)],
+            [Subscription(self, [self.trigger.kind], tag, subsample)],
             message_bus,
             plot_config("SVCCA self-similarity", "Self-similarity", ylims),
             backend,
@@ -726,11 +733,35 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         self.trigger.batches = int(state["batches"])
 
 
+def _freeze_threshold(freeze_at: object) -> float | None:
+    """``freeze_at`` as a similarity in (0, 1) at which to freeze, or None: no freezing, for
+    None and, as in the original ikkuna (whose default was 10), any number >= 1.
+
+    Examples:
+        >>> _freeze_threshold(0.99), _freeze_threshold(None), _freeze_threshold(10)
+        (0.99, None, None)
+    """
+    if _is_real(freeze_at) and freeze_at >= 1:  # type: ignore[operator]
+        return None
+    try:
+        return check_fraction_or_none("freeze_at", freeze_at)
+    except ValueError:
+        raise ValueError(
+            f"Expected `freeze_at` to be a similarity in (0, 1), or None or a number >= 1 "
+            f"(no freezing), but got {freeze_at!r}"
+        ) from None
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 class SVCCASubscriber(BatchedSVCCASubscriber):
     """:class:`BatchedSVCCASubscriber` that pushes the whole probe set through in one batch.
 
     Arguments as for :class:`BatchedSVCCASubscriber`, without ``batch_size`` (the original
-    ikkuna's signature: ``SVCCASubscriber(dataset, n, *args, **kwargs)``).
+    ikkuna's signature: ``SVCCASubscriber(dataset, n, *args, **kwargs)``, the positional ones
+    ``forward_fn`` and ``freeze_at``).
 
     Examples:
         >>> import torch
@@ -755,8 +786,14 @@ class SVCCASubscriber(BatchedSVCCASubscriber):
                 f"no `batch_size` (got {kwargs['batch_size']!r}); use BatchedSVCCASubscriber "
                 "for probe passes in batches"
             )
+        if len(args) > 2:
+            raise TypeError(
+                "SVCCASubscriber takes dataset, n, forward_fn and freeze_at by position (the "
+                f"original ikkuna's order, without batch_size) but got {2 + len(args)} "
+                "positional arguments; pass the others by keyword (message_bus=...)"
+            )
         try:
-            super().__init__(dataset, n, check_int("n", n, minimum=2), *args, **kwargs)
+            super().__init__(dataset, n, *args, batch_size=check_int("n", n, minimum=2), **kwargs)
         except TypeError as error:
             # Python's own message names BatchedSVCCASubscriber.__init__, a class the caller
             # never named (an unknown keyword, too many arguments, one given twice)

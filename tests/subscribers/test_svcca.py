@@ -153,7 +153,9 @@ def test_custom_forward_fn(tiny, data) -> None:
         calls.append(len(x))
         return tiny(x)
 
-    sub = BatchedSVCCASubscriber(data, 12, 5, forward_fn=forward, message_bus=bus, backend=None)
+    sub = BatchedSVCCASubscriber(
+        data, 12, forward_fn=forward, batch_size=5, message_bus=bus, backend=None
+    )
     assert calls == [5, 5, 2]  # attaching records the activations at initialisation
     recorded = sub.record()
     assert calls == [5, 5, 2] * 2
@@ -185,7 +187,7 @@ def test_batched_equals_unbatched(tiny, data) -> None:
     ik.Exporter(tiny, message_bus=bus2)
     kwargs = {"max_positions": 100, "seed": 5, "backend": None}
     one = SVCCASubscriber(data, 20, message_bus=bus, **kwargs)
-    batched = BatchedSVCCASubscriber(data, 20, 7, message_bus=bus2, **kwargs)
+    batched = BatchedSVCCASubscriber(data, 20, batch_size=7, message_bus=bus2, **kwargs)
     source = NetworkMessage("epoch_finished", "default", 0, 0, 0, None)
     for _ in range(3):
         a, b = one.record(), batched.record()
@@ -453,6 +455,10 @@ def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
     SVCCASubscriber(data, 10, forward_fn=lambda x: x, message_bus=MessageBus(), backend=None)
 
 
+#: the start of the message for a bad ``freeze_at``
+FREEZE_AT = r"`freeze_at` to be a similarity in \(0, 1\), or None or a number >= 1 .*"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -463,11 +469,10 @@ def test_attach_without_exporter_or_forward_fn_raises(data) -> None:
         ({"frequency": 0}, "`frequency` to be an integer >= 1 or 'epoch' but got 0"),
         ({"frequency": "step"}, "`frequency` to be an integer >= 1 or 'epoch' but got 'step'"),
         ({"frequency": True}, "`frequency` to be an integer >= 1 or 'epoch' but got True"),
-        ({"freeze_at": 0}, r"`freeze_at` to be a number in \(0, 1\] or None but got 0"),
-        ({"freeze_at": 1.5}, r"`freeze_at` to be a number in \(0, 1\] or None but got 1.5"),
-        ({"freeze_at": "0.99"}, r"`freeze_at` to be a number in \(0, 1\] or None but got '0.99'"),
-        ({"freeze_at": True}, r"`freeze_at` to be a number in \(0, 1\] or None but got True"),
-        ({"freeze_at": math.nan}, r"`freeze_at` to be a number in \(0, 1\] or None but got nan"),
+        ({"freeze_at": 0}, FREEZE_AT + r"0"),
+        ({"freeze_at": "0.99"}, FREEZE_AT + r"'0.99'"),
+        ({"freeze_at": True}, FREEZE_AT + r"True"),
+        ({"freeze_at": math.nan}, FREEZE_AT + r"nan"),
         ({"keep": 0.0}, r"`keep` to be a number in \(0, 1\] but got 0.0"),
         ({"max_positions": 1}, "`max_positions` to be an integer >= 2 but got 1"),
         ({"seed": -1}, "`seed` to be an integer >= 0 but got -1"),
@@ -486,9 +491,28 @@ def test_invalid_arguments(data, kwargs, match) -> None:
         SVCCASubscriber(**arguments)
 
 
+def test_the_original_ikkunas_arguments_are_taken_in_its_order(data) -> None:
+    """``BatchedSVCCASubscriber(dataset, n, forward_fn, freeze_at, batch_size, message_bus,
+    tag, subsample, ylims, backend)`` as the original ikkuna's, its default ``freeze_at=10``
+    (any value >= 1) turning freezing off; ``SVCCASubscriber`` takes ``forward_fn`` and
+    ``freeze_at`` by position, and says so when given more."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    bus = MessageBus()
+    sub = BatchedSVCCASubscriber(data, 12, model, 10, 64, bus, "default", 2, None, None)
+    assert (sub.forward_fn, sub.freeze_at, sub.batch_size) == (model, None, 64)
+    assert sub.message_bus is bus and sub.subscriptions[0].subsample == 2
+    assert BatchedSVCCASubscriber(data, 12).batch_size == 256  # the original's default
+    for off in (1, 1.0, 1.5, 10):
+        assert SVCCASubscriber(data, 10, freeze_at=off).freeze_at is None
+    short = SVCCASubscriber(data, 10, model, 0.99, message_bus=MessageBus(), backend=None)
+    assert (short.forward_fn, short.freeze_at, short.batch_size) == (model, 0.99, 10)
+    with pytest.raises(TypeError, match="forward_fn and freeze_at by position .* got 5"):
+        SVCCASubscriber(data, 10, model, 0.99, MessageBus())
+
+
 def test_batch_size_is_validated(data) -> None:
     with pytest.raises(ValueError, match="`batch_size` to be an integer >= 1 but got 0"):
-        BatchedSVCCASubscriber(data, 10, 0)
+        BatchedSVCCASubscriber(data, 10, batch_size=0)
     with pytest.raises(TypeError):
         SVCCASubscriber(data, 10, unknown=1)  # type: ignore[call-arg]
     # (it had raised Python's "got multiple values for argument 'batch_size'")
@@ -498,14 +522,12 @@ def test_batch_size_is_validated(data) -> None:
 
 def test_svcca_subscriber_names_itself_for_an_unknown_argument(data) -> None:
     # (Python's error named BatchedSVCCASubscriber.__init__, which the caller never named)
-    taken = "it takes a dataset, n and then forward_fn, message_bus, tag"
+    taken = "it takes a dataset, n and then forward_fn, freeze_at, message_bus, tag"
     with pytest.raises(
         TypeError, match=f"SVCCASubscriber got an unexpected keyword .*'kep'; {taken}"
     ):
         SVCCASubscriber(data, 10, kep=0.9)
-    with pytest.raises(
-        TypeError, match=f"SVCCASubscriber takes .* positional arguments .*; {taken}"
-    ):
+    with pytest.raises(TypeError, match="takes dataset, n, forward_fn and freeze_at by position"):
         SVCCASubscriber(data, 10, *([None] * 16))
     with pytest.raises(
         TypeError, match=f"SVCCASubscriber got multiple values for argument 'forward_fn'; {taken}"
@@ -532,9 +554,9 @@ def _missing_devices() -> list[str]:
 @pytest.mark.parametrize("device", [*_missing_devices(), "gpu", 1.5])
 @pytest.mark.parametrize("cls", [SVCCASubscriber, BatchedSVCCASubscriber])
 def test_a_device_this_machine_lacks_is_rejected_at_construction(data, cls, device) -> None:
-    args = (data, 10) if cls is SVCCASubscriber else (data, 10, 5)
+    kwargs = {} if cls is SVCCASubscriber else {"batch_size": 5}
     with pytest.raises(ValueError, match=f"Expected `device` to be .* but got {device!r}"):
-        cls(*args, device=device)
+        cls(data, 10, device=device, **kwargs)
 
 
 @pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
@@ -795,7 +817,7 @@ def _live_published(model: nn.Module, batch_size: int, **exporter_kwargs) -> lis
     bus = MessageBus()
     exporter = ik.Exporter(model, opt, bus, **exporter_kwargs)
     inputs = torch.randn(35, 6, generator=torch.Generator().manual_seed(1))
-    BatchedSVCCASubscriber(inputs, 35, batch_size, message_bus=bus, backend=None)
+    BatchedSVCCASubscriber(inputs, 35, batch_size=batch_size, message_bus=bus, backend=None)
     got: dict[int, dict[str, float]] = {}
     ik.CallbackSubscriber(
         ["live_fraction"], lambda m: got.setdefault(m.epoch, {}).update({m.key: m.data.item()}), bus
