@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ikkuna_tune import unattached
 from ikkuna_tune.backends import BACKENDS, Backend, NullBackend, TensorBoardBackend
 from ikkuna_tune.bus_listener import BusListener
 from ikkuna_tune.checks import check_bool
@@ -157,6 +158,7 @@ class MessageBus(KindRegistry):
         except Exception:
             self.deregister_subscriber(subscriber)
             raise
+        unattached.attached(subscriber)
 
     def deregister_subscriber(self, subscriber: Subscriber) -> None:
         """Detach ``subscriber``: it receives nothing more and the kinds it published are removed.

@@ -39,6 +39,7 @@ from ikkuna_tune.messages import (
     NetworkMessage,
 )
 from ikkuna_tune.parameters import Entry, gradients, tensor_attr, tensor_attrs
+from ikkuna_tune.unattached import warn_unattached
 
 __all__ = [
     "CLOSURE_TAG",
@@ -387,6 +388,8 @@ class StepHooks:
         model's training pass, so that a weight computed in the forward pass, such as a
         spectral norm's, is read as that pass will compute it)."""
         self._finish_step()
+        if self._steps_started == 0:
+            warn_unattached()  # subscribers waiting for messages from no bus
         # (judged when the next step starts: labels may come after the optimizer's step)
         if self._steps_started > 0 and not self._labels_given and not self._warned_no_labels:
             self._warn_no_labels()

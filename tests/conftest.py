@@ -20,6 +20,15 @@ class TinyNet(nn.Module):
         return self.fc(self.act(self.conv(x)).flatten(1))
 
 
+@pytest.fixture(autouse=True)
+def _no_unattached_from_other_tests() -> None:
+    """Forget the subscribers other tests made without a bus (each test's first training step
+    names those still unattached, ikkuna_tune.unattached): a test sees only its own."""
+    from ikkuna_tune import unattached
+
+    unattached._UNATTACHED.clear()
+
+
 @pytest.fixture
 def tiny() -> TinyNet:
     torch.manual_seed(0)

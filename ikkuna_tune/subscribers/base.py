@@ -38,6 +38,7 @@ from ikkuna_tune.messages import (
 )
 from ikkuna_tune.subscribers.state_values import check_loadable, portable, restored
 from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
+from ikkuna_tune.unattached import made_without_bus
 
 if TYPE_CHECKING:
     from ikkuna_tune.model_access import ModelAccess
@@ -124,6 +125,8 @@ class Subscriber:
             self._add_publication(kind, type_)
         if message_bus is not None:
             self.attach(message_bus)
+        else:
+            made_without_bus(self, f"{type(self).__name__}(kinds={list(self.kinds)})")
 
     # --------------------------------------------------------------- wiring
     @property

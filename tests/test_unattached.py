@@ -1,0 +1,52 @@
+"""A subscriber made without a bus and never attached receives nothing; the first training step
+names it in a warning (the original ikkuna's subscribers defaulted to a global bus)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ikkuna_tune as ik
+
+
+def _train(exporter: ik.Exporter, model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(torch.randn(4, 3)), torch.randint(0, 2, (4,))).backward()
+        opt.step()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "attached to none" in r.getMessage()]
+
+
+def test_a_subscriber_without_a_bus_is_named_at_the_first_step_and_gets_nothing(caplog) -> None:
+    """Written as for the original ikkuna (no bus named, the subscriber not even kept): the
+    first step warns once, naming it; the one attached later gets its messages, unnamed."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    got: list[str] = []
+    with ik.Exporter(model, opt) as exporter:
+        ik.NormSubscriber("weights", backend=None)  # as the original ikkuna's code would
+        later = ik.CallbackSubscriber(["loss"], lambda m: got.append(m.kind))
+        exporter.message_bus.register_subscriber(later)
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
+            _train(exporter, model, opt, 3)
+    (message,) = _warnings(caplog)
+    assert message.startswith("1 subscriber(s)") and "NormSubscriber(kinds=['weights'])" in message
+    assert got == ["loss"] * 3
+
+
+def test_subscribers_on_a_bus_are_not_named(caplog) -> None:
+    model = nn.Sequential(nn.Linear(3, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ik.Exporter(model, opt) as exporter:
+        ik.NormSubscriber("weights", exporter.message_bus, backend=None)
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
+            _train(exporter, model, opt, 2)
+    assert _warnings(caplog) == []
