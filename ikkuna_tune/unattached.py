@@ -21,12 +21,25 @@ _UNATTACHED: dict[int, str] = {}
 
 
 def made_without_bus(subscriber: object, description: str) -> None:
-    """Note that ``subscriber`` (described as ``description``) was made without a bus."""
+    """Note that ``subscriber`` (described as ``description``) was made without a bus.
+
+    Examples:
+        >>> loose = object()
+        >>> made_without_bus(loose, "Loose()"); _UNATTACHED[id(loose)]
+        'Loose()'
+        >>> attached(loose)
+    """
     _UNATTACHED[id(subscriber)] = description
 
 
 def attached(subscriber: object) -> None:
-    """Forget ``subscriber``'s record: it is attached to a bus now."""
+    """Forget ``subscriber``'s record: it is attached to a bus now.
+
+    Examples:
+        >>> loose = object()
+        >>> made_without_bus(loose, "Loose()"); attached(loose); id(loose) in _UNATTACHED
+        False
+    """
     _UNATTACHED.pop(id(subscriber), None)
 
 
