@@ -266,3 +266,52 @@ def test_a_stopped_trial_is_marked_at_its_last_iteration_where_a_layer_line_ends
     squares = [t for t in html.data if t.mode == "markers" and t.marker.symbol == "square"]
     assert len(squares) == 3 and ([4], [stem]) in [(list(t.x), list(t.y)) for t in squares]
     assert all(list(t.x) == [4] for t in squares)
+
+
+def test_a_trial_stopped_before_its_first_value_is_marked_and_in_the_legend(tmp_path) -> None:
+    """Self-similarity has no value at report 1: a trial stopped there has no line in any
+    panel. It keeps its colour in the legend, and its square stands at iteration 1 at the top
+    of each panel, in both renderings (it was left out of the figure altogether)."""
+    experiment = tmp_path / "sweep"
+    for number, lr in enumerate((0.1, 0.2, 0.4)):
+        trial_id = f"ddddd_0000{number}"
+        iterations = 1 if number == 2 else 4
+        results = [
+            report(trial_id, {"lr": lr}, i, done=number == 2) for i in range(1, iterations + 1)
+        ]
+        if number == 2:
+            results[0]["sim"] = dict.fromkeys(results[0]["sim"])  # None: not measured yet
+        write_trial(experiment, f"train_{trial_id}", {"lr": lr}, results)
+    df = compare.load(experiment)
+    assert "ddddd_00002" not in set(df[df["metric"] == "sim"]["trial_id"])
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_title()}
+    for ax in panels.values():
+        ((x, y),) = _marks(ax, "stopped early")
+        highest = max(float(np.nanmax(line.get_ydata())) for line in ax.lines)
+        assert x == 1.0 and y >= highest  # at the top
+    legend_labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert "0.4" in legend_labels
+    html = compare.layers_figure(df, metric="sim", color_by="lr")
+    squares = [t for t in html.data if t.meta == "ddddd_00002"]
+    assert len(squares) == len(panels) and all(list(t.x) == [1] for t in squares)
+    assert [t.showlegend for t in squares].count(True) == 1
+
+
+def test_every_trial_of_two_families_has_one_legend_entry_in_the_html_figure(tmp_path) -> None:
+    """Two model families, each with its own layers: the second family's trial has no trace in
+    the first panel, and had no legend entry (the legend is how a trial is hidden or
+    isolated); now each trial has exactly one."""
+    experiment = tmp_path / "sweep"
+    for number, lr in enumerate((0.1, 0.2)):
+        trial_id = f"eeeee_0000{number}"
+        results = [report(trial_id, {"lr": lr}, i) for i in range(1, 4)]
+        if number == 1:
+            for result in results:
+                for key in ("sim", "frozen"):
+                    result[key] = {f"other_{k}": v for k, v in result[key].items()}
+        write_trial(experiment, f"train_{trial_id}", {"lr": lr}, results)
+    df = compare.load(experiment)
+    html = compare.layers_figure(df, metric="sim", color_by="lr")
+    entries = [t.meta for t in html.data if t.showlegend]
+    assert sorted(entries) == ["eeeee_00000", "eeeee_00001"]

@@ -57,6 +57,18 @@ def _escape_template(text: str) -> str:
     return html.escape(text).replace("%{", "%&#123;")
 
 
+def _end_mark(
+    trial_id: str, infos: dict[str, Any], early: dict[str, bool], colour: str
+) -> tuple[str, int, str, str, str] | None:
+    """The mark at a trial's end, if it failed or was stopped early: symbol, size, face and
+    edge colour, and what it says."""
+    if infos.get(trial_id, {}).get("failed"):
+        return "x", 11, "#d62728", "white", "failed here"
+    if early.get(trial_id):
+        return "square", 9, colour, "black", "stopped early here"
+    return None
+
+
 def layers_figure(
     df: pd.DataFrame,
     metric: str = "self_similarity",
@@ -105,6 +117,8 @@ def layers_figure(
         horizontal_spacing=0.04 if sharey else 0.07,
         vertical_spacing=min(0.12, 0.5 / nrows),
     )
+    measured = set(rows["trial_id"])
+    shown: set[str] = set()  # trials with a legend entry
     for index, layer in enumerate(panels):
         row, col = index // ncols + 1, index % ncols + 1
         selected = rows[rows["layer"] == layer] if layer is not None else rows
@@ -115,13 +129,42 @@ def layers_figure(
         top = float(finite.max()) if len(finite) else 0.0
         for trial_id in order:
             trial = selected[selected["trial_id"] == trial_id]
-            if not len(trial):
-                continue
             config = infos.get(trial_id, {}).get("config", {})
             colour = to_hex(colours.colour[trial_id])
+            label = _legend_label(trial_id, color_by, style_by, colour_values, style_values)
+            if not len(trial):
+                if trial_id not in measured and trial_id in plan.last:
+                    # ended before its first value of the metric: its end mark, at the top,
+                    # which carries its legend entry
+                    end = _end_mark(trial_id, infos, early, colour)
+                    if end is not None:
+                        symbol, size, face, edge, text = end
+                        figure.add_trace(
+                            go.Scatter(
+                                x=[plan.last[trial_id]],
+                                y=[top],
+                                mode="markers",
+                                name=label,
+                                legendgroup=trial_id,
+                                showlegend=trial_id not in shown,
+                                meta=trial_id,
+                                marker={
+                                    "symbol": symbol,
+                                    "size": size,
+                                    "color": face,
+                                    "line": {"color": edge, "width": 1},
+                                },
+                                hovertemplate=_hover(
+                                    trial_id, config, f"{text} (no {metric} before)", ""
+                                ),
+                            ),
+                            row=row,
+                            col=col,
+                        )
+                        shown.add(trial_id)
+                continue
             xs = trial["training_iteration"].to_numpy(dtype=float)
             ys = trial["value"].to_numpy(dtype=float)
-            label = _legend_label(trial_id, color_by, style_by, colour_values, style_values)
             figure.add_trace(
                 go.Scatter(
                     x=xs,
@@ -129,7 +172,7 @@ def layers_figure(
                     mode="lines+markers",
                     name=label,
                     legendgroup=trial_id,
-                    showlegend=index == 0,
+                    showlegend=trial_id not in shown,  # once, in its first panel
                     meta=trial_id,
                     line={"color": colour, "dash": LINESTYLES[styles[trial_id]][1], "width": 2},
                     marker={"size": 4},
@@ -144,6 +187,7 @@ def layers_figure(
                 row=row,
                 col=col,
             )
+            shown.add(trial_id)
             marks = []
             if layer is not None and layer in frozen_at.get(trial_id, {}):
                 at = frozen_at[trial_id][layer]
@@ -160,11 +204,10 @@ def layers_figure(
             # marks of the trial's end stand at its last iteration (a layer's line can end
             # before, at its freeze), on the last value the line shows
             end, stop_x = last_finite(ys), plan.last.get(trial_id, xs[-1])
-            if infos.get(trial_id, {}).get("failed"):
-                marks.append(("x", 11, "#d62728", "white", stop_x, end, "failed here", ""))
-            elif early.get(trial_id):
-                text = "stopped early here"
-                marks.append(("square", 9, colour, "black", stop_x, end, text, ""))
+            ended = _end_mark(trial_id, infos, early, colour)
+            if ended is not None:
+                symbol, size, face, edge, text = ended
+                marks.append((symbol, size, face, edge, stop_x, end, text, ""))
             for symbol, size, face, edge, x, y, text, why in marks:
                 if not np.isfinite(y):
                     continue  # no finite value to stand on

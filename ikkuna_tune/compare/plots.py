@@ -76,6 +76,11 @@ def _value_at(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
 
 
 # ----------------------------------------------------------------------------------- layers
+def _end_kind(trial_id: str, failed: set[str], early: dict[str, bool]) -> str:
+    """The mark at a trial's end: ``'failed'``, ``'stopped early'`` or none (``''``)."""
+    return "failed" if trial_id in failed else "stopped early" if early.get(trial_id) else ""
+
+
 def plot_layers(
     df: pd.DataFrame,
     metric: str = "self_similarity",
@@ -132,12 +137,24 @@ def plot_layers(
     for ax in grid.flat[len(panels) :]:
         figure.delaxes(ax)
     marks_used: set[str] = set()
+    measured = set(rows["trial_id"])
     for index, (ax, layer) in enumerate(zip(grid.flat, panels)):
         selected = rows[rows["layer"] == layer] if layer is not None else rows
         marks: dict[str, list[tuple[float, float, Any]]] = {}
         for trial_id in trial_ids:
             trial = selected[selected["trial_id"] == trial_id]
             if not len(trial):
+                kind = (
+                    "failed"
+                    if trial_id in failed
+                    else "stopped early"
+                    if early.get(trial_id)
+                    else ""
+                )
+                if trial_id not in measured and kind and trial_id in plan.last:
+                    # ended before its first value of the metric: its end mark, at the top
+                    colour = colours.colour[trial_id]
+                    marks.setdefault(kind, []).append((plan.last[trial_id], math.nan, colour))
                 continue
             xs = trial["training_iteration"].to_numpy(dtype=float)
             ys = trial["value"].to_numpy(dtype=float)
@@ -161,7 +178,9 @@ def plot_layers(
                 marks.setdefault("not finite", []).append(
                     (xs[first], last_finite(ys, first), colour)
                 )
-            kind = "failed" if trial_id in failed else "stopped early" if early[trial_id] else ""
+            kind = (
+                "failed" if trial_id in failed else "stopped early" if early.get(trial_id) else ""
+            )
             if kind:  # at the trial's last iteration (a layer's line can end before, at its
                 # freeze), on the last value the line shows
                 stop_x = plan.last.get(trial_id, xs[-1])
