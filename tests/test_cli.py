@@ -334,3 +334,15 @@ def test_demo_at_an_address_where_nothing_listens_is_one_line(tmp_path, capsys) 
     assert err.startswith("ikkuna-tune demo: error: Cannot reach a Ray cluster at 127.0.0.1:1")
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_demo_into_a_file_is_one_line(tmp_path, capsys) -> None:
+    """``-o`` naming a file (or a path under one): one line and exit code 2 before Ray starts
+    (it was ``[Errno 17] File exists``, from deep inside)."""
+    blocking = tmp_path / "summary.csv"
+    blocking.write_text("x\n")
+    code = main(["demo", "--quick", "-o", str(blocking / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ikkuna-tune demo: error: Expected the output directory")
+    assert "is a file" in err and len(err.strip().splitlines()) == 1

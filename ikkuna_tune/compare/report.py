@@ -86,7 +86,7 @@ def compare_experiment(
     """
     check_mode(mode)
     check_budget(budget)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     df = load(experiment)
     options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
     table = _summary_for_report(df, options, summary_metric, mode)
@@ -140,7 +140,7 @@ def write_report(
     """
     check_tidy(df)
     check_budget(budget)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     options = _Options.checked(df, metric, color_by, style_by, sharey, budget, html)
     table = _summary_for_report(df, options, summary_metric, mode)
     return _write(df, table, decisions(df), out_dir, options, title="ikkuna_tune comparison")
@@ -198,8 +198,18 @@ def _title(experiment: ExperimentLike) -> str:
     return f"ikkuna_tune comparison: {Path(str(path)).name}" if path else "ikkuna_tune comparison"
 
 
-def _check_out_dir(out_dir: str | PathLike[str]) -> None:
-    """Raise ``ValueError`` unless ``out_dir`` is a directory or can be made one."""
+def check_out_dir(out_dir: str | PathLike[str]) -> None:
+    """Raise ``ValueError`` unless ``out_dir`` is a directory or can be made one.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as blocking:
+        ...     try:
+        ...         check_out_dir(Path(blocking.name, "plots"))
+        ...     except ValueError as error:
+        ...         print(str(error).endswith("is a file"))
+        True
+    """
     if not isinstance(out_dir, (str, PathLike)):
         raise ValueError(
             f"Expected `out_dir` to be a path (a str or a Path) but got {type(out_dir).__name__}"

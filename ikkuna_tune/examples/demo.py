@@ -211,7 +211,9 @@ def run_demo(
     from ray import tune
 
     from ikkuna_tune import compare
+    from ikkuna_tune.compare.report import check_out_dir
 
+    check_out_dir(out_dir)  # a file in the way: said here, before Ray starts
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(storage_path).resolve() if storage_path else out / "ray_results"
@@ -279,8 +281,14 @@ def run_demo(
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = new_output
     logger.info("%s", scheduler.debug_string())
+    # from the experiment's directory: values Tune's own objects hold drop NaN (a diverged
+    # trial's "not finite" mark), result.json keeps them
     comparison = compare.compare_experiment(
-        analysis, out, metric="self_similarity", color_by="lr", summary_metric="test_accuracy"
+        analysis.experiment_path,
+        out,
+        metric="self_similarity",
+        color_by="lr",
+        summary_metric="test_accuracy",
     )
     return {
         "experiment": analysis.experiment_path,
