@@ -669,8 +669,13 @@ class SVCCAScheduler(FIFOScheduler):
         ]
         for trial_id, view in self._views.items():
             frozen = view.frozen_or_ordered()
+            status = getattr(self._trials.get(trial_id), "status", None)
             if view.completed:
                 state = "finished"
+            elif status == "ERROR":  # (failed for good: one Tune retries is PENDING again)
+                state = "failed"
+            elif status == "PAUSED":
+                state = "paused"
             else:  # (a trial Tune has not started yet has made no report)
                 state = "running" if view.history.reports else "no report yet"
             if view.stopped:

@@ -1326,9 +1326,24 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
     (tmp_path / "s2").mkdir()
     finished.status = status  # type: ignore[attr-defined]
     scheduler.on_trial_add(None, finished)
-    # an errored trial may resume; until it reports, it is shown as one that has not
-    state = "finished" if status == "TERMINATED" else "no report yet"
+    # an errored trial is shown failed while Tune holds it errored (one it resumes is PENDING)
+    state = "finished" if status == "TERMINATED" else "failed"
     assert f"t2: frozen none; {state}" in scheduler.debug_string()
+    if status == "ERROR":
+        finished.status = "PENDING"  # type: ignore[attr-defined]
+        assert "t2: frozen none; no report yet" in scheduler.debug_string()
+
+
+@pytest.mark.parametrize(("status", "state"), [("ERROR", "failed"), ("PAUSED", "paused"),
+                                               ("RUNNING", "running")])  # fmt: skip
+def test_debug_string_tells_a_failed_and_a_paused_trial_from_a_running_one(status, state) -> None:
+    """A trial that reported and then failed for good was shown as running."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    feed(scheduler, trial, [result(dict.fromkeys(LAYERS, 0.5), it=1)])
+    trial.status = status  # type: ignore[attr-defined]
+    assert f"t1: frozen none; {state}" in scheduler.debug_string()
 
 
 def test_a_trial_restarted_under_a_new_id_takes_up_nothing_of_the_errored_one(tmp_path) -> None:
