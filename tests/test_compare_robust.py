@@ -592,6 +592,19 @@ def test_a_changing_config_is_styled_by_its_last_value_as_summaries_take_it(tmp_
     assert df.attrs["trials"]["hhhhh_00000"]["config"]["lr"] == 0.1
 
 
+def test_the_summary_takes_the_last_config_reported_where_params_json_lags(tmp_path) -> None:
+    """Tune rewrites params.json when a trial starts: one mutated since (population-based
+    training) has its last config in its reports only. The summary and ``attrs`` take that one,
+    as the plots and the warning do (they took params.json's)."""
+    experiment = tmp_path / "pbt"
+    lrs = [0.1, 0.1, 0.05]
+    results = [report("jjjjj_00000", {"lr": lr}, i) for i, lr in enumerate(lrs, 1)]
+    write_trial(experiment, "train_jjjjj_00000_0", {"lr": 0.1}, results)
+    df = compare.load(experiment)
+    assert df.attrs["trials"]["jjjjj_00000"]["config"]["lr"] == 0.05
+    assert compare.summary(df, "loss", mode="min")["lr"].tolist() == [0.05]
+
+
 def test_the_last_config_is_that_of_the_last_iteration_whatever_the_row_order(tmp_path) -> None:
     from ikkuna_tune.compare.frame import trial_infos, trial_values
 

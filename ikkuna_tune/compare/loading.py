@@ -173,6 +173,8 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
                 trial.trial_id,
                 sorted(changing),
             )
+        for name, by_iteration in changing.items():  # its last config, as the warning says
+            trial.config[name] = by_iteration[max(by_iteration)]
         for position, name in enumerate(config_names, 1):
             if name in changing:
                 values = long["training_iteration"].map(changing[name]).tolist()
