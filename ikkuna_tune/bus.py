@@ -158,7 +158,7 @@ class MessageBus(KindRegistry):
         except Exception:
             self.deregister_subscriber(subscriber)
             raise
-        unattached.attached(subscriber)
+        unattached.forget(subscriber)
 
     def deregister_subscriber(self, subscriber: Subscriber) -> None:
         """Detach ``subscriber``: it receives nothing more and the kinds it published are removed.

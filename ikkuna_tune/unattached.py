@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["attached", "made_without_bus", "warn_unattached"]
+__all__ = ["forget", "made_without_bus", "warn_unattached"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +27,18 @@ def made_without_bus(subscriber: object, description: str) -> None:
         >>> loose = object()
         >>> made_without_bus(loose, "Loose()"); _UNATTACHED[id(loose)]
         'Loose()'
-        >>> attached(loose)
+        >>> forget(loose)
     """
     _UNATTACHED[id(subscriber)] = description
 
 
-def attached(subscriber: object) -> None:
-    """Forget ``subscriber``'s record: it is attached to a bus now.
+def forget(subscriber: object) -> None:
+    """Forget ``subscriber``'s record: it is attached to a bus now, or left out on purpose
+    (a subscriber that runs the model, on a data-parallel job's ranks other than 0).
 
     Examples:
         >>> loose = object()
-        >>> made_without_bus(loose, "Loose()"); attached(loose); id(loose) in _UNATTACHED
+        >>> made_without_bus(loose, "Loose()"); forget(loose); id(loose) in _UNATTACHED
         False
     """
     _UNATTACHED.pop(id(subscriber), None)

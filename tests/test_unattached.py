@@ -50,3 +50,22 @@ def test_subscribers_on_a_bus_are_not_named(caplog) -> None:
         with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
             _train(exporter, model, opt, 2)
     assert _warnings(caplog) == []
+
+
+def test_subscribers_a_data_parallel_rank_leaves_out_are_not_named(caplog) -> None:
+    """On a Ray Train job's ranks other than 0 the subscribers that run the model (test
+    accuracy, SVCCA) are left out on purpose: no warning names them there."""
+    from torch.utils.data import TensorDataset
+
+    from ikkuna_tune.bus import MessageBus
+    from ikkuna_tune.tune.train_workers import subscribers_for_rank
+    from ikkuna_tune.unattached import warn_unattached
+
+    data = TensorDataset(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+    chosen = [ik.NormSubscriber("weights", backend=None), ik.TestAccuracySubscriber(data)]
+    bus = MessageBus()
+    for subscriber in subscribers_for_rank(chosen, 1):
+        bus.register_subscriber(subscriber)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
+        warn_unattached()
+    assert _warnings(caplog) == []

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ikkuna_tune import keys
+from ikkuna_tune import keys, unattached
 from ikkuna_tune.subscribers.base import Subscriber
 
 __all__ = [
@@ -164,6 +164,7 @@ def subscribers_for_rank(subscribers: Sequence[Subscriber], rank: int) -> list[S
     for subscriber in subscribers:
         if subscriber.uses_model is not None or missing & set(subscriber.kinds):
             missing.update(subscriber.publications)
+            unattached.forget(subscriber)  # left out on purpose: no warning that it is idle
             continue
         kept.append(subscriber)
     return kept
