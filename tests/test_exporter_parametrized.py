@@ -189,6 +189,18 @@ def test_watching_a_spectral_norm_leaves_its_power_iteration_alone(hook_based: b
         assert torch.equal(a, b), name
 
 
+def _norms_of_first_layer() -> tuple[MessageBus, dict[str, list[float]]]:
+    """A bus with the weight and update norms, and the lists layer ``0``'s values go to."""
+    bus = MessageBus()
+    ik.NormSubscriber("weights", bus, backend=None)
+    ik.NormSubscriber("weight_updates", bus, backend=None)
+    got: dict[str, list[float]] = {"weights_norm2": [], "weight_updates_norm2": []}
+    ik.CallbackSubscriber(
+        list(got), lambda m: got[m.kind].append(float(m.data)) if m.key == "0" else None, bus
+    )
+    return bus, got
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
 def test_an_older_hook_based_weight_norm_is_published_as_the_forward_pass_uses_it() -> None:
     """``torch.nn.utils.weight_norm`` recomputes ``weight`` (a plain attribute) in a forward
@@ -199,13 +211,7 @@ def test_an_older_hook_based_weight_norm_is_published_as_the_forward_pass_uses_i
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     # weight_g and weight_v make up the weight, which gets the metrics: no warning about them
     assert parameter_roles(model[0]) == ({"weight": "weight", "bias": "bias"}, [])
-    bus = MessageBus()
-    ik.NormSubscriber("weights", bus, backend=None)
-    ik.NormSubscriber("weight_updates", bus, backend=None)
-    got: dict[str, list[float]] = {"weights_norm2": [], "weight_updates_norm2": []}
-    ik.CallbackSubscriber(
-        list(got), lambda m: got[m.kind].append(float(m.data)) if m.key == "0" else None, bus
-    )
+    bus, got = _norms_of_first_layer()
     with ik.Exporter(model, opt, bus):
         used = _train_steps(model, opt, 4)
     # the weight the next forward pass would use: the last step's update ends there
@@ -299,20 +305,14 @@ def _weight_now(layer: nn.Module) -> torch.Tensor:
 def test_a_spectral_norm_is_published_as_the_forward_pass_computes_it(flavour: str) -> None:
     """A spectral norm's power iteration runs in each training forward pass: the weight
     published when the step starts is the one that pass computes (read before it, from the
-    last pass's vectors, it was off by up to 4 % here, and by a factor of 11 before the first
-    pass of the older hook, whose vectors start random), and the update is the change of the
-    weight over the optimizer's step. Reading it leaves training exactly as without the
-    Exporter."""
+    last pass's vectors, it was off by up to 4 % in a review's run, and by a factor of 11
+    before the first pass of the older hook, whose vectors start random), and the update is
+    the change of the weight over the optimizer's step. Reading it leaves training exactly as
+    without the Exporter."""
     plain, watched = _recording_spectral_model(flavour), _recording_spectral_model(flavour)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.5, momentum=0.9)
     opt = torch.optim.SGD(watched.parameters(), lr=0.5, momentum=0.9)
-    bus = MessageBus()
-    ik.NormSubscriber("weights", bus, backend=None)
-    ik.NormSubscriber("weight_updates", bus, backend=None)
-    got: dict[str, list[float]] = {"weights_norm2": [], "weight_updates_norm2": []}
-    ik.CallbackSubscriber(
-        list(got), lambda m: got[m.kind].append(float(m.data)) if m.key == "0" else None, bus
-    )
+    bus, got = _norms_of_first_layer()
     used, moved = [], []
     g = torch.Generator().manual_seed(1)
     with ik.Exporter(watched, opt, bus):

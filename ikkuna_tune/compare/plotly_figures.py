@@ -57,6 +57,26 @@ def _escape_template(text: str) -> str:
     return html.escape(text).replace("%{", "%&#123;")
 
 
+def _mark_trace(
+    trial_id: str, style: tuple[str, int, str, str], x: float, y: float, hover: str
+) -> Any:
+    """One mark of ``trial_id`` at ``(x, y)``: a trace in the trial's legend group, without a
+    legend entry of its own; ``style`` is its symbol, size, face and edge colour."""
+    import plotly.graph_objects as go
+
+    symbol, size, face, edge = style
+    return go.Scatter(
+        x=[x],
+        y=[y],
+        mode="markers",
+        legendgroup=trial_id,
+        showlegend=False,
+        meta=trial_id,
+        marker={"symbol": symbol, "size": size, "color": face, "line": {"color": edge, "width": 1}},
+        hovertemplate=hover,
+    )
+
+
 def _end_mark(
     trial_id: str, infos: dict[str, Any], early: dict[str, bool], colour: str
 ) -> tuple[str, int, str, str, str] | None:
@@ -139,28 +159,12 @@ def layers_figure(
                     end = _end_mark(trial_id, infos, early, colour)
                     if end is not None:
                         symbol, size, face, edge, text = end
-                        figure.add_trace(
-                            go.Scatter(
-                                x=[plan.last[trial_id]],
-                                y=[top],
-                                mode="markers",
-                                name=label,
-                                legendgroup=trial_id,
-                                showlegend=trial_id not in shown,
-                                meta=trial_id,
-                                marker={
-                                    "symbol": symbol,
-                                    "size": size,
-                                    "color": face,
-                                    "line": {"color": edge, "width": 1},
-                                },
-                                hovertemplate=_hover(
-                                    trial_id, config, f"{text} (no {metric} before)", ""
-                                ),
-                            ),
-                            row=row,
-                            col=col,
+                        hover = _hover(trial_id, config, f"{text} (no {metric} before)", "")
+                        trace = _mark_trace(
+                            trial_id, (symbol, size, face, edge), plan.last[trial_id], top, hover
                         )
+                        trace.update(name=label, showlegend=trial_id not in shown)
+                        figure.add_trace(trace, row=row, col=col)
                         shown.add(trial_id)
                 continue
             xs = trial["training_iteration"].to_numpy(dtype=float)
@@ -211,25 +215,9 @@ def layers_figure(
             for symbol, size, face, edge, x, y, text, why in marks:
                 if not np.isfinite(y):
                     continue  # no finite value to stand on
-                figure.add_trace(
-                    go.Scatter(
-                        x=[x],
-                        y=[float(y)],
-                        mode="markers",
-                        legendgroup=trial_id,
-                        showlegend=False,
-                        meta=trial_id,
-                        marker={
-                            "symbol": symbol,
-                            "size": size,
-                            "color": face,
-                            "line": {"color": edge, "width": 1},
-                        },
-                        hovertemplate=_hover(trial_id, config, text, _escape_template(why)),
-                    ),
-                    row=row,
-                    col=col,
-                )
+                hover = _hover(trial_id, config, text, _escape_template(why))
+                trace = _mark_trace(trial_id, (symbol, size, face, edge), x, float(y), hover)
+                figure.add_trace(trace, row=row, col=col)
     first, last = rows["training_iteration"].min(), rows["training_iteration"].max()
     figure.update_xaxes(range=[first - 0.5, last + 0.5], dtick=1 if _few(rows) else None)
     figure.update_xaxes(title_text="training_iteration", row=nrows)
