@@ -26,9 +26,11 @@ its thresholds are set. Where the bound exceeds 0.6 the two targets cannot both 
 **Replay.** The same reports are also fed, report by report and every trial in step (as in a
 sweep that runs all its trials at once), to SVCCAScheduler's stopping rules
 (:func:`ikkuna_tune.tune.convergence.stop_verdict`, default thresholds, the budget known), the
-way the scheduler feeds them, with its exceptions (a layer's non-finite similarity in a trial
-that has learned, and a loss infinite before it was ever finite, stop nothing): what it would
-stop, when, and the compute that leaves. Freezing is
+way the scheduler feeds them, with its rules for non-finite values
+(:func:`ikkuna_tune.tune.convergence.divergence`: a non-finite weight norm or every layer
+signal of a report NaN stops the trial; a non-finite loss or one layer's similarity only
+where the metric at that report has not learned or fell back; a loss infinite before it was
+ever finite stops nothing): what it would stop, when, and the compute that leaves. Freezing is
 not replayed (a frozen trial's later reports would differ). It is replayed once more without
 the rules that wait for ``stall_share`` of the budget (stuck at chance, and stuck while others
 learned), to show their share. In

@@ -1196,7 +1196,9 @@ def divergence(
     a report the history does not hold, or the history's last value, NaN), such a value stops
     nothing now: a trial whose weights diverged shows it at its next measured report (its
     metric, or every layer's signals, not finite, or its metric fallen back), and is stopped
-    there, while a value measured before is no evidence of where it stands now.
+    there, while a value measured before is no evidence of where it stands now. A trial with
+    no value of the metric yet (none measured, or a metric it never reports) has nothing to
+    vouch for it, and is stopped at once.
 
     Examples:
         >>> learned = TrialHistory(metric=[0.3, 0.6, 0.8], chance=0.1)
@@ -1214,13 +1216,18 @@ def divergence(
         ('loss', nan)
         >>> divergence(("loss", math.nan), learned, ConvergenceRules(), "sim", "acc",
         ...            latest=math.nan)  # not measured at this report: judged when it is
+        >>> unmeasured = TrialHistory(metric=[math.nan, math.nan])
+        >>> divergence(("loss", math.nan), unmeasured, ConvergenceRules(), "sim", "acc")
+        ('loss', nan)
     """
     if collapsed is not None:
         return collapsed
     if nonfinite is None or nonfinite[0] == metric or metric is None:
         return nonfinite  # (without a metric, nothing vouches for the trial)
     series = trial.metric if latest is None else [*trial.metric, latest]
-    if not series or not math.isfinite(series[-1]):
+    if not any(math.isfinite(m) for m in series):
+        return nonfinite  # no value of the metric yet: nothing vouches for the trial
+    if not math.isfinite(series[-1]):
         return None  # the metric is not measured at this report: judged where it is
     return None if stands_where_learned(trial, rules, latest) else nonfinite
 

@@ -83,8 +83,9 @@ def first_nonfinite(
     is NaN or infinite, with that value (a similarity as ``<similarity_key>/<layer>``), or None.
 
     A loss is any number reported under a key whose first part names one (``loss``,
-    ``train_loss``, ``mean_loss``, ``val_loss``, ``losses/val``, ``valLoss``): a loss that is
-    not finite means the trial diverged, whatever the user called it. With ``finite_before``
+    ``train_loss``, ``mean_loss``, ``val_loss``, ``losses/val``, ``valLoss``), whatever the
+    user called it (whether it stops the trial is
+    :func:`~ikkuna_tune.tune.convergence.divergence`'s to judge). With ``finite_before``
     (the losses the trial has reported finite so far; this result's finite ones are added to
     it), a loss other than ``metric`` that is infinite before it was ever finite is passed
     over: ``best_val_loss = inf`` before the first validation is a tracker's start, not a

@@ -934,8 +934,15 @@ class SVCCAScheduler(FIFOScheduler):
         ):
             return
         self._warned_no_metric = True
-        reported = [k for k in result if "/" not in k and is_number(result.get(k))]
+        reported = [
+            k for k in result if "/" not in k and k != self._metric and is_number(result.get(k))
+        ]
         close = difflib.get_close_matches(self._metric, reported, n=3, cutoff=0.5)
+        value = result.get(self._metric)
+        if self._metric not in result:
+            present = "not among the keys"
+        else:
+            present = f"not finite, {value}" if is_number(value) else f"present as {value!r}"
         logger.warning(
             "SVCCAScheduler has received no value of its metric %r from trial %s in %d reports "
             "(%s): it judges trials by the metric, so such a trial is neither stopped as behind "
@@ -944,7 +951,7 @@ class SVCCAScheduler(FIFOScheduler):
             self._metric,
             trial_id,
             history.reports,
-            "present as None" if self._metric in result else "not among the keys",
+            present,
             f" (reported keys that look alike: {close})" if close else "",
         )
 

@@ -607,6 +607,21 @@ def test_a_nan_loss_between_measurements_is_judged_at_the_next_measured_report()
             assert decision.iteration == 6 and list(decision.values) == ["train_loss"]
 
 
+def test_a_nan_loss_in_a_trial_without_any_value_of_its_metric_stops_it() -> None:
+    """A trial that never reported its metric (measured only at the end, or misspelt) has
+    nothing to vouch for it: a NaN loss stops it at that report, not never."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    reports = [result(dict.fromkeys(LAYERS, 0.5), it=i, acc=None) for i in (1, 2, 3)]  # type: ignore[arg-type]
+    for report in reports:
+        report["train_loss"] = 0.5
+    reports[1]["train_loss"] = float("nan")
+    assert feed(scheduler, trial, reports[:2]) == [CONTINUE, STOP]
+    ((_, decision),) = scheduler.decisions
+    assert decision.iteration == 2 and list(decision.values) == ["train_loss"]
+
+
 def test_one_layers_nan_similarity_is_judged_on_the_metric_of_its_own_report() -> None:
     """One layer's NaN similarity beside finite ones stops a trial whose metric at that report
     fell back to chance, though its best over the last reports stood high (it ran on, judged on
@@ -1947,12 +1962,12 @@ def test_a_trial_waits_only_where_waiting_helps_and_resuming_is_exact(case) -> N
     assert not [d for _, d in scheduler.decisions if d.action == "pause"]
 
 
-@pytest.mark.parametrize("reported", ["None", "misspelt", "present"])
+@pytest.mark.parametrize("reported", ["None", "misspelt", "present", "NaN"])
 def test_a_trial_that_never_reports_the_metric_is_named_once(caplog, reported) -> None:
     """A trial whose third report still has no value of the metric (a misspelt key, or one
     measured only at the end) is named in one warning, with the reported keys that look like
     the metric; one that reports it, at any of those reports, is not."""
-    scheduler, _ = make()
+    scheduler, _ = make(stop=reported != "NaN")  # (a NaN metric stops a trial otherwise)
     trials = [FakeTrial(f"t{i}") for i in range(2)]
     for trial in trials:
         scheduler.on_trial_add(None, trial)
@@ -1961,6 +1976,8 @@ def test_a_trial_that_never_reports_the_metric_is_named_once(caplog, reported) -
         for i, report in enumerate(reports):
             if reported == "misspelt":
                 report["accu"] = report.pop("acc")
+            elif reported == "NaN":
+                report["acc"] = float("nan")
             elif reported == "None" or i != 2:
                 report["acc"] = None
         with caplog.at_level(logging.WARNING, logger="ikkuna_tune.tune.scheduler"):
@@ -1973,6 +1990,8 @@ def test_a_trial_that_never_reports_the_metric_is_named_once(caplog, reported) -
     assert "'acc' from trial t0 in 3 reports" in message
     assert ("['accu']" in message) == (reported == "misspelt")
     assert ("not among the keys" in message) == (reported == "misspelt")
+    assert ("not finite, nan" in message) == (reported == "NaN")
+    assert "look alike: ['acc']" not in message  # (the metric itself is no look-alike)
 
 
 def test_a_ray_train_job_is_not_paused_to_wait() -> None:
