@@ -269,9 +269,9 @@ def test_a_stopped_trial_is_marked_at_its_last_iteration_where_a_layer_line_ends
 
 
 def test_a_trial_stopped_before_its_first_value_is_marked_and_in_the_legend(tmp_path) -> None:
-    """Self-similarity has no value at report 1: a trial stopped there has no line in any
-    panel. It keeps its colour in the legend, and its square stands at iteration 1 at the top
-    of each panel, in both renderings (it was left out of the figure altogether)."""
+    """Self-similarity has no value at report 1 (in any trial): a trial stopped there has no
+    line in any panel. It keeps its colour in the legend, and its square stands at iteration 1
+    at the top of each panel, in view, in both renderings (it was left out of the figure)."""
     experiment = tmp_path / "sweep"
     for number, lr in enumerate((0.1, 0.2, 0.4)):
         trial_id = f"ddddd_0000{number}"
@@ -279,8 +279,7 @@ def test_a_trial_stopped_before_its_first_value_is_marked_and_in_the_legend(tmp_
         results = [
             report(trial_id, {"lr": lr}, i, done=number == 2) for i in range(1, iterations + 1)
         ]
-        if number == 2:
-            results[0]["sim"] = dict.fromkeys(results[0]["sim"])  # None: not measured yet
+        results[0]["sim"] = dict.fromkeys(results[0]["sim"])  # None: not measured at report 1
         write_trial(experiment, f"train_{trial_id}", {"lr": lr}, results)
     df = compare.load(experiment)
     assert "ddddd_00002" not in set(df[df["metric"] == "sim"]["trial_id"])
@@ -296,6 +295,8 @@ def test_a_trial_stopped_before_its_first_value_is_marked_and_in_the_legend(tmp_
     squares = [t for t in html.data if t.meta == "ddddd_00002"]
     assert len(squares) == len(panels) and all(list(t.x) == [1] for t in squares)
     assert [t.showlegend for t in squares].count(True) == 1
+    low, high = html.layout.xaxis.range  # the lines start at 2: the marks at 1 are in view
+    assert low < 1 < high
 
 
 def test_every_trial_of_two_families_has_one_legend_entry_in_the_html_figure(tmp_path) -> None:

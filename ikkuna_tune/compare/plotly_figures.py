@@ -139,6 +139,7 @@ def layers_figure(
     )
     measured = set(rows["trial_id"])
     shown: set[str] = set()  # trials with a legend entry
+    ends: list[float] = []  # where trials without values of the metric ended (their marks)
     for index, layer in enumerate(panels):
         row, col = index // ncols + 1, index % ncols + 1
         selected = rows[rows["layer"] == layer] if layer is not None else rows
@@ -166,6 +167,7 @@ def layers_figure(
                         trace.update(name=label, showlegend=trial_id not in shown)
                         figure.add_trace(trace, row=row, col=col)
                         shown.add(trial_id)
+                        ends.append(plan.last[trial_id])
                 continue
             xs = trial["training_iteration"].to_numpy(dtype=float)
             ys = trial["value"].to_numpy(dtype=float)
@@ -218,7 +220,9 @@ def layers_figure(
                 hover = _hover(trial_id, config, text, _escape_template(why))
                 trace = _mark_trace(trial_id, (symbol, size, face, edge), x, float(y), hover)
                 figure.add_trace(trace, row=row, col=col)
-    first, last = rows["training_iteration"].min(), rows["training_iteration"].max()
+    # (a trial stopped at report 1, before its first self-similarity, is marked there)
+    first = min([rows["training_iteration"].min(), *ends])
+    last = max([rows["training_iteration"].max(), *ends])
     figure.update_xaxes(range=[first - 0.5, last + 0.5], dtick=1 if _few(rows) else None)
     figure.update_xaxes(title_text="training_iteration", row=nrows)
     figure.update_yaxes(autorange=True)  # plotly.js misses the data when x has a range
