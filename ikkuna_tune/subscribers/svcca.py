@@ -35,6 +35,7 @@ from ikkuna_tune.functional.svcca import (
 )
 from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device
+from ikkuna_tune.subscribers.base import SUBSCRIPTIONS_STATE
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.probe import ActivationRecorder, Trigger, check_probe_args, draw_probe
 from ikkuna_tune.subscribers.subscriptions import Subscription
@@ -114,7 +115,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         batch_size: probe points per forward pass.
         message_bus: attach to this bus right away (its Exporter should exist already).
         tag: tag of the training messages that trigger checkpoints (``None``: any tag).
-        subsample: check at every ``subsample``-th trigger only (every other epoch with 2).
+        subsample: count every ``subsample``-th of the messages that trigger checkpoints
+            only, as the original ikkuna's subscriptions do: with ``frequency='epoch'``, a
+            check every ``subsample``-th epoch; with an integer ``k``, every ``k * subsample``
+            training steps.
         probe_tag: tag of the probe passes' messages.
         frequency: ``'epoch'``, or an integer k to check every k training steps.
         min_travel: with ``track_init``, a layer is frozen only once it has moved at least
@@ -685,6 +689,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         }
         if self._initial_unknown:  # (saved only then: states saved before read the same)
             state["initial_unknown"] = True
+        if any(s.subsample > 1 for s in self.subscriptions):  # where the thinning stands
+            if self.message_bus is not None:
+                self.message_bus.settle()
+            state[SUBSCRIPTIONS_STATE] = [s.counts() for s in self.subscriptions]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -693,6 +701,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         Raises:
             ValueError: for missing or unknown keys, or a state saved with another probe set.
         """
+        state = self._load_subscription_counts(state)
         keys = {"previous", "batches", "probe"}
         optional = {"initial", "initial_unknown"}
         if not isinstance(state, dict) or not keys <= set(state) <= keys | optional:

@@ -374,6 +374,40 @@ def test_state_dict_round_trip_continues_comparing(tiny, data) -> None:
         torch.testing.assert_close(a[4], b[4])
 
 
+def test_a_restored_subscriber_that_subsamples_checks_at_the_epochs_it_would_have(
+    tiny, data
+) -> None:
+    """``subsample=2``: a check at every other epoch end (epochs 0, 2, 4). Saved after epoch 2
+    and restored, the run checks at epoch 4 as the uninterrupted one does (without the
+    subscription's counts in its state it checked at epoch 3, comparing over one epoch)."""
+
+    def epochs(model, opt, exporter, count: int) -> None:
+        for _ in range(count):
+            _train(model, opt, data, 2)
+            exporter.epoch_finished()
+
+    opt, bus, exporter = _setup(tiny)
+    sub = SVCCASubscriber(data, 10, message_bus=bus, subsample=2, backend=None)
+    got = _published(bus)
+    epochs(tiny, opt, exporter, 3)
+    state = copy.deepcopy(sub.state_dict())
+    model = type(tiny)()
+    model.load_state_dict(tiny.state_dict())
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    bus2 = MessageBus()
+    exporter2 = ik.Exporter(model, opt2, bus2)
+    exporter2.load_state_dict(exporter.state_dict())
+    restored = SVCCASubscriber(data, 10, message_bus=bus2, subsample=2, backend=None)
+    restored.load_state_dict(state)
+    got2 = _published(bus2)
+    epochs(tiny, opt, exporter, 3)
+    epochs(model, opt2, exporter2, 3)
+    checked = sorted({epoch for _, _, epoch, *_ in got})
+    assert checked == [2, 4]  # (the check at epoch 0 only recorded)
+    assert sorted({epoch for _, _, epoch, *_ in got2}) == [4]
+
+
 def test_load_state_dict_rejects_bad_states(data) -> None:
     sub = SVCCASubscriber(data, 10, backend=None)
     with pytest.raises(
