@@ -154,7 +154,9 @@ def _computed(module: nn.Module, attr: str, upcoming: bool = False) -> Any:
             m.training = any(m is kept for kept in iterating)
         with _restored([b for m in iterating for b in m.buffers(recurse=False)]):
             try:
-                return getattr(module, attr, None)
+                # the chain itself, not the attribute: under parametrize.cached() the
+                # attribute would cache this value (without its graph) for the forward pass
+                return parametrizations[attr]()
             finally:
                 for m, mode in training:
                     m.training = mode

@@ -330,3 +330,32 @@ def test_a_spectral_norm_is_published_as_the_forward_pass_computes_it(flavour: s
     assert min(moved) > 1e-3
     for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_watching_under_parametrize_cached_leaves_training_alone() -> None:
+    """Inside ``parametrize.cached()`` the weight is computed once and cached for the pass:
+    reading it through the attribute there cached the Exporter's copy, without its graph, and
+    the original weight got no gradient. The model trains exactly as without the Exporter."""
+
+    def trained(watch: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(parametrizations.spectral_norm(nn.Linear(5, 6)), nn.ReLU())
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        bus = MessageBus()
+        ik.NormSubscriber("weights", bus, backend=None)
+        exporter = ik.Exporter(model, opt, bus) if watch else None
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x = torch.randn(16, 5, generator=g)
+            opt.zero_grad()
+            with parametrize.cached():
+                model(x).square().mean().backward()
+            assert model[0].parametrizations.weight.original.grad is not None
+            opt.step()
+        if exporter is not None:
+            exporter.close()
+        return model.state_dict()
+
+    plain, watched = trained(False), trained(True)
+    for name, value in plain.items():
+        assert torch.equal(value, watched[name]), name

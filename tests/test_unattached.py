@@ -69,3 +69,21 @@ def test_subscribers_a_data_parallel_rank_leaves_out_are_not_named(caplog) -> No
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
         warn_unattached()
     assert _warnings(caplog) == []
+
+
+def test_templates_handed_to_instrument_are_not_named(caplog) -> None:
+    """``ik.instrument(train, [templates])`` attaches copies of the templates in each trial:
+    run locally, the templates themselves (never attached) are not named."""
+
+    def trainable(config) -> None:
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _train(exporter, model, opt, 2)
+        exporter.epoch_finished()
+        ik.report({"x": 1.0})
+
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
+        ik.instrument(trainable, [ik.NormSubscriber("weights", backend=None)])({})
+    assert _warnings(caplog) == []
+    assert set(ik.local_results()[-1]["weights_norm2"]) == {"0", "2"}

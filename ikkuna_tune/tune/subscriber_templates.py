@@ -7,6 +7,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ikkuna_tune import unattached
 from ikkuna_tune.keys import RESERVED_KEYS
 from ikkuna_tune.messages import BUILTIN_KINDS, unknown_kinds_message
 from ikkuna_tune.subscribers.base import Subscriber
@@ -37,6 +38,9 @@ def fresh_subscribers(spec: SubscriberSpec | None, config: dict[str, Any]) -> li
     """
     if spec is None:
         return []
+    if not callable(spec):
+        for template in spec:  # a template is used through its copies, never attached itself
+            unattached.forget(template)
     made = spec(config) if callable(spec) else copy.deepcopy(list(spec))
     if isinstance(made, (str, bytes, Mapping)) or not isinstance(made, Iterable):
         raise ValueError(
