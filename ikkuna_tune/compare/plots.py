@@ -144,13 +144,7 @@ def plot_layers(
         for trial_id in trial_ids:
             trial = selected[selected["trial_id"] == trial_id]
             if not len(trial):
-                kind = (
-                    "failed"
-                    if trial_id in failed
-                    else "stopped early"
-                    if early.get(trial_id)
-                    else ""
-                )
+                kind = _end_kind(trial_id, failed, early)
                 if trial_id not in measured and kind and trial_id in plan.last:
                     # ended before its first value of the metric: its end mark, at the top
                     colour = colours.colour[trial_id]
@@ -178,9 +172,7 @@ def plot_layers(
                 marks.setdefault("not finite", []).append(
                     (xs[first], last_finite(ys, first), colour)
                 )
-            kind = (
-                "failed" if trial_id in failed else "stopped early" if early.get(trial_id) else ""
-            )
+            kind = _end_kind(trial_id, failed, early)
             if kind:  # at the trial's last iteration (a layer's line can end before, at its
                 # freeze), on the last value the line shows
                 stop_x = plan.last.get(trial_id, xs[-1])

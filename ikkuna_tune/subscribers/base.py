@@ -270,11 +270,19 @@ class Subscriber:
         state = {name: portable(getattr(self, name)) for name in self._declared()}
         for name, value in state.items():
             check_loadable(type(self).__name__, name, value)
-        if any(s.subsample > 1 for s in self.subscriptions):
-            if self.message_bus is not None:
-                self.message_bus.settle()
-            state[SUBSCRIPTIONS_STATE] = [s.counts() for s in self.subscriptions]
+        counts = self._subscription_counts()
+        if counts is not None:
+            state[SUBSCRIPTIONS_STATE] = counts
         return state
+
+    def _subscription_counts(self) -> list[Any] | None:
+        """The subscriptions' counts, brought up to date, if any of them subsamples (what a
+        restored subscriber needs to go on thinning where this one stands), else None."""
+        if not any(s.subsample > 1 for s in self.subscriptions):
+            return None
+        if self.message_bus is not None:
+            self.message_bus.settle()
+        return [s.counts() for s in self.subscriptions]
 
     def _load_subscription_counts(self, state: dict[str, Any]) -> dict[str, Any]:
         """Restore the subscriptions' counts from ``state`` (if it holds them); returns the

@@ -689,10 +689,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         }
         if self._initial_unknown:  # (saved only then: states saved before read the same)
             state["initial_unknown"] = True
-        if any(s.subsample > 1 for s in self.subscriptions):  # where the thinning stands
-            if self.message_bus is not None:
-                self.message_bus.settle()
-            state[SUBSCRIPTIONS_STATE] = [s.counts() for s in self.subscriptions]
+        counts = self._subscription_counts()  # where the thinning stands, if it thins
+        if counts is not None:
+            state[SUBSCRIPTIONS_STATE] = counts
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -750,7 +749,9 @@ def _freeze_threshold(freeze_at: object) -> float | None:
         >>> _freeze_threshold(0.99), _freeze_threshold(None), _freeze_threshold(10)
         (0.99, None, None)
     """
-    if _is_real(freeze_at) and freeze_at >= 1:  # type: ignore[operator]
+    real = isinstance(freeze_at, (int, float)) and not isinstance(freeze_at, bool)
+    # (NaN is not >= 1: it is refused below)
+    if real and freeze_at >= 1:  # type: ignore[operator]
         return None
     try:
         return check_fraction_or_none("freeze_at", freeze_at)
@@ -759,10 +760,6 @@ def _freeze_threshold(freeze_at: object) -> float | None:
             f"Expected `freeze_at` to be a similarity in (0, 1), or None or a number >= 1 "
             f"(no freezing), but got {freeze_at!r}"
         ) from None
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 class SVCCASubscriber(BatchedSVCCASubscriber):

@@ -719,7 +719,8 @@ class SVCCAScheduler(FIFOScheduler):
         if observed is None:
             self._check_ikkuna_report(trial_id, result)
             return TrialScheduler.CONTINUE  # not an ikkuna_tune report
-        measured, similarity, released = observed
+        measured, signals, released = observed
+        similarity = signals[self.similarity_key]
         for decision in released:
             self._record(trial_id, decision)
         self._check_similarity(result, similarity)
@@ -728,11 +729,6 @@ class SVCCAScheduler(FIFOScheduler):
         nonfinite = first_nonfinite(
             result, self._metric, similarity, self.similarity_key, view.finite_losses
         )
-        signals = {
-            self.similarity_key: similarity,
-            keys.INIT_SIMILARITY: layer_values(result, keys.INIT_SIMILARITY, history.layers),
-            keys.LIVE_FRACTION: layer_values(result, keys.LIVE_FRACTION, history.layers),
-        }
         # the weights, or every layer signal of this report, not finite
         collapsed = network_nonfinite(result, history.layers, signals)
         # nothing is frozen on a report whose metric or loss is not finite, or whose network
@@ -803,9 +799,10 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _observe(
         self, trial_id: str, view: TrialView, result: dict[str, Any]
-    ) -> tuple[bool, dict[str, float], list[Decision]] | None:
+    ) -> tuple[bool, dict[str, dict[str, float]], list[Decision]] | None:
         """Take one report into the trial's view; returns whether it measured the layers,
-        their similarities and the unfreezes it reports (None for a report ikkuna_tune did
+        their signals (by key: similarity, ``init_similarity``, ``live_fraction``; each by
+        layer) and the unfreezes it reports (None for a report ikkuna_tune did
         not make)."""
         layers = reported_layers(result)
         if not layers:
@@ -881,7 +878,12 @@ class SVCCAScheduler(FIFOScheduler):
             decision = view.dated(Decision("unfreeze", rule, history.reports, name, values))
             view.events.setdefault(name, []).append(decision)  # (a restore before it voids it)
             released.append(decision)
-        return measured, similarity, released
+        signals = {
+            self.similarity_key: similarity,
+            keys.INIT_SIMILARITY: init,
+            keys.LIVE_FRACTION: live,
+        }
+        return measured, signals, released
 
     def _in_metric_units(self, decision: Decision) -> Decision:
         """``decision`` with the metric's values as the trial reported them: the rules work on
