@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
+
+# Ray Train's controller collects its workers' reports every 2 s by default: a data-parallel
+# trial's report reached Tune up to 2 s after training made it, which made the Train tests wait
+# (set before any Ray session or subprocess of the suite starts, so that every one inherits it)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 class TinyNet(nn.Module):

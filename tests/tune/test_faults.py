@@ -202,14 +202,14 @@ def test_a_paused_and_resumed_trial_keeps_its_reports(ray_session, tmp_path, how
     from ray.tune.schedulers import MedianStoppingRule
 
     median = MedianStoppingRule(
-        time_attr="training_iteration", grace_period=1, min_samples_required=2, hard_stop=False
+        time_attr="training_iteration", grace_period=1, min_samples_required=1, hard_stop=False
     )
     # the eager freezer carries the metric and mode: it hands them to its base
     scheduler = eager_freezer(base=median) if how == "scheduler" else median
     metric = {} if how == "scheduler" else {"metric": "loss", "mode": "min"}
     analysis = tune.run(
         tune.with_resources(ik.instrument(train_tiny, [StepCount()]), {"cpu": 1}),
-        config={"lr": tune.grid_search([0.01, 0.02, 0.03]), "iterations": 4, "checkpoint": True},
+        config={"lr": tune.grid_search([0.01, 0.02, 0.03]), "iterations": 3, "checkpoint": True},
         scheduler=scheduler,
         **metric,
         storage_path=str(tmp_path),
