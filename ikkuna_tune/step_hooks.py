@@ -390,6 +390,7 @@ class StepHooks:
         self._finish_step()
         if self._steps_started == 0:
             warn_unattached()  # subscribers waiting for messages from no bus
+            self._warn_if_unscaled()
         # (judged when the next step starts: labels may come after the optimizer's step)
         if self._steps_started > 0 and not self._labels_given and not self._warned_no_labels:
             self._warn_no_labels()
@@ -442,6 +443,28 @@ class StepHooks:
             ", ".join(needing) or "a subscriber",
             ", ".join(needing) or "it",
         )
+
+    def _warn_if_unscaled(self) -> None:
+        """Warn (at the first training step) that the model trains under float16 autocast, as
+        with a ``GradScaler``, while none was passed: a step the scaler skipped would be read as
+        gradient accumulation, merged into the next step, without a word."""
+        if self._scaler is not None or not self.optimizers:
+            return
+        param = next(self.model.parameters(), None)
+        device = param.device.type if param is not None else "cpu"
+        try:
+            half = torch.is_autocast_enabled(device)
+            half = half and torch.get_autocast_dtype(device) == torch.float16
+        except RuntimeError:  # a device type without autocast
+            return
+        if half:
+            logger.warning(
+                "The model trains under float16 autocast but the Exporter was given no "
+                "GradScaler: if one scales the loss, pass it (ik.watch(model, optimizer, "
+                "scaler=scaler)). Without it a step the scaler skips (inf or NaN gradients) is "
+                "read as gradient accumulation: its loss, labels and gradients are merged into "
+                "the next step's, and the gradients of the layers' outputs are the scaled ones"
+            )
 
     # A GradScaler that finds inf or NaN gradients skips optimizer.step(), so no optimizer hook
     # fires. Its update() (once per step, after step()) rewrites its scale tensor in place, which

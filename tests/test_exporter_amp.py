@@ -131,6 +131,30 @@ def test_without_the_scaler_a_skipped_step_merges_with_the_next_and_a_bad_scaler
         ik.Exporter(TinyNet(), None, MessageBus(), scaler=object())
 
 
+@pytest.mark.parametrize(
+    ("dtype", "scaled", "warned"),
+    [(torch.float16, False, True), (torch.float16, True, False), (torch.bfloat16, False, False)],
+)
+def test_float16_autocast_without_the_scaler_is_named_once(caplog, dtype, scaled, warned) -> None:
+    """Under float16 autocast a GradScaler is the rule; not given it, the Exporter would read a
+    step it skips as gradient accumulation without a word: it says so at the first step."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE) if scaled else None
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 5, (8,))
+    with ik.Exporter(model, opt, MessageBus(), scaler=scaler) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=dtype):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+    said = [r for r in caplog.records if "float16 autocast but the Exporter" in r.getMessage()]
+    assert len(said) == int(warned), [r.getMessage() for r in said]
+
+
 def test_a_trial_under_bfloat16_autocast_reports_the_unscaled_gradient_norms() -> None:
     """End to end through instrument / watch / report: the reported gradient norms and update
     ratios are those of the unscaled gradients and the real weight changes, computed by hand."""

@@ -19,6 +19,7 @@ __all__ = [
     "one_hot_ints",
     "predictions",
     "rate",
+    "without_ignored",
 ]
 
 
@@ -95,6 +96,35 @@ def one_hot_ints(target: torch.Tensor, output: torch.Tensor | None) -> bool:
         and target.shape == output.shape
         and target.shape[1] > 1
     )
+
+
+def without_ignored(target: torch.Tensor, output: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``target`` with its class index ``ignore_index`` replaced by ``-1``, which counts neither
+    as correct nor in the total (:func:`count_predictions`), as a loss given that
+    ``ignore_index`` ignores it; unchanged where ``target`` does not hold class indices.
+
+    Class indices are an integer tensor, other than integer one-hot labels
+    (:func:`one_hot_ints`), or floats that are whole numbers (as :func:`check_targets` accepts
+    them), other than labels shaped like a multi-class ``output`` (one-hot or soft) and the
+    probabilities for one logit per sample: torch's losses ignore an index in none of those.
+
+    Examples:
+        >>> output = torch.zeros(3, 4)
+        >>> without_ignored(torch.tensor([0, 2, 0]), output, 0)
+        tensor([-1,  2, -1])
+        >>> without_ignored(torch.tensor([0.0, 2.0, 0.0]), output, 0)  # float class indices
+        tensor([-1,  2, -1])
+        >>> without_ignored(torch.tensor([[1.0, 0, 0, 0]]), torch.zeros(1, 4), 0)  # one-hot
+        tensor([[1., 0., 0., 0.]])
+    """
+    if target.is_floating_point():
+        soft = target.dim() == output.dim() and output.dim() > 1
+        soft = soft and target.shape[1] == output.shape[1] and output.shape[1] > 1
+        if soft or _one_logit(output):
+            return target
+    elif one_hot_ints(target, output):
+        return target
+    return torch.where(target == ignore_index, -1, target.long())
 
 
 def _targets(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ from ikkuna_tune.functional.accuracy import (
     check_targets,
     check_top_label,
     class_range,
-    one_hot_ints,
     rate,
+    without_ignored,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, Message, MessageBundle
 from ikkuna_tune.subscribers._device import check_device, device_of, own_random_state
@@ -220,9 +220,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
                 self._labels_checked.add(source)
             target = labels.data
             ignored = labels.ignore_index if wrapped else None
-            if ignored is not None and not target.is_floating_point():
-                if not one_hot_ints(target, output):  # (torch ignores none of those)
-                    target = torch.where(target == ignored, -1, target.long())  # counts nowhere
+            if ignored is not None:
+                target = without_ignored(target, output, ignored)  # counts nowhere
             counts = F.count_predictions(output, target, threshold[0])
             # a step's counts of losses known to take class labels, and of the others (a loss
             # of one's own): where the first count, the others are left out (a center loss's
@@ -724,9 +723,8 @@ class TestAccuracySubscriber(PlotSubscriber):
                         f"Expected the model to return a tensor of scores but got "
                         f"{type(outputs).__name__}; pass a `forward_fn` that returns one"
                     )
-                if ignored is not None and not labels.is_floating_point():
-                    if not one_hot_ints(labels, outputs):  # (torch ignores none of those)
-                        labels = torch.where(labels == ignored, -1, labels.long())  # nowhere
+                if ignored is not None:
+                    labels = without_ignored(labels, outputs, ignored)  # counts nowhere
                 if check_only:
                     check_targets(batch[1], outputs)
                     tally = F.count_predictions(outputs, labels, threshold[0])

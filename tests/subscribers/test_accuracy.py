@@ -323,6 +323,28 @@ def test_an_ignore_index_leaves_integer_one_hot_labels_alone(test_set, ignored) 
     assert sub.evaluate().item() == pytest.approx(_by_hand(model, inputs, labels))
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_an_ignore_index_leaves_out_class_indices_given_as_integers_or_whole_floats(
+    dtype,
+) -> None:
+    # float labels that are whole numbers are class indices (check_targets): the ignored class
+    # is left out of the accuracy and its chance level for them too (it counted as a class)
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(50, 5), torch.randint(0, 4, (50,))
+    model = nn.Linear(5, 4)
+    sub = ik.TestAccuracySubscriber(
+        TensorDataset(inputs, labels.to(dtype)), model.forward, ignore_index=0, backend=None
+    )
+    sub.attach(MessageBus())
+    kept = labels != 0
+    with torch.no_grad():
+        expected = (model(inputs).argmax(1)[kept] == labels[kept]).double().mean().item()
+    assert sub.evaluate().item() == pytest.approx(expected)
+    assert sub.chance is not None
+    chance = torch.bincount(labels[kept]).max().item() / kept.sum().item()
+    assert sub.chance.item() == pytest.approx(chance)
+
+
 def test_forward_fn_without_exporter_restores_modes(test_set) -> None:
     torch.manual_seed(0)
     model = DropNet()
