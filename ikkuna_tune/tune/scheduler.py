@@ -103,6 +103,20 @@ def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None)
             )
 
 
+def _measured(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the keys a report did not measure (``None``, see docs/reports.md),
+    for a base scheduler: Tune's compare values by arithmetic and fail on ``None``, while a key
+    that is missing makes them leave that report unjudged (ASHA, HyperBand, the median rule).
+
+    Examples:
+        >>> _measured({"training_iteration": 2, "test_accuracy": None, "loss": 0.5})
+        {'training_iteration': 2, 'loss': 0.5}
+    """
+    if not isinstance(result, dict):
+        return result
+    return {key: value for key, value in result.items() if value is not None}
+
+
 class SVCCAScheduler(FIFOScheduler):
     """A Tune scheduler that freezes converged layers and stops lost trials, never the best.
 
@@ -458,7 +472,7 @@ class SVCCAScheduler(FIFOScheduler):
             # survivors and promote one trial fewer)
             return decision
         if self.base is not None:
-            base_decision = self.base.on_trial_result(tune_controller, trial, result)
+            base_decision = self.base.on_trial_result(tune_controller, trial, _measured(result))
             if base_decision == TrialScheduler.STOP and not self._budget_spent(trial, view, result):
                 self._base_stop(trial.trial_id, view, result, "metric")
             return base_decision
@@ -552,7 +566,7 @@ class SVCCAScheduler(FIFOScheduler):
         if self._mailbox is not None:
             self._mailbox.discard(trial.trial_id)
         if self.base is not None:
-            self.base.on_trial_complete(tune_controller, trial, result)
+            self.base.on_trial_complete(tune_controller, trial, _measured(result))
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         view = self._views.get(trial.trial_id)

@@ -335,6 +335,10 @@ class TrialSession:
         #: output was named like later (warned once each)
         self._user_names: set[str] = set()
         self._warned_names: set[str] = set()
+        #: ikkuna_tune's numbers of one value (test_accuracy) reported as numbers before, and
+        #: those of them named in a warning for a report without one
+        self._reported_tops: set[str] = set()
+        self._warned_unmeasured: set[str] = set()
         self._merged_once = False
         self._uploader: TrialUploader | None = None
         self._token: Any = None
@@ -580,6 +584,7 @@ class TrialSession:
                         UserWarning,
                         stacklevel=4,  # the user's ik.report(...)
                     )
+            self._warn_unmeasured(outputs)
             merged.update(outputs)
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
@@ -782,6 +787,29 @@ class TrialSession:
             share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
         total, steps = self._frozen_shares
         self._frozen_shares = (total + share, steps + 1)
+
+    def _warn_unmeasured(self, outputs: Mapping[str, Any]) -> None:
+        """Warn (once a key) that an output of one value measured at an earlier report was not
+        measured for this one: its ``None`` makes Tune's stoppers and schedulers that compare
+        it (``stop={...}``, ASHA, the median rule) raise, ending the sweep."""
+        for key, value in outputs.items():
+            if isinstance(value, dict):
+                continue  # per layer: not a metric Tune compares as a rule
+            if value is not None:
+                self._reported_tops.add(key)
+            elif key in self._reported_tops and key not in self._warned_unmeasured:
+                self._warned_unmeasured.add(key)
+                warnings.warn(
+                    f"ik.report: {key!r} was not measured since the previous report and is "
+                    "None in this one (a subscriber measuring every `frequency` batches, with "
+                    "fewer batches between reports). A Tune stopper or scheduler that compares "
+                    f"{key!r} (stop={{...}}, ASHAScheduler, MedianStoppingRule) fails on None "
+                    "and ends the sweep: measure it at every report (frequency='epoch' with one "
+                    "report per epoch), or pass the scheduler as ik.SVCCAScheduler(base=...), "
+                    "which leaves reports without the metric unjudged",
+                    UserWarning,
+                    stacklevel=4,  # the user's ik.report(...)
+                )
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
         if self.exporter is None:

@@ -265,3 +265,37 @@ def test_a_report_after_the_exporter_was_closed_warns_once_and_re_watching_says_
     with pytest.raises(RuntimeError, match="to train a new model, start a new trial"):
         trial.session.watch(TinyNet(), None)
     trial.session.close()
+
+
+def test_a_number_not_measured_for_a_report_is_none_and_named_once() -> None:
+    """Test accuracy after every 4th step, a report every 3 steps: reports 1 and 5 hold no
+    measurement. Their None is kept (never the last value again); the first such report after
+    a measured one names it once in a warning: Tune's stoppers and schedulers fail on it."""
+    import warnings
+
+    from torch.utils.data import TensorDataset
+
+    import ikkuna_tune as ik
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = data()
+    accuracy = ik.TestAccuracySubscriber(TensorDataset(x, y), frequency=4, backend=None)
+    session = TrialSession([accuracy], {"lr": 0.1})
+    exporter = session.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    values = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            for _ in range(3):
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+            values.append(session.report({})["test_accuracy"])
+    # measured at steps 3, 7 and 11: in reports 2 (steps 3-5), 3 (6-8) and 4 (9-11)
+    assert [v is None for v in values] == [True, False, False, False, True], values
+    named = [str(w.message) for w in caught if "'test_accuracy' was not measured" in str(w.message)]
+    assert len(named) == 1, named
+    session.close()

@@ -1010,6 +1010,37 @@ def test_wrapped_asha_stops_a_poor_trial_at_its_rung() -> None:
     )
 
 
+@pytest.mark.parametrize("base_name", ["asha", "median"])
+def test_a_wrapped_base_leaves_a_report_without_its_metric_unjudged(base_name) -> None:
+    """A report that did not measure the metric holds it as None (an accuracy measured every
+    100 batches, epochs of fewer): Tune's schedulers multiply or average it and raised, which
+    ended the whole sweep. The base is handed the report without it, as a report that lacks
+    the key, and judges the trial at its next measured report."""
+    from ray.tune.schedulers import MedianStoppingRule
+
+    if base_name == "asha":
+        base: Any = ASHAScheduler(
+            time_attr="training_iteration", grace_period=1, reduction_factor=2
+        )
+    else:
+        base = MedianStoppingRule(
+            time_attr="training_iteration", grace_period=1, min_samples_required=1
+        )
+    scheduler, _ = make(base=base)
+    good, bad = FakeTrial("good"), FakeTrial("bad")
+    controller = FakeController([good, bad])
+    for trial in (good, bad):
+        scheduler.on_trial_add(controller, trial)
+    sims = {"conv1": 0.5}
+    unmeasured = {**result(sims, it=1), "acc": None}
+    for trial in (good, bad):
+        assert scheduler.on_trial_result(controller, trial, unmeasured) == CONTINUE
+    assert scheduler.on_trial_result(controller, good, result(sims, it=2, acc=0.9)) == CONTINUE
+    # judged where measured: the poor trial is stopped at its first measured report
+    assert scheduler.on_trial_result(controller, bad, result(sims, it=2, acc=0.1)) == STOP
+    scheduler.on_trial_complete(controller, good, {**result(sims, it=3), "acc": None})
+
+
 def test_a_base_records_a_trial_stopped_here_once_as_tune_completes_it() -> None:
     """A diverged trial this scheduler stops reaches the base once, through on_trial_complete
     (as Tune calls it for a stopped trial): ASHA's rungs then hold what they hold on their
