@@ -87,3 +87,28 @@ def test_templates_handed_to_instrument_are_not_named(caplog) -> None:
         ik.instrument(trainable, [ik.NormSubscriber("weights", backend=None)])({})
     assert _warnings(caplog) == []
     assert set(ik.local_results()[-1]["weights_norm2"]) == {"0", "2"}
+
+
+def test_a_trial_ended_before_watch_leaves_none_of_its_subscribers_to_the_next(caplog) -> None:
+    """A trial that returns before ``ik.watch`` (a config it skips) never attaches what its
+    factory made: the next trial in the process (a reused actor, the next local call) attaches
+    all of its own and must not be told of the first trial's."""
+
+    def trainable(config) -> None:
+        if config["skip"]:
+            return
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        _train(exporter, model, opt, 2)
+        ik.report({"x": 1.0})
+
+    def subscribers(config) -> list[ik.Subscriber]:
+        return [ik.NormSubscriber("weights", backend=None)]
+
+    instrumented = ik.instrument(trainable, subscribers)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.unattached"):
+        instrumented({"skip": True})
+        instrumented({"skip": False})
+    assert _warnings(caplog) == []
+    assert set(ik.local_results()[-1]["weights_norm2"]) == {"0", "2"}

@@ -144,6 +144,15 @@ def instrument(
     def instrumented(config: dict[str, Any], **kwargs: Any) -> Any:
         running = current_session()
         if running is not None and running.implicit:
+            if not running.closed:
+                warnings.warn(
+                    "ik.instrument: the model watched outside any trial in this thread (an "
+                    "earlier ik.watch) is no longer watched: its Exporter was closed as this "
+                    "trainable started, since a thread watches one model at a time; watch it "
+                    "again afterwards to go on",
+                    UserWarning,
+                    stacklevel=2,
+                )
             running.close()  # a watch() made outside any trial earlier in this thread
         elif running is not None:
             raise RuntimeError("An instrumented trainable is already running in this thread")
@@ -240,7 +249,8 @@ def watch(
             ``ik.watch(model=..., ...)`` when the Exporter cannot be made from these arguments,
             when a subscriber cannot be attached (it is named), or when ikkuna_tune's state in
             the trial's checkpoint cannot be applied; the original error is the ``__cause__``.
-        RuntimeError: when ``watch`` was already called in this trial.
+        RuntimeError: when ``watch`` was already called in this trial, or, outside any
+            trial, while the Exporter of an earlier ``watch`` in this thread is open.
 
     Examples:
         >>> def trainable(config):
@@ -253,6 +263,11 @@ def watch(
     if session is not None and session.implicit and session.closed:
         session.close()  # the last watch() outside a trial in this thread was closed: a new one
         session = None
+    if session is not None and session.implicit and session.worker is None:
+        raise RuntimeError(
+            "watch() already watches a model in this thread, outside any trial (an earlier "
+            "ik.watch): close its Exporter first (exporter.close()) to watch another model"
+        )
     created = session is None
     if session is None:
         session = _new_session()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ikkuna_tune import keys
+from ikkuna_tune import keys, unattached
 from ikkuna_tune.backends import EVENT_DIR, to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_factor_or_none
@@ -387,6 +387,9 @@ class TrialSession:
             try:
                 for subscriber in self.subscribers:
                     setattr(subscriber, USED, True)
+                    # made for this trial without a bus: never to be named by a later trial in
+                    # this process (one on a reused actor) if this one ended before watch()
+                    unattached.forget(subscriber)
                 if self.bus is not None:
                     for subscriber in list(self.bus.subscribers):
                         subscriber.detach()

@@ -319,6 +319,26 @@ def test_a_refused_checkpoint_loses_no_measured_value() -> None:
     assert np.isfinite(report["step_seconds"])
 
 
+def test_an_open_watch_outside_a_trial_is_named_when_watched_again_or_closed_by_a_trial() -> None:
+    """A model watched outside any trial (a notebook's ``ik.watch``): a second ``ik.watch``
+    names that one (not a trial, of which there is none); an instrumented trainable run in the
+    thread closes it, and says so, rather than leave the user's next ``ik.report`` to fail as
+    if ``watch`` was never called."""
+    first = ik.watch(_model())
+    with pytest.raises(RuntimeError, match=r"already watches a model in this thread, outside"):
+        ik.watch(_model())
+    assert not first.closed
+
+    def trainable(config):  # type: ignore[no-untyped-def]
+        ik.watch(_model())
+        ik.report({"ok": 1})
+
+    with pytest.warns(UserWarning, match="no longer watched: its Exporter was closed"):
+        ik.instrument(trainable)({})
+    assert first.closed and current_session() is None
+    assert ik.local_results()[0]["ok"] == 1
+
+
 def test_a_failed_watch_outside_a_trial_leaves_no_session() -> None:
     from ikkuna_tune.tune.session import active_sessions
 
