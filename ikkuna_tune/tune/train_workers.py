@@ -76,19 +76,66 @@ class TrialConfig(dict[str, Any]):
     """The config an instrumented trainable receives in Tune: the trial's config dict, unchanged
     (same keys and values), carrying :attr:`ikkuna_link` for the workers of a Ray Train job.
 
+    The link (which holds the subscriber templates, test sets included) travels only where Ray
+    serialises the config, to the job's controller and workers. Pickled otherwise (a checkpoint
+    that saves the config with ``torch.save``) it is left out: the file holds the config's keys
+    and values alone. A copy keeps it.
+
     Examples:
-        >>> import pickle
-        >>> config = pickle.loads(pickle.dumps(TrialConfig({"lr": 0.1}, TrialLink("e", "t", None))))
-        >>> dict(config), config.ikkuna_link.experiment
-        ({'lr': 0.1}, 'e')
+        >>> import copy, pickle
+        >>> config = TrialConfig({"lr": 0.1}, TrialLink("e", "t", ["a large template"]))
+        >>> again = pickle.loads(pickle.dumps(config))
+        >>> dict(again), again.ikkuna_link
+        ({'lr': 0.1}, None)
+        >>> copy.copy(config).ikkuna_link.experiment, copy.deepcopy(config).ikkuna_link.trial_id
+        ('e', 't')
     """
 
     def __init__(self, config: Mapping[str, Any], link: TrialLink | None) -> None:
         super().__init__(config)
         self.ikkuna_link = link
+        if link is not None:
+            _carry_links_through_ray()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (TrialConfig, (dict(self), self.ikkuna_link))
+        return (TrialConfig, (dict(self), None))
+
+    def __copy__(self) -> TrialConfig:
+        return TrialConfig(self, self.ikkuna_link)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TrialConfig:
+        import copy
+
+        return TrialConfig(copy.deepcopy(dict(self), memo), self.ikkuna_link)
+
+
+def _serialised_for_ray(config: TrialConfig) -> tuple[dict[str, Any], TrialLink | None]:
+    return dict(config), config.ikkuna_link
+
+
+def _from_ray(state: tuple[dict[str, Any], TrialLink | None]) -> TrialConfig:
+    """A :class:`TrialConfig` that Ray serialised (:func:`_serialised_for_ray`), with its link;
+    this process passes it on with the link too (a Train job's controller to its workers)."""
+    return TrialConfig(*state)
+
+
+_CARRIED = False
+
+
+def _carry_links_through_ray() -> None:
+    """Have Ray's serialiser carry a :class:`TrialConfig`'s link in this process (plain pickle
+    leaves it out). Once per process; nothing without a Ray worker to register with."""
+    global _CARRIED
+    if _CARRIED:
+        return
+    try:
+        from ray.util import register_serializer
+
+        register_serializer(TrialConfig, serializer=_serialised_for_ray, deserializer=_from_ray)
+    except Exception as error:  # no Ray worker in this process: nothing for Ray to carry
+        logger.debug("TrialConfig's link is not registered with Ray's serialiser: %s", error)
+        return
+    _CARRIED = True
 
 
 @dataclass(frozen=True)
