@@ -1007,10 +1007,14 @@ def stop_verdict(
         output_dead = dead[-1][0] == trial.layers[-1]
         # judged where its metric stands at this report, where it measures the metric (a
         # trial that fell to chance as the layer died is stopped there, not reports later
-        # once its best over the last ones has fallen too)
-        fell = bool(trial.metric) and math.isfinite(trial.metric[-1])
-        fell = fell and not stands_where_learned(trial, rules)
-        if output_dead or fell or not has_learned(trial, rules):
+        # once its best over the last ones has fallen too); a report that does not measure it
+        # decides nothing (validation every few epochs: the branch's trial may be learning)
+        measured = bool(trial.metric) and math.isfinite(trial.metric[-1])
+        learned = learned_so_far(trial, rules) if measured else True
+        # (with one value and no chance level known, nothing shows where it stands yet)
+        judged = math.isfinite(trial.chance) or sum(map(math.isfinite, trial.metric)) >= 2
+        fell = measured and judged and not stands_where_learned(trial, rules)
+        if output_dead or fell or not learned:
             name, live = dead[-1] if output_dead else dead[0]
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
@@ -1024,6 +1028,10 @@ def stop_verdict(
     best = trial.best()
     progress = best - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
+    # no progress is read from settle_window values at least, as the rules below compare them
+    # (one value, with validation every third epoch, has made no progress by construction)
+    values_seen = sum(math.isfinite(m) for m in trial.metric)
+    stalled = stalled and values_seen >= rules.settle_window
     # (where chance is known, only a trial at chance: one far above it that gains little while
     # its layers barely move is a fine-tuned model near its best, which still gains a point or
     # two by the end; a review's sweep of fine-tuning runs lost its best configuration when
@@ -1041,7 +1049,6 @@ def stop_verdict(
     # the rules that compare a trial with the others judge it on settle_window values at least
     # (a metric reported at some reports only, validation every other epoch, has fewer than
     # reports: one dip among two values is no trend, and no value is no rate)
-    values_seen = sum(math.isfinite(m) for m in trial.metric)
     if values_seen < rules.settle_window:
         return None
     window = rules.settle_window
@@ -1096,6 +1103,31 @@ def stop_verdict(
         if _cannot_reach(previous, rules, others, budget) is None:
             return None
     return verdict
+
+
+def learned_so_far(trial: TrialHistory, rules: ConvergenceRules) -> bool:
+    """:func:`has_learned` once the trial has two values of its metric; with one, whether it
+    stands more than ``stall_delta`` above a known chance level (a dead branch at the first
+    report of a trial at 80 % is no divergence), and True where chance is unknown (one value
+    shows no progress either way: the trial is judged at its next value).
+
+    Examples:
+        >>> rules = ConvergenceRules()
+        >>> learned_so_far(TrialHistory(metric=[0.8], chance=0.1), rules)
+        True
+        >>> learned_so_far(TrialHistory(metric=[0.11], chance=0.1), rules)
+        False
+        >>> learned_so_far(TrialHistory(metric=[0.11]), rules)  # chance unknown: not yet
+        True
+    """
+    values = [m for m in trial.metric if math.isfinite(m)]
+    if len(values) >= 2:
+        return has_learned(trial, rules)
+    if not values:
+        return False
+    if not math.isfinite(trial.chance):
+        return True
+    return values[0] > trial.chance + rules.stall_delta
 
 
 def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:

@@ -842,6 +842,9 @@ class SVCCAScheduler(FIFOScheduler):
             # restored from a checkpoint (or restarted): the reports it makes again replace
             # those of the run it left, which must not count twice or date decisions
             dropped = view.rewind(iteration)
+            # a loss kept by the training code (best_val_loss) starts again where the run
+            # starts again: infinite before its first value, as at the trial's first report
+            view.finite_losses.clear()
             report = result.get(keys.TRAIN_REPORT)
             resumed = isinstance(report, str) and "@" in report  # a Train job's checkpoint
             if iteration <= 1 and not resumed:  # restarted from scratch: no freeze holds

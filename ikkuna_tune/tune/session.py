@@ -335,9 +335,8 @@ class TrialSession:
         #: output was named like later (warned once each)
         self._user_names: set[str] = set()
         self._warned_names: set[str] = set()
-        #: ikkuna_tune's numbers of one value (test_accuracy) reported as numbers before, and
-        #: those of them named in a warning for a report without one
-        self._reported_tops: set[str] = set()
+        #: ikkuna_tune's outputs of one value (test_accuracy) named in a warning for a report
+        #: that did not measure them
         self._warned_unmeasured: set[str] = set()
         self._merged_once = False
         self._uploader: TrialUploader | None = None
@@ -792,27 +791,30 @@ class TrialSession:
         self._frozen_shares = (total + share, steps + 1)
 
     def _warn_unmeasured(self, outputs: Mapping[str, Any]) -> None:
-        """Warn (once a key) that an output of one value measured at an earlier report was not
-        measured for this one: its ``None`` makes Tune's stoppers and schedulers that compare
-        it (``stop={...}``, ASHA, the median rule) raise, ending the sweep."""
-        for key, value in outputs.items():
-            if isinstance(value, dict):
-                continue  # per layer: not a metric Tune compares as a rule
-            if value is not None:
-                self._reported_tops.add(key)
-            elif key in self._reported_tops and key not in self._warned_unmeasured:
-                self._warned_unmeasured.add(key)
-                warnings.warn(
-                    f"ik.report: {key!r} was not measured since the previous report and is "
-                    "None in this one (a subscriber measuring every `frequency` batches, with "
-                    "fewer batches between reports). A Tune stopper or scheduler that compares "
-                    f"{key!r} (stop={{...}}, ASHAScheduler, MedianStoppingRule) fails on None "
-                    "and ends the sweep: measure it at every report (frequency='epoch' with one "
-                    "report per epoch), or pass the scheduler as ik.SVCCAScheduler(base=...), "
-                    "which leaves reports without the metric unjudged",
-                    UserWarning,
-                    stacklevel=4,  # the user's ik.report(...)
-                )
+        """Warn (once a key) that an output of one value was not measured for this report: its
+        ``None`` makes Tune's stoppers and schedulers that compare it (``stop={...}``, ASHA,
+        the median rule) raise, ending the sweep. Outputs per layer are left alone (the first
+        report's ``self_similarity`` is always ``None``; Tune compares none of them as a rule)."""
+        unmeasured = [
+            key
+            for key, value in outputs.items()
+            if value is None and key not in self._warned_unmeasured
+        ]
+        if not unmeasured:
+            return
+        self._warned_unmeasured.update(unmeasured)
+        named = ", ".join(map(repr, unmeasured))
+        warnings.warn(
+            f"ik.report: {named} not measured since the previous report, so None in this one "
+            "(a subscriber measuring every `frequency` batches, with fewer batches between "
+            "reports, say). A Tune stopper or scheduler that compares such a key "
+            "(stop={...}, ASHAScheduler, MedianStoppingRule) fails on None and ends the sweep: "
+            "measure it at every report (frequency='epoch' with one report per epoch), or pass "
+            "the scheduler as ik.SVCCAScheduler(base=...), which leaves reports without the "
+            "metric unjudged",
+            UserWarning,
+            stacklevel=4,  # the user's ik.report(...)
+        )
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]:
         if self.exporter is None:

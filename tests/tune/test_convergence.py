@@ -852,3 +852,41 @@ def test_convergence_rules_refuse_bad_thresholds_where_they_are_made(kwargs, mes
     with pytest.raises(ValueError, match=message):
         ConvergenceRules(**kwargs)
     assert ConvergenceRules(plateau=0, grace=0, min_travel=0).plateau == 0  # edges allowed
+
+
+def test_a_metric_measured_at_some_reports_is_not_read_as_no_progress_from_one_value() -> None:
+    """Validation every third report, layers barely moving (fine-tuning), no chance level
+    known: at report 3 the trial has one value, which shows no progress by construction. It
+    was stopped there as stuck (a review's sweep lost all four trials, FIFO's top 3 among
+    them); it is judged once it has settle_window values, as the rules that compare trials."""
+    still = dict.fromkeys(LAYERS, (0.999, 0.95, 1.0))
+    sparse = history([(m, still) for m in (math.nan, math.nan, 0.8)])
+    assert stop_verdict(sparse, RULES, [], budget=12) is None
+    # the same trial flat over three measured values is still stuck
+    flat = history([(m, still) for m in (0.8, math.nan, math.nan, 0.8, math.nan, math.nan, 0.8)])
+    stop = stop_verdict(flat, RULES, [], budget=12)
+    assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
+
+
+def test_a_dead_branch_is_judged_at_reports_that_measure_the_metric() -> None:
+    """A middle layer dies at report 2. With the metric at report 3 only (validation every
+    third epoch), report 2 decides nothing; at one value the trial is judged against chance
+    where chance is known (above it: learning; at it: stopped), and at its next value where
+    it is not."""
+    alive, dead = (1.0, 0.5, 1.0), (1.0, 0.5, 0.0)
+
+    def trial(metrics: list[float], chance: float = math.nan) -> TrialHistory:
+        layers = [{"first": alive, "middle": alive, "head": alive}]
+        layers += [{"first": alive, "middle": dead, "head": alive}] * (len(metrics) - 1)
+        out = history(list(zip(metrics, layers)))
+        out.chance = chance
+        return out
+
+    assert stop_verdict(trial([math.nan, math.nan]), RULES, [], None) is None
+    assert stop_verdict(trial([math.nan, math.nan, 0.4], chance=0.1), RULES, [], None) is None
+    assert stop_verdict(trial([math.nan, math.nan, 0.4]), RULES, [], None) is None
+    at_chance = stop_verdict(trial([math.nan, math.nan, 0.11], chance=0.1), RULES, [], None)
+    assert at_chance is not None and (at_chance.rule, at_chance.layer) == ("dead layer", "middle")
+    # a trial measured at every report whose branch died at report 2, at chance: stopped there
+    diverged = stop_verdict(trial([0.1, 0.1], chance=0.1), RULES, [], None)
+    assert diverged is not None and diverged.rule == "dead layer"

@@ -668,7 +668,9 @@ def test_dead_layer_stops_the_trial_and_is_never_frozen() -> None:
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     sims = dict.fromkeys(LAYERS, 1.0)
-    decision = scheduler.on_trial_result(None, trial, result(sims, live={"fc1": 0.0}))
+    # at chance at its first report: one value shows where it stands where chance is known
+    report = {**result(sims, live={"fc1": 0.0}, acc=0.1), "acc_chance": 0.1}
+    decision = scheduler.on_trial_result(None, trial, report)
     assert decision == STOP
     assert scheduler.stopped_trials == {"t1": "dead layer"}
     assert "dead layer" in scheduler.debug_string() and "fc1" in scheduler.debug_string()
@@ -1041,6 +1043,25 @@ def test_a_wrapped_base_leaves_a_report_without_its_metric_unjudged(base_name) -
     scheduler.on_trial_complete(controller, good, {**result(sims, it=3), "acc": None})
 
 
+def test_a_trial_restarted_from_scratch_reports_its_loss_tracker_at_inf_again() -> None:
+    """``best_val_loss`` is infinite until the first validation: no divergence at a trial's
+    first report. A trial that fails before its first checkpoint starts over, and its first
+    report is the first again (it was stopped as diverged on ``best_val_loss=inf``)."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = {"conv1": 0.5}
+
+    def report(it: int, tracked: float) -> dict[str, Any]:
+        return {**result(sims, it=it, acc=0.12 + 0.1 * it), "best_val_loss": tracked}
+
+    for it, tracked in ((1, math.inf), (2, 1.2), (3, 0.9)):
+        assert scheduler.on_trial_result(None, trial, report(it, tracked)) == CONTINUE
+    scheduler.on_trial_error(None, trial)  # Tune starts it again, from scratch
+    assert scheduler.on_trial_result(None, trial, report(1, math.inf)) == CONTINUE
+    assert scheduler.stopped_trials == {}
+
+
 def test_a_base_records_a_trial_stopped_here_once_as_tune_completes_it() -> None:
     """A diverged trial this scheduler stops reaches the base once, through on_trial_complete
     (as Tune calls it for a stopped trial): ASHA's rungs then hold what they hold on their
@@ -1063,7 +1084,7 @@ def test_a_base_records_a_trial_stopped_here_once_as_tune_completes_it() -> None
     sims = {"conv1": 0.5}
     reports = {
         "best": result(sims, it=1, acc=0.9),
-        "dead": result(sims, it=1, acc=0.05, live={"conv1": 0.0}),
+        "dead": {**result(sims, it=1, acc=0.05, live={"conv1": 0.0}), "acc_chance": 0.1},
         "fair": result(sims, it=1, acc=0.5),
     }
     decisions = {}
@@ -1459,8 +1480,8 @@ class _HalvingController:
 
 def test_a_synchronous_hyperband_is_not_told_of_a_trial_stopped_here() -> None:
     """HyperBand halves a rung once all its trials reported: told of a trial stopped here
-    (a dead layer), it would count it among the survivors and promote one trial fewer. Its
-    survivors are those of HyperBand over the other trials."""
+    (a dead last layer), it would count it among the survivors and promote one trial fewer.
+    Its survivors are those of HyperBand over the other trials."""
     from ray.tune.schedulers import HyperBandScheduler
 
     def survivors(wrapped: bool) -> list[str]:
@@ -1483,7 +1504,7 @@ def test_a_synchronous_hyperband_is_not_told_of_a_trial_stopped_here() -> None:
             if dead and not wrapped:  # HyperBand alone over the others: it is gone
                 controller.stop_trial(trial)
                 continue
-            live = {"conv1": 0.0 if dead else 1.0}
+            live = {"fc2": 0.0 if dead else 1.0}
             decision = scheduler.on_trial_result(
                 controller, trial, result({"conv1": 0.5}, acc=acc, live=live)
             )
