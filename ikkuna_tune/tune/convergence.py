@@ -993,6 +993,7 @@ def stop_verdict(
     it = trial.reports
     if nonfinite is not None:
         return Decision("stop", "diverged: non-finite value", it, None, dict([nonfinite]))
+    values_seen = sum(math.isfinite(m) for m in trial.metric)
     dead = []
     for name in trial.layers:
         history = trial.per_layer.get(name)
@@ -1012,7 +1013,7 @@ def stop_verdict(
         measured = bool(trial.metric) and math.isfinite(trial.metric[-1])
         learned = learned_so_far(trial, rules) if measured else True
         # (with one value and no chance level known, nothing shows where it stands yet)
-        judged = math.isfinite(trial.chance) or sum(map(math.isfinite, trial.metric)) >= 2
+        judged = math.isfinite(trial.chance) or values_seen >= 2
         fell = measured and judged and not stands_where_learned(trial, rules)
         if output_dead or fell or not learned:
             name, live = dead[-1] if output_dead else dead[0]
@@ -1030,7 +1031,6 @@ def stop_verdict(
     stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
     # no progress is read from settle_window values at least, as the rules below compare them
     # (one value, with validation every third epoch, has made no progress by construction)
-    values_seen = sum(math.isfinite(m) for m in trial.metric)
     stalled = stalled and values_seen >= rules.settle_window
     # (where chance is known, only a trial at chance: one far above it that gains little while
     # its layers barely move is a fine-tuned model near its best, which still gains a point or
