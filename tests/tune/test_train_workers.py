@@ -211,13 +211,15 @@ def test_the_workers_unfreeze_together_on_rank_0s_learning_rate(ray_session, tmp
     assert len(flags) == 2 and flags[0] == flags[1]
 
 
-@pytest.fixture(scope="module")
-def layernorm_job(ray_session, tmp_path_factory):
+@pytest.mark.timeout(300)
+def test_a_job_on_uneven_shards_freezes_rank_0s_choice_and_counts_every_sample(
+    ray_session, tmp_path
+) -> None:
     """A 2-worker job of :func:`~tests.tune.train_job.layernorm_net` (Linear layers tracked, a
     trainable LayerNorm between the first two) on global batches of 33 samples (shards of 16
     and 17) that the scheduler orders to freeze; each rank logs its frozen layers and the last
-    step's correct and counted samples after every report."""
-    tmp_path = tmp_path_factory.mktemp("layernorm_job")
+    step's correct and counted samples after every report. (One job for both checks below: a
+    Train job is the costliest thing the suite starts.)"""
     config = {
         "lr": 0.1,
         "iterations": 4,
@@ -236,20 +238,15 @@ def layernorm_job(ray_session, tmp_path_factory):
         raise_on_failed_trial=False,
     )
     (trial,) = analysis.trials
-    logs = [json.loads((tmp_path / f"log_rank{r}.json").read_text()) for r in range(2)]
-    return trial, analysis.trial_dataframes.get(trial.trial_id), logs
-
-
-@pytest.mark.timeout(300)
-def test_every_rank_freezes_what_rank_0_decided_where_only_rank_0_sees_the_data_flow(
-    layernorm_job,
-) -> None:
-    """The scheduler orders '1' and '3' frozen. Only rank 0 runs the evaluation pass that shows
-    the LayerNorm training between them, so only rank 0 can tell that '3' must stay trainable:
-    every rank carries out rank 0's decision ('1' frozen, '3' not). Decided by each rank, rank 1
-    froze '3' too, and the next backward pass's all-reduce failed across the ranks."""
-    trial, df, logs = layernorm_job
     assert trial.status == "TERMINATED", trial.error_file and Path(trial.error_file).read_text()
+    logs = [json.loads((tmp_path / f"log_rank{r}.json").read_text()) for r in range(2)]
+    df = analysis.trial_dataframes[trial.trial_id]
+
+    # The scheduler orders '1' and '3' frozen. Only rank 0 runs the evaluation pass that shows
+    # the LayerNorm training between them, so only rank 0 can tell that '3' must stay
+    # trainable: every rank carries out rank 0's decision ('1' frozen, '3' not). Decided by
+    # each rank, rank 1 froze '3' too, and the next backward pass's all-reduce failed across
+    # the ranks.
     assert [entry["frozen"] for entry in logs[0]] == [entry["frozen"] for entry in logs[1]]
     assert logs[0][-1]["frozen"] == ["1"], logs[0]  # the layer before the LayerNorm
     reasons = df["freeze_reason/1"].fillna("").astype(str).tolist()
@@ -259,14 +256,9 @@ def test_every_rank_freezes_what_rank_0_decided_where_only_rank_0_sees_the_data_
     ordered = {d["layer"] for d in map(json.loads, orders) if d["action"] == "freeze"}
     assert "3" in ordered, ordered  # ordered, and refused on every rank
 
-
-@pytest.mark.timeout(300)
-def test_train_accuracy_over_uneven_shards_is_that_of_all_their_samples(layernorm_job) -> None:
-    """Global batches of 33 samples: shards of 16 and 17. The reported train accuracy is that
-    of the last step's 33 predictions, counted by hand on each rank and summed (a mean of the
-    two ranks' accuracies would weigh each of rank 0's samples more)."""
-    trial, df, logs = layernorm_job
-    assert trial.status == "TERMINATED"
+    # Global batches of 33 samples: shards of 16 and 17. The reported train accuracy is that
+    # of the last step's 33 predictions, counted by hand on each rank and summed (a mean of
+    # the two ranks' accuracies would weigh each of rank 0's samples more).
     assert [entry["counted"] for entry in logs[0]] == [16] * len(logs[0])
     assert [entry["counted"] for entry in logs[1]] == [17] * len(logs[1])
     union = [(a["correct"] + b["correct"]) / 33 for a, b in zip(logs[0], logs[1])]
