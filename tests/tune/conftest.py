@@ -1,4 +1,5 @@
-"""One Ray session shared by every Tune test."""
+"""One Ray session shared by every Tune test of a test process (each pytest-xdist worker
+starts its own)."""
 
 from __future__ import annotations
 
