@@ -493,7 +493,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._repeats: dict[tuple[str, int], NamedModule] = {}
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
-        self._traced_layers: list[NamedModule] = []
+        self._tap_layers: list[NamedModule] = []
         self._receiver = add_receiver(self._on_traced_gradient)
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}

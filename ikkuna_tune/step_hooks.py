@@ -131,6 +131,8 @@ def _present(
 #: Half-precision parameters' updates are kept in float32: the difference of two bfloat16
 #: (or float16) values is a float32 number (exactly, unless their exponents differ by more than
 #: 16), but rounds to 8 (or 11) bits in their own dtype.
+#: a compiled model's gradient tap names the layer's call as ``layer number * _TAP_CALLS + call``
+_TAP_CALLS = 1 << 32
 _UPDATE_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
@@ -218,6 +220,7 @@ class StepHooks:
     _warned_nested: bool = False
     _warned_recomputed: bool = False
     _warned_transform: bool = False
+    _warned_whole_checkpoint: bool = False
     _warned_regradient: bool = False
     _warned_restep: bool = False
     #: whether this step's labels were given (publish_labels, a wrapped loss), and whether the
@@ -227,7 +230,11 @@ class StepHooks:
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
-    _traced_layers: list[NamedModule]
+    #: the tracked layers by number, as the gradient taps of a compiled model name them
+    _tap_layers: list[NamedModule]
+    #: whether the last training pass of a compiled model was an optimizer's further closure
+    #: call (whose gradients no training step publishes)
+    _traced_closure: bool = False
     _receiver: int
     _recompile_allowed: bool
 
@@ -281,14 +288,17 @@ class StepHooks:
         if group == "forward":
             self._layer_calls = {}
             self._forward_since = self._passes
-            for named in self.modules.values():
+            self._tap_layers = list(self.modules.values())
+            root = unwrapped(self.model)
+            for number, named in enumerate(self._tap_layers):
                 # [the forward pass of the last call (0: outside one, -1: never), calls in it]
                 calls = self._layer_calls[named.name] = [-1, 0]
                 hook = TracedLayerHook(
-                    partial(self._on_layer, named, calls), partial(self._trace_layer, named)
+                    partial(self._on_layer, named, calls),
+                    partial(self._trace_layer, named, number, root),
                 )
                 # the model as its own layer: its activations before its network_output
-                prepend = named.module is unwrapped(self.model)
+                prepend = named.module is root
                 handles.append(named.module.register_forward_hook(hook, prepend=prepend))
             return handles
         for _name, named, attr in self._role_layers[GRADIENT_KINDS[group]]:
@@ -363,6 +373,8 @@ class StepHooks:
         self._eval_grad_pass = not training and self._probe_tag is None and torch.is_grad_enabled()
         if not training:
             self._pass_tag = self._probe_tag or EVAL_TAG
+            if self.model.training and not self._warned_whole_checkpoint:
+                self._warn_if_checkpointed_whole(args)
             if args and isinstance(args[0], torch.Tensor):
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
@@ -605,6 +617,23 @@ class StepHooks:
             elif not torch.is_grad_enabled():  # inside a reentrant activation checkpoint
                 self._deferred_gradients.setdefault(named.module, []).append(named)
 
+    def _warn_if_checkpointed_whole(self, args: tuple[Any, ...]) -> None:
+        """A forward pass in training mode without gradients on an input that requires them is
+        what a reentrant activation checkpoint around the whole model runs: said once, since
+        its pass is published as an evaluation."""
+        if self._probe_tag is not None:
+            return
+        if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            self._warned_whole_checkpoint = True
+            logger.warning(
+                "The model ran in training mode without gradients on an input that requires "
+                "them: a reentrant activation checkpoint around the whole model "
+                "(torch.utils.checkpoint.checkpoint(model, x, use_reentrant=True))? Such a pass "
+                "is published as an evaluation (tag 'eval': its activations, output and loss; "
+                "no layer_gradients). Checkpoint parts inside the model, or pass "
+                "use_reentrant=False, for the pass to count as training"
+            )
+
     def _skip_transformed(self) -> None:
         """A forward pass (or a layer's call) inside a ``torch.func`` transform publishes
         nothing: its tensors are the transform's, per sample. Warned once."""
@@ -683,15 +712,19 @@ class StepHooks:
     # Under torch.compile (see ikkuna_tune.compiled_taps). ``_trace_layer`` is what dynamo
     # traces: it reads no counter (a guard on one would recompile every step), only appends to
     # ``_traced``, which is empty whenever a forward pass starts (so the guard on its length
-    # holds), and taps the output's gradient at the output's position in that list.
-    def _trace_layer(self, named: NamedModule, output: Any) -> Any:
+    # holds), and taps the output's gradient of a training pass under the layer's number and
+    # the call's number in the pass (both fixed in a traced graph), as the eager hook names it.
+    def _trace_layer(self, named: NamedModule, number: int, root: nn.Module, output: Any) -> Any:
         traced = self._traced
         tensor = output if isinstance(output, torch.Tensor) else layer_tensor(named, output)
-        position = len(traced)
+        call = 1 + sum(1 for layer, _ in traced if layer is named)
         traced.append((named, tensor))
-        if not (self._want_layer_gradients and tensor.requires_grad):
+        # as the eager hook: the gradients of a training pass only (the model in training mode;
+        # without gradients, nothing requires one), not of an evaluation that takes gradients
+        # (an adversarial input made in eval mode)
+        if not (self._want_layer_gradients and tensor.requires_grad and root.training):
             return None
-        tapped = tap_gradient(tensor, self._receiver, position)
+        tapped = tap_gradient(tensor, self._receiver, number * _TAP_CALLS + call)
         if output is tensor:
             return tapped
         if type(output) in (tuple, list):  # a named tuple would need its fields
@@ -700,13 +733,12 @@ class StepHooks:
 
     def _publish_traced(self) -> None:
         """Publish the activations the traced hooks recorded in this forward pass, numbering
-        repeated calls of a layer as the eager hook does; a training pass's layers are kept by
-        position for :meth:`_on_traced_gradient`."""
+        repeated calls of a layer as the eager hook does; note whether a training pass was an
+        optimizer's further closure call for :meth:`_on_traced_gradient`."""
         traced = self._traced
         if not traced:
             return
         tag, calls = self._pass_tag, dict[str, int]()
-        layers: list[NamedModule] = []
         seen = self._layer_calls
         for named, tensor in traced:
             if named.name in seen:
@@ -714,28 +746,31 @@ class StepHooks:
             call = calls[named.name] = calls.get(named.name, 0) + 1
             if call > 1:
                 named = self._repeat(named, call)
-            layers.append(named)
             if self._want_activations and self._due("activations", named.name, tag):
                 self._emit_layer("activations", named, tensor.detach(), tag)
         traced.clear()
         if tag == DEFAULT_TAG:
-            self._traced_layers = layers
+            self._traced_closure = False
         elif tag == CLOSURE_TAG:
             # an optimizer's further closure call: its backward follows before the next pass,
             # and its gradients are no training step's (the eager hooks publish none either)
-            self._traced_layers = []
+            self._traced_closure = True
 
-    def _on_traced_gradient(self, position: int, grad: torch.Tensor) -> None:
-        """The gradient tapped at ``position`` of the last training pass, at backward time. It
-        is copied: a compiled backward may write another value into its memory later."""
-        layers = self._traced_layers
-        if position < len(layers):
-            named = layers[position]
-            if self._due("layer_gradients", named.name):
-                data = grad.detach()
-                unscaled = self._unscaled(data)  # a new tensor, or a copy is needed
-                data = unscaled if unscaled is not data else data.clone()
-                self._emit_layer("layer_gradients", named, data, DEFAULT_TAG)
+    def _on_traced_gradient(self, code: int, grad: torch.Tensor) -> None:
+        """The gradient tapped at a layer's call (``code``: see :meth:`_trace_layer`) of a
+        training pass, at backward time. It is copied: a compiled backward may write another
+        value into its memory later."""
+        number, call = divmod(code, _TAP_CALLS)
+        if self._traced_closure or number >= len(self._tap_layers):
+            return
+        named = self._tap_layers[number]
+        if call > 1:
+            named = self._repeat(named, call)
+        if self._due("layer_gradients", named.name):
+            data = grad.detach()
+            unscaled = self._unscaled(data)  # a new tensor, or a copy is needed
+            data = unscaled if unscaled is not data else data.clone()
+            self._emit_layer("layer_gradients", named, data, DEFAULT_TAG)
 
     def _on_layer_gradient(self, named: NamedModule, fired: list[int], grad: torch.Tensor) -> None:
         fired[0] += 1  # backward passes through this output so far

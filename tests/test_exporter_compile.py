@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -239,6 +240,126 @@ def test_compiled_layer_outputs_and_their_gradients_equal_eager_ones_for_repeate
     assert compiled.keys() == eager.keys() and len(eager) == 2 * 3 * 2
     for key, value in eager.items():
         torch.testing.assert_close(compiled[key], value, rtol=1e-5, atol=1e-6)
+
+
+class _Recurrent(nn.Module):
+    """A cell applied once per time step: a sequence's length decides the layers' calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 6)
+        self.cell = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x[:, 0]))
+        for t in range(1, x.shape[1]):
+            h = torch.tanh(self.cell(h) + self.inp(x[:, t]))
+        return self.out(h)
+
+
+def _gradients(compiled: bool, step: Callable[[nn.Module, nn.Module], torch.Tensor]) -> dict:
+    """The layer gradients published over two steps of ``step(run, model)`` (which returns
+    the training loss), by (layer, step, shape): values of one key in the order published."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Recurrent()
+    run = torch.compile(model, backend="aot_eager", dynamic=False) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    exporter = ik.Exporter(run, opt)
+    got: dict[tuple, list[torch.Tensor]] = {}
+    ik.CallbackSubscriber(
+        ["layer_gradients"],
+        lambda m: got.setdefault((m.key, m.global_step, tuple(m.data.shape)), []).append(m.data),
+        exporter.message_bus,
+        tag=None,
+    )
+    for _ in range(2):
+        opt.zero_grad()
+        step(run, model).backward()
+        opt.step()
+    exporter.close()
+    return got
+
+
+def _assert_same(compiled: dict, eager: dict) -> None:
+    assert compiled.keys() == eager.keys()
+    for key, values in eager.items():
+        assert len(compiled[key]) == len(values), key
+        for got, want in zip(compiled[key], values):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_two_training_passes_of_different_calls_before_one_backward_name_each_gradient() -> None:
+    """Two sequences of different lengths through one encoder (a siamese loss), then one
+    backward: each call's gradient under its own name, as the eager hooks publish it (the taps
+    had named them by their place in the last pass: the first pass's ``cell#2`` as ``out``)."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4, 3, 3, generator=g), torch.randn(5, 2, 3, generator=g)
+
+    def siamese(run: nn.Module, model: nn.Module) -> torch.Tensor:
+        return run(a).pow(2).mean() + run(b).pow(2).mean()
+
+    eager = _gradients(False, siamese)
+    assert {key for key, _, _ in eager} == {"inp", "inp#2", "inp#3", "cell", "cell#2", "out"}
+    _assert_same(_gradients(True, siamese), eager)
+
+
+def test_an_evaluation_that_takes_gradients_publishes_no_layer_gradients_when_compiled() -> None:
+    """An adversarial input made in eval mode (a gradient of the loss with respect to the
+    input) publishes no layer gradients, compiled or not: only the training pass's."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(8, 3, 3, generator=g), torch.randn(8, 2, generator=g)
+
+    def adversarial(run: nn.Module, model: nn.Module) -> torch.Tensor:
+        model.eval()
+        probe = x.clone().requires_grad_(True)
+        (direction,) = torch.autograd.grad((run(probe) - y).pow(2).mean(), probe)
+        model.train()
+        return (run(x + 0.1 * direction.sign()) - y).pow(2).mean()
+
+    eager = _gradients(False, adversarial)
+    assert all(len(values) == 1 for values in eager.values())  # the training pass's only
+    _assert_same(_gradients(True, adversarial), eager)
+
+
+def _lbfgs_gradients(compiled: bool) -> list[tuple[str, int, torch.Tensor]]:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    run = torch.compile(model, backend="aot_eager") if compiled else model
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+    exporter = ik.Exporter(run, opt)
+    got: list[tuple[str, int, torch.Tensor]] = []
+    ik.CallbackSubscriber(
+        ["layer_gradients"],
+        lambda m: got.append((m.key, m.global_step, m.data)),
+        exporter.message_bus,
+        tag=None,
+    )
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.mse_loss(run(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+    exporter.close()
+    return got
+
+
+def test_an_optimizers_further_closure_calls_publish_no_layer_gradients_when_compiled() -> None:
+    """L-BFGS calls its closure three times a step: the step's gradients are its first call's,
+    compiled as eager."""
+    eager, compiled = _lbfgs_gradients(False), _lbfgs_gradients(True)
+    assert [(key, step) for key, step, _ in eager] == [("2", 0), ("0", 0), ("2", 1), ("0", 1)]
+    assert [(key, step) for key, step, _ in compiled] == [(key, step) for key, step, _ in eager]
+    for (_, _, got), (_, _, want) in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")

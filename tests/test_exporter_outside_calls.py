@@ -136,6 +136,40 @@ def test_a_reentrant_checkpoints_layer_in_two_passes_before_one_backward() -> No
     assert got == pytest.approx(sorted(float(o.grad.norm()) for o in outs))
 
 
+def test_a_reentrant_checkpoint_around_the_whole_model_is_named_in_a_warning(caplog) -> None:
+    # the checkpoint runs the whole model without gradients: its pass reads as an evaluation
+    # (documented), said once; a checkpoint inside the model, or use_reentrant=False, counts
+    # as training and says nothing
+    torch.manual_seed(0)
+    tags: dict[bool, set[str]] = {}
+    for reentrant in (True, False):
+        model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.Exporter(model, opt)
+        seen = _record(exporter.message_bus, ["network_output"], tag=None)
+        embedded = torch.randn(8, 4, requires_grad=True)  # an embedding's output, say
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            for _ in range(2):
+                opt.zero_grad()
+                out = checkpoint(model, embedded, use_reentrant=reentrant)
+                F.cross_entropy(out, torch.zeros(8, dtype=torch.long)).backward()
+                opt.step()
+        exporter.close()
+        tags[reentrant] = {tag for _, _, _, tag, _ in seen}
+        warned = [r for r in caplog.records if "checkpoint around the whole model" in r.message]
+        assert len(warned) == (1 if reentrant else 0), [r.message for r in caplog.records]
+    assert tags == {True: {"eval"}, False: {"default"}}
+    # inside the model, a reentrant checkpoint's pass is training: no warning
+    model = _Checkpointed(reentrant=True)
+    exporter = ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        F.cross_entropy(model(torch.randn(8, 4)), torch.zeros(8, dtype=torch.long)).backward()
+    exporter.close()
+    assert not [r for r in caplog.records if "checkpoint around" in r.message]
+
+
 def test_a_layer_run_on_its_own_is_tagged_by_its_own_mode() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
