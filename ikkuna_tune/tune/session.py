@@ -299,7 +299,10 @@ class TrialSession:
         #: the share of the parameters frozen at each training step since the last report
         #: (summed, steps): a report's frozen_fraction is their mean over its iteration
         self._frozen_shares = (0.0, 0)
-        self._share_of: dict[tuple[str, ...], float] = {}  # per set of frozen layers
+        #: the share per set of frozen layers and of parameters that train (the training code
+        #: may freeze or unfreeze parameters by hand at any step: gradual unfreezing)
+        self._share_of: dict[tuple[tuple[str, ...], tuple[bool, ...]], float] = {}
+        self._share_params: tuple[nn.Parameter, ...] = ()
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
@@ -777,16 +780,16 @@ class TrialSession:
         self._note_hand_over(optimizers)
         if self._period_rates is None:  # the first step since the last report
             self._period_rates = snapshot(optimizers)
-            # the user may have frozen or unfrozen parameters by hand since (gradual
-            # unfreezing at an epoch's start): the shares are counted afresh
             self._share_of.clear()
+            self._share_params = tuple(exporter.model.parameters())
         self._note_peaks(optimizers)
         if self.release.watching and self._local_release:
             self._apply_releases(self._due_releases(on_device=False))
-        frozen = exporter.frozen
-        share = self._share_of.get(frozen)
-        if share is None:  # counted once per set of frozen layers and report, not per step
-            share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
+        # counted once per set of frozen layers and of parameters that train, and per report
+        key = (exporter.frozen, tuple(p.requires_grad for p in self._share_params))
+        share = self._share_of.get(key)
+        if share is None:
+            share = self._share_of[key] = exporter.frozen_parameter_fraction()
         total, steps = self._frozen_shares
         self._frozen_shares = (total + share, steps + 1)
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import TensorDataset
 
 import ikkuna_tune as ik
@@ -246,6 +247,35 @@ def test_a_freeze_within_an_iteration_counts_for_its_steps_after_it(monkeypatch)
     assert first["step_seconds"] == pytest.approx(0.25)  # the first step is warm-up
     assert second["step_seconds"] == pytest.approx((2 * 0.25 + 2 * 0.1) / 4)
     assert second["step_seconds_unfrozen"] == pytest.approx(0.25)
+
+
+def test_parameters_unfrozen_by_hand_within_an_iteration_count_from_that_step() -> None:
+    """Layers of 25, 30 and 18 parameters: the training code unfreezes the first by hand
+    after 1 of an iteration's 4 steps, while the Exporter holds the second frozen.
+    frozen_fraction is the mean of each step's share, 30 / 48 at the first step and 30 / 73
+    at the three after it (a share counted once for the iteration read 30 / 48)."""
+
+    def train(config: dict[str, Any]) -> None:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 3)
+        )
+        model[0].requires_grad_(False)  # a backbone the user unfreezes gradually
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        exporter.freeze("2")
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        for step in range(4):
+            if step == 1:
+                model[0].requires_grad_(True)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        ik.report({})
+
+    ik.instrument(train, [])({})
+    (result,) = ik.local_results()
+    assert result["frozen_fraction"] == pytest.approx((30 / 48 + 3 * 30 / 73) / 4)
 
 
 def test_a_subscriber_on_every_tag_reports_other_passes_beside_trainings() -> None:
