@@ -11,6 +11,7 @@ ValueError: Expected `freeze_at` to be a number in (0, 1] but got 1.5
 from __future__ import annotations
 
 import math
+import numbers
 
 __all__ = [
     "check_bool",
@@ -28,7 +29,13 @@ __all__ = [
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number, NumPy's included (``tune.grid_search(np.linspace(...))``), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    """An integer, NumPy's included (``tune.grid_search(np.arange(...))``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -48,11 +55,12 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` if it is an integer >= ``minimum`` (not a bool).
+    """``value`` as an ``int`` if it is an integer >= ``minimum`` (not a bool).
 
     Examples:
-        >>> check_int("batch_size", 32)
-        32
+        >>> import numpy as np
+        >>> check_int("batch_size", 32), check_int("batch_size", np.int64(32))
+        (32, 32)
         >>> check_int("patience", 0, minimum=0)
         0
         >>> check_int("patience", True)
@@ -60,9 +68,9 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
         ...
         ValueError: Expected `patience` to be an integer >= 1 but got True
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_int(value) or value < minimum:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be an integer >= {minimum} but got {value!r}")
-    return value
+    return int(value)  # type: ignore[call-overload]
 
 
 def check_fraction(name: str, value: object) -> float:
@@ -186,9 +194,9 @@ def check_int_or_epoch(name: str, value: object) -> int | str:
     """
     if value == "epoch":
         return "epoch"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
         raise ValueError(f"Expected `{name}` to be an integer >= 1 or 'epoch' but got {value!r}")
-    return value
+    return int(value)  # type: ignore[call-overload]
 
 
 def check_ylims(ylims: object) -> tuple[float, float] | None:

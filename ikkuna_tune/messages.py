@@ -29,9 +29,13 @@ import torch
 
 __all__ = [
     "BUILTIN_KINDS",
+    "CLOSURE_TAG",
     "DATA_KINDS",
     "DEFAULT_TAG",
+    "EVAL_TAG",
     "META_KINDS",
+    "PASS_TAGS",
+    "SKIPPED_TAG",
     "KindType",
     "LabelsMessage",
     "LayerBatch",
@@ -41,6 +45,7 @@ __all__ = [
     "NamedModule",
     "NetworkMessage",
     "typo_of_builtin_kind",
+    "typo_of_pass_tag",
     "unknown_kinds_message",
 ]
 
@@ -71,6 +76,15 @@ META_KINDS: tuple[str, ...] = (
 BUILTIN_KINDS: frozenset[str] = frozenset(DATA_KINDS + META_KINDS)
 #: Tag of the messages of ordinary training steps.
 DEFAULT_TAG = "default"
+#: Tag of forward passes the user runs in eval mode or without gradients.
+EVAL_TAG = "eval"
+#: Tag of the (zero) updates of a step that a GradScaler skipped (inf or NaN gradients).
+SKIPPED_TAG = "skipped"
+#: Tag of the forward passes of an optimizer's closure after its first call in a step (L-BFGS
+#: evaluates the loss at trial weights during its line search).
+CLOSURE_TAG = "closure"
+#: The tags the Exporter gives the passes and steps of training (probes bring their own).
+PASS_TAGS: frozenset[str] = frozenset({DEFAULT_TAG, EVAL_TAG, SKIPPED_TAG, CLOSURE_TAG})
 #: Where a published kind belongs: to one layer ('DATA') or to the whole network ('META').
 KindType = Literal["DATA", "META"]
 
@@ -93,6 +107,29 @@ def typo_of_builtin_kind(kind: str) -> str | None:
         return None
     for match in difflib.get_close_matches(kind, sorted(BUILTIN_KINDS), n=3, cutoff=0.8):
         if abs(len(match) - len(kind)) <= 2:
+            return match
+    return None
+
+
+def typo_of_pass_tag(tag: str) -> str | None:
+    """The Exporter's tag that ``tag`` looks like a typo of, or ``None``: the same tag in other
+    letter case (``'Default'``, ``'EVAL'``), or, for the longer tags, as similar as
+    ``difflib.get_close_matches(..., cutoff=0.8)`` demands and at most two characters longer or
+    shorter (``'deafult'``, ``'defualt'``). A probe's own tag (``exporter.probe('eval2')``) is
+    any other name.
+
+    Examples:
+        >>> typo_of_pass_tag("deafult"), typo_of_pass_tag("Eval"), typo_of_pass_tag("eval2")
+        ('default', 'eval', None)
+    """
+    if tag in PASS_TAGS:
+        return None
+    for known in sorted(PASS_TAGS):
+        if tag.lower() == known:
+            return known
+    longer = sorted(t for t in PASS_TAGS if len(t) >= 6)
+    for match in difflib.get_close_matches(tag.lower(), longer, n=3, cutoff=0.8):
+        if abs(len(match) - len(tag)) <= 2:
             return match
     return None
 

@@ -32,7 +32,10 @@ from ikkuna_tune.layers import (
     unwrapped,
 )
 from ikkuna_tune.messages import (
+    CLOSURE_TAG,
     DEFAULT_TAG,
+    EVAL_TAG,
+    SKIPPED_TAG,
     LayerBatch,
     ModuleMessage,
     NamedModule,
@@ -51,13 +54,6 @@ __all__ = [
     "StepHooks",
 ]
 
-#: Tag of forward passes the user runs in eval mode or without gradients.
-EVAL_TAG = "eval"
-#: Tag of the (zero) updates of a step that a GradScaler skipped (inf or NaN gradients).
-SKIPPED_TAG = "skipped"
-#: Tag of the forward passes of an optimizer's closure after its first call in a step (L-BFGS
-#: evaluates the loss at trial weights during its line search).
-CLOSURE_TAG = "closure"
 #: The role ('weight' or 'bias') of the parameter each per-parameter kind is about.
 PARAM_KINDS = {
     "weights": "weight",

@@ -117,6 +117,10 @@ def _measured(result: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in result.items() if value is not None}
 
 
+#: Reports after which a similarity reported only as None from every trial is named in a warning.
+_NO_VALUE_REPORTS = 5
+
+
 class SVCCAScheduler(FIFOScheduler):
     """A Tune scheduler that freezes converged layers and stops lost trials, never the best.
 
@@ -366,6 +370,8 @@ class SVCCAScheduler(FIFOScheduler):
         self._trials: dict[str, Trial] = {}
         self._mailbox: Mailbox | None = None
         self._warned_no_similarity = False
+        #: whether any trial has reported a similarity value (not None) yet
+        self._similarity_seen = False
         self._warned_no_metric = False
         self._warned_not_ikkuna = False
         #: every decision taken, in order: (trial id, decision)
@@ -975,12 +981,26 @@ class SVCCAScheduler(FIFOScheduler):
         )
 
     def _check_similarity(self, result: dict[str, Any], similarity: dict[str, float]) -> None:
-        if similarity or self._warned_no_similarity:
+        self._similarity_seen = self._similarity_seen or bool(similarity)
+        if self._similarity_seen or self._warned_no_similarity:
             return
         prefix = self.similarity_key + "/"
+        iteration = result.get("training_iteration", 0)
         if any(key.startswith(prefix) for key in result):
-            return  # reported, without a value yet (between two of the subscriber's checkpoints)
-        if result.get("training_iteration", 0) >= 2:
+            # reported, without a value yet (between two of the subscriber's checkpoints), or
+            # never: a subscriber that measures nothing (a `tag` no message carries)
+            if iteration >= _NO_VALUE_REPORTS:
+                self._warned_no_similarity = True
+                logger.warning(
+                    "SVCCAScheduler has received %r only as None, from every layer and trial, "
+                    "in %s reports, so it freezes nothing: the SVCCASubscriber measures nothing "
+                    "(subscribed to a `tag` no message carries, or measuring less often than "
+                    "that).",
+                    self.similarity_key,
+                    iteration,
+                )
+            return
+        if iteration >= 2:
             self._warned_no_similarity = True
             keys = sorted({k.split("/", 1)[0] for k in result if "/" in k} - {"config"})
             logger.warning(

@@ -61,3 +61,31 @@ def test_message_mean_of_a_whole_tensor_kind_is_refused_when_built(kind) -> None
     # its messages never carry one number: refused here, not at the first training step
     with pytest.raises(ValueError, match=f"'{kind}_norm2'.*got '{kind}', whose messages"):
         ik.MessageMeanSubscriber(kind)
+
+
+@pytest.mark.parametrize(
+    ("tag", "meant"),
+    [("deafult", "default"), ("Default", "default"), ("EVAL", "eval"), ("clousre", "closure")],
+)
+def test_typo_of_the_exporters_tag_raises_at_construction(tag: str, meant: str) -> None:
+    # no message would ever carry it: the subscriber's outputs read None at every report
+    with pytest.raises(ValueError, match=f"but got {tag!r}: did you mean {meant!r}"):
+        ik.NormSubscriber("weights", tag=tag)
+
+
+def test_a_probes_own_tag_subscribes_and_receives() -> None:
+    # any other name is a probe's tag (exporter.probe('eval2')), received when it runs
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    exporter = ik.Exporter(model)
+    seen: list[str] = []
+    for tag in ("eval2", "svcca", "test"):
+        ik.CallbackSubscriber(
+            ["activations"], lambda m: seen.append(m.tag), exporter.message_bus, tag=tag
+        )
+    with exporter.probe("eval2"), torch.no_grad():
+        model(torch.randn(4, 3))
+    exporter.close()
+    assert seen == ["eval2"]
