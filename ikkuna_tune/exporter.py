@@ -38,7 +38,7 @@ from ikkuna_tune.layers import (
 )
 from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, NamedModule
 from ikkuna_tune.parameters import assign_parameters, check_optimizers
-from ikkuna_tune.step_hooks import EVAL_TAG, UPDATE_KINDS, StepHooks
+from ikkuna_tune.step_hooks import EVAL_TAG, PARAM_KINDS, UPDATE_KINDS, StepHooks
 
 if TYPE_CHECKING:
     from ikkuna_tune.subscribers.base import Subscriber
@@ -596,10 +596,19 @@ class Exporter(StepHooks, LayerFreezing):
 
     def check_kinds(self, kinds: Iterable[str]) -> None:
         """Raise ``ValueError`` if this Exporter cannot publish one of ``kinds``."""
+        kinds = list(kinds)
         needs_optimizer = sorted(k for k in kinds if k in UPDATE_KINDS)
         if needs_optimizer and not self.optimizers:
             raise ValueError(
                 f"Kinds {needs_optimizer} need the optimizer: pass Exporter(model, optimizer=...)"
+            )
+        needs_bias = sorted(k for k in kinds if PARAM_KINDS.get(k) == "bias")
+        if needs_bias and not self._role_layers.get("bias"):
+            # (they would read None at every report, silently)
+            raise ValueError(
+                f"Kinds {needs_bias} need a tracked layer with a bias, but none of the "
+                f"{len(self.modules)} tracked layers of {type(unwrapped(self.model)).__name__} "
+                f"has one ({sorted(self.modules)[:8]}): subscribe the weight kinds instead"
             )
 
     def output_tensor(self, output: Any) -> torch.Tensor:
@@ -846,6 +855,14 @@ class Exporter(StepHooks, LayerFreezing):
         """
         if not callable(loss_fn):
             raise ValueError(f"Expected a callable loss but got {loss_fn!r}")
+        layers = [named.module for named in self.modules.values()]
+        if isinstance(loss_fn, nn.Module) and any(  # (a loss kept in the model is no layer)
+            loss_fn is module for module in (self.model, unwrapped(self.model), *layers)
+        ):
+            raise ValueError(
+                "Expected a loss function (F.cross_entropy, nn.CrossEntropyLoss()) but got the "
+                f"watched model or one of its layers, {type(loss_fn).__name__}"
+            )
         if getattr(loss_fn, "_ikkuna_owner", None) == id(self) and classes is None:
             return loss_fn  # wrapped already: wrapped again, it would publish twice
         if classes is not None and not isinstance(classes, bool):

@@ -91,6 +91,11 @@ class LayerFreezing:
         return tuple(self._frozen)
 
     def _layer(self, name: str) -> NamedModule:
+        if not isinstance(name, str):
+            raise ValueError(
+                f"Expected a layer name (a str; one call per layer) but got {name!r}; this "
+                f"Exporter tracks {list(self.modules)}"
+            )
         if name not in self.modules:  # a repeated call's key ('fc#2') is not a layer
             raise ValueError(f"Unknown layer {name!r}; this Exporter tracks {list(self.modules)}")
         return self.modules[name]

@@ -412,6 +412,20 @@ def test_weight_updates_need_an_optimizer(tiny) -> None:
     assert not tiny._forward_pre_hooks
 
 
+def test_bias_kinds_need_a_tracked_layer_with_a_bias() -> None:
+    # layers without biases publish no bias kinds: such a subscriber read None at every report
+    biasless = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    opt = torch.optim.SGD(biasless.parameters(), lr=0.1)
+    with ik.Exporter(biasless, opt) as exporter:
+        for kind in ("biases", "bias_gradients", "bias_updates"):
+            with pytest.raises(ValueError, match=rf"\['{kind}'\] need a tracked layer with a bias"):
+                ik.NormSubscriber(kind, message_bus=exporter.message_bus, backend=None)
+        ik.NormSubscriber("weight_gradients", message_bus=exporter.message_bus, backend=None)
+    one = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2))
+    with ik.Exporter(one, torch.optim.SGD(one.parameters(), lr=0.1)) as exporter:
+        ik.NormSubscriber("bias_gradients", message_bus=exporter.message_bus, backend=None)
+
+
 def test_constructor_validation(tiny) -> None:
     with pytest.raises(ValueError, match="`model` to be a torch.nn.Module"):
         ik.Exporter("model")  # type: ignore[arg-type]

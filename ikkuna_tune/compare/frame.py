@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ikkuna_tune import keys
+from ikkuna_tune.checks import check_bool
 
 __all__ = [
     "FROZEN",
@@ -107,6 +108,8 @@ def metrics(df: pd.DataFrame, per_layer: bool | None = None) -> list[str]:
         (['frozen', 'loss'], ['frozen'], ['loss'])
     """
     check_tidy(df)
+    if per_layer is not None:
+        check_bool("per_layer", per_layer)  # the string "False" is truthy
     if per_layer is None:
         names = df["metric"]
     elif per_layer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,11 @@ def compute_saved(
         ValueError: a fraction is not in [0, 1], ``budget`` is not an integer of at least
             ``max(n, 1)``, or ``steps`` is not one count >= 0 per iteration.
     """
+    if isinstance(frozen_fractions, (str, bytes)) or not isinstance(frozen_fractions, Iterable):
+        raise ValueError(
+            "Expected `frozen_fractions` to be a sequence of fractions (one per iteration run) "
+            f"but got {frozen_fractions!r}"
+        )
     fractions = [float(f) for f in frozen_fractions]
     bad = [f for f in fractions if not 0.0 <= f <= 1.0]
     if bad:

@@ -130,7 +130,7 @@ def instrument(
             "no config"
         )
     if subscribers is not None and not callable(subscribers):
-        if isinstance(subscribers, (str, bytes)) or not hasattr(subscribers, "__iter__"):
+        if isinstance(subscribers, (str, bytes, Mapping)) or not hasattr(subscribers, "__iter__"):
             raise ValueError(
                 f"Expected `subscribers` to be a list of subscribers or a function "
                 f"config -> list but got {subscribers!r}"
