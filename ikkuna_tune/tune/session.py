@@ -1316,3 +1316,36 @@ def _check_names(metrics: Mapping[Any, Any], within: str = "") -> None:
             )
         if isinstance(value, Mapping):
             _check_names(value, f"{within}/{name}" if within else name)
+    if not within:
+        _check_flat_names(metrics)
+
+
+def _check_flat_names(metrics: Mapping[str, Any]) -> None:
+    """Refuse two metric names that become one in Tune's results, which joins nested names with
+    '/': one of the two values would be lost.
+
+    Examples:
+        >>> _check_flat_names({"val/loss": 1.0, "val": {"acc": 2.0}})
+        >>> _check_flat_names({"val/loss": 1.0, "val": {"loss": 2.0}})
+        Traceback (most recent call last):
+        ...
+        ValueError: Metric names 'val/loss' and 'val' -> 'loss' both become 'val/loss' in ...
+    """
+    seen: dict[str, str] = {}
+
+    def walk(tree: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        for name, value in tree.items():
+            here = (*path, name)
+            if isinstance(value, Mapping) and value:
+                walk(value, here)
+                continue
+            flat = "/".join(here)
+            said = " -> ".join(repr(part) for part in here)
+            if flat in seen:
+                raise ValueError(
+                    f"Metric names {seen[flat]} and {said} both become {flat!r} in Tune's "
+                    "results (nested names are joined with '/'); rename one"
+                )
+            seen[flat] = said
+
+    walk(metrics, ())

@@ -167,6 +167,18 @@ def test_metric_name_colliding_with_an_output() -> None:
     assert keys.TRAIN_REPORT not in TrialSession([], {}).output_names()
 
 
+def test_two_metric_names_that_tune_flattens_to_one_are_refused() -> None:
+    # Tune joins nested names with '/': one of the two values would be lost
+    def report(config):
+        ik.watch(TinyNet())
+        ik.report(config["metrics"])
+
+    with pytest.raises(ValueError, match=r"'val/loss' and 'val' -> 'loss' both become 'val/loss'"):
+        ik.instrument(report, [])({"metrics": {"val/loss": 1.0, "val": {"loss": 2.0}}})
+    ik.instrument(report, [])({"metrics": {"val/loss": 1.0, "val": {"acc": 2.0}}})
+    assert ik.local_results()[-1]["val/loss"] == 1.0
+
+
 def test_subscriber_spec_that_cannot_be_pickled() -> None:
     locked = StepCount()
     locked.lock = threading.Lock()
