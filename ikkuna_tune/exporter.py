@@ -804,7 +804,10 @@ class Exporter(StepHooks, LayerFreezing):
         step, also when a pass without gradients came in between (a teacher model's, say). A
         number (``loss.item()``) is taken as a tensor."""
         loss = _as_tensor(loss, "loss")
-        self._publish_tensor_meta("loss", loss, self._loss_tag(loss))
+        tag = self._loss_tag(loss)
+        # the training step's (also one trained in eval mode), as with labels
+        self._loss_given = self._loss_given or tag == DEFAULT_TAG or self._eval_grad_pass
+        self._publish_tensor_meta("loss", loss, tag)
 
     def _loss_tag(self, loss: torch.Tensor | None) -> str:
         if self._probe_tag is not None:  # a probe, or an optimizer's further closure calls
@@ -1208,7 +1211,8 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
-        self._labels_given = True  # the step before the checkpoint is not judged here
+        # the step before the checkpoint is not judged here
+        self._labels_given = self._loss_given = True
         if state.get("flow"):
             self._flow = LayerFlow.from_dict(state["flow"])
             # a flow recorded the way this version records it stands; an older one is only

@@ -222,6 +222,9 @@ class StepHooks:
     #: whether this step's labels were given (publish_labels, a wrapped loss), and whether the
     #: warning about a step without them, where a subscriber needs them, has been given
     _labels_given: bool = False
+    #: the same for this step's loss (publish_loss, a wrapped loss)
+    _loss_given: bool = False
+    _warned_no_loss: bool = False
     _warned_no_labels: bool = False
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
@@ -402,6 +405,8 @@ class StepHooks:
         # (judged when the next step starts: labels may come after the optimizer's step)
         if self._steps_started > 0 and not self._labels_given and not self._warned_no_labels:
             self._warn_no_labels()
+        if self._steps_started > 0 and not self._loss_given and not self._warned_no_loss:
+            self._warn_no_loss()
         if self._steps_started > 0:
             self.global_step += 1
             if self._epoch_open:
@@ -410,7 +415,7 @@ class StepHooks:
             self._release_retrained()
         self._steps_started += 1
         self._step_open = True
-        self._labels_given = False
+        self._labels_given = self._loss_given = False
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
         if not self._epoch_open:
@@ -450,6 +455,32 @@ class StepHooks:
             self.global_step,
             ", ".join(needing) or "a subscriber",
             ", ".join(needing) or "it",
+        )
+
+    def _warn_no_loss(self) -> None:
+        """Warn (once) that a training step went by without its loss while a subscriber wants
+        it (a LossSubscriber's values would stay missing without a word)."""
+        if "loss" not in self._wanted or not self.message_bus.wants("loss"):
+            return
+        self._warned_no_loss = True
+        # (a subscription to an evaluation's loss alone waits for no training step's)
+        needing = sorted(
+            {
+                type(subscriber).__name__
+                for subscriber in self.message_bus.subscribers
+                for subscription in getattr(subscriber, "subscriptions", ())
+                if "loss" in subscription.kinds and subscription.tag in (None, DEFAULT_TAG)
+            }
+        )
+        if not needing:
+            return
+        logger.warning(
+            "Training step %d went by without its loss, which %s need(s): compute the loss "
+            "with exporter.wrap_loss(loss_fn), or call exporter.publish_loss(loss) at each step; "
+            "until then %s publish(es) nothing",
+            self.global_step,
+            ", ".join(needing),
+            ", ".join(needing),
         )
 
     def _warn_if_unscaled(self) -> None:

@@ -457,3 +457,42 @@ def test_module_selection_by_depth_and_class() -> None:
     assert list(select_modules(model, module_filter=nn.Conv2d)) == ["0.0", "0.2"]
     assert list(select_modules(model, module_filter=MyConv)) == ["0.0"]
     assert list(select_modules(nn.Linear(2, 2))) == [""]
+
+
+@pytest.mark.parametrize(
+    "loss", ["none", "wrapped", "published", "validation_only", "eval_mode", "eval_subscriber"]
+)
+def test_a_training_step_without_its_loss_is_named_once(tiny, batch, caplog, loss) -> None:
+    """A subscriber of the training loss (a LossSubscriber, a mean of it) with a loss neither
+    wrapped nor published (or wrapped in validation passes only) gets one warning naming the
+    fix; a loss wrapped or published (also training in eval mode), or a subscriber of the
+    evaluation's loss alone, none."""
+    bus = MessageBus()
+    ik.MeanSubscriber(
+        "loss",
+        message_bus=bus,
+        backend=None,
+        tag="eval" if loss == "eval_subscriber" else "default",
+    )
+    x, y = batch
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.5)
+    with caplog.at_level("WARNING"), ik.Exporter(tiny, opt, bus) as exporter:
+        if loss == "eval_mode":
+            tiny.eval()
+        wrapped = exporter.wrap_loss(F.cross_entropy)
+        loss_fn = wrapped if loss in ("wrapped", "eval_mode") else F.cross_entropy
+        for _ in range(3):
+            opt.zero_grad()
+            value = loss_fn(tiny(x), y)
+            value.backward()
+            if loss == "published":
+                exporter.publish_loss(value.detach())
+            opt.step()
+            if loss == "validation_only":
+                with torch.no_grad():
+                    wrapped(tiny(x), y)
+    warned = [r.getMessage() for r in caplog.records if "without its loss" in r.getMessage()]
+    if loss in ("none", "validation_only"):
+        assert len(warned) == 1 and "wrap_loss" in warned[0] and "MeanSubscriber" in warned[0]
+    else:
+        assert warned == []
