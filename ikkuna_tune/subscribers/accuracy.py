@@ -633,8 +633,27 @@ class TestAccuracySubscriber(PlotSubscriber):
         except Exception as error:
             raise ValueError(
                 "TestAccuracySubscriber cannot evaluate the model on its test data (its first "
-                f"batch failed: {type(error).__name__}: {error})"
+                f"batch, or its labels, failed: {type(error).__name__}: {error})"
             ) from error
+
+    def _check_every_label(self, outputs: torch.Tensor, batch: int, ignored: int | None) -> None:
+        """Refuse, when attached, a class index beyond the outputs' classes anywhere in a
+        TensorDataset's labels (read from its tensor at once, as the first batch's outputs
+        read them), not only in its first batch: the first evaluation would fail after the
+        first epoch, and its report with it."""
+        if self._slices is None or outputs.dim() == 0 or outputs.shape[0] != batch:
+            return
+        tensors, _ = self._slices
+        if len(tensors) != 2:
+            return
+        labels = tensors[1]
+        like = outputs[:1].expand(len(labels), *outputs.shape[1:])  # shaped as one batch of all
+        labels = labels.to(like.device)
+        if ignored is not None:
+            labels = without_ignored(labels, like, ignored)
+        top = class_range(labels, like)
+        if top is not None:
+            check_top_label(*top)
 
     def detached(self, message_bus: MessageBus) -> None:
         super().detached(message_bus)
@@ -728,6 +747,7 @@ class TestAccuracySubscriber(PlotSubscriber):
                 if check_only:
                     check_targets(batch[1], outputs)
                     tally = F.count_predictions(outputs, labels, threshold[0])
+                    self._check_every_label(outputs, len(batch[1]), ignored)
                     break
                 if not self._labels_checked:  # once, as they came (usually on the CPU)
                     check_targets(batch[1], outputs)

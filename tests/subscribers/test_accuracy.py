@@ -937,3 +937,33 @@ def test_a_test_loader_that_drops_its_last_batch_says_how_many_samples_it_leaves
         ik.TestAccuracySubscriber(DataLoader(test_set, batch_size=7))  # keeps every sample
     said = [r.getMessage() for r in caplog.records if "drop_last" in r.getMessage()]
     assert len(said) == 1 and f"{n % 7} of its {n} samples are never evaluated" in said[0]
+
+
+@pytest.mark.parametrize("ignore_index", [None, 7])
+def test_a_label_beyond_the_classes_after_the_first_batch_is_refused_when_attached(
+    ignore_index,
+) -> None:
+    """The last test sample's label is 7 for a model of 2 classes: refused where the subscriber
+    is attached (it failed at the first epoch's end, losing that report), unless it is the
+    ignore index."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    labels = torch.zeros(10, dtype=torch.long)
+    labels[-1] = 7
+    test = TensorDataset(torch.randn(10, 3), labels)
+
+    def attach(exporter: ik.Exporter) -> None:
+        ik.TestAccuracySubscriber(
+            test,
+            message_bus=exporter.message_bus,
+            batch_size=4,
+            backend=None,
+            ignore_index=ignore_index,
+        )
+
+    with ik.Exporter(model) as exporter:
+        if ignore_index is None:
+            with pytest.raises(ValueError, match="got a label 7"):
+                attach(exporter)
+        else:
+            attach(exporter)
