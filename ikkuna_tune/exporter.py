@@ -36,7 +36,7 @@ from ikkuna_tune.layers import (
     unowned_parameters,
     unwrapped,
 )
-from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, NamedModule
+from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, NamedModule, check_tag
 from ikkuna_tune.parameters import assign_parameters, check_optimizers
 from ikkuna_tune.step_hooks import EVAL_TAG, PARAM_KINDS, UPDATE_KINDS, StepHooks
 
@@ -1037,6 +1037,7 @@ class Exporter(StepHooks, LayerFreezing):
         """
         if not isinstance(tag, str) or not tag or tag == DEFAULT_TAG:
             raise ValueError(f"Expected a probe tag other than {DEFAULT_TAG!r} but got {tag!r}")
+        check_tag("tag", tag)
         if self._probe_tag is not None:
             raise RuntimeError(f"A probe with tag {self._probe_tag!r} is already running")
         modes = [(m, m.training) for m in self.model.modules()]

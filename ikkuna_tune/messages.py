@@ -44,6 +44,7 @@ __all__ = [
     "ModuleMessage",
     "NamedModule",
     "NetworkMessage",
+    "check_tag",
     "typo_of_builtin_kind",
     "typo_of_pass_tag",
     "unknown_kinds_message",
@@ -114,13 +115,15 @@ def typo_of_builtin_kind(kind: str) -> str | None:
 def typo_of_pass_tag(tag: str) -> str | None:
     """The Exporter's tag that ``tag`` looks like a typo of, or ``None``: the same tag in other
     letter case (``'Default'``, ``'EVAL'``), or, for the longer tags, as similar as
-    ``difflib.get_close_matches(..., cutoff=0.8)`` demands and at most two characters longer or
+    ``difflib.get_close_matches(..., cutoff=0.8)`` demands and at most one character longer or
     shorter (``'deafult'``, ``'defualt'``). A probe's own tag (``exporter.probe('eval2')``) is
     any other name.
 
     Examples:
         >>> typo_of_pass_tag("deafult"), typo_of_pass_tag("Eval"), typo_of_pass_tag("eval2")
         ('default', 'eval', None)
+        >>> typo_of_pass_tag("enclosure") is None  # a word of its own
+        True
     """
     if tag in PASS_TAGS:
         return None
@@ -129,9 +132,29 @@ def typo_of_pass_tag(tag: str) -> str | None:
             return known
     longer = sorted(t for t in PASS_TAGS if len(t) >= 6)
     for match in difflib.get_close_matches(tag.lower(), longer, n=3, cutoff=0.8):
-        if abs(len(match) - len(tag)) <= 2:
+        if abs(len(match) - len(tag)) <= 1:
             return match
     return None
+
+
+def check_tag(name: str, tag: str) -> None:
+    """Refuse a tag that :func:`typo_of_pass_tag` reads as a typo of the Exporter's tags, where
+    it enters: a subscription's (no message would ever carry it: the subscriber's outputs read
+    None at every report) and a probe's (no subscription could take its messages).
+
+    Examples:
+        >>> check_tag("tag", "svcca")
+        >>> check_tag("tag", "Default")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `tag` to be one of the Exporter's tags [...] or a name of its own, ...
+    """
+    known = typo_of_pass_tag(tag)
+    if known is not None:
+        raise ValueError(
+            f"Expected `{name}` to be one of the Exporter's tags {sorted(PASS_TAGS)} or a name of "
+            f"its own, but got {tag!r}: did you mean {known!r}?"
+        )
 
 
 def unknown_kinds_message(unknown: Sequence[str], published: Iterable[str] = ()) -> str:

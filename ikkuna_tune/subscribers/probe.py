@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ikkuna_tune.checks import check_int_or_epoch
-from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage
+from ikkuna_tune.messages import DEFAULT_TAG, Message, MessageBundle, ModuleMessage, check_tag
 from ikkuna_tune.subscribers._device import device_of, own_random_state
 from ikkuna_tune.subscribers.base import CallbackSubscriber
 
@@ -543,6 +543,8 @@ def check_probe_args(forward_fn: object, probe_tag: object) -> None:
     """
     if forward_fn is not None and not callable(forward_fn):
         raise ValueError(f"Expected `forward_fn` to be callable or None but got {forward_fn!r}")
+    if isinstance(probe_tag, str) and probe_tag and probe_tag != DEFAULT_TAG:
+        check_tag("probe_tag", probe_tag)
     if not isinstance(probe_tag, str) or not probe_tag or probe_tag == DEFAULT_TAG:
         raise ValueError(
             f"Expected `probe_tag` to be a tag other than {DEFAULT_TAG!r} but got {probe_tag!r}"

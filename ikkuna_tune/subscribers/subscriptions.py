@@ -20,13 +20,12 @@ import torch
 from ikkuna_tune.checks import check_int
 from ikkuna_tune.messages import (
     DEFAULT_TAG,
-    PASS_TAGS,
     LayerBatch,
     Message,
     MessageBundle,
     NetworkMessage,
+    check_tag,
     typo_of_builtin_kind,
-    typo_of_pass_tag,
     unknown_kinds_message,
 )
 
@@ -111,12 +110,8 @@ class Subscription:
         self.kinds = _check_kinds(kinds)
         if tag is not None and (not isinstance(tag, str) or not tag):
             raise ValueError(f"Expected `tag` to be a non-empty string or None but got {tag!r}")
-        if tag is not None and (known := typo_of_pass_tag(tag)) is not None:
-            # no message would ever carry it: the subscriber's outputs None at every report
-            raise ValueError(
-                f"Expected `tag` to be one of the Exporter's tags {sorted(PASS_TAGS)}, a probe's "
-                f"tag or None, but got {tag!r}: did you mean {known!r}?"
-            )
+        if tag is not None:
+            check_tag("tag", tag)
         self.tag = tag
         self.subsample = check_int("subsample", subsample)
         self.subscriber = subscriber

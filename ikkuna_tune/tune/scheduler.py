@@ -117,8 +117,10 @@ def _measured(result: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in result.items() if value is not None}
 
 
-#: Reports after which a similarity reported only as None from every trial is named in a warning.
-_NO_VALUE_REPORTS = 5
+#: Reports after which a similarity reported only as None from every trial is named in a warning
+#: (a subscriber measuring once an epoch, with several reports an epoch, gives its first value
+#: after as many reports: this many leaves room for most)
+_NO_VALUE_REPORTS = 20
 
 
 class SVCCAScheduler(FIFOScheduler):
@@ -993,9 +995,10 @@ class SVCCAScheduler(FIFOScheduler):
                 self._warned_no_similarity = True
                 logger.warning(
                     "SVCCAScheduler has received %r only as None, from every layer and trial, "
-                    "in %s reports, so it freezes nothing: the SVCCASubscriber measures nothing "
-                    "(subscribed to a `tag` no message carries, or measuring less often than "
-                    "that).",
+                    "in %s reports, so it has frozen nothing: the SVCCASubscriber has measured "
+                    "nothing yet (it measures nothing when subscribed to a `tag` no message "
+                    "carries; with `frequency` 'epoch' and many reports an epoch, it measures "
+                    "once that many).",
                     self.similarity_key,
                     iteration,
                 )

@@ -299,10 +299,10 @@ class TrialSession:
         #: the share of the parameters frozen at each training step since the last report
         #: (summed, steps): a report's frozen_fraction is their mean over its iteration
         self._frozen_shares = (0.0, 0)
-        #: the share per set of frozen layers and of parameters that train (the training code
-        #: may freeze or unfreeze parameters by hand at any step: gradual unfreezing)
-        self._share_of: dict[tuple[tuple[str, ...], tuple[bool, ...]], float] = {}
-        self._share_params: tuple[nn.Parameter, ...] = ()
+        #: the share per set of frozen layers, counted afresh where the parameters that train
+        #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
+        self._share_of: dict[tuple[str, ...], float] = {}
+        self._trainable: tuple[bool, ...] = ()  # each parameter's requires_grad, then
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
@@ -781,15 +781,21 @@ class TrialSession:
         if self._period_rates is None:  # the first step since the last report
             self._period_rates = snapshot(optimizers)
             self._share_of.clear()
-            self._share_params = tuple(exporter.model.parameters())
+            self._trainable = _trainable(exporter.model)
+        elif exporter.train_step == 0:
+            # an epoch's first step, where training code unfreezes by hand: looked at once an
+            # epoch (once a step, it cost a Python call per parameter at every step)
+            trainable = _trainable(exporter.model)
+            if trainable != self._trainable:
+                self._trainable = trainable
+                self._share_of.clear()
         self._note_peaks(optimizers)
         if self.release.watching and self._local_release:
             self._apply_releases(self._due_releases(on_device=False))
-        # counted once per set of frozen layers and of parameters that train, and per report
-        key = (exporter.frozen, tuple(p.requires_grad for p in self._share_params))
-        share = self._share_of.get(key)
-        if share is None:
-            share = self._share_of[key] = exporter.frozen_parameter_fraction()
+        frozen = exporter.frozen
+        share = self._share_of.get(frozen)
+        if share is None:  # counted once per set of frozen layers and report, not per step
+            share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
         total, steps = self._frozen_shares
         self._frozen_shares = (total + share, steps + 1)
 
@@ -1318,6 +1324,10 @@ def _check_names(metrics: Mapping[Any, Any], within: str = "") -> None:
             _check_names(value, f"{within}/{name}" if within else name)
     if not within:
         _check_flat_names(metrics)
+
+
+def _trainable(model: nn.Module) -> tuple[bool, ...]:
+    return tuple(param.requires_grad for param in model.parameters())
 
 
 def _check_flat_names(metrics: Mapping[str, Any]) -> None:

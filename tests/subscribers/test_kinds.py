@@ -89,3 +89,20 @@ def test_a_probes_own_tag_subscribes_and_receives() -> None:
         model(torch.randn(4, 3))
     exporter.close()
     assert seen == ["eval2"]
+
+
+def test_a_probe_refuses_the_tags_a_subscription_refuses() -> None:
+    # both sides of a tag agree: a probe's messages under 'EVAL' no subscription could take
+    import torch
+    from torch import nn
+
+    with ik.Exporter(nn.Sequential(nn.Linear(3, 2))) as exporter:
+        with (
+            pytest.raises(ValueError, match="got 'EVAL': did you mean 'eval'"),
+            exporter.probe("EVAL"),
+        ):
+            pass
+        with exporter.probe("enclosure"):  # a word of its own, not a typo
+            pass
+    with pytest.raises(ValueError, match="`probe_tag`.*got 'Default': did you mean 'default'"):
+        ik.SVCCASubscriber(torch.randn(8, 3), 4, probe_tag="Default")

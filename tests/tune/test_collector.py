@@ -249,11 +249,12 @@ def test_a_freeze_within_an_iteration_counts_for_its_steps_after_it(monkeypatch)
     assert second["step_seconds_unfrozen"] == pytest.approx(0.25)
 
 
-def test_parameters_unfrozen_by_hand_within_an_iteration_count_from_that_step() -> None:
-    """Layers of 25, 30 and 18 parameters: the training code unfreezes the first by hand
-    after 1 of an iteration's 4 steps, while the Exporter holds the second frozen.
-    frozen_fraction is the mean of each step's share, 30 / 48 at the first step and 30 / 73
-    at the three after it (a share counted once for the iteration read 30 / 48)."""
+def test_parameters_unfrozen_by_hand_at_an_epochs_start_count_from_that_epoch() -> None:
+    """Layers of 25, 30 and 18 parameters, one report every two epochs of 2 steps: the training
+    code unfreezes the first by hand at the second epoch's start (gradual unfreezing), while
+    the Exporter holds the second frozen. frozen_fraction is the mean of each step's share,
+    30 / 48 in the first epoch and 30 / 73 in the second (a share counted once for the
+    iteration read 30 / 48)."""
 
     def train(config: dict[str, Any]) -> None:
         torch.manual_seed(0)
@@ -265,17 +266,19 @@ def test_parameters_unfrozen_by_hand_within_an_iteration_count_from_that_step() 
         exporter = ik.watch(model, opt)
         exporter.freeze("2")
         x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-        for step in range(4):
-            if step == 1:
+        for epoch in range(2):
+            if epoch == 1:
                 model[0].requires_grad_(True)
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+            for _ in range(2):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            exporter.epoch_finished()
         ik.report({})
 
     ik.instrument(train, [])({})
     (result,) = ik.local_results()
-    assert result["frozen_fraction"] == pytest.approx((30 / 48 + 3 * 30 / 73) / 4)
+    assert result["frozen_fraction"] == pytest.approx((2 * 30 / 48 + 2 * 30 / 73) / 4)
 
 
 def test_a_subscriber_on_every_tag_reports_other_passes_beside_trainings() -> None:

@@ -1129,7 +1129,7 @@ def test_warns_once_when_no_similarity_arrives(caplog) -> None:
     assert len(warnings) == 1 and "'self_similarity'" in warnings[0]
 
 
-@pytest.mark.parametrize("measured_at", [None, 4])
+@pytest.mark.parametrize("measured_at", [None, 12])
 def test_warns_once_when_the_similarity_arrives_only_as_none(caplog, measured_at) -> None:
     """A subscriber that measures nothing (subscribed to a tag no message carries) reports
     every layer's similarity as None: named once, after a few reports, as when it is absent;
@@ -1138,7 +1138,7 @@ def test_warns_once_when_the_similarity_arrives_only_as_none(caplog, measured_at
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
     with caplog.at_level("WARNING"):
-        for i in range(1, 9):
+        for i in range(1, 25):
             sims = {name: (0.5 if i == measured_at else None) for name in LAYERS}
             feed(scheduler, trial, [result(sims, it=i)])  # type: ignore[arg-type]
     warned = [r.message for r in caplog.records if "only as None" in r.message]
