@@ -438,50 +438,47 @@ class StepHooks:
     def _warn_no_labels(self) -> None:
         """Warn (once) that a training step went by without labels while a subscriber needs
         them (train accuracy would otherwise stay missing without a word)."""
-        if "input_labels" not in self._wanted or not self.message_bus.wants("input_labels"):
-            return
-        self._warned_no_labels = True
-        needing = sorted(
-            {
-                type(s).__name__
-                for s in self.message_bus.subscribers
-                if "input_labels" in getattr(s, "kinds", ())
-            }
-        )
-        logger.warning(
-            "Training step %d went by without labels, which %s need(s) (input_labels): compute "
-            "the loss with exporter.wrap_loss(loss_fn), or call exporter.publish_labels(labels) "
-            "at each step; until then %s publish(es) nothing",
-            self.global_step,
-            ", ".join(needing) or "a subscriber",
-            ", ".join(needing) or "it",
+        self._warned_no_labels = self._warn_step_without(
+            "input_labels", "labels", "exporter.publish_labels(labels)", any_tag=True
         )
 
     def _warn_no_loss(self) -> None:
-        """Warn (once) that a training step went by without its loss while a subscriber wants
-        it (a LossSubscriber's values would stay missing without a word)."""
-        if "loss" not in self._wanted or not self.message_bus.wants("loss"):
-            return
-        self._warned_no_loss = True
-        # (a subscription to an evaluation's loss alone waits for no training step's)
+        """Warn (once) that a training step went by without its loss while a subscriber of the
+        training loss wants it (a LossSubscriber's values would stay missing without a word);
+        a subscription to an evaluation's loss alone waits for no training step's."""
+        self._warned_no_loss = self._warn_step_without(
+            "loss", "its loss", "exporter.publish_loss(loss)", any_tag=False
+        )
+
+    def _warn_step_without(self, kind: str, what: str, call: str, any_tag: bool) -> bool:
+        """Warn that the training step went by without ``what`` (the messages of ``kind``),
+        naming the subscribers that wait for them (of any tag, or of the training tag) and the
+        fix. Whether it is settled (judged once: not again at every step)."""
+        if kind not in self._wanted or not self.message_bus.wants(kind):
+            return False
         needing = sorted(
             {
                 type(subscriber).__name__
                 for subscriber in self.message_bus.subscribers
                 for subscription in getattr(subscriber, "subscriptions", ())
-                if "loss" in subscription.kinds and subscription.tag in (None, DEFAULT_TAG)
+                if kind in subscription.kinds
+                and (any_tag or subscription.tag in (None, DEFAULT_TAG))
             }
         )
         if not needing:
-            return
+            return True
         logger.warning(
-            "Training step %d went by without its loss, which %s need(s): compute the loss "
-            "with exporter.wrap_loss(loss_fn), or call exporter.publish_loss(loss) at each step; "
-            "until then %s publish(es) nothing",
+            "Training step %d went by without %s, which %s need(s) (%s): compute the loss with "
+            "exporter.wrap_loss(loss_fn), or call %s at each step; until then %s publish(es) "
+            "nothing",
             self.global_step,
+            what,
             ", ".join(needing),
+            kind,
+            call,
             ", ".join(needing),
         )
+        return True
 
     def _warn_if_unscaled(self) -> None:
         """Warn (at the first training step) that the model trains under float16 autocast, as
