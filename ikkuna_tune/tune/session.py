@@ -302,7 +302,8 @@ class TrialSession:
         #: the share per set of frozen layers, counted afresh where the parameters that train
         #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
         self._share_of: dict[tuple[str, ...], float] = {}
-        self._trainable: tuple[bool, ...] = ()  # each parameter's requires_grad, then
+        #: each parameter's requires_grad, read at the period's and each epoch's first step
+        self._trainable: tuple[bool, ...] = ()
         self.inbox: TrialInbox | None = None
         if self.context is not None and self.trial_id is not None:
             self.inbox = TrialInbox(self.context.get_experiment_name(), self.trial_id)
