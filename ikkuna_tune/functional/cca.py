@@ -150,7 +150,10 @@ def _centre_into_(
 
 
 def _centred(
-    xs: tuple[torch.Tensor, ...], compact: bool, invalid: torch.Tensor | None = None
+    xs: tuple[torch.Tensor, ...],
+    compact: bool,
+    invalid: torch.Tensor | None = None,
+    divisors: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """The centred sides next to each other in one column-major float64 buffer.
 
@@ -158,7 +161,8 @@ def _centred(
     otherwise they stay, as zero columns, and nothing is read back. ``invalid`` is a 0-d mask
     that zeroes everything (used for non-finite input that must not reach LAPACK). Returns the
     buffer, the number of columns of each side, and each column's bound on the input's rounding
-    error (:func:`_centre_into_`).
+    error (:func:`_centre_into_`). Each side's divisor (0-d: its largest magnitude over the
+    columns kept, 1 if none) is appended to ``divisors`` if given.
     """
     stats = [_column_stats(x) for x in xs]
     if compact:
@@ -179,6 +183,8 @@ def _centred(
         # (a norm, a Gram entry, a variance) overflows or underflows at extreme magnitudes
         largest = scale.max() if scale.numel() else scale.new_ones(())
         divisor = torch.where(largest > 0, largest, torch.ones_like(largest))
+        if divisors is not None:
+            divisors.append(divisor)
         out = buffer[:, start : start + width]
         noise.append(_centre_into_(out, x, scale / divisor, dead, divisor))
         start += width

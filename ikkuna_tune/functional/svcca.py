@@ -107,7 +107,11 @@ def _correlations(
 
 
 def _kept_basis(
-    x: torch.Tensor, keep: float, slice_kept: bool, noise: torch.Tensor
+    x: torch.Tensor,
+    keep: float,
+    slice_kept: bool,
+    noise: torch.Tensor,
+    gram: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis of the kept leading directions of one centred side, and their count.
 
@@ -116,10 +120,11 @@ def _kept_basis(
     (:func:`_kept_basis_from_gram`), otherwise from the triangular factor of its QR
     (:func:`_kept_basis_from_qr`). With ``slice_kept`` the kept
     columns are cut out (their number is read to the host), otherwise the dropped ones are zero.
-    ``noise`` holds the columns' bounds on the input's rounding error (:func:`_centred`).
+    ``noise`` holds the columns' bounds on the input's rounding error (:func:`_centred`);
+    ``gram``, if given, is the Gram matrix :func:`_gram_of` made of ``x`` already.
     """
     if _gram_resolves(tuple(x.shape), keep):
-        return _kept_basis_from_gram(x, keep, slice_kept, noise)
+        return _kept_basis_from_gram(x, keep, slice_kept, noise, gram)
     return _kept_basis_from_qr(x, keep, slice_kept, noise)
 
 
@@ -179,8 +184,19 @@ def _gram_resolves(shape: tuple[int, ...], keep: float) -> bool:
     return resolved and _EPS * (m / (1.0 - keep)) ** 1.5 <= _GRAM_ERROR
 
 
+def _gram_of(x: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix of ``x``: ``x^T x`` with at least as many rows as columns,
+    ``x x^T`` with fewer (both have the same non-zero eigenvalues, the squared singular values).
+    """
+    return x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
+
+
 def _kept_basis_from_gram(
-    x: torch.Tensor, keep: float, slice_kept: bool, noise: torch.Tensor
+    x: torch.Tensor,
+    keep: float,
+    slice_kept: bool,
+    noise: torch.Tensor,
+    gram: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_kept_basis` from the eigendecomposition of the smaller Gram matrix of ``x``.
 
@@ -192,11 +208,12 @@ def _kept_basis_from_gram(
     eigendecomposition, about half of a QR and an SVD at the sizes of a probe. Squaring doubles
     the condition number, so directions below ``sqrt(n m eps) s_1`` drop out as rounding (the
     arithmetic floor here); :func:`_gram_resolves` only allows ``keep`` that never reaches them,
-    and bounds the error of the kept basis.
+    and bounds the error of the kept basis. ``gram``, if given, is :func:`_gram_of` of ``x``.
     """
     n, p = x.shape
     features = n >= p
-    gram = x.T @ x if features else x @ x.T
+    if gram is None:
+        gram = _gram_of(x)
     squares, vectors = torch.linalg.eigh(gram)
     squares, vectors = squares.flip(0), vectors.flip(1)  # descending
     s = squares.clamp_min(0.0).sqrt()

@@ -26,6 +26,7 @@ from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze, tie_closed
 from ikkuna_tune.functional.cka import CKASide, cka_side, linear_cka_of_sides, live_fraction
+from ikkuna_tune.functional.layer_reduction import LayerReduction, reduce_layer
 from ikkuna_tune.functional.svcca import (
     KeptBasis,
     _check_keep,
@@ -370,8 +371,17 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                     tuple(before.shape),
                 )
                 before = None
+            start = initial.get(name) if initial is not None else None
+            if start is not None and start.shape != now.shape:
+                start = None
+            # the CKA side and live fraction of ``now``, where made with its basis
+            shared: LayerReduction | None = None
             if self.keep < 1:
-                now_basis = self._bases[name] = kept_basis(now, self.keep)
+                if start is not None:  # all three from one centring
+                    shared = reduce_layer(now, self.keep)
+                    now_basis = self._bases[name] = shared.basis
+                else:
+                    now_basis = self._bases[name] = kept_basis(now, self.keep)
                 if before is not None:
                     before_basis = bases.get(name)
                     if before_basis is None:  # after a restore: reduced here, once
@@ -383,8 +393,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 items.append((keys.SELF_SIMILARITY, name, similarity))
             if before is not None:
                 befores[name] = before
-            start = initial.get(name) if initial is not None else None
-            if start is not None and start.shape == now.shape:
+            if start is not None:
                 side = self._initial_sides.get(name)
                 if side is None or name not in self._initial_live:
                     start, start_left_out, start_rows = _finite_rows(start.to(now.device))
@@ -393,8 +402,10 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                     self._initial_rows.pop(name, None)
                     if start_rows is not None:  # which rows, once their count is read
                         initial_unmeasured.append((name, start_left_out, start_rows))
-                items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(cka_side(now), side)))
-                items.append((keys.LIVE_FRACTION, name, live_fraction(now)))
+                now_side = shared.cka if shared is not None else cka_side(now)
+                now_live = shared.live if shared is not None else live_fraction(now)
+                items.append((keys.INIT_SIMILARITY, name, linear_cka_of_sides(now_side, side)))
+                items.append((keys.LIVE_FRACTION, name, now_live))
                 constant.append((name, self._initial_live[name]))
         if not items:
             return {}
