@@ -21,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -112,6 +113,7 @@ def typo_of_builtin_kind(kind: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)  # a probe checks its tag at every pass
 def typo_of_pass_tag(tag: str) -> str | None:
     """The Exporter's tag that ``tag`` looks like a typo of, or ``None``: the same tag in other
     letter case (``'Default'``, ``'EVAL'``), or, for the longer tags, as similar as
