@@ -31,8 +31,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: A layer's fixed subset of rows: sorted on the host, and the same indices on each device.
-_Rows = tuple[np.ndarray, dict[torch.device, torch.Tensor]]
+#: A layer's fixed subset of rows: sorted on the host, and by device and batch (its first probe
+#: point, its points), where that batch's rows go in the buffer and which of its positions they
+#: are
+_Rows = tuple[
+    np.ndarray, dict[tuple[torch.device, int, int], tuple[int, int, torch.Tensor, torch.Tensor]]
+]
 
 
 def draw_probe(dataset: object, n: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -503,14 +507,17 @@ class ActivationRecorder:
                 rows = flat.reshape(batch * positions, features)
                 lo, hi = start * positions, (start + batch) * positions
             else:
-                rows_host, on_device = chosen
-                lo = int(np.searchsorted(rows_host, start * positions))
-                hi = int(np.searchsorted(rows_host, (start + batch) * positions))
-                index = on_device.get(act.device)
-                if index is None:
-                    index = on_device[act.device] = torch.from_numpy(rows_host).to(act.device)
-                local = index[lo:hi] - start * positions
-                sample, place = local // positions, local % positions
+                rows_host, by_batch = chosen
+                key = (act.device, start, batch)
+                found = by_batch.get(key)
+                if found is None:  # the same batches come at every recording: worked out once
+                    lo = int(np.searchsorted(rows_host, start * positions))
+                    hi = int(np.searchsorted(rows_host, (start + batch) * positions))
+                    local = rows_host[lo:hi] - start * positions
+                    sample = torch.from_numpy(local // positions).to(act.device)
+                    place = torch.from_numpy(local % positions).to(act.device)
+                    found = by_batch[key] = (lo, hi, sample, place)
+                lo, hi, sample, place = found
                 rows = act[sample, place] if features_last else act[sample, :, place]
                 total = len(rows_host)
         buffer = buffers.get(name)
