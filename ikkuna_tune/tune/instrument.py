@@ -286,8 +286,20 @@ def _new_session() -> TrialSession:
     Train job started by an instrumented trial, or a local session without subscribers."""
     worker = train_worker()
     if worker is None:
-        logger.info("watch() outside an instrumented trainable: running without subscribers")
-        return TrialSession([], {})
+        session = TrialSession([], {})
+        if session.context is not None:  # a Tune trial whose trainable was not wrapped
+            warnings.warn(
+                "ik.watch in a Tune trial whose trainable is not wrapped by ik.instrument: "
+                "running without subscribers, so the reports carry no subscriber output "
+                "(test accuracy, self-similarity, ...) and SVCCAScheduler has nothing to "
+                "decide on. Pass the wrapped trainable to Tune: "
+                "`tune.run(ik.instrument(train, subscribers), ...)`.",
+                UserWarning,
+                stacklevel=3,
+            )
+        else:
+            logger.info("watch() outside an instrumented trainable: running without subscribers")
+        return session
     link = worker.link
     if link is None:
         warnings.warn(

@@ -299,3 +299,25 @@ def test_a_subscriber_output_named_like_a_key_of_every_report_is_refused() -> No
     wrapped = ik.instrument(train_tiny, lambda config: [_Publishes("step_seconds")])
     with pytest.raises(ValueError, match=r"ik.watch\(.*publishes 'step_seconds', a key"):
         wrapped({"lr": 0.1})
+
+
+def _watch_unwrapped(config: dict) -> None:
+    """A trainable that uses ik.watch and ik.report but was handed to Tune unwrapped."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exporter = ik.watch(TinyNet())
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    ik.report({"warned": int(any("not wrapped by ik.instrument" in s for s in said))})
+    exporter.close()
+
+
+def test_watch_in_a_tune_trial_not_wrapped_by_instrument_is_warned(ray_session, tmp_path) -> None:
+    """Forgetting ik.instrument leaves a trial without subscribers; the only sign was a
+    message at INFO level, which a script without logging set up never shows."""
+    analysis = tune.run(_watch_unwrapped, storage_path=str(tmp_path), verbose=0)
+    assert analysis.trials[0].last_result["warned"] == 1
+    # an instrumented trial (same call in its trainable) is not warned
+    analysis = tune.run(ik.instrument(_watch_unwrapped), storage_path=str(tmp_path), verbose=0)
+    assert analysis.trials[0].last_result["warned"] == 0
