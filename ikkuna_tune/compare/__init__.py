@@ -15,7 +15,8 @@ The tidy DataFrame has one row per reported number: ``trial_id``, one column per
 parameter (nested configs flattened as ``a/b``), ``training_iteration``, ``metric``, ``layer``
 and ``value``. Tune flattens the nested per-layer reports of :func:`ikkuna_tune.report`
 (``{"self_similarity": {"conv1": 0.99}}``) to ``self_similarity/conv1``; such a name becomes
-metric ``self_similarity``, layer ``conv1``. Network-wide metrics have no layer (NaN).
+metric ``self_similarity``, layer ``conv1``. Network-wide metrics have no layer (None;
+``df['layer'].isna()`` selects them).
 Non-numeric values, values not reported (``null``, a key missing from a result) and Tune's
 bookkeeping fields (``done``, ``timestamp``, ``pid``...) are left out. A value reported as NaN
 (a diverged loss) stays, read from a trial's ``result.json``, and the plots mark it as not

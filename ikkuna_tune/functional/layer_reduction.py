@@ -31,7 +31,13 @@ __all__ = ["LayerReduction", "reduce_layer"]
 
 
 class LayerReduction(NamedTuple):
-    """What :func:`reduce_layer` makes of one activation matrix."""
+    """What :func:`reduce_layer` makes of one activation matrix.
+
+    Examples:
+        >>> reduction = reduce_layer(torch.tensor([[0.0, 1.0], [1.0, 1.0], [3.0, 1.0]]))
+        >>> int(reduction.basis.count), float(reduction.live)  # the second feature is constant
+        (1, 0.5)
+    """
 
     #: As :func:`~ikkuna_tune.functional.svcca.kept_basis` gives it.
     basis: KeptBasis

@@ -431,7 +431,7 @@ class SVCCAScheduler(FIFOScheduler):
         view.budget = self.max_t or iteration_budget(trial, _stopper_of(tune_controller))
         if view.budget is None and self.stop and not self._told_no_budget:
             self._told_no_budget = True
-            logger.info(
+            logger.warning(
                 "SVCCAScheduler found no budget for trial %s (neither max_t, nor "
                 "stop={'training_iteration': N}, nor a MaximumIterationStopper), so it stops "
                 "no trial as stuck behind or unable to reach the best; pass max_t= to enable "

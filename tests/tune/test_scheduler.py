@@ -842,6 +842,8 @@ def test_a_sweep_without_a_budget_says_so_once(caplog) -> None:
             scheduler.on_trial_add(FakeController([]), FakeTrial(f"t{i}"))
     told = [r for r in caplog.records if "found no budget" in r.getMessage()]
     assert len(told) == 1 and "max_t=" in told[0].getMessage()
+    # a warning: rules are off, and a script without logging set up shows warnings only
+    assert told[0].levelno == logging.WARNING
     caplog.clear()
     scheduler, _ = make(max_t=5)
     with caplog.at_level(logging.INFO, logger="ikkuna_tune.tune.scheduler"):
