@@ -81,6 +81,7 @@ __all__ = [
     "LayerHistory",
     "MetricSeries",
     "TrialHistory",
+    "accuracy_at_chance",
     "among_best",
     "divergence",
     "earlier_phase",
@@ -452,6 +453,11 @@ class TrialHistory:
     #: per report, the trial's learning rate over the largest it has had (``lr_scale``; NaN
     #: where not reported)
     lr_scale: list[float] = field(default_factory=list)
+    #: per report, an accuracy the trial reports beside a metric without a chance level of its
+    #: own (``test_accuracy`` beside a loss), as a fraction; NaN where not reported
+    accuracy: list[float] = field(default_factory=list)
+    #: that accuracy's chance level, as a fraction (NaN: unknown)
+    accuracy_chance: float = math.nan
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, MetricSeries):
@@ -479,6 +485,7 @@ class TrialHistory:
         """
         del self.metric[reports:]
         del self.lr_scale[reports:]
+        del self.accuracy[reports:]
         for history in self.per_layer.values():
             for series in (history.similarity, history.distance, history.live):
                 del series[reports:]
@@ -491,9 +498,11 @@ class TrialHistory:
         init_similarity: dict[str, float],
         live: dict[str, float],
         lr_scale: float = math.nan,
+        accuracy: float = math.nan,
     ) -> None:
         """Append one report's values (missing ones become NaN); a layer's further calls
-        (``fc#2``, a layer the forward pass calls twice) are kept beside it.
+        (``fc#2``, a layer the forward pass calls twice) are kept beside it. ``accuracy``: see
+        :attr:`accuracy`.
 
         Examples:
             >>> trial = TrialHistory(layers=["fc"])
@@ -504,6 +513,8 @@ class TrialHistory:
         self.metric.append(metric)
         self.lr_scale.extend([math.nan] * (self.reports - 1 - len(self.lr_scale)))
         self.lr_scale.append(lr_scale)
+        self.accuracy.extend([math.nan] * (self.reports - 1 - len(self.accuracy)))
+        self.accuracy.append(accuracy)
         calls = [
             n
             for values in (self.per_layer, similarity, init_similarity, live)
@@ -967,6 +978,7 @@ def stop_verdict(
     budget: int | None,
     nonfinite: tuple[str, float] | None = None,
     earlier: Mapping[str, float] | None = None,
+    accuracy_delta: float | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -981,6 +993,9 @@ def stop_verdict(
             schedule than a trial ahead of it: then it is not stopped as behind (neither
             "no progress while others learned" nor "cannot reach the top"), since its own
             learning-rate decay may still bring what the others' brought them.
+        accuracy_delta: ``stall_delta`` for the trial's :attr:`TrialHistory.accuracy` (as a
+            fraction), to judge a trial steered on a metric without a chance level (a loss) as
+            stuck where that accuracy is (:func:`accuracy_at_chance`); None: not judged so.
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -1046,6 +1061,13 @@ def stop_verdict(
         return Decision(
             "stop", "stuck: no progress and no layer moving", it, None, {"progress": progress}
         )
+    # steered on a metric without a chance level (a loss, whose fall from a first epoch's
+    # blow-up reads as progress), a trial is stuck where the accuracy beside it is: at chance
+    # with no progress, while no layer moves, as one steered on that accuracy would be
+    at_chance = accuracy_at_chance(trial, rules, accuracy_delta)
+    if at_chance is not None and not _moving(trial, rules) and not _contender(trial, rules, others):
+        rule = "stuck: accuracy at chance and no layer moving"
+        return Decision("stop", rule, it, None, at_chance)
     # the rules that compare a trial with the others judge it on settle_window values at least
     # (a metric reported at some reports only, validation every other epoch, has fewer than
     # reports: one dip among two values is no trend, and no value is no rate)
@@ -1156,6 +1178,40 @@ def has_learned(trial: TrialHistory, rules: ConvergenceRules) -> bool:
     if math.isfinite(trial.chance) and top <= trial.chance + rules.stall_delta:
         return False
     return top - values[0] > rules.stall_delta - _tolerance(top, values[0])
+
+
+def accuracy_at_chance(
+    trial: TrialHistory, rules: ConvergenceRules, delta: float | None
+) -> dict[str, float] | None:
+    """Where a trial steered on a metric without a chance level of its own stands, when the
+    accuracy it reports beside it (:attr:`TrialHistory.accuracy`) made no progress (its best
+    less than ``delta`` above its first value) and the best of its last ``settle_window``
+    values is within ``delta`` of its chance level; else None (also with fewer than
+    ``settle_window`` values, with the chance level unknown, or when the metric has one).
+
+    Examples:
+        >>> trial = TrialHistory()
+        >>> for loss, acc in [(-59.0, 0.1), (-2.4, 0.09), (-2.31, 0.11), (-2.3, 0.1)]:
+        ...     trial.add(loss, {}, {}, {}, accuracy=acc)
+        >>> trial.accuracy_chance = 0.1
+        >>> accuracy_at_chance(trial, ConvergenceRules(), 0.02)
+        {'accuracy': 0.11, 'accuracy_chance': 0.1}
+        >>> trial.add(-1.2, {}, {}, {}, accuracy=0.6)  # it learns
+        >>> accuracy_at_chance(trial, ConvergenceRules(), 0.02) is None
+        True
+    """
+    chance = trial.accuracy_chance
+    if delta is None or math.isfinite(trial.chance) or not math.isfinite(chance):
+        return None
+    values = [a for a in trial.accuracy if math.isfinite(a)]
+    if len(values) < rules.settle_window:
+        return None
+    recent = max(values[-rules.settle_window :])
+    if max(values) - values[0] >= delta - _tolerance(values[0], max(values)):
+        return None  # it learned (and maybe fell back: the divergence rules' business)
+    if recent > chance + delta + _tolerance(chance, recent):
+        return None
+    return {"accuracy": recent, "accuracy_chance": chance}
 
 
 def _near_chance(trial: TrialHistory, rules: ConvergenceRules) -> bool:

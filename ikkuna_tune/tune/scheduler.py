@@ -798,7 +798,13 @@ class SVCCAScheduler(FIFOScheduler):
                 # plateau is no final one, so it is not judged behind (a swept step decay)
                 phase = self._earlier_phase(trial_id, view)
                 verdict = stop_verdict(
-                    history, self.metric_rules(), others, budget, nonfinite, earlier=phase
+                    history,
+                    self.metric_rules(),
+                    others,
+                    budget,
+                    nonfinite,
+                    earlier=phase,
+                    accuracy_delta=self.rules.stall_delta,  # (an accuracy: in its own units)
                 )
             elif nonfinite is not None:
                 verdict = Decision(
@@ -818,6 +824,26 @@ class SVCCAScheduler(FIFOScheduler):
         if freeze_now:
             self._freeze(trial_id, view)
         return TrialScheduler.CONTINUE
+
+    def _accuracy_beside(self, result: dict[str, Any]) -> tuple[float, float]:
+        """An accuracy the report holds beside a metric without a chance level of its own
+        (``test_accuracy`` and ``test_accuracy_chance`` beside a loss: any ``<key>`` reported
+        with a ``<key>_chance``, the first by name), and its chance level, both as fractions
+        (a chance level above 1 reads as a percentage); NaN where there is none."""
+        none = (math.nan, math.nan)
+        if self._metric is None or keys.chance_of(self._metric) in result:
+            return none
+        for name in sorted(k for k in result if isinstance(k, str) and k.endswith("_chance")):
+            base = name[: -len("_chance")]
+            value, chance = result.get(base), result[name]
+            if base == self._metric or not (is_number(value) and is_number(chance)):
+                continue
+            chance = float(chance)  # type: ignore[arg-type]
+            if not (math.isfinite(chance) and 0.0 < chance <= 100.0):
+                continue
+            unit = 100.0 if chance > 1.0 else 1.0
+            return float(value) / unit, chance / unit  # type: ignore[arg-type]
+        return none
 
     def _observe(
         self, trial_id: str, view: TrialView, result: dict[str, Any]
@@ -887,7 +913,10 @@ class SVCCAScheduler(FIFOScheduler):
             metric = self._signed(result.get(self._metric) if self._metric else None)
             scale = result.get(keys.LR_SCALE)
             scale = float(scale) if is_number(scale) else math.nan  # type: ignore[arg-type]
-            history.add(metric, similarity, init, live, scale)
+            accuracy, chance = self._accuracy_beside(result)
+            if math.isfinite(chance):
+                history.accuracy_chance = chance
+            history.add(metric, similarity, init, live, scale, accuracy)
             view.iterations.append(iteration)
         if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
             chance = result.get(keys.chance_of(self._metric)) if self._metric else None

@@ -890,3 +890,32 @@ def test_a_dead_branch_is_judged_at_reports_that_measure_the_metric() -> None:
     # a trial measured at every report whose branch died at report 2, at chance: stopped there
     diverged = stop_verdict(trial([0.1, 0.1], chance=0.1), RULES, [], None)
     assert diverged is not None and diverged.rule == "dead layer"
+
+
+def test_the_accuracy_beside_a_loss_is_cut_with_the_history_on_a_restore() -> None:
+    """A trial restored from an older checkpoint repeats reports: the accuracy beside its
+    loss is forgotten with them, so the stuck rule reads the run it continues."""
+    from ikkuna_tune.tune.convergence import accuracy_at_chance
+
+    trial = TrialHistory(layers=["fc"])
+    trial.accuracy_chance = 0.1
+    for loss, acc in [(-2.3, 0.1), (-1.5, 0.7), (-1.2, 0.8)]:
+        trial.add(loss, {"fc": 0.9}, {"fc": 0.8}, {"fc": 1.0}, accuracy=acc)
+    trial.truncate(2)
+    assert trial.accuracy == [0.1, 0.7] and trial.metric == [-2.3, -1.5]
+    for loss in (-2.3, -2.3):  # the run it continues fell back to chance
+        trial.add(loss, {"fc": 1.0}, {"fc": 0.8}, {"fc": 1.0}, accuracy=0.1)
+    # it learned (0.1 to 0.7) and fell back: the divergence rules' business, not "no progress"
+    assert accuracy_at_chance(trial, ConvergenceRules(), 0.02) is None
+    trial.truncate(1)
+    assert accuracy_at_chance(trial, ConvergenceRules(), 0.02) is None  # one value: too few
+    trial.truncate(0)
+    for loss in (-59.0, -2.3, -2.3):
+        trial.add(loss, {"fc": 1.0}, {"fc": 0.8}, {"fc": 1.0}, accuracy=0.1)
+    assert accuracy_at_chance(trial, ConvergenceRules(), 0.02) == {
+        "accuracy": 0.1,
+        "accuracy_chance": 0.1,
+    }
+    # a metric with a chance level of its own is judged on it, not on the accuracy beside it
+    trial.chance = -2.3
+    assert accuracy_at_chance(trial, ConvergenceRules(), 0.02) is None

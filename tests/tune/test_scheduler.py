@@ -908,6 +908,55 @@ def test_a_stuck_trial_is_stopped_after_grace_but_a_moving_one_is_not() -> None:
     assert scheduler.stopped_trials == {"stuck": "stuck: no progress and no layer moving"}
 
 
+def _loss_sweep(
+    metric: str, mode: str, with_accuracy: bool = True, unit: float = 1.0
+) -> dict[str, str]:
+    """Three learners, a trial whose loss blew up at its first report and then sat at chance
+    (accuracy at its chance level, layers still), and one as flat whose layers keep moving:
+    steered on ``metric``; the stopped trials' rules."""
+    scheduler, _ = make(grace=2, metric=metric, mode=mode)
+    stuck, moving = FakeTrial("stuck"), FakeTrial("moving")
+    learners = [FakeTrial(f"learner{i}") for i in range(3)]
+    for t in (stuck, moving, *learners):
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 1.0)
+
+    def report(it: int, loss: float, acc: float, dist: dict[str, float] | None = None) -> dict:
+        out = result(sims, it=it, acc=acc, dist=dist)
+        out["loss"] = loss
+        if with_accuracy:
+            out[keys.TEST_ACCURACY], out[keys.TEST_ACCURACY_CHANCE] = acc * unit, 0.1 * unit
+        return out
+
+    for it in range(1, 7):
+        for i, learner in enumerate(learners):
+            acc = 0.2 + 0.1 * it + 0.01 * i
+            ahead = report(it, 2.3 - 0.3 * it, acc, dist={"fc1": 0.05 * it})
+            assert scheduler.on_trial_result(None, learner, ahead) == CONTINUE
+        blown = 59.2 if it == 1 else 2.3 + 0.001 * (it % 2)
+        if "stuck" not in scheduler.stopped_trials:
+            scheduler.on_trial_result(None, stuck, report(it, blown, 0.1 + 0.002 * (it % 2)))
+        going = report(it, blown, 0.1, dist=dict.fromkeys(LAYERS, 0.02 * it))
+        assert scheduler.on_trial_result(None, moving, going) == CONTINUE
+        if "stuck" in scheduler.stopped_trials:
+            return {"at": str(it), **scheduler.stopped_trials}
+    return scheduler.stopped_trials
+
+
+def test_a_loss_steered_trial_whose_accuracy_sits_at_chance_is_stopped_as_an_accuracy_one() -> None:
+    """A loss that blew up at the first report and fell back to chance reads as progress; the
+    accuracy reported beside it (with its chance level) says the trial is stuck. Reference:
+    the same sweep steered on that accuracy."""
+    on_accuracy = _loss_sweep(keys.TEST_ACCURACY, "max")
+    assert on_accuracy == {"at": "3", "stuck": "stuck: no progress and no layer moving"}
+    on_loss = _loss_sweep("loss", "min")
+    assert on_loss == {"at": "3", "stuck": "stuck: accuracy at chance and no layer moving"}
+    # an accuracy in percent, its chance level too (10.0): read as the same fractions
+    assert _loss_sweep("loss", "min", unit=100.0) == on_loss
+    # without an accuracy beside the loss nothing tells that the loss's fall is no learning
+    assert _loss_sweep("loss", "min", with_accuracy=False) == {}
+
+
 def test_a_stuck_looking_trial_among_the_best_is_not_stopped() -> None:
     # a fine-tuning trial that starts near its best, with layers that barely leave their
     # pretrained values, leading the sweep: "no progress and no layer moving" is no reason to
