@@ -158,7 +158,10 @@ class SVCCAScheduler(FIFOScheduler):
        once; after ``grace`` reports a trial that made no
        progress (``stall_delta``) while no layer moves any more (``move_tol``; where a chance
        level is reported as ``<metric>_chance``, as TestAccuracySubscriber reports
-       ``test_accuracy_chance``, only a trial at chance), unless it may still end among the
+       ``test_accuracy_chance``, only a trial at chance; steered on a metric without a chance
+       level, a loss, also one whose accuracy reported beside it with its ``_chance`` made no
+       progress and sits at chance: :func:`~ikkuna_tune.tune.convergence.accuracy_at_chance`),
+       unless it may still end among the
        best (as for freezing, with ``protect_top`` others to rank it among) and leads while
        others learn, or is clearly ahead of some other trial; and, when the budget is known
        (``max_t``, Tune's ``stop={"training_iteration": N}`` or a
