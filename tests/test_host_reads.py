@@ -103,3 +103,34 @@ def test_the_standard_set_adds_no_host_read_to_a_step_and_reads_once_per_report(
     assert sum(flush.values()) == 1, flush
     exporter.close()
     bus.close()
+
+
+def test_a_report_reads_the_users_tensors_with_the_subscribers_values_once() -> None:
+    """``ik.report({"loss": tensor, ...})``: the user's tensors and every subscriber value in
+    one transfer per device (a GPU synchronises once per report, not once more for the loss)."""
+    counted: list[Counter[str]] = []
+    reported: list[dict] = []
+
+    def trainable(config: dict) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for x, y in _batches()[:3]:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+        exporter.epoch_finished()
+        metrics = {"loss": loss.detach(), "nested": {"flag": loss.detach() > 0}, "n": 3}
+        with counting_reads() as reads:
+            reported.append(ik.report(metrics))
+        counted.append(reads)
+
+    subscribers = [ik.NormSubscriber("weights", backend=None), ik.LossSubscriber(backend=None)]
+    ik.instrument(trainable, subscribers)({})
+    assert sum(counted[0].values()) == 1, counted[0]
+    result = reported[0]
+    assert isinstance(result["loss"], float) and result["nested"] == {"flag": True}
+    assert result["n"] == 3 and set(result["weights_norm2"]) == {"0", "3", "5"}
+    assert all(isinstance(v, float) for v in result["weights_norm2"].values())

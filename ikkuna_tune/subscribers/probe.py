@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from collections.abc import Callable
@@ -246,6 +247,15 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     return False, time_first
 
 
+@functools.lru_cache(maxsize=64)
+def _direction(width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A fixed random direction of ``width`` entries (seeded by ``width``), made once per
+    device and dtype: its copy from the host to a GPU would synchronise the two at every probe
+    batch."""
+    direction = torch.randn(width, generator=torch.Generator().manual_seed(width))
+    return direction.to(device=device, dtype=dtype)
+
+
 class _OutputVariation:
     """Whether a model's output depends on its input, over the probe's batches: some point's
     output differs from the first point's (of its batch, or of the first batch when the
@@ -282,8 +292,7 @@ class _OutputVariation:
         if not rows.is_floating_point():
             rows = rows.double()
         width = rows.shape[1]
-        direction = torch.randn(width, generator=torch.Generator().manual_seed(width))
-        direction = direction.to(device=rows.device, dtype=rows.dtype)
+        direction = _direction(width, rows.device, rows.dtype)
         projection = rows @ direction
         norms = torch.nan_to_num(torch.linalg.vector_norm(rows, dim=1), nan=0.0, posinf=0.0)
         eps = torch.finfo(rows.dtype).eps

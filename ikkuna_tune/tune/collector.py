@@ -160,6 +160,11 @@ class MetricCollector(Subscriber):
 
         One host transfer per device.
         """
+        return self.collect_with([])[0]
+
+    def collect_with(self, extra: Sequence[torch.Tensor]) -> tuple[dict[str, Any], list[float]]:
+        """:meth:`collect`, and the values of the one-element tensors ``extra`` (a report's own
+        metrics) as floats, read in the same host transfer per device."""
         self._unpack_batches()
         latest, self._latest = self._latest, {}
         latest_at, self._latest_at = self._latest_at, {}
@@ -174,7 +179,9 @@ class MetricCollector(Subscriber):
             self._keys.update(
                 ((kind, layer), None) for kind, type_ in self.collected.items() if type_ != "META"
             )
-        numbers = dict(zip(latest, to_numbers([(t, v, 0) for (t, _), v in latest.items()])))
+        items = [(t, v, 0) for (t, _), v in latest.items()]
+        read = to_numbers(items + [("metric", tensor, 0) for tensor in extra])
+        numbers = dict(zip(latest, read[: len(items)]))
         nested: dict[str, Any] = {}
         positions: dict[str, Any] = {}
         for key in self._keys:
@@ -192,7 +199,7 @@ class MetricCollector(Subscriber):
                 if at is not None:
                     positions.setdefault(kind, {})[layer] = at
         self.positions = positions
-        return nested
+        return nested, read[len(items) :]
 
 
 def reported_kind(kind: str, tag: str) -> str:

@@ -104,12 +104,17 @@ def _check_picklable(value: object, name: str) -> None:
         ) from error
 
 
-def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def plain_metrics(
+    metrics: Mapping[str, Any],
+    read: Callable[[list[torch.Tensor]], list[float]] | None = None,
+) -> dict[str, Any]:
     """The user's ``metrics`` with numbers as Python numbers, as Tune needs them and as the
     scheduler reads them: a NumPy scalar becomes its Python value, a one-element tensor a float
     (all such tensors of a device in one host transfer; an integer tensor an exact ``int``,
     read on its own), in nested dicts, lists and tuples (named ones too) alike; other values
-    stay.
+    stay. ``read`` turns the floating and boolean tensors into numbers (by default
+    :func:`~ikkuna_tune.backends.to_numbers`): a report reads them with its subscribers' values,
+    in the same transfer.
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
@@ -169,7 +174,10 @@ def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = item
 
     merged = plain(metrics, "")
-    numbers = to_numbers([(str(key), tensor, 0) for _, key, tensor in tensors])
+    if read is None:
+        numbers = to_numbers([(str(key), tensor, 0) for _, key, tensor in tensors])
+    else:
+        numbers = read([tensor for _, _, tensor in tensors])
     for (out, key, tensor), number in zip(tensors, numbers):
         out[key] = bool(number) if tensor.dtype == torch.bool else number
     for items, out, key, kind in tuples:
@@ -574,9 +582,20 @@ class TrialSession:
         self.bus.flush()
         if self._local_release:  # a learning rate changed before this report: now
             self._apply_releases(self._due_releases(on_device=True))
-        merged = plain_metrics(metrics)
+        outputs: dict[str, Any] | None = None
         if self.collector is not None:
-            outputs = self.collector.collect()
+            # the user's tensors read with the subscribers' values: one transfer per device
+            collector = self.collector
+
+            def read(tensors: list[torch.Tensor]) -> list[float]:
+                nonlocal outputs
+                outputs, numbers = collector.collect_with(tensors)
+                return numbers
+
+            merged = plain_metrics(metrics, read)
+        else:
+            merged = plain_metrics(metrics)
+        if outputs is not None:
             for top in sorted(self._user_names.intersection(outputs)):
                 # another tag's output named like a metric the trial has reported before it
                 # was measured: the user's metric keeps its name and values
