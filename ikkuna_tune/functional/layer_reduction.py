@@ -52,7 +52,8 @@ def reduce_layer(
     x: torch.Tensor, keep: float = 0.99, rtol: float = 1e-6, slice_kept: bool | None = None
 ) -> LayerReduction:
     """``kept_basis(x, keep)``, ``cka_side(x)`` and ``live_fraction(x, rtol)`` from one centring
-    and one Gram matrix. Nothing is read back to the host on a GPU (on a CPU, as
+    and one Gram matrix. No value is read back to the host on a GPU (its eigendecomposition
+    synchronises the device with the host all the same; on a CPU, as
     :func:`~ikkuna_tune.functional.svcca.kept_basis`, the number of constant columns is).
 
     A feature is live when its standard deviation over the rows, ``||x_j - mean_j|| /

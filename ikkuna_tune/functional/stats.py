@@ -364,7 +364,8 @@ def largest_singular_value(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     smaller side: for small ``k`` cheap, and exact where power iteration is not (a matrix
     whose top singular direction changes between calls, or whose two largest singular values
     are close, reads low after a few iterations). A matrix with a non-finite entry gives NaN
-    (decided on the device, without a host synchronisation).
+    (decided on the device, without reading a value back; on a GPU ``torch.linalg.eigvalsh``
+    itself synchronises the device with the host, as PyTorch checks its errors there).
 
     Examples:
         >>> w = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

@@ -244,7 +244,9 @@ def _svcca(
     all zeros (for non-finite input, which must not reach LAPACK), without reading it back.
 
     By default the kept directions are sliced out on a CPU (reading their count costs nothing
-    there) and masked on other devices, so that this issues no host synchronisation of its own.
+    there) and masked on other devices, so that this reads nothing back of its own (on a GPU
+    the factorisations, ``torch.linalg.eigh``, ``svd`` and ``svdvals``, still synchronise the
+    device with the host: PyTorch checks their error codes there).
     When slicing, dead neurons are also dropped before the factorisation (they span nothing, and
     the QR's cost grows with the square of the number of columns); when masking they stay, as
     zero columns, and the rank pruning leaves them out.
@@ -283,12 +285,13 @@ def _svcca(
 
 
 def svcca_similarity_or_nan(x: torch.Tensor, y: torch.Tensor, keep: float = 0.99) -> torch.Tensor:
-    """:func:`svcca_similarity` for the training loop: NaN instead of an error, no host sync.
+    """:func:`svcca_similarity` for the training loop: NaN instead of an error, no value read.
 
     ``x`` and ``y`` are activation matrices already on one device (any floating dtype). If
     either holds a NaN or an infinity the result is NaN; the check stays on the device, so
-    (on a GPU) the caller decides when to read the value. Shapes are not validated beyond what
-    the linear algebra needs: pass at least 2 matching rows.
+    (on a GPU) the caller decides when to read the value; the factorisations themselves
+    synchronise a GPU with the host (see :func:`_svcca`). Shapes are not validated beyond
+    what the linear algebra needs: pass at least 2 matching rows.
 
     Examples:
         >>> x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
@@ -333,7 +336,8 @@ def kept_basis(x: torch.Tensor, keep: float = 0.99, slice_kept: bool | None = No
     each side (``keep < 1``), kept for reuse: comparing one checkpoint's activations with the
     previous and then the next checkpoint's reduces each matrix once, not twice.
     ``similarity_of_bases(kept_basis(x), kept_basis(y))`` equals
-    ``svcca_similarity_or_nan(x, y)``; no host synchronisation on a GPU.
+    ``svcca_similarity_or_nan(x, y)``; no value is read back on a GPU (its eigendecomposition
+    or SVD synchronises the device with the host, as PyTorch checks their errors there).
 
     Raises:
         ValueError: for ``keep`` outside (0, 1) (with ``keep == 1`` both sides are factorised

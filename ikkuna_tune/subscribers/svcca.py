@@ -77,8 +77,11 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     out of that layer's measures, with a logged warning naming how many (:func:`finite_rows`);
     a layer with more than half of them not finite (diverged) gets NaN, with a logged warning;
     training goes on. Each checkpoint reads the similarities back to
-    the host once (one synchronisation with the device per checkpoint), to warn about NaN and to
-    decide on freezing.
+    the host once (one transfer per device), to warn about NaN and to decide on freezing. On a
+    GPU each measured layer also synchronises the device with the host twice, in its
+    eigendecomposition and in the singular values of its SVCCA (``torch.linalg.eigh`` and
+    ``svdvals``, whose errors PyTorch checks on the host), at each checkpoint (once an epoch by
+    default), not in the training steps.
 
     **Where the layer came from** (``track_init=True``, the default). When the subscriber is
     attached to a bus whose Exporter exists (as :func:`ikkuna_tune.watch` does) it records the
