@@ -43,16 +43,63 @@ _PLAIN = (
 _NUMPY = "__ikkuna_tune_numpy__"
 
 
+def on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` detached on the CPU, those of another device copied in one transfer per
+    device and dtype (each copy a synchronisation on a GPU); those on the CPU as they are.
+
+    >>> a, b = on_cpu([torch.ones(2, 3), torch.zeros(4)])
+    >>> tuple(a.shape), tuple(b.shape)
+    ((2, 3), (4,))
+    """
+    out = [t.detach() for t in tensors]
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, tensor in enumerate(out):
+        if tensor.device.type != "cpu":
+            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
+    for indices in groups.values():
+        if len(indices) == 1:
+            out[indices[0]] = out[indices[0]].cpu()
+            continue
+        host = torch.cat([out[i].reshape(-1) for i in indices]).cpu()
+        start = 0
+        for i in indices:
+            size = out[i].numel()
+            # a copy of its own: a view would keep (and save) the whole transfer's storage
+            out[i] = host[start : start + size].reshape(out[i].shape).clone()
+            start += size
+    return out
+
+
 def portable(value: Any) -> Any:
-    """``value`` with tensors detached on the CPU, NumPy scalars and arrays (of numbers or
-    booleans) marked with their dtype, and dicts, lists, tuples and sets (subclasses
-    included: a ``Counter``, a ``defaultdict``) as plain ones.
+    """``value`` with tensors detached on the CPU (one transfer per device and dtype, see
+    :func:`on_cpu`), NumPy scalars and arrays (of numbers or booleans) marked with their
+    dtype, and dicts, lists, tuples and sets (subclasses included: a ``Counter``, a
+    ``defaultdict``) as plain ones.
 
     >>> portable([np.int64(3), {"n": 1}])
     [{'__ikkuna_tune_numpy__': 'int64', 'value': 3}, {'n': 1}]
     """
+    found: list[torch.Tensor] = []
+    _tensors_in(value, found)
+    moved = dict(zip(map(id, found), on_cpu(found)))
+    return _portable(value, moved)
+
+
+def _tensors_in(value: Any, found: list[torch.Tensor]) -> None:
+    """Append the tensors in ``value`` (as :func:`_portable` walks it) to ``found``."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        found.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _tensors_in(v, found)
+    elif isinstance(value, (list, tuple, set, frozenset)) and not hasattr(value, "_fields"):
+        for v in value:
+            _tensors_in(v, found)
+
+
+def _portable(value: Any, moved: dict[int, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return moved[id(value)] if id(value) in moved else value.detach().cpu()
     if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, complex)):
         return {_NUMPY: value.dtype.name, "value": value.item()}  # (not a longdouble)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
@@ -62,13 +109,13 @@ def portable(value: Any) -> Any:
         except TypeError:  # a dtype torch has none of (longdouble): check_loadable refuses it
             return value
     if isinstance(value, dict):
-        return {k: portable(v) for k, v in value.items()}
+        return {k: _portable(v, moved) for k, v in value.items()}
     if isinstance(value, list):
-        return [portable(v) for v in value]
+        return [_portable(v, moved) for v in value]
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(portable(v) for v in value)
+        return tuple(_portable(v, moved) for v in value)
     if isinstance(value, (set, frozenset)):  # (a NumPy scalar in it: as its number)
-        return {v.item() if isinstance(v, np.generic) else portable(v) for v in value}
+        return {v.item() if isinstance(v, np.generic) else _portable(v, moved) for v in value}
     return value
 
 

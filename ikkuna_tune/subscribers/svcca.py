@@ -39,6 +39,7 @@ from ikkuna_tune.subscribers._device import check_device
 from ikkuna_tune.subscribers.base import SUBSCRIPTIONS_STATE
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.probe import ActivationRecorder, Trigger, check_probe_args, draw_probe
+from ikkuna_tune.subscribers.state_values import on_cpu
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -691,10 +692,13 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     def state_dict(self) -> dict[str, Any]:
         """The previous checkpoint's activations (on the CPU) and the step counter."""
         previous = initial = None
+        # one transfer per device and dtype for all of them, not one per layer
+        saved = on_cpu([*(self._previous or {}).values(), *(self._initial or {}).values()])
         if self._previous is not None:
-            previous = {name: t.detach().cpu() for name, t in self._previous.items()}
+            previous = dict(zip(self._previous, saved))
+            saved = saved[len(previous) :]
         if self._initial is not None:
-            initial = {name: t.detach().cpu() for name, t in self._initial.items()}
+            initial = dict(zip(self._initial, saved))
         state = {
             "previous": previous,
             "initial": initial,
