@@ -59,7 +59,6 @@ the experiment's results.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -458,6 +457,11 @@ class TrialHistory:
     accuracy: list[float] = field(default_factory=list)
     #: that accuracy's chance level, as a fraction (NaN: unknown)
     accuracy_chance: float = math.nan
+    #: how many ``lr_scale`` values :meth:`decayed_by` has looked at, and the first at or
+    #: below :data:`DECAYED` among them (None: none yet)
+    _decay_seen: tuple[int, int | None] = field(
+        default=(0, None), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, MetricSeries):
@@ -470,6 +474,29 @@ class TrialHistory:
     def best(self, reports: int | None = None) -> float:
         """The best finite metric value, over the first ``reports`` reports if given."""
         return _best_after(self.metric, reports)
+
+    def decayed_by(self, reports: int) -> bool:
+        """Whether the learning rate fell to :data:`DECAYED` of its largest or below within
+        the first ``reports`` reports. Each value is looked at once over the trial's life (the
+        scheduler asks of every other trial at every result).
+
+        Examples:
+            >>> trial = TrialHistory(lr_scale=[1.0, 0.9, 0.1])
+            >>> trial.decayed_by(2), trial.decayed_by(3)
+            (False, True)
+        """
+        seen, first = self._decay_seen
+        if seen > len(self.lr_scale):  # (shortened other than by truncate)
+            seen, first = 0, None
+        if first is None:
+            for i in range(seen, len(self.lr_scale)):
+                value = self.lr_scale[i]
+                if math.isfinite(value) and value <= DECAYED:
+                    first = i
+                    break
+            seen = len(self.lr_scale)
+        self._decay_seen = (seen, first)
+        return first is not None and first < reports
 
     def truncate(self, reports: int) -> None:
         """Keep the first ``reports`` reports only (a trial restored from a checkpoint repeats
@@ -486,6 +513,7 @@ class TrialHistory:
         del self.metric[reports:]
         del self.lr_scale[reports:]
         del self.accuracy[reports:]
+        self._decay_seen = (0, None)
         for history in self.per_layer.values():
             for series in (history.similarity, history.distance, history.live):
                 del series[reports:]
@@ -515,11 +543,12 @@ class TrialHistory:
         self.lr_scale.append(lr_scale)
         self.accuracy.extend([math.nan] * (self.reports - 1 - len(self.accuracy)))
         self.accuracy.append(accuracy)
+        layers = set(self.layers)
         calls = [
             n
             for values in (self.per_layer, similarity, init_similarity, live)
             for n in values
-            if layer_of_call(n) in self.layers and n not in self.layers
+            if n not in layers and layer_of_call(n) in layers
         ]
         for name in dict.fromkeys([*self.layers, *calls]):
             history = self.per_layer.setdefault(name, LayerHistory())
@@ -721,10 +750,9 @@ def earlier_phase(trial: TrialHistory, others: list[TrialHistory]) -> dict[str, 
     reports = trial.reports
     mine = trial.best(reports)
     ahead = [
-        other.best(reports)
+        best
         for other in others
-        if any(s <= DECAYED for s in other.lr_scale[:reports] if math.isfinite(s))
-        and other.best(reports) > mine
+        if other.decayed_by(reports) and (best := other.best(reports)) > mine
     ]
     return {"lr_scale": own, "ahead_decayed": max(ahead)} if ahead else None
 
@@ -1120,8 +1148,13 @@ def stop_verdict(
         # stall_share of the budget, with no rate yet: a late starter's first gain may come
         # at the next value)
         latest = max(i for i, m in enumerate(trial.metric) if math.isfinite(m))
-        previous = copy.deepcopy(trial)
-        previous.truncate(latest)
+        # (the verdict reads the metric only: not a copy of every layer's history)
+        previous = TrialHistory(
+            layers=list(trial.layers),
+            metric=list(trial.metric[:latest]),
+            chance=trial.chance,
+            lr_scale=trial.lr_scale[:latest],
+        )
         if _cannot_reach(previous, rules, others, budget) is None:
             return None
     return verdict

@@ -919,3 +919,22 @@ def test_the_accuracy_beside_a_loss_is_cut_with_the_history_on_a_restore() -> No
     # a metric with a chance level of its own is judged on it, not on the accuracy beside it
     trial.chance = -2.3
     assert accuracy_at_chance(trial, ConvergenceRules(), 0.02) is None
+
+
+def test_decayed_by_matches_a_scan_of_the_learning_rates_through_adds_and_restores() -> None:
+    """The scheduler asks of every other trial at every result whether its learning rate had
+    decayed by some report; the answer, kept as the history grows and is cut back by
+    restores, equals a scan of the whole series (brute force)."""
+    from ikkuna_tune.tune.convergence import DECAYED
+
+    rng = random.Random(0)
+    for _ in range(200):
+        trial = TrialHistory(layers=["fc"])
+        for _ in range(rng.randrange(1, 30)):
+            if trial.reports and rng.random() < 0.15:
+                trial.truncate(rng.randrange(trial.reports))  # a restore
+            scale = rng.choice([math.nan, 1.0, 0.9, 0.6, DECAYED, 0.1])
+            trial.add(0.5, {}, {}, {}, scale)
+            for reports in range(trial.reports + 2):
+                expected = any(s <= DECAYED for s in trial.lr_scale[:reports] if math.isfinite(s))
+                assert trial.decayed_by(reports) == expected
