@@ -238,8 +238,18 @@ EVENT_DIR = "ikkuna_tune"
 EVENT_FILE_SUFFIX = ".ikkuna_tune"
 
 
+#: A TensorBoard backend holding more buffered values than this (scalars, vector entries,
+#: histogram bins) writes them out as the next one comes (:class:`TensorBoardBackend`).
+FLUSH_AFTER = 200_000
+
+
 class TensorBoardBackend(Backend):
     """Writes a TensorBoard event file in one run directory, buffering values until flushed.
+
+    Values are written at each flush (an epoch's end, a report) and, so that a long epoch's
+    values do not pile up in memory (a step of a 200-layer model buffers hundreds), once more
+    than :data:`FLUSH_AFTER` values are buffered; on a GPU that write reads them back, one host
+    synchronisation among that many values' steps.
 
     The file is named ``events.out.tfevents.<time>.<host>.ikkuna_tune`` and written in the
     calling thread (:class:`~ikkuna_tune.event_file.EventFile`): a flush hands it to the
@@ -263,6 +273,7 @@ class TensorBoardBackend(Backend):
         self._scalars: list[tuple[str, Any, int]] = []
         self._vectors: list[tuple[Sequence[str], torch.Tensor, int]] = []
         self._histograms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self._buffered = 0  # values in the three buffers
         self._encoder = SummaryEncoder()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
@@ -276,14 +287,22 @@ class TensorBoardBackend(Backend):
 
     def add_scalar(self, tag: str, value: torch.Tensor | float, step: int) -> None:
         self._scalars.append((tag, value, step))
+        self._count(1)
 
     def add_scalars(self, tags: Sequence[str], values: torch.Tensor, step: int) -> None:
         self._vectors.append((tags, values.detach(), step))
+        self._count(len(tags))
 
     def add_histogram(
         self, tag: str, counts: torch.Tensor, edges: torch.Tensor, stats: torch.Tensor, step: int
     ) -> None:
         self._histograms.append((tag, counts, edges, stats, step))
+        self._count(counts.numel())
+
+    def _count(self, values: int) -> None:
+        self._buffered += values
+        if self._buffered > FLUSH_AFTER:
+            self.flush()
 
     def move_to(self, log_dir: Path) -> None:
         from ikkuna_tune.event_file import EventFile
@@ -315,6 +334,7 @@ class TensorBoardBackend(Backend):
             for tag, value, step in self._scalars
         ]
         self._vectors, self._scalars = [], []
+        self._buffered = 0
         by_step: dict[int, list[bytes]] = {}
         if items:
             encode = self._encoder.encode
@@ -324,8 +344,16 @@ class TensorBoardBackend(Backend):
         for step in sorted(by_step):
             events.add_summary(b"".join(by_step[step]), step)
         histograms, self._histograms = self._histograms, []  # taken, also if writing fails
-        for tag, counts, edges, stats, step in histograms:
-            lo, hi, num, total, squares = stats.detach().double().cpu().tolist()
+        # every histogram's stats, edges and counts in one transfer per device
+        parts = [
+            (tag, part, step)
+            for tag, counts, edges, stats, step in histograms
+            for part in (stats, edges[1:], counts)
+        ]
+        host = _host_vectors(parts, torch.float64)
+        for i, (tag, _, _, _, step) in enumerate(histograms):
+            stats_, limits, bucket_counts = host[3 * i : 3 * i + 3]
+            lo, hi, num, total, squares = stats_.tolist()
             summary = histogram_raw(
                 tag,
                 min=lo,
@@ -333,8 +361,8 @@ class TensorBoardBackend(Backend):
                 num=int(num),
                 sum=total,
                 sum_squares=squares,
-                bucket_limits=edges[1:].detach().double().cpu().tolist(),
-                bucket_counts=counts.detach().double().cpu().tolist(),
+                bucket_limits=limits.tolist(),
+                bucket_counts=bucket_counts.tolist(),
             )
             events.add_summary(summary.SerializeToString(), step)
         events.flush()

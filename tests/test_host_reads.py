@@ -134,3 +134,19 @@ def test_a_report_reads_the_users_tensors_with_the_subscribers_values_once() -> 
     assert isinstance(result["loss"], float) and result["nested"] == {"flag": True}
     assert result["n"] == 3 and set(result["weights_norm2"]) == {"0", "3", "5"}
     assert all(isinstance(v, float) for v in result["weights_norm2"].values())
+
+
+def test_an_epochs_histograms_are_read_in_one_transfer(tmp_path) -> None:
+    """HistogramSubscriber's counts, edges and statistics of every layer and step: one read
+    when the epoch's end flushes them (was three per histogram)."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus(log_dir=tmp_path)
+    exporter = ik.Exporter(model, opt, bus)
+    ik.HistogramSubscriber("weights", bus)
+    _train(model, opt, exporter.wrap_loss(F.cross_entropy))
+    with counting_reads() as flush:
+        exporter.epoch_finished()
+    assert sum(flush.values()) == 1, flush
+    exporter.close()
+    bus.close()
