@@ -422,6 +422,45 @@ class LayerHistory:
     similarity: list[float] = field(default_factory=list)
     distance: list[float] = field(default_factory=list)  # 1 - init_similarity
     live: list[float] = field(default_factory=list)
+    #: :meth:`growths` as far as it has read ``distance``: (window, distances read, the largest
+    #: finite growth before the latest, the latest)
+    _growth_seen: tuple[int, int, float, float] = field(
+        default=(0, 0, -math.inf, math.nan), init=False, repr=False, compare=False
+    )
+
+    def growths(self, window: int) -> tuple[float, float]:
+        """The latest finite growth of the distance from initialisation over ``window``
+        reports (from 0 before the first report), and the largest before it (``-inf`` if
+        none); NaN as the latest if there is none. Each distance is read once over the
+        layer's life (the scheduler asks at every result while a trial stands still).
+
+        Examples:
+            >>> latest, fastest = LayerHistory(distance=[0.05, 0.09, 0.1, 0.1, 0.1]).growths(3)
+            >>> round(latest, 6), fastest  # 0.1 - 0.09 over the last 3; 0.1 - 0 over the first
+            (0.01, 0.1)
+        """
+        seen_window, seen, fastest, latest = self._growth_seen
+        n = len(self.distance)
+        if seen_window != window or seen > n + 1:  # other rules, or shortened: afresh
+            seen, fastest, latest = 0, -math.inf, math.nan
+        distance = self.distance
+        for end in range(max(seen, window), n + 1):
+            if end < window:
+                continue
+            start = distance[end - window - 1] if end > window else 0.0
+            growth = distance[end - 1] - start
+            if math.isfinite(growth):
+                if math.isfinite(latest):
+                    fastest = max(fastest, latest)
+                latest = growth
+        self._growth_seen = (window, n + 1 if n >= window else 0, fastest, latest)
+        return latest, fastest
+
+    def forget_after(self, reports: int) -> None:
+        """Keep the first ``reports`` entries only."""
+        for series in (self.similarity, self.distance, self.live):
+            del series[reports:]
+        self._growth_seen = (0, 0, -math.inf, math.nan)
 
 
 @dataclass
@@ -515,8 +554,7 @@ class TrialHistory:
         del self.accuracy[reports:]
         self._decay_seen = (0, None)
         for history in self.per_layer.values():
-            for series in (history.similarity, history.distance, history.live):
-                del series[reports:]
+            history.forget_after(reports)
         self.released = {n: at for n, at in self.released.items() if at <= reports}
 
     def add(
@@ -912,9 +950,7 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
         return False, values
     if not all(math.isfinite(s) for s in sims) or not all(math.isfinite(d) for d in dists):
         return False, values
-    series = [0.0] + [d if math.isfinite(d) else math.nan for d in history.distance]
-    growths = [b - a for a, b in zip(series, series[w:]) if math.isfinite(b - a)]
-    recent, fastest = growths[-1], max(growths[:-1], default=-math.inf)
+    recent, fastest = history.growths(w)
     values = {
         "similarity": min(sims),
         "distance_from_init": dists[-1],
@@ -966,6 +1002,10 @@ def freeze_candidates(
         return []  # a trial at chance is one to stop, never to freeze
     done = trial.frozen | trial.pending
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
+    further: dict[str, list[str]] = {}  # further_calls of every layer, in one pass
+    for call in trial.per_layer:
+        if (layer := layer_of_call(call)) != call:
+            further.setdefault(layer, []).append(call)
 
     def settled(name: str) -> bool:
         history = trial.per_layer.get(name)
@@ -981,7 +1021,7 @@ def freeze_candidates(
         # a layer the forward pass calls more than once is settled only in every call: a
         # later call (after layers that still train) may still change
         return checks[name][0] and all(
-            layer_settled(trial.per_layer[call], rules)[0] for call in further_calls(trial, name)
+            layer_settled(trial.per_layer[call], rules)[0] for call in further.get(name, [])
         )
 
     names = next_to_freeze(trial.layers, done, settled, input_side_first=input_side_first)

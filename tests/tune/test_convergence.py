@@ -938,3 +938,32 @@ def test_decayed_by_matches_a_scan_of_the_learning_rates_through_adds_and_restor
             for reports in range(trial.reports + 2):
                 expected = any(s <= DECAYED for s in trial.lr_scale[:reports] if math.isfinite(s))
                 assert trial.decayed_by(reports) == expected
+
+
+def test_growths_match_a_scan_of_the_distances_through_adds_and_restores() -> None:
+    """The latest and the largest earlier growth of a layer's distance from initialisation,
+    kept as reports come and cut back by restores, equal a scan of the whole series (the
+    textbook windowed differences, brute force)."""
+    from ikkuna_tune.tune.convergence import LayerHistory
+
+    def scan(distance: list[float], w: int) -> tuple[float, float]:
+        series = [0.0, *distance]
+        growths = [series[k + w] - series[k] for k in range(len(series) - w)]
+        growths = [g for g in growths if math.isfinite(g)]
+        if not growths:
+            return math.nan, -math.inf
+        return growths[-1], max(growths[:-1], default=-math.inf)
+
+    rng = random.Random(1)
+    for _ in range(200):
+        trial = TrialHistory(layers=["fc"])
+        for _ in range(rng.randrange(1, 25)):
+            if trial.reports and rng.random() < 0.15:
+                trial.truncate(rng.randrange(trial.reports))  # a restore
+            init = rng.choice([math.nan, rng.random(), rng.random()])
+            trial.add(0.5, {"fc": 0.9}, {"fc": init}, {"fc": 1.0})
+            history: LayerHistory = trial.per_layer["fc"]
+            for w in (3, 3, 2):  # asked twice with the same window, then another
+                got, expected = history.growths(w), scan(history.distance, w)
+                assert got[1] == expected[1]
+                assert got[0] == expected[0] or (math.isnan(got[0]) and math.isnan(expected[0]))
