@@ -329,7 +329,7 @@ def check_metric(
         ValueError: Metric 'frozen' is reported per layer; pick a network-wide metric: loss
     """
     empty = df.attrs.get("empty_metrics", {})
-    if isinstance(metric, str) and metric not in set(df["metric"]) and metric in empty:
+    if isinstance(metric, str) and metric not in set(df["metric"].unique()) and metric in empty:
         if per_layer is False and empty[metric]:
             raise ValueError(
                 f"Metric {metric!r} is reported per layer; pick a network-wide metric: "
@@ -341,7 +341,7 @@ def check_metric(
             f"Metric {metric!r} was reported but has no values in any trial (every value is "
             f"NaN or null); metrics with values: {', '.join(metrics(df)) or '(none)'}"
         )
-    if not isinstance(metric, str) or metric not in set(df["metric"]):
+    if not isinstance(metric, str) or metric not in set(df["metric"].unique()):
         layered, network = metrics(df, per_layer=True), metrics(df, per_layer=False)
         without = f"; without values: {', '.join(empty)}" if empty else ""
         raise ValueError(

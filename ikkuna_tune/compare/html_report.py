@@ -259,7 +259,7 @@ def write_html_report(
             df, metric, color_by, style_by=style_by, sharey=sharey, budget=budget
         )
     }
-    if FROZEN in set(df["metric"]):
+    if FROZEN in set(df["metric"].unique()):
         figures["timeline"] = timeline_figure(df, color_by, budget=budget)
     sections = []
     for name, figure in figures.items():

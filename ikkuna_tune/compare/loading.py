@@ -198,7 +198,7 @@ def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     series_has_value = has_value.groupby([df["metric"], layer_key]).transform("any")
     keep = has_value | (df[_NAN].astype(bool) & series_has_value.astype(bool))
     df = df[keep][columns].reset_index(drop=True)
-    with_values = set(df["metric"])
+    with_values = set(df["metric"].unique())
     # shared, not deep-copied, by every frame an operation on df returns (see SharedDict)
     df.attrs["trials"] = SharedDict({t.trial_id: t.info() for t in trials})
     df.attrs["decisions"] = SharedList(row for t in trials for row in _trial_decisions(t))
@@ -280,12 +280,15 @@ def _tidy_trial(results: pd.DataFrame, text: set[str], per_layer: set[str]) -> p
     if not len(results):
         return None
     iterations = results["training_iteration"].astype(int).to_numpy()
-    nan_names = (
-        list(results[REPORTED_NAN])
-        if REPORTED_NAN in results.columns
-        else [frozenset()] * len(results)
-    )
-    parts = []
+    n = len(results)
+    # the rows at which each column was reported as NaN (one pass over the few such names,
+    # not a test per column and row: a sweep's frame has millions of values)
+    nan_rows: dict[str, list[int]] = {}
+    if REPORTED_NAN in results.columns:
+        for row, names in enumerate(results[REPORTED_NAN]):
+            for name in names:
+                nan_rows.setdefault(name, []).append(row)
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in ("metric", "layer", "value", _NAN)}
     for column in results.columns:
         if column in BOOKKEEPING or column.startswith("config/") or column == REPORTED_NAN:
             continue
@@ -299,23 +302,23 @@ def _tidy_trial(results: pd.DataFrame, text: set[str], per_layer: set[str]) -> p
         if values is None:
             text.add(metric)
             continue
-        parts.append(
-            pd.DataFrame(
-                {
-                    "training_iteration": iterations,
-                    "metric": metric,
-                    "layer": layer or None,
-                    "value": values.to_numpy(),
-                    # a NaN of ikkuna_tune's own outputs is no measurement: not reported
-                    _NAN: [
-                        metric not in _NAN_MEANS_MISSING and column in names for names in nan_names
-                    ],
-                }
-            )
-        )
-    if not parts:
+        # a NaN of ikkuna_tune's own outputs is no measurement: not reported
+        reported_nan = np.zeros(n, dtype=bool)
+        if metric not in _NAN_MEANS_MISSING:
+            reported_nan[nan_rows.get(column, [])] = True
+        columns["metric"].append(np.full(n, metric, dtype=object))
+        columns["layer"].append(np.full(n, layer or None, dtype=object))
+        columns["value"].append(values.to_numpy(dtype=float))
+        columns[_NAN].append(reported_nan)
+    if not columns["value"]:
         return None
-    long = pd.concat(parts, ignore_index=True)  # NaN values are dropped once all are seen
+    # NaN values are dropped once all are seen
+    long = pd.DataFrame(
+        {
+            "training_iteration": np.tile(iterations, len(columns["value"])),
+            **{name: np.concatenate(parts) for name, parts in columns.items()},
+        }
+    )
     long = long.sort_values("training_iteration", kind="stable", ignore_index=True)
     long["layer"] = long["layer"].astype(object).where(long["layer"].notna(), None)
     return long

@@ -98,7 +98,7 @@ def layer_panels(
     panels: list[str | None] = list(names) if names else [None]
     # every trial, measured or not: one stopped (or failed) before its first value of the
     # metric (self-similarity has none at report 1) still gets its colour and its end mark
-    trial_ids = sorted(set(df["trial_id"]))
+    trial_ids = sorted(set(df["trial_id"].unique()))
     colour_values = trial_values(df, color_by) if color_by else {t: t for t in trial_ids}
     colours = trial_colours({t: colour_values.get(t) for t in trial_ids}, cmap)
     style_values = trial_values(df, style_by)

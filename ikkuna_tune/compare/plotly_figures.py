@@ -137,7 +137,7 @@ def layers_figure(
         horizontal_spacing=0.04 if sharey else 0.07,
         vertical_spacing=min(0.12, 0.5 / nrows),
     )
-    measured = set(rows["trial_id"])
+    measured = set(rows["trial_id"].unique())
     shown: set[str] = set()  # trials with a legend entry
     ends: list[float] = []  # where trials without values of the metric ended (their marks)
     for index, layer in enumerate(panels):

@@ -137,7 +137,7 @@ def plot_layers(
     for ax in grid.flat[len(panels) :]:
         figure.delaxes(ax)
     marks_used: set[str] = set()
-    measured = set(rows["trial_id"])
+    measured = set(rows["trial_id"].unique())
     for index, (ax, layer) in enumerate(zip(grid.flat, panels)):
         selected = rows[rows["layer"] == layer] if layer is not None else rows
         marks: dict[str, list[tuple[float, float, Any]]] = {}

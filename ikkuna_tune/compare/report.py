@@ -245,7 +245,7 @@ def _write(
     )
     _save(figure, path)
     files.append(path)
-    if FROZEN in set(df["metric"]):
+    if FROZEN in set(df["metric"].unique()):
         path = out / "freeze_timeline.png"
         _save(plot_freeze_timeline(df, color_by=options.color_by, budget=options.budget), path)
         files.append(path)

@@ -97,7 +97,7 @@ def timeline_data(df: pd.DataFrame, color_by: str | None, budget: int | None) ->
     check_tidy(df)
     check_color_by(df, color_by)
     check_budget(budget)
-    if FROZEN not in set(df["metric"]):
+    if FROZEN not in set(df["metric"].unique()):
         raise ValueError(
             "No frozen/<layer> metrics in the results: was the trainable wrapped with "
             "ikkuna_tune.instrument and reporting through ikkuna_tune.report?"
