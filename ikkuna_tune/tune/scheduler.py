@@ -692,6 +692,11 @@ class SVCCAScheduler(FIFOScheduler):
             f"SVCCAScheduler: freeze_at={self.freeze_at}, patience={self.patience}, "
             f"stop={self.stop}, freeze={self.freeze}, {len(self._views)} trials"
         ]
+        # each trial's unfreezes and pauses, in one pass over the decisions
+        listed: dict[str, list[Decision]] = {}
+        for t, d in self.decisions:
+            if d.action in ("unfreeze", "pause"):
+                listed.setdefault(t, []).append(d)
         for trial_id, view in self._views.items():
             frozen = view.frozen_or_ordered()
             status = getattr(self._trials.get(trial_id), "status", None)
@@ -710,17 +715,10 @@ class SVCCAScheduler(FIFOScheduler):
                 if name in view.reasons:
                     lines.append(f"    {view.reasons[name].describe()}")
             # the latest unfreeze of each layer that trains now (its learning rate changed)
-            unfrozen = {
-                d.layer: d
-                for t, d in self.decisions
-                if t == trial_id and d.action == "unfreeze" and d.layer not in frozen
-            }
+            own = listed.get(trial_id, [])
+            unfrozen = {d.layer: d for d in own if d.action == "unfreeze" and d.layer not in frozen}
             lines.extend(f"    {d.describe()}" for d in unfrozen.values())
-            lines.extend(
-                f"    {d.describe()}"
-                for t, d in self.decisions
-                if t == trial_id and d.action == "pause"
-            )
+            lines.extend(f"    {d.describe()}" for d in own if d.action == "pause")
         if self.base is not None:
             lines.append(self.base.debug_string())
         return "\n".join(lines)
