@@ -2232,3 +2232,19 @@ def test_trials_that_waited_resume_best_first() -> None:
     for trial in trials[3:]:
         trial.status = "RUNNING"
     assert resumed(scheduler, controller) == ranked
+
+
+def test_debug_string_lists_the_latest_unfreeze_of_a_layer_that_trains_again() -> None:
+    scheduler, _ = make(patience=1, settle_window=1, plateau=1, stop=False)
+    trial, other = FakeTrial("t1"), FakeTrial("t2")
+    for t in (trial, other):
+        scheduler.on_trial_add(None, t)
+    sims = {"conv1": 1.0, "conv2": 0.2}
+    feed(scheduler, trial, [result(sims, it=i) for i in (1, 2, 3, 4)])
+    feed(scheduler, trial, [_unfrozen(result(sims, ("conv1",), it=5), {})])
+    feed(scheduler, trial, [_unfrozen(result(sims, it=6), {"conv1": LR_REASON})])
+    feed(scheduler, other, [result({"conv1": 0.3, "conv2": 0.2}, it=i) for i in (1, 2)])
+    text = scheduler.debug_string()
+    mine = text.split("  t2:")[0].split("  t1:")[1]
+    assert "unfreeze conv1 at report 6" in mine, text
+    assert "unfreeze" not in text.split("  t2:")[1]  # listed under its own trial only
