@@ -112,6 +112,7 @@ FIGURES: dict[str, Figure] = {
     ),
     "report": Figure("experiments.bench_report", (), "cpu_bench_report.txt"),
     "epoch_end": Figure("experiments.bench_epoch_end", (), "cpu_bench_epoch_end.txt"),
+    "scale": Figure("experiments.bench_scale", (), "cpu_bench_scale.txt", ("--quick",)),
     "demo": Figure("experiments.demo_log", ("--images", "docs/images"), "cpu_demo.txt"),
     "ddp": Figure("experiments.bench_ddp", (), "cpu_bench_ddp.txt", ("--quick",)),
     "layer_convergence": Figure(
