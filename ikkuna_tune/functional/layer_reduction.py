@@ -58,7 +58,10 @@ def reduce_layer(
 
     A feature is live when its standard deviation over the rows, ``||x_j - mean_j|| /
     sqrt(n - 1)``, exceeds ``rtol`` times the largest magnitude in ``x``: the rule of
-    :func:`~ikkuna_tune.functional.cka.live_fraction`, on the centred copy.
+    :func:`~ikkuna_tune.functional.cka.live_fraction`, on the centred copy, where a column
+    that varies only at rounding level (a centred norm of at most ``4 n eps`` of its largest
+    entry) counts as constant: with ``rtol`` of about ``1e-13`` or less the two can differ on
+    such a column (the default, ``1e-6``, is far above it).
 
     Raises:
         ValueError: for anything but a matrix with at least 2 rows and 1 column, for ``keep``

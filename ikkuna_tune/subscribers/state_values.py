@@ -43,20 +43,27 @@ _PLAIN = (
 _NUMPY = "__ikkuna_tune_numpy__"
 
 
+#: The most bytes :func:`on_cpu` joins into one transfer (the joined copy is made on the
+#: device first: at most this much more memory there).
+JOIN_BYTES = 64 * 2**20
+
+
 def on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """``tensors`` detached on the CPU, those of another device copied in one transfer per
-    device and dtype (each copy a synchronisation on a GPU); those on the CPU as they are.
+    device and dtype (each copy a synchronisation on a GPU), or one per :data:`JOIN_BYTES`
+    of them; those on the CPU as they are.
 
     >>> a, b = on_cpu([torch.ones(2, 3), torch.zeros(4)])
     >>> tuple(a.shape), tuple(b.shape)
     ((2, 3), (4,))
     """
     out = [t.detach() for t in tensors]
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, tensor in enumerate(out):
-        if tensor.device.type != "cpu":
-            groups.setdefault((tensor.device, tensor.dtype), []).append(i)
-    for indices in groups.values():
+    items = [
+        (i, (t.device, t.dtype), t.numel() * t.element_size())
+        for i, t in enumerate(out)
+        if t.device.type != "cpu"
+    ]
+    for indices in _joined(items, JOIN_BYTES):
         if len(indices) == 1:
             out[indices[0]] = out[indices[0]].cpu()
             continue
@@ -68,6 +75,25 @@ def on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             out[i] = host[start : start + size].reshape(out[i].shape).clone()
             start += size
     return out
+
+
+def _joined(items: list[tuple[int, Any, int]], limit: int) -> list[list[int]]:
+    """The indices of ``(index, kind, bytes)`` items in groups of one kind each, a group
+    closed before it would pass ``limit`` bytes (an item larger than that alone).
+
+    >>> _joined([(0, "a", 40), (1, "b", 10), (2, "a", 40), (3, "a", 10), (4, "a", 90)], 60)
+    [[0], [2, 3], [4], [1]]
+    """
+    by_kind: dict[Any, list[list[int]]] = {}
+    joined: dict[Any, int] = {}  # bytes in each kind's last group
+    for index, kind, size in items:
+        groups = by_kind.setdefault(kind, [[]])
+        if groups[-1] and joined.get(kind, 0) + size > limit:
+            groups.append([])
+            joined[kind] = 0
+        groups[-1].append(index)
+        joined[kind] = joined.get(kind, 0) + size
+    return [group for groups in by_kind.values() for group in groups]
 
 
 def portable(value: Any) -> Any:

@@ -492,9 +492,10 @@ class TrialHistory:
     #: where not reported)
     lr_scale: list[float] = field(default_factory=list)
     #: per report, an accuracy the trial reports beside a metric without a chance level of its
-    #: own (``test_accuracy`` beside a loss), as a fraction; NaN where not reported
+    #: own (``test_accuracy`` beside a loss), as reported (a fraction or a percentage); NaN
+    #: where not reported
     accuracy: list[float] = field(default_factory=list)
-    #: that accuracy's chance level, as a fraction (NaN: unknown)
+    #: that accuracy's chance level, in its units (NaN: unknown)
     accuracy_chance: float = math.nan
     #: how many ``lr_scale`` values :meth:`decayed_by` has looked at, and the first at or
     #: below :data:`DECAYED` among them (None: none yet)
@@ -1261,6 +1262,8 @@ def accuracy_at_chance(
     less than ``delta`` above its first value) and the best of its last ``settle_window``
     values is within ``delta`` of its chance level; else None (also with fewer than
     ``settle_window`` values, with the chance level unknown, or when the metric has one).
+    ``delta`` is a fraction; the accuracy reads as a percentage (``delta`` times 100) where its
+    chance level or any of its values is above 1 (a chance level of 1 % among 100 classes).
 
     Examples:
         >>> trial = TrialHistory()
@@ -1279,6 +1282,8 @@ def accuracy_at_chance(
     values = [a for a in trial.accuracy if math.isfinite(a)]
     if len(values) < rules.settle_window:
         return None
+    if chance > 1.0 or max(values) > 1.0:
+        delta *= 100.0
     recent = max(values[-rules.settle_window :])
     if max(values) - values[0] >= delta - _tolerance(values[0], max(values)):
         return None  # it learned (and maybe fell back: the divergence rules' business)

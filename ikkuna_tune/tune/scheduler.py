@@ -85,7 +85,9 @@ def _wrapped_chain(scheduler: object) -> list[object]:
 #: values of a decision that are the metric itself (signed by the rules; see _in_metric_units)
 _METRIC_VALUES = frozenset({"best", "recent_best", "reachable", "target", "chance"})
 #: rules that read no threshold in the metric's units
-_SCALE_FREE_RULES = frozenset({"diverged: non-finite value", "dead layer"})
+_SCALE_FREE_RULES = frozenset(
+    {"diverged: non-finite value", "dead layer", "stuck: accuracy at chance and no layer moving"}
+)
 
 
 def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None) -> None:
@@ -159,9 +161,10 @@ class SVCCAScheduler(FIFOScheduler):
        progress (``stall_delta``) while no layer moves any more (``move_tol``; where a chance
        level is reported as ``<metric>_chance``, as TestAccuracySubscriber reports
        ``test_accuracy_chance``, only a trial at chance; steered on a metric without a chance
-       level, a loss, also one whose accuracy reported beside it with its ``_chance`` made no
-       progress and sits at chance: :func:`~ikkuna_tune.tune.convergence.accuracy_at_chance`),
-       unless it may still end among the
+       level, a loss, also one whose accuracy reported beside it with its ``_chance`` (a key
+       with ``acc`` in its name) made no progress and sits at chance:
+       :func:`~ikkuna_tune.tune.convergence.accuracy_at_chance`), unless it may still end
+       among the
        best (as for freezing, with ``protect_top`` others to rank it among) and leads while
        others learn, or is clearly ahead of some other trial; and, when the budget is known
        (``max_t``, Tune's ``stop={"training_iteration": N}`` or a
@@ -828,22 +831,22 @@ class SVCCAScheduler(FIFOScheduler):
 
     def _accuracy_beside(self, result: dict[str, Any]) -> tuple[float, float]:
         """An accuracy the report holds beside a metric without a chance level of its own
-        (``test_accuracy`` and ``test_accuracy_chance`` beside a loss: any ``<key>`` reported
-        with a ``<key>_chance``, the first by name), and its chance level, both as fractions
-        (a chance level above 1 reads as a percentage); NaN where there is none."""
+        (``test_accuracy`` and ``test_accuracy_chance`` beside a loss: any ``<key>`` naming an
+        accuracy, ``acc`` in its name, reported with a ``<key>_chance``, the first by name),
+        and its chance level, in the units reported; NaN where there is none."""
         none = (math.nan, math.nan)
         if self._metric is None or keys.chance_of(self._metric) in result:
             return none
         for name in sorted(k for k in result if isinstance(k, str) and k.endswith("_chance")):
             base = name[: -len("_chance")]
             value, chance = result.get(base), result[name]
-            if base == self._metric or not (is_number(value) and is_number(chance)):
+            if base == self._metric or "acc" not in base.lower():
+                continue  # (a loss reported with its chance level is no accuracy)
+            if not (is_number(value) and is_number(chance)):
                 continue
             chance = float(chance)  # type: ignore[arg-type]
-            if not (math.isfinite(chance) and 0.0 < chance <= 100.0):
-                continue
-            unit = 100.0 if chance > 1.0 else 1.0
-            return float(value) / unit, chance / unit  # type: ignore[arg-type]
+            if math.isfinite(chance) and 0.0 < chance <= 100.0:
+                return float(value), chance  # type: ignore[arg-type]
         return none
 
     def _observe(

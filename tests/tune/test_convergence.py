@@ -954,16 +954,38 @@ def test_growths_match_a_scan_of_the_distances_through_adds_and_restores() -> No
             return math.nan, -math.inf
         return growths[-1], max(growths[:-1], default=-math.inf)
 
+    def check(history: LayerHistory, w: int) -> None:
+        got, expected = history.growths(w), scan(history.distance, w)
+        assert got[1] == expected[1]
+        assert got[0] == expected[0] or (math.isnan(got[0]) and math.isnan(expected[0]))
+
     rng = random.Random(1)
-    for _ in range(200):
+    for case in range(300):
         trial = TrialHistory(layers=["fc"])
+        w = 1 + case % 4  # one window per history, as the scheduler asks (its settle_window)
         for _ in range(rng.randrange(1, 25)):
             if trial.reports and rng.random() < 0.15:
                 trial.truncate(rng.randrange(trial.reports))  # a restore
             init = rng.choice([math.nan, rng.random(), rng.random()])
             trial.add(0.5, {"fc": 0.9}, {"fc": init}, {"fc": 1.0})
-            history: LayerHistory = trial.per_layer["fc"]
-            for w in (3, 3, 2):  # asked twice with the same window, then another
-                got, expected = history.growths(w), scan(history.distance, w)
-                assert got[1] == expected[1]
-                assert got[0] == expected[0] or (math.isnan(got[0]) and math.isnan(expected[0]))
+            if rng.random() < 0.7:  # (not asked at every report: several read at once)
+                check(trial.per_layer["fc"], w)
+        check(trial.per_layer["fc"], w)
+        check(trial.per_layer["fc"], w + 1)  # another window: read afresh
+
+
+def test_an_accuracy_in_percent_is_judged_in_percent_whatever_its_chance_level() -> None:
+    """A hundred classes in percent: a chance level of 1.0 is 1 %, not a fraction of 1."""
+    from ikkuna_tune.tune.convergence import accuracy_at_chance
+
+    def judged(accuracies: list[float], chance: float) -> dict[str, float] | None:
+        trial = TrialHistory()
+        trial.accuracy_chance = chance
+        for i, acc in enumerate(accuracies):
+            trial.add(-59.0 if i == 0 else -4.6, {}, {}, {}, accuracy=acc)
+        return accuracy_at_chance(trial, ConvergenceRules(), 0.02)
+
+    assert judged([1.0, 0.9, 1.3, 1.1], 1.0) == {"accuracy": 1.3, "accuracy_chance": 1.0}
+    assert judged([0.01, 0.009, 0.013, 0.011], 0.01) == {"accuracy": 0.013, "accuracy_chance": 0.01}
+    assert judged([1.0, 5.0, 20.0, 35.0], 1.0) is None  # it learns, in percent
+    assert judged([0.01, 0.05, 0.2, 0.35], 0.01) is None  # as a fraction

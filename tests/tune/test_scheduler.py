@@ -951,7 +951,7 @@ def test_a_loss_steered_trial_whose_accuracy_sits_at_chance_is_stopped_as_an_acc
     assert on_accuracy == {"at": "3", "stuck": "stuck: no progress and no layer moving"}
     on_loss = _loss_sweep("loss", "min")
     assert on_loss == {"at": "3", "stuck": "stuck: accuracy at chance and no layer moving"}
-    # an accuracy in percent, its chance level too (10.0): read as the same fractions
+    # an accuracy in percent, its chance level too (10.0): the same decisions
     assert _loss_sweep("loss", "min", unit=100.0) == on_loss
     # without an accuracy beside the loss nothing tells that the loss's fall is no learning
     assert _loss_sweep("loss", "min", with_accuracy=False) == {}
@@ -2248,3 +2248,20 @@ def test_debug_string_lists_the_latest_unfreeze_of_a_layer_that_trains_again() -
     mine = text.split("  t2:")[0].split("  t1:")[1]
     assert "unfreeze conv1 at report 6" in mine, text
     assert "unfreeze" not in text.split("  t2:")[1]  # listed under its own trial only
+
+
+def test_only_an_accuracy_reported_with_its_chance_level_is_read_beside_a_loss() -> None:
+    """``<key>_chance`` beside a key that names an accuracy; a loss reported with its chance
+    level (ln 10 for ten classes) falls as the trial learns: no accuracy to judge it by."""
+    scheduler, _ = make(metric="val_loss", mode="min")
+    assert scheduler._accuracy_beside({"train_loss": 2.3, "train_loss_chance": 2.3}) == (
+        pytest.approx(math.nan, nan_ok=True),
+        pytest.approx(math.nan, nan_ok=True),
+    )
+    both = {"train_loss": 2.3, "train_loss_chance": 2.3, "test_accuracy": 0.4}
+    both["test_accuracy_chance"] = 0.1
+    assert scheduler._accuracy_beside(both) == (0.4, 0.1)
+    assert scheduler._accuracy_beside({"val_acc": 31.0, "val_acc_chance": 1.0}) == (31.0, 1.0)
+    # steered on an accuracy with its own chance level: nothing is read beside it
+    own, _ = make(metric="acc", mode="max")
+    assert math.isnan(own._accuracy_beside({"acc": 0.5, "acc_chance": 0.1, **both})[0])
