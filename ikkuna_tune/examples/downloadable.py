@@ -13,6 +13,7 @@ import logging
 import math
 import pickle
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ def _read_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == b"\x1f\x8b":
-        return gzip.decompress(data)
+        try:
+            return gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as error:  # truncated, or a bad checksum
+            raise ValueError(
+                f"Expected {path} to be a whole gzip file but it is damaged "
+                f"({type(error).__name__}: {error}); download it again"
+            ) from error
     return data
 
 
@@ -142,8 +149,28 @@ def read_mnist_raw(raw: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tenso
                 f"Expected {len(images)} labels of shape (N,) in {labels_path} but got shape "
                 f"{tuple(labels.shape)}"
             )
+        if labels.dtype != torch.uint8:  # (a float label would be truncated to a class)
+            raise ValueError(f"Expected uint8 labels in {labels_path} but got {labels.dtype}")
+        _check_labels(labels, labels_path)
         splits[split] = (images.unsqueeze(1), labels.long())
+    sizes = {split: tuple(images.shape[2:]) for split, (images, _) in splits.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Expected the train and test images in {raw} of one size but got {sizes}")
     return splits
+
+
+#: The number of classes of the data sets read here (labels 0 to 9).
+CLASSES = 10
+
+
+def _check_labels(labels: torch.Tensor | np.ndarray, path: Path) -> None:
+    """Refuse labels outside 0..CLASSES-1 where the file is read, not at the first loss."""
+    labels = torch.as_tensor(labels)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= CLASSES):
+        raise ValueError(
+            f"Expected labels 0 to {CLASSES - 1} in {path} but got labels from "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
 
 
 # ------------------------------------------------------------------------------- CIFAR-10
@@ -181,15 +208,26 @@ def read_cifar_batches(
         )
     images, labels = [], []
     for name in names:
-        with open(directory / name, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+        path = directory / name
+        with open(path, "rb") as f:
+            try:
+                batch = pickle.load(f, encoding="latin1")
+            except (pickle.UnpicklingError, EOFError, ValueError) as error:
+                raise ValueError(
+                    f"Expected {path} to be a whole CIFAR-10 python batch but it is damaged "
+                    f"({type(error).__name__}: {error}); download it again"
+                ) from error
         try:
-            data = np.asarray(_entry(batch, "data"), dtype=np.uint8)
-            targets = np.asarray(_entry(batch, "labels"), dtype=np.int64)
+            raw = np.asarray(_entry(batch, "data"))
+            targets = np.asarray(_entry(batch, "labels"))
         except (KeyError, TypeError):
-            raise ValueError(
-                f"Expected {directory / name} to hold a dict with 'data' and 'labels'"
-            ) from None
+            raise ValueError(f"Expected {path} to hold a dict with 'data' and 'labels'") from None
+        if raw.dtype != np.uint8:  # (a cast would wrap 300 to 44, or floor scaled pixels)
+            raise ValueError(f"Expected uint8 'data' in {path} but got {raw.dtype}")
+        if targets.dtype.kind not in "iu":
+            raise ValueError(f"Expected integer 'labels' in {path} but got {targets.dtype}")
+        data, targets = raw, targets.astype(np.int64)
+        _check_labels(targets, path)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or targets.shape != (len(data),):
             raise ValueError(
                 f"Expected 'data' of shape (n, 3072) and n 'labels' in {directory / name} but "

