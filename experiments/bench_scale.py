@@ -180,8 +180,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small sizes only (seconds)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("ikkuna_tune").setLevel(logging.ERROR)  # the scheduler's notices
-    if args.quick:
+    library = logging.getLogger("ikkuna_tune")
+    level = library.level
+    library.setLevel(logging.ERROR)  # the scheduler's notices (restored when done)
+    try:
+        return _measure(args.quick)
+    finally:
+        library.setLevel(level)
+
+
+def _measure(quick: bool) -> dict[str, Any]:
+    if quick:
         sched, freeze, sweeps = [(4, 3, 20)], [(20, 20)], [(3, 4, 5)]
     else:
         sched = [(8, 3, 100), (32, 3, 1000), (128, 3, 1000), (32, 200, 100)]

@@ -21,7 +21,6 @@ Examples:
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -113,7 +112,6 @@ def typo_of_builtin_kind(kind: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)  # a probe checks its tag at every pass
 def typo_of_pass_tag(tag: str) -> str | None:
     """The Exporter's tag that ``tag`` looks like a typo of, or ``None``: the same tag in other
     letter case (``'Default'``, ``'EVAL'``), or, for the longer tags, as similar as
@@ -129,6 +127,21 @@ def typo_of_pass_tag(tag: str) -> str | None:
     """
     if tag in PASS_TAGS:
         return None
+    if tag in _TYPOS:  # a probe checks its tag at every pass
+        return _TYPOS[tag]
+    answer = _typo_of(tag)
+    if len(_TYPOS) < 256:
+        _TYPOS[tag] = answer
+    return answer
+
+
+#: :func:`typo_of_pass_tag`'s answers so far (a plain dict: torch.compile traces a probe's
+#: check of its tag, and warns about a functools cache)
+_TYPOS: dict[str, str | None] = {}
+
+
+def _typo_of(tag: str) -> str | None:
+    """:func:`typo_of_pass_tag`, worked out."""
     for known in sorted(PASS_TAGS):
         if tag.lower() == known:
             return known
