@@ -242,7 +242,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("ikkuna_tune").setLevel(logging.ERROR)
+    library = logging.getLogger("ikkuna_tune")
+    level = library.level
+    library.setLevel(logging.ERROR)  # (restored when done: a caller's logging stays its own)
+    try:
+        return _run(args)
+    finally:
+        library.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ikkuna_tune.tune.convergence import ConvergenceRules
