@@ -115,6 +115,41 @@ def _find_mnist_file(raw: Path, name: str) -> Path | None:
     return None
 
 
+#: How many of a directory's entries a missing-file error names.
+_SHOWN = 8
+
+
+def _found_in(directory: Path) -> str:
+    """What ``directory`` holds, for an error about files missing there: whether it exists,
+    and its first :data:`_SHOWN` entries by name (sub-directories with a trailing ``/``).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     print(_found_in(Path(d)))
+        ...     _ = Path(d, "train-images-idx3-ubyte.zip").write_bytes(b"")
+        ...     Path(d, "extracted").mkdir()
+        ...     print(_found_in(Path(d)))
+        it is empty
+        it holds extracted/, train-images-idx3-ubyte.zip
+        >>> print(_found_in(Path("/no/such/directory")))
+        it does not exist
+    """
+    if not directory.exists():
+        return "it does not exist"
+    if not directory.is_dir():
+        return "it is a file, not a directory"
+    try:
+        entries = sorted(directory.iterdir(), key=lambda e: e.name)
+    except OSError as error:
+        return f"it cannot be listed ({error.strerror or error})"
+    if not entries:
+        return "it is empty"
+    names = [f"{e.name}/" if e.is_dir() else e.name for e in entries[:_SHOWN]]
+    more = len(entries) - len(names)
+    return f"it holds {', '.join(names)}" + (f" and {more} more" if more else "")
+
+
 def read_mnist_raw(raw: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The four MNIST-format IDX files in ``raw`` (plain or ``.gz``) as uint8 images
     ``(N, 1, H, W)`` and int64 labels ``(N,)``, by split (``'train'``, ``'test'``).
@@ -132,7 +167,8 @@ def read_mnist_raw(raw: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tenso
     ]
     if missing:
         raise FileNotFoundError(
-            f"Expected the MNIST-format files {', '.join(missing)} (or their .gz) in {raw}"
+            f"Expected the MNIST-format files {', '.join(missing)} (or their .gz) in {raw} "
+            f"but {_found_in(raw)}"
         )
     splits = {}
     for split, (images_name, labels_name) in _MNIST_FILES.items():
@@ -204,7 +240,8 @@ def read_cifar_batches(
     missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"Expected the CIFAR-10 batches {', '.join(missing)} in {directory}"
+            f"Expected the CIFAR-10 batches {', '.join(missing)} in {directory} "
+            f"but {_found_in(directory)}"
         )
     images, labels = [], []
     for name in names:

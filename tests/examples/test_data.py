@@ -316,6 +316,26 @@ def test_missing_files_say_where_and_how(tmp_path: Path, name: str, where: str) 
     message = str(info.value)
     assert str(tmp_path / where) in message
     assert "download=True" in message and "pip install torchvision" in message
+    assert "but it does not exist" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")],
+)
+def test_missing_files_say_what_was_found(tmp_path: Path, name: str, where: str) -> None:
+    """A download left zipped, or unpacked one level too deep, is named in the error."""
+    directory = tmp_path / where
+    directory.mkdir(parents=True)
+    (directory / "archive.zip").write_bytes(b"")
+    (directory / "nested").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        load_torchvision(name, tmp_path)
+    assert "but it holds archive.zip, nested/." in str(info.value)
+    for i in range(10):
+        (directory / f"extra{i}").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"holds archive\.zip, .* and 4 more\."):
+        load_torchvision(name, tmp_path)
 
 
 def test_download_without_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
