@@ -952,14 +952,25 @@ class Exporter(StepHooks, LayerFreezing):
         )
 
     def epoch_finished(self) -> None:
-        """End the current epoch: publish ``batch_finished`` if pending, then ``epoch_finished``.
+        """End the current epoch: publish ``batch_finished`` if a step is pending, then
+        ``epoch_finished``.
+
+        A gradient accumulation under way (training passes made, no optimizer stepped yet) is
+        not ended: the passes before one optimizer step are one step, also when an epoch ends
+        among them (accumulation counted across epochs), so the step goes on into the next
+        epoch and ends there, where its optimizer steps; it is that epoch's first step
+        (``train_step`` 0), and its ``train_steps`` and train accuracy count there (its step
+        time is not measured). A training loop that drops an epoch's last passes
+        (``zero_grad()`` as the next epoch starts) makes them a step of their own, without an
+        update, ended by the next epoch's first pass.
 
         A call with no training step since the last one is ignored, with a warning: the
         epoch-end subscribers would measure the same weights again (SVCCA would find every
         layer unchanged, which reads as converged). A first call before any step (a baseline
         before training) counts.
         """
-        self._finish_step()
+        if not self._accumulating():
+            self._finish_step()
         if self._epoch_ended and not self._epoch_open:
             if not self._warned_empty_epoch:
                 self._warned_empty_epoch = True

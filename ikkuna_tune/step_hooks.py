@@ -385,6 +385,8 @@ class StepHooks:
             self._judge_unwatched()
         if self._opens_step() or not self.optimizers:
             self._start_step(upcoming=True)
+        elif not self._epoch_open:  # an accumulation step carried over an epoch's end
+            self._go_on_in_new_epoch(upcoming=True)
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
 
@@ -393,6 +395,44 @@ class StepHooks:
         optimizer stepped belongs to the open step (gradient accumulation), unless the scaler
         has been updated since (then the step was skipped)."""
         return not self._step_open or bool(self._stepped) or self._scaled()
+
+    def _accumulating(self) -> bool:
+        """Whether the open step is a gradient accumulation under way: training passes made,
+        no optimizer stepped yet (nor the scaler skipped the step), and gradients held for the
+        step to come (a forward pass alone, with no gradient, is a step of its own). An epoch
+        that ends now leaves it open: the passes before one optimizer step are one step,
+        whichever epoch they fall in (:meth:`Exporter.epoch_finished`). A Python check per
+        parameter, once an epoch; no value is read."""
+        return (
+            bool(self.optimizers)
+            and self._step_open
+            and not self._stepped
+            and not self._scaled()
+            and self._holds_gradients()
+        )
+
+    def _holds_gradients(self) -> bool:
+        """Whether a parameter of the watched optimizers has a gradient (zeroed in place,
+        ``set_to_none=False``, counts: telling it apart would read values)."""
+        params = (p for opt in self.optimizers for g in opt.param_groups for p in g["params"])
+        return any(p.grad is not None for p in params)
+
+    def _go_on_in_new_epoch(self, upcoming: bool = False) -> None:
+        """A training pass in the epoch after one that ended during a gradient accumulation
+        (:meth:`_accumulating`): the accumulation goes on, as that epoch's first step, unless
+        its gradients were cleared since (``zero_grad()`` at the epoch's start: the training
+        loop dropped the passes before the epoch's end, which then were a step of their own,
+        without an update). Looked at once an epoch (:meth:`_holds_gradients`)."""
+        if self._holds_gradients():
+            self._open_epoch()
+        else:
+            self._start_step(upcoming)
+
+    def _open_epoch(self) -> None:
+        """Open the next epoch: its ``train_step`` counts from 0, ``epoch_started`` published."""
+        self._epoch_open = True
+        self.train_step = 0
+        self._publish_meta("epoch_started")
 
     def _start_step(self, upcoming: bool = False) -> None:
         """Open the next training step and publish its weights (``upcoming``: called before the
@@ -419,9 +459,7 @@ class StepHooks:
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
         if not self._epoch_open:
-            self._epoch_open = True
-            self.train_step = 0
-            self._publish_meta("epoch_started")
+            self._open_epoch()
         self._publish_meta("batch_started")
         for kind in self._want_params:
             entries = self._role_layers[PARAM_KINDS[kind]]
@@ -628,6 +666,8 @@ class StepHooks:
                 # (with optimizers that step in turn, as a GAN's do, parts are called between
                 # their steps: the step goes on until the last one stepped)
                 self._start_step()
+            elif tag == DEFAULT_TAG and not self._epoch_open:
+                self._go_on_in_new_epoch()  # an accumulation step carried over an epoch's end
         if not isinstance(output, torch.Tensor):
             output = layer_tensor(named, output)
         if output.is_nested:
@@ -858,6 +898,8 @@ class StepHooks:
                     EVAL_TAG,
                 )
             self._start_step()
+        elif not self._epoch_open:
+            self._open_epoch()  # an accumulation step carried over an epoch's end
         self._stepping += 1
         self._watched_steps += 1
         if len(optimizer.param_groups) != self._group_counts[index]:  # add_param_group

@@ -101,7 +101,8 @@ class TrainAccuracySubscriber(PlotSubscriber):
     count has accuracy 0; samples whose scores hold a NaN are never correct, and a batch of
     nothing else has accuracy NaN. A step of several forward passes before one optimizer step
     (gradient accumulation) is one batch: each of its passes publishes the accuracy over all of
-    the step's passes so far, so the last (what a report takes) is that of the whole step.
+    the step's passes so far, so the last (what a report takes) is that of the whole step (of
+    its passes so far, where an epoch ends among them: see :meth:`Exporter.epoch_finished`).
     With ``tag=None``, each tag is counted on its own: the passes of an evaluation under its
     own tag (which carry the last training step's number) give the accuracy over all of them,
     without that step's training samples.

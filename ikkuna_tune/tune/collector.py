@@ -239,7 +239,9 @@ def _scalar(data: Any) -> torch.Tensor | float | int | None:
 class StepTimer(Subscriber):
     """Wall-clock seconds per training step (``batch_started`` to ``batch_finished``).
 
-    The first step of a trial (warm-up: allocations, first kernel launches) is not counted.
+    The first step of a trial (warm-up: allocations, first kernel launches) is not counted, nor
+    a step that an epoch's end falls in (a gradient accumulation carried over it: its time
+    would hold the epoch end's evaluations).
 
     Examples:
         >>> bus = MessageBus()
@@ -266,11 +268,17 @@ class StepTimer(Subscriber):
         self.frozen_once = False
         self.unfrozen = (0.0, 0)
         self._step_unfrozen = False
-        super().__init__([Subscription(self, ["batch_started", "batch_finished"])], message_bus)
+        super().__init__(
+            [Subscription(self, ["batch_started", "batch_finished", "epoch_finished"])],
+            message_bus,
+        )
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         now = time.perf_counter()
-        if message_or_bundle.kind == "batch_started":  # type: ignore[union-attr]
+        kind = message_or_bundle.kind  # type: ignore[union-attr]
+        if kind == "epoch_finished":
+            self._started = None  # a step under way at an epoch's end is not timed
+        elif kind == "batch_started":
             self._started = now
             if self._frozen is not None and self._frozen():
                 self.frozen_once = True

@@ -1,0 +1,196 @@
+"""Gradient accumulation counted across epochs: an epoch that ends among the passes of one
+optimizer step does not split that step in two.
+
+The reference is the same loop in plain PyTorch: an accumulation step is every pass until an
+optimizer step, its accuracy the share of those passes' samples predicted right."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ikkuna_tune as ik
+from ikkuna_tune.bus import MessageBus
+from ikkuna_tune.tune.collector import StepTimer
+
+K, BATCH, BATCHES, EPOCHS = 3, 4, 10, 3  # 10 passes an epoch: a step straddles each epoch end
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCHES * BATCH, 6, generator=g)
+    return x, torch.randint(0, 3, (len(x),), generator=g)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    end_epoch: Callable[[int], None],
+    zero_at_epoch_start: bool = False,
+) -> None:
+    """K passes per optimizer step, counted over the whole run (or, with
+    ``zero_at_epoch_start``, each epoch's passes after its last step dropped)."""
+    x, y = _data()
+    passes = 0
+    for epoch in range(EPOCHS):
+        if zero_at_epoch_start:
+            opt.zero_grad()
+            passes = 0
+        for i in range(BATCHES):
+            rows = slice(i * BATCH, (i + 1) * BATCH)
+            (loss_fn(model(x[rows]), y[rows]) / K).backward()
+            passes += 1
+            if passes % K == 0:
+                opt.step()
+                opt.zero_grad()
+        end_epoch(epoch)
+
+
+def _reference(zero_at_epoch_start: bool = False) -> tuple[list[float], list[list[float]]]:
+    """Per step, the accuracy over its passes, and the weight gradient of the last layer it
+    stepped with; a step is the passes up to an optimizer step (or, with
+    ``zero_at_epoch_start``, an epoch's dropped passes, which are a step of their own)."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    counts = [0, 0]
+    accuracies: list[float] = []
+    gradients: list[list[float]] = []
+
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        counts[0] += int((output.argmax(1) == target).sum())
+        counts[1] += len(target)
+        return F.cross_entropy(output, target)
+
+    def close_step() -> None:
+        accuracies.append(counts[0] / counts[1])
+        counts[:] = [0, 0]
+
+    def on_step(*_: object) -> None:
+        gradients.append(model[2].weight.grad.flatten().tolist())
+        close_step()
+
+    opt.register_step_pre_hook(on_step)
+
+    def end_epoch(_: int) -> None:
+        if zero_at_epoch_start and counts[1]:
+            close_step()  # the dropped passes
+
+    _train(model, opt, loss_fn, end_epoch, zero_at_epoch_start)
+    return accuracies, gradients
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["carried", "dropped"])
+def test_a_step_straddling_an_epoch_end_is_one_step(dropped: bool) -> None:
+    accuracies, gradients = _reference(dropped)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    got: dict[str, list[tuple[int, int, int, object]]] = {}
+
+    def keep(message: ik.messages.Message) -> None:
+        data = message.data.detach().clone() if isinstance(message.data, torch.Tensor) else None
+        if message.kind != "weight_gradients" or message.key == "2":  # the last layer's
+            at = (message.global_step, message.train_step, message.epoch, data)
+            got.setdefault(message.kind, []).append(at)
+
+    kinds = ["train_accuracy", "weight_gradients", "batch_finished", "epoch_started"]
+    ik.CallbackSubscriber(kinds, keep, bus)
+    exporter = ik.Exporter(model, opt, bus)
+    _train(
+        model,
+        opt,
+        exporter.wrap_loss(F.cross_entropy),
+        lambda _: exporter.epoch_finished(),
+        dropped,
+    )
+    exporter.close()
+    # a step's last published accuracy is that over all of its passes
+    last = {step: float(data) for step, _, _, data in got["train_accuracy"]}
+    assert sorted(last) == list(range(len(accuracies)))
+    assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
+    steps_with_update = [step for step, *_ in got["weight_gradients"]]
+    published = [data.flatten().tolist() for *_, data in got["weight_gradients"]]
+    assert len(published) == len(gradients)
+    for mine, theirs in zip(published, gradients):
+        assert mine == pytest.approx(theirs, abs=1e-6)
+    finished = [step for step, *_ in got["batch_finished"]]
+    assert finished == sorted(set(finished)) == list(range(len(accuracies)))
+    if not dropped:
+        # 30 passes, 10 optimizer steps, each one step: steps 3 and 6 straddle the epoch ends
+        assert len(accuracies) == 10 and steps_with_update == list(range(10))
+    else:
+        # each epoch: 3 steps, then its last pass, dropped at the next epoch's start (a step
+        # without an update); the last epoch's is ended by close()
+        assert len(accuracies) == 12 and steps_with_update == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    # each epoch opens once, and a carried step is its epoch's first (train_step 0)
+    assert [(step, epoch) for step, _, epoch, _ in got["epoch_started"]] == (
+        [(0, 0), (3, 1), (6, 2)] if not dropped else [(0, 0), (4, 1), (8, 2)]
+    )
+    if not dropped:
+        by_step = {
+            step: (train_step, epoch) for step, train_step, epoch, _ in got["batch_finished"]
+        }
+        assert by_step[3] == (0, 1) and by_step[6] == (0, 2) and by_step[4] == (1, 1)
+
+
+def test_reports_count_a_carried_step_where_it_ends() -> None:
+    """``train_steps`` per report counts the optimizer steps that ended in the epoch; a test
+    evaluation every third step follows every third optimizer step."""
+    x, y = _data()
+    test = TensorDataset(x[:20], y[:20])
+    optimizer_steps = [0]
+    evaluated_after: list[int] = []
+
+    def trainable(config: dict) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+        opt.register_step_post_hook(
+            lambda *_: optimizer_steps.__setitem__(0, optimizer_steps[0] + 1)
+        )
+        exporter = ik.watch(model, optimizer=opt)
+        ik.CallbackSubscriber(
+            ["test_accuracy"],
+            lambda _: evaluated_after.append(optimizer_steps[0]),
+            exporter.message_bus,
+        )
+
+        def end_epoch(epoch: int) -> None:
+            exporter.epoch_finished()
+            ik.report({"epoch": epoch})
+
+        _train(model, opt, exporter.wrap_loss(F.cross_entropy), end_epoch)
+
+    subscribers = [
+        ik.TrainAccuracySubscriber(backend=None),
+        ik.TestAccuracySubscriber(test, batch_size=20, frequency=3, backend=None),
+    ]
+    ik.instrument(trainable, subscribers)({})
+    reports = ik.local_results()
+    # optimizer steps 1-3 end in epoch 0, 4-6 in epoch 1 (the 4th began in epoch 0), 7-10 in 2
+    assert [r["train_steps"] for r in reports] == [3, 3, 4]
+    assert evaluated_after == [3, 6, 9]
+
+
+def test_step_timer_leaves_out_a_step_an_epoch_end_falls_in() -> None:
+    bus = MessageBus()
+    timer = StepTimer(bus)
+    at = {"train_step": 0, "epoch": 0}
+    for step in range(3):  # the first is warm-up
+        bus.publish_network_message("batch_started", global_step=step, **at)
+        bus.publish_network_message("batch_finished", global_step=step, **at)
+    bus.publish_network_message("batch_started", global_step=3, **at)
+    bus.publish_network_message("epoch_finished", global_step=3, **at)  # its evaluations
+    bus.publish_network_message("batch_finished", global_step=3, **at)
+    assert timer.steps == 2
