@@ -36,7 +36,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   chance alone, with no other trial to compare it with: a late starter sits there as long as
   a stuck one (recurrent nets at chance for 4 to 8 of 12 epochs ended as their sweep's best
   or among its top 3). And a trial that cannot reach the
-  ``protect_top``-th best value already reached by other trials, even improving at
+  ``protect_top``-th best value where the other trials stand (each at its latest value: a
+  trial that peaked and collapsed is no bar, whether the sweep ranks trials by their best
+  or by their last value; the scheduler leaves trials stopped as diverged out), even improving at
   ``optimism`` times its best recent rate from its best over its recent reports until the
   budget ends (a trial flat where it started has no rate: the stuck rules judge it), whose
   recent best is further from it than twice its noise (:func:`noise_band`,
@@ -317,6 +319,11 @@ class MetricSeries(list[float]):
             derived["best"] = bests
         return bests[len(self) if reports is None else max(0, min(reports, len(self)))]
 
+    def last_finite(self) -> float | None:
+        """The latest finite value; None if there is none."""
+        finite = self.finite()
+        return finite[-1] if finite else None
+
     def held_after(self, reports: int | None, window: int) -> float | None:
         """:func:`held_level` of the first ``reports`` reports (all if None)."""
         derived = self._derived()
@@ -394,6 +401,17 @@ def _best_after(series: list[float], reports: int | None = None) -> float:
         return series.best_after(reports)
     values = series if reports is None else series[:reports]
     return max((m for m in values if math.isfinite(m)), default=-math.inf)
+
+
+def _last_finite(series: list[float]) -> float | None:
+    """The latest finite value of ``series``; None if there is none.
+
+    >>> _last_finite([0.2, 0.63, 0.07, float("nan")]), _last_finite([float("nan")])
+    (0.07, None)
+    """
+    if isinstance(series, MetricSeries):
+        return series.last_finite()
+    return next((m for m in reversed(series) if math.isfinite(m)), None)
 
 
 def _first_finite(series: list[float]) -> float:
@@ -1430,7 +1448,13 @@ def _cannot_reach(
     progress = best - first
     stalled = math.isfinite(progress) and progress < rules.stall_delta - _tolerance(first, best)
     so_far = sorted(others_best_so_far_values(others, it), reverse=True)
-    target = sorted(others_best, reverse=True)[rules.protect_top - 1]
+    # the bar: the protect_top-th best of where the others stand now, each at its latest
+    # value (its best so far while it climbs): a trial that peaked and collapsed (0.63, then
+    # dead at 0.07) is no bar, whether the sweep ranks trials by their best value or by
+    # their last (Tune's default scope): a third-best trial at 0.2 was stopped as unable to
+    # reach the collapsed trial's peak
+    standing = [s for s in (_last_finite(series) for series in others) if s is not None]
+    target = sorted(standing, reverse=True)[rules.protect_top - 1]
     # a trial that has not yet started to learn has no rate to extrapolate: a late start
     # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
     # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,

@@ -171,8 +171,9 @@ class SVCCAScheduler(FIFOScheduler):
        ``MaximumIterationStopper``), after ``stall_share`` of it: a trial that made no
        progress and is more than ``stall_delta`` behind the ``protect_top``-th best level
        other trials held after as many reports (stuck while its layers still drift); and a
-       trial that cannot reach the ``protect_top``-th best value other trials already reached
-       even at ``optimism`` times its best recent rate of improvement, judged so at two of its
+       trial that cannot reach the ``protect_top``-th best value where the other trials stand
+       (each at its latest value; a trial that collapsed, or was stopped as diverged, is no
+       bar) even at ``optimism`` times its best recent rate of improvement, judged so at two of its
        values in a row (once it has a rate: a trial that has not yet gained a tenth of its way
        to that value waits for ``stall_share`` of the budget, one flat where it started is
        left to the stuck rules, and the gains of one whose latest gain is its largest yet are
@@ -765,7 +766,14 @@ class SVCCAScheduler(FIFOScheduler):
             and (nonfinite is None or nonfinite[0].startswith(f"{self.similarity_key}/"))
         )
         if self.stop:
-            others = [v.history.metric for t, v in self._views.items() if t != trial_id]
+            # a trial stopped as diverged is measured against no more (its metric ends
+            # non-finite: a sweep ranked by last values leaves it out, one ranked by best
+            # values holds it at its best before it diverged; neither makes it a bar)
+            others = [
+                v.history.metric
+                for t, v in self._views.items()
+                if t != trial_id and not (v.stopped and v.stopped.rule.startswith("diverged"))
+            ]
             # the metric at this report, where the history does not hold it (not measured)
             latest = None if measured else self._signed(result.get(self._metric or ""))
             diverged = divergence(

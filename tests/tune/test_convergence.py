@@ -411,6 +411,28 @@ def test_a_late_starter_is_not_extrapolated_from_its_flat_start() -> None:
     assert stop.values["reachable"] == pytest.approx(0.526)
 
 
+def test_a_collapsed_trials_peak_is_no_bar_to_reach() -> None:
+    """A held-out sweep: lr 0.3 peaked at 0.63 and collapsed to 0.07 (stopped, a dead layer);
+    lr 0.01 rose slowly to 0.2 and ended third by last value, FIFO's top 3 as Tune ranks by
+    default. Measured against the collapsed trial's peak it was stopped as unable to reach
+    the top 3; measured against where each other trial stands (its latest value), the third
+    best is a trial at chance, which it has passed."""
+    slow = [0.09, 0.1, 0.11, 0.12, 0.13, 0.135]
+    collapsed = [0.2, 0.45, 0.63, 0.5, 0.07, 0.071]
+    others = [[0.5, 0.8, 0.97], [0.3, 0.45, 0.552], collapsed, [0.098] * 6, [0.099] * 6]
+    assert _cannot_reach(_drifting(slow), RULES, others, budget=12) is None
+    # the same peak, held to the end, is a bar: at 3x its best recent gain (0.01 a report)
+    # the slow trial reaches 0.135 + 3 * 0.06 = 0.315, short of the third best, 0.552
+    held = [0.2, 0.45, 0.63, 0.63, 0.62, 0.63]
+    stop = _cannot_reach(_drifting(slow), RULES, [*others[:2], held, *others[3:]], budget=12)
+    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop.values["target"] == 0.552  # the third best of where they stand
+    assert stop.values["reachable"] == pytest.approx(0.315)
+    # a trial measured at some reports only stands at its latest measured value
+    sparse = [0.2, math.nan, 0.63, math.nan, 0.07, math.nan]
+    assert _cannot_reach(_drifting(slow), RULES, [*others[:2], sparse, *others[3:]], 12) is None
+
+
 def test_a_loss_flat_at_its_start_is_not_judged_on_its_first_small_gains() -> None:
     """A CNN's validation loss (mode 'min': the rules see it negated) sits near log(10) for
     three epochs, then falls to 0.24, FIFO's second best: a gain under a tenth of its way to
@@ -481,9 +503,9 @@ def test_a_good_trial_in_a_noisy_dip_or_on_a_plateau_near_the_top_is_not_stopped
     stop = stop_verdict(_drifting(behind), RULES, others, budget=20)
     assert stop is not None and stop.rule == "cannot reach the top 3"
     gap = stop.values["target"] - stop.values["best"]
-    assert stop.values["target"] == 0.919  # the third best of the others
+    assert stop.values["target"] == 0.914  # the third best of the others' latest values
     assert gap > stop.values["margin"]
-    assert stop.values["margin"] == pytest.approx(RULES.reach_within)  # < 0.25 * (0.919 - 0.61)
+    assert stop.values["margin"] == pytest.approx(RULES.reach_within)  # < 0.25 * (0.914 - 0.61)
 
 
 def test_among_best_reads_the_noise_of_the_last_half_of_the_reports() -> None:
@@ -751,11 +773,15 @@ def test_cannot_reach_is_a_verdict_of_two_reports_in_a_row() -> None:
     assert _cannot_reach(_drifting(first), RULES, others, budget=8) is None
     assert stop_verdict(_drifting(first), RULES, others, budget=8) is None
     assert stop_verdict(_drifting([*first, 0.3064]), RULES, others, budget=8) is None
-    # the same dip, and no gain after it: stopped at the next report (both read "cannot")
+    # the same dip, and no gain after it: the first reading at report 5 (at report 4 it could
+    # still reach the target, 0.2458 + 3 * 0.0404 * 4 = 0.7306: the third best of where the
+    # others stand, the first of them having fallen from 0.7374 to 0.0707), the verdict at 6
     flat = [*late[:4], 0.17]
-    stop = stop_verdict(_drifting(flat), RULES, others, budget=8)
-    assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 5
-    assert stop.values["target"] == 0.7374
+    assert _cannot_reach(_drifting(flat), RULES, others, budget=8) is not None
+    assert stop_verdict(_drifting(flat), RULES, others, budget=8) is None
+    stop = stop_verdict(_drifting([*flat, 0.17]), RULES, others, budget=8)
+    assert stop is not None and stop.rule == "cannot reach the top 3" and stop.iteration == 6
+    assert stop.values["target"] == 0.7306
 
 
 def test_a_noisy_trial_within_its_noise_of_the_top_is_not_stopped_as_behind() -> None:

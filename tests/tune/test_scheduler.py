@@ -772,6 +772,35 @@ def test_a_trial_behind_the_top_three_is_stopped_when_the_budget_is_known() -> N
             assert scheduler.on_trial_result(None, t, moving(it, acc)) == CONTINUE
 
 
+def test_a_trial_stopped_as_diverged_is_no_bar_for_the_others() -> None:
+    """A trial that learned to 0.63 and then diverged (NaN) is stopped; a sweep ranked by last
+    values leaves it out and one ranked by best values holds it at 0.63, so a slow trial at
+    0.2 is not stopped for being unable to reach it: the third best of the others is then a
+    trial at chance."""
+    scheduler, _ = make(max_t=16, grace=2)
+    trials = [FakeTrial(f"t{i}") for i in range(5)]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 0.9)
+
+    def moving(it: int, acc: float) -> dict[str, Any]:
+        return result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
+
+    for it, acc in enumerate([0.3, 0.5, 0.63], 1):
+        assert scheduler.on_trial_result(None, trials[0], moving(it, acc)) == CONTINUE
+    assert scheduler.on_trial_result(None, trials[0], moving(4, math.nan)) == STOP
+    assert scheduler.stopped_trials == {"t0": "diverged: non-finite value"}
+    for it in range(1, 7):
+        for t, acc in zip(trials[1:4], (0.97, 0.552, 0.098)):
+            scheduler.on_trial_result(None, t, moving(it, acc))
+    slow = [0.09, 0.1, 0.12, 0.13, 0.15, 0.155, 0.16, 0.165, 0.17]  # + 3 * 0.005 a report
+    decisions = [
+        scheduler.on_trial_result(None, trials[4], moving(it, acc))
+        for it, acc in enumerate(slow, 1)
+    ]
+    assert STOP not in decisions and "t4" not in scheduler.stopped_trials
+
+
 def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
     """``stop=MaximumIterationStopper(10)`` (alone, or with others in a CombinedStopper) is the
     same budget as ``stop={"training_iteration": 10}``: the trial behind is judged from report
