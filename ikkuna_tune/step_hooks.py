@@ -396,6 +396,12 @@ class StepHooks:
         has been updated since (then the step was skipped)."""
         return not self._step_open or bool(self._stepped) or self._scaled()
 
+    @property
+    def accumulating(self) -> bool:
+        """Whether a gradient accumulation is under way: training passes made, no optimizer
+        stepped yet and gradients held (see :meth:`_accumulating`)."""
+        return self._accumulating()
+
     def _accumulating(self) -> bool:
         """Whether the open step is a gradient accumulation under way: training passes made,
         no optimizer stepped yet (nor the scaler skipped the step), and gradients held for the

@@ -307,8 +307,9 @@ class TrialSession:
         #: the share of the parameters frozen at each training step since the last report
         #: (summed, steps): a report's frozen_fraction is their mean over its iteration
         self._frozen_shares = (0.0, 0)
-        #: the share of the step under way, counted when it ends (None: no step under way)
-        self._step_share: float | None = None
+        #: the share of the latest step started (a gradient accumulation under way at a
+        #: report counts in the next: see :meth:`report`)
+        self._step_share = 0.0
         #: the share per set of frozen layers, counted afresh where the parameters that train
         #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
         self._share_of: dict[tuple[str, ...], float] = {}
@@ -482,7 +483,6 @@ class TrialSession:
             # it (a test evaluation every k steps is no part of a training step)
             self.timer = StepTimer(bus, frozen=lambda: bool(exporter.frozen))
             CallbackSubscriber(["batch_started"], self._step_started, bus)
-            CallbackSubscriber(["batch_finished"], self._step_finished, bus)
             for index, subscriber in enumerate(self.subscribers, 1):
                 taken = [kind for kind in subscriber.publications if kind in RESERVED_KEYS]
                 if taken:  # it would be overwritten in every report
@@ -622,6 +622,11 @@ class TrialSession:
         # last report, those frozen now
         total, steps = self._frozen_shares
         self._frozen_shares = (0.0, 0)
+        if steps and exporter.accumulating:
+            # a gradient accumulation under way (an epoch ended among its passes) counts where
+            # it ends, with its optimizer step and its last train accuracy: in the next report
+            total, steps = total - self._step_share, steps - 1
+            self._frozen_shares = (self._step_share, 1)
         merged[keys.FROZEN_FRACTION] = (
             total / steps if steps else exporter.frozen_parameter_fraction()
         )
@@ -820,15 +825,8 @@ class TrialSession:
         if share is None:  # counted once per set of frozen layers and report, not per step
             share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
         self._step_share = share
-
-    def _step_finished(self, message: Any) -> None:
-        """A step counts in the report after it ends (``train_steps``, ``frozen_fraction``),
-        with the frozen share it started with: a gradient accumulation carried over an epoch's
-        end counts in the next epoch, where its optimizer steps and its train accuracy is."""
-        share, self._step_share = self._step_share, None
-        if share is not None:
-            total, steps = self._frozen_shares
-            self._frozen_shares = (total + share, steps + 1)
+        total, steps = self._frozen_shares
+        self._frozen_shares = (total + share, steps + 1)
 
     def _warn_unmeasured(self, outputs: Mapping[str, Any]) -> None:
         """Warn (once a key) that an output of one value was not measured for this report: its
