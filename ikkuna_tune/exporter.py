@@ -445,6 +445,8 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = 0
         self._steps_started = 0
         self._step_open = False
+        self._step_marks = []
+        self._carried = None
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
         self._stepping = 0
@@ -959,17 +961,20 @@ class Exporter(StepHooks, LayerFreezing):
         not ended: the passes before one optimizer step are one step, also when an epoch ends
         among them (accumulation counted across epochs), so the step goes on into the next
         epoch and ends there, where its optimizer steps; it is that epoch's first step
-        (``train_step`` 0), and its ``train_steps`` and train accuracy count there (its step
-        time is not measured). A training loop that drops an epoch's last passes
-        (``zero_grad()`` as the next epoch starts) makes them a step of their own, without an
-        update, ended by the next epoch's first pass.
+        (``train_step`` 0), and its train accuracy is published there (it counts in
+        ``train_steps`` where it began; its step time is not measured). Told by the gradients:
+        a backward pass ran since the step began. A training loop that drops an epoch's last
+        passes (``zero_grad()`` as the next epoch starts, to None or in place) makes them a
+        step of their own, without an update, ended by the next epoch's first pass under the
+        epoch they were in.
 
         A call with no training step since the last one is ignored, with a warning: the
         epoch-end subscribers would measure the same weights again (SVCCA would find every
         layer unchanged, which reads as converged). A first call before any step (a baseline
         before training) counts.
         """
-        if not self._accumulating():
+        carry = self._accumulating()
+        if not carry:
             self._finish_step()
         if self._epoch_ended and not self._epoch_open:
             if not self._warned_empty_epoch:
@@ -984,6 +989,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._check_layers()
         self._publish_meta("epoch_finished")
         self._check_called()  # after the epoch-end probes, which call eval-only layers too
+        if carry:
+            self._carry_over_epoch_end()  # after the epoch end's freezes let their gradients go
         self._epoch_open = False
         self.epoch += 1
         self.message_bus.flush()

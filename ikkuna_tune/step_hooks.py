@@ -10,6 +10,7 @@ taking weight updates into buffers kept per parameter. The public face of it is
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import repeat
@@ -70,6 +71,9 @@ _NETWORK_KEYS: tuple[None] = (None,)
 
 
 logger = logging.getLogger(__name__)
+
+#: a parameter, a weak reference to its gradient (None without one) and that gradient's version
+GradMark = tuple[torch.Tensor, "weakref.ref[torch.Tensor] | None", int]
 
 _autograd_node: Callable[[], object] | None = getattr(torch._C, "_current_autograd_node", None)
 
@@ -185,6 +189,11 @@ class StepHooks:
     _wrapped_losses: int
     _steps_started: int
     _step_open: bool
+    #: the gradients as the open step began (:meth:`_grad_marks`; with optimizers)
+    _step_marks: list[GradMark]
+    #: an accumulation step carried over an epoch's end: its epoch, its number in it and the
+    #: gradients as that epoch ended (None: no step carried)
+    _carried: tuple[int, int, list[GradMark]] | None
     _stepped: set[int]
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
@@ -396,40 +405,70 @@ class StepHooks:
         has been updated since (then the step was skipped)."""
         return not self._step_open or bool(self._stepped) or self._scaled()
 
-    @property
-    def accumulating(self) -> bool:
-        """Whether a gradient accumulation is under way: training passes made, no optimizer
-        stepped yet and gradients held (see :meth:`_accumulating`)."""
-        return self._accumulating()
+    def _grad_marks(self) -> list[GradMark]:
+        """Per parameter group of the watched optimizers, its last parameter that requires
+        grad, with a weak reference to its gradient (None without one) and that gradient's
+        version counter. A backward pass into the group changes them (a new gradient, or one
+        added to in place), and so does ``zero_grad()`` (None, or zeroed in place): comparing
+        marks (:meth:`_grads_changed`) tells whether gradients changed, reading no value. A few
+        Python calls, taken at each step's start."""
+        marks = []
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                param = next((p for p in reversed(group["params"]) if p.requires_grad), None)
+                if param is not None:
+                    grad = param.grad
+                    ref = None if grad is None else weakref.ref(grad)
+                    marks.append((param, ref, 0 if grad is None else grad._version))
+        return marks
+
+    @staticmethod
+    def _grads_changed(marks: list[GradMark]) -> bool:
+        """Whether the gradient of a parameter of ``marks`` (:meth:`_grad_marks`) changed since
+        they were taken; a parameter frozen since (no longer requiring grad: its gradient was
+        let go) is left out."""
+        for param, ref, version in marks:
+            if not param.requires_grad:
+                continue
+            grad = param.grad
+            if ref is None:
+                if grad is not None:
+                    return True
+            elif ref() is None or grad is not ref() or grad._version != version:
+                return True  # (a gradient let go since: freed, or held elsewhere)
+        return False
 
     def _accumulating(self) -> bool:
         """Whether the open step is a gradient accumulation under way: training passes made,
-        no optimizer stepped yet (nor the scaler skipped the step), and gradients held for the
-        step to come (a forward pass alone, with no gradient, is a step of its own). An epoch
-        that ends now leaves it open: the passes before one optimizer step are one step,
-        whichever epoch they fall in (:meth:`Exporter.epoch_finished`). A Python check per
-        parameter, once an epoch; no value is read."""
+        gradients computed since the step began (a backward pass), and no optimizer stepped
+        (nor the scaler skipped the step). An epoch that ends now leaves it open: the passes
+        before one optimizer step are one step, whichever epoch they fall in
+        (:meth:`Exporter.epoch_finished`). A training-mode pass without a backward (a loss
+        logged at the epoch's end, the last step's gradients still held) is a step of its own."""
         return (
             bool(self.optimizers)
             and self._step_open
             and not self._stepped
             and not self._scaled()
-            and self._holds_gradients()
+            and self._grads_changed(self._step_marks)
+            and any(param.grad is not None for param, _, _ in self._step_marks)
         )
 
-    def _holds_gradients(self) -> bool:
-        """Whether a parameter of the watched optimizers has a gradient (zeroed in place,
-        ``set_to_none=False``, counts: telling it apart would read values)."""
-        params = (p for opt in self.optimizers for g in opt.param_groups for p in g["params"])
-        return any(p.grad is not None for p in params)
+    def _carry_over_epoch_end(self) -> None:
+        """Keep the open step, an accumulation under way, across the epoch's end: noted with
+        its epoch and number, in case it ends without going on, and with its gradients as the
+        epoch ended (after the epoch end's freezes), to tell whether the loop cleared them."""
+        self._carried = (self.epoch, self.train_step, self._grad_marks())
 
     def _go_on_in_new_epoch(self, upcoming: bool = False) -> None:
         """A training pass in the epoch after one that ended during a gradient accumulation
-        (:meth:`_accumulating`): the accumulation goes on, as that epoch's first step, unless
-        its gradients were cleared since (``zero_grad()`` at the epoch's start: the training
-        loop dropped the passes before the epoch's end, which then were a step of their own,
-        without an update). Looked at once an epoch (:meth:`_holds_gradients`)."""
-        if self._holds_gradients():
+        (:meth:`_carry_over_epoch_end`): the accumulation goes on, as that epoch's first step,
+        unless its gradients were cleared since (``zero_grad()`` at the epoch's start, in
+        place or to None: the loop dropped the passes before the epoch's end, which then are a
+        step of their own, without an update, ended under the epoch they were in)."""
+        carried = self._carried
+        if carried is not None and not self._grads_changed(carried[2]):
+            self._carried = None
             self._open_epoch()
         else:
             self._start_step(upcoming)
@@ -464,6 +503,8 @@ class StepHooks:
         self._labels_given = self._loss_given = False
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
+        if self.optimizers:
+            self._step_marks = self._grad_marks()
         if not self._epoch_open:
             self._open_epoch()
         self._publish_meta("batch_started")
@@ -477,7 +518,17 @@ class StepHooks:
             if self._scaled() and len(self._stepped) < len(self.optimizers):
                 self._publish_skipped_updates()
             self._step_open = False
-            self._publish_meta("batch_finished")
+            carried, self._carried = self._carried, None
+            if carried is None or self._epoch_open:
+                self._publish_meta("batch_finished")
+                return
+            # a step carried over an epoch's end that ends without going on: in its epoch
+            epoch, train_step = self.epoch, self.train_step
+            self.epoch, self.train_step = carried[0], carried[1]
+            try:
+                self._publish_meta("batch_finished")
+            finally:
+                self.epoch, self.train_step = epoch, train_step
 
     def _warn_no_labels(self) -> None:
         """Warn (once) that a training step went by without labels while a subscriber needs

@@ -37,15 +37,16 @@ def _train(
     opt: torch.optim.Optimizer,
     loss_fn: Callable[..., torch.Tensor],
     end_epoch: Callable[[int], None],
-    zero_at_epoch_start: bool = False,
+    zero_at_epoch_start: str | None = None,
 ) -> None:
     """K passes per optimizer step, counted over the whole run (or, with
-    ``zero_at_epoch_start``, each epoch's passes after its last step dropped)."""
+    ``zero_at_epoch_start``, ``"none"`` or ``"inplace"``, each epoch's passes after its last
+    step dropped by ``zero_grad`` to None or in place)."""
     x, y = _data()
     passes = 0
     for epoch in range(EPOCHS):
         if zero_at_epoch_start:
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=zero_at_epoch_start == "none")
             passes = 0
         for i in range(BATCHES):
             rows = slice(i * BATCH, (i + 1) * BATCH)
@@ -57,7 +58,7 @@ def _train(
         end_epoch(epoch)
 
 
-def _reference(zero_at_epoch_start: bool = False) -> tuple[list[float], list[list[float]]]:
+def _reference(zero_at_epoch_start: str | None = None) -> tuple[list[float], list[list[float]]]:
     """Per step, the accuracy over its passes, and the weight gradient of the last layer it
     stepped with; a step is the passes up to an optimizer step (or, with
     ``zero_at_epoch_start``, an epoch's dropped passes, which are a step of their own)."""
@@ -90,8 +91,8 @@ def _reference(zero_at_epoch_start: bool = False) -> tuple[list[float], list[lis
     return accuracies, gradients
 
 
-@pytest.mark.parametrize("dropped", [False, True], ids=["carried", "dropped"])
-def test_a_step_straddling_an_epoch_end_is_one_step(dropped: bool) -> None:
+@pytest.mark.parametrize("dropped", [None, "none", "inplace"], ids=["carried", "none", "inplace"])
+def test_a_step_straddling_an_epoch_end_is_one_step(dropped: str | None) -> None:
     accuracies, gradients = _reference(dropped)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
@@ -127,13 +128,21 @@ def test_a_step_straddling_an_epoch_end_is_one_step(dropped: bool) -> None:
         assert mine == pytest.approx(theirs, abs=1e-6)
     finished = [step for step, *_ in got["batch_finished"]]
     assert finished == sorted(set(finished)) == list(range(len(accuracies)))
+    # every step ends in an epoch it ran in: a carried step in the next, where it goes on; one
+    # dropped there (or one still carried when the Exporter closes) in its own
+    epochs = [epoch for *_, epoch, _ in got["batch_finished"]]
+    assert max(epochs) == EPOCHS - 1
     if not dropped:
         # 30 passes, 10 optimizer steps, each one step: steps 3 and 6 straddle the epoch ends
         assert len(accuracies) == 10 and steps_with_update == list(range(10))
     else:
         # each epoch: 3 steps, then its last pass, dropped at the next epoch's start (a step
-        # without an update); the last epoch's is ended by close()
+        # without an update, step 3 of its epoch); the last epoch's is ended by close()
         assert len(accuracies) == 12 and steps_with_update == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+        by_step = {
+            step: (train_step, epoch) for step, train_step, epoch, _ in got["batch_finished"]
+        }
+        assert [by_step[s] for s in (3, 7, 11)] == [(3, 0), (3, 1), (3, 2)]
     # each epoch opens once, and a carried step is its epoch's first (train_step 0)
     assert [(step, epoch) for step, _, epoch, _ in got["epoch_started"]] == (
         [(0, 0), (3, 1), (6, 2)] if not dropped else [(0, 0), (4, 1), (8, 2)]
@@ -145,9 +154,10 @@ def test_a_step_straddling_an_epoch_end_is_one_step(dropped: bool) -> None:
         assert by_step[3] == (0, 1) and by_step[6] == (0, 2) and by_step[4] == (1, 1)
 
 
-def test_reports_count_a_carried_step_where_it_ends() -> None:
-    """``train_steps`` per report counts the optimizer steps that ended in the epoch; a test
-    evaluation every third step follows every third optimizer step."""
+def test_reports_count_a_carried_step_once() -> None:
+    """``train_steps`` per report counts the steps begun since the report before (a step
+    carried over an epoch's end counts once, where it began); a test evaluation every third
+    step follows every third optimizer step."""
     x, y = _data()
     test = TensorDataset(x[:20], y[:20])
     optimizer_steps = [0]
@@ -178,9 +188,43 @@ def test_reports_count_a_carried_step_where_it_ends() -> None:
     ]
     ik.instrument(trainable, subscribers)({})
     reports = ik.local_results()
-    # optimizer steps 1-3 end in epoch 0, 4-6 in epoch 1 (the 4th began in epoch 0), 7-10 in 2
-    assert [r["train_steps"] for r in reports] == [3, 3, 4]
+    # steps 1-4 begin in epoch 0 (the 4th ends in epoch 1), 5-7 in epoch 1, 8-10 in epoch 2
+    assert [r["train_steps"] for r in reports] == [4, 3, 3]
     assert evaluated_after == [3, 6, 9]
+
+
+def test_a_pass_without_backward_at_an_epoch_end_is_a_step_of_its_own() -> None:
+    """The usual loop (``zero_grad`` before each backward) leaves the last step's gradients in
+    place; a training-mode pass at the epoch's end that logs a loss, with no backward, is no
+    accumulation: its samples are not added to the next epoch's first step."""
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    accuracy: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: accuracy.__setitem__(m.global_step, float(m.data)), bus
+    )
+    exporter = ik.Exporter(model, opt, bus)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    expected = []
+    for _ in range(2):
+        for i in range(3):
+            rows = slice(i * BATCH, (i + 1) * BATCH)
+            output = model(x[rows])
+            expected.append(float((output.argmax(1) == y[rows]).float().mean()))
+            loss = loss_fn(output, y[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        logged = slice(3 * BATCH, 7 * BATCH)  # 16 samples, a loss logged, no backward
+        output = model(x[logged])
+        expected.append(float((output.argmax(1) == y[logged]).float().mean()))
+        loss_fn(output, y[logged])
+        exporter.epoch_finished()
+    exporter.close()
+    assert [accuracy[s] for s in sorted(accuracy)] == pytest.approx(expected)
 
 
 def test_step_timer_leaves_out_a_step_an_epoch_end_falls_in() -> None:

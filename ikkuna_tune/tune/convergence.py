@@ -1066,6 +1066,7 @@ def stop_verdict(
     nonfinite: tuple[str, float] | None = None,
     earlier: Mapping[str, float] | None = None,
     accuracy_delta: float | None = None,
+    bars: list[list[float]] | None = None,
 ) -> Decision | None:
     """Why to stop the trial now, or None.
 
@@ -1083,6 +1084,9 @@ def stop_verdict(
         accuracy_delta: ``stall_delta`` for the trial's :attr:`TrialHistory.accuracy` (as a
             fraction), to judge a trial steered on a metric without a chance level (a loss) as
             stuck where that accuracy is (:func:`accuracy_at_chance`); None: not judged so.
+        bars: the series "cannot reach the top" takes its bar from (default: ``others``);
+            the scheduler leaves out trials it stopped as diverged, which stay in ``others``
+            for the rules that rank the trial among the rest.
 
     Examples:
         >>> trial = TrialHistory(layers=["fc"])
@@ -1198,7 +1202,8 @@ def stop_verdict(
                 None,
                 {"progress": progress, "best": trial.best(), "target": target},
             )
-    verdict = _cannot_reach(trial, rules, others, budget)
+    bars = others if bars is None else bars
+    verdict = _cannot_reach(trial, rules, others, budget, bars)
     if verdict is not None:
         # only where the reading before the latest value said so too: one value's reading (a
         # dip before a trial speeds up) is no verdict (a late starter, FIFO's third best at
@@ -1214,7 +1219,7 @@ def stop_verdict(
             chance=trial.chance,
             lr_scale=trial.lr_scale[:latest],
         )
-        if _cannot_reach(previous, rules, others, budget) is None:
+        if _cannot_reach(previous, rules, others, budget, bars) is None:
             return None
     return verdict
 
@@ -1433,11 +1438,17 @@ def _stands_among_best(
 
 
 def _cannot_reach(
-    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]], budget: int | None
+    trial: TrialHistory,
+    rules: ConvergenceRules,
+    others: list[list[float]],
+    budget: int | None,
+    bars: list[list[float]] | None = None,
 ) -> Decision | None:
     """The "cannot reach the top ``protect_top``" verdict on the trial as it stands (see
-    :func:`stop_verdict`), or None."""
+    :func:`stop_verdict`), or None. The bar is taken from ``bars`` (default: ``others``);
+    everything else from ``others``."""
     it = trial.reports
+    bars = others if bars is None else bars
     others_best = [b for b in (_best_after(series) for series in others) if b != -math.inf]
     if budget is None or len(others_best) < rules.protect_top or it >= budget:
         return None
@@ -1452,16 +1463,22 @@ def _cannot_reach(
     # value (its best so far while it climbs): a trial that peaked and collapsed (0.63, then
     # dead at 0.07) is no bar, whether the sweep ranks trials by their best value or by
     # their last (Tune's default scope): a third-best trial at 0.2 was stopped as unable to
-    # reach the collapsed trial's peak
-    standing = [s for s in (_last_finite(series) for series in others) if s is not None]
+    # reach the collapsed trial's peak. What protects a trial (whether it has started, how
+    # near the top counts as near) is still measured against the peaks, so that this bar,
+    # never above the peaks' (a latest value is at most a best), stops no trial the peaks'
+    # would have kept
+    standing = [s for s in (_last_finite(series) for series in bars) if s is not None]
+    if len(standing) < rules.protect_top:
+        return None  # (fewer bars than others: those left out diverged)
     target = sorted(standing, reverse=True)[rules.protect_top - 1]
+    peak = sorted(others_best, reverse=True)[rules.protect_top - 1]
     # a trial that has not yet started to learn has no rate to extrapolate: a late start
     # (chance level, or a loss at log(classes), for a few epochs, then learning: recurrent
     # nets, warm-up) looks the same as a stuck one until a share of the budget has passed,
     # and the stuck rules above wait for that share (then judge in the metric's units).
     # Started: it gained stall_delta and STARTED_SHARE of its way from its first value to
-    # the target
-    started = not stalled and progress >= STARTED_SHARE * (target - first)
+    # the peaks' bar
+    started = not stalled and progress >= STARTED_SHARE * (peak - first)
     if not started and it < rules.stall_share * budget:
         return None
     # the last values reported, with the reports between them: a metric reported at some
@@ -1490,13 +1507,13 @@ def _cannot_reach(
     # plateau before a learning-rate drop, read as no rate at all, and the top of the
     # sweep is where its answer lies (how the good trials compare). Close: where it stands
     # now (its best over its recent reports: a trial that fell back is where it fell) is
-    # within twice its noise of the target, or within reach_margin of its way there from
-    # its first value and reach_within of the target
+    # within twice its noise of the target, or within reach_margin of its way to the peaks'
+    # bar from its first value and reach_within of the target
     window = max(rules.settle_window, it // 2) + 1  # reports, not values (sparse metrics)
     level = max((m for i, m in values if i >= it - window), default=values[-1][1])
     near = max(
         min(2 * noise_band(trial, rules), 2 * rules.reach_within),
-        min(rules.reach_margin * (target - first), rules.reach_within),
+        min(rules.reach_margin * (peak - first), rules.reach_within),
     )
     # where the others stood after as many reports (so_far): a trial level with them there
     # follows their course later (trials run a few at a time, each with its learning-rate

@@ -766,13 +766,16 @@ class SVCCAScheduler(FIFOScheduler):
             and (nonfinite is None or nonfinite[0].startswith(f"{self.similarity_key}/"))
         )
         if self.stop:
-            # a trial stopped as diverged is measured against no more (its metric ends
-            # non-finite: a sweep ranked by last values leaves it out, one ranked by best
-            # values holds it at its best before it diverged; neither makes it a bar)
-            others = [
+            views = [v for t, v in self._views.items() if t != trial_id]
+            others = [v.history.metric for v in views]
+            # a trial stopped as diverged is no bar to reach (its metric ends non-finite: a
+            # sweep ranked by last values leaves it out, one ranked by best values holds it at
+            # its best before it diverged); the rules that rank a trial among the others
+            # still count it
+            bars = [
                 v.history.metric
-                for t, v in self._views.items()
-                if t != trial_id and not (v.stopped and v.stopped.rule.startswith("diverged"))
+                for v in views
+                if not (v.stopped and v.stopped.rule.startswith("diverged"))
             ]
             # the metric at this report, where the history does not hold it (not measured)
             latest = None if measured else self._signed(result.get(self._metric or ""))
@@ -817,6 +820,7 @@ class SVCCAScheduler(FIFOScheduler):
                     nonfinite,
                     earlier=phase,
                     accuracy_delta=self.rules.stall_delta,  # (an accuracy: in its own units)
+                    bars=bars,
                 )
             elif nonfinite is not None:
                 verdict = Decision(

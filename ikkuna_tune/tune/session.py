@@ -307,9 +307,6 @@ class TrialSession:
         #: the share of the parameters frozen at each training step since the last report
         #: (summed, steps): a report's frozen_fraction is their mean over its iteration
         self._frozen_shares = (0.0, 0)
-        #: the share of the latest step started (a gradient accumulation under way at a
-        #: report counts in the next: see :meth:`report`)
-        self._step_share = 0.0
         #: the share per set of frozen layers, counted afresh where the parameters that train
         #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
         self._share_of: dict[tuple[str, ...], float] = {}
@@ -622,11 +619,6 @@ class TrialSession:
         # last report, those frozen now
         total, steps = self._frozen_shares
         self._frozen_shares = (0.0, 0)
-        if steps and exporter.accumulating:
-            # a gradient accumulation under way (an epoch ended among its passes) counts where
-            # it ends, with its optimizer step and its last train accuracy: in the next report
-            total, steps = total - self._step_share, steps - 1
-            self._frozen_shares = (self._step_share, 1)
         merged[keys.FROZEN_FRACTION] = (
             total / steps if steps else exporter.frozen_parameter_fraction()
         )
@@ -824,7 +816,6 @@ class TrialSession:
         share = self._share_of.get(frozen)
         if share is None:  # counted once per set of frozen layers and report, not per step
             share = self._share_of[frozen] = exporter.frozen_parameter_fraction()
-        self._step_share = share
         total, steps = self._frozen_shares
         self._frozen_shares = (total + share, steps + 1)
 

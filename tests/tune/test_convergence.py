@@ -433,6 +433,42 @@ def test_a_collapsed_trials_peak_is_no_bar_to_reach() -> None:
     assert _cannot_reach(_drifting(slow), RULES, [*others[:2], sparse, *others[3:]], 12) is None
 
 
+def test_the_bar_of_where_others_stand_never_stops_a_trial_the_peaks_kept() -> None:
+    """Measured against where the others stand (their latest values, at most their peaks),
+    "cannot reach the top 3" stops no trial that measured against their peaks was kept: what
+    protects a trial (whether it has started, how near counts as near) stays measured against
+    the peaks. A lower bar alone made a slow start (0.10 to 0.126, not a tenth of its way to
+    the peaks' 0.6) count as started against collapsed trials' 0.2, and stopped it at report 6
+    where it would have waited for a third of the budget. Checked on random sweeps against the
+    same sweeps with each other trial held at its peak (the bar of the peaks)."""
+    slow = [0.100, 0.125, 0.125, 0.126, 0.126, 0.126]
+    collapsed = [[0.5, 0.9, 0.7, 0.3, 0.2, 0.2], [0.5, 0.8, 0.6, 0.3, 0.2, 0.2]]
+    others = [*collapsed, [0.4, 0.5, 0.6, 0.6, 0.6, 0.6]]
+    assert _cannot_reach(_drifting(slow), RULES, others, budget=20) is None
+    rng = random.Random(0)
+    stopped = 0
+    for _ in range(3000):
+        reports = rng.randint(2, 9)
+
+        def walk(start: float, drift: float, reports: int = reports) -> list[float]:
+            values, v = [], start
+            for _ in range(reports):
+                v = min(1.0, max(0.0, v + rng.gauss(drift, 0.08)))
+                values.append(round(v, 3) if rng.random() > 0.05 else math.nan)
+            return values
+
+        trial = walk(rng.uniform(0.05, 0.5), rng.uniform(-0.02, 0.06))
+        others = [walk(rng.uniform(0.05, 0.6), rng.uniform(-0.1, 0.15)) for _ in range(4)]
+        held = [[*o, max((v for v in o if math.isfinite(v)), default=math.nan)] for o in others]
+        budget = reports + rng.randint(1, 12)
+        now = _cannot_reach(_drifting(trial), RULES, others, budget)
+        if now is not None:
+            stopped += 1
+            at_peaks = _cannot_reach(_drifting(trial), RULES, held, budget)
+            assert at_peaks is not None, (trial, others, budget)
+    assert stopped > 100  # (the check saw many stops)
+
+
 def test_a_loss_flat_at_its_start_is_not_judged_on_its_first_small_gains() -> None:
     """A CNN's validation loss (mode 'min': the rules see it negated) sits near log(10) for
     three epochs, then falls to 0.24, FIFO's second best: a gain under a tenth of its way to

@@ -801,6 +801,33 @@ def test_a_trial_stopped_as_diverged_is_no_bar_for_the_others() -> None:
     assert STOP not in decisions and "t4" not in scheduler.stopped_trials
 
 
+def test_a_trial_stopped_as_diverged_still_counts_among_the_others() -> None:
+    """Left out of the bar to reach, a diverged trial still counts where a trial is ranked
+    among the others: a sweep's leader, flat at 0.5 with still layers while one other trial
+    learns, stays a contender (it needs protect_top others to be ranked among) and runs on."""
+    scheduler, _ = make(max_t=20)
+    t0, t1, t2, lead = (FakeTrial(n) for n in ("t0", "t1", "t2", "lead"))
+    for t in (t0, t1, t2, lead):
+        scheduler.on_trial_add(None, t)
+    sims = dict.fromkeys(LAYERS, 0.9)
+
+    def moving(it: int, acc: float) -> dict[str, Any]:
+        return result(sims, it=it, acc=acc, dist=dict.fromkeys(LAYERS, 0.05 * it))
+
+    for it, acc in enumerate([0.2, 0.25, 0.3], 1):
+        scheduler.on_trial_result(None, t0, moving(it, acc))
+    assert scheduler.on_trial_result(None, t0, moving(4, math.nan)) == STOP
+    for it in range(1, 7):
+        scheduler.on_trial_result(None, t1, moving(it, 0.30 + 0.03 * (it - 1)))
+        scheduler.on_trial_result(None, t2, moving(it, 0.30))
+    still = dict.fromkeys(LAYERS, 0.3)
+    for it in range(1, 7):
+        assert scheduler.on_trial_result(None, lead, result(sims, it=it, acc=0.5, dist=still)) == (
+            CONTINUE
+        )
+    assert scheduler.stopped_trials == {"t0": "diverged: non-finite value"}
+
+
 def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
     """``stop=MaximumIterationStopper(10)`` (alone, or with others in a CombinedStopper) is the
     same budget as ``stop={"training_iteration": 10}``: the trial behind is judged from report
