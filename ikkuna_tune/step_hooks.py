@@ -406,20 +406,21 @@ class StepHooks:
         return not self._step_open or bool(self._stepped) or self._scaled()
 
     def _grad_marks(self) -> list[GradMark]:
-        """Per parameter group of the watched optimizers, its last parameter that requires
-        grad, with a weak reference to its gradient (None without one) and that gradient's
-        version counter. A backward pass into the group changes them (a new gradient, or one
-        added to in place), and so does ``zero_grad()`` (None, or zeroed in place): comparing
-        marks (:meth:`_grads_changed`) tells whether gradients changed, reading no value. A few
-        Python calls, taken at each step's start."""
+        """Per watched optimizer, its last parameter that requires grad (the output side's,
+        as a rule: never frozen by the scheduler, and in every backward pass), with a weak
+        reference to its gradient (None without one) and that gradient's version counter. A
+        backward pass changes them (a new gradient, or one added to in place), and so does
+        ``zero_grad()`` (None, or zeroed in place): comparing marks (:meth:`_grads_changed`)
+        tells whether gradients changed, reading no value. A few Python calls, taken at each
+        step's start."""
         marks = []
         for optimizer in self.optimizers:
-            for group in optimizer.param_groups:
-                param = next((p for p in reversed(group["params"]) if p.requires_grad), None)
-                if param is not None:
-                    grad = param.grad
-                    ref = None if grad is None else weakref.ref(grad)
-                    marks.append((param, ref, 0 if grad is None else grad._version))
+            params = (p for g in reversed(optimizer.param_groups) for p in reversed(g["params"]))
+            param = next((p for p in params if p.requires_grad), None)
+            if param is not None:
+                grad = param.grad
+                ref = None if grad is None else weakref.ref(grad)
+                marks.append((param, ref, 0 if grad is None else grad._version))
         return marks
 
     @staticmethod
