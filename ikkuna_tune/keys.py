@@ -22,6 +22,7 @@ __all__ = [
     "STEP_SECONDS_UNFROZEN",
     "TEST_ACCURACY",
     "TEST_ACCURACY_CHANCE",
+    "TRAINABLE",
     "TRAIN_ACCURACY",
     "TRAIN_REPORT",
     "TRAIN_STEPS",
@@ -47,6 +48,10 @@ TRAIN_ACCURACY = "train_accuracy"
 
 #: 1 for a frozen layer, 0 for a trainable one (per layer).
 FROZEN = "frozen"
+#: 0 for a layer the training code holds fixed (it has parameters and none requires
+#: gradients, and it was not frozen by ikkuna_tune: a fine-tuned backbone's), 1 otherwise (per
+#: layer). SVCCAScheduler freezes past such a layer as past a frozen one.
+TRAINABLE = "trainable"
 #: The fraction of the model's parameters that are frozen.
 FROZEN_FRACTION = "frozen_fraction"
 #: Why the scheduler froze a layer (per layer, text).
@@ -78,6 +83,7 @@ TRAIN_REPORT = "ikkuna_report_name"
 #: The keys :func:`ikkuna_tune.report` adds to every report (a user's metric may not use them).
 RESERVED_KEYS = (
     FROZEN,
+    TRAINABLE,
     FROZEN_FRACTION,
     FREEZE_REASON,
     UNFREEZE_REASON,

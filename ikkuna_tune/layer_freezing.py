@@ -372,6 +372,33 @@ class LayerFreezing:
         for name in frozen:
             self._freeze(name, saved.get(name, {}))
 
+    def held_fixed(self) -> list[str]:
+        """The tracked layers the training code holds fixed: each has parameters and none of
+        them requires gradients, and this Exporter did not freeze it (``requires_grad_(False)``
+        on a fine-tuned backbone). Nothing trains there for a freeze to stop; a rule that
+        freezes layers input side first goes past such a layer as past a frozen one.
+
+        Examples:
+            >>> from torch import nn
+            >>> from ikkuna_tune.exporter import Exporter
+            >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Linear(2, 1))
+            >>> model[0].requires_grad_(False)  # doctest: +ELLIPSIS
+            Linear(...)
+            >>> exporter = Exporter(model, depth=1)
+            >>> exporter.freeze("2")
+            >>> exporter.held_fixed()  # (the ReLU holds no parameter; 2 was frozen here)
+            ['0']
+        """
+        frozen = self._frozen
+        held = []
+        for name, named in self.modules.items():
+            if name in frozen:
+                continue
+            params = list(named.module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                held.append(name)
+        return held
+
     def frozen_parameter_fraction(self) -> float:
         """Fraction of the model's trainable parameters (by count) that frozen layers hold:
         the share of the training work the freezes stop. Trainable are the parameters that

@@ -65,6 +65,9 @@ class ModelAccess(Protocol):
     def leaves_trainable(self, name: str, frozen: Iterable[str] = ()) -> bool:
         """Whether freezing ``name`` (besides ``frozen``) leaves a trainable layer."""
 
+    def held_fixed(self) -> list[str]:
+        """The tracked layers the training code holds fixed (no parameter requires grad)."""
+
     @property
     def layer_order(self) -> list[str]:
         """The tracked layers, input side first, as data flows through them (where known)."""

@@ -626,9 +626,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
                 return False
             return True
 
-        chosen = next_to_freeze(
-            exporter.layer_order, exporter.frozen, settled, exporter.leaves_trainable
-        )
+        # a layer the training code holds fixed is passed over as a frozen one
+        done = {*exporter.frozen, *exporter.held_fixed()}
+        chosen = next_to_freeze(exporter.layer_order, done, settled, exporter.leaves_trainable)
         # a tied weight freezes in every layer holding it: only with all of them
         chosen, cut = tie_closed(chosen, exporter.frozen, exporter.shares_with)
         if cut is not None:

@@ -498,6 +498,10 @@ class TrialHistory:
     per_layer: dict[str, LayerHistory] = field(default_factory=dict)
     frozen: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
+    #: layers the training code holds fixed, as the latest report says (``trainable`` 0:
+    #: parameters, none requiring gradients): nothing to freeze there, and no stop for the
+    #: prefix frozen input side first
+    held: set[str] = field(default_factory=set)
     #: layers ordered frozen that the trial did not freeze, twice: never ordered again
     refused: set[str] = field(default_factory=set)
     #: layers the trial unfroze after a freeze (its learning rate changed), each with the
@@ -1019,7 +1023,7 @@ def freeze_candidates(
             metric_values["metric_gain_longer"] = longer
     if _near_chance(trial, rules):
         return []  # a trial at chance is one to stop, never to freeze
-    done = trial.frozen | trial.pending
+    done = trial.frozen | trial.pending | trial.held
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
     further: dict[str, list[str]] = {}  # further_calls of every layer, in one pass
     for call in trial.per_layer:

@@ -883,6 +883,9 @@ class SVCCAScheduler(FIFOScheduler):
         }
         history.pending -= reported_frozen
         history.frozen = reported_frozen
+        history.held = {
+            name for name in layers if result.get(keys.per_layer(keys.TRAINABLE, name)) == 0
+        }
         raw = result.get("training_iteration")
         if is_number(raw):
             iteration = int(raw)  # type: ignore[arg-type]

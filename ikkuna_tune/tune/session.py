@@ -614,6 +614,8 @@ class TrialSession:
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
         merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
+        held = set(exporter.held_fixed())  # (a pass over the parameters, once a report)
+        merged[keys.TRAINABLE] = {name: int(name not in held) for name in order}
         # the parameters frozen while this iteration trained, step by step (a layer frozen at
         # the epoch's end, before this report, trained in all of it); without a step since the
         # last report, those frozen now

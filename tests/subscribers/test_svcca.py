@@ -302,6 +302,22 @@ def test_freezing_continues_after_layers_frozen_elsewhere() -> None:
     assert exporter.frozen == ("0", "2")
 
 
+def test_a_layer_the_training_code_holds_fixed_is_passed_over_as_frozen() -> None:
+    """A first layer held by ``requires_grad_(False)`` (a fine-tuned backbone) never leaves its
+    initialisation, so it is never settled; nothing trains there, and the converged layers
+    after it freeze as they would after a frozen one. It is not frozen itself."""
+    model = _stack()
+    model[0].requires_grad_(False)
+    _, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(torch.randn(10, 6), 5, message_bus=bus, freeze_at=0.999, backend=None)
+    sub._freeze({"0": 1.0, "2": 1.0, "4": 1.0}, {"0": 0.0, "2": 0.5, "4": 0.5})
+    assert exporter.frozen == ("2",) and exporter.held_fixed() == ["0"]
+    model[0].requires_grad_(True)  # trainable again: its short travel holds the rest back
+    exporter.unfreeze("2")
+    sub._freeze({"0": 1.0, "2": 1.0, "4": 1.0}, {"0": 0.0, "2": 0.5, "4": 0.5})
+    assert exporter.frozen == () and exporter.held_fixed() == []
+
+
 # ---------------------------------------------------------------------------- non-finite
 def test_non_finite_activations_publish_nan_and_training_goes_on(tiny, data, caplog) -> None:
     opt, bus, exporter = _setup(tiny)

@@ -122,7 +122,7 @@ def test_load_holds_every_reported_number(experiment, df) -> None:
         .itertuples(index=False)
     ]
     assert sorted(got, key=str) == sorted(expected, key=str)
-    assert set(compare.metrics(df, per_layer=True)) == {"weight_sum", "frozen"}
+    assert set(compare.metrics(df, per_layer=True)) == {"weight_sum", "frozen", "trainable"}
     assert {"loss", "frozen_fraction", "step_seconds"} <= set(compare.metrics(df, per_layer=False))
     assert compare.layers(df) == LAYERS
     assert compare.config_columns(df) == ["crash_marker", "freeze_at_iteration", "iterations", "lr"]
@@ -363,7 +363,7 @@ def test_cli_compare_unknown_names_are_one_line(experiment, tmp_path, capsys) ->
         "ikkuna-tune compare: error: --metric self_similarity (the default): "
         "Unknown metric 'self_similarity'; "
     )
-    assert "per-layer metrics: frozen, weight_sum;" in err
+    assert "per-layer metrics: frozen, trainable, weight_sum;" in err
     assert main([*argv, "--metric", "weight_sum", "--color-by", "momentum"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

@@ -469,6 +469,20 @@ def test_the_bar_of_where_others_stand_never_stops_a_trial_the_peaks_kept() -> N
     assert stopped > 100  # (the check saw many stops)
 
 
+def test_a_layer_the_training_code_holds_fixed_does_not_stop_the_prefix() -> None:
+    """A fine-tuned backbone's first layer, held by ``requires_grad_(False)``, never moves from
+    its initialisation (distance 0: never settled) and blocked every freeze after it; reported
+    held (``trainable`` 0), it is passed over as a frozen layer and not frozen itself."""
+    reports = [
+        (m, {"first": (1.0, 1.0, 1.0), "middle": (0.999, 0.8, 1.0), "head": (0.999, 0.4, 1.0)})
+        for m in plateau_metric(9)
+    ]
+    trial = history(reports)
+    assert freeze_candidates(trial, RULES) == []
+    trial.held = {"first"}
+    assert [d.layer for d in freeze_candidates(trial, RULES)] == ["middle"]  # not the head
+
+
 def test_a_loss_flat_at_its_start_is_not_judged_on_its_first_small_gains() -> None:
     """A CNN's validation loss (mode 'min': the rules see it negated) sits near log(10) for
     three epochs, then falls to 0.24, FIFO's second best: a gain under a tenth of its way to

@@ -73,6 +73,22 @@ def test_train_steps_counts_the_steps_since_the_report_before() -> None:
     assert [r["train_steps"] for r in _reports()] == [0, 1, 3, 3, 0, 3]
 
 
+def test_trainable_is_0_only_where_the_training_code_holds_a_layer_fixed() -> None:
+    """``trainable/<layer>``: 0 for a layer whose parameters the training code set
+    ``requires_grad_(False)`` (a fine-tuned backbone), 1 for one frozen on the scheduler's order
+    (it would train without the freeze) and for the rest; a layer made trainable again reads
+    1 from the next report on."""
+    trial = _Trial()
+    assert trial.report(1)["trainable"] == {"conv": 1, "fc": 1}
+    trial.model.conv.requires_grad_(False)
+    assert trial.report(1)["trainable"] == {"conv": 0, "fc": 1}
+    trial.model.conv.requires_grad_(True)
+    trial.session.apply([{"freeze": ["conv"], "reasons": {"conv": REASON}}])
+    report = trial.report(1)
+    assert report["trainable"] == {"conv": 1, "fc": 1} and report["frozen"] == {"conv": 1, "fc": 0}
+    trial.session.close()
+
+
 def test_every_report_has_the_first_reports_keys() -> None:
     reports = [_flat(r) for r in _reports()]
     first = set(reports[0])

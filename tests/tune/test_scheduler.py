@@ -828,6 +828,25 @@ def test_a_trial_stopped_as_diverged_still_counts_among_the_others() -> None:
     assert scheduler.stopped_trials == {"t0": "diverged: non-finite value"}
 
 
+def test_a_layer_reported_held_by_the_training_code_is_passed_over() -> None:
+    """``trainable/<layer>`` 0 (the trial holds every parameter of it fixed, so it never leaves
+    its initialisation): the freeze of the settled layers after it is ordered as after a
+    frozen layer; reported trainable, the same still layer holds them back."""
+    accs = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    sims = {"conv1": 1.0, "conv2": 0.995, "fc1": 0.5, "fc2": 0.999}
+    for held in (False, True):
+        scheduler, mailbox = make(freeze_at=0.99, patience=2, settle_window=3, plateau=2)
+        trial = FakeTrial("t1")
+        scheduler.on_trial_add(None, trial)
+        for i, acc in enumerate(accs):
+            out = result(sims, it=i + 1, acc=acc, dist={"conv1": 0.0})
+            out.update({f"trainable/{name}": 1 for name in LAYERS})
+            out["trainable/conv1"] = 0 if held else 1
+            feed(scheduler, trial, [out])
+        posts = [p[1]["freeze"] for p in mailbox.posts]
+        assert posts == ([["conv2"]] if held else []), held
+
+
 def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
     """``stop=MaximumIterationStopper(10)`` (alone, or with others in a CombinedStopper) is the
     same budget as ``stop={"training_iteration": 10}``: the trial behind is judged from report
