@@ -447,6 +447,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._step_open = False
         self._step_marks = []
         self._carried = None
+        self._graded = []
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
         self._stepping = 0

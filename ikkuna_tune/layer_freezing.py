@@ -374,19 +374,23 @@ class LayerFreezing:
 
     def held_fixed(self) -> list[str]:
         """The tracked layers the training code holds fixed: each has parameters and none of
-        them requires gradients, and this Exporter did not freeze it (``requires_grad_(False)``
-        on a fine-tuned backbone). Nothing trains there for a freeze to stop; a rule that
-        freezes layers input side first goes past such a layer as past a frozen one.
+        them requires gradients, holds no floating-point buffer, and this Exporter did not
+        freeze it (``requires_grad_(False)`` on a fine-tuned backbone's convolution). Nothing
+        changes there for a freeze to stop; a rule that freezes layers input side first goes
+        past such a layer as past a frozen one. A layer with buffers (a batch norm's running
+        statistics) is not held: they move in training mode whatever its parameters do, and
+        only a freeze (eval mode) stops them.
 
         Examples:
             >>> from torch import nn
             >>> from ikkuna_tune.exporter import Exporter
-            >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Linear(2, 1))
-            >>> model[0].requires_grad_(False)  # doctest: +ELLIPSIS
-            Linear(...)
+            >>> model = nn.Sequential(
+            ...     nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 1)
+            ... )
+            >>> _ = model[0].requires_grad_(False), model[3].requires_grad_(False)
             >>> exporter = Exporter(model, depth=1)
             >>> exporter.freeze("2")
-            >>> exporter.held_fixed()  # (the ReLU holds no parameter; 2 was frozen here)
+            >>> exporter.held_fixed()  # (ReLU: no parameter; 2: frozen here; 3: running stats)
             ['0']
         """
         frozen = self._frozen
@@ -394,8 +398,11 @@ class LayerFreezing:
         for name, named in self.modules.items():
             if name in frozen:
                 continue
-            params = list(named.module.parameters())
-            if params and not any(p.requires_grad for p in params):
+            module = named.module
+            params = list(module.parameters())
+            if not params or any(p.requires_grad for p in params):
+                continue
+            if not any(b.is_floating_point() for b in module.buffers()):
                 held.append(name)
         return held
 

@@ -117,6 +117,20 @@ def _subtract_into(befores: list[torch.Tensor], afters: list[torch.Tensor]) -> N
             torch._foreach_add_(small_b, small_a)
 
 
+def _last_graded(optimizer: torch.optim.Optimizer, with_grad: bool = False) -> torch.Tensor | None:
+    """``optimizer``'s last parameter that requires grad and has a gradient (None if none has
+    one, with ``with_grad``; else then its last that requires grad)."""
+    fallback = None
+    for group in reversed(optimizer.param_groups):
+        for param in reversed(group["params"]):
+            if param.requires_grad:
+                if param.grad is not None:
+                    return param
+                if fallback is None:
+                    fallback = param
+    return None if with_grad else fallback
+
+
 def _present(
     entries: Sequence[Entry], tensors: Sequence[torch.Tensor | None]
 ) -> tuple[Sequence[Entry], Sequence[torch.Tensor]]:
@@ -194,6 +208,8 @@ class StepHooks:
     #: an accumulation step carried over an epoch's end: its epoch, its number in it and the
     #: gradients as that epoch ended (None: no step carried)
     _carried: tuple[int, int, list[GradMark]] | None
+    #: per watched optimizer, a parameter that had a gradient when it last stepped
+    _graded: list[torch.Tensor | None]
     _stepped: set[int]
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
@@ -406,22 +422,36 @@ class StepHooks:
         return not self._step_open or bool(self._stepped) or self._scaled()
 
     def _grad_marks(self) -> list[GradMark]:
-        """Per watched optimizer, its last parameter that requires grad (the output side's,
-        as a rule: never frozen by the scheduler, and in every backward pass), with a weak
+        """Per watched optimizer, a parameter that receives gradients (the last that had one
+        when the optimizer last stepped, :meth:`_note_graded`; before that, its last parameter
+        that requires grad and has one, else its last that requires grad), with a weak
         reference to its gradient (None without one) and that gradient's version counter. A
         backward pass changes them (a new gradient, or one added to in place), and so does
         ``zero_grad()`` (None, or zeroed in place): comparing marks (:meth:`_grads_changed`)
         tells whether gradients changed, reading no value. A few Python calls, taken at each
         step's start."""
         marks = []
-        for optimizer in self.optimizers:
-            params = (p for g in reversed(optimizer.param_groups) for p in reversed(g["params"]))
-            param = next((p for p in params if p.requires_grad), None)
+        graded = self._graded
+        for index, optimizer in enumerate(self.optimizers):
+            param = graded[index] if index < len(graded) else None
+            if param is None or not param.requires_grad:
+                param = _last_graded(optimizer)
             if param is not None:
                 grad = param.grad
                 ref = None if grad is None else weakref.ref(grad)
                 marks.append((param, ref, 0 if grad is None else grad._version))
         return marks
+
+    def _note_graded(self, index: int, optimizer: torch.optim.Optimizer) -> None:
+        """Keep optimizer ``index``'s last parameter with a gradient as it steps: a parameter
+        that receives gradients, for :meth:`_grad_marks` (a last head the steps do not use, a
+        second task's, never gets one). A reversed scan that stops at the first found."""
+        graded = self._graded
+        while len(graded) <= index:
+            graded.append(None)
+        found = _last_graded(optimizer, with_grad=True)
+        if found is not None:
+            graded[index] = found
 
     @staticmethod
     def _grads_changed(marks: list[GradMark]) -> bool:
@@ -452,8 +482,14 @@ class StepHooks:
             and not self._stepped
             and not self._scaled()
             and self._grads_changed(self._step_marks)
-            and any(param.grad is not None for param, _, _ in self._step_marks)
+            and self._holds_gradients()
         )
+
+    def _holds_gradients(self) -> bool:
+        """Whether a parameter of the watched optimizers has a gradient (a Python check per
+        parameter, at an epoch's end)."""
+        params = (p for opt in self.optimizers for g in opt.param_groups for p in g["params"])
+        return any(p.grad is not None for p in params)
 
     def _carry_over_epoch_end(self) -> None:
         """Keep the open step, an accumulation under way, across the epoch's end: noted with
@@ -466,7 +502,10 @@ class StepHooks:
         (:meth:`_carry_over_epoch_end`): the accumulation goes on, as that epoch's first step,
         unless its gradients were cleared since (``zero_grad()`` at the epoch's start, in
         place or to None: the loop dropped the passes before the epoch's end, which then are a
-        step of their own, without an update, ended under the epoch they were in)."""
+        step of their own, without an update, ended under the epoch they were in). Any
+        in-place change of the marked gradient in between reads as cleared (a version counter
+        cannot tell ``zero_()`` from a clip): clip or unscale before the optimizer steps, not
+        between an epoch's end and the next pass."""
         carried = self._carried
         if carried is not None and not self._grads_changed(carried[2]):
             self._carried = None
@@ -1078,6 +1117,7 @@ class StepHooks:
 
     def _on_optimizer_post(self, index: int, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         self._stepping = max(0, self._stepping - 1)
+        self._note_graded(index, optimizer)
         layers = self._optimizer_layers[index]
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])

@@ -154,6 +154,37 @@ def test_a_step_straddling_an_epoch_end_is_one_step(dropped: str | None) -> None
         assert by_step[3] == (0, 1) and by_step[6] == (0, 2) and by_step[4] == (1, 1)
 
 
+class _WithUnusedHead(nn.Module):
+    """The test's model with a second head registered last that these steps never use (a
+    multi-task model's): its parameter never gets a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+        self.aux = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_an_unused_last_parameter_does_not_hide_the_accumulation() -> None:
+    """Whether a backward ran is read off a parameter that receives gradients, not the
+    optimizer's last one (an unused head's never changes)."""
+    accuracies, _ = _reference()
+    model = _WithUnusedHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    last: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: last.__setitem__(m.global_step, float(m.data)), bus
+    )
+    exporter = ik.Exporter(model, opt, bus)
+    _train(model, opt, exporter.wrap_loss(F.cross_entropy), lambda _: exporter.epoch_finished())
+    exporter.close()
+    assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
+
+
 def test_reports_count_a_carried_step_once() -> None:
     """``train_steps`` per report counts the steps begun since the report before (a step
     carried over an epoch's end counts once, where it began); a test evaluation every third

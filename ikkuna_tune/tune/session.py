@@ -307,6 +307,8 @@ class TrialSession:
         #: the share of the parameters frozen at each training step since the last report
         #: (summed, steps): a report's frozen_fraction is their mean over its iteration
         self._frozen_shares = (0.0, 0)
+        #: the layers the training code held fixed at the last report (Exporter.held_fixed)
+        self._held: set[str] = set()
         #: the share per set of frozen layers, counted afresh where the parameters that train
         #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
         self._share_of: dict[tuple[str, ...], float] = {}
@@ -613,8 +615,9 @@ class TrialSession:
             merged.update(outputs)
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
-        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
         held = set(exporter.held_fixed())  # (a pass over the parameters, once a report)
+        self._release_past_retrained(order, held)
+        merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
         merged[keys.TRAINABLE] = {name: int(name not in held) for name in order}
         # the parameters frozen while this iteration trained, step by step (a layer frozen at
         # the epoch's end, before this report, trained in all of it); without a step since the
@@ -780,6 +783,26 @@ class TrialSession:
             if name not in changed and position.get(name, -1) > first:
                 released.append((name, change.reason(upstream=upstream)))
         return released
+
+    def _release_past_retrained(self, order: list[str], held: set[str]) -> None:
+        """Unfreeze, with the reason, the frozen layers after a layer the training code held
+        fixed at the last report and trains now (gradual unfreezing): they were frozen past
+        it as past a frozen layer, and a layer that trains before a frozen one changes what
+        it sees (freezing never goes past one)."""
+        exporter = self.exporter
+        assert exporter is not None
+        retrained, self._held = self._held - held, held
+        positions = [order.index(name) for name in retrained if name in order]
+        if not positions or not exporter.frozen:
+            return
+        first = min(positions)
+        again = order[first]
+        released = [
+            (name, f"layer {again!r} before it trains again (held fixed by the training code)")
+            for name in order[first + 1 :]
+            if name in exporter.frozen
+        ]
+        self._apply_releases(released)
 
     def _apply_releases(self, released: list[tuple[str, str]]) -> None:
         """Unfreeze the layers ``released`` (from :meth:`_due_releases`), with their reasons."""

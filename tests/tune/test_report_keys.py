@@ -89,6 +89,40 @@ def test_trainable_is_0_only_where_the_training_code_holds_a_layer_fixed() -> No
     trial.session.close()
 
 
+def test_layers_frozen_past_a_held_layer_are_unfrozen_when_it_trains_again() -> None:
+    """Gradual unfreezing: the middle layer frozen past the first while the training code
+    held the first fixed; once the first trains again, the middle one (after it) is unfrozen
+    at the next report, with the reason, as freezing never goes past a layer that trains."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(36, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 5)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = TrialSession([WeightSum()], {"lr": 0.1})
+    exporter = session.watch(model, opt)
+    loss_fn = exporter.wrap_loss(F.cross_entropy)
+    x, y = data()
+
+    def report() -> dict[str, Any]:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        return session.report({})
+
+    model[1].requires_grad_(False)
+    assert report()["trainable"] == {"1": 0, "2": 1, "3": 1}
+    session.apply([{"freeze": ["2"], "reasons": {"2": REASON}}])
+    assert report()["frozen"] == {"1": 0, "2": 1, "3": 0}
+    model[1].requires_grad_(True)
+    last = report()
+    assert last["frozen"] == {"1": 0, "2": 0, "3": 0}
+    assert last["trainable"] == {"1": 1, "2": 1, "3": 1}
+    reason = "layer '1' before it trains again (held fixed by the training code)"
+    assert last["unfreeze_reason"]["2"] == reason
+    assert model[2].weight.requires_grad
+    session.close()
+
+
 def test_every_report_has_the_first_reports_keys() -> None:
     reports = [_flat(r) for r in _reports()]
     first = set(reports[0])
