@@ -826,3 +826,21 @@ def test_write_report_refuses_an_out_dir_or_flags_of_the_wrong_type(tmp_path) ->
         compare.write_report(df, tmp_path / "out", metric="sim", sharey=1)
     with pytest.raises(ValueError, match=r"`out_dir` to be a path .* but got NoneType"):
         compare.write_report(df, None, metric="sim")
+
+
+def test_a_parameter_set_to_none_is_labelled_none_not_missing(tmp_path) -> None:
+    """``max_grad_norm=None`` (no limit) is a value of the config; a trial whose config lacks
+    the key is the one that reads "(missing)"."""
+    from ikkuna_tune.compare.frame import trial_label, trial_values
+    from ikkuna_tune.compare.plotly_figures import _config_lines
+
+    result = {"training_iteration": 1, "loss": 0.5, "trial_id": "x"}
+    write_trial(tmp_path, "t_a_00000", {"lr": 0.1, "clip": None}, [{**result, "trial_id": "a"}])
+    write_trial(tmp_path, "t_b_00001", {"lr": 0.2, "clip": 1.0}, [{**result, "trial_id": "b"}])
+    write_trial(tmp_path, "t_c_00002", {"lr": 0.3}, [{**result, "trial_id": "c"}])
+    df = compare.load(tmp_path)
+    values = trial_values(df, "clip")
+    assert values == {"a": "None", "b": 1.0, "c": None}
+    assert trial_label("a", "clip", values["a"]) == "a (clip=None)"
+    assert trial_label("c", "clip", values["c"]) == "c (clip=(missing))"
+    assert _config_lines({"clip": None, "lr": 0.1}) == "clip=None<br>lr=0.1"

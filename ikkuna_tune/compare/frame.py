@@ -431,20 +431,32 @@ def trial_infos(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
-    """Each trial's value of a config column (None when missing).
+    """Each trial's value of a config column: None when the trial's config lacks it, the text
+    ``'None'`` where its config (as loaded, ``df.attrs``) sets it to None (a limit left off:
+    no "(missing)" label for it).
 
     Examples:
         >>> rows = [("a", 0.1, 1, "loss", None, 0.5), ("b", None, 1, "loss", None, 0.7)]
         >>> df = pd.DataFrame(rows, columns=["trial_id", "lr", *TIDY_COLUMNS[1:]])
         >>> trial_values(df, "lr"), trial_values(df, None)
         ({'a': 0.1, 'b': None}, {})
+        >>> df.attrs["trials"] = {"b": {"config": {"lr": None}}}
+        >>> trial_values(df, "lr")
+        {'a': 0.1, 'b': 'None'}
     """
     if column is None:
         return {}
     values = {}
+    loaded = df.attrs.get("trials", {})
+    set_to_none = set()
     for trial_id, info in trial_infos(df).items():
         config = info.get("config", {})
         values[trial_id] = config.get(column, config.get(column.removeprefix("config/")))
+        own = (loaded.get(trial_id) or {}).get("config")
+        if isinstance(own, Mapping):
+            key = column if column in own else column.removeprefix("config/")
+            if key in own and own[key] is None:
+                set_to_none.add(trial_id)
     # the last row's: a config that changed during the trial (population-based training) is
     # taken as it ended, as the summaries take it
     rows = df.sort_values("training_iteration", kind="stable").drop_duplicates(
@@ -452,7 +464,9 @@ def trial_values(df: pd.DataFrame, column: str | None) -> dict[str, Any]:
     )
     for trial_id, value in zip(rows["trial_id"], rows[column]):
         values[str(trial_id)] = value
-    return {k: (None if missing(v) else v) for k, v in values.items()}
+    return {
+        k: (("None" if k in set_to_none else None) if missing(v) else v) for k, v in values.items()
+    }
 
 
 def missing(value: Any) -> bool:

@@ -40,9 +40,11 @@ _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "pent
 
 
 def _config_lines(config: Mapping[str, Any]) -> str:
-    """A trial's config for a hover label: ``name=value`` lines, HTML-escaped."""
+    """A trial's config for a hover label: ``name=value`` lines, HTML-escaped (a parameter
+    set to None reads ``None``: it is in the config)."""
     return "<br>".join(
-        html.escape(f"{name}={shown_value(value)}") for name, value in sorted(config.items())
+        html.escape(f"{name}={'None' if value is None else shown_value(value)}")
+        for name, value in sorted(config.items())
     )
 
 
