@@ -154,6 +154,20 @@ def test_a_step_straddling_an_epoch_end_is_one_step(dropped: str | None) -> None
         assert by_step[3] == (0, 1) and by_step[6] == (0, 2) and by_step[4] == (1, 1)
 
 
+def _accuracy_per_step(
+    model: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[ik.Exporter, dict[int, float]]:
+    """An Exporter of ``model`` with train accuracy, and the last accuracy published for each
+    step (that over all of its passes), filled as it trains."""
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    last: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: last.__setitem__(m.global_step, float(m.data)), bus
+    )
+    return ik.Exporter(model, opt, bus), last
+
+
 class _WithUnusedHead(nn.Module):
     """The test's model with a second head registered last that these steps never use (a
     multi-task model's): its parameter never gets a gradient."""
@@ -173,13 +187,7 @@ def test_an_unused_last_parameter_does_not_hide_the_accumulation() -> None:
     accuracies, _ = _reference()
     model = _WithUnusedHead()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
-    bus = MessageBus()
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    last: dict[int, float] = {}
-    ik.CallbackSubscriber(
-        ["train_accuracy"], lambda m: last.__setitem__(m.global_step, float(m.data)), bus
-    )
-    exporter = ik.Exporter(model, opt, bus)
+    exporter, last = _accuracy_per_step(model, opt)
     _train(model, opt, exporter.wrap_loss(F.cross_entropy), lambda _: exporter.epoch_finished())
     exporter.close()
     assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
@@ -231,13 +239,7 @@ def test_a_pass_without_backward_at_an_epoch_end_is_a_step_of_its_own() -> None:
     x, y = _data()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    bus = MessageBus()
-    ik.TrainAccuracySubscriber(bus, backend=None)
-    accuracy: dict[int, float] = {}
-    ik.CallbackSubscriber(
-        ["train_accuracy"], lambda m: accuracy.__setitem__(m.global_step, float(m.data)), bus
-    )
-    exporter = ik.Exporter(model, opt, bus)
+    exporter, accuracy = _accuracy_per_step(model, opt)
     loss_fn = exporter.wrap_loss(F.cross_entropy)
     expected = []
     for _ in range(2):
