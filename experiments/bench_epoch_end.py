@@ -51,6 +51,7 @@ def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[floa
     from experiments.fidelity_trial import build_model, load
     from experiments.fidelity_trial import subscribers as fidelity_subscribers
     from ikkuna_tune.examples.demo import demo_subscribers, train_epoch
+    from ikkuna_tune.unattached import forget
 
     torch.manual_seed(0)
     train, _ = load(data)
@@ -70,6 +71,9 @@ def run_variant(data: str, family: str, variant: str, epochs: int) -> tuple[floa
         "both": (ik.TestAccuracySubscriber, ik.SVCCASubscriber),
     }[variant]
     subscribers = [s for s in chosen if isinstance(s, kinds)]
+    for left_out in chosen:
+        if not isinstance(left_out, kinds):
+            forget(left_out)  # left out on purpose: no warning that it is unattached
     for subscriber in subscribers:
         subscriber.backend_name = None  # no TensorBoard files outside a trial directory
     loader = DataLoader(
