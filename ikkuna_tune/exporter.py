@@ -22,6 +22,7 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
+from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
 from ikkuna_tune.layer_flow import FLOW_VERSION, FlowRecorder, LayerFlow, compiled
@@ -221,6 +222,29 @@ def _loss_labels(loss_fn: object) -> tuple[bool | None, float | None]:
     return None, None
 
 
+def _check_call_keys_free(layers: dict[str, nn.Module]) -> None:
+    """Raise if a layer's name is the key of another layer's repeated call (a ModuleDict key
+    ``'fc#2'`` beside a layer ``'fc'``): the second call of ``'fc'`` in a forward pass would
+    publish under that layer's name, and the two would be read as one.
+
+    Examples:
+        >>> _check_call_keys_free({"fc": nn.Linear(1, 1), "fc#2x": nn.Linear(1, 1)})
+        >>> _check_call_keys_free({"d.fc": nn.Linear(1, 1), "d.fc#2": nn.Linear(1, 1)})
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected layer names ... but got 'd.fc#2' beside layer 'd.fc': rename ...
+    """
+    for name in layers:
+        owner = keys.layer_of_call(name)
+        if owner != name and owner in layers:
+            raise ValueError(
+                "Expected layer names that are not the keys of another layer's repeated calls "
+                "(a layer called twice in a forward pass publishes its second call as "
+                f"'NAME#2') but got {name!r} beside layer {owner!r}: rename the module, or "
+                "choose the layers with `module_filter` or `depth` so that not both are tracked"
+            )
+
+
 class Exporter(StepHooks, LayerFreezing):
     """Hooks ``model`` (and its optimizers) and publishes what flows through training.
 
@@ -407,6 +431,7 @@ class Exporter(StepHooks, LayerFreezing):
                 f"No layer of {type(model).__name__} matches depth={depth!r}, "
                 f"module_filter={module_filter!r}{hint}"
             )
+        _check_call_keys_free(chosen)
         if depth is None and module_filter is None:
             unowned = unowned_parameters(unwrapped(model), chosen)
             if unowned:

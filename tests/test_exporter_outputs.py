@@ -278,6 +278,17 @@ def test_a_layer_called_twice_publishes_every_call() -> None:
             exporter.freeze("fc#2")
 
 
+def test_a_layer_named_like_another_layers_repeated_call_is_refused_at_construction() -> None:
+    # a ModuleDict key 'fc#2' beside 'fc': fc's second call would publish under that layer
+    model = nn.ModuleDict({"fc": nn.Linear(3, 3), "fc#2": nn.Linear(3, 3)})
+    with pytest.raises(ValueError, match="got 'fc#2' beside layer 'fc'"):
+        ik.Exporter(model)
+    # either layer on its own is fine, and so is a name with '#' that is no call's key
+    assert list(ik.Exporter(nn.ModuleDict({"fc#2": nn.Linear(3, 3)})).modules) == ["fc#2"]
+    odd = nn.ModuleDict({"fc": nn.Linear(3, 3), "fc#x": nn.Linear(3, 3)})
+    assert list(ik.Exporter(odd).modules) == ["fc", "fc#x"]
+
+
 class PaddedTextNet(nn.Module):
     """Embedding -> one TransformerEncoderLayer (padding mask from token 0) -> head on token 0."""
 
