@@ -522,6 +522,8 @@ class Exporter(StepHooks, LayerFreezing):
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
         self._tap_layers: list[NamedModule] = []
+        self._tap_numbers: dict[str, int] = {}
+        self._traced_calls: dict[int, int] = {}
         self._receiver = add_receiver(self._on_traced_gradient)
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}

@@ -256,13 +256,20 @@ class StepHooks:
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
     #: the tracked layers by number, as the gradient taps of a compiled model name them
     _tap_layers: list[NamedModule]
+    #: each tracked layer's number in ``_tap_layers``
+    _tap_numbers: dict[str, int]
+    #: a gradient tap's code whose call is another in the forward pass: a layer called both in
+    #: compiled code and eagerly (see :meth:`_publish_traced`), by code: the call
+    _traced_calls: dict[int, int]
     #: whether the last training pass of a compiled model was an optimizer's further closure
     #: call (whose gradients no training step publishes)
     _traced_closure: bool = False
     _receiver: int
     _recompile_allowed: bool
 
-    #: per tracked layer, the call counter of its forward hook (see :meth:`_register`)
+    #: per tracked layer, the call counter of its forward hook (see :meth:`_register`): the
+    #: forward pass of its last call, its eager calls in it, and for each of them how many of
+    #: the layer's compiled calls ran before it
     _layer_calls: dict[str, list[int]]
     #: the number of forward passes when the forward hooks were registered
     _forward_since: int = 0
@@ -313,9 +320,12 @@ class StepHooks:
             self._layer_calls = {}
             self._forward_since = self._passes
             self._tap_layers = list(self.modules.values())
+            self._tap_numbers = {named.name: n for n, named in enumerate(self._tap_layers)}
+            self._traced_calls = {}
             root = unwrapped(self.model)
             for number, named in enumerate(self._tap_layers):
-                # [the forward pass of the last call (0: outside one, -1: never), calls in it]
+                # [the forward pass of the last call (0: outside one, -1: never), calls in it,
+                # then per call the compiled calls before it]
                 calls = self._layer_calls[named.name] = [-1, 0]
                 hook = TracedLayerHook(
                     partial(self._on_layer, named, calls),
@@ -749,10 +759,16 @@ class StepHooks:
         if current:  # count the calls within one forward pass of the model
             if calls[0] == current:
                 calls[1] += 1
-                named = self._repeat(named, calls[1])
             else:
                 calls[0] = current
                 calls[1] = 1
+                del calls[2:]
+            # calls of the layer in compiled code of this pass so far (a part of the model
+            # left out of compilation, or a graph break, calls it eagerly too)
+            before = sum(1 for layer, _ in self._traced if layer is named) if self._traced else 0
+            calls.append(before)
+            if calls[1] + before > 1:
+                named = self._repeat(named, calls[1] + before)
             tag = self._pass_tag
         else:  # a layer called on its own, outside the model's forward pass
             calls[0] = max(calls[0], 0)
@@ -901,10 +917,20 @@ class StepHooks:
             return
         tag, calls = self._pass_tag, dict[str, int]()
         seen = self._layer_calls
+        current = self._current_pass or self._passes  # at the pass's end, or the next's start
         for named, tensor in traced:
-            if named.name in seen:
-                seen[named.name][0] = max(seen[named.name][0], 0)
-            call = calls[named.name] = calls.get(named.name, 0) + 1
+            eager = seen.get(named.name)
+            traced_call = calls[named.name] = calls.get(named.name, 0) + 1
+            call = traced_call
+            if eager is not None:
+                if eager[0] == current:  # also called eagerly: those before this call count
+                    call += sum(1 for before in eager[2:] if before < traced_call)
+                eager[0] = max(eager[0], 0)
+            code = self._tap_numbers[named.name] * _TAP_CALLS + traced_call
+            if call != traced_call:
+                self._traced_calls[code] = call
+            elif self._traced_calls:
+                self._traced_calls.pop(code, None)
             if call > 1:
                 named = self._repeat(named, call)
             if self._want_activations and self._due("activations", named.name, tag):
@@ -925,6 +951,8 @@ class StepHooks:
         if self._traced_closure or number >= len(self._tap_layers):
             return
         named = self._tap_layers[number]
+        if self._traced_calls:
+            call = self._traced_calls.get(code, call)
         if call > 1:
             named = self._repeat(named, call)
         if self._due("layer_gradients", named.name):
