@@ -221,6 +221,28 @@ def test_the_iteration_where_a_value_became_infinite_is_marked() -> None:
     assert [(t.x[0], t.y[0]) for t in traces if t.marker.symbol == "triangle-up"] == [(2.0, 1.0)]
 
 
+def test_each_stretch_of_values_that_are_not_finite_is_marked() -> None:
+    """A NaN at iteration 2 (one overflowed batch), finite values again, then inf from
+    iteration 5 on: a mark at the start of each stretch, on the last finite value before it
+    (only the first was marked, and the later inf was on no figure)."""
+    values = [(1, 1.0), (2, np.nan), (3, 3.0), (4, 2.0), (5, np.inf), (6, np.inf)]
+    rows = [("a", 0.1, i, "loss", None, v) for i, v in values]
+    frame = pd.DataFrame(
+        rows, columns=["trial_id", "lr", "training_iteration", "metric", "layer", "value"]
+    )
+    figure = compare.plot_layers(frame, metric="loss")
+    (marks,) = [c for c in figure.axes[0].collections if c.get_gid() == "not finite"]
+    assert marks.get_offsets().tolist() == [[2.0, 1.0], [5.0, 2.0]]
+    from ikkuna_tune.compare.plotly_figures import layers_figure
+
+    traces = [t for t in layers_figure(frame, metric="loss").data if t.marker.symbol]
+    up = [t for t in traces if t.marker.symbol == "triangle-up"]
+    assert [(t.x[0], t.y[0]) for t in up] == [(2.0, 1.0), (5.0, 2.0)]
+    hovers = " ".join(t.hovertemplate for t in up)
+    assert "not finite (nan) at iteration 2" in hovers
+    assert "not finite (inf) at iteration 5 to 6" in hovers
+
+
 def test_the_automatic_line_style_tells_apart_drawn_trials_only(tmp_path) -> None:
     # two trials failed before their first report (no line): "broken" separates them from the
     # drawn ones, but tells no drawn line apart; "case" does

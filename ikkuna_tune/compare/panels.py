@@ -27,7 +27,7 @@ from ikkuna_tune.compare.frame import (
 )
 from ikkuna_tune.compare.styles import Colours, resolve_style_by, trial_colours, trial_styles
 
-__all__ = ["LayerPanels", "last_finite", "layer_panels"]
+__all__ = ["LayerPanels", "last_finite", "layer_panels", "nonfinite_runs"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,25 @@ def layer_panels(
         frozen_at=freeze_iterations(df),
         last=last,
     )
+
+
+def nonfinite_runs(ys: np.ndarray) -> list[tuple[int, int]]:
+    """The stretches of values a line cannot show (NaN, inf), as (first, last) positions: a
+    mark stands at the start of each, since finite values may follow one (a NaN loss of one
+    overflowed batch, training going on) and a later stretch must not go unseen.
+
+    Examples:
+        >>> nonfinite_runs(np.array([1.0, np.nan, 3.0, np.inf, np.inf]))
+        [(1, 1), (3, 4)]
+        >>> nonfinite_runs(np.array([1.0, 2.0]))
+        []
+    """
+    bad = ~np.isfinite(ys)
+    if not bad.any():
+        return []
+    edges = np.diff(np.concatenate(([0], bad.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
 def last_finite(ys: np.ndarray, end: int | None = None) -> float:

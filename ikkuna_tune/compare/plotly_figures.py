@@ -23,7 +23,7 @@ from ikkuna_tune.compare.frame import (
     sort_key,
     trial_label,
 )
-from ikkuna_tune.compare.panels import last_finite, layer_panels
+from ikkuna_tune.compare.panels import last_finite, layer_panels, nonfinite_runs
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
@@ -202,10 +202,10 @@ def layers_figure(
                 why = reasons.get(trial_id, {}).get(layer, "")
                 text = f"{where} frozen from iteration {at}"
                 marks.append(("star", 13, colour, "black", at, np.interp(at, xs, ys), text, why))
-            bad = ~np.isfinite(ys)
-            if bad.any():  # a value the line cannot show (NaN, inf): where it diverged
-                first = int(np.argmax(bad))
-                text = f"not finite ({ys[first]}) from iteration {xs[first]:g}"
+            for first, last in nonfinite_runs(ys):  # values the line cannot show (NaN, inf)
+                text = f"not finite ({ys[first]}) at iteration {xs[first]:g}"
+                if last > first:
+                    text = f"{text} to {xs[last]:g}"
                 y = last_finite(ys, first)
                 y = top if math.isnan(y) else y
                 marks.append(("triangle-up", 11, colour, "#d62728", xs[first], y, text, ""))

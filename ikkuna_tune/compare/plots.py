@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from ikkuna_tune.compare.frame import (
     trial_label,
 )
-from ikkuna_tune.compare.panels import last_finite, layer_panels
+from ikkuna_tune.compare.panels import last_finite, layer_panels, nonfinite_runs
 from ikkuna_tune.compare.styles import (
     AUTO,
     LINESTYLES,
@@ -166,9 +166,7 @@ def plot_layers(
             if layer is not None and layer in frozen_at.get(trial_id, {}):
                 x = frozen_at[trial_id][layer]
                 marks.setdefault("frozen", []).append((x, _value_at(xs, ys, x), colour))
-            bad = ~np.isfinite(ys)
-            if bad.any():  # a value the line cannot show (NaN, inf): where it diverged
-                first = int(np.argmax(bad))
+            for first, _ in nonfinite_runs(ys):  # values the line cannot show (NaN, inf)
                 marks.setdefault("not finite", []).append(
                     (xs[first], last_finite(ys, first), colour)
                 )
