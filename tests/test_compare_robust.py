@@ -359,6 +359,39 @@ def test_an_error_file_older_than_the_results_is_a_resumed_failure(tmp_path) -> 
     assert trials["fffff_00001"]["failed"] is True
 
 
+def test_when_the_last_failure_occurred_tells_a_resumed_trial_from_a_failed_one(
+    tmp_path, caplog
+) -> None:
+    # Tune copies a trial's files to its storage at once at the trial's end, so their times
+    # tell nothing there (a resumed trial's error file was the newest, and it read as failed);
+    # error.txt says when each failure occurred, in the form of each result's date
+    import os
+
+    experiment = tmp_path / "sweep"
+    config = {"lr": 0.1}
+    dates = {1: "2026-12-02_06-58-59", 2: "2026-12-02_06-59-00", 3: "2026-12-02_06-59-02"}
+    trials = {}
+    for index, (failed_at, reports) in enumerate(
+        [("2026-12-02_06-59-00", (1, 2, 3)), ("2026-12-02_06-59-02", (1, 2, 3))]
+    ):
+        rows = [{**report(f"ddddd_0000{index}", config, i), "date": dates[i]} for i in reports]
+        trial = write_trial(experiment, f"train_ddddd_0000{index}_{index}", config, rows)
+        (trial / "error.txt").write_text(
+            f"Failure # 1 (occurred at {failed_at})\nRuntimeError: boom\n"
+        )
+        os.utime(trial / "result.json", (1_800_000_000, 1_800_000_000))
+        os.utime(trial / "error.txt", (1_800_000_001, 1_800_000_001))  # the newest file
+        trials[index] = trial
+    # a state that cannot be read is said, and the statuses come from the files
+    (experiment / "experiment_state-2026-12-02_06-58-58.json").write_text('{"trial_data": [')
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        loaded = compare.load(experiment).attrs["trials"]
+    assert loaded["ddddd_00000"]["failed"] is False  # failed at 06-59-00, reported at 06-59-02
+    assert loaded["ddddd_00001"]["failed"] is True  # failed after its last report
+    (warning,) = [r.getMessage() for r in caplog.records if "Cannot read" in r.getMessage()]
+    assert "experiment_state-2026-12-02_06-58-58.json" in warning
+
+
 def test_a_plain_tune_trial_beside_instrumented_ones_reads_slashed_metrics_alike(tmp_path) -> None:
     # a sweep whose plain trials call tune.report: they report no frozen/<layer>, and their
     # "val/acc" (or nested {"val": {"acc": ...}}) is the same network-wide metric as in the

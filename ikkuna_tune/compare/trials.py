@@ -170,7 +170,7 @@ def _read_directory(path: Path) -> list[_Trial]:
             trial_id = _usable_trial_id(results["trial_id"])
         known = state.get(trial_dir.name) or older.get(trial_dir.name, {})
         trial_id = trial_id or known.get("trial_id") or _trial_id_from_name(trial_dir.name)
-        status = known.get("status") or ("ERROR" if _failed_last(trial_dir) else None)
+        status = known.get("status") or ("ERROR" if _failed_last(trial_dir, results) else None)
         trials.append(
             _Trial(
                 trial_id=trial_id,
@@ -269,16 +269,58 @@ def _config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def _failed_last(trial_dir: Path) -> bool:
+def _failed_last(trial_dir: Path, results: pd.DataFrame) -> bool:
     """Whether the trial's last attempt failed, as its files tell without an experiment
-    state: an error file written after its results were (one older than the results is that
-    of an attempt the trial was resumed from, ``Tuner.restore(resume_errored=True)``)."""
+    state: its last failure (``error.txt``: "Failure # N (occurred at <date>)") came at or after
+    its last report (the ``date`` Tune gives each result, in the same form); an earlier one is
+    that of an attempt the trial was resumed from (``Tuner.restore(resume_errored=True)``).
+    Without both dates: an error file written after its results were (Tune copies a trial's
+    files to its storage at once, at the trial's end, so there their times tell nothing)."""
     errors = [trial_dir / n for n in _ERROR_FILES if (trial_dir / n).exists()]
     if not errors:
         return False
+    failed_at, reported_at = _last_failure(trial_dir), _last_report_date(results)
+    if failed_at is not None and reported_at is not None:
+        return failed_at >= reported_at
     results = [trial_dir / n for n in _RESULT_FILES if (trial_dir / n).exists()]
     last_result = max((r.stat().st_mtime for r in results), default=-math.inf)
     return max(e.stat().st_mtime for e in errors) >= last_result
+
+
+#: A failure in Tune's ``error.txt`` and when it occurred (the form of a result's ``date``)
+_FAILURE = re.compile(r"^Failure # \d+ \(occurred at (\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\)", re.M)
+
+
+def _last_failure(trial_dir: Path) -> str | None:
+    """When the trial's last failure occurred, as Tune's ``error.txt`` says (None if it does
+    not say).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "error.txt").write_text(
+    ...     "Failure # 1 (occurred at 2026-12-02_06-59-00)\nboom\n"
+    ...     "Failure # 2 (occurred at 2026-12-02_07-01-30)\nboom\n"
+    ... )
+    >>> _last_failure(folder)
+    '2026-12-02_07-01-30'
+    """
+    try:
+        text = (trial_dir / "error.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    found = _FAILURE.findall(text)
+    return max(found) if found else None
+
+
+def _last_report_date(results: pd.DataFrame) -> str | None:
+    """The ``date`` of the trial's last result (None without one)."""
+    if "date" not in results.columns or results.empty:
+        return None
+    last = results["date"].iloc[-1]
+    return last if isinstance(last, str) and _DATE_FORM.fullmatch(last) else None
+
+
+_DATE_FORM = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d")
 
 
 def _tell_apart(trials: list[_Trial]) -> None:
@@ -324,9 +366,10 @@ def _state_files(path: Path) -> list[Path]:
     return sorted(path.glob("experiment_state*.json"), key=lambda p: p.name)
 
 
-def _read_state(file: Path) -> tuple[dict[str, dict[str, str]], bool | None]:
+def _read_state(file: Path, quiet: bool = False) -> tuple[dict[str, dict[str, str]], bool | None]:
     """An experiment state's trials (id and status by directory name), and whether the run
-    that wrote it was resumed from the state before it (``Tuner.restore``; None: not said)."""
+    that wrote it was resumed from the state before it (``Tuner.restore``; None: not said).
+    A state that cannot be read is warned of, unless ``quiet`` (read a second time)."""
     known: dict[str, dict[str, str]] = {}
     resumed: bool | None = None
     try:
@@ -341,7 +384,13 @@ def _read_state(file: Path) -> tuple[dict[str, dict[str, str]], bool | None]:
                 "status": str(trial["status"]),
             }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        logger.debug("Cannot read trial states from %s: %s", file, error)
+        if not quiet:
+            logger.warning(
+                "Cannot read trial states from %s (%s): the trials' statuses are read from "
+                "their own files",
+                file,
+                error,
+            )
     return known, resumed
 
 
@@ -352,7 +401,7 @@ def _continued(path: Path) -> set[str]:
     files = _state_files(path)
     if len(files) < 2:
         return set()
-    states = [_read_state(file) for file in files]
+    states = [_read_state(file, quiet=True) for file in files]
     newest, said = states[-1]
     if said is None:
         older = {name for known, _ in states[:-1] for name in known}
