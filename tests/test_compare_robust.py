@@ -392,6 +392,21 @@ def test_when_the_last_failure_occurred_tells_a_resumed_trial_from_a_failed_one(
     assert "experiment_state-2026-12-02_06-58-58.json" in warning
 
 
+def test_config_keys_named_like_the_long_forms_columns_are_prefixed(tmp_path) -> None:
+    # "reported_nan" is the long form's own column of NaN values that were reported: a config
+    # key of that name stopped loading with pandas' "cannot insert reported_nan"
+    experiment = tmp_path / "sweep"
+    for index, lr in enumerate([0.1, 0.2]):
+        config = {"lr": lr, "reported_nan": index, "metric": "acc"}
+        rows = [report(f"ccccc_0000{index}", config, i) for i in (1, 2)]
+        write_trial(experiment, f"train_ccccc_0000{index}_{index}", config, rows)
+    df = compare.load(experiment)
+    loss = df[(df["metric"] == "loss") & (df["training_iteration"] == 2)].set_index("trial_id")
+    assert loss["config/reported_nan"].to_dict() == {"ccccc_00000": 0, "ccccc_00001": 1}
+    assert set(loss["config/metric"]) == {"acc"} and set(loss["metric"]) == {"loss"}
+    assert loss["value"].to_dict() == pytest.approx({"ccccc_00000": 1.1, "ccccc_00001": 1.2})
+
+
 def test_a_plain_tune_trial_beside_instrumented_ones_reads_slashed_metrics_alike(tmp_path) -> None:
     # a sweep whose plain trials call tune.report: they report no frozen/<layer>, and their
     # "val/acc" (or nested {"val": {"acc": ...}}) is the same network-wide metric as in the

@@ -151,7 +151,8 @@ def _number_or_nan(value: Any) -> Any:
 
 def _tidy(trials: Sequence[_Trial]) -> pd.DataFrame:
     config_names = sorted({name for t in trials for name in t.config})
-    renamed = {n: f"config/{n}" if n in TIDY_COLUMNS else n for n in config_names}
+    # a config key named like a column of the long form (or its own NaN column) gets a prefix
+    renamed = {n: f"config/{n}" if n in TIDY_COLUMNS or n == _NAN else n for n in config_names}
     frames = []
     text: set[str] = set()  # names of results holding text (no numbers) in some trial
     # the network's layers: those ikkuna_tune reports frozen/<layer> for, in any trial (a plain
