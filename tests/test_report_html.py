@@ -217,6 +217,35 @@ def test_a_trial_can_be_highlighted_and_hidden(page, tmp_path) -> None:
     }
 
 
+def test_a_trial_whose_id_holds_a_comma_can_be_hidden_from_the_address(tmp_path) -> None:
+    # a trial directory copied within the experiment: both copies get '<id>@<directory>', and
+    # Tune's directory names hold commas ("lr=0.0100,width=8"); the hide list was split at
+    # commas after decoding, so no such trial could be hidden
+    import urllib.parse
+
+    experiment = handmade(tmp_path / "data")
+    (original,) = [d for d in experiment.iterdir() if d.is_dir() and "aaaaa_00002" in d.name]
+    commas = original.rename(experiment / "train_aaaaa_00002_lr=1.0000,width=8")
+    shutil.copytree(commas, experiment / "train_aaaaa_00002_lr=1.0000,width=8_copy")
+    df = compare.load(experiment)
+    ids = sorted(set(df["trial_id"]))
+    assert ids[2:] == [f"aaaaa_00002@{commas.name}", f"aaaaa_00002@{commas.name}_copy"]
+    page = compare.write_report(df, tmp_path / "out", metric="sim", color_by="lr")[-1]
+    hide = ",".join(urllib.parse.quote(t, safe="") for t in (ids[2], ids[0]))
+    dom = _render(page, tmp_path / "profile", f"#hide={hide}")
+    assert problems(dom) == []
+    rows = {
+        row.attrs["data-trial"]: row.classes
+        for row in _Tree(dom).root.by_id("summary").find("tr")[1:]
+    }
+    assert rows == {
+        ids[0]: {"hidden-trial"},
+        ids[1]: set(),
+        ids[2]: {"hidden-trial"},
+        ids[3]: set(),
+    }
+
+
 def test_a_broken_page_is_caught(page, tmp_path) -> None:
     """The checks see a script error and a figure that was not drawn."""
     text = page.read_text(encoding="utf-8")

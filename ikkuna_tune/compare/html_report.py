@@ -188,10 +188,16 @@ _BODY_SCRIPT = """
   });
   // report.html#highlight=<trial>&hide=<trial>,<trial> opens with that trial highlighted and
   // those hidden
+  // (the list is split at its commas before they are decoded: an id holding a comma, as a
+  // copied trial's '<id>@<directory>' does, is given as %2C)
   function fromAddress() {
-    var wanted = new URLSearchParams(window.location.hash.slice(1));
-    (wanted.get('hide') || '').split(',').filter(Boolean).forEach(function (trial) {
-      hidden.add(trial);
+    var hash = window.location.hash.slice(1);
+    var wanted = new URLSearchParams(hash);
+    hash.split('&').forEach(function (part) {
+      if (part.slice(0, 5) !== 'hide=') { return; }
+      part.slice(5).split(',').filter(Boolean).forEach(function (trial) {
+        hidden.add(new URLSearchParams('t=' + trial).get('t'));
+      });
     });
     highlighted = wanted.get('highlight') || null;
     update();
