@@ -727,7 +727,7 @@ class TrialSession:
         if worker is None or not worker.distributed:
             if error is not None:
                 raise RuntimeError(error)
-            self.apply(directives)
+            self.apply(directives, release=release)
             return
         exporter = self.exporter
         assert exporter is not None
@@ -1012,7 +1012,7 @@ class TrialSession:
             stacklevel=4,  # the user's ik.report(...)
         )
 
-    def apply(self, directives: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def apply(self, directives: list[dict[str, Any]], release: bool = True) -> list[dict[str, Any]]:
         """Carry out the scheduler's directives (``{"freeze": [layer, ...], "reasons": {...}}``).
 
         A directive's layers are taken in order up to the first this trial will not freeze:
@@ -1026,6 +1026,11 @@ class TrialSession:
         the layers ``refused``. In a data-parallel job the other ranks carry out exactly these
         records (:meth:`_carry_out`): only rank 0 runs the probes that record the data flow the
         checks above read, so the other ranks could not judge alike.
+
+        With ``release`` (and where this process decides its own releases), a layer frozen now
+        whose learning rates moved since the rates it was judged at is released at once; without
+        it (at a restore, inside ``ik.watch``, where the training code may not have loaded its
+        optimizer's and learning-rate scheduler's state yet) at the first step's start.
         """
         exporter = self.exporter
         assert exporter is not None
@@ -1091,7 +1096,8 @@ class TrialSession:
                     "refused": refused,
                 }
             )
-            if self._local_release:  # (a data-parallel job's rank 0 decides at the report)
+            if release and self._local_release:  # (a data-parallel job's rank 0 decides at
+                # the report)
                 self._apply_releases(self._due_releases(on_device=True))
         return done
 

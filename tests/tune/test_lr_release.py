@@ -213,7 +213,8 @@ def test_a_freeze_ordered_again_at_a_restore_is_judged_at_the_checkpoints_rates(
     fails after its checkpoint) and the freeze reaches it only as it restores from that
     report's checkpoint: the freeze was judged at the rate of the epoch that report measured
     (0.1), saved with the checkpoint; taking the rate at the restore (0.01, decayed already)
-    kept the layer frozen until the next decay. Released at once, as above."""
+    kept the layer frozen until the next decay. Released before the first step trains, as
+    above (not inside the restore: the next test)."""
 
     def run(restore: bool) -> tuple[bool, dict[str, Any]]:
         model = _model()
@@ -230,8 +231,10 @@ def test_a_freeze_ordered_again_at_a_restore_is_judged_at_the_checkpoints_rates(
         session.watch(model, opt)
         if restore:
             session.load_state_dict(state)
-        session.apply([{**_freeze(), "restore": True}])  # as _restore applies it
-        trainable, merged = model[0].weight.requires_grad, session.merge({})
+        session._as_rank_0_decides([{**_freeze(), "restore": True}], release=False)  # _restore's
+        assert not model[0].weight.requires_grad
+        _steps(model, opt, 1)  # released at the step's start, so the step trains the layer
+        trainable, merged = model[0].weight.grad is not None, session.merge({})
         session.close()
         return trainable, merged
 
@@ -241,6 +244,42 @@ def test_a_freeze_ordered_again_at_a_restore_is_judged_at_the_checkpoints_rates(
     # without a checkpoint's rates (a state saved before they were), those of the restore
     trainable, merged = run(restore=False)
     assert not trainable and merged["unfreeze_reason"]["0"] == ""
+
+
+def test_a_restore_inside_watch_releases_nothing_before_the_optimizers_state_is_loaded() -> None:
+    """``ik.watch`` before the usual "load the checkpoint's optimizer state" block: the
+    restore (inside watch) re-freezes a layer judged at the decayed rate 0.01 while the
+    optimizer still holds the config's 0.1. Judged there, the layer was released as if the rate
+    had changed; once the training code loads the optimizer's state the rate is 0.01 again,
+    as at the freeze: the layer stays frozen, as in the run that never stopped."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = TrialSession([], {})
+    session.watch(model, opt)
+    _steps(model, opt, 2)
+    session.report({"epoch": 1})
+    _set_lr(opt, 0.01)  # the decay, an epoch before the report the freeze was judged on
+    _steps(model, opt, 2)
+    # the checkpoint of the report the freeze was judged on (ik.report saves it inside)
+    state, opt_state = session.state_dict(), opt.state_dict()
+    session.report({"epoch": 2})
+    session.close()
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # the config's rate, as built
+    session = TrialSession([], {})
+    session.watch(model, opt)
+    session.load_state_dict(state)
+    session._as_rank_0_decides([{**_freeze(), "restore": True}], release=False)  # _restore's
+    opt.load_state_dict(opt_state)  # the training code's restore block, after ik.watch
+    assert opt.param_groups[0]["lr"] == 0.01
+    before = model[0].weight.detach().clone()
+    _steps(model, opt, 2)
+    merged = session.merge({})
+    session.close()
+    assert not model[0].weight.requires_grad
+    torch.testing.assert_close(model[0].weight.detach(), before, rtol=0, atol=0)
+    assert merged["unfreeze_reason"]["0"] == "" and merged["frozen"]["0"] == 1
 
 
 def test_a_layer_the_training_code_unfroze_itself_is_not_reported_as_released() -> None:
