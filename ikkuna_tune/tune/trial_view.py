@@ -352,4 +352,7 @@ class TrialView:
                 "unfreeze_lr_factor": self.unfreeze_lr_factor,
             }
             if mailbox.post(trial_id, directive):
-                self.order(names, 0)
+                # ordered at the reports replayed so far, as reorder_after_restore orders: the
+                # trial's first report after its restore confirms it (ordered "at report 0",
+                # a freeze the trial restored and then released at a decay read as lost)
+                self.order(names, self.history.reports)

@@ -65,3 +65,26 @@ def test_a_resume_from_a_report_never_seen_changes_nothing() -> None:
     assert view.follow_train_restart("t1", "b-1@z-9", 4, mailbox) is None  # type: ignore[arg-type]
     assert view.iterations == [1, 2, 3] and mailbox.posted == []
     assert view.history.pending == {"fc"}
+
+
+def test_freezes_taken_up_after_a_tuner_restore_are_not_lost_at_the_first_report() -> None:
+    """Tuner.restore: the new driver replays the trial's 5 reports and takes up conv's freeze
+    (decided at report 2); the trial restores from the checkpoint of report 4 with conv frozen,
+    and at report 5 a learning-rate decay releases it. The order is the restore's, made at the
+    replayed reports: report 5 finds nothing lost (ordered at report 0, it read as not carried
+    out, warned, and counted towards never ordering conv again)."""
+    view, mailbox = TrialView(), Recorded()
+    view.history.layers = ["conv", "fc", "head"]
+    for iteration in range(1, 6):
+        view.history.add(0.1 * iteration, {}, {}, {})
+        view.iterations.append(iteration)
+    decisions = [Decision("freeze", "converged", 2, "conv")]
+    view.take_up("t1", decisions, mailbox, restore_at=4)  # type: ignore[arg-type]
+    assert [d["freeze"] for _, d in mailbox.posted] == [["conv"]]
+    assert view.rewind(5) == 1  # the trial makes report 5 again
+    assert view.forget_lost_orders("t1") == [] and view.lost == {}
+    assert view.history.pending == {"conv"}
+    # an order that is really not carried out is still found lost, two reports later
+    view.history.add(0.5, {}, {}, {})
+    view.history.add(0.6, {}, {}, {})
+    assert view.forget_lost_orders("t1") == ["conv"] and view.lost == {"conv": 1}
