@@ -407,6 +407,21 @@ def test_config_keys_named_like_the_long_forms_columns_are_prefixed(tmp_path) ->
     assert loss["value"].to_dict() == pytest.approx({"ccccc_00000": 1.1, "ccccc_00001": 1.2})
 
 
+def test_an_integer_config_value_stays_an_integer_where_another_trial_lacks_the_key(
+    tmp_path,
+) -> None:
+    experiment = tmp_path / "sweep"
+    for index, config in enumerate([{"lr": 0.1, "width": 8}, {"lr": 0.2}]):
+        rows = [report(f"wwwww_0000{index}", config, i) for i in (1, 2)]
+        write_trial(experiment, f"train_wwwww_0000{index}_{index}", config, rows)
+    table = compare.summary(compare.load(experiment)).set_index("trial_id")
+    assert table.loc["wwwww_00000", "width"] == 8
+    assert isinstance(table.loc["wwwww_00000", "width"], int)
+    assert table.loc["wwwww_00001", "width"] is None
+    csv = table.to_csv()
+    assert ",8," in csv and "8.0" not in csv
+
+
 def test_a_plain_tune_trial_beside_instrumented_ones_reads_slashed_metrics_alike(tmp_path) -> None:
     # a sweep whose plain trials call tune.report: they report no frozen/<layer>, and their
     # "val/acc" (or nested {"val": {"acc": ...}}) is the same network-wide metric as in the

@@ -329,9 +329,10 @@ def summary(
         record["compute_saved"] = _saved(own, ran, full if early.get(trial_id) else ran)
         records.append(record)
     table = pd.DataFrame.from_records(records)
-    table["stopped_by"] = pd.Series(  # None, not NaN, where the scheduler did not stop
-        [r["stopped_by"] for r in records], index=table.index, dtype=object
-    )
+    # None, not NaN, where the scheduler did not stop; a config value as given (an integer
+    # stays one where another trial lacks the parameter)
+    for column in ("stopped_by", *shown.values()):
+        table[column] = pd.Series([r[column] for r in records], index=table.index, dtype=object)
     if metric is not None:
         table["best_iteration"] = table["best_iteration"].astype("Int64")
     return table
