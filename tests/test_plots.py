@@ -4,6 +4,8 @@ markers do not hide each other. Hand-written experiment files, no Ray."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +340,30 @@ def test_every_trial_of_two_families_has_one_legend_entry_in_the_html_figure(tmp
     html = compare.layers_figure(df, metric="sim", color_by="lr")
     entries = [t.meta for t in html.data if t.showlegend]
     assert sorted(entries) == ["eeeee_00000", "eeeee_00001"]
+
+
+def test_a_legend_of_many_trials_is_cut_to_the_figure_with_a_warning(caplog) -> None:
+    """30 trials told apart by their ids: the legend ran off the bottom of the saved figure
+    (13 entries visible, nothing said) and tab20's 20 colours repeated unsaid. Now every
+    entry left in the legend lies inside the figure, the last names how many were left out,
+    and both are warned of."""
+    rows = [(f"t{t:02d}", it, "loss", None, 1.0 / (it + t)) for t in range(30) for it in (1, 2)]
+    frame = pd.DataFrame(
+        rows, columns=["trial_id", "training_iteration", "metric", "layer", "value"]
+    )
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        figure = compare.plot_layers(frame, metric="loss")  # coloured by trial
+    figure.canvas.draw()
+    renderer, box = figure.canvas.get_renderer(), figure.bbox
+    (legend,) = figure.legends
+    texts = legend.get_texts()
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    labels = [t.get_text() for t in texts]
+    shown = [label for label in labels if re.fullmatch(r"t\d\d", label)]
+    assert labels[-1] == f"... and {30 - len(shown)} more (summary.csv, report.html)"
+    assert shown == [f"t{i:02d}" for i in range(len(shown))] and len(shown) >= 5
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert f"legend shows {len(shown)} of 30 entries" in messages
+    assert "30 values to tell apart by colour but only 20 colours" in messages

@@ -4,6 +4,7 @@ timeline shows in :mod:`~ikkuna_tune.compare.timeline` (both shared with the HTM
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -38,6 +39,8 @@ __all__ = [
     "plot_freeze_timeline",
     "plot_layers",
 ]
+
+logger = logging.getLogger(__name__)
 
 _FROZEN_MARK = {"marker": "*", "s": 130, "edgecolors": "black", "linewidths": 0.7}
 _STOPPED_MARK = {"marker": "s", "s": 42, "edgecolors": "black", "linewidths": 1.2}
@@ -251,10 +254,51 @@ def _mark_handle(style: dict[str, Any], kind: str) -> Line2D:
     )
 
 
+#: The height of one legend entry, in points (10-point text and its spacing)
+_LEGEND_ENTRY_POINTS = 18.0
+
+
+def _fitted_sections(
+    sections: list[tuple[str, list[tuple[Any, str]]]], height_inches: float
+) -> list[tuple[str, list[tuple[Any, str]]]]:
+    """``sections`` with the longest cut to what fits a figure ``height_inches`` tall, the
+    rest named in one last entry (a legend of 200 trials ran off the figure, cut unseen),
+    with a warning.
+
+    Examples:
+        >>> entries = [(None, f"t{i}") for i in range(30)]
+        >>> fitted = _fitted_sections([("trial", entries), ("marks", [(None, "failed")])], 3.2)
+        >>> [len(e) for _, e in fitted], fitted[0][1][-1][1]
+        ([8, 1], '... and 23 more (summary.csv, report.html)')
+    """
+    fits = max(4, int(height_inches * 72 / _LEGEND_ENTRY_POINTS) - 1)
+    total = sum(1 + len(entries) for _, entries in sections)
+    if total <= fits:
+        return sections
+    longest = max(range(len(sections)), key=lambda i: len(sections[i][1]))
+    title, entries = sections[longest]
+    keep = max(1, len(entries) - (total - fits) - 1)
+    left = len(entries) - keep
+    logger.warning(
+        "The figure's legend shows %d of %d entries under %r (they do not fit its height): "
+        "summary.csv and report.html list them all",
+        keep,
+        len(entries),
+        title,
+    )
+    cut = [
+        *entries[:keep],
+        (Line2D([], [], linestyle="none"), f"... and {left} more (summary.csv, report.html)"),
+    ]
+    return [*sections[:longest], (title, cut), *sections[longest + 1 :]]
+
+
 def _sectioned_legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, str]]]]) -> None:
-    """One legend right of the panels, each section under its title in bold."""
+    """One legend right of the panels, each section under its title in bold; cut, with a
+    warning, to what fits the figure's height (:func:`_fitted_sections`)."""
     if not sections:
         return
+    sections = _fitted_sections(sections, figure.get_figheight())
     handles, labels, titles = [], [], []
     for title, entries in sections:
         titles.append(len(labels))

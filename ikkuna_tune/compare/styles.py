@@ -129,6 +129,13 @@ def trial_colours(values: dict[str, Any], cmap: str) -> Colours:
         return Colours(colour, mappable=mappable, legend=extra)
     distinct_text = sorted({str(v) for v in present.values()})
     palette = colormaps["tab10" if len(distinct_text) <= 10 else "tab20"]
+    if len(distinct_text) > palette.N:
+        logger.warning(
+            "%d values to tell apart by colour but only %d colours: colours repeat in the PNG "
+            "figures (report.html names each trial where the pointer rests)",
+            len(distinct_text),
+            palette.N,
+        )
     by_value = {v: palette(i % palette.N) for i, v in enumerate(distinct_text)}
     colour = {k: by_value[str(v)] if v is not None else _MISSING_COLOUR for k, v in values.items()}
     legend = [(v, by_value[v]) for v in distinct_text]
