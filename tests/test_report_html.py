@@ -244,6 +244,20 @@ def test_a_trial_whose_id_holds_a_comma_can_be_hidden_from_the_address(tmp_path)
         ids[2]: {"hidden-trial"},
         ids[3]: set(),
     }
+    # the whole list encoded, as urlencode writes it (its separating commas as %2C too)
+    hide = urllib.parse.urlencode({"hide": ",".join((ids[0], ids[3]))})
+    assert "%2C" in hide
+    dom = _render(page, tmp_path / "profile2", f"#{hide}")
+    rows = {
+        row.attrs["data-trial"]: row.classes
+        for row in _Tree(dom).root.by_id("summary").find("tr")[1:]
+    }
+    assert rows == {
+        ids[0]: {"hidden-trial"},
+        ids[1]: set(),
+        ids[2]: set(),
+        ids[3]: {"hidden-trial"},
+    }
 
 
 def test_a_broken_page_is_caught(page, tmp_path) -> None:

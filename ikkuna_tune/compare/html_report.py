@@ -188,16 +188,27 @@ _BODY_SCRIPT = """
   });
   // report.html#highlight=<trial>&hide=<trial>,<trial> opens with that trial highlighted and
   // those hidden
-  // (the list is split at its commas before they are decoded: an id holding a comma, as a
-  // copied trial's '<id>@<directory>' does, is given as %2C)
+  // (an id may hold a comma, as a copied trial's '<id>@<directory>' does, and URL encoders
+  // write the list's commas as %2C: the decoded list is read as the longest runs of its
+  // comma-separated parts that are trial ids)
   function fromAddress() {
     var hash = window.location.hash.slice(1);
     var wanted = new URLSearchParams(hash);
-    hash.split('&').forEach(function (part) {
-      if (part.slice(0, 5) !== 'hide=') { return; }
-      part.slice(5).split(',').filter(Boolean).forEach(function (trial) {
-        hidden.add(new URLSearchParams('t=' + trial).get('t'));
-      });
+    var known = new Set();
+    document.querySelectorAll('tr[data-trial]').forEach(function (row) {
+      known.add(row.getAttribute('data-trial'));
+    });
+    wanted.getAll('hide').forEach(function (list) {
+      var parts = list.split(',');
+      for (var i = 0; i < parts.length; i += 1) {
+        var end = i;
+        for (var j = parts.length - 1; j > i; j -= 1) {
+          if (known.has(parts.slice(i, j + 1).join(','))) { end = j; break; }
+        }
+        var id = parts.slice(i, end + 1).join(',');
+        if (id) { hidden.add(id); }
+        i = end;
+      }
     });
     highlighted = wanted.get('highlight') || null;
     update();
