@@ -415,9 +415,10 @@ def test_an_integer_config_value_stays_an_integer_where_another_trial_lacks_the_
         rows = [report(f"wwwww_0000{index}", config, i) for i in (1, 2)]
         write_trial(experiment, f"train_wwwww_0000{index}_{index}", config, rows)
     table = compare.summary(compare.load(experiment)).set_index("trial_id")
-    assert table.loc["wwwww_00000", "width"] == 8
-    assert isinstance(table.loc["wwwww_00000", "width"], int)
-    assert table.loc["wwwww_00001", "width"] is None
+    assert str(table["width"].dtype) == "Int64" and table.loc["wwwww_00000", "width"] == 8
+    assert table.loc["wwwww_00001", "width"] is pd.NA
+    assert str(table["lr"].dtype) == "float64"  # numbers stay numbers (nlargest, log10, corr)
+    assert table.nlargest(1, "width").index.tolist() == ["wwwww_00000"]
     csv = table.to_csv()
     assert ",8," in csv and "8.0" not in csv
 

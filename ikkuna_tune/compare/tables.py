@@ -329,13 +329,38 @@ def summary(
         record["compute_saved"] = _saved(own, ran, full if early.get(trial_id) else ran)
         records.append(record)
     table = pd.DataFrame.from_records(records)
-    # None, not NaN, where the scheduler did not stop; a config value as given (an integer
-    # stays one where another trial lacks the parameter)
-    for column in ("stopped_by", *shown.values()):
-        table[column] = pd.Series([r[column] for r in records], index=table.index, dtype=object)
+    table["stopped_by"] = pd.Series(  # None, not NaN, where the scheduler did not stop
+        [r["stopped_by"] for r in records], index=table.index, dtype=object
+    )
+    for column in shown.values():  # integers stay integers where another trial lacks one
+        table[column] = _config_column([r[column] for r in records], table.index)
     if metric is not None:
         table["best_iteration"] = table["best_iteration"].astype("Int64")
     return table
+
+
+def _config_column(values: list[Any], index: pd.Index) -> pd.Series:
+    """A config parameter's column of the summary: numbers as numbers (integers, missing in
+    some trials, as pandas' nullable integers rather than floats: 8, not 8.0), anything else
+    as given.
+
+    Examples:
+        >>> index = pd.RangeIndex(3)
+        >>> widths = _config_column([8, None, 16], index)
+        >>> widths.tolist(), str(widths.dtype)
+        ([8, <NA>, 16], 'Int64')
+        >>> [str(_config_column(v, index).dtype) for v in ([0.1, None, 0.3], [8, 16, 32])]
+        ['float64', 'int64']
+        >>> _config_column(["sgd", None, 2], index).tolist()
+        ['sgd', None, 2]
+    """
+    present = [v for v in values if v is not None]
+    integers = present and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present
+    )
+    if integers and len(present) < len(values):
+        return pd.Series(values, index=index, dtype="Int64")
+    return pd.Series(values, index=index)
 
 
 def _last(rows: pd.DataFrame, metric: str) -> float:
