@@ -298,8 +298,8 @@ def _last_failure(trial_dir: Path) -> str | None:
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
     >>> _ = (folder / "error.txt").write_text(
-    ...     "Failure # 1 (occurred at 2026-12-02_06-59-00)\nboom\n"
-    ...     "Failure # 2 (occurred at 2026-12-02_07-01-30)\nboom\n"
+    ...     "Failure # 1 (occurred at 2026-12-02_06-59-00)\\nboom\\n"
+    ...     "Failure # 2 (occurred at 2026-12-02_07-01-30)\\nboom\\n"
     ... )
     >>> _last_failure(folder)
     '2026-12-02_07-01-30'
