@@ -127,10 +127,15 @@ def call_key(layer: str, call: int) -> str:
 
 
 def layer_of_call(key: str) -> str:
-    """The layer a key names, whichever call of it (:func:`call_key`).
+    """The layer a key names, whichever call of it (:func:`call_key`): only what
+    :func:`call_key` writes (``#2`` on, no leading zero) names a call; any other name is a
+    layer's own (a ModuleDict key ``'x#1'``).
 
-    >>> layer_of_call("fc#2"), layer_of_call("fc"), layer_of_call("odd#name")
-    ('fc', 'fc', 'odd#name')
+    >>> layer_of_call("fc#2"), layer_of_call("fc#12"), layer_of_call("fc")
+    ('fc', 'fc', 'fc')
+    >>> layer_of_call("odd#name"), layer_of_call("x#1"), layer_of_call("x#02"), layer_of_call("#2")
+    ('odd#name', 'x#1', 'x#02', '#2')
     """
     layer, mark, number = key.rpartition("#")
-    return layer if mark and number.isdigit() else key
+    called = mark and layer and number.isdigit() and number[0] != "0" and number != "1"
+    return layer if called else key
