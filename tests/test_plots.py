@@ -367,3 +367,11 @@ def test_a_legend_of_many_trials_is_cut_to_the_figure_with_a_warning(caplog) -> 
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert f"legend shows {len(shown)} of 30 entries" in messages
     assert "30 values to tell apart by colour but only 20 colours" in messages
+    # a legend that fits is left whole: 13 trials in one panel's height (14 entries)
+    caplog.clear()
+    few = frame[frame["trial_id"] < "t13"]
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        figure = compare.plot_layers(few, metric="loss")
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["trial", *[f"t{i:02d}" for i in range(13)]]
+    assert not [r for r in caplog.records if "legend shows" in r.getMessage()]

@@ -254,51 +254,64 @@ def _mark_handle(style: dict[str, Any], kind: str) -> Line2D:
     )
 
 
-#: The height of one legend entry, in points (10-point text and its spacing)
-_LEGEND_ENTRY_POINTS = 18.0
-
-
-def _fitted_sections(
-    sections: list[tuple[str, list[tuple[Any, str]]]], height_inches: float
-) -> list[tuple[str, list[tuple[Any, str]]]]:
-    """``sections`` with the longest cut to what fits a figure ``height_inches`` tall, the
-    rest named in one last entry (a legend of 200 trials ran off the figure, cut unseen),
-    with a warning.
+def _cut_sections(
+    sections: list[tuple[str, list[tuple[Any, str]]]], fits: int
+) -> tuple[list[tuple[str, list[tuple[Any, str]]]], tuple[str, int, int] | None]:
+    """``sections`` with the longest cut so that ``fits`` entries (titles included) hold them,
+    the rest named in one last entry; and what was cut (its title, the entries kept, all of
+    them), None if nothing was.
 
     Examples:
         >>> entries = [(None, f"t{i}") for i in range(30)]
-        >>> fitted = _fitted_sections([("trial", entries), ("marks", [(None, "failed")])], 3.2)
-        >>> [len(e) for _, e in fitted], fitted[0][1][-1][1]
-        ([8, 1], '... and 23 more (summary.csv, report.html)')
+        >>> cut, what = _cut_sections([("trial", entries), ("marks", [(None, "failed")])], 11)
+        >>> [len(e) for _, e in cut], cut[0][1][-1][1], what
+        ([8, 1], '... and 23 more (summary.csv, report.html)', ('trial', 7, 30))
     """
-    fits = max(4, int(height_inches * 72 / _LEGEND_ENTRY_POINTS) - 1)
     total = sum(1 + len(entries) for _, entries in sections)
     if total <= fits:
-        return sections
+        return sections, None
     longest = max(range(len(sections)), key=lambda i: len(sections[i][1]))
     title, entries = sections[longest]
     keep = max(1, len(entries) - (total - fits) - 1)
-    left = len(entries) - keep
-    logger.warning(
-        "The figure's legend shows %d of %d entries under %r (they do not fit its height): "
-        "summary.csv and report.html list them all",
-        keep,
-        len(entries),
-        title,
+    more = (
+        Line2D([], [], linestyle="none"),
+        f"... and {len(entries) - keep} more (summary.csv, report.html)",
     )
-    cut = [
-        *entries[:keep],
-        (Line2D([], [], linestyle="none"), f"... and {left} more (summary.csv, report.html)"),
-    ]
-    return [*sections[:longest], (title, cut), *sections[longest + 1 :]]
+    cut = [*sections[:longest], (title, [*entries[:keep], more]), *sections[longest + 1 :]]
+    return cut, (title, keep, len(entries))
 
 
 def _sectioned_legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, str]]]]) -> None:
-    """One legend right of the panels, each section under its title in bold; cut, with a
-    warning, to what fits the figure's height (:func:`_fitted_sections`)."""
+    """One legend right of the panels, each section under its title in bold. A legend taller
+    than the figure (200 trials ran off it, cut unseen) is cut to what fits, measured, its
+    last entry naming how many were left out, with a warning."""
     if not sections:
         return
-    sections = _fitted_sections(sections, figure.get_figheight())
+    total = sum(1 + len(entries) for _, entries in sections)
+    renderer = figure.canvas.get_renderer()
+    room = 0.97 * figure.bbox.height  # (the legend's own padding from the figure's edge)
+    fits, what = total, None
+    while True:
+        shown, what = _cut_sections(sections, fits)
+        legend = _legend(figure, shown)
+        height = legend.get_window_extent(renderer).height
+        if height <= room or fits <= 4:
+            break
+        legend.remove()
+        entries = sum(1 + len(e) for _, e in shown)
+        fits = min(fits - 1, int(room / (height / entries)))
+    if what is not None:
+        title, keep, count = what
+        logger.warning(
+            "The figure's legend shows %d of %d entries under %r (they do not fit its "
+            "height): summary.csv and report.html list them all",
+            keep,
+            count,
+            title,
+        )
+
+
+def _legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, str]]]]) -> Any:
     handles, labels, titles = [], [], []
     for title, entries in sections:
         titles.append(len(labels))
@@ -311,6 +324,7 @@ def _sectioned_legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, 
     texts = legend.get_texts()
     for position in titles:
         texts[position].set_fontweight("bold")
+    return legend
 
 
 # --------------------------------------------------------------------------- freeze timeline
