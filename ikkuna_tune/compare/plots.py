@@ -322,6 +322,8 @@ def _legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, str]]]]) -
             labels.append(label)
     legend = figure.legend(handles, labels, loc="outside right upper", handlelength=2.6)
     texts = legend.get_texts()
+    for text in texts:  # as written (see _as_written): it is measured before that runs
+        text.set_parse_math(False)
     for position in titles:
         texts[position].set_fontweight("bold")
     return legend
