@@ -524,6 +524,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._tap_layers: list[NamedModule] = []
         self._tap_numbers: dict[str, int] = {}
         self._traced_calls: dict[int, int] = {}
+        self._traced_unsure: set[int] = set()
         self._receiver = add_receiver(self._on_traced_gradient)
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}

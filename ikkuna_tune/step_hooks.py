@@ -258,9 +258,15 @@ class StepHooks:
     _tap_layers: list[NamedModule]
     #: each tracked layer's number in ``_tap_layers``
     _tap_numbers: dict[str, int]
-    #: a gradient tap's code whose call is another in the forward pass: a layer called both in
-    #: compiled code and eagerly (see :meth:`_publish_traced`), by code: the call
+    #: a gradient tap's code: the call it is in the forward passes since the last backward
+    #: pass (another number for a layer called both in compiled code and eagerly: see
+    #: :meth:`_publish_traced`)
     _traced_calls: dict[int, int]
+    #: the codes those passes number differently (their gradients are left out)
+    _traced_unsure: set[int]
+    #: whether a tapped gradient arrived since the last compiled pass was published
+    _traced_backward: bool = False
+    _warned_unsure_call: bool = False
     #: whether the last training pass of a compiled model was an optimizer's further closure
     #: call (whose gradients no training step publishes)
     _traced_closure: bool = False
@@ -322,6 +328,7 @@ class StepHooks:
             self._tap_layers = list(self.modules.values())
             self._tap_numbers = {named.name: n for n, named in enumerate(self._tap_layers)}
             self._traced_calls = {}
+            self._traced_unsure = set()
             root = unwrapped(self.model)
             for number, named in enumerate(self._tap_layers):
                 # [the forward pass of the last call (0: outside one, -1: never), calls in it,
@@ -762,13 +769,19 @@ class StepHooks:
             else:
                 calls[0] = current
                 calls[1] = 1
-                del calls[2:]
-            # calls of the layer in compiled code of this pass so far (a part of the model
-            # left out of compilation, or a graph break, calls it eagerly too)
-            before = sum(1 for layer, _ in self._traced if layer is named) if self._traced else 0
-            calls.append(before)
-            if calls[1] + before > 1:
-                named = self._repeat(named, calls[1] + before)
+                if len(calls) > 2:
+                    del calls[2:]
+            call = calls[1]
+            if self._traced:
+                # calls of the layer in compiled code of this pass so far (a part of the model
+                # left out of compilation, or a graph break, calls it eagerly too): noted for
+                # the compiled calls after it (see _publish_traced)
+                before = sum(1 for layer, _ in self._traced if layer is named)
+                if before:
+                    calls.append(before)
+                    call += before
+            if call > 1:
+                named = self._repeat(named, call)
             tag = self._pass_tag
         else:  # a layer called on its own, outside the model's forward pass
             calls[0] = max(calls[0], 0)
@@ -917,20 +930,29 @@ class StepHooks:
             return
         tag, calls = self._pass_tag, dict[str, int]()
         seen = self._layer_calls
-        current = self._current_pass or self._passes  # at the pass's end, or the next's start
+        # compiled parts run on their own, outside a pass, count no eager calls of one
+        current = self._current_pass
+        if self._traced_backward:  # the passes whose gradients were awaited have had them
+            self._traced_calls.clear()
+            self._traced_unsure.clear()
+            self._traced_backward = False
+        numbering = self._traced_calls
         for named, tensor in traced:
             eager = seen.get(named.name)
             traced_call = calls[named.name] = calls.get(named.name, 0) + 1
             call = traced_call
             if eager is not None:
-                if eager[0] == current:  # also called eagerly: those before this call count
+                if current and eager[0] == current:
+                    # also called eagerly in this pass: those before this call count (those
+                    # after no compiled call noted nothing)
+                    call += eager[1] - len(eager) + 2
                     call += sum(1 for before in eager[2:] if before < traced_call)
                 eager[0] = max(eager[0], 0)
             code = self._tap_numbers[named.name] * _TAP_CALLS + traced_call
-            if call != traced_call:
-                self._traced_calls[code] = call
-            elif self._traced_calls:
-                self._traced_calls.pop(code, None)
+            # the gradient tap knows only the compiled call's number: what it is in the pass,
+            # unless passes before one backward pass number it differently
+            if numbering.setdefault(code, call) != call:
+                self._traced_unsure.add(code)
             if call > 1:
                 named = self._repeat(named, call)
             if self._want_activations and self._due("activations", named.name, tag):
@@ -943,16 +965,32 @@ class StepHooks:
             # and its gradients are no training step's (the eager hooks publish none either)
             self._traced_closure = True
 
+    def _warn_unsure_call(self, named: NamedModule) -> None:
+        """A compiled call's gradient whose call in its pass cannot be told (said once)."""
+        if self._warned_unsure_call:
+            return
+        self._warned_unsure_call = True
+        logger.warning(
+            "Layer %r runs both in compiled code and eagerly, in a different order in forward "
+            "passes before one backward pass: which call a compiled call's gradient belongs "
+            "to cannot be told, so those calls publish no layer_gradients (their activations "
+            "are published)",
+            named.name,
+        )
+
     def _on_traced_gradient(self, code: int, grad: torch.Tensor) -> None:
         """The gradient tapped at a layer's call (``code``: see :meth:`_trace_layer`) of a
         training pass, at backward time. It is copied: a compiled backward may write another
         value into its memory later."""
         number, call = divmod(code, _TAP_CALLS)
+        self._traced_backward = True
         if self._traced_closure or number >= len(self._tap_layers):
             return
         named = self._tap_layers[number]
-        if self._traced_calls:
-            call = self._traced_calls.get(code, call)
+        if code in self._traced_unsure:
+            self._warn_unsure_call(named)
+            return
+        call = self._traced_calls.get(code, call)
         if call > 1:
             named = self._repeat(named, call)
         if self._due("layer_gradients", named.name):
