@@ -522,9 +522,8 @@ class Exporter(StepHooks, LayerFreezing):
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
         self._tap_layers: list[NamedModule] = []
-        self._tap_numbers: dict[str, int] = {}
-        self._traced_calls: dict[int, int] = {}
-        self._traced_unsure: set[int] = set()
+        self._call_patterns: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._unsure_calls: set[str] = set()
         self._receiver = add_receiver(self._on_traced_gradient)
         self._base_handles: list[RemovableHandle] = []
         self._kind_handles: dict[str, list[RemovableHandle]] = {}

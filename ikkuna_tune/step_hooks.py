@@ -147,6 +147,19 @@ def _present(
 #: 16), but rounds to 8 (or 11) bits in their own dtype.
 #: a compiled model's gradient tap names the layer's call as ``layer number * _TAP_CALLS + call``
 _TAP_CALLS = 1 << 32
+
+
+def _call_in_pass(compiled_call: int, pattern: tuple[int, tuple[int, ...]]) -> int:
+    """The number in its forward pass of a layer's ``compiled_call``-th compiled call, given
+    where the layer's eager calls fall (``pattern``: see ``StepHooks._call_patterns``).
+
+    >>> _call_in_pass(1, (0, ())), _call_in_pass(1, (1, ())), _call_in_pass(2, (0, (1,)))
+    (1, 2, 3)
+    """
+    first, marks = pattern
+    return compiled_call + first + sum(1 for before in marks if before < compiled_call)
+
+
 _UPDATE_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
@@ -256,17 +269,15 @@ class StepHooks:
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
     #: the tracked layers by number, as the gradient taps of a compiled model name them
     _tap_layers: list[NamedModule]
-    #: each tracked layer's number in ``_tap_layers``
-    _tap_numbers: dict[str, int]
-    #: a gradient tap's code: the call it is in the forward passes since the last backward
-    #: pass (another number for a layer called both in compiled code and eagerly: see
-    #: :meth:`_publish_traced`)
-    _traced_calls: dict[int, int]
-    #: the codes those passes number differently (their gradients are left out)
-    _traced_unsure: set[int]
-    #: whether a tapped gradient arrived since the last compiled pass was published
-    _traced_backward: bool = False
-    _warned_unsure_call: bool = False
+    #: per layer with compiled calls in the training passes since the optimizers last
+    #: stepped, where its eager calls fall among them (see :meth:`_call_pattern`): how many
+    #: come before the first compiled call, and for each later one the compiled calls before
+    #: it; ``(0, ())`` for none
+    _call_patterns: dict[str, tuple[int, tuple[int, ...]]]
+    #: layers whose patterns differ between those passes: their compiled calls' gradients
+    #: cannot be named, and are left out
+    _unsure_calls: set[str]
+    _warned_unsure_calls: bool = False
     #: whether the last training pass of a compiled model was an optimizer's further closure
     #: call (whose gradients no training step publishes)
     _traced_closure: bool = False
@@ -326,9 +337,8 @@ class StepHooks:
             self._layer_calls = {}
             self._forward_since = self._passes
             self._tap_layers = list(self.modules.values())
-            self._tap_numbers = {named.name: n for n, named in enumerate(self._tap_layers)}
-            self._traced_calls = {}
-            self._traced_unsure = set()
+            self._call_patterns = {}
+            self._unsure_calls = set()
             root = unwrapped(self.model)
             for number, named in enumerate(self._tap_layers):
                 # [the forward pass of the last call (0: outside one, -1: never), calls in it,
@@ -929,30 +939,15 @@ class StepHooks:
         if not traced:
             return
         tag, calls = self._pass_tag, dict[str, int]()
-        seen = self._layer_calls
         # compiled parts run on their own, outside a pass, count no eager calls of one
         current = self._current_pass
-        if self._traced_backward:  # the passes whose gradients were awaited have had them
-            self._traced_calls.clear()
-            self._traced_unsure.clear()
-            self._traced_backward = False
-        numbering = self._traced_calls
+        patterns: dict[str, tuple[int, tuple[int, ...]]] = {}
         for named, tensor in traced:
-            eager = seen.get(named.name)
             traced_call = calls[named.name] = calls.get(named.name, 0) + 1
-            call = traced_call
-            if eager is not None:
-                if current and eager[0] == current:
-                    # also called eagerly in this pass: those before this call count (those
-                    # after no compiled call noted nothing)
-                    call += eager[1] - len(eager) + 2
-                    call += sum(1 for before in eager[2:] if before < traced_call)
-                eager[0] = max(eager[0], 0)
-            code = self._tap_numbers[named.name] * _TAP_CALLS + traced_call
-            # the gradient tap knows only the compiled call's number: what it is in the pass,
-            # unless passes before one backward pass number it differently
-            if numbering.setdefault(code, call) != call:
-                self._traced_unsure.add(code)
+            pattern = patterns.get(named.name)
+            if pattern is None:
+                pattern = patterns[named.name] = self._call_pattern(named, current, tag)
+            call = _call_in_pass(traced_call, pattern)
             if call > 1:
                 named = self._repeat(named, call)
             if self._want_activations and self._due("activations", named.name, tag):
@@ -965,32 +960,56 @@ class StepHooks:
             # and its gradients are no training step's (the eager hooks publish none either)
             self._traced_closure = True
 
-    def _warn_unsure_call(self, named: NamedModule) -> None:
-        """A compiled call's gradient whose call in its pass cannot be told (said once)."""
-        if self._warned_unsure_call:
-            return
-        self._warned_unsure_call = True
-        logger.warning(
-            "Layer %r runs both in compiled code and eagerly, in a different order in forward "
-            "passes before one backward pass: which call a compiled call's gradient belongs "
-            "to cannot be told, so those calls publish no layer_gradients (their activations "
-            "are published)",
-            named.name,
-        )
+    def _call_pattern(
+        self, named: NamedModule, current: int, tag: str
+    ) -> tuple[int, tuple[int, ...]]:
+        """Where the layer's eager calls of this pass fall among its compiled ones (see
+        :attr:`_call_patterns`), noted for its compiled calls' gradients: a gradient tap knows
+        only the compiled call's number, and arrives when the backward pass runs, maybe after
+        other passes (or never: a pass whose loss is dropped). So the pattern of the training
+        passes between two optimizer steps must be one; a layer whose pattern changes there
+        (an eager part in one pass, not in the next) has its compiled calls' gradients left
+        out until the optimizers step (for good without an optimizer), with a warning
+        (once)."""
+        eager = self._layer_calls.get(named.name)
+        pattern: tuple[int, tuple[int, ...]] = (0, ())
+        if eager is not None:
+            if current and eager[0] == current:  # also called eagerly in this pass
+                marks = tuple(eager[2:])  # (calls before any compiled one noted nothing)
+                pattern = (eager[1] - len(marks), marks)
+            eager[0] = max(eager[0], 0)
+        if not current or tag not in (DEFAULT_TAG, CLOSURE_TAG):
+            # a pass whose calls tap no gradient, or calls outside a pass, published only as
+            # the next pass starts (after their backward pass, if any)
+            return pattern
+        known = self._call_patterns.setdefault(named.name, pattern)
+        if known != pattern:
+            self._unsure_calls.add(named.name)
+            if not self._warned_unsure_calls:
+                self._warned_unsure_calls = True
+                logger.warning(
+                    "Layer %r runs both in compiled code and eagerly, in another order in "
+                    "some forward passes between two optimizer steps than in others: which "
+                    "call a compiled call's gradient belongs to cannot be told, so its compiled "
+                    "calls publish no layer_gradients until the optimizers step (their "
+                    "activations, and its eager calls' gradients, are published)",
+                    named.name,
+                )
+        return pattern
 
     def _on_traced_gradient(self, code: int, grad: torch.Tensor) -> None:
         """The gradient tapped at a layer's call (``code``: see :meth:`_trace_layer`) of a
         training pass, at backward time. It is copied: a compiled backward may write another
         value into its memory later."""
         number, call = divmod(code, _TAP_CALLS)
-        self._traced_backward = True
         if self._traced_closure or number >= len(self._tap_layers):
             return
         named = self._tap_layers[number]
-        if code in self._traced_unsure:
-            self._warn_unsure_call(named)
+        if self._unsure_calls and named.name in self._unsure_calls:
             return
-        call = self._traced_calls.get(code, call)
+        pattern = self._call_patterns.get(named.name)
+        if pattern is not None:
+            call = _call_in_pass(call, pattern)
         if call > 1:
             named = self._repeat(named, call)
         if self._due("layer_gradients", named.name):
@@ -1189,6 +1208,9 @@ class StepHooks:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
+            if self._call_patterns:  # the gradients of the passes before have been used
+                self._call_patterns.clear()
+                self._unsure_calls.clear()
             self._finish_step()
 
     def _publish_updates(self, kind: str, layers: list[Entry]) -> None:

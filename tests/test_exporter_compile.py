@@ -333,9 +333,10 @@ def test_passes_that_mix_compiled_and_eager_calls_differently_publish_no_gradien
 ) -> None:
     """Two passes before one backward, fc's compiled calls numbered differently in each (the
     first pass's first compiled call is fc#2, the second's is fc): a tapped gradient cannot say
-    which pass it is of, so such gradients are left out, with a warning, and every gradient
-    published is the uncompiled model's under the same key (one numbering for both passes
-    published pass 2's 'fc' gradient as 'fc#2'). Activations are all published."""
+    which pass it is of, so the layer's compiled calls' gradients are left out, with a
+    warning, and every gradient published is the uncompiled model's under the same key (one
+    numbering for both passes published pass 2's 'fc' gradient as 'fc#2'). Activations are all
+    published."""
     eager = _two_passes_one_backward(compiled=False)
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
         compiled = _two_passes_one_backward(compiled=True)
@@ -346,7 +347,70 @@ def test_passes_that_mix_compiled_and_eager_calls_differently_publish_no_gradien
             assert any(torch.allclose(value, v, rtol=1e-5, atol=1e-6) for v in values), key
     published = sum(len(v) for k, v in compiled.items() if k[0] == "layer_gradients")
     assert 0 < published < sum(len(v) for k, v in eager.items() if k[0] == "layer_gradients")
-    assert any("in a different order in forward passes" in r.getMessage() for r in caplog.records)
+    assert any("in another order in some forward passes" in r.getMessage() for r in caplog.records)
+
+
+def _sequence(compiled: bool, plan: list[tuple[str, int]]) -> dict[tuple, list[torch.Tensor]]:
+    """``plan``'s passes of ``_PartlyEager`` (its eager call set per pass): ``train`` (forward,
+    backward, step), ``eval`` (eval mode, no gradients), ``dropped`` (a training forward pass
+    whose loss is never backpropagated)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _PartlyEager(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    got: dict[tuple, list[torch.Tensor]] = {}
+    ik.CallbackSubscriber(
+        ["activations", "layer_gradients"],
+        lambda m: got.setdefault((m.kind, m.key, m.global_step, m.tag), []).append(m.data),
+        bus,
+        tag=None,
+    )
+    exporter = ik.Exporter(model, opt, bus)
+    run = torch.compile(model, backend="aot_eager") if compiled else model
+    g = torch.Generator().manual_seed(2)
+    for what, eager_call in plan:
+        model.eager_call = eager_call
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 2, (8,), generator=g)
+        if what == "eval":
+            model.eval()
+            with torch.no_grad():
+                run(x)
+            model.train()
+        elif what == "dropped":
+            run(x)
+        else:
+            opt.zero_grad()
+            F.cross_entropy(run(x), y).backward()
+            opt.step()
+    exporter.close()
+    return got
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [("train", 2), ("train", 2), ("train", 2)],  # one pattern: every gradient, named
+        [("train", 0), ("eval", 1), ("train", 0)],  # another order in an evaluation only
+        [("train", 1), ("dropped", 1), ("train", 1)],  # a pass never backpropagated
+    ],
+)
+def test_compiled_and_eager_calls_in_one_order_in_training_passes_publish_every_gradient(
+    plan: list[tuple[str, int]], caplog
+) -> None:
+    """Where the training passes call a layer eagerly and compiled in one order, every
+    gradient is published under its call's name, as the uncompiled model's: a pass whose
+    calls tap no gradient (an evaluation), or whose gradients never come, does not count (a
+    numbering kept until the next backward pass left a later pass's gradient out)."""
+    eager = _sequence(False, plan)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        compiled = _sequence(True, plan)
+    assert compiled.keys() == eager.keys()
+    for key, values in eager.items():
+        assert len(compiled[key]) == len(values), key
+        for got, want in zip(compiled[key], values):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not [r for r in caplog.records if "another order" in r.getMessage()]
 
 
 def test_a_compiled_layer_run_on_its_own_after_a_pass_is_named_as_its_first_call() -> None:
