@@ -411,10 +411,12 @@ def test_an_integer_config_value_stays_an_integer_where_another_trial_lacks_the_
     tmp_path,
 ) -> None:
     experiment = tmp_path / "sweep"
-    for index, config in enumerate([{"lr": 0.1, "width": 8}, {"lr": 0.2}]):
+    configs = [{"lr": 0.1, "width": 8, "seed": 2**63 + 5}, {"lr": 0.2}]  # a 64-bit seed too
+    for index, config in enumerate(configs):
         rows = [report(f"wwwww_0000{index}", config, i) for i in (1, 2)]
         write_trial(experiment, f"train_wwwww_0000{index}_{index}", config, rows)
     table = compare.summary(compare.load(experiment)).set_index("trial_id")
+    assert table.loc["wwwww_00000", "seed"] == 2**63 + 5  # (the nullable integers overflowed)
     assert str(table["width"].dtype) == "Int64" and table.loc["wwwww_00000", "width"] == 8
     assert table.loc["wwwww_00001", "width"] is pd.NA
     assert str(table["lr"].dtype) == "float64"  # numbers stay numbers (nlargest, log10, corr)

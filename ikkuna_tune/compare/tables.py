@@ -353,14 +353,28 @@ def _config_column(values: list[Any], index: pd.Index) -> pd.Series:
         ['float64', 'int64']
         >>> _config_column(["sgd", None, 2], index).tolist()
         ['sgd', None, 2]
+        >>> _config_column([2**63 + 5, None, 7], index).tolist()  # beyond 64 bits: as given
+        [9223372036854775813, None, 7]
     """
     present = [v for v in values if v is not None]
     integers = present and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present
+        isinstance(v, (int, np.integer))
+        and not isinstance(v, (bool, np.bool_))
+        and _INT64[0] <= v <= _INT64[1]
+        for v in present
     )
     if integers and len(present) < len(values):
         return pd.Series(values, index=index, dtype="Int64")
-    return pd.Series(values, index=index)
+    column = pd.Series(values, index=index)
+    if column.dtype == np.float64 and any(isinstance(v, (int, np.integer)) for v in present):
+        # integers too large for 64 bits (a seed) would be rounded as floats: kept as given
+        if not all(isinstance(v, (float, np.floating)) or abs(v) < 2**53 for v in present):
+            return pd.Series(values, index=index, dtype=object)
+    return column
+
+
+#: The range of pandas' nullable 64-bit integers
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _last(rows: pd.DataFrame, metric: str) -> float:
