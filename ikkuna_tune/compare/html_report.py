@@ -195,14 +195,17 @@ _BODY_SCRIPT = """
     var hash = window.location.hash.slice(1);
     var wanted = new URLSearchParams(hash);
     var known = new Set();
+    var widest = 1;  // the most comma-separated parts in one trial id
     document.querySelectorAll('tr[data-trial]').forEach(function (row) {
-      known.add(row.getAttribute('data-trial'));
+      var id = row.getAttribute('data-trial');
+      known.add(id);
+      widest = Math.max(widest, id.split(',').length);
     });
     wanted.getAll('hide').forEach(function (list) {
       var parts = list.split(',');
       for (var i = 0; i < parts.length; i += 1) {
         var end = i;
-        for (var j = parts.length - 1; j > i; j -= 1) {
+        for (var j = Math.min(parts.length, i + widest) - 1; j > i; j -= 1) {
           if (known.has(parts.slice(i, j + 1).join(','))) { end = j; break; }
         }
         var id = parts.slice(i, end + 1).join(',');
