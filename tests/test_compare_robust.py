@@ -910,3 +910,12 @@ def test_a_parameter_set_to_none_is_labelled_none_not_missing(tmp_path) -> None:
     assert trial_label("a", "clip", values["a"]) == "a (clip=None)"
     assert trial_label("c", "clip", values["c"]) == "c (clip=(missing))"
     assert _config_lines({"clip": None, "lr": 0.1}) == "clip=None<br>lr=0.1"
+
+
+def test_a_layer_named_like_a_call_of_no_layer_is_a_layer_of_its_own() -> None:
+    # a ModuleDict key 'a#2' with no layer 'a': its metrics are per-layer ones (read as calls
+    # of a layer 'a' that does not exist, every per-layer metric became network-wide)
+    from ikkuna_tune.compare.loading import _per_layer_metrics
+
+    columns = [["frozen/d.a#2", "frozen/d.b", "sim/d.a#2", "sim/d.b", "val/acc"]]
+    assert _per_layer_metrics(columns, {"d.a#2", "d.b"}) == {"frozen", "sim"}

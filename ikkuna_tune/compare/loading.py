@@ -266,7 +266,7 @@ def _per_layer_metrics(columns: Sequence[Iterable[str]], layers: set[str]) -> se
     return {
         name
         for name, keys_seen in rests.items()
-        if all(keys.layer_of_call(key) in layers for key in keys_seen)
+        if all(key in layers or keys.layer_of_call(key) in layers for key in keys_seen)
     }
 
 

@@ -610,7 +610,7 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         def settled(name: str) -> bool:
             # every call of a layer the forward pass calls more than once ('fc', 'fc#2'): a
             # later call (after layers that still train) may still change
-            calls = [k for k in values if keys.layer_of_call(k) == name]
+            calls = [k for k in values if k == name or keys.layer_of_call(k) == name]
             if name not in values or not all(values[k] >= freeze_at for k in calls):
                 return False  # (NaN never freezes)
             # a layer SVCCA cannot see change (a widening layer: an invertible linear map of

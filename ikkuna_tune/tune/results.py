@@ -156,6 +156,8 @@ def network_nonfinite(
         ('sim/a', nan)
         >>> network_nonfinite({}, ["a", "b"], {"sim": {"a": nan}, "live": {"a": 0.5}})
         >>> network_nonfinite({"weights_norm2/fc": 3.0}, ["fc"], {"sim": {}})  # nothing measured
+        >>> network_nonfinite({"weights_norm2/a#2": nan}, ["a#2"], {})  # a layer named 'a#2'
+        ('weights_norm2/a#2', nan)
     """
     known = set(layers)
     for key, value in result.items():
@@ -163,7 +165,7 @@ def network_nonfinite(
         if (
             slash
             and kind.startswith(_WEIGHT_NORMS)
-            and keys.layer_of_call(layer) in known
+            and (layer in known or keys.layer_of_call(layer) in known)
             and is_number(value)
             and not math.isfinite(value)
         ):

@@ -957,3 +957,27 @@ def test_probe_data_the_model_cannot_take_is_refused_where_the_model_is_given(
     with ik.Exporter(model, torch.optim.SGD(model.parameters(), lr=0.1), bus):
         with pytest.raises(ValueError, match=r"SVCCASubscriber cannot run the model on its"):
             ik.SVCCASubscriber(probe, n=10, message_bus=bus, backend=None, track_init=track_init)
+
+
+@pytest.mark.parametrize("name", ["a", "a#2"])
+def test_a_layer_named_like_a_call_is_judged_by_its_own_similarity(name: str) -> None:
+    """A ModuleDict key 'a#2' with no layer 'a' is a layer of its own: at a similarity far below
+    freeze_at it is not frozen (read as a later call of a layer 'a' that does not exist, it had
+    no calls to judge, and all() of none froze it)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = nn.ModuleDict({name: nn.Linear(4, 4), "b": nn.Linear(4, 3)})
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.d["b"](torch.relu(self.d[name](x)))
+
+    with ik.Exporter(Net()) as exporter:
+        svcca = SVCCASubscriber(
+            torch.randn(32, 4), 16, message_bus=exporter.message_bus, backend=None, freeze_at=0.99
+        )
+        svcca._freeze({f"d.{name}": 0.10, "d.b": 0.10}, {})
+        assert not exporter.frozen
+        svcca._freeze({f"d.{name}": 0.999, "d.b": 0.10}, {})  # settled: frozen
+        assert list(exporter.frozen) == [f"d.{name}"]
