@@ -375,3 +375,28 @@ def test_a_legend_of_many_trials_is_cut_to_the_figure_with_a_warning(caplog) -> 
     labels = [t.get_text() for t in figure.legends[0].get_texts()]
     assert labels == ["trial", *[f"t{i:02d}" for i in range(13)]]
     assert not [r for r in caplog.records if "legend shows" in r.getMessage()]
+
+
+def test_a_legend_with_two_long_sections_is_cut_in_both_to_fit(caplog) -> None:
+    """12 trials coloured by one parameter and styled by another, 12 values each: cutting the
+    longest section alone left the legend running off the figure; both are cut, each saying
+    how many it left out."""
+    rows = [
+        (f"t{t:02d}", f"o{t:02d}", f"a{t:02d}", it, "loss", None, 1.0 / (it + t))
+        for t in range(12)
+        for it in (1, 2)
+    ]
+    columns = ["trial_id", "opt", "arch", "training_iteration", "metric", "layer", "value"]
+    frame = pd.DataFrame(rows, columns=columns)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        figure = compare.plot_layers(frame, metric="loss", color_by="opt", style_by="arch")
+    figure.canvas.draw()
+    renderer, box = figure.canvas.get_renderer(), figure.bbox
+    texts = figure.legends[0].get_texts()
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    labels = [t.get_text() for t in texts]
+    assert sum(label.startswith("... and") for label in labels) == 2
+    messages = [r.getMessage() for r in caplog.records if "legend shows" in r.getMessage()]
+    assert len(messages) == 2 and "'opt'" in messages[0] and "'arch'" in messages[1]

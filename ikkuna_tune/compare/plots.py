@@ -256,52 +256,64 @@ def _mark_handle(style: dict[str, Any], kind: str) -> Line2D:
 
 def _cut_sections(
     sections: list[tuple[str, list[tuple[Any, str]]]], fits: int
-) -> tuple[list[tuple[str, list[tuple[Any, str]]]], tuple[str, int, int] | None]:
-    """``sections`` with the longest cut so that ``fits`` entries (titles included) hold them,
-    the rest named in one last entry; and what was cut (its title, the entries kept, all of
-    them), None if nothing was.
+) -> tuple[list[tuple[str, list[tuple[Any, str]]]], list[tuple[str, int, int]]]:
+    """``sections`` cut, the longest first, so that ``fits`` entries (titles included) hold
+    them, each cut section's rest named in one last entry; and what was cut (each cut
+    section's title, the entries kept, all of them).
 
     Examples:
         >>> entries = [(None, f"t{i}") for i in range(30)]
         >>> cut, what = _cut_sections([("trial", entries), ("marks", [(None, "failed")])], 11)
         >>> [len(e) for _, e in cut], cut[0][1][-1][1], what
-        ([8, 1], '... and 23 more (summary.csv, report.html)', ('trial', 7, 30))
+        ([8, 1], '... and 23 more (summary.csv, report.html)', [('trial', 7, 30)])
+        >>> styles = [(None, f"s{i}") for i in range(12)]
+        >>> cut, what = _cut_sections([("trial", entries[:12]), ("opt", styles)], 14)
+        >>> [len(e) for _, e in cut], what
+        ([6, 6], [('trial', 5, 12), ('opt', 5, 12)])
     """
-    total = sum(1 + len(entries) for _, entries in sections)
-    if total <= fits:
-        return sections, None
-    longest = max(range(len(sections)), key=lambda i: len(sections[i][1]))
-    title, entries = sections[longest]
-    keep = max(1, len(entries) - (total - fits) - 1)
-    more = (
-        Line2D([], [], linestyle="none"),
-        f"... and {len(entries) - keep} more (summary.csv, report.html)",
-    )
-    cut = [*sections[:longest], (title, [*entries[:keep], more]), *sections[longest + 1 :]]
-    return cut, (title, keep, len(entries))
+    kept = [len(entries) for _, entries in sections]
+    cut = [False] * len(sections)
+    while sum(1 + k + c for k, c in zip(kept, cut)) > fits:
+        longest = max(range(len(kept)), key=lambda i: kept[i])
+        if kept[longest] <= 1:
+            break
+        kept[longest] -= 1
+        cut[longest] = True
+    shown, what = [], []
+    for (title, entries), keep, was_cut in zip(sections, kept, cut):
+        if not was_cut:
+            shown.append((title, entries))
+            continue
+        more = (
+            Line2D([], [], linestyle="none"),
+            f"... and {len(entries) - keep} more (summary.csv, report.html)",
+        )
+        shown.append((title, [*entries[:keep], more]))
+        what.append((title, keep, len(entries)))
+    return shown, what
 
 
 def _sectioned_legend(figure: Figure, sections: list[tuple[str, list[tuple[Any, str]]]]) -> None:
     """One legend right of the panels, each section under its title in bold. A legend taller
-    than the figure (200 trials ran off it, cut unseen) is cut to what fits, measured, its
-    last entry naming how many were left out, with a warning."""
+    than the figure (200 trials ran off it, cut unseen) is cut to what fits, measured, the
+    longest sections first, the last entry of each cut section naming how many were left out,
+    with a warning."""
     if not sections:
         return
     total = sum(1 + len(entries) for _, entries in sections)
     renderer = figure.canvas.get_renderer()
     room = 0.97 * figure.bbox.height  # (the legend's own padding from the figure's edge)
-    fits, what = total, None
+    fits = total
     while True:
         shown, what = _cut_sections(sections, fits)
         legend = _legend(figure, shown)
         height = legend.get_window_extent(renderer).height
-        if height <= room or fits <= 4:
+        if height <= room or fits <= 3 * len(sections):
             break
         legend.remove()
         entries = sum(1 + len(e) for _, e in shown)
         fits = min(fits - 1, int(room / (height / entries)))
-    if what is not None:
-        title, keep, count = what
+    for title, keep, count in what:
         logger.warning(
             "The figure's legend shows %d of %d entries under %r (they do not fit its "
             "height): summary.csv and report.html list them all",
