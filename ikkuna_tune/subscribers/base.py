@@ -340,7 +340,10 @@ class Subscriber:
         """Publish ``data`` under ``kind`` with the step, epoch and tag of ``source``.
 
         The result is a per-layer message when ``module`` is given or ``source`` is about a layer,
-        and a network message otherwise.
+        and a network message otherwise. A tensor published is held as it is, not copied, and
+        read when the trial reports (one transfer for all values): publish a tensor that is not
+        changed afterwards (a new one, not a running total that is reset in place, which the
+        report would read as it is then).
 
         Raises:
             ValueError: for a kind declared per layer (``'DATA'``) with no layer to publish it
