@@ -105,7 +105,10 @@ class TrainAccuracySubscriber(PlotSubscriber):
     its passes so far, where an epoch ends among them: see :meth:`Exporter.epoch_finished`).
     With ``tag=None``, each tag is counted on its own: the passes of an evaluation under its
     own tag (which carry the last training step's number) give the accuracy over all of them,
-    without that step's training samples.
+    without that step's training samples. An evaluation ends at an epoch's end, and (where the
+    subscriber sees the training steps too, ``tag=None``) at the next training step: a test
+    evaluation after the epoch's validation, or a validation before training and one after
+    the first step, are each counted on their own.
 
     The first labels of each loss are checked to be classification labels
     (:func:`ikkuna_tune.functional.accuracy.check_targets`): float labels and integer one-hot
@@ -163,10 +166,11 @@ class TrainAccuracySubscriber(PlotSubscriber):
         #: labels were checked to be class labels
         self._labels_checked: set[int | None] = set()
         self._left_out: set[int | None] = set()  # the wrapped losses left out
-        #: per tag, the step being counted and what it counted so far (device tensors), of
-        #: losses known to take class labels and of the others (an evaluation pass under its
-        #: own tag carries the last training step's number: its counts are its own)
-        self._step: dict[str, tuple[int, Counts | None, Counts | None]] = {}
+        #: per tag, the step being counted (an evaluation's: its step and epoch) and what it
+        #: counted so far (device tensors), of losses known to take class labels and of the
+        #: others (an evaluation pass under its own tag carries the last training step's
+        #: number: its counts are its own)
+        self._step: dict[str, tuple[Any, Counts | None, Counts | None]] = {}
         self._told_unknown = False
         #: the samples counted for the latest accuracy published under each tag
         self._counted: dict[str, torch.Tensor] = {}
@@ -228,13 +232,23 @@ class TrainAccuracySubscriber(PlotSubscriber):
             # of one's own): where the first count, the others are left out (a center loss's
             # or a distillation term's targets beside a cross-entropy's)
             known = not wrapped or labels.classes is True
+            if bundle.tag == DEFAULT_TAG:
+                at: Any = bundle.global_step
+                if len(self._step) > (DEFAULT_TAG in self._step):
+                    # a training step ends the evaluations before it: the next one under their
+                    # tags (which carry the last training step's number) is counted afresh
+                    self._step = (
+                        {DEFAULT_TAG: self._step[DEFAULT_TAG]} if DEFAULT_TAG in self._step else {}
+                    )
+            else:  # an evaluation: its passes of one step and epoch (an epoch's end ends it)
+                at = (bundle.global_step, bundle.epoch)
             step, *buckets = self._step.get(bundle.tag, (None, None, None))
-            if step != bundle.global_step:
+            if step != at:
                 buckets = [None, None]
             slot = 0 if known else 1
             held = buckets[slot]
             buckets[slot] = counts if held is None else _added(held, counts)
-            self._step[bundle.tag] = (bundle.global_step, buckets[0], buckets[1])
+            self._step[bundle.tag] = (at, buckets[0], buckets[1])
             known_counts, other_counts = buckets
             if known_counts is None or other_counts is None:
                 chosen: Counts = known_counts or other_counts  # type: ignore[assignment]

@@ -967,3 +967,39 @@ def test_a_label_beyond_the_classes_after_the_first_batch_is_refused_when_attach
                 attach(exporter)
         else:
             attach(exporter)
+
+
+def test_evaluations_under_their_own_tag_are_counted_apart_across_epochs_and_training_steps() -> (
+    None
+):
+    """Evaluation passes carry the last training step's number: a test evaluation after the
+    epoch's validation (an epoch's end between them), and a validation before training and one
+    after the first step (a training step between them), were pooled into one accuracy."""
+    from ikkuna_tune.bus import MessageBus
+
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, tag=None, backend=None)
+    got: list[tuple[str, float]] = []
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: got.append((m.tag, float(m.data))), bus, tag=None
+    )
+
+    def batch(tag: str, epoch: int, right: int, size: int = 4) -> None:
+        output = torch.eye(3)[torch.zeros(size, dtype=torch.long)] * 5.0  # predicts class 0
+        labels = torch.tensor([0] * right + [1] * (size - right))
+        step = {"global_step": 0, "train_step": 0, "epoch": epoch, "tag": tag}
+        bus.publish_network_message("network_output", output, **step)
+        bus.publish_network_message("input_labels", labels, **step)
+
+    batch("eval", 0, right=1)  # a validation before training: 1 of 4
+    batch("default", 0, right=4)  # the first training step
+    batch("eval", 0, right=3)  # a validation after it: 3 of 4, not (1 + 3) of 8
+    batch("eval", 0, right=1)  # its second batch: (3 + 1) of 8
+    batch("eval", 1, right=4)  # a test evaluation after the epoch's end: 4 of 4
+    assert got == [
+        ("eval", 0.25),
+        ("default", 1.0),
+        ("eval", 0.75),
+        ("eval", 0.5),
+        ("eval", 1.0),
+    ]
