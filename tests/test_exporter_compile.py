@@ -264,30 +264,6 @@ class _PartlyEager(nn.Module):
         return self.out(h)
 
 
-def _partly_eager_outputs(eager_call: int, compiled: bool) -> dict[tuple, list[torch.Tensor]]:
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = _PartlyEager(eager_call)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    bus = MessageBus()
-    got: dict[tuple, list[torch.Tensor]] = {}
-    ik.CallbackSubscriber(
-        ["activations", "layer_gradients"],
-        lambda m: got.setdefault((m.kind, m.key, m.global_step), []).append(m.data),
-        bus,
-    )
-    exporter = ik.Exporter(model, opt, bus)
-    run = torch.compile(model, backend="aot_eager") if compiled else model
-    g = torch.Generator().manual_seed(2)
-    for _ in range(2):
-        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 2, (8,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(run(x), y).backward()
-        opt.step()
-    exporter.close()
-    return got
-
-
 @pytest.mark.parametrize("eager_call", [1, 2])
 def test_a_layer_called_in_compiled_code_and_eagerly_names_each_call_by_its_place(
     eager_call: int,
@@ -295,9 +271,9 @@ def test_a_layer_called_in_compiled_code_and_eagerly_names_each_call_by_its_plac
     """The eager hook and the traced hooks count one pass's calls together: each call's
     activations and gradient under its own key ('fc', 'fc#2', 'fc#3'), once, equal to the
     uncompiled model's (where both counted apart, two calls were published as 'fc')."""
-    eager = _partly_eager_outputs(eager_call, compiled=False)
-    compiled = _partly_eager_outputs(eager_call, compiled=True)
-    assert {key for _, key, _ in eager} == {"fc", "fc#2", "fc#3", "out"}
+    plan = [("train", eager_call)] * 2
+    eager, compiled = _sequence(False, plan), _sequence(True, plan)
+    assert {key for _, key, _, _ in eager} == {"fc", "fc#2", "fc#3", "out"}
     assert compiled.keys() == eager.keys() and len(eager) == 2 * 4 * 2
     for key, values in eager.items():
         assert len(compiled[key]) == len(values) == 1, key
