@@ -269,15 +269,17 @@ class StepHooks:
     _deferred_gradients: dict[nn.Module, list[NamedModule]]
     #: the tracked layers by number, as the gradient taps of a compiled model name them
     _tap_layers: list[NamedModule]
-    #: per layer with compiled calls in the training passes since the optimizers last
-    #: stepped, where its eager calls fall among them (see :meth:`_call_pattern`): how many
-    #: come before the first compiled call, and for each later one the compiled calls before
-    #: it; ``(0, ())`` for none
+    #: per layer with compiled calls in the training passes of this step (since the last step
+    #: whose passes had a backward pass), where its eager calls fall among them (see
+    #: :meth:`_call_pattern`): how many come before the first compiled call, and for each later
+    #: one the compiled calls before it; ``(0, ())`` for none
     _call_patterns: dict[str, tuple[int, tuple[int, ...]]]
     #: layers whose patterns differ between those passes: their compiled calls' gradients
     #: cannot be named, and are left out
     _unsure_calls: set[str]
     _warned_unsure_calls: bool = False
+    #: whether a compiled call's gradient arrived since the orders were last forgotten
+    _traced_backward: bool = False
     #: whether the last training pass of a compiled model was an optimizer's further closure
     #: call (whose gradients no training step publishes)
     _traced_closure: bool = False
@@ -551,6 +553,10 @@ class StepHooks:
         model's training pass, so that a weight computed in the forward pass, such as a
         spectral norm's, is read as that pass will compute it)."""
         self._finish_step()
+        if self._traced_backward:  # the passes before had their backward: a new order may come
+            self._traced_backward = False
+            self._call_patterns.clear()
+            self._unsure_calls.clear()
         if self._steps_started == 0:
             warn_unattached()  # subscribers waiting for messages from no bus
             self._warn_if_unscaled()
@@ -966,11 +972,10 @@ class StepHooks:
         """Where the layer's eager calls of this pass fall among its compiled ones (see
         :attr:`_call_patterns`), noted for its compiled calls' gradients: a gradient tap knows
         only the compiled call's number, and arrives when the backward pass runs, maybe after
-        other passes (or never: a pass whose loss is dropped). So the pattern of the training
-        passes between two optimizer steps must be one; a layer whose pattern changes there
-        (an eager part in one pass, not in the next) has its compiled calls' gradients left
-        out until the optimizers step (for good without an optimizer), with a warning
-        (once)."""
+        other passes of its step (or never: a pass whose loss is dropped). So the pattern of a
+        step's training passes must be one; a layer whose pattern changes within a step (an
+        eager part in one pass, not in the next) has its compiled calls' gradients left out
+        until a step after a backward pass starts, with a warning (once)."""
         eager = self._layer_calls.get(named.name)
         pattern: tuple[int, tuple[int, ...]] = (0, ())
         if eager is not None:
@@ -989,10 +994,10 @@ class StepHooks:
                 self._warned_unsure_calls = True
                 logger.warning(
                     "Layer %r runs both in compiled code and eagerly, in another order in "
-                    "some forward passes between two optimizer steps than in others: which "
-                    "call a compiled call's gradient belongs to cannot be told, so its compiled "
-                    "calls publish no layer_gradients until the optimizers step (their "
-                    "activations, and its eager calls' gradients, are published)",
+                    "some forward passes of a step than in others: which call a compiled call's "
+                    "gradient belongs to cannot be told, so its compiled calls publish no "
+                    "layer_gradients until the next step (their activations, and its eager "
+                    "calls' gradients, are published)",
                     named.name,
                 )
         return pattern
@@ -1002,6 +1007,7 @@ class StepHooks:
         training pass, at backward time. It is copied: a compiled backward may write another
         value into its memory later."""
         number, call = divmod(code, _TAP_CALLS)
+        self._traced_backward = True
         if self._traced_closure or number >= len(self._tap_layers):
             return
         named = self._tap_layers[number]
@@ -1208,9 +1214,6 @@ class StepHooks:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
-            if self._call_patterns:  # the gradients of the passes before have been used
-                self._call_patterns.clear()
-                self._unsure_calls.clear()
             self._finish_step()
 
     def _publish_updates(self, kind: str, layers: list[Entry]) -> None:
