@@ -380,6 +380,22 @@ def _sequence(
     return got
 
 
+def _assert_every_gradient_as_uncompiled(
+    caplog, plan: list[tuple[str, int]], *args, **kwargs
+) -> None:
+    """``_sequence(..., plan, ...)`` compiled publishes what it publishes uncompiled, value for
+    value, without the warning that gradients are left out."""
+    eager = _sequence(False, plan, *args, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        compiled = _sequence(True, plan, *args, **kwargs)
+    assert compiled.keys() == eager.keys()
+    for key, values in eager.items():
+        assert len(compiled[key]) == len(values), key
+        for got, want in zip(compiled[key], values):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not [r for r in caplog.records if "another order" in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     "plan",
     [
@@ -395,15 +411,7 @@ def test_compiled_and_eager_calls_in_one_order_in_training_passes_publish_every_
     gradient is published under its call's name, as the uncompiled model's: a pass whose
     calls tap no gradient (an evaluation), or whose gradients never come, does not count (a
     numbering kept until the next backward pass left a later pass's gradient out)."""
-    eager = _sequence(False, plan)
-    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
-        compiled = _sequence(True, plan)
-    assert compiled.keys() == eager.keys()
-    for key, values in eager.items():
-        assert len(compiled[key]) == len(values), key
-        for got, want in zip(compiled[key], values):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert not [r for r in caplog.records if "another order" in r.getMessage()]
+    _assert_every_gradient_as_uncompiled(caplog, plan)
 
 
 @pytest.mark.parametrize("optimizers", [1, 2, 0])
@@ -416,15 +424,7 @@ def test_the_order_of_compiled_and_eager_calls_may_change_from_step_to_step(
     turn never happens, or for good without an optimizer: the gradients after the change were
     left out)."""
     plan = [("train", 1), ("train", 1), ("train", 0), ("train", 0)]
-    eager = _sequence(False, plan, optimizers, calls=2)
-    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
-        compiled = _sequence(True, plan, optimizers, calls=2)
-    assert compiled.keys() == eager.keys()
-    for key, values in eager.items():
-        assert len(compiled[key]) == len(values), key
-        for got, want in zip(compiled[key], values):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert not [r for r in caplog.records if "another order" in r.getMessage()]
+    _assert_every_gradient_as_uncompiled(caplog, plan, optimizers, calls=2)
 
 
 def test_a_compiled_layer_run_on_its_own_after_a_pass_is_named_as_its_first_call() -> None:
