@@ -142,11 +142,12 @@ def _present(
     return [e for e, _ in pairs], [t for _, t in pairs]  # type: ignore[misc]
 
 
+#: a compiled model's gradient tap names the layer's call as ``layer number * _TAP_CALLS + call``
+_TAP_CALLS = 1 << 32
 #: Half-precision parameters' updates are kept in float32: the difference of two bfloat16
 #: (or float16) values is a float32 number (exactly, unless their exponents differ by more than
 #: 16), but rounds to 8 (or 11) bits in their own dtype.
-#: a compiled model's gradient tap names the layer's call as ``layer number * _TAP_CALLS + call``
-_TAP_CALLS = 1 << 32
+_UPDATE_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def _call_in_pass(compiled_call: int, pattern: tuple[int, tuple[int, ...]]) -> int:
@@ -158,9 +159,6 @@ def _call_in_pass(compiled_call: int, pattern: tuple[int, tuple[int, ...]]) -> i
     """
     first, marks = pattern
     return compiled_call + first + sum(1 for before in marks if before < compiled_call)
-
-
-_UPDATE_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def _update_dtype(param: torch.Tensor) -> torch.dtype:
