@@ -377,6 +377,32 @@ def _evaluating(*models: nn.Module | None) -> Iterator[None]:
             module.training = training
 
 
+def _check_some_counted(labels: torch.Tensor, ignore_index: int | None) -> None:
+    """Raise if no class index in ``labels`` is counted: all negative (an ignore index such as
+    ``-100``) or ``ignore_index``. Its accuracy would read 0, as if the model were always wrong.
+
+    Examples:
+        >>> _check_some_counted(torch.tensor([-100, 2, 1]), ignore_index=2)
+        >>> _check_some_counted(torch.tensor([-100, 2, 2]), ignore_index=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected a test data set with labels to count but every one of its 3 ...
+    """
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
+        return  # one-hot or soft labels: every sample counts
+    counted = labels >= 0
+    if ignore_index is not None:
+        counted &= labels != ignore_index
+    if len(labels) and not bool(counted.any()):
+        left_out = "negative" + (
+            "" if ignore_index is None else f", or ignore_index={ignore_index}"
+        )
+        raise ValueError(
+            "Expected a test data set with labels to count but every one of its "
+            f"{len(labels)} labels is left out ({left_out}): its accuracy would read 0"
+        )
+
+
 def _first_labels(
     loader: DataLoader[Any], slices: tuple[tuple[torch.Tensor, ...], int] | None
 ) -> torch.Tensor | None:
@@ -477,7 +503,8 @@ class TestAccuracySubscriber(PlotSubscriber):
     over all samples of the data set, not a mean of batch means; negative labels (an ignore
     index such as ``cross_entropy``'s ``-100``, e.g. padding) are not counted, nor is
     ``ignore_index`` (by default the non-negative one of the training loss, as train accuracy
-    leaves it out), and a data set with no label left to count has accuracy 0. A sample whose
+    leaves it out). A ``TensorDataset`` whose labels are all left out so is refused when the
+    subscriber is made; another data set with no label left to count has accuracy 0. A sample whose
     scores hold a NaN is never correct, and when every sample's do (a diverged model) the
     accuracy is NaN, not the share of the class an arg-max of NaN names. Publishes
     ``test_accuracy`` (network-wide, a 0-d tensor, at the step of the batch that triggered it)
@@ -592,6 +619,8 @@ class TestAccuracySubscriber(PlotSubscriber):
         labels = _first_labels(loader, self._slices)
         if labels is not None:
             check_targets(labels)
+        if self._slices is not None:  # every label at hand: one read, here
+            _check_some_counted(self._slices[0][1], ignore_index)
         self._labels_checked = False  # against the model's outputs, in the first evaluation
         self._model: nn.Module | None = None
         self._chance: torch.Tensor | None = None

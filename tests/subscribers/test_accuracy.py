@@ -1003,3 +1003,27 @@ def test_evaluations_under_their_own_tag_are_counted_apart_across_epochs_and_tra
         ("eval", 0.5),
         ("eval", 1.0),
     ]
+
+
+@pytest.mark.parametrize(
+    ("labels", "ignore_index", "refused"),
+    [
+        ([-100, -100, -100], None, True),  # all padding: accuracy would read 0
+        ([2, 2, -100], 2, True),
+        ([2, 1, -100], 2, False),  # one label to count
+        ([2, 2, 2], None, False),
+    ],
+)
+def test_a_test_set_with_no_label_to_count_is_refused_when_made(
+    labels: list[int], ignore_index: int | None, refused: bool
+) -> None:
+    """Known when the subscriber is made (a TensorDataset's labels are at hand), not reported
+    as an accuracy of 0 after the first epoch, as if the model were always wrong."""
+    data = TensorDataset(torch.randn(3, 4), torch.tensor(labels))
+    if refused:
+        with pytest.raises(ValueError, match="every one of its 3 labels is left out"):
+            ik.TestAccuracySubscriber(data, ignore_index=ignore_index, backend=None)
+        # by hand: no label is counted
+        assert not [label for label in labels if label >= 0 and label != ignore_index]
+    else:
+        ik.TestAccuracySubscriber(data, ignore_index=ignore_index, backend=None)
