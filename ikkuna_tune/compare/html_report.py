@@ -192,8 +192,7 @@ _BODY_SCRIPT = """
   // write the list's commas as %2C: the decoded list is read as the longest runs of its
   // comma-separated parts that are trial ids)
   function fromAddress() {
-    var hash = window.location.hash.slice(1);
-    var wanted = new URLSearchParams(hash);
+    var wanted = new URLSearchParams(window.location.hash.slice(1));
     var known = new Set();
     var widest = 1;  // the most comma-separated parts in one trial id
     document.querySelectorAll('tr[data-trial]').forEach(function (row) {

@@ -366,10 +366,10 @@ def _config_column(values: list[Any], index: pd.Index) -> pd.Series:
     if integers and len(present) < len(values):
         return pd.Series(values, index=index, dtype="Int64")
     column = pd.Series(values, index=index)
-    if column.dtype == np.float64 and any(isinstance(v, (int, np.integer)) for v in present):
-        # integers too large for 64 bits (a seed) would be rounded as floats: kept as given
-        if not all(isinstance(v, (float, np.floating)) or abs(v) < 2**53 for v in present):
-            return pd.Series(values, index=index, dtype=object)
+    if column.dtype == np.float64 and any(
+        isinstance(v, (int, np.integer)) and abs(v) >= 2**53 for v in present
+    ):  # integers too large for 64 bits (a seed) would be rounded as floats: kept as given
+        return pd.Series(values, index=index, dtype=object)
     return column
 
 

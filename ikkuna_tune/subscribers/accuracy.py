@@ -237,9 +237,7 @@ class TrainAccuracySubscriber(PlotSubscriber):
                 if len(self._step) > (DEFAULT_TAG in self._step):
                     # a training step ends the evaluations before it: the next one under their
                     # tags (which carry the last training step's number) is counted afresh
-                    self._step = (
-                        {DEFAULT_TAG: self._step[DEFAULT_TAG]} if DEFAULT_TAG in self._step else {}
-                    )
+                    self._step = {t: held for t, held in self._step.items() if t == DEFAULT_TAG}
             else:  # an evaluation: its passes of one step and epoch (an epoch's end ends it)
                 at = (bundle.global_step, bundle.epoch)
             step, *buckets = self._step.get(bundle.tag, (None, None, None))
