@@ -241,8 +241,9 @@ def class_range(
     """
     if output.dim() == 0 or target.numel() == 0:
         return so_far
-    if target.is_floating_point() and target.dim() > 1 and target.shape == output.shape:
-        return so_far  # one-hot or soft labels
+    soft = target.is_floating_point() and target.dim() > 1 and target.shape == output.shape
+    if soft and output.shape[1] > 1:
+        return so_far  # one-hot or soft labels (one column of floats: labels of one logit)
     if one_hot_ints(target, output):
         return so_far  # integer one-hot labels
     if _one_logit(output) and output.numel() == target.numel():

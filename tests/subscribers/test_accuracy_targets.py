@@ -139,6 +139,27 @@ def test_test_accuracy_rejects_regression_labels_at_construction(form: str) -> N
     assert torch.equal(torch.get_rng_state(), rng)  # no random draws from the user's stream
 
 
+@pytest.mark.parametrize("column", [True, False])
+def test_whole_number_ratings_for_one_output_are_refused_in_either_shape(column: bool) -> None:
+    """Star ratings 1-5 as floats (a regression's targets that happen to be whole numbers) beside
+    one output per sample: read as labels of one logit, every rating above 0.5 was class 1 and
+    accuracy a bogus 1.0 where the targets were shaped (N, 1); in that shape as in (N,), they
+    are refused as labels beyond the output's two classes."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 4, generator=g)
+    ratings = torch.randint(1, 6, (30,), generator=g).float()
+    y = ratings[:, None] if column else ratings
+    refused = "class indices below the 2 classes of the output but got a label 5"
+    attached = ik.TestAccuracySubscriber(TensorDataset(x, y), batch_size=8, backend=None)
+    with ik.Exporter(nn.Linear(4, 1)) as exporter:
+        with pytest.raises(ValueError, match=refused):  # every label, when attached
+            exporter.message_bus.register_subscriber(attached)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    sub = ik.TestAccuracySubscriber(loader, nn.Linear(4, 1), backend=None)
+    with pytest.raises(ValueError, match=refused):  # at the first evaluation
+        sub.evaluate()
+
+
 def test_test_accuracy_rejects_autoencoder_targets_at_construction() -> None:
     images = torch.randn(20, 3, 5, 5, generator=torch.Generator().manual_seed(5))
     with pytest.raises(ValueError, match=r"shape \(8, 3, 5, 5\) with a value .* not a whole"):
