@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "tensor_path",
     "unowned_parameters",
     "unwrapped",
+    "viewed_path",
     "wrappers",
 ]
 
@@ -405,6 +407,45 @@ def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
     return None
 
 
+def _view_root(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor._base if tensor._base is not None else tensor
+
+
+def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], torch.Tensor] | None:
+    """Where in ``output`` (a tensor, or a nest of tuples, lists and dicts) lies the tensor
+    that ``target`` is a view of with all its elements (``logits.squeeze(1)``,
+    ``logits.view(-1, classes)``): the path to it (depth-first, as :func:`tensor_path`) and
+    the tensor, or None where ``target`` is no such view of any (a slice, or computed).
+
+    Examples:
+        >>> features, logits = torch.zeros(2, 4), torch.ones(2, 1, 3)
+        >>> path, tensor = viewed_path((features, logits), logits.squeeze(1))
+        >>> path, tuple(tensor.shape)
+        ((1,), (2, 1, 3))
+        >>> viewed_path((features, logits), logits[:, :, :2]) is None  # a part only
+        True
+    """
+    root = _view_root(target)
+    if isinstance(output, torch.Tensor):
+        same = (
+            _view_root(output) is root
+            and output.numel() == target.numel()
+            and output.storage_offset() == target.storage_offset()
+        )
+        return ((), output) if same else None
+    if isinstance(output, Mapping):
+        items: Iterable[tuple[Any, Any]] = output.items()
+    elif isinstance(output, (tuple, list)):
+        items = enumerate(output)
+    else:
+        return None
+    for key, value in items:
+        found = viewed_path(value, target)
+        if found is not None:
+            return (key, *found[0]), found[1]
+    return None
+
+
 def at_path(output: Any, path: tuple[Any, ...]) -> torch.Tensor | None:
     """The tensor that :func:`tensor_path` ``path`` leads to in ``output``, or None where
     ``output`` has no tensor there (another structure).
@@ -430,10 +471,13 @@ def output_tensor(
     output: Any,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     path: tuple[Any, ...] | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The tensor that stands for ``model``'s ``output`` (what ``network_output`` carries):
     ``output_fn(output)`` if one was given, else the tensor at ``path`` (:func:`tensor_path`:
-    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`.
+    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`;
+    with ``shape``, that tensor viewed as ``(len(tensor), *shape)`` where it has as many
+    elements (the shape a wrapped loss scored it in: ``logits.squeeze(1)``'s).
 
     Raises:
         ValueError: if there is no tensor (or ``output_fn`` returns something else).
@@ -460,6 +504,8 @@ def output_tensor(
             "in it, so there is no network_output to publish; pass "
             "Exporter(..., output_fn=...) to say which tensor is the output"
         )
+    if shape is not None and tensor.dim() and tensor.numel() == len(tensor) * math.prod(shape):
+        tensor = tensor.reshape(len(tensor), *shape)
     return tensor
 
 

@@ -5,6 +5,7 @@ quantity computed by plain autograd on copies of the parameters."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import torch
@@ -408,23 +409,96 @@ def test_a_loss_on_the_first_tensor_too_keeps_the_rule_and_output_fn_wins() -> N
         torch.testing.assert_close(_by(got, "network_output")[-1], expected.detach())
 
 
-def test_derived_scores_or_a_regression_head_leave_the_rule_and_let_the_output_go() -> None:
-    """A loss on ``logits.view(...)`` (derived: found nowhere in the output) settles on the
-    rule at the next pass and lets the held output (and its graph) go; a regression loss on
-    another element (a box head) never moves the scores there."""
+def test_computed_scores_or_a_regression_head_leave_the_rule_and_let_the_output_go(
+    caplog,
+) -> None:
+    """A loss on scores computed from an element (found nowhere in the output, nor a view of
+    one) settles on the rule at the next pass, says so where the shapes differ, and lets the
+    held output (and its graph) go; a regression loss on another element (a box head) never
+    moves the scores there."""
     torch.manual_seed(0)
     x, y = _inputs(n=12)
     model = FeaturesFirstNet()
     bus = MessageBus()
     got = _record(bus, ["network_output"])
-    with ik.Exporter(model, message_bus=bus) as exporter:
-        ce, mse = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(F.mse_loss)
-        for _ in range(3):
-            features, out = model(x)
-            ce(out["scores"].view(12, 3), y)  # derived: a view, not the tensor itself
-            mse(out["scores"], torch.zeros(12, 3))  # a regression loss on the element
-        assert exporter._pending_output is None
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        with ik.Exporter(model, message_bus=bus) as exporter:
+            ce, mse = exporter.wrap_loss(F.cross_entropy), exporter.wrap_loss(F.mse_loss)
+            for _ in range(3):
+                features, out = model(x)
+                ce(out["scores"] / 2.0, y)  # computed from the element
+                mse(out["scores"], torch.zeros(12, 3))  # a regression loss on the element
+            assert exporter._pending_output is None
     torch.testing.assert_close(_by(got, "network_output")[-1], features.detach())
+    told = [r.getMessage() for r in caplog.records if "neither an element" in r.getMessage()]
+    assert told == [
+        "The wrapped loss scores a tensor of shape (12, 3) that is neither an element of "
+        "FeaturesFirstNet's output nor a view of one (a part of one, or computed from it): "
+        "network_output and test accuracy read its tensor of shape (12, 8) as the model's "
+        "scores. Pass output_fn= to ik.watch or Exporter to say which scores the output holds"
+    ]
+
+
+class ViewedLogitsNet(nn.Module):
+    """Returns ``(features, logits)`` with logits shaped ``(N, 1, 3)``; 16 features, so labels
+    0-2 fit either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.relu(self.body(x))
+        return features, self.head(features).unsqueeze(1)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_scores_viewed_by_the_loss_are_read_as_the_loss_viewed_them(caplog, single) -> None:
+    """The loss scores ``logits.squeeze(1)``, a view of all of an element of the output: test
+    accuracy and network_output read that element viewed so, as plain PyTorch scores the
+    model, not the features (before: the features, in silence, 5 % where the model was at 50 %)
+    nor ``(N, 1, 3)`` read as one logit per position. The same where the output is that
+    tensor alone."""
+    torch.manual_seed(0)
+    model: nn.Module = _Second(ViewedLogitsNet()) if single else ViewedLogitsNet()
+
+    def logits_of(output: Any) -> torch.Tensor:
+        return output if single else output[1]
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["network_output"])
+    x, y = _inputs(n=30)
+    with caplog.at_level(logging.INFO, logger="ikkuna_tune"), ik.Exporter(model, opt, bus) as ex:
+        test = ik.TestAccuracySubscriber(
+            torch.utils.data.TensorDataset(x, y), batch_size=10, message_bus=bus, backend=None
+        )
+        loss_fn = ex.wrap_loss(F.cross_entropy)
+        for _ in range(3):
+            opt.zero_grad()
+            logits = logits_of(model(x))
+            loss_fn(logits.squeeze(1), y).backward()
+            opt.step()
+        accuracy = test.evaluate()
+    model.eval()
+    with torch.no_grad():
+        reference = float((logits_of(model(x)).squeeze(1).argmax(1) == y).double().mean())
+    assert accuracy == pytest.approx(reference)
+    torch.testing.assert_close(_by(got, "network_output")[-1], logits.squeeze(1).detach())
+    told = [r.getMessage() for r in caplog.records if "viewed as (N, 3)" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in caplog.records]
+
+
+class _Second(nn.Module):
+    """The logits of :class:`ViewedLogitsNet` alone, shaped ``(N, 1, 3)``."""
+
+    def __init__(self, net: ViewedLogitsNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[1]
 
 
 def test_a_model_trained_on_a_regression_loss_alone_lets_its_output_go() -> None:
