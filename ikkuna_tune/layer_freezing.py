@@ -191,6 +191,14 @@ class LayerFreezing:
                 "because the frozen parameters get no gradient; build it with "
                 "DistributedDataParallel(model, find_unused_parameters=True)"
             )
+        if ddp and getattr(ddp[0], "static_graph", False):
+            raise ValueError(
+                f"Refusing to freeze {name!r}: the model runs under DistributedDataParallel "
+                "built with static_graph=True, which looks for parameters without a gradient "
+                "in the first step only: the frozen ones would leave the next step's gradients "
+                "unreduced (the ranks would train apart, then fail); build it with "
+                "static_graph=False (the default) and find_unused_parameters=True"
+            )
         if ddp:
             self._sync_trainable_only(ddp[0])
         self._allow_recompilation()

@@ -78,6 +78,18 @@ def _rank_work(rank: int, out: str) -> None:
             exporter.freeze("0")
         except ValueError as error:
             refused = str(error)
+    # a static graph: DDP looks for unused parameters in the first iteration only, so a frozen
+    # layer's missing gradients would leave the next step's reduction unfinished (the ranks
+    # stepped apart, then failed); refused, the layer trains on
+    static = nn.parallel.DistributedDataParallel(
+        _model(), find_unused_parameters=True, static_graph=True
+    )
+    with ik.Exporter(static, None, MessageBus()) as exporter:
+        try:
+            exporter.freeze("0")
+        except ValueError as error:
+            refused += "\n" + str(error)
+        assert not exporter.frozen and all(p.requires_grad for p in static.parameters())
     ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
     torch.save((*_train(ddp, rank, WORLD), refused), f"{out}.{rank}")
 
@@ -101,6 +113,7 @@ def test_ddp_ranks_publish_the_single_process_values_under_the_users_names(tmp_p
         rank_names, values, rank_frozen, rank_unchanged, sync_bytes, refused = saved
         assert rank_names == names  # no 'module.' prefix
         assert "find_unused_parameters=True" in refused
+        assert "static_graph=True" in refused
         assert rank_unchanged  # the frozen weights did not move after the freeze
         # the freeze took layer "0" out of DDP's all-reduce: only layer "2" (8x3 + 3 float32)
         assert sync_bytes == (8 * 3 + 3) * 4
