@@ -25,7 +25,14 @@ from torch.utils.hooks import RemovableHandle
 from ikkuna_tune import keys
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
-from ikkuna_tune.layer_flow import FLOW_VERSION, FlowRecorder, LayerFlow, compiled
+from ikkuna_tune.layer_flow import (
+    FLOW_VERSION,
+    FlowRecorder,
+    LayerFlow,
+    compiled,
+    holds_state,
+    keeps_running_stats,
+)
 from ikkuna_tune.layer_freezing import LayerFreezing
 from ikkuna_tune.layers import (
     OUTPUT_KEYS,
@@ -1162,9 +1169,12 @@ class Exporter(StepHooks, LayerFreezing):
     def trains_upstream(self, name: str) -> list[str]:
         """The modules outside the tracked layers that the last probe pass ran before layer
         ``name`` and that hold a trainable parameter of their own (a BatchNorm ``module_filter``
-        left out, a parent's position embedding): while they train, ``name`` sees changing
-        inputs, so freezing it saves no backward computation and its output still changes;
-        automatic freezing (SVCCA's ``freeze_at``, SVCCAScheduler) leaves it trainable.
+        left out, a parent's position embedding), or keep running statistics that a freeze
+        does not hold (a BatchNorm with ``affine=False``, which is no layer, or one whose
+        parameters the user froze while it still updates its statistics in training mode):
+        while they train, ``name`` sees changing inputs, so freezing it saves no backward
+        computation and its output still changes; automatic freezing (SVCCA's ``freeze_at``,
+        SVCCAScheduler) leaves it trainable.
 
         A parent's own parameters count as upstream of every layer inside it and after it, and
         those of a module the probe never ran (an ``nn.ParameterList`` or an embedding whose
@@ -1191,8 +1201,12 @@ class Exporter(StepHooks, LayerFreezing):
             other
             for other in upstream
             if other in found
-            and any(
-                p.requires_grad for p in found[other].parameters(recurse=found[other] in tracked)
+            and (
+                any(
+                    p.requires_grad
+                    for p in found[other].parameters(recurse=found[other] in tracked)
+                )
+                or (other not in self._frozen and keeps_running_stats(found[other]))
             )
         ]
 
@@ -1205,7 +1219,7 @@ class Exporter(StepHooks, LayerFreezing):
         others = [
             name or "(the model)"
             for name, module in model.named_modules()
-            if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
+            if id(module) not in inside and holds_state(module)
         ]
         return [*self.modules, *others]
 

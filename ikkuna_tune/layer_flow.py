@@ -7,8 +7,10 @@ only a frozen prefix of the data flow no longer changes and saves backward compu
 with forward pre-hooks and records :class:`LayerFlow`: the tracked layers in the order they
 were first entered, and for each the untracked modules holding parameters of their own that
 were entered before it (a BatchNorm left out by ``module_filter``, or a parent's
-``nn.Parameter`` such as a position embedding). While such a module trains, the layers after
-it keep changing even when frozen, so they are no frozen prefix.
+``nn.Parameter`` such as a position embedding), or that keep running statistics (a BatchNorm
+with ``affine=False``, which holds no parameter and is no layer). While such a module trains,
+or updates its statistics, the layers after it keep changing even when frozen, so they are no
+frozen prefix.
 
 A parent module's own parameters are taken as upstream of every layer inside it (where its
 ``forward`` uses them cannot be seen from its modules' calls): conservative, it can only keep a
@@ -48,13 +50,45 @@ from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune.messages import NamedModule
 
-__all__ = ["FLOW_VERSION", "FlowRecorder", "LayerFlow", "compiled"]
+__all__ = [
+    "FLOW_VERSION",
+    "FlowRecorder",
+    "LayerFlow",
+    "compiled",
+    "holds_state",
+    "keeps_running_stats",
+]
 
 #: How :meth:`LayerFlow.as_dict` records what is upstream: 3 counts a module the pass never
-#: entered, tracked layers too, as upstream of every layer but an attention module's out_proj
-#: (an older checkpoint's flow left some out, or placed them after layers they feed: it is
-#: recorded again, and until then nothing is frozen automatically).
-FLOW_VERSION = 3
+#: entered, tracked layers too, as upstream of every layer but an attention module's out_proj;
+#: 4 counts modules that keep running statistics without parameters (a BatchNorm with
+#: ``affine=False``) too (an older checkpoint's flow left some out, or placed them after layers
+#: they feed: it is recorded again, and until then nothing is frozen automatically).
+FLOW_VERSION = 4
+
+
+def keeps_running_stats(module: nn.Module) -> bool:
+    """Whether ``module`` updates running statistics of its inputs in training mode (a
+    BatchNorm or an InstanceNorm with ``track_running_stats``): state that changes, and changes
+    what it computes in eval mode, without any parameter of it training.
+
+    Examples:
+        >>> keeps_running_stats(nn.BatchNorm1d(3, affine=False)), keeps_running_stats(nn.ReLU())
+        (True, False)
+        >>> keeps_running_stats(nn.BatchNorm1d(3, track_running_stats=False))
+        False
+    """
+    return (
+        isinstance(module, nn.modules.batchnorm._NormBase)
+        and bool(module.track_running_stats)
+        and module.running_mean is not None
+    )
+
+
+def holds_state(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters of its own, or keeps running statistics
+    (:func:`keeps_running_stats`): what can keep changing the layers after it."""
+    return next(module.parameters(recurse=False), None) is not None or keeps_running_stats(module)
 
 
 @dataclass(frozen=True)
@@ -164,7 +198,7 @@ class FlowRecorder:
         self._others = {
             id(module): name or "(the model)"
             for name, module in model.named_modules()
-            if id(module) not in inside and next(module.parameters(recurse=False), None) is not None
+            if id(module) not in inside and holds_state(module)
         }
         self._root = model
         self._modules = [

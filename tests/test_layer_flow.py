@@ -84,11 +84,43 @@ def test_a_trainable_module_outside_the_tracked_layers_blocks_freezing_after_it(
     assert [exporter.trains_upstream(n) for n in exporter.layer_order] == [["0"]] * 3
     _train(model, opt, exporter, epochs=2)
     assert exporter.frozen == ()  # the BatchNorm trains before them: nothing is a prefix
-    for p in model[0].parameters():  # the user freezes it: the Linear layers may follow
-        p.requires_grad_(False)
+    for p in model[0].parameters():  # the user freezes its parameters: it still updates its
+        p.requires_grad_(False)  # running statistics in training mode
+    assert [exporter.trains_upstream(n) for n in exporter.layer_order] == [["0"]] * 3
+    model[0].track_running_stats = False  # and its statistics: the Linear layers may follow
     assert exporter.trains_upstream("1") == []
     _train(model, opt, exporter, epochs=1)
     assert exporter.frozen == ("1", "3")  # never the last trainable layer
+    exporter.close()
+
+
+def test_running_statistics_without_parameters_block_freezing_after_them() -> None:
+    """A BatchNorm with ``affine=False`` holds no parameter, so it is no layer, but updates its
+    running statistics in training mode: the layers after it see inputs that keep changing in
+    eval mode (frozen ones too), so automatic freezing stops before them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 16),
+        nn.ReLU(),
+        nn.BatchNorm1d(16, affine=False),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus = MessageBus()
+    exporter = ik.Exporter(model, opt, bus)
+    ik.SVCCASubscriber(
+        torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0
+    )
+    assert exporter.layer_order == ["0", "3", "5"]
+    assert [exporter.trains_upstream(n) for n in exporter.layer_order] == [[], ["2"], ["2"]]
+    _train(model, opt, exporter, epochs=2)
+    assert exporter.frozen == ("0",)  # '3' would be no frozen prefix: the statistics move
+    before = {k: v.clone() for k, v in model[2].state_dict().items()}
+    _train(model, opt, exporter, epochs=1)
+    assert any(not torch.equal(v, model[2].state_dict()[k]) for k, v in before.items())
+    assert exporter.frozen == ("0",)
     exporter.close()
 
 
