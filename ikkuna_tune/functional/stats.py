@@ -393,8 +393,8 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     ``torch.histc(x, bins, x.min(), x.max())``, which would need the range as Python numbers).
 
     Returns:
-        ``(counts, edges, stats)``: ``bins`` counts, ``bins + 1`` edges (float), and
-        ``stats = [min, max, count, sum, sum of squares]`` as one float tensor (TensorBoard's
+        ``(counts, edges, stats)``: ``bins`` counts (int64), ``bins + 1`` edges (float), and
+        ``stats = [min, max, count, sum, sum of squares]`` as one float64 tensor (TensorBoard's
         histogram summary needs these).
 
     Raises:
@@ -403,9 +403,9 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     Examples:
         >>> counts, edges, stats = histogram(torch.tensor([0.0, 1.0, 1.0, 3.0]), bins=3)
         >>> counts, edges
-        (tensor([1., 2., 1.]), tensor([0., 1., 2., 3.]))
+        (tensor([1, 2, 1]), tensor([0., 1., 2., 3.]))
         >>> stats  # min, max, count, sum, sum of squares
-        tensor([ 0.,  3.,  4.,  5., 11.])
+        tensor([ 0.,  3.,  4.,  5., 11.], dtype=torch.float64)
     """
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"Expected argument `bins` to be an integer >= 1 but got {bins!r}")
@@ -436,9 +436,14 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
         index = torch.where(torch.isfinite(span), index.double(), wide)
     index = index.nan_to_num_(0.0, bins - 1, 0.0)
     index = index.floor_().clamp_(0, bins - 1).long()
-    counts = torch.zeros(bins, device=flat.device, dtype=flat.dtype)
-    counts.index_add_(0, index, finite.to(flat.dtype))
-    n = flat.new_full((), flat.numel())
+    # counted in integers: a float32 count stops at 2**24 (an embedding's mostly zero gradient
+    # has more entries than that in one bin)
+    counts = torch.zeros(bins, device=flat.device, dtype=torch.int64)
+    counts.index_add_(0, index, finite.long())
+    n = torch.full((), flat.numel(), device=flat.device, dtype=torch.float64)
     low, high = torch.aminmax(flat)
-    stats = torch.stack([low, high, n, flat.sum(), flat.pow(2).sum()])
+    wide = torch.float64
+    stats = torch.stack(
+        [low.to(wide), high.to(wide), n, flat.sum(dtype=wide), flat.pow(2).sum(dtype=wide)]
+    )
     return counts, edges, stats

@@ -45,7 +45,7 @@ class HistogramSubscriber(PlotSubscriber):
         >>> layer = NamedModule("fc", torch.nn.Linear(1, 1))
         >>> data = torch.tensor([0.0, 1.0, 1.0, 2.0])
         >>> bus.publish_module_message("weights", layer, data, global_step=7, train_step=7, epoch=0)
-        weights_histogram/fc [1.0, 2.0, 1.0] [0.0, 2.0] 7
+        weights_histogram/fc [1, 2, 1] [0.0, 2.0] 7
     """
 
     def __init__(
