@@ -204,7 +204,8 @@ class Backend:
 
     def restart_at(self, step: int) -> None:
         """Say that the run goes on from ``step`` after a restore: what an earlier attempt
-        recorded at ``step`` and after it is superseded."""
+        recorded at ``step`` and after it is superseded, and what this one has buffered (values
+        measured before the restore set the step counters) is dropped."""
 
     def move_to(self, log_dir: Path) -> None:
         """Write what comes from now on to ``log_dir`` (what is buffered goes where it was)."""
@@ -312,7 +313,11 @@ class TensorBoardBackend(Backend):
         self.log_dir = self.events.log_dir
 
     def restart_at(self, step: int) -> None:
-        self.flush()  # written before the mark: those at `step` or later are superseded too
+        # what is buffered was measured before the restore (when subscribers were attached,
+        # their first probes), on step counters not yet restored: drawn at step 0 beside the
+        # restored run's steps, it was no value of that run; dropped, not written
+        self._vectors, self._scalars, self._histograms = [], [], []
+        self._buffered = 0
         self.events.add_session_start(step)
 
     def flush(self) -> None:

@@ -19,10 +19,11 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,7 @@ class MessageBus(KindRegistry):
         self._listeners: list[BusListener] = []
         #: kinds whose every subscription takes a whole step's layers at once (publish_batch)
         self._batched: frozenset[str] = frozenset()
+        self._muted = False  # (see muted)
 
     # ------------------------------------------------------------- listeners
     @property
@@ -306,6 +308,8 @@ class MessageBus(KindRegistry):
         publication order, before they are next asked or sent anything. Subsampling therefore
         delivers exactly the messages it would deliver if every message were published.
         """
+        if self._muted:
+            return True
         if type(keys) is not tuple:
             keys = tuple(keys)
         quiet = self._quiet.get(kind)
@@ -373,10 +377,33 @@ class MessageBus(KindRegistry):
             self._quiet.clear()
 
     # ------------------------------------------------------------ publishing
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        """Deliver nothing and count nothing inside the block: passes that only check
+        something (a test set's first batch against the model, when a subscriber is attached)
+        are no measurement, and leave no value and no subsampling count behind.
+
+        Examples:
+            >>> from ikkuna_tune.subscribers import CallbackSubscriber
+            >>> bus = MessageBus()
+            >>> got = []
+            >>> _ = CallbackSubscriber(["loss"], lambda m: got.append(m.data), bus)
+            >>> with bus.muted():
+            ...     bus.publish_network_message("loss", 0.5, global_step=0, train_step=0, epoch=0)
+            >>> bus.publish_network_message("loss", 0.4, global_step=1, train_step=1, epoch=0)
+            >>> got
+            [0.4]
+        """
+        outer, self._muted = self._muted, True
+        try:
+            yield
+        finally:
+            self._muted = outer
+
     def publish(self, message: Message) -> None:
         """Deliver ``message`` to every subscription of its kind (synchronously)."""
         subscriptions = self._by_kind.get(message.kind)
-        if not subscriptions:
+        if not subscriptions or self._muted:
             return
         if self._deferred or self._quiet:
             self._changing(message.kind, message.tag)
@@ -400,7 +427,7 @@ class MessageBus(KindRegistry):
         subscribers see the same values, at the cost of one delivery per kind and step.
         """
         subscriptions = self._by_kind.get(batch.kind)
-        if not subscriptions:
+        if not subscriptions or self._muted:
             return
         if batch.kind not in self._batched or batch.tag != DEFAULT_TAG:
             for message in batch.messages():

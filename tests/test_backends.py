@@ -402,3 +402,22 @@ def test_validation_values_are_drawn_apart_from_trainings(tmp_path) -> None:
     assert {"activations_histogram/2", "activations_histogram/eval/2"} <= histograms
     for tag in ("activations_histogram/2", "activations_histogram/eval/2"):
         assert [e.histogram_value.num for e in events.Histograms(tag)] == [10.0] * 3
+
+
+def test_values_buffered_before_a_restart_are_dropped_not_drawn(tmp_path) -> None:
+    """A restored trial's subscribers measure when attached (their first probes), before the
+    restore sets the step counters: those values, at step 0, were drawn beside the restored
+    run's steps (a point at step 0 holding the checkpoint's value). The restart mark drops
+    them; what comes after it is drawn at its steps."""
+    backend = TensorBoardBackend(tmp_path)
+    backend.add_scalar("norm/fc", torch.tensor(204.0), 0)  # measured when attached
+    backend.add_histogram("h", torch.tensor([1, 2]), torch.tensor([0.0, 1.0, 2.0]),
+                          torch.tensor([0.0, 2.0, 3.0, 3.0, 5.0]), 0)  # fmt: skip
+    backend.restart_at(10)
+    backend.add_scalar("norm/fc", torch.tensor(206.0), 10)
+    backend.add_scalar("norm/fc", torch.tensor(209.0), 11)
+    backend.close()
+    reader = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    reader.Reload()
+    assert [(e.step, e.value) for e in reader.Scalars("norm/fc")] == [(10, 206.0), (11, 209.0)]
+    assert reader.Tags()["histograms"] == []

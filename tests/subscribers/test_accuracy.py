@@ -226,8 +226,9 @@ def test_test_accuracy_every_k_batches_through_the_probe(test_set, batch, as_loa
     assert all(modes)  # the model is back in training mode after each evaluation
     assert exporter.global_step == 4 and exporter.train_step == 4
     assert all(u.item() > 0 for u in updates)  # evaluation never zeroes the next update
-    # the first batch once when attached (checked before training), then 2 evaluations
-    assert len(probe_outputs) == 1 + 2 * 3 and {m.tag for m in probe_outputs} == {"test"}
+    # 2 evaluations of 3 batches; the check of the first batch when attached publishes nothing
+    assert len(probe_outputs) == 2 * 3 and {m.tag for m in probe_outputs} == {"test"}
+    assert {m.global_step for m in probe_outputs} == {1, 3}
     assert sub.evaluate().item() == pytest.approx(_by_hand(model.eval(), *test_set.tensors))
 
 
