@@ -277,6 +277,11 @@ class TensorBoardBackend(Backend):
         self._buffered = 0  # values in the three buffers
         self._encoder = SummaryEncoder()
 
+    @property
+    def path(self) -> Path:
+        """The event file written now."""
+        return self.events.path
+
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         # a copy would write to the same open file (and an open file's own error on pickling
         # does not say where it came from)

@@ -101,6 +101,7 @@ class MessageBus(KindRegistry):
         #: kinds whose every subscription takes a whole step's layers at once (publish_batch)
         self._batched: frozenset[str] = frozenset()
         self._muted = False  # (see muted)
+        self._event_files: list[Path] = []  # (see event_files)
 
     # ------------------------------------------------------------- listeners
     @property
@@ -506,9 +507,16 @@ class MessageBus(KindRegistry):
             return NullBackend()
         if name not in self._backends:
             backend = self._backends[name] = TensorBoardBackend(self.log_dir)
+            self._event_files.append(backend.path)
             if self._restart_step is not None:
                 backend.restart_at(self._restart_step)
         return self._backends[name]
+
+    def event_files(self) -> list[Path]:
+        """The event files this bus's backends opened (closed ones too), in the order opened:
+        this bus's own, where other buses write to the same folder (trials given one
+        ``log_dir``)."""
+        return list(self._event_files)
 
     def move_log_dir(self, log_dir: str | Path) -> None:
         """Write the event files to ``log_dir`` from now on: a run of their own
@@ -516,6 +524,8 @@ class MessageBus(KindRegistry):
         self.log_dir = Path(log_dir)
         for backend in self._backends.values():
             backend.move_to(self.log_dir)
+            if isinstance(backend, TensorBoardBackend):
+                self._event_files.append(backend.path)
 
     def restart_at(self, step: int) -> None:
         """Mark in every backend of this bus, and in those made later, that the run goes on

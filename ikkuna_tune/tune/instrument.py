@@ -230,7 +230,8 @@ def watch(
     the trial (and applies freezes the scheduler ordered before the trial failed). Outside an
     instrumented trainable it starts a local session without subscribers. TensorBoard files go
     to the trial directory's folder ``ikkuna_tune`` (or ``log_dir``) and are copied to the
-    trial's storage; in that folder a restored trial marks the step it goes on from, so that
+    trial's storage (from a ``log_dir`` that other trials write to as well, only the files this
+    trial wrote); in that folder a restored trial marks the step it goes on from, so that
     TensorBoard drops the steps the failed attempt wrote after its checkpoint. Returns the
     Exporter.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,8 @@ class TrialUploader:
     for the folder ikkuna_tune chooses).
 
     Only files named ``events.out.tfevents*`` + :data:`~ikkuna_tune.backends.EVENT_FILE_SUFFIX`
-    are copied, so the user's own files and Tune's are left to Tune.
+    are copied, so the user's own files and Tune's are left to Tune; with ``only``, only those
+    of them that ``only()`` names (the trial's own, in a folder other trials write to as well).
 
     Examples:
         >>> uploader = TrialUploader("trial_dir")  # outside a Tune trial: no storage to copy to
@@ -191,8 +193,14 @@ class TrialUploader:
         ('trial_dir', None)
     """
 
-    def __init__(self, local_dir: str | Path, remote_subdir: str = "") -> None:
+    def __init__(
+        self,
+        local_dir: str | Path,
+        remote_subdir: str = "",
+        only: Callable[[], Iterable[Path]] | None = None,
+    ) -> None:
         self.local_dir = str(local_dir)
+        self._only = only
         self._target: tuple[Any, str] | None = None
         try:
             from ray.train._internal.session import get_session
@@ -218,6 +226,9 @@ class TrialUploader:
                 for name in files
                 if name.startswith("events.out.tfevents") and name.endswith(EVENT_FILE_SUFFIX)
             ]
+        if self._only is not None:
+            own = {os.path.realpath(path) for path in self._only()}
+            names = [n for n in names if os.path.realpath(os.path.join(self.local_dir, n)) in own]
         return sorted(names)
 
     def upload(self) -> None:

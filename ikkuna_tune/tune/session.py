@@ -506,7 +506,9 @@ class TrialSession:
                 subscriber.detach()
             raise
         if self.context is not None and log_dir is not None:
-            self._uploader = TrialUploader(log_dir, EVENT_DIR if chosen else "")
+            # in a folder the user chose, other trials may write too: only this one's files
+            only = None if chosen else bus.event_files
+            self._uploader = TrialUploader(log_dir, EVENT_DIR if chosen else "", only)
         self.bus, self.exporter = bus, exporter
         try:
             self._restore()

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import ikkuna_tune as ik
 from ikkuna_tune import keys
-from ikkuna_tune.backends import EVENT_DIR
+from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.tune.session import TrialSession
 from ikkuna_tune.tune.train_workers import TrainWorker
@@ -90,6 +90,25 @@ def test_tune_run_reports_per_layer_metrics_for_every_trial(ray_session, tmp_pat
         events.Reload()
         assert {"weight_sum/conv", "weight_sum/fc"} <= set(events.Tags()["scalars"])
         assert [e.step for e in events.Scalars("weight_sum/conv")] == list(range(6))
+
+
+def test_trials_given_one_log_dir_each_copy_their_own_event_files(ray_session, tmp_path) -> None:
+    """Every trial writes to one folder the user chose: each trial's storage gets the file it
+    wrote, whose values are its own (a later trial's held the earlier trials' files too)."""
+    shared = tmp_path / "shared"
+    config = {"lr": tune.grid_search([0.1, 0.3]), "iterations": 2, "log_dir": str(shared)}
+    trainable = ik.instrument(train_tiny, [WeightSum(backend="tb")])
+    analysis = tune.run(trainable, config=config, storage_path=str(tmp_path / "storage"), verbose=0)
+    assert len(list(shared.glob("events.out.tfevents*"))) == 2
+    for trial in analysis.trials:
+        files = list(Path(trial.path).glob("events.out.tfevents*" + EVENT_FILE_SUFFIX))
+        assert len(files) == 1, sorted(p.name for p in Path(trial.path).iterdir())
+        events = EventAccumulator(str(files[0]))
+        events.Reload()
+        expected = _weight_sums({"lr": trial.config["lr"]}, 2)
+        assert [e.value for e in events.Scalars("weight_sum/conv")][1::2] == pytest.approx(
+            [e["conv"] for e in expected], rel=1e-5, abs=1e-6
+        )
 
 
 def test_tuner_with_resources_and_parameters(ray_session, tmp_path) -> None:

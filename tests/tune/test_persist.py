@@ -30,3 +30,29 @@ def test_the_uploader_copies_our_event_files_with_their_subfolders(tmp_path) -> 
     for name in ours:
         assert (remote / name).read_bytes() == (local / name).read_bytes()
     assert Path(remote / ours[1]).parent.name == "resumed_without_state_ab12"
+
+
+def test_in_a_folder_other_trials_write_to_only_the_trials_own_files_are_copied(tmp_path) -> None:
+    """Trials given one ``log_dir`` write their event files side by side: each trial's
+    storage gets the files its own bus opened (the run it moved to too), not the others'
+    (a trial's directory held the earlier trials' files, their steps read as its own)."""
+    import torch
+
+    from ikkuna_tune.bus import MessageBus
+
+    shared, remote = tmp_path / "shared", tmp_path / "remote"
+    buses = [MessageBus(name, log_dir=shared) for name in ("a", "b")]
+    for number, bus in enumerate(buses):
+        bus.backend("tb").add_scalar("loss", torch.tensor(float(number)), 0)
+    buses[0].move_log_dir(shared / "resumed_without_state_ab12")
+    buses[0].backend("tb").add_scalar("loss", torch.tensor(2.0), 0)
+    for bus in buses:
+        bus.close()
+    own = sorted(str(p.relative_to(shared)) for p in buses[0].event_files())
+    assert len(own) == 2 and own[1].startswith("resumed_without_state_ab12/")
+    assert len(list(shared.rglob("events.out.tfevents*"))) == 3
+    uploader = TrialUploader(shared, only=buses[0].event_files)
+    uploader._target = (pyarrow.fs.LocalFileSystem(), str(remote))
+    uploader.upload()
+    copied = sorted(str(p.relative_to(remote)) for p in remote.rglob("*") if p.is_file())
+    assert copied == own

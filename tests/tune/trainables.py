@@ -95,6 +95,7 @@ def train_tiny(config: dict[str, Any]) -> None:
     ``drop_state`` deletes it (a checkpoint saved without it), each at the first restore only;
     ``crash_again_marker`` crashes once more, at iteration ``crash_again_at`` (3). ``acc``: a
     list, reported as metric ``acc`` (its value at each iteration), for tests of the stop rules.
+    ``log_dir``: where the event files go (default: the trial's own folder for them).
     """
     torch.manual_seed(config.get("seed", 0))
     model = TinyNet()
@@ -115,7 +116,7 @@ def train_tiny(config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"] + 1
-    exporter = ik.watch(model, opt)
+    exporter = ik.watch(model, opt, log_dir=config.get("log_dir"))
     loss_fn = exporter.wrap_loss(F.cross_entropy)
     x, y = data()
     for iteration in range(start, config["iterations"]):
