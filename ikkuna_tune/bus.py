@@ -62,7 +62,8 @@ class MessageBus(KindRegistry):
     Args:
         name: a name for logs.
         log_dir: where the ``'tb'`` backend of this bus writes its event files (default: a new
-            ``runs/<date>_<host>`` directory, as tensorboardX chooses).
+            ``runs/<date>_<host>`` directory, as tensorboardX chooses, with ``_2`` ... added
+            where a run started in the same second has that name).
         draw: ``False`` makes every backend of this bus draw nothing (the ranks of a
             data-parallel job other than rank 0, whose values rank 0 reports).
 

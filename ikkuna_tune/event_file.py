@@ -57,6 +57,26 @@ def encode_event(summary: bytes, step: int, wall_time: float) -> bytes:
     return head + b"\x2a" + _varint(len(summary)) + summary
 
 
+def _new_run(folder: Path) -> Path:
+    """``folder``, made now, or where it exists ``folder_2``, ``folder_3`` ...: a run of its own.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     [_new_run(Path(root) / "run").name for _ in range(3)]
+        ['run', 'run_2', 'run_3']
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = folder, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = folder.with_name(f"{folder.name}_{number}")
+
+
 class EventFile:
     """Appends events to a new event file in ``log_dir``, in the calling thread.
 
@@ -65,8 +85,8 @@ class EventFile:
     writer opened one in the same second), the next free second names it: it never truncates
     the other's file, and it sorts after it, as TensorBoard, which reads a folder's files in
     name order, must read a restored attempt's file after the failed one's. ``log_dir`` None is
-    tensorboardX's
-    default, ``runs/<date and time>_<host>``.
+    tensorboardX's default, ``runs/<date and time>_<host>``, a new folder: where one of that
+    name exists (another run started in the same second), ``_2``, ``_3`` ... is added.
 
     Examples:
         >>> import tempfile
@@ -86,9 +106,12 @@ class EventFile:
     def __init__(self, log_dir: str | Path | None = None, suffix: str = "") -> None:
         host = socket.gethostname()
         if log_dir is None:
-            log_dir = Path("runs") / f"{datetime.now().strftime('%b%d_%H-%M-%S')}_{host}"
-        self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_dir = _new_run(
+                Path("runs") / f"{datetime.now().strftime('%b%d_%H-%M-%S')}_{host}"
+            )
+        else:
+            self.log_dir = Path(log_dir)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         now = time.time()
         seconds = int(now)
         while True:  # never over another writer's file of the same second

@@ -90,3 +90,34 @@ def test_a_file_opened_in_the_same_second_sorts_after_the_first(tmp_path, monkey
         (1, 1.0),
         (2, 0.5),
     ]
+
+
+def test_runs_started_in_one_second_without_a_log_dir_get_a_folder_each(
+    tmp_path, monkeypatch
+) -> None:
+    """Two trials called one after the other without Ray, within one second, each wrote to the
+    default ``runs/<date>_<host>``: one folder, one TensorBoard run with both trials' steps
+    interleaved. Each gets a folder of its own, and reads back only its own values."""
+    import datetime as real_datetime
+
+    import ikkuna_tune.event_file as event_file
+
+    class FixedClock(real_datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
+            return real_datetime.datetime(2026, 12, 2, 9, 27, 57)
+
+    monkeypatch.setattr(event_file, "datetime", FixedClock)
+    monkeypatch.chdir(tmp_path)
+    files = [EventFile() for _ in range(2)]
+    for value, events in enumerate(files):
+        events.add_summary(
+            Summary(value=[Summary.Value(tag="loss", simple_value=value)]).SerializeToString(), 0
+        )
+        events.close()
+    assert files[0].log_dir != files[1].log_dir
+    assert files[1].log_dir.name == files[0].log_dir.name + "_2"
+    for value, events in enumerate(files):
+        reader = EventAccumulator(str(events.log_dir))
+        reader.Reload()
+        assert [(e.step, e.value) for e in reader.Scalars("loss")] == [(0, float(value))]
