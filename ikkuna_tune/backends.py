@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, SupportsIndex
+from typing import Any, NoReturn, SupportsIndex, TypeVar
 
 import numpy as np
 import torch
@@ -244,6 +244,27 @@ EVENT_FILE_SUFFIX = ".ikkuna_tune"
 FLUSH_AFTER = 200_000
 
 
+_T = TypeVar("_T")
+
+
+def _last_of_each(items: list[_T], key: Callable[[_T], Hashable]) -> list[_T]:
+    """``items`` without those that a later item of the same ``key`` supersedes, in order.
+
+    A kind published several times in one step (the batches of a validation pass, which
+    counts no step, or the passes of an accumulated step) gave one TensorBoard step several
+    points; a report holds the last, and so does TensorBoard.
+
+    Examples:
+        >>> _last_of_each([("loss", 0, 0.7), ("loss", 0, 0.8), ("acc", 0, 0.5)], lambda i: i[:2])
+        [('loss', 0, 0.8), ('acc', 0, 0.5)]
+    """
+    last = {key(item): index for index, item in enumerate(items)}
+    if len(last) == len(items):
+        return items
+    kept = set(last.values())
+    return [item for index, item in enumerate(items) if index in kept]
+
+
 class TensorBoardBackend(Backend):
     """Writes a TensorBoard event file in one run directory, buffering values until flushed.
 
@@ -345,6 +366,7 @@ class TensorBoardBackend(Backend):
         ]
         self._vectors, self._scalars = [], []
         self._buffered = 0
+        items = _last_of_each(items, lambda item: (item[2], tuple(item[0])))
         by_step: dict[int, list[bytes]] = {}
         if items:
             encode = self._encoder.encode
@@ -354,6 +376,7 @@ class TensorBoardBackend(Backend):
         for step in sorted(by_step):
             events.add_summary(b"".join(by_step[step]), step)
         histograms, self._histograms = self._histograms, []  # taken, also if writing fails
+        histograms = _last_of_each(histograms, lambda item: (item[4], item[0]))
         # every histogram's stats, edges and counts in one transfer per device
         parts = [
             (tag, part, step)

@@ -421,3 +421,30 @@ def test_values_buffered_before_a_restart_are_dropped_not_drawn(tmp_path) -> Non
     reader.Reload()
     assert [(e.step, e.value) for e in reader.Scalars("norm/fc")] == [(10, 206.0), (11, 209.0)]
     assert reader.Tags()["histograms"] == []
+
+
+def test_a_kind_published_several_times_in_one_step_draws_its_last_value(tmp_path) -> None:
+    """A validation pass of three batches counts no step: its loss and norms came three times
+    at one step, three points where a report holds the last. TensorBoard gets one point per
+    tag and step, the last, as Tune does."""
+    backend = TensorBoardBackend(tmp_path)
+    for step in (2, 5):
+        for batch in range(3):
+            backend.add_scalar("loss/eval", torch.tensor(step + batch / 10), step)
+            backend.add_scalars(["norm/a", "norm/b"], torch.tensor([batch, -batch]) * 1.0, step)
+            edges = torch.tensor([0.0, 1.0, 2.0])
+            stats = torch.tensor([0.0, 2.0, batch + 1.0, 1.0, 1.0])
+            backend.add_histogram("h", torch.tensor([batch, 1]), edges, stats, step)
+        backend.add_scalar("acc", torch.tensor(0.5), step)
+    backend.close()
+    reader = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    reader.Reload()
+    read = {t: [(e.step, e.value) for e in reader.Scalars(t)] for t in reader.Tags()["scalars"]}
+    assert read == {
+        "loss/eval": [(2, pytest.approx(2.2)), (5, pytest.approx(5.2))],
+        "norm/a": [(2, 2.0), (5, 2.0)],
+        "norm/b": [(2, -2.0), (5, -2.0)],
+        "acc": [(2, 0.5), (5, 0.5)],
+    }
+    drawn = [(e.step, e.histogram_value.num) for e in reader.Histograms("h")]
+    assert drawn == [(2, 3.0), (5, 3.0)]
