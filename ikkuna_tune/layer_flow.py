@@ -87,7 +87,14 @@ def keeps_running_stats(module: nn.Module) -> bool:
 
 def holds_state(module: nn.Module) -> bool:
     """Whether ``module`` holds parameters of its own, or keeps running statistics
-    (:func:`keeps_running_stats`): what can keep changing the layers after it."""
+    (:func:`keeps_running_stats`): what can keep changing the layers after it.
+
+    Examples:
+        >>> holds_state(nn.LayerNorm(3)), holds_state(nn.BatchNorm1d(3, affine=False))
+        (True, True)
+        >>> holds_state(nn.Sequential(nn.Linear(2, 2)))  # its layer's, not its own
+        False
+    """
     return next(module.parameters(recurse=False), None) is not None or keeps_running_stats(module)
 
 
