@@ -197,6 +197,16 @@ class TrainAccuracySubscriber(PlotSubscriber):
                 why,
             )
 
+    def unmeasurable(self) -> dict[str, str]:
+        """``train_accuracy``, with why, once every wrapped loss was left out and nothing was
+        counted (a regression trained on ``mse_loss`` alone)."""
+        if not self._left_out or self._counted or self._labels_checked:
+            return {}
+        return {
+            keys.TRAIN_ACCURACY: "the targets of every wrapped loss are no class labels (a "
+            "regression loss's, say), so it has no accuracy; leave TrainAccuracySubscriber out"
+        }
+
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if isinstance(message_or_bundle, MessageBundle):
             bundle = message_or_bundle

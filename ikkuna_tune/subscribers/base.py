@@ -139,6 +139,16 @@ class Subscriber:
         """The kinds this subscriber publishes, with their type (``'DATA'`` or ``'META'``)."""
         return dict(self._publications)
 
+    def unmeasurable(self) -> dict[str, str]:
+        """The kinds this subscriber publishes that it knows it cannot measure in this run,
+        each with why (a report's warning about them says so); none by default.
+
+        Examples:
+            >>> Subscriber([]).unmeasurable()
+            {}
+        """
+        return {}
+
     def publications_on(self, message_bus: MessageBus) -> dict[str, KindType]:
         """The kinds this subscriber publishes on ``message_bus``, with their types; what the bus
         registers when it attaches this subscriber. A subclass whose kinds depend on the bus's

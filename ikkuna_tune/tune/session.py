@@ -859,6 +859,21 @@ class TrialSession:
         if not unmeasured:
             return
         self._warned_unmeasured.update(unmeasured)
+        reasons = {
+            key: f"{type(subscriber).__name__}: {why}"
+            for subscriber in self.subscribers
+            for key, why in subscriber.unmeasurable().items()
+            if key in unmeasured
+        }
+        for key, why in reasons.items():
+            warnings.warn(
+                f"ik.report: {key!r} is None in every report of this trial: {why}",
+                UserWarning,
+                stacklevel=4,  # the user's ik.report(...)
+            )
+        unmeasured = [key for key in unmeasured if key not in reasons]
+        if not unmeasured:
+            return
         named = ", ".join(map(repr, unmeasured))
         warnings.warn(
             f"ik.report: {named} not measured since the previous report, so None in this one "

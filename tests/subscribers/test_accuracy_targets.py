@@ -687,3 +687,36 @@ def test_a_step_whose_classification_labels_are_all_ignored_counts_the_other_los
     exporter.close()
     assert published[1::2] == pytest.approx(expected)  # the last value of each step
     assert expected[1] != 0.0
+
+
+def test_a_regression_trials_report_says_why_train_accuracy_is_none() -> None:
+    """A trial trained on mse_loss alone has no train accuracy: its reports say why (every
+    loss's targets are no class labels), not that it was not measured since the previous
+    report, which suggests a subscriber measuring every few batches."""
+    import warnings
+
+    def trial(config: dict) -> None:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        exporter = ik.watch(model, opt)
+        loss_fn = exporter.wrap_loss(F.mse_loss)
+        x, y = _regression()
+        for _ in range(2):
+            for _ in range(3):
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step()
+            exporter.epoch_finished()
+            ik.report({"val": 1.0})
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ik.instrument(trial, [ik.TrainAccuracySubscriber(backend=None)])({})
+    assert [r["train_accuracy"] for r in ik.local_results()] == [None, None]
+    said = [str(w.message) for w in caught if "train_accuracy" in str(w.message)]
+    assert said == [
+        "ik.report: 'train_accuracy' is None in every report of this trial: "
+        "TrainAccuracySubscriber: the targets of every wrapped loss are no class labels (a "
+        "regression loss's, say), so it has no accuracy; leave TrainAccuracySubscriber out"
+    ]
