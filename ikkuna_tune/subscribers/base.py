@@ -144,7 +144,8 @@ class Subscriber:
         each with why (a report's warning about them says so); none by default.
 
         Examples:
-            >>> Subscriber([]).unmeasurable()
+            >>> from ikkuna_tune.subscribers import NormSubscriber
+            >>> NormSubscriber("weights", backend=None).unmeasurable()
             {}
         """
         return {}
