@@ -267,6 +267,22 @@ def _tune_context() -> Any | None:
         return None
 
 
+def _storage_subdir(log_dir: str | Path, context: Any, chosen: bool) -> str:
+    """Where under the trial's storage its event files go: ikkuna_tune's own folder; a folder
+    the user chose inside the trial's working directory or its directory (a relative
+    ``log_dir="tb"``) at the same place; any other at the top."""
+    if chosen:
+        return EVENT_DIR
+    folder = Path(log_dir).resolve()
+    for base in (Path.cwd(), Path(context.get_trial_dir())):
+        try:
+            inside = folder.relative_to(base.resolve())
+        except (ValueError, OSError):
+            continue
+        return "" if inside == Path() else inside.as_posix()
+    return ""
+
+
 class TrialSession:
     """Everything ikkuna_tune keeps for one trial.
 
@@ -508,7 +524,9 @@ class TrialSession:
         if self.context is not None and log_dir is not None:
             # in a folder the user chose, other trials may write too: only this one's files
             only = None if chosen else bus.event_files
-            self._uploader = TrialUploader(log_dir, EVENT_DIR if chosen else "", only)
+            self._uploader = TrialUploader(
+                log_dir, _storage_subdir(log_dir, self.context, chosen), only
+            )
         self.bus, self.exporter = bus, exporter
         try:
             self._restore()

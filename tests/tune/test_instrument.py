@@ -111,6 +111,20 @@ def test_trials_given_one_log_dir_each_copy_their_own_event_files(ray_session, t
         )
 
 
+def test_a_relative_log_dir_keeps_its_place_in_the_trials_storage(ray_session, tmp_path) -> None:
+    """``log_dir="tb"`` is a folder of the trial's directory (its working directory): its
+    files go to ``tb/`` in the trial's storage too, not to the top beside Tune's own."""
+    config = {"lr": 0.1, "iterations": 2, "log_dir": "tb"}
+    trainable = ik.instrument(train_tiny, [WeightSum(backend="tb")])
+    analysis = tune.run(trainable, config=config, storage_path=str(tmp_path), verbose=0)
+    (trial,) = analysis.trials
+    ours = sorted(
+        str(p.relative_to(trial.path))
+        for p in Path(trial.path).rglob("events.out.tfevents*" + EVENT_FILE_SUFFIX)
+    )
+    assert len(ours) == 1 and ours[0].startswith("tb/"), ours
+
+
 def test_tuner_with_resources_and_parameters(ray_session, tmp_path) -> None:
     def spec(config):
         return [StepCount()]
