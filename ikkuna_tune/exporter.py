@@ -316,10 +316,9 @@ class Exporter(StepHooks, LayerFreezing):
     a ``PackedSequence``'s data), of a dict the value under ``'logits'`` or ``'out'`` (in that
     order), else its first tensor; where the wrapped loss (:meth:`wrap_loss`) scores another
     tensor of the output and never that one (a model that returns ``(features, logits)``), the
-    tensor at that place of the output from the next forward pass on (logged once). Where the
-    loss scores a view of all of a tensor of the output (``logits.squeeze(1)`` of an ``(N, 1,
-    C)`` tensor), that tensor viewed so; where it scores a tensor computed from the output, or a
-    part of one, of another shape than the first tensor's, a warning says so.
+    tensor at that place of the output from the next forward pass on (logged once), also where
+    the loss scores a view of all of it (``logits.squeeze(1)``); where it scores only a part of
+    another tensor than the first (``logits[:, :3]``), a warning says so.
     ``output_fn`` chooses the network's output tensor instead.
     A layer's ``layer_gradients`` are the gradient of that tensor: an LSTM classifier that reads
     only the final hidden state ``h_n`` sends none through the output sequence, so the LSTM
@@ -464,10 +463,8 @@ class Exporter(StepHooks, LayerFreezing):
         )
         self._output_fn = output_fn
         self._output_path = None
-        self._output_shape = None
         self._output_settled = False
         self._scored_path = None
-        self._scored_shape = None
         self._unplaced = None
         self._pending_output = None
         self._pending_seen = False
@@ -662,9 +659,7 @@ class Exporter(StepHooks, LayerFreezing):
         Raises:
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
-        return output_tensor(
-            self.model, output, self._output_fn, self._output_path, self._output_shape
-        )
+        return output_tensor(self.model, output, self._output_fn, self._output_path)
 
     def _hook_optimizers(
         self, optimizers: Sequence[torch.optim.Optimizer]

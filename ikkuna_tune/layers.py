@@ -13,7 +13,6 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -38,6 +37,7 @@ __all__ = [
     "output_tensor",
     "own_params",
     "select_modules",
+    "shared_path",
     "tensor_path",
     "unowned_parameters",
     "unwrapped",
@@ -446,6 +446,33 @@ def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], tor
     return None
 
 
+def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where in ``output`` lies the first tensor (depth-first) that ``target`` shares its
+    storage with as a view of the same tensor (a part of it, ``logits[:, :3]``), or None.
+
+    Examples:
+        >>> features, logits = torch.zeros(2, 4), torch.ones(2, 5)
+        >>> shared_path((features, logits), logits[:, :3])
+        (1,)
+        >>> shared_path((features, logits), logits * 2) is None  # computed, no view
+        True
+    """
+    root = _view_root(target)
+    if isinstance(output, torch.Tensor):
+        return () if _view_root(output) is root else None
+    if isinstance(output, Mapping):
+        items: Iterable[tuple[Any, Any]] = output.items()
+    elif isinstance(output, (tuple, list)):
+        items = enumerate(output)
+    else:
+        return None
+    for key, value in items:
+        found = shared_path(value, target)
+        if found is not None:
+            return (key, *found)
+    return None
+
+
 def at_path(output: Any, path: tuple[Any, ...]) -> torch.Tensor | None:
     """The tensor that :func:`tensor_path` ``path`` leads to in ``output``, or None where
     ``output`` has no tensor there (another structure).
@@ -471,13 +498,10 @@ def output_tensor(
     output: Any,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     path: tuple[Any, ...] | None = None,
-    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The tensor that stands for ``model``'s ``output`` (what ``network_output`` carries):
     ``output_fn(output)`` if one was given, else the tensor at ``path`` (:func:`tensor_path`:
-    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`;
-    with ``shape``, that tensor viewed as ``(len(tensor), *shape)`` where it has as many
-    elements (the shape a wrapped loss scored it in: ``logits.squeeze(1)``'s).
+    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`.
 
     Raises:
         ValueError: if there is no tensor (or ``output_fn`` returns something else).
@@ -504,8 +528,6 @@ def output_tensor(
             "in it, so there is no network_output to publish; pass "
             "Exporter(..., output_fn=...) to say which tensor is the output"
         )
-    if shape is not None and tensor.dim() and tensor.numel() == len(tensor) * math.prod(shape):
-        tensor = tensor.reshape(len(tensor), *shape)
     return tensor
 
 

@@ -30,6 +30,7 @@ from ikkuna_tune.layers import (
     first_tensor,
     layer_tensor,
     output_tensor,
+    shared_path,
     tensor_path,
     unwrapped,
     viewed_path,
@@ -83,11 +84,6 @@ _autograd_node: Callable[[], object] | None = getattr(torch._C, "_current_autogr
 _functorch_level: Callable[[], object] | None = getattr(
     getattr(torch._C, "_functorch", None), "maybe_current_level", None
 )
-
-
-def _viewed_as(shape: tuple[int, ...] | None) -> str:
-    """How a log line says the scores are viewed: nothing, or `` viewed as (N, 3)``."""
-    return "" if shape is None else f" viewed as {('N', *shape)}".replace("'", "")
 
 
 def _in_transform() -> bool:
@@ -215,11 +211,9 @@ class StepHooks:
     _output_fn: Callable[[Any], torch.Tensor] | None
     _output_path: tuple[Any, ...] | None  # where in the model's output the scores lie
     _output_settled: bool  # whether a wrapped loss has told where its scores lie
-    _output_shape: tuple[int, ...] | None  # the shape (after the batch) the scores are read in
     _scored_path: tuple[Any, ...] | None  # another element a wrapped loss scored, not settled
-    _scored_shape: tuple[int, ...] | None  # the shape the loss scored it in, not settled
-    #: the shapes of the first scores in no element of the output and of the tensor that
-    #: stands for it, where they differ (warned of if the rule stands)
+    #: the shapes of the first scores that are a part of an element of the output other than
+    #: the tensor that stands for it, and of that tensor (warned of if the rule stands)
     _unplaced: tuple[tuple[int, ...], tuple[int, ...]] | None
     _pending_output: Any  # the latest training output of a model whose output is no tensor
     _pending_seen: bool  # whether a wrapped loss has scored since that output
@@ -717,40 +711,32 @@ class StepHooks:
         if not self._output_settled:
             self._note_output(output, tag)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
-            if (
-                self._output_fn is not None
-                or self._output_shape is not None
-                or not isinstance(output, torch.Tensor)
-            ):
-                output = output_tensor(
-                    self.model, output, self._output_fn, self._output_path, self._output_shape
-                )
+            if self._output_fn is not None or not isinstance(output, torch.Tensor):
+                output = output_tensor(self.model, output, self._output_fn, self._output_path)
             self._emit_meta("network_output", output.detach(), tag)
 
     def _note_output(self, output: Any, tag: str) -> None:
-        """Learn which tensor of a model's output holds its scores, and in which shape: the one
-        a wrapped loss scores (:meth:`_note_scores`). Where the losses of a step scored another
-        tensor than the first (``(features, logits)``) and never the first, the next forward
-        pass settles on that one: ``network_output`` and test accuracy read it from then on,
-        viewed as the loss scored it where that was a view of all of it (``logits.squeeze(1)``
-        of an ``(N, 1, C)`` tensor)."""
+        """Learn which tensor of a model's output holds its scores: the one a wrapped loss
+        scores (:meth:`_note_scores`), itself or through a view of all of it
+        (``logits.squeeze(1)``). Where the losses of a step scored another tensor than the
+        first (``(features, logits)``) and never the first, the next forward pass settles on
+        that one: ``network_output`` and test accuracy read it from then on."""
         if self._scored_path is not None:
             self._output_path, self._scored_path = self._scored_path, None
-            self._output_shape = self._scored_shape
             self._output_settled, self._pending_output = True, None
             self._pending_seen = False
             logger.info(
-                "The wrapped loss scores the element %s of %s's output%s, not its first tensor: "
+                "The wrapped loss scores the element %s of %s's output, not its first tensor: "
                 "network_output and test accuracy use that element (pass Exporter(..., "
                 "output_fn=...) to choose another)",
                 "".join(f"[{key!r}]" for key in self._output_path),
                 type(self.model).__name__,
-                _viewed_as(self._output_shape),
             )
             return
-        if self._pending_seen or self._output_fn is not None:
-            # nothing to learn, or the losses of a step scored only tensors computed from the
-            # output: the rule stands, and the output is let go (it holds the step's graph)
+        if self._pending_seen or self._output_fn is not None or isinstance(output, torch.Tensor):
+            # nothing to learn, or the losses of a step scored the first tensor or only
+            # tensors computed from the output: the rule stands, and the output is let go (it
+            # holds the step's graph)
             self._output_settled, self._pending_output = True, None
             if self._output_fn is None:
                 self._warn_unplaced()
@@ -767,51 +753,43 @@ class StepHooks:
         if not learn:
             return
         path = tensor_path(pending, scores)
-        shape = None
         if path is None:
+            # a view of all of an element (logits.squeeze(1), a transpose) is that element:
+            # test accuracy reads it as it is (the classes in dimension 1, else last)
             found = viewed_path(pending, scores)
             if found is None:
                 self._note_unplaced(pending, scores)
                 return  # computed from the output, or a part of it: the rule stands
-            path, whole = found
-            if scores.dim() and whole.dim() and len(scores) == len(whole):
-                if scores.shape != whole.shape:
-                    shape = tuple(scores.shape[1:])  # (a view that keeps the batch dimension)
-        if path == () or first_tensor(pending) is at_path(pending, path):
+            path = found[0]
+        if first_tensor(pending) is at_path(pending, path):
             self._output_settled, self._pending_output = True, None  # the rule's choice
             self._scored_path = None
-            self._output_shape = shape
-            if shape is not None:
-                logger.info(
-                    "The wrapped loss scores %s's output%s: network_output and test accuracy "
-                    "read it so (pass Exporter(..., output_fn=...) to choose otherwise)",
-                    type(self.model).__name__,
-                    _viewed_as(shape),
-                )
         elif self._scored_path is None:
-            self._scored_path, self._scored_shape = path, shape
+            self._scored_path = path
 
     def _note_unplaced(self, output: Any, scores: torch.Tensor) -> None:
-        """Keep, for :meth:`_warn_unplaced`, the shapes of scores computed from the model's
-        output or a part of it, and of the tensor that stands for the output, where they
-        differ other than as a flattening (``log_softmax(logits)`` or ``logits.view(-1,
-        classes)`` are no concern)."""
+        """Keep, for :meth:`_warn_unplaced`, the shapes of scores that are a part of an element
+        of the model's output other than the tensor that stands for it (``logits[:, :3]`` of
+        ``(features, logits)``), and of that tensor: test accuracy would score the other.
+        Scores computed from the output, or a part of the standing tensor itself (a language
+        model's shifted ``logits[:, :-1]``), say nothing of that."""
         standing = first_tensor(output)
-        if self._unplaced is not None or standing is None or standing.shape == scores.shape:
+        if self._unplaced is not None or standing is None:
             return
-        if standing.numel() != scores.numel():
+        part = shared_path(output, scores)
+        if part is not None and at_path(output, part) is not standing:
             self._unplaced = (tuple(scores.shape), tuple(standing.shape))
 
     def _warn_unplaced(self) -> None:
-        """Warn that the step's losses scored only tensors found nowhere in the output, of
-        another shape than the tensor test accuracy will score."""
+        """Warn that the step's losses scored only a part of an element of the output other
+        than the tensor test accuracy will score."""
         if self._unplaced is None:
             return
         logger.warning(
-            "The wrapped loss scores a tensor of shape %s that is neither an element of %s's "
-            "output nor a view of one (a part of one, or computed from it): network_output and "
-            "test accuracy read its tensor of shape %s as the model's scores. Pass "
-            "output_fn= to ik.watch or Exporter to say which scores the output holds",
+            "The wrapped loss scores a tensor of shape %s, a part of an element of %s's "
+            "output other than its first tensor: network_output and test accuracy read that "
+            "first tensor, of shape %s, as the model's scores. Pass output_fn= to ik.watch or "
+            "Exporter to say which scores the output holds",
             *self._unplaced[:1],
             type(self.model).__name__,
             *self._unplaced[1:],
