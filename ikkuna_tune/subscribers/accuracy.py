@@ -198,13 +198,13 @@ class TrainAccuracySubscriber(PlotSubscriber):
             )
 
     def unmeasurable(self) -> dict[str, str]:
-        """``train_accuracy``, with why, once every wrapped loss was left out and nothing was
-        counted (a regression trained on ``mse_loss`` alone)."""
+        """``train_accuracy``, with why, while every wrapped loss so far was left out and
+        nothing was counted (a regression trained on ``mse_loss``)."""
         if not self._left_out or self._counted or self._labels_checked:
             return {}
         return {
-            keys.TRAIN_ACCURACY: "the targets of every wrapped loss are no class labels (a "
-            "regression loss's, say), so it has no accuracy; leave TrainAccuracySubscriber out"
+            keys.TRAIN_ACCURACY: "the targets of every wrapped loss so far are no class labels "
+            "(a regression loss's, say), which have no accuracy"
         }
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:

@@ -877,26 +877,21 @@ class TrialSession:
         if not unmeasured:
             return
         self._warned_unmeasured.update(unmeasured)
-        reasons = {
-            key: f"{type(subscriber).__name__}: {why}"
+        reasons = [
+            f"{type(subscriber).__name__}: {why}"
             for subscriber in self.subscribers
             for key, why in subscriber.unmeasurable().items()
             if key in unmeasured
-        }
-        for key, why in reasons.items():
-            warnings.warn(
-                f"ik.report: {key!r} is None in every report of this trial: {why}",
-                UserWarning,
-                stacklevel=4,  # the user's ik.report(...)
-            )
-        unmeasured = [key for key in unmeasured if key not in reasons]
-        if not unmeasured:
-            return
+        ]
         named = ", ".join(map(repr, unmeasured))
+        # what the subscribers know of why, else the usual cause
+        why = "; ".join(reasons) or (
+            "a subscriber measuring every `frequency` batches, with fewer batches between "
+            "reports, say"
+        )
         warnings.warn(
             f"ik.report: {named} not measured since the previous report, so None in this one "
-            "(a subscriber measuring every `frequency` batches, with fewer batches between "
-            "reports, say). A Tune stopper or scheduler that compares such a key "
+            f"({why}). A Tune stopper or scheduler that compares such a key "
             "(stop={...}, ASHAScheduler, MedianStoppingRule) fails on None and ends the sweep: "
             "measure it at every report (frequency='epoch' with one report per epoch), or pass "
             "the scheduler as ik.SVCCAScheduler(base=...), which leaves reports without the "
