@@ -513,6 +513,10 @@ class Exporter(StepHooks, LayerFreezing):
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
         self._flow_known = False  # whether a probe has run the whole model
         self._flow_stale = False  # whether the flow came from an older version's checkpoint
+        #: the running statistics' buffers as last looked at (the step, each module's buffers
+        #: and their versions) and which of them had changed since the look before
+        self._stats_look: tuple[int, dict[str, tuple[tuple[int, int], ...]], set[str]] | None
+        self._stats_look = None
         self._stale_version: Any = None  # that checkpoint's flow version (None: unversioned)
         self._deferred_gradients = {}
         self._warned_uncalled = False
@@ -1165,8 +1169,9 @@ class Exporter(StepHooks, LayerFreezing):
         """The modules outside the tracked layers that the last probe pass ran before layer
         ``name`` and that hold a trainable parameter of their own (a BatchNorm ``module_filter``
         left out, a parent's position embedding), or keep running statistics that a freeze
-        does not hold (a BatchNorm with ``affine=False``, which is no layer, or one whose
-        parameters the user froze while it still updates its statistics in training mode):
+        does not hold and that changed since the previous look at an earlier step (a BatchNorm
+        with ``affine=False``, which is no layer, or one whose parameters the training code
+        froze while it still updates its statistics in training mode; at the first look, any):
         while they train, ``name`` sees changing inputs, so freezing it saves no backward
         computation and its output still changes; automatic freezing (SVCCA's ``freeze_at``,
         SVCCAScheduler) leaves it trainable.
@@ -1201,9 +1206,32 @@ class Exporter(StepHooks, LayerFreezing):
                     p.requires_grad
                     for p in found[other].parameters(recurse=found[other] in tracked)
                 )
-                or (other not in self._frozen and keeps_running_stats(found[other]))
+                or (
+                    other not in self._frozen
+                    and keeps_running_stats(found[other])
+                    and other in self._moving_stats(found)
+                )
             )
         ]
+
+    def _moving_stats(self, modules: Mapping[str, nn.Module]) -> set[str]:
+        """The modules of ``modules`` (by name) that keep running statistics and updated them
+        since the previous look, at an earlier step (a buffer's version counts its in-place
+        changes): whatever mode they are in at a report (a validation pass leaves a model in
+        eval mode; a fine-tuning loop may hold a BatchNorm in it for good). At the first look,
+        all of them (nothing to compare with: they may be updating)."""
+        look = self._stats_look
+        if look is not None and look[0] == self.global_step:
+            return look[2]
+        now = {
+            name: tuple((id(b), b._version) for b in module.buffers(recurse=False))
+            for name, module in modules.items()
+            if keeps_running_stats(module)
+        }
+        before = look[1] if look is not None else {}
+        moving = {name for name, versions in now.items() if before.get(name) != versions}
+        self._stats_look = (self.global_step, now, moving)
+        return moving
 
     def _parameter_holders(self, model: nn.Module) -> list[str]:
         """The tracked layers and the other modules outside them that hold parameters of

@@ -748,3 +748,42 @@ def test_an_older_flow_of_a_compiled_model_stays_older_until_a_probe_records_it(
     assert compiled_run.trains_upstream("fc1") == eager_run.trains_upstream("fc1")
     compiled_run.close()
     eager_run.close()
+
+
+class _HeldNorm(nn.Sequential):
+    """A fine-tuning model whose first BatchNorm, its parameters frozen, stays in eval mode
+    whatever mode the model is put in: its running statistics never change."""
+
+    def train(self, mode: bool = True) -> _HeldNorm:
+        super().train(mode)
+        self[0].eval()
+        return self
+
+
+def test_running_statistics_held_fixed_do_not_block_freezing_after_the_first_look() -> None:
+    """Whether a BatchNorm updates its running statistics is read from its buffers (did they
+    change since the previous look?), not from its mode at a report, which a validation pass
+    or a fine-tuning loop sets: held fixed in eval mode, it blocks only the first look (nothing
+    to compare with), and the layers after it freeze; updating, it blocks every look."""
+    for held in (True, False):
+        torch.manual_seed(0)
+        layers = (nn.BatchNorm1d(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                  nn.Linear(16, 3))  # fmt: skip
+        model = _HeldNorm(*layers) if held else nn.Sequential(*layers)
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        bus = MessageBus()
+        exporter = ik.Exporter(model, opt, bus, module_filter=nn.Linear)
+        ik.SVCCASubscriber(
+            torch.randn(64, 6), 64, freeze_at=1e-6, message_bus=bus, backend=None, min_travel=0
+        )
+        assert exporter.trains_upstream("1") == ["0"]  # the first look
+        before = {k: v.clone() for k, v in model[0].state_dict().items()}
+        _train(model, opt, exporter, epochs=3)
+        changed = any(not torch.equal(v, model[0].state_dict()[k]) for k, v in before.items())
+        assert changed is not held
+        assert exporter.trains_upstream("1") == ([] if held else ["0"])
+        assert exporter.frozen == (("1", "3") if held else ())
+        exporter.close()
