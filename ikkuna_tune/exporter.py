@@ -23,6 +23,7 @@ from torch.optim.optimizer import (
 from torch.utils.hooks import RemovableHandle
 
 from ikkuna_tune import keys
+from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.compiled_taps import add_receiver, remove_receiver
 from ikkuna_tune.layer_flow import (
@@ -513,10 +514,9 @@ class Exporter(StepHooks, LayerFreezing):
         self._flow = LayerFlow()  # the data flow through the layers, once a probe has run
         self._flow_known = False  # whether a probe has run the whole model
         self._flow_stale = False  # whether the flow came from an older version's checkpoint
-        #: the running statistics' buffers as last looked at (the step, each module's buffers
-        #: and their versions) and which of them had changed since the look before
-        self._stats_look: tuple[int, dict[str, tuple[tuple[int, int], ...]], set[str]] | None
-        self._stats_look = None
+        #: the running statistics as last looked at (the step, each module's buffers' sums)
+        #: and which of them had changed since the look before
+        self._stats_look: tuple[int, dict[str, list[float]], set[str]] | None = None
         self._stale_version: Any = None  # that checkpoint's flow version (None: unversioned)
         self._deferred_gradients = {}
         self._warned_uncalled = False
@@ -1216,20 +1216,24 @@ class Exporter(StepHooks, LayerFreezing):
 
     def _moving_stats(self, modules: Mapping[str, nn.Module]) -> set[str]:
         """The modules of ``modules`` (by name) that keep running statistics and updated them
-        since the previous look, at an earlier step (a buffer's version counts its in-place
-        changes): whatever mode they are in at a report (a validation pass leaves a model in
-        eval mode; a fine-tuning loop may hold a BatchNorm in it for good). At the first look,
-        all of them (nothing to compare with: they may be updating)."""
+        since the previous look, at an earlier step (their buffers' sums changed, read in one
+        transfer): whatever mode they are in at a report (a validation pass leaves a model in
+        eval mode; a fine-tuning loop may hold a BatchNorm in it for good). The look is kept
+        in the checkpoint, so a restored trial judges as the uninterrupted one; at the first
+        look, all of them (nothing to compare with: they may be updating)."""
         look = self._stats_look
         if look is not None and look[0] == self.global_step:
             return look[2]
-        now = {
-            name: tuple((id(b), b._version) for b in module.buffers(recurse=False))
+        buffers = {
+            name: [b.detach() for b in module.buffers(recurse=False)]
             for name, module in modules.items()
             if keeps_running_stats(module)
         }
+        items = [("", b.sum(dtype=torch.float64), 0) for held in buffers.values() for b in held]
+        numbers = iter(to_numbers(items))
+        now = {name: [next(numbers) for _ in held] for name, held in buffers.items()}
         before = look[1] if look is not None else {}
-        moving = {name for name, versions in now.items() if before.get(name) != versions}
+        moving = {name for name, sums in now.items() if before.get(name) != sums}
         self._stats_look = (self.global_step, now, moving)
         return moving
 
@@ -1277,6 +1281,14 @@ class Exporter(StepHooks, LayerFreezing):
             "flow": self._flow_state(),
             # whether a probe ran the whole model for it (else the next probes are watched)
             "flow_known": self._flow_known,
+            # the running statistics as last looked at (whether they still move)
+            "stats_look": None
+            if self._stats_look is None
+            else {
+                "step": self._stats_look[0],
+                "sums": self._stats_look[1],
+                "moving": sorted(self._stats_look[2]),
+            },
         }
 
     def _flow_state(self) -> dict[str, Any]:
@@ -1315,6 +1327,10 @@ class Exporter(StepHooks, LayerFreezing):
             self._flow_known = bool(self._flow.order) and current and whole
             self._flow_stale = not current
             self._stale_version = None if current else version
+        look = state.get("stats_look")
+        if look is not None:
+            sums = {str(k): [float(x) for x in v] for k, v in dict(look["sums"]).items()}
+            self._stats_look = (int(look["step"]), sums, {str(n) for n in look["moving"]})
         self._load_freezing_state(state["frozen"], state.get("frozen_state"))
 
     def __repr__(self) -> str:

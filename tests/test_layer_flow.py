@@ -787,3 +787,33 @@ def test_running_statistics_held_fixed_do_not_block_freezing_after_the_first_loo
         assert exporter.trains_upstream("1") == ([] if held else ["0"])
         assert exporter.frozen == (("1", "3") if held else ())
         exporter.close()
+
+
+def test_a_restored_exporter_judges_running_statistics_as_the_uninterrupted_one(
+    tmp_path,
+) -> None:
+    """The last look at the running statistics is in the Exporter's checkpoint (plain numbers,
+    loaded with ``weights_only``): restored, a BatchNorm held fixed does not block the next
+    look as a first look would, and one that updates still does."""
+    for held in (True, False):
+        torch.manual_seed(0)
+        layers = (nn.BatchNorm1d(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        model = _HeldNorm(*layers) if held else nn.Sequential(*layers)
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        exporter = ik.Exporter(model, opt, MessageBus(), module_filter=nn.Linear)
+        with exporter.probe("flow") as run:  # the data flow: the BatchNorm runs first
+            run(torch.randn(4, 6))
+        _train(model, opt, exporter, epochs=1)
+        assert exporter.trains_upstream("1") == ["0"]  # the first look
+        _train(model, opt, exporter, epochs=1)
+        assert exporter.trains_upstream("1") == ([] if held else ["0"])
+        torch.save(exporter.state_dict(), tmp_path / "state.pt")
+        exporter.close()
+        restored = ik.Exporter(model, opt, MessageBus(), module_filter=nn.Linear)
+        restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+        _train(model, opt, restored, epochs=1)
+        assert restored.trains_upstream("1") == ([] if held else ["0"])
+        restored.close()
