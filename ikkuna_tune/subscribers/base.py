@@ -99,6 +99,18 @@ class Subscriber:
     #: what a subscriber that runs the model does with it ('probe', 'evaluate'), else None
     uses_model: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides the original ikkuna's ``process_messages``, which
+        nothing here calls: its code would be bypassed in silence."""
+        super().__init_subclass__(**kwargs)
+        if "process_messages" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__qualname__} overrides process_messages(), the original ikkuna's "
+                "callback for each message or bundle, which ikkuna_tune never calls: override "
+                "compute(message_or_bundle) instead (receive_message() hands every message or "
+                "bundle to it)"
+            )
+
     def __init__(
         self,
         subscriptions: Sequence[Subscription],

@@ -100,6 +100,18 @@ class Subscription:
         ValueError: Unknown message kind(s) ['weight_gradient']; did you mean 'weight_gradients'?...
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides the original ikkuna's ``handle_message``, which
+        nothing here calls: its filter would be bypassed in silence."""
+        super().__init_subclass__(**kwargs)
+        if "handle_message" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__qualname__} overrides handle_message(), the original ikkuna's entry "
+                "point for each incoming message, which ikkuna_tune never calls: override "
+                "receive_message(message) instead (it filters by tag and subsample, then "
+                "hands the message on)"
+            )
+
     def __init__(
         self,
         subscriber: Subscriber,
@@ -301,7 +313,10 @@ class Subscription:
 class SynchronizedSubscription(Subscription):
     """Collects the messages of one step into one :class:`MessageBundle` per identifier.
 
-    The identifier is the layer for per-layer kinds and the network for meta kinds. A bundle is
+    The identifier is the layer for per-layer kinds and the network for meta kinds: per-layer
+    kinds beside network kinds (``["weights", "loss"]``) give each layer a bundle of the
+    per-layer kinds and the network one of the others, never one bundle of all (where the
+    original ikkuna raised ``RuntimeError``). A bundle is
     handed to the subscriber as soon as it holds a message of every kind for that step.
     ``subsample=k`` keeps the bundles of every k-th step that completes one per identifier. A
     step with several forward passes (gradient accumulation) completes a bundle per pass where

@@ -419,3 +419,29 @@ def test_a_layer_unfrozen_is_subsampled_in_phase_with_the_others(bundled) -> Non
     assert after and all(sorted(layers) == ["0", "1", "2"] for layers in after.values()), after
     for step in after:
         assert means[step] == pytest.approx(sum(by_hand[step]) / 3, rel=1e-5)
+
+
+def test_the_original_ikkunas_override_points_are_refused_when_the_class_is_made() -> None:
+    """A subclass ported from the original ikkuna that overrides ``process_messages``
+    (Subscriber) or ``handle_message`` (Subscription), which nothing here calls, had its code
+    bypassed in silence (a filter of even steps let every step through): refused, naming the
+    method to override instead."""
+    from ikkuna_tune.subscribers import Subscription
+
+    with pytest.raises(TypeError, match=r"overrides process_messages\(\).*override compute"):
+
+        class Ported(ik.Subscriber):
+            def process_messages(self, message):  # type: ignore[no-untyped-def]
+                pass
+
+    with pytest.raises(TypeError, match=r"overrides handle_message\(\).*receive_message"):
+
+        class EvenSteps(Subscription):
+            def handle_message(self, message):  # type: ignore[no-untyped-def]
+                pass
+
+    class Fine(ik.Subscriber):  # the names in use here are overridden as ever
+        def compute(self, message):  # type: ignore[no-untyped-def]
+            pass
+
+    assert Fine.compute is not ik.Subscriber.compute
