@@ -381,6 +381,26 @@ def unowned_parameters(model: nn.Module, layers: Mapping[str, nn.Module]) -> dic
     return unowned
 
 
+def _found_where(
+    output: Any, match: Callable[[torch.Tensor], bool]
+) -> tuple[tuple[Any, ...], torch.Tensor] | None:
+    """The path (indices and keys) to the first tensor in ``output``, a tensor or a nest of
+    tuples, lists and dicts, for which ``match`` holds (depth-first), and that tensor."""
+    if isinstance(output, torch.Tensor):
+        return ((), output) if match(output) else None
+    if isinstance(output, Mapping):
+        items: Iterable[tuple[Any, Any]] = output.items()
+    elif isinstance(output, (tuple, list)):
+        items = enumerate(output)
+    else:
+        return None
+    for key, value in items:
+        found = _found_where(value, match)
+        if found is not None:
+            return (key, *found[0]), found[1]
+    return None
+
+
 def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
     """Where ``target`` (the very tensor, not an equal one) lies in ``output``, a nest of tuples,
     lists and dicts: the indices and keys that lead to it, depth-first, or None.
@@ -392,19 +412,8 @@ def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
         >>> tensor_path((features, logits), logits.clone()) is None  # equal is not the same
         True
     """
-    if output is target:
-        return ()
-    if isinstance(output, Mapping):
-        items: Iterable[tuple[Any, Any]] = output.items()
-    elif isinstance(output, (tuple, list)):
-        items = enumerate(output)
-    else:
-        return None
-    for key, value in items:
-        found = tensor_path(value, target)
-        if found is not None:
-            return (key, *found)
-    return None
+    found = _found_where(output, lambda tensor: tensor is target)
+    return None if found is None else found[0]
 
 
 def _view_root(tensor: torch.Tensor) -> torch.Tensor:
@@ -413,9 +422,9 @@ def _view_root(tensor: torch.Tensor) -> torch.Tensor:
 
 def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], torch.Tensor] | None:
     """Where in ``output`` (a tensor, or a nest of tuples, lists and dicts) lies the tensor
-    that ``target`` is a view of with all its elements (``logits.squeeze(1)``,
+    that ``target`` is a view of with all its elements (``logits.squeeze(1)``, a transpose,
     ``logits.view(-1, classes)``): the path to it (depth-first, as :func:`tensor_path`) and
-    the tensor, or None where ``target`` is no such view of any (a slice, or computed).
+    the tensor, or None where ``target`` is no such view of any (a part, or computed).
 
     Examples:
         >>> features, logits = torch.zeros(2, 4), torch.ones(2, 1, 3)
@@ -426,24 +435,14 @@ def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], tor
         True
     """
     root = _view_root(target)
-    if isinstance(output, torch.Tensor):
-        same = (
-            _view_root(output) is root
-            and output.numel() == target.numel()
-            and output.storage_offset() == target.storage_offset()
-        )
-        return ((), output) if same else None
-    if isinstance(output, Mapping):
-        items: Iterable[tuple[Any, Any]] = output.items()
-    elif isinstance(output, (tuple, list)):
-        items = enumerate(output)
-    else:
-        return None
-    for key, value in items:
-        found = viewed_path(value, target)
-        if found is not None:
-            return (key, *found[0]), found[1]
-    return None
+    return _found_where(
+        output,
+        lambda tensor: (
+            _view_root(tensor) is root
+            and tensor.numel() == target.numel()
+            and tensor.storage_offset() == target.storage_offset()
+        ),
+    )
 
 
 def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
@@ -458,19 +457,8 @@ def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
         True
     """
     root = _view_root(target)
-    if isinstance(output, torch.Tensor):
-        return () if _view_root(output) is root else None
-    if isinstance(output, Mapping):
-        items: Iterable[tuple[Any, Any]] = output.items()
-    elif isinstance(output, (tuple, list)):
-        items = enumerate(output)
-    else:
-        return None
-    for key, value in items:
-        found = shared_path(value, target)
-        if found is not None:
-            return (key, *found)
-    return None
+    found = _found_where(output, lambda tensor: _view_root(tensor) is root)
+    return None if found is None else found[0]
 
 
 def at_path(output: Any, path: tuple[Any, ...]) -> torch.Tensor | None:

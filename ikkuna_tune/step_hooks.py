@@ -790,9 +790,9 @@ class StepHooks:
             "output other than its first tensor: network_output and test accuracy read that "
             "first tensor, of shape %s, as the model's scores. Pass output_fn= to ik.watch or "
             "Exporter to say which scores the output holds",
-            *self._unplaced[:1],
+            self._unplaced[0],
             type(self.model).__name__,
-            *self._unplaced[1:],
+            self._unplaced[1],
         )
         self._unplaced = None
 

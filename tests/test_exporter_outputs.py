@@ -442,22 +442,9 @@ def test_computed_or_partial_scores_leave_the_rule_and_let_the_output_go(caplog,
     assert told == ([] if how == "computed" else expected)
 
 
-class ViewedLogitsNet(nn.Module):
-    """Returns ``(features, logits)`` with logits shaped ``(N, 1, 3)``; 16 features, so labels
-    0-2 fit either."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Linear(4, 16)
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.relu(self.body(x))
-        return features, self.head(features).unsqueeze(1)
-
-
 class Tagger(nn.Module):
-    """Returns ``(features, logits)`` for sequences: logits ``(N, T, 3)``, classes last."""
+    """Returns ``(features, logits)``: 16 features, 3 classes last (``(N, T, 3)`` logits for
+    sequences ``(N, T, 4)``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -467,6 +454,15 @@ class Tagger(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.relu(self.body(x))
         return features, self.head(features)
+
+
+class ViewedLogitsNet(Tagger):
+    """Returns ``(features, logits)`` with logits shaped ``(N, 1, 3)``; 16 features, so labels
+    0-2 fit either."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = super().forward(x)
+        return features, logits.unsqueeze(1)
 
 
 def _test_accuracy_after_training(
