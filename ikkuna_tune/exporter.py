@@ -466,6 +466,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._output_path = None
         self._output_settled = False
         self._scored_path = None
+        self._output_class_dim = None
+        self._scored_class_dim = None
         self._unplaced = None
         self._pending_output = None
         self._pending_seen = False
@@ -663,7 +665,9 @@ class Exporter(StepHooks, LayerFreezing):
         Raises:
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
-        return output_tensor(self.model, output, self._output_fn, self._output_path)
+        return output_tensor(
+            self.model, output, self._output_fn, self._output_path, self._output_class_dim
+        )
 
     def _hook_optimizers(
         self, optimizers: Sequence[torch.optim.Optimizer]
@@ -1192,8 +1196,7 @@ class Exporter(StepHooks, LayerFreezing):
             upstream = tuple(n for n in self._parameter_holders(model) if n != name)
         if not upstream:
             return []
-        found = dict(model.named_modules())
-        found["(the model)"] = model
+        found = self._by_name()
         # a tracked layer's parameters are all its own (at a depth, inside it too); another
         # module's are those it holds itself (a parent's, not its layers')
         tracked = {named.module for named in self.modules.values()}
@@ -1214,6 +1217,20 @@ class Exporter(StepHooks, LayerFreezing):
             )
         ]
 
+    def _by_name(self) -> dict[str, nn.Module]:
+        """The model's modules by name, the model itself as ``'(the model)'``."""
+        model = unwrapped(self.model)
+        found = dict(model.named_modules())
+        found["(the model)"] = model
+        return found
+
+    def look_at_running_stats(self) -> None:
+        """Look at the running statistics that may hold automatic freezing back (a report
+        does, before the scheduler's orders are carried out): whether they moved is judged
+        against the previous look. Reads nothing where no module keeps statistics that only
+        their buffers tell about (every BatchNorm a layer that trains, or frozen)."""
+        self._moving_stats(self._by_name())
+
     def _moving_stats(self, modules: Mapping[str, nn.Module]) -> set[str]:
         """The modules of ``modules`` (by name) that keep running statistics and updated them
         since the previous look, at an earlier step (their buffers' sums changed, read in one
@@ -1224,10 +1241,12 @@ class Exporter(StepHooks, LayerFreezing):
         look = self._stats_look
         if look is not None and look[0] == self.global_step:
             return look[2]
-        buffers = {
+        buffers = {  # (one whose parameters train holds freezing back anyway)
             name: [b.detach() for b in module.buffers(recurse=False)]
             for name, module in modules.items()
             if keeps_running_stats(module)
+            and name not in self._frozen
+            and not any(p.requires_grad for p in module.parameters())
         }
         items = [("", b.sum(dtype=torch.float64), 0) for held in buffers.values() for b in held]
         numbers = iter(to_numbers(items))

@@ -30,6 +30,7 @@ from ikkuna_tune.layers import (
     first_tensor,
     layer_tensor,
     output_tensor,
+    permuted_class_dim,
     shared_path,
     tensor_path,
     unwrapped,
@@ -212,9 +213,13 @@ class StepHooks:
     _output_path: tuple[Any, ...] | None  # where in the model's output the scores lie
     _output_settled: bool  # whether a wrapped loss has told where its scores lie
     _scored_path: tuple[Any, ...] | None  # another element a wrapped loss scored, not settled
-    #: the shapes of the first scores that are a part of an element of the output other than
-    #: the tensor that stands for it, and of that tensor (warned of if the rule stands)
-    _unplaced: tuple[tuple[int, ...], tuple[int, ...]] | None
+    #: the dimension of the scores' tensor that a wrapped loss read as the classes, where it
+    #: scored a permutation of it (a token tagger's ``logits.transpose(1, 2)``), settled or not
+    _output_class_dim: int | None
+    _scored_class_dim: int | None
+    #: what test accuracy reads otherwise than the first loss that scored a part of the
+    #: output (warned of if the rule stands)
+    _unplaced: str | None
     _pending_output: Any  # the latest training output of a model whose output is no tensor
     _pending_seen: bool  # whether a wrapped loss has scored since that output
     _wrapped_losses: int
@@ -711,8 +716,14 @@ class StepHooks:
         if not self._output_settled:
             self._note_output(output, tag)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
-            if self._output_fn is not None or not isinstance(output, torch.Tensor):
-                output = output_tensor(self.model, output, self._output_fn, self._output_path)
+            if (
+                self._output_fn is not None
+                or self._output_class_dim is not None
+                or not isinstance(output, torch.Tensor)
+            ):
+                output = output_tensor(
+                    self.model, output, self._output_fn, self._output_path, self._output_class_dim
+                )
             self._emit_meta("network_output", output.detach(), tag)
 
     def _note_output(self, output: Any, tag: str) -> None:
@@ -723,6 +734,7 @@ class StepHooks:
         that one: ``network_output`` and test accuracy read it from then on."""
         if self._scored_path is not None:
             self._output_path, self._scored_path = self._scored_path, None
+            self._output_class_dim = self._scored_class_dim
             self._output_settled, self._pending_output = True, None
             self._pending_seen = False
             logger.info(
@@ -733,10 +745,11 @@ class StepHooks:
                 type(self.model).__name__,
             )
             return
-        if self._pending_seen or self._output_fn is not None or isinstance(output, torch.Tensor):
+        if self._pending_seen or self._output_fn is not None:
             # nothing to learn, or the losses of a step scored the first tensor or only
             # tensors computed from the output: the rule stands, and the output is let go (it
-            # holds the step's graph)
+            # holds the step's graph; a tensor output too is held until a loss scores it, which
+            # may read a permutation of it)
             self._output_settled, self._pending_output = True, None
             if self._output_fn is None:
                 self._warn_unplaced()
@@ -761,38 +774,56 @@ class StepHooks:
                 self._note_unplaced(pending, scores)
                 return  # computed from the output, or a part of it: the rule stands
             path = found[0]
+            class_dim = permuted_class_dim(found[1], scores)
+        else:
+            class_dim = None
         if first_tensor(pending) is at_path(pending, path):
             self._output_settled, self._pending_output = True, None  # the rule's choice
             self._scored_path = None
+            self._output_class_dim = class_dim
         elif self._scored_path is None:
-            self._scored_path = path
+            self._scored_path, self._scored_class_dim = path, class_dim
 
     def _note_unplaced(self, output: Any, scores: torch.Tensor) -> None:
-        """Keep, for :meth:`_warn_unplaced`, the shapes of scores that are a part of an element
-        of the model's output other than the tensor that stands for it (``logits[:, :3]`` of
-        ``(features, logits)``), and of that tensor: test accuracy would score the other.
-        Scores computed from the output, or a part of the standing tensor itself (a language
-        model's shifted ``logits[:, :-1]``), say nothing of that."""
+        """Keep, for :meth:`_warn_unplaced`, what test accuracy would read otherwise than the
+        loss where the scores are a part of the output: a part of another element than the
+        tensor that stands for it (``logits[:, :3]`` of ``(features, logits)``), or some of
+        that tensor's classes (``logits[:, :3]`` of 10). Scores computed from the output, or
+        another part of the standing tensor (a language model's shifted ``logits[:, :-1]``
+        flattened), say nothing of that."""
         standing = first_tensor(output)
         if self._unplaced is not None or standing is None:
             return
         part = shared_path(output, scores)
-        if part is not None and at_path(output, part) is not standing:
-            self._unplaced = (tuple(scores.shape), tuple(standing.shape))
+        if part is None:
+            return
+        model = type(self.model).__name__
+        if at_path(output, part) is not standing:
+            self._unplaced = (
+                f"The wrapped loss scores a tensor of shape {tuple(scores.shape)}, a part of an "
+                f"element of {model}'s output other than its first tensor: network_output and "
+                f"test accuracy read that first tensor, of shape {tuple(standing.shape)}, as "
+                "the model's scores"
+            )
+        elif (
+            scores.dim() == standing.dim() >= 2
+            and scores.shape[0] == standing.shape[0]
+            and scores.shape[2:] == standing.shape[2:]
+            and scores.shape[1] < standing.shape[1]
+        ):
+            self._unplaced = (
+                f"The wrapped loss scores {scores.shape[1]} of the {standing.shape[1]} classes "
+                f"(dimension 1) of {model}'s output: test accuracy reads all of them"
+            )
 
     def _warn_unplaced(self) -> None:
-        """Warn that the step's losses scored only a part of an element of the output other
-        than the tensor test accuracy will score."""
+        """Warn that the step's losses scored only a part of the output, which test accuracy
+        reads otherwise (:meth:`_note_unplaced`)."""
         if self._unplaced is None:
             return
         logger.warning(
-            "The wrapped loss scores a tensor of shape %s, a part of an element of %s's "
-            "output other than its first tensor: network_output and test accuracy read that "
-            "first tensor, of shape %s, as the model's scores. Pass output_fn= to ik.watch or "
-            "Exporter to say which scores the output holds",
-            self._unplaced[0],
-            type(self.model).__name__,
-            self._unplaced[1],
+            "%s. Pass output_fn= to ik.watch or Exporter to say which scores the output holds",
+            self._unplaced,
         )
         self._unplaced = None
 

@@ -500,15 +500,18 @@ def test_scores_the_loss_views_are_read_from_the_element_it_views(caplog) -> Non
     assert any("scores the element [1] of ViewedLogitsNet" in m for m in said), said
 
 
+@pytest.mark.parametrize("length", [7, 3])
 @pytest.mark.parametrize("alone", [False, True])
-def test_a_transposed_sequence_output_is_read_with_its_classes_last(alone) -> None:
+def test_a_transposed_sequence_output_is_read_with_its_classes_last(alone, length) -> None:
     """A token tagger's ``(N, T, C)`` logits scored as ``logits.transpose(1, 2)`` (what
     cross_entropy takes): test accuracy reads the logits with their classes last, as plain
     PyTorch's arg-max over the last dimension, whether the logits are the output or one of
-    its elements (a learned reshape to ``(N, C, T)`` scrambled them: 0.24 for 1.0)."""
+    its elements (a learned reshape to ``(N, C, T)`` scrambled them: 0.24 for 1.0), and also
+    where the sequences are as long as the classes are many (3), which the shapes alone
+    cannot tell apart (the dimension the loss read as classes is moved to dimension 1)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(20, 7, 4, generator=g), torch.randint(0, 3, (20, 7), generator=g)
+    x, y = torch.randn(20, length, 4, generator=g), torch.randint(0, 3, (20, length), generator=g)
     tagger = Tagger()
     model: nn.Module = nn.Sequential(tagger, _Pick(1)) if alone else tagger
 
@@ -619,3 +622,42 @@ def test_a_loss_handed_the_whole_output_warns_which_tensor_accuracy_scores(
         assert "output_fn=" in warnings[0].getMessage()
     published = [float(d) for d in _by(got, "train_accuracy")]
     assert published == pytest.approx(chosen)
+
+
+@pytest.mark.parametrize("case", ["some classes", "shifted tokens"])
+def test_a_loss_on_a_part_of_the_only_output_is_warned_of_where_it_reads_fewer_classes(
+    caplog, case
+) -> None:
+    """A head of 10 logits trained on ``logits[:, :3]`` gets a test accuracy over all 10 (its
+    arg-max may fall on a class the loss never saw), so that is warned of; a language model's
+    ``logits[:, :-1]`` flattened (the next token's scores) is the usual way to score it, so not."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    if case == "some classes":
+        model: nn.Module = nn.Linear(4, 10)
+        x, y = torch.randn(12, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
+
+        def scored(out: torch.Tensor) -> torch.Tensor:
+            return out[:, :3]
+
+        target = y
+    else:
+        model = nn.Linear(4, 5)
+        x, y = torch.randn(6, 8, 4, generator=g), torch.randint(0, 5, (6, 8), generator=g)
+
+        def scored(out: torch.Tensor) -> torch.Tensor:
+            return out[:, :-1].reshape(-1, 5)
+
+        target = y[:, 1:].reshape(-1)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        with ik.Exporter(model, message_bus=MessageBus()) as exporter:
+            loss_fn = exporter.wrap_loss(F.cross_entropy)
+            for _ in range(2):
+                loss_fn(scored(model(x)), target)
+    told = [r.getMessage() for r in caplog.records if "Pass output_fn=" in r.getMessage()]
+    expected = [
+        "The wrapped loss scores 3 of the 10 classes (dimension 1) of Linear's output: test "
+        "accuracy reads all of them. Pass output_fn= to ik.watch or Exporter to say which "
+        "scores the output holds"
+    ]
+    assert told == (expected if case == "some classes" else [])

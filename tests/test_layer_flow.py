@@ -817,3 +817,29 @@ def test_a_restored_exporter_judges_running_statistics_as_the_uninterrupted_one(
         _train(model, opt, restored, epochs=1)
         assert restored.trains_upstream("1") == ([] if held else ["0"])
         restored.close()
+
+
+def test_every_report_looks_at_the_running_statistics() -> None:
+    """A trial looks at the running statistics at every report, so that the scheduler's first
+    order to freeze after a BatchNorm held fixed is judged against the report before (it met
+    a first look and was refused, and the scheduler ordered again reports later)."""
+    seen = []
+
+    def trial(config: dict) -> None:
+        torch.manual_seed(0)
+        layers = (nn.BatchNorm1d(6), nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        model = _HeldNorm(*layers)
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+        model.train()  # (the BatchNorm stays in eval mode)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        exporter = ik.watch(model, opt, module_filter=nn.Linear)
+        with exporter.probe("flow") as run:
+            run(torch.randn(4, 6))
+        for _ in range(2):
+            _train(model, opt, exporter, epochs=1)
+            ik.report({"done": 1})
+        seen.append(exporter.trains_upstream("1"))  # a first order, after the second report
+
+    ik.instrument(trial)({})
+    assert seen == [[]]  # judged against the first report's look

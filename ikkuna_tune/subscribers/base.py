@@ -37,7 +37,11 @@ from ikkuna_tune.messages import (
     NetworkMessage,
 )
 from ikkuna_tune.subscribers.state_values import check_loadable, portable, restored
-from ikkuna_tune.subscribers.subscriptions import Subscription, SynchronizedSubscription
+from ikkuna_tune.subscribers.subscriptions import (
+    Subscription,
+    SynchronizedSubscription,
+    bypassed,
+)
 from ikkuna_tune.unattached import made_without_bus
 
 if TYPE_CHECKING:
@@ -100,13 +104,14 @@ class Subscriber:
     uses_model: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Refuse a subclass that overrides the original ikkuna's ``process_messages``, which
-        nothing here calls: its code would be bypassed in silence."""
+        """Refuse a subclass that has the original ikkuna's ``process_messages`` (its own, or
+        a mixin's) but keeps the ``compute`` of this library's classes: nothing here calls
+        ``process_messages``, so its code would be bypassed in silence."""
         super().__init_subclass__(**kwargs)
-        if "process_messages" in cls.__dict__:
+        if bypassed(cls, "process_messages", "compute"):
             raise TypeError(
-                f"{cls.__qualname__} overrides process_messages(), the original ikkuna's "
-                "callback for each message or bundle, which ikkuna_tune never calls: override "
+                f"{cls.__qualname__} has process_messages(), the original ikkuna's callback "
+                "for each message or bundle, which ikkuna_tune never calls: override "
                 "compute(message_or_bundle) instead (receive_message() hands every message or "
                 "bundle to it)"
             )

@@ -68,6 +68,27 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
     return kinds
 
 
+def bypassed(cls: type, old: str, entry: str) -> bool:
+    """Whether ``cls`` has a method ``old`` (the original ikkuna's name for an override point)
+    while its method ``entry`` (what is called here instead) is still that of one of
+    ikkuna_tune's own classes: ``old`` would never run.
+
+    Examples:
+        >>> def handle_message(self, message): ...
+        >>> def receive(self, message): return self.handle_message(message)
+        >>> ported = {"__module__": "user_code", "handle_message": handle_message}
+        >>> type("Ported", (Subscription,), ported)
+        Traceback (most recent call last):
+        ...
+        TypeError: Ported has handle_message(), the original ikkuna's entry point ...
+        >>> calls_it = type("CallsIt", (Subscription,), {**ported, "receive_message": receive})
+        >>> bypassed(calls_it, "handle_message", "receive_message")
+        False
+    """
+    owner = next((base for base in cls.__mro__ if entry in vars(base)), None)
+    return hasattr(cls, old) and owner is not None and owner.__module__.startswith("ikkuna_tune.")
+
+
 class Subscription:
     """Which messages a subscriber receives: some kinds, one tag, every ``subsample``-th message.
 
@@ -101,13 +122,14 @@ class Subscription:
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Refuse a subclass that overrides the original ikkuna's ``handle_message``, which
-        nothing here calls: its filter would be bypassed in silence."""
+        """Refuse a subclass that has the original ikkuna's ``handle_message`` (its own, or a
+        mixin's) but keeps the ``receive_message`` of this library's classes: nothing here
+        calls ``handle_message``, so its filter would be bypassed in silence."""
         super().__init_subclass__(**kwargs)
-        if "handle_message" in cls.__dict__:
+        if bypassed(cls, "handle_message", "receive_message"):
             raise TypeError(
-                f"{cls.__qualname__} overrides handle_message(), the original ikkuna's entry "
-                "point for each incoming message, which ikkuna_tune never calls: override "
+                f"{cls.__qualname__} has handle_message(), the original ikkuna's entry point "
+                "for each incoming message, which ikkuna_tune never calls: override "
                 "receive_message(message) instead (it filters by tag and subsample, then "
                 "hands the message on)"
             )

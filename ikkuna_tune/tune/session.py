@@ -910,6 +910,9 @@ class TrialSession:
             self._check_checkpoint(checkpoint)
         merged = self.merge(metrics)
         self._check_epochs(merged)
+        # a look at every report, kept in the checkpoint: an order to freeze after a
+        # BatchNorm is judged against the report before (the first order is no first look)
+        self.exporter.look_at_running_stats()
         if self.worker is not None:
             return self._report_from_worker(merged, checkpoint)
         if self.in_tune:
