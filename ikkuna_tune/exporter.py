@@ -466,8 +466,6 @@ class Exporter(StepHooks, LayerFreezing):
         self._output_path = None
         self._output_settled = False
         self._scored_path = None
-        self._output_class_dim = None
-        self._scored_class_dim = None
         self._unplaced = None
         self._pending_output = None
         self._pending_seen = False
@@ -665,9 +663,7 @@ class Exporter(StepHooks, LayerFreezing):
         Raises:
             ValueError: if there is no tensor (or ``output_fn`` returns something else).
         """
-        return output_tensor(
-            self.model, output, self._output_fn, self._output_path, self._output_class_dim
-        )
+        return output_tensor(self.model, output, self._output_fn, self._output_path)
 
     def _hook_optimizers(
         self, optimizers: Sequence[torch.optim.Optimizer]

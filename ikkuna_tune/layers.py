@@ -36,7 +36,6 @@ __all__ = [
     "layer_tensor",
     "output_tensor",
     "own_params",
-    "permuted_class_dim",
     "select_modules",
     "shared_path",
     "tensor_path",
@@ -487,13 +486,10 @@ def output_tensor(
     output: Any,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     path: tuple[Any, ...] | None = None,
-    class_dim: int | None = None,
 ) -> torch.Tensor:
     """The tensor that stands for ``model``'s ``output`` (what ``network_output`` carries):
     ``output_fn(output)`` if one was given, else the tensor at ``path`` (:func:`tensor_path`:
-    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`;
-    with ``class_dim`` (:func:`permuted_class_dim`), that tensor with that dimension moved to
-    dimension 1, where a wrapped loss read its classes.
+    the element a wrapped loss scored), if there is one there, else :func:`first_tensor`.
 
     Raises:
         ValueError: if there is no tensor (or ``output_fn`` returns something else).
@@ -520,36 +516,7 @@ def output_tensor(
             "in it, so there is no network_output to publish; pass "
             "Exporter(..., output_fn=...) to say which tensor is the output"
         )
-    if class_dim is not None and output_fn is None and tensor.dim() > class_dim:
-        tensor = tensor.movedim(class_dim, 1)
     return tensor
-
-
-def permuted_class_dim(whole: torch.Tensor, scores: torch.Tensor) -> int | None:
-    """The dimension of ``whole`` that ``scores``, a view of it with its dimensions permuted
-    and the batch first (a token tagger's ``logits.transpose(1, 2)``, what ``cross_entropy``
-    takes), has in dimension 1, where a loss reads the classes; None where ``scores`` is no
-    such permutation, or keeps dimension 1 where it was. Read from sizes and strides, so a
-    sequence as long as the classes are many is told apart.
-
-    Examples:
-        >>> logits = torch.zeros(4, 7, 7)  # 7 tokens, 7 classes last
-        >>> permuted_class_dim(logits, logits.transpose(1, 2)), permuted_class_dim(logits, logits)
-        (2, None)
-        >>> permuted_class_dim(torch.zeros(4, 1, 3), torch.zeros(4, 1, 3).squeeze(1)) is None
-        True
-    """
-    if (
-        whole.dim() != scores.dim()
-        or whole.dim() < 3
-        or sorted(whole.shape) != sorted(scores.shape)
-    ):
-        return None
-    if whole.shape[0] != scores.shape[0] or whole.stride(0) != scores.stride(0):
-        return None
-    at = (scores.shape[1], scores.stride(1))
-    dims = [d for d in range(1, whole.dim()) if (whole.shape[d], whole.stride(d)) == at]
-    return dims[0] if len(dims) == 1 and dims[0] != 1 else None
 
 
 def layer_tensor(named: NamedModule, output: Any) -> torch.Tensor:

@@ -30,7 +30,6 @@ from ikkuna_tune.layers import (
     first_tensor,
     layer_tensor,
     output_tensor,
-    permuted_class_dim,
     shared_path,
     tensor_path,
     unwrapped,
@@ -213,10 +212,6 @@ class StepHooks:
     _output_path: tuple[Any, ...] | None  # where in the model's output the scores lie
     _output_settled: bool  # whether a wrapped loss has told where its scores lie
     _scored_path: tuple[Any, ...] | None  # another element a wrapped loss scored, not settled
-    #: the dimension of the scores' tensor that a wrapped loss read as the classes, where it
-    #: scored a permutation of it (a token tagger's ``logits.transpose(1, 2)``), settled or not
-    _output_class_dim: int | None
-    _scored_class_dim: int | None
     #: what test accuracy reads otherwise than the first loss that scored a part of the
     #: output (warned of if the rule stands)
     _unplaced: str | None
@@ -716,14 +711,8 @@ class StepHooks:
         if not self._output_settled:
             self._note_output(output, tag)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
-            if (
-                self._output_fn is not None
-                or self._output_class_dim is not None
-                or not isinstance(output, torch.Tensor)
-            ):
-                output = output_tensor(
-                    self.model, output, self._output_fn, self._output_path, self._output_class_dim
-                )
+            if self._output_fn is not None or not isinstance(output, torch.Tensor):
+                output = output_tensor(self.model, output, self._output_fn, self._output_path)
             self._emit_meta("network_output", output.detach(), tag)
 
     def _note_output(self, output: Any, tag: str) -> None:
@@ -734,7 +723,6 @@ class StepHooks:
         that one: ``network_output`` and test accuracy read it from then on."""
         if self._scored_path is not None:
             self._output_path, self._scored_path = self._scored_path, None
-            self._output_class_dim = self._scored_class_dim
             self._output_settled, self._pending_output = True, None
             self._pending_seen = False
             logger.info(
@@ -745,11 +733,10 @@ class StepHooks:
                 type(self.model).__name__,
             )
             return
-        if self._pending_seen or self._output_fn is not None:
+        if self._pending_seen or self._output_fn is not None or isinstance(output, torch.Tensor):
             # nothing to learn, or the losses of a step scored the first tensor or only
             # tensors computed from the output: the rule stands, and the output is let go (it
-            # holds the step's graph; a tensor output too is held until a loss scores it, which
-            # may read a permutation of it)
+            # holds the step's graph)
             self._output_settled, self._pending_output = True, None
             if self._output_fn is None:
                 self._warn_unplaced()
@@ -774,23 +761,19 @@ class StepHooks:
                 self._note_unplaced(pending, scores)
                 return  # computed from the output, or a part of it: the rule stands
             path = found[0]
-            class_dim = permuted_class_dim(found[1], scores)
-        else:
-            class_dim = None
         if first_tensor(pending) is at_path(pending, path):
             self._output_settled, self._pending_output = True, None  # the rule's choice
             self._scored_path = None
-            self._output_class_dim = class_dim
         elif self._scored_path is None:
-            self._scored_path, self._scored_class_dim = path, class_dim
+            self._scored_path = path
 
     def _note_unplaced(self, output: Any, scores: torch.Tensor) -> None:
         """Keep, for :meth:`_warn_unplaced`, what test accuracy would read otherwise than the
         loss where the scores are a part of the output: a part of another element than the
-        tensor that stands for it (``logits[:, :3]`` of ``(features, logits)``), or some of
-        that tensor's classes (``logits[:, :3]`` of 10). Scores computed from the output, or
-        another part of the standing tensor (a language model's shifted ``logits[:, :-1]``
-        flattened), say nothing of that."""
+        tensor that stands for it (``logits[:, :3]`` of ``(features, logits)``), or some of a
+        classifier's ``(N, C)`` scores (``logits[:, :3]`` of 10). Scores computed from the
+        output, or another part of the standing tensor (a language model's shifted
+        ``logits[:, :-1]``), say nothing of that."""
         standing = first_tensor(output)
         if self._unplaced is not None or standing is None:
             return
@@ -806,9 +789,8 @@ class StepHooks:
                 "the model's scores"
             )
         elif (
-            scores.dim() == standing.dim() >= 2
+            scores.dim() == standing.dim() == 2  # a classifier's head (not a sequence's)
             and scores.shape[0] == standing.shape[0]
-            and scores.shape[2:] == standing.shape[2:]
             and scores.shape[1] < standing.shape[1]
         ):
             self._unplaced = (

@@ -500,18 +500,15 @@ def test_scores_the_loss_views_are_read_from_the_element_it_views(caplog) -> Non
     assert any("scores the element [1] of ViewedLogitsNet" in m for m in said), said
 
 
-@pytest.mark.parametrize("length", [7, 3])
 @pytest.mark.parametrize("alone", [False, True])
-def test_a_transposed_sequence_output_is_read_with_its_classes_last(alone, length) -> None:
+def test_a_transposed_sequence_output_is_read_with_its_classes_last(alone) -> None:
     """A token tagger's ``(N, T, C)`` logits scored as ``logits.transpose(1, 2)`` (what
     cross_entropy takes): test accuracy reads the logits with their classes last, as plain
     PyTorch's arg-max over the last dimension, whether the logits are the output or one of
-    its elements (a learned reshape to ``(N, C, T)`` scrambled them: 0.24 for 1.0), and also
-    where the sequences are as long as the classes are many (3), which the shapes alone
-    cannot tell apart (the dimension the loss read as classes is moved to dimension 1)."""
+    its elements (a learned reshape to ``(N, C, T)`` scrambled them: 0.24 for 1.0)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(20, length, 4, generator=g), torch.randint(0, 3, (20, length), generator=g)
+    x, y = torch.randn(20, 7, 4, generator=g), torch.randint(0, 3, (20, 7), generator=g)
     tagger = Tagger()
     model: nn.Module = nn.Sequential(tagger, _Pick(1)) if alone else tagger
 
@@ -624,40 +621,66 @@ def test_a_loss_handed_the_whole_output_warns_which_tensor_accuracy_scores(
     assert published == pytest.approx(chosen)
 
 
-@pytest.mark.parametrize("case", ["some classes", "shifted tokens"])
-def test_a_loss_on_a_part_of_the_only_output_is_warned_of_where_it_reads_fewer_classes(
-    caplog, case
-) -> None:
-    """A head of 10 logits trained on ``logits[:, :3]`` gets a test accuracy over all 10 (its
-    arg-max may fall on a class the loss never saw), so that is warned of; a language model's
-    ``logits[:, :-1]`` flattened (the next token's scores) is the usual way to score it, so not."""
+@pytest.mark.parametrize("case", ["some classes", "shifted tokens", "shifted, unflattened"])
+def test_a_loss_on_some_of_the_classes_the_output_stands_for_is_warned_of(caplog, case) -> None:
+    """A head of 10 logits (the first of a tuple output) trained on ``logits[:, :3]`` gets a
+    test accuracy over all 10 (its arg-max may fall on a class the loss never saw), so that is
+    warned of; a language model's
+    ``logits[:, :-1]`` (the next token's scores), flattened or handed to a loss that flattens
+    it, is the usual way to score it, so not."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(7)
     if case == "some classes":
-        model: nn.Module = nn.Linear(4, 10)
+        model: nn.Module = TupleNet()  # (10 logits, 2 more): the logits stand for the output
+        model.fc = nn.Linear(4, 10)
         x, y = torch.randn(12, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
 
-        def scored(out: torch.Tensor) -> torch.Tensor:
-            return out[:, :3]
+        def scored(out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return out[0][:, :3]
 
         target = y
     else:
-        model = nn.Linear(4, 5)
+        model = TupleNet()  # (5 logits per token, 2 more)
+        model.fc = nn.Linear(4, 5)
         x, y = torch.randn(6, 8, 4, generator=g), torch.randint(0, 5, (6, 8), generator=g)
 
-        def scored(out: torch.Tensor) -> torch.Tensor:
-            return out[:, :-1].reshape(-1, 5)
+        def scored(out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            if case == "shifted tokens":
+                return out[0][:, :-1].reshape(-1, 5)
+            return out[0][:, :-1]
 
-        target = y[:, 1:].reshape(-1)
+        target = y[:, 1:].reshape(-1) if case == "shifted tokens" else y[:, 1:]
+
+    def flattening(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
         with ik.Exporter(model, message_bus=MessageBus()) as exporter:
-            loss_fn = exporter.wrap_loss(F.cross_entropy)
+            loss_fn = exporter.wrap_loss(F.cross_entropy if x.dim() == 2 else flattening)
             for _ in range(2):
                 loss_fn(scored(model(x)), target)
     told = [r.getMessage() for r in caplog.records if "Pass output_fn=" in r.getMessage()]
     expected = [
-        "The wrapped loss scores 3 of the 10 classes (dimension 1) of Linear's output: test "
+        "The wrapped loss scores 3 of the 10 classes (dimension 1) of TupleNet's output: test "
         "accuracy reads all of them. Pass output_fn= to ik.watch or Exporter to say which "
         "scores the output holds"
     ]
     assert told == (expected if case == "some classes" else [])
+
+
+def test_a_permuted_view_scored_elementwise_is_read_as_the_output_is() -> None:
+    """``binary_cross_entropy_with_logits(out.permute(0, 2, 3, 1), masks)`` with channels-last
+    masks: one logit per pixel, as plain PyTorch thresholds them. Reading the loss's view as
+    classes in dimension 1 (a permutation moved back) misread this element-wise loss: 0.13
+    where the model was at 0.48."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(10, 2, 5, 6, generator=g)
+    masks = (x[:, 0] > 0).float().unsqueeze(-1)  # (N, H, W, 1)
+    model = nn.Conv2d(2, 1, 3, padding=1)
+    accuracy = _test_accuracy_after_training(
+        model, x, masks, lambda out: out.permute(0, 2, 3, 1), F.binary_cross_entropy_with_logits
+    )
+    with torch.no_grad():
+        reference = float(((model(x).permute(0, 2, 3, 1) > 0).float() == masks).double().mean())
+    assert accuracy == pytest.approx(reference)

@@ -105,10 +105,12 @@ class Subscriber:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass that has the original ikkuna's ``process_messages`` (its own, or
-        a mixin's) but keeps the ``compute`` of this library's classes: nothing here calls
-        ``process_messages``, so its code would be bypassed in silence."""
+        a mixin's) but keeps the ``compute`` and ``receive_message`` (and their batch forms) of
+        this library's classes: nothing here calls ``process_messages``, so its code would be
+        bypassed in silence."""
         super().__init_subclass__(**kwargs)
-        if bypassed(cls, "process_messages", "compute"):
+        entries = ("compute", "receive_message", "compute_batch", "receive_batch")
+        if bypassed(cls, "process_messages", entries):
             raise TypeError(
                 f"{cls.__qualname__} has process_messages(), the original ikkuna's callback "
                 "for each message or bundle, which ikkuna_tune never calls: override "

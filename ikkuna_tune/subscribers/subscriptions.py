@@ -68,9 +68,9 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
     return kinds
 
 
-def bypassed(cls: type, old: str, entry: str) -> bool:
+def bypassed(cls: type, old: str, entries: tuple[str, ...]) -> bool:
     """Whether ``cls`` has a method ``old`` (the original ikkuna's name for an override point)
-    while its method ``entry`` (what is called here instead) is still that of one of
+    while each of its methods ``entries`` (what is called here instead) is still that of one of
     ikkuna_tune's own classes: ``old`` would never run.
 
     Examples:
@@ -82,11 +82,16 @@ def bypassed(cls: type, old: str, entry: str) -> bool:
         ...
         TypeError: Ported has handle_message(), the original ikkuna's entry point ...
         >>> calls_it = type("CallsIt", (Subscription,), {**ported, "receive_message": receive})
-        >>> bypassed(calls_it, "handle_message", "receive_message")
+        >>> bypassed(calls_it, "handle_message", ("receive_message",))
         False
     """
-    owner = next((base for base in cls.__mro__ if entry in vars(base)), None)
-    return hasattr(cls, old) and owner is not None and owner.__module__.startswith("ikkuna_tune.")
+    if not hasattr(cls, old):
+        return False
+    for entry in entries:
+        owner = next((base for base in cls.__mro__ if entry in vars(base)), None)
+        if owner is not None and not owner.__module__.startswith("ikkuna_tune."):
+            return False  # the user's own, which may call it
+    return True
 
 
 class Subscription:
@@ -123,10 +128,11 @@ class Subscription:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass that has the original ikkuna's ``handle_message`` (its own, or a
-        mixin's) but keeps the ``receive_message`` of this library's classes: nothing here
-        calls ``handle_message``, so its filter would be bypassed in silence."""
+        mixin's) but keeps the ``receive_message`` and ``_handle_message`` of this library's
+        classes: nothing here calls ``handle_message``, so its filter would be bypassed in
+        silence."""
         super().__init_subclass__(**kwargs)
-        if bypassed(cls, "handle_message", "receive_message"):
+        if bypassed(cls, "handle_message", ("receive_message", "_handle_message")):
             raise TypeError(
                 f"{cls.__qualname__} has handle_message(), the original ikkuna's entry point "
                 "for each incoming message, which ikkuna_tune never calls: override "

@@ -450,6 +450,13 @@ def test_the_original_ikkunas_override_points_are_refused_when_the_class_is_made
             def handle_message(self, message):  # type: ignore[no-untyped-def]
                 pass
 
+    class Receiver(ik.Subscriber):  # the old body called from receive_message
+        def receive_message(self, message):  # type: ignore[no-untyped-def]
+            self.process_messages(message)
+
+        def process_messages(self, message):  # type: ignore[no-untyped-def]
+            pass
+
     class Helper(ik.Subscriber):  # the old body kept as a helper of compute
         def compute(self, message):  # type: ignore[no-untyped-def]
             self.process_messages(message)
@@ -472,3 +479,4 @@ def test_the_original_ikkunas_override_points_are_refused_when_the_class_is_made
     for step in range(4):
         bus.publish_network_message("loss", 0.5, global_step=step, train_step=step, epoch=0)
     assert steps == [0, 2] and Helper.compute is not ik.Subscriber.compute
+    assert Receiver.receive_message is not ik.Subscriber.receive_message
