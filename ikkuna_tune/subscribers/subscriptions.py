@@ -68,6 +68,22 @@ def _check_kinds(kinds: object) -> tuple[str, ...]:
     return kinds
 
 
+def own_override(cls: type, name: str) -> bool:
+    """Whether ``cls``'s method ``name`` is defined outside ikkuna_tune (a user's class, or a
+    mixin's): code the library's own classes know nothing of.
+
+    Examples:
+        >>> own_override(Subscription, "receive_message")
+        False
+        >>> user_code = {"__module__": "user_code", "_handle_message": print}
+        >>> mine = type("Mine", (Subscription,), user_code)
+        >>> own_override(mine, "_handle_message"), own_override(mine, "receive_message")
+        (True, False)
+    """
+    owner = next((base for base in cls.__mro__ if name in vars(base)), None)
+    return owner is not None and not owner.__module__.startswith("ikkuna_tune.")
+
+
 def bypassed(cls: type, old: str, entries: tuple[str, ...]) -> bool:
     """Whether ``cls`` has a method ``old`` (the original ikkuna's name for an override point)
     while each of its methods ``entries`` (what is called here instead) is still that of one of
@@ -85,13 +101,7 @@ def bypassed(cls: type, old: str, entries: tuple[str, ...]) -> bool:
         >>> bypassed(calls_it, "handle_message", ("receive_message",))
         False
     """
-    if not hasattr(cls, old):
-        return False
-    for entry in entries:
-        owner = next((base for base in cls.__mro__ if entry in vars(base)), None)
-        if owner is not None and not owner.__module__.startswith("ikkuna_tune."):
-            return False  # the user's own, which may call it
-    return True
+    return hasattr(cls, old) and not any(own_override(cls, entry) for entry in entries)
 
 
 class Subscription:
@@ -233,15 +243,19 @@ class Subscription:
     @property
     def takes_batches(self) -> bool:
         """Whether this subscription can be handed a step's layers at once
-        (:meth:`receive_batch`): it keeps every message (``subsample=1``) and its subscriber
-        reduces a batch as it would each message, or it never receives the default tag that
-        batches are published under."""
+        (:meth:`receive_batch`): it keeps every message (``subsample=1``), its subscriber
+        reduces a batch as it would each message, and neither has a message handler of a
+        user's (``_handle_message`` here, ``receive_message`` there, which a batch would go
+        around); or it never receives the default tag that batches are published under."""
         if self.tag is not None and self.tag != DEFAULT_TAG:
             return True
         return (
             self.subsample == 1
             and not self._own_receive
             and bool(getattr(self.subscriber, "takes_batches", False))
+            # a user's message handler, here or in the subscriber, sees every message
+            and not own_override(type(self), "_handle_message")
+            and not own_override(type(self.subscriber), "receive_message")
         )
 
     def receive_batch(self, batch: LayerBatch) -> None:

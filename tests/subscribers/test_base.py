@@ -480,3 +480,54 @@ def test_the_original_ikkunas_override_points_are_refused_when_the_class_is_made
         bus.publish_network_message("loss", 0.5, global_step=step, train_step=step, epoch=0)
     assert steps == [0, 2] and Helper.compute is not ik.Subscriber.compute
     assert Receiver.receive_message is not ik.Subscriber.receive_message
+
+
+def test_a_users_message_handler_sees_every_message_of_a_subscriber_that_takes_batches() -> None:
+    """A NormSubscriber takes a step's layers as one batch, which goes around
+    ``receive_message`` (the subscriber's) and ``_handle_message`` (the subscription's): a
+    user's override of either, and the original ikkuna's method it calls, never ran. Such a
+    subscription now takes messages one by one, and the handler sees each (2 layers, 2 steps),
+    with the norms as before."""
+    from ikkuna_tune.subscribers import Subscription
+
+    seen: list[str] = []
+
+    class Receiving(ik.NormSubscriber):
+        def receive_message(self, message):  # type: ignore[no-untyped-def]
+            self.process_messages(message)
+            super().receive_message(message)
+
+        def process_messages(self, message):  # type: ignore[no-untyped-def]
+            seen.append(f"subscriber {message.key}")
+
+    class Handling(Subscription):
+        def _handle_message(self, message):  # type: ignore[no-untyped-def]
+            self.handle_message(message)
+            super()._handle_message(message)
+
+        def handle_message(self, message):  # type: ignore[no-untyped-def]
+            seen.append(f"subscription {message.key}")
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    norms: list[tuple[str, float]] = []
+    receiving = Receiving("weights", bus, backend=None)
+    handled = ik.NormSubscriber("weights", backend=None, order=1)
+    handled.subscriptions[0] = Handling(handled, ["weights"])
+    bus.register_subscriber(handled)
+    ik.CallbackSubscriber(["weights_norm2"], lambda m: norms.append((m.key, float(m.data))), bus)
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    expected = []
+    with ik.Exporter(model, opt, bus):
+        for _ in range(2):
+            expected += [(n, float(model[int(n)].weight.detach().norm())) for n in ("0", "2")]
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert sorted(seen) == sorted([f"{who} {n}" for who in ("subscriber", "subscription")
+                                   for n in ("0", "2") for _ in range(2)])  # fmt: skip
+    assert [k for k, _ in sorted(norms)] == [k for k, _ in sorted(expected)]
+    assert [v for _, v in sorted(norms)] == pytest.approx([v for _, v in sorted(expected)])
+    assert receiving.subscriptions[0].takes_batches is False
