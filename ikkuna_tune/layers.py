@@ -420,22 +420,21 @@ def _view_root(tensor: torch.Tensor) -> torch.Tensor:
     return tensor._base if tensor._base is not None else tensor
 
 
-def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], torch.Tensor] | None:
+def viewed_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
     """Where in ``output`` (a tensor, or a nest of tuples, lists and dicts) lies the tensor
     that ``target`` is a view of with all its elements (``logits.squeeze(1)``, a transpose,
-    ``logits.view(-1, classes)``): the path to it (depth-first, as :func:`tensor_path`) and
-    the tensor, or None where ``target`` is no such view of any (a part, or computed).
+    ``logits.view(-1, classes)``): the path to it (depth-first, as :func:`tensor_path`), or
+    None where ``target`` is no such view of any (a part, or computed).
 
     Examples:
         >>> features, logits = torch.zeros(2, 4), torch.ones(2, 1, 3)
-        >>> path, tensor = viewed_path((features, logits), logits.squeeze(1))
-        >>> path, tuple(tensor.shape)
-        ((1,), (2, 1, 3))
+        >>> viewed_path((features, logits), logits.squeeze(1))
+        (1,)
         >>> viewed_path((features, logits), logits[:, :, :2]) is None  # a part only
         True
     """
     root = _view_root(target)
-    return _found_where(
+    found = _found_where(
         output,
         lambda tensor: (
             _view_root(tensor) is root
@@ -443,6 +442,7 @@ def viewed_path(output: Any, target: torch.Tensor) -> tuple[tuple[Any, ...], tor
             and tensor.storage_offset() == target.storage_offset()
         ),
     )
+    return None if found is None else found[0]
 
 
 def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:

@@ -756,11 +756,10 @@ class StepHooks:
         if path is None:
             # a view of all of an element (logits.squeeze(1), a transpose) is that element:
             # test accuracy reads it as it is (the classes in dimension 1, else last)
-            found = viewed_path(pending, scores)
-            if found is None:
+            path = viewed_path(pending, scores)
+            if path is None:
                 self._note_unplaced(pending, scores)
                 return  # computed from the output, or a part of it: the rule stands
-            path = found[0]
         if first_tensor(pending) is at_path(pending, path):
             self._output_settled, self._pending_output = True, None  # the rule's choice
             self._scored_path = None
