@@ -11,6 +11,7 @@ holds the gradient of the mean loss over the global batch, which is the single p
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 from typing import Any
 
@@ -70,7 +71,9 @@ def _train(model: nn.Module, rank: int, world: int) -> tuple[list, dict, torch.T
     return names, {k: v.item() for k, v in got.items()}, frozen, unchanged, sync_bytes
 
 
-def _rank_work(rank: int, out: str) -> None:
+def _refusals() -> str:
+    """What freezing a layer of a DDP model says where it is refused: built without
+    find_unused_parameters, and with a static graph."""
     strict = nn.parallel.DistributedDataParallel(_model())
     refused = ""
     with ik.Exporter(strict, None, MessageBus()) as exporter:
@@ -90,6 +93,14 @@ def _rank_work(rank: int, out: str) -> None:
         except ValueError as error:
             refused += "\n" + str(error)
         assert not exporter.frozen and all(p.requires_grad for p in static.parameters())
+    return refused
+
+
+def _rank_work(rank: int, out: str) -> None:
+    refused = _refusals()
+    # the refused models' reducers are freed now, while the process group is alive: one freed
+    # later can abort the process ("terminate called without an active exception")
+    gc.collect()
     ddp = nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
     torch.save((*_train(ddp, rank, WORLD), refused), f"{out}.{rank}")
 
