@@ -469,6 +469,8 @@ class Exporter(StepHooks, LayerFreezing):
         self._unplaced = None
         self._pending_output = None
         self._pending_seen = False
+        self._latest_output = None
+        self._part_checked = output_fn is not None  # (output_fn says where the scores lie)
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(
                 f"Expected `scaler` to be a torch.amp.GradScaler or None but got {scaler!r}"
@@ -589,6 +591,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.message_bus.flush()
         self._unwatched_running.clear()
         self._pending_output = None  # (a model output held to learn where its scores lie)
+        self._latest_output = None
         _WATCHING.discard(self)
         for handle in (*self._base_handles, *self._optimizer_handles):
             handle.remove()
@@ -946,6 +949,9 @@ class Exporter(StepHooks, LayerFreezing):
                 if scores is not None and not self._output_settled:
                     # (a regression head's loss says nothing of where the class scores lie)
                     self._note_scores(scores, learn=labelled is not False)
+                elif scores is not None and self._latest_output is not None:
+                    if labelled is not False:
+                        self._note_part_scored(scores)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
                 if ignored != ignore and labelled is not False:  # given to the call
                     self._note_ignore_index(source, ignored)

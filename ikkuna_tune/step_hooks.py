@@ -216,6 +216,10 @@ class StepHooks:
     #: output (warned of if the rule stands)
     _unplaced: str | None
     _pending_output: Any  # the latest training output of a model whose output is no tensor
+    #: the latest training output of a model whose output is one tensor, until a loss of
+    #: class labels scores it or a part of it (weakly: it must not outlive its step)
+    _latest_output: weakref.ref[torch.Tensor] | None
+    _part_checked: bool  # whether a loss of class labels scored the one-tensor output
     _pending_seen: bool  # whether a wrapped loss has scored since that output
     _wrapped_losses: int
     _steps_started: int
@@ -710,6 +714,9 @@ class StepHooks:
         tag = self._pass_tag
         if not self._output_settled:
             self._note_output(output, tag)
+        elif not self._part_checked and tag == DEFAULT_TAG and self._wrapped_losses:
+            if isinstance(output, torch.Tensor):  # (see _note_part_scored)
+                self._latest_output = weakref.ref(output)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
             if self._output_fn is not None or not isinstance(output, torch.Tensor):
                 output = output_tensor(self.model, output, self._output_fn, self._output_path)
@@ -740,6 +747,8 @@ class StepHooks:
             self._output_settled, self._pending_output = True, None
             if self._output_fn is None:
                 self._warn_unplaced()
+                if isinstance(output, torch.Tensor) and tag == DEFAULT_TAG:
+                    self._latest_output = weakref.ref(output)  # (see _note_part_scored)
         elif tag == DEFAULT_TAG and self._wrapped_losses:
             self._pending_output = output  # (held until a loss scores it, then let go)
 
@@ -765,6 +774,22 @@ class StepHooks:
             self._scored_path = None
         elif self._scored_path is None:
             self._scored_path = path
+
+    def _note_part_scored(self, scores: torch.Tensor) -> None:
+        """A wrapped loss of class labels scored ``scores`` after the output settled: where
+        the output is one tensor and ``scores`` are a part of the latest training output
+        (``logits[:, :3]`` of 10), warn as :meth:`_note_unplaced` does, once. The output is
+        held weakly: once the step let it go there is nothing to compare, and the next
+        training output is looked at."""
+        output = None if self._latest_output is None else self._latest_output()
+        if output is None:
+            self._latest_output = None
+            return
+        if shared_path(output, scores) is None:
+            return  # computed from the output (or from something else): keep looking
+        self._latest_output, self._part_checked = None, True
+        self._note_unplaced(output, scores)
+        self._warn_unplaced()
 
     def _note_unplaced(self, output: Any, scores: torch.Tensor) -> None:
         """Keep, for :meth:`_warn_unplaced`, what test accuracy would read otherwise than the

@@ -668,6 +668,49 @@ def test_a_loss_on_some_of_the_classes_the_output_stands_for_is_warned_of(caplog
     assert told == (expected if case == "some classes" else [])
 
 
+@pytest.mark.parametrize("case", ["some classes", "all classes", "output_fn", "computed"])
+def test_a_loss_on_some_classes_of_a_one_tensor_output_is_warned_of(caplog, case) -> None:
+    """A model whose output is one ``(N, 10)`` tensor, trained on ``logits[:, :3]``, gets a
+    test accuracy over all 10 classes: its arg-max may fall on a class the loss never saw (a
+    trial read 0.125 where the 3 trained classes give 0.875), so that is warned of, once. The
+    whole output, scores computed from it, or an ``output_fn`` that says where the scores lie
+    are not. The output is held weakly: the step still lets it go."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    model = nn.Linear(4, 10)
+    x, y = torch.randn(12, 4, generator=g), torch.randint(0, 3, (12,), generator=g)
+    output_fn = (lambda out: out[:, :3]) if case == "output_fn" else None
+
+    def scored(out: torch.Tensor) -> torch.Tensor:
+        if case == "all classes":
+            return out
+        if case == "computed":
+            return out[:, :3] * 2.0
+        return out[:, :3]
+
+    refs = []
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+        with ik.Exporter(model, message_bus=MessageBus(), output_fn=output_fn) as exporter:
+            loss_fn = exporter.wrap_loss(F.cross_entropy)
+            for _ in range(3):
+                out = model(x)
+                refs.append(weakref.ref(out))
+                loss_fn(scored(out), y).backward()
+                del out
+            gc.collect()
+            assert [r() for r in refs] == [None, None, None]
+    told = [r.getMessage() for r in caplog.records if "Pass output_fn=" in r.getMessage()]
+    expected = [
+        "The wrapped loss scores 3 of the 10 classes (dimension 1) of Linear's output: test "
+        "accuracy reads all of them. Pass output_fn= to ik.watch or Exporter to say which "
+        "scores the output holds"
+    ]
+    assert told == (expected if case == "some classes" else [])
+
+
 def test_a_permuted_view_scored_elementwise_is_read_as_the_output_is() -> None:
     """``binary_cross_entropy_with_logits(out.permute(0, 2, 3, 1), masks)`` with channels-last
     masks: one logit per pixel, as plain PyTorch thresholds them. Reading the loss's view as
