@@ -411,6 +411,19 @@ class SVCCAScheduler(FIFOScheduler):
             None if base_metric else self._metric, None if base_mode else self._mode
         )
 
+    def _of_another_run(self, tune_controller: Any, trial: Trial) -> bool:
+        """Whether ``trial`` is of another ``tune.run`` or ``Tuner`` than the trials steered
+        so far, with the same experiment name (a notebook cell run again with the scheduler
+        of an earlier cell): none of those is the controller's. A trial seen before is the
+        same experiment resumed (``tune.run(resume=True)``), whose trials are new objects."""
+        if not self._trials or trial.trial_id in self._trials:
+            return False
+        get_trials = getattr(tune_controller, "get_trials", None)
+        if get_trials is None:
+            return False
+        current = {id(t) for t in get_trials()}
+        return not any(id(t) in current for t in self._trials.values())
+
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         if not self._metric or not self._mode:
             raise ValueError(
@@ -428,6 +441,14 @@ class SVCCAScheduler(FIFOScheduler):
                 f"{trial.experiment_dir_name!r}): it would rank the new trials among the "
                 "other experiment's, and its mailbox is that experiment's, so no freeze would "
                 "reach them. Create a new SVCCAScheduler for each tune.run or Tuner"
+            )
+        elif self._of_another_run(tune_controller, trial):
+            raise ValueError(
+                "Expected a new SVCCAScheduler for each experiment but got one that steered "
+                f"another run of {trial.experiment_dir_name!r} already (trial "
+                f"{trial.trial_id} is new, and none of the {len(self._trials)} trials it "
+                "steered is in this run): it would judge the new trials against the finished "
+                "run's. Create a new SVCCAScheduler for each tune.run or Tuner"
             )
         self._mailbox.steer(trial.trial_id)  # (its reports are acknowledged, see Mailbox)
         self._trials[trial.trial_id] = trial

@@ -2340,3 +2340,21 @@ def test_only_an_accuracy_reported_with_its_chance_level_is_read_beside_a_loss()
     # steered on an accuracy with its own chance level: nothing is read beside it
     own, _ = make(metric="acc", mode="max")
     assert math.isnan(own._accuracy_beside({"acc": 0.5, "acc_chance": 0.1, **both})[0])
+
+
+def test_a_scheduler_tells_another_run_of_the_same_name_from_the_same_run_resumed() -> None:
+    """The controller of another run holds none of the trials steered so far: refused. The
+    same run resumed (``tune.run(resume=True)``) re-adds its trials as new objects under the
+    same ids, then adds new ones: allowed."""
+    scheduler, _ = make()
+    first = FakeTrial("a_00000")
+    scheduler.on_trial_add(FakeController([first]), first)
+    second = FakeTrial("a_00001")  # the same run goes on
+    scheduler.on_trial_add(FakeController([first, second]), second)
+    resumed = FakeTrial("a_00000")
+    scheduler.on_trial_add(FakeController([resumed]), resumed)
+    more = FakeTrial("a_00002")
+    scheduler.on_trial_add(FakeController([resumed, more]), more)
+    again = FakeTrial("b_00000")  # another run named alike: its controller holds only it
+    with pytest.raises(ValueError, match=r"another run of 'exp'.*none of the 3 trials"):
+        scheduler.on_trial_add(FakeController([again]), again)

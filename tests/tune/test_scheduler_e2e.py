@@ -141,3 +141,29 @@ def test_a_trial_that_started_first_waits_resumes_exactly_and_is_judged(
     assert not [d for t, d in scheduler.decisions if t != first.trial_id]
     why = compare.decisions(compare.load(tmp_path / "waits"))
     assert why.loc[why["action"] == "pause", "rule"].tolist() == ["waits to be compared"]
+
+
+def test_a_scheduler_reused_for_another_run_of_the_same_name_is_refused(
+    ray_session, tmp_path
+) -> None:
+    """A notebook cell run again (``tune.run(..., name="sweep")``) with the scheduler of an
+    earlier cell: the mailbox's name is the same, but the scheduler would judge the new trials
+    against the finished run's (a review's new trial was stopped as "stuck while others
+    learned" by trials of the run before). It is refused at the new run's first trial."""
+    scheduler = eager_freezer(stop=False)
+    trainable = ik.instrument(train_tiny, [WeightSum()])
+
+    def run(lr: float) -> object:
+        return tune.run(
+            trainable,
+            config={"lr": lr, "iterations": 1},
+            scheduler=scheduler,
+            storage_path=str(tmp_path),
+            name="sweep",
+            verbose=0,
+        )
+
+    first = run(0.01)
+    assert [t.status for t in first.trials] == ["TERMINATED"]
+    with pytest.raises(Exception, match=r"new SVCCAScheduler for each experiment.*another run"):
+        run(0.02)
