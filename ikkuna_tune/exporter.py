@@ -377,8 +377,11 @@ class Exporter(StepHooks, LayerFreezing):
     #: whether an epoch has ended since this Exporter was made (see :meth:`epoch_finished`)
     _epoch_ended: bool = False
     _warned_empty_epoch: bool = False
-    #: layers the model no longer holds, already warned about (see :meth:`_check_layers`)
+    #: layers the model no longer holds, or holds since, already warned about (see
+    #: :meth:`_check_layers`)
     _replaced: set[str]
+    #: ``depth`` and ``module_filter``, as given
+    _selection: tuple[int | None, type[nn.Module] | tuple[type[nn.Module], ...] | None]
 
     def __init__(
         self,
@@ -463,6 +466,7 @@ class Exporter(StepHooks, LayerFreezing):
             {n: NamedModule(n, m) for n, m in chosen.items()}
         )
         self._output_fn = output_fn
+        self._selection = (depth, module_filter)  # (how the layers were chosen: _check_layers)
         self._output_path = None
         self._output_settled = False
         self._scored_path = None
@@ -1045,8 +1049,12 @@ class Exporter(StepHooks, LayerFreezing):
 
     def _check_layers(self) -> None:
         """Warn once per layer that the model no longer holds where it was (replaced, say by a
-        new head for transfer learning): its metrics would be those of the old module."""
-        current = dict(unwrapped(self.model).named_modules())
+        new head for transfer learning): its metrics would be those of the old module. Warn
+        once per layer added since the Exporter was made (``model.append(nn.Linear(...))``),
+        which it would have tracked: nothing is published for it, and automatic freezing
+        cannot see it."""
+        root = unwrapped(self.model)
+        current = dict(root.named_modules())
         gone = [
             name
             for name, named in self.modules.items()
@@ -1060,6 +1068,20 @@ class Exporter(StepHooks, LayerFreezing):
                 "modules', no longer trained. Watch the model anew (a new Exporter, or "
                 "ik.watch in a new trial) after changing its layers",
                 gone,
+            )
+        added = [
+            name
+            for name in select_modules(root, *self._selection)
+            if name not in self.modules and name not in self._replaced
+        ]
+        if added:
+            self._replaced.update(added)
+            logger.warning(
+                "Layers %s were added to the model after the Exporter was created: nothing is "
+                "published for them (no metrics, no SVCCA) and automatic freezing cannot see "
+                "them. Watch the model anew (a new Exporter, or ik.watch in a new trial) after "
+                "changing its layers",
+                added,
             )
 
     def _check_called(self) -> None:

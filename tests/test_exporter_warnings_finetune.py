@@ -134,6 +134,36 @@ def test_a_layer_replaced_after_the_exporter_was_made_is_warned_about_once(caplo
     assert len(warnings) == 1 and "['2']" in warnings[0]
 
 
+@pytest.mark.parametrize("depth", [None, 1])
+def test_a_layer_added_after_the_exporter_was_made_is_warned_about_once(caplog, depth) -> None:
+    """A layer appended after watching (a second head) gets no metrics and automatic freezing
+    cannot see it: the epoch's end says so, once, naming the layers the Exporter would have
+    chosen (with ``depth=1`` the top-level module, not what lies inside it). A layer's
+    parametrisation added later (weight norm) adds no layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ik.Exporter(model, opt, depth=depth) as exporter:
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            nn.utils.parametrizations.weight_norm(model[0])
+            exporter.epoch_finished()
+            assert "were added" not in caplog.text
+            model.append(nn.Sequential(nn.ReLU(), nn.Linear(3, 2)))
+            opt.add_param_group({"params": list(model[3].parameters())})
+            for _ in range(2):
+                model(torch.randn(2, 4)).sum().backward()
+                opt.step()
+                exporter.epoch_finished()
+    warnings = [r.getMessage() for r in caplog.records if "were added" in r.getMessage()]
+    assert warnings == [
+        f"Layers {['3.1'] if depth is None else ['3']} were added to the model after the "
+        "Exporter was created: nothing is published for them (no metrics, no SVCCA) and "
+        "automatic freezing cannot see them. Watch the model anew (a new Exporter, or ik.watch "
+        "in a new trial) after changing its layers"
+    ]
+    assert "no longer the modules" not in caplog.text
+
+
 class _Attention(nn.Module):
     """A transformer layer on 4 tokens of width 8, then a classifier."""
 

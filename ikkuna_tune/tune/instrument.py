@@ -124,6 +124,12 @@ def instrument(
             f"Expected a function trainable `f(config)` but got {trainable!r}, whose signature "
             f"{inspect.signature(trainable)} takes no config"
         )
+    if inspect.isclass(subscribers):
+        raise ValueError(
+            "Expected `subscribers` to be a list of subscribers or a function config -> list "
+            f"but got the class {subscribers.__name__}: pass instances "
+            f"([{subscribers.__name__}(...)]), or a function that makes them from the config"
+        )
     if callable(subscribers) and _takes_config(subscribers) is False:
         raise ValueError(
             f"Expected `subscribers` to be a list of subscribers or a function config -> list "

@@ -118,7 +118,8 @@ def plain_metrics(
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
-            one, or a value Ray cannot pickle (a lock, a generator), naming the metric.
+            one, one on the meta device, or a value Ray cannot pickle (a lock, a generator),
+            naming the metric.
 
     Examples:
         >>> import numpy as np
@@ -149,6 +150,13 @@ def plain_metrics(
             if isinstance(item, tuple):  # a list until its tensors are filled in (after its own)
                 tuples.append((items, out, key, type(item)))
         elif isinstance(item, (torch.Tensor, np.ndarray)):
+            if isinstance(item, torch.Tensor) and item.is_meta:
+                raise ValueError(
+                    f"Expected metric {name!r} to be a number but got a tensor on the meta "
+                    "device, which holds no value"
+                )
+            if isinstance(item, torch.Tensor) and item.layout != torch.strided:
+                item = item.to_dense()  # (a sparse tensor's one value)
             size = item.numel() if isinstance(item, torch.Tensor) else item.size
             if size != 1:
                 raise ValueError(
@@ -158,7 +166,7 @@ def plain_metrics(
             if item.dtype.is_complex if isinstance(item, torch.Tensor) else np.iscomplexobj(item):
                 raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
             if isinstance(item, np.ndarray):
-                out[key] = item.reshape(()).item()
+                out[key] = _python(item.reshape(()).item())
             elif not item.dtype.is_floating_point and item.dtype != torch.bool:
                 out[key] = int(item.reshape(()).item())  # exact (a float64 is not, past 2**53)
             else:
@@ -167,7 +175,7 @@ def plain_metrics(
         elif isinstance(item, (complex, np.complexfloating)):
             raise ValueError(f"Expected metric {name!r} to be a real number but got {item}")
         elif isinstance(item, np.generic):
-            out[key] = item.item()
+            out[key] = _python(item.item())
         else:
             if not isinstance(item, (int, float, str, bytes, type(None))):
                 _check_picklable(item, name)
@@ -183,6 +191,23 @@ def plain_metrics(
     for items, out, key, kind in tuples:
         out[key] = tuple(items) if kind is tuple else kind._make(items)  # type: ignore[attr-defined]
     return merged
+
+
+def _python(value: Any) -> Any:
+    """A NumPy scalar's ``item()`` as a Python number: a ``np.longdouble`` (or an ``np.bytes_``
+    of odd width) has no Python type of its own, and stays NumPy's.
+
+    >>> import numpy as np
+    >>> type(_python(np.longdouble(1.5).item())), _python(3)
+    (<class 'float'>, 3)
+    """
+    import numpy as np
+
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _is_namedtuple(value: Any) -> bool:

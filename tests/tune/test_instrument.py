@@ -227,6 +227,11 @@ def test_bad_trainables_and_specs() -> None:
         ik.instrument(Trainable)
     with pytest.raises(ValueError, match="list of subscribers or a function"):
         ik.instrument(train_tiny, StepCount())  # type: ignore[arg-type]
+    # a class takes one argument, like a function of the config: each trial failed on
+    # ik.TestAccuracySubscriber(config), told that its dataset was a dict
+    for cls in (StepCount, ik.TestAccuracySubscriber):
+        with pytest.raises(ValueError, match=rf"but got the class {cls.__name__}: pass instances"):
+            ik.instrument(train_tiny, cls)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Subscriber objects but got int"):
         ik.instrument(train_tiny, [3])  # type: ignore[list-item]
     attached = StepCount()

@@ -482,3 +482,21 @@ def test_a_log_dir_that_is_no_path_is_refused_where_it_is_given() -> None:
     with pytest.raises(ValueError, match=r"`log_dir` to be a path .* but got int"):
         ik.watch(_model(), log_dir=5)  # type: ignore[arg-type]
     ik.watch(_model()).close()  # the failed call left nothing behind
+
+
+def test_odd_tensors_and_numpy_scalars_are_numbers_or_refused_by_name() -> None:
+    """A one-element sparse tensor is its value; a tensor on the meta device holds none and is
+    refused naming the metric (both failed inside the transfer, naming nothing); a
+    ``np.longdouble`` becomes a Python float, as other NumPy scalars do."""
+    from ikkuna_tune.tune.session import plain_metrics
+
+    metrics = {
+        "sparse": torch.tensor([1.5]).to_sparse(),
+        "long": np.longdouble(2.5),
+        "array": np.array([np.longdouble(0.25)]),
+    }
+    plain = plain_metrics(metrics)
+    assert plain == {"sparse": 1.5, "long": 2.5, "array": 0.25}
+    assert [type(v) for v in plain.values()] == [float, float, float]
+    with pytest.raises(ValueError, match=r"metric 'meta' to be a number .* meta device"):
+        plain_metrics({"meta": torch.tensor(1.0, device="meta")})
