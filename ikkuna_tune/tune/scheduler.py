@@ -422,6 +422,8 @@ class SVCCAScheduler(FIFOScheduler):
         if get_trials is None:
             return False
         current = {id(t) for t in get_trials()}
+        if id(trial) not in current:
+            return False  # (a controller that does not list the trial it adds tells nothing)
         return not any(id(t) in current for t in self._trials.values())
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:

@@ -863,8 +863,10 @@ def test_the_budget_is_read_from_a_maximum_iteration_stopper(caplog) -> None:
         trials = [FakeTrial(f"t{i}") for i in range(4)]
         controller = FakeController(trials)
         controller._stopper = stopper
-        # as Tune hands it to schedulers: reading its private attributes logs a warning
-        wrapped = TrialRunnerWrapper(controller, trial_executor=None)
+        # as Tune hands it to schedulers (TuneController._wrapped): reading its private
+        # attributes logs a warning
+        public = {"get_trials", "get_live_trials"}  # (of what Tune lets a scheduler read)
+        wrapped = TrialRunnerWrapper(controller, trial_executor=None, runner_whitelist_attr=public)
         with caplog.at_level(logging.WARNING):
             for t in trials:
                 scheduler.on_trial_add(wrapped, t)
