@@ -22,11 +22,12 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   :data:`LR_MOVED` or more over those reports: a slow climb after a learning-rate drop is
   still a climb): while a trial still learns, nothing is frozen.
 - :func:`stop_verdict`: a reason to stop the trial, or None. Non-finite values (a diverged
-  trial) and a dead layer stop at once. After the grace period, a trial that makes no progress
-  and whose layers no longer move is stuck (where its chance level is known, only at chance:
-  a fine-tuned model far above it gains little with layers that barely move, and still
-  learns). With a known budget, after ``stall_share`` of it,
-  so is a trial that made no progress and is more than ``stall_delta`` behind the level the
+  trial) and a dead layer stop at once. With a known budget, after the grace period and
+  ``stall_share`` of the budget, a trial that makes no progress and whose layers no longer
+  move is stuck (where its chance level is known, only at chance: a fine-tuned model far
+  above it gains little with layers that barely move, and still learns; and not before that
+  share: a learning-rate warm-up holds the layers as still as a rate too small to learn),
+  and so is a trial that made no progress and is more than ``stall_delta`` behind the level the
   ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
   best over ``settle_window`` reports in a row, so that one noisy report is none), once
   those others had made
@@ -1147,8 +1148,14 @@ def stop_verdict(
     # two by the end; a review's sweep of fine-tuning runs lost its best configuration when
     # every trial was stopped here at report 3)
     learned_above_chance = math.isfinite(trial.chance) and not _near_chance(trial, rules)
+    # judged after stall_share of a known budget only, as a flat start is by the rules that
+    # compare trials: a learning-rate warm-up (1 % of the rate for the first 3 of 10 epochs)
+    # holds every layer as still as a rate too small to learn does, and a review's sweep of
+    # such trials lost its best configuration and its top 3, each stopped at report 3
+    waited = budget is not None and it >= rules.stall_share * budget - _tolerance(budget)
     if (
         stalled
+        and waited
         and not learned_above_chance
         and not _moving(trial, rules)
         and not _contender(trial, rules, others)
@@ -1159,7 +1166,7 @@ def stop_verdict(
     # steered on a metric without a chance level (a loss, whose fall from a first epoch's
     # blow-up reads as progress), a trial is stuck where the accuracy beside it is: at chance
     # with no progress, while no layer moves, as one steered on that accuracy would be
-    at_chance = accuracy_at_chance(trial, rules, accuracy_delta)
+    at_chance = accuracy_at_chance(trial, rules, accuracy_delta) if waited else None
     if at_chance is not None and not _moving(trial, rules) and not _contender(trial, rules, others):
         rule = "stuck: accuracy at chance and no layer moving"
         return Decision("stop", rule, it, None, at_chance)

@@ -464,8 +464,8 @@ class SVCCAScheduler(FIFOScheduler):
             logger.warning(
                 "SVCCAScheduler found no budget for trial %s (neither max_t, nor "
                 "stop={'training_iteration': N}, nor a MaximumIterationStopper), so it stops "
-                "no trial as stuck behind or unable to reach the best; pass max_t= to enable "
-                "those rules",
+                "no trial as stuck or behind or unable to reach the best (only diverged "
+                "trials and dead layers); pass max_t= to enable those rules",
                 trial.trial_id,
             )
         if self.base is not None:

@@ -870,10 +870,28 @@ def test_a_fine_tuned_trial_far_above_chance_is_not_stuck_for_gaining_little() -
     assert stop_verdict(trial, RULES, [], budget=12) is None
     flat = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in (0.12, 0.12, 0.13)])
     flat.chance = 0.128
-    stop = stop_verdict(flat, RULES, [], budget=12)
+    stop = stop_verdict(flat, RULES, [], budget=9)  # (3 reports: a third of the budget)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
     unknown = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in fine])
     stop = stop_verdict(unknown, RULES, [], budget=12)
+    assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
+
+
+def test_a_learning_rate_warm_up_is_not_stuck_before_a_share_of_the_budget() -> None:
+    """A warm-up at 1 % of the rate for the first 3 of 10 epochs holds every layer as still as
+    a rate too small to learn, at chance: a review's sweep of such trials had every one (FIFO's
+    best and top 3 among them, 0.85-0.90 at the end) stopped at report 3 as "stuck: no progress
+    and no layer moving". Not before stall_share of the budget (report 4 of 10, where the
+    warm-up is over); without a budget there is no share to wait for, so never; a trial
+    still flat and still after the share is stuck."""
+    still = dict.fromkeys(LAYERS, (0.999, 0.9999, 1.0))
+    warming = history([(m, still) for m in (0.081, 0.081, 0.081)])
+    warming.chance = 0.101
+    flat_others = [[0.081, 0.081, 0.081]] * 4
+    assert stop_verdict(warming, RULES, flat_others, budget=10) is None
+    assert stop_verdict(warming, RULES, flat_others, budget=None) is None
+    warming.add(0.081, *({n: v[k] for n, v in still.items()} for k in range(3)))
+    stop = stop_verdict(warming, RULES, [[*o, 0.081] for o in flat_others], budget=10)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
 
