@@ -26,8 +26,9 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``stall_share`` of the budget, a trial that makes no progress and whose layers no longer
   move is stuck (where its chance level is known, only at chance: a fine-tuned model far
   above it gains little with layers that barely move, and still learns; and not before that
-  share: a learning-rate warm-up holds the layers as still as a rate too small to learn),
-  and so is a trial that made no progress and is more than ``stall_delta`` behind the level the
+  share, nor before another trial gained ``stall_delta`` in as many reports: a learning-rate
+  warm-up holds the layers as still as a rate too small to learn), and so is a trial that
+  made no progress and is more than ``stall_delta`` behind the level the
   ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
   best over ``settle_window`` reports in a row, so that one noisy report is none), once
   those others had made
@@ -1152,7 +1153,10 @@ def stop_verdict(
     # compare trials: a learning-rate warm-up (1 % of the rate for the first 3 of 10 epochs)
     # holds every layer as still as a rate too small to learn does, and a review's sweep of
     # such trials lost its best configuration and its top 3, each stopped at report 3
+    # (and only where some other trial learned by as many reports: a flat start that is
+    # everybody's, a warm-up longer than that share, says nothing of this trial)
     waited = budget is not None and it >= rules.stall_share * budget - _tolerance(budget)
+    waited = waited and _others_learned(others, it, rules)
     if (
         stalled
         and waited
@@ -1582,6 +1586,23 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
     band = noise_band(trial, rules)
     others_learn = any(b - f0 >= rules.stall_delta - _tolerance(b, f0) for b, f0 in seen)
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
+
+
+def _others_learned(others: list[list[float]], reports: int, rules: ConvergenceRules) -> bool:
+    """Whether some other trial gained ``stall_delta`` from its first value over its first
+    ``reports`` reports.
+
+    >>> rules = ConvergenceRules()
+    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.11, 0.15]], 3, rules)
+    True
+    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.11, 0.15]], 2, rules)
+    False
+    """
+    for series in others:
+        best, first = _best_after(series, reports), _first_finite(series)
+        if best != -math.inf and best - first >= rules.stall_delta - _tolerance(best, first):
+            return True
+    return False
 
 
 def _moving(trial: TrialHistory, rules: ConvergenceRules) -> bool:

@@ -870,10 +870,11 @@ def test_a_fine_tuned_trial_far_above_chance_is_not_stuck_for_gaining_little() -
     assert stop_verdict(trial, RULES, [], budget=12) is None
     flat = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in (0.12, 0.12, 0.13)])
     flat.chance = 0.128
-    stop = stop_verdict(flat, RULES, [], budget=9)  # (3 reports: a third of the budget)
+    learner = [[0.12, 0.3, 0.5, 0.6]]  # (stuck is relative: another trial learned meanwhile)
+    stop = stop_verdict(flat, RULES, learner, budget=9)  # (3 reports: a third of the budget)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
     unknown = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in fine])
-    stop = stop_verdict(unknown, RULES, [], budget=12)
+    stop = stop_verdict(unknown, RULES, learner, budget=12)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
 
@@ -882,16 +883,19 @@ def test_a_learning_rate_warm_up_is_not_stuck_before_a_share_of_the_budget() -> 
     a rate too small to learn, at chance: a review's sweep of such trials had every one (FIFO's
     best and top 3 among them, 0.85-0.90 at the end) stopped at report 3 as "stuck: no progress
     and no layer moving". Not before stall_share of the budget (report 4 of 10, where the
-    warm-up is over); without a budget there is no share to wait for, so never; a trial
-    still flat and still after the share is stuck."""
+    warm-up is over), nor while no other trial has learned by as many reports (a warm-up
+    longer than that share); without a budget there is no share to wait for, so never. A
+    trial still flat and still after the share, while another learned, is stuck."""
     still = dict.fromkeys(LAYERS, (0.999, 0.9999, 1.0))
     warming = history([(m, still) for m in (0.081, 0.081, 0.081)])
     warming.chance = 0.101
-    flat_others = [[0.081, 0.081, 0.081]] * 4
-    assert stop_verdict(warming, RULES, flat_others, budget=10) is None
-    assert stop_verdict(warming, RULES, flat_others, budget=None) is None
+    learner = [0.081, 0.081, 0.2, 0.5]
+    flat_others = [[0.081] * 4] * 3
+    assert stop_verdict(warming, RULES, [*flat_others, learner], budget=10) is None
+    assert stop_verdict(warming, RULES, [*flat_others, learner], budget=None) is None
     warming.add(0.081, *({n: v[k] for n, v in still.items()} for k in range(3)))
-    stop = stop_verdict(warming, RULES, [[*o, 0.081] for o in flat_others], budget=10)
+    assert stop_verdict(warming, RULES, flat_others, budget=10) is None  # everybody's
+    stop = stop_verdict(warming, RULES, [*flat_others, learner], budget=10)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
 
@@ -958,7 +962,8 @@ def test_a_metric_measured_at_some_reports_is_not_read_as_no_progress_from_one_v
     assert stop_verdict(sparse, RULES, [], budget=12) is None
     # the same trial flat over three measured values is still stuck
     flat = history([(m, still) for m in (0.8, math.nan, math.nan, 0.8, math.nan, math.nan, 0.8)])
-    stop = stop_verdict(flat, RULES, [], budget=12)
+    learner = [0.5, math.nan, math.nan, 0.6, math.nan, math.nan, 0.7]  # (another learned)
+    stop = stop_verdict(flat, RULES, [learner], budget=12)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
 

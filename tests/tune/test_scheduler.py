@@ -1076,6 +1076,7 @@ def test_a_flat_leader_by_a_hair_is_not_stopped_as_stuck() -> None:
     # flat at chance like the others, leading by noise: no contender
     noisy = trial([0.1, 0.1012, 0.1005, 0.1])
     flat = [[0.1, 0.1008, 0.1, 0.1001], [0.1003, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1007, 0.1]]
+    flat.append([0.1, 0.2, 0.4, 0.6])  # (one learned meanwhile: the flat start is not all's)
     verdict = stop_verdict(noisy, ConvergenceRules(), flat, budget=12)
     assert verdict is not None and verdict.rule == "stuck: no progress and no layer moving"
 
