@@ -192,8 +192,9 @@ class SVCCAScheduler(FIFOScheduler):
        budget or been stopped), or when no trial waits to start (of several such trials the
        one with the best metric so far first, where Tune would resume them in the order they
        were added: those behind are then compared with where it got to), and is judged from
-       then on like the others. Trials run with ``max_concurrent_trials`` never wait: Tune
-       creates no trial beyond the limit, so none waits to start. A trial that reports no
+       then on like the others. Trials run with ``max_concurrent_trials`` no larger than the
+       trials the cluster runs at once never wait: Tune creates no trial beyond the limit, so
+       none waits to start. A trial that reports no
        checkpoint is never paused (it would start again from scratch). What the trial's
        training does after it resumes must not depend on the pause: its checkpoint holds the
        model, the optimizer, the schedules and the random state of its data order.
