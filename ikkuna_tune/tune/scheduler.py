@@ -413,10 +413,13 @@ class SVCCAScheduler(FIFOScheduler):
         )
 
     def _of_another_run(self, tune_controller: Any, trial: Trial) -> bool:
-        """Whether ``trial`` is of another ``tune.run`` or ``Tuner`` than the trials steered
-        so far, with the same experiment name (a notebook cell run again with the scheduler
-        of an earlier cell): none of those is the controller's. A trial seen before is the
-        same experiment resumed (``tune.run(resume=True)``), whose trials are new objects."""
+        """Whether ``trial`` is the first of another ``tune.run`` or ``Tuner`` run than the
+        trials steered so far, with the same experiment name: none of those is the
+        controller's. That is a notebook cell run again with the scheduler of an earlier cell,
+        or the same run resumed (``tune.run(resume=...)``), whose trials are new objects and
+        whose first may have a new id (an errored trial restarted, re-added first): the two
+        cannot be told apart here (see :meth:`_forget_trials`). A trial seen before is the
+        same run resumed."""
         if not self._trials or trial.trial_id in self._trials:
             return False
         get_trials = getattr(tune_controller, "get_trials", None)
@@ -426,6 +429,23 @@ class SVCCAScheduler(FIFOScheduler):
         if id(trial) not in current:
             return False  # (a controller that does not list the trial it adds tells nothing)
         return not any(id(t) in current for t in self._trials.values())
+
+    def _forget_trials(self, experiment: str) -> None:
+        """Forget the trials steered so far, and their decisions: a new run of ``experiment``
+        began (:meth:`_of_another_run`). A new run's trials are then judged among themselves
+        (judged among the earlier run's finished trials, a new one was stopped as "stuck while
+        others learned"); a resumed run's trials are taken up again from their own files as
+        Tune re-adds them, as after ``Tuner.restore`` (:meth:`_recall`)."""
+        logger.info(
+            "SVCCAScheduler steers a new run of %r (none of the %d trials it steered is in it): "
+            "it forgets them; the trials of a resumed run are taken up from their files as "
+            "they are added again",
+            experiment,
+            len(self._trials),
+        )
+        self._trials.clear()
+        self._views.clear()
+        self.decisions.clear()
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         if not self._metric or not self._mode:
@@ -446,13 +466,7 @@ class SVCCAScheduler(FIFOScheduler):
                 "reach them. Create a new SVCCAScheduler for each tune.run or Tuner"
             )
         elif self._of_another_run(tune_controller, trial):
-            raise ValueError(
-                "Expected a new SVCCAScheduler for each experiment but got one that steered "
-                f"another run of {trial.experiment_dir_name!r} already (trial "
-                f"{trial.trial_id} is new, and none of the {len(self._trials)} trials it "
-                "steered is in this run): it would judge the new trials against the finished "
-                "run's. Create a new SVCCAScheduler for each tune.run or Tuner"
-            )
+            self._forget_trials(trial.experiment_dir_name)
         self._mailbox.steer(trial.trial_id)  # (its reports are acknowledged, see Mailbox)
         self._trials[trial.trial_id] = trial
         view = self._views.get(trial.trial_id)

@@ -2353,19 +2353,33 @@ def test_only_an_accuracy_reported_with_its_chance_level_is_read_beside_a_loss()
     assert math.isnan(own._accuracy_beside({"acc": 0.5, "acc_chance": 0.1, **both})[0])
 
 
-def test_a_scheduler_tells_another_run_of_the_same_name_from_the_same_run_resumed() -> None:
-    """The controller of another run holds none of the trials steered so far: refused. The
-    same run resumed (``tune.run(resume=True)``) re-adds its trials as new objects under the
-    same ids, then adds new ones: allowed."""
-    scheduler, _ = make()
-    first = FakeTrial("a_00000")
-    scheduler.on_trial_add(FakeController([first]), first)
-    second = FakeTrial("a_00001")  # the same run goes on
-    scheduler.on_trial_add(FakeController([first, second]), second)
-    resumed = FakeTrial("a_00000")
-    scheduler.on_trial_add(FakeController([resumed]), resumed)
-    more = FakeTrial("a_00002")
-    scheduler.on_trial_add(FakeController([resumed, more]), more)
-    again = FakeTrial("b_00000")  # another run named alike: its controller holds only it
-    with pytest.raises(ValueError, match=r"another run of 'exp'.*none of the 3 trials"):
-        scheduler.on_trial_add(FakeController([again]), again)
+def test_a_new_run_of_the_same_name_is_judged_among_its_own_trials() -> None:
+    """The scheduler of an earlier run, given a new run of the same name: the controller holds
+    none of the trials it steered, so it forgets them. A late starter at chance, its layers
+    moving, was stopped at report 3 as stuck while the earlier run's finished trials learned;
+    alone, it runs on. A run resumed re-adds its trials under their ids (an errored one
+    restarted may come first, under a new id): those are taken up again, not forgotten."""
+    scheduler, _ = make(grace=2, max_t=9)
+    learners = [FakeTrial(f"a_0000{i}") for i in range(3)]
+    for t in learners:
+        scheduler.on_trial_add(FakeController(learners), t)
+    sims = dict.fromkeys(LAYERS, 1.0)
+    for it in range(1, 10):
+        for i, t in enumerate(learners):
+            acc = 0.2 + 0.08 * it + 0.01 * i
+            scheduler.on_trial_result(
+                None, t, result(sims, it=it, acc=acc, dist={"fc1": 0.05 * it})
+            )
+    restarted = FakeTrial("a_00003")  # the first trial re-added by a resume: a new id
+    scheduler.on_trial_add(FakeController([restarted]), restarted)
+    again = [FakeTrial("a_00000"), FakeTrial("a_00001")]
+    for t in again:
+        scheduler.on_trial_add(FakeController([restarted, *again]), t)
+    assert set(scheduler._views) == {"a_00003", "a_00000", "a_00001"}
+    late = FakeTrial("b_00000")  # another run: its controller holds only it
+    scheduler.on_trial_add(FakeController([late]), late)
+    assert set(scheduler._views) == {"b_00000"}
+    for it in range(1, 10):
+        going = result(sims, it=it, acc=0.1, dist=dict.fromkeys(LAYERS, 0.02 * it))
+        assert scheduler.on_trial_result(None, late, going) == CONTINUE
+    assert scheduler.stopped_trials == {}

@@ -143,27 +143,36 @@ def test_a_trial_that_started_first_waits_resumes_exactly_and_is_judged(
     assert why.loc[why["action"] == "pause", "rule"].tolist() == ["waits to be compared"]
 
 
-def test_a_scheduler_reused_for_another_run_of_the_same_name_is_refused(
+def test_a_scheduler_reused_for_a_resumed_or_a_new_run_of_the_same_name(
     ray_session, tmp_path
 ) -> None:
-    """A notebook cell run again (``tune.run(..., name="sweep")``) with the scheduler of an
-    earlier cell: the mailbox's name is the same, but the scheduler would judge the new trials
-    against the finished run's (a review's new trial was stopped as "stuck while others
-    learned" by trials of the run before). It is refused at the new run's first trial."""
+    """The run resumed with its errored trial restarted (``resume="AUTO+RESTART_ERRORED"``)
+    adds that trial first, under a new id: no trial of the controller's is one the scheduler
+    steered, as in another run of the same name (a notebook cell run again). The resume went
+    on (refusing it, as a first fix did, failed it); the new run's trials are judged among
+    themselves (judged among the earlier run's, a review's new trial was stopped as stuck)."""
     scheduler = eager_freezer(stop=False)
     trainable = ik.instrument(train_tiny, [WeightSum()])
 
-    def run(lr: float) -> object:
+    def run(config: dict, **options: object) -> object:
         return tune.run(
             trainable,
-            config={"lr": lr, "iterations": 1},
+            config={"lr": 0.01, "iterations": 4, **config},
             scheduler=scheduler,
             storage_path=str(tmp_path),
             name="sweep",
             verbose=0,
+            raise_on_failed_trial=False,
+            **options,
         )
 
-    first = run(0.01)
-    assert [t.status for t in first.trials] == ["TERMINATED"]
-    with pytest.raises(Exception, match=r"new SVCCAScheduler for each experiment.*another run"):
-        run(0.02)
+    marker = str(tmp_path / "crashed")
+    first = run({"crash_marker": marker})  # crashes in its third iteration, for good
+    assert [t.status for t in first.trials] == ["ERROR"]
+    resumed = run({"crash_marker": marker}, resume="AUTO+RESTART_ERRORED")
+    (trial,) = resumed.trials
+    assert trial.status == "TERMINATED" and trial.trial_id != first.trials[0].trial_id
+    assert set(scheduler._views) == {trial.trial_id}
+    again = run({"lr": 0.02})  # the cell run again
+    (new,) = again.trials
+    assert new.status == "TERMINATED" and set(scheduler._views) == {new.trial_id}
