@@ -26,7 +26,8 @@ the SVCCA subscriber) and asks two functions of this module what to do:
   ``stall_share`` of the budget, a trial that makes no progress and whose layers no longer
   move is stuck (where its chance level is known, only at chance: a fine-tuned model far
   above it gains little with layers that barely move, and still learns; and not before that
-  share, nor before another trial gained ``stall_delta`` in as many reports: a learning-rate
+  share, nor before another trial held a level ``stall_delta`` above where it started, after
+  as many reports (:func:`_others_learned`): a learning-rate
   warm-up holds the layers as still as a rate too small to learn), and so is a trial that
   made no progress and is more than ``stall_delta`` behind the level the
   ``protect_top``-th best other trial held after as many reports (:func:`held_level`: its
@@ -1156,7 +1157,7 @@ def stop_verdict(
     # (and only where some other trial learned by as many reports: a flat start that is
     # everybody's, a warm-up longer than that share, says nothing of this trial)
     waited = budget is not None and it >= rules.stall_share * budget - _tolerance(budget)
-    waited = waited and _others_learned(others, it, rules)
+    waited = waited and _others_learned(others, it, rules, first, trial.chance)
     if (
         stalled
         and waited
@@ -1588,19 +1589,33 @@ def _contender(trial: TrialHistory, rules: ConvergenceRules, others: list[list[f
     return (own > max(bests) and others_learn) or any(own > best + band for best in bests)
 
 
-def _others_learned(others: list[list[float]], reports: int, rules: ConvergenceRules) -> bool:
-    """Whether some other trial gained ``stall_delta`` from its first value over its first
-    ``reports`` reports.
+def _others_learned(
+    others: list[list[float]],
+    reports: int,
+    rules: ConvergenceRules,
+    first: float,
+    chance: float = math.nan,
+) -> bool:
+    """Whether some other trial learned over its first ``reports`` reports, as the rule "no
+    progress while others learned" reads it: the level it held there (:func:`held_level`,
+    over ``settle_window`` values in a row: one noisy report is no learning) is
+    ``stall_delta`` above ``first`` (where the trial judged started) and, where the
+    ``chance`` level is known, above it by as much.
 
     >>> rules = ConvergenceRules()
-    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.11, 0.15]], 3, rules)
+    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.13, 0.15, 0.16]], 4, rules, first=0.1)
     True
-    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.11, 0.15]], 2, rules)
+    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.13, 0.15, 0.16]], 3, rules, 0.1)  # held 0.1
+    False
+    >>> _others_learned([[0.1, 0.1, 0.1], [0.1, 0.13, 0.15, 0.16]], 4, rules, 0.1, chance=0.12)
     False
     """
+    bar = chance + rules.stall_delta
     for series in others:
-        best, first = _best_after(series, reports), _first_finite(series)
-        if best != -math.inf and best - first >= rules.stall_delta - _tolerance(best, first):
+        held = _held_after(series, reports, rules.settle_window)
+        if held is None or held - first < rules.stall_delta - _tolerance(held, first):
+            continue
+        if not (math.isfinite(bar) and held <= bar + _tolerance(bar)):
             return True
     return False
 

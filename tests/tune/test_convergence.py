@@ -870,11 +870,12 @@ def test_a_fine_tuned_trial_far_above_chance_is_not_stuck_for_gaining_little() -
     assert stop_verdict(trial, RULES, [], budget=12) is None
     flat = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in (0.12, 0.12, 0.13)])
     flat.chance = 0.128
-    learner = [[0.12, 0.3, 0.5, 0.6]]  # (stuck is relative: another trial learned meanwhile)
+    learner = [[0.3, 0.4, 0.5, 0.6]]  # (stuck is relative: another trial learned meanwhile)
     stop = stop_verdict(flat, RULES, learner, budget=9)  # (3 reports: a third of the budget)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
     unknown = history([(m, dict.fromkeys(LAYERS, (0.999, 0.9, 1.0))) for m in fine])
-    stop = stop_verdict(unknown, RULES, learner, budget=12)
+    ahead = [[0.99, 0.995, 0.996, 0.997]]  # (another learned, to above where it started)
+    stop = stop_verdict(unknown, RULES, ahead, budget=12)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
 
@@ -884,17 +885,21 @@ def test_a_learning_rate_warm_up_is_not_stuck_before_a_share_of_the_budget() -> 
     best and top 3 among them, 0.85-0.90 at the end) stopped at report 3 as "stuck: no progress
     and no layer moving". Not before stall_share of the budget (report 4 of 10, where the
     warm-up is over), nor while no other trial has learned by as many reports (a warm-up
-    longer than that share); without a budget there is no share to wait for, so never. A
-    trial still flat and still after the share, while another learned, is stuck."""
+    longer than that share: a level held over settle_window reports, stall_delta above where
+    the trial started and above chance); without a budget there is no share to wait for, so
+    never. A trial still flat and still after the share, while another learned, is stuck."""
     still = dict.fromkeys(LAYERS, (0.999, 0.9999, 1.0))
     warming = history([(m, still) for m in (0.081, 0.081, 0.081)])
     warming.chance = 0.101
-    learner = [0.081, 0.081, 0.2, 0.5]
+    learner = [0.081, 0.3, 0.4, 0.5]
     flat_others = [[0.081] * 4] * 3
     assert stop_verdict(warming, RULES, [*flat_others, learner], budget=10) is None
     assert stop_verdict(warming, RULES, [*flat_others, learner], budget=None) is None
     warming.add(0.081, *({n: v[k] for n, v in still.items()} for k in range(3)))
     assert stop_verdict(warming, RULES, flat_others, budget=10) is None  # everybody's
+    # one report of another trial at chance is no learning (held over settle_window values)
+    blip = [0.081, 0.081, 0.102, 0.081]
+    assert stop_verdict(warming, RULES, [*flat_others, blip], budget=10) is None
     stop = stop_verdict(warming, RULES, [*flat_others, learner], budget=10)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
@@ -962,7 +967,7 @@ def test_a_metric_measured_at_some_reports_is_not_read_as_no_progress_from_one_v
     assert stop_verdict(sparse, RULES, [], budget=12) is None
     # the same trial flat over three measured values is still stuck
     flat = history([(m, still) for m in (0.8, math.nan, math.nan, 0.8, math.nan, math.nan, 0.8)])
-    learner = [0.5, math.nan, math.nan, 0.6, math.nan, math.nan, 0.7]  # (another learned)
+    learner = [0.85, math.nan, math.nan, 0.9, math.nan, math.nan, 0.95]  # (another learned)
     stop = stop_verdict(flat, RULES, [learner], budget=12)
     assert stop is not None and stop.rule == "stuck: no progress and no layer moving"
 
