@@ -1054,11 +1054,13 @@ class Exporter(StepHooks, LayerFreezing):
         which it would have tracked: nothing is published for it, and automatic freezing
         cannot see it."""
         root = unwrapped(self.model)
-        current = dict(root.named_modules())
+        # (by identity, not name: a layer wrapped where it is, torch.compile(model[2]), is
+        # still the module the Exporter tracks, named '2._orig_mod')
+        current = {id(module) for module in root.modules()}
         gone = [
             name
             for name, named in self.modules.items()
-            if current.get(name) is not named.module and name not in self._replaced
+            if id(named.module) not in current and name not in self._replaced
         ]
         if gone:
             self._replaced.update(gone)
@@ -1069,10 +1071,11 @@ class Exporter(StepHooks, LayerFreezing):
                 "ik.watch in a new trial) after changing its layers",
                 gone,
             )
+        tracked = {id(named.module) for named in self.modules.values()}
         added = [
             name
-            for name in select_modules(root, *self._selection)
-            if name not in self.modules and name not in self._replaced
+            for name, module in select_modules(root, *self._selection).items()
+            if id(module) not in tracked and name not in self._replaced
         ]
         if added:
             self._replaced.update(added)

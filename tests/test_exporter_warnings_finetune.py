@@ -164,6 +164,25 @@ def test_a_layer_added_after_the_exporter_was_made_is_warned_about_once(caplog, 
     assert "no longer the modules" not in caplog.text
 
 
+def test_a_layer_compiled_where_it_is_after_watching_is_neither_replaced_nor_added(caplog):
+    """``model[2] = torch.compile(model[2])`` after watching keeps the tracked module (it is
+    ``'2._orig_mod'`` now, and its hooks still run): no layer was replaced or added."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen: list[str] = []
+    with ik.Exporter(model, opt, message_bus=bus) as exporter:
+        ik.CallbackSubscriber(["activations"], lambda m: seen.append(m.key), bus)
+        model[2] = torch.compile(model[2], backend="eager")
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+            exporter.epoch_finished()
+    assert "2" in seen  # (the tracked module still runs)
+    assert "were added" not in caplog.text and "no longer the modules" not in caplog.text
+
+
 class _Attention(nn.Module):
     """A transformer layer on 4 tokens of width 8, then a classifier."""
 

@@ -155,9 +155,9 @@ def plain_metrics(
                     f"Expected metric {name!r} to be a number but got a tensor on the meta "
                     "device, which holds no value"
                 )
-            if isinstance(item, torch.Tensor) and item.layout != torch.strided:
-                item = item.to_dense()  # (a sparse tensor's one value)
             size = item.numel() if isinstance(item, torch.Tensor) else item.size
+            if size == 1 and isinstance(item, torch.Tensor) and item.layout != torch.strided:
+                item = item.to_dense()  # (a sparse tensor's one value)
             if size != 1:
                 raise ValueError(
                     f"Expected metric {name!r} to be a number but got a "

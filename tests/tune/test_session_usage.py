@@ -500,3 +500,8 @@ def test_odd_tensors_and_numpy_scalars_are_numbers_or_refused_by_name() -> None:
     assert [type(v) for v in plain.values()] == [float, float, float]
     with pytest.raises(ValueError, match=r"metric 'meta' to be a number .* meta device"):
         plain_metrics({"meta": torch.tensor(1.0, device="meta")})
+    # a large sparse tensor is refused as it is (made dense, it asked for 8 TB)
+    indices = torch.tensor([[0], [0]])
+    huge = torch.sparse_coo_tensor(indices, torch.tensor([1.0]), (10**6, 10**6))
+    with pytest.raises(ValueError, match=r"metric 'adjacency' to be a number .* \(1000000, "):
+        plain_metrics({"adjacency": huge})
