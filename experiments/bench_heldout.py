@@ -2,8 +2,10 @@
 
 The fidelity benchmark sweeps the learning rate of SGD. This one sweeps other axes on
 scikit-learn's digits (:func:`experiments.fidelity_trial.train_trial`, 12 epochs): Adam's
-learning rate, weight decay under SGD and Adam, the batch size under SGD and Adam, and the
-width and depth of an MLP, each grid under FIFO and under ``SVCCAScheduler()`` with its
+learning rate, weight decay under SGD and Adam, the batch size under SGD and Adam, the
+width and depth of an MLP, and SGD's learning rate behind a constant warm-up (1 % of the
+rate for the first 3 or 5 epochs: the layers stand as still as at a rate too small to
+learn), each grid under FIFO and under ``SVCCAScheduler()`` with its
 defaults, same seeds, in one Tune experiment (:class:`~experiments.routing.RoutingScheduler`
 hands each trial to its grid's scheduler).
 
@@ -14,7 +16,7 @@ scheduler's decisions (``stopped`` and ``frozen``: configuration -> report and r
 line is one JSON object; ``answer_kept`` counts the grids where the best configuration is the
 same and each of FIFO's top 3 is within 1 point (``top3_worst_delta >= -0.01``).
 
-Run: ``python -m experiments.bench_heldout`` (12 grids) or ``--quick`` (3 grids, 8 epochs).
+Run: ``python -m experiments.bench_heldout`` (14 grids) or ``--quick`` (3 grids, 8 epochs).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ DECAYS = (0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 BATCHES = (8, 16, 32, 64, 128, 256)
 SHAPES = ((32,), (256,), (64, 64), (128, 64), (64, 64, 64), (64,) * 4, (64,) * 6, (32,) * 8)
 SGD, ADAM, CNN = {"optimizer": "sgd"}, {"optimizer": "adam"}, {"family": "cnn"}
+WARMUP = {"warmup_factor": 0.01}
+WARMUP_LRS = (0.003, 0.01, 0.014, 0.02, 0.03, 0.1, 0.3)
 
 #: grid name -> the configurations it sweeps (``family`` mlp and SGD unless named)
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -49,6 +53,10 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "sgd_shape_mlp": [{**SGD, "lr": 0.03, "hidden": list(h)} for h in SHAPES],
     "sgd_shape_mlp_fast": [{**SGD, "lr": 0.1, "hidden": list(h)} for h in SHAPES],
     "adam_shape_mlp": [{**ADAM, "lr": 1e-3, "hidden": list(h)} for h in SHAPES],
+    # a constant warm-up at 1 % of the rate: for a quarter of the budget, and for longer than
+    # the third (stall_share) after which trials that made no progress may be stopped
+    "sgd_warmup3_mlp": [{**SGD, "lr": lr, **WARMUP, "warmup_epochs": 3} for lr in WARMUP_LRS],
+    "sgd_warmup5_mlp": [{**SGD, "lr": lr, **WARMUP, "warmup_epochs": 5} for lr in WARMUP_LRS],
 }
 QUICK_GRIDS = ("adam_lr_mlp", "sgd_decay_mlp", "sgd_batch_cnn")
 

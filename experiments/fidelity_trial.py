@@ -111,6 +111,40 @@ def measure_on_test_split(model: nn.Module, exporter: ik.Exporter, data: str) ->
     }
 
 
+def lr_schedule(
+    opt: torch.optim.Optimizer, config: dict[str, Any]
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule of :func:`train_trial`, stepped at each epoch's end: a drop
+    by ``lr_drop_factor`` (0.1) from ``lr_drop_epoch`` on, a constant warm-up at
+    ``warmup_factor`` (0.01) of the rate for the first ``warmup_epochs``, both, or None.
+
+    Examples:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> schedule = lr_schedule(opt, {"warmup_epochs": 2, "lr_drop_epoch": 3})
+        >>> rates = []
+        >>> for _ in range(4):
+        ...     rates.append(round(opt.param_groups[0]["lr"], 6))
+        ...     schedule.step()
+        >>> rates
+        [0.001, 0.001, 0.1, 0.01]
+    """
+    drop = config.get("lr_drop_epoch")
+    gamma = float(config.get("lr_drop_factor", 0.1))
+    warmup = int(config.get("warmup_epochs", 0))
+    if warmup > 0:
+        factor = float(config.get("warmup_factor", 0.01))
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda e: (
+                (factor if e < warmup else 1.0)
+                * (gamma if drop is not None and e >= int(drop) else 1.0)
+            ),
+        )
+    if drop is not None:
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(drop)], gamma=gamma)
+    return None
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Train ``config["family"]`` on ``config["data"]`` for ``config["epochs"]`` epochs.
 
@@ -120,7 +154,10 @@ def train_trial(config: dict[str, Any]) -> None:
     a checkpoint with every report), ``lr_drop_epoch`` (None: a
     constant learning rate; else the learning rate is multiplied by ``lr_drop_factor``, 0.1,
     from that epoch on, by
-    ``MultiStepLR`` stepped at each epoch's end), and ``variant`` (a dict merged into the
+    ``MultiStepLR`` stepped at each epoch's end), ``warmup_epochs`` (0: none; else the
+    learning rate is multiplied by ``warmup_factor``, 0.01, for that many first epochs, a
+    constant warm-up, by ``LambdaLR``, times the drop's factor where both are given), and
+    ``variant`` (a dict merged into the
     config; the benchmark puts the scheduler group there), ``metric`` (``test_accuracy``: with
     another of :data:`METRICS`, :func:`measure_on_test_split` are reported too).
     """
@@ -142,14 +179,7 @@ def train_trial(config: dict[str, Any]) -> None:
         opt = torch.optim.SGD(
             model.parameters(), lr=float(config["lr"]), momentum=momentum, weight_decay=decay
         )
-    drop = config.get("lr_drop_epoch")
-    schedule = (
-        torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=[int(drop)], gamma=float(config.get("lr_drop_factor", 0.1))
-        )
-        if drop is not None
-        else None
-    )
+    schedule = lr_schedule(opt, config)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         train, batch_size=int(config.get("batch_size", 64)), shuffle=True, generator=generator

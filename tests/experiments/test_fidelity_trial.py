@@ -35,3 +35,34 @@ def test_test_measures_against_hand_computation() -> None:
 
 def test_metrics_name_their_modes() -> None:
     assert METRICS == {"test_accuracy": "max", "test_accuracy_percent": "max", "test_loss": "min"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"lr_drop_epoch": 3},
+        {"warmup_epochs": 2},
+        {"warmup_epochs": 5, "warmup_factor": 0.1},
+        {"warmup_epochs": 2, "lr_drop_epoch": 4, "lr_drop_factor": 0.5},
+    ],
+)
+def test_the_learning_rate_schedule_is_the_warm_up_and_the_drop_by_hand(config) -> None:
+    """Epoch by epoch (stepped at each epoch's end), the rate is the base rate times the
+    warm-up's factor in the first ``warmup_epochs`` and the drop's factor from
+    ``lr_drop_epoch`` on, written out by hand."""
+    from experiments.fidelity_trial import lr_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    schedule = lr_schedule(opt, config)
+    assert (schedule is None) == (config == {})
+    for epoch in range(8):
+        expected = 0.2
+        if epoch < config.get("warmup_epochs", 0):
+            expected *= config.get("warmup_factor", 0.01)
+        if "lr_drop_epoch" in config and epoch >= config["lr_drop_epoch"]:
+            expected *= config.get("lr_drop_factor", 0.1)
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+        opt.step()
+        if schedule is not None:
+            schedule.step()
