@@ -37,7 +37,7 @@ BATCHES = (8, 16, 32, 64, 128, 256)
 SHAPES = ((32,), (256,), (64, 64), (128, 64), (64, 64, 64), (64,) * 4, (64,) * 6, (32,) * 8)
 SGD, ADAM, CNN = {"optimizer": "sgd"}, {"optimizer": "adam"}, {"family": "cnn"}
 WARMUP = {"warmup_factor": 0.01}
-WARMUP_LRS = (0.003, 0.01, 0.014, 0.02, 0.03, 0.1, 0.3)
+WARMUP_LRS = (0.003, 0.007, 0.01, 0.014, 0.02, 0.028, 0.04)  # (none learns much in the warm-up)
 
 #: grid name -> the configurations it sweeps (``family`` mlp and SGD unless named)
 GRIDS: dict[str, list[dict[str, Any]]] = {
