@@ -3,6 +3,8 @@ simulated two-node cluster."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from ray import tune
 
@@ -19,13 +21,14 @@ from tests.tune.trainables import (
 
 def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, tmp_path) -> None:
     # the movement and plateau rules are switched off (any weight counts as settled, no
-    # improvement counts), so layers freeze at the first similarity; no progress counts and no
-    # layer counts as moving, so the trial stops as stuck right after the grace period
-    scheduler = eager_freezer(grace=3, stall_delta=10.0, move_tol=10.0, stop=True)
+    # improvement counts), so layers freeze at the first similarity; each trial reports a NaN
+    # loss (the scheduler's metric) at its fourth report, and is stopped there as diverged
+    scheduler = eager_freezer(stop=True)
     crashes = ("crash", "crash_ordered")
     config = {
         "lr": 0.01,
         "iterations": 10,
+        "nan_loss_at": 3,
         "checkpoint": True,
         "variant": tune.grid_search(["plain", *crashes]),
         # each crashing trial crashes once, in its third iteration, before its third report
@@ -79,10 +82,11 @@ def test_directives_freeze_layers_stop_trials_and_survive_restore(ray_session, t
         unchanged_from = first + 1 if trial.config["variant"] == "crash" else first
         frozen_sums = df["weight_sum/conv"].tolist()[unchanged_from:]
         assert frozen_sums == [frozen_sums[0]] * len(frozen_sums)
-        assert (df["loss"].diff().dropna() < 0).all()
+        assert (df["loss"].iloc[:-1].diff().dropna() < 0).all()
         assert df["frozen_fraction"].iloc[-1] == pytest.approx(30 / 275)
-        # no progress and no layer moving: stopped after the grace period (3 reports), not at 10
-        assert len(df) == 4
+        # the NaN loss of the fourth report: stopped there as diverged, not at 10
+        assert len(df) == 4 and math.isnan(df["loss"].iloc[-1])
+        assert scheduler.stopped_trials[trial.trial_id] == "diverged: non-finite value"
 
 
 def test_directives_reach_a_trial_on_another_node() -> None:

@@ -94,7 +94,8 @@ def train_tiny(config: dict[str, Any]) -> None:
     ``corrupt_state`` truncates ikkuna_tune's state file in the checkpoint it restores from,
     ``drop_state`` deletes it (a checkpoint saved without it), each at the first restore only;
     ``crash_again_marker`` crashes once more, at iteration ``crash_again_at`` (3). ``acc``: a
-    list, reported as metric ``acc`` (its value at each iteration), for tests of the stop rules.
+    list, reported as metric ``acc`` (its value at each iteration), for tests of the stop rules;
+    ``nan_loss_at``: the iteration whose reported ``loss`` is NaN (the trial trains on).
     ``log_dir``: where the event files go (default: the trial's own folder for them).
     """
     torch.manual_seed(config.get("seed", 0))
@@ -129,6 +130,8 @@ def train_tiny(config: dict[str, Any]) -> None:
         if iteration == config.get("freeze_at_iteration"):
             exporter.freeze("conv")
         metrics = {"iteration": iteration, "loss": loss.item(), "node": node_id()}
+        if iteration == config.get("nan_loss_at"):  # a diverged report, for the stop rules
+            metrics["loss"] = float("nan")
         if "acc" in config:  # a scripted metric, one value per iteration
             metrics["acc"] = float(config["acc"][iteration])
         if iteration == config.get("kill_mailbox_at"):
