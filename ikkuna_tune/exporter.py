@@ -531,6 +531,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._held: dict[int, tuple[nn.Parameter, bool]] = {}  # see LayerFreezing
         self._released: dict[int, int] = {}  # see LayerFreezing
         self._held_modes: dict[str, dict[str, bool]] = {}
+        self._modes_pending: set[str] = set()
         self._freeze_handles: dict[str, list[RemovableHandle]] = {}
         self._recompile_allowed = False  # see LayerFreezing._allow_recompilation
         self._pass_kinds = set()

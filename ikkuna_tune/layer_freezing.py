@@ -71,6 +71,10 @@ class LayerFreezing:
     #: per frozen layer: the training flag of each of its modules (by name within the layer,
     #: ``''`` the layer itself) whose flag differed from the model's when it was frozen
     _held_modes: dict[str, dict[str, bool]]
+    #: frozen layers whose modes are read at the next training pass (:meth:`_read_held_modes`):
+    #: frozen while the model was in eval mode (at a report after validation), when a module
+    #: the user keeps in eval mode looks like all the others
+    _modes_pending: set[str]
     #: per frozen layer, the forward pre-hooks that hold it (and each module in it) in eval mode
     _freeze_handles: dict[str, list[RemovableHandle]]
     _recompile_allowed: bool
@@ -210,11 +214,16 @@ class LayerFreezing:
             if param.requires_grad:
                 param.requires_grad_(False)
                 param.grad = None
-        if saved is not None and "training" in saved:
+        if saved is not None and "training" in saved and saved["training"] is None:
+            modes = {}
+            self._modes_pending.add(name)  # (frozen in eval mode, restored before it was read)
+        elif saved is not None and "training" in saved:
             modes = {str(k): bool(v) for k, v in dict(saved["training"]).items()}
+        elif not self.model.training:
+            modes = {}
+            self._modes_pending.add(name)
         else:
-            mode = self.model.training
-            modes = {n: m.training for n, m in named.module.named_modules() if m.training != mode}
+            modes = {n: m.training for n, m in named.module.named_modules() if not m.training}
         self._held_modes[name] = modes
         hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
@@ -322,6 +331,19 @@ class LayerFreezing:
         if bus is not None:  # its gradients come back in phase with the other layers'
             bus.realign(name)
 
+    def _read_held_modes(self) -> None:
+        """At a training pass's start, before the frozen layers' hooks put them in eval mode,
+        read the modes of the modules of each layer frozen while the model was in eval mode:
+        those the training code keeps in eval mode now (``model.train(); bn.eval()``) get
+        their own mode back at the unfreeze (read at the freeze, every module looked alike,
+        and an unfreeze put such a BatchNorm in training mode)."""
+        for name in self._modes_pending:
+            if name in self._frozen:
+                module = self.modules[name].module
+                modes = {n: m.training for n, m in module.named_modules() if not m.training}
+                self._held_modes[name] = modes
+        self._modes_pending.clear()
+
     def _restore_modes(self, name: str, modes: Mapping[str, bool]) -> None:
         """Give layer ``name`` the model's training mode, except its modules whose mode
         differed from the model's when the layer was frozen (``modes``: a BatchNorm the user
@@ -353,10 +375,11 @@ class LayerFreezing:
                     "Cleared the L-BFGS history at the change of layer %r's freezing", named.name
                 )
 
-    def _freezing_state(self) -> dict[str, dict[str, dict[str, bool]]]:
+    def _freezing_state(self) -> dict[str, dict[str, dict[str, bool] | None]]:
         """Per frozen layer, what :meth:`unfreeze` restores (for a checkpoint): its parameters'
         ``requires_grad`` from before it was frozen (``'requires_grad'``, by name within the
-        layer) and the modes of its modules that differed from the model's (``'training'``)."""
+        layer) and the modes of its modules that differed from the model's (``'training'``;
+        None for a layer frozen in eval mode whose modes no training pass has read yet)."""
         state = {}
         for name in self._frozen:
             module = self.modules[name].module
@@ -366,7 +389,9 @@ class LayerFreezing:
             }
             state[name] = {
                 "requires_grad": flags,
-                "training": dict(self._held_modes.get(name, {})),
+                "training": (
+                    None if name in self._modes_pending else dict(self._held_modes.get(name, {}))
+                ),
             }
         return state
 

@@ -302,6 +302,7 @@ class StepHooks:
     _forward_since: int = 0
     _group_counts: list[int]
     _pass_kinds: set[tuple[bool, bool]]
+    _modes_pending: set[str]  # (see LayerFreezing)
 
     if TYPE_CHECKING:  # provided by LayerFreezing and Exporter
 
@@ -310,6 +311,8 @@ class StepHooks:
         def _reassign_parameters(self) -> None: ...
 
         def _judge_unwatched(self) -> None: ...
+
+        def _read_held_modes(self) -> None: ...
 
     # ----------------------------------------------------------------- hooks
     def _sync_hooks(self) -> None:
@@ -440,6 +443,8 @@ class StepHooks:
                 self._publish_tensor_meta("input_data", args[0], self._pass_tag)
             return
         self._pass_tag = DEFAULT_TAG
+        if self._modes_pending:  # (before an unfreeze at this step's start needs them)
+            self._read_held_modes()
         # an optimizer step holds no training pass but its closure's (which restores the count
         # after it): a step that raised (its post-hook never ran) is over by now
         self._stepping = 0

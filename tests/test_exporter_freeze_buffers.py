@@ -478,3 +478,66 @@ def test_close_gives_a_module_the_user_kept_in_eval_mode_its_own_mode_back() -> 
     exporter.close()
     assert model[0].training and model[0].conv.training  # the model's mode again
     assert not model[0].bn.training  # its own
+
+
+@pytest.mark.parametrize("validate_before_freeze", [False, True])
+def test_a_batchnorm_the_user_holds_in_eval_mode_stays_so_after_an_unfreeze(
+    validate_before_freeze: bool,
+) -> None:
+    """Fine-tuning with fixed statistics (``model.train(); bn.eval()`` at each epoch's start),
+    a prefix frozen after the epoch's validation (the model in eval mode, as at a report) and
+    unfrozen two epochs later: the BatchNorm stays in eval mode, as with the same freeze made
+    by hand (``requires_grad_`` only), and the losses are the reference's step for step.
+    Frozen in eval mode, every module looked alike, and the unfreeze put the BatchNorm in
+    training mode: its statistics moved for the rest of the epoch."""
+    prefix = ["0", "1", "3"]
+    torch.manual_seed(123)
+    inputs, labels = torch.randn(6, 5, 16, 1, 8, 8), torch.randint(0, 10, (6, 5, 16))
+
+    def run(by_hand: bool) -> tuple[list[float], list[int]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 10),
+        )  # fmt: skip
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        exporter = None if by_hand else ik.Exporter(model, opt)
+        losses, tracked = [], []
+        for epoch in range(6):
+            model.train()
+            model[1].eval()  # the user keeps the statistics fixed
+            if epoch == 4:  # unfrozen at the epoch's start, after the modes were set
+                if exporter is None:
+                    for name in prefix:
+                        model[int(name)].requires_grad_(True)
+                else:
+                    for name in prefix:
+                        exporter.unfreeze(name)
+            for step in range(5):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(inputs[epoch, step]), labels[epoch, step])
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            tracked.append(int(model[1].num_batches_tracked))
+            if validate_before_freeze:
+                model.eval()
+                with torch.no_grad():
+                    model(inputs[0, 0])
+            if exporter is not None:
+                exporter.epoch_finished()
+            if epoch == 1:
+                for name in prefix:
+                    if exporter is None:
+                        model[int(name)].requires_grad_(False)
+                        for p in model[int(name)].parameters():
+                            p.grad = None
+                    else:
+                        exporter.freeze(name)
+        if exporter is not None:
+            exporter.close()
+        return losses, tracked
+
+    watched, reference = run(by_hand=False), run(by_hand=True)
+    assert reference[1] == [0] * 6  # (the reference's BatchNorm never tracked a batch)
+    assert watched == reference
