@@ -541,3 +541,37 @@ def test_a_batchnorm_the_user_holds_in_eval_mode_stays_so_after_an_unfreeze(
     watched, reference = run(by_hand=False), run(by_hand=True)
     assert reference[1] == [0] * 6  # (the reference's BatchNorm never tracked a batch)
     assert watched == reference
+
+
+def test_a_freeze_made_in_eval_mode_and_checkpointed_at_once_reads_the_modes_after_restore():
+    """Frozen in eval mode and checkpointed before any training pass (the report's checkpoint),
+    then restored: the modes are read at the restored trial's first training pass, so the
+    BatchNorm the user keeps in eval mode stays so after the unfreeze (it tracks no batch)."""
+
+    def model_and_exporter() -> tuple[nn.Sequential, torch.optim.Optimizer, ik.Exporter]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return model, opt, ik.Exporter(model, opt, message_bus=MessageBus())
+
+    model, _, exporter = model_and_exporter()
+    model.eval()  # validation before the report
+    exporter.freeze("0")
+    exporter.freeze("1")
+    state = exporter.state_dict()
+    exporter.close()
+    model, opt, exporter = model_and_exporter()
+    exporter.load_state_dict(state)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    model.train()
+    model[1].eval()  # the user keeps the statistics fixed
+    for step in range(3):
+        if step == 1:  # unfrozen mid-epoch, after the layers' hooks held them in eval mode
+            exporter.unfreeze("1")
+            exporter.unfreeze("0")
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert not model[1].training and int(model[1].num_batches_tracked) == 0
+    assert model[0].training  # (the rest of the layer follows the model)
+    exporter.close()
