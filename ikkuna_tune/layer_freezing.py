@@ -214,13 +214,12 @@ class LayerFreezing:
             if param.requires_grad:
                 param.requires_grad_(False)
                 param.grad = None
-        if saved is not None and "training" in saved and saved["training"] is None:
-            modes = {}
-            self._modes_pending.add(name)  # (frozen in eval mode, restored before it was read)
-        elif saved is not None and "training" in saved:
+        if saved is not None and "training" in saved:
             modes = {str(k): bool(v) for k, v in dict(saved["training"]).items()}
-        elif not self.model.training:
-            modes = {}
+            if saved.get("modes_pending"):  # (frozen in eval mode, saved before it was read)
+                self._modes_pending.add(name)
+        elif not self.model.training:  # (those the user keeps training: read the rest later)
+            modes = {n: m.training for n, m in named.module.named_modules() if m.training}
             self._modes_pending.add(name)
         else:
             modes = {n: m.training for n, m in named.module.named_modules() if not m.training}
@@ -340,8 +339,8 @@ class LayerFreezing:
         for name in self._modes_pending:
             if name in self._frozen:
                 module = self.modules[name].module
-                modes = {n: m.training for n, m in module.named_modules() if not m.training}
-                self._held_modes[name] = modes
+                held = {n: m.training for n, m in module.named_modules() if not m.training}
+                self._held_modes[name] = {**self._held_modes.get(name, {}), **held}
         self._modes_pending.clear()
 
     def _restore_modes(self, name: str, modes: Mapping[str, bool]) -> None:
@@ -375,11 +374,12 @@ class LayerFreezing:
                     "Cleared the L-BFGS history at the change of layer %r's freezing", named.name
                 )
 
-    def _freezing_state(self) -> dict[str, dict[str, dict[str, bool] | None]]:
+    def _freezing_state(self) -> dict[str, dict[str, Any]]:
         """Per frozen layer, what :meth:`unfreeze` restores (for a checkpoint): its parameters'
         ``requires_grad`` from before it was frozen (``'requires_grad'``, by name within the
-        layer) and the modes of its modules that differed from the model's (``'training'``;
-        None for a layer frozen in eval mode whose modes no training pass has read yet)."""
+        layer), the modes of its modules that differed from the model's (``'training'``) and
+        whether a training pass is still to read the rest (``'modes_pending'``: frozen in eval
+        mode, see :meth:`_read_held_modes`)."""
         state = {}
         for name in self._frozen:
             module = self.modules[name].module
@@ -389,9 +389,8 @@ class LayerFreezing:
             }
             state[name] = {
                 "requires_grad": flags,
-                "training": (
-                    None if name in self._modes_pending else dict(self._held_modes.get(name, {}))
-                ),
+                "training": dict(self._held_modes.get(name, {})),
+                "modes_pending": name in self._modes_pending,
             }
         return state
 
