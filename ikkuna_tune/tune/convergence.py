@@ -1611,13 +1611,11 @@ def _others_learned(
     False
     """
     bar = chance + rules.stall_delta
-    for series in others:
-        held = _held_after(series, reports, rules.settle_window)
-        if held is None or held - first < rules.stall_delta - _tolerance(held, first):
-            continue
-        if not (math.isfinite(bar) and held <= bar + _tolerance(bar)):
-            return True
-    return False
+    return any(
+        held - first >= rules.stall_delta - _tolerance(held, first)
+        and not (math.isfinite(bar) and held <= bar + _tolerance(bar))
+        for held in others_held_so_far(others, reports, rules.settle_window)
+    )
 
 
 def _moving(trial: TrialHistory, rules: ConvergenceRules) -> bool:
