@@ -223,6 +223,7 @@ class LayerFreezing:
             self._modes_pending.add(name)
         else:
             modes = {n: m.training for n, m in named.module.named_modules() if not m.training}
+            self._modes_pending.discard(name)  # (a freeze in eval mode, undone, read nothing)
         self._held_modes[name] = modes
         hold_eval(named.module, ())
         if not self._closed:  # a closed Exporter leaves no hook behind
@@ -326,6 +327,7 @@ class LayerFreezing:
             handle.remove()
         self._restart_lbfgs(named)
         self._restore_modes(name, self._held_modes.pop(name, {}))
+        self._modes_pending.discard(name)
         bus = getattr(self, "message_bus", None)
         if bus is not None:  # its gradients come back in phase with the other layers'
             bus.realign(name)

@@ -575,3 +575,38 @@ def test_a_freeze_made_in_eval_mode_and_checkpointed_at_once_reads_the_modes_aft
     assert not model[1].training and int(model[1].num_batches_tracked) == 0
     assert model[0].training  # (the rest of the layer follows the model)
     exporter.close()
+
+
+def test_a_freeze_in_eval_mode_undone_before_any_training_pass_leaves_nothing_to_read():
+    """Frozen in eval mode and unfrozen before a training pass, then frozen again in training
+    mode: the second freeze reads the modes itself, and the unfreeze gives the layer the
+    model's mode with the BatchNorm the user keeps in eval mode (the first freeze's reading,
+    left pending, read the layer after its hook had put every module in eval mode, and the
+    unfrozen layer trained in eval mode: no dropout)."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5))
+    model = nn.Sequential(block, nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with ik.Exporter(model, opt, message_bus=MessageBus(), depth=1) as exporter:
+        model.train()
+        block[1].eval()
+        step()
+        model.eval()
+        exporter.freeze("0")
+        exporter.unfreeze("0")
+        model.train()
+        block[1].eval()
+        exporter.freeze("0")
+        step()
+        step()
+        exporter.unfreeze("0")
+        assert [m.training for m in (block, block[0], block[1], block[2])] == [
+            True, True, False, True,
+        ]  # fmt: skip
