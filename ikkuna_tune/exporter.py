@@ -954,9 +954,10 @@ class Exporter(StepHooks, LayerFreezing):
                 if scores is not None and not self._output_settled:
                     # (a regression head's loss says nothing of where the class scores lie)
                     self._note_scores(scores, learn=labelled is not False)
-                elif scores is not None and self._latest_output is not None:
-                    if labelled is not False:
-                        self._note_part_scored(scores)
+                elif (
+                    scores is not None and labelled is not False and self._latest_output is not None
+                ):
+                    self._note_part_scored(scores)
                 ignored = _as_index(kwargs.get("ignore_index", ignore))
                 if ignored != ignore and labelled is not False:  # given to the call
                     self._note_ignore_index(source, ignored)
