@@ -118,8 +118,8 @@ def plain_metrics(
 
     Raises:
         ValueError: for a tensor or array of more than one element (no metric), a complex
-            one, one on the meta device, or a value Ray cannot pickle (a lock, a generator),
-            naming the metric.
+            one, a nested one, one on the meta device, or a value Ray cannot pickle (a lock, a
+            generator), naming the metric.
 
     Examples:
         >>> import numpy as np
@@ -154,6 +154,11 @@ def plain_metrics(
                 raise ValueError(
                     f"Expected metric {name!r} to be a number but got a tensor on the meta "
                     "device, which holds no value"
+                )
+            if isinstance(item, torch.Tensor) and item.is_nested:
+                raise ValueError(
+                    f"Expected metric {name!r} to be a number but got a nested tensor of "
+                    f"{item.size(0)} tensor(s); report one number"
                 )
             size = item.numel() if isinstance(item, torch.Tensor) else item.size
             if size == 1 and isinstance(item, torch.Tensor) and item.layout != torch.strided:

@@ -505,3 +505,15 @@ def test_odd_tensors_and_numpy_scalars_are_numbers_or_refused_by_name() -> None:
     huge = torch.sparse_coo_tensor(indices, torch.tensor([1.0]), (10**6, 10**6))
     with pytest.raises(ValueError, match=r"metric 'adjacency' to be a number .* \(1000000, "):
         plain_metrics({"adjacency": huge})
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_a_nested_tensor_metric_is_refused_by_name() -> None:
+    """A nested tensor is no number, even of one element (reshaping one failed inside the
+    transfer, naming nothing)."""
+    from ikkuna_tune.tune.session import plain_metrics
+
+    for layout in (torch.strided, torch.jagged):
+        nested = torch.nested.nested_tensor([torch.ones(1)], layout=layout)
+        with pytest.raises(ValueError, match=r"metric 'ragged/x' to be a number .* nested"):
+            plain_metrics({"ragged": {"x": nested}})
