@@ -189,13 +189,13 @@ class SVCCAScheduler(FIFOScheduler):
        start, is paused there once (``PAUSE``, as Ray's ``MedianStoppingRule`` pauses a trial
        too few others can be compared with); it resumes from that checkpoint, ahead of the
        trials that wait to start, once ``protect_top`` other trials have ended (run their
-       budget or been stopped), or when no trial waits to start (of several such trials the
-       one with the best metric so far first, where Tune would resume them in the order they
-       were added: those behind are then compared with where it got to), and is judged from
-       then on like the others. Trials run with ``max_concurrent_trials`` no larger than the
-       trials the cluster runs at once never wait: Tune creates no trial beyond the limit, so
-       none waits to start. A trial that reports no
-       checkpoint is never paused (it would start again from scratch). What the trial's
+       budget, been stopped, or failed for good), or when no trial waits to start (of several
+       such trials the one with the best metric so far first, where Tune would resume them in
+       the order they were added: those behind are then compared with where it got to), and
+       is judged from then on like the others. Trials run with ``max_concurrent_trials`` no
+       larger than the trials the cluster runs at once never wait: Tune creates no trial
+       beyond the limit, so none waits to start. A trial that reports no checkpoint is never
+       paused (it would start again from scratch). What the trial's
        training does after it resumes must not depend on the pause: its checkpoint holds the
        model, the optimizer, the schedules and the random state of its data order.
     4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
@@ -658,8 +658,11 @@ class SVCCAScheduler(FIFOScheduler):
             # that wait to start: a sweep without end, num_samples=-1, or a searcher that always
             # has one ready, would otherwise hold it to the end); else FIFO's choice
             trials = list(tune_controller.get_trials())
+            errored = {
+                t.trial_id for t in trials if getattr(t, "status", None) == "ERROR"
+            }  # Trial.ERROR: failed for good (Tune retries a failed trial as PENDING)
             trial = self._most_promising(
-                [t for t in trials if self._compared_now(t)]
+                [t for t in trials if self._compared_now(t, errored)]
             ) or super().choose_trial_to_run(tune_controller)
             if trial is not None and self._waits_to_resume(trial):
                 # FIFO resumes paused trials in the order they were added (in a sweep over
@@ -697,18 +700,20 @@ class SVCCAScheduler(FIFOScheduler):
 
         return max(trials, key=best, default=None)
 
-    def _compared_now(self, trial: Trial) -> bool:
+    def _compared_now(self, trial: Trial, errored: set[str]) -> bool:
         """Whether ``trial`` is one this scheduler paused to wait to be compared, and
-        ``protect_top`` other trials have ended since (run their budget or been stopped): the
-        rules then compare it with where they ended, not only with where they stood a report
-        or two ahead of it (which let trials at chance run to report 11 of 12)."""
+        ``protect_top`` other trials have ended since (run their budget, been stopped, or
+        failed for good: the ids in ``errored``): the rules then compare it with where they
+        ended, not only with where they stood a report or two ahead of it (which let trials at
+        chance run to report 11 of 12)."""
         view = self._views.get(trial.trial_id)
         if view is None or not self._waits_to_resume(trial):
             return False
         ended = sum(
             1
             for other_id, other in self._views.items()
-            if other_id != trial.trial_id and (other.completed or other.stopped is not None)
+            if other_id != trial.trial_id
+            and (other.completed or other.stopped is not None or other_id in errored)
         )
         return ended >= self.rules.protect_top
 

@@ -2383,3 +2383,22 @@ def test_a_new_run_of_the_same_name_is_judged_among_its_own_trials() -> None:
         going = result(sims, it=it, acc=0.1, dist=dict.fromkeys(LAYERS, 0.02 * it))
         assert scheduler.on_trial_result(None, late, going) == CONTINUE
     assert scheduler.stopped_trials == {}
+
+
+def test_a_trial_failed_for_good_counts_as_ended_for_the_one_that_waited() -> None:
+    """A trial that errored for good (Tune's ERROR, after its retries) makes no more reports:
+    it has ended where it stood, and a trial that waited to be compared resumes as after one
+    that ran its budget; a failed trial Tune retries (PENDING again) has not ended."""
+    scheduler, trials = _waiting_sweep(protect_top=1)
+    first, second = trials[:2]
+    rising = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.1 * i)) for i in range(1, 7)]
+    assert feed(scheduler, first, rising[:2]) == [CONTINUE, PAUSE]
+    first.status, second.status = "PAUSED", "RUNNING"
+    first.last_result = {"training_iteration": 2}
+    controller = FakeController(trials)
+    feed(scheduler, second, rising[:3])
+    second.status = "PENDING"  # failed, to be retried
+    scheduler.on_trial_error(None, second)
+    assert scheduler.choose_trial_to_run(controller) is second  # FIFO: none has ended
+    second.status = "ERROR"  # failed for good
+    assert scheduler.choose_trial_to_run(controller) is first
