@@ -919,3 +919,32 @@ def test_a_layer_named_like_a_call_of_no_layer_is_a_layer_of_its_own() -> None:
 
     columns = [["frozen/d.a#2", "frozen/d.b", "sim/d.a#2", "sim/d.b", "val/acc"]]
     assert _per_layer_metrics(columns, {"d.a#2", "d.b"}) == {"frozen", "sim"}
+
+
+def test_reports_of_one_iteration_merge_within_a_run_and_a_restore_still_replaces(
+    tmp_path, caplog
+) -> None:
+    """Tune's ``iterations_since_restore`` tells a restore (it starts again) from a trainable
+    that reports one ``training_iteration`` twice (it goes on): the rows of one run merge, the
+    later report's values first (a value replaced is warned of), and a restore's rows still
+    replace the failed run's from their iteration on."""
+    experiment = tmp_path / "sweep"
+    rows = []
+    for since, (iteration, loss, acc) in enumerate(
+        [(1, 2.0, None), (1, None, 0.1), (2, 1.0, None), (2, 0.9, 0.2), (3, -5.0, None)], 1
+    ):
+        row = report("mmmmm_00000", CONFIG, iteration)
+        row.pop("loss")
+        row.update({"iterations_since_restore": since})
+        row.update({k: v for k, v in (("loss", loss), ("acc", acc)) if v is not None})
+        rows.append(row)
+    restored = report("mmmmm_00000", CONFIG, 3)  # restored from iteration 2's checkpoint
+    restored.update({"iterations_since_restore": 1, "loss": 0.5, "acc": 0.4})
+    write_trial(experiment, "train_mmmmm_00000_0", CONFIG, [*rows, restored])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.compare"):
+        df = compare.load(experiment)
+    assert _loss(df, "mmmmm_00000") == [(1, 2.0), (2, 0.9), (3, 0.5)]
+    acc = df[df["metric"] == "acc"].set_index("training_iteration")["value"].to_dict()
+    assert acc == {1: 0.1, 2: 0.2, 3: 0.4}
+    assert df.attrs["trials"]["mmmmm_00000"]["results"] == 3
+    assert "mmmmm_00000 reported ['loss'] twice for one training_iteration" in caplog.text

@@ -63,17 +63,20 @@ def load(experiment: ExperimentLike) -> pd.DataFrame:
 
     Returns:
         Columns ``trial_id``, the config parameters (sorted by name), ``training_iteration``,
-        ``metric``, ``layer`` (None for network-wide metrics) and ``value`` (float); rows by
-        trial id, then iteration, then in the order the trial reported its metrics (so layers
-        come in network order). Failed trials and trials stopped early contribute the results
-        they reported; a result repeated for one iteration (after a restore) counts once, the
-        last one. A config that changed during a trial (population-based training) labels
-        each row with the value its report was made with (with a warning); ``attrs`` hold the
-        last. ``df.attrs["trials"]`` maps each trial id to its ``config``, ``status``,
-        ``failed``, ``stopped_by_tune`` (its last result says ``done``, or Tune's state still
-        lists it as paused: a scheduler or stopper ended it, HyperBand's halving while it was
-        paused; a sweep interrupted while the trial was paused reads alike), ``path`` and
-        number of ``results`` (iterations reported).
+        ``metric``, ``layer`` (None for network-wide metrics) and ``value`` (float); rows by trial
+        id, then iteration, then in the order the trial reported its metrics (so layers come in
+        network order). Failed trials and trials stopped early contribute the results they reported;
+        a trial restored (or restarted) keeps the results of the run it ended in from the iteration
+        it went on at; two results of one iteration within a run (a trainable that sets
+        ``training_iteration`` itself and reports twice in it) are one, merged, the later one's
+        values first (Tune's ``iterations_since_restore`` tells the two apart; without it every
+        repeat counts as a restore). A config that changed during a trial (population-based
+        training) labels each row with the value its report was made with (with a warning);
+        ``attrs`` hold the last. ``df.attrs["trials"]`` maps each trial id to its ``config``,
+        ``status``, ``failed``, ``stopped_by_tune`` (its last result says ``done``, or Tune's state
+        still lists it as paused: a scheduler or stopper ended it, HyperBand's halving while it was
+        paused; a sweep interrupted while the trial was paused reads alike), ``path`` and number of
+        ``results`` (iterations reported).
         ``df.attrs["decisions"]`` and ``df.attrs["empty_metrics"]``: see the module docstring.
 
     A trial's id is the last usable ``trial_id`` (a non-empty string, or an integer) in its

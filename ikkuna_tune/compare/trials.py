@@ -41,7 +41,7 @@ class _Trial:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        self.results = _clean(self.results)
+        self.results = _clean(self.results, self.trial_id)
 
     def info(self) -> dict[str, Any]:
         results = self.results
@@ -527,29 +527,117 @@ def _flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, An
     return flat
 
 
-def _clean(results: pd.DataFrame) -> pd.DataFrame:
+def _clean(results: pd.DataFrame, trial_id: str = "") -> pd.DataFrame:
     """One row per ``training_iteration``, in order, from the run the trial ended in: rows
     are read in the order they were reported, and a trial restored from a checkpoint (or
     restarted) reports an iteration again; its rows from that iteration on replace those of
     the run it left, including the iterations the restored run never reached again.
 
+    A restore is told by Tune's ``iterations_since_restore``, which starts again at each
+    restore. Where it says the run went on (a trainable that sets ``training_iteration``
+    itself and reports twice in an epoch: after training, after validation), the rows of one
+    iteration are merged, the later report's values first; a value the later report replaced
+    is warned of, naming ``trial_id``. Without that column every repeat is taken for a
+    restore.
+
     Examples:
         >>> rows = pd.DataFrame({"training_iteration": [1, 2, 3, 2], "acc": [0.1, 0.2, 0.8, 0.3]})
         >>> _clean(rows)["acc"].tolist()  # the restored run's report 2 replaced reports 2 and 3
         [0.1, 0.3]
+        >>> rows = pd.DataFrame(
+        ...     {
+        ...         "training_iteration": [1, 1, 2, 2],
+        ...         "iterations_since_restore": [1, 2, 3, 4],  # one run: no restore
+        ...         "loss": [0.9, None, 0.5, None],
+        ...         "acc": [None, 0.3, None, 0.6],
+        ...     }
+        ... )
+        >>> _clean(rows)[["loss", "acc"]].values.tolist()
+        [[0.9, 0.3], [0.5, 0.6]]
     """
     if not len(results) or "training_iteration" not in results.columns:
         return pd.DataFrame()
     results = results.copy()
     results["training_iteration"] = pd.to_numeric(results["training_iteration"], errors="coerce")
     results = results.dropna(subset=["training_iteration"]).reset_index(drop=True)
-    kept: list[int] = []  # positions of the rows of the latest run, by iteration
     iterations = results["training_iteration"].tolist()
+    if "iterations_since_restore" in results.columns:
+        since = pd.to_numeric(results["iterations_since_restore"], errors="coerce").tolist()
+    else:
+        since = [math.nan] * len(results)
+    groups: list[list[int]] = []  # positions of the rows of the latest run, by iteration
     for position, iteration in enumerate(iterations):
-        while kept and iterations[kept[-1]] >= iteration:
-            kept.pop()
-        kept.append(position)
-    return results.iloc[kept].reset_index(drop=True)
+        went_on = (
+            position > 0
+            and not math.isnan(since[position])
+            and not math.isnan(since[position - 1])
+            and since[position] > since[position - 1]
+        )
+        if went_on:  # no restore: a repeated iteration is merged into its rows
+            for group in groups:
+                if iterations[group[0]] == iteration:
+                    group.append(position)
+                    break
+            else:
+                groups.append([position])
+                groups.sort(key=lambda group: iterations[group[0]])
+            continue
+        while groups and iterations[groups[-1][0]] >= iteration:
+            groups.pop()
+        groups.append([position])
+    kept = results.iloc[[group[-1] for group in groups]].reset_index(drop=True)
+    replaced: set[str] = set()
+    for row, group in enumerate(groups):
+        for earlier in reversed(group[:-1]):  # the later reports' values first
+            values = results.iloc[earlier]
+            for column in results.columns:
+                value = values[column]
+                if pd.isna(value) if pd.api.types.is_scalar(value) else False:
+                    continue
+                current = kept.at[row, column]
+                if pd.api.types.is_scalar(current) and pd.isna(current):
+                    kept.at[row, column] = value
+                elif column not in _PER_REPORT and not _same(current, value):
+                    replaced.add(column)
+    if replaced:
+        logger.warning(
+            "Trial %s reported %s twice for one training_iteration without a restore: the "
+            "later value is kept",
+            trial_id or "?",
+            sorted(replaced),
+        )
+    return kept
+
+
+#: Tune's own keys, which every report holds anew
+_PER_REPORT = frozenset(
+    {
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "time_since_restore",
+        "iterations_since_restore",
+        "date",
+        "done",
+        "should_checkpoint",
+        "checkpoint_dir_name",
+        "training_iteration",
+        "trial_id",
+        "pid",
+        "hostname",
+        "node_ip",
+        "experiment_tag",
+        "config",
+    }
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two reported values are one (NaN equals NaN)."""
+    try:
+        return bool(a == b) or bool(pd.isna(a) and pd.isna(b))
+    except (TypeError, ValueError):
+        return a is b
 
 
 def _truthy(value: Any) -> bool:

@@ -369,3 +369,31 @@ def test_cli_compare_unknown_names_are_one_line(experiment, tmp_path, capsys) ->
     assert err.count("\n") == 1
     assert "Unknown color_by parameter 'momentum'; config columns: crash_marker, " in err
     assert not out.exists()
+
+
+def test_two_reports_of_one_iteration_without_a_restore_are_both_kept(ray_session, tmp_path):
+    """A trainable that names the epoch as ``training_iteration`` and reports twice in it
+    (training loss, then validation accuracy) made no restore: both reports' values are the
+    trial's, as Tune's own results hold them (before, the first report of each epoch was
+    dropped as if a restore had replaced it, and `train_loss` read as never reported)."""
+    from ray import tune
+
+    from tests.tune.trainables import two_reports_per_epoch
+
+    grid = tune.Tuner(
+        two_reports_per_epoch,
+        param_space={"epochs": 3},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="twice", verbose=0),
+    ).fit()
+    reference = grid[0].metrics_dataframe
+    assert len(reference) == 6  # Tune holds all six reports
+    expected = {
+        metric: reference.dropna(subset=[metric]).set_index("training_iteration")[metric]
+        for metric in ("train_loss", "val_acc")
+    }
+    df = compare.load(tmp_path / "twice")
+    for metric, values in expected.items():
+        rows = df[df["metric"] == metric].set_index("training_iteration")["value"]
+        assert rows.to_dict() == pytest.approx(values.to_dict()), metric
+    row = compare.summary(df, metric="train_loss", mode="min").iloc[0]
+    assert row["best_train_loss"] == pytest.approx(1 / 3) and row["best_iteration"] == 3
