@@ -371,10 +371,12 @@ class SpectralNormSubscriber(_TensorMetricSubscriber):
                 check_spread_data(data, self.kind, type(self).__name__, 1, 1)
             self._data_checked = True
         module = getattr(message_or_bundle, "module", None)
+        # a ConvTranspose weight is (in, out, *kernel): its output side is dimension 1
         transposed = module is not None and isinstance(module.module, _ConvTransposeNd)
         dim = 1 if transposed and data.dim() > 1 else 0
         if self.kind in _SAMPLE_KINDS and data.dim() > 1:
             data = data.reshape(data.shape[0], -1).T  # u over the features, not the samples
+            dim = 0  # (of any layer: the rows are now the features)
         rows = data.shape[dim] if data.dim() > 0 else 1
         if self.exact and min(rows, data.numel() // max(rows, 1)) <= EXACT_SIDE:
             sigma = F.largest_singular_value(data, dim=dim)

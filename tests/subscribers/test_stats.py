@@ -642,3 +642,34 @@ def test_message_mean_of_an_epoch_ends_values_is_published_at_that_epoch_end() -
             assert means[-1][1] == step
             assert float(means[-1][2]) == pytest.approx(sum(values) / 2, rel=1e-6)
     assert len(means) == 3
+
+
+def test_spectral_norm_of_a_transposed_convolutions_activations_runs_over_its_features() -> None:
+    """Activations (and layer gradients) are (samples, ...) whatever the layer: the vector
+    carried from batch to batch runs over the features, for a ConvTranspose as for a Conv
+    (its weight's (in, out) layout is no layout of its activations; the vector ran over the
+    samples, carried to the next batch's unrelated ones). Reference: the same tensors
+    published for an ordinary Conv2d, read the same, and each batch's SVD."""
+    torch.manual_seed(0)
+    batches = [torch.randn(size, 8, 10, 10) for size in (100, 100, 70, 100)]  # 800 features
+    layers = {
+        "convT": NamedModule("convT", nn.ConvTranspose2d(8, 8, 3)),
+        "conv": NamedModule("conv", nn.Conv2d(8, 8, 3)),
+    }
+    read: dict[str, list[float]] = {}
+    for name, layer in layers.items():
+        for kind in ("activations", "layer_gradients"):
+            bus = MessageBus()
+            spectral = ik.SpectralNormSubscriber(kind, bus, backend=None)
+            got = _collect(bus, spectral.published_kind)
+            torch.manual_seed(1)  # the same random start vector
+            for step, data in enumerate(batches):
+                bus.publish_module_message(
+                    kind, layer, data, global_step=step, train_step=step, epoch=0
+                )
+            read[f"{name} {kind}"] = [float(v) for v in _values(got, name)]
+            assert spectral.u[name].shape == (800,)
+    exact = [float(torch.linalg.matrix_norm(b.reshape(len(b), -1), ord=2)) for b in batches]
+    for kind in ("activations", "layer_gradients"):
+        assert read[f"convT {kind}"] == read[f"conv {kind}"]
+        assert read[f"convT {kind}"] == pytest.approx(exact, rel=0.1)
