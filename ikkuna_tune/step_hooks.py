@@ -518,12 +518,17 @@ class StepHooks:
         before one optimizer step are one step, whichever epoch they fall in
         (:meth:`Exporter.epoch_finished`). A training-mode pass without a backward (a loss
         logged at the epoch's end, the last step's gradients still held) is a step of its own."""
+        marks = self._step_marks
         return (
             bool(self.optimizers)
             and self._step_open
             and not self._stepped
             and not self._scaled()
-            and self._grads_changed(self._step_marks)
+            # the marked parameters' gradients changed; or the step began with none of them
+            # holding one (``zero_grad()`` to None clears them all) and some parameter holds
+            # one now: a backward ran that did not reach them (a multi-task model's heads
+            # taken in turn, a block skipped at random)
+            and (self._grads_changed(marks) or all(ref is None for _, ref, _ in marks))
             and self._holds_gradients()
         )
 

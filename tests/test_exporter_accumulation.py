@@ -271,3 +271,75 @@ def test_step_timer_leaves_out_a_step_an_epoch_end_falls_in() -> None:
     bus.publish_network_message("epoch_finished", global_step=3, **at)  # its evaluations
     bus.publish_network_message("batch_finished", global_step=3, **at)
     assert timer.steps == 2
+
+
+class _TwoHeads(nn.Module):
+    """The test's model with a second head, registered last, that the optimizer steps take in
+    turn (a multi-task model's): the parameter that had a gradient at the last step can get
+    none in this one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _model()
+        torch.manual_seed(2)
+        self.other = nn.Linear(3, 3)
+        self.use_other = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return self.other(out) if self.use_other else out
+
+
+def test_heads_taken_in_turn_do_not_split_a_step_straddling_an_epoch_end() -> None:
+    """Whether a backward ran in the open step is not read off one parameter alone: with the
+    heads taken in turn, the one marked (the last with a gradient at the last step) gets none
+    in a step that straddles an epoch end, which was split in two (a step without an update,
+    and all later steps numbered one on). Reference: the same loop in plain PyTorch."""
+
+    def train(
+        model: _TwoHeads,
+        opt: torch.optim.Optimizer,
+        loss_fn: Callable[..., torch.Tensor],
+        end: Callable[[], None],
+    ) -> None:
+        x, y = _data()
+        passes = steps = 0
+        for _ in range(EPOCHS):
+            for i in range(BATCHES):
+                model.use_other = steps % 2 == 1
+                rows = slice(i * BATCH, (i + 1) * BATCH)
+                (loss_fn(model(x[rows]), y[rows]) / K).backward()
+                passes += 1
+                if passes % K == 0:
+                    opt.step()
+                    opt.zero_grad()
+                    steps += 1
+            end()
+
+    counts = [0, 0]
+    accuracies: list[float] = []
+
+    def counted(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        counts[0] += int((output.argmax(1) == target).sum())
+        counts[1] += len(target)
+        if counts[1] == K * BATCH:  # the step's last pass
+            accuracies.append(counts[0] / counts[1])
+            counts[:] = [0, 0]
+        return F.cross_entropy(output, target)
+
+    model = _TwoHeads()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5), counted, lambda: None)
+    assert len(accuracies) == 10
+    model = _TwoHeads()
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    last: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: last.__setitem__(m.global_step, float(m.data)), bus
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    exporter = ik.Exporter(model, opt, bus)
+    train(model, opt, exporter.wrap_loss(F.cross_entropy), exporter.epoch_finished)
+    exporter.close()
+    assert exporter.steps_started == 10
+    assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
