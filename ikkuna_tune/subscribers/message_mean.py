@@ -3,6 +3,8 @@ network, say), published once per step."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ikkuna_tune import functional as F
@@ -15,11 +17,41 @@ from ikkuna_tune.messages import (
     Message,
     MessageBundle,
 )
+from ikkuna_tune.subscribers.base import Subscriber
 from ikkuna_tune.subscribers.kinds import check_tensor_kind
 from ikkuna_tune.subscribers.plotting import PlotSubscriber, plot_config
 from ikkuna_tune.subscribers.subscriptions import Subscription
 
 __all__ = ["MessageMeanSubscriber"]
+
+
+class _WholeSteps(Subscription):
+    """Thins by whole steps: of the steps that bring messages of its kinds (counted per tag),
+    every ``subsample``-th is kept with all of its layers' messages. Counting per layer, as
+    :class:`Subscription` does, let a layer that sat out a step (a block skipped at random, a
+    head not used, no gradient) run out of phase with the others, so that a kept step's mean
+    was over some of its layers only."""
+
+    def __init__(self, subscriber: Subscriber, kinds: list[str], tag: str | None, subsample: int):
+        super().__init__(subscriber, kinds, tag, subsample)
+        #: per tag: the steps counted, and the global step of the latest
+        self.steps: dict[str, tuple[int, int | None]] = {}
+
+    def receive_message(self, message: Message) -> None:
+        if self.tag is not None and message.tag != self.tag:
+            return
+        count, latest = self.steps.get(message.tag, (0, None))
+        if message.global_step != latest or count == 0:
+            count, latest = count + 1, message.global_step
+            self.steps[message.tag] = (count, latest)
+        if (count - 1) % self.subsample == 0:
+            self._handle_message(message)
+
+    def counts(self) -> dict[str, list[list[Any]]]:
+        return {"steps": [[tag, n, step] for tag, (n, step) in self.steps.items()]}
+
+    def load_counts(self, counts: dict[str, list[list[Any]]]) -> None:
+        self.steps = {tag: (int(n), step) for tag, n, step in counts.get("steps", [])}
 
 
 class MessageMeanSubscriber(PlotSubscriber):
@@ -35,8 +67,10 @@ class MessageMeanSubscriber(PlotSubscriber):
     so that the epoch's report holds them. Attach it after the subscriber that publishes
     ``kind``.
 
-    Arguments as for :class:`NormSubscriber` (without ``order``); ``subsample`` thins the
-    per-layer messages.
+    Arguments as for :class:`NormSubscriber` (without ``order``); ``subsample`` keeps every
+    ``subsample``-th step that brings ``kind`` (counted per tag), each with all of its layers'
+    messages, so that a kept step's mean is over all of its layers (a layer that sits out a
+    step, without a gradient in it, does not shift the steps kept).
 
     Examples:
         >>> from ikkuna_tune.bus import MessageBus
@@ -82,7 +116,7 @@ class MessageMeanSubscriber(PlotSubscriber):
         self._sources: dict[tuple[str, int], Message] = {}
         super().__init__(
             [
-                Subscription(self, [kind], tag, subsample),
+                _WholeSteps(self, [kind], tag, subsample),
                 # a pass's values are all in when its output is (an evaluation pass after the
                 # last step has no batch_finished after it); an epoch end's when the
                 # subscribers attached before this one have had epoch_finished

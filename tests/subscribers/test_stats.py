@@ -673,3 +673,74 @@ def test_spectral_norm_of_a_transposed_convolutions_activations_runs_over_its_fe
     for kind in ("activations", "layer_gradients"):
         assert read[f"convT {kind}"] == read[f"conv {kind}"]
         assert read[f"convT {kind}"] == pytest.approx(exact, rel=0.1)
+
+
+class _SkippedBlock(nn.Module):
+    """A residual block the forward pass skips at some steps (stochastic depth): no gradient
+    for it there, with ``zero_grad()`` to None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block, self.out = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.use_block = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        if self.use_block:
+            h = h + torch.tanh(self.block(h))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("subsample", [2, 3])
+def test_message_mean_subsampled_keeps_whole_steps(subsample: int) -> None:
+    """A mean over the layers, subsampled, is each kept step's mean over all of its layers,
+    at every ``subsample``-th step, also after a layer sat out a step (counted per layer, that
+    layer ran out of phase: the kept steps' means were over some layers, or one, and a step
+    was published at every step). Reference: each step's mean of the layers' gradient norms,
+    by hand; and its state restores the steps it keeps."""
+    torch.manual_seed(0)
+    model = _SkippedBlock()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.NormSubscriber("weight_gradients", bus, backend=None)
+    mean = ik.MessageMeanSubscriber(
+        "weight_gradients_norm2", bus, backend=None, subsample=subsample
+    )
+    got: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        [mean.published_kind], lambda m: got.__setitem__(m.global_step, float(m.data)), bus
+    )
+    expected = {}
+    with ik.Exporter(model, opt, bus):
+        for step in range(10):
+            model.use_block = step not in (1, 4)
+            x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            norms = [
+                torch.linalg.vector_norm(layer.weight.grad)
+                for layer in (model.inp, model.block, model.out)
+                if layer.weight.grad is not None
+            ]
+            expected[step] = float(torch.stack(norms).mean())
+            opt.step()
+            if step == 5:
+                state = mean.state_dict()
+    kept = list(range(0, 10, subsample))
+    assert sorted(got) == kept
+    assert [got[s] for s in kept] == pytest.approx([expected[s] for s in kept], rel=1e-6)
+    # restored after step 5, it keeps the steps the uninterrupted run kept
+    bus = MessageBus()
+    ik.NormSubscriber("weight_gradients", bus, backend=None)  # (publishes the kind)
+    again = ik.MessageMeanSubscriber(
+        "weight_gradients_norm2", bus, backend=None, subsample=subsample
+    )
+    again.load_state_dict(state)
+    resumed: list[int] = []
+    ik.CallbackSubscriber([again.published_kind], lambda m: resumed.append(m.global_step), bus)
+    layer = NamedModule("inp", model.inp)
+    for step in range(6, 10):
+        at = {"global_step": step, "train_step": step, "epoch": 0}
+        bus.publish_module_message("weight_gradients_norm2", layer, torch.tensor(1.0), **at)
+        bus.publish_network_message("batch_finished", **at)
+    assert resumed == [s for s in kept if s >= 6]
