@@ -51,7 +51,12 @@ from torch import nn
 
 from ikkuna_tune.layers import wrappers
 
-__all__ = ["TrainableOnlySyncState", "install_trainable_only_sync", "trainable_only_allreduce_hook"]
+__all__ = [
+    "TrainableOnlySyncState",
+    "install_trainable_only_sync",
+    "rank_zero_choice",
+    "trainable_only_allreduce_hook",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -274,3 +279,29 @@ def install_trainable_only_sync(
         ) from error
     logger.info("DDP synchronises only the gradients of parameters that require grad")
     return state
+
+
+def rank_zero_choice(model: nn.Module, choice: list[str]) -> list[str]:
+    """Rank 0's ``choice`` on every rank when ``model`` runs under ``DistributedDataParallel``
+    in a process group of more than one rank; else ``choice`` as it is.
+
+    A collective call: every rank of the DDP's group must make it at the same point (each
+    rank's subscriber deciding at the same checkpoint of a training that runs in lockstep).
+    Ranks can measure a layer differently (their own BatchNorm statistics, their own probe),
+    and a layer frozen on one rank only fails DDP's next step.
+
+    Examples:
+        >>> rank_zero_choice(nn.Linear(2, 2), ["fc1"])  # no DDP: the choice as it is
+        ['fc1']
+    """
+    ddp = next(
+        (m for m in wrappers(model) if isinstance(m, nn.parallel.DistributedDataParallel)), None
+    )
+    if ddp is None or not dist.is_available() or not dist.is_initialized():
+        return choice
+    group = ddp.process_group
+    if dist.get_world_size(group) <= 1:
+        return choice
+    box: list[Any] = [list(choice)]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+    return list(box[0])

@@ -24,6 +24,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
+from ikkuna_tune.ddp_sync import rank_zero_choice
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze, tie_closed
 from ikkuna_tune.functional.cka import CKASide, cka_side, linear_cka_of_sides, live_fraction
 from ikkuna_tune.functional.layer_reduction import LayerReduction, reduce_layer
@@ -116,7 +117,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
             the bus. It must run the Exporter's model, whose hooks record the activations.
         freeze_at: similarity in (0, 1) at which to freeze a layer; ``None`` or, as in the
-            original ikkuna, any value >= 1 turns freezing off (the default).
+            original ikkuna, any value >= 1 turns freezing off (the default). Under
+            ``DistributedDataParallel`` every rank freezes what rank 0 chose (each rank's
+            subscriber decides at the same checkpoint; a broadcast).
         batch_size: probe points per forward pass.
         message_bus: attach to this bus right away (its Exporter should exist already).
         tag: tag of the training messages that trigger checkpoints (``None``: any tag).
@@ -633,9 +636,15 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         chosen, cut = tie_closed(chosen, exporter.frozen, exporter.shares_with)
         if cut is not None:
             self._say_why_not(cut[0], [], cut[1])
+        # under DDP, every rank freezes what rank 0 chose (a layer frozen on some ranks only
+        # fails the next step; the ranks' BatchNorm statistics, and so their readings, differ)
+        chosen = rank_zero_choice(exporter.model, list(chosen))
         for name in chosen:
             logger.info(
-                "Freezing layer %r: self-similarity %.6f >= %s", name, values[name], freeze_at
+                "Freezing layer %r: self-similarity %.6f >= %s",
+                name,
+                values.get(name, math.nan),
+                freeze_at,
             )
             exporter.freeze(name)
 
