@@ -357,11 +357,13 @@ class Exporter(StepHooks, LayerFreezing):
             (``lambda out: out["scores"]``); by default the rule above.
         scaler: the ``torch.amp.GradScaler`` of mixed-precision training, if any. Parameter
             gradients are read after it unscaled them (at ``optimizer.step()``), so they are the
-            true ones in any case; ``layer_gradients`` come from the backward pass itself, so
-            only given the scaler are they divided by its scale (in float32 for half-precision
-            ones). Given the scaler, a step it skips (inf or NaN gradients) publishes updates
-            of exactly zero under the tag ``'skipped'``, ends as a step of its own, and
-            subscriptions of training steps (``tag='default'``: norms, ratios) do not count it.
+            true ones in any case (without an optimizer, they are read in the backward pass and
+            divided by its scale, as ``layer_gradients`` are); ``layer_gradients`` come from the
+            backward pass itself, so only given the scaler are they divided by its scale (in float32
+            for half-precision ones). Given the scaler, a step it skips (inf or NaN gradients)
+            publishes updates of exactly zero under the tag ``'skipped'``, ends as a step of its
+            own, and subscriptions of training steps (``tag='default'``: norms, ratios) do not count
+            it.
 
     Examples:
         >>> import torch

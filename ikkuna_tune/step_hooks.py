@@ -1143,8 +1143,9 @@ class StepHooks:
         return grad / scale.to(grad.device)
 
     def _on_gradient(self, kind: str, named: NamedModule, param: torch.Tensor) -> None:
+        # (no optimizer watched: read in the backward pass, before any unscaling)
         if param.grad is not None and self._due(kind, named.name):
-            self._emit_layer(kind, named, param.grad.detach(), DEFAULT_TAG)
+            self._emit_layer(kind, named, self._unscaled(param.grad.detach()), DEFAULT_TAG)
 
     def _on_optimizer_pre(
         self, index: int, optimizer: torch.optim.Optimizer, *args: Any

@@ -245,3 +245,33 @@ def test_layer_gradients_are_the_losss_own_given_the_scaler(autocast) -> None:
         # the scale is a power of two: scaling and dividing are exact, in bfloat16 too
         assert torch.equal(got[name], expected)
         assert got[name].abs().max() > 0
+
+
+def test_gradients_are_unscaled_with_a_scaler_and_no_optimizer() -> None:
+    """Without an optimizer the parameter gradients are read in the backward pass, before any
+    unscaling: given the scaler they are divided by its scale, as the docstring says of every
+    parameter gradient (they were published scaled, 1024 times the true ones here).
+    Reference: the gradients after ``scaler.unscale_``."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE, growth_interval=1000)
+    bus = MessageBus("amp")
+    got: list[tuple[str, torch.Tensor]] = []
+    ik.CallbackSubscriber(["weight_gradients"], lambda m: got.append((m.key, m.data.clone())), bus)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 5, (8,), generator=g)
+    with ik.Exporter(model, message_bus=bus, scaler=scaler):
+        for _ in range(2):
+            got.clear()
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            true = {n: getattr(model, n).weight.grad.detach().clone() for n in ("conv", "fc")}
+            scaler.step(opt)
+            scaler.update()
+            assert sorted(key for key, _ in got) == ["conv", "fc"]
+            for key, data in got:
+                torch.testing.assert_close(data, true[key], rtol=1e-6, atol=0.0)
