@@ -817,6 +817,19 @@ class Exporter(StepHooks, LayerFreezing):
         scored against, if not the last forward pass's (:class:`LabelsMessage`)."""
         self._publish_labels(labels, loss, scores, None)
 
+    def _warn_early_labels(self) -> None:
+        """Warn (once) of training labels published before the first training pass: a step
+        opens at its forward pass, so a loop that publishes each batch's labels before it (as
+        the batch is loaded) pairs every later step's output with the next batch's labels."""
+        self._warned_early_labels = True
+        logger.warning(
+            "Labels were published before the first training forward pass: a training step "
+            "opens at its forward pass, so labels published before it carry the step before, "
+            "and each step's output would be paired with the next batch's labels (train "
+            "accuracy of the wrong labels); publish the labels after the forward pass (or let "
+            "exporter.wrap_loss publish them)"
+        )
+
     def _publish_labels(
         self,
         labels: torch.Tensor,
@@ -834,6 +847,8 @@ class Exporter(StepHooks, LayerFreezing):
             raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
         tag = self._loss_tag(loss)
         if tag == DEFAULT_TAG or self._eval_grad_pass:  # the training step's (maybe eval mode)
+            if self._steps_started == 0 and scores is None and not self._warned_early_labels:
+                self._warn_early_labels()
             self._labels_given = True
         if "input_labels" in self._wanted and self._due("input_labels", None, tag):
             self.message_bus.publish(

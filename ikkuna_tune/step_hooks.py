@@ -272,6 +272,7 @@ class StepHooks:
     _loss_given: bool = False
     _warned_no_loss: bool = False
     _warned_no_labels: bool = False
+    _warned_early_labels: bool = False  # labels published before their step's forward pass
     #: per layer module, its calls in this training pass that ran without gradients (inside a
     #: reentrant activation checkpoint), whose gradients are tapped when recomputed
     _deferred_gradients: dict[nn.Module, list[NamedModule]]

@@ -1028,3 +1028,43 @@ def test_a_test_set_with_no_label_to_count_is_refused_when_made(
         assert not [label for label in labels if label >= 0 and label != ignore_index]
     else:
         ik.TestAccuracySubscriber(data, ignore_index=ignore_index, backend=None)
+
+
+@pytest.mark.parametrize("where", ["before_forward", "after_forward", "after_step"])
+def test_labels_published_before_their_forward_pass_are_warned_of(caplog, where: str) -> None:
+    """A step opens at its forward pass: labels published before it (as the batch is loaded)
+    carry the step before, and train accuracy paired each step's output with the next
+    batch's labels, without a word. That is warned of once; labels after the forward pass,
+    or after the optimizer's step (a documented order), are not. Reference: the accuracy of
+    each step's output against its own labels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    ik.TrainAccuracySubscriber(bus, backend=None)
+    got: dict[int, float] = {}
+    ik.CallbackSubscriber(
+        ["train_accuracy"], lambda m: got.__setitem__(m.global_step, float(m.data)), bus
+    )
+    expected = []
+    with caplog.at_level(logging.WARNING), ik.Exporter(model, opt, bus) as exporter:
+        for _ in range(5):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            if where == "before_forward":
+                exporter.publish_labels(y)
+            out = model(x)
+            if where == "after_forward":
+                exporter.publish_labels(y)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if where == "after_step":
+                exporter.publish_labels(y)
+            expected.append(float((out.argmax(1) == y).float().mean()))
+    early = [r for r in caplog.records if "before the first training forward" in r.getMessage()]
+    if where == "before_forward":
+        assert len(early) == 1 and "publish the labels after the forward pass" in early[0].message
+    else:
+        assert not early
+        assert [got[s] for s in sorted(got)] == pytest.approx(expected)
