@@ -355,6 +355,10 @@ class TrialSession:
         self._frozen_shares = (0.0, 0)
         #: the layers the training code held fixed at the last report (Exporter.held_fixed)
         self._held: set[str] = set()
+        #: on rank 0 of a Ray Train job of several workers: the layers to unfreeze past one the
+        #: training code trains again, found at this report and unfrozen on every rank after it
+        #: (:meth:`_as_rank_0_decides`)
+        self._retrained_releases: list[tuple[str, str]] = []
         #: the share per set of frozen layers, counted afresh where the parameters that train
         #: changed (the training code may freeze or unfreeze some by hand: gradual unfreezing)
         self._share_of: dict[tuple[str, ...], float] = {}
@@ -666,7 +670,13 @@ class TrialSession:
         exporter = self.exporter
         order = exporter.layer_order  # input side first, as data flows (SVCCAScheduler's order)
         held = set(exporter.held_fixed())  # (a pass over the parameters, once a report)
-        self._release_past_retrained(order, held)
+        released = self._past_retrained(order, held)
+        if self._local_release:
+            self._apply_releases(released)
+        else:  # rank 0's, on the data flow its probes recorded, unfrozen on every rank after
+            # the report (the other ranks' order is the registration order)
+            first = self.worker is not None and self.worker.first
+            self._retrained_releases = released if first else []
         merged[keys.FROZEN] = {name: int(name in exporter.frozen) for name in order}
         merged[keys.TRAINABLE] = {name: int(name not in held) for name in order}
         # the parameters frozen while this iteration trained, step by step (a layer frozen at
@@ -760,12 +770,14 @@ class TrialSession:
         """Apply ``directives`` (rank 0's; the other ranks pass none) so that every rank of a
         Ray Train job ends with the same frozen layers; a collective every rank joins, one
         broadcast. Rank 0 applies them with all its checks (:meth:`apply`) and, with
-        ``release``, unfreezes what it finds due; then every other rank carries out exactly
-        what rank 0 did (:meth:`_carry_out`), not the directives: the checks read the data
-        flow, which only rank 0's probes record, so the ranks would judge differently. The
-        broadcast also carries rank 0's frozen layers after all this: a rank that ends with
-        others (a freeze its own training code made, a checkpoint it could not read) raises,
-        naming both, rather than failing in DDP's next all-reduce.
+        ``release``, unfreezes what it finds due (with the layers past one the training code
+        trains again, found at the report on rank 0's data flow: :meth:`merge`); then every
+        other rank carries out exactly what rank 0 did (:meth:`_carry_out`), not the
+        directives: the checks read the data flow, which only rank 0's probes record, so the
+        ranks would judge differently. The broadcast also carries rank 0's frozen layers after
+        all this: a rank that ends with others (a freeze its own training code made, a
+        checkpoint it could not read) raises, naming both, rather than failing in DDP's next
+        all-reduce.
 
         ``error`` (rank 0's, the ranks' frozen layers differed at the report) is raised on every
         rank instead (each would otherwise wait for the others in a collective).
@@ -781,11 +793,15 @@ class TrialSession:
             return
         exporter = self.exporter
         assert exporter is not None
+        retrained = self._retrained_releases if release else []
+        if release:
+            self._retrained_releases = []
         outcome: dict[str, Any] | None = None
         if worker.first:
             if error is None:
                 done = self.apply(directives)
-                released = self._due_releases(on_device=True) if release else []
+                # (and those past a layer the training code trains again, found at the report)
+                released = [*self._due_releases(on_device=True), *retrained] if release else []
                 self._apply_releases(released)
                 outcome = {"done": done, "released": released, "frozen": sorted(exporter.frozen)}
             else:
@@ -834,25 +850,25 @@ class TrialSession:
                 released.append((name, change.reason(upstream=upstream)))
         return released
 
-    def _release_past_retrained(self, order: list[str], held: set[str]) -> None:
-        """Unfreeze, with the reason, the frozen layers after a layer the training code held
-        fixed at the last report and trains now (gradual unfreezing): they were frozen past
-        it as past a frozen layer, and a layer that trains before a frozen one changes what
-        it sees (freezing never goes past one)."""
+    def _past_retrained(self, order: list[str], held: set[str]) -> list[tuple[str, str]]:
+        """The frozen layers to unfreeze, each with its reason, after a layer the training code
+        held fixed at the last report and trains now (gradual unfreezing): they were frozen
+        past it as past a frozen layer, and a layer that trains before a frozen one changes
+        what it sees (freezing never goes past one). ``order`` is the data flow (rank 0's in a
+        data-parallel job: only its probes record it); ``held`` the layers held fixed now."""
         exporter = self.exporter
         assert exporter is not None
         retrained, self._held = self._held - held, held
         positions = [order.index(name) for name in retrained if name in order]
         if not positions or not exporter.frozen:
-            return
+            return []
         first = min(positions)
         again = order[first]
-        released = [
+        return [
             (name, f"layer {again!r} before it trains again (held fixed by the training code)")
             for name in order[first + 1 :]
             if name in exporter.frozen
         ]
-        self._apply_releases(released)
 
     def _apply_releases(self, released: list[tuple[str, str]]) -> None:
         """Unfreeze the layers ``released`` (from :meth:`_due_releases`), with their reasons."""

@@ -484,3 +484,108 @@ def test_a_rank_with_a_batch_fewer_does_not_mix_its_last_step_into_rank_0s(tmp_p
     # the test tells the two apart: rank 1's step-0 values differ from rank 0's step-1 values
     other = second["logged"][0]
     assert any(abs(other["grads"][n] - last["grads"][n]) > 1e-3 for n in ("1", "3", "5"))
+
+
+class _BeforeA(nn.Module):
+    """Registers 'b' before 'a' but calls a -> b -> head: a rank that runs no probe (any but 0)
+    has its layers in another order than the data flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Linear(8, 8)
+        self.a = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def _batch_of_16(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A global batch of 32 samples of 16 features for :class:`_BeforeA`, four classes."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 16, generator=generator), torch.randint(0, 4, (32,), generator=generator)
+
+
+def _retrained_run(rank: int | None, out: str) -> None:
+    """Rank ``rank`` of a two-rank DDP job of :class:`_BeforeA` (None: one process on the whole
+    batches). The training code holds 'a' fixed, the scheduler freezes 'b' at report 0, the
+    training code trains 'a' again from iteration 2 on; four iterations of two steps, one report
+    each. Logged: each report's frozen flags and unfreeze reasons, the layers frozen after it,
+    and the weights' digests at the end."""
+    import ray.train
+
+    torch.manual_seed(0)
+    model = _BeforeA()
+    trained: nn.Module = model
+    if rank is not None:
+        trained = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    model.a.requires_grad_(False)  # held fixed by the training code
+    opt = torch.optim.SGD(trained.parameters(), lr=0.1)
+    every = [
+        ik.TrainAccuracySubscriber(backend=None),
+        ik.TestAccuracySubscriber(
+            TensorDataset(*_batch_of_16(-1)), frequency="epoch", backend=None
+        ),
+    ]
+    if rank is None:
+        session = TrialSession(every, {})
+    else:
+        kept = subscribers_for_rank(every, rank)
+        positions = [i for i, s in enumerate(every) if any(s is k for k in kept)]
+        session = TrialSession(kept, {}, TrainWorker(rank, 2, None), positions)
+    if not rank:  # rank 0, or the single process
+        session.inbox = _Inbox([], [{"freeze": ["b"], "reasons": {"b": "converged"}}])
+    log: dict[str, Any] = {"frozen": [], "unfreeze": [], "after": []}
+    share = slice(0, 32) if rank is None else slice(rank * 16, rank * 16 + 16)
+    with (
+        mock.patch.object(ray.train, "get_checkpoint", return_value=None),
+        mock.patch.object(ray.train, "report", lambda m, checkpoint=None: None),
+    ):
+        exporter = session.watch(trained, opt)
+        for iteration in range(4):
+            if iteration == 2:
+                model.a.requires_grad_(True)  # gradual unfreezing: 'a' trains again
+            for step in range(2):
+                x, y = _batch_of_16(10 * iteration + step)
+                opt.zero_grad()
+                exporter.wrap_loss(F.cross_entropy)(trained(x[share]), y[share]).backward()
+                opt.step()
+            exporter.epoch_finished()
+            try:
+                merged = session.report({})
+            except RuntimeError as error:
+                log["error"] = str(error)
+                break
+            log["frozen"].append(sorted(n for n, flag in merged[keys.FROZEN].items() if flag))
+            log["unfreeze"].append({n: r for n, r in merged[keys.UNFREEZE_REASON].items() if r})
+            log["after"].append(sorted(exporter.frozen))
+    log["digests"] = {n: _digest(p) for n, p in model.named_parameters()}
+    session.close()
+    Path(out, f"rank{'' if rank is None else rank}.json").write_text(json.dumps(log))
+
+
+def _retrained_worker(rank: int, store: str, out: str) -> None:
+    in_gloo_group(rank, 2, store, partial(_retrained_run, rank, out))
+
+
+def test_the_ranks_unfreeze_together_past_a_layer_the_training_code_trains_again(tmp_path) -> None:
+    """'b' (frozen by the scheduler past 'a', which the training code held fixed) is unfrozen
+    when 'a' trains again. The reference is the single-process trial: 'b' trains again from the
+    first step after report 2. Both ranks must do the same, on rank 0's data flow (a -> b ->
+    head): rank 1, which runs no probe, knows only the registration order (b, a, head), and
+    deciding for itself kept 'b' frozen while rank 0 unfroze it, and the report failed on
+    every rank. The ranks report the same frozen layers at every report, the unfreeze (with the
+    reference's reason) at the report after (as rank 0's other releases in a job), and end with
+    the same weights."""
+    _retrained_run(None, str(tmp_path))
+    reference = json.loads((tmp_path / "rank.json").read_text())
+    reason = "layer 'a' before it trains again (held fixed by the training code)"
+    assert reference["after"] == [["b"], ["b"], [], []]
+    assert reference["unfreeze"] == [{}, {}, {"b": reason}, {}]
+    run_ranks(_retrained_worker, (str(tmp_path / "store"), str(tmp_path)), 2, seconds=120)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert "error" not in first and "error" not in second, first.get("error")
+    assert first["after"] == second["after"] == reference["after"]
+    assert first["frozen"] == second["frozen"] == [[], ["b"], ["b"], []]
+    assert first["unfreeze"] == second["unfreeze"] == [{}, {}, {}, {"b": reason}]
+    assert first["digests"] == second["digests"]
