@@ -105,6 +105,48 @@ def _check_base_mode(base: TrialScheduler, metric: str | None, mode: str | None)
             )
 
 
+#: Tune's keys of one result alone, never carried from one result into the next
+_OWN_RESULT_KEYS = frozenset(
+    {
+        "done",
+        "should_checkpoint",
+        "checkpoint_dir_name",
+        "time_this_iter_s",
+        "timestamp",
+        "date",
+        keys.TRAIN_REPORT,
+    }
+)
+
+
+def _merged_repeat(view: TrialView, result: dict[str, Any]) -> dict[str, Any]:
+    """``result``, merged over the trial's result before when it repeats that result's
+    ``training_iteration`` within one run (Tune's ``iterations_since_restore`` went on: no
+    restore; a trainable that sets ``training_iteration`` itself and reports twice in an
+    epoch, its training loss, then its validation accuracy), its own values first; sets
+    ``view.repeat``. A repeat after a restore (``iterations_since_restore`` starts again) is
+    left to the rules of a restore. Taken for one report, the two are judged as one: taken
+    for a restore, the second dropped the first, and a loss reported finite before went
+    non-finite unnoticed (a loss's finite record starts again at a restore)."""
+    previous = view.last_result
+    view.repeat = False
+    since, iteration = result.get("iterations_since_restore"), result.get("training_iteration")
+    before = None if previous is None else previous.get("iterations_since_restore")
+    if (
+        previous is not None
+        and is_number(since)
+        and is_number(before)
+        and is_number(iteration)
+        and since > before  # type: ignore[operator]
+        and previous.get("training_iteration") == iteration
+    ):
+        view.repeat = True
+        carried = {k: v for k, v in previous.items() if k not in _OWN_RESULT_KEYS}
+        result = {**carried, **result}
+    view.last_result = result
+    return result
+
+
 def _measured(result: dict[str, Any]) -> dict[str, Any]:
     """``result`` without the keys a report did not measure (``None``, see docs/reports.md),
     for a base scheduler: Tune's compare values by arithmetic and fail on ``None``, while a key
@@ -501,8 +543,9 @@ class SVCCAScheduler(FIFOScheduler):
         view = self._views.get(trial.trial_id)
         if view is None:
             view = self._views[trial.trial_id] = self._new_view()
+        result = _merged_repeat(view, result)
         report, iteration = result.get(keys.TRAIN_REPORT), result.get("training_iteration")
-        if isinstance(report, str) and is_number(iteration):
+        if isinstance(report, str) and is_number(iteration) and not view.repeat:
             if view.last_iteration is not None and int(iteration) <= view.last_iteration:
                 # a Tune restore (_observe rewinds the history): the reports are numbered
                 # anew, so the Ray Train job is followed anew from here (Tune restarts such a
@@ -934,7 +977,9 @@ class SVCCAScheduler(FIFOScheduler):
             iteration = int(raw)  # type: ignore[arg-type]
         else:  # not from Tune: count the reports
             iteration = 1 if view.last_iteration is None else view.last_iteration + 1
-        if view.last_iteration is not None and iteration <= view.last_iteration:
+        if view.repeat:  # the iteration's report again, within the run: it replaces it
+            view.rewind(iteration)
+        elif view.last_iteration is not None and iteration <= view.last_iteration:
             # restored from a checkpoint (or restarted): the reports it makes again replace
             # those of the run it left, which must not count twice or date decisions
             dropped = view.rewind(iteration)

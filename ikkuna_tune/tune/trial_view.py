@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ikkuna_tune.tune.convergence import Decision, TrialHistory
 
@@ -72,6 +72,11 @@ class TrialView:
     #: the losses the trial has reported finite (a loss that is infinite before it ever was
     #: finite, ``best_val_loss`` before the first validation, is no divergence)
     finite_losses: set[str] = field(default_factory=set)
+    #: the trial's latest result as the scheduler took it (two results of one iteration within
+    #: a run are merged: see ``scheduler._merged_repeat``)
+    last_result: dict[str, Any] | None = None
+    #: whether the latest result repeated the iteration before within the run (no restore)
+    repeat: bool = False
 
     def start_afresh(self) -> None:
         """Forget the orders, freezes and unfreezes of a run the trial left to start over from

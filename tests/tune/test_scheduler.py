@@ -2402,3 +2402,30 @@ def test_a_trial_failed_for_good_counts_as_ended_for_the_one_that_waited() -> No
     assert scheduler.choose_trial_to_run(controller) is second  # FIFO: none has ended
     second.status = "ERROR"  # failed for good
     assert scheduler.choose_trial_to_run(controller) is first
+
+
+def test_two_results_of_one_iteration_within_a_run_are_judged_as_one() -> None:
+    """A trainable that sets ``training_iteration`` itself and reports twice in an epoch (its
+    layers, then its validation loss and accuracy) made no restore: Tune's
+    ``iterations_since_restore`` goes on. The two are merged and judged as one report, as the
+    same values reported once are (the reference: the test above's reports); taken for a
+    restore, the second dropped the first, and the finite record of the loss started again
+    at each, so the loss that went infinite stopped nothing."""
+    scheduler, _ = make()
+    trial = FakeTrial("t1")
+    scheduler.on_trial_add(None, trial)
+    sims = dict.fromkeys(LAYERS, 0.5)
+    since = 0
+    verdicts = []
+    for it, acc, loss in ((1, 0.5, float("inf")), (2, 0.6, 0.9), (3, 0.5, float("inf"))):
+        layers = {k: v for k, v in result(sims, it=it).items() if k != "acc"}
+        for part in (layers, {"training_iteration": it, "acc": acc, "best_val_loss": loss}):
+            since += 1
+            verdicts.append(
+                scheduler.on_trial_result(None, trial, {**part, "iterations_since_restore": since})
+            )
+    assert verdicts == [CONTINUE] * 5 + [STOP]
+    ((_, decision),) = scheduler.decisions
+    assert (decision.rule, decision.iteration) == ("diverged: non-finite value", 3)
+    assert decision.values == {"best_val_loss": float("inf")}
+    assert scheduler._views["t1"].history.reports == 3  # one report per iteration
