@@ -53,8 +53,8 @@ from ikkuna_tune.layers import wrappers
 
 __all__ = [
     "TrainableOnlySyncState",
+    "data_parallel_ranks",
     "install_trainable_only_sync",
-    "rank_zero_choice",
     "trainable_only_allreduce_hook",
 ]
 
@@ -281,27 +281,17 @@ def install_trainable_only_sync(
     return state
 
 
-def rank_zero_choice(model: nn.Module, choice: list[str]) -> list[str]:
-    """Rank 0's ``choice`` on every rank when ``model`` runs under ``DistributedDataParallel``
-    in a process group of more than one rank; else ``choice`` as it is.
-
-    A collective call: every rank of the DDP's group must make it at the same point (each
-    rank's subscriber deciding at the same checkpoint of a training that runs in lockstep).
-    Ranks can measure a layer differently (their own BatchNorm statistics, their own probe),
-    and a layer frozen on one rank only fails DDP's next step.
+def data_parallel_ranks(model: nn.Module) -> int:
+    """How many ranks train ``model`` together: the size of its ``DistributedDataParallel``'s
+    process group, or 1 for a model outside one (or outside an initialised group).
 
     Examples:
-        >>> rank_zero_choice(nn.Linear(2, 2), ["fc1"])  # no DDP: the choice as it is
-        ['fc1']
+        >>> data_parallel_ranks(nn.Linear(2, 2))
+        1
     """
     ddp = next(
         (m for m in wrappers(model) if isinstance(m, nn.parallel.DistributedDataParallel)), None
     )
     if ddp is None or not dist.is_available() or not dist.is_initialized():
-        return choice
-    group = ddp.process_group
-    if dist.get_world_size(group) <= 1:
-        return choice
-    box: list[Any] = [list(choice)]
-    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-    return list(box[0])
+        return 1
+    return int(dist.get_world_size(ddp.process_group))

@@ -24,7 +24,7 @@ from ikkuna_tune import keys
 from ikkuna_tune.backends import to_numbers
 from ikkuna_tune.bus import MessageBus
 from ikkuna_tune.checks import check_fraction_or_none, check_int
-from ikkuna_tune.ddp_sync import rank_zero_choice
+from ikkuna_tune.ddp_sync import data_parallel_ranks
 from ikkuna_tune.freezing import frozen_prefix, next_to_freeze, tie_closed
 from ikkuna_tune.functional.cka import CKASide, cka_side, linear_cka_of_sides, live_fraction
 from ikkuna_tune.functional.layer_reduction import LayerReduction, reduce_layer
@@ -117,9 +117,9 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         forward_fn: maps a batch of inputs to outputs; by default the model of the Exporter on
             the bus. It must run the Exporter's model, whose hooks record the activations.
         freeze_at: similarity in (0, 1) at which to freeze a layer; ``None`` or, as in the
-            original ikkuna, any value >= 1 turns freezing off (the default). Under
-            ``DistributedDataParallel`` every rank freezes what rank 0 chose (each rank's
-            subscriber decides at the same checkpoint; a broadcast).
+            original ikkuna, any value >= 1 turns freezing off (the default). Refused for a
+            model under ``DistributedDataParallel`` of several ranks: each rank would freeze
+            on its own readings (see :meth:`use_model`).
         batch_size: probe points per forward pass.
         message_bus: attach to this bus right away (its Exporter should exist already).
         tag: tag of the training messages that trigger checkpoints (``None``: any tag).
@@ -265,7 +265,27 @@ class BatchedSVCCASubscriber(PlotSubscriber):
     # --------------------------------------------------------------------------- wiring
     def use_model(self, access: ModelAccess | None) -> None:
         """Run the model through ``access``; with ``track_init``, record the activations at
-        initialisation now (once, while attached)."""
+        initialisation now (once, while attached).
+
+        Raises:
+            ValueError: with ``freeze_at``, for a model under ``DistributedDataParallel`` of
+                several ranks: each rank reads its own similarities (their BatchNorm
+                statistics differ; a probe on rank 0 alone is read there only), so a layer
+                would freeze on some ranks and DDP's next step fail across them, or a shared
+                decision would wait for ranks that never make one.
+        """
+        if access is not None and self.freeze_at is not None:
+            ranks = data_parallel_ranks(access.model)
+            if ranks > 1:
+                raise ValueError(
+                    f"Expected freeze_at=None for a model under DistributedDataParallel "
+                    f"({ranks} ranks) but got freeze_at={self.freeze_at}: each rank reads its "
+                    "own self-similarities (their BatchNorm statistics differ) and would "
+                    "freeze on its own, and DDP's next step would fail across the ranks; "
+                    "decide on one rank and call exporter.freeze(name) on every rank before "
+                    "the same step, or run the trial as a Ray Train job steered by "
+                    "SVCCAScheduler, which does"
+                )
         super().use_model(access)
         # a model other than the one the activations at initialisation were recorded from
         # (a watch() that failed after attaching, retried on a new model) is recorded afresh;
@@ -636,9 +656,6 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         chosen, cut = tie_closed(chosen, exporter.frozen, exporter.shares_with)
         if cut is not None:
             self._say_why_not(cut[0], [], cut[1])
-        # under DDP, every rank freezes what rank 0 chose (a layer frozen on some ranks only
-        # fails the next step; the ranks' BatchNorm statistics, and so their readings, differ)
-        chosen = rank_zero_choice(exporter.model, list(chosen))
         for name in chosen:
             logger.info(
                 "Freezing layer %r: self-similarity %.6f >= %s",
