@@ -847,7 +847,14 @@ class Exporter(StepHooks, LayerFreezing):
             raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
         tag = self._loss_tag(loss)
         if tag == DEFAULT_TAG or self._eval_grad_pass:  # the training step's (maybe eval mode)
-            if self._steps_started == 0 and scores is None and not self._warned_early_labels:
+            # (a model trained in eval mode opens its step at the optimizer's step: its
+            # labels come after a forward pass in eval mode, with gradients)
+            if (
+                self._steps_started == 0
+                and scores is None
+                and not self._eval_grad_pass
+                and not self._warned_early_labels
+            ):
                 self._warn_early_labels()
             self._labels_given = True
         if "input_labels" in self._wanted and self._due("input_labels", None, tag):

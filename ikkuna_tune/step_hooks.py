@@ -464,7 +464,7 @@ class StepHooks:
         has been updated since (then the step was skipped)."""
         return not self._step_open or bool(self._stepped) or self._scaled()
 
-    def _grad_marks(self) -> list[GradMark]:
+    def _grad_marks(self, holding: bool = False) -> list[GradMark]:
         """Per watched optimizer, a parameter that receives gradients (the last that had one
         when the optimizer last stepped, :meth:`_note_graded`; before that, its last parameter
         that requires grad and has one, else its last that requires grad), with a weak
@@ -472,11 +472,15 @@ class StepHooks:
         backward pass changes them (a new gradient, or one added to in place), and so does
         ``zero_grad()`` (None, or zeroed in place): comparing marks (:meth:`_grads_changed`)
         tells whether gradients changed, reading no value. A few Python calls, taken at each
-        step's start."""
+        step's start. ``holding``: the last parameter that holds a gradient now, where one
+        does (whether the loop clears the gradients later shows on it: a parameter without a
+        gradient stays without one as they are cleared to None)."""
         marks = []
         graded = self._graded
         for index, optimizer in enumerate(self.optimizers):
-            param = graded[index] if index < len(graded) else None
+            param = _last_graded(optimizer, with_grad=True) if holding else None
+            if param is None:
+                param = graded[index] if index < len(graded) else None
             if param is None or not param.requires_grad:
                 param = _last_graded(optimizer)
             if param is not None:
@@ -543,7 +547,7 @@ class StepHooks:
         """Keep the open step, an accumulation under way, across the epoch's end: noted with
         its epoch and number, in case it ends without going on, and with its gradients as the
         epoch ended (after the epoch end's freezes), to tell whether the loop cleared them."""
-        self._carried = (self.epoch, self.train_step, self._grad_marks())
+        self._carried = (self.epoch, self.train_step, self._grad_marks(holding=True))
 
     def _go_on_in_new_epoch(self, upcoming: bool = False) -> None:
         """A training pass in the epoch after one that ended during a gradient accumulation

@@ -343,3 +343,52 @@ def test_heads_taken_in_turn_do_not_split_a_step_straddling_an_epoch_end() -> No
     exporter.close()
     assert exporter.steps_started == 10
     assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
+
+
+def test_passes_dropped_at_an_epoch_start_are_a_step_of_their_own_with_heads_in_turn() -> None:
+    """The passes after an epoch's last optimizer step, dropped by ``zero_grad()`` to None at
+    the next epoch's start, are a step of their own, also when they did not use the head the
+    stepped passes used: whether the loop cleared the gradients is read off a parameter that
+    held one as the epoch ended (read off that head, without a gradient before and after the
+    clear, they were merged into the next epoch's first step). Reference: plain PyTorch."""
+    k, batches, epochs = 2, 3, 3  # an optimizer step and one dropped pass an epoch
+
+    def train(model: _TwoHeads, opt, loss_fn, end, stepped) -> None:
+        x, y = _data()
+        for _ in range(epochs):
+            opt.zero_grad(set_to_none=True)
+            passes = 0
+            for i in range(batches):
+                model.use_other = passes < k  # the stepped passes use the other head
+                rows = slice(i * BATCH, (i + 1) * BATCH)
+                (loss_fn(model(x[rows]), y[rows]) / k).backward()
+                passes += 1
+                if passes % k == 0:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    stepped()
+            end()
+
+    counts = [0, 0]
+    accuracies: list[float] = []
+
+    def counted(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        counts[0] += int((output.argmax(1) == target).sum())
+        counts[1] += len(target)
+        return F.cross_entropy(output, target)
+
+    def close() -> None:
+        if counts[1]:
+            accuracies.append(counts[0] / counts[1])
+            counts[:] = [0, 0]
+
+    model = _TwoHeads()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.3), counted, close, close)
+    assert len(accuracies) == 6
+    model = _TwoHeads()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    exporter, last = _accuracy_per_step(model, opt)
+    train(model, opt, exporter.wrap_loss(F.cross_entropy), exporter.epoch_finished, lambda: None)
+    exporter.close()
+    assert exporter.steps_started == 6
+    assert [last[s] for s in sorted(last)] == pytest.approx(accuracies, abs=1e-6)
