@@ -948,3 +948,33 @@ def test_reports_of_one_iteration_merge_within_a_run_and_a_restore_still_replace
     assert acc == {1: 0.1, 2: 0.2, 3: 0.4}
     assert df.attrs["trials"]["mmmmm_00000"]["results"] == 3
     assert "mmmmm_00000 reported ['loss'] twice for one training_iteration" in caplog.text
+
+
+def test_a_nan_reported_in_either_report_of_one_iteration_is_kept(tmp_path) -> None:
+    """Merging two reports of one iteration within a run keeps a NaN either reported: a loss
+    that went NaN in the first report (the second reports the validation) is the
+    iteration's, and a NaN in the later report is not filled with the earlier finite value
+    (both lost it: the internal record of reported NaNs was merged as a value). Reference:
+    the values written in result.json."""
+    experiment = tmp_path / "sweep"
+    rows = []
+    for since, (iteration, values) in enumerate(
+        [
+            (1, {"loss": 0.7}),
+            (1, {"acc": 0.5}),
+            (2, {"loss": float("nan")}),
+            (2, {"acc": 0.1}),
+            (3, {"loss": 0.4, "acc": 0.2}),
+            (3, {"loss": float("nan"), "acc": 0.3}),
+        ],
+        1,
+    ):
+        row = report("nnnnn_00000", CONFIG, iteration)
+        row.pop("loss")
+        rows.append({**row, "iterations_since_restore": since, **values})
+    write_trial(experiment, "train_nnnnn_00000_0", CONFIG, rows)
+    df = compare.load(experiment)
+    loss = df[df["metric"] == "loss"].set_index("training_iteration")["value"]
+    assert loss[1] == 0.7 and math.isnan(loss[2]) and math.isnan(loss[3])
+    acc = df[df["metric"] == "acc"].set_index("training_iteration")["value"].to_dict()
+    assert acc == {1: 0.5, 2: 0.1, 3: 0.3}

@@ -9,6 +9,7 @@ imported).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -565,7 +566,10 @@ def _clean(results: pd.DataFrame, trial_id: str = "") -> pd.DataFrame:
         since = pd.to_numeric(results["iterations_since_restore"], errors="coerce").tolist()
     else:
         since = [math.nan] * len(results)
-    groups: list[list[int]] = []  # positions of the rows of the latest run, by iteration
+    # positions of the rows of the latest run, by iteration (``starts``: their iterations,
+    # sorted; rows mostly come in order, so that a lookup is a bisection, an append the rule)
+    groups: list[list[int]] = []
+    starts: list[float] = []
     for position, iteration in enumerate(iterations):
         went_on = (
             position > 0
@@ -573,32 +577,42 @@ def _clean(results: pd.DataFrame, trial_id: str = "") -> pd.DataFrame:
             and not math.isnan(since[position - 1])
             and since[position] > since[position - 1]
         )
+        at = bisect.bisect_left(starts, iteration)
         if went_on:  # no restore: a repeated iteration is merged into its rows
-            for group in groups:
-                if iterations[group[0]] == iteration:
-                    group.append(position)
-                    break
+            if at < len(starts) and starts[at] == iteration:
+                groups[at].append(position)
             else:
-                groups.append([position])
-                groups.sort(key=lambda group: iterations[group[0]])
+                groups.insert(at, [position])
+                starts.insert(at, iteration)
             continue
-        while groups and iterations[groups[-1][0]] >= iteration:
-            groups.pop()
+        del groups[at:], starts[at:]  # the run it left, from this iteration on
         groups.append([position])
+        starts.append(iteration)
     kept = results.iloc[[group[-1] for group in groups]].reset_index(drop=True)
     replaced: set[str] = set()
+    nan_names = REPORTED_NAN in results.columns
     for row, group in enumerate(groups):
+        if len(group) == 1:
+            continue
+        # the values reported NaN: a NaN reported is a value, a NaN not reported none
+        reported = set(kept.at[row, REPORTED_NAN]) if nan_names else set()
         for earlier in reversed(group[:-1]):  # the later reports' values first
             values = results.iloc[earlier]
+            earlier_nan = values[REPORTED_NAN] if nan_names else frozenset()
             for column in results.columns:
-                value = values[column]
-                if pd.isna(value) if pd.api.types.is_scalar(value) else False:
+                if column == REPORTED_NAN:
                     continue
-                current = kept.at[row, column]
-                if pd.api.types.is_scalar(current) and pd.isna(current):
-                    kept.at[row, column] = value
-                elif column not in _PER_REPORT and not _same(current, value):
+                value, current = values[column], kept.at[row, column]
+                value_given = not _missing(value) or column in earlier_nan
+                if _missing(current) and column not in reported:
+                    if value_given:
+                        kept.at[row, column] = value
+                        if column in earlier_nan:
+                            reported.add(column)
+                elif value_given and column not in _PER_REPORT and not _same(current, value):
                     replaced.add(column)
+        if nan_names:
+            kept.at[row, REPORTED_NAN] = frozenset(reported)
     if replaced:
         logger.warning(
             "Trial %s reported %s twice for one training_iteration without a restore: the "
@@ -630,6 +644,11 @@ _PER_REPORT = frozenset(
         "config",
     }
 )
+
+
+def _missing(value: Any) -> bool:
+    """Whether a cell holds no value (None or NaN; a list or dict is a value)."""
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
 
 
 def _same(a: Any, b: Any) -> bool:
