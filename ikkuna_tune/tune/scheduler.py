@@ -119,6 +119,25 @@ _OWN_RESULT_KEYS = frozenset(
 )
 
 
+def _starting(tune_controller: Any, trial: Trial) -> bool:
+    """Whether Tune has started ``trial``'s actor (its resources acquired) though the trial is
+    still PENDING: the actor's start takes a while (imports, a loaded machine). Read from the
+    controller's actor bookkeeping (Ray 2.60's ``TuneController._trial_to_actor`` and its actor
+    manager); False where that cannot be read."""
+    inner = getattr(tune_controller, "_tune_controller", tune_controller)
+    actors, manager = (
+        getattr(inner, "_trial_to_actor", None),
+        getattr(inner, "_actor_manager", None),
+    )
+    if not isinstance(actors, dict) or manager is None:
+        return False
+    actor = actors.get(trial)
+    try:
+        return actor is not None and bool(manager.is_actor_started(actor))
+    except Exception:  # (an actor the manager no longer tracks)
+        return False
+
+
 def _merged_repeat(view: TrialView, result: dict[str, Any]) -> dict[str, Any]:
     """``result``, merged over the trial's result before when it repeats that result's
     ``training_iteration`` within one run (Tune's ``iterations_since_restore`` went on: no
@@ -572,11 +591,13 @@ class SVCCAScheduler(FIFOScheduler):
             if base_decision == TrialScheduler.STOP and not self._budget_spent(trial, view, result):
                 self._base_stop(trial.trial_id, view, result, "metric")
             return base_decision
-        if self._waits(trial, view, result):
+        if self._waits(tune_controller, trial, view, result):
             return TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE
 
-    def _waits(self, trial: Trial, view: TrialView, result: dict[str, Any]) -> bool:
+    def _waits(
+        self, tune_controller: Any, trial: Trial, view: TrialView, result: dict[str, Any]
+    ) -> bool:
         """Whether to pause the trial until trials waiting to start can be compared with it
         (rule 3 of the class docstring); records the decision."""
         if not (self.stop and self.wait) or self.base is not None or view.waited:
@@ -604,13 +625,16 @@ class SVCCAScheduler(FIFOScheduler):
         if as_far >= rules.protect_top:
             return False
         # trials that have not started: PENDING is also the state of a paused or failed trial
-        # that Tune readies to run again, which brings no new trial to compare with
+        # that Tune readies to run again, which brings no new trial to compare with, and of a
+        # trial whose actor holds its resources and is starting (a slow start: it waits for
+        # no slot, and reports soon)
         waiting = sum(
             1
             for other_id, other in self._trials.items()
             if other_id != trial.trial_id
             and getattr(other, "status", None) == "PENDING"
             and self._views[other_id].last_iteration is None
+            and not _starting(tune_controller, other)
         )
         if not waiting:
             return False

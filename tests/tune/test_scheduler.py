@@ -2429,3 +2429,41 @@ def test_two_results_of_one_iteration_within_a_run_are_judged_as_one() -> None:
     assert (decision.rule, decision.iteration) == ("diverged: non-finite value", 3)
     assert decision.values == {"best_val_loss": float("inf")}
     assert scheduler._views["t1"].history.reports == 3  # one report per iteration
+
+
+class _ActorManager:
+    """Ray 2.60's actor manager as the scheduler reads it: which actors hold their resources
+    and have been started."""
+
+    def __init__(self, started: set[str]) -> None:
+        self.started = started
+
+    def is_actor_started(self, actor: str) -> bool:
+        return actor in self.started
+
+
+class _Controller(FakeController):
+    """A controller whose trials have actors: Tune's ``_trial_to_actor`` and actor manager."""
+
+    def __init__(self, trials, actors: dict, started: set[str]) -> None:
+        super().__init__(trials)
+        self._trial_to_actor = actors
+        self._actor_manager = _ActorManager(started)
+
+
+@pytest.mark.parametrize("starting", [True, False])
+def test_a_trial_whose_actor_is_starting_is_no_trial_waiting_to_start(starting: bool) -> None:
+    """A trial stays PENDING until its actor has started; one whose actor holds its resources
+    and is starting (a slow start on a loaded machine) waits for no slot, and will report
+    soon: no reason for another trial to pause (with max_concurrent_trials no larger than the
+    trials that run at once, a trial was paused, and started again, in a sweep where none
+    waited). A trial whose actor waits for resources still counts."""
+    scheduler, trials = _waiting_sweep()
+    first, second = trials[:2]
+    for trial in trials[2:]:
+        trial.status = "TERMINATED"
+    actors = {second: "actor-1"}
+    controller = _Controller(trials, actors, {"actor-1"} if starting else set())
+    reports = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.2 * i)) for i in (1, 2)]
+    verdicts = [scheduler.on_trial_result(controller, first, r) for r in reports]
+    assert verdicts == [CONTINUE, CONTINUE if starting else PAUSE]
