@@ -793,15 +793,16 @@ class TrialSession:
             return
         exporter = self.exporter
         assert exporter is not None
-        retrained = self._retrained_releases if release else []
-        if release:
-            self._retrained_releases = []
+        # (at a restore too: those found at the report whose checkpoint it restores, saved
+        # with it before they were carried out)
+        retrained, self._retrained_releases = self._retrained_releases, []
         outcome: dict[str, Any] | None = None
         if worker.first:
             if error is None:
                 done = self.apply(directives)
                 # (and those past a layer the training code trains again, found at the report)
-                released = [*self._due_releases(on_device=True), *retrained] if release else []
+                due = self._due_releases(on_device=True) if release else []
+                released = [*due, *retrained]
                 self._apply_releases(released)
                 outcome = {"done": done, "released": released, "frozen": sorted(exporter.frozen)}
             else:
@@ -1268,6 +1269,9 @@ class TrialSession:
             "event_run": self._event_run,
             # the user's metric names, which another tag's outputs never take over
             "user_names": sorted(self._user_names),
+            # rank 0 of a Ray Train job: the layers to unfreeze past one the training code
+            # trains again, found at this report and carried out after its checkpoint
+            "retrained_releases": [list(release) for release in self._retrained_releases],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1287,6 +1291,9 @@ class TrialSession:
             self.timer.frozen_once = bool(state.get("frozen_once", False))
         self.freeze_reasons = dict(state.get("freeze_reasons", {}))
         self.unfreeze_reasons = dict(state.get("unfreeze_reasons", {}))
+        self._retrained_releases = [
+            (str(name), str(reason)) for name, reason in state.get("retrained_releases", [])
+        ]
         self.release.load_state_dict(state.get("release", {}))
         try:
             self._peak_rates = {

@@ -28,7 +28,7 @@ import ikkuna_tune as ik
 from experiments.processes import in_gloo_group, run_ranks
 from ikkuna_tune import keys
 from ikkuna_tune.backends import EVENT_DIR, EVENT_FILE_SUFFIX
-from ikkuna_tune.tune.session import TrialSession
+from ikkuna_tune.tune.session import STATE_FILE, TrialSession
 from ikkuna_tune.tune.train_workers import TrainWorker, subscribers_for_rank
 from tests.tune.train_job import global_batch, layernorm_net, subscribers, train_loop, tune_trial
 from tests.tune.trainables import eager_freezer, run_script
@@ -551,8 +551,12 @@ def _retrained_run(rank: int | None, out: str) -> None:
                 exporter.wrap_loss(F.cross_entropy)(trained(x[share]), y[share]).backward()
                 opt.step()
             exporter.epoch_finished()
+            # a checkpoint at report 2, where the unfreeze past 'a' is found
+            saved = Path(out, f"checkpoint{'' if rank is None else rank}")
+            saved.mkdir(exist_ok=True)
+            checkpoint = ray.train.Checkpoint.from_directory(str(saved)) if iteration == 2 else None
             try:
-                merged = session.report({})
+                merged = session.report({}, checkpoint=checkpoint)
             except RuntimeError as error:
                 log["error"] = str(error)
                 break
@@ -561,7 +565,39 @@ def _retrained_run(rank: int | None, out: str) -> None:
             log["after"].append(sorted(exporter.frozen))
     log["digests"] = {n: _digest(p) for n, p in model.named_parameters()}
     session.close()
+    log["restored"] = _restored_frozen(rank, saved)
     Path(out, f"rank{'' if rank is None else rank}.json").write_text(json.dumps(log))
+
+
+def _restored_frozen(rank: int | None, saved: Path) -> list[str]:
+    """The layers frozen once a new session of rank ``rank`` of the job restored the
+    checkpoint saved at report 2 (a worker restart from it); for the single process (None),
+    those its state file holds frozen (it was saved after the report's unfreeze)."""
+    import ray.train
+
+    if rank is None:
+        state = torch.load(saved / STATE_FILE, weights_only=True)
+        return sorted(state["exporter"]["frozen"])
+    model = nn.parallel.DistributedDataParallel(_BeforeA(), find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    every = [
+        ik.TrainAccuracySubscriber(backend=None),
+        ik.TestAccuracySubscriber(
+            TensorDataset(*_batch_of_16(-1)), frequency="epoch", backend=None
+        ),
+    ]
+    kept = subscribers_for_rank(every, rank)
+    positions = [i for i, s in enumerate(every) if any(s is k for k in kept)]
+    session = TrialSession(kept, {}, TrainWorker(rank, 2, None), positions)
+    checkpoint = ray.train.Checkpoint.from_directory(str(saved))
+    with (
+        mock.patch.object(ray.train, "get_checkpoint", return_value=checkpoint),
+        mock.patch.object(ray.train, "report", lambda m, checkpoint=None: None),
+    ):
+        exporter = session.watch(model, opt)
+        frozen = sorted(exporter.frozen)
+    session.close()
+    return frozen
 
 
 def _retrained_worker(rank: int, store: str, out: str) -> None:
@@ -589,3 +625,6 @@ def test_the_ranks_unfreeze_together_past_a_layer_the_training_code_trains_again
     assert first["frozen"] == second["frozen"] == [[], ["b"], ["b"], []]
     assert first["unfreeze"] == second["unfreeze"] == [{}, {}, {}, {"b": reason}]
     assert first["digests"] == second["digests"]
+    # a restart from the checkpoint of report 2 (saved before a job carries out what it found
+    # there) trains 'b' as the single process does: the unfreeze is carried out at the restore
+    assert reference["restored"] == first["restored"] == second["restored"] == []
