@@ -283,15 +283,25 @@ def install_trainable_only_sync(
 
 def data_parallel_ranks(model: nn.Module) -> int:
     """How many ranks train ``model`` together: the size of its ``DistributedDataParallel``'s
-    process group, or 1 for a model outside one (or outside an initialised group).
+    process group, the ranks of an FSDP-sharded model (``FullyShardedDataParallel``, or
+    modules of ``fully_shard``), or 1 for a model trained by one rank.
 
     Examples:
         >>> data_parallel_ranks(nn.Linear(2, 2))
         1
     """
+    if not dist.is_available() or not dist.is_initialized():
+        return 1
     ddp = next(
         (m for m in wrappers(model) if isinstance(m, nn.parallel.DistributedDataParallel)), None
     )
-    if ddp is None or not dist.is_available() or not dist.is_initialized():
+    if ddp is not None:
+        return int(dist.get_world_size(ddp.process_group))
+    try:  # a model sharded over the ranks: FSDP's wrapper, or fully_shard's modules
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:
         return 1
-    return int(dist.get_world_size(ddp.process_group))
+    sharded = (FSDPModule, FullyShardedDataParallel)
+    if any(isinstance(m, sharded) for m in model.modules()):
+        return int(dist.get_world_size())
+    return 1

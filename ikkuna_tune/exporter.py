@@ -852,6 +852,7 @@ class Exporter(StepHooks, LayerFreezing):
             if (
                 self._steps_started == 0
                 and scores is None
+                and self.model.training
                 and not self._eval_grad_pass
                 and not self._warned_early_labels
             ):

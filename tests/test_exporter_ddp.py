@@ -157,6 +157,20 @@ def _svcca_rank_work(rank: int, out: str) -> None:
     # freezing off is no decision: attached as usual
     with ik.Exporter(model, None, MessageBus()) as exporter:
         ik.SVCCASubscriber(probe, 40, message_bus=exporter.message_bus, backend=None)
+    # a model sharded over the ranks (FSDP's fully_shard) is trained by both as well
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    sharded = _model()
+    fully_shard(sharded[0], mesh=init_device_mesh("cpu", (WORLD,)))
+    with ik.Exporter(sharded, None, MessageBus()) as exporter:
+        try:
+            ik.SVCCASubscriber(
+                probe, 40, message_bus=exporter.message_bus, freeze_at=0.5, backend=None
+            )
+            said.append("")
+        except ValueError as error:
+            said.append(str(error))
     torch.save(said, f"{out}.{rank}")
 
 
@@ -170,11 +184,12 @@ def test_svcca_freeze_at_is_refused_under_ddp_where_it_is_given(tmp_path) -> Non
     readings passed it only, and DDP's next step aborted the processes (gloo: sizes differ);
     a decision broadcast from rank 0 hangs where only rank 0 has the subscriber. It is
     refused as the subscriber attaches, on every rank that has one, naming the way to
-    freeze."""
+    freeze; for a model FSDP shards over the ranks too (a freeze on one rank hung the next
+    step)."""
     out = str(tmp_path / "svcca")
     run_ranks(_svcca_worker, (str(tmp_path / "store"), out), WORLD, seconds=240)
     said = [torch.load(f"{out}.{rank}") for rank in range(WORLD)]
-    assert len(said[0]) == 2 and len(said[1]) == 1
+    assert len(said[0]) == 3 and len(said[1]) == 2
     for message in [*said[0], *said[1]]:
         assert "Expected freeze_at=None for a model under DistributedDataParallel (2 ranks)" in (
             message

@@ -786,16 +786,17 @@ class TrialSession:
             RuntimeError: ``error``, or this rank's frozen layers differ from rank 0's.
         """
         worker = self.worker
+        # (at a restore too: those found at the report whose checkpoint it restores, saved
+        # with it before they were carried out)
+        retrained, self._retrained_releases = self._retrained_releases, []
         if worker is None or not worker.distributed:
             if error is not None:
                 raise RuntimeError(error)
+            self._apply_releases(retrained)  # (a job's checkpoint restored in one process)
             self.apply(directives, release=release)
             return
         exporter = self.exporter
         assert exporter is not None
-        # (at a restore too: those found at the report whose checkpoint it restores, saved
-        # with it before they were carried out)
-        retrained, self._retrained_releases = self._retrained_releases, []
         outcome: dict[str, Any] | None = None
         if worker.first:
             if error is None:

@@ -1031,14 +1031,22 @@ def test_a_test_set_with_no_label_to_count_is_refused_when_made(
 
 
 @pytest.mark.parametrize(
-    "where", ["before_forward", "after_forward", "after_step", "after_forward_in_eval_mode"]
+    "where",
+    [
+        "before_forward",
+        "after_forward",
+        "after_step",
+        "after_forward_in_eval_mode",
+        "before_forward_in_eval_mode",
+    ],
 )
 def test_labels_published_before_their_forward_pass_are_warned_of(caplog, where: str) -> None:
     """A step opens at its forward pass: labels published before it (as the batch is loaded)
     carry the step before, and train accuracy paired each step's output with the next
     batch's labels, without a word. That is warned of once; labels after the forward pass,
     or after the optimizer's step (a documented order), are not, nor in a model trained in
-    eval mode (whose step opens at the optimizer's step). Reference: the accuracy of each
+    eval mode (whose step opens at the optimizer's step, and whose passes publish under
+    "eval": its labels are paired with the pass that follows them). Reference: the accuracy of each
     step's output against its own labels."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -1050,12 +1058,12 @@ def test_labels_published_before_their_forward_pass_are_warned_of(caplog, where:
         ["train_accuracy"], lambda m: got.__setitem__(m.global_step, float(m.data)), bus
     )
     expected = []
-    if where == "after_forward_in_eval_mode":
+    if where.endswith("in_eval_mode"):
         model.eval()
     with caplog.at_level(logging.WARNING), ik.Exporter(model, opt, bus) as exporter:
         for _ in range(5):
             x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
-            if where == "before_forward":
+            if where.startswith("before_forward"):
                 exporter.publish_labels(y)
             out = model(x)
             if where.startswith("after_forward"):

@@ -125,3 +125,23 @@ def test_a_refused_state_is_undone_and_the_next_of_its_type_is_tried(caplog) -> 
     assert thirty_two.count == 3  # the steps it saw itself
     assert "starts afresh: its saved state does not fit it (ValueError" in caplog.text
     restored.close()
+
+
+def test_a_job_checkpoints_pending_unfreezes_are_carried_out_in_one_process() -> None:
+    """A Ray Train job's rank 0 saves, with a report's checkpoint, the unfreezes past a layer
+    the training code trains again that it carries out after that report; a single process
+    that loads such a state carries them out too, once (the list was never cleared: saved
+    again with every later checkpoint, the layer frozen for good)."""
+    session, _ = _session([WeightSum()])
+    exporter = session.exporter
+    exporter.freeze("conv")
+    state = session.state_dict()
+    assert state["retrained_releases"] == []  # (a single process carries them out at once)
+    state["retrained_releases"] = [["conv", "layer 'x' before it trains again"]]
+    session.load_state_dict(state)
+    assert list(exporter.frozen) == ["conv"]
+    session._as_rank_0_decides([], release=False)  # as at a restore
+    assert not exporter.frozen
+    assert session.unfreeze_reasons == {"conv": "layer 'x' before it trains again"}
+    assert session.state_dict()["retrained_releases"] == []
+    session.close()
