@@ -273,6 +273,25 @@ def test_step_timer_leaves_out_a_step_an_epoch_end_falls_in() -> None:
     assert timer.steps == 2
 
 
+class _PlainAccuracy:
+    """The reference: the accuracy of each step's passes, counted in plain PyTorch (a step
+    ends where the loop calls :meth:`close`)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0]
+        self.accuracies: list[float] = []
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.counts[0] += int((output.argmax(1) == target).sum())
+        self.counts[1] += len(target)
+        return F.cross_entropy(output, target)
+
+    def close(self) -> None:
+        if self.counts[1]:
+            self.accuracies.append(self.counts[0] / self.counts[1])
+            self.counts = [0, 0]
+
+
 class _TwoHeads(nn.Module):
     """The test's model with a second head, registered last, that the optimizer steps take in
     turn (a multi-task model's): the parameter that had a gradient at the last step can get
@@ -301,6 +320,7 @@ def test_heads_taken_in_turn_do_not_split_a_step_straddling_an_epoch_end() -> No
         opt: torch.optim.Optimizer,
         loss_fn: Callable[..., torch.Tensor],
         end: Callable[[], None],
+        stepped: Callable[[], None] = lambda: None,
     ) -> None:
         x, y = _data()
         passes = steps = 0
@@ -314,21 +334,14 @@ def test_heads_taken_in_turn_do_not_split_a_step_straddling_an_epoch_end() -> No
                     opt.step()
                     opt.zero_grad()
                     steps += 1
+                    stepped()
             end()
 
-    counts = [0, 0]
-    accuracies: list[float] = []
-
-    def counted(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        counts[0] += int((output.argmax(1) == target).sum())
-        counts[1] += len(target)
-        if counts[1] == K * BATCH:  # the step's last pass
-            accuracies.append(counts[0] / counts[1])
-            counts[:] = [0, 0]
-        return F.cross_entropy(output, target)
-
+    plain = _PlainAccuracy()
     model = _TwoHeads()
-    train(model, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5), counted, lambda: None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
+    train(model, opt, plain.loss, lambda: None, plain.close)
+    accuracies = plain.accuracies
     assert len(accuracies) == 10
     model = _TwoHeads()
     bus = MessageBus()
@@ -369,21 +382,10 @@ def test_passes_dropped_at_an_epoch_start_are_a_step_of_their_own_with_heads_in_
                     stepped()
             end()
 
-    counts = [0, 0]
-    accuracies: list[float] = []
-
-    def counted(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        counts[0] += int((output.argmax(1) == target).sum())
-        counts[1] += len(target)
-        return F.cross_entropy(output, target)
-
-    def close() -> None:
-        if counts[1]:
-            accuracies.append(counts[0] / counts[1])
-            counts[:] = [0, 0]
-
+    plain = _PlainAccuracy()
     model = _TwoHeads()
-    train(model, torch.optim.SGD(model.parameters(), lr=0.3), counted, close, close)
+    train(model, torch.optim.SGD(model.parameters(), lr=0.3), plain.loss, plain.close, plain.close)
+    accuracies = plain.accuracies
     assert len(accuracies) == 6
     model = _TwoHeads()
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
