@@ -41,7 +41,7 @@ class _WholeSteps(Subscription):
         if self.tag is not None and message.tag != self.tag:
             return
         count, latest = self.steps.get(message.tag, (0, None))
-        if message.global_step != latest or count == 0:
+        if message.global_step != latest:  # (None before the first)
             count, latest = count + 1, message.global_step
             self.steps[message.tag] = (count, latest)
         if (count - 1) % self.subsample == 0:

@@ -118,8 +118,8 @@ class BatchedSVCCASubscriber(PlotSubscriber):
             the bus. It must run the Exporter's model, whose hooks record the activations.
         freeze_at: similarity in (0, 1) at which to freeze a layer; ``None`` or, as in the
             original ikkuna, any value >= 1 turns freezing off (the default). Refused for a
-            model under ``DistributedDataParallel`` of several ranks: each rank would freeze
-            on its own readings (see :meth:`use_model`).
+            model several ranks train (DDP or FSDP): each rank would freeze on its own
+            readings (see :meth:`use_model`).
         batch_size: probe points per forward pass.
         message_bus: attach to this bus right away (its Exporter should exist already).
         tag: tag of the training messages that trigger checkpoints (``None``: any tag).
@@ -268,23 +268,23 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         initialisation now (once, while attached).
 
         Raises:
-            ValueError: with ``freeze_at``, for a model under ``DistributedDataParallel`` of
-                several ranks: each rank reads its own similarities (their BatchNorm
-                statistics differ; a probe on rank 0 alone is read there only), so a layer
-                would freeze on some ranks and DDP's next step fail across them, or a shared
-                decision would wait for ranks that never make one.
+            ValueError: with ``freeze_at``, for a model several ranks train
+                (``DistributedDataParallel`` or FSDP): each rank reads its own similarities
+                (their BatchNorm statistics differ; a probe on rank 0 alone is read there
+                only), so a layer would freeze on some ranks and the next step fail across
+                them, or a shared decision would wait for ranks that never make one.
         """
         if access is not None and self.freeze_at is not None:
             ranks = data_parallel_ranks(access.model)
             if ranks > 1:
                 raise ValueError(
-                    f"Expected freeze_at=None for a model under DistributedDataParallel "
-                    f"({ranks} ranks) but got freeze_at={self.freeze_at}: each rank reads its "
-                    "own self-similarities (their BatchNorm statistics differ) and would "
-                    "freeze on its own, and DDP's next step would fail across the ranks; "
-                    "decide on one rank and call exporter.freeze(name) on every rank before "
-                    "the same step, or run the trial as a Ray Train job steered by "
-                    "SVCCAScheduler, which does"
+                    f"Expected freeze_at=None for a model trained by {ranks} ranks "
+                    f"(DistributedDataParallel or FSDP) but got freeze_at={self.freeze_at}: "
+                    "each rank reads its own self-similarities (their BatchNorm statistics "
+                    "differ) and would freeze on its own, and the next step would fail across "
+                    "the ranks; decide on one rank and call exporter.freeze(name) on every "
+                    "rank before the same step, or run the trial as a Ray Train job steered "
+                    "by SVCCAScheduler, which does"
                 )
         super().use_model(access)
         # a model other than the one the activations at initialisation were recorded from
