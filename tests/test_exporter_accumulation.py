@@ -58,37 +58,46 @@ def _train(
         end_epoch(epoch)
 
 
+class _PlainAccuracy:
+    """The reference: the accuracy of each step's passes, counted in plain PyTorch (a step
+    ends where the loop calls :meth:`close`)."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0]
+        self.accuracies: list[float] = []
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.counts[0] += int((output.argmax(1) == target).sum())
+        self.counts[1] += len(target)
+        return F.cross_entropy(output, target)
+
+    def close(self) -> None:
+        if self.counts[1]:
+            self.accuracies.append(self.counts[0] / self.counts[1])
+            self.counts = [0, 0]
+
+
 def _reference(zero_at_epoch_start: str | None = None) -> tuple[list[float], list[list[float]]]:
     """Per step, the accuracy over its passes, and the weight gradient of the last layer it
     stepped with; a step is the passes up to an optimizer step (or, with
     ``zero_at_epoch_start``, an epoch's dropped passes, which are a step of their own)."""
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
-    counts = [0, 0]
-    accuracies: list[float] = []
+    plain = _PlainAccuracy()
     gradients: list[list[float]] = []
-
-    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        counts[0] += int((output.argmax(1) == target).sum())
-        counts[1] += len(target)
-        return F.cross_entropy(output, target)
-
-    def close_step() -> None:
-        accuracies.append(counts[0] / counts[1])
-        counts[:] = [0, 0]
 
     def on_step(*_: object) -> None:
         gradients.append(model[2].weight.grad.flatten().tolist())
-        close_step()
+        plain.close()
 
     opt.register_step_pre_hook(on_step)
 
     def end_epoch(_: int) -> None:
-        if zero_at_epoch_start and counts[1]:
-            close_step()  # the dropped passes
+        if zero_at_epoch_start:
+            plain.close()  # the dropped passes
 
-    _train(model, opt, loss_fn, end_epoch, zero_at_epoch_start)
-    return accuracies, gradients
+    _train(model, opt, plain.loss, end_epoch, zero_at_epoch_start)
+    return plain.accuracies, gradients
 
 
 @pytest.mark.parametrize("dropped", [None, "none", "inplace"], ids=["carried", "none", "inplace"])
@@ -271,25 +280,6 @@ def test_step_timer_leaves_out_a_step_an_epoch_end_falls_in() -> None:
     bus.publish_network_message("epoch_finished", global_step=3, **at)  # its evaluations
     bus.publish_network_message("batch_finished", global_step=3, **at)
     assert timer.steps == 2
-
-
-class _PlainAccuracy:
-    """The reference: the accuracy of each step's passes, counted in plain PyTorch (a step
-    ends where the loop calls :meth:`close`)."""
-
-    def __init__(self) -> None:
-        self.counts = [0, 0]
-        self.accuracies: list[float] = []
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.counts[0] += int((output.argmax(1) == target).sum())
-        self.counts[1] += len(target)
-        return F.cross_entropy(output, target)
-
-    def close(self) -> None:
-        if self.counts[1]:
-            self.accuracies.append(self.counts[0] / self.counts[1])
-            self.counts = [0, 0]
 
 
 class _TwoHeads(nn.Module):
