@@ -177,7 +177,11 @@ def _channels_back_in_front(
     return convolves and shape[-1] != count
 
 
-def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -> tuple[bool, bool]:
+def activation_layout(
+    module: nn.Module,
+    shape: tuple[int, ...] | None = None,
+    preceding: tuple[tuple[int, ...], bool] | None = None,
+) -> tuple[bool, bool]:
     """Where the features and the probe points lie in ``module``'s output of 3 or more dims:
     ``(features_last, time_first)``.
 
@@ -188,7 +192,12 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
     with none (a layer of the user's own) is read from its output's ``shape`` where its
     ``weight`` tells: a weight of 1 or 2 dimensions whose first size is the output's last (a
     custom RMS norm or linear map) puts the features last, any other weight (a convolution's
-    kernel) and no weight in dimension 1. A features-last layer whose output's ``shape`` has
+    kernel) and no weight in dimension 1. Where that size is also the output's dimension 1 (a
+    sequence as long as its features are wide), the output tells nothing: the layer takes the
+    layout of the layer that ran before it with an output of the same shape (``preceding``: that
+    shape and whether its features were last; a norm after a Linear, a scale after a Conv1d),
+    and without one, features last unless the weight is a ``(C, 1)`` column (a per-channel
+    scale of a ``(N, C, L)`` output). A features-last layer whose output's ``shape`` has
     its feature count in dimension 1 holds them there when its own output has another size
     last, when it is a norm of the user's own ``forward`` (a ``LayerNorm2d``, which permutes
     the channels to the end and back), or when the module is a block that also convolves (a
@@ -209,6 +218,9 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
         >>> scale = nn.Module()
         >>> scale.weight = nn.Parameter(torch.ones(4))  # (N, T, 4) -> (N, T, 4)
         >>> activation_layout(scale, (2, 3, 4)), activation_layout(scale, (2, 4, 3))
+        ((True, False), (False, False))
+        >>> square = (2, 4, 4)  # 4 positions of 4 features, or 4 channels of length 4
+        >>> activation_layout(scale, square), activation_layout(scale, square, (square, False))
         ((True, False), (False, False))
         >>> norm2d = nn.LayerNorm(16)  # applied to channels-last, output (N, 16, 6, 6)
         >>> activation_layout(norm2d, (2, 16, 6, 6)), activation_layout(norm2d, (2, 6, 6, 16))
@@ -236,15 +248,19 @@ def activation_layout(module: nn.Module, shape: tuple[int, ...] | None = None) -
             return False, time_first
     weight = getattr(module, "weight", None)
     if (
-        shape is not None
-        and len(shape) >= 3
-        and isinstance(weight, torch.Tensor)
-        and weight.dim() in (1, 2)
-        and shape[-1] == weight.shape[0]
-        and shape[1 if not time_first else 2] != weight.shape[0]
+        shape is None
+        or len(shape) < 3
+        or not isinstance(weight, torch.Tensor)
+        or weight.dim() not in (1, 2)
+        or shape[-1] != weight.shape[0]
     ):
+        return False, time_first
+    if shape[1 if not time_first else 2] != weight.shape[0]:
         return True, time_first
-    return False, time_first
+    # features as many as the positions in dimension 1: the output cannot tell
+    if preceding is not None and tuple(preceding[0]) == tuple(shape):
+        return preceding[1], time_first
+    return not (weight.dim() == 2 and weight.shape[1] == 1), time_first
 
 
 @functools.lru_cache(maxsize=64)
@@ -369,6 +385,9 @@ class ActivationRecorder:
         self.probe_tag = probe_tag
         self._selections: dict[tuple[str, int], _Rows] = {}
         self._layouts: dict[str, tuple[bool, bool]] = {}
+        #: the output shape and features-last flag of the layer stored last in the running
+        #: probe batch (what a layer whose own output cannot tell its layout takes)
+        self._preceding: tuple[tuple[int, ...], bool] | None = None
         self._misfits: set[str] = set()  # layers whose outputs do not hold the probe points
         self._skipped: set[str] = set()  # such layers in the running recording
         self._uncalled: set[str] = set()  # layers no probe pass called (warned about once)
@@ -416,6 +435,7 @@ class ActivationRecorder:
                 for start in range(0, self.n, self.batch_size):
                     batch = self.inputs[start : start + self.batch_size]
                     position[0], position[1] = start, len(batch)
+                    self._preceding = None
                     if device is not None:
                         batch = batch.to(device, non_blocking=True)
                     output = run(batch)
@@ -457,10 +477,12 @@ class ActivationRecorder:
             return
         act = data.detach()
         layout = self._layouts.get(name)
+        shape = tuple(act.shape)
         if layout is None:
-            shape = tuple(act.shape)
-            layout = self._layouts[name] = activation_layout(message.module.module, shape)
+            module = message.module.module
+            layout = self._layouts[name] = activation_layout(module, shape, self._preceding)
         features_last, time_first = layout
+        self._preceding = (shape, features_last)
         # the probe points are in dimension 0, or 1 for a time-first (S, N, F) output; the
         # layer's own batch_first flag decides where both dimensions could be
         in_first = act.dim() >= 1 and act.shape[0] == points

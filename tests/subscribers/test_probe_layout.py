@@ -143,6 +143,44 @@ def test_a_custom_layer_with_a_vector_weight_has_its_features_last() -> None:
     torch.testing.assert_close(recorded["1"], normed.reshape(-1, 6))
 
 
+class ChannelScale(nn.Module):
+    """A per-channel scale of the user's own over a (N, C, L) output: channels first."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[:, None]
+
+
+def test_a_custom_layer_whose_sequence_is_as_long_as_its_features_are_wide() -> None:
+    """(N, 8, 8): the output alone cannot tell 8 positions of 8 features from 8 channels of
+    length 8; the layer before it (of the same output shape) tells."""
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 20, (7, 8))
+    after_linear = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 8), RMSNorm(8)).eval()
+    after_conv = nn.Sequential(nn.Conv1d(8, 8, 1), ChannelScale(8)).eval()
+    signals = torch.randn(7, 8, 8)
+    first = RMSNorm(8).eval()  # nothing before it: a vector weight keeps its features last
+    recorded = {}
+    for key, model, x in (
+        ("linear", after_linear, tokens),
+        ("conv", after_conv, signals),
+        ("first", nn.Sequential(first), signals),
+    ):
+        recorder = ActivationRecorder(x, batch_size=3, max_positions=10**6, seed=0)
+        with ik.Exporter(model) as exporter:
+            recorded[key] = recorder.record(exporter)
+    with torch.no_grad():
+        normed = after_linear(tokens)  # (N, T, D): one row per token
+        scaled = after_conv(signals).transpose(1, 2)  # (N, C, L): one row per position
+        alone = first(signals)
+    torch.testing.assert_close(recorded["linear"]["2"], normed.reshape(-1, 8))
+    torch.testing.assert_close(recorded["conv"]["1"], scaled.reshape(-1, 8))
+    torch.testing.assert_close(recorded["first"]["0"], alone.reshape(-1, 8))
+
+
 class LayerNorm2d(nn.LayerNorm):
     """A layer norm over the channels of an image: (N, C, H, W) -> channels last, normalised,
     and back (as timm and torchvision's ConvNeXt write it)."""
