@@ -699,7 +699,9 @@ class Exporter(StepHooks, LayerFreezing):
         are no longer hooked; an optimizer kept from before keeps counting, and a new
         optimizer's parameters are matched with the layers as at construction (with the same
         warnings about layers none of them steps). Pass the old and the new optimizer together
-        to watch both.
+        to watch both. A frozen layer one of whose parameters the training code replaced by a
+        trainable one since the freeze (``load_state_dict(assign=True)``, say) is unfrozen
+        here, with a warning: the new optimizer trains it.
 
         Raises:
             ValueError: for anything but optimizers, or None while a subscriber wants a kind
@@ -736,6 +738,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._stepped.clear()  # indices of the optimizers watched before
         self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
         self._name_optimizer_layers()
+        self._release_replaced()
         self._sync_hooks()  # without optimizers, gradients are read per parameter
 
     def _on_unwatched_step(self, optimizer: torch.optim.Optimizer) -> None:

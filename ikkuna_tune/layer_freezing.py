@@ -265,6 +265,35 @@ class LayerFreezing:
             )
             self.unfreeze(name)
 
+    def _release_replaced(self) -> None:
+        """Unfreeze, with a warning, each frozen layer that holds a trainable parameter its
+        freeze does not hold: one the training code put in place of a frozen one (an
+        assignment, ``load_state_dict(assign=True)``), which the optimizers handed over now
+        train. Run when the optimizers change (:meth:`~ikkuna_tune.Exporter.set_optimizers`);
+        parameters held for layers that no longer have them are let go."""
+        held = self._held
+        replaced = [
+            name
+            for name in self._frozen
+            if any(
+                p.requires_grad and id(p) not in held
+                for p in self.modules[name].module.parameters()
+            )
+        ]
+        for name in replaced:
+            logger.warning(
+                "Layer %r was frozen but holds a trainable parameter put in place of a frozen "
+                "one: it counts as unfrozen from step %d on; freeze it again with "
+                "exporter.freeze(%r)",
+                name,
+                self.global_step,
+                name,
+            )
+            self.unfreeze(name)
+        current = {id(p) for n in self._frozen for p in self.modules[n].module.parameters()}
+        for key in [k for k in held if k not in current]:
+            del held[key]
+
     def _retrained(self, name: str) -> bool:
         """Whether a parameter this layer's freeze holds requires gradients again: freezing
         turns each off, so only the training code turned it back on."""

@@ -335,6 +335,35 @@ def test_a_layer_the_user_had_frozen_then_trains_again_is_released_with_its_flag
     assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)
 
 
+def test_a_frozen_layer_whose_weight_is_replaced_and_handed_to_a_new_optimizer_trains(caplog):
+    """The training code puts a new, trainable weight in place of a frozen one
+    (``load_state_dict(assign=True)``, say) and hands a new optimizer over: the layer trains
+    again, so it counts as unfrozen, with a warning, and its update is what the step changed
+    (it was published as zero), the old weight let go."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    bus, updates = _updates_of_layer_0()
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    with ik.Exporter(model, opt, bus) as exporter:
+        exporter.freeze("0")
+        old = model[0].weight
+        model[0].weight = nn.Parameter(old.detach().clone())
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        with caplog.at_level(logging.WARNING, logger="ikkuna_tune"):
+            exporter.set_optimizers(opt)
+        assert exporter.frozen == ()
+        assert "put in place of a frozen one" in caplog.text
+        assert all(id(old) != key for key in exporter._held)
+        assert model[0].bias.requires_grad  # the held bias gets its flag back
+        before = model[0].weight.detach().clone()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    moved = (model[0].weight - before).norm().item()
+    assert moved > 1e-3 and updates == pytest.approx([moved], rel=1e-6)
+
+
 def test_the_frozen_fraction_counts_a_shared_weight_once() -> None:
     """An embedding and a head that share one weight, both frozen: the weight is one share of
     the parameters (it was counted twice, giving a fraction above 1)."""
