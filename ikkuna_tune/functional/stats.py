@@ -301,7 +301,9 @@ def spectral_norm(
     fixed pseudo-random unit vector instead, and where ``W v`` is, ``u`` is kept. So a zero
     matrix gives ``sigma = 0`` with ``u`` still a unit vector, and the estimate follows the
     matrix as soon as it is non-zero (a zero-initialised layer that starts to learn). The choice
-    is made on the device, without a host synchronisation.
+    is made on the device, without a host synchronisation. The products are taken in units of
+    the matrix's largest magnitude, so the estimate scales with the matrix: one of entries
+    near 1e-15 (a late update) or 1e18 reads as its scaled copy of entries near 1 does.
 
     Args:
         x: the tensor (at least one dimension; a vector is a one-column matrix).
@@ -309,7 +311,8 @@ def spectral_norm(
             ``None`` to start from :func:`initial_vector`. A vector of another length, device or
             dtype is replaced or converted.
         n_power_iterations: iterations to run (>= 1).
-        eps: guards the normalisations against division by zero.
+        eps: a product shorter than this, in units of the matrix's largest magnitude, counts
+            as zero (guards the normalisations against division by zero).
         dim: the dimension of ``x`` that indexes the rows of the matrix.
 
     Returns:
@@ -350,11 +353,23 @@ def spectral_norm(
             u = u_start
         else:  # a zero vector (a checkpoint of a collapsed iteration) starts afresh
             u = _normalize_or(u.detach().to(device=w.device, dtype=w.dtype), u_start, eps)
+        # the products in units of the largest magnitude: a matrix of tiny entries (a late
+        # update) is not taken for a zero one, a huge one's lengths do not overflow
+        scale = _magnitude(w)
         for _ in range(n_power_iterations):
-            v = _normalize_or(torch.mv(w.t(), u), v_start, eps)
-            u = _normalize_or(torch.mv(w, v), u, eps)
-        sigma = torch.dot(u, torch.mv(w, v))
+            v = _normalize_or(torch.mv(w.t(), u) / scale, v_start, eps)
+            wv = torch.mv(w, v) / scale
+            u = _normalize_or(wv, u, eps)
+        # u^T W v with u = W v / ||W v||, or 0 where W v is (numerically) zero: never negative
+        sigma = torch.linalg.vector_norm(wv) * scale
     return sigma, u
+
+
+def _magnitude(w: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of ``w``'s entries as a 0-d tensor, 1 where that is 0 or not
+    finite (a matrix to divide by it: its entries then lie in [-1, 1])."""
+    top = torch.linalg.vector_norm(w, ord=math.inf)  # (no copy of the entries' magnitudes)
+    return torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
 
 
 def largest_singular_value(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -379,10 +394,13 @@ def largest_singular_value(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     if w.numel() == 0:
         return w.new_zeros((), dtype=w.real.dtype if w.is_complex() else w.dtype)
     with torch.no_grad():
+        finite = torch.isfinite(w).all()
+        # in units of the largest magnitude: the squares of huge or tiny entries would
+        # overflow or underflow
+        scale = _magnitude(w)
+        w = torch.where(torch.isfinite(w), w, torch.zeros_like(w)) / scale
         gram = w @ w.mH if w.shape[0] <= w.shape[1] else w.mH @ w
-        finite = torch.isfinite(gram).all()
-        gram = torch.where(torch.isfinite(gram), gram, torch.zeros_like(gram))
-        top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
+        top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt() * scale
         return torch.where(finite, top, torch.full_like(top, math.nan))
 
 
@@ -419,20 +437,28 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     finite = torch.isfinite(flat)
     lo = torch.where(finite, flat, torch.inf).min()
     hi = torch.where(finite, flat, -torch.inf).max()
-    # like torch.histc, a constant input is binned over [value - 1, value + 1]
+    # like torch.histc, a constant input is binned over [value - 1, value + 1]; where the
+    # entries' precision cannot tell value - 1 from value (float32 from 2**24 on), over
+    # ``bins`` units of its last place either side, so that the edges differ
     constant = hi == lo
-    first = torch.where(constant, lo - 1, lo)
-    last = torch.where(constant, hi + 1, hi)
+    low64, high64 = lo.double(), hi.double()
+    coarse = (lo - 1 == lo) | (hi + 1 == hi)
+    reach = torch.where(
+        coarse, low64.abs().maximum(high64.abs()) * torch.finfo(flat.dtype).eps * bins, 1.0
+    )
+    first64 = torch.where(constant, low64 - reach, low64)
+    last64 = torch.where(constant, high64 + reach, high64)
+    first, last = first64.to(flat.dtype), last64.to(flat.dtype)
     span = last - first
     steps = torch.arange(bins + 1, device=flat.device, dtype=torch.float64) / bins
     # (in float64: a float32 span from -3e38 to 3e38 overflows, a layer about to diverge)
-    edges = (first.double() + (last.double() - first.double()) * steps).to(flat.dtype)
+    edges = (first64 + (last64 - first64) * steps).to(flat.dtype)
     # bin by hand (torch.histc and torch.bincount read the range or the size back to the host)
     # with torch.histc's arithmetic, (x - min) * bins / (max - min) in this order, so that a
     # value on an edge goes to the same bin; every index stays in range, whatever the entries
     index = (flat - first).mul_(bins).div_(span)
     if flat.dtype != torch.float64:  # where the span overflowed, the same in float64
-        wide = (flat.double() - first.double()).mul_(bins).div_(last.double() - first.double())
+        wide = (flat.double() - first64).mul_(bins).div_(last64 - first64)
         index = torch.where(torch.isfinite(span), index.double(), wide)
     index = index.nan_to_num_(0.0, bins - 1, 0.0)
     index = index.floor_().clamp_(0, bins - 1).long()
@@ -444,6 +470,13 @@ def histogram(x: torch.Tensor, bins: int = 64) -> tuple[torch.Tensor, torch.Tens
     low, high = torch.aminmax(flat)
     wide = torch.float64
     stats = torch.stack(
-        [low.to(wide), high.to(wide), n, flat.sum(dtype=wide), flat.pow(2).sum(dtype=wide)]
+        [
+            low.to(wide),
+            high.to(wide),
+            n,
+            flat.sum(dtype=wide),
+            # squared in float64 (a float32 square overflows from 2e19, underflows below 1e-23)
+            torch.linalg.vector_norm(flat, dtype=wide).square(),
+        ]
     )
     return counts, edges, stats

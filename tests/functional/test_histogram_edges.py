@@ -87,3 +87,30 @@ def test_a_diverging_model_keeps_training_with_a_histogram_subscriber() -> None:
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # it did diverge
     assert len(stats) == 6 * 2  # and the histograms kept coming, every step and layer
     assert not math.isfinite(float(stats[-1][3]))
+
+
+@pytest.mark.parametrize("value", [3e7, -4e8])
+def test_a_constant_too_large_to_tell_from_its_neighbours_lands_in_the_middle_bin(value):
+    """value - 1 == value in float32 (from 2**24 on): the bins still span the value with
+    distinct edges, and it lands in the middle bin, where torch.histc and numpy put a
+    constant."""
+    import numpy as np
+
+    x = torch.full((100,), value)
+    counts, edges, _ = histogram(x, 8)
+    expected, _ = np.histogram(x.double().numpy(), bins=8)  # numpy widens a constant's range
+    assert counts.tolist() == expected.tolist() == [0, 0, 0, 0, 100, 0, 0, 0]
+    assert (edges[1:] > edges[:-1]).all() and edges[0] < value < edges[-1]
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_the_sum_of_squares_is_taken_in_float64(scale) -> None:
+    """Finite float32 entries whose float32 squares overflow (1e20) or underflow (1e-25): the
+    float64 sum of squares is theirs (numpy, in float64)."""
+    import numpy as np
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(1)) * scale
+    _, _, stats = histogram(x, 8)
+    wide = x.double().numpy()
+    assert float(stats[4]) == pytest.approx(float(np.sum(wide**2)), rel=1e-9, abs=0)
+    assert float(stats[3]) == pytest.approx(float(np.sum(wide)), rel=1e-9, abs=1e-9 * scale)

@@ -318,3 +318,30 @@ def test_norm_subscribers_of_a_layer_with_a_placeholder_bias_publish_zero() -> N
     assert got[("biases_norminf", "1")] == 0.0
     assert got[("biases_spectral_norm", "1")] == 0.0
     assert got[("biases_norminf", "0")] == pytest.approx(float(bias.abs().max()))
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1e-13, 1e18])
+def test_spectral_norm_scales_with_the_matrix(scale) -> None:
+    """A float32 matrix of tiny (a late weight update) or huge entries reads as its copy of
+    entries near 1, times the scale, never negative or zero; the reference is the largest
+    singular value in float64 (torch.linalg)."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(128, 128, generator=g)
+    ones, _ = F.spectral_norm(w, n_power_iterations=3)
+    sigma, u = F.spectral_norm(w * scale, n_power_iterations=3)
+    assert sigma.item() > 0 and torch.isfinite(u).all()
+    assert sigma.item() == pytest.approx(ones.item() * scale, rel=1e-5, abs=0)
+    many, _ = F.spectral_norm(w * scale, n_power_iterations=200)
+    exact = torch.linalg.matrix_norm(w.double() * scale, ord=2).item()
+    assert many.item() == pytest.approx(exact, rel=1e-2, abs=0)
+    assert F.largest_singular_value(w * scale).item() == pytest.approx(exact, rel=1e-5, abs=0)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_exact_spectral_norm_of_entries_whose_float32_squares_overflow_or_underflow(scale) -> None:
+    w = torch.randn(40, 30, generator=torch.Generator().manual_seed(6))
+    exact = torch.linalg.matrix_norm(w.double() * scale, ord=2).item()
+    assert F.largest_singular_value(w * scale).item() == pytest.approx(exact, rel=1e-5, abs=0)
+    assert F.largest_singular_value(w * scale, dim=1).item() == pytest.approx(
+        exact, rel=1e-5, abs=0
+    )
