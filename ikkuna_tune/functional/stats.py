@@ -59,6 +59,11 @@ def norm(x: torch.Tensor, order: float = 2) -> torch.Tensor:
     A sparse tensor's norm is that of its non-zero entries (after summing duplicate indices),
     which is the norm of the dense tensor it stands for.
 
+    Computed in ``x``'s own precision (half precision in float32), as
+    :func:`torch.linalg.vector_norm` does, with no pass to rescale: a float32 tensor's 2-norm
+    reads inf where the sum of squares passes about 3e38 (entries near 1e19, a diverged layer)
+    and loses digits, down to 0, where its squares fall below about 1e-38 (entries near 1e-20).
+
     Raises:
         ValueError: if ``order`` is not a positive number.
 
