@@ -400,3 +400,59 @@ def test_a_legend_with_two_long_sections_is_cut_in_both_to_fit(caplog) -> None:
     assert sum(label.startswith("... and") for label in labels) == 2
     messages = [r.getMessage() for r in caplog.records if "legend shows" in r.getMessage()]
     assert len(messages) == 2 and "'opt'" in messages[0] and "'arch'" in messages[1]
+
+
+def test_the_interactive_figure_shows_configs_and_layer_names_as_written() -> None:
+    """plotly.js decodes no ``&quot;`` and reads ``%{...}`` in a hovertemplate as a
+    placeholder: a config's list of strings and a ``%{y}`` in its value are shown as written
+    (``"`` plain, ``%{`` as its entity), and a layer's name is no markup in its panel title."""
+    from ikkuna_tune.compare.plotly_figures import layers_figure, timeline_figure
+
+    rows = [("a", '["conv", "fc"]', "%{y}", i, "sim", "x<br>y", 0.5 + 0.1 * i) for i in (1, 2)]
+    rows += [("b", '["fc"]', "p", i, "sim", "x<br>y", 0.4) for i in (1, 2)]
+    rows += [(t, c, f, i, "frozen", "x<br>y", 0.0) for t, c, f, i, *_ in rows]
+    columns = ["trial_id", "freeze_list", "fmt", "training_iteration", "metric", "layer", "value"]
+    frame = pd.DataFrame(rows, columns=columns)
+    figure = layers_figure(frame, metric="sim", color_by="freeze_list")
+    (line, _) = [t for t in figure.data if t.mode == "lines+markers"]
+    assert line.name == 'a (freeze_list=["conv", "fc"])'
+    assert 'freeze_list=["conv", "fc"]' in line.hovertemplate
+    assert "fmt=%&#123;y}" in line.hovertemplate and "&quot;" not in line.hovertemplate
+    assert [a.text for a in figure.layout.annotations] == ["x&lt;br&gt;y"]
+    timeline = timeline_figure(frame, color_by="freeze_list")
+    ticks = ['a (freeze_list=["conv", "fc"])', 'b (freeze_list=["fc"])']
+    assert list(timeline.layout.yaxis.ticktext) == ticks
+
+
+def test_a_failed_trial_with_no_finite_value_is_marked_at_the_panel_top(tmp_path) -> None:
+    """Every value of the trial's metric is NaN (diverged from its first report), and it
+    failed: the interactive figure marks its end at the panel's top, as the matplotlib one
+    does, instead of leaving the mark out."""
+    from ikkuna_tune.compare.plotly_figures import layers_figure
+
+    experiment = tmp_path / "sweep"
+    for number in (0, 1):
+        config = {"lr": 0.1 * (number + 1)}
+        trial_id = f"ddddd_0000{number}"
+        results = [report(trial_id, config, i) for i in (1, 2)]
+        if number == 1:
+            for result in results:
+                result["sim"] = {name: float("nan") for name in result["sim"]}
+        write_trial(experiment, f"train_{trial_id}", config, results, error=number == 1)
+    df = compare.load(experiment)
+    figure = compare.plot_layers(df, metric="sim", color_by="lr")
+    interactive = layers_figure(df, metric="sim", color_by="lr")
+    panels = {a.text: a for a in interactive.layout.annotations}
+    for ax in figure.axes:
+        assert [x for x, _ in _marks(ax, "failed")] == [2.0]
+    failed = [t for t in interactive.data if t.mode == "markers" and t.marker.symbol == "x"]
+    assert [(t.meta, t.x[0]) for t in failed] == [("ddddd_00001", 2.0)] * len(panels)
+    for trace in failed:  # at the top of its own panel
+        top = max(
+            v
+            for t in interactive.data
+            if t.mode == "lines+markers" and t.yaxis == trace.yaxis
+            for v in t.y
+            if np.isfinite(v)
+        )
+        assert trace.y[0] == top

@@ -43,7 +43,7 @@ _DIMMED = 0.15
 
 def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return html.escape(" ".join(str(v) for v in value))
+        return html.escape(", ".join(str(v) for v in value))  # (as the CLI's table does)
     if isinstance(value, Mapping):
         return html.escape("; ".join(f"{k}: {v}" for k, v in value.items()))
     if value is None or value is pd.NA:

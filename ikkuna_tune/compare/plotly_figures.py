@@ -40,23 +40,30 @@ _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "pent
 
 
 def _config_lines(config: Mapping[str, Any]) -> str:
-    """A trial's config for a hover label: ``name=value`` lines, HTML-escaped (a parameter
+    """A trial's config for a hover label: ``name=value`` lines, shown literally (a parameter
     set to None reads ``None``: it is in the config)."""
     return "<br>".join(
-        html.escape(f"{name}={'None' if value is None else shown_value(value)}")
+        _escape_template(f"{name}={'None' if value is None else shown_value(value)}")
         for name, value in sorted(config.items())
     )
 
 
 def _hover(trial_id: str, config: Mapping[str, Any], *lines: str) -> str:
     """A hovertemplate: the trial in bold, its config, then ``lines`` (templates, as given)."""
-    parts = [f"<b>{html.escape(trial_id)}</b>", _config_lines(config), *lines]
+    parts = [f"<b>{_escape_template(trial_id)}</b>", _config_lines(config), *lines]
     return "<br>".join(part for part in parts if part) + "<extra></extra>"
+
+
+def _text(text: str) -> str:
+    """Text plotly shows literally (a title, a legend entry, a tick label): its markup's
+    ``<``, ``>`` and ``&`` escaped. Quotes stay as they are: plotly decodes no ``&quot;``,
+    and they are no markup in its text."""
+    return html.escape(text, quote=False)
 
 
 def _escape_template(text: str) -> str:
     """Text shown literally in a hovertemplate (plotly reads ``%{`` as a placeholder)."""
-    return html.escape(text).replace("%{", "%&#123;")
+    return _text(text).replace("%{", "%&#123;")
 
 
 def _mark_trace(
@@ -135,7 +142,7 @@ def layers_figure(
         cols=ncols,
         shared_xaxes="all",
         shared_yaxes="all" if sharey else False,
-        subplot_titles=[p if p is not None else metric for p in panels],
+        subplot_titles=[_text(p if p is not None else metric) for p in panels],
         horizontal_spacing=0.04 if sharey else 0.07,
         vertical_spacing=min(0.12, 0.5 / nrows),
     )
@@ -212,6 +219,7 @@ def layers_figure(
             # marks of the trial's end stand at its last iteration (a layer's line can end
             # before, at its freeze), on the last value the line shows
             end, stop_x = last_finite(ys), plan.last.get(trial_id, xs[-1])
+            end = top if math.isnan(end) else end  # (no finite value: at the panel's top)
             ended = _end_mark(trial_id, infos, early, colour)
             if ended is not None:
                 symbol, size, face, edge, text = ended
@@ -232,10 +240,10 @@ def layers_figure(
     title = f"{metric} per layer" if panels[0] is not None else metric
     legend_title = ", ".join(n for n in (color_by, style_by) if n) or "trial"
     figure.update_layout(
-        title={"text": html.escape(title)},
+        title={"text": _text(title)},
         height=max(440, 260 * nrows + 140),
         legend={
-            "title": {"text": html.escape(legend_title)},
+            "title": {"text": _text(legend_title)},
             "groupclick": "togglegroup",
             "font": {"size": 11},
         },
@@ -262,7 +270,7 @@ def _legend_label(
         for name, values in ((color_by, colour_values), (style_by, style_values))
         if name
     ]
-    return html.escape(f"{trial_id} ({', '.join(shown)})" if shown else trial_id)
+    return _text(f"{trial_id} ({', '.join(shown)})" if shown else trial_id)
 
 
 def _freeze_reasons(df: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -367,7 +375,7 @@ def timeline_figure(
                     x=[at],
                     y=[position + offsets[index]],
                     mode="markers",
-                    name=html.escape(layer),
+                    name=_text(layer),
                     legendgroup=f"layer:{layer}",
                     showlegend=layer not in shown_legend,
                     meta=trial_id,
@@ -406,7 +414,7 @@ def timeline_figure(
                     },
                 )
             )
-    labels = [html.escape(trial_label(t, color_by, values.get(t))) for t in trial_ids]
+    labels = [_text(trial_label(t, color_by, values.get(t))) for t in trial_ids]
     figure.update_yaxes(
         tickvals=list(range(len(trial_ids))),
         ticktext=labels,

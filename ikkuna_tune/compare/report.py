@@ -123,8 +123,8 @@ def write_report(
     that an earlier comparison wrote into ``out_dir`` and this one does not write is removed,
     with a warning (it would be read as this experiment's); the hidden ``.ikkuna_compare.json``
     there lists what was written, and no other file is touched. Every argument is checked
-    before anything is written. In ``summary.csv`` the frozen layers are
-    joined by spaces and the freeze reasons written ``layer: reason; layer: reason``.
+    before anything is written. In ``summary.csv`` the frozen layers are written as a JSON
+    list and the freeze reasons ``layer: reason; layer: reason``.
 
     Raises:
         ValueError: as :func:`plot_layers` and :func:`summary` do.
