@@ -955,7 +955,9 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
     "Stopped going further" is two conditions on the distance from initialisation ``d``: over
     the last ``settle_window`` reports it varied by at most ``settle_tol * d``, and it grew by at
     most ``settle_tol`` times the most it ever grew over as many reports (steady drift grows as
-    fast now as ever; a converging layer slows down).
+    fast now as ever; a converging layer slows down). Both need the distance at each of those
+    reports and at the report before them (a layer unfrozen lately is judged once it has
+    reported ``settle_window + 1`` distances since).
 
     Examples:
         >>> history = LayerHistory(
@@ -975,6 +977,12 @@ def layer_settled(history: LayerHistory, rules: ConvergenceRules) -> tuple[bool,
     if len(sims) < rules.patience or len(dists) < w:
         return False, values
     if not all(math.isfinite(s) for s in sims) or not all(math.isfinite(d) for d in dists):
+        return False, values
+    # the growth over the last w reports needs the distance where they start (0 before the
+    # first report): a layer frozen until lately has none there, and its latest growth would
+    # be one from before the freeze
+    start = len(history.distance) - w - 1
+    if start >= 0 and not math.isfinite(history.distance[start]):
         return False, values
     recent, fastest = history.growths(w)
     values = {

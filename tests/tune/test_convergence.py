@@ -1093,3 +1093,35 @@ def test_an_accuracy_in_percent_is_judged_in_percent_whatever_its_chance_level()
     assert judged([0.01, 0.009, 0.013, 0.011], 0.01) == {"accuracy": 0.013, "accuracy_chance": 0.01}
     assert judged([1.0, 5.0, 20.0, 35.0], 1.0) is None  # it learns, in percent
     assert judged([0.01, 0.05, 0.2, 0.35], 0.01) is None  # as a fraction
+
+
+def test_a_layer_unfrozen_at_a_learning_rate_change_is_judged_on_growth_after_it() -> None:
+    """The layer settled at distance 0.09 (frozen after report 6: no values while frozen),
+    was unfrozen at report 10 and moves on at the new rate: 0.10, 0.105, 0.11. Its growth over
+    the 3 reports to 13 is 0.11 - 0.09 = 0.02, more than settle_tol (0.2) x its fastest 0.08
+    = 0.016: not settled. Read from the last growth before the freeze (0.01), it was frozen
+    again at report 13. Once it has stopped (0.11 from report 13 on) it is frozen again, on a
+    growth of the reports after the release."""
+    rules = ConvergenceRules(plateau=0)
+    nan = math.nan
+    dists = [0.02, 0.05, 0.08, 0.09, 0.09, 0.09, nan, nan, nan, nan, 0.10, 0.105, 0.11]
+    dists += [0.11, 0.11, 0.11]
+    trial = TrialHistory(layers=["conv", "fc"])
+    decided = {}
+    for report, d in enumerate(dists, 1):
+        known = math.isfinite(d)
+        values = ({"conv": 0.995}, {"conv": 1 - d}, {"conv": 1.0}) if known else ({}, {}, {})
+        trial.add(0.9, *values)
+        if report == 6:
+            (freeze,) = freeze_candidates(trial, rules)
+            assert freeze.layer == "conv"
+            trial.frozen = {"conv"}
+        elif report == 10:
+            trial.frozen, trial.released["conv"] = set(), report
+        elif report > 10:
+            decided[report] = [d.values for d in freeze_candidates(trial, rules)]
+    assert decided[11] == decided[12] == decided[13] == []
+    # report 14: grown 0.11 - 0.10 = 0.01 over reports 12-14, <= 0.016
+    (values,) = decided[14]
+    assert values["recent_growth"] == pytest.approx(0.01)
+    assert values["fastest_growth"] == pytest.approx(0.08)
