@@ -256,7 +256,8 @@ class SVCCAScheduler(FIFOScheduler):
        is judged from then on like the others. Trials run with ``max_concurrent_trials`` no
        larger than the trials the cluster runs at once never wait: Tune creates no trial
        beyond the limit, so none waits to start. A trial that reports no checkpoint is never
-       paused (it would start again from scratch). What the trial's
+       paused (it would start again from scratch), nor a trial of a sweep with a time budget
+       (``time_budget_s``: the sweep could end before it resumes). What the trial's
        training does after it resumes must not depend on the pause: its checkpoint holds the
        model, the optimizer, the schedules and the random state of its data order.
     4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
@@ -606,6 +607,8 @@ class SVCCAScheduler(FIFOScheduler):
             return False  # (without this report's checkpoint it would go back, or start over)
         if keys.TRAIN_REPORT in result:
             return False  # a Ray Train job: its workers would start again
+        if _time_bounded(_stopper_of(tune_controller)):
+            return False  # the sweep may end before the trial resumes (time_budget_s)
         if not any(math.isfinite(m) for m in view.history.metric):
             return False  # nothing to compare it by
         budget, reports = view.measured_budget(), view.history.reports
@@ -820,6 +823,8 @@ class SVCCAScheduler(FIFOScheduler):
                 state = "failed"
             elif status == "PAUSED":
                 state = "paused"
+            elif status == "TERMINATED":  # ended by Tune itself (a time budget, an interrupt)
+                state = "ended"
             else:  # (a trial Tune has not started yet has made no report)
                 state = "running" if view.history.reports else "no report yet"
             if view.stopped:
@@ -1310,6 +1315,19 @@ def _checkpoint_iteration(trial: Any) -> int | None:
     metrics = getattr(result, "metrics", None) if result is not None else None
     value = metrics.get("training_iteration") if isinstance(metrics, dict) else None
     return int(value) if is_number(value) else None
+
+
+def _time_bounded(stopper: object) -> bool:
+    """Whether the experiment's stopper ends the whole sweep after a time
+    (``time_budget_s``: a :class:`~ray.tune.stopper.TimeoutStopper`, alone or combined with
+    ``stop=``'s stopper)."""
+    from ray.tune.stopper import CombinedStopper, TimeoutStopper
+
+    if isinstance(stopper, TimeoutStopper):
+        return True
+    if isinstance(stopper, CombinedStopper):
+        return any(_time_bounded(inner) for inner in getattr(stopper, "_stoppers", ()))
+    return False
 
 
 def _stopper_of(tune_controller: Any) -> object:

@@ -1555,9 +1555,11 @@ def test_a_new_driver_takes_up_a_stop_and_a_finished_trial(tmp_path, status) -> 
 
 
 @pytest.mark.parametrize(("status", "state"), [("ERROR", "failed"), ("PAUSED", "paused"),
-                                               ("RUNNING", "running")])  # fmt: skip
+                                               ("RUNNING", "running"),
+                                               ("TERMINATED", "ended")])  # fmt: skip
 def test_debug_string_tells_a_failed_and_a_paused_trial_from_a_running_one(status, state) -> None:
-    """A trial that reported and then failed for good was shown as running."""
+    """A trial that reported and then failed for good was shown as running, and so was one
+    Tune itself ended (a time budget: its last result never came as a complete one)."""
     scheduler, _ = make()
     trial = FakeTrial("t1")
     scheduler.on_trial_add(None, trial)
@@ -2467,3 +2469,25 @@ def test_a_trial_whose_actor_is_starting_is_no_trial_waiting_to_start(starting: 
     reports = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.2 * i)) for i in (1, 2)]
     verdicts = [scheduler.on_trial_result(controller, first, r) for r in reports]
     assert verdicts == [CONTINUE, CONTINUE if starting else PAUSE]
+
+
+@pytest.mark.parametrize("timed", ["alone", "combined", "none"])
+def test_a_trial_of_a_sweep_with_a_time_budget_does_not_wait(timed: str) -> None:
+    """``time_budget_s`` ends the whole sweep after a time (Tune's TimeoutStopper, combined
+    with ``stop=``'s stopper as ray.tune.Experiment builds it): a trial paused to wait to be
+    compared could be ended there, before it resumes. It runs on; without a time budget it
+    waits."""
+    from ray.tune.stopper import CombinedStopper, MaximumIterationStopper, TimeoutStopper
+
+    stoppers = {
+        "alone": TimeoutStopper(3600),
+        "combined": CombinedStopper(MaximumIterationStopper(6), TimeoutStopper(3600)),
+        "none": MaximumIterationStopper(6),
+    }
+    scheduler, trials = _waiting_sweep()
+    controller = FakeController(trials)
+    controller._stopper = stoppers[timed]
+    reports = [checkpointed(result({"conv1": 0.5}, it=i, acc=0.2 * i)) for i in (1, 2, 3)]
+    verdicts = [scheduler.on_trial_result(controller, trials[0], r) for r in reports]
+    assert verdicts == [CONTINUE, PAUSE if timed == "none" else CONTINUE, CONTINUE]
+    assert (scheduler.decisions == []) == (timed != "none")
