@@ -544,6 +544,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._repeats: dict[tuple[str, int], NamedModule] = {}
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
+        self._side_outputs = []
         self._tap_layers: list[NamedModule] = []
         self._call_patterns: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._unsure_calls: set[str] = set()
@@ -848,7 +849,7 @@ class Exporter(StepHooks, LayerFreezing):
         labels = _as_tensor(labels, "labels")
         if scores is not None and not isinstance(scores, torch.Tensor):
             raise ValueError(f"Expected `scores` to be a tensor but got {type(scores).__name__}")
-        tag = self._loss_tag(loss)
+        tag = self._loss_tag(loss, scores)
         if tag == DEFAULT_TAG or self._eval_grad_pass:  # the training step's (maybe eval mode)
             # (a model trained in eval mode opens its step at the optimizer's step: its
             # labels come after a forward pass in eval mode, with gradients)
@@ -883,24 +884,43 @@ class Exporter(StepHooks, LayerFreezing):
         pass; a loss computed with gradients while a training step is open belongs to that
         step, also when a pass without gradients came in between (a teacher model's, say). A
         number (``loss.item()``) is taken as a tensor."""
+        self._publish_loss(loss)
+
+    def _publish_loss(self, loss: torch.Tensor, scores: torch.Tensor | None = None) -> None:
+        """:meth:`publish_loss`, telling the ``scores`` a wrapped loss scored (None: not
+        known)."""
         loss = _as_tensor(loss, "loss")
-        tag = self._loss_tag(loss)
+        tag = self._loss_tag(loss, scores)
         # the training step's (also one trained in eval mode), as with labels
         self._loss_given = self._loss_given or tag == DEFAULT_TAG or self._eval_grad_pass
         self._publish_tensor_meta("loss", loss, tag)
 
-    def _loss_tag(self, loss: torch.Tensor | None) -> str:
+    def _loss_tag(self, loss: torch.Tensor | None, scores: torch.Tensor | None = None) -> str:
         if self._probe_tag is not None:  # a probe, or an optimizer's further closure calls
             return self._probe_tag
         if (
             self._pass_tag != DEFAULT_TAG
-            and not self._eval_grad_pass  # an eval-mode pass with gradients: its own loss
+            and not self._own_loss(scores)
             and self._step_open
             and isinstance(loss, torch.Tensor)
             and loss.requires_grad
         ):
             return DEFAULT_TAG
         return self._pass_tag
+
+    def _own_loss(self, scores: torch.Tensor | None) -> bool:
+        """Whether a loss with gradients after the last pass, an eval-mode one, is that pass's
+        own: the pass ran with gradients, and either no training pass opened the step (a
+        model trained in eval mode), or the loss is not known to score another output than
+        the pass's (``scores`` a view of it, or not given). A loss that scores the training
+        pass's output after such a pass (a look without ``no_grad`` before the step's loss)
+        is the step's."""
+        if not self._eval_grad_pass:
+            return False
+        if not self._trained_in_step or scores is None:
+            return True
+        root = scores._base if scores._base is not None else scores
+        return any(ref() is root for ref in self._side_outputs)
 
     def _note_ignore_index(self, source: int, index: int | None) -> None:
         """Take the ``ignore_index`` of wrapped loss ``source`` (one with class labels) into
@@ -973,10 +993,10 @@ class Exporter(StepHooks, LayerFreezing):
             output: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any
         ) -> torch.Tensor:
             loss = loss_fn(output, target, *args, **kwargs)
+            scores = output if isinstance(output, torch.Tensor) else None
             if isinstance(target, torch.Tensor):
                 # (the scores of a loss without class labels too: its labels then pair with
                 # them, not with the next loss's output)
-                scores = output if isinstance(output, torch.Tensor) else None
                 if scores is None and not self._warned_whole_output:
                     self._warn_whole_output(output)
                 if scores is not None and not self._output_settled:
@@ -1001,7 +1021,7 @@ class Exporter(StepHooks, LayerFreezing):
                     "with exporter.publish_labels(labels), for mixup say the dominant ones)",
                     type(target).__name__,
                 )
-            self.publish_loss(loss)
+            self._publish_loss(loss, scores)
             return loss
 
         loss_with_export._ikkuna_loss_labels = (labelled, threshold)  # type: ignore[attr-defined]

@@ -461,6 +461,20 @@ def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
     return None if found is None else found[0]
 
 
+def view_roots(output: Any) -> list[torch.Tensor]:
+    """The tensors that the tensors of ``output`` (a tensor, or a nest of tuples, lists and
+    dicts) are views of (each itself where it is no view), depth-first.
+
+    Examples:
+        >>> logits = torch.ones(2, 3)
+        >>> [t is logits for t in view_roots((torch.zeros(1), {"x": logits[:, :2]}))]
+        [False, True]
+    """
+    roots: list[torch.Tensor] = []
+    _found_where(output, lambda tensor: roots.append(_view_root(tensor)) and False)
+    return roots
+
+
 def at_path(output: Any, path: tuple[Any, ...]) -> torch.Tensor | None:
     """The tensor that :func:`tensor_path` ``path`` leads to in ``output``, or None where
     ``output`` has no tensor there (another structure).

@@ -33,6 +33,7 @@ from ikkuna_tune.layers import (
     shared_path,
     tensor_path,
     unwrapped,
+    view_roots,
     viewed_path,
 )
 from ikkuna_tune.messages import (
@@ -257,6 +258,13 @@ class StepHooks:
     _traced: list[tuple[NamedModule, torch.Tensor]]
     #: whether the last forward pass of the model ran in eval mode with gradients enabled
     _eval_grad_pass: bool = False
+    #: whether a training pass was made in the open step
+    _trained_in_step: bool = False
+    #: weak references to what the outputs of eval-mode passes with gradients made in a step a
+    #: training pass opened are views of: a loss that scores one of them is that pass's own,
+    #: any other loss the step's (a logging look without ``no_grad`` between the training pass
+    #: and its loss)
+    _side_outputs: list[weakref.ref[torch.Tensor]]
     #: whether the warning about optimizer steps after such passes has been given
     _warned_eval_step: bool = False
     _warned_nested: bool = False
@@ -455,6 +463,7 @@ class StepHooks:
             self._start_step(upcoming=True)
         elif not self._epoch_open:  # an accumulation step carried over an epoch's end
             self._go_on_in_new_epoch(upcoming=True)
+        self._trained_in_step = True
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
 
@@ -597,6 +606,8 @@ class StepHooks:
         self._steps_started += 1
         self._step_open = True
         self._labels_given = self._loss_given = False
+        self._trained_in_step = False
+        self._side_outputs = []
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
         if self.optimizers:
@@ -727,6 +738,8 @@ class StepHooks:
         self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
+        if self._eval_grad_pass and self._trained_in_step:
+            self._side_outputs.extend(weakref.ref(t) for t in view_roots(output))
         if not self._output_settled:
             self._note_output(output, tag)
         elif not self._part_checked and tag == DEFAULT_TAG and self._wrapped_losses:

@@ -314,6 +314,46 @@ def test_a_validation_loss_in_eval_mode_with_gradients_keeps_its_eval_tag() -> N
     ]
 
 
+def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_steps() -> None:
+    """``out = model(x); model.eval(); model(xv); model.train(); loss_fn(out, y)``: a logging
+    look written without ``torch.no_grad`` between the training pass and its loss. The loss
+    and the labels scored the training pass's output: they are the step's (loss and train
+    accuracy of plain PyTorch), not the look's; a loss of the look's own output after the
+    step stays under ``eval``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["loss"], tag=None)
+    ik.TrainAccuracySubscriber(bus)
+    accuracies = _record(bus, ["train_accuracy"])
+    expected = []
+    with ik.Exporter(model, opt, message_bus=bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        for step in range(3):
+            x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            xv, yv = torch.randn(8, 4), torch.randint(0, 3, (8,))
+            opt.zero_grad()
+            out = model(x)
+            model.eval()
+            model(xv)  # the look: gradients on, its output left alone
+            model.train()
+            loss = loss_fn(out, y)
+            hits = (out.argmax(1) == y).float().mean().item()
+            expected.append(((step, "default", loss.item()), (step, hits)))
+            loss.backward()
+            opt.step()
+            model.eval()
+            look = loss_fn(model(xv), yv)  # the look's own loss, gradients on
+            model.train()
+            expected.append(((step, "eval", look.item()), None))
+        exporter.epoch_finished()
+    got = [(step, tag, float(data)) for _, _, step, tag, data in seen]
+    assert got == [pytest.approx(e) for e, _ in expected]
+    hits = [(step, float(data)) for _, _, step, _, data in accuracies]
+    assert hits == [pytest.approx(h) for _, h in expected if h is not None]
+
+
 class _EncoderHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
