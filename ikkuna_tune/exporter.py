@@ -494,6 +494,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._graded = []
         # indices of the optimizers that have stepped in the open step
         self._stepped: set[int] = set()
+        self._forget_cycle()
         self._stepping = 0
         self._watched_steps = 0
         self._warned_label_type = False
@@ -737,6 +738,7 @@ class Exporter(StepHooks, LayerFreezing):
         self.optimizers = optimizers
         self.optimizer = optimizers[0] if optimizers else None
         self._stepped.clear()  # indices of the optimizers watched before
+        self._forget_cycle()
         self._role_layers, self._optimizer_layers = assign_parameters(self.modules, optimizers)
         self._name_optimizer_layers()
         self._release_replaced()
@@ -1370,6 +1372,8 @@ class Exporter(StepHooks, LayerFreezing):
             "steps_started": self._steps_started,
             "epoch_open": self._epoch_open,
             "frozen": list(self._frozen),
+            # which optimizers step in a training step, as learned (see StepHooks._opens_step)
+            "cycle": sorted(self._ever_stepped) if self._cycle_known else None,
             # what unfreeze restores: the frozen layers' requires_grad flags and modes before
             "frozen_state": self._freezing_state(),
             # the data flow a probe showed (a restored trial may freeze before its first probe);
@@ -1411,6 +1415,10 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
+        cycle = state.get("cycle")
+        self._forget_cycle()
+        if cycle is not None and all(0 <= int(i) < len(self.optimizers) for i in cycle):
+            self._ever_stepped, self._cycle_known = {int(i) for i in cycle}, True
         # the step before the checkpoint is not judged here
         self._labels_given = self._loss_given = True
         if state.get("flow"):

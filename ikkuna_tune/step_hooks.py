@@ -76,6 +76,10 @@ _NETWORK_KEYS: tuple[None] = (None,)
 
 logger = logging.getLogger(__name__)
 
+#: an optimizer's steps again, with no step in which every optimizer that stepped before
+#: stepped, after which those that stopped stepping no longer count in a training step
+_RESTEPS_BEFORE_RELEARN = 64
+
 #: a parameter, a weak reference to its gradient (None without one) and that gradient's version
 GradMark = tuple[torch.Tensor, "weakref.ref[torch.Tensor] | None", int]
 
@@ -233,6 +237,11 @@ class StepHooks:
     #: per watched optimizer, a parameter that had a gradient when it last stepped
     _graded: list[torch.Tensor | None]
     _stepped: set[int]
+    #: the optimizers seen to step, whether that is known to be the loop's cycle (a step of
+    #: every one of them, or one stepping again), and steps again since the last full cycle
+    _ever_stepped: set[int]
+    _cycle_known: bool
+    _resteps: int
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
     _unwatched_running: list[tuple[torch.optim.Optimizer, int]]
@@ -470,8 +479,47 @@ class StepHooks:
     def _opens_step(self) -> bool:
         """Whether a training pass now starts a new step, given optimizers: a pass before any
         optimizer stepped belongs to the open step (gradient accumulation), unless the scaler
-        has been updated since (then the step was skipped)."""
-        return not self._step_open or bool(self._stepped) or self._scaled()
+        has been updated since (then the step was skipped). Of several optimizers, a step
+        ends once each that steps in the loop has stepped (optimizers that step in turn with
+        a forward pass before each, a GAN's through the whole model, make one step): until
+        the loop showed which step (every one at a step's end, or one stepping again first),
+        each is expected; an optimizer that never steps is then left out."""
+        if not self._step_open or self._scaled():
+            return True
+        stepped = self._stepped
+        if not stepped:
+            return False
+        return self._cycle_known and self._ever_stepped <= stepped
+
+    def _forget_cycle(self) -> None:
+        """Know nothing of which optimizers step in a training step (a new set of them)."""
+        self._ever_stepped: set[int] = set()
+        self._cycle_known = False
+        self._resteps = 0
+
+    def _learn_cycle(self, index: int) -> None:
+        """Optimizer ``index`` is about to step: note what it shows of the loop's cycle. One
+        that steps again before every watched optimizer stepped (a critic's steps, or one
+        that never steps) shows the cycle is known; so many times in a row
+        (:data:`_RESTEPS_BEFORE_RELEARN`) with no step in which every one of them stepped that
+        the others look to have stopped stepping (a new stage's optimizer, watched beside
+        the old one), the cycle is the optimizers that stepped in the open step."""
+        if index not in self._stepped:
+            return
+        self._cycle_known = True
+        self._resteps += 1
+        if self._resteps > _RESTEPS_BEFORE_RELEARN:
+            stopped = sorted(self._ever_stepped - self._stepped)
+            self._ever_stepped, self._resteps = set(self._stepped), 0
+            if stopped:
+                logger.warning(
+                    "Watched optimizers %s have not stepped in %d steps of the others: a "
+                    "training step ends when optimizers %s have stepped from now on (watch "
+                    "only the optimizers of a training stage: exporter.set_optimizers)",
+                    stopped,
+                    _RESTEPS_BEFORE_RELEARN,
+                    sorted(self._stepped),
+                )
 
     def _grad_marks(self, holding: bool = False) -> list[GradMark]:
         """Per watched optimizer, a parameter that receives gradients (the last that had one
@@ -1168,12 +1216,15 @@ class StepHooks:
     def _on_optimizer_pre(
         self, index: int, optimizer: torch.optim.Optimizer, *args: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if self._step_open:
+            self._learn_cycle(index)
         if self._step_open and index in self._stepped and not self._warned_restep:
             self._warned_restep = True
             logger.warning(
                 "Optimizer %d (%s) stepped again before every watched optimizer stepped once "
-                "(a critic's several steps per generator step): a training step ends when "
-                "every watched optimizer has stepped, so this step holds several of its "
+                "(a critic's several steps per generator step, or a watched optimizer that "
+                "does not step): a training step ends when every watched optimizer that "
+                "steps has stepped, so this step holds several of its "
                 "updates, each published, while the step's weights are published once: a ratio "
                 "of updates to weights (RatioSubscriber) pairs only its first update with them",
                 index,
@@ -1321,7 +1372,9 @@ class StepHooks:
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
         self._stepped.add(index)
+        self._ever_stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
+            self._cycle_known, self._resteps = True, 0
             self._finish_step()
 
     def _publish_updates(self, kind: str, layers: list[Entry]) -> None:

@@ -692,3 +692,94 @@ def test_an_exporter_made_or_collected_during_an_optimizer_step_breaks_no_step()
     from ikkuna_tune.exporter import _WATCHING
 
     assert kept not in _WATCHING
+
+
+class _GAN(nn.Module):
+    """G and D in one model, ``forward(z) = D(G(z))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.g = nn.Linear(4, 6)
+        self.d = nn.Linear(6, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.d(torch.tanh(self.g(z)))
+
+
+def test_optimizers_stepping_in_turn_through_the_whole_model_make_one_step() -> None:
+    """A GAN's loop through the model's own forward pass: D's step (``model(z)`` scores the
+    fakes), then G's (``model(z)`` again). A step ends once every optimizer stepped: one step
+    per iteration, holding both optimizers' gradients, each ``param.grad`` as its optimizer
+    was about to step (plain PyTorch: a clone before each step). Each optimizer's step had
+    been counted as a training step of its own (two per iteration, half of each)."""
+    torch.manual_seed(0)
+    model = _GAN()
+    d_opt = torch.optim.SGD(model.d.parameters(), lr=0.1)
+    g_opt = torch.optim.SGD(model.g.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["weight_gradients", "batch_finished"])
+    expected = []
+    bce = F.binary_cross_entropy_with_logits
+    with ik.Exporter(model, [d_opt, g_opt], bus):
+        for step in range(4):
+            z, real = torch.randn(8, 4), torch.randn(8, 6)
+            d_opt.zero_grad()
+            fake = bce(model(z), torch.zeros(8, 1))
+            (fake + bce(model.d(torch.tanh(real)), torch.ones(8, 1))).backward()
+            expected.append(("weight_gradients", "d", step, model.d.weight.grad.clone()))
+            d_opt.step()
+            g_opt.zero_grad()
+            bce(model(z), torch.ones(8, 1)).backward()
+            expected.append(("weight_gradients", "g", step, model.g.weight.grad.clone()))
+            g_opt.step()
+            expected.append(("batch_finished", None, step, None))
+    assert [g[:3] for g in got] == [e[:3] for e in expected]
+    for (_, _, _, data), (_, _, _, want) in zip(got, expected):
+        if want is not None:
+            torch.testing.assert_close(data, want)
+
+
+def test_a_watched_optimizer_that_never_steps_leaves_each_iteration_a_step(caplog) -> None:
+    """Of two watched optimizers only the first steps (the second's stage has not come):
+    the first iteration waits for it (which optimizers step is not known yet); from the
+    first one's second step on, each iteration is a step of its own, with one warning."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    used = torch.optim.SGD(model.parameters(), lr=0.1)
+    later = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["batch_finished"])
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
+        with ik.Exporter(model, [used, later], bus) as exporter:
+            for _ in range(6):
+                used.zero_grad()
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                used.step()
+            assert exporter.global_step == 4  # iterations 1 and 2 are step 0, then one each
+    assert [step for _, _, step, _ in got] == [0, 1, 2, 3, 4]  # (the last at close)
+    assert sum("stepped again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_optimizers_that_stop_stepping_are_left_out_of_the_step_after_a_while(caplog) -> None:
+    """Both watched optimizers step, then only the second (a new stage's optimizer watched
+    beside the old one): after so many of its steps with none of the first, a step ends
+    once the second stepped, with a warning that names the first and set_optimizers."""
+    from ikkuna_tune.step_hooks import _RESTEPS_BEFORE_RELEARN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    first = torch.optim.SGD(model[0].parameters(), lr=0.01)
+    second = torch.optim.SGD(model[1].parameters(), lr=0.01)
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
+        with ik.Exporter(model, [first, second]) as exporter:
+            for stage, optimizers in ((0, [first, second]), (1, [second])):
+                for _ in range(3 if stage == 0 else _RESTEPS_BEFORE_RELEARN + 6):
+                    for opt in optimizers:
+                        opt.zero_grad()
+                    model(torch.randn(8, 4)).pow(2).mean().backward()
+                    for opt in optimizers:
+                        opt.step()
+            # 3 steps; then the second stage's first RESTEPS + 2 iterations are one step (its
+            # optimizer steps again RESTEPS + 1 times in it), then one step each
+            assert exporter.global_step == 3 + 4
+    assert any("[0] have not stepped" in r.getMessage() for r in caplog.records)
