@@ -15,6 +15,7 @@ __all__ = [
     "FROZEN_FRACTION",
     "INIT_SIMILARITY",
     "LIVE_FRACTION",
+    "LR_BASE_SCALE",
     "LR_SCALE",
     "RESERVED_KEYS",
     "SELF_SIMILARITY",
@@ -68,6 +69,12 @@ UNFREEZE_REASON = "unfreeze_reason"
 #: parameter group that has decayed least; NaN without an optimizer): below 1 once a
 #: schedule has decayed it, so that the scheduler compares trials in the same phase.
 LR_SCALE = "lr_scale"
+#: The trial's learning rate at the report over the rate its learning-rate scheduler starts
+#: from (``initial_lr``, which every ``torch.optim.lr_scheduler`` scheduler sets in each
+#: parameter group; OneCycleLR's ``max_lr`` where larger), of the group nearest it; NaN
+#: without such a scheduler. Below 1 with ``lr_scale`` at 1 (never higher before): a warm-up,
+#: which the scheduler does not judge a trial behind in.
+LR_BASE_SCALE = "lr_base_scale"
 #: Mean seconds per training step since the last report.
 STEP_SECONDS = "step_seconds"
 #: Mean seconds per step over the reports made while nothing was frozen.
@@ -88,6 +95,7 @@ RESERVED_KEYS = (
     FREEZE_REASON,
     UNFREEZE_REASON,
     LR_SCALE,
+    LR_BASE_SCALE,
     STEP_SECONDS,
     STEP_SECONDS_UNFROZEN,
     TRAIN_STEPS,

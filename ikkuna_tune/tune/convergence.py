@@ -188,6 +188,11 @@ STARTED_SHARE = 0.1
 #: from the largest it had): see :func:`earlier_phase`.
 DECAYED = 0.5
 
+#: A trial whose learning rate is below this share of the rate its scheduler starts from
+#: (``lr_base_scale``), and never was higher, is warming up: not stopped as stuck or behind,
+#: not frozen (see :meth:`TrialHistory.warming_up`).
+WARMING_BELOW = 0.5
+
 #: A trial whose learning rate moved by this factor or more (either way: a decay, a warm
 #: restart) over the plateau test's longer look (``2 * plateau + 2`` reports) is not frozen:
 #: after a tenfold drop trials climbed a test image every other report, which read as a
@@ -516,6 +521,9 @@ class TrialHistory:
     #: per report, the trial's learning rate over the largest it has had (``lr_scale``; NaN
     #: where not reported)
     lr_scale: list[float] = field(default_factory=list)
+    #: per report, the trial's learning rate over the rate its scheduler starts from
+    #: (``lr_base_scale``; NaN where not reported): see :meth:`warming_up`
+    lr_base_scale: list[float] = field(default_factory=list)
     #: per report, an accuracy the trial reports beside a metric without a chance level of its
     #: own (``test_accuracy`` beside a loss), as reported (a fraction or a percentage); NaN
     #: where not reported
@@ -563,6 +571,29 @@ class TrialHistory:
         self._decay_seen = (seen, first)
         return first is not None and first < reports
 
+    def warming_up(self) -> bool:
+        """Whether the trial's latest report finds its learning rate in a warm-up: below
+        :data:`WARMING_BELOW` of the rate its scheduler starts from, and never higher than now
+        (``lr_scale`` 1: a rate that decayed there is no warm-up). Layers at 1 % of their rate
+        stand as still as at a rate too small to learn; what the trial does at its own rate
+        is not known yet.
+
+        Examples:
+            >>> TrialHistory(lr_scale=[1.0, 1.0], lr_base_scale=[0.01, 0.01]).warming_up()
+            True
+            >>> TrialHistory(lr_scale=[1.0, 0.1], lr_base_scale=[1.0, 0.1]).warming_up()
+            False
+        """
+        if not self.lr_base_scale:
+            return False
+        base = self.lr_base_scale[-1]
+        scale = self.lr_scale[-1] if self.lr_scale else math.nan
+        return (
+            math.isfinite(base)
+            and base < WARMING_BELOW
+            and not (math.isfinite(scale) and scale < 1.0 - 1e-9)
+        )
+
     def truncate(self, reports: int) -> None:
         """Keep the first ``reports`` reports only (a trial restored from a checkpoint repeats
         the reports after it: those of the run it left are void).
@@ -577,6 +608,7 @@ class TrialHistory:
         """
         del self.metric[reports:]
         del self.lr_scale[reports:]
+        del self.lr_base_scale[reports:]
         del self.accuracy[reports:]
         self._decay_seen = (0, None)
         for history in self.per_layer.values():
@@ -591,6 +623,7 @@ class TrialHistory:
         live: dict[str, float],
         lr_scale: float = math.nan,
         accuracy: float = math.nan,
+        lr_base_scale: float = math.nan,
     ) -> None:
         """Append one report's values (missing ones become NaN); a layer's further calls
         (``fc#2``, a layer the forward pass calls twice) are kept beside it. ``accuracy``: see
@@ -607,6 +640,8 @@ class TrialHistory:
         self.lr_scale.append(lr_scale)
         self.accuracy.extend([math.nan] * (self.reports - 1 - len(self.accuracy)))
         self.accuracy.append(accuracy)
+        self.lr_base_scale.extend([math.nan] * (self.reports - 1 - len(self.lr_base_scale)))
+        self.lr_base_scale.append(lr_base_scale)
         layers = set(self.layers)
         calls = [
             n
@@ -1034,6 +1069,8 @@ def freeze_candidates(
             metric_values["metric_gain_longer"] = longer
     if _near_chance(trial, rules):
         return []  # a trial at chance is one to stop, never to freeze
+    if trial.warming_up():
+        return []  # layers barely move at a fraction of the rate: settled says nothing yet
     done = trial.frozen | trial.pending | trial.held
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
     further: dict[str, list[str]] = {}  # further_calls of every layer, in one pass
@@ -1140,6 +1177,12 @@ def stop_verdict(
             name, live = dead[-1] if output_dead else dead[0]
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
+        return None
+    if trial.warming_up():
+        # at a fraction of its own rate (a warm-up, of another length than the others' in a
+        # sweep over it): what it does at that rate is not known yet, and a review's sweep
+        # over warm-up lengths lost its best configuration, stopped at 1 % of its rate as
+        # behind trials whose warm-up had ended; only divergence stops it (above)
         return None
     # a trial at chance that no other trial can be compared with (none has made as many
     # reports: it started first) is not stopped on its level alone: a late starter sits there

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LearningRateRelease", "LrChange", "snapshot"]
+__all__ = ["LearningRateRelease", "LrChange", "base_rates", "snapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,30 @@ def snapshot(
             lr = _lr(group, on_device)
             if lr is not None:
                 rates[(i, j)] = lr
+    return rates
+
+
+def base_rates(optimizers: Sequence[torch.optim.Optimizer]) -> dict[tuple[int, int], float]:
+    """The rate each parameter group's learning-rate scheduler starts from, by (optimizer,
+    group) index: ``initial_lr``, which every ``torch.optim.lr_scheduler`` scheduler sets, or
+    ``max_lr`` where larger (OneCycleLR's peak); groups without one are left out.
+
+    Examples:
+        >>> from torch import nn
+        >>> optimizer = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.5)
+        >>> base_rates([optimizer])  # no scheduler
+        {}
+        >>> warm_up = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.01)
+        >>> base_rates([optimizer]), snapshot([optimizer])
+        ({(0, 0): 0.5}, {(0, 0): 0.005})
+    """
+    rates = {}
+    for i, optimizer in enumerate(optimizers):
+        for j, group in enumerate(optimizer.param_groups):
+            found = [_lr({"lr": group.get(key)}, False) for key in ("initial_lr", "max_lr")]
+            known = [rate for rate in found if rate is not None]
+            if known:
+                rates[(i, j)] = max(known)
     return rates
 
 

@@ -1049,10 +1049,12 @@ class SVCCAScheduler(FIFOScheduler):
             metric = self._signed(result.get(self._metric) if self._metric else None)
             scale = result.get(keys.LR_SCALE)
             scale = float(scale) if is_number(scale) else math.nan  # type: ignore[arg-type]
+            base = result.get(keys.LR_BASE_SCALE)
+            base = float(base) if is_number(base) else math.nan  # type: ignore[arg-type]
             accuracy, chance = self._accuracy_beside(result)
             if math.isfinite(chance):
                 history.accuracy_chance = chance
-            history.add(metric, similarity, init, live, scale, accuracy)
+            history.add(metric, similarity, init, live, scale, accuracy, base)
             view.iterations.append(iteration)
         if self._mode == "max":  # a chance level is that of an accuracy (larger is better)
             chance = result.get(keys.chance_of(self._metric)) if self._metric else None

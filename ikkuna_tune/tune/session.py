@@ -27,7 +27,7 @@ from ikkuna_tune.freezing import tie_closed
 from ikkuna_tune.layers import wrappers
 from ikkuna_tune.subscribers.base import CallbackSubscriber, Subscriber
 from ikkuna_tune.tune.collector import MetricCollector, StepTimer, reported_kind
-from ikkuna_tune.tune.lr_release import LearningRateRelease, snapshot
+from ikkuna_tune.tune.lr_release import LearningRateRelease, base_rates, snapshot
 from ikkuna_tune.tune.mailbox import TrialInbox
 from ikkuna_tune.tune.persist import TrialUploader
 from ikkuna_tune.tune.subscriber_templates import (
@@ -707,6 +707,7 @@ class TrialSession:
         }
         self.unfreeze_reasons = {}
         merged[keys.LR_SCALE] = self._lr_scale()
+        merged[keys.LR_BASE_SCALE] = self._lr_base_scale()
         step_seconds = self.timer.pop_mean() if self.timer is not None else None
         merged[keys.STEP_SECONDS] = math.nan if step_seconds is None else step_seconds
         # the mean of the steps that started with no layer frozen, before the first that did
@@ -727,6 +728,16 @@ class TrialSession:
         for key, lr in [*(self._period_rates or {}).items(), *now.items()]:
             peaks[key] = max(peaks.get(key, abs(lr)), abs(lr))
         scales = [abs(lr) / peaks[key] for key, lr in now.items() if peaks[key] > 0]
+        return max(scales) if scales else math.nan
+
+    def _lr_base_scale(self) -> float:
+        """The learning rate now over the rate its scheduler starts from
+        (:func:`~ikkuna_tune.tune.lr_release.base_rates`), for the parameter group nearest
+        it; NaN where no group has a scheduler's starting rate."""
+        exporter = self.exporter
+        assert exporter is not None
+        now, bases = snapshot(exporter.optimizers), base_rates(exporter.optimizers)
+        scales = [abs(lr) / abs(bases[key]) for key, lr in now.items() if bases.get(key)]
         return max(scales) if scales else math.nan
 
     def _note_hand_over(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:

@@ -1125,3 +1125,41 @@ def test_a_layer_unfrozen_at_a_learning_rate_change_is_judged_on_growth_after_it
     (values,) = decided[14]
     assert values["recent_growth"] == pytest.approx(0.01)
     assert values["fastest_growth"] == pytest.approx(0.08)
+
+
+def test_a_trial_in_a_longer_warm_up_than_the_others_is_not_stopped_as_behind() -> None:
+    """A sweep over warm-up lengths (1 % of the rate for W epochs): the trial with the
+    longest warm-up sits at chance while the others have learned. It is stopped neither as
+    stuck nor as unable to reach the top 3 (nor frozen) while its rate is 1 % of its
+    scheduler's (lr_base_scale 0.01, lr_scale 1); once at its rate, it is judged as any
+    other (here: it stays at chance, and is stopped)."""
+    budget = 12
+    others = [
+        [0.1, 0.5, 0.8, 0.9, 0.93, 0.95, 0.96, 0.96, 0.97, 0.97, 0.97, 0.97],
+        [0.1, 0.1, 0.6, 0.85, 0.92, 0.94, 0.95, 0.96, 0.96, 0.97, 0.97, 0.97],
+        [0.1, 0.1, 0.1, 0.7, 0.88, 0.93, 0.95, 0.96, 0.96, 0.96, 0.97, 0.97],
+    ]
+    trial = TrialHistory(layers=["first", "head"], chance=0.1)
+    decided = {}
+    for report in range(1, budget + 1):
+        base = 0.01 if report <= 9 else 1.0
+        layers = {"first": 0.9999, "head": 0.9999}
+        trial.add(0.1, layers, {"first": 0.999, "head": 0.999}, dict.fromkeys(layers, 1.0),
+                  lr_scale=1.0, lr_base_scale=base)  # fmt: skip
+        seen = [series[:report] for series in others]
+        decided[report] = stop_verdict(trial, RULES, seen, budget)
+        if report <= 9:
+            assert freeze_candidates(trial, RULES) == []
+    assert all(decided[r] is None for r in range(1, 10))
+    stops = [decided[r] for r in range(10, budget + 1) if decided[r] is not None]
+    assert stops and stops[0].action == "stop"
+    # the same trial without its scheduler's starting rate (a flat start at its own rate) is
+    # stopped before report 10
+    flat = TrialHistory(layers=["first", "head"], chance=0.1)
+    verdicts = []
+    for report in range(1, 10):
+        layers = {"first": 0.9999, "head": 0.9999}
+        flat.add(0.1, layers, {"first": 0.999, "head": 0.999}, dict.fromkeys(layers, 1.0),
+                 lr_scale=1.0)  # fmt: skip
+        verdicts.append(stop_verdict(flat, RULES, [s[:report] for s in others], budget))
+    assert any(v is not None for v in verdicts)

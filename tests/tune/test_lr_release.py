@@ -342,6 +342,44 @@ def test_lr_scale_is_the_learning_rate_over_its_largest_for_the_least_decayed_gr
     assert scales == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.25])
 
 
+def test_lr_base_scale_is_the_rate_over_its_schedulers_starting_rate() -> None:
+    """A constant warm-up at 1 % (LambdaLR) for 2 epochs, then the rate itself, then a
+    tenfold drop: lr_base_scale reads 0.01, 0.01, 1, 0.1 (the rates over torch's
+    ``initial_lr``, 0.1), lr_scale 1, 1, 1, 0.1; NaN without a scheduler."""
+    reports: list[tuple[float, float]] = []
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        factors = [0.01, 0.01, 1.0, 0.1]
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: factors[epoch])
+        ik.watch(model, opt)
+        for _ in factors:
+            _steps(model, opt, 1)
+            report = ik.report({"x": 1})
+            reports.append((report["lr_base_scale"], report["lr_scale"]))
+            if len(reports) < len(factors):
+                schedule.step()
+
+    ik.instrument(trainable)({})
+    assert reports == [
+        pytest.approx((0.01, 1.0)),
+        pytest.approx((0.01, 1.0)),
+        pytest.approx((1.0, 1.0)),
+        pytest.approx((0.1, 0.1)),
+    ]
+
+    def plain(config: dict[str, Any]) -> None:
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ik.watch(model, opt)
+        _steps(model, opt, 1)
+        ik.report({"x": 1})
+
+    ik.instrument(plain)({})
+    assert math.isnan(ik.local_results()[-1]["lr_base_scale"])
+
+
 def test_lr_scale_is_nan_without_an_optimizer() -> None:
     def trainable(config: dict[str, Any]) -> None:
         ik.watch(_model())
