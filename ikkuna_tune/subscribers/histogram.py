@@ -3,6 +3,8 @@ backend."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ikkuna_tune import functional as F
@@ -71,6 +73,29 @@ class HistogramSubscriber(PlotSubscriber):
             {"title": f"{kind} histogram", "ylabel": "Frequency"},
             backend,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`Subscriber.state_dict`; with ``per_epoch``, also the epoch each layer's
+        histogram was last drawn in (``'drawn'``: ``[tag, layer, epoch]`` lists), so that a
+        trial restored within an epoch does not draw that epoch's again."""
+        state = super().state_dict()
+        if self.per_epoch:
+            state["drawn"] = [[tag, key, epoch] for (tag, key), epoch in self._last_epoch.items()]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.per_epoch and isinstance(state, dict) and "drawn" in state:
+            state = dict(state)
+            drawn = state.pop("drawn")
+            if not isinstance(drawn, list) or not all(
+                isinstance(d, (list, tuple)) and len(d) == 3 and isinstance(d[2], int)
+                for d in drawn
+            ):
+                raise ValueError(
+                    f"Expected 'drawn' to be a list of [tag, layer, epoch] but got {drawn!r:.80}"
+                )
+            self._last_epoch = {(str(tag), key): int(epoch) for tag, key, epoch in drawn}
+        super().load_state_dict(state)
 
     def compute(self, message_or_bundle: Message | MessageBundle) -> None:
         if not isinstance(message_or_bundle, Message):

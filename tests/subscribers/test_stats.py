@@ -744,3 +744,46 @@ def test_message_mean_subsampled_keeps_whole_steps(subsample: int) -> None:
         bus.publish_module_message("weight_gradients_norm2", layer, torch.tensor(1.0), **at)
         bus.publish_network_message("batch_finished", **at)
     assert resumed == [s for s in kept if s >= 6]
+
+
+def test_a_per_epoch_histogram_restored_within_an_epoch_draws_that_epoch_once() -> None:
+    """``per_epoch=True`` draws each layer's first message of an epoch. A subscriber restored
+    from a state saved within epoch 0 (a trial restored from a checkpoint mid-epoch) draws
+    what the uninterrupted one draws: nothing more in epoch 0, the first of epoch 1."""
+    from ikkuna_tune.layers import NamedModule
+
+    class Drawn:
+        def __init__(self) -> None:
+            self.steps: list[tuple[str, int]] = []
+
+        def add_histogram(self, tag, counts, edges, stats, step) -> None:
+            self.steps.append((tag, step))
+
+    layer = NamedModule("fc", torch.nn.Linear(2, 2))
+    messages = [(step, step // 4) for step in range(8)]  # 4 steps an epoch
+
+    def run(subscriber, bus, steps):
+        for step, epoch in steps:
+            data = torch.randn(5)
+            bus.publish_module_message(
+                "weights", layer, data, global_step=step, train_step=step, epoch=epoch
+            )
+
+    bus = MessageBus()
+    whole = ik.HistogramSubscriber("weights", bus, backend=None, bins=3, per_epoch=True)
+    whole.backend = Drawn()
+    run(whole, bus, messages)
+    assert whole.backend.steps == [("weights_histogram/fc", 0), ("weights_histogram/fc", 4)]
+    bus = MessageBus()
+    first = ik.HistogramSubscriber("weights", bus, backend=None, bins=3, per_epoch=True)
+    first.backend = Drawn()
+    run(first, bus, messages[:2])
+    state = first.state_dict()
+    bus = MessageBus()
+    second = ik.HistogramSubscriber("weights", bus, backend=None, bins=3, per_epoch=True)
+    second.backend = Drawn()
+    second.load_state_dict(state)
+    run(second, bus, messages[2:])
+    assert first.backend.steps + second.backend.steps == whole.backend.steps
+    with pytest.raises(ValueError, match="keeps no state but was given keys"):
+        ik.HistogramSubscriber("weights", backend=None).load_state_dict(state)
