@@ -733,6 +733,14 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         }
         if self._initial_unknown:  # (saved only then: states saved before read the same)
             state["initial_unknown"] = True
+        # which rows of the kept matrices were not finite, and repaired (saved only where some
+        # were: a repaired row compared with a real one would read as a change of the layer)
+        for key, rows in (
+            ("previous_rows", self._previous_rows),
+            ("initial_rows", self._initial_rows),
+        ):
+            if rows:
+                state[key] = {name: mask.detach().cpu() for name, mask in rows.items()}
         counts = self._subscription_counts()  # where the thinning stands, if it thins
         if counts is not None:
             state[SUBSCRIPTIONS_STATE] = counts
@@ -746,30 +754,32 @@ class BatchedSVCCASubscriber(PlotSubscriber):
         """
         state = self._load_subscription_counts(state)
         keys = {"previous", "batches", "probe"}
-        optional = {"initial", "initial_unknown"}
+        optional = {"initial", "initial_unknown", "previous_rows", "initial_rows"}
         if not isinstance(state, dict) or not keys <= set(state) <= keys | optional:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
                 "Expected a state with keys ['batches', 'previous', 'probe'] (and optionally "
-                f"'initial', 'initial_unknown') but got {got}"
+                f"'initial', 'initial_unknown', 'previous_rows', 'initial_rows') but got {got}"
             )
         if state["probe"] != self._fingerprint():
             raise ValueError(
                 f"The state was saved with probe settings {state['probe']} but this subscriber "
                 f"uses {self._fingerprint()}"
             )
-        for key in ("previous", "initial"):
+        for key in ("previous", "initial", "previous_rows", "initial_rows"):
             held = state.get(key)
             if held is not None and (
                 not isinstance(held, dict)
                 or not all(isinstance(t, torch.Tensor) for t in held.values())
+                or (key.endswith("_rows") and any(t.dtype != torch.bool for t in held.values()))
             ):
-                raise ValueError(f"Expected `{key}` to map layer names to tensors, or be None")
+                kind = "boolean tensors" if key.endswith("_rows") else "tensors"
+                raise ValueError(f"Expected `{key}` to map layer names to {kind}, or be None")
         previous = state["previous"]
         self._previous = None if previous is None else dict(previous)
         self._bases = {}
-        self._previous_rows = {}  # (not kept in a checkpoint: its rows compare as they are)
-        self._initial_rows = {}
+        self._previous_rows = dict(state.get("previous_rows") or {})
+        self._initial_rows = dict(state.get("initial_rows") or {})
         if state.get("initial_unknown", False) is not False:
             if state["initial_unknown"] is not True:
                 raise ValueError(

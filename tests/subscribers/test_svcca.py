@@ -778,6 +778,63 @@ def test_rows_not_finite_at_one_checkpoint_are_left_out_of_both_sides(keep) -> N
     assert got[1][("init_similarity", "inp")] < 1.0 and init_second > init_third - 0.2
 
 
+def test_rows_not_finite_at_the_saved_checkpoint_are_left_out_after_a_restore() -> None:
+    """As above, with the subscriber saved right after the checkpoint whose rows failed and
+    restored into a fresh one (a trial restored from that report's checkpoint): the next
+    similarities are measured on the rows finite in both checkpoints (textbook SVCCA and
+    linear CKA), as without the restore. Without the record of which rows were repaired, a
+    repaired row was compared with a real one."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    data = TensorDataset(torch.randn(60, 6, generator=g), torch.randint(0, 3, (60,), generator=g))
+    model = _FailsSometimes()
+    opt, bus, exporter = _setup(model)
+    sub = SVCCASubscriber(data, 40, message_bus=bus, backend=None)
+    probe = sub.probe_inputs
+    ok = ~(probe[:, 0] > 1.0)
+    with torch.no_grad():
+        start = model.inp(probe)
+    x, y = data.tensors
+    for epoch in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        model.fail = epoch == 1
+        exporter.epoch_finished()
+        model.fail = False
+    with torch.no_grad():
+        saved = model.inp(probe)
+    state = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "exporter": exporter.state_dict(),
+         "sub": sub.state_dict()}
+    )  # fmt: skip
+    exporter.close()
+    model = _FailsSometimes()
+    opt, bus, exporter = _setup(model)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    exporter.load_state_dict(state["exporter"])
+    restored = SVCCASubscriber(data, 40, message_bus=bus, backend=None)
+    restored.load_state_dict(state["sub"])
+    got: dict[tuple[str, str], float] = {}
+    ik.CallbackSubscriber(
+        ["self_similarity", "init_similarity"],
+        lambda m: got.__setitem__((m.kind, m.key), m.data.item()),
+        bus,
+    )
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    exporter.epoch_finished()
+    exporter.close()
+    with torch.no_grad():
+        now = model.inp(probe)
+    expected = textbook_svcca(now[ok].numpy(), saved[ok].numpy())
+    assert got[("self_similarity", "inp")] == pytest.approx(expected, abs=1e-6)
+    expected_init = _linear_cka_by_hand(now, start)
+    assert got[("init_similarity", "inp")] == pytest.approx(expected_init, abs=1e-6)
+
+
 class _WithClassToken(nn.Module):
     """A class token (an embedding of index 0, the same for every input) added to a Linear's
     output, then a head: the token's layer does not depend on the input."""
