@@ -428,7 +428,7 @@ def test_load_state_dict_rejects_bad_states(data) -> None:
     sub = SVCCASubscriber(data, 10, backend=None)
     with pytest.raises(
         ValueError,
-        match=r"\(and optionally 'initial', 'initial_unknown'\) but got",
+        match=r"'initial', 'initial_unknown', 'previous_rows', 'initial_rows'\) but got",
     ):
         sub.load_state_dict({"previous": None})
     other = SVCCASubscriber(data, 10, seed=1, backend=None).state_dict()
