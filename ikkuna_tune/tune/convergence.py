@@ -584,15 +584,32 @@ class TrialHistory:
             >>> TrialHistory(lr_scale=[1.0, 0.1], lr_base_scale=[1.0, 0.1]).warming_up()
             False
         """
-        if not self.lr_base_scale:
-            return False
-        base = self.lr_base_scale[-1]
-        scale = self.lr_scale[-1] if self.lr_scale else math.nan
-        return (
-            math.isfinite(base)
-            and base < WARMING_BELOW
-            and not (math.isfinite(scale) and scale < 1.0 - 1e-9)
-        )
+        return self.reports_since_warm_up() == 0
+
+    def reports_since_warm_up(self) -> float:
+        """The reports made since the latest that found the trial warming up (see
+        :meth:`warming_up`): 0 if the latest did, ``inf`` if none did. A report is made after
+        the epoch it measures, often after the scheduler's step: the first report at the full
+        rate measures an epoch of the warm-up still.
+
+        Examples:
+            >>> warmed = TrialHistory(lr_scale=[1.0] * 3, lr_base_scale=[0.01, 1.0, 1.0])
+            >>> warmed.reports_since_warm_up()
+            2
+            >>> TrialHistory(lr_scale=[1.0], lr_base_scale=[math.nan]).reports_since_warm_up()
+            inf
+        """
+        bases, scales = self.lr_base_scale, self.lr_scale
+        for back in range(len(bases)):
+            base = bases[-1 - back]
+            scale = scales[-1 - back] if back < len(scales) else math.nan
+            if (
+                math.isfinite(base)
+                and base < WARMING_BELOW
+                and not (math.isfinite(scale) and scale < 1.0 - 1e-9)
+            ):
+                return back
+        return math.inf
 
     def truncate(self, reports: int) -> None:
         """Keep the first ``reports`` reports only (a trial restored from a checkpoint repeats
@@ -1069,7 +1086,7 @@ def freeze_candidates(
             metric_values["metric_gain_longer"] = longer
     if _near_chance(trial, rules):
         return []  # a trial at chance is one to stop, never to freeze
-    if trial.warming_up():
+    if trial.reports_since_warm_up() <= rules.grace:
         return []  # layers barely move at a fraction of the rate: settled says nothing yet
     done = trial.frozen | trial.pending | trial.held
     checks: dict[str, tuple[bool, dict[str, float]]] = {}
@@ -1178,11 +1195,12 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    if trial.warming_up():
+    if trial.reports_since_warm_up() <= rules.grace:
         # at a fraction of its own rate (a warm-up, of another length than the others' in a
-        # sweep over it): what it does at that rate is not known yet, and a review's sweep
-        # over warm-up lengths lost its best configuration, stopped at 1 % of its rate as
-        # behind trials whose warm-up had ended; only divergence stops it (above)
+        # sweep over it), or out of it for no more reports than a trial's first grace: what
+        # it does at its rate is not known yet, and a review's sweep over warm-up lengths
+        # lost its best configuration, stopped at 1 % of its rate as behind trials whose
+        # warm-up had ended; only divergence stops it (above)
         return None
     # a trial at chance that no other trial can be compared with (none has made as many
     # reports: it started first) is not stopped on its level alone: a late starter sits there
