@@ -259,7 +259,8 @@ class SVCCAScheduler(FIFOScheduler):
        paused (it would start again from scratch), nor a trial of a sweep with a time budget
        (``time_budget_s``: the sweep could end before it resumes). What the trial's
        training does after it resumes must not depend on the pause: its checkpoint holds the
-       model, the optimizer, the schedules and the random state of its data order.
+       model, the optimizer, the schedules, the random state of its data order and torch's
+       own (``torch.get_rng_state()``: dropout draws from it).
     4. With ``base=`` a Ray scheduler (e.g. ``ASHAScheduler()``), every result also goes to it
        and its STOP/PAUSE decisions are followed; it also chooses which trial runs next.
 
