@@ -1202,6 +1202,9 @@ def stop_verdict(
         # lost its best configuration, stopped at 1 % of its rate as behind trials whose
         # warm-up had ended; only divergence stops it (above)
         return None
+    fell = _fell_to_chance(trial, rules, others)
+    if fell is not None:
+        return Decision("stop", "fell back to chance", it, None, fell)
     # a trial at chance that no other trial can be compared with (none has made as many
     # reports: it started first) is not stopped on its level alone: a late starter sits there
     # as long as a stuck one (recurrent nets at chance for 4-8 of 12 epochs, then learning,
@@ -1398,6 +1401,47 @@ def accuracy_at_chance(
     if recent > chance + delta + _tolerance(chance, recent):
         return None
     return {"accuracy": recent, "accuracy_chance": chance}
+
+
+def _fell_to_chance(
+    trial: TrialHistory, rules: ConvergenceRules, others: list[list[float]]
+) -> dict[str, float] | None:
+    """The values behind stopping a trial that learned and fell back to chance (its labels
+    or inputs gone bad, a collapse with no NaN and no dead layer), or None: chance is known,
+    the trial stood more than ``stall_delta`` above it before its last ``settle_window``
+    values, each of which is within ``stall_delta`` of it, while ``protect_top`` other trials
+    stand above that bar (each of their last ``settle_window`` values) after as many reports. Its best before the fall kept it
+    "among the best" (the best over its recent reports) for about as long again as it had
+    learned.
+
+    Examples:
+        >>> rules = ConvergenceRules()
+        >>> trial = TrialHistory(metric=[0.5, 0.9, 0.94, 0.12, 0.1, 0.11], chance=0.1)
+        >>> others = [[0.5, 0.8, 0.9, 0.92, 0.93, 0.94]] * 3
+        >>> _fell_to_chance(trial, rules, others)
+        {'best': 0.94, 'recent_best': 0.12, 'chance': 0.1}
+        >>> _fell_to_chance(trial, rules, others[:2]) is None  # too few others learned
+        True
+    """
+    if not math.isfinite(trial.chance):
+        return None
+    window = rules.settle_window
+    values = [m for m in trial.metric if math.isfinite(m)]
+    if len(values) <= window:
+        return None
+    bar = trial.chance + rules.stall_delta
+    recent, before = values[-window:], max(values[:-window])
+    if max(recent) > bar + _tolerance(bar) or before <= bar + _tolerance(bar):
+        return None
+    # where the others stand after as many reports: the lowest of their last window values
+    # (not the best level they ever held: a fall that is everybody's is no fault of this one)
+    standing = 0
+    for series in others:
+        theirs = [m for m in series[: trial.reports] if math.isfinite(m)][-window:]
+        standing += len(theirs) == window and min(theirs) > bar + _tolerance(bar)
+    if standing < rules.protect_top:
+        return None
+    return {"best": before, "recent_best": max(recent), "chance": trial.chance}
 
 
 def _near_chance(trial: TrialHistory, rules: ConvergenceRules) -> bool:

@@ -921,9 +921,10 @@ def test_a_trial_flat_at_its_start_is_left_to_the_stuck_rules_not_read_at_rate_0
         trial = _at_chance_trial(late[:it], chance=0.9084)
         assert _cannot_reach(trial, RULES, others, budget=12) is None, it
         assert stop_verdict(trial, RULES, others, budget=12) is None, it
-    fell = _at_chance_trial([0.935, *[0.88] * 7], chance=0.9084)  # below where it started
+    # one that had learned before it fell is stopped as fallen back to chance
+    fell = _at_chance_trial([0.935, *[0.88] * 7], chance=0.9084)
     stop = stop_verdict(fell, RULES, others, budget=12)
-    assert stop is not None and stop.rule == "cannot reach the top 3"
+    assert stop is not None and stop.rule == "fell back to chance"
 
 
 def test_a_chance_level_above_one_makes_the_metric_a_percentage() -> None:
@@ -1163,3 +1164,33 @@ def test_a_trial_in_a_longer_warm_up_than_the_others_is_not_stopped_as_behind() 
                  lr_scale=1.0)  # fmt: skip
         verdicts.append(stop_verdict(flat, RULES, [s[:report] for s in others], budget))
     assert any(v is not None for v in verdicts)
+
+
+def test_a_trial_that_learned_and_fell_back_to_chance_is_stopped_after_settle_window() -> None:
+    """Labels shuffled from epoch 4 (as in a review's faulted MLP): 0.94, then at chance.
+    Its best before the fall kept it "among the best" to report 10 of 12; it is stopped once
+    settle_window (3) values in a row stand within stall_delta of chance while the others
+    learned, at report 7. A dip of two reports that recovers is not stopped, nor a fall while the
+    others are at chance too."""
+    chance = 0.1178
+    learned = [0.55, 0.85, 0.92, 0.9428]
+    others = [[0.5, 0.8, 0.9, 0.92, 0.93, 0.94, 0.95, 0.95, 0.95, 0.96, 0.96, 0.96]] * 3
+    trial = TrialHistory(layers=["fc"], chance=chance)
+    verdicts = {}
+    for report, value in enumerate([*learned, 0.125, 0.07, 0.118, 0.12], 1):
+        trial.add(value, {"fc": 0.9}, {"fc": 0.5}, {"fc": 1.0})
+        verdicts[report] = stop_verdict(trial, RULES, [o[:report] for o in others], budget=12)
+    assert all(verdicts[r] is None for r in range(1, 7))
+    assert verdicts[7] is not None and verdicts[7].rule == "fell back to chance"
+    assert verdicts[7].values == {"best": 0.9428, "recent_best": 0.125, "chance": chance}
+    dip = TrialHistory(layers=["fc"], chance=chance)
+    for report, value in enumerate([*learned, 0.12, 0.11, 0.9, 0.93], 1):
+        dip.add(value, {"fc": 0.9}, {"fc": 0.5}, {"fc": 1.0})
+        verdict = stop_verdict(dip, RULES, [o[:report] for o in others], budget=12)
+        assert verdict is None or verdict.rule != "fell back to chance"
+    alone = TrialHistory(layers=["fc"], chance=chance)
+    flat = [[0.5, 0.6, 0.6, 0.6, *[0.12] * 8]] * 3  # every trial fell
+    for report, value in enumerate([*learned, 0.12, 0.11, 0.12], 1):
+        alone.add(value, {"fc": 0.9}, {"fc": 0.5}, {"fc": 1.0})
+        verdict = stop_verdict(alone, RULES, [o[:report] for o in flat], budget=12)
+        assert verdict is None or verdict.rule != "fell back to chance"
