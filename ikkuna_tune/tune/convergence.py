@@ -1410,9 +1410,9 @@ def _fell_to_chance(
     or inputs gone bad, a collapse with no NaN and no dead layer), or None: chance is known,
     the trial stood more than ``stall_delta`` above it before its last ``settle_window``
     values, each of which is within ``stall_delta`` of it, while ``protect_top`` other trials
-    stand above that bar (each of their last ``settle_window`` values) after as many reports. Its best before the fall kept it
-    "among the best" (the best over its recent reports) for about as long again as it had
-    learned.
+    stand above that bar (each of their last ``settle_window`` values) after as many
+    reports. Its best before the fall kept it "among the best" (the best over its recent
+    reports) for about as long again as it had learned.
 
     Examples:
         >>> rules = ConvergenceRules()
