@@ -57,6 +57,12 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     # the third (stall_share) after which trials that made no progress may be stopped
     "sgd_warmup3_mlp": [{**SGD, "lr": lr, **WARMUP, "warmup_epochs": 3} for lr in WARMUP_LRS],
     "sgd_warmup5_mlp": [{**SGD, "lr": lr, **WARMUP, "warmup_epochs": 5} for lr in WARMUP_LRS],
+    # the warm-up's length swept (1 % of the rate, a CNN at lr 0.1): a trial with a long one
+    # sits at chance while the others have learned, and may end level with them or ahead (run
+    # it over 30 epochs: --epochs 30, warm-ups up to 12 of them)
+    "sgd_warmup_len_cnn": [
+        {**CNN, **SGD, "lr": 0.1, **WARMUP, "warmup_epochs": w} for w in (0, 2, 4, 6, 8, 10, 12)
+    ],
 }
 QUICK_GRIDS = ("adam_lr_mlp", "sgd_decay_mlp", "sgd_batch_cnn")
 

@@ -103,6 +103,11 @@ FIGURES: dict[str, Figure] = {
     "heldout": Figure(
         "experiments.bench_heldout", (), "cpu_bench_heldout.txt", ("--quick",)
     ),
+    "heldout_warmup_len": Figure(
+        "experiments.bench_heldout",
+        ("--grids", "sgd_warmup_len_cnn", "--epochs", "30", "--seed", "2"),
+        "cpu_bench_heldout_warmup_len.txt",
+    ),
     "fidelity_bound": Figure(
         "experiments.fidelity_bound", (), "cpu_fidelity_bound.txt", ("--quick",)
     ),
