@@ -1410,6 +1410,8 @@ class Exporter(StepHooks, LayerFreezing):
         missing = {"global_step", "train_step", "epoch", "steps_started", "frozen"} - set(state)
         if missing:
             raise ValueError(f"Expected an Exporter state with keys {sorted(missing)} as well")
+        for name in state["frozen"]:  # (checked before anything changes: no partial load)
+            self._layer(name)
         self.global_step = int(state["global_step"])
         self.train_step = int(state["train_step"])
         self.epoch = int(state["epoch"])

@@ -293,6 +293,19 @@ def test_freeze_stops_parameters_and_skips_backward_of_frozen_prefix(tiny, batch
         assert all(p.requires_grad for p in tiny.conv.parameters())
 
 
+def test_a_state_of_another_models_layers_is_refused_before_anything_changes(tiny) -> None:
+    """A checkpoint of a model with other layer names: the load is refused, naming the layer,
+    and leaves the Exporter's counters as they were (it set them first, then raised)."""
+    with ik.Exporter(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))) as other:
+        other.freeze("0")
+        other.global_step, other.epoch = 40, 3
+        state = other.state_dict()
+    with ik.Exporter(tiny) as exporter:
+        with pytest.raises(ValueError, match=r"Unknown layer '0'; this Exporter tracks"):
+            exporter.load_state_dict(state)
+        assert (exporter.global_step, exporter.epoch, exporter.frozen) == (0, 0, ())
+
+
 def test_freeze_errors_and_meta_message(tiny) -> None:
     bus = MessageBus()
     got = _record(bus, ["layer_frozen"])
