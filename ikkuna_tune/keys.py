@@ -69,11 +69,12 @@ UNFREEZE_REASON = "unfreeze_reason"
 #: parameter group that has decayed least; NaN without an optimizer): below 1 once a
 #: schedule has decayed it, so that the scheduler compares trials in the same phase.
 LR_SCALE = "lr_scale"
-#: The trial's learning rate at the report over the rate its learning-rate scheduler starts
-#: from (``initial_lr``, which every ``torch.optim.lr_scheduler`` scheduler sets in each
-#: parameter group; OneCycleLR's ``max_lr`` where larger), of the group nearest it; NaN
-#: without such a scheduler. Below 1 with ``lr_scale`` at 1 (never higher before): a warm-up,
-#: which the scheduler does not judge a trial behind in.
+#: How far the trial's learning rates are into a warm-up at the report: the largest, over
+#: the parameter groups, of a group's rate over the rate its learning-rate scheduler starts
+#: from (``initial_lr``, which every ``torch.optim.lr_scheduler`` scheduler sets;
+#: OneCycleLR's ``max_lr`` where larger) where its rate was never higher, else 1 (a group
+#: without a scheduler, or whose rate fell from its largest); NaN without any scheduler.
+#: Below 1: every group warms up, which the scheduler does not judge a trial behind in.
 LR_BASE_SCALE = "lr_base_scale"
 #: Mean seconds per training step since the last report.
 STEP_SECONDS = "step_seconds"

@@ -193,6 +193,10 @@ DECAYED = 0.5
 #: not frozen (see :meth:`TrialHistory.warming_up`).
 WARMING_BELOW = 0.5
 
+#: The share of a known budget after which a warm-up no longer keeps a trial from being
+#: stopped as stuck or behind (see :func:`stop_verdict`).
+WARM_UP_SHARE = 0.5
+
 #: A trial whose learning rate moved by this factor or more (either way: a decay, a warm
 #: restart) over the plateau test's longer look (``2 * plateau + 2`` reports) is not frozen:
 #: after a tenfold drop trials climbed a test image every other report, which read as a
@@ -1195,12 +1199,15 @@ def stop_verdict(
             return Decision("stop", "dead layer", it, name, {"live_fraction": live})
     if it <= rules.grace:
         return None
-    if trial.reports_since_warm_up() <= rules.grace:
+    if trial.reports_since_warm_up() <= rules.grace and (
+        budget is None or it <= WARM_UP_SHARE * budget
+    ):
         # at a fraction of its own rate (a warm-up, of another length than the others' in a
         # sweep over it), or out of it for no more reports than a trial's first grace: what
         # it does at its rate is not known yet, and a review's sweep over warm-up lengths
         # lost its best configuration, stopped at 1 % of its rate as behind trials whose
-        # warm-up had ended; only divergence stops it (above)
+        # warm-up had ended; only divergence stops it (above). For WARM_UP_SHARE of a known
+        # budget at most: a rate set by hand below the scheduler's reads as a warm-up too
         return None
     fell = _fell_to_chance(trial, rules, others)
     if fell is not None:
@@ -1408,18 +1415,19 @@ def _fell_to_chance(
 ) -> dict[str, float] | None:
     """The values behind stopping a trial that learned and fell back to chance (its labels
     or inputs gone bad, a collapse with no NaN and no dead layer), or None: chance is known,
-    the trial stood more than ``stall_delta`` above it before its last ``settle_window``
-    values, each of which is within ``stall_delta`` of it, while ``protect_top`` other trials
-    stand above that bar (each of their last ``settle_window`` values) after as many
-    reports. Its best before the fall kept it "among the best" (the best over its recent
-    reports) for about as long again as it had learned.
+    the trial held a level more than ``stall_delta`` above it (over ``settle_window`` values in
+    a row) before its last ``settle_window`` values, each of which is within ``stall_delta`` of
+    it, while ``protect_top`` other trials that have made as many reports stand above that bar
+    (each of their last ``settle_window`` values there). Its best before the fall kept it
+    "among the best" (the best over its recent reports) for about as long again as it had
+    learned.
 
     Examples:
         >>> rules = ConvergenceRules()
         >>> trial = TrialHistory(metric=[0.5, 0.9, 0.94, 0.12, 0.1, 0.11], chance=0.1)
         >>> others = [[0.5, 0.8, 0.9, 0.92, 0.93, 0.94]] * 3
-        >>> _fell_to_chance(trial, rules, others)
-        {'best': 0.94, 'recent_best': 0.12, 'chance': 0.1}
+        >>> _fell_to_chance(trial, rules, others)  # held 0.5 over its first three values
+        {'best': 0.5, 'recent_best': 0.12, 'chance': 0.1}
         >>> _fell_to_chance(trial, rules, others[:2]) is None  # too few others learned
         True
     """
@@ -1430,13 +1438,19 @@ def _fell_to_chance(
     if len(values) <= window:
         return None
     bar = trial.chance + rules.stall_delta
-    recent, before = values[-window:], max(values[:-window])
-    if max(recent) > bar + _tolerance(bar) or before <= bar + _tolerance(bar):
+    recent = values[-window:]
+    # learned: a level held over settle_window values before the fall (one noisy report of a
+    # late starter at chance is no learning)
+    before = held_level(values[:-window], window)
+    if max(recent) > bar + _tolerance(bar) or before is None or before <= bar + _tolerance(bar):
         return None
     # where the others stand after as many reports: the lowest of their last window values
-    # (not the best level they ever held: a fall that is everybody's is no fault of this one)
+    # (not the best level they ever held: a fall that is everybody's is no fault of this one);
+    # one that has made fewer reports is not there yet, and says nothing
     standing = 0
     for series in others:
+        if len(series) < trial.reports:
+            continue
         theirs = [m for m in series[: trial.reports] if math.isfinite(m)][-window:]
         standing += len(theirs) == window and min(theirs) > bar + _tolerance(bar)
     if standing < rules.protect_top:

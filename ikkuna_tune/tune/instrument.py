@@ -91,8 +91,8 @@ def instrument(
         >>> local_results()  # doctest: +NORMALIZE_WHITESPACE
         [{'w': -2.0, 'weights_norm2': {'0': 2.0}, 'frozen': {'0': 0}, 'trainable': {'0': 1},
           'frozen_fraction': 0.0, 'train_steps': 1, 'freeze_reason': {'0': ''},
-          'unfreeze_reason': {'0': ''}, 'lr_scale': nan, 'step_seconds': nan,
-          'step_seconds_unfrozen': nan}]
+          'unfreeze_reason': {'0': ''}, 'lr_scale': nan, 'lr_base_scale': nan,
+          'step_seconds': nan, 'step_seconds_unfrozen': nan}]
 
         Called directly, the trial ran here, without Ray (no step was timed: NaN).
     """
@@ -353,7 +353,8 @@ def report(metrics: Mapping[str, Any], checkpoint: Any = None) -> dict[str, Any]
         >>> instrument(trainable)({})  # doctest: +NORMALIZE_WHITESPACE
         {'loss': 0.5, 'frozen': {'0': 0}, 'trainable': {'0': 1}, 'frozen_fraction': 0.0,
          'train_steps': 0, 'freeze_reason': {'0': ''}, 'unfreeze_reason': {'0': ''},
-         'lr_scale': nan, 'step_seconds': nan, 'step_seconds_unfrozen': nan}
+         'lr_scale': nan, 'lr_base_scale': nan, 'step_seconds': nan,
+         'step_seconds_unfrozen': nan}
         >>> report({"loss": 0.5})  # outside a watched trial
         Traceback (most recent call last):
         ...

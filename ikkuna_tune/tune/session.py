@@ -731,13 +731,23 @@ class TrialSession:
         return max(scales) if scales else math.nan
 
     def _lr_base_scale(self) -> float:
-        """The learning rate now over the rate its scheduler starts from
-        (:func:`~ikkuna_tune.tune.lr_release.base_rates`), for the parameter group nearest
-        it; NaN where no group has a scheduler's starting rate."""
+        """How far the parameter groups are into a warm-up: the largest, over the groups, of
+        the group's rate over the rate its scheduler starts from
+        (:func:`~ikkuna_tune.tune.lr_release.base_rates`) where the rate was never higher
+        (read after :meth:`_lr_scale`, which keeps each group's largest), else 1 (a group
+        without a scheduler, or one whose rate fell from its largest: no warm-up); NaN where
+        no group has a scheduler's starting rate."""
         exporter = self.exporter
         assert exporter is not None
         now, bases = snapshot(exporter.optimizers), base_rates(exporter.optimizers)
-        scales = [abs(lr) / abs(bases[key]) for key, lr in now.items() if bases.get(key)]
+        if not bases:
+            return math.nan
+        peaks = self._peak_rates
+        scales = []
+        for key, lr in now.items():
+            base, peak = bases.get(key), peaks.get(key, abs(lr))
+            fell = abs(lr) < peak * (1.0 - 1e-9)
+            scales.append(abs(lr) / abs(base) if base and not fell else 1.0)
         return max(scales) if scales else math.nan
 
     def _note_hand_over(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:

@@ -344,8 +344,9 @@ def test_lr_scale_is_the_learning_rate_over_its_largest_for_the_least_decayed_gr
 
 def test_lr_base_scale_is_the_rate_over_its_schedulers_starting_rate() -> None:
     """A constant warm-up at 1 % (LambdaLR) for 2 epochs, then the rate itself, then a
-    tenfold drop: lr_base_scale reads 0.01, 0.01, 1, 0.1 (the rates over torch's
-    ``initial_lr``, 0.1), lr_scale 1, 1, 1, 0.1; NaN without a scheduler."""
+    tenfold drop: lr_base_scale reads 0.01, 0.01, 1 (the rates over torch's ``initial_lr``,
+    0.1), then 1 again (a rate that fell from its largest is no warm-up), lr_scale 1, 1, 1,
+    0.1; NaN without a scheduler."""
     reports: list[tuple[float, float]] = []
 
     def trainable(config: dict[str, Any]) -> None:
@@ -366,7 +367,7 @@ def test_lr_base_scale_is_the_rate_over_its_schedulers_starting_rate() -> None:
         pytest.approx((0.01, 1.0)),
         pytest.approx((0.01, 1.0)),
         pytest.approx((1.0, 1.0)),
-        pytest.approx((0.1, 0.1)),
+        pytest.approx((1.0, 0.1)),
     ]
 
     def plain(config: dict[str, Any]) -> None:
@@ -378,6 +379,31 @@ def test_lr_base_scale_is_the_rate_over_its_schedulers_starting_rate() -> None:
 
     ik.instrument(plain)({})
     assert math.isnan(ik.local_results()[-1]["lr_base_scale"])
+
+
+def test_lr_base_scale_reads_a_warm_up_only_where_every_group_warms_up() -> None:
+    """Two parameter groups: one held at 1 % of its scheduler's rate (LambdaLR), the other on
+    a cosine from its own rate: no warm-up (1), since the second group trains at its rate and
+    then falls from it; both at 1 %: 0.01. lr_scale reads 1 throughout (the held group)."""
+    reports: dict[str, list[float]] = {"mixed": [], "both": []}
+
+    def trainable(config: dict[str, Any]) -> None:
+        model = _model()
+        head = [p for name, p in model.named_parameters() if not name.startswith("0.")]
+        opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": head}], lr=0.1)
+        second = (lambda e: 0.01) if config["case"] == "both" else (lambda e: 1.0 - 0.2 * e)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, [lambda e: 0.01, second])
+        ik.watch(model, opt)
+        for _ in range(3):
+            _steps(model, opt, 1)
+            schedule.step()
+            report = ik.report({"x": 1})
+            reports[config["case"]].append((report["lr_base_scale"], report["lr_scale"]))
+
+    for case in reports:
+        ik.instrument(trainable)({"case": case})
+    assert reports["mixed"] == [pytest.approx((1.0, 1.0))] * 3
+    assert reports["both"] == [pytest.approx((0.01, 1.0))] * 3
 
 
 def test_lr_scale_is_nan_without_an_optimizer() -> None:
