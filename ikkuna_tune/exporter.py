@@ -545,7 +545,7 @@ class Exporter(StepHooks, LayerFreezing):
         self._repeats: dict[tuple[str, int], NamedModule] = {}
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
-        self._side_outputs = []
+        self._trained_outputs = []
         self._tap_layers: list[NamedModule] = []
         self._call_patterns: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._unsure_calls: set[str] = set()
@@ -912,17 +912,17 @@ class Exporter(StepHooks, LayerFreezing):
 
     def _own_loss(self, scores: torch.Tensor | None) -> bool:
         """Whether a loss with gradients after the last pass, an eval-mode one, is that pass's
-        own: the pass ran with gradients, and either no training pass opened the step (a
-        model trained in eval mode), or the loss is not known to score another output than
-        the pass's (``scores`` a view of it, or not given). A loss that scores the training
-        pass's output after such a pass (a look without ``no_grad`` before the step's loss)
-        is the step's."""
+        own: the pass ran with gradients, and the loss is not known to score a training
+        pass's output of the open step (``scores`` that output or a view of it). A loss that
+        scores the training pass's output after such a pass (a look without ``no_grad``
+        before the step's loss) is the step's; any other (computed from the look's output,
+        or with no scores given) stays the look's, as in a model trained in eval mode."""
         if not self._eval_grad_pass:
             return False
         if not self._trained_in_step or scores is None:
             return True
         root = scores._base if scores._base is not None else scores
-        return any(ref() is root for ref in self._side_outputs)
+        return not any(ref() is root for ref in self._trained_outputs)
 
     def _note_ignore_index(self, source: int, index: int | None) -> None:
         """Take the ``ignore_index`` of wrapped loss ``source`` (one with class labels) into

@@ -269,11 +269,11 @@ class StepHooks:
     _eval_grad_pass: bool = False
     #: whether a training pass was made in the open step
     _trained_in_step: bool = False
-    #: weak references to what the outputs of eval-mode passes with gradients made in a step a
-    #: training pass opened are views of: a loss that scores one of them is that pass's own,
-    #: any other loss the step's (a logging look without ``no_grad`` between the training pass
-    #: and its loss)
-    _side_outputs: list[weakref.ref[torch.Tensor]]
+    #: weak references to what the outputs of the open step's training passes are views of
+    #: (with ``output_fn``, its tensor too): after an eval-mode pass with gradients (a logging
+    #: look without ``no_grad``), a loss that scores one of them is the step's, any other the
+    #: look's own
+    _trained_outputs: list[weakref.ref[torch.Tensor]]
     #: whether the warning about optimizer steps after such passes has been given
     _warned_eval_step: bool = False
     _warned_nested: bool = False
@@ -655,7 +655,7 @@ class StepHooks:
         self._step_open = True
         self._labels_given = self._loss_given = False
         self._trained_in_step = False
-        self._side_outputs = []
+        self._trained_outputs = []
         self._stepped.clear()
         self._scale_version = self._scale_version_now()
         if self.optimizers:
@@ -786,8 +786,15 @@ class StepHooks:
         self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
-        if self._eval_grad_pass and self._trained_in_step:
-            self._side_outputs.extend(weakref.ref(t) for t in view_roots(output))
+        if tag == DEFAULT_TAG and self._step_open:  # a training pass: what a loss may score
+            roots = view_roots(output)
+            if self._output_fn is not None and not isinstance(output, torch.Tensor):
+                try:
+                    chosen = output_tensor(self.model, output, self._output_fn, self._output_path)
+                    roots.append(chosen._base if chosen._base is not None else chosen)
+                except ValueError:  # (no tensor there: nothing a loss could score)
+                    pass
+            self._trained_outputs.extend(weakref.ref(t) for t in roots)
         if not self._output_settled:
             self._note_output(output, tag)
         elif not self._part_checked and tag == DEFAULT_TAG and self._wrapped_losses:

@@ -354,6 +354,37 @@ def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_
     assert hits == [pytest.approx(h) for _, h in expected if h is not None]
 
 
+def test_a_looks_own_loss_on_a_computed_score_stays_the_looks() -> None:
+    """Between two accumulated training passes, a look in eval mode with gradients scores its
+    own output through a computation (log_softmax, then nll_loss): its loss is the look's,
+    under ``eval``, not the step's; the step's own losses stay ``default`` (plain PyTorch's
+    values)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bus = MessageBus()
+    seen = _record(bus, ["loss"], tag=None)
+    expected = []
+    with ik.Exporter(model, opt, message_bus=bus) as exporter:
+        loss_fn = exporter.wrap_loss(F.cross_entropy)
+        nll = exporter.wrap_loss(F.nll_loss)
+        for step in range(2):
+            opt.zero_grad()
+            for half in range(2):
+                x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                expected.append((step, "default", loss.item()))
+                if half == 0:
+                    model.eval()
+                    look = nll(F.log_softmax(model(x), 1), y)
+                    model.train()
+                    expected.append((step, "eval", look.item()))
+            opt.step()
+    got = [(step, tag, float(data)) for _, _, step, tag, data in seen]
+    assert got == [pytest.approx(e) for e in expected]
+
+
 class _EncoderHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
