@@ -242,6 +242,8 @@ class StepHooks:
     _ever_stepped: set[int]
     _cycle_known: bool
     _resteps: int
+    #: whether a training pass ran since the last watched optimizer step
+    _passed_since_step: bool = False
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
     _unwatched_running: list[tuple[torch.optim.Optimizer, int]]
@@ -473,6 +475,7 @@ class StepHooks:
         elif not self._epoch_open:  # an accumulation step carried over an epoch's end
             self._go_on_in_new_epoch(upcoming=True)
         self._trained_in_step = True
+        self._passed_since_step = True
         if args and isinstance(args[0], torch.Tensor):
             self._publish_tensor_meta("input_data", args[0], DEFAULT_TAG)
 
@@ -1378,8 +1381,14 @@ class StepHooks:
         layers = self._optimizer_layers[index]
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
+        # an optimizer counts in the loop's cycle where it steps on a pass of its own: the
+        # first to step in the step, or one with a training pass since the last step (a GAN's
+        # generator); one that steps on the same pass as another (a second group's optimizer,
+        # one stepping every k-th iteration) does not hold the step open for itself
+        if not self._stepped or self._passed_since_step:
+            self._ever_stepped.add(index)
+        self._passed_since_step = False
         self._stepped.add(index)
-        self._ever_stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
             self._cycle_known, self._resteps = True, 0
             self._finish_step()

@@ -783,3 +783,27 @@ def test_optimizers_that_stop_stepping_are_left_out_of_the_step_after_a_while(ca
             # optimizer steps again RESTEPS + 1 times in it), then one step each
             assert exporter.global_step == 3 + 4
     assert any("[0] have not stepped" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("phase", [0, 3])
+def test_an_optimizer_stepping_every_kth_iteration_on_the_same_pass_holds_no_step_open(phase):
+    """Optimizer A steps after every pass, B (another layer's) after every 4th, on the same
+    pass right after A: B steps on no pass of its own, so each iteration is a step (a loop
+    counter's), past the first iterations before A stepped twice (which optimizers step was
+    not known yet: with B first stepping at iteration 3, iterations 0 and 1 are one step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    a = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    b = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    bus = MessageBus()
+    got = _record(bus, ["batch_finished"])
+    with ik.Exporter(model, [a, b], bus):
+        for iteration in range(12):
+            a.zero_grad()
+            b.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            a.step()
+            if iteration % 4 == phase:
+                b.step()
+    steps = [step for _, _, step, _ in got]
+    assert steps == list(range(12 if phase == 0 else 11))
