@@ -546,6 +546,7 @@ class Exporter(StepHooks, LayerFreezing):
         # what the layers' hooks record while torch.compile traces them (compiled_taps)
         self._traced: list[tuple[NamedModule, torch.Tensor]] = []
         self._trained_outputs = []
+        self._look_outputs = []
         self._tap_layers: list[NamedModule] = []
         self._call_patterns: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._unsure_calls: set[str] = set()
@@ -913,16 +914,23 @@ class Exporter(StepHooks, LayerFreezing):
     def _own_loss(self, scores: torch.Tensor | None) -> bool:
         """Whether a loss with gradients after the last pass, an eval-mode one, is that pass's
         own: the pass ran with gradients, and the loss is not known to score a training
-        pass's output of the open step (``scores`` that output or a view of it). A loss that
-        scores the training pass's output after such a pass (a look without ``no_grad``
-        before the step's loss) is the step's; any other (computed from the look's output,
-        or with no scores given) stays the look's, as in a model trained in eval mode."""
+        pass's output of the open step. ``scores`` that are such an output or a view of it,
+        or computed from one (``log_softmax(out)``, ``out / T``: found in their autograd
+        graph, a few nodes deep), are the step's: a look without ``no_grad`` between the
+        training pass and the step's loss. Any other loss (of the look's output, or with no
+        scores given) stays the look's, as in a model trained in eval mode."""
         if not self._eval_grad_pass:
             return False
         if not self._trained_in_step or scores is None:
             return True
         root = scores._base if scores._base is not None else scores
-        return not any(ref() is root for ref in self._trained_outputs)
+        trained = [t for t in (ref() for ref in self._trained_outputs) if t is not None]
+        if any(t is root for t in trained):
+            return False
+        looks = [t for t in (ref() for ref in self._look_outputs) if t is not None]
+        if any(t is root for t in looks):
+            return True
+        return _graph_reaches(root, trained, looks) is not True
 
     def _note_ignore_index(self, source: int, index: int | None) -> None:
         """Take the ``ignore_index`` of wrapped loss ``source`` (one with class labels) into
@@ -1373,7 +1381,7 @@ class Exporter(StepHooks, LayerFreezing):
             "epoch_open": self._epoch_open,
             "frozen": list(self._frozen),
             # which optimizers step in a training step, as learned (see StepHooks._opens_step)
-            "cycle": sorted(self._ever_stepped) if self._cycle_known else None,
+            "passes_per_step": self._passes_per_step,
             # what unfreeze restores: the frozen layers' requires_grad flags and modes before
             "frozen_state": self._freezing_state(),
             # the data flow a probe showed (a restored trial may freeze before its first probe);
@@ -1417,10 +1425,10 @@ class Exporter(StepHooks, LayerFreezing):
         self.epoch = int(state["epoch"])
         self._steps_started = int(state["steps_started"])
         self._epoch_open = bool(state.get("epoch_open", False))
-        cycle = state.get("cycle")
         self._forget_cycle()
-        if cycle is not None and all(0 <= int(i) < len(self.optimizers) for i in cycle):
-            self._ever_stepped, self._cycle_known = {int(i) for i in cycle}, True
+        per_step = state.get("passes_per_step")
+        if isinstance(per_step, int) and not isinstance(per_step, bool) and per_step >= 1:
+            self._passes_per_step = per_step
         # the step before the checkpoint is not judged here
         self._labels_given = self._loss_given = True
         if state.get("flow"):
@@ -1488,3 +1496,27 @@ def _tensors_in(value: Any, depth: int = 0) -> list[torch.Tensor]:
         return []
     items = value.values() if isinstance(value, Mapping) else value
     return [t for item in items for t in _tensors_in(item, depth + 1)]
+
+
+def _graph_reaches(
+    tensor: torch.Tensor, first: list[torch.Tensor], second: list[torch.Tensor], limit: int = 64
+) -> bool | None:
+    """Whether ``tensor`` was computed from a tensor of ``first`` (True) or of ``second``
+    (False), read from its autograd graph breadth first, ``limit`` nodes at most; None where
+    neither is found (no graph, or deeper than that)."""
+    nodes = {id(t.grad_fn): True for t in first if t.grad_fn is not None}
+    nodes.update({id(t.grad_fn): False for t in second if t.grad_fn is not None})
+    start = tensor.grad_fn
+    if start is None or not nodes:
+        return None
+    queue, seen = [start], {id(start)}
+    for node in queue:
+        if len(seen) > limit:
+            return None
+        if id(node) in nodes:
+            return nodes[id(node)]
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                queue.append(child)
+    return None

@@ -239,11 +239,10 @@ class StepHooks:
     _stepped: set[int]
     #: the optimizers seen to step, whether that is known to be the loop's cycle (a step of
     #: every one of them, or one stepping again), and steps again since the last full cycle
-    _ever_stepped: set[int]
-    _cycle_known: bool
+    _passes_per_step: int | None
+    _stepped_passes: int
+    _passed_since_step: bool
     _resteps: int
-    #: whether a training pass ran since the last watched optimizer step
-    _passed_since_step: bool = False
     _stepping: int  # optimizer steps under way (a wrapper's step runs its inner one's)
     _watched_steps: int  # watched optimizer steps begun so far
     _unwatched_running: list[tuple[torch.optim.Optimizer, int]]
@@ -276,6 +275,8 @@ class StepHooks:
     #: look without ``no_grad``), a loss that scores one of them is the step's, any other the
     #: look's own
     _trained_outputs: list[weakref.ref[torch.Tensor]]
+    #: the same of the eval-mode passes with gradients made in the open step (the looks)
+    _look_outputs: list[weakref.ref[torch.Tensor]]
     #: whether the warning about optimizer steps after such passes has been given
     _warned_eval_step: bool = False
     _warned_nested: bool = False
@@ -483,46 +484,47 @@ class StepHooks:
         """Whether a training pass now starts a new step, given optimizers: a pass before any
         optimizer stepped belongs to the open step (gradient accumulation), unless the scaler
         has been updated since (then the step was skipped). Of several optimizers, a step
-        ends once each that steps in the loop has stepped (optimizers that step in turn with
-        a forward pass before each, a GAN's through the whole model, make one step): until
-        the loop showed which step (every one at a step's end, or one stepping again first),
-        each is expected; an optimizer that never steps is then left out."""
+        holds as many passes followed by an optimizer's step as the loop's cycle showed
+        (:meth:`_learn_cycle`): one where the optimizers step on the same pass (parameter
+        groups, one stepping every k-th iteration), two where they step in turn with a
+        forward pass before each (a GAN's through the whole model); until the loop showed it,
+        a step waits for every optimizer."""
         if not self._step_open or self._scaled():
             return True
-        stepped = self._stepped
-        if not stepped:
+        if not self._stepped:
             return False
-        return self._cycle_known and self._ever_stepped <= stepped
+        per_step = self._passes_per_step
+        return per_step is not None and self._stepped_passes >= per_step
 
     def _forget_cycle(self) -> None:
-        """Know nothing of which optimizers step in a training step (a new set of them)."""
-        self._ever_stepped: set[int] = set()
-        self._cycle_known = False
+        """Know nothing of the loop's cycle (a new set of optimizers)."""
+        #: passes followed by an optimizer's step in a step, as the loop showed (None: not yet)
+        self._passes_per_step: int | None = None
+        self._stepped_passes = 0  # such passes in the open step
+        self._passed_since_step = False  # a training pass since the last optimizer step
         self._resteps = 0
 
     def _learn_cycle(self, index: int) -> None:
         """Optimizer ``index`` is about to step: note what it shows of the loop's cycle. One
-        that steps again before every watched optimizer stepped (a critic's steps, or one
-        that never steps) shows the cycle is known; so many times in a row
-        (:data:`_RESTEPS_BEFORE_RELEARN`) with no step in which every one of them stepped that
-        the others look to have stopped stepping (a new stage's optimizer, watched beside
-        the old one), the cycle is the optimizers that stepped in the open step."""
+        that steps again in the step before every watched optimizer stepped (a critic's
+        steps, or a watched optimizer that never steps) shows that steps of one pass each
+        are the cycle; so many times in a row (:data:`_RESTEPS_BEFORE_RELEARN`) with no step
+        in which every optimizer stepped that the others look to have stopped stepping (a new
+        stage's optimizer, watched beside the old one), likewise, with a warning."""
         if index not in self._stepped:
             return
-        self._cycle_known = True
         self._resteps += 1
-        if self._resteps > _RESTEPS_BEFORE_RELEARN:
-            stopped = sorted(self._ever_stepped - self._stepped)
-            self._ever_stepped, self._resteps = set(self._stepped), 0
-            if stopped:
-                logger.warning(
-                    "Watched optimizers %s have not stepped in %d steps of the others: a "
-                    "training step ends when optimizers %s have stepped from now on (watch "
-                    "only the optimizers of a training stage: exporter.set_optimizers)",
-                    stopped,
-                    _RESTEPS_BEFORE_RELEARN,
-                    sorted(self._stepped),
-                )
+        if self._passes_per_step is None:
+            self._passes_per_step = 1
+        elif self._resteps > _RESTEPS_BEFORE_RELEARN and self._passes_per_step > 1:
+            self._passes_per_step, self._resteps = 1, 0
+            logger.warning(
+                "Watched optimizers %s have not stepped in %d steps of the others: a training "
+                "step ends at each optimizer step from now on (watch only the optimizers of a "
+                "training stage: exporter.set_optimizers)",
+                sorted(set(range(len(self.optimizers))) - self._stepped),
+                _RESTEPS_BEFORE_RELEARN,
+            )
 
     def _grad_marks(self, holding: bool = False) -> list[GradMark]:
         """Per watched optimizer, a parameter that receives gradients (the last that had one
@@ -659,7 +661,9 @@ class StepHooks:
         self._labels_given = self._loss_given = False
         self._trained_in_step = False
         self._trained_outputs = []
+        self._look_outputs = []
         self._stepped.clear()
+        self._stepped_passes = 0
         self._scale_version = self._scale_version_now()
         if self.optimizers:
             self._step_marks = self._grad_marks()
@@ -798,6 +802,8 @@ class StepHooks:
                 except ValueError:  # (no tensor there: nothing a loss could score)
                     pass
             self._trained_outputs.extend(weakref.ref(t) for t in roots)
+        elif self._eval_grad_pass and self._trained_in_step:
+            self._look_outputs.extend(weakref.ref(t) for t in view_roots(output))
         if not self._output_settled:
             self._note_output(output, tag)
         elif not self._part_checked and tag == DEFAULT_TAG and self._wrapped_losses:
@@ -1381,16 +1387,16 @@ class StepHooks:
         layers = self._optimizer_layers[index]
         for kind in self._want_updates:
             self._publish_updates(kind, layers[UPDATE_KINDS[kind]])
-        # an optimizer counts in the loop's cycle where it steps on a pass of its own: the
-        # first to step in the step, or one with a training pass since the last step (a GAN's
-        # generator); one that steps on the same pass as another (a second group's optimizer,
-        # one stepping every k-th iteration) does not hold the step open for itself
-        if not self._stepped or self._passed_since_step:
-            self._ever_stepped.add(index)
+        # the passes an optimizer stepped on (a GAN's discriminator's, then its generator's),
+        # not the optimizers: several stepping on one pass (parameter groups, one stepping
+        # every k-th iteration) are one pass of the cycle, whichever steps first
+        if self._passed_since_step or not self._stepped_passes:
+            self._stepped_passes += 1
         self._passed_since_step = False
         self._stepped.add(index)
         if len(self._stepped) == len(self.optimizers):
-            self._cycle_known, self._resteps = True, 0
+            # a step in which every optimizer stepped: the cycle's passes
+            self._passes_per_step, self._resteps = self._stepped_passes, 0
             self._finish_step()
 
     def _publish_updates(self, kind: str, layers: list[Entry]) -> None:

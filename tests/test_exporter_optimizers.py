@@ -761,9 +761,12 @@ def test_a_watched_optimizer_that_never_steps_leaves_each_iteration_a_step(caplo
 
 
 def test_optimizers_that_stop_stepping_are_left_out_of_the_step_after_a_while(caplog) -> None:
-    """Both watched optimizers step, then only the second (a new stage's optimizer watched
-    beside the old one): after so many of its steps with none of the first, a step ends
-    once the second stepped, with a warning that names the first and set_optimizers."""
+    """Optimizers that stepped on one pass, then only the second (a new stage's optimizer
+    watched beside the old one): each iteration stays a step. A GAN's optimizers in turn
+    (two passes a step), then only the discriminator: two of its iterations make a step
+    until it has stepped again so often with no step of every optimizer
+    (_RESTEPS_BEFORE_RELEARN) that the generator looks stopped: then one each, with a
+    warning that names it and set_optimizers."""
     from ikkuna_tune.step_hooks import _RESTEPS_BEFORE_RELEARN
 
     torch.manual_seed(0)
@@ -773,24 +776,41 @@ def test_optimizers_that_stop_stepping_are_left_out_of_the_step_after_a_while(ca
     with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
         with ik.Exporter(model, [first, second]) as exporter:
             for stage, optimizers in ((0, [first, second]), (1, [second])):
-                for _ in range(3 if stage == 0 else _RESTEPS_BEFORE_RELEARN + 6):
+                for _ in range(3 if stage == 0 else 5):
                     for opt in optimizers:
                         opt.zero_grad()
                     model(torch.randn(8, 4)).pow(2).mean().backward()
                     for opt in optimizers:
                         opt.step()
-            # 3 steps; then the second stage's first RESTEPS + 2 iterations are one step (its
-            # optimizer steps again RESTEPS + 1 times in it), then one step each
-            assert exporter.global_step == 3 + 4
-    assert any("[0] have not stepped" in r.getMessage() for r in caplog.records)
+            assert exporter.global_step == 3 + 4  # one step an iteration throughout
+    assert not any("have not stepped" in r.getMessage() for r in caplog.records)
+    model = _GAN()
+    d_opt = torch.optim.SGD(model.d.parameters(), lr=0.01)
+    g_opt = torch.optim.SGD(model.g.parameters(), lr=0.01)
+    alone = 2 * (_RESTEPS_BEFORE_RELEARN + 1) + 4
+    with caplog.at_level(logging.WARNING, logger="ikkuna_tune.step_hooks"):
+        with ik.Exporter(model, [d_opt, g_opt]) as exporter:
+            for iteration in range(3 + alone):
+                for opt in (d_opt, g_opt) if iteration < 3 else (d_opt,):
+                    opt.zero_grad()
+                    model(torch.randn(8, 4)).mean().backward()
+                    opt.step()
+            # 3 GAN steps; then the discriminator's iterations two a step, RESTEPS + 1 times,
+            # then the last 4 one each
+            assert exporter.global_step == 3 + (_RESTEPS_BEFORE_RELEARN + 1) + 4 - 1
+    assert any("[1] have not stepped" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("b_first", [False, True], ids=["b-after-a", "b-before-a"])
 @pytest.mark.parametrize("phase", [0, 3])
-def test_an_optimizer_stepping_every_kth_iteration_on_the_same_pass_holds_no_step_open(phase):
+def test_an_optimizer_stepping_every_kth_iteration_on_the_same_pass_holds_no_step_open(
+    phase, b_first
+):
     """Optimizer A steps after every pass, B (another layer's) after every 4th, on the same
-    pass right after A: B steps on no pass of its own, so each iteration is a step (a loop
-    counter's), past the first iterations before A stepped twice (which optimizers step was
-    not known yet: with B first stepping at iteration 3, iterations 0 and 1 are one step)."""
+    pass, right after A or right before it: B steps on no pass of its own, so each iteration
+    is a step (a loop counter's), past the first iterations before A stepped twice (the
+    cycle was not known yet: with B first stepping at iteration 3, iterations 0 and 1 are
+    one step)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     a = torch.optim.SGD(model[0].parameters(), lr=0.1)
@@ -802,8 +822,9 @@ def test_an_optimizer_stepping_every_kth_iteration_on_the_same_pass_holds_no_ste
             a.zero_grad()
             b.zero_grad()
             model(torch.randn(8, 4)).pow(2).mean().backward()
-            a.step()
-            if iteration % 4 == phase:
-                b.step()
+            order = [b, a] if b_first else [a, b]
+            for opt in order:
+                if opt is a or iteration % 4 == phase:
+                    opt.step()
     steps = [step for _, _, step, _ in got]
     assert steps == list(range(12 if phase == 0 else 11))

@@ -314,12 +314,16 @@ def test_a_validation_loss_in_eval_mode_with_gradients_keeps_its_eval_tag() -> N
     ]
 
 
-def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_steps() -> None:
+@pytest.mark.parametrize("computed", [False, True], ids=["scores", "log-softmax-scores"])
+def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_steps(
+    computed: bool,
+) -> None:
     """``out = model(x); model.eval(); model(xv); model.train(); loss_fn(out, y)``: a logging
     look written without ``torch.no_grad`` between the training pass and its loss. The loss
-    and the labels scored the training pass's output: they are the step's (loss and train
-    accuracy of plain PyTorch), not the look's; a loss of the look's own output after the
-    step stays under ``eval``."""
+    and the labels scored the training pass's output, as it is or computed from it
+    (``nll_loss(log_softmax(out))``): they are the step's (loss and train accuracy of plain
+    PyTorch), not the look's; a loss of the look's own output after the step stays under
+    ``eval``."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -330,6 +334,7 @@ def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_
     expected = []
     with ik.Exporter(model, opt, message_bus=bus) as exporter:
         loss_fn = exporter.wrap_loss(F.cross_entropy)
+        nll = exporter.wrap_loss(F.nll_loss)
         for step in range(3):
             x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
             xv, yv = torch.randn(8, 4), torch.randint(0, 3, (8,))
@@ -338,7 +343,7 @@ def test_a_look_in_eval_mode_with_gradients_before_the_steps_loss_leaves_it_the_
             model.eval()
             model(xv)  # the look: gradients on, its output left alone
             model.train()
-            loss = loss_fn(out, y)
+            loss = nll(F.log_softmax(out, 1), y) if computed else loss_fn(out, y)
             hits = (out.argmax(1) == y).float().mean().item()
             expected.append(((step, "default", loss.item()), (step, hits)))
             loss.backward()
