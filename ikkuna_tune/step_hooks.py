@@ -237,8 +237,9 @@ class StepHooks:
     #: per watched optimizer, a parameter that had a gradient when it last stepped
     _graded: list[torch.Tensor | None]
     _stepped: set[int]
-    #: the optimizers seen to step, whether that is known to be the loop's cycle (a step of
-    #: every one of them, or one stepping again), and steps again since the last full cycle
+    #: the loop's cycle (see :meth:`_opens_step`): the passes an optimizer stepped on in a
+    #: step of every optimizer (None: not known yet), those of the open step, whether a
+    #: training pass ran since the last optimizer step, and steps again since a full cycle
     _passes_per_step: int | None
     _stepped_passes: int
     _passed_since_step: bool
