@@ -44,6 +44,7 @@ from ikkuna_tune.layers import (
     select_modules,
     unowned_parameters,
     unwrapped,
+    view_root,
 )
 from ikkuna_tune.messages import DEFAULT_TAG, LabelsMessage, NamedModule, check_tag
 from ikkuna_tune.parameters import assign_parameters, check_optimizers
@@ -923,7 +924,7 @@ class Exporter(StepHooks, LayerFreezing):
             return False
         if not self._trained_in_step or scores is None:
             return True
-        root = scores._base if scores._base is not None else scores
+        root = view_root(scores)
         trained = [t for t in (ref() for ref in self._trained_outputs) if t is not None]
         if any(t is root for t in trained):
             return False

@@ -416,7 +416,8 @@ def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
     return None if found is None else found[0]
 
 
-def _view_root(tensor: torch.Tensor) -> torch.Tensor:
+def view_root(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor that ``tensor`` is a view of, or ``tensor`` itself where it is no view."""
     return tensor._base if tensor._base is not None else tensor
 
 
@@ -433,11 +434,11 @@ def viewed_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
         >>> viewed_path((features, logits), logits[:, :, :2]) is None  # a part only
         True
     """
-    root = _view_root(target)
+    root = view_root(target)
     found = _found_where(
         output,
         lambda tensor: (
-            _view_root(tensor) is root
+            view_root(tensor) is root
             and tensor.numel() == target.numel()
             and tensor.storage_offset() == target.storage_offset()
         ),
@@ -456,8 +457,8 @@ def shared_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
         >>> shared_path((features, logits), logits * 2) is None  # computed, no view
         True
     """
-    root = _view_root(target)
-    found = _found_where(output, lambda tensor: _view_root(tensor) is root)
+    root = view_root(target)
+    found = _found_where(output, lambda tensor: view_root(tensor) is root)
     return None if found is None else found[0]
 
 
@@ -471,7 +472,7 @@ def view_roots(output: Any) -> list[torch.Tensor]:
         [False, True]
     """
     roots: list[torch.Tensor] = []
-    _found_where(output, lambda tensor: roots.append(_view_root(tensor)) and False)
+    _found_where(output, lambda tensor: roots.append(view_root(tensor)) and False)
     return roots
 
 

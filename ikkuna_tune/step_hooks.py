@@ -33,6 +33,7 @@ from ikkuna_tune.layers import (
     shared_path,
     tensor_path,
     unwrapped,
+    view_root,
     view_roots,
     viewed_path,
 )
@@ -794,12 +795,13 @@ class StepHooks:
         self._publish_traced()
         self._current_pass = 0
         tag = self._pass_tag
+        chosen = None  # the output tensor output_fn picks, once per pass
         if tag == DEFAULT_TAG and self._step_open:  # a training pass: what a loss may score
             roots = view_roots(output)
             if self._output_fn is not None and not isinstance(output, torch.Tensor):
                 try:
                     chosen = output_tensor(self.model, output, self._output_fn, self._output_path)
-                    roots.append(chosen._base if chosen._base is not None else chosen)
+                    roots.append(view_root(chosen))
                 except ValueError:  # (no tensor there: nothing a loss could score)
                     pass
             self._trained_outputs.extend(weakref.ref(t) for t in roots)
@@ -811,7 +813,9 @@ class StepHooks:
             if isinstance(output, torch.Tensor):  # (see _note_part_scored)
                 self._latest_output = weakref.ref(output)
         if "network_output" in self._wanted and self._due("network_output", None, tag):
-            if self._output_fn is not None or not isinstance(output, torch.Tensor):
+            if chosen is not None:
+                output = chosen
+            elif self._output_fn is not None or not isinstance(output, torch.Tensor):
                 output = output_tensor(self.model, output, self._output_fn, self._output_path)
             self._emit_meta("network_output", output.detach(), tag)
 
