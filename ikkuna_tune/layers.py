@@ -417,7 +417,13 @@ def tensor_path(output: Any, target: torch.Tensor) -> tuple[Any, ...] | None:
 
 
 def view_root(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor that ``tensor`` is a view of, or ``tensor`` itself where it is no view."""
+    """The tensor that ``tensor`` is a view of, or ``tensor`` itself where it is no view.
+
+    Examples:
+        >>> logits = torch.ones(2, 3)
+        >>> view_root(logits[:, :2]) is logits, view_root(logits) is logits
+        (True, True)
+    """
     return tensor._base if tensor._base is not None else tensor
 
 
